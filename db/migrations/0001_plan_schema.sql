@@ -1,0 +1,43 @@
+-- The schema of the plan's phase 1, step 3, exactly as the plan has it, so that
+-- a database created from the plan by hand can adopt this history with
+-- `migrate baseline --version 1`. Later migrations harden it.
+
+-- Table for storing pipeline executions
+CREATE TABLE IF NOT EXISTS pipeline_executions (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    pipeline_name TEXT NOT NULL,
+    run_number SERIAL NOT NULL,
+    commit_hash TEXT NOT NULL,
+    status TEXT CHECK (status IN ('PENDING', 'RUNNING', 'SUCCESS', 'FAILED', 'CANCELED')),
+    start_time TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    completion_time TIMESTAMP DEFAULT NULL
+);
+
+-- Table for storing stage executions
+CREATE TABLE IF NOT EXISTS stage_executions (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    pipeline_execution_id UUID NOT NULL,
+    stage_name TEXT NOT NULL,
+    execution_order INT NOT NULL,
+    status TEXT CHECK (status IN ('PENDING', 'RUNNING', 'SUCCESS', 'FAILED', 'CANCELED')),
+    start_time TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    completion_time TIMESTAMP DEFAULT NULL,
+    FOREIGN KEY (pipeline_execution_id) REFERENCES pipeline_executions(id) ON DELETE CASCADE
+);
+
+-- Table for storing job executions
+CREATE TABLE IF NOT EXISTS job_executions (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    stage_execution_id UUID NOT NULL,
+    job_name TEXT NOT NULL,
+    status TEXT CHECK (status IN ('PENDING', 'RUNNING', 'SUCCESS', 'FAILED', 'CANCELED')),
+    allows_failure BOOLEAN NOT NULL DEFAULT FALSE,
+    start_time TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    completion_time TIMESTAMP DEFAULT NULL,
+    FOREIGN KEY (stage_execution_id) REFERENCES stage_executions(id) ON DELETE CASCADE
+);
+
+-- Indexes for optimized query performance
+CREATE INDEX idx_pipeline_executions ON pipeline_executions(pipeline_name, run_number);
+CREATE INDEX idx_stage_executions ON stage_executions(pipeline_execution_id, execution_order);
+CREATE INDEX idx_job_executions ON job_executions(stage_execution_id, job_name);

@@ -1,0 +1,3 @@
+from cicd_db.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,541 @@
+"""`cicd-db`: parses arguments, calls the library, prints. Errors are printed here, once.
+
+    cicd-db migrate [up|status|wait|baseline]   the migration runner (also scripts/migrate.py)
+    cicd-db embedded [start|status|url|stop]     the embedded PostgreSQL server
+
+Exit codes: 0 done, 1 operational failure, 2 usage or configuration error,
+3 `migrate status --exit-code` with migrations pending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import psycopg
+
+from cicd_db import migrations, targets
+from cicd_db.errors import CicdDbError, ConnectionFailed, UsageError
+from cicd_db.settings import ConnectionSettings, redact
+
+EXIT_PENDING = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
+class _Session:
+    """What one command run knows: its arguments, and the secrets to keep out of output."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.secrets: list[str] = []
+
+    def target(self) -> targets.Target:
+        return targets.resolve(
+            database_url=self.args.database_url, stack=self.args.stack, local=self.args.local
+        )
+
+    def settings(self, target: targets.Target) -> ConnectionSettings:
+        settings = target.settings
+        self.secrets.append(settings.password)
+        return settings
+
+
+# -- migrate ---------------------------------------------------------------------
+
+MIGRATE_DEFAULTS: dict[str, Any] = {
+    "stack": None,
+    "local": False,
+    "database_url": None,
+    "migrations_dir": None,
+    "dry_run": False,
+    "target": None,
+    "json": False,
+    "lock_timeout": 60.0,
+    "yes": False,
+    "exit_code": False,
+    "timeout": 30.0,
+    "version": None,
+    "debug": False,
+}
+
+
+def _target_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """--stack/--local/--database-url/--debug; `suppress` lets a subcommand inherit them."""
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    group = parser.add_argument_group(
+        "target (first that is given wins; default: DATABASE_URL, then the prod stack)"
+    )
+    group.add_argument("--database-url", metavar="URL", help="a postgresql:// URL", **default)
+    group.add_argument(
+        "--stack", metavar="NAME", help="a Pulumi stack (dev, prod) or embedded", **default
+    )
+    group.add_argument(
+        "--local",
+        action="store_true",
+        help="the local database: stack dev, or embedded if CICD_DB_LOCAL=embedded",
+        **default,
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="print a traceback on unexpected errors", **default
+    )
+
+
+def _migrate_options(parser: argparse.ArgumentParser) -> None:
+    suppress: dict[str, Any] = {"default": argparse.SUPPRESS}
+    _target_options(parser, suppress=True)
+    parser.add_argument(
+        "--migrations-dir",
+        metavar="DIR",
+        type=Path,
+        help="folder of NNNN_name.sql files (default: db/migrations)",
+        **suppress,
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON", **suppress)
+    parser.add_argument(
+        "--lock-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        help="how long to wait for another runner (default 60)",
+        **suppress,
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _version(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a migration version (a whole number)")
+    return int(text)
+
+
+def migrate_parser(prog: str = "cicd-db migrate") -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="Apply the SQL migrations of db/migrations to the target database.",
+        epilog="Options may stand before or after the command.",
+    )
+    _migrate_options(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    up = commands.add_parser(
+        "up",
+        help="apply pending migrations (the default)",
+        description="Apply pending migrations in version order.",
+    )
+    _migrate_options(up)
+    up.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would be applied; change nothing",
+        default=argparse.SUPPRESS,
+    )
+    up.add_argument(
+        "--target",
+        metavar="VERSION",
+        type=_version,
+        help="stop after this version",
+        default=argparse.SUPPRESS,
+    )
+    up.add_argument(
+        "--yes",
+        action="store_true",
+        help="confirm writing to a remote stack (prod)",
+        default=argparse.SUPPRESS,
+    )
+
+    status = commands.add_parser(
+        "status",
+        help="show applied and pending migrations (read-only)",
+        description="Show every migration and its state. Reads only.",
+    )
+    _migrate_options(status)
+    status.add_argument(
+        "--exit-code",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"exit {EXIT_PENDING} when a migration is pending",
+    )
+
+    wait = commands.add_parser(
+        "wait",
+        help="wait until the database accepts connections",
+        description="Poll the target until it accepts connections.",
+    )
+    _migrate_options(wait)
+    wait.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=argparse.SUPPRESS,
+        help="give up after this long (default 30)",
+    )
+
+    baseline = commands.add_parser(
+        "baseline",
+        help="record migrations up to VERSION as applied, after checking the schema",
+        description="For a database created by hand: record migrations up to --version as "
+        "applied, once the live schema is checked against them.",
+    )
+    _migrate_options(baseline)
+    baseline.add_argument(
+        "--version",
+        metavar="VERSION",
+        type=_version,
+        required=True,
+        help="the newest migration the database already has",
+    )
+    baseline.add_argument(
+        "--yes",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="confirm writing to a remote stack (prod)",
+    )
+
+    # Options given before the command belong to it too; listed in each command's help.
+    parser.add_argument(
+        "--dry-run", action="store_true", help=argparse.SUPPRESS, default=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--target", type=_version, help=argparse.SUPPRESS, default=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--yes", action="store_true", help=argparse.SUPPRESS, default=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--exit-code", action="store_true", help=argparse.SUPPRESS, default=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--timeout", type=_seconds, help=argparse.SUPPRESS, default=argparse.SUPPRESS
+    )
+    return parser
+
+
+def _migrate(session: _Session) -> int:
+    args = session.args
+    command = args.command or "up"
+    target = session.target()
+    if command == "wait":
+        return _wait(session, target)
+    folder = args.migrations_dir or target.root / "db" / "migrations"
+    files = migrations.discover(folder)
+    writes = command == "baseline" or (command == "up" and not args.dry_run)
+    if writes and target.remote and not args.yes:
+        raise UsageError(
+            f"{target.description} is a remote database; add --yes to {command} it "
+            "(or use --local for the local one)"
+        )
+    settings = session.settings(target).for_migrations()
+    session.secrets.append(settings.password)
+    with targets.connect(settings, options=migrations.SESSION_OPTIONS) as conn:
+        runner = migrations.Runner(conn, files, lock_timeout=args.lock_timeout)
+        if command == "status":
+            return _status(session, target, settings, runner)
+        if command == "baseline":
+            return _baseline(session, target, conn, runner)
+        return _up(session, target, runner)
+
+
+def _up(session: _Session, target: targets.Target, runner: migrations.Runner) -> int:
+    args = session.args
+    verb = "would apply" if args.dry_run else "applied"
+
+    def report(result: migrations.Result) -> None:
+        if not args.json:
+            timing = "" if result.dry_run else f" ({result.duration_ms:.0f} ms)"
+            print(f"{verb} {result.migration.filename}{timing}", flush=True)
+
+    started = time.perf_counter()
+    results = runner.apply(target=args.target, dry_run=args.dry_run, on_applied=report)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if args.json:
+        _print_json(
+            {
+                "target": target.description,
+                "dry_run": args.dry_run,
+                "applied": [
+                    {
+                        "version": r.migration.version,
+                        "name": r.migration.name,
+                        "duration_ms": round(r.duration_ms, 1),
+                    }
+                    for r in results
+                ],
+            }
+        )
+    elif not results:
+        print(f"nothing to apply: {target.description} is up to date")
+    else:
+        count = f"{len(results)} migration{'s' if len(results) != 1 else ''}"
+        if args.dry_run:
+            print(f"dry run: {count} pending on {target.description}; nothing was changed")
+        else:
+            print(f"applied {count} to {target.description} in {elapsed_ms:.0f} ms")
+    return 0
+
+
+def _status(
+    session: _Session,
+    target: targets.Target,
+    settings: ConnectionSettings,
+    runner: migrations.Runner,
+) -> int:
+    args = session.args
+    rows = runner.status()
+    pending = sum(row.state == "pending" for row in rows)
+    if args.json:
+        _print_json(
+            {
+                "target": target.description,
+                "url": settings.redacted_url(),
+                "pending": pending,
+                "migrations": [
+                    {
+                        "version": row.version,
+                        "name": row.name,
+                        "state": row.state,
+                        "applied_at": row.applied_at.isoformat() if row.applied_at else None,
+                    }
+                    for row in rows
+                ],
+            }
+        )
+    else:
+        print(
+            _table(
+                ["VERSION", "NAME", "STATE", "APPLIED AT"],
+                [
+                    [
+                        str(row.version),
+                        row.name,
+                        row.state,
+                        row.applied_at.strftime("%Y-%m-%d %H:%M:%S %Z") if row.applied_at else "-",
+                    ]
+                    for row in rows
+                ],
+            )
+        )
+        problems = [row for row in rows if row.state not in ("applied", "pending")]
+        summary = f"{pending} pending" if pending else "up to date"
+        if problems:
+            summary += f", {len(problems)} need attention (run `migrate up` for the fix)"
+        print(f"{target.description}: {summary}")
+    return EXIT_PENDING if args.exit_code and pending else 0
+
+
+def _baseline(
+    session: _Session,
+    target: targets.Target,
+    conn: psycopg.Connection[Any],
+    runner: migrations.Runner,
+) -> int:
+    version = session.args.version
+    chosen = [m for m in runner.migrations if m.version <= version]
+    if not chosen or chosen[-1].version != version:
+        raise UsageError(f"no migration has version {version}; see `migrate status`")
+    if runner.applied():
+        raise UsageError(
+            f"{target.description} already has migration history; baseline is only for a "
+            "database without it (use `migrate up`)"
+        )
+    runner.record(chosen)
+    print(
+        f"recorded {len(chosen)} migration(s) up to version {version} as applied "
+        f"on {target.description}"
+    )
+    return 0
+
+
+def _wait(session: _Session, target: targets.Target) -> int:
+    settings = session.settings(target)
+    deadline = time.monotonic() + session.args.timeout
+    while True:
+        try:
+            with targets.connect(settings) as conn:
+                conn.execute("SELECT 1")
+            break
+        except ConnectionFailed:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+    print(f"ready: {settings.redacted_url()}")
+    return 0
+
+
+# -- embedded --------------------------------------------------------------------
+
+
+def embedded_parser(prog: str = "cicd-db embedded") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="The embedded PostgreSQL server (stack embedded).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.add_parser(
+        "start",
+        help="start the server (created on first use)",
+        description="Start the embedded server, creating it on first use.",
+    )
+    status = commands.add_parser(
+        "status",
+        help="is it running, where, on which port",
+        description="Show the embedded server's state. Reads only.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    url = commands.add_parser(
+        "url",
+        help="print the URL of ci_local (password hidden)",
+        description="Print the URL to connect to, starting the server.",
+    )
+    url.add_argument(
+        "--show-password",
+        action="store_true",
+        help="print the real password (for psql and other tools)",
+    )
+    commands.add_parser(
+        "stop",
+        help="stop the server; data stays",
+        description="Stop the embedded server. Its data stays.",
+    )
+    for sub in commands.choices.values():
+        sub.add_argument("--debug", action="store_true", help="traceback on unexpected errors")
+    return parser
+
+
+def _embedded(session: _Session) -> int:
+    args = session.args
+    target = targets.resolve(stack=targets.EMBEDDED)
+    server = target.embedded_server()
+    if args.command == "stop":
+        print("stopped" if server.stop() else "not running")
+        return 0
+    if args.command == "status":
+        state = server.status()
+        if args.json:
+            _print_json(
+                {
+                    "running": state.running,
+                    "pid": state.pid,
+                    "port": state.port,
+                    "data_dir": str(state.data_dir),
+                    "initialized": state.initialized,
+                }
+            )
+        elif state.running:
+            print(f"running (pid {state.pid}) on 127.0.0.1:{state.port}, data {state.data_dir}")
+        else:
+            print(
+                f"stopped, data {state.data_dir}"
+                + ("" if state.initialized else " (not created yet)")
+            )
+        return 0
+    settings = session.settings(target)
+    if args.command == "url":
+        print(settings.url() if args.show_password else settings.redacted_url())
+    else:
+        print(f"running on 127.0.0.1:{settings.port}: {settings.redacted_url()}")
+    return 0
+
+
+# -- main ------------------------------------------------------------------------
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=False)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def main_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cicd-db",
+        description="The database layer of a CI/CD system: migrations, targets, reports.",
+    )
+    commands = parser.add_subparsers(dest="group", metavar="COMMAND", parser_class=_Parser)
+    commands.add_parser("migrate", help="apply and inspect SQL migrations", add_help=False)
+    commands.add_parser("embedded", help="manage the embedded PostgreSQL server", add_help=False)
+    return parser
+
+
+GROUPS: dict[str, tuple[Callable[[str], argparse.ArgumentParser], Callable[[_Session], int]]] = {
+    "migrate": (migrate_parser, _migrate),
+    "embedded": (embedded_parser, _embedded),
+}
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "cicd-db") -> int:
+    """Entry point of `cicd-db`; returns the exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in arguments
+    session: _Session | None = None
+    try:
+        if not arguments:
+            raise UsageError("name a command: migrate or embedded; see `cicd-db --help`")
+        if arguments[0] not in GROUPS:
+            main_parser().parse_args(arguments)  # prints help, or raises UsageError
+            return 0
+        build, run = GROUPS[arguments[0]]
+        sub_prog = prog if prog != "cicd-db" else f"cicd-db {arguments[0]}"
+        parser = build(sub_prog)
+        args = parser.parse_args(arguments[1:])
+        if arguments[0] == "embedded" and args.command is None:
+            raise UsageError(f"name a command: start, status, url or stop; see `{sub_prog} --help`")
+        for name, value in MIGRATE_DEFAULTS.items():
+            if not hasattr(args, name):
+                setattr(args, name, value)
+        session = _Session(args)
+        return run(session)
+    except CicdDbError as error:
+        _print_error(str(error), session)
+        return error.exit_code
+    except psycopg.Error as error:
+        # The server went away or refused something mid-command.
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _print_error(f"database error: {first}; run again, with --debug for details", session)
+        if debug:
+            traceback.print_exc()
+        return 1
+    except KeyboardInterrupt:
+        _print_error("interrupted", session)
+        return 130
+    except Exception as error:  # last resort: one line, not a traceback
+        _print_error(
+            f"unexpected {type(error).__name__}: {error}; run with --debug and report it", session
+        )
+        if debug:
+            traceback.print_exc()
+        return 1
+
+
+def _print_error(message: str, session: _Session | None) -> None:
+    secrets = session.secrets if session else []
+    print(f"error: {redact(message, secrets)}", file=sys.stderr)
+
+
+def migrate_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of scripts/migrate.py: `cicd-db migrate` under another name."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return main(["migrate", *arguments], prog="migrate.py")

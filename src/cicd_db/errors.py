@@ -1,0 +1,76 @@
+"""The exceptions cicd-db raises, and the exit code each one maps to.
+
+    CicdDbError                 every error we raise; message says how to fix it
+    ├── UsageError              exit 2: bad flags or arguments
+    ├── ConfigError             exit 2: a target, URL, stack or folder that cannot be used
+    │   ├── StackError          reading a Pulumi stack's outputs failed
+    │   ├── AuthenticationFailed the server refused the user or password
+    │   └── MigrationRefused    the history and the files disagree (edited, missing, out of order)
+    └── OperationalError        exit 1: the database or the server failed while we worked
+        ├── ConnectionFailed    could not connect, or the connection dropped
+        ├── MigrationFailed     a migration's SQL raised an error; carries file and line
+        ├── LockTimeout         another runner held the migration lock too long
+        ├── EmbeddedServerError the embedded PostgreSQL could not be set up or started
+        ├── IllegalTransition   a status change the execution state machine forbids
+        └── NotFound            a pipeline, run, stage or job that does not exist
+
+Messages are written for the person at the terminal: what is wrong, then what to
+do about it. They must never contain a password; URLs pass through
+`settings.redact` before they reach a message.
+"""
+
+from __future__ import annotations
+
+
+class CicdDbError(Exception):
+    """Base of every error cicd-db raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(CicdDbError):
+    exit_code = 2
+
+
+class ConfigError(CicdDbError):
+    exit_code = 2
+
+
+class StackError(ConfigError):
+    pass
+
+
+class AuthenticationFailed(ConfigError):
+    pass
+
+
+class MigrationRefused(ConfigError):
+    pass
+
+
+class OperationalError(CicdDbError):
+    exit_code = 1
+
+
+class ConnectionFailed(OperationalError):
+    pass
+
+
+class MigrationFailed(OperationalError):
+    pass
+
+
+class LockTimeout(OperationalError):
+    pass
+
+
+class EmbeddedServerError(OperationalError):
+    pass
+
+
+class IllegalTransition(OperationalError):
+    pass
+
+
+class NotFound(OperationalError):
+    pass

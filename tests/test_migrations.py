@@ -1,0 +1,327 @@
+"""The migration runner on a real server: what `migrate up` leaves in the database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cicd_db import migrations
+from cicd_db.errors import ConfigError
+
+from .conftest import MIGRATIONS, ROOT, Database, run_cli, write_migrations
+
+THREE = {
+    "0001_people.sql": "CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL);\n",
+    "0002_pets.sql": "CREATE TABLE pets (id int PRIMARY KEY,\n  owner int REFERENCES people);\n",
+    "0003_seed.sql": "INSERT INTO people VALUES (1, 'ada');\nINSERT INTO pets VALUES (1, 1);\n",
+}
+
+
+def migrate(database: Database, folder: Path, *args: str) -> tuple[int, str, str]:
+    result = run_cli(
+        "migrate", "--database-url", database.url, "--migrations-dir", str(folder), *args
+    )
+    assert "Traceback" not in result.err
+    assert database.settings.password not in result.out + result.err
+    return result.code, result.out, result.err
+
+
+def test_up_applies_in_order_and_records_history(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    code, out, _ = migrate(database, folder)
+    assert code == 0
+    assert [line.split(" (")[0] for line in out.splitlines()[:3]] == [
+        "applied 0001_people.sql",
+        "applied 0002_pets.sql",
+        "applied 0003_seed.sql",
+    ]
+    assert out.splitlines()[3].startswith("applied 3 migrations to --database-url in ")
+    assert database.history() == [1, 2, 3]
+    assert database.query("SELECT name FROM people") == [("ada",)]
+    rows = database.query(
+        "SELECT name, checksum, applied_by, duration_ms >= 0 "
+        "FROM cicd_db_schema_history ORDER BY version"
+    )
+    assert [row[0] for row in rows] == ["people", "pets", "seed"]
+    assert all(
+        len(str(row[1])) == 64 and row[2] == database.settings.user and row[3] for row in rows
+    )
+
+
+def test_second_run_applies_nothing(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    assert migrate(database, folder)[0] == 0
+    code, out, _ = migrate(database, folder, "up")
+    assert (code, out) == (0, "nothing to apply: --database-url is up to date\n")
+    assert database.query("SELECT count(*) FROM people") == [(1,)]
+
+
+def test_dry_run_changes_nothing(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    code, out, _ = migrate(database, folder, "--dry-run")
+    assert code == 0
+    assert out.splitlines() == [
+        "would apply 0001_people.sql",
+        "would apply 0002_pets.sql",
+        "would apply 0003_seed.sql",
+        "dry run: 3 migrations pending on --database-url; nothing was changed",
+    ]
+    assert database.tables() == set()
+
+
+def test_target_stops_at_that_version(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    assert migrate(database, folder, "up", "--target", "2")[0] == 0
+    assert database.history() == [1, 2]
+    assert database.tables() == {"people", "pets", "cicd_db_schema_history"}
+    assert migrate(database, folder)[0] == 0
+    assert database.history() == [1, 2, 3]
+
+
+def test_options_work_before_and_after_the_command(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    before = run_cli(
+        "migrate",
+        "--database-url",
+        database.url,
+        "--migrations-dir",
+        str(folder),
+        "status",
+        "--json",
+    )
+    after = run_cli(
+        "migrate",
+        "status",
+        "--json",
+        "--database-url",
+        database.url,
+        "--migrations-dir",
+        str(folder),
+    )
+    assert before.code == after.code == 0
+    assert before.out == after.out
+    assert '"pending": 3' in before.out
+
+
+def test_status_exit_code_reports_pending(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    assert migrate(database, folder, "status", "--exit-code")[0] == 3
+    assert migrate(database, folder, "status")[0] == 0
+    migrate(database, folder)
+    code, out, _ = migrate(database, folder, "status", "--exit-code")
+    assert code == 0
+    assert out.splitlines()[0].split() == ["VERSION", "NAME", "STATE", "APPLIED", "AT"]
+    assert [line.split()[:3] for line in out.splitlines()[1:4]] == [
+        ["1", "people", "applied"],
+        ["2", "pets", "applied"],
+        ["3", "seed", "applied"],
+    ]
+    assert out.splitlines()[-1] == "--database-url: up to date"
+
+
+def test_failing_migration_rolls_back_only_itself(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            **THREE,
+            "0004_broken.sql": "CREATE TABLE toys (id int);\n\nINSERT INTO toys VALUES ('x');\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert code == 1
+    assert "applied 0003_seed.sql" in out
+    assert err.startswith(
+        "error: migration 0004_broken.sql failed at line 3: "
+        'invalid input syntax for type integer: "x" [22P02]'
+    )
+    assert len(err.splitlines()) == 1
+    assert database.history() == [1, 2, 3]
+    assert "toys" not in database.tables()
+
+
+def test_syntax_error_names_its_line(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_typo.sql": "-- first a comment\nCREATE TABLE ok (id int);\nCREATE TABEL bad (id int);\n"
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err.startswith(
+        'error: migration 0001_typo.sql failed at line 3: syntax error at or near "TABEL"'
+    )
+    assert database.tables() == {"cicd_db_schema_history"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda folder: (folder / "0002_pets.sql").write_text(
+                "CREATE TABLE pets (id bigint);\n"
+            ),
+            "error: migration 0002_pets.sql was edited after it was applied; restore the applied "
+            "version from version control and put the change in a new migration\n",
+        ),
+        (
+            lambda folder: (folder / "0002_pets.sql").unlink(),
+            "error: migration 2 (pets) was applied but no file has that version; restore it from "
+            "version control (applied migrations are never deleted)\n",
+        ),
+        (
+            lambda folder: (folder / "0001_early.sql").write_text("CREATE TABLE early (id int);\n"),
+            None,
+        ),
+    ],
+    ids=["edited", "missing", "out-of-order"],
+)
+def test_history_disagreements_are_refused(
+    database: Database, tmp_path: Path, change, message
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0002_pets.sql": "CREATE TABLE pets (id int);\n",
+            "0003_toys.sql": "CREATE TABLE toys (id int);\n",
+        },
+    )
+    assert migrate(database, folder)[0] == 0
+    change(folder)
+    tables_before = database.tables()
+    code, out, err = migrate(database, folder)
+    assert code == 2
+    assert out == ""
+    expected = message or (
+        "error: migration 0001_early.sql is pending but version 3 is already "
+        "applied; renumber it above 3\n"
+    )
+    assert err == expected
+    assert database.history() == [2, 3]
+    assert database.tables() == tables_before
+
+
+def test_no_transaction_file_builds_index_concurrently(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_table.sql": "CREATE TABLE runs (id int, name text);\n",
+            "0002_index.sql": "-- cicd-db: no-transaction\n"
+            "CREATE INDEX CONCURRENTLY runs_name ON runs (name);\n",
+        },
+    )
+    code, out, _ = migrate(database, folder)
+    assert code == 0, out
+    assert database.history() == [1, 2]
+    assert database.query(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'runs_name'::regclass"
+    ) == [(True,)]
+
+
+def test_no_transaction_file_must_hold_one_statement(tmp_path: Path) -> None:
+    write_migrations(
+        tmp_path, {"0001_two.sql": "-- cicd-db: no-transaction\nSELECT 1;\nSELECT 2;\n"}
+    )
+    with pytest.raises(
+        ConfigError, match=r"0001_two\.sql is marked no-transaction but does not hold"
+    ):
+        migrations.discover(tmp_path)
+
+
+def test_eight_runners_at_once_apply_each_migration_once(
+    database: Database, tmp_path: Path
+) -> None:
+    files = {"0001_log.sql": "CREATE TABLE log (version int);\n"}
+    for version in range(2, 11):
+        files[f"{version:04d}_step.sql"] = (
+            f"INSERT INTO log VALUES ({version});\nSELECT pg_sleep(0.02);\n"
+        )
+    folder = write_migrations(tmp_path, files)
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "migrate.py"),
+        "--database-url",
+        database.url,
+        "--migrations-dir",
+        str(folder),
+    ]
+    runners = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    outcomes = [(runner.communicate(timeout=60)[1], runner.returncode) for runner in runners]
+    assert outcomes == [("", 0)] * 8
+    assert database.history() == list(range(1, 11))
+    assert database.query(
+        "SELECT version, count(*) FROM log GROUP BY version ORDER BY version"
+    ) == [(version, 1) for version in range(2, 11)]
+
+
+def test_runner_killed_mid_migration_leaves_nothing_and_next_run_completes(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\n",
+            "0002_slow.sql": "CREATE TABLE slow (id int);\nINSERT INTO slow VALUES (1);\n"
+            "SELECT pg_sleep(60);\n",
+        },
+    )
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "migrate.py"),
+            "--database-url",
+            database.url,
+            "--migrations-dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not database.query(
+        "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'"
+    ):
+        assert time.monotonic() < deadline, "the slow migration never started"
+        time.sleep(0.05)
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    assert database.history() == [1]
+    assert "slow" not in database.tables()
+    (folder / "0002_slow.sql").write_text(
+        "CREATE TABLE slow (id int);\nINSERT INTO slow VALUES (1);\n"
+    )
+    # The edited file was never applied, so editing it is allowed.
+    code, _, err = migrate(database, folder, "--lock-timeout", "20")
+    assert (code, err) == (0, "")
+    assert database.history() == [1, 2]
+    assert database.query("SELECT id FROM slow") == [(1,)]
+
+
+def test_lock_held_elsewhere_times_out(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    with database.connect() as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [migrations.LOCK_KEY])
+        started = time.monotonic()
+        code, _, err = migrate(database, folder, "--lock-timeout", "0.5")
+        assert time.monotonic() - started < 10
+    assert code == 1
+    assert err == (
+        "error: another migration runner held the lock for 0.5 s; wait for it to "
+        "finish, or raise --lock-timeout\n"
+    )
+    assert database.history() == []
+
+
+def test_repository_migrations_apply_to_an_empty_database(database: Database) -> None:
+    code, _, _ = migrate(database, MIGRATIONS)
+    assert code == 0
+    assert {"pipeline_executions", "stage_executions", "job_executions"} <= database.tables()
