@@ -34,20 +34,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.db)
 
 
+SERVER_VERSIONS: set[str] = set()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for version in sorted(SERVER_VERSIONS):
+        terminalreporter.write_line(f"database tests ran on PostgreSQL {version}")
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[ConnectionSettings]:
     """Superuser settings of the session's server (database `postgres`)."""
     if os.environ.get("TEST_DATABASE_URL"):
-        yield from_url(os.environ["TEST_DATABASE_URL"], what="TEST_DATABASE_URL")
+        settings = from_url(os.environ["TEST_DATABASE_URL"], what="TEST_DATABASE_URL")
+        SERVER_VERSIONS.add(_version(settings))
+        yield settings
         return
     bin_dir = os.environ.get("TEST_PG_BIN_DIR")
     name = "tests-" + (Path(bin_dir).parent.name if bin_dir else "embedded")
     embedded = EmbeddedServer(ROOT / ".cicd-db" / name, bin_dir=Path(bin_dir) if bin_dir else None)
     was_running = embedded.status().running
     settings = embedded.admin_settings()
+    SERVER_VERSIONS.add(_version(settings))
     yield settings
     if not was_running:
         embedded.stop()
+
+
+def _version(settings: ConnectionSettings) -> str:
+    with psycopg.connect(settings.conninfo()) as conn:
+        return str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
 
 
 @dataclass(frozen=True)

@@ -241,8 +241,9 @@ def _migrate(session: _Session) -> int:
     writes = command == "baseline" or (command == "up" and not args.dry_run)
     if writes and target.remote and not args.yes:
         raise UsageError(
-            f"{target.description} is a remote database; add --yes to {command} it "
-            "(or use --local for the local one)"
+            f"{target.description} is a remote database; add --yes to "
+            + ("apply migrations to it" if command == "up" else "baseline it")
+            + " (or use --local for the local one)"
         )
     settings = session.settings(target).for_migrations()
     session.secrets.append(settings.password)

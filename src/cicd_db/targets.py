@@ -153,10 +153,11 @@ def connect(
 
 
 def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> CicdDbError:
-    detail = redact(
-        str(error).strip().splitlines()[-1] if str(error).strip() else "", [settings.password]
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    detail = redact(first_line, [settings.password])
+    detail = re.sub(
+        r"^(connection failed: )?(connection to server at .*?, port \d+ failed: )?", "", detail
     )
-    detail = re.sub(r"^(connection failed: )?(connection to server at [^:]+ failed: )?", "", detail)
     detail = detail.replace("FATAL:  ", "").strip()
     where = f"{settings.host}:{settings.port}"
     if (

@@ -1,0 +1,188 @@
+"""`migrate` on bad input: one line on stderr, the right exit code, no traceback, no password."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import MIGRATIONS, ROOT, Database, run_cli, write_migrations
+
+SECRET = "s3cret-pass"
+
+
+def assert_one_line_error(result, code: int, starts: str) -> None:
+    assert result.code == code, result.err
+    assert result.out == ""
+    assert len(result.err.splitlines()) == 1, result.err
+    assert result.err.startswith("error: " + starts), result.err
+    assert "Traceback" not in result.err
+    assert SECRET not in result.err
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "starts"),
+    [
+        (
+            ["--database-url", f"postgresql://ci:{SECRET}@localhost:notaport/db"],
+            2,
+            "the --database-url 'postgresql://ci:***@localhost:notaport/db' has port 'notaport'",
+        ),
+        (
+            ["--database-url", f"mysql://ci:{SECRET}@localhost/db"],
+            2,
+            "the --database-url must start with postgresql:// or postgres://",
+        ),
+        (
+            ["--database-url", f"postgresql://ci:{SECRET}@/db"],
+            2,
+            "the --database-url 'postgresql://ci:***@/db' names no host",
+        ),
+        (
+            ["--database-url", f"postgresql://ci:{SECRET}@localhost"],
+            2,
+            "the --database-url 'postgresql://ci:***@localhost' names no database",
+        ),
+        (["--stack", "staging"], 2, "unknown stack 'staging'; choose one of dev, embedded, prod"),
+        (
+            ["--stack", "prod"],
+            2,
+            "stack prod is a remote database; add --yes to apply migrations to it",
+        ),
+        (
+            ["--stack", "dev", "--database-url", f"postgresql://ci:{SECRET}@h/db"],
+            2,
+            "--database-url and --stack both name a database; give only one of them",
+        ),
+        (["--target", "latest"], 2, "argument --target: 'latest' is not a migration version"),
+        (["sideways"], 2, "argument COMMAND: invalid choice: 'sideways'"),
+        (["--lock-timeout", "-1"], 2, "argument --lock-timeout: '-1' is negative"),
+    ],
+    ids=[
+        "port",
+        "scheme",
+        "no-host",
+        "no-database",
+        "unknown-stack",
+        "prod-without-yes",
+        "two-targets",
+        "bad-target",
+        "bad-command",
+        "negative-timeout",
+    ],
+)
+def test_bad_arguments(args: list[str], code: int, starts: str) -> None:
+    assert_one_line_error(run_cli("migrate", *args), code, starts)
+
+
+def test_malformed_database_url_from_environment() -> None:
+    result = run_cli("migrate", "status", env={"DATABASE_URL": f"postgres://ci:{SECRET}@h:x/db"})
+    assert_one_line_error(result, 2, "the DATABASE_URL 'postgres://ci:***@h:x/db' has port 'x'")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:1", "no-such-host.invalid:5432"])
+def test_unreachable_host_fails_fast(host: str) -> None:
+    started = time.monotonic()
+    result = run_cli("migrate", "--database-url", f"postgresql://ci:{SECRET}@{host}/db")
+    assert time.monotonic() - started < 10
+    assert_one_line_error(result, 1, f"cannot connect to {host}: ")
+
+
+def test_wrong_password_is_refused(database: Database) -> None:
+    settings = database.settings
+    url = (
+        f"postgresql://{settings.user}:{SECRET}@{settings.host}:{settings.port}/{settings.database}"
+    )
+    result = run_cli("migrate", "status", "--database-url", url)
+    assert_one_line_error(
+        result,
+        2,
+        f"{settings.host}:{settings.port} refused user '{settings.user}': password authentication failed",
+    )
+
+
+def test_empty_migrations_folder(tmp_path: Path) -> None:
+    result = run_cli(
+        "migrate",
+        "--database-url",
+        f"postgresql://ci:{SECRET}@127.0.0.1:1/db",
+        "--migrations-dir",
+        str(tmp_path),
+    )
+    assert_one_line_error(result, 2, f"migrations folder {tmp_path} holds no <version>_<name>.sql")
+
+
+def test_missing_migrations_folder(tmp_path: Path) -> None:
+    result = run_cli(
+        "migrate",
+        "--database-url",
+        f"postgresql://ci:{SECRET}@127.0.0.1:1/db",
+        "--migrations-dir",
+        str(tmp_path / "nope"),
+    )
+    assert_one_line_error(result, 2, f"migrations folder {tmp_path / 'nope'} does not exist")
+
+
+def test_file_without_version(tmp_path: Path, database: Database) -> None:
+    folder = write_migrations(
+        tmp_path, {"0001_ok.sql": "SELECT 1;\n", "add_index.sql": "SELECT 2;\n"}
+    )
+    result = run_cli("migrate", "--database-url", database.url, "--migrations-dir", str(folder))
+    assert_one_line_error(
+        result, 2, "migration file add_index.sql has no version; rename it to <version>_<name>.sql"
+    )
+    assert database.tables() == set()
+
+
+def test_duplicate_version(tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n", "1_b.sql": "SELECT 2;\n"})
+    result = run_cli(
+        "migrate", "status", "--database-url", "postgresql://h/db", "--migrations-dir", str(folder)
+    )
+    assert_one_line_error(result, 2, "migration files 0001_a.sql and 1_b.sql share version 1")
+
+
+def test_scripts_migrate_is_the_same_command(database: Database) -> None:
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "migrate.py"),
+            "status",
+            "--database-url",
+            database.url,
+            "--migrations-dir",
+            str(MIGRATIONS),
+            "--exit-code",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert completed.returncode == 3
+    assert completed.stdout.splitlines()[1].split()[:3] == ["1", "plan_schema", "pending"]
+
+
+def test_wait_returns_when_the_server_answers(database: Database) -> None:
+    result = run_cli("migrate", "wait", "--database-url", database.url, "--timeout", "5")
+    assert result.code == 0
+    assert result.out == f"ready: {database.settings.redacted_url()}\n"
+    assert database.settings.password not in result.out
+
+
+def test_wait_gives_up_after_its_timeout() -> None:
+    started = time.monotonic()
+    result = run_cli(
+        "migrate",
+        "wait",
+        "--timeout",
+        "0.5",
+        "--database-url",
+        f"postgresql://ci:{SECRET}@127.0.0.1:1/db",
+    )
+    assert 0.5 <= time.monotonic() - started < 10
+    assert_one_line_error(result, 1, "cannot connect to 127.0.0.1:1: Connection refused")
