@@ -90,7 +90,7 @@ def test_url_round_trips_and_redacts() -> None:
 def test_outputs_are_the_contract() -> None:
     settings = ConnectionSettings("h", 5432, "db", "u", "pw", "require")
     assert tuple(settings.outputs()) == contract.OUTPUT_NAMES
-    assert contract.SECRET_OUTPUT_NAMES == {"password", "database_url", "migration_database_url"}
+    assert {"password", "database_url", "migration_database_url"} == contract.SECRET_OUTPUT_NAMES
     with_direct = ConnectionSettings(
         "h",
         6543,
