@@ -21,8 +21,8 @@ from typing import Any, NoReturn
 import psycopg
 
 from cicd_db import migrations, targets
-from cicd_db.errors import CicdDbError, ConnectionFailed, UsageError
-from cicd_db.settings import ConnectionSettings, redact
+from cicd_db.errors import CicdDbError, ConfigError, ConnectionFailed, UsageError
+from cicd_db.settings import ConnectionSettings, is_transaction_pooler, redact
 
 EXIT_PENDING = 3
 
@@ -247,6 +247,12 @@ def _migrate(session: _Session) -> int:
         )
     settings = session.settings(target).for_migrations()
     session.secrets.append(settings.password)
+    if writes and is_transaction_pooler(settings):
+        raise ConfigError(
+            f"{settings.host}:{settings.port} is a transaction pooler, where the migration lock "
+            "does not hold; migrate through the direct endpoint (Supabase: port 5432, Neon: the "
+            "host without -pooler), or export migration_database_url from the stack"
+        )
     with targets.connect(settings, options=migrations.SESSION_OPTIONS) as conn:
         runner = migrations.Runner(conn, files, lock_timeout=args.lock_timeout)
         if command == "status":

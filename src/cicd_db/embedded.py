@@ -41,18 +41,15 @@ import psycopg
 from psycopg import sql
 
 from cicd_db.errors import EmbeddedServerError
-from cicd_db.settings import ConnectionSettings
+from cicd_db.settings import (
+    LOCAL_DATABASE,
+    LOCAL_ROLE_SETTINGS,
+    LOCAL_USER,
+    ConnectionSettings,
+)
 
-DATABASE = "ci_local"
-APP_USER = "ci_user"
 SUPERUSER = "postgres"
 HOST = "127.0.0.1"
-# The plan's phase 1, step 2.
-ROLE_SETTINGS = (
-    ("client_encoding", "utf8"),
-    ("default_transaction_isolation", "read committed"),
-    ("timezone", "UTC"),
-)
 # The account the server runs as when we are root.
 SYSTEM_ACCOUNT = "cicd_db_postgres"
 START_TIMEOUT_SECONDS = 60
@@ -123,8 +120,8 @@ class EmbeddedServer:
         return ConnectionSettings(
             host=HOST,
             port=state["port"],
-            database=DATABASE,
-            user=APP_USER,
+            database=LOCAL_DATABASE,
+            user=LOCAL_USER,
             password=state["password"],
             # The wheel is built without OpenSSL; the server only listens on loopback.
             sslmode="disable",
@@ -312,28 +309,30 @@ class EmbeddedServer:
             sslmode="disable",
         )
         with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
-            role = sql.Identifier(APP_USER)
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_USER])
+            role = sql.Identifier(LOCAL_USER)
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [LOCAL_USER])
             if exists.fetchone() is None:
                 conn.execute(
                     sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD {}").format(
                         role, sql.Literal(state["password"])
                     )
                 )
-            for name, value in ROLE_SETTINGS:
+            for name, value in LOCAL_ROLE_SETTINGS:
                 conn.execute(
                     sql.SQL("ALTER ROLE {} SET {} TO {}").format(
                         role, sql.Identifier(name), sql.Literal(value)
                     )
                 )
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE])
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [LOCAL_DATABASE])
             if exists.fetchone() is None:
                 conn.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DATABASE), role)
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(LOCAL_DATABASE), role
+                    )
                 )
             conn.execute(
                 sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(
-                    sql.Identifier(DATABASE), role
+                    sql.Identifier(LOCAL_DATABASE), role
                 )
             )
 

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import psycopg.conninfo
 
-from cicd_db.errors import ConfigError
+from cicd_db.errors import ConfigError as ConfigError  # re-exported: the contract raises it
 
 # Output names of every stack (DESIGN.md, "The connection contract").
 HOST = "host"
@@ -39,6 +39,19 @@ ENCRYPTING_SSLMODES = ("require", "verify-ca", "verify-full")
 
 # Seconds libpq waits for a TCP connection, so an unreachable host fails fast.
 CONNECT_TIMEOUT = 5
+
+# The local database of the plan's phase 1, step 2: the embedded server and the
+# Docker container of the dev stack both create exactly this.
+LOCAL_DATABASE = "ci_local"
+LOCAL_USER = "ci_user"
+LOCAL_ROLE_SETTINGS = (
+    ("client_encoding", "utf8"),
+    ("default_transaction_isolation", "read committed"),
+    ("timezone", "UTC"),
+)
+
+# Transaction poolers: session state (advisory locks, SET) does not survive them.
+SUPABASE_POOLER_PORT = 6543
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,37 @@ def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> C
         sslmode=str(params.get("sslmode") or "prefer"),
         migration_url=params.get(MIGRATION_DATABASE_URL) or None,
     )
+
+
+def is_transaction_pooler(settings: ConnectionSettings) -> bool:
+    """True for endpoints known to pool by transaction: Supabase's port 6543, Neon's -pooler hosts."""
+    first_label = settings.host.split(".", 1)[0]
+    return settings.port == SUPABASE_POOLER_PORT or first_label.endswith("-pooler")
+
+
+def check_cloud_url(url: str, *, what: str, allow_insecure: bool = False) -> str:
+    """Validate a cloud database URL for the prod stack; returns it with `sslmode`.
+
+    It must be postgres:// or postgresql:// with host, database, user and password.
+    A missing sslmode becomes `require`; a weaker one is refused unless
+    `allow_insecure`. Other query parameters (Neon's `options`, ...) are kept.
+    Reads nothing; raises ConfigError with the fix.
+    """
+    settings = from_url(url, what=what)
+    if not settings.user or not settings.password:
+        raise ConfigError(
+            f"the {what} {redact(url)!r} needs a user and a password, as in "
+            "postgresql://USER:PASSWORD@HOST/DATABASE"
+        )
+    sslmode_given = "sslmode=" in url.partition("?")[2]
+    if not sslmode_given:
+        url += ("&" if "?" in url else "?") + "sslmode=require"
+    elif settings.sslmode not in ENCRYPTING_SSLMODES and not allow_insecure:
+        raise ConfigError(
+            f"the {what} has sslmode={settings.sslmode}, which does not encrypt; use "
+            f"sslmode=require (or verify-ca, verify-full), or set cicd-db:allowInsecure true"
+        )
+    return url
 
 
 def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSettings:

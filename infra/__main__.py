@@ -1,0 +1,52 @@
+"""The Pulumi program: the stack's config in, the connection contract out.
+
+Stack `dev` (or any stack with cicd-db:kind docker) runs PostgreSQL in Docker;
+every other stack records a cloud database. Resources live in the components.
+"""
+
+import pulumi
+
+from cicd_db import settings as contract
+from cloud_postgres import CloudPostgres
+from docker_postgres import DockerPostgres
+
+config = pulumi.Config()
+stack = pulumi.get_stack()
+kind = config.get("kind") or ("docker" if stack == "dev" else "cloud")
+
+if kind == "docker":
+    database: DockerPostgres | CloudPostgres = DockerPostgres(
+        "postgres",
+        major=config.get_int("postgresMajor") or 17,
+        port=config.get_int("port") or 5432,
+        keep_volume=config.get_bool("keepVolume") is not False,
+        image_tag=config.get("imageTag"),
+    )
+elif kind == "cloud":
+    database_url = config.get("databaseUrl")
+    if not database_url:
+        raise pulumi.RunError(
+            f"stack {stack} has no database URL; set it with: pulumi config set --secret "
+            f"cicd-db:databaseUrl 'postgresql://USER:PASSWORD@HOST/DATABASE?sslmode=require' -s {stack}"
+        )
+    for key in ("databaseUrl", "directUrl"):
+        if config.get(key) and not pulumi.runtime.is_config_secret(config.full_key(key)):
+            raise pulumi.RunError(
+                f"cicd-db:{key} is stored in clear text in Pulumi.{stack}.yaml; remove it and set "
+                f"it again with: pulumi config set --secret cicd-db:{key} '...' -s {stack}"
+            )
+    database = CloudPostgres(
+        "postgres",
+        database_url=database_url,
+        direct_url=config.get("directUrl"),
+        allow_insecure=bool(config.get_bool("allowInsecure")),
+    )
+else:
+    raise pulumi.RunError(f"cicd-db:kind is {kind!r}; use docker or cloud")
+
+for name in (*contract.OUTPUT_NAMES, *contract.OPTIONAL_OUTPUT_NAMES):
+    if name in database.connection:
+        value = database.connection[name]
+        pulumi.export(
+            name, pulumi.Output.secret(value) if name in contract.SECRET_OUTPUT_NAMES else value
+        )

@@ -1,0 +1,167 @@
+"""Stack targets through the `pulumi` CLI boundary, with a stub `pulumi` on PATH.
+
+The stub checks its arguments and its working folder, then prints what the real
+`pulumi stack output --json --show-secrets --stack NAME` prints, or fails the way
+the real one fails. The database behind the outputs is real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import MIGRATIONS, ROOT, Database, run_cli
+
+STUB = f"""#!{sys.executable}
+import json, os, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+if args[:4] != ["stack", "output", "--json", "--show-secrets"] or args[4] != "--stack" or len(args) != 6:
+    sys.exit(f"stub pulumi: unexpected arguments {{args}}")
+if not Path("Pulumi.yaml").is_file():
+    sys.exit("stub pulumi: not run from the project folder")
+stack = args[5]
+if os.environ.get("STUB_NEEDS_PASSPHRASE") and not os.environ.get("PULUMI_CONFIG_PASSPHRASE"):
+    print("error: getting stack outputs: passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
+          "PULUMI_CONFIG_PASSPHRASE_FILE environment variables", file=sys.stderr)
+    sys.exit(255)
+outputs = Path(os.environ["STUB_OUTPUTS"]) / f"{{stack}}.json"
+if not outputs.is_file():
+    print(f"error: no stack named '{{stack}}' found", file=sys.stderr)
+    sys.exit(255)
+print(outputs.read_text())
+"""
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> dict[str, str]:
+    """Environment with the stub first on PATH; write <stack>.json under STUB_OUTPUTS."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    executable = bin_dir / "pulumi"
+    executable.write_text(STUB)
+    executable.chmod(executable.stat().st_mode | stat.S_IXUSR)
+    (tmp_path / "outputs").mkdir()
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "STUB_OUTPUTS": str(tmp_path / "outputs"),
+        "CICD_DB_LOCAL": "",
+    }
+
+
+def deploy(stub: dict[str, str], stack: str, outputs: dict[str, object]) -> None:
+    (Path(stub["STUB_OUTPUTS"]) / f"{stack}.json").write_text(json.dumps(outputs, indent=4))
+
+
+def migrate_script(*args: str, env: dict[str, str]):
+    import subprocess
+
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "migrate.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        check=False,
+    )
+    return completed
+
+
+@pytest.mark.parametrize("flags", [["--stack", "dev"], ["--local"]], ids=["stack-dev", "local"])
+def test_dev_stack_outputs_pick_the_database(stub, database: Database, flags) -> None:
+    deploy(stub, "dev", database.settings.outputs())
+    completed = migrate_script(*flags, env=stub)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines()[-1].startswith("applied 1 migration to stack dev in ")
+    assert database.history() == [1]
+    assert database.settings.password not in completed.stdout + completed.stderr
+
+
+def test_prod_prefers_the_migration_url(stub, database: Database) -> None:
+    outputs = database.settings.outputs()
+    # The application endpoint is a pooler that is not even there; migrations go direct.
+    outputs.update(
+        host="127.0.0.1",
+        port=1,
+        database_url="postgresql://app:pooled-secret@127.0.0.1:1/db?sslmode=disable",
+        migration_database_url=database.url,
+    )
+    deploy(stub, "prod", outputs)
+    refused = run_cli("migrate", "--stack", "prod", env=stub)
+    assert (refused.code, refused.err) == (
+        2,
+        "error: stack prod is a remote database; add --yes "
+        "to apply migrations to it (or use --local for the local one)\n",
+    )
+    completed = run_cli(
+        "migrate", "--stack", "prod", "--yes", "--migrations-dir", str(MIGRATIONS), env=stub
+    )
+    assert completed.code == 0, completed.err
+    assert database.history() == [1]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {},
+            "error: Pulumi stack 'dev' does not exist; create it with `pulumi stack init dev` and "
+            "deploy it with `pulumi up -s dev`; without Docker, set CICD_DB_LOCAL=embedded so "
+            "--local uses the embedded server\n",
+        ),
+        (
+            {"STUB_NEEDS_PASSPHRASE": "1"},
+            "error: Pulumi needs the passphrase of stack 'dev'; set PULUMI_CONFIG_PASSPHRASE (or "
+            "PULUMI_CONFIG_PASSPHRASE_FILE) and run again\n",
+        ),
+    ],
+    ids=["missing-stack", "passphrase"],
+)
+def test_stack_errors_name_the_fix(stub, env: dict[str, str], message: str) -> None:
+    result = run_cli("migrate", "status", "--local", env={**stub, **env})
+    assert (result.code, result.out, result.err) == (2, "", message)
+
+
+def test_stack_never_deployed(stub) -> None:
+    deploy(stub, "dev", {})
+    result = run_cli("migrate", "status", "--stack", "dev", env=stub)
+    assert (result.code, result.err) == (
+        2,
+        "error: stack 'dev' has no outputs: it was never deployed; run `pulumi up -s dev`\n",
+    )
+
+
+def test_stack_missing_outputs(stub) -> None:
+    deploy(stub, "dev", {"host": "127.0.0.1", "port": 5432})
+    result = run_cli("migrate", "status", "--stack", "dev", env=stub)
+    assert (result.code, result.err) == (
+        2,
+        "error: stack 'dev' has no output database, user, password, sslmode, database_url; "
+        "run `pulumi up -s dev` so it exports the connection contract\n",
+    )
+
+
+def test_without_pulumi_cli(tmp_path: Path) -> None:
+    result = run_cli("migrate", "status", "--stack", "dev", env={"PATH": str(tmp_path)})
+    assert result.code == 2
+    assert result.err == (
+        "error: reading stack 'dev' needs the pulumi command, not found on PATH; install the "
+        "Pulumi CLI (https://www.pulumi.com/docs/install/), or name the database another way: "
+        "--database-url URL, DATABASE_URL, or --stack embedded\n"
+    )
+
+
+def test_migrations_refuse_a_transaction_pooler(database: Database) -> None:
+    pooled = database.url.replace(f":{database.settings.port}/", ":6543/")
+    result = run_cli("migrate", "--database-url", pooled)
+    assert result.code == 2
+    assert result.err.startswith(
+        "error: 127.0.0.1:6543 is a transaction pooler, where the migration lock does not hold;"
+    )
+    assert database.history() == []
