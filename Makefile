@@ -5,12 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-db lint bench clean-state help
+MIGRATIONS ?= db/migrations
+NO_TRANSACTION_MARKER := -- cicd-db: no-transaction
+
+.PHONY: install run test test-db lint lint-sql bench clean-state help
 
 help:
 	@echo "make run     start the embedded PostgreSQL, apply db/migrations, show the status"
 	@echo "make test    lint, then the whole test suite on a real PostgreSQL"
-	@echo "make lint    ruff and mypy"
+	@echo "make lint    ruff, mypy, sqlfluff and squawk on db/migrations, actionlint"
 	@echo "make install only build .venv"
 
 $(STAMP): pyproject.toml
@@ -27,10 +30,29 @@ run: $(STAMP)
 	@$(BIN)/cicd-db migrate --stack embedded status
 	@echo "connect with: $$($(BIN)/cicd-db embedded url)  (cicd-db embedded url --show-password prints the password)"
 
-lint: $(STAMP)
+lint: lint-sql
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/actionlint
+
+# SQL style (sqlfluff) and migration safety (squawk). A file marked
+# no-transaction is checked as running outside a transaction, the rest inside one.
+lint-sql: $(STAMP)
+	$(BIN)/sqlfluff lint $(MIGRATIONS)
+	@in_tx=""; no_tx=""; \
+	for file in $(MIGRATIONS)/*.sql; do \
+	    if [ "$$(head -n 1 "$$file")" = "$(NO_TRANSACTION_MARKER)" ]; then no_tx="$$no_tx $$file"; \
+	    else in_tx="$$in_tx $$file"; fi; \
+	done; \
+	status=0; \
+	if [ -n "$$in_tx" ]; then \
+	    echo "squawk (in a transaction):$$in_tx"; \
+	    $(BIN)/squawk --config .squawk.toml --reporter gcc $$in_tx || status=1; fi; \
+	if [ -n "$$no_tx" ]; then \
+	    echo "squawk (no transaction):$$no_tx"; \
+	    $(BIN)/squawk --config .squawk.toml --no-assume-in-transaction --reporter gcc $$no_tx || status=1; fi; \
+	exit $$status
 
 test: lint
 	$(BIN)/pytest

@@ -258,7 +258,7 @@ def _migrate(session: _Session) -> int:
         if command == "status":
             return _status(session, target, settings, runner)
         if command == "baseline":
-            return _baseline(session, target, conn, runner)
+            return _baseline(session, target, runner)
         return _up(session, target, runner)
 
 
@@ -269,6 +269,8 @@ def _up(session: _Session, target: targets.Target, runner: migrations.Runner) ->
     def report(result: migrations.Result) -> None:
         if not args.json:
             timing = "" if result.dry_run else f" ({result.duration_ms:.0f} ms)"
+            for note in result.notes:
+                print(f"  {note}")
             print(f"{verb} {result.migration.filename}{timing}", flush=True)
 
     started = time.perf_counter()
@@ -349,25 +351,13 @@ def _status(
     return EXIT_PENDING if args.exit_code and pending else 0
 
 
-def _baseline(
-    session: _Session,
-    target: targets.Target,
-    conn: psycopg.Connection[Any],
-    runner: migrations.Runner,
-) -> int:
+def _baseline(session: _Session, target: targets.Target, runner: migrations.Runner) -> int:
     version = session.args.version
-    chosen = [m for m in runner.migrations if m.version <= version]
-    if not chosen or chosen[-1].version != version:
-        raise UsageError(f"no migration has version {version}; see `migrate status`")
-    if runner.applied():
-        raise UsageError(
-            f"{target.description} already has migration history; baseline is only for a "
-            "database without it (use `migrate up`)"
-        )
-    runner.record(chosen)
+    recorded = runner.baseline(version)
     print(
-        f"recorded {len(chosen)} migration(s) up to version {version} as applied "
-        f"on {target.description}"
+        f"baseline: the schema matches migrations up to version {version}; recorded "
+        f"{len(recorded)} migration{'s' if len(recorded) != 1 else ''} as applied on "
+        f"{target.description}"
     )
     return 0
 

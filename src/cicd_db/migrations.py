@@ -21,11 +21,12 @@ only read the database. `Runner.apply()` writes, unless `dry_run`.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,15 @@ LOCK_POLL_SECONDS = 0.05
 # Passed at connect time: the server then notices within a second that a killed
 # runner is gone, ends its transaction and frees the lock (PostgreSQL 14+, Linux).
 SESSION_OPTIONS = "-c client_connection_check_interval=1000"
+# `CREATE INDEX CONCURRENTLY name`: an interrupted run leaves `name` behind, invalid.
+CONCURRENT_INDEX = re.compile(
+    r"\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r'(?P<name>"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)',
+    re.IGNORECASE,
+)
+# Failures caused by other sessions, not by the migration: lock_not_available
+# (lock_timeout), query_canceled, deadlock_detected, serialization_failure.
+TRANSIENT_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
 FILE_NAME = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)\.sql$")
 
 
@@ -95,6 +105,7 @@ class Result:
     migration: Migration
     duration_ms: float
     dry_run: bool
+    notes: tuple[str, ...] = ()
 
 
 def discover(folder: Path) -> list[Migration]:
@@ -134,10 +145,10 @@ def discover(folder: Path) -> list[Migration]:
             text=text,
             checksum=hashlib.sha256(data).hexdigest(),
         )
-        if not migration.transactional and len(list(statements(text))) != 1:
+        if not migration.transactional and len(_changes(text)) != 1:
             raise ConfigError(
                 f"migration file {path.name} is marked no-transaction but does not hold "
-                "exactly one statement; split it into one file per statement"
+                "exactly one statement besides SET; split it into one file per statement"
             )
         migrations[version] = migration
     if not migrations:
@@ -157,6 +168,19 @@ def statements(text: str) -> Iterator[tuple[int, str]]:
         if _is_only_comments(statement):
             continue
         yield text.count("\n", 0, start) + 1, statement
+
+
+def _changes(text: str) -> list[str]:
+    """The statements of `text` that are not session settings (SET ...)."""
+    return [
+        statement
+        for _, statement in statements(text)
+        if not _without_comments(statement).upper().startswith(("SET ", "RESET "))
+    ]
+
+
+def _without_comments(statement: str) -> str:
+    return str(sqlparse.format(statement, strip_comments=True)).strip()
 
 
 def _is_only_comments(statement: str) -> bool:
@@ -259,12 +283,61 @@ class Runner:
                     on_applied(result)
             return results
 
-    def record(self, migrations: list[Migration]) -> None:
-        """Write history rows for `migrations` without running them (baseline). Writes."""
-        with self._lock(), self.conn.transaction():
-            self._create_history()
-            for migration in migrations:
-                self._insert_history(migration, 0)
+    def baseline(self, version: int) -> list[Migration]:
+        """Record migrations up to `version` as applied, without running them. Writes.
+
+        For a database made by hand (the plan's `psql -f`): first the files are run
+        in a scratch schema inside a transaction that is rolled back, and the live
+        schema must match what they made, table for table, column for column,
+        constraint for constraint, index for index. CONCURRENTLY is dropped from
+        no-transaction files there, since the scratch run is one transaction.
+        """
+        chosen = [m for m in self.migrations if m.version <= version]
+        if not chosen or chosen[-1].version != version:
+            raise MigrationRefused(
+                f"no migration file has version {version}; see `migrate status` for the versions"
+            )
+        with self._lock():
+            if self.applied():
+                raise MigrationRefused(
+                    "this database already has migration history; baseline is only for a "
+                    "database without it (run `migrate up` instead)"
+                )
+            problems = self._compare_with(chosen)
+            if problems:
+                shown = "; ".join(problems[:12])
+                more = f"; and {len(problems) - 12} more" if len(problems) > 12 else ""
+                raise MigrationRefused(
+                    f"the live schema does not match migrations up to version {version}: "
+                    f"{shown}{more}; fix the schema by hand, or baseline at the version it matches"
+                )
+            with self.conn.transaction():
+                self._create_history()
+                for migration in chosen:
+                    self._insert_history(migration, 0)
+        return chosen
+
+    def _compare_with(self, chosen: list[Migration]) -> list[str]:
+        from cicd_db import schema  # only baseline needs the catalog queries
+
+        row = self.conn.execute("SELECT current_schema()").fetchone()
+        if row is None or row[0] is None:
+            raise MigrationRefused("no schema is on the search_path; set search_path and retry")
+        live = str(row[0])
+        scratch = f"cicd_db_baseline_{os.getpid()}"
+        with self.conn.transaction(force_rollback=True):
+            self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
+            self.conn.execute(
+                sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(scratch))
+            )
+            for migration in chosen:
+                text = migration.text
+                if not migration.transactional:
+                    text = re.sub(r"\bCONCURRENTLY\b", "", text, flags=re.IGNORECASE)
+                self._run_statements(replace(migration, text=text))
+            expected = schema.signature(self.conn, scratch)
+            actual = schema.signature(self.conn, live)
+        return schema.differences(expected, actual)
 
     # -- internals ---------------------------------------------------------------
 
@@ -344,18 +417,41 @@ class Runner:
 
     def _apply_one(self, migration: Migration) -> Result:
         started = time.perf_counter()
+        notes: tuple[str, ...] = ()
         if migration.transactional:
             with self.conn.transaction():
                 self._run_statements(migration)
                 duration_ms = (time.perf_counter() - started) * 1000
                 self._insert_history(migration, duration_ms)
         else:
+            notes = self._drop_invalid_index(migration)
             self._run_statements(migration)
             duration_ms = (time.perf_counter() - started) * 1000
             self._insert_history(migration, duration_ms)
         # A file's SET lock_timeout and the like must not leak into the next file.
         self.conn.execute("RESET ALL")
-        return Result(migration, duration_ms, dry_run=False)
+        return Result(migration, duration_ms, dry_run=False, notes=notes)
+
+    def _drop_invalid_index(self, migration: Migration) -> tuple[str, ...]:
+        """Drop the invalid index an interrupted CREATE INDEX CONCURRENTLY left behind.
+
+        PostgreSQL's own advice for that case; without it, the file could never be
+        run again (the name is taken) or, with IF NOT EXISTS, would keep a broken index.
+        """
+        match = CONCURRENT_INDEX.search(_without_comments(migration.text))
+        if match is None:
+            return ()
+        raw = match["name"]
+        name = raw[1:-1] if raw.startswith('"') else raw.lower()
+        identifier = sql.Identifier(name)
+        row = self.conn.execute(
+            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
+            [identifier.as_string(self.conn)],
+        ).fetchone()
+        if row is None or row[0]:
+            return ()
+        self.conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(identifier))
+        return (f"dropped invalid index {name} left by an interrupted run",)
 
     def _run_statements(self, migration: Migration) -> None:
         for line, statement in statements(migration.text):
@@ -374,9 +470,14 @@ def _describe_failure(migration: Migration, line: int, statement: str, error: ps
         line += statement.count("\n", 0, int(position) - 1)
     message = diag.message_primary or str(error).strip().splitlines()[0]
     code = f" [{diag.sqlstate}]" if diag.sqlstate else ""
+    rolled_back = "it was rolled back" + (
+        "" if migration.transactional else " as far as PostgreSQL allows"
+    )
+    if diag.sqlstate in TRANSIENT_SQLSTATES:
+        advice = "run again when the table is less busy (the file itself is fine)"
+    else:
+        advice = "fix the file and run again"
     return (
         f"migration {migration.filename} failed at line {line}: {message}{code}; "
-        "it was rolled back"
-        + ("" if migration.transactional else " as far as PostgreSQL allows")
-        + ", fix the file and run again"
+        f"{rolled_back}; {advice}"
     )

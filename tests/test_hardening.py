@@ -1,0 +1,356 @@
+"""From the plan's schema, made by hand, to the hardened one: baseline, then up.
+
+The upgrade path must keep every row and number, and end with exactly the schema
+an empty database gets from `migrate up` (compared in the catalogs).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from cicd_db import schema
+
+from .conftest import MIGRATIONS, ROOT, Database, run_cli
+
+PLAN = ROOT.parent / "shared" / "plan" / "ci-cd-database-plan.md"
+PLAN_SCHEMA = (ROOT / "tests" / "fixtures" / "plan_schema.sql").read_text()
+STARTED = datetime(2026, 1, 2, 3, 4, 5)
+
+
+def test_fixture_is_the_plans_sql() -> None:
+    if not PLAN.is_file():
+        pytest.skip(f"the plan is not beside this checkout ({PLAN}); CI has it")
+    block = re.search(
+        r"Step 3: Define Local Database Schema.*?```sql\n(.*?)```", PLAN.read_text(), re.S
+    )
+    assert block is not None
+    assert block.group(1) == PLAN_SCHEMA
+
+
+def migrate(database: Database, *args: str):
+    result = run_cli("migrate", "--database-url", database.url, *args)
+    assert "Traceback" not in result.err
+    return result
+
+
+def create_by_hand(database: Database) -> None:
+    """What a team that followed the plan did: `psql -f` of its schema, then some runs."""
+    with database.connect() as conn:
+        conn.execute(PLAN_SCHEMA.encode())
+        for pipeline in ("build", "deploy", "build", "deploy"):
+            run = conn.execute(
+                "INSERT INTO pipeline_executions (pipeline_name, commit_hash, status, start_time, "
+                "completion_time) VALUES (%s, 'abc123', 'SUCCESS', %s, %s) RETURNING id",
+                [pipeline, STARTED, STARTED.replace(minute=30)],
+            ).fetchone()[0]
+            for order, stage in enumerate(("compile", "test"), start=1):
+                stage_id = conn.execute(
+                    "INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
+                    "execution_order, status, start_time) VALUES (%s, %s, %s, 'SUCCESS', %s) "
+                    "RETURNING id",
+                    [run, stage, order, STARTED],
+                ).fetchone()[0]
+                # The plan allows a job without a status; it must become PENDING.
+                conn.execute(
+                    "INSERT INTO job_executions (stage_execution_id, job_name, status, start_time) "
+                    "VALUES (%s, 'unit', NULL, %s), (%s, 'lint', 'FAILED', %s)",
+                    [stage_id, STARTED, stage_id, STARTED],
+                )
+
+
+def runs(database: Database) -> list[tuple[object, ...]]:
+    return database.query(
+        "SELECT pipeline_name, run_number, start_time FROM pipeline_executions "
+        "ORDER BY pipeline_name, run_number"
+    )
+
+
+def filenodes(database: Database) -> list[tuple[object, ...]]:
+    return database.query(
+        "SELECT relname, pg_relation_filenode(oid) FROM pg_class WHERE relname IN "
+        "('pipeline_executions', 'stage_executions', 'job_executions') ORDER BY relname"
+    )
+
+
+def test_upgrade_path_keeps_every_row_and_hardens_the_schema(database: Database) -> None:
+    create_by_hand(database)
+    files_before = filenodes(database)
+
+    baseline = migrate(database, "baseline", "--version", "1")
+    assert baseline.code == 0, baseline.err
+    assert baseline.out == (
+        "baseline: the schema matches migrations up to version 1; recorded "
+        "1 migration as applied on --database-url\n"
+    )
+    up = migrate(database, "up")
+    assert up.code == 0, up.err
+    assert database.history() == list(range(1, 15))
+
+    # Every run is still there with its number and instant, now as timestamptz in UTC.
+    utc = STARTED.replace(tzinfo=UTC)
+    assert runs(database) == [
+        ("build", 1, utc),
+        ("build", 3, utc),
+        ("deploy", 2, utc),
+        ("deploy", 4, utc),
+    ]
+    assert database.query("SELECT count(*) FROM stage_executions") == [(8,)]
+    assert database.query(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'PENDING') FROM job_executions"
+    ) == [(16, 8)]
+    assert set(
+        database.query(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE column_name IN ('start_time', 'completion_time')"
+        )
+    ) == {("timestamp with time zone",)}
+    # No table was rewritten: timestamptz in UTC, NOT NULL and checks without a table copy.
+    assert filenodes(database) == files_before
+
+    with database.connect() as conn:
+        build = conn.execute(
+            "INSERT INTO pipeline_executions (pipeline_name, commit_hash) "
+            "VALUES ('build', 'def') RETURNING run_number, status"
+        ).fetchone()
+        deploy = conn.execute(
+            "INSERT INTO pipeline_executions (pipeline_name, commit_hash) "
+            "VALUES ('deploy', 'def') RETURNING run_number"
+        ).fetchone()
+        first = conn.execute(
+            "INSERT INTO pipeline_executions (pipeline_name, commit_hash) "
+            "VALUES ('release', 'def') RETURNING run_number"
+        ).fetchone()
+    assert build == (4, "PENDING")
+    assert deploy == (5,)
+    assert first == (1,)
+
+    assert_constraints_hold(database)
+
+
+def assert_constraints_hold(database: Database) -> None:
+    with database.connect() as conn:
+        run, stage = conn.execute(
+            "SELECT s.pipeline_execution_id, s.id FROM stage_executions s "
+            "WHERE s.stage_name = 'compile' LIMIT 1"
+        ).fetchone()
+        violations = [
+            (
+                "INSERT INTO stage_executions (pipeline_execution_id, stage_name, execution_order) "
+                "VALUES (%s, 'compile', 9)",
+                [run],
+                errors.UniqueViolation,
+            ),
+            (
+                "INSERT INTO stage_executions (pipeline_execution_id, stage_name, execution_order) "
+                "VALUES (%s, 'package', 1)",
+                [run],
+                errors.UniqueViolation,
+            ),
+            (
+                "INSERT INTO job_executions (stage_execution_id, job_name) VALUES (%s, 'unit')",
+                [stage],
+                errors.UniqueViolation,
+            ),
+            (
+                "UPDATE job_executions SET completion_time = start_time - interval '1 second' "
+                "WHERE stage_execution_id = %s",
+                [stage],
+                errors.CheckViolation,
+            ),
+            (
+                "UPDATE pipeline_executions SET status = NULL WHERE id = %s",
+                [run],
+                errors.NotNullViolation,
+            ),
+            (
+                "UPDATE stage_executions SET status = 'DONE' WHERE id = %s",
+                [stage],
+                errors.CheckViolation,
+            ),
+            (
+                "UPDATE pipeline_executions SET run_number = 3 WHERE id = %s AND pipeline_name = "
+                "'build' AND run_number = 1",
+                [run],
+                errors.UniqueViolation,
+            ),
+        ]
+        for statement, params, violation in violations:
+            with pytest.raises(violation):
+                conn.execute(statement.encode(), params)
+
+
+def test_fresh_path_ends_with_the_same_schema(server, database: Database, tmp_path) -> None:
+    create_by_hand(database)
+    assert migrate(database, "baseline", "--version", "1").code == 0
+    assert migrate(database, "up").code == 0
+
+    fresh = Database(
+        database.settings.__class__(
+            **{**database.settings.__dict__, "database": database.settings.database + "_f"}
+        )
+    )
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{fresh.settings.database}"'.encode())
+    try:
+        assert migrate(fresh, "up").code == 0
+        with database.connect() as upgraded, fresh.connect() as new:
+            upgraded_schema = schema.signature(upgraded, "public")
+            fresh_schema = schema.signature(new, "public")
+        assert schema.differences(fresh_schema, upgraded_schema) == []
+        assert {row[0] for row in fresh_schema["index"]} == {
+            "pipeline_executions_pkey",
+            "stage_executions_pkey",
+            "job_executions_pkey",
+            "pipeline_run_counters_pkey",
+            "pipeline_executions_pipeline_run_key",
+            "stage_executions_run_stage_name_key",
+            "stage_executions_run_order_key",
+            "job_executions_stage_job_name_key",
+            "pipeline_executions_active",
+        }
+        assert {row[0] for row in fresh_schema["trigger"]} == {"pipeline_executions"}
+    finally:
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{fresh.settings.database}" WITH (FORCE)'.encode())
+
+
+def test_baseline_refuses_a_schema_that_differs(database: Database) -> None:
+    create_by_hand(database)
+    with database.connect() as conn:
+        conn.execute("DROP INDEX idx_job_executions")
+        conn.execute("ALTER TABLE stage_executions ADD COLUMN note TEXT")
+    result = migrate(database, "baseline", "--version", "1")
+    assert result.code == 2
+    assert result.err == (
+        "error: the live schema does not match migrations up to version 1: "
+        "missing index idx_job_executions CREATE INDEX idx_job_executions ON job_executions "
+        "USING btree (stage_execution_id, job_name) True; "
+        "unexpected column stage_executions note text; "
+        "fix the schema by hand, or baseline at the version it matches\n"
+    )
+    assert database.history() == []
+    assert not [t for t in database.tables() if t.startswith("cicd_db_baseline")]
+
+
+def test_baseline_refuses_a_database_with_history(database: Database) -> None:
+    assert migrate(database, "up", "--target", "1").code == 0
+    result = migrate(database, "baseline", "--version", "1")
+    assert (result.code, result.err) == (
+        2,
+        "error: this database already has migration history; "
+        "baseline is only for a database without it (run "
+        "`migrate up` instead)\n",
+    )
+
+
+def test_interrupted_transactional_migration_reruns(database: Database) -> None:
+    """0005 waits for a lock a busy client holds: it gives up (lock_timeout) and leaves nothing."""
+    create_by_hand(database)
+    assert migrate(database, "baseline", "--version", "1").code == 0
+    assert migrate(database, "up", "--target", "4").code == 0
+    with database.connect() as busy:
+        busy.execute("BEGIN")
+        busy.execute(
+            "INSERT INTO pipeline_executions (pipeline_name, commit_hash) VALUES ('build', 'busy')"
+        )
+        started = time.monotonic()
+        failed = migrate(database, "up", "--target", "5")
+        assert time.monotonic() - started < 30
+        busy.execute("ROLLBACK")
+    assert failed.code == 1
+    assert failed.err == (
+        "error: migration 0005_per_pipeline_run_numbers.sql failed at line 19: canceling "
+        "statement due to lock timeout [55P03]; it was rolled back; run again when the table is "
+        "less busy (the file itself is fine)\n"
+    )
+    assert database.history() == [1, 2, 3, 4]
+    assert "pipeline_run_counters" not in database.tables()
+
+    again = migrate(database, "up")
+    assert again.code == 0, again.err
+    assert database.history() == list(range(1, 15))
+
+
+def test_interrupted_concurrent_index_reruns(database: Database) -> None:
+    """A cancelled CREATE INDEX CONCURRENTLY leaves an invalid index; the rerun replaces it."""
+    assert migrate(database, "up", "--target", "5").code == 0
+    with database.connect() as busy:
+        busy.execute("BEGIN")
+        busy.execute(
+            "INSERT INTO pipeline_executions (pipeline_name, commit_hash) VALUES ('build', 'busy')"
+        )
+        runner = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "migrate.py"),
+                "--database-url",
+                database.url,
+                "--migrations-dir",
+                str(MIGRATIONS),
+                "--target",
+                "6",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            waiting = database.query(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'CREATE UNIQUE INDEX CONCURRENTLY%' "
+                "AND wait_event_type = 'Lock'"
+            )
+            if waiting:
+                break
+            assert time.monotonic() < deadline, "the index build never started waiting"
+            time.sleep(0.05)
+        database.query("SELECT pg_cancel_backend(%s)", waiting[0][0])
+        _, err = runner.communicate(timeout=30)
+        busy.execute("ROLLBACK")
+    assert runner.returncode == 1
+    assert (
+        "0006_pipeline_run_number_index.sql failed at line 8: canceling statement due to "
+        "user request" in err
+    )
+    assert database.query(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = "
+        "'pipeline_executions_pipeline_run_key'::regclass"
+    ) == [(False,)]
+
+    again = migrate(database, "up")
+    assert again.code == 0, again.err
+    assert again.out.splitlines()[0] == (
+        "  dropped invalid index pipeline_executions_pipeline_run_key left by an interrupted run"
+    )
+    assert database.history() == list(range(1, 15))
+    assert database.query(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = "
+        "'pipeline_executions_pipeline_run_key'::regclass"
+    ) == [(True,)]
+
+
+def test_lint_gate_passes_the_repository_and_fails_unsafe_migrations() -> None:
+    good = subprocess.run(
+        ["make", "-s", "lint-sql"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    bad = subprocess.run(
+        ["make", "-s", "lint-sql", f"MIGRATIONS={Path('tests/fixtures/unsafe_migrations')}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode != 0
+    assert "0002_plain_index.sql:4:0: warning: require-concurrent-index-creation" in bad.stdout
+    assert "0003_required_column.sql:4:17: warning: adding-required-field" in bad.stdout
+    assert "0001_create_runs.sql" not in bad.stdout.split("\n", 2)[-1]
