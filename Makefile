@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed-stamp
 MIGRATIONS ?= db/migrations
 NO_TRANSACTION_MARKER := -- cicd-db: no-transaction
 
-.PHONY: install run test test-db lint lint-sql bench clean-state help
+.PHONY: install run demo test test-db lint lint-sql bench clean-state help
 
 help:
 	@echo "make run     start the embedded PostgreSQL, apply db/migrations, show the status"
 	@echo "make test    lint, then the whole test suite on a real PostgreSQL"
+	@echo "make demo    record a sample pipeline run and show the four report views"
 	@echo "make lint    ruff, mypy, sqlfluff and squawk on db/migrations, actionlint"
 	@echo "make install only build .venv"
 
@@ -29,6 +30,11 @@ run: $(STAMP)
 	@$(BIN)/cicd-db migrate --stack embedded up
 	@$(BIN)/cicd-db migrate --stack embedded status
 	@echo "connect with: $$($(BIN)/cicd-db embedded url)  (cicd-db embedded url --show-password prints the password)"
+
+# A sample run (stages, jobs, one allowed failure) on the embedded server, and its four views.
+demo: $(STAMP)
+	@$(BIN)/cicd-db migrate --stack embedded up >/dev/null
+	@$(BIN)/python scripts/demo.py --stack embedded
 
 lint: lint-sql
 	$(BIN)/ruff check .

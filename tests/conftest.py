@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cicd_db import migrations
 from cicd_db.embedded import EmbeddedServer
 from cicd_db.settings import ConnectionSettings, from_url
 
@@ -30,7 +31,7 @@ MIGRATIONS = ROOT / "db" / "migrations"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "database" in getattr(item, "fixturenames", ()):
+        if {"database", "migrated"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
 
 
@@ -98,16 +99,47 @@ class Database:
         ]
 
 
-@pytest.fixture
-def database(server: ConnectionSettings) -> Iterator[Database]:
-    name = f"test_{uuid.uuid4().hex[:12]}"
+def _create(server: ConnectionSettings, name: str, template: str | None = None) -> Database:
+    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template:
+        query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
     with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield Database(replace(server, database=name))
+        conn.execute(query)
+    return Database(replace(server, database=name))
+
+
+def _drop(server: ConnectionSettings, name: str) -> None:
     with psycopg.connect(server.conninfo(), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+@pytest.fixture
+def database(server: ConnectionSettings) -> Iterator[Database]:
+    """A fresh, empty database."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield _create(server, name)
+    _drop(server, name)
+
+
+@pytest.fixture(scope="session")
+def migrated_template(server: ConnectionSettings) -> Iterator[str]:
+    """A database with every migration of db/migrations applied, to copy from."""
+    name = f"test_template_{uuid.uuid4().hex[:8]}"
+    template = _create(server, name)
+    with template.connect() as conn:
+        migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply()
+    yield name
+    _drop(server, name)
+
+
+@pytest.fixture
+def migrated(server: ConnectionSettings, migrated_template: str) -> Iterator[Database]:
+    """A fresh database with the repository's schema: a copy of the migrated template."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield _create(server, name, template=migrated_template)
+    _drop(server, name)
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,22 @@ def commands() -> list[tuple[str, ...]]:
     return found
 
 
+def listed(parser: argparse.ArgumentParser) -> dict[str, str | None]:
+    """The subcommands a parser lists in its help, with their one-line help."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            assert set(action.choices) == {choice.dest for choice in action._choices_actions}
+            return {choice.dest: choice.help for choice in action._choices_actions}
+    return {}
+
+
 def test_every_command_is_listed_with_help_text() -> None:
+    groups = listed(cli.main_parser())
+    assert set(groups) == set(cli.GROUPS)
+    assert all(groups.values()), groups
     for group, (build, _) in cli.GROUPS.items():
-        parser = build(f"cicd-db {group}")
-        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        assert subparsers, group
-        listed = {choice.dest: choice.help for choice in subparsers[0]._choices_actions}
-        assert set(listed) == set(subparsers[0].choices)
-        assert all(listed.values()), listed
+        commands = listed(build(f"cicd-db {group}"))
+        assert all(commands.values()), commands
 
 
 @pytest.mark.parametrize("command", commands(), ids=lambda c: " ".join(c) or "cicd-db")

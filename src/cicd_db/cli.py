@@ -2,6 +2,7 @@
 
     cicd-db migrate [up|status|wait|baseline]   the migration runner (also scripts/migrate.py)
     cicd-db embedded [start|status|url|stop]     the embedded PostgreSQL server
+    cicd-db report --pipeline P [--run N [--stage S [--job J]]]   what ran, when, how it ended
 
 Exit codes: 0 done, 1 operational failure, 2 usage or configuration error,
 3 `migrate status --exit-code` with migrations pending.
@@ -20,8 +21,8 @@ from typing import Any, NoReturn
 
 import psycopg
 
-from cicd_db import migrations, targets
-from cicd_db.errors import CicdDbError, ConfigError, ConnectionFailed, UsageError
+from cicd_db import migrations, report, store, targets
+from cicd_db.errors import CicdDbError, ConfigError, ConnectionFailed, NotFound, UsageError
 from cicd_db.settings import ConnectionSettings, is_transaction_pooler, redact
 
 EXIT_PENDING = 3
@@ -450,6 +451,78 @@ def _embedded(session: _Session) -> int:
     return 0
 
 
+# -- report ----------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
+
+
+def report_parser(prog: str = "cicd-db report") -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="Show recorded executions: a pipeline's runs, one run with its stages, "
+        "one stage with its jobs, or one job. Reads only.",
+        epilog="Examples: --pipeline build | --pipeline build --run 12 | "
+        "--pipeline build --run 12 --stage test --job unit",
+    )
+    parser.add_argument("--pipeline", required=True, help="the pipeline's name")
+    parser.add_argument("--run", type=_positive, metavar="N", help="one run, with its stages")
+    parser.add_argument("--stage", metavar="NAME", help="one stage of --run, with its jobs")
+    parser.add_argument("--job", metavar="NAME", help="one job of --stage")
+    parser.add_argument(
+        "--limit", type=_positive, metavar="N", help="runs per page (default 20, at most 1000)"
+    )
+    parser.add_argument(
+        "--before", type=_positive, metavar="RUN", help="runs numbered below RUN: the next page"
+    )
+    parser.add_argument(
+        "--format", choices=report.FORMATS, default="table", help="table (default), json or yaml"
+    )
+    _target_options(parser, suppress=False)
+    return parser
+
+
+def _report(session: _Session) -> int:
+    args = session.args
+    if args.job and not args.stage:
+        raise UsageError("--job needs --stage (and --run): a job is named within its stage")
+    if args.stage and not args.run:
+        raise UsageError("--stage needs --run: a stage is named within its run")
+    if args.run and (args.limit or args.before):
+        raise UsageError("--limit and --before page through runs; leave them out with --run")
+    limit = args.limit or 20
+    if limit > 1000:
+        raise UsageError(f"--limit {limit} is above 1000; page with --before instead")
+    settings = session.settings(session.target())
+    with targets.connect(settings) as conn:
+        executions = store.Store.on(conn)
+        view: report.View
+        if args.run is None:
+            runs = executions.runs(args.pipeline, limit=limit, before=args.before)
+            if not runs and args.before is None:
+                raise NotFound(
+                    f"pipeline {args.pipeline!r} has no runs; check the name "
+                    "(names are case-sensitive)"
+                )
+            more = runs[-1].run_number if len(runs) == limit and runs[-1].run_number > 1 else None
+            view = report.RunsView(args.pipeline, runs, more)
+        else:
+            run = executions.run(args.pipeline, args.run)
+            if args.stage is None:
+                view = report.RunView(run, executions.stages(run))
+            else:
+                stage = executions.stage(run, args.stage)
+                if args.job is None:
+                    view = report.StageView(run, stage, executions.jobs(stage))
+                else:
+                    view = report.JobView(run, stage, executions.job(run, stage, args.job))
+    sys.stdout.write(report.render(view, args.format))
+    return 0
+
+
 # -- main ------------------------------------------------------------------------
 
 
@@ -458,12 +531,7 @@ def _print_json(value: Any) -> None:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=False)]
-    lines = [headers, *rows]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
+    return "\n".join(report.grid(headers, rows))
 
 
 def main_parser() -> argparse.ArgumentParser:
@@ -474,12 +542,16 @@ def main_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="group", metavar="COMMAND", parser_class=_Parser)
     commands.add_parser("migrate", help="apply and inspect SQL migrations", add_help=False)
     commands.add_parser("embedded", help="manage the embedded PostgreSQL server", add_help=False)
+    commands.add_parser(
+        "report", help="show recorded pipeline, stage and job executions", add_help=False
+    )
     return parser
 
 
 GROUPS: dict[str, tuple[Callable[[str], argparse.ArgumentParser], Callable[[_Session], int]]] = {
     "migrate": (migrate_parser, _migrate),
     "embedded": (embedded_parser, _embedded),
+    "report": (report_parser, _report),
 }
 
 
@@ -490,7 +562,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "cicd-db") -> int:
     session: _Session | None = None
     try:
         if not arguments:
-            raise UsageError("name a command: migrate or embedded; see `cicd-db --help`")
+            raise UsageError("name a command: migrate, embedded or report; see `cicd-db --help`")
         if arguments[0] not in GROUPS:
             main_parser().parse_args(arguments)  # prints help, or raises UsageError
             return 0

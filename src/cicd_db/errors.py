@@ -12,6 +12,7 @@
         ├── LockTimeout         another runner held the migration lock too long
         ├── EmbeddedServerError the embedded PostgreSQL could not be set up or started
         ├── IllegalTransition   a status change the execution state machine forbids
+        ├── AlreadyExists       a stage or job name (or stage order) already taken
         └── NotFound            a pipeline, run, stage or job that does not exist
 
 Messages are written for the person at the terminal: what is wrong, then what to
@@ -69,6 +70,10 @@ class EmbeddedServerError(OperationalError):
 
 
 class IllegalTransition(OperationalError):
+    pass
+
+
+class AlreadyExists(OperationalError):
     pass
 
 

@@ -1,0 +1,266 @@
+"""The four report views, rendered as a table, JSON or YAML.
+
+Pure functions: rows in, text out; nothing here touches the database. The JSON
+and YAML forms share one structure, documented in the README ("Report formats");
+keys are only ever added, never renamed or removed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cicd_db.store import JobRun, PipelineRun, StageRun
+
+FORMATS = ("table", "json", "yaml")
+# Tables fit 80 columns: stage and job names longer than this are elided (JSON and
+# YAML have them whole), and stage and job times leave out the year, which the
+# run's header above them shows.
+NAME_WIDTH = 18
+
+
+@dataclass(frozen=True)
+class RunsView:
+    """All runs of a pipeline, newest first; `next_before` continues the listing."""
+
+    pipeline: str
+    runs: list[PipelineRun]
+    next_before: int | None
+
+
+@dataclass(frozen=True)
+class RunView:
+    run: PipelineRun
+    stages: list[StageRun]
+
+
+@dataclass(frozen=True)
+class StageView:
+    run: PipelineRun
+    stage: StageRun
+    jobs: list[JobRun]
+
+
+@dataclass(frozen=True)
+class JobView:
+    run: PipelineRun
+    stage: StageRun
+    job: JobRun
+
+
+View = RunsView | RunView | StageView | JobView
+
+
+def render(view: View, output_format: str) -> str:
+    """The view as text in `output_format` (table, json or yaml), ending in a newline."""
+    if output_format == "json":
+        return json.dumps(data(view), indent=2) + "\n"
+    if output_format == "yaml":
+        import yaml  # only the yaml format pays for importing it
+
+        return str(yaml.safe_dump(data(view), sort_keys=False, allow_unicode=True))
+    return table(view)
+
+
+# -- JSON and YAML -------------------------------------------------------------------
+
+
+def data(view: View) -> dict[str, Any]:
+    """The view as plain data: the documented JSON and YAML structure."""
+    if isinstance(view, RunsView):
+        return {
+            "pipeline": view.pipeline,
+            "runs": [_run(run) for run in view.runs],
+            "next_before": view.next_before,
+        }
+    if isinstance(view, RunView):
+        return {"run": _run(view.run), "stages": [_stage(stage) for stage in view.stages]}
+    if isinstance(view, StageView):
+        return {
+            "run": _run(view.run),
+            "stage": _stage(view.stage),
+            "jobs": [_job(job) for job in view.jobs],
+        }
+    return {"run": _run(view.run), "stage": _stage(view.stage), "job": _job(view.job)}
+
+
+def _run(run: PipelineRun) -> dict[str, Any]:
+    return {
+        "pipeline": run.pipeline_name,
+        "run_number": run.run_number,
+        "commit_hash": run.commit_hash,
+        **_times(run),
+    }
+
+
+def _stage(stage: StageRun) -> dict[str, Any]:
+    return {"stage": stage.stage_name, "execution_order": stage.execution_order, **_times(stage)}
+
+
+def _job(job: JobRun) -> dict[str, Any]:
+    return {"job": job.job_name, "allows_failure": job.allows_failure, **_times(job)}
+
+
+def _times(row: PipelineRun | StageRun | JobRun) -> dict[str, Any]:
+    duration = row.duration
+    return {
+        "status": row.status,
+        "start_time": _instant(row.start_time),
+        "completion_time": _instant(row.completion_time),
+        "duration_seconds": None if duration is None else round(duration.total_seconds(), 3),
+    }
+
+
+def _instant(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- table -----------------------------------------------------------------------------
+
+
+def table(view: View) -> str:
+    """The view for a terminal: at most 80 columns, times in UTC."""
+    if isinstance(view, RunsView):
+        lines = [
+            f"pipeline {view.pipeline}: {len(view.runs)} run"
+            f"{'s' if len(view.runs) != 1 else ''}, newest first"
+        ]
+        lines += grid(
+            ["RUN", "STATUS", "COMMIT", "STARTED (UTC)", "FINISHED (UTC)", "DURATION"],
+            [
+                [str(run.run_number), run.status, run.commit_hash[:8], *_time_cells(run)]
+                for run in view.runs
+            ],
+        )
+        if view.next_before is not None:
+            lines.append(f"more: --before {view.next_before}")
+        return "\n".join(lines) + "\n"
+    lines = _run_header(view.run)
+    if isinstance(view, RunView):
+        lines += (
+            [
+                "",
+                *grid(
+                    ["ORDER", "STAGE", "STATUS", "STARTED (UTC)", "FINISHED (UTC)", "DURATION"],
+                    [
+                        [
+                            str(stage.execution_order),
+                            _fit(stage.stage_name),
+                            stage.status,
+                            *_time_cells(stage, short=True),
+                        ]
+                        for stage in view.stages
+                    ],
+                ),
+            ]
+            if view.stages
+            else ["", "no stages"]
+        )
+        return "\n".join(lines) + "\n"
+    lines += _fields(
+        [
+            ("stage", view.stage.stage_name),
+            ("stage status", view.stage.status),
+            *_time_fields("stage", view.stage),
+        ]
+    )
+    if isinstance(view, StageView):
+        lines += (
+            [
+                "",
+                *grid(
+                    ["JOB", "STATUS", "MAY FAIL", "STARTED (UTC)", "FINISHED (UTC)", "DURATION"],
+                    [
+                        [
+                            _fit(job.job_name),
+                            job.status,
+                            "yes" if job.allows_failure else "no",
+                            *_time_cells(job, short=True),
+                        ]
+                        for job in view.jobs
+                    ],
+                ),
+            ]
+            if view.jobs
+            else ["", "no jobs"]
+        )
+        return "\n".join(lines) + "\n"
+    lines += _fields(
+        [
+            ("job", view.job.job_name),
+            ("job status", view.job.status),
+            ("allows failure", "yes" if view.job.allows_failure else "no"),
+            *_time_fields("job", view.job),
+        ]
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _run_header(run: PipelineRun) -> list[str]:
+    return _fields(
+        [
+            ("pipeline", run.pipeline_name),
+            ("run", str(run.run_number)),
+            ("commit", run.commit_hash),
+            ("run status", run.status),
+            *_time_fields("run", run),
+        ]
+    )
+
+
+def _time_fields(what: str, row: PipelineRun | StageRun | JobRun) -> list[tuple[str, str]]:
+    started, finished, duration = _time_cells(row)
+    return [
+        (f"{what} started", started + (" UTC" if row.start_time else "")),
+        (f"{what} finished", finished + (" UTC" if row.completion_time else "")),
+        (f"{what} duration", duration),
+    ]
+
+
+def _fields(pairs: list[tuple[str, str]]) -> list[str]:
+    width = 16
+    return [f"{label:<{width}}{value}" for label, value in pairs]
+
+
+def _time_cells(row: PipelineRun | StageRun | JobRun, *, short: bool = False) -> list[str]:
+    return [
+        _clock(row.start_time, short=short),
+        _clock(row.completion_time, short=short),
+        _duration(row.duration),
+    ]
+
+
+def _clock(moment: datetime | None, *, short: bool = False) -> str:
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).strftime("%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S")
+
+
+def _duration(duration: timedelta | None) -> str:
+    if duration is None:
+        return "-"
+    seconds = duration.total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, second = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {second:02d}s"
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}h {minute:02d}m"
+
+
+def _fit(name: str) -> str:
+    return name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 1] + "…"
+
+
+def grid(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=False)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [headers, *rows]
+    ]

@@ -1,0 +1,496 @@
+"""The execution store: what the CI/CD system writes as pipelines run, and reads back.
+
+A pipeline run has stages, a stage has jobs, and each of the three moves through
+
+    PENDING -> RUNNING -> SUCCESS | FAILED | CANCELED
+    PENDING -> CANCELED
+
+and never out of a finished status. A move sets the times: RUNNING sets
+`start_time` (NULL while PENDING), a finished status sets `completion_time`. Each move is one
+`UPDATE ... WHERE status IN (allowed)`, so an illegal or concurrent move
+changes nothing and raises IllegalTransition.
+
+Finishing a stage (`finish_stage`) derives its status from its jobs, and
+finishing a run (`finish_run`) from its stages: FAILED if any child failed (a job
+that allows failure does not count), else CANCELED if any was cancelled, else
+SUCCESS. Run numbers count per pipeline and are allocated by the database
+(migration 0005), so concurrent writers never share or skip one.
+
+Methods that start with `add_`, `start_`, `set_`, `finish_` or `cancel_` write,
+each in one transaction; the others only read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any, LiteralString, TypeVar
+from uuid import UUID
+
+import psycopg
+from psycopg import errors, sql
+from psycopg.rows import class_row
+
+from cicd_db.errors import AlreadyExists, IllegalTransition, NotFound
+
+PENDING, RUNNING, SUCCESS, FAILED, CANCELED = "PENDING", "RUNNING", "SUCCESS", "FAILED", "CANCELED"
+STATUSES = (PENDING, RUNNING, SUCCESS, FAILED, CANCELED)
+FINISHED = frozenset({SUCCESS, FAILED, CANCELED})
+# Which statuses may move to each status.
+ALLOWED_FROM: dict[str, tuple[str, ...]] = {
+    RUNNING: (PENDING,),
+    SUCCESS: (RUNNING,),
+    FAILED: (RUNNING,),
+    CANCELED: (PENDING, RUNNING),
+}
+
+
+@dataclass(frozen=True)
+class _Timed:
+    status: str
+    start_time: datetime | None
+    completion_time: datetime | None
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.start_time is None or self.completion_time is None:
+            return None
+        return self.completion_time - self.start_time
+
+
+@dataclass(frozen=True)
+class PipelineRun(_Timed):
+    id: UUID
+    pipeline_name: str
+    run_number: int
+    commit_hash: str
+
+
+@dataclass(frozen=True)
+class StageRun(_Timed):
+    id: UUID
+    pipeline_execution_id: UUID
+    stage_name: str
+    execution_order: int
+
+
+@dataclass(frozen=True)
+class JobRun(_Timed):
+    id: UUID
+    stage_execution_id: UUID
+    job_name: str
+    allows_failure: bool
+
+
+Row = TypeVar("Row", PipelineRun, StageRun, JobRun)
+
+
+def _columns(kind: type) -> sql.Composed:
+    """The SELECT list of a row type: its dataclass fields, so the two never disagree."""
+    return sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(kind))
+
+
+RUN_COLUMNS, STAGE_COLUMNS, JOB_COLUMNS = (_columns(k) for k in (PipelineRun, StageRun, JobRun))
+TABLES: dict[type, tuple[sql.Identifier, sql.Composed, str]] = {
+    # row type: (table, columns, what the user calls it)
+    PipelineRun: (sql.Identifier("pipeline_executions"), RUN_COLUMNS, "run"),
+    StageRun: (sql.Identifier("stage_executions"), STAGE_COLUMNS, "stage"),
+    JobRun: (sql.Identifier("job_executions"), JOB_COLUMNS, "job"),
+}
+
+
+class Store:
+    """Reads and writes executions through one connection or a connection pool.
+
+    Connections must be in autocommit mode: every write opens its own transaction.
+    """
+
+    def __init__(self, connection: Callable[[], AbstractContextManager[psycopg.Connection[Any]]]):
+        self._connection = connection
+
+    @classmethod
+    def on(cls, conn: psycopg.Connection[Any]) -> Store:
+        """A store over one connection (not thread-safe: one caller at a time)."""
+        if not conn.autocommit:
+            raise ValueError("the store needs an autocommit connection")
+
+        @contextmanager
+        def borrow() -> Iterator[psycopg.Connection[Any]]:
+            yield conn
+
+        return cls(borrow)
+
+    @classmethod
+    def pooled(cls, pool: Any) -> Store:
+        """A store over a `psycopg_pool.ConnectionPool` opened with kwargs={"autocommit": True};
+        safe to share between threads."""
+        return cls(pool.connection)
+
+    # -- writing ---------------------------------------------------------------
+
+    def start_run(self, pipeline_name: str, commit_hash: str) -> PipelineRun:
+        """Record a new run, PENDING, with the pipeline's next run number. Writes."""
+        return self._one(
+            PipelineRun,
+            sql.SQL(
+                "INSERT INTO pipeline_executions (pipeline_name, commit_hash, status, start_time) "
+                "VALUES (%s, %s, 'PENDING', NULL) RETURNING {}"
+            ).format(RUN_COLUMNS),
+            [pipeline_name, commit_hash],
+        )
+
+    def add_stage(self, run: PipelineRun | UUID, stage_name: str, execution_order: int) -> StageRun:
+        """Add a PENDING stage to an unfinished run. Writes.
+
+        AlreadyExists when the run has a stage of that name or execution order.
+        """
+        run_id = _id(run)
+        with _refusing_duplicates(
+            {
+                "stage_executions_run_stage_name_key": f"the run already has a stage {stage_name!r}",
+                "stage_executions_run_order_key": (
+                    f"the run already has a stage at execution order {execution_order}"
+                ),
+            }
+        ):
+            stage = self._maybe(
+                StageRun,
+                sql.SQL(
+                    "WITH parent AS (SELECT id FROM pipeline_executions WHERE id = %s "
+                    "AND status IN ('PENDING', 'RUNNING') FOR SHARE) "
+                    "INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
+                    "execution_order, status, start_time) "
+                    "SELECT id, %s, %s, 'PENDING', NULL FROM parent RETURNING {}"
+                ).format(STAGE_COLUMNS),
+                [run_id, stage_name, execution_order],
+            )
+        if stage is None:
+            parent = self._get(PipelineRun, run_id)
+            raise IllegalTransition(
+                f"run {parent.run_number} of {parent.pipeline_name!r} is "
+                f"{parent.status}; stages can be added only before it finishes"
+            )
+        return stage
+
+    def add_jobs(self, stage: StageRun | UUID, jobs: Sequence[tuple[str, bool]]) -> list[JobRun]:
+        """Add PENDING jobs, (name, allows_failure) each, to an unfinished stage. Writes."""
+        stage_id = _id(stage)
+        names = [name for name, _ in jobs]
+        allows = [allows_failure for _, allows_failure in jobs]
+        duplicate = {
+            "job_executions_stage_job_name_key": "the stage already has a job of that name"
+        }
+        with (
+            _refusing_duplicates(duplicate),
+            self._connection() as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=class_row(JobRun)) as cursor,
+        ):
+            cursor.execute(
+                sql.SQL(
+                    "WITH parent AS (SELECT id FROM stage_executions WHERE id = %s "
+                    "AND status IN ('PENDING', 'RUNNING') FOR SHARE) "
+                    "INSERT INTO job_executions (stage_execution_id, job_name, allows_failure, "
+                    "status, start_time) SELECT parent.id, job.name, job.allows_failure, "
+                    "'PENDING', NULL "
+                    "FROM parent, unnest(%s::text[], %s::boolean[]) AS job (name, allows_failure) "
+                    "RETURNING {}"
+                ).format(JOB_COLUMNS),
+                [stage_id, names, allows],
+            )
+            added = cursor.fetchall()
+        if len(added) != len(jobs):
+            parent = self._get(StageRun, stage_id)
+            raise IllegalTransition(
+                f"stage {parent.stage_name!r} is {parent.status}; jobs can "
+                "be added only before it finishes"
+            )
+        return added
+
+    def add_job(
+        self, stage: StageRun | UUID, job_name: str, allows_failure: bool = False
+    ) -> JobRun:
+        """Add one PENDING job to an unfinished stage. Writes."""
+        return self.add_jobs(stage, [(job_name, allows_failure)])[0]
+
+    def set_status(self, row: Row, status: str, *, at: datetime | None = None) -> Row:
+        """Move a run, stage or job to `status`; `at` defaults to the database's now(). Writes.
+
+        Raises IllegalTransition, and changes nothing, for a move the state machine
+        forbids or when the row moved since it was read.
+        """
+        return self._move(type(row), row.id, status, at)
+
+    def finish_stage(self, stage: StageRun, *, at: datetime | None = None) -> StageRun:
+        """Finish a RUNNING stage with the status its jobs give it. Writes."""
+        return self._finish(
+            stage,
+            "SELECT status, allows_failure, job_name FROM job_executions "
+            "WHERE stage_execution_id = %s",
+            "job",
+            at,
+        )
+
+    def finish_run(self, run: PipelineRun, *, at: datetime | None = None) -> PipelineRun:
+        """Finish a RUNNING run with the status its stages give it. Writes."""
+        return self._finish(
+            run,
+            "SELECT status, false, stage_name FROM stage_executions "
+            "WHERE pipeline_execution_id = %s",
+            "stage",
+            at,
+        )
+
+    def cancel_run(self, run: PipelineRun, *, at: datetime | None = None) -> PipelineRun:
+        """Cancel a run and every stage and job of it that has not finished. Writes."""
+        if run.status not in ALLOWED_FROM[CANCELED]:
+            raise IllegalTransition(
+                f"run {run.run_number} of {run.pipeline_name!r} is "
+                f"{run.status}; only PENDING or RUNNING runs can be cancelled"
+            )
+        with self._connection() as conn, conn.transaction():
+            times = {"at": at}
+            conn.execute(
+                "UPDATE job_executions j SET status = 'CANCELED', "
+                "completion_time = coalesce(%(at)s, now()) FROM stage_executions s "
+                "WHERE j.stage_execution_id = s.id AND s.pipeline_execution_id = %(run)s "
+                "AND j.status IN ('PENDING', 'RUNNING')",
+                {**times, "run": run.id},
+            )
+            conn.execute(
+                "UPDATE stage_executions SET status = 'CANCELED', "
+                "completion_time = coalesce(%(at)s, now()) "
+                "WHERE pipeline_execution_id = %(run)s AND status IN ('PENDING', 'RUNNING')",
+                {**times, "run": run.id},
+            )
+            return self._move(PipelineRun, run.id, CANCELED, at, conn=conn)
+
+    # -- reading ---------------------------------------------------------------
+
+    def runs(
+        self, pipeline_name: str, *, limit: int = 20, before: int | None = None
+    ) -> list[PipelineRun]:
+        """A pipeline's runs, newest first; `before` pages on by run number (keyset). Reads."""
+        if before is None:
+            return self._all(
+                PipelineRun,
+                sql.SQL(
+                    "SELECT {} FROM pipeline_executions WHERE pipeline_name = %s "
+                    "ORDER BY run_number DESC LIMIT %s"
+                ).format(RUN_COLUMNS),
+                [pipeline_name, limit],
+            )
+        return self._all(
+            PipelineRun,
+            sql.SQL(
+                "SELECT {} FROM pipeline_executions WHERE pipeline_name = %s "
+                "AND run_number < %s ORDER BY run_number DESC LIMIT %s"
+            ).format(RUN_COLUMNS),
+            [pipeline_name, before, limit],
+        )
+
+    def run(self, pipeline_name: str, run_number: int) -> PipelineRun:
+        """One run; NotFound names the pipeline and number. Reads."""
+        found = self._maybe(
+            PipelineRun,
+            sql.SQL(
+                "SELECT {} FROM pipeline_executions WHERE pipeline_name = %s AND run_number = %s"
+            ).format(RUN_COLUMNS),
+            [pipeline_name, run_number],
+        )
+        if found is None:
+            raise NotFound(self._no_run(pipeline_name, run_number))
+        return found
+
+    def stages(self, run: PipelineRun | UUID) -> list[StageRun]:
+        """A run's stages in execution order. Reads."""
+        return self._all(
+            StageRun,
+            sql.SQL(
+                "SELECT {} FROM stage_executions WHERE pipeline_execution_id = %s "
+                "ORDER BY execution_order"
+            ).format(STAGE_COLUMNS),
+            [_id(run)],
+        )
+
+    def stage(self, run: PipelineRun, stage_name: str) -> StageRun:
+        """One stage of a run, by name. Reads."""
+        found = self._maybe(
+            StageRun,
+            sql.SQL(
+                "SELECT {} FROM stage_executions "
+                "WHERE pipeline_execution_id = %s AND stage_name = %s"
+            ).format(STAGE_COLUMNS),
+            [run.id, stage_name],
+        )
+        if found is None:
+            raise NotFound(
+                f"run {run.run_number} of pipeline {run.pipeline_name!r} has no stage "
+                f"{stage_name!r}; see `cicd-db report --pipeline {run.pipeline_name} "
+                f"--run {run.run_number}`"
+            )
+        return found
+
+    def jobs(self, stage: StageRun | UUID) -> list[JobRun]:
+        """A stage's jobs, by name. Reads."""
+        return self._all(
+            JobRun,
+            sql.SQL(
+                "SELECT {} FROM job_executions WHERE stage_execution_id = %s ORDER BY job_name"
+            ).format(JOB_COLUMNS),
+            [_id(stage)],
+        )
+
+    def job(self, run: PipelineRun, stage: StageRun, job_name: str) -> JobRun:
+        """One job of a stage, by name. Reads."""
+        found = self._maybe(
+            JobRun,
+            sql.SQL(
+                "SELECT {} FROM job_executions WHERE stage_execution_id = %s AND job_name = %s"
+            ).format(JOB_COLUMNS),
+            [stage.id, job_name],
+        )
+        if found is None:
+            raise NotFound(
+                f"stage {stage.stage_name!r} of run {run.run_number} of pipeline "
+                f"{run.pipeline_name!r} has no job {job_name!r}; see `cicd-db report "
+                f"--pipeline {run.pipeline_name} --run {run.run_number} --stage "
+                f"{stage.stage_name}`"
+            )
+        return found
+
+    # -- internals ---------------------------------------------------------------
+
+    def _no_run(self, pipeline_name: str, run_number: int) -> str:
+        newest = self.runs(pipeline_name, limit=1)
+        if not newest:
+            return (
+                f"pipeline {pipeline_name!r} has no runs; check the name (names are case-sensitive)"
+            )
+        return (
+            f"pipeline {pipeline_name!r} has no run {run_number}; its runs go up to "
+            f"{newest[0].run_number}"
+        )
+
+    def _finish(
+        self, row: Row, children_query: LiteralString, kind: str, at: datetime | None
+    ) -> Row:
+        table = TABLES[type(row)][0]
+        with self._connection() as conn, conn.transaction():
+            # Locked first, so no child can be added between reading them and finishing.
+            conn.execute(
+                sql.SQL("SELECT 1 FROM {} WHERE id = %s FOR UPDATE").format(table), [row.id]
+            )
+            children = conn.execute(children_query, [row.id]).fetchall()
+            unfinished = [name for status, _, name in children if status not in FINISHED]
+            if unfinished:
+                raise IllegalTransition(
+                    f"{TABLES[type(row)][2]} {_name(row)} cannot finish while "
+                    f"{len(unfinished)} {kind}{'s' if len(unfinished) != 1 else ''} "
+                    f"({', '.join(sorted(unfinished)[:5])}) "
+                    f"{'have' if len(unfinished) != 1 else 'has'} not; finish or cancel "
+                    f"{'them' if len(unfinished) != 1 else 'it'} first"
+                )
+            counted = [
+                status for status, allowed, _ in children if not (status == FAILED and allowed)
+            ]
+            status = FAILED if FAILED in counted else CANCELED if CANCELED in counted else SUCCESS
+            return self._move(type(row), row.id, status, at, conn=conn)
+
+    def _move(
+        self,
+        kind: type[Row],
+        row_id: UUID,
+        status: str,
+        at: datetime | None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> Row:
+        if status not in ALLOWED_FROM:
+            raise IllegalTransition(
+                f"{status!r} is not a status to move to; use one of {', '.join(ALLOWED_FROM)}"
+            )
+        table, columns, _ = TABLES[kind]
+        query = sql.SQL(
+            "UPDATE {table} SET status = %(status)s, "
+            "start_time = CASE WHEN %(status)s = 'RUNNING' THEN coalesce(%(at)s, now()) "
+            "ELSE start_time END, "
+            "completion_time = CASE WHEN %(status)s IN ('SUCCESS', 'FAILED', 'CANCELED') "
+            "THEN coalesce(%(at)s, now()) ELSE completion_time END "
+            "WHERE id = %(id)s AND status = ANY(%(from)s) RETURNING {columns}"
+        ).format(table=table, columns=columns)
+        params = {"status": status, "at": at, "id": row_id, "from": list(ALLOWED_FROM[status])}
+        try:
+            if conn is not None:
+                moved = _fetch_one(conn, kind, query, params)
+            else:
+                with self._connection() as borrowed, borrowed.transaction():
+                    moved = _fetch_one(borrowed, kind, query, params)
+        except errors.CheckViolation:
+            raise IllegalTransition(
+                f"{TABLES[kind][2]} cannot become {status} at {at}: that is before it started"
+            ) from None
+        if moved is None:
+            current = self._get(kind, row_id)
+            raise IllegalTransition(
+                f"{TABLES[kind][2]} {_name(current)} is {current.status} and cannot move to "
+                f"{status}; allowed: PENDING -> RUNNING -> SUCCESS | FAILED | CANCELED, "
+                "PENDING -> CANCELED"
+            )
+        return moved
+
+    def _get(self, kind: type[Row], row_id: UUID) -> Row:
+        table, columns, what = TABLES[kind]
+        query = sql.SQL("SELECT {} FROM {} WHERE id = %s").format(columns, table)
+        found = self._maybe(kind, query, [row_id])
+        if found is None:
+            raise NotFound(f"no {what} with id {row_id}")
+        return found
+
+    def _one(self, kind: type[Row], query: sql.Composed, params: Any) -> Row:
+        found = self._maybe(kind, query, params)
+        if found is None:  # an INSERT ... RETURNING always returns its row
+            raise RuntimeError("the database returned no row for an INSERT ... RETURNING")
+        return found
+
+    def _maybe(self, kind: type[Row], query: sql.Composed, params: Any) -> Row | None:
+        with self._connection() as conn:
+            return _fetch_one(conn, kind, query, params)
+
+    def _all(self, kind: type[Row], query: sql.Composed, params: Any) -> list[Row]:
+        with self._connection() as conn, conn.cursor(row_factory=class_row(kind)) as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchall()
+
+
+def _fetch_one(
+    conn: psycopg.Connection[Any], kind: type[Row], query: sql.Composed, params: Any
+) -> Row | None:
+    with conn.cursor(row_factory=class_row(kind)) as cursor:
+        cursor.execute(query, params)
+        return cursor.fetchone()
+
+
+@contextmanager
+def _refusing_duplicates(messages: dict[str, str]) -> Iterator[None]:
+    """UniqueViolation of a known constraint becomes AlreadyExists with its message."""
+    try:
+        yield
+    except errors.UniqueViolation as error:
+        message = messages.get(error.diag.constraint_name or "")
+        if message is None:
+            raise
+        raise AlreadyExists(message) from None
+
+
+def _id(row: PipelineRun | StageRun | JobRun | UUID) -> UUID:
+    return row if isinstance(row, UUID) else row.id
+
+
+def _name(row: PipelineRun | StageRun | JobRun) -> str:
+    if isinstance(row, PipelineRun):
+        return f"{row.run_number} of {row.pipeline_name!r}"
+    if isinstance(row, StageRun):
+        return repr(row.stage_name)
+    return repr(row.job_name)

@@ -1,0 +1,250 @@
+"""`cicd-db report`: the four views in three formats, against golden files.
+
+Regenerate the golden files after an intended change with
+`UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_report.py`, and read the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import yaml
+
+from cicd_db.settings import ConnectionSettings
+from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, Store
+
+from .conftest import ROOT, Database, _create, _drop, run_cli
+
+GOLDEN = ROOT / "tests" / "golden"
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+COMMIT = "3f2a9c1e0b7d4a5f6e8c9d0a1b2c3d4e5f6a7b8c"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def record(executions: Store) -> None:
+    """Three runs of `build`: a success with an allowed failure, a failure, one running."""
+    run = executions.set_status(executions.start_run("build", COMMIT), RUNNING, at=at(0))
+    plan = [
+        ("compile", [("compile", False, SUCCESS, 40)]),
+        (
+            "test",
+            [
+                ("unit", False, SUCCESS, 95),
+                ("lint", True, FAILED, 12),
+                ("integration-tests-against-postgres", False, SUCCESS, 310),
+            ],
+        ),
+        ("package", [("wheel", False, SUCCESS, 8)]),
+    ]
+    clock = 0.0
+    for order, (stage_name, jobs) in enumerate(plan, start=1):
+        stage = executions.set_status(
+            executions.add_stage(run, stage_name, order), RUNNING, at=at(clock)
+        )
+        added = executions.add_jobs(stage, [(name, allowed) for name, allowed, _, _ in jobs])
+        longest = 0
+        for job, (_, _, outcome, seconds) in zip(added, jobs, strict=True):
+            job = executions.set_status(job, RUNNING, at=at(clock))
+            executions.set_status(job, outcome, at=at(clock + seconds))
+            longest = max(longest, seconds)
+        clock += longest + 1
+        executions.finish_stage(stage, at=at(clock))
+    executions.finish_run(run, at=at(clock + 1))
+
+    failed = executions.set_status(
+        executions.start_run("build", "9e8d7c6b5a4f"), RUNNING, at=at(3600)
+    )
+    stage = executions.set_status(executions.add_stage(failed, "compile", 1), RUNNING, at=at(3600))
+    job = executions.set_status(executions.add_job(stage, "compile"), RUNNING, at=at(3600))
+    executions.set_status(job, FAILED, at=at(3661.5))
+    executions.finish_stage(stage, at=at(3662))
+    never_ran = executions.add_stage(failed, "test", 2)
+    executions.set_status(never_ran, CANCELED, at=at(3662))
+    executions.finish_run(failed, at=at(3663))
+
+    running = executions.set_status(
+        executions.start_run("build", "0a1b2c3d4e5f"), RUNNING, at=at(7200)
+    )
+    stage = executions.set_status(executions.add_stage(running, "compile", 1), RUNNING, at=at(7200))
+    executions.set_status(executions.add_job(stage, "compile"), RUNNING, at=at(7201))
+    executions.add_job(stage, "docs", allows_failure=True)
+
+
+@pytest.fixture(scope="module")
+def recorded(server: ConnectionSettings, migrated_template: str) -> Iterator[Database]:
+    """One database, recorded once, shared by every view and format."""
+    name = f"test_report_{uuid.uuid4().hex[:8]}"
+    database = _create(server, name, template=migrated_template)
+    with database.connect() as conn:
+        record(Store.on(conn))
+    yield database
+    _drop(server, name)
+
+
+VIEWS = {
+    "runs": ["--limit", "2"],
+    "run": ["--run", "1"],
+    "stage": ["--run", "1", "--stage", "test"],
+    "job": ["--run", "1", "--stage", "test", "--job", "lint"],
+}
+SUFFIX = {"table": "txt", "json": "json", "yaml": "yaml"}
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("output_format", list(SUFFIX))
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_view_matches_golden(recorded: Database, view: str, output_format: str) -> None:
+    result = run_cli(
+        "report",
+        "--database-url",
+        recorded.url,
+        "--pipeline",
+        "build",
+        *VIEWS[view],
+        "--format",
+        output_format,
+    )
+    assert (result.code, result.err) == (0, "")
+    golden = GOLDEN / f"report_{view}.{SUFFIX[output_format]}"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(result.out)
+    assert result.out == golden.read_text()
+    if output_format == "table":
+        assert max(len(line) for line in result.out.splitlines()) <= 80
+    if output_format == "json":
+        assert json.loads(result.out) == yaml.safe_load(
+            (GOLDEN / f"report_{view}.yaml").read_text()
+        )
+
+
+def json_keys(value: object) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {key for item in value.values() for key in json_keys(item)}
+    if isinstance(value, list):
+        return {key for item in value for key in json_keys(item)}
+    return set()
+
+
+def test_every_json_key_is_documented() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Report formats", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+    keys: set[str] = set()
+    for view in VIEWS:
+        keys |= json_keys(json.loads((GOLDEN / f"report_{view}.json").read_text()))
+    assert keys == documented
+
+
+@pytest.mark.db
+def test_paging_through_1000_runs_with_before(migrated: Database) -> None:
+    migrated.query(
+        "INSERT INTO pipeline_executions (pipeline_name, commit_hash) "
+        "SELECT 'build', md5(i::text) FROM generate_series(1, 1000) i RETURNING 1"
+    )
+    seen: list[int] = []
+    page: list[str] = []
+    while True:
+        result = run_cli(
+            "report",
+            "--database-url",
+            migrated.url,
+            "--pipeline",
+            "build",
+            "--limit",
+            "250",
+            "--format",
+            "json",
+            *page,
+        )
+        assert result.code == 0, result.err
+        listing = json.loads(result.out)
+        seen += [run["run_number"] for run in listing["runs"]]
+        if listing["next_before"] is None:
+            break
+        page = ["--before", str(listing["next_before"])]
+    assert seen == list(range(1000, 0, -1))
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["--pipeline", "deploy"],
+            1,
+            "error: pipeline 'deploy' has no runs; check the name (names are case-sensitive)",
+        ),
+        (
+            ["--pipeline", "build", "--run", "9"],
+            1,
+            "error: pipeline 'build' has no run 9; its runs go up to 3",
+        ),
+        (
+            ["--pipeline", "build", "--run", "1", "--stage", "deploy"],
+            1,
+            "error: run 1 of pipeline 'build' has no stage 'deploy'; see `cicd-db report "
+            "--pipeline build --run 1`",
+        ),
+        (
+            ["--pipeline", "build", "--run", "1", "--stage", "test", "--job", "e2e"],
+            1,
+            "error: stage 'test' of run 1 of pipeline 'build' has no job 'e2e'; see `cicd-db "
+            "report --pipeline build --run 1 --stage test`",
+        ),
+        (
+            ["--pipeline", "build", "--job", "unit"],
+            2,
+            "error: --job needs --stage (and --run): a job is named within its stage",
+        ),
+        (
+            ["--pipeline", "build", "--stage", "test"],
+            2,
+            "error: --stage needs --run: a stage is named within its run",
+        ),
+        (
+            ["--pipeline", "build", "--run", "1", "--before", "3"],
+            2,
+            "error: --limit and --before page through runs; leave them out with --run",
+        ),
+        (
+            ["--pipeline", "build", "--run", "0"],
+            2,
+            "error: argument --run: '0' is not a whole number above 0; see `cicd-db report --help`",
+        ),
+        (
+            ["--pipeline", "build", "--format", "xml"],
+            2,
+            "error: argument --format: invalid choice: 'xml' (choose from 'table', 'json', 'yaml'); "
+            "see `cicd-db report --help`",
+        ),
+        (
+            ["--run", "1"],
+            2,
+            "error: the following arguments are required: --pipeline; see `cicd-db report --help`",
+        ),
+    ],
+    ids=[
+        "no-pipeline",
+        "no-run",
+        "no-stage",
+        "no-job",
+        "job-without-stage",
+        "stage-without-run",
+        "paging-with-run",
+        "run-zero",
+        "bad-format",
+        "no-pipeline-flag",
+    ],
+)
+def test_report_errors(recorded: Database, args: list[str], code: int, message: str) -> None:
+    result = run_cli("report", "--database-url", recorded.url, *args)
+    assert (result.code, result.out, result.err) == (code, "", message + "\n")
