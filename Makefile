@@ -14,6 +14,7 @@ help:
 	@echo "make run     start the embedded PostgreSQL, apply db/migrations, show the status"
 	@echo "make test    lint, then the whole test suite on a real PostgreSQL"
 	@echo "make demo    record a sample pipeline run and show the four report views"
+	@echo "make bench   speed beside dbmate, yoyo and psql (BENCH_ARGS=--help for options)"
 	@echo "make lint    ruff, mypy, sqlfluff and squawk on db/migrations, actionlint"
 	@echo "make install only build .venv"
 
@@ -22,6 +23,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@$(BIN)/python -m compileall -q src
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -66,6 +68,10 @@ test: lint
 # Only the database tests, against another server: TEST_PG_BIN_DIR=/usr/lib/postgresql/15/bin
 test-db: $(STAMP)
 	$(BIN)/pytest -m db
+
+# Figures, not tests: cicd-db beside dbmate, yoyo and psql; writes docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 clean-state:
 	-$(BIN)/cicd-db embedded stop

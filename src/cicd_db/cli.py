@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import psycopg
 
-from cicd_db import migrations, report, store, targets
+from cicd_db import migrations, targets
 from cicd_db.errors import CicdDbError, ConfigError, ConnectionFailed, NotFound, UsageError
 from cicd_db.settings import ConnectionSettings, is_transaction_pooler, redact
 
@@ -461,6 +461,8 @@ def _positive(text: str) -> int:
 
 
 def report_parser(prog: str = "cicd-db report") -> argparse.ArgumentParser:
+    from cicd_db import report  # on use, like in _report
+
     parser = _Parser(
         prog=prog,
         description="Show recorded executions: a pipeline's runs, one run with its stages, "
@@ -496,6 +498,9 @@ def _report(session: _Session) -> int:
     limit = args.limit or 20
     if limit > 1000:
         raise UsageError(f"--limit {limit} is above 1000; page with --before instead")
+
+    from cicd_db import report, store  # on use: `migrate` starts faster without them
+
     settings = session.settings(session.target())
     with targets.connect(settings) as conn:
         executions = store.Store.on(conn)
@@ -531,6 +536,8 @@ def _print_json(value: Any) -> None:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
+    from cicd_db import report  # on use: `migrate up` never prints a table
+
     return "\n".join(report.grid(headers, rows))
 
 

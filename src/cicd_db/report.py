@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cicd_db.store import JobRun, PipelineRun, StageRun
+if TYPE_CHECKING:  # only for annotations: `cicd-db migrate` imports this module for grid()
+    from cicd_db.store import JobRun, PipelineRun, StageRun
 
 FORMATS = ("table", "json", "yaml")
 # Tables fit 80 columns: stage and job names longer than this are elided (JSON and

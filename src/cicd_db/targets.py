@@ -23,12 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from cicd_db import stacks
-from cicd_db.embedded import EmbeddedServer
 from cicd_db.errors import (
     AuthenticationFailed,
     CicdDbError,
@@ -37,6 +35,9 @@ from cicd_db.errors import (
     UsageError,
 )
 from cicd_db.settings import ConnectionSettings, from_url, redact
+
+if TYPE_CHECKING:
+    from cicd_db.embedded import EmbeddedServer
 
 EMBEDDED = "embedded"
 LOCAL_STACK = "dev"
@@ -90,9 +91,13 @@ class Target:
             return from_url(self.url, what=self.name)
         if self.name == EMBEDDED:
             return self.embedded_server().settings()
+        from cicd_db import stacks  # imported on use: most runs name a URL
+
         return stacks.settings(self.name, root=self.root)
 
     def embedded_server(self) -> EmbeddedServer:
+        from cicd_db.embedded import EmbeddedServer  # imported on use, like stacks
+
         return EmbeddedServer(self.home)
 
 
