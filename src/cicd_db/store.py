@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, LiteralString, TypeVar
 from uuid import UUID
 
@@ -101,6 +102,42 @@ TABLES: dict[type, tuple[sql.Identifier, sql.Composed, str]] = {
 }
 
 
+@cache
+def _q(template: LiteralString) -> bytes:
+    """A query with {run}, {stage} and {job} replaced by those SELECT lists, built once."""
+    return (
+        sql.SQL(template)
+        .format(run=RUN_COLUMNS, stage=STAGE_COLUMNS, job=JOB_COLUMNS)
+        .as_bytes(None)
+    )
+
+
+def _moves() -> dict[tuple[type, str], bytes]:
+    """The compare-and-set UPDATE of each row type to each status, built once."""
+    moves = {}
+    for kind, (table, columns, _) in TABLES.items():
+        for status, allowed in ALLOWED_FROM.items():
+            stamp = "start_time" if status == RUNNING else "completion_time"
+            moves[kind, status] = (
+                sql.SQL(
+                    "UPDATE {table} SET status = {status}, {stamp} = coalesce(%(at)s, now()) "
+                    "WHERE id = %(id)s AND status IN ({allowed}) RETURNING {columns}"
+                )
+                .format(
+                    table=table,
+                    status=sql.Literal(status),
+                    stamp=sql.Identifier(stamp),
+                    allowed=sql.SQL(", ").join(map(sql.Literal, allowed)),
+                    columns=columns,
+                )
+                .as_bytes(None)
+            )
+    return moves
+
+
+MOVES = _moves()
+
+
 class Store:
     """Reads and writes executions through one connection or a connection pool.
 
@@ -134,10 +171,10 @@ class Store:
         """Record a new run, PENDING, with the pipeline's next run number. Writes."""
         return self._one(
             PipelineRun,
-            sql.SQL(
+            _q(
                 "INSERT INTO pipeline_executions (pipeline_name, commit_hash, status, start_time) "
-                "VALUES (%s, %s, 'PENDING', NULL) RETURNING {}"
-            ).format(RUN_COLUMNS),
+                "VALUES (%s, %s, 'PENDING', NULL) RETURNING {run}"
+            ),
             [pipeline_name, commit_hash],
         )
 
@@ -157,13 +194,13 @@ class Store:
         ):
             stage = self._maybe(
                 StageRun,
-                sql.SQL(
+                _q(
                     "WITH parent AS (SELECT id FROM pipeline_executions WHERE id = %s "
                     "AND status IN ('PENDING', 'RUNNING') FOR SHARE) "
                     "INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
                     "execution_order, status, start_time) "
-                    "SELECT id, %s, %s, 'PENDING', NULL FROM parent RETURNING {}"
-                ).format(STAGE_COLUMNS),
+                    "SELECT id, %s, %s, 'PENDING', NULL FROM parent RETURNING {stage}"
+                ),
                 [run_id, stage_name, execution_order],
             )
         if stage is None:
@@ -185,19 +222,18 @@ class Store:
         with (
             _refusing_duplicates(duplicate),
             self._connection() as conn,
-            conn.transaction(),
             conn.cursor(row_factory=class_row(JobRun)) as cursor,
         ):
             cursor.execute(
-                sql.SQL(
+                _q(
                     "WITH parent AS (SELECT id FROM stage_executions WHERE id = %s "
                     "AND status IN ('PENDING', 'RUNNING') FOR SHARE) "
                     "INSERT INTO job_executions (stage_execution_id, job_name, allows_failure, "
                     "status, start_time) SELECT parent.id, job.name, job.allows_failure, "
                     "'PENDING', NULL "
                     "FROM parent, unnest(%s::text[], %s::boolean[]) AS job (name, allows_failure) "
-                    "RETURNING {}"
-                ).format(JOB_COLUMNS),
+                    "RETURNING {job}"
+                ),
                 [stage_id, names, allows],
             )
             added = cursor.fetchall()
@@ -276,18 +312,18 @@ class Store:
         if before is None:
             return self._all(
                 PipelineRun,
-                sql.SQL(
-                    "SELECT {} FROM pipeline_executions WHERE pipeline_name = %s "
+                _q(
+                    "SELECT {run} FROM pipeline_executions WHERE pipeline_name = %s "
                     "ORDER BY run_number DESC LIMIT %s"
-                ).format(RUN_COLUMNS),
+                ),
                 [pipeline_name, limit],
             )
         return self._all(
             PipelineRun,
-            sql.SQL(
-                "SELECT {} FROM pipeline_executions WHERE pipeline_name = %s "
+            _q(
+                "SELECT {run} FROM pipeline_executions WHERE pipeline_name = %s "
                 "AND run_number < %s ORDER BY run_number DESC LIMIT %s"
-            ).format(RUN_COLUMNS),
+            ),
             [pipeline_name, before, limit],
         )
 
@@ -295,9 +331,9 @@ class Store:
         """One run; NotFound names the pipeline and number. Reads."""
         found = self._maybe(
             PipelineRun,
-            sql.SQL(
-                "SELECT {} FROM pipeline_executions WHERE pipeline_name = %s AND run_number = %s"
-            ).format(RUN_COLUMNS),
+            _q(
+                "SELECT {run} FROM pipeline_executions WHERE pipeline_name = %s AND run_number = %s"
+            ),
             [pipeline_name, run_number],
         )
         if found is None:
@@ -308,10 +344,10 @@ class Store:
         """A run's stages in execution order. Reads."""
         return self._all(
             StageRun,
-            sql.SQL(
-                "SELECT {} FROM stage_executions WHERE pipeline_execution_id = %s "
+            _q(
+                "SELECT {stage} FROM stage_executions WHERE pipeline_execution_id = %s "
                 "ORDER BY execution_order"
-            ).format(STAGE_COLUMNS),
+            ),
             [_id(run)],
         )
 
@@ -319,10 +355,10 @@ class Store:
         """One stage of a run, by name. Reads."""
         found = self._maybe(
             StageRun,
-            sql.SQL(
-                "SELECT {} FROM stage_executions "
+            _q(
+                "SELECT {stage} FROM stage_executions "
                 "WHERE pipeline_execution_id = %s AND stage_name = %s"
-            ).format(STAGE_COLUMNS),
+            ),
             [run.id, stage_name],
         )
         if found is None:
@@ -337,9 +373,7 @@ class Store:
         """A stage's jobs, by name. Reads."""
         return self._all(
             JobRun,
-            sql.SQL(
-                "SELECT {} FROM job_executions WHERE stage_execution_id = %s ORDER BY job_name"
-            ).format(JOB_COLUMNS),
+            _q("SELECT {job} FROM job_executions WHERE stage_execution_id = %s ORDER BY job_name"),
             [_id(stage)],
         )
 
@@ -347,9 +381,7 @@ class Store:
         """One job of a stage, by name. Reads."""
         found = self._maybe(
             JobRun,
-            sql.SQL(
-                "SELECT {} FROM job_executions WHERE stage_execution_id = %s AND job_name = %s"
-            ).format(JOB_COLUMNS),
+            _q("SELECT {job} FROM job_executions WHERE stage_execution_id = %s AND job_name = %s"),
             [stage.id, job_name],
         )
         if found is None:
@@ -411,21 +443,14 @@ class Store:
             raise IllegalTransition(
                 f"{status!r} is not a status to move to; use one of {', '.join(ALLOWED_FROM)}"
             )
-        table, columns, _ = TABLES[kind]
-        query = sql.SQL(
-            "UPDATE {table} SET status = %(status)s, "
-            "start_time = CASE WHEN %(status)s = 'RUNNING' THEN coalesce(%(at)s, now()) "
-            "ELSE start_time END, "
-            "completion_time = CASE WHEN %(status)s IN ('SUCCESS', 'FAILED', 'CANCELED') "
-            "THEN coalesce(%(at)s, now()) ELSE completion_time END "
-            "WHERE id = %(id)s AND status = ANY(%(from)s) RETURNING {columns}"
-        ).format(table=table, columns=columns)
-        params = {"status": status, "at": at, "id": row_id, "from": list(ALLOWED_FROM[status])}
+        params = {"at": at, "id": row_id}
+        query = MOVES[kind, status]
         try:
+            # One statement: its own transaction, no BEGIN/COMMIT round trips.
             if conn is not None:
                 moved = _fetch_one(conn, kind, query, params)
             else:
-                with self._connection() as borrowed, borrowed.transaction():
+                with self._connection() as borrowed:
                     moved = _fetch_one(borrowed, kind, query, params)
         except errors.CheckViolation:
             raise IllegalTransition(
@@ -448,24 +473,24 @@ class Store:
             raise NotFound(f"no {what} with id {row_id}")
         return found
 
-    def _one(self, kind: type[Row], query: sql.Composed, params: Any) -> Row:
+    def _one(self, kind: type[Row], query: bytes | sql.Composed, params: Any) -> Row:
         found = self._maybe(kind, query, params)
         if found is None:  # an INSERT ... RETURNING always returns its row
             raise RuntimeError("the database returned no row for an INSERT ... RETURNING")
         return found
 
-    def _maybe(self, kind: type[Row], query: sql.Composed, params: Any) -> Row | None:
+    def _maybe(self, kind: type[Row], query: bytes | sql.Composed, params: Any) -> Row | None:
         with self._connection() as conn:
             return _fetch_one(conn, kind, query, params)
 
-    def _all(self, kind: type[Row], query: sql.Composed, params: Any) -> list[Row]:
+    def _all(self, kind: type[Row], query: bytes | sql.Composed, params: Any) -> list[Row]:
         with self._connection() as conn, conn.cursor(row_factory=class_row(kind)) as cursor:
             cursor.execute(query, params)
             return cursor.fetchall()
 
 
 def _fetch_one(
-    conn: psycopg.Connection[Any], kind: type[Row], query: sql.Composed, params: Any
+    conn: psycopg.Connection[Any], kind: type[Row], query: bytes | sql.Composed, params: Any
 ) -> Row | None:
     with conn.cursor(row_factory=class_row(kind)) as cursor:
         cursor.execute(query, params)
