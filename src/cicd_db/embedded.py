@@ -116,28 +116,11 @@ class EmbeddedServer:
 
     def settings(self) -> ConnectionSettings:
         """Settings for `ci_user` on `ci_local`, starting (and first creating) the server."""
-        state = self.ensure_running()
-        return ConnectionSettings(
-            host=HOST,
-            port=state["port"],
-            database=LOCAL_DATABASE,
-            user=LOCAL_USER,
-            password=state["password"],
-            # The wheel is built without OpenSSL; the server only listens on loopback.
-            sslmode="disable",
-        )
+        return _login(self.ensure_running(), LOCAL_USER, LOCAL_DATABASE)
 
     def admin_settings(self, database: str = "postgres") -> ConnectionSettings:
         """Superuser settings, for tests and set-up; starts the server when needed."""
-        state = self.ensure_running()
-        return ConnectionSettings(
-            host=HOST,
-            port=state["port"],
-            database=database,
-            user=SUPERUSER,
-            password=state["superuser_password"],
-            sslmode="disable",
-        )
+        return _login(self.ensure_running(), SUPERUSER, database)
 
     # -- writing ---------------------------------------------------------------
 
@@ -300,14 +283,7 @@ class EmbeddedServer:
 
     def _bootstrap(self, state: dict[str, Any]) -> None:
         """Create ci_user and ci_local as the plan's phase 1 does; safe to repeat."""
-        admin = ConnectionSettings(
-            host=HOST,
-            port=state["port"],
-            database="postgres",
-            user=SUPERUSER,
-            password=state["superuser_password"],
-            sslmode="disable",
-        )
+        admin = _login(state, SUPERUSER, "postgres")
         with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
             role = sql.Identifier(LOCAL_USER)
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [LOCAL_USER])
@@ -396,6 +372,18 @@ class EmbeddedServer:
             detail = message[-1] if message else f"exit code {completed.returncode}"
             raise EmbeddedServerError(f"{program} failed: {detail}")
         return str(completed.stdout)
+
+
+def _login(state: dict[str, Any], user: str, database: str) -> ConnectionSettings:
+    return ConnectionSettings(
+        host=HOST,
+        port=state["port"],
+        database=database,
+        user=user,
+        password=state["superuser_password" if user == SUPERUSER else "password"],
+        # The wheel is built without OpenSSL; the server only listens on loopback.
+        sslmode="disable",
+    )
 
 
 def _env_port() -> int | None:
