@@ -90,8 +90,10 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def start_server() -> tuple[EmbeddedServer, ConnectionSettings]:
+def start_server() -> tuple[EmbeddedServer, ConnectionSettings, bool]:
+    """The bench's server, tuned; and whether it was already running before."""
     server = EmbeddedServer(HOME)
+    was_running = server.status().running
     admin = server.admin_settings()
     with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
         current = dict(
@@ -110,7 +112,7 @@ def start_server() -> tuple[EmbeddedServer, ConnectionSettings]:
     if wanted != SERVER_SETTINGS["shared_buffers"] or changed:
         server.stop()
         admin = server.admin_settings()
-    return server, admin
+    return server, admin, was_running
 
 
 def find_dbmate() -> tuple[Path | None, str]:
@@ -846,7 +848,7 @@ def main() -> int:
     # may be set, and then nothing would ever write the bytecode of src/).
     subprocess.run([PYTHON, "-m", "compileall", "-q", str(ROOT / "src")], check=True)
     say("bench: starting the bench server")
-    _, admin = start_server()
+    server, admin, was_running = start_server()
     dbs = Databases(admin)
     tools: dict[str, Path | None] = {}
     lines = ["# Benchmarks", "", *machine(admin)]
@@ -889,6 +891,8 @@ def main() -> int:
             say(table.text())
     finally:
         dbs.drop_all()
+        if not was_running:
+            server.stop()
     summary = targets(medians, report)
     say(summary.text())
     lines += [summary.markdown(), *(table.markdown() for table in tables)]

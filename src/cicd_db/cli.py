@@ -55,7 +55,9 @@ class _Session:
 
 # -- migrate ---------------------------------------------------------------------
 
-MIGRATE_DEFAULTS: dict[str, Any] = {
+# Options a command leaves out get these, so every command's code reads args.NAME
+# (the migrate parsers declare theirs with SUPPRESS to accept them on either side).
+OPTION_DEFAULTS: dict[str, Any] = {
     "stack": None,
     "local": False,
     "database_url": None,
@@ -579,7 +581,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "cicd-db") -> int:
         args = parser.parse_args(arguments[1:])
         if arguments[0] == "embedded" and args.command is None:
             raise UsageError(f"name a command: start, status, url or stop; see `{sub_prog} --help`")
-        for name, value in MIGRATE_DEFAULTS.items():
+        for name, value in OPTION_DEFAULTS.items():
             if not hasattr(args, name):
                 setattr(args, name, value)
         session = _Session(args)
