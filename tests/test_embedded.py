@@ -26,7 +26,8 @@ def home() -> Iterator[Path]:
 
 
 def test_lifecycle_through_the_cli(home: Path) -> None:
-    env = {"CICD_DB_HOME": str(home)}
+    # Relative, as a user would type it: the CLI runs from the repository root.
+    env = {"CICD_DB_HOME": str(home.relative_to(ROOT))}
     before = run_cli("embedded", "status", env=env)
     assert (before.code, before.out) == (
         0,

@@ -86,7 +86,8 @@ class EmbeddedServer:
     """
 
     def __init__(self, home: Path, *, bin_dir: Path | None = None, port: int | None = None):
-        self.root = home / "embedded"
+        # Absolute: pg_ctl and initdb run with the state folder as their working directory.
+        self.root = home.absolute() / "embedded"
         self.data_dir = self.root / "data"
         self.state_file = self.root / "server.json"
         self.lock_file = self.root / "lock"
