@@ -24,6 +24,8 @@ INSTALL_HINT = (
     "install the Pulumi CLI (https://www.pulumi.com/docs/install/), "
     "or name the database another way: --database-url URL, DATABASE_URL, or --stack embedded"
 )
+# Where Docker and Pulumi are missing, --local is the embedded server.
+LOCAL_HINT = "; without Docker, set CICD_DB_LOCAL=embedded so --local uses the embedded server"
 READ_TIMEOUT_SECONDS = 60
 
 
@@ -32,7 +34,9 @@ def outputs(stack: str, *, root: Path) -> dict[str, Any]:
     executable = shutil.which("pulumi")
     if executable is None:
         raise StackError(
-            f"reading stack {stack!r} needs the pulumi command, not found on PATH; " + INSTALL_HINT
+            f"reading stack {stack!r} needs the pulumi command, not found on PATH; "
+            + INSTALL_HINT
+            + (LOCAL_HINT if stack == "dev" else "")
         )
     try:
         completed = subprocess.run(
