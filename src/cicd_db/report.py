@@ -142,24 +142,13 @@ def table(view: View) -> str:
         return "\n".join(lines) + "\n"
     lines = _run_header(view.run)
     if isinstance(view, RunView):
-        lines += (
+        lines += _children(
+            ["ORDER", "STAGE", "STATUS"],
             [
-                "",
-                *grid(
-                    ["ORDER", "STAGE", "STATUS", "STARTED (UTC)", "FINISHED (UTC)", "DURATION"],
-                    [
-                        [
-                            str(stage.execution_order),
-                            _fit(stage.stage_name),
-                            stage.status,
-                            *_time_cells(stage, short=True),
-                        ]
-                        for stage in view.stages
-                    ],
-                ),
-            ]
-            if view.stages
-            else ["", "no stages"]
+                [str(s.execution_order), _fit(s.stage_name), s.status, *_time_cells(s, short=True)]
+                for s in view.stages
+            ],
+            "no stages",
         )
         return "\n".join(lines) + "\n"
     lines += _fields(
@@ -170,24 +159,18 @@ def table(view: View) -> str:
         ]
     )
     if isinstance(view, StageView):
-        lines += (
+        lines += _children(
+            ["JOB", "STATUS", "MAY FAIL"],
             [
-                "",
-                *grid(
-                    ["JOB", "STATUS", "MAY FAIL", "STARTED (UTC)", "FINISHED (UTC)", "DURATION"],
-                    [
-                        [
-                            _fit(job.job_name),
-                            job.status,
-                            "yes" if job.allows_failure else "no",
-                            *_time_cells(job, short=True),
-                        ]
-                        for job in view.jobs
-                    ],
-                ),
-            ]
-            if view.jobs
-            else ["", "no jobs"]
+                [
+                    _fit(j.job_name),
+                    j.status,
+                    "yes" if j.allows_failure else "no",
+                    *_time_cells(j, short=True),
+                ]
+                for j in view.jobs
+            ],
+            "no jobs",
         )
         return "\n".join(lines) + "\n"
     lines += _fields(
@@ -199,6 +182,13 @@ def table(view: View) -> str:
         ]
     )
     return "\n".join(lines) + "\n"
+
+
+def _children(headers: list[str], rows: list[list[str]], empty: str) -> list[str]:
+    """A stage's or run's children below its header: a table with their times, or `empty`."""
+    if not rows:
+        return ["", empty]
+    return ["", *grid([*headers, "STARTED (UTC)", "FINISHED (UTC)", "DURATION"], rows)]
 
 
 def _run_header(run: PipelineRun) -> list[str]:
