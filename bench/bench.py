@@ -34,12 +34,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from cicd_db import migrations, store
+from cicd_db.embedded import EmbeddedServer, wheel_bin_dir
+from cicd_db.settings import ConnectionSettings
 
-from cicd_db import migrations, store  # noqa: E402 - after the path is set
-from cicd_db.embedded import EmbeddedServer, wheel_bin_dir  # noqa: E402
-from cicd_db.settings import ConnectionSettings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HOME = ROOT / ".cicd-db" / "bench"
 TOOLS = HOME / "tools"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -83,6 +84,14 @@ class Database:
     def query(self, query: str, *params: object) -> list[tuple[object, ...]]:
         with self.connect() as conn:
             return conn.execute(query.encode(), params or None).fetchall()
+
+    def wait_for(self, query: str, what: str, timeout: float = 30) -> list[tuple[object, ...]]:
+        """Poll `query` until it returns rows; fail with `what` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not (rows := self.query(query)):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+        return rows
 
     def tables(self) -> set[str]:
         rows = self.query(

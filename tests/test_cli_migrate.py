@@ -102,26 +102,21 @@ def test_wrong_password_is_refused(database: Database) -> None:
     )
 
 
-def test_empty_migrations_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("folder", "problem"),
+    [("", "holds no <version>_<name>.sql"), ("nope", "does not exist")],
+    ids=["empty", "missing"],
+)
+def test_unusable_migrations_folder(tmp_path: Path, folder: str, problem: str) -> None:
+    path = tmp_path / folder
     result = run_cli(
         "migrate",
         "--database-url",
         f"postgresql://ci:{SECRET}@127.0.0.1:1/db",
         "--migrations-dir",
-        str(tmp_path),
+        str(path),
     )
-    assert_one_line_error(result, 2, f"migrations folder {tmp_path} holds no <version>_<name>.sql")
-
-
-def test_missing_migrations_folder(tmp_path: Path) -> None:
-    result = run_cli(
-        "migrate",
-        "--database-url",
-        f"postgresql://ci:{SECRET}@127.0.0.1:1/db",
-        "--migrations-dir",
-        str(tmp_path / "nope"),
-    )
-    assert_one_line_error(result, 2, f"migrations folder {tmp_path / 'nope'} does not exist")
+    assert_one_line_error(result, 2, f"migrations folder {path} {problem}")
 
 
 def test_file_without_version(tmp_path: Path, database: Database) -> None:

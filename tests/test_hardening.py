@@ -303,16 +303,11 @@ def test_interrupted_concurrent_index_reruns(database: Database) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            waiting = database.query(
-                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'CREATE UNIQUE INDEX CONCURRENTLY%' "
-                "AND wait_event_type = 'Lock'"
-            )
-            if waiting:
-                break
-            assert time.monotonic() < deadline, "the index build never started waiting"
-            time.sleep(0.05)
+        waiting = database.wait_for(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'CREATE UNIQUE INDEX CONCURRENTLY%' "
+            "AND wait_event_type = 'Lock'",
+            "the index build never started waiting",
+        )
         database.query("SELECT pg_cancel_backend(%s)", waiting[0][0])
         _, err = runner.communicate(timeout=30)
         busy.execute("ROLLBACK")

@@ -286,12 +286,10 @@ def test_runner_killed_mid_migration_leaves_nothing_and_next_run_completes(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while not database.query(
-        "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'"
-    ):
-        assert time.monotonic() < deadline, "the slow migration never started"
-        time.sleep(0.05)
+    database.wait_for(
+        "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'",
+        "the slow migration never started",
+    )
     os.kill(runner.pid, signal.SIGKILL)
     runner.wait()
     assert database.history() == [1]

@@ -377,8 +377,7 @@ class Runner:
                 self.conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
 
     def _create_history(self) -> None:
-        if self.history_exists():
-            return
+        """Called under the lock, so IF NOT EXISTS cannot race with another runner."""
         self.conn.execute(
             sql.SQL(
                 """

@@ -60,8 +60,8 @@ QUERIES: dict[str, str] = {
     """,
 }
 
-# Tables that belong to the migration machinery, not to the schema it makes.
-IGNORED_TABLES = frozenset({"cicd_db_schema_history"})
+# The runner's own table (and its primary key index) is not part of the schema it makes.
+IGNORED_PREFIX = "cicd_db_schema_history"
 
 
 def signature(conn: psycopg.Connection[Any], schema: str) -> Signature:
@@ -74,8 +74,7 @@ def signature(conn: psycopg.Connection[Any], schema: str) -> Signature:
             result[kind] = {
                 tuple(_normalise(value, schema) for value in row)
                 for row in rows
-                if row[0] not in IGNORED_TABLES
-                and not str(row[0]).startswith("cicd_db_schema_history_")
+                if not str(row[0]).startswith(IGNORED_PREFIX)
             }
     return result
 
