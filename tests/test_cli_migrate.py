@@ -57,7 +57,27 @@ def assert_one_line_error(result, code: int, starts: str) -> None:
         ),
         (["--target", "latest"], 2, "argument --target: 'latest' is not a migration version"),
         (["sideways"], 2, "argument COMMAND: invalid choice: 'sideways'"),
-        (["--lock-timeout", "-1"], 2, "argument --lock-timeout: '-1' is negative"),
+        (
+            ["--lock-timeout", "-1"],
+            2,
+            "argument --lock-timeout: '-1' is not a finite number of seconds, 0 or more",
+        ),
+        (
+            ["--lock-timeout", "nan"],
+            2,
+            "argument --lock-timeout: 'nan' is not a finite number of seconds, 0 or more",
+        ),
+        (
+            ["up", "--lock-timeout", "inf"],
+            2,
+            "argument --lock-timeout: 'inf' is not a finite number of seconds, 0 or more",
+        ),
+        (["up", "--retries", "-2"], 2, "argument --retries: '-2' is not a whole number"),
+        (
+            ["up", "--retry-budget", "1e999"],
+            2,
+            "argument --retry-budget: '1e999' is not a finite number of seconds",
+        ),
     ],
     ids=[
         "port",
@@ -70,6 +90,10 @@ def assert_one_line_error(result, code: int, starts: str) -> None:
         "bad-target",
         "bad-command",
         "negative-timeout",
+        "nan-timeout",
+        "infinite-timeout",
+        "negative-retries",
+        "infinite-retry-budget",
     ],
 )
 def test_bad_arguments(args: list[str], code: int, starts: str) -> None:

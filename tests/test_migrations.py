@@ -229,7 +229,7 @@ def test_no_transaction_file_must_hold_one_statement(tmp_path: Path) -> None:
         tmp_path, {"0001_two.sql": "-- cicd-db: no-transaction\nSELECT 1;\nSELECT 2;\n"}
     )
     with pytest.raises(
-        ConfigError, match=r"0001_two\.sql is marked no-transaction but does not hold"
+        ConfigError, match=r"0001_two\.sql is marked no-transaction but holds 2 statements"
     ):
         migrations.discover(tmp_path)
 
@@ -287,7 +287,7 @@ def test_runner_killed_mid_migration_leaves_nothing_and_next_run_completes(
         stderr=subprocess.DEVNULL,
     )
     database.wait_for(
-        "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'",
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
         "the slow migration never started",
     )
     os.kill(runner.pid, signal.SIGKILL)

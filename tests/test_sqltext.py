@@ -1,10 +1,31 @@
-"""Splitting migration files into statements: what may hide a semicolon."""
+"""Reading migration files as psql does: where statements end, COPY data, meta-commands.
+
+How a file applies is proven against psql itself in test_psql_parity.py; these
+tables pin the scanner's answers, so a change to it shows here first.
+"""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from cicd_db.sqltext import Statement, statements
+from cicd_db.sqltext import (
+    CopyData,
+    MetaCommand,
+    Scanner,
+    Statement,
+    standard_strings_after,
+)
+
+
+def split(text: str, *, standard_strings: bool = True) -> list[tuple[int, str]]:
+    data = text.encode()
+    return [
+        (piece.line, piece.text(data))
+        for piece in Scanner(data, standard_strings=standard_strings)
+        if isinstance(piece, Statement)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -17,6 +38,8 @@ from cicd_db.sqltext import Statement, statements
         ("SELECT E'a\\'; b';", [(1, "SELECT E'a\\'; b';")]),
         ("SELECT type='a\\'; SELECT 2;", [(1, "SELECT type='a\\';"), (1, "SELECT 2;")]),
         ('SELECT 1 AS "a;b";', [(1, 'SELECT 1 AS "a;b";')]),
+        ('SELECT 1 AS "a"";b";', [(1, 'SELECT 1 AS "a"";b";')]),
+        ("SELECT U&'d\\0061t;a';", [(1, "SELECT U&'d\\0061t;a';")]),
         (
             "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql;\nSELECT f();",
             [
@@ -25,15 +48,57 @@ from cicd_db.sqltext import Statement, statements
             ],
         ),
         ("DO $body$ BEGIN PERFORM 1; END $body$;", [(1, "DO $body$ BEGIN PERFORM 1; END $body$;")]),
+        (
+            "DO $a$ BEGIN EXECUTE $b$ SELECT ';' $b$; END $a$; SELECT 2;",
+            [(1, "DO $a$ BEGIN EXECUTE $b$ SELECT ';' $b$; END $a$;"), (1, "SELECT 2;")],
+        ),
         ("SELECT $1::int;", [(1, "SELECT $1::int;")]),
+        (
+            "CREATE TABLE do$llar$s (a$num$ numeric); SELECT 2;",
+            [(1, "CREATE TABLE do$llar$s (a$num$ numeric);"), (1, "SELECT 2;")],
+        ),
         ("/* a; /* nested; */ still; */ SELECT 1;", [(1, "SELECT 1;")]),
         ("SELECT 1 -- trailing; comment\n;", [(1, "SELECT 1 -- trailing; comment\n;")]),
+        ("SELECT 1 /* it's; */ + 1;", [(1, "SELECT 1 /* it's; */ + 1;")]),
         ("-- only a comment; really\n/* and; this */\n", []),
         (";;\n;", []),
+        ("SELECT 1;\r\nSELECT 2;\r\n", [(1, "SELECT 1;"), (2, "SELECT 2;")]),
         (
-            "SET lock_timeout = '5s';\n\nLOCK TABLE t;",
-            [(1, "SET lock_timeout = '5s';"), (3, "LOCK TABLE t;")],
+            "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); "
+            "INSERT INTO b VALUES (2)); SELECT 3;",
+            [
+                (
+                    1,
+                    "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); "
+                    "INSERT INTO b VALUES (2));",
+                ),
+                (1, "SELECT 3;"),
+            ],
         ),
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT 1;\n"
+            "  SELECT CASE WHEN true THEN 2 ELSE 3 END;\nEND;\nSELECT 4;",
+            [
+                (
+                    1,
+                    "CREATE FUNCTION f() RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT 1;\n"
+                    "  SELECT CASE WHEN true THEN 2 ELSE 3 END;\nEND;",
+                ),
+                (6, "SELECT 4;"),
+            ],
+        ),
+        (
+            "create or replace procedure p() begin atomic insert into t values (1); end; call p();",
+            [
+                (
+                    1,
+                    "create or replace procedure p() begin atomic insert into t values (1); end;",
+                ),
+                (1, "call p();"),
+            ],
+        ),
+        # BEGIN and END count only in a function definition: elsewhere, as psql has it.
+        ("SELECT 1 AS begin; SELECT 2;", [(1, "SELECT 1 AS begin;"), (1, "SELECT 2;")]),
     ],
     ids=[
         "two",
@@ -43,34 +108,133 @@ from cicd_db.sqltext import Statement, statements
         "escape-string",
         "not-an-escape-string",
         "identifier",
+        "identifier-doubled-quote",
+        "unicode-string",
         "dollar-quote",
         "tagged-dollar-quote",
+        "nested-dollar-tags",
         "parameter",
+        "dollar-in-identifiers",
         "nested-block-comment",
         "line-comment-inside",
+        "quote-in-block-comment",
         "comments-only",
         "empty-statements",
-        "settings",
+        "crlf",
+        "rule-with-actions-in-parentheses",
+        "begin-atomic-with-case",
+        "procedure-begin-atomic",
+        "begin-as-a-name",
     ],
 )
 def test_statements(text: str, expected: list[tuple[int, str]]) -> None:
-    assert [(s.line, s.text) for s in statements(text)] == expected
+    assert split(text) == expected
+
+
+def test_standard_conforming_strings_off_reads_backslash_escapes() -> None:
+    text = "SELECT 'a\\'; b'; SELECT 2;"
+    assert split(text, standard_strings=False) == [(1, "SELECT 'a\\'; b';"), (1, "SELECT 2;")]
+    assert split(text) == [(1, "SELECT 'a\\';"), (1, "b'; SELECT 2;")]
+
+
+@pytest.mark.parametrize(
+    ("statement", "current", "expected"),
+    [
+        ("SET standard_conforming_strings = off;", True, False),
+        ("set standard_conforming_strings to 'on'", False, True),
+        ("SET SESSION standard_conforming_strings TO false;", True, False),
+        ("SET LOCAL standard_conforming_strings = 0;", True, False),
+        ("SET standard_conforming_strings = DEFAULT;", False, True),
+        ("RESET standard_conforming_strings;", False, True),
+        ("RESET ALL;", False, True),
+        ("SELECT set_config('standard_conforming_strings', 'off', false);", True, None),
+        ("SET standard_conforming_strings = maybe;", True, None),
+    ],
+)
+def test_standard_strings_after(statement: str, current: bool, expected: bool | None) -> None:
+    assert standard_strings_after(statement.encode(), current) is expected
+
+
+def test_copy_data_follows_its_statement() -> None:
+    data = (
+        b"CREATE TABLE t (a int, b text);\n"
+        b"COPY t (a, b) FROM stdin;\n"
+        b"1\tx;y\n"
+        b"2\t'quote\n"
+        b"\\.\n"
+        b"SELECT 3;\n"
+    )
+    pieces = list(Scanner(data))
+    kinds = [type(piece).__name__ for piece in pieces]
+    assert kinds == ["Statement", "CopyFromStdin", "CopyData", "Statement"]
+    copy = pieces[2]
+    assert isinstance(copy, CopyData)
+    assert (data[copy.start : copy.end], copy.line, copy.trailing) == (
+        b"1\tx;y\n2\t'quote\n",
+        3,
+        False,
+    )
+    assert pieces[3].line == 6
+
+
+def test_copy_data_without_end_marker_runs_to_the_end() -> None:
+    pieces = list(Scanner(b"COPY t FROM STDIN;\n1\n2\n"))
+    assert isinstance(pieces[1], CopyData)
+    assert (pieces[1].start, pieces[1].end) == (19, 23)
+
+
+def test_meta_commands() -> None:
+    data = b"\\restrict abc\nSELECT 1;\nSELECT 2 \\gset\n\\unrestrict abc\n"
+    pieces = [
+        (type(p).__name__, p.line, getattr(p, "name", None), getattr(p, "inside_statement", None))
+        for p in Scanner(data)
+    ]
+    assert pieces == [
+        ("MetaCommand", 1, "restrict", False),
+        ("Statement", 2, None, None),
+        ("MetaCommand", 3, "gset", True),  # refused by the runner: it interrupts a statement
+        ("MetaCommand", 4, "unrestrict", False),
+    ]
+
+
+def test_meta_command_inside_quotes_is_text() -> None:
+    assert split("SELECT '\\x';") == [(1, "SELECT '\\x';")]
+    assert not any(isinstance(p, MetaCommand) for p in Scanner(b"SELECT $$\\x$$;"))
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("SELECT 'unterminated; SELECT 2;", [(1, "SELECT 'unterminated;"), (1, "SELECT 2;")]),
+        ("SELECT 'unterminated; SELECT 2;", [(1, "SELECT 'unterminated; SELECT 2;")]),
         ("SELECT $$ never closed; SELECT 2;", [(1, "SELECT $$ never closed; SELECT 2;")]),
+        ('SELECT "never closed; SELECT 2;', [(1, 'SELECT "never closed; SELECT 2;')]),
         ("/* never closed; SELECT 1;", []),
+        ("SELECT (1; SELECT 2;", [(1, "SELECT (1; SELECT 2;")]),
     ],
-    ids=["unterminated-string", "unterminated-dollar", "unterminated-comment"],
+    ids=[
+        "unterminated-string",
+        "unterminated-dollar",
+        "unterminated-identifier",
+        "unterminated-comment",
+        "unclosed-parenthesis",
+    ],
 )
 def test_statements_bad(text: str, expected: list[tuple[int, str]]) -> None:
-    """Broken text still splits somewhere sensible; PostgreSQL then reports the error."""
-    assert [(s.line, s.text) for s in statements(text)] == expected
+    """Broken text runs to the end, as psql sends it; PostgreSQL then reports the error."""
+    assert split(text) == expected
 
 
-def test_keyword() -> None:
-    assert Statement(1, "set lock_timeout = 1;").keyword == "SET"
-    assert Statement(1, "RESET;").keyword == "RESET"
+def test_hostile_bytes_always_end_and_cover_the_input() -> None:
+    """Random fragments of SQL syntax: the scanner ends, and its pieces stay in order."""
+    alphabet = [
+        "'", '"', "$$", "$a$", "E'", "\\", ";", "(", ")", "--", "/*", "*/", "\n", "\r\n",
+        "BEGIN", "END", "CASE", "CREATE FUNCTION", "COPY t FROM STDIN", "\\.", "x", " ",
+        "\xe9", "U&'", "$1",
+    ]  # fmt: skip
+    generator = random.Random(1234)
+    for _ in range(2000):
+        data = "".join(generator.choices(alphabet, k=generator.randint(0, 40))).encode()
+        last_end = 0
+        for piece in Scanner(data):
+            assert last_end <= piece.start <= piece.end <= len(data)
+            last_end = piece.end

@@ -5,13 +5,18 @@
     cicd-db report --pipeline P [--run N [--stage S [--job J]]]   what ran, when, how it ended
 
 Exit codes: 0 done, 1 operational failure, 2 usage or configuration error,
-3 `migrate status --exit-code` with migrations pending.
+3 `migrate status --exit-code` with migrations pending, 4 `migrate status
+--exit-code` with files that disagree with the history (edited, missing, out of
+order), 130 interrupted by Ctrl-C, 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
+import signal
 import sys
 import time
 import traceback
@@ -22,10 +27,20 @@ from typing import Any, NoReturn
 import psycopg
 
 from cicd_db import migrations, targets
-from cicd_db.errors import CicdDbError, ConfigError, ConnectionFailed, NotFound, UsageError
+from cicd_db.errors import (
+    CicdDbError,
+    ConfigError,
+    ConnectionFailed,
+    NotFound,
+    Terminated,
+    UsageError,
+)
 from cicd_db.settings import ConnectionSettings, is_transaction_pooler, redact
 
 EXIT_PENDING = 3
+EXIT_DISAGREES = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +81,8 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "target": None,
     "json": False,
     "lock_timeout": 60.0,
+    "retries": migrations.DEFAULT_RETRIES,
+    "retry_budget": migrations.DEFAULT_RETRY_BUDGET,
     "yes": False,
     "exit_code": False,
     "timeout": 30.0,
@@ -120,9 +137,15 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds, 0 or more")
     return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, 0 or more")
+    return int(text)
 
 
 def _version(text: str) -> int:
@@ -165,6 +188,22 @@ def migrate_parser(prog: str = "cicd-db migrate") -> argparse.ArgumentParser:
         help="confirm writing to a remote stack (prod)",
         default=argparse.SUPPRESS,
     )
+    up.add_argument(
+        "--retries",
+        metavar="N",
+        type=_count,
+        default=argparse.SUPPRESS,
+        help="times a file that hit a lock timeout or deadlock runs again "
+        f"(default {migrations.DEFAULT_RETRIES})",
+    )
+    up.add_argument(
+        "--retry-budget",
+        metavar="SECONDS",
+        type=_seconds,
+        default=argparse.SUPPRESS,
+        help="most time spent waiting between retries, in all "
+        f"(default {migrations.DEFAULT_RETRY_BUDGET:g})",
+    )
 
     status = commands.add_parser(
         "status",
@@ -176,7 +215,8 @@ def migrate_parser(prog: str = "cicd-db migrate") -> argparse.ArgumentParser:
         "--exit-code",
         action="store_true",
         default=argparse.SUPPRESS,
-        help=f"exit {EXIT_PENDING} when a migration is pending",
+        help=f"exit {EXIT_DISAGREES} when a file disagrees with the history (edited, missing, "
+        f"out of order), else {EXIT_PENDING} when a migration is pending",
     )
 
     wait = commands.add_parser(
@@ -230,6 +270,10 @@ def migrate_parser(prog: str = "cicd-db migrate") -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=_seconds, help=argparse.SUPPRESS, default=argparse.SUPPRESS
     )
+    parser.add_argument("--retries", type=_count, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
+    parser.add_argument(
+        "--retry-budget", type=_seconds, help=argparse.SUPPRESS, default=argparse.SUPPRESS
+    )
     return parser
 
 
@@ -257,7 +301,13 @@ def _migrate(session: _Session) -> int:
             "host without -pooler), or export migration_database_url from the stack"
         )
     with targets.connect(settings, options=migrations.SESSION_OPTIONS) as conn:
-        runner = migrations.Runner(conn, files, lock_timeout=args.lock_timeout)
+        runner = migrations.Runner(
+            conn,
+            files,
+            lock_timeout=args.lock_timeout,
+            retries=args.retries,
+            retry_budget=args.retry_budget,
+        )
         if command == "status":
             return _status(session, target, settings, runner)
         if command == "baseline":
@@ -277,7 +327,13 @@ def _up(session: _Session, target: targets.Target, runner: migrations.Runner) ->
             print(f"{verb} {result.migration.filename}{timing}", flush=True)
 
     started = time.perf_counter()
-    results = runner.apply(target=args.target, dry_run=args.dry_run, on_applied=report)
+
+    def retrying(retry: migrations.Retry) -> None:
+        print(retry, file=sys.stderr, flush=True)
+
+    results = runner.apply(
+        target=args.target, dry_run=args.dry_run, on_applied=report, on_retry=retrying
+    )
     elapsed_ms = (time.perf_counter() - started) * 1000
     if args.json:
         _print_json(
@@ -351,7 +407,11 @@ def _status(
         if problems:
             summary += f", {len(problems)} need attention (run `migrate up` for the fix)"
         print(f"{target.description}: {summary}")
-    return EXIT_PENDING if args.exit_code and pending else 0
+    if not args.exit_code:
+        return 0
+    if any(row.state not in ("applied", "pending") for row in rows):
+        return EXIT_DISAGREES
+    return EXIT_PENDING if pending else 0
 
 
 def _baseline(session: _Session, target: targets.Target, runner: migrations.Runner) -> int:
@@ -569,6 +629,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "cicd-db") -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in arguments
     session: _Session | None = None
+    if not debug:
+        # psycopg logs some failures (a pipeline or a cancel gone wrong) as well as
+        # raising them; the error line below is the one the user needs.
+        for name in ("psycopg", "psycopg.pool"):
+            logging.getLogger(name).addHandler(logging.NullHandler())
+            logging.getLogger(name).propagate = False
+    previous = _deliver_sigterm_as_interrupt()
     try:
         if not arguments:
             raise UsageError("name a command: migrate, embedded or report; see `cicd-db --help`")
@@ -596,9 +663,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "cicd-db") -> int:
         if debug:
             traceback.print_exc()
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         _print_error("interrupted", session)
-        return 130
+        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
     except Exception as error:  # last resort: one line, not a traceback
         _print_error(
             f"unexpected {type(error).__name__}: {error}; run with --debug and report it", session
@@ -606,6 +673,21 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "cicd-db") -> int:
         if debug:
             traceback.print_exc()
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _deliver_sigterm_as_interrupt() -> Any:
+    """SIGTERM raises Terminated, so it cleans up as Ctrl-C does; returns the old handler."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave signals to whoever owns it
+        return None
 
 
 def _print_error(message: str, session: _Session | None) -> None:

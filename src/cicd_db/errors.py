@@ -14,6 +14,11 @@
         ├── IllegalTransition   a status change the execution state machine forbids
         ├── AlreadyExists       a stage or job name (or stage order) already taken
         └── NotFound            a pipeline, run, stage or job that does not exist
+    Interrupted                 exit 130 (Ctrl-C) or 143 (SIGTERM): stopped, and what it left
+
+`Terminated` is not an error but the interrupt the CLI raises on SIGTERM. It is a
+KeyboardInterrupt so that psycopg cancels the running query for it as it does for
+Ctrl-C, and the runner rolls back and releases its lock the same way.
 
 Messages are written for the person at the terminal: what is wrong, then what to
 do about it. They must never contain a password; URLs pass through
@@ -79,3 +84,15 @@ class AlreadyExists(OperationalError):
 
 class NotFound(OperationalError):
     pass
+
+
+class Interrupted(CicdDbError):
+    """Ctrl-C or SIGTERM stopped the work; the message says what that left."""
+
+    def __init__(self, message: str, *, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C (see the module docstring)."""

@@ -1,27 +1,42 @@
 """The migration runner: plain SQL files in `db/migrations/`, applied forward only.
 
-Rules (DESIGN.md, "Migrations"):
+The rules (docs/design.md, "Migrations"):
 
-- A file is `<version>_<name>.sql`; versions are integers, applied in numeric
-  order, and no two files share one.
-- A file and its history row commit in one transaction. A file whose first line
-  is `-- cicd-db: no-transaction` runs outside one (for `CREATE INDEX
-  CONCURRENTLY`), one statement per such file.
-- The history is our own table, `cicd_db_schema_history`.
+- A file is `<version>_<name>.sql`; versions are integers (bigint), applied in
+  numeric order, and no two files share one.
+- A file applies exactly as `psql -v ON_ERROR_STOP=1 -1 -f FILE` would apply it.
+  PostgreSQL decides what a statement is: the file goes to the server in one
+  simple-protocol query (in slices of about a megabyte for a large file), split
+  only where psql itself would stop sending SQL: `COPY ... FROM STDIN` data,
+  pg_dump's `\\restrict` lines, and after a statement that changes how the rest
+  of the text is read (`standard_conforming_strings`).
+- A file and its history row commit in one transaction. The history row goes to
+  the history table by its schema-qualified name, whatever `search_path` the
+  file set, and only if the runner's own transaction is still the one open. A
+  transactional file may not end or start a transaction itself (refused before
+  anything runs).
+- A file whose first line is `-- cicd-db: no-transaction` runs outside a
+  transaction (for `CREATE INDEX CONCURRENTLY`): one statement besides SET/RESET.
+- No session state crosses from one file to the next: role, session
+  authorization, settings (search_path among them) and temporary tables are
+  reset after each file. `applied_by` is the runner's login role.
 - One runner at a time per database: a session advisory lock, polled with
   `pg_try_advisory_lock` until a timeout (a blocking lock would deadlock with
   `CONCURRENTLY`, which waits for every other transaction, ours included).
+- A file that fails because of other sessions (lock timeout, deadlock,
+  serialization failure) is rolled back and retried with backoff, a bounded
+  number of times within a time budget.
 - Refused, with the fix in the message: an applied file that was edited, an
   applied file that is missing, a pending file below the newest applied version.
 
 `discover()` reads files only. `Runner.applied()`, `pending()` and `status()`
-only read the database. `Runner.apply()` writes, unless `dry_run`.
+only read the database. `Runner.apply()` and `baseline()` write.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import random
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -32,53 +47,120 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import errors, pq, sql
-from psycopg.pq import TransactionStatus
+from psycopg import errors, generators, sql
+from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq.abc import PGresult
 from psycopg.rows import class_row
 
-from cicd_db.errors import ConfigError, LockTimeout, MigrationFailed, MigrationRefused
-from cicd_db.sqltext import Statement, statements
+from cicd_db.errors import (
+    ConfigError,
+    Interrupted,
+    LockTimeout,
+    MigrationFailed,
+    MigrationRefused,
+    OperationalError,
+    Terminated,
+)
+from cicd_db.sqltext import (
+    CopyData,
+    CopyFromStdin,
+    MetaCommand,
+    Scanner,
+    Statement,
+    changes_lexing,
+    standard_strings_after,
+)
 
 HISTORY_TABLE = "cicd_db_schema_history"
-NO_TRANSACTION_MARKER = "-- cicd-db: no-transaction"
+HISTORY_COLUMNS = ("version", "name", "checksum", "applied_at", "applied_by", "duration_ms")
+NO_TRANSACTION_MARKER = b"-- cicd-db: no-transaction"
+BOM = b"\xef\xbb\xbf"
+MAX_VERSION = 2**63 - 1  # the history's version column is a bigint
 # One key for "the migrations of this database"; advisory locks are per database.
 LOCK_KEY = 0x6369_6364_2D64_62  # "cicd-db" in ASCII
 LOCK_POLL_SECONDS = 0.05
 # Passed at connect time: the server then notices within a second that a killed
 # runner is gone, ends its transaction and frees the lock (PostgreSQL 14+, Linux).
 SESSION_OPTIONS = "-c client_connection_check_interval=1000"
-# `CREATE INDEX CONCURRENTLY name`: an interrupted run leaves `name` behind, invalid.
+# A large file goes to the server in slices of whole statements of about this
+# size, so that neither side holds the parse trees of 50 MB of SQL at once.
+BATCH_BYTES = 1 << 20
+# Failures caused by other sessions, not by the file: lock_not_available
+# (lock_timeout), deadlock_detected, serialization_failure. Retried.
+RETRIED_SQLSTATES = {
+    "55P03": "lock not available",
+    "40P01": "deadlock",
+    "40001": "serialization failure",
+}
+DEFAULT_RETRIES = 10
+DEFAULT_RETRY_BUDGET = 120.0  # seconds, over all the retries of one run
+FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
+MAX_RETRY_DELAY = 10.0
+# After each file: the session as it was before it. DISCARD ALL would also drop
+# the runner's advisory lock, so its parts are named one by one.
+RESET_SESSION = b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DISCARD TEMP"
+# Statements that end or start a transaction: not allowed in a transactional file.
+TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ABORT", "ROLLBACK", "START", "PREPARE"})
+SESSION_SETTINGS = frozenset({"SET", "RESET"})
+# pg_dump (17.6, 18 and later) brackets its output with these psql commands; they
+# only switch psql's own meta-commands off and on, so the runner, which runs
+# none, may skip them.
+IGNORED_META_COMMANDS = frozenset({"restrict", "unrestrict"})
+FILE_NAME = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)\.sql$")
+VERSIONED = re.compile(r"^\d+_")
+# `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON`: an interrupted
+# build leaves `name` behind, invalid.
 CONCURRENT_INDEX = re.compile(
-    r"\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-    r'(?P<name>"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)',
+    rb"\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    rb'(?P<name>"(?:[^"]|"")+"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)',
     re.IGNORECASE,
 )
-# Failures caused by other sessions, not by the migration: lock_not_available
-# (lock_timeout), query_canceled, deadlock_detected, serialization_failure.
-TRANSIENT_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
-# Statements that change the session, not the database.
-SETTINGS = frozenset({"SET", "RESET"})
-FILE_NAME = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)\.sql$")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Statements sent to the server as one query: `data[start:end]`."""
+
+    start: int
+    end: int
+    line: int
+    standard_strings: bool  # how '...' strings were read in it
+    # Its last statement may change how the rest is read; the server's answer
+    # decides (the expectation is `standard_strings_after`, None if unknown).
+    changes_lexing: bool = False
+    standard_strings_after: bool | None = None
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A `COPY ... FROM STDIN` statement and the data lines that follow it in the file."""
+
+    statement: Statement
+    data: CopyData
+
+
+Step = Batch | Copy
 
 
 @dataclass(frozen=True)
 class Migration:
-    """One migration file, read from disk."""
+    """One migration file, read from disk and checked: what the runner will send."""
 
     version: int
     name: str
     path: Path
-    text: str
-    checksum: str
-
-    @property
-    def transactional(self) -> bool:
-        first_line = self.text.lstrip("\ufeff").split("\n", 1)[0].strip()
-        return first_line != NO_TRANSACTION_MARKER
+    data: bytes  # the file's bytes, without a UTF-8 byte order mark
+    checksum: str  # of the file's bytes as they are on disk
+    transactional: bool
+    steps: tuple[Step, ...]
 
     @property
     def filename(self) -> str:
         return self.path.name
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -111,8 +193,30 @@ class Result:
     notes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Retry:
+    """A file that failed because of other sessions and is about to run again."""
+
+    migration: Migration
+    reason: str  # "lock not available at line 12 (ALTER TABLE job_executions ...)"
+    attempt: int  # 1 for the first retry
+    retries: int
+    delay: float  # seconds before it runs again
+
+    def __str__(self) -> str:
+        return (
+            f"{self.migration.filename}: {self.reason}, "
+            f"retry {self.attempt}/{self.retries} in {self.delay:.1f} s"
+        )
+
+
 def discover(folder: Path) -> list[Migration]:
-    """Read the migration files of `folder`, sorted by version. Reads files only."""
+    """Read and check the migration files of `folder`, sorted by version. Reads files only.
+
+    Everything that can be known without a server is refused here, before
+    anything runs: bad names, shared versions, text that is not UTF-8, and the
+    statements a file may not hold.
+    """
     if not folder.is_dir():
         raise ConfigError(
             f"migrations folder {folder} does not exist; "
@@ -120,40 +224,15 @@ def discover(folder: Path) -> list[Migration]:
         )
     migrations: dict[int, Migration] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix != ".sql" or not path.is_file():
+        if path.name.startswith(".") or path.suffix.lower() != ".sql" or not path.is_file():
             continue
-        match = FILE_NAME.match(path.name)
-        if match is None:
-            raise ConfigError(
-                f"migration file {path.name} has no version; "
-                "rename it to <version>_<name>.sql, for example 0002_add_index.sql"
-            )
-        version = int(match["version"])
+        version, name = _parse_name(path.name)
         if version in migrations:
             raise ConfigError(
                 f"migration files {migrations[version].filename} and {path.name} share "
                 f"version {version}; renumber one of them"
             )
-        data = path.read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(
-                f"migration file {path.name} is not UTF-8; save it as UTF-8"
-            ) from None
-        migration = Migration(
-            version=version,
-            name=match["name"],
-            path=path,
-            text=text,
-            checksum=hashlib.sha256(data).hexdigest(),
-        )
-        if not migration.transactional and len(_changes(text)) != 1:
-            raise ConfigError(
-                f"migration file {path.name} is marked no-transaction but does not hold "
-                "exactly one statement besides SET; split it into one file per statement"
-            )
-        migrations[version] = migration
+        migrations[version] = read(path, version, name)
     if not migrations:
         raise ConfigError(
             f"migrations folder {folder} holds no <version>_<name>.sql file; "
@@ -162,13 +241,191 @@ def discover(folder: Path) -> list[Migration]:
     return [migrations[version] for version in sorted(migrations)]
 
 
-def _changes_settings(text: str) -> bool:
-    return any(statement.keyword in SETTINGS for statement in statements(text))
+def _parse_name(filename: str) -> tuple[int, str]:
+    if not filename.endswith(".sql"):
+        raise ConfigError(
+            f"migration file {filename}: the extension must be lower-case .sql; "
+            f"rename it to {filename[:-4]}.sql"
+        )
+    match = FILE_NAME.match(filename)
+    if match is None:
+        if not VERSIONED.match(filename):
+            raise ConfigError(
+                f"migration file {filename} has no version; "
+                "rename it to <version>_<name>.sql, for example 0002_add_index.sql"
+            )
+        suggestion = re.sub(r"[^A-Za-z0-9_.-]+", "_", filename[:-4]).rstrip("_") + ".sql"
+        raise ConfigError(
+            f"migration file {filename!r}: a name may hold only letters, digits, '_', '.' "
+            f"and '-' after the version's '_'; rename it, for example to {suggestion}"
+        )
+    version = int(match["version"])
+    if version > MAX_VERSION:
+        raise ConfigError(
+            f"migration file {filename}: version {version} is above {MAX_VERSION}, the largest "
+            "the history can hold; renumber it (0001_, 0002_, ... or a timestamp like "
+            "20260101120000_)"
+        )
+    return version, match["name"]
 
 
-def _changes(text: str) -> list[Statement]:
-    """The statements of `text` that are not session settings (SET ...)."""
-    return [statement for statement in statements(text) if statement.keyword not in SETTINGS]
+def read(path: Path, version: int, name: str) -> Migration:
+    """One migration file, checked and planned. Reads the file only."""
+    raw = path.read_bytes()
+    data = raw[len(BOM) :] if raw.startswith(BOM) else raw
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            f"migration file {path.name} is not UTF-8 (line {line}); save it as UTF-8"
+        ) from None
+    transactional = data.split(b"\n", 1)[0].rstrip(b"\r ") != NO_TRANSACTION_MARKER
+    return Migration(
+        version=version,
+        name=name,
+        path=path,
+        data=data,
+        checksum=hashlib.sha256(raw).hexdigest(),
+        transactional=transactional,
+        steps=plan(path.name, data, transactional=transactional),
+    )
+
+
+def plan(
+    filename: str,
+    data: bytes,
+    *,
+    transactional: bool,
+    standard_strings: bool = True,
+    start: int = 0,
+    line: int = 1,
+) -> tuple[Step, ...]:
+    """The queries that apply `data` as psql would, from `start`; refuses what may not run.
+
+    A transactional file becomes as few batches as psql's own stopping points
+    allow; a no-transaction file one batch per statement, as each must run on
+    its own.
+    """
+    steps: list[Step] = []
+    batch: list[Statement] = []
+    scanner = Scanner(data, standard_strings=standard_strings, start=start, line=line)
+
+    def flush(**lexing: Any) -> None:
+        if batch:
+            steps.append(
+                Batch(
+                    batch[0].start, batch[-1].end, batch[0].line, scanner.standard_strings, **lexing
+                )
+            )
+            batch.clear()
+
+    def refuse(at: int, what: str, fix: str) -> ConfigError:
+        return ConfigError(f"migration file {filename}, line {at}: {what}; {fix}")
+
+    copy: CopyFromStdin | None = None
+    changes = 0
+    for piece in scanner:
+        if isinstance(piece, MetaCommand):
+            if piece.name in IGNORED_META_COMMANDS and not piece.inside_statement:
+                flush()
+                continue
+            raise refuse(
+                piece.line,
+                f"psql meta-command \\{piece.name} is not SQL",
+                "remove it (the runner sends SQL only; pg_dump's \\restrict lines are skipped)",
+            )
+        if isinstance(piece, CopyData):
+            if copy is None:  # the scanner yields CopyData only after CopyFromStdin
+                raise TypeError("CopyData without its COPY statement")
+            if piece.trailing:
+                raise refuse(
+                    copy.line,
+                    "text follows COPY ... FROM STDIN on its line",
+                    "start the data on the next line, as pg_dump writes it",
+                )
+            steps.append(Copy(copy, piece))
+            copy = None
+            continue
+        text = data[piece.start : piece.end]
+        if transactional and _controls_transaction(piece.words):
+            raise refuse(
+                piece.line,
+                f"{' '.join(piece.words[:2])} ends or starts a transaction, and the runner "
+                "already runs this file in one",
+                f"remove it, or make the first line `{NO_TRANSACTION_MARKER.decode()}` "
+                "to run the file outside a transaction",
+            )
+        if piece.keyword == "COPY" and re.search(rb"\bTO\s+STDOUT\b", text, re.IGNORECASE):
+            raise refuse(
+                piece.line,
+                "COPY ... TO STDOUT prints data, which a migration cannot",
+                "remove it, or COPY to a table instead",
+            )
+        if not transactional:
+            if piece.copies_from_stdin:
+                raise refuse(
+                    piece.line,
+                    "COPY ... FROM STDIN in a no-transaction file",
+                    "move it to a transactional file",
+                )
+            if piece.keyword not in SESSION_SETTINGS:
+                changes += 1
+                _check_concurrent_index(filename, piece, text)
+        elif isinstance(piece, CopyFromStdin):
+            flush()
+            copy = piece
+            continue
+        batch.append(piece)
+        if changes_lexing(data, piece):
+            after = standard_strings_after(text, scanner.standard_strings)
+            flush(changes_lexing=True, standard_strings_after=after)
+            if after is not None:
+                scanner.standard_strings = after
+        elif not transactional or batch[-1].end - batch[0].start >= BATCH_BYTES:
+            flush()
+    flush()
+    if not transactional and start == 0 and changes != 1:
+        raise ConfigError(
+            f"migration file {filename} is marked no-transaction but holds {changes} statements "
+            "besides SET and RESET; it must hold exactly one: split it into one file per statement"
+        )
+    return tuple(steps)
+
+
+def _controls_transaction(words: tuple[str, ...]) -> bool:
+    if not words or words[0] not in TRANSACTION_CONTROL:
+        return False
+    if words[0] == "ROLLBACK":
+        return words[1:2] != ("TO",)  # ROLLBACK TO SAVEPOINT stays inside the transaction
+    if words[0] in ("START", "PREPARE"):
+        return words[1:2] == ("TRANSACTION",)
+    return True
+
+
+def _check_concurrent_index(filename: str, statement: Statement, text: bytes) -> None:
+    words = statement.words
+    if words[:1] != ("CREATE",) or "CONCURRENTLY" not in words:
+        return
+    match = CONCURRENT_INDEX.search(text)
+    if match is None or match["name"].upper() == b"ON":
+        raise ConfigError(
+            f"migration file {filename}, line {statement.line}: CREATE INDEX CONCURRENTLY "
+            "without a name; name the index (CREATE INDEX CONCURRENTLY IF NOT EXISTS name ON ...) "
+            "so that a build left invalid by an interruption can be found and dropped"
+        )
+
+
+def index_name(migration: Migration) -> str | None:
+    """The index a no-transaction file builds concurrently, as PostgreSQL names it."""
+    for step in migration.steps:
+        if isinstance(step, Copy):
+            continue
+        match = CONCURRENT_INDEX.search(migration.data, step.start, step.end)
+        if match is not None:
+            raw = match["name"].decode("utf-8")
+            return raw[1:-1].replace('""', '"') if raw.startswith('"') else raw.lower()
+    return None
 
 
 class Runner:
@@ -184,36 +441,65 @@ class Runner:
         migrations: list[Migration],
         *,
         lock_timeout: float = 60.0,
+        retries: int = DEFAULT_RETRIES,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
     ):
         if not conn.autocommit:
             raise ValueError("the runner needs an autocommit connection")
         self.conn = conn
         self.migrations = migrations
         self.lock_timeout = lock_timeout
+        self.retries = retries
+        self.retry_budget = retry_budget
+        self._history_schema: str | None = None
 
     # -- reading ---------------------------------------------------------------
 
-    def history_exists(self) -> bool:
-        row = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", [HISTORY_TABLE]).fetchone()
-        return bool(row and row[0])
+    @property
+    def history_schema(self) -> str:
+        """The schema of the history table: the first on the runner's search_path.
+
+        Read once, before any file runs, so a file that changes search_path
+        cannot move where the history is written.
+        """
+        if self._history_schema is None:
+            row = self.conn.execute("SELECT current_schema()").fetchone()
+            if row is None or row[0] is None:
+                raise ConfigError(
+                    f"no schema on the search_path of role {self.conn.info.user} can hold the "
+                    "migration history; create one (CREATE SCHEMA) or fix the role's search_path"
+                )
+            self._history_schema = str(row[0])
+        return self._history_schema
+
+    @property
+    def history_table(self) -> sql.Identifier:
+        """The history table by its schema-qualified name."""
+        return sql.Identifier(self.history_schema, HISTORY_TABLE)
 
     def applied(self) -> list[Applied]:
         """The history, oldest first. Reads only."""
-        query = sql.SQL(
-            "SELECT version, name, checksum, applied_at, applied_by, duration_ms "
-            "FROM {} ORDER BY version"
-        ).format(sql.Identifier(HISTORY_TABLE))
-        if (
-            self.conn.info.transaction_status != TransactionStatus.IDLE
-            and not self.history_exists()
-        ):
-            return []
+        query = sql.SQL("SELECT {} FROM {} ORDER BY version").format(
+            sql.SQL(", ").join(map(sql.Identifier, HISTORY_COLUMNS)), self.history_table
+        )
+        if self.conn.info.transaction_status != TransactionStatus.IDLE:
+            # Inside a transaction an error would abort it: ask first.
+            row = self.conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", [self.history_table.as_string(self.conn)]
+            ).fetchone()
+            if not (row and row[0]):
+                return []
         try:
             with self.conn.cursor(row_factory=class_row(Applied)) as cursor:
                 return cursor.execute(query).fetchall()
         except errors.UndefinedTable:
-            # One round trip in the common case; outside a transaction the error costs nothing.
-            return []
+            return []  # one round trip in the common case; outside a transaction it costs nothing
+        except (errors.UndefinedColumn, errors.DatatypeMismatch):
+            raise ConfigError(
+                f"table {self.history_table.as_string(self.conn)} exists but is not cicd-db's "
+                f"migration history (it lacks the columns {', '.join(HISTORY_COLUMNS)}); "
+                "rename or drop it if it is not needed, or migrate another schema or database"
+            ) from None
 
     def status(self) -> list[StatusRow]:
         """Every version known to the files or the history, with its state. Reads only."""
@@ -245,11 +531,14 @@ class Runner:
         target: int | None = None,
         dry_run: bool = False,
         on_applied: Callable[[Result], None] | None = None,
+        on_retry: Callable[[Retry], None] | None = None,
     ) -> list[Result]:
         """Apply pending migrations up to `target` (inclusive). Writes unless `dry_run`.
 
         Holds the advisory lock throughout, so concurrent runners apply each file
         once. A failing file rolls back alone: those before it stay applied.
+        Ctrl-C or SIGTERM (`errors.Terminated`) becomes `Interrupted`, once the
+        running file is rolled back and the lock released.
         """
         if dry_run:
             results = [Result(m, 0.0, dry_run=True) for m in self.pending(target=target)]
@@ -259,12 +548,13 @@ class Runner:
             return results
         if not self._plan(self.applied(), target):
             return []  # nothing to do: no lock needed to find that out
+        retry_deadline = time.monotonic() + self.retry_budget
         with self._lock():
             self._create_history()
             results = []
             # Read again under the lock: another runner may have applied some meanwhile.
             for migration in self._plan(self.applied(), target):
-                result = self._apply_one(migration)
+                result = self._apply_one(migration, retry_deadline, on_retry)
                 results.append(result)
                 if on_applied:
                     on_applied(result)
@@ -301,27 +591,25 @@ class Runner:
             with self.conn.transaction():
                 self._create_history()
                 for migration in chosen:
-                    self._insert_history(migration, 0)
+                    self.conn.execute(self._history_row(migration, duration_ms=0))
         return chosen
 
     def _compare_with(self, chosen: list[Migration]) -> list[str]:
         from cicd_db import schema  # only baseline needs the catalog queries
 
-        row = self.conn.execute("SELECT current_schema()").fetchone()
-        if row is None or row[0] is None:
-            raise MigrationRefused("no schema is on the search_path; set search_path and retry")
-        live = str(row[0])
-        scratch = f"cicd_db_baseline_{os.getpid()}"
+        live = self.history_schema
+        scratch = f"cicd_db_baseline_{self.conn.info.backend_pid}"
         with self.conn.transaction(force_rollback=True):
             self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
-            self.conn.execute(
-                sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(scratch))
-            )
             for migration in chosen:
-                text = migration.text
+                self.conn.execute(
+                    sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(scratch))
+                )
                 if not migration.transactional:
-                    text = re.sub(r"\bCONCURRENTLY\b", "", text, flags=re.IGNORECASE)
-                self._run_statements(replace(migration, text=text))
+                    data = re.sub(rb"\bCONCURRENTLY\b", b"", migration.data, flags=re.IGNORECASE)
+                    steps = plan(migration.filename, data, transactional=False)
+                    migration = replace(migration, data=data, steps=steps)
+                self._run_steps(migration)
             expected = schema.signature(self.conn, scratch)
             actual = schema.signature(self.conn, live)
         return schema.differences(expected, actual)
@@ -373,92 +661,179 @@ class Runner:
         try:
             yield
         finally:
-            if not self.conn.closed and not self.conn.broken:
+            if self._end_transaction():
                 self.conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
+
+    def _end_transaction(self) -> bool:
+        """Roll back whatever transaction is open; False if the connection is unusable.
+
+        A connection that is gone, or stuck in a query, is closed: the server
+        then ends its transaction and frees its locks by itself.
+        """
+        if self.conn.closed or self.conn.broken:
+            return False
+        state = self.conn.info.transaction_status
+        if state in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            self.conn.rollback()
+        elif state != TransactionStatus.IDLE:
+            self.conn.close()
+            return False
+        return True
 
     def _create_history(self) -> None:
         """Called under the lock, so IF NOT EXISTS cannot race with another runner."""
-        self.conn.execute(
-            sql.SQL(
-                """
-                CREATE TABLE IF NOT EXISTS {} (
-                    version     bigint PRIMARY KEY,
-                    name        text NOT NULL,
-                    checksum    text NOT NULL,
-                    applied_at  timestamptz NOT NULL DEFAULT now(),
-                    applied_by  text NOT NULL DEFAULT current_user,
-                    duration_ms integer NOT NULL
-                )
-                """
-            ).format(sql.Identifier(HISTORY_TABLE))
-        )
+        query = sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {} (
+                version     bigint PRIMARY KEY,
+                name        text NOT NULL,
+                checksum    text NOT NULL,
+                applied_at  timestamptz NOT NULL DEFAULT now(),
+                applied_by  text NOT NULL DEFAULT current_user,
+                duration_ms integer NOT NULL
+            )
+            """
+        ).format(self.history_table)
+        try:
+            self.conn.execute(query)
+        except errors.InsufficientPrivilege as error:
+            raise OperationalError(
+                f"cannot create the migration history table "
+                f"{self.history_table.as_string(self.conn)}: {error.diag.message_primary}; "
+                f"GRANT CREATE ON SCHEMA {sql.Identifier(self.history_schema).as_string(self.conn)}"
+                f" TO {sql.Identifier(self.conn.info.user).as_string(self.conn)}, "
+                "or migrate as the schema's owner"
+            ) from None
 
-    def _insert_history(self, migration: Migration, duration_ms: float | None) -> None:
-        """`duration_ms` None: measured by the server, from the transaction's start to now."""
-        duration = (
+    def _history_row(self, migration: Migration, *, duration_ms: float | None) -> bytes:
+        """The INSERT of `migration`'s history row, as SQL text: it travels with other statements.
+
+        `duration_ms` None: measured by the server, from the transaction's start.
+        The row names the runner's login role, whatever role the file switched to.
+        """
+        duration: sql.Composable = (
             sql.SQL("round(extract(epoch FROM clock_timestamp() - now()) * 1000)")
             if duration_ms is None
             else sql.Literal(round(duration_ms))
         )
-        self.conn.execute(
+        return (
             sql.SQL(
-                "INSERT INTO {} (version, name, checksum, duration_ms) VALUES (%s, %s, %s, {})"
-            ).format(sql.Identifier(HISTORY_TABLE), duration),
-            [migration.version, migration.name, migration.checksum],
+                "INSERT INTO {} (version, name, checksum, applied_by, duration_ms) "
+                "VALUES ({}, {}, {}, {}, {})"
+            )
+            .format(
+                self.history_table,
+                migration.version,
+                migration.name,
+                migration.checksum,
+                self.conn.info.user,
+                duration,
+            )
+            .as_bytes(self.conn)
         )
 
-    def _apply_one(self, migration: Migration) -> Result:
-        started = time.perf_counter()
-        notes: tuple[str, ...] = ()
-        if migration.transactional:
-            self._apply_in_transaction(migration)
-        else:
-            notes = self._drop_invalid_index(migration)
-            self._run_statements(migration)
-            self._insert_history(migration, (time.perf_counter() - started) * 1000)
-            if _changes_settings(migration.text):
-                self.conn.execute("RESET ALL")
-        return Result(migration, (time.perf_counter() - started) * 1000, dry_run=False, notes=notes)
+    def _apply_one(
+        self,
+        migration: Migration,
+        retry_deadline: float,
+        on_retry: Callable[[Retry], None] | None,
+    ) -> Result:
+        attempt = 0
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    if migration.transactional:
+                        notes: tuple[str, ...] = ()
+                        self._apply_in_transaction(migration)
+                    else:
+                        notes = self._apply_outside_transaction(migration)
+                    elapsed = (time.perf_counter() - started) * 1000
+                    return Result(migration, elapsed, dry_run=False, notes=notes)
+                except _Transient as failure:
+                    attempt += 1
+                    delay = min(FIRST_RETRY_DELAY * 2 ** (attempt - 1), MAX_RETRY_DELAY)
+                    delay *= random.uniform(0.75, 1.25)  # noqa: S311 (spreads runners apart)
+                    if attempt > self.retries or time.monotonic() + delay > retry_deadline:
+                        tries = f"retr{'y' if attempt == 2 else 'ies'}"
+                        raise MigrationFailed(
+                            f"{failure}; gave up after {attempt - 1} {tries} "
+                            "(raise --retries or --retry-budget)"
+                            if attempt > 1
+                            else str(failure)
+                        ) from None
+                    if on_retry:
+                        on_retry(Retry(migration, failure.reason, attempt, self.retries, delay))
+                    time.sleep(delay)
+        except KeyboardInterrupt as interrupt:
+            raise Interrupted(
+                self._interrupted(migration),
+                exit_code=143 if isinstance(interrupt, Terminated) else 130,
+            ) from None
+
+    def _interrupted(self, migration: Migration) -> str:
+        """What an interruption during `migration` left, checked after rolling back."""
+        usable = self._end_transaction()
+        if usable and migration.version in {row.version for row in self.applied()}:
+            return f"interrupted after {migration.filename} was applied; nothing after it ran"
+        if not migration.transactional:
+            return (
+                f"interrupted during {migration.filename}, a no-transaction file: what "
+                "PostgreSQL finished of it stays, and it is not recorded (the next run drops an "
+                "index it left invalid and runs it again); nothing after it ran"
+            )
+        return f"interrupted during {migration.filename}; it was rolled back; nothing after it ran"
 
     def _apply_in_transaction(self, migration: Migration) -> None:
-        """The file's statements and its history row, in one transaction and one round trip.
-
-        Pipelined: every statement is sent at once and the results read back in
-        order, so the first statement without a successful result is the one
-        that failed, and the error names its line.
-        """
-        sent: list[tuple[Statement, psycopg.Cursor[Any]]] = []
+        """The file and its history row in one transaction, which must stay the runner's own."""
+        results = self._simple(b"BEGIN; SELECT pg_current_xact_id()")
+        transaction = results[-1].get_value(0, 0)
         try:
-            # BEGIN and COMMIT are sent as statements, not with conn.transaction(), so
-            # that the whole file travels in the one pipeline: half the time per file.
-            with self.conn.pipeline():
-                self.conn.execute(b"BEGIN")
-                for statement in statements(migration.text):
-                    cursor = self.conn.cursor()
-                    sent.append((statement, cursor))
-                    cursor.execute(statement.text.encode())  # bytes: file text is not a literal
-                self._insert_history(migration, None)
-                if _changes_settings(migration.text):
-                    # A file's SET lock_timeout and the like must not leak into the next file.
-                    self.conn.execute(b"RESET ALL")
-                self.conn.execute(b"COMMIT")
-        except psycopg.Error as error:
-            if self.conn.info.transaction_status != TransactionStatus.IDLE and not self.conn.broken:
-                self.conn.execute(b"ROLLBACK")
-            failed = next(
-                (
-                    statement
-                    for statement, cursor in sent
-                    if cursor.pgresult is None
-                    or cursor.pgresult.status == pq.ExecStatus.FATAL_ERROR
-                ),
+            self._run_steps(migration)
+            still_ours = self.conn.info.transaction_status == TransactionStatus.INTRANS
+            if still_ours:
+                finish = (
+                    RESET_SESSION
+                    + b"; "
+                    + self._history_row(migration, duration_ms=None)
+                    + b" RETURNING pg_current_xact_id() = "
+                    + sql.Literal(transaction.decode() if transaction else "").as_bytes(self.conn)
+                    + b"::xid8"
+                )
+                results = self._simple(finish)
+                self._raise_on_error(migration, None, results)
+                still_ours = results[-1].get_value(0, 0) == b"t"
+            if not still_ours:
+                raise MigrationFailed(
+                    f"migration {migration.filename} ended the runner's transaction itself "
+                    "(COMMIT, ROLLBACK or the like, which the runner could not see in it); "
+                    "what it did until then may be committed, and it is not recorded; "
+                    "remove the transaction control from the file, check the database, "
+                    "and run again"
+                )
+            self._simple(b"COMMIT")
+        except BaseException:
+            self._end_transaction()
+            raise
+
+    def _apply_outside_transaction(self, migration: Migration) -> tuple[str, ...]:
+        started = time.perf_counter()
+        try:
+            notes = self._drop_invalid_index(migration)
+            self._run_steps(migration)
+            duration_ms = (time.perf_counter() - started) * 1000
+            self._raise_on_error(
+                migration,
                 None,
+                self._simple(
+                    RESET_SESSION + b"; " + self._history_row(migration, duration_ms=duration_ms)
+                ),
             )
-            if failed is None:
-                raise
-            raise MigrationFailed(
-                _describe_failure(migration, failed.line, failed.text, error)
-            ) from None
+        except BaseException:
+            if self._end_transaction():
+                self._simple(RESET_SESSION)  # results unread: nothing in it can fail here
+            raise
+        return notes
 
     def _drop_invalid_index(self, migration: Migration) -> tuple[str, ...]:
         """Drop the invalid index an interrupted CREATE INDEX CONCURRENTLY left behind.
@@ -466,13 +841,9 @@ class Runner:
         PostgreSQL's own advice for that case; without it, the file could never be
         run again (the name is taken) or, with IF NOT EXISTS, would keep a broken index.
         """
-        match = next(
-            (m for s in _changes(migration.text) if (m := CONCURRENT_INDEX.match(s.text))), None
-        )
-        if match is None:
+        name = index_name(migration)
+        if name is None:
             return ()
-        raw = match["name"]
-        name = raw[1:-1] if raw.startswith('"') else raw.lower()
         identifier = sql.Identifier(name)
         row = self.conn.execute(
             "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
@@ -483,28 +854,152 @@ class Runner:
         self.conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(identifier))
         return (f"dropped invalid index {name} left by an interrupted run",)
 
-    def _run_statements(self, migration: Migration) -> None:
-        for statement in statements(migration.text):
-            try:
-                self.conn.execute(statement.text.encode())  # bytes: file text is not a literal
-            except psycopg.Error as error:
-                raise MigrationFailed(
-                    _describe_failure(migration, statement.line, statement.text, error)
-                ) from None
+    def _run_steps(self, migration: Migration) -> None:
+        """Send the file's steps in order, in the current transaction or none."""
+        steps = list(migration.steps)
+        standard = self._standard_strings()
+        if steps and isinstance(steps[0], Batch) and steps[0].standard_strings != standard:
+            steps = list(self._replan(migration, 0, 1, standard))  # a server with them off
+        while steps:
+            step = steps.pop(0)
+            if isinstance(step, Copy):
+                self._copy(migration, step)
+                continue
+            self._raise_on_error(
+                migration, step, self._simple(migration.data[step.start : step.end])
+            )
+            if step.changes_lexing:
+                actual = self._standard_strings()
+                if actual != step.standard_strings_after:
+                    line = step.line + migration.data.count(b"\n", step.start, step.end)
+                    steps = list(self._replan(migration, step.end, line, actual))
+
+    def _replan(
+        self, migration: Migration, start: int, line: int, standard: bool
+    ) -> tuple[Step, ...]:
+        return plan(
+            migration.filename,
+            migration.data,
+            transactional=migration.transactional,
+            standard_strings=standard,
+            start=start,
+            line=line,
+        )
+
+    def _standard_strings(self) -> bool:
+        return self.conn.info.parameter_status("standard_conforming_strings") != "off"
+
+    def _simple(self, query: bytes) -> list[PGresult]:
+        """Send `query` with the simple protocol, as psql does: the server splits statements.
+
+        Returns every statement's result, errors included, without raising:
+        which statement failed is the number of results before the error.
+        """
+        conn = self.conn
+        pgconn = conn.pgconn
+        with conn.lock:
+            pgconn.send_query(query)
+            results: list[PGresult] = conn.wait(generators.execute(pgconn))
+            while results and results[-1].status == ExecStatus.COPY_IN:
+                # A COPY the scanner did not see: end it with an error, never hang.
+                pgconn.put_copy_end(b"COPY FROM STDIN data must follow its statement in the file")
+                results = results[:-1] + conn.wait(generators.execute(pgconn))
+            while results and results[-1].status == ExecStatus.COPY_OUT:
+                results.pop()  # a COPY TO STDOUT the scanner did not see: read and drop its rows
+                while isinstance(conn.wait(generators.copy_from(pgconn)), memoryview):
+                    pass
+                results += conn.wait(generators.fetch_many(pgconn))
+        return results
+
+    def _copy(self, migration: Migration, step: Copy) -> None:
+        """COPY ... FROM STDIN with the data lines that follow it in the file, as psql sends them."""
+        statement, data = step.statement, step.data
+        try:
+            with (
+                self.conn.cursor() as cursor,
+                cursor.copy(migration.data[statement.start : statement.end]) as copy,
+            ):
+                copy.write(memoryview(migration.data)[data.start : data.end])
+        except psycopg.Error as error:
+            line = statement.line
+            where = re.search(r"\bline (\d+)", error.diag.context or "")
+            if where and data.end > data.start:
+                line = data.line + int(where[1]) - 1  # the data line the server named
+            raise MigrationFailed(
+                _describe_failure(migration, line, error.diag, str(error), self.conn.info.user)
+            ) from None
+
+    def _raise_on_error(
+        self, migration: Migration, batch: Batch | None, results: list[PGresult]
+    ) -> None:
+        """Raise for the first failed statement of `results`, naming its line in the file."""
+        failed = next(
+            (i for i, result in enumerate(results) if result.status == ExecStatus.FATAL_ERROR),
+            None,
+        )
+        if failed is None:
+            return
+        error = errors.error_from_result(results[failed], encoding=self.conn.info.encoding)
+        if batch is None:  # the runner's own statements
+            raise error
+        statement = _nth_statement(migration.data, batch, failed)
+        line = statement.line if statement else batch.line
+        position = error.diag.statement_position
+        if position and position.isdigit():
+            # Characters, not bytes, into the batch: decode the batch to count its lines.
+            text = migration.data[batch.start : batch.end].decode("utf-8", "replace")
+            line = batch.line + text.count("\n", 0, int(position) - 1)
+        message = _describe_failure(migration, line, error.diag, str(error), self.conn.info.user)
+        if error.diag.sqlstate in RETRIED_SQLSTATES:
+            reason = f"{RETRIED_SQLSTATES[error.diag.sqlstate]} at line {line}"
+            if statement:
+                reason += f" ({_abridge(statement.text(migration.data))})"
+            raise _Transient(message, reason)
+        raise MigrationFailed(message)
 
 
-def _describe_failure(migration: Migration, line: int, statement: str, error: psycopg.Error) -> str:
-    diag = error.diag
-    position = diag.statement_position
-    if position and position.isdigit():
-        line += statement.count("\n", 0, int(position) - 1)
-    message = diag.message_primary or str(error).strip().splitlines()[0]
+class _Transient(Exception):
+    """A file failed because of other sessions; apply() retries it."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _nth_statement(data: bytes, batch: Batch, index: int) -> Statement | None:
+    """The batch's statement number `index` (0-based), as the server counted them."""
+    scanner = Scanner(
+        data[: batch.end],
+        standard_strings=batch.standard_strings,
+        start=batch.start,
+        line=batch.line,
+    )
+    for count, piece in enumerate(scanner):
+        if count == index and isinstance(piece, Statement):
+            return piece
+    return None
+
+
+def _abridge(statement: str, width: int = 48) -> str:
+    flat = " ".join(statement.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def _describe_failure(
+    migration: Migration, line: int, diag: psycopg.errors.Diagnostic, fallback: str, user: str
+) -> str:
+    message = diag.message_primary or fallback.strip().splitlines()[0]
     code = f" [{diag.sqlstate}]" if diag.sqlstate else ""
     rolled_back = "it was rolled back" + (
         "" if migration.transactional else " as far as PostgreSQL allows"
     )
-    if diag.sqlstate in TRANSIENT_SQLSTATES:
-        advice = "run again when the table is less busy (the file itself is fine)"
+    if diag.sqlstate == "42501":
+        advice = (
+            f"role {user} lacks that privilege: grant it, or migrate as a role that has it "
+            "(the table's or schema's owner)"
+        )
+    elif diag.sqlstate in RETRIED_SQLSTATES or diag.sqlstate == "57014":
+        advice = "run again when the tables are less busy (the file itself is fine)"
     else:
         advice = "fix the file and run again"
     return (
