@@ -32,7 +32,7 @@ MIGRATIONS = ROOT / "db" / "migrations"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if {"database", "migrated"} & set(getattr(item, "fixturenames", ())):
+        if {"database", "migrated", "spare"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
 
 
@@ -85,6 +85,12 @@ class Database:
         with self.connect() as conn:
             return conn.execute(query.encode(), params or None).fetchall()
 
+    def execute(self, query: str | sql.Composable) -> None:
+        """Run statements that return no rows (several at once, in one simple query)."""
+        with self.connect() as conn:
+            text = query if isinstance(query, str) else query.as_string(conn)
+            conn.execute(text.encode())
+
     def wait_for(self, query: str, what: str, timeout: float = 30) -> list[tuple[object, ...]]:
         """Poll `query` until it returns rows; fail with `what` after `timeout` seconds."""
         deadline = time.monotonic() + timeout
@@ -127,6 +133,14 @@ def _drop(server: ConnectionSettings, name: str) -> None:
 @pytest.fixture
 def database(server: ConnectionSettings) -> Iterator[Database]:
     """A fresh, empty database."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield _create(server, name)
+    _drop(server, name)
+
+
+@pytest.fixture
+def spare(server: ConnectionSettings) -> Iterator[Database]:
+    """A second fresh, empty database, for comparing with `database`."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     yield _create(server, name)
     _drop(server, name)

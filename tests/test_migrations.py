@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,9 @@ THREE = {
     "0002_pets.sql": "CREATE TABLE pets (id int PRIMARY KEY,\n  owner int REFERENCES people);\n",
     "0003_seed.sql": "INSERT INTO people VALUES (1, 'ada');\nINSERT INTO pets VALUES (1, 1);\n",
 }
+
+
+CLI = [sys.executable, "-m", "cicd_db", "migrate"]
 
 
 def migrate(database: Database, folder: Path, *args: str) -> tuple[int, str, str]:
@@ -107,6 +111,26 @@ def test_options_work_before_and_after_the_command(database: Database, tmp_path:
     assert before.code == after.code == 0
     assert before.out == after.out
     assert '"pending": 3' in before.out
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (lambda folder: (folder / "0002_pets.sql").write_text("-- edited\n"), 4),
+        (lambda folder: (folder / "0002_pets.sql").unlink(), 4),
+        (lambda folder: (folder / "0000_early.sql").write_text("SELECT 1;\n"), 4),
+        (lambda folder: (folder / "0004_later.sql").write_text("SELECT 1;\n"), 3),
+    ],
+    ids=["edited", "missing", "out-of-order", "pending"],
+)
+def test_status_exit_code_says_what_needs_attention(
+    database: Database, tmp_path: Path, change, code: int
+) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    assert migrate(database, folder)[0] == 0
+    change(folder)
+    assert migrate(database, folder, "status", "--exit-code")[0] == code
+    assert migrate(database, folder, "status")[0] == 0
 
 
 def test_status_exit_code_reports_pending(database: Database, tmp_path: Path) -> None:
@@ -323,3 +347,114 @@ def test_repository_migrations_apply_to_an_empty_database(database: Database) ->
     code, _, _ = migrate(database, MIGRATIONS)
     assert code == 0
     assert {"pipeline_executions", "stage_executions", "job_executions"} <= database.tables()
+
+
+@pytest.mark.parametrize(
+    ("signal_number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "term"]
+)
+def test_interrupt_rolls_back_releases_the_lock_and_says_so(
+    database: Database, tmp_path: Path, signal_number: int, code: int
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\n",
+            "0002_slow.sql": "CREATE TABLE slow (id int);\nSELECT pg_sleep(60);\n",
+            "0003_after.sql": "CREATE TABLE after (id int);\n",
+        },
+    )
+    runner = subprocess.Popen(
+        [*CLI, "--database-url", database.url, "--migrations-dir", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    database.wait_for(
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+        "the slow migration never started",
+    )
+    runner.send_signal(signal_number)
+    out, err = runner.communicate(timeout=30)
+    assert runner.returncode == code
+    assert out.startswith("applied 0001_first.sql")
+    assert err == (
+        "error: interrupted during 0002_slow.sql; it was rolled back; nothing after it ran\n"
+    )
+    assert database.history() == [1]
+    assert database.tables() == {"first", "cicd_db_schema_history"}
+    # The query was cancelled and the lock released: nothing of the runner is left.
+    assert database.query(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " UNION ALL SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+    ) == [(0,), (0,)]
+
+
+def test_lock_timeouts_are_retried_until_the_file_applies(
+    database: Database, tmp_path: Path
+) -> None:
+    database.execute("CREATE TABLE busy (id int)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_alter.sql": "SET lock_timeout = '100ms';\n\n"
+            "ALTER TABLE busy ADD COLUMN note text;\n"
+        },
+    )
+    with database.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+        runner = subprocess.Popen(
+            [
+                *CLI,
+                "--database-url",
+                database.url,
+                "--retries",
+                "20",
+                "--migrations-dir",
+                f"{folder}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        # Let it fail and retry twice, then let go of the table.
+        assert runner.stderr is not None
+        first_two = [runner.stderr.readline().rstrip("\n") for _ in range(2)]
+        holder.execute("ROLLBACK")
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 0, err
+    lines = first_two + err.splitlines()
+    for attempt, line in enumerate(lines, start=1):
+        assert re.fullmatch(
+            rf"0001_alter\.sql: lock not available at line 3 \(ALTER TABLE busy ADD COLUMN note "
+            rf"text;\), retry {attempt}/20 in \d+\.\d s",
+            line,
+        ), line
+    assert database.history() == [1]
+    assert database.query(
+        "SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'"
+    ) == [(1,)]
+
+
+def test_lock_retries_give_up_within_their_bounds(database: Database, tmp_path: Path) -> None:
+    database.execute("CREATE TABLE busy (id int)")
+    folder = write_migrations(
+        tmp_path,
+        {"0001_alter.sql": "SET lock_timeout = '50ms';\nALTER TABLE busy ADD COLUMN note text;\n"},
+    )
+    with database.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+        code, _, err = migrate(database, folder, "--retries", "2")
+    assert code == 1
+    lines = err.splitlines()
+    assert [line.split(", retry ")[1].split(" in ")[0] for line in lines[:2]] == ["1/2", "2/2"]
+    assert lines[2] == (
+        "error: migration 0001_alter.sql failed at line 2: canceling statement due to lock "
+        "timeout [55P03]; it was rolled back; run again when the tables are less busy (the file "
+        "itself is fine); gave up after 2 retries (raise --retries or --retry-budget)"
+    )
+    assert len(lines) == 3
+    assert database.history() == []

@@ -496,7 +496,8 @@ class Runner:
             return []  # one round trip in the common case; outside a transaction it costs nothing
         except (errors.UndefinedColumn, errors.DatatypeMismatch):
             raise ConfigError(
-                f"table {self.history_table.as_string(self.conn)} exists but is not cicd-db's "
+                f"table {self._shown(self.history_schema, HISTORY_TABLE)} exists but is not "
+                "cicd-db's "
                 f"migration history (it lacks the columns {', '.join(HISTORY_COLUMNS)}); "
                 "rename or drop it if it is not needed, or migrate another schema or database"
             ) from None
@@ -699,11 +700,20 @@ class Runner:
         except errors.InsufficientPrivilege as error:
             raise OperationalError(
                 f"cannot create the migration history table "
-                f"{self.history_table.as_string(self.conn)}: {error.diag.message_primary}; "
-                f"GRANT CREATE ON SCHEMA {sql.Identifier(self.history_schema).as_string(self.conn)}"
-                f" TO {sql.Identifier(self.conn.info.user).as_string(self.conn)}, "
+                f"{self._shown(self.history_schema, HISTORY_TABLE)}: "
+                f"{error.diag.message_primary}; GRANT CREATE ON SCHEMA "
+                f"{self._shown(self.history_schema)} TO {self._shown(self.conn.info.user)}, "
                 "or migrate as the schema's owner"
             ) from None
+
+    def _shown(self, *names: str) -> str:
+        """A (qualified) name as SQL would take it, quoted only where it must be."""
+        return ".".join(
+            name
+            if re.fullmatch(r"[a-z_][a-z0-9_$]*", name)
+            else sql.Identifier(name).as_string(self.conn)
+            for name in names
+        )
 
     def _history_row(self, migration: Migration, *, duration_ms: float | None) -> bytes:
         """The INSERT of `migration`'s history row, as SQL text: it travels with other statements.
@@ -998,7 +1008,7 @@ def _describe_failure(
             f"role {user} lacks that privilege: grant it, or migrate as a role that has it "
             "(the table's or schema's owner)"
         )
-    elif diag.sqlstate in RETRIED_SQLSTATES or diag.sqlstate == "57014":
+    elif diag.sqlstate in RETRIED_SQLSTATES:
         advice = "run again when the tables are less busy (the file itself is fine)"
     else:
         advice = "fix the file and run again"

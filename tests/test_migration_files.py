@@ -1,0 +1,373 @@
+"""What a migration file may hold, and what the runner promises about applying it.
+
+Refused before anything runs: transaction control in a transactional file, psql
+meta-commands, an unnamed CREATE INDEX CONCURRENTLY, bad names and versions.
+Promised: the history says "applied" only for what happened, no session state
+crosses files, large files and COPY data apply, errors name the file's line.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+from cicd_db import migrations
+from cicd_db.settings import ConnectionSettings
+
+from .conftest import Database, run_cli, write_migrations
+
+
+def migrate(
+    database: Database | ConnectionSettings, folder: Path, *args: str
+) -> tuple[int, str, str]:
+    settings = database.settings if isinstance(database, Database) else database
+    result = run_cli(
+        "migrate", "--database-url", settings.url(), "--migrations-dir", str(folder), *args
+    )
+    assert "Traceback" not in result.err
+    assert not settings.password or settings.password not in result.out + result.err
+    return result.code, result.out, result.err
+
+
+@pytest.mark.parametrize(
+    ("statement", "shown"),
+    [
+        ("COMMIT;", "COMMIT"),
+        ("ROLLBACK;", "ROLLBACK"),
+        ("end;", "END"),
+        ("ABORT;", "ABORT"),
+        ("BEGIN;", "BEGIN"),
+        ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE;", "START TRANSACTION"),
+        ("PREPARE TRANSACTION 'x';", "PREPARE TRANSACTION"),
+        ("COMMIT AND CHAIN;", "COMMIT AND"),
+    ],
+)
+def test_transaction_control_is_refused_before_anything_runs(
+    database: Database, tmp_path: Path, statement: str, shown: str
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\n",
+            "0002_own_transaction.sql": f"CREATE TABLE p1 (id int);\n{statement}\nSELECT 1/0;\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: migration file 0002_own_transaction.sql, line 2: {shown} ends or starts a "
+        "transaction, and the runner already runs this file in one; remove it, or make the "
+        "first line `-- cicd-db: no-transaction` to run the file outside a transaction\n"
+    )
+    assert database.tables() == set()
+
+
+def test_savepoints_stay_inside_the_transaction(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_savepoint.sql": "CREATE TABLE t (id int);\nSAVEPOINT s;\nINSERT INTO t VALUES (1);\n"
+            "ROLLBACK TO SAVEPOINT s;\nINSERT INTO t VALUES (2);\nRELEASE SAVEPOINT s;\n"
+        },
+    )
+    assert migrate(database, folder)[0] == 0
+    assert database.query("SELECT id FROM t") == [(2,)]
+
+
+def test_a_transaction_ended_unseen_is_never_recorded(database: Database) -> None:
+    """The safety net under the refusal: the runner checks its transaction is still its own."""
+    for name, data, left in [
+        ("ends", b"CREATE TABLE p1 (id int); COMMIT; CREATE TABLE p2 (id int);", {"p1", "p2"}),
+        ("restarts", b"CREATE TABLE p1 (id int); COMMIT; BEGIN; CREATE TABLE p2 (id int);", {"p1"}),
+    ]:
+        # Built by hand: discover() would refuse these files before they ran.
+        migration = migrations.Migration(
+            version=1,
+            name=name,
+            path=Path(f"0001_{name}.sql"),
+            data=data,
+            checksum="0" * 64,
+            transactional=True,
+            steps=(migrations.Batch(0, len(data), 1, standard_strings=True),),
+        )
+        with database.connect() as conn:
+            runner = migrations.Runner(conn, [migration])
+            with pytest.raises(migrations.MigrationFailed, match="ended the runner's transaction"):
+                runner.apply()
+            assert runner.applied() == []
+        assert {"p1", "p2"} & database.tables() == left
+        database.execute("DROP TABLE IF EXISTS p1, p2")
+
+
+def test_no_session_state_crosses_files(database: Database, tmp_path: Path) -> None:
+    role = f"migration_owner_{uuid.uuid4().hex[:8]}"
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_switch.sql": f"CREATE ROLE {role};\nGRANT CREATE ON SCHEMA public TO {role};\n"
+            "CREATE SCHEMA elsewhere;\nSET search_path TO elsewhere;\n"
+            "SET statement_timeout = '1ms';\nSET TIME ZONE 'Asia/Tokyo';\n"
+            f"SET ROLE {role};\nCREATE TEMPORARY TABLE scratch (id int);\n"
+            "CREATE TABLE public.by_role (id int);\n",
+            "0002_after.sql": "CREATE TABLE after (id int, zone text DEFAULT current_setting('TimeZone'));\n"
+            "INSERT INTO after (id) SELECT 1 FROM pg_sleep(0.05);\n",
+            "0003_temporary.sql": "SELECT * FROM scratch;\n",
+        },
+    )
+    try:
+        code, _, err = migrate(database, folder)
+        assert code == 1
+        # The temporary table did not outlive its file, as with one psql per file.
+        assert err.startswith(
+            'error: migration 0003_temporary.sql failed at line 1: relation "scratch" does not exist'
+        )
+        login = database.settings.user
+        assert database.query(
+            "SELECT c.relname, n.nspname, pg_get_userbyid(c.relowner) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname IN ('by_role', 'after') ORDER BY 1"
+        ) == [("after", "public", login), ("by_role", "public", role)]
+        # Not cut short by the first file's statement_timeout; not in its time zone.
+        assert database.query("SELECT id, zone = current_setting('TimeZone') FROM after") == [
+            (1, True)
+        ]
+        assert database.query(
+            "SELECT version, applied_by FROM cicd_db_schema_history ORDER BY version"
+        ) == [(1, login), (2, login)]
+    finally:
+        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+def test_history_is_written_where_it_lives_whatever_the_search_path(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_dump_header.sql": "SELECT pg_catalog.set_config('search_path', '', false);\n"
+            "CREATE TABLE public.a (id int);\n",
+            "0002_moves.sql": "CREATE SCHEMA app;\nSET search_path TO app;\nCREATE TABLE b (id int);\n",
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.history() == [1, 2]
+    assert database.query("SELECT to_regclass('app.b') IS NOT NULL") == [(True,)]
+
+
+def test_copy_from_stdin_applies_and_bad_data_names_its_line(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_data.sql": "CREATE TABLE t (id int, name text);\nCOPY t FROM stdin;\n"
+            "1\tone\n2\ttwo\n\\.\nINSERT INTO t VALUES (3, 'three');\n",
+            "0002_bad.sql": "COPY t (id, name) FROM STDIN;\n4\tfour\nfive\tfive\n\\.\n",
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err.startswith(
+        'error: migration 0002_bad.sql failed at line 3: invalid input syntax for type integer: "five"'
+    )
+    assert database.query("SELECT id, name FROM t ORDER BY id") == [
+        (1, "one"),
+        (2, "two"),
+        (3, "three"),
+    ]
+    assert database.history() == [1]
+
+
+def test_copy_without_data_lines_never_hangs(database: Database) -> None:
+    """A COPY the scanner could not see (built by hand here) ends with an error, not a stuck connection."""
+    data = b"CREATE TABLE t (id int); COPY t FROM STDIN; SELECT 1;"
+    migration = migrations.Migration(
+        version=1,
+        name="hidden_copy",
+        path=Path("0001_hidden_copy.sql"),
+        data=data,
+        checksum="0" * 64,
+        transactional=True,
+        steps=(migrations.Batch(0, len(data), 1, standard_strings=True),),
+    )
+    with database.connect() as conn:
+        with pytest.raises(
+            migrations.MigrationFailed,
+            match="at line 1: COPY from stdin failed: COPY FROM STDIN data must",
+        ):
+            migrations.Runner(conn, [migration]).apply()
+        assert conn.execute("SELECT 42").fetchone() == (42,)
+    assert database.tables() == {"cicd_db_schema_history"}
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"0001_meta.sql": "SELECT 1;\n\\connect other\nSELECT 2;\n"},
+            "migration file 0001_meta.sql, line 2: psql meta-command \\connect is not SQL; "
+            "remove it (the runner sends SQL only; pg_dump's \\restrict lines are skipped)",
+        ),
+        (
+            {"0001_out.sql": "COPY (SELECT 1) TO STDOUT;\n"},
+            "migration file 0001_out.sql, line 1: COPY ... TO STDOUT prints data, which a "
+            "migration cannot; remove it, or COPY to a table instead",
+        ),
+        (
+            {"0001_copy.sql": "CREATE TABLE t (id int);\nCOPY t FROM STDIN; 1\n\\.\n"},
+            "migration file 0001_copy.sql, line 2: text follows COPY ... FROM STDIN on its line; "
+            "start the data on the next line, as pg_dump writes it",
+        ),
+        (
+            {
+                "0001_index.sql": "-- cicd-db: no-transaction\nSET lock_timeout = '1s';\n"
+                "CREATE INDEX CONCURRENTLY ON t (c);\n"
+            },
+            "migration file 0001_index.sql, line 3: CREATE INDEX CONCURRENTLY without a name; "
+            "name the index (CREATE INDEX CONCURRENTLY IF NOT EXISTS name ON ...) so that a "
+            "build left invalid by an interruption can be found and dropped",
+        ),
+        (
+            {"0001_Upper.SQL": "SELECT 1;\n"},
+            "migration file 0001_Upper.SQL: the extension must be lower-case .sql; "
+            "rename it to 0001_Upper.sql",
+        ),
+        (
+            {"0002_add index.sql": "SELECT 1;\n"},
+            "migration file '0002_add index.sql': a name may hold only letters, digits, '_', "
+            "'.' and '-' after the version's '_'; rename it, for example to 0002_add_index.sql",
+        ),
+        (
+            {"99999999999999999999_huge.sql": "SELECT 1;\n"},
+            "migration file 99999999999999999999_huge.sql: version 99999999999999999999 is above "
+            "9223372036854775807, the largest the history can hold; renumber it",
+        ),
+        (
+            {"0001_latin1.sql": "SELECT 1;\nSELECT 'caf\xe9';\n"},
+            "migration file 0001_latin1.sql is not UTF-8 (line 2); save it as UTF-8",
+        ),
+    ],
+    ids=[
+        "meta-command",
+        "copy-to-stdout",
+        "copy-data-on-its-line",
+        "unnamed-concurrent-index",
+        "upper-case-extension",
+        "space-in-name",
+        "version-beyond-bigint",
+        "not-utf8",
+    ],
+)
+def test_refused_at_discovery(
+    database: Database, tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_bytes(text.encode("latin-1"))
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    assert err.startswith("error: " + message), err
+    assert len(err.splitlines()) == 1
+    assert database.tables() == set()
+
+
+def test_pg_dump_restrict_lines_are_skipped(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {"0001_dump.sql": "\\restrict abc123\nCREATE TABLE t (id int);\n\\unrestrict abc123\n"},
+    )
+    assert migrate(database, folder)[0] == 0
+    assert "t" in database.tables()
+
+
+def test_runtime_error_names_the_statement_line(database: Database, tmp_path: Path) -> None:
+    """No error position from the server: the line comes from counting the statements run."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_divide.sql": "CREATE TABLE t (id int);\n-- a comment; with a semicolon\n"
+            "INSERT INTO t VALUES (1);\n\nSELECT\n  1/0;\nINSERT INTO t VALUES (2);\n"
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err == (
+        "error: migration 0001_divide.sql failed at line 5: division by zero [22012]; it was "
+        "rolled back; fix the file and run again\n"
+    )
+
+
+def test_large_file_in_several_batches(database: Database, tmp_path: Path) -> None:
+    """Larger than one batch: every statement runs once, in one transaction."""
+    rows = "".join(f"INSERT INTO t VALUES ({i}, 'row; {i}');\n" for i in range(40_000))
+    folder = write_migrations(
+        tmp_path, {"0001_big.sql": f"CREATE TABLE t (id int, s text);\n{rows}"}
+    )
+    discovered = migrations.discover(folder)
+    assert len(discovered[0].steps) > 1
+    assert migrate(database, folder)[0] == 0
+    assert database.query("SELECT count(*), count(DISTINCT id), max(id) FROM t") == [
+        (40_000, 40_000, 39_999)
+    ]
+
+
+def test_history_table_of_another_shape(database: Database, tmp_path: Path) -> None:
+    database.execute("CREATE TABLE cicd_db_schema_history (id serial, note text)")
+    folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (id int);\n"})
+    for args in [(), ("status",)]:
+        code, out, err = migrate(database, folder, *args)
+        assert (code, out) == (2, "")
+        assert err == (
+            "error: table public.cicd_db_schema_history exists but is not cicd-db's migration "
+            "history (it lacks the columns version, name, checksum, applied_at, applied_by, "
+            "duration_ms); rename or drop it if it is not needed, or migrate another schema or "
+            "database\n"
+        )
+    assert "a" not in database.tables()
+
+
+def test_permission_denied_names_the_privilege(database: Database, tmp_path: Path) -> None:
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    database.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)
+        )
+    )
+    limited = ConnectionSettings(
+        host=database.settings.host,
+        port=database.settings.port,
+        database=database.settings.database,
+        user=role,
+        password=password,
+        sslmode=database.settings.sslmode,
+    )
+    folder = write_migrations(tmp_path, {"0001_a.sql": "INSERT INTO locked VALUES (1);\n"})
+    try:
+        database.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        code, _, err = migrate(limited, folder)
+        assert code == 1
+        assert err == (
+            f"error: cannot create the migration history table public.cicd_db_schema_history: "
+            f"permission denied for schema public; GRANT CREATE ON SCHEMA public TO {role}, or "
+            "migrate as the schema's owner\n"
+        )
+        database.execute(
+            sql.SQL("GRANT CREATE ON SCHEMA public TO {}; CREATE TABLE locked (id int)").format(
+                sql.Identifier(role)
+            )
+        )
+        code, _, err = migrate(limited, folder)
+        assert code == 1
+        assert err == (
+            "error: migration 0001_a.sql failed at line 1: permission denied for table locked "
+            f"[42501]; it was rolled back; role {role} lacks that privilege: grant it, or migrate "
+            "as a role that has it (the table's or schema's owner)\n"
+        )
+    finally:
+        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))

