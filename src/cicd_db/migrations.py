@@ -35,6 +35,7 @@ only read the database. `Runner.apply()` and `baseline()` write.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import random
 import re
@@ -68,6 +69,7 @@ from cicd_db.sqltext import (
     Scanner,
     Statement,
     changes_lexing,
+    mentions_lexing_settings,
     standard_strings_after,
 )
 
@@ -273,14 +275,15 @@ def read(path: Path, version: int, name: str) -> Migration:
     """One migration file, checked and planned. Reads the file only."""
     raw = path.read_bytes()
     data = raw[len(BOM) :] if raw.startswith(BOM) else raw
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
+    bad = _not_utf8_at(data)
+    if bad is not None:
+        line = data.count(b"\n", 0, bad) + 1
         raise ConfigError(
             f"migration file {path.name} is not UTF-8 (line {line}); save it as UTF-8"
-        ) from None
-    transactional = data.split(b"\n", 1)[0].rstrip(b"\r ") != NO_TRANSACTION_MARKER
+        )
+    first_line_end = data.find(b"\n")
+    first_line = data[: len(data) if first_line_end < 0 else first_line_end]
+    transactional = first_line.rstrip(b"\r ") != NO_TRANSACTION_MARKER
     return Migration(
         version=version,
         name=name,
@@ -290,6 +293,20 @@ def read(path: Path, version: int, name: str) -> Migration:
         transactional=transactional,
         steps=plan(path.name, data, transactional=transactional),
     )
+
+
+def _not_utf8_at(data: bytes, slice_bytes: int = 1 << 20) -> int | None:
+    """Where `data` stops being UTF-8, or None; checked a slice at a time, never copied whole."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    for start in range(0, len(data), slice_bytes):
+        try:
+            decoder.decode(
+                view[start : start + slice_bytes], final=start + slice_bytes >= len(data)
+            )
+        except UnicodeDecodeError as error:
+            return start + error.start
+    return None
 
 
 def plan(
@@ -325,6 +342,7 @@ def plan(
 
     copy: CopyFromStdin | None = None
     changes = 0
+    watch_lexing = mentions_lexing_settings(data)
     for piece in scanner:
         if isinstance(piece, MetaCommand):
             if piece.name in IGNORED_META_COMMANDS and not piece.inside_statement:
@@ -377,7 +395,7 @@ def plan(
             copy = piece
             continue
         batch.append(piece)
-        if changes_lexing(data, piece):
+        if watch_lexing and changes_lexing(data, piece):
             after = standard_strings_after(text, scanner.standard_strings)
             flush(changes_lexing=True, standard_strings_after=after)
             if after is not None:

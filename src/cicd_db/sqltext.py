@@ -52,6 +52,12 @@ _COMMON = (
 )
 _FAST = re.compile(_COMMON)
 _WORDS = re.compile(_COMMON + rb"|(?P<word>[" + _IDENT_START + rb"][" + _IDENT_CONT + rb"]*)")
+# Up to four words at a statement's start, when only spaces come between them;
+# a word right before a quote may be a string's prefix (E'...'), so it stops there.
+_WORD = rb"((?>[" + _IDENT_START + rb"][" + _IDENT_CONT + rb"]*)(?!'))"
+_LEADING_WORDS = re.compile(
+    rb"\s*" + _WORD + rb"(?:\s+" + _WORD + rb"(?:\s+" + _WORD + rb"(?:\s+" + _WORD + rb")?)?)?"
+)
 # Ends of quoted things, matched just past their opening quote.
 _STANDARD_STRING_END = re.compile(rb"[^']*(?:''[^']*)*'")
 _ESCAPE_STRING_END = re.compile(rb"[^'\\]*(?:(?:\\.|'')[^'\\]*)*'", re.DOTALL)
@@ -155,6 +161,19 @@ class Scanner:
         in_function = False
         paren_depth = begin_depth = 0
         while True:
+            if begin is None:
+                # The common start of a statement, plain words and spaces, in one step.
+                leading = _LEADING_WORDS.match(data, position)
+                if leading is not None:
+                    begin = leading.start(1)
+                    content = True
+                    for found in leading.groups():
+                        if found:
+                            words.append(found.decode("utf-8", "replace").upper())
+                            in_function = _defines_function(words)
+                            if in_function:
+                                begin_depth = _body_depth(words[-1], begin_depth)
+                    position = leading.end()
             pattern = _WORDS if len(words) < WORDS_KEPT or in_function else _FAST
             match = pattern.search(data, position)
             gap_end = match.start() if match else size
@@ -212,13 +231,8 @@ class Scanner:
                 if len(words) < WORDS_KEPT:
                     words.append(word)
                     in_function = _defines_function(words)
-                elif in_function and not paren_depth:
-                    # psql's rule for SQL-standard bodies: BEGIN ... END, and CASE ... END
-                    # inside one, hold semicolons that do not end the statement.
-                    if word == "BEGIN" or (word == "CASE" and begin_depth):
-                        begin_depth += 1
-                    elif word == "END" and begin_depth:
-                        begin_depth -= 1
+                if in_function and not paren_depth:
+                    begin_depth = _body_depth(word, begin_depth)
                 position = match.end()
             elif kind == "open":
                 paren_depth += 1
@@ -268,6 +282,16 @@ def _defines_function(words: list[str]) -> bool:
     return words[1:3] == ["OR", "REPLACE"] and len(words) == 4 and words[3] in _FUNCTION_WORDS
 
 
+def _body_depth(word: str, depth: int) -> int:
+    """psql's rule for SQL-standard bodies: BEGIN ... END, and CASE ... END inside one,
+    hold semicolons that do not end the statement."""
+    if word == "BEGIN" or (word == "CASE" and depth):
+        return depth + 1
+    if word == "END" and depth:
+        return depth - 1
+    return depth
+
+
 def _end_of_block(data: bytes, position: int) -> int:
     """Past the */ that closes a block comment opened just before `position` (they nest)."""
     depth = 1
@@ -276,6 +300,11 @@ def _end_of_block(data: bytes, position: int) -> int:
         if depth == 0:
             return edge.end()
     return len(data)
+
+
+def mentions_lexing_settings(data: bytes) -> bool:
+    """Whether any statement of `data` may change how the text after it is read."""
+    return _LEXING_SETTINGS.search(data) is not None
 
 
 def changes_lexing(data: bytes, statement: Statement) -> bool:
