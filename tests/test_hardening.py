@@ -24,6 +24,7 @@ from .conftest import MIGRATIONS, ROOT, Database, run_cli
 PLAN = ROOT.parent / "shared" / "plan" / "ci-cd-database-plan.md"
 PLAN_SCHEMA = (ROOT / "tests" / "fixtures" / "plan_schema.sql").read_text()
 STARTED = datetime(2026, 1, 2, 3, 4, 5)
+NEWEST = max(int(path.name.split("_", 1)[0]) for path in MIGRATIONS.glob("*.sql"))
 
 
 def test_fixture_is_the_plans_sql() -> None:
@@ -93,7 +94,7 @@ def test_upgrade_path_keeps_every_row_and_hardens_the_schema(database: Database)
     )
     up = migrate(database, "up")
     assert up.code == 0, up.err
-    assert database.history() == list(range(1, 15))
+    assert database.history() == list(range(1, NEWEST + 1))
 
     # Every run is still there with its number and instant, now as timestamptz in UTC.
     utc = STARTED.replace(tzinfo=UTC)
@@ -253,36 +254,37 @@ def test_baseline_refuses_a_database_with_history(database: Database) -> None:
 
 
 def test_interrupted_transactional_migration_reruns(database: Database) -> None:
-    """0005 waits for a lock a busy client holds: it gives up (lock_timeout) and leaves nothing."""
+    """0016 waits for a lock a busy client holds: it gives up (lock_timeout) and leaves nothing."""
     create_by_hand(database)
     assert migrate(database, "baseline", "--version", "1").code == 0
-    assert migrate(database, "up", "--target", "4").code == 0
+    assert migrate(database, "up", "--target", "15").code == 0
     with database.connect() as busy:
         busy.execute("BEGIN")
         busy.execute(
             "INSERT INTO pipeline_executions (pipeline_name, commit_hash) VALUES ('build', 'busy')"
         )
         started = time.monotonic()
-        failed = migrate(database, "up", "--target", "5", "--retries", "0")
+        failed = migrate(database, "up", "--target", "16", "--retries", "0")
         assert time.monotonic() - started < 30
         busy.execute("ROLLBACK")
     assert failed.code == 1
     assert failed.err == (
-        "error: migration 0005_per_pipeline_run_numbers.sql failed at line 19: canceling "
+        "error: migration 0016_per_pipeline_run_numbers.sql failed at line 39: canceling "
         "statement due to lock timeout [55P03]; it was rolled back; run again when the tables "
-        "are less busy (the file itself is fine)\n"
+        "are less busy (the file itself is fine)
+"
     )
-    assert database.history() == [1, 2, 3, 4]
+    assert database.history() == list(range(1, 16))
     assert "pipeline_run_counters" not in database.tables()
 
     again = migrate(database, "up")
     assert again.code == 0, again.err
-    assert database.history() == list(range(1, 15))
+    assert database.history() == list(range(1, NEWEST + 1))
 
 
 def test_interrupted_concurrent_index_reruns(database: Database) -> None:
     """A cancelled CREATE INDEX CONCURRENTLY leaves an invalid index; the rerun replaces it."""
-    assert migrate(database, "up", "--target", "5").code == 0
+    assert migrate(database, "up", "--target", "16").code == 0
     with database.connect() as busy:
         busy.execute("BEGIN")
         busy.execute(
@@ -297,7 +299,7 @@ def test_interrupted_concurrent_index_reruns(database: Database) -> None:
                 "--migrations-dir",
                 str(MIGRATIONS),
                 "--target",
-                "6",
+                "17",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -313,7 +315,7 @@ def test_interrupted_concurrent_index_reruns(database: Database) -> None:
         busy.execute("ROLLBACK")
     assert runner.returncode == 1
     assert (
-        "0006_pipeline_run_number_index.sql failed at line 8: canceling statement due to "
+        "0017_pipeline_run_number_index.sql failed at line 9: canceling statement due to "
         "user request" in err
     )
     assert database.query(
@@ -326,7 +328,7 @@ def test_interrupted_concurrent_index_reruns(database: Database) -> None:
     assert again.out.splitlines()[0] == (
         "  dropped invalid index pipeline_executions_pipeline_run_key left by an interrupted run"
     )
-    assert database.history() == list(range(1, 15))
+    assert database.history() == list(range(1, NEWEST + 1))
     assert database.query(
         "SELECT indisvalid FROM pg_index WHERE indexrelid = "
         "'pipeline_executions_pipeline_run_key'::regclass"

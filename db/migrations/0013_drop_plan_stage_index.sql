@@ -1,7 +1,0 @@
--- cicd-db: no-transaction
--- The plan's (pipeline_execution_id, execution_order) index duplicates the key of 0008.
--- A concurrent build or drop waits for older transactions; it blocks no reads or
--- writes meanwhile, so it may wait a while, but not forever.
-SET lock_timeout = '1min';
-SET statement_timeout = '0';
-DROP INDEX CONCURRENTLY IF EXISTS idx_stage_executions;
