@@ -137,6 +137,45 @@ def test_upgrade_path_keeps_every_row_and_hardens_the_schema(database: Database)
     assert_constraints_hold(database)
 
 
+def test_times_written_in_another_zone_are_refused_until_the_zone_is_named(
+    database: Database,
+) -> None:
+    """The writers' sessions ran in Paris time: reading the values as UTC would shift them."""
+    create_by_hand(database)
+    with database.connect() as conn:
+        conn.execute(
+            f'ALTER DATABASE "{database.settings.database}" SET timezone = '
+            "'Europe/Paris'".encode()
+        )
+    assert migrate(database, "baseline", "--version", "1").code == 0
+    refused = migrate(database, "up")
+    assert refused.code == 1
+    assert "0003_job_times_and_status_default.sql failed" in refused.err
+    assert (
+        "refusing to convert TIMESTAMP to TIMESTAMPTZ: the stored times may not be in UTC "
+        f"(roles that write them, and their time zone: {database.settings.user}: Europe/Paris)"
+    ) in refused.err
+    assert "PGOPTIONS='-c cicd_db.legacy_time_zone=ZONE'" in refused.err
+    assert database.history() == [1, 2]
+    assert runs(database)[0][2] == STARTED  # still TIMESTAMP, untouched
+
+    files_before = filenodes(database)
+    named = run_cli(
+        "migrate",
+        "--database-url",
+        database.url,
+        "up",
+        env={"PGOPTIONS": "-c cicd_db.legacy_time_zone=Europe/Paris"},
+    )
+    assert named.code == 0, named.err
+    # 03:04:05 in Paris in January is 02:04:05 UTC; the price: each table was rewritten.
+    assert {row[2] for row in runs(database)} == {datetime(2026, 1, 2, 2, 4, 5, tzinfo=UTC)}
+    assert all(
+        before[1] != after[1]
+        for before, after in zip(files_before, filenodes(database), strict=True)
+    )
+
+
 def assert_constraints_hold(database: Database) -> None:
     with database.connect() as conn:
         run, stage = conn.execute(

@@ -300,7 +300,7 @@ def _migrate(session: _Session) -> int:
             "does not hold; migrate through the direct endpoint (Supabase: port 5432, Neon: the "
             "host without -pooler), or export migration_database_url from the stack"
         )
-    with targets.connect(settings, options=migrations.SESSION_OPTIONS) as conn:
+    with targets.connect(settings, options=migrations.session_options()) as conn:
         runner = migrations.Runner(
             conn,
             files,

@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -210,6 +211,16 @@ class Retry:
             f"{self.migration.filename}: {self.reason}, "
             f"retry {self.attempt}/{self.retries} in {self.delay:.1f} s"
         )
+
+
+def session_options(environ: Mapping[str, str] = os.environ) -> str:
+    """The runner's session options, after the operator's PGOPTIONS.
+
+    libpq reads PGOPTIONS only when a connection names no `options`, and the
+    runner names its own; joined, `PGOPTIONS='-c cicd_db.legacy_time_zone=...'`
+    (db/README.md) still reaches the migrations.
+    """
+    return " ".join(filter(None, [environ.get("PGOPTIONS", "").strip(), SESSION_OPTIONS]))
 
 
 def discover(folder: Path) -> list[Migration]:
