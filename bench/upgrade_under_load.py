@@ -675,8 +675,8 @@ def main() -> int:
         say(f"  last error: {err.strip()[-600:]}")
     say("")
     say(
-        "file                                          ms  retries  runner locks on tables "
-        f"(sampled every {args.sample_ms:.0f} ms)"
+        "file                                        wall ms  runner ms  retries  runner locks on "
+        f"tables (sampled every {args.sample_ms:.0f} ms)"
     )
     for entry in timeline:
         spans = (
@@ -687,7 +687,8 @@ def main() -> int:
             else []
         )
         wall = (entry.ended - entry.started) * 1000 if entry.ended else 0
-        say(f"{entry.name:<44} {wall:6.0f}  {entry.retries:>7}  {'; '.join(spans) or '-'}")
+        shown = "; ".join(spans) or "none seen (held for less than a sample)"
+        say(f"{entry.name:<44} {wall:7.0f}  {entry.runner_ms:9.0f}  {entry.retries:>7}  {shown}")
     say("")
     say("writers: single-statement wait")
     merged_errors: dict[str, Counter[str]] = {p: Counter() for p in PHASES}
