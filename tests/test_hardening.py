@@ -310,8 +310,7 @@ def test_interrupted_transactional_migration_reruns(database: Database) -> None:
     assert failed.err == (
         "error: migration 0016_per_pipeline_run_numbers.sql failed at line 39: canceling "
         "statement due to lock timeout [55P03]; it was rolled back; run again when the tables "
-        "are less busy (the file itself is fine)
-"
+        "are less busy (the file itself is fine)\n"
     )
     assert database.history() == list(range(1, 16))
     assert "pipeline_run_counters" not in database.tables()
