@@ -203,8 +203,14 @@ def test_syntax_error_names_its_line(database: Database, tmp_path: Path) -> None
             lambda folder: (folder / "0001_early.sql").write_text("CREATE TABLE early (id int);\n"),
             None,
         ),
+        (
+            lambda folder: (folder / "0002_pets.sql").rename(folder / "0002_animals.sql"),
+            "error: migration 2 was applied as 'pets', but the file with that version is now "
+            "0002_animals.sql: the files were renumbered or replaced since; restore the applied "
+            "files, or rebuild the history (db/README.md, 'When the files were rewritten')\n",
+        ),
     ],
-    ids=["edited", "missing", "out-of-order"],
+    ids=["edited", "missing", "out-of-order", "renamed"],
 )
 def test_history_disagreements_are_refused(
     database: Database, tmp_path: Path, change, message

@@ -656,6 +656,13 @@ class Runner:
                     "version; restore it from version control (applied migrations are never "
                     "deleted)"
                 )
+            if migration.name != row.name:
+                raise MigrationRefused(
+                    f"migration {row.version} was applied as {row.name!r}, but the file with "
+                    f"that version is now {migration.filename}: the files were renumbered or "
+                    "replaced since; restore the applied files, or rebuild the history "
+                    "(db/README.md, 'When the files were rewritten')"
+                )
             if migration.checksum != row.checksum:
                 raise MigrationRefused(
                     f"migration {migration.filename} was edited after it was applied; "
