@@ -12,6 +12,10 @@ Cases:
   no-op    a whole migration process when nothing is pending
   record   runs of 5 stages x 20 jobs through their whole life: store API vs hand-written SQL
   report   p50/p99 of each report view at 1,000,000 runs, 100 pipelines, 5 stages x 4 jobs
+  bigfile  one 50 MB file of INSERTs (pg_dump --inserts style): time and peak memory
+           beside psql -1 -f
+  upgrade  bench/upgrade_under_load.py: the plan's schema at 1,000,000 runs upgraded
+           to the newest while 8 writer processes write, on each PostgreSQL major here
 """
 
 from __future__ import annotations
@@ -400,6 +404,132 @@ def versus(
     return table, medians
 
 
+# -- one big file ------------------------------------------------------------------------
+
+
+def big_file(folder: Path, megabytes: int) -> Path:
+    """One migration of `megabytes` MB of INSERTs, as `pg_dump --inserts` writes data."""
+    path = folder / "0001_big.sql"
+    size = megabytes * 1024 * 1024
+    if path.exists() and path.stat().st_size >= size:
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with path.open("w") as out:
+        out.write(
+            "CREATE TABLE big (id bigint PRIMARY KEY, name text NOT NULL, note text, "
+            "amount numeric, made timestamptz);\n"
+        )
+        number = 0
+        while written < size:
+            line = (
+                f"INSERT INTO big VALUES ({number}, 'name {number}; with ''quotes''', "
+                f"'a note about row {number}, long enough to be a real row', {number * 1.5}, "
+                "'2026-01-01 00:00:00+00');\n"
+            )
+            out.write(line)
+            written += len(line)
+            number += 1
+    return path
+
+
+def timed_with_memory(command: list[str]) -> tuple[float, float]:
+    """Wall time (ms) and peak resident memory (MB) of a whole process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = (time.perf_counter() - started) * 1000
+    error = process.stderr.read().decode() if process.stderr else ""
+    if status != 0:
+        raise SystemExit(f"bench: {command[0]} failed: {error.strip()[-400:]}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def case_bigfile(
+    dbs: Databases, tools: dict[str, Path | None], megabytes: int, rounds: int
+) -> tuple[Table, dict[str, float]]:
+    path = big_file(HOME / "bigfile", megabytes)
+    file_mb = path.stat().st_size / 1024 / 1024
+    commands: dict[str, Callable[[ConnectionSettings], list[str]]] = {
+        "cicd-db": lambda db: [
+            *(PYTHON, str(ROOT / "scripts" / "migrate.py")),
+            *("--database-url", db.url(), "--migrations-dir", str(path.parent)),
+        ],
+    }
+    if tools["psql"]:
+        commands["psql -1 -f"] = lambda db: [
+            *(str(tools["psql"]), "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1"),
+            *("-f", str(path), db.conninfo()),
+        ]
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    memory: dict[str, list[float]] = {name: [] for name in commands}
+    for round_number in range(rounds):
+        order = list(commands)
+        random.Random(round_number).shuffle(order)
+        for name in order:
+            db = dbs.fresh("bigfile")
+            elapsed, peak = timed_with_memory(commands[name](db))
+            dbs.drop(db)
+            times[name].append(elapsed)
+            memory[name].append(peak)
+    table = Table(
+        f"One {file_mb:.0f} MB file of INSERTs (whole process)",
+        ["tool", "median s", "min s", "max s", "peak memory MB", "memory / file"],
+    )
+    for name in commands:
+        table.rows.append(
+            [
+                name,
+                f"{median(times[name]) / 1000:.1f}",
+                f"{min(times[name]) / 1000:.1f}",
+                f"{max(times[name]) / 1000:.1f}",
+                f"{max(memory[name]):.0f}",
+                f"{max(memory[name]) / file_mb:.2f}x",
+            ]
+        )
+    table.notes.append(
+        f"{rounds} rounds, interleaved. Peak memory is the process's maximum resident set "
+        "(wait4), interpreter included."
+    )
+    medians = {name: median(values) for name, values in times.items()}
+    medians["cicd-db memory / file"] = max(memory["cicd-db"]) / file_mb
+    return table, medians
+
+
+# -- upgrade under load --------------------------------------------------------------------
+
+
+def case_upgrade(runs: int) -> tuple[Table, list[str]]:
+    """bench/upgrade_under_load.py on each PostgreSQL major here; its reports, verbatim."""
+    majors: list[tuple[str, list[str]]] = [("18 (embedded wheel)", [])]
+    for initdb in sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        majors.append((f"{initdb.parent.parent.name} (Debian)", ["--bin-dir", str(initdb.parent)]))
+    table = Table(
+        f"Upgrade under load: the plan's schema at {runs:,} runs to the newest",
+        ["PostgreSQL", "targets"],
+    )
+    reports: list[str] = []
+    for label, extra in majors:
+        say(f"bench: upgrade under load on PostgreSQL {label}")
+        done = subprocess.run(
+            [PYTHON, str(ROOT / "bench" / "upgrade_under_load.py"), "--runs", str(runs), *extra],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        output = done.stdout.strip()
+        say(output)
+        reports += [f"PostgreSQL {label}:", output, ""]
+        failed = [line.strip() for line in output.splitlines() if "[FAIL]" in line]
+        if done.returncode == 0 and not failed:
+            verdict = "all met"
+        else:
+            verdict = "; ".join(failed) or done.stderr.strip()[-200:]
+        table.rows.append([label, verdict])
+    table.notes.append("The full report of each run is in the last section.")
+    return table, reports
+
+
 # -- the store: record ---------------------------------------------------------------
 
 
@@ -772,6 +902,16 @@ def targets(medians: dict[str, dict[str, float]], report: dict[str, float]) -> T
             table.rows.append(
                 [what, f"<= {bound:.2f}x", f"{ratio:.2f}x", "yes" if ratio <= bound else "no"]
             )
+    if "bigfile" in medians and "psql -1 -f" in medians["bigfile"]:
+        ratio = medians["bigfile"]["cicd-db"] / medians["bigfile"]["psql -1 -f"]
+        met = "yes" if ratio <= 1.5 else "no"
+        table.rows.append(["one big file vs psql -1 -f", "<= 1.50x", f"{ratio:.2f}x", met])
+    if "bigfile" in medians:
+        ratio = medians["bigfile"]["cicd-db memory / file"]
+        met = "yes" if ratio <= 3 else "no"
+        table.rows.append(
+            ["one big file, peak memory / its size", "<= 3.00x", f"{ratio:.2f}x", met]
+        )
     if "record" in medians:
         ratio = medians["record"]["store API"] / medians["record"]["hand-written SQL"]
         table.rows.append(
@@ -798,7 +938,7 @@ def targets(medians: dict[str, dict[str, float]], report: dict[str, float]) -> T
         "floor) already takes about 1.5x as long as a whole `dbmate up`, a Go binary, so a",
         "no-op cannot come within 1.5x of dbmate without being faster than the floor; and",
         "`psql -1 -f` runs all 200 statements in one transaction from a C binary, while the",
-        "runner must commit each file with its history row on its own (DESIGN.md) after the",
+        "runner must commit each file with its history row on its own (docs/design.md) after the",
         "same start-up. The runner's own share is what the other rows measure.",
     ]
     return table
@@ -834,14 +974,18 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=2000, help="samples per report view")
     parser.add_argument(
         "--only",
-        choices=["apply", "noop", "record", "report"],
+        choices=["apply", "noop", "record", "report", "bigfile", "upgrade"],
         action="append",
         help="run only these cases (repeatable)",
+    )
+    parser.add_argument("--big-mb", type=int, default=50, help="size of the big file, MB")
+    parser.add_argument(
+        "--upgrade-runs", type=int, default=1_000_000, help="runs for the upgrade case"
     )
     parser.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
     rounds = max(5, args.rounds)
-    cases = set(args.only or ["apply", "noop", "record", "report"])
+    cases = set(args.only or ["apply", "noop", "record", "report", "bigfile", "upgrade"])
 
     # Like an installed package: compiled once, not on every run (PYTHONDONTWRITEBYTECODE
     # may be set, and then nothing would ever write the bytecode of src/).
@@ -888,10 +1032,20 @@ def main() -> int:
             table, report, plans = case_report(dbs, args.runs, args.samples)
             tables.append(table)
             say(table.text())
+        if "bigfile" in cases:
+            say(f"bench: one {args.big_mb} MB file")
+            table, medians["bigfile"] = case_bigfile(dbs, tools, args.big_mb, min(rounds, 3))
+            tables.append(table)
+            say(table.text())
     finally:
         dbs.drop_all()
         if not was_running:
             server.stop()
+    upgrade_reports: list[str] = []
+    if "upgrade" in cases:
+        table, upgrade_reports = case_upgrade(args.upgrade_runs)
+        tables.append(table)
+        say(table.text())
     summary = targets(medians, report)
     say(summary.text())
     lines += [summary.markdown(), *(table.markdown() for table in tables)]
@@ -904,6 +1058,8 @@ def main() -> int:
             "```",
             "",
         ]
+    if upgrade_reports:
+        lines += ["### Upgrade under load, full reports", "", "```", *upgrade_reports, "```", ""]
     if not args.no_write:
         REPORT_FILE.parent.mkdir(exist_ok=True)
         REPORT_FILE.write_text("\n".join(lines))
