@@ -100,6 +100,30 @@ def test_bad_arguments(args: list[str], code: int, starts: str) -> None:
     assert_one_line_error(run_cli("migrate", *args), code, starts)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"app:{SECRET}@db.example.com/app",
+        f"postgresql:/app:{SECRET}@db.example.com/app",
+        f"postgresql://app:ss@{SECRET}@127.0.0.1:1/app",
+        f"postgresql://app:pass {SECRET}@127.0.0.1:1/app",
+        f"postgresql://app:{SECRET}@127.0.0.1:1/app?sslmode=bogus",
+        f"postgresql://app:{SECRET}@127.0.0.1:1/app?foo=bar",
+        SECRET,
+    ],
+    ids=["no-scheme", "one-slash", "raw-at", "space", "bad-sslmode", "unknown-parameter", "bare"],
+)
+def test_database_url_mistakes_never_print_the_password(value: str) -> None:
+    for result in (
+        run_cli("migrate", "status", env={"DATABASE_URL": value}),
+        run_cli("migrate", "status", "--database-url", value),
+    ):
+        assert result.code == 2, result.err
+        assert len(result.err.splitlines()) == 1, result.err
+        assert result.err.startswith("error: the ")
+        assert SECRET not in result.out + result.err
+
+
 def test_malformed_database_url_from_environment() -> None:
     result = run_cli("migrate", "status", env={"DATABASE_URL": f"postgres://ci:{SECRET}@h:x/db"})
     assert_one_line_error(result, 2, "the DATABASE_URL 'postgres://ci:***@h:x/db' has port 'x'")

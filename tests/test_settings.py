@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg.conninfo
 import pytest
 
 from cicd_db import settings as contract
 from cicd_db.errors import ConfigError, UsageError
-from cicd_db.settings import ConnectionSettings, from_url, redact
+from cicd_db.settings import ConnectionSettings, from_url, password_candidates, redact
 from cicd_db.targets import resolve
 
 
@@ -42,13 +43,98 @@ def test_from_url(url: str, expected: ConnectionSettings) -> None:
         ("postgresql://ci:pw@h:99999/db", "has port '99999'; use a number from 1 to 65535"),
         ("postgresql://ci:pw@/db", "names no host"),
         ("postgresql://ci:pw@h/", "names no database"),
-        ("postgresql://ci:pw@h/db?nonsense=1", "is malformed"),
     ],
 )
 def test_from_url_bad(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as raised:
         from_url(url)
     assert "pw@" not in str(raised.value)
+
+
+def test_every_libpq_parameter_reaches_the_connection() -> None:
+    url = (
+        "postgresql://ci:pw@db.example.com/app?sslmode=verify-full&sslrootcert=/etc/ca%20dir/ca.pem"
+        "&options=endpoint%3Dep-cool-42&application_name=deploy&target_session_attrs=read-write"
+        "&connect_timeout=3&sslpassword=keypass"
+    )
+    settings = from_url(url)
+    assert settings.sslmode == "verify-full"
+    assert dict(settings.parameters) == {
+        "sslrootcert": "/etc/ca dir/ca.pem",
+        "options": "endpoint=ep-cool-42",
+        "application_name": "deploy",
+        "target_session_attrs": "read-write",
+        "connect_timeout": "3",
+        "sslpassword": "keypass",
+    }
+    conninfo = psycopg.conninfo.conninfo_to_dict(settings.conninfo())
+    assert {key: conninfo[key] for key in ("sslrootcert", "options", "connect_timeout")} == {
+        "sslrootcert": "/etc/ca dir/ca.pem",
+        "options": "endpoint=ep-cool-42",
+        "connect_timeout": "3",  # the URL's, not the default
+    }
+    assert from_url(settings.url()) == settings
+    assert "keypass" not in settings.redacted_url()
+    assert "pw" not in settings.redacted_url().replace("password", "")
+
+
+SECRET = "Sup3rS3cret"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            f"postgresql://ci:{SECRET}@h/db?foo=bar",
+            "the database URL 'postgresql://ci:***@h/db?foo=bar' has parameter 'foo', which "
+            "libpq does not know; remove it, or fix its spelling",
+        ),
+        (
+            f"postgresql://ci:{SECRET}@h/db?sslmode=bogus",
+            "the database URL 'postgresql://ci:***@h/db?sslmode=bogus' has sslmode='bogus'; "
+            "use one of disable, allow, prefer, require, verify-ca, verify-full",
+        ),
+        (
+            f"app:{SECRET}@host/db",
+            "the database URL must start with postgresql:// or postgres://, got 'app:***@host/db'",
+        ),
+        (
+            f"postgresql:/app:{SECRET}@host/db",
+            "the database URL must start with postgresql:// or postgres://, got "
+            "'postgresql:/app:***@host/db'",
+        ),
+        (
+            f"postgresql://ci:ss@{SECRET}@127.0.0.1/db",
+            "the database URL 'postgresql://ci:***@127.0.0.1/db' has a host with '@' or a space",
+        ),
+        (
+            f"postgresql://ci:pass {SECRET}@127.0.0.1/db",
+            "the database URL 'postgresql://ci:***@127.0.0.1/db' is malformed",
+        ),
+        (
+            SECRET,
+            "the database URL must start with postgresql:// or postgres:// (its value is not "
+            "shown: it may hold a password)",
+        ),
+    ],
+    ids=[
+        "unknown-parameter",
+        "bad-sslmode",
+        "no-scheme",
+        "one-slash",
+        "raw-at-in-password",
+        "space-in-password",
+        "only-a-password",
+    ],
+)
+def test_from_url_never_shows_the_password(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        from_url(url)
+    assert str(raised.value).startswith(message), str(raised.value)
+    assert SECRET not in str(raised.value)
+    assert SECRET in password_candidates(url) or any(
+        SECRET in candidate for candidate in password_candidates(url)
+    )
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -35,7 +36,12 @@ from cicd_db.errors import (
     Terminated,
     UsageError,
 )
-from cicd_db.settings import ConnectionSettings, is_transaction_pooler, redact
+from cicd_db.settings import (
+    ConnectionSettings,
+    is_transaction_pooler,
+    password_candidates,
+    redact,
+)
 
 EXIT_PENDING = 3
 EXIT_DISAGREES = 4
@@ -55,7 +61,10 @@ class _Session:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.secrets: list[str] = []
+        # Even a URL too broken to parse must not show its password in an error.
+        self.secrets: list[str] = password_candidates(
+            getattr(args, "database_url", None)
+        ) + password_candidates(os.environ.get("DATABASE_URL"))
 
     def target(self) -> targets.Target:
         return targets.resolve(
@@ -64,7 +73,7 @@ class _Session:
 
     def settings(self, target: targets.Target) -> ConnectionSettings:
         settings = target.settings
-        self.secrets.append(settings.password)
+        self.secrets += settings.secrets()
         return settings
 
 
@@ -293,7 +302,7 @@ def _migrate(session: _Session) -> int:
             + " (or use --local for the local one)"
         )
     settings = session.settings(target).for_migrations()
-    session.secrets.append(settings.password)
+    session.secrets += settings.secrets()
     if writes and is_transaction_pooler(settings):
         raise ConfigError(
             f"{settings.host}:{settings.port} is a transaction pooler, where the migration lock "

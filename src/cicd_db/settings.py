@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import psycopg.conninfo
+from psycopg import pq
 
 from cicd_db.errors import ConfigError as ConfigError  # re-exported: the contract raises it
 
@@ -34,8 +36,16 @@ OPTIONAL_OUTPUT_NAMES = (MIGRATION_DATABASE_URL,)
 SECRET_OUTPUT_NAMES = frozenset({PASSWORD, DATABASE_URL, MIGRATION_DATABASE_URL})
 
 URL_SCHEMES = ("postgres", "postgresql")
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # sslmode values that actually encrypt; the prod stack requires one of them.
 ENCRYPTING_SSLMODES = ("require", "verify-ca", "verify-full")
+# libpq keywords the settings hold in their own fields; every other keyword a URL
+# names (sslrootcert, options, application_name, ...) travels in `parameters`.
+OWN_KEYWORDS = frozenset({"host", "port", "dbname", "user", "password", "sslmode"})
+# libpq keywords whose values are secrets, like the password.
+SECRET_KEYWORDS = frozenset(
+    {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
+)
 
 # Seconds libpq waits for a TCP connection, so an unreachable host fails fast.
 CONNECT_TIMEOUT = 5
@@ -67,6 +77,8 @@ class ConnectionSettings:
     # A direct (non-pooled) endpoint for the migration runner, when the
     # application's endpoint is a transaction pooler.
     migration_url: str | None = field(default=None, repr=False)
+    # Every other libpq keyword the URL named, in its order: sslrootcert, options, ...
+    parameters: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def conninfo(self, **overrides: Any) -> str:
         """A libpq connection string; `overrides` replace or add keywords."""
@@ -78,6 +90,7 @@ class ConnectionSettings:
             "password": self.password or None,
             "sslmode": self.sslmode,
             "connect_timeout": CONNECT_TIMEOUT,
+            **dict(self.parameters),
         }
         params.update(overrides)
         return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
@@ -88,13 +101,18 @@ class ConnectionSettings:
         if self.password:
             credentials += ":" + quote(self.password, safe="")
         at = credentials + "@" if credentials else ""
+        query = urlencode([("sslmode", self.sslmode), *self.parameters], quote_via=quote)
         return (
             f"postgresql://{at}{_url_host(self.host)}:{self.port}/{quote(self.database, safe='')}"
-            f"?sslmode={self.sslmode}"
+            f"?{query}"
         )
 
     def redacted_url(self) -> str:
-        return redact(self.url(), secrets=[self.password])
+        return redact(self.url(), secrets=self.secrets())
+
+    def secrets(self) -> list[str]:
+        """Every secret value these settings hold, for `redact`."""
+        return [self.password] + [v for k, v in self.parameters if k in SECRET_KEYWORDS]
 
     def for_migrations(self) -> ConnectionSettings:
         """The settings the migration runner uses: the direct endpoint when there is one."""
@@ -124,27 +142,41 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
-    """Parse a `postgres://` or `postgresql://` URL into settings.
+URL_FORM = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
 
-    Raises ConfigError naming `what` and the fix; the message never holds the password.
+
+def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
+    """Parse a `postgres://` or `postgresql://` URL into settings, every libpq keyword kept.
+
+    Raises ConfigError naming `what` and the fix. A message shows the URL only with
+    its credentials masked, and not at all when it may be nothing but a password.
     """
     url = url.strip()
+    shown = mask_credentials(url)
     scheme, sep, _ = url.partition("://")
     if not sep or scheme not in URL_SCHEMES:
+        got = (
+            f", got {shown!r}"
+            if shown is not None
+            else " (its value is not shown: it may hold a password)"
+        )
         raise ConfigError(
-            f"the {what} must start with postgresql:// or postgres://, "
-            f"got {redact(url)!r}; pass one like postgresql://USER:PASSWORD@HOST:5432/DATABASE"
+            f"the {what} must start with postgresql:// or postgres://{got}; pass one like {URL_FORM}"
+        )
+    unknown = [name for name in _query_names(url) if name not in libpq_keywords()]
+    if unknown:
+        raise ConfigError(
+            f"the {what} {shown!r} has parameter {unknown[0]!r}, which libpq does not know; "
+            "remove it, or fix its spelling (sslmode, sslrootcert, options, application_name, ...)"
         )
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:
         raise ConfigError(
-            f"the {what} {redact(url)!r} is malformed; "
-            "check its form: postgresql://USER:PASSWORD@HOST:5432/DATABASE "
-            "(percent-encode special characters in the password)"
+            f"the {what} {shown!r} is malformed; check its form: {URL_FORM} "
+            "(percent-encode special characters in the password: @ as %40, space as %20)"
         ) from None
-    return from_mapping(params, what=what, source=redact(url))
+    return from_mapping(params, what=what, source=shown or "")
 
 
 def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> ConnectionSettings:
@@ -154,20 +186,77 @@ def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> C
     where = f" {source!r}" if source else ""
     if not host:
         raise ConfigError(f"the {what}{where} names no host; add one, as in @HOST:5432")
+    if "@" in host or " " in host.strip():
+        raise ConfigError(
+            f"the {what}{where} has a host with '@' or a space in it: most likely a password "
+            "holding such a character; percent-encode it (@ as %40, space as %20)"
+        )
     if not database:
         raise ConfigError(f"the {what}{where} names no database; add /DATABASE after the host")
     raw_port = str(params.get("port") or 5432)
     if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
         raise ConfigError(f"the {what}{where} has port {raw_port!r}; use a number from 1 to 65535")
+    sslmode = str(params.get("sslmode") or "prefer")
+    if sslmode not in SSLMODES:
+        raise ConfigError(
+            f"the {what}{where} has sslmode={sslmode!r}; use one of {', '.join(SSLMODES)}"
+        )
     return ConnectionSettings(
         host=host,
         port=int(raw_port),
         database=database,
         user=str(params.get("user") or ""),
         password=str(params.get("password") or ""),
-        sslmode=str(params.get("sslmode") or "prefer"),
+        sslmode=sslmode,
         migration_url=params.get(MIGRATION_DATABASE_URL) or None,
+        parameters=tuple(
+            (key, str(value))
+            for key, value in params.items()
+            if key in libpq_keywords() and key not in OWN_KEYWORDS and value not in (None, "")
+        ),
     )
+
+
+@cache
+def libpq_keywords() -> frozenset[str]:
+    """Every connection keyword the installed libpq knows: libpq decides, not a list of ours."""
+    return frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
+
+
+def _query_names(url: str) -> list[str]:
+    query = url.partition("?")[2].partition("#")[0]
+    return [part.partition("=")[0] for part in query.split("&") if part]
+
+
+def mask_credentials(text: str) -> str | None:
+    """`text` with whatever stands where a URL's password would be masked.
+
+    Works on text that is not a well-formed URL too (no scheme, one slash, a raw
+    `@` or space in the password): everything between the user name and the last
+    `@` is hidden. Text without `@` and without a scheme may be a password by
+    itself: then None, and the caller must not show it.
+    """
+    at = text.rfind("@")
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/+", text)
+    if at < 0:
+        return text if scheme and "://" in text else None
+    start = scheme.end() if scheme and scheme.end() <= at else 0
+    user, colon, _ = text[start:at].partition(":")
+    return text[:start] + user + (":***" if colon else "") + text[at:]
+
+
+def password_candidates(text: str | None) -> list[str]:
+    """What in `text` may be a password, for `redact`, even when `text` is no valid URL."""
+    if not text:
+        return []
+    text = text.strip()
+    at = text.rfind("@")
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/+", text)
+    if at < 0:
+        return [] if scheme and "://" in text else [text]
+    start = scheme.end() if scheme and scheme.end() <= at else 0
+    secret = text[start:at].partition(":")[2]
+    return [secret, *secret.split("@")] if secret else []
 
 
 def is_transaction_pooler(settings: ConnectionSettings) -> bool:
@@ -209,7 +298,10 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
             f"stack {stack!r} has no output {', '.join(missing)}; "
             f"run `pulumi up -s {stack}` so it exports the connection contract"
         )
-    return from_mapping(outputs, what=f"stack {stack!r} outputs")
+    settings = from_mapping(outputs, what=f"stack {stack!r} outputs")
+    # The URL output carries the parameters the fields cannot (sslrootcert, options, ...).
+    url = from_url(str(outputs[DATABASE_URL]), what=f"stack {stack!r} output {DATABASE_URL}")
+    return replace(settings, parameters=url.parameters)
 
 
 # Greedy up to the last "@" of the token: a password with a raw "@" is still hidden whole.

@@ -159,7 +159,7 @@ def connect(
 
 def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> CicdDbError:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    detail = redact(first_line, [settings.password])
+    detail = redact(first_line, settings.secrets())
     detail = re.sub(
         r"^(connection failed: )?(connection to server at .*?, port \d+ failed: )?", "", detail
     )
@@ -176,6 +176,16 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
         )
     if "database" in detail and "does not exist" in detail:
         return ConfigError(f"{where}: {detail}; create it, or fix the database name in the URL")
+    if re.match(
+        r"(invalid \S+ value|(root )?certificate file|private key file|could not "
+        r"(read|load|open) (root certificate|certificate|private key|SSL))",
+        detail,
+    ):
+        # libpq refused a connection parameter before trying the server.
+        return ConfigError(
+            f"{where}: {detail}; fix that parameter of the target (--database-url, "
+            "DATABASE_URL or the stack's outputs)"
+        )
     return ConnectionFailed(
         f"cannot connect to {where}: {detail or 'no answer'}; check that the server is up "
         "(`cicd-db migrate wait`) and that host and port are right"

@@ -1,0 +1,213 @@
+"""TLS with your own certificate authority: `sslmode=verify-full&sslrootcert=...` really verifies.
+
+The test makes a CA and a server certificate for `localhost`, turns TLS on in the
+test server with them, and connects through `cicd-db migrate status` as a user
+would. A URL's libpq parameters must reach the connection: with the right CA it
+connects, with another CA it is refused, with a missing CA file it says so.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from psycopg import sql
+
+from cicd_db.embedded import EmbeddedServer
+from cicd_db.settings import ConnectionSettings
+
+from .conftest import ROOT, Database, run_cli
+
+pytestmark = pytest.mark.db
+
+
+def authority(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return key, certificate
+
+
+def server_certificate(
+    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return key, certificate
+
+
+def pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def ssl_bin_dir() -> Path | None:
+    """Server binaries built with SSL: TEST_PG_BIN_DIR, else Debian's (the wheel's have none)."""
+    candidates = [Path(os.environ["TEST_PG_BIN_DIR"])] if os.environ.get("TEST_PG_BIN_DIR") else []
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    return next((c for c in candidates if (c / "postgres").exists()), None)
+
+
+@pytest.fixture(scope="module")
+def tls_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ConnectionSettings, Path]]:
+    """A server with TLS on, its certificate signed by our own CA: its admin settings and CA file."""
+    bin_dir = ssl_bin_dir()
+    if bin_dir is None:
+        pytest.skip(
+            "no PostgreSQL built with SSL on this machine (the embedded wheel's is built "
+            "without); install Debian's postgresql package, as .ci/run does"
+        )
+    server = EmbeddedServer(ROOT / ".cicd-db" / f"tests-tls-{bin_dir.parent.name}", bin_dir=bin_dir)
+    was_running = server.status().running
+    admin = server.admin_settings()
+    ca_key, ca = authority("cicd-db test CA")
+    key, certificate = server_certificate(ca_key, ca)
+    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        data_dir = Path(str(conn.execute("SHOW data_directory").fetchone()[0]))  # type: ignore[index]
+        owner = data_dir.stat()
+        for name, content, mode in (
+            ("cicd_test_server.crt", pem(certificate), 0o644),
+            (
+                "cicd_test_server.key",
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+                0o600,
+            ),
+        ):
+            path = data_dir / name
+            path.write_bytes(content)
+            os.chown(path, owner.st_uid, owner.st_gid)
+            path.chmod(mode)
+        conn.execute("ALTER SYSTEM SET ssl_cert_file = 'cicd_test_server.crt'")
+        conn.execute("ALTER SYSTEM SET ssl_key_file = 'cicd_test_server.key'")
+        conn.execute("ALTER SYSTEM SET ssl = on")
+        conn.execute("SELECT pg_reload_conf()")
+    ca_file = tmp_path_factory.mktemp("tls") / "ca.crt"
+    ca_file.write_bytes(pem(ca))
+    try:
+        yield admin, ca_file
+    finally:
+        if not was_running:
+            server.stop()
+
+
+@pytest.fixture
+def tls_database(tls_server: tuple[ConnectionSettings, Path]) -> Iterator[Database]:
+    admin, _ = tls_server
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield Database(replace(admin, database=name))
+    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def status(settings: ConnectionSettings, **parameters: str) -> tuple[int, str, str]:
+    url = replace(
+        settings, host="localhost", sslmode="verify-full", parameters=tuple(parameters.items())
+    ).url()
+    result = run_cli("migrate", "status", "--database-url", url)
+    assert "Traceback" not in result.err
+    assert settings.password not in result.out + result.err
+    return result.code, result.out, result.err
+
+
+def test_verify_full_with_our_own_authority(
+    tls_server: tuple[ConnectionSettings, Path], tls_database: Database
+) -> None:
+    _, ca_file = tls_server
+    database = tls_database
+    code, out, err = status(database.settings, sslrootcert=str(ca_file))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1].startswith("--database-url: ") and "pending" in out
+    # The server agrees the session is encrypted.
+    with psycopg.connect(
+        replace(
+            database.settings,
+            host="localhost",
+            sslmode="verify-full",
+            parameters=(("sslrootcert", str(ca_file)),),
+        ).conninfo()
+    ) as conn:
+        assert conn.execute(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        ).fetchone() == (True,)
+
+
+def test_verify_full_refuses_another_authority(tls_database: Database, tmp_path: Path) -> None:
+    _, other = authority("someone else's CA")
+    wrong = tmp_path / "other-ca.crt"
+    wrong.write_bytes(pem(other))
+    code, out, err = status(tls_database.settings, sslrootcert=str(wrong))
+    assert (code, out) == (1, "")
+    assert err.startswith("error: cannot connect to localhost:")
+    assert "certificate verify failed" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_missing_authority_file_is_a_configuration_error(
+    tls_database: Database, tmp_path: Path
+) -> None:
+    code, out, err = status(tls_database.settings, sslrootcert=str(tmp_path / "nowhere.crt"))
+    assert (code, out) == (2, "")
+    assert err.startswith("error: localhost:")
+    assert "nowhere.crt" in err and "does not exist" in err
+    assert err.rstrip().endswith(
+        "fix that parameter of the target (--database-url, DATABASE_URL or the stack's outputs)"
+    )
