@@ -19,24 +19,40 @@ from cicd_db import migrations
 
 from .conftest import MIGRATIONS, ROOT, Database, run_cli
 
+# What the real CLI (3.226.1 and later) prints and its exit codes, for each failure.
 STUB = f"""#!{sys.executable}
 import json, os, sys
 from pathlib import Path
 
 args = sys.argv[1:]
-if args[:4] != ["stack", "output", "--json", "--show-secrets"] or args[4] != "--stack" or len(args) != 6:
+expected = ["stack", "output", "--json", "--show-secrets", "--non-interactive", "--stack"]
+if args[:6] != expected or len(args) != 7:
     sys.exit(f"stub pulumi: unexpected arguments {{args}}")
 if not Path("Pulumi.yaml").is_file():
     sys.exit("stub pulumi: not run from the project folder")
-stack = args[5]
-if os.environ.get("STUB_NEEDS_PASSPHRASE") and not os.environ.get("PULUMI_CONFIG_PASSPHRASE"):
-    print("error: getting stack outputs: passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
-          "PULUMI_CONFIG_PASSPHRASE_FILE environment variables", file=sys.stderr)
-    sys.exit(255)
+stack = args[6]
+
+def fail(message, code):
+    print("error: " + message, file=sys.stderr)
+    sys.exit(code)
+
+failure = os.environ.get("STUB_FAILURE")
+if failure == "unreachable":
+    fail('could not query backend for stack: Get "https://api.pulumi.com/api/user": '
+         "dial tcp: lookup api.pulumi.com: no such host", 1)
+if failure == "no-login":
+    fail("PULUMI_ACCESS_TOKEN must be set for login during non-interactive CLI sessions", 3)
+if os.environ.get("STUB_NEEDS_PASSPHRASE"):
+    if not os.environ.get("PULUMI_CONFIG_PASSPHRASE"):
+        fail("getting stack outputs: passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
+             "PULUMI_CONFIG_PASSPHRASE_FILE environment variables", 2)
+    if os.environ["PULUMI_CONFIG_PASSPHRASE"] != os.environ["STUB_NEEDS_PASSPHRASE"]:
+        fail("getting stack outputs: incorrect passphrase, please set PULUMI_CONFIG_PASSPHRASE to "
+             "the correct passphrase or set PULUMI_CONFIG_PASSPHRASE_FILE to a file containing "
+             "the passphrase", 2)
 outputs = Path(os.environ["STUB_OUTPUTS"]) / f"{{stack}}.json"
 if not outputs.is_file():
-    print(f"error: no stack named '{{stack}}' found", file=sys.stderr)
-    sys.exit(255)
+    fail(f"no stack named '{{stack}}' found", 6)
 print(outputs.read_text())
 """
 
@@ -111,22 +127,58 @@ def test_prod_prefers_the_migration_url(stub, database: Database) -> None:
     assert database.history() == list(range(1, len(migrations.discover(MIGRATIONS)) + 1))
 
 
+BACKEND = "the backend file://. (.pulumi/ in the repository root) of Pulumi.yaml"
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
         (
             {},
-            "error: Pulumi stack 'dev' does not exist; create it with `pulumi stack init dev` and "
-            "deploy it with `pulumi up -s dev`; without Docker, set CICD_DB_LOCAL=embedded so "
+            f"error: Pulumi stack 'dev' does not exist in {BACKEND}; create it with `pulumi "
+            "stack init dev` and deploy it with `pulumi up -s dev`, or point PULUMI_BACKEND_URL "
+            "at the backend your team shares; without Docker, set CICD_DB_LOCAL=embedded so "
             "--local uses the embedded server\n",
         ),
         (
-            {"STUB_NEEDS_PASSPHRASE": "1"},
+            {"PULUMI_BACKEND_URL": "s3://team-state/cicd"},
+            "error: Pulumi stack 'dev' does not exist in the backend s3://team-state/cicd "
+            "(PULUMI_BACKEND_URL); create it with `pulumi stack init dev` and deploy it with "
+            "`pulumi up -s dev`, or point PULUMI_BACKEND_URL at the backend your team shares; "
+            "without Docker, set CICD_DB_LOCAL=embedded so --local uses the embedded server\n",
+        ),
+        (
+            {"STUB_NEEDS_PASSPHRASE": "right", "PULUMI_CONFIG_PASSPHRASE": ""},
             "error: Pulumi needs the passphrase of stack 'dev'; set PULUMI_CONFIG_PASSPHRASE (or "
             "PULUMI_CONFIG_PASSPHRASE_FILE) and run again\n",
         ),
+        (
+            {"STUB_NEEDS_PASSPHRASE": "right", "PULUMI_CONFIG_PASSPHRASE": "wrong"},
+            "error: PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) is not the "
+            "passphrase stack 'dev' was created with; get the right one from whoever created it "
+            "(each stack has one passphrase, shared by everyone who uses it)\n",
+        ),
+        (
+            {"STUB_FAILURE": "no-login"},
+            f"error: Pulumi cannot log in to {BACKEND}; for Pulumi Cloud set PULUMI_ACCESS_TOKEN, "
+            "for s3://, gs:// or azblob:// give the cloud's credentials, and run from the "
+            "repository root so Pulumi.yaml's backend applies\n",
+        ),
+        (
+            {"STUB_FAILURE": "unreachable"},
+            f"error: Pulumi cannot reach {BACKEND}: error: could not query backend for stack: Get "
+            '"https://api.pulumi.com/api/user": dial tcp: lookup api.pulumi.com: no such host; '
+            "check the network and the URL\n",
+        ),
     ],
-    ids=["missing-stack", "passphrase"],
+    ids=[
+        "missing-stack",
+        "missing-stack-team-backend",
+        "no-passphrase",
+        "wrong-passphrase",
+        "not-logged-in",
+        "backend-unreachable",
+    ],
 )
 def test_stack_errors_name_the_fix(stub, env: dict[str, str], message: str) -> None:
     result = run_cli("migrate", "status", "--local", env={**stub, **env})

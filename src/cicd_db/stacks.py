@@ -14,12 +14,20 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from cicd_db.errors import ConfigError, StackError
 from cicd_db.settings import ConnectionSettings, from_outputs, redact
 
+# The Pulumi CLI's exit codes (stable from v3.226.1; older versions exit 255 and are
+# told apart by their message).
+EXIT_CONFIGURATION = 2
+EXIT_AUTHENTICATION = 3
+EXIT_STACK_NOT_FOUND = 6
 INSTALL_HINT = (
     "install the Pulumi CLI (https://www.pulumi.com/docs/install/), "
     "or name the database another way: --database-url URL, DATABASE_URL, or --stack embedded"
@@ -40,7 +48,10 @@ def outputs(stack: str, *, root: Path) -> dict[str, Any]:
         )
     try:
         completed = subprocess.run(
-            [executable, "stack", "output", "--json", "--show-secrets", "--stack", stack],
+            [
+                *(executable, "stack", "output", "--json", "--show-secrets"),
+                *("--non-interactive", "--stack", stack),
+            ],
             cwd=root,
             capture_output=True,
             text=True,
@@ -51,12 +62,14 @@ def outputs(stack: str, *, root: Path) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         raise StackError(
             f"`pulumi stack output --stack {stack}` did not answer in {READ_TIMEOUT_SECONDS} s; "
-            "check that its backend is reachable (`pulumi whoami -v`)"
+            f"check that {backend(root)} is reachable (`pulumi whoami -v`)"
         ) from None
     except OSError as error:
         raise StackError(f"could not run pulumi ({error.strerror}); " + INSTALL_HINT) from None
     if completed.returncode != 0:
-        raise StackError(_explain(stack, completed.stderr or completed.stdout))
+        raise StackError(
+            _explain(stack, completed.returncode, completed.stderr or completed.stdout, root)
+        )
     try:
         values = json.loads(completed.stdout or "{}")
     except ValueError:
@@ -82,25 +95,62 @@ def settings(stack: str, *, root: Path) -> ConnectionSettings:
         raise StackError(str(error)) from None
 
 
-def _explain(stack: str, stderr: str) -> str:
+def backend(root: Path, environ: Mapping[str, str] = os.environ) -> str:
+    """Which backend `pulumi` reads stacks from here, in words: the CLI's own order."""
+    if environ.get("PULUMI_BACKEND_URL"):
+        return f"the backend {redact(environ['PULUMI_BACKEND_URL'])} (PULUMI_BACKEND_URL)"
+    try:
+        project = yaml.safe_load((root / "Pulumi.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        project = {}
+    url = (project.get("backend") or {}).get("url") if isinstance(project, dict) else None
+    if url:
+        where = " (.pulumi/ in the repository root)" if url == "file://." else ""
+        return f"the backend {redact(str(url))}{where} of Pulumi.yaml"
+    return "the backend of `pulumi login`"
+
+
+def _explain(stack: str, code: int, stderr: str, root: Path) -> str:
     """Turn the CLI's failure into one line that names the fix."""
     text = redact(stderr.strip())
     lowered = text.lower()
-    if "no stack named" in lowered or ("not found" in lowered and "stack" in lowered):
+    where = backend(root)
+    if code == EXIT_STACK_NOT_FOUND or "no stack named" in lowered:
         fix = (
             f"create it with `pulumi stack init {stack}` and deploy it with `pulumi up -s {stack}`"
+            ", or point PULUMI_BACKEND_URL at the backend your team shares"
         )
         if stack == "dev":
-            fix += (
-                "; without Docker, set CICD_DB_LOCAL=embedded so --local uses the embedded server"
-            )
-        return f"Pulumi stack {stack!r} does not exist; {fix}"
+            fix += LOCAL_HINT
+        return f"Pulumi stack {stack!r} does not exist in {where}; {fix}"
+    if "incorrect passphrase" in lowered:
+        return (
+            f"PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) is not the passphrase "
+            f"stack {stack!r} was created with; get the right one from whoever created it "
+            "(each stack has one passphrase, shared by everyone who uses it)"
+        )
     if "passphrase" in lowered:
         return (
             f"Pulumi needs the passphrase of stack {stack!r}; "
             "set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) and run again"
         )
-    if "pulumi login" in lowered or "not logged in" in lowered:
-        return "Pulumi has no backend; run `pulumi login --local` in the repository root"
+    if (
+        code == EXIT_AUTHENTICATION
+        or "pulumi login" in lowered
+        or "not logged in" in lowered
+        or "pulumi_access_token" in lowered
+    ):
+        return (
+            f"Pulumi cannot log in to {where}; for Pulumi Cloud set PULUMI_ACCESS_TOKEN, for "
+            "s3://, gs:// or azblob:// give the cloud's credentials, and run from the "
+            "repository root so Pulumi.yaml's backend applies"
+        )
+    if any(
+        sign in lowered
+        for sign in ("dial tcp", "no such host", "connection refused", "i/o timeout", "tls:")
+    ):
+        return (
+            f"Pulumi cannot reach {where}: {text.splitlines()[-1]}; check the network and the URL"
+        )
     first = text.splitlines()[-1] if text else "no message"
-    return f"`pulumi stack output --stack {stack}` failed: {first}"
+    return f"`pulumi stack output --stack {stack}` failed (exit {code}): {first}"
