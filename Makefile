@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 MIGRATIONS ?= db/migrations
 NO_TRANSACTION_MARKER := -- cicd-db: no-transaction
 
-.PHONY: install run demo test test-db lint lint-sql bench clean-state help
+.PHONY: install run demo test test-db lint lint-sql bench clean-state lock help
 
 help:
 	@echo "make run     start the embedded PostgreSQL, apply db/migrations, show the status"
@@ -72,6 +72,17 @@ test-db: $(STAMP)
 # Figures, not tests: cicd-db beside dbmate, yoyo and psql; writes docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+# The deploy job's exact versions (requirements/deploy.txt): the package's runtime
+# dependencies resolved in a fresh virtual environment. Run after changing them.
+lock:
+	rm -rf .cicd-db/lock-venv
+	$(PYTHON) -m venv .cicd-db/lock-venv
+	.cicd-db/lock-venv/bin/pip install --quiet --disable-pip-version-check .
+	{ echo "# The deploy job's exact versions: cicd-db's runtime dependencies, resolved by"; \
+	  echo "# \`make lock\` on Python 3.11. CI installs these, then the package with --no-deps."; \
+	  .cicd-db/lock-venv/bin/pip freeze --exclude cicd-db; } > requirements/deploy.txt
+	rm -rf .cicd-db/lock-venv
 
 clean-state:
 	-$(BIN)/cicd-db embedded stop

@@ -124,6 +124,24 @@ def test_database_url_mistakes_never_print_the_password(value: str) -> None:
         assert SECRET not in result.out + result.err
 
 
+def test_password_from_pgpassword(database: Database) -> None:
+    """GitLab cannot mask a URL: the password travels alone, masked, in PGPASSWORD."""
+    settings = database.settings
+    url = f"postgresql://{settings.user}@{settings.host}:{settings.port}/{settings.database}"
+    result = run_cli(
+        "migrate",
+        "status",
+        "--migrations-dir",
+        str(MIGRATIONS),
+        env={"DATABASE_URL": url, "PGPASSWORD": settings.password},
+    )
+    assert result.code == 0, result.err
+    assert settings.password not in result.out + result.err
+    wrong = run_cli("migrate", "status", env={"DATABASE_URL": url, "PGPASSWORD": "wrong-" + SECRET})
+    assert wrong.code == 2
+    assert SECRET not in wrong.err
+
+
 def test_malformed_database_url_from_environment() -> None:
     result = run_cli("migrate", "status", env={"DATABASE_URL": f"postgres://ci:{SECRET}@h:x/db"})
     assert_one_line_error(result, 2, "the DATABASE_URL 'postgres://ci:***@h:x/db' has port 'x'")

@@ -236,8 +236,19 @@ def test_resolve(root: Path, flags: dict, environ: dict, kind: str, name: str) -
         ({"stack": "qa"}, ConfigError, "unknown stack 'qa'; choose one of dev, embedded, prod"),
         ({"stack": "dev", "local": True}, UsageError, "--stack and --local both name a database"),
         ({"database_url": "nope"}, ConfigError, "must start with postgresql://"),
+        ({"environ": {"CI": "true"}}, ConfigError, "DATABASE_URL is not set in this CI job"),
+        (
+            {"environ": {"CI": "true", "DATABASE_URL": ""}},
+            ConfigError,
+            r"DATABASE_URL is empty in this CI job; pass the secret to the step",
+        ),
     ],
 )
 def test_resolve_bad(root: Path, flags: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
-        resolve(**flags, environ={}, root=root)
+        resolve(**{"environ": {}, **flags}, root=root)
+
+
+def test_ci_reads_a_stack_only_when_named(root: Path) -> None:
+    target = resolve(stack="prod", environ={"CI": "true", "DATABASE_URL": ""}, root=root)
+    assert (target.kind, target.name) == ("stack", "prod")

@@ -62,9 +62,11 @@ class _Session:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         # Even a URL too broken to parse must not show its password in an error.
-        self.secrets: list[str] = password_candidates(
-            getattr(args, "database_url", None)
-        ) + password_candidates(os.environ.get("DATABASE_URL"))
+        self.secrets: list[str] = [
+            *password_candidates(getattr(args, "database_url", None)),
+            *password_candidates(os.environ.get("DATABASE_URL")),
+            os.environ.get("PGPASSWORD", ""),  # libpq's, for a URL without a password
+        ]
 
     def target(self) -> targets.Target:
         return targets.resolve(

