@@ -433,16 +433,29 @@ def big_file(folder: Path, megabytes: int) -> Path:
     return path
 
 
+# Started from a fresh small interpreter: a child forked straight from this process
+# would report this process's own peak (Linux folds the forked memory image into
+# the child's ru_maxrss at exec), not the tool's.
+MEASURE = """
+import os, subprocess, sys, time
+started = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+_, status, usage = os.wait4(child.pid, 0)
+elapsed = (time.perf_counter() - started) * 1000
+sys.stderr.write(child.stderr.read().decode()[-400:])
+print(status, elapsed, usage.ru_maxrss / 1024)
+"""
+
+
 def timed_with_memory(command: list[str]) -> tuple[float, float]:
     """Wall time (ms) and peak resident memory (MB) of a whole process."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = (time.perf_counter() - started) * 1000
-    error = process.stderr.read().decode() if process.stderr else ""
-    if status != 0:
-        raise SystemExit(f"bench: {command[0]} failed: {error.strip()[-400:]}")
-    return elapsed, usage.ru_maxrss / 1024
+    done = subprocess.run(
+        [PYTHON, "-c", MEASURE, *command], capture_output=True, text=True, check=False
+    )
+    status, elapsed, peak = done.stdout.split()
+    if int(status) != 0 or done.returncode != 0:
+        raise SystemExit(f"bench: {command[0]} failed: {done.stderr.strip()[-400:]}")
+    return float(elapsed), float(peak)
 
 
 def case_bigfile(

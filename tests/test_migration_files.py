@@ -109,11 +109,11 @@ def test_no_session_state_crosses_files(database: Database, tmp_path: Path) -> N
         {
             "0001_switch.sql": f"CREATE ROLE {role};\nGRANT CREATE ON SCHEMA public TO {role};\n"
             "CREATE SCHEMA elsewhere;\nSET search_path TO elsewhere;\n"
-            "SET statement_timeout = '1ms';\nSET TIME ZONE 'Asia/Tokyo';\n"
+            "SET statement_timeout = '150ms';\nSET TIME ZONE 'Asia/Tokyo';\n"
             f"SET ROLE {role};\nCREATE TEMPORARY TABLE scratch (id int);\n"
             "CREATE TABLE public.by_role (id int);\n",
             "0002_after.sql": "CREATE TABLE after (id int, zone text DEFAULT current_setting('TimeZone'));\n"
-            "INSERT INTO after (id) SELECT 1 FROM pg_sleep(0.05);\n",
+            "INSERT INTO after (id) SELECT 1 FROM pg_sleep(0.3);\n",
             "0003_temporary.sql": "SELECT * FROM scratch;\n",
         },
     )

@@ -102,6 +102,14 @@ MAX_RETRY_DELAY = 10.0
 # After each file: the session as it was before it. DISCARD ALL would also drop
 # the runner's advisory lock, so its parts are named one by one.
 RESET_SESSION = b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DISCARD TEMP"
+# A transactional file runs after these, sent with its first statements; its
+# history row is written only if the mark is still there, that is, if the
+# transaction is still the one the runner began.
+BEGIN_MARKED = b"BEGIN;SET LOCAL cicd_db.runner TO 'applying';"
+STILL_MARKED = (
+    b"DO $cicd_db$BEGIN IF current_setting('cicd_db.runner', true) IS DISTINCT FROM 'applying' "
+    b"THEN RAISE EXCEPTION 'the runner''s transaction ended inside the file'; END IF; END$cicd_db$"
+)
 # Statements that end or start a transaction: not allowed in a transactional file.
 TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ABORT", "ROLLBACK", "START", "PREPARE"})
 SESSION_SETTINGS = frozenset({"SET", "RESET"})
@@ -194,6 +202,27 @@ class Result:
     duration_ms: float
     dry_run: bool
     notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LockHeld:
+    """A table lock a rehearsed file took: its mode, and how long the file held it."""
+
+    mode: str  # AccessExclusiveLock, ShareUpdateExclusiveLock, ...
+    table: str
+    held_ms: float
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """What rehearse() saw of one pending file."""
+
+    migration: Migration
+    duration_ms: float | None = None
+    locks: tuple[LockHeld, ...] = ()
+    sequences: tuple[str, ...] = ()  # advanced by the file; a rollback keeps that
+    skipped: str | None = None  # why it was not rehearsed
+    error: str | None = None  # how it failed in the rehearsal
 
 
 @dataclass(frozen=True)
@@ -304,6 +333,61 @@ def read(path: Path, version: int, name: str) -> Migration:
         transactional=transactional,
         steps=plan(path.name, data, transactional=transactional),
     )
+
+
+NEW_FILE_HEADER = """\
+-- {name}: what this changes, and why it is safe on a live database.
+SET lock_timeout = '1s';
+SET statement_timeout = '60s';
+
+"""
+
+
+def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Path:
+    """Write the next `NNNN_name.sql` of `folder` with a header that sets short timeouts. Writes.
+
+    The number is one above the highest version there, in the width the folder
+    uses (four digits for a new folder). Two branches that both take the next
+    number collide when merged: `migrate check` refuses two files of one version.
+    """
+    if not FILE_NAME.match(f"1_{name}.sql"):
+        raise ConfigError(
+            f"migration name {name!r} may hold only letters, digits, '_', '.' and '-', and "
+            "must start with a letter or digit; for example add_run_index"
+        )
+    if not folder.is_dir():
+        raise ConfigError(
+            f"migrations folder {folder} does not exist; create it, or pass --migrations-dir"
+        )
+    versions = [
+        (int(match["version"]), len(match["version"]))
+        for path in folder.iterdir()
+        if (match := FILE_NAME.match(path.name))
+    ]
+    newest, width = max(versions, default=(0, 4))
+    path = folder / f"{newest + 1:0{width}d}_{name}.sql"
+    header = NEW_FILE_HEADER.format(name=name)
+    if not transactional:
+        header = NO_TRANSACTION_MARKER.decode() + "\n" + header
+    try:
+        with path.open("x") as out:
+            out.write(header)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists already; pick another name") from None
+    return path
+
+
+def _one_by_one(data: bytes, step: Step) -> Iterator[Step]:
+    """The statements of a step one at a time, as psql sends them: a batch each."""
+    if isinstance(step, Copy):
+        yield step
+        return
+    scanner = Scanner(
+        data[: step.end], standard_strings=step.standard_strings, start=step.start, line=step.line
+    )
+    for piece in scanner:
+        if isinstance(piece, Statement):
+            yield Batch(piece.start, piece.end, piece.line, step.standard_strings)
 
 
 def _not_utf8_at(data: bytes, slice_bytes: int = 1 << 20) -> int | None:
@@ -562,6 +646,7 @@ class Runner:
         dry_run: bool = False,
         on_applied: Callable[[Result], None] | None = None,
         on_retry: Callable[[Retry], None] | None = None,
+        on_start: Callable[[Migration], None] | None = None,
     ) -> list[Result]:
         """Apply pending migrations up to `target` (inclusive). Writes unless `dry_run`.
 
@@ -584,6 +669,8 @@ class Runner:
             results = []
             # Read again under the lock: another runner may have applied some meanwhile.
             for migration in self._plan(self.applied(), target):
+                if on_start:
+                    on_start(migration)
                 result = self._apply_one(migration, retry_deadline, on_retry)
                 results.append(result)
                 if on_applied:
@@ -643,6 +730,87 @@ class Runner:
             expected = schema.signature(self.conn, scratch)
             actual = schema.signature(self.conn, live)
         return schema.differences(expected, actual)
+
+    def rehearse(self, *, target: int | None = None) -> list[Rehearsal]:
+        """Run the pending files in one transaction that is always rolled back. Writes nothing.
+
+        For each transactional file: how long it took and every table lock it took,
+        with how long it held it (from the statement that took it to the end of the
+        file, as a real run would hold it until the file commits), and the
+        sequences it advanced (a rollback does not undo that). Each file runs after
+        a savepoint, so one that fails does not hide the ones after it. A
+        no-transaction file cannot run inside the rehearsal's transaction: it is
+        listed with the reason. It takes the same locks the files take, on the real
+        tables: meant for a staging or dev copy with production-like data.
+        """
+        pending = self._plan(self.applied(), target)
+        results: list[Rehearsal] = []
+        with self._lock(), self.conn.transaction(force_rollback=True):
+            skipped: list[str] = []
+            for migration in pending:
+                if not migration.transactional:
+                    skipped.append(migration.filename)
+                    results.append(
+                        Rehearsal(
+                            migration,
+                            skipped="a no-transaction file cannot run inside the rehearsal's "
+                            "transaction (CREATE INDEX CONCURRENTLY, COMMIT in a procedure)",
+                        )
+                    )
+                    continue
+                results.append(self._rehearse_one(migration, skipped))
+        return results
+
+    def _rehearse_one(self, migration: Migration, skipped: list[str]) -> Rehearsal:
+        self.conn.execute("SAVEPOINT cicd_db_rehearsal")
+        sequences = self._sequences()
+        first_seen: dict[tuple[str, str], float] = {}
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            for step in migration.steps:
+                for one in _one_by_one(migration.data, step):
+                    at = time.perf_counter()
+                    if isinstance(one, Copy):
+                        self._copy(migration, one)
+                    else:
+                        results = self._simple(migration.data[one.start : one.end])
+                        self._raise_on_error(migration, one, results)
+                    for lock in self._table_locks():
+                        first_seen.setdefault(lock, at)
+        except MigrationFailed as failure:
+            error = str(failure).removeprefix(f"migration {migration.filename} ")
+        except _Transient as failure:
+            error = str(failure).removeprefix(f"migration {migration.filename} ")
+        ended = time.perf_counter()
+        if error and skipped:
+            error += f" (it may need {', '.join(skipped)}, which the rehearsal could not run)"
+        advanced = tuple(
+            name for name, value in self._sequences().items() if sequences.get(name) != value
+        )
+        self.conn.execute("ROLLBACK TO SAVEPOINT cicd_db_rehearsal")
+        locks = tuple(
+            LockHeld(mode, table, (ended - at) * 1000)
+            for (mode, table), at in sorted(first_seen.items(), key=lambda item: item[1])
+        )
+        return Rehearsal(migration, (ended - started) * 1000, locks, advanced, error=error)
+
+    def _table_locks(self) -> list[tuple[str, str]]:
+        rows = self.conn.execute(
+            "SELECT l.mode, c.oid::regclass::text FROM pg_locks l "
+            "JOIN pg_class c ON c.oid = l.relation "
+            "WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted "
+            "AND c.relkind IN ('r', 'p', 'm') AND c.relnamespace <> 'pg_catalog'::regnamespace "
+            "AND c.relname <> %s",
+            [HISTORY_TABLE],
+        ).fetchall()
+        return [(str(mode), str(table)) for mode, table in rows]
+
+    def _sequences(self) -> dict[str, Any]:
+        rows = self.conn.execute(
+            "SELECT format('%%I.%%I', schemaname, sequencename), last_value FROM pg_sequences"
+        ).fetchall()
+        return dict(rows)
 
     # -- internals ---------------------------------------------------------------
 
@@ -831,33 +999,35 @@ class Runner:
         return f"interrupted during {migration.filename}; it was rolled back; nothing after it ran"
 
     def _apply_in_transaction(self, migration: Migration) -> None:
-        """The file and its history row in one transaction, which must stay the runner's own."""
-        results = self._simple(b"BEGIN; SELECT pg_current_xact_id()")
-        transaction = results[-1].get_value(0, 0)
+        """The file and its history row in one transaction, which must stay the runner's own.
+
+        Two round trips: the transaction's start travels with the file's first
+        statements, and the check, the session reset, the history row and COMMIT
+        travel together. The check fails, and so nothing after it runs, when the
+        file ended the runner's transaction: its mark, a SET LOCAL, is gone then.
+        """
         try:
-            self._run_steps(migration)
-            still_ours = self.conn.info.transaction_status == TransactionStatus.INTRANS
-            if still_ours:
-                finish = (
-                    RESET_SESSION
-                    + b"; "
-                    + self._history_row(migration, duration_ms=None)
-                    + b" RETURNING pg_current_xact_id() = "
-                    + sql.Literal(transaction.decode() if transaction else "").as_bytes(self.conn)
-                    + b"::xid8"
+            self._run_steps(migration, prefix=BEGIN_MARKED)
+            if self.conn.info.transaction_status == TransactionStatus.INTRANS:
+                finish = b"; ".join(
+                    [
+                        STILL_MARKED,
+                        RESET_SESSION,
+                        self._history_row(migration, duration_ms=None),
+                        b"COMMIT",
+                    ]
                 )
                 results = self._simple(finish)
-                self._raise_on_error(migration, None, results)
-                still_ours = results[-1].get_value(0, 0) == b"t"
-            if not still_ours:
-                raise MigrationFailed(
-                    f"migration {migration.filename} ended the runner's transaction itself "
-                    "(COMMIT, ROLLBACK or the like, which the runner could not see in it); "
-                    "what it did until then may be committed, and it is not recorded; "
-                    "remove the transaction control from the file, check the database, "
-                    "and run again"
-                )
-            self._simple(b"COMMIT")
+                if not any(r.status == ExecStatus.FATAL_ERROR for r in results[:1]):
+                    self._raise_on_error(migration, None, results)
+                    return
+            raise MigrationFailed(
+                f"migration {migration.filename} ended the runner's transaction itself "
+                "(COMMIT, ROLLBACK or the like, which the runner could not see in it); "
+                "what it did until then may be committed, and it is not recorded; "
+                "remove the transaction control from the file, check the database, "
+                "and run again"
+            )
         except BaseException:
             self._end_transaction()
             raise
@@ -900,20 +1070,26 @@ class Runner:
         self.conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(identifier))
         return (f"dropped invalid index {name} left by an interrupted run",)
 
-    def _run_steps(self, migration: Migration) -> None:
-        """Send the file's steps in order, in the current transaction or none."""
+    def _run_steps(self, migration: Migration, *, prefix: bytes = b"") -> None:
+        """Send the file's steps in order, in the current transaction or none.
+
+        `prefix`, statements of the runner's own, travels with the first batch.
+        """
         steps = list(migration.steps)
         standard = self._standard_strings()
         if steps and isinstance(steps[0], Batch) and steps[0].standard_strings != standard:
             steps = list(self._replan(migration, 0, 1, standard))  # a server with them off
+        if prefix and not (steps and isinstance(steps[0], Batch)):
+            self._raise_on_error(migration, None, self._simple(prefix))
+            prefix = b""
         while steps:
             step = steps.pop(0)
             if isinstance(step, Copy):
                 self._copy(migration, step)
                 continue
-            self._raise_on_error(
-                migration, step, self._simple(migration.data[step.start : step.end])
-            )
+            query = prefix + migration.data[step.start : step.end]
+            self._raise_on_error(migration, step, self._simple(query), prefix=prefix)
+            prefix = b""
             if step.changes_lexing:
                 actual = self._standard_strings()
                 if actual != step.standard_strings_after:
@@ -976,9 +1152,18 @@ class Runner:
             ) from None
 
     def _raise_on_error(
-        self, migration: Migration, batch: Batch | None, results: list[PGresult]
+        self,
+        migration: Migration,
+        batch: Batch | None,
+        results: list[PGresult],
+        *,
+        prefix: bytes = b"",
     ) -> None:
-        """Raise for the first failed statement of `results`, naming its line in the file."""
+        """Raise for the first failed statement of `results`, naming its line in the file.
+
+        `prefix`: the runner's own statements sent before the batch (ASCII, one
+        result each), which the count and the error position must step over.
+        """
         failed = next(
             (i for i, result in enumerate(results) if result.status == ExecStatus.FATAL_ERROR),
             None,
@@ -988,13 +1173,14 @@ class Runner:
         error = errors.error_from_result(results[failed], encoding=self.conn.info.encoding)
         if batch is None:  # the runner's own statements
             raise error
-        statement = _nth_statement(migration.data, batch, failed)
+        index = max(failed - prefix.count(b";"), 0)
+        statement = _nth_statement(migration.data, batch, index)
         line = statement.line if statement else batch.line
         position = error.diag.statement_position
-        if position and position.isdigit():
+        if position and position.isdigit() and int(position) > len(prefix):
             # Characters, not bytes, into the batch: decode the batch to count its lines.
             text = migration.data[batch.start : batch.end].decode("utf-8", "replace")
-            line = batch.line + text.count("\n", 0, int(position) - 1)
+            line = batch.line + text.count("\n", 0, int(position) - len(prefix) - 1)
         message = _describe_failure(migration, line, error.diag, str(error), self.conn.info.user)
         if error.diag.sqlstate in RETRIED_SQLSTATES:
             reason = f"{RETRIED_SQLSTATES[error.diag.sqlstate]} at line {line}"
