@@ -6,9 +6,14 @@ every other stack records a cloud database. Resources live in the components.
 
 import pulumi
 
+import checkout
 from cicd_db import settings as contract
 from cloud_postgres import CloudPostgres
 from docker_postgres import DockerPostgres
+
+root = checkout.repository_root(__file__)
+if (stray := checkout.stray_state_error(root)) is not None:
+    raise pulumi.RunError(stray)
 
 config = pulumi.Config()
 stack = pulumi.get_stack()

@@ -8,9 +8,12 @@ inputs, the exports and which of them are secret), not a deployed database.
 from __future__ import annotations
 
 import runpy
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -71,7 +74,13 @@ def infra_on_path() -> Iterator[None]:
     sys.path.remove(str(INFRA))
 
 
-def run_program(stack: str, config: dict[str, str], secret_keys: list[str] = ()) -> Program:
+def run_program(
+    stack: str,
+    config: dict[str, str],
+    secret_keys: list[str] = (),  # type: ignore[assignment]
+    *,
+    program: Path = INFRA / "__main__.py",
+) -> Program:
     """Run infra/__main__.py as `pulumi up -s STACK` would, with `config` injected."""
     recorder = Recorder()
     monitor = Monitor(recorder)
@@ -86,7 +95,7 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str] = ())
     original = pulumi.export
     pulumi.export = lambda name, value: exports.__setitem__(name, value)  # type: ignore[assignment]
     try:
-        runpy.run_path(str(INFRA / "__main__.py"), run_name="__main__")
+        runpy.run_path(str(program), run_name="__main__")
     finally:
         pulumi.export = original
     return Program(recorder, monitor, exports)
@@ -181,6 +190,69 @@ def test_dev_volume_is_kept_unless_config_says_otherwise() -> None:
     assert kept.monitor.retained["postgres-data"] is True
     assert dropped.monitor.retained["postgres-data"] is False
     assert kept.monitor.retained["postgres-postgres"] is False
+
+
+# --- Rule 5: the backend is the repository root's, whatever folder pulumi ran in.
+
+
+def copy_of_the_program(tmp_path: Path) -> Path:
+    root = tmp_path / "checkout"
+    (root / "infra").mkdir(parents=True)
+    for path in INFRA.glob("*.py"):
+        shutil.copy(path, root / "infra" / path.name)
+    shutil.copy(ROOT / "Pulumi.yaml", root)
+    return root
+
+
+@pytest.mark.parametrize("folder", ["infra", "db/migrations"])
+def test_stray_state_left_by_pulumi_in_a_subfolder_is_refused(tmp_path: Path, folder: str) -> None:
+    root = copy_of_the_program(tmp_path)
+    (root / ".pulumi" / "stacks" / "cicd-db").mkdir(parents=True)
+    (root / ".pulumi" / "stacks" / "cicd-db" / "dev.json").write_text("{}")
+    stray = root / folder / ".pulumi" / "stacks" / "cicd-db"
+    stray.mkdir(parents=True)
+    (stray / "dev.json").write_text("{}")
+    (stray / "dev.json.bak").write_text("{}")
+    with pytest.raises(pulumi.RunError) as raised:
+        run_program("dev", DEV_CONFIG, program=root / "infra" / "__main__.py")
+    message = str(raised.value)
+    assert message.startswith(
+        f"{folder}/.pulumi holds Pulumi state (stacks: dev) because `pulumi` ran in {folder}/"
+    )
+    assert "Run pulumi from the repository root only" in message
+    assert f"cd {folder} && pulumi destroy -s STACK && pulumi stack rm STACK" in message
+
+
+def test_the_roots_state_and_an_empty_stray_folder_are_fine(tmp_path: Path) -> None:
+    root = copy_of_the_program(tmp_path)
+    (root / ".pulumi" / "stacks" / "cicd-db").mkdir(parents=True)
+    (root / "infra" / ".pulumi").mkdir()
+    (root / ".venv" / "lib" / ".pulumi" / "stacks").mkdir(parents=True)
+    (root / ".venv" / "lib" / ".pulumi" / "stacks" / "x.json").write_text("{}")
+    program = run_program("dev", DEV_CONFIG, program=root / "infra" / "__main__.py")
+    outputs_of(program)
+    assert program.recorder.of_type("docker:index/volume:Volume")
+
+
+def test_stray_state_is_never_committed() -> None:
+    ignored = subprocess.run(
+        ["git", "check-ignore", "infra/.pulumi/stacks/cicd-db/dev.json", ".pulumi/meta.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert ignored.stdout.split() == ["infra/.pulumi/stacks/cicd-db/dev.json", ".pulumi/meta.yaml"]
+
+
+def test_committed_stack_files_follow_the_passphrase_policy() -> None:
+    """dev: no salt and no secrets (each person's passphrase is their own)."""
+    dev = (ROOT / "Pulumi.dev.yaml").read_text().splitlines()
+    assert not [line for line in dev if line.startswith("encryptionsalt:")]
+    assert not [line for line in dev if line.strip().startswith("secure:")]
+    prod = (ROOT / "Pulumi.prod.yaml").read_text().splitlines()
+    # prod: encrypted values only ever with the salt that decrypts them.
+    if [line for line in prod if line.strip().startswith("secure:")]:
+        assert [line for line in prod if line.startswith("encryptionsalt: v1:")]
 
 
 def test_prod_pooler_needs_a_direct_url() -> None:
