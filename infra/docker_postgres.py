@@ -18,6 +18,9 @@ IMAGE_TAGS = {
 SUPERUSER = "postgres"
 CONTAINER_PORT = 5432
 INIT_SCRIPT_PATH = "/docker-entrypoint-initdb.d/10-cicd-db.sh"
+# rwxr-xr-x: the image's entrypoint runs an executable *.sh init script, and sources
+# (runs inside itself, as the postgres user, with our shell options) one it cannot execute.
+SCRIPT_PERMISSIONS = "0755"
 
 
 def data_path(major: int) -> str:
@@ -105,7 +108,7 @@ class DockerPostgres(pulumi.ComponentResource):
             ],
             uploads=[
                 docker.ContainerUploadArgs(
-                    file=INIT_SCRIPT_PATH, content=init_script(), executable=True
+                    file=INIT_SCRIPT_PATH, content=init_script(), permissions=SCRIPT_PERMISSIONS
                 )
             ],
             healthcheck=docker.ContainerHealthcheckArgs(

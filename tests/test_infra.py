@@ -175,6 +175,10 @@ def test_dev_container(major: str, path: str) -> None:
     assert "CREATE ROLE ci_user LOGIN NOSUPERUSER" in upload["content"]
     assert "ALTER ROLE ci_user SET timezone TO 'UTC';" in upload["content"]
     assert "CREATE DATABASE ci_local OWNER ci_user;" in upload["content"]
+    # 0755, not `executable` (0744, root's): the entrypoint, running as postgres, runs an
+    # init script it may execute and sources any other one, shell options and all.
+    assert upload["permissions"] == "0755"
+    assert "executable" not in upload
     (image,) = program.recorder.of_type("docker:index/remoteImage:RemoteImage")
     assert image.inputs["name"].startswith(f"postgres:{major}.")
     assert image.inputs["keepLocally"] is True
