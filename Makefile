@@ -6,7 +6,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 MIGRATIONS ?= db/migrations
-NO_TRANSACTION_MARKER := -- cicd-db: no-transaction
 
 .PHONY: install run demo test test-db lint lint-sql bench clean-state lock help
 
@@ -44,23 +43,11 @@ lint: lint-sql
 	$(BIN)/mypy
 	$(BIN)/actionlint
 
-# SQL style (sqlfluff) and migration safety (squawk). A file marked
-# no-transaction is checked as running outside a transaction, the rest inside one.
+# SQL style (sqlfluff) and migration safety (squawk), by the same gate CI runs:
+# `cicd-db migrate check` (a file marked no-transaction is checked as running
+# outside a transaction, the rest inside one).
 lint-sql: $(STAMP)
-	$(BIN)/sqlfluff lint $(MIGRATIONS)
-	@in_tx=""; no_tx=""; \
-	for file in $(MIGRATIONS)/*.sql; do \
-	    if [ "$$(head -n 1 "$$file")" = "$(NO_TRANSACTION_MARKER)" ]; then no_tx="$$no_tx $$file"; \
-	    else in_tx="$$in_tx $$file"; fi; \
-	done; \
-	status=0; \
-	if [ -n "$$in_tx" ]; then \
-	    echo "squawk (in a transaction):$$in_tx"; \
-	    $(BIN)/squawk --config .squawk.toml --reporter gcc $$in_tx || status=1; fi; \
-	if [ -n "$$no_tx" ]; then \
-	    echo "squawk (no transaction):$$no_tx"; \
-	    $(BIN)/squawk --config .squawk.toml --no-assume-in-transaction --reporter gcc $$no_tx || status=1; fi; \
-	exit $$status
+	$(BIN)/cicd-db migrate check --migrations-dir $(MIGRATIONS)
 
 test: lint
 	$(BIN)/pytest

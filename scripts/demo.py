@@ -6,10 +6,9 @@ It takes the same target options as every other command.
 
 import argparse
 import secrets
-import sys
+from typing import Any
 
-from cicd_db import store, targets
-from cicd_db.cli import main as cicd_db
+from cicd_db import report, store, targets
 
 PLAN = [  # stage, [(job, allows_failure, outcome)]
     ("build", [("compile", False, store.SUCCESS)]),
@@ -29,15 +28,6 @@ parser.add_argument("--stack")
 parser.add_argument("--database-url")
 parser.add_argument("--local", action="store_true")
 args = parser.parse_args()
-flags = [
-    flag
-    for flag in (
-        ["--stack", args.stack] if args.stack else [],
-        ["--database-url", args.database_url] if args.database_url else [],
-        ["--local"] if args.local else [],
-    )
-    for flag in flag
-]
 
 target = targets.resolve(database_url=args.database_url, stack=args.stack, local=args.local)
 with targets.connect(target.settings) as conn:
@@ -53,19 +43,17 @@ with targets.connect(target.settings) as conn:
             executions.set_status(executions.set_status(job, store.RUNNING), outcome)
         executions.finish_stage(stage)
     run = executions.finish_run(run)
-print(
-    f"recorded run {run.run_number} of pipeline demo: {run.status} "
-    "(the lint job failed, but it allows failure)\n"
-)
-
-views = [
-    [],
-    ["--run", str(run.run_number)],
-    ["--run", str(run.run_number), "--stage", "test"],
-    ["--run", str(run.run_number), "--stage", "test", "--job", "lint"],
-]
-for view in views:
-    print("$ cicd-db report " + " ".join(["--pipeline", "demo", *view]), flush=True)
-    if cicd_db(["report", "--pipeline", "demo", *view, *flags]) != 0:
-        sys.exit(1)
-    print()
+    print(
+        f"recorded run {run.run_number} of pipeline demo: {run.status} "
+        "(the lint job failed, but it allows failure)\n"
+    )
+    views: list[dict[str, Any]] = [
+        {},
+        {"run": run.run_number},
+        {"run": run.run_number, "stage": "test"},
+        {"run": run.run_number, "stage": "test", "job": "lint"},
+    ]
+    for view in views:
+        flags = " ".join(f"--{name} {value}" for name, value in view.items())
+        print(f"$ cicd-db report --pipeline demo {flags}".rstrip(), flush=True)
+        print(report.render(report.fetch(executions, "demo", **view), "table"))

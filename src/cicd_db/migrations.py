@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors, generators, sql
@@ -54,6 +54,7 @@ from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 from psycopg.rows import class_row
 
+from cicd_db import targets
 from cicd_db.errors import (
     ConfigError,
     Interrupted,
@@ -62,7 +63,13 @@ from cicd_db.errors import (
     MigrationRefused,
     OperationalError,
     Terminated,
+    UsageError,
 )
+from cicd_db.settings import ConnectionSettings, is_transaction_pooler
+
+if TYPE_CHECKING:
+    from cicd_db.schema import Difference, Signature
+
 from cicd_db.sqltext import (
     CopyData,
     CopyFromStdin,
@@ -223,6 +230,14 @@ class Rehearsal:
     sequences: tuple[str, ...] = ()  # advanced by the file; a rollback keeps that
     skipped: str | None = None  # why it was not rehearsed
     error: str | None = None  # how it failed in the rehearsal
+    # No-transaction files before it that the rehearsal could not run: an error may
+    # only mean the file needs one of them.
+    unrehearsed_before: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        """It failed, and not for want of a file the rehearsal could not run."""
+        return self.error is not None and not self.unrehearsed_before
 
 
 @dataclass(frozen=True)
@@ -711,8 +726,26 @@ class Runner:
                     self.conn.execute(self._history_row(migration, duration_ms=0))
         return chosen
 
+    def drift(self) -> tuple[int, list[Difference]]:
+        """The live schema against what the applied files make: the newest applied
+        version, and each difference. Reads only (the files run in a scratch schema,
+        in a transaction that is rolled back, as for baseline)."""
+        from cicd_db import schema  # catalog queries, on use
+
+        applied = self.applied()
+        self._plan(applied, None)  # an edited or missing file makes the comparison moot
+        newest = max((row.version for row in applied), default=0)
+        expected, actual = self._signatures([m for m in self.migrations if m.version <= newest])
+        return newest, schema.compare(expected, actual)
+
     def _compare_with(self, chosen: list[Migration]) -> list[str]:
         from cicd_db import schema  # only baseline needs the catalog queries
+
+        return schema.differences(*self._signatures(chosen))
+
+    def _signatures(self, chosen: list[Migration]) -> tuple[Signature, Signature]:
+        """What `chosen` make (in a scratch schema, rolled back) and what the live schema has."""
+        from cicd_db import schema
 
         live = self.history_schema
         scratch = f"cicd_db_baseline_{self.conn.info.backend_pid}"
@@ -729,7 +762,7 @@ class Runner:
                 self._run_steps(migration)
             expected = schema.signature(self.conn, scratch)
             actual = schema.signature(self.conn, live)
-        return schema.differences(expected, actual)
+        return expected, actual
 
     def rehearse(self, *, target: int | None = None) -> list[Rehearsal]:
         """Run the pending files in one transaction that is always rolled back. Writes nothing.
@@ -737,8 +770,10 @@ class Runner:
         For each transactional file: how long it took and every table lock it took,
         with how long it held it (from the statement that took it to the end of the
         file, as a real run would hold it until the file commits), and the
-        sequences it advanced (a rollback does not undo that). Each file runs after
-        a savepoint, so one that fails does not hide the ones after it. A
+        sequences it advanced (a rollback does not undo that). The files build on
+        each other as in a real run, all in the one transaction, so a lock an
+        earlier file already holds is not seen again. Each file runs after a
+        savepoint, so one that fails is undone and the ones after it still run. A
         no-transaction file cannot run inside the rehearsal's transaction: it is
         listed with the reason. It takes the same locks the files take, on the real
         tables: meant for a staging or dev copy with production-like data.
@@ -764,6 +799,7 @@ class Runner:
     def _rehearse_one(self, migration: Migration, skipped: list[str]) -> Rehearsal:
         self.conn.execute("SAVEPOINT cicd_db_rehearsal")
         sequences = self._sequences()
+        held_before = set(self._table_locks())
         first_seen: dict[tuple[str, str], float] = {}
         started = time.perf_counter()
         error: str | None = None
@@ -776,24 +812,33 @@ class Runner:
                     else:
                         results = self._simple(migration.data[one.start : one.end])
                         self._raise_on_error(migration, one, results)
-                    for lock in self._table_locks():
+                    for lock in set(self._table_locks()) - held_before:
                         first_seen.setdefault(lock, at)
         except MigrationFailed as failure:
             error = str(failure).removeprefix(f"migration {migration.filename} ")
         except _Transient as failure:
             error = str(failure).removeprefix(f"migration {migration.filename} ")
         ended = time.perf_counter()
-        if error and skipped:
-            error += f" (it may need {', '.join(skipped)}, which the rehearsal could not run)"
+        # A failed file is undone; a good one stays, for the files after it to build on.
+        # Sequences are not transactional: read after a rollback, they still show a move.
+        self.conn.execute(
+            "ROLLBACK TO SAVEPOINT cicd_db_rehearsal" if error else "RELEASE cicd_db_rehearsal"
+        )
         advanced = tuple(
             name for name, value in self._sequences().items() if sequences.get(name) != value
         )
-        self.conn.execute("ROLLBACK TO SAVEPOINT cicd_db_rehearsal")
         locks = tuple(
             LockHeld(mode, table, (ended - at) * 1000)
             for (mode, table), at in sorted(first_seen.items(), key=lambda item: item[1])
         )
-        return Rehearsal(migration, (ended - started) * 1000, locks, advanced, error=error)
+        return Rehearsal(
+            migration,
+            (ended - started) * 1000,
+            locks,
+            advanced,
+            error=error,
+            unrehearsed_before=tuple(skipped),
+        )
 
     def _table_locks(self) -> list[tuple[str, str]]:
         rows = self.conn.execute(
@@ -808,7 +853,7 @@ class Runner:
 
     def _sequences(self) -> dict[str, Any]:
         rows = self.conn.execute(
-            "SELECT format('%%I.%%I', schemaname, sequencename), last_value FROM pg_sequences"
+            "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences"
         ).fetchall()
         return dict(rows)
 
@@ -1238,3 +1283,61 @@ def _describe_failure(
         f"migration {migration.filename} failed at line {line}: {message}{code}; "
         f"{rolled_back}; {advice}"
     )
+
+
+# -- opening a runner on a target --------------------------------------------------------
+
+
+@contextmanager
+def open_runner(
+    target: targets.Target,
+    *,
+    folder: Path | None = None,
+    writes: bool,
+    confirmed: bool = False,
+    action: str = "apply migrations to it",
+    **options: Any,
+) -> Iterator[Runner]:
+    """A runner on `target`'s database, with the files of `folder` (db/migrations).
+
+    The guards every entry point needs, here so that a Python caller gets them
+    too: writing to a remote stack needs `confirmed` (the CLI's --yes); writing
+    through a transaction pooler is refused, since the session lock would not
+    hold; the runner uses the stack's direct endpoint when it has one.
+    `options` go to Runner (lock_timeout, retries, retry_budget).
+    """
+    files = discover(folder or target.root / "db" / "migrations")
+    if writes and target.remote and not confirmed:
+        raise UsageError(
+            f"{target.description} is a remote database; add --yes to {action} "
+            "(or use --local for the local one)"
+        )
+    settings = target.settings.for_migrations()
+    if writes and is_transaction_pooler(settings):
+        raise ConfigError(
+            f"{settings.host}:{settings.port} is a transaction pooler, where the migration lock "
+            "does not hold; migrate through the direct endpoint (Supabase: port 5432, Neon: the "
+            "host without -pooler), or export migration_database_url from the stack"
+        )
+    with targets.connect(settings, options=session_options()) as conn:
+        yield Runner(conn, files, **options)
+
+
+def scratch_dump(files: list[Migration], admin: ConnectionSettings) -> str:
+    """The schema `files` make, dumped from a scratch database on `admin`'s server. Writes
+    only that database, which is dropped again."""
+    from cicd_db import schema  # pg_dump and catalog queries, on use
+
+    name = f"cicd_db_scratch_{os.getpid()}_{random.randrange(16**6):06x}"  # noqa: S311 (a name)
+    with targets.connect(admin) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    scratch = replace(admin, database=name)
+    try:
+        with targets.connect(scratch, options=session_options()) as conn:
+            Runner(conn, files).apply()
+        return schema.dump(scratch)
+    finally:
+        with targets.connect(admin) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )

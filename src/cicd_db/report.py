@@ -1,6 +1,7 @@
-"""The four report views, rendered as a table, JSON or YAML.
+"""The four report views: fetched through the store, rendered as a table, JSON or YAML.
 
-Pure functions: rows in, text out; nothing here touches the database. The JSON
+`fetch` reads a view's rows through the store; everything else is pure
+functions, rows in, text out. The JSON
 and YAML forms share one structure, documented in the README ("Report formats");
 keys are only ever added, never renamed or removed.
 """
@@ -12,8 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from cicd_db.errors import NotFound, UsageError
+
 if TYPE_CHECKING:  # only for annotations: `cicd-db migrate` imports this module for grid()
-    from cicd_db.store import JobRun, PipelineRun, StageRun
+    from cicd_db.store import JobRun, PipelineRun, StageRun, Store
 
 FORMATS = ("table", "json", "yaml")
 # Tables fit 80 columns: stage and job names longer than this are elided (JSON and
@@ -255,3 +258,52 @@ def grid(headers: list[str], rows: list[list[str]]) -> list[str]:
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in [headers, *rows]
     ]
+
+
+# -- fetching a view -------------------------------------------------------------------
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 1000
+
+
+def fetch(
+    executions: Store,
+    pipeline: str,
+    *,
+    run: int | None = None,
+    stage: str | None = None,
+    job: str | None = None,
+    limit: int | None = None,
+    before: int | None = None,
+) -> View:
+    """The view the arguments name, read through the store. Reads only.
+
+    A pipeline's runs (a page of `limit`, numbered below `before`), one run with its
+    stages, one stage with its jobs, or one job. Raises UsageError for arguments
+    that do not fit together and NotFound for what does not exist.
+    """
+    if job and not stage:
+        raise UsageError("--job needs --stage (and --run): a job is named within its stage")
+    if stage and not run:
+        raise UsageError("--stage needs --run: a stage is named within its run")
+    if run and (limit or before):
+        raise UsageError("--limit and --before page through runs; leave them out with --run")
+    limit = limit or DEFAULT_LIMIT
+    if limit > MAX_LIMIT:
+        raise UsageError(f"--limit {limit} is above {MAX_LIMIT}; page with --before instead")
+    if run is None:
+        runs = executions.runs(pipeline, limit=limit, before=before)
+        if not runs and before is None:
+            raise NotFound(
+                f"pipeline {pipeline!r} has no runs; check the name (names are case-sensitive)"
+            )
+        # The cursor: the next page starts below the last run shown, if there may be one.
+        more = runs[-1].run_number if len(runs) == limit and runs[-1].run_number > 1 else None
+        return RunsView(pipeline, runs, more)
+    the_run = executions.run(pipeline, run)
+    if stage is None:
+        return RunView(the_run, executions.stages(the_run))
+    the_stage = executions.stage(the_run, stage)
+    if job is None:
+        return StageView(the_run, the_stage, executions.jobs(the_stage))
+    return JobView(the_run, the_stage, executions.job(the_run, the_stage, job))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -201,3 +202,17 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
         f"cannot connect to {where}: {detail or 'no answer'}; check that the server is up "
         "(`cicd-db migrate wait`) and that host and port are right"
     )
+
+
+def wait(settings: ConnectionSettings, timeout: float, poll: float = 0.2) -> None:
+    """Return once the database accepts connections; ConnectionFailed after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with connect(settings) as conn:
+                conn.execute("SELECT 1")
+            return
+        except ConnectionFailed:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(poll)

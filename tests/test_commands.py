@@ -1,0 +1,299 @@
+"""The team's commands: migrate new and check, schema dump and diff, up --rehearse, init-local,
+--quiet, --verbose, --dry-run --sql, and the ticking clock on a terminal.
+
+In-process through `cli.main(argv)` where the process does not matter; a real
+server behind every database test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cicd_db import cli
+from cicd_db.settings import ConnectionSettings
+
+from .conftest import MIGRATIONS, ROOT, Database, write_migrations
+
+PLAN_SCHEMA = (ROOT / "tests" / "fixtures" / "plan_schema.sql").read_text()
+
+
+def cicd(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+# -- migrate new ------------------------------------------------------------------------
+
+
+def test_new_writes_the_next_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n", "0007_b.sql": "SELECT 2;\n"})
+    code, out, _ = cicd(capsys, "migrate", "new", "add_run_index", "--migrations-dir", str(folder))
+    assert code == 0
+    created = folder / "0008_add_run_index.sql"
+    assert out == f"{created}\n"
+    assert created.read_text() == (
+        "-- add_run_index: what this changes, and why it is safe on a live database.\n"
+        "SET lock_timeout = '1s';\nSET statement_timeout = '60s';\n\n"
+    )
+    code, out, _ = cicd(capsys, "migrate", "new", "build_index", "--no-transaction", "--json", "--migrations-dir", str(folder))  # fmt: skip
+    assert code == 0
+    path = Path(json.loads(out)["path"])
+    assert path.name == "0009_build_index.sql"
+    assert path.read_text().startswith("-- cicd-db: no-transaction\n")
+
+
+def test_new_in_an_empty_folder_starts_at_0001(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    assert cicd(capsys, "migrate", "new", "first", "--migrations-dir", str(tmp_path))[0] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["0001_first.sql"]
+
+
+@pytest.mark.parametrize("name", ["add index", "_private", "semi;colon", ""])
+def test_new_refuses_a_bad_name(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:  # fmt: skip
+    code, out, err = cicd(capsys, "migrate", "new", name, "--migrations-dir", str(tmp_path))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"error: migration name {name!r} may hold only letters, digits")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- migrate check ----------------------------------------------------------------------
+
+
+def test_check_passes_the_repository(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cicd(capsys, "migrate", "check")
+    assert code == 0, out
+    assert out.splitlines()[-1] == (
+        f"checked {len(list(MIGRATIONS.glob('*.sql')))} files (no target: history not compared)"
+    )
+    assert "sqlfluff: passed" in out and "squawk (no transaction): passed" in out
+
+
+def test_check_catches_two_branches_taking_one_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n", "0002_from_main.sql": "SELECT 2;\n", "0002_from_branch.sql": "SELECT 3;\n"})  # fmt: skip
+    code, out, err = cicd(capsys, "migrate", "check", "--no-lint", "--migrations-dir", str(folder))
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: migration files 0002_from_branch.sql and 0002_from_main.sql share version 2; "
+        "renumber one of them\n"
+    )
+
+
+def test_check_fails_unsafe_files_with_its_own_code(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = ROOT / "tests" / "fixtures" / "unsafe_migrations"
+    code, out, _ = cicd(capsys, "migrate", "check", "--migrations-dir", str(folder))
+    assert code == cli.EXIT_LINT
+    assert "squawk (in a transaction): FAILED" in out
+    assert "0002_plain_index.sql:4:0: warning: require-concurrent-index-creation" in out
+
+
+def test_check_compares_the_history_of_a_named_target(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (id int);\n"})
+    target = ["--database-url", database.url, "--migrations-dir", str(folder), "--no-lint"]
+    assert cicd(capsys, "migrate", "up", *target[:4])[0] == 0
+    assert cicd(capsys, "migrate", "check", *target)[0] == 0
+    (folder / "0001_a.sql").write_text("CREATE TABLE a (id bigint);\n")
+    code, out, _ = cicd(capsys, "migrate", "check", *target, "--json")
+    assert code == cli.EXIT_DISAGREES
+    assert json.loads(out)["disagreements"] == [{"version": 1, "name": "a", "state": "edited"}]
+
+
+# -- schema dump and diff ---------------------------------------------------------------
+
+
+def test_dump_is_stable_and_reviewable(migrated: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    output = tmp_path / "schema.sql"
+    code, out, _ = cicd(capsys, "schema", "dump", "--database-url", migrated.url, "--output", str(output))  # fmt: skip
+    assert (code, out) == (0, f"schema written to {output}\n")
+    text = output.read_text()
+    assert "CREATE TABLE public.pipeline_executions (" in text
+    assert "cicd_db_schema_history" not in text
+    assert "\\restrict" not in text and "Dumped from" not in text
+    assert migrated.settings.password not in text
+    assert cicd(capsys, "schema", "dump", "--database-url", migrated.url)[1] == text
+
+
+def test_dump_of_the_migrations_alone_matches_a_migrated_database(migrated: Database, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """Without a target: the schema the files make, in a scratch database on the embedded server."""
+    code, scratch, _ = cicd(capsys, "schema", "dump")
+    assert code == 0
+    assert scratch == cicd(capsys, "schema", "dump", "--database-url", migrated.url)[1]
+
+
+def test_up_writes_the_schema_when_asked(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    folder = write_migrations(tmp_path / "m", {"0001_a.sql": "CREATE TABLE a (id int);\n"})
+    output = tmp_path / "schema.sql"
+    code, out, _ = cicd(capsys, "migrate", "up", "--database-url", database.url, "--migrations-dir", str(folder), "--dump-schema", str(output))  # fmt: skip
+    assert code == 0
+    assert out.splitlines()[-1] == f"schema written to {output}"
+    assert "CREATE TABLE public.a (" in output.read_text()
+
+
+def test_diff_finds_drift_table_by_table(migrated: Database, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    code, out, _ = cicd(capsys, "schema", "diff", "--database-url", migrated.url)
+    assert code == 0
+    assert out == "--database-url against migrations up to version 27: no drift\n"
+    migrated.execute(
+        "ALTER TABLE job_executions ADD COLUMN hotfix text; DROP INDEX pipeline_executions_active"
+    )
+    code, out, _ = cicd(capsys, "schema", "diff", "--database-url", migrated.url)
+    assert code == cli.EXIT_DRIFT
+    assert out.splitlines() == [
+        "job_executions:",
+        "  unexpected column: hotfix text",
+        "pipeline_executions_active:",
+        "  missing index: CREATE INDEX pipeline_executions_active ON pipeline_executions USING "
+        "btree (pipeline_name, start_time) WHERE (status = ANY (ARRAY['PENDING'::text, "
+        "'RUNNING'::text]))",
+        "--database-url against migrations up to version 27: 2 differences",
+    ]
+
+
+def test_diff_against_another_database(migrated: Database, database: Database, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    code, out, _ = cicd(capsys, "schema", "diff", "--database-url", migrated.url, "--against", database.url, "--json")  # fmt: skip
+    assert code == cli.EXIT_DRIFT
+    found = json.loads(out)["differences"]
+    assert {d["change"] for d in found} == {"unexpected"}
+    assert {"pipeline_executions", "stage_executions", "job_executions"} <= {d["table"] for d in found}  # fmt: skip
+    assert database.settings.password not in out
+
+
+# -- up --rehearse ------------------------------------------------------------------------
+
+
+def test_rehearsal_reports_locks_and_changes_nothing(database: Database, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    database.execute(PLAN_SCHEMA)
+    target = ["--database-url", database.url]
+    assert cicd(capsys, "migrate", "baseline", "--version", "1", *target)[0] == 0
+    before = database.query("SELECT count(*) FROM information_schema.columns")
+    code, out, _ = cicd(capsys, "migrate", "up", "--rehearse", "--json", *target)
+    assert code == 0, [r for r in json.loads(out)["rehearsed"] if r["error"]]
+    rehearsed = {r["name"]: r for r in json.loads(out)["rehearsed"]}
+    job_times = rehearsed["job_times_and_status_default"]
+    assert {"mode": "AccessExclusiveLock", "table": "job_executions"} in [
+        {k: lock[k] for k in ("mode", "table")} for lock in job_times["locks"]
+    ]
+    assert all(lock["held_ms"] >= 0 for lock in job_times["locks"])
+    assert rehearsed["backfill_job_status"]["skipped"].startswith("a no-transaction file")
+    assert database.history() == [1]
+    assert database.query("SELECT count(*) FROM information_schema.columns") == before
+    assert database.query(
+        "SELECT data_type FROM information_schema.columns WHERE table_name = 'job_executions' "
+        "AND column_name = 'start_time'"
+    ) == [("timestamp without time zone",)]
+
+
+def test_rehearsal_says_when_a_sequence_moved(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    database.execute("CREATE SEQUENCE tickets")
+    folder = write_migrations(tmp_path, {"0001_take.sql": "SELECT nextval('tickets');\n"})
+    code, out, _ = cicd(capsys, "migrate", "up", "--rehearse", "--database-url", database.url, "--migrations-dir", str(folder))  # fmt: skip
+    assert code == 0
+    assert "  advanced sequence public.tickets (the rollback keeps that)" in out.splitlines()
+    assert out.splitlines()[-1] == "rehearsal on --database-url: rolled back; nothing else changed"
+
+
+def test_rehearsal_on_a_remote_stack_needs_yes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cicd(capsys, "migrate", "up", "--rehearse", "--stack", "prod")
+    assert code == 2
+    assert err.startswith("error: stack prod is a remote database; add --yes to rehearse on it")
+
+
+# -- output: --quiet, --verbose, --dry-run --sql, the ticking clock -------------------------
+
+
+def test_quiet_verbose_and_the_sql_of_a_dry_run(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    folder = write_migrations(tmp_path, {"0001_note.sql": "DO $$ BEGIN RAISE NOTICE 'hello from 1'; END $$;\n"})  # fmt: skip
+    target = ["--database-url", database.url, "--migrations-dir", str(folder)]
+    code, out, _ = cicd(capsys, "migrate", "up", "--dry-run", "--sql", *target)
+    assert code == 0
+    assert "-- 0001_note.sql\nDO $$ BEGIN RAISE NOTICE 'hello from 1'; END $$;\n" in out
+    code, out, err = cicd(capsys, "migrate", "up", "--quiet", "--verbose", *target)
+    assert (code, out) == (0, "")
+    assert err == "  NOTICE: hello from 1\n"
+
+
+def test_a_slow_file_ticks_on_a_terminal_only(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, {"0001_slow.sql": "SELECT pg_sleep(3.5);\n"})
+    command = [sys.executable, "-m", "cicd_db", "migrate", "--database-url", database.url, "--migrations-dir", str(folder)]  # fmt: skip
+    main, terminal = pty.openpty()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=terminal, cwd=ROOT)
+    os.close(terminal)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        if select.select([main], [], [], 0.2)[0]:
+            try:
+                seen += os.read(main, 1024)
+            except OSError:
+                break
+    process.wait(timeout=30)
+    os.close(main)
+    assert process.returncode == 0
+    assert b"\r0001_slow.sql: 3 s" in seen or b"\r0001_slow.sql: 2 s" in seen, seen
+    database.execute("DROP TABLE cicd_db_schema_history")
+    piped = subprocess.run(command, capture_output=True, cwd=ROOT, check=True)
+    assert piped.stderr == b""
+
+
+# -- init-local -------------------------------------------------------------------------
+
+
+def test_init_local_creates_the_role_and_database_once(server: ConnectionSettings, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    role, name = f"ci_user_{uuid.uuid4().hex[:8]}", f"ci_local_{uuid.uuid4().hex[:8]}"
+    admin = ["init-local", "--admin-url", server.url(), "--user", role, "--database", name]
+    try:
+        code, out, err = cicd(capsys, *admin, "--password", "first-Pass-123")
+        assert code == 0, err
+        assert out.splitlines() == [
+            f"role {role} created; database {name} created",
+            f"postgresql://{role}:***@{server.host}:{server.port}/{name}?sslmode={server.sslmode}",
+        ]
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            assert conn.execute(
+                "SELECT rolsuper, rolcreaterole, rolcanlogin, pg_get_userbyid(d.datdba) = r.rolname, "
+                "(SELECT array_agg(c ORDER BY c) FROM pg_db_role_setting s, unnest(s.setconfig) c "
+                " WHERE s.setrole = r.oid) "
+                "FROM pg_roles r, pg_database d WHERE r.rolname = %s AND d.datname = %s",
+                [role, name],
+            ).fetchone() == (
+                False, False, True, True,
+                ["TimeZone=UTC", "client_encoding=utf8", "default_transaction_isolation=read committed"],
+            )  # fmt: skip
+        code, out, _ = cicd(capsys, *admin, "--show-password", "--json")
+        assert code == 0
+        again = json.loads(out)
+        assert (again["created_role"], again["created_database"], again["password_set"]) == (False, False, False)  # fmt: skip
+        settings = ConnectionSettings(server.host, server.port, name, role, "first-Pass-123", server.sslmode)  # fmt: skip
+        with psycopg.connect(settings.conninfo()) as conn:  # the first password still works
+            assert conn.execute("SELECT current_user").fetchone() == (role,)
+    finally:
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))  # fmt: skip
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_init_local_refuses_an_admin_without_the_rights(database: Database, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    role = f"weak_{uuid.uuid4().hex[:8]}"
+    database.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'weak-Pass-123'").format(sql.Identifier(role)))  # fmt: skip
+    try:
+        url = f"postgresql://{role}:weak-Pass-123@{database.settings.host}:{database.settings.port}/{database.settings.database}"  # fmt: skip
+        code, out, err = cicd(capsys, "init-local", "--admin-url", url, "--user", f"x_{role}", "--database", f"x_{role}")  # fmt: skip
+        assert (code, out) == (2, "")
+        assert err == (
+            f"error: role {role} of the admin URL may not create roles and databases; use a "
+            "superuser (the installer's postgres) or a role with CREATEROLE and CREATEDB\n"
+        )
+    finally:
+        database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
