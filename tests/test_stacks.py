@@ -209,7 +209,7 @@ def test_without_pulumi_cli(tmp_path: Path) -> None:
     assert result.code == 2
     assert result.err == (
         "error: reading stack 'dev' needs the pulumi command, not found on PATH; install the "
-        "Pulumi CLI (https://www.pulumi.com/docs/install/), or name the database another way: "
+        "Pulumi CLI, or name the database another way: "
         "--database-url URL, DATABASE_URL, or --stack embedded; without Docker, set "
         "CICD_DB_LOCAL=embedded so --local uses the embedded server\n"
     )

@@ -21,7 +21,7 @@ from psycopg import pq
 
 from cicd_db.errors import ConfigError as ConfigError  # re-exported: the contract raises it
 
-# Output names of every stack (DESIGN.md, "The connection contract").
+# Output names of every stack (docs/design.md, "The connection contract").
 HOST = "host"
 PORT = "port"
 DATABASE = "database"

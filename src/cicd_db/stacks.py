@@ -29,7 +29,7 @@ EXIT_CONFIGURATION = 2
 EXIT_AUTHENTICATION = 3
 EXIT_STACK_NOT_FOUND = 6
 INSTALL_HINT = (
-    "install the Pulumi CLI (https://www.pulumi.com/docs/install/), "
+    "install the Pulumi CLI, "
     "or name the database another way: --database-url URL, DATABASE_URL, or --stack embedded"
 )
 # Where Docker and Pulumi are missing, --local is the embedded server.
@@ -83,7 +83,7 @@ def outputs(stack: str, *, root: Path) -> dict[str, Any]:
 
 
 def settings(stack: str, *, root: Path) -> ConnectionSettings:
-    """The connection settings a stack exports (the contract of DESIGN.md)."""
+    """The connection settings a stack exports (docs/design.md, "The connection contract")."""
     values = outputs(stack, root=root)
     if not values:
         raise StackError(

@@ -1,6 +1,6 @@
 """Which database a command talks to: the one resolver behind every entry point.
 
-Order (DESIGN.md, "Targets"):
+Order (docs/design.md, "Targets"):
 
 1. `--database-url URL`
 2. `--stack NAME`, or `--local` (the `dev` stack; `embedded` where CICD_DB_LOCAL=embedded)
@@ -112,7 +112,7 @@ def resolve(
     environ: Mapping[str, str] = os.environ,
     root: Path | None = None,
 ) -> Target:
-    """Pick the target from flags and environment, in DESIGN.md's order. Reads only."""
+    """Pick the target from flags and environment, in the documented order (docs/design.md). Reads only."""
     root = root or repository_root()
     home = state_home(root, environ)
     chosen = [
