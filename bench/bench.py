@@ -34,11 +34,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
 
-from cicd_db import migrations, store
+from cicd_db import migrations, report, store
 from cicd_db.embedded import EmbeddedServer, wheel_bin_dir
 from cicd_db.settings import ConnectionSettings
 
@@ -77,12 +78,7 @@ class Table:
         return "\n".join(lines)
 
     def text(self) -> str:
-        widths = [max(len(c) for c in col) for col in zip(self.headers, *self.rows, strict=False)]
-        out = [self.title, "-" * len(self.title)]
-        out += [
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-            for r in [self.headers, *self.rows]
-        ]
+        out = [self.title, "-" * len(self.title), *report.grid(self.headers, self.rows)]
         return "\n".join(out + self.notes) + "\n"
 
 
@@ -231,8 +227,10 @@ def median(values: list[float]) -> float:
 
 
 def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+    """The `fraction` quantile (0.99 for p99), as the standard library computes it."""
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1]
 
 
 # -- migrations: apply and no-op ------------------------------------------------------
@@ -512,7 +510,7 @@ def case_bigfile(
 # -- upgrade under load --------------------------------------------------------------------
 
 
-def case_upgrade(runs: int) -> tuple[Table, list[str]]:
+def case_upgrade(runs: int, extra: list[str]) -> tuple[Table, list[str]]:
     """bench/upgrade_under_load.py on each PostgreSQL major here; its reports, verbatim."""
     majors: list[tuple[str, list[str]]] = [("18 (embedded wheel)", [])]
     for initdb in sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
@@ -522,10 +520,11 @@ def case_upgrade(runs: int) -> tuple[Table, list[str]]:
         ["PostgreSQL", "targets"],
     )
     reports: list[str] = []
-    for label, extra in majors:
+    for label, bin_dir in majors:
+        args = [*bin_dir, *extra]
         say(f"bench: upgrade under load on PostgreSQL {label}")
         done = subprocess.run(
-            [PYTHON, str(ROOT / "bench" / "upgrade_under_load.py"), "--runs", str(runs), *extra],
+            [PYTHON, str(ROOT / "bench" / "upgrade_under_load.py"), "--runs", str(runs), *args],
             capture_output=True,
             text=True,
             check=False,
@@ -806,7 +805,7 @@ def case_report(
                 started = time.perf_counter()
                 view(pick)
                 timings[name].append((time.perf_counter() - started) * 1000)
-        plans = explain(conn, picks[0])
+        plans = explain(conn, views, picks[0])
     table = Table(
         f"Report views through the store API at {total_runs:,} runs "
         f"({PIPELINES} pipelines, {total_runs * STAGES_PER_RUN:,} stages, "
@@ -831,67 +830,34 @@ def case_report(
     return table, results, plans
 
 
+class _Recording(psycopg.Cursor[Any]):
+    """A cursor that keeps what it was asked to run: the store's own statements."""
+
+    sent: ClassVar[list[tuple[Any, Any]]] = []
+
+    def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
+        _Recording.sent.append((query, params))
+        return super().execute(query, params, **options)
+
+
 def explain(
-    conn: psycopg.Connection[tuple[object, ...]], pick: tuple[str, int, str, str]
+    conn: psycopg.Connection[tuple[object, ...]], views: dict[str, Callable[[Any], None]], pick: Any
 ) -> list[str]:
-    """Server-side: each report query under EXPLAIN (ANALYZE, BUFFERS)."""
-    run = conn.execute(
-        "SELECT id FROM pipeline_executions WHERE pipeline_name = %s AND run_number = %s",
-        [pick[0], pick[1]],
-    ).fetchone()[0]  # type: ignore[index]
-    stage = conn.execute(
-        "SELECT id FROM stage_executions WHERE pipeline_execution_id = %s AND stage_name = %s",
-        [run, pick[2]],
-    ).fetchone()[0]  # type: ignore[index]
-    queries = [
-        (
-            "runs, newest page",
-            "SELECT * FROM pipeline_executions WHERE pipeline_name = %s "
-            "ORDER BY run_number DESC LIMIT 20",
-            [pick[0]],
-        ),
-        (
-            "runs, a page deep",
-            "SELECT * FROM pipeline_executions WHERE pipeline_name = %s "
-            "AND run_number < %s ORDER BY run_number DESC LIMIT 20",
-            [pick[0], pick[1]],
-        ),
-        (
-            "one run",
-            "SELECT * FROM pipeline_executions WHERE pipeline_name = %s AND run_number = %s",
-            [pick[0], pick[1]],
-        ),
-        (
-            "its stages",
-            "SELECT * FROM stage_executions WHERE pipeline_execution_id = %s "
-            "ORDER BY execution_order",
-            [run],
-        ),
-        (
-            "one stage",
-            "SELECT * FROM stage_executions WHERE pipeline_execution_id = %s AND stage_name = %s",
-            [run, pick[2]],
-        ),
-        (
-            "its jobs",
-            "SELECT * FROM job_executions WHERE stage_execution_id = %s ORDER BY job_name",
-            [stage],
-        ),
-        (
-            "one job",
-            "SELECT * FROM job_executions WHERE stage_execution_id = %s AND job_name = %s",
-            [stage, pick[3]],
-        ),
-    ]
+    """Server-side: every statement the store sends for each view, under EXPLAIN (ANALYZE, BUFFERS)."""
     out = []
-    for name, query, params in queries:
-        plan = [
-            row[0]
-            for row in conn.execute(
-                f"EXPLAIN (ANALYZE, BUFFERS) {query}".encode(), params
-            ).fetchall()
-        ]
-        out += [f"-- {name}", *plan, ""]
+    factory = conn.cursor_factory
+    for name, view in views.items():
+        _Recording.sent = []
+        conn.cursor_factory = _Recording
+        try:
+            view(pick)
+        finally:
+            conn.cursor_factory = factory
+        for query, params in _Recording.sent:
+            text = query.as_bytes(conn) if isinstance(query, sql.Composable) else query
+            text = text.encode() if isinstance(text, str) else bytes(text)
+            plan = [row[0] for row in conn.execute(b"EXPLAIN (ANALYZE, BUFFERS) " + text, params)]
+            out += [f"-- {name}: {text.decode()}", *plan, ""]
     return out
 
 
@@ -996,8 +962,16 @@ def main() -> int:
         "--upgrade-runs", type=int, default=1_000_000, help="runs for the upgrade case"
     )
     parser.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every case once at a tiny scale, nothing written: that the bench still runs (CI)",
+    )
     args = parser.parse_args()
     rounds = max(5, args.rounds)
+    if args.smoke:
+        rounds, args.no_write = 1, True
+        args.runs, args.samples, args.big_mb, args.upgrade_runs = 2000, 50, 1, 300
     cases = set(args.only or ["apply", "noop", "record", "report", "bigfile", "upgrade"])
 
     # Like an installed package: compiled once, not on every run (PYTHONDONTWRITEBYTECODE
@@ -1056,7 +1030,9 @@ def main() -> int:
             server.stop()
     upgrade_reports: list[str] = []
     if "upgrade" in cases:
-        table, upgrade_reports = case_upgrade(args.upgrade_runs)
+        table, upgrade_reports = case_upgrade(
+            args.upgrade_runs, ["--before", "1", "--after", "1"] if args.smoke else []
+        )
         tables.append(table)
         say(table.text())
     summary = targets(medians, report)
