@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from threading import Barrier
 
 import psycopg
 import pytest
@@ -226,10 +229,42 @@ def test_cancel_run_cancels_what_has_not_finished(executions: Store) -> None:
         executions.cancel_run(run)
 
 
+def test_set_status_never_finishes_a_parent_past_its_children(
+    schema: Database, executions: Store
+) -> None:
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING)
+    stage = executions.set_status(executions.add_stage(run, "test", 1), RUNNING)
+    unit = executions.set_status(executions.add_job(stage, "unit"), RUNNING)
+    executions.add_job(stage, "lint")
+    before = snapshot(schema)
+    for parent, status in [(run, SUCCESS), (run, FAILED), (stage, SUCCESS), (stage, FAILED)]:
+        with pytest.raises(IllegalTransition, match=r"cannot finish while (1 stage|2 jobs) "):
+            executions.set_status(parent, status)
+    with pytest.raises(IllegalTransition, match="stage 'test' is RUNNING and cannot move to"):
+        executions.set_status(stage, RUNNING)
+    assert snapshot(schema) == before
+
+    # Cancelling a stage cancels its unfinished jobs; the finished one stays.
+    executions.set_status(unit, SUCCESS)
+    assert executions.set_status(stage, CANCELED).status == CANCELED
+    assert [(j.job_name, j.status) for j in executions.jobs(stage)] == [
+        ("lint", CANCELED),
+        ("unit", SUCCESS),
+    ]
+    # A run with a pending stage: cancelling it through set_status is cancel_run.
+    executions.add_stage(run, "deploy", 2)
+    assert executions.set_status(run, CANCELED).status == CANCELED
+    assert [s.status for s in executions.stages(run)] == [CANCELED, CANCELED]
+    with pytest.raises(IllegalTransition, match="only PENDING or RUNNING stages can be cancelled"):
+        executions.set_status(stage, CANCELED)
+
+
 def test_duplicates_and_impossible_times_are_refused(schema: Database, executions: Store) -> None:
     run = executions.set_status(executions.start_run("build", "abc"), RUNNING, at=T0)
     stage = executions.add_stage(run, "test", 1)
-    executions.add_job(stage, "unit")
+    job = executions.set_status(executions.add_job(stage, "unit"), RUNNING, at=T0)
+    empty = executions.set_status(executions.start_run("deploy", "abc"), RUNNING, at=T0)
+    stage = executions.set_status(stage, RUNNING, at=T0)
     before = snapshot(schema)
     with pytest.raises(AlreadyExists, match="the run already has a stage 'test'"):
         executions.add_stage(run, "test", 2)
@@ -241,7 +276,20 @@ def test_duplicates_and_impossible_times_are_refused(schema: Database, execution
         IllegalTransition,
         match="run cannot become SUCCESS at 2026-03-01 08:00:00\\+00:00: that is before it started",
     ):
-        executions.set_status(run, SUCCESS, at=T0 - timedelta(hours=1))
+        executions.set_status(empty, SUCCESS, at=T0 - timedelta(hours=1))
+    with pytest.raises(IllegalTransition, match="run cannot become CANCELED at 2026-03-01 08:00"):
+        executions.cancel_run(empty, at=T0 - timedelta(hours=1))
+    with pytest.raises(
+        IllegalTransition,
+        match=r"run 1 of 'build' cannot be cancelled at .*: a stage of it started",
+    ):
+        executions.cancel_run(run, at=T0 - timedelta(hours=1))
+    with pytest.raises(
+        IllegalTransition, match=r"stage 'test' cannot be cancelled at .*: a job of it started"
+    ):
+        executions.set_status(stage, CANCELED, at=T0 - timedelta(hours=1))
+    with pytest.raises(IllegalTransition, match="job cannot become FAILED at 2026-03-01 08:00"):
+        executions.set_status(job, FAILED, at=T0 - timedelta(hours=1))
     assert snapshot(schema) == before
 
 
@@ -285,3 +333,159 @@ def test_paging_returns_each_run_exactly_once(schema: Database, executions: Stor
 def test_the_store_needs_autocommit(schema: Database) -> None:
     with psycopg.connect(schema.settings.conninfo()) as conn, pytest.raises(ValueError):
         Store.on(conn)
+
+
+# -- races -------------------------------------------------------------------------------
+#
+# Each trial sets up a run, then two writers, each on its own connection, go at once from
+# behind a barrier. Whichever wins, no finished run or stage may keep an unfinished
+# child, and a writer that is refused must have written nothing.
+
+TRIALS = 40
+
+
+@dataclass(frozen=True)
+class Trial:
+    run: store.PipelineRun
+    stage: store.StageRun
+
+
+def _running(executions: Store, done: str) -> Trial:
+    """A RUNNING run with a RUNNING stage `build` and its PENDING job `compile`;
+    `done` = "job" finishes the job, "stage" the job and the stage."""
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING)
+    stage = executions.set_status(executions.add_stage(run, "build", 1), RUNNING)
+    job = executions.add_job(stage, "compile")
+    if done in ("job", "stage"):
+        executions.set_status(executions.set_status(job, RUNNING), SUCCESS)
+    if done == "stage":
+        stage = executions.finish_stage(stage)
+    return Trial(run, stage)
+
+
+Move = Callable[[Store, Trial], object]
+
+
+@dataclass(frozen=True)
+class Race:
+    done: str  # what _running finishes before the race
+    first: Move  # cancels or finishes the parent
+    second: Move  # adds children to it
+    added: int  # how many rows the second adds when it is let through
+    first_always_wins: bool  # cancelling cannot be refused; finishing can
+
+
+RACES = {
+    "cancel_run-add_stage": Race(
+        "nothing",
+        lambda s, t: s.cancel_run(t.run),
+        lambda s, t: s.add_stage(t.run, "late", 2),
+        1,
+        True,
+    ),
+    "cancel_run-add_jobs": Race(
+        "nothing",
+        lambda s, t: s.cancel_run(t.run),
+        lambda s, t: s.add_jobs(t.stage, [("late", False), ("later", True)]),
+        2,
+        True,
+    ),
+    "finish_run-add_stage": Race(
+        "stage",
+        lambda s, t: s.finish_run(t.run),
+        lambda s, t: s.add_stage(t.run, "late", 2),
+        1,
+        False,
+    ),
+    "finish_stage-add_jobs": Race(
+        "job",
+        lambda s, t: s.finish_stage(t.stage),
+        lambda s, t: s.add_jobs(t.stage, [("late", False), ("later", True)]),
+        2,
+        False,
+    ),
+    "cancel_stage-add_jobs": Race(
+        "nothing",
+        lambda s, t: s.set_status(t.stage, CANCELED),
+        lambda s, t: s.add_jobs(t.stage, [("late", False), ("later", True)]),
+        2,
+        True,
+    ),
+    "fail_stage-add_jobs": Race(
+        "job",
+        lambda s, t: s.set_status(t.stage, FAILED),
+        lambda s, t: s.add_jobs(t.stage, [("late", False), ("later", True)]),
+        2,
+        False,
+    ),
+}
+
+
+def orphans(database: Database, run: store.PipelineRun) -> list[tuple[object, ...]]:
+    """The run's unfinished stages if it finished, its stages' unfinished jobs if they did."""
+    return database.query(
+        "SELECT 'stage', s.stage_name, s.status, p.status FROM stage_executions s "
+        "JOIN pipeline_executions p ON p.id = s.pipeline_execution_id "
+        "WHERE p.id = %s AND p.status IN ('SUCCESS', 'FAILED', 'CANCELED') "
+        "AND s.status IN ('PENDING', 'RUNNING') UNION ALL "
+        "SELECT 'job', j.job_name, j.status, s.status FROM job_executions j "
+        "JOIN stage_executions s ON s.id = j.stage_execution_id "
+        "WHERE s.pipeline_execution_id = %s AND s.status IN ('SUCCESS', 'FAILED', 'CANCELED') "
+        "AND j.status IN ('PENDING', 'RUNNING')",
+        run.id,
+        run.id,
+    )
+
+
+def late_rows(database: Database, trial: Trial) -> int:
+    """The rows the adder of `trial` wrote."""
+    [(count,)] = database.query(
+        "SELECT (SELECT count(*) FROM stage_executions WHERE stage_name = 'late' "
+        "AND pipeline_execution_id = %s) + (SELECT count(*) FROM job_executions "
+        "WHERE job_name IN ('late', 'later') AND stage_execution_id = %s)",
+        trial.run.id,
+        trial.stage.id,
+    )
+    return int(str(count))
+
+
+def race(database: Database, spec: Race) -> list[tuple[Trial, object, object]]:
+    """`TRIALS` trials of `spec`: its two writers on their own threads and connections,
+    released together. Returns each trial with what each writer returned or raised."""
+    results = []
+    with ExitStack() as stack:
+        own = Store.on(stack.enter_context(database.connect()))
+        stores = [Store.on(stack.enter_context(database.connect())) for _ in range(2)]
+        with ThreadPoolExecutor(max_workers=2) as workers:
+            for _ in range(TRIALS):
+                trial = _running(own, spec.done)
+                gate = Barrier(2)
+
+                def go(i: int, trial: Trial = trial, gate: Barrier = gate) -> object:
+                    gate.wait(timeout=30)
+                    try:
+                        return (spec.first, spec.second)[i](stores[i], trial)
+                    except IllegalTransition as refused:
+                        return refused
+
+                first, second = (workers.submit(go, i) for i in range(2))
+                # .result re-raises anything but IllegalTransition, a deadlock among them
+                results.append((trial, first.result(timeout=60), second.result(timeout=60)))
+    return results
+
+
+@pytest.mark.parametrize("name", list(RACES))
+def test_racing_writers_leave_no_orphans(schema: Database, name: str) -> None:
+    spec = RACES[name]
+    broken = []
+    for trial, first, second in race(schema, spec):
+        refused = [isinstance(outcome, IllegalTransition) for outcome in (first, second)]
+        if spec.first_always_wins:
+            assert not refused[0], first
+        else:  # one of them finished or added first, so the other must be refused
+            assert refused.count(True) == 1, (first, second)
+        # A refused adder wrote nothing, an admitted one all it was asked to.
+        assert late_rows(schema, trial) == (0 if refused[1] else spec.added), (first, second)
+        if left := orphans(schema, trial.run):
+            broken.append(left)
+    assert not broken, f"{len(broken)} of {TRIALS} trials left orphans, e.g. {broken[0]}"

@@ -18,6 +18,21 @@ SUCCESS. Run numbers count per pipeline and are allocated by the database
 
 Methods that start with `add_`, `start_`, `set_`, `finish_` or `cancel_` write,
 each in one transaction; the others only read.
+
+A finished run or stage never has an unfinished child, however writers race:
+- Adding a stage or jobs locks the parent row FOR SHARE (in the INSERT's own
+  statement) and inserts only if the parent is PENDING or RUNNING. Adders of one
+  parent do not block each other.
+- Finishing or cancelling a run or stage first locks its row FOR NO KEY UPDATE,
+  which conflicts with FOR SHARE, then reads or cancels its children. So an adder
+  either commits before that lock is granted, and the children it added are seen
+  and cancelled (or keep the parent from finishing), or it waits, sees the parent
+  finished and writes nothing. NO KEY UPDATE, not UPDATE: no key changes, it is the
+  lock the status UPDATE that follows takes anyway, and it lets foreign key checks
+  (FOR KEY SHARE) through. The plain FOR KEY SHARE would not do for adders: it does
+  not conflict with NO KEY UPDATE.
+- Locks are taken parent before child, run, then stages, then jobs, so two writers
+  never wait on each other in a cycle.
 """
 
 from __future__ import annotations
@@ -137,6 +152,46 @@ def _moves() -> dict[tuple[type, str], bytes]:
 
 MOVES = _moves()
 
+# What finishing a run or stage reads: (what a child is called, each child's status,
+# whether it may fail, and name).
+CHILDREN: dict[type, tuple[str, LiteralString]] = {
+    PipelineRun: (
+        "stage",
+        "SELECT status, false, stage_name FROM stage_executions WHERE pipeline_execution_id = %s",
+    ),
+    StageRun: (
+        "job",
+        "SELECT status, allows_failure, job_name FROM job_executions WHERE stage_execution_id = %s",
+    ),
+}
+# What cancelling a run or stage runs first, in this order (parents before children),
+# each with what the rows it cancels are called.
+CANCEL_CHILDREN: dict[type, tuple[tuple[str, LiteralString], ...]] = {
+    PipelineRun: (
+        (
+            "stage",
+            "UPDATE stage_executions SET status = 'CANCELED', "
+            "completion_time = coalesce(%(at)s, now()) "
+            "WHERE pipeline_execution_id = %(parent)s AND status IN ('PENDING', 'RUNNING')",
+        ),
+        (
+            "job",
+            "UPDATE job_executions j SET status = 'CANCELED', "
+            "completion_time = coalesce(%(at)s, now()) FROM stage_executions s "
+            "WHERE j.stage_execution_id = s.id AND s.pipeline_execution_id = %(parent)s "
+            "AND j.status IN ('PENDING', 'RUNNING')",
+        ),
+    ),
+    StageRun: (
+        (
+            "job",
+            "UPDATE job_executions SET status = 'CANCELED', "
+            "completion_time = coalesce(%(at)s, now()) "
+            "WHERE stage_execution_id = %(parent)s AND status IN ('PENDING', 'RUNNING')",
+        ),
+    ),
+}
+
 
 class Store:
     """Reads and writes executions through one connection or a connection pool.
@@ -255,53 +310,27 @@ class Store:
         """Move a run, stage or job to `status`; `at` defaults to the database's now(). Writes.
 
         Raises IllegalTransition, and changes nothing, for a move the state machine
-        forbids or when the row moved since it was read.
+        forbids or when the row moved since it was read. A run or stage finishes only
+        when its children have (IllegalTransition otherwise); CANCELED cancels the
+        children that have not finished, as `cancel_run` does.
         """
-        return self._move(type(row), row.id, status, at)
+        if isinstance(row, JobRun) or status not in FINISHED:
+            return self._move(type(row), row.id, status, at)
+        if status == CANCELED:
+            return self._cancel(row, at)
+        return self._finish(row, at, status)
 
     def finish_stage(self, stage: StageRun, *, at: datetime | None = None) -> StageRun:
         """Finish a RUNNING stage with the status its jobs give it. Writes."""
-        return self._finish(
-            stage,
-            "SELECT status, allows_failure, job_name FROM job_executions "
-            "WHERE stage_execution_id = %s",
-            "job",
-            at,
-        )
+        return self._finish(stage, at)
 
     def finish_run(self, run: PipelineRun, *, at: datetime | None = None) -> PipelineRun:
         """Finish a RUNNING run with the status its stages give it. Writes."""
-        return self._finish(
-            run,
-            "SELECT status, false, stage_name FROM stage_executions "
-            "WHERE pipeline_execution_id = %s",
-            "stage",
-            at,
-        )
+        return self._finish(run, at)
 
     def cancel_run(self, run: PipelineRun, *, at: datetime | None = None) -> PipelineRun:
         """Cancel a run and every stage and job of it that has not finished. Writes."""
-        if run.status not in ALLOWED_FROM[CANCELED]:
-            raise IllegalTransition(
-                f"run {run.run_number} of {run.pipeline_name!r} is "
-                f"{run.status}; only PENDING or RUNNING runs can be cancelled"
-            )
-        with self._connection() as conn, conn.transaction():
-            times = {"at": at}
-            conn.execute(
-                "UPDATE job_executions j SET status = 'CANCELED', "
-                "completion_time = coalesce(%(at)s, now()) FROM stage_executions s "
-                "WHERE j.stage_execution_id = s.id AND s.pipeline_execution_id = %(run)s "
-                "AND j.status IN ('PENDING', 'RUNNING')",
-                {**times, "run": run.id},
-            )
-            conn.execute(
-                "UPDATE stage_executions SET status = 'CANCELED', "
-                "completion_time = coalesce(%(at)s, now()) "
-                "WHERE pipeline_execution_id = %(run)s AND status IN ('PENDING', 'RUNNING')",
-                {**times, "run": run.id},
-            )
-            return self._move(PipelineRun, run.id, CANCELED, at, conn=conn)
+        return self._cancel(run, at)
 
     # -- reading ---------------------------------------------------------------
 
@@ -406,30 +435,68 @@ class Store:
             f"{newest[0].run_number}"
         )
 
-    def _finish(
-        self, row: Row, children_query: LiteralString, kind: str, at: datetime | None
-    ) -> Row:
-        table = TABLES[type(row)][0]
+    def _locked(self, conn: psycopg.Connection[Any], row: Row) -> Row:
+        """The row as it is now, locked FOR NO KEY UPDATE until the transaction ends
+        (see the module's docstring for why this mode)."""
+        table, columns, what = TABLES[type(row)]
+        query = sql.SQL("SELECT {} FROM {} WHERE id = %s FOR NO KEY UPDATE").format(columns, table)
+        current = _fetch_one(conn, type(row), query, [row.id])
+        if current is None:
+            raise NotFound(f"no {what} with id {row.id}")
+        return current
+
+    def _finish(self, row: Row, at: datetime | None, status: str | None = None) -> Row:
+        """Finish a run or stage whose children have all finished, with `status` or,
+        without one, the status they give it."""
+        what = TABLES[type(row)][2]
+        kind, children_query = CHILDREN[type(row)]
         with self._connection() as conn, conn.transaction():
             # Locked first, so no child can be added between reading them and finishing.
-            conn.execute(
-                sql.SQL("SELECT 1 FROM {} WHERE id = %s FOR UPDATE").format(table), [row.id]
-            )
+            current = self._locked(conn, row)
+            if status is not None and current.status not in ALLOWED_FROM[status]:
+                raise IllegalTransition(_illegal(current, status))
             children = conn.execute(children_query, [row.id]).fetchall()
             unfinished = [name for status, _, name in children if status not in FINISHED]
             if unfinished:
                 raise IllegalTransition(
-                    f"{TABLES[type(row)][2]} {_name(row)} cannot finish while "
+                    f"{what} {_name(row)} cannot finish while "
                     f"{len(unfinished)} {kind}{'s' if len(unfinished) != 1 else ''} "
                     f"({', '.join(sorted(unfinished)[:5])}) "
                     f"{'have' if len(unfinished) != 1 else 'has'} not; finish or cancel "
                     f"{'them' if len(unfinished) != 1 else 'it'} first"
                 )
-            counted = [
-                status for status, allowed, _ in children if not (status == FAILED and allowed)
-            ]
-            status = FAILED if FAILED in counted else CANCELED if CANCELED in counted else SUCCESS
+            if status is None:
+                counted = [
+                    status for status, allowed, _ in children if not (status == FAILED and allowed)
+                ]
+                status = (
+                    FAILED if FAILED in counted else CANCELED if CANCELED in counted else SUCCESS
+                )
             return self._move(type(row), row.id, status, at, conn=conn)
+
+    def _cancel(self, row: Row, at: datetime | None) -> Row:
+        """Cancel a run or stage and, parent before child, whatever of it has not finished."""
+        what = TABLES[type(row)][2]
+        with self._connection() as conn, conn.transaction():
+            # Locked first: an adder waiting on the lock then finds the row cancelled, and
+            # one that got in before has committed, so the updates below see its children.
+            current = self._locked(conn, row)
+            if current.status not in ALLOWED_FROM[CANCELED]:
+                raise IllegalTransition(
+                    f"{what} {_name(current)} is {current.status}; only PENDING or RUNNING "
+                    f"{what}s can be cancelled"
+                )
+            for child, statement in CANCEL_CHILDREN[type(row)]:
+                # Stages before jobs: add_jobs holds its stage FOR SHARE, so updating the
+                # stages waits for it, and the jobs it added are then cancelled too.
+                try:
+                    conn.execute(statement, {"at": at, "parent": row.id})
+                except errors.CheckViolation:
+                    raise IllegalTransition(
+                        f"{what} {_name(current)} cannot be cancelled at {at}: "
+                        f"a {child} of it started later"
+                    ) from None
+            return self._move(type(row), row.id, CANCELED, at, conn=conn)
 
     def _move(
         self,
@@ -457,12 +524,7 @@ class Store:
                 f"{TABLES[kind][2]} cannot become {status} at {at}: that is before it started"
             ) from None
         if moved is None:
-            current = self._get(kind, row_id)
-            raise IllegalTransition(
-                f"{TABLES[kind][2]} {_name(current)} is {current.status} and cannot move to "
-                f"{status}; allowed: PENDING -> RUNNING -> SUCCESS | FAILED | CANCELED, "
-                "PENDING -> CANCELED"
-            )
+            raise IllegalTransition(_illegal(self._get(kind, row_id), status))
         return moved
 
     def _get(self, kind: type[Row], row_id: UUID) -> Row:
@@ -511,6 +573,14 @@ def _refusing_duplicates(messages: dict[str, str]) -> Iterator[None]:
 
 def _id(row: PipelineRun | StageRun | JobRun | UUID) -> UUID:
     return row if isinstance(row, UUID) else row.id
+
+
+def _illegal(current: PipelineRun | StageRun | JobRun, status: str) -> str:
+    return (
+        f"{TABLES[type(current)][2]} {_name(current)} is {current.status} and cannot move to "
+        f"{status}; allowed: PENDING -> RUNNING -> SUCCESS | FAILED | CANCELED, "
+        "PENDING -> CANCELED"
+    )
 
 
 def _name(row: PipelineRun | StageRun | JobRun) -> str:
