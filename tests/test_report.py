@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,8 +17,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import yaml
 
+from cicd_db import report
 from cicd_db.settings import ConnectionSettings
-from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, Store
+from cicd_db.store import (
+    CANCELED,
+    FAILED,
+    RUNNING,
+    SUCCESS,
+    JobRun,
+    PipelineRun,
+    StageRun,
+    Store,
+)
 
 from .conftest import ROOT, Database, _create, _drop, run_cli
 
@@ -248,3 +259,155 @@ def test_paging_through_1000_runs_with_before(migrated: Database) -> None:
 def test_report_errors(recorded: Database, args: list[str], code: int, message: str) -> None:
     result = run_cli("report", "--database-url", recorded.url, *args)
     assert (result.code, result.out, result.err) == (code, "", message + "\n")
+
+
+# -- hostile names ---------------------------------------------------------------------
+#
+# Names come from whoever records a run. In a table they must not reach the terminal
+# raw (no escape sequence, no line break) nor push a line past 80 columns; JSON and YAML
+# keep them exactly.
+
+HOSTILE = {
+    "ansi": "\x1b[2J\x1b[H\x1b[31mred\x1b[0m",
+    "osc-title": "\x1b]0;owned\x07build",
+    "newline": "first\nsecond",
+    "tab-cr": "a\tb\rc",
+    "c1-csi": "\x9b31mred\x85nel",
+    "nel": "x\x85y",  # a YAML line break, which SafeDumper alone writes raw
+    "nul-del": "\x00\x7f",
+    "separators": "line\u2028para\u2029",
+    "bidi": "\u202eevil\u202c\u2066",
+    "long": "stage-" + "x" * 294,
+    "long-ansi": "\x1b[31m" * 60,
+    "cjk": "日本語のステージ名" * 30,
+    "emoji": "🎉🚀" * 100,
+    "emoji-selector": "❤️" * 100,
+    "combining": "e\u0301" * 150,
+    "mixed": "ok-" + "漢\x1b" * 60 + "-end",
+}
+LONG_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+def display_width(line: str) -> int:
+    """Columns a terminal gives `line`: wide characters two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in line
+    )
+
+
+def hostile_views(
+    name: str, finished: datetime = LONG_TIME, number: int = 2**63 - 1
+) -> dict[str, report.View]:
+    """Every view, with `name` as the pipeline, commit, stage and job name; by default
+    with the longest times and the largest run number too."""
+    times = {"status": "CANCELED", "start_time": T0, "completion_time": finished}
+    run = PipelineRun(
+        **times, id=uuid.uuid4(), pipeline_name=name, run_number=number, commit_hash=name
+    )
+    stages = [
+        StageRun(
+            **times,
+            id=uuid.uuid4(),
+            pipeline_execution_id=run.id,
+            stage_name=name + suffix,
+            execution_order=2**31 - 1 - i,
+        )
+        for i, suffix in enumerate(["", "-2"])
+    ]
+    jobs = [
+        JobRun(
+            **times,
+            id=uuid.uuid4(),
+            stage_execution_id=stages[0].id,
+            job_name=name + suffix,
+            allows_failure=True,
+        )
+        for suffix in ["", "-2"]
+    ]
+    return {
+        "runs": report.RunsView(name, [run, run], next_before=number - 1),
+        "run": report.RunView(run, stages),
+        "stage": report.StageView(run, stages[0], jobs),
+        "job": report.JobView(run, stages[0], jobs[0]),
+    }
+
+
+def assert_fits_a_terminal(text: str) -> None:
+    assert text.endswith("\n")
+    for line in text[:-1].split("\n"):
+        raw = [ch for ch in line if not ch.isprintable()]
+        assert not raw, f"raw {raw!r} in {line!r}"
+        assert display_width(line) <= 80, f"{display_width(line)} columns: {line!r}"
+
+
+@pytest.mark.parametrize("view", ["runs", "run", "stage", "job"])
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_tables_escape_and_fit_hostile_names(name: str, view: str) -> None:
+    text = report.render(hostile_views(HOSTILE[name])[view], "table")
+    assert_fits_a_terminal(text)
+    escaped = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in HOSTILE[name])
+    if display_width(escaped) <= 40:  # short enough to show whole everywhere
+        assert escaped in text
+
+
+@pytest.mark.parametrize("view", ["runs", "run", "stage", "job"])
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_json_and_yaml_keep_hostile_names_exactly(name: str, view: str) -> None:
+    shown = hostile_views(HOSTILE[name])[view]
+    as_json = report.render(shown, "json")
+    as_yaml = report.render(shown, "yaml")
+    assert json.loads(as_json) == yaml.safe_load(as_yaml) == report.data(shown)
+    for text in (as_json, as_yaml):  # escaped by their formats: only line breaks are raw
+        assert all(ch.isprintable() for ch in text.replace("\n", "")), text
+
+
+@pytest.mark.parametrize("view", ["runs", "run", "stage", "job"])
+def test_long_names_keep_their_start_and_end(view: str) -> None:
+    name = "integration-tests-" + "x" * 100 + "-against-postgres"
+    text = report.table(hostile_views(name, finished=at(95), number=3)[view])
+    assert_fits_a_terminal(text)
+    # Every long name is shortened the same way: its start, an ellipsis, its end.
+    shortened = [word.rstrip(":") for word in text.split() if "…" in word]
+    assert shortened
+    for word in shortened:
+        head, tail = word.split("…")
+        assert name.startswith(head) and (name.endswith(tail) or (name + "-2").endswith(tail))
+        assert len(head) >= len(tail) >= 5, word
+
+
+def test_grid_escapes_and_fits_the_migration_status_table() -> None:
+    lines = report.grid(
+        ["VERSION", "NAME", "STATE", "APPLIED AT"],
+        [
+            ["1", "create_" + "t" * 200 + "\x1b[8m", "applied", "2026-03-01 09:00:00 UTC"],
+            ["2", "short", "pending", "-"],
+        ],
+    )
+    assert_fits_a_terminal("\n".join(lines) + "\n")
+    assert lines[1].startswith("1        create_ttt") and lines[1].count("…") == 1
+    assert "\\x1b[8m  applied" in lines[1]
+    assert lines[2].split() == ["2", "short", "pending", "-"]
+
+
+@pytest.mark.db
+def test_hostile_names_through_the_database_and_cli(migrated: Database) -> None:
+    name = HOSTILE["ansi"] + HOSTILE["newline"] + HOSTILE["cjk"]
+    with migrated.connect() as conn:
+        executions = Store.on(conn)
+        run = executions.set_status(executions.start_run(name, name), RUNNING)
+        stage = executions.add_stage(run, name, 1)
+        executions.add_jobs(stage, [(name, False), (HOSTILE["bidi"], True)])
+    views = [[], ["--run", "1"], ["--run", "1", "--stage", name]]
+    views.append([*views[-1], "--job", name])
+    for view in views:
+        result = run_cli("report", "--database-url", migrated.url, "--pipeline", name, *view)
+        assert (result.code, result.err) == (0, "")
+        assert_fits_a_terminal(result.out)
+        shown = run_cli(
+            "report", "--database-url", migrated.url, "--pipeline", name, *view, "--format", "json"
+        )
+        listing = json.loads(shown.out)
+        assert name in {listing.get("pipeline")} | {
+            value for part in listing.values() if isinstance(part, dict) for value in part.values()
+        }

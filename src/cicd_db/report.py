@@ -9,8 +9,10 @@ keys are only ever added, never renamed or removed.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from cicd_db.errors import NotFound, UsageError
@@ -19,10 +21,15 @@ if TYPE_CHECKING:  # only for annotations: `cicd-db migrate` imports this module
     from cicd_db.store import JobRun, PipelineRun, StageRun, Store
 
 FORMATS = ("table", "json", "yaml")
-# Tables fit 80 columns: stage and job names longer than this are elided (JSON and
-# YAML have them whole), and stage and job times leave out the year, which the
-# run's header above them shows.
-NAME_WIDTH = 18
+# Tables fit 80 columns, counted as a terminal shows them (CJK and most emoji take
+# two). Names come from whoever records a run, so a table shows a character that is
+# not printable as its escape, as repr() does (\x1b, \n, \u202e): a name cannot
+# move the cursor, recolour the terminal or break a line. A name too long for its
+# column or line is shortened in the middle, `integrati…-postgres`, so that both its
+# start and its end show; JSON and YAML have every name whole. Stage and job times
+# leave out the year, which the run's header above them shows.
+WIDTH = 80
+LABEL_WIDTH = 16  # the key column of the key/value headers
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,36 @@ def render(view: View, output_format: str) -> str:
     if output_format == "yaml":
         import yaml  # only the yaml format pays for importing it
 
-        return str(yaml.safe_dump(data(view), sort_keys=False, allow_unicode=True))
+        return str(
+            yaml.dump(data(view), Dumper=_yaml_dumper(), sort_keys=False, allow_unicode=True)
+        )
     return table(view)
+
+
+@cache
+def _yaml_dumper() -> type[Any]:
+    """yaml.SafeDumper, but a string with a character that is not printable is written
+    double-quoted with every such character, and all that is not ASCII, escaped.
+
+    SafeDumper alone writes some of them raw (a NEL, U+0085, even breaks the round
+    trip: it is read back as a line break), and a YAML report goes to terminals too.
+    """
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def write_double_quoted(self, text: str, split: bool = True) -> None:
+            allow_unicode, self.allow_unicode = self.allow_unicode, False
+            try:
+                super().write_double_quoted(text, split)
+            finally:
+                self.allow_unicode = allow_unicode
+
+    def string(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+        style = None if text.isprintable() else '"'
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+    Dumper.add_representer(str, string)
+    return Dumper
 
 
 # -- JSON and YAML -------------------------------------------------------------------
@@ -127,12 +162,10 @@ def _instant(moment: datetime | None) -> str | None:
 
 
 def table(view: View) -> str:
-    """The view for a terminal: at most 80 columns, times in UTC."""
+    """The view for a terminal: at most 80 columns, names escaped, times in UTC."""
     if isinstance(view, RunsView):
-        lines = [
-            f"pipeline {view.pipeline}: {len(view.runs)} run"
-            f"{'s' if len(view.runs) != 1 else ''}, newest first"
-        ]
+        count = f": {len(view.runs)} run{'s' if len(view.runs) != 1 else ''}, newest first"
+        lines = [f"pipeline {_fit(view.pipeline, WIDTH - len('pipeline ') - len(count))}{count}"]
         lines += grid(
             ["RUN", "STATUS", "COMMIT", "STARTED (UTC)", "FINISHED (UTC)", "DURATION"],
             [
@@ -148,7 +181,7 @@ def table(view: View) -> str:
         lines += _children(
             ["ORDER", "STAGE", "STATUS"],
             [
-                [str(s.execution_order), _fit(s.stage_name), s.status, *_time_cells(s, short=True)]
+                [str(s.execution_order), s.stage_name, s.status, *_time_cells(s, short=True)]
                 for s in view.stages
             ],
             "no stages",
@@ -166,7 +199,7 @@ def table(view: View) -> str:
             ["JOB", "STATUS", "MAY FAIL"],
             [
                 [
-                    _fit(j.job_name),
+                    j.job_name,
                     j.status,
                     "yes" if j.allows_failure else "no",
                     *_time_cells(j, short=True),
@@ -216,8 +249,11 @@ def _time_fields(what: str, row: PipelineRun | StageRun | JobRun) -> list[tuple[
 
 
 def _fields(pairs: list[tuple[str, str]]) -> list[str]:
-    width = 16
-    return [f"{label:<{width}}{value}" for label, value in pairs]
+    """Key/value lines, values escaped and shortened to fit."""
+    return [
+        f"{label:<{LABEL_WIDTH}}{_fit(value, WIDTH - LABEL_WIDTH)}".rstrip()
+        for label, value in pairs
+    ]
 
 
 def _time_cells(row: PipelineRun | StageRun | JobRun, *, short: bool = False) -> list[str]:
@@ -247,17 +283,68 @@ def _duration(duration: timedelta | None) -> str:
     return f"{hours}h {minute:02d}m"
 
 
-def _fit(name: str) -> str:
-    return name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 1] + "…"
-
-
-def grid(headers: list[str], rows: list[list[str]]) -> list[str]:
-    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=False)]
+def grid(headers: list[str], rows: list[list[str]], *, width: int = WIDTH) -> list[str]:
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks, cells
+    escaped (see WIDTH), and no line wider than `width`: while it would be, the widest
+    column loses a character, names first since they are the widest, down to its
+    header's width (further only if that is not enough)."""
+    table = [[_escape(cell) for cell in line] for line in [headers, *rows]]
+    widths = [max(map(_width, column)) for column in zip(*table, strict=True)]
+    for floor in ([_width(cell) for cell in table[0]], [1] * len(widths)):
+        while sum(widths) + 2 * (len(widths) - 1) > width:
+            shrinkable = [i for i, w in enumerate(widths) if w > floor[i]]
+            if not shrinkable:
+                break
+            widths[max(shrinkable, key=lambda i: widths[i])] -= 1
     return [
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in [headers, *rows]
+        "  ".join(_pad(_fit(cell, w), w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in table
     ]
+
+
+def _escape(text: str) -> str:
+    """`text` with each character that is not printable as repr() writes it: \\x1b, \\n."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _char_width(ch: str) -> int:
+    """Columns a printable character takes in a terminal: 2 for wide (CJK, most emoji),
+    0 for combining marks, 1 otherwise. The emoji variation selector counts 1, since it
+    makes the character before it two columns wide."""
+    if ch == "\ufe0f":
+        return 1
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _width(text: str) -> int:
+    return sum(map(_char_width, text))
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
+
+
+def _fit(text: str, width: int) -> str:
+    """`text` escaped and, when wider than `width`, its start and end around an ellipsis."""
+    text = _escape(text)
+    if _width(text) <= width:
+        return text
+    room = max(width - 1, 0)  # the ellipsis takes one
+    head, used = 0, 0
+    while head < len(text) and used + _char_width(text[head]) <= (room + 1) // 2:
+        used += _char_width(text[head])
+        head += 1
+    tail, used = len(text), 0
+    while tail > head and used + _char_width(text[tail - 1]) <= room // 2:
+        used += _char_width(text[tail - 1])
+        tail -= 1
+    while tail < len(text) and (_char_width(text[tail]) == 0 or text[tail] == "\ufe0f"):
+        tail += 1  # a combining mark or selector has nothing to modify after the ellipsis
+    return text[:head] + "…" + text[tail:]
 
 
 # -- fetching a view -------------------------------------------------------------------
