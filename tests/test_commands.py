@@ -132,6 +132,13 @@ def test_dump_of_the_migrations_alone_matches_a_migrated_database(migrated: Data
     assert scratch == cicd(capsys, "schema", "dump", "--database-url", migrated.url)[1]
 
 
+def test_dump_to_a_path_it_cannot_write(migrated: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    target = tmp_path / "no" / "such" / "folder" / "schema.sql"
+    code, out, err = cicd(capsys, "schema", "dump", "--database-url", migrated.url, "-o", str(target))  # fmt: skip
+    assert (code, out) == (2, "")
+    assert err == f"error: cannot write {target}: No such file or directory; pick another path\n"
+
+
 def test_up_writes_the_schema_when_asked(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     folder = write_migrations(tmp_path / "m", {"0001_a.sql": "CREATE TABLE a (id int);\n"})
     output = tmp_path / "schema.sql"

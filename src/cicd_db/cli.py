@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 import psycopg
 
 from cicd_db import migrations, targets
-from cicd_db.errors import CicdDbError, Terminated, UsageError
+from cicd_db.errors import CicdDbError, ConfigError, Terminated, UsageError
 from cicd_db.settings import from_url, password_candidates, redact
 
 EXIT_PENDING = EXIT_DRIFT = 3
@@ -299,7 +299,7 @@ def _up(run: _Run) -> int:
         if args.dump_schema and not args.dry_run:
             from cicd_db import schema
 
-            args.dump_schema.write_text(schema.dump(target.settings.for_migrations()))
+            _write(args.dump_schema, schema.dump(target.settings.for_migrations()))
     if args.json:
         run.json({"target": target.description, "dry_run": args.dry_run, "applied": [{"version": r.migration.version, "name": r.migration.name, "duration_ms": round(r.duration_ms, 1)} for r in results]})  # fmt: skip
     elif not results:
@@ -437,7 +437,7 @@ def _schema_dump(run: _Run) -> int:
     else:
         text = schema.dump(run.remember(target).settings.for_migrations())
     if run.args.output:
-        run.args.output.write_text(text)
+        _write(run.args.output, text)
         run.say(f"schema written to {run.args.output}")
     else:
         sys.stdout.write(text)
@@ -524,6 +524,13 @@ def _init_local(run: _Run) -> int:
     if prepared.created_role and not run.args.password and not run.args.show_password:
         print(f"note: {settings.user} got a generated password, not shown; run again with --password to set one you know", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as error:
+        raise ConfigError(f"cannot write {path}: {error.strerror}; pick another path") from None
 
 
 class _Ticker:

@@ -389,6 +389,8 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
             out.write(header)
     except FileExistsError:
         raise ConfigError(f"{path} exists already; pick another name") from None
+    except OSError as error:
+        raise ConfigError(f"cannot write {path}: {error.strerror}; check the folder") from None
     return path
 
 
