@@ -10,10 +10,16 @@ Layout under the state folder (`.cicd-db/` of the repository by default):
 
     embedded/data/          PGDATA, owned by the account the server runs as
     embedded/server.json    port and passwords (mode 0600); never printed
-    embedded/lock           serialises first start-up between processes
+    embedded/lock           serialises start and stop between processes
 
 Like the plan's phase 1, the server has a database `ci_local` owned by a role
 `ci_user` that is not a superuser, with the plan's role settings.
+
+The server's own `data/postmaster.pid` says whether it runs, but only once we have
+checked that its PID is a postgres of this data directory: after a crash or a
+reboot the PID may belong to any other process. Such a stale file counts as
+stopped, and is removed (under the lock) before the next start, since PostgreSQL
+itself refuses to start while the PID in it is alive.
 
 PostgreSQL refuses to run as root. When we are root (CI is), the server runs as
 a system account made for it, and the folders on the way to the data and the
@@ -53,6 +59,7 @@ HOST = "127.0.0.1"
 # The account the server runs as when we are root.
 SYSTEM_ACCOUNT = "cicd_db_postgres"
 START_TIMEOUT_SECONDS = 60
+PID_FILE = "postmaster.pid"
 
 
 def wheel_bin_dir() -> Path:
@@ -67,6 +74,15 @@ def wheel_bin_dir() -> Path:
             "(or `pip install -e .`), or point --database-url at a server you run"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+@dataclass(frozen=True)
+class _PidFile:
+    """What postmaster.pid says, checked against the processes that run."""
+
+    pid: int | None  # the postmaster of this data directory, alive; else None
+    ready: bool  # it accepts connections
+    stale: bool  # the file exists but names no live server of this data directory
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,7 @@ class EmbeddedServer:
                 state = self._initdb()
             self._check_major()
             if self._running_pid() is None:
+                self._remove_stale_pid_file()
                 self._start()
             if not state.get("bootstrapped"):
                 self._bootstrap(state)
@@ -149,11 +166,21 @@ class EmbeddedServer:
             return state
 
     def stop(self) -> bool:
-        """Stop the server; returns False when it was not running."""
-        if self._running_pid() is None:
+        """Stop the server; returns False when it was not running.
+
+        Under the lock, so it never stops a server half-way through its start-up by
+        another process; and never signals a PID that is not this server's.
+        """
+        if not self.root.is_dir():
             return False
-        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
-        return True
+        with self._locked():
+            found = self._pid_file()
+            if found.stale:
+                self._remove_stale_pid_file()
+            if found.pid is None:
+                return False
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
+            return True
 
     # -- internals ---------------------------------------------------------------
 
@@ -187,20 +214,43 @@ class EmbeddedServer:
         os.replace(temporary, self.state_file)
 
     def _running_pid(self) -> int | None:
+        """The postmaster's PID when this data directory's server runs and accepts connections."""
+        found = self._pid_file()
+        return found.pid if found.ready else None
+
+    def _pid_file(self) -> _PidFile:
         try:
-            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
-        except (FileNotFoundError, PermissionError):
-            return None
-        if len(lines) < 8 or lines[7].strip() != "ready":
-            return None
-        pid = int(lines[0])
+            lines = (self.data_dir / PID_FILE).read_text().splitlines()
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return _PidFile(pid=None, ready=False, stale=False)
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass  # alive, owned by the server's account
-        return pid
+            pid = int(lines[0])
+        except (IndexError, ValueError):
+            # Empty or garbled (a crash while writing it): PostgreSQL will not start past it.
+            return _PidFile(pid=None, ready=False, stale=True)
+        # A negative PID is a single-user backend: ours, but not accepting connections.
+        if pid == 0 or not _is_postmaster_of(abs(pid), self.data_dir):
+            return _PidFile(pid=None, ready=False, stale=True)
+        ready = pid > 0 and len(lines) >= 8 and lines[7].strip() == "ready"
+        return _PidFile(pid=abs(pid), ready=ready, stale=False)
+
+    def _remove_stale_pid_file(self) -> None:
+        """Remove postmaster.pid when it names no server of ours; call under the lock.
+
+        PostgreSQL uses that file to notice processes of a crashed server still
+        attached to its shared memory, so it stays while any such process lives.
+        """
+        if not self._pid_file().stale:
+            return
+        leftovers = _server_processes_in(self.data_dir)
+        if leftovers:
+            raise EmbeddedServerError(
+                f"{self.data_dir / PID_FILE} names no running server, but processes of an "
+                f"earlier one still run there (PID {', '.join(map(str, leftovers))}); "
+                "wait for them to exit, or stop them, then run again"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / PID_FILE).unlink()
 
     def _initdb(self) -> dict[str, Any]:
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
@@ -396,6 +446,82 @@ def _env_port() -> int | None:
             f"CICD_DB_EMBEDDED_PORT is {raw!r}; set it to a port number from 1 to 65535"
         )
     return int(raw)
+
+
+def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
+    """Is `pid` alive and a postgres server of `data_dir`, rather than a reused PID?
+
+    With /proc (Linux): its program is `postgres` and its working directory (or
+    else its -D argument) is the data directory; a postmaster works from there.
+    Without: `ps` must name the program postgres; when nothing can tell, the live
+    PID is trusted, as PostgreSQL itself does.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, and another account's: the server's, when we are root
+    proc = Path("/proc") / str(pid)
+    if not Path("/proc/self/cmdline").exists():
+        return _ps_says_postgres(pid)
+    try:
+        arguments = [os.fsdecode(a) for a in (proc / "cmdline").read_bytes().split(b"\0")]
+    except FileNotFoundError:
+        return False  # exited meanwhile
+    except OSError:
+        return True  # not ours to read: cannot tell
+    if Path(arguments[0]).name != "postgres":
+        return False
+    try:
+        return os.path.samefile(proc / "cwd", data_dir)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass  # another account's process: compare its -D argument instead
+    if "-D" in arguments[:-1]:
+        given = arguments[arguments.index("-D") + 1]
+        return os.path.realpath(given) == os.path.realpath(data_dir)
+    return True
+
+
+def _ps_says_postgres(pid: int) -> bool:
+    try:
+        completed = subprocess.run(
+            ["ps", "-o", "comm=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if completed.returncode != 0 and not completed.stdout.strip():
+        return False  # ps lists no such process
+    return Path(completed.stdout.strip()).name == "postgres"
+
+
+def _server_processes_in(data_dir: Path) -> list[int]:
+    """PIDs of postgres processes working in `data_dir` (Linux; elsewhere none are found).
+
+    The postmaster keeps its command line (`.../postgres -D ...`); the processes it
+    starts rename themselves (`postgres: checkpointer`).
+    """
+    found = []
+    try:
+        entries = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            program = os.fsdecode((entry / "cmdline").read_bytes().split(b"\0")[0])
+            if not (program.startswith("postgres:") or Path(program).name == "postgres"):
+                continue
+            if os.path.samefile(entry / "cwd", data_dir):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # exited meanwhile, or not ours to inspect
+    return sorted(found)
 
 
 def _free_port() -> int:
