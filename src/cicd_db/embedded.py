@@ -46,7 +46,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cicd_db.errors import EmbeddedServerError
+from cicd_db.errors import ConfigError, EmbeddedServerError
 from cicd_db.settings import (
     LOCAL_DATABASE,
     LOCAL_ROLE_SETTINGS,
@@ -60,6 +60,8 @@ HOST = "127.0.0.1"
 SYSTEM_ACCOUNT = "cicd_db_postgres"
 START_TIMEOUT_SECONDS = 60
 PID_FILE = "postmaster.pid"
+# What server.json must hold, and the type of each value.
+STATE_KEYS = {"port": int, "superuser_password": str, "password": str, "bootstrapped": bool}
 
 
 def wheel_bin_dir() -> Path:
@@ -147,11 +149,11 @@ class EmbeddedServer:
         Safe to call from many processes at once: one of them does the work while
         the others wait on the lock file.
         """
+        _env_port()  # a bad value is a mistake even when the server exists already
         state = self._read_state()
         if state and state.get("bootstrapped") and self._running_pid() is not None:
             return state
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._locked():
+        with self._locked(create=True):
             state = self._read_state()
             if state is None or not (self.data_dir / "PG_VERSION").exists():
                 state = self._initdb()
@@ -185,8 +187,19 @@ class EmbeddedServer:
     # -- internals ---------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.lock_file, "a") as handle:
+    def _locked(self, *, create: bool = False) -> Iterator[None]:
+        """Hold the lock file; with `create`, make the state folder first."""
+        try:
+            if create:
+                self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.lock_file, "a")  # noqa: SIM115 - closed below, after the unlock
+        except OSError as error:
+            raise ConfigError(
+                f"cannot use {self.root} for the embedded server: "
+                f"{error.strerror or error.__class__.__name__}; set CICD_DB_HOME to a folder "
+                "you can write to (unset, it is .cicd-db in the repository)"
+            ) from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -195,14 +208,29 @@ class EmbeddedServer:
 
     def _read_state(self) -> dict[str, Any] | None:
         try:
-            return dict(json.loads(self.state_file.read_text()))
-        except FileNotFoundError:
+            text = self.state_file.read_text()
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        except (OSError, ValueError) as error:
-            raise EmbeddedServerError(
-                f"cannot read {self.state_file} ({error.__class__.__name__}); "
-                f"stop any server using {self.data_dir} and remove {self.root} to start afresh"
-            ) from None
+        except OSError as error:
+            raise self._bad_state(error.strerror or error.__class__.__name__) from None
+        try:
+            state = json.loads(text)
+        except ValueError:
+            raise self._bad_state("not JSON") from None
+        if not isinstance(state, dict):
+            raise self._bad_state("not a JSON object")
+        for key, kind in STATE_KEYS.items():
+            # bool is an int to isinstance; a port of `true` is still wrong.
+            if not isinstance(state.get(key), kind) or (kind is int and type(state[key]) is bool):
+                raise self._bad_state(f"{key!r} is missing or not a {kind.__name__}")
+        return dict(state)
+
+    def _bad_state(self, why: str) -> ConfigError:
+        return ConfigError(
+            f"cannot read {self.state_file} ({why}); it holds the server's port and "
+            f"passwords: restore it, or run `cicd-db embedded stop` and move {self.root} "
+            "away (its data goes with it) to start afresh"
+        )
 
     def _write_state(self, state: dict[str, Any]) -> None:
         temporary = self.state_file.with_suffix(".tmp")
@@ -438,12 +466,14 @@ def _login(state: dict[str, Any], user: str, database: str) -> ConnectionSetting
 
 
 def _env_port() -> int | None:
+    """CICD_DB_EMBEDDED_PORT: the port of a server created from now on."""
     raw = os.environ.get("CICD_DB_EMBEDDED_PORT")
     if not raw:
         return None
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise EmbeddedServerError(
-            f"CICD_DB_EMBEDDED_PORT is {raw!r}; set it to a port number from 1 to 65535"
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
+        raise ConfigError(
+            f"CICD_DB_EMBEDDED_PORT is {raw!r}; set it to a port number from 1 to 65535, "
+            "or unset it to pick a free port"
         )
     return int(raw)
 
