@@ -17,13 +17,29 @@ help:
 	@echo "make lint    ruff, mypy, sqlfluff and squawk on db/migrations, actionlint"
 	@echo "make install only build .venv"
 
+# Two makes at once (two `make run` on a fresh clone) must not both run pip into one
+# .venv: the outer make takes a lock (fcntl, from Python: no flock(1) needed) and
+# runs make again under it, which installs only if the stamp is still out of date.
+INSTALL_LOCK := .cicd-db/install.lock
+ifndef CICD_DB_INSTALL_LOCKED
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: cicd-db needs Python 3.11 or newer; run make PYTHON=python3.11 ...")'
+	@$(PYTHON) -c 'import fcntl, os, subprocess, sys; \
+	os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True); lock = open(sys.argv[1], "a"); \
+	fcntl.flock(lock, fcntl.LOCK_EX); sys.exit(subprocess.call(sys.argv[2:]))' \
+	    $(INSTALL_LOCK) $(MAKE) --no-print-directory CICD_DB_INSTALL_LOCKED=1 install-locked
+else
+.PHONY: install-locked
+install-locked: $(STAMP)
+	@:
+
+$(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@$(BIN)/python -m compileall -q src
 	@touch $(STAMP)
+endif
 
 install: $(STAMP)
 
