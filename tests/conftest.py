@@ -31,8 +31,14 @@ MIGRATIONS = ROOT / "db" / "migrations"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `db` every test that reaches the session's server through any fixture.
+
+    `fixturenames` is the whole closure, so a fixture built on `server` (`recorded`
+    of the report tests, say) marks its tests too. Tests that start a server of
+    their own carry the marker themselves.
+    """
     for item in items:
-        if {"database", "migrated", "spare"} & set(getattr(item, "fixturenames", ())):
+        if "server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.db)
 
 
