@@ -1,9 +1,19 @@
-"""The embedded target: created on first use, the plan's database and role, left running."""
+"""The embedded target: created on first use, the plan's database and role, left running.
+
+Every test here has a state folder of its own (CICD_DB_HOME), so starting, stopping
+and breaking its server disturbs no other test. Tests that start a server are
+marked `db` by hand: they do not use the session's `server` fixture.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,20 +21,154 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cicd_db.cli import main
 from cicd_db.embedded import EmbeddedServer
 
 from .conftest import ROOT, run_cli
 
+SECRET = "s3cret-in-state"
 
-@pytest.fixture(scope="module")
+
+def new_home(label: str) -> Path:
+    # Under the repository's .cicd-db, like the session server: when the tests run
+    # as root, the server's account needs the search bit on every folder above it.
+    return ROOT / ".cicd-db" / f"tests-{label}-{uuid.uuid4().hex[:8]}"
+
+
+def discard(home: Path) -> None:
+    EmbeddedServer(home).stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
 def home() -> Iterator[Path]:
-    """A server of its own, so stopping it disturbs no other test."""
-    path = ROOT / ".cicd-db" / f"tests-lifecycle-{uuid.uuid4().hex[:8]}"
+    """A state folder of its own, not created yet."""
+    path = new_home("embedded")
     yield path
-    EmbeddedServer(path).stop()
-    shutil.rmtree(path, ignore_errors=True)
+    discard(path)
 
 
+def run_main(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:  # in-process: no server, no real process needed
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(err: str, starts: str) -> None:
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: " + starts), err
+    assert "Traceback" not in err
+    assert SECRET not in err
+
+
+def postmasters_of(data_dir: Path) -> list[int]:
+    """The postgres servers (not their workers) whose data directory is `data_dir`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            Path(os.fsdecode(arguments[0])).name == "postgres"
+            and os.fsencode(str(data_dir)) in arguments
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+# -- configuration mistakes: exit 2, one line, before anything is created ------------
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "65536", "5432 ", "٣"])
+def test_a_bad_port_is_a_configuration_error(
+    port: str, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CICD_DB_HOME", str(home))
+    monkeypatch.setenv("CICD_DB_EMBEDDED_PORT", port)
+    code, out, err = run_main(capsys, "embedded", "start")
+    assert (code, out) == (2, "")
+    assert_one_line_error(
+        err,
+        f"CICD_DB_EMBEDDED_PORT is {port!r}; set it to a port number from 1 to 65535, "
+        "or unset it to pick a free port",
+    )
+    assert not home.exists()
+
+
+@pytest.mark.parametrize("kind", ["missing parent", "a file"])
+def test_a_home_that_cannot_be_created_is_a_configuration_error(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if kind == "a file":
+        home = tmp_path / "state"
+        home.write_text("not a folder")
+        reason = "Not a directory"
+    else:
+        home = Path("/proc/cicd-db-no-such-folder")
+        reason = "No such file or directory"
+    monkeypatch.setenv("CICD_DB_HOME", str(home))
+    code, out, err = run_main(capsys, "embedded", "start")
+    assert (code, out) == (2, "")
+    assert_one_line_error(
+        err,
+        f"cannot use {home}/embedded for the embedded server: {reason}; set CICD_DB_HOME "
+        "to a folder you can write to (unset, it is .cicd-db in the repository)",
+    )
+    # Reading needs no folder: there is simply no server yet.
+    code, out, err = run_main(capsys, "embedded", "status")
+    assert (code, out, err) == (0, f"stopped, data {home}/embedded/data (not created yet)\n", "")
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ('{"port": 5', "not JSON"),
+        ("", "not JSON"),
+        (f'["{SECRET}"]', "not a JSON object"),
+        (
+            json.dumps({"port": "5432", "superuser_password": SECRET, "password": SECRET}),
+            "'port' is missing or not a int",
+        ),
+        (
+            json.dumps({"port": 5432, "password": SECRET, "bootstrapped": True}),
+            "'superuser_password' is missing or not a str",
+        ),
+    ],
+    ids=["truncated", "empty", "list", "port-text", "no-superuser-password"],
+)
+def test_a_corrupt_state_file_is_a_configuration_error(
+    content: str,
+    why: str,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state_file = home / "embedded" / "server.json"
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text(content)
+    monkeypatch.setenv("CICD_DB_HOME", str(home))
+    for command in ("start", "status", "url"):
+        code, out, err = run_main(capsys, "embedded", command)
+        assert (code, out) == (2, ""), command
+        assert_one_line_error(
+            err,
+            f"cannot read {state_file} ({why}); it holds the server's port and passwords: "
+            f"restore it, or run `cicd-db embedded stop` and move {home}/embedded away "
+            "(its data goes with it) to start afresh",
+        )
+    # The advice works: stop needs no state file.
+    assert run_main(capsys, "embedded", "stop") == (0, "not running\n", "")
+
+
+# -- real servers -----------------------------------------------------------------------
+
+
+@pytest.mark.db
 def test_lifecycle_through_the_cli(home: Path) -> None:
     # Relative, as a user would type it: the CLI runs from the repository root.
     env = {"CICD_DB_HOME": str(home.relative_to(ROOT))}
@@ -70,3 +214,179 @@ def test_lifecycle_through_the_cli(home: Path) -> None:
     restarted = run_cli("migrate", "status", "--local", env={**env, "CICD_DB_LOCAL": "embedded"})
     assert restarted.code == 0, restarted.err
     assert restarted.out.splitlines()[1].split()[:3] == ["1", "plan_schema", "applied"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def cli_process(home: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cicd_db", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CICD_DB_HOME": str(home), **env},
+    )
+
+
+@pytest.mark.db
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="counts servers in /proc")
+def test_concurrent_first_start_makes_one_server(home: Path) -> None:
+    port = free_port()
+    starts = [
+        cli_process(home, "embedded", "start", CICD_DB_EMBEDDED_PORT=str(port)) for _ in range(2)
+    ]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in starts]
+    expected = (
+        0,
+        f"running on 127.0.0.1:{port}: "
+        f"postgresql://ci_user:***@127.0.0.1:{port}/ci_local?sslmode=disable\n",
+        "",
+    )
+    assert results == [expected, expected]
+    data_dir = home / "embedded" / "data"
+    assert postmasters_of(data_dir) == [EmbeddedServer(home).status().pid]
+
+
+@pytest.mark.db
+def test_stop_waits_for_the_lock_start_holds(home: Path) -> None:
+    server = EmbeddedServer(home)
+    server.admin_settings()
+    with open(server.lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a start in progress holds it
+        stop = cli_process(home, "embedded", "stop")
+        time.sleep(1)
+        assert stop.poll() is None, stop.communicate()
+        assert server.status().running
+    assert stop.communicate(timeout=60) == ("stopped\n", "")
+    assert not server.status().running
+
+
+@pytest.fixture(scope="module")
+def stopped_server() -> Iterator[tuple[Path, list[str]]]:
+    """A server made and stopped, and the lines of postmaster.pid while it ran."""
+    home = new_home("stale")
+    server = EmbeddedServer(home)
+    server.admin_settings()
+    lines = (server.data_dir / "postmaster.pid").read_text().splitlines()
+    server.stop()
+    yield home, lines
+    discard(home)
+
+
+@pytest.fixture(scope="module")
+def other_postgres() -> Iterator[int]:
+    """The PID of a live postgres of another data directory."""
+    home = new_home("other")
+    server = EmbeddedServer(home)
+    server.admin_settings()
+    pid = server.status().pid
+    assert pid is not None
+    yield pid
+    discard(home)
+
+
+@pytest.fixture
+def stranger() -> Iterator[int]:
+    """A live process that is no postgres at all, as a PID reused after a reboot."""
+    process = subprocess.Popen(["sleep", "120"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def write_pid_file(home: Path, lines: list[str], pid: str) -> Path:
+    pid_file = home / "embedded" / "data" / "postmaster.pid"
+    pid_file.write_text("\n".join([pid, *lines[1:]]) + "\n")
+    return pid_file
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("owner", ["another process", "another postgres", "garbled"])
+def test_a_stale_pid_file_counts_as_stopped_and_start_replaces_it(
+    owner: str,
+    stopped_server: tuple[Path, list[str]],
+    stranger: int,
+    other_postgres: int,
+) -> None:
+    home, lines = stopped_server
+    pid = {"another process": stranger, "another postgres": other_postgres, "garbled": "x1"}[owner]
+    write_pid_file(home, lines, str(pid))
+    env = {"CICD_DB_HOME": str(home)}
+
+    status = run_cli("embedded", "status", env=env)
+    assert (status.code, status.out, status.err) == (
+        0,
+        f"stopped, data {home}/embedded/data\n",
+        "",
+    )
+    migrated = run_cli("migrate", "--stack", "embedded", env=env)
+    assert migrated.code == 0, migrated.err
+    running = EmbeddedServer(home).status()
+    assert running.running
+    assert running.pid != pid
+    os.kill(stranger, 0)  # untouched
+    os.kill(other_postgres, 0)
+    stopped = run_cli("embedded", "stop", env=env)
+    assert (stopped.code, stopped.out) == (0, "stopped\n")
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("owner", ["another process", "another postgres", "a process in the data"])
+def test_stop_with_a_stale_pid_file_signals_nobody(
+    owner: str,
+    stopped_server: tuple[Path, list[str]],
+    stranger: int,
+    other_postgres: int,
+) -> None:
+    home, lines = stopped_server
+    # A shell left in the data directory works there too, but is no postgres.
+    in_data = subprocess.Popen(["sleep", "120"], cwd=home / "embedded" / "data")
+    pid = {
+        "another process": stranger,
+        "another postgres": other_postgres,
+        "a process in the data": in_data.pid,
+    }[owner]
+    try:
+        pid_file = write_pid_file(home, lines, str(pid))
+        stopped = run_cli("embedded", "stop", env={"CICD_DB_HOME": str(home)})
+        assert (stopped.code, stopped.out, stopped.err) == (0, "not running\n", "")
+        time.sleep(0.2)  # a signal, had one been sent, lands by now
+        os.kill(pid, 0)
+        assert in_data.poll() is None
+        assert not pid_file.exists()
+    finally:
+        in_data.kill()
+        in_data.wait()
+
+
+@pytest.mark.db
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="looks for them in /proc")
+def test_processes_of_a_crashed_server_keep_its_pid_file(
+    stopped_server: tuple[Path, list[str]], stranger: int
+) -> None:
+    """A pid file naming no server is not removed while postgres processes still work there:
+    PostgreSQL needs it to refuse to start beside them."""
+    home, lines = stopped_server
+    data_dir = home / "embedded" / "data"
+    pid_file = write_pid_file(home, lines, str(stranger))
+    # Looks like a worker left behind by a killed server: named postgres, working in the data.
+    leftover = subprocess.Popen(["postgres: checkpointer", "120"], executable="sleep", cwd=data_dir)
+    try:
+        started = run_cli("embedded", "start", env={"CICD_DB_HOME": str(home)})
+    finally:
+        leftover.kill()
+        leftover.wait()
+    assert started.code == 1
+    assert_one_line_error(
+        started.err,
+        f"{pid_file} names no running server, but processes of an earlier one still run "
+        f"there (PID {leftover.pid}); wait for them to exit, or stop them, then run again",
+    )
+    assert pid_file.exists()
