@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -48,9 +49,8 @@ def home() -> Iterator[Path]:
     discard(path)
 
 
-def run_main(
-    capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:  # in-process: no server, no real process needed
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The CLI in-process, for errors that need no server and no process of their own."""
     code = main(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -132,14 +132,20 @@ def test_a_home_that_cannot_be_created_is_a_configuration_error(
         (f'["{SECRET}"]', "not a JSON object"),
         (
             json.dumps({"port": "5432", "superuser_password": SECRET, "password": SECRET}),
-            "'port' is missing or not a int",
+            "'port' is missing or not a number",
         ),
         (
             json.dumps({"port": 5432, "password": SECRET, "bootstrapped": True}),
-            "'superuser_password' is missing or not a str",
+            "'superuser_password' is missing or not a string",
+        ),
+        (
+            json.dumps(
+                {"port": True, "superuser_password": SECRET, "password": "", "bootstrapped": True}
+            ),
+            "'port' is missing or not a number",
         ),
     ],
-    ids=["truncated", "empty", "list", "port-text", "no-superuser-password"],
+    ids=["truncated", "empty", "list", "port-text", "no-superuser-password", "port-true"],
 )
 def test_a_corrupt_state_file_is_a_configuration_error(
     content: str,
@@ -217,8 +223,6 @@ def test_lifecycle_through_the_cli(home: Path) -> None:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

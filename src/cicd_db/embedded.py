@@ -60,8 +60,13 @@ HOST = "127.0.0.1"
 SYSTEM_ACCOUNT = "cicd_db_postgres"
 START_TIMEOUT_SECONDS = 60
 PID_FILE = "postmaster.pid"
-# What server.json must hold, and the type of each value.
-STATE_KEYS = {"port": int, "superuser_password": str, "password": str, "bootstrapped": bool}
+# What server.json must hold: each key's type, and that type in words.
+STATE_KEYS: dict[str, tuple[type, str]] = {
+    "port": (int, "a number"),
+    "superuser_password": (str, "a string"),
+    "password": (str, "a string"),
+    "bootstrapped": (bool, "true or false"),
+}
 
 
 def wheel_bin_dir() -> Path:
@@ -219,10 +224,10 @@ class EmbeddedServer:
             raise self._bad_state("not JSON") from None
         if not isinstance(state, dict):
             raise self._bad_state("not a JSON object")
-        for key, kind in STATE_KEYS.items():
+        for key, (kind, words) in STATE_KEYS.items():
             # bool is an int to isinstance; a port of `true` is still wrong.
             if not isinstance(state.get(key), kind) or (kind is int and type(state[key]) is bool):
-                raise self._bad_state(f"{key!r} is missing or not a {kind.__name__}")
+                raise self._bad_state(f"{key!r} is missing or not {words}")
         return dict(state)
 
     def _bad_state(self, why: str) -> ConfigError:
