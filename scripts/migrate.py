@@ -6,7 +6,7 @@ The same command as `cicd-db migrate`; see `python scripts/migrate.py --help`.
 import sys
 
 try:
-    from cicd_db.cli import migrate_main
+    from cicd_db.entry import migrate_main
 except ModuleNotFoundError as missing:
     sys.exit(
         f"error: {missing.name} is not installed; run `make install` and use .venv/bin/python "

@@ -62,3 +62,16 @@ def test_version(entry, argv: list[str], capsys: pytest.CaptureFixture[str]) -> 
         entry(argv)
     assert done.value.code == 0
     assert capsys.readouterr().out.split()[1] == "0.1.0"
+
+
+@pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143)])
+def test_a_signal_while_starting_is_one_line(
+    signal_number: int, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C or SIGTERM while psycopg is still loading: one line, not a traceback."""
+    from cicd_db import entry
+
+    with pytest.raises(SystemExit) as done:
+        entry._while_starting(signal_number, None)
+    assert done.value.code == code
+    assert capsys.readouterr().err == "error: interrupted while starting; nothing ran\n"

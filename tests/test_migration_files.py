@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -70,7 +71,9 @@ def test_savepoints_stay_inside_the_transaction(database: Database, tmp_path: Pa
         tmp_path,
         {
             "0001_savepoint.sql": "CREATE TABLE t (id int);\nSAVEPOINT s;\nINSERT INTO t VALUES (1);\n"
-            "ROLLBACK TO SAVEPOINT s;\nINSERT INTO t VALUES (2);\nRELEASE SAVEPOINT s;\n"
+            "ROLLBACK TO SAVEPOINT s;\nINSERT INTO t VALUES (2);\nSAVEPOINT s;\n"
+            "INSERT INTO t VALUES (3);\nROLLBACK WORK TO SAVEPOINT s;\nSAVEPOINT s;\n"
+            "INSERT INTO t VALUES (4);\nROLLBACK TRANSACTION TO s;\nRELEASE SAVEPOINT s;\n"
         },
     )
     assert migrate(database, folder)[0] == 0
@@ -250,6 +253,20 @@ def test_copy_without_data_lines_never_hangs(database: Database) -> None:
             {"0001_latin1.sql": "SELECT 1;\nSELECT 'caf\xe9';\n"},
             "migration file 0001_latin1.sql is not UTF-8 (line 2); save it as UTF-8",
         ),
+        (
+            {"0001_nul.sql": "SELECT 1;\nSELECT 2; \x00\nSELECT 3;\n"},
+            "migration file 0001_nul.sql holds a NUL byte (line 2), which PostgreSQL cannot take "
+            "in SQL; remove it",
+        ),
+        (
+            {"0001_.sql": "SELECT 1;\n"},
+            "migration file '0001_.sql': a name may hold only letters, digits, '_', '.' and '-' "
+            "after the version's '_'; rename it, for example to 0001_what_it_does.sql",
+        ),
+        (
+            {"0001.sql": "SELECT 1;\n"},
+            "migration file 0001.sql has a version but no name; rename it to 0001_what_it_does.sql",
+        ),
     ],
     ids=[
         "meta-command",
@@ -260,6 +277,9 @@ def test_copy_without_data_lines_never_hangs(database: Database) -> None:
         "space-in-name",
         "version-beyond-bigint",
         "not-utf8",
+        "nul-byte",
+        "empty-name",
+        "no-name",
     ],
 )
 def test_refused_at_discovery(
@@ -371,3 +391,103 @@ def test_permission_denied_names_the_privilege(database: Database, tmp_path: Pat
         )
     finally:
         database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+def test_a_failed_commit_is_never_called_applied(database: Database, tmp_path: Path) -> None:
+    """A deferred constraint fails at COMMIT: the file is not applied, nothing after it runs."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_deferred.sql": "CREATE TABLE p (id int PRIMARY KEY);\n"
+            "CREATE TABLE c (pid int REFERENCES p DEFERRABLE INITIALLY DEFERRED);\n"
+            "INSERT INTO c VALUES (1);\n",
+            "0002_after.sql": "CREATE TABLE after (i int);\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        "error: migration 0001_deferred.sql failed as it was recorded and committed: insert or "
+        'update on table "c" violates foreign key constraint'
+    )
+    assert database.tables() == {"cicd_db_schema_history"}
+    assert database.history() == []
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"0001_unlock.sql": "CREATE TABLE a (i int);\nSELECT pg_advisory_unlock_all();\n"},
+            "error: migration 0001_unlock.sql released the runner's lock (pg_advisory_unlock_all, "
+            "DISCARD ALL or the like), so another runner could have run at the same time; it was "
+            "rolled back, and it is not recorded",
+        ),
+        (
+            {"0001_discard.sql": "-- cicd-db: no-transaction\nDISCARD ALL;\n"},
+            "error: migration 0001_discard.sql released the runner's lock (pg_advisory_unlock_all, "
+            "DISCARD ALL or the like), so another runner could have run at the same time; what it "
+            "did is committed, and it is not recorded",
+        ),
+    ],
+    ids=["unlock-all", "discard-all"],
+)
+def test_a_file_that_releases_the_lock_is_not_recorded(
+    database: Database, tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    code, _, err = migrate(database, write_migrations(tmp_path, files))
+    assert code == 1
+    assert err.startswith(message), err
+    assert database.history() == []
+    assert "a" not in database.tables()
+
+
+@pytest.mark.parametrize(
+    ("data", "tables"),
+    [
+        (b"CREATE TABLE a (i int);\n-- note\rCREATE TABLE b (i int);\n", {"a", "b"}),
+        (b"-- a comment\rCREATE TABLE a (i int);\rCREATE TABLE b (i int);\r", {"a", "b"}),
+    ],
+    ids=["cr-inside", "cr-only-file"],
+)
+def test_a_comment_ends_at_a_carriage_return(
+    database: Database, tmp_path: Path, data: bytes, tables: set[str]
+) -> None:
+    (tmp_path / "0001_cr.sql").write_bytes(data)
+    assert migrate(database, tmp_path)[0] == 0
+    assert database.tables() == tables | {"cicd_db_schema_history"}
+
+
+def test_session_objects_do_not_cross_files(database: Database, tmp_path: Path) -> None:
+    """Prepared statements and held cursors end with their file, as with one psql per file."""
+    twice = "PREPARE p AS SELECT 1;\nDECLARE c CURSOR WITH HOLD FOR SELECT 1;\n"
+    folder = write_migrations(tmp_path, {"0001_a.sql": twice, "0002_b.sql": twice})
+    assert migrate(database, folder)[:1] == (0,)
+    assert database.history() == [1, 2]
+
+
+def test_invalid_concurrent_index_is_found_whatever_the_search_path(
+    database: Database, tmp_path: Path
+) -> None:
+    """The file sets search_path and names the index in non-ASCII: its invalid leftover is
+    still found, dropped and rebuilt."""
+    database.execute(
+        "CREATE SCHEMA app; CREATE TABLE app.t (c int); INSERT INTO app.t VALUES (1), (1)"
+    )
+    with database.connect() as conn, pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("CREATE UNIQUE INDEX CONCURRENTLY ÉTÉ_c ON app.t (c)")
+    # PostgreSQL folds unquoted names in ASCII only: ÉTÉ_c is ÉtÉ_c.
+    left = "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relnamespace = 'app'::regnamespace"  # fmt: skip
+    assert database.query(left) == [("ÉtÉ_c", False)]
+    database.execute("DELETE FROM app.t WHERE ctid = (SELECT min(ctid) FROM app.t)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_index.sql": "-- cicd-db: no-transaction\nSET search_path = app;\n"
+            "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ÉTÉ_c ON t (c);\n"
+        },
+    )
+    code, out, _ = migrate(database, folder)
+    assert code == 0
+    assert out.splitlines()[0] == "  dropped invalid index ÉtÉ_c left by an interrupted run"
+    assert database.query(left) == [("ÉtÉ_c", True)]

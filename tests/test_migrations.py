@@ -25,6 +25,11 @@ THREE = {
 
 
 CLI = [sys.executable, "-m", "cicd_db", "migrate"]
+# The runner of this test's database, in its pg_sleep: other tests share the server.
+RUNNER_SLEEPING = (
+    "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+    "AND application_name = 'cicd-db' AND datname = current_database()"
+)
 
 
 def migrate(database: Database, folder: Path, *args: str) -> tuple[int, str, str]:
@@ -317,7 +322,7 @@ def test_runner_killed_mid_migration_leaves_nothing_and_next_run_completes(
         stderr=subprocess.DEVNULL,
     )
     database.wait_for(
-        "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+        RUNNER_SLEEPING,
         "the slow migration never started",
     )
     os.kill(runner.pid, signal.SIGKILL)
@@ -356,10 +361,17 @@ def test_repository_migrations_apply_to_an_empty_database(database: Database) ->
 
 
 @pytest.mark.parametrize(
-    ("signal_number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "term"]
+    ("signal_number", "code", "inherited"),
+    [
+        (signal.SIGINT, 130, signal.SIG_DFL),
+        (signal.SIGTERM, 143, signal.SIG_DFL),
+        # A shell starting a job in the background hands it SIGINT ignored.
+        (signal.SIGINT, 130, signal.SIG_IGN),
+    ],
+    ids=["ctrl-c", "term", "ctrl-c-when-started-ignoring-it"],
 )
 def test_interrupt_rolls_back_releases_the_lock_and_says_so(
-    database: Database, tmp_path: Path, signal_number: int, code: int
+    database: Database, tmp_path: Path, signal_number: int, code: int, inherited: object
 ) -> None:
     folder = write_migrations(
         tmp_path,
@@ -375,9 +387,10 @@ def test_interrupt_rolls_back_releases_the_lock_and_says_so(
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited),
     )
     database.wait_for(
-        "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+        RUNNER_SLEEPING,
         "the slow migration never started",
     )
     runner.send_signal(signal_number)
@@ -393,6 +406,7 @@ def test_interrupt_rolls_back_releases_the_lock_and_says_so(
     assert database.query(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
         " UNION ALL SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+        " AND datname = current_database()"
     ) == [(0,), (0,)]
 
 

@@ -1,3 +1,3 @@
-from cicd_db.cli import main
+from cicd_db.entry import main
 
 raise SystemExit(main())

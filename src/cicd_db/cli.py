@@ -62,19 +62,19 @@ def _seconds(text: str) -> float:
 
 
 def _count(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, 0 or more")
     return int(text)
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
     return int(text)
 
 
 def _version(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a migration version (a whole number)")
     return int(text)
 
@@ -621,9 +621,14 @@ def _deliver_sigterm_as_interrupt() -> Any:
         raise Terminated
 
     try:
-        return signal.signal(signal.SIGTERM, terminate)
+        previous = signal.signal(signal.SIGTERM, terminate)
     except ValueError:  # not the main thread: leave signals to whoever owns it
         return None
+    # A shell that starts us in the background hands SIGINT down ignored; Ctrl-C
+    # and `kill -INT` must still stop the run cleanly.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return previous
 
 
 def _print_error(message: str, run: _Run | None) -> None:

@@ -108,15 +108,28 @@ FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX
 MAX_RETRY_DELAY = 10.0
 # After each file: the session as it was before it. DISCARD ALL would also drop
 # the runner's advisory lock, so its parts are named one by one.
-RESET_SESSION = b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DISCARD TEMP"
+RESET_SESSION = (
+    b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DISCARD TEMP; CLOSE ALL; DEALLOCATE ALL"
+)
 # A transactional file runs after these, sent with its first statements; its
 # history row is written only if the mark is still there, that is, if the
 # transaction is still the one the runner began.
 BEGIN_MARKED = b"BEGIN;SET LOCAL cicd_db.runner TO 'applying';"
 STILL_MARKED = (
     b"DO $cicd_db$BEGIN IF current_setting('cicd_db.runner', true) IS DISTINCT FROM 'applying' "
-    b"THEN RAISE EXCEPTION 'the runner''s transaction ended inside the file'; END IF; END$cicd_db$"
+    b"THEN RAISE EXCEPTION 'the runner''s transaction ended inside the file' "
+    b"USING ERRCODE = 'CDB01'; END IF; END$cicd_db$"
 )
+# The session lock is still the runner's: a file may have released it
+# (pg_advisory_unlock_all, DISCARD ALL), and another runner may be at work.
+STILL_LOCKED = (
+    b"DO $cicd_db$BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = "
+    b"'advisory' AND pid = pg_catalog.pg_backend_pid() AND granted AND classid = %d AND "
+    b"objid = %d AND objsubid = 1) THEN RAISE EXCEPTION 'the file released the runner''s lock' "
+    b"USING ERRCODE = 'CDB02'; END IF; END$cicd_db$" % (LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF)
+)
+# The SQLSTATEs the runner's own checks raise (class CD, not PostgreSQL's).
+CHECK_MARK, CHECK_LOCK, CHECK_RECORDED = "CDB01", "CDB02", "CDB03"
 # Statements that end or start a transaction: not allowed in a transactional file.
 TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ABORT", "ROLLBACK", "START", "PREPARE"})
 SESSION_SETTINGS = frozenset({"SET", "RESET"})
@@ -306,12 +319,19 @@ def _parse_name(filename: str) -> tuple[int, str]:
         )
     match = FILE_NAME.match(filename)
     if match is None:
+        if re.fullmatch(r"\d+\.sql", filename):
+            raise ConfigError(
+                f"migration file {filename} has a version but no name; rename it to "
+                f"{filename[:-4]}_what_it_does.sql"
+            )
         if not VERSIONED.match(filename):
             raise ConfigError(
                 f"migration file {filename} has no version; "
                 "rename it to <version>_<name>.sql, for example 0002_add_index.sql"
             )
-        suggestion = re.sub(r"[^A-Za-z0-9_.-]+", "_", filename[:-4]).rstrip("_") + ".sql"
+        number, _, rest = filename[:-4].partition("_")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", rest).strip("_.-") or "what_it_does"
+        suggestion = f"{number}_{name}.sql"
         raise ConfigError(
             f"migration file {filename!r}: a name may hold only letters, digits, '_', '.' "
             f"and '-' after the version's '_'; rename it, for example to {suggestion}"
@@ -330,6 +350,13 @@ def read(path: Path, version: int, name: str) -> Migration:
     """One migration file, checked and planned. Reads the file only."""
     raw = path.read_bytes()
     data = raw[len(BOM) :] if raw.startswith(BOM) else raw
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ConfigError(
+            f"migration file {path.name} holds a NUL byte (line {line}), which PostgreSQL "
+            "cannot take in SQL; remove it"
+        )
     bad = _not_utf8_at(data)
     if bad is not None:
         line = data.count(b"\n", 0, bad) + 1
@@ -477,7 +504,6 @@ def plan(
             steps.append(Copy(copy, piece))
             copy = None
             continue
-        text = data[piece.start : piece.end]
         if transactional and _controls_transaction(piece.words):
             raise refuse(
                 piece.line,
@@ -486,7 +512,7 @@ def plan(
                 f"remove it, or make the first line `{NO_TRANSACTION_MARKER.decode()}` "
                 "to run the file outside a transaction",
             )
-        if piece.keyword == "COPY" and re.search(rb"\bTO\s+STDOUT\b", text, re.IGNORECASE):
+        if piece.keyword == "COPY" and _COPY_TO_STDOUT.search(data, piece.start, piece.end):
             raise refuse(
                 piece.line,
                 "COPY ... TO STDOUT prints data, which a migration cannot",
@@ -501,17 +527,20 @@ def plan(
                 )
             if piece.keyword not in SESSION_SETTINGS:
                 changes += 1
-                _check_concurrent_index(filename, piece, text)
+                _check_concurrent_index(filename, piece, data[piece.start : piece.end])
         elif isinstance(piece, CopyFromStdin):
             flush()
             copy = piece
             continue
         batch.append(piece)
         if watch_lexing and changes_lexing(data, piece):
-            after = standard_strings_after(text, scanner.standard_strings)
+            after = standard_strings_after(data[piece.start : piece.end], scanner.standard_strings)
             flush(changes_lexing=True, standard_strings_after=after)
-            if after is not None:
-                scanner.standard_strings = after
+            if after is None:
+                # What the rest means depends on what the server now says; it is
+                # planned from here at run time, with the server's answer.
+                return tuple(steps)
+            scanner.standard_strings = after
         elif not transactional or batch[-1].end - batch[0].start >= BATCH_BYTES:
             flush()
     flush()
@@ -523,11 +552,15 @@ def plan(
     return tuple(steps)
 
 
+_COPY_TO_STDOUT = re.compile(rb"\bTO\s+STDOUT\b", re.IGNORECASE)
+
+
 def _controls_transaction(words: tuple[str, ...]) -> bool:
     if not words or words[0] not in TRANSACTION_CONTROL:
         return False
-    if words[0] == "ROLLBACK":
-        return words[1:2] != ("TO",)  # ROLLBACK TO SAVEPOINT stays inside the transaction
+    if words[0] == "ROLLBACK":  # ROLLBACK [WORK | TRANSACTION] TO ... stays inside it
+        rest = words[2:3] if words[1:2] in (("WORK",), ("TRANSACTION",)) else words[1:2]
+        return rest != ("TO",)
     if words[0] in ("START", "PREPARE"):
         return words[1:2] == ("TRANSACTION",)
     return True
@@ -546,6 +579,9 @@ def _check_concurrent_index(filename: str, statement: Statement, text: bytes) ->
         )
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def index_name(migration: Migration) -> str | None:
     """The index a no-transaction file builds concurrently, as PostgreSQL names it."""
     for step in migration.steps:
@@ -554,7 +590,10 @@ def index_name(migration: Migration) -> str | None:
         match = CONCURRENT_INDEX.search(migration.data, step.start, step.end)
         if match is not None:
             raw = match["name"].decode("utf-8")
-            return raw[1:-1].replace('""', '"') if raw.startswith('"') else raw.lower()
+            # PostgreSQL folds unquoted names to lower case in ASCII only.
+            return (
+                raw[1:-1].replace('""', '"') if raw.startswith('"') else raw.translate(_ASCII_LOWER)
+            )
     return None
 
 
@@ -582,6 +621,10 @@ class Runner:
         self.retries = retries
         self.retry_budget = retry_budget
         self._history_schema: str | None = None
+        self._waited = 0.0
+        # The runner resets the session after each file, prepared statements
+        # included (DEALLOCATE ALL), so psycopg must not keep any of its own.
+        conn.prepare_threshold = None
 
     # -- reading ---------------------------------------------------------------
 
@@ -680,7 +723,7 @@ class Runner:
             return results
         if not self._plan(self.applied(), target):
             return []  # nothing to do: no lock needed to find that out
-        retry_deadline = time.monotonic() + self.retry_budget
+        self._waited = 0.0  # seconds spent waiting between retries, over the run
         with self._lock():
             self._create_history()
             results = []
@@ -688,7 +731,7 @@ class Runner:
             for migration in self._plan(self.applied(), target):
                 if on_start:
                     on_start(migration)
-                result = self._apply_one(migration, retry_deadline, on_retry)
+                result = self._apply_one(migration, on_retry)
                 results.append(result)
                 if on_applied:
                     on_applied(result)
@@ -996,7 +1039,6 @@ class Runner:
     def _apply_one(
         self,
         migration: Migration,
-        retry_deadline: float,
         on_retry: Callable[[Retry], None] | None,
     ) -> Result:
         attempt = 0
@@ -1015,14 +1057,18 @@ class Runner:
                     attempt += 1
                     delay = min(FIRST_RETRY_DELAY * 2 ** (attempt - 1), MAX_RETRY_DELAY)
                     delay *= random.uniform(0.75, 1.25)  # noqa: S311 (spreads runners apart)
-                    if attempt > self.retries or time.monotonic() + delay > retry_deadline:
-                        tries = f"retr{'y' if attempt == 2 else 'ies'}"
+                    if attempt > self.retries or self._waited + delay > self.retry_budget:
+                        spent = (
+                            f"gave up after {attempt - 1} retr{'y' if attempt == 2 else 'ies'}"
+                            if attempt > self.retries
+                            else f"the retry budget of {self.retry_budget:g} s is spent"
+                        )
                         raise MigrationFailed(
-                            f"{failure}; gave up after {attempt - 1} {tries} "
-                            "(raise --retries or --retry-budget)"
-                            if attempt > 1
+                            f"{failure}; {spent} (raise --retries or --retry-budget)"
+                            if attempt > 1 or self.retries
                             else str(failure)
                         ) from None
+                    self._waited += delay
                     if on_retry:
                         on_retry(Retry(migration, failure.reason, attempt, self.retries, delay))
                     time.sleep(delay)
@@ -1034,8 +1080,12 @@ class Runner:
 
     def _interrupted(self, migration: Migration) -> str:
         """What an interruption during `migration` left, checked after rolling back."""
-        usable = self._end_transaction()
-        if usable and migration.version in {row.version for row in self.applied()}:
+        if not self._end_transaction():
+            return (
+                f"interrupted during {migration.filename}, and the connection with it: whether "
+                "it committed is not known; nothing after it ran; see `migrate status`"
+            )
+        if migration.version in {row.version for row in self.applied()}:
             return f"interrupted after {migration.filename} was applied; nothing after it ran"
         if not migration.transactional:
             return (
@@ -1049,32 +1099,26 @@ class Runner:
         """The file and its history row in one transaction, which must stay the runner's own.
 
         Two round trips: the transaction's start travels with the file's first
-        statements, and the check, the session reset, the history row and COMMIT
-        travel together. The check fails, and so nothing after it runs, when the
-        file ended the runner's transaction: its mark, a SET LOCAL, is gone then.
+        statements; the checks, the session reset, the history row and COMMIT
+        travel together. A check that fails stops everything after it, COMMIT
+        included: the file ended the runner's transaction (its mark, a SET LOCAL,
+        is gone), or released the runner's lock, or the history row is not there.
         """
         try:
             self._run_steps(migration, prefix=BEGIN_MARKED)
-            if self.conn.info.transaction_status == TransactionStatus.INTRANS:
-                finish = b"; ".join(
-                    [
-                        STILL_MARKED,
-                        RESET_SESSION,
-                        self._history_row(migration, duration_ms=None),
-                        b"COMMIT",
-                    ]
-                )
-                results = self._simple(finish)
-                if not any(r.status == ExecStatus.FATAL_ERROR for r in results[:1]):
-                    self._raise_on_error(migration, None, results)
-                    return
-            raise MigrationFailed(
-                f"migration {migration.filename} ended the runner's transaction itself "
-                "(COMMIT, ROLLBACK or the like, which the runner could not see in it); "
-                "what it did until then may be committed, and it is not recorded; "
-                "remove the transaction control from the file, check the database, "
-                "and run again"
+            if self.conn.info.transaction_status != TransactionStatus.INTRANS:
+                raise MigrationFailed(self._why(migration, CHECK_MARK, committed="may be"))
+            finish = b"; ".join(
+                [
+                    STILL_MARKED,
+                    STILL_LOCKED,
+                    RESET_SESSION,
+                    self._history_row(migration, duration_ms=None),
+                    self._recorded(migration),
+                    b"COMMIT",
+                ]
             )
+            self._finish(migration, self._simple(finish), committed="may be")
         except BaseException:
             self._end_transaction()
             raise
@@ -1085,18 +1129,65 @@ class Runner:
             notes = self._drop_invalid_index(migration)
             self._run_steps(migration)
             duration_ms = (time.perf_counter() - started) * 1000
-            self._raise_on_error(
-                migration,
-                None,
-                self._simple(
-                    RESET_SESSION + b"; " + self._history_row(migration, duration_ms=duration_ms)
-                ),
+            finish = b"; ".join(
+                [
+                    STILL_LOCKED,
+                    RESET_SESSION,
+                    self._history_row(migration, duration_ms=duration_ms),
+                    self._recorded(migration),
+                ]
             )
+            self._finish(migration, self._simple(finish), committed="is")
         except BaseException:
             if self._end_transaction():
                 self._simple(RESET_SESSION)  # results unread: nothing in it can fail here
             raise
         return notes
+
+    def _recorded(self, migration: Migration) -> bytes:
+        """A check that the history row is there (a trigger could have swallowed it)."""
+        return (
+            sql.SQL(
+                "DO $cicd_db$BEGIN IF NOT EXISTS (SELECT FROM {} WHERE version = {}) THEN RAISE "
+                "EXCEPTION 'the history row was not written' USING ERRCODE = {}; END IF; END$cicd_db$"
+            )
+            .format(self.history_table, migration.version, CHECK_RECORDED)
+            .as_bytes(self.conn)
+        )
+
+    def _finish(self, migration: Migration, results: list[PGresult], *, committed: str) -> None:
+        """Raise, naming the file, when the runner's closing statements failed."""
+        failed = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
+        if failed is None:
+            return
+        error = errors.error_from_result(failed, encoding=self.conn.info.encoding)
+        state = error.diag.sqlstate or ""
+        if state in (CHECK_MARK, CHECK_LOCK, CHECK_RECORDED):
+            raise MigrationFailed(self._why(migration, state, committed=committed))
+        message = _describe_failure(
+            migration, 0, error.diag, str(error), self.conn.info.user
+        ).replace(" failed at line 0:", " failed as it was recorded and committed:")
+        if state in RETRIED_SQLSTATES:
+            raise _Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
+        raise MigrationFailed(message)
+
+    def _why(self, migration: Migration, check: str, *, committed: str) -> str:
+        what = {
+            CHECK_MARK: "ended the runner's transaction itself (COMMIT, ROLLBACK or the like, "
+            "which the runner could not see in it)",
+            CHECK_LOCK: "released the runner's lock (pg_advisory_unlock_all, DISCARD ALL or "
+            "the like), so another runner could have run at the same time",
+            CHECK_RECORDED: "left no history row (a trigger on the history table?)",
+        }[check]
+        done = (
+            "it was rolled back"
+            if migration.transactional and check != CHECK_MARK
+            else f"what it did {committed} committed"
+        )
+        return (
+            f"migration {migration.filename} {what}; {done}, and it is not recorded; "
+            "remove that from the file, check the database, and run again"
+        )
 
     def _drop_invalid_index(self, migration: Migration) -> tuple[str, ...]:
         """Drop the invalid index an interrupted CREATE INDEX CONCURRENTLY left behind.
@@ -1107,14 +1198,22 @@ class Runner:
         name = index_name(migration)
         if name is None:
             return ()
-        identifier = sql.Identifier(name)
-        row = self.conn.execute(
-            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
-            [identifier.as_string(self.conn)],
-        ).fetchone()
-        if row is None or row[0]:
+        # Looked up by name in every schema: the file may set its own search_path.
+        invalid = self.conn.execute(
+            "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = %s AND NOT i.indisvalid",
+            [name],
+        ).fetchall()
+        if len(invalid) > 1:
+            raise MigrationRefused(
+                f"migration {migration.filename} builds index {name}, and {len(invalid)} invalid "
+                f"indexes have that name ({', '.join(str(row[0]) for row in invalid)}); drop the "
+                "one the interrupted run left (DROP INDEX CONCURRENTLY) and run again"
+            )
+        if not invalid:
             return ()
-        self.conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(identifier))
+        self.conn.execute(b"DROP INDEX CONCURRENTLY IF EXISTS " + str(invalid[0][0]).encode())
         return (f"dropped invalid index {name} left by an interrupted run",)
 
     def _run_steps(self, migration: Migration, *, prefix: bytes = b"") -> None:

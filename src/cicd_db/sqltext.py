@@ -33,7 +33,7 @@ _NOT_AFTER_IDENT = rb"(?<![" + _IDENT_CONT + rb"])"
 # What can hide a semicolon or end a statement. Words are matched only while
 # they matter (the first four of a statement, and inside a function definition).
 _COMMON = (
-    rb"(?P<line>--[^\n]*)"
+    rb"(?P<line>--[^\n\r]*)"  # psql and the server end a comment at \r as at \n
     rb"|(?P<block>/\*)"
     rb"|(?P<estring>" + _NOT_AFTER_IDENT + rb"[eE]')"
     rb"|(?P<string>')"

@@ -164,7 +164,9 @@ def connect(
     `overrides` are libpq keywords that replace the settings' own (`options`, ...).
     """
     try:
-        return psycopg.connect(settings.conninfo(**overrides), autocommit=autocommit)
+        # Named in pg_stat_activity, unless the URL names the application itself.
+        conninfo = settings.conninfo(fallback_application_name="cicd-db", **overrides)
+        return psycopg.connect(conninfo, autocommit=autocommit)
     except psycopg.OperationalError as error:
         raise _connection_error(settings, error) from None
 

@@ -1,0 +1,36 @@
+"""The console entry points: `cicd-db`, `python -m cicd_db`, `scripts/migrate.py`.
+
+Kept free of heavy imports, so that Ctrl-C or SIGTERM while Python is still loading
+psycopg ends in one line and the usual exit code, not a traceback or a silent exit.
+Once the CLI is loaded, it handles both signals itself (cli.main).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+
+def _while_starting(signum: int, frame: FrameType | None) -> None:
+    sys.stderr.write("error: interrupted while starting; nothing ran\n")
+    raise SystemExit(143 if signum == signal.SIGTERM else 130)
+
+
+def _load() -> object:
+    signal.signal(signal.SIGTERM, _while_starting)
+    signal.signal(signal.SIGINT, _while_starting)
+    from cicd_db import cli
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return cli
+
+
+def main() -> int:
+    """`cicd-db`."""
+    return _load().main()  # type: ignore[attr-defined, no-any-return]
+
+
+def migrate_main() -> int:
+    """`scripts/migrate.py`: `cicd-db migrate` under another name."""
+    return _load().migrate_main()  # type: ignore[attr-defined, no-any-return]
