@@ -93,6 +93,11 @@ def start_server() -> tuple[EmbeddedServer, ConnectionSettings, bool]:
     """The bench's server, tuned; and whether it was already running before."""
     server = EmbeddedServer(HOME)
     was_running = server.status().running
+    return server, tuned(server), was_running
+
+
+def tuned(server: EmbeddedServer) -> ConnectionSettings:
+    """Start `server` with SERVER_SETTINGS (restarting it once if they need it); its admin."""
     admin = server.admin_settings()
     with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
         current = dict(
@@ -101,17 +106,15 @@ def start_server() -> tuple[EmbeddedServer, ConnectionSettings, bool]:
                 [list(SERVER_SETTINGS)],
             ).fetchall()
         )
-        changed = False
         for name, value in SERVER_SETTINGS.items():
             conn.execute(
                 sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
             )
-            changed = changed or name not in current
-        wanted = conn.execute("SHOW shared_buffers").fetchone()[0]  # type: ignore[index]
-    if wanted != SERVER_SETTINGS["shared_buffers"] or changed:
+        shown = conn.execute("SHOW shared_buffers").fetchone()[0]  # type: ignore[index]
+    if shown != SERVER_SETTINGS["shared_buffers"] or set(SERVER_SETTINGS) - set(current):
         server.stop()
         admin = server.admin_settings()
-    return server, admin, was_running
+    return admin
 
 
 def find_dbmate() -> tuple[Path | None, str]:

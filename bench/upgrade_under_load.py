@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from bench import tuned  # the folder of this script comes first on sys.path
 from psycopg import sql
 
 from cicd_db import migrations
@@ -68,14 +69,6 @@ TABLES = ("pipeline_executions", "stage_executions", "job_executions")
 STAGES, JOBS = 5, 4
 RUNNER_APP = "upgrade-bench-migrate"
 WRITER_APP = "upgrade-bench-writer"
-SERVER_SETTINGS = {
-    # Loading 26 million rows in minutes; the same tuning as bench/bench.py.
-    "shared_buffers": "2GB",
-    "maintenance_work_mem": "1GB",
-    "max_wal_size": "16GB",
-    "checkpoint_timeout": "30min",
-    "synchronous_commit": "off",
-}
 PHASES = ("before", "during", "after")
 
 
@@ -88,23 +81,7 @@ def say(message: str) -> None:
 
 def start_server(home: Path, bin_dir: Path | None) -> tuple[EmbeddedServer, ConnectionSettings]:
     server = EmbeddedServer(home, bin_dir=bin_dir)
-    admin = server.admin_settings()
-    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
-        current = dict(
-            conn.execute(
-                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
-                [list(SERVER_SETTINGS)],
-            ).fetchall()
-        )
-        for name, value in SERVER_SETTINGS.items():
-            conn.execute(
-                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
-            )
-        shown = conn.execute("SHOW shared_buffers").fetchone()[0]  # type: ignore[index]
-    if shown != SERVER_SETTINGS["shared_buffers"] or set(SERVER_SETTINGS) - set(current):
-        server.stop()
-        admin = server.admin_settings()
-    return server, admin
+    return server, tuned(server)  # the tuning of bench.py, for loading 26 million rows
 
 
 def database_exists(admin: ConnectionSettings, name: str) -> bool:
