@@ -30,38 +30,48 @@ _IDENT_START = rb"A-Za-z\x80-\xff_"
 _IDENT_CONT = rb"A-Za-z\x80-\xff_0-9$"
 _NOT_AFTER_IDENT = rb"(?<![" + _IDENT_CONT + rb"])"
 
-# What can hide a semicolon or end a statement. Words are matched only while
-# they matter (the first four of a statement, and inside a function definition).
-_COMMON = (
-    rb"(?P<line>--[^\n\r]*)"  # psql and the server end a comment at \r as at \n
-    rb"|(?P<block>/\*)"
-    rb"|(?P<estring>" + _NOT_AFTER_IDENT + rb"[eE]')"
-    rb"|(?P<string>')"
-    rb"|(?P<ident>\")"
-    rb"|(?P<dollar>"
-    + _NOT_AFTER_IDENT
-    + rb"\$(?:["
-    + _IDENT_START
-    + rb"]["
-    + _IDENT_START
-    + rb"0-9]*)?\$)"
-    rb"|(?P<open>\()"
-    rb"|(?P<close>\))"
-    rb"|(?P<semicolon>;)"
-    rb"|(?P<backslash>\\)"
-)
-_FAST = re.compile(_COMMON)
-_WORDS = re.compile(_COMMON + rb"|(?P<word>[" + _IDENT_START + rb"][" + _IDENT_CONT + rb"]*)")
+# What can hide a semicolon or end a statement, a quoted thing matched whole (one
+# step for a string). Words are matched only while they matter (the first four of
+# a statement, and inside a function definition); elsewhere parentheses between
+# the tokens are counted rather than matched one by one.
+_ESCAPED = rb"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'"  # backslash escapes: E'...', or '...' with them on
+_STANDARD = rb"'[^']*(?:''[^']*)*'"
+_DOLLAR = rb"\$(?:[" + _IDENT_START + rb"][" + _IDENT_START + rb"0-9]*)?\$"
+
+
+def _tokens(standard_strings: bool, words: bool) -> re.Pattern[bytes]:
+    string = _STANDARD if standard_strings else _ESCAPED
+    pattern = (
+        rb"(?P<line>--[^\n\r]*)"  # psql and the server end a comment at \r as at \n
+        rb"|(?P<block>/\*)"
+        rb"|(?P<quoted>"
+        + _NOT_AFTER_IDENT
+        + rb"[eE]"
+        + _ESCAPED
+        + rb"|"
+        + string
+        + rb'|"[^"]*(?:""[^"]*)*")'
+        rb"|(?P<unterminated>['\"])"
+        rb"|(?P<dollar>" + _NOT_AFTER_IDENT + _DOLLAR + rb")"
+        rb"|(?P<semicolon>;)"
+        rb"|(?P<backslash>\\)"
+    )
+    if words:
+        pattern += (
+            rb"|(?P<open>\()|(?P<close>\))"
+            rb"|(?P<word>[" + _IDENT_START + rb"][" + _IDENT_CONT + rb"]*)"
+        )
+    return re.compile(pattern, re.DOTALL)
+
+
+_PATTERNS = {(standard, words): _tokens(standard, words) for standard in (True, False) for words in (True, False)}  # fmt: skip
+_PARENTHESES = re.compile(rb"[()]")
 # Up to four words at a statement's start, when only spaces come between them;
 # a word right before a quote may be a string's prefix (E'...'), so it stops there.
 _WORD = rb"((?>[" + _IDENT_START + rb"][" + _IDENT_CONT + rb"]*)(?!'))"
 _LEADING_WORDS = re.compile(
     rb"\s*" + _WORD + rb"(?:\s+" + _WORD + rb"(?:\s+" + _WORD + rb"(?:\s+" + _WORD + rb")?)?)?"
 )
-# Ends of quoted things, matched just past their opening quote.
-_STANDARD_STRING_END = re.compile(rb"[^']*(?:''[^']*)*'")
-_ESCAPE_STRING_END = re.compile(rb"[^'\\]*(?:(?:\\.|'')[^'\\]*)*'", re.DOTALL)
-_IDENT_END = re.compile(rb'[^"]*(?:""[^"]*)*"')
 _BLOCK_EDGE = re.compile(rb"/\*|\*/")
 _NOT_SPACE = re.compile(rb"\S")
 _COPY_FROM_STDIN = re.compile(rb"\bFROM\s+STDIN\b", re.IGNORECASE)
@@ -174,9 +184,11 @@ class Scanner:
                             if in_function:
                                 begin_depth = _body_depth(words[-1], begin_depth)
                     position = leading.end()
-            pattern = _WORDS if len(words) < WORDS_KEPT or in_function else _FAST
-            match = pattern.search(data, position)
+            fast = len(words) >= WORDS_KEPT and not in_function
+            match = _PATTERNS[self.standard_strings, not fast].search(data, position)
             gap_end = match.start() if match else size
+            if fast:
+                paren_depth = _walk_parentheses(data, position, gap_end, paren_depth)
             if not content and _NOT_SPACE.search(data, position, gap_end):
                 content = True
                 if begin is None:
@@ -243,17 +255,10 @@ class Scanner:
             elif kind == "dollar":
                 close = data.find(match.group(), match.end())
                 position = size if close < 0 else close + len(match.group())
-            else:
-                escapes = kind == "estring" or (kind == "string" and not self.standard_strings)
-                end_pattern = (
-                    _IDENT_END
-                    if kind == "ident"
-                    else _ESCAPE_STRING_END
-                    if escapes
-                    else _STANDARD_STRING_END
-                )
-                quoted = end_pattern.match(data, match.end())
-                position = size if quoted is None else quoted.end()
+            elif kind == "quoted":
+                position = match.end()
+            else:  # a quote that is never closed: the rest is in it, as psql reads it
+                position = size
         if content and begin is not None:
             yield Statement(begin, size, line_at(begin), tuple(words))
 
@@ -271,6 +276,16 @@ class Scanner:
         after = len(data) if close is None else close.end()
         yield CopyData(start, end, line_at(start), trailing)
         return after
+
+
+def _walk_parentheses(data: bytes, start: int, end: int, depth: int) -> int:
+    """The depth after `data[start:end]`, where "(" opens and ")" closes down to 0, never below."""
+    closes = data.count(b")", start, end)
+    if closes <= depth:  # it cannot reach 0 early, whatever the order: count
+        return depth + data.count(b"(", start, end) - closes
+    for edge in _PARENTHESES.finditer(data, start, end):
+        depth = depth + 1 if edge.group() == b"(" else max(depth - 1, 0)
+    return depth
 
 
 def _defines_function(words: list[str]) -> bool:
