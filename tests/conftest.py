@@ -9,6 +9,8 @@ The last two live under .cicd-db/tests-*/ and are stopped when the session ends.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from unittest import mock
 
 import psycopg
 import pytest
@@ -178,17 +181,34 @@ class Run:
     err: str
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Run:
-    """Run `python -m cicd_db ARGS` as its own process, as a user would."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "cicd_db", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    return Run(completed.returncode, completed.stdout, completed.stderr)
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, process: bool = False
+) -> Run:
+    """`cicd-db ARGS` with `env` added: in this process through `cli.main`, or, where a real
+    process matters (`process=True`), as `python -m cicd_db`."""
+    if process:
+        completed = subprocess.run(
+            [sys.executable, "-m", "cicd_db", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+        return Run(completed.returncode, completed.stdout, completed.stderr)
+    from cicd_db import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, env or {}),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as done:  # --help and --version
+            code = done.code if isinstance(done.code, int) else 0
+    return Run(code, out.getvalue(), err.getvalue())
 
 
 def write_migrations(folder: Path, files: dict[str, str]) -> Path:

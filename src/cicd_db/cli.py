@@ -587,8 +587,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "cicd-db", only_migra
         if not debug:
             # psycopg logs some failures besides raising them; the error line is enough.
             for name in ("psycopg", "psycopg.pool"):
-                logging.getLogger(name).addHandler(logging.NullHandler())
-                logging.getLogger(name).propagate = False
+                logger = logging.getLogger(name)
+                if not logger.handlers:
+                    logger.addHandler(logging.NullHandler())
+                logger.propagate = False
         run = _Run(args)
         func: Callable[[_Run], int] = args.func
         return func(run)
