@@ -7,13 +7,14 @@ STAMP := $(VENV)/.installed-stamp
 
 MIGRATIONS ?= db/migrations
 
-.PHONY: install run demo test test-db lint lint-sql bench clean-state lock help
+.PHONY: install run demo test test-db lint lint-sql bench mutation clean-state lock help
 
 help:
 	@echo "make run     start the embedded PostgreSQL, apply db/migrations, show the status"
 	@echo "make test    lint, then the whole test suite on a real PostgreSQL"
 	@echo "make demo    record a sample pipeline run and show the four report views"
 	@echo "make bench   speed beside dbmate, yoyo and psql (BENCH_ARGS=--help for options)"
+	@echo "make mutation  mutation testing (mutmut) of settings, targets, migrations, store"
 	@echo "make lint    ruff, mypy, sqlfluff and squawk on db/migrations, actionlint"
 	@echo "make install only build .venv"
 
@@ -71,6 +72,16 @@ test: lint
 # Only the database tests, against another server: TEST_PG_BIN_DIR=/usr/lib/postgresql/15/bin
 test-db: $(STAMP)
 	$(BIN)/pytest -m db
+
+# Mutation testing (docs/testing.md); not part of `make test`: tens of minutes.
+# mutmut runs pytest inside mutants/, so the tests get the test server of this
+# checkout (.cicd-db/tests-embedded, started once and left running) as a URL.
+# MUTANTS narrows the run: make mutation MUTANTS='cicd_db.settings*'
+MUTANTS ?= cicd_db.settings* cicd_db.targets* cicd_db.migrations* cicd_db.store*
+mutation: $(STAMP)
+	@set -f; TEST_DATABASE_URL="$$($(BIN)/python -c 'from pathlib import Path; from cicd_db.embedded import EmbeddedServer; print(EmbeddedServer(Path(".cicd-db/tests-embedded")).admin_settings().url())')" \
+	  && export TEST_DATABASE_URL && $(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	$(BIN)/mutmut results
 
 # Figures, not tests: cicd-db beside dbmate, yoyo and psql; writes docs/benchmarks.md.
 bench: $(STAMP)
