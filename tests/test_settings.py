@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import psycopg.conninfo
 import pytest
 
 from cicd_db import settings as contract
-from cicd_db.errors import ConfigError, UsageError
+from cicd_db import targets
+from cicd_db.errors import AuthenticationFailed, ConfigError, ConnectionFailed, UsageError
 from cicd_db.settings import ConnectionSettings, from_url, password_candidates, redact
 from cicd_db.targets import resolve
+
+from .conftest import Database
 
 
 @pytest.mark.parametrize(
@@ -252,3 +257,401 @@ def test_resolve_bad(root: Path, flags: dict, error: type, message: str) -> None
 def test_ci_reads_a_stack_only_when_named(root: Path) -> None:
     target = resolve(stack="prod", environ={"CI": "true", "DATABASE_URL": ""}, root=root)
     assert (target.kind, target.name) == ("stack", "prod")
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "pooled"),
+    [
+        ("db.supabase.co", 6543, True),
+        ("db.supabase.co", 6542, False),
+        ("db.supabase.co", 5432, False),
+        ("ep-cool-42-pooler.us-east-2.aws.neon.tech", 5432, True),
+        ("ep-cool-42.us-east-2.aws.neon.tech", 5432, False),
+        ("ep-cool-42.db-pooler.example", 5432, False),  # only the first label counts
+        ("pooler-ep.neon.tech", 5432, False),
+        ("localhost-pooler", 5432, True),  # a host of one label
+    ],
+)
+def test_is_transaction_pooler(host: str, port: int, pooled: bool) -> None:
+    assert contract.is_transaction_pooler(ConnectionSettings(host, port, "db", "u")) is pooled
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_insecure", "expected"),
+    [
+        ("postgresql://u:pw@h/db", False, "postgresql://u:pw@h/db?sslmode=require"),
+        (
+            "postgresql://u:pw@h/db?options=endpoint%3Dep",
+            False,
+            "postgresql://u:pw@h/db?options=endpoint%3Dep&sslmode=require",
+        ),
+        (
+            "postgresql://u:pw@h/db?sslmode=verify-ca",
+            False,
+            "postgresql://u:pw@h/db?sslmode=verify-ca",
+        ),
+        ("postgresql://u:pw@h/db?sslmode=disable", True, "postgresql://u:pw@h/db?sslmode=disable"),
+    ],
+)
+def test_check_cloud_url(url: str, allow_insecure: bool, expected: str) -> None:
+    assert contract.check_cloud_url(url, what="databaseUrl", allow_insecure=allow_insecure) == (
+        expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql://u@h/db",
+            "the databaseUrl 'postgresql://u@h/db' needs a user and a password, as in "
+            "postgresql://USER:PASSWORD@HOST/DATABASE",
+        ),
+        (
+            "postgresql://:hunter2@h/db",
+            "the databaseUrl 'postgresql://:***@h/db' needs a user and a password, as in "
+            "postgresql://USER:PASSWORD@HOST/DATABASE",
+        ),
+        (
+            "postgresql://u:pw@h/db?sslmode=prefer",
+            "the databaseUrl has sslmode=prefer, which does not encrypt; use sslmode=require "
+            "(or verify-ca, verify-full), or set cicd-db:allowInsecure true",
+        ),
+        (
+            "https://u:pw@h/db",
+            "the databaseUrl must start with postgresql:// or postgres://",
+        ),
+    ],
+)
+def test_check_cloud_url_bad(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        contract.check_cloud_url(url, what="databaseUrl")
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+OUTPUTS = {
+    "host": "db.example.com",
+    "port": 6543,
+    "database": "app",
+    "user": "ci",
+    "password": "pw",
+    "sslmode": "require",
+    "database_url": "postgresql://ci:pw@db.example.com:6543/app?sslmode=require&options=-c%20x%3D1",
+}
+
+
+def test_from_outputs_takes_the_parameters_from_the_url() -> None:
+    settings = contract.from_outputs(OUTPUTS, stack="prod")
+    assert settings == ConnectionSettings(
+        "db.example.com", 6543, "app", "ci", "pw", "require", parameters=(("options", "-c x=1"),)
+    )
+
+
+def test_from_outputs_names_every_missing_output() -> None:
+    outputs = {**OUTPUTS, "password": "", "host": None}
+    with pytest.raises(ConfigError) as raised:
+        contract.from_outputs(outputs, stack="prod")
+    assert str(raised.value) == (
+        "stack 'prod' has no output host, password; "
+        "run `pulumi up -s prod` so it exports the connection contract"
+    )
+
+
+def test_from_outputs_names_the_stack_in_a_bad_url() -> None:
+    with pytest.raises(ConfigError, match=r"^the stack 'qa' output database_url must start"):
+        contract.from_outputs({**OUTPUTS, "database_url": "mysql://h/db"}, stack="qa")
+
+
+def test_repository_root_is_this_checkout() -> None:
+    root = targets.repository_root()
+    assert root == Path(targets.__file__).resolve().parents[2]
+    assert (root / "Pulumi.yaml").is_file()
+
+
+def test_repository_root_of_an_installed_package_is_the_cwds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(targets, "__file__", str(tmp_path / "site" / "pkg" / "cicd_db" / "x.py"))
+    (tmp_path / "repo" / "sub" / "dir").mkdir(parents=True)
+    (tmp_path / "repo" / "Pulumi.yaml").write_text("")
+    monkeypatch.chdir(tmp_path / "repo" / "sub" / "dir")
+    assert targets.repository_root() == tmp_path / "repo"
+    (tmp_path / "repo" / "Pulumi.yaml").unlink()
+    assert targets.repository_root() == tmp_path / "repo" / "sub" / "dir"
+
+
+def test_state_home(tmp_path: Path) -> None:
+    assert targets.state_home(tmp_path, {}) == tmp_path / ".cicd-db"
+    assert targets.state_home(tmp_path, {"CICD_DB_HOME": ""}) == tmp_path / ".cicd-db"
+    assert targets.state_home(tmp_path, {"CICD_DB_HOME": "/var/x"}) == Path("/var/x")
+    target = resolve(stack="embedded", environ={"CICD_DB_HOME": "/var/x"}, root=tmp_path)
+    assert target.home == Path("/var/x")
+
+
+def test_known_stacks(tmp_path: Path) -> None:
+    assert targets.known_stacks(tmp_path) == ["embedded"]
+    for name in ("Pulumi.yaml", "Pulumi.qa.yaml", "Pulumi.a.b.yaml", "Pulumi.dev.yml"):
+        (tmp_path / name).write_text("")
+    assert targets.known_stacks(tmp_path) == ["a.b", "embedded", "qa"]
+
+
+HOST = ConnectionSettings("db.example.com", 5433, "app", "ci", SECRET)
+
+
+@pytest.mark.parametrize(
+    ("message", "error", "expected"),
+    [
+        (
+            'connection failed: connection to server at "10.0.0.1", port 5433 failed: FATAL:  '
+            'password authentication failed for user "ci"\nmore',
+            AuthenticationFailed,
+            "db.example.com:5433 refused user 'ci': password authentication failed for user "
+            '"ci"; check the user and password of the target (--database-url, DATABASE_URL or '
+            "the stack's outputs)",
+        ),
+        (
+            "fe_sendauth: no password supplied",
+            AuthenticationFailed,
+            "db.example.com:5433 refused user 'ci': fe_sendauth: no password supplied; check",
+        ),
+        (
+            'FATAL:  role "ci" does not exist',
+            AuthenticationFailed,
+            "db.example.com:5433 refused user 'ci': role \"ci\" does not exist; check",
+        ),
+        (
+            'connection to server at "10.0.0.1", port 5433 failed: FATAL:  database "app" does '
+            "not exist",
+            ConfigError,
+            'db.example.com:5433: database "app" does not exist; create it, or fix the database '
+            "name in the URL",
+        ),
+        (
+            'FATAL:  role "ci" is not permitted to log in',
+            ConnectionFailed,
+            'cannot connect to db.example.com:5433: role "ci" is not permitted to log in; check',
+        ),
+        (
+            'invalid sslmode value: "bogus"',
+            ConfigError,
+            'db.example.com:5433: invalid sslmode value: "bogus"; fix that parameter of the '
+            "target (--database-url, DATABASE_URL or the stack's outputs)",
+        ),
+        (
+            'connection to server at "10.0.0.1", port 5433 failed: root certificate file '
+            '"/nope/ca.pem" does not exist',
+            ConfigError,
+            'db.example.com:5433: root certificate file "/nope/ca.pem" does not exist; fix',
+        ),
+        (
+            'could not open certificate file "/c.pem": No such file or directory',
+            ConfigError,
+            'db.example.com:5433: could not open certificate file "/c.pem"',
+        ),
+        (
+            'connection to server at "10.0.0.1", port 5433 failed: Connection refused\n'
+            "\tIs the server running on that host and accepting TCP/IP connections?",
+            ConnectionFailed,
+            "cannot connect to db.example.com:5433: Connection refused; check that the server "
+            "is up (`cicd-db migrate wait`) and that host and port are right",
+        ),
+        (
+            "  ",
+            ConnectionFailed,
+            "cannot connect to db.example.com:5433: no answer; check that the server is up",
+        ),
+        (
+            f"server said {SECRET} twice: {SECRET}",
+            ConnectionFailed,
+            "cannot connect to db.example.com:5433: server said *** twice: ***; check",
+        ),
+    ],
+    ids=[
+        "password",
+        "no-password",
+        "no-role",
+        "no-database",
+        "role-not-permitted",
+        "libpq-parameter",
+        "root-certificate",
+        "certificate",
+        "refused",
+        "empty",
+        "secret",
+    ],
+)
+def test_connection_errors_say_what_to_fix(message: str, error: type, expected: str) -> None:
+    result = targets._connection_error(HOST, psycopg.OperationalError(message))
+    assert type(result) is error
+    assert str(result).startswith(expected), str(result)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_connect_turns_failures_into_our_errors() -> None:
+    settings = ConnectionSettings("127.0.0.1", closed_port(), "db", "ci", SECRET)
+    with pytest.raises(ConnectionFailed, match=r"^cannot connect to 127\.0\.0\.1:\d+: "):
+        targets.connect(settings)
+
+
+def test_connect_applies_autocommit_and_overrides(database: Database) -> None:
+    with targets.connect(database.settings, application_name="probe") as conn:
+        assert conn.autocommit is True
+        assert conn.execute("SHOW application_name").fetchone() == ("probe",)
+    with targets.connect(database.settings, autocommit=False) as conn:
+        assert conn.autocommit is False
+
+
+def test_wait(database: Database) -> None:
+    started = time.monotonic()
+    targets.wait(database.settings, timeout=5)
+    assert time.monotonic() - started < 2
+    settings = ConnectionSettings("127.0.0.1", closed_port(), "db", "ci", SECRET)
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed):
+        targets.wait(settings, timeout=0.4, poll=0.1)
+    assert 0.4 <= time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        # the first unknown name, even after a known one and with "=" in its value
+        ("postgresql://u@h/db?sslmode=require&foo=a=b", "has parameter 'foo', which libpq"),
+        # a fragment is no parameter: libpq refuses the URL, we do not name "y"
+        ("postgresql://u@h/db?sslmode=require#x&y", "is malformed; check its form: "),
+    ],
+)
+def test_query_names(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_url(url)
+
+
+def test_from_url_keeps_scheme_like_text_in_values() -> None:
+    settings = from_url("postgresql://u@h/db?application_name=a://b&options=")
+    assert settings.parameters == (("application_name", "a://b"),)
+
+
+def test_malformed_url_message_is_whole() -> None:
+    with pytest.raises(ConfigError) as raised:
+        from_url("postgresql://u:a b@h/db")
+    assert str(raised.value) == (
+        "the database URL 'postgresql://u:***@h/db' is malformed; check its form: "
+        "postgresql://USER:PASSWORD@HOST:5432/DATABASE (percent-encode special characters "
+        "in the password: @ as %40, space as %20)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"dbname": "d"}, "the x names no host; add one, as in @HOST:5432"),
+        ({"host": "h"}, "the x names no database; add /DATABASE after the host"),
+        (
+            {"host": "a b", "dbname": "d"},
+            "the x has a host with '@' or a space in it: most likely a password holding such "
+            "a character; percent-encode it (@ as %40, space as %20)",
+        ),
+        ({"host": "h", "dbname": "d", "port": "0"}, "the x has port '0'; use a number from"),
+        ({"host": "h", "dbname": "d", "port": 65536}, "the x has port '65536'; use a number"),
+        ({"host": "h", "dbname": "d", "port": "-1"}, "the x has port '-1'; use a number"),
+    ],
+)
+def test_from_mapping_bad(params: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        contract.from_mapping(params, what="x")
+    assert str(raised.value) == message or str(raised.value).startswith(message)
+
+
+def test_from_mapping_takes_contract_names_and_edge_ports() -> None:
+    direct = "postgresql://u:pw@direct/db"
+    for port in (1, "65535"):
+        settings = contract.from_mapping(
+            {"host": "h", "database": "d", "port": port, "migration_database_url": direct},
+            what="x",
+        )
+        assert (settings.port, settings.database, settings.migration_url) == (
+            int(port),
+            "d",
+            direct,
+        )
+    empty = contract.from_mapping(
+        {"host": "h", "dbname": "d", "migration_database_url": "", "application_name": ""},
+        what="x",
+    )
+    assert (empty.migration_url, empty.parameters) == (None, ())
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("HTTP://u:pw@h", "HTTP://u:***@h"),
+        ("postgresql://u:p:w@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://@h/db", "postgresql://@h/db"),
+        (":pw@h", ":***@h"),
+        ("@h", "@h"),
+        ("postgresql://h/db", "postgresql://h/db"),
+        ("postgresql:/h/db", None),  # one slash: may be a password
+        ("my pass://x", None),
+        ("hunter2", None),
+    ],
+)
+def test_mask_credentials(text: str, masked: str | None) -> None:
+    assert contract.mask_credentials(text) == masked
+
+
+@pytest.mark.parametrize(
+    ("text", "candidates"),
+    [
+        (None, []),
+        ("", []),
+        ("postgresql://u:pw@h", ["pw", "pw"]),
+        ("HTTP://u:pw@h", ["pw", "pw"]),
+        ("postgresql://u:p:w@h/db", ["p:w", "p:w"]),
+        ("postgresql://u:a@b@h/db", ["a@b", "a", "b"]),
+        ("postgresql://u@h/db", []),
+        ("postgresql://@h/db", []),
+        (":pw@h", ["pw", "pw"]),
+        ("@h", []),
+        ("postgresql://h/db", []),
+        ("  postgresql:/h/db ", ["postgresql:/h/db"]),
+        ("hunter2", ["hunter2"]),
+    ],
+)
+def test_password_candidates(text: str | None, candidates: list[str]) -> None:
+    assert password_candidates(text) == candidates
+
+
+def test_redact_skips_short_and_empty_secrets() -> None:
+    assert redact("ab abc abcd", secrets=["", "ab"]) == "ab abc abcd"
+    assert redact("x abc y", secrets=["abc"]) == "x *** y"
+
+
+@pytest.mark.parametrize(
+    ("settings", "url"),
+    [
+        (ConnectionSettings("h", 5432, "d", ""), "postgresql://h:5432/d?sslmode=prefer"),
+        (
+            ConnectionSettings("h", 5432, "a/b", "u/v", "p/q"),
+            "postgresql://u%2Fv:p%2Fq@h:5432/a%2Fb?sslmode=prefer",
+        ),
+        (ConnectionSettings("::1", 5432, "d", "u"), "postgresql://u@[::1]:5432/d?sslmode=prefer"),
+        (ConnectionSettings("/run/pg", 5432, "d", "u"), "postgresql://u@:5432/d?sslmode=prefer"),
+    ],
+)
+def test_url(settings: ConnectionSettings, url: str) -> None:
+    assert settings.url() == url
+
+
+def test_migration_url_is_an_output_and_is_checked() -> None:
+    direct = "postgresql://u:pw@direct/db?sslmode=require"
+    settings = ConnectionSettings("h", 6543, "db", "u", "pw", migration_url=direct)
+    assert settings.outputs()["migration_database_url"] == direct
+    broken = ConnectionSettings("h", 6543, "db", "u", "pw", migration_url="direct/db")
+    with pytest.raises(ConfigError, match=r"^the migration_database_url must start with"):
+        broken.for_migrations()
