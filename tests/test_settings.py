@@ -362,10 +362,12 @@ def test_from_outputs_names_the_stack_in_a_bad_url() -> None:
         contract.from_outputs({**OUTPUTS, "database_url": "mysql://h/db"}, stack="qa")
 
 
-def test_repository_root_is_this_checkout() -> None:
+def test_repository_root_is_this_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # wherever the command runs
     root = targets.repository_root()
     assert root == Path(targets.__file__).resolve().parents[2]
     assert (root / "Pulumi.yaml").is_file()
+    assert resolve(stack="dev", environ={}).root == root
 
 
 def test_repository_root_of_an_installed_package_is_the_cwds(
@@ -444,6 +446,11 @@ HOST = ConnectionSettings("db.example.com", 5433, "app", "ci", SECRET)
             'db.example.com:5433: root certificate file "/nope/ca.pem" does not exist; fix',
         ),
         (
+            'could not load SSL engine "x"',
+            ConfigError,
+            'db.example.com:5433: could not load SSL engine "x"; fix',
+        ),
+        (
             'could not open certificate file "/c.pem": No such file or directory',
             ConfigError,
             'db.example.com:5433: could not open certificate file "/c.pem"',
@@ -474,6 +481,7 @@ HOST = ConnectionSettings("db.example.com", 5433, "app", "ci", SECRET)
         "role-not-permitted",
         "libpq-parameter",
         "root-certificate",
+        "ssl",
         "certificate",
         "refused",
         "empty",
@@ -494,7 +502,9 @@ def closed_port() -> int:
 
 def test_connect_turns_failures_into_our_errors() -> None:
     settings = ConnectionSettings("127.0.0.1", closed_port(), "db", "ci", SECRET)
-    with pytest.raises(ConnectionFailed, match=r"^cannot connect to 127\.0\.0\.1:\d+: "):
+    with pytest.raises(
+        ConnectionFailed, match=r"^cannot connect to 127\.0\.0\.1:\d+: Connection refused;"
+    ):
         targets.connect(settings)
 
 
@@ -515,6 +525,10 @@ def test_wait(database: Database) -> None:
     with pytest.raises(ConnectionFailed):
         targets.wait(settings, timeout=0.4, poll=0.1)
     assert 0.4 <= time.monotonic() - started < 3
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed):
+        targets.wait(settings, timeout=0.3)  # polls every 0.2 s by default
+    assert 0.3 <= time.monotonic() - started < 1.1
 
 
 @pytest.mark.parametrize(
@@ -655,3 +669,46 @@ def test_migration_url_is_an_output_and_is_checked() -> None:
     broken = ConnectionSettings("h", 6543, "db", "u", "pw", migration_url="direct/db")
     with pytest.raises(ConfigError, match=r"^the migration_database_url must start with"):
         broken.for_migrations()
+
+
+@pytest.mark.parametrize("flags", [{"stack": "dev"}, {"database_url": URL}, {}])
+def test_resolve_keeps_root_and_home(root: Path, flags: dict) -> None:
+    target = resolve(**flags, environ={"DATABASE_URL": ENV_URL}, root=root)
+    assert (target.root, target.home) == (root, root / ".cicd-db")
+    assert target.embedded_server().root == root / ".cicd-db" / "embedded"
+
+
+def test_resolve_names_both_flags(root: Path) -> None:
+    with pytest.raises(UsageError) as raised:
+        resolve(database_url=URL, stack="dev", local=True, environ={}, root=root)
+    assert str(raised.value) == (
+        "--database-url and --stack and --local both name a database; give only one of them"
+    )
+
+
+@pytest.mark.parametrize("ci", ["true", "True", "1", "yes", "YES"])
+def test_ci_without_database_url_is_an_error(root: Path, ci: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        resolve(environ={"CI": ci}, root=root)
+    assert str(raised.value) == (
+        "DATABASE_URL is not set in this CI job; pass the secret to the step (GitHub: env: "
+        "DATABASE_URL: ${{ secrets.DATABASE_URL }}), or read prod from Pulumi explicitly with "
+        "--stack prod"
+    )
+
+
+@pytest.mark.parametrize("ci", ["false", "0", "", "no"])
+def test_not_ci_reads_prod(root: Path, ci: str) -> None:
+    assert resolve(environ={"CI": ci}, root=root).name == "prod"
+
+
+def test_check_cloud_url_reads_sslmode_from_the_whole_query() -> None:
+    url = "postgresql://u:pw@h/db?sslmode=disable&application_name=a?b"
+    with pytest.raises(ConfigError, match="has sslmode=disable, which does not encrypt"):
+        contract.check_cloud_url(url, what="databaseUrl")
+
+
+def test_from_outputs_names_the_stack_in_a_bad_output() -> None:
+    with pytest.raises(ConfigError) as raised:
+        contract.from_outputs({**OUTPUTS, "port": "x"}, stack="prod")
+    assert str(raised.value).startswith("the stack 'prod' outputs has port 'x'; use a number")
