@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from threading import Barrier
+from uuid import uuid4
 
 import psycopg
 import pytest
@@ -489,3 +490,112 @@ def test_racing_writers_leave_no_orphans(schema: Database, name: str) -> None:
         if left := orphans(schema, trial.run):
             broken.append(left)
     assert not broken, f"{len(broken)} of {TRIALS} trials left orphans, e.g. {broken[0]}"
+
+
+def test_reads_find_what_exists(executions: Store) -> None:
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING)
+    stage = executions.add_stage(run, "test", 1)
+    executions.add_stage(run, "deploy", 2)
+    job = executions.add_job(stage, "unit", allows_failure=True)
+    assert executions.stage(run, "test") == stage
+    assert executions.job(run, stage, "unit") == job
+    assert job.allows_failure is True
+    assert [s.stage_name for s in executions.stages(run.id)] == ["test", "deploy"]
+    assert executions.jobs(stage.id) == [job]
+
+
+def test_runs_default_to_the_newest_twenty(schema: Database, executions: Store) -> None:
+    schema.query(
+        "INSERT INTO pipeline_executions (pipeline_name, commit_hash) "
+        "SELECT 'build', md5(i::text) FROM generate_series(1, 25) i RETURNING 1"
+    )
+    assert [run.run_number for run in executions.runs("build")] == list(range(25, 5, -1))
+    assert [run.run_number for run in executions.runs("build", before=3)] == [2, 1]
+
+
+def test_cancel_run_stamps_every_row_with_its_time(executions: Store) -> None:
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING, at=T0)
+    stage = executions.set_status(executions.add_stage(run, "test", 1), RUNNING, at=T0)
+    executions.set_status(executions.add_job(stage, "unit"), RUNNING, at=T0)
+    at = T0 + timedelta(minutes=3)
+    run = executions.cancel_run(run, at=at)
+    assert (run.status, run.completion_time) == (CANCELED, at)
+    assert [(s.status, s.completion_time) for s in executions.stages(run)] == [(CANCELED, at)]
+    assert [(j.status, j.completion_time) for j in executions.jobs(stage)] == [(CANCELED, at)]
+
+
+def test_moves_stamp_the_right_time(executions: Store) -> None:
+    for kind in ("run", "stage", "job"):
+        run = executions.set_status(executions.start_run(kind, "abc"), RUNNING, at=T0)
+        if kind == "run":  # a run with an unfinished stage cannot finish
+            row = run
+        else:
+            stage = executions.set_status(executions.add_stage(run, "s", 1), RUNNING, at=T0)
+            row = stage if kind == "stage" else executions.add_job(stage, "j")
+        if kind == "job":
+            row = executions.set_status(row, RUNNING, at=T0)
+        assert (row.start_time, row.completion_time) == (T0, None)
+        done = executions.set_status(row, SUCCESS, at=T0 + timedelta(seconds=9))
+        assert (done.start_time, done.completion_time) == (T0, T0 + timedelta(seconds=9))
+
+
+def test_one_connection_is_enough(schema: Database) -> None:
+    """Finishing and cancelling run in one transaction, on the connection they borrowed."""
+    with ConnectionPool(
+        schema.settings.conninfo(), min_size=1, max_size=1, timeout=3, kwargs={"autocommit": True}
+    ) as pool:
+        single = Store.pooled(pool)
+        run = single.set_status(single.start_run("build", "abc"), RUNNING)
+        stage = single.set_status(single.add_stage(run, "test", 1), RUNNING)
+        assert single.finish_stage(stage).status == SUCCESS
+        single.add_stage(run, "deploy", 2)
+        assert single.cancel_run(run).status == CANCELED
+        other = single.set_status(single.start_run("build", "def"), RUNNING)
+        assert single.finish_run(other).status == SUCCESS
+
+
+def test_refusals_say_exactly_what_is_wrong(executions: Store) -> None:
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING)
+    stage = executions.set_status(executions.add_stage(run, "test", 1), RUNNING)
+    job = executions.add_job(stage, "unit")
+    assert job.allows_failure is False
+    with pytest.raises(AlreadyExists) as duplicate:
+        executions.add_job(stage, "unit")
+    assert str(duplicate.value) == "the stage already has a job of that name"
+    with pytest.raises(IllegalTransition) as not_a_status:
+        executions.set_status(run, "DONE")
+    assert str(not_a_status.value) == (
+        "'DONE' is not a status to move to; use one of RUNNING, SUCCESS, FAILED, CANCELED"
+    )
+    with pytest.raises(IllegalTransition) as stale:
+        executions.set_status(job, SUCCESS)
+    assert str(stale.value) == (
+        "job 'unit' is PENDING and cannot move to SUCCESS; allowed: PENDING -> RUNNING -> "
+        "SUCCESS | FAILED | CANCELED, PENDING -> CANCELED"
+    )
+    with pytest.raises(IllegalTransition) as one_left:
+        executions.finish_stage(stage)
+    assert str(one_left.value) == (
+        "stage 'test' cannot finish while 1 job (unit) has not; finish or cancel it first"
+    )
+    executions.add_jobs(stage, [(name, False) for name in "fedcba"])
+    with pytest.raises(IllegalTransition) as many_left:
+        executions.finish_stage(stage)
+    assert str(many_left.value) == (
+        "stage 'test' cannot finish while 7 jobs (a, b, c, d, e) have not; "
+        "finish or cancel them first"
+    )
+
+
+def test_a_row_that_is_gone_is_not_found(executions: Store) -> None:
+    run = executions.start_run("build", "abc")
+    ghost = replace(run, id=uuid4())
+    with pytest.raises(NotFound) as raised:
+        executions.set_status(ghost, RUNNING)
+    assert str(raised.value) == f"no run with id {ghost.id}"
+
+
+def test_the_store_says_why_it_needs_autocommit(schema: Database) -> None:
+    with psycopg.connect(schema.settings.conninfo()) as conn, pytest.raises(ValueError) as raised:
+        Store.on(conn)
+    assert str(raised.value) == "the store needs an autocommit connection"
