@@ -16,6 +16,7 @@ import pytest
 from psycopg import sql
 
 from cicd_db import migrations
+from cicd_db.errors import ConfigError
 from cicd_db.settings import ConnectionSettings
 
 from .conftest import Database, run_cli, write_migrations
@@ -491,3 +492,61 @@ def test_invalid_concurrent_index_is_found_whatever_the_search_path(
     assert code == 0
     assert out.splitlines()[0] == "  dropped invalid index ÉtÉ_c left by an interrupted run"
     assert database.query(left) == [("ÉtÉ_c", True)]
+
+
+@pytest.mark.parametrize(
+    ("environ", "options"),
+    [
+        ({}, migrations.SESSION_OPTIONS),
+        ({"PGOPTIONS": "  "}, migrations.SESSION_OPTIONS),
+        ({"PGOPTIONS": " -c a.b=1 "}, "-c a.b=1 " + migrations.SESSION_OPTIONS),
+    ],
+)
+def test_session_options_keep_pgoptions_first(environ: dict, options: str) -> None:
+    assert migrations.session_options(environ) == options
+
+
+def test_new_migration_numbers_in_the_folders_width(tmp_path: Path) -> None:
+    first = migrations.new_migration(tmp_path, "add_runs")
+    assert first.name == "0001_add_runs.sql"
+    assert first.read_text() == migrations.NEW_FILE_HEADER.format(name="add_runs")
+    (tmp_path / "000041_old.sql").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    second = migrations.new_migration(tmp_path, "idx", transactional=False)
+    assert second.name == "000042_idx.sql"
+    assert second.read_text().startswith("-- cicd-db: no-transaction\n-- idx: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("-x", "migration name '-x' may hold only letters, digits, '_', '.' and '-', and must"),
+        ("a b", "migration name 'a b' may hold only letters"),
+    ],
+)
+def test_new_migration_refuses_bad_names(tmp_path: Path, name: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        migrations.new_migration(tmp_path, name)
+
+
+def test_new_migration_refuses_a_missing_folder_and_an_existing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as missing:
+        migrations.new_migration(tmp_path / "nope", "x")
+    assert str(missing.value) == (
+        f"migrations folder {tmp_path / 'nope'} does not exist; create it, or pass --migrations-dir"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("CREATE INDEX CONCURRENTLY Runs_Idx ON runs (id);", "runs_idx"),
+        ("create unique index concurrently if not exists x1 on runs (id);", "x1"),
+        ('CREATE INDEX CONCURRENTLY "My ""Idx""" ON runs (id);', 'My "Idx"'),
+        ("CREATE INDEX runs_idx ON runs (id);", None),
+    ],
+)
+def test_index_name_as_postgresql_names_it(tmp_path: Path, text: str, name: str | None) -> None:
+    path = tmp_path / "0001_idx.sql"
+    path.write_text("-- cicd-db: no-transaction\nSET lock_timeout = 0;\n" + text + "\n")
+    assert migrations.index_name(migrations.read(path, 1, "idx")) == name
