@@ -529,11 +529,17 @@ def test_new_migration_refuses_bad_names(tmp_path: Path, name: str, message: str
         migrations.new_migration(tmp_path, name)
 
 
-def test_new_migration_refuses_a_missing_folder_and_an_existing_file(tmp_path: Path) -> None:
+def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as missing:
         migrations.new_migration(tmp_path / "nope", "x")
     assert str(missing.value) == (
         f"migrations folder {tmp_path / 'nope'} does not exist; create it, or pass --migrations-dir"
+    )
+    with pytest.raises(ConfigError) as not_there:
+        migrations.discover(tmp_path / "nope")
+    assert str(not_there.value) == (
+        f"migrations folder {tmp_path / 'nope'} does not exist; "
+        "pass --migrations-dir DIR or run from the repository root"
     )
 
 
@@ -545,6 +551,7 @@ def test_new_migration_refuses_a_missing_folder_and_an_existing_file(tmp_path: P
         ('CREATE INDEX CONCURRENTLY "My ""Idx""" ON runs (id);', 'My "Idx"'),
         ("CREATE INDEX runs_idx ON runs (id);", None),
     ],
+    ids=["folded", "unique-if-not-exists", "quoted", "not-concurrent"],
 )
 def test_index_name_as_postgresql_names_it(tmp_path: Path, text: str, name: str | None) -> None:
     path = tmp_path / "0001_idx.sql"
