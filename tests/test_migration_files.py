@@ -549,11 +549,13 @@ def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> N
         ("CREATE INDEX CONCURRENTLY Runs_Idx ON runs (id);", "runs_idx"),
         ("create unique index concurrently if not exists x1 on runs (id);", "x1"),
         ('CREATE INDEX CONCURRENTLY "My ""Idx""" ON runs (id);', 'My "Idx"'),
+        ('CREATE INDEX CONCURRENTLY "Runs Idx" ON runs (id);', "Runs Idx"),
+        ("SET lock_timeout = 0;\nCREATE INDEX CONCURRENTLY x2 ON runs (id);", "x2"),
         ("CREATE INDEX runs_idx ON runs (id);", None),
     ],
-    ids=["folded", "unique-if-not-exists", "quoted", "not-concurrent"],
+    ids=["folded", "unique-if-not-exists", "quoted", "quoted-space", "after-set", "not-concurrent"],
 )
 def test_index_name_as_postgresql_names_it(tmp_path: Path, text: str, name: str | None) -> None:
     path = tmp_path / "0001_idx.sql"
-    path.write_text("-- cicd-db: no-transaction\nSET lock_timeout = 0;\n" + text + "\n")
+    path.write_text("-- cicd-db: no-transaction\n" + text + "\n")
     assert migrations.index_name(migrations.read(path, 1, "idx")) == name
