@@ -2,10 +2,11 @@
 
 Modules, in the one direction imports flow:
 
-    cli            parses, calls, prints (the only module that prints or exits)
-    migrations     the migration runner (schema: catalog signatures for baseline)
-    store          records pipeline, stage and job executions; reads them back
-    report         the four report views as table, JSON or YAML
+    entry, cli     parse, call, print (the only modules that print or exit)
+    migrations     the migration runner; sqltext reads files as psql does
+    lint, schema   the SQL lint gate; catalog signatures, pg_dump, drift
+    store, report  executions recorded and read back; the report views
+    local          ci_user and ci_local on a server you installed
     targets        which database: --database-url, --stack, --local, DATABASE_URL
     embedded       the embedded PostgreSQL server
     stacks         a Pulumi stack's outputs, read through the pulumi CLI
