@@ -34,6 +34,19 @@ def migrate(
     return result.code, result.out, result.err
 
 
+def unscanned(name: str, data: bytes) -> migrations.Migration:
+    """Version 1, all of `data` sent as one query: built by hand, past discover()'s checks."""
+    return migrations.Migration(
+        version=1,
+        name=name,
+        path=Path(f"0001_{name}.sql"),
+        data=data,
+        checksum="0" * 64,
+        transactional=True,
+        steps=(migrations.Batch(0, len(data), 1, standard_strings=True),),
+    )
+
+
 @pytest.mark.parametrize(
     ("statement", "shown"),
     [
@@ -87,16 +100,7 @@ def test_a_transaction_ended_unseen_is_never_recorded(database: Database) -> Non
         ("ends", b"CREATE TABLE p1 (id int); COMMIT; CREATE TABLE p2 (id int);", {"p1", "p2"}),
         ("restarts", b"CREATE TABLE p1 (id int); COMMIT; BEGIN; CREATE TABLE p2 (id int);", {"p1"}),
     ]:
-        # Built by hand: discover() would refuse these files before they ran.
-        migration = migrations.Migration(
-            version=1,
-            name=name,
-            path=Path(f"0001_{name}.sql"),
-            data=data,
-            checksum="0" * 64,
-            transactional=True,
-            steps=(migrations.Batch(0, len(data), 1, standard_strings=True),),
-        )
+        migration = unscanned(name, data)  # discover() would refuse these before they ran
         with database.connect() as conn:
             runner = migrations.Runner(conn, [migration])
             with pytest.raises(migrations.MigrationFailed, match="ended the runner's transaction"):
@@ -189,15 +193,7 @@ def test_copy_from_stdin_applies_and_bad_data_names_its_line(
 def test_copy_without_data_lines_never_hangs(database: Database) -> None:
     """A COPY the scanner could not see (built by hand here) ends with an error, not a stuck connection."""
     data = b"CREATE TABLE t (id int); COPY t FROM STDIN; SELECT 1;"
-    migration = migrations.Migration(
-        version=1,
-        name="hidden_copy",
-        path=Path("0001_hidden_copy.sql"),
-        data=data,
-        checksum="0" * 64,
-        transactional=True,
-        steps=(migrations.Batch(0, len(data), 1, standard_strings=True),),
-    )
+    migration = unscanned("hidden_copy", data)
     with database.connect() as conn:
         with pytest.raises(
             migrations.MigrationFailed,
