@@ -75,3 +75,16 @@ def test_a_signal_while_starting_is_one_line(
         entry._while_starting(signal_number, None)
     assert done.value.code == code
     assert capsys.readouterr().err == "error: interrupted while starting; nothing ran\n"
+
+
+def test_options_before_the_command_survive_any_parser_built_before() -> None:
+    """The shared option parents are built once; building scripts/migrate.py's parser
+    first must not turn their unset options into defaults that hide a given one."""
+    cli.build(only_migrate=True)
+    parser = cli.build()
+    for argv in (
+        ["migrate", "--database-url", "X", "up"],
+        ["migrate", "up", "--database-url", "X"],
+    ):
+        args = parser.parse_args(argv, argparse.Namespace(**cli.DEFAULTS))
+        assert (args.database_url, args.lock_timeout, args.command) == ("X", 60.0, "up")

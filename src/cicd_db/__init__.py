@@ -2,7 +2,9 @@
 
 Modules, in the one direction imports flow:
 
-    entry, cli     parse, call, print (the only modules that print or exit)
+    entry, cli     parse the arguments, run a command; signals, errors, exit codes
+    commands       one function per command: one library call, then print
+    console        what the commands print, as text and as JSON; the terminal clock
     migrations     the migration runner; sqltext reads files as psql does
     lint, schema   the SQL lint gate; catalog signatures, pg_dump, drift
     store, report  executions recorded and read back; the report views

@@ -2,7 +2,8 @@
 
 Kept free of heavy imports, so that Ctrl-C or SIGTERM while Python is still loading
 psycopg ends in one line and the usual exit code, not a traceback or a silent exit.
-Once the CLI is loaded, it handles both signals itself (cli.main).
+Once the CLI is loaded, both signals raise (KeyboardInterrupt, and its subclass
+Terminated for SIGTERM), so a run cleans up alike and cli.main prints one line.
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ import signal
 import sys
 from types import FrameType
 
+from cicd_db.errors import Terminated
+
 
 def _while_starting(signum: int, frame: FrameType | None) -> None:
     sys.stderr.write("error: interrupted while starting; nothing ran\n")
     raise SystemExit(143 if signum == signal.SIGTERM else 130)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
 
 
 def _load() -> object:
@@ -22,7 +29,10 @@ def _load() -> object:
     signal.signal(signal.SIGINT, _while_starting)
     from cicd_db import cli
 
+    # Also when a shell that started us in the background handed SIGINT down ignored:
+    # Ctrl-C and `kill -INT` must still stop the run cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
     return cli
 
 

@@ -1,0 +1,246 @@
+"""What the commands show: each library result as lines of text and as JSON.
+
+Pure functions of the results (no argparse, no I/O), so each shape is tested on its
+own; commands.py decides which one a command prints and where. The terminal clock for
+long files lives here too.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from cicd_db import migrations
+from cicd_db.report import grid
+
+TICK_AFTER_SECONDS = 2.0
+REHEARSAL_CAVEAT = (
+    "(a table lock an earlier file of the rehearsal already holds is not listed again)"
+)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+# -- migrate up, and its rehearsal --------------------------------------------------------
+
+
+def applied_json(description: str, dry_run: bool, results: Sequence[migrations.Result]) -> Any:
+    return {
+        "target": description,
+        "dry_run": dry_run,
+        "applied": [
+            {
+                "version": r.migration.version,
+                "name": r.migration.name,
+                "duration_ms": round(r.duration_ms, 1),
+            }
+            for r in results
+        ],
+    }
+
+
+def applied_lines(result: migrations.Result, *, sql: bool) -> list[str]:
+    """As each file ends: its notes, and what happened to it."""
+    name = result.migration.filename
+    lines = [f"  {note}" for note in result.notes]
+    if not result.dry_run:
+        return [*lines, f"applied {name} ({result.duration_ms:.0f} ms)"]
+    lines.append(f"would apply {name}")
+    return lines + ([f"-- {name}\n{result.migration.text.rstrip()}\n"] if sql else [])
+
+
+def up_summary(description: str, dry_run: bool, count: int, elapsed_ms: float) -> str:
+    if not count:
+        return f"nothing to apply: {description} is up to date"
+    if dry_run:
+        return (
+            f"dry run: {plural(count, 'migration')} pending on {description}; nothing was changed"
+        )
+    return f"applied {plural(count, 'migration')} to {description} in {elapsed_ms:.0f} ms"
+
+
+def rehearsal_json(description: str, rehearsals: Sequence[migrations.Rehearsal]) -> Any:
+    return {
+        "target": description,
+        "rehearsed": [
+            {
+                "version": r.migration.version,
+                "name": r.migration.name,
+                "duration_ms": None if r.duration_ms is None else round(r.duration_ms, 1),
+                "locks": [
+                    {"mode": lock.mode, "table": lock.table, "held_ms": round(lock.held_ms, 1)}
+                    for lock in r.locks
+                ],
+                "sequences_advanced": list(r.sequences),
+                "skipped": r.skipped,
+                "error": r.error,
+                "unrehearsed_before": list(r.unrehearsed_before),
+            }
+            for r in rehearsals
+        ],
+    }
+
+
+def rehearsal_lines(description: str, rehearsals: Sequence[migrations.Rehearsal]) -> list[str]:
+    lines = []
+    for r in rehearsals:
+        name = r.migration.filename
+        if r.skipped:
+            lines.append(f"{name}: not rehearsed: {r.skipped}")
+            continue
+        lines.append(
+            f"{name}: {r.duration_ms:.0f} ms" + (f", FAILED: {r.error}" if r.error else "")
+        )
+        if r.error and r.unrehearsed_before:
+            needs = ", ".join(r.unrehearsed_before)
+            lines.append(f"  (it may need {needs}, which the rehearsal could not run)")
+        lines += [f"  {lock.mode} on {lock.table}, held {lock.held_ms:.0f} ms" for lock in r.locks]
+        lines += [f"  advanced sequence {s} (the rollback keeps that)" for s in r.sequences]
+    return [
+        *lines,
+        REHEARSAL_CAVEAT,
+        f"rehearsal on {description}: rolled back; nothing else changed",
+    ]
+
+
+# -- migrate status, check, baseline ------------------------------------------------------
+
+
+def status_json(description: str, url: str, rows: Sequence[migrations.StatusRow]) -> Any:
+    return {
+        "target": description,
+        "url": url,
+        "pending": sum(row.state == "pending" for row in rows),
+        "migrations": [
+            {
+                "version": row.version,
+                "name": row.name,
+                "state": row.state,
+                "applied_at": row.applied_at.isoformat() if row.applied_at else None,
+            }
+            for row in rows
+        ],
+    }
+
+
+def status_lines(description: str, rows: Sequence[migrations.StatusRow]) -> list[str]:
+    cells = [
+        [
+            str(row.version),
+            row.name,
+            row.state,
+            row.applied_at.strftime("%Y-%m-%d %H:%M:%S %Z") if row.applied_at else "-",
+        ]
+        for row in rows
+    ]
+    pending = sum(row.state == "pending" for row in rows)
+    summary = f"{pending} pending" if pending else "up to date"
+    if problems := len(disagreements(rows)):
+        summary += f", {problems} need attention (run `migrate up` for the fix)"
+    return [*grid(["VERSION", "NAME", "STATE", "APPLIED AT"], cells), f"{description}: {summary}"]
+
+
+def disagreements(rows: Sequence[migrations.StatusRow]) -> list[migrations.StatusRow]:
+    """Rows where the files and the history disagree (edited, missing, out of order)."""
+    return [row for row in rows if row.state not in ("applied", "pending")]
+
+
+def check_json(files: int, reports: Sequence[Any], target: str | None, rows: Sequence[Any]) -> Any:
+    return {
+        "files": files,
+        "lint": [{"tool": r.tool, "passed": r.passed, "output": r.output} for r in reports],
+        "target": target,
+        "disagreements": [{"version": r.version, "name": r.name, "state": r.state} for r in rows],
+    }
+
+
+def check_lines(
+    files: int, reports: Sequence[Any], target: str | None, rows: Sequence[Any]
+) -> list[str]:
+    lines = []
+    for report in reports:
+        verdict = "passed" if report.passed else "FAILED"
+        lines.append(f"{report.tool}: {verdict} ({plural(len(report.files), 'file')})")
+        lines += [] if report.passed else [report.output]
+    lines += [f"{row.version} {row.name}: {row.state}" for row in rows]
+    checked = f"and the history of {target}" if target else "(no target: history not compared)"
+    return [*lines, f"checked {plural(files, 'file')} {checked}"]
+
+
+def baseline_line(description: str, version: int, recorded: int) -> str:
+    return (
+        f"baseline: the schema matches migrations up to version {version}; "
+        f"recorded {plural(recorded, 'migration')} as applied on {description}"
+    )
+
+
+# -- schema diff, embedded, init-local ----------------------------------------------------
+
+
+def diff_lines(description: str, against: str, found: Sequence[Any]) -> list[str]:
+    lines, table = [], None
+    for difference in found:
+        if difference.table != table:
+            table = difference.table
+            lines.append(f"{table}:")
+        lines.append(f"  {difference.change} {difference.kind}: {difference.detail}")
+    verdict = f"{len(found)} differences" if found else "no drift"
+    return [*lines, f"{description} against {against}: {verdict}"]
+
+
+def embedded_line(state: Any) -> str:
+    if state.running:
+        return f"running (pid {state.pid}) on 127.0.0.1:{state.port}, data {state.data_dir}"
+    return f"stopped, data {state.data_dir}" + ("" if state.initialized else " (not created yet)")
+
+
+def local_line(prepared: Any) -> str:
+    settings = prepared.settings
+    if prepared.created_role:
+        role = "created"
+    else:
+        role = "kept; " + ("password set" if prepared.password_set else "its password unchanged")
+    database = "created" if prepared.created_database else "kept"
+    return f"role {settings.user} {role}; database {settings.database} {database}"
+
+
+class Ticker:
+    """On a terminal, a file running longer than TICK_AFTER_SECONDS shows its time ticking."""
+
+    def __init__(self, *, enabled: bool):
+        self.enabled = enabled
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, migration: migrations.Migration) -> None:
+        if not self.enabled:
+            return
+        self.stop()
+        self.done = threading.Event()
+        started = time.monotonic()
+
+        def tick() -> None:
+            if self.done.wait(TICK_AFTER_SECONDS):
+                return
+            while not self.done.wait(0.5):
+                sys.stderr.write(f"\r{migration.filename}: {time.monotonic() - started:.0f} s")
+                sys.stderr.flush()
+            sys.stderr.write("\r\033[K")
+
+        self.thread = threading.Thread(target=tick, daemon=True)
+        self.thread.start()
+
+    def retrying(self, retry: migrations.Retry) -> None:
+        self.stop()
+        print(retry, file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.done.set()
+            self.thread.join()
+            self.thread = None

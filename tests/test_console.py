@@ -1,0 +1,153 @@
+"""What the commands print, shape by shape, without a server or argparse."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+from cicd_db import console, migrations
+from cicd_db.schema import Difference
+
+
+def migration(version: int, name: str, text: str = "SELECT 1;\n") -> migrations.Migration:
+    data = text.encode()
+    return migrations.Migration(
+        version=version,
+        name=name,
+        path=Path(f"{version:04d}_{name}.sql"),
+        data=data,
+        checksum="0" * 64,
+        transactional=True,
+        steps=(migrations.Batch(0, len(data), 1, standard_strings=True),),
+    )
+
+
+def test_plural() -> None:
+    assert [console.plural(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
+
+
+def test_applied_lines_and_summary() -> None:
+    done = migrations.Result(migration(3, "runs"), 12.4, dry_run=False, notes=("dropped x",))
+    assert console.applied_lines(done, sql=True) == ["  dropped x", "applied 0003_runs.sql (12 ms)"]
+    dry = migrations.Result(migration(4, "jobs", "SELECT 2;\n\n"), 0, dry_run=True)
+    assert console.applied_lines(dry, sql=False) == ["would apply 0004_jobs.sql"]
+    assert console.applied_lines(dry, sql=True)[1] == "-- 0004_jobs.sql\nSELECT 2;\n"
+    assert (
+        console.up_summary("stack dev", False, 0, 5) == "nothing to apply: stack dev is up to date"
+    )
+    assert console.up_summary("stack dev", True, 1, 5) == (
+        "dry run: 1 migration pending on stack dev; nothing was changed"
+    )
+    assert (
+        console.up_summary("stack dev", False, 2, 5.4)
+        == "applied 2 migrations to stack dev in 5 ms"
+    )
+    shape = console.applied_json("stack dev", False, [done])
+    assert shape == {
+        "target": "stack dev",
+        "dry_run": False,
+        "applied": [{"version": 3, "name": "runs", "duration_ms": 12.4}],
+    }
+
+
+def test_rehearsal_lines_and_json() -> None:
+    lock = migrations.LockHeld("AccessExclusiveLock", "public.runs", 3.2)
+    rehearsals = [
+        migrations.Rehearsal(migration(1, "a"), 10.0, (lock,), ("public.runs_id_seq",)),
+        migrations.Rehearsal(migration(2, "b"), skipped="a no-transaction file"),
+        migrations.Rehearsal(
+            migration(3, "c"), 1.0, error="boom", unrehearsed_before=("0002_b.sql",)
+        ),
+    ]
+    assert console.rehearsal_lines("stack dev", rehearsals) == [
+        "0001_a.sql: 10 ms",
+        "  AccessExclusiveLock on public.runs, held 3 ms",
+        "  advanced sequence public.runs_id_seq (the rollback keeps that)",
+        "0002_b.sql: not rehearsed: a no-transaction file",
+        "0003_c.sql: 1 ms, FAILED: boom",
+        "  (it may need 0002_b.sql, which the rehearsal could not run)",
+        console.REHEARSAL_CAVEAT,
+        "rehearsal on stack dev: rolled back; nothing else changed",
+    ]
+    shape = console.rehearsal_json("stack dev", rehearsals)["rehearsed"]
+    assert shape[0]["locks"] == [
+        {"mode": "AccessExclusiveLock", "table": "public.runs", "held_ms": 3.2}
+    ]
+    assert [r["duration_ms"] for r in shape] == [10.0, None, 1.0]
+    assert shape[2]["unrehearsed_before"] == ["0002_b.sql"]
+    json.dumps(shape)  # plain JSON types only
+
+
+def test_status_lines_name_the_rows_that_disagree() -> None:
+    at = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
+    rows = [
+        migrations.StatusRow(1, "a", "applied", at),
+        migrations.StatusRow(2, "b", "edited", at),
+        migrations.StatusRow(3, "c", "pending", None),
+    ]
+    lines = console.status_lines("stack dev", rows)
+    assert lines[0].split() == ["VERSION", "NAME", "STATE", "APPLIED", "AT"]
+    assert lines[1].split()[-3:] == ["2026-11-26", "01:02:03", "UTC"]
+    assert lines[3].split() == ["3", "c", "pending", "-"]
+    assert lines[-1] == "stack dev: 1 pending, 1 need attention (run `migrate up` for the fix)"
+    assert console.status_lines("x", rows[:1])[-1] == "x: up to date"
+    assert console.disagreements(rows) == [rows[1]]
+    shape = console.status_json("stack dev", "postgresql://u:***@h/d", rows)
+    assert shape["pending"] == 1
+    assert shape["migrations"][0]["applied_at"] == "2026-11-26T01:02:03+00:00"
+
+
+def test_check_lines() -> None:
+    passed = SimpleNamespace(tool="sqlfluff", files=("a",), passed=True, output="")
+    failed = SimpleNamespace(tool="squawk", files=("a", "b"), passed=False, output="finding")
+    row = migrations.StatusRow(2, "b", "missing", None)
+    assert console.check_lines(2, [passed, failed], "stack dev", [row]) == [
+        "sqlfluff: passed (1 file)",
+        "squawk: FAILED (2 files)",
+        "finding",
+        "2 b: missing",
+        "checked 2 files and the history of stack dev",
+    ]
+    assert console.check_lines(1, [], None, [])[-1] == (
+        "checked 1 file (no target: history not compared)"
+    )
+    shape = console.check_json(2, [failed], None, [row])
+    assert shape["lint"] == [{"tool": "squawk", "passed": False, "output": "finding"}]
+    assert shape["disagreements"] == [{"version": 2, "name": "b", "state": "missing"}]
+
+
+def test_diff_lines_group_by_table() -> None:
+    found = [
+        Difference("jobs", "column", "missing", "x integer"),
+        Difference("jobs", "index", "unexpected", "jobs_x"),
+        Difference("runs", "trigger", "missing", "t"),
+    ]
+    assert console.diff_lines("stack dev", "stack prod", found) == [
+        "jobs:",
+        "  missing column: x integer",
+        "  unexpected index: jobs_x",
+        "runs:",
+        "  missing trigger: t",
+        "stack dev against stack prod: 3 differences",
+    ]
+    assert console.diff_lines("a", "b", []) == ["a against b: no drift"]
+
+
+def test_embedded_and_local_lines() -> None:
+    running = SimpleNamespace(running=True, pid=7, port=5, data_dir="/d", initialized=True)
+    assert console.embedded_line(running) == "running (pid 7) on 127.0.0.1:5, data /d"
+    new = SimpleNamespace(running=False, pid=None, port=None, data_dir="/d", initialized=False)
+    assert console.embedded_line(new) == "stopped, data /d (not created yet)"
+    settings = SimpleNamespace(user="ci_user", database="ci_local")
+    made = SimpleNamespace(
+        settings=settings, created_role=True, created_database=False, password_set=True
+    )
+    assert console.local_line(made) == "role ci_user created; database ci_local kept"
+    kept = SimpleNamespace(
+        settings=settings, created_role=False, created_database=True, password_set=False
+    )
+    assert console.local_line(kept) == (
+        "role ci_user kept; its password unchanged; database ci_local created"
+    )
