@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cicd_db import cli, commands, targets
+from cicd_db import cli, errors, targets
 from cicd_db.settings import ConnectionSettings
 
 from .conftest import MIGRATIONS, ROOT, Database, write_migrations
@@ -95,7 +95,7 @@ def test_check_catches_two_branches_taking_one_number(tmp_path: Path, capsys: py
 def test_check_fails_unsafe_files_with_its_own_code(capsys: pytest.CaptureFixture[str]) -> None:
     folder = ROOT / "tests" / "fixtures" / "unsafe_migrations"
     code, out, _ = cicd(capsys, "migrate", "check", "--migrations-dir", str(folder))
-    assert code == commands.EXIT_LINT
+    assert code == errors.EXIT_LINT
     assert "squawk (in a transaction): FAILED" in out
     assert "0002_plain_index.sql:4:0: warning: require-concurrent-index-creation" in out
 
@@ -107,7 +107,7 @@ def test_check_compares_the_history_of_a_named_target(database: Database, tmp_pa
     assert cicd(capsys, "migrate", "check", *target)[0] == 0
     (folder / "0001_a.sql").write_text("CREATE TABLE a (id bigint);\n")
     code, out, _ = cicd(capsys, "migrate", "check", *target, "--json")
-    assert code == commands.EXIT_DISAGREES
+    assert code == errors.EXIT_DISAGREES
     assert json.loads(out)["disagreements"] == [{"version": 1, "name": "a", "state": "edited"}]
 
 
@@ -158,6 +158,10 @@ def test_up_writes_the_schema_when_asked(database: Database, tmp_path: Path, cap
     assert code == 0
     assert out.splitlines()[-1] == f"schema written to {output}"
     assert "CREATE TABLE public.a (" in output.read_text()
+    output.unlink()
+    code, out, _ = cicd(capsys, "migrate", "up", "--json", "--database-url", database.url, "--migrations-dir", str(folder), "--dump-schema", str(output))  # fmt: skip
+    assert (code, json.loads(out)["applied"]) == (0, [])  # stdout stays one JSON document
+    assert "CREATE TABLE public.a (" in output.read_text()
 
 
 def test_diff_finds_drift_table_by_table(migrated: Database, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
@@ -168,7 +172,7 @@ def test_diff_finds_drift_table_by_table(migrated: Database, capsys: pytest.Capt
         "ALTER TABLE job_executions ADD COLUMN hotfix text; DROP INDEX pipeline_executions_active"
     )
     code, out, _ = cicd(capsys, "schema", "diff", "--database-url", migrated.url)
-    assert code == commands.EXIT_DRIFT
+    assert code == errors.EXIT_DRIFT
     assert out.splitlines() == [
         "job_executions:",
         "  unexpected column: hotfix text",
@@ -182,7 +186,7 @@ def test_diff_finds_drift_table_by_table(migrated: Database, capsys: pytest.Capt
 
 def test_diff_against_another_database(migrated: Database, database: Database, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     code, out, _ = cicd(capsys, "schema", "diff", "--database-url", migrated.url, "--against", database.url, "--json")  # fmt: skip
-    assert code == commands.EXIT_DRIFT
+    assert code == errors.EXIT_DRIFT
     found = json.loads(out)["differences"]
     assert {d["change"] for d in found} == {"unexpected"}
     assert {"pipeline_executions", "stage_executions", "job_executions"} <= {d["table"] for d in found}  # fmt: skip

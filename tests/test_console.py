@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 from cicd_db import console, migrations
+from cicd_db.embedded import Status
+from cicd_db.lint import Report
+from cicd_db.local import Prepared
 from cicd_db.schema import Difference
+from cicd_db.settings import ConnectionSettings
 
 
 def migration(version: int, name: str, text: str = "SELECT 1;\n") -> migrations.Migration:
@@ -100,8 +103,8 @@ def test_status_lines_name_the_rows_that_disagree() -> None:
 
 
 def test_check_lines() -> None:
-    passed = SimpleNamespace(tool="sqlfluff", files=("a",), passed=True, output="")
-    failed = SimpleNamespace(tool="squawk", files=("a", "b"), passed=False, output="finding")
+    passed = Report(tool="sqlfluff", files=("a",), passed=True, output="")
+    failed = Report(tool="squawk", files=("a", "b"), passed=False, output="finding")
     row = migrations.StatusRow(2, "b", "missing", None)
     assert console.check_lines(2, [passed, failed], "stack dev", [row]) == [
         "sqlfluff: passed (1 file)",
@@ -132,22 +135,46 @@ def test_diff_lines_group_by_table() -> None:
         "  missing trigger: t",
         "stack dev against stack prod: 3 differences",
     ]
+    assert console.diff_lines("a", "b", found[:1])[-1] == "a against b: 1 difference"
     assert console.diff_lines("a", "b", []) == ["a against b: no drift"]
+    assert console.diff_json("a", "b", found[:1]) == {
+        "target": "a",
+        "against": "b",
+        "differences": [
+            {"table": "jobs", "kind": "column", "change": "missing", "detail": "x integer"}
+        ],
+    }
 
 
-def test_embedded_and_local_lines() -> None:
-    running = SimpleNamespace(running=True, pid=7, port=5, data_dir="/d", initialized=True)
+def test_embedded_shapes() -> None:
+    running = Status(running=True, pid=7, port=5, data_dir=Path("/d"), initialized=True)
     assert console.embedded_line(running) == "running (pid 7) on 127.0.0.1:5, data /d"
-    new = SimpleNamespace(running=False, pid=None, port=None, data_dir="/d", initialized=False)
+    assert console.embedded_json(running) == {
+        "running": True,
+        "pid": 7,
+        "port": 5,
+        "data_dir": "/d",
+        "initialized": True,
+    }
+    new = Status(running=False, pid=None, port=None, data_dir=Path("/d"), initialized=False)
     assert console.embedded_line(new) == "stopped, data /d (not created yet)"
-    settings = SimpleNamespace(user="ci_user", database="ci_local")
-    made = SimpleNamespace(
-        settings=settings, created_role=True, created_database=False, password_set=True
+
+
+def test_local_shapes_never_carry_the_settings() -> None:
+    settings = ConnectionSettings(
+        host="h", port=5432, user="ci_user", password="sekret", database="ci_local"
     )
+    made = Prepared(settings, created_role=True, created_database=False, password_set=True)
     assert console.local_line(made) == "role ci_user created; database ci_local kept"
-    kept = SimpleNamespace(
-        settings=settings, created_role=False, created_database=True, password_set=False
-    )
+    shape = console.local_json(made, "postgresql://ci_user:***@h/ci_local")
+    assert shape == {
+        "url": "postgresql://ci_user:***@h/ci_local",
+        "created_role": True,
+        "created_database": False,
+        "password_set": True,
+    }
+    assert "sekret" not in json.dumps(shape)
+    kept = Prepared(settings, created_role=False, created_database=True, password_set=False)
     assert console.local_line(kept) == (
         "role ci_user kept; its password unchanged; database ci_local created"
     )

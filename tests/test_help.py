@@ -77,14 +77,26 @@ def test_a_signal_while_starting_is_one_line(
     assert capsys.readouterr().err == "error: interrupted while starting; nothing ran\n"
 
 
-def test_options_before_the_command_survive_any_parser_built_before() -> None:
-    """The shared option parents are built once; building scripts/migrate.py's parser
-    first must not turn their unset options into defaults that hide a given one."""
-    cli.build(only_migrate=True)
-    parser = cli.build()
-    for argv in (
-        ["migrate", "--database-url", "X", "up"],
-        ["migrate", "up", "--database-url", "X"],
-    ):
+@pytest.mark.parametrize("only_migrate", [False, True], ids=["cicd-db", "migrate.py"])
+def test_options_stand_before_or_after_the_command(only_migrate: bool) -> None:
+    """Also each command's own options given before its name (`migrate --dry-run up`),
+    whichever parser was built before: the shared option parents are built once."""
+    cli.build(only_migrate=not only_migrate)
+    parser = cli.build(only_migrate=only_migrate)
+    group = [] if only_migrate else ["migrate"]
+    given = ["--database-url", "X", "--dry-run", "--target", "2", "--retries", "0", "--yes"]
+    for argv in ([*group, *given, "up"], [*group, "up", *given], [*group, *given]):
         args = parser.parse_args(argv, argparse.Namespace(**cli.DEFAULTS))
-        assert (args.database_url, args.lock_timeout, args.command) == ("X", 60.0, "up")
+        assert (args.database_url, args.dry_run, args.target, args.retries, args.yes) == (
+            "X",
+            True,
+            2,
+            0,
+            True,
+        ), argv
+        assert args.lock_timeout == 60.0
+    for argv in (
+        [*group, "--yes", "baseline", "--version", "3"],
+        [*group, "baseline", "--yes", "--version", "3"],
+    ):
+        assert parser.parse_args(argv, argparse.Namespace(**cli.DEFAULTS)).yes is True, argv

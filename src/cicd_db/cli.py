@@ -9,8 +9,8 @@
 Exit codes: 0 done; 1 operational failure; 2 usage or configuration error;
 3 `migrate status --exit-code` with migrations pending, or `schema diff` with
 differences; 4 files and history disagree (`status --exit-code`, `check`);
-5 `migrate check` lint findings; 130 Ctrl-C; 143 SIGTERM. Errors are printed
-here, once, redacted.
+5 `migrate check` lint findings; 130 Ctrl-C; 143 SIGTERM (entry.py turns it into an
+interrupt for the console commands). Errors are printed here, once, redacted.
 """
 
 from __future__ import annotations
@@ -28,11 +28,17 @@ from typing import Any, NoReturn
 import psycopg
 
 from cicd_db import commands, migrations
-from cicd_db.commands import EXIT_DISAGREES, EXIT_PENDING, Run
-from cicd_db.errors import CicdDbError, Terminated, UsageError
+from cicd_db.commands import Run
+from cicd_db.errors import (
+    EXIT_DISAGREES,
+    EXIT_INTERRUPTED,
+    EXIT_PENDING,
+    EXIT_TERMINATED,
+    CicdDbError,
+    Terminated,
+    UsageError,
+)
 from cicd_db.settings import redact
-
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + the signal, as shells report it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,38 +128,48 @@ GROUPS = {  # `migrate` alone is `migrate up`
     "embedded": ("manage the embedded PostgreSQL server", "The embedded PostgreSQL server (stack embedded)."),
 }  # fmt: skip
 SHARED = (TARGET, OUTPUT, FILES)
-COMMANDS: list[tuple[str, tuple[_Parser, ...], Callable[[Run], int], tuple[Any, ...]]] = [
-    ("migrate up", (*SHARED, UP), commands.up, ()),
-    ("migrate status", SHARED, commands.status, (
+Spec = tuple[tuple[str, ...], dict[str, Any]]
+# name, option parents, command, help (its line in the list), description, own options
+COMMANDS: list[tuple[str, tuple[_Parser, ...], Callable[[Run], int], str, str, tuple[Spec, ...]]] = [
+    ("migrate up", (*SHARED, UP), commands.up, "apply pending migrations (the default)",
+     "Apply pending migrations in version order.", ()),
+    ("migrate status", SHARED, commands.status, "show applied and pending migrations (read-only)",
+     "Show every migration and its state. Reads only.", (
         _arg("--exit-code", action="store_true", help=f"exit {EXIT_DISAGREES} when a file disagrees with the history, else {EXIT_PENDING} when one is pending"),
     )),
-    ("migrate wait", SHARED, commands.wait, (
+    ("migrate wait", SHARED, commands.wait, "wait until the database accepts connections",
+     "Poll the target until it accepts connections.", (
         _arg("--timeout", metavar="SECONDS", type=_seconds, default=30.0, help="give up after this long (30)"),
     )),
-    ("migrate baseline", SHARED, commands.baseline, (
+    ("migrate baseline", (*SHARED, _options(YES)), commands.baseline, "record migrations up to VERSION as applied, after checking the schema",
+     "For a database created by hand: record migrations up to --version as applied, once the live schema is checked against them.", (
         _arg("--version", metavar="VERSION", type=_version, required=True, help="the newest migration the database already has"),
-        YES,
     )),
-    ("migrate new", SHARED, commands.new, (
+    ("migrate new", SHARED, commands.new, "write the next NNNN_name.sql",
+     "Write the next migration file, with a header that sets short timeouts, and print its path.", (
         _arg("name", help="what it does, as letters, digits, _ . -"),
         _arg("--no-transaction", action="store_true", help="for CREATE INDEX CONCURRENTLY"),
     )),
-    ("migrate check", SHARED, commands.check, (
+    ("migrate check", SHARED, commands.check, "the CI gate: files, lint, and the history when a target is named",
+     "Check the migration files (names, versions, what they may hold), lint them (sqlfluff, squawk), and compare them with a target's history when one is named.", (
         _arg("--no-lint", action="store_true", help="skip sqlfluff and squawk"),
     )),
-    ("schema dump", SHARED, commands.schema_dump, (
+    ("schema dump", SHARED, commands.schema_dump, "write the schema as SQL",
+     "The schema as pg_dump --schema-only writes it, in a stable form. Without a target, the schema the migrations make (in a scratch database on the embedded server).", (
         _arg("--output", "-o", metavar="PATH", type=Path, help="write here (default: print)"),
     )),
-    ("schema diff", SHARED, commands.schema_diff, (
+    ("schema diff", SHARED, commands.schema_diff, "list drift, table by table (exit 3 on drift)",
+     "Compare the target's live schema with what its applied migrations make, or with another database (--against).", (
         _arg("--against", metavar="STACK_OR_URL", help="a stack name or a URL to compare with"),
     )),
-    ("embedded start", (OUTPUT,), commands.embedded_server, ()),
-    ("embedded status", (OUTPUT,), commands.embedded_server, ()),
-    ("embedded url", (OUTPUT,), commands.embedded_server, (
+    ("embedded start", (OUTPUT,), commands.embedded_server, "start the server (created on first use)", "", ()),
+    ("embedded status", (OUTPUT,), commands.embedded_server, "is it running, where, on which port", "", ()),
+    ("embedded url", (OUTPUT,), commands.embedded_server, "print the URL of ci_local (password hidden)", "", (
         _arg("--show-password", action="store_true", help="print the real password"),
     )),
-    ("embedded stop", (OUTPUT,), commands.embedded_server, ()),
-    ("report", (TARGET, OUTPUT), commands.show_report, (
+    ("embedded stop", (OUTPUT,), commands.embedded_server, "stop the server; data stays", "", ()),
+    ("report", (TARGET, OUTPUT), commands.show_report, "show recorded pipeline, stage and job executions",
+     "Show recorded executions: a pipeline's runs, one run with its stages, one stage with its jobs, or one job. Reads only.", (
         _arg("--pipeline", required=True, help="the pipeline's name"),
         _arg("--run", type=_positive, metavar="N", help="one run, with its stages"),
         _arg("--stage", metavar="NAME", help="one stage of --run, with its jobs"),
@@ -162,7 +178,8 @@ COMMANDS: list[tuple[str, tuple[_Parser, ...], Callable[[Run], int], tuple[Any, 
         _arg("--before", type=_positive, metavar="RUN", help="runs below RUN: the next page"),
         _arg("--format", choices=("table", "json", "yaml"), default="table", help="table, json or yaml"),
     )),
-    ("init-local", (OUTPUT,), commands.init_local, (
+    ("init-local", (OUTPUT,), commands.init_local, "create ci_local and ci_user on a server you installed",
+     "On a PostgreSQL you installed: create the role ci_user (not a superuser) with the plan's settings and the database ci_local it owns. Safe to repeat.", (
         _arg("--admin-url", required=True, metavar="URL", help="a superuser URL (or CREATEROLE and CREATEDB)"),
         _arg("--password", help="ci_user's password (default: generated for a new role; kept for an existing one)"),
         _arg("--show-password", action="store_true", help="print the URL with its password"),
@@ -170,40 +187,31 @@ COMMANDS: list[tuple[str, tuple[_Parser, ...], Callable[[Run], int], tuple[Any, 
         _arg("--database", default="ci_local", help="the database to create (ci_local)"),
     )),
 ]  # fmt: skip
-EMBEDDED_HELP = {
-    "start": "start the server (created on first use)",
-    "status": "is it running, where, on which port",
-    "url": "print the URL of ci_local (password hidden)",
-    "stop": "stop the server; data stays",
-}
 
 
 def build(prog: str = "cicd-db", *, only_migrate: bool = False) -> argparse.ArgumentParser:
     """The whole command tree; `only_migrate` for scripts/migrate.py (`cicd-db migrate`)."""
-    epilog = "Options may stand before or after the command."
+    up: dict[str, Any] = {"parents": [*SHARED, UP], "epilog": "Options may stand before or after the command."}  # fmt: skip
+    top = None
     if only_migrate:
-        root = _Parser(prog=prog, parents=[*SHARED, UP], description=GROUPS["migrate"][1], epilog=epilog)  # fmt: skip
+        root = _Parser(prog=prog, description=GROUPS["migrate"][1], **up)
         parsers: dict[str, argparse.ArgumentParser] = {"migrate": root}
     else:
         root = _Parser(prog=prog, description="The database layer of a CI/CD system.")
         top = root.add_subparsers(dest="group", metavar="COMMAND", parser_class=_Parser, required=True)  # fmt: skip
         parsers = {}
         for name, (text, about) in GROUPS.items():
-            up = {"parents": [*SHARED, UP], "epilog": epilog} if name == "migrate" else {}
-            parsers[name] = top.add_parser(name, help=text, description=about, **up)  # type: ignore[arg-type]
+            parsers[name] = top.add_parser(name, help=text, description=about, **(up if name == "migrate" else {}))  # fmt: skip
     root.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('cicd-db')}")  # fmt: skip
     parsers["migrate"].set_defaults(func=commands.up)
     subs = {name: parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=name != "migrate") for name, parser in parsers.items()}  # fmt: skip
-    for name, parents, func, args in COMMANDS:
+    for name, parents, func, text, about, args in COMMANDS:
         group, _, command = name.rpartition(" ")
-        if only_migrate and group != "migrate":
+        where = subs.get(group) if group else top
+        if where is None:  # scripts/migrate.py has only the migrate commands
             continue
-        text, _, about = (func.__doc__ or "").partition("\n")
-        if group == "embedded":
-            text = EMBEDDED_HELP[command]
-            about = f"The embedded server: {text}."
-        where = subs[group] if group else top
-        parser = where.add_parser(command, parents=list(parents), help=text, description=" ".join(about.split()))  # fmt: skip
+        about = about or f"The embedded server: {text}."
+        parser = where.add_parser(command, parents=list(parents), help=text, description=about)
         for flags, spec in args:
             parser.add_argument(*flags, **spec)
         parser.set_defaults(func=func)
@@ -233,7 +241,8 @@ def main(
                 logger.handlers = logger.handlers or [logging.NullHandler()]
                 logger.propagate = False
         run = Run(args)
-        return int(args.func(run))
+        func: Callable[[Run], int] = args.func
+        return func(run)
     except CicdDbError as error:
         _print_error(str(error), run)
         return error.exit_code

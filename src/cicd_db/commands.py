@@ -15,15 +15,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from cicd_db import console, migrations, targets
-from cicd_db.errors import ConfigError, UsageError
+from cicd_db.errors import (
+    EXIT_DISAGREES,
+    EXIT_DRIFT,
+    EXIT_LINT,
+    EXIT_PENDING,
+    ConfigError,
+    UsageError,
+)
 from cicd_db.settings import from_url, password_candidates
-
-EXIT_PENDING = EXIT_DRIFT = 3
-EXIT_DISAGREES = 4
-EXIT_LINT = 5
 
 
 class Run:
@@ -77,17 +79,19 @@ class Run:
         if lines and not self.args.quiet:
             print(*lines, sep="\n", flush=True)
 
-    def show(self, value: Any, lines: Callable[[], list[str]] = list) -> None:
-        """Print `value` as JSON with --json (even with --quiet), else the lines."""
+    def show(
+        self, value: console.JSON, lines: Callable[[], list[str]], *, answer: bool = False
+    ) -> None:
+        """Print `value` as JSON with --json, else the lines: --quiet silences them
+        unless they are the `answer` the command was asked for (a path, a URL)."""
         if self.args.json:
             print(json.dumps(value, indent=2, default=str))
-        else:
-            self.say(*lines())
+        elif answer or not self.args.quiet:
+            print(*lines(), sep="\n", flush=True)
 
 
 def up(run: Run) -> int:
-    """apply pending migrations (the default)
-    Apply pending migrations in version order."""
+    """`migrate up`, and `migrate` alone: apply the pending files, or rehearse them."""
     a, target = run.args, run.target()
     if a.sql and not a.dry_run:
         raise UsageError("--sql prints what --dry-run would apply; add --dry-run")
@@ -126,14 +130,14 @@ def up(run: Run) -> int:
 
             _write(a.dump_schema, schema.dump(target.settings.for_migrations()))
     summary = console.up_summary(target.description, a.dry_run, len(results), elapsed_ms)
+    if a.dump_schema and not a.dry_run:  # not with --json: stdout stays one JSON document
+        summary += f"\nschema written to {a.dump_schema}"
     run.show(console.applied_json(target.description, a.dry_run, results), lambda: [summary])
-    run.say(*([f"schema written to {a.dump_schema}"] if a.dump_schema and not a.dry_run else []))
     return 0
 
 
 def status(run: Run) -> int:
-    """show applied and pending migrations (read-only)
-    Show every migration and its state. Reads only."""
+    """`migrate status`: every file and its state; with --exit-code, a verdict."""
     target = run.target()
     with run.runner(target, writes=False) as runner:
         rows = runner.status()
@@ -144,13 +148,12 @@ def status(run: Run) -> int:
     )
     if not run.args.exit_code:
         return 0
-    pending = any(row.state == "pending" for row in rows)
+    pending = console.pending(rows)
     return EXIT_DISAGREES if console.disagreements(rows) else EXIT_PENDING if pending else 0
 
 
 def wait(run: Run) -> int:
-    """wait until the database accepts connections
-    Poll the target until it accepts connections."""
+    """`migrate wait`: until the target accepts connections."""
     target = run.remember(run.target())
     targets.wait(target.settings, run.args.timeout)
     run.say(f"ready: {target.settings.redacted_url()}")
@@ -158,9 +161,7 @@ def wait(run: Run) -> int:
 
 
 def baseline(run: Run) -> int:
-    """record migrations up to VERSION as applied, after checking the schema
-    For a database created by hand: record migrations up to --version as applied, once
-    the live schema is checked against them."""
+    """`migrate baseline`: record files up to --version as applied, once the schema matches."""
     target = run.target()
     with run.runner(target, writes=True, action="baseline it") as runner:
         recorded = runner.baseline(run.args.version)
@@ -169,20 +170,16 @@ def baseline(run: Run) -> int:
 
 
 def new(run: Run) -> int:
-    """write the next NNNN_name.sql
-    Write the next migration file, with a header that sets short timeouts, and print
-    its path."""
+    """`migrate new`: write the next file and print its path."""
     path = migrations.new_migration(
         _folder(run), run.args.name, transactional=not run.args.no_transaction
     )
-    print(json.dumps({"path": str(path)}, indent=2) if run.args.json else path)
+    run.show({"path": str(path)}, lambda: [str(path)], answer=True)
     return 0
 
 
 def check(run: Run) -> int:
-    """the CI gate: files, lint, and the history when a target is named
-    Check the migration files (names, versions, what they may hold), lint them
-    (sqlfluff, squawk), and compare them with a target's history when one is named."""
+    """`migrate check`: the files, their lint, and a named target's history."""
     from cicd_db import lint
 
     files = migrations.discover(_folder(run))
@@ -197,9 +194,7 @@ def check(run: Run) -> int:
 
 
 def schema_dump(run: Run) -> int:
-    """write the schema as SQL
-    The schema as pg_dump --schema-only writes it, in a stable form. Without a target,
-    the schema the migrations make (in a scratch database on the embedded server)."""
+    """`schema dump`: the target's schema, or (no target) the one the files make."""
     from cicd_db import schema
 
     target = run.named_target()
@@ -217,9 +212,7 @@ def schema_dump(run: Run) -> int:
 
 
 def schema_diff(run: Run) -> int:
-    """list drift, table by table (exit 3 on drift)
-    Compare the target's live schema with what its applied migrations make, or with
-    another database (--against)."""
+    """`schema diff`: drift against the applied files, or against another database."""
     from cicd_db import schema
 
     target, against = run.target(), run.args.against
@@ -236,25 +229,22 @@ def schema_diff(run: Run) -> int:
         with run.runner(target, writes=False) as runner:
             newest, found = runner.drift()
         against = f"migrations up to version {newest}"
-    value = {
-        "target": target.description,
-        "against": against,
-        "differences": [vars(d) for d in found],
-    }
-    run.show(value, lambda: console.diff_lines(target.description, against, found))
+    run.show(
+        console.diff_json(target.description, against, found),
+        lambda: console.diff_lines(target.description, against, found),
+    )
     return EXIT_DRIFT if found else 0
 
 
 def embedded_server(run: Run) -> int:
+    """`embedded start|status|url|stop`: the embedded server."""
     server = targets.resolve(stack=targets.EMBEDDED).embedded_server()
     command = run.args.command
     if command == "stop":
         run.say("stopped" if server.stop() else "not running")
     elif command == "status":
         state = server.status()
-        run.show(
-            vars(state) | {"data_dir": str(state.data_dir)}, lambda: [console.embedded_line(state)]
-        )
+        run.show(console.embedded_json(state), lambda: [console.embedded_line(state)])
     else:
         settings = server.settings()
         run.secrets += settings.secrets()
@@ -266,10 +256,8 @@ def embedded_server(run: Run) -> int:
 
 
 def show_report(run: Run) -> int:
-    """show recorded pipeline, stage and job executions
-    Show recorded executions: a pipeline's runs, one run with its stages, one stage with
-    its jobs, or one job. Reads only."""
-    from cicd_db import report, store  # on use: `migrate` starts faster without them
+    """`report`: recorded runs, stages and jobs, as a table, JSON or YAML."""
+    from cicd_db import report, store  # on use: `migrate` starts faster without the store
 
     a, target = run.args, run.remember(run.target())
     with targets.connect(target.settings) as conn:
@@ -287,9 +275,7 @@ def show_report(run: Run) -> int:
 
 
 def init_local(run: Run) -> int:
-    """create ci_local and ci_user on a server you installed
-    On a PostgreSQL you installed: create the role ci_user (not a superuser) with the
-    plan's settings and the database ci_local it owns. Safe to repeat."""
+    """`init-local`: ci_user and ci_local on a server you installed."""
     from cicd_db import local
 
     a, admin = run.args, from_url(run.args.admin_url, what="--admin-url")
@@ -297,11 +283,9 @@ def init_local(run: Run) -> int:
     with targets.connect(admin) as conn:
         prepared = local.init(conn, admin, a.password, user=a.user, database=a.database)
     url = prepared.settings.url() if a.show_password else prepared.settings.redacted_url()
-    if a.json:
-        run.show({"url": url} | {k: v for k, v in vars(prepared).items() if k != "settings"})
-        return 0
-    run.say(console.local_line(prepared))
-    print(url)
+    run.show(console.local_json(prepared, url), lambda: [console.local_line(prepared)])
+    if not a.json:
+        print(url)
     if prepared.created_role and not a.password and not a.show_password:
         user = prepared.settings.user
         print(

@@ -11,10 +11,18 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cicd_db import migrations
 from cicd_db.report import grid
+
+if TYPE_CHECKING:  # annotations only: the commands import these on use
+    from cicd_db.embedded import Status
+    from cicd_db.lint import Report
+    from cicd_db.local import Prepared
+    from cicd_db.schema import Difference
+
+JSON = dict[str, Any]
 
 TICK_AFTER_SECONDS = 2.0
 REHEARSAL_CAVEAT = (
@@ -29,7 +37,7 @@ def plural(count: int, noun: str) -> str:
 # -- migrate up, and its rehearsal --------------------------------------------------------
 
 
-def applied_json(description: str, dry_run: bool, results: Sequence[migrations.Result]) -> Any:
+def applied_json(description: str, dry_run: bool, results: Sequence[migrations.Result]) -> JSON:
     return {
         "target": description,
         "dry_run": dry_run,
@@ -64,7 +72,7 @@ def up_summary(description: str, dry_run: bool, count: int, elapsed_ms: float) -
     return f"applied {plural(count, 'migration')} to {description} in {elapsed_ms:.0f} ms"
 
 
-def rehearsal_json(description: str, rehearsals: Sequence[migrations.Rehearsal]) -> Any:
+def rehearsal_json(description: str, rehearsals: Sequence[migrations.Rehearsal]) -> JSON:
     return {
         "target": description,
         "rehearsed": [
@@ -111,11 +119,15 @@ def rehearsal_lines(description: str, rehearsals: Sequence[migrations.Rehearsal]
 # -- migrate status, check, baseline ------------------------------------------------------
 
 
-def status_json(description: str, url: str, rows: Sequence[migrations.StatusRow]) -> Any:
+def pending(rows: Sequence[migrations.StatusRow]) -> int:
+    return sum(row.state == "pending" for row in rows)
+
+
+def status_json(description: str, url: str, rows: Sequence[migrations.StatusRow]) -> JSON:
     return {
         "target": description,
         "url": url,
-        "pending": sum(row.state == "pending" for row in rows),
+        "pending": pending(rows),
         "migrations": [
             {
                 "version": row.version,
@@ -138,8 +150,7 @@ def status_lines(description: str, rows: Sequence[migrations.StatusRow]) -> list
         ]
         for row in rows
     ]
-    pending = sum(row.state == "pending" for row in rows)
-    summary = f"{pending} pending" if pending else "up to date"
+    summary = f"{pending(rows)} pending" if pending(rows) else "up to date"
     if problems := len(disagreements(rows)):
         summary += f", {problems} need attention (run `migrate up` for the fix)"
     return [*grid(["VERSION", "NAME", "STATE", "APPLIED AT"], cells), f"{description}: {summary}"]
@@ -150,7 +161,12 @@ def disagreements(rows: Sequence[migrations.StatusRow]) -> list[migrations.Statu
     return [row for row in rows if row.state not in ("applied", "pending")]
 
 
-def check_json(files: int, reports: Sequence[Any], target: str | None, rows: Sequence[Any]) -> Any:
+def check_json(
+    files: int,
+    reports: Sequence[Report],
+    target: str | None,
+    rows: Sequence[migrations.StatusRow],
+) -> JSON:
     return {
         "files": files,
         "lint": [{"tool": r.tool, "passed": r.passed, "output": r.output} for r in reports],
@@ -160,7 +176,10 @@ def check_json(files: int, reports: Sequence[Any], target: str | None, rows: Seq
 
 
 def check_lines(
-    files: int, reports: Sequence[Any], target: str | None, rows: Sequence[Any]
+    files: int,
+    reports: Sequence[Report],
+    target: str | None,
+    rows: Sequence[migrations.StatusRow],
 ) -> list[str]:
     lines = []
     for report in reports:
@@ -182,24 +201,55 @@ def baseline_line(description: str, version: int, recorded: int) -> str:
 # -- schema diff, embedded, init-local ----------------------------------------------------
 
 
-def diff_lines(description: str, against: str, found: Sequence[Any]) -> list[str]:
+def diff_json(description: str, against: str, found: Sequence[Difference]) -> JSON:
+    return {
+        "target": description,
+        "against": against,
+        "differences": [
+            {"table": d.table, "kind": d.kind, "change": d.change, "detail": d.detail}
+            for d in found
+        ],
+    }
+
+
+def diff_lines(description: str, against: str, found: Sequence[Difference]) -> list[str]:
     lines, table = [], None
     for difference in found:
         if difference.table != table:
             table = difference.table
             lines.append(f"{table}:")
         lines.append(f"  {difference.change} {difference.kind}: {difference.detail}")
-    verdict = f"{len(found)} differences" if found else "no drift"
+    verdict = plural(len(found), "difference") if found else "no drift"
     return [*lines, f"{description} against {against}: {verdict}"]
 
 
-def embedded_line(state: Any) -> str:
+def embedded_json(state: Status) -> JSON:
+    return {
+        "running": state.running,
+        "pid": state.pid,
+        "port": state.port,
+        "data_dir": str(state.data_dir),
+        "initialized": state.initialized,
+    }
+
+
+def embedded_line(state: Status) -> str:
     if state.running:
         return f"running (pid {state.pid}) on 127.0.0.1:{state.port}, data {state.data_dir}"
     return f"stopped, data {state.data_dir}" + ("" if state.initialized else " (not created yet)")
 
 
-def local_line(prepared: Any) -> str:
+def local_json(prepared: Prepared, url: str) -> JSON:
+    """`url` as the command shows it: redacted unless --show-password."""
+    return {
+        "url": url,
+        "created_role": prepared.created_role,
+        "created_database": prepared.created_database,
+        "password_set": prepared.password_set,
+    }
+
+
+def local_line(prepared: Prepared) -> str:
     settings = prepared.settings
     if prepared.created_role:
         role = "created"

@@ -16,7 +16,12 @@
         └── NotFound            a pipeline, run, stage or job that does not exist
     Interrupted                 exit 130 (Ctrl-C) or 143 (SIGTERM): stopped, and what it left
 
-`Terminated` is not an error but the interrupt the CLI raises on SIGTERM. It is a
+Exit codes that are verdicts, not errors: EXIT_PENDING (3, `migrate status
+--exit-code` with files pending), EXIT_DRIFT (3, `schema diff` found differences),
+EXIT_DISAGREES (4, files and history disagree), EXIT_LINT (5, `migrate check`
+findings); EXIT_INTERRUPTED 130 and EXIT_TERMINATED 143, as shells report a signal.
+
+`Terminated` is not an error but the interrupt entry.py raises on SIGTERM. It is a
 KeyboardInterrupt so that psycopg cancels the running query for it as it does for
 Ctrl-C, and the runner rolls back and releases its lock the same way.
 
@@ -26,6 +31,11 @@ do about it. They must never contain a password; URLs pass through
 """
 
 from __future__ import annotations
+
+EXIT_PENDING = EXIT_DRIFT = 3
+EXIT_DISAGREES = 4
+EXIT_LINT = 5
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + the signal
 
 
 class CicdDbError(Exception):
