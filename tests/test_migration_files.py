@@ -59,6 +59,7 @@ def unscanned(name: str, data: bytes) -> migrations.Migration:
         ("PREPARE TRANSACTION 'x';", "PREPARE TRANSACTION"),
         ("COMMIT AND CHAIN;", "COMMIT AND"),
     ],
+    ids=["commit", "rollback", "end", "abort", "begin", "start", "prepare", "commit-and-chain"],
 )
 def test_transaction_control_is_refused_before_anything_runs(
     database: Database, tmp_path: Path, statement: str, shown: str
@@ -497,6 +498,7 @@ def test_invalid_concurrent_index_is_found_whatever_the_search_path(
         ({"PGOPTIONS": "  "}, migrations.SESSION_OPTIONS),
         ({"PGOPTIONS": " -c a.b=1 "}, "-c a.b=1 " + migrations.SESSION_OPTIONS),
     ],
+    ids=["unset", "blank", "set"],
 )
 def test_session_options_keep_pgoptions_first(environ: dict, options: str) -> None:
     assert migrations.session_options(environ) == options
@@ -519,6 +521,7 @@ def test_new_migration_numbers_in_the_folders_width(tmp_path: Path) -> None:
         ("-x", "migration name '-x' may hold only letters, digits, '_', '.' and '-', and must"),
         ("a b", "migration name 'a b' may hold only letters"),
     ],
+    ids=["leading-dash", "space"],
 )
 def test_new_migration_refuses_bad_names(tmp_path: Path, name: str, message: str) -> None:
     with pytest.raises(ConfigError, match=f"^{message}"):
