@@ -580,3 +580,90 @@ def test_lock_retries_give_up_within_their_bounds(database: Database, tmp_path: 
     )
     assert len(lines) == 3
     assert database.history() == []
+
+
+# -- rehearse, baseline, drift, scratch_dump and interruptions, through the Runner itself --------
+
+
+def test_rehearsal_times_each_lock_and_undoes_only_what_failed(
+    database: Database, tmp_path: Path
+) -> None:
+    """Each file after a savepoint: a failed one is undone, a good one stays for the next;
+    a lock counts from the statement that took it; a no-transaction file is listed as
+    skipped; nothing of it all is left afterwards."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_base.sql": "CREATE TABLE a (id int);\nCREATE TABLE b (id int);\n"
+            "CREATE TABLE busy (id int);\nCREATE SEQUENCE used;\nCREATE SEQUENCE moved;\n"
+            "SELECT nextval('used');\n",
+            # The backslash ends the string only where strings are standard: read otherwise,
+            # the statements after it would travel with it, before the sleep.
+            "0002_locks.sql": "LOCK TABLE b IN SHARE MODE;\n"
+            "SELECT pg_sleep(0.3), 'C:\\' AS path;\n"
+            "ALTER TABLE a ADD COLUMN note text;\nSELECT nextval('moved');\n",
+            "0003_index.sql": "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY a_id ON a (id);\n",
+            # COPY data splits it in steps: the statements after it start on line 5.
+            "0004_fails.sql": "ALTER TABLE a ADD COLUMN other int;\nCOPY a (id) FROM STDIN;\n7\n"
+            "\\.\nSELECT 1;\nSELECT 1/0;\n",
+            "0005_busy.sql": "SET lock_timeout = '50ms';\nALTER TABLE busy ADD COLUMN x int;\n",
+            "0006_builds.sql": "ALTER TABLE a ADD COLUMN other text;\n"
+            "INSERT INTO a (note, other) VALUES ('n', 'o');\n",
+            "0007_later.sql": "CREATE TABLE later (id int);\n",
+        },
+    )
+    with database.connect() as conn, database.connect() as holder:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        runner.apply(target=1)
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+        started = time.perf_counter()
+        rehearsed = runner.rehearse(target=6)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        holder.execute("ROLLBACK")
+    assert [r.migration.filename for r in rehearsed] == [
+        "0002_locks.sql",
+        "0003_index.sql",
+        "0004_fails.sql",
+        "0005_busy.sql",
+        "0006_builds.sql",
+    ]
+    locks, index, fails, busy, builds = rehearsed
+
+    assert (locks.error, locks.skipped, locks.unrehearsed_before) == (None, None, ())
+    assert [(lock.mode, lock.table) for lock in locks.locks] == [
+        ("ShareLock", "b"),
+        ("AccessExclusiveLock", "a"),
+    ]
+    b_held, a_held = (lock.held_ms for lock in locks.locks)
+    assert a_held >= 0 and b_held - a_held >= 300  # b was taken before the sleep, a after it
+    assert locks.duration_ms is not None and b_held <= locks.duration_ms < elapsed_ms
+    assert locks.sequences == ("public.moved",)
+    assert not locks.failed
+
+    assert index.skipped == (
+        "a no-transaction file cannot run inside the rehearsal's transaction "
+        "(CREATE INDEX CONCURRENTLY, COMMIT in a procedure)"
+    )
+    assert (index.duration_ms, index.locks, index.error) == (None, (), None)
+
+    assert fails.error == (
+        "failed at line 6: division by zero [22012]; it was rolled back; fix the file and run again"
+    )
+    assert fails.unrehearsed_before == ("0003_index.sql",)
+    assert not fails.failed  # it may only need the file the rehearsal could not run
+    assert busy.error == (
+        "failed at line 2: canceling statement due to lock timeout [55P03]; it was rolled back; "
+        "run again when the tables are less busy (the file itself is fine)"
+    )
+
+    # It builds on 0002's column, and 0004's column of the same name was undone; the
+    # table lock 0002 took is not seen again.
+    assert (builds.error, builds.sequences) == (None, ())
+    assert [(lock.mode, lock.table) for lock in builds.locks] == [("RowExclusiveLock", "a")]
+
+    assert database.history() == [1]
+    assert database.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'a'"
+    ) == [("id",)]
+    assert database.query("SELECT count(*) FROM pg_indexes WHERE indexname = 'a_id'") == [(0,)]
