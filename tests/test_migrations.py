@@ -793,3 +793,104 @@ def test_scratch_dump_is_the_schema_the_files_make(
             [f"cicd_db_scratch_{os.getpid()}_%"],
         ).fetchall()
     assert left == []
+
+
+def _interrupt_when_sleeping(
+    database: Database, interruption: type[BaseException], *, lose_the_connection: bool
+) -> threading.Thread:
+    """Once the runner's file sleeps, interrupt this (main) thread as Ctrl-C or SIGTERM would;
+    `lose_the_connection` ends the runner's server session first."""
+    main = threading.main_thread().ident
+    assert main is not None
+    sleeping = (
+        "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+        "AND datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+    def interrupt(signum: int, frame: object) -> None:
+        if lose_the_connection:
+            database.query(f"SELECT pg_terminate_backend(pid) FROM ({sleeping}) s")
+        raise interruption
+
+    signal.signal(signal.SIGUSR1, interrupt)
+    watcher = threading.Thread(
+        target=lambda: (
+            database.wait_for(sleeping, "the slow migration never started"),
+            signal.pthread_kill(main, signal.SIGUSR1),
+        ),
+        daemon=True,
+    )
+    watcher.start()
+    return watcher
+
+
+@pytest.mark.parametrize(
+    ("marker", "interruption", "lose_the_connection", "code", "message"),
+    [
+        (
+            "",
+            KeyboardInterrupt,
+            False,
+            130,
+            "interrupted during 0002_slow.sql; it was rolled back; nothing after it ran",
+        ),
+        (
+            "",
+            Terminated,
+            False,
+            143,
+            "interrupted during 0002_slow.sql; it was rolled back; nothing after it ran",
+        ),
+        (
+            "-- cicd-db: no-transaction\n",
+            KeyboardInterrupt,
+            False,
+            130,
+            "interrupted during 0002_slow.sql, a no-transaction file: what PostgreSQL finished "
+            "of it stays, and it is not recorded (the next run drops an index it left invalid "
+            "and runs it again); nothing after it ran",
+        ),
+        (
+            "",
+            KeyboardInterrupt,
+            True,
+            130,
+            "interrupted during 0002_slow.sql, and the connection with it: whether it committed "
+            "is not known; nothing after it ran; see `migrate status`",
+        ),
+    ],
+    ids=["ctrl_c", "sigterm", "no_transaction", "connection_lost"],
+)
+def test_an_interrupted_runner_says_what_it_left(
+    database: Database,
+    tmp_path: Path,
+    marker: str,
+    interruption: type[BaseException],
+    lose_the_connection: bool,
+    code: int,
+    message: str,
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\n",
+            "0002_slow.sql": f"{marker}SELECT pg_sleep(60);\n",
+            "0003_after.sql": "CREATE TABLE after (id int);\n",
+        },
+    )
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        with database.connect() as conn:
+            runner = migrations.Runner(conn, migrations.discover(folder))
+            watcher = _interrupt_when_sleeping(
+                database, interruption, lose_the_connection=lose_the_connection
+            )
+            with pytest.raises(Interrupted) as interrupted:
+                runner.apply()
+            watcher.join(timeout=30)
+            assert conn.closed == lose_the_connection
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert (str(interrupted.value), interrupted.value.exit_code) == (message, code)
+    assert database.history() == [1]
+    assert database.tables() == {"first", "cicd_db_schema_history"}
