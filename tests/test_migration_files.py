@@ -104,8 +104,14 @@ def test_a_transaction_ended_unseen_is_never_recorded(database: Database) -> Non
         migration = unscanned(name, data)  # discover() would refuse these before they ran
         with database.connect() as conn:
             runner = migrations.Runner(conn, [migration])
-            with pytest.raises(migrations.MigrationFailed, match="ended the runner's transaction"):
+            with pytest.raises(migrations.MigrationFailed) as failed:
                 runner.apply()
+            assert str(failed.value) == (
+                f"migration 0001_{name}.sql ended the runner's transaction itself (COMMIT, "
+                "ROLLBACK or the like, which the runner could not see in it); what it did may be "
+                "committed, and it is not recorded; remove that from the file, check the "
+                "database, and run again"
+            )
             assert runner.applied() == []
         assert {"p1", "p2"} & database.tables() == left
         database.execute("DROP TABLE IF EXISTS p1, p2")
@@ -191,18 +197,63 @@ def test_copy_from_stdin_applies_and_bad_data_names_its_line(
     assert database.history() == [1]
 
 
-def test_copy_without_data_lines_never_hangs(database: Database) -> None:
+@pytest.mark.parametrize("separator", [" ", "\n"], ids=["one-line", "one-a-line"])
+def test_copy_without_data_lines_never_hangs(database: Database, separator: str) -> None:
     """A COPY the scanner could not see (built by hand here) ends with an error, not a stuck connection."""
-    data = b"CREATE TABLE t (id int); COPY t FROM STDIN; SELECT 1;"
+    data = separator.join(["CREATE TABLE t (id int);", "COPY t FROM STDIN;", "SELECT 1;"]).encode()
     migration = unscanned("hidden_copy", data)
+    line = 1 if separator == " " else 2
     with database.connect() as conn:
         with pytest.raises(
             migrations.MigrationFailed,
-            match="at line 1: COPY from stdin failed: COPY FROM STDIN data must",
+            match=f"at line {line}: COPY from stdin failed: COPY FROM STDIN data must",
         ):
             migrations.Runner(conn, [migration]).apply()
         assert conn.execute("SELECT 42").fetchone() == (42,)
     assert database.tables() == {"cicd_db_schema_history"}
+
+
+def test_copy_to_stdout_the_scanner_could_not_see_is_read_and_dropped(database: Database) -> None:
+    """Built by hand here (discover() refuses it): its rows are read and dropped."""
+    data = b"CREATE TABLE t (id int);\nINSERT INTO t VALUES (1), (2);\nCOPY t TO STDOUT;\n"
+    with database.connect() as conn:
+        migrations.Runner(conn, [unscanned("hidden_copy_out", data)]).apply()
+        assert conn.execute("SELECT 42").fetchone() == (42,)
+    assert database.history() == [1]
+    assert database.query("SELECT count(*) FROM t") == [(2,)]
+
+
+@pytest.mark.parametrize(
+    ("text", "failure"),
+    [
+        ("COPY t FROM STDIN;\n1\n\\.\n", None),
+        (
+            "COPY t FROM STDIN;\n1\n\\.\nSELECT 1/0;\n",
+            "migration 0002_copy_first.sql failed at line 4: division by zero [22012]; it was "
+            "rolled back; fix the file and run again",
+        ),
+        ("-- nothing to do yet\n", None),
+    ],
+    ids=["applies", "fails-after-it", "comments-only"],
+)
+def test_a_file_that_starts_with_copy_data_is_one_transaction(
+    database: Database, tmp_path: Path, text: str, failure: str | None
+) -> None:
+    """Its first step is not a batch the runner's BEGIN can travel with: it goes alone."""
+    folder = write_migrations(
+        tmp_path, {"0001_table.sql": "CREATE TABLE t (id int);\n", "0002_copy_first.sql": text}
+    )
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        if failure is None:
+            runner.apply()
+        else:
+            with pytest.raises(migrations.MigrationFailed) as failed:
+                runner.apply()
+            assert str(failed.value) == failure
+    applied = failure is None
+    assert database.history() == ([1, 2] if applied else [1])
+    assert database.query("SELECT count(*) FROM t") == [(1 if applied and "COPY" in text else 0,)]
 
 
 @pytest.mark.parametrize(
@@ -551,10 +602,192 @@ def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> N
         ('CREATE INDEX CONCURRENTLY "Runs Idx" ON runs (id);', "Runs Idx"),
         ("SET lock_timeout = 0;\nCREATE INDEX CONCURRENTLY x2 ON runs (id);", "x2"),
         ("CREATE INDEX runs_idx ON runs (id);", None),
+        (
+            "CREATE INDEX runs_idx ON runs (id);\n-- was: CREATE INDEX CONCURRENTLY x3 ON runs (id);",
+            None,
+        ),
     ],
-    ids=["folded", "unique-if-not-exists", "quoted", "quoted-space", "after-set", "not-concurrent"],
+    ids=[
+        "folded",
+        "unique-if-not-exists",
+        "quoted",
+        "quoted-space",
+        "after-set",
+        "not-concurrent",
+        "only-in-a-comment-after-it",
+    ],
 )
 def test_index_name_as_postgresql_names_it(tmp_path: Path, text: str, name: str | None) -> None:
     path = tmp_path / "0001_idx.sql"
     path.write_text("-- cicd-db: no-transaction\n" + text + "\n")
     assert migrations.index_name(migrations.read(path, 1, "idx")) == name
+
+
+# A trigger that fails as PostgreSQL fails for want of a privilege, so that the advice
+# names the role without a second role; deferred, it fails at COMMIT.
+REFUSING_TRIGGER = (
+    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$BEGIN RAISE EXCEPTION 'no rows here' USING ERRCODE = '{code}'; END$$;\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"0001_first.sql": "SELECT 1/0;\nSELECT 2;\n"},
+            "0001_first.sql failed at line 1: division by zero [22012]; it was rolled back; fix "
+            "the file and run again",
+        ),
+        (
+            {"0001_plus.sql": "SELECT 1;\nSELECT 2 +\n;\nSELECT 3;\n"},
+            '0001_plus.sql failed at line 3: syntax error at or near ";" [42601]; it was rolled '
+            "back; fix the file and run again",
+        ),
+        (
+            {
+                "0001_decides.sql": "CREATE TABLE t (s text);\n"
+                "SELECT set_config('standard_conforming_strings', 'on', false);\n"
+                "INSERT INTO t VALUES ('a\\');\nSELECT 1/0;\n"
+            },
+            "0001_decides.sql failed at line 4: division by zero [22012]; it was rolled back; "
+            "fix the file and run again",
+        ),
+        (
+            {
+                "0001_after_copy.sql": "CREATE TABLE t (id int);\nCOPY t FROM STDIN;\n1\n\\.\n"
+                "SELECT 1;\nSELECT 1/0;\n"
+            },
+            "0001_after_copy.sql failed at line 6: division by zero [22012]; it was rolled "
+            "back; fix the file and run again",
+        ),
+        (
+            {
+                "0001_nonstandard.sql": "SET standard_conforming_strings = off;\n"
+                "SELECT 'a\\'';\nSELECT 1/0;\n"
+            },
+            "0001_nonstandard.sql failed at line 3: division by zero [22012]; it was rolled "
+            "back; fix the file and run again",
+        ),
+        (
+            {"0001_copy_missing.sql": "SELECT 1;\nCOPY nope FROM STDIN;\n1\n\\.\n"},
+            '0001_copy_missing.sql failed at line 2: relation "nope" does not exist [42P01]; it '
+            "was rolled back; fix the file and run again",
+        ),
+        (
+            {
+                "0001_copy_header.sql": "CREATE TABLE t (id int);\n"
+                "COPY t FROM STDIN (FORMAT csv, HEADER MATCH);\n\\.\n"
+            },
+            "0001_copy_header.sql failed at line 2: column name mismatch in header line field 1: "
+            'got null value (""), expected "id" [22P04]; it was rolled back; fix the file and '
+            "run again",
+        ),
+        (
+            {
+                "0001_copy_refused.sql": "CREATE TABLE t (id int);\n"
+                + REFUSING_TRIGGER.format(code="42501")
+                + "CREATE TRIGGER refuse BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION refuse();\n"
+                "COPY t FROM STDIN;\n1\n\\.\n"
+            },
+            "0001_copy_refused.sql failed at line 5: no rows here [42501]; it was rolled back; "
+            "role {user} lacks that privilege: grant it, or migrate as a role that has it (the "
+            "table's or schema's owner)",
+        ),
+        (
+            {
+                "0001_commit_refused.sql": "CREATE TABLE t (id int);\n"
+                + REFUSING_TRIGGER.format(code="42501")
+                + "CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON t DEFERRABLE INITIALLY "
+                "DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse();\nINSERT INTO t VALUES (1);\n"
+            },
+            "0001_commit_refused.sql failed as it was recorded and committed: no rows here "
+            "[42501]; it was rolled back; role {user} lacks that privilege: grant it, or migrate "
+            "as a role that has it (the table's or schema's owner)",
+        ),
+        (
+            {"0001_two_lines.sql": "DO $$BEGIN RAISE EXCEPTION E'first\\nsecond'; END$$;\n"},
+            "0001_two_lines.sql failed at line 1: first\nsecond [P0001]; it was rolled back; "
+            "fix the file and run again",
+        ),
+        (
+            {
+                "0001_outside.sql": "-- cicd-db: no-transaction\n"
+                "CREATE INDEX CONCURRENTLY i ON missing (c);\n"
+            },
+            '0001_outside.sql failed at line 2: relation "missing" does not exist [42P01]; it '
+            "was rolled back as far as PostgreSQL allows; fix the file and run again",
+        ),
+    ],
+    ids=[
+        "first-statement",
+        "syntax-error-at-a-line-start",
+        "server-decides-strings",
+        "after-copy-data",
+        "nonstandard-strings",
+        "copy-into-a-missing-table",
+        "copy-header-without-data",
+        "copy-refused",
+        "commit-refused",
+        "two-line-message",
+        "no-transaction",
+    ],
+)
+def test_failure_names_the_line_and_the_fix(
+    database: Database, tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    code, out, err = migrate(database, write_migrations(tmp_path, files))
+    assert (code, out) == (1, "")
+    assert err == f"error: migration {message.format(user=database.settings.user)}\n"
+    assert database.history() == []
+
+
+def test_refused_when_the_server_tells_how_the_rest_reads(
+    database: Database, tmp_path: Path
+) -> None:
+    """After a statement whose effect on strings only the server knows, the rest is planned
+    at run time, and refused there as discover() would refuse it."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_later.sql": "CREATE TABLE t (s text);\n"
+            "SELECT set_config('standard_conforming_strings', 'off', false);\n"
+            "INSERT INTO t VALUES ('a\\';');\nCOMMIT;\n"
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: migration file 0001_later.sql, line 4: COMMIT ends or starts a transaction, and "
+        "the runner already runs this file in one; remove it, or make the first line "
+        "`-- cicd-db: no-transaction` to run the file outside a transaction\n"
+    )
+    assert database.history() == []
+    assert "t" not in database.tables()
+
+
+def test_a_server_reading_strings_the_old_way_is_read_its_way(
+    database: Database, tmp_path: Path
+) -> None:
+    """A database whose default is standard_conforming_strings = off: the file is planned again
+    as that server reads it, and an error still names its line."""
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET standard_conforming_strings = off").format(
+            sql.Identifier(database.settings.database)
+        )
+    )
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_old.sql": "CREATE TABLE t (s text);\nINSERT INTO t VALUES ('a\\'b');\n",
+            "0002_fails.sql": "INSERT INTO t VALUES ('c\\'');\nSELECT 1/0;\n",
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err == (
+        "error: migration 0002_fails.sql failed at line 2: division by zero [22012]; it was "
+        "rolled back; fix the file and run again\n"
+    )
+    assert database.query("SELECT s FROM t") == [("a'b",)]
+    assert database.history() == [1]
