@@ -742,6 +742,15 @@ def test_failure_names_the_line_and_the_fix(
     assert database.history() == []
 
 
+def test_new_migration_says_why_it_cannot_write(tmp_path: Path) -> None:
+    name = "x" * 300  # a valid name, too long for the file system
+    with pytest.raises(ConfigError) as refused:
+        migrations.new_migration(tmp_path, name)
+    assert str(refused.value) == (
+        f"cannot write {tmp_path / f'0001_{name}.sql'}: File name too long; check the folder"
+    )
+
+
 def test_refused_when_the_server_tells_how_the_rest_reads(
     database: Database, tmp_path: Path
 ) -> None:
@@ -764,6 +773,41 @@ def test_refused_when_the_server_tells_how_the_rest_reads(
     )
     assert database.history() == []
     assert "t" not in database.tables()
+
+
+MEBIBYTE = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (b"\xe9 SELECT 1;\n", 1),
+        ("é;\n".encode(), None),
+        (b"SELECT 1;\n-- \xc3", 2),
+        (b"-- " + b"x" * (MEBIBYTE - 5) + b"\n\xc3", 2),
+        (b"-- " + b"x" * (MEBIBYTE - 5) + "\né\n".encode() + b"SELECT 1;\n-- \xe9\n", 4),
+    ],
+    ids=[
+        "first-byte",
+        "valid-from-the-first-byte",
+        "cut-short-at-the-end",
+        "cut-short-at-one-mebibyte",
+        "after-a-character-across-slices",
+    ],
+)
+def test_text_that_is_not_utf8_is_found_wherever_it_is(
+    tmp_path: Path, data: bytes, line: int | None
+) -> None:
+    """Checked a mebibyte at a time: a character may span two slices, the last may end short."""
+    (tmp_path / "0001_bytes.sql").write_bytes(data)
+    if line is None:
+        assert migrations.discover(tmp_path)[0].data == data
+        return
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value) == (
+        f"migration file 0001_bytes.sql is not UTF-8 (line {line}); save it as UTF-8"
+    )
 
 
 def test_a_server_reading_strings_the_old_way_is_read_its_way(
