@@ -894,3 +894,85 @@ def test_an_interrupted_runner_says_what_it_left(
     assert (str(interrupted.value), interrupted.value.exit_code) == (message, code)
     assert database.history() == [1]
     assert database.tables() == {"first", "cicd_db_schema_history"}
+
+
+def test_status_names_each_state_and_when_it_was_applied(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(tmp_path, {**THREE, "0004_later.sql": "SELECT 1;\n"})
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        (folder / "0000_early.sql").write_text("SELECT 1;\n")
+        assert [(row.version, row.state) for row in runner.status()] == [
+            (1, "pending"),
+            (2, "pending"),
+            (3, "pending"),
+            (4, "pending"),
+        ]
+        assert [m.version for m in runner.pending(target=2)] == [1, 2]
+        runner.apply(target=3)
+        (folder / "0002_pets.sql").write_text("-- edited\n")
+        (folder / "0003_seed.sql").unlink()
+        changed = migrations.Runner(conn, migrations.discover(folder))
+        rows = changed.status()
+    applied_at = dict(database.query("SELECT version, applied_at FROM cicd_db_schema_history"))
+    assert [(row.version, row.name, row.state, row.applied_at) for row in rows] == [
+        (0, "early", "out-of-order", None),
+        (1, "people", "applied", applied_at[1]),
+        (2, "pets", "edited", applied_at[2]),
+        (3, "seed", "missing", applied_at[3]),
+        (4, "later", "pending", None),
+    ]
+
+
+def test_status_on_a_new_database_calls_version_0_pending(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(tmp_path, {"0000_zero.sql": "SELECT 1;\n"})
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        assert [(row.version, row.state) for row in runner.status()] == [(0, "pending")]
+        assert [m.version for m in runner.pending()] == [0]
+
+
+def test_history_of_another_shape_is_named_as_sql_would_name_it(
+    database: Database, tmp_path: Path
+) -> None:
+    database.execute(
+        'CREATE SCHEMA "Odd Schema"; CREATE TABLE "Odd Schema".cicd_db_schema_history (id int)'
+    )
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    with database.connect() as conn:
+        conn.execute('SET search_path TO "Odd Schema"')
+        with pytest.raises(ConfigError) as refused:
+            migrations.Runner(conn, migrations.discover(folder)).apply()
+    assert str(refused.value).startswith(
+        'table "Odd Schema".cicd_db_schema_history exists but is not cicd-db\'s migration history'
+    )
+
+
+def test_applied_inside_a_transaction_leaves_it_usable(database: Database, tmp_path: Path) -> None:
+    """Asked inside the caller's transaction, a missing history must not abort it."""
+    folder = write_migrations(tmp_path, THREE)
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        with conn.transaction():
+            assert runner.applied() == []
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        runner.apply(target=1)
+        with conn.transaction():
+            assert [row.version for row in runner.applied()] == [1]
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_discover_skips_hidden_files_other_files_and_folders(tmp_path: Path) -> None:
+    write_migrations(
+        tmp_path,
+        {
+            "0001_a.sql": "SELECT 1;\n",
+            ".0002_editor_backup.sql": "SELECT 2;\n",
+            "README.md": "notes\n",
+        },
+    )
+    (tmp_path / "0003_folder.sql").mkdir()
+    assert [m.filename for m in migrations.discover(tmp_path)] == ["0001_a.sql"]
