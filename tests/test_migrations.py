@@ -951,6 +951,155 @@ def test_history_of_another_shape_is_named_as_sql_would_name_it(
     )
 
 
+@pytest.mark.parametrize(
+    ("statement", "shown"),
+    [
+        ("LOCK TABLE busy;", "LOCK TABLE busy;"),
+        (
+            "ALTER TABLE busy ADD COLUMN abcdefghijklmno int;",
+            "ALTER TABLE busy ADD COLUMN abcdefghijklmno int;",
+        ),
+        (
+            "ALTER TABLE busy ADD COLUMN abcdefghijklmnop int;",
+            "ALTER TABLE busy ADD COLUMN abcdefghijklmnop ...",
+        ),
+        (
+            "ALTER   TABLE\n  busy ADD COLUMN abcdefghijklmnopqrstuvwxyz int;",
+            "ALTER TABLE busy ADD COLUMN abcdefghijklmnopq...",
+        ),
+    ],
+    ids=["short", "at_the_width", "one_over", "spread_over_lines"],
+)
+def test_a_retry_names_the_statement_that_waited(
+    database: Database, tmp_path: Path, statement: str, shown: str
+) -> None:
+    """In one line of at most 48 characters."""
+    database.execute("CREATE TABLE busy (id int)")
+    folder = write_migrations(
+        tmp_path, {"0001_alter.sql": f"SET lock_timeout = '20ms';\n{statement}\n"}
+    )
+    retries: list[migrations.Retry] = []
+    with database.connect() as holder, database.connect() as conn:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+        runner = migrations.Runner(conn, migrations.discover(folder), retries=1)
+        with pytest.raises(migrations.MigrationFailed) as failed:
+            runner.apply(on_retry=retries.append)
+    [retry] = retries
+    assert (retry.reason, retry.attempt, retry.retries) == (
+        f"lock not available at line 2 ({shown})",
+        1,
+        1,
+    )
+    assert str(failed.value).endswith(
+        "[55P03]; it was rolled back; run again when the tables are less busy (the file itself "
+        "is fine); gave up after 1 retry (raise --retries or --retry-budget)"
+    )
+
+
+def test_a_commit_that_failed_for_other_sessions_is_retried(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_deferred.sql": "CREATE TABLE t (id int);\n"
+            "CREATE FUNCTION conflict() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN RAISE EXCEPTION 'another session won' USING ERRCODE = '40001'; END$$;\n"
+            "CREATE CONSTRAINT TRIGGER conflict AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED "
+            "FOR EACH ROW EXECUTE FUNCTION conflict();\nINSERT INTO t VALUES (1);\n"
+        },
+    )
+    retries: list[migrations.Retry] = []
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder), retries=1)
+        with pytest.raises(migrations.MigrationFailed) as failed:
+            runner.apply(on_retry=retries.append)
+    assert [retry.reason for retry in retries] == ["serialization failure at its commit"]
+    assert str(failed.value) == (
+        "migration 0001_deferred.sql failed as it was recorded and committed: another session "
+        "won [40001]; it was rolled back; run again when the tables are less busy (the file "
+        "itself is fine); gave up after 1 retry (raise --retries or --retry-budget)"
+    )
+    assert database.history() == []
+
+
+CONFLICT_AT_COMMIT = (
+    "CREATE TABLE t (id int); "
+    "CREATE FUNCTION conflict() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$BEGIN RAISE EXCEPTION 'another session won' USING ERRCODE = '40001'; END$$; "
+    "CREATE CONSTRAINT TRIGGER conflict AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED "
+    "FOR EACH ROW EXECUTE FUNCTION conflict()"
+)
+
+
+@pytest.mark.parametrize(
+    ("retries", "budget", "delays", "spent"),
+    [
+        # 0.225 s, then 0.45 s: 0.675 s waited; the third, 0.9 s, would pass 1.5 s.
+        (3, 1.5, [0.225, 0.45], "; the retry budget of 1.5 s is spent"),
+        (10, 0.1, [], "; the retry budget of 0.1 s is spent"),
+        (2, 120.0, [0.225, 0.45], "; gave up after 2 retries"),
+        (0, 120.0, [], None),
+    ],
+    ids=["budget_spent", "budget_below_the_first_delay", "retries_spent", "no_retries"],
+)
+def test_retry_delays_double_and_stop_at_the_first_bound(
+    database: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    retries: int,
+    budget: float,
+    delays: list[float],
+    spent: str | None,
+) -> None:
+    """A jitter fixed at 1.125 (of 0.75 to 1.25) makes the delays exact: 0.2 s, doubled."""
+    monkeypatch.setattr(migrations.random, "uniform", lambda low, high: low + (high - low) * 0.75)
+    database.execute(CONFLICT_AT_COMMIT)
+    folder = write_migrations(tmp_path, {"0001_insert.sql": "INSERT INTO t VALUES (1);\n"})
+    seen: list[migrations.Retry] = []
+    with database.connect() as conn:
+        runner = migrations.Runner(
+            conn, migrations.discover(folder), retries=retries, retry_budget=budget
+        )
+        with pytest.raises(migrations.MigrationFailed) as failed:
+            runner.apply(on_retry=seen.append)
+    assert [retry.delay for retry in seen] == pytest.approx(delays)
+    assert [retry.attempt for retry in seen] == list(range(1, len(delays) + 1))
+    message = (
+        "migration 0001_insert.sql failed as it was recorded and committed: another session "
+        "won [40001]; it was rolled back; run again when the tables are less busy (the file "
+        "itself is fine)"
+    )
+    if spent:
+        message += f"{spent} (raise --retries or --retry-budget)"
+    assert str(failed.value) == message
+    assert database.history() == []
+
+
+def test_a_runner_of_its_own_defaults_retries_until_the_file_applies(
+    database: Database, tmp_path: Path
+) -> None:
+    database.execute(CONFLICT_AT_COMMIT)
+    folder = write_migrations(tmp_path, {"0001_insert.sql": "INSERT INTO t VALUES (1);\n"})
+    seen: list[migrations.Retry] = []
+
+    def other_session_done(retry: migrations.Retry) -> None:
+        seen.append(retry)
+        database.execute("DROP TRIGGER conflict ON t")
+
+    with database.connect() as conn:
+        [result] = migrations.Runner(conn, migrations.discover(folder)).apply(
+            on_retry=other_session_done
+        )
+    assert [(retry.attempt, retry.retries) for retry in seen] == [(1, migrations.DEFAULT_RETRIES)]
+    assert str(seen[0]).startswith(
+        "0001_insert.sql: serialization failure at its commit, retry 1/10 in 0."
+    )
+    assert (result.migration.version, result.dry_run, result.notes) == (1, False, ())
+    assert database.history() == [1]
+
+
 def test_applied_inside_a_transaction_leaves_it_usable(database: Database, tmp_path: Path) -> None:
     """Asked inside the caller's transaction, a missing history must not abort it."""
     folder = write_migrations(tmp_path, THREE)
