@@ -951,6 +951,82 @@ def test_history_of_another_shape_is_named_as_sql_would_name_it(
     )
 
 
+def test_a_no_transaction_file_records_how_long_it_ran(database: Database, tmp_path: Path) -> None:
+    """Measured by the runner around the file: the server's own clock restarts with each
+    statement outside a transaction."""
+    folder = write_migrations(
+        tmp_path, {"0001_slow.sql": "-- cicd-db: no-transaction\nSELECT pg_sleep(0.3);\n"}
+    )
+    with database.connect() as conn:
+        started = time.perf_counter()
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+        elapsed_ms = (time.perf_counter() - started) * 1000
+    [(duration_ms,)] = database.query("SELECT duration_ms FROM cicd_db_schema_history")
+    assert isinstance(duration_ms, int) and 300 <= duration_ms <= elapsed_ms
+
+
+@pytest.mark.parametrize(
+    ("second", "done"),
+    [
+        ("CREATE INDEX t_id ON t (id);\n", "it was rolled back"),
+        (
+            "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY t_id ON t (id);\n",
+            "what it did is committed",
+        ),
+    ],
+    ids=["transactional", "no_transaction"],
+)
+def test_a_history_row_a_trigger_swallowed_is_not_called_applied(
+    database: Database, tmp_path: Path, second: str, done: str
+) -> None:
+    folder = write_migrations(
+        tmp_path, {"0001_table.sql": "CREATE TABLE t (id int);\n", "0002_index.sql": second}
+    )
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        runner.apply(target=1)
+        database.execute(
+            "CREATE FUNCTION swallow() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$BEGIN RETURN NULL; END$$; "
+            "CREATE TRIGGER swallow BEFORE INSERT ON cicd_db_schema_history "
+            "FOR EACH ROW EXECUTE FUNCTION swallow()"
+        )
+        with pytest.raises(migrations.MigrationFailed) as failed:
+            runner.apply()
+    assert str(failed.value) == (
+        f"migration 0002_index.sql left no history row (a trigger on the history table?); "
+        f"{done}, and it is not recorded; remove that from the file, check the database, "
+        "and run again"
+    )
+    assert database.history() == [1]
+
+
+def test_two_invalid_indexes_of_one_name_are_left_alone(database: Database, tmp_path: Path) -> None:
+    """Which one the interrupted run left is not known: the runner drops neither."""
+    for schema_name in ("one", "two"):
+        database.execute(
+            f"CREATE SCHEMA {schema_name}; CREATE TABLE {schema_name}.t (c int); "
+            f"INSERT INTO {schema_name}.t VALUES (1), (1)"
+        )
+        with database.connect() as conn, pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY t_c ON {schema_name}.t (c)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_index.sql": "-- cicd-db: no-transaction\nSET search_path = one;\n"
+            "CREATE UNIQUE INDEX CONCURRENTLY t_c ON t (c);\n"
+        },
+    )
+    with database.connect() as conn, pytest.raises(migrations.MigrationRefused) as refused:
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    assert str(refused.value) == (
+        "migration 0001_index.sql builds index t_c, and 2 invalid indexes have that name "
+        "(one.t_c, two.t_c); drop the one the interrupted run left (DROP INDEX CONCURRENTLY) "
+        "and run again"
+    )
+    assert database.query("SELECT count(*) FROM pg_class WHERE relname = 't_c'") == [(2,)]
+
+
 @pytest.mark.parametrize(
     ("statement", "shown"),
     [
@@ -1100,6 +1176,31 @@ def test_a_runner_of_its_own_defaults_retries_until_the_file_applies(
     assert database.history() == [1]
 
 
+def test_results_say_how_long_each_file_took(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_inside.sql": "SELECT pg_sleep(0.2);\n",
+            "0002_outside.sql": "-- cicd-db: no-transaction\nSELECT pg_sleep(0.3);\n",
+            "0003_later.sql": "SELECT 1;\n",
+        },
+    )
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        planned = runner.apply(dry_run=True, target=2)
+        assert [(r.migration.version, r.duration_ms, r.dry_run) for r in planned] == [
+            (1, 0.0, True),
+            (2, 0.0, True),
+        ]
+        started = time.perf_counter()
+        results = runner.apply(target=2)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+    assert [r.migration.version for r in results] == [1, 2]
+    inside, outside = (r.duration_ms for r in results)
+    assert 200 <= inside < elapsed_ms - 300 and 300 <= outside < elapsed_ms - 200
+    assert database.history() == [1, 2]
+
+
 def test_applied_inside_a_transaction_leaves_it_usable(database: Database, tmp_path: Path) -> None:
     """Asked inside the caller's transaction, a missing history must not abort it."""
     folder = write_migrations(tmp_path, THREE)
@@ -1112,6 +1213,19 @@ def test_applied_inside_a_transaction_leaves_it_usable(database: Database, tmp_p
         with conn.transaction():
             assert [row.version for row in runner.applied()] == [1]
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_rehearsal_names_the_line_of_a_syntax_error(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path, {"0001_typo.sql": "CREATE TABLE a (id int);\nALTER TABLE a\nADD;\n"}
+    )
+    with database.connect() as conn:
+        [rehearsal] = migrations.Runner(conn, migrations.discover(folder)).rehearse()
+    assert rehearsal.error == (
+        'failed at line 3: syntax error at or near ";" [42601]; it was rolled back; fix the '
+        "file and run again"
+    )
+    assert rehearsal.failed
 
 
 def test_discover_skips_hidden_files_other_files_and_folders(tmp_path: Path) -> None:
