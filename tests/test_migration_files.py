@@ -284,6 +284,11 @@ def test_a_file_that_starts_with_copy_data_is_one_transaction(
             "build left invalid by an interruption can be found and dropped",
         ),
         (
+            {"0001_copy.sql": "-- cicd-db: no-transaction\nCOPY t FROM STDIN;\n1\n\\.\n"},
+            "migration file 0001_copy.sql, line 2: COPY ... FROM STDIN in a no-transaction file; "
+            "move it to a transactional file",
+        ),
+        (
             {"0001_Upper.SQL": "SELECT 1;\n"},
             "migration file 0001_Upper.SQL: the extension must be lower-case .sql; "
             "rename it to 0001_Upper.sql",
@@ -296,7 +301,8 @@ def test_a_file_that_starts_with_copy_data_is_one_transaction(
         (
             {"99999999999999999999_huge.sql": "SELECT 1;\n"},
             "migration file 99999999999999999999_huge.sql: version 99999999999999999999 is above "
-            "9223372036854775807, the largest the history can hold; renumber it",
+            "9223372036854775807, the largest the history can hold; renumber it (0001_, 0002_, "
+            "... or a timestamp like 20260101120000_)",
         ),
         (
             {"0001_latin1.sql": "SELECT 1;\nSELECT 'caf\xe9';\n"},
@@ -313,6 +319,12 @@ def test_a_file_that_starts_with_copy_data_is_one_transaction(
             "after the version's '_'; rename it, for example to 0001_what_it_does.sql",
         ),
         (
+            {"0002_X-ray index_of runs.sql": "SELECT 1;\n"},
+            "migration file '0002_X-ray index_of runs.sql': a name may hold only letters, digits, "
+            "'_', '.' and '-' after the version's '_'; rename it, for example to "
+            "0002_X-ray_index_of_runs.sql",
+        ),
+        (
             {"0001.sql": "SELECT 1;\n"},
             "migration file 0001.sql has a version but no name; rename it to 0001_what_it_does.sql",
         ),
@@ -322,12 +334,14 @@ def test_a_file_that_starts_with_copy_data_is_one_transaction(
         "copy-to-stdout",
         "copy-data-on-its-line",
         "unnamed-concurrent-index",
+        "copy-in-a-no-transaction-file",
         "upper-case-extension",
         "space-in-name",
         "version-beyond-bigint",
         "not-utf8",
         "nul-byte",
         "empty-name",
+        "spaces-and-capitals",
         "no-name",
     ],
 )
@@ -835,3 +849,41 @@ def test_a_server_reading_strings_the_old_way_is_read_its_way(
     )
     assert database.query("SELECT s FROM t") == [("a'b",)]
     assert database.history() == [1]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x00SELECT 1;\n", "holds a NUL byte (line 1)"),
+        (b"\nSELECT 1;\x00\nSELECT 2;\x00\n", "holds a NUL byte (line 2)"),
+        (b"\n\xe9\n", "is not UTF-8 (line 2)"),
+        (b"-- cicd-db: no-transaction", "is marked no-transaction but holds 0 statements"),
+    ],
+    ids=["nul-first", "first-of-two-nuls", "not-utf8-after-a-newline", "only-the-marker"],
+)
+def test_read_refuses_what_postgresql_cannot_take(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    (tmp_path / "0001_bytes.sql").write_bytes(data)
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value).startswith(f"migration file 0001_bytes.sql {message}")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"-- cicd-db: no-transaction\r\nCREATE INDEX CONCURRENTLY i ON t (c);\r\n",
+        b"-- cicd-db: no-transaction  \nCREATE INDEX CONCURRENTLY i ON t (c);\n",
+    ],
+    ids=["crlf", "trailing-spaces"],
+)
+def test_the_marker_line_may_end_in_spaces_or_crlf(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "0001_index.sql"
+    path.write_bytes(data)
+    assert not migrations.read(path, 1, "index").transactional
+
+
+def test_the_largest_version_the_history_holds_is_taken(tmp_path: Path) -> None:
+    write_migrations(tmp_path, {f"{migrations.MAX_VERSION}_last.sql": "SELECT 1;\n"})
+    assert [m.version for m in migrations.discover(tmp_path)] == [2**63 - 1]
