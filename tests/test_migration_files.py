@@ -392,7 +392,7 @@ def test_large_file_in_several_batches(database: Database, tmp_path: Path) -> No
         tmp_path, {"0001_big.sql": f"CREATE TABLE t (id int, s text);\n{rows}"}
     )
     discovered = migrations.discover(folder)
-    assert len(discovered[0].steps) > 1
+    assert len(discovered[0].steps) == 2  # the first of about a mebibyte, then the rest
     assert migrate(database, folder)[0] == 0
     assert database.query("SELECT count(*), count(DISTINCT id), max(id) FROM t") == [
         (40_000, 40_000, 39_999)
@@ -887,3 +887,45 @@ def test_the_marker_line_may_end_in_spaces_or_crlf(tmp_path: Path, data: bytes) 
 def test_the_largest_version_the_history_holds_is_taken(tmp_path: Path) -> None:
     write_migrations(tmp_path, {f"{migrations.MAX_VERSION}_last.sql": "SELECT 1;\n"})
     assert [m.version for m in migrations.discover(tmp_path)] == [2**63 - 1]
+
+
+@pytest.mark.parametrize(
+    ("data", "steps"),
+    [
+        (
+            b"SELECT 1;\nSELECT 2;\n",
+            [migrations.Batch(0, 19, 1, standard_strings=True)],
+        ),
+        (
+            b"SET standard_conforming_strings = off;\nSELECT 'a\\'';\nSELECT 1;\n",
+            [
+                migrations.Batch(0, 38, 1, True, changes_lexing=True, standard_strings_after=False),
+                migrations.Batch(39, 62, 2, standard_strings=False),
+            ],
+        ),
+        (
+            b"SELECT '" + b"x" * (MEBIBYTE - 10) + b"';\nSELECT 2;\n",
+            [
+                migrations.Batch(0, MEBIBYTE, 1, standard_strings=True),
+                migrations.Batch(MEBIBYTE + 1, MEBIBYTE + 10, 2, standard_strings=True),
+            ],
+        ),
+    ],
+    ids=["one-batch", "strings-change-after-the-first", "a-mebibyte-exactly"],
+)
+def test_plan_stops_a_batch_only_where_it_must(data: bytes, steps: list[migrations.Batch]) -> None:
+    assert list(migrations.plan("0001_x.sql", data, transactional=True)) == steps
+
+
+def test_to_stdout_outside_a_copy_statement_is_not_refused(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_copy.sql": "CREATE TABLE t (id int);\n-- never COPY t TO STDOUT here\n"
+            "COPY t FROM STDIN;\n1\n\\.\n-- nor TO STDOUT after it\n"
+        },
+    )
+    assert migrate(database, folder)[0] == 0
+    assert database.query("SELECT id FROM t") == [(1,)]
