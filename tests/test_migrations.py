@@ -1241,3 +1241,24 @@ def test_discover_skips_hidden_files_other_files_and_folders(tmp_path: Path) -> 
     )
     (tmp_path / "0003_folder.sql").mkdir()
     assert [m.filename for m in migrations.discover(tmp_path)] == ["0001_a.sql"]
+
+
+def test_rehearsal_reads_strings_as_the_file_set_them(database: Database, tmp_path: Path) -> None:
+    """After SET standard_conforming_strings = off, 'a\\'' is one string: the LOCK after it is
+    a statement of its own, taken after the sleep."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_table.sql": "CREATE TABLE b (id int);\n",
+            "0002_old_strings.sql": "SET standard_conforming_strings = off;\n"
+            "SELECT 'a\\'', pg_sleep(0.3);\nLOCK TABLE b IN SHARE MODE;\n",
+        },
+    )
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        runner.apply(target=1)
+        [rehearsal] = runner.rehearse()
+    assert rehearsal.error is None
+    [lock] = rehearsal.locks
+    assert (lock.mode, lock.table) == ("ShareLock", "b")
+    assert rehearsal.duration_ms is not None and lock.held_ms < rehearsal.duration_ms - 250
