@@ -9,6 +9,7 @@ crosses files, large files and COPY data apply, errors name the file's line.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -929,3 +930,41 @@ def test_to_stdout_outside_a_copy_statement_is_not_refused(
     )
     assert migrate(database, folder)[0] == 0
     assert database.query("SELECT id FROM t") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("deferred", "where"),
+    [("", "at line 1"), (" DEFERRABLE INITIALLY DEFERRED", "as it was recorded and committed")],
+    ids=["at-its-statement", "at-commit"],
+)
+def test_errors_are_read_in_the_databases_encoding(
+    server: ConnectionSettings, tmp_path: Path, deferred: str, where: str
+) -> None:
+    """A LATIN1 database talks LATIN1 to a runner that names no client encoding; a name
+    made by a UTF8 client comes back right in the message."""
+    name = f"test_latin1_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE DATABASE {} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+            ).format(sql.Identifier(name))
+        )
+    latin1 = Database(replace(server, database=name))
+    try:
+        with psycopg.connect(latin1.settings.conninfo() + " client_encoding=UTF8") as conn:
+            conn.execute(
+                "CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE t (id int, "
+                f'CONSTRAINT "ref_café" FOREIGN KEY (id) REFERENCES p{deferred})'
+            )
+        folder = write_migrations(tmp_path, {"0001_insert.sql": "INSERT INTO t VALUES (1);\n"})
+        code, _, err = migrate(latin1, folder)
+        assert code == 1
+        assert err.startswith(
+            f'error: migration 0001_insert.sql failed {where}: insert or update on table "t" '
+            'violates foreign key constraint "ref_café" [23503]'
+        ), err
+    finally:
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
