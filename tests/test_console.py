@@ -13,18 +13,11 @@ from cicd_db.local import Prepared
 from cicd_db.schema import Difference
 from cicd_db.settings import ConnectionSettings
 
+from .conftest import unscanned
+
 
 def migration(version: int, name: str, text: str = "SELECT 1;\n") -> migrations.Migration:
-    data = text.encode()
-    return migrations.Migration(
-        version=version,
-        name=name,
-        path=Path(f"{version:04d}_{name}.sql"),
-        data=data,
-        checksum="0" * 64,
-        transactional=True,
-        steps=(migrations.Batch(0, len(data), 1, standard_strings=True),),
-    )
+    return unscanned(name, text.encode(), version)
 
 
 def test_plural() -> None:

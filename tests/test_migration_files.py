@@ -20,7 +20,7 @@ from cicd_db import migrations
 from cicd_db.errors import ConfigError
 from cicd_db.settings import ConnectionSettings
 
-from .conftest import Database, run_cli, write_migrations
+from .conftest import Database, run_cli, unscanned, write_migrations
 
 
 def migrate(
@@ -33,19 +33,6 @@ def migrate(
     assert "Traceback" not in result.err
     assert not settings.password or settings.password not in result.out + result.err
     return result.code, result.out, result.err
-
-
-def unscanned(name: str, data: bytes) -> migrations.Migration:
-    """Version 1, all of `data` sent as one query: built by hand, past discover()'s checks."""
-    return migrations.Migration(
-        version=1,
-        name=name,
-        path=Path(f"0001_{name}.sql"),
-        data=data,
-        checksum="0" * 64,
-        transactional=True,
-        steps=(migrations.Batch(0, len(data), 1, standard_strings=True),),
-    )
 
 
 @pytest.mark.parametrize(
