@@ -307,10 +307,19 @@ def test_a_file_that_starts_with_copy_data_is_one_transaction(
             "after the version's '_'; rename it, for example to 0001_what_it_does.sql",
         ),
         (
-            {"0002_X-ray index_of runs.sql": "SELECT 1;\n"},
-            "migration file '0002_X-ray index_of runs.sql': a name may hold only letters, digits, "
+            {"0002_X-ray index_of runs!.sql": "SELECT 1;\n"},
+            "migration file '0002_X-ray index_of runs!.sql': a name may hold only letters, digits, "
             "'_', '.' and '-' after the version's '_'; rename it, for example to "
             "0002_X-ray_index_of_runs.sql",
+        ),
+        (
+            {"7.sql": "SELECT 1;\n"},
+            "migration file 7.sql has a version but no name; rename it to 7_what_it_does.sql",
+        ),
+        (
+            {"add_index.sql": "SELECT 1;\n"},
+            "migration file add_index.sql has no version; rename it to <version>_<name>.sql, for "
+            "example 0002_add_index.sql",
         ),
         (
             {"0001.sql": "SELECT 1;\n"},
@@ -330,6 +339,8 @@ def test_a_file_that_starts_with_copy_data_is_one_transaction(
         "nul-byte",
         "empty-name",
         "spaces-and-capitals",
+        "no-name-short-version",
+        "no-version",
         "no-name",
     ],
 )
@@ -753,15 +764,20 @@ def test_new_migration_says_why_it_cannot_write(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("before", "line"),
+    [("", 4), ("CREATE TABLE c (id int);\nCOPY c FROM STDIN;\n1\n\\.\n", 8)],
+    ids=["first-batch", "after-copy-data"],
+)
 def test_refused_when_the_server_tells_how_the_rest_reads(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, before: str, line: int
 ) -> None:
     """After a statement whose effect on strings only the server knows, the rest is planned
     at run time, and refused there as discover() would refuse it."""
     folder = write_migrations(
         tmp_path,
         {
-            "0001_later.sql": "CREATE TABLE t (s text);\n"
+            "0001_later.sql": f"{before}CREATE TABLE t (s text);\n"
             "SELECT set_config('standard_conforming_strings', 'off', false);\n"
             "INSERT INTO t VALUES ('a\\';');\nCOMMIT;\n"
         },
@@ -769,7 +785,7 @@ def test_refused_when_the_server_tells_how_the_rest_reads(
     code, out, err = migrate(database, folder)
     assert (code, out) == (2, "")
     assert err == (
-        "error: migration file 0001_later.sql, line 4: COMMIT ends or starts a transaction, and "
+        f"error: migration file 0001_later.sql, line {line}: COMMIT ends or starts a transaction, and "
         "the runner already runs this file in one; remove it, or make the first line "
         "`-- cicd-db: no-transaction` to run the file outside a transaction\n"
     )

@@ -1042,10 +1042,18 @@ CONFLICT_AT_COMMIT = (
         # 0.225 s, then 0.45 s: 0.675 s waited; the third, 0.9 s, would pass 1.5 s.
         (3, 1.5, [0.225, 0.45], "; the retry budget of 1.5 s is spent"),
         (10, 0.1, [], "; the retry budget of 0.1 s is spent"),
+        # A budget used up exactly still allows that retry.
+        (3, 0.225, [0.225], "; the retry budget of 0.225 s is spent"),
         (2, 120.0, [0.225, 0.45], "; gave up after 2 retries"),
         (0, 120.0, [], None),
     ],
-    ids=["budget_spent", "budget_below_the_first_delay", "retries_spent", "no_retries"],
+    ids=[
+        "budget_spent",
+        "budget_below_the_first_delay",
+        "budget_used_up_exactly",
+        "retries_spent",
+        "no_retries",
+    ],
 )
 def test_retry_delays_double_and_stop_at_the_first_bound(
     database: Database,
@@ -1092,9 +1100,9 @@ def test_a_runner_of_its_own_defaults_retries_until_the_file_applies(
         database.execute("DROP TRIGGER conflict ON t")
 
     with database.connect() as conn:
-        [result] = migrations.Runner(conn, migrations.discover(folder)).apply(
-            on_retry=other_session_done
-        )
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        assert (runner.lock_timeout, runner.retries, runner.retry_budget) == (60.0, 10, 120.0)
+        [result] = runner.apply(on_retry=other_session_done)
     assert [(retry.attempt, retry.retries) for retry in seen] == [(1, migrations.DEFAULT_RETRIES)]
     assert str(seen[0]).startswith(
         "0001_insert.sql: serialization failure at its commit, retry 1/10 in 0."
