@@ -1195,3 +1195,13 @@ def test_rehearsal_reads_strings_as_the_file_set_them(database: Database, tmp_pa
     [lock] = rehearsal.locks
     assert (lock.mode, lock.table) == ("ShareLock", "b")
     assert rehearsal.duration_ms is not None and lock.held_ms < rehearsal.duration_ms - 250
+
+
+def test_the_runner_needs_an_autocommit_connection(database: Database) -> None:
+    """It opens its own transactions, and a no-transaction file must run outside any."""
+    with (
+        psycopg.connect(database.settings.conninfo()) as conn,
+        pytest.raises(ValueError) as refused,
+    ):
+        migrations.Runner(conn, [])
+    assert str(refused.value) == "the runner needs an autocommit connection"
