@@ -592,6 +592,16 @@ def test_new_migration_refuses_bad_names(tmp_path: Path, name: str, message: str
         migrations.new_migration(tmp_path, name)
 
 
+def test_discover_refuses_a_folder_without_migrations(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("notes\n")
+    with pytest.raises(ConfigError) as empty:
+        migrations.discover(tmp_path)
+    assert str(empty.value) == (
+        f"migrations folder {tmp_path} holds no <version>_<name>.sql file; add one, or pass the "
+        "right folder with --migrations-dir"
+    )
+
+
 def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as missing:
         migrations.new_migration(tmp_path / "nope", "x")

@@ -87,6 +87,16 @@ def test_dry_run_changes_nothing(database: Database, tmp_path: Path) -> None:
     assert database.tables() == set()
 
 
+def test_a_target_below_every_pending_file_writes_nothing(
+    database: Database, tmp_path: Path
+) -> None:
+    """Nothing to do is found out before the lock is taken or the history made."""
+    folder = write_migrations(tmp_path, THREE)
+    with database.connect() as conn:
+        assert migrations.Runner(conn, migrations.discover(folder)).apply(target=0) == []
+    assert database.tables() == set()
+
+
 def test_target_stops_at_that_version(database: Database, tmp_path: Path) -> None:
     folder = write_migrations(tmp_path, THREE)
     assert migrate(database, folder, "up", "--target", "2")[0] == 0
