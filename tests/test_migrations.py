@@ -1132,15 +1132,20 @@ def test_results_say_how_long_each_file_took(database: Database, tmp_path: Path)
     )
     with database.connect() as conn:
         runner = migrations.Runner(conn, migrations.discover(folder))
-        planned = runner.apply(dry_run=True, target=2)
+        would: list[migrations.Result] = []
+        planned = runner.apply(dry_run=True, target=2, on_applied=would.append)
+        assert would == planned
         assert [(r.migration.version, r.duration_ms, r.dry_run) for r in planned] == [
             (1, 0.0, True),
             (2, 0.0, True),
         ]
+        starting: list[migrations.Migration] = []
+        applied: list[migrations.Result] = []
         started = time.perf_counter()
-        results = runner.apply(target=2)
+        results = runner.apply(target=2, on_start=starting.append, on_applied=applied.append)
         elapsed_ms = (time.perf_counter() - started) * 1000
     assert [r.migration.version for r in results] == [1, 2]
+    assert [m.version for m in starting] == [1, 2] and applied == results
     inside, outside = (r.duration_ms for r in results)
     assert 200 <= inside < elapsed_ms - 300 and 300 <= outside < elapsed_ms - 200
     assert database.history() == [1, 2]
