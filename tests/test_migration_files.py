@@ -272,6 +272,16 @@ def test_a_file_that_starts_with_copy_data_is_one_transaction(
             "build left invalid by an interruption can be found and dropped",
         ),
         (
+            {
+                "0001_index.sql": "-- cicd-db: no-transaction\n"
+                "CREATE INDEX CONCURRENTLY -- CREATE INDEX CONCURRENTLY named ON t (c)\n"
+                "ON t (c);\n"
+            },
+            "migration file 0001_index.sql, line 2: CREATE INDEX CONCURRENTLY without a name; "
+            "name the index (CREATE INDEX CONCURRENTLY IF NOT EXISTS name ON ...) so that a "
+            "build left invalid by an interruption can be found and dropped",
+        ),
+        (
             {"0001_copy.sql": "-- cicd-db: no-transaction\nCOPY t FROM STDIN;\n1\n\\.\n"},
             "migration file 0001_copy.sql, line 2: COPY ... FROM STDIN in a no-transaction file; "
             "move it to a transactional file",
@@ -331,6 +341,7 @@ def test_a_file_that_starts_with_copy_data_is_one_transaction(
         "copy-to-stdout",
         "copy-data-on-its-line",
         "unnamed-concurrent-index",
+        "concurrent-index-named-only-in-a-comment",
         "copy-in-a-no-transaction-file",
         "upper-case-extension",
         "space-in-name",
@@ -629,6 +640,13 @@ def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> N
             "CREATE INDEX runs_idx ON runs (id);\n-- was: CREATE INDEX CONCURRENTLY x3 ON runs (id);",
             None,
         ),
+        (
+            "CREATE INDEX CONCURRENTLY /* was: CREATE INDEX CONCURRENTLY old ON runs (id) */"
+            " new_idx ON runs (id);",
+            "new_idx",
+        ),
+        ("CREATE INDEX CONCURRENTLY IF NOT EXISTS -- note\n  x4 ON runs (id);", "x4"),
+        ('CREATE INDEX CONCURRENTLY /* a /* nested */ one */ "a--b" ON runs (id);', "a--b"),
     ],
     ids=[
         "folded",
@@ -638,6 +656,9 @@ def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> N
         "after-set",
         "not-concurrent",
         "only-in-a-comment-after-it",
+        "another-in-a-comment-before-the-name",
+        "a-comment-after-if-not-exists",
+        "dashes-in-a-quoted-name-after-a-nested-comment",
     ],
 )
 def test_index_name_as_postgresql_names_it(tmp_path: Path, text: str, name: str | None) -> None:

@@ -16,6 +16,7 @@ from cicd_db.sqltext import (
     Scanner,
     Statement,
     standard_strings_after,
+    without_comments,
 )
 
 
@@ -238,3 +239,30 @@ def test_hostile_bytes_always_end_and_cover_the_input() -> None:
         for piece in Scanner(data):
             assert last_end <= piece.start <= piece.end <= len(data)
             last_end = piece.end
+
+
+@pytest.mark.parametrize(
+    ("text", "standard_strings", "expected"),
+    [
+        ("a -- one\nb /* two /* nested */ still */ c", True, "a  \nb   c"),
+        (
+            "'-- kept' \"/* kept */\" $q$ -- kept $q$ d",
+            True,
+            "'-- kept' \"/* kept */\" $q$ -- kept $q$ d",
+        ),
+        ("E'it\\'s -- kept' -- gone", True, "E'it\\'s -- kept'  "),
+        ("'it\\'s -- kept' -- gone", False, "'it\\'s -- kept'  "),
+        ("a /* never closed", True, "a  "),
+        ("a 'never closed -- kept", True, "a 'never closed -- kept"),
+    ],
+    ids=[
+        "line-and-nested-block",
+        "quotes-kept",
+        "escape-string",
+        "strings-off",
+        "open-block",
+        "open-quote",
+    ],
+)
+def test_without_comments(text: str, standard_strings: bool, expected: str) -> None:
+    assert without_comments(text.encode(), standard_strings=standard_strings) == expected.encode()

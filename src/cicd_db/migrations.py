@@ -79,6 +79,7 @@ from cicd_db.sqltext import (
     changes_lexing,
     mentions_lexing_settings,
     standard_strings_after,
+    without_comments,
 )
 
 HISTORY_TABLE = "cicd_db_schema_history"
@@ -527,7 +528,8 @@ def plan(
                 )
             if piece.keyword not in SESSION_SETTINGS:
                 changes += 1
-                _check_concurrent_index(filename, piece, data[piece.start : piece.end])
+                text = data[piece.start : piece.end]
+                _check_concurrent_index(filename, piece, text, scanner.standard_strings)
         elif isinstance(piece, CopyFromStdin):
             flush()
             copy = piece
@@ -566,11 +568,14 @@ def _controls_transaction(words: tuple[str, ...]) -> bool:
     return True
 
 
-def _check_concurrent_index(filename: str, statement: Statement, text: bytes) -> None:
+def _check_concurrent_index(
+    filename: str, statement: Statement, text: bytes, standard_strings: bool
+) -> None:
     words = statement.words
     if words[:1] != ("CREATE",) or "CONCURRENTLY" not in words:
         return
-    match = CONCURRENT_INDEX.search(text)
+    # Comments out: one may hold other SQL, or stand between IF NOT EXISTS and the name.
+    match = CONCURRENT_INDEX.search(without_comments(text, standard_strings=standard_strings))
     if match is None or match["name"].upper() == b"ON":
         raise ConfigError(
             f"migration file {filename}, line {statement.line}: CREATE INDEX CONCURRENTLY "
@@ -587,7 +592,9 @@ def index_name(migration: Migration) -> str | None:
     for step in migration.steps:
         if isinstance(step, Copy):
             continue
-        match = CONCURRENT_INDEX.search(migration.data, step.start, step.end)
+        text = migration.data[step.start : step.end]
+        statement = without_comments(text, standard_strings=step.standard_strings)
+        match = CONCURRENT_INDEX.search(statement)
         if match is not None:
             raw = match["name"].decode("utf-8")
             # PostgreSQL folds unquoted names to lower case in ASCII only.

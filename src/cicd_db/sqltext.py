@@ -332,6 +332,26 @@ def _end_of_block(data: bytes, position: int) -> int:
     return len(data)
 
 
+def without_comments(text: bytes, *, standard_strings: bool = True) -> bytes:
+    """`text` with each comment replaced by a space, as the server reads it: quoted
+    strings, identifiers and dollar quotes are kept whole, `--` inside them too."""
+    pattern, kept, position = _PATTERNS[(standard_strings, False)], [], 0
+    while (match := pattern.search(text, position)) is not None:
+        kind, start = match.lastgroup, match.start()
+        if kind in ("line", "block"):
+            kept += [text[position:start], b" "]
+            position = match.end() if kind == "line" else _end_of_block(text, match.end())
+            continue
+        if kind == "dollar":
+            close = text.find(match.group(), match.end())
+            end = len(text) if close < 0 else close + len(match.group())
+        else:  # quoted text, `;` or `\\` as they are; an unclosed quote runs to the end
+            end = len(text) if kind == "unterminated" else match.end()
+        kept.append(text[position:end])
+        position = end
+    return b"".join([*kept, text[position:]])
+
+
 def mentions_lexing_settings(data: bytes, slice_bytes: int = 1 << 20) -> bool:
     """Whether any statement of `data` may change how the text after it is read.
 
