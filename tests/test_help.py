@@ -82,11 +82,10 @@ def test_options_stand_before_or_after_the_command(only_migrate: bool) -> None:
     """Also each command's own options given before its name (`migrate --dry-run up`),
     whichever parser was built before: the shared option parents are built once."""
     cli.build(only_migrate=not only_migrate)
-    parser = cli.build(only_migrate=only_migrate)
     group = [] if only_migrate else ["migrate"]
     given = ["--database-url", "X", "--dry-run", "--target", "2", "--retries", "0", "--yes"]
     for argv in ([*group, *given, "up"], [*group, "up", *given], [*group, *given]):
-        args = parser.parse_args(argv, argparse.Namespace(**cli.DEFAULTS))
+        args = cli.parse(argv, only_migrate=only_migrate)
         assert (args.database_url, args.dry_run, args.target, args.retries, args.yes) == (
             "X",
             True,
@@ -99,4 +98,4 @@ def test_options_stand_before_or_after_the_command(only_migrate: bool) -> None:
         [*group, "--yes", "baseline", "--version", "3"],
         [*group, "baseline", "--yes", "--version", "3"],
     ):
-        assert parser.parse_args(argv, argparse.Namespace(**cli.DEFAULTS)).yes is True, argv
+        assert cli.parse(argv, only_migrate=only_migrate).yes is True, argv

@@ -218,6 +218,16 @@ def build(prog: str = "cicd-db", *, only_migrate: bool = False) -> argparse.Argu
     return root
 
 
+def parse(
+    argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = False
+) -> argparse.Namespace:
+    """`argv` parsed; every option the command line leaves out at its default."""
+    # DEFAULTS start the namespace: set on a parser, they would also change the
+    # shared parents' SUPPRESS defaults, for every parser built after it.
+    parser = build(prog, only_migrate=only_migrate)
+    return parser.parse_args(list(argv), argparse.Namespace(**DEFAULTS))
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -228,12 +238,7 @@ def main(
     run: Run | None = None
     debug = False
     try:
-        given = list(sys.argv[1:] if argv is None else argv)
-        # DEFAULTS start the namespace: set on a parser, they would also change the
-        # shared parents' SUPPRESS defaults, for every parser built after it.
-        args = build(prog, only_migrate=only_migrate).parse_args(
-            given, argparse.Namespace(**DEFAULTS)
-        )
+        args = parse(sys.argv[1:] if argv is None else argv, prog=prog, only_migrate=only_migrate)
         if not (debug := args.debug):
             # psycopg logs some failures besides raising them; the error line is enough.
             for name in ("psycopg", "psycopg.pool"):

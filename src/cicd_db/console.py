@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cicd_db import migrations
-from cicd_db.report import grid
 
 if TYPE_CHECKING:  # annotations only: the commands import these on use
     from cicd_db.embedded import Status
@@ -141,6 +140,8 @@ def status_json(description: str, url: str, rows: Sequence[migrations.StatusRow]
 
 
 def status_lines(description: str, rows: Sequence[migrations.StatusRow]) -> list[str]:
+    from cicd_db.report import grid  # on use: `migrate up` starts without it
+
     cells = [
         [
             str(row.version),

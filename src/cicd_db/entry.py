@@ -12,12 +12,12 @@ import signal
 import sys
 from types import FrameType
 
-from cicd_db.errors import Terminated
+from cicd_db.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
 
 
 def _while_starting(signum: int, frame: FrameType | None) -> None:
     sys.stderr.write("error: interrupted while starting; nothing ran\n")
-    raise SystemExit(143 if signum == signal.SIGTERM else 130)
+    raise SystemExit(EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -99,7 +99,7 @@ class NotFound(OperationalError):
 class Interrupted(CicdDbError):
     """Ctrl-C or SIGTERM stopped the work; the message says what that left."""
 
-    def __init__(self, message: str, *, exit_code: int = 130):
+    def __init__(self, message: str, *, exit_code: int = EXIT_INTERRUPTED):
         super().__init__(message)
         self.exit_code = exit_code
 

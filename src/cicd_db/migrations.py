@@ -56,6 +56,8 @@ from psycopg.rows import class_row
 
 from cicd_db import targets
 from cicd_db.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     ConfigError,
     Interrupted,
     LockTimeout,
@@ -1082,7 +1084,9 @@ class Runner:
         except KeyboardInterrupt as interrupt:
             raise Interrupted(
                 self._interrupted(migration),
-                exit_code=143 if isinstance(interrupt, Terminated) else 130,
+                exit_code=EXIT_TERMINATED
+                if isinstance(interrupt, Terminated)
+                else EXIT_INTERRUPTED,
             ) from None
 
     def _interrupted(self, migration: Migration) -> str:
