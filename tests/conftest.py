@@ -23,6 +23,7 @@ from unittest import mock
 
 import psycopg
 import pytest
+import hypothesis
 from psycopg import sql
 
 from cicd_db import migrations
@@ -30,6 +31,20 @@ from cicd_db.embedded import EmbeddedServer
 from cicd_db.settings import ConnectionSettings, from_url
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property-based tests: no deadline (two shared cores make timings noisy), and in CI
+# a fixed seed, so a run is repeatable; locally each run draws new examples.
+hypothesis.settings.register_profile(
+    "default",
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+hypothesis.settings.register_profile(
+    "ci", parent=hypothesis.settings.get_profile("default"), derandomize=True
+)
+hypothesis.settings.load_profile(
+    "ci" if os.environ.get("CI", "").lower() in ("true", "1") else "default"
+)
 MIGRATIONS = ROOT / "db" / "migrations"
 
 
