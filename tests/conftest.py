@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
 
+import hypothesis
 import psycopg
 import pytest
-import hypothesis
 from psycopg import sql
 
 from cicd_db import migrations
