@@ -130,11 +130,13 @@ class Database:
         return {str(row[0]) for row in rows}
 
     def history(self) -> list[int]:
-        if "cicd_db_schema_history" not in self.tables():
+        if not self.query("SELECT to_regclass('cicd_db.cicd_db_schema_history')")[0][0]:
             return []
         return [
             int(str(row[0]))
-            for row in self.query("SELECT version FROM cicd_db_schema_history ORDER BY version")
+            for row in self.query(
+                "SELECT version FROM cicd_db.cicd_db_schema_history ORDER BY version"
+            )
         ]
 
 

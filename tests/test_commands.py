@@ -265,7 +265,7 @@ def test_a_slow_file_ticks_on_a_terminal_only(database: Database, tmp_path: Path
     os.close(main)
     assert process.returncode == 0
     assert b"\r0001_slow.sql: 3 s" in seen or b"\r0001_slow.sql: 2 s" in seen, seen
-    database.execute("DROP TABLE cicd_db_schema_history")
+    database.execute("DROP SCHEMA cicd_db CASCADE")
     piped = subprocess.run(command, capture_output=True, cwd=ROOT, check=True)
     assert piped.stderr == b""
 

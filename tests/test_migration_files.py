@@ -8,6 +8,8 @@ crosses files, large files and COPY data apply, errors name the file's line.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -138,7 +140,7 @@ def test_no_session_state_crosses_files(database: Database, tmp_path: Path) -> N
             (1, True)
         ]
         assert database.query(
-            "SELECT version, applied_by FROM cicd_db_schema_history ORDER BY version"
+            "SELECT version, applied_by FROM cicd_db.cicd_db_schema_history ORDER BY version"
         ) == [(1, login), (2, login)]
     finally:
         database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
@@ -198,7 +200,7 @@ def test_copy_without_data_lines_never_hangs(database: Database, separator: str)
         ):
             migrations.Runner(conn, [migration]).apply()
         assert conn.execute("SELECT 42").fetchone() == (42,)
-    assert database.tables() == {"cicd_db_schema_history"}
+    assert database.tables() == set()
 
 
 def test_copy_to_stdout_the_scanner_could_not_see_is_read_and_dropped(database: Database) -> None:
@@ -410,16 +412,15 @@ def test_large_file_in_several_batches(database: Database, tmp_path: Path) -> No
 
 
 def test_history_table_of_another_shape(database: Database, tmp_path: Path) -> None:
-    database.execute("CREATE TABLE cicd_db_schema_history (id serial, note text)")
+    database.execute("CREATE SCHEMA cicd_db; CREATE TABLE cicd_db.cicd_db_schema_history (id int)")
     folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (id int);\n"})
     for args in [(), ("status",)]:
         code, out, err = migrate(database, folder, *args)
         assert (code, out) == (2, "")
         assert err == (
-            "error: table public.cicd_db_schema_history exists but is not cicd-db's migration "
+            "error: table cicd_db.cicd_db_schema_history exists but is not cicd-db's migration "
             "history (it lacks the columns version, name, checksum, applied_at, applied_by, "
-            "duration_ms); rename or drop it if it is not needed, or migrate another schema or "
-            "database\n"
+            "duration_ms); rename or drop it if it is not needed\n"
         )
     assert "a" not in database.tables()
 
@@ -442,16 +443,20 @@ def test_permission_denied_names_the_privilege(database: Database, tmp_path: Pat
     )
     folder = write_migrations(tmp_path, {"0001_a.sql": "INSERT INTO locked VALUES (1);\n"})
     try:
-        database.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        database.execute(
+            sql.SQL("REVOKE CREATE ON DATABASE {} FROM PUBLIC").format(
+                sql.Identifier(database.settings.database)
+            )
+        )
         code, _, err = migrate(limited, folder)
         assert code == 1
         assert err == (
-            f"error: cannot create the migration history table public.cicd_db_schema_history: "
-            f"permission denied for schema public; GRANT CREATE ON SCHEMA public TO {role}, or "
-            "migrate as the schema's owner\n"
+            "error: cannot create the migration history cicd_db.cicd_db_schema_history: "
+            f"permission denied for database {database.settings.database}; migrate as the "
+            f"database's owner, or let an owner run CREATE SCHEMA cicd_db AUTHORIZATION {role}\n"
         )
         database.execute(
-            sql.SQL("GRANT CREATE ON SCHEMA public TO {}; CREATE TABLE locked (id int)").format(
+            sql.SQL("CREATE SCHEMA cicd_db AUTHORIZATION {0}; CREATE TABLE locked (id int)").format(
                 sql.Identifier(role)
             )
         )
@@ -480,37 +485,67 @@ def test_a_failed_commit_is_never_called_applied(database: Database, tmp_path: P
     code, out, err = migrate(database, folder)
     assert (code, out) == (1, "")
     assert err.startswith(
-        "error: migration 0001_deferred.sql failed as it was recorded and committed: insert or "
+        "error: migration 0001_deferred.sql failed at its commit: insert or "
         'update on table "c" violates foreign key constraint'
     )
-    assert database.tables() == {"cicd_db_schema_history"}
+    assert database.tables() == set()
     assert database.history() == []
 
 
 @pytest.mark.parametrize(
-    ("files", "message"),
+    "files",
     [
-        (
-            {"0001_unlock.sql": "CREATE TABLE a (i int);\nSELECT pg_advisory_unlock_all();\n"},
-            "error: migration 0001_unlock.sql released the runner's lock (pg_advisory_unlock_all, "
-            "DISCARD ALL or the like), so another runner could have run at the same time; it was "
-            "rolled back, and it is not recorded",
-        ),
-        (
-            {"0001_discard.sql": "-- cicd-db: no-transaction\nDISCARD ALL;\n"},
-            "error: migration 0001_discard.sql released the runner's lock (pg_advisory_unlock_all, "
-            "DISCARD ALL or the like), so another runner could have run at the same time; what it "
-            "did is committed, and it is not recorded",
-        ),
+        {"0001_unlock.sql": "CREATE TABLE a (i int);\nSELECT pg_advisory_unlock_all();\n"},
+        {"0001_discard.sql": "-- cicd-db: no-transaction\nDISCARD ALL;\n"},
     ],
     ids=["unlock-all", "discard-all"],
 )
-def test_a_file_that_releases_the_lock_is_not_recorded(
-    database: Database, tmp_path: Path, files: dict[str, str], message: str
+def test_nothing_a_file_does_on_its_session_releases_the_lock(
+    database: Database, tmp_path: Path, files: dict[str, str]
 ) -> None:
-    code, _, err = migrate(database, write_migrations(tmp_path, files))
+    """The lock is held by a session of its own, which the file's statements cannot reach:
+    the file applies, and a second runner waits all the while (here while 0002 runs)."""
+    folder = write_migrations(tmp_path, {**files, "0002_sleep.sql": "SELECT pg_sleep(1.5);\n"})
+
+    def first_runner() -> None:
+        conninfo = database.settings.conninfo(application_name="first runner")
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            migrations.Runner(conn, migrations.discover(folder)).apply()
+
+    first = threading.Thread(target=first_runner)
+    first.start()
+    database.wait_for(
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+        "AND application_name = 'first runner' AND datname = current_database()",
+        "the first runner never reached its pg_sleep",
+    )
+    time.sleep(0.3)  # past the release, if the file could release the lock
+    code, _, err = migrate(database, folder, "--lock-timeout", "0.2")
+    first.join()
     assert code == 1
-    assert err.startswith(message), err
+    assert err.startswith("error: another migration runner held the lock for 0.2 s"), err
+    assert database.history() == [1, 2]
+
+
+def test_a_file_that_ends_the_lock_session_is_not_recorded(
+    database: Database, tmp_path: Path
+) -> None:
+    """Only ending the lock's session can lose it; then the file is rolled back."""
+    end_lock_session = (
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+        "AND pid <> pg_backend_pid() AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database());\n"
+    )
+    folder = write_migrations(
+        tmp_path, {"0001_kill.sql": "CREATE TABLE a (i int);\n" + end_lock_session}
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err.startswith(
+        "error: migration 0001_kill.sql ran while the runner's lock was lost (the session that "
+        "holds it ended: pg_terminate_backend, or a lost connection), so another runner could "
+        "have run at the same time; it was rolled back, and it is not recorded"
+    ), err
     assert database.history() == []
     assert "a" not in database.tables()
 
@@ -528,7 +563,7 @@ def test_a_comment_ends_at_a_carriage_return(
 ) -> None:
     (tmp_path / "0001_cr.sql").write_bytes(data)
     assert migrate(database, tmp_path)[0] == 0
-    assert database.tables() == tables | {"cicd_db_schema_history"}
+    assert database.tables() == tables
 
 
 def test_session_objects_do_not_cross_files(database: Database, tmp_path: Path) -> None:
@@ -537,6 +572,66 @@ def test_session_objects_do_not_cross_files(database: Database, tmp_path: Path) 
     folder = write_migrations(tmp_path, {"0001_a.sql": twice, "0002_b.sql": twice})
     assert migrate(database, folder)[:1] == (0,)
     assert database.history() == [1, 2]
+
+
+# The second file fails if anything of the first one's session is still there.
+NOTHING_LEFT_OF_THE_FIRST = """DO $check$BEGIN
+  IF EXISTS (SELECT FROM pg_listening_channels()) THEN RAISE 'still listening'; END IF;
+  IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())
+    THEN RAISE 'still holds its advisory lock'; END IF;
+  BEGIN
+    PERFORM currval('counter');
+    RAISE 'currval still set';
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN NULL;
+  END;
+END$check$;
+"""
+
+
+@pytest.mark.parametrize("marker", ["", "-- cicd-db: no-transaction\n"], ids=["in", "outside"])
+def test_listen_advisory_locks_and_currval_end_with_their_file(
+    database: Database, tmp_path: Path, marker: str
+) -> None:
+    database.execute("CREATE SEQUENCE counter")
+    first = (
+        "SELECT pg_advisory_lock(42), nextval('counter');\n"
+        if marker
+        else "LISTEN jobs;\nSELECT pg_advisory_lock(42), nextval('counter');\n"
+    )
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": marker + first,
+            "0002_check.sql": NOTHING_LEFT_OF_THE_FIRST,
+            "0003_listen.sql": "-- cicd-db: no-transaction\nLISTEN jobs;\n",
+            "0004_check.sql": NOTHING_LEFT_OF_THE_FIRST,
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.history() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "RESET ALL;",
+        "SELECT set_config('cicd_db.runner', 'mine', true);",
+        "SET LOCAL cicd_db.runner TO 'mine';",
+    ],
+)
+def test_a_file_that_resets_settings_applies_as_psql_applies_it(
+    database: Database, tmp_path: Path, statement: str
+) -> None:
+    """Supabase's dumps end with RESET ALL: nothing of the runner's bookkeeping is a setting."""
+    folder = write_migrations(
+        tmp_path,
+        {"0001_a.sql": f"CREATE TABLE a (i int);\n{statement}\n", "0002_b.sql": "SELECT 1;\n"},
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.history() == [1, 2]
+    assert "a" in database.tables()
 
 
 def test_invalid_concurrent_index_is_found_whatever_the_search_path(
@@ -745,7 +840,7 @@ REFUSING_TRIGGER = (
                 + "CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON t DEFERRABLE INITIALLY "
                 "DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse();\nINSERT INTO t VALUES (1);\n"
             },
-            "0001_commit_refused.sql failed as it was recorded and committed: no rows here "
+            "0001_commit_refused.sql failed at its commit: no rows here "
             "[42501]; it was rolled back; role {user} lacks that privilege: grant it, or migrate "
             "as a role that has it (the table's or schema's owner)",
         ),
@@ -968,7 +1063,7 @@ def test_to_stdout_outside_a_copy_statement_is_not_refused(
 
 @pytest.mark.parametrize(
     ("deferred", "where"),
-    [("", "at line 1"), (" DEFERRABLE INITIALLY DEFERRED", "as it was recorded and committed")],
+    [("", "at line 1"), (" DEFERRABLE INITIALLY DEFERRED", "at its commit")],
     ids=["at-its-statement", "at-commit"],
 )
 def test_errors_are_read_in_the_databases_encoding(

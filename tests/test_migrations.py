@@ -58,7 +58,7 @@ def test_up_applies_in_order_and_records_history(database: Database, tmp_path: P
     assert database.query("SELECT name FROM people") == [("ada",)]
     rows = database.query(
         "SELECT name, checksum, applied_by, duration_ms >= 0 "
-        "FROM cicd_db_schema_history ORDER BY version"
+        "FROM cicd_db.cicd_db_schema_history ORDER BY version"
     )
     assert [row[0] for row in rows] == ["people", "pets", "seed"]
     assert all(
@@ -101,7 +101,7 @@ def test_target_stops_at_that_version(database: Database, tmp_path: Path) -> Non
     folder = write_migrations(tmp_path, THREE)
     assert migrate(database, folder, "up", "--target", "2")[0] == 0
     assert database.history() == [1, 2]
-    assert database.tables() == {"people", "pets", "cicd_db_schema_history"}
+    assert database.tables() == {"people", "pets"}
     assert migrate(database, folder)[0] == 0
     assert database.history() == [1, 2, 3]
 
@@ -199,7 +199,7 @@ def test_syntax_error_names_its_line(database: Database, tmp_path: Path) -> None
     assert err.startswith(
         'error: migration 0001_typo.sql failed at line 3: syntax error at or near "TABEL"'
     )
-    assert database.tables() == {"cicd_db_schema_history"}
+    assert database.tables() == set()
 
 
 @pytest.mark.parametrize(
@@ -416,7 +416,7 @@ def test_interrupt_rolls_back_releases_the_lock_and_says_so(
         "error: interrupted during 0002_slow.sql; it was rolled back; nothing after it ran\n"
     )
     assert database.history() == [1]
-    assert database.tables() == {"first", "cicd_db_schema_history"}
+    assert database.tables() == {"first"}
     # The query was cancelled and the lock released: nothing of the runner is left.
     assert database.query(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
@@ -642,7 +642,7 @@ def test_baseline_records_the_files_a_matching_schema_holds(
     )
     # Not measured: the files never ran here.
     assert database.query(
-        "SELECT version, duration_ms, applied_by FROM cicd_db_schema_history ORDER BY version"
+        "SELECT version, duration_ms, applied_by FROM cicd_db.cicd_db_schema_history ORDER BY version"
     ) == [(version, 0, database.settings.user) for version in (1, 2, 3)]
     assert database.query(SCRATCH_SCHEMAS) == []
 
@@ -830,7 +830,7 @@ def test_an_interrupted_runner_says_what_it_left(
         signal.signal(signal.SIGUSR1, previous)
     assert (str(interrupted.value), interrupted.value.exit_code) == (message, code)
     assert database.history() == [1]
-    assert database.tables() == {"first", "cicd_db_schema_history"}
+    assert database.tables() == {"first"}
 
 
 def test_status_names_each_state_and_when_it_was_applied(
@@ -852,7 +852,9 @@ def test_status_names_each_state_and_when_it_was_applied(
         (folder / "0003_seed.sql").unlink()
         changed = migrations.Runner(conn, migrations.discover(folder))
         rows = changed.status()
-    applied_at = dict(database.query("SELECT version, applied_at FROM cicd_db_schema_history"))
+    applied_at = dict(
+        database.query("SELECT version, applied_at FROM cicd_db.cicd_db_schema_history")
+    )
     assert [(row.version, row.name, row.state, row.applied_at) for row in rows] == [
         (0, "early", "out-of-order", None),
         (1, "people", "applied", applied_at[1]),
@@ -872,19 +874,32 @@ def test_status_on_a_new_database_calls_version_0_pending(
         assert [m.version for m in runner.pending()] == [0]
 
 
-def test_history_of_another_shape_is_named_as_sql_would_name_it(
+def test_a_table_of_the_history_name_elsewhere_is_someone_elses(
     database: Database, tmp_path: Path
 ) -> None:
+    """Only a table with the history's columns is a history; the runner's goes to its schema."""
     database.execute(
         'CREATE SCHEMA "Odd Schema"; CREATE TABLE "Odd Schema".cicd_db_schema_history (id int)'
     )
     folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
     with database.connect() as conn:
         conn.execute('SET search_path TO "Odd Schema"')
-        with pytest.raises(ConfigError) as refused:
-            migrations.Runner(conn, migrations.discover(folder)).apply()
-    assert str(refused.value).startswith(
-        'table "Odd Schema".cicd_db_schema_history exists but is not cicd-db\'s migration history'
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    assert database.history() == [1]
+    assert database.query('SELECT count(*) FROM "Odd Schema".cicd_db_schema_history') == [(0,)]
+
+
+def test_a_table_of_another_shape_in_the_history_place_is_refused(
+    database: Database, tmp_path: Path
+) -> None:
+    database.execute("CREATE SCHEMA cicd_db; CREATE TABLE cicd_db.cicd_db_schema_history (id int)")
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    with database.connect() as conn, pytest.raises(ConfigError) as refused:
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    assert str(refused.value) == (
+        "table cicd_db.cicd_db_schema_history exists but is not cicd-db's migration history "
+        "(it lacks the columns version, name, checksum, applied_at, applied_by, duration_ms); "
+        "rename or drop it if it is not needed"
     )
 
 
@@ -898,7 +913,7 @@ def test_a_no_transaction_file_records_how_long_it_ran(database: Database, tmp_p
         started = time.perf_counter()
         migrations.Runner(conn, migrations.discover(folder)).apply()
         elapsed_ms = (time.perf_counter() - started) * 1000
-    [(duration_ms,)] = database.query("SELECT duration_ms FROM cicd_db_schema_history")
+    [(duration_ms,)] = database.query("SELECT duration_ms FROM cicd_db.cicd_db_schema_history")
     assert isinstance(duration_ms, int) and 300 <= duration_ms <= elapsed_ms
 
 
@@ -925,7 +940,7 @@ def test_a_history_row_a_trigger_swallowed_is_not_called_applied(
         database.execute(
             "CREATE FUNCTION swallow() RETURNS trigger LANGUAGE plpgsql "
             "AS $$BEGIN RETURN NULL; END$$; "
-            "CREATE TRIGGER swallow BEFORE INSERT ON cicd_db_schema_history "
+            "CREATE TRIGGER swallow BEFORE INSERT ON cicd_db.cicd_db_schema_history "
             "FOR EACH ROW EXECUTE FUNCTION swallow()"
         )
         with pytest.raises(migrations.MigrationFailed) as failed:
@@ -1030,7 +1045,7 @@ def test_a_commit_that_failed_for_other_sessions_is_retried(
             runner.apply(on_retry=retries.append)
     assert [retry.reason for retry in retries] == ["serialization failure at its commit"]
     assert str(failed.value) == (
-        "migration 0001_deferred.sql failed as it was recorded and committed: another session "
+        "migration 0001_deferred.sql failed at its commit: another session "
         "won [40001]; it was rolled back; run again when the tables are less busy (the file "
         "itself is fine); gave up after 1 retry (raise --retries or --retry-budget)"
     )
@@ -1088,7 +1103,7 @@ def test_retry_delays_double_and_stop_at_the_first_bound(
     assert [retry.delay for retry in seen] == pytest.approx(delays)
     assert [retry.attempt for retry in seen] == list(range(1, len(delays) + 1))
     message = (
-        "migration 0001_insert.sql failed as it was recorded and committed: another session "
+        "migration 0001_insert.sql failed at its commit: another session "
         "won [40001]; it was rolled back; run again when the tables are less busy (the file "
         "itself is fine)"
     )

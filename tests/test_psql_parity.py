@@ -64,7 +64,7 @@ def dump(database: Database) -> str:
             tool("pg_dump"),
             "--no-owner",
             "--no-privileges",
-            "--exclude-table=*.cicd_db_schema_history",
+            "--exclude-schema=cicd_db",
             database.settings.conninfo(),
         ],
         capture_output=True,

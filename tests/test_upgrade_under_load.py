@@ -171,7 +171,7 @@ def test_upgrade_while_writers_write_keeps_every_row(database: Database) -> None
         # And goes on after it: a few whole runs on the new schema.
         database.wait_for(
             "SELECT 1 FROM pipeline_executions WHERE status = 'SUCCESS' "
-            "AND completion_time > (SELECT max(applied_at) FROM cicd_db_schema_history) "
+            "AND completion_time > (SELECT max(applied_at) FROM cicd_db.cicd_db_schema_history) "
             "HAVING count(*) >= 8",
             "the writers stopped writing after the upgrade",
         )

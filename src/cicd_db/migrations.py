@@ -36,6 +36,7 @@ only read the database. `Runner.apply()` and `baseline()` write.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import os
 import random
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors, generators, sql
+from psycopg.conninfo import make_conninfo
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 from psycopg.rows import class_row
@@ -84,6 +86,8 @@ from cicd_db.sqltext import (
     without_comments,
 )
 
+# The history's fixed place: a schema of the runner's own, never found through search_path.
+HISTORY_SCHEMA = "cicd_db"
 HISTORY_TABLE = "cicd_db_schema_history"
 HISTORY_COLUMNS = ("version", "name", "checksum", "applied_at", "applied_by", "duration_ms")
 NO_TRANSACTION_MARKER = b"-- cicd-db: no-transaction"
@@ -109,30 +113,27 @@ DEFAULT_RETRIES = 10
 DEFAULT_RETRY_BUDGET = 120.0  # seconds, over all the retries of one run
 FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
 MAX_RETRY_DELAY = 10.0
-# After each file: the session as it was before it. DISCARD ALL would also drop
-# the runner's advisory lock, so its parts are named one by one.
-RESET_SESSION = (
-    b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DISCARD TEMP; CLOSE ALL; DEALLOCATE ALL"
+# Before a transactional file's history row: the role the runner logged in as,
+# and the settings it started with (search_path, so nothing a file set can
+# redirect what the runner's own statements call).
+RESET_ROLE_AND_SETTINGS = b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
+# After each file, as its own query (it cannot run in a transaction): the session
+# as it was at connect time. Settings, role, temporary tables, prepared statements,
+# cursors, LISTEN, the file's own advisory locks, sequences' currval: none of it
+# crosses to the next file. The runner's lock is held by another session.
+DISCARD_ALL = b"DISCARD ALL"
+# The same inside a transaction, for a rehearsal, whose files share one.
+RESET_IN_TRANSACTION = (
+    b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; CLOSE ALL; DEALLOCATE ALL; "
+    b"UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD SEQUENCES; DISCARD TEMP"
 )
-# A transactional file runs after these, sent with its first statements; its
-# history row is written only if the mark is still there, that is, if the
-# transaction is still the one the runner began.
-BEGIN_MARKED = b"BEGIN;SET LOCAL cicd_db.runner TO 'applying';"
-STILL_MARKED = (
-    b"DO $cicd_db$BEGIN IF current_setting('cicd_db.runner', true) IS DISTINCT FROM 'applying' "
-    b"THEN RAISE EXCEPTION 'the runner''s transaction ended inside the file' "
-    b"USING ERRCODE = 'CDB01'; END IF; END$cicd_db$"
-)
-# The session lock is still the runner's: a file may have released it
-# (pg_advisory_unlock_all, DISCARD ALL), and another runner may be at work.
-STILL_LOCKED = (
-    b"DO $cicd_db$BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = "
-    b"'advisory' AND pid = pg_catalog.pg_backend_pid() AND granted AND classid = %d AND "
-    b"objid = %d AND objsubid = 1) THEN RAISE EXCEPTION 'the file released the runner''s lock' "
-    b"USING ERRCODE = 'CDB02'; END IF; END$cicd_db$" % (LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF)
-)
+# A transactional file runs after these, sent with its first statements; the
+# second returns the transaction's id, which the file cannot change. The history
+# row is written only while the transaction has that id: the one the runner began.
+BEGIN_MARKED = b"BEGIN;SELECT pg_catalog.pg_current_xact_id();"
 # The SQLSTATEs the runner's own checks raise (class CD, not PostgreSQL's).
 CHECK_MARK, CHECK_LOCK, CHECK_RECORDED = "CDB01", "CDB02", "CDB03"
+CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefined_table
 # Statements that end or start a transaction: not allowed in a transactional file.
 TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ABORT", "ROLLBACK", "START", "PREPARE"})
 SESSION_SETTINGS = frozenset({"SET", "RESET"})
@@ -629,8 +630,8 @@ class Runner:
         self.lock_timeout = lock_timeout
         self.retries = retries
         self.retry_budget = retry_budget
-        self._history_schema: str | None = None
         self._waited = 0.0
+        self._lock_pid: int | None = None  # the session that holds the lock, while held
         # The runner resets the session after each file, prepared statements
         # included (DEALLOCATE ALL), so psycopg must not keep any of its own.
         conn.prepare_threshold = None
@@ -638,50 +639,67 @@ class Runner:
     # -- reading ---------------------------------------------------------------
 
     @property
-    def history_schema(self) -> str:
-        """The schema of the history table: the first on the runner's search_path.
-
-        Read once, before any file runs, so a file that changes search_path
-        cannot move where the history is written.
-        """
-        if self._history_schema is None:
-            row = self.conn.execute("SELECT current_schema()").fetchone()
-            if row is None or row[0] is None:
-                raise ConfigError(
-                    f"no schema on the search_path of role {self.conn.info.user} can hold the "
-                    "migration history; create one (CREATE SCHEMA) or fix the role's search_path"
-                )
-            self._history_schema = str(row[0])
-        return self._history_schema
-
-    @property
     def history_table(self) -> sql.Identifier:
-        """The history table by its schema-qualified name."""
-        return sql.Identifier(self.history_schema, HISTORY_TABLE)
+        """The history table by its schema-qualified name: always the same, whatever
+        search_path a session, role, database or file sets."""
+        return sql.Identifier(HISTORY_SCHEMA, HISTORY_TABLE)
+
+    def _histories(self) -> tuple[bool, list[str]]:
+        """Where a history is: whether ours exists, and the schemas of older ones.
+
+        Found by catalog, never through search_path. An older release kept the
+        history in the first schema of the search_path; such a table (one with the
+        history's columns) is read where it is and moved into place by the next
+        run that writes. Two histories are refused: which one is true cannot be
+        known, and applying by either could run files a second time.
+        """
+        rows = self.conn.execute(
+            "SELECT n.nspname, (SELECT count(*) FROM pg_catalog.pg_attribute a "
+            "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+            "AND a.attname = ANY(%s)) = %s FROM pg_catalog.pg_class c "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = %s AND c.relkind IN ('r', 'p') ORDER BY n.nspname",
+            [list(HISTORY_COLUMNS), len(HISTORY_COLUMNS), HISTORY_TABLE],
+        ).fetchall()
+        ours = False
+        older = []
+        for schema, complete in rows:
+            if schema == HISTORY_SCHEMA:
+                if not complete:
+                    raise ConfigError(
+                        f"table {self._shown(HISTORY_SCHEMA, HISTORY_TABLE)} exists but is not "
+                        "cicd-db's migration history (it lacks the columns "
+                        f"{', '.join(HISTORY_COLUMNS)}); rename or drop it if it is not needed"
+                    )
+                ours = True
+            elif complete and not schema.startswith("pg_temp"):
+                older.append(str(schema))
+        found = ([HISTORY_SCHEMA] if ours else []) + older
+        if len(found) > 1:
+            shown = " and ".join(self._shown(schema, HISTORY_TABLE) for schema in found)
+            raise ConfigError(
+                f"this database has two migration histories, {shown}; keep the one that "
+                "matches the schema (compare both with `SELECT * FROM` each), drop the other, "
+                "and run again"
+            )
+        return ours, older
 
     def applied(self) -> list[Applied]:
         """The history, oldest first. Reads only."""
+        ours, older = self._histories()
+        if not ours and not older:
+            return []
+        table = self.history_table if ours else sql.Identifier(older[0], HISTORY_TABLE)
         query = sql.SQL("SELECT {} FROM {} ORDER BY version").format(
-            sql.SQL(", ").join(map(sql.Identifier, HISTORY_COLUMNS)), self.history_table
+            sql.SQL(", ").join(map(sql.Identifier, HISTORY_COLUMNS)), table
         )
-        if self.conn.info.transaction_status != TransactionStatus.IDLE:
-            # Inside a transaction an error would abort it: ask first.
-            row = self.conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL", [self.history_table.as_string(self.conn)]
-            ).fetchone()
-            if not (row and row[0]):
-                return []
         try:
             with self.conn.cursor(row_factory=class_row(Applied)) as cursor:
                 return cursor.execute(query).fetchall()
-        except errors.UndefinedTable:
-            return []  # one round trip in the common case; outside a transaction it costs nothing
-        except (errors.UndefinedColumn, errors.DatatypeMismatch):
+        except errors.DatatypeMismatch:
             raise ConfigError(
-                f"table {self._shown(self.history_schema, HISTORY_TABLE)} exists but is not "
-                "cicd-db's "
-                f"migration history (it lacks the columns {', '.join(HISTORY_COLUMNS)}); "
-                "rename or drop it if it is not needed, or migrate another schema or database"
+                f"table {table.as_string(self.conn)} has the columns of cicd-db's migration "
+                "history but not their types; rename or drop it if it is not needed"
             ) from None
 
     def status(self) -> list[StatusRow]:
@@ -734,13 +752,15 @@ class Runner:
             return []  # nothing to do: no lock needed to find that out
         self._waited = 0.0  # seconds spent waiting between retries, over the run
         with self._lock():
-            self._create_history()
+            moved = self._create_history()
             results = []
             # Read again under the lock: another runner may have applied some meanwhile.
             for migration in self._plan(self.applied(), target):
                 if on_start:
                     on_start(migration)
                 result = self._apply_one(migration, on_retry)
+                if moved:  # said once, with the first file
+                    result, moved = replace(result, notes=(moved, *result.notes)), None
                 results.append(result)
                 if on_applied:
                     on_applied(result)
@@ -801,7 +821,13 @@ class Runner:
         """What `chosen` make (in a scratch schema, rolled back) and what the live schema has."""
         from cicd_db import schema
 
-        live = self.history_schema
+        row = self.conn.execute("SELECT pg_catalog.current_schema()").fetchone()
+        if row is None or row[0] is None:
+            raise ConfigError(
+                f"no schema on the search_path of role {self.conn.info.user} exists to compare; "
+                "create one (CREATE SCHEMA) or fix the role's search_path"
+            )
+        live = str(row[0])
         scratch = f"cicd_db_baseline_{self.conn.info.backend_pid}"
         with self.conn.transaction(force_rollback=True):
             self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
@@ -951,22 +977,61 @@ class Runner:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY]).fetchone()
-            if row and row[0]:
-                break
-            if time.monotonic() >= deadline:
-                raise LockTimeout(
-                    f"another migration runner held the lock for {self.lock_timeout:g} s; "
-                    "wait for it to finish, or raise --lock-timeout"
-                )
-            time.sleep(LOCK_POLL_SECONDS)
+        """Hold the runner's advisory lock, on a connection of its own.
+
+        A file runs on the work connection, where nothing it does can touch the
+        lock (pg_advisory_unlock_all, DISCARD ALL): the lock is another session's.
+        That also lets the work connection be reset whole between files.
+        """
+        holder = psycopg.connect(self._conninfo_in_use(), autocommit=True)
         try:
-            yield
+            deadline = time.monotonic() + self.lock_timeout
+            while not self._try_lock(holder):
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"another migration runner held the lock for {self.lock_timeout:g} s; "
+                        "wait for it to finish, or raise --lock-timeout"
+                    )
+                time.sleep(LOCK_POLL_SECONDS)
+            self._lock_pid = holder.info.backend_pid
+            try:
+                yield
+            finally:
+                self._lock_pid = None
+                self._end_transaction()
+                if not holder.broken:
+                    with contextlib.suppress(psycopg.OperationalError):
+                        holder.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [LOCK_KEY])
         finally:
-            if self._end_transaction():
-                self.conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
+            holder.close()  # ends its session, and the lock with it
+
+    @staticmethod
+    def _try_lock(holder: psycopg.Connection[Any]) -> bool:
+        try:
+            row = holder.execute(
+                "SELECT pg_catalog.pg_try_advisory_lock(%s)", [LOCK_KEY]
+            ).fetchone()
+        except psycopg.OperationalError as error:
+            raise OperationalError(
+                f"lost the connection that takes the migration lock: {str(error).strip()}; "
+                "check that the server is up, and run again"
+            ) from None
+        return bool(row and row[0])
+
+    def _conninfo_in_use(self) -> str:
+        """The work connection's parameters as libpq used them, to open another like it.
+
+        The host and port are the ones it reached, so a second connection of a
+        multi-host target lands on the same server.
+        """
+        params = {
+            option.keyword.decode(): option.val.decode()
+            for option in self.conn.pgconn.info
+            if option.val is not None
+        }
+        info = self.conn.info
+        params.update(host=info.host, port=str(info.port), hostaddr=info.hostaddr or "")
+        return make_conninfo(**{k: v for k, v in params.items() if v != ""})
 
     def _end_transaction(self) -> bool:
         """Roll back whatever transaction is open; False if the connection is unusable.
@@ -984,30 +1049,64 @@ class Runner:
             return False
         return True
 
-    def _create_history(self) -> None:
-        """Called under the lock, so IF NOT EXISTS cannot race with another runner."""
-        query = sql.SQL(
-            """
-            CREATE TABLE IF NOT EXISTS {} (
-                version     bigint PRIMARY KEY,
-                name        text NOT NULL,
-                checksum    text NOT NULL,
-                applied_at  timestamptz NOT NULL DEFAULT now(),
-                applied_by  text NOT NULL DEFAULT current_user,
-                duration_ms integer NOT NULL
-            )
-            """
-        ).format(self.history_table)
+    def _create_history(self) -> str | None:
+        """Make the history's schema and table, or move an older history into place.
+
+        Called under the lock, so IF NOT EXISTS cannot race with another runner.
+        Returns what it moved, to be said once; the move is one transaction.
+        """
+        ours, older = self._histories()
+        if ours:
+            return None
+        schema = sql.Identifier(HISTORY_SCHEMA)
         try:
-            self.conn.execute(query)
+            with self.conn.transaction():
+                # Only when missing: even IF NOT EXISTS needs CREATE on the database.
+                row = self.conn.execute(
+                    "SELECT pg_catalog.to_regnamespace(%s) IS NULL", [HISTORY_SCHEMA]
+                ).fetchone()
+                if row and row[0]:
+                    self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+                if older:
+                    self.conn.execute(
+                        sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                            sql.Identifier(older[0], HISTORY_TABLE), schema
+                        )
+                    )
+                else:
+                    self.conn.execute(
+                        sql.SQL(
+                            """
+                            CREATE TABLE IF NOT EXISTS {} (
+                                version     bigint PRIMARY KEY,
+                                name        text NOT NULL,
+                                checksum    text NOT NULL,
+                                applied_at  timestamptz NOT NULL DEFAULT now(),
+                                applied_by  text NOT NULL DEFAULT current_user,
+                                duration_ms integer NOT NULL
+                            )
+                            """
+                        ).format(self.history_table)
+                    )
         except errors.InsufficientPrivilege as error:
+            user = self._shown(self.conn.info.user)
+            what = (
+                f"move the migration history {self._shown(older[0], HISTORY_TABLE)} to "
+                f"{self._shown(HISTORY_SCHEMA, HISTORY_TABLE)}"
+                if older
+                else f"create the migration history {self._shown(HISTORY_SCHEMA, HISTORY_TABLE)}"
+            )
             raise OperationalError(
-                f"cannot create the migration history table "
-                f"{self._shown(self.history_schema, HISTORY_TABLE)}: "
-                f"{error.diag.message_primary}; GRANT CREATE ON SCHEMA "
-                f"{self._shown(self.history_schema)} TO {self._shown(self.conn.info.user)}, "
-                "or migrate as the schema's owner"
+                f"cannot {what}: {error.diag.message_primary}; migrate as the database's owner, "
+                f"or let an owner run CREATE SCHEMA {self._shown(HISTORY_SCHEMA)} "
+                f"AUTHORIZATION {user}" + (" and give the old table to that role" if older else "")
             ) from None
+        if older:
+            return (
+                f"moved the migration history from {self._shown(older[0], HISTORY_TABLE)} to "
+                f"{self._shown(HISTORY_SCHEMA, HISTORY_TABLE)}, where no search_path can hide it"
+            )
+        return None
 
     def _shown(self, *names: str) -> str:
         """A (qualified) name as SQL would take it, quoted only where it must be."""
@@ -1109,21 +1208,21 @@ class Runner:
     def _apply_in_transaction(self, migration: Migration) -> None:
         """The file and its history row in one transaction, which must stay the runner's own.
 
-        Two round trips: the transaction's start travels with the file's first
-        statements; the checks, the session reset, the history row and COMMIT
-        travel together. A check that fails stops everything after it, COMMIT
-        included: the file ended the runner's transaction (its mark, a SET LOCAL,
-        is gone), or released the runner's lock, or the history row is not there.
+        Three round trips: the transaction's start travels with the file's first
+        statements; the checks, the history row and COMMIT travel together; then
+        the session is reset. A check that fails stops everything after it, COMMIT
+        included: the file ended the runner's transaction (its id is another), or
+        the runner's lock was lost, or the history row is not there.
         """
         try:
-            self._run_steps(migration, prefix=BEGIN_MARKED)
+            begun = self._run_steps(migration, prefix=BEGIN_MARKED)
             if self.conn.info.transaction_status != TransactionStatus.INTRANS:
                 raise MigrationFailed(self._why(migration, CHECK_MARK, committed="may be"))
             finish = b"; ".join(
                 [
-                    STILL_MARKED,
-                    STILL_LOCKED,
-                    RESET_SESSION,
+                    self._still_ours(begun[1]),
+                    self._still_locked(),
+                    RESET_ROLE_AND_SETTINGS,
                     self._history_row(migration, duration_ms=None),
                     self._recorded(migration),
                     b"COMMIT",
@@ -1131,8 +1230,9 @@ class Runner:
             )
             self._finish(migration, self._simple(finish), committed="may be")
         except BaseException:
-            self._end_transaction()
+            self._reset_session()
             raise
+        self._reset_session()
 
     def _apply_outside_transaction(self, migration: Migration) -> tuple[str, ...]:
         started = time.perf_counter()
@@ -1140,20 +1240,52 @@ class Runner:
             notes = self._drop_invalid_index(migration)
             self._run_steps(migration)
             duration_ms = (time.perf_counter() - started) * 1000
+            self._reset_session()
             finish = b"; ".join(
                 [
-                    STILL_LOCKED,
-                    RESET_SESSION,
+                    self._still_locked(),
                     self._history_row(migration, duration_ms=duration_ms),
                     self._recorded(migration),
                 ]
             )
             self._finish(migration, self._simple(finish), committed="is")
         except BaseException:
-            if self._end_transaction():
-                self._simple(RESET_SESSION)  # results unread: nothing in it can fail here
+            self._reset_session()
             raise
         return notes
+
+    def _reset_session(self) -> None:
+        """End any transaction, then DISCARD ALL: the next file starts as the first did."""
+        if self._end_transaction():
+            self._simple(DISCARD_ALL)  # results unread: nothing in it can fail here
+
+    def _still_ours(self, begun: PGresult) -> bytes:
+        """A check that the transaction is still the one the runner began (by its id)."""
+        xid = begun.get_value(0, 0) or b""
+        if not xid.isdigit():
+            raise OperationalError(f"the server gave no transaction id (got {xid!r})")
+        return (
+            b"DO $cicd_db$BEGIN IF pg_catalog.pg_current_xact_id() IS DISTINCT FROM '"
+            + xid
+            + b"'::pg_catalog.xid8 THEN RAISE EXCEPTION 'the runner''s transaction ended "
+            b"inside the file' USING ERRCODE = '" + CHECK_MARK.encode() + b"'; END IF; END$cicd_db$"
+        )
+
+    def _still_locked(self) -> bytes:
+        """A check that the runner's lock is still held by its session: a file could have
+        ended that session (pg_terminate_backend), and another runner be at work."""
+        return (
+            b"DO $cicd_db$BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = "
+            b"'advisory' AND pid = %d AND granted AND classid = %d AND objid = %d AND "
+            b"objsubid = 1) THEN RAISE EXCEPTION 'the runner''s lock was lost' USING ERRCODE = "
+            b"'%s'; END IF; END$cicd_db$"
+            % (
+                self._lock_pid or 0,
+                LOCK_KEY >> 32,
+                LOCK_KEY & 0xFFFFFFFF,
+                CHECK_LOCK.encode(),
+            )
+        )
 
     def _recorded(self, migration: Migration) -> bytes:
         """A check that the history row is there (a trigger could have swallowed it)."""
@@ -1175,9 +1307,11 @@ class Runner:
         state = error.diag.sqlstate or ""
         if state in (CHECK_MARK, CHECK_LOCK, CHECK_RECORDED):
             raise MigrationFailed(self._why(migration, state, committed=committed))
+        if state == "42P01" and HISTORY_TABLE in (error.diag.message_primary or ""):
+            raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
         message = _describe_failure(
             migration, 0, error.diag, str(error), self.conn.info.user
-        ).replace(" failed at line 0:", " failed as it was recorded and committed:")
+        ).replace(" failed at line 0:", " failed at its commit:")
         if state in RETRIED_SQLSTATES:
             raise _Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
         raise MigrationFailed(message)
@@ -1186,9 +1320,12 @@ class Runner:
         what = {
             CHECK_MARK: "ended the runner's transaction itself (COMMIT, ROLLBACK or the like, "
             "which the runner could not see in it)",
-            CHECK_LOCK: "released the runner's lock (pg_advisory_unlock_all, DISCARD ALL or "
-            "the like), so another runner could have run at the same time",
+            CHECK_LOCK: "ran while the runner's lock was lost (the session that holds it ended: "
+            "pg_terminate_backend, or a lost connection), so another runner could have run at "
+            "the same time",
             CHECK_RECORDED: "left no history row (a trigger on the history table?)",
+            CHECK_HISTORY_GONE: "dropped or moved the migration history "
+            f"({self._shown(HISTORY_SCHEMA, HISTORY_TABLE)})",
         }[check]
         done = (
             "it was rolled back"
@@ -1227,17 +1364,20 @@ class Runner:
         self.conn.execute(b"DROP INDEX CONCURRENTLY IF EXISTS " + str(invalid[0][0]).encode())
         return (f"dropped invalid index {name} left by an interrupted run",)
 
-    def _run_steps(self, migration: Migration, *, prefix: bytes = b"") -> None:
+    def _run_steps(self, migration: Migration, *, prefix: bytes = b"") -> list[PGresult]:
         """Send the file's steps in order, in the current transaction or none.
 
-        `prefix`, statements of the runner's own, travels with the first batch.
+        `prefix`, statements of the runner's own, travels with the first batch;
+        their results are returned.
         """
         steps = list(migration.steps)
         standard = self._standard_strings()
         if steps and isinstance(steps[0], Batch) and steps[0].standard_strings != standard:
             steps = list(self._replan(migration, 0, 1, standard))  # a server with them off
+        own: list[PGresult] = []
         if prefix and not (steps and isinstance(steps[0], Batch)):
-            self._raise_on_error(migration, None, self._simple(prefix))
+            own = self._simple(prefix)
+            self._raise_on_error(migration, None, own)
             prefix = b""
         while steps:
             step = steps.pop(0)
@@ -1245,13 +1385,17 @@ class Runner:
                 self._copy(migration, step)
                 continue
             query = prefix + migration.data[step.start : step.end]
-            self._raise_on_error(migration, step, self._simple(query), prefix=prefix)
+            results = self._simple(query)
+            if prefix:
+                own = results[: prefix.count(b";")]
+            self._raise_on_error(migration, step, results, prefix=prefix)
             prefix = b""
             if step.changes_lexing:
                 actual = self._standard_strings()
                 if actual != step.standard_strings_after:
                     line = step.line + migration.data.count(b"\n", step.start, step.end)
                     steps = list(self._replan(migration, step.end, line, actual))
+        return own
 
     def _replan(
         self, migration: Migration, start: int, line: int, standard: bool

@@ -127,6 +127,8 @@ def dump(settings: ConnectionSettings) -> str:
         [
             str(wheel_bin_dir() / "pg_dump"),
             *("--schema-only", "--no-owner", "--no-privileges"),
+            # The runner's own schema, and a history an older release kept elsewhere.
+            "--exclude-schema=cicd_db",
             f"--exclude-table=*.{IGNORED_PREFIX}",
             # The password travels in the environment, never in the process list.
             settings.conninfo(password=None),
