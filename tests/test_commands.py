@@ -227,10 +227,20 @@ def test_rehearsal_says_when_a_sequence_moved(database: Database, tmp_path: Path
     assert out.splitlines()[-1] == "rehearsal on --database-url: rolled back; nothing else changed"
 
 
-def test_rehearsal_on_a_remote_stack_needs_yes(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cicd(capsys, "migrate", "up", "--rehearse", "--stack", "prod")
+@pytest.mark.parametrize("dry_run", [(), ("--dry-run",)], ids=["", "dry-run"])
+def test_rehearsal_on_a_remote_stack_needs_yes(capsys: pytest.CaptureFixture[str], dry_run: tuple[str, ...]) -> None:  # fmt: skip
+    """A rehearsal takes the files' locks on the real tables: a write, whatever --dry-run says."""
+    code, _, err = cicd(capsys, "migrate", "up", "--rehearse", *dry_run, "--stack", "prod")
     assert code == 2
     assert err.startswith("error: stack prod is a remote database; add --yes to rehearse on it")
+
+
+@pytest.mark.parametrize("dry_run", [(), ("--dry-run",)], ids=["", "dry-run"])
+def test_rehearsal_is_refused_through_a_transaction_pooler(capsys: pytest.CaptureFixture[str], dry_run: tuple[str, ...]) -> None:  # fmt: skip
+    url = "postgresql://ci:secret-pass@db-pooler.example.invalid/app"
+    code, _, err = cicd(capsys, "migrate", "up", "--rehearse", *dry_run, "--database-url", url)
+    assert code == 2
+    assert "is a transaction pooler, where the migration lock does not hold" in err
 
 
 # -- output: --quiet, --verbose, --dry-run --sql, the ticking clock -------------------------

@@ -138,17 +138,22 @@ def test_options_work_before_and_after_the_command(database: Database, tmp_path:
         (lambda folder: (folder / "0002_pets.sql").unlink(), 4),
         (lambda folder: (folder / "0000_early.sql").write_text("SELECT 1;\n"), 4),
         (lambda folder: (folder / "0004_later.sql").write_text("SELECT 1;\n"), 3),
+        (lambda folder: (folder / "0002_pets.sql").rename(folder / "0002_animals.sql"), 4),
     ],
-    ids=["edited", "missing", "out-of-order", "pending"],
+    ids=["edited", "missing", "out-of-order", "pending", "renamed"],
 )
 def test_status_exit_code_says_what_needs_attention(
     database: Database, tmp_path: Path, change, code: int
 ) -> None:
+    """The CI gates (`status --exit-code`, `check --database-url`) agree with `up`: a
+    disagreement (4) is exactly what `up` refuses (2)."""
     folder = write_migrations(tmp_path, THREE)
     assert migrate(database, folder)[0] == 0
     change(folder)
     assert migrate(database, folder, "status", "--exit-code")[0] == code
     assert migrate(database, folder, "status")[0] == 0
+    assert migrate(database, folder, "check", "--no-lint")[0] == (4 if code == 4 else 0)
+    assert migrate(database, folder, "up", "--dry-run")[0] == (2 if code == 4 else 0)
 
 
 def test_status_exit_code_reports_pending(database: Database, tmp_path: Path) -> None:

@@ -98,7 +98,8 @@ def up(run: Run) -> int:
     action = "apply migrations to it"
     if a.rehearse:
         action = "rehearse on it (a rehearsal takes the locks the files take)"
-    with run.runner(target, writes=not a.dry_run, action=action) as runner:
+    # A rehearsal takes the files' locks on the real tables: a write, even with --dry-run.
+    with run.runner(target, writes=a.rehearse or not a.dry_run, action=action) as runner:
         if a.rehearse:
             rehearsals = runner.rehearse(target=a.target)
             run.show(

@@ -214,7 +214,7 @@ class Applied:
 class StatusRow:
     version: int
     name: str
-    state: str  # applied | pending | edited | missing | out-of-order
+    state: str  # applied | pending | edited | renamed | missing | out-of-order
     applied_at: datetime | None
 
 
@@ -713,7 +713,14 @@ class Runner:
                 state = "out-of-order" if migration.version < newest else "pending"
                 rows.append(StatusRow(migration.version, migration.name, state, None))
             else:
-                state = "applied" if row.checksum == migration.checksum else "edited"
+                # In the order _plan refuses them: what `up` refuses, status calls a disagreement.
+                state = (
+                    "renamed"
+                    if row.name != migration.name
+                    else "edited"
+                    if row.checksum != migration.checksum
+                    else "applied"
+                )
                 rows.append(StatusRow(migration.version, migration.name, state, row.applied_at))
         rows.extend(
             StatusRow(row.version, row.name, "missing", row.applied_at) for row in applied.values()
