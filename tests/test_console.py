@@ -65,7 +65,17 @@ def test_rehearsal_lines_and_json() -> None:
         "0003_c.sql: 1 ms, FAILED: boom",
         "  (it may need 0002_b.sql, which the rehearsal could not run)",
         console.REHEARSAL_CAVEAT,
-        "rehearsal on stack dev: rolled back; nothing else changed",
+        "rehearsal on stack dev: rolled back, except what is marked above as not undone",
+    ]
+    clean = [migrations.Rehearsal(migration(1, "a"), 10.0)]
+    assert (
+        console.rehearsal_lines("x", clean)[-1]
+        == "rehearsal on x: rolled back; nothing else changed"
+    )
+    assert console.rehearsal_lines("x", []) == ["nothing to rehearse: x is up to date"]
+    outside = [migrations.Rehearsal(migration(1, "a"), 1.0, not_undone=("dblink (x)",))]
+    assert console.rehearsal_lines("x", outside)[1:2] == [
+        "  calls dblink (x): the rollback does not undo that"
     ]
     shape = console.rehearsal_json("stack dev", rehearsals)["rehearsed"]
     assert shape[0]["locks"] == [

@@ -87,6 +87,7 @@ def rehearsal_json(description: str, rehearsals: Sequence[migrations.Rehearsal])
                 "skipped": r.skipped,
                 "error": r.error,
                 "unrehearsed_before": list(r.unrehearsed_before),
+                "not_undone": list(r.not_undone),
             }
             for r in rehearsals
         ],
@@ -108,10 +109,16 @@ def rehearsal_lines(description: str, rehearsals: Sequence[migrations.Rehearsal]
             lines.append(f"  (it may need {needs}, which the rehearsal could not run)")
         lines += [f"  {lock.mode} on {lock.table}, held {lock.held_ms:.0f} ms" for lock in r.locks]
         lines += [f"  advanced sequence {s} (the rollback keeps that)" for s in r.sequences]
+        lines += [f"  calls {what}: the rollback does not undo that" for what in r.not_undone]
+    if not rehearsals:
+        return [f"nothing to rehearse: {description} is up to date"]
+    kept = any(r.sequences or r.not_undone for r in rehearsals)
     return [
         *lines,
         REHEARSAL_CAVEAT,
-        f"rehearsal on {description}: rolled back; nothing else changed",
+        f"rehearsal on {description}: rolled back, except what is marked above as not undone"
+        if kept
+        else f"rehearsal on {description}: rolled back; nothing else changed",
     ]
 
 

@@ -248,13 +248,15 @@ class Rehearsal:
     skipped: str | None = None  # why it was not rehearsed
     error: str | None = None  # how it failed in the rehearsal
     # No-transaction files before it that the rehearsal could not run: an error may
-    # only mean the file needs one of them.
+    # only mean the file needs one of them (it still counts as a failure: the
+    # rehearsal claims only what it saw succeed).
     unrehearsed_before: tuple[str, ...] = ()
+    # What the file calls whose effect lies outside the transaction: not undone.
+    not_undone: tuple[str, ...] = ()
 
     @property
     def failed(self) -> bool:
-        """It failed, and not for want of a file the rehearsal could not run."""
-        return self.error is not None and not self.unrehearsed_before
+        return self.error is not None
 
 
 @dataclass(frozen=True)
@@ -607,6 +609,31 @@ def index_name(migration: Migration) -> str | None:
     return None
 
 
+# Calls whose effect lies outside the caller's transaction, which a rehearsal's
+# rollback cannot undo: (what the rehearsal says, how the file calls it).
+OUTSIDE_THE_TRANSACTION = (
+    ("dblink (its statements commit in another session)", rb"\bdblink(?:_exec|_open)?\s*\("),
+    ("COPY ... TO a server file or program", rb"\bCOPY\b[^;]*?\bTO\s+(?:'|E'|PROGRAM\b)"),
+    ("lo_export (writes a server file)", rb"\blo_export\s*\("),
+    ("a server file function (pg_file_write and the like)", rb"\bpg_file_\w+\s*\("),
+    (
+        "pg_terminate_backend or pg_cancel_backend (other sessions)",
+        rb"\bpg_(?:terminate|cancel)_backend\s*\(",
+    ),
+    ("pg_reload_conf (the server's configuration)", rb"\bpg_reload_conf\s*\("),
+)
+
+
+def outside_the_transaction(data: bytes) -> tuple[str, ...]:
+    """What a file's text calls that a rollback does not undo: read in its statements, with
+    comments out and the insides of strings blanked (a file that turns standard strings off
+    is read as if on: a finding there is a hint, not a parse)."""
+    text = re.sub(rb"'(?:[^']|'')*'", b"''", without_comments(data))
+    return tuple(
+        what for what, pattern in OUTSIDE_THE_TRANSACTION if re.search(pattern, text, re.IGNORECASE)
+    )
+
+
 class Runner:
     """Applies `migrations` to the database behind `conn`.
 
@@ -852,35 +879,44 @@ class Runner:
         return expected, actual
 
     def rehearse(self, *, target: int | None = None) -> list[Rehearsal]:
-        """Run the pending files in one transaction that is always rolled back. Writes nothing.
+        """Run the pending files in one transaction that is always rolled back.
+
+        Writes nothing that a rollback keeps, but takes the files' locks on the real
+        tables (meant for a staging or dev copy with production-like data), and
+        cannot undo what lies outside the transaction: sequences it advanced (read
+        before and after each file) and the calls `OUTSIDE_THE_TRANSACTION` names.
 
         For each transactional file: how long it took and every table lock it took,
         with how long it held it (from the statement that took it to the end of the
-        file, as a real run would hold it until the file commits), and the
-        sequences it advanced (a rollback does not undo that). The files build on
-        each other as in a real run, all in the one transaction, so a lock an
+        file, as a real run would hold it until the file commits). The files build
+        on each other as in a real run, all in the one transaction, so a lock an
         earlier file already holds is not seen again. Each file runs after a
-        savepoint, so one that fails is undone and the ones after it still run. A
-        no-transaction file cannot run inside the rehearsal's transaction: it is
-        listed with the reason. It takes the same locks the files take, on the real
-        tables: meant for a staging or dev copy with production-like data.
+        savepoint, so one that fails is undone and the ones after it still run; the
+        session is reset between files, as in a real run. A no-transaction file
+        cannot run inside the rehearsal's transaction: it is listed with the reason.
         """
         pending = self._plan(self.applied(), target)
         results: list[Rehearsal] = []
-        with self._lock(), self.conn.transaction(force_rollback=True):
-            skipped: list[str] = []
-            for migration in pending:
-                if not migration.transactional:
-                    skipped.append(migration.filename)
-                    results.append(
-                        Rehearsal(
-                            migration,
-                            skipped="a no-transaction file cannot run inside the rehearsal's "
-                            "transaction (CREATE INDEX CONCURRENTLY, COMMIT in a procedure)",
+        if not pending:
+            return results
+        with self._lock():
+            self.conn.execute("BEGIN")
+            try:
+                skipped: list[str] = []
+                for migration in pending:
+                    if not migration.transactional:
+                        skipped.append(migration.filename)
+                        results.append(
+                            Rehearsal(
+                                migration,
+                                skipped="a no-transaction file cannot run inside the rehearsal's "
+                                "transaction (CREATE INDEX CONCURRENTLY, COMMIT in a procedure)",
+                            )
                         )
-                    )
-                    continue
-                results.append(self._rehearse_one(migration, skipped))
+                        continue
+                    results.append(self._rehearse_one(migration, skipped))
+            finally:
+                self._end_transaction()
         return results
 
     def _rehearse_one(self, migration: Migration, skipped: list[str]) -> Rehearsal:
@@ -901,16 +937,32 @@ class Runner:
                         self._raise_on_error(migration, one, results)
                     for lock in set(self._table_locks()) - held_before:
                         first_seen.setdefault(lock, at)
-        except MigrationFailed as failure:
+        except (MigrationFailed, _Transient) as failure:
             error = str(failure).removeprefix(f"migration {migration.filename} ")
-        except _Transient as failure:
-            error = str(failure).removeprefix(f"migration {migration.filename} ")
+        except psycopg.OperationalError as lost:
+            error = str(lost).strip().splitlines()[0] if str(lost).strip() else "no answer"
+        if self.conn.closed or self.conn.broken:
+            raise MigrationFailed(
+                f"the rehearsal lost its connection in {migration.filename} ({error}); "
+                "the server rolled the rehearsal back, and nothing after that file was "
+                "rehearsed; if the file ends its own connection (pg_terminate_backend), it "
+                "cannot be rehearsed"
+            )
         ended = time.perf_counter()
         # A failed file is undone; a good one stays, for the files after it to build on.
         # Sequences are not transactional: read after a rollback, they still show a move.
-        self.conn.execute(
-            "ROLLBACK TO SAVEPOINT cicd_db_rehearsal" if error else "RELEASE cicd_db_rehearsal"
-        )
+        try:
+            self.conn.execute(
+                "ROLLBACK TO SAVEPOINT cicd_db_rehearsal" if error else "RELEASE cicd_db_rehearsal"
+            )
+        except psycopg.Error as ended_it:
+            raise MigrationFailed(
+                f"{migration.filename} ended the rehearsal's savepoint (RELEASE or ROLLBACK "
+                f"TO cicd_db_rehearsal): {ended_it.diag.message_primary or ended_it}; the "
+                "rehearsal was rolled back, and nothing after that file was rehearsed"
+            ) from None
+        # The next file starts with the session as the first did, as in a real run.
+        self._raise_on_error(migration, None, self._simple(RESET_IN_TRANSACTION))
         advanced = tuple(
             name for name, value in self._sequences().items() if sequences.get(name) != value
         )
@@ -925,6 +977,7 @@ class Runner:
             advanced,
             error=error,
             unrehearsed_before=tuple(skipped),
+            not_undone=outside_the_transaction(migration.data),
         )
 
     def _table_locks(self) -> list[tuple[str, str]]:
@@ -1533,7 +1586,13 @@ def _describe_failure(
     rolled_back = "it was rolled back" + (
         "" if migration.transactional else " as far as PostgreSQL allows"
     )
-    if diag.sqlstate == "42501":
+    if diag.sqlstate == "42501" and re.match(r"could not (open|create|write|read|stat)", message):
+        # The same code as a missing grant, but the operating system said no to a file.
+        advice = (
+            "the server's operating system refused that file (the server runs as its own OS "
+            "user, on its own machine): fix the path or its permissions"
+        )
+    elif diag.sqlstate == "42501":
         advice = (
             f"role {user} lacks that privilege: grant it, or migrate as a role that has it "
             "(the table's or schema's owner)"

@@ -1,0 +1,177 @@
+"""`migrate up --rehearse`: it claims only what it saw.
+
+Exit 0 only when every rehearsed statement succeeded; files are reset between each
+other as in a real run; what a rollback cannot undo is named; a file that ends the
+rehearsal's savepoint or connection is named in the message.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cicd_db import migrations
+
+from .conftest import Database, run_cli, write_migrations
+
+
+def rehearse(database: Database, folder: Path, *args: str) -> tuple[int, str, str]:
+    result = run_cli(
+        "migrate", "up", "--rehearse", "--database-url", database.url,
+        "--migrations-dir", str(folder), *args,
+    )  # fmt: skip
+    return result.code, result.out, result.err
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["CREATE DATABASE never_made;", "VACUUM;", "ALTER SYSTEM SET work_mem = '5MB';"],
+)
+def test_a_failure_after_an_unrehearsed_file_is_still_a_failure(
+    database: Database, tmp_path: Path, statement: str
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_index.sql": "-- cicd-db: no-transaction\nCREATE TABLE a (i int);\n",
+            "0002_outside.sql": statement + "\n",
+        },
+    )
+    code, out, _ = rehearse(database, folder)
+    assert code == 1
+    assert "0002_outside.sql: " in out and ", FAILED: failed at line 1: " in out
+    assert "  (it may need 0001_index.sql, which the rehearsal could not run)" in out.splitlines()
+
+
+def test_files_are_reset_between_each_other_as_in_a_real_run(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_moves.sql": "CREATE SCHEMA other;\nSET search_path = other;\n"
+            "SET ROLE pg_read_all_data;\nLISTEN jobs;\n",
+            "0002_public.sql": "CREATE TABLE t (i int);\nINSERT INTO public.t VALUES (1);\n"
+            "DO $$BEGIN IF current_user <> session_user THEN RAISE 'role crossed'; END IF; "
+            "IF EXISTS (SELECT FROM pg_listening_channels()) THEN RAISE 'listening'; END IF; "
+            "END$$;\n",
+        },
+    )
+    code, out, _ = rehearse(database, folder)
+    assert code == 0, out
+    assert "FAILED" not in out
+    assert database.history() == []
+    assert database.tables() == set()
+    assert (
+        run_cli("migrate", "--database-url", database.url, "--migrations-dir", str(folder)).code
+        == 0
+    )
+
+
+def test_what_a_rollback_cannot_undo_is_named(database: Database, tmp_path: Path) -> None:
+    # The server writes there as its own OS user: a folder anyone may enter and write.
+    shared = Path(tempfile.mkdtemp(prefix="cicd-db-export-"))
+    shared.chmod(0o777)
+    folder = write_migrations(
+        tmp_path, {"0001_export.sql": f"COPY (SELECT 1) TO '{shared / 'exported.csv'}';\n"}
+    )
+    try:
+        code, out, _ = rehearse(database, folder)
+        assert code == 0, out
+        assert (shared / "exported.csv").read_text() == "1\n"  # what the rehearsal did stays
+    finally:
+        shutil.rmtree(shared)
+    lines = out.splitlines()
+    assert "  calls COPY ... TO a server file or program: the rollback does not undo that" in lines
+    assert lines[-1] == (
+        "rehearsal on --database-url: rolled back, except what is marked above as not undone"
+    )
+    assert "nothing else changed" not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("SELECT dblink_exec('dbname=x', 'DELETE FROM t');", ["dblink"]),
+        ("SELECT * FROM dblink('dbname=x', 'SELECT 1') AS t(i int);", ["dblink"]),
+        ("COPY t TO '/tmp/t.csv';", ["COPY ... TO a server file or program"]),
+        ("copy t to program 'gzip > /tmp/t.gz';", ["COPY ... TO a server file or program"]),
+        ("COPY t TO STDOUT;", []),
+        ("COPY t FROM '/tmp/t.csv';", []),
+        ("SELECT lo_export(1, '/tmp/x');", ["lo_export"]),
+        ("SELECT pg_terminate_backend(1);", ["pg_terminate_backend or pg_cancel_backend"]),
+        ("-- SELECT dblink_exec('dbname=x', 'x');\nSELECT 1;", []),
+        ("SELECT 'dblink_exec(' AS text;", []),
+        ("SELECT pg_reload_conf();", ["pg_reload_conf"]),
+    ],
+)
+def test_outside_the_transaction_reads_the_statements_not_the_comments_or_strings(
+    text: str, named: list[str]
+) -> None:
+    found = migrations.outside_the_transaction(text.encode())
+    assert [what.split(" (")[0] for what in found] == named
+
+
+def test_a_file_that_ends_the_rehearsal_savepoint_is_named(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_release.sql": "CREATE TABLE a (i int);\nRELEASE cicd_db_rehearsal;\n",
+            "0002_after.sql": "CREATE TABLE b (i int);\n",
+        },
+    )
+    code, out, err = rehearse(database, folder)
+    assert (code, out) == (1, "")
+    assert err == (
+        "error: 0001_release.sql ended the rehearsal's savepoint (RELEASE or ROLLBACK TO "
+        'cicd_db_rehearsal): savepoint "cicd_db_rehearsal" does not exist; the rehearsal was '
+        "rolled back, and nothing after that file was rehearsed\n"
+    )
+    assert database.tables() == set()
+
+
+def test_a_file_that_ends_its_connection_is_named(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path, {"0001_kill.sql": "SELECT pg_terminate_backend(pg_backend_pid());\n"}
+    )
+    code, out, err = rehearse(database, folder)
+    assert (code, out) == (1, "")
+    assert err.startswith("error: the rehearsal lost its connection in 0001_kill.sql (")
+    assert err.endswith(
+        "the server rolled the rehearsal back, and nothing after that file was rehearsed; if "
+        "the file ends its own connection (pg_terminate_backend), it cannot be rehearsed\n"
+    )
+    assert "\n" not in err[:-1]
+
+
+def test_nothing_pending_says_so(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    assert (
+        run_cli("migrate", "--database-url", database.url, "--migrations-dir", str(folder)).code
+        == 0
+    )
+    assert rehearse(database, folder)[:2] == (
+        0,
+        "nothing to rehearse: --database-url is up to date\n",
+    )
+
+
+def test_a_file_the_operating_system_refuses_is_not_called_a_missing_grant(
+    database: Database, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o700)
+    folder = write_migrations(
+        tmp_path, {"0001_export.sql": f"COPY (SELECT 1) TO '{tmp_path / 'x' / 'no.csv'}';\n"}
+    )
+    result = run_cli("migrate", "--database-url", database.url, "--migrations-dir", str(folder))
+    assert result.code == 1
+    assert result.err.startswith("error: migration 0001_export.sql failed at line 1: could not ")
+    assert result.err.endswith(
+        "[42501]; it was rolled back; the server's operating system refused that file (the "
+        "server runs as its own OS user, on its own machine): fix the path or its permissions\n"
+    )
