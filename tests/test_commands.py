@@ -191,6 +191,15 @@ def test_diff_against_another_database(migrated: Database, database: Database, c
     assert {d["change"] for d in found} == {"unexpected"}
     assert {"pipeline_executions", "stage_executions", "job_executions"} <= {d["table"] for d in found}  # fmt: skip
     assert database.settings.password not in out
+    code, out, _ = cicd(capsys, "schema", "diff", "--database-url", migrated.url, "--against", database.url)  # fmt: skip
+    assert out.splitlines()[-1].startswith("--database-url against --against: ")
+
+
+def test_a_malformed_against_is_named_as_against(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cicd(capsys, "schema", "diff", "--database-url", "postgresql://u@h/d", "--against", "postgresql://u:Sekr3tPW@h:port/d")  # fmt: skip
+    assert (code, out) == (2, "")
+    assert err.startswith("error: the --against ")
+    assert "Sekr" not in err
 
 
 # -- up --rehearse ------------------------------------------------------------------------
@@ -265,6 +274,23 @@ def test_quiet_verbose_and_the_sql_of_a_dry_run(database: Database, tmp_path: Pa
     code, out, err = cicd(capsys, "migrate", "up", "--quiet", "--verbose", *target)
     assert (code, out) == (0, "")
     assert err == "  NOTICE: hello from 1\n"
+
+
+@pytest.mark.parametrize(
+    ("verbose", "shown"),
+    [
+        ((), "  WARNING: careful\\nnow\n"),
+        (
+            ("--verbose",),
+            "  WARNING: careful\\nnow\n  INFO: for your information\n  NOTICE: note\n",
+        ),
+    ],
+    ids=["warnings-always", "verbose"],
+)
+def test_server_messages_keep_their_severity(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], verbose: tuple[str, ...], shown: str) -> None:  # fmt: skip
+    folder = write_migrations(tmp_path, {"0001_say.sql": "DO $$ BEGIN RAISE WARNING E'careful\\nnow'; RAISE INFO 'for your information'; RAISE NOTICE 'note'; END $$;\n"})  # fmt: skip
+    code, out, err = cicd(capsys, "migrate", "up", "--quiet", *verbose, "--database-url", database.url, "--migrations-dir", str(folder))  # fmt: skip
+    assert (code, out, err) == (0, "", shown)
 
 
 def test_a_slow_file_ticks_on_a_terminal_only(database: Database, tmp_path: Path) -> None:

@@ -1097,3 +1097,33 @@ def test_errors_are_read_in_the_databases_encoding(
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+def test_a_server_that_ends_the_session_is_not_blamed_on_the_file(
+    database: Database, tmp_path: Path
+) -> None:
+    """`embedded stop` (a fast shutdown) ends sessions with the code pg_terminate_backend sends."""
+    folder = write_migrations(tmp_path, {"0001_slow.sql": "SELECT pg_sleep(30);\n"})
+
+    def terminate() -> None:
+        database.wait_for(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+            "AND application_name = 'cicd-db' AND datname = current_database()",
+            "the runner never reached its pg_sleep",
+        )
+        database.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+            "AND application_name = 'cicd-db' AND datname = current_database()"
+        )
+
+    stopper = threading.Thread(target=terminate)
+    stopper.start()
+    code, _, err = migrate(database, folder)
+    stopper.join()
+    assert code == 1
+    assert err.startswith(
+        "error: migration 0001_slow.sql failed at line 1: terminating connection due to "
+        "administrator command [57P01]; it was rolled back; the server ended the connection "
+    ), err
+    assert "fix the file" not in err
+    assert database.history() == []

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
+
 from cicd_db import console, migrations, targets
 from cicd_db.errors import (
     EXIT_DISAGREES,
@@ -38,6 +40,7 @@ class Run:
             *password_candidates(args.database_url),
             *password_candidates(os.environ.get("DATABASE_URL")),
             *password_candidates(getattr(args, "admin_url", None)),
+            *password_candidates(getattr(args, "against", None)),
             os.environ.get("PGPASSWORD", ""),  # libpq's, for a URL without a password
         ]
 
@@ -107,10 +110,13 @@ def up(run: Run) -> int:
                 lambda: console.rehearsal_lines(target.description, rehearsals),
             )
             return 1 if any(r.failed for r in rehearsals) else 0
-        if a.verbose:
-            runner.conn.add_notice_handler(
-                lambda d: print(f"  NOTICE: {d.message_primary}", file=sys.stderr)
-            )
+
+        def server_said(diag: psycopg.errors.Diagnostic) -> None:
+            line = console.server_line(diag.severity_nonlocalized, diag.message_primary, a.verbose)
+            if line is not None:
+                print(line, file=sys.stderr, flush=True)
+
+        runner.conn.add_notice_handler(server_said)
         ticker = console.Ticker(enabled=sys.stderr.isatty() and not a.quiet and not a.json)
         started = time.perf_counter()
 
@@ -219,9 +225,12 @@ def schema_diff(run: Run) -> int:
     target, against = run.target(), run.args.against
     if against:
         run.remember(target)
-        other = run.remember(
-            targets.resolve(**{"database_url" if "://" in against else "stack": against})
-        )
+        if "://" in against:
+            root = targets.repository_root()
+            other = targets.Target("url", "--against", root, targets.state_home(root), against)
+        else:
+            other = targets.resolve(stack=against)
+        other = run.remember(other)
         with targets.connect(target.settings) as one, targets.connect(other.settings) as two:
             expected, actual = (schema.signature(c, schema.current_schema(c)) for c in (two, one))
             found = schema.compare(expected, actual)

@@ -122,6 +122,20 @@ def rehearsal_lines(description: str, rehearsals: Sequence[migrations.Rehearsal]
     ]
 
 
+def server_line(severity: str | None, message: str | None, verbose: bool) -> str | None:
+    """A message the server sent during a file, under its own severity: a WARNING always
+    (it says something may be wrong), NOTICE, INFO and the like with --verbose."""
+    level = severity or "NOTICE"
+    if level == "WARNING" or verbose:
+        return f"  {level}: {one_line(message or '')}"
+    return None
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: control characters (newlines, escape sequences) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 # -- migrate status, check, baseline ------------------------------------------------------
 
 

@@ -1599,6 +1599,13 @@ def _describe_failure(
         )
     elif diag.sqlstate in RETRIED_SQLSTATES:
         advice = "run again when the tables are less busy (the file itself is fine)"
+    elif (diag.sqlstate or "").startswith(("57P", "08")):
+        # admin_shutdown, crash_shutdown, cannot_connect_now, a connection failure: the
+        # server went away under the file, which says nothing about the file.
+        advice = (
+            "the server ended the connection (stopped, restarted, or the session was "
+            "terminated), not because of the file: check the server, then run again"
+        )
     else:
         advice = "fix the file and run again"
     return (
