@@ -25,6 +25,13 @@ from cicd_db.settings import ConnectionSettings
 from .conftest import Database, run_cli, unscanned, write_migrations
 
 
+def without_escape_warnings(err: str) -> str:
+    """stderr without the WARNING PostgreSQL 17 and older send for a backslash in a string
+    while standard strings are off (escape_string_warning); the runner passes it on."""
+    warning = "  WARNING: nonstandard use of "
+    return "".join(line for line in err.splitlines(keepends=True) if not line.startswith(warning))
+
+
 def migrate(
     database: Database | ConnectionSettings, folder: Path, *args: str
 ) -> tuple[int, str, str]:
@@ -877,7 +884,9 @@ def test_failure_names_the_line_and_the_fix(
 ) -> None:
     code, out, err = migrate(database, write_migrations(tmp_path, files))
     assert (code, out) == (1, "")
-    assert err == f"error: migration {message.format(user=database.settings.user)}\n"
+    assert without_escape_warnings(err) == (
+        f"error: migration {message.format(user=database.settings.user)}\n"
+    )
     assert database.history() == []
 
 
