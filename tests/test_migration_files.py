@@ -668,6 +668,29 @@ def test_invalid_concurrent_index_is_found_whatever_the_search_path(
     assert database.query(left) == [("ÉtÉ_c", True)]
 
 
+def test_a_valid_index_of_the_same_name_elsewhere_is_never_dropped(
+    database: Database, tmp_path: Path
+) -> None:
+    """Only an invalid index is a leftover: a valid one in another schema stays."""
+    database.execute(
+        "CREATE SCHEMA other; CREATE TABLE other.t (c int); CREATE INDEX runs_c ON other.t (c);"
+        "CREATE TABLE t (c int)"
+    )
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_index.sql": "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY runs_c ON t (c);\n"
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert "dropped" not in out
+    assert database.query(
+        "SELECT n.nspname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 'runs_c' ORDER BY 1"
+    ) == [("other", True), ("public", True)]
+
+
 @pytest.mark.parametrize(
     ("environ", "options"),
     [
