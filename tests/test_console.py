@@ -124,18 +124,16 @@ def test_check_lines() -> None:
     assert shape["disagreements"] == [{"version": 2, "name": "b", "state": "missing"}]
 
 
-def test_diff_lines_group_by_table() -> None:
+def test_diff_lines_name_the_object_and_what_differs() -> None:
     found = [
-        Difference("jobs", "column", "missing", "x integer"),
-        Difference("jobs", "index", "unexpected", "jobs_x"),
-        Difference("runs", "trigger", "missing", "t"),
+        Difference("jobs", "column", "x", "missing", "integer"),
+        Difference("jobs", "table", "jobs", "changed", "persistence unlogged (expected logged)"),
+        Difference("runs", "trigger", "t", "unexpected", ""),
     ]
     assert console.diff_lines("stack dev", "stack prod", found) == [
-        "jobs:",
-        "  missing column: x integer",
-        "  unexpected index: jobs_x",
-        "runs:",
-        "  missing trigger: t",
+        "missing column jobs.x: integer",
+        "changed table jobs: persistence unlogged (expected logged)",
+        "unexpected trigger runs.t",
         "stack dev against stack prod: 3 differences",
     ]
     assert console.diff_lines("a", "b", found[:1])[-1] == "a against b: 1 difference"
@@ -144,7 +142,13 @@ def test_diff_lines_group_by_table() -> None:
         "target": "a",
         "against": "b",
         "differences": [
-            {"table": "jobs", "kind": "column", "change": "missing", "detail": "x integer"}
+            {
+                "table": "jobs",
+                "kind": "column",
+                "name": "x",
+                "change": "missing",
+                "detail": "integer",
+            }
         ],
     }
 

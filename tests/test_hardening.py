@@ -245,8 +245,8 @@ def test_fresh_path_ends_with_the_same_schema(server, database: Database, tmp_pa
         with database.connect() as upgraded, fresh.connect() as new:
             upgraded_schema = schema.signature(upgraded, "public")
             fresh_schema = schema.signature(new, "public")
-        assert schema.differences(fresh_schema, upgraded_schema) == []
-        assert {row[0] for row in fresh_schema["index"]} == {
+        assert schema.compare(fresh_schema, upgraded_schema) == []
+        assert {name for kind, _, name in fresh_schema if kind == "index"} == {
             "pipeline_executions_pkey",
             "stage_executions_pkey",
             "job_executions_pkey",
@@ -257,7 +257,9 @@ def test_fresh_path_ends_with_the_same_schema(server, database: Database, tmp_pa
             "job_executions_stage_job_name_key",
             "pipeline_executions_active",
         }
-        assert {row[0] for row in fresh_schema["trigger"]} == {"pipeline_executions"}
+        assert {table for kind, table, _ in fresh_schema if kind == "trigger"} == {
+            "pipeline_executions"
+        }
     finally:
         with psycopg.connect(server.conninfo(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{fresh.settings.database}" WITH (FORCE)'.encode())
@@ -272,9 +274,9 @@ def test_baseline_refuses_a_schema_that_differs(database: Database) -> None:
     assert result.code == 2
     assert result.err == (
         "error: the live schema does not match migrations up to version 1: "
-        "missing index idx_job_executions CREATE INDEX idx_job_executions ON job_executions "
-        "USING btree (stage_execution_id, job_name) True; "
-        "unexpected column stage_executions note text; "
+        "missing index job_executions.idx_job_executions: CREATE INDEX idx_job_executions "
+        "ON job_executions USING btree (stage_execution_id, job_name); "
+        "unexpected column stage_executions.note: text; "
         "fix the schema by hand, or baseline at the version it matches\n"
     )
     assert database.history() == []

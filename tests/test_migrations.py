@@ -680,7 +680,7 @@ def test_baseline_shows_twelve_differences_and_counts_the_rest(
     database.execute("CREATE TABLE wide ()")
     with database.connect() as conn, pytest.raises(migrations.MigrationRefused) as refused:
         migrations.Runner(conn, migrations.discover(folder)).baseline(1)
-    shown = "; ".join(f"missing column wide {n} integer" for n in names[:12])
+    shown = "; ".join(f"missing column wide.{n}: integer" for n in names[:12])
     assert str(refused.value) == (
         f"the live schema does not match migrations up to version 1: {shown}{more}; "
         "fix the schema by hand, or baseline at the version it matches"
@@ -701,7 +701,7 @@ def test_drift_compares_the_live_schema_with_the_applied_files(
         conn.execute("ALTER TABLE pets ADD COLUMN extra int")
         assert runner.drift() == (
             3,
-            [schema.Difference("pets", "column", "unexpected", "extra integer")],
+            [schema.Difference("pets", "column", "extra", "unexpected", "integer")],
         )
         (folder / "0001_people.sql").write_text("-- edited\n")
         edited = migrations.Runner(conn, migrations.discover(folder))

@@ -228,21 +228,22 @@ def diff_json(description: str, against: str, found: Sequence[Difference]) -> JS
         "target": description,
         "against": against,
         "differences": [
-            {"table": d.table, "kind": d.kind, "change": d.change, "detail": d.detail}
+            {
+                "table": d.table,
+                "kind": d.kind,
+                "name": d.name,
+                "change": d.change,
+                "detail": d.detail,
+            }
             for d in found
         ],
     }
 
 
 def diff_lines(description: str, against: str, found: Sequence[Difference]) -> list[str]:
-    lines, table = [], None
-    for difference in found:
-        if difference.table != table:
-            table = difference.table
-            lines.append(f"{table}:")
-        lines.append(f"  {difference.change} {difference.kind}: {difference.detail}")
+    """One line per difference, naming the object and what differs, then the verdict."""
     verdict = plural(len(found), "difference") if found else "no drift"
-    return [*lines, f"{description} against {against}: {verdict}"]
+    return [*map(str, found), f"{description} against {against}: {verdict}"]
 
 
 def embedded_json(state: Status) -> JSON:

@@ -820,7 +820,7 @@ class Runner:
                     "this database already has migration history; baseline is only for a "
                     "database without it (run `migrate up` instead)"
                 )
-            problems = self._compare_with(chosen)
+            problems = [str(difference) for difference in self._compare_with(chosen)]
             if problems:
                 shown = "; ".join(problems[:12])
                 more = f"; and {len(problems) - 12} more" if len(problems) > 12 else ""
@@ -838,37 +838,33 @@ class Runner:
         """The live schema against what the applied files make: the newest applied
         version, and each difference. Reads only (the files run in a scratch schema,
         in a transaction that is rolled back, as for baseline)."""
-        from cicd_db import schema  # catalog queries, on use
-
         applied = self.applied()
         self._plan(applied, None)  # an edited or missing file makes the comparison moot
         newest = max((row.version for row in applied), default=0)
-        expected, actual = self._signatures([m for m in self.migrations if m.version <= newest])
-        return newest, schema.compare(expected, actual)
+        return newest, self._compare_with([m for m in self.migrations if m.version <= newest])
 
-    def _compare_with(self, chosen: list[Migration]) -> list[str]:
-        from cicd_db import schema  # only baseline needs the catalog queries
+    def _compare_with(self, chosen: list[Migration]) -> list[Difference]:
+        """How the live schema differs from what `chosen` make: baseline's and drift's one test."""
+        from cicd_db import schema  # catalog queries, on use
 
-        return schema.differences(*self._signatures(chosen))
+        return schema.compare(*self._signatures(chosen))
 
     def _signatures(self, chosen: list[Migration]) -> tuple[Signature, Signature]:
-        """What `chosen` make (in a scratch schema, rolled back) and what the live schema has."""
+        """What `chosen` make (in a scratch schema, rolled back) and what the live schema has.
+
+        The live schema is the session's own, where the files make their objects
+        when they run for real (not necessarily where the history is kept).
+        """
         from cicd_db import schema
 
-        row = self.conn.execute("SELECT pg_catalog.current_schema()").fetchone()
-        if row is None or row[0] is None:
-            raise ConfigError(
-                f"no schema on the search_path of role {self.conn.info.user} exists to compare; "
-                "create one (CREATE SCHEMA) or fix the role's search_path"
-            )
-        live = str(row[0])
+        live = schema.current_schema(self.conn)
         scratch = f"cicd_db_baseline_{self.conn.info.backend_pid}"
+        setting = self.conn.execute("SHOW search_path").fetchone()
+        path = schema.scratch_path(str(setting[0]) if setting else "", live, scratch)
         with self.conn.transaction(force_rollback=True):
             self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
             for migration in chosen:
-                self.conn.execute(
-                    sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(scratch))
-                )
+                self.conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(path))
                 if not migration.transactional:
                     data = re.sub(rb"\bCONCURRENTLY\b", b"", migration.data, flags=re.IGNORECASE)
                     steps = plan(migration.filename, data, transactional=False)

@@ -4,6 +4,16 @@ Used by `migrate baseline` (is the live schema what the migrations would make?),
 `schema diff` (drift between a database and the migrations, or two databases),
 `schema dump` (the schema as SQL, through pg_dump) and the tests (does the
 upgrade path end where the fresh path does?). Reads only.
+
+A signature maps each object of one schema (table, column, constraint, index,
+trigger, rule, policy, view, sequence, type, function, extension, ...) to its
+properties, each rendered by PostgreSQL itself: pg_get_viewdef,
+pg_get_constraintdef, pg_get_indexdef, pg_get_triggerdef, format_type,
+pg_get_expr, aclexplode. What is not compared: owners (the runner's role makes
+the scratch copy, so owners would differ on every database made by another
+role), tablespaces of indexes, the schema's own comment and privileges, default
+privileges, and objects outside the schema (publications, event triggers,
+roles). tests/test_schema.py proves each kind it sees against pg_dump.
 """
 
 from __future__ import annotations
@@ -20,91 +30,401 @@ from psycopg import sql
 from cicd_db.errors import ConfigError, OperationalError
 from cicd_db.settings import ConnectionSettings, redact
 
-Signature = dict[str, set[tuple[Any, ...]]]
+# (kind, table, name) -> property -> value. `table` is the object a part belongs
+# to (a column's table, a domain's constraint's domain) or the object itself.
+Key = tuple[str, str, str]
+Signature = dict[Key, dict[str, Any]]
 
-# Every definition is rendered with search_path set to the schema itself, so
-# object names come out unqualified and two schemas compare by content.
-QUERIES: dict[str, str] = {
-    "table": """
-        SELECT c.relname, c.relkind::text
-        FROM pg_class c
-        WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
-    """,
-    "column": """
-        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-               pg_get_expr(d.adbin, d.adrelid), a.attidentity::text
-        FROM pg_attribute a
-        JOIN pg_class c ON c.oid = a.attrelid
-        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-        WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p')
-          AND a.attnum > 0 AND NOT a.attisdropped
-    """,
-    "constraint": """
-        SELECT c.relname, k.conname, k.contype::text, pg_get_constraintdef(k.oid), k.convalidated
-        FROM pg_constraint k
-        JOIN pg_class c ON c.oid = k.conrelid
-        WHERE c.relnamespace = %(schema)s::regnamespace
-    """,
-    "index": """
-        SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisvalid
-        FROM pg_index i
-        JOIN pg_class c ON c.oid = i.indexrelid
-        WHERE c.relnamespace = %(schema)s::regnamespace
-    """,
-    "trigger": """
-        SELECT c.relname, t.tgname, pg_get_triggerdef(t.oid)
-        FROM pg_trigger t
-        JOIN pg_class c ON c.oid = t.tgrelid
-        WHERE c.relnamespace = %(schema)s::regnamespace AND NOT t.tgisinternal
-    """,
-    "function": """
-        SELECT p.proname, pg_get_function_identity_arguments(p.oid),
-               pg_get_function_result(p.oid), p.prosrc,
-               -- which settings are pinned, not their values: a pinned search_path
-               -- names the schema the function was made in
-               array(SELECT split_part(c, '=', 1) FROM unnest(p.proconfig) c)::text
-        FROM pg_proc p
-        WHERE p.pronamespace = %(schema)s::regnamespace
-    """,
-}
-
-# The runner's own table (and its primary key index) is not part of the schema it makes.
+# The runner's own table (its key, index and constraints too) is not part of the schema it makes.
 IGNORED_PREFIX = "cicd_db_schema_history"
 
 
+def _not_in_extension(catalog: str, oid: str) -> sql.Composable:
+    """An extension's own objects are compared as the extension, not one by one."""
+    return sql.SQL(
+        "NOT EXISTS (SELECT FROM pg_depend x WHERE x.classid = {}::regclass "
+        "AND x.objid = {} AND x.deptype = 'e')"
+    ).format(sql.Literal(catalog), sql.SQL(oid))
+
+
+def _privileges(acl: str, kind: str | None, owner: str) -> sql.Composable:
+    # `kind` is acldefault's object type, an SQL expression
+    """Grants as `grantee PRIVILEGE`, sorted; the owner named `owner` (owners are not
+    compared) and a default ACL spelled out, so an explicit default reads the same."""
+    full = (
+        sql.SQL('coalesce({}, acldefault(({})::"char", {}))').format(
+            sql.SQL(acl), sql.SQL(kind), sql.SQL(owner)
+        )
+        if kind
+        else sql.SQL(acl)  # a column's: none unless granted
+    )
+    return sql.SQL(
+        """(SELECT string_agg(grant_, ', ' ORDER BY grant_) FROM (
+        SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' WHEN g.grantee = {owner} THEN 'owner'
+                    ELSE pg_get_userbyid(g.grantee) END
+               || ' ' || g.privilege_type
+               || CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END AS grant_
+        FROM aclexplode({full}) g) grants)"""
+    ).format(owner=sql.SQL(owner), full=full)
+
+
+_PARTS = {
+    "relation_c": _not_in_extension("pg_class", "c.oid"),
+    "relation_t": _not_in_extension("pg_class", "t.oid"),
+    "composite_c": _not_in_extension("pg_type", "c.reltype"),
+    "type_t": _not_in_extension("pg_type", "t.oid"),
+    "function_p": _not_in_extension("pg_proc", "p.oid"),
+    "relation_privileges": _privileges(
+        "c.relacl", "CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END", "c.relowner"
+    ),
+    "column_privileges": _privileges("a.attacl", None, "c.relowner"),
+    "function_privileges": _privileges("p.proacl", "'f'", "p.proowner"),
+    "type_privileges": _privileges("t.typacl", "'T'", "t.typowner"),
+}
+
+# Each query yields kind, table, name, then one column per property. Every
+# definition is rendered with search_path set to the schema itself, so names in
+# the schema come out unqualified and two schemas compare by content.
+QUERIES: tuple[sql.Composed, ...] = tuple(
+    sql.SQL(query).format(**_PARTS)
+    for query in (
+        """
+    SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign table' ELSE 'table' END,
+           c.relname, c.relname,
+           pg_get_partkeydef(c.oid) AS "partitioned by",
+           (SELECT string_agg(i.inhparent::regclass::text, ', ' ORDER BY i.inhseqno)
+            FROM pg_inherits i WHERE i.inhrelid = c.oid)
+             AS inherits,
+           pg_get_expr(c.relpartbound, c.oid) AS "partition bound",
+           format_type(nullif(c.reloftype, 0), NULL) AS "of type",
+           CASE c.relpersistence WHEN 'u' THEN 'unlogged' ELSE 'logged' END AS persistence,
+           CASE WHEN c.relforcerowsecurity THEN 'enabled, forced'
+                WHEN c.relrowsecurity THEN 'enabled' ELSE 'disabled' END
+             AS "row level security",
+           CASE c.relreplident WHEN 'n' THEN 'nothing' WHEN 'f' THEN 'full'
+                WHEN 'i' THEN 'index ' || (SELECT i.indexrelid::regclass::text FROM pg_index i
+                                           WHERE i.indrelid = c.oid AND i.indisreplident)
+                ELSE 'default' END AS "replica identity",
+           array_to_string(ARRAY(SELECT o FROM unnest(c.reloptions) o ORDER BY o), ', ')
+             AS options,
+           (SELECT a.amname FROM pg_am a WHERE a.oid = c.relam) AS "access method",
+           (SELECT t.spcname FROM pg_tablespace t WHERE t.oid = c.reltablespace) AS tablespace,
+           CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END AS definition,
+           format_type(s.seqtypid, NULL) AS "type",
+           s.seqstart AS start, s.seqincrement AS increment, s.seqmin AS minimum,
+           s.seqmax AS maximum, s.seqcache AS cache, s.seqcycle AS cycle,
+           (SELECT d.refobjid::regclass::text || '.' || quote_ident(a.attname)
+            FROM pg_depend d
+            JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+            WHERE c.relkind = 'S' AND d.classid = 'pg_class'::regclass AND d.objid = c.oid
+              AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
+             AS "owned by",
+           obj_description(c.oid, 'pg_class') AS comment,
+           {relation_privileges} AS privileges
+    FROM pg_class c
+    LEFT JOIN pg_sequence s ON s.seqrelid = c.oid
+    WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+      AND {relation_c}
+    """,
+        """
+    SELECT 'column', c.relname, a.attname,
+           row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum) AS position,
+           format_type(a.atttypid, a.atttypmod) AS "type",
+           a.attnotnull AS "not null",
+           CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END AS default,
+           CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid)
+                || CASE a.attgenerated WHEN 's' THEN ' STORED' ELSE ' VIRTUAL' END END
+             AS generated,
+           CASE a.attidentity WHEN 'a' THEN 'ALWAYS' WHEN 'd' THEN 'BY DEFAULT' END AS identity,
+           CASE WHEN a.attcollation <> t.typcollation THEN a.attcollation::regcollation::text END
+             AS collation,
+           CASE a.attstorage WHEN 'p' THEN 'plain' WHEN 'e' THEN 'external' WHEN 'm' THEN 'main'
+                ELSE 'extended' END AS storage,
+           nullif(a.attcompression::text, '') AS compression,
+           nullif(a.attstattarget, -1) AS statistics,
+           array_to_string(ARRAY(SELECT o FROM unnest(a.attoptions) o ORDER BY o), ', ')
+             AS options,
+           col_description(c.oid, a.attnum) AS comment,
+           {column_privileges} AS privileges
+    FROM pg_attribute a
+    JOIN pg_class c ON c.oid = a.attrelid
+    JOIN pg_type t ON t.oid = a.atttypid
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+      AND a.attnum > 0 AND NOT a.attisdropped AND {relation_c}
+      AND (c.relkind <> 'c' OR {composite_c})
+    """,
+        """
+    SELECT 'constraint', coalesce(c.relname, t.typname), k.conname,
+           pg_get_constraintdef(k.oid) AS definition,
+           obj_description(k.oid, 'pg_constraint') AS comment
+    FROM pg_constraint k
+    LEFT JOIN pg_class c ON c.oid = k.conrelid
+    LEFT JOIN pg_type t ON t.oid = k.contypid
+    WHERE k.connamespace = %(schema)s::regnamespace
+      AND (c.oid IS NULL OR {relation_c})
+      AND (t.oid IS NULL OR {type_t})
+      -- PostgreSQL 18 records NOT NULL as a constraint: the column's `not null` says
+      -- it already, unless the constraint has a name or a state of its own
+      AND NOT (k.contype = 'n' AND k.convalidated AND NOT k.connoinherit AND k.conname IN (
+               left(c.relname || '_' || (SELECT a.attname FROM pg_attribute a
+                    WHERE a.attrelid = k.conrelid AND a.attnum = k.conkey[1]) || '_not_null', 63),
+               left(t.typname || '_not_null', 63)))
+    """,
+        """
+    SELECT 'index', t.relname, c.relname,
+           pg_get_indexdef(i.indexrelid) AS definition,
+           i.indisvalid AS valid,
+           i.indisclustered AS clustered,
+           obj_description(c.oid, 'pg_class') AS comment
+    FROM pg_index i
+    JOIN pg_class c ON c.oid = i.indexrelid
+    JOIN pg_class t ON t.oid = i.indrelid
+    WHERE c.relnamespace = %(schema)s::regnamespace AND {relation_t}
+    """,
+        """
+    SELECT 'trigger', c.relname, g.tgname,
+           pg_get_triggerdef(g.oid) AS definition,
+           CASE g.tgenabled WHEN 'D' THEN 'disabled' WHEN 'R' THEN 'replica'
+                WHEN 'A' THEN 'always' ELSE 'enabled' END AS enabled,
+           obj_description(g.oid, 'pg_trigger') AS comment
+    FROM pg_trigger g
+    JOIN pg_class c ON c.oid = g.tgrelid
+    WHERE c.relnamespace = %(schema)s::regnamespace AND NOT g.tgisinternal
+      AND {relation_c}
+    """,
+        """
+    SELECT 'rule', c.relname, r.rulename,
+           pg_get_ruledef(r.oid) AS definition,
+           CASE r.ev_enabled WHEN 'D' THEN 'disabled' WHEN 'R' THEN 'replica'
+                WHEN 'A' THEN 'always' ELSE 'enabled' END AS enabled,
+           obj_description(r.oid, 'pg_rewrite') AS comment
+    FROM pg_rewrite r
+    JOIN pg_class c ON c.oid = r.ev_class
+    WHERE c.relnamespace = %(schema)s::regnamespace AND r.rulename <> '_RETURN'
+      AND {relation_c}
+    """,
+        """
+    SELECT 'policy', c.relname, p.polname,
+           CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+                WHEN 'd' THEN 'DELETE' ELSE 'ALL' END AS command,
+           CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END AS "as",
+           (SELECT string_agg(role_, ', ' ORDER BY role_) FROM (
+              SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r) END AS role_
+              FROM unnest(p.polroles) r) roles) AS "to",
+           pg_get_expr(p.polqual, p.polrelid) AS using,
+           pg_get_expr(p.polwithcheck, p.polrelid) AS "with check",
+           obj_description(p.oid, 'pg_policy') AS comment
+    FROM pg_policy p
+    JOIN pg_class c ON c.oid = p.polrelid
+    WHERE c.relnamespace = %(schema)s::regnamespace
+    """,
+        """
+    SELECT CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate'
+                WHEN 'w' THEN 'window function' ELSE 'function' END,
+           p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+           p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+           pg_get_function_arguments(p.oid) AS arguments,
+           pg_get_function_result(p.oid) AS returns,
+           l.lanname AS language,
+           coalesce(pg_get_function_sqlbody(p.oid), p.prosrc) AS body,
+           CASE p.provolatile WHEN 'i' THEN 'IMMUTABLE' WHEN 's' THEN 'STABLE'
+                ELSE 'VOLATILE' END AS volatility,
+           p.proisstrict AS strict,
+           p.prosecdef AS "security definer",
+           p.proleakproof AS leakproof,
+           CASE p.proparallel WHEN 's' THEN 'SAFE' WHEN 'r' THEN 'RESTRICTED'
+                ELSE 'UNSAFE' END AS parallel,
+           p.procost AS cost,
+           p.prorows AS rows,
+           array_to_string(ARRAY(SELECT o FROM unnest(p.proconfig) o ORDER BY o), ', ')
+             AS settings,
+           obj_description(p.oid, 'pg_proc') AS comment,
+           {function_privileges} AS privileges
+    FROM pg_proc p
+    JOIN pg_language l ON l.oid = p.prolang
+    WHERE p.pronamespace = %(schema)s::regnamespace AND {function_p}
+    """,
+        """
+    SELECT CASE t.typtype WHEN 'e' THEN 'enum' WHEN 'd' THEN 'domain' WHEN 'r' THEN 'range'
+                WHEN 'c' THEN 'composite type' ELSE 'type' END,
+           t.typname, t.typname,
+           (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
+            FROM pg_enum e WHERE e.enumtypid = t.oid) AS "values",
+           format_type(nullif(t.typbasetype, 0), nullif(t.typtypmod, -1)) AS "base type",
+           t.typnotnull AS "not null",
+           pg_get_expr(t.typdefaultbin, 0) AS default,
+           CASE WHEN t.typtype = 'd' AND t.typcollation <> b.typcollation
+                THEN t.typcollation::regcollation::text END AS collation,
+           (SELECT format_type(r.rngsubtype, NULL)
+                   || ' ' || (SELECT o.opcname FROM pg_opclass o WHERE o.oid = r.rngsubopc)
+                   || coalesce(' COLLATE ' || nullif(r.rngcollation, 0)::regcollation::text, '')
+                   || coalesce(' CANONICAL ' || nullif(r.rngcanonical, 0)::regproc::text, '')
+                   || coalesce(' SUBTYPE_DIFF ' || nullif(r.rngsubdiff, 0)::regproc::text, '')
+            FROM pg_range r WHERE r.rngtypid = t.oid) AS subtype,
+           obj_description(t.oid, 'pg_type') AS comment,
+           {type_privileges} AS privileges
+    FROM pg_type t
+    LEFT JOIN pg_type b ON b.oid = t.typbasetype
+    WHERE t.typnamespace = %(schema)s::regnamespace AND t.typtype <> 'm'
+      AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
+      AND NOT EXISTS (SELECT FROM pg_type e WHERE e.typarray = t.oid)
+      AND {type_t}
+    """,
+        """
+    SELECT 'extension', x.extname, x.extname, x.extversion AS version
+    FROM pg_extension x
+    WHERE x.extnamespace = %(schema)s::regnamespace
+    """,
+        """
+    SELECT 'statistics', c.relname, s.stxname,
+           pg_get_statisticsobjdef(s.oid) AS definition,
+           nullif(s.stxstattarget, -1) AS target,
+           obj_description(s.oid, 'pg_statistic_ext') AS comment
+    FROM pg_statistic_ext s
+    JOIN pg_class c ON c.oid = s.stxrelid
+    WHERE s.stxnamespace = %(schema)s::regnamespace
+    """,
+        # The rarer kinds, by name only.
+        """
+    SELECT split_part(o.described, ' ', 1), o.described, o.described
+    FROM (
+      SELECT pg_describe_object(o.catalog, o.oid, 0) AS described, o.catalog, o.oid
+      FROM (
+        SELECT 'pg_operator'::regclass, oid FROM pg_operator WHERE oprnamespace = %(schema)s::regnamespace
+        UNION ALL SELECT 'pg_opclass'::regclass, oid FROM pg_opclass
+          WHERE opcnamespace = %(schema)s::regnamespace
+        UNION ALL SELECT 'pg_opfamily'::regclass, oid FROM pg_opfamily
+          WHERE opfnamespace = %(schema)s::regnamespace
+        UNION ALL SELECT 'pg_collation'::regclass, oid FROM pg_collation
+          WHERE collnamespace = %(schema)s::regnamespace
+        UNION ALL SELECT 'pg_conversion'::regclass, oid FROM pg_conversion
+          WHERE connamespace = %(schema)s::regnamespace
+        UNION ALL SELECT 'pg_ts_config'::regclass, oid FROM pg_ts_config
+          WHERE cfgnamespace = %(schema)s::regnamespace
+        UNION ALL SELECT 'pg_ts_dict'::regclass, oid FROM pg_ts_dict
+          WHERE dictnamespace = %(schema)s::regnamespace
+        UNION ALL SELECT 'pg_ts_parser'::regclass, oid FROM pg_ts_parser
+          WHERE prsnamespace = %(schema)s::regnamespace
+        UNION ALL SELECT 'pg_ts_template'::regclass, oid FROM pg_ts_template
+          WHERE tmplnamespace = %(schema)s::regnamespace
+      ) o (catalog, oid)
+      WHERE NOT EXISTS (SELECT FROM pg_depend x WHERE x.classid = o.catalog
+                        AND x.objid = o.oid AND x.deptype = 'e')
+    ) o
+    """,
+    )
+)
+
+# Properties written by hand (a function's body as the file wrote it): never rewritten.
+VERBATIM = frozenset({"body"})
+
+
 def signature(conn: psycopg.Connection[Any], schema: str) -> Signature:
-    """The schema's tables, columns, constraints, indexes, triggers and functions."""
+    """Every object of `schema` with its properties. Reads only."""
     result: Signature = {}
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-        for kind, query in QUERIES.items():
-            rows = conn.execute(query.encode(), {"schema": schema}).fetchall()
-            result[kind] = {
-                tuple(_normalise(value, schema) for value in row)
-                for row in rows
-                if not str(row[0]).startswith(IGNORED_PREFIX)
-            }
+        # As PostgreSQL writes the name in a definition: quoted only where it must be.
+        quoted = str(conn.execute("SELECT quote_ident(%s)", (schema,)).fetchone()[0])  # type: ignore[index]
+        for query in QUERIES:
+            cursor = conn.execute(query, {"schema": schema})
+            names = [column.name for column in cursor.description or ()][3:]
+            for kind, table, name, *values in cursor.fetchall():
+                if str(table).startswith(IGNORED_PREFIX) or str(name).startswith(IGNORED_PREFIX):
+                    continue
+                result[(kind, _neutral(table, quoted), _neutral(name, quoted))] = {
+                    prop: value if prop in VERBATIM else _neutral(value, quoted, prop == "settings")
+                    for prop, value in zip(names, values, strict=True)
+                }
     return result
 
 
-def _normalise(value: Any, schema: str) -> Any:
-    if isinstance(value, str):
-        return value.replace(f"{schema}.", "")
-    return value
+def _neutral(value: Any, quoted: str, settings: bool = False) -> Any:
+    """`value` without the schema's own name: two copies of one schema (live and
+    scratch, or two databases) are told apart by content, not by what they are called.
+    In a function's settings (`search_path=...`) the bare name, elsewhere `schema.`."""
+    if not isinstance(value, str):
+        return value
+    tail = r"(?![\w$])" if settings else r"\."
+    return re.sub(rf'(?<![\w$"]){re.escape(quoted)}{tail}', "" if not settings else "?", value)
 
 
-def differences(expected: Signature, actual: Signature) -> list[str]:
-    """What `actual` lacks or has beyond `expected`, one line each, sorted."""
-    lines = []
-    for kind in QUERIES:
-        want, have = expected.get(kind, set()), actual.get(kind, set())
-        lines += [f"missing {kind} {_describe(row)}" for row in want - have]
-        lines += [f"unexpected {kind} {_describe(row)}" for row in have - want]
-    return sorted(lines)
+@dataclass(frozen=True)
+class Difference:
+    """One way two schemas differ: the `kind` (column, index, ...) `name` of `table`
+    is "missing" (expected, not there), "unexpected" (there, not expected) or
+    "changed" (`detail` names the property, what it is and what was expected)."""
+
+    table: str
+    kind: str
+    name: str
+    change: str
+    detail: str
+
+    def __str__(self) -> str:
+        where = self.table if self.name == self.table else f"{self.table}.{self.name}"
+        return f"{self.change} {self.kind} {where}" + (f": {self.detail}" if self.detail else "")
 
 
-def _describe(row: tuple[Any, ...]) -> str:
-    return " ".join(str(value) for value in row if value not in (None, "", False))
+def compare(expected: Signature, actual: Signature) -> list[Difference]:
+    """What `actual` lacks, has beyond, or has otherwise than `expected`, one
+    difference per object or property, sorted by table."""
+    found = []
+    for key in expected.keys() | actual.keys():
+        kind, table, name = key
+        want, have = expected.get(key), actual.get(key)
+        if have is None or want is None:
+            change = "missing" if have is None else "unexpected"
+            found.append(Difference(table, kind, name, change, _summary(kind, want or have or {})))
+            continue
+        found += [
+            Difference(table, kind, name, "changed", _change(prop, want.get(prop), have[prop]))
+            for prop in have
+            if have[prop] != want.get(prop)
+        ]
+    return sorted(found, key=lambda d: (d.table, d.kind, d.name, d.change, d.detail))
+
+
+def _change(prop: str, want: Any, have: Any) -> str:
+    """One property's difference in words; of grants, only those that differ."""
+    if prop != "privileges":
+        return f"{prop} {_shown(have)} (expected {_shown(want)})"
+    wanted, granted = (set(value.split(", ")) if value else set() for value in (want, have))
+    return " and ".join(
+        f"{prop} {verb} {', '.join(sorted(grants))}"
+        for verb, grants in (("also grant", granted - wanted), ("lack", wanted - granted))
+        if grants
+    )
+
+
+def _summary(kind: str, props: dict[str, Any]) -> str:
+    """An object in a few words: a column's type and flags, otherwise its definition."""
+    if kind == "column":
+        return " ".join(
+            [props["type"]]
+            + (["NOT NULL"] if props["not null"] else [])
+            + ([f"DEFAULT {props['default']}"] if props["default"] else [])
+            + ([f"GENERATED {props['generated']}"] if props["generated"] else [])
+            + ([f"IDENTITY {props['identity']}"] if props["identity"] else [])
+        )
+    if props.get("partition bound"):
+        return f"PARTITION OF {props['inherits']} {props['partition bound']}"
+    for prop in ("definition", "values", "base type", "returns", "version"):
+        if props.get(prop) is not None:
+            return _shown(props[prop])
+    return ""
+
+
+def _shown(value: Any) -> str:
+    """A property on one line: whitespace (a view's definition spans lines) folded,
+    the closing semicolon of a view's or rule's definition left off."""
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return " ".join(str(value).split()).removesuffix(";")
 
 
 # -- dump: the schema as SQL, for reviewers --------------------------------------------
@@ -152,44 +472,20 @@ def dump(settings: ConnectionSettings) -> str:
     )
 
 
-# -- drift: two schemas compared, table by table -------------------------------------
+# -- drift: two schemas compared, object by object, property by property --------------
 
 
-@dataclass(frozen=True)
-class Difference:
-    """One way two schemas differ: `kind` (column, index, ...) of `table`."""
-
-    table: str
-    kind: str
-    change: str  # "missing" (expected, not there) or "unexpected" (there, not expected)
-    detail: str
-
-
-def compare(expected: Signature, actual: Signature) -> list[Difference]:
-    """What `actual` lacks or has beyond `expected`, sorted by table."""
-    found = []
-    for kind in QUERIES:
-        want, have = expected.get(kind, set()), actual.get(kind, set())
-        for change, rows in (("missing", want - have), ("unexpected", have - want)):
-            found += [Difference(str(row[0]), kind, change, _detail(kind, row[1:])) for row in rows]
-    return sorted(found, key=lambda d: (d.table, d.kind, d.change, d.detail))
-
-
-def _detail(kind: str, row: tuple[Any, ...]) -> str:
-    """A catalog row (without its table) in words, its flags named as SQL names them."""
-    if kind == "column":
-        name, type_, not_null, default, identity = row
-        return " ".join(
-            [name, type_]
-            + (["NOT NULL"] if not_null else [])
-            + ([f"DEFAULT {default}"] if default else [])
-            + (["IDENTITY"] if identity else [])
-        )
-    *words, flag = row if kind in ("constraint", "index") else (*row, True)
-    text = " ".join(str(word) for word in words if word not in (None, ""))
-    if not flag:
-        text += " NOT VALID" if kind == "constraint" else " (invalid)"
-    return text
+def scratch_path(setting: str, live: str, scratch: str) -> sql.Composable:
+    """The search_path `setting` with `scratch` in the place of `live`, so that what a
+    file pins (`SET search_path FROM CURRENT`) reads the same in the scratch copy."""
+    entries = re.findall(r'"(?:[^"]|"")*"|[^,\s]+', setting)
+    named = [e[1:-1].replace('""', '"') if e.startswith('"') else e.lower() for e in entries]
+    if live not in named:  # reached through "$user" only: the scratch schema goes first
+        return sql.SQL(", ").join([sql.Identifier(scratch), *map(sql.SQL, entries)])
+    return sql.SQL(", ").join(
+        sql.Identifier(scratch) if name == live else sql.SQL(entry)
+        for entry, name in zip(entries, named, strict=True)
+    )
 
 
 def current_schema(conn: psycopg.Connection[Any]) -> str:
