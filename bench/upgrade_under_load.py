@@ -705,7 +705,9 @@ def main() -> int:
         checks.append(
             (f"run numbers unique per pipeline ({duplicates} duplicates)", duplicates == 0)
         )
-        history = conn.execute("SELECT max(version) FROM cicd_db.cicd_db_schema_history").fetchone()[0]  # type: ignore[index]
+        history = conn.execute(
+            "SELECT max(version) FROM cicd_db.cicd_db_schema_history"
+        ).fetchone()[0]  # type: ignore[index]
         newest = max(m.version for m in migrations.discover(MIGRATIONS))
         checks.append((f"history at version {history} of {newest}", history == newest))
     writer_errors = sum(sum(e.values()) for e in merged_errors.values())
