@@ -44,6 +44,7 @@ def test_applied_lines_and_summary() -> None:
     assert shape == {
         "target": "stack dev",
         "dry_run": False,
+        "notes": [],
         "applied": [{"version": 3, "name": "runs", "duration_ms": 12.4}],
     }
 
@@ -70,7 +71,7 @@ def test_rehearsal_lines_and_json() -> None:
     clean = [migrations.Rehearsal(migration(1, "a"), 10.0)]
     assert (
         console.rehearsal_lines("x", clean)[-1]
-        == "rehearsal on x: rolled back; nothing else changed"
+        == "rehearsal on x: rolled back; it saw nothing a rollback cannot undo"
     )
     assert console.rehearsal_lines("x", []) == ["nothing to rehearse: x is up to date"]
     outside = [migrations.Rehearsal(migration(1, "a"), 1.0, not_undone=("dblink (x)",))]
@@ -97,7 +98,7 @@ def test_status_lines_name_the_rows_that_disagree() -> None:
     assert lines[0].split() == ["VERSION", "NAME", "STATE", "APPLIED", "AT"]
     assert lines[1].split()[-3:] == ["2026-11-26", "01:02:03", "UTC"]
     assert lines[3].split() == ["3", "c", "pending", "-"]
-    assert lines[-1] == "stack dev: 1 pending, 1 need attention (run `migrate up` for the fix)"
+    assert lines[-1] == "stack dev: 1 pending, 1 needs attention (run `migrate up` for the fix)"
     assert console.status_lines("x", rows[:1])[-1] == "x: up to date"
     assert console.disagreements(rows) == [rows[1]]
     shape = console.status_json("stack dev", "postgresql://u:***@h/d", rows)

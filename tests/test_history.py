@@ -9,9 +9,13 @@ applied and applies none of them again.
 
 from __future__ import annotations
 
+import json
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 
 from cicd_db import migrations
 
@@ -125,9 +129,11 @@ def test_two_histories_are_refused_naming_both(database: Database, tmp_path: Pat
         code, out, err = migrate(database, folder, *args)
         assert (code, out) == (2, "")
         assert err == (
-            "error: this database has two migration histories, cicd_db.cicd_db_schema_history "
-            "and public.cicd_db_schema_history; keep the one that matches the schema (compare "
-            "both with `SELECT * FROM` each), drop the other, and run again\n"
+            "error: this database has 2 migration histories, cicd_db.cicd_db_schema_history "
+            "(1 row), public.cicd_db_schema_history (0 rows); one database holds one history: "
+            "keep the one that matches the schema (compare them with `SELECT * FROM` each; an "
+            "empty one is most likely left by an older release of cicd-db), drop the others, "
+            "and run again\n"
         )
 
 
@@ -159,3 +165,100 @@ def test_history_reads_inside_a_callers_transaction(database: Database, tmp_path
         runner = migrations.Runner(conn, migrations.discover(folder))
         assert runner.applied() == []
         assert [m.version for m in runner.pending()] == [1]
+
+
+def test_a_view_in_the_history_place_is_refused(database: Database, tmp_path: Path) -> None:
+    """A view would take the rows through to some table, and the next run would find none."""
+    database.execute(
+        "CREATE SCHEMA cicd_db; CREATE TABLE cicd_db.real_rows (version bigint, name text, "
+        "checksum text, applied_at timestamptz, applied_by text, duration_ms int); "
+        "CREATE VIEW cicd_db.cicd_db_schema_history AS SELECT * FROM cicd_db.real_rows"
+    )
+    folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n"})
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: cicd_db.cicd_db_schema_history exists but is not cicd-db's migration history: "
+        "it must be a table (it is a view or the like) with the columns version, name, "
+        "checksum, applied_at, applied_by, duration_ms; rename or drop it if it is not needed\n"
+    )
+    assert database.tables() == set()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "TRUNCATE cicd_db.cicd_db_schema_history;",
+        "DELETE FROM cicd_db.cicd_db_schema_history WHERE version = 1;",
+        "UPDATE cicd_db.cicd_db_schema_history SET checksum = 'x';",
+        "ALTER TABLE cicd_db.cicd_db_schema_history RENAME TO old_history;\n"
+        "CREATE TABLE cicd_db.cicd_db_schema_history (LIKE cicd_db.old_history INCLUDING ALL);",
+    ],
+    ids=["truncate", "delete", "update", "replace"],
+)
+def test_a_file_may_not_change_the_history(
+    database: Database, tmp_path: Path, statement: str
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {"0001_a.sql": "CREATE TABLE a (i int);\n", "0002_tamper.sql": f"{statement}\n"},
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err == (
+        "error: migration 0002_tamper.sql changed the migration history's rows (TRUNCATE, "
+        "DELETE, UPDATE, or another table in its place); it was rolled back, and it is not "
+        "recorded; remove that from the file, check the database, and run again\n"
+    )
+    assert database.history() == [1]
+    assert migrate(database, folder, "status", "--exit-code")[0] == 3  # 0002 still pending
+
+
+def test_the_move_is_said_even_when_the_first_file_fails(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n"})
+    assert migrate(database, folder)[0] == 0
+    database.execute(
+        "ALTER TABLE cicd_db.cicd_db_schema_history SET SCHEMA public; DROP SCHEMA cicd_db"
+    )
+    (tmp_path / "0002_fails.sql").write_text("SELECT 1/0;\n")
+    code, out, err = migrate(database, folder)
+    assert code == 1
+    assert out.startswith("  moved the migration history from public.cicd_db_schema_history")
+    assert err.startswith("error: migration 0002_fails.sql failed at line 1: division by zero")
+    (tmp_path / "0002_fails.sql").write_text("SELECT 1;\n")
+    database.execute(
+        "ALTER TABLE cicd_db.cicd_db_schema_history SET SCHEMA public; DROP SCHEMA cicd_db"
+    )
+    code, out, _ = migrate(database, folder, "--json")
+    assert code == 0
+    assert json.loads(out)["notes"] == [
+        "moved the migration history from public.cicd_db_schema_history to "
+        "cicd_db.cicd_db_schema_history, where no search_path can hide it"
+    ]
+
+
+def test_a_role_that_may_not_use_the_history_is_told_the_grant(
+    database: Database, tmp_path: Path
+) -> None:
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    assert migrate(database, folder)[0] == 0
+    database.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'limited-pass'").format(sql.Identifier(role))
+    )
+    limited = replace(database.settings, user=role, password="limited-pass")
+    try:
+        result = run_cli(
+            "migrate", "--database-url", limited.url(), "--migrations-dir", str(folder), "status"
+        )
+        assert result.code == 1
+        assert result.err == (
+            f"error: role {role} may not read the migration history "
+            "cicd_db.cicd_db_schema_history: permission denied for schema cicd_db; migrate as "
+            "the history's owner, or GRANT USAGE ON SCHEMA cicd_db and SELECT, INSERT ON the "
+            f"table TO {role}\n"
+        )
+    finally:
+        database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

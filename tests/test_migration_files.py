@@ -425,9 +425,9 @@ def test_history_table_of_another_shape(database: Database, tmp_path: Path) -> N
         code, out, err = migrate(database, folder, *args)
         assert (code, out) == (2, "")
         assert err == (
-            "error: table cicd_db.cicd_db_schema_history exists but is not cicd-db's migration "
-            "history (it lacks the columns version, name, checksum, applied_at, applied_by, "
-            "duration_ms); rename or drop it if it is not needed\n"
+            "error: cicd_db.cicd_db_schema_history exists but is not cicd-db's migration "
+            "history: it must be a table with the columns version, name, checksum, applied_at, "
+            "applied_by, duration_ms; rename or drop it if it is not needed\n"
         )
     assert "a" not in database.tables()
 
@@ -584,8 +584,8 @@ def test_session_objects_do_not_cross_files(database: Database, tmp_path: Path) 
 # The second file fails if anything of the first one's session is still there.
 NOTHING_LEFT_OF_THE_FIRST = """DO $check$BEGIN
   IF EXISTS (SELECT FROM pg_listening_channels()) THEN RAISE 'still listening'; END IF;
-  IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())
-    THEN RAISE 'still holds its advisory lock'; END IF;
+  IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+    AND classid = 0 AND objid = 42) THEN RAISE 'still holds its advisory lock'; END IF;
   BEGIN
     PERFORM currval('counter');
     RAISE 'currval still set';
@@ -1155,7 +1155,91 @@ def test_a_server_that_ends_the_session_is_not_blamed_on_the_file(
     assert code == 1
     assert err.startswith(
         "error: migration 0001_slow.sql failed at line 1: terminating connection due to "
-        "administrator command [57P01]; it was rolled back; the server ended the connection "
+        "administrator command [57P01]; it was rolled back; the connection ended during the "
+        "file (the server stopped or restarted, or a statement, perhaps in the file, ended the "
+        "session): check the server and the file, then run again\n"
     ), err
     assert "fix the file" not in err
     assert database.history() == []
+
+
+def test_idle_session_timeout_never_ends_the_lock_session(
+    database: Database, tmp_path: Path
+) -> None:
+    """The lock's own session sits idle while a long file runs."""
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET idle_session_timeout = '500ms'").format(
+            sql.Identifier(database.settings.database)
+        )
+    )
+    folder = write_migrations(
+        tmp_path, {"0001_slow.sql": "SELECT pg_sleep(1.2);\nCREATE TABLE after_sleep (i int);\n"}
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.history() == [1]
+
+
+def test_a_role_allowed_one_connection_is_told_the_runner_needs_two(
+    database: Database, tmp_path: Path
+) -> None:
+    role = f"one_conn_{uuid.uuid4().hex[:8]}"
+    database.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'one-conn-pass' CONNECTION LIMIT 1").format(
+            sql.Identifier(role)
+        )
+    )
+    try:
+        limited = replace(database.settings, user=role, password="one-conn-pass")
+        folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+        code, out, err = migrate(limited, folder)
+        assert (code, out) == (1, "")
+        assert err.startswith(
+            "error: cannot open the runner's second connection, which holds the migration lock: "
+        )
+        assert err.endswith(
+            "the runner needs two connections to the database (a role's CONNECTION LIMIT or "
+            "the server's max_connections may be too low)\n"
+        )
+    finally:
+        database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize(
+    "lead",
+    [
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n",
+        "SET lock_timeout = '1s';\nSET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE;\n",
+        "SET LOCAL transaction_isolation = 'serializable';\n",
+    ],
+    ids=["first", "after-a-set", "as-a-setting"],
+)
+def test_set_transaction_first_applies_as_psql_applies_it(
+    database: Database, tmp_path: Path, lead: str
+) -> None:
+    """SET TRANSACTION must come before any query; the runner reads its transaction's id
+    after it."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_serial.sql": lead + "CREATE TABLE isolation AS "
+            "SELECT current_setting('transaction_isolation') AS level;\n"
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.query("SELECT level FROM isolation") == [("serializable",)]
+    assert database.history() == [1]
+
+
+def test_a_killed_runners_work_session_is_waited_for(database: Database, tmp_path: Path) -> None:
+    """Killed outright, a runner's lock session ends at once, but its work session may still
+    run a statement until the server notices: the next runner waits for it."""
+    folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n"})
+    with database.connect() as still_running:
+        still_running.execute("SELECT pg_advisory_lock_shared(%s)", [migrations.WORK_KEY])
+        code, _, err = migrate(database, folder, "--lock-timeout", "0.3")
+        assert code == 1
+        assert err.startswith("error: another migration runner held the lock for 0.3 s")
+    assert migrate(database, folder)[0] == 0
+    assert database.history() == [1]

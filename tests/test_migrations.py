@@ -902,9 +902,9 @@ def test_a_table_of_another_shape_in_the_history_place_is_refused(
     with database.connect() as conn, pytest.raises(ConfigError) as refused:
         migrations.Runner(conn, migrations.discover(folder)).apply()
     assert str(refused.value) == (
-        "table cicd_db.cicd_db_schema_history exists but is not cicd-db's migration history "
-        "(it lacks the columns version, name, checksum, applied_at, applied_by, duration_ms); "
-        "rename or drop it if it is not needed"
+        "cicd_db.cicd_db_schema_history exists but is not cicd-db's migration history: it "
+        "must be a table with the columns version, name, checksum, applied_at, applied_by, "
+        "duration_ms; rename or drop it if it is not needed"
     )
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from cicd_db import migrations
 
-from .conftest import Database, run_cli, write_migrations
+from .conftest import Database, run_cli, unscanned, write_migrations
 
 
 def rehearse(database: Database, folder: Path, *args: str) -> tuple[int, str, str]:
@@ -104,14 +104,25 @@ def test_what_a_rollback_cannot_undo_is_named(database: Database, tmp_path: Path
         ("SELECT lo_export(1, '/tmp/x');", ["lo_export"]),
         ("SELECT pg_terminate_backend(1);", ["pg_terminate_backend or pg_cancel_backend"]),
         ("-- SELECT dblink_exec('dbname=x', 'x');\nSELECT 1;", []),
-        ("SELECT 'dblink_exec(' AS text;", []),
+        # Strings count: EXECUTE runs them (naming too much is the safe side).
+        ("SELECT 'dblink_exec(' AS text;", ["dblink"]),
+        (
+            "DO $$BEGIN EXECUTE 'COPY t TO ''/tmp/x'''; END$$;",
+            ["COPY ... TO a server file or program"],
+        ),
+        ("COPY t TO $$/tmp/t$$;", ["COPY ... TO a server file or program"]),
+        ("COPY t TO U&'/tmp/t';", ["COPY ... TO a server file or program"]),
+        ("COPY (SELECT 1 AS \"a;b\") TO '/tmp/t';", ["COPY ... TO a server file or program"]),
+        ("COPY t FROM PROGRAM 'echo 1';", ["COPY ... FROM PROGRAM"]),
+        ("SELECT dblink_send_query('c', 'DELETE FROM t');", ["dblink"]),
+        ("SELECT pg_logical_emit_message(false, 'p', 'm');", ["pg_logical_emit_message"]),
         ("SELECT pg_reload_conf();", ["pg_reload_conf"]),
     ],
 )
-def test_outside_the_transaction_reads_the_statements_not_the_comments_or_strings(
+def test_outside_the_transaction_reads_the_statements_not_the_comments(
     text: str, named: list[str]
 ) -> None:
-    found = migrations.outside_the_transaction(text.encode())
+    found = migrations.outside_the_transaction(unscanned("a", text.encode()))
     assert [what.split(" (")[0] for what in found] == named
 
 
@@ -175,3 +186,79 @@ def test_a_file_the_operating_system_refuses_is_not_called_a_missing_grant(
         "[42501]; it was rolled back; the server's operating system refused that file (the "
         "server runs as its own OS user, on its own machine): fix the path or its permissions\n"
     )
+
+
+def test_a_file_that_would_fail_at_its_commit_fails_the_rehearsal(
+    database: Database, tmp_path: Path
+) -> None:
+    database.execute(
+        "CREATE TABLE p (id int PRIMARY KEY); "
+        "CREATE TABLE c (pid int REFERENCES p DEFERRABLE INITIALLY DEFERRED)"
+    )
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_orphan.sql": "INSERT INTO c VALUES (42);\n",
+            "0002_fine.sql": "INSERT INTO p VALUES (1);\nINSERT INTO c VALUES (1);\n",
+        },
+    )
+    code, out, _ = rehearse(database, folder)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("0001_orphan.sql: ")
+    assert ', FAILED: failed at its commit: insert or update on table "c" violates' in lines[0]
+    fine = next(line for line in lines if line.startswith("0002_fine.sql: "))
+    assert "FAILED" not in fine
+    assert database.query("SELECT count(*) FROM c") == [(0,)]
+
+
+def test_a_rehearsal_that_loses_the_lock_stops(database: Database, tmp_path: Path) -> None:
+    end_lock_session = (
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+        "AND pid <> pg_backend_pid() AND granted AND mode = 'ExclusiveLock' AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database());\n"
+    )
+    folder = write_migrations(
+        tmp_path, {"0001_kill.sql": end_lock_session, "0002_after.sql": "SELECT 1;\n"}
+    )
+    code, out, err = rehearse(database, folder)
+    assert (code, out) == (1, "")
+    assert err == (
+        "error: the rehearsal lost the runner's lock during 0001_kill.sql (the session that "
+        "holds it ended: pg_terminate_backend, or a lost connection); the rehearsal was rolled "
+        "back, and nothing after that file was rehearsed\n"
+    )
+
+
+def test_a_quiet_failed_rehearsal_still_says_why(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, {"0001_fails.sql": "SELECT 1/0;\n"})
+    code, out, err = rehearse(database, folder, "--quiet")
+    assert (code, out) == (1, "")
+    assert err == (
+        "error: the rehearsal saw 1 file fail; first 0001_fails.sql: failed at line 1: division "
+        "by zero [22012]; it was rolled back; fix the file and run again\n"
+    )
+
+
+def test_sql_goes_with_a_dry_run_not_a_rehearsal(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    code, out, err = rehearse(database, folder, "--dry-run", "--sql")
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: --sql prints what --dry-run would apply; add --dry-run, without --rehearse\n"
+    )
+
+
+def test_set_transaction_in_a_rehearsed_file_is_named_not_run(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {"0001_serial.sql": "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\nSELECT 1;\n"},
+    )
+    code, out, _ = rehearse(database, folder)
+    assert code == 0, out
+    assert (
+        "  not rehearsed: its SET TRANSACTION statements (from line 1): the rehearsal's "
+        "transaction began before the file"
+    ) in out.splitlines()

@@ -96,8 +96,11 @@ class Run:
 def up(run: Run) -> int:
     """`migrate up`, and `migrate` alone: apply the pending files, or rehearse them."""
     a, target = run.args, run.target()
-    if a.sql and not a.dry_run:
-        raise UsageError("--sql prints what --dry-run would apply; add --dry-run")
+    if a.sql and (a.rehearse or not a.dry_run):
+        raise UsageError(
+            "--sql prints what --dry-run would apply; add --dry-run"
+            + (", without --rehearse" if a.rehearse else "")
+        )
     action = "apply migrations to it"
     if a.rehearse:
         action = "rehearse on it (a rehearsal takes the locks the files take)"
@@ -109,7 +112,10 @@ def up(run: Run) -> int:
                 console.rehearsal_json(target.description, rehearsals),
                 lambda: console.rehearsal_lines(target.description, rehearsals),
             )
-            return 1 if any(r.failed for r in rehearsals) else 0
+            failed = [r for r in rehearsals if r.failed]
+            if failed and a.quiet and not a.json:  # the FAILED lines above were silenced
+                print(console.rehearsal_failure(failed), file=sys.stderr)
+            return 1 if failed else 0
 
         def server_said(diag: psycopg.errors.Diagnostic) -> None:
             line = console.server_line(diag.severity_nonlocalized, diag.message_primary, a.verbose)
@@ -124,12 +130,19 @@ def up(run: Run) -> int:
             ticker.stop()
             run.say(*([] if a.json else console.applied_lines(result, sql=a.sql)))
 
+        notes: list[str] = []
+
+        def noted(note: str) -> None:
+            notes.append(note)
+            run.say(*([] if a.json else [f"  {note}"]))
+
         results = runner.apply(
             target=a.target,
             dry_run=a.dry_run,
             on_start=ticker.start,
             on_applied=applied,
             on_retry=ticker.retrying,
+            on_note=noted,
         )
         elapsed_ms = (time.perf_counter() - started) * 1000
         if a.dump_schema and not a.dry_run:
@@ -139,7 +152,7 @@ def up(run: Run) -> int:
     summary = console.up_summary(target.description, a.dry_run, len(results), elapsed_ms)
     if a.dump_schema and not a.dry_run:  # not with --json: stdout stays one JSON document
         summary += f"\nschema written to {a.dump_schema}"
-    run.show(console.applied_json(target.description, a.dry_run, results), lambda: [summary])
+    run.show(console.applied_json(target.description, a.dry_run, results, notes), lambda: [summary])
     return 0
 
 

@@ -36,10 +36,16 @@ def plural(count: int, noun: str) -> str:
 # -- migrate up, and its rehearsal --------------------------------------------------------
 
 
-def applied_json(description: str, dry_run: bool, results: Sequence[migrations.Result]) -> JSON:
+def applied_json(
+    description: str,
+    dry_run: bool,
+    results: Sequence[migrations.Result],
+    notes: Sequence[str] = (),
+) -> JSON:
     return {
         "target": description,
         "dry_run": dry_run,
+        "notes": list(notes),
         "applied": [
             {
                 "version": r.migration.version,
@@ -88,6 +94,7 @@ def rehearsal_json(description: str, rehearsals: Sequence[migrations.Rehearsal])
                 "error": r.error,
                 "unrehearsed_before": list(r.unrehearsed_before),
                 "not_undone": list(r.not_undone),
+                "unrehearsed": list(r.unrehearsed),
             }
             for r in rehearsals
         ],
@@ -110,6 +117,7 @@ def rehearsal_lines(description: str, rehearsals: Sequence[migrations.Rehearsal]
         lines += [f"  {lock.mode} on {lock.table}, held {lock.held_ms:.0f} ms" for lock in r.locks]
         lines += [f"  advanced sequence {s} (the rollback keeps that)" for s in r.sequences]
         lines += [f"  calls {what}: the rollback does not undo that" for what in r.not_undone]
+        lines += [f"  not rehearsed: {what}" for what in r.unrehearsed]
     if not rehearsals:
         return [f"nothing to rehearse: {description} is up to date"]
     kept = any(r.sequences or r.not_undone for r in rehearsals)
@@ -118,8 +126,17 @@ def rehearsal_lines(description: str, rehearsals: Sequence[migrations.Rehearsal]
         REHEARSAL_CAVEAT,
         f"rehearsal on {description}: rolled back, except what is marked above as not undone"
         if kept
-        else f"rehearsal on {description}: rolled back; nothing else changed",
+        else f"rehearsal on {description}: rolled back; it saw nothing a rollback cannot undo",
     ]
+
+
+def rehearsal_failure(failed: Sequence[migrations.Rehearsal]) -> str:
+    """The error line of a rehearsal that saw files fail, for when its report is silenced."""
+    first = failed[0]
+    return (
+        f"error: the rehearsal saw {plural(len(failed), 'file')} fail; first "
+        f"{first.migration.filename}: {first.error}"
+    )
 
 
 def server_line(severity: str | None, message: str | None, verbose: bool) -> str | None:
@@ -174,7 +191,10 @@ def status_lines(description: str, rows: Sequence[migrations.StatusRow]) -> list
     ]
     summary = f"{pending(rows)} pending" if pending(rows) else "up to date"
     if problems := len(disagreements(rows)):
-        summary += f", {problems} need attention (run `migrate up` for the fix)"
+        summary += (
+            f", {problems} {'needs' if problems == 1 else 'need'} attention "
+            "(run `migrate up` for the fix)"
+        )
     return [*grid(["VERSION", "NAME", "STATE", "APPLIED AT"], cells), f"{description}: {summary}"]
 
 

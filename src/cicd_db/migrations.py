@@ -99,6 +99,9 @@ LOCK_POLL_SECONDS = 0.05
 # Passed at connect time: the server then notices within a second that a killed
 # runner is gone, ends its transaction and frees the lock (PostgreSQL 14+, Linux).
 SESSION_OPTIONS = "-c client_connection_check_interval=1000"
+# The lock's own session sits idle while files run: a database's or role's
+# idle_session_timeout must not end it (and the lock with it).
+LOCK_SESSION_OPTIONS = "-c idle_session_timeout=0"
 # A large file goes to the server in slices of whole statements of about this
 # size, so that neither side holds the parse trees of 50 MB of SQL at once.
 BATCH_BYTES = 1 << 20
@@ -113,26 +116,31 @@ DEFAULT_RETRIES = 10
 DEFAULT_RETRY_BUDGET = 120.0  # seconds, over all the retries of one run
 FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
 MAX_RETRY_DELAY = 10.0
-# Before a transactional file's history row: the role the runner logged in as,
-# and the settings it started with (search_path, so nothing a file set can
-# redirect what the runner's own statements call).
-RESET_ROLE_AND_SETTINGS = b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
-# After each file, as its own query (it cannot run in a transaction): the session
-# as it was at connect time. Settings, role, temporary tables, prepared statements,
+# Held, shared, by the work session of every runner while it runs files. A runner
+# that takes the lock then waits until no other session holds this one: a runner
+# killed outright loses its lock's session at once, but its work session may still
+# be running a statement until the server notices it is gone.
+WORK_KEY = LOCK_KEY + 1
+# Before each file's history row, and again whenever a file failed: the session as
+# it was at connect time, everything DISCARD ALL resets (which cannot run inside
+# the file's transaction). Settings (search_path, so nothing a file set redirects
+# the runner's own statements), role, temporary tables, prepared statements,
 # cursors, LISTEN, the file's own advisory locks, sequences' currval: none of it
-# crosses to the next file. The runner's lock is held by another session.
-DISCARD_ALL = b"DISCARD ALL"
-# The same inside a transaction, for a rehearsal, whose files share one.
-RESET_IN_TRANSACTION = (
-    b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; CLOSE ALL; DEALLOCATE ALL; "
-    b"UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD SEQUENCES; DISCARD TEMP"
+# crosses to the next file. The runner's lock is held by another session; its
+# work mark is taken again at once.
+RESET_SESSION = (
+    b"CLOSE ALL; RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DEALLOCATE ALL; "
+    b"UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; "
+    b"DISCARD SEQUENCES; DISCARD TEMP; SELECT pg_catalog.pg_advisory_lock_shared(%d)" % WORK_KEY
 )
-# A transactional file runs after these, sent with its first statements; the
-# second returns the transaction's id, which the file cannot change. The history
-# row is written only while the transaction has that id: the one the runner began.
-BEGIN_MARKED = b"BEGIN;SELECT pg_catalog.pg_current_xact_id();"
+# Returns the transaction's id, which no statement of a file can change. The
+# history row is written only while the transaction has that id: the one the
+# runner began. Sent after BEGIN with the file's first statements, or after the
+# file's leading SET TRANSACTION statements, which must come before any query.
+XACT_ID = b"SELECT pg_catalog.pg_current_xact_id();"
+BEGIN_MARKED = b"BEGIN;" + XACT_ID
 # The SQLSTATEs the runner's own checks raise (class CD, not PostgreSQL's).
-CHECK_MARK, CHECK_LOCK, CHECK_RECORDED = "CDB01", "CDB02", "CDB03"
+CHECK_MARK, CHECK_LOCK, CHECK_RECORDED, CHECK_HISTORY = "CDB01", "CDB02", "CDB03", "CDB04"
 CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefined_table
 # Statements that end or start a transaction: not allowed in a transactional file.
 TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ABORT", "ROLLBACK", "START", "PREPARE"})
@@ -253,6 +261,8 @@ class Rehearsal:
     unrehearsed_before: tuple[str, ...] = ()
     # What the file calls whose effect lies outside the transaction: not undone.
     not_undone: tuple[str, ...] = ()
+    # Statements of the file the rehearsal did not run, with why.
+    unrehearsed: tuple[str, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -610,10 +620,16 @@ def index_name(migration: Migration) -> str | None:
 
 
 # Calls whose effect lies outside the caller's transaction, which a rehearsal's
-# rollback cannot undo: (what the rehearsal says, how the file calls it).
+# rollback cannot undo: (what the rehearsal says, how the file calls it). Read in
+# the file's text, strings included (EXECUTE runs strings), comments and COPY data
+# out: a hint for the reader, never a proof that nothing else happened.
 OUTSIDE_THE_TRANSACTION = (
-    ("dblink (its statements commit in another session)", rb"\bdblink(?:_exec|_open)?\s*\("),
-    ("COPY ... TO a server file or program", rb"\bCOPY\b[^;]*?\bTO\s+(?:'|E'|PROGRAM\b)"),
+    ("dblink (its statements commit in another session)", rb"\bdblink\w*\s*\("),
+    (
+        "COPY ... TO a server file or program",
+        rb"\bCOPY\b(?:\"[^\"]*\"|[^;])*?\bTO\s+(?:E'|U&'|'|\$[A-Za-z_0-9]*\$|PROGRAM\b)",
+    ),
+    ("COPY ... FROM PROGRAM (runs a program)", rb"\bFROM\s+PROGRAM\b"),
     ("lo_export (writes a server file)", rb"\blo_export\s*\("),
     ("a server file function (pg_file_write and the like)", rb"\bpg_file_\w+\s*\("),
     (
@@ -621,17 +637,32 @@ OUTSIDE_THE_TRANSACTION = (
         rb"\bpg_(?:terminate|cancel)_backend\s*\(",
     ),
     ("pg_reload_conf (the server's configuration)", rb"\bpg_reload_conf\s*\("),
+    ("pg_logical_emit_message (a logical decoding message)", rb"\bpg_logical_emit_message\s*\("),
+    ("a replication slot function", rb"\bpg_\w*replication_slot\s*\("),
 )
 
 
-def outside_the_transaction(data: bytes) -> tuple[str, ...]:
-    """What a file's text calls that a rollback does not undo: read in its statements, with
-    comments out and the insides of strings blanked (a file that turns standard strings off
-    is read as if on: a finding there is a hint, not a parse)."""
-    text = re.sub(rb"'(?:[^']|'')*'", b"''", without_comments(data))
+def outside_the_transaction(migration: Migration) -> tuple[str, ...]:
+    """What a file calls that a rollback does not undo, as far as its text shows."""
+    data = bytearray(migration.data)
+    for step in migration.steps:
+        if isinstance(step, Copy):  # data lines are not SQL: an apostrophe there is no quote
+            data[step.data.start : step.data.end] = b" " * (step.data.end - step.data.start)
+    text = without_comments(bytes(data))
     return tuple(
-        what for what, pattern in OUTSIDE_THE_TRANSACTION if re.search(pattern, text, re.IGNORECASE)
+        what
+        for what, pattern in OUTSIDE_THE_TRANSACTION
+        if re.search(pattern, text, re.IGNORECASE | re.DOTALL)
     )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no answer"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 class Runner:
@@ -659,6 +690,9 @@ class Runner:
         self.retry_budget = retry_budget
         self._waited = 0.0
         self._lock_pid: int | None = None  # the session that holds the lock, while held
+        # The history's rows (version, name, checksum) as the runner wrote them: a
+        # file may not change them (TRUNCATE, DELETE, UPDATE, a table in their place).
+        self._history_rows: list[tuple[int, str, str]] = []
         # The runner resets the session after each file, prepared statements
         # included (DEALLOCATE ALL), so psycopg must not keep any of its own.
         conn.prepare_threshold = None
@@ -681,33 +715,41 @@ class Runner:
         known, and applying by either could run files a second time.
         """
         rows = self.conn.execute(
-            "SELECT n.nspname, (SELECT count(*) FROM pg_catalog.pg_attribute a "
+            "SELECT n.nspname, c.relkind, (SELECT count(*) FROM pg_catalog.pg_attribute a "
             "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
             "AND a.attname = ANY(%s)) = %s FROM pg_catalog.pg_class c "
             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relname = %s AND c.relkind IN ('r', 'p') ORDER BY n.nspname",
-            [list(HISTORY_COLUMNS), len(HISTORY_COLUMNS), HISTORY_TABLE],
+            "WHERE c.relname = %s AND (c.relkind IN ('r', 'p') OR n.nspname = %s) "
+            "ORDER BY n.nspname",
+            [list(HISTORY_COLUMNS), len(HISTORY_COLUMNS), HISTORY_TABLE, HISTORY_SCHEMA],
         ).fetchall()
         ours = False
         older = []
-        for schema, complete in rows:
+        for schema, kind, complete in rows:
             if schema == HISTORY_SCHEMA:
-                if not complete:
+                if kind not in ("r", "p") or not complete:
+                    what = "a table" if kind in ("r", "p") else "a table (it is a view or the like)"
                     raise ConfigError(
-                        f"table {self._shown(HISTORY_SCHEMA, HISTORY_TABLE)} exists but is not "
-                        "cicd-db's migration history (it lacks the columns "
-                        f"{', '.join(HISTORY_COLUMNS)}); rename or drop it if it is not needed"
+                        f"{self._shown(HISTORY_SCHEMA, HISTORY_TABLE)} exists but is not "
+                        f"cicd-db's migration history: it must be {what} with the columns "
+                        f"{', '.join(HISTORY_COLUMNS)}; rename or drop it if it is not needed"
                     )
                 ours = True
             elif complete and not schema.startswith("pg_temp"):
                 older.append(str(schema))
         found = ([HISTORY_SCHEMA] if ours else []) + older
         if len(found) > 1:
-            shown = " and ".join(self._shown(schema, HISTORY_TABLE) for schema in found)
+            counted = []
+            for schema in found:
+                table = sql.Identifier(schema, HISTORY_TABLE)
+                row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+                rows_in = int(row[0]) if row else 0
+                counted.append(f"{self._shown(schema, HISTORY_TABLE)} ({plural(rows_in, 'row')})")
             raise ConfigError(
-                f"this database has two migration histories, {shown}; keep the one that "
-                "matches the schema (compare both with `SELECT * FROM` each), drop the other, "
-                "and run again"
+                f"this database has {len(found)} migration histories, {', '.join(counted)}; "
+                "one database holds one history: keep the one that matches the schema "
+                "(compare them with `SELECT * FROM` each; an empty one is most likely left by "
+                "an older release of cicd-db), drop the others, and run again"
             )
         return ours, older
 
@@ -716,13 +758,22 @@ class Runner:
         ours, older = self._histories()
         if not ours and not older:
             return []
-        table = self.history_table if ours else sql.Identifier(older[0], HISTORY_TABLE)
+        schema = HISTORY_SCHEMA if ours else older[0]
+        table = sql.Identifier(schema, HISTORY_TABLE)
         query = sql.SQL("SELECT {} FROM {} ORDER BY version").format(
             sql.SQL(", ").join(map(sql.Identifier, HISTORY_COLUMNS)), table
         )
         try:
             with self.conn.cursor(row_factory=class_row(Applied)) as cursor:
                 return cursor.execute(query).fetchall()
+        except errors.InsufficientPrivilege as error:
+            user = self._shown(self.conn.info.user)
+            raise OperationalError(
+                f"role {user} may not read the migration history "
+                f"{self._shown(schema, HISTORY_TABLE)}: "
+                f"{error.diag.message_primary}; migrate as the history's owner, or GRANT USAGE "
+                f"ON SCHEMA {self._shown(HISTORY_SCHEMA)} and SELECT, INSERT ON the table TO {user}"
+            ) from None
         except errors.DatatypeMismatch:
             raise ConfigError(
                 f"table {table.as_string(self.conn)} has the columns of cicd-db's migration "
@@ -768,13 +819,16 @@ class Runner:
         on_applied: Callable[[Result], None] | None = None,
         on_retry: Callable[[Retry], None] | None = None,
         on_start: Callable[[Migration], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
     ) -> list[Result]:
         """Apply pending migrations up to `target` (inclusive). Writes unless `dry_run`.
 
         Holds the advisory lock throughout, so concurrent runners apply each file
         once. A failing file rolls back alone: those before it stay applied.
         Ctrl-C or SIGTERM (`errors.Terminated`) becomes `Interrupted`, once the
-        running file is rolled back and the lock released.
+        running file is rolled back and the lock released. `on_note` hears what
+        the run did besides applying files (an older history moved into place),
+        as it happens.
         """
         if dry_run:
             results = [Result(m, 0.0, dry_run=True) for m in self.pending(target=target)]
@@ -787,14 +841,17 @@ class Runner:
         self._waited = 0.0  # seconds spent waiting between retries, over the run
         with self._lock():
             moved = self._create_history()
+            if moved and on_note:
+                on_note(moved)
             results = []
             # Read again under the lock: another runner may have applied some meanwhile.
-            for migration in self._plan(self.applied(), target):
+            applied = self.applied()
+            self._history_rows = [(row.version, row.name, row.checksum) for row in applied]
+            for migration in self._plan(applied, target):
                 if on_start:
                     on_start(migration)
                 result = self._apply_one(migration, on_retry)
-                if moved:  # said once, with the first file
-                    result, moved = replace(result, notes=(moved, *result.notes)), None
+                self._history_rows.append((migration.version, migration.name, migration.checksum))
                 results.append(result)
                 if on_applied:
                     on_applied(result)
@@ -897,6 +954,7 @@ class Runner:
             return results
         with self._lock():
             self.conn.execute("BEGIN")
+            migration = pending[0]
             try:
                 skipped: list[str] = []
                 for migration in pending:
@@ -911,6 +969,15 @@ class Runner:
                         )
                         continue
                     results.append(self._rehearse_one(migration, skipped))
+            except KeyboardInterrupt as interrupt:
+                self._end_transaction()
+                raise Interrupted(
+                    f"interrupted during the rehearsal of {migration.filename}; the rehearsal "
+                    "was rolled back, and nothing was applied",
+                    exit_code=EXIT_TERMINATED
+                    if isinstance(interrupt, Terminated)
+                    else EXIT_INTERRUPTED,
+                ) from None
             finally:
                 self._end_transaction()
         return results
@@ -922,9 +989,20 @@ class Runner:
         first_seen: dict[tuple[str, str], float] = {}
         started = time.perf_counter()
         error: str | None = None
+        # The rehearsal's transaction began before the file: SET TRANSACTION cannot run.
+        lead = self._transaction_settings_end(migration) or 0
+        unrehearsed: tuple[str, ...] = ()
+        if lead:
+            line = migration.steps[0].line if isinstance(migration.steps[0], Batch) else 1
+            unrehearsed = (
+                f"its SET TRANSACTION statements (from line {line}): the rehearsal's "
+                "transaction began before the file",
+            )
         try:
             for step in migration.steps:
                 for one in _one_by_one(migration.data, step):
+                    if isinstance(one, Batch) and one.end <= lead:
+                        continue
                     at = time.perf_counter()
                     if isinstance(one, Copy):
                         self._copy(migration, one)
@@ -945,6 +1023,8 @@ class Runner:
                 "cannot be rehearsed"
             )
         ended = time.perf_counter()
+        if error is None:
+            error = self._deferred_failure(migration)
         # A failed file is undone; a good one stays, for the files after it to build on.
         # Sequences are not transactional: read after a rollback, they still show a move.
         try:
@@ -957,8 +1037,15 @@ class Runner:
                 f"TO cicd_db_rehearsal): {ended_it.diag.message_primary or ended_it}; the "
                 "rehearsal was rolled back, and nothing after that file was rehearsed"
             ) from None
-        # The next file starts with the session as the first did, as in a real run.
-        self._raise_on_error(migration, None, self._simple(RESET_IN_TRANSACTION))
+        # The next file starts with the session as the first did, as in a real run; and
+        # the rehearsal goes on only while the runner's lock is still held.
+        reset = self._simple(RESET_SESSION + b"; " + self._still_locked())
+        if any(r.status == ExecStatus.FATAL_ERROR for r in reset):
+            raise MigrationFailed(
+                f"the rehearsal lost the runner's lock during {migration.filename} (the session "
+                "that holds it ended: pg_terminate_backend, or a lost connection); the rehearsal "
+                "was rolled back, and nothing after that file was rehearsed"
+            )
         advanced = tuple(
             name for name, value in self._sequences().items() if sequences.get(name) != value
         )
@@ -973,7 +1060,23 @@ class Runner:
             advanced,
             error=error,
             unrehearsed_before=tuple(skipped),
-            not_undone=outside_the_transaction(migration.data),
+            not_undone=outside_the_transaction(migration),
+            unrehearsed=unrehearsed,
+        )
+
+    def _deferred_failure(self, migration: Migration) -> str | None:
+        """How the file would fail at its commit: deferred constraints checked now, inside
+        a savepoint that is then rolled back (so the checks leave nothing behind)."""
+        results = self._simple(b"SAVEPOINT cicd_db_commit; SET CONSTRAINTS ALL IMMEDIATE")
+        failed = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
+        self._simple(b"ROLLBACK TO SAVEPOINT cicd_db_commit; RELEASE cicd_db_commit")
+        if failed is None:
+            return None
+        error = errors.error_from_result(failed, encoding=self.conn.info.encoding)
+        return (
+            _describe_failure(migration, 0, error.diag, str(error), self.conn.info.user)
+            .replace(" failed at line 0:", " failed at its commit:")
+            .removeprefix(f"migration {migration.filename} ")
         )
 
     def _table_locks(self) -> list[tuple[str, str]]:
@@ -1037,24 +1140,40 @@ class Runner:
 
         A file runs on the work connection, where nothing it does can touch the
         lock (pg_advisory_unlock_all, DISCARD ALL): the lock is another session's.
-        That also lets the work connection be reset whole between files.
+        Once it has the lock, the runner waits until no other work session holds
+        the work mark (a killed runner's statement may still be running), then
+        takes the mark on its own work session.
         """
-        holder = psycopg.connect(self._conninfo_in_use(), autocommit=True)
+        try:
+            holder = psycopg.connect(self._conninfo_in_use(lock=True), autocommit=True)
+        except psycopg.OperationalError as error:
+            raise OperationalError(
+                "cannot open the runner's second connection, which holds the migration lock: "
+                f"{_first_line(error)}; the runner needs two connections to the database (a "
+                "role's CONNECTION LIMIT or the server's max_connections may be too low)"
+            ) from None
         try:
             deadline = time.monotonic() + self.lock_timeout
-            while not self._try_lock(holder):
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(
-                        f"another migration runner held the lock for {self.lock_timeout:g} s; "
-                        "wait for it to finish, or raise --lock-timeout"
-                    )
-                time.sleep(LOCK_POLL_SECONDS)
+            for key in (LOCK_KEY, WORK_KEY):
+                while not self._try_lock(holder, key):
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(
+                            f"another migration runner held the lock for {self.lock_timeout:g} "
+                            "s; wait for it to finish, or raise --lock-timeout"
+                        )
+                    time.sleep(LOCK_POLL_SECONDS)
+            holder.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [WORK_KEY])
+            self.conn.execute("SELECT pg_catalog.pg_advisory_lock_shared(%s)", [WORK_KEY])
             self._lock_pid = holder.info.backend_pid
             try:
                 yield
             finally:
                 self._lock_pid = None
-                self._end_transaction()
+                if self._end_transaction():
+                    with contextlib.suppress(psycopg.OperationalError):
+                        self.conn.execute(
+                            "SELECT pg_catalog.pg_advisory_unlock_shared(%s)", [WORK_KEY]
+                        )
                 if not holder.broken:
                     with contextlib.suppress(psycopg.OperationalError):
                         holder.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [LOCK_KEY])
@@ -1062,19 +1181,17 @@ class Runner:
             holder.close()  # ends its session, and the lock with it
 
     @staticmethod
-    def _try_lock(holder: psycopg.Connection[Any]) -> bool:
+    def _try_lock(holder: psycopg.Connection[Any], key: int) -> bool:
         try:
-            row = holder.execute(
-                "SELECT pg_catalog.pg_try_advisory_lock(%s)", [LOCK_KEY]
-            ).fetchone()
+            row = holder.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", [key]).fetchone()
         except psycopg.OperationalError as error:
             raise OperationalError(
-                f"lost the connection that takes the migration lock: {str(error).strip()}; "
+                f"lost the connection that takes the migration lock: {_first_line(error)}; "
                 "check that the server is up, and run again"
             ) from None
         return bool(row and row[0])
 
-    def _conninfo_in_use(self) -> str:
+    def _conninfo_in_use(self, *, lock: bool = False) -> str:
         """The work connection's parameters as libpq used them, to open another like it.
 
         The host and port are the ones it reached, so a second connection of a
@@ -1087,6 +1204,10 @@ class Runner:
         }
         info = self.conn.info
         params.update(host=info.host, port=str(info.port), hostaddr=info.hostaddr or "")
+        if lock:
+            params["options"] = " ".join(
+                filter(None, [params.get("options"), LOCK_SESSION_OPTIONS])
+            )
         return make_conninfo(**{k: v for k, v in params.items() if v != ""})
 
     def _end_transaction(self) -> bool:
@@ -1152,10 +1273,20 @@ class Runner:
                 if older
                 else f"create the migration history {self._shown(HISTORY_SCHEMA, HISTORY_TABLE)}"
             )
+            row = self.conn.execute(
+                "SELECT pg_catalog.to_regnamespace(%s) IS NOT NULL", [HISTORY_SCHEMA]
+            ).fetchone()
+            shown = self._shown(HISTORY_SCHEMA)
+            fix = (
+                f"let its owner run GRANT USAGE, CREATE ON SCHEMA {shown} TO {user}, or ALTER "
+                f"SCHEMA {shown} OWNER TO {user}"
+                if row and row[0]
+                else f"migrate as the database's owner, or let an owner run CREATE SCHEMA "
+                f"{shown} AUTHORIZATION {user}"
+            )
             raise OperationalError(
-                f"cannot {what}: {error.diag.message_primary}; migrate as the database's owner, "
-                f"or let an owner run CREATE SCHEMA {self._shown(HISTORY_SCHEMA)} "
-                f"AUTHORIZATION {user}" + (" and give the old table to that role" if older else "")
+                f"cannot {what}: {error.diag.message_primary}; {fix}"
+                + (" and give the old table to that role" if older else "")
             ) from None
         if older:
             return (
@@ -1264,21 +1395,22 @@ class Runner:
     def _apply_in_transaction(self, migration: Migration) -> None:
         """The file and its history row in one transaction, which must stay the runner's own.
 
-        Three round trips: the transaction's start travels with the file's first
-        statements; the checks, the history row and COMMIT travel together; then
-        the session is reset. A check that fails stops everything after it, COMMIT
-        included: the file ended the runner's transaction (its id is another), or
-        the runner's lock was lost, or the history row is not there.
+        Two round trips: the transaction's start (and its id) travels with the
+        file's first statements; the checks, the session reset, the history row and
+        COMMIT travel together. A check that fails stops everything after it,
+        COMMIT included: the file ended the runner's transaction (its id is
+        another), or the runner's lock was lost, or the history is not as the
+        runner left it plus the file's row.
         """
         try:
-            begun = self._run_steps(migration, prefix=BEGIN_MARKED)
+            begun = self._begin(migration)
             if self.conn.info.transaction_status != TransactionStatus.INTRANS:
                 raise MigrationFailed(self._why(migration, CHECK_MARK, committed="may be"))
             finish = b"; ".join(
                 [
-                    self._still_ours(begun[1]),
+                    self._still_ours(begun),
                     self._still_locked(),
-                    RESET_ROLE_AND_SETTINGS,
+                    RESET_SESSION,
                     self._history_row(migration, duration_ms=None),
                     self._recorded(migration),
                     b"COMMIT",
@@ -1288,7 +1420,53 @@ class Runner:
         except BaseException:
             self._reset_session()
             raise
-        self._reset_session()
+
+    def _begin(self, migration: Migration) -> PGresult:
+        """BEGIN, the file's statements, and the transaction's id read among them.
+
+        The id is read with the file's first statements, or after its leading
+        `SET TRANSACTION ...` statements, which must come before any query (as psql
+        runs them: BEGIN, then the file). Returns the id's result.
+        """
+        lead = self._transaction_settings_end(migration)
+        if lead is None:
+            return self._run_steps(migration, prefix=BEGIN_MARKED)[1]
+        first = migration.steps[0]
+        assert isinstance(first, Batch)  # noqa: S101 - _transaction_settings_end checked it
+        head = replace(first, end=lead, changes_lexing=False, standard_strings_after=None)
+        begin = b"BEGIN;"
+        self._raise_on_error(
+            migration,
+            head,
+            self._simple(begin + migration.data[head.start : head.end]),
+            prefix=begin,
+        )
+        tail = replace(
+            first, start=lead, line=first.line + migration.data.count(b"\n", first.start, lead)
+        )
+        rest = replace(migration, steps=(tail, *migration.steps[1:]))
+        return self._run_steps(rest, prefix=XACT_ID)[0]
+
+    def _transaction_settings_end(self, migration: Migration) -> int | None:
+        """Where the file's leading SET/RESET statements end, when one of them sets the
+        transaction's own characteristics (isolation, read only, deferrable, snapshot);
+        else None. Only for a first batch planned as the server reads strings."""
+        first = migration.steps[0] if migration.steps else None
+        if not isinstance(first, Batch) or first.standard_strings != self._standard_strings():
+            return None
+        end = None
+        scanner = Scanner(
+            migration.data[: first.end],
+            standard_strings=first.standard_strings,
+            start=first.start,
+            line=first.line,
+        )
+        for piece in scanner:
+            if not isinstance(piece, Statement) or piece.keyword not in SESSION_SETTINGS:
+                break
+            if any(word.startswith("TRANSACTION") for word in piece.words[1:3]):
+                end = piece.end
+        return end
 
     def _apply_outside_transaction(self, migration: Migration) -> tuple[str, ...]:
         started = time.perf_counter()
@@ -1296,9 +1474,10 @@ class Runner:
             notes = self._drop_invalid_index(migration)
             self._run_steps(migration)
             duration_ms = (time.perf_counter() - started) * 1000
-            self._reset_session()
+            self._end_transaction()
             finish = b"; ".join(
                 [
+                    RESET_SESSION,
                     self._still_locked(),
                     self._history_row(migration, duration_ms=duration_ms),
                     self._recorded(migration),
@@ -1311,9 +1490,9 @@ class Runner:
         return notes
 
     def _reset_session(self) -> None:
-        """End any transaction, then DISCARD ALL: the next file starts as the first did."""
+        """End any transaction, then reset the session: the next file starts as the first did."""
         if self._end_transaction():
-            self._simple(DISCARD_ALL)  # results unread: nothing in it can fail here
+            self._simple(RESET_SESSION)  # results unread: nothing in it can fail here
 
     def _still_ours(self, begun: PGresult) -> bytes:
         """A check that the transaction is still the one the runner began (by its id)."""
@@ -1344,13 +1523,31 @@ class Runner:
         )
 
     def _recorded(self, migration: Migration) -> bytes:
-        """A check that the history row is there (a trigger could have swallowed it)."""
+        """A check that the history row is there (a trigger could have swallowed it), and
+        that the history is the runner's rows plus this one: a file may not have
+        emptied, edited or replaced it (TRUNCATE, DELETE, UPDATE, DROP and CREATE)."""
+        rows = sorted(
+            [*self._history_rows, (migration.version, migration.name, migration.checksum)]
+        )
+        expected = hashlib.md5(  # noqa: S324 - a fingerprint, compared with the server's md5
+            "\n".join(f"{version} {name} {checksum}" for version, name, checksum in rows).encode()
+        ).hexdigest()
         return (
             sql.SQL(
-                "DO $cicd_db$BEGIN IF NOT EXISTS (SELECT FROM {} WHERE version = {}) THEN RAISE "
-                "EXCEPTION 'the history row was not written' USING ERRCODE = {}; END IF; END$cicd_db$"
+                "DO $cicd_db$BEGIN IF NOT EXISTS (SELECT FROM {table} WHERE version = {version}) "
+                "THEN RAISE EXCEPTION 'the history row was not written' USING ERRCODE = {gone}; "
+                "END IF; IF (SELECT pg_catalog.md5(pg_catalog.string_agg(version || ' ' || name "
+                "|| ' ' || checksum, E'\\n' ORDER BY version)) FROM {table}) IS DISTINCT FROM "
+                "{expected} THEN RAISE EXCEPTION 'the history was changed' USING ERRCODE = "
+                "{changed}; END IF; END$cicd_db$"
             )
-            .format(self.history_table, migration.version, CHECK_RECORDED)
+            .format(
+                table=self.history_table,
+                version=migration.version,
+                gone=CHECK_RECORDED,
+                expected=expected,
+                changed=CHECK_HISTORY,
+            )
             .as_bytes(self.conn)
         )
 
@@ -1361,12 +1558,12 @@ class Runner:
             return
         error = errors.error_from_result(failed, encoding=self.conn.info.encoding)
         state = error.diag.sqlstate or ""
-        if state in (CHECK_MARK, CHECK_LOCK, CHECK_RECORDED):
+        if state in (CHECK_MARK, CHECK_LOCK, CHECK_RECORDED, CHECK_HISTORY):
             raise MigrationFailed(self._why(migration, state, committed=committed))
         if state == "42P01" and HISTORY_TABLE in (error.diag.message_primary or ""):
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
         message = _describe_failure(
-            migration, 0, error.diag, str(error), self.conn.info.user
+            migration, 0, error.diag, str(error), self.conn.info.user, lost=self._lost()
         ).replace(" failed at line 0:", " failed at its commit:")
         if state in RETRIED_SQLSTATES:
             raise _Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
@@ -1380,6 +1577,8 @@ class Runner:
             "pg_terminate_backend, or a lost connection), so another runner could have run at "
             "the same time",
             CHECK_RECORDED: "left no history row (a trigger on the history table?)",
+            CHECK_HISTORY: "changed the migration history's rows (TRUNCATE, DELETE, UPDATE, "
+            "or another table in its place)",
             CHECK_HISTORY_GONE: "dropped or moved the migration history "
             f"({self._shown(HISTORY_SCHEMA, HISTORY_TABLE)})",
         }[check]
@@ -1388,10 +1587,12 @@ class Runner:
             if migration.transactional and check != CHECK_MARK
             else f"what it did {committed} committed"
         )
-        return (
-            f"migration {migration.filename} {what}; {done}, and it is not recorded; "
-            "remove that from the file, check the database, and run again"
+        fix = (
+            "check what ended that session (a statement in the file, or the server), and run again"
+            if check == CHECK_LOCK
+            else "remove that from the file, check the database, and run again"
         )
+        return f"migration {migration.filename} {what}; {done}, and it is not recorded; {fix}"
 
     def _drop_invalid_index(self, migration: Migration) -> tuple[str, ...]:
         """Drop the invalid index an interrupted CREATE INDEX CONCURRENTLY left behind.
@@ -1465,6 +1666,10 @@ class Runner:
             line=line,
         )
 
+    def _lost(self) -> bool:
+        """The work connection is gone (a FATAL error ended the session)."""
+        return self.conn.closed or self.conn.broken
+
     def _standard_strings(self) -> bool:
         return self.conn.info.parameter_status("standard_conforming_strings") != "off"
 
@@ -1505,7 +1710,9 @@ class Runner:
             if where and data.end > data.start:
                 line = data.line + int(where[1]) - 1  # the data line the server named
             raise MigrationFailed(
-                _describe_failure(migration, line, error.diag, str(error), self.conn.info.user)
+                _describe_failure(
+                    migration, line, error.diag, str(error), self.conn.info.user, lost=self._lost()
+                )
             ) from None
 
     def _raise_on_error(
@@ -1538,7 +1745,9 @@ class Runner:
             # Characters, not bytes, into the batch: decode the batch to count its lines.
             text = migration.data[batch.start : batch.end].decode("utf-8", "replace")
             line = batch.line + text.count("\n", 0, int(position) - len(prefix) - 1)
-        message = _describe_failure(migration, line, error.diag, str(error), self.conn.info.user)
+        message = _describe_failure(
+            migration, line, error.diag, str(error), self.conn.info.user, lost=self._lost()
+        )
         if error.diag.sqlstate in RETRIED_SQLSTATES:
             reason = f"{RETRIED_SQLSTATES[error.diag.sqlstate]} at line {line}"
             if statement:
@@ -1575,8 +1784,15 @@ def _abridge(statement: str, width: int = 48) -> str:
 
 
 def _describe_failure(
-    migration: Migration, line: int, diag: psycopg.errors.Diagnostic, fallback: str, user: str
+    migration: Migration,
+    line: int,
+    diag: psycopg.errors.Diagnostic,
+    fallback: str,
+    user: str,
+    *,
+    lost: bool = False,
 ) -> str:
+    """The one line for a file that failed. `lost`: the runner's connection is gone."""
     message = diag.message_primary or fallback.strip().splitlines()[0]
     code = f" [{diag.sqlstate}]" if diag.sqlstate else ""
     rolled_back = "it was rolled back" + (
@@ -1595,12 +1811,13 @@ def _describe_failure(
         )
     elif diag.sqlstate in RETRIED_SQLSTATES:
         advice = "run again when the tables are less busy (the file itself is fine)"
-    elif (diag.sqlstate or "").startswith(("57P", "08")):
-        # admin_shutdown, crash_shutdown, cannot_connect_now, a connection failure: the
-        # server went away under the file, which says nothing about the file.
+    elif lost:
+        # Whether the server stopped or a statement ended the session cannot be told
+        # from here; a dblink that cannot connect (08001) is the file's, and not this.
         advice = (
-            "the server ended the connection (stopped, restarted, or the session was "
-            "terminated), not because of the file: check the server, then run again"
+            "the connection ended during the file (the server stopped or restarted, or a "
+            "statement, perhaps in the file, ended the session): check the server and the "
+            "file, then run again"
         )
     else:
         advice = "fix the file and run again"
