@@ -1243,3 +1243,125 @@ def test_a_killed_runners_work_session_is_waited_for(database: Database, tmp_pat
         assert err.startswith("error: another migration runner held the lock for 0.3 s")
     assert migrate(database, folder)[0] == 0
     assert database.history() == [1]
+
+
+MENTIONS = {
+    "string": "INSERT INTO notes VALUES ('see standard_conforming_strings');\n",
+    "comment": "-- standard_conforming_strings stays on\nCREATE TABLE other (id int);\n",
+    "identifier": 'CREATE TABLE "standard_conforming_strings" (id int);\n',
+    "dollar": "CREATE FUNCTION f() RETURNS text AS $$ SELECT 'standard_conforming_strings' $$ "
+    "LANGUAGE sql;\n",
+}
+
+
+@pytest.mark.parametrize("mention", MENTIONS.values(), ids=MENTIONS.keys())
+@pytest.mark.parametrize(
+    ("later", "what"),
+    [
+        ("COMMIT;", "COMMIT ends or starts a transaction"),
+        ("\\connect other", "psql meta-command \\connect is not SQL"),
+        ("SELECT :'DBNAME';", ":'DBNAME' is a psql variable"),
+    ],
+    ids=["commit", "connect", "variable"],
+)
+def test_a_mention_of_standard_conforming_strings_stops_no_check(
+    database: Database, tmp_path: Path, mention: str, later: str, what: str
+) -> None:
+    """Only a real SET, RESET or set_config changes how the rest reads: whatever names the
+    setting before it, a later statement that may not run is refused before anything runs."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE notes (note text);\n",
+            "0002_mentions.sql": f"{mention}{later}\nSELECT 1;\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    line = mention.count("\n") + 1
+    assert err.startswith(f"error: migration file 0002_mentions.sql, line {line}: {what}"), err
+    assert database.history() == []
+    assert database.tables() == set()
+
+
+@pytest.mark.parametrize("mention", MENTIONS.values(), ids=MENTIONS.keys())
+def test_a_no_transaction_file_is_counted_whatever_it_mentions(
+    database: Database, tmp_path: Path, mention: str
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_notes.sql": "CREATE TABLE notes (note text);\n",
+            "0002_several.sql": "-- cicd-db: no-transaction\n"
+            f"{mention}CREATE TABLE two (id int);\nSELECT 1/0;\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    assert "0002_several.sql is marked no-transaction but holds" in err
+    assert database.tables() == set()
+
+
+def test_a_rehearsal_runs_every_statement_after_a_mention(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_notes.sql": "CREATE TABLE notes (note text);\n",
+            "0002_fails_late.sql": MENTIONS["string"] + "CREATE TABLE t (id int);\nSELECT 1/0;\n",
+        },
+    )
+    result = run_cli(
+        "migrate", "up", "--rehearse", "--database-url", database.url,
+        "--migrations-dir", str(folder),
+    )  # fmt: skip
+    assert result.code != 0, result.out
+    assert "division by zero" in result.out + result.err
+    assert database.tables() == set()
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "shown"),
+    [
+        ("SELECT 1;\nSELECT current_database() = :'DBNAME';\n", 2, ":'DBNAME'"),
+        ("CREATE TABLE t (id int);\n\nALTER TABLE t\n  OWNER TO :USER;\n", 3 + 1, ":USER"),
+        ('CREATE SCHEMA :"tenant";\n', 1, ':"tenant"'),
+        ("SELECT (ARRAY[1,2])[1:VERSION_NUM];\n", 1, ":VERSION_NUM"),
+        ("SELECT 1 WHERE :{?DBNAME};\n", 1, ":{?DBNAME}"),
+    ],
+    ids=["literal", "bare-on-a-later-line", "identifier", "psqls-own-in-a-slice", "test"],
+)
+def test_a_psql_variable_is_refused_naming_its_line(
+    database: Database, tmp_path: Path, text: str, line: int, shown: str
+) -> None:
+    folder = write_migrations(tmp_path, {"0001_first.sql": "CREATE TABLE a (id int);\n"})
+    (folder / "0002_vars.sql").write_text(text)
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: migration file 0002_vars.sql, line {line}: {shown} is a psql variable, and "
+        "the runner does not substitute psql variables; write its value instead "
+        "(current_database(), current_user or a setting read with current_setting() where it "
+        "must be computed); if the colon is SQL, put a space after it\n"
+    )
+    assert database.tables() == set()
+
+
+def test_colons_that_are_sql_apply(database: Database, tmp_path: Path) -> None:
+    """Casts, `:=`, slices, `json_object('k':v)` where the server has it, and psql's
+    variable syntax inside strings, dollar quotes and comments are not refused."""
+    [(version,)] = database.query("SELECT current_setting('server_version_num')::int")
+    json = "json_object('k':v)" if int(str(version)) >= 160000 else "json_build_object('k', v)"
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_colons.sql": "CREATE TABLE t AS SELECT '1'::int AS a, (ARRAY[1,2,3])[1:2] AS b,\n"
+            "  make_interval(days := 1) AS c, ':DBNAME' AS d, $$:'x'$$ AS e, -- :USER\n"
+            f"  (SELECT a[lo:hi] FROM (SELECT ARRAY[1,2,3], 1, 2, 3) AS s (a, lo, hi, v)) AS f,\n"
+            f"  (SELECT {json} FROM (SELECT 1) AS s (v)) AS g /* :{{?DBNAME}} */;\n"
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 0, err
+    assert database.query("SELECT a, b, d, e, f FROM t") == [(1, [1, 2], ":DBNAME", ":'x'", [1, 2])]

@@ -148,12 +148,29 @@ def test_standard_conforming_strings_off_reads_backslash_escapes() -> None:
         ("SET standard_conforming_strings = DEFAULT;", False, True),
         ("RESET standard_conforming_strings;", False, True),
         ("RESET ALL;", False, True),
-        ("SELECT set_config('standard_conforming_strings', 'off', false);", True, None),
+        ("SELECT set_config('standard_conforming_strings', 'off', false);", True, False),
+        ("select pg_catalog.set_config('standard_conforming_strings','of','t')", True, False),
+        ("SET standard_conforming_strings = 'Y';", False, True),
+        ('SET "standard_conforming_strings" = o;', True, None),  # on or off: the server refuses
+        ("SELECT set_config('standard_conforming_strings', x, false) FROM t;", True, None),
+        ("DO $$ BEGIN SET standard_conforming_strings = off; END $$;", True, None),
         ("SET standard_conforming_strings = maybe;", True, None),
     ],
 )
 def test_standard_strings_after(statement: str, current: bool, expected: bool | None) -> None:
     assert standard_strings_after(statement.encode(), current) is expected
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SET LOCAL standard_conforming_strings = off;",
+        "SELECT set_config('standard_conforming_strings', 'off', true);",
+    ],
+)
+def test_a_local_change_outside_a_transaction_ends_with_its_statement(statement: str) -> None:
+    assert standard_strings_after(statement.encode(), True, transactional=False) is True
+    assert standard_strings_after(statement.encode(), True, transactional=True) is False
 
 
 def test_copy_data_follows_its_statement() -> None:

@@ -80,7 +80,7 @@ from cicd_db.sqltext import (
     MetaCommand,
     Scanner,
     Statement,
-    changes_lexing,
+    may_change_lexing,
     mentions_lexing_settings,
     standard_strings_after,
     without_comments,
@@ -478,26 +478,69 @@ def plan(
     A transactional file becomes as few batches as psql's own stopping points
     allow; a no-transaction file one batch per statement, as each must run on
     its own.
+
+    Every statement is checked, whatever comes before it. After a statement that
+    changes how '...' strings read, the rest is read as it leaves them; after one
+    whose effect only running it tells (`standard_strings_after` is None: a DO
+    block, set_config of computed values, any other text naming the setting), the
+    rest is planned as if it changed nothing (the runner plans it again if the
+    server says otherwise) and checked both ways: what either reading refuses is
+    refused before anything runs.
     """
     steps: list[Step] = []
+    named = mentions_lexing_settings(data)
+    # The other readings still to check, and those checked: (offset, standard strings,
+    # statements counted so far in a no-transaction file, capped at 2).
+    forks: list[tuple[int, int, bool, int, str]] = []
+    checked: set[tuple[int, bool, int]] = set()
+    _plan_pass(
+        filename, data, transactional, standard_strings, start, line, 0, "", steps, named,
+        forks, checked, count=start == 0,
+    )  # fmt: skip
+    while forks:
+        at, at_line, reading, counted, note = forks.pop()
+        _plan_pass(
+            filename, data, transactional, reading, at, at_line, counted, note, None, named,
+            forks, checked, count=start == 0,
+        )  # fmt: skip
+    return tuple(steps)
+
+
+def _plan_pass(
+    filename: str,
+    data: bytes,
+    transactional: bool,
+    standard_strings: bool,
+    start: int,
+    line: int,
+    changes: int,
+    note: str,
+    steps: list[Step] | None,
+    named: bool,
+    forks: list[tuple[int, int, bool, int, str]],
+    checked: set[tuple[int, bool, int]],
+    *,
+    count: bool,
+) -> None:
+    """Check `data` from `start` under one reading of its strings, and plan it into `steps`
+    (None: only check). `note` says which reading, for a refusal in a fork."""
     batch: list[Statement] = []
     scanner = Scanner(data, standard_strings=standard_strings, start=start, line=line)
+    default = standard_strings if start == 0 else True  # what RESET brings back
 
     def flush(**lexing: Any) -> None:
-        if batch:
+        if batch and steps is not None:
             steps.append(
                 Batch(
                     batch[0].start, batch[-1].end, batch[0].line, scanner.standard_strings, **lexing
                 )
             )
-            batch.clear()
+        batch.clear()
 
     def refuse(at: int, what: str, fix: str) -> ConfigError:
-        return ConfigError(f"migration file {filename}, line {at}: {what}; {fix}")
+        return ConfigError(f"migration file {filename}, line {at}{note}: {what}; {fix}")
 
     copy: CopyFromStdin | None = None
-    changes = 0
-    watch_lexing = mentions_lexing_settings(data)
     for piece in scanner:
         if isinstance(piece, MetaCommand):
             if piece.name in IGNORED_META_COMMANDS and not piece.inside_statement:
@@ -517,9 +560,19 @@ def plan(
                     "text follows COPY ... FROM STDIN on its line",
                     "start the data on the next line, as pg_dump writes it",
                 )
-            steps.append(Copy(copy, piece))
+            if steps is not None:
+                steps.append(Copy(copy, piece))
             copy = None
             continue
+        if piece.variable is not None:
+            offset, variable = piece.variable
+            raise refuse(
+                piece.line + data.count(b"\n", piece.start, offset),
+                f"{variable} is a psql variable, and the runner does not substitute psql variables",
+                "write its value instead (current_database(), current_user or a setting "
+                "read with current_setting() where it must be computed); if the colon is "
+                "SQL, put a space after it",
+            )
         if transactional and _controls_transaction(piece.words):
             raise refuse(
                 piece.line,
@@ -550,23 +603,42 @@ def plan(
             copy = piece
             continue
         batch.append(piece)
-        if watch_lexing and changes_lexing(data, piece):
-            after = standard_strings_after(data[piece.start : piece.end], scanner.standard_strings)
-            flush(changes_lexing=True, standard_strings_after=after)
+        if may_change_lexing(data, piece, scanner.standard_strings, named=named):
+            current = scanner.standard_strings
+            text = without_comments(data[piece.start : piece.end], standard_strings=current)
+            after = standard_strings_after(
+                text, current, transactional=transactional, default=default
+            )
             if after is None:
-                # What the rest means depends on what the server now says; it is
-                # planned from here at run time, with the server's answer.
-                return tuple(steps)
+                # Only running it tells: the rest is planned as if nothing changed (the
+                # runner plans it again if the server says otherwise), and checked the
+                # other way too, once from each place and reading.
+                after = current
+                key = (piece.end, not current, min(changes, 2))
+                if key not in checked:
+                    checked.add(key)
+                    forks.append(
+                        (
+                            piece.end,
+                            piece.line + data.count(b"\n", piece.start, piece.end),
+                            not current,
+                            changes,
+                            f" (read with standard_conforming_strings "
+                            f"{'on' if not current else 'off'}, as line {piece.line} may "
+                            "leave it)",
+                        )
+                    )
+            flush(changes_lexing=True, standard_strings_after=after)
             scanner.standard_strings = after
         elif not transactional or batch[-1].end - batch[0].start >= BATCH_BYTES:
             flush()
     flush()
-    if not transactional and start == 0 and changes != 1:
+    if not transactional and count and changes != 1:
         raise ConfigError(
-            f"migration file {filename} is marked no-transaction but holds {changes} statements "
-            "besides SET and RESET; it must hold exactly one: split it into one file per statement"
+            f"migration file {filename}{note} is marked no-transaction but holds {changes} "
+            "statements besides SET and RESET; it must hold exactly one: split it into one "
+            "file per statement"
         )
-    return tuple(steps)
 
 
 _COPY_TO_STDOUT = re.compile(rb"\bTO\s+STDOUT\b", re.IGNORECASE)

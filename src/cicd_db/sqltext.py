@@ -9,12 +9,15 @@ know, following the rules of psql's own lexer:
   and outside a SQL-standard function body (`CREATE FUNCTION ... BEGIN ATOMIC
   ... END`, with `CASE ... END` inside it);
 - `COPY ... FROM STDIN` and the data lines after it, up to a line `\\.`;
-- psql meta-commands (a backslash outside quotes), which are not SQL.
+- psql meta-commands (a backslash outside quotes), which are not SQL;
+- psql variables (`:name`, `:'name'`, `:"name"`, `:{?name}` outside quotes and
+  comments) that psql would substitute, or that cannot be SQL where they stand.
 
 Lexical rules, as psql has them: an unquoted identifier may hold `$`
 (`do$llar$s` is one word, not a dollar quote); `'...'` strings take backslash
 escapes only when `standard_conforming_strings` is off, `E'...'` always;
-`"quoted identifiers"`; `$tag$` dollar quotes; `--` and nested `/* */` comments.
+`"quoted identifiers"`; `$tag$` dollar quotes; `--` and nested `/* */` comments;
+`B'...'`, `X'...'` and `U&'...'` are read as standard strings whatever the setting.
 
 It reads bytes, so a 50 MB file costs one pass and no copy, and keeps line
 numbers as it goes. Reads its input only; never talks to a server.
@@ -37,6 +40,64 @@ _NOT_AFTER_IDENT = rb"(?<![" + _IDENT_CONT + rb"])"
 _ESCAPED = rb"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'"  # backslash escapes: E'...', or '...' with them on
 _STANDARD = rb"'[^']*(?:''[^']*)*'"
 _DOLLAR = rb"\$(?:[" + _IDENT_START + rb"][" + _IDENT_START + rb"0-9]*)?\$"
+# psql reads bit, hex and Unicode-escape strings as standard strings whatever
+# standard_conforming_strings says (the server refuses U&'...' when it is off).
+_ALWAYS_STANDARD = _NOT_AFTER_IDENT + rb"(?:[bBxX]|[uU]&)" + _STANDARD
+# psql's variable syntax (psqlscan.l): `:name`, `:'name'`, `:"name"`, `:{?name}`,
+# a name of letters, digits, `_` and any non-ASCII byte; `::` is a cast, never one.
+_VARIABLE_CHAR = rb"[A-Za-z\x80-\xff_0-9]"
+_VARIABLE = (
+    rb"(?P<typecast>::)"
+    rb"|(?P<variable>:(?:" + _VARIABLE_CHAR + rb"+|'" + _VARIABLE_CHAR + rb"+'"
+    rb'|"' + _VARIABLE_CHAR + rb'+"|\{\?' + _VARIABLE_CHAR + rb"+\}))"
+)
+# The variables psql 15 and 18 define themselves (`\set` after a query and an error,
+# plus SERVICE): psql replaces `:DBNAME` with its value before the server sees it.
+PSQL_VARIABLES = frozenset(
+    [
+        "AUTOCOMMIT",
+        "COMP_KEYWORD_CASE",
+        "DBNAME",
+        "ECHO",
+        "ECHO_HIDDEN",
+        "ENCODING",
+        "ERROR",
+        "FETCH_COUNT",
+        "HIDE_TABLEAM",
+        "HIDE_TOAST_COMPRESSION",
+        "HISTCONTROL",
+        "HISTSIZE",
+        "HOST",
+        "IGNOREEOF",
+        "LAST_ERROR_MESSAGE",
+        "LAST_ERROR_SQLSTATE",
+        "ON_ERROR_ROLLBACK",
+        "ON_ERROR_STOP",
+        "PIPELINE_COMMAND_COUNT",
+        "PIPELINE_RESULT_COUNT",
+        "PIPELINE_SYNC_COUNT",
+        "PORT",
+        "PROMPT1",
+        "PROMPT2",
+        "PROMPT3",
+        "QUIET",
+        "ROW_COUNT",
+        "SERVER_VERSION_NAME",
+        "SERVER_VERSION_NUM",
+        "SERVICE",
+        "SHOW_ALL_RESULTS",
+        "SHOW_CONTEXT",
+        "SINGLELINE",
+        "SINGLESTEP",
+        "SQLSTATE",
+        "USER",
+        "VERBOSITY",
+        "VERSION",
+        "VERSION_NAME",
+        "VERSION_NUM",
+        "WATCH_INTERVAL",
+    ]
+)
 
 
 def _tokens(standard_strings: bool, words: bool) -> re.Pattern[bytes]:
@@ -49,16 +110,19 @@ def _tokens(standard_strings: bool, words: bool) -> re.Pattern[bytes]:
         + rb"[eE]"
         + _ESCAPED
         + rb"|"
+        + _ALWAYS_STANDARD
+        + rb"|"
         + string
         + rb'|"[^"]*(?:""[^"]*)*")'
         rb"|(?P<unterminated>['\"])"
         rb"|(?P<dollar>" + _NOT_AFTER_IDENT + _DOLLAR + rb")"
         rb"|(?P<semicolon>;)"
         rb"|(?P<backslash>\\)"
+        rb"|" + _VARIABLE
     )
     if words:
         pattern += (
-            rb"|(?P<open>\()|(?P<close>\))"
+            rb"|(?P<open>\()|(?P<close>\))|(?P<bracket>\[)|(?P<unbracket>\])"
             rb"|(?P<word>[" + _IDENT_START + rb"][" + _IDENT_CONT + rb"]*)"
         )
     return re.compile(pattern, re.DOTALL)
@@ -66,6 +130,7 @@ def _tokens(standard_strings: bool, words: bool) -> re.Pattern[bytes]:
 
 _PATTERNS = {(standard, words): _tokens(standard, words) for standard in (True, False) for words in (True, False)}  # fmt: skip
 _PARENTHESES = re.compile(rb"[()]")
+_BRACKETS = re.compile(rb"[\[\]]")
 # Up to four words at a statement's start, when only spaces come between them;
 # a word right before a quote may be a string's prefix (E'...'), so it stops there.
 _WORD = rb"((?>[" + _IDENT_START + rb"][" + _IDENT_CONT + rb"]*)(?!'))"
@@ -75,7 +140,9 @@ _LEADING_WORDS = re.compile(
 _BLOCK_EDGE = re.compile(rb"/\*|\*/")
 _NOT_SPACE = re.compile(rb"\S")
 _COPY_FROM_STDIN = re.compile(rb"\bFROM\s+STDIN\b", re.IGNORECASE)
-_LEXING_SETTINGS = re.compile(rb"standard_conforming_strings|backslash_quote", re.IGNORECASE)
+# Only standard_conforming_strings changes where psql and the server end a string
+# (backslash_quote only makes the server refuse `\\'`, as an error).
+_LEXING_SETTINGS = re.compile(rb"standard_conforming_strings", re.IGNORECASE)
 _FUNCTION_WORDS = frozenset({"FUNCTION", "PROCEDURE"})
 WORDS_KEPT = 4
 
@@ -88,6 +155,11 @@ class Statement:
     end: int
     line: int  # 1-based line of its first character
     words: tuple[str, ...]  # its first unquoted words, upper-cased, at most WORDS_KEPT
+    # The first psql variable in it that the runner must refuse: (offset, as written).
+    # One psql would substitute (a name psql defines itself, PSQL_VARIABLES), or any
+    # name outside parentheses and brackets, where a `:` cannot be SQL. Elsewhere an
+    # undefined name is sent as it is by psql too (`a[lo:hi]`, `json_object('k':v)`).
+    variable: tuple[int, str] | None = None
 
     @property
     def keyword(self) -> str:
@@ -168,7 +240,12 @@ class Scanner:
         content = False  # the statement holds something besides comments
         words: list[str] = []
         in_function = False
-        paren_depth = begin_depth = 0
+        paren_depth = begin_depth = bracket_depth = 0
+        # Brackets matter only for a psql variable: counted up to `brackets_to` as
+        # words go by, and from there only when a variable turns up (one pass less
+        # over the bulk of a large file).
+        brackets_to = position
+        variable: tuple[int, str] | None = None
         while True:
             if begin is None:
                 # The common start of a statement, plain words and spaces, in one step.
@@ -214,8 +291,9 @@ class Scanner:
                 )
                 # psql runs or drops the statement so far; either way a new one starts.
                 begin, content, words, in_function = None, False, [], False
-                paren_depth = begin_depth = 0
-                position = end
+                paren_depth = begin_depth = bracket_depth = 0
+                variable = None
+                position = brackets_to = end
                 continue
             if begin is None:
                 begin = match.start()
@@ -231,12 +309,14 @@ class Scanner:
                         words[:1] == ["COPY"]
                         and _COPY_FROM_STDIN.search(data, begin, position) is not None
                     ):
-                        yield CopyFromStdin(begin, position, statement_line, tuple(words))
+                        yield CopyFromStdin(begin, position, statement_line, tuple(words), variable)
                         position = yield from self._copy_data(position, line_at)
                     else:
-                        yield Statement(begin, position, statement_line, tuple(words))
+                        yield Statement(begin, position, statement_line, tuple(words), variable)
                 begin, content, words, in_function = None, False, [], False
-                paren_depth = begin_depth = 0
+                paren_depth = begin_depth = bracket_depth = 0
+                variable = None
+                brackets_to = position
             elif kind == "word":
                 word = match.group().decode("utf-8", "replace").upper()
                 if len(words) < WORDS_KEPT:
@@ -251,15 +331,33 @@ class Scanner:
             elif kind == "close":
                 paren_depth = max(paren_depth - 1, 0)
                 position = match.end()
+            elif kind == "bracket":
+                bracket_depth += 1
+                position = match.end()
+            elif kind == "unbracket":
+                bracket_depth = max(bracket_depth - 1, 0)
+                position = match.end()
+            elif kind == "variable":
+                named = match.group().strip(b":'\"{?}").decode("utf-8", "replace")
+                if fast:
+                    bracket_depth = _bracket_depth(
+                        data, brackets_to, match.start(), bracket_depth, self.standard_strings
+                    )
+                outside = not paren_depth and not bracket_depth
+                if variable is None and (outside or named in PSQL_VARIABLES):
+                    variable = (match.start(), match.group().decode("utf-8", "replace"))
+                position = match.end()
             elif kind == "dollar":
                 close = data.find(match.group(), match.end())
                 position = size if close < 0 else close + len(match.group())
-            elif kind == "quoted":
+            elif kind in ("quoted", "typecast"):
                 position = match.end()
             else:  # a quote that is never closed: the rest is in it, as psql reads it
                 position = size
+            if not fast or kind == "variable":
+                brackets_to = position
         if content and begin is not None:
-            yield Statement(begin, size, line_at(begin), tuple(words))
+            yield Statement(begin, size, line_at(begin), tuple(words), variable)
 
     def _copy_data(
         self, position: int, line_at: Callable[[int], int]
@@ -275,13 +373,36 @@ class Scanner:
         return after
 
 
-def _walk_parentheses(data: bytes, start: int, end: int, depth: int) -> int:
-    """The depth after `data[start:end]`, where "(" opens and ")" closes down to 0, never below."""
-    closes = data.count(b")", start, end)
+def _walk_parentheses(data: bytes, start: int, end: int, depth: int, pair: bytes = b"()") -> int:
+    """The depth after `data[start:end]`, where "(" opens and ")" closes down to 0, never below
+    (or "[" and "]", with `pair`)."""
+    opening, closing = pair[:1], pair[1:]
+    closes = data.count(closing, start, end)
     if closes <= depth:  # it cannot reach 0 early, whatever the order: count
-        return depth + data.count(b"(", start, end) - closes
-    for edge in _PARENTHESES.finditer(data, start, end):
-        depth = depth + 1 if edge.group() == b"(" else max(depth - 1, 0)
+        return depth + data.count(opening, start, end) - closes
+    edges = _PARENTHESES if pair == b"()" else _BRACKETS
+    for edge in edges.finditer(data, start, end):
+        depth = depth + 1 if edge.group() == opening else max(depth - 1, 0)
+    return depth
+
+
+def _bracket_depth(data: bytes, start: int, end: int, depth: int, standard_strings: bool) -> int:
+    """The depth of square brackets after `data[start:end]`, outside quotes and comments."""
+    pattern, position = _PATTERNS[standard_strings, False], start
+    while position < end:
+        match = pattern.search(data, position, end)
+        gap_end = end if match is None else match.start()
+        depth = _walk_parentheses(data, position, gap_end, depth, b"[]")
+        if match is None:
+            break
+        kind = match.lastgroup
+        if kind == "block":
+            position = _end_of_block(data, match.end())
+        elif kind == "dollar":
+            close = data.find(match.group(), match.end())
+            position = len(data) if close < 0 else close + len(match.group())
+        else:
+            position = match.end()
     return depth
 
 
@@ -353,47 +474,115 @@ def without_comments(text: bytes, *, standard_strings: bool = True) -> bytes:
 
 
 def mentions_lexing_settings(data: bytes, slice_bytes: int = 1 << 20) -> bool:
-    """Whether any statement of `data` may change how the text after it is read.
+    """Whether `standard_conforming_strings` is named anywhere in `data`: if not, no
+    statement of it can change how the text after it is read, but for RESET ALL and
+    DISCARD ALL (`may_change_lexing`).
 
     Lower-cased a slice at a time (a case-insensitive regex over 50 MB is 16 times
-    slower), the slices overlapping by a name's length.
+    slower), the slices overlapping by the name's length.
     """
-    names = (b"standard_conforming_strings", b"backslash_quote")
-    overlap = max(map(len, names))
+    name = b"standard_conforming_strings"
     for start in range(0, len(data), slice_bytes):
-        chunk = data[max(start - overlap, 0) : start + slice_bytes].lower()
-        if any(name in chunk for name in names):
+        if name in data[max(start - len(name), 0) : start + slice_bytes].lower():
             return True
     return False
 
 
-def changes_lexing(data: bytes, statement: Statement) -> bool:
-    """Whether `statement` may change how the text after it is read (standard_conforming_strings)."""
-    return _LEXING_SETTINGS.search(data, statement.start, statement.end) is not None
+_RESETS_ALL = (("RESET", "ALL"), ("DISCARD", "ALL"))
 
 
+# Statements that may run code, where naming the setting may change it: anywhere
+# else (a string of data, an identifier, a function's body being created) it cannot.
+_RUNS_CODE = frozenset({"SET", "RESET", "DO", "CALL", "SELECT", "VALUES", "WITH", "EXECUTE"})
+_SET_CONFIG = re.compile(rb"\bset_config\b", re.IGNORECASE)
+
+
+def may_change_lexing(
+    data: bytes, statement: Statement, standard_strings: bool, *, named: bool = True
+) -> bool:
+    """Whether `statement` may change how the text after it is read: SET or RESET of
+    standard_conforming_strings, a set_config call or a DO or CALL that names it
+    outside comments; or RESET ALL or DISCARD ALL while strings are not read the
+    default way. A statement that only names it in data (`INSERT ... VALUES
+    ('standard_conforming_strings')`, a comment) changes nothing. A function called
+    under another name that changes it cannot be seen in the text: only the server
+    tells. `named` is `mentions_lexing_settings` of the whole text, which saves the
+    search when false.
+    """
+    words = statement.words
+    if words[:2] in _RESETS_ALL:
+        return not standard_strings
+    if not named or not words or words[0] not in _RUNS_CODE:
+        return False
+    if _LEXING_SETTINGS.search(data, statement.start, statement.end) is None:
+        return False
+    text = without_comments(
+        data[statement.start : statement.end], standard_strings=standard_strings
+    )
+    if _LEXING_SETTINGS.search(text) is None:
+        return False
+    return words[0] in ("SET", "RESET", "DO", "CALL") or _SET_CONFIG.search(text) is not None
+
+
+_VALUE = rb"(?:'(?P<{0}>[A-Za-z0-9]+)'|\"(?P<{0}q>[A-Za-z0-9]+)\"|(?P<{0}w>[A-Za-z0-9]+))"
+_NAME = rb"(?:standard_conforming_strings|\"standard_conforming_strings\")"
 _SET_STANDARD_STRINGS = re.compile(
-    rb"^\s*(?:SET\s+(?:SESSION\s+|LOCAL\s+)?standard_conforming_strings\s*(?:=|\bTO\b)\s*"
-    rb"'?(?P<value>[A-Za-z0-9]+)'?\s*;?\s*$"
-    rb"|RESET\s+(?:ALL|standard_conforming_strings)\s*;?\s*$)",
+    rb"\s*(?:SET\s+(?:(?P<scope>SESSION|LOCAL)\s+)?"
+    + _NAME
+    + rb"\s*(?:=|\bTO\b)\s*"
+    + _VALUE.replace(b"{0}", b"value")
+    + rb"|RESET\s+(?:ALL|"
+    + _NAME
+    + rb")"
+    + rb"|DISCARD\s+ALL"
+    + rb"|SELECT\s+(?:pg_catalog\s*\.\s*)?set_config\s*\(\s*'standard_conforming_strings'\s*,\s*"
+    + rb"'(?P<setvalue>[A-Za-z0-9]+)'\s*,\s*"
+    + _VALUE.replace(b"{0}", b"local")
+    + rb"\s*\))\s*;?\s*",
     re.IGNORECASE,
 )
+_TRUE = (b"true", b"yes", b"on", b"1")
+_FALSE = (b"false", b"no", b"off", b"0")
 
 
-def standard_strings_after(statement: bytes, current: bool) -> bool | None:
-    """The value a plain `SET standard_conforming_strings ...` leaves, or None if unknown.
+def _boolean(value: bytes) -> bool | None:
+    """PostgreSQL's reading of a boolean setting: a unique prefix of a word, any case."""
+    lowered = value.lower()
+    found = {word in _TRUE for word in (*_TRUE, *_FALSE) if word.startswith(lowered)}
+    return found.pop() if len(found) == 1 else None
 
+
+def standard_strings_after(
+    statement: bytes,
+    current: bool,
+    *,
+    transactional: bool = True,
+    default: bool = True,
+) -> bool | None:
+    """How '...' strings read after `statement`, for the forms whose effect shows in
+    their text (comments out): `SET [SESSION | LOCAL] standard_conforming_strings`, its
+    RESET, RESET ALL, DISCARD ALL and `SELECT set_config('standard_conforming_strings',
+    'off', false)` as a whole statement; None for any other (a DO block, set_config of
+    computed values: only running it tells).
+
+    `default` is the session's own value, which RESET brings back (the server's default
+    is on since PostgreSQL 9.1; a server whose default is off is planned again when the
+    runner sees it). A LOCAL change outside a transaction block ends with its statement.
     For reading a file without a server; with one, ask the server instead.
     """
-    match = _SET_STANDARD_STRINGS.match(statement)
+    match = _SET_STANDARD_STRINGS.fullmatch(statement)
     if match is None:
         return None
-    value = match["value"]
+    value = match["value"] or match["valueq"] or match["valuew"] or match["setvalue"]
     if value is None or value.upper() == b"DEFAULT":
-        return True  # RESET: the server default, on since PostgreSQL 9.1
-    lowered = value.lower()
-    if lowered in (b"on", b"true", b"yes", b"1"):
-        return True
-    if lowered in (b"off", b"false", b"no", b"0"):
-        return False
-    return None
+        return default
+    local = match["scope"] is not None and match["scope"].upper() == b"LOCAL"
+    if match["setvalue"] is not None:
+        local_flag = _boolean(match["local"] or match["localq"] or match["localw"])
+        if local_flag is None:
+            return None
+        local = local_flag
+    after = _boolean(value)
+    if after is not None and local and not transactional:
+        return current
+    return after

@@ -1,0 +1,263 @@
+"""One scanner truth, tried on random text: every check covers every statement.
+
+Files are built from fragments whose extent the generator knows under the reading
+of '...' strings in force where they stand (standard_conforming_strings on or off,
+changed by real SET and set_config statements): strings with and without E'',
+backslashes, dollar quotes, line and nested block comments, the setting's name
+inside strings, comments and identifiers, psql's colon forms that are SQL (casts,
+`:=`, array slices, `json_object('k':v)`) and `:DBNAME` where psql leaves it alone.
+
+- The runner's statements are the generator's, one for one.
+- A transaction-control statement, a meta-command or a psql variable put anywhere
+  is refused before anything runs, naming its line, whatever precedes it; a
+  no-transaction file of several statements is refused whatever they mention.
+- psql is the oracle where it is cheap: it runs each valid file with one result
+  row per SELECT the runner found, and never fails on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cicd_db import migrations
+from cicd_db.embedded import wheel_bin_dir
+from cicd_db.errors import ConfigError
+
+from .conftest import Database
+
+# Text inside strings and comments: what could fool a scanner.
+TRICKS = [
+    ";", "'", "''", '"', "$", "$$", "$a$", "--", "/*", "*/", "\\", "\\'", "\n", " ", "x",
+    "COMMIT", "standard_conforming_strings", ":DBNAME", ":'v'", '\\connect db', "[1:2]", "::",
+]  # fmt: skip
+text = st.lists(st.sampled_from(TRICKS), max_size=6).map("".join)
+
+
+@dataclass
+class File:
+    """A file being built: its statements (texts), and how '...' strings read now."""
+
+    standard: bool = True
+    statements: list[str] = field(default_factory=list)
+    selects: int = 0  # statements that return one row
+
+
+def plain_string(content: str, standard: bool) -> str:
+    body = content.replace("'", "''")
+    return f"'{body}'" if standard else "'" + body.replace("\\", "\\\\") + "'"
+
+
+def escape_string(content: str) -> str:
+    return "E'" + content.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def dollar(content: str, tag: str) -> str:
+    closing = f"${tag}$"
+    return closing + content.replace(closing, "").replace("$", "") + closing
+
+
+def block_comment(content: str) -> str:
+    inner = content.replace("/*", "").replace("*/", "")
+    return f"/* {inner} /* {inner} */ */"
+
+
+def line_comment(content: str) -> str:
+    return "-- " + content.replace("\n", " ").replace("\r", " ") + "\n"
+
+
+COLON_FORMS = [
+    "'1'::int",
+    "$$2$$::text",
+    "(ARRAY[1,2,3])[1:2]",
+    "(ARRAY[1,2,3])[2:]",
+    "(ARRAY[1,2,3])[:1]",
+    "(SELECT a[lo:hi] FROM (SELECT ARRAY[1,2,3] AS a, 1 AS lo, 2 AS hi) AS s)",
+    "(SELECT a[lo :hi] FROM (SELECT ARRAY[1,2,3] AS a, 1 AS lo, 2 AS hi) AS s)",
+    "make_interval(days := 1)",
+    "make_interval(days=>2)",
+    '1 AS "standard_conforming_strings"',
+    '2 AS ":DBNAME"',
+]
+JSON_FORMS = ["json_object('k' : 'v')", "(SELECT json_object('k':v) FROM (SELECT 1 AS v) AS s)"]
+
+
+@st.composite
+def expression(draw: st.DrawFn, standard: bool, json: bool) -> str:
+    kind = draw(st.sampled_from(["plain", "escape", "dollar", "colon", "number"]))
+    if kind == "plain":
+        return plain_string(draw(text), standard)
+    if kind == "escape":
+        return escape_string(draw(text))
+    if kind == "dollar":
+        return dollar(draw(text), draw(st.sampled_from(["", "a", "x_1"])))
+    if kind == "colon":
+        return draw(st.sampled_from(COLON_FORMS + (JSON_FORMS if json else [])))
+    return str(draw(st.integers(0, 99)))
+
+
+@st.composite
+def select(draw: st.DrawFn, standard: bool, json: bool = True) -> str:
+    parts = draw(st.lists(expression(standard, json), min_size=1, max_size=4))
+    separators = [
+        draw(
+            st.sampled_from([", ", ",\n", ", /**/ "])
+            | text.map(block_comment).map(lambda c: f", {c} ")
+        )
+        for _ in parts[1:]
+    ]
+    body = parts[0] + "".join(s + p for s, p in zip(separators, parts[1:], strict=True))
+    tail = draw(st.sampled_from(["", " ", "\n"]) | text.map(line_comment))
+    return f"SELECT {body}{tail};"
+
+
+@st.composite
+def valid_file(draw: st.DrawFn, json: bool = True) -> File:
+    """Statements that apply on any server: SELECTs, and real changes of the reading."""
+    built = File()
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["select", "select", "select", "set", "set_config", "mention"]))
+        if kind == "set":
+            value = draw(st.booleans())
+            scope = draw(st.sampled_from(["", "SESSION ", "LOCAL "]))
+            built.statements.append(
+                f"SET {scope}standard_conforming_strings = {'on' if value else 'off'};"
+            )
+            built.standard = value
+        elif kind == "set_config":
+            value = draw(st.booleans())
+            built.statements.append(
+                "SELECT set_config('standard_conforming_strings', "
+                f"'{'on' if value else 'off'}', false);"
+            )
+            built.standard = value
+            built.selects += 1
+        elif kind == "mention":  # names the setting where it changes nothing
+            where = draw(st.sampled_from(["string", "dollar", "comment"]))
+            mention = {
+                "string": plain_string("standard_conforming_strings = off", built.standard),
+                "dollar": "$$SET standard_conforming_strings = off$$",
+                "comment": "1 /* SET standard_conforming_strings = off */",
+            }[where]
+            built.statements.append(f"SELECT {mention};")
+            built.selects += 1
+        else:
+            built.statements.append(draw(select(built.standard, json)))
+            built.selects += 1
+    return built
+
+
+def join(draw: st.DrawFn, statements: list[str]) -> str:
+    """Statements one a line, with comments between some of them."""
+    out = []
+    for statement in statements:
+        out.append(draw(st.sampled_from(["", "\n"]) | text.map(line_comment)))
+        out.append(statement + "\n")
+    return "".join(out)
+
+
+def planned(data: bytes, *, transactional: bool = True) -> list[bytes]:
+    steps = migrations.plan("0001_x.sql", data, transactional=transactional)
+    return [
+        data[one.start : one.end]
+        for step in steps
+        for one in migrations._one_by_one(data, step)
+        if isinstance(one, migrations.Batch)
+    ]
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_the_runners_statements_are_the_files(data: st.DataObject) -> None:
+    built = data.draw(valid_file())
+    text_ = join(data.draw, built.statements)
+    assert planned(text_.encode()) == [s.encode() for s in built.statements]
+
+
+REFUSED = [
+    ("COMMIT;", "COMMIT ends or starts a transaction"),
+    ("BEGIN;", "BEGIN ends or starts a transaction"),
+    ("end;", "END ends or starts a transaction"),
+    ("ABORT;", "ABORT ends or starts a transaction"),
+    ("ROLLBACK;", "ROLLBACK ends or starts a transaction"),
+    ("START TRANSACTION;", "START TRANSACTION ends or starts a transaction"),
+    ("PREPARE TRANSACTION 'x';", "PREPARE TRANSACTION ends or starts a transaction"),
+    ("\\connect other", "psql meta-command \\connect is not SQL"),
+    ("\\set ON_ERROR_STOP on", "psql meta-command \\set is not SQL"),
+    ("SELECT :'DBNAME';", ":'DBNAME' is a psql variable"),
+    ("SELECT current_database() = :DBNAME;", ":DBNAME is a psql variable"),
+    ('CREATE SCHEMA :"schema";', ':"schema" is a psql variable'),
+]
+
+
+@settings(max_examples=300)
+@given(st.data(), st.sampled_from(REFUSED))
+def test_what_may_not_run_is_refused_wherever_it_stands(
+    data: st.DataObject, refused: tuple[str, str]
+) -> None:
+    before = data.draw(valid_file())
+    statement, what = refused
+    after = data.draw(valid_file())
+    text_ = join(data.draw, [*before.statements, statement, *after.statements])
+    line = text_[: text_.index("\n" + statement) + 1].count("\n") + 1
+    with pytest.raises(ConfigError) as refusal:
+        migrations.plan("0001_x.sql", text_.encode(), transactional=True)
+    assert str(refusal.value).startswith(f"migration file 0001_x.sql, line {line}: {what}")
+
+
+@settings(max_examples=200)
+@given(st.data(), st.integers(2, 4))
+def test_a_no_transaction_file_of_several_statements_is_refused(
+    data: st.DataObject, count: int
+) -> None:
+    statements = [
+        data.draw(st.sampled_from(["SELECT 'standard_conforming_strings';", "SELECT 1;"]))
+        if data.draw(st.booleans())
+        else data.draw(select(True))
+        for _ in range(count)
+    ]
+    text_ = "-- cicd-db: no-transaction\n" + join(data.draw, statements)
+    with pytest.raises(ConfigError) as refusal:
+        migrations.plan("0001_x.sql", text_.encode(), transactional=False)
+    assert f"holds {count} statements besides SET and RESET" in str(refusal.value)
+
+
+def psql(database: Database, path: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [
+            *(str(wheel_bin_dir() / "psql"), "-X", "-q", "-A", "-t", "-0"),
+            *("-v", "ON_ERROR_STOP=1", "-f", str(path), "-d", database.settings.conninfo()),
+        ],
+        capture_output=True,
+        env={**os.environ, "PGPASSWORD": database.settings.password, "PGOPTIONS": ""},
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.db
+def test_psql_runs_each_statement_the_runner_finds(database: Database, tmp_path: Path) -> None:
+    """psql as the oracle: one result row per SELECT the runner found, and no error
+    (a colon form psql took for a variable, or a wrong split, would fail there)."""
+    [(version,)] = database.query("SELECT current_setting('server_version_num')::int")
+    path = tmp_path / "0001_x.sql"
+
+    @settings(max_examples=25)
+    @given(st.data())
+    def check(data: st.DataObject) -> None:
+        built = data.draw(valid_file(json=int(str(version)) >= 160000))
+        path.write_text(join(data.draw, built.statements))
+        statements = planned(path.read_bytes())
+        selects = sum(1 for s in statements if re.match(rb"\s*SELECT", s))
+        completed = psql(database, path)
+        assert completed.returncode == 0, completed.stderr.decode()
+        assert (selects, completed.stdout.count(b"\0")) == (built.selects, built.selects)
+
+    check()
