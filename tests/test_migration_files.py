@@ -1365,3 +1365,40 @@ def test_colons_that_are_sql_apply(database: Database, tmp_path: Path) -> None:
     code, _, err = migrate(database, folder)
     assert code == 0, err
     assert database.query("SELECT a, b, d, e, f FROM t") == [(1, [1, 2], ":DBNAME", ":'x'", [1, 2])]
+
+
+@pytest.mark.parametrize("name", ["add_index.sql", "add_index.SQL", "add_index.sql.sql"])
+def test_new_migration_adds_the_extension_once(tmp_path: Path, name: str) -> None:
+    assert migrations.new_migration(tmp_path, name).name == "0001_add_index.sql"
+
+
+def test_new_migration_never_numbers_beyond_bigint(tmp_path: Path) -> None:
+    write_migrations(tmp_path, {f"{migrations.MAX_VERSION}_last.sql": "SELECT 1;\n"})
+    with pytest.raises(ConfigError) as refused:
+        migrations.new_migration(tmp_path, "next")
+    assert str(refused.value) == (
+        f"cannot number a new migration in {tmp_path}: its newest version, "
+        f"{migrations.MAX_VERSION}, leaves none above it that the history can hold (at most "
+        f"{migrations.MAX_VERSION}, a bigint); renumber that file lower if it is not applied yet"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        f"{migrations.MAX_VERSION}_last.sql"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("filename", "suggestion"),
+    [
+        ("\uff10\uff10\uff10\uff11_x.sql", "0001_x.sql"),
+        ("\u0660\u0660\u0660\u0662_y.sql", "0002_y.sql"),
+        ("1\u0663_z.sql", "13_z.sql"),
+    ],
+    ids=["full-width", "arabic-indic", "mixed"],
+)
+def test_versions_are_ascii_digits(tmp_path: Path, filename: str, suggestion: str) -> None:
+    (tmp_path / filename).write_text("SELECT 1;\n")
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value).endswith(f"0-9; rename it, for example to {suggestion}")
+    # Nor does `migrate new` count it as a version.
+    assert migrations.new_migration(tmp_path, "next").name == "0001_next.sql"

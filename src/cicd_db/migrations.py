@@ -149,8 +149,10 @@ SESSION_SETTINGS = frozenset({"SET", "RESET"})
 # only switch psql's own meta-commands off and on, so the runner, which runs
 # none, may skip them.
 IGNORED_META_COMMANDS = frozenset({"restrict", "unrestrict"})
-FILE_NAME = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)\.sql$")
-VERSIONED = re.compile(r"^\d+_")
+# Versions are ASCII digits: Python's \d and int() also take full-width and
+# Arabic-Indic digits, which PostgreSQL, sort order and people read differently.
+FILE_NAME = re.compile(r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)\.sql")
+VERSIONED = re.compile(r"[0-9]+_")
 # `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON`: an interrupted
 # build leaves `name` behind, invalid.
 CONCURRENT_INDEX = re.compile(
@@ -333,12 +335,20 @@ def _parse_name(filename: str) -> tuple[int, str]:
             f"migration file {filename}: the extension must be lower-case .sql; "
             f"rename it to {filename[:-4]}.sql"
         )
-    match = FILE_NAME.match(filename)
+    match = FILE_NAME.fullmatch(filename)
     if match is None:
-        if re.fullmatch(r"\d+\.sql", filename):
+        if re.fullmatch(r"[0-9]+\.sql", filename):
             raise ConfigError(
                 f"migration file {filename} has a version but no name; rename it to "
                 f"{filename[:-4]}_what_it_does.sql"
+            )
+        digits = re.match(r"\d+", filename)
+        if digits is not None and not digits.group().isascii():
+            ascii_digits = str(int(digits.group()))
+            raise ConfigError(
+                f"migration file {filename!r}: its version {digits.group()!r} is not written in "
+                f"ASCII digits 0-9; rename it, for example to "
+                f"{ascii_digits.zfill(len(digits.group()))}{filename[digits.end() :]}"
             )
         if not VERSIONED.match(filename):
             raise ConfigError(
@@ -408,7 +418,10 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
     uses (four digits for a new folder). Two branches that both take the next
     number collide when merged: `migrate check` refuses two files of one version.
     """
-    if not FILE_NAME.match(f"1_{name}.sql"):
+    # `migrate new add_index.sql` means add_index: the extension is the runner's to add.
+    while name.lower().endswith(".sql"):
+        name = name[:-4]
+    if not FILE_NAME.fullmatch(f"1_{name}.sql"):
         raise ConfigError(
             f"migration name {name!r} may hold only letters, digits, '_', '.' and '-', and "
             "must start with a letter or digit; for example add_run_index"
@@ -420,9 +433,15 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
     versions = [
         (int(match["version"]), len(match["version"]))
         for path in folder.iterdir()
-        if (match := FILE_NAME.match(path.name))
+        if (match := FILE_NAME.fullmatch(path.name))
     ]
     newest, width = max(versions, default=(0, 4))
+    if newest >= MAX_VERSION:
+        raise ConfigError(
+            f"cannot number a new migration in {folder}: its newest version, {newest}, leaves "
+            f"none above it that the history can hold (at most {MAX_VERSION}, a bigint); "
+            "renumber that file lower if it is not applied yet"
+        )
     path = folder / f"{newest + 1:0{width}d}_{name}.sql"
     header = NEW_FILE_HEADER.format(name=name)
     if not transactional:
