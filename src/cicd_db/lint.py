@@ -1,13 +1,20 @@
 """The SQL lint gate: sqlfluff for style, squawk for what is unsafe on a live database.
 
-Both run with the repository's own settings (`.sqlfluff`, `.squawk.toml`, found in
-the repository root), and squawk reads a file marked `-- cicd-db: no-transaction`
-as running outside a transaction (where CONCURRENTLY belongs) and every other file
-as running inside one, as the runner runs them. The tools come with the `lint`
-extra (`pip install 'cicd-db[lint]'`); they are found beside the running Python,
-then on PATH.
+The gate carries its own settings, the same wherever the files are (a folder
+outside the repository, a cwd anywhere, cicd-db installed from a wheel):
+`SQLFLUFF_CONFIG` and `SQUAWK_CONFIG` are written to a temporary folder and
+passed to the tools explicitly, with the PostgreSQL dialect named on the command
+line too. The repository's `.sqlfluff` and `.squawk.toml` (what editors and
+plain `sqlfluff` calls read) hold the same text, which
+tests/test_lint_gate.py checks. A `.sqlfluff` next to the files may add
+settings; it cannot change these.
 
-Reads files only.
+squawk reads a file marked `-- cicd-db: no-transaction` as running outside a
+transaction (where CONCURRENTLY belongs) and every other file as running inside
+one, as the runner runs them. The tools come with the `lint` extra (`pip install
+'cicd-db[lint]'`); they are found beside the running Python, then on PATH.
+
+Reads files only (and writes the two settings files to a temporary folder).
 """
 
 from __future__ import annotations
@@ -15,11 +22,55 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cicd_db.errors import ConfigError
 from cicd_db.migrations import Migration
+
+SQLFLUFF_CONFIG = """\
+# sqlfluff: style of db/migrations. Each choice says why; `make lint` runs it.
+[sqlfluff]
+dialect = postgres
+# Migrations are plain SQL, run as written: nothing to template.
+templater = raw
+# Same width as the Python code; the plan's own lines reach 94 characters.
+max_line_length = 100
+
+[sqlfluff:indentation]
+tab_space_size = 4
+
+[sqlfluff:rules:capitalisation.keywords]
+# Upper-case keywords, as the plan's schema writes them, so 0001 and later files read alike.
+capitalisation_policy = upper
+
+[sqlfluff:rules:capitalisation.types]
+# Upper-case types for the same reason (UUID, TEXT, TIMESTAMPTZ).
+extended_capitalisation_policy = upper
+
+[sqlfluff:rules:capitalisation.functions]
+# Functions in lower case (gen_random_uuid(), now()); CURRENT_TIMESTAMP is the SQL
+# standard's keyword-like value function, written upper case as in the plan.
+extended_capitalisation_policy = lower
+ignore_words = CURRENT_TIMESTAMP
+
+[sqlfluff:rules:capitalisation.literals]
+# TRUE, FALSE and NULL in upper case, as the plan writes them.
+capitalisation_policy = upper
+"""
+SQUAWK_CONFIG = """\
+# squawk: is each migration safe on a live, busy database (locks, concurrent
+# indexes, timeouts)? `make lint` runs it on db/migrations.
+
+# The oldest PostgreSQL major we support and test (CI runs 15 and 18).
+pg_version = "15.0"
+
+# The runner wraps each file in a transaction, so rules judge a file as one.
+# Files whose first line is `-- cicd-db: no-transaction` run outside one; `make
+# lint` checks those with --no-assume-in-transaction, which overrides this.
+assume_in_transaction = true
+"""
 
 
 @dataclass(frozen=True)
@@ -33,23 +84,39 @@ class Report:
 
 
 def lint(migrations: list[Migration], root: Path) -> list[Report]:
-    """Run the gate over `migrations`; a report per tool and kind of file."""
+    """Run the gate over `migrations`; a report per tool and kind of file.
+
+    The tools run in `root` (the repository, or the cwd); the files are named by
+    absolute path, so a relative --migrations-dir works from anywhere.
+    """
     if not migrations:
         return []
-    reports = [_run("sqlfluff", ["lint", *(str(m.path) for m in migrations)], root, migrations)]
-    for kind, flags, chosen in (
-        ("in a transaction", [], [m for m in migrations if m.transactional]),
-        (
-            "no transaction",
-            ["--no-assume-in-transaction"],
-            [m for m in migrations if not m.transactional],
-        ),
-    ):
-        if chosen:
-            arguments = ["--config", str(root / ".squawk.toml"), "--reporter", "gcc", *flags]
-            report = _run("squawk", [*arguments, *(str(m.path) for m in chosen)], root, chosen)
-            reports.append(Report(f"squawk ({kind})", report.files, report.passed, report.output))
+    with tempfile.TemporaryDirectory(prefix="cicd-db-lint-") as folder:
+        sqlfluff_config = Path(folder) / ".sqlfluff"
+        sqlfluff_config.write_text(SQLFLUFF_CONFIG)
+        squawk_config = Path(folder) / ".squawk.toml"
+        squawk_config.write_text(SQUAWK_CONFIG)
+        arguments = ["lint", "--dialect", "postgres", "--config", str(sqlfluff_config)]
+        reports = [_run("sqlfluff", [*arguments, *_paths(migrations)], root, migrations)]
+        for kind, flags, chosen in (
+            ("in a transaction", [], [m for m in migrations if m.transactional]),
+            (
+                "no transaction",
+                ["--no-assume-in-transaction"],
+                [m for m in migrations if not m.transactional],
+            ),
+        ):
+            if chosen:
+                arguments = ["--config", str(squawk_config), "--reporter", "gcc", *flags]
+                report = _run("squawk", [*arguments, *_paths(chosen)], root, chosen)
+                reports.append(
+                    Report(f"squawk ({kind})", report.files, report.passed, report.output)
+                )
     return reports
+
+
+def _paths(migrations: list[Migration]) -> list[str]:
+    return [str(m.path.absolute()) for m in migrations]
 
 
 def _run(tool: str, arguments: list[str], root: Path, migrations: list[Migration]) -> Report:
