@@ -85,7 +85,7 @@ mutation: $(STAMP)
 
 # Figures, not tests: cicd-db beside dbmate, yoyo and psql; writes docs/benchmarks.md.
 bench: $(STAMP)
-	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The deploy job's exact versions (requirements/deploy.txt): the package's runtime
 # dependencies resolved in a fresh virtual environment. Run after changing them.

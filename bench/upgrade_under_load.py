@@ -1,5 +1,8 @@
 """Upgrade under load: the plan's schema, hardened by `migrate up` while writers write.
 
+`python -m bench.upgrade_under_load --runs 20000`; `make bench` runs it as its case
+`upgrade`, on every PostgreSQL major of the machine (measure() below).
+
 A figure, not a test (the test is tests/test_upgrade_under_load.py). Steps:
 
 1. An embedded server (the wheel's PostgreSQL 18, or --bin-dir, e.g. Debian's
@@ -7,12 +10,13 @@ A figure, not a test (the test is tests/test_upgrade_under_load.py). Steps:
 2. A template database with the plan's schema (0001, as `psql -f` would make it,
    owned by ci_user) and --runs runs over --pipelines pipelines, 5 stages x 4 jobs
    each, loaded with set-based SQL (INSERT ... SELECT generate_series); a share of
-   the rows without a status, as the plan allows. Built once per --runs and kept.
+   the rows without a status, as the plan allows (bench/workload.py). Built once per
+   --runs and kept.
 3. A copy of it, `migrate baseline --version 1`.
-4. --writers writer processes using the plan's own SQL in short autocommit
-   transactions (about --rate statements a second in all): insert a run without a
-   run number, its stages and jobs, then status and time updates, and a read of the
-   run's times. They write --before seconds, then `python -m cicd_db migrate up`
+4. --writers writer processes using the plan's own SQL (bench/workload.py) in short
+   autocommit transactions (about --rate statements a second in all): insert a run
+   without a run number, its stages and jobs, then status and time updates, and a read
+   of the run's times. They write --before seconds, then `python -m cicd_db migrate up`
    runs, then they write --after seconds more.
 5. While it runs, pg_locks is sampled every --sample-ms from another connection:
    which locks the runner's session held or waited for, on which table, how long.
@@ -43,65 +47,87 @@ import multiprocessing as mp
 import os
 import queue
 import re
-import statistics
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
-from bench import tuned  # the folder of this script comes first on sys.path
 from psycopg import sql
 
 from cicd_db import migrations
-from cicd_db.embedded import EmbeddedServer
 from cicd_db.settings import ConnectionSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-MIGRATIONS = ROOT / "db" / "migrations"
+from . import workload
+from .common import (
+    MIGRATIONS,
+    PYTHON,
+    ROOT,
+    Table,
+    create_database,
+    database_exists,
+    drop_database,
+    one,
+    percentile,
+    say,
+    server_version,
+    start_server,
+)
+from .workload import JOBS, STAGES, TABLES
+
 PLAN_SCHEMA = MIGRATIONS / "0001_plan_schema.sql"
-TABLES = ("pipeline_executions", "stage_executions", "job_executions")
-STAGES, JOBS = 5, 4
 RUNNER_APP = "upgrade-bench-migrate"
 WRITER_APP = "upgrade-bench-writer"
 PHASES = ("before", "during", "after")
 
 
-def say(message: str) -> None:
-    print(message, flush=True)
+# -- the bench's case ----------------------------------------------------------------
 
 
-# -- server and data ---------------------------------------------------------------
+def measure(runs: int, extra: list[str]) -> tuple[Table, list[str]]:
+    """This program on each PostgreSQL major here; the verdicts, and its reports verbatim."""
+    majors: list[tuple[str, list[str]]] = [("18 (embedded wheel)", [])]
+    for initdb in sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        majors.append((f"{initdb.parent.parent.name} (Debian)", ["--bin-dir", str(initdb.parent)]))
+    table = Table(
+        f"Upgrade under load: the plan's schema at {runs:,} runs to the newest",
+        ["PostgreSQL", "targets"],
+    )
+    reports: list[str] = []
+    for label, bin_dir in majors:
+        say(f"bench: upgrade under load on PostgreSQL {label}")
+        done = subprocess.run(
+            [PYTHON, "-m", __name__, "--runs", str(runs), *bin_dir, *extra],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+        )
+        output = done.stdout.strip()
+        say(output)
+        reports += [f"PostgreSQL {label}:", output, ""]
+        failed = [line.strip() for line in output.splitlines() if "[FAIL]" in line]
+        if done.returncode == 0 and not failed:
+            verdict = "all met"
+        else:
+            verdict = "; ".join(failed) or done.stderr.strip()[-200:]
+        table.rows.append([label, verdict])
+    table.notes.append("The full report of each run is in the last section.")
+    return table, reports
 
 
-def start_server(home: Path, bin_dir: Path | None) -> tuple[EmbeddedServer, ConnectionSettings]:
-    server = EmbeddedServer(home, bin_dir=bin_dir)
-    return server, tuned(server)  # the tuning of bench.py, for loading 26 million rows
-
-
-def database_exists(admin: ConnectionSettings, name: str) -> bool:
-    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
-        return bool(conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone())
+# -- data ----------------------------------------------------------------------------
 
 
 def build_template(
     admin: ConnectionSettings, user: ConnectionSettings, name: str, runs: int, pipelines: int
 ) -> None:
     """The plan's schema by its own SQL (as ci_user), then the rows, set-based."""
-    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(name), sql.Identifier(user.user)
-            )
-        )
+    create_database(admin, name, sql.SQL("OWNER"), sql.Identifier(user.user))
     with psycopg.connect(replace(user, database=name).conninfo(), autocommit=True) as conn:
         conn.execute(PLAN_SCHEMA.read_bytes())
     started = time.perf_counter()
@@ -109,64 +135,12 @@ def build_template(
         # Rows consistent by construction: skip the per-row foreign-key triggers.
         conn.execute("SET session_replication_role = replica")
         conn.execute("SET maintenance_work_mem = '1GB'")
-        # Ids are made from the row number, so children name their parent without a join.
-        # Every 50th row has no status (the plan allows it): the backfill's work.
-        conn.execute(
-            """
-            INSERT INTO pipeline_executions
-                (id, pipeline_name, commit_hash, status, start_time, completion_time)
-            SELECT
-                ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
-                'pipeline-' || lpad((i %% %(pipelines)s)::text, 3, '0'),
-                md5(i::text),
-                CASE WHEN i %% 50 = 7 THEN NULL WHEN i %% 17 = 0 THEN 'FAILED' ELSE 'SUCCESS' END,
-                timestamp '2025-01-01' + i * interval '30 seconds',
-                timestamp '2025-01-01' + i * interval '30 seconds' + interval '10 minutes'
-            FROM generate_series(0, %(runs)s - 1) AS i
-            """,
-            {"runs": runs, "pipelines": pipelines},
+        workload.load(
+            conn,
+            runs,
+            pipelines,
+            lambda table: say(f"  {table} loaded ({time.perf_counter() - started:.0f} s)"),
         )
-        say(f"  runs loaded ({time.perf_counter() - started:.0f} s)")
-        conn.execute(
-            """
-            INSERT INTO stage_executions
-                (id, pipeline_execution_id, stage_name, execution_order, status,
-                 start_time, completion_time)
-            SELECT
-                ('00000001-0000-4000-8000-' || lpad(to_hex(s), 12, '0'))::uuid,
-                ('00000000-0000-4000-8000-' || lpad(to_hex(s / 5), 12, '0'))::uuid,
-                'stage-' || (s %% 5 + 1),
-                s %% 5 + 1,
-                CASE WHEN s %% 50 = 7 THEN NULL ELSE 'SUCCESS' END,
-                timestamp '2025-01-01' + (s / 5) * interval '30 seconds'
-                    + (s %% 5) * interval '2 minutes',
-                timestamp '2025-01-01' + (s / 5) * interval '30 seconds'
-                    + (s %% 5) * interval '2 minutes' + interval '110 seconds'
-            FROM generate_series(0, %(stages)s - 1) AS s
-            """,
-            {"stages": runs * STAGES},
-        )
-        say(f"  stages loaded ({time.perf_counter() - started:.0f} s)")
-        conn.execute(
-            """
-            INSERT INTO job_executions
-                (id, stage_execution_id, job_name, status, allows_failure,
-                 start_time, completion_time)
-            SELECT
-                ('00000002-0000-4000-8000-' || lpad(to_hex(j), 12, '0'))::uuid,
-                ('00000001-0000-4000-8000-' || lpad(to_hex(j / 4), 12, '0'))::uuid,
-                'job-' || (j %% 4 + 1),
-                CASE WHEN j %% 50 = 7 THEN NULL ELSE 'SUCCESS' END,
-                j %% 4 = 3,
-                timestamp '2025-01-01' + (j / 20) * interval '30 seconds'
-                    + (j / 4 %% 5) * interval '2 minutes',
-                timestamp '2025-01-01' + (j / 20) * interval '30 seconds'
-                    + (j / 4 %% 5) * interval '2 minutes' + interval '100 seconds'
-            FROM generate_series(0, %(jobs)s - 1) AS j
-            """,
-            {"jobs": runs * STAGES * JOBS},
-        )
-        say(f"  jobs loaded ({time.perf_counter() - started:.0f} s)")
         conn.execute("SET session_replication_role = DEFAULT")
         for table in TABLES:
             conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
@@ -175,49 +149,14 @@ def build_template(
 
 
 def copy_database(admin: ConnectionSettings, template: str, name: str, owner: str) -> None:
-    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        # FILE_COPY: a file copy, not the whole template through the WAL.
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {} STRATEGY FILE_COPY").format(
-                sql.Identifier(name), sql.Identifier(template), sql.Identifier(owner)
-            )
-        )
-
-
-# -- checks ------------------------------------------------------------------------
-
-# The loaded rows have ids made from row numbers; writers' rows get random ones.
-LOADED = {
-    "pipeline_executions": "00000000-0000-4000-8000-000000000000",
-    "stage_executions": "00000001-0000-4000-8000-000000000000",
-    "job_executions": "00000002-0000-4000-8000-000000000000",
-}
-
-
-def fingerprint(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int]]:
-    """Count and a sum of row hashes of the loaded rows of each table.
-
-    A NULL status counts as PENDING (what the upgrade makes of it); times as epochs,
-    which a TIMESTAMP in UTC and its TIMESTAMPTZ share.
-    """
-    out = {}
-    for table in TABLES:
-        extra = "|| '|' || run_number || pipeline_name" if table == "pipeline_executions" else ""
-        query = sql.SQL(
-            "SELECT count(*), coalesce(sum(hashtextextended(id::text || '|' || "
-            "coalesce(status, 'PENDING') || '|' || coalesce(extract(epoch FROM start_time)::text,"
-            " '') || '|' || coalesce(extract(epoch FROM completion_time)::text, '') {}, 0)), 0) "
-            "FROM {} WHERE id >= %s::uuid AND id < %s::uuid"
-        ).format(sql.SQL(extra), sql.Identifier(table))
-        low = LOADED[table]
-        high = low[:7] + str(int(low[7]) + 1) + low[8:]
-        row = conn.execute(query, [low, high]).fetchone()
-        assert row is not None
-        out[table] = (int(row[0]), int(row[1]))
-    return out
+    # FILE_COPY: a file copy, not the whole template through the WAL.
+    create_database(
+        admin,
+        name,
+        *(sql.SQL("TEMPLATE"), sql.Identifier(template)),
+        *(sql.SQL("OWNER"), sql.Identifier(owner)),
+        sql.SQL("STRATEGY FILE_COPY"),
+    )
 
 
 # -- writers -------------------------------------------------------------------------
@@ -228,9 +167,8 @@ class WriterReport:
     waits: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
     errors: dict[str, Counter[str]] = field(default_factory=lambda: {p: Counter() for p in PHASES})
     recovered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
-    inserted: Counter[str] = field(default_factory=Counter)
+    written: dict[str, list[Any]] = field(default_factory=lambda: {t: [] for t in TABLES})
     slowest: list[tuple[float, float, str]] = field(default_factory=list)  # (ms, at, statement)
-    inserted_ids: list[str] = field(default_factory=list)
 
 
 STALE_PLAN = "cached plan must not change result type"
@@ -247,14 +185,15 @@ def writer(
     prepare_threshold: int | None,
     on_stale_plan: str,
 ) -> None:
-    """One writer process: whole run lives with the plan's SQL, one statement a transaction."""
+    """One writer process: the plan's run lives at `rate` statements a second, each
+    statement timed and its errors counted in the phase it ran in."""
     report = WriterReport()
     interval = 1.0 / rate
     next_at = time.monotonic()
     conn = psycopg.connect(conninfo, autocommit=True, application_name=WRITER_APP)
     conn.prepare_threshold = prepare_threshold
 
-    def run(statement: str, params: list[Any], fetch: bool = False) -> Any:
+    def execute(statement: LiteralString, params: list[Any]) -> tuple[Any, ...] | None:
         nonlocal next_at, conn
         next_at += interval
         pause = next_at - time.monotonic()
@@ -264,15 +203,15 @@ def writer(
         started = time.monotonic()
         try:
             try:
-                cursor = conn.execute(statement.encode(), params)
+                cursor = conn.execute(statement, params)
             except psycopg.errors.FeatureNotSupported as error:
                 if on_stale_plan != "deallocate" or STALE_PLAN not in str(error):
                     raise
                 # The application's remedy: forget the prepared statements, run it again.
-                conn.execute(b"DEALLOCATE ALL")
+                conn.execute("DEALLOCATE ALL")
                 report.recovered[current] += 1
-                cursor = conn.execute(statement.encode(), params)
-            result = cursor.fetchone() if fetch else None
+                cursor = conn.execute(statement, params)
+            return cursor.fetchone() if cursor.description else None
         except psycopg.Error as error:
             report.errors[current][f"{error.sqlstate}: {str(error).splitlines()[0][:120]}"] += 1
             if conn.broken:
@@ -284,71 +223,13 @@ def writer(
             report.waits[current].append(elapsed)
             if elapsed > 50:
                 report.slowest.append((elapsed, started, statement.split("(")[0][:60]))
-        return result
 
     life = 0
     while not stop.value:
         life += 1
         pipeline = f"pipeline-{(number * 7919 + life) % pipelines:03d}"
         try:
-            run_id = run(
-                "INSERT INTO pipeline_executions (pipeline_name, commit_hash, status) "
-                "VALUES (%s, %s, 'PENDING') RETURNING id",
-                [pipeline, uuid.uuid4().hex[:12]],
-                fetch=True,
-            )[0]
-            report.inserted["pipeline_executions"] += 1
-            report.inserted_ids.append(str(run_id))
-            run(
-                "UPDATE pipeline_executions SET status = 'RUNNING', start_time = CURRENT_TIMESTAMP "
-                "WHERE id = %s",
-                [run_id],
-            )
-            for order in range(1, STAGES + 1):
-                stage_id = run(
-                    "INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
-                    "execution_order, status) VALUES (%s, %s, %s, 'PENDING') RETURNING id",
-                    [run_id, f"stage-{order}", order],
-                    fetch=True,
-                )[0]
-                report.inserted["stage_executions"] += 1
-                run(
-                    "UPDATE stage_executions SET status = 'RUNNING', "
-                    "start_time = CURRENT_TIMESTAMP WHERE id = %s",
-                    [stage_id],
-                )
-                for job in range(1, JOBS + 1):
-                    # No status: the plan's column is nullable with no default, so an old
-                    # application may well leave it out (NULL before 0003, PENDING after).
-                    job_id = run(
-                        "INSERT INTO job_executions (stage_execution_id, job_name, allows_failure)"
-                        " VALUES (%s, %s, %s) RETURNING id",
-                        [stage_id, f"job-{job}", job == JOBS],
-                        fetch=True,
-                    )[0]
-                    report.inserted["job_executions"] += 1
-                    run(
-                        "UPDATE job_executions SET status = 'SUCCESS', "
-                        "completion_time = CURRENT_TIMESTAMP WHERE id = %s",
-                        [job_id],
-                    )
-                run(
-                    "UPDATE stage_executions SET status = 'SUCCESS', "
-                    "completion_time = CURRENT_TIMESTAMP WHERE id = %s",
-                    [stage_id],
-                )
-            # Read the run's times back (a dashboard, a duration): the statement that a
-            # prepared plan breaks when the column type changes.
-            run(
-                "SELECT status, start_time, completion_time FROM pipeline_executions WHERE id = %s",
-                [run_id],
-                fetch=True,
-            )
-            run(
-                "UPDATE pipeline_executions SET status = 'SUCCESS', "
-                "completion_time = CURRENT_TIMESTAMP WHERE id = %s",
-                [run_id],
-            )
+            workload.run_life(execute, pipeline, report.written)
         except psycopg.Error:
             continue  # counted; the next run starts afresh, as a CI system would
     conn.close()
@@ -473,11 +354,9 @@ def lock_spans(
 def summary(values: list[float]) -> str:
     if not values:
         return "no statements"
-    ordered = sorted(values)
-    p50 = statistics.median(ordered)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
     return (
-        f"{len(ordered):>7} stmts  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms  max {ordered[-1]:8.1f} ms"
+        f"{len(values):>7} stmts  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms  max {max(values):8.1f} ms"
     )
 
 
@@ -485,7 +364,7 @@ def summary(values: list[float]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=1_000_000, help="runs to load (default 1M)")
     parser.add_argument("--pipelines", type=int, default=100)
     parser.add_argument("--writers", type=int, default=8, help="writer processes")
@@ -517,10 +396,10 @@ def main() -> int:
         major = found[1] if found else args.bin_dir.parent.name
     home = args.home or ROOT / ".cicd-db" / f"upgrade-bench-{major}"
     say(f"bench: server under {home}")
-    server, admin = start_server(home, args.bin_dir)
+    # The bench's tuning, for loading 26 million rows; the server is left running.
+    server, admin, _ = start_server(home, args.bin_dir)
     user = server.settings()
-    with psycopg.connect(admin.conninfo()) as conn:
-        version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    version = server_version(admin)
     say(f"bench: PostgreSQL {version}, {os.cpu_count()} cores")
 
     template = f"plan_{args.runs}_{args.pipelines}"
@@ -535,17 +414,8 @@ def main() -> int:
 
     baseline = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "cicd_db",
-            "migrate",
-            "baseline",
-            "--version",
-            "1",
-            "--database-url",
-            target.url(),
-            "--migrations-dir",
-            str(MIGRATIONS),
+            *(sys.executable, "-m", "cicd_db", "migrate", "baseline", "--version", "1"),
+            *("--database-url", target.url(), "--migrations-dir", str(MIGRATIONS)),
         ],
         capture_output=True,
         text=True,
@@ -556,11 +426,12 @@ def main() -> int:
     if baseline.returncode != 0:
         return 1
     with psycopg.connect(super_target.conninfo(), autocommit=True) as conn:
-        before = fingerprint(conn)
+        before = workload.fingerprint(conn)
         nulls_before = {
-            t: conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE status IS NULL").format(sql.Identifier(t))
-            ).fetchone()[0]  # type: ignore[index]
+            t: one(
+                conn,
+                sql.SQL("SELECT count(*) FROM {} WHERE status IS NULL").format(sql.Identifier(t)),
+            )
             for t in TABLES
         }
     say(
@@ -674,40 +545,10 @@ def main() -> int:
 
     # -- checks --
     say("")
-    inserted: Counter[str] = sum((r.inserted for r in reports.values()), Counter())
+    written = {t: [i for r in reports.values() for i in r.written[t]] for t in TABLES}
     with psycopg.connect(super_target.conninfo(), autocommit=True) as conn:
-        after = fingerprint(conn)
-        checks = []
-        for table in TABLES:
-            checks.append(
-                (f"{table}: every loaded row kept, same hash", before[table] == after[table])
-            )
-            total = conn.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-            ).fetchone()[0]  # type: ignore[index]
-            checks.append(
-                (
-                    f"{table}: {total:,} rows = loaded {before[table][0]:,} + written "
-                    f"{inserted[table]:,}",
-                    total == before[table][0] + inserted[table],
-                )
-            )
-            nulls = conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE status IS NULL").format(
-                    sql.Identifier(table)
-                )
-            ).fetchone()[0]  # type: ignore[index]
-            checks.append((f"{table}: no status is NULL ({nulls})", nulls == 0))
-        duplicates = conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM pipeline_executions "
-            "GROUP BY pipeline_name, run_number HAVING count(*) > 1) d"
-        ).fetchone()[0]  # type: ignore[index]
-        checks.append(
-            (f"run numbers unique per pipeline ({duplicates} duplicates)", duplicates == 0)
-        )
-        history = conn.execute(
-            "SELECT max(version) FROM cicd_db.cicd_db_schema_history"
-        ).fetchone()[0]  # type: ignore[index]
+        checks = workload.checks(conn, before, written)
+        history = one(conn, "SELECT max(version) FROM cicd_db.cicd_db_schema_history")
         newest = max(m.version for m in migrations.discover(MIGRATIONS))
         checks.append((f"history at version {history} of {newest}", history == newest))
     writer_errors = sum(sum(e.values()) for e in merged_errors.values())
@@ -718,8 +559,7 @@ def main() -> int:
     for what, ok in checks:
         say(f"  [{'ok' if ok else 'FAIL'}] {what}")
     if not args.keep:
-        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS upgrade_under_load WITH (FORCE)")
+        drop_database(admin, "upgrade_under_load")
     return 0 if all(ok for _, ok in checks) else 1
 
 

@@ -1,0 +1,139 @@
+"""Case `apply`: 100 generated migrations (a table and an index each) applied to an
+empty database by each tool, whole process, with `psql -1 -f` as the floor.
+
+The generated migrations, the rivals' command lines and the versus table serve the
+no-op case too."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cicd_db.settings import ConnectionSettings
+
+from .common import PYTHON, ROOT, Databases, Table, timed
+
+Tools = dict[str, Path | None]
+
+
+def generate(folder: Path, count: int = 100) -> dict[str, Path]:
+    """The same `count` migrations in each tool's layout; returns tool -> folder."""
+    layouts = {
+        "cicd-db": folder / "cicd-db",
+        "dbmate": folder / "dbmate",
+        "yoyo": folder / "yoyo",
+        "psql": folder / "psql",
+    }
+    for path in layouts.values():
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    whole = []
+    for number in range(1, count + 1):
+        body = (
+            f"CREATE TABLE bench_{number:04d} (id BIGINT PRIMARY KEY, label TEXT NOT NULL, "
+            f"created_at TIMESTAMPTZ NOT NULL DEFAULT now());\n"
+            f"CREATE INDEX bench_{number:04d}_label ON bench_{number:04d} (label);\n"
+        )
+        whole.append(body)
+        (layouts["cicd-db"] / f"{number:04d}_table_{number}.sql").write_text(body)
+        (layouts["dbmate"] / f"{number:04d}_table_{number}.sql").write_text(
+            f"-- migrate:up\n{body}\n-- migrate:down\n"
+        )
+        (layouts["yoyo"] / f"{number:04d}_table_{number}.sql").write_text(body)
+    (layouts["psql"] / "all.sql").write_text("".join(whole))
+    return layouts
+
+
+@dataclass
+class Rival:
+    """A tool and its command line for one database; None for a floor run in-line."""
+
+    name: str
+    apply: Callable[[ConnectionSettings], list[str]] | None
+
+
+def rivals(layouts: dict[str, Path], tools: Tools) -> list[Rival]:
+    """cicd-db and the migration tools found, each applying its layout."""
+    found = [
+        Rival(
+            "cicd-db",
+            lambda db: [
+                *(PYTHON, str(ROOT / "scripts" / "migrate.py")),
+                *("--database-url", db.url(), "--migrations-dir", str(layouts["cicd-db"])),
+            ],
+        )
+    ]
+    if dbmate := tools["dbmate"]:
+        found.append(
+            Rival(
+                "dbmate",
+                lambda db: [
+                    *(str(dbmate), "--url", db.url()),
+                    *("--migrations-dir", str(layouts["dbmate"]), "--no-dump-schema", "up"),
+                ],
+            )
+        )
+    if yoyo := tools["yoyo"]:
+        found.append(
+            Rival(
+                "yoyo",
+                lambda db: [
+                    *(str(yoyo), "apply", "--batch", "--no-config-file", "--database"),
+                    db.url().replace("postgresql://", "postgresql+psycopg://").split("?")[0],
+                    str(layouts["yoyo"]),
+                ],
+            )
+        )
+    return found
+
+
+def measure(
+    dbs: Databases, layouts: dict[str, Path], tools: Tools, rounds: int
+) -> tuple[Table, dict[str, float]]:
+    contenders = rivals(layouts, tools)
+    if psql := tools["psql"]:
+        contenders.append(
+            Rival(
+                "psql -1 -f (floor)",
+                lambda db: [
+                    *(str(psql), "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1"),
+                    *("-f", str(layouts["psql"] / "all.sql"), db.conninfo()),
+                ],
+            )
+        )
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for round_number in range(rounds):
+        order = contenders[:]
+        random.Random(round_number).shuffle(order)
+        for contender in order:
+            db = dbs.fresh("apply")
+            assert contender.apply is not None
+            times[contender.name].append(timed(contender.apply(db)))
+            dbs.drop(db)
+    return versus(
+        "Apply 100 migrations to an empty database (whole process, ms)", times, "cicd-db", rounds
+    )
+
+
+def versus(
+    title: str, times: dict[str, list[float]], ours: str, rounds: int
+) -> tuple[Table, dict[str, float]]:
+    """Medians, extremes and our median over each other's, one row a tool."""
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    table = Table(title, ["tool", "median", "min", "max", "cicd-db / tool"])
+    for name, values in times.items():
+        table.rows.append(
+            [
+                name,
+                f"{medians[name]:.0f}",
+                f"{min(values):.0f}",
+                f"{max(values):.0f}",
+                f"{medians[ours] / medians[name]:.2f}x",
+            ]
+        )
+    table.notes.append(f"{rounds} rounds, tools interleaved in a shuffled order each round.")
+    return table, medians

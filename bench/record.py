@@ -1,0 +1,129 @@
+"""Case `record`: runs of 5 stages x 20 jobs through their whole life, the store API
+beside the same statements written by hand, on one connection."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any, LiteralString
+
+import psycopg
+
+from cicd_db import migrations, store
+
+from .common import MIGRATIONS, Databases, Table
+
+STAGES, JOBS = 5, 20
+
+
+def record_with_store(executions: store.Store, pipeline: str) -> None:
+    run = executions.set_status(executions.start_run(pipeline, "c0ffee"), store.RUNNING)
+    for order in range(1, STAGES + 1):
+        stage = executions.set_status(
+            executions.add_stage(run, f"stage-{order}", order), store.RUNNING
+        )
+        for job in executions.add_jobs(stage, [(f"job-{n}", n == 1) for n in range(JOBS)]):
+            executions.set_status(executions.set_status(job, store.RUNNING), store.SUCCESS)
+        executions.finish_stage(stage)
+    executions.finish_run(run)
+
+
+def record_by_hand(conn: psycopg.Connection[Any], pipeline: str) -> None:
+    """The same life, as the statements one would write without the store."""
+    run = _returned(
+        conn,
+        "INSERT INTO pipeline_executions (pipeline_name, commit_hash, status) "
+        "VALUES (%s, 'c0ffee', 'PENDING') RETURNING id",
+        [pipeline],
+    )
+    conn.execute(
+        "UPDATE pipeline_executions SET status = 'RUNNING', start_time = now() WHERE id = %s", [run]
+    )
+    for order in range(1, STAGES + 1):
+        stage = _returned(
+            conn,
+            "INSERT INTO stage_executions (pipeline_execution_id, stage_name, execution_order, "
+            "status) VALUES (%s, %s, %s, 'PENDING') RETURNING id",
+            [run, f"stage-{order}", order],
+        )
+        conn.execute(
+            "UPDATE stage_executions SET status = 'RUNNING', start_time = now() WHERE id = %s",
+            [stage],
+        )
+        jobs = conn.execute(
+            "INSERT INTO job_executions (stage_execution_id, job_name, allows_failure, status) "
+            "SELECT %s, name, name = 'job-1', 'PENDING' FROM unnest(%s::text[]) AS name "
+            "RETURNING id",
+            [stage, [f"job-{n}" for n in range(JOBS)]],
+        ).fetchall()
+        for (job,) in jobs:
+            conn.execute(
+                "UPDATE job_executions SET status = 'RUNNING', start_time = now() WHERE id = %s",
+                [job],
+            )
+            conn.execute(
+                "UPDATE job_executions SET status = 'SUCCESS', completion_time = now() "
+                "WHERE id = %s",
+                [job],
+            )
+        conn.execute(
+            "UPDATE stage_executions SET status = 'SUCCESS', completion_time = now() WHERE id = %s",
+            [stage],
+        )
+    conn.execute(
+        "UPDATE pipeline_executions SET status = 'SUCCESS', completion_time = now() WHERE id = %s",
+        [run],
+    )
+
+
+def _returned(conn: psycopg.Connection[Any], query: LiteralString, params: list[Any]) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def measure(
+    dbs: Databases, rounds: int, runs_per_round: int = 20
+) -> tuple[Table, dict[str, float]]:
+    db = dbs.fresh("record")
+    with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+        migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply()
+    rates: dict[str, list[float]] = {"store API": [], "hand-written SQL": []}
+    with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+        executions = store.Store.on(conn)
+        record_with_store(executions, "warm-up")
+        record_by_hand(conn, "warm-up-2")
+        for round_number in range(rounds):
+            ways: list[tuple[str, Callable[[int], None]]] = [
+                ("store API", lambda i: record_with_store(executions, f"s{i}")),
+                ("hand-written SQL", lambda i: record_by_hand(conn, f"h{i}")),
+            ]
+            random.Random(round_number).shuffle(ways)
+            for name, way in ways:
+                started = time.perf_counter()
+                for i in range(runs_per_round):
+                    way(i)
+                rates[name].append(runs_per_round / (time.perf_counter() - started))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    table = Table(
+        f"Record: runs of {STAGES} stages x {JOBS} jobs, whole life, one connection",
+        ["way", "runs/s (median)", "min", "max", "store / this"],
+    )
+    for name, values in rates.items():
+        table.rows.append(
+            [
+                name,
+                f"{medians[name]:.1f}",
+                f"{min(values):.1f}",
+                f"{max(values):.1f}",
+                f"{medians['store API'] / medians[name]:.2f}x",
+            ]
+        )
+    statements = 2 + STAGES * (3 + 2 * JOBS) + 1
+    table.notes.append(
+        f"{rounds} rounds of {runs_per_round} runs each (about {statements} "
+        "statements a run), interleaved."
+    )
+    return table, medians
