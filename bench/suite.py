@@ -117,7 +117,7 @@ def machine(admin: ConnectionSettings) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="cicd-db measured side by side with dbmate, yoyo and psql (bench/__init__.py)",
+        description="`make bench`: cicd-db measured side by side with dbmate, yoyo and psql",
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds per case (at least 5)")
     parser.add_argument("--runs", type=int, default=1_000_000, help="runs for the report case")
