@@ -46,14 +46,15 @@ class CloudPostgres(pulumi.ComponentResource):
             )
         if direct is None and contract.is_transaction_pooler(values):
             raise pulumi.RunError(
-                f"cicd-db:databaseUrl points at the transaction pooler {values.host}:{values.port}, "
+                f"cicd-db:databaseUrl points at the transaction pooler {values.where}, "
                 "which migrations cannot use; also set the direct endpoint: "
                 "pulumi config set --secret cicd-db:directUrl 'postgresql://...' -s "
                 f"{pulumi.get_stack()}"
             )
         self.connection: dict[str, pulumi.Input[object]] = {
             contract.HOST: values.host,
-            contract.PORT: values.port,
+            # A URL without a port means libpq's; the contract's output is a number.
+            contract.PORT: values.port or contract.DEFAULT_PORT,
             contract.DATABASE: values.database,
             contract.USER: values.user,
             contract.PASSWORD: pulumi.Output.secret(values.password),

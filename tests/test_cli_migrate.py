@@ -27,22 +27,13 @@ def assert_one_line_error(result, code: int, starts: str) -> None:
         (
             ["--database-url", f"postgresql://ci:{SECRET}@localhost:notaport/db"],
             2,
-            "the --database-url 'postgresql://ci:***@localhost:notaport/db' has port 'notaport'",
+            "the --database-url 'postgresql://ci:***@localhost:notaport/db' has a port that is "
+            "not a number from 1 to 65535",
         ),
         (
             ["--database-url", f"mysql://ci:{SECRET}@localhost/db"],
             2,
             "the --database-url must start with postgresql:// or postgres://",
-        ),
-        (
-            ["--database-url", f"postgresql://ci:{SECRET}@/db"],
-            2,
-            "the --database-url 'postgresql://ci:***@/db' names no host",
-        ),
-        (
-            ["--database-url", f"postgresql://ci:{SECRET}@localhost"],
-            2,
-            "the --database-url 'postgresql://ci:***@localhost' names no database",
         ),
         (["--stack", "staging"], 2, "unknown stack 'staging'; choose one of dev, embedded, prod"),
         (
@@ -82,8 +73,6 @@ def assert_one_line_error(result, code: int, starts: str) -> None:
     ids=[
         "port",
         "scheme",
-        "no-host",
-        "no-database",
         "unknown-stack",
         "prod-without-yes",
         "two-targets",
@@ -144,7 +133,9 @@ def test_password_from_pgpassword(database: Database) -> None:
 
 def test_malformed_database_url_from_environment() -> None:
     result = run_cli("migrate", "status", env={"DATABASE_URL": f"postgres://ci:{SECRET}@h:x/db"})
-    assert_one_line_error(result, 2, "the DATABASE_URL 'postgres://ci:***@h:x/db' has port 'x'")
+    assert_one_line_error(
+        result, 2, "the DATABASE_URL 'postgres://ci:***@h:x/db' has a port that is not a number"
+    )
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:1", "no-such-host.invalid:5432"])

@@ -620,7 +620,7 @@ def test_prod_pooler_needs_a_direct_url() -> None:
         (
             {"databaseUrl": PROD_URL + "?sslmode=disable"},
             ["databaseUrl"],
-            "sslmode=disable, which does not encrypt",
+            "the URL's sslmode, disable, which does not encrypt",
         ),
         (
             {"databaseUrl": "postgresql://app@db.example.com/cicd"},

@@ -692,16 +692,24 @@ def test_a_valid_index_of_the_same_name_elsewhere_is_never_dropped(
 
 
 @pytest.mark.parametrize(
-    ("environ", "options"),
+    ("given", "environ", "options"),
     [
-        ({}, migrations.SESSION_OPTIONS),
-        ({"PGOPTIONS": "  "}, migrations.SESSION_OPTIONS),
-        ({"PGOPTIONS": " -c a.b=1 "}, "-c a.b=1 " + migrations.SESSION_OPTIONS),
+        (None, {}, migrations.SESSION_OPTIONS),
+        (None, {"PGOPTIONS": "  "}, migrations.SESSION_OPTIONS),
+        (None, {"PGOPTIONS": " -c a.b=1 "}, migrations.SESSION_OPTIONS + " -c a.b=1"),
+        (
+            "-c statement_timeout=5s",
+            {"PGOPTIONS": "-c a.b=1"},
+            migrations.SESSION_OPTIONS + " -c statement_timeout=5s",
+        ),
+        ("endpoint=ep-x", {}, migrations.SESSION_OPTIONS + " endpoint=ep-x"),
     ],
-    ids=["unset", "blank", "set"],
+    ids=["unset", "blank", "pgoptions", "the-urls-over-pgoptions", "neon"],
 )
-def test_session_options_keep_pgoptions_first(environ: dict, options: str) -> None:
-    assert migrations.session_options(environ) == options
+def test_session_options_put_the_users_last(given: str | None, environ: dict, options: str) -> None:
+    """libpq reads PGOPTIONS only without an `options` keyword; the user's come last, so
+    a setting they name wins over the runner's."""
+    assert migrations.session_options(given, environ) == options
 
 
 def test_new_migration_numbers_in_the_folders_width(tmp_path: Path) -> None:

@@ -27,11 +27,23 @@ from .conftest import Database
         ),
         (
             "postgres://ci:p%40ss%2Fw@localhost/ci_local",
-            ConnectionSettings("localhost", 5432, "ci_local", "ci", "p@ss/w", "prefer"),
+            ConnectionSettings("localhost", None, "ci_local", "ci", "p@ss/w", None),
         ),
         (
             "postgresql://localhost/db",
-            ConnectionSettings("localhost", 5432, "db", "", "", "prefer"),
+            ConnectionSettings("localhost", None, "db", "", "", None),
+        ),
+        # What is not given is libpq's to choose (PGHOST, PGPORT, a service file, ...).
+        ("postgresql:///db", ConnectionSettings("", None, "db", "", "", None)),
+        (
+            "postgresql://?service=prod",
+            ConnectionSettings("", None, "", "", "", None, parameters=(("service", "prod"),)),
+        ),
+        (
+            "postgresql://u@h1:5433,h2:5434/db",
+            ConnectionSettings(
+                "h1,h2", None, "db", "u", "", None, parameters=(("port", "5433,5434"),)
+            ),
         ),
     ],
 )
@@ -45,9 +57,7 @@ def test_from_url(url: str, expected: ConnectionSettings) -> None:
     ("url", "message"),
     [
         ("http://ci:pw@h/db", "must start with postgresql:// or postgres://"),
-        ("postgresql://ci:pw@h:99999/db", "has port '99999'; use a number from 1 to 65535"),
-        ("postgresql://ci:pw@/db", "names no host"),
-        ("postgresql://ci:pw@h/", "names no database"),
+        ("postgresql://ci:pw@h:99999/db", "has a port that is not a number from 1 to 65535"),
     ],
 )
 def test_from_url_bad(url: str, message: str) -> None:
@@ -91,13 +101,13 @@ SECRET = "Sup3rS3cret"
     [
         (
             f"postgresql://ci:{SECRET}@h/db?foo=bar",
-            "the database URL 'postgresql://ci:***@h/db?foo=bar' has parameter 'foo', which "
-            "libpq does not know; remove it, or fix its spelling",
+            "the database URL 'postgresql://ci:***@h/db?foo=bar' has a parameter libpq does not "
+            "know ('foo'); remove it, or fix its spelling",
         ),
         (
             f"postgresql://ci:{SECRET}@h/db?sslmode=bogus",
-            "the database URL 'postgresql://ci:***@h/db?sslmode=bogus' has sslmode='bogus'; "
-            "use one of disable, allow, prefer, require, verify-ca, verify-full",
+            "the database URL 'postgresql://ci:***@h/db?sslmode=bogus' has an sslmode libpq does "
+            "not know; use one of disable, allow, prefer, require, verify-ca, verify-full",
         ),
         (
             f"app:{SECRET}@host/db",
@@ -314,8 +324,9 @@ def test_check_cloud_url(url: str, allow_insecure: bool, expected: str) -> None:
         ),
         (
             "postgresql://u:pw@h/db?sslmode=prefer",
-            "the databaseUrl has sslmode=prefer, which does not encrypt; use sslmode=require "
-            "(or verify-ca, verify-full), or set cicd-db:allowInsecure true",
+            "the databaseUrl would connect with the URL's sslmode, prefer, which does not "
+            "encrypt; use sslmode=require (or verify-ca, verify-full), or set "
+            "cicd-db:allowInsecure true",
         ),
         (
             "https://u:pw@h/db",
@@ -535,7 +546,10 @@ def test_wait(database: Database) -> None:
     ("url", "message"),
     [
         # the first unknown name, even after a known one and with "=" in its value
-        ("postgresql://u@h/db?sslmode=require&foo=a=b", "has parameter 'foo', which libpq"),
+        (
+            "postgresql://u@h/db?sslmode=require&foo=a=b",
+            r"has a parameter libpq does not know \('foo'\)",
+        ),
         # a fragment is no parameter: libpq refuses the URL, we do not name "y"
         ("postgresql://u@h/db?sslmode=require#x&y", "is malformed; check its form: "),
     ],
@@ -556,23 +570,22 @@ def test_malformed_url_message_is_whole() -> None:
     assert str(raised.value) == (
         "the database URL 'postgresql://u:***@h/db' is malformed; check its form: "
         "postgresql://USER:PASSWORD@HOST:5432/DATABASE (percent-encode special characters "
-        "in the password: @ as %40, space as %20)"
+        "in the password: @ as %40, / as %2F, ? as %3F, # as %23, space as %20)"
     )
 
 
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"dbname": "d"}, "the x names no host; add one, as in @HOST:5432"),
-        ({"host": "h"}, "the x names no database; add /DATABASE after the host"),
         (
             {"host": "a b", "dbname": "d"},
             "the x has a host with '@' or a space in it: most likely a password holding such "
             "a character; percent-encode it (@ as %40, space as %20)",
         ),
-        ({"host": "h", "dbname": "d", "port": "0"}, "the x has port '0'; use a number from"),
-        ({"host": "h", "dbname": "d", "port": 65536}, "the x has port '65536'; use a number"),
-        ({"host": "h", "dbname": "d", "port": "-1"}, "the x has port '-1'; use a number"),
+        ({"host": "h", "dbname": "d", "port": "0"}, "the x has a port that is not a number from"),
+        ({"host": "h", "dbname": "d", "port": 65536}, "the x has a port that is not a number"),
+        ({"host": "h", "dbname": "d", "port": "-1"}, "the x has a port that is not a number"),
+        ({"host": "h", "dbname": "d", "port": "\uff15\uff14\uff13\uff12"}, "the x has a port that is not a number"),
     ],
 )
 def test_from_mapping_bad(params: dict, message: str) -> None:
@@ -626,7 +639,10 @@ def test_mask_credentials(text: str, masked: str | None) -> None:
         ("", []),
         ("postgresql://u:pw@h", ["pw", "pw"]),
         ("HTTP://u:pw@h", ["pw", "pw"]),
-        ("postgresql://u:p:w@h/db", ["p:w", "p:w"]),
+        ("postgresql://u:p:w@h/db", ["p:w", "p", "w"]),
+        # libpq reads a password with a raw / or ? as host, port or database: its pieces too
+        ("postgresql://u:Sek/r3t?PW@h:1/db", ["Sek/r3t?PW", "Sek", "r3t", "PW"]),
+        ("postgresql://u@h/db?sslpassword=keypass&x=1", ["keypass"]),
         ("postgresql://u:a@b@h/db", ["a@b", "a", "b"]),
         ("postgresql://u@h/db", []),
         ("postgresql://@h/db", []),
@@ -649,13 +665,25 @@ def test_redact_skips_short_and_empty_secrets() -> None:
 @pytest.mark.parametrize(
     ("settings", "url"),
     [
-        (ConnectionSettings("h", 5432, "d", ""), "postgresql://h:5432/d?sslmode=prefer"),
+        (ConnectionSettings("h", 5432, "d", ""), "postgresql://h:5432/d"),
+        (
+            ConnectionSettings("h", None, "d", "", sslmode="require"),
+            "postgresql://h/d?sslmode=require",
+        ),
         (
             ConnectionSettings("h", 5432, "a/b", "u/v", "p/q"),
-            "postgresql://u%2Fv:p%2Fq@h:5432/a%2Fb?sslmode=prefer",
+            "postgresql://u%2Fv:p%2Fq@h:5432/a%2Fb",
         ),
-        (ConnectionSettings("::1", 5432, "d", "u"), "postgresql://u@[::1]:5432/d?sslmode=prefer"),
-        (ConnectionSettings("/run/pg", 5432, "d", "u"), "postgresql://u@:5432/d?sslmode=prefer"),
+        (ConnectionSettings("::1", 5432, "d", "u"), "postgresql://u@[::1]:5432/d"),
+        (
+            ConnectionSettings("/run/pg", 5432, "d", "u"),
+            "postgresql://u@/d?host=%2Frun%2Fpg&port=5432",
+        ),
+        (ConnectionSettings("", None, "d", "u"), "postgresql://u@/d"),
+        (
+            ConnectionSettings("h1,h2", None, "d", "u", parameters=(("port", "5433,5434"),)),
+            "postgresql://u@h1:5433,h2:5434/d",
+        ),
     ],
 )
 def test_url(settings: ConnectionSettings, url: str) -> None:
@@ -704,11 +732,13 @@ def test_not_ci_reads_prod(root: Path, ci: str) -> None:
 
 def test_check_cloud_url_reads_sslmode_from_the_whole_query() -> None:
     url = "postgresql://u:pw@h/db?sslmode=disable&application_name=a?b"
-    with pytest.raises(ConfigError, match="has sslmode=disable, which does not encrypt"):
+    with pytest.raises(ConfigError, match="the URL's sslmode, disable, which does not encrypt"):
         contract.check_cloud_url(url, what="databaseUrl")
 
 
 def test_from_outputs_names_the_stack_in_a_bad_output() -> None:
     with pytest.raises(ConfigError) as raised:
         contract.from_outputs({**OUTPUTS, "port": "x"}, stack="prod")
-    assert str(raised.value).startswith("the stack 'prod' outputs has port 'x'; use a number")
+    assert str(raised.value).startswith(
+        "the stack 'prod' outputs has a port that is not a number from 1 to 65535"
+    )

@@ -195,8 +195,9 @@ def test_verify_full_refuses_another_authority(tls_database: Database, tmp_path:
     wrong = tmp_path / "other-ca.crt"
     wrong.write_bytes(pem(other))
     code, out, err = status(tls_database.settings, sslrootcert=str(wrong))
-    assert (code, out) == (1, "")
-    assert err.startswith("error: cannot connect to localhost:")
+    # A configuration error, as psql says: the server is up, the parameters are wrong.
+    assert (code, out) == (2, "")
+    assert err.startswith("error: localhost:")
     assert "certificate verify failed" in err
     assert len(err.splitlines()) == 1
 

@@ -288,14 +288,16 @@ class Retry:
         )
 
 
-def session_options(environ: Mapping[str, str] = os.environ) -> str:
-    """The runner's session options, after the operator's PGOPTIONS.
+def session_options(given: str | None = None, environ: Mapping[str, str] = os.environ) -> str:
+    """The runner's session options, then the user's: the URL's `options`, or else PGOPTIONS.
 
     libpq reads PGOPTIONS only when a connection names no `options`, and the
-    runner names its own; joined, `PGOPTIONS='-c cicd_db.legacy_time_zone=...'`
-    (db/README.md) still reaches the migrations.
+    runner names its own; joined, the user's still arrive (a `statement_timeout`,
+    Neon's `endpoint=...`, `PGOPTIONS='-c cicd_db.legacy_time_zone=...'` of
+    db/README.md), and come last, so a setting the user names wins over ours.
     """
-    return " ".join(filter(None, [environ.get("PGOPTIONS", "").strip(), SESSION_OPTIONS]))
+    user = given if given is not None else environ.get("PGOPTIONS", "")
+    return " ".join(filter(None, [SESSION_OPTIONS, user.strip()]))
 
 
 def discover(folder: Path) -> list[Migration]:
@@ -1948,11 +1950,11 @@ def open_runner(
     settings = target.settings.for_migrations()
     if writes and is_transaction_pooler(settings):
         raise ConfigError(
-            f"{settings.host}:{settings.port} is a transaction pooler, where the migration lock "
+            f"{settings.where} is a transaction pooler, where the migration lock "
             "does not hold; migrate through the direct endpoint (Supabase: port 5432, Neon: the "
             "host without -pooler), or export migration_database_url from the stack"
         )
-    with targets.connect(settings, options=session_options()) as conn:
+    with targets.connect(settings, options=session_options(settings.parameter("options"))) as conn:
         yield Runner(conn, files, **options)
 
 
@@ -1966,7 +1968,9 @@ def scratch_dump(files: list[Migration], admin: ConnectionSettings) -> str:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     scratch = replace(admin, database=name)
     try:
-        with targets.connect(scratch, options=session_options()) as conn:
+        with targets.connect(
+            scratch, options=session_options(scratch.parameter("options"))
+        ) as conn:
             Runner(conn, files).apply()
         return schema.dump(scratch)
     finally:

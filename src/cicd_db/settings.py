@@ -9,6 +9,7 @@ Reads nothing and writes nothing: pure functions over strings.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -47,8 +48,11 @@ SECRET_KEYWORDS = frozenset(
     {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
 )
 
-# Seconds libpq waits for a TCP connection, so an unreachable host fails fast.
+# Seconds libpq waits for a TCP connection, so an unreachable host fails fast; only
+# when neither the URL nor PGCONNECT_TIMEOUT says otherwise.
 CONNECT_TIMEOUT = 5
+# libpq's default port, for what a stack exports when its URL names none.
+DEFAULT_PORT = 5432
 
 # The local database of the plan's phase 1, step 2: the embedded server and the
 # Docker container of the dev stack both create exactly this.
@@ -66,14 +70,21 @@ SUPABASE_POOLER_PORT = 6543
 
 @dataclass(frozen=True)
 class ConnectionSettings:
-    """Where a database is and how to log in. `password` never appears in repr."""
+    """Where a database is and how to log in. `password` never appears in repr.
+
+    Only what was given is set: an empty host, an empty database or user, a port
+    or sslmode of None leave the choice to libpq (PGHOST, PGPORT, PGSSLMODE,
+    PGDATABASE, PGUSER, a service file, its own defaults), exactly as psql would.
+    `host` may name several hosts, comma-separated; their ports then travel in
+    `parameters`.
+    """
 
     host: str
-    port: int
+    port: int | None
     database: str
     user: str
     password: str = field(default="", repr=False)
-    sslmode: str = "prefer"
+    sslmode: str | None = None
     # A direct (non-pooled) endpoint for the migration runner, when the
     # application's endpoint is a transaction pooler.
     migration_url: str | None = field(default=None, repr=False)
@@ -81,30 +92,77 @@ class ConnectionSettings:
     parameters: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def conninfo(self, **overrides: Any) -> str:
-        """A libpq connection string; `overrides` replace or add keywords."""
+        """A libpq connection string of what was given; `overrides` replace or add keywords.
+
+        Nothing libpq would otherwise read from its environment is set here, but a
+        connect timeout when neither the URL nor PGCONNECT_TIMEOUT names one.
+        """
         params: dict[str, Any] = {
-            "host": self.host,
+            "host": self.host or None,
             "port": self.port,
-            "dbname": self.database,
+            "dbname": self.database or None,
             "user": self.user or None,
             "password": self.password or None,
             "sslmode": self.sslmode,
-            "connect_timeout": CONNECT_TIMEOUT,
             **dict(self.parameters),
         }
+        if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
+            params["connect_timeout"] = CONNECT_TIMEOUT
         params.update(overrides)
         return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
+    def parameter(self, keyword: str) -> str | None:
+        """A libpq keyword the URL named besides the fields (`options`, `sslrootcert`, ...)."""
+        return dict(self.parameters).get(keyword)
+
+    @property
+    def where(self) -> str:
+        """host:port as given, for messages: libpq's defaults named, not guessed."""
+        host = self.host or os.environ.get("PGHOST") or "the default socket"
+        port = self.port or dict(self.parameters).get("port") or os.environ.get("PGPORT")
+        return f"{host}:{port}" if port else host
+
+    def in_use(self, info: Any) -> ConnectionSettings:
+        """These settings as libpq used them on a connection (`conn.info`): the host, port,
+        database and user it chose, from the URL or its environment."""
+        return replace(
+            self,
+            host=str(info.host),
+            port=int(info.port),
+            database=str(info.dbname),
+            user=str(info.user),
+            parameters=tuple((k, v) for k, v in self.parameters if k != "port"),
+        )
+
     def url(self) -> str:
-        """The `postgresql://` URL, password included: for exporting as a secret only."""
+        """The `postgresql://` URL, password included: for exporting as a secret only.
+
+        It names what was given and no more: no host, port or sslmode libpq would
+        choose by itself.
+        """
         credentials = quote(self.user, safe="")
         if self.password:
             credentials += ":" + quote(self.password, safe="")
         at = credentials + "@" if credentials else ""
-        query = urlencode([("sslmode", self.sslmode), *self.parameters], quote_via=quote)
-        return (
-            f"postgresql://{at}{_url_host(self.host)}:{self.port}/{quote(self.database, safe='')}"
-            f"?{query}"
+        query_items = [("sslmode", self.sslmode)] if self.sslmode else []
+        parameters = [(k, v) for k, v in self.parameters if k != "port"]
+        hosts = self.host.split(",") if self.host else []
+        ports = (str(self.port) if self.port else dict(self.parameters).get("port", "")).split(",")
+        if any(host.startswith("/") for host in hosts):
+            # Socket directories travel as ?host=, with the ports as ?port=.
+            query_items += [("host", self.host)]
+            if any(ports):
+                query_items += [("port", ",".join(ports))]
+            netloc = ""
+        else:
+            ports += [""] * (len(hosts) - len(ports))
+            netloc = ",".join(
+                _url_host(host) + (f":{port}" if port else "")
+                for host, port in zip(hosts, ports, strict=False)
+            )
+        query = urlencode([*query_items, *parameters], quote_via=quote)
+        return f"postgresql://{at}{netloc}/{quote(self.database, safe='')}" + (
+            f"?{query}" if query else ""
         )
 
     def redacted_url(self) -> str:
@@ -124,11 +182,11 @@ class ConnectionSettings:
         """The contract's outputs, keyed by their names."""
         values: dict[str, Any] = {
             HOST: self.host,
-            PORT: self.port,
+            PORT: self.port if self.port is not None else DEFAULT_PORT,
             DATABASE: self.database,
             USER: self.user,
             PASSWORD: self.password,
-            SSLMODE: self.sslmode,
+            SSLMODE: self.sslmode or "prefer",
             DATABASE_URL: self.url(),
         }
         if self.migration_url is not None:
@@ -137,8 +195,6 @@ class ConnectionSettings:
 
 
 def _url_host(host: str) -> str:
-    if host.startswith("/"):
-        return ""  # a socket directory travels as ?host=, which we never build
     return f"[{host}]" if ":" in host else host
 
 
@@ -149,7 +205,9 @@ def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
     """Parse a `postgres://` or `postgresql://` URL into settings, every libpq keyword kept.
 
     Raises ConfigError naming `what` and the fix. A message shows the URL only with
-    its credentials masked, and not at all when it may be nothing but a password.
+    its secrets masked (and not at all when it may be nothing but a password), and
+    never a value parsed out of it: in a URL whose password holds an unencoded `/`,
+    `?` or `#`, libpq reads part of the password as the host, port or database.
     """
     url = url.strip()
     shown = mask_credentials(url)
@@ -163,57 +221,75 @@ def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
         raise ConfigError(
             f"the {what} must start with postgresql:// or postgres://{got}; pass one like {URL_FORM}"
         )
-    unknown = [name for name in _query_names(url) if name not in libpq_keywords()]
+    where = f" {shown!r}" if shown is not None else ""
+    # Names read from the masked text: a password with a raw `?` is no query.
+    unknown = [name for name in _query_names(shown or "") if name not in libpq_keywords()]
     if unknown:
         raise ConfigError(
-            f"the {what} {shown!r} has parameter {unknown[0]!r}, which libpq does not know; "
+            f"the {what}{where} has a parameter libpq does not know ({_safe_name(unknown[0])}); "
             "remove it, or fix its spelling (sslmode, sslrootcert, options, application_name, ...)"
         )
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:
         raise ConfigError(
-            f"the {what} {shown!r} is malformed; check its form: {URL_FORM} "
-            "(percent-encode special characters in the password: @ as %40, space as %20)"
+            f"the {what}{where} is malformed; check its form: {URL_FORM} "
+            "(percent-encode special characters in the password: @ as %40, / as %2F, "
+            "? as %3F, # as %23, space as %20)"
         ) from None
     return from_mapping(params, what=what, source=shown or "")
 
 
+def _safe_name(name: str) -> str:
+    """A parameter's name for a message: only if it looks like one."""
+    return repr(name) if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,40}", name) else "not shown"
+
+
 def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> ConnectionSettings:
-    """Settings from libpq keywords (`dbname`) or contract names (`database`)."""
+    """Settings from libpq keywords (`dbname`) or contract names (`database`).
+
+    What is missing stays missing: libpq then takes it from its environment
+    (PGHOST, PGPORT, PGSSLMODE, a service file) or its defaults, as psql does.
+    """
     host = str(params.get("host") or "")
     database = str(params.get("dbname") or params.get(DATABASE) or "")
     where = f" {source!r}" if source else ""
-    if not host:
-        raise ConfigError(f"the {what}{where} names no host; add one, as in @HOST:5432")
     if "@" in host or " " in host.strip():
         raise ConfigError(
             f"the {what}{where} has a host with '@' or a space in it: most likely a password "
             "holding such a character; percent-encode it (@ as %40, space as %20)"
         )
-    if not database:
-        raise ConfigError(f"the {what}{where} names no database; add /DATABASE after the host")
-    raw_port = str(params.get("port") or 5432)
-    if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
-        raise ConfigError(f"the {what}{where} has port {raw_port!r}; use a number from 1 to 65535")
-    sslmode = str(params.get("sslmode") or "prefer")
-    if sslmode not in SSLMODES:
+    raw_port = str(params.get("port") or "")
+    ports = raw_port.split(",") if raw_port else []
+    if not all(p.isascii() and p.isdigit() and 0 < int(p) < 65536 for p in ports if p) or (
+        len(ports) > 1 and len(ports) != len(host.split(","))
+    ):
         raise ConfigError(
-            f"the {what}{where} has sslmode={sslmode!r}; use one of {', '.join(SSLMODES)}"
+            f"the {what}{where} has a port that is not a number from 1 to 65535 (one per "
+            "host); fix it, or percent-encode a '/', '?' or '#' in the password (%2F, %3F, %23)"
         )
+    sslmode = str(params.get("sslmode") or "") or None
+    if sslmode is not None and sslmode not in SSLMODES:
+        raise ConfigError(
+            f"the {what}{where} has an sslmode libpq does not know; use one of {', '.join(SSLMODES)}"
+        )
+    single_port = int(ports[0]) if len(ports) == 1 and ports[0] else None
+    parameters = [
+        (key, str(value))
+        for key, value in params.items()
+        if key in libpq_keywords() and key not in OWN_KEYWORDS and value not in (None, "")
+    ]
+    if len(ports) > 1:
+        parameters.append(("port", raw_port))  # several hosts: their ports, in order
     return ConnectionSettings(
         host=host,
-        port=int(raw_port),
+        port=single_port,
         database=database,
         user=str(params.get("user") or ""),
         password=str(params.get("password") or ""),
         sslmode=sslmode,
         migration_url=params.get(MIGRATION_DATABASE_URL) or None,
-        parameters=tuple(
-            (key, str(value))
-            for key, value in params.items()
-            if key in libpq_keywords() and key not in OWN_KEYWORDS and value not in (None, "")
-        ),
+        parameters=tuple(parameters),
     )
 
 
@@ -228,65 +304,121 @@ def _query_names(url: str) -> list[str]:
     return [part.partition("=")[0] for part in query.split("&") if part]
 
 
+_SECRET_QUERY_VALUE = re.compile(
+    r"(?P<head>[?&](?:" + "|".join(sorted(SECRET_KEYWORDS)) + r")=)(?P<secret>[^&#]*)", re.I
+)
+
+
 def mask_credentials(text: str) -> str | None:
     """`text` with whatever stands where a URL's password would be masked.
 
     Works on text that is not a well-formed URL too (no scheme, one slash, a raw
     `@` or space in the password): everything between the user name and the last
-    `@` is hidden. Text without `@` and without a scheme may be a password by
-    itself: then None, and the caller must not show it.
+    `@` is hidden; without any `@`, whatever follows a `:` in the part after the
+    scheme, unless it is a port (digits); and the values of secret parameters
+    (`sslpassword=`, `password=`). Text without `@` and without a scheme may be a
+    password by itself: then None, and the caller must not show it.
     """
+    text = _SECRET_QUERY_VALUE.sub(r"\g<head>***", text)
     at = text.rfind("@")
     scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/+", text)
     if at < 0:
-        return text if scheme and "://" in text else None
+        if not (scheme and "://" in text):
+            return None
+        rest = text[scheme.end() :]
+        user, colon, after = rest.partition(":")
+        port = re.match(r"[\d,]*(?=[/?#]|$)", after)
+        if colon and not port:
+            return text[: scheme.end()] + user + ":***"
+        return text
     start = scheme.end() if scheme and scheme.end() <= at else 0
     user, colon, _ = text[start:at].partition(":")
     return text[:start] + user + (":***" if colon else "") + text[at:]
 
 
 def password_candidates(text: str | None) -> list[str]:
-    """What in `text` may be a password, for `redact`, even when `text` is no valid URL."""
+    """What in `text` may be a password, for `redact`, even when `text` is no valid URL:
+    the whole, and its pieces between the characters that end a URL's parts (a
+    password with a raw `/` or `?` is read by libpq as host, port or database)."""
     if not text:
         return []
     text = text.strip()
+    secrets = [m["secret"] for m in _SECRET_QUERY_VALUE.finditer(text) if m["secret"]]
     at = text.rfind("@")
     scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/+", text)
     if at < 0:
-        return [] if scheme and "://" in text else [text]
-    start = scheme.end() if scheme and scheme.end() <= at else 0
-    secret = text[start:at].partition(":")[2]
-    return [secret, *secret.split("@")] if secret else []
+        if not (scheme and "://" in text):
+            return [text, *secrets]
+        secret = text[scheme.end() :].partition(":")[2]
+    else:
+        start = scheme.end() if scheme and scheme.end() <= at else 0
+        secret = text[start:at].partition(":")[2]
+    if secret:
+        secrets += [secret, *re.split(r"[@/?#:&=\[\]\s]+", secret)]
+    return [value for value in secrets if value]
 
 
-def is_transaction_pooler(settings: ConnectionSettings) -> bool:
-    """True for endpoints known to pool by transaction: Supabase's port 6543, Neon's -pooler hosts."""
-    first_label = settings.host.split(".", 1)[0]
-    return settings.port == SUPABASE_POOLER_PORT or first_label.endswith("-pooler")
+def is_transaction_pooler(
+    settings: ConnectionSettings, environ: Mapping[str, str] = os.environ
+) -> bool:
+    """True for endpoints known to pool by transaction: Supabase's port 6543, Neon's -pooler
+    hosts; any of several hosts, and the port libpq would take from PGPORT."""
+    hosts = (settings.host or environ.get("PGHOST", "")).split(",")
+    ports = str(
+        settings.port or settings.parameter("port") or environ.get("PGPORT") or DEFAULT_PORT
+    ).split(",")
+    return str(SUPABASE_POOLER_PORT) in ports or any(
+        host.split(".", 1)[0].endswith("-pooler") for host in hosts
+    )
 
 
-def check_cloud_url(url: str, *, what: str, allow_insecure: bool = False) -> str:
+def check_cloud_url(
+    url: str, *, what: str, allow_insecure: bool = False, environ: Mapping[str, str] = os.environ
+) -> str:
     """Validate a cloud database URL for the prod stack; returns it with `sslmode`.
 
     It must be postgres:// or postgresql:// with host, database, user and password.
-    A missing sslmode becomes `require`; a weaker one is refused unless
-    `allow_insecure`. Other query parameters (Neon's `options`, ...) are kept.
-    Reads nothing; raises ConfigError with the fix.
+    The sslmode judged is the one libpq would use: the URL's, else PGSSLMODE,
+    else libpq's default (prefer). One that does not encrypt is refused unless
+    `allow_insecure`. A URL without sslmode gets the effective one written in
+    (require in place of prefer), so whoever reads the stack connects the same
+    way. Other query parameters (Neon's `options`, ...) are kept. Reads nothing;
+    raises ConfigError with the fix.
     """
     settings = from_url(url, what=what)
+    shown = mask_credentials(url) or ""
     if not settings.user or not settings.password:
         raise ConfigError(
-            f"the {what} {redact(url)!r} needs a user and a password, as in "
+            f"the {what} {shown!r} needs a user and a password, as in "
             "postgresql://USER:PASSWORD@HOST/DATABASE"
         )
-    sslmode_given = "sslmode=" in url.partition("?")[2]
-    if not sslmode_given:
-        url += ("&" if "?" in url else "?") + "sslmode=require"
-    elif settings.sslmode not in ENCRYPTING_SSLMODES and not allow_insecure:
+    if not settings.host or not settings.database:
         raise ConfigError(
-            f"the {what} has sslmode={settings.sslmode}, which does not encrypt; use "
+            f"the {what} {shown!r} needs a host and a database: whoever reads the stack "
+            "has no PGHOST or service file of yours; as in postgresql://USER:PASSWORD@HOST/DATABASE"
+        )
+    effective = settings.sslmode or environ.get("PGSSLMODE") or "prefer"
+    if effective not in SSLMODES:
+        raise ConfigError(
+            f"PGSSLMODE={effective!r} is not an sslmode; use one of {', '.join(SSLMODES)}"
+        )
+    source = (
+        "the URL's sslmode"
+        if settings.sslmode
+        else ("PGSSLMODE" if environ.get("PGSSLMODE") else "libpq's default sslmode")
+    )
+    if (
+        effective not in ENCRYPTING_SSLMODES
+        and not allow_insecure
+        and (settings.sslmode or environ.get("PGSSLMODE"))
+    ):
+        raise ConfigError(
+            f"the {what} would connect with {source}, {effective}, which does not encrypt; use "
             f"sslmode=require (or verify-ca, verify-full), or set cicd-db:allowInsecure true"
         )
+    if not settings.sslmode:
+        chosen = effective if effective in ENCRYPTING_SSLMODES else "require"
+        url += ("&" if "?" in url else "?") + f"sslmode={chosen}"
     return url
 
 

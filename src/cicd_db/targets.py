@@ -167,6 +167,13 @@ def connect(
         # Named in pg_stat_activity, unless the URL names the application itself.
         conninfo = settings.conninfo(fallback_application_name="cicd-db", **overrides)
         return psycopg.connect(conninfo, autocommit=autocommit)
+    except psycopg.ProgrammingError as error:
+        # psycopg checks some values before libpq tries: connect_timeout=abc, ...
+        detail = redact(str(error).strip().splitlines()[0], settings.secrets())
+        raise ConfigError(
+            f"{detail}; fix that parameter of the target (--database-url, DATABASE_URL or the "
+            "stack's outputs)"
+        ) from None
     except psycopg.OperationalError as error:
         raise _connection_error(settings, error) from None
 
@@ -175,10 +182,12 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
     detail = redact(first_line, settings.secrets())
     detail = re.sub(
-        r"^(connection failed: )?(connection to server at .*?, port \d+ failed: )?", "", detail
+        r"^(connection (failed|is bad): )?(connection to server (at|on) .*?(, port \d+)? failed: )?",
+        "",
+        detail,
     )
     detail = detail.replace("FATAL:  ", "").strip()
-    where = f"{settings.host}:{settings.port}"
+    where = settings.where
     if (
         "password authentication failed" in detail
         or "no password supplied" in detail
@@ -190,10 +199,17 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
         )
     if "database" in detail and "does not exist" in detail:
         return ConfigError(f"{where}: {detail}; create it, or fix the database name in the URL")
-    if re.match(
-        r"(invalid \S+ value|(root )?certificate file|private key file|could not "
-        r"(read|load|open) (root certificate|certificate|private key|SSL))",
-        detail,
+    if (
+        re.match(
+            r"(invalid \S+ value|bad value for|(root )?certificate file|private key file|could not "
+            r"(read|load|open) (root certificate|certificate|private key|SSL)|"
+            r"SSL error: certificate verify failed|server certificate for .* does not match|"
+            r"(server )?does not support SSL|could not get server's host name from server "
+            r"certificate|definition of service|service file|root certificate file)",
+            detail,
+        )
+        or "certificate verify failed" in detail
+        or "does not match host name" in detail
     ):
         # libpq refused a connection parameter before trying the server.
         return ConfigError(
