@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -212,3 +213,36 @@ def test_missing_authority_file_is_a_configuration_error(
     assert err.rstrip().endswith(
         "fix that parameter of the target (--database-url, DATABASE_URL or the stack's outputs)"
     )
+
+
+def test_pgsslmode_of_the_environment_is_honoured_as_psql_honours_it(
+    tls_server: tuple[ConnectionSettings, Path], tls_database: Database
+) -> None:
+    """PGSSLMODE=verify-full with our CA in PGSSLROOTCERT and a URL that names no sslmode:
+    the right host name connects, another is refused; psql, the oracle, agrees each time."""
+    _, ca_file = tls_server
+    psql = ssl_bin_dir() / "psql"  # type: ignore[operator]
+    env = {"PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(ca_file)}
+    for host, hostaddr, connects in [
+        ("localhost", None, True),
+        ("wrong-name.invalid", "127.0.0.1", False),  # reaches the server; its name is not ours
+    ]:
+        parameters = (("hostaddr", hostaddr),) if hostaddr else ()
+        url = replace(tls_database.settings, host=host, sslmode=None, parameters=parameters).url()
+        oracle = subprocess.run(
+            [str(psql), url, "-Atc", "SELECT 1"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        result = run_cli("migrate", "status", "--database-url", url, env=env)
+        assert (oracle.returncode == 0) == connects, oracle.stderr
+        assert (result.code == 0) == connects, result.err
+        if not connects:
+            assert "does not match host name" in oracle.stderr
+            assert result.code == 2  # the parameters are wrong, not the server down
+            assert result.err.startswith("error: wrong-name.invalid:")
+            assert "does not match host name" in result.err
+            assert len(result.err.splitlines()) == 1
+            assert tls_database.settings.password not in result.err

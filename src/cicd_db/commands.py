@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -238,7 +239,8 @@ def schema_diff(run: Run) -> int:
     target, against = run.target(), run.args.against
     if against:
         run.remember(target)
-        if "://" in against:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", against):  # not a stack's name: a URL
+            # (a malformed one too: it is refused as a URL, its password masked)
             root = targets.repository_root()
             other = targets.Target("url", "--against", root, targets.state_home(root), against)
         else:

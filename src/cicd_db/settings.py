@@ -231,6 +231,12 @@ def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
         )
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
+    except UnicodeDecodeError:
+        # A percent-escape that decodes to no UTF-8 (%80): libpq takes the bytes, psycopg not.
+        raise ConfigError(
+            f"the {what}{where} has a percent-escape that is not UTF-8 text; encode the "
+            "password's or name's characters as UTF-8 before percent-encoding them"
+        ) from None
     except psycopg.Error:
         raise ConfigError(
             f"the {what}{where} is malformed; check its form: {URL_FORM} "
@@ -261,9 +267,9 @@ def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> C
         )
     raw_port = str(params.get("port") or "")
     ports = raw_port.split(",") if raw_port else []
-    if not all(p.isascii() and p.isdigit() and 0 < int(p) < 65536 for p in ports if p) or (
-        len(ports) > 1 and len(ports) != len(host.split(","))
-    ):
+    if not all(
+        p.isascii() and p.isdigit() and len(p) <= 5 and 0 < int(p) < 65536 for p in ports if p
+    ) or (len(ports) > 1 and len(ports) != len(host.split(","))):
         raise ConfigError(
             f"the {what}{where} has a port that is not a number from 1 to 65535 (one per "
             "host); fix it, or percent-encode a '/', '?' or '#' in the password (%2F, %3F, %23)"
@@ -304,30 +310,41 @@ def _query_names(url: str) -> list[str]:
     return [part.partition("=")[0] for part in query.split("&") if part]
 
 
+# A secret's value is hidden to the end of the text: one holding a raw `&` or `#`
+# would otherwise show its rest as another parameter or a fragment.
 _SECRET_QUERY_VALUE = re.compile(
-    r"(?P<head>[?&](?:" + "|".join(sorted(SECRET_KEYWORDS)) + r")=)(?P<secret>[^&#]*)", re.I
+    r"(?P<head>[?&](?:" + "|".join(sorted(SECRET_KEYWORDS)) + r")=)(?P<secret>.*)", re.I | re.S
 )
+
+
+# A scheme: `anything://`, or postgres(ql) with one slash too (a slash forgotten); not
+# `user:/...`, where the slash may be a password's.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://+|postgres(?:ql)?:/+", re.I)
 
 
 def mask_credentials(text: str) -> str | None:
     """`text` with whatever stands where a URL's password would be masked.
 
-    Works on text that is not a well-formed URL too (no scheme, one slash, a raw
-    `@` or space in the password): everything between the user name and the last
-    `@` is hidden; without any `@`, whatever follows a `:` in the part after the
-    scheme, unless it is a port (digits); and the values of secret parameters
-    (`sslpassword=`, `password=`). Text without `@` and without a scheme may be a
-    password by itself: then None, and the caller must not show it.
+    Works on text that is not a well-formed URL too (one slash, a raw `@` or space
+    in the password): everything between the user name and the last `@` is hidden;
+    without any `@`, whatever follows a `:` in the part after the scheme, unless it
+    is a port (digits); and the values of secret parameters (`sslpassword=`,
+    `password=`) to the end of the query. Text without a scheme may be a password
+    by itself, or one holding an `@`: then None, and the caller must not show it.
     """
     text = _SECRET_QUERY_VALUE.sub(r"\g<head>***", text)
     at = text.rfind("@")
-    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/+", text)
+    scheme = _SCHEME.match(text)
+    if scheme is None:
+        return None  # no scheme: it may be a password alone, or one with an @ in it
     if at < 0:
-        if not (scheme and "://" in text):
+        if "://" not in text:
             return None
         rest = text[scheme.end() :]
         user, colon, after = rest.partition(":")
-        port = re.match(r"[\d,]*(?=[/?#]|$)", after)
+        # A port is a few digits (one per host) that end the authority: anything else
+        # after a colon may be a password missing its @.
+        port = re.fullmatch(r"\d{1,5}(?:,[^,/:]*:\d{1,5})*(?:/.*)?", after, re.S)
         if colon and not port:
             return text[: scheme.end()] + user + ":***"
         return text
@@ -345,7 +362,7 @@ def password_candidates(text: str | None) -> list[str]:
     text = text.strip()
     secrets = [m["secret"] for m in _SECRET_QUERY_VALUE.finditer(text) if m["secret"]]
     at = text.rfind("@")
-    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/+", text)
+    scheme = _SCHEME.match(text)
     if at < 0:
         if not (scheme and "://" in text):
             return [text, *secrets]
@@ -354,7 +371,7 @@ def password_candidates(text: str | None) -> list[str]:
         start = scheme.end() if scheme and scheme.end() <= at else 0
         secret = text[start:at].partition(":")[2]
     if secret:
-        secrets += [secret, *re.split(r"[@/?#:&=\[\]\s]+", secret)]
+        secrets += [secret, *re.split(r"[@/?#:&=,\[\]\s]+", secret)]
     return [value for value in secrets if value]
 
 
@@ -452,7 +469,9 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """
     for pattern in (_URL_PASSWORD, _KEYWORD_PASSWORD):
         text = pattern.sub(r"\g<head>***\g<tail>", text)
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
+    # Longest first, so a piece never leaves the rest of the whole behind; each also as
+    # a message may quote it (repr escapes backslashes and controls).
+    for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
+        for shown in dict.fromkeys([secret, repr(secret)[1:-1], secret.replace("\\", "\\\\")]):
+            text = text.replace(shown, "***")
     return text

@@ -149,9 +149,11 @@ def resolve(
         stack = DEFAULT_STACK
     available = known_stacks(root)
     if stack not in available:
+        plain = re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", stack)
         raise ConfigError(
-            f"unknown stack {stack!r}; choose one of {', '.join(available)} "
-            f"(a stack needs a Pulumi.{stack}.yaml in {root})"
+            (f"unknown stack {stack!r}" if plain else "unknown stack (its name is not shown)")
+            + f"; choose one of {', '.join(available)} "
+            f"(a stack needs a Pulumi.{stack if plain else 'NAME'}.yaml in {root})"
         )
     return Target("stack", stack, root, home)
 
