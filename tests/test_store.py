@@ -599,3 +599,65 @@ def test_the_store_says_why_it_needs_autocommit(schema: Database) -> None:
     with psycopg.connect(schema.settings.conninfo()) as conn, pytest.raises(ValueError) as raised:
         Store.on(conn)
     assert str(raised.value) == "the store needs an autocommit connection"
+
+
+# -- cancel against starters -------------------------------------------------------------
+
+
+def test_cancel_run_succeeds_while_its_stages_and_jobs_start(schema: Database) -> None:
+    """Five writers start stages and jobs while a sixth cancels the run: the cancel always
+    succeeds, and no completion (the run's, a stage's, a job's) precedes a start below it.
+
+    The cancel's time cannot be the time its transaction began: a stage that starts after
+    that and commits before the cancel locks it would then start after the run ended."""
+    starters = 5
+    failed = []
+    with ExitStack() as stack:
+        own = Store.on(stack.enter_context(schema.connect()))
+        stores = [Store.on(stack.enter_context(schema.connect())) for _ in range(starters + 1)]
+        with ThreadPoolExecutor(max_workers=starters + 1) as workers:
+            for _ in range(TRIALS):
+                run = own.set_status(own.start_run("build", "abc"), RUNNING)
+                stages = [own.add_stage(run, f"s{i}", i) for i in range(starters)]
+                jobs = [own.add_jobs(stage, [("a", False), ("b", False)]) for stage in stages]
+                gate = Barrier(starters + 1)
+
+                def start(
+                    i: int,
+                    gate: Barrier = gate,
+                    stages: list[store.StageRun] = stages,
+                    jobs: list[list[store.JobRun]] = jobs,
+                ) -> None:
+                    gate.wait(timeout=30)
+                    try:
+                        stores[i].set_status(stages[i], RUNNING)
+                        for job in jobs[i]:
+                            stores[i].set_status(job, RUNNING)
+                    except IllegalTransition:
+                        pass  # the cancel got there first: this is how a starter loses
+
+                def cancel(gate: Barrier = gate, run: store.PipelineRun = run) -> object:
+                    gate.wait(timeout=30)
+                    try:
+                        return stores[starters].cancel_run(run)
+                    except IllegalTransition as refused:
+                        return refused
+
+                started = [workers.submit(start, i) for i in range(starters)]
+                outcome = workers.submit(cancel).result(timeout=60)
+                for future in started:
+                    future.result(timeout=60)
+                if isinstance(outcome, IllegalTransition):
+                    failed.append(str(outcome))
+                    continue
+                late = schema.query(
+                    "SELECT s.stage_name, j.job_name FROM pipeline_executions p "
+                    "JOIN stage_executions s ON s.pipeline_execution_id = p.id "
+                    "LEFT JOIN job_executions j ON j.stage_execution_id = s.id "
+                    "WHERE p.id = %s AND (p.status <> 'CANCELED' OR s.start_time > p.completion_time "
+                    "OR j.start_time > p.completion_time OR j.start_time > s.completion_time "
+                    "OR s.status NOT IN ('CANCELED') OR j.status NOT IN ('CANCELED'))",
+                    run.id,
+                )
+                assert not late, late
+    assert not failed, f"{len(failed)} of {TRIALS} cancels failed, e.g. {failed[0]}"

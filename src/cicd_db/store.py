@@ -33,6 +33,14 @@ A finished run or stage never has an unfinished child, however writers race:
   not conflict with NO KEY UPDATE.
 - Locks are taken parent before child, run, then stages, then jobs, so two writers
   never wait on each other in a cycle.
+
+Without an explicit `at`, finishing or cancelling a run or stage stamps it (and the
+children it cancels) with one time read after every row below it is locked: the
+later of the clock and every start and completion time below it. Not the time its
+transaction began: a child that started after that, and committed before the lock
+was granted, would have started after its parent finished, which the tables'
+CHECKs (and common sense) forbid. With an explicit `at` earlier than that, the move
+is refused.
 """
 
 from __future__ import annotations
@@ -189,6 +197,40 @@ CANCEL_CHILDREN: dict[type, tuple[tuple[str, LiteralString], ...]] = {
             "completion_time = coalesce(%(at)s, now()) "
             "WHERE stage_execution_id = %(parent)s AND status IN ('PENDING', 'RUNNING')",
         ),
+    ),
+}
+
+
+# What cancelling a run or stage locks after the row itself, parent before child, so
+# that no child below it can start or be added until it commits.
+LOCK_CHILDREN: dict[type, tuple[LiteralString, ...]] = {
+    PipelineRun: (
+        "SELECT 1 FROM stage_executions WHERE pipeline_execution_id = %(parent)s FOR NO KEY UPDATE",
+        "SELECT 1 FROM job_executions j JOIN stage_executions s ON s.id = j.stage_execution_id "
+        "WHERE s.pipeline_execution_id = %(parent)s FOR NO KEY UPDATE OF j",
+    ),
+    StageRun: (
+        "SELECT 1 FROM job_executions WHERE stage_execution_id = %(parent)s FOR NO KEY UPDATE",
+    ),
+}
+# The time finishing or cancelling a run or stage stamps when no `at` is given: the clock
+# now (not the transaction's start), or the latest time of the row or a row below it,
+# whichever is later (a clock stepped back must not break the order either).
+STAMP: dict[type, LiteralString] = {
+    PipelineRun: (
+        "SELECT greatest(clock_timestamp(), max(greatest(started, finished))) FROM ("
+        "SELECT start_time, completion_time FROM pipeline_executions WHERE id = %(parent)s "
+        "UNION ALL SELECT start_time, completion_time FROM stage_executions "
+        "WHERE pipeline_execution_id = %(parent)s "
+        "UNION ALL SELECT j.start_time, j.completion_time FROM job_executions j "
+        "JOIN stage_executions s ON s.id = j.stage_execution_id "
+        "WHERE s.pipeline_execution_id = %(parent)s) AS below (started, finished)"
+    ),
+    StageRun: (
+        "SELECT greatest(clock_timestamp(), max(greatest(started, finished))) FROM ("
+        "SELECT start_time, completion_time FROM stage_executions WHERE id = %(parent)s "
+        "UNION ALL SELECT start_time, completion_time FROM job_executions "
+        "WHERE stage_execution_id = %(parent)s) AS below (started, finished)"
     ),
 }
 
@@ -472,7 +514,8 @@ class Store:
                 status = (
                     FAILED if FAILED in counted else CANCELED if CANCELED in counted else SUCCESS
                 )
-            return self._move(type(row), row.id, status, at, conn=conn)
+            # Read now: finished children never move, and no child can be added.
+            return self._move(type(row), row.id, status, at or _stamp(conn, row), conn=conn)
 
     def _cancel(self, row: Row, at: datetime | None) -> Row:
         """Cancel a run or stage and, parent before child, whatever of it has not finished."""
@@ -486,17 +529,21 @@ class Store:
                     f"{what} {_name(current)} is {current.status}; only PENDING or RUNNING "
                     f"{what}s can be cancelled"
                 )
+            # Stages before jobs: add_jobs holds its stage FOR SHARE, so locking the
+            # stages waits for it, and the jobs it added are then locked and cancelled
+            # too. Once they are locked, nothing below the row can start.
+            for statement in LOCK_CHILDREN[type(row)]:
+                conn.execute(statement, {"parent": row.id})
+            stamp = at or _stamp(conn, row)
             for child, statement in CANCEL_CHILDREN[type(row)]:
-                # Stages before jobs: add_jobs holds its stage FOR SHARE, so updating the
-                # stages waits for it, and the jobs it added are then cancelled too.
                 try:
-                    conn.execute(statement, {"at": at, "parent": row.id})
+                    conn.execute(statement, {"at": stamp, "parent": row.id})
                 except errors.CheckViolation:
                     raise IllegalTransition(
                         f"{what} {_name(current)} cannot be cancelled at {at}: "
                         f"a {child} of it started later"
                     ) from None
-            return self._move(type(row), row.id, CANCELED, at, conn=conn)
+            return self._move(type(row), row.id, CANCELED, stamp, conn=conn)
 
     def _move(
         self,
@@ -557,6 +604,14 @@ def _fetch_one(
     with conn.cursor(row_factory=class_row(kind)) as cursor:
         cursor.execute(query, params)
         return cursor.fetchone()
+
+
+def _stamp(conn: psycopg.Connection[Any], row: PipelineRun | StageRun | JobRun) -> datetime:
+    """The time to finish or cancel `row` at, once it and the rows below it are locked."""
+    found = conn.execute(STAMP[type(row)], {"parent": row.id}).fetchone()
+    if found is None or not isinstance(found[0], datetime):
+        raise RuntimeError("the database returned no time")
+    return found[0]
 
 
 @contextmanager
