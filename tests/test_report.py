@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import unicodedata
 import uuid
 from collections.abc import Iterator
@@ -411,3 +412,72 @@ def test_hostile_names_through_the_database_and_cli(migrated: Database) -> None:
         assert name in {listing.get("pipeline")} | {
             value for part in listing.values() if isinstance(part, dict) for value in part.values()
         }
+
+
+@pytest.mark.db
+def test_not_found_hints_escape_stored_names(migrated: Database) -> None:
+    """A stored name in a "not found" hint is one shell word on one line: no escape
+    sequence, BEL or line break reaches stderr, and pasted into bash it is the name."""
+    pipeline = "\x1b]0;owned\x07build\nx 'y' \\ \u202e"
+    stage = "\x1b[2Jtest\r\n\x85" + HOSTILE["cjk"][:4]
+    with migrated.connect() as conn:
+        executions = Store.on(conn)
+        run = executions.set_status(executions.start_run(pipeline, "abc"), RUNNING)
+        executions.add_stage(run, stage, 1)
+    hints = []
+    for view, requested in (
+        (["--stage", "nope\x07"], "'nope\\x07'"),
+        (["--stage", stage, "--job", "nope\n"], "'nope\\n'"),
+    ):
+        result = run_cli(
+            "report", "--database-url", migrated.url, "--pipeline", pipeline, "--run", "1", *view
+        )
+        assert (result.code, result.out) == (1, "")
+        line = result.err.removesuffix("\n")
+        assert line.isprintable(), result.err
+        assert requested in line
+        hints.append(line.split("`")[1])
+    for hint in hints:
+        words = re.findall(r"--\w+ (\$'(?:[^'\\]|\\.)*'|\S+)", hint)
+        echoed = (
+            subprocess.run(
+                ["bash", "-c", 'printf "%s\\0" ' + " ".join(words)],
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .split("\0")[:-1]
+        )
+        assert echoed[0] == pipeline and echoed[1] == "1", hint
+        assert echoed[2:] in ([], [stage]), hint
+
+
+@pytest.mark.db
+def test_report_on_a_database_without_the_schema(database: Database) -> None:
+    result = run_cli("report", "--database-url", database.url, "--pipeline", "build")
+    assert (result.code, result.out) == (2, "")
+    assert result.err == (
+        "error: no cicd-db schema here (no execution tables): apply the migrations "
+        "(`cicd-db migrate up` with the same target), then record runs\n"
+    )
+
+
+@pytest.mark.db
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--pipeline", "build", "--run", "1", "--stage", ""], "--stage"),
+        (["--pipeline", "build", "--run", "1", "--stage", "test", "--job", ""], "--job"),
+        (["--pipeline", ""], "--pipeline"),
+    ],
+    ids=["stage", "job", "pipeline"],
+)
+def test_an_empty_name_is_refused_not_ignored(
+    recorded: Database, args: list[str], flag: str
+) -> None:
+    result = run_cli("report", "--database-url", recorded.url, *args)
+    assert (result.code, result.out, result.err) == (
+        2,
+        "",
+        f"error: {flag} is empty; give a name, or leave {flag} out\n",
+    )

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from cicd_db.errors import NotFound, UsageError
+from cicd_db.errors import ConfigError, NotFound, UsageError
 
 if TYPE_CHECKING:  # only for annotations: `cicd-db migrate` imports this module for grid()
     from cicd_db.store import JobRun, PipelineRun, StageRun, Store
@@ -369,15 +369,45 @@ def fetch(
     stages, one stage with its jobs, or one job. Raises UsageError for arguments
     that do not fit together and NotFound for what does not exist.
     """
-    if job and not stage:
+    # An empty name given on purpose (`--stage ""`, an unset shell variable) is not a
+    # name left out: refused, rather than read as the wider view.
+    for flag, name in (("--pipeline", pipeline), ("--stage", stage), ("--job", job)):
+        if name == "":
+            raise UsageError(f"{flag} is empty; give a name, or leave {flag} out")
+    if job is not None and stage is None:
         raise UsageError("--job needs --stage (and --run): a job is named within its stage")
-    if stage and not run:
+    if stage is not None and not run:
         raise UsageError("--stage needs --run: a stage is named within its run")
     if run and (limit or before):
         raise UsageError("--limit and --before page through runs; leave them out with --run")
     limit = limit or DEFAULT_LIMIT
     if limit > MAX_LIMIT:
         raise UsageError(f"--limit {limit} is above {MAX_LIMIT}; page with --before instead")
+    from psycopg import errors  # here: `cicd-db migrate` imports this module without a store
+
+    try:
+        return _fetch(executions, pipeline, run, stage, job, limit, before)
+    except errors.UndefinedTable:
+        raise ConfigError(
+            "no cicd-db schema here (no execution tables): apply the migrations "
+            "(`cicd-db migrate up` with the same target), then record runs"
+        ) from None
+    except errors.UndefinedColumn:
+        raise ConfigError(
+            "the cicd-db schema here is older than this cicd-db: apply the pending "
+            "migrations (`cicd-db migrate up` with the same target)"
+        ) from None
+
+
+def _fetch(
+    executions: Store,
+    pipeline: str,
+    run: int | None,
+    stage: str | None,
+    job: str | None,
+    limit: int,
+    before: int | None,
+) -> View:
     if run is None:
         runs = executions.runs(pipeline, limit=limit, before=before)
         if not runs and before is None:

@@ -45,6 +45,7 @@ is refused.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
@@ -435,7 +436,7 @@ class Store:
         if found is None:
             raise NotFound(
                 f"run {run.run_number} of pipeline {run.pipeline_name!r} has no stage "
-                f"{stage_name!r}; see `cicd-db report --pipeline {run.pipeline_name} "
+                f"{stage_name!r}; see `cicd-db report --pipeline {_word(run.pipeline_name)} "
                 f"--run {run.run_number}`"
             )
         return found
@@ -459,8 +460,8 @@ class Store:
             raise NotFound(
                 f"stage {stage.stage_name!r} of run {run.run_number} of pipeline "
                 f"{run.pipeline_name!r} has no job {job_name!r}; see `cicd-db report "
-                f"--pipeline {run.pipeline_name} --run {run.run_number} --stage "
-                f"{stage.stage_name}`"
+                f"--pipeline {_word(run.pipeline_name)} --run {run.run_number} --stage "
+                f"{_word(stage.stage_name)}`"
             )
         return found
 
@@ -628,6 +629,32 @@ def _refusing_duplicates(messages: dict[str, str]) -> Iterator[None]:
 
 def _id(row: PipelineRun | StageRun | JobRun | UUID) -> UUID:
     return row if isinstance(row, UUID) else row.id
+
+
+def _word(text: str) -> str:
+    """A stored name as one shell word on one line, for a command in a message.
+
+    Names come from whoever records a run: one with a character that is not printable
+    (an escape sequence, BEL, a line break, a bidi override) is written in bash's
+    $'...' with each such character escaped, so it can neither act on the terminal
+    nor break the message's one line, and the command still works when pasted.
+    Elsewhere in messages names are repr()s, which escape the same characters.
+    """
+    if text.isprintable():
+        return shlex.quote(text)
+    escaped = []
+    for ch in text:
+        if ch in "'\\":
+            escaped.append("\\" + ch)
+        elif ch.isprintable():
+            escaped.append(ch)
+        elif ord(ch) < 0x80:
+            escaped.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) <= 0xFFFF:
+            escaped.append(f"\\u{ord(ch):04x}")
+        else:
+            escaped.append(f"\\U{ord(ch):08x}")
+    return "$'" + "".join(escaped) + "'"
 
 
 def _illegal(current: PipelineRun | StageRun | JobRun, status: str) -> str:
