@@ -306,7 +306,10 @@ def init_local(run: Run) -> int:
     a, admin = run.args, from_url(run.args.admin_url, what="--admin-url")
     run.secrets += [*admin.secrets(), a.password or ""]
     with targets.connect(admin) as conn:
-        prepared = local.init(conn, admin, a.password, user=a.user, database=a.database)
+        # The URL printed names the host (a socket's folder too) and port libpq used,
+        # also when they came from PGHOST, PGPORT or a service file.
+        server = admin.in_use(conn.info)
+        prepared = local.init(conn, server, a.password, user=a.user, database=a.database)
     url = prepared.settings.url() if a.show_password else prepared.settings.redacted_url()
     run.show(console.local_json(prepared, url), lambda: [console.local_line(prepared)])
     if not a.json:

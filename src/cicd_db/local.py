@@ -8,7 +8,9 @@ with the plan's role settings (`client_encoding`, `default_transaction_isolation
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,7 +44,11 @@ def init(
 
     A new role gets `password`, or a generated one; an existing role keeps its
     own unless `password` is given. Refuses, before changing anything, when the
-    admin role may not create roles and databases.
+    admin role may not create roles and databases, and when an existing role could
+    not log in with the URL printed (a superuser, NOLOGIN, CONNECTION LIMIT 0, an
+    expired VALID UNTIL): those are someone's choices, named with the fix, never
+    changed behind their back. A role this call created is dropped again when a
+    later step fails, so a rerun starts clean and no password is lost unseen.
     """
     row = admin.execute(
         "SELECT rolsuper, rolcreaterole, rolcreatedb, current_user FROM pg_roles "
@@ -54,36 +60,50 @@ def init(
             f"role {who} of the admin URL may not create roles and databases; use a superuser "
             "(the installer's postgres) or a role with CREATEROLE and CREATEDB"
         )
+    superuser, who = bool(row[0]), str(row[3])
     role = sql.Identifier(user)
-    created_role = (
-        admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [user]).fetchone() is None
-    )
-    if created_role:
-        password = password or secrets.token_urlsafe(24)
-        admin.execute(
-            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}").format(
-                role, sql.Literal(password)
-            )
-        )
-    elif password:
-        admin.execute(
-            sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password))
-        )
-    for name, value in LOCAL_ROLE_SETTINGS:
-        admin.execute(
-            sql.SQL("ALTER ROLE {} SET {} TO {}").format(
-                role, sql.Identifier(name), sql.Literal(value)
-            )
-        )
-    owner = admin.execute(
-        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database]
+    existing = admin.execute(
+        "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil <= now() FROM pg_roles "
+        "WHERE rolname = %s",
+        [user],
     ).fetchone()
-    if owner is None:
-        admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), role))
-    elif owner[0] != user:
-        admin.execute(
-            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), role)
-        )
+    if existing is not None:
+        _refuse_unusable(user, *existing)
+    created_role = existing is None
+    try:
+        with _privileges(who, user):
+            if created_role:
+                password = password or secrets.token_urlsafe(24)
+                admin.execute(
+                    sql.SQL(
+                        "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
+                    ).format(role, sql.Literal(password))
+                )
+            elif password:
+                admin.execute(
+                    sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password))
+                )
+            for name, value in LOCAL_ROLE_SETTINGS:
+                admin.execute(
+                    sql.SQL("ALTER ROLE {} SET {} TO {}").format(
+                        role, sql.Identifier(name), sql.Literal(value)
+                    )
+                )
+            owner = admin.execute(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database]
+            ).fetchone()
+            if owner is None:
+                statement = sql.SQL("CREATE DATABASE {} OWNER {}")
+            elif owner[0] != user:
+                statement = sql.SQL("ALTER DATABASE {} OWNER TO {}")
+            if owner is None or owner[0] != user:
+                _as_member(admin, statement.format(sql.Identifier(database), role), role, superuser)
+    except BaseException:
+        if created_role:
+            # Its password was never shown: a rerun must not find a role nobody can use.
+            with contextlib.suppress(psycopg.Error):
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+        raise
     settings = replace(
         server,
         database=database,
@@ -92,3 +112,63 @@ def init(
         migration_url=None,
     )
     return Prepared(settings, created_role, owner is None, bool(password))
+
+
+def _refuse_unusable(
+    user: str, superuser: bool, can_login: bool, limit: int, expired: bool | None
+) -> None:
+    """ConfigError naming each reason an existing role cannot be the plan's ci_user."""
+    role = sql.Identifier(user).as_string(None)
+    wrong = []
+    if superuser:
+        wrong.append(("is a superuser", "NOSUPERUSER"))
+    if not can_login:
+        wrong.append(("may not log in (NOLOGIN)", "LOGIN"))
+    if limit == 0:
+        wrong.append(("has CONNECTION LIMIT 0", "CONNECTION LIMIT -1"))
+    if expired:
+        wrong.append(("has a VALID UNTIL in the past", "VALID UNTIL 'infinity'"))
+    if wrong:
+        raise ConfigError(
+            f"role {user!r} exists but {' and '.join(what for what, _ in wrong)}, so the URL "
+            f"printed could not be used as the plan's role; run `ALTER ROLE {role} "
+            f"{' '.join(fix for _, fix in wrong)}` as a superuser, or pass another --user"
+        )
+
+
+def _as_member(
+    admin: psycopg.Connection[Any], statement: sql.Composed, role: sql.Identifier, superuser: bool
+) -> None:
+    """Run `statement`, which makes `role` a database's owner, as a member of `role`.
+
+    PostgreSQL wants the admin to be one unless it is a superuser: 15 says "must be
+    member of role", 16 and later "must be able to SET ROLE". A CREATEROLE admin may
+    grant itself that (on 16 and later through the ADMIN OPTION it got by creating
+    the role), and revokes it again after, so it does not keep ci_user's rights. An
+    admin that already is such a member is left as it was.
+    """
+    try:
+        admin.execute(statement)
+        return
+    except psycopg.errors.InsufficientPrivilege:
+        if superuser:
+            raise
+    admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+    try:
+        admin.execute(statement)
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            admin.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(role))
+
+
+@contextlib.contextmanager
+def _privileges(who: str, user: str) -> Iterator[None]:
+    """The server refusing the admin something becomes one line with the fix."""
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege as error:
+        detail = (error.diag.message_primary or str(error)).strip()
+        raise ConfigError(
+            f"role {who} of the admin URL may not prepare role {user!r}: {detail}; use a "
+            f"superuser admin URL, or one whose role has ADMIN OPTION on {user!r}"
+        ) from None

@@ -1,0 +1,190 @@
+"""`cicd-db init-local` on a real server: the admins its help offers, reruns, and roles
+that exist already."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cicd_db.settings import ConnectionSettings, from_url
+
+from .conftest import run_cli
+
+
+@dataclass(frozen=True)
+class Names:
+    admin: str
+    user: str
+    database: str
+
+
+@pytest.fixture
+def names(server: ConnectionSettings) -> Iterator[Names]:
+    tag = uuid.uuid4().hex[:8]
+    made = Names(f"admin_{tag}", f"ci_user_{tag}", f"ci_local_{tag}")
+    yield made
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(made.database))
+        )
+        for role in (made.user, made.admin):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def superuser(server: ConnectionSettings, statement: str, *roles: str) -> None:
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL(statement).format(*map(sql.Identifier, roles)))
+
+
+def init_local(server: ConnectionSettings, admin: ConnectionSettings, names: Names, *extra: str):  # type: ignore[no-untyped-def]
+    return run_cli(
+        "init-local",
+        "--admin-url",
+        admin.url(),
+        "--user",
+        names.user,
+        "--database",
+        names.database,
+        *extra,
+    )
+
+
+def logs_in(server: ConnectionSettings, names: Names, password: str) -> bool:
+    as_user = replace(server, user=names.user, password=password, database=names.database)
+    with psycopg.connect(as_user.conninfo()) as conn:
+        row = conn.execute(
+            "SELECT current_user, pg_get_userbyid(datdba) FROM pg_database "
+            "WHERE datname = current_database()"
+        ).fetchone()
+    return row == (names.user, names.user)
+
+
+@pytest.mark.db
+def test_an_admin_with_createrole_and_createdb_is_enough(
+    server: ConnectionSettings, names: Names
+) -> None:
+    """What --admin-url's help offers works on 15 ("must be member of role") and on 16 and
+    later ("must be able to SET ROLE"), twice, and the admin keeps no membership."""
+    superuser(
+        server, "CREATE ROLE {} LOGIN CREATEROLE CREATEDB PASSWORD 'admin-Pass-1'", names.admin
+    )
+    admin = replace(server, user=names.admin, password="admin-Pass-1")
+    first = init_local(server, admin, names, "--password", "user-Pass-1")
+    assert (first.code, first.err) == (0, ""), first.err
+    assert (
+        first.out.splitlines()[0] == f"role {names.user} created; database {names.database} created"
+    )
+    assert logs_in(server, names, "user-Pass-1")
+    again = init_local(server, admin, names)
+    assert (again.code, again.err) == (0, ""), again.err
+    assert again.out.splitlines()[0] == (
+        f"role {names.user} kept; its password unchanged; database {names.database} kept"
+    )
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+            "JOIN pg_roles a ON a.oid = m.member WHERE r.rolname = %s AND a.rolname = %s "
+            "AND m.grantor = a.oid",
+            [names.user, names.admin],
+        ).fetchone() == (0,)
+
+
+@pytest.mark.db
+def test_a_failed_run_leaves_no_role_with_an_unseen_password(
+    server: ConnectionSettings, names: Names
+) -> None:
+    """A step after CREATE ROLE fails (here: a database of that name owned by someone the
+    admin may not take it from): the role it made is gone, and a rerun once the cause is
+    fixed works."""
+    superuser(
+        server, "CREATE ROLE {} LOGIN CREATEROLE CREATEDB PASSWORD 'admin-Pass-1'", names.admin
+    )
+    superuser(server, "CREATE DATABASE {}", names.database)  # owned by the superuser
+    admin = replace(server, user=names.admin, password="admin-Pass-1")
+    failed = init_local(server, admin, names)
+    assert (failed.code, failed.out) == (2, "")
+    assert failed.err.startswith(f"error: role {names.admin} of the admin URL may not prepare")
+    assert failed.err.count("\n") == 1
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        assert (
+            conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [names.user]).fetchone()
+            is None
+        )
+        conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(names.database)))
+    done = init_local(server, admin, names, "--password", "user-Pass-2")
+    assert (done.code, done.err) == (0, ""), done.err
+    assert logs_in(server, names, "user-Pass-2")
+
+
+UNUSABLE = {
+    "superuser": ("SUPERUSER LOGIN", "is a superuser", "NOSUPERUSER"),
+    "nologin": ("NOLOGIN", "may not log in (NOLOGIN)", "LOGIN"),
+    "connection-limit-0": (
+        "LOGIN CONNECTION LIMIT 0",
+        "has CONNECTION LIMIT 0",
+        "CONNECTION LIMIT -1",
+    ),
+    "expired": (
+        "LOGIN VALID UNTIL '2001-01-01'",
+        "has a VALID UNTIL in the past",
+        "VALID UNTIL 'infinity'",
+    ),
+}
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("kind", list(UNUSABLE))
+def test_an_existing_role_that_could_not_log_in_is_refused_with_the_fix(
+    server: ConnectionSettings, names: Names, kind: str
+) -> None:
+    attributes, what, fix = UNUSABLE[kind]
+    superuser(server, f"CREATE ROLE {{}} {attributes} PASSWORD 'user-Pass-1'", names.user)
+    result = init_local(server, server, names, "--password", "user-Pass-1")
+    assert (result.code, result.out) == (2, "")
+    assert result.err == (
+        f"error: role {names.user!r} exists but {what}, so the URL printed could not be used "
+        f'as the plan\'s role; run `ALTER ROLE "{names.user}" {fix}` as a superuser, or pass '
+        "another --user\n"
+    )
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:  # nothing was changed
+        assert (
+            conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", [names.database]
+            ).fetchone()
+            is None
+        )
+    superuser(server, f"ALTER ROLE {{}} {fix}", names.user)
+    fixed = init_local(server, server, names, "--password", "user-Pass-1")
+    assert (fixed.code, fixed.err) == (0, ""), fixed.err
+    assert logs_in(server, names, "user-Pass-1")
+
+
+@pytest.mark.db
+def test_the_url_printed_names_where_libpq_connected(
+    server: ConnectionSettings, names: Names
+) -> None:
+    """An admin URL without host and port (PGHOST and PGPORT give them, as a socket
+    folder would): the URL printed names them, so it works where they are not set."""
+    admin = replace(server, host="", port=None)
+    result = run_cli(
+        "init-local",
+        "--admin-url",
+        admin.url(),
+        "--user",
+        names.user,
+        "--database",
+        names.database,
+        "--password",
+        "user-Pass-3",
+        "--show-password",
+        env={"PGHOST": server.host, "PGPORT": str(server.port)},
+    )
+    assert (result.code, result.err) == (0, ""), result.err
+    printed = from_url(result.out.splitlines()[-1], what="printed")
+    assert (printed.host, printed.port) == (server.host, server.port)
+    assert logs_in(printed, names, "user-Pass-3")
