@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -394,3 +395,72 @@ def test_processes_of_a_crashed_server_keep_its_pid_file(
         f"there (PID {leftover.pid}); wait for them to exit, or stop them, then run again",
     )
     assert pid_file.exists()
+
+
+# -- stuck states: a first start interrupted, a port taken ---------------------------------
+
+
+@pytest.mark.db
+def test_a_first_start_interrupted_during_initdb_is_recovered(home: Path) -> None:
+    """Ctrl-C while initdb runs leaves a half-made data folder; the next start finds it,
+    discards it (it never held a database) and creates the server afresh."""
+    process = cli_process(home, "embedded", "start")
+    embedded = home / "embedded"
+    deadline = time.monotonic() + 60
+    # initdb writes PG_VERSION first, then spends a second or more on the catalogs.
+    while not any(embedded.glob("data*/PG_VERSION")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert EmbeddedServer(home).status().running is False
+    assert any(embedded.glob("data*/PG_VERSION")), "initdb finished or cleaned up: no test"
+    started = run_cli("embedded", "start", env={"CICD_DB_HOME": str(home)}, process=True)
+    assert (started.code, started.err) == (0, "")
+    url = run_cli("embedded", "url", "--show-password", env={"CICD_DB_HOME": str(home)})
+    with psycopg.connect(url.out.strip()) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("ci_user",)
+
+
+@pytest.mark.db
+def test_a_taken_port_is_named_and_another_port_works(home: Path) -> None:
+    """CICD_DB_EMBEDDED_PORT naming a port in use: one line that says so and how to
+    change it, nothing stored for good; a retry with another port starts the server."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"CICD_DB_HOME": str(home), "CICD_DB_EMBEDDED_PORT": str(port)}
+        refused = run_cli("embedded", "start", env=env, process=True)
+        assert (refused.code, refused.out) == (2, "")
+        assert refused.err == (
+            f"error: port {port} on 127.0.0.1 is taken by another program; set "
+            "CICD_DB_EMBEDDED_PORT to a free port, or unset it to pick one, and run again\n"
+        )
+        other = free_port()
+        started = run_cli(
+            "embedded", "start", env={**env, "CICD_DB_EMBEDDED_PORT": str(other)}, process=True
+        )
+        assert (started.code, started.err) == (0, "")
+        assert started.out.startswith(f"running on 127.0.0.1:{other}: ")
+        # The server exists now. Its port taken while it is stopped is named the same
+        # way, and CICD_DB_EMBEDDED_PORT moves it.
+        assert run_cli("embedded", "stop", env=env).code == 0
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", other))
+            squatter.listen()
+            blocked = run_cli("embedded", "start", env={"CICD_DB_HOME": str(home)}, process=True)
+            assert (blocked.code, blocked.out) == (2, "")
+            assert blocked.err == (
+                f"error: port {other} on 127.0.0.1, the embedded server's, is taken by another "
+                "program; stop that program, or set CICD_DB_EMBEDDED_PORT to a free port to "
+                "move the server there, and run again\n"
+            )
+            third = free_port()
+            moved = run_cli(
+                "embedded", "start", env={**env, "CICD_DB_EMBEDDED_PORT": str(third)}, process=True
+            )
+        assert (moved.code, moved.err) == (0, ""), moved.err
+        assert moved.out.startswith(f"running on 127.0.0.1:{third}: ")
+        assert json.loads((home / "embedded" / "server.json").read_text())["port"] == third

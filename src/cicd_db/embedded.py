@@ -9,8 +9,16 @@ that started it.
 Layout under the state folder (`.cicd-db/` of the repository by default):
 
     embedded/data/          PGDATA, owned by the account the server runs as
+    embedded/data.new/      initdb's work: renamed to data/ once it is complete
     embedded/server.json    port and passwords (mode 0600); never printed
     embedded/lock           serialises start and stop between processes
+
+A first start stopped half-way (Ctrl-C during initdb) leaves data.new/, which the
+next start discards: it never held a database. A data/ that an older cicd-db left
+half-made is recognised the same way: never bootstrapped, and without the lines
+we append to postgresql.conf after initdb. The port is checked before the server
+is created or started: one that another program holds is named, with how to pick
+another (CICD_DB_EMBEDDED_PORT, which also moves a stopped server).
 
 Like the plan's phase 1, the server has a database `ci_local` owned by a role
 `ci_user` that is not a superuser, with the plan's role settings.
@@ -29,6 +37,7 @@ binaries get the "search" bit for others so that account can reach them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import importlib.util
 import json
@@ -60,6 +69,9 @@ HOST = "127.0.0.1"
 SYSTEM_ACCOUNT = "cicd_db_postgres"
 START_TIMEOUT_SECONDS = 60
 PID_FILE = "postmaster.pid"
+# Starts the lines we append to postgresql.conf after initdb: their presence says
+# our set-up of the data folder finished.
+CONF_MARKER = "# cicd-db:"
 # What server.json must hold: each key's type, and that type in words.
 STATE_KEYS: dict[str, tuple[type, str]] = {
     "port": (int, "a number"),
@@ -112,6 +124,7 @@ class EmbeddedServer:
         # Absolute: pg_ctl and initdb run with the state folder as their working directory.
         self.root = home.absolute() / "embedded"
         self.data_dir = self.root / "data"
+        self.new_data_dir = self.root / "data.new"
         self.state_file = self.root / "server.json"
         self.lock_file = self.root / "lock"
         self.log_file = self.data_dir / "server.log"
@@ -160,12 +173,14 @@ class EmbeddedServer:
             return state
         with self._locked(create=True):
             state = self._read_state()
+            self._discard_half_made(state)
             if state is None or not (self.data_dir / "PG_VERSION").exists():
                 state = self._initdb()
             self._check_major()
             if self._running_pid() is None:
                 self._remove_stale_pid_file()
-                self._start()
+                state = self._move_to_requested_port(state)
+                self._start(state["port"])
             if not state.get("bootstrapped"):
                 self._bootstrap(state)
                 state["bootstrapped"] = True
@@ -285,13 +300,50 @@ class EmbeddedServer:
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / PID_FILE).unlink()
 
+    def _discard_half_made(self, state: dict[str, Any] | None) -> None:
+        """Remove what a first start stopped during initdb left; call under the lock."""
+        if self.new_data_dir.exists():
+            shutil.rmtree(self.new_data_dir)
+        if (
+            state is not None
+            and not state["bootstrapped"]
+            and self.data_dir.is_dir()
+            and not self._configured()
+            and self._pid_file().pid is None
+        ):
+            # An older cicd-db ran initdb in data/ itself: never configured by us, never
+            # started, so no database of anyone's is in it.
+            shutil.rmtree(self.data_dir)
+
+    def _configured(self) -> bool:
+        """Did our set-up finish: are our lines at the end of postgresql.conf?"""
+        try:
+            return CONF_MARKER in (self.data_dir / "postgresql.conf").read_text()
+        except OSError:
+            return False
+
+    def _move_to_requested_port(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A stopped server moves to CICD_DB_EMBEDDED_PORT when that names another port."""
+        wanted = self._requested_port or _env_port()
+        if wanted is None or wanted == state["port"]:
+            return state
+        _check_port(wanted, creating=False)
+        with open(self.data_dir / "postgresql.conf", "a") as conf:
+            conf.write(f"port = {wanted}  # cicd-db: moved by CICD_DB_EMBEDDED_PORT\n")
+        state = {**state, "port": wanted}
+        self._write_state(state)
+        return state
+
     def _initdb(self) -> dict[str, Any]:
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise EmbeddedServerError(
                 f"{self.data_dir} holds files but no server state; "
                 f"remove {self.root} to create a fresh embedded server"
             )
-        port = self._requested_port or _env_port() or _free_port()
+        requested = self._requested_port or _env_port()
+        if requested is not None:
+            _check_port(requested, creating=True)  # before anything is stored
+        port = requested or _free_port()
         state: dict[str, Any] = {
             "port": port,
             "superuser_password": secrets.token_urlsafe(24),
@@ -300,7 +352,10 @@ class EmbeddedServer:
         }
         # Written before initdb, so a password is never lost to a crash half-way.
         self._write_state(state)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # initdb works in data.new/, renamed to data/ once complete: a start stopped
+        # half-way leaves no data/ that looks like a server (see the module docstring).
+        work = self.new_data_dir
+        work.mkdir(parents=True, exist_ok=True)
         account = self._account()
         password_file = self.root / "initdb.pw"
         descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -308,15 +363,15 @@ class EmbeddedServer:
             handle.write(state["superuser_password"] + "\n")
         try:
             if account is not None:
-                _grant_traverse(self.data_dir)
+                _grant_traverse(work)
                 _grant_traverse(self.bin_dir)
-                shutil.chown(self.data_dir, account, account)
+                shutil.chown(work, account, account)
                 shutil.chown(password_file, account, account)
-            self.data_dir.chmod(0o700)
+            work.chmod(0o700)
             self._run(
                 "initdb",
                 "-D",
-                str(self.data_dir),
+                str(work),
                 "-U",
                 SUPERUSER,
                 f"--pwfile={password_file}",
@@ -327,15 +382,18 @@ class EmbeddedServer:
             )
         finally:
             password_file.unlink(missing_ok=True)
-        with open(self.data_dir / "postgresql.conf", "a") as conf:
+        with open(work / "postgresql.conf", "a") as conf:
             conf.write(
-                "\n# cicd-db: loopback only, no Unix socket (its path length and folder"
+                f"\n{CONF_MARKER} loopback only, no Unix socket (its path length and folder"
                 "\n# permissions vary between machines; TCP on 127.0.0.1 does not).\n"
                 f"listen_addresses = '{HOST}'\n"
                 f"port = {port}\n"
                 "unix_socket_directories = ''\n"
                 "log_line_prefix = '%m [%p] %u@%d '\n"
             )
+        if self.data_dir.exists():
+            self.data_dir.rmdir()  # empty: checked above
+        os.rename(work, self.data_dir)
         return state
 
     def _check_major(self) -> None:
@@ -349,7 +407,8 @@ class EmbeddedServer:
                 "and run again to create a fresh one"
             )
 
-    def _start(self) -> None:
+    def _start(self, port: int) -> None:
+        _check_port(port, creating=False)
         try:
             self._run(
                 "pg_ctl",
@@ -363,7 +422,10 @@ class EmbeddedServer:
                 "start",
             )
         except EmbeddedServerError as error:
-            raise EmbeddedServerError(f"{error}; {self._log_tail()}") from None
+            tail = self._log_tail()
+            if "Address already in use" in tail:  # taken since the check above
+                raise _port_taken(port, creating=False) from None
+            raise EmbeddedServerError(f"{error}; {tail}") from None
 
     def _bootstrap(self, state: dict[str, Any]) -> None:
         """Create ci_user and ci_local as the plan's phase 1 does; safe to repeat."""
@@ -471,7 +533,8 @@ def _login(state: dict[str, Any], user: str, database: str) -> ConnectionSetting
 
 
 def _env_port() -> int | None:
-    """CICD_DB_EMBEDDED_PORT: the port of a server created from now on."""
+    """CICD_DB_EMBEDDED_PORT: the port of a server created from now on, and the port a
+    stopped server moves to."""
     raw = os.environ.get("CICD_DB_EMBEDDED_PORT")
     if not raw:
         return None
@@ -557,6 +620,32 @@ def _server_processes_in(data_dir: Path) -> list[int]:
         except OSError:
             continue  # exited meanwhile, or not ours to inspect
     return sorted(found)
+
+
+def _check_port(port: int, *, creating: bool) -> None:
+    """Refuse a port another program listens on, as PostgreSQL would, but saying so."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As PostgreSQL binds: a port left in TIME_WAIT is free to it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise _port_taken(port, creating=creating) from None
+            # Anything else (a privileged port, say) is PostgreSQL's to report.
+
+
+def _port_taken(port: int, *, creating: bool) -> ConfigError:
+    if creating:
+        return ConfigError(
+            f"port {port} on {HOST} is taken by another program; set CICD_DB_EMBEDDED_PORT "
+            "to a free port, or unset it to pick one, and run again"
+        )
+    return ConfigError(
+        f"port {port} on {HOST}, the embedded server's, is taken by another program; stop "
+        "that program, or set CICD_DB_EMBEDDED_PORT to a free port to move the server "
+        "there, and run again"
+    )
 
 
 def _free_port() -> int:
