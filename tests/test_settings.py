@@ -121,7 +121,32 @@ SECRET = "Sup3rS3cret"
         ),
         (
             f"postgresql://ci:ss@{SECRET}@127.0.0.1/db",
-            "the database URL 'postgresql://ci:***@127.0.0.1/db' has a host with '@' or a space",
+            "the database URL 'postgresql://ci:***@127.0.0.1/db' has an '@' where libpq reads "
+            "the host, port or database: most likely a password holding a raw '@' or '/'",
+        ),
+        # Issue 17: libpq reads `Sek` (before the '/') as the port, the rest up to
+        # `@h:1` as the database: neither is named.
+        (
+            f"postgresql://u:Sek/{SECRET}@h:1/db",
+            "the database URL 'postgresql://u:***@h:1/db' has an '@' where libpq reads",
+        ),
+        (
+            f"postgresql://u:12/{SECRET}@h:1/db",
+            "the database URL 'postgresql://u:***@h:1/db' has an '@' where libpq reads",
+        ),
+        (
+            f"postgresql://u@h/db?sslpassword={SECRET}&bogus=1",
+            "the database URL 'postgresql://u@h/db?sslpassword=***&bogus=1' has a parameter "
+            "libpq does not know ('bogus')",
+        ),
+        (
+            f"postgresql://u@h/db?sslpassword={SECRET}&sslmode=bogus",
+            "the database URL 'postgresql://u@h/db?sslpassword=***&sslmode=bogus' has an "
+            "sslmode libpq does not know",
+        ),
+        (
+            f"postgresql://u:{SECRET}%80@h/db",
+            "the database URL 'postgresql://u:***@h/db' is malformed",
         ),
         (
             f"postgresql://ci:pass {SECRET}@127.0.0.1/db",
@@ -139,6 +164,11 @@ SECRET = "Sup3rS3cret"
         "no-scheme",
         "one-slash",
         "raw-at-in-password",
+        "raw-slash-in-password",
+        "digits-then-raw-slash",
+        "sslpassword-and-unknown",
+        "sslpassword-and-bad-sslmode",
+        "not-utf-8",
         "space-in-password",
         "only-a-password",
     ],
@@ -571,7 +601,7 @@ def test_malformed_url_message_is_whole() -> None:
     assert str(raised.value) == (
         "the database URL 'postgresql://u:***@h/db' is malformed; check its form: "
         "postgresql://USER:PASSWORD@HOST:5432/DATABASE (percent-encode special characters "
-        "in the password: @ as %40, / as %2F, ? as %3F, # as %23, space as %20)"
+        "in the password: @ as %40, / as %2F, ? as %3F, # as %23, % as %25, space as %20)"
     )
 
 
@@ -748,3 +778,186 @@ def test_from_outputs_names_the_stack_in_a_bad_output() -> None:
     assert str(raised.value).startswith(
         "the stack 'prod' outputs has a port that is not a number from 1 to 65535"
     )
+
+
+# -- libpq's environment: nothing injected, everything judged as libpq would ------------
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "expected"),
+    [
+        ("postgresql://u@h/db", {}, {"host": "h", "dbname": "db", "user": "u"}),
+        ("postgresql:///db", {"PGHOST": "x"}, {"dbname": "db"}),
+        (
+            "postgresql://h1:5433,h2:5434/db",
+            {},
+            {"host": "h1,h2", "port": "5433,5434", "dbname": "db"},
+        ),
+        ("postgresql://?service=s", {}, {"service": "s"}),
+    ],
+)
+def test_conninfo_names_only_what_was_given(
+    url: str, environ: dict, expected: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No sslmode, port, host or database libpq would take from PGSSLMODE, PGPORT,
+    PGHOST or a service file."""
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    given = psycopg.conninfo.conninfo_to_dict(from_url(url).conninfo())
+    given.pop("connect_timeout", None)
+    assert given == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "timeout"),
+    [
+        ("postgresql://h/db", {}, str(contract.CONNECT_TIMEOUT)),
+        ("postgresql://h/db?connect_timeout=9", {}, "9"),
+        ("postgresql://h/db", {"PGCONNECT_TIMEOUT": "7"}, None),
+        # A service file may name a connect_timeout: it is not overridden.
+        ("postgresql://h/db?service=s", {}, None),
+        ("postgresql://h/db", {"PGSERVICE": "s"}, None),
+    ],
+    ids=["default", "url", "pgconnect-timeout", "service", "pgservice"],
+)
+def test_connect_timeout_only_where_nothing_else_names_one(
+    url: str, environ: dict, timeout: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("PGCONNECT_TIMEOUT", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    given = psycopg.conninfo.conninfo_to_dict(from_url(url).conninfo())
+    assert given.get("connect_timeout") == timeout
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "where"),
+    [
+        ("postgresql://h/db", {}, "h"),
+        ("postgresql://h:5433/db", {}, "h:5433"),
+        ("postgresql://h/db", {"PGPORT": "6000"}, "h:6000"),
+        ("postgresql:///db", {"PGHOST": "e", "PGPORT": "6000"}, "e:6000"),
+        ("postgresql:///db", {}, "the default socket"),
+        ("postgresql://?service=s", {}, "service s"),
+        ("postgresql:///db", {"PGSERVICE": "t"}, "service t"),
+        ("postgresql://h1:5433,h2:5434/db", {}, "h1:5433, h2:5434"),
+        ("postgresql://h1,h2:5434/db", {}, "h1, h2:5434"),
+        ("postgresql://h1,h2/db?port=5435", {}, "h1:5435, h2:5435"),
+    ],
+)
+def test_where_says_what_was_given_and_invents_nothing(
+    url: str, environ: dict, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("PGHOST", "PGPORT", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert from_url(url).where == where
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "origin"),
+    [
+        (
+            "postgresql://h/db?sslmode=verify-ca",
+            {"PGSSLMODE": "disable"},
+            "sslmode=verify-ca (from the URL)",
+        ),
+        ("postgresql://h/db", {"PGSSLMODE": "verify-full"}, "sslmode=verify-full (from PGSSLMODE)"),
+        ("postgresql://h/db", {}, "sslmode=prefer (libpq's default)"),
+    ],
+)
+def test_origin_names_where_libpq_takes_a_parameter_from(
+    url: str, environ: dict, origin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert from_url(url).origin("sslmode") == origin
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "pooled"),
+    [
+        ("postgresql://u@h1:5432,h2:6543/db", {}, True),
+        ("postgresql://u@h1,ep-x-pooler.neon.tech/db", {}, True),
+        ("postgresql://u@h1:5432,h2:5433/db", {}, False),
+        ("postgresql:///db", {"PGHOST": "ep-x-pooler.neon.tech"}, True),
+        ("postgresql:///db", {"PGHOST": "h", "PGPORT": "6543"}, True),
+        ("postgresql://u@h/db", {"PGPORT": "6543"}, True),
+        ("postgresql:///db", {"PGHOST": "h"}, False),
+    ],
+)
+def test_is_transaction_pooler_with_several_hosts_and_none(
+    url: str, environ: dict, pooled: bool
+) -> None:
+    assert contract.is_transaction_pooler(from_url(url), environ) is pooled
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "allow_insecure", "expected"),
+    [
+        # The stack's readers have not the operator's environment: the URL names the sslmode.
+        ("postgresql://u:pw@h/db", {"PGSSLMODE": "verify-full"}, False, "sslmode=verify-full"),
+        ("postgresql://u:pw@h/db", {}, False, "sslmode=require"),
+        ("postgresql://u:pw@h/db", {"PGSSLMODE": "disable"}, True, "sslmode=disable"),
+        # The URL's sslmode is what libpq uses: PGSSLMODE does not count.
+        (
+            "postgresql://u:pw@h/db?sslmode=require",
+            {"PGSSLMODE": "disable"},
+            False,
+            "sslmode=require",
+        ),
+    ],
+)
+def test_check_cloud_url_judges_the_effective_sslmode(
+    url: str, environ: dict, allow_insecure: bool, expected: str
+) -> None:
+    checked = contract.check_cloud_url(
+        url, what="databaseUrl", allow_insecure=allow_insecure, environ=environ
+    )
+    assert checked.endswith(expected) and checked.count("sslmode=") == 1
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"PGSSLMODE": "disable"},
+            "the databaseUrl would connect with PGSSLMODE, disable, which does not encrypt",
+        ),
+        ({"PGSSLMODE": "prefer"}, "the databaseUrl would connect with PGSSLMODE, prefer"),
+        ({"PGSSLMODE": "bogus"}, "PGSSLMODE='bogus' is not an sslmode; use one of"),
+    ],
+)
+def test_check_cloud_url_refuses_pgsslmode_that_does_not_encrypt(
+    environ: dict, message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        contract.check_cloud_url("postgresql://u:pw@h/db", what="databaseUrl", environ=environ)
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_a_port_is_no_password_candidate() -> None:
+    """A URL without user part: the port after the ':' is no secret to hide."""
+    assert password_candidates("postgresql://127.0.0.1:5432/mydb") == []
+
+
+def test_outputs_of_several_hosts_name_the_first_port() -> None:
+    settings = from_url("postgresql://u:pw@h1:5433,h2:5434/db?sslmode=require")
+    outputs = settings.outputs()
+    assert (outputs["host"], outputs["port"]) == ("h1,h2", 5433)
+    assert from_url(outputs["database_url"]) == settings
+    assert contract.from_outputs(outputs, stack="prod").conninfo() == settings.conninfo()
+
+
+@pytest.mark.parametrize("password", ["a", "ab", "abc", "a/", "@", ":", "%41"])
+def test_a_short_password_is_masked_where_it_stands(password: str) -> None:
+    """A password under 4 characters may occur in a message by chance (a letter, a
+    digit): what is promised is that its place in the URL is always masked, and that
+    no value libpq parsed out of it is printed."""
+    url = f"postgresql://ci:{password}@h:x/db"
+    with pytest.raises(ConfigError) as raised:
+        from_url(url)
+    assert "'postgresql://ci:***@h:x/db'" in str(raised.value)

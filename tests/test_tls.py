@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -215,34 +216,50 @@ def test_missing_authority_file_is_a_configuration_error(
     )
 
 
-def test_pgsslmode_of_the_environment_is_honoured_as_psql_honours_it(
-    tls_server: tuple[ConnectionSettings, Path], tls_database: Database
+def psql(url: str, env: dict[str, str]) -> int:
+    """psql's exit code for `url` under `env`: the oracle of what libpq accepts."""
+    bin_dir = ssl_bin_dir()
+    assert bin_dir is not None
+    completed = subprocess.run(
+        [str(bin_dir / "psql"), "-X", "-w", "-c", "SELECT 1", url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+        check=False,
+    )
+    return completed.returncode
+
+
+@pytest.mark.parametrize(
+    ("host", "accepted"),
+    [("localhost", True), ("db.example.com", False)],
+    ids=["the-certificates-host", "another-host"],
+)
+def test_pgsslmode_verify_full_from_the_environment_checks_the_host_name(
+    tls_server: tuple[ConnectionSettings, Path], tls_database: Database, host: str, accepted: bool
 ) -> None:
-    """PGSSLMODE=verify-full with our CA in PGSSLROOTCERT and a URL that names no sslmode:
-    the right host name connects, another is refused; psql, the oracle, agrees each time."""
+    """PGSSLMODE and PGSSLROOTCERT are libpq's: a URL that names no sslmode must not
+    override them. The host name is checked against the certificate as psql checks
+    it; `hostaddr` reaches the test server under a name its certificate lacks."""
     _, ca_file = tls_server
-    psql = ssl_bin_dir() / "psql"  # type: ignore[operator]
+    settings = tls_database.settings
+    url = (
+        f"postgresql://{settings.user}:{quote(settings.password, safe='')}@{host}:"
+        f"{settings.port}/{settings.database}?hostaddr=127.0.0.1"
+    )
     env = {"PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(ca_file)}
-    for host, hostaddr, connects in [
-        ("localhost", None, True),
-        ("wrong-name.invalid", "127.0.0.1", False),  # reaches the server; its name is not ours
-    ]:
-        parameters = (("hostaddr", hostaddr),) if hostaddr else ()
-        url = replace(tls_database.settings, host=host, sslmode=None, parameters=parameters).url()
-        oracle = subprocess.run(
-            [str(psql), url, "-Atc", "SELECT 1"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **env},
-            timeout=60,
-        )
-        result = run_cli("migrate", "status", "--database-url", url, env=env)
-        assert (oracle.returncode == 0) == connects, oracle.stderr
-        assert (result.code == 0) == connects, result.err
-        if not connects:
-            assert "does not match host name" in oracle.stderr
-            assert result.code == 2  # the parameters are wrong, not the server down
-            assert result.err.startswith("error: wrong-name.invalid:")
-            assert "does not match host name" in result.err
-            assert len(result.err.splitlines()) == 1
-            assert tls_database.settings.password not in result.err
+    assert psql(url, env) == (0 if accepted else 2)
+    result = run_cli("migrate", "--database-url", url, "status", env=env)
+    assert "Traceback" not in result.err
+    assert settings.password not in result.out + result.err
+    if accepted:
+        assert (result.code, result.err) == (0, "")
+        return
+    assert (result.code, result.out) == (2, "")
+    assert len(result.err.splitlines()) == 1
+    assert result.err.startswith(f"error: {host}:{settings.port}: server certificate for ")
+    assert f'does not match host name "{host}"' in result.err
+    # The parameters to fix, and where the sslmode came from.
+    assert "sslmode=verify-full (from PGSSLMODE)" in result.err
+    assert "connect by a host name the certificate names" in result.err

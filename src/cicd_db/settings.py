@@ -95,7 +95,8 @@ class ConnectionSettings:
         """A libpq connection string of what was given; `overrides` replace or add keywords.
 
         Nothing libpq would otherwise read from its environment is set here, but a
-        connect timeout when neither the URL nor PGCONNECT_TIMEOUT names one.
+        connect timeout where nothing else can name one: neither the URL, nor
+        PGCONNECT_TIMEOUT, nor a service file (a `service`, or PGSERVICE).
         """
         params: dict[str, Any] = {
             "host": self.host or None,
@@ -106,7 +107,12 @@ class ConnectionSettings:
             "sslmode": self.sslmode,
             **dict(self.parameters),
         }
-        if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
+        if not (
+            "connect_timeout" in params
+            or "service" in params
+            or os.environ.get("PGCONNECT_TIMEOUT")
+            or os.environ.get("PGSERVICE")
+        ):
             params["connect_timeout"] = CONNECT_TIMEOUT
         params.update(overrides)
         return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
@@ -117,10 +123,39 @@ class ConnectionSettings:
 
     @property
     def where(self) -> str:
-        """host:port as given, for messages: libpq's defaults named, not guessed."""
-        host = self.host or os.environ.get("PGHOST") or "the default socket"
-        port = self.port or dict(self.parameters).get("port") or os.environ.get("PGPORT")
-        return f"{host}:{port}" if port else host
+        """Where these settings point, for messages before a connection: what was given,
+        else what libpq takes from its environment (PGHOST, PGPORT, PGSERVICE); no
+        default is invented. Several hosts are paired with their ports, as libpq
+        pairs them (one port serves every host). After connecting, `in_use` says
+        where libpq went."""
+        hosts = (self.host or os.environ.get("PGHOST", "")).split(",")
+        ports = str(self.port or self.parameter("port") or os.environ.get("PGPORT", "")).split(",")
+        if len(ports) == 1:
+            ports *= len(hosts)
+        service = self.parameter("service") or os.environ.get("PGSERVICE")
+        if hosts == [""]:
+            if service:
+                return f"service {service}"
+            hosts = ["the default socket"]
+        return ", ".join(
+            f"{host}:{port}" if port else host
+            for host, port in zip(hosts, ports + [""] * len(hosts), strict=False)
+        )
+
+    def origin(self, keyword: str) -> str:
+        """`keyword=value` and where libpq takes it from, for a message that asks to fix
+        it: the URL (or stack), its environment variable, or libpq's default."""
+        given = self.sslmode if keyword == SSLMODE else self.parameter(keyword)
+        if given:
+            return f"{keyword}={given} (from the URL)"
+        definition = next(
+            (d for d in pq.Conninfo.get_defaults() if d.keyword.decode() == keyword), None
+        )
+        variable = definition.envvar.decode() if definition and definition.envvar else ""
+        if variable and os.environ.get(variable):
+            return f"{keyword}={os.environ[variable]} (from {variable})"
+        default = definition.compiled.decode() if definition and definition.compiled else ""
+        return f"{keyword}={default} (libpq's default)" if default else f"no {keyword}"
 
     def in_use(self, info: Any) -> ConnectionSettings:
         """These settings as libpq used them on a connection (`conn.info`): the host, port,
@@ -180,9 +215,11 @@ class ConnectionSettings:
 
     def outputs(self) -> dict[str, Any]:
         """The contract's outputs, keyed by their names."""
+        # The contract's port is one number: the first host's, libpq's default if none.
+        first_port = (self.parameter("port") or "").split(",")[0]
         values: dict[str, Any] = {
             HOST: self.host,
-            PORT: self.port if self.port is not None else DEFAULT_PORT,
+            PORT: self.port or (int(first_port) if first_port else DEFAULT_PORT),
             DATABASE: self.database,
             USER: self.user,
             PASSWORD: self.password,
@@ -222,6 +259,12 @@ def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
             f"the {what} must start with postgresql:// or postgres://{got}; pass one like {URL_FORM}"
         )
     where = f" {shown!r}" if shown is not None else ""
+    if _password_spills(url):
+        raise ConfigError(
+            f"the {what}{where} has an '@' where libpq reads the host, port or database: most "
+            "likely a password holding a raw '@' or '/'; percent-encode them in the password "
+            "(@ as %40, / as %2F)"
+        )
     # Names read from the masked text: a password with a raw `?` is no query.
     unknown = [name for name in _query_names(shown or "") if name not in libpq_keywords()]
     if unknown:
@@ -241,9 +284,25 @@ def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
         raise ConfigError(
             f"the {what}{where} is malformed; check its form: {URL_FORM} "
             "(percent-encode special characters in the password: @ as %40, / as %2F, "
-            "? as %3F, # as %23, space as %20)"
+            "? as %3F, # as %23, % as %25, space as %20)"
         ) from None
     return from_mapping(params, what=what, source=shown or "")
+
+
+def _password_spills(url: str) -> bool:
+    """True when libpq would read part of what precedes the URL's last '@' as its host,
+    port or database: an '@' stands after libpq's user part, before the query.
+
+    libpq ends the user part at the first '@', unless a '/' comes first; so in
+    `u:a/b@h/db` and `u:@a#b/@h/db` pieces of the password become the host, port
+    or database, and connection messages would print them. Such a URL names its
+    database with an '@' only in theory (percent-encoded, %40, it still can).
+    """
+    rest = url.partition("://")[2]
+    end = re.search(r"[@/]", rest)
+    if end is not None and end.group() == "@":
+        rest = rest[end.end() :]
+    return "@" in rest.partition("?")[0]
 
 
 def _safe_name(name: str) -> str:
@@ -366,7 +425,10 @@ def password_candidates(text: str | None) -> list[str]:
     if at < 0:
         if not (scheme and "://" in text):
             return [text, *secrets]
+        # As mask_credentials: after a ':', a port (digits) is no password.
         secret = text[scheme.end() :].partition(":")[2]
+        if re.match(r"[\d,]*(?=[/?#]|$)", secret):
+            secret = ""
     else:
         start = scheme.end() if scheme and scheme.end() <= at else 0
         secret = text[start:at].partition(":")[2]
@@ -394,14 +456,17 @@ def check_cloud_url(
 ) -> str:
     """Validate a cloud database URL for the prod stack; returns it with `sslmode`.
 
-    It must be postgres:// or postgresql:// with host, database, user and password.
-    The sslmode judged is the one libpq would use: the URL's, else PGSSLMODE,
-    else libpq's default (prefer). One that does not encrypt is refused unless
-    `allow_insecure`. A URL without sslmode gets the effective one written in
-    (require in place of prefer), so whoever reads the stack connects the same
-    way. Other query parameters (Neon's `options`, ...) are kept. Reads nothing;
-    raises ConfigError with the fix.
+    It must be postgres:// or postgresql:// with host, database, user and password:
+    whoever reads the stack has no PGHOST, PGPASSWORD or service file of the
+    operator's. The sslmode judged is the one libpq would use here: the URL's,
+    else PGSSLMODE, else libpq's default. An explicit one (URL or PGSSLMODE) that
+    does not encrypt is refused unless `allow_insecure`. The exported URL names
+    the sslmode, so that whoever reads the stack connects as judged here, whatever
+    their own PGSSLMODE: the URL's, else PGSSLMODE's, else require (libpq's
+    default, prefer, would fall back to no encryption). Other query parameters
+    (Neon's `options`, ...) are kept. Reads nothing; raises ConfigError with the fix.
     """
+    url = url.strip()
     settings = from_url(url, what=what)
     shown = mask_credentials(url) or ""
     if not settings.user or not settings.password:
@@ -414,28 +479,20 @@ def check_cloud_url(
             f"the {what} {shown!r} needs a host and a database: whoever reads the stack "
             "has no PGHOST or service file of yours; as in postgresql://USER:PASSWORD@HOST/DATABASE"
         )
-    effective = settings.sslmode or environ.get("PGSSLMODE") or "prefer"
-    if effective not in SSLMODES:
+    from_environment = environ.get("PGSSLMODE", "")
+    if not settings.sslmode and from_environment not in ("", *SSLMODES):
         raise ConfigError(
-            f"PGSSLMODE={effective!r} is not an sslmode; use one of {', '.join(SSLMODES)}"
+            f"PGSSLMODE={from_environment!r} is not an sslmode; use one of {', '.join(SSLMODES)}"
         )
-    source = (
-        "the URL's sslmode"
-        if settings.sslmode
-        else ("PGSSLMODE" if environ.get("PGSSLMODE") else "libpq's default sslmode")
-    )
-    if (
-        effective not in ENCRYPTING_SSLMODES
-        and not allow_insecure
-        and (settings.sslmode or environ.get("PGSSLMODE"))
-    ):
+    effective = settings.sslmode or from_environment
+    if effective and effective not in ENCRYPTING_SSLMODES and not allow_insecure:
+        source = "the URL's sslmode" if settings.sslmode else "PGSSLMODE"
         raise ConfigError(
             f"the {what} would connect with {source}, {effective}, which does not encrypt; use "
             f"sslmode=require (or verify-ca, verify-full), or set cicd-db:allowInsecure true"
         )
     if not settings.sslmode:
-        chosen = effective if effective in ENCRYPTING_SSLMODES else "require"
-        url += ("&" if "?" in url else "?") + f"sslmode={chosen}"
+        url += ("&" if "?" in url else "?") + f"sslmode={effective or 'require'}"
     return url
 
 

@@ -173,11 +173,13 @@ def connect(
         # psycopg checks some values before libpq tries: connect_timeout=abc, ...
         detail = redact(str(error).strip().splitlines()[0], settings.secrets())
         raise ConfigError(
-            f"{detail}; fix that parameter of the target (--database-url, DATABASE_URL or the "
-            "stack's outputs)"
+            f"{detail}; fix that parameter of the target {TARGET_PARAMETERS}"
         ) from None
     except psycopg.OperationalError as error:
         raise _connection_error(settings, error) from None
+
+
+TARGET_PARAMETERS = "(--database-url, DATABASE_URL or the stack's outputs)"
 
 
 def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> CicdDbError:
@@ -195,28 +197,40 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
         or "no password supplied" in detail
         or ("role" in detail and "does not exist" in detail)
     ):
+        who = f"user {settings.user!r}" if settings.user else "the login"
         return AuthenticationFailed(
-            f"{where} refused user {settings.user!r}: {detail}; check the user and password "
-            "of the target (--database-url, DATABASE_URL or the stack's outputs)"
+            f"{where} refused {who}: {detail}; check the user and password "
+            f"of the target {TARGET_PARAMETERS}, or PGUSER, PGPASSWORD and .pgpass"
         )
     if "database" in detail and "does not exist" in detail:
         return ConfigError(f"{where}: {detail}; create it, or fix the database name in the URL")
-    if (
-        re.match(
-            r"(invalid \S+ value|bad value for|(root )?certificate file|private key file|could not "
-            r"(read|load|open) (root certificate|certificate|private key|SSL)|"
-            r"SSL error: certificate verify failed|server certificate for .* does not match|"
-            r"(server )?does not support SSL|could not get server's host name from server "
-            r"certificate|definition of service|service file|root certificate file)",
-            detail,
+    # The server answered, and libpq refused what it saw: a configuration error, with
+    # the parameters to fix and where libpq took them from (the URL or PGSSL*).
+    sslmode = settings.origin("sslmode")
+    if "does not match host name" in detail or "could not get server's host name" in detail:
+        return ConfigError(
+            f"{where}: {detail}; connect by a host name the certificate names, or change "
+            f"{sslmode} (verify-full checks the host name)"
         )
-        or "certificate verify failed" in detail
-        or "does not match host name" in detail
+    if "certificate verify failed" in detail:
+        return ConfigError(
+            f"{where}: {detail}; point {settings.origin('sslrootcert')} at the authority that "
+            f"signed the server's certificate (PGSSLROOTCERT or ?sslrootcert=), or change {sslmode}"
+        )
+    if "does not support SSL" in detail:
+        return ConfigError(
+            f"{where}: {detail}; {sslmode} needs a server with TLS: turn ssl on in the server, "
+            "or connect with sslmode=prefer"
+        )
+    if re.match(
+        r"(invalid \S+ value|bad value for|(root )?certificate file|private key file|could not "
+        r"(read|load|open) (root certificate|certificate|private key|SSL)|"
+        r"definition of service|service file|root certificate file)",
+        detail,
     ):
         # libpq refused a connection parameter before trying the server.
         return ConfigError(
-            f"{where}: {detail}; fix that parameter of the target (--database-url, "
-            "DATABASE_URL or the stack's outputs)"
+            f"{where}: {detail}; fix that parameter of the target {TARGET_PARAMETERS}"
         )
     return ConnectionFailed(
         f"cannot connect to {where}: {detail or 'no answer'}; check that the server is up "
