@@ -53,8 +53,8 @@ class CloudPostgres(pulumi.ComponentResource):
             )
         self.connection: dict[str, pulumi.Input[object]] = {
             contract.HOST: values.host,
-            # A URL without a port means libpq's; the contract's output is a number.
-            contract.PORT: values.port or contract.DEFAULT_PORT,
+            # One number: the URL's, the first host's of several, else libpq's default.
+            contract.PORT: values.outputs()[contract.PORT],
             contract.DATABASE: values.database,
             contract.USER: values.user,
             contract.PASSWORD: pulumi.Output.secret(values.password),

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import strategies as st
 
 from cicd_db import settings as contract
+from cicd_db import targets
 from cicd_db.embedded import wheel_bin_dir
 from cicd_db.errors import ConfigError
 from cicd_db.settings import ConnectionSettings
@@ -339,3 +340,43 @@ def test_no_part_of_a_password_is_ever_printed(
         assert len(str(error).splitlines()) == 1
     else:
         assert not malformed
+
+
+def test_what_is_printed_after_connecting_is_what_libpq_used(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host-less URL: the host and port come from PGHOST and PGPORT, and the settings
+    in use name them, as `conn.info` reports them."""
+    settings = database.settings
+    for name, value in {
+        **credentials(database),
+        "PGHOST": settings.host,
+        "PGPORT": str(settings.port),
+        "PGSSLMODE": "disable",
+    }.items():
+        monkeypatch.setenv(name, value)
+    given = contract.from_url(f"postgresql:///{settings.database}?application_name=probe")
+    used = targets.wait(given, timeout=5)
+    assert (used.host, used.port, used.database, used.user, used.sslmode) == (
+        settings.host,
+        settings.port,
+        settings.database,
+        settings.user,
+        "disable",
+    )
+    assert used.redacted_url() == (
+        f"postgresql://{settings.user}@{settings.host}:{settings.port}/{settings.database}"
+        "?sslmode=disable&application_name=probe"
+    )
+
+
+def test_of_several_hosts_the_one_reached_is_in_use(database: Database) -> None:
+    settings = database.settings
+    given = contract.from_url(
+        f"postgresql://{settings.user}:{quote(settings.password, safe='')}@"
+        f"127.0.0.1:1,{settings.host}:{settings.port}/{settings.database}?sslmode=disable"
+    )
+    assert given.where == f"127.0.0.1:1, {settings.host}:{settings.port}"
+    used = targets.wait(given, timeout=5)
+    assert (used.host, used.port) == (settings.host, settings.port)
+    assert "127.0.0.1:1" not in used.url()

@@ -647,3 +647,39 @@ def test_insecure_sslmode_allowed_when_config_says_so() -> None:
         )
     )
     assert values["sslmode"] == "disable"
+
+
+@pytest.mark.parametrize(
+    ("pgsslmode", "exported"),
+    [(None, "require"), ("verify-full", "verify-full"), ("require", "require")],
+)
+def test_prod_exports_the_sslmode_libpq_would_use(
+    pgsslmode: str | None, exported: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without one in the URL, PGSSLMODE of whoever runs `pulumi up` is what libpq uses:
+    it is judged and written into the URL, which the stack's readers use without it."""
+    if pgsslmode is None:
+        monkeypatch.delenv("PGSSLMODE", raising=False)
+    else:
+        monkeypatch.setenv("PGSSLMODE", pgsslmode)
+    values, _ = outputs_of(run_program("prod", {"databaseUrl": PROD_URL}, ["databaseUrl"]))
+    assert values["database_url"] == f"{PROD_URL}?sslmode={exported}"
+    assert values["sslmode"] == exported
+
+
+def test_prod_refuses_a_pgsslmode_that_does_not_encrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGSSLMODE", "disable")
+    with pytest.raises(pulumi.RunError, match="would connect with PGSSLMODE, disable, which does"):
+        run_program("prod", {"databaseUrl": PROD_URL}, ["databaseUrl"])
+
+
+def test_prod_of_several_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    url = "postgresql://app:pw-secret@h1.example.com:5433,h2.example.com:5434/cicd"
+    values, _ = outputs_of(run_program("prod", {"databaseUrl": url}, ["databaseUrl"]))
+    assert (values["host"], values["port"]) == ("h1.example.com,h2.example.com", 5433)
+    assert values["database_url"] == url + "?sslmode=require"
+    # A pooler among the hosts is a pooler.
+    pooled = "postgresql://app:pw-secret@h1.example.com:5432,h2.example.com:6543/cicd"
+    with pytest.raises(pulumi.RunError, match=r"transaction pooler h1\.example\.com:5432, h2"):
+        run_program("prod", {"databaseUrl": pooled}, ["databaseUrl"])

@@ -158,15 +158,22 @@ class ConnectionSettings:
         return f"{keyword}={default} (libpq's default)" if default else f"no {keyword}"
 
     def in_use(self, info: Any) -> ConnectionSettings:
-        """These settings as libpq used them on a connection (`conn.info`): the host, port,
-        database and user it chose, from the URL or its environment."""
+        """These settings as libpq used them on a connection (`conn.info`): the one host,
+        port, database, user and sslmode it chose, from the URL or its environment
+        (PGHOST, PGPORT, a service file, ...); for what is printed after connecting."""
+        used = info.get_parameters()
+        given = dict(self.parameters)
+        parameters = [(k, v) for k, v in self.parameters if k not in ("port", "hostaddr")]
+        if "hostaddr" in given:  # of the host reached, not every host's
+            parameters.append(("hostaddr", str(info.hostaddr)))
         return replace(
             self,
             host=str(info.host),
             port=int(info.port),
             database=str(info.dbname),
             user=str(info.user),
-            parameters=tuple((k, v) for k, v in self.parameters if k != "port"),
+            sslmode=used.get("sslmode", "prefer"),
+            parameters=tuple(parameters),
         )
 
     def url(self) -> str:

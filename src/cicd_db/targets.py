@@ -238,14 +238,15 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
     )
 
 
-def wait(settings: ConnectionSettings, timeout: float, poll: float = 0.2) -> None:
-    """Return once the database accepts connections; ConnectionFailed after `timeout` s."""
+def wait(settings: ConnectionSettings, timeout: float, poll: float = 0.2) -> ConnectionSettings:
+    """Once the database accepts connections, the settings as libpq used them (the host
+    and port it reached: `ConnectionSettings.in_use`); ConnectionFailed after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             with connect(settings) as conn:
                 conn.execute("SELECT 1")
-            return
+                return settings.in_use(conn.info)
         except ConnectionFailed:
             if time.monotonic() >= deadline:
                 raise
