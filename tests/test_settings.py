@@ -122,7 +122,8 @@ SECRET = "Sup3rS3cret"
         (
             f"postgresql://ci:ss@{SECRET}@127.0.0.1/db",
             "the database URL 'postgresql://ci:***@127.0.0.1/db' has an '@' where libpq reads "
-            "the host, port or database: most likely a password holding a raw '@' or '/'",
+            "the host, port or database: most likely a password (or user name) holding a raw '@' "
+            "or '/'; percent-encode them there (@ as %40, / as %2F)",
         ),
         # Issue 17: libpq reads `Sek` (before the '/') as the port, the rest up to
         # `@h:1` as the database: neither is named.
@@ -961,3 +962,13 @@ def test_a_short_password_is_masked_where_it_stands(password: str) -> None:
     with pytest.raises(ConfigError) as raised:
         from_url(url)
     assert "'postgresql://ci:***@h:x/db'" in str(raised.value)
+
+
+def test_a_user_name_with_a_raw_at_is_refused() -> None:
+    """libpq would read `corp.com:pw@h` as the host: the user name is shown, not the password."""
+    with pytest.raises(ConfigError) as raised:
+        from_url("postgresql://me@corp.com:pw@h/db")
+    assert "'postgresql://me@corp.com:***@h/db'" in str(raised.value)
+    assert "percent-encode them there (@ as %40" in str(raised.value)
+    # Percent-encoded, the same user name is fine.
+    assert from_url("postgresql://me%40corp.com:pw@h/db").user == "me@corp.com"

@@ -269,8 +269,8 @@ def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
     if _password_spills(url):
         raise ConfigError(
             f"the {what}{where} has an '@' where libpq reads the host, port or database: most "
-            "likely a password holding a raw '@' or '/'; percent-encode them in the password "
-            "(@ as %40, / as %2F)"
+            "likely a password (or user name) holding a raw '@' or '/'; percent-encode them "
+            "there (@ as %40, / as %2F)"
         )
     # Names read from the masked text: a password with a raw `?` is no query.
     unknown = [name for name in _query_names(shown or "") if name not in libpq_keywords()]
