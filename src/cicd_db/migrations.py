@@ -295,6 +295,8 @@ def session_options(given: str | None = None, environ: Mapping[str, str] = os.en
     runner names its own; joined, the user's still arrive (a `statement_timeout`,
     Neon's `endpoint=...`, `PGOPTIONS='-c cicd_db.legacy_time_zone=...'` of
     db/README.md), and come last, so a setting the user names wins over ours.
+    A role's or database's setting does not (options outrank them): the runner
+    needs the check to free its lock when killed; `options` can still change it.
     """
     user = given if given is not None else environ.get("PGOPTIONS", "")
     return " ".join(filter(None, [SESSION_OPTIONS, user.strip()]))
