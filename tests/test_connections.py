@@ -9,6 +9,7 @@ Parameters libpq or psycopg refuse are configuration errors, naming the paramete
 from __future__ import annotations
 
 import os
+import string
 import subprocess
 from pathlib import Path
 from urllib.parse import quote
@@ -380,3 +381,82 @@ def test_of_several_hosts_the_one_reached_is_in_use(database: Database) -> None:
     used = targets.wait(given, timeout=5)
     assert (used.host, used.port) == (settings.host, settings.port)
     assert "127.0.0.1:1" not in used.url()
+
+
+# -- a second oracle: the same URL with the password's letters and digits shifted -------
+
+# Printable ASCII but the characters a run of 4 could share with the rest of the message
+# by chance is no concern: a random password of 12+ characters drawn from these.
+DIFFERENTIAL_CHARACTERS = string.ascii_letters + string.digits + string.punctuation + " é€"
+DIFFERENTIAL_FORMS = [
+    "postgresql://ci:{pw}@127.0.0.1:1/db",  # well-formed, the server refuses
+    "postgresql://ci:{pw}@127.0.0.1:notaport/db",
+    "postgresql://ci:{pw}@/db",
+    "postgresql://ci:{pw}@127.0.0.1:1/db?bogus=1",
+    "postgresql://ci:{pw}@127.0.0.1:1/db?sslmode=wrong",
+    "postgresql://ci:{pw}127.0.0.1:1/db",  # the @ forgotten
+    "postgresql:/ci:{pw}@127.0.0.1:1/db",
+    "postgres://ci:{pw}@127.0.0.1:1",
+    "ci:{pw}@127.0.0.1:1/db",
+    "postgresql://ci@127.0.0.1:1/db?sslpassword={pw}&bogus=1",
+    "postgresql://ci@127.0.0.1:1/db?password={pw}",
+    "postgresql://ci:{pw}@127.0.0.1:1/db?connect_timeout=abc",
+    "postgresql://ci:{pw}@127.0.0.1:1/db?target_session_attrs=bogus",
+    "postgresql://ci:{pw}@[::1:1/db",
+    "  postgresql://ci:{pw}@127.0.0.1:1/db#frag  ",
+    "{pw}",
+]
+
+
+def _runs_of_four(text: str) -> list[str]:
+    return [text[i : i + 4] for i in range(len(text) - 3)]
+
+
+def _shifted(password: str) -> str:
+    """`password` with every letter and digit moved one on: the same URL shape, other text."""
+    table = str.maketrans(
+        string.ascii_lowercase + string.ascii_uppercase + string.digits,
+        string.ascii_lowercase[1:]
+        + "a"
+        + string.ascii_uppercase[1:]
+        + "A"
+        + string.digits[1:]
+        + "0",
+    )
+    return password.translate(table)
+
+
+def _printed(url: str) -> str:
+    """Everything the commands and the stack check print about `url`."""
+    shown: list[str] = []
+    for args in (
+        ["migrate", "--database-url", url, "status"],
+        ["schema", "diff", "--database-url", "postgresql://ci@127.0.0.1:1/db", "--against", url],
+    ):
+        result = run_cli(*args)
+        assert result.code in (1, 2), result
+        assert "Traceback" not in result.err
+        assert len(result.err.splitlines()) == 1, result.err
+        shown.append(result.out + result.err)
+    try:
+        contract.check_cloud_url(url, what="cicd-db:databaseUrl")
+    except contract.ConfigError as refused:
+        shown.append(str(refused))
+    return "\n".join(shown)
+
+
+@hypothesis.settings(max_examples=150)
+@hypothesis.given(
+    password=st.text(alphabet=DIFFERENTIAL_CHARACTERS, min_size=12, max_size=24),
+    form=st.sampled_from(DIFFERENTIAL_FORMS),
+)
+def test_a_password_printed_is_a_password_changed(password: str, form: str) -> None:
+    """A run counts as leaked when it is printed for this password and not for the same
+    password with its letters and digits moved on (so "erro" of "error:" is no leak)."""
+    # Without its @, a URL whose password holds an @ is a well-formed URL of another host
+    # and password: nothing can tell which part was meant as the password.
+    hypothesis.assume(not ("{pw}127" in form and "@" in password))
+    text = _printed(form.replace("{pw}", password))
+    other = _printed(form.replace("{pw}", _shifted(password)))
+    leaked = [run for run in _runs_of_four(password) if run in text and run not in other]
+    assert not leaked, (leaked, text)

@@ -137,17 +137,17 @@ SECRET = "Sup3rS3cret"
         ),
         (
             f"postgresql://u@h/db?sslpassword={SECRET}&bogus=1",
-            "the database URL 'postgresql://u@h/db?sslpassword=***&bogus=1' has a parameter "
-            "libpq does not know ('bogus')",
+            # A secret's value is masked to the end: a raw & in it would show the rest.
+            "the database URL 'postgresql://u@h/db?sslpassword=***' is malformed",
         ),
         (
             f"postgresql://u@h/db?sslpassword={SECRET}&sslmode=bogus",
-            "the database URL 'postgresql://u@h/db?sslpassword=***&sslmode=bogus' has an "
-            "sslmode libpq does not know",
+            "the database URL 'postgresql://u@h/db?sslpassword=***' has an sslmode libpq does "
+            "not know",
         ),
         (
             f"postgresql://u:{SECRET}%80@h/db",
-            "the database URL 'postgresql://u:***@h/db' is malformed",
+            "the database URL 'postgresql://u:***@h/db' has a percent-escape that is not UTF-8",
         ),
         (
             f"postgresql://ci:pass {SECRET}@127.0.0.1/db",
