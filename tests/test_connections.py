@@ -8,6 +8,7 @@ Parameters libpq or psycopg refuse are configuration errors, naming the paramete
 
 from __future__ import annotations
 
+import json
 import os
 import string
 import subprocess
@@ -460,3 +461,21 @@ def test_a_password_printed_is_a_password_changed(password: str, form: str) -> N
     other = _printed(form.replace("{pw}", _shifted(password)))
     leaked = [run for run in _runs_of_four(password) if run in text and run not in other]
     assert not leaked, (leaked, text)
+
+
+def test_status_and_wait_print_where_libpq_connected(database: Database, tmp_path: Path) -> None:
+    """The URL names no host or port; what is printed is where the connection went."""
+    s = database.settings
+    env = {"PGHOST": s.host, "PGPORT": str(s.port), "PGPASSWORD": s.password}
+    url = f"postgresql://{s.user}@/{s.database}"
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    status = run_cli(
+        "migrate", "--database-url", url, "--migrations-dir", str(folder), "status", "--json",
+        env=env,
+    )  # fmt: skip
+    assert status.code == 0, status.err
+    assert f"@{s.host}:{s.port}/{s.database}" in json.loads(status.out)["url"]
+    waited = run_cli("migrate", "--database-url", url, "wait", env=env)
+    assert waited.code == 0, waited.err
+    assert waited.out.startswith(f"ready: postgresql://{s.user}@{s.host}:{s.port}/{s.database}")
+    assert s.password not in status.out + waited.out

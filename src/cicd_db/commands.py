@@ -162,7 +162,8 @@ def status(run: Run) -> int:
     target = run.target()
     with run.runner(target, writes=False) as runner:
         rows = runner.status()
-    url = target.settings.for_migrations().redacted_url()
+        # What libpq used: the host it reached, its port, whatever PGHOST or a service gave.
+        url = target.settings.for_migrations().in_use(runner.conn.info).redacted_url()
     run.show(
         console.status_json(target.description, url, rows),
         lambda: console.status_lines(target.description, rows),
@@ -176,8 +177,8 @@ def status(run: Run) -> int:
 def wait(run: Run) -> int:
     """`migrate wait`: until the target accepts connections."""
     target = run.remember(run.target())
-    targets.wait(target.settings, run.args.timeout)
-    run.say(f"ready: {target.settings.redacted_url()}")
+    used = targets.wait(target.settings, run.args.timeout)
+    run.say(f"ready: {used.redacted_url()}")
     return 0
 
 
