@@ -14,7 +14,7 @@ Finishing a stage (`finish_stage`) derives its status from its jobs, and
 finishing a run (`finish_run`) from its stages: FAILED if any child failed (a job
 that allows failure does not count), else CANCELED if any was cancelled, else
 SUCCESS. Run numbers count per pipeline and are allocated by the database
-(migration 0005), so concurrent writers never share or skip one.
+(migration 0016), so concurrent writers never share or skip one.
 
 Methods that start with `add_`, `start_`, `set_`, `finish_` or `cancel_` write,
 each in one transaction; the others only read.
