@@ -180,6 +180,7 @@ def test_local_shapes_never_carry_the_settings() -> None:
         "created_role": True,
         "created_database": False,
         "password_set": True,
+        "password_reset": False,
     }
     assert "sekret" not in json.dumps(shape)
     kept = Prepared(settings, created_role=False, created_database=True, password_set=False)

@@ -3,6 +3,10 @@ that exist already."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -13,7 +17,7 @@ from psycopg import sql
 
 from cicd_db.settings import ConnectionSettings, from_url
 
-from .conftest import run_cli
+from .conftest import ROOT, run_cli
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,75 @@ def test_a_failed_run_leaves_no_role_with_an_unseen_password(
     done = init_local(server, admin, names, "--password", "user-Pass-2")
     assert (done.code, done.err) == (0, ""), done.err
     assert logs_in(server, names, "user-Pass-2")
+
+
+@pytest.mark.db
+def test_a_run_cut_off_after_creating_the_role_is_finished_by_the_next(
+    server: ConnectionSettings, names: Names
+) -> None:
+    """The admin's connection is cut while CREATE DATABASE waits (its template locked by
+    another session), so the role it made cannot be dropped again: the rerun knows the
+    role as its own, resets the password nobody saw, says so, and the URL it prints
+    logs in. The admin keeps no membership of the role."""
+    superuser(
+        server, "CREATE ROLE {} LOGIN CREATEROLE CREATEDB PASSWORD 'admin-Pass-1'", names.admin
+    )
+    admin = replace(server, user=names.admin, password="admin-Pass-1")
+    args = ["init-local", "--admin-url", admin.url(), "--user", names.user]
+    args += ["--database", names.database]
+    with (
+        psycopg.connect(server.conninfo(), autocommit=True) as holder,
+        psycopg.connect(server.conninfo(), autocommit=True) as watcher,
+    ):
+        holder.execute("BEGIN")
+        # CREATE DATABASE takes a SHARE lock on its template: this makes it wait.
+        holder.execute("COMMENT ON DATABASE template1 IS NULL")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cicd_db", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=dict(os.environ),
+        )
+        deadline, waiting = time.monotonic() + 60, None
+        while waiting is None and time.monotonic() < deadline:
+            # Not from the holder: its transaction would see one snapshot of the activity.
+            waiting = watcher.execute(
+                "SELECT pid FROM pg_stat_activity WHERE usename = %s "
+                "AND wait_event_type = 'Lock' AND query LIKE 'CREATE DATABASE%%'",
+                [names.admin],
+            ).fetchone()
+            time.sleep(0.05)
+        assert waiting is not None, process.communicate(timeout=60)
+        watcher.execute("SELECT pg_terminate_backend(%s)", [waiting[0]])
+        _, err = process.communicate(timeout=60)
+        holder.execute("ROLLBACK")
+    assert process.returncode == 1, err
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:  # the cut left it
+        assert conn.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s", [names.user]
+        ).fetchone() == (1,)
+    again = init_local(server, admin, names, "--show-password")
+    assert (again.code, again.err) == (0, ""), again.err
+    line, url = again.out.splitlines()
+    assert line == (
+        f"role {names.user} kept; password reset (an earlier init-local made it and stopped "
+        f"before it finished); database {names.database} created"
+    )
+    printed = from_url(url, what="printed")
+    assert printed.password and logs_in(server, names, printed.password)
+    third = init_local(server, admin, names)  # finished now: kept as it is
+    assert third.out.splitlines()[0] == (
+        f"role {names.user} kept; its password unchanged; database {names.database} kept"
+    )
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+            "JOIN pg_roles a ON a.oid = m.member WHERE r.rolname = %s AND a.rolname = %s "
+            "AND m.grantor = a.oid",
+            [names.user, names.admin],
+        ).fetchone() == (0,)
 
 
 UNUSABLE = {

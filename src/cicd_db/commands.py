@@ -315,7 +315,11 @@ def init_local(run: Run) -> int:
     run.show(console.local_json(prepared, url), lambda: [console.local_line(prepared)])
     if not a.json:
         print(url)
-    if prepared.created_role and not a.password and not a.show_password:
+    if (
+        (prepared.created_role or prepared.password_reset)
+        and not a.password
+        and not a.show_password
+    ):
         user = prepared.settings.user
         print(
             f"note: {user} got a generated password, not shown; run again with --password to set one you know",

@@ -289,6 +289,7 @@ def local_json(prepared: Prepared, url: str) -> JSON:
         "created_role": prepared.created_role,
         "created_database": prepared.created_database,
         "password_set": prepared.password_set,
+        "password_reset": prepared.password_reset,
     }
 
 
@@ -296,6 +297,8 @@ def local_line(prepared: Prepared) -> str:
     settings = prepared.settings
     if prepared.created_role:
         role = "created"
+    elif prepared.password_reset:
+        role = "kept; password reset (an earlier init-local made it and stopped before it finished)"
     else:
         role = "kept; " + ("password set" if prepared.password_set else "its password unchanged")
     database = "created" if prepared.created_database else "kept"

@@ -4,6 +4,12 @@ What the plan's phase 1 does by hand in psql (Homebrew, apt, the Windows
 installer), done once and safely again: a login role that is not a superuser,
 with the plan's role settings (`client_encoding`, `default_transaction_isolation`,
 `timezone`), and a database it owns. Writes to the server it is given.
+
+A role init() creates carries a comment (UNFINISHED) until its database is ready:
+a run that could not finish and could not drop the role either (killed, its
+connection lost) leaves a role whose password nobody saw, and the comment lets the
+next run know it made that role, and reset the password so that the URL it prints
+logs in, instead of keeping one that no one knows.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from psycopg import sql
 from cicd_db.errors import ConfigError
 from cicd_db.settings import LOCAL_DATABASE, LOCAL_ROLE_SETTINGS, LOCAL_USER, ConnectionSettings
 
+# The comment on a role init() made and has not finished (see the module docstring).
+UNFINISHED = "cicd-db init-local: not finished; its password was never shown"
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -29,6 +38,9 @@ class Prepared:
     created_role: bool
     created_database: bool
     password_set: bool
+    # An earlier run made the role and stopped before it finished: its password,
+    # never shown, was replaced.
+    password_reset: bool = False
 
 
 def init(
@@ -63,21 +75,33 @@ def init(
     superuser, who = bool(row[0]), str(row[3])
     role = sql.Identifier(user)
     existing = admin.execute(
-        "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil <= now() FROM pg_roles "
+        "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil <= now(), "
+        "shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s FROM pg_roles "
         "WHERE rolname = %s",
-        [user],
+        [UNFINISHED, user],
     ).fetchone()
     if existing is not None:
-        _refuse_unusable(user, *existing)
+        _refuse_unusable(user, *existing[:4])
     created_role = existing is None
+    # Ours, from a run that stopped before it finished: its password was never shown.
+    unfinished = existing is not None and bool(existing[4])
     try:
         with _privileges(who, user):
             if created_role:
                 password = password or secrets.token_urlsafe(24)
+                with admin.transaction():  # never a role without the comment
+                    admin.execute(
+                        sql.SQL(
+                            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
+                        ).format(role, sql.Literal(password))
+                    )
+                    admin.execute(
+                        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(UNFINISHED))
+                    )
+            elif unfinished:
+                password = password or secrets.token_urlsafe(24)
                 admin.execute(
-                    sql.SQL(
-                        "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
-                    ).format(role, sql.Literal(password))
+                    sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password))
                 )
             elif password:
                 admin.execute(
@@ -98,6 +122,20 @@ def init(
                 statement = sql.SQL("ALTER DATABASE {} OWNER TO {}")
             if owner is None or owner[0] != user:
                 _as_member(admin, statement.format(sql.Identifier(database), role), role, superuser)
+            if (
+                unfinished
+                and admin.execute(
+                    "SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                    "JOIN pg_roles a ON a.oid = m.member WHERE r.rolname = %s "
+                    "AND a.rolname = current_user AND m.grantor = m.member",
+                    [user],
+                ).fetchone()
+            ):
+                # The membership _as_member grants for one statement, left by the run
+                # cut off in it: the admin is not meant to keep ci_user's rights.
+                admin.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(role))
+            if created_role or unfinished:
+                admin.execute(sql.SQL("COMMENT ON ROLE {} IS NULL").format(role))
     except BaseException:
         if created_role:
             # Its password was never shown: a rerun must not find a role nobody can use.
@@ -111,7 +149,7 @@ def init(
         password=password or "",
         migration_url=None,
     )
-    return Prepared(settings, created_role, owner is None, bool(password))
+    return Prepared(settings, created_role, owner is None, bool(password), unfinished)
 
 
 def _refuse_unusable(
