@@ -3,13 +3,19 @@ that exist already."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -261,3 +267,62 @@ def test_the_url_printed_names_where_libpq_connected(
     printed = from_url(result.out.splitlines()[-1], what="printed")
     assert (printed.host, printed.port) == (server.host, server.port)
     assert logs_in(printed, names, "user-Pass-3")
+
+
+@contextlib.contextmanager
+def socket_folder(server: ConnectionSettings) -> Iterator[Path]:
+    """A folder with a Unix socket `.s.PGSQL.5432` that carries each connection to the
+    test server's TCP port: a socket as a packaged server has, which libpq reaches by
+    the folder (the embedded server listens on TCP only)."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as folder:  # short: socket paths are
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(os.path.join(folder, ".s.PGSQL.5432"))
+        listener.listen()
+
+        def carry(client: socket.socket) -> None:
+            """Both ways until either end closes; then both are closed."""
+            with client, socket.create_connection((server.host, server.port or 5432)) as tcp:
+                other = {client: tcp, tcp: client}
+                with contextlib.suppress(OSError):
+                    while True:
+                        ready, _, _ = select.select(list(other), [], [])
+                        for end in ready:
+                            data = end.recv(65536)
+                            if not data:
+                                return
+                            other[end].sendall(data)
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    client, _ = listener.accept()
+                    threading.Thread(target=carry, args=(client,), daemon=True).start()
+
+        serving = threading.Thread(target=serve, daemon=True)
+        serving.start()
+        try:
+            yield Path(folder)
+        finally:
+            listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+            serving.join(timeout=10)
+
+
+@pytest.mark.db
+def test_a_socket_admin_url_keeps_its_folder_in_the_url_printed(
+    server: ConnectionSettings, names: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`postgresql:///postgres?host=/a/folder`, as the issue gave it: the URL printed
+    names that folder (and the port libpq used), and logs in through the socket."""
+    for variable in ("PGHOST", "PGPORT", "PGHOSTADDR", "PGSERVICE"):
+        monkeypatch.delenv(variable, raising=False)
+    with socket_folder(server) as folder:
+        admin = from_url(
+            f"postgresql://{server.user}:{server.password}@/postgres?host={folder}",
+            what="admin",
+        )
+        result = init_local(server, admin, names, "--password", "user-Pass-4", "--show-password")
+        assert (result.code, result.err) == (0, ""), result.err
+        printed = from_url(result.out.splitlines()[-1], what="printed")
+        assert (printed.host, printed.port) in ((str(folder), 5432), (str(folder), None))
+        assert logs_in(printed, names, "user-Pass-4")
