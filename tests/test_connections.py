@@ -12,6 +12,7 @@ import json
 import os
 import string
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -401,6 +402,10 @@ DIFFERENTIAL_FORMS = [
     "ci:{pw}@127.0.0.1:1/db",
     "postgresql://ci@127.0.0.1:1/db?sslpassword={pw}&bogus=1",
     "postgresql://ci@127.0.0.1:1/db?password={pw}",
+    # Keys are percent-decoded, by libpq and by the masking alike.
+    "postgresql://ci@127.0.0.1:1/db?sslmode=disable&%70assword={pw}",
+    "postgresql://ci@127.0.0.1:1/db?passwor%64={pw}&bogus=1",
+    "postgresql://ci@127.0.0.1:1/db?ssl%70assword={pw}&nosuch=1",
     "postgresql://ci:{pw}@127.0.0.1:1/db?connect_timeout=abc",
     "postgresql://ci:{pw}@127.0.0.1:1/db?target_session_attrs=bogus",
     "postgresql://ci:{pw}@[::1:1/db",
@@ -479,3 +484,30 @@ def test_status_and_wait_print_where_libpq_connected(database: Database, tmp_pat
     assert waited.code == 0, waited.err
     assert waited.out.startswith(f"ready: postgresql://{s.user}@{s.host}:{s.port}/{s.database}")
     assert s.password not in status.out + waited.out
+
+
+@pytest.mark.parametrize(
+    "query", ["sslmode=disable&%70assword=Plainpw123", "passwor%64=Plainpw123&bogus=1"]
+)
+def test_a_percent_encoded_secret_key_is_masked_and_read_as_libpq_reads_it(query: str) -> None:
+    result = run_cli(
+        "migrate", "--database-url", f"postgresql://u@127.0.0.1:1/db?{query}", "status"
+    )
+    assert result.code in (1, 2)
+    assert "Plainpw" not in result.out + result.err
+    assert "does not know" not in result.err  # %70assword is libpq's password
+
+
+def test_a_setting_the_server_refuses_at_start_up_is_a_configuration_error(
+    database: Database,
+) -> None:
+    """The server answers, and refuses a setting of the URL's options: exit 2 at once (wait
+    does not retry it), naming options, not "check that the server is up"."""
+    url = replace(database.settings, parameters=(("options", "-c statement_timeout=abc"),)).url()
+    for args in (["status"], ["wait", "--timeout", "30"]):
+        result = run_cli("migrate", "--database-url", url, *args)
+        assert result.code == 2, result
+        assert 'invalid value for parameter "statement_timeout"' in result.err
+        assert result.err.rstrip().endswith(
+            "fix the options parameter of the target (?options=-c ...) or PGOPTIONS"
+        )

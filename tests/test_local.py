@@ -326,3 +326,52 @@ def test_a_socket_admin_url_keeps_its_folder_in_the_url_printed(
         printed = from_url(result.out.splitlines()[-1], what="printed")
         assert (printed.host, printed.port) in ((str(folder), 5432), (str(folder), None))
         assert logs_in(printed, names, "user-Pass-4")
+
+
+def test_two_runs_at_once_never_drop_the_role_the_other_made(
+    server: ConnectionSettings, names: Names
+) -> None:
+    """Each racer looks, finds no role, and creates it: the loser must leave the winner's
+    role alone (it dropped it before) and say in one line what happened."""
+    from cicd_db import local
+    from cicd_db.errors import ConfigError
+
+    for round_ in range(6):
+        user, database = f"{names.user}_{round_}", f"{names.database}_{round_}"
+        barrier = threading.Barrier(2)
+        outcomes: list[object] = []
+
+        def race(
+            barrier: threading.Barrier, outcomes: list[object], user: str, database: str
+        ) -> None:
+            with psycopg.connect(server.conninfo(), autocommit=True) as admin:
+                barrier.wait()
+                try:
+                    outcomes.append(local.init(admin, server, None, user=user, database=database))
+                except ConfigError as refused:
+                    outcomes.append(refused)
+
+        threads = [
+            threading.Thread(target=race, args=(barrier, outcomes, user, database))
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        try:
+            made = [o for o in outcomes if isinstance(o, local.Prepared)]
+            assert made, outcomes
+            for loser in (o for o in outcomes if isinstance(o, ConfigError)):
+                assert str(loser).startswith("another init-local created role")
+            # The winner's URL logs in: its role was not dropped, its password not changed.
+            with psycopg.connect(made[0].settings.conninfo()) as conn:
+                assert conn.execute("SELECT current_user").fetchone() == (user,)
+        finally:
+            with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(database)
+                    )
+                )
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(user)))

@@ -212,7 +212,8 @@ def test_missing_authority_file_is_a_configuration_error(
     assert err.startswith("error: localhost:")
     assert "nowhere.crt" in err and "does not exist" in err
     assert err.rstrip().endswith(
-        "fix that parameter of the target (--database-url, DATABASE_URL or the stack's outputs)"
+        "fix that parameter of the target (--database-url, DATABASE_URL or the stack's outputs) "
+        "or of libpq's environment (PGHOST, PGPORT, PGSSLMODE, PGSERVICE, ...)"
     )
 
 

@@ -85,6 +85,7 @@ def init(
     created_role = existing is None
     # Ours, from a run that stopped before it finished: its password was never shown.
     unfinished = existing is not None and bool(existing[4])
+    made = False  # this run's CREATE ROLE committed: only then is the role ours to drop
     try:
         with _privileges(who, user):
             if created_role:
@@ -98,6 +99,7 @@ def init(
                     admin.execute(
                         sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(UNFINISHED))
                     )
+                made = True
             elif unfinished:
                 password = password or secrets.token_urlsafe(24)
                 admin.execute(
@@ -136,11 +138,17 @@ def init(
                 admin.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(role))
             if created_role or unfinished:
                 admin.execute(sql.SQL("COMMENT ON ROLE {} IS NULL").format(role))
-    except BaseException:
-        if created_role:
+    except BaseException as error:
+        if made:
             # Its password was never shown: a rerun must not find a role nobody can use.
             with contextlib.suppress(psycopg.Error):
                 admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+        if isinstance(error, psycopg.errors.DuplicateObject | psycopg.errors.UniqueViolation):
+            # Another init-local made the role or database between our look and our CREATE.
+            raise ConfigError(
+                f"another init-local created role {user!r} or database {database!r} at the "
+                "same time; run again once it has finished"
+            ) from None
         raise
     settings = replace(
         server,

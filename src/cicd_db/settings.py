@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import psycopg.conninfo
 from psycopg import pq
@@ -372,15 +372,25 @@ def libpq_keywords() -> frozenset[str]:
 
 
 def _query_names(url: str) -> list[str]:
+    """The query's keys, percent-decoded as libpq decodes them (`%70assword` is `password`)."""
     query = url.partition("?")[2].partition("#")[0]
-    return [part.partition("=")[0] for part in query.split("&") if part]
+    return [unquote(part.partition("=")[0]) for part in query.split("&") if part]
+
+
+_QUERY_KEY = re.compile(r"[?&](?P<key>[^=&?#]*)=")
+
+
+def _secret_values(text: str) -> list[int]:
+    """Where the value of each secret keyword of `text`'s query starts (keys decoded)."""
+    return [
+        match.end()
+        for match in _QUERY_KEY.finditer(text)
+        if unquote(match["key"]).lower() in SECRET_KEYWORDS
+    ]
 
 
 # A secret's value is hidden to the end of the text: one holding a raw `&` or `#`
 # would otherwise show its rest as another parameter or a fragment.
-_SECRET_QUERY_VALUE = re.compile(
-    r"(?P<head>[?&](?:" + "|".join(sorted(SECRET_KEYWORDS)) + r")=)(?P<secret>.*)", re.I | re.S
-)
 
 
 # A scheme: `anything://`, or postgres(ql) with one slash too (a slash forgotten); not
@@ -398,7 +408,9 @@ def mask_credentials(text: str) -> str | None:
     `password=`) to the end of the query. Text without a scheme may be a password
     by itself, or one holding an `@`: then None, and the caller must not show it.
     """
-    text = _SECRET_QUERY_VALUE.sub(r"\g<head>***", text)
+    starts = _secret_values(text)
+    if starts:
+        text = text[: starts[0]] + "***"
     at = text.rfind("@")
     scheme = _SCHEME.match(text)
     if scheme is None:
@@ -426,7 +438,7 @@ def password_candidates(text: str | None) -> list[str]:
     if not text:
         return []
     text = text.strip()
-    secrets = [m["secret"] for m in _SECRET_QUERY_VALUE.finditer(text) if m["secret"]]
+    secrets = [text[start:] for start in _secret_values(text) if text[start:]]
     at = text.rfind("@")
     scheme = _SCHEME.match(text)
     if at < 0:

@@ -225,12 +225,20 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
     if re.match(
         r"(invalid \S+ value|bad value for|(root )?certificate file|private key file|could not "
         r"(read|load|open) (root certificate|certificate|private key|SSL)|"
-        r"definition of service|service file|root certificate file)",
+        r"definition of service|service file|root certificate file|certificate present, but "
+        r"not private key|could not match \d+ port numbers to \d+ hosts)",
         detail,
     ):
         # libpq refused a connection parameter before trying the server.
         return ConfigError(
-            f"{where}: {detail}; fix that parameter of the target {TARGET_PARAMETERS}"
+            f"{where}: {detail}; fix that parameter of the target {TARGET_PARAMETERS} or of "
+            "libpq's environment (PGHOST, PGPORT, PGSSLMODE, PGSERVICE, ...)"
+        )
+    if re.match(r"(invalid value for parameter|unrecognized configuration parameter)", detail):
+        # The server answered, and refused a setting the connection sent at start-up.
+        return ConfigError(
+            f"{where}: {detail}; fix the options parameter of the target (?options=-c ...) "
+            "or PGOPTIONS"
         )
     return ConnectionFailed(
         f"cannot connect to {where}: {detail or 'no answer'}; check that the server is up "
