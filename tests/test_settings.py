@@ -972,3 +972,14 @@ def test_a_user_name_with_a_raw_at_is_refused() -> None:
     assert "percent-encode them there (@ as %40" in str(raised.value)
     # Percent-encoded, the same user name is fine.
     assert from_url("postgresql://me%40corp.com:pw@h/db").user == "me@corp.com"
+
+
+def test_an_empty_sslmode_is_refused_as_psql_refuses_it() -> None:
+    with pytest.raises(ConfigError, match="has an sslmode libpq does not know"):
+        from_url("postgresql://h/db?sslmode=")
+
+
+def test_check_cloud_url_writes_sslmode_before_a_fragment() -> None:
+    url = contract.check_cloud_url("postgresql://u:pw@h/db#note", what="x", environ={})
+    assert url == "postgresql://u:pw@h/db?sslmode=require#note"
+    assert psycopg.conninfo.conninfo_to_dict(url)["dbname"] == "db"

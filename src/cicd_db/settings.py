@@ -340,7 +340,8 @@ def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> C
             f"the {what}{where} has a port that is not a number from 1 to 65535 (one per "
             "host); fix it, or percent-encode a '/', '?' or '#' in the password (%2F, %3F, %23)"
         )
-    sslmode = str(params.get("sslmode") or "") or None
+    # Given but empty is libpq's error too (psql refuses `?sslmode=`), not "not given".
+    sslmode = None if params.get("sslmode") is None else str(params["sslmode"])
     if sslmode is not None and sslmode not in SSLMODES:
         raise ConfigError(
             f"the {what}{where} has an sslmode libpq does not know; use one of {', '.join(SSLMODES)}"
@@ -511,7 +512,9 @@ def check_cloud_url(
             f"sslmode=require (or verify-ca, verify-full), or set cicd-db:allowInsecure true"
         )
     if not settings.sslmode:
-        url += ("&" if "?" in url else "?") + f"sslmode={effective or 'require'}"
+        # Before a #fragment, which libpq would otherwise read into the database name.
+        url, hash_, fragment = url.partition("#")
+        url += ("&" if "?" in url else "?") + f"sslmode={effective or 'require'}" + hash_ + fragment
     return url
 
 
