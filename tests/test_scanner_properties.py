@@ -232,7 +232,8 @@ def test_a_no_transaction_file_of_several_statements_is_refused(
 def psql(database: Database, path: Path) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [
-            *(str(wheel_bin_dir() / "psql"), "-X", "-q", "-A", "-t", "-0"),
+            # -1: a transactional file runs in one transaction, where SET LOCAL counts.
+            *(str(wheel_bin_dir() / "psql"), "-X", "-q", "-A", "-t", "-0", "-1"),
             *("-v", "ON_ERROR_STOP=1", "-f", str(path), "-d", database.settings.conninfo()),
         ],
         capture_output=True,

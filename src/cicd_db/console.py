@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cicd_db import migrations
+from cicd_db.migrations import plural
 
 if TYPE_CHECKING:  # annotations only: the commands import these on use
     from cicd_db.embedded import Status
@@ -27,10 +28,6 @@ TICK_AFTER_SECONDS = 2.0
 REHEARSAL_CAVEAT = (
     "(a table lock an earlier file of the rehearsal already holds is not listed again)"
 )
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # -- migrate up, and its rehearsal --------------------------------------------------------

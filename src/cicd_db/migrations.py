@@ -1109,7 +1109,7 @@ class Runner:
         except (MigrationFailed, _Transient) as failure:
             error = str(failure).removeprefix(f"migration {migration.filename} ")
         except psycopg.OperationalError as lost:
-            error = str(lost).strip().splitlines()[0] if str(lost).strip() else "no answer"
+            error = _first_line(lost)
         if self.conn.closed or self.conn.broken:
             raise MigrationFailed(
                 f"the rehearsal lost its connection in {migration.filename} ({error}); "
@@ -1168,11 +1168,9 @@ class Runner:
         if failed is None:
             return None
         error = errors.error_from_result(failed, encoding=self.conn.info.encoding)
-        return (
-            _describe_failure(migration, 0, error.diag, str(error), self.conn.info.user)
-            .replace(" failed at line 0:", " failed at its commit:")
-            .removeprefix(f"migration {migration.filename} ")
-        )
+        return _describe_failure(
+            migration, None, error.diag, str(error), self.conn.info.user
+        ).removeprefix(f"migration {migration.filename} ")
 
     def _table_locks(self) -> list[tuple[str, str]]:
         rows = self.conn.execute(
@@ -1658,8 +1656,8 @@ class Runner:
         if state == "42P01" and HISTORY_TABLE in (error.diag.message_primary or ""):
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
         message = _describe_failure(
-            migration, 0, error.diag, str(error), self.conn.info.user, lost=self._lost()
-        ).replace(" failed at line 0:", " failed at its commit:")
+            migration, None, error.diag, str(error), self.conn.info.user, lost=self._lost()
+        )
         if state in RETRIED_SQLSTATES:
             raise _Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
         raise MigrationFailed(message)
@@ -1880,14 +1878,15 @@ def _abridge(statement: str, width: int = 48) -> str:
 
 def _describe_failure(
     migration: Migration,
-    line: int,
+    line: int | None,
     diag: psycopg.errors.Diagnostic,
     fallback: str,
     user: str,
     *,
     lost: bool = False,
 ) -> str:
-    """The one line for a file that failed. `lost`: the runner's connection is gone."""
+    """The one line for a file that failed, at `line` (None: at its commit). `lost`: the
+    runner's connection is gone."""
     message = diag.message_primary or fallback.strip().splitlines()[0]
     code = f" [{diag.sqlstate}]" if diag.sqlstate else ""
     rolled_back = "it was rolled back" + (
@@ -1917,7 +1916,8 @@ def _describe_failure(
     else:
         advice = "fix the file and run again"
     return (
-        f"migration {migration.filename} failed at line {line}: {message}{code}; "
+        f"migration {migration.filename} failed "
+        f"{'at its commit' if line is None else f'at line {line}'}: {message}{code}; "
         f"{rolled_back}; {advice}"
     )
 
