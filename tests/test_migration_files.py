@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from cicd_db import migrations
-from cicd_db.errors import ConfigError
+from cicd_db.errors import ConfigError, MigrationFailed
 from cicd_db.settings import ConnectionSettings
 
 from .conftest import Database, run_cli, unscanned, write_migrations
@@ -101,7 +101,7 @@ def test_a_transaction_ended_unseen_is_never_recorded(database: Database) -> Non
         migration = unscanned(name, data)  # discover() would refuse these before they ran
         with database.connect() as conn:
             runner = migrations.Runner(conn, [migration])
-            with pytest.raises(migrations.MigrationFailed) as failed:
+            with pytest.raises(MigrationFailed) as failed:
                 runner.apply()
             assert str(failed.value) == (
                 f"migration 0001_{name}.sql ended the runner's transaction itself (COMMIT, "
@@ -202,7 +202,7 @@ def test_copy_without_data_lines_never_hangs(database: Database, separator: str)
     line = 1 if separator == " " else 2
     with database.connect() as conn:
         with pytest.raises(
-            migrations.MigrationFailed,
+            MigrationFailed,
             match=f"at line {line}: COPY from stdin failed: COPY FROM STDIN data must",
         ):
             migrations.Runner(conn, [migration]).apply()
@@ -245,7 +245,7 @@ def test_a_file_that_starts_with_copy_data_is_one_transaction(
         if failure is None:
             runner.apply()
         else:
-            with pytest.raises(migrations.MigrationFailed) as failed:
+            with pytest.raises(MigrationFailed) as failed:
                 runner.apply()
             assert str(failed.value) == failure
     applied = failure is None

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from cicd_db import migrations, schema
-from cicd_db.errors import ConfigError, Interrupted, Terminated
+from cicd_db.errors import ConfigError, Interrupted, MigrationFailed, MigrationRefused, Terminated
 from cicd_db.settings import ConnectionSettings
 
 from .conftest import MIGRATIONS, ROOT, Database, run_cli, write_migrations
@@ -430,22 +430,22 @@ def test_interrupt_rolls_back_releases_the_lock_and_says_so(
     ) == [(0,), (0,)]
 
 
-class _InterruptedAfterCommit(migrations.Runner):
+def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A Ctrl-C that lands once file 2's transaction committed, before the runner moves on."""
+    in_transaction = migrations.apply.Applier._in_transaction
 
-    def _apply_in_transaction(self, migration: migrations.Migration) -> None:
-        super()._apply_in_transaction(migration)
+    def then_interrupted(
+        applier: migrations.apply.Applier, migration: migrations.Migration
+    ) -> None:
+        in_transaction(applier, migration)
         if migration.version == 2:
             raise KeyboardInterrupt
 
-
-def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
-    database: Database, tmp_path: Path
-) -> None:
+    monkeypatch.setattr(migrations.apply.Applier, "_in_transaction", then_interrupted)
     with database.connect() as conn:
-        runner = _InterruptedAfterCommit(
-            conn, migrations.discover(write_migrations(tmp_path, THREE))
-        )
+        runner = migrations.Runner(conn, migrations.discover(write_migrations(tmp_path, THREE)))
         with pytest.raises(Interrupted) as interrupted:
             runner.apply()
     assert str(interrupted.value) == (
@@ -639,7 +639,7 @@ def test_baseline_records_the_files_a_matching_schema_holds(
             (3, "applied"),
             (4, "pending"),
         ]
-        with pytest.raises(migrations.MigrationRefused) as again:
+        with pytest.raises(MigrationRefused) as again:
             runner.baseline(3)
     assert str(again.value) == (
         "this database already has migration history; baseline is only for a database "
@@ -658,7 +658,7 @@ def test_baseline_needs_a_version_a_file_has(
 ) -> None:
     with database.connect() as conn:
         runner = migrations.Runner(conn, migrations.discover(write_migrations(tmp_path, BASELINED)))
-        with pytest.raises(migrations.MigrationRefused) as refused:
+        with pytest.raises(MigrationRefused) as refused:
             runner.baseline(version)
     assert str(refused.value) == (
         f"no migration file has version {version}; see `migrate status` for the versions"
@@ -678,7 +678,7 @@ def test_baseline_shows_twelve_differences_and_counts_the_rest(
         {"0001_wide.sql": f"CREATE TABLE wide ({', '.join(f'{n} int' for n in names)});\n"},
     )
     database.execute("CREATE TABLE wide ()")
-    with database.connect() as conn, pytest.raises(migrations.MigrationRefused) as refused:
+    with database.connect() as conn, pytest.raises(MigrationRefused) as refused:
         migrations.Runner(conn, migrations.discover(folder)).baseline(1)
     shown = "; ".join(f"missing column wide.{n}: integer" for n in names[:12])
     assert str(refused.value) == (
@@ -705,7 +705,7 @@ def test_drift_compares_the_live_schema_with_the_applied_files(
         )
         (folder / "0001_people.sql").write_text("-- edited\n")
         edited = migrations.Runner(conn, migrations.discover(folder))
-        with pytest.raises(migrations.MigrationRefused, match=r"0001_people\.sql was edited"):
+        with pytest.raises(MigrationRefused, match=r"0001_people\.sql was edited"):
             edited.drift()
     assert database.query(SCRATCH_SCHEMAS) == []
 
@@ -948,7 +948,7 @@ def test_a_history_row_a_trigger_swallowed_is_not_called_applied(
             "CREATE TRIGGER swallow BEFORE INSERT ON cicd_db.cicd_db_schema_history "
             "FOR EACH ROW EXECUTE FUNCTION swallow()"
         )
-        with pytest.raises(migrations.MigrationFailed) as failed:
+        with pytest.raises(MigrationFailed) as failed:
             runner.apply()
     assert str(failed.value) == (
         f"migration 0002_index.sql left no history row (a trigger on the history table?); "
@@ -974,7 +974,7 @@ def test_two_invalid_indexes_of_one_name_are_left_alone(database: Database, tmp_
             "CREATE UNIQUE INDEX CONCURRENTLY t_c ON t (c);\n"
         },
     )
-    with database.connect() as conn, pytest.raises(migrations.MigrationRefused) as refused:
+    with database.connect() as conn, pytest.raises(MigrationRefused) as refused:
         migrations.Runner(conn, migrations.discover(folder)).apply()
     assert str(refused.value) == (
         "migration 0001_index.sql builds index t_c, and 2 invalid indexes have that name "
@@ -1016,7 +1016,7 @@ def test_a_retry_names_the_statement_that_waited(
         holder.execute("BEGIN")
         holder.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
         runner = migrations.Runner(conn, migrations.discover(folder), retries=1)
-        with pytest.raises(migrations.MigrationFailed) as failed:
+        with pytest.raises(MigrationFailed) as failed:
             runner.apply(on_retry=retries.append)
     [retry] = retries
     assert (retry.reason, retry.attempt, retry.retries) == (
@@ -1046,7 +1046,7 @@ def test_a_commit_that_failed_for_other_sessions_is_retried(
     retries: list[migrations.Retry] = []
     with database.connect() as conn:
         runner = migrations.Runner(conn, migrations.discover(folder), retries=1)
-        with pytest.raises(migrations.MigrationFailed) as failed:
+        with pytest.raises(MigrationFailed) as failed:
             runner.apply(on_retry=retries.append)
     assert [retry.reason for retry in retries] == ["serialization failure at its commit"]
     assert str(failed.value) == (
@@ -1095,7 +1095,9 @@ def test_retry_delays_double_and_stop_at_the_first_bound(
     spent: str | None,
 ) -> None:
     """A jitter fixed at 1.125 (of 0.75 to 1.25) makes the delays exact: 0.2 s, doubled."""
-    monkeypatch.setattr(migrations.random, "uniform", lambda low, high: low + (high - low) * 0.75)
+    monkeypatch.setattr(
+        migrations.apply.random, "uniform", lambda low, high: low + (high - low) * 0.75
+    )
     database.execute(CONFLICT_AT_COMMIT)
     folder = write_migrations(tmp_path, {"0001_insert.sql": "INSERT INTO t VALUES (1);\n"})
     seen: list[migrations.Retry] = []
@@ -1103,7 +1105,7 @@ def test_retry_delays_double_and_stop_at_the_first_bound(
         runner = migrations.Runner(
             conn, migrations.discover(folder), retries=retries, retry_budget=budget
         )
-        with pytest.raises(migrations.MigrationFailed) as failed:
+        with pytest.raises(MigrationFailed) as failed:
             runner.apply(on_retry=seen.append)
     assert [retry.delay for retry in seen] == pytest.approx(delays)
     assert [retry.attempt for retry in seen] == list(range(1, len(delays) + 1))

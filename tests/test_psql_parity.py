@@ -21,6 +21,7 @@ import pytest
 
 from cicd_db import migrations
 from cicd_db.embedded import wheel_bin_dir
+from cicd_db.migrations import statements
 
 from .conftest import Database
 
@@ -101,7 +102,7 @@ def test_runner_applies_like_psql(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(migrations, "BATCH_BYTES", batch_bytes)
+    monkeypatch.setattr(statements, "BATCH_BYTES", batch_bytes)
     expected = oracle_of(name, "plain", spare, tmp_path)
     runner_apply(database, tmp_path / "migrations", variant(name, "plain"))
     assert dump(database) == expected

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from cicd_db import migrations
 from cicd_db.embedded import wheel_bin_dir
 from cicd_db.errors import ConfigError
+from cicd_db.migrations import statements
 
 from .conftest import Database
 
@@ -168,7 +169,7 @@ def planned(data: bytes, *, transactional: bool = True) -> list[bytes]:
     return [
         data[one.start : one.end]
         for step in steps
-        for one in migrations._one_by_one(data, step)
+        for one in statements.one_by_one(data, step)
         if isinstance(one, migrations.Batch)
     ]
 

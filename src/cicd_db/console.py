@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cicd_db import migrations
-from cicd_db.migrations import plural
+from cicd_db.errors import plural
 
 if TYPE_CHECKING:  # annotations only: the commands import these on use
     from cicd_db.embedded import Status

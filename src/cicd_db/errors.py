@@ -106,3 +106,8 @@ class Interrupted(CicdDbError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C (see the module docstring)."""
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 file`, `2 files`: for messages."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

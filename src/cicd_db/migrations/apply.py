@@ -1,0 +1,342 @@
+"""Applying files: the loop, one file and its history row at a time, and the retry policy.
+
+A file and its history row commit in one transaction. The history row goes to the
+history table by its schema-qualified name, whatever `search_path` the file set,
+and only while the runner's own transaction is still the one open, the runner's
+lock is still held, and the history is as the runner left it. A no-transaction
+file runs outside any transaction, and its row is written after it. A file that
+fails because of other sessions is rolled back and retried with backoff.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq.abc import PGresult
+
+from cicd_db.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Interrupted,
+    MigrationFailed,
+    MigrationRefused,
+    Terminated,
+)
+from cicd_db.migrations import history, lock
+from cicd_db.migrations.failures import RETRIED_SQLSTATES, Transient
+from cicd_db.migrations.files import Migration, index_name
+from cicd_db.migrations.session import (
+    BEGIN_MARKED,
+    CHECK_LOCK,
+    CHECK_MARK,
+    RESET_SESSION,
+    XACT_ID,
+    Session,
+)
+from cicd_db.migrations.statements import Batch, transaction_settings_end
+
+DEFAULT_RETRIES = 10
+DEFAULT_RETRY_BUDGET = 120.0  # seconds, over all the retries of one run
+FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
+MAX_RETRY_DELAY = 10.0
+DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a runner waits for another to finish
+CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefined_table
+
+
+@dataclass(frozen=True)
+class Result:
+    """What apply() did with one migration."""
+
+    migration: Migration
+    duration_ms: float
+    dry_run: bool
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A file that failed because of other sessions and is about to run again."""
+
+    migration: Migration
+    reason: str  # "lock not available at line 12 (ALTER TABLE job_executions ...)"
+    attempt: int  # 1 for the first retry
+    retries: int
+    delay: float  # seconds before it runs again
+
+    def __str__(self) -> str:
+        return (
+            f"{self.migration.filename}: {self.reason}, "
+            f"retry {self.attempt}/{self.retries} in {self.delay:.1f} s"
+        )
+
+
+@dataclass
+class RetryPolicy:
+    """How often, and after how long, a file that met other sessions runs again: at most
+    `retries` times per file, waiting at most `budget` seconds over the whole run."""
+
+    retries: int = DEFAULT_RETRIES
+    budget: float = DEFAULT_RETRY_BUDGET
+    waited: float = 0.0  # seconds spent waiting so far in the run
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before retry `attempt` (1 for the first): doubling, spread by +-25% so
+        that runners that met each other do not meet again."""
+        base: float = min(FIRST_RETRY_DELAY * 2.0 ** (attempt - 1), MAX_RETRY_DELAY)
+        return base * random.uniform(0.75, 1.25)  # noqa: S311 (spreads runners apart)
+
+    def give_up(self, attempt: int, delay: float) -> str | None:
+        """Why retry `attempt` after `delay` seconds may not happen, or None if it may."""
+        if attempt > self.retries:
+            return f"gave up after {attempt - 1} retr{'y' if attempt == 2 else 'ies'}"
+        if self.waited + delay > self.budget:
+            return f"the retry budget of {self.budget:g} s is spent"
+        return None
+
+
+def run(
+    session: Session,
+    files: list[Migration],
+    target: int | None,
+    *,
+    lock_timeout: float,
+    policy: RetryPolicy,
+    on_applied: Callable[[Result], None] | None = None,
+    on_retry: Callable[[Retry], None] | None = None,
+    on_start: Callable[[Migration], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> list[Result]:
+    """Apply the pending files up to `target` under the runner's lock. Writes."""
+    with lock.held(session, lock_timeout):
+        moved = history.create(session.conn)
+        if moved and on_note:
+            on_note(moved)
+        # Read again under the lock: another runner may have applied some meanwhile.
+        applied = history.read(session.conn)
+        applier = Applier(session, [(row.version, row.name, row.checksum) for row in applied])
+        results = []
+        for migration in history.pending(files, applied, target):
+            if on_start:
+                on_start(migration)
+            result = applier.apply_with_retries(migration, policy, on_retry)
+            results.append(result)
+            if on_applied:
+                on_applied(result)
+        return results
+
+
+class Applier:
+    """Applies one file at a time on `session`, knowing the history's rows so far."""
+
+    def __init__(self, session: Session, recorded: list[tuple[int, str, str]]):
+        self.session = session
+        self.conn = session.conn
+        # The history's rows (version, name, checksum) as the runner wrote them: a
+        # file may not change them (TRUNCATE, DELETE, UPDATE, a table in their place).
+        self.recorded = recorded
+
+    def apply_with_retries(
+        self, migration: Migration, policy: RetryPolicy, on_retry: Callable[[Retry], None] | None
+    ) -> Result:
+        attempt = 0
+        try:
+            while True:
+                try:
+                    result = self.apply(migration)
+                    self.recorded.append((migration.version, migration.name, migration.checksum))
+                    return result
+                except Transient as failure:
+                    attempt += 1
+                    delay = policy.delay(attempt)
+                    spent = policy.give_up(attempt, delay)
+                    if spent:
+                        raise MigrationFailed(
+                            f"{failure}; {spent} (raise --retries or --retry-budget)"
+                            if attempt > 1 or policy.retries
+                            else str(failure)
+                        ) from None
+                    policy.waited += delay
+                    if on_retry:
+                        on_retry(Retry(migration, failure.reason, attempt, policy.retries, delay))
+                    time.sleep(delay)
+        except KeyboardInterrupt as interrupt:
+            raise Interrupted(
+                self._interrupted(migration),
+                exit_code=EXIT_TERMINATED
+                if isinstance(interrupt, Terminated)
+                else EXIT_INTERRUPTED,
+            ) from None
+
+    def apply(self, migration: Migration) -> Result:
+        """Apply `migration` once, with its history row. Raises `Transient` for a
+        failure caused by other sessions."""
+        started = time.perf_counter()
+        try:
+            if migration.transactional:
+                notes: tuple[str, ...] = ()
+                self._in_transaction(migration)
+            else:
+                notes = self._outside_transaction(migration)
+        except BaseException:
+            self.session.reset()
+            raise
+        elapsed = (time.perf_counter() - started) * 1000
+        return Result(migration, elapsed, dry_run=False, notes=notes)
+
+    def _interrupted(self, migration: Migration) -> str:
+        """What an interruption during `migration` left, checked after rolling back."""
+        if not self.session.end_transaction():
+            return (
+                f"interrupted during {migration.filename}, and the connection with it: whether "
+                "it committed is not known; nothing after it ran; see `migrate status`"
+            )
+        if migration.version in {row.version for row in history.read(self.conn)}:
+            return f"interrupted after {migration.filename} was applied; nothing after it ran"
+        if not migration.transactional:
+            return (
+                f"interrupted during {migration.filename}, a no-transaction file: what "
+                "PostgreSQL finished of it stays, and it is not recorded (the next run drops an "
+                "index it left invalid and runs it again); nothing after it ran"
+            )
+        return f"interrupted during {migration.filename}; it was rolled back; nothing after it ran"
+
+    def _in_transaction(self, migration: Migration) -> None:
+        """The file and its history row in one transaction, which must stay the runner's own.
+
+        Two round trips: the transaction's start (and its id) travels with the
+        file's first statements; the checks, the session reset, the history row and
+        COMMIT travel together. A check that fails stops everything after it,
+        COMMIT included: the file ended the runner's transaction (its id is
+        another), or the runner's lock was lost, or the history is not as the
+        runner left it plus the file's row.
+        """
+        begun = self._begin(migration)
+        if self.conn.info.transaction_status != TransactionStatus.INTRANS:
+            raise MigrationFailed(self._why(migration, CHECK_MARK, committed="may be"))
+        finish = b"; ".join(
+            [
+                self.session.still_ours(begun),
+                self.session.still_locked(),
+                RESET_SESSION,
+                history.insert_row(self.conn, migration, duration_ms=None),
+                history.recorded_check(self.conn, self.recorded, migration),
+                b"COMMIT",
+            ]
+        )
+        self._finish(migration, self.session.simple(finish), committed="may be")
+
+    def _begin(self, migration: Migration) -> PGresult:
+        """BEGIN, the file's statements, and the transaction's id read among them.
+
+        The id is read with the file's first statements, or after its leading
+        `SET TRANSACTION ...` statements, which must come before any query (as psql
+        runs them: BEGIN, then the file). Returns the id's result.
+        """
+        session = self.session
+        lead = transaction_settings_end(migration.data, migration.steps, session.standard_strings())
+        if lead is None:
+            return session.run_steps(migration, prefix=BEGIN_MARKED)[1]
+        first = migration.steps[0]
+        assert isinstance(first, Batch)  # noqa: S101 - transaction_settings_end checked it
+        head = replace(first, end=lead, changes_lexing=False, standard_strings_after=None)
+        begin = b"BEGIN;"
+        session.raise_on_error(
+            migration,
+            head,
+            session.simple(begin + migration.data[head.start : head.end]),
+            prefix=begin,
+        )
+        tail = replace(
+            first, start=lead, line=first.line + migration.data.count(b"\n", first.start, lead)
+        )
+        rest = replace(migration, steps=(tail, *migration.steps[1:]))
+        return session.run_steps(rest, prefix=XACT_ID)[0]
+
+    def _outside_transaction(self, migration: Migration) -> tuple[str, ...]:
+        started = time.perf_counter()
+        notes = self._drop_invalid_index(migration)
+        self.session.run_steps(migration)
+        duration_ms = (time.perf_counter() - started) * 1000
+        self.session.end_transaction()
+        finish = b"; ".join(
+            [
+                RESET_SESSION,
+                self.session.still_locked(),
+                history.insert_row(self.conn, migration, duration_ms=duration_ms),
+                history.recorded_check(self.conn, self.recorded, migration),
+            ]
+        )
+        self._finish(migration, self.session.simple(finish), committed="is")
+        return notes
+
+    def _finish(self, migration: Migration, results: list[PGresult], *, committed: str) -> None:
+        """Raise, naming the file, when the runner's closing statements failed."""
+        failed = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
+        if failed is None:
+            return
+        error = self.session.error(failed)
+        state = error.diag.sqlstate or ""
+        if state in (CHECK_MARK, CHECK_LOCK, history.CHECK_RECORDED, history.CHECK_HISTORY):
+            raise MigrationFailed(self._why(migration, state, committed=committed))
+        if state == "42P01" and history.TABLE in (error.diag.message_primary or ""):
+            raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
+        message = self.session.failure(migration, None, error)
+        if state in RETRIED_SQLSTATES:
+            raise Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
+        raise MigrationFailed(message)
+
+    def _why(self, migration: Migration, check: str, *, committed: str) -> str:
+        what = {
+            CHECK_MARK: "ended the runner's transaction itself (COMMIT, ROLLBACK or the like, "
+            "which the runner could not see in it)",
+            CHECK_LOCK: "ran while the runner's lock was lost (the session that holds it ended: "
+            "pg_terminate_backend, or a lost connection), so another runner could have run at "
+            "the same time",
+            history.CHECK_RECORDED: "left no history row (a trigger on the history table?)",
+            history.CHECK_HISTORY: "changed the migration history's rows (TRUNCATE, DELETE, "
+            "UPDATE, or another table in its place)",
+            CHECK_HISTORY_GONE: "dropped or moved the migration history "
+            f"({history.shown(self.conn, history.SCHEMA, history.TABLE)})",
+        }[check]
+        done = (
+            "it was rolled back"
+            if migration.transactional and check != CHECK_MARK
+            else f"what it did {committed} committed"
+        )
+        fix = (
+            "check what ended that session (a statement in the file, or the server), and run again"
+            if check == CHECK_LOCK
+            else "remove that from the file, check the database, and run again"
+        )
+        return f"migration {migration.filename} {what}; {done}, and it is not recorded; {fix}"
+
+    def _drop_invalid_index(self, migration: Migration) -> tuple[str, ...]:
+        """Drop the invalid index an interrupted CREATE INDEX CONCURRENTLY left behind.
+
+        PostgreSQL's own advice for that case; without it, the file could never be
+        run again (the name is taken) or, with IF NOT EXISTS, would keep a broken index.
+        """
+        name = index_name(migration)
+        if name is None:
+            return ()
+        # Looked up by name in every schema: the file may set its own search_path.
+        invalid = self.conn.execute(
+            "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = %s AND NOT i.indisvalid",
+            [name],
+        ).fetchall()
+        if len(invalid) > 1:
+            raise MigrationRefused(
+                f"migration {migration.filename} builds index {name}, and {len(invalid)} invalid "
+                f"indexes have that name ({', '.join(str(row[0]) for row in invalid)}); drop the "
+                "one the interrupted run left (DROP INDEX CONCURRENTLY) and run again"
+            )
+        if not invalid:
+            return ()
+        self.conn.execute(b"DROP INDEX CONCURRENTLY IF EXISTS " + str(invalid[0][0]).encode())
+        return (f"dropped invalid index {name} left by an interrupted run",)

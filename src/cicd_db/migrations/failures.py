@@ -1,0 +1,82 @@
+"""How a file's failure is told: one line naming the file, the line, what PostgreSQL
+said, what was rolled back and what to do; and which failures are retried."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+
+from cicd_db.migrations.files import Migration
+
+# Failures caused by other sessions, not by the file: lock_not_available
+# (lock_timeout), deadlock_detected, serialization_failure. Retried.
+RETRIED_SQLSTATES = {
+    "55P03": "lock not available",
+    "40P01": "deadlock",
+    "40001": "serialization failure",
+}
+
+
+class Transient(Exception):
+    """A file failed because of other sessions; the runner retries it."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no answer"
+
+
+def abridge(statement: str, width: int = 48) -> str:
+    flat = " ".join(statement.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def describe_failure(
+    migration: Migration,
+    line: int | None,
+    diag: psycopg.errors.Diagnostic,
+    fallback: str,
+    user: str,
+    *,
+    lost: bool = False,
+) -> str:
+    """The one line for a file that failed, at `line` (None: at its commit). `lost`: the
+    runner's connection is gone."""
+    message = diag.message_primary or fallback.strip().splitlines()[0]
+    code = f" [{diag.sqlstate}]" if diag.sqlstate else ""
+    rolled_back = "it was rolled back" + (
+        "" if migration.transactional else " as far as PostgreSQL allows"
+    )
+    if diag.sqlstate == "42501" and re.match(r"could not (open|create|write|read|stat)", message):
+        # The same code as a missing grant, but the operating system said no to a file.
+        advice = (
+            "the server's operating system refused that file (the server runs as its own OS "
+            "user, on its own machine): fix the path or its permissions"
+        )
+    elif diag.sqlstate == "42501":
+        advice = (
+            f"role {user} lacks that privilege: grant it, or migrate as a role that has it "
+            "(the table's or schema's owner)"
+        )
+    elif diag.sqlstate in RETRIED_SQLSTATES:
+        advice = "run again when the tables are less busy (the file itself is fine)"
+    elif lost:
+        # Whether the server stopped or a statement ended the session cannot be told
+        # from here; a dblink that cannot connect (08001) is the file's, and not this.
+        advice = (
+            "the connection ended during the file (the server stopped or restarted, or a "
+            "statement, perhaps in the file, ended the session): check the server and the "
+            "file, then run again"
+        )
+    else:
+        advice = "fix the file and run again"
+    return (
+        f"migration {migration.filename} failed "
+        f"{'at its commit' if line is None else f'at line {line}'}: {message}{code}; "
+        f"{rolled_back}; {advice}"
+    )

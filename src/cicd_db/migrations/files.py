@@ -1,0 +1,242 @@
+"""Migration files: naming, discovery, reading and checking, and writing a new one.
+
+A file is `<version>_<name>.sql`; versions are integers (bigint), applied in
+numeric order, and no two files share one. Everything that can be known without
+a server is refused here, before anything runs. Reads (and, for `new_migration`,
+writes) files only.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cicd_db.errors import ConfigError
+from cicd_db.migrations.statements import CONCURRENT_INDEX, NO_TRANSACTION_MARKER, Copy, Step, plan
+from cicd_db.sqltext import without_comments
+
+BOM = b"\xef\xbb\xbf"
+MAX_VERSION = 2**63 - 1  # the history's version column is a bigint
+# Versions are ASCII digits: Python's \d and int() also take full-width and
+# Arabic-Indic digits, which PostgreSQL, sort order and people read differently.
+FILE_NAME = re.compile(r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)\.sql")
+VERSIONED = re.compile(r"[0-9]+_")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration file, read from disk and checked: what the runner will send."""
+
+    version: int
+    name: str
+    path: Path
+    data: bytes  # the file's bytes, without a UTF-8 byte order mark
+    checksum: str  # of the file's bytes as they are on disk
+    transactional: bool
+    steps: tuple[Step, ...]
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8")
+
+
+def discover(folder: Path) -> list[Migration]:
+    """Read and check the migration files of `folder`, sorted by version. Reads files only.
+
+    Everything that can be known without a server is refused here, before
+    anything runs: bad names, shared versions, text that is not UTF-8, and the
+    statements a file may not hold.
+    """
+    if not folder.is_dir():
+        raise ConfigError(
+            f"migrations folder {folder} does not exist; "
+            "pass --migrations-dir DIR or run from the repository root"
+        )
+    migrations: dict[int, Migration] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() != ".sql" or not path.is_file():
+            continue
+        version, name = _parse_name(path.name)
+        if version in migrations:
+            raise ConfigError(
+                f"migration files {migrations[version].filename} and {path.name} share "
+                f"version {version}; renumber one of them"
+            )
+        migrations[version] = read(path, version, name)
+    if not migrations:
+        raise ConfigError(
+            f"migrations folder {folder} holds no <version>_<name>.sql file; "
+            "add one, or pass the right folder with --migrations-dir"
+        )
+    return [migrations[version] for version in sorted(migrations)]
+
+
+def _parse_name(filename: str) -> tuple[int, str]:
+    if not filename.endswith(".sql"):
+        raise ConfigError(
+            f"migration file {filename}: the extension must be lower-case .sql; "
+            f"rename it to {filename[:-4]}.sql"
+        )
+    match = FILE_NAME.fullmatch(filename)
+    if match is None:
+        if re.fullmatch(r"[0-9]+\.sql", filename):
+            raise ConfigError(
+                f"migration file {filename} has a version but no name; rename it to "
+                f"{filename[:-4]}_what_it_does.sql"
+            )
+        digits = re.match(r"\d+", filename)
+        if digits is not None and not digits.group().isascii():
+            ascii_digits = str(int(digits.group()))
+            raise ConfigError(
+                f"migration file {filename!r}: its version {digits.group()!r} is not written in "
+                f"ASCII digits 0-9; rename it, for example to "
+                f"{ascii_digits.zfill(len(digits.group()))}{filename[digits.end() :]}"
+            )
+        if not VERSIONED.match(filename):
+            raise ConfigError(
+                f"migration file {filename} has no version; "
+                "rename it to <version>_<name>.sql, for example 0002_add_index.sql"
+            )
+        number, _, rest = filename[:-4].partition("_")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", rest).strip("_.-") or "what_it_does"
+        suggestion = f"{number}_{name}.sql"
+        raise ConfigError(
+            f"migration file {filename!r}: a name may hold only letters, digits, '_', '.' "
+            f"and '-' after the version's '_'; rename it, for example to {suggestion}"
+        )
+    version = int(match["version"])
+    if version > MAX_VERSION:
+        raise ConfigError(
+            f"migration file {filename}: version {version} is above {MAX_VERSION}, the largest "
+            "the history can hold; renumber it (0001_, 0002_, ... or a timestamp like "
+            "20260101120000_)"
+        )
+    return version, match["name"]
+
+
+def read(path: Path, version: int, name: str) -> Migration:
+    """One migration file, checked and planned. Reads the file only."""
+    raw = path.read_bytes()
+    data = raw[len(BOM) :] if raw.startswith(BOM) else raw
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ConfigError(
+            f"migration file {path.name} holds a NUL byte (line {line}), which PostgreSQL "
+            "cannot take in SQL; remove it"
+        )
+    bad = _not_utf8_at(data)
+    if bad is not None:
+        line = data.count(b"\n", 0, bad) + 1
+        raise ConfigError(
+            f"migration file {path.name} is not UTF-8 (line {line}); save it as UTF-8"
+        )
+    first_line_end = data.find(b"\n")
+    first_line = data[: len(data) if first_line_end < 0 else first_line_end]
+    transactional = first_line.rstrip(b"\r ") != NO_TRANSACTION_MARKER
+    return Migration(
+        version=version,
+        name=name,
+        path=path,
+        data=data,
+        checksum=hashlib.sha256(raw).hexdigest(),
+        transactional=transactional,
+        steps=plan(path.name, data, transactional=transactional),
+    )
+
+
+NEW_FILE_HEADER = """\
+-- {name}: what this changes, and why it is safe on a live database.
+SET lock_timeout = '1s';
+SET statement_timeout = '60s';
+
+"""
+
+
+def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Path:
+    """Write the next `NNNN_name.sql` of `folder` with a header that sets short timeouts. Writes.
+
+    The number is one above the highest version there, in the width the folder
+    uses (four digits for a new folder). Two branches that both take the next
+    number collide when merged: `migrate check` refuses two files of one version.
+    """
+    # `migrate new add_index.sql` means add_index: the extension is the runner's to add.
+    while name.lower().endswith(".sql"):
+        name = name[:-4]
+    if not FILE_NAME.fullmatch(f"1_{name}.sql"):
+        raise ConfigError(
+            f"migration name {name!r} may hold only letters, digits, '_', '.' and '-', and "
+            "must start with a letter or digit; for example add_run_index"
+        )
+    if not folder.is_dir():
+        raise ConfigError(
+            f"migrations folder {folder} does not exist; create it, or pass --migrations-dir"
+        )
+    versions = [
+        (int(match["version"]), len(match["version"]))
+        for path in folder.iterdir()
+        if (match := FILE_NAME.fullmatch(path.name))
+    ]
+    newest, width = max(versions, default=(0, 4))
+    if newest >= MAX_VERSION:
+        raise ConfigError(
+            f"cannot number a new migration in {folder}: its newest version, {newest}, leaves "
+            f"none above it that the history can hold (at most {MAX_VERSION}, a bigint); "
+            "renumber that file lower if it is not applied yet"
+        )
+    path = folder / f"{newest + 1:0{width}d}_{name}.sql"
+    header = NEW_FILE_HEADER.format(name=name)
+    if not transactional:
+        header = NO_TRANSACTION_MARKER.decode() + "\n" + header
+    try:
+        with path.open("x") as out:
+            out.write(header)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists already; pick another name") from None
+    except OSError as error:
+        raise ConfigError(f"cannot write {path}: {error.strerror}; check the folder") from None
+    return path
+
+
+def _not_utf8_at(data: bytes, slice_bytes: int = 1 << 20) -> int | None:
+    """Where `data` stops being UTF-8, or None; checked a slice at a time, never copied whole."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    for start in range(0, len(data), slice_bytes):
+        try:
+            decoder.decode(
+                view[start : start + slice_bytes], final=start + slice_bytes >= len(data)
+            )
+        except UnicodeDecodeError as error:
+            return start + error.start
+    return None
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def index_name(migration: Migration) -> str | None:
+    """The index a no-transaction file builds concurrently, as PostgreSQL names it."""
+    for step in migration.steps:
+        if isinstance(step, Copy):
+            continue
+        text = migration.data[step.start : step.end]
+        statement = without_comments(text, standard_strings=step.standard_strings)
+        match = CONCURRENT_INDEX.search(statement)
+        if match is not None:
+            raw = match["name"].decode("utf-8")
+            # PostgreSQL folds unquoted names to lower case in ASCII only.
+            return (
+                raw[1:-1].replace('""', '"') if raw.startswith('"') else raw.translate(_ASCII_LOWER)
+            )
+    return None
+
+
+# Calls whose effect lies outside the caller's transaction, which a rehearsal's

@@ -1,0 +1,327 @@
+"""The migration history: one table at a fixed place, read, created, written, and
+reconciled with the files.
+
+The history is `cicd_db.cicd_db_schema_history`, found by catalog and written by
+its schema-qualified name, never through search_path. An older release kept it in
+the first schema of the search_path: such a table is read where it is and moved
+into place by the next run that writes. Two histories are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors, sql
+from psycopg.rows import class_row
+
+from cicd_db.errors import ConfigError, MigrationRefused, OperationalError, plural
+from cicd_db.migrations.files import Migration
+
+SCHEMA = "cicd_db"
+TABLE = "cicd_db_schema_history"
+COLUMNS = ("version", "name", "checksum", "applied_at", "applied_by", "duration_ms")
+# The history table by its schema-qualified name: always the same, whatever
+# search_path a session, role, database or file sets.
+QUALIFIED = sql.Identifier(SCHEMA, TABLE)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One row of the history table."""
+
+    version: int
+    name: str
+    checksum: str
+    applied_at: datetime
+    applied_by: str
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    version: int
+    name: str
+    state: str  # applied | pending | edited | renamed | missing | out-of-order
+    applied_at: datetime | None
+
+
+def shown(conn: psycopg.Connection[Any], *names: str) -> str:
+    """A (qualified) name as SQL would take it, quoted only where it must be."""
+    return ".".join(
+        name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else sql.Identifier(name).as_string(conn)
+        for name in names
+    )
+
+
+def find(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
+    """Where a history is: whether ours exists, and the schemas of older ones.
+
+    Found by catalog, never through search_path. Two histories are refused: which
+    one is true cannot be known, and applying by either could run files a second
+    time.
+    """
+    rows = conn.execute(
+        "SELECT n.nspname, c.relkind, (SELECT count(*) FROM pg_catalog.pg_attribute a "
+        "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND a.attname = ANY(%s)) = %s FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = %s AND (c.relkind IN ('r', 'p') OR n.nspname = %s) "
+        "ORDER BY n.nspname",
+        [list(COLUMNS), len(COLUMNS), TABLE, SCHEMA],
+    ).fetchall()
+    ours = False
+    older = []
+    for schema, kind, complete in rows:
+        if schema == SCHEMA:
+            if kind not in ("r", "p") or not complete:
+                what = "a table" if kind in ("r", "p") else "a table (it is a view or the like)"
+                raise ConfigError(
+                    f"{shown(conn, SCHEMA, TABLE)} exists but is not cicd-db's migration "
+                    f"history: it must be {what} with the columns {', '.join(COLUMNS)}; "
+                    "rename or drop it if it is not needed"
+                )
+            ours = True
+        elif complete and not schema.startswith("pg_temp"):
+            older.append(str(schema))
+    found = ([SCHEMA] if ours else []) + older
+    if len(found) > 1:
+        counted = []
+        for schema in found:
+            table = sql.Identifier(schema, TABLE)
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+            rows_in = int(row[0]) if row else 0
+            counted.append(f"{shown(conn, schema, TABLE)} ({plural(rows_in, 'row')})")
+        raise ConfigError(
+            f"this database has {len(found)} migration histories, {', '.join(counted)}; "
+            "one database holds one history: keep the one that matches the schema "
+            "(compare them with `SELECT * FROM` each; an empty one is most likely left by "
+            "an older release of cicd-db), drop the others, and run again"
+        )
+    return ours, older
+
+
+def read(conn: psycopg.Connection[Any]) -> list[Applied]:
+    """The history, oldest first. Reads only."""
+    ours, older = find(conn)
+    if not ours and not older:
+        return []
+    schema = SCHEMA if ours else older[0]
+    table = sql.Identifier(schema, TABLE)
+    query = sql.SQL("SELECT {} FROM {} ORDER BY version").format(
+        sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), table
+    )
+    try:
+        with conn.cursor(row_factory=class_row(Applied)) as cursor:
+            return cursor.execute(query).fetchall()
+    except errors.InsufficientPrivilege as error:
+        user = shown(conn, conn.info.user)
+        raise OperationalError(
+            f"role {user} may not read the migration history {shown(conn, schema, TABLE)}: "
+            f"{error.diag.message_primary}; migrate as the history's owner, or GRANT USAGE "
+            f"ON SCHEMA {shown(conn, SCHEMA)} and SELECT, INSERT ON the table TO {user}"
+        ) from None
+    except errors.DatatypeMismatch:
+        raise ConfigError(
+            f"table {table.as_string(conn)} has the columns of cicd-db's migration "
+            "history but not their types; rename or drop it if it is not needed"
+        ) from None
+
+
+def create(conn: psycopg.Connection[Any]) -> str | None:
+    """Make the history's schema and table, or move an older history into place. Writes.
+
+    Called under the runner's lock, so IF NOT EXISTS cannot race with another
+    runner. Returns what it moved, to be said once; the move is one transaction.
+    """
+    ours, older = find(conn)
+    if ours:
+        return None
+    schema = sql.Identifier(SCHEMA)
+    try:
+        with conn.transaction():
+            # Only when missing: even IF NOT EXISTS needs CREATE on the database.
+            row = conn.execute("SELECT pg_catalog.to_regnamespace(%s) IS NULL", [SCHEMA]).fetchone()
+            if row and row[0]:
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+            if older:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                        sql.Identifier(older[0], TABLE), schema
+                    )
+                )
+            else:
+                conn.execute(
+                    sql.SQL(
+                        """
+                        CREATE TABLE IF NOT EXISTS {} (
+                            version     bigint PRIMARY KEY,
+                            name        text NOT NULL,
+                            checksum    text NOT NULL,
+                            applied_at  timestamptz NOT NULL DEFAULT now(),
+                            applied_by  text NOT NULL DEFAULT current_user,
+                            duration_ms integer NOT NULL
+                        )
+                        """
+                    ).format(QUALIFIED)
+                )
+    except errors.InsufficientPrivilege as error:
+        user = shown(conn, conn.info.user)
+        what = (
+            f"move the migration history {shown(conn, older[0], TABLE)} to "
+            f"{shown(conn, SCHEMA, TABLE)}"
+            if older
+            else f"create the migration history {shown(conn, SCHEMA, TABLE)}"
+        )
+        row = conn.execute("SELECT pg_catalog.to_regnamespace(%s) IS NOT NULL", [SCHEMA]).fetchone()
+        name = shown(conn, SCHEMA)
+        fix = (
+            f"let its owner run GRANT USAGE, CREATE ON SCHEMA {name} TO {user}, or ALTER "
+            f"SCHEMA {name} OWNER TO {user}"
+            if row and row[0]
+            else f"migrate as the database's owner, or let an owner run CREATE SCHEMA "
+            f"{name} AUTHORIZATION {user}"
+        )
+        raise OperationalError(
+            f"cannot {what}: {error.diag.message_primary}; {fix}"
+            + (" and give the old table to that role" if older else "")
+        ) from None
+    if older:
+        return (
+            f"moved the migration history from {shown(conn, older[0], TABLE)} to "
+            f"{shown(conn, SCHEMA, TABLE)}, where no search_path can hide it"
+        )
+    return None
+
+
+def insert_row(
+    conn: psycopg.Connection[Any], migration: Migration, *, duration_ms: float | None
+) -> bytes:
+    """The INSERT of `migration`'s history row, as SQL text: it travels with other statements.
+
+    `duration_ms` None: measured by the server, from the transaction's start.
+    The row names the runner's login role, whatever role the file switched to.
+    """
+    duration: sql.Composable = (
+        sql.SQL("round(extract(epoch FROM clock_timestamp() - now()) * 1000)")
+        if duration_ms is None
+        else sql.Literal(round(duration_ms))
+    )
+    return (
+        sql.SQL(
+            "INSERT INTO {} (version, name, checksum, applied_by, duration_ms) "
+            "VALUES ({}, {}, {}, {}, {})"
+        )
+        .format(
+            QUALIFIED,
+            migration.version,
+            migration.name,
+            migration.checksum,
+            conn.info.user,
+            duration,
+        )
+        .as_bytes(conn)
+    )
+
+
+# The SQLSTATEs of the checks below (class CD, not PostgreSQL's).
+CHECK_RECORDED, CHECK_HISTORY = "CDB03", "CDB04"
+
+
+def recorded_check(
+    conn: psycopg.Connection[Any], before: list[tuple[int, str, str]], migration: Migration
+) -> bytes:
+    """A check that the history row is there (a trigger could have swallowed it), and
+    that the history is the rows `before` plus this one: a file may not have
+    emptied, edited or replaced it (TRUNCATE, DELETE, UPDATE, DROP and CREATE)."""
+    rows = sorted([*before, (migration.version, migration.name, migration.checksum)])
+    expected = hashlib.md5(  # noqa: S324 - a fingerprint, compared with the server's md5
+        "\n".join(f"{version} {name} {checksum}" for version, name, checksum in rows).encode()
+    ).hexdigest()
+    return (
+        sql.SQL(
+            "DO $cicd_db$BEGIN IF NOT EXISTS (SELECT FROM {table} WHERE version = {version}) "
+            "THEN RAISE EXCEPTION 'the history row was not written' USING ERRCODE = {gone}; "
+            "END IF; IF (SELECT pg_catalog.md5(pg_catalog.string_agg(version || ' ' || name "
+            "|| ' ' || checksum, E'\\n' ORDER BY version)) FROM {table}) IS DISTINCT FROM "
+            "{expected} THEN RAISE EXCEPTION 'the history was changed' USING ERRCODE = "
+            "{changed}; END IF; END$cicd_db$"
+        )
+        .format(
+            table=QUALIFIED,
+            version=migration.version,
+            gone=CHECK_RECORDED,
+            expected=expected,
+            changed=CHECK_HISTORY,
+        )
+        .as_bytes(conn)
+    )
+
+
+def status(files: list[Migration], applied: list[Applied]) -> list[StatusRow]:
+    """Every version known to the files or the history, with its state."""
+    by_version = {row.version: row for row in applied}
+    newest = max(by_version, default=0)
+    rows = []
+    for migration in files:
+        row = by_version.pop(migration.version, None)
+        if row is None:
+            state = "out-of-order" if migration.version < newest else "pending"
+            rows.append(StatusRow(migration.version, migration.name, state, None))
+        else:
+            # In the order pending() refuses them: what `up` refuses, status calls a disagreement.
+            state = (
+                "renamed"
+                if row.name != migration.name
+                else "edited"
+                if row.checksum != migration.checksum
+                else "applied"
+            )
+            rows.append(StatusRow(migration.version, migration.name, state, row.applied_at))
+    rows.extend(
+        StatusRow(row.version, row.name, "missing", row.applied_at) for row in by_version.values()
+    )
+    return sorted(rows, key=lambda row: row.version)
+
+
+def pending(files: list[Migration], applied: list[Applied], target: int | None) -> list[Migration]:
+    """The files to apply, in order, up to `target`; refuses when the files and the
+    history disagree (a file edited, renamed or missing, or pending below the newest)."""
+    by_version = {migration.version: migration for migration in files}
+    for row in applied:
+        migration = by_version.get(row.version)
+        if migration is None:
+            raise MigrationRefused(
+                f"migration {row.version} ({row.name}) was applied but no file has that "
+                "version; restore it from version control (applied migrations are never "
+                "deleted)"
+            )
+        if migration.name != row.name:
+            raise MigrationRefused(
+                f"migration {row.version} was applied as {row.name!r}, but the file with "
+                f"that version is now {migration.filename}: the files were renumbered or "
+                "replaced since; restore the applied files, or rebuild the history "
+                "(db/README.md, 'When the files were rewritten')"
+            )
+        if migration.checksum != row.checksum:
+            raise MigrationRefused(
+                f"migration {migration.filename} was edited after it was applied; "
+                "restore the applied version from version control and put the change "
+                "in a new migration"
+            )
+    done = {row.version for row in applied}
+    newest = max(done, default=0)
+    left = [m for m in files if m.version not in done]
+    for migration in left:
+        if migration.version < newest:
+            raise MigrationRefused(
+                f"migration {migration.filename} is pending but version {newest} is "
+                f"already applied; renumber it above {newest}"
+            )
+    if target is not None:
+        left = [m for m in left if m.version <= target]
+    return left

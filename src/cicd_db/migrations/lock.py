@@ -1,0 +1,102 @@
+"""One runner at a time per database: the runner's advisory lock, held by a second
+connection of its own.
+
+The lock is polled with `pg_try_advisory_lock` until a timeout: a blocking lock
+would deadlock with `CONCURRENTLY`, which waits for every other transaction, ours
+included. A file runs on the work connection, where nothing it does can touch the
+lock (pg_advisory_unlock_all, DISCARD ALL): the lock is another session's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from cicd_db.errors import LockTimeout, OperationalError
+from cicd_db.migrations.failures import first_line
+from cicd_db.migrations.session import LOCK_KEY, WORK_KEY, Session
+
+POLL_SECONDS = 0.05
+# The lock's own session sits idle while files run: a database's or role's
+# idle_session_timeout must not end it (and the lock with it).
+LOCK_SESSION_OPTIONS = "-c idle_session_timeout=0"
+
+
+@contextmanager
+def held(session: Session, timeout: float) -> Iterator[None]:
+    """Hold the runner's advisory lock, on a connection of its own, for `session`.
+
+    Once it has the lock, the runner waits until no other work session holds the
+    work mark (a killed runner's statement may still be running), then takes the
+    mark on its own work session.
+    """
+    try:
+        holder = psycopg.connect(conninfo_in_use(session.conn, lock=True), autocommit=True)
+    except psycopg.OperationalError as error:
+        raise OperationalError(
+            "cannot open the runner's second connection, which holds the migration lock: "
+            f"{first_line(error)}; the runner needs two connections to the database (a "
+            "role's CONNECTION LIMIT or the server's max_connections may be too low)"
+        ) from None
+    try:
+        deadline = time.monotonic() + timeout
+        for key in (LOCK_KEY, WORK_KEY):
+            while not _try_lock(holder, key):
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"another migration runner held the lock for {timeout:g} "
+                        "s; wait for it to finish, or raise --lock-timeout"
+                    )
+                time.sleep(POLL_SECONDS)
+        holder.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [WORK_KEY])
+        session.conn.execute("SELECT pg_catalog.pg_advisory_lock_shared(%s)", [WORK_KEY])
+        session.lock_pid = holder.info.backend_pid
+        try:
+            yield
+        finally:
+            session.lock_pid = None
+            if session.end_transaction():
+                with contextlib.suppress(psycopg.OperationalError):
+                    session.conn.execute(
+                        "SELECT pg_catalog.pg_advisory_unlock_shared(%s)", [WORK_KEY]
+                    )
+            if not holder.broken:
+                with contextlib.suppress(psycopg.OperationalError):
+                    holder.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [LOCK_KEY])
+    finally:
+        holder.close()  # ends its session, and the lock with it
+
+
+def _try_lock(holder: psycopg.Connection[Any], key: int) -> bool:
+    try:
+        row = holder.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", [key]).fetchone()
+    except psycopg.OperationalError as error:
+        raise OperationalError(
+            f"lost the connection that takes the migration lock: {first_line(error)}; "
+            "check that the server is up, and run again"
+        ) from None
+    return bool(row and row[0])
+
+
+def conninfo_in_use(conn: psycopg.Connection[Any], *, lock: bool = False) -> str:
+    """`conn`'s parameters as libpq used them, to open another connection like it.
+
+    The host and port are the ones it reached, so a second connection of a
+    multi-host target lands on the same server.
+    """
+    params = {
+        option.keyword.decode(): option.val.decode()
+        for option in conn.pgconn.info
+        if option.val is not None
+    }
+    info = conn.info
+    params.update(host=info.host, port=str(info.port), hostaddr=info.hostaddr or "")
+    if lock:
+        params["options"] = " ".join(filter(None, [params.get("options"), LOCK_SESSION_OPTIONS]))
+    return make_conninfo(**{k: v for k, v in params.items() if v != ""})

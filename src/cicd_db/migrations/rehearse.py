@@ -1,0 +1,259 @@
+"""Rehearsal: the pending files run in one transaction that is always rolled back,
+to see what they would lock, for how long, and whether they fail.
+
+Writes nothing that a rollback keeps, but takes the files' locks on the real
+tables (meant for a staging or dev copy with production-like data), and cannot
+undo what lies outside the transaction: sequences it advanced (read before and
+after each file) and the calls `OUTSIDE_THE_TRANSACTION` names.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.pq import ExecStatus
+
+from cicd_db.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Interrupted,
+    MigrationFailed,
+    Terminated,
+)
+from cicd_db.migrations import history
+from cicd_db.migrations.failures import Transient, first_line
+from cicd_db.migrations.files import Migration
+from cicd_db.migrations.session import RESET_SESSION, Session
+from cicd_db.migrations.statements import Batch, Copy, one_by_one, transaction_settings_end
+from cicd_db.sqltext import without_comments
+
+# rollback cannot undo: (what the rehearsal says, how the file calls it). Read in
+# the file's text, strings included (EXECUTE runs strings), comments and COPY data
+# out: a hint for the reader, never a proof that nothing else happened.
+OUTSIDE_THE_TRANSACTION = (
+    ("dblink (its statements commit in another session)", rb"\bdblink\w*\s*\("),
+    (
+        "COPY ... TO a server file or program",
+        rb"\bCOPY\b(?:\"[^\"]*\"|[^;])*?\bTO\s+(?:E'|U&'|'|\$[A-Za-z_0-9]*\$|PROGRAM\b)",
+    ),
+    ("COPY ... FROM PROGRAM (runs a program)", rb"\bFROM\s+PROGRAM\b"),
+    ("lo_export (writes a server file)", rb"\blo_export\s*\("),
+    ("a server file function (pg_file_write and the like)", rb"\bpg_file_\w+\s*\("),
+    (
+        "pg_terminate_backend or pg_cancel_backend (other sessions)",
+        rb"\bpg_(?:terminate|cancel)_backend\s*\(",
+    ),
+    ("pg_reload_conf (the server's configuration)", rb"\bpg_reload_conf\s*\("),
+    ("pg_logical_emit_message (a logical decoding message)", rb"\bpg_logical_emit_message\s*\("),
+    ("a replication slot function", rb"\bpg_\w*replication_slot\s*\("),
+)
+
+
+def outside_the_transaction(migration: Migration) -> tuple[str, ...]:
+    """What a file calls that a rollback does not undo, as far as its text shows."""
+    data = bytearray(migration.data)
+    for step in migration.steps:
+        if isinstance(step, Copy):  # data lines are not SQL: an apostrophe there is no quote
+            data[step.data.start : step.data.end] = b" " * (step.data.end - step.data.start)
+    text = without_comments(bytes(data))
+    return tuple(
+        what
+        for what, pattern in OUTSIDE_THE_TRANSACTION
+        if re.search(pattern, text, re.IGNORECASE | re.DOTALL)
+    )
+
+
+@dataclass(frozen=True)
+class LockHeld:
+    """A table lock a rehearsed file took: its mode, and how long the file held it."""
+
+    mode: str  # AccessExclusiveLock, ShareUpdateExclusiveLock, ...
+    table: str
+    held_ms: float
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """What rehearse() saw of one pending file."""
+
+    migration: Migration
+    duration_ms: float | None = None
+    locks: tuple[LockHeld, ...] = ()
+    sequences: tuple[str, ...] = ()  # advanced by the file; a rollback keeps that
+    skipped: str | None = None  # why it was not rehearsed
+    error: str | None = None  # how it failed in the rehearsal
+    # No-transaction files before it that the rehearsal could not run: an error may
+    # only mean the file needs one of them (it still counts as a failure: the
+    # rehearsal claims only what it saw succeed).
+    unrehearsed_before: tuple[str, ...] = ()
+    # What the file calls whose effect lies outside the transaction: not undone.
+    not_undone: tuple[str, ...] = ()
+    # Statements of the file the rehearsal did not run, with why.
+    unrehearsed: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+def rehearse(session: Session, pending: list[Migration]) -> list[Rehearsal]:
+    """Rehearse `pending`, in order, in one transaction that is rolled back; under
+    the runner's lock (the caller holds it).
+
+    For each transactional file: how long it took and every table lock it took,
+    with how long it held it (from the statement that took it to the end of the
+    file, as a real run would hold it until the file commits). The files build on
+    each other as in a real run, all in the one transaction, so a lock an earlier
+    file already holds is not seen again. Each file runs after a savepoint, so one
+    that fails is undone and the ones after it still run; the session is reset
+    between files, as in a real run. A no-transaction file cannot run inside the
+    rehearsal's transaction: it is listed with the reason.
+    """
+    results: list[Rehearsal] = []
+    session.conn.execute("BEGIN")
+    migration = pending[0]
+    try:
+        skipped: list[str] = []
+        for migration in pending:
+            if not migration.transactional:
+                skipped.append(migration.filename)
+                results.append(
+                    Rehearsal(
+                        migration,
+                        skipped="a no-transaction file cannot run inside the rehearsal's "
+                        "transaction (CREATE INDEX CONCURRENTLY, COMMIT in a procedure)",
+                    )
+                )
+                continue
+            results.append(_rehearse_one(session, migration, skipped))
+    except KeyboardInterrupt as interrupt:
+        session.end_transaction()
+        raise Interrupted(
+            f"interrupted during the rehearsal of {migration.filename}; the rehearsal "
+            "was rolled back, and nothing was applied",
+            exit_code=EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED,
+        ) from None
+    finally:
+        session.end_transaction()
+    return results
+
+
+def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) -> Rehearsal:
+    conn = session.conn
+    conn.execute("SAVEPOINT cicd_db_rehearsal")
+    sequences = _sequences(conn)
+    held_before = set(_table_locks(conn))
+    first_seen: dict[tuple[str, str], float] = {}
+    started = time.perf_counter()
+    error: str | None = None
+    # The rehearsal's transaction began before the file: SET TRANSACTION cannot run.
+    lead = transaction_settings_end(migration.data, migration.steps, session.standard_strings())
+    unrehearsed: tuple[str, ...] = ()
+    if lead:
+        line = migration.steps[0].line if isinstance(migration.steps[0], Batch) else 1
+        unrehearsed = (
+            f"its SET TRANSACTION statements (from line {line}): the rehearsal's "
+            "transaction began before the file",
+        )
+    lead = lead or 0
+    try:
+        for step in migration.steps:
+            for one in one_by_one(migration.data, step):
+                if isinstance(one, Batch) and one.end <= lead:
+                    continue
+                at = time.perf_counter()
+                if isinstance(one, Copy):
+                    session.copy(migration, one)
+                else:
+                    results = session.simple(migration.data[one.start : one.end])
+                    session.raise_on_error(migration, one, results)
+                for lock in set(_table_locks(conn)) - held_before:
+                    first_seen.setdefault(lock, at)
+    except (MigrationFailed, Transient) as failure:
+        error = str(failure).removeprefix(f"migration {migration.filename} ")
+    except psycopg.OperationalError as lost:
+        error = first_line(lost)
+    if session.lost:
+        raise MigrationFailed(
+            f"the rehearsal lost its connection in {migration.filename} ({error}); "
+            "the server rolled the rehearsal back, and nothing after that file was "
+            "rehearsed; if the file ends its own connection (pg_terminate_backend), it "
+            "cannot be rehearsed"
+        )
+    ended = time.perf_counter()
+    if error is None:
+        error = _deferred_failure(session, migration)
+    # A failed file is undone; a good one stays, for the files after it to build on.
+    # Sequences are not transactional: read after a rollback, they still show a move.
+    try:
+        conn.execute(
+            "ROLLBACK TO SAVEPOINT cicd_db_rehearsal" if error else "RELEASE cicd_db_rehearsal"
+        )
+    except psycopg.Error as ended_it:
+        raise MigrationFailed(
+            f"{migration.filename} ended the rehearsal's savepoint (RELEASE or ROLLBACK "
+            f"TO cicd_db_rehearsal): {ended_it.diag.message_primary or ended_it}; the "
+            "rehearsal was rolled back, and nothing after that file was rehearsed"
+        ) from None
+    # The next file starts with the session as the first did, as in a real run; and
+    # the rehearsal goes on only while the runner's lock is still held.
+    reset = session.simple(RESET_SESSION + b"; " + session.still_locked())
+    if any(r.status == ExecStatus.FATAL_ERROR for r in reset):
+        raise MigrationFailed(
+            f"the rehearsal lost the runner's lock during {migration.filename} (the session "
+            "that holds it ended: pg_terminate_backend, or a lost connection); the rehearsal "
+            "was rolled back, and nothing after that file was rehearsed"
+        )
+    advanced = tuple(
+        name for name, value in _sequences(conn).items() if sequences.get(name) != value
+    )
+    locks = tuple(
+        LockHeld(mode, table, (ended - at) * 1000)
+        for (mode, table), at in sorted(first_seen.items(), key=lambda item: item[1])
+    )
+    return Rehearsal(
+        migration,
+        (ended - started) * 1000,
+        locks,
+        advanced,
+        error=error,
+        unrehearsed_before=tuple(skipped),
+        not_undone=outside_the_transaction(migration),
+        unrehearsed=unrehearsed,
+    )
+
+
+def _deferred_failure(session: Session, migration: Migration) -> str | None:
+    """How the file would fail at its commit: deferred constraints checked now, inside
+    a savepoint that is then rolled back (so the checks leave nothing behind)."""
+    results = session.simple(b"SAVEPOINT cicd_db_commit; SET CONSTRAINTS ALL IMMEDIATE")
+    failed = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
+    session.simple(b"ROLLBACK TO SAVEPOINT cicd_db_commit; RELEASE cicd_db_commit")
+    if failed is None:
+        return None
+    return session.failure(migration, None, session.error(failed)).removeprefix(
+        f"migration {migration.filename} "
+    )
+
+
+def _table_locks(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT l.mode, c.oid::regclass::text FROM pg_locks l "
+        "JOIN pg_class c ON c.oid = l.relation "
+        "WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted "
+        "AND c.relkind IN ('r', 'p', 'm') AND c.relnamespace <> 'pg_catalog'::regnamespace "
+        "AND c.relname <> %s",
+        [history.TABLE],
+    ).fetchall()
+    return [(str(mode), str(table)) for mode, table in rows]
+
+
+def _sequences(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    rows = conn.execute(
+        "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences"
+    ).fetchall()
+    return dict(rows)

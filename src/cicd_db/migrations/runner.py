@@ -1,0 +1,187 @@
+"""`Runner`, the one object a caller needs: the files, the database, and what to do.
+
+It holds no logic of its own: reading and reconciling the history is `history`'s,
+applying `apply`'s, rehearsing `rehearse`'s, baseline and drift `verify`'s; the
+lock is `lock`'s and the work session `session`'s. `open_runner` opens one on a
+target with the guards every entry point needs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cicd_db import schema, targets
+from cicd_db.errors import ConfigError, UsageError
+from cicd_db.migrations import apply as applying
+from cicd_db.migrations import history, lock, rehearse, verify
+from cicd_db.migrations.apply import Result, Retry, RetryPolicy
+from cicd_db.migrations.files import Migration, discover
+from cicd_db.migrations.history import Applied, StatusRow
+from cicd_db.migrations.rehearse import Rehearsal
+from cicd_db.migrations.session import Session, session_options
+from cicd_db.settings import ConnectionSettings, is_transaction_pooler
+
+
+class Runner:
+    """Applies `migrations` to the database behind `conn`.
+
+    `conn` must be in autocommit mode: the runner opens its own transactions, and
+    a no-transaction file must run outside any. `applied()`, `pending()`,
+    `status()` and `drift()` only read the database; `apply()` and `baseline()`
+    write; `rehearse()` writes nothing a rollback keeps.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        migrations: list[Migration],
+        *,
+        lock_timeout: float = applying.DEFAULT_LOCK_TIMEOUT,
+        retries: int = applying.DEFAULT_RETRIES,
+        retry_budget: float = applying.DEFAULT_RETRY_BUDGET,
+    ):
+        self.session = Session(conn)
+        self.conn = conn
+        self.migrations = migrations
+        self.lock_timeout = lock_timeout
+        self.retries = retries
+        self.retry_budget = retry_budget
+
+    @property
+    def history_table(self) -> sql.Identifier:
+        """The history table by its schema-qualified name."""
+        return history.QUALIFIED
+
+    def applied(self) -> list[Applied]:
+        """The history, oldest first. Reads only."""
+        return history.read(self.conn)
+
+    def status(self) -> list[StatusRow]:
+        """Every version known to the files or the history, with its state. Reads only."""
+        return history.status(self.migrations, self.applied())
+
+    def pending(self, *, target: int | None = None) -> list[Migration]:
+        """The files apply() would run, in order; refuses as apply() would. Reads only."""
+        return history.pending(self.migrations, self.applied(), target)
+
+    def apply(
+        self,
+        *,
+        target: int | None = None,
+        dry_run: bool = False,
+        on_applied: Callable[[Result], None] | None = None,
+        on_retry: Callable[[Retry], None] | None = None,
+        on_start: Callable[[Migration], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
+    ) -> list[Result]:
+        """Apply pending migrations up to `target` (inclusive). Writes unless `dry_run`.
+
+        Holds the advisory lock throughout, so concurrent runners apply each file
+        once. A failing file rolls back alone: those before it stay applied.
+        Ctrl-C or SIGTERM (`errors.Terminated`) becomes `Interrupted`, once the
+        running file is rolled back and the lock released. `on_note` hears what
+        the run did besides applying files (an older history moved into place),
+        as it happens.
+        """
+        pending = self.pending(target=target)
+        if dry_run:
+            results = [Result(m, 0.0, dry_run=True) for m in pending]
+            for result in results:
+                if on_applied:
+                    on_applied(result)
+            return results
+        if not pending:
+            return []  # nothing to do: no lock needed to find that out
+        return applying.run(
+            self.session,
+            self.migrations,
+            target,
+            lock_timeout=self.lock_timeout,
+            policy=RetryPolicy(self.retries, self.retry_budget),
+            on_applied=on_applied,
+            on_retry=on_retry,
+            on_start=on_start,
+            on_note=on_note,
+        )
+
+    def rehearse(self, *, target: int | None = None) -> list[Rehearsal]:
+        """Run the pending files in one transaction that is always rolled back
+        (`rehearse.rehearse`), under the runner's lock."""
+        pending = self.pending(target=target)
+        if not pending:
+            return []
+        with lock.held(self.session, self.lock_timeout):
+            return rehearse.rehearse(self.session, pending)
+
+    def baseline(self, version: int) -> list[Migration]:
+        """Record migrations up to `version` as applied, without running them, once the
+        live schema is found to match them (`verify.baseline`). Writes."""
+        return verify.baseline(self.session, self.migrations, version, self.lock_timeout)
+
+    def drift(self) -> tuple[int, list[schema.Difference]]:
+        """The live schema against what the applied files make (`verify.drift`). Reads only."""
+        return verify.drift(self.session, self.migrations)
+
+
+@contextmanager
+def open_runner(
+    target: targets.Target,
+    *,
+    folder: Path | None = None,
+    writes: bool,
+    confirmed: bool = False,
+    action: str = "apply migrations to it",
+    **options: Any,
+) -> Iterator[Runner]:
+    """A runner on `target`'s database, with the files of `folder` (db/migrations).
+
+    The guards every entry point needs, here so that a Python caller gets them
+    too: writing to a remote stack needs `confirmed` (the CLI's --yes); writing
+    through a transaction pooler is refused, since the session lock would not
+    hold; the runner uses the stack's direct endpoint when it has one.
+    `options` go to Runner (lock_timeout, retries, retry_budget).
+    """
+    files = discover(folder or target.root / "db" / "migrations")
+    if writes and target.remote and not confirmed:
+        raise UsageError(
+            f"{target.description} is a remote database; add --yes to {action} "
+            "(or use --local for the local one)"
+        )
+    settings = target.settings.for_migrations()
+    if writes and is_transaction_pooler(settings):
+        raise ConfigError(
+            f"{settings.where} is a transaction pooler, where the migration lock "
+            "does not hold; migrate through the direct endpoint (Supabase: port 5432, Neon: the "
+            "host without -pooler), or export migration_database_url from the stack"
+        )
+    with targets.connect(settings, options=session_options(settings.parameter("options"))) as conn:
+        yield Runner(conn, files, **options)
+
+
+def scratch_dump(files: list[Migration], admin: ConnectionSettings) -> str:
+    """The schema `files` make, dumped from a scratch database on `admin`'s server. Writes
+    only that database, which is dropped again."""
+    name = f"cicd_db_scratch_{os.getpid()}_{random.randrange(16**6):06x}"  # noqa: S311 (a name)
+    with targets.connect(admin) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    scratch = replace(admin, database=name)
+    try:
+        with targets.connect(
+            scratch, options=session_options(scratch.parameter("options"))
+        ) as conn:
+            Runner(conn, files).apply()
+        return schema.dump(scratch)
+    finally:
+        with targets.connect(admin) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )

@@ -1,0 +1,271 @@
+"""The runner's work session: sending a file's text as psql sends it, reading which
+statement failed, and keeping the session as it was at connect time.
+
+`Session` wraps the autocommit work connection. What a file does to the session
+(settings, role, temporary tables, its own advisory locks) is undone by
+RESET_SESSION before the next file; the runner's lock is another session's
+(`lock.held`), which nothing a file does here can release.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+from psycopg import errors, generators
+from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq.abc import PGresult
+
+from cicd_db.errors import MigrationFailed, OperationalError
+from cicd_db.migrations.failures import RETRIED_SQLSTATES, Transient, abridge, describe_failure
+from cicd_db.migrations.files import Migration
+from cicd_db.migrations.statements import Batch, Copy, Step, nth_statement, plan
+
+# One key for "the migrations of this database"; advisory locks are per database.
+LOCK_KEY = 0x6369_6364_2D64_62  # "cicd-db" in ASCII
+# Held, shared, by the work session of every runner while it runs files. A runner
+# that takes the lock then waits until no other session holds this one: a runner
+# killed outright loses its lock's session at once, but its work session may still
+# be running a statement until the server notices it is gone.
+WORK_KEY = LOCK_KEY + 1
+# Passed at connect time: the server then notices within a second that a killed
+# runner is gone, ends its transaction and frees the lock (PostgreSQL 14+, Linux).
+SESSION_OPTIONS = "-c client_connection_check_interval=1000"
+# Before each file's history row, and again whenever a file failed: the session as
+# it was at connect time, everything DISCARD ALL resets (which cannot run inside
+# the file's transaction). Settings (search_path, so nothing a file set redirects
+# the runner's own statements), role, temporary tables, prepared statements,
+# cursors, LISTEN, the file's own advisory locks, sequences' currval: none of it
+# crosses to the next file. The runner's lock is held by another session; its
+# work mark is taken again at once.
+RESET_SESSION = (
+    b"CLOSE ALL; RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DEALLOCATE ALL; "
+    b"UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; "
+    b"DISCARD SEQUENCES; DISCARD TEMP; SELECT pg_catalog.pg_advisory_lock_shared(%d)" % WORK_KEY
+)
+# Returns the transaction's id, which no statement of a file can change. The
+# history row is written only while the transaction has that id: the one the
+# runner began. Sent after BEGIN with the file's first statements, or after the
+# file's leading SET TRANSACTION statements, which must come before any query.
+XACT_ID = b"SELECT pg_catalog.pg_current_xact_id();"
+BEGIN_MARKED = b"BEGIN;" + XACT_ID
+# The SQLSTATEs the runner's own checks raise (class CD, not PostgreSQL's).
+CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"
+
+
+def session_options(given: str | None = None, environ: Mapping[str, str] = os.environ) -> str:
+    """The runner's session options, then the user's: the URL's `options`, or else PGOPTIONS.
+
+    libpq reads PGOPTIONS only when a connection names no `options`, and the
+    runner names its own; joined, the user's still arrive (a `statement_timeout`,
+    Neon's `endpoint=...`, `PGOPTIONS='-c cicd_db.legacy_time_zone=...'` of
+    db/README.md), and come last, so a setting the user names wins over ours.
+    A role's or database's setting does not (options outrank them): the runner
+    needs the check to free its lock when killed; `options` can still change it.
+    """
+    user = given if given is not None else environ.get("PGOPTIONS", "")
+    return " ".join(filter(None, [SESSION_OPTIONS, user.strip()]))
+
+
+class Session:
+    """The work connection, and the id of the session that holds the runner's lock
+    (`lock_pid`, set by `lock.held` while it is held)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]):
+        if not conn.autocommit:
+            raise ValueError("the runner needs an autocommit connection")
+        self.conn = conn
+        self.lock_pid: int | None = None
+        # The runner resets the session after each file, prepared statements
+        # included (DEALLOCATE ALL), so psycopg must not keep any of its own.
+        conn.prepare_threshold = None
+
+    @property
+    def lost(self) -> bool:
+        """The work connection is gone (a FATAL error ended the session)."""
+        return self.conn.closed or self.conn.broken
+
+    def standard_strings(self) -> bool:
+        return self.conn.info.parameter_status("standard_conforming_strings") != "off"
+
+    def end_transaction(self) -> bool:
+        """Roll back whatever transaction is open; False if the connection is unusable.
+
+        A connection that is gone, or stuck in a query, is closed: the server
+        then ends its transaction and frees its locks by itself.
+        """
+        if self.lost:
+            return False
+        state = self.conn.info.transaction_status
+        if state in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            self.conn.rollback()
+        elif state != TransactionStatus.IDLE:
+            self.conn.close()
+            return False
+        return True
+
+    def reset(self) -> None:
+        """End any transaction, then reset the session: the next file starts as the first did."""
+        if self.end_transaction():
+            self.simple(RESET_SESSION)  # results unread: nothing in it can fail here
+
+    def still_ours(self, begun: PGresult) -> bytes:
+        """A check that the transaction is still the one the runner began (by its id)."""
+        xid = begun.get_value(0, 0) or b""
+        if not xid.isdigit():
+            raise OperationalError(f"the server gave no transaction id (got {xid!r})")
+        return (
+            b"DO $cicd_db$BEGIN IF pg_catalog.pg_current_xact_id() IS DISTINCT FROM '"
+            + xid
+            + b"'::pg_catalog.xid8 THEN RAISE EXCEPTION 'the runner''s transaction ended "
+            b"inside the file' USING ERRCODE = '" + CHECK_MARK.encode() + b"'; END IF; END$cicd_db$"
+        )
+
+    def still_locked(self) -> bytes:
+        """A check that the runner's lock is still held by its session: a file could have
+        ended that session (pg_terminate_backend), and another runner be at work."""
+        return (
+            b"DO $cicd_db$BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = "
+            b"'advisory' AND pid = %d AND granted AND classid = %d AND objid = %d AND "
+            b"objsubid = 1) THEN RAISE EXCEPTION 'the runner''s lock was lost' USING ERRCODE = "
+            b"'%s'; END IF; END$cicd_db$"
+            % (
+                self.lock_pid or 0,
+                LOCK_KEY >> 32,
+                LOCK_KEY & 0xFFFFFFFF,
+                CHECK_LOCK.encode(),
+            )
+        )
+
+    def run_steps(self, migration: Migration, *, prefix: bytes = b"") -> list[PGresult]:
+        """Send the file's steps in order, in the current transaction or none.
+
+        `prefix`, statements of the runner's own, travels with the first batch;
+        their results are returned.
+        """
+        steps = list(migration.steps)
+        standard = self.standard_strings()
+        if steps and isinstance(steps[0], Batch) and steps[0].standard_strings != standard:
+            steps = list(_replan(migration, 0, 1, standard))  # a server with them off
+        own: list[PGresult] = []
+        if prefix and not (steps and isinstance(steps[0], Batch)):
+            own = self.simple(prefix)
+            self.raise_on_error(migration, None, own)
+            prefix = b""
+        while steps:
+            step = steps.pop(0)
+            if isinstance(step, Copy):
+                self.copy(migration, step)
+                continue
+            query = prefix + migration.data[step.start : step.end]
+            results = self.simple(query)
+            if prefix:
+                own = results[: prefix.count(b";")]
+            self.raise_on_error(migration, step, results, prefix=prefix)
+            prefix = b""
+            if step.changes_lexing:
+                actual = self.standard_strings()
+                if actual != step.standard_strings_after:
+                    line = step.line + migration.data.count(b"\n", step.start, step.end)
+                    steps = list(_replan(migration, step.end, line, actual))
+        return own
+
+    def simple(self, query: bytes) -> list[PGresult]:
+        """Send `query` with the simple protocol, as psql does: the server splits statements.
+
+        Returns every statement's result, errors included, without raising:
+        which statement failed is the number of results before the error.
+        """
+        conn = self.conn
+        pgconn = conn.pgconn
+        with conn.lock:
+            pgconn.send_query(query)
+            results: list[PGresult] = conn.wait(generators.execute(pgconn))
+            while results and results[-1].status == ExecStatus.COPY_IN:
+                # A COPY the scanner did not see: end it with an error, never hang.
+                pgconn.put_copy_end(b"COPY FROM STDIN data must follow its statement in the file")
+                results = results[:-1] + conn.wait(generators.execute(pgconn))
+            while results and results[-1].status == ExecStatus.COPY_OUT:
+                results.pop()  # a COPY TO STDOUT the scanner did not see: read and drop its rows
+                while isinstance(conn.wait(generators.copy_from(pgconn)), memoryview):
+                    pass
+                results += conn.wait(generators.fetch_many(pgconn))
+        return results
+
+    def error(self, result: PGresult) -> psycopg.Error:
+        return errors.error_from_result(result, encoding=self.conn.info.encoding)
+
+    def failure(self, migration: Migration, line: int | None, error: psycopg.Error) -> str:
+        """The one line for `migration` failing at `line` (None: at its commit)."""
+        return describe_failure(
+            migration, line, error.diag, str(error), self.conn.info.user, lost=self.lost
+        )
+
+    def copy(self, migration: Migration, step: Copy) -> None:
+        """COPY ... FROM STDIN with the data lines that follow it in the file, as psql sends them."""
+        statement, data = step.statement, step.data
+        try:
+            with (
+                self.conn.cursor() as cursor,
+                cursor.copy(migration.data[statement.start : statement.end]) as copy,
+            ):
+                copy.write(memoryview(migration.data)[data.start : data.end])
+        except psycopg.Error as error:
+            line = statement.line
+            where = re.search(r"\bline (\d+)", error.diag.context or "")
+            if where and data.end > data.start:
+                line = data.line + int(where[1]) - 1  # the data line the server named
+            raise MigrationFailed(self.failure(migration, line, error)) from None
+
+    def raise_on_error(
+        self,
+        migration: Migration,
+        batch: Batch | None,
+        results: list[PGresult],
+        *,
+        prefix: bytes = b"",
+    ) -> None:
+        """Raise for the first failed statement of `results`, naming its line in the file.
+
+        `prefix`: the runner's own statements sent before the batch (ASCII, one
+        result each), which the count and the error position must step over.
+        """
+        failed = next(
+            (i for i, result in enumerate(results) if result.status == ExecStatus.FATAL_ERROR),
+            None,
+        )
+        if failed is None:
+            return
+        error = self.error(results[failed])
+        if batch is None:  # the runner's own statements
+            raise error
+        index = max(failed - prefix.count(b";"), 0)
+        statement = nth_statement(migration.data, batch, index)
+        line = statement.line if statement else batch.line
+        position = error.diag.statement_position
+        if position and position.isdigit() and int(position) > len(prefix):
+            # Characters, not bytes, into the batch: decode the batch to count its lines.
+            text = migration.data[batch.start : batch.end].decode("utf-8", "replace")
+            line = batch.line + text.count("\n", 0, int(position) - len(prefix) - 1)
+        message = self.failure(migration, line, error)
+        if error.diag.sqlstate in RETRIED_SQLSTATES:
+            reason = f"{RETRIED_SQLSTATES[error.diag.sqlstate]} at line {line}"
+            if statement:
+                reason += f" ({abridge(statement.text(migration.data))})"
+            raise Transient(message, reason)
+        raise MigrationFailed(message)
+
+
+def _replan(migration: Migration, start: int, line: int, standard: bool) -> tuple[Step, ...]:
+    """The rest of `migration` from `start`, planned again as the server now reads strings."""
+    return plan(
+        migration.filename,
+        migration.data,
+        transactional=migration.transactional,
+        standard_strings=standard,
+        start=start,
+        line=line,
+    )

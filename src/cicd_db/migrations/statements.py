@@ -1,0 +1,331 @@
+"""Planning a file's text into the queries that apply it as psql would, and refusing
+what may not run. Pure: reads bytes, knows no server and no file system.
+
+PostgreSQL decides what a statement is: a transactional file goes to the server
+in as few simple-protocol queries as psql's own stopping points allow (COPY data,
+pg_dump's `\\restrict` lines, a statement that changes how strings read, and
+slices of about BATCH_BYTES); a no-transaction file goes one statement at a time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cicd_db.errors import ConfigError
+from cicd_db.sqltext import (
+    CopyData,
+    CopyFromStdin,
+    MetaCommand,
+    Scanner,
+    Statement,
+    may_change_lexing,
+    mentions_lexing_settings,
+    standard_strings_after,
+    without_comments,
+)
+
+NO_TRANSACTION_MARKER = b"-- cicd-db: no-transaction"
+# A large file goes to the server in slices of whole statements of about this
+# size, so that neither side holds the parse trees of 50 MB of SQL at once.
+BATCH_BYTES = 1 << 20
+# Statements that end or start a transaction: not allowed in a transactional file.
+TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ABORT", "ROLLBACK", "START", "PREPARE"})
+SESSION_SETTINGS = frozenset({"SET", "RESET"})
+# pg_dump (17.6, 18 and later) brackets its output with these psql commands; they
+# only switch psql's own meta-commands off and on, so the runner, which runs
+# none, may skip them.
+IGNORED_META_COMMANDS = frozenset({"restrict", "unrestrict"})
+# `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON`: an interrupted
+# build leaves `name` behind, invalid.
+CONCURRENT_INDEX = re.compile(
+    rb"\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    rb'(?P<name>"(?:[^"]|"")+"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)',
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Statements sent to the server as one query: `data[start:end]`."""
+
+    start: int
+    end: int
+    line: int
+    standard_strings: bool  # how '...' strings were read in it
+    # Its last statement may change how the rest is read; the server's answer
+    # decides (the expectation is `standard_strings_after`, None if unknown).
+    changes_lexing: bool = False
+    standard_strings_after: bool | None = None
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A `COPY ... FROM STDIN` statement and the data lines that follow it in the file."""
+
+    statement: Statement
+    data: CopyData
+
+
+Step = Batch | Copy
+
+
+def one_by_one(data: bytes, step: Step) -> Iterator[Step]:
+    """The statements of a step one at a time, as psql sends them: a batch each."""
+    if isinstance(step, Copy):
+        yield step
+        return
+    scanner = Scanner(
+        data[: step.end], standard_strings=step.standard_strings, start=step.start, line=step.line
+    )
+    for piece in scanner:
+        if isinstance(piece, Statement):
+            yield Batch(piece.start, piece.end, piece.line, step.standard_strings)
+
+
+def plan(
+    filename: str,
+    data: bytes,
+    *,
+    transactional: bool,
+    standard_strings: bool = True,
+    start: int = 0,
+    line: int = 1,
+) -> tuple[Step, ...]:
+    """The queries that apply `data` as psql would, from `start`; refuses what may not run.
+
+    A transactional file becomes as few batches as psql's own stopping points
+    allow; a no-transaction file one batch per statement, as each must run on
+    its own.
+
+    Every statement is checked, whatever comes before it. After a statement that
+    changes how '...' strings read, the rest is read as it leaves them; after one
+    whose effect only running it tells (`standard_strings_after` is None: a DO
+    block, set_config of computed values, any other text naming the setting), the
+    rest is planned as if it changed nothing (the runner plans it again if the
+    server says otherwise) and checked both ways: what either reading refuses is
+    refused before anything runs.
+    """
+    steps: list[Step] = []
+    named = mentions_lexing_settings(data)
+    # The other readings still to check, and those checked: (offset, standard strings,
+    # statements counted so far in a no-transaction file, capped at 2).
+    forks: list[tuple[int, int, bool, int, str]] = []
+    checked: set[tuple[int, bool, int]] = set()
+    _plan_pass(
+        filename, data, transactional, standard_strings, start, line, 0, "", steps, named,
+        forks, checked, count=start == 0,
+    )  # fmt: skip
+    while forks:
+        at, at_line, reading, counted, note = forks.pop()
+        _plan_pass(
+            filename, data, transactional, reading, at, at_line, counted, note, None, named,
+            forks, checked, count=start == 0,
+        )  # fmt: skip
+    return tuple(steps)
+
+
+def _plan_pass(
+    filename: str,
+    data: bytes,
+    transactional: bool,
+    standard_strings: bool,
+    start: int,
+    line: int,
+    changes: int,
+    note: str,
+    steps: list[Step] | None,
+    named: bool,
+    forks: list[tuple[int, int, bool, int, str]],
+    checked: set[tuple[int, bool, int]],
+    *,
+    count: bool,
+) -> None:
+    """Check `data` from `start` under one reading of its strings, and plan it into `steps`
+    (None: only check). `note` says which reading, for a refusal in a fork."""
+    batch: list[Statement] = []
+    scanner = Scanner(data, standard_strings=standard_strings, start=start, line=line)
+    default = standard_strings if start == 0 else True  # what RESET brings back
+
+    def flush(**lexing: Any) -> None:
+        if batch and steps is not None:
+            steps.append(
+                Batch(
+                    batch[0].start, batch[-1].end, batch[0].line, scanner.standard_strings, **lexing
+                )
+            )
+        batch.clear()
+
+    def refuse(at: int, what: str, fix: str) -> ConfigError:
+        return ConfigError(f"migration file {filename}, line {at}{note}: {what}; {fix}")
+
+    copy: CopyFromStdin | None = None
+    for piece in scanner:
+        if isinstance(piece, MetaCommand):
+            if piece.name in IGNORED_META_COMMANDS and not piece.inside_statement:
+                flush()
+                continue
+            raise refuse(
+                piece.line,
+                f"psql meta-command \\{piece.name} is not SQL",
+                "remove it (the runner sends SQL only; pg_dump's \\restrict lines are skipped)",
+            )
+        if isinstance(piece, CopyData):
+            if copy is None:  # the scanner yields CopyData only after CopyFromStdin
+                raise TypeError("CopyData without its COPY statement")
+            if piece.trailing:
+                raise refuse(
+                    copy.line,
+                    "text follows COPY ... FROM STDIN on its line",
+                    "start the data on the next line, as pg_dump writes it",
+                )
+            if steps is not None:
+                steps.append(Copy(copy, piece))
+            copy = None
+            continue
+        if piece.variable is not None:
+            offset, variable = piece.variable
+            raise refuse(
+                piece.line + data.count(b"\n", piece.start, offset),
+                f"{variable} is a psql variable, and the runner does not substitute psql variables",
+                "write its value instead (current_database(), current_user or a setting "
+                "read with current_setting() where it must be computed); if the colon is "
+                "SQL, put a space after it",
+            )
+        if transactional and _controls_transaction(piece.words):
+            raise refuse(
+                piece.line,
+                f"{' '.join(piece.words[:2])} ends or starts a transaction, and the runner "
+                "already runs this file in one",
+                f"remove it, or make the first line `{NO_TRANSACTION_MARKER.decode()}` "
+                "to run the file outside a transaction",
+            )
+        if piece.keyword == "COPY" and _COPY_TO_STDOUT.search(data, piece.start, piece.end):
+            raise refuse(
+                piece.line,
+                "COPY ... TO STDOUT prints data, which a migration cannot",
+                "remove it, or COPY to a table instead",
+            )
+        if not transactional:
+            if piece.copies_from_stdin:
+                raise refuse(
+                    piece.line,
+                    "COPY ... FROM STDIN in a no-transaction file",
+                    "move it to a transactional file",
+                )
+            if piece.keyword not in SESSION_SETTINGS:
+                changes += 1
+                text = data[piece.start : piece.end]
+                _check_concurrent_index(filename, piece, text, scanner.standard_strings)
+        elif isinstance(piece, CopyFromStdin):
+            flush()
+            copy = piece
+            continue
+        batch.append(piece)
+        if may_change_lexing(data, piece, scanner.standard_strings, named=named):
+            current = scanner.standard_strings
+            text = without_comments(data[piece.start : piece.end], standard_strings=current)
+            after = standard_strings_after(
+                text, current, transactional=transactional, default=default
+            )
+            if after is None:
+                # Only running it tells: the rest is planned as if nothing changed (the
+                # runner plans it again if the server says otherwise), and checked the
+                # other way too, once from each place and reading.
+                after = current
+                key = (piece.end, not current, min(changes, 2))
+                if key not in checked:
+                    checked.add(key)
+                    forks.append(
+                        (
+                            piece.end,
+                            piece.line + data.count(b"\n", piece.start, piece.end),
+                            not current,
+                            changes,
+                            f" (read with standard_conforming_strings "
+                            f"{'on' if not current else 'off'}, as line {piece.line} may "
+                            "leave it)",
+                        )
+                    )
+            flush(changes_lexing=True, standard_strings_after=after)
+            scanner.standard_strings = after
+        elif not transactional or batch[-1].end - batch[0].start >= BATCH_BYTES:
+            flush()
+    flush()
+    if not transactional and count and changes != 1:
+        raise ConfigError(
+            f"migration file {filename}{note} is marked no-transaction but holds {changes} "
+            "statements besides SET and RESET; it must hold exactly one: split it into one "
+            "file per statement"
+        )
+
+
+_COPY_TO_STDOUT = re.compile(rb"\bTO\s+STDOUT\b", re.IGNORECASE)
+
+
+def _controls_transaction(words: tuple[str, ...]) -> bool:
+    if not words or words[0] not in TRANSACTION_CONTROL:
+        return False
+    if words[0] == "ROLLBACK":  # ROLLBACK [WORK | TRANSACTION] TO ... stays inside it
+        rest = words[2:3] if words[1:2] in (("WORK",), ("TRANSACTION",)) else words[1:2]
+        return rest != ("TO",)
+    if words[0] in ("START", "PREPARE"):
+        return words[1:2] == ("TRANSACTION",)
+    return True
+
+
+def _check_concurrent_index(
+    filename: str, statement: Statement, text: bytes, standard_strings: bool
+) -> None:
+    words = statement.words
+    if words[:1] != ("CREATE",) or "CONCURRENTLY" not in words:
+        return
+    # Comments out: one may hold other SQL, or stand between IF NOT EXISTS and the name.
+    match = CONCURRENT_INDEX.search(without_comments(text, standard_strings=standard_strings))
+    if match is None or match["name"].upper() == b"ON":
+        raise ConfigError(
+            f"migration file {filename}, line {statement.line}: CREATE INDEX CONCURRENTLY "
+            "without a name; name the index (CREATE INDEX CONCURRENTLY IF NOT EXISTS name ON ...) "
+            "so that a build left invalid by an interruption can be found and dropped"
+        )
+
+
+def nth_statement(data: bytes, batch: Batch, index: int) -> Statement | None:
+    """The batch's statement number `index` (0-based), as the server counted them."""
+    scanner = Scanner(
+        data[: batch.end],
+        standard_strings=batch.standard_strings,
+        start=batch.start,
+        line=batch.line,
+    )
+    for count, piece in enumerate(scanner):
+        if count == index and isinstance(piece, Statement):
+            return piece
+    return None
+
+
+def transaction_settings_end(
+    data: bytes, steps: tuple[Step, ...], standard_strings: bool
+) -> int | None:
+    """Where the file's leading SET/RESET statements end, when one of them sets the
+    transaction's own characteristics (isolation, read only, deferrable, snapshot);
+    else None. Only for a first batch planned as the server reads strings
+    (`standard_strings`, the server's setting)."""
+    first = steps[0] if steps else None
+    if not isinstance(first, Batch) or first.standard_strings != standard_strings:
+        return None
+    end = None
+    scanner = Scanner(
+        data[: first.end],
+        standard_strings=first.standard_strings,
+        start=first.start,
+        line=first.line,
+    )
+    for piece in scanner:
+        if not isinstance(piece, Statement) or piece.keyword not in SESSION_SETTINGS:
+            break
+        if any(word.startswith("TRANSACTION") for word in piece.words[1:3]):
+            end = piece.end
+    return end
