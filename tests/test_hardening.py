@@ -256,6 +256,7 @@ def test_fresh_path_ends_with_the_same_schema(server, database: Database, tmp_pa
             "stage_executions_run_order_key",
             "job_executions_stage_job_name_key",
             "pipeline_executions_active",
+            "pipeline_executions_finished",
         }
         assert {table for kind, table, _ in fresh_schema if kind == "trigger"} == {
             "pipeline_executions"

@@ -1,0 +1,210 @@
+"""Retention: finished runs older than a cutoff deleted with their stages and jobs, in
+short transactions that never stop the CI system's writers.
+
+- Only finished runs go (SUCCESS, FAILED, CANCELED) whose `completion_time` is
+  before the cutoff; a PENDING or RUNNING run stays, whatever its age. The cutoff
+  is read once, from the server's clock, when the call starts.
+- A batch is one transaction: up to `batch_size` runs, locked FOR UPDATE SKIP
+  LOCKED (a run a writer holds is left for the next call), then their jobs, their
+  stages and the runs deleted. A run goes with all its children or not at all;
+  an interrupted or failed call leaves whole runs behind, never part of one, and
+  the next call goes on where it stopped.
+- Locks are taken parent before child, as the store takes them, so a writer and
+  retention never wait on each other in a cycle. Each batch runs under a short
+  `lock_timeout`; a batch that meets one (or a deadlock) is rolled back and tried
+  again after a pause, a bounded number of times.
+- `dry_run` counts what would go and changes nothing.
+
+The role needs SELECT and DELETE on the three tables (the owner has them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors, sql
+
+from cicd_db.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Interrupted,
+    OperationalError,
+    Terminated,
+    UsageError,
+    plural,
+)
+
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_LOCK_TIMEOUT = 0.5  # seconds a batch waits for a row or table lock
+# A batch that met a lock timeout or a deadlock is tried again this many times,
+# after a pause that doubles from RETRY_DELAY.
+RETRIES = 5
+RETRY_DELAY = 0.2
+RETRIED = (errors.LockNotAvailable, errors.DeadlockDetected, errors.SerializationFailure)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a retention call deleted (or, in a dry run, would delete)."""
+
+    cutoff: datetime  # runs that finished before this went
+    runs: int = 0
+    stages: int = 0
+    jobs: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    def __str__(self) -> str:
+        counted = f"{plural(self.runs, 'run')}, {plural(self.stages, 'stage')}, "
+        counted += plural(self.jobs, "job")
+        if self.dry_run:
+            return f"would delete {counted} that finished before {self.cutoff:%Y-%m-%d %H:%M:%S %Z}"
+        return (
+            f"deleted {counted} that finished before {self.cutoff:%Y-%m-%d %H:%M:%S %Z} "
+            f"in {self.seconds:.1f} s"
+        )
+
+
+def _candidates(pipeline: str | None) -> sql.Composed:
+    """The runs retention may delete: finished before %(cutoff)s, of one pipeline or all.
+    The statuses are written out, as in the partial index of migration 0028, so that
+    every plan, generic ones included, can use it."""
+    query = sql.SQL(
+        "SELECT id FROM pipeline_executions WHERE status IN ('SUCCESS', 'FAILED', 'CANCELED') "
+        "AND completion_time < %(cutoff)s"
+    )
+    if pipeline is not None:
+        return query + sql.SQL(" AND pipeline_name = %(pipeline)s")
+    return query + sql.SQL("")
+
+
+COUNT_RUNS = sql.SQL("SELECT count(*), 0, 0 FROM ({candidates}) runs")
+COUNT = sql.SQL(
+    "WITH runs AS ({candidates}), stages AS (SELECT s.id FROM stage_executions s "
+    "JOIN runs r ON s.pipeline_execution_id = r.id) "
+    "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM stages), "
+    "(SELECT count(*) FROM job_executions j JOIN stages s ON j.stage_execution_id = s.id)"
+)
+# One batch: the runs locked first (parent before child, as the store locks), then
+# their children and they deleted, counted by what each DELETE returned.
+LOCK_BATCH = sql.SQL("{candidates} ORDER BY completion_time LIMIT %(batch)s FOR UPDATE SKIP LOCKED")
+DELETE_BATCH = sql.SQL(
+    "WITH jobs AS (DELETE FROM job_executions j USING stage_executions s "
+    "WHERE j.stage_execution_id = s.id AND s.pipeline_execution_id = ANY(%(ids)s) RETURNING 1), "
+    "stages AS (DELETE FROM stage_executions WHERE pipeline_execution_id = ANY(%(ids)s) "
+    "RETURNING 1), runs AS (DELETE FROM pipeline_executions WHERE id = ANY(%(ids)s) RETURNING 1) "
+    "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM stages), "
+    "(SELECT count(*) FROM jobs)"
+)
+
+
+def prune(
+    conn: psycopg.Connection[Any],
+    *,
+    keep_days: int,
+    pipeline: str | None = None,
+    dry_run: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    on_batch: Callable[[Pruned, int], None] | None = None,
+) -> Pruned:
+    """Delete finished runs that completed more than `keep_days` days ago, with their
+    stages and jobs; of `pipeline` only, if given. Writes unless `dry_run`.
+
+    `on_batch` hears the running totals after each batch, and the number of runs
+    found to delete when the call started (for a progress bar). Ctrl-C or SIGTERM
+    becomes `Interrupted`, once the batch in progress is rolled back.
+    """
+    if not conn.autocommit:
+        raise ValueError("retention needs an autocommit connection")
+    if keep_days < 1:
+        raise UsageError(
+            f"keep_days is {keep_days}: it must be 1 or more (0 would delete runs that "
+            "finished a moment ago)"
+        )
+    if batch_size < 1:
+        raise UsageError(f"batch_size is {batch_size}: it must be 1 or more")
+    started = time.monotonic()
+    row = conn.execute("SELECT now() - make_interval(days => %s)", [keep_days]).fetchone()
+    assert row is not None  # noqa: S101 - a SELECT of one value returns one row
+    params: dict[str, Any] = {"cutoff": row[0], "pipeline": pipeline}
+    candidates = _candidates(pipeline)
+    # A dry run counts everything; a real one only the runs, for the progress bar.
+    counting = COUNT if dry_run else COUNT_RUNS
+    counts = conn.execute(counting.format(candidates=candidates), params).fetchone()
+    assert counts is not None  # noqa: S101
+    found = int(counts[0])
+    if dry_run:
+        runs, stages, jobs = (int(n) for n in counts)
+        return Pruned(row[0], runs, stages, jobs, 0, time.monotonic() - started, dry_run=True)
+    done = Pruned(row[0])
+    lock = LOCK_BATCH.format(candidates=candidates)
+    try:
+        while True:
+            deleted = _batch(conn, lock, {**params, "batch": batch_size}, lock_timeout)
+            if deleted is None:
+                break
+            done = replace(
+                done,
+                runs=done.runs + deleted[0],
+                stages=done.stages + deleted[1],
+                jobs=done.jobs + deleted[2],
+                batches=done.batches + 1,
+                seconds=time.monotonic() - started,
+            )
+            if on_batch:
+                on_batch(done, found)
+    except KeyboardInterrupt as interrupt:
+        raise Interrupted(
+            f"interrupted; {_so_far(done)}; the batch in progress was rolled back, and no "
+            "run was left half-deleted; run again to go on",
+            exit_code=EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED,
+        ) from None
+    except psycopg.OperationalError as lost:
+        raise OperationalError(
+            f"retention lost its connection ({str(lost).strip().splitlines()[0]}); "
+            f"{_so_far(done)}; the batch in progress was rolled back, and no run was left "
+            "half-deleted; run again to go on"
+        ) from None
+    return replace(done, seconds=time.monotonic() - started)
+
+
+def _so_far(done: Pruned) -> str:
+    if not done.runs:
+        return "nothing was deleted"
+    counted = f"{plural(done.runs, 'run')} ({plural(done.stages, 'stage')}, "
+    return f"{counted}{plural(done.jobs, 'job')}) had been deleted"
+
+
+def _batch(
+    conn: psycopg.Connection[Any], lock: sql.Composed, params: dict[str, Any], lock_timeout: float
+) -> tuple[int, int, int] | None:
+    """One batch, in one transaction: the runs, stages and jobs it deleted; None when no
+    run was left to delete (or every one left is held by a writer)."""
+    for attempt in range(RETRIES + 1):
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)", [f"{lock_timeout * 1000:.0f}ms"]
+                )
+                ids = [row[0] for row in conn.execute(lock, params).fetchall()]
+                if not ids:
+                    return None
+                counts = conn.execute(DELETE_BATCH, {"ids": ids}).fetchone()
+                assert counts is not None  # noqa: S101
+                return int(counts[0]), int(counts[1]), int(counts[2])
+        except RETRIED as busy:
+            if attempt == RETRIES:
+                raise OperationalError(
+                    f"retention met busy rows {RETRIES + 1} times in a row "
+                    f"({busy.diag.message_primary}); run again when the tables are less busy, "
+                    "or raise the lock timeout"
+                ) from None
+            time.sleep(RETRY_DELAY * 2**attempt)
+    return None  # not reached: the loop returns or raises

@@ -1,0 +1,271 @@
+"""Retention on a real server: what goes, what stays, whole runs only, writers never stopped."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from cicd_db import retention
+from cicd_db.errors import OperationalError, UsageError
+from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, PipelineRun, Store
+
+from .conftest import Database
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+def executions(migrated: Database) -> Iterator[Store]:
+    with migrated.connect() as conn:
+        yield Store.on(conn)
+
+
+def record(
+    store: Store,
+    pipeline: str,
+    *,
+    days_ago: float,
+    status: str = SUCCESS,
+    stages: int = 2,
+    jobs: int = 3,
+) -> PipelineRun:
+    """A run that started `days_ago` and, unless `status` is RUNNING, finished a minute later."""
+    start = NOW - timedelta(days=days_ago)
+    run = store.set_status(store.start_run(pipeline, "abc"), RUNNING, at=start)
+    for order in range(1, stages + 1):
+        stage = store.set_status(store.add_stage(run, f"stage{order}", order), RUNNING, at=start)
+        for job in store.add_jobs(stage, [(f"job{n}", False) for n in range(jobs)]):
+            job = store.set_status(job, RUNNING, at=start)
+            if status != RUNNING:
+                store.set_status(job, SUCCESS, at=start + timedelta(seconds=30))
+        if status != RUNNING:
+            store.finish_stage(stage, at=start + timedelta(seconds=40))
+    if status == RUNNING:
+        return run
+    if status == CANCELED:
+        return store.cancel_run(run, at=start + timedelta(minutes=1))
+    return store.set_status(run, status, at=start + timedelta(minutes=1))
+
+
+def counts(database: Database) -> tuple[int, int, int]:
+    [row] = database.query(
+        "SELECT (SELECT count(*) FROM pipeline_executions), (SELECT count(*) FROM "
+        "stage_executions), (SELECT count(*) FROM job_executions)"
+    )
+    return int(str(row[0])), int(str(row[1])), int(str(row[2]))
+
+
+def whole(database: Database) -> None:
+    """Every run left has all its stages, every stage all its jobs (as recorded: 2 x 3)."""
+    assert (
+        database.query(
+            "SELECT r.id FROM pipeline_executions r LEFT JOIN stage_executions s "
+            "ON s.pipeline_execution_id = r.id GROUP BY r.id HAVING count(s.id) <> 2"
+        )
+        == []
+    )
+    assert (
+        database.query(
+            "SELECT s.id FROM stage_executions s LEFT JOIN job_executions j "
+            "ON j.stage_execution_id = s.id GROUP BY s.id HAVING count(j.id) <> 3"
+        )
+        == []
+    )
+
+
+def test_finished_runs_past_the_cutoff_go_with_their_children(
+    migrated: Database, executions: Store
+) -> None:
+    old = [
+        record(executions, "build", days_ago=40, status=status)
+        for status in (SUCCESS, FAILED, CANCELED)
+    ]
+    kept = [
+        record(executions, "build", days_ago=5),
+        # Started long ago and still running: never deleted, whatever its age.
+        record(executions, "build", days_ago=90, status=RUNNING),
+    ]
+    with migrated.connect() as conn:
+        pruned = retention.prune(conn, keep_days=30)
+    assert (pruned.runs, pruned.stages, pruned.jobs, pruned.dry_run) == (3, 6, 18, False)
+    assert {row[0] for row in migrated.query("SELECT id FROM pipeline_executions")} == {
+        run.id for run in kept
+    }
+    assert counts(migrated) == (2, 4, 12)
+    assert not {run.id for run in old} & {
+        row[0] for row in migrated.query("SELECT pipeline_execution_id FROM stage_executions")
+    }
+    assert str(pruned).startswith("deleted 3 runs, 6 stages, 18 jobs that finished before ")
+
+
+def test_the_cutoff_is_the_servers_clock_less_whole_days(
+    migrated: Database, executions: Store
+) -> None:
+    record(executions, "build", days_ago=30.01)
+    record(executions, "build", days_ago=29.99)
+    with migrated.connect() as conn:
+        pruned = retention.prune(conn, keep_days=30)
+        [(server_now,)] = conn.execute("SELECT now()").fetchall()
+    assert pruned.runs == 1
+    assert abs(pruned.cutoff - (server_now - timedelta(days=30))) < timedelta(minutes=1)
+
+
+def test_a_dry_run_counts_what_would_go_and_changes_nothing(
+    migrated: Database, executions: Store
+) -> None:
+    record(executions, "build", days_ago=40)
+    record(executions, "deploy", days_ago=40, stages=1, jobs=2)
+    before = migrated.query("SELECT * FROM job_executions ORDER BY id")
+    with migrated.connect() as conn:
+        pruned = retention.prune(conn, keep_days=30, dry_run=True)
+    assert (pruned.runs, pruned.stages, pruned.jobs, pruned.dry_run) == (2, 3, 8, True)
+    assert str(pruned).startswith("would delete 2 runs, 3 stages, 8 jobs")
+    assert migrated.query("SELECT * FROM job_executions ORDER BY id") == before
+
+
+def test_one_pipeline_only(migrated: Database, executions: Store) -> None:
+    record(executions, "build", days_ago=40)
+    deploy = record(executions, "deploy", days_ago=40)
+    with migrated.connect() as conn:
+        assert retention.prune(conn, keep_days=30, pipeline="build").runs == 1
+    assert migrated.query("SELECT id FROM pipeline_executions") == [(deploy.id,)]
+
+
+def test_batches_are_short_and_report_running_totals(migrated: Database, executions: Store) -> None:
+    for _ in range(5):
+        record(executions, "build", days_ago=40)
+    heard: list[tuple[int, int, int]] = []
+    with migrated.connect() as conn:
+        pruned = retention.prune(
+            conn,
+            keep_days=30,
+            batch_size=2,
+            on_batch=lambda done, found: heard.append((done.runs, done.batches, found)),
+        )
+    assert heard == [(2, 1, 5), (4, 2, 5), (5, 3, 5)]
+    assert (pruned.runs, pruned.batches) == (5, 3)
+    assert counts(migrated) == (0, 0, 0)
+
+
+def test_a_run_a_writer_holds_is_left_for_the_next_call_not_waited_for(
+    migrated: Database, executions: Store
+) -> None:
+    held = record(executions, "build", days_ago=40)
+    record(executions, "build", days_ago=41)
+    with migrated.connect() as writer, migrated.connect() as conn:
+        writer.execute("BEGIN")
+        writer.execute("SELECT FROM pipeline_executions WHERE id = %s FOR SHARE", [held.id])
+        # A lock timeout of a minute: waiting would show as a stall, skipping does not wait.
+        first = retention.prune(conn, keep_days=30, lock_timeout=60)
+        writer.execute("ROLLBACK")
+        second = retention.prune(conn, keep_days=30)
+    assert (first.runs, second.runs) == (1, 1)
+    assert counts(migrated) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "offset", "so_far", "left"),
+    [
+        (2, 0, "nothing was deleted", (3, 6, 18)),
+        (1, 1, "1 run (2 stages, 6 jobs) had been deleted", (2, 4, 12)),
+    ],
+    ids=["first_batch", "second_batch"],
+)
+def test_a_lost_connection_leaves_whole_runs_and_says_how_far_it_got(
+    migrated: Database,
+    executions: Store,
+    batch_size: int,
+    offset: int,
+    so_far: str,
+    left: tuple[int, int, int],
+) -> None:
+    for days in (40, 41, 42):
+        record(executions, "build", days_ago=days)
+    # The jobs of the oldest run (or the next) end the session as they are deleted: mid-batch.
+    oldest = migrated.query(
+        "SELECT j.id FROM job_executions j JOIN stage_executions s ON s.id = j.stage_execution_id "
+        "WHERE s.pipeline_execution_id = (SELECT id FROM pipeline_executions "
+        "ORDER BY completion_time LIMIT 1 OFFSET %s)",
+        offset,
+    )
+    jobs = ", ".join(f"'{row[0]}'" for row in oldest)
+    migrated.execute(
+        "CREATE FUNCTION end_session() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
+        f"IF OLD.id IN ({jobs}) THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; "
+        "RETURN OLD; END$$; CREATE TRIGGER end_session BEFORE DELETE ON job_executions "
+        "FOR EACH ROW EXECUTE FUNCTION end_session()"
+    )
+    with migrated.connect() as conn, pytest.raises(OperationalError) as lost:
+        retention.prune(conn, keep_days=30, batch_size=batch_size)
+    message = str(lost.value)
+    assert message.startswith("retention lost its connection (")
+    assert message.endswith(
+        "; the batch in progress was rolled back, and no run was left half-deleted; "
+        "run again to go on"
+    )
+    assert f"; {so_far}; " in message
+    whole(migrated)
+    assert counts(migrated) == left
+
+
+def test_writers_keep_writing_while_retention_deletes(
+    migrated: Database, executions: Store
+) -> None:
+    for days in range(31, 61):
+        record(executions, "build", days_ago=days, stages=1, jobs=2)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    written: list[int] = []
+
+    def writer(number: int) -> None:
+        with ConnectionPool(
+            migrated.settings.conninfo(), min_size=1, max_size=1, kwargs={"autocommit": True}
+        ) as pool:
+            store = Store.pooled(pool)
+            while not stop.is_set():
+                try:
+                    record(store, f"writer{number}", days_ago=0, stages=2, jobs=3)
+                    written.append(number)
+                except BaseException as error:
+                    failures.append(error)
+                    return
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for number in range(4):
+            pool.submit(writer, number)
+        with migrated.connect() as conn:
+            pruned = retention.prune(conn, keep_days=30, batch_size=3)
+        stop.set()
+    assert failures == []
+    assert pruned.runs == 30
+    assert written
+    whole(migrated)
+    assert migrated.query(
+        "SELECT count(*) FROM pipeline_executions WHERE start_time < now() - interval '30 days'"
+    ) == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"keep_days": 0}, "keep_days is 0: it must be 1 or more"),
+        ({"keep_days": 30, "batch_size": 0}, "batch_size is 0: it must be 1 or more"),
+    ],
+)
+def test_bounds_are_refused_before_anything_is_read(
+    database: Database, options: dict[str, int], message: str
+) -> None:
+    with database.connect() as conn, pytest.raises(UsageError, match=message):
+        # An empty database: a query would fail on the missing tables first.
+        retention.prune(conn, **options)
+
+
+def test_a_transaction_connection_is_refused(migrated: Database) -> None:
+    with psycopg.connect(migrated.settings.conninfo()) as conn, pytest.raises(ValueError):
+        retention.prune(conn, keep_days=30)
