@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +21,7 @@ from cicd_db import retention
 from cicd_db.errors import OperationalError, UsageError
 from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, PipelineRun, Store
 
-from .conftest import Database
+from .conftest import Database, run_cli
 
 NOW = datetime.now(UTC)
 
@@ -269,3 +275,120 @@ def test_bounds_are_refused_before_anything_is_read(
 def test_a_transaction_connection_is_refused(migrated: Database) -> None:
     with psycopg.connect(migrated.settings.conninfo()) as conn, pytest.raises(ValueError):
         retention.prune(conn, keep_days=30)
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def test_the_command_deletes_and_says_what(migrated: Database, executions: Store) -> None:
+    record(executions, "build", days_ago=40)
+    record(executions, "build", days_ago=1)
+    counted = run_cli("retention", "--keep-days", "30", "--dry-run", "--database-url", migrated.url)
+    assert counted.code == 0, counted.err
+    assert counted.out.startswith("--database-url: would delete 1 run, 2 stages, 6 jobs that ")
+    done = run_cli("retention", "--keep-days", "30", "--json", "--database-url", migrated.url)
+    assert done.code == 0, done.err
+    figures = json.loads(done.out)
+    assert {k: figures[k] for k in ("dry_run", "runs", "stages", "jobs", "batches")} == {
+        "dry_run": False,
+        "runs": 1,
+        "stages": 2,
+        "jobs": 6,
+        "batches": 1,
+    }
+    assert counts(migrated) == (1, 2, 6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--stack", "prod"),
+            "error: stack prod is a remote database; add --yes to delete runs from it "
+            "(or --dry-run to count them first)\n",
+        ),
+        (("--keep-days", "0"), "error: argument --keep-days: '0' is not a whole number above 0"),
+        (("--batch-size", "x"), "error: argument --batch-size: 'x' is not a whole number above 0"),
+    ],
+    ids=["remote_without_yes", "keep_no_days", "batch_not_a_number"],
+)
+def test_the_command_refuses_in_one_line(args: tuple[str, ...], message: str) -> None:
+    given = ("--keep-days", "30", *args) if "--keep-days" not in args else args
+    refused = run_cli("retention", *given)
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err.startswith(message)
+    assert refused.err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("signal_number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_leaves_whole_runs_and_says_how_far_it_got(
+    migrated: Database, executions: Store, signal_number: int, code: int
+) -> None:
+    for days in (40, 41, 42):
+        record(executions, "build", days_ago=days)
+    # The second batch (one run each) sleeps in its first job's delete: interrupted there.
+    second = migrated.query(
+        "SELECT j.id FROM job_executions j JOIN stage_executions s ON s.id = j.stage_execution_id "
+        "WHERE s.pipeline_execution_id = (SELECT id FROM pipeline_executions "
+        "ORDER BY completion_time LIMIT 1 OFFSET 1)"
+    )
+    jobs = ", ".join(f"'{row[0]}'" for row in second)
+    migrated.execute(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
+        f"IF OLD.id IN ({jobs}) THEN PERFORM pg_sleep(60); END IF; RETURN OLD; END$$; "
+        "CREATE TRIGGER slow BEFORE DELETE ON job_executions FOR EACH ROW EXECUTE FUNCTION slow()"
+    )
+    command = [sys.executable, "-m", "cicd_db", "retention", "--keep-days", "30"]
+    process = subprocess.Popen(
+        [*command, "--batch-size", "1", "--database-url", migrated.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    migrated.wait_for(
+        "SELECT FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+        "AND datname = current_database()",
+        "the second batch never started",
+    )
+    process.send_signal(signal_number)
+    out, err = process.communicate(timeout=30)
+    assert (process.returncode, out) == (code, "")
+    assert err == (
+        "error: interrupted; 1 run (2 stages, 6 jobs) had been deleted; the batch in progress "
+        "was rolled back, and no run was left half-deleted; run again to go on\n"
+    )
+    whole(migrated)
+    assert counts(migrated) == (2, 4, 12)
+    # Nothing of it is left running, and the next call goes on where it stopped.
+    assert migrated.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+        "AND datname = current_database()"
+    ) == [(0,)]
+
+
+def test_a_progress_bar_on_a_terminal_only(migrated: Database, executions: Store) -> None:
+    for days in (40, 41):
+        record(executions, "build", days_ago=days, stages=1, jobs=1)
+    command = [sys.executable, "-m", "cicd_db", "retention", "--keep-days", "30"]
+    command += ["--batch-size", "1", "--database-url", migrated.url]
+    main, terminal = pty.openpty()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 1024)
+        except OSError:  # the process closed the terminal's other end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    process.wait(timeout=30)
+    os.close(main)
+    assert process.returncode == 0
+    assert b"\r[###############---------------] 1/2 runs" in seen, seen
+    assert b"\r[##############################] 2/2 runs" in seen, seen
+    assert seen.endswith(b"\r\x1b[K"), seen
+    record(executions, "build", days_ago=40, stages=1, jobs=1)
+    piped = subprocess.run(command, capture_output=True, check=True)
+    assert piped.stderr == b""

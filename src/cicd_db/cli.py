@@ -4,6 +4,7 @@
     cicd-db schema [dump|diff]                            the schema as SQL; drift
     cicd-db embedded [start|status|url|stop]              the embedded PostgreSQL server
     cicd-db report --pipeline P [--run N [--stage S [--job J]]]
+    cicd-db retention --keep-days N [--pipeline P]        delete old finished runs
     cicd-db init-local --admin-url URL                    ci_local and ci_user on your server
 
 Exit codes: 0 done; 1 operational failure; 2 usage or configuration error;
@@ -177,6 +178,14 @@ COMMANDS: list[tuple[str, tuple[_Parser, ...], Callable[[Run], int], str, str, t
         _arg("--limit", type=_positive, metavar="N", help="runs per page (20, at most 1000)"),
         _arg("--before", type=_positive, metavar="RUN", help="runs below RUN: the next page"),
         _arg("--format", choices=("table", "json", "yaml"), default="table", help="table, json or yaml"),
+    )),
+    ("retention", (TARGET, OUTPUT), commands.retention, "delete finished runs older than --keep-days, in short batches",
+     "Delete finished runs (never PENDING or RUNNING) that completed more than --keep-days days ago, with their stages and jobs: a batch of runs per short transaction, so writers are never stopped. Interrupted, it leaves whole runs; run it again to go on.", (
+        _arg("--keep-days", required=True, type=_positive, metavar="N", help="keep runs that finished in the last N days"),
+        _arg("--pipeline", metavar="NAME", help="only this pipeline's runs"),
+        _arg("--dry-run", action="store_true", help="count what would be deleted; change nothing"),
+        _arg("--batch-size", type=_positive, metavar="N", default=500, help="runs per transaction (500)"),
+        YES,
     )),
     ("init-local", (OUTPUT,), commands.init_local, "create ci_local and ci_user on a server you installed",
      "On a PostgreSQL you installed: create the role ci_user (not a superuser) with the plan's settings and the database ci_local it owns. Safe to repeat.", (

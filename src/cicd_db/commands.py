@@ -300,6 +300,36 @@ def show_report(run: Run) -> int:
     return 0
 
 
+def retention(run: Run) -> int:
+    """`retention`: finished runs older than --keep-days deleted, a batch at a time."""
+    from cicd_db import retention
+
+    a, target = run.args, run.target()
+    if target.remote and not a.dry_run and not a.yes:
+        raise UsageError(
+            f"{target.description} is a remote database; add --yes to delete runs from it "
+            "(or --dry-run to count them first)"
+        )
+    run.remember(target)
+    progress = console.Progress(enabled=sys.stderr.isatty() and not a.quiet and not a.json)
+    with targets.connect(target.settings) as conn:
+        try:
+            pruned = retention.prune(
+                conn,
+                keep_days=a.keep_days,
+                pipeline=a.pipeline,
+                dry_run=a.dry_run,
+                batch_size=a.batch_size,
+                on_batch=lambda done, found: progress.show(done.runs, found, "runs"),
+            )
+        finally:
+            progress.stop()
+    run.show(
+        console.pruned_json(target.description, pruned), lambda: [f"{target.description}: {pruned}"]
+    )
+    return 0
+
+
 def init_local(run: Run) -> int:
     """`init-local`: ci_user and ci_local on a server you installed."""
     from cicd_db import local

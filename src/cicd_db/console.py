@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # annotations only: the commands import these on use
     from cicd_db.embedded import Status
     from cicd_db.lint import Report
     from cicd_db.local import Prepared
+    from cicd_db.retention import Pruned
     from cicd_db.schema import Difference
 
 JSON = dict[str, Any]
@@ -300,6 +301,44 @@ def local_line(prepared: Prepared) -> str:
         role = "kept; " + ("password set" if prepared.password_set else "its password unchanged")
     database = "created" if prepared.created_database else "kept"
     return f"role {settings.user} {role}; database {settings.database} {database}"
+
+
+def pruned_json(description: str, pruned: Pruned) -> JSON:
+    return {
+        "target": description,
+        "dry_run": pruned.dry_run,
+        "cutoff": pruned.cutoff.isoformat(),
+        "runs": pruned.runs,
+        "stages": pruned.stages,
+        "jobs": pruned.jobs,
+        "batches": pruned.batches,
+        "seconds": round(pruned.seconds, 3),
+    }
+
+
+class Progress:
+    """On a terminal, a bar of what is done of a known whole, redrawn in place."""
+
+    WIDTH = 30
+
+    def __init__(self, *, enabled: bool):
+        self.enabled = enabled
+        self.drawn = False
+
+    def show(self, done: int, whole: int, noun: str) -> None:
+        if not self.enabled or whole <= 0:
+            return
+        filled = min(self.WIDTH, self.WIDTH * done // whole)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        sys.stderr.write(f"\r[{bar}] {done}/{whole} {noun}")
+        sys.stderr.flush()
+        self.drawn = True
+
+    def stop(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.drawn = False
 
 
 class Ticker:
