@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import MIGRATIONS, ROOT, Database, run_cli, write_migrations
+from .migrations.shared import THREE
 
 SECRET = "s3cret-pass"
 
@@ -238,3 +239,28 @@ def test_wait_gives_up_after_its_timeout() -> None:
     )
     assert 0.5 <= time.monotonic() - started < 10
     assert_one_line_error(result, 1, "cannot connect to 127.0.0.1:1: Connection refused")
+
+
+def test_options_work_before_and_after_the_command(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    before = run_cli(
+        "migrate",
+        "--database-url",
+        database.url,
+        "--migrations-dir",
+        str(folder),
+        "status",
+        "--json",
+    )
+    after = run_cli(
+        "migrate",
+        "status",
+        "--json",
+        "--database-url",
+        database.url,
+        "--migrations-dir",
+        str(folder),
+    )
+    assert before.code == after.code == 0
+    assert before.out == after.out
+    assert '"pending": 3' in before.out

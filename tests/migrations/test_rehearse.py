@@ -1,4 +1,5 @@
-"""`migrate up --rehearse`: it claims only what it saw.
+"""`migrate up --rehearse`: pending files in a transaction that is rolled back; it
+claims only what it saw.
 
 Exit 0 only when every rehearsed statement succeeded; files are reset between each
 other as in a real run; what a rollback cannot undo is named; a file that ends the
@@ -9,21 +10,152 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from cicd_db import migrations
 
-from .conftest import Database, run_cli, unscanned, write_migrations
+from ..conftest import Database, run_cli, unscanned, write_migrations
+from .shared import MENTIONS, rehearse
 
 
-def rehearse(database: Database, folder: Path, *args: str) -> tuple[int, str, str]:
+def test_rehearsal_times_each_lock_and_undoes_only_what_failed(
+    database: Database, tmp_path: Path
+) -> None:
+    """Each file after a savepoint: a failed one is undone, a good one stays for the next;
+    a lock counts from the statement that took it; a no-transaction file is listed as
+    skipped; nothing of it all is left afterwards."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_base.sql": "CREATE TABLE a (id int);\nCREATE TABLE b (id int);\n"
+            "CREATE TABLE busy (id int);\nCREATE SEQUENCE used;\nCREATE SEQUENCE moved;\n"
+            "SELECT nextval('used');\n",
+            # The backslash ends the string only where strings are standard: read otherwise,
+            # the statements after it would travel with it, before the sleep.
+            "0002_locks.sql": "LOCK TABLE b IN SHARE MODE;\n"
+            "SELECT pg_sleep(0.3), 'C:\\' AS path;\n"
+            "ALTER TABLE a ADD COLUMN note text;\nSELECT nextval('moved');\n",
+            "0003_index.sql": "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY a_id ON a (id);\n",
+            # COPY data splits it in steps: the statements after it start on line 5.
+            "0004_fails.sql": "ALTER TABLE a ADD COLUMN other int;\nCOPY a (id) FROM STDIN;\n7\n"
+            "\\.\nSELECT 1;\nSELECT 1/0;\n",
+            "0005_busy.sql": "SET lock_timeout = '50ms';\nALTER TABLE busy ADD COLUMN x int;\n",
+            "0006_builds.sql": "ALTER TABLE a ADD COLUMN other text;\n"
+            "INSERT INTO a (note, other) VALUES ('n', 'o');\n",
+            "0007_later.sql": "CREATE TABLE later (id int);\n",
+        },
+    )
+    with database.connect() as conn, database.connect() as holder:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        runner.apply(target=1)
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+        started = time.perf_counter()
+        rehearsed = runner.rehearse(target=6)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        holder.execute("ROLLBACK")
+    assert [r.migration.filename for r in rehearsed] == [
+        "0002_locks.sql",
+        "0003_index.sql",
+        "0004_fails.sql",
+        "0005_busy.sql",
+        "0006_builds.sql",
+    ]
+    locks, index, fails, busy, builds = rehearsed
+
+    assert (locks.error, locks.skipped, locks.unrehearsed_before) == (None, None, ())
+    assert [(lock.mode, lock.table) for lock in locks.locks] == [
+        ("ShareLock", "b"),
+        ("AccessExclusiveLock", "a"),
+    ]
+    b_held, a_held = (lock.held_ms for lock in locks.locks)
+    assert a_held >= 0 and b_held - a_held >= 300  # b was taken before the sleep, a after it
+    assert locks.duration_ms is not None and b_held <= locks.duration_ms < elapsed_ms
+    assert locks.sequences == ("public.moved",)
+    assert not locks.failed
+
+    assert index.skipped == (
+        "a no-transaction file cannot run inside the rehearsal's transaction "
+        "(CREATE INDEX CONCURRENTLY, COMMIT in a procedure)"
+    )
+    assert (index.duration_ms, index.locks, index.error) == (None, (), None)
+
+    assert fails.error == (
+        "failed at line 6: division by zero [22012]; it was rolled back; fix the file and run again"
+    )
+    assert fails.unrehearsed_before == ("0003_index.sql",)
+    assert fails.failed  # it may only need the file the rehearsal could not run: still unseen
+    assert busy.error == (
+        "failed at line 2: canceling statement due to lock timeout [55P03]; it was rolled back; "
+        "run again when the tables are less busy (the file itself is fine)"
+    )
+
+    # It builds on 0002's column, and 0004's column of the same name was undone; the
+    # table lock 0002 took is not seen again.
+    assert (builds.error, builds.sequences) == (None, ())
+    assert [(lock.mode, lock.table) for lock in builds.locks] == [("RowExclusiveLock", "a")]
+
+    assert database.history() == [1]
+    assert database.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'a'"
+    ) == [("id",)]
+    assert database.query("SELECT count(*) FROM pg_indexes WHERE indexname = 'a_id'") == [(0,)]
+
+
+def test_rehearsal_names_the_line_of_a_syntax_error(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path, {"0001_typo.sql": "CREATE TABLE a (id int);\nALTER TABLE a\nADD;\n"}
+    )
+    with database.connect() as conn:
+        [rehearsal] = migrations.Runner(conn, migrations.discover(folder)).rehearse()
+    assert rehearsal.error == (
+        'failed at line 3: syntax error at or near ";" [42601]; it was rolled back; fix the '
+        "file and run again"
+    )
+    assert rehearsal.failed
+
+
+def test_rehearsal_reads_strings_as_the_file_set_them(database: Database, tmp_path: Path) -> None:
+    """After SET standard_conforming_strings = off, 'a\\'' is one string: the LOCK after it is
+    a statement of its own, taken after the sleep."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_table.sql": "CREATE TABLE b (id int);\n",
+            "0002_old_strings.sql": "SET standard_conforming_strings = off;\n"
+            "SELECT 'a\\'', pg_sleep(0.3);\nLOCK TABLE b IN SHARE MODE;\n",
+        },
+    )
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        runner.apply(target=1)
+        [rehearsal] = runner.rehearse()
+    assert rehearsal.error is None
+    [lock] = rehearsal.locks
+    assert (lock.mode, lock.table) == ("ShareLock", "b")
+    assert rehearsal.duration_ms is not None and lock.held_ms < rehearsal.duration_ms - 250
+
+
+def test_a_rehearsal_runs_every_statement_after_a_mention(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_notes.sql": "CREATE TABLE notes (note text);\n",
+            "0002_fails_late.sql": MENTIONS["string"] + "CREATE TABLE t (id int);\nSELECT 1/0;\n",
+        },
+    )
     result = run_cli(
         "migrate", "up", "--rehearse", "--database-url", database.url,
-        "--migrations-dir", str(folder), *args,
+        "--migrations-dir", str(folder),
     )  # fmt: skip
-    return result.code, result.out, result.err
+    assert result.code != 0, result.out
+    assert "division by zero" in result.out + result.err
+    assert database.tables() == set()
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,12 @@
-"""Where the migration history lives: one fixed place, whatever search_path says.
+"""The history: one fixed place whatever search_path says; reading, moving an older one,
+refusals, and status.
 
 The runner's history is `cicd_db.cicd_db_schema_history`, found by catalog and never
 through search_path. A migration may change search_path for the next run (a schema
 named after the login role, ALTER DATABASE or ALTER ROLE ... SET search_path), or
 drop and recreate `public` as dumps do: the next run still finds every file it
-applied and applies none of them again.
+applied and applies none of them again. `status` names each disagreement, and its
+exit code agrees with what `up` refuses.
 """
 
 from __future__ import annotations
@@ -18,15 +20,10 @@ import pytest
 from psycopg import sql
 
 from cicd_db import migrations
+from cicd_db.errors import ConfigError
 
-from .conftest import Database, run_cli, write_migrations
-
-# A balance that tells how often 0001 ran: 100 after once, 150 after twice.
-ACCOUNT = (
-    "CREATE TABLE IF NOT EXISTS account (id int PRIMARY KEY, balance int NOT NULL);\n"
-    "INSERT INTO account VALUES (1, 100) ON CONFLICT (id) DO UPDATE "
-    "SET balance = account.balance + 50;\n"
-)
+from ..conftest import Database, run_cli, write_migrations
+from .shared import THREE, migrate
 
 # Each moves where an unqualified name goes for the next run's session.
 MOVES_THE_SEARCH_PATH = {
@@ -46,11 +43,149 @@ MOVES_THE_SEARCH_PATH = {
 }
 
 
-def migrate(database: Database, folder: Path, *args: str) -> tuple[int, str, str]:
-    result = run_cli(
-        "migrate", "--database-url", database.url, "--migrations-dir", str(folder), *args
+# A balance that tells how often 0001 ran: 100 after once, 150 after twice.
+ACCOUNT = (
+    "CREATE TABLE IF NOT EXISTS account (id int PRIMARY KEY, balance int NOT NULL);\n"
+    "INSERT INTO account VALUES (1, 100) ON CONFLICT (id) DO UPDATE "
+    "SET balance = account.balance + 50;\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda folder: (folder / "0002_pets.sql").write_text(
+                "CREATE TABLE pets (id bigint);\n"
+            ),
+            "error: migration 0002_pets.sql was edited after it was applied; restore the applied "
+            "version from version control and put the change in a new migration\n",
+        ),
+        (
+            lambda folder: (folder / "0002_pets.sql").unlink(),
+            "error: migration 2 (pets) was applied but no file has that version; restore it from "
+            "version control (applied migrations are never deleted)\n",
+        ),
+        (
+            lambda folder: (folder / "0001_early.sql").write_text("CREATE TABLE early (id int);\n"),
+            None,
+        ),
+        (
+            lambda folder: (folder / "0002_pets.sql").rename(folder / "0002_animals.sql"),
+            "error: migration 2 was applied as 'pets', but the file with that version is now "
+            "0002_animals.sql: the files were renumbered or replaced since; restore the applied "
+            "files, or rebuild the history (db/README.md, 'When the files were rewritten')\n",
+        ),
+    ],
+    ids=["edited", "missing", "out-of-order", "renamed"],
+)
+def test_history_disagreements_are_refused(
+    database: Database, tmp_path: Path, change, message
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0002_pets.sql": "CREATE TABLE pets (id int);\n",
+            "0003_toys.sql": "CREATE TABLE toys (id int);\n",
+        },
     )
-    return result.code, result.out, result.err
+    assert migrate(database, folder)[0] == 0
+    change(folder)
+    tables_before = database.tables()
+    code, out, err = migrate(database, folder)
+    assert code == 2
+    assert out == ""
+    expected = message or (
+        "error: migration 0001_early.sql is pending but version 3 is already "
+        "applied; renumber it above 3\n"
+    )
+    assert err == expected
+    assert database.history() == [2, 3]
+    assert database.tables() == tables_before
+
+
+def test_status_names_each_state_and_when_it_was_applied(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(tmp_path, {**THREE, "0004_later.sql": "SELECT 1;\n"})
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        (folder / "0000_early.sql").write_text("SELECT 1;\n")
+        assert [(row.version, row.state) for row in runner.status()] == [
+            (1, "pending"),
+            (2, "pending"),
+            (3, "pending"),
+            (4, "pending"),
+        ]
+        assert [m.version for m in runner.pending(target=2)] == [1, 2]
+        runner.apply(target=3)
+        (folder / "0002_pets.sql").write_text("-- edited\n")
+        (folder / "0003_seed.sql").unlink()
+        changed = migrations.Runner(conn, migrations.discover(folder))
+        rows = changed.status()
+    applied_at = dict(
+        database.query("SELECT version, applied_at FROM cicd_db.cicd_db_schema_history")
+    )
+    assert [(row.version, row.name, row.state, row.applied_at) for row in rows] == [
+        (0, "early", "out-of-order", None),
+        (1, "people", "applied", applied_at[1]),
+        (2, "pets", "edited", applied_at[2]),
+        (3, "seed", "missing", applied_at[3]),
+        (4, "later", "pending", None),
+    ]
+
+
+def test_status_on_a_new_database_calls_version_0_pending(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(tmp_path, {"0000_zero.sql": "SELECT 1;\n"})
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        assert [(row.version, row.state) for row in runner.status()] == [(0, "pending")]
+        assert [m.version for m in runner.pending()] == [0]
+
+
+def test_a_table_of_the_history_name_elsewhere_is_someone_elses(
+    database: Database, tmp_path: Path
+) -> None:
+    """Only a table with the history's columns is a history; the runner's goes to its schema."""
+    database.execute(
+        'CREATE SCHEMA "Odd Schema"; CREATE TABLE "Odd Schema".cicd_db_schema_history (id int)'
+    )
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    with database.connect() as conn:
+        conn.execute('SET search_path TO "Odd Schema"')
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    assert database.history() == [1]
+    assert database.query('SELECT count(*) FROM "Odd Schema".cicd_db_schema_history') == [(0,)]
+
+
+def test_a_table_of_another_shape_in_the_history_place_is_refused(
+    database: Database, tmp_path: Path
+) -> None:
+    database.execute("CREATE SCHEMA cicd_db; CREATE TABLE cicd_db.cicd_db_schema_history (id int)")
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    with database.connect() as conn, pytest.raises(ConfigError) as refused:
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    assert str(refused.value) == (
+        "cicd_db.cicd_db_schema_history exists but is not cicd-db's migration history: it "
+        "must be a table with the columns version, name, checksum, applied_at, applied_by, "
+        "duration_ms; rename or drop it if it is not needed"
+    )
+
+
+def test_history_table_of_another_shape(database: Database, tmp_path: Path) -> None:
+    database.execute("CREATE SCHEMA cicd_db; CREATE TABLE cicd_db.cicd_db_schema_history (id int)")
+    folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (id int);\n"})
+    for args in [(), ("status",)]:
+        code, out, err = migrate(database, folder, *args)
+        assert (code, out) == (2, "")
+        assert err == (
+            "error: cicd_db.cicd_db_schema_history exists but is not cicd-db's migration "
+            "history: it must be a table with the columns version, name, checksum, applied_at, "
+            "applied_by, duration_ms; rename or drop it if it is not needed\n"
+        )
+    assert "a" not in database.tables()
 
 
 @pytest.mark.parametrize("move", MOVES_THE_SEARCH_PATH.values(), ids=MOVES_THE_SEARCH_PATH.keys())
@@ -262,3 +397,44 @@ def test_a_role_that_may_not_use_the_history_is_told_the_grant(
         )
     finally:
         database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (lambda folder: (folder / "0002_pets.sql").write_text("-- edited\n"), 4),
+        (lambda folder: (folder / "0002_pets.sql").unlink(), 4),
+        (lambda folder: (folder / "0000_early.sql").write_text("SELECT 1;\n"), 4),
+        (lambda folder: (folder / "0004_later.sql").write_text("SELECT 1;\n"), 3),
+        (lambda folder: (folder / "0002_pets.sql").rename(folder / "0002_animals.sql"), 4),
+    ],
+    ids=["edited", "missing", "out-of-order", "pending", "renamed"],
+)
+def test_status_exit_code_says_what_needs_attention(
+    database: Database, tmp_path: Path, change, code: int
+) -> None:
+    """The CI gates (`status --exit-code`, `check --database-url`) agree with `up`: a
+    disagreement (4) is exactly what `up` refuses (2)."""
+    folder = write_migrations(tmp_path, THREE)
+    assert migrate(database, folder)[0] == 0
+    change(folder)
+    assert migrate(database, folder, "status", "--exit-code")[0] == code
+    assert migrate(database, folder, "status")[0] == 0
+    assert migrate(database, folder, "check", "--no-lint")[0] == (4 if code == 4 else 0)
+    assert migrate(database, folder, "up", "--dry-run")[0] == (2 if code == 4 else 0)
+
+
+def test_status_exit_code_reports_pending(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    assert migrate(database, folder, "status", "--exit-code")[0] == 3
+    assert migrate(database, folder, "status")[0] == 0
+    migrate(database, folder)
+    code, out, _ = migrate(database, folder, "status", "--exit-code")
+    assert code == 0
+    assert out.splitlines()[0].split() == ["VERSION", "NAME", "STATE", "APPLIED", "AT"]
+    assert [line.split()[:3] for line in out.splitlines()[1:4]] == [
+        ["1", "people", "applied"],
+        ["2", "pets", "applied"],
+        ["3", "seed", "applied"],
+    ]
+    assert out.splitlines()[-1] == "--database-url: up to date"

@@ -1,0 +1,781 @@
+"""Applying files: order, targets, a file and its history row, retries, interrupts."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cicd_db import migrations
+from cicd_db.errors import Interrupted, MigrationFailed, MigrationRefused, Terminated
+
+from ..conftest import MIGRATIONS, ROOT, Database, unscanned, write_migrations
+from .shared import RUNNER_SLEEPING, THREE, migrate
+
+CLI = [sys.executable, "-m", "cicd_db", "migrate"]
+
+
+def _interrupt_when_sleeping(
+    database: Database, interruption: type[BaseException], *, lose_the_connection: bool
+) -> threading.Thread:
+    """Once the runner's file sleeps, interrupt this (main) thread as Ctrl-C or SIGTERM would;
+    `lose_the_connection` ends the runner's server session first."""
+    main = threading.main_thread().ident
+    assert main is not None
+    sleeping = (
+        "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+        "AND datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+    def interrupt(signum: int, frame: object) -> None:
+        if lose_the_connection:
+            database.query(f"SELECT pg_terminate_backend(pid) FROM ({sleeping}) s")
+        raise interruption
+
+    signal.signal(signal.SIGUSR1, interrupt)
+    watcher = threading.Thread(
+        target=lambda: (
+            database.wait_for(sleeping, "the slow migration never started"),
+            signal.pthread_kill(main, signal.SIGUSR1),
+        ),
+        daemon=True,
+    )
+    watcher.start()
+    return watcher
+
+
+CONFLICT_AT_COMMIT = (
+    "CREATE TABLE t (id int); "
+    "CREATE FUNCTION conflict() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$BEGIN RAISE EXCEPTION 'another session won' USING ERRCODE = '40001'; END$$; "
+    "CREATE CONSTRAINT TRIGGER conflict AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED "
+    "FOR EACH ROW EXECUTE FUNCTION conflict()"
+)
+
+
+def test_up_applies_in_order_and_records_history(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    code, out, _ = migrate(database, folder)
+    assert code == 0
+    assert [line.split(" (")[0] for line in out.splitlines()[:3]] == [
+        "applied 0001_people.sql",
+        "applied 0002_pets.sql",
+        "applied 0003_seed.sql",
+    ]
+    assert out.splitlines()[3].startswith("applied 3 migrations to --database-url in ")
+    assert database.history() == [1, 2, 3]
+    assert database.query("SELECT name FROM people") == [("ada",)]
+    rows = database.query(
+        "SELECT name, checksum, applied_by, duration_ms >= 0 "
+        "FROM cicd_db.cicd_db_schema_history ORDER BY version"
+    )
+    assert [row[0] for row in rows] == ["people", "pets", "seed"]
+    assert all(
+        len(str(row[1])) == 64 and row[2] == database.settings.user and row[3] for row in rows
+    )
+
+
+def test_second_run_applies_nothing(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    assert migrate(database, folder)[0] == 0
+    code, out, _ = migrate(database, folder, "up")
+    assert (code, out) == (0, "nothing to apply: --database-url is up to date\n")
+    assert database.query("SELECT count(*) FROM people") == [(1,)]
+
+
+def test_dry_run_changes_nothing(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    code, out, _ = migrate(database, folder, "--dry-run")
+    assert code == 0
+    assert out.splitlines() == [
+        "would apply 0001_people.sql",
+        "would apply 0002_pets.sql",
+        "would apply 0003_seed.sql",
+        "dry run: 3 migrations pending on --database-url; nothing was changed",
+    ]
+    assert database.tables() == set()
+
+
+def test_a_target_below_every_pending_file_writes_nothing(
+    database: Database, tmp_path: Path
+) -> None:
+    """Nothing to do is found out before the lock is taken or the history made."""
+    folder = write_migrations(tmp_path, THREE)
+    with database.connect() as conn:
+        assert migrations.Runner(conn, migrations.discover(folder)).apply(target=0) == []
+    assert database.tables() == set()
+
+
+def test_target_stops_at_that_version(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    assert migrate(database, folder, "up", "--target", "2")[0] == 0
+    assert database.history() == [1, 2]
+    assert database.tables() == {"people", "pets"}
+    assert migrate(database, folder)[0] == 0
+    assert database.history() == [1, 2, 3]
+
+
+def test_failing_migration_rolls_back_only_itself(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            **THREE,
+            "0004_broken.sql": "CREATE TABLE toys (id int);\n\nINSERT INTO toys VALUES ('x');\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert code == 1
+    assert "applied 0003_seed.sql" in out
+    assert err.startswith(
+        "error: migration 0004_broken.sql failed at line 3: "
+        'invalid input syntax for type integer: "x" [22P02]'
+    )
+    assert len(err.splitlines()) == 1
+    assert database.history() == [1, 2, 3]
+    assert "toys" not in database.tables()
+
+
+def test_no_transaction_file_builds_index_concurrently(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_table.sql": "CREATE TABLE runs (id int, name text);\n",
+            "0002_index.sql": "-- cicd-db: no-transaction\n"
+            "CREATE INDEX CONCURRENTLY runs_name ON runs (name);\n",
+        },
+    )
+    code, out, _ = migrate(database, folder)
+    assert code == 0, out
+    assert database.history() == [1, 2]
+    assert database.query(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'runs_name'::regclass"
+    ) == [(True,)]
+
+
+def test_repository_migrations_apply_to_an_empty_database(database: Database) -> None:
+    code, _, _ = migrate(database, MIGRATIONS)
+    assert code == 0
+    assert {"pipeline_executions", "stage_executions", "job_executions"} <= database.tables()
+
+
+@pytest.mark.parametrize(
+    ("signal_number", "code", "inherited"),
+    [
+        (signal.SIGINT, 130, signal.SIG_DFL),
+        (signal.SIGTERM, 143, signal.SIG_DFL),
+        # A shell starting a job in the background hands it SIGINT ignored.
+        (signal.SIGINT, 130, signal.SIG_IGN),
+    ],
+    ids=["ctrl-c", "term", "ctrl-c-when-started-ignoring-it"],
+)
+def test_interrupt_rolls_back_releases_the_lock_and_says_so(
+    database: Database, tmp_path: Path, signal_number: int, code: int, inherited: object
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\n",
+            "0002_slow.sql": "CREATE TABLE slow (id int);\nSELECT pg_sleep(60);\n",
+            "0003_after.sql": "CREATE TABLE after (id int);\n",
+        },
+    )
+    runner = subprocess.Popen(
+        [*CLI, "--database-url", database.url, "--migrations-dir", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited),
+    )
+    database.wait_for(
+        RUNNER_SLEEPING,
+        "the slow migration never started",
+    )
+    runner.send_signal(signal_number)
+    out, err = runner.communicate(timeout=30)
+    assert runner.returncode == code
+    assert out.startswith("applied 0001_first.sql")
+    assert err == (
+        "error: interrupted during 0002_slow.sql; it was rolled back; nothing after it ran\n"
+    )
+    assert database.history() == [1]
+    assert database.tables() == {"first"}
+    # The query was cancelled and the lock released: nothing of the runner is left.
+    assert database.query(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " UNION ALL SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+        " AND datname = current_database()"
+    ) == [(0,), (0,)]
+
+
+def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that lands once file 2's transaction committed, before the runner moves on."""
+    in_transaction = migrations.apply.Applier._in_transaction
+
+    def then_interrupted(
+        applier: migrations.apply.Applier, migration: migrations.Migration
+    ) -> None:
+        in_transaction(applier, migration)
+        if migration.version == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(migrations.apply.Applier, "_in_transaction", then_interrupted)
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(write_migrations(tmp_path, THREE)))
+        with pytest.raises(Interrupted) as interrupted:
+            runner.apply()
+    assert str(interrupted.value) == (
+        "interrupted after 0002_pets.sql was applied; nothing after it ran"
+    )
+    assert database.history() == [1, 2]
+
+
+def test_lock_timeouts_are_retried_until_the_file_applies(
+    database: Database, tmp_path: Path
+) -> None:
+    database.execute("CREATE TABLE busy (id int)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_alter.sql": "SET lock_timeout = '100ms';\n\n"
+            "ALTER TABLE busy ADD COLUMN note text;\n"
+        },
+    )
+    with database.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+        runner = subprocess.Popen(
+            [
+                *CLI,
+                "--database-url",
+                database.url,
+                "--retries",
+                "20",
+                "--migrations-dir",
+                f"{folder}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        # Let it fail and retry twice, then let go of the table.
+        assert runner.stderr is not None
+        first_two = [runner.stderr.readline().rstrip("\n") for _ in range(2)]
+        holder.execute("ROLLBACK")
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 0, err
+    lines = first_two + err.splitlines()
+    for attempt, line in enumerate(lines, start=1):
+        assert re.fullmatch(
+            rf"0001_alter\.sql: lock not available at line 3 \(ALTER TABLE busy ADD COLUMN note "
+            rf"text;\), retry {attempt}/20 in \d+\.\d s",
+            line,
+        ), line
+    assert database.history() == [1]
+    assert database.query(
+        "SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'"
+    ) == [(1,)]
+
+
+def test_lock_retries_give_up_within_their_bounds(database: Database, tmp_path: Path) -> None:
+    database.execute("CREATE TABLE busy (id int)")
+    folder = write_migrations(
+        tmp_path,
+        {"0001_alter.sql": "SET lock_timeout = '50ms';\nALTER TABLE busy ADD COLUMN note text;\n"},
+    )
+    with database.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+        code, _, err = migrate(database, folder, "--retries", "2")
+    assert code == 1
+    lines = err.splitlines()
+    assert [line.split(", retry ")[1].split(" in ")[0] for line in lines[:2]] == ["1/2", "2/2"]
+    assert lines[2] == (
+        "error: migration 0001_alter.sql failed at line 2: canceling statement due to lock "
+        "timeout [55P03]; it was rolled back; run again when the tables are less busy (the file "
+        "itself is fine); gave up after 2 retries (raise --retries or --retry-budget)"
+    )
+    assert len(lines) == 3
+    assert database.history() == []
+
+
+@pytest.mark.parametrize(
+    ("marker", "interruption", "lose_the_connection", "code", "message"),
+    [
+        (
+            "",
+            KeyboardInterrupt,
+            False,
+            130,
+            "interrupted during 0002_slow.sql; it was rolled back; nothing after it ran",
+        ),
+        (
+            "",
+            Terminated,
+            False,
+            143,
+            "interrupted during 0002_slow.sql; it was rolled back; nothing after it ran",
+        ),
+        (
+            "-- cicd-db: no-transaction\n",
+            KeyboardInterrupt,
+            False,
+            130,
+            "interrupted during 0002_slow.sql, a no-transaction file: what PostgreSQL finished "
+            "of it stays, and it is not recorded (the next run drops an index it left invalid "
+            "and runs it again); nothing after it ran",
+        ),
+        (
+            "",
+            KeyboardInterrupt,
+            True,
+            130,
+            "interrupted during 0002_slow.sql, and the connection with it: whether it committed "
+            "is not known; nothing after it ran; see `migrate status`",
+        ),
+    ],
+    ids=["ctrl_c", "sigterm", "no_transaction", "connection_lost"],
+)
+def test_an_interrupted_runner_says_what_it_left(
+    database: Database,
+    tmp_path: Path,
+    marker: str,
+    interruption: type[BaseException],
+    lose_the_connection: bool,
+    code: int,
+    message: str,
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\n",
+            "0002_slow.sql": f"{marker}SELECT pg_sleep(60);\n",
+            "0003_after.sql": "CREATE TABLE after (id int);\n",
+        },
+    )
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        with database.connect() as conn:
+            runner = migrations.Runner(conn, migrations.discover(folder))
+            watcher = _interrupt_when_sleeping(
+                database, interruption, lose_the_connection=lose_the_connection
+            )
+            with pytest.raises(Interrupted) as interrupted:
+                runner.apply()
+            watcher.join(timeout=30)
+            assert conn.closed == lose_the_connection
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert (str(interrupted.value), interrupted.value.exit_code) == (message, code)
+    assert database.history() == [1]
+    assert database.tables() == {"first"}
+
+
+def test_a_no_transaction_file_records_how_long_it_ran(database: Database, tmp_path: Path) -> None:
+    """Measured by the runner around the file: the server's own clock restarts with each
+    statement outside a transaction."""
+    folder = write_migrations(
+        tmp_path, {"0001_slow.sql": "-- cicd-db: no-transaction\nSELECT pg_sleep(0.3);\n"}
+    )
+    with database.connect() as conn:
+        started = time.perf_counter()
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+        elapsed_ms = (time.perf_counter() - started) * 1000
+    [(duration_ms,)] = database.query("SELECT duration_ms FROM cicd_db.cicd_db_schema_history")
+    assert isinstance(duration_ms, int) and 300 <= duration_ms <= elapsed_ms
+
+
+@pytest.mark.parametrize(
+    ("second", "done"),
+    [
+        ("CREATE INDEX t_id ON t (id);\n", "it was rolled back"),
+        (
+            "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY t_id ON t (id);\n",
+            "what it did is committed",
+        ),
+    ],
+    ids=["transactional", "no_transaction"],
+)
+def test_a_history_row_a_trigger_swallowed_is_not_called_applied(
+    database: Database, tmp_path: Path, second: str, done: str
+) -> None:
+    folder = write_migrations(
+        tmp_path, {"0001_table.sql": "CREATE TABLE t (id int);\n", "0002_index.sql": second}
+    )
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        runner.apply(target=1)
+        database.execute(
+            "CREATE FUNCTION swallow() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$BEGIN RETURN NULL; END$$; "
+            "CREATE TRIGGER swallow BEFORE INSERT ON cicd_db.cicd_db_schema_history "
+            "FOR EACH ROW EXECUTE FUNCTION swallow()"
+        )
+        with pytest.raises(MigrationFailed) as failed:
+            runner.apply()
+    assert str(failed.value) == (
+        f"migration 0002_index.sql left no history row (a trigger on the history table?); "
+        f"{done}, and it is not recorded; remove that from the file, check the database, "
+        "and run again"
+    )
+    assert database.history() == [1]
+
+
+def test_two_invalid_indexes_of_one_name_are_left_alone(database: Database, tmp_path: Path) -> None:
+    """Which one the interrupted run left is not known: the runner drops neither."""
+    for schema_name in ("one", "two"):
+        database.execute(
+            f"CREATE SCHEMA {schema_name}; CREATE TABLE {schema_name}.t (c int); "
+            f"INSERT INTO {schema_name}.t VALUES (1), (1)"
+        )
+        with database.connect() as conn, pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY t_c ON {schema_name}.t (c)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_index.sql": "-- cicd-db: no-transaction\nSET search_path = one;\n"
+            "CREATE UNIQUE INDEX CONCURRENTLY t_c ON t (c);\n"
+        },
+    )
+    with database.connect() as conn, pytest.raises(MigrationRefused) as refused:
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    assert str(refused.value) == (
+        "migration 0001_index.sql builds index t_c, and 2 invalid indexes have that name "
+        "(one.t_c, two.t_c); drop the one the interrupted run left (DROP INDEX CONCURRENTLY) "
+        "and run again"
+    )
+    assert database.query("SELECT count(*) FROM pg_class WHERE relname = 't_c'") == [(2,)]
+
+
+@pytest.mark.parametrize(
+    ("statement", "shown"),
+    [
+        ("LOCK TABLE busy;", "LOCK TABLE busy;"),
+        (
+            "ALTER TABLE busy ADD COLUMN abcdefghijklmno int;",
+            "ALTER TABLE busy ADD COLUMN abcdefghijklmno int;",
+        ),
+        (
+            "ALTER TABLE busy ADD COLUMN abcdefghijklmnop int;",
+            "ALTER TABLE busy ADD COLUMN abcdefghijklmnop ...",
+        ),
+        (
+            "ALTER   TABLE\n  busy ADD COLUMN abcdefghijklmnopqrstuvwxyz int;",
+            "ALTER TABLE busy ADD COLUMN abcdefghijklmnopq...",
+        ),
+    ],
+    ids=["short", "at_the_width", "one_over", "spread_over_lines"],
+)
+def test_a_retry_names_the_statement_that_waited(
+    database: Database, tmp_path: Path, statement: str, shown: str
+) -> None:
+    """In one line of at most 48 characters."""
+    database.execute("CREATE TABLE busy (id int)")
+    folder = write_migrations(
+        tmp_path, {"0001_alter.sql": f"SET lock_timeout = '20ms';\n{statement}\n"}
+    )
+    retries: list[migrations.Retry] = []
+    with database.connect() as holder, database.connect() as conn:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+        runner = migrations.Runner(conn, migrations.discover(folder), retries=1)
+        with pytest.raises(MigrationFailed) as failed:
+            runner.apply(on_retry=retries.append)
+    [retry] = retries
+    assert (retry.reason, retry.attempt, retry.retries) == (
+        f"lock not available at line 2 ({shown})",
+        1,
+        1,
+    )
+    assert str(failed.value).endswith(
+        "[55P03]; it was rolled back; run again when the tables are less busy (the file itself "
+        "is fine); gave up after 1 retry (raise --retries or --retry-budget)"
+    )
+
+
+def test_a_commit_that_failed_for_other_sessions_is_retried(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_deferred.sql": "CREATE TABLE t (id int);\n"
+            "CREATE FUNCTION conflict() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN RAISE EXCEPTION 'another session won' USING ERRCODE = '40001'; END$$;\n"
+            "CREATE CONSTRAINT TRIGGER conflict AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED "
+            "FOR EACH ROW EXECUTE FUNCTION conflict();\nINSERT INTO t VALUES (1);\n"
+        },
+    )
+    retries: list[migrations.Retry] = []
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder), retries=1)
+        with pytest.raises(MigrationFailed) as failed:
+            runner.apply(on_retry=retries.append)
+    assert [retry.reason for retry in retries] == ["serialization failure at its commit"]
+    assert str(failed.value) == (
+        "migration 0001_deferred.sql failed at its commit: another session "
+        "won [40001]; it was rolled back; run again when the tables are less busy (the file "
+        "itself is fine); gave up after 1 retry (raise --retries or --retry-budget)"
+    )
+    assert database.history() == []
+
+
+@pytest.mark.parametrize(
+    ("retries", "budget", "delays", "spent"),
+    [
+        # 0.225 s, then 0.45 s: 0.675 s waited; the third, 0.9 s, would pass 1.5 s.
+        (3, 1.5, [0.225, 0.45], "; the retry budget of 1.5 s is spent"),
+        (10, 0.1, [], "; the retry budget of 0.1 s is spent"),
+        # A budget used up exactly still allows that retry.
+        (3, 0.225, [0.225], "; the retry budget of 0.225 s is spent"),
+        (2, 120.0, [0.225, 0.45], "; gave up after 2 retries"),
+        (0, 120.0, [], None),
+    ],
+    ids=[
+        "budget_spent",
+        "budget_below_the_first_delay",
+        "budget_used_up_exactly",
+        "retries_spent",
+        "no_retries",
+    ],
+)
+def test_retry_delays_double_and_stop_at_the_first_bound(
+    database: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    retries: int,
+    budget: float,
+    delays: list[float],
+    spent: str | None,
+) -> None:
+    """A jitter fixed at 1.125 (of 0.75 to 1.25) makes the delays exact: 0.2 s, doubled."""
+    monkeypatch.setattr(
+        migrations.apply.random, "uniform", lambda low, high: low + (high - low) * 0.75
+    )
+    database.execute(CONFLICT_AT_COMMIT)
+    folder = write_migrations(tmp_path, {"0001_insert.sql": "INSERT INTO t VALUES (1);\n"})
+    seen: list[migrations.Retry] = []
+    with database.connect() as conn:
+        runner = migrations.Runner(
+            conn, migrations.discover(folder), retries=retries, retry_budget=budget
+        )
+        with pytest.raises(MigrationFailed) as failed:
+            runner.apply(on_retry=seen.append)
+    assert [retry.delay for retry in seen] == pytest.approx(delays)
+    assert [retry.attempt for retry in seen] == list(range(1, len(delays) + 1))
+    message = (
+        "migration 0001_insert.sql failed at its commit: another session "
+        "won [40001]; it was rolled back; run again when the tables are less busy (the file "
+        "itself is fine)"
+    )
+    if spent:
+        message += f"{spent} (raise --retries or --retry-budget)"
+    assert str(failed.value) == message
+    assert database.history() == []
+
+
+def test_a_runner_of_its_own_defaults_retries_until_the_file_applies(
+    database: Database, tmp_path: Path
+) -> None:
+    database.execute(CONFLICT_AT_COMMIT)
+    folder = write_migrations(tmp_path, {"0001_insert.sql": "INSERT INTO t VALUES (1);\n"})
+    seen: list[migrations.Retry] = []
+
+    def other_session_done(retry: migrations.Retry) -> None:
+        seen.append(retry)
+        database.execute("DROP TRIGGER conflict ON t")
+
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        assert (runner.lock_timeout, runner.retries, runner.retry_budget) == (60.0, 10, 120.0)
+        [result] = runner.apply(on_retry=other_session_done)
+    assert [(retry.attempt, retry.retries) for retry in seen] == [(1, migrations.DEFAULT_RETRIES)]
+    assert str(seen[0]).startswith(
+        "0001_insert.sql: serialization failure at its commit, retry 1/10 in 0."
+    )
+    assert (result.migration.version, result.dry_run, result.notes) == (1, False, ())
+    assert database.history() == [1]
+
+
+def test_results_say_how_long_each_file_took(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_inside.sql": "SELECT pg_sleep(0.2);\n",
+            "0002_outside.sql": "-- cicd-db: no-transaction\nSELECT pg_sleep(0.3);\n",
+            "0003_later.sql": "SELECT 1;\n",
+        },
+    )
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        would: list[migrations.Result] = []
+        planned = runner.apply(dry_run=True, target=2, on_applied=would.append)
+        assert would == planned
+        assert [(r.migration.version, r.duration_ms, r.dry_run) for r in planned] == [
+            (1, 0.0, True),
+            (2, 0.0, True),
+        ]
+        starting: list[migrations.Migration] = []
+        applied: list[migrations.Result] = []
+        started = time.perf_counter()
+        results = runner.apply(target=2, on_start=starting.append, on_applied=applied.append)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+    assert [r.migration.version for r in results] == [1, 2]
+    assert [m.version for m in starting] == [1, 2] and applied == results
+    inside, outside = (r.duration_ms for r in results)
+    assert 200 <= inside < elapsed_ms - 300 and 300 <= outside < elapsed_ms - 200
+    assert database.history() == [1, 2]
+
+
+def test_a_transaction_ended_unseen_is_never_recorded(database: Database) -> None:
+    """The safety net under the refusal: the runner checks its transaction is still its own."""
+    for name, data, left in [
+        ("ends", b"CREATE TABLE p1 (id int); COMMIT; CREATE TABLE p2 (id int);", {"p1", "p2"}),
+        ("restarts", b"CREATE TABLE p1 (id int); COMMIT; BEGIN; CREATE TABLE p2 (id int);", {"p1"}),
+    ]:
+        migration = unscanned(name, data)  # discover() would refuse these before they ran
+        with database.connect() as conn:
+            runner = migrations.Runner(conn, [migration])
+            with pytest.raises(MigrationFailed) as failed:
+                runner.apply()
+            assert str(failed.value) == (
+                f"migration 0001_{name}.sql ended the runner's transaction itself (COMMIT, "
+                "ROLLBACK or the like, which the runner could not see in it); what it did may be "
+                "committed, and it is not recorded; remove that from the file, check the "
+                "database, and run again"
+            )
+            assert runner.applied() == []
+        assert {"p1", "p2"} & database.tables() == left
+        database.execute("DROP TABLE IF EXISTS p1, p2")
+
+
+def test_history_is_written_where_it_lives_whatever_the_search_path(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_dump_header.sql": "SELECT pg_catalog.set_config('search_path', '', false);\n"
+            "CREATE TABLE public.a (id int);\n",
+            "0002_moves.sql": "CREATE SCHEMA app;\nSET search_path TO app;\nCREATE TABLE b (id int);\n",
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.history() == [1, 2]
+    assert database.query("SELECT to_regclass('app.b') IS NOT NULL") == [(True,)]
+
+
+def test_a_failed_commit_is_never_called_applied(database: Database, tmp_path: Path) -> None:
+    """A deferred constraint fails at COMMIT: the file is not applied, nothing after it runs."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_deferred.sql": "CREATE TABLE p (id int PRIMARY KEY);\n"
+            "CREATE TABLE c (pid int REFERENCES p DEFERRABLE INITIALLY DEFERRED);\n"
+            "INSERT INTO c VALUES (1);\n",
+            "0002_after.sql": "CREATE TABLE after (i int);\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        "error: migration 0001_deferred.sql failed at its commit: insert or "
+        'update on table "c" violates foreign key constraint'
+    )
+    assert database.tables() == set()
+    assert database.history() == []
+
+
+def test_invalid_concurrent_index_is_found_whatever_the_search_path(
+    database: Database, tmp_path: Path
+) -> None:
+    """The file sets search_path and names the index in non-ASCII: its invalid leftover is
+    still found, dropped and rebuilt."""
+    database.execute(
+        "CREATE SCHEMA app; CREATE TABLE app.t (c int); INSERT INTO app.t VALUES (1), (1)"
+    )
+    with database.connect() as conn, pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("CREATE UNIQUE INDEX CONCURRENTLY ÉTÉ_c ON app.t (c)")
+    # PostgreSQL folds unquoted names in ASCII only: ÉTÉ_c is ÉtÉ_c.
+    left = "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relnamespace = 'app'::regnamespace"  # fmt: skip
+    assert database.query(left) == [("ÉtÉ_c", False)]
+    database.execute("DELETE FROM app.t WHERE ctid = (SELECT min(ctid) FROM app.t)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_index.sql": "-- cicd-db: no-transaction\nSET search_path = app;\n"
+            "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ÉTÉ_c ON t (c);\n"
+        },
+    )
+    code, out, _ = migrate(database, folder)
+    assert code == 0
+    assert out.splitlines()[0] == "  dropped invalid index ÉtÉ_c left by an interrupted run"
+    assert database.query(left) == [("ÉtÉ_c", True)]
+
+
+def test_a_valid_index_of_the_same_name_elsewhere_is_never_dropped(
+    database: Database, tmp_path: Path
+) -> None:
+    """Only an invalid index is a leftover: a valid one in another schema stays."""
+    database.execute(
+        "CREATE SCHEMA other; CREATE TABLE other.t (c int); CREATE INDEX runs_c ON other.t (c);"
+        "CREATE TABLE t (c int)"
+    )
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_index.sql": "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY runs_c ON t (c);\n"
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert "dropped" not in out
+    assert database.query(
+        "SELECT n.nspname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 'runs_c' ORDER BY 1"
+    ) == [("other", True), ("public", True)]
+
+
+# -- the retry policy, without a server ------------------------------------------------------
+
+
+def test_retry_delays_double_from_a_fifth_of_a_second_up_to_ten_spread_by_a_quarter() -> None:
+    policy = migrations.RetryPolicy()
+    for attempt in range(1, 13):
+        base = min(0.2 * 2 ** (attempt - 1), 10.0)
+        delays = [policy.delay(attempt) for _ in range(200)]
+        assert base * 0.75 <= min(delays) <= max(delays) <= base * 1.25
+        # Spread, not fixed: runners that met each other do not meet again.
+        assert max(delays) - min(delays) > base * 0.25
+
+
+@pytest.mark.parametrize(
+    ("attempt", "waited", "delay", "reason"),
+    [
+        (3, 0.0, 1.0, None),
+        (4, 0.0, 1.0, "gave up after 3 retries"),
+        (2, 0.0, 1.0, None),
+        (2, 9.0, 1.0, None),  # the budget used up exactly still allows that retry
+        (2, 9.0, 1.5, "the retry budget of 10 s is spent"),
+    ],
+)
+def test_retry_policy_gives_up_at_the_first_bound_it_meets(
+    attempt: int, waited: float, delay: float, reason: str | None
+) -> None:
+    policy = migrations.RetryPolicy(retries=3, budget=10.0, waited=waited)
+    assert policy.give_up(attempt, delay) == reason
+
+
+def test_one_retry_allowed_is_said_in_the_singular() -> None:
+    assert migrations.RetryPolicy(retries=1).give_up(2, 0.1) == "gave up after 1 retry"

@@ -1,0 +1,285 @@
+"""A failing file told in one line: its line, what PostgreSQL said, what to do."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cicd_db.settings import ConnectionSettings
+
+from ..conftest import Database, write_migrations
+from .shared import migrate, without_escape_warnings
+
+# A trigger that fails as PostgreSQL fails for want of a privilege, so that the advice
+# names the role without a second role; deferred, it fails at COMMIT.
+REFUSING_TRIGGER = (
+    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$BEGIN RAISE EXCEPTION 'no rows here' USING ERRCODE = '{code}'; END$$;\n"
+)
+
+
+def test_syntax_error_names_its_line(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_typo.sql": "-- first a comment\nCREATE TABLE ok (id int);\nCREATE TABEL bad (id int);\n"
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err.startswith(
+        'error: migration 0001_typo.sql failed at line 3: syntax error at or near "TABEL"'
+    )
+    assert database.tables() == set()
+
+
+def test_runtime_error_names_the_statement_line(database: Database, tmp_path: Path) -> None:
+    """No error position from the server: the line comes from counting the statements run."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_divide.sql": "CREATE TABLE t (id int);\n-- a comment; with a semicolon\n"
+            "INSERT INTO t VALUES (1);\n\nSELECT\n  1/0;\nINSERT INTO t VALUES (2);\n"
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err == (
+        "error: migration 0001_divide.sql failed at line 5: division by zero [22012]; it was "
+        "rolled back; fix the file and run again\n"
+    )
+
+
+def test_permission_denied_names_the_privilege(database: Database, tmp_path: Path) -> None:
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    database.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)
+        )
+    )
+    limited = ConnectionSettings(
+        host=database.settings.host,
+        port=database.settings.port,
+        database=database.settings.database,
+        user=role,
+        password=password,
+        sslmode=database.settings.sslmode,
+    )
+    folder = write_migrations(tmp_path, {"0001_a.sql": "INSERT INTO locked VALUES (1);\n"})
+    try:
+        database.execute(
+            sql.SQL("REVOKE CREATE ON DATABASE {} FROM PUBLIC").format(
+                sql.Identifier(database.settings.database)
+            )
+        )
+        code, _, err = migrate(limited, folder)
+        assert code == 1
+        assert err == (
+            "error: cannot create the migration history cicd_db.cicd_db_schema_history: "
+            f"permission denied for database {database.settings.database}; migrate as the "
+            f"database's owner, or let an owner run CREATE SCHEMA cicd_db AUTHORIZATION {role}\n"
+        )
+        database.execute(
+            sql.SQL("CREATE SCHEMA cicd_db AUTHORIZATION {0}; CREATE TABLE locked (id int)").format(
+                sql.Identifier(role)
+            )
+        )
+        code, _, err = migrate(limited, folder)
+        assert code == 1
+        assert err == (
+            "error: migration 0001_a.sql failed at line 1: permission denied for table locked "
+            f"[42501]; it was rolled back; role {role} lacks that privilege: grant it, or migrate "
+            "as a role that has it (the table's or schema's owner)\n"
+        )
+    finally:
+        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"0001_first.sql": "SELECT 1/0;\nSELECT 2;\n"},
+            "0001_first.sql failed at line 1: division by zero [22012]; it was rolled back; fix "
+            "the file and run again",
+        ),
+        (
+            {"0001_plus.sql": "SELECT 1;\nSELECT 2 +\n;\nSELECT 3;\n"},
+            '0001_plus.sql failed at line 3: syntax error at or near ";" [42601]; it was rolled '
+            "back; fix the file and run again",
+        ),
+        (
+            {
+                "0001_decides.sql": "CREATE TABLE t (s text);\n"
+                "SELECT set_config('standard_conforming_strings', 'on', false);\n"
+                "INSERT INTO t VALUES ('a\\');\nSELECT 1/0;\n"
+            },
+            "0001_decides.sql failed at line 4: division by zero [22012]; it was rolled back; "
+            "fix the file and run again",
+        ),
+        (
+            {
+                "0001_after_copy.sql": "CREATE TABLE t (id int);\nCOPY t FROM STDIN;\n1\n\\.\n"
+                "SELECT 1;\nSELECT 1/0;\n"
+            },
+            "0001_after_copy.sql failed at line 6: division by zero [22012]; it was rolled "
+            "back; fix the file and run again",
+        ),
+        (
+            {
+                "0001_nonstandard.sql": "SET standard_conforming_strings = off;\n"
+                "SELECT 'a\\'';\nSELECT 1/0;\n"
+            },
+            "0001_nonstandard.sql failed at line 3: division by zero [22012]; it was rolled "
+            "back; fix the file and run again",
+        ),
+        (
+            {"0001_copy_missing.sql": "SELECT 1;\nCOPY nope FROM STDIN;\n1\n\\.\n"},
+            '0001_copy_missing.sql failed at line 2: relation "nope" does not exist [42P01]; it '
+            "was rolled back; fix the file and run again",
+        ),
+        (
+            {
+                "0001_copy_header.sql": "CREATE TABLE t (id int);\n"
+                "COPY t FROM STDIN (FORMAT csv, HEADER MATCH);\n\\.\n"
+            },
+            "0001_copy_header.sql failed at line 2: column name mismatch in header line field 1: "
+            'got null value (""), expected "id" [22P04]; it was rolled back; fix the file and '
+            "run again",
+        ),
+        (
+            {
+                "0001_copy_refused.sql": "CREATE TABLE t (id int);\n"
+                + REFUSING_TRIGGER.format(code="42501")
+                + "CREATE TRIGGER refuse BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION refuse();\n"
+                "COPY t FROM STDIN;\n1\n\\.\n"
+            },
+            "0001_copy_refused.sql failed at line 5: no rows here [42501]; it was rolled back; "
+            "role {user} lacks that privilege: grant it, or migrate as a role that has it (the "
+            "table's or schema's owner)",
+        ),
+        (
+            {
+                "0001_commit_refused.sql": "CREATE TABLE t (id int);\n"
+                + REFUSING_TRIGGER.format(code="42501")
+                + "CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON t DEFERRABLE INITIALLY "
+                "DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse();\nINSERT INTO t VALUES (1);\n"
+            },
+            "0001_commit_refused.sql failed at its commit: no rows here "
+            "[42501]; it was rolled back; role {user} lacks that privilege: grant it, or migrate "
+            "as a role that has it (the table's or schema's owner)",
+        ),
+        (
+            {"0001_two_lines.sql": "DO $$BEGIN RAISE EXCEPTION E'first\\nsecond'; END$$;\n"},
+            "0001_two_lines.sql failed at line 1: first\nsecond [P0001]; it was rolled back; "
+            "fix the file and run again",
+        ),
+        (
+            {
+                "0001_outside.sql": "-- cicd-db: no-transaction\n"
+                "CREATE INDEX CONCURRENTLY i ON missing (c);\n"
+            },
+            '0001_outside.sql failed at line 2: relation "missing" does not exist [42P01]; it '
+            "was rolled back as far as PostgreSQL allows; fix the file and run again",
+        ),
+    ],
+    ids=[
+        "first-statement",
+        "syntax-error-at-a-line-start",
+        "server-decides-strings",
+        "after-copy-data",
+        "nonstandard-strings",
+        "copy-into-a-missing-table",
+        "copy-header-without-data",
+        "copy-refused",
+        "commit-refused",
+        "two-line-message",
+        "no-transaction",
+    ],
+)
+def test_failure_names_the_line_and_the_fix(
+    database: Database, tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    code, out, err = migrate(database, write_migrations(tmp_path, files))
+    assert (code, out) == (1, "")
+    assert without_escape_warnings(err) == (
+        f"error: migration {message.format(user=database.settings.user)}\n"
+    )
+    assert database.history() == []
+
+
+@pytest.mark.parametrize(
+    ("deferred", "where"),
+    [("", "at line 1"), (" DEFERRABLE INITIALLY DEFERRED", "at its commit")],
+    ids=["at-its-statement", "at-commit"],
+)
+def test_errors_are_read_in_the_databases_encoding(
+    server: ConnectionSettings, tmp_path: Path, deferred: str, where: str
+) -> None:
+    """A LATIN1 database talks LATIN1 to a runner that names no client encoding; a name
+    made by a UTF8 client comes back right in the message."""
+    name = f"test_latin1_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE DATABASE {} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+            ).format(sql.Identifier(name))
+        )
+    latin1 = Database(replace(server, database=name))
+    try:
+        with psycopg.connect(latin1.settings.conninfo() + " client_encoding=UTF8") as conn:
+            conn.execute(
+                "CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE t (id int, "
+                f'CONSTRAINT "ref_café" FOREIGN KEY (id) REFERENCES p{deferred})'
+            )
+        folder = write_migrations(tmp_path, {"0001_insert.sql": "INSERT INTO t VALUES (1);\n"})
+        code, _, err = migrate(latin1, folder)
+        assert code == 1
+        assert err.startswith(
+            f'error: migration 0001_insert.sql failed {where}: insert or update on table "t" '
+            'violates foreign key constraint "ref_café" [23503]'
+        ), err
+    finally:
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def test_a_server_that_ends_the_session_is_not_blamed_on_the_file(
+    database: Database, tmp_path: Path
+) -> None:
+    """`embedded stop` (a fast shutdown) ends sessions with the code pg_terminate_backend sends."""
+    folder = write_migrations(tmp_path, {"0001_slow.sql": "SELECT pg_sleep(30);\n"})
+
+    def terminate() -> None:
+        database.wait_for(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+            "AND application_name = 'cicd-db' AND datname = current_database()",
+            "the runner never reached its pg_sleep",
+        )
+        database.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+            "AND application_name = 'cicd-db' AND datname = current_database()"
+        )
+
+    stopper = threading.Thread(target=terminate)
+    stopper.start()
+    code, _, err = migrate(database, folder)
+    stopper.join()
+    assert code == 1
+    assert err.startswith(
+        "error: migration 0001_slow.sql failed at line 1: terminating connection due to "
+        "administrator command [57P01]; it was rolled back; the connection ended during the "
+        "file (the server stopped or restarted, or a statement, perhaps in the file, ended the "
+        "session): check the server and the file, then run again\n"
+    ), err
+    assert "fix the file" not in err
+    assert database.history() == []

@@ -1,0 +1,176 @@
+"""Migration files: names, versions, discovery, reading, and the next file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cicd_db import migrations
+from cicd_db.errors import ConfigError
+
+from ..conftest import write_migrations
+from .shared import MEBIBYTE
+
+
+def test_discover_skips_hidden_files_other_files_and_folders(tmp_path: Path) -> None:
+    write_migrations(
+        tmp_path,
+        {
+            "0001_a.sql": "SELECT 1;\n",
+            ".0002_editor_backup.sql": "SELECT 2;\n",
+            "README.md": "notes\n",
+        },
+    )
+    (tmp_path / "0003_folder.sql").mkdir()
+    assert [m.filename for m in migrations.discover(tmp_path)] == ["0001_a.sql"]
+
+
+def test_new_migration_numbers_in_the_folders_width(tmp_path: Path) -> None:
+    first = migrations.new_migration(tmp_path, "add_runs")
+    assert first.name == "0001_add_runs.sql"
+    assert first.read_text() == migrations.NEW_FILE_HEADER.format(name="add_runs")
+    (tmp_path / "000041_old.sql").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    second = migrations.new_migration(tmp_path, "idx", transactional=False)
+    assert second.name == "000042_idx.sql"
+    assert second.read_text().startswith("-- cicd-db: no-transaction\n-- idx: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("-x", "migration name '-x' may hold only letters, digits, '_', '.' and '-', and must"),
+        ("a b", "migration name 'a b' may hold only letters"),
+    ],
+    ids=["leading-dash", "space"],
+)
+def test_new_migration_refuses_bad_names(tmp_path: Path, name: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        migrations.new_migration(tmp_path, name)
+
+
+def test_discover_refuses_a_folder_without_migrations(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("notes\n")
+    with pytest.raises(ConfigError) as empty:
+        migrations.discover(tmp_path)
+    assert str(empty.value) == (
+        f"migrations folder {tmp_path} holds no <version>_<name>.sql file; add one, or pass the "
+        "right folder with --migrations-dir"
+    )
+
+
+def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as missing:
+        migrations.new_migration(tmp_path / "nope", "x")
+    assert str(missing.value) == (
+        f"migrations folder {tmp_path / 'nope'} does not exist; create it, or pass --migrations-dir"
+    )
+    with pytest.raises(ConfigError) as not_there:
+        migrations.discover(tmp_path / "nope")
+    assert str(not_there.value) == (
+        f"migrations folder {tmp_path / 'nope'} does not exist; "
+        "pass --migrations-dir DIR or run from the repository root"
+    )
+
+
+def test_new_migration_says_why_it_cannot_write(tmp_path: Path) -> None:
+    name = "x" * 300  # a valid name, too long for the file system
+    with pytest.raises(ConfigError) as refused:
+        migrations.new_migration(tmp_path, name)
+    assert str(refused.value) == (
+        f"cannot write {tmp_path / f'0001_{name}.sql'}: File name too long; check the folder"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (b"\xe9 SELECT 1;\n", 1),
+        ("é;\n".encode(), None),
+        (b"SELECT 1;\n-- \xc3", 2),
+        (b"-- " + b"x" * (MEBIBYTE - 5) + b"\n\xc3", 2),
+        (b"-- " + b"x" * (MEBIBYTE - 5) + "\né\n".encode() + b"SELECT 1;\n-- \xe9\n", 4),
+    ],
+    ids=[
+        "first-byte",
+        "valid-from-the-first-byte",
+        "cut-short-at-the-end",
+        "cut-short-at-one-mebibyte",
+        "after-a-character-across-slices",
+    ],
+)
+def test_text_that_is_not_utf8_is_found_wherever_it_is(
+    tmp_path: Path, data: bytes, line: int | None
+) -> None:
+    """Checked a mebibyte at a time: a character may span two slices, the last may end short."""
+    (tmp_path / "0001_bytes.sql").write_bytes(data)
+    if line is None:
+        assert migrations.discover(tmp_path)[0].data == data
+        return
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value) == (
+        f"migration file 0001_bytes.sql is not UTF-8 (line {line}); save it as UTF-8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x00SELECT 1;\n", "holds a NUL byte (line 1)"),
+        (b"\nSELECT 1;\x00\nSELECT 2;\x00\n", "holds a NUL byte (line 2)"),
+        (b"\n\xe9\n", "is not UTF-8 (line 2)"),
+        (b"-- cicd-db: no-transaction", "is marked no-transaction but holds 0 statements"),
+    ],
+    ids=["nul-first", "first-of-two-nuls", "not-utf8-after-a-newline", "only-the-marker"],
+)
+def test_read_refuses_what_postgresql_cannot_take(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    (tmp_path / "0001_bytes.sql").write_bytes(data)
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value).startswith(f"migration file 0001_bytes.sql {message}")
+
+
+def test_the_largest_version_the_history_holds_is_taken(tmp_path: Path) -> None:
+    write_migrations(tmp_path, {f"{migrations.MAX_VERSION}_last.sql": "SELECT 1;\n"})
+    assert [m.version for m in migrations.discover(tmp_path)] == [2**63 - 1]
+
+
+@pytest.mark.parametrize("name", ["add_index.sql", "add_index.SQL", "add_index.sql.sql"])
+def test_new_migration_adds_the_extension_once(tmp_path: Path, name: str) -> None:
+    assert migrations.new_migration(tmp_path, name).name == "0001_add_index.sql"
+
+
+def test_new_migration_never_numbers_beyond_bigint(tmp_path: Path) -> None:
+    write_migrations(tmp_path, {f"{migrations.MAX_VERSION}_last.sql": "SELECT 1;\n"})
+    with pytest.raises(ConfigError) as refused:
+        migrations.new_migration(tmp_path, "next")
+    assert str(refused.value) == (
+        f"cannot number a new migration in {tmp_path}: its newest version, "
+        f"{migrations.MAX_VERSION}, leaves none above it that the history can hold (at most "
+        f"{migrations.MAX_VERSION}, a bigint); renumber that file lower if it is not applied yet"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        f"{migrations.MAX_VERSION}_last.sql"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("filename", "suggestion"),
+    [
+        ("\uff10\uff10\uff10\uff11_x.sql", "0001_x.sql"),
+        ("\u0660\u0660\u0660\u0662_y.sql", "0002_y.sql"),
+        ("1\u0663_z.sql", "13_z.sql"),
+    ],
+    ids=["full-width", "arabic-indic", "mixed"],
+)
+def test_versions_are_ascii_digits(tmp_path: Path, filename: str, suggestion: str) -> None:
+    (tmp_path / filename).write_text("SELECT 1;\n")
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value).endswith(f"0-9; rename it, for example to {suggestion}")
+    # Nor does `migrate new` count it as a version.
+    assert migrations.new_migration(tmp_path, "next").name == "0001_next.sql"

@@ -1,0 +1,220 @@
+"""One runner at a time: the advisory lock, on its own connection, and the work mark."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cicd_db import migrations
+
+from ..conftest import ROOT, Database, write_migrations
+from .shared import RUNNER_SLEEPING, THREE, migrate
+
+
+def test_eight_runners_at_once_apply_each_migration_once(
+    database: Database, tmp_path: Path
+) -> None:
+    files = {"0001_log.sql": "CREATE TABLE log (version int);\n"}
+    for version in range(2, 11):
+        files[f"{version:04d}_step.sql"] = (
+            f"INSERT INTO log VALUES ({version});\nSELECT pg_sleep(0.02);\n"
+        )
+    folder = write_migrations(tmp_path, files)
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "migrate.py"),
+        "--database-url",
+        database.url,
+        "--migrations-dir",
+        str(folder),
+    ]
+    runners = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    outcomes = [(runner.communicate(timeout=60)[1], runner.returncode) for runner in runners]
+    assert outcomes == [("", 0)] * 8
+    assert database.history() == list(range(1, 11))
+    assert database.query(
+        "SELECT version, count(*) FROM log GROUP BY version ORDER BY version"
+    ) == [(version, 1) for version in range(2, 11)]
+
+
+def test_runner_killed_mid_migration_leaves_nothing_and_next_run_completes(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\n",
+            "0002_slow.sql": "CREATE TABLE slow (id int);\nINSERT INTO slow VALUES (1);\n"
+            "SELECT pg_sleep(60);\n",
+        },
+    )
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "migrate.py"),
+            "--database-url",
+            database.url,
+            "--migrations-dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    database.wait_for(
+        RUNNER_SLEEPING,
+        "the slow migration never started",
+    )
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    assert database.history() == [1]
+    assert "slow" not in database.tables()
+    (folder / "0002_slow.sql").write_text(
+        "CREATE TABLE slow (id int);\nINSERT INTO slow VALUES (1);\n"
+    )
+    # The edited file was never applied, so editing it is allowed.
+    code, _, err = migrate(database, folder, "--lock-timeout", "20")
+    assert (code, err) == (0, "")
+    assert database.history() == [1, 2]
+    assert database.query("SELECT id FROM slow") == [(1,)]
+
+
+def test_lock_held_elsewhere_times_out(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path, THREE)
+    with database.connect() as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [migrations.LOCK_KEY])
+        started = time.monotonic()
+        code, _, err = migrate(database, folder, "--lock-timeout", "0.5")
+        assert time.monotonic() - started < 10
+    assert code == 1
+    assert err == (
+        "error: another migration runner held the lock for 0.5 s; wait for it to "
+        "finish, or raise --lock-timeout\n"
+    )
+    assert database.history() == []
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"0001_unlock.sql": "CREATE TABLE a (i int);\nSELECT pg_advisory_unlock_all();\n"},
+        {"0001_discard.sql": "-- cicd-db: no-transaction\nDISCARD ALL;\n"},
+    ],
+    ids=["unlock-all", "discard-all"],
+)
+def test_nothing_a_file_does_on_its_session_releases_the_lock(
+    database: Database, tmp_path: Path, files: dict[str, str]
+) -> None:
+    """The lock is held by a session of its own, which the file's statements cannot reach:
+    the file applies, and a second runner waits all the while (here while 0002 runs)."""
+    folder = write_migrations(tmp_path, {**files, "0002_sleep.sql": "SELECT pg_sleep(1.5);\n"})
+
+    def first_runner() -> None:
+        conninfo = database.settings.conninfo(application_name="first runner")
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            migrations.Runner(conn, migrations.discover(folder)).apply()
+
+    first = threading.Thread(target=first_runner)
+    first.start()
+    database.wait_for(
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+        "AND application_name = 'first runner' AND datname = current_database()",
+        "the first runner never reached its pg_sleep",
+    )
+    time.sleep(0.3)  # past the release, if the file could release the lock
+    code, _, err = migrate(database, folder, "--lock-timeout", "0.2")
+    first.join()
+    assert code == 1
+    assert err.startswith("error: another migration runner held the lock for 0.2 s"), err
+    assert database.history() == [1, 2]
+
+
+def test_a_file_that_ends_the_lock_session_is_not_recorded(
+    database: Database, tmp_path: Path
+) -> None:
+    """Only ending the lock's session can lose it; then the file is rolled back."""
+    end_lock_session = (
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+        "AND pid <> pg_backend_pid() AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database());\n"
+    )
+    folder = write_migrations(
+        tmp_path, {"0001_kill.sql": "CREATE TABLE a (i int);\n" + end_lock_session}
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err.startswith(
+        "error: migration 0001_kill.sql ran while the runner's lock was lost (the session that "
+        "holds it ended: pg_terminate_backend, or a lost connection), so another runner could "
+        "have run at the same time; it was rolled back, and it is not recorded"
+    ), err
+    assert database.history() == []
+    assert "a" not in database.tables()
+
+
+def test_idle_session_timeout_never_ends_the_lock_session(
+    database: Database, tmp_path: Path
+) -> None:
+    """The lock's own session sits idle while a long file runs."""
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET idle_session_timeout = '500ms'").format(
+            sql.Identifier(database.settings.database)
+        )
+    )
+    folder = write_migrations(
+        tmp_path, {"0001_slow.sql": "SELECT pg_sleep(1.2);\nCREATE TABLE after_sleep (i int);\n"}
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.history() == [1]
+
+
+def test_a_role_allowed_one_connection_is_told_the_runner_needs_two(
+    database: Database, tmp_path: Path
+) -> None:
+    role = f"one_conn_{uuid.uuid4().hex[:8]}"
+    database.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'one-conn-pass' CONNECTION LIMIT 1").format(
+            sql.Identifier(role)
+        )
+    )
+    try:
+        limited = replace(database.settings, user=role, password="one-conn-pass")
+        folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+        code, out, err = migrate(limited, folder)
+        assert (code, out) == (1, "")
+        assert err.startswith(
+            "error: cannot open the runner's second connection, which holds the migration lock: "
+        )
+        assert err.endswith(
+            "the runner needs two connections to the database (a role's CONNECTION LIMIT or "
+            "the server's max_connections may be too low)\n"
+        )
+    finally:
+        database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_killed_runners_work_session_is_waited_for(database: Database, tmp_path: Path) -> None:
+    """Killed outright, a runner's lock session ends at once, but its work session may still
+    run a statement until the server notices: the next runner waits for it."""
+    folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n"})
+    with database.connect() as still_running:
+        still_running.execute("SELECT pg_advisory_lock_shared(%s)", [migrations.WORK_KEY])
+        code, _, err = migrate(database, folder, "--lock-timeout", "0.3")
+        assert code == 1
+        assert err.startswith("error: another migration runner held the lock for 0.3 s")
+    assert migrate(database, folder)[0] == 0
+    assert database.history() == [1]

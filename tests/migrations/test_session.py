@@ -1,0 +1,351 @@
+"""The work session: text sent as psql sends it, COPY, batches, and nothing crossing files."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cicd_db import migrations
+from cicd_db.errors import MigrationFailed
+
+from ..conftest import Database, unscanned, write_migrations
+from .shared import THREE, migrate, without_escape_warnings
+
+# The second file fails if anything of the first one's session is still there.
+NOTHING_LEFT_OF_THE_FIRST = """DO $check$BEGIN
+  IF EXISTS (SELECT FROM pg_listening_channels()) THEN RAISE 'still listening'; END IF;
+  IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+    AND classid = 0 AND objid = 42) THEN RAISE 'still holds its advisory lock'; END IF;
+  BEGIN
+    PERFORM currval('counter');
+    RAISE 'currval still set';
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN NULL;
+  END;
+END$check$;
+"""
+
+
+def test_applied_inside_a_transaction_leaves_it_usable(database: Database, tmp_path: Path) -> None:
+    """Asked inside the caller's transaction, a missing history must not abort it."""
+    folder = write_migrations(tmp_path, THREE)
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        with conn.transaction():
+            assert runner.applied() == []
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        runner.apply(target=1)
+        with conn.transaction():
+            assert [row.version for row in runner.applied()] == [1]
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_the_runner_needs_an_autocommit_connection(database: Database) -> None:
+    """It opens its own transactions, and a no-transaction file must run outside any."""
+    with (
+        psycopg.connect(database.settings.conninfo()) as conn,
+        pytest.raises(ValueError) as refused,
+    ):
+        migrations.Runner(conn, [])
+    assert str(refused.value) == "the runner needs an autocommit connection"
+
+
+def test_savepoints_stay_inside_the_transaction(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_savepoint.sql": "CREATE TABLE t (id int);\nSAVEPOINT s;\nINSERT INTO t VALUES (1);\n"
+            "ROLLBACK TO SAVEPOINT s;\nINSERT INTO t VALUES (2);\nSAVEPOINT s;\n"
+            "INSERT INTO t VALUES (3);\nROLLBACK WORK TO SAVEPOINT s;\nSAVEPOINT s;\n"
+            "INSERT INTO t VALUES (4);\nROLLBACK TRANSACTION TO s;\nRELEASE SAVEPOINT s;\n"
+        },
+    )
+    assert migrate(database, folder)[0] == 0
+    assert database.query("SELECT id FROM t") == [(2,)]
+
+
+def test_no_session_state_crosses_files(database: Database, tmp_path: Path) -> None:
+    role = f"migration_owner_{uuid.uuid4().hex[:8]}"
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_switch.sql": f"CREATE ROLE {role};\nGRANT CREATE ON SCHEMA public TO {role};\n"
+            "CREATE SCHEMA elsewhere;\nSET search_path TO elsewhere;\n"
+            "SET statement_timeout = '150ms';\nSET TIME ZONE 'Asia/Tokyo';\n"
+            f"SET ROLE {role};\nCREATE TEMPORARY TABLE scratch (id int);\n"
+            "CREATE TABLE public.by_role (id int);\n",
+            "0002_after.sql": "CREATE TABLE after (id int, zone text DEFAULT current_setting('TimeZone'));\n"
+            "INSERT INTO after (id) SELECT 1 FROM pg_sleep(0.3);\n",
+            "0003_temporary.sql": "SELECT * FROM scratch;\n",
+        },
+    )
+    try:
+        code, _, err = migrate(database, folder)
+        assert code == 1
+        # The temporary table did not outlive its file, as with one psql per file.
+        assert err.startswith(
+            'error: migration 0003_temporary.sql failed at line 1: relation "scratch" does not exist'
+        )
+        login = database.settings.user
+        assert database.query(
+            "SELECT c.relname, n.nspname, pg_get_userbyid(c.relowner) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname IN ('by_role', 'after') ORDER BY 1"
+        ) == [("after", "public", login), ("by_role", "public", role)]
+        # Not cut short by the first file's statement_timeout; not in its time zone.
+        assert database.query("SELECT id, zone = current_setting('TimeZone') FROM after") == [
+            (1, True)
+        ]
+        assert database.query(
+            "SELECT version, applied_by FROM cicd_db.cicd_db_schema_history ORDER BY version"
+        ) == [(1, login), (2, login)]
+    finally:
+        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+def test_copy_from_stdin_applies_and_bad_data_names_its_line(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_data.sql": "CREATE TABLE t (id int, name text);\nCOPY t FROM stdin;\n"
+            "1\tone\n2\ttwo\n\\.\nINSERT INTO t VALUES (3, 'three');\n",
+            "0002_bad.sql": "COPY t (id, name) FROM STDIN;\n4\tfour\nfive\tfive\n\\.\n",
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err.startswith(
+        'error: migration 0002_bad.sql failed at line 3: invalid input syntax for type integer: "five"'
+    )
+    assert database.query("SELECT id, name FROM t ORDER BY id") == [
+        (1, "one"),
+        (2, "two"),
+        (3, "three"),
+    ]
+    assert database.history() == [1]
+
+
+@pytest.mark.parametrize("separator", [" ", "\n"], ids=["one-line", "one-a-line"])
+def test_copy_without_data_lines_never_hangs(database: Database, separator: str) -> None:
+    """A COPY the scanner could not see (built by hand here) ends with an error, not a stuck connection."""
+    data = separator.join(["CREATE TABLE t (id int);", "COPY t FROM STDIN;", "SELECT 1;"]).encode()
+    migration = unscanned("hidden_copy", data)
+    line = 1 if separator == " " else 2
+    with database.connect() as conn:
+        with pytest.raises(
+            MigrationFailed,
+            match=f"at line {line}: COPY from stdin failed: COPY FROM STDIN data must",
+        ):
+            migrations.Runner(conn, [migration]).apply()
+        assert conn.execute("SELECT 42").fetchone() == (42,)
+    assert database.tables() == set()
+
+
+def test_copy_to_stdout_the_scanner_could_not_see_is_read_and_dropped(database: Database) -> None:
+    """Built by hand here (discover() refuses it): its rows are read and dropped."""
+    data = b"CREATE TABLE t (id int);\nINSERT INTO t VALUES (1), (2);\nCOPY t TO STDOUT;\n"
+    with database.connect() as conn:
+        migrations.Runner(conn, [unscanned("hidden_copy_out", data)]).apply()
+        assert conn.execute("SELECT 42").fetchone() == (42,)
+    assert database.history() == [1]
+    assert database.query("SELECT count(*) FROM t") == [(2,)]
+
+
+@pytest.mark.parametrize(
+    ("text", "failure"),
+    [
+        ("COPY t FROM STDIN;\n1\n\\.\n", None),
+        (
+            "COPY t FROM STDIN;\n1\n\\.\nSELECT 1/0;\n",
+            "migration 0002_copy_first.sql failed at line 4: division by zero [22012]; it was "
+            "rolled back; fix the file and run again",
+        ),
+        ("-- nothing to do yet\n", None),
+    ],
+    ids=["applies", "fails-after-it", "comments-only"],
+)
+def test_a_file_that_starts_with_copy_data_is_one_transaction(
+    database: Database, tmp_path: Path, text: str, failure: str | None
+) -> None:
+    """Its first step is not a batch the runner's BEGIN can travel with: it goes alone."""
+    folder = write_migrations(
+        tmp_path, {"0001_table.sql": "CREATE TABLE t (id int);\n", "0002_copy_first.sql": text}
+    )
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        if failure is None:
+            runner.apply()
+        else:
+            with pytest.raises(MigrationFailed) as failed:
+                runner.apply()
+            assert str(failed.value) == failure
+    applied = failure is None
+    assert database.history() == ([1, 2] if applied else [1])
+    assert database.query("SELECT count(*) FROM t") == [(1 if applied and "COPY" in text else 0,)]
+
+
+def test_large_file_in_several_batches(database: Database, tmp_path: Path) -> None:
+    """Larger than one batch: every statement runs once, in one transaction."""
+    rows = "".join(f"INSERT INTO t VALUES ({i}, 'row; {i}');\n" for i in range(40_000))
+    folder = write_migrations(
+        tmp_path, {"0001_big.sql": f"CREATE TABLE t (id int, s text);\n{rows}"}
+    )
+    discovered = migrations.discover(folder)
+    assert len(discovered[0].steps) == 2  # the first of about a mebibyte, then the rest
+    assert migrate(database, folder)[0] == 0
+    assert database.query("SELECT count(*), count(DISTINCT id), max(id) FROM t") == [
+        (40_000, 40_000, 39_999)
+    ]
+
+
+def test_session_objects_do_not_cross_files(database: Database, tmp_path: Path) -> None:
+    """Prepared statements and held cursors end with their file, as with one psql per file."""
+    twice = "PREPARE p AS SELECT 1;\nDECLARE c CURSOR WITH HOLD FOR SELECT 1;\n"
+    folder = write_migrations(tmp_path, {"0001_a.sql": twice, "0002_b.sql": twice})
+    assert migrate(database, folder)[:1] == (0,)
+    assert database.history() == [1, 2]
+
+
+@pytest.mark.parametrize("marker", ["", "-- cicd-db: no-transaction\n"], ids=["in", "outside"])
+def test_listen_advisory_locks_and_currval_end_with_their_file(
+    database: Database, tmp_path: Path, marker: str
+) -> None:
+    database.execute("CREATE SEQUENCE counter")
+    first = (
+        "SELECT pg_advisory_lock(42), nextval('counter');\n"
+        if marker
+        else "LISTEN jobs;\nSELECT pg_advisory_lock(42), nextval('counter');\n"
+    )
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": marker + first,
+            "0002_check.sql": NOTHING_LEFT_OF_THE_FIRST,
+            "0003_listen.sql": "-- cicd-db: no-transaction\nLISTEN jobs;\n",
+            "0004_check.sql": NOTHING_LEFT_OF_THE_FIRST,
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.history() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "RESET ALL;",
+        "SELECT set_config('cicd_db.runner', 'mine', true);",
+        "SET LOCAL cicd_db.runner TO 'mine';",
+    ],
+)
+def test_a_file_that_resets_settings_applies_as_psql_applies_it(
+    database: Database, tmp_path: Path, statement: str
+) -> None:
+    """Supabase's dumps end with RESET ALL: nothing of the runner's bookkeeping is a setting."""
+    folder = write_migrations(
+        tmp_path,
+        {"0001_a.sql": f"CREATE TABLE a (i int);\n{statement}\n", "0002_b.sql": "SELECT 1;\n"},
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.history() == [1, 2]
+    assert "a" in database.tables()
+
+
+@pytest.mark.parametrize(
+    ("given", "environ", "options"),
+    [
+        (None, {}, migrations.SESSION_OPTIONS),
+        (None, {"PGOPTIONS": "  "}, migrations.SESSION_OPTIONS),
+        (None, {"PGOPTIONS": " -c a.b=1 "}, migrations.SESSION_OPTIONS + " -c a.b=1"),
+        (
+            "-c statement_timeout=5s",
+            {"PGOPTIONS": "-c a.b=1"},
+            migrations.SESSION_OPTIONS + " -c statement_timeout=5s",
+        ),
+        ("endpoint=ep-x", {}, migrations.SESSION_OPTIONS + " endpoint=ep-x"),
+    ],
+    ids=["unset", "blank", "pgoptions", "the-urls-over-pgoptions", "neon"],
+)
+def test_session_options_put_the_users_last(given: str | None, environ: dict, options: str) -> None:
+    """libpq reads PGOPTIONS only without an `options` keyword; the user's come last, so
+    a setting they name wins over the runner's."""
+    assert migrations.session_options(given, environ) == options
+
+
+def test_a_server_reading_strings_the_old_way_is_read_its_way(
+    database: Database, tmp_path: Path
+) -> None:
+    """A database whose default is standard_conforming_strings = off: the file is planned again
+    as that server reads it, and an error still names its line."""
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET standard_conforming_strings = off").format(
+            sql.Identifier(database.settings.database)
+        )
+    )
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_old.sql": "CREATE TABLE t (s text);\nINSERT INTO t VALUES ('a\\'b');\n",
+            "0002_fails.sql": "INSERT INTO t VALUES ('c\\'');\nSELECT 1/0;\n",
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert without_escape_warnings(err) == (
+        "error: migration 0002_fails.sql failed at line 2: division by zero [22012]; it was "
+        "rolled back; fix the file and run again\n"
+    )
+    assert database.query("SELECT s FROM t") == [("a'b",)]
+    assert database.history() == [1]
+
+
+@pytest.mark.parametrize(
+    "lead",
+    [
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n",
+        "SET lock_timeout = '1s';\nSET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE;\n",
+        "SET LOCAL transaction_isolation = 'serializable';\n",
+    ],
+    ids=["first", "after-a-set", "as-a-setting"],
+)
+def test_set_transaction_first_applies_as_psql_applies_it(
+    database: Database, tmp_path: Path, lead: str
+) -> None:
+    """SET TRANSACTION must come before any query; the runner reads its transaction's id
+    after it."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_serial.sql": lead + "CREATE TABLE isolation AS "
+            "SELECT current_setting('transaction_isolation') AS level;\n"
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.query("SELECT level FROM isolation") == [("serializable",)]
+    assert database.history() == [1]
+
+
+def test_colons_that_are_sql_apply(database: Database, tmp_path: Path) -> None:
+    """Casts, `:=`, slices, `json_object('k':v)` where the server has it, and psql's
+    variable syntax inside strings, dollar quotes and comments are not refused."""
+    [(version,)] = database.query("SELECT current_setting('server_version_num')::int")
+    json = "json_object('k':v)" if int(str(version)) >= 160000 else "json_build_object('k', v)"
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_colons.sql": "CREATE TABLE t AS SELECT '1'::int AS a, (ARRAY[1,2,3])[1:2] AS b,\n"
+            "  make_interval(days := 1) AS c, ':DBNAME' AS d, $$:'x'$$ AS e, -- :USER\n"
+            f"  (SELECT a[lo:hi] FROM (SELECT ARRAY[1,2,3], 1, 2, 3) AS s (a, lo, hi, v)) AS f,\n"
+            f"  (SELECT {json} FROM (SELECT 1) AS s (v)) AS g /* :{{?DBNAME}} */;\n"
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 0, err
+    assert database.query("SELECT a, b, d, e, f FROM t") == [(1, [1, 2], ":DBNAME", ":'x'", [1, 2])]

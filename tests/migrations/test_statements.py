@@ -1,0 +1,409 @@
+"""Planning a file's text: what is sent together, what is refused before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cicd_db import migrations
+from cicd_db.errors import ConfigError
+
+from ..conftest import Database, write_migrations
+from .shared import MEBIBYTE, MENTIONS, migrate
+
+
+def test_no_transaction_file_must_hold_one_statement(tmp_path: Path) -> None:
+    write_migrations(
+        tmp_path, {"0001_two.sql": "-- cicd-db: no-transaction\nSELECT 1;\nSELECT 2;\n"}
+    )
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value) == (
+        "migration file 0001_two.sql is marked no-transaction but holds 2 statements besides "
+        "SET and RESET; it must hold exactly one: split it into one file per statement"
+    )
+
+
+@pytest.mark.parametrize(
+    ("statement", "shown"),
+    [
+        ("COMMIT;", "COMMIT"),
+        ("ROLLBACK;", "ROLLBACK"),
+        ("end;", "END"),
+        ("ABORT;", "ABORT"),
+        ("BEGIN;", "BEGIN"),
+        ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE;", "START TRANSACTION"),
+        ("PREPARE TRANSACTION 'x';", "PREPARE TRANSACTION"),
+        ("COMMIT AND CHAIN;", "COMMIT AND"),
+    ],
+    ids=["commit", "rollback", "end", "abort", "begin", "start", "prepare", "commit-and-chain"],
+)
+def test_transaction_control_is_refused_before_anything_runs(
+    database: Database, tmp_path: Path, statement: str, shown: str
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\n",
+            "0002_own_transaction.sql": f"CREATE TABLE p1 (id int);\n{statement}\nSELECT 1/0;\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: migration file 0002_own_transaction.sql, line 2: {shown} ends or starts a "
+        "transaction, and the runner already runs this file in one; remove it, or make the "
+        "first line `-- cicd-db: no-transaction` to run the file outside a transaction\n"
+    )
+    assert database.tables() == set()
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"0001_meta.sql": "SELECT 1;\n\\connect other\nSELECT 2;\n"},
+            "migration file 0001_meta.sql, line 2: psql meta-command \\connect is not SQL; "
+            "remove it (the runner sends SQL only; pg_dump's \\restrict lines are skipped)",
+        ),
+        (
+            {"0001_out.sql": "COPY (SELECT 1) TO STDOUT;\n"},
+            "migration file 0001_out.sql, line 1: COPY ... TO STDOUT prints data, which a "
+            "migration cannot; remove it, or COPY to a table instead",
+        ),
+        (
+            {"0001_copy.sql": "CREATE TABLE t (id int);\nCOPY t FROM STDIN; 1\n\\.\n"},
+            "migration file 0001_copy.sql, line 2: text follows COPY ... FROM STDIN on its line; "
+            "start the data on the next line, as pg_dump writes it",
+        ),
+        (
+            {
+                "0001_index.sql": "-- cicd-db: no-transaction\nSET lock_timeout = '1s';\n"
+                "CREATE INDEX CONCURRENTLY ON t (c);\n"
+            },
+            "migration file 0001_index.sql, line 3: CREATE INDEX CONCURRENTLY without a name; "
+            "name the index (CREATE INDEX CONCURRENTLY IF NOT EXISTS name ON ...) so that a "
+            "build left invalid by an interruption can be found and dropped",
+        ),
+        (
+            {
+                "0001_index.sql": "-- cicd-db: no-transaction\n"
+                "CREATE INDEX CONCURRENTLY -- CREATE INDEX CONCURRENTLY named ON t (c)\n"
+                "ON t (c);\n"
+            },
+            "migration file 0001_index.sql, line 2: CREATE INDEX CONCURRENTLY without a name; "
+            "name the index (CREATE INDEX CONCURRENTLY IF NOT EXISTS name ON ...) so that a "
+            "build left invalid by an interruption can be found and dropped",
+        ),
+        (
+            {"0001_copy.sql": "-- cicd-db: no-transaction\nCOPY t FROM STDIN;\n1\n\\.\n"},
+            "migration file 0001_copy.sql, line 2: COPY ... FROM STDIN in a no-transaction file; "
+            "move it to a transactional file",
+        ),
+        (
+            {"0001_Upper.SQL": "SELECT 1;\n"},
+            "migration file 0001_Upper.SQL: the extension must be lower-case .sql; "
+            "rename it to 0001_Upper.sql",
+        ),
+        (
+            {"0002_add index.sql": "SELECT 1;\n"},
+            "migration file '0002_add index.sql': a name may hold only letters, digits, '_', "
+            "'.' and '-' after the version's '_'; rename it, for example to 0002_add_index.sql",
+        ),
+        (
+            {"99999999999999999999_huge.sql": "SELECT 1;\n"},
+            "migration file 99999999999999999999_huge.sql: version 99999999999999999999 is above "
+            "9223372036854775807, the largest the history can hold; renumber it (0001_, 0002_, "
+            "... or a timestamp like 20260101120000_)",
+        ),
+        (
+            {"0001_latin1.sql": "SELECT 1;\nSELECT 'caf\xe9';\n"},
+            "migration file 0001_latin1.sql is not UTF-8 (line 2); save it as UTF-8",
+        ),
+        (
+            {"0001_nul.sql": "SELECT 1;\nSELECT 2; \x00\nSELECT 3;\n"},
+            "migration file 0001_nul.sql holds a NUL byte (line 2), which PostgreSQL cannot take "
+            "in SQL; remove it",
+        ),
+        (
+            {"0001_.sql": "SELECT 1;\n"},
+            "migration file '0001_.sql': a name may hold only letters, digits, '_', '.' and '-' "
+            "after the version's '_'; rename it, for example to 0001_what_it_does.sql",
+        ),
+        (
+            {"0002_X-ray index_of runs!.sql": "SELECT 1;\n"},
+            "migration file '0002_X-ray index_of runs!.sql': a name may hold only letters, digits, "
+            "'_', '.' and '-' after the version's '_'; rename it, for example to "
+            "0002_X-ray_index_of_runs.sql",
+        ),
+        (
+            {"7.sql": "SELECT 1;\n"},
+            "migration file 7.sql has a version but no name; rename it to 7_what_it_does.sql",
+        ),
+        (
+            {"add_index.sql": "SELECT 1;\n"},
+            "migration file add_index.sql has no version; rename it to <version>_<name>.sql, for "
+            "example 0002_add_index.sql",
+        ),
+        (
+            {"0001.sql": "SELECT 1;\n"},
+            "migration file 0001.sql has a version but no name; rename it to 0001_what_it_does.sql",
+        ),
+    ],
+    ids=[
+        "meta-command",
+        "copy-to-stdout",
+        "copy-data-on-its-line",
+        "unnamed-concurrent-index",
+        "concurrent-index-named-only-in-a-comment",
+        "copy-in-a-no-transaction-file",
+        "upper-case-extension",
+        "space-in-name",
+        "version-beyond-bigint",
+        "not-utf8",
+        "nul-byte",
+        "empty-name",
+        "spaces-and-capitals",
+        "no-name-short-version",
+        "no-version",
+        "no-name",
+    ],
+)
+def test_refused_at_discovery(
+    database: Database, tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_bytes(text.encode("latin-1"))
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    assert err.startswith("error: " + message), err
+    assert len(err.splitlines()) == 1
+    assert database.tables() == set()
+
+
+def test_pg_dump_restrict_lines_are_skipped(database: Database, tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {"0001_dump.sql": "\\restrict abc123\nCREATE TABLE t (id int);\n\\unrestrict abc123\n"},
+    )
+    assert migrate(database, folder)[0] == 0
+    assert "t" in database.tables()
+
+
+@pytest.mark.parametrize(
+    ("data", "tables"),
+    [
+        (b"CREATE TABLE a (i int);\n-- note\rCREATE TABLE b (i int);\n", {"a", "b"}),
+        (b"-- a comment\rCREATE TABLE a (i int);\rCREATE TABLE b (i int);\r", {"a", "b"}),
+    ],
+    ids=["cr-inside", "cr-only-file"],
+)
+def test_a_comment_ends_at_a_carriage_return(
+    database: Database, tmp_path: Path, data: bytes, tables: set[str]
+) -> None:
+    (tmp_path / "0001_cr.sql").write_bytes(data)
+    assert migrate(database, tmp_path)[0] == 0
+    assert database.tables() == tables
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("CREATE INDEX CONCURRENTLY Runs_Idx ON runs (id);", "runs_idx"),
+        ("create unique index concurrently if not exists x1 on runs (id);", "x1"),
+        ('CREATE INDEX CONCURRENTLY "My ""Idx""" ON runs (id);', 'My "Idx"'),
+        ('CREATE INDEX CONCURRENTLY "Runs Idx" ON runs (id);', "Runs Idx"),
+        ("SET lock_timeout = 0;\nCREATE INDEX CONCURRENTLY x2 ON runs (id);", "x2"),
+        ("CREATE INDEX runs_idx ON runs (id);", None),
+        (
+            "CREATE INDEX runs_idx ON runs (id);\n-- was: CREATE INDEX CONCURRENTLY x3 ON runs (id);",
+            None,
+        ),
+        (
+            "CREATE INDEX CONCURRENTLY /* was: CREATE INDEX CONCURRENTLY old ON runs (id) */"
+            " new_idx ON runs (id);",
+            "new_idx",
+        ),
+        ("CREATE INDEX CONCURRENTLY IF NOT EXISTS -- note\n  x4 ON runs (id);", "x4"),
+        ('CREATE INDEX CONCURRENTLY /* a /* nested */ one */ "a--b" ON runs (id);', "a--b"),
+    ],
+    ids=[
+        "folded",
+        "unique-if-not-exists",
+        "quoted",
+        "quoted-space",
+        "after-set",
+        "not-concurrent",
+        "only-in-a-comment-after-it",
+        "another-in-a-comment-before-the-name",
+        "a-comment-after-if-not-exists",
+        "dashes-in-a-quoted-name-after-a-nested-comment",
+    ],
+)
+def test_index_name_as_postgresql_names_it(tmp_path: Path, text: str, name: str | None) -> None:
+    path = tmp_path / "0001_idx.sql"
+    path.write_text("-- cicd-db: no-transaction\n" + text + "\n")
+    assert migrations.index_name(migrations.read(path, 1, "idx")) == name
+
+
+@pytest.mark.parametrize(
+    ("before", "line"),
+    [("", 4), ("CREATE TABLE c (id int);\nCOPY c FROM STDIN;\n1\n\\.\n", 8)],
+    ids=["first-batch", "after-copy-data"],
+)
+def test_refused_when_the_server_tells_how_the_rest_reads(
+    database: Database, tmp_path: Path, before: str, line: int
+) -> None:
+    """After a statement whose effect on strings only the server knows, the rest is planned
+    at run time, and refused there as discover() would refuse it."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_later.sql": f"{before}CREATE TABLE t (s text);\n"
+            "SELECT set_config('standard_conforming_strings', 'off', false);\n"
+            "INSERT INTO t VALUES ('a\\';');\nCOMMIT;\n"
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: migration file 0001_later.sql, line {line}: COMMIT ends or starts a transaction, and "
+        "the runner already runs this file in one; remove it, or make the first line "
+        "`-- cicd-db: no-transaction` to run the file outside a transaction\n"
+    )
+    assert database.history() == []
+    assert "t" not in database.tables()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"-- cicd-db: no-transaction\r\nCREATE INDEX CONCURRENTLY i ON t (c);\r\n",
+        b"-- cicd-db: no-transaction  \nCREATE INDEX CONCURRENTLY i ON t (c);\n",
+    ],
+    ids=["crlf", "trailing-spaces"],
+)
+def test_the_marker_line_may_end_in_spaces_or_crlf(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "0001_index.sql"
+    path.write_bytes(data)
+    assert not migrations.read(path, 1, "index").transactional
+
+
+@pytest.mark.parametrize(
+    ("data", "steps"),
+    [
+        (
+            b"SELECT 1;\nSELECT 2;\n",
+            [migrations.Batch(0, 19, 1, standard_strings=True)],
+        ),
+        (
+            b"SET standard_conforming_strings = off;\nSELECT 'a\\'';\nSELECT 1;\n",
+            [
+                migrations.Batch(0, 38, 1, True, changes_lexing=True, standard_strings_after=False),
+                migrations.Batch(39, 62, 2, standard_strings=False),
+            ],
+        ),
+        (
+            b"SELECT '" + b"x" * (MEBIBYTE - 10) + b"';\nSELECT 2;\n",
+            [
+                migrations.Batch(0, MEBIBYTE, 1, standard_strings=True),
+                migrations.Batch(MEBIBYTE + 1, MEBIBYTE + 10, 2, standard_strings=True),
+            ],
+        ),
+    ],
+    ids=["one-batch", "strings-change-after-the-first", "a-mebibyte-exactly"],
+)
+def test_plan_stops_a_batch_only_where_it_must(data: bytes, steps: list[migrations.Batch]) -> None:
+    assert list(migrations.plan("0001_x.sql", data, transactional=True)) == steps
+
+
+def test_to_stdout_outside_a_copy_statement_is_not_refused(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_copy.sql": "CREATE TABLE t (id int);\n-- never COPY t TO STDOUT here\n"
+            "COPY t FROM STDIN;\n1\n\\.\n-- nor TO STDOUT after it\n"
+        },
+    )
+    assert migrate(database, folder)[0] == 0
+    assert database.query("SELECT id FROM t") == [(1,)]
+
+
+@pytest.mark.parametrize("mention", MENTIONS.values(), ids=MENTIONS.keys())
+@pytest.mark.parametrize(
+    ("later", "what"),
+    [
+        ("COMMIT;", "COMMIT ends or starts a transaction"),
+        ("\\connect other", "psql meta-command \\connect is not SQL"),
+        ("SELECT :'DBNAME';", ":'DBNAME' is a psql variable"),
+    ],
+    ids=["commit", "connect", "variable"],
+)
+def test_a_mention_of_standard_conforming_strings_stops_no_check(
+    database: Database, tmp_path: Path, mention: str, later: str, what: str
+) -> None:
+    """Only a real SET, RESET or set_config changes how the rest reads: whatever names the
+    setting before it, a later statement that may not run is refused before anything runs."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE notes (note text);\n",
+            "0002_mentions.sql": f"{mention}{later}\nSELECT 1;\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    line = mention.count("\n") + 1
+    assert err.startswith(f"error: migration file 0002_mentions.sql, line {line}: {what}"), err
+    assert database.history() == []
+    assert database.tables() == set()
+
+
+@pytest.mark.parametrize("mention", MENTIONS.values(), ids=MENTIONS.keys())
+def test_a_no_transaction_file_is_counted_whatever_it_mentions(
+    database: Database, tmp_path: Path, mention: str
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_notes.sql": "CREATE TABLE notes (note text);\n",
+            "0002_several.sql": "-- cicd-db: no-transaction\n"
+            f"{mention}CREATE TABLE two (id int);\nSELECT 1/0;\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    assert "0002_several.sql is marked no-transaction but holds" in err
+    assert database.tables() == set()
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "shown"),
+    [
+        ("SELECT 1;\nSELECT current_database() = :'DBNAME';\n", 2, ":'DBNAME'"),
+        ("CREATE TABLE t (id int);\n\nALTER TABLE t\n  OWNER TO :USER;\n", 3 + 1, ":USER"),
+        ('CREATE SCHEMA :"tenant";\n', 1, ':"tenant"'),
+        ("SELECT (ARRAY[1,2])[1:VERSION_NUM];\n", 1, ":VERSION_NUM"),
+        ("SELECT 1 WHERE :{?DBNAME};\n", 1, ":{?DBNAME}"),
+    ],
+    ids=["literal", "bare-on-a-later-line", "identifier", "psqls-own-in-a-slice", "test"],
+)
+def test_a_psql_variable_is_refused_naming_its_line(
+    database: Database, tmp_path: Path, text: str, line: int, shown: str
+) -> None:
+    folder = write_migrations(tmp_path, {"0001_first.sql": "CREATE TABLE a (id int);\n"})
+    (folder / "0002_vars.sql").write_text(text)
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: migration file 0002_vars.sql, line {line}: {shown} is a psql variable, and "
+        "the runner does not substitute psql variables; write its value instead "
+        "(current_database(), current_user or a setting read with current_setting() where it "
+        "must be computed); if the colon is SQL, put a space after it\n"
+    )
+    assert database.tables() == set()
