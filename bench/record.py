@@ -1,5 +1,7 @@
 """Case `record`: runs of 5 stages x 20 jobs through their whole life, the store API
-beside the same statements written by hand, on one connection."""
+(one call a move, and with each stage's jobs moved as a batch) beside the same
+statements written by hand, on one connection; then the store API on 8 connections
+at once, in runs and statements a second."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, LiteralString
 
 import psycopg
@@ -16,6 +19,7 @@ from cicd_db import migrations, store
 from .common import MIGRATIONS, Databases, Table
 
 STAGES, JOBS = 5, 20
+WRITERS = 8
 
 
 def record_with_store(executions: store.Store, pipeline: str) -> None:
@@ -28,6 +32,60 @@ def record_with_store(executions: store.Store, pipeline: str) -> None:
             executions.set_status(executions.set_status(job, store.RUNNING), store.SUCCESS)
         executions.finish_stage(stage)
     executions.finish_run(run)
+
+
+def record_with_store_batched(executions: store.Store, pipeline: str) -> None:
+    """The same life, as an agent that reports a stage's jobs together would record it."""
+    run = executions.set_status(executions.start_run(pipeline, "c0ffee"), store.RUNNING)
+    for order in range(1, STAGES + 1):
+        stage = executions.set_status(
+            executions.add_stage(run, f"stage-{order}", order), store.RUNNING
+        )
+        jobs = executions.add_jobs(stage, [(f"job-{n}", n == 1) for n in range(JOBS)])
+        executions.set_statuses(executions.set_statuses(jobs, store.RUNNING), store.SUCCESS)
+        executions.finish_stage(stage)
+    executions.finish_run(run)
+
+
+class _Counting(psycopg.Cursor[Any]):
+    """A cursor that counts the statements it sends: what one run costs in statements."""
+
+    sent = 0
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).sent += 1
+        return super().execute(*args, **kwargs)
+
+
+def statements_per_run(conninfo: str) -> int:
+    with psycopg.connect(conninfo, autocommit=True, cursor_factory=_Counting) as conn:
+        before = _Counting.sent
+        record_with_store(store.Store.on(conn), "counted")
+        return _Counting.sent - before
+
+
+def _writer(conninfo: str, number: int, until: float) -> tuple[int, int]:
+    """One writer process: runs recorded until the clock reads `until`, and errors."""
+    done = failed = 0
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        executions = store.Store.on(conn)
+        while time.time() < until:
+            try:
+                record_with_store(executions, f"w{number}")
+                done += 1
+            except psycopg.Error:  # counted, not raised: the figure is the finding
+                failed += 1
+    return done, failed
+
+
+def concurrent(conninfo: str, seconds: float) -> tuple[float, int]:
+    """Runs a second over WRITERS processes (a CI system's agents are processes, each
+    with its connection) recording at once for `seconds`; and their errors."""
+    with ProcessPoolExecutor(max_workers=WRITERS) as pool:
+        until = time.time() + 2 + seconds  # every process started and connected by then
+        futures = [pool.submit(_writer, conninfo, n, until) for n in range(WRITERS)]
+        results = [future.result() for future in futures]
+    return sum(done for done, _ in results) / seconds, sum(failed for _, failed in results)
 
 
 def record_by_hand(conn: psycopg.Connection[Any], pipeline: str) -> None:
@@ -90,14 +148,23 @@ def measure(
     db = dbs.fresh("record")
     with psycopg.connect(db.conninfo(), autocommit=True) as conn:
         migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply()
-    rates: dict[str, list[float]] = {"store API": [], "hand-written SQL": []}
+    rates: dict[str, list[float]] = {
+        "store API": [],
+        "store API, jobs batched": [],
+        "hand-written SQL": [],
+    }
     with psycopg.connect(db.conninfo(), autocommit=True) as conn:
         executions = store.Store.on(conn)
         record_with_store(executions, "warm-up")
+        record_with_store_batched(executions, "warm-up-3")
         record_by_hand(conn, "warm-up-2")
         for round_number in range(rounds):
             ways: list[tuple[str, Callable[[int], None]]] = [
                 ("store API", lambda i: record_with_store(executions, f"s{i}")),
+                (
+                    "store API, jobs batched",
+                    lambda i: record_with_store_batched(executions, f"b{i}"),
+                ),
                 ("hand-written SQL", lambda i: record_by_hand(conn, f"h{i}")),
             ]
             random.Random(round_number).shuffle(ways)
@@ -124,6 +191,15 @@ def measure(
     statements = 2 + STAGES * (3 + 2 * JOBS) + 1
     table.notes.append(
         f"{rounds} rounds of {runs_per_round} runs each (about {statements} "
-        "statements a run), interleaved."
+        "statements a run by hand), interleaved."
+    )
+    per_run = statements_per_run(db.conninfo())
+    rate, failed = concurrent(db.conninfo(), seconds=min(2.0 * rounds, 20.0))
+    medians["store API, 8 writers"] = rate
+    table.rows.append([f"store API, {WRITERS} writers at once", f"{rate:.1f}", "-", "-", "-"])
+    table.notes.append(
+        f"{WRITERS} writer processes, a connection each: {rate:.1f} runs/s, "
+        f"{rate * per_run:,.0f} statements/s ({per_run} statements a run through the store), "
+        f"{failed} errors."
     )
     return table, medians

@@ -61,15 +61,16 @@ def targets(medians: dict[str, dict[str, float]], p99s: dict[str, float]) -> Tab
             ["one big file, peak memory / its size", "<= 3.00x", f"{ratio:.2f}x", met]
         )
     if "record" in medians:
-        ratio = medians["record"]["store API"] / medians["record"]["hand-written SQL"]
-        table.rows.append(
-            [
-                "record vs hand-written SQL",
-                ">= 0.70x",
-                f"{ratio:.2f}x",
-                "yes" if ratio >= 0.7 else "no",
-            ]
-        )
+        for way in ("store API", "store API, jobs batched"):
+            ratio = medians["record"][way] / medians["record"]["hand-written SQL"]
+            table.rows.append(
+                [
+                    f"record vs hand-written SQL ({way})",
+                    ">= 0.90x",
+                    f"{ratio:.2f}x",
+                    "yes" if ratio >= 0.9 else "no",
+                ]
+            )
     for view, bound in (("runs, newest page", 2.0), ("one run and its stages", 5.0)):
         if view in p99s:
             table.rows.append(

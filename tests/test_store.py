@@ -661,3 +661,70 @@ def test_cancel_run_succeeds_while_its_stages_and_jobs_start(schema: Database) -
                 )
                 assert not late, late
     assert not failed, f"{len(failed)} of {TRIALS} cancels failed, e.g. {failed[0]}"
+
+
+# -- many jobs at once ------------------------------------------------------------------------
+
+
+def _stage_of(executions: Store, jobs: int) -> list[store.JobRun]:
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING, at=T0)
+    stage = executions.set_status(executions.add_stage(run, "test", 1), RUNNING, at=T0)
+    return executions.add_jobs(stage, [(f"job{n}", False) for n in range(jobs)])
+
+
+def test_a_batch_of_jobs_moves_at_once_and_comes_back_as_stored(
+    schema: Database, executions: Store
+) -> None:
+    jobs = _stage_of(executions, 5)
+    running = executions.set_statuses(jobs, RUNNING, at=T0 + timedelta(seconds=1))
+    done = executions.set_statuses(running, SUCCESS)
+    assert [job.job_name for job in done] == [job.job_name for job in jobs]
+    stored = {job.job_name: job for job in executions.jobs(jobs[0].stage_execution_id)}
+    assert done == [stored[job.job_name] for job in jobs]
+    assert {job.start_time for job in done} == {T0 + timedelta(seconds=1)}
+    assert executions.set_statuses([], SUCCESS) == []
+
+
+def test_a_batch_moves_all_or_none_and_names_the_job_that_may_not(
+    schema: Database, executions: Store
+) -> None:
+    jobs = _stage_of(executions, 4)
+    executions.set_status(jobs[2], RUNNING)
+    before = snapshot(schema)
+    with pytest.raises(IllegalTransition) as refused:
+        executions.set_statuses(jobs, RUNNING)
+    assert str(refused.value) == (
+        "job 'job2' is RUNNING and cannot move to RUNNING; allowed: PENDING -> RUNNING -> "
+        "SUCCESS | FAILED | CANCELED, PENDING -> CANCELED; no job of the batch moved"
+    )
+    assert snapshot(schema) == before
+    with pytest.raises(IllegalTransition, match="job 'job1' is in the batch twice; list it once"):
+        executions.set_statuses([jobs[0], jobs[1], jobs[1]], RUNNING)
+    with pytest.raises(IllegalTransition, match="'DONE' is not a status to move to"):
+        executions.set_statuses(jobs, "DONE")
+    assert snapshot(schema) == before
+
+
+def test_racing_batches_move_each_job_once(schema: Database, executions: Store) -> None:
+    """Eight agents report the same jobs at once: one batch moves them all; the others,
+    whichever jobs they reach first, move none."""
+    jobs = _stage_of(executions, 50)
+    barrier = Barrier(8)
+    with ConnectionPool(
+        schema.settings.conninfo(), min_size=8, max_size=8, open=True, kwargs={"autocommit": True}
+    ) as pool:
+        shared = Store.pooled(pool)
+
+        def report(agent: int) -> str:
+            order = jobs[agent:] + jobs[:agent]  # each agent lists them in another order
+            barrier.wait()
+            try:
+                shared.set_statuses(order, RUNNING)
+            except IllegalTransition:
+                return "refused"
+            return "moved"
+
+        with ThreadPoolExecutor(max_workers=8) as agents:
+            outcomes = sorted(agents.map(report, range(8)))
+    assert outcomes == ["moved"] + ["refused"] * 7
+    assert schema.query("SELECT DISTINCT status FROM job_executions") == [(RUNNING,)]

@@ -17,7 +17,8 @@ SUCCESS. Run numbers count per pipeline and are allocated by the database
 (migration 0016), so concurrent writers never share or skip one.
 
 Methods that start with `add_`, `start_`, `set_`, `finish_` or `cancel_` write,
-each in one transaction; the others only read.
+each in one transaction; the others only read. `set_statuses` moves many jobs in
+one statement, all or none.
 
 A finished run or stage never has an unfinished child, however writers race:
 - Adding a stage or jobs locks the parent row FOR SHARE (in the INSERT's own
@@ -47,10 +48,11 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from functools import cache
+from operator import attrgetter
 from typing import Any, LiteralString, TypeVar
 from uuid import UUID
 
@@ -117,6 +119,12 @@ def _columns(kind: type) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(kind))
 
 
+# A row's fields after its status and times, which never change: a moved row is the
+# new status and times, then these (faster than dataclasses.replace, on the hot path).
+_UNTIMED: dict[type, Callable[[Any], tuple[Any, ...]]] = {
+    kind: attrgetter(*(f.name for f in fields(kind)[3:]))
+    for kind in (PipelineRun, StageRun, JobRun)
+}
 RUN_COLUMNS, STAGE_COLUMNS, JOB_COLUMNS = (_columns(k) for k in (PipelineRun, StageRun, JobRun))
 TABLES: dict[type, tuple[sql.Identifier, sql.Composed, str]] = {
     # row type: (table, columns, what the user calls it)
@@ -139,20 +147,20 @@ def _q(template: LiteralString) -> bytes:
 def _moves() -> dict[tuple[type, str], bytes]:
     """The compare-and-set UPDATE of each row type to each status, built once."""
     moves = {}
-    for kind, (table, columns, _) in TABLES.items():
+    for kind, (table, _, _) in TABLES.items():
         for status, allowed in ALLOWED_FROM.items():
             stamp = "start_time" if status == RUNNING else "completion_time"
             moves[kind, status] = (
                 sql.SQL(
                     "UPDATE {table} SET status = {status}, {stamp} = coalesce(%(at)s, now()) "
-                    "WHERE id = %(id)s AND status IN ({allowed}) RETURNING {columns}"
+                    "WHERE id = %(id)s AND status IN ({allowed}) "
+                    "RETURNING start_time, completion_time"
                 )
                 .format(
                     table=table,
                     status=sql.Literal(status),
                     stamp=sql.Identifier(stamp),
                     allowed=sql.SQL(", ").join(map(sql.Literal, allowed)),
-                    columns=columns,
                 )
                 .as_bytes(None)
             )
@@ -236,6 +244,68 @@ STAMP: dict[type, LiteralString] = {
 }
 
 
+# Finishing a run or stage in one statement, sent after the row's lock in the same
+# round trip (a statement of its own, so it reads the children as they are once the
+# lock is granted): the status its children give it (or the one asked for), stamped
+# as STAMP stamps, only if it is RUNNING and every child has finished. A row it
+# leaves alone is looked at again the slow way, which says why.
+_VERDICT: LiteralString = (
+    "SELECT count(*) FILTER (WHERE status NOT IN ('SUCCESS', 'FAILED', 'CANCELED')) "
+    "AS unfinished, CASE WHEN bool_or(status = 'FAILED' AND NOT {allowed}) THEN 'FAILED' "
+    "WHEN bool_or(status = 'CANCELED') THEN 'CANCELED' ELSE 'SUCCESS' END AS derived "
+    "FROM {children} WHERE {parent} = %(parent)s"
+)
+FINISH: dict[type, bytes] = {
+    kind: sql.SQL(
+        "UPDATE {table} SET status = coalesce(%(status)s, verdict.derived), "
+        "completion_time = coalesce(%(at)s, ({stamp})) FROM ({verdict}) AS verdict "
+        "WHERE id = %(parent)s AND status = 'RUNNING' AND verdict.unfinished = 0 "
+        "RETURNING {columns}"
+    )
+    .format(
+        table=TABLES[kind][0],
+        stamp=sql.SQL(STAMP[kind]),
+        verdict=sql.SQL(_VERDICT).format(
+            allowed=allowed,
+            children=sql.Identifier(children),
+            parent=sql.Identifier(parent),
+        ),
+        columns=TABLES[kind][1],
+    )
+    .as_bytes(None)
+    for kind, children, parent, allowed in (
+        (PipelineRun, "stage_executions", "pipeline_execution_id", sql.SQL("false")),
+        (StageRun, "job_executions", "stage_execution_id", sql.Identifier("allows_failure")),
+    )
+}
+# Many jobs moved at once, all or none: the jobs locked and counted first (a job
+# another writer moved meanwhile is read again once its lock is granted, and left
+# out), then moved only if every one of them may move.
+BATCH_MOVES: dict[str, bytes] = {
+    status: sql.SQL(
+        "WITH movable AS (SELECT id FROM job_executions WHERE id = ANY(%(ids)s) "
+        "AND status IN ({allowed}) FOR NO KEY UPDATE) "
+        "UPDATE job_executions SET status = {status}, {stamp} = coalesce(%(at)s, now()) "
+        "WHERE id IN (SELECT id FROM movable) "
+        "AND (SELECT count(*) FROM movable) = %(count)s "
+        "RETURNING id, start_time, completion_time"
+    )
+    .format(
+        allowed=sql.SQL(", ").join(map(sql.Literal, allowed)),
+        status=sql.Literal(status),
+        stamp=sql.Identifier("start_time" if status == RUNNING else "completion_time"),
+    )
+    .as_bytes(None)
+    for status, allowed in ALLOWED_FROM.items()
+}
+LOCK_ROW: dict[type, bytes] = {
+    kind: sql.SQL("SELECT 1 FROM {} WHERE id = %(parent)s FOR NO KEY UPDATE")
+    .format(TABLES[kind][0])
+    .as_bytes(None)
+    for kind in (PipelineRun, StageRun)
+}
+
+
 class Store:
     """Reads and writes executions through one connection or a connection pool.
 
@@ -250,12 +320,7 @@ class Store:
         """A store over one connection (not thread-safe: one caller at a time)."""
         if not conn.autocommit:
             raise ValueError("the store needs an autocommit connection")
-
-        @contextmanager
-        def borrow() -> Iterator[psycopg.Connection[Any]]:
-            yield conn
-
-        return cls(borrow)
+        return cls(lambda: nullcontext(conn))
 
     @classmethod
     def pooled(cls, pool: Any) -> Store:
@@ -349,6 +414,52 @@ class Store:
         """Add one PENDING job to an unfinished stage. Writes."""
         return self.add_jobs(stage, [(job_name, allows_failure)])[0]
 
+    def set_statuses(
+        self, jobs: Sequence[JobRun], status: str, *, at: datetime | None = None
+    ) -> list[JobRun]:
+        """Move many jobs to `status` at once, all or none, in one statement. Writes.
+
+        For an agent that reports a batch of jobs: one round trip instead of one a
+        job. Each job moves by the same compare-and-set rule as `set_status`; if any
+        may not (another writer moved it, or the move is not allowed), none moves and
+        IllegalTransition names the first that may not. Runs and stages are finished
+        from their children (`finish_stage`, `finish_run`), not here.
+        """
+        if status not in ALLOWED_FROM:
+            raise IllegalTransition(
+                f"{status!r} is not a status to move to; use one of {', '.join(ALLOWED_FROM)}"
+            )
+        ids = [job.id for job in jobs]
+        if len(set(ids)) != len(ids):
+            twice = next(job for n, job in enumerate(jobs) if job.id in ids[:n])
+            raise IllegalTransition(f"job {twice.job_name!r} is in the batch twice; list it once")
+        if not ids:
+            return []
+        try:
+            with self._connection() as conn:
+                moved = dict(
+                    (row[0], row[1:])
+                    for row in conn.execute(
+                        BATCH_MOVES[status], {"ids": ids, "count": len(ids), "at": at}
+                    ).fetchall()
+                )
+        except errors.CheckViolation:
+            raise IllegalTransition(
+                f"jobs cannot become {status} at {at}: that is before one of them started"
+            ) from None
+        if len(moved) != len(ids):
+            for job in jobs:
+                current = self._get(JobRun, job.id)
+                if current.status not in ALLOWED_FROM[status]:
+                    raise IllegalTransition(
+                        _illegal(current, status) + "; no job of the batch moved"
+                    )
+            raise IllegalTransition(  # they moved back meanwhile: tell, do not guess
+                f"jobs changed while they were moved to {status}; no job of the batch moved; "
+                "read them again and retry"
+            )
+        return [JobRun(status, *moved[job.id], *_UNTIMED[JobRun](job)) for job in jobs]
+
     def set_status(self, row: Row, status: str, *, at: datetime | None = None) -> Row:
         """Move a run, stage or job to `status`; `at` defaults to the database's now(). Writes.
 
@@ -358,7 +469,7 @@ class Store:
         children that have not finished, as `cancel_run` does.
         """
         if isinstance(row, JobRun) or status not in FINISHED:
-            return self._move(type(row), row.id, status, at)
+            return self._move(row, status, at)
         if status == CANCELED:
             return self._cancel(row, at)
         return self._finish(row, at, status)
@@ -490,7 +601,31 @@ class Store:
 
     def _finish(self, row: Row, at: datetime | None, status: str | None = None) -> Row:
         """Finish a run or stage whose children have all finished, with `status` or,
-        without one, the status they give it."""
+        without one, the status they give it.
+
+        Two round trips: BEGIN, the row's lock and FINISH go together, then COMMIT.
+        A row FINISH leaves alone (not RUNNING, a child unfinished, a time refused)
+        goes the slow way, statement by statement, which finishes it if it now may
+        or says exactly why not.
+        """
+        params = {"parent": row.id, "status": status, "at": at}
+        try:
+            with (
+                self._connection() as conn,
+                conn.pipeline(),
+                conn.transaction(),
+                conn.cursor(row_factory=class_row(type(row))) as cursor,
+            ):
+                conn.execute(LOCK_ROW[type(row)], params)
+                cursor.execute(FINISH[type(row)], params)
+                finished = cursor.fetchone()
+                if finished is None:
+                    raise _SlowWay
+                return finished
+        except (_SlowWay, errors.CheckViolation):
+            return self._finish_slowly(row, at, status)
+
+    def _finish_slowly(self, row: Row, at: datetime | None, status: str | None) -> Row:
         what = TABLES[type(row)][2]
         kind, children_query = CHILDREN[type(row)]
         with self._connection() as conn, conn.transaction():
@@ -516,7 +651,7 @@ class Store:
                     FAILED if FAILED in counted else CANCELED if CANCELED in counted else SUCCESS
                 )
             # Read now: finished children never move, and no child can be added.
-            return self._move(type(row), row.id, status, at or _stamp(conn, row), conn=conn)
+            return self._move(current, status, at or _stamp(conn, row), conn=conn)
 
     def _cancel(self, row: Row, at: datetime | None) -> Row:
         """Cancel a run or stage and, parent before child, whatever of it has not finished."""
@@ -544,36 +679,39 @@ class Store:
                         f"{what} {_name(current)} cannot be cancelled at {at}: "
                         f"a {child} of it started later"
                     ) from None
-            return self._move(type(row), row.id, CANCELED, stamp, conn=conn)
+            return self._move(current, CANCELED, stamp, conn=conn)
 
     def _move(
         self,
-        kind: type[Row],
-        row_id: UUID,
+        row: Row,
         status: str,
         at: datetime | None,
         conn: psycopg.Connection[Any] | None = None,
     ) -> Row:
+        """`row` moved to `status` by one compare-and-set UPDATE, as it is then. Only the
+        status and the two times can differ from `row` (nothing else of a row ever
+        changes), so only the times come back."""
+        kind = type(row)
         if status not in ALLOWED_FROM:
             raise IllegalTransition(
                 f"{status!r} is not a status to move to; use one of {', '.join(ALLOWED_FROM)}"
             )
-        params = {"at": at, "id": row_id}
+        params = {"at": at, "id": row.id}
         query = MOVES[kind, status]
         try:
             # One statement: its own transaction, no BEGIN/COMMIT round trips.
             if conn is not None:
-                moved = _fetch_one(conn, kind, query, params)
+                times = conn.execute(query, params).fetchone()
             else:
                 with self._connection() as borrowed:
-                    moved = _fetch_one(borrowed, kind, query, params)
+                    times = borrowed.execute(query, params).fetchone()
         except errors.CheckViolation:
             raise IllegalTransition(
                 f"{TABLES[kind][2]} cannot become {status} at {at}: that is before it started"
             ) from None
-        if moved is None:
-            raise IllegalTransition(_illegal(self._get(kind, row_id), status))
-        return moved
+        if times is None:
+            raise IllegalTransition(_illegal(self._get(kind, row.id), status))
+        return kind(status, times[0], times[1], *_UNTIMED[kind](row))
 
     def _get(self, kind: type[Row], row_id: UUID) -> Row:
         table, columns, what = TABLES[kind]
@@ -597,6 +735,10 @@ class Store:
         with self._connection() as conn, conn.cursor(row_factory=class_row(kind)) as cursor:
             cursor.execute(query, params)
             return cursor.fetchall()
+
+
+class _SlowWay(Exception):
+    """FINISH left the row alone: the slow way tells why."""
 
 
 def _fetch_one(
