@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, LiteralString
+from typing import Any, ClassVar, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -178,3 +178,14 @@ def percentile(values: list[float], fraction: float) -> float:
     if len(values) < 2:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1]
+
+
+class Recording(psycopg.Cursor[Any]):
+    """A cursor that keeps what it was asked to run (`cursor_factory=Recording`): the
+    store's own statements, to count them or to show their plans."""
+
+    sent: ClassVar[list[tuple[Any, Any]]] = []
+
+    def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
+        Recording.sent.append((query, params))
+        return super().execute(query, params, **options)

@@ -16,7 +16,7 @@ import psycopg
 
 from cicd_db import migrations, store
 
-from .common import MIGRATIONS, Databases, Table
+from .common import MIGRATIONS, Databases, Recording, Table
 
 STAGES, JOBS = 5, 20
 WRITERS = 8
@@ -47,21 +47,11 @@ def record_with_store_batched(executions: store.Store, pipeline: str) -> None:
     executions.finish_run(run)
 
 
-class _Counting(psycopg.Cursor[Any]):
-    """A cursor that counts the statements it sends: what one run costs in statements."""
-
-    sent = 0
-
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        type(self).sent += 1
-        return super().execute(*args, **kwargs)
-
-
 def statements_per_run(conninfo: str) -> int:
-    with psycopg.connect(conninfo, autocommit=True, cursor_factory=_Counting) as conn:
-        before = _Counting.sent
+    with psycopg.connect(conninfo, autocommit=True, cursor_factory=Recording) as conn:
+        Recording.sent = []
         record_with_store(store.Store.on(conn), "counted")
-        return _Counting.sent - before
+        return len(Recording.sent)
 
 
 def _writer(conninfo: str, number: int, until: float) -> tuple[int, int]:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -19,6 +19,7 @@ from cicd_db.settings import ConnectionSettings
 from .common import (
     MIGRATIONS,
     Databases,
+    Recording,
     Table,
     create_database,
     database_exists,
@@ -204,16 +205,6 @@ def measure(
     return table, results, plans
 
 
-class _Recording(psycopg.Cursor[Any]):
-    """A cursor that keeps what it was asked to run: the store's own statements."""
-
-    sent: ClassVar[list[tuple[Any, Any]]] = []
-
-    def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
-        _Recording.sent.append((query, params))
-        return super().execute(query, params, **options)
-
-
 def explain(
     conn: psycopg.Connection[Any], views: dict[str, Callable[[Pick], None]], pick: Pick
 ) -> list[str]:
@@ -221,13 +212,13 @@ def explain(
     out = []
     factory = conn.cursor_factory
     for name, view in views.items():
-        _Recording.sent = []
-        conn.cursor_factory = _Recording
+        Recording.sent = []
+        conn.cursor_factory = Recording
         try:
             view(pick)
         finally:
             conn.cursor_factory = factory
-        for query, params in _Recording.sent:
+        for query, params in Recording.sent:
             text = query.as_bytes(conn) if isinstance(query, sql.Composable) else query
             text = text.encode() if isinstance(text, str) else bytes(text)
             plan = [row[0] for row in conn.execute(b"EXPLAIN (ANALYZE, BUFFERS) " + text, params)]

@@ -67,6 +67,24 @@ def counts(database: Database) -> tuple[int, int, int]:
     return int(str(row[0])), int(str(row[1])), int(str(row[2]))
 
 
+def when_its_jobs_go(database: Database, oldest: int, action: str) -> None:
+    """Run `action` (PL/pgSQL) as each job of the `oldest`-th oldest run (0: the oldest)
+    is deleted: a way to end or stall retention in the middle of a batch."""
+    rows = database.query(
+        "SELECT j.id FROM job_executions j JOIN stage_executions s ON s.id = j.stage_execution_id "
+        "WHERE s.pipeline_execution_id = (SELECT id FROM pipeline_executions "
+        "ORDER BY completion_time LIMIT 1 OFFSET %s)",
+        oldest,
+    )
+    jobs = ", ".join(f"'{row[0]}'" for row in rows)
+    database.execute(
+        "CREATE FUNCTION when_it_goes() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
+        f"IF OLD.id IN ({jobs}) THEN {action} END IF; RETURN OLD; END$$; "
+        "CREATE TRIGGER when_it_goes BEFORE DELETE ON job_executions "
+        "FOR EACH ROW EXECUTE FUNCTION when_it_goes()"
+    )
+
+
 def whole(database: Database) -> None:
     """Every run left has all its stages, every stage all its jobs (as recorded: 2 x 3)."""
     assert (
@@ -193,20 +211,8 @@ def test_a_lost_connection_leaves_whole_runs_and_says_how_far_it_got(
 ) -> None:
     for days in (40, 41, 42):
         record(executions, "build", days_ago=days)
-    # The jobs of the oldest run (or the next) end the session as they are deleted: mid-batch.
-    oldest = migrated.query(
-        "SELECT j.id FROM job_executions j JOIN stage_executions s ON s.id = j.stage_execution_id "
-        "WHERE s.pipeline_execution_id = (SELECT id FROM pipeline_executions "
-        "ORDER BY completion_time LIMIT 1 OFFSET %s)",
-        offset,
-    )
-    jobs = ", ".join(f"'{row[0]}'" for row in oldest)
-    migrated.execute(
-        "CREATE FUNCTION end_session() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
-        f"IF OLD.id IN ({jobs}) THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; "
-        "RETURN OLD; END$$; CREATE TRIGGER end_session BEFORE DELETE ON job_executions "
-        "FOR EACH ROW EXECUTE FUNCTION end_session()"
-    )
+    # The jobs of the oldest run (or the next) end the session as they go: mid-batch.
+    when_its_jobs_go(migrated, offset, "PERFORM pg_terminate_backend(pg_backend_pid());")
     with migrated.connect() as conn, pytest.raises(OperationalError) as lost:
         retention.prune(conn, keep_days=30, batch_size=batch_size)
     message = str(lost.value)
@@ -326,18 +332,8 @@ def test_an_interrupt_leaves_whole_runs_and_says_how_far_it_got(
 ) -> None:
     for days in (40, 41, 42):
         record(executions, "build", days_ago=days)
-    # The second batch (one run each) sleeps in its first job's delete: interrupted there.
-    second = migrated.query(
-        "SELECT j.id FROM job_executions j JOIN stage_executions s ON s.id = j.stage_execution_id "
-        "WHERE s.pipeline_execution_id = (SELECT id FROM pipeline_executions "
-        "ORDER BY completion_time LIMIT 1 OFFSET 1)"
-    )
-    jobs = ", ".join(f"'{row[0]}'" for row in second)
-    migrated.execute(
-        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
-        f"IF OLD.id IN ({jobs}) THEN PERFORM pg_sleep(60); END IF; RETURN OLD; END$$; "
-        "CREATE TRIGGER slow BEFORE DELETE ON job_executions FOR EACH ROW EXECUTE FUNCTION slow()"
-    )
+    # The second batch (one run each) sleeps as its jobs go: interrupted there.
+    when_its_jobs_go(migrated, 1, "PERFORM pg_sleep(60);")
     command = [sys.executable, "-m", "cicd_db", "retention", "--keep-days", "30"]
     process = subprocess.Popen(
         [*command, "--batch-size", "1", "--database-url", migrated.url],
