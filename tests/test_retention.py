@@ -148,7 +148,8 @@ def test_a_dry_run_counts_what_would_go_and_changes_nothing(
     before = migrated.query("SELECT * FROM job_executions ORDER BY id")
     with migrated.connect() as conn:
         pruned = retention.prune(conn, keep_days=30, dry_run=True)
-    assert (pruned.runs, pruned.stages, pruned.jobs, pruned.dry_run) == (2, 3, 8, True)
+    assert (pruned.runs, pruned.stages, pruned.jobs, pruned.batches) == (2, 3, 8, 0)
+    assert pruned.dry_run
     assert str(pruned).startswith("would delete 2 runs, 3 stages, 8 jobs")
     assert migrated.query("SELECT * FROM job_executions ORDER BY id") == before
 
@@ -170,9 +171,13 @@ def test_batches_are_short_and_report_running_totals(migrated: Database, executi
             conn,
             keep_days=30,
             batch_size=2,
-            on_batch=lambda done, found: heard.append((done.runs, done.batches, found)),
+            on_batch=lambda done, found: heard.append(
+                (done.runs, done.batches, found, done.seconds)
+            ),
         )
-    assert heard == [(2, 1, 5), (4, 2, 5), (5, 3, 5)]
+    assert [hearing[:3] for hearing in heard] == [(2, 1, 5), (4, 2, 5), (5, 3, 5)]
+    seconds = [hearing[3] for hearing in heard]
+    assert 0 < seconds[0] <= seconds[1] <= seconds[2] <= pruned.seconds < 60
     assert (pruned.runs, pruned.batches) == (5, 3)
     assert counts(migrated) == (0, 0, 0)
 
@@ -226,6 +231,46 @@ def test_a_lost_connection_leaves_whole_runs_and_says_how_far_it_got(
     assert counts(migrated) == left
 
 
+def test_a_row_held_past_the_lock_timeout_is_tried_again_then_given_up(
+    migrated: Database, executions: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job row someone holds (not its run: runs held are skipped) makes the batch wait
+    at most the lock timeout, and try again after a pause, a bounded number of times."""
+    monkeypatch.setattr(retention, "RETRY_DELAY", 0.01)
+    record(executions, "build", days_ago=40)
+    with migrated.connect() as holder, migrated.connect() as conn:
+        holder.execute("BEGIN")
+        holder.execute("SELECT FROM job_executions LIMIT 1 FOR UPDATE")
+        # Let go after 30 s at the latest: a lock timeout not applied would wait until then.
+        release = threading.Timer(30, lambda: holder.execute("ROLLBACK"))
+        release.start()
+        try:
+            with pytest.raises(OperationalError) as busy:
+                retention.prune(conn, keep_days=30, lock_timeout=0.05)
+        finally:
+            release.cancel()
+    assert str(busy.value) == (
+        "retention met busy rows 6 times in a row (canceling statement due to lock timeout); "
+        "run again when the tables are less busy, or raise the lock timeout"
+    )
+    assert counts(migrated) == (1, 2, 6)
+
+
+def test_a_lock_timeout_that_clears_is_waited_out(
+    migrated: Database, executions: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "RETRY_DELAY", 0.2)
+    record(executions, "build", days_ago=40)
+    with migrated.connect() as holder, migrated.connect() as conn:
+        holder.execute("BEGIN")
+        holder.execute("SELECT FROM job_executions LIMIT 1 FOR UPDATE")
+        # Released during the pauses between tries (0.2, 0.4, 0.8 ... s): a later try wins.
+        threading.Timer(0.5, lambda: holder.execute("ROLLBACK")).start()
+        pruned = retention.prune(conn, keep_days=30, lock_timeout=0.05)
+    assert (pruned.runs, pruned.jobs) == (1, 6)
+    assert counts(migrated) == (0, 0, 0)
+
+
 def test_writers_keep_writing_while_retention_deletes(
     migrated: Database, executions: Store
 ) -> None:
@@ -266,7 +311,11 @@ def test_writers_keep_writing_while_retention_deletes(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"keep_days": 0}, "keep_days is 0: it must be 1 or more"),
+        (
+            {"keep_days": 0},
+            r"keep_days is 0: it must be 1 or more \(0 would delete runs that finished a "
+            r"moment ago\)$",
+        ),
         ({"keep_days": 30, "batch_size": 0}, "batch_size is 0: it must be 1 or more"),
     ],
 )
@@ -279,7 +328,10 @@ def test_bounds_are_refused_before_anything_is_read(
 
 
 def test_a_transaction_connection_is_refused(migrated: Database) -> None:
-    with psycopg.connect(migrated.settings.conninfo()) as conn, pytest.raises(ValueError):
+    with (
+        psycopg.connect(migrated.settings.conninfo()) as conn,
+        pytest.raises(ValueError, match=r"^retention needs an autocommit connection$"),
+    ):
         retention.prune(conn, keep_days=30)
 
 
