@@ -58,6 +58,10 @@ DEFAULT_PORT = 5432
 # Docker container of the dev stack both create exactly this.
 LOCAL_DATABASE = "ci_local"
 LOCAL_USER = "ci_user"
+# The writer (the CI system, the store) and the reader (reports): migration 0029
+# grants to these names, docs/security.md says what each may do.
+APP_USER = "ci_app"
+READER_USER = "ci_reader"
 LOCAL_ROLE_SETTINGS = (
     ("client_encoding", "utf8"),
     ("default_transaction_isolation", "read committed"),
