@@ -18,13 +18,17 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from cicd_db import targets
 from cicd_db.cli import main
 from cicd_db.embedded import EmbeddedServer
+from cicd_db.errors import AuthenticationFailed
+from cicd_db.store import Store
 
 from .conftest import ROOT, run_cli
 
@@ -464,3 +468,37 @@ def test_a_taken_port_is_named_and_another_port_works(home: Path) -> None:
         assert (moved.code, moved.err) == (0, ""), moved.err
         assert moved.out.startswith(f"running on 127.0.0.1:{third}: ")
         assert json.loads((home / "embedded" / "server.json").read_text())["port"] == third
+
+
+@pytest.mark.db
+def test_the_writer_and_the_reader_log_in_and_a_removed_password_is_made_anew(home: Path) -> None:
+    """docs/security.md: the embedded server makes ci_app and ci_reader; a server whose
+    server.json lacks a password (made before them, or rotated) gets a new one."""
+    environ = {"CICD_DB_HOME": str(home)}
+    assert run_cli("migrate", "--stack", "embedded", env=environ).code == 0
+    target = targets.resolve(stack="embedded", environ=environ)
+    app, reader = target.role_settings(targets.APP), target.role_settings(targets.READER)
+    assert (target.role_settings(targets.OWNER).user, app.user, reader.user) == (
+        "ci_user",
+        "ci_app",
+        "ci_reader",
+    )
+    with targets.connect(app) as conn:
+        Store.on(conn).start_run("build", "abc")
+    with targets.connect(reader) as conn:
+        assert [run.run_number for run in Store.on(conn).runs("build")] == [1]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            Store.on(conn).start_run("build", "def")
+
+    state_file = home / "embedded" / "server.json"
+    state = json.loads(state_file.read_text())
+    old = state.pop("app_password")
+    state_file.write_text(json.dumps(state))
+    EmbeddedServer(home).stop()
+    rotated = targets.resolve(stack="embedded", environ=environ).role_settings(targets.APP)
+    assert rotated.password not in ("", old)
+    assert json.loads(state_file.read_text())["app_password"] == rotated.password
+    with targets.connect(rotated) as conn:
+        assert Store.on(conn).start_run("build", "ghi").run_number == 2
+    with pytest.raises(AuthenticationFailed):
+        targets.connect(replace(rotated, password=old))

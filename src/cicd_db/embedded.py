@@ -21,7 +21,10 @@ is created or started: one that another program holds is named, with how to pick
 another (CICD_DB_EMBEDDED_PORT, which also moves a stopped server).
 
 Like the plan's phase 1, the server has a database `ci_local` owned by a role
-`ci_user` that is not a superuser, with the plan's role settings.
+`ci_user` that is not a superuser, with the plan's role settings; and the writer
+`ci_app` and the reader `ci_reader` (docs/security.md), whose passwords server.json
+keeps too. A server made before them gets them at its next start; removing a
+password from server.json makes the next start set a new one.
 
 The server's own `data/postmaster.pid` says whether it runs, but only once we have
 checked that its PID is a postgres of this data directory: after a crash or a
@@ -48,7 +51,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +60,11 @@ from psycopg import sql
 
 from cicd_db.errors import ConfigError, EmbeddedServerError
 from cicd_db.settings import (
+    APP_USER,
     LOCAL_DATABASE,
     LOCAL_ROLE_SETTINGS,
     LOCAL_USER,
+    READER_USER,
     ConnectionSettings,
 )
 
@@ -79,6 +84,11 @@ STATE_KEYS: dict[str, tuple[type, str]] = {
     "password": (str, "a string"),
     "bootstrapped": (bool, "true or false"),
 }
+# The writer's and the reader's passwords: made at the first start that lacks them
+# (a server created before the roles existed, or a password removed to rotate it).
+ROLE_PASSWORD_KEYS = {APP_USER: "app_password", READER_USER: "reader_password"}
+# Which password of server.json each login role has.
+PASSWORD_KEYS = {SUPERUSER: "superuser_password", LOCAL_USER: "password", **ROLE_PASSWORD_KEYS}
 
 
 def wheel_bin_dir() -> Path:
@@ -152,8 +162,14 @@ class EmbeddedServer:
         )
 
     def settings(self) -> ConnectionSettings:
-        """Settings for `ci_user` on `ci_local`, starting (and first creating) the server."""
-        return _login(self.ensure_running(), LOCAL_USER, LOCAL_DATABASE)
+        """Settings for `ci_user` on `ci_local`, starting (and first creating) the server,
+        with the writer's and the reader's URLs (`for_role`)."""
+        state = self.ensure_running()
+        return replace(
+            _login(state, LOCAL_USER, LOCAL_DATABASE),
+            app_url=_login(state, APP_USER, LOCAL_DATABASE).url(),
+            reader_url=_login(state, READER_USER, LOCAL_DATABASE).url(),
+        )
 
     def admin_settings(self, database: str = "postgres") -> ConnectionSettings:
         """Superuser settings, for tests and set-up; starts the server when needed."""
@@ -169,7 +185,12 @@ class EmbeddedServer:
         """
         _env_port()  # a bad value is a mistake even when the server exists already
         state = self._read_state()
-        if state and state.get("bootstrapped") and self._running_pid() is not None:
+        if (
+            state
+            and state.get("bootstrapped")
+            and all(key in state for key in ROLE_PASSWORD_KEYS.values())
+            and self._running_pid() is not None
+        ):
             return state
         with self._locked(create=True):
             state = self._read_state()
@@ -185,6 +206,12 @@ class EmbeddedServer:
                 self._bootstrap(state)
                 state["bootstrapped"] = True
                 self._write_state(state)
+            missing = [key for key in ROLE_PASSWORD_KEYS.values() if key not in state]
+            if missing:
+                # Stored before the roles get them: a password is never lost to a crash.
+                state.update({key: secrets.token_urlsafe(24) for key in missing})
+                self._write_state(state)
+                self._set_role_passwords(state)
             return state
 
     def stop(self) -> bool:
@@ -239,6 +266,9 @@ class EmbeddedServer:
             raise self._bad_state("not JSON") from None
         if not isinstance(state, dict):
             raise self._bad_state("not a JSON object")
+        for key in ROLE_PASSWORD_KEYS.values():
+            if key in state and not (isinstance(state[key], str) and state[key]):
+                raise self._bad_state(f"{key!r} is not a password; remove it to make a new one")
         for key, (kind, words) in STATE_KEYS.items():
             # bool is an int to isinstance; a port of `true` is still wrong.
             if not isinstance(state.get(key), kind) or (kind is int and type(state[key]) is bool):
@@ -458,6 +488,28 @@ class EmbeddedServer:
                 )
             )
 
+    def _set_role_passwords(self, state: dict[str, Any]) -> None:
+        """Create the writer and the reader, or give them LOGIN and server.json's passwords
+        (migration 0029 may have made them NOLOGIN); safe to repeat. Their privileges
+        are the migration's grants, nothing here."""
+        admin = _login(state, SUPERUSER, "postgres")
+        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+            for user, key in ROLE_PASSWORD_KEYS.items():
+                role, password = sql.Identifier(user), sql.Literal(state[key])
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [user])
+                verb = "ALTER" if exists.fetchone() else "CREATE"
+                conn.execute(
+                    sql.SQL(
+                        verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
+                    ).format(role, password)
+                )
+                for name, value in LOCAL_ROLE_SETTINGS:
+                    conn.execute(
+                        sql.SQL("ALTER ROLE {} SET {} TO {}").format(
+                            role, sql.Identifier(name), sql.Literal(value)
+                        )
+                    )
+
     def _log_tail(self, lines: int = 5) -> str:
         try:
             tail = self.log_file.read_text(errors="replace").strip().splitlines()[-lines:]
@@ -526,7 +578,7 @@ def _login(state: dict[str, Any], user: str, database: str) -> ConnectionSetting
         port=state["port"],
         database=database,
         user=user,
-        password=state["superuser_password" if user == SUPERUSER else "password"],
+        password=state[PASSWORD_KEYS[user]],
         # The wheel is built without OpenSSL; the server only listens on loopback.
         sslmode="disable",
     )

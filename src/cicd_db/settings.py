@@ -31,10 +31,21 @@ PASSWORD = "password"  # noqa: S105 - the name of an output, not a password
 SSLMODE = "sslmode"
 DATABASE_URL = "database_url"
 MIGRATION_DATABASE_URL = "migration_database_url"
+# The writer's and the reader's URLs (docs/security.md): optional in the contract, so
+# a stack deployed before them still reads; the Pulumi program always exports both.
+APP_DATABASE_URL = "app_database_url"
+READER_DATABASE_URL = "reader_database_url"
 
 OUTPUT_NAMES = (HOST, PORT, DATABASE, USER, PASSWORD, SSLMODE, DATABASE_URL)
-OPTIONAL_OUTPUT_NAMES = (MIGRATION_DATABASE_URL,)
-SECRET_OUTPUT_NAMES = frozenset({PASSWORD, DATABASE_URL, MIGRATION_DATABASE_URL})
+OPTIONAL_OUTPUT_NAMES = (MIGRATION_DATABASE_URL, APP_DATABASE_URL, READER_DATABASE_URL)
+SECRET_OUTPUT_NAMES = frozenset(
+    {PASSWORD, DATABASE_URL, MIGRATION_DATABASE_URL, APP_DATABASE_URL, READER_DATABASE_URL}
+)
+
+# The roles a part of the system connects as (docs/security.md): the owner runs the
+# migrations, the app (writer) records executions, the reader reads them.
+OWNER, APP, READER = "owner", "app", "reader"
+ROLES = (OWNER, APP, READER)
 
 URL_SCHEMES = ("postgres", "postgresql")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -92,6 +103,9 @@ class ConnectionSettings:
     # A direct (non-pooled) endpoint for the migration runner, when the
     # application's endpoint is a transaction pooler.
     migration_url: str | None = field(default=None, repr=False)
+    # The writer's and the reader's URLs, where the target has them (docs/security.md).
+    app_url: str | None = field(default=None, repr=False)
+    reader_url: str | None = field(default=None, repr=False)
     # Every other libpq keyword the URL named, in its order: sslrootcert, options, ...
     parameters: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
@@ -215,8 +229,31 @@ class ConnectionSettings:
         return redact(self.url(), secrets=self.secrets())
 
     def secrets(self) -> list[str]:
-        """Every secret value these settings hold, for `redact`."""
-        return [self.password] + [v for k, v in self.parameters if k in SECRET_KEYWORDS]
+        """Every secret value these settings hold, the other roles' URLs' too, for `redact`."""
+        others = [self.migration_url, self.app_url, self.reader_url]
+        return (
+            [self.password]
+            + [v for k, v in self.parameters if k in SECRET_KEYWORDS]
+            + [secret for url in others for secret in password_candidates(url)]
+        )
+
+    def for_role(self, role: str) -> ConnectionSettings:
+        """The settings `role` (OWNER, APP or READER) connects with.
+
+        The owner's are these, or the direct endpoint for migrations. The app's and
+        the reader's are their own URLs where the target has them; a target without
+        them (one URL, DATABASE_URL) is one role, and every part uses it.
+        """
+        if role == OWNER:
+            return self.for_migrations()
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        url, output = (
+            (self.app_url, APP_DATABASE_URL)
+            if role == APP
+            else (self.reader_url, READER_DATABASE_URL)
+        )
+        return self if url is None else from_url(url, what=output)
 
     def for_migrations(self) -> ConnectionSettings:
         """The settings the migration runner uses: the direct endpoint when there is one."""
@@ -237,8 +274,13 @@ class ConnectionSettings:
             SSLMODE: self.sslmode or "prefer",
             DATABASE_URL: self.url(),
         }
-        if self.migration_url is not None:
-            values[MIGRATION_DATABASE_URL] = self.migration_url
+        for name, url in (
+            (MIGRATION_DATABASE_URL, self.migration_url),
+            (APP_DATABASE_URL, self.app_url),
+            (READER_DATABASE_URL, self.reader_url),
+        ):
+            if url is not None:
+                values[name] = url
         return values
 
 
@@ -366,6 +408,8 @@ def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> C
         password=str(params.get("password") or ""),
         sslmode=sslmode,
         migration_url=params.get(MIGRATION_DATABASE_URL) or None,
+        app_url=params.get(APP_DATABASE_URL) or None,
+        reader_url=params.get(READER_DATABASE_URL) or None,
         parameters=tuple(parameters),
     )
 
@@ -533,6 +577,9 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
     settings = from_mapping(outputs, what=f"stack {stack!r} outputs")
     # The URL output carries the parameters the fields cannot (sslrootcert, options, ...).
     url = from_url(str(outputs[DATABASE_URL]), what=f"stack {stack!r} output {DATABASE_URL}")
+    for name in (APP_DATABASE_URL, READER_DATABASE_URL):
+        if outputs.get(name):
+            from_url(str(outputs[name]), what=f"stack {stack!r} output {name}")  # fails now
     return replace(settings, parameters=url.parameters)
 
 

@@ -37,6 +37,10 @@ from cicd_db.errors import (
     ConnectionFailed,
     UsageError,
 )
+from cicd_db.settings import APP as APP  # the roles, re-exported for role_settings' callers
+from cicd_db.settings import OWNER as OWNER
+from cicd_db.settings import READER as READER
+from cicd_db.settings import ROLES as ROLES
 from cicd_db.settings import ConnectionSettings, from_url, redact
 
 if TYPE_CHECKING:
@@ -97,6 +101,12 @@ class Target:
         from cicd_db import stacks  # imported on use: most runs name a URL
 
         return stacks.settings(self.name, root=self.root)
+
+    def role_settings(self, role: str) -> ConnectionSettings:
+        """The settings `role` connects with: OWNER for migrations and schema commands,
+        APP for the store's writers, READER for reports (docs/security.md). A target of
+        one URL has one role, which every part uses."""
+        return self.settings.for_role(role)
 
     def embedded_server(self) -> EmbeddedServer:
         from cicd_db.embedded import EmbeddedServer  # imported on use, like stacks
