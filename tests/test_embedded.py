@@ -502,3 +502,15 @@ def test_the_writer_and_the_reader_log_in_and_a_removed_password_is_made_anew(ho
         assert Store.on(conn).start_run("build", "ghi").run_number == 2
     with pytest.raises(AuthenticationFailed):
         targets.connect(replace(rotated, password=old))
+
+    # `report` reads as ci_reader: the owner may not log in, and it still works.
+    admin = EmbeddedServer(home).admin_settings("postgres")
+    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        conn.execute("ALTER ROLE ci_user NOLOGIN")
+    try:
+        shown = run_cli("report", "--stack", "embedded", "--pipeline", "build", env=environ)
+    finally:
+        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+            conn.execute("ALTER ROLE ci_user LOGIN")
+    assert (shown.code, shown.err) == (0, "")
+    assert shown.out.startswith("pipeline build: 2 runs, newest first\n")

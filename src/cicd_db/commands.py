@@ -286,7 +286,8 @@ def show_report(run: Run) -> int:
     from cicd_db import report, store  # on use: `migrate` starts faster without the store
 
     a, target = run.args, run.remember(run.target())
-    with targets.connect(target.settings) as conn:
+    # Reads only: as the reader where the target has one (docs/security.md).
+    with targets.connect(target.role_settings(targets.READER)) as conn:
         view = report.fetch(
             store.Store.on(conn),
             a.pipeline,
