@@ -4,6 +4,7 @@ that exist already."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import socket
@@ -21,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cicd_db.settings import ConnectionSettings, from_url
+from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings, from_url
 
 from .conftest import ROOT, run_cli
 
@@ -44,6 +45,22 @@ def names(server: ConnectionSettings) -> Iterator[Names]:
         )
         for role in (made.user, made.admin):
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture(autouse=True)
+def writer_and_reader(server: ConnectionSettings) -> None:
+    """ci_app and ci_reader as login roles, which init-local leaves as they are: the
+    tests of ci_user see no step of theirs; the tests of theirs below set what they need."""
+    for role in (APP_USER, READER_USER):
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            verb = (
+                "ALTER"
+                if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+                else "CREATE"
+            )
+            conn.execute(
+                sql.SQL(verb + " ROLE {} LOGIN PASSWORD 'role-Pass-0'").format(sql.Identifier(role))
+            )
 
 
 def superuser(server: ConnectionSettings, statement: str, *roles: str) -> None:
@@ -375,3 +392,76 @@ def test_two_runs_at_once_never_drop_the_role_the_other_made(
                     )
                 )
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(user)))
+
+
+def logs_in_as(server: ConnectionSettings, url: str, role: str, database: str) -> bool:
+    settings = from_url(url, what="printed")
+    assert (settings.user, settings.database) == (role, database)
+    with psycopg.connect(settings.conninfo()) as conn:
+        return conn.execute("SELECT current_user").fetchone() == (role,)
+
+
+@pytest.mark.db
+def test_init_local_twice_makes_the_writer_and_the_reader(
+    server: ConnectionSettings, names: Names
+) -> None:
+    """docs/security.md: ci_app and ci_reader, as migration 0029 leaves them where it made
+    them (NOLOGIN), get LOGIN and generated passwords; `--json` adds their URLs, redacted
+    unless --show-password; a second run keeps them; a given password replaces one."""
+    superuser(server, "ALTER ROLE {} NOLOGIN PASSWORD NULL", APP_USER)
+    superuser(server, "ALTER ROLE {} NOLOGIN PASSWORD NULL", READER_USER)
+    first = init_local(server, server, names, "--json", "--password", "user-Pass-1")
+    assert first.code == 0, first.err
+    assert first.err == (
+        "note: ci_app got a generated password, not shown; run again with --app-password to "
+        "set one you know\nnote: ci_reader got a generated password, not shown; run again "
+        "with --reader-password to set one you know\n"
+    )
+    shown = json.loads(first.out)
+    where = f"{server.host}:{server.port}/{names.database}"
+    assert shown["app_url"] == f"postgresql://ci_app:***@{where}?sslmode=disable"
+    assert shown["reader_url"] == f"postgresql://ci_reader:***@{where}?sslmode=disable"
+
+    # Once more, generated again since nobody saw them, and shown this time.
+    superuser(server, "ALTER ROLE {} NOLOGIN", APP_USER)
+    superuser(server, "ALTER ROLE {} NOLOGIN", READER_USER)
+    made = init_local(server, server, names, "--json", "--show-password")
+    assert (made.code, made.err) == (0, "")
+    urls = json.loads(made.out)
+    assert logs_in_as(server, urls["app_url"], APP_USER, names.database)
+    assert logs_in_as(server, urls["reader_url"], READER_USER, names.database)
+
+    again = init_local(server, server, names, "--json", "--show-password")
+    assert (again.code, again.err) == (0, "")
+    kept = json.loads(again.out)
+    assert kept["app_url"] == f"postgresql://ci_app@{where}?sslmode=disable"  # kept, not shown
+    assert logs_in_as(server, urls["app_url"], APP_USER, names.database)
+
+    given = init_local(server, server, names, "--json", "--app-password", "app-Pass-9")
+    assert (given.code, given.err) == (0, "")
+    assert "app-Pass-9" not in given.out
+    with pytest.raises(psycopg.OperationalError):
+        logs_in_as(server, urls["app_url"], APP_USER, names.database)
+    assert logs_in_as(
+        server,
+        urls["app_url"].replace(from_url(urls["app_url"]).password, "app-Pass-9"),
+        APP_USER,
+        names.database,
+    )
+    assert logs_in_as(server, urls["reader_url"], READER_USER, names.database)
+
+
+@pytest.mark.db
+def test_init_local_refuses_a_writer_that_is_a_superuser(
+    server: ConnectionSettings, names: Names
+) -> None:
+    superuser(server, "ALTER ROLE {} SUPERUSER", APP_USER)
+    try:
+        refused = init_local(server, server, names)
+    finally:
+        superuser(server, "ALTER ROLE {} NOSUPERUSER", APP_USER)
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (
+        "error: role 'ci_app' exists and is a superuser, so it could do anything the owner "
+        'can; run `ALTER ROLE "ci_app" NOSUPERUSER` as a superuser and run again\n'
+    )

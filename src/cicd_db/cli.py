@@ -192,6 +192,8 @@ COMMANDS: list[tuple[str, tuple[_Parser, ...], Callable[[Run], int], str, str, t
         _arg("--admin-url", required=True, metavar="URL", help="a superuser URL (or CREATEROLE and CREATEDB)"),
         _arg("--password", help="ci_user's password (default: generated for a new role; kept for an existing one)"),
         _arg("--show-password", action="store_true", help="print the URL with its password"),
+        _arg("--app-password", help="ci_app's password, the writer's (default: generated for a new role; kept for an existing one)"),
+        _arg("--reader-password", help="ci_reader's password, the reader's (default: generated for a new role; kept for an existing one)"),
         _arg("--user", default="ci_user", help="the role to create (ci_user)"),
         _arg("--database", default="ci_local", help="the database to create (ci_local)"),
     )),

@@ -28,7 +28,7 @@ from cicd_db.errors import (
     ConfigError,
     UsageError,
 )
-from cicd_db.settings import from_url, password_candidates
+from cicd_db.settings import APP_USER, from_url, password_candidates
 
 
 class Run:
@@ -336,14 +336,29 @@ def init_local(run: Run) -> int:
     from cicd_db import local
 
     a, admin = run.args, from_url(run.args.admin_url, what="--admin-url")
-    run.secrets += [*admin.secrets(), a.password or ""]
+    run.secrets += [
+        *admin.secrets(),
+        a.password or "",
+        a.app_password or "",
+        a.reader_password or "",
+    ]
     with targets.connect(admin) as conn:
         # The URL printed names the host (a socket's folder too) and port libpq used,
         # also when they came from PGHOST, PGPORT or a service file.
         server = admin.in_use(conn.info)
-        prepared = local.init(conn, server, a.password, user=a.user, database=a.database)
+        prepared = local.init(
+            conn,
+            server,
+            a.password,
+            user=a.user,
+            database=a.database,
+            app_password=a.app_password,
+            reader_password=a.reader_password,
+        )
+    run.secrets += [role.password for role in (prepared.app, prepared.reader) if role]
     url = prepared.settings.url() if a.show_password else prepared.settings.redacted_url()
-    run.show(console.local_json(prepared, url), lambda: [console.local_line(prepared)])
+    shown = console.local_json(prepared, url, show_password=a.show_password)
+    run.show(shown, lambda: [console.local_line(prepared)])
     if not a.json:
         print(url)
     if (
@@ -354,6 +369,12 @@ def init_local(run: Run) -> int:
         user = prepared.settings.user
         print(
             f"note: {user} got a generated password, not shown; run again with --password to set one you know",
+            file=sys.stderr,
+        )
+    for role in () if a.show_password else prepared.generated:
+        flag = "--app-password" if role == APP_USER else "--reader-password"
+        print(
+            f"note: {role} got a generated password, not shown; run again with {flag} to set one you know",
             file=sys.stderr,
         )
     return 0

@@ -280,10 +280,17 @@ def embedded_line(state: Status) -> str:
     return f"stopped, data {state.data_dir}" + ("" if state.initialized else " (not created yet)")
 
 
-def local_json(prepared: Prepared, url: str) -> JSON:
-    """`url` as the command shows it: redacted unless --show-password."""
+def local_json(prepared: Prepared, url: str, *, show_password: bool = False) -> JSON:
+    """`url` as the command shows it: redacted unless --show-password; so are the
+    writer's and the reader's (`app_url`, `reader_url`)."""
+    shown = {
+        key: (role.url() if show_password else role.redacted_url())
+        for key, role in (("app_url", prepared.app), ("reader_url", prepared.reader))
+        if role is not None
+    }
     return {
         "url": url,
+        **shown,
         "created_role": prepared.created_role,
         "created_database": prepared.created_database,
         "password_set": prepared.password_set,

@@ -24,7 +24,14 @@ import psycopg
 from psycopg import sql
 
 from cicd_db.errors import ConfigError
-from cicd_db.settings import LOCAL_DATABASE, LOCAL_ROLE_SETTINGS, LOCAL_USER, ConnectionSettings
+from cicd_db.settings import (
+    APP_USER,
+    LOCAL_DATABASE,
+    LOCAL_ROLE_SETTINGS,
+    LOCAL_USER,
+    READER_USER,
+    ConnectionSettings,
+)
 
 # The comment on a role init() made and has not finished (see the module docstring).
 UNFINISHED = "cicd-db init-local: not finished; its password was never shown"
@@ -41,6 +48,12 @@ class Prepared:
     # An earlier run made the role and stopped before it finished: its password,
     # never shown, was replaced.
     password_reset: bool = False
+    # The writer and the reader (docs/security.md), on the same database; a password
+    # is empty when an existing login role kept its own.
+    app: ConnectionSettings | None = None
+    reader: ConnectionSettings | None = None
+    # Which of them got a password nobody gave (a new role, or one 0029 made NOLOGIN).
+    generated: tuple[str, ...] = ()
 
 
 def init(
@@ -50,6 +63,8 @@ def init(
     *,
     user: str = LOCAL_USER,
     database: str = LOCAL_DATABASE,
+    app_password: str | None = None,
+    reader_password: str | None = None,
 ) -> Prepared:
     """Create or complete `user` and `database` (ci_user, ci_local) through `admin`, a
     connection with the rights, on the server `server` describes.
@@ -61,6 +76,12 @@ def init(
     expired VALID UNTIL): those are someone's choices, named with the fix, never
     changed behind their back. A role this call created is dropped again when a
     later step fails, so a rerun starts clean and no password is lost unseen.
+
+    Then the writer `ci_app` and the reader `ci_reader` (docs/security.md), in one
+    transaction: each new one, or one that may not log in (migration 0029 makes them
+    NOLOGIN where they were missing), gets LOGIN and its password, given or
+    generated; an existing login role is left as it is unless a password is given. Their
+    privileges are the migrations' grants, made by `cicd-db migrate`.
     """
     row = admin.execute(
         "SELECT rolsuper, rolcreaterole, rolcreatedb, current_user FROM pg_roles "
@@ -157,7 +178,61 @@ def init(
         password=password or "",
         migration_url=None,
     )
-    return Prepared(settings, created_role, owner is None, bool(password), unfinished)
+    with _privileges(who, APP_USER), admin.transaction():
+        app, app_generated = _login_role(admin, APP_USER, app_password)
+        reader, reader_generated = _login_role(admin, READER_USER, reader_password)
+    return Prepared(
+        settings,
+        created_role,
+        owner is None,
+        bool(password),
+        unfinished,
+        app=replace(settings, user=APP_USER, password=app),
+        reader=replace(settings, user=READER_USER, password=reader),
+        generated=tuple(
+            name
+            for name, made in ((APP_USER, app_generated), (READER_USER, reader_generated))
+            if made
+        ),
+    )
+
+
+def _login_role(
+    admin: psycopg.Connection[Any], user: str, password: str | None
+) -> tuple[str, bool]:
+    """Make `user` a login role that is not a superuser; (its password, or "" when an
+    existing one kept its own; whether the password was generated)."""
+    existing = admin.execute(
+        "SELECT rolsuper, rolcanlogin FROM pg_roles WHERE rolname = %s", [user]
+    ).fetchone()
+    role = sql.Identifier(user)
+    if existing is not None and existing[0]:
+        raise ConfigError(
+            f"role {user!r} exists and is a superuser, so it could do anything the owner can; "
+            f"run `ALTER ROLE {role.as_string(None)} NOSUPERUSER` as a superuser and run again"
+        )
+    generated = not password and (existing is None or not existing[1])
+    if existing is not None and not generated and not password:
+        return "", False  # a login role of someone's: left exactly as it is
+    if generated:
+        password = secrets.token_urlsafe(24)
+    if existing is None:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}").format(
+                role, sql.Literal(password)
+            )
+        )
+    elif password:
+        admin.execute(
+            sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password))
+        )
+    for name, value in LOCAL_ROLE_SETTINGS:
+        admin.execute(
+            sql.SQL("ALTER ROLE {} SET {} TO {}").format(
+                role, sql.Identifier(name), sql.Literal(value)
+            )
+        )
+    return password or "", generated
 
 
 def _refuse_unusable(
