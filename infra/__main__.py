@@ -37,7 +37,7 @@ elif kind == "cloud":
             f"stack {stack} has no database URL; set it with: pulumi config set --secret "
             f"cicd-db:databaseUrl 'postgresql://USER:PASSWORD@HOST/DATABASE?sslmode=require' -s {stack}"
         )
-    for key in ("databaseUrl", "directUrl"):
+    for key in ("databaseUrl", "directUrl", "appDatabaseUrl", "readerDatabaseUrl"):
         if config.get(key) and not pulumi.runtime.is_config_secret(config.full_key(key)):
             raise pulumi.RunError(
                 f"cicd-db:{key} is stored in clear text in Pulumi.{stack}.yaml; remove it and set "
@@ -48,6 +48,9 @@ elif kind == "cloud":
         database_url=database_url,
         direct_url=config.get("directUrl"),
         allow_insecure=bool(config.get_bool("allowInsecure")),
+        app_url=config.get("appDatabaseUrl"),
+        reader_url=config.get("readerDatabaseUrl"),
+        single_role=bool(config.get_bool("singleRole")),
     )
 else:
     raise pulumi.RunError(f"cicd-db:kind is {kind!r}; use docker or cloud")

@@ -10,9 +10,12 @@ from cicd_db import settings as contract
 class CloudPostgres(pulumi.ComponentResource):
     """The connection contract of a cloud database, from its URL (and a direct URL).
 
-    `database_url` is what the application uses; `direct_url`, when the former is a
-    transaction pooler, is a non-pooled endpoint the migration runner uses.
-    Both are checked here (`contract.check_cloud_url`) before anything is exported.
+    `database_url` is the owner's, what migrations use; `direct_url`, when the former
+    is a transaction pooler, is a non-pooled endpoint the migration runner uses.
+    `app_url` and `reader_url` are the writer's and the reader's (docs/security.md):
+    both are needed, unless `single_role` says on purpose that every part uses the
+    owner's URL; never a silent fallback to the owner. All are checked here
+    (`contract.check_cloud_url`) before anything is exported.
     """
 
     def __init__(
@@ -22,6 +25,9 @@ class CloudPostgres(pulumi.ComponentResource):
         database_url: str,
         direct_url: str | None,
         allow_insecure: bool,
+        app_url: str | None = None,
+        reader_url: str | None = None,
+        single_role: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("cicd-db:cloud:CloudPostgres", name, None, opts)
@@ -63,4 +69,54 @@ class CloudPostgres(pulumi.ComponentResource):
         }
         if direct is not None:
             self.connection[contract.MIGRATION_DATABASE_URL] = pulumi.Output.secret(direct)
+        for output, url_of_role in _role_urls(
+            url, values.user, app_url, reader_url, single_role, allow_insecure
+        ).items():
+            self.connection[output] = pulumi.Output.secret(url_of_role)
         self.register_outputs(self.connection)
+
+
+def _role_urls(
+    owner_url: str,
+    owner: str,
+    app_url: str | None,
+    reader_url: str | None,
+    single_role: bool,
+    allow_insecure: bool,
+) -> dict[str, str]:
+    """The writer's and the reader's URLs to export, checked; RunError with the fix."""
+    stack = pulumi.get_stack()
+    keys = {"cicd-db:appDatabaseUrl": app_url, "cicd-db:readerDatabaseUrl": reader_url}
+    if single_role:
+        if app_url or reader_url:
+            raise pulumi.RunError(
+                "cicd-db:singleRole is true but a writer's or reader's URL is set too; remove "
+                f"one or the other: pulumi config rm cicd-db:singleRole -s {stack}"
+            )
+        # On purpose, named in the stack's config: every part connects as the owner.
+        return {contract.APP_DATABASE_URL: owner_url, contract.READER_DATABASE_URL: owner_url}
+    missing = [key for key, url in keys.items() if not url]
+    if missing:
+        raise pulumi.RunError(
+            f"stack {stack} has no {' and no '.join(missing)}: the CI system and reports "
+            "would connect as the owner, which can drop tables and rewrite the migration "
+            f"history; create the roles (docs/security.md) and set: pulumi config set "
+            f"--secret {missing[0]} 'postgresql://ci_app:PASSWORD@HOST/DATABASE?sslmode=require' "
+            f"-s {stack} (ci_reader for the reader), or run as one role on purpose: "
+            f"pulumi config set cicd-db:singleRole true -s {stack}"
+        )
+    checked = {}
+    for (key, url), output in zip(
+        keys.items(), (contract.APP_DATABASE_URL, contract.READER_DATABASE_URL), strict=True
+    ):
+        try:
+            good = contract.check_cloud_url(str(url), what=key, allow_insecure=allow_insecure)
+        except contract.ConfigError as error:
+            raise pulumi.RunError(str(error)) from None
+        if contract.from_url(good, what=key).user == owner:
+            raise pulumi.RunError(
+                f"{key} logs in as {owner}, the owner of cicd-db:databaseUrl; set it to the "
+                "URL of its own role (docs/security.md), or set cicd-db:singleRole true"
+            )
+        checked[output] = good
+    return checked

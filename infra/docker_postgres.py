@@ -12,6 +12,7 @@ Lifecycle rules (each has a test in tests/test_infra.py):
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pulumi
 import pulumi_docker as docker
@@ -93,10 +94,12 @@ def check_majors(*, stack: str, major: int, volume_major: int | None, image_tag:
 
 
 def init_script() -> str:
-    """Creates ci_user (owner of ci_local, not a superuser) with the plan's role settings.
+    """Creates ci_user (owner of ci_local, not a superuser) with the plan's role settings,
+    and the writer ci_app and the reader ci_reader (docs/security.md; migration 0029
+    grants them their privileges).
 
-    The image runs it once, on an empty volume; the password comes from the
-    container's environment so it is never written into the script.
+    The image runs it once, on an empty volume; the passwords come from the
+    container's environment so they are never written into the script.
     """
     role_settings = "\n".join(
         f"ALTER ROLE {contract.LOCAL_USER} SET {name} TO '{value}';"
@@ -105,8 +108,12 @@ def init_script() -> str:
     return f"""#!/bin/bash
 set -euo pipefail
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \\
-     --set=password="$CICD_DB_APP_PASSWORD" <<'SQL'
+     --set=password="$CICD_DB_APP_PASSWORD" \\
+     --set=writer_password="$CICD_DB_WRITER_PASSWORD" \\
+     --set=reader_password="$CICD_DB_READER_PASSWORD" <<'SQL'
 CREATE ROLE {contract.LOCAL_USER} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD :'password';
+CREATE ROLE {contract.APP_USER} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD :'writer_password';
+CREATE ROLE {contract.READER_USER} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD :'reader_password';
 {role_settings}
 CREATE DATABASE {contract.LOCAL_DATABASE} OWNER {contract.LOCAL_USER};
 GRANT ALL PRIVILEGES ON DATABASE {contract.LOCAL_DATABASE} TO {contract.LOCAL_USER};
@@ -120,10 +127,12 @@ def entrypoint_script(app_user: str = contract.LOCAL_USER) -> str:
     The image initialises (and runs /docker-entrypoint-initdb.d) only on an empty data
     directory. On a kept one this script starts the image's own socket-only temporary
     server, sets the superuser's and `app_user`'s passwords from the container's
-    environment (the passwords this stack exports), stops it, and then runs
+    environment (the passwords this stack exports), and the writer's and the
+    reader's, creating them first on a volume made before they existed; stops it, and then runs
     docker-entrypoint.sh as the image would. It uses the functions the image's
     docker-entrypoint.sh defines when it is sourced (it runs nothing then).
     """
+    # A shell script of constants; the passwords reach psql as variables, never as text.
     return f"""#!/usr/bin/env bash
 # cicd-db: set this stack's passwords on every start, then start PostgreSQL as the image does.
 set -Eeo pipefail
@@ -135,9 +144,16 @@ if [ "${{1:-}}" = --set-passwords ]; then
     docker_temp_server_start "$@"
     docker_process_sql --dbname postgres \\
         --set=superuser="$POSTGRES_USER" --set=superuser_password="$POSTGRES_PASSWORD" \\
-        --set=app_password="$CICD_DB_APP_PASSWORD" <<'SQL'
+        --set=app_password="$CICD_DB_APP_PASSWORD" \\
+        --set=writer_password="$CICD_DB_WRITER_PASSWORD" \\
+        --set=reader_password="$CICD_DB_READER_PASSWORD" <<'SQL'
 ALTER ROLE :"superuser" PASSWORD :'superuser_password';
 ALTER ROLE {app_user} PASSWORD :'app_password';
+SELECT format('CREATE ROLE %I NOSUPERUSER NOCREATEROLE', name)
+FROM unnest(ARRAY['{contract.APP_USER}', '{contract.READER_USER}']) AS name
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) \\gexec
+ALTER ROLE {contract.APP_USER} LOGIN PASSWORD :'writer_password';
+ALTER ROLE {contract.READER_USER} LOGIN PASSWORD :'reader_password';
 SQL
     docker_temp_server_stop
     echo "cicd-db: passwords of $POSTGRES_USER and {app_user} set from the stack"
@@ -156,7 +172,7 @@ if [ "${{1:-}}" = postgres ] && [ -s "$PGDATA/PG_VERSION" ]; then
     fi
 fi
 exec docker-entrypoint.sh "$@"
-"""
+"""  # noqa: S608 - constants only: the passwords reach psql as variables
 
 
 def names(project: str, stack: str, clone: str, volume_major: int) -> tuple[str, str]:
@@ -195,8 +211,16 @@ class DockerPostgres(pulumi.ComponentResource):
         superuser_password = random.RandomPassword(
             f"{name}-superuser-password", length=32, special=False, opts=child
         )
+        # The owner's (ci_user's): named before the writer existed, kept so a stack's
+        # password survives the upgrade.
         app_password = random.RandomPassword(
             f"{name}-app-password", length=32, special=False, opts=child
+        )
+        writer_password = random.RandomPassword(
+            f"{name}-writer-password", length=32, special=False, opts=child
+        )
+        reader_password = random.RandomPassword(
+            f"{name}-reader-password", length=32, special=False, opts=child
         )
         image = docker.RemoteImage(
             f"{name}-image",
@@ -228,6 +252,8 @@ class DockerPostgres(pulumi.ComponentResource):
             envs=[
                 pulumi.Output.concat("POSTGRES_PASSWORD=", superuser_password.result),
                 pulumi.Output.concat("CICD_DB_APP_PASSWORD=", app_password.result),
+                pulumi.Output.concat("CICD_DB_WRITER_PASSWORD=", writer_password.result),
+                pulumi.Output.concat("CICD_DB_READER_PASSWORD=", reader_password.result),
             ],
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
             ports=[
@@ -273,6 +299,13 @@ class DockerPostgres(pulumi.ComponentResource):
         )
         self.container = container
         self.volume = volume
+
+        def url_of(user: str, password: pulumi.Output[str]) -> pulumi.Output[str]:
+            # Waits for the container, so the URL exists only once the server is healthy.
+            return pulumi.Output.all(container.id, password).apply(
+                lambda parts: replace(values, user=user, password=parts[1]).url()
+            )
+
         self.connection: dict[str, pulumi.Input[object]] = {
             contract.HOST: values.host,
             contract.PORT: values.port,
@@ -291,5 +324,7 @@ class DockerPostgres(pulumi.ComponentResource):
                     values.sslmode,
                 ).url()
             ),
+            contract.APP_DATABASE_URL: url_of(contract.APP_USER, writer_password.result),
+            contract.READER_DATABASE_URL: url_of(contract.READER_USER, reader_password.result),
         }
         self.register_outputs(self.connection)

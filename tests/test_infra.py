@@ -10,6 +10,7 @@ the image's functions replaced by stand-ins, and its SQL on a real PostgreSQL.
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import shutil
 import subprocess
@@ -126,6 +127,13 @@ def run_program(
 
 DEV_CONFIG = {"postgresMajor": "17", "volumeMajor": "17", "port": "5432", "keepVolume": "true"}
 PROD_URL = "postgresql://app:cloud-secret@ep-calm-tree.eu-central-1.aws.neon.tech/cicd_main"
+# The writer's and the reader's URLs the prod stack needs (docs/security.md).
+ROLE_URLS = {
+    "appDatabaseUrl": PROD_URL.replace("app:cloud", "ci_app:cloud-app"),
+    "readerDatabaseUrl": PROD_URL.replace("app:cloud", "ci_reader:cloud-reader"),
+}
+ROLE_OUTPUTS = (*contract.OUTPUT_NAMES, "app_database_url", "reader_database_url")
+SECRET_OUTPUTS = {"password", "database_url", "app_database_url", "reader_database_url"}
 
 
 def clone_of(root: Path) -> str:
@@ -154,8 +162,8 @@ def outputs_of(program: Program) -> tuple[dict[str, Any], dict[str, bool]]:
 
 def test_dev_stack_exports_the_contract_with_secrets_hidden() -> None:
     values, secrets = outputs_of(run_program("dev", DEV_CONFIG))
-    assert tuple(values) == contract.OUTPUT_NAMES
-    assert {name for name, secret in secrets.items() if secret} == {"password", "database_url"}
+    assert tuple(values) == ROLE_OUTPUTS
+    assert {name for name, secret in secrets.items() if secret} == SECRET_OUTPUTS
     assert values["host"] == "127.0.0.1"
     assert values["port"] == 5432
     assert (values["database"], values["user"]) == ("ci_local", "ci_user")
@@ -164,13 +172,25 @@ def test_dev_stack_exports_the_contract_with_secrets_hidden() -> None:
         "postgresql://ci_user:generated-postgres-app-password@127.0.0.1:5432/ci_local"
         "?sslmode=disable"
     )
+    assert values["app_database_url"] == (
+        "postgresql://ci_app:generated-postgres-writer-password@127.0.0.1:5432/ci_local"
+        "?sslmode=disable"
+    )
+    assert values["reader_database_url"] == (
+        "postgresql://ci_reader:generated-postgres-reader-password@127.0.0.1:5432/ci_local"
+        "?sslmode=disable"
+    )
 
 
 def test_prod_stack_exports_the_same_names() -> None:
     dev, _ = outputs_of(run_program("dev", DEV_CONFIG))
-    prod, secrets = outputs_of(run_program("prod", {"databaseUrl": PROD_URL}, ["databaseUrl"]))
-    assert tuple(prod) == tuple(dev) == contract.OUTPUT_NAMES
-    assert {name for name, secret in secrets.items() if secret} == {"password", "database_url"}
+    prod, secrets = outputs_of(
+        run_program("prod", {"databaseUrl": PROD_URL, **ROLE_URLS}, ["databaseUrl", *ROLE_URLS])
+    )
+    assert tuple(prod) == tuple(dev) == ROLE_OUTPUTS
+    assert {name for name, secret in secrets.items() if secret} == SECRET_OUTPUTS
+    assert prod["app_database_url"] == ROLE_URLS["appDatabaseUrl"] + "?sslmode=require"
+    assert prod["reader_database_url"] == ROLE_URLS["readerDatabaseUrl"] + "?sslmode=require"
     assert prod["database_url"] == PROD_URL + "?sslmode=require"
     assert (prod["host"], prod["port"], prod["user"], prod["sslmode"]) == (
         "ep-calm-tree.eu-central-1.aws.neon.tech",
@@ -318,6 +338,8 @@ def run_entrypoint(
             "FAKE_LOG": str(log),
             "POSTGRES_PASSWORD": "superuser-new",
             "CICD_DB_APP_PASSWORD": "app-new",
+            "CICD_DB_WRITER_PASSWORD": "writer-new",
+            "CICD_DB_READER_PASSWORD": "reader-new",
             **(env or {}),
         },
     )
@@ -334,13 +356,18 @@ def test_entrypoint_sets_the_passwords_on_a_kept_data_directory(tmp_path: Path) 
     assert lines[1].startswith("psql --dbname postgres")
     assert "--set=superuser=postgres --set=superuser_password=superuser-new" in lines[1]
     assert "--set=app_password=app-new" in lines[1]
-    assert lines[2:5] == [
+    assert "--set=writer_password=writer-new --set=reader_password=reader-new" in lines[1]
+    assert lines[2:4] == [
         "ALTER ROLE :\"superuser\" PASSWORD :'superuser_password';",
         "ALTER ROLE ci_user PASSWORD :'app_password';",
+    ]
+    assert lines[-4:-1] == [
+        "ALTER ROLE ci_app LOGIN PASSWORD :'writer_password';",
+        "ALTER ROLE ci_reader LOGIN PASSWORD :'reader_password';",
         "temp-server-stop",
     ]
     # Then the image's entrypoint, with the container's command, as without the wrapper.
-    assert lines[5:] == ["image-entrypoint postgres"]
+    assert lines[-1:] == ["image-entrypoint postgres"]
     assert "app-new" not in completed.stdout + completed.stderr
 
 
@@ -400,6 +427,10 @@ def test_entrypoint_sql_gives_a_kept_cluster_the_stacks_passwords(
                 assert conn.execute("SELECT current_user").fetchone() == (role,)
             with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
                 psycopg.connect(login(admin, role, old).conninfo())
+        # The writer and the reader: created where missing, given the stack's passwords.
+        for role, new in (("ci_app", "writer-new"), ("ci_reader", "reader-new")):
+            with psycopg.connect(login(admin, role, new).conninfo()) as conn:
+                assert conn.execute("SELECT current_user").fetchone() == (role,)
     finally:
         database.execute(
             sql.SQL("DROP ROLE {}; DROP ROLE {}").format(
@@ -593,14 +624,16 @@ def test_prod_pooler_needs_a_direct_url() -> None:
     pooled = "postgresql://app:pw-secret@aws-0-eu.pooler.supabase.com:6543/postgres"
     direct = "postgresql://app:pw-secret@db.abc.supabase.co:5432/postgres?sslmode=verify-full"
     program = run_program(
-        "prod", {"databaseUrl": pooled, "directUrl": direct}, ["databaseUrl", "directUrl"]
+        "prod",
+        {"databaseUrl": pooled, "directUrl": direct, **ROLE_URLS},
+        ["databaseUrl", "directUrl", *ROLE_URLS],
     )
     values, secrets = outputs_of(program)
-    assert tuple(values) == (*contract.OUTPUT_NAMES, "migration_database_url")
+    assert tuple(values) == (*ROLE_OUTPUTS[:-2], "migration_database_url", *ROLE_OUTPUTS[-2:])
     assert values["migration_database_url"] == direct
     assert secrets["migration_database_url"] is True
     with pytest.raises(pulumi.RunError, match=r"transaction pooler .*6543.*cicd-db:directUrl"):
-        run_program("prod", {"databaseUrl": pooled}, ["databaseUrl"])
+        run_program("prod", {"databaseUrl": pooled, **ROLE_URLS}, ["databaseUrl", *ROLE_URLS])
 
 
 @pytest.mark.parametrize(
@@ -642,8 +675,8 @@ def test_insecure_sslmode_allowed_when_config_says_so() -> None:
     values, _ = outputs_of(
         run_program(
             "prod",
-            {"databaseUrl": PROD_URL + "?sslmode=disable", "allowInsecure": "true"},
-            ["databaseUrl"],
+            {"databaseUrl": PROD_URL + "?sslmode=disable", "allowInsecure": "true", **ROLE_URLS},
+            ["databaseUrl", *ROLE_URLS],
         )
     )
     assert values["sslmode"] == "disable"
@@ -662,7 +695,9 @@ def test_prod_exports_the_sslmode_libpq_would_use(
         monkeypatch.delenv("PGSSLMODE", raising=False)
     else:
         monkeypatch.setenv("PGSSLMODE", pgsslmode)
-    values, _ = outputs_of(run_program("prod", {"databaseUrl": PROD_URL}, ["databaseUrl"]))
+    values, _ = outputs_of(
+        run_program("prod", {"databaseUrl": PROD_URL, **ROLE_URLS}, ["databaseUrl", *ROLE_URLS])
+    )
     assert values["database_url"] == f"{PROD_URL}?sslmode={exported}"
     assert values["sslmode"] == exported
 
@@ -670,16 +705,95 @@ def test_prod_exports_the_sslmode_libpq_would_use(
 def test_prod_refuses_a_pgsslmode_that_does_not_encrypt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGSSLMODE", "disable")
     with pytest.raises(pulumi.RunError, match="would connect with PGSSLMODE, disable, which does"):
-        run_program("prod", {"databaseUrl": PROD_URL}, ["databaseUrl"])
+        run_program("prod", {"databaseUrl": PROD_URL, **ROLE_URLS}, ["databaseUrl", *ROLE_URLS])
 
 
 def test_prod_of_several_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PGSSLMODE", raising=False)
     url = "postgresql://app:pw-secret@h1.example.com:5433,h2.example.com:5434/cicd"
-    values, _ = outputs_of(run_program("prod", {"databaseUrl": url}, ["databaseUrl"]))
+    values, _ = outputs_of(
+        run_program("prod", {"databaseUrl": url, **ROLE_URLS}, ["databaseUrl", *ROLE_URLS])
+    )
     assert (values["host"], values["port"]) == ("h1.example.com,h2.example.com", 5433)
     assert values["database_url"] == url + "?sslmode=require"
     # A pooler among the hosts is a pooler.
     pooled = "postgresql://app:pw-secret@h1.example.com:5432,h2.example.com:6543/cicd"
     with pytest.raises(pulumi.RunError, match=r"transaction pooler h1\.example\.com:5432, h2"):
-        run_program("prod", {"databaseUrl": pooled}, ["databaseUrl"])
+        run_program("prod", {"databaseUrl": pooled, **ROLE_URLS}, ["databaseUrl", *ROLE_URLS])
+
+
+def test_destroy_then_up_gives_the_writer_and_the_reader_the_new_passwords() -> None:
+    """docs/security.md: the dev stack's init script makes ci_app and ci_reader, its
+    entrypoint sets their passwords on every start, and it exports their URLs."""
+    for generation in (1, 2):
+        program = run_program("dev", DEV_CONFIG, generation=generation)
+        values, secrets = outputs_of(program)
+        env = dict(item.split("=", 1) for item in program.one(CONTAINER).inputs["envs"])
+        for variable, output, role in (
+            ("CICD_DB_WRITER_PASSWORD", "app_database_url", "ci_app"),
+            ("CICD_DB_READER_PASSWORD", "reader_database_url", "ci_reader"),
+        ):
+            assert env[variable].endswith(f"-{generation}" if generation > 1 else "password")
+            assert f"postgresql://{role}:{env[variable]}@" in values[output]
+            assert secrets[output] is True
+        uploads = uploads_of(program)
+        init = uploads["/docker-entrypoint-initdb.d/10-cicd-db.sh"]["content"]
+        assert (
+            "CREATE ROLE ci_app LOGIN NOSUPERUSER NOCREATEROLE PASSWORD :'writer_password';" in init
+        )
+        assert '--set=reader_password="$CICD_DB_READER_PASSWORD"' in init
+        entrypoint = uploads["/usr/local/bin/cicd-db-entrypoint.sh"]["content"]
+        assert "ALTER ROLE ci_app LOGIN PASSWORD :'writer_password';" in entrypoint
+    # The owner's URL is still what migrations use.
+    assert values["database_url"].startswith("postgresql://ci_user:")
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({}, "stack prod has no cicd-db:appDatabaseUrl and no cicd-db:readerDatabaseUrl: "),
+        (
+            {"appDatabaseUrl": ROLE_URLS["appDatabaseUrl"]},
+            "stack prod has no cicd-db:readerDatabaseUrl: the CI system and reports would "
+            "connect as the owner",
+        ),
+        (
+            {**ROLE_URLS, "appDatabaseUrl": PROD_URL},
+            "cicd-db:appDatabaseUrl logs in as app, the owner of cicd-db:databaseUrl",
+        ),
+        (
+            {**ROLE_URLS, "singleRole": "true"},
+            "cicd-db:singleRole is true but a writer's or reader's URL is set too",
+        ),
+        (
+            {**ROLE_URLS, "readerDatabaseUrl": ROLE_URLS["readerDatabaseUrl"] + "?sslmode=disable"},
+            "the cicd-db:readerDatabaseUrl would connect with the URL's sslmode, disable",
+        ),
+    ],
+    ids=["neither", "no-reader", "writer-is-owner", "single-role-and-urls", "reader-insecure"],
+)
+def test_prod_refuses_to_fall_back_to_the_owner(config: dict[str, str], message: str) -> None:
+    secret = [key for key in config if key.endswith("Url")]
+    with pytest.raises(pulumi.RunError, match=re.escape(message)) as raised:
+        run_program("prod", {"databaseUrl": PROD_URL, **config}, ["databaseUrl", *secret])
+    assert "secret" not in str(raised.value).replace("--secret", "")
+
+
+def test_prod_refuses_a_role_url_in_clear_text() -> None:
+    with pytest.raises(pulumi.RunError, match="cicd-db:readerDatabaseUrl is stored in clear text"):
+        run_program(
+            "prod", {"databaseUrl": PROD_URL, **ROLE_URLS}, ["databaseUrl", "appDatabaseUrl"]
+        )
+
+
+def test_prod_single_role_is_an_explicit_opt_out() -> None:
+    values, secrets = outputs_of(
+        run_program("prod", {"databaseUrl": PROD_URL, "singleRole": "true"}, ["databaseUrl"])
+    )
+    owner = PROD_URL + "?sslmode=require"
+    assert (values["database_url"], values["app_database_url"], values["reader_database_url"]) == (
+        owner,
+        owner,
+        owner,
+    )
+    assert secrets["app_database_url"] and secrets["reader_database_url"]
