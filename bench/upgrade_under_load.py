@@ -60,7 +60,7 @@ import psycopg
 from psycopg import sql
 
 from cicd_db import migrations
-from cicd_db.settings import ConnectionSettings
+from cicd_db.settings import APP, ConnectionSettings
 
 from . import workload
 from .common import (
@@ -411,7 +411,6 @@ def main() -> int:
     say(f"bench: copied the template ({time.perf_counter() - started:.0f} s)")
     target = replace(user, database="upgrade_under_load")
     super_target = replace(admin, database="upgrade_under_load")
-
     baseline = subprocess.run(
         [
             *(sys.executable, "-m", "cicd_db", "migrate", "baseline", "--version", "1"),
@@ -425,6 +424,27 @@ def main() -> int:
     say(f"bench: {baseline.stdout.strip() or baseline.stderr.strip()}")
     if baseline.returncode != 0:
         return 1
+    # After baseline, which compares grants too. The writers are the CI system: they connect as the writer role (docs/security.md).
+    # Before migration 0029 grants it, the operator grants it what the plan's single
+    # role wrote (tables and the SERIAL's sequence), and the tables the upgrade makes (0016's run counters) by default;
+    # 0029 takes the counters back (its trigger runs as their owner).
+    writer_target = replace(user.for_role(APP), database="upgrade_under_load")
+    with psycopg.connect(super_target.conninfo(), autocommit=True) as conn:
+        role = sql.Identifier(writer_target.user)
+        conn.execute(
+            sql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
+            ).format(role)
+        )
+        # The plan's run_number is a SERIAL: its sequence, until 0024 drops it.
+        conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
+        conn.execute(
+            sql.SQL(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}"
+            ).format(sql.Identifier(user.user), role)
+        )
+
     with psycopg.connect(super_target.conninfo(), autocommit=True) as conn:
         before = workload.fingerprint(conn)
         nulls_before = {
@@ -449,7 +469,7 @@ def main() -> int:
             target=writer,
             args=(
                 n,
-                target.conninfo(),
+                writer_target.conninfo(),
                 args.rate / args.writers,
                 phase,
                 stop,

@@ -983,3 +983,25 @@ def test_check_cloud_url_writes_sslmode_before_a_fragment() -> None:
     url = contract.check_cloud_url("postgresql://u:pw@h/db#note", what="x", environ={})
     assert url == "postgresql://u:pw@h/db?sslmode=require#note"
     assert psycopg.conninfo.conninfo_to_dict(url)["dbname"] == "db"
+
+
+def test_each_role_resolves_its_own_url_and_one_url_is_one_role() -> None:
+    """docs/security.md: a stack's app and reader URLs for the store and reports; one URL
+    (DATABASE_URL) gives every part the same role; their passwords are redacted too."""
+    from cicd_db.settings import APP, OWNER, READER, from_outputs
+
+    owner = ConnectionSettings("db.example.com", 5432, "ci", "ci_user", "owner-Pass", "require")
+    outputs = {
+        **owner.outputs(),
+        "app_database_url": "postgresql://ci_app:app-Pass@db.example.com/ci?sslmode=require",
+        "reader_database_url": "postgresql://ci_reader:reader-Pass@db.example.com/ci",
+    }
+    resolved = from_outputs(outputs, stack="prod")
+    assert [resolved.for_role(role).user for role in (OWNER, APP, READER)] == [
+        "ci_user",
+        "ci_app",
+        "ci_reader",
+    ]
+    assert {"app-Pass", "reader-Pass"} <= set(resolved.secrets())
+    one = from_url("postgresql://u:one-Pass@h/db")
+    assert one.for_role(OWNER) == one.for_role(APP) == one.for_role(READER) == one

@@ -92,7 +92,9 @@ GRANT SELECT ON pipeline_executions, stage_executions, job_executions TO ci_read
 -- The counters are the trigger's alone (SECURITY DEFINER above). A trigger never
 -- checks EXECUTE of the inserting role, and nobody calls the function by hand.
 -- (sqlfluff reads the keyword PUBLIC as an identifier, hence the noqa.)
-REVOKE ALL ON pipeline_run_counters FROM PUBLIC; -- noqa: CP02
+-- Also from the two roles, should an operator have granted them every table (as
+-- one switching the CI system to ci_app during the upgrade from the plan must).
+REVOKE ALL ON pipeline_run_counters FROM PUBLIC, ci_app, ci_reader; -- noqa: CP02
 REVOKE EXECUTE ON FUNCTION next_pipeline_run_number() FROM PUBLIC; -- noqa: CP02
 
 -- PostgreSQL 14 and older let every role create objects in public (15 stopped):
