@@ -223,7 +223,13 @@ def test_url_round_trips_and_redacts() -> None:
 def test_outputs_are_the_contract() -> None:
     settings = ConnectionSettings("h", 5432, "db", "u", "pw", "require")
     assert tuple(settings.outputs()) == contract.OUTPUT_NAMES
-    assert {"password", "database_url", "migration_database_url"} == contract.SECRET_OUTPUT_NAMES
+    assert {
+        "password",
+        "database_url",
+        "migration_database_url",
+        "app_database_url",
+        "reader_database_url",
+    } == contract.SECRET_OUTPUT_NAMES
     with_direct = ConnectionSettings(
         "h",
         6543,
