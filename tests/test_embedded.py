@@ -503,14 +503,18 @@ def test_the_writer_and_the_reader_log_in_and_a_removed_password_is_made_anew(ho
     with pytest.raises(AuthenticationFailed):
         targets.connect(replace(rotated, password=old))
 
-    # `report` reads as ci_reader: the owner may not log in, and it still works.
+    # `report` reads as ci_reader and `retention` deletes as ci_app: the owner may not
+    # log in, and both still work.
     admin = EmbeddedServer(home).admin_settings("postgres")
     with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
         conn.execute("ALTER ROLE ci_user NOLOGIN")
     try:
         shown = run_cli("report", "--stack", "embedded", "--pipeline", "build", env=environ)
+        pruned = run_cli("retention", "--stack", "embedded", "--keep-days", "1", env=environ)
     finally:
         with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
             conn.execute("ALTER ROLE ci_user LOGIN")
     assert (shown.code, shown.err) == (0, "")
     assert shown.out.startswith("pipeline build: 2 runs, newest first\n")
+    assert (pruned.code, pruned.err) == (0, "")
+    assert pruned.out.startswith("stack embedded: deleted 0 runs, 0 stages, 0 jobs that ")

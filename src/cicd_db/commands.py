@@ -313,7 +313,8 @@ def retention(run: Run) -> int:
         )
     run.remember(target)
     progress = console.Progress(enabled=sys.stderr.isatty() and not a.quiet and not a.json)
-    with targets.connect(target.settings) as conn:
+    # As the writer where the target has one: it may delete executions, nothing more.
+    with targets.connect(target.role_settings(targets.APP)) as conn:
         try:
             pruned = retention.prune(
                 conn,
