@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cicd_db.settings import ConnectionSettings
 
-from . import apply, bigfile, noop, record, report, upgrade_under_load
+from . import apply, bigfile, noop, record, report, retention, upgrade_under_load
 from .common import (
     HOME,
     PYTHON,
@@ -27,7 +27,7 @@ from .common import (
 from .tools import FINDERS
 
 REPORT_FILE = ROOT / "docs" / "benchmarks.md"
-CASES = ["apply", "noop", "record", "report", "bigfile", "upgrade"]
+CASES = ["apply", "noop", "record", "report", "retention", "bigfile", "upgrade"]
 
 
 # -- targets ------------------------------------------------------------------------------
@@ -81,6 +81,26 @@ def targets(medians: dict[str, dict[str, float]], p99s: dict[str, float]) -> Tab
                     "yes" if p99s[view] <= bound else "no",
                 ]
             )
+    if "retention" in medians:
+        figures = medians["retention"]
+        errors = figures["writer errors"]
+        table.rows.append(
+            [
+                "retention under load, writer errors",
+                "0",
+                f"{errors:.0f}",
+                "yes" if errors == 0 and figures["rows kept"] else "no",
+            ]
+        )
+        longest = figures["longest writer wait"]
+        table.rows.append(
+            [
+                "retention under load, longest wait",
+                f"<= {retention.BOUND_MS} ms",
+                f"{longest:.0f} ms (p99 {figures['writer wait p99']:.1f} ms)",
+                "yes" if longest <= retention.BOUND_MS else "no",
+            ]
+        )
     table.notes += [
         "Two bounds are out of reach of any Python process here, whatever it does after",
         "starting: interpreter start-up plus `import psycopg` plus one connection (the Python",
@@ -121,7 +141,9 @@ def main() -> int:
         description="`make bench`: cicd-db measured side by side with dbmate, yoyo and psql",
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds per case (at least 5)")
-    parser.add_argument("--runs", type=int, default=1_000_000, help="runs for the report case")
+    parser.add_argument(
+        "--runs", type=int, default=1_000_000, help="runs for the report and retention cases"
+    )
     parser.add_argument("--samples", type=int, default=2000, help="samples per report view")
     parser.add_argument(
         "--only",
@@ -191,6 +213,14 @@ def main() -> int:
             table, p99s, plans = report.measure(dbs, args.runs, args.samples)
             tables.append(table)
             say(table.text())
+        if "retention" in cases:
+            say(f"bench: retention under load at {args.runs:,} runs")
+            found, medians["retention"] = retention.measure(
+                dbs, args.runs, 1 if args.smoke else min(rounds, 3), 1.0 if args.smoke else 3.0
+            )
+            tables += found
+            for table in found:
+                say(table.text())
         if "bigfile" in cases:
             say(f"bench: one {args.big_mb} MB file")
             table, medians["bigfile"] = bigfile.measure(dbs, tools, args.big_mb, min(rounds, 3))
