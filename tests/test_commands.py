@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cicd_db import cli, errors, migrations, targets
+from cicd_db import cli, commands, errors, migrations, targets
 from cicd_db.settings import ConnectionSettings
 
 from .conftest import MIGRATIONS, ROOT, Database, write_migrations
@@ -365,3 +365,30 @@ def test_init_local_refuses_an_admin_without_the_rights(database: Database, caps
         )
     finally:
         database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+# -- the commands as a Python API ---------------------------------------------------------
+
+
+def test_a_command_is_a_python_function(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """No command line: a Context and typed keyword arguments in, the exit code out,
+    what the command line would print on stdout."""
+    files = {"0001_a.sql": "CREATE TABLE a (id int);\n", "0002_b.sql": "CREATE TABLE b (id int);\n"}
+    context = commands.Context(
+        database_url=database.url, migrations_dir=write_migrations(tmp_path, files), json=True
+    )
+    assert commands.status(context, exit_code=True) == errors.EXIT_PENDING
+    assert json.loads(capsys.readouterr().out)["pending"] == 2
+    assert commands.up(context, target=1) == 0
+    assert [m["name"] for m in json.loads(capsys.readouterr().out)["applied"]] == ["a"]
+    assert commands.up(context, dry_run=True) == 0
+    assert json.loads(capsys.readouterr().out)["dry_run"] is True
+    assert commands.up(context) == 0
+    assert commands.status(context, exit_code=True) == 0
+    rows = json.loads(capsys.readouterr().out.split("\n}\n", 1)[1])["migrations"]
+    assert [row["state"] for row in rows] == ["applied", "applied"]
+    with database.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM b").fetchone() == (0,)
+    # A mistake is told in the caller's own words: its arguments, not the CLI's flags.
+    with pytest.raises(errors.UsageError, match=r"^`sql` prints what `dry_run` would apply"):
+        commands.up(context, sql=True)

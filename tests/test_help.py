@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 
 import pytest
 
-from cicd_db import cli
+from cicd_db import cli, commands, migrations
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -16,7 +18,7 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def commands() -> list[tuple[str, ...]]:
+def every_command() -> list[tuple[str, ...]]:
     found: list[tuple[str, ...]] = [()]
     for group, parser in subcommands(cli.build()).items():
         found.append((group,))
@@ -43,7 +45,7 @@ def test_every_command_is_listed_with_help_text() -> None:
         assert all(commands.values()), commands
 
 
-@pytest.mark.parametrize("command", commands(), ids=lambda c: " ".join(c) or "cicd-db")
+@pytest.mark.parametrize("command", every_command(), ids=lambda c: " ".join(c) or "cicd-db")
 def test_help(command: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         cli.main([*command, "--help"])
@@ -79,23 +81,46 @@ def test_a_signal_while_starting_is_one_line(
 
 @pytest.mark.parametrize("only_migrate", [False, True], ids=["cicd-db", "migrate.py"])
 def test_options_stand_before_or_after_the_command(only_migrate: bool) -> None:
-    """Also each command's own options given before its name (`migrate --dry-run up`),
-    whichever parser was built before: the shared option parents are built once."""
-    cli.build(only_migrate=not only_migrate)
+    """Also each command's own options given before its name (`migrate --dry-run up`);
+    what the command line leaves out is the command function's default."""
     group = [] if only_migrate else ["migrate"]
     given = ["--database-url", "X", "--dry-run", "--target", "2", "--retries", "0", "--yes"]
     for argv in ([*group, *given, "up"], [*group, "up", *given], [*group, *given]):
-        args = cli.parse(argv, only_migrate=only_migrate)
-        assert (args.database_url, args.dry_run, args.target, args.retries, args.yes) == (
-            "X",
-            True,
-            2,
-            0,
-            True,
-        ), argv
-        assert args.lock_timeout == 60.0
+        call = cli.parse(argv, only_migrate=only_migrate)
+        assert call.command.func is commands.up, argv
+        assert call.context == commands.Context(database_url="X"), argv
+        assert call.context.lock_timeout == migrations.DEFAULT_LOCK_TIMEOUT
+        assert call.arguments == {"dry_run": True, "target": 2, "retries": 0, "yes": True}, argv
     for argv in (
         [*group, "--yes", "baseline", "--version", "3"],
         [*group, "baseline", "--yes", "--version", "3"],
     ):
-        assert cli.parse(argv, only_migrate=only_migrate).yes is True, argv
+        assert cli.parse(argv, only_migrate=only_migrate).arguments == {"yes": True, "version": 3}
+
+
+@pytest.mark.parametrize("only_migrate", [False, True], ids=["cicd-db", "migrate.py"])
+def test_an_option_of_up_before_another_command_is_refused(
+    only_migrate: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`migrate --dry-run status`: status has no --dry-run; said, not silently dropped."""
+    group = [] if only_migrate else ["migrate"]
+    entry = cli.migrate_main if only_migrate else cli.main
+    assert entry([*group, "--dry-run", "--rehearse", "status"]) == 2
+    command = "status" if only_migrate else "migrate status"
+    prog = "migrate.py" if only_migrate else "cicd-db"
+    assert capsys.readouterr().err == (
+        f"error: `{command}` takes no --dry-run, --rehearse; see `{prog} {command} --help`\n"
+    )
+
+
+def test_every_flag_is_a_keyword_of_its_command() -> None:
+    """Each flag's dest is an argument of its command's function or a Context field, and
+    a `{default}` in its help is that argument's default, so defaults live in one place."""
+    context = {field.name for field in dataclasses.fields(commands.Context)} | {"debug"}
+    for name, declared in cli.COMMANDS.items():
+        parameters = inspect.signature(declared.func).parameters
+        for option in declared.options:
+            assert option.dest in context or option.dest in parameters, (name, option.flags)
+    up = " ".join(subcommands(subcommands(cli.build())["migrate"])["up"].format_help().split())
+    assert f"lock timeout or deadlock ({migrations.DEFAULT_RETRIES})" in up
+    assert f"wait for another runner ({migrations.DEFAULT_LOCK_TIMEOUT:g})" in up

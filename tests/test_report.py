@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from cicd_db import report
+from cicd_db.errors import UsageError
 from cicd_db.settings import ConnectionSettings
 from cicd_db.store import (
     CANCELED,
@@ -481,3 +482,41 @@ def test_an_empty_name_is_refused_not_ignored(
         "",
         f"error: {flag} is empty; give a name, or leave {flag} out\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message", "named"),
+    [
+        (
+            {"job": "e2e"},
+            "`job` needs `stage` (and `run`): a job is named within its stage",
+            ("job", "stage", "run"),
+        ),
+        (
+            {"stage": "test"},
+            "`stage` needs `run`: a stage is named within its run",
+            ("stage", "run"),
+        ),
+        (
+            {"run": 1, "before": 3},
+            "`limit` and `before` page through runs; leave them out with `run`",
+            ("limit", "before", "run"),
+        ),
+        (
+            {"limit": 1001},
+            "`limit` 1001 is above 1000; page with `before` instead",
+            ("limit", "before"),
+        ),
+        ({"stage": ""}, "`stage` is empty; give a name, or leave `stage` out", ("stage",)),
+    ],
+    ids=["job", "stage", "paging", "limit", "empty"],
+)
+def test_fetch_names_its_arguments_not_the_cli_flags(
+    recorded: Database, arguments: dict, message: str, named: tuple[str, ...]
+) -> None:
+    """A Python caller reads its own arguments in the message; the names are data, which
+    the CLI writes as its flags (test_report_errors)."""
+    with recorded.connect() as conn, pytest.raises(UsageError) as raised:
+        report.fetch(Store.on(conn), "build", **arguments)
+    assert str(raised.value) == message
+    assert raised.value.arguments == named

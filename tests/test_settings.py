@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg.conninfo
 import pytest
 
+from cicd_db import cli, targets
 from cicd_db import settings as contract
-from cicd_db import targets
 from cicd_db.errors import AuthenticationFailed, ConfigError, ConnectionFailed, UsageError
 from cicd_db.settings import ConnectionSettings, from_url, password_candidates, redact
 from cicd_db.targets import resolve
@@ -287,7 +287,7 @@ def test_resolve(root: Path, flags: dict, environ: dict, kind: str, name: str) -
     ("flags", "error", "message"),
     [
         ({"stack": "qa"}, ConfigError, "unknown stack 'qa'; choose one of dev, embedded, prod"),
-        ({"stack": "dev", "local": True}, UsageError, "--stack and --local both name a database"),
+        ({"stack": "dev", "local": True}, UsageError, "`stack` and `local` both name a database"),
         ({"database_url": "nope"}, ConfigError, "must start with postgresql://"),
         ({"environ": {"CI": "true"}}, ConfigError, "DATABASE_URL is not set in this CI job"),
         (
@@ -300,6 +300,17 @@ def test_resolve(root: Path, flags: dict, environ: dict, kind: str, name: str) -
 def test_resolve_bad(root: Path, flags: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         resolve(**{"environ": {}, **flags}, root=root)
+
+
+def test_resolve_names_arguments_the_cli_phrases_as_flags(root: Path) -> None:
+    """The library names its arguments as data; the CLI writes them as its flags."""
+    with pytest.raises(UsageError) as raised:
+        resolve(database_url="postgresql://h/d", local=True, environ={}, root=root)
+    assert raised.value.arguments == ("database_url", "local")
+    assert str(raised.value).startswith("`database_url` and `local` both name a database")
+    with pytest.raises(ConfigError) as raised:
+        resolve(environ={"CI": "true"}, root=root)
+    assert str(raised.value).endswith("or read prod from Pulumi explicitly with `stack` prod")
 
 
 def test_ci_reads_a_stack_only_when_named(root: Path) -> None:
@@ -538,9 +549,18 @@ HOST = ConnectionSettings("db.example.com", 5433, "app", "ci", SECRET)
     ],
 )
 def test_connection_errors_say_what_to_fix(message: str, error: type, expected: str) -> None:
+    """As the CLI prints them: the target's URL named as its flag."""
     result = targets._connection_error(HOST, psycopg.OperationalError(message))
     assert type(result) is error
-    assert str(result).startswith(expected), str(result)
+    assert cli.phrased(result).startswith(expected), cli.phrased(result)
+
+
+def test_a_brace_in_the_server_text_is_not_a_field() -> None:
+    """The server's text goes into the message as a value: `{x}` in it stays `{x}`."""
+    message = 'FATAL:  password authentication failed for user "a{b}{}"'
+    result = targets._connection_error(HOST, psycopg.OperationalError(message))
+    assert 'for user "a{b}{}"; check' in str(result)
+    assert 'for user "a{b}{}"; check' in cli.phrased(result)
 
 
 def closed_port() -> int:
@@ -752,7 +772,7 @@ def test_resolve_keeps_root_and_home(root: Path, flags: dict) -> None:
 def test_resolve_names_both_flags(root: Path) -> None:
     with pytest.raises(UsageError) as raised:
         resolve(database_url=URL, stack="dev", local=True, environ={}, root=root)
-    assert str(raised.value) == (
+    assert cli.phrased(raised.value) == (
         "--database-url and --stack and --local both name a database; give only one of them"
     )
 
@@ -761,7 +781,7 @@ def test_resolve_names_both_flags(root: Path) -> None:
 def test_ci_without_database_url_is_an_error(root: Path, ci: str) -> None:
     with pytest.raises(ConfigError) as raised:
         resolve(environ={"CI": ci}, root=root)
-    assert str(raised.value) == (
+    assert cli.phrased(raised.value) == (
         "DATABASE_URL is not set in this CI job; pass the secret to the step (GitHub: env: "
         "DATABASE_URL: ${{ secrets.DATABASE_URL }}), or read prod from Pulumi explicitly with "
         "--stack prod"

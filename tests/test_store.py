@@ -300,11 +300,15 @@ def test_reads_name_what_is_missing(executions: Store) -> None:
     run = executions.start_run("build", "abc")
     with pytest.raises(NotFound, match="pipeline 'build' has no run 5; its runs go up to 1"):
         executions.run("build", 5)
-    with pytest.raises(NotFound, match="run 1 of pipeline 'build' has no stage 'test'"):
+    with pytest.raises(NotFound, match="run 1 of pipeline 'build' has no stage 'test'") as raised:
         executions.stage(run, "test")
+    # What does exist, as data: the CLI turns it into the `cicd-db report` that lists it.
+    assert str(raised.value) == "run 1 of pipeline 'build' has no stage 'test'"
+    assert raised.value.within == {"pipeline": "build", "run": 1}
     stage = executions.add_stage(run, "test", 1)
-    with pytest.raises(NotFound, match="stage 'test' of run 1 of pipeline 'build' has no job 'x'"):
+    with pytest.raises(NotFound, match="stage 'test' of run 1 of pipeline 'build' has no job 'x'") as raised:  # fmt: skip
         executions.job(run, stage, "x")
+    assert raised.value.within == {"pipeline": "build", "run": 1, "stage": "test"}
 
 
 def test_paging_returns_each_run_exactly_once(schema: Database, executions: Store) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cicd_db import migrations
-from cicd_db.errors import plural
+from cicd_db.errors import one_line, plural
 
 if TYPE_CHECKING:  # annotations only: the commands import these on use
     from cicd_db.embedded import Status
@@ -146,23 +146,14 @@ def server_line(severity: str | None, message: str | None, verbose: bool) -> str
     return None
 
 
-def one_line(text: str) -> str:
-    """`text` on one line: control characters (newlines, escape sequences) shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 # -- migrate status, check, baseline ------------------------------------------------------
-
-
-def pending(rows: Sequence[migrations.StatusRow]) -> int:
-    return sum(row.state == "pending" for row in rows)
 
 
 def status_json(description: str, url: str, rows: Sequence[migrations.StatusRow]) -> JSON:
     return {
         "target": description,
         "url": url,
-        "pending": pending(rows),
+        "pending": sum(row.state == "pending" for row in rows),
         "migrations": [
             {
                 "version": row.version,
@@ -187,18 +178,14 @@ def status_lines(description: str, rows: Sequence[migrations.StatusRow]) -> list
         ]
         for row in rows
     ]
-    summary = f"{pending(rows)} pending" if pending(rows) else "up to date"
-    if problems := len(disagreements(rows)):
+    pending = sum(row.state == "pending" for row in rows)
+    summary = f"{pending} pending" if pending else "up to date"
+    if problems := sum(row.disagrees for row in rows):
         summary += (
             f", {problems} {'needs' if problems == 1 else 'need'} attention "
             "(run `migrate up` for the fix)"
         )
     return [*grid(["VERSION", "NAME", "STATE", "APPLIED AT"], cells), f"{description}: {summary}"]
-
-
-def disagreements(rows: Sequence[migrations.StatusRow]) -> list[migrations.StatusRow]:
-    """Rows where the files and the history disagree (edited, missing, out of order)."""
-    return [row for row in rows if row.state not in ("applied", "pending")]
 
 
 def check_json(

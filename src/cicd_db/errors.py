@@ -28,9 +28,16 @@ Ctrl-C, and the runner rolls back and releases its lock the same way.
 Messages are written for the person at the terminal: what is wrong, then what to
 do about it. They must never contain a password; URLs pass through
 `settings.redact` before they reach a message.
+
+The library names its caller's arguments as data, not as one front end's flags: a
+message says `{job} needs {stage}` and lists `arguments=("job", "stage")`. `str()`
+writes them as Python parameters (`job`); `phrased()` lets a front end write them
+its own way (the CLI: `--job needs --stage`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
 
 EXIT_PENDING = EXIT_DRIFT = 3
 EXIT_DISAGREES = 4
@@ -39,9 +46,35 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + the signal
 
 
 class CicdDbError(Exception):
-    """Base of every error cicd-db raises on purpose."""
+    """Base of every error cicd-db raises on purpose.
+
+    `message` may name the caller's arguments as `{name}` fields, each one listed in
+    `arguments` (see the module docstring); text from elsewhere (a server's message, a
+    host name) then goes in `values`, as fields too, so that a brace in it is never
+    read as one. Without `arguments` the message is taken as it is.
+    """
 
     exit_code = 1
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        arguments: Sequence[str] = (),
+        values: Mapping[str, object] | None = None,
+    ):
+        self.template = message
+        self.arguments = tuple(arguments)
+        self.values = dict(values or {})
+        super().__init__(self.phrased(lambda name: f"`{name}`"))
+
+    def phrased(self, name: Callable[[str], str]) -> str:
+        """The message with each argument written as `name(argument)` puts it."""
+        if not self.arguments:
+            return self.template
+        return self.template.format_map(
+            {**self.values, **{argument: name(argument) for argument in self.arguments}}
+        )
 
 
 class UsageError(CicdDbError):
@@ -93,7 +126,17 @@ class AlreadyExists(OperationalError):
 
 
 class NotFound(OperationalError):
-    pass
+    """`within` names, as arguments, the nearest thing that does exist (`pipeline`,
+    `run`, `stage`), so a front end can say how to list it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        within: Mapping[str, str | int] | None = None,
+    ):
+        super().__init__(message)
+        self.within = dict(within or {})
 
 
 class Interrupted(CicdDbError):
@@ -106,6 +149,14 @@ class Interrupted(CicdDbError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C (see the module docstring)."""
+
+
+def one_line(text: str) -> str:
+    """`text` for one line of a message or a table: each character that is not
+    printable (a newline, an escape sequence) written as repr() writes it, `\\x1b`."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def plural(count: int, noun: str) -> str:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from cicd_db.errors import ConfigError, NotFound, UsageError
+from cicd_db.errors import ConfigError, UsageError, one_line
 
 if TYPE_CHECKING:  # only for annotations: `cicd-db migrate` imports this module for grid()
     from cicd_db.store import JobRun, PipelineRun, StageRun, Store
@@ -288,7 +288,7 @@ def grid(headers: list[str], rows: list[list[str]], *, width: int = WIDTH) -> li
     escaped (see WIDTH), and no line wider than `width`: while it would be, the widest
     column loses a character, names first since they are the widest, down to its
     header's width (further only if that is not enough)."""
-    table = [[_escape(cell) for cell in line] for line in [headers, *rows]]
+    table = [[one_line(cell) for cell in line] for line in [headers, *rows]]
     widths = [max(map(_width, column)) for column in zip(*table, strict=True)]
     for floor in ([_width(cell) for cell in table[0]], [1] * len(widths)):
         while sum(widths) + 2 * (len(widths) - 1) > width:
@@ -300,13 +300,6 @@ def grid(headers: list[str], rows: list[list[str]], *, width: int = WIDTH) -> li
         "  ".join(_pad(_fit(cell, w), w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in table
     ]
-
-
-def _escape(text: str) -> str:
-    """`text` with each character that is not printable as repr() writes it: \\x1b, \\n."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _char_width(ch: str) -> int:
@@ -330,7 +323,7 @@ def _pad(text: str, width: int) -> str:
 
 def _fit(text: str, width: int) -> str:
     """`text` escaped and, when wider than `width`, its start and end around an ellipsis."""
-    text = _escape(text)
+    text = one_line(text)
     if _width(text) <= width:
         return text
     room = max(width - 1, 0)  # the ellipsis takes one
@@ -371,18 +364,32 @@ def fetch(
     """
     # An empty name given on purpose (`--stage ""`, an unset shell variable) is not a
     # name left out: refused, rather than read as the wider view.
-    for flag, name in (("--pipeline", pipeline), ("--stage", stage), ("--job", job)):
+    for argument, name in (("pipeline", pipeline), ("stage", stage), ("job", job)):
         if name == "":
-            raise UsageError(f"{flag} is empty; give a name, or leave {flag} out")
+            raise UsageError(
+                f"{{{argument}}} is empty; give a name, or leave {{{argument}}} out",
+                arguments=[argument],
+            )
     if job is not None and stage is None:
-        raise UsageError("--job needs --stage (and --run): a job is named within its stage")
+        raise UsageError(
+            "{job} needs {stage} (and {run}): a job is named within its stage",
+            arguments=["job", "stage", "run"],
+        )
     if stage is not None and not run:
-        raise UsageError("--stage needs --run: a stage is named within its run")
+        raise UsageError(
+            "{stage} needs {run}: a stage is named within its run", arguments=["stage", "run"]
+        )
     if run and (limit or before):
-        raise UsageError("--limit and --before page through runs; leave them out with --run")
+        raise UsageError(
+            "{limit} and {before} page through runs; leave them out with {run}",
+            arguments=["limit", "before", "run"],
+        )
     limit = limit or DEFAULT_LIMIT
     if limit > MAX_LIMIT:
-        raise UsageError(f"--limit {limit} is above {MAX_LIMIT}; page with --before instead")
+        raise UsageError(
+            f"{{limit}} {limit} is above {MAX_LIMIT}; page with {{before}} instead",
+            arguments=["limit", "before"],
+        )
     from psycopg import errors  # here: `cicd-db migrate` imports this module without a store
 
     try:
@@ -411,9 +418,9 @@ def _fetch(
     if run is None:
         runs = executions.runs(pipeline, limit=limit, before=before)
         if not runs and before is None:
-            raise NotFound(
-                f"pipeline {pipeline!r} has no runs; check the name (names are case-sensitive)"
-            )
+            from cicd_db.store import no_runs  # loaded already: `executions` is a Store
+
+            raise no_runs(pipeline)
         # The cursor: the next page starts below the last run shown, if there may be one.
         more = runs[-1].run_number if len(runs) == limit and runs[-1].run_number > 1 else None
         return RunsView(pipeline, runs, more)

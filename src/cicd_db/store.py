@@ -46,7 +46,6 @@ is refused.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
@@ -520,7 +519,7 @@ class Store:
             [pipeline_name, run_number],
         )
         if found is None:
-            raise NotFound(self._no_run(pipeline_name, run_number))
+            raise self._no_run(pipeline_name, run_number)
         return found
 
     def stages(self, run: PipelineRun | UUID) -> list[StageRun]:
@@ -547,8 +546,8 @@ class Store:
         if found is None:
             raise NotFound(
                 f"run {run.run_number} of pipeline {run.pipeline_name!r} has no stage "
-                f"{stage_name!r}; see `cicd-db report --pipeline {_word(run.pipeline_name)} "
-                f"--run {run.run_number}`"
+                f"{stage_name!r}",
+                within={"pipeline": run.pipeline_name, "run": run.run_number},
             )
         return found
 
@@ -570,21 +569,22 @@ class Store:
         if found is None:
             raise NotFound(
                 f"stage {stage.stage_name!r} of run {run.run_number} of pipeline "
-                f"{run.pipeline_name!r} has no job {job_name!r}; see `cicd-db report "
-                f"--pipeline {_word(run.pipeline_name)} --run {run.run_number} --stage "
-                f"{_word(stage.stage_name)}`"
+                f"{run.pipeline_name!r} has no job {job_name!r}",
+                within={
+                    "pipeline": run.pipeline_name,
+                    "run": run.run_number,
+                    "stage": stage.stage_name,
+                },
             )
         return found
 
     # -- internals ---------------------------------------------------------------
 
-    def _no_run(self, pipeline_name: str, run_number: int) -> str:
+    def _no_run(self, pipeline_name: str, run_number: int) -> NotFound:
         newest = self.runs(pipeline_name, limit=1)
         if not newest:
-            return (
-                f"pipeline {pipeline_name!r} has no runs; check the name (names are case-sensitive)"
-            )
-        return (
+            return no_runs(pipeline_name)
+        return NotFound(
             f"pipeline {pipeline_name!r} has no run {run_number}; its runs go up to "
             f"{newest[0].run_number}"
         )
@@ -773,30 +773,11 @@ def _id(row: PipelineRun | StageRun | JobRun | UUID) -> UUID:
     return row if isinstance(row, UUID) else row.id
 
 
-def _word(text: str) -> str:
-    """A stored name as one shell word on one line, for a command in a message.
-
-    Names come from whoever records a run: one with a character that is not printable
-    (an escape sequence, BEL, a line break, a bidi override) is written in bash's
-    $'...' with each such character escaped, so it can neither act on the terminal
-    nor break the message's one line, and the command still works when pasted.
-    Elsewhere in messages names are repr()s, which escape the same characters.
-    """
-    if text.isprintable():
-        return shlex.quote(text)
-    escaped = []
-    for ch in text:
-        if ch in "'\\":
-            escaped.append("\\" + ch)
-        elif ch.isprintable():
-            escaped.append(ch)
-        elif ord(ch) < 0x80:
-            escaped.append(f"\\x{ord(ch):02x}")
-        elif ord(ch) <= 0xFFFF:
-            escaped.append(f"\\u{ord(ch):04x}")
-        else:
-            escaped.append(f"\\U{ord(ch):08x}")
-    return "$'" + "".join(escaped) + "'"
+def no_runs(pipeline_name: str) -> NotFound:
+    """The error for a pipeline without runs: most often a misspelt name."""
+    return NotFound(
+        f"pipeline {pipeline_name!r} has no runs; check the name (names are case-sensitive)"
+    )
 
 
 def _illegal(current: PipelineRun | StageRun | JobRun, status: str) -> str:

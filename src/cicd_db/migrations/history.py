@@ -49,6 +49,11 @@ class StatusRow:
     state: str  # applied | pending | edited | renamed | missing | out-of-order
     applied_at: datetime | None
 
+    @property
+    def disagrees(self) -> bool:
+        """The file and the history disagree: edited, renamed, missing or out of order."""
+        return self.state not in ("applied", "pending")
+
 
 def shown(conn: psycopg.Connection[Any], *names: str) -> str:
     """A (qualified) name as SQL would take it, quoted only where it must be."""
