@@ -94,9 +94,9 @@ def check_majors(*, stack: str, major: int, volume_major: int | None, image_tag:
 
 
 def init_script() -> str:
-    """Creates ci_user (owner of ci_local, not a superuser) with the plan's role settings,
-    and the writer ci_app and the reader ci_reader (docs/security.md; migration 0029
-    grants them their privileges).
+    """Creates ci_user (owner of ci_local, not a superuser) with its role settings
+    (settings.LOCAL_ROLE_SETTINGS), and the writer ci_app and the reader ci_reader
+    (docs/security.md; migration 0029 grants them their privileges).
 
     The image runs it once, on an empty volume; the passwords come from the
     container's environment so they are never written into the script.

@@ -243,9 +243,8 @@ def test_an_existing_role_that_could_not_log_in_is_refused_with_the_fix(
     result = init_local(server, server, names, "--password", "user-Pass-1")
     assert (result.code, result.out) == (2, "")
     assert result.err == (
-        f"error: role {names.user!r} exists but {what}, so the URL printed could not be used "
-        f'as the plan\'s role; run `ALTER ROLE "{names.user}" {fix}` as a superuser, or pass '
-        "another --user\n"
+        f"error: role {names.user!r} exists but {what}, so the URL printed could not log in as "
+        f'it; run `ALTER ROLE "{names.user}" {fix}` as a superuser, or pass another --user\n'
     )
     with psycopg.connect(server.conninfo(), autocommit=True) as conn:  # nothing was changed
         assert (

@@ -20,11 +20,12 @@ we append to postgresql.conf after initdb. The port is checked before the server
 is created or started: one that another program holds is named, with how to pick
 another (CICD_DB_EMBEDDED_PORT, which also moves a stopped server).
 
-Like the plan's phase 1, the server has a database `ci_local` owned by a role
-`ci_user` that is not a superuser, with the plan's role settings; and the writer
-`ci_app` and the reader `ci_reader` (docs/security.md), whose passwords server.json
-keeps too. A server made before them gets them at its next start; removing a
-password from server.json makes the next start set a new one.
+Like the dev stack's container, the server has a database `ci_local` owned by a role
+`ci_user` that is not a superuser, with the role settings of
+`settings.LOCAL_ROLE_SETTINGS`; and the writer `ci_app` and the reader `ci_reader`
+(docs/security.md), whose passwords server.json keeps too. A server made before them
+gets them at its next start; removing a password from server.json makes the next
+start set a new one.
 
 The server's own `data/postmaster.pid` says whether it runs, but only once we have
 checked that its PID is a postgres of this data directory: after a crash or a
@@ -458,7 +459,7 @@ class EmbeddedServer:
             raise EmbeddedServerError(f"{error}; {tail}") from None
 
     def _bootstrap(self, state: dict[str, Any]) -> None:
-        """Create ci_user and ci_local as the plan's phase 1 does; safe to repeat."""
+        """Create ci_user and ci_local, with ci_user's role settings; safe to repeat."""
         admin = _login(state, SUPERUSER, "postgres")
         with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
             role = sql.Identifier(LOCAL_USER)

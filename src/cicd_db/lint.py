@@ -35,14 +35,14 @@ SQLFLUFF_CONFIG = """\
 dialect = postgres
 # Migrations are plain SQL, run as written: nothing to template.
 templater = raw
-# Same width as the Python code; the plan's own lines reach 94 characters.
+# Same width as the Python code; 0001's lines reach 94 characters.
 max_line_length = 100
 
 [sqlfluff:indentation]
 tab_space_size = 4
 
 [sqlfluff:rules:capitalisation.keywords]
-# Upper-case keywords, as the plan's schema writes them, so 0001 and later files read alike.
+# Upper-case keywords, as 0001 (the first schema) writes them, so later files read alike.
 capitalisation_policy = upper
 
 [sqlfluff:rules:capitalisation.types]
@@ -51,12 +51,12 @@ extended_capitalisation_policy = upper
 
 [sqlfluff:rules:capitalisation.functions]
 # Functions in lower case (gen_random_uuid(), now()); CURRENT_TIMESTAMP is the SQL
-# standard's keyword-like value function, written upper case as in the plan.
+# standard's keyword-like value function, written upper case as in 0001.
 extended_capitalisation_policy = lower
 ignore_words = CURRENT_TIMESTAMP
 
 [sqlfluff:rules:capitalisation.literals]
-# TRUE, FALSE and NULL in upper case, as the plan writes them.
+# TRUE, FALSE and NULL in upper case, as 0001 writes them.
 capitalisation_policy = upper
 """
 SQUAWK_CONFIG = """\

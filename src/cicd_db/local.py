@@ -1,9 +1,10 @@
-"""The plan's local database on a server you installed: `ci_local`, owned by `ci_user`.
+"""The local database on a server you installed: `ci_local`, owned by `ci_user`.
 
-What the plan's phase 1 does by hand in psql (Homebrew, apt, the Windows
-installer), done once and safely again: a login role that is not a superuser,
-with the plan's role settings (`client_encoding`, `default_transaction_isolation`,
-`timezone`), and a database it owns. Writes to the server it is given.
+What one would otherwise do by hand in psql on a server from Homebrew, apt or the
+Windows installer, done once and safely again: a login role that is not a
+superuser, with its role settings (`client_encoding`, `default_transaction_isolation`,
+`timezone`: settings.LOCAL_ROLE_SETTINGS), and a database it owns, as the embedded
+server and the dev stack's container have them. Writes to the server it is given.
 
 A role init() creates carries a comment (UNFINISHED) until its database is ready:
 a run that could not finish and could not drop the role either (killed, its
@@ -238,7 +239,7 @@ def _login_role(
 def _refuse_unusable(
     user: str, superuser: bool, can_login: bool, limit: int, expired: bool | None
 ) -> None:
-    """ConfigError naming each reason an existing role cannot be the plan's ci_user."""
+    """ConfigError naming each reason an existing role cannot be the URL's login role."""
     role = sql.Identifier(user).as_string(None)
     wrong = []
     if superuser:
@@ -251,9 +252,15 @@ def _refuse_unusable(
         wrong.append(("has a VALID UNTIL in the past", "VALID UNTIL 'infinity'"))
     if wrong:
         raise ConfigError(
-            f"role {user!r} exists but {' and '.join(what for what, _ in wrong)}, so the URL "
-            f"printed could not be used as the plan's role; run `ALTER ROLE {role} "
-            f"{' '.join(fix for _, fix in wrong)}` as a superuser, or pass another --user"
+            "role {name} exists but {reasons}, so the URL printed could not log in as it; "
+            "run `ALTER ROLE {role} {fixes}` as a superuser, or pass another {user}",
+            arguments=["user"],
+            values={
+                "name": repr(user),
+                "reasons": " and ".join(what for what, _ in wrong),
+                "role": role,
+                "fixes": " ".join(fix for _, fix in wrong),
+            },
         )
 
 

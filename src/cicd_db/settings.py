@@ -65,8 +65,8 @@ CONNECT_TIMEOUT = 5
 # libpq's default port, for what a stack exports when its URL names none.
 DEFAULT_PORT = 5432
 
-# The local database of the plan's phase 1, step 2: the embedded server and the
-# Docker container of the dev stack both create exactly this.
+# The local database and its owner role, with the role's settings: the embedded
+# server, the Docker container of the dev stack and init-local (by default) create this.
 LOCAL_DATABASE = "ci_local"
 LOCAL_USER = "ci_user"
 # The writer (the CI system, the store) and the reader (reports): migration 0029
