@@ -119,7 +119,7 @@ def test_every_flag_is_a_keyword_of_its_command() -> None:
     context = {field.name for field in dataclasses.fields(commands.Context)} | {"debug"}
     for name, declared in cli.COMMANDS.items():
         parameters = inspect.signature(declared.func).parameters
-        for option in declared.options:
+        for option in declared.every_option:
             assert option.dest in context or option.dest in parameters, (name, option.flags)
     up = " ".join(subcommands(subcommands(cli.build())["migrate"])["up"].format_help().split())
     assert f"lock timeout or deadlock ({migrations.DEFAULT_RETRIES})" in up

@@ -129,7 +129,12 @@ class Command:
     func: Callable[..., int]
     help: str  # its line in the list of commands
     description: str
-    options: tuple[Option, ...]
+    # An option of its own, or a tuple of options many commands share (TARGET, ...).
+    options: tuple[Option | tuple[Option, ...], ...]
+
+    @property
+    def every_option(self) -> list[Option]:
+        return [o for item in self.options for o in (item if isinstance(item, tuple) else [item])]
 
     def defaults(self) -> dict[str, Any]:
         """What each argument is when its flag is left out: the function's defaults,
@@ -149,7 +154,11 @@ def group(name: str, help: str, description: str) -> None:
 
 
 def command(
-    name: str, func: Callable[..., int], help: str, description: str, *options: Option
+    name: str,
+    func: Callable[..., int],
+    help: str,
+    description: str,
+    *options: Option | tuple[Option, ...],
 ) -> None:
     COMMANDS[name] = Command(name, func, help, description, options)
 
@@ -158,8 +167,8 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-# The options many commands share: dests are fields of commands.Context, but --debug,
-# which is this module's.
+# The options many commands share, given to a command as a tuple: dests are fields of
+# commands.Context (but --debug, which is this module's), and so are their defaults.
 TARGET = (
     option("--database-url", metavar="URL", help="a postgresql:// URL"),
     option("--stack", metavar="NAME", help="a Pulumi stack (dev, prod) or embedded"),
@@ -187,7 +196,7 @@ group("migrate", "apply and check SQL migrations", "Apply the SQL migrations of 
 command(
     "migrate up", commands.up, "apply pending migrations (the default)",
     "Apply pending migrations in version order.",
-    *MIGRATE,
+    MIGRATE,
     option("--dry-run", action="store_true", help="list what would be applied; change nothing"),
     option("--sql", action="store_true", help="with --dry-run: print each file's SQL"),
     option("--target", metavar="VERSION", type=_version, help="stop after this version"),
@@ -201,21 +210,21 @@ command(
 command(
     "migrate status", commands.status, "show applied and pending migrations (read-only)",
     "Show every migration and its state. Reads only.",
-    *MIGRATE,
+    MIGRATE,
     option("--exit-code", action="store_true", help=f"exit {EXIT_DISAGREES} when a file disagrees with the history, else {EXIT_PENDING} when one is pending"),
 )  # fmt: skip
 
 command(
     "migrate wait", commands.wait, "wait until the database accepts connections",
     "Poll the target until it accepts connections.",
-    *MIGRATE,
+    MIGRATE,
     option("--timeout", metavar="SECONDS", type=_seconds, help="give up after this long ({default})"),
 )  # fmt: skip
 
 command(
     "migrate baseline", commands.baseline, "record migrations up to VERSION as applied, after checking the schema",
     "For a database created by hand: record migrations up to --version as applied, once the live schema is checked against them.",
-    *MIGRATE,
+    MIGRATE,
     YES,
     option("--version", metavar="VERSION", type=_version, required=True, help="the newest migration the database already has"),
 )  # fmt: skip
@@ -223,7 +232,7 @@ command(
 command(
     "migrate new", commands.new, "write the next NNNN_name.sql",
     "Write the next migration file, with a header that sets short timeouts, and print its path.",
-    *MIGRATE,
+    MIGRATE,
     option("name", help="what it does, as letters, digits, _ . -"),
     option("--no-transaction", dest="transactional", action="store_false", help="for CREATE INDEX CONCURRENTLY"),
 )  # fmt: skip
@@ -231,7 +240,7 @@ command(
 command(
     "migrate check", commands.check, "the CI gate: files, lint, and the history when a target is named",
     "Check the migration files (names, versions, what they may hold), lint them (sqlfluff, squawk), and compare them with a target's history when one is named.",
-    *MIGRATE,
+    MIGRATE,
     option("--no-lint", dest="lint", action="store_false", help="skip sqlfluff and squawk"),
 )  # fmt: skip
 
@@ -240,33 +249,33 @@ group("schema", "the schema as SQL, and drift between databases", "Dump a schema
 command(
     "schema dump", commands.schema_dump, "write the schema as SQL",
     "The schema as pg_dump --schema-only writes it, in a stable form. Without a target, the schema the migrations make (in a scratch database on the embedded server).",
-    *MIGRATE,
+    MIGRATE,
     option("--output", "-o", metavar="PATH", type=Path, help="write here (default: print)"),
 )  # fmt: skip
 
 command(
     "schema diff", commands.schema_diff, "list drift, table by table (exit 3 on drift)",
     "Compare the target's live schema with what its applied migrations make, or with another database (--against).",
-    *MIGRATE,
+    MIGRATE,
     option("--against", metavar="STACK_OR_URL", help="a stack name or a URL to compare with"),
 )  # fmt: skip
 
 group("embedded", "manage the embedded PostgreSQL server", "The embedded PostgreSQL server (stack embedded).")  # fmt: skip
 
-command("embedded start", commands.embedded_start, "start the server (created on first use)", "The embedded server: start the server (created on first use).", *OUTPUT)  # fmt: skip
-command("embedded status", commands.embedded_status, "is it running, where, on which port", "The embedded server: is it running, where, on which port.", *OUTPUT)  # fmt: skip
+command("embedded start", commands.embedded_start, "start the server (created on first use)", "The embedded server: start the server (created on first use).", OUTPUT)  # fmt: skip
+command("embedded status", commands.embedded_status, "is it running, where, on which port", "The embedded server: is it running, where, on which port.", OUTPUT)  # fmt: skip
 command(
     "embedded url", commands.embedded_url, "print the URL of ci_local (password hidden)",
     "The embedded server: print the URL of ci_local (password hidden).",
-    *OUTPUT,
+    OUTPUT,
     option("--show-password", action="store_true", help="print the real password"),
 )  # fmt: skip
-command("embedded stop", commands.embedded_stop, "stop the server; data stays", "The embedded server: stop the server; data stays.", *OUTPUT)  # fmt: skip
+command("embedded stop", commands.embedded_stop, "stop the server; data stays", "The embedded server: stop the server; data stays.", OUTPUT)  # fmt: skip
 
 command(
     "report", commands.show_report, "show recorded pipeline, stage and job executions",
     "Show recorded executions: a pipeline's runs, one run with its stages, one stage with its jobs, or one job. Reads only.",
-    *TARGET, *OUTPUT,
+    TARGET, OUTPUT,
     option("--pipeline", required=True, help="the pipeline's name"),
     option("--run", type=_positive, metavar="N", help="one run, with its stages"),
     option("--stage", metavar="NAME", help="one stage of --run, with its jobs"),
@@ -279,7 +288,7 @@ command(
 command(
     "retention", commands.retention, "delete finished runs older than --keep-days, in short batches",
     "Delete finished runs (never PENDING or RUNNING) that completed more than --keep-days days ago, with their stages and jobs: a batch of runs per short transaction, so writers are never stopped. Interrupted, it leaves whole runs; run it again to go on.",
-    *TARGET, *OUTPUT,
+    TARGET, OUTPUT,
     option("--keep-days", required=True, type=_positive, metavar="N", help="keep runs that finished in the last N days"),
     option("--pipeline", metavar="NAME", help="only this pipeline's runs"),
     option("--dry-run", action="store_true", help="count what would be deleted; change nothing"),
@@ -290,7 +299,7 @@ command(
 command(
     "init-local", commands.init_local, "create ci_local and ci_user on a server you installed",
     "On a PostgreSQL you installed: create the role ci_user (not a superuser, with its client_encoding, default_transaction_isolation and timezone set) and the database ci_local it owns. Safe to repeat.",
-    *OUTPUT,
+    OUTPUT,
     option("--admin-url", required=True, metavar="URL", help="a superuser URL (or CREATEROLE and CREATEDB)"),
     option("--password", help="ci_user's password (default: generated for a new role; kept for an existing one)"),
     option("--show-password", action="store_true", help="print the URL with its password"),
@@ -302,30 +311,65 @@ command(
 # -- parsing -----------------------------------------------------------------------------
 
 
-def _add(parser: argparse.ArgumentParser, chosen: Command) -> None:
-    shows = any("{default}" in each.spec.get("help", "") for each in chosen.options)
-    defaults = chosen.defaults() if shows else {}
-    for each in chosen.options:
-        each.add_to(parser, defaults)
-    parser.set_defaults(command=chosen)
+_CONTEXT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Context)}
+
+
+class _Tree:
+    """Parsers for one build(): a shared tuple of options becomes one parent parser,
+    its flags added once and handed to every command that takes them (argparse adds
+    a flag slowly; the commands share most of theirs)."""
+
+    def __init__(self) -> None:
+        self.parents: dict[int, _Parser] = {}
+
+    def parents_of(self, chosen: Command) -> list[_Parser]:
+        found = []
+        for item in chosen.options:
+            if isinstance(item, tuple):
+                if id(item) not in self.parents:
+                    parent = _Parser(add_help=False)
+                    for each in item:
+                        each.add_to(parent, _CONTEXT_DEFAULTS)
+                    self.parents[id(item)] = parent
+                found.append(self.parents[id(item)])
+        return found
+
+    @staticmethod
+    def finish(parser: argparse.ArgumentParser, chosen: Command) -> None:
+        own = [item for item in chosen.options if isinstance(item, Option)]
+        shows = any("{default}" in each.spec.get("help", "") for each in own)
+        defaults = chosen.defaults() if shows else {}
+        for each in own:
+            each.add_to(parser, defaults)
+        parser.set_defaults(command=chosen)
 
 
 def build(prog: str = "cicd-db", *, only_migrate: bool = False) -> argparse.ArgumentParser:
     """The whole command tree; `only_migrate` for scripts/migrate.py (`cicd-db migrate`)."""
     epilog = "Options may stand before or after the command."
+    tree, up = _Tree(), COMMANDS["migrate up"]
     top = None
     if only_migrate:
-        root = _Parser(prog=prog, description=GROUPS["migrate"][1], epilog=epilog)
+        root = _Parser(
+            prog=prog,
+            description=GROUPS["migrate"][1],
+            epilog=epilog,
+            parents=tree.parents_of(up),
+        )
         parsers: dict[str, argparse.ArgumentParser] = {"migrate": root}
     else:
         root = _Parser(prog=prog, description="The database layer of a CI/CD system.")
         top = root.add_subparsers(metavar="COMMAND", parser_class=_Parser, required=True)
         parsers = {}
         for name, (text, about) in GROUPS.items():
-            parsers[name] = top.add_parser(
-                name, help=text, description=about, epilog=epilog if name == "migrate" else None
+            parsers[name] = (
+                top.add_parser(
+                    name, help=text, description=about, epilog=epilog, parents=tree.parents_of(up)
+                )
+                if name == "migrate"
+                else top.add_parser(name, help=text, description=about)
             )
-    _add(parsers["migrate"], COMMANDS["migrate up"])
+    tree.finish(parsers["migrate"], up)
     root.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('cicd-db')}")  # fmt: skip
     subs = {
         name: parser.add_subparsers(
@@ -338,8 +382,13 @@ def build(prog: str = "cicd-db", *, only_migrate: bool = False) -> argparse.Argu
         where = subs.get(group_name) if group_name else top
         if where is None:  # scripts/migrate.py has only the migrate commands
             continue
-        parser = where.add_parser(own, help=declared.help, description=declared.description)
-        _add(parser, declared)
+        parser = where.add_parser(
+            own,
+            help=declared.help,
+            description=declared.description,
+            parents=tree.parents_of(declared),
+        )
+        tree.finish(parser, declared)
     return root
 
 
@@ -366,7 +415,7 @@ def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = Fa
     chosen: Command = given.pop("command")
     debug = bool(given.pop("debug", False))
     # An option of `migrate` (`up`'s) before another command's name: not that command's.
-    taken = {each.dest for each in chosen.options}
+    taken = {each.dest for each in chosen.every_option}
     if stray := sorted(set(given) - taken):
         flags = ", ".join(_flag(name) for name in stray)
         name = chosen.name.removeprefix("migrate ") if only_migrate else chosen.name
