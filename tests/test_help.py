@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 
 import pytest
@@ -88,7 +87,8 @@ def test_options_stand_before_or_after_the_command(only_migrate: bool) -> None:
     for argv in ([*group, *given, "up"], [*group, "up", *given], [*group, *given]):
         call = cli.parse(argv, only_migrate=only_migrate)
         assert call.command.func is commands.up, argv
-        assert call.context == commands.Context(database_url="X"), argv
+        context = {name: getattr(call.context, name) for name in commands.FIELDS}
+        assert context == {**commands.FIELDS, "database_url": "X"}, argv
         assert call.context.lock_timeout == migrations.DEFAULT_LOCK_TIMEOUT
         assert call.arguments == {"dry_run": True, "target": 2, "retries": 0, "yes": True}, argv
     for argv in (
@@ -116,7 +116,7 @@ def test_an_option_of_up_before_another_command_is_refused(
 def test_every_flag_is_a_keyword_of_its_command() -> None:
     """Each flag's dest is an argument of its command's function or a Context field, and
     a `{default}` in its help is that argument's default, so defaults live in one place."""
-    context = {field.name for field in dataclasses.fields(commands.Context)} | {"debug"}
+    context = {*commands.FIELDS, "debug"}
     for name, declared in cli.COMMANDS.items():
         parameters = inspect.signature(declared.func).parameters
         for option in declared.every_option:

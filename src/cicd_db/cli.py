@@ -25,15 +25,12 @@ a library error's arguments named as this command line's flags.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import logging
 import math
 import shlex
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -97,13 +94,18 @@ _version = _whole(0, "a migration version (a whole number)")
 # -- declaring commands ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses or NamedTuples: the CLI makes its classes at every
+# start, and those take up to a millisecond each to make.
+
+
 class Option:
     """One flag as argparse.add_argument takes it. `{default}` in its help is the
     default of the argument it fills, read from the command's signature."""
 
-    flags: tuple[str, ...]
-    spec: dict[str, Any]
+    __slots__ = ("flags", "spec")
+
+    def __init__(self, flags: tuple[str, ...], spec: dict[str, Any]):
+        self.flags, self.spec = flags, spec
 
     @property
     def dest(self) -> str:
@@ -123,26 +125,32 @@ def option(*flags: str, **spec: Any) -> Option:
     return Option(flags, spec)
 
 
-@dataclass(frozen=True)
 class Command:
-    name: str  # "migrate up", "report"
-    func: Callable[..., int]
-    help: str  # its line in the list of commands
-    description: str
-    # An option of its own, or a tuple of options many commands share (TARGET, ...).
-    options: tuple[Option | tuple[Option, ...], ...]
+    """A command: its name ("migrate up"), its function, its line in the list of
+    commands, its description, and its options: each one of its own, or a tuple of
+    options many commands share (TARGET, ...)."""
+
+    __slots__ = ("description", "func", "help", "name", "options")
+
+    def __init__(
+        self,
+        name: str,
+        func: Callable[..., int],
+        help: str,
+        description: str,
+        options: tuple[Option | tuple[Option, ...], ...],
+    ):
+        self.name, self.func, self.help, self.description = name, func, help, description
+        self.options = options
 
     @property
     def every_option(self) -> list[Option]:
-        return [o for item in self.options for o in (item if isinstance(item, tuple) else [item])]
+        return [o for item in self.options for o in ([item] if isinstance(item, Option) else item)]
 
     def defaults(self) -> dict[str, Any]:
-        """What each argument is when its flag is left out: the function's defaults,
-        and the Context's for the shared options."""
-        found = {f.name: f.default for f in dataclasses.fields(Context)}
-        for name, parameter in inspect.signature(self.func).parameters.items():
-            found[name] = parameter.default
-        return found
+        """What each argument is when its flag is left out: the function's defaults
+        (its options are keyword-only), and the Context's for the shared options."""
+        return {**commands.FIELDS, **(self.func.__kwdefaults__ or {})}
 
 
 COMMANDS: dict[str, Command] = {}
@@ -197,6 +205,7 @@ command(
     "migrate up", commands.up, "apply pending migrations (the default)",
     "Apply pending migrations in version order.",
     MIGRATE,
+    (  # a tuple: `migrate` alone takes these too, from the same parent parser
     option("--dry-run", action="store_true", help="list what would be applied; change nothing"),
     option("--sql", action="store_true", help="with --dry-run: print each file's SQL"),
     option("--target", metavar="VERSION", type=_version, help="stop after this version"),
@@ -205,6 +214,7 @@ command(
     option("--retry-budget", metavar="SECONDS", type=_seconds, help="most time spent waiting between retries ({default})"),
     option("--rehearse", action="store_true", help="run pending files in a transaction that is rolled back; report each one's locks"),
     option("--dump-schema", metavar="PATH", nargs="?", const=Path("db/schema.sql"), type=Path, help="afterwards write the schema to PATH (db/schema.sql)"),
+    ),
 )  # fmt: skip
 
 command(
@@ -311,13 +321,12 @@ command(
 # -- parsing -----------------------------------------------------------------------------
 
 
-_CONTEXT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Context)}
-
-
 class _Tree:
-    """Parsers for one build(): a shared tuple of options becomes one parent parser,
-    its flags added once and handed to every command that takes them (argparse adds
-    a flag slowly; the commands share most of theirs)."""
+    """Parsers for one build(): a tuple of options becomes one parent parser, its flags
+    added once and handed to every parser that takes them (argparse adds a flag
+    slowly, and the commands share most of theirs). A `{default}` in a shared tuple
+    is read from the first command given it: the tuples many commands share hold
+    only Context fields, whose defaults are the same for all."""
 
     def __init__(self) -> None:
         self.parents: dict[int, _Parser] = {}
@@ -325,11 +334,13 @@ class _Tree:
     def parents_of(self, chosen: Command) -> list[_Parser]:
         found = []
         for item in chosen.options:
-            if isinstance(item, tuple):
+            if not isinstance(item, Option):  # a tuple of them
                 if id(item) not in self.parents:
                     parent = _Parser(add_help=False)
+                    shows = any("{default}" in each.spec.get("help", "") for each in item)
+                    defaults = chosen.defaults() if shows else {}
                     for each in item:
-                        each.add_to(parent, _CONTEXT_DEFAULTS)
+                        each.add_to(parent, defaults)
                     self.parents[id(item)] = parent
                 found.append(self.parents[id(item)])
         return found
@@ -392,20 +403,16 @@ def build(prog: str = "cicd-db", *, only_migrate: bool = False) -> argparse.Argu
     return root
 
 
-@dataclass
 class Call:
-    """A parsed command line: the function to call, with what it takes."""
+    """A parsed command line: the command, and what its function is called with."""
 
-    command: Command
-    context: Context
-    arguments: dict[str, Any]
-    debug: bool = False
+    __slots__ = ("arguments", "command", "context", "debug")
+
+    def __init__(self, command: Command, context: Context, arguments: dict[str, Any], debug: bool):
+        self.command, self.context, self.arguments, self.debug = command, context, arguments, debug
 
     def __call__(self) -> int:
         return self.command.func(self.context, **self.arguments)
-
-
-_CONTEXT = frozenset(f.name for f in dataclasses.fields(Context)) - {"secrets"}
 
 
 def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = False) -> Call:
@@ -420,8 +427,8 @@ def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = Fa
         flags = ", ".join(_flag(name) for name in stray)
         name = chosen.name.removeprefix("migrate ") if only_migrate else chosen.name
         raise UsageError(f"`{name}` takes no {flags}; see `{prog} {name} --help`")
-    context = Context(**{name: value for name, value in given.items() if name in _CONTEXT})
-    arguments = {name: value for name, value in given.items() if name not in _CONTEXT}
+    context = Context(**{name: value for name, value in given.items() if name in commands.FIELDS})
+    arguments = {name: value for name, value in given.items() if name not in commands.FIELDS}
     return Call(chosen, context, arguments, debug)
 
 

@@ -20,8 +20,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -46,29 +46,49 @@ from cicd_db.settings import (
 WAIT_TIMEOUT = 30.0  # seconds `migrate wait` waits by default
 
 
-@dataclass
 class Context:
     """What every command shares. `Context()` is what the CLI uses when no flag is given:
-    the target from DATABASE_URL or the prod stack, the repository's db/migrations."""
+    the target from DATABASE_URL or the prod stack, the repository's db/migrations.
 
-    database_url: str | None = None
-    stack: str | None = None
-    local: bool = False
-    migrations_dir: Path | None = None
-    lock_timeout: float = migrations.DEFAULT_LOCK_TIMEOUT
-    json: bool = False
-    quiet: bool = False
-    verbose: bool = False
-    # Grows as the command reads settings; whoever prints an error redacts with it.
-    secrets: list[str] = field(default_factory=list)
+    A plain class, not a dataclass: the CLI builds its classes at every start, and a
+    dataclass takes a millisecond to make. Its fields are its keyword arguments.
+    """
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        database_url: str | None = None,
+        stack: str | None = None,
+        local: bool = False,
+        migrations_dir: Path | None = None,
+        lock_timeout: float = migrations.DEFAULT_LOCK_TIMEOUT,
+        json: bool = False,
+        quiet: bool = False,
+        verbose: bool = False,
+    ):
+        self.database_url = database_url
+        self.stack = stack
+        self.local = local
+        self.migrations_dir = migrations_dir
+        self.lock_timeout = lock_timeout
+        self.json = json
+        self.quiet = quiet
+        self.verbose = verbose
+        # Grows as the command reads settings; whoever prints an error redacts with it.
         # Even a URL too broken to parse must not show its password in an error.
-        self.secrets += [
-            *password_candidates(self.database_url),
+        self.secrets = [
+            *password_candidates(database_url),
             *password_candidates(os.environ.get("DATABASE_URL")),
             os.environ.get("PGPASSWORD", ""),  # libpq's, for a URL without a password
         ]
+
+    def __repr__(self) -> str:
+        given = (
+            f"{name}={getattr(self, name)!r}"
+            for name, default in FIELDS.items()
+            if getattr(self, name) != default
+        )
+        return f"Context({', '.join(given)})"
 
     def target(self) -> targets.Target:
         """The target the context names; its settings are read on first use."""
@@ -129,6 +149,10 @@ class Context:
             print(json.dumps(value, indent=2, default=str))
         elif answer or not self.quiet:
             print(*lines(), sep="\n", flush=True)
+
+
+# Each field of a Context and its default.
+FIELDS: dict[str, Any] = dict(Context.__init__.__kwdefaults__ or {})
 
 
 def up(
