@@ -307,12 +307,14 @@ command(
 )  # fmt: skip
 
 command(
-    "init-local", commands.init_local, "create ci_local and ci_user on a server you installed",
-    "On a PostgreSQL you installed: create the role ci_user (not a superuser, with its client_encoding, default_transaction_isolation and timezone set) and the database ci_local it owns. Safe to repeat.",
+    "init-local", commands.init_local, "create ci_local, ci_user, ci_app and ci_reader on a server you installed",
+    "On a PostgreSQL you installed: create the role ci_user (not a superuser, with its client_encoding, default_transaction_isolation and timezone set) and the database ci_local it owns, and the writer ci_app and the reader ci_reader (docs/security.md). Safe to repeat.",
     OUTPUT,
     option("--admin-url", required=True, metavar="URL", help="a superuser URL (or CREATEROLE and CREATEDB)"),
     option("--password", help="ci_user's password (default: generated for a new role; kept for an existing one)"),
-    option("--show-password", action="store_true", help="print the URL with its password"),
+    option("--show-password", action="store_true", help="print the URLs with their passwords"),
+    option("--app-password", help="ci_app's password, the writer's (default: generated for a new role; kept for an existing one)"),
+    option("--reader-password", help="ci_reader's password, the reader's (default: generated for a new role; kept for an existing one)"),
     option("--user", help="the role to create ({default})"),
     option("--database", help="the database to create ({default})"),
 )  # fmt: skip

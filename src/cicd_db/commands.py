@@ -36,6 +36,7 @@ from cicd_db.errors import (
 )
 from cicd_db.retention import DEFAULT_BATCH_SIZE
 from cicd_db.settings import (
+    APP_USER,
     LOCAL_DATABASE,
     LOCAL_USER,
     ConnectionSettings,
@@ -127,7 +128,7 @@ class Context:
             target,
             folder=self.folder(),
             writes=writes,
-            confirmed=yes,
+            yes=yes,
             action=action,
             lock_timeout=self.lock_timeout,
             retries=retries,
@@ -393,7 +394,8 @@ def show_report(
     from cicd_db import report, store  # on use: `migrate` starts faster without the store
 
     target = ctx.remember(ctx.target())
-    with targets.connect(target.settings) as conn:
+    # Reads only: as the reader where the target has one (docs/security.md).
+    with targets.connect(target.role_settings(targets.READER)) as conn:
         view = report.fetch(
             store.Store.on(conn),
             pipeline,
@@ -429,7 +431,8 @@ def retention(
         )
     ctx.remember(target)
     progress = console.Progress(enabled=sys.stderr.isatty() and not ctx.quiet and not ctx.json)
-    with targets.connect(target.settings) as conn:
+    # As the writer where the target has one: it may delete executions, nothing more.
+    with targets.connect(target.role_settings(targets.APP)) as conn:
         try:
             pruned = prune(
                 conn,
@@ -453,29 +456,54 @@ def init_local(
     admin_url: str,
     password: str | None = None,
     show_password: bool = False,
+    app_password: str | None = None,
+    reader_password: str | None = None,
     user: str = LOCAL_USER,
     database: str = LOCAL_DATABASE,
 ) -> int:
-    """`init-local`: `user` and `database` (ci_user, ci_local) on a server you installed,
-    through `admin_url`; `password` for the role, else one is generated for a new role."""
+    """`init-local`: `user` and `database` (ci_user, ci_local), the writer ci_app and the
+    reader ci_reader on a server you installed, through `admin_url`; each password given,
+    else one is generated for a new role."""
     from cicd_db import local
 
-    ctx.secrets += [*password_candidates(admin_url), password or ""]
+    ctx.secrets += [
+        *password_candidates(admin_url),
+        password or "",
+        app_password or "",
+        reader_password or "",
+    ]
     admin = from_url(admin_url, what="--admin-url")
     ctx.secrets += admin.secrets()
     with targets.connect(admin) as conn:
         # The URL printed names the host (a socket's folder too) and port libpq used,
         # also when they came from PGHOST, PGPORT or a service file.
         server = admin.in_use(conn.info)
-        prepared = local.init(conn, server, password, user=user, database=database)
+        prepared = local.init(
+            conn,
+            server,
+            password,
+            user=user,
+            database=database,
+            app_password=app_password,
+            reader_password=reader_password,
+        )
+    ctx.secrets += [role.password for role in (prepared.app, prepared.reader) if role]
     url = prepared.settings.url() if show_password else prepared.settings.redacted_url()
-    ctx.show(console.local_json(prepared, url), lambda: [console.local_line(prepared)])
+    shown = console.local_json(prepared, url, show_password=show_password)
+    ctx.show(shown, lambda: [console.local_line(prepared)])
     if not ctx.json:
         print(url)
     if (prepared.created_role or prepared.password_reset) and not password and not show_password:
         print(
             f"note: {prepared.settings.user} got a generated password, not shown; run again "
             "with --password to set one you know",
+            file=sys.stderr,
+        )
+    for role in () if show_password else prepared.generated:
+        flag = "--app-password" if role == APP_USER else "--reader-password"
+        print(
+            f"note: {role} got a generated password, not shown; run again with {flag} to set "
+            "one you know",
             file=sys.stderr,
         )
     return 0

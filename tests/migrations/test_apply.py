@@ -499,7 +499,7 @@ def test_a_retry_names_the_statement_that_waited(
     )
     assert str(failed.value).endswith(
         "[55P03]; it was rolled back; run again when the tables are less busy (the file itself "
-        "is fine); gave up after 1 retry (raise --retries or --retry-budget)"
+        "is fine); gave up after 1 retry (raise `retries` or `retry_budget`)"
     )
 
 
@@ -525,7 +525,7 @@ def test_a_commit_that_failed_for_other_sessions_is_retried(
     assert str(failed.value) == (
         "migration 0001_deferred.sql failed at its commit: another session "
         "won [40001]; it was rolled back; run again when the tables are less busy (the file "
-        "itself is fine); gave up after 1 retry (raise --retries or --retry-budget)"
+        "itself is fine); gave up after 1 retry (raise `retries` or `retry_budget`)"
     )
     assert database.history() == []
 
@@ -579,7 +579,7 @@ def test_retry_delays_double_and_stop_at_the_first_bound(
         "itself is fine)"
     )
     if spent:
-        message += f"{spent} (raise --retries or --retry-budget)"
+        message += f"{spent} (raise `retries` or `retry_budget`)"
     assert str(failed.value) == message
     assert database.history() == []
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cicd_db import migrations
+from cicd_db import cli, migrations
 from cicd_db.errors import ConfigError
 
 from ..conftest import write_migrations
@@ -56,6 +56,15 @@ def test_discover_refuses_a_folder_without_migrations(tmp_path: Path) -> None:
         migrations.discover(tmp_path)
     assert str(empty.value) == (
         f"migrations folder {tmp_path} holds no <version>_<name>.sql file; add one, or pass the "
+        "right folder with `migrations_dir`"
+    )
+    # A braced folder name is a value, not a field of the message.
+    braced = tmp_path / "{x}"
+    braced.mkdir()
+    with pytest.raises(ConfigError) as odd:
+        migrations.discover(braced)
+    assert cli.phrased(odd.value) == (
+        f"migrations folder {braced} holds no <version>_<name>.sql file; add one, or pass the "
         "right folder with --migrations-dir"
     )
 
@@ -64,13 +73,13 @@ def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as missing:
         migrations.new_migration(tmp_path / "nope", "x")
     assert str(missing.value) == (
-        f"migrations folder {tmp_path / 'nope'} does not exist; create it, or pass --migrations-dir"
+        f"migrations folder {tmp_path / 'nope'} does not exist; create it, or pass `migrations_dir`"
     )
     with pytest.raises(ConfigError) as not_there:
         migrations.discover(tmp_path / "nope")
     assert str(not_there.value) == (
         f"migrations folder {tmp_path / 'nope'} does not exist; "
-        "pass --migrations-dir DIR or run from the repository root"
+        "pass `migrations_dir` DIR or run from the repository root"
     )
 
 

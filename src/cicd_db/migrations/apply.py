@@ -154,10 +154,12 @@ class Applier:
                     delay = policy.delay(attempt)
                     spent = policy.give_up(attempt, delay)
                     if spent:
+                        if not (attempt > 1 or policy.retries):
+                            raise MigrationFailed(str(failure)) from None
                         raise MigrationFailed(
-                            f"{failure}; {spent} (raise --retries or --retry-budget)"
-                            if attempt > 1 or policy.retries
-                            else str(failure)
+                            "{failure}; {spent} (raise {retries} or {retry_budget})",
+                            arguments=["retries", "retry_budget"],
+                            values={"failure": failure, "spent": spent},
                         ) from None
                     policy.waited += delay
                     if on_retry:

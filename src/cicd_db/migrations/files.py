@@ -56,8 +56,10 @@ def discover(folder: Path) -> list[Migration]:
     """
     if not folder.is_dir():
         raise ConfigError(
-            f"migrations folder {folder} does not exist; "
-            "pass --migrations-dir DIR or run from the repository root"
+            "migrations folder {folder} does not exist; "
+            "pass {migrations_dir} DIR or run from the repository root",
+            arguments=["migrations_dir"],
+            values={"folder": folder},
         )
     migrations: dict[int, Migration] = {}
     for path in sorted(folder.iterdir()):
@@ -72,8 +74,10 @@ def discover(folder: Path) -> list[Migration]:
         migrations[version] = read(path, version, name)
     if not migrations:
         raise ConfigError(
-            f"migrations folder {folder} holds no <version>_<name>.sql file; "
-            "add one, or pass the right folder with --migrations-dir"
+            "migrations folder {folder} holds no <version>_<name>.sql file; "
+            "add one, or pass the right folder with {migrations_dir}",
+            arguments=["migrations_dir"],
+            values={"folder": folder},
         )
     return [migrations[version] for version in sorted(migrations)]
 
@@ -177,7 +181,9 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
         )
     if not folder.is_dir():
         raise ConfigError(
-            f"migrations folder {folder} does not exist; create it, or pass --migrations-dir"
+            "migrations folder {folder} does not exist; create it, or pass {migrations_dir}",
+            arguments=["migrations_dir"],
+            values={"folder": folder},
         )
     versions = [
         (int(match["version"]), len(match["version"]))

@@ -51,7 +51,8 @@ def held(session: Session, timeout: float) -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     raise LockTimeout(
                         f"another migration runner held the lock for {timeout:g} "
-                        "s; wait for it to finish, or raise --lock-timeout"
+                        "s; wait for it to finish, or raise {lock_timeout}",
+                        arguments=["lock_timeout"],
                     )
                 time.sleep(POLL_SECONDS)
         holder.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [WORK_KEY])

@@ -138,23 +138,25 @@ def open_runner(
     *,
     folder: Path | None = None,
     writes: bool,
-    confirmed: bool = False,
+    yes: bool = False,
     action: str = "apply migrations to it",
     **options: Any,
 ) -> Iterator[Runner]:
     """A runner on `target`'s database, with the files of `folder` (db/migrations).
 
     The guards every entry point needs, here so that a Python caller gets them
-    too: writing to a remote stack needs `confirmed` (the CLI's --yes); writing
+    too: writing to a remote stack needs `yes`; writing
     through a transaction pooler is refused, since the session lock would not
     hold; the runner uses the stack's direct endpoint when it has one.
     `options` go to Runner (lock_timeout, retries, retry_budget).
     """
-    files = discover(folder or target.root / "db" / "migrations")
-    if writes and target.remote and not confirmed:
+    files = discover(folder or target.root / targets.MIGRATIONS_FOLDER)
+    if writes and target.remote and not yes:
         raise UsageError(
-            f"{target.description} is a remote database; add --yes to {action} "
-            "(or use --local for the local one)"
+            "{target} is a remote database; add {yes} to {action} "
+            "(or use {local} for the local one)",
+            arguments=["yes", "local"],
+            values={"target": target.description, "action": action},
         )
     settings = target.settings.for_migrations()
     if writes and is_transaction_pooler(settings):
