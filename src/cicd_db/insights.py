@@ -1,0 +1,747 @@
+"""Insights: how healthy a pipeline is, whether it got slower, which job is flaky, how long
+it takes to get back to green; every figure computed by PostgreSQL, in one statement.
+
+`insights(conn, "build")` answers for one pipeline, `insights(conn)` gives one line per
+pipeline. The window is the last `days` UTC days (30 by default: today, as of `now`, and
+the days before it) or the pipeline's last `runs` runs. docs/reports.md ("Insights")
+defines every figure; in short:
+
+- A run belongs to the window by its *time*: when it started, or, for a run cancelled
+  before it started, when it was cancelled. A run that has neither (PENDING) has not
+  happened yet and is in no window; nor is a run whose time is after `now`.
+- Durations (p50, p95: PostgreSQL's `percentile_cont`, linear interpolation) are of
+  runs, stages and jobs that finished SUCCESS or FAILED: never of cancelled or
+  unfinished ones.
+- Rates are over SUCCESS + FAILED (cancelled runs are neither, as CircleCI counts
+  them); a job that FAILED but allows failure is counted apart (`allowed_failures`)
+  and is neither a failure nor a success.
+- Days are UTC days; a run counts on the day of its time (a run that crosses
+  midnight counts on the day it started).
+
+The JSON and YAML structure (`data`) is documented in docs/reports.md; keys are only
+ever added. Rendering: `render` (table, json, yaml) here, `html` in insights_html.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg import errors, sql
+
+from cicd_db.errors import ConfigError, NotFound, UsageError
+from cicd_db.report import WIDTH, _fit, _yaml_dumper, grid
+
+DEFAULT_DAYS = 30
+MAX_DAYS = 3660
+MAX_RUNS = 100_000
+FORMATS = ("table", "json", "yaml")
+
+
+# -- what comes back -----------------------------------------------------------------
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+@dataclass(frozen=True)
+class Window:
+    """The runs looked at: the last `days` UTC days up to `until`, or the last `runs` runs
+    whose time is not after `until`. `since` is the first day's midnight (UTC), None for
+    a window of runs."""
+
+    days: int | None
+    runs: int | None
+    since: datetime | None
+    until: datetime
+
+
+@dataclass(frozen=True)
+class Day:
+    """The runs of one UTC day of the window."""
+
+    date: date
+    runs: int
+    success: int
+    failed: int
+    cancelled: int
+    running: int
+    duration_p50_seconds: float | None
+    duration_p95_seconds: float | None
+
+    @property
+    def success_rate(self) -> float | None:
+        return _rate(self.success, self.success + self.failed)
+
+
+@dataclass(frozen=True)
+class StageFigures:
+    """One stage name's executions in the window's runs."""
+
+    stage: str
+    runs: int
+    success: int
+    failed: int
+    cancelled: int
+    duration_p50_seconds: float | None
+    duration_p95_seconds: float | None
+
+    @property
+    def failure_rate(self) -> float | None:
+        return _rate(self.failed, self.success + self.failed)
+
+
+@dataclass(frozen=True)
+class JobFigures:
+    """One job's executions (by stage and job name) in the window's runs."""
+
+    stage: str
+    job: str
+    runs: int
+    success: int
+    failed: int  # failures that count: of a job that does not allow failure
+    allowed_failures: int
+    cancelled: int
+    flaky_commits: int
+    duration_p50_seconds: float | None
+    duration_p95_seconds: float | None
+
+    @property
+    def failure_rate(self) -> float | None:
+        return _rate(self.failed, self.success + self.failed)
+
+
+@dataclass(frozen=True)
+class PipelineInsights:
+    """One pipeline over the window."""
+
+    pipeline: str
+    window: Window
+    runs: int
+    success: int
+    failed: int
+    cancelled: int
+    running: int
+    duration_p50_seconds: float | None
+    duration_p95_seconds: float | None
+    mttr_seconds: float | None
+    recoveries: int
+    longest_red_streak: int
+    days: list[Day]
+    stages: list[StageFigures]
+    jobs: list[JobFigures]
+
+    @property
+    def success_rate(self) -> float | None:
+        return _rate(self.success, self.success + self.failed)
+
+    @property
+    def failure_rate(self) -> float | None:
+        return _rate(self.failed, self.success + self.failed)
+
+
+@dataclass(frozen=True)
+class PipelineLine:
+    """One pipeline's line of the summary."""
+
+    pipeline: str
+    runs: int
+    success: int
+    failed: int
+    cancelled: int
+    running: int
+    duration_p50_seconds: float | None
+    duration_p95_seconds: float | None
+    days: list[Day]
+
+    @property
+    def success_rate(self) -> float | None:
+        return _rate(self.success, self.success + self.failed)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Every pipeline with a run in the window, busiest first."""
+
+    window: Window
+    pipelines: list[PipelineLine]
+
+
+Insights = PipelineInsights | Summary
+
+
+# -- the queries -------------------------------------------------------------------------
+
+# The clock and the first midnight of the window (NULL for a window of runs).
+_BOUNDS: LiteralString = (
+    "bounds AS (SELECT clock.until, CASE WHEN %(days)s::integer IS NOT NULL THEN "
+    "(date_trunc('day', clock.until AT TIME ZONE 'UTC') "
+    "- (%(days)s::integer - 1) * interval '1 day') AT TIME ZONE 'UTC' END AS since "
+    "FROM (SELECT coalesce(%(now)s::timestamptz, now()) AS until) AS clock)"
+)
+# Columns of a run as the figures need them: its time (start, or cancellation of a run
+# that never started), and its duration when it finished SUCCESS or FAILED.
+_RUN: LiteralString = (
+    "r.id, r.pipeline_name, r.run_number, r.status, r.commit_hash, r.completion_time AS done, "
+    "coalesce(r.start_time, r.completion_time) AS t, "
+    "CASE WHEN r.status IN ('SUCCESS', 'FAILED') "
+    "THEN extract(epoch FROM r.completion_time - r.start_time)::float8 END AS seconds"
+)
+# The window's runs, by days or by a number of runs; {pipeline} narrows to one.
+_BY_DAYS: LiteralString = (
+    "SELECT {run} FROM pipeline_executions AS r, bounds WHERE {pipeline} "
+    "coalesce(r.start_time, r.completion_time) >= bounds.since "
+    "AND coalesce(r.start_time, r.completion_time) <= bounds.until"
+)
+_BY_RUNS_ONE: LiteralString = (
+    "SELECT {run} FROM pipeline_executions AS r, bounds WHERE {pipeline} "
+    "coalesce(r.start_time, r.completion_time) <= bounds.until "
+    "ORDER BY r.run_number DESC LIMIT %(runs)s"
+)
+_BY_RUNS_EACH: LiteralString = (
+    "SELECT * FROM (SELECT {run}, row_number() OVER (PARTITION BY r.pipeline_name "
+    "ORDER BY r.run_number DESC) AS nth FROM pipeline_executions AS r, bounds "
+    "WHERE coalesce(r.start_time, r.completion_time) <= bounds.until) AS numbered "
+    "WHERE nth <= %(runs)s"
+)
+# Counts and duration percentiles of a set of rows with `status` and `seconds`.
+_FIGURES: LiteralString = (
+    "count(*) AS runs, count(*) FILTER (WHERE status = 'SUCCESS') AS success, "
+    "count(*) FILTER (WHERE status = 'FAILED') AS failed, "
+    "count(*) FILTER (WHERE status = 'CANCELED') AS cancelled, "
+    "count(*) FILTER (WHERE status NOT IN ('SUCCESS', 'FAILED', 'CANCELED')) AS running, "
+    "percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS duration_p50_seconds, "
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) AS duration_p95_seconds"
+)
+# The same for a day: a day without runs joins no run, and counts 0.
+_DAY_FIGURES: LiteralString = (
+    "count(w.status) AS runs, count(*) FILTER (WHERE w.status = 'SUCCESS') AS success, "
+    "count(*) FILTER (WHERE w.status = 'FAILED') AS failed, "
+    "count(*) FILTER (WHERE w.status = 'CANCELED') AS cancelled, "
+    "count(*) FILTER (WHERE w.status NOT IN ('SUCCESS', 'FAILED', 'CANCELED')) AS running, "
+    "percentile_cont(0.5) WITHIN GROUP (ORDER BY w.seconds) AS duration_p50_seconds, "
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY w.seconds) AS duration_p95_seconds"
+)
+# The days of the window: by days, the `days` days up to the clock's; by runs, from the
+# first run's day to the last one's.
+_DAY_SPAN: LiteralString = (
+    "SELECT d::date AS day FROM bounds, generate_series("
+    "coalesce(bounds.since AT TIME ZONE 'UTC', (SELECT min(t) FROM w) AT TIME ZONE 'UTC')"
+    "::date::timestamp, "
+    "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE 'UTC')::date "
+    "ELSE ((SELECT max(t) FROM w) AT TIME ZONE 'UTC')::date END::timestamp, "
+    "interval '1 day') AS d"
+)
+
+_ONE: LiteralString = (
+    "WITH {bounds}, w AS MATERIALIZED ({window}), "
+    "span AS ({day_span}), "
+    "days AS (SELECT span.day, {day_figures} FROM span LEFT JOIN w "
+    "ON (w.t AT TIME ZONE 'UTC')::date = span.day GROUP BY span.day), "
+    # Failure streaks: finished runs (SUCCESS, FAILED) in run-number order, split
+    # into islands of one status (gaps and islands); a FAILED island followed by
+    # another island (necessarily SUCCESS) is a streak that ended.
+    "decided AS (SELECT run_number, status, done, sum(flip) OVER (ORDER BY run_number) AS island "
+    "FROM (SELECT run_number, status, done, CASE WHEN status IS DISTINCT FROM "
+    "lag(status) OVER (ORDER BY run_number) THEN 1 ELSE 0 END AS flip FROM w "
+    "WHERE status IN ('SUCCESS', 'FAILED')) AS flips), "
+    "islands AS (SELECT island, min(status) AS status, count(*) AS length, "
+    "(array_agg(done ORDER BY run_number))[1] AS first_done FROM decided GROUP BY island), "
+    "streaks AS (SELECT red.length, extract(epoch FROM green.first_done - red.first_done) "
+    "AS recovery FROM islands AS red LEFT JOIN islands AS green "
+    "ON green.island = red.island + 1 WHERE red.status = 'FAILED'), "
+    "stage_rows AS (SELECT s.stage_name, s.status, CASE WHEN s.status IN ('SUCCESS', 'FAILED') "
+    "THEN extract(epoch FROM s.completion_time - s.start_time)::float8 END AS seconds "
+    "FROM w JOIN stage_executions AS s ON s.pipeline_execution_id = w.id), "
+    "stages AS (SELECT stage_name AS stage, count(*) AS runs, "
+    "count(*) FILTER (WHERE status = 'SUCCESS') AS success, "
+    "count(*) FILTER (WHERE status = 'FAILED') AS failed, "
+    "count(*) FILTER (WHERE status = 'CANCELED') AS cancelled, "
+    "percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS duration_p50_seconds, "
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) AS duration_p95_seconds "
+    "FROM stage_rows GROUP BY stage_name), "
+    "job_rows AS MATERIALIZED (SELECT s.stage_name, j.job_name, j.status, j.allows_failure, "
+    "w.commit_hash, CASE WHEN j.status IN ('SUCCESS', 'FAILED') "
+    "THEN extract(epoch FROM j.completion_time - j.start_time)::float8 END AS seconds "
+    "FROM w JOIN stage_executions AS s ON s.pipeline_execution_id = w.id "
+    "JOIN job_executions AS j ON j.stage_execution_id = s.id), "
+    # A flaky commit: the job both failed (a failure that counts) and succeeded on it.
+    "flaky AS (SELECT stage_name, job_name, count(*) AS commits FROM ("
+    "SELECT stage_name, job_name FROM job_rows GROUP BY stage_name, job_name, commit_hash "
+    "HAVING bool_or(status = 'FAILED' AND NOT allows_failure) AND bool_or(status = 'SUCCESS')"
+    ") AS both_ways GROUP BY stage_name, job_name), "
+    "jobs AS (SELECT job_rows.stage_name AS stage, job_rows.job_name AS job, count(*) AS runs, "
+    "count(*) FILTER (WHERE status = 'SUCCESS') AS success, "
+    "count(*) FILTER (WHERE status = 'FAILED' AND NOT allows_failure) AS failed, "
+    "count(*) FILTER (WHERE status = 'FAILED' AND allows_failure) AS allowed_failures, "
+    "count(*) FILTER (WHERE status = 'CANCELED') AS cancelled, "
+    "coalesce(min(flaky.commits), 0) AS flaky_commits, "
+    "percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS duration_p50_seconds, "
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) AS duration_p95_seconds "
+    "FROM job_rows LEFT JOIN flaky ON flaky.stage_name = job_rows.stage_name "
+    "AND flaky.job_name = job_rows.job_name GROUP BY job_rows.stage_name, job_rows.job_name) "
+    "SELECT EXISTS (SELECT 1 FROM pipeline_executions WHERE pipeline_name = %(pipeline)s), "
+    "(SELECT since FROM bounds), (SELECT until FROM bounds), "
+    "(SELECT row_to_json(totals) FROM (SELECT {figures} FROM w) AS totals), "
+    # The mean in numeric (exact microseconds), then float8.
+    "(SELECT avg(recovery)::float8 FROM streaks WHERE recovery IS NOT NULL), "
+    "(SELECT count(recovery) FROM streaks), (SELECT coalesce(max(length), 0) FROM streaks), "
+    "(SELECT json_agg(days ORDER BY day) FROM days), "
+    # Worst first: the highest failure rate, then the slowest (p95); a stage or job
+    # that never finished SUCCESS or FAILED last; names break ties.
+    "(SELECT json_agg(stages ORDER BY failed::float8 / nullif(success + failed, 0) "
+    "DESC NULLS LAST, duration_p95_seconds DESC NULLS LAST, stage) FROM stages), "
+    "(SELECT json_agg(jobs ORDER BY failed::float8 / nullif(success + failed, 0) "
+    "DESC NULLS LAST, flaky_commits DESC, duration_p95_seconds DESC NULLS LAST, stage, job) "
+    "FROM jobs)"
+)
+
+_EACH: LiteralString = (
+    "WITH {bounds}, w AS MATERIALIZED ({window}), "
+    "spans AS (SELECT pipeline_name, min(t) AS first, max(t) AS last FROM w "
+    "GROUP BY pipeline_name), "
+    "span AS (SELECT spans.pipeline_name, d::date AS day FROM bounds, spans, generate_series("
+    "coalesce(bounds.since AT TIME ZONE 'UTC', spans.first AT TIME ZONE 'UTC')::date::timestamp, "
+    "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE 'UTC')::date "
+    "ELSE (spans.last AT TIME ZONE 'UTC')::date END::timestamp, interval '1 day') AS d), "
+    "days AS (SELECT span.pipeline_name, span.day, {day_figures} FROM span LEFT JOIN w "
+    "ON w.pipeline_name = span.pipeline_name AND (w.t AT TIME ZONE 'UTC')::date = span.day "
+    "GROUP BY span.pipeline_name, span.day), "
+    "lines AS (SELECT pipeline_name AS pipeline, {figures} FROM w GROUP BY pipeline_name) "
+    "SELECT (SELECT since FROM bounds), (SELECT until FROM bounds), "
+    "(SELECT json_agg(json_build_object('line', lines, 'days', (SELECT json_agg(days "
+    "ORDER BY day) FROM days WHERE days.pipeline_name = lines.pipeline)) "
+    "ORDER BY lines.runs DESC, lines.pipeline) FROM lines)"
+)
+
+
+def _query(pipeline: str | None, runs: int | None) -> sql.Composed:
+    """The statement for one pipeline or for all, over days or runs: the templates above,
+    their {placeholders} filled with the fragments (all constants)."""
+    if pipeline is None:
+        template, window, narrow = _EACH, _BY_DAYS if runs is None else _BY_RUNS_EACH, ""
+    else:
+        template, window = _ONE, _BY_DAYS if runs is None else _BY_RUNS_ONE
+        narrow = "r.pipeline_name = %(pipeline)s AND"
+    return sql.SQL(template).format(
+        bounds=sql.SQL(_BOUNDS),
+        window=sql.SQL(window).format(run=sql.SQL(_RUN), pipeline=sql.SQL(narrow)),
+        day_span=sql.SQL(_DAY_SPAN),
+        day_figures=sql.SQL(_DAY_FIGURES),
+        figures=sql.SQL(_FIGURES),
+    )
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def insights(
+    conn: psycopg.Connection[Any],
+    pipeline: str | None = None,
+    *,
+    days: int | None = None,
+    runs: int | None = None,
+    now: datetime | None = None,
+) -> Insights:
+    """One pipeline's insights, or (no `pipeline`) the summary of every pipeline. Reads.
+
+    The window: the last `days` UTC days up to `now` (30 when neither is given), or
+    the last `runs` runs; `now` defaults to the server's clock. UsageError for
+    arguments that do not fit, NotFound for a pipeline that has never run.
+    """
+    if days is not None and runs is not None:
+        raise UsageError("--days and --runs both choose the window; give one of them")
+    if days is None and runs is None:
+        days = DEFAULT_DAYS
+    if days is not None and not 1 <= days <= MAX_DAYS:
+        raise UsageError(f"--days {days} is out of range; give 1 to {MAX_DAYS}")
+    if runs is not None and not 1 <= runs <= MAX_RUNS:
+        raise UsageError(f"--runs {runs} is out of range; give 1 to {MAX_RUNS}")
+    if pipeline == "":
+        raise UsageError("--pipeline is empty; give a name, or leave --pipeline out")
+    if now is not None and now.tzinfo is None:
+        raise ValueError("now must be an aware datetime (datetime.now(UTC))")
+    params = {"pipeline": pipeline, "days": days, "runs": runs, "now": now}
+    try:
+        row = conn.execute(_query(pipeline, runs), params).fetchone()
+    except errors.UndefinedTable:
+        raise ConfigError(
+            "no cicd-db schema here (no execution tables): apply the migrations "
+            "(`cicd-db migrate up` with the same target), then record runs"
+        ) from None
+    if row is None:  # an aggregate query always returns its row
+        raise RuntimeError("the database returned no row for the insights query")
+    if pipeline is None:
+        since, until, lines = row
+        return Summary(
+            Window(days, runs, since, until),
+            [_line(entry["line"], entry["days"]) for entry in lines or []],
+        )
+    exists, since, until, totals, mttr, recoveries, longest, day_rows, stages, jobs = row
+    if not exists:
+        raise NotFound(
+            f"pipeline {pipeline!r} has no runs; check the name (names are case-sensitive), "
+            "or leave --pipeline out to list every pipeline"
+        )
+    return PipelineInsights(
+        pipeline=pipeline,
+        window=Window(days, runs, since, until),
+        **_counts(totals),
+        mttr_seconds=mttr,
+        recoveries=recoveries,
+        longest_red_streak=longest,
+        days=[_day(day) for day in day_rows or []],
+        stages=[StageFigures(**_floats(stage)) for stage in stages or []],
+        jobs=[JobFigures(**_floats(job)) for job in jobs or []],
+    )
+
+
+def _floats(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with its durations as floats: JSON from the server writes 420.0 as 420."""
+    return {
+        key: float(value) if key.endswith("_seconds") and value is not None else value
+        for key, value in row.items()
+    }
+
+
+def _counts(figures: dict[str, Any]) -> dict[str, Any]:
+    figures = _floats(figures)
+    return {
+        key: figures[key]
+        for key in (
+            "runs",
+            "success",
+            "failed",
+            "cancelled",
+            "running",
+            "duration_p50_seconds",
+            "duration_p95_seconds",
+        )
+    }
+
+
+def _day(row: dict[str, Any]) -> Day:
+    return Day(date=date.fromisoformat(row["day"]), **_counts(row))
+
+
+def _line(line: dict[str, Any], days: list[dict[str, Any]] | None) -> PipelineLine:
+    return PipelineLine(
+        pipeline=line["pipeline"], **_counts(line), days=[_day(d) for d in days or []]
+    )
+
+
+# -- JSON and YAML -----------------------------------------------------------------------
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _ratio(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _instant(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _window(window: Window) -> dict[str, Any]:
+    return {
+        "days": window.days,
+        "runs": window.runs,
+        "since": _instant(window.since),
+        "until": _instant(window.until),
+    }
+
+
+def _day_data(day: Day) -> dict[str, Any]:
+    return {
+        "date": day.date.isoformat(),
+        "runs": day.runs,
+        "success": day.success,
+        "failed": day.failed,
+        "cancelled": day.cancelled,
+        "running": day.running,
+        "success_rate": _ratio(day.success_rate),
+        "duration_p50_seconds": _seconds(day.duration_p50_seconds),
+        "duration_p95_seconds": _seconds(day.duration_p95_seconds),
+    }
+
+
+def data(result: Insights) -> dict[str, Any]:
+    """The insights as plain data: the JSON and YAML structure of docs/reports.md."""
+    if isinstance(result, Summary):
+        return {
+            "window": _window(result.window),
+            "pipelines": [
+                {
+                    "pipeline": line.pipeline,
+                    "runs": line.runs,
+                    "success": line.success,
+                    "failed": line.failed,
+                    "cancelled": line.cancelled,
+                    "running": line.running,
+                    "success_rate": _ratio(line.success_rate),
+                    "duration_p50_seconds": _seconds(line.duration_p50_seconds),
+                    "duration_p95_seconds": _seconds(line.duration_p95_seconds),
+                    "days": [_day_data(day) for day in line.days],
+                }
+                for line in result.pipelines
+            ],
+        }
+    return {
+        "pipeline": result.pipeline,
+        "window": _window(result.window),
+        "runs": result.runs,
+        "success": result.success,
+        "failed": result.failed,
+        "cancelled": result.cancelled,
+        "running": result.running,
+        "success_rate": _ratio(result.success_rate),
+        "failure_rate": _ratio(result.failure_rate),
+        "duration_p50_seconds": _seconds(result.duration_p50_seconds),
+        "duration_p95_seconds": _seconds(result.duration_p95_seconds),
+        "mttr_seconds": _seconds(result.mttr_seconds),
+        "recoveries": result.recoveries,
+        "longest_red_streak": result.longest_red_streak,
+        "days": [_day_data(day) for day in result.days],
+        "stages": [
+            {
+                "stage": stage.stage,
+                "runs": stage.runs,
+                "success": stage.success,
+                "failed": stage.failed,
+                "cancelled": stage.cancelled,
+                "failure_rate": _ratio(stage.failure_rate),
+                "duration_p50_seconds": _seconds(stage.duration_p50_seconds),
+                "duration_p95_seconds": _seconds(stage.duration_p95_seconds),
+            }
+            for stage in result.stages
+        ],
+        "jobs": [
+            {
+                "stage": job.stage,
+                "job": job.job,
+                "runs": job.runs,
+                "success": job.success,
+                "failed": job.failed,
+                "allowed_failures": job.allowed_failures,
+                "cancelled": job.cancelled,
+                "failure_rate": _ratio(job.failure_rate),
+                "flaky_commits": job.flaky_commits,
+                "duration_p50_seconds": _seconds(job.duration_p50_seconds),
+                "duration_p95_seconds": _seconds(job.duration_p95_seconds),
+            }
+            for job in result.jobs
+        ],
+    }
+
+
+def render(result: Insights, output_format: str) -> str:
+    """The insights as text in `output_format`: table, json or yaml."""
+    if output_format == "json":
+        return json.dumps(data(result), indent=2) + "\n"
+    if output_format == "yaml":
+        import yaml
+
+        return str(
+            yaml.dump(data(result), Dumper=_yaml_dumper(), sort_keys=False, allow_unicode=True)
+        )
+    return table(result)
+
+
+# -- table ---------------------------------------------------------------------------------
+
+SPARKS = "▁▂▃▄▅▆▇█"
+LABEL = 17  # the key column of the key/value lines
+MAX_JOBS = 12  # job lines a table shows; JSON has them all
+
+
+def sparkline(values: Sequence[float | None], width: int) -> str:
+    """`values` as one line of block characters, low to high, at most `width` wide: a
+    value missing (a day without a finished run) is a space. More values than `width`
+    are averaged in equal runs of consecutive values first: a shape, not figures."""
+    if len(values) > width > 0:
+        size = math.ceil(len(values) / width)
+        groups = [values[i : i + size] for i in range(0, len(values), size)]
+        values = [
+            (sum(present) / len(present)) if (present := [v for v in g if v is not None]) else None
+            for g in groups
+        ]
+    present = [v for v in values if v is not None]
+    if not present:
+        return " " * len(values)
+    low, high = min(present), max(present)
+    top = len(SPARKS) - 1
+    return "".join(
+        " " if v is None else SPARKS[top if high == low else round((v - low) / (high - low) * top)]
+        for v in values
+    )
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _secs(value: float | None) -> str:
+    """A duration as the report views write one: 42.5s, 3m 07s, 2h 05m."""
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, second = divmod(int(value), 60)
+    if minutes < 60:
+        return f"{minutes}m {second:02d}s"
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}h {minute:02d}m"
+
+
+def _title(result: Insights) -> str:
+    window = result.window
+    until = window.until.astimezone(UTC)
+    if window.runs is not None:
+        return f"last {window.runs} runs up to {until:%Y-%m-%d %H:%M} UTC"
+    since = window.since.astimezone(UTC) if window.since else until  # days have a first midnight
+    return (
+        f"last {window.days} day{'s' if window.days != 1 else ''}: "
+        f"{since:%Y-%m-%d} to {until:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def _trend(label: str, values: list[float | None], low_high: str) -> list[str]:
+    room = WIDTH - LABEL
+    spark = sparkline(values, room)
+    if not spark.strip():
+        return []
+    return [f"{label:<{LABEL}}{spark}".rstrip(), f"{'':<{LABEL}}{low_high}"]
+
+
+def table(result: Insights) -> str:
+    """The insights for a terminal: at most 80 columns, names escaped, trends as sparklines."""
+    if isinstance(result, Summary):
+        return _summary_table(result)
+    r = result
+    head = f"pipeline {_fit(r.pipeline, WIDTH - 9 - 2 - len(_title(r)))}: {_title(r)}"
+    finished = r.success + r.failed
+    lines = [head, ""]
+    lines.append(
+        f"{'runs':<{LABEL}}{r.runs}: {r.success} success, {r.failed} failed, "
+        f"{r.cancelled} cancelled, {r.running} running"
+    )
+    lines.append(f"{'success rate':<{LABEL}}{_percent(r.success_rate)} of {finished} finished")
+    lines.append(
+        f"{'duration':<{LABEL}}p50 {_secs(r.duration_p50_seconds)}, "
+        f"p95 {_secs(r.duration_p95_seconds)}"
+    )
+    lines.append(
+        f"{'time to green':<{LABEL}}"
+        + (
+            f"{_secs(r.mttr_seconds)} mean over {r.recoveries} recover"
+            f"{'ies' if r.recoveries != 1 else 'y'}"
+            if r.mttr_seconds is not None
+            else "- (no failure streak ended)"
+        )
+    )
+    lines.append(
+        f"{'longest red':<{LABEL}}{r.longest_red_streak} failed run"
+        f"{'s' if r.longest_red_streak != 1 else ''} in a row"
+    )
+    lines += _day_trends(r.days)
+    if r.stages:
+        lines += [
+            "",
+            *grid(
+                ["STAGE", "RUNS", "FAILED", "P50", "P95"],
+                [
+                    [
+                        s.stage,
+                        str(s.runs),
+                        _percent(s.failure_rate),
+                        _secs(s.duration_p50_seconds),
+                        _secs(s.duration_p95_seconds),
+                    ]
+                    for s in r.stages
+                ],
+            ),
+        ]
+    if r.jobs:
+        lines += [
+            "",
+            *grid(
+                ["STAGE", "JOB", "RUNS", "FAILED", "ALLOWED", "FLAKY", "P50", "P95"],
+                [
+                    [
+                        j.stage,
+                        j.job,
+                        str(j.runs),
+                        _percent(j.failure_rate),
+                        str(j.allowed_failures),
+                        str(j.flaky_commits),
+                        _secs(j.duration_p50_seconds),
+                        _secs(j.duration_p95_seconds),
+                    ]
+                    for j in r.jobs[:MAX_JOBS]
+                ],
+            ),
+        ]
+        if len(r.jobs) > MAX_JOBS:
+            lines.append(f"... {len(r.jobs) - MAX_JOBS} more jobs: --format json lists them all")
+    return "\n".join(lines) + "\n"
+
+
+def _day_trends(days: list[Day]) -> list[str]:
+    p50s = [d.duration_p50_seconds for d in days]
+    rates = [d.success_rate for d in days]
+    lines: list[str] = []
+    timed = [v for v in p50s if v is not None]
+    if timed:
+        lines += _trend(
+            "p50 per day",
+            p50s,
+            f"{_secs(min(timed))} to {_secs(max(timed))}, {days[0].date} to {days[-1].date}",
+        )
+    rated = [v for v in rates if v is not None]
+    if rated:
+        lines += _trend(
+            "success per day", rates, f"{_percent(min(rated))} to {_percent(max(rated))}"
+        )
+    return lines
+
+
+def _summary_table(summary: Summary) -> str:
+    title = _title(summary)
+    count = len(summary.pipelines)
+    lines = [f"{count} pipeline{'s' if count != 1 else ''}, busiest first; {title}"]
+    if not summary.pipelines:
+        return "\n".join([*lines, "", "no runs in the window"]) + "\n"
+    trend = 24  # the sparkline's width: the rest of the line is the figures
+    # Names are shortened here, not by grid(), which would shorten the widest column
+    # (a sparkline too) first.
+    room = (
+        WIDTH
+        - trend
+        - 2 * 5
+        - max(len("RUNS"), *(len(str(p.runs)) for p in summary.pipelines))
+        - 3 * 7
+    )
+    rows = [
+        [
+            _fit(line.pipeline, room),
+            str(line.runs),
+            _percent(line.success_rate),
+            _secs(line.duration_p50_seconds),
+            _secs(line.duration_p95_seconds),
+            sparkline([d.duration_p50_seconds for d in line.days], trend),
+        ]
+        for line in summary.pipelines
+    ]
+    headers = ["PIPELINE", "RUNS", "SUCCESS", "P50", "P95", "P50 TREND"]
+    return "\n".join([*lines, "", *grid(headers, rows)]) + "\n"
