@@ -294,11 +294,13 @@ _ONE: LiteralString = (
     "(SELECT count(recovery) FROM streaks), (SELECT coalesce(max(length), 0) FROM streaks), "
     "(SELECT json_agg(days ORDER BY day) FROM days), "
     # Worst first: the highest failure rate, then the slowest (p95); a stage or job
-    # that never finished SUCCESS or FAILED last; names break ties.
+    # that never finished SUCCESS or FAILED last; names break ties, byte by byte (the
+    # same order on every server, whatever its collation).
     "(SELECT json_agg(stages ORDER BY failed::float8 / nullif(success + failed, 0) "
-    "DESC NULLS LAST, duration_p95_seconds DESC NULLS LAST, stage) FROM stages), "
+    'DESC NULLS LAST, duration_p95_seconds DESC NULLS LAST, stage COLLATE "C") FROM stages), '
     "(SELECT json_agg(jobs ORDER BY failed::float8 / nullif(success + failed, 0) "
-    "DESC NULLS LAST, flaky_commits DESC, duration_p95_seconds DESC NULLS LAST, stage, job) "
+    "DESC NULLS LAST, flaky_commits DESC, duration_p95_seconds DESC NULLS LAST, "
+    'stage COLLATE "C", job COLLATE "C") '
     "FROM jobs)"
 )
 
@@ -317,7 +319,7 @@ _EACH: LiteralString = (
     "SELECT (SELECT since FROM bounds), (SELECT until FROM bounds), "
     "(SELECT json_agg(json_build_object('line', lines, 'days', (SELECT json_agg(days "
     "ORDER BY day) FROM days WHERE days.pipeline_name = lines.pipeline)) "
-    "ORDER BY lines.runs DESC, lines.pipeline) FROM lines)"
+    'ORDER BY lines.runs DESC, lines.pipeline COLLATE "C") FROM lines)'
 )
 
 

@@ -1,0 +1,521 @@
+"""Insights against an oracle: histories recorded through the store, every figure computed
+again in Python from the same rows, and compared.
+
+The oracle reads the three tables as they are and follows docs/reports.md ("Insights")
+line by line, percentiles with percentile_cont's linear interpolation; it shares no code
+with cicd_db.insights but the dataclasses it fills.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cicd_db import insights
+from cicd_db.errors import NotFound, UsageError
+from cicd_db.insights import (
+    Day,
+    JobFigures,
+    PipelineInsights,
+    PipelineLine,
+    StageFigures,
+    Summary,
+    Window,
+)
+from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, Store
+
+from .conftest import Database
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+FINISHED = (SUCCESS, FAILED)
+
+
+# -- recording a history -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    seconds: float
+    status: str = SUCCESS  # SUCCESS or FAILED
+    allows_failure: bool = False
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A run: stage `build` (its jobs), then stage `test` (its jobs), back to back. `end`:
+    finish (the status the jobs give), cancel (while `test` runs), running (left so), or
+    pending-cancel (cancelled before it started, at `start`)."""
+
+    start: datetime
+    commit: str = "c1"
+    build: tuple[Job, ...] = (Job("compile", 60),)
+    test: tuple[Job, ...] = (Job("unit", 120), Job("lint", 10, allows_failure=True))
+    end: str = "finish"
+
+
+def record(store: Store, pipeline: str, plan: Planned) -> None:
+    run = store.start_run(pipeline, plan.commit)
+    if plan.end == "pending-cancel":
+        store.cancel_run(run, at=plan.start)
+        return
+    run = store.set_status(run, RUNNING, at=plan.start)
+    clock = plan.start
+    for order, (name, jobs) in enumerate((("build", plan.build), ("test", plan.test)), start=1):
+        stage = store.set_status(store.add_stage(run, name, order), RUNNING, at=clock)
+        added = store.add_jobs(stage, [(job.name, job.allows_failure) for job in jobs])
+        added = store.set_statuses(added, RUNNING, at=clock) if added else []
+        if name == "test" and plan.end != "finish":
+            if plan.end == "cancel":
+                store.cancel_run(run, at=clock + timedelta(seconds=5))
+            return
+        for row, job in zip(added, jobs, strict=True):
+            store.set_status(row, job.status, at=clock + timedelta(seconds=job.seconds))
+        clock += timedelta(seconds=max((job.seconds for job in jobs), default=1))
+        store.finish_stage(stage, at=clock)
+    store.finish_run(run, at=clock + timedelta(seconds=3))
+
+
+@pytest.fixture
+def conn(migrated: Database) -> Iterator[psycopg.Connection[Any]]:
+    with migrated.connect() as connection:
+        yield connection
+
+
+def history(conn: psycopg.Connection[Any], *plans: Planned, pipeline: str = "build") -> str:
+    store = Store.on(conn)
+    for plan in plans:
+        record(store, pipeline, plan)
+    return pipeline
+
+
+# -- the oracle ----------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """percentile_cont: linear interpolation between the two nearest ranks."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def seconds(row: dict[str, Any]) -> float | None:
+    if row["status"] not in FINISHED:
+        return None
+    return float((row["completion_time"] - row["start_time"]).total_seconds())
+
+
+@dataclass
+class Rows:
+    runs: list[dict[str, Any]]
+    stages: dict[Any, list[dict[str, Any]]] = field(default_factory=dict)  # by run id
+    jobs: dict[Any, list[dict[str, Any]]] = field(default_factory=dict)  # by stage id
+
+
+def read_rows(conn: psycopg.Connection[Any]) -> Rows:
+    def rows(query: str) -> list[dict[str, Any]]:
+        with conn.cursor(row_factory=psycopg.rows.dict_row) as cursor:
+            return cursor.execute(query.encode()).fetchall()
+
+    found = Rows(rows("SELECT * FROM pipeline_executions"))
+    for stage in rows("SELECT * FROM stage_executions"):
+        found.stages.setdefault(stage["pipeline_execution_id"], []).append(stage)
+    for job in rows("SELECT * FROM job_executions"):
+        found.jobs.setdefault(job["stage_execution_id"], []).append(job)
+    return found
+
+
+def when(run: dict[str, Any]) -> datetime | None:
+    return run["start_time"] or run["completion_time"]
+
+
+def window_runs(
+    rows: Rows, pipeline: str, days: int | None, runs: int | None, now: datetime
+) -> tuple[list[dict[str, Any]], datetime | None]:
+    mine = [r for r in rows.runs if r["pipeline_name"] == pipeline and when(r) is not None]
+    mine = [r for r in mine if when(r) <= now]  # type: ignore[operator]
+    if runs is not None:
+        return sorted(mine, key=lambda r: r["run_number"])[-runs:], None
+    assert days is not None
+    today = now.astimezone(UTC).date()
+    since = datetime.combine(today - timedelta(days=days - 1), datetime.min.time(), UTC)
+    return [r for r in mine if when(r) >= since], since  # type: ignore[operator]
+
+
+def counts(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    status = [r["status"] for r in runs]
+    durations = [s for r in runs if (s := seconds(r)) is not None]
+    return {
+        "runs": len(runs),
+        "success": status.count(SUCCESS),
+        "failed": status.count(FAILED),
+        "cancelled": status.count(CANCELED),
+        "running": len([s for s in status if s not in (SUCCESS, FAILED, CANCELED)]),
+        "duration_p50_seconds": percentile(durations, 0.5),
+        "duration_p95_seconds": percentile(durations, 0.95),
+    }
+
+
+def day_list(runs: list[dict[str, Any]], since: datetime | None, now: datetime) -> list[Day]:
+    def day_of(run: dict[str, Any]) -> date:
+        return when(run).astimezone(UTC).date()  # type: ignore[union-attr]
+
+    if since is not None:
+        first, last = since.date(), now.astimezone(UTC).date()
+    elif runs:
+        first, last = min(map(day_of, runs)), max(map(day_of, runs))
+    else:
+        return []
+    span = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    return [Day(date=d, **counts([r for r in runs if day_of(r) == d])) for d in span]
+
+
+def streaks(runs: list[dict[str, Any]]) -> tuple[float | None, int, int]:
+    """(mean time to recovery, recoveries, longest red streak) over finished runs in
+    run-number order."""
+    decided = sorted((r for r in runs if r["status"] in FINISHED), key=lambda r: r["run_number"])
+    recoveries: list[float] = []
+    longest = length = 0
+    first_failed: datetime | None = None
+    for run in decided:
+        if run["status"] == FAILED:
+            length += 1
+            longest = max(longest, length)
+            if first_failed is None:
+                first_failed = run["completion_time"]
+        else:
+            if first_failed is not None:
+                recoveries.append((run["completion_time"] - first_failed).total_seconds())
+            first_failed, length = None, 0
+    mean = sum(recoveries) / len(recoveries) if recoveries else None
+    return mean, len(recoveries), longest
+
+
+def worst_first(rate: float | None, p95: float | None) -> tuple[Any, ...]:
+    return (rate is None, -(rate or 0), p95 is None, -(p95 or 0))
+
+
+def oracle(
+    conn: psycopg.Connection[Any],
+    pipeline: str,
+    *,
+    days: int | None = None,
+    runs: int | None = None,
+    now: datetime = NOW,
+) -> PipelineInsights:
+    rows = read_rows(conn)
+    if days is None and runs is None:
+        days = 30
+    chosen, since = window_runs(rows, pipeline, days, runs, now)
+    stages = [s for r in chosen for s in rows.stages.get(r["id"], [])]
+    commit_of = {s["id"]: r["commit_hash"] for r in chosen for s in rows.stages.get(r["id"], [])}
+    jobs = [(s["stage_name"], j) for s in stages for j in rows.jobs.get(s["id"], [])]
+    stage_figures = []
+    for name in {s["stage_name"] for s in stages}:
+        mine = [s for s in stages if s["stage_name"] == name]
+        c = counts(mine)
+        del c["running"]
+        stage_figures.append(StageFigures(stage=name, **c))
+    stage_figures.sort(
+        key=lambda s: (*worst_first(s.failure_rate, s.duration_p95_seconds), s.stage)
+    )
+    job_figures = []
+    for stage, name in {(stage, j["job_name"]) for stage, j in jobs}:
+        mine = [j for s, j in jobs if (s, j["job_name"]) == (stage, name)]
+        counted = [j for j in mine if not (j["status"] == FAILED and j["allows_failure"])]
+        durations = [d for j in mine if (d := seconds(j)) is not None]
+        failed_on = {commit_of[j["stage_execution_id"]] for j in counted if j["status"] == FAILED}
+        passed_on = {commit_of[j["stage_execution_id"]] for j in mine if j["status"] == SUCCESS}
+        job_figures.append(
+            JobFigures(
+                stage=stage,
+                job=name,
+                runs=len(mine),
+                success=len([j for j in mine if j["status"] == SUCCESS]),
+                failed=len([j for j in counted if j["status"] == FAILED]),
+                allowed_failures=len(mine) - len(counted),
+                cancelled=len([j for j in mine if j["status"] == CANCELED]),
+                flaky_commits=len(failed_on & passed_on),
+                duration_p50_seconds=percentile(durations, 0.5),
+                duration_p95_seconds=percentile(durations, 0.95),
+            )
+        )
+    job_figures.sort(
+        key=lambda j: (
+            j.failure_rate is None,
+            -(j.failure_rate or 0),
+            -j.flaky_commits,
+            j.duration_p95_seconds is None,
+            -(j.duration_p95_seconds or 0),
+            j.stage,
+            j.job,
+        )
+    )
+    mttr, recoveries, longest = streaks(chosen)
+    return PipelineInsights(
+        pipeline=pipeline,
+        window=Window(days, runs, since, now),
+        **counts(chosen),
+        mttr_seconds=mttr,
+        recoveries=recoveries,
+        longest_red_streak=longest,
+        days=day_list(chosen, since, now),
+        stages=stage_figures,
+        jobs=job_figures,
+    )
+
+
+def oracle_summary(
+    conn: psycopg.Connection[Any], *, days: int | None = None, runs: int | None = None
+) -> Summary:
+    rows = read_rows(conn)
+    if days is None and runs is None:
+        days = 30
+    lines, since = [], None
+    for pipeline in {r["pipeline_name"] for r in rows.runs}:
+        chosen, since = window_runs(rows, pipeline, days, runs, NOW)
+        if chosen:
+            lines.append(
+                PipelineLine(pipeline=pipeline, **counts(chosen), days=day_list(chosen, since, NOW))
+            )
+    lines.sort(key=lambda line: (-line.runs, line.pipeline))
+    if days is not None:
+        since = datetime.combine(NOW.date() - timedelta(days=days - 1), datetime.min.time(), UTC)
+    return Summary(Window(days, runs, since, NOW), lines)
+
+
+def same(actual: Any, expected: Any) -> None:
+    """Equal, floats to within a rounding error (the database sums in another order)."""
+    assert type(actual) is type(expected)
+    _same(asdict(actual), asdict(expected), "")
+
+
+def _same(actual: Any, expected: Any, where: str) -> None:
+    if isinstance(expected, float) and isinstance(actual, float):
+        assert math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-6), where
+    elif isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), where
+        for key in expected:
+            _same(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected), (where, actual, expected)
+        for n, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            _same(a, e, f"{where}[{n}]")
+    else:
+        assert actual == expected, (where, actual, expected)
+
+
+def check(conn: psycopg.Connection[Any], pipeline: str, **window: Any) -> PipelineInsights:
+    """The library's figures, after checking each against the oracle's."""
+    found = insights.insights(conn, pipeline, now=NOW, **window)
+    assert isinstance(found, PipelineInsights)
+    same(found, oracle(conn, pipeline, **window))
+    return found
+
+
+def at(day: int, hour: float = 9) -> datetime:
+    """`day` days before NOW's day (0: that day), at `hour` UTC."""
+    midnight = datetime.combine(NOW.date(), datetime.min.time(), UTC)
+    return midnight - timedelta(days=day) + timedelta(hours=hour)
+
+
+# -- the cases ------------------------------------------------------------------------------
+
+
+def test_figures_of_a_known_history_by_hand_and_by_the_oracle(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Figures worked out by hand, so that the oracle itself is checked once."""
+    failing = (Job("unit", 120, FAILED), Job("lint", 10, allows_failure=True))
+    pipeline = history(
+        conn,
+        Planned(at(5, 9)),  # 183 s: build 60 + test 120 + 3
+        Planned(at(5, 10), test=failing),  # FAILED, completes 10:03:03
+        Planned(at(4, 9), test=failing),  # FAILED
+        Planned(at(4, 11)),  # SUCCESS, completes 11:03:03: recovered 25 h after 10:03:03
+        Planned(at(3, 9), end="cancel"),
+        Planned(at(2, 9), test=failing),  # FAILED, completes 09:03:03
+        Planned(at(2, 9.5)),  # SUCCESS, completes 09:33:03: recovered after 30 min
+        Planned(at(1, 9), test=failing),  # FAILED: a streak that has not ended
+        Planned(at(0, 9), end="running"),
+    )
+    found = check(conn, pipeline, days=7)
+    assert (found.runs, found.success, found.failed, found.cancelled, found.running) == (
+        9,
+        3,
+        4,
+        1,
+        1,
+    )
+    assert found.success_rate == pytest.approx(3 / 7)
+    assert found.duration_p50_seconds == 183.0
+    assert found.mttr_seconds == pytest.approx((25 * 3600 + 30 * 60) / 2)
+    assert (found.recoveries, found.longest_red_streak) == (2, 2)
+    assert [d.runs for d in found.days] == [0, 2, 2, 1, 2, 1, 1]
+    [unit] = [j for j in found.jobs if j.job == "unit"]
+    assert (unit.failed, unit.success, unit.cancelled, unit.flaky_commits) == (4, 3, 1, 1)
+    [lint] = [j for j in found.jobs if j.job == "lint"]
+    assert (lint.failed, lint.allowed_failures, lint.failure_rate) == (0, 0, 0.0)
+    assert [j.job for j in found.jobs][0] == "unit"  # the worst first
+
+
+def test_an_empty_window_has_its_days_and_no_figures(conn: psycopg.Connection[Any]) -> None:
+    pipeline = history(conn, Planned(at(40)), Planned(at(35)))
+    found = check(conn, pipeline, days=7)
+    assert found.runs == 0
+    assert found.success_rate is found.duration_p50_seconds is found.mttr_seconds is None
+    assert len(found.days) == 7 and {d.runs for d in found.days} == {0}
+    assert found.stages == found.jobs == []
+    assert insights.data(found)["success_rate"] is None
+
+
+def test_a_single_run(conn: psycopg.Connection[Any]) -> None:
+    pipeline = history(conn, Planned(at(1)))
+    found = check(conn, pipeline)
+    assert found.duration_p50_seconds == found.duration_p95_seconds == 183.0
+    assert found.success_rate == 1.0 and found.failure_rate == 0.0
+    check(conn, pipeline, runs=1)
+
+
+def test_all_cancelled_has_no_rate_and_no_duration(conn: psycopg.Connection[Any]) -> None:
+    pipeline = history(
+        conn,
+        Planned(at(3), end="cancel"),
+        Planned(at(2), end="pending-cancel"),
+        Planned(at(1), end="cancel"),
+    )
+    found = check(conn, pipeline)
+    assert (found.runs, found.cancelled) == (3, 3)
+    assert found.success_rate is found.failure_rate is found.duration_p50_seconds is None
+    [unit] = [j for j in found.jobs if j.job == "unit"]
+    assert (unit.cancelled, unit.failure_rate, unit.duration_p50_seconds) == (2, None, None)
+
+
+def test_running_runs_count_but_have_no_duration(conn: psycopg.Connection[Any]) -> None:
+    pipeline = history(conn, Planned(at(2)), Planned(at(1, 10), end="running"))
+    found = check(conn, pipeline)
+    assert (found.runs, found.running) == (2, 1)
+    assert found.duration_p50_seconds == found.duration_p95_seconds == 183.0
+
+
+def test_a_run_crossing_midnight_counts_on_the_day_it_started(
+    conn: psycopg.Connection[Any],
+) -> None:
+    long_test = (Job("unit", 3600),)
+    pipeline = history(conn, Planned(at(2, 23.5), test=long_test))  # 23:30 to 00:31
+    # The session's zone is the client's business: days are UTC days all the same.
+    for zone in ("UTC", "America/Los_Angeles", "Pacific/Kiritimati"):
+        conn.execute(f"SET TimeZone = '{zone}'".encode())
+        found = check(conn, pipeline, days=4)
+        assert [(d.date, d.runs) for d in found.days if d.runs] == [(at(2).date(), 1)]
+
+
+def test_the_window_ends_at_now_and_starts_at_a_utc_midnight(
+    conn: psycopg.Connection[Any],
+) -> None:
+    pipeline = history(
+        conn,
+        Planned(at(6, 0.01)),  # just after the first midnight of a 7-day window: in
+        Planned(at(7, 23.99)),  # just before it: out
+        Planned(NOW + timedelta(minutes=5)),  # after now: out
+    )
+    found = check(conn, pipeline, days=7)
+    assert found.runs == 1
+    assert found.window.since == datetime.combine(at(6).date(), datetime.min.time(), UTC)
+    assert found.window.until == NOW
+
+
+def test_flaky_commits_and_allowed_failures_apart(conn: psycopg.Connection[Any]) -> None:
+    unit_fails = (Job("unit", 100, FAILED), Job("lint", 10, allows_failure=True))
+    lint_fails = (Job("unit", 100), Job("lint", 10, FAILED, allows_failure=True))
+    pipeline = history(
+        conn,
+        Planned(at(3), "a", test=unit_fails),
+        Planned(at(3, 10), "a"),  # passes on re-run: a is flaky for unit
+        Planned(at(2), "b", test=unit_fails),
+        Planned(at(2, 10), "b", test=unit_fails),  # fails twice: b is not flaky
+        Planned(at(1), "c", test=lint_fails),
+        Planned(at(1, 10), "c"),  # lint allows failure: not flaky, counted apart
+    )
+    found = check(conn, pipeline)
+    jobs = {j.job: j for j in found.jobs}
+    assert (jobs["unit"].flaky_commits, jobs["unit"].failed, jobs["unit"].success) == (1, 3, 3)
+    assert (jobs["lint"].flaky_commits, jobs["lint"].allowed_failures) == (0, 1)
+    assert (jobs["lint"].failed, jobs["lint"].failure_rate) == (0, 0.0)
+    assert [s.stage for s in found.stages] == ["test", "build"]  # test failed, build never
+
+
+def test_a_window_of_runs(conn: psycopg.Connection[Any]) -> None:
+    plans = [Planned(at(day), test=(Job("unit", 60 * day + 1),)) for day in range(20, 0, -1)]
+    pipeline = history(conn, *plans)
+    found = check(conn, pipeline, runs=5)
+    assert found.runs == 5 and found.window.since is None
+    assert [d.date for d in found.days][0] == at(5).date()
+    check(conn, pipeline, runs=500)
+
+
+def test_the_summary_is_each_pipeline_busiest_first(conn: psycopg.Connection[Any]) -> None:
+    history(conn, Planned(at(1)), pipeline="small")
+    history(conn, Planned(at(2)), Planned(at(1), end="cancel"), pipeline="big")
+    history(conn, Planned(at(50)), pipeline="old")
+    for window in ({"days": 30}, {"runs": 1}, {"runs": 10}):
+        found = insights.insights(conn, now=NOW, **window)
+        assert isinstance(found, Summary)
+        same(found, oracle_summary(conn, **window))
+    found = insights.insights(conn, now=NOW)
+    assert isinstance(found, Summary)
+    assert [line.pipeline for line in found.pipelines] == ["big", "small"]
+
+
+def test_bad_windows_and_unknown_pipelines(conn: psycopg.Connection[Any]) -> None:
+    history(conn, Planned(at(1)))
+    with pytest.raises(UsageError, match="give one of them"):
+        insights.insights(conn, "build", days=3, runs=3)
+    with pytest.raises(UsageError, match="--days 0"):
+        insights.insights(conn, "build", days=0)
+    with pytest.raises(NotFound, match="'nope' has no runs"):
+        insights.insights(conn, "nope")
+
+
+# -- random histories -------------------------------------------------------------------
+
+JOB_STATUS = st.sampled_from([SUCCESS, SUCCESS, SUCCESS, FAILED])
+ENDS = st.sampled_from(["finish"] * 6 + ["cancel", "running", "pending-cancel"])
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> Planned:
+    start = NOW - timedelta(seconds=draw(st.integers(-3600, 9 * 86400)))
+    return Planned(
+        start=start,
+        commit=draw(st.sampled_from(["a", "b", "c"])),
+        build=(Job("compile", draw(st.integers(1, 600)), draw(JOB_STATUS)),),
+        test=(
+            Job("unit", draw(st.integers(1, 4000)), draw(JOB_STATUS)),
+            Job("lint", draw(st.integers(1, 60)), draw(JOB_STATUS), allows_failure=True),
+        ),
+        end=draw(ENDS),
+    )
+
+
+@settings(max_examples=25)
+@given(st.lists(plans(), max_size=12), st.integers(1, 9), st.integers(1, 15))
+def test_random_histories_agree_with_the_oracle(
+    conn: psycopg.Connection[Any], plans: list[Planned], days: int, runs: int
+) -> None:
+    pipeline = f"p{uuid.uuid4().hex[:8]}"
+    history(conn, Planned(at(1)), *plans, pipeline=pipeline)
+    check(conn, pipeline, days=days)
+    check(conn, pipeline, runs=runs)
