@@ -368,7 +368,7 @@ def test_figures_of_a_known_history_by_hand_and_by_the_oracle(
     assert (unit.failed, unit.success, unit.cancelled, unit.flaky_commits) == (4, 3, 1, 1)
     [lint] = [j for j in found.jobs if j.job == "lint"]
     assert (lint.failed, lint.allowed_failures, lint.failure_rate) == (0, 0, 0.0)
-    assert [j.job for j in found.jobs][0] == "unit"  # the worst first
+    assert found.jobs[0].job == "unit"  # the worst first
 
 
 def test_an_empty_window_has_its_days_and_no_figures(conn: psycopg.Connection[Any]) -> None:
@@ -462,7 +462,7 @@ def test_a_window_of_runs(conn: psycopg.Connection[Any]) -> None:
     pipeline = history(conn, *plans)
     found = check(conn, pipeline, runs=5)
     assert found.runs == 5 and found.window.since is None
-    assert [d.date for d in found.days][0] == at(5).date()
+    assert found.days[0].date == at(5).date()
     check(conn, pipeline, runs=500)
 
 
