@@ -37,7 +37,15 @@ def listed(parser: argparse.ArgumentParser) -> dict[str, str | None]:
 def test_every_command_is_listed_with_help_text() -> None:
     root = cli.build()
     groups = listed(root)
-    assert set(groups) == {"migrate", "schema", "embedded", "report", "retention", "init-local"}
+    assert set(groups) == {
+        "migrate",
+        "schema",
+        "embedded",
+        "report",
+        "insights",
+        "retention",
+        "init-local",
+    }
     assert all(groups.values()), groups
     for parser in subcommands(root).values():
         commands = listed(parser)

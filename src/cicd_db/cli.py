@@ -4,6 +4,7 @@
     cicd-db schema [dump|diff]                            the schema as SQL; drift
     cicd-db embedded [start|status|url|stop]              the embedded PostgreSQL server
     cicd-db report --pipeline P [--run N [--stage S [--job J]]]
+    cicd-db insights [--pipeline P] [--days N | --runs N] health, durations, flaky jobs
     cicd-db retention --keep-days N [--pipeline P]        delete old finished runs
     cicd-db init-local --admin-url URL                    ci_local and ci_user on your server
 
@@ -293,6 +294,17 @@ command(
     option("--limit", type=_positive, metavar="N", help="runs per page (20, at most 1000)"),
     option("--before", type=_positive, metavar="RUN", help="runs below RUN: the next page"),
     option("--format", choices=("table", "json", "yaml"), help="table, json or yaml"),
+)  # fmt: skip
+
+command(
+    "insights", commands.show_insights, "how healthy pipelines are: success rate, p50/p95, time to green, flaky jobs",
+    "What CI history is kept for: one pipeline's success rate, p50 and p95 durations, time back to green, days, stages and the worst jobs over a window, or one line per pipeline. Reads only.",
+    TARGET, OUTPUT,
+    option("--pipeline", metavar="NAME", help="one pipeline in detail (default: one line per pipeline)"),
+    option("--days", type=_positive, metavar="N", help="the last N UTC days, today included (30)"),
+    option("--runs", type=_positive, metavar="N", help="the last N runs instead of --days"),
+    option("--format", choices=("table", "json", "yaml", "html"), help="table, json, yaml or html (a self-contained page)"),
+    option("--output", "-o", metavar="FILE", type=Path, help="write here (default: print)"),
 )  # fmt: skip
 
 command(

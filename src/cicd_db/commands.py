@@ -409,6 +409,31 @@ def show_report(
     return 0
 
 
+def show_insights(
+    ctx: Context,
+    *,
+    pipeline: str | None = None,
+    days: int | None = None,
+    runs: int | None = None,
+    format: str = "table",
+    output: Path | None = None,
+) -> int:
+    """`insights`: one pipeline's health over a window, or one line per pipeline."""
+    from cicd_db import insights
+
+    target = ctx.remember(ctx.target())
+    # Reads only: as the reader where the target has one (docs/security.md).
+    with targets.connect(target.role_settings(targets.READER)) as conn:
+        found = insights.insights(conn, pipeline, days=days, runs=runs)
+    text = insights.render(found, "json" if ctx.json else format)
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    _write(output, text)
+    ctx.say(f"insights written to {output}")
+    return 0
+
+
 def retention(
     ctx: Context,
     *,

@@ -134,8 +134,10 @@ class NotFound(OperationalError):
         message: str,
         *,
         within: Mapping[str, str | int] | None = None,
+        arguments: Sequence[str] = (),
+        values: Mapping[str, object] | None = None,
     ):
-        super().__init__(message)
+        super().__init__(message, arguments=arguments, values=values)
         self.within = dict(within or {})
 
 

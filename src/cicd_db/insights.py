@@ -40,7 +40,7 @@ from cicd_db.report import WIDTH, _fit, _yaml_dumper, grid
 DEFAULT_DAYS = 30
 MAX_DAYS = 3660
 MAX_RUNS = 100_000
-FORMATS = ("table", "json", "yaml")
+FORMATS = ("table", "json", "yaml", "html")
 
 
 # -- what comes back -----------------------------------------------------------------
@@ -358,15 +358,24 @@ def insights(
     arguments that do not fit, NotFound for a pipeline that has never run.
     """
     if days is not None and runs is not None:
-        raise UsageError("--days and --runs both choose the window; give one of them")
+        raise UsageError(
+            "{days} and {runs} both choose the window; give one of them",
+            arguments=["days", "runs"],
+        )
     if days is None and runs is None:
         days = DEFAULT_DAYS
     if days is not None and not 1 <= days <= MAX_DAYS:
-        raise UsageError(f"--days {days} is out of range; give 1 to {MAX_DAYS}")
+        raise UsageError(
+            f"{{days}} {days} is out of range; give 1 to {MAX_DAYS}", arguments=["days"]
+        )
     if runs is not None and not 1 <= runs <= MAX_RUNS:
-        raise UsageError(f"--runs {runs} is out of range; give 1 to {MAX_RUNS}")
+        raise UsageError(
+            f"{{runs}} {runs} is out of range; give 1 to {MAX_RUNS}", arguments=["runs"]
+        )
     if pipeline == "":
-        raise UsageError("--pipeline is empty; give a name, or leave --pipeline out")
+        raise UsageError(
+            "{pipeline} is empty; give a name, or leave {pipeline} out", arguments=["pipeline"]
+        )
     if now is not None and now.tzinfo is None:
         raise ValueError("now must be an aware datetime (datetime.now(UTC))")
     params = {"pipeline": pipeline, "days": days, "runs": runs, "now": now}
@@ -388,8 +397,10 @@ def insights(
     exists, since, until, totals, mttr, recoveries, longest, day_rows, stages, jobs = row
     if not exists:
         raise NotFound(
-            f"pipeline {pipeline!r} has no runs; check the name (names are case-sensitive), "
-            "or leave --pipeline out to list every pipeline"
+            "pipeline {name} has no runs; check the name (names are case-sensitive), "
+            "or leave {pipeline} out to list every pipeline",
+            arguments=["pipeline"],
+            values={"name": repr(pipeline)},
         )
     return PipelineInsights(
         pipeline=pipeline,
@@ -548,7 +559,7 @@ def data(result: Insights) -> dict[str, Any]:
 
 
 def render(result: Insights, output_format: str) -> str:
-    """The insights as text in `output_format`: table, json or yaml."""
+    """The insights as text in `output_format`: table, json, yaml or html."""
     if output_format == "json":
         return json.dumps(data(result), indent=2) + "\n"
     if output_format == "yaml":
@@ -557,6 +568,10 @@ def render(result: Insights, output_format: str) -> str:
         return str(
             yaml.dump(data(result), Dumper=_yaml_dumper(), sort_keys=False, allow_unicode=True)
         )
+    if output_format == "html":
+        from cicd_db import insights_html  # imports pygal: only the html format pays for it
+
+        return insights_html.page(result)
     return table(result)
 
 
