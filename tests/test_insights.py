@@ -8,15 +8,25 @@ with cicd_db.insights but the dataclasses it fills.
 
 from __future__ import annotations
 
+import html
+import json
 import math
+import os
+import re
+import shutil
+import struct
+import subprocess
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +43,8 @@ from cicd_db.insights import (
 )
 from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, Store
 
-from .conftest import Database
+from .conftest import ROOT, Database, run_cli
+from .test_report import display_width
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 FINISHED = (SUCCESS, FAILED)
@@ -519,3 +530,196 @@ def test_random_histories_agree_with_the_oracle(
     history(conn, Planned(at(1)), *plans, pipeline=pipeline)
     check(conn, pipeline, days=days)
     check(conn, pipeline, runs=runs)
+
+
+# -- the command and its formats ---------------------------------------------------------
+
+
+def recent(conn: psycopg.Connection[Any]) -> str:
+    """A history in the last few days of the real clock (the command reads the server's)."""
+    today = datetime.now(UTC) - timedelta(hours=1)
+    failing = (Job("unit", 130, FAILED), Job("lint", 10, allows_failure=True))
+    plans = [
+        Planned(today - timedelta(days=day, hours=hour), f"c{day}", test=failing if hour else ())
+        for day in range(6)
+        for hour in (0, 2)
+    ]
+    return history(conn, *plans, Planned(today, "c9", end="cancel"))
+
+
+def json_keys(value: object) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {key for item in value.values() for key in json_keys(item)}
+    if isinstance(value, list):
+        return {key for item in value for key in json_keys(item)}
+    return set()
+
+
+def test_the_command_in_every_text_format(
+    migrated: Database, conn: psycopg.Connection[Any]
+) -> None:
+    pipeline = recent(conn)
+    target = ("--database-url", migrated.url)
+    expected = insights.insights(conn, pipeline, days=7)
+    table = run_cli("insights", *target, "--pipeline", pipeline, "--days", "7")
+    assert table.code == 0, table.err
+    assert max(display_width(line) for line in table.out.splitlines()) <= 80
+    assert "success rate     50.0% of 12 finished" in table.out
+    assert any(ch in table.out for ch in insights.SPARKS)
+    assert not re.search(r"(?<![0-9.])0\.0s", table.out)
+    as_json = run_cli(
+        "insights", *target, "--pipeline", pipeline, "--days", "7", "--format", "json"
+    )
+    found = json.loads(as_json.out)
+    del found["window"]["until"]
+    wanted = insights.data(expected)
+    del wanted["window"]["until"]
+    assert found == wanted
+    as_yaml = run_cli(
+        "insights", *target, "--pipeline", pipeline, "--days", "7", "--format", "yaml"
+    )
+    assert yaml.safe_load(as_yaml.out)["jobs"] == found["jobs"]
+    summary = run_cli("insights", *target, "--runs", "5")
+    assert summary.code == 0 and pipeline in summary.out
+    assert max(display_width(line) for line in summary.out.splitlines()) <= 80
+    # Every key either structure has is documented.
+    section = (ROOT / "docs" / "reports.md").read_text().split("## Insights", 1)[1]
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", section, re.M))
+    summary_json = run_cli("insights", *target, "--format", "json")
+    assert json_keys(found) | json_keys(json.loads(summary_json.out)) <= documented
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--days", "3", "--runs", "3"], 2, "error: --days and --runs both choose the window"),
+        (["--days", "0"], 2, "is not a whole number above 0"),
+        (["--pipeline", "nope"], 1, "error: pipeline 'nope' has no runs"),
+        (["--pipeline", ""], 2, "error: --pipeline is empty"),
+    ],
+)
+def test_command_errors_are_one_line(
+    migrated: Database, args: list[str], code: int, message: str
+) -> None:
+    done = run_cli("insights", "--database-url", migrated.url, *args)
+    assert (done.code, done.out) == (code, "")
+    assert message in done.err and len(done.err.splitlines()) == 1
+
+
+def test_a_long_pipeline_name_keeps_the_summary_within_80_columns(
+    conn: psycopg.Connection[Any],
+) -> None:
+    history(conn, Planned(at(1)), pipeline="integration-against-every-postgres-major-" * 3)
+    found = insights.insights(conn, now=NOW)
+    assert max(display_width(line) for line in insights.table(found).splitlines()) <= 80
+
+
+# -- the page, in a real browser -----------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browse(page: Path, tmp_path: Path) -> tuple[str, bytes]:
+    """The page rendered by headless Chromium with name resolution off: its DOM, and a
+    PNG screenshot."""
+    if CHROMIUM is None:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail("chromium is not installed; .ci/run installs it")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    flags = [
+        "--headless",
+        "--no-sandbox",  # CI runs as root
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # offline: nothing may be fetched
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    url = page.resolve().as_uri()
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
+    assert dom.returncode == 0, dom.stderr
+    shot = tmp_path / "page.png"
+    done = subprocess.run(
+        [CHROMIUM, *flags, "--window-size=1200,1800", f"--screenshot={shot}", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and shot.exists(), done.stderr
+    return dom.stdout, shot.read_bytes()
+
+
+def pixels(png: bytes) -> list[tuple[int, ...]]:
+    """The RGB(A) pixels of an 8-bit, non-interlaced PNG (what Chromium writes)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    offset, chunks, header = 8, [], b""
+    while offset < len(png):
+        (length,) = struct.unpack(">I", png[offset : offset + 4])
+        kind, body = png[offset + 4 : offset + 8], png[offset + 8 : offset + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            chunks.append(body)
+        offset += 12 + length
+    width, height, depth, color = struct.unpack(">IIBB", header[:10])
+    assert depth == 8 and color in (2, 6), (depth, color)
+    step = 4 if color == 6 else 3
+    raw, stride = zlib.decompress(b"".join(chunks)), width * step
+    rows: list[bytearray] = []
+    previous = bytearray(stride)
+    for y in range(height):
+        kind, line = (
+            raw[y * (stride + 1)],
+            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
+        )
+        for i in range(stride):
+            left = line[i - step] if i >= step else 0
+            up, corner = previous[i], previous[i - step] if i >= step else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                guess = left + up - corner
+                near = min(
+                    (abs(guess - left), 0, left),
+                    (abs(guess - up), 1, up),
+                    (abs(guess - corner), 2, corner),
+                )
+                line[i] = (line[i] + near[2]) & 0xFF
+        rows.append(line)
+        previous = line
+    return [tuple(row[i : i + 3]) for row in rows for i in range(0, stride, step)]
+
+
+def test_the_page_renders_offline_in_chromium_with_its_figures(
+    migrated: Database, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    pipeline = recent(conn)
+    page = tmp_path / "insights.html"
+    done = run_cli(
+        "insights", "--database-url", migrated.url, "--pipeline", pipeline,
+        "--format", "html", "-o", str(page),
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    text = page.read_text()
+    # Self-contained: no script, style sheet, image or font from elsewhere.
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text, re.I)
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", text, re.I)
+    dom, png = browse(page, tmp_path)
+    expected = insights.data(insights.insights(conn, pipeline))
+    shown = {
+        key: json.loads(html.unescape(value))
+        for key, value in re.findall(r'data-figure="([a-z_0-9]+)" data-value="([^"]*)"', dom)
+    }
+    assert shown and shown == {key: expected[key] for key in shown}
+    assert {"runs", "success_rate", "duration_p50_seconds", "mttr_seconds"} <= set(shown)
+    for section in ("status-per-day", "duration-per-day", "slowest-jobs", "flakiest-jobs"):
+        assert re.search(f'<section id="{section}">.*?<svg', dom, re.S), section
+    # Not blank: many colours, and the bars in colour (green for success, red for failed).
+    seen = pixels(png)
+    colored = [p for p in seen if max(p) - min(p) > 60]
+    assert len(set(seen)) > 50 and len(colored) > 2000
