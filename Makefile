@@ -12,7 +12,7 @@ MIGRATIONS ?= db/migrations
 help:
 	@echo "make run     start the embedded PostgreSQL, apply db/migrations, show the status"
 	@echo "make test    lint, then the whole test suite on a real PostgreSQL"
-	@echo "make demo    record a sample pipeline run and show the four report views"
+	@echo "make demo    record a seeded 60-day history of three pipelines; print its insights, write the HTML page"
 	@echo "make bench   speed beside dbmate, yoyo and psql (BENCH_ARGS=--help for options)"
 	@echo "make mutation  mutation testing (mutmut) of settings, targets, migrations, store"
 	@echo "make lint    ruff, mypy, sqlfluff and squawk on db/migrations, actionlint"
@@ -49,7 +49,7 @@ run: $(STAMP)
 	@$(BIN)/cicd-db migrate --stack embedded status
 	@echo "connect with: $$($(BIN)/cicd-db embedded url)  (cicd-db embedded url --show-password prints the password)"
 
-# A sample run (stages, jobs, one allowed failure) on the embedded server, and its four views.
+# A seeded 60-day history of three pipelines on the embedded server, its insights and HTML page.
 demo: $(STAMP)
 	@$(BIN)/cicd-db migrate --stack embedded up >/dev/null
 	@$(BIN)/python scripts/demo.py --stack embedded

@@ -69,12 +69,18 @@ def _chart(kind: str, title: str, **options: Any) -> Any:
         height=options.pop("height", 360),
         legend_at_bottom=True,
         print_values=False,
+        truncate_label=-1,  # dates and job names whole
         **options,
     )
 
 
 def _svg(chart: Any) -> str:
     return str(chart.render(is_unicode=True, disable_xml_declaration=True))
+
+
+def _axis(value: float | None) -> str:
+    """A duration on an axis: 0 is 0s (a run never lasts 0.0s; an axis starts there)."""
+    return "0s" if value == 0 else _secs(value)
 
 
 def _figure(label: str, key: str, value: Any, text: str) -> str:
@@ -131,9 +137,8 @@ def _pipeline_body(r: PipelineInsights) -> str:
         x_labels=labels,
         x_labels_major_every=every,
         show_minor_x_labels=False,
-        value_formatter=_secs,
+        value_formatter=_axis,
         colors=("#3b7dd8", "#e08a1e"),
-        y_title="seconds",
     )
     durations.add("p50", [day.duration_p50_seconds for day in r.days])
     durations.add("p95", [day.duration_p95_seconds for day in r.days])
@@ -145,7 +150,7 @@ def _pipeline_body(r: PipelineInsights) -> str:
             "HorizontalBar",
             "Slowest jobs (p95, p50)",
             x_labels=[f"{j.stage} / {j.job}" for j in reversed(slowest)],
-            value_formatter=_secs,
+            value_formatter=_axis,
             colors=("#e08a1e", "#3b7dd8"),
             height=120 + 36 * len(slowest),
         )
@@ -214,7 +219,7 @@ def _summary_body(summary: Summary) -> str:
         "Bar",
         "Run duration (finished runs)",
         x_labels=[p.pipeline for p in lines],
-        value_formatter=_secs,
+        value_formatter=_axis,
         colors=("#3b7dd8", "#e08a1e"),
     )
     durations.add("p50", [p.duration_p50_seconds for p in lines])
