@@ -16,6 +16,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -723,3 +724,30 @@ def test_the_page_renders_offline_in_chromium_with_its_figures(
     seen = pixels(png)
     colored = [p for p in seen if max(p) - min(p) > 60]
     assert len(set(seen)) > 50 and len(colored) > 2000
+
+
+def test_the_demo_tells_its_story_and_never_shows_zero_seconds(
+    migrated: Database, conn: psycopg.Connection[Any]
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "scripts/demo.py", "--database-url", migrated.url],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not re.search(r"(?<![0-9.])0\.0s", done.stdout)
+    shown = [line for line in done.stdout.splitlines() if not line.startswith("$ ")]
+    assert max(map(display_width, shown)) <= 80  # the commands echoed aside
+    api = insights.insights(conn, "demo-api", days=60)
+    web = insights.insights(conn, "demo-web", days=60)
+    assert isinstance(api, PipelineInsights) and isinstance(web, PipelineInsights)
+    p50s = [day.duration_p50_seconds for day in api.days]
+    before = [v for v in p50s[:28] if v is not None]
+    after = [v for v in p50s[31:] if v is not None]
+    assert min(after) > sum(before) / len(before)  # the slow regression
+    assert min(d.success_rate or 1 for d in api.days[38:45]) < 0.5  # the broken week
+    [e2e] = [job for job in web.jobs if job.job == "e2e"]
+    assert e2e.flaky_commits >= 5 and 0.04 < (e2e.failure_rate or 0) < 0.15
+    assert api.cancelled > 0
