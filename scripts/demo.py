@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cicd_db import insights, report, store, targets
+from cicd_db import cli, insights, report, store, targets
+from cicd_db.errors import CicdDbError
 
 DAYS = 60
 PIPELINES = ("demo-api", "demo-web", "demo-docs")
@@ -126,7 +128,8 @@ def main() -> None:
     target = targets.resolve(database_url=args.database_url, stack=args.stack, local=args.local)
     rng = random.Random(20)  # noqa: S311 (a demo: the same history every time, not a secret)
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    with targets.connect(target.settings) as conn:
+    # As the CI system records: the writer where the target has one (docs/security.md).
+    with targets.connect(target.role_settings(targets.APP)) as conn:
         conn.execute(
             "DELETE FROM pipeline_executions WHERE pipeline_name = ANY(%s)", [list(PIPELINES)]
         )
@@ -164,4 +167,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CicdDbError as error:  # one line, as the CLI says it
+        print(f"error: {cli.phrased(error)}", file=sys.stderr)
+        sys.exit(error.exit_code)

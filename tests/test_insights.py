@@ -31,7 +31,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cicd_db import insights
+from cicd_db import cli, insights
 from cicd_db.errors import NotFound, UsageError
 from cicd_db.insights import (
     Day,
@@ -493,12 +493,16 @@ def test_the_summary_is_each_pipeline_busiest_first(conn: psycopg.Connection[Any
 
 def test_bad_windows_and_unknown_pipelines(conn: psycopg.Connection[Any]) -> None:
     history(conn, Planned(at(1)))
-    with pytest.raises(UsageError, match="give one of them"):
+    with pytest.raises(UsageError, match=r"^`days` and `runs` both choose the window; give one"):
         insights.insights(conn, "build", days=3, runs=3)
-    with pytest.raises(UsageError, match="--days 0"):
+    with pytest.raises(UsageError, match=r"^`days` 0 is out of range; give 1 to 3660$"):
         insights.insights(conn, "build", days=0)
-    with pytest.raises(NotFound, match="'nope' has no runs"):
+    with pytest.raises(UsageError) as empty:
+        insights.insights(conn, "")
+    assert cli.phrased(empty.value) == "--pipeline is empty; give a name, or leave --pipeline out"
+    with pytest.raises(NotFound, match="'nope' has no runs") as missing:
         insights.insights(conn, "nope")
+    assert cli.phrased(missing.value).endswith("or leave --pipeline out to list every pipeline")
 
 
 # -- random histories -------------------------------------------------------------------
