@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cicd_db.settings import ConnectionSettings
 
-from . import apply, bigfile, noop, record, report, retention, upgrade_under_load
+from . import apply, bigfile, insights, noop, record, report, retention, upgrade_under_load
 from .common import (
     HOME,
     PYTHON,
@@ -27,7 +27,7 @@ from .common import (
 from .tools import FINDERS
 
 REPORT_FILE = ROOT / "docs" / "benchmarks.md"
-CASES = ["apply", "noop", "record", "report", "retention", "bigfile", "upgrade"]
+CASES = ["apply", "noop", "record", "report", "insights", "retention", "bigfile", "upgrade"]
 
 
 # -- targets ------------------------------------------------------------------------------
@@ -81,6 +81,11 @@ def targets(medians: dict[str, dict[str, float]], p99s: dict[str, float]) -> Tab
                     "yes" if p99s[view] <= bound else "no",
                 ]
             )
+    if "insights" in medians:
+        for view, p95 in medians["insights"].items():
+            bound = insights.BOUNDS_MS[view]
+            met = "yes" if p95 <= bound else "no"
+            table.rows.append([f"insights p95, {view}", f"<= {bound:.0f} ms", f"{p95:.1f} ms", met])
     if "retention" in medians:
         figures = medians["retention"]
         errors = figures["writer errors"]
@@ -211,6 +216,13 @@ def main() -> int:
         if "report" in cases:
             say(f"bench: report at {args.runs:,} runs (the first load takes minutes)")
             table, p99s, plans = report.measure(dbs, args.runs, args.samples)
+            tables.append(table)
+            say(table.text())
+        if "insights" in cases:
+            say(f"bench: insights at {args.runs:,} runs")
+            samples = 3 if args.smoke else 100
+            table, medians["insights"], insight_plans = insights.measure(dbs, args.runs, samples)
+            plans += insight_plans
             tables.append(table)
             say(table.text())
         if "retention" in cases:

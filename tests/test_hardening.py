@@ -257,6 +257,8 @@ def test_fresh_path_ends_with_the_same_schema(server, database: Database, tmp_pa
             "job_executions_stage_job_name_key",
             "pipeline_executions_active",
             "pipeline_executions_finished",
+            "pipeline_executions_pipeline_time",
+            "pipeline_executions_time",
         }
         assert {table for kind, table, _ in fresh_schema if kind == "trigger"} == {
             "pipeline_executions"

@@ -315,11 +315,15 @@ _EACH: LiteralString = (
     "days AS (SELECT span.pipeline_name, span.day, {day_figures} FROM span LEFT JOIN w "
     "ON w.pipeline_name = span.pipeline_name AND (w.t AT TIME ZONE 'UTC')::date = span.day "
     "GROUP BY span.pipeline_name, span.day), "
+    # Each pipeline's days gathered once, by a GROUP BY: a subquery per pipeline would
+    # read the whole window again for each (a second at 100 pipelines and 1M runs).
+    "daily AS (SELECT pipeline_name, json_agg(days ORDER BY day) AS days FROM days "
+    "GROUP BY pipeline_name), "
     "lines AS (SELECT pipeline_name AS pipeline, {figures} FROM w GROUP BY pipeline_name) "
     "SELECT (SELECT since FROM bounds), (SELECT until FROM bounds), "
-    "(SELECT json_agg(json_build_object('line', lines, 'days', (SELECT json_agg(days "
-    "ORDER BY day) FROM days WHERE days.pipeline_name = lines.pipeline)) "
-    'ORDER BY lines.runs DESC, lines.pipeline COLLATE "C") FROM lines)'
+    "(SELECT json_agg(json_build_object('line', lines, 'days', daily.days) "
+    'ORDER BY lines.runs DESC, lines.pipeline COLLATE "C") FROM lines '
+    "LEFT JOIN daily ON daily.pipeline_name = lines.pipeline)"
 )
 
 
