@@ -151,7 +151,7 @@ class Command:
     def defaults(self) -> dict[str, Any]:
         """What each argument is when its flag is left out: the function's defaults
         (its options are keyword-only), and the Context's for the shared options."""
-        return {**commands.FIELDS, **(self.func.__kwdefaults__ or {})}
+        return {**commands.FIELDS, **commands.keyword_defaults(self.func)}
 
 
 COMMANDS: dict[str, Command] = {}

@@ -13,6 +13,7 @@ help; console.py shapes what these print.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -152,8 +153,18 @@ class Context:
             print(*lines(), sep="\n", flush=True)
 
 
+def keyword_defaults(func: Callable[..., Any]) -> dict[str, Any]:
+    """`func`'s keyword-only arguments and their defaults, from its signature (which a
+    wrapper that sets __signature__, as mutation testing's do, keeps)."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(func).parameters.items()
+        if parameter.kind is parameter.KEYWORD_ONLY and parameter.default is not parameter.empty
+    }
+
+
 # Each field of a Context and its default.
-FIELDS: dict[str, Any] = dict(Context.__init__.__kwdefaults__ or {})
+FIELDS: dict[str, Any] = keyword_defaults(Context.__init__)
 
 
 def up(
