@@ -128,7 +128,16 @@ def _tokens(standard_strings: bool, words: bool) -> re.Pattern[bytes]:
     return re.compile(pattern, re.DOTALL)
 
 
-_PATTERNS = {(standard, words): _tokens(standard, words) for standard in (True, False) for words in (True, False)}  # fmt: skip
+class _Patterns(dict[tuple[bool, bool], re.Pattern[bytes]]):
+    """The token patterns by (standard strings, words), each compiled when first needed:
+    a run usually reads strings one way only, and every process start pays for a compile."""
+
+    def __missing__(self, key: tuple[bool, bool]) -> re.Pattern[bytes]:
+        self[key] = pattern = _tokens(*key)
+        return pattern
+
+
+_PATTERNS = _Patterns()
 _PARENTHESES = re.compile(rb"[()]")
 _BRACKETS = re.compile(rb"[\[\]]")
 # Up to four words at a statement's start, when only spaces come between them;
