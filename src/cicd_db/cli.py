@@ -32,7 +32,6 @@ import shlex
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -64,6 +63,26 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
+class _Version(argparse.Action):
+    """--version, read from the installed package only when asked for: looking it up
+    (importlib.metadata) on every run would cost each command's start-up."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(
+            option_strings,
+            dest=dest,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="show program's version number and exit",
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
+        from importlib import metadata
+
+        print(f"{parser.prog} {metadata.version('cicd-db')}")
+        parser.exit()
 
 
 def _seconds(text: str) -> float:
@@ -395,7 +414,7 @@ def build(prog: str = "cicd-db", *, only_migrate: bool = False) -> argparse.Argu
                 else top.add_parser(name, help=text, description=about)
             )
     tree.finish(parsers["migrate"], up)
-    root.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('cicd-db')}")  # fmt: skip
+    root.add_argument("--version", action=_Version)
     subs = {
         name: parser.add_subparsers(
             metavar="COMMAND", parser_class=_Parser, required=name != "migrate"
