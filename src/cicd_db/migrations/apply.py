@@ -116,7 +116,8 @@ def run(
         if moved and on_note:
             on_note(moved)
         # Read again under the lock: another runner may have applied some meanwhile.
-        applied = history.read(session.conn)
+        # create() has just found or made it in place: no second catalog search.
+        applied = history.read(session.conn, placed=True)
         applier = Applier(session, [(row.version, row.name, row.checksum) for row in applied])
         results = []
         for migration in history.pending(files, applied, target):

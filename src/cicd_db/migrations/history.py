@@ -110,12 +110,19 @@ def find(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
     return ours, older
 
 
-def read(conn: psycopg.Connection[Any]) -> list[Applied]:
-    """The history, oldest first. Reads only."""
-    ours, older = find(conn)
-    if not ours and not older:
-        return []
-    schema = SCHEMA if ours else older[0]
+def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied]:
+    """The history, oldest first. Reads only.
+
+    `placed`: the history is known to be ours and in place (create() just ran, under
+    the runner's lock), so the catalog is not searched for it again.
+    """
+    if placed:
+        schema = SCHEMA
+    else:
+        ours, older = find(conn)
+        if not ours and not older:
+            return []
+        schema = SCHEMA if ours else older[0]
     table = sql.Identifier(schema, TABLE)
     query = sql.SQL("SELECT {} FROM {} ORDER BY version").format(
         sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), table
