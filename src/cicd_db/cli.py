@@ -69,7 +69,9 @@ class _Version(argparse.Action):
     """--version, read from the installed package only when asked for: looking it up
     (importlib.metadata) on every run would cost each command's start-up."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+    def __init__(
+        self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **_: Any
+    ) -> None:
         super().__init__(
             option_strings,
             dest=dest,
