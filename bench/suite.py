@@ -121,6 +121,18 @@ def targets(medians: dict[str, dict[str, float]], p99s: dict[str, float]) -> Tab
 # -- main --------------------------------------------------------------------------------
 
 
+# The hand-written analysis at the end of docs/benchmarks.md (a profile, with its own
+# dates): kept as it is when the measured part above it is written again.
+KEPT_HEADING = "## Where the time goes"
+
+
+def kept_section(path: Path) -> str:
+    """The hand-written section of `path`, from KEPT_HEADING to its end, or nothing."""
+    text = path.read_text() if path.exists() else ""
+    at = text.find("\n" + KEPT_HEADING + "\n")
+    return "\n" + text[at:].lstrip("\n") if at >= 0 else ""
+
+
 def machine(admin: ConnectionSettings) -> list[str]:
     version = server_version(admin)
     memory = next(
@@ -265,6 +277,6 @@ def main() -> int:
         lines += ["### Upgrade under load, full reports", "", "```", *upgrade_reports, "```", ""]
     if not args.no_write:
         REPORT_FILE.parent.mkdir(exist_ok=True)
-        REPORT_FILE.write_text("\n".join(lines))
+        REPORT_FILE.write_text("\n".join(lines) + kept_section(REPORT_FILE))
         say(f"bench: wrote {REPORT_FILE.relative_to(ROOT)}")
     return 0
