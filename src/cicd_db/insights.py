@@ -50,6 +50,22 @@ def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
+class _Rates:
+    """Success and failure rates of finished runs or jobs: over SUCCESS + FAILED only,
+    cancelled ones left out (None when none finished)."""
+
+    success: int
+    failed: int
+
+    @property
+    def success_rate(self) -> float | None:
+        return _rate(self.success, self.success + self.failed)
+
+    @property
+    def failure_rate(self) -> float | None:
+        return _rate(self.failed, self.success + self.failed)
+
+
 @dataclass(frozen=True)
 class Window:
     """The runs looked at: the last `days` UTC days up to `until`, or the last `runs` runs
@@ -63,7 +79,7 @@ class Window:
 
 
 @dataclass(frozen=True)
-class Day:
+class Day(_Rates):
     """The runs of one UTC day of the window."""
 
     date: date
@@ -75,13 +91,9 @@ class Day:
     duration_p50_seconds: float | None
     duration_p95_seconds: float | None
 
-    @property
-    def success_rate(self) -> float | None:
-        return _rate(self.success, self.success + self.failed)
-
 
 @dataclass(frozen=True)
-class StageFigures:
+class StageFigures(_Rates):
     """One stage name's executions in the window's runs."""
 
     stage: str
@@ -92,13 +104,9 @@ class StageFigures:
     duration_p50_seconds: float | None
     duration_p95_seconds: float | None
 
-    @property
-    def failure_rate(self) -> float | None:
-        return _rate(self.failed, self.success + self.failed)
-
 
 @dataclass(frozen=True)
-class JobFigures:
+class JobFigures(_Rates):
     """One job's executions (by stage and job name) in the window's runs."""
 
     stage: str
@@ -112,13 +120,9 @@ class JobFigures:
     duration_p50_seconds: float | None
     duration_p95_seconds: float | None
 
-    @property
-    def failure_rate(self) -> float | None:
-        return _rate(self.failed, self.success + self.failed)
-
 
 @dataclass(frozen=True)
-class PipelineInsights:
+class PipelineInsights(_Rates):
     """One pipeline over the window."""
 
     pipeline: str
@@ -137,17 +141,9 @@ class PipelineInsights:
     stages: list[StageFigures]
     jobs: list[JobFigures]
 
-    @property
-    def success_rate(self) -> float | None:
-        return _rate(self.success, self.success + self.failed)
-
-    @property
-    def failure_rate(self) -> float | None:
-        return _rate(self.failed, self.success + self.failed)
-
 
 @dataclass(frozen=True)
-class PipelineLine:
+class PipelineLine(_Rates):
     """One pipeline's line of the summary."""
 
     pipeline: str
@@ -159,10 +155,6 @@ class PipelineLine:
     duration_p50_seconds: float | None
     duration_p95_seconds: float | None
     days: list[Day]
-
-    @property
-    def success_rate(self) -> float | None:
-        return _rate(self.success, self.success + self.failed)
 
 
 @dataclass(frozen=True)
