@@ -122,21 +122,10 @@ def init(
                         sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(UNFINISHED))
                     )
                 made = True
-            elif unfinished:
+            elif unfinished or password:
                 password = password or secrets.token_urlsafe(24)
-                admin.execute(
-                    sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password))
-                )
-            elif password:
-                admin.execute(
-                    sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password))
-                )
-            for name, value in LOCAL_ROLE_SETTINGS:
-                admin.execute(
-                    sql.SQL("ALTER ROLE {} SET {} TO {}").format(
-                        role, sql.Identifier(name), sql.Literal(value)
-                    )
-                )
+                _log_in(admin, role, password)
+            _settle(admin, role)
             owner = admin.execute(
                 "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database]
             ).fetchone()
@@ -224,16 +213,23 @@ def _login_role(
             )
         )
     elif password:
-        admin.execute(
-            sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password))
-        )
+        _log_in(admin, role, password)
+    _settle(admin, role)
+    return password or "", generated
+
+
+def _log_in(admin: psycopg.Connection[Any], role: sql.Identifier, password: str) -> None:
+    admin.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password)))
+
+
+def _settle(admin: psycopg.Connection[Any], role: sql.Identifier) -> None:
+    """The local role's settings (LOCAL_ROLE_SETTINGS) on `role`."""
     for name, value in LOCAL_ROLE_SETTINGS:
         admin.execute(
             sql.SQL("ALTER ROLE {} SET {} TO {}").format(
                 role, sql.Identifier(name), sql.Literal(value)
             )
         )
-    return password or "", generated
 
 
 def _refuse_unusable(
