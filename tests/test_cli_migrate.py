@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MIGRATIONS, ROOT, Database, run_cli, write_migrations
+from .fix_cli import run_cli
+from .fix_db import Database
 from .migrations.shared import THREE
+from .utils import MIGRATIONS, ROOT, write_migrations
 
 SECRET = "s3cret-pass"
 

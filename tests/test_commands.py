@@ -25,7 +25,8 @@ from psycopg import sql
 from cicd_db import cli, commands, errors, migrations, targets
 from cicd_db.settings import ConnectionSettings
 
-from .conftest import MIGRATIONS, ROOT, Database, write_migrations
+from .fix_db import Database
+from .utils import MIGRATIONS, ROOT, write_migrations
 
 PLAN_SCHEMA = (ROOT / "tests" / "fixtures" / "plan_schema.sql").read_text()
 

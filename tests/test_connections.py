@@ -27,7 +27,9 @@ from cicd_db.embedded import wheel_bin_dir
 from cicd_db.errors import ConfigError
 from cicd_db.settings import ConnectionSettings
 
-from .conftest import Database, Run, run_cli, write_migrations
+from .fix_cli import Run, run_cli
+from .fix_db import Database
+from .utils import write_migrations
 
 pytestmark = pytest.mark.db
 

@@ -13,7 +13,7 @@ from cicd_db.local import Prepared
 from cicd_db.schema import Difference
 from cicd_db.settings import ConnectionSettings
 
-from .conftest import unscanned
+from .utils import unscanned
 
 
 def migration(version: int, name: str, text: str = "SELECT 1;\n") -> migrations.Migration:

@@ -30,7 +30,8 @@ from cicd_db.embedded import EmbeddedServer
 from cicd_db.errors import AuthenticationFailed
 from cicd_db.store import Store
 
-from .conftest import ROOT, run_cli
+from .fix_cli import run_cli
+from .utils import ROOT
 
 SECRET = "s3cret-in-state"
 

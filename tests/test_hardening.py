@@ -19,7 +19,9 @@ from psycopg import errors
 
 from cicd_db import schema
 
-from .conftest import MIGRATIONS, ROOT, Database, run_cli
+from .fix_cli import run_cli
+from .fix_db import Database
+from .utils import MIGRATIONS, ROOT
 
 PLAN = ROOT.parent / "shared" / "plan" / "ci-cd-database-plan.md"
 PLAN_SCHEMA = (ROOT / "tests" / "fixtures" / "plan_schema.sql").read_text()

@@ -28,7 +28,8 @@ from psycopg import sql
 from cicd_db import settings as contract
 from cicd_db.settings import ConnectionSettings
 
-from .conftest import ROOT, Database
+from .fix_db import Database
+from .utils import ROOT
 
 INFRA = ROOT / "infra"
 CONTAINER = "docker:index/container:Container"

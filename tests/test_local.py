@@ -24,7 +24,8 @@ from psycopg import sql
 
 from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings, from_url
 
-from .conftest import ROOT, run_cli
+from .fix_cli import run_cli
+from .utils import ROOT
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from cicd_db import migrations
 from cicd_db.embedded import wheel_bin_dir
 from cicd_db.migrations import statements
 
-from .conftest import Database
+from .fix_db import Database
 
 FIXTURES = Path(__file__).parent / "fixtures" / "psql_parity"
 FILES = sorted(path.name for path in FIXTURES.glob("*.sql"))

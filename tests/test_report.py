@@ -20,7 +20,6 @@ import yaml
 
 from cicd_db import report
 from cicd_db.errors import UsageError
-from cicd_db.settings import ConnectionSettings
 from cicd_db.store import (
     CANCELED,
     FAILED,
@@ -32,7 +31,9 @@ from cicd_db.store import (
     Store,
 )
 
-from .conftest import ROOT, Database, _create, _drop, run_cli
+from .fix_cli import run_cli
+from .fix_db import Database, Databases
+from .utils import ROOT
 
 GOLDEN = ROOT / "tests" / "golden"
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -93,14 +94,13 @@ def record(executions: Store) -> None:
 
 
 @pytest.fixture(scope="module")
-def recorded(server: ConnectionSettings, migrated_template: str) -> Iterator[Database]:
+def recorded(databases: Databases, migrated_template: str) -> Iterator[Database]:
     """One database, recorded once, shared by every view and format."""
-    name = f"test_report_{uuid.uuid4().hex[:8]}"
-    database = _create(server, name, template=migrated_template)
+    database = databases.create(migrated_template)
     with database.connect() as conn:
         record(Store.on(conn))
     yield database
-    _drop(server, name)
+    databases.drop(database)
 
 
 VIEWS = {

@@ -21,7 +21,8 @@ from cicd_db import retention
 from cicd_db.errors import OperationalError, UsageError
 from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, PipelineRun, Store
 
-from .conftest import Database, run_cli
+from .fix_cli import run_cli
+from .fix_db import Database
 
 NOW = datetime.now(UTC)
 

@@ -25,8 +25,10 @@ from cicd_db.errors import MigrationFailed
 from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings
 from cicd_db.store import RUNNING, SUCCESS, Store
 
-from .conftest import MIGRATIONS, Database, _drop, run_cli, write_migrations
+from .fix_cli import run_cli
+from .fix_db import Database, Databases
 from .test_report import GOLDEN, SUFFIX, VIEWS, record
+from .utils import MIGRATIONS, write_migrations
 
 pytestmark = pytest.mark.db
 
@@ -63,12 +65,20 @@ def _migrate(settings: ConnectionSettings, folder: Path = MIGRATIONS) -> None:
         migrations.Runner(conn, migrations.discover(folder)).apply()
 
 
-@pytest.fixture
-def owned(server: ConnectionSettings) -> Iterator[tuple[ConnectionSettings, Database]]:
-    """A fresh database owned by a new login role that is not a superuser (not migrated)."""
-    suffix = uuid.uuid4().hex[:10]
-    owner_name, name = f"test_owner_{suffix}", f"test_{suffix}"
-    password = secrets.token_urlsafe(16)
+@dataclass(frozen=True)
+class Owner:
+    """A login role that is not a superuser, as a target's owner is."""
+
+    name: str
+    password: str
+
+    def on(self, server: ConnectionSettings, database: Database) -> ConnectionSettings:
+        return replace(server, user=self.name, password=self.password, database=database.name)
+
+
+@pytest.fixture(scope="module")
+def owner(server: ConnectionSettings) -> Iterator[Owner]:
+    made = Owner(f"test_owner_{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(16))
     # The targets' admin makes the two roles; this owner, like ci_user, may not.
     for role in (APP_USER, READER_USER):
         _admin(
@@ -81,21 +91,36 @@ def owned(server: ConnectionSettings) -> Iterator[tuple[ConnectionSettings, Data
     _admin(
         server,
         sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD {}").format(
-            sql.Identifier(owner_name), sql.Literal(password)
+            sql.Identifier(made.name), sql.Literal(made.password)
         ),
     )
-    _admin(
-        server,
-        sql.SQL("CREATE DATABASE {} OWNER {}").format(
-            sql.Identifier(name), sql.Identifier(owner_name)
-        ),
-    )
-    owner = replace(server, user=owner_name, password=password, database=name)
-    yield owner, Database(replace(server, database=name))
-    _drop(server, name)
+    yield made
     # Its default privileges name the two roles; they go with the role.
-    _admin(server, sql.SQL("DROP OWNED BY {}").format(sql.Identifier(owner_name)))
-    _admin(server, sql.SQL("DROP ROLE {}").format(sql.Identifier(owner_name)))
+    _admin(server, sql.SQL("DROP OWNED BY {}").format(sql.Identifier(made.name)))
+    _admin(server, sql.SQL("DROP ROLE {}").format(sql.Identifier(made.name)))
+
+
+@pytest.fixture
+def owned(
+    server: ConnectionSettings, databases: Databases, empty_template: str, owner: Owner
+) -> Iterator[tuple[ConnectionSettings, Database]]:
+    """A fresh database owned by `owner` (not migrated)."""
+    database = databases.create(empty_template, owner=owner.name)
+    yield owner.on(server, database), database
+    databases.drop(database)
+
+
+@pytest.fixture(scope="module")
+def migrated_by_owner(
+    server: ConnectionSettings, databases: Databases, empty_template: str, owner: Owner
+) -> Iterator[str]:
+    """A template with the repository's migrations applied by `owner`, so that its
+    copies, owned by `owner` too, hold the objects as a target's owner leaves them."""
+    template = databases.template(
+        lambda made: _migrate(owner.on(server, made)), empty_template, owner=owner.name
+    )
+    yield template.name
+    databases.drop(template)
 
 
 def _roles(server: ConnectionSettings, owner: ConnectionSettings, database: Database) -> Roles:
@@ -108,11 +133,13 @@ def _roles(server: ConnectionSettings, owner: ConnectionSettings, database: Data
 
 
 @pytest.fixture
-def roles(server: ConnectionSettings, owned: tuple[ConnectionSettings, Database]) -> Roles:
+def roles(
+    server: ConnectionSettings, databases: Databases, owner: Owner, migrated_by_owner: str
+) -> Iterator[Roles]:
     """The repository's migrations applied by the owner; the writer and reader can log in."""
-    owner, database = owned
-    _migrate(owner)
-    return _roles(server, owner, database)
+    database = databases.create(migrated_by_owner, owner=owner.name)
+    yield _roles(server, owner.on(server, database), database)
+    databases.drop(database)
 
 
 def _connect(settings: ConnectionSettings) -> psycopg.Connection[tuple[object, ...]]:

@@ -32,7 +32,7 @@ from cicd_db.embedded import wheel_bin_dir
 from cicd_db.errors import ConfigError
 from cicd_db.migrations import statements
 
-from .conftest import Database
+from .fix_db import Database
 
 # Text inside strings and comments: what could fool a scanner.
 TRICKS = [

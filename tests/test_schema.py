@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,10 @@ from psycopg import sql
 from cicd_db import errors, schema
 from cicd_db.embedded import wheel_bin_dir
 from cicd_db.settings import ConnectionSettings
-from tests.conftest import Database, _create, _drop, run_cli, write_migrations
+
+from .fix_cli import run_cli
+from .fix_db import Database, Databases
+from .utils import write_migrations
 
 READER = "cicd_db_test_schema_reader"
 
@@ -233,19 +234,21 @@ class Compared:
 
 
 @pytest.fixture(scope="module")
-def compared(server: ConnectionSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compared]:  # fmt: skip
+def compared(server: ConnectionSettings, databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compared]:  # fmt: skip
     """Two databases migrated with BASE; every change applied to one, one at a time,
     pg_dump taken after each; then each diff run once."""
     folder = write_migrations(tmp_path_factory.mktemp("m"), {"0001_base.sql": BASE})
-    names = [f"test_{uuid.uuid4().hex[:12]}" for _ in range(3)]
     with psycopg.connect(server.conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(READER)))
         conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(READER)))
-    expected, live, by_hand = (_create(server, name) for name in names)
+    made: list[Database] = []
     try:
+        expected, live = (databases.create() for _ in range(2))
+        made += [expected, live]
         for database in (expected, live):
             assert migrate(database, folder, "up").code == 0
-        by_hand.execute(BASE)
+        by_hand = databases.template(lambda made: made.execute(BASE))
+        made.append(by_hand)
         dump_changed, before = {}, pg_dump(live)
         for change in CHANGES:
             live.execute(change.statement)
@@ -257,24 +260,13 @@ def compared(server: ConnectionSettings, tmp_path_factory: pytest.TempPathFactor
             dump_changed,
             (against.code, against.out.splitlines()),
             (drift.code, drift.out.splitlines()),
-            names[2],
+            by_hand.name,
         )
     finally:
-        for name in names:
-            _drop(server, name)
+        for database in made:
+            databases.drop(database)
         with psycopg.connect(server.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(READER)))
-
-
-def copy(server: ConnectionSettings, template: str) -> Database:
-    """A new database copied from `template`, once the template's last session has gone
-    (a session ends on the server a moment after the client closes it)."""
-    for _ in range(50):
-        try:
-            return _create(server, f"test_{uuid.uuid4().hex[:12]}", template=template)
-        except psycopg.errors.ObjectInUse:
-            time.sleep(0.1)
-    raise AssertionError(f"{template} is still in use")
 
 
 def migrate(database: Database, folder: Path, command: str, *args: str):  # type: ignore[no-untyped-def]
@@ -320,11 +312,11 @@ def test_each_difference_is_one_change(compared: Compared) -> None:
 
 
 @pytest.mark.parametrize("change", CHANGES, ids=[c.kind for c in CHANGES])
-def test_baseline_refuses_it(server: ConnectionSettings, compared: Compared, tmp_path: Path, change: Change) -> None:  # fmt: skip
+def test_baseline_refuses_it(databases: Databases, compared: Compared, tmp_path: Path, change: Change) -> None:  # fmt: skip
     """A database made by hand from BASE, with this one change: baseline refuses it,
     names it, and records nothing."""
     folder = write_migrations(tmp_path, {"0001_base.sql": BASE})
-    database = copy(server, compared.by_hand)
+    database = databases.create(compared.by_hand)
     try:
         before = pg_dump(database)
         database.execute(change.statement)
@@ -336,20 +328,20 @@ def test_baseline_refuses_it(server: ConnectionSettings, compared: Compared, tmp
         assert reported(result.err.removeprefix(prefix).split("; "), change) == [], result.err
         assert database.history() == []
     finally:
-        _drop(server, database.settings.database)
+        databases.drop(database)
 
 
-def test_an_unchanged_copy_has_no_differences(compared: Compared, server: ConnectionSettings, tmp_path: Path) -> None:  # fmt: skip
+def test_an_unchanged_copy_has_no_differences(compared: Compared, databases: Databases, tmp_path: Path) -> None:  # fmt: skip
     """The other side of the oracle: what pg_dump cannot tell apart, the diff does not either,
     though the scratch schema and the live one have different names."""
     folder = write_migrations(tmp_path, {"0001_base.sql": BASE})
-    database = copy(server, compared.by_hand)
+    database = databases.create(compared.by_hand)
     try:
         result = migrate(database, folder, "baseline", "--version", "1")
         assert result.code == 0, result.err
         assert migrate(database, folder, "diff").code == 0
     finally:
-        _drop(server, database.settings.database)
+        databases.drop(database)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from cicd_db.errors import AuthenticationFailed, ConfigError, ConnectionFailed, 
 from cicd_db.settings import ConnectionSettings, from_url, password_candidates, redact
 from cicd_db.targets import resolve
 
-from .conftest import Database
+from .fix_db import Database
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,9 @@ import pytest
 
 from cicd_db import migrations
 
-from .conftest import MIGRATIONS, ROOT, Database, run_cli
+from .fix_cli import run_cli
+from .fix_db import Database
+from .utils import MIGRATIONS, ROOT
 
 # What the real CLI (3.226.1 and later) prints and its exit codes, for each failure.
 STUB = f"""#!{sys.executable}

@@ -18,7 +18,7 @@ from cicd_db import store
 from cicd_db.errors import AlreadyExists, IllegalTransition, NotFound
 from cicd_db.store import CANCELED, FAILED, PENDING, RUNNING, SUCCESS, Store
 
-from .conftest import Database
+from .fix_db import Database
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 

@@ -29,7 +29,9 @@ from psycopg import sql
 from cicd_db.embedded import EmbeddedServer
 from cicd_db.settings import ConnectionSettings
 
-from .conftest import ROOT, Database, run_cli
+from .fix_cli import run_cli
+from .fix_db import Database
+from .utils import ROOT
 
 pytestmark = pytest.mark.db
 

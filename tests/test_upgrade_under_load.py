@@ -16,7 +16,9 @@ from typing import Any
 import psycopg
 from bench import workload
 
-from .conftest import MIGRATIONS, ROOT, Database, run_cli
+from .fix_cli import run_cli
+from .fix_db import Database
+from .utils import MIGRATIONS, ROOT
 
 PLAN_SCHEMA = (ROOT / "tests" / "fixtures" / "plan_schema.sql").read_bytes()
 NEWEST = max(int(path.name.split("_", 1)[0]) for path in MIGRATIONS.glob("*.sql"))

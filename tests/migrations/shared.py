@@ -6,7 +6,8 @@ from pathlib import Path
 
 from cicd_db.settings import ConnectionSettings
 
-from ..conftest import Database, run_cli
+from ..fix_cli import run_cli
+from ..fix_db import Database
 
 THREE = {
     "0001_people.sql": "CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL);\n",

@@ -16,7 +16,8 @@ import pytest
 from cicd_db import migrations
 from cicd_db.errors import Interrupted, MigrationFailed, MigrationRefused, Terminated
 
-from ..conftest import MIGRATIONS, ROOT, Database, unscanned, write_migrations
+from ..fix_db import Database
+from ..utils import MIGRATIONS, ROOT, unscanned, write_migrations
 from .shared import RUNNER_SLEEPING, THREE, migrate
 
 CLI = [sys.executable, "-m", "cicd_db", "migrate"]

@@ -13,7 +13,8 @@ from psycopg import sql
 
 from cicd_db.settings import ConnectionSettings
 
-from ..conftest import Database, write_migrations
+from ..fix_db import Database
+from ..utils import write_migrations
 from .shared import migrate, without_escape_warnings
 
 # A trigger that fails as PostgreSQL fails for want of a privilege, so that the advice

@@ -9,7 +9,7 @@ import pytest
 from cicd_db import cli, migrations
 from cicd_db.errors import ConfigError
 
-from ..conftest import write_migrations
+from ..utils import write_migrations
 from .shared import MEBIBYTE
 
 

@@ -22,7 +22,9 @@ from psycopg import sql
 from cicd_db import migrations
 from cicd_db.errors import ConfigError
 
-from ..conftest import Database, run_cli, write_migrations
+from ..fix_cli import run_cli
+from ..fix_db import Database
+from ..utils import write_migrations
 from .shared import THREE, migrate
 
 # Each moves where an unqualified name goes for the next run's session.

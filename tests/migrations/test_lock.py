@@ -18,7 +18,8 @@ from psycopg import sql
 
 from cicd_db import migrations
 
-from ..conftest import ROOT, Database, write_migrations
+from ..fix_db import Database
+from ..utils import ROOT, write_migrations
 from .shared import RUNNER_SLEEPING, THREE, migrate
 
 

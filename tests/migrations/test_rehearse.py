@@ -17,7 +17,9 @@ import pytest
 
 from cicd_db import migrations
 
-from ..conftest import Database, run_cli, unscanned, write_migrations
+from ..fix_cli import run_cli
+from ..fix_db import Database
+from ..utils import unscanned, write_migrations
 from .shared import MENTIONS, rehearse
 
 

@@ -12,7 +12,8 @@ from psycopg import sql
 from cicd_db import migrations
 from cicd_db.errors import MigrationFailed
 
-from ..conftest import Database, unscanned, write_migrations
+from ..fix_db import Database
+from ..utils import unscanned, write_migrations
 from .shared import THREE, migrate, without_escape_warnings
 
 # The second file fails if anything of the first one's session is still there.

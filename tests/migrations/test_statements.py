@@ -9,7 +9,8 @@ import pytest
 from cicd_db import migrations
 from cicd_db.errors import ConfigError
 
-from ..conftest import Database, write_migrations
+from ..fix_db import Database
+from ..utils import write_migrations
 from .shared import MEBIBYTE, MENTIONS, migrate
 
 

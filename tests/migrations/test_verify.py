@@ -12,7 +12,8 @@ from cicd_db import migrations, schema
 from cicd_db.errors import MigrationRefused
 from cicd_db.settings import ConnectionSettings
 
-from ..conftest import Database, write_migrations
+from ..fix_db import Database
+from ..utils import write_migrations
 
 BASELINED = {
     "0001_people.sql": "CREATE TABLE people (id int PRIMARY KEY);\n",

