@@ -5,6 +5,7 @@ through `cli.main` by default (fast, and visible to mutmut's coverage), or as a 
 process (`process=True`) where the process is the point: signals, a terminal, the
 entry points' start-up, the environment, a working directory. `start_cli(ARGS)` starts
 the same real process and hands it over unfinished, for tests that act while it runs.
+`script=MIGRATE_PY` runs scripts/migrate.py instead, `cicd-db migrate` under another name.
 """
 
 from __future__ import annotations
@@ -14,16 +15,22 @@ import io
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 from unittest import mock
 
+from cicd_db.settings import ConnectionSettings
+
+from .fix_db import Database
 from .utils import ROOT
 
+MIGRATE_PY = ROOT / "scripts" / "migrate.py"
 
-@dataclass(frozen=True)
-class Run:
+
+class Run(NamedTuple):
+    """What a finished run gave: its exit code, stdout and stderr."""
+
     code: int
     out: str
     err: str
@@ -42,6 +49,7 @@ def start_cli(
     stderr: int | IO[Any] | None = subprocess.PIPE,
     text: bool = True,
     script: Path | None = None,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> subprocess.Popen[Any]:
     """`cicd-db ARGS` started as a real process with `env` added; the caller waits for it."""
     return subprocess.Popen(
@@ -51,6 +59,7 @@ def start_cli(
         text=text,
         cwd=cwd,
         env={**os.environ, **(env or {})},
+        preexec_fn=preexec_fn,
     )
 
 
@@ -62,10 +71,11 @@ def run_cli(
     cwd: Path = ROOT,
     script: Path | None = None,
 ) -> Run:
-    """`cicd-db ARGS` with `env` added, to the end: in this process through `cli.main`, or,
-    where a real process matters (`process=True`), as `python -m cicd_db` (or `python
-    SCRIPT`, scripts/migrate.py say) from `cwd`."""
-    assert process or (script is None and cwd == ROOT), "a script or a cwd needs process=True"
+    """`cicd-db ARGS` (`scripts/migrate.py ARGS` with `script=MIGRATE_PY`) with `env` added,
+    to the end: in this process through `cli.main`, or, where a real process matters
+    (`process=True`), as `python -m cicd_db` from `cwd`."""
+    assert script in (None, MIGRATE_PY), script
+    assert process or cwd == ROOT, "another working directory needs process=True"
     if process:
         started = start_cli(*args, env=env, cwd=cwd, script=script)
         try:
@@ -84,7 +94,18 @@ def run_cli(
         contextlib.redirect_stderr(err),
     ):
         try:
-            code = cli.main(list(args))
+            code = (cli.migrate_main if script else cli.main)(list(args))
         except SystemExit as done:  # --help and --version
             code = done.code if isinstance(done.code, int) else 0
     return Run(code, out.getvalue(), err.getvalue())
+
+
+def migrate(database: Database | ConnectionSettings, folder: Path, *args: str) -> Run:
+    """`cicd-db migrate ARGS` on `database` with the files of `folder`, in this process;
+    no password of the database ever in what it prints."""
+    settings = database.settings if isinstance(database, Database) else database
+    result = run_cli(
+        "migrate", "--database-url", settings.url(), "--migrations-dir", str(folder), *args
+    )
+    assert not settings.password or settings.password not in result.out + result.err
+    return result

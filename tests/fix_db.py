@@ -20,6 +20,7 @@ CREATE DATABASE wait) holds up no other test.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 import uuid
@@ -39,6 +40,11 @@ from .utils import MIGRATIONS, ROOT
 
 # The test server holds only throwaway databases: durability buys nothing there.
 UNDURABLE = ("fsync", "synchronous_commit", "full_page_writes")
+
+# Roles belong to the server, not to a database: tests that change ci_app and ci_reader
+# (their LOGIN, their passwords) hold a lock while they run, so that two of them never
+# run at once, in two xdist workers or two sessions on one server.
+SERVER_ROLES = pytest.mark.usefixtures("server_roles")
 
 
 def _embedded() -> EmbeddedServer:
@@ -227,6 +233,16 @@ class Databases:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+
+@pytest.fixture
+def server_roles() -> Iterator[None]:
+    """The lock of the server's roles ci_app and ci_reader, for one test (SERVER_ROLES)."""
+    path = ROOT / ".cicd-db" / "tests-server-roles.lock"
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")

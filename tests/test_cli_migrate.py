@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from .fix_cli import run_cli
+from .fix_cli import MIGRATE_PY, run_cli
 from .fix_db import Database
 from .migrations.shared import THREE
-from .utils import MIGRATIONS, ROOT, write_migrations
+from .utils import MIGRATIONS, write_migrations
 
 SECRET = "s3cret-pass"
 
@@ -20,7 +20,6 @@ def assert_one_line_error(result, code: int, starts: str) -> None:
     assert result.out == ""
     assert len(result.err.splitlines()) == 1, result.err
     assert result.err.startswith("error: " + starts), result.err
-    assert "Traceback" not in result.err
     assert SECRET not in result.err
 
 
@@ -199,27 +198,10 @@ def test_duplicate_version(tmp_path: Path) -> None:
 
 
 def test_scripts_migrate_is_the_same_command(database: Database) -> None:
-    import subprocess
-    import sys
-
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "migrate.py"),
-            "status",
-            "--database-url",
-            database.url,
-            "--migrations-dir",
-            str(MIGRATIONS),
-            "--exit-code",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    assert completed.returncode == 3
-    assert completed.stdout.splitlines()[1].split()[:3] == ["1", "plan_schema", "pending"]
+    args = ["status", "--database-url", database.url, "--migrations-dir", str(MIGRATIONS)]
+    completed = run_cli(*args, "--exit-code", process=True, script=MIGRATE_PY)
+    assert completed.code == 3
+    assert completed.out.splitlines()[1].split()[:3] == ["1", "plan_schema", "pending"]
 
 
 def test_wait_returns_when_the_server_answers(database: Database) -> None:

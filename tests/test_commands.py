@@ -1,7 +1,7 @@
 """The team's commands: migrate new and check, schema dump and diff, up --rehearse, init-local,
 --quiet, --verbose, --dry-run --sql, and the ticking clock on a terminal.
 
-In-process through `cli.main(argv)` where the process does not matter; a real
+In-process through `run_cli` where the process does not matter; a real
 server behind every database test.
 """
 
@@ -12,7 +12,6 @@ import os
 import pty
 import select
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import replace
@@ -22,28 +21,19 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cicd_db import cli, commands, errors, migrations, targets
+from cicd_db import commands, errors, migrations, targets
 from cicd_db.settings import ConnectionSettings
 
-from .fix_db import Database
-from .utils import MIGRATIONS, ROOT, write_migrations
-
-PLAN_SCHEMA = (ROOT / "tests" / "fixtures" / "plan_schema.sql").read_text()
-
-
-def cicd(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
+from .fix_cli import run_cli, start_cli
+from .fix_db import SERVER_ROLES, Database
+from .utils import MIGRATIONS, PLAN_SCHEMA, ROOT, write_migrations
 
 # -- migrate new ------------------------------------------------------------------------
 
 
-def test_new_writes_the_next_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_new_writes_the_next_file(tmp_path: Path) -> None:
     folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n", "0007_b.sql": "SELECT 2;\n"})
-    code, out, _ = cicd(capsys, "migrate", "new", "add_run_index", "--migrations-dir", str(folder))
+    code, out, _ = run_cli("migrate", "new", "add_run_index", "--migrations-dir", str(folder))
     assert code == 0
     created = folder / "0008_add_run_index.sql"
     assert out == f"{created}\n"
@@ -51,21 +41,21 @@ def test_new_writes_the_next_file(tmp_path: Path, capsys: pytest.CaptureFixture[
         "-- add_run_index: what this changes, and why it is safe on a live database.\n"
         "SET lock_timeout = '1s';\nSET statement_timeout = '60s';\n\n"
     )
-    code, out, _ = cicd(capsys, "migrate", "new", "build_index", "--no-transaction", "--json", "--migrations-dir", str(folder))  # fmt: skip
+    code, out, _ = run_cli("migrate", "new", "build_index", "--no-transaction", "--json", "--migrations-dir", str(folder))  # fmt: skip
     assert code == 0
     path = Path(json.loads(out)["path"])
     assert path.name == "0009_build_index.sql"
     assert path.read_text().startswith("-- cicd-db: no-transaction\n")
 
 
-def test_new_in_an_empty_folder_starts_at_0001(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    assert cicd(capsys, "migrate", "new", "first", "--migrations-dir", str(tmp_path))[0] == 0
+def test_new_in_an_empty_folder_starts_at_0001(tmp_path: Path) -> None:  # fmt: skip
+    assert run_cli("migrate", "new", "first", "--migrations-dir", str(tmp_path))[0] == 0
     assert [p.name for p in tmp_path.iterdir()] == ["0001_first.sql"]
 
 
 @pytest.mark.parametrize("name", ["add index", "_private", "semi;colon", ""])
-def test_new_refuses_a_bad_name(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:  # fmt: skip
-    code, out, err = cicd(capsys, "migrate", "new", name, "--migrations-dir", str(tmp_path))
+def test_new_refuses_a_bad_name(tmp_path: Path, name: str) -> None:  # fmt: skip
+    code, out, err = run_cli("migrate", "new", name, "--migrations-dir", str(tmp_path))
     assert (code, out) == (2, "")
     assert err.startswith(f"error: migration name {name!r} may hold only letters, digits")
     assert list(tmp_path.iterdir()) == []
@@ -74,8 +64,8 @@ def test_new_refuses_a_bad_name(tmp_path: Path, capsys: pytest.CaptureFixture[st
 # -- migrate check ----------------------------------------------------------------------
 
 
-def test_check_passes_the_repository(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cicd(capsys, "migrate", "check")
+def test_check_passes_the_repository() -> None:
+    code, out, _ = run_cli("migrate", "check")
     assert code == 0, out
     assert out.splitlines()[-1] == (
         f"checked {len(list(MIGRATIONS.glob('*.sql')))} files (no target: history not compared)"
@@ -83,9 +73,9 @@ def test_check_passes_the_repository(capsys: pytest.CaptureFixture[str]) -> None
     assert "sqlfluff: passed" in out and "squawk (no transaction): passed" in out
 
 
-def test_check_catches_two_branches_taking_one_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_check_catches_two_branches_taking_one_number(tmp_path: Path) -> None:  # fmt: skip
     folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n", "0002_from_main.sql": "SELECT 2;\n", "0002_from_branch.sql": "SELECT 3;\n"})  # fmt: skip
-    code, out, err = cicd(capsys, "migrate", "check", "--no-lint", "--migrations-dir", str(folder))
+    code, out, err = run_cli("migrate", "check", "--no-lint", "--migrations-dir", str(folder))
     assert (code, out) == (2, "")
     assert err == (
         "error: migration files 0002_from_branch.sql and 0002_from_main.sql share version 2; "
@@ -93,21 +83,21 @@ def test_check_catches_two_branches_taking_one_number(tmp_path: Path, capsys: py
     )
 
 
-def test_check_fails_unsafe_files_with_its_own_code(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_fails_unsafe_files_with_its_own_code() -> None:
     folder = ROOT / "tests" / "fixtures" / "unsafe_migrations"
-    code, out, _ = cicd(capsys, "migrate", "check", "--migrations-dir", str(folder))
+    code, out, _ = run_cli("migrate", "check", "--migrations-dir", str(folder))
     assert code == errors.EXIT_LINT
     assert "squawk (in a transaction): FAILED" in out
     assert "0002_plain_index.sql:4:0: warning: require-concurrent-index-creation" in out
 
 
-def test_check_compares_the_history_of_a_named_target(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_check_compares_the_history_of_a_named_target(database: Database, tmp_path: Path) -> None:  # fmt: skip
     folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (id int);\n"})
     target = ["--database-url", database.url, "--migrations-dir", str(folder), "--no-lint"]
-    assert cicd(capsys, "migrate", "up", *target[:4])[0] == 0
-    assert cicd(capsys, "migrate", "check", *target)[0] == 0
+    assert run_cli("migrate", "up", *target[:4])[0] == 0
+    assert run_cli("migrate", "check", *target)[0] == 0
     (folder / "0001_a.sql").write_text("CREATE TABLE a (id bigint);\n")
-    code, out, _ = cicd(capsys, "migrate", "check", *target, "--json")
+    code, out, _ = run_cli("migrate", "check", *target, "--json")
     assert code == errors.EXIT_DISAGREES
     assert json.loads(out)["disagreements"] == [{"version": 1, "name": "a", "state": "edited"}]
 
@@ -115,22 +105,22 @@ def test_check_compares_the_history_of_a_named_target(database: Database, tmp_pa
 # -- schema dump and diff ---------------------------------------------------------------
 
 
-def test_dump_is_stable_and_reviewable(migrated: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_dump_is_stable_and_reviewable(migrated: Database, tmp_path: Path) -> None:  # fmt: skip
     output = tmp_path / "schema.sql"
-    code, out, _ = cicd(capsys, "schema", "dump", "--database-url", migrated.url, "--output", str(output))  # fmt: skip
+    code, out, _ = run_cli("schema", "dump", "--database-url", migrated.url, "--output", str(output))  # fmt: skip
     assert (code, out) == (0, f"schema written to {output}\n")
     text = output.read_text()
     assert "CREATE TABLE public.pipeline_executions (" in text
     assert "cicd_db_schema_history" not in text
     assert "\\restrict" not in text and "Dumped from" not in text
     assert migrated.settings.password not in text
-    assert cicd(capsys, "schema", "dump", "--database-url", migrated.url)[1] == text
+    assert run_cli("schema", "dump", "--database-url", migrated.url)[1] == text
 
 
-def test_dump_of_the_migrations_alone_matches_a_migrated_database(capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_dump_of_the_migrations_alone_matches_a_migrated_database() -> None:  # fmt: skip
     """Without a target: the schema the files make, in a scratch database on the embedded
     server; the same text as a database of that server migrated by `migrate up`."""
-    code, scratch, _ = cicd(capsys, "schema", "dump")
+    code, scratch, _ = run_cli("schema", "dump")
     assert code == 0
     admin = targets.resolve(stack=targets.EMBEDDED).embedded_server().admin_settings()
     name = f"test_{uuid.uuid4().hex[:12]}"
@@ -138,42 +128,42 @@ def test_dump_of_the_migrations_alone_matches_a_migrated_database(capsys: pytest
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         url = replace(admin, database=name).url()
-        assert cicd(capsys, "migrate", "up", "--database-url", url)[0] == 0
-        assert scratch == cicd(capsys, "schema", "dump", "--database-url", url)[1]
+        assert run_cli("migrate", "up", "--database-url", url)[0] == 0
+        assert scratch == run_cli("schema", "dump", "--database-url", url)[1]
     finally:
         with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def test_dump_to_a_path_it_cannot_write(migrated: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_dump_to_a_path_it_cannot_write(migrated: Database, tmp_path: Path) -> None:  # fmt: skip
     target = tmp_path / "no" / "such" / "folder" / "schema.sql"
-    code, out, err = cicd(capsys, "schema", "dump", "--database-url", migrated.url, "-o", str(target))  # fmt: skip
+    code, out, err = run_cli("schema", "dump", "--database-url", migrated.url, "-o", str(target))  # fmt: skip
     assert (code, out) == (2, "")
     assert err == f"error: cannot write {target}: No such file or directory; pick another path\n"
 
 
-def test_up_writes_the_schema_when_asked(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_up_writes_the_schema_when_asked(database: Database, tmp_path: Path) -> None:  # fmt: skip
     folder = write_migrations(tmp_path / "m", {"0001_a.sql": "CREATE TABLE a (id int);\n"})
     output = tmp_path / "schema.sql"
-    code, out, _ = cicd(capsys, "migrate", "up", "--database-url", database.url, "--migrations-dir", str(folder), "--dump-schema", str(output))  # fmt: skip
+    code, out, _ = run_cli("migrate", "up", "--database-url", database.url, "--migrations-dir", str(folder), "--dump-schema", str(output))  # fmt: skip
     assert code == 0
     assert out.splitlines()[-1] == f"schema written to {output}"
     assert "CREATE TABLE public.a (" in output.read_text()
     output.unlink()
-    code, out, _ = cicd(capsys, "migrate", "up", "--json", "--database-url", database.url, "--migrations-dir", str(folder), "--dump-schema", str(output))  # fmt: skip
+    code, out, _ = run_cli("migrate", "up", "--json", "--database-url", database.url, "--migrations-dir", str(folder), "--dump-schema", str(output))  # fmt: skip
     assert (code, json.loads(out)["applied"]) == (0, [])  # stdout stays one JSON document
     assert "CREATE TABLE public.a (" in output.read_text()
 
 
-def test_diff_finds_drift_table_by_table(migrated: Database, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_diff_finds_drift_table_by_table(migrated: Database) -> None:  # fmt: skip
     newest = migrations.discover(MIGRATIONS)[-1].version
-    code, out, _ = cicd(capsys, "schema", "diff", "--database-url", migrated.url)
+    code, out, _ = run_cli("schema", "diff", "--database-url", migrated.url)
     assert code == 0, out
     assert out == f"--database-url against migrations up to version {newest}: no drift\n"
     migrated.execute(
         "ALTER TABLE job_executions ADD COLUMN hotfix text; DROP INDEX pipeline_executions_active"
     )
-    code, out, _ = cicd(capsys, "schema", "diff", "--database-url", migrated.url)
+    code, out, _ = run_cli("schema", "diff", "--database-url", migrated.url)
     assert code == errors.EXIT_DRIFT
     assert out.splitlines() == [
         "unexpected column job_executions.hotfix: text",
@@ -184,19 +174,19 @@ def test_diff_finds_drift_table_by_table(migrated: Database, capsys: pytest.Capt
     ]
 
 
-def test_diff_against_another_database(migrated: Database, database: Database, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    code, out, _ = cicd(capsys, "schema", "diff", "--database-url", migrated.url, "--against", database.url, "--json")  # fmt: skip
+def test_diff_against_another_database(migrated: Database, database: Database) -> None:  # fmt: skip
+    code, out, _ = run_cli("schema", "diff", "--database-url", migrated.url, "--against", database.url, "--json")  # fmt: skip
     assert code == errors.EXIT_DRIFT
     found = json.loads(out)["differences"]
     assert {d["change"] for d in found} == {"unexpected"}
     assert {"pipeline_executions", "stage_executions", "job_executions"} <= {d["table"] for d in found}  # fmt: skip
     assert database.settings.password not in out
-    code, out, _ = cicd(capsys, "schema", "diff", "--database-url", migrated.url, "--against", database.url)  # fmt: skip
+    code, out, _ = run_cli("schema", "diff", "--database-url", migrated.url, "--against", database.url)  # fmt: skip
     assert out.splitlines()[-1].startswith("--database-url against --against: ")
 
 
-def test_a_malformed_against_is_named_as_against(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cicd(capsys, "schema", "diff", "--database-url", "postgresql://u@h/d", "--against", "postgresql://u:Sekr3tPW@h:port/d")  # fmt: skip
+def test_a_malformed_against_is_named_as_against() -> None:
+    code, out, err = run_cli("schema", "diff", "--database-url", "postgresql://u@h/d", "--against", "postgresql://u:Sekr3tPW@h:port/d")  # fmt: skip
     assert (code, out) == (2, "")
     assert err.startswith("error: the --against ")
     assert "Sekr" not in err
@@ -205,12 +195,12 @@ def test_a_malformed_against_is_named_as_against(capsys: pytest.CaptureFixture[s
 # -- up --rehearse ------------------------------------------------------------------------
 
 
-def test_rehearsal_reports_locks_and_changes_nothing(database: Database, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    database.execute(PLAN_SCHEMA)
+def test_rehearsal_reports_locks_and_changes_nothing(database: Database) -> None:  # fmt: skip
+    database.execute(PLAN_SCHEMA.read_text())
     target = ["--database-url", database.url]
-    assert cicd(capsys, "migrate", "baseline", "--version", "1", *target)[0] == 0
+    assert run_cli("migrate", "baseline", "--version", "1", *target)[0] == 0
     before = database.query("SELECT count(*) FROM information_schema.columns")
-    code, out, _ = cicd(capsys, "migrate", "up", "--rehearse", "--json", *target)
+    code, out, _ = run_cli("migrate", "up", "--rehearse", "--json", *target)
     rehearsed = {r["name"]: r for r in json.loads(out)["rehearsed"]}
     # 0022-0024 turn the indexes of the no-transaction files 0017-0020 into constraints:
     # without those indexes they fail, and the rehearsal claims no more than it saw.
@@ -235,10 +225,10 @@ def test_rehearsal_reports_locks_and_changes_nothing(database: Database, capsys:
     ) == [("timestamp without time zone",)]
 
 
-def test_rehearsal_says_when_a_sequence_moved(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_rehearsal_says_when_a_sequence_moved(database: Database, tmp_path: Path) -> None:  # fmt: skip
     database.execute("CREATE SEQUENCE tickets")
     folder = write_migrations(tmp_path, {"0001_take.sql": "SELECT nextval('tickets');\n"})
-    code, out, _ = cicd(capsys, "migrate", "up", "--rehearse", "--database-url", database.url, "--migrations-dir", str(folder))  # fmt: skip
+    code, out, _ = run_cli("migrate", "up", "--rehearse", "--database-url", database.url, "--migrations-dir", str(folder))  # fmt: skip
     assert code == 0
     assert "  advanced sequence public.tickets (the rollback keeps that)" in out.splitlines()
     assert out.splitlines()[-1] == (
@@ -247,17 +237,17 @@ def test_rehearsal_says_when_a_sequence_moved(database: Database, tmp_path: Path
 
 
 @pytest.mark.parametrize("dry_run", [(), ("--dry-run",)], ids=["", "dry-run"])
-def test_rehearsal_on_a_remote_stack_needs_yes(capsys: pytest.CaptureFixture[str], dry_run: tuple[str, ...]) -> None:  # fmt: skip
+def test_rehearsal_on_a_remote_stack_needs_yes(dry_run: tuple[str, ...]) -> None:  # fmt: skip
     """A rehearsal takes the files' locks on the real tables: a write, whatever --dry-run says."""
-    code, _, err = cicd(capsys, "migrate", "up", "--rehearse", *dry_run, "--stack", "prod")
+    code, _, err = run_cli("migrate", "up", "--rehearse", *dry_run, "--stack", "prod")
     assert code == 2
     assert err.startswith("error: stack prod is a remote database; add --yes to rehearse on it")
 
 
 @pytest.mark.parametrize("dry_run", [(), ("--dry-run",)], ids=["", "dry-run"])
-def test_rehearsal_is_refused_through_a_transaction_pooler(capsys: pytest.CaptureFixture[str], dry_run: tuple[str, ...]) -> None:  # fmt: skip
+def test_rehearsal_is_refused_through_a_transaction_pooler(dry_run: tuple[str, ...]) -> None:  # fmt: skip
     url = "postgresql://ci:secret-pass@db-pooler.example.invalid/app"
-    code, _, err = cicd(capsys, "migrate", "up", "--rehearse", *dry_run, "--database-url", url)
+    code, _, err = run_cli("migrate", "up", "--rehearse", *dry_run, "--database-url", url)
     assert code == 2
     assert "is a transaction pooler, where the migration lock does not hold" in err
 
@@ -265,13 +255,13 @@ def test_rehearsal_is_refused_through_a_transaction_pooler(capsys: pytest.Captur
 # -- output: --quiet, --verbose, --dry-run --sql, the ticking clock -------------------------
 
 
-def test_quiet_verbose_and_the_sql_of_a_dry_run(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_quiet_verbose_and_the_sql_of_a_dry_run(database: Database, tmp_path: Path) -> None:  # fmt: skip
     folder = write_migrations(tmp_path, {"0001_note.sql": "DO $$ BEGIN RAISE NOTICE 'hello from 1'; END $$;\n"})  # fmt: skip
     target = ["--database-url", database.url, "--migrations-dir", str(folder)]
-    code, out, _ = cicd(capsys, "migrate", "up", "--dry-run", "--sql", *target)
+    code, out, _ = run_cli("migrate", "up", "--dry-run", "--sql", *target)
     assert code == 0
     assert "-- 0001_note.sql\nDO $$ BEGIN RAISE NOTICE 'hello from 1'; END $$;\n" in out
-    code, out, err = cicd(capsys, "migrate", "up", "--quiet", "--verbose", *target)
+    code, out, err = run_cli("migrate", "up", "--quiet", "--verbose", *target)
     assert (code, out) == (0, "")
     assert err == "  NOTICE: hello from 1\n"
 
@@ -287,17 +277,18 @@ def test_quiet_verbose_and_the_sql_of_a_dry_run(database: Database, tmp_path: Pa
     ],
     ids=["warnings-always", "verbose"],
 )
-def test_server_messages_keep_their_severity(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], verbose: tuple[str, ...], shown: str) -> None:  # fmt: skip
+def test_server_messages_keep_their_severity(database: Database, tmp_path: Path, verbose: tuple[str, ...], shown: str) -> None:  # fmt: skip
     folder = write_migrations(tmp_path, {"0001_say.sql": "DO $$ BEGIN RAISE WARNING E'careful\\nnow'; RAISE INFO 'for your information'; RAISE NOTICE 'note'; END $$;\n"})  # fmt: skip
-    code, out, err = cicd(capsys, "migrate", "up", "--quiet", *verbose, "--database-url", database.url, "--migrations-dir", str(folder))  # fmt: skip
+    code, out, err = run_cli("migrate", "up", "--quiet", *verbose, "--database-url", database.url, "--migrations-dir", str(folder))  # fmt: skip
     assert (code, out, err) == (0, "", shown)
 
 
+@pytest.mark.slow
 def test_a_slow_file_ticks_on_a_terminal_only(database: Database, tmp_path: Path) -> None:
     folder = write_migrations(tmp_path, {"0001_slow.sql": "SELECT pg_sleep(3.5);\n"})
-    command = [sys.executable, "-m", "cicd_db", "migrate", "--database-url", database.url, "--migrations-dir", str(folder)]  # fmt: skip
+    command = ["migrate", "--database-url", database.url, "--migrations-dir", str(folder)]
     main, terminal = pty.openpty()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=terminal, cwd=ROOT)
+    process = start_cli(*command, stdout=subprocess.DEVNULL, stderr=terminal)
     os.close(terminal)
     seen = b""
     deadline = time.monotonic() + 30
@@ -312,18 +303,19 @@ def test_a_slow_file_ticks_on_a_terminal_only(database: Database, tmp_path: Path
     assert process.returncode == 0
     assert b"\r0001_slow.sql: 3 s" in seen or b"\r0001_slow.sql: 2 s" in seen, seen
     database.execute("DROP SCHEMA cicd_db CASCADE")
-    piped = subprocess.run(command, capture_output=True, cwd=ROOT, check=True)
-    assert piped.stderr == b""
+    piped = run_cli(*command, process=True)
+    assert (piped.code, piped.err) == (0, "")
 
 
 # -- init-local -------------------------------------------------------------------------
 
 
-def test_init_local_creates_the_role_and_database_once(server: ConnectionSettings, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+@SERVER_ROLES
+def test_init_local_creates_the_role_and_database_once(server: ConnectionSettings) -> None:  # fmt: skip
     role, name = f"ci_user_{uuid.uuid4().hex[:8]}", f"ci_local_{uuid.uuid4().hex[:8]}"
     admin = ["init-local", "--admin-url", server.url(), "--user", role, "--database", name]
     try:
-        code, out, err = cicd(capsys, *admin, "--password", "first-Pass-123")
+        code, out, err = run_cli(*admin, "--password", "first-Pass-123")
         assert code == 0, err
         assert out.splitlines() == [
             f"role {role} created; database {name} created",
@@ -340,7 +332,7 @@ def test_init_local_creates_the_role_and_database_once(server: ConnectionSetting
                 False, False, True, True,
                 ["TimeZone=UTC", "client_encoding=utf8", "default_transaction_isolation=read committed"],
             )  # fmt: skip
-        code, out, _ = cicd(capsys, *admin, "--show-password", "--json")
+        code, out, _ = run_cli(*admin, "--show-password", "--json")
         assert code == 0
         again = json.loads(out)
         assert (again["created_role"], again["created_database"], again["password_set"]) == (False, False, False)  # fmt: skip
@@ -353,12 +345,13 @@ def test_init_local_creates_the_role_and_database_once(server: ConnectionSetting
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
-def test_init_local_refuses_an_admin_without_the_rights(database: Database, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+@SERVER_ROLES
+def test_init_local_refuses_an_admin_without_the_rights(database: Database) -> None:  # fmt: skip
     role = f"weak_{uuid.uuid4().hex[:8]}"
     database.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'weak-Pass-123'").format(sql.Identifier(role)))  # fmt: skip
     try:
         url = f"postgresql://{role}:weak-Pass-123@{database.settings.host}:{database.settings.port}/{database.settings.database}"  # fmt: skip
-        code, out, err = cicd(capsys, "init-local", "--admin-url", url, "--user", f"x_{role}", "--database", f"x_{role}")  # fmt: skip
+        code, out, err = run_cli("init-local", "--admin-url", url, "--user", f"x_{role}", "--database", f"x_{role}")  # fmt: skip
         assert (code, out) == (2, "")
         assert err == (
             f"error: role {role} of the admin URL may not create roles and databases; use a "

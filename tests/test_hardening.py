@@ -6,9 +6,7 @@ an empty database gets from `migrate up` (compared in the catalogs).
 
 from __future__ import annotations
 
-import re
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,36 +17,18 @@ from psycopg import errors
 
 from cicd_db import schema
 
-from .fix_cli import run_cli
+from .fix_cli import MIGRATE_PY, migrate, run_cli, start_cli
 from .fix_db import Database
-from .utils import MIGRATIONS, ROOT
+from .utils import MIGRATIONS, PLAN_SCHEMA, ROOT
 
-PLAN = ROOT.parent / "shared" / "plan" / "ci-cd-database-plan.md"
-PLAN_SCHEMA = (ROOT / "tests" / "fixtures" / "plan_schema.sql").read_text()
 STARTED = datetime(2026, 1, 2, 3, 4, 5)
 NEWEST = max(int(path.name.split("_", 1)[0]) for path in MIGRATIONS.glob("*.sql"))
-
-
-def test_fixture_is_the_plans_sql() -> None:
-    if not PLAN.is_file():
-        pytest.skip(f"the plan is not beside this checkout ({PLAN}); CI has it")
-    block = re.search(
-        r"Step 3: Define Local Database Schema.*?```sql\n(.*?)```", PLAN.read_text(), re.S
-    )
-    assert block is not None
-    assert block.group(1) == PLAN_SCHEMA
-
-
-def migrate(database: Database, *args: str):
-    result = run_cli("migrate", "--database-url", database.url, *args)
-    assert "Traceback" not in result.err
-    return result
 
 
 def create_by_hand(database: Database) -> None:
     """What a team that followed the plan did: `psql -f` of its schema, then some runs."""
     with database.connect() as conn:
-        conn.execute(PLAN_SCHEMA.encode())
+        conn.execute(PLAN_SCHEMA.read_bytes())
         for pipeline in ("build", "deploy", "build", "deploy"):
             run = conn.execute(
                 "INSERT INTO pipeline_executions (pipeline_name, commit_hash, status, start_time, "
@@ -88,13 +68,13 @@ def test_upgrade_path_keeps_every_row_and_hardens_the_schema(database: Database)
     create_by_hand(database)
     files_before = filenodes(database)
 
-    baseline = migrate(database, "baseline", "--version", "1")
+    baseline = migrate(database, MIGRATIONS, "baseline", "--version", "1")
     assert baseline.code == 0, baseline.err
     assert baseline.out == (
         "baseline: the schema matches migrations up to version 1; recorded "
         "1 migration as applied on --database-url\n"
     )
-    up = migrate(database, "up")
+    up = migrate(database, MIGRATIONS, "up")
     assert up.code == 0, up.err
     assert database.history() == list(range(1, NEWEST + 1))
 
@@ -149,8 +129,8 @@ def test_times_written_in_another_zone_are_refused_until_the_zone_is_named(
             f'ALTER DATABASE "{database.settings.database}" SET timezone = '
             "'Europe/Paris'".encode()
         )
-    assert migrate(database, "baseline", "--version", "1").code == 0
-    refused = migrate(database, "up")
+    assert migrate(database, MIGRATIONS, "baseline", "--version", "1").code == 0
+    refused = migrate(database, MIGRATIONS, "up")
     assert refused.code == 1
     assert "0003_job_times_and_status_default.sql failed" in refused.err
     assert (
@@ -232,8 +212,8 @@ def assert_constraints_hold(database: Database) -> None:
 
 def test_fresh_path_ends_with_the_same_schema(server, database: Database, tmp_path) -> None:
     create_by_hand(database)
-    assert migrate(database, "baseline", "--version", "1").code == 0
-    assert migrate(database, "up").code == 0
+    assert migrate(database, MIGRATIONS, "baseline", "--version", "1").code == 0
+    assert migrate(database, MIGRATIONS, "up").code == 0
 
     fresh = Database(
         database.settings.__class__(
@@ -243,7 +223,7 @@ def test_fresh_path_ends_with_the_same_schema(server, database: Database, tmp_pa
     with psycopg.connect(server.conninfo(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{fresh.settings.database}"'.encode())
     try:
-        assert migrate(fresh, "up").code == 0
+        assert migrate(fresh, MIGRATIONS, "up").code == 0
         with database.connect() as upgraded, fresh.connect() as new:
             upgraded_schema = schema.signature(upgraded, "public")
             fresh_schema = schema.signature(new, "public")
@@ -275,7 +255,7 @@ def test_baseline_refuses_a_schema_that_differs(database: Database) -> None:
     with database.connect() as conn:
         conn.execute("DROP INDEX idx_job_executions")
         conn.execute("ALTER TABLE stage_executions ADD COLUMN note TEXT")
-    result = migrate(database, "baseline", "--version", "1")
+    result = migrate(database, MIGRATIONS, "baseline", "--version", "1")
     assert result.code == 2
     assert result.err == (
         "error: the live schema does not match migrations up to version 1: "
@@ -289,8 +269,8 @@ def test_baseline_refuses_a_schema_that_differs(database: Database) -> None:
 
 
 def test_baseline_refuses_a_database_with_history(database: Database) -> None:
-    assert migrate(database, "up", "--target", "1").code == 0
-    result = migrate(database, "baseline", "--version", "1")
+    assert migrate(database, MIGRATIONS, "up", "--target", "1").code == 0
+    result = migrate(database, MIGRATIONS, "baseline", "--version", "1")
     assert (result.code, result.err) == (
         2,
         "error: this database already has migration history; "
@@ -302,15 +282,15 @@ def test_baseline_refuses_a_database_with_history(database: Database) -> None:
 def test_interrupted_transactional_migration_reruns(database: Database) -> None:
     """0016 waits for a lock a busy client holds: it gives up (lock_timeout) and leaves nothing."""
     create_by_hand(database)
-    assert migrate(database, "baseline", "--version", "1").code == 0
-    assert migrate(database, "up", "--target", "15").code == 0
+    assert migrate(database, MIGRATIONS, "baseline", "--version", "1").code == 0
+    assert migrate(database, MIGRATIONS, "up", "--target", "15").code == 0
     with database.connect() as busy:
         busy.execute("BEGIN")
         busy.execute(
             "INSERT INTO pipeline_executions (pipeline_name, commit_hash) VALUES ('build', 'busy')"
         )
         started = time.monotonic()
-        failed = migrate(database, "up", "--target", "16", "--retries", "0")
+        failed = migrate(database, MIGRATIONS, "up", "--target", "16", "--retries", "0")
         assert time.monotonic() - started < 30
         busy.execute("ROLLBACK")
     assert failed.code == 1
@@ -322,37 +302,26 @@ def test_interrupted_transactional_migration_reruns(database: Database) -> None:
     assert database.history() == list(range(1, 16))
     assert "pipeline_run_counters" not in database.tables()
 
-    again = migrate(database, "up")
+    again = migrate(database, MIGRATIONS, "up")
     assert again.code == 0, again.err
     assert database.history() == list(range(1, NEWEST + 1))
 
 
 def test_interrupted_concurrent_index_reruns(database: Database) -> None:
     """A cancelled CREATE INDEX CONCURRENTLY leaves an invalid index; the rerun replaces it."""
-    assert migrate(database, "up", "--target", "16").code == 0
+    assert migrate(database, MIGRATIONS, "up", "--target", "16").code == 0
     with database.connect() as busy:
         busy.execute("BEGIN")
         busy.execute(
             "INSERT INTO pipeline_executions (pipeline_name, commit_hash) VALUES ('build', 'busy')"
         )
-        runner = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "scripts" / "migrate.py"),
-                "--database-url",
-                database.url,
-                "--migrations-dir",
-                str(MIGRATIONS),
-                "--target",
-                "17",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        runner = start_cli(
+            "--database-url", database.url, "--migrations-dir", str(MIGRATIONS), "--target", "17",
+            script=MIGRATE_PY,
+        )  # fmt: skip
         waiting = database.wait_for(
             "SELECT pid FROM pg_stat_activity WHERE query LIKE 'CREATE UNIQUE INDEX CONCURRENTLY%' "
-            "AND wait_event_type = 'Lock'",
+            "AND wait_event_type = 'Lock' AND datname = current_database()",
             "the index build never started waiting",
         )
         database.query("SELECT pg_cancel_backend(%s)", waiting[0][0])
@@ -368,7 +337,7 @@ def test_interrupted_concurrent_index_reruns(database: Database) -> None:
         "'pipeline_executions_pipeline_run_key'::regclass"
     ) == [(False,)]
 
-    again = migrate(database, "up")
+    again = migrate(database, MIGRATIONS, "up")
     assert again.code == 0, again.err
     assert again.out.splitlines()[0] == (
         "  dropped invalid index pipeline_executions_pipeline_run_key left by an interrupted run"
@@ -380,6 +349,7 @@ def test_interrupted_concurrent_index_reruns(database: Database) -> None:
     ) == [(True,)]
 
 
+@pytest.mark.slow
 def test_lint_gate_passes_the_repository_and_fails_unsafe_migrations() -> None:
     good = subprocess.run(
         ["make", "-s", "lint-sql"], cwd=ROOT, capture_output=True, text=True, check=False

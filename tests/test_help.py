@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from pathlib import Path
 
 import pytest
 
 from cicd_db import cli, commands, migrations
+
+from .fix_cli import MIGRATE_PY, run_cli
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -53,24 +56,19 @@ def test_every_command_is_listed_with_help_text() -> None:
 
 
 @pytest.mark.parametrize("command", every_command(), ids=lambda c: " ".join(c) or "cicd-db")
-def test_help(command: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as done:
-        cli.main([*command, "--help"])
-    assert done.value.code == 0
-    out = capsys.readouterr().out
+def test_help(command: tuple[str, ...]) -> None:
+    code, out, _ = run_cli(*command, "--help")
+    assert code == 0
     assert out.startswith("usage: cicd-db")
     description = out.split("\n\n")[1]
     assert len(description.split()) >= 3, out
 
 
-@pytest.mark.parametrize(
-    ("entry", "argv"), [(cli.main, ["--version"]), (cli.migrate_main, ["--version"])]
-)
-def test_version(entry, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as done:
-        entry(argv)
-    assert done.value.code == 0
-    assert capsys.readouterr().out.split()[1] == "0.1.0"
+@pytest.mark.parametrize("script", [None, MIGRATE_PY], ids=["cicd-db", "migrate.py"])
+def test_version(script: Path | None) -> None:
+    code, out, _ = run_cli("--version", script=script)
+    assert code == 0
+    assert out.split()[1] == "0.1.0"
 
 
 @pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143)])
@@ -107,16 +105,15 @@ def test_options_stand_before_or_after_the_command(only_migrate: bool) -> None:
 
 
 @pytest.mark.parametrize("only_migrate", [False, True], ids=["cicd-db", "migrate.py"])
-def test_an_option_of_up_before_another_command_is_refused(
-    only_migrate: bool, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_an_option_of_up_before_another_command_is_refused(only_migrate: bool) -> None:
     """`migrate --dry-run status`: status has no --dry-run; said, not silently dropped."""
     group = [] if only_migrate else ["migrate"]
-    entry = cli.migrate_main if only_migrate else cli.main
-    assert entry([*group, "--dry-run", "--rehearse", "status"]) == 2
+    script = MIGRATE_PY if only_migrate else None
+    code, _, err = run_cli(*group, "--dry-run", "--rehearse", "status", script=script)
+    assert code == 2
     command = "status" if only_migrate else "migrate status"
     prog = "migrate.py" if only_migrate else "cicd-db"
-    assert capsys.readouterr().err == (
+    assert err == (
         f"error: `{command}` takes no --dry-run, --rehearse; see `{prog} {command} --help`\n"
     )
 

@@ -28,7 +28,7 @@ from psycopg import sql
 from cicd_db import settings as contract
 from cicd_db.settings import ConnectionSettings
 
-from .fix_db import Database
+from .fix_db import SERVER_ROLES, Database
 from .utils import ROOT
 
 INFRA = ROOT / "infra"
@@ -384,6 +384,7 @@ def test_entrypoint_leaves_a_new_volume_and_other_commands_to_the_image(
     assert log.splitlines() == [f"image-entrypoint {' '.join(args)}"]
 
 
+@SERVER_ROLES
 def test_entrypoint_sql_gives_a_kept_cluster_the_stacks_passwords(
     tmp_path: Path, database: Database
 ) -> None:

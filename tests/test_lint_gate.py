@@ -7,16 +7,14 @@ used to stop at sqlfluff's "No dialect was specified", exit 5).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cicd_db import lint
 
-ROOT = Path(__file__).resolve().parents[1]
-CICD_DB = Path(sys.executable).parent / "cicd-db"
+from .fix_cli import run_cli
+from .utils import ROOT
 
 
 def test_the_gates_settings_are_the_repositorys() -> None:
@@ -42,22 +40,12 @@ def test_a_folder_outside_the_repository_is_linted_by_the_projects_rules(
     folder = tmp_path / "migrations"
     folder.mkdir()
     (folder / "0001_t.sql").write_text(text)
-    completed = subprocess.run(
-        [
-            str(CICD_DB),
-            "migrate",
-            "check",
-            "--migrations-dir",
-            "migrations" if relative else str(folder),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    directory = "migrations" if relative else str(folder)
+    completed = run_cli(
+        "migrate", "check", "--migrations-dir", directory, process=True, cwd=tmp_path, timeout=120
     )
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == code, output
+    output = completed.out + completed.err
+    assert completed.code == code, output
     assert "dialect" not in output
     if finding is not None:
         assert finding in output

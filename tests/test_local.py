@@ -8,8 +8,6 @@ import json
 import os
 import select
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,8 +22,8 @@ from psycopg import sql
 
 from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings, from_url
 
-from .fix_cli import run_cli
-from .utils import ROOT
+from .fix_cli import run_cli, start_cli
+from .fix_db import SERVER_ROLES
 
 
 @dataclass(frozen=True)
@@ -33,6 +31,9 @@ class Names:
     admin: str
     user: str
     database: str
+
+
+pytestmark = SERVER_ROLES
 
 
 @pytest.fixture
@@ -170,14 +171,7 @@ def test_a_run_cut_off_after_creating_the_role_is_finished_by_the_next(
         holder.execute("BEGIN")
         # CREATE DATABASE takes a SHARE lock on its template: this makes it wait.
         holder.execute("COMMENT ON DATABASE template1 IS NULL")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cicd_db", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env=dict(os.environ),
-        )
+        process = start_cli(*args)
         deadline, waiting = time.monotonic() + 60, None
         while waiting is None and time.monotonic() < deadline:
             # Not from the holder: its transaction would see one snapshot of the activity.

@@ -7,7 +7,6 @@ import os
 import pty
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from cicd_db import retention
 from cicd_db.errors import OperationalError, UsageError
 from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, PipelineRun, Store
 
-from .fix_cli import run_cli
+from .fix_cli import run_cli, start_cli
 from .fix_db import Database
 
 NOW = datetime.now(UTC)
@@ -387,12 +386,8 @@ def test_an_interrupt_leaves_whole_runs_and_says_how_far_it_got(
         record(executions, "build", days_ago=days)
     # The second batch (one run each) sleeps as its jobs go: interrupted there.
     when_its_jobs_go(migrated, 1, "PERFORM pg_sleep(60);")
-    command = [sys.executable, "-m", "cicd_db", "retention", "--keep-days", "30"]
-    process = subprocess.Popen(
-        [*command, "--batch-size", "1", "--database-url", migrated.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_cli(
+        "retention", "--keep-days", "30", "--batch-size", "1", "--database-url", migrated.url
     )
     migrated.wait_for(
         "SELECT FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
@@ -418,10 +413,17 @@ def test_an_interrupt_leaves_whole_runs_and_says_how_far_it_got(
 def test_a_progress_bar_on_a_terminal_only(migrated: Database, executions: Store) -> None:
     for days in (40, 41):
         record(executions, "build", days_ago=days, stages=1, jobs=1)
-    command = [sys.executable, "-m", "cicd_db", "retention", "--keep-days", "30"]
-    command += ["--batch-size", "1", "--database-url", migrated.url]
+    command = [
+        "retention",
+        "--keep-days",
+        "30",
+        "--batch-size",
+        "1",
+        "--database-url",
+        migrated.url,
+    ]
     main, terminal = pty.openpty()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=terminal)
+    process = start_cli(*command, stdout=subprocess.DEVNULL, stderr=terminal)
     os.close(terminal)
     seen = b""
     while True:
@@ -439,5 +441,5 @@ def test_a_progress_bar_on_a_terminal_only(migrated: Database, executions: Store
     assert b"\r[##############################] 2/2 runs" in seen, seen
     assert seen.endswith(b"\r\x1b[K"), seen
     record(executions, "build", days_ago=40, stages=1, jobs=1)
-    piped = subprocess.run(command, capture_output=True, check=True)
-    assert piped.stderr == b""
+    piped = run_cli(*command, process=True)
+    assert (piped.code, piped.err) == (0, "")

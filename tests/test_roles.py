@@ -26,11 +26,11 @@ from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings
 from cicd_db.store import RUNNING, SUCCESS, Store
 
 from .fix_cli import run_cli
-from .fix_db import Database, Databases
+from .fix_db import SERVER_ROLES, Database, Databases
 from .test_report import GOLDEN, SUFFIX, VIEWS, record
 from .utils import MIGRATIONS, write_migrations
 
-pytestmark = pytest.mark.db
+pytestmark = [pytest.mark.db, SERVER_ROLES]
 
 
 @dataclass(frozen=True)

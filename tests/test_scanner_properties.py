@@ -174,6 +174,7 @@ def planned(data: bytes, *, transactional: bool = True) -> list[bytes]:
     ]
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(st.data())
 def test_the_runners_statements_are_the_files(data: st.DataObject) -> None:
@@ -198,6 +199,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(st.data(), st.sampled_from(REFUSED))
 def test_what_may_not_run_is_refused_wherever_it_stands(

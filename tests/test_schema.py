@@ -29,7 +29,7 @@ from cicd_db import errors, schema
 from cicd_db.embedded import wheel_bin_dir
 from cicd_db.settings import ConnectionSettings
 
-from .fix_cli import run_cli
+from .fix_cli import Run, migrate, run_cli
 from .fix_db import Database, Databases
 from .utils import write_migrations
 
@@ -254,8 +254,8 @@ def compared(server: ConnectionSettings, databases: Databases, tmp_path_factory:
             live.execute(change.statement)
             after = pg_dump(live)
             dump_changed[change.kind], before = after != before, after
-        against = migrate(live, folder, "diff", "--against", expected.url)
-        drift = migrate(live, folder, "diff")
+        against = diff(live, folder, "--against", expected.url)
+        drift = diff(live, folder)
         yield Compared(
             dump_changed,
             (against.code, against.out.splitlines()),
@@ -269,12 +269,8 @@ def compared(server: ConnectionSettings, databases: Databases, tmp_path_factory:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(READER)))
 
 
-def migrate(database: Database, folder: Path, command: str, *args: str):  # type: ignore[no-untyped-def]
-    group = ["schema"] if command == "diff" else ["migrate"]
-    where = ["--database-url", database.url, "--migrations-dir", str(folder)]
-    result = run_cli(*group, command, *where, *args)
-    assert "Traceback" not in result.err
-    return result
+def diff(database: Database, folder: Path, *args: str) -> Run:
+    return run_cli("schema", "diff", "--database-url", database.url, "--migrations-dir", str(folder), *args)  # fmt: skip
 
 
 def reported(lines: list[str], change: Change) -> list[str]:
@@ -282,12 +278,14 @@ def reported(lines: list[str], change: Change) -> list[str]:
     return [want for want in change.reported if not any(line.startswith(want) for line in lines)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", CHANGES, ids=[c.kind for c in CHANGES])
 def test_pg_dump_sees_the_change(compared: Compared, change: Change) -> None:
     """The oracle: each change alters `pg_dump --schema-only`, so it is schema."""
     assert compared.dump_changed[change.kind]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", CHANGES, ids=[c.kind for c in CHANGES])
 def test_diff_against_another_database_reports_it(compared: Compared, change: Change) -> None:
     code, lines = compared.against
@@ -295,6 +293,7 @@ def test_diff_against_another_database_reports_it(compared: Compared, change: Ch
     assert reported(lines, change) == [], lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", CHANGES, ids=[c.kind for c in CHANGES])
 def test_drift_reports_it(compared: Compared, change: Change) -> None:
     code, lines = compared.drift
@@ -302,6 +301,7 @@ def test_drift_reports_it(compared: Compared, change: Change) -> None:
     assert reported(lines, change) == [], lines
 
 
+@pytest.mark.slow
 def test_each_difference_is_one_change(compared: Compared) -> None:
     """Nothing reported that no change made: every line is one a change expects."""
     wanted = [want for change in CHANGES for want in change.reported]
@@ -311,6 +311,7 @@ def test_each_difference_is_one_change(compared: Compared) -> None:
         assert verdict.endswith(f": {len(found)} differences")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", CHANGES, ids=[c.kind for c in CHANGES])
 def test_baseline_refuses_it(databases: Databases, compared: Compared, tmp_path: Path, change: Change) -> None:  # fmt: skip
     """A database made by hand from BASE, with this one change: baseline refuses it,
@@ -331,6 +332,7 @@ def test_baseline_refuses_it(databases: Databases, compared: Compared, tmp_path:
         databases.drop(database)
 
 
+@pytest.mark.slow
 def test_an_unchanged_copy_has_no_differences(compared: Compared, databases: Databases, tmp_path: Path) -> None:  # fmt: skip
     """The other side of the oracle: what pg_dump cannot tell apart, the diff does not either,
     though the scratch schema and the live one have different names."""
@@ -339,7 +341,7 @@ def test_an_unchanged_copy_has_no_differences(compared: Compared, databases: Dat
     try:
         result = migrate(database, folder, "baseline", "--version", "1")
         assert result.code == 0, result.err
-        assert migrate(database, folder, "diff").code == 0
+        assert diff(database, folder).code == 0
     finally:
         databases.drop(database)
 

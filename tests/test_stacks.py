@@ -17,9 +17,9 @@ import pytest
 
 from cicd_db import migrations
 
-from .fix_cli import run_cli
+from .fix_cli import MIGRATE_PY, run_cli
 from .fix_db import Database
-from .utils import MIGRATIONS, ROOT
+from .utils import MIGRATIONS
 
 # What the real CLI (3.226.1 and later) prints and its exit codes, for each failure.
 STUB = f"""#!{sys.executable}
@@ -79,31 +79,15 @@ def deploy(stub: dict[str, str], stack: str, outputs: dict[str, object]) -> None
     (Path(stub["STUB_OUTPUTS"]) / f"{stack}.json").write_text(json.dumps(outputs, indent=4))
 
 
-def migrate_script(*args: str, env: dict[str, str]):
-    import subprocess
-
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "migrate.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        check=False,
-    )
-    return completed
-
-
 @pytest.mark.parametrize("flags", [["--stack", "dev"], ["--local"]], ids=["stack-dev", "local"])
 def test_dev_stack_outputs_pick_the_database(stub, database: Database, flags) -> None:
     deploy(stub, "dev", database.settings.outputs())
-    completed = migrate_script(*flags, env=stub)
-    assert completed.returncode == 0, completed.stderr
+    completed = run_cli(*flags, env=stub, process=True, script=MIGRATE_PY)
+    assert completed.code == 0, completed.err
     count = len(migrations.discover(MIGRATIONS))
-    assert completed.stdout.splitlines()[-1].startswith(
-        f"applied {count} migrations to stack dev in "
-    )
+    assert completed.out.splitlines()[-1].startswith(f"applied {count} migrations to stack dev in ")
     assert database.history() == list(range(1, count + 1))
-    assert database.settings.password not in completed.stdout + completed.stderr
+    assert database.settings.password not in completed.out + completed.err
 
 
 def test_prod_prefers_the_migration_url(stub, database: Database) -> None:

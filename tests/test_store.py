@@ -335,11 +335,6 @@ def test_paging_returns_each_run_exactly_once(schema: Database, executions: Stor
     assert len(seen) == len(set(seen)) == 1000
 
 
-def test_the_store_needs_autocommit(schema: Database) -> None:
-    with psycopg.connect(schema.settings.conninfo()) as conn, pytest.raises(ValueError):
-        Store.on(conn)
-
-
 # -- races -------------------------------------------------------------------------------
 #
 # Each trial sets up a run, then two writers, each on its own connection, go at once from
@@ -608,6 +603,7 @@ def test_the_store_says_why_it_needs_autocommit(schema: Database) -> None:
 # -- cancel against starters -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cancel_run_succeeds_while_its_stages_and_jobs_start(schema: Database) -> None:
     """Five writers start stages and jobs while a sixth cancels the run: the cancel always
     succeeds, and no completion (the run's, a stage's, a job's) precedes a start below it.

@@ -14,13 +14,13 @@ from collections import Counter
 from typing import Any
 
 import psycopg
+import pytest
 from bench import workload
 
 from .fix_cli import run_cli
 from .fix_db import Database
-from .utils import MIGRATIONS, ROOT
+from .utils import MIGRATIONS, PLAN_SCHEMA
 
-PLAN_SCHEMA = (ROOT / "tests" / "fixtures" / "plan_schema.sql").read_bytes()
 NEWEST = max(int(path.name.split("_", 1)[0]) for path in MIGRATIONS.glob("*.sql"))
 RUNS, PIPELINES = 400, 7
 
@@ -56,9 +56,10 @@ class Writer(threading.Thread):
                     self.errors[f"{error.sqlstate}: {str(error).splitlines()[0]}"] += 1
 
 
+@pytest.mark.slow
 def test_upgrade_while_writers_write_keeps_every_row(database: Database) -> None:
     with database.connect() as conn:
-        conn.execute(PLAN_SCHEMA)
+        conn.execute(PLAN_SCHEMA.read_bytes())
         workload.load(conn, RUNS, PIPELINES)
     baseline = run_cli("migrate", "--database-url", database.url, "baseline", "--version", "1")
     assert baseline.code == 0, baseline.err

@@ -8,6 +8,8 @@ from cicd_db import migrations
 
 ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS = ROOT / "db" / "migrations"
+# The schema a team that followed the plan made by hand: migration 0001 is it, as written.
+PLAN_SCHEMA = MIGRATIONS / "0001_plan_schema.sql"
 
 
 def write_migrations(folder: Path, files: dict[str, str]) -> Path:

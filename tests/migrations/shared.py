@@ -1,12 +1,10 @@
-"""What the runner's tests share: files, queries, and one way to run `migrate`."""
+"""What the runner's tests share: files, queries, and `migrate up --rehearse`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cicd_db.settings import ConnectionSettings
-
-from ..fix_cli import run_cli
+from ..fix_cli import Run, migrate
 from ..fix_db import Database
 
 THREE = {
@@ -40,18 +38,5 @@ MENTIONS = {
 }
 
 
-def migrate(
-    database: Database | ConnectionSettings, folder: Path, *args: str
-) -> tuple[int, str, str]:
-    """`cicd-db migrate ARGS` on `database` with the files of `folder`, in this process
-    (tests/conftest.py's run_cli); no password of the database ever in what it prints."""
-    settings = database.settings if isinstance(database, Database) else database
-    result = run_cli(
-        "migrate", "--database-url", settings.url(), "--migrations-dir", str(folder), *args
-    )
-    assert not settings.password or settings.password not in result.out + result.err
-    return result.code, result.out, result.err
-
-
-def rehearse(database: Database, folder: Path, *args: str) -> tuple[int, str, str]:
+def rehearse(database: Database, folder: Path, *args: str) -> Run:
     return migrate(database, folder, "up", "--rehearse", *args)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,11 +14,10 @@ import pytest
 from cicd_db import migrations
 from cicd_db.errors import Interrupted, MigrationFailed, MigrationRefused, Terminated
 
+from ..fix_cli import migrate, start_cli
 from ..fix_db import Database
-from ..utils import MIGRATIONS, ROOT, unscanned, write_migrations
-from .shared import RUNNER_SLEEPING, THREE, migrate
-
-CLI = [sys.executable, "-m", "cicd_db", "migrate"]
+from ..utils import MIGRATIONS, unscanned, write_migrations
+from .shared import RUNNER_SLEEPING, THREE
 
 
 def _interrupt_when_sleeping(
@@ -187,14 +184,10 @@ def test_interrupt_rolls_back_releases_the_lock_and_says_so(
             "0003_after.sql": "CREATE TABLE after (id int);\n",
         },
     )
-    runner = subprocess.Popen(
-        [*CLI, "--database-url", database.url, "--migrations-dir", str(folder)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
+    runner = start_cli(
+        "migrate", "--database-url", database.url, "--migrations-dir", str(folder),
         preexec_fn=lambda: signal.signal(signal.SIGINT, inherited),
-    )
+    )  # fmt: skip
     database.wait_for(
         RUNNER_SLEEPING,
         "the slow migration never started",
@@ -211,6 +204,7 @@ def test_interrupt_rolls_back_releases_the_lock_and_says_so(
     # The query was cancelled and the lock released: nothing of the runner is left.
     assert database.query(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         " UNION ALL SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
         " AND datname = current_database()"
     ) == [(0,), (0,)]
@@ -254,21 +248,10 @@ def test_lock_timeouts_are_retried_until_the_file_applies(
     with database.connect() as holder:
         holder.execute("BEGIN")
         holder.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
-        runner = subprocess.Popen(
-            [
-                *CLI,
-                "--database-url",
-                database.url,
-                "--retries",
-                "20",
-                "--migrations-dir",
-                f"{folder}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
+        runner = start_cli(
+            "migrate", "--database-url", database.url, "--retries", "20",
+            "--migrations-dir", f"{folder}",
+        )  # fmt: skip
         # Let it fail and retry twice, then let go of the table.
         assert runner.stderr is not None
         first_two = [runner.stderr.readline().rstrip("\n") for _ in range(2)]

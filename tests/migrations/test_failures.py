@@ -13,9 +13,10 @@ from psycopg import sql
 
 from cicd_db.settings import ConnectionSettings
 
+from ..fix_cli import migrate
 from ..fix_db import Database
 from ..utils import write_migrations
-from .shared import migrate, without_escape_warnings
+from .shared import without_escape_warnings
 
 # A trigger that fails as PostgreSQL fails for want of a privilege, so that the advice
 # names the role without a second role; deferred, it fails at COMMIT.

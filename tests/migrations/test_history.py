@@ -22,10 +22,10 @@ from psycopg import sql
 from cicd_db import migrations
 from cicd_db.errors import ConfigError
 
-from ..fix_cli import run_cli
+from ..fix_cli import migrate, run_cli
 from ..fix_db import Database
 from ..utils import write_migrations
-from .shared import THREE, migrate
+from .shared import THREE
 
 # Each moves where an unqualified name goes for the next run's session.
 MOVES_THE_SEARCH_PATH = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,11 +17,13 @@ from psycopg import sql
 
 from cicd_db import migrations
 
+from ..fix_cli import MIGRATE_PY, migrate, start_cli
 from ..fix_db import Database
-from ..utils import ROOT, write_migrations
-from .shared import RUNNER_SLEEPING, THREE, migrate
+from ..utils import write_migrations
+from .shared import RUNNER_SLEEPING, THREE
 
 
+@pytest.mark.slow
 def test_eight_runners_at_once_apply_each_migration_once(
     database: Database, tmp_path: Path
 ) -> None:
@@ -32,18 +33,8 @@ def test_eight_runners_at_once_apply_each_migration_once(
             f"INSERT INTO log VALUES ({version});\nSELECT pg_sleep(0.02);\n"
         )
     folder = write_migrations(tmp_path, files)
-    command = [
-        sys.executable,
-        str(ROOT / "scripts" / "migrate.py"),
-        "--database-url",
-        database.url,
-        "--migrations-dir",
-        str(folder),
-    ]
-    runners = [
-        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(8)
-    ]
+    command = ["--database-url", database.url, "--migrations-dir", str(folder)]
+    runners = [start_cli(*command, script=MIGRATE_PY) for _ in range(8)]
     outcomes = [(runner.communicate(timeout=60)[1], runner.returncode) for runner in runners]
     assert outcomes == [("", 0)] * 8
     assert database.history() == list(range(1, 11))
@@ -63,18 +54,10 @@ def test_runner_killed_mid_migration_leaves_nothing_and_next_run_completes(
             "SELECT pg_sleep(60);\n",
         },
     )
-    runner = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "migrate.py"),
-            "--database-url",
-            database.url,
-            "--migrations-dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    runner = start_cli(
+        "--database-url", database.url, "--migrations-dir", str(folder),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, script=MIGRATE_PY,
+    )  # fmt: skip
     database.wait_for(
         RUNNER_SLEEPING,
         "the slow migration never started",

@@ -12,9 +12,10 @@ from psycopg import sql
 from cicd_db import migrations
 from cicd_db.errors import MigrationFailed
 
+from ..fix_cli import migrate
 from ..fix_db import Database
 from ..utils import unscanned, write_migrations
-from .shared import THREE, migrate, without_escape_warnings
+from .shared import THREE, without_escape_warnings
 
 # The second file fails if anything of the first one's session is still there.
 NOTHING_LEFT_OF_THE_FIRST = """DO $check$BEGIN

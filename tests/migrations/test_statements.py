@@ -9,9 +9,10 @@ import pytest
 from cicd_db import migrations
 from cicd_db.errors import ConfigError
 
+from ..fix_cli import migrate
 from ..fix_db import Database
 from ..utils import write_migrations
-from .shared import MEBIBYTE, MENTIONS, migrate
+from .shared import MEBIBYTE, MENTIONS
 
 
 def test_no_transaction_file_must_hold_one_statement(tmp_path: Path) -> None:
