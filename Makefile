@@ -66,12 +66,17 @@ lint: lint-sql
 lint-sql: $(STAMP)
 	$(BIN)/cicd-db migrate check --migrations-dir $(MIGRATIONS)
 
+# Two processes share the machine's two cores, each test module in one of them
+# (docs/testing.md); PYTEST_WORKERS=0 runs the tests in this process, as plain pytest does.
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+
 test: lint
-	$(BIN)/pytest
+	$(PYTEST)
 
 # Only the database tests, against another server: TEST_PG_BIN_DIR=/usr/lib/postgresql/15/bin
 test-db: $(STAMP)
-	$(BIN)/pytest -m db
+	$(PYTEST) -m db
 
 # Mutation testing (docs/testing.md); not part of `make test`: tens of minutes.
 # mutmut runs pytest inside mutants/, so the tests get the test server of this
