@@ -64,6 +64,7 @@ def test_new_refuses_a_bad_name(tmp_path: Path, name: str) -> None:  # fmt: skip
 # -- migrate check ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_check_passes_the_repository() -> None:
     code, out, _ = run_cli("migrate", "check")
     assert code == 0, out

@@ -191,6 +191,7 @@ def test_a_file_that_starts_with_copy_data_is_one_transaction(
     assert database.query("SELECT count(*) FROM t") == [(1 if applied and "COPY" in text else 0,)]
 
 
+@pytest.mark.slow
 def test_large_file_in_several_batches(database: Database, tmp_path: Path) -> None:
     """Larger than one batch: every statement runs once, in one transaction."""
     rows = "".join(f"INSERT INTO t VALUES ({i}, 'row; {i}');\n" for i in range(40_000))
