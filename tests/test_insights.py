@@ -44,8 +44,10 @@ from cicd_db.insights import (
 )
 from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, Store
 
-from .conftest import ROOT, Database, run_cli
+from .fix_cli import run_cli
+from .fix_db import Database
 from .test_report import display_width
+from .utils import ROOT
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 FINISHED = (SUCCESS, FAILED)
