@@ -135,6 +135,12 @@ def test_status_names_each_state_and_when_it_was_applied(
         (3, "seed", "missing", applied_at[3]),
         (4, "later", "pending", None),
     ]
+    # The file of an applied version under another name: renamed (mutation testing
+    # found no test naming this state).
+    (folder / "0001_people.sql").rename(folder / "0001_persons.sql")
+    with database.connect() as conn:
+        rows = migrations.Runner(conn, migrations.discover(folder)).status()
+    assert (rows[1].version, rows[1].name, rows[1].state) == (1, "persons", "renamed")
 
 
 def test_status_on_a_new_database_calls_version_0_pending(
