@@ -35,6 +35,7 @@ from cicd_db.settings import (
 )
 
 # The comment on a role init() made and has not finished (see the module docstring).
+INIT_LOCK_KEY = 0x6369_6364_2D69_6E  # "cicd-in": one init-local at a time
 UNFINISHED = "cicd-db init-local: not finished; its password was never shown"
 
 
@@ -83,7 +84,38 @@ def init(
     NOLOGIN where they were missing), gets LOGIN and its password, given or
     generated; an existing login role is left as it is unless a password is given. Their
     privileges are the migrations' grants, made by `cicd-db migrate`.
+
+    One init-local at a time per server (an advisory lock on the admin connection):
+    two at once would each take the role the other is still making for one a stopped
+    run left, and set its password again under it.
     """
+    admin.execute("SELECT pg_catalog.pg_advisory_lock(%s)", [INIT_LOCK_KEY])
+    try:
+        return _init(
+            admin,
+            server,
+            password,
+            user=user,
+            database=database,
+            app_password=app_password,
+            reader_password=reader_password,
+        )
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            admin.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [INIT_LOCK_KEY])
+
+
+def _init(
+    admin: psycopg.Connection[Any],
+    server: ConnectionSettings,
+    password: str | None,
+    *,
+    user: str = LOCAL_USER,
+    database: str = LOCAL_DATABASE,
+    app_password: str | None = None,
+    reader_password: str | None = None,
+) -> Prepared:
+    """`init`, under its lock."""
     row = admin.execute(
         "SELECT rolsuper, rolcreaterole, rolcreatedb, current_user FROM pg_roles "
         "WHERE rolname = current_user"
