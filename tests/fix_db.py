@@ -181,16 +181,26 @@ class Database:
 
 
 class Databases:
-    """Makes and drops databases on the session's server, through one admin connection
-    (a connection a test cut is made again)."""
+    """Makes and drops databases on the session's server through an admin connection kept
+    for `RENEW_AFTER` statements: a connection per statement costs a login each time,
+    and one backend for the whole session did the copying of every database and was
+    once ended by the machine's limit on a process's CPU time (SIGXCPU), which
+    restarts the server under every test."""
+
+    RENEW_AFTER = 50
 
     def __init__(self, server: ConnectionSettings) -> None:
         self.server = server
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._statements = 0
 
     def _run(self, query: sql.Composable) -> None:
+        if self._conn is not None and self._statements >= self.RENEW_AFTER:
+            self._conn.close()
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(self.server.conninfo(), autocommit=True)
+            self._statements = 0
+        self._statements += 1
         self._conn.execute(query)
 
     def create(
