@@ -14,7 +14,6 @@ loaded database (kept between benches) is never pruned itself."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import queue
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -28,7 +27,7 @@ from cicd_db.settings import ConnectionSettings
 
 from . import report
 from .common import Databases, Table, drop_database, one, percentile, say
-from .upgrade_under_load import PHASES, WriterReport, copy_database, writer
+from .upgrade_under_load import PHASES, copy_database, gather, writer
 from .workload import TABLES
 
 COPY = "bench_retention"
@@ -144,15 +143,7 @@ def _prune_under_load(target: ConnectionSettings, writers: int, before: float) -
         time.sleep(1)
     finally:
         stop.value = 1
-        reports: dict[int, WriterReport] = {}
-        while len(reports) < len(processes):
-            try:
-                number, writer_report = results.get(timeout=60)
-            except queue.Empty:
-                break
-            reports[number] = writer_report
-        for process in processes:
-            process.join(timeout=10)
+        reports = gather(results, processes)
 
     waits = {name: [w for r in reports.values() for w in r.waits[name]] for name in PHASES}
     errors = sum(sum(sum(c.values()) for c in r.errors.values()) for r in reports.values())

@@ -237,6 +237,21 @@ def writer(
     results.put((number, report))
 
 
+def gather(results: Any, processes: list[Any]) -> dict[int, WriterReport]:
+    """The writers' reports, by number, once each process has sent its own (a minute at
+    most each), and the processes joined."""
+    reports: dict[int, WriterReport] = {}
+    while len(reports) < len(processes):
+        try:
+            number, report = results.get(timeout=60)
+        except queue.Empty:
+            break
+        reports[number] = report
+    for process in processes:
+        process.join(timeout=10)
+    return reports
+
+
 # -- lock sampling and the runner ---------------------------------------------------------
 
 
@@ -497,15 +512,7 @@ def main() -> int:
     phase.value = 2
     time.sleep(args.after)
     stop.value = 1
-    reports: dict[int, WriterReport] = {}
-    while len(reports) < len(writers):
-        try:
-            number, report = results.get(timeout=60)
-        except queue.Empty:
-            break
-        reports[number] = report
-    for process in writers:
-        process.join(timeout=10)
+    reports = gather(results, writers)
     sampler.done.set()
     sampler.join()
     upgrade_ok = all(entry.ended for entry in timeline)

@@ -24,7 +24,6 @@ ever added. Rendering: `render` (table, json, yaml) here, `html` in insights_htm
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +34,8 @@ import psycopg
 from psycopg import errors, sql
 
 from cicd_db.errors import ConfigError, NotFound, UsageError
-from cicd_db.report import WIDTH, _fit, _yaml_dumper, grid
+from cicd_db.report import WIDTH, _fit, grid, structured
+from cicd_db.report import seconds_text as _secs
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 3660
@@ -556,14 +556,8 @@ def data(result: Insights) -> dict[str, Any]:
 
 def render(result: Insights, output_format: str) -> str:
     """The insights as text in `output_format`: table, json, yaml or html."""
-    if output_format == "json":
-        return json.dumps(data(result), indent=2) + "\n"
-    if output_format == "yaml":
-        import yaml
-
-        return str(
-            yaml.dump(data(result), Dumper=_yaml_dumper(), sort_keys=False, allow_unicode=True)
-        )
+    if output_format in ("json", "yaml"):
+        return structured(data(result), output_format)
     if output_format == "html":
         from cicd_db import insights_html  # imports pygal: only the html format pays for it
 
@@ -600,21 +594,22 @@ def sparkline(values: Sequence[float | None], width: int) -> str:
     )
 
 
+def job_cells(job: JobFigures) -> list[str]:
+    """A job's figures as the table and the page show them, in their column order."""
+    return [
+        job.stage,
+        job.job,
+        str(job.runs),
+        _percent(job.failure_rate),
+        str(job.allowed_failures),
+        str(job.flaky_commits),
+        _secs(job.duration_p50_seconds),
+        _secs(job.duration_p95_seconds),
+    ]
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
-
-
-def _secs(value: float | None) -> str:
-    """A duration as the report views write one: 42.5s, 3m 07s, 2h 05m."""
-    if value is None:
-        return "-"
-    if value < 60:
-        return f"{value:.1f}s"
-    minutes, second = divmod(int(value), 60)
-    if minutes < 60:
-        return f"{minutes}m {second:02d}s"
-    hours, minute = divmod(minutes, 60)
-    return f"{hours}h {minute:02d}m"
 
 
 def _title(result: Insights) -> str:
@@ -690,19 +685,7 @@ def table(result: Insights) -> str:
             "",
             *grid(
                 ["STAGE", "JOB", "RUNS", "FAILED", "ALLOWED", "FLAKY", "P50", "P95"],
-                [
-                    [
-                        j.stage,
-                        j.job,
-                        str(j.runs),
-                        _percent(j.failure_rate),
-                        str(j.allowed_failures),
-                        str(j.flaky_commits),
-                        _secs(j.duration_p50_seconds),
-                        _secs(j.duration_p95_seconds),
-                    ]
-                    for j in r.jobs[:MAX_JOBS]
-                ],
+                [job_cells(j) for j in r.jobs[:MAX_JOBS]],
             ),
         ]
         if len(r.jobs) > MAX_JOBS:

@@ -20,10 +20,11 @@ from cicd_db.insights import (
     PipelineInsights,
     Summary,
     _percent,
-    _secs,
     _title,
     data,
+    job_cells,
 )
+from cicd_db.report import seconds_text as _secs
 
 COLORS = {"success": "#2e9e44", "failed": "#d1342f", "cancelled": "#9a9a9a", "running": "#3b7dd8"}
 TOP = 10  # jobs a chart shows
@@ -189,19 +190,7 @@ def _pipeline_body(r: PipelineInsights) -> str:
                     "p50",
                     "p95",
                 ],
-                [
-                    [
-                        j.stage,
-                        j.job,
-                        str(j.runs),
-                        _percent(j.failure_rate),
-                        str(j.allowed_failures),
-                        str(j.flaky_commits),
-                        _secs(j.duration_p50_seconds),
-                        _secs(j.duration_p95_seconds),
-                    ]
-                    for j in r.jobs
-                ],
+                [job_cells(j) for j in r.jobs],
             ),
         )
     )

@@ -89,134 +89,124 @@ def init(
     two at once would each take the role the other is still making for one a stopped
     run left, and set its password again under it.
     """
+    with _one_at_a_time(admin):
+        row = admin.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb, current_user FROM pg_roles "
+            "WHERE rolname = current_user"
+        ).fetchone()
+        if row is None or not (row[0] or (row[1] and row[2])):
+            who = row[3] if row else "the admin role"
+            raise ConfigError(
+                f"role {who} of the admin URL may not create roles and databases; use a superuser "
+                "(the installer's postgres) or a role with CREATEROLE and CREATEDB"
+            )
+        superuser, who = bool(row[0]), str(row[3])
+        role = sql.Identifier(user)
+        existing = admin.execute(
+            "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil <= now(), "
+            "shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s FROM pg_roles "
+            "WHERE rolname = %s",
+            [UNFINISHED, user],
+        ).fetchone()
+        if existing is not None:
+            _refuse_unusable(user, *existing[:4])
+        created_role = existing is None
+        # Ours, from a run that stopped before it finished: its password was never shown.
+        unfinished = existing is not None and bool(existing[4])
+        made = False  # this run's CREATE ROLE committed: only then is the role ours to drop
+        try:
+            with _privileges(who, user):
+                if created_role:
+                    password = password or secrets.token_urlsafe(24)
+                    with admin.transaction():  # never a role without the comment
+                        admin.execute(
+                            sql.SQL(
+                                "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
+                            ).format(role, sql.Literal(password))
+                        )
+                        admin.execute(
+                            sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                                role, sql.Literal(UNFINISHED)
+                            )
+                        )
+                    made = True
+                elif unfinished or password:
+                    password = password or secrets.token_urlsafe(24)
+                    _log_in(admin, role, password)
+                _settle(admin, role)
+                owner = admin.execute(
+                    "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database]
+                ).fetchone()
+                if owner is None:
+                    statement = sql.SQL("CREATE DATABASE {} OWNER {}")
+                elif owner[0] != user:
+                    statement = sql.SQL("ALTER DATABASE {} OWNER TO {}")
+                if owner is None or owner[0] != user:
+                    _as_member(
+                        admin, statement.format(sql.Identifier(database), role), role, superuser
+                    )
+                if (
+                    unfinished
+                    and admin.execute(
+                        "SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                        "JOIN pg_roles a ON a.oid = m.member WHERE r.rolname = %s "
+                        "AND a.rolname = current_user AND m.grantor = m.member",
+                        [user],
+                    ).fetchone()
+                ):
+                    # The membership _as_member grants for one statement, left by the run
+                    # cut off in it: the admin is not meant to keep ci_user's rights.
+                    admin.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(role))
+                if created_role or unfinished:
+                    admin.execute(sql.SQL("COMMENT ON ROLE {} IS NULL").format(role))
+        except BaseException as error:
+            if made:
+                # Its password was never shown: a rerun must not find a role nobody can use.
+                with contextlib.suppress(psycopg.Error):
+                    admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+            if isinstance(error, psycopg.errors.DuplicateObject | psycopg.errors.UniqueViolation):
+                # Another init-local made the role or database between our look and our CREATE.
+                raise ConfigError(
+                    f"another init-local created role {user!r} or database {database!r} at the "
+                    "same time; run again once it has finished"
+                ) from None
+            raise
+        settings = replace(
+            server,
+            database=database,
+            user=user,
+            password=password or "",
+            migration_url=None,
+        )
+        with _privileges(who, APP_USER), admin.transaction():
+            app, app_generated = _login_role(admin, APP_USER, app_password)
+            reader, reader_generated = _login_role(admin, READER_USER, reader_password)
+        return Prepared(
+            settings,
+            created_role,
+            owner is None,
+            bool(password),
+            unfinished,
+            app=replace(settings, user=APP_USER, password=app),
+            reader=replace(settings, user=READER_USER, password=reader),
+            generated=tuple(
+                name
+                for name, made in ((APP_USER, app_generated), (READER_USER, reader_generated))
+                if made
+            ),
+        )
+
+
+@contextlib.contextmanager
+def _one_at_a_time(admin: psycopg.Connection[Any]) -> Iterator[None]:
+    """Hold init-local's advisory lock on `admin` (a session lock: it outlives the
+    transactions in between)."""
     admin.execute("SELECT pg_catalog.pg_advisory_lock(%s)", [INIT_LOCK_KEY])
     try:
-        return _init(
-            admin,
-            server,
-            password,
-            user=user,
-            database=database,
-            app_password=app_password,
-            reader_password=reader_password,
-        )
+        yield
     finally:
         with contextlib.suppress(psycopg.Error):
             admin.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [INIT_LOCK_KEY])
-
-
-def _init(
-    admin: psycopg.Connection[Any],
-    server: ConnectionSettings,
-    password: str | None,
-    *,
-    user: str = LOCAL_USER,
-    database: str = LOCAL_DATABASE,
-    app_password: str | None = None,
-    reader_password: str | None = None,
-) -> Prepared:
-    """`init`, under its lock."""
-    row = admin.execute(
-        "SELECT rolsuper, rolcreaterole, rolcreatedb, current_user FROM pg_roles "
-        "WHERE rolname = current_user"
-    ).fetchone()
-    if row is None or not (row[0] or (row[1] and row[2])):
-        who = row[3] if row else "the admin role"
-        raise ConfigError(
-            f"role {who} of the admin URL may not create roles and databases; use a superuser "
-            "(the installer's postgres) or a role with CREATEROLE and CREATEDB"
-        )
-    superuser, who = bool(row[0]), str(row[3])
-    role = sql.Identifier(user)
-    existing = admin.execute(
-        "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil <= now(), "
-        "shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s FROM pg_roles "
-        "WHERE rolname = %s",
-        [UNFINISHED, user],
-    ).fetchone()
-    if existing is not None:
-        _refuse_unusable(user, *existing[:4])
-    created_role = existing is None
-    # Ours, from a run that stopped before it finished: its password was never shown.
-    unfinished = existing is not None and bool(existing[4])
-    made = False  # this run's CREATE ROLE committed: only then is the role ours to drop
-    try:
-        with _privileges(who, user):
-            if created_role:
-                password = password or secrets.token_urlsafe(24)
-                with admin.transaction():  # never a role without the comment
-                    admin.execute(
-                        sql.SQL(
-                            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
-                        ).format(role, sql.Literal(password))
-                    )
-                    admin.execute(
-                        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(UNFINISHED))
-                    )
-                made = True
-            elif unfinished or password:
-                password = password or secrets.token_urlsafe(24)
-                _log_in(admin, role, password)
-            _settle(admin, role)
-            owner = admin.execute(
-                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database]
-            ).fetchone()
-            if owner is None:
-                statement = sql.SQL("CREATE DATABASE {} OWNER {}")
-            elif owner[0] != user:
-                statement = sql.SQL("ALTER DATABASE {} OWNER TO {}")
-            if owner is None or owner[0] != user:
-                _as_member(admin, statement.format(sql.Identifier(database), role), role, superuser)
-            if (
-                unfinished
-                and admin.execute(
-                    "SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
-                    "JOIN pg_roles a ON a.oid = m.member WHERE r.rolname = %s "
-                    "AND a.rolname = current_user AND m.grantor = m.member",
-                    [user],
-                ).fetchone()
-            ):
-                # The membership _as_member grants for one statement, left by the run
-                # cut off in it: the admin is not meant to keep ci_user's rights.
-                admin.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(role))
-            if created_role or unfinished:
-                admin.execute(sql.SQL("COMMENT ON ROLE {} IS NULL").format(role))
-    except BaseException as error:
-        if made:
-            # Its password was never shown: a rerun must not find a role nobody can use.
-            with contextlib.suppress(psycopg.Error):
-                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
-        if isinstance(error, psycopg.errors.DuplicateObject | psycopg.errors.UniqueViolation):
-            # Another init-local made the role or database between our look and our CREATE.
-            raise ConfigError(
-                f"another init-local created role {user!r} or database {database!r} at the "
-                "same time; run again once it has finished"
-            ) from None
-        raise
-    settings = replace(
-        server,
-        database=database,
-        user=user,
-        password=password or "",
-        migration_url=None,
-    )
-    with _privileges(who, APP_USER), admin.transaction():
-        app, app_generated = _login_role(admin, APP_USER, app_password)
-        reader, reader_generated = _login_role(admin, READER_USER, reader_password)
-    return Prepared(
-        settings,
-        created_role,
-        owner is None,
-        bool(password),
-        unfinished,
-        app=replace(settings, user=APP_USER, password=app),
-        reader=replace(settings, user=READER_USER, password=reader),
-        generated=tuple(
-            name
-            for name, made in ((APP_USER, app_generated), (READER_USER, reader_generated))
-            if made
-        ),
-    )
 
 
 def _login_role(

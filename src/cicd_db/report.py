@@ -66,15 +66,18 @@ View = RunsView | RunView | StageView | JobView
 
 def render(view: View, output_format: str) -> str:
     """The view as text in `output_format` (table, json or yaml), ending in a newline."""
-    if output_format == "json":
-        return json.dumps(data(view), indent=2) + "\n"
-    if output_format == "yaml":
-        import yaml  # only the yaml format pays for importing it
-
-        return str(
-            yaml.dump(data(view), Dumper=_yaml_dumper(), sort_keys=False, allow_unicode=True)
-        )
+    if output_format in ("json", "yaml"):
+        return structured(data(view), output_format)
     return table(view)
+
+
+def structured(value: Any, output_format: str) -> str:
+    """`value` (plain data) as JSON or YAML text, ending in a newline; keys kept in order."""
+    if output_format == "json":
+        return json.dumps(value, indent=2) + "\n"
+    import yaml  # only the yaml format pays for importing it
+
+    return str(yaml.dump(value, Dumper=_yaml_dumper(), sort_keys=False, allow_unicode=True))
 
 
 @cache
@@ -271,9 +274,13 @@ def _clock(moment: datetime | None, *, short: bool = False) -> str:
 
 
 def _duration(duration: timedelta | None) -> str:
-    if duration is None:
+    return seconds_text(None if duration is None else duration.total_seconds())
+
+
+def seconds_text(seconds: float | None) -> str:
+    """A duration as the views write one: 42.5s, 3m 07s, 2h 05m; `-` for none."""
+    if seconds is None:
         return "-"
-    seconds = duration.total_seconds()
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, second = divmod(int(seconds), 60)
