@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg_pool import ConnectionPool
 
 from cicd_db import retention
@@ -443,3 +445,79 @@ def test_a_progress_bar_on_a_terminal_only(migrated: Database, executions: Store
     record(executions, "build", days_ago=40, stages=1, jobs=1)
     piped = run_cli(*command, process=True)
     assert (piped.code, piped.err) == (0, "")
+
+
+# -- any history -----------------------------------------------------------------------------
+
+# A run's age as days past the cutoff (negative: younger): most near it, some far.
+PAST_THE_CUTOFF = st.one_of(
+    st.floats(min_value=-1.0, max_value=1.0, allow_nan=False),
+    st.floats(min_value=-40.0, max_value=40.0, allow_nan=False),
+)
+ENDS = st.sampled_from([SUCCESS, FAILED, CANCELED, RUNNING])
+
+
+@settings(max_examples=25)
+@given(
+    runs=st.lists(
+        st.tuples(st.sampled_from(["build", "deploy"]), PAST_THE_CUTOFF, ENDS, st.integers(0, 2)),
+        max_size=8,
+    ),
+    keep_days=st.integers(2, 45),
+    batch_size=st.integers(1, 4),
+    pipeline=st.sampled_from([None, "build"]),
+)
+def test_any_history_loses_exactly_its_old_finished_runs_whole(
+    migrated: Database,
+    executions: Store,
+    runs: list[tuple[str, float, str, int]],
+    keep_days: int,
+    batch_size: int,
+    pipeline: str | None,
+) -> None:
+    """Whatever the ages, statuses, pipelines and batch size: every finished run that
+    completed before the cutoff goes with all its stages and jobs, and nothing else."""
+    migrated.execute("DELETE FROM pipeline_executions")
+    recorded = [
+        (
+            record(
+                executions,
+                name,
+                days_ago=max(0.0, keep_days + past),
+                status=end,
+                stages=stages,
+                jobs=2,
+            ),
+            end,
+        )
+        for name, past, end, stages in runs
+    ]
+    with migrated.connect() as conn:
+        pruned = retention.prune(
+            conn, keep_days=keep_days, pipeline=pipeline, batch_size=batch_size
+        )
+    gone = {
+        run.id
+        for run, end in recorded
+        if end != RUNNING
+        and (pipeline is None or run.pipeline_name == pipeline)
+        and run.start_time is not None
+        and run.start_time + timedelta(minutes=1) < pruned.cutoff
+    }
+    left = {row[0] for row in migrated.query("SELECT id FROM pipeline_executions")}
+    assert left == {run.id for run, _ in recorded} - gone
+    assert pruned.runs == len(gone)
+    # No stage or job of a deleted run is left, and every run left keeps all of its own.
+    assert migrated.query(
+        "SELECT count(*) FROM stage_executions s LEFT JOIN pipeline_executions r "
+        "ON r.id = s.pipeline_execution_id WHERE r.id IS NULL"
+    ) == [(0,)]
+    assert migrated.query(
+        "SELECT count(*) FROM job_executions j LEFT JOIN stage_executions s "
+        "ON s.id = j.stage_execution_id WHERE s.id IS NULL"
+    ) == [(0,)]
+    kept_stages = sum(
+        stages for (_, _, _, stages), (run, _) in zip(runs, recorded, strict=True) if run.id in left
+    )
+    assert migrated.query("SELECT count(*) FROM stage_executions") == [(kept_stages,)]
+    assert migrated.query("SELECT count(*) FROM job_executions") == [(kept_stages * 2,)]
