@@ -491,6 +491,93 @@ def test_racing_writers_leave_no_orphans(schema: Database, name: str) -> None:
     assert not broken, f"{len(broken)} of {TRIALS} trials left orphans, e.g. {broken[0]}"
 
 
+def _waiting_on_a_lock(database: Database, pid: int) -> bool:
+    [(waiting,)] = database.query("SELECT cardinality(pg_blocking_pids(%s)) > 0", pid)
+    return bool(waiting)
+
+
+@pytest.mark.parametrize("kind", ["stage", "run"])
+def test_a_finisher_that_waited_for_an_adder_sees_what_it_added(
+    schema: Database, kind: str
+) -> None:
+    """The exact interleaving the fast finish must survive: its statement has read the
+    children when an adder, not yet committed, holds the parent; the adder commits while
+    the finisher waits. The child it added is not in the finisher's snapshot, so the
+    finisher must notice the parent changed and refuse (the child has not finished)."""
+    with ExitStack() as stack:
+        own = Store.on(stack.enter_context(schema.connect()))
+        trial = _running(own, "stage" if kind == "run" else "job")
+        adder_conn = stack.enter_context(schema.connect())
+        finisher_conn = stack.enter_context(schema.connect())
+        finisher = Store.on(finisher_conn)
+        adder_conn.execute("BEGIN")  # the adder's statement, its commit held back
+        adder = Store.on(adder_conn)
+        if kind == "run":
+            adder.add_stage(trial.run, "late", 2)
+        else:
+            adder.add_jobs(trial.stage, [("late", False)])
+
+        def finish() -> object:
+            if kind == "run":
+                return finisher.finish_run(trial.run)
+            return finisher.finish_stage(trial.stage)
+
+        with ThreadPoolExecutor(max_workers=1) as workers:
+            outcome = workers.submit(finish)
+            pid = finisher_conn.info.backend_pid
+            deadline = datetime.now(UTC) + timedelta(seconds=30)
+            while not _waiting_on_a_lock(schema, pid):
+                assert not outcome.done(), outcome.result()  # it must wait for the adder
+                assert datetime.now(UTC) < deadline, "the finisher never waited"
+            adder_conn.execute("COMMIT")
+            with pytest.raises(IllegalTransition, match=r"cannot finish while 1 .* has not"):
+                outcome.result(timeout=30)
+    assert orphans(schema, trial.run) == []
+
+
+# Every statement that reaches a run's jobs, by name.
+RUN_JOB_STATEMENTS = {
+    "FINISH": store.FINISH[store.PipelineRun].decode(),
+    "STAMP": store.STAMP[store.PipelineRun],
+    "LOCK_CHILDREN": store.LOCK_CHILDREN[store.PipelineRun][1],
+    "CANCEL_CHILDREN": store.CANCEL_CHILDREN[store.PipelineRun][1][1],
+}
+
+
+@pytest.mark.parametrize("statement", list(RUN_JOB_STATEMENTS))
+def test_finishing_or_cancelling_a_run_reads_its_own_jobs_not_every_job(
+    schema: Database, executions: Store, statement: str
+) -> None:
+    """Finishing or cancelling a run reads (or locks, or cancels) its jobs through the
+    jobs' index, stage by stage, never a scan of every job of every run (a join the
+    planner turned into a hash join over the whole table on fresh statistics: 3.7 ms
+    at 300 runs, seconds at 20 million jobs)."""
+    schema.query(
+        "WITH runs AS (INSERT INTO pipeline_executions (pipeline_name, commit_hash) "
+        "SELECT 'old', md5(i::text) FROM generate_series(1, 300) i RETURNING id), "
+        "stages AS (INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
+        "execution_order) SELECT id, 's' || o, o FROM runs, generate_series(1, 5) o "
+        "RETURNING id) INSERT INTO job_executions (stage_execution_id, job_name) "
+        "SELECT id, 'j' || n FROM stages, generate_series(1, 20) n RETURNING 1"
+    )
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING)
+    [(plan,)] = schema.query(
+        "EXPLAIN (FORMAT JSON) "
+        + RUN_JOB_STATEMENTS[statement]
+        .replace("%(parent)s", f"'{run.id}'::uuid")
+        .replace("%(status)s", "NULL::text")
+        .replace("%(at)s", "NULL::timestamptz")
+    )
+
+    def scans(node: dict[str, object]) -> list[tuple[object, object]]:
+        found = [(node.get("Node Type"), node.get("Relation Name"))]
+        for child in node.get("Plans", []):  # type: ignore[attr-defined]
+            found += scans(child)
+        return found
+
+    assert ("Seq Scan", "job_executions") not in scans(plan[0]["Plan"])  # type: ignore[index]
+
+
 def test_reads_find_what_exists(executions: Store) -> None:
     run = executions.set_status(executions.start_run("build", "abc"), RUNNING)
     stage = executions.add_stage(run, "test", 1)

@@ -21,32 +21,37 @@ each in one transaction; the others only read. `set_statuses` moves many jobs in
 one statement, all or none.
 
 A finished run or stage never has an unfinished child, however writers race:
-- Adding a stage or jobs locks the parent row FOR SHARE (in the INSERT's own
-  statement) and inserts only if the parent is PENDING or RUNNING. Adders of one
-  parent do not block each other.
-- Finishing or cancelling a run or stage first locks its row FOR NO KEY UPDATE,
-  which conflicts with FOR SHARE, then reads or cancels its children. So an adder
-  either commits before that lock is granted, and the children it added are seen
-  and cancelled (or keep the parent from finishing), or it waits, sees the parent
-  finished and writes nothing. NO KEY UPDATE, not UPDATE: no key changes, it is the
-  lock the status UPDATE that follows takes anyway, and it lets foreign key checks
-  (FOR KEY SHARE) through. The plain FOR KEY SHARE would not do for adders: it does
-  not conflict with NO KEY UPDATE.
+- Adding a stage or jobs writes a new version of the parent row (an UPDATE that
+  changes nothing, in the INSERT's own statement), which locks it FOR NO KEY
+  UPDATE, and inserts only if the parent is PENDING or RUNNING. Adders of one
+  parent therefore take turns; adders of different parents never meet.
+- Finishing a run or stage is one statement that reads the children and updates
+  the row only if it is still the version it read them with. An adder that commits
+  while that statement waits for the row leaves a new version, so the statement
+  leaves the row alone and the slow way runs: lock the row, then read the children
+  as they are now. An adder that waits for the finisher instead sees the parent
+  finished and writes nothing.
+- Cancelling, and the slow way of finishing, first lock the row FOR NO KEY UPDATE
+  (the lock an adder's UPDATE takes too), then read or cancel its children. So an
+  adder either commits before that lock is granted, and the children it added are
+  seen and cancelled (or keep the parent from finishing), or it waits, sees the
+  parent finished and writes nothing. NO KEY UPDATE, not UPDATE: no key changes,
+  and it lets foreign key checks (FOR KEY SHARE) through.
 - Locks are taken parent before child, run, then stages, then jobs, so two writers
   never wait on each other in a cycle.
 
 Without an explicit `at`, finishing or cancelling a run or stage stamps it (and the
-children it cancels) with one time read after every row below it is locked: the
-later of the clock and every start and completion time below it. Not the time its
-transaction began: a child that started after that, and committed before the lock
-was granted, would have started after its parent finished, which the tables'
+children it cancels) with one time read once no row below it can move (all finished,
+or locked): the later of the clock and every start and completion time below it. Not
+the time its transaction began: a child that started after that, and committed before
+the lock was granted, would have started after its parent finished, which the tables'
 CHECKs (and common sense) forbid. With an explicit `at` earlier than that, the move
 is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -57,7 +62,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import errors, sql
-from psycopg.rows import class_row
+from psycopg.rows import class_row, tuple_row
 
 from cicd_db.errors import AlreadyExists, IllegalTransition, NotFound
 
@@ -143,26 +148,32 @@ def _q(template: LiteralString) -> bytes:
     )
 
 
-def _moves() -> dict[tuple[type, str], bytes]:
-    """The compare-and-set UPDATE of each row type to each status, built once."""
+def _moves() -> dict[tuple[type, str, bool], bytes]:
+    """The compare-and-set UPDATE of each row type to each status, stamped at a time
+    given (True: parameters `at`, `id`) or at now() (False: `id` alone), built once.
+    Two statements rather than coalesce(at, now()): the common move sends one
+    parameter fewer, and it is the statement a CI system sends most."""
     moves = {}
     for kind, (table, _, _) in TABLES.items():
         for status, allowed in ALLOWED_FROM.items():
-            stamp = "start_time" if status == RUNNING else "completion_time"
-            moves[kind, status] = (
-                sql.SQL(
-                    "UPDATE {table} SET status = {status}, {stamp} = coalesce(%(at)s, now()) "
-                    "WHERE id = %(id)s AND status IN ({allowed}) "
-                    "RETURNING start_time, completion_time"
+            for timed in (True, False):
+                moves[kind, status, timed] = (
+                    sql.SQL(
+                        "UPDATE {table} SET status = {status}, {stamp} = {at} "
+                        "WHERE id = %s AND status IN ({allowed}) "
+                        "RETURNING start_time, completion_time"
+                    )
+                    .format(
+                        table=table,
+                        status=sql.Literal(status),
+                        stamp=sql.Identifier(
+                            "start_time" if status == RUNNING else "completion_time"
+                        ),
+                        at=sql.SQL("%s" if timed else "now()"),
+                        allowed=sql.SQL(", ").join(map(sql.Literal, allowed)),
+                    )
+                    .as_bytes(None)
                 )
-                .format(
-                    table=table,
-                    status=sql.Literal(status),
-                    stamp=sql.Identifier(stamp),
-                    allowed=sql.SQL(", ").join(map(sql.Literal, allowed)),
-                )
-                .as_bytes(None)
-            )
     return moves
 
 
@@ -180,6 +191,9 @@ CHILDREN: dict[type, tuple[str, LiteralString]] = {
         "SELECT status, allows_failure, job_name FROM job_executions WHERE stage_execution_id = %s",
     ),
 }
+# A run's jobs are reached through an array of its stages' ids, which probes the jobs'
+# index stage by stage whatever the statistics say (a join could be planned as a scan
+# of every job of every run).
 # What cancelling a run or stage runs first, in this order (parents before children),
 # each with what the rows it cancels are called.
 CANCEL_CHILDREN: dict[type, tuple[tuple[str, LiteralString], ...]] = {
@@ -192,10 +206,11 @@ CANCEL_CHILDREN: dict[type, tuple[tuple[str, LiteralString], ...]] = {
         ),
         (
             "job",
-            "UPDATE job_executions j SET status = 'CANCELED', "
-            "completion_time = coalesce(%(at)s, now()) FROM stage_executions s "
-            "WHERE j.stage_execution_id = s.id AND s.pipeline_execution_id = %(parent)s "
-            "AND j.status IN ('PENDING', 'RUNNING')",
+            "UPDATE job_executions SET status = 'CANCELED', "
+            "completion_time = coalesce(%(at)s, now()) "
+            "WHERE stage_execution_id = "
+            "ANY(ARRAY(SELECT id FROM stage_executions WHERE pipeline_execution_id = %(parent)s)) "
+            "AND status IN ('PENDING', 'RUNNING')",
         ),
     ),
     StageRun: (
@@ -214,8 +229,9 @@ CANCEL_CHILDREN: dict[type, tuple[tuple[str, LiteralString], ...]] = {
 LOCK_CHILDREN: dict[type, tuple[LiteralString, ...]] = {
     PipelineRun: (
         "SELECT 1 FROM stage_executions WHERE pipeline_execution_id = %(parent)s FOR NO KEY UPDATE",
-        "SELECT 1 FROM job_executions j JOIN stage_executions s ON s.id = j.stage_execution_id "
-        "WHERE s.pipeline_execution_id = %(parent)s FOR NO KEY UPDATE OF j",
+        "SELECT 1 FROM job_executions WHERE stage_execution_id = "
+        "ANY(ARRAY(SELECT id FROM stage_executions WHERE pipeline_execution_id = %(parent)s)) "
+        "FOR NO KEY UPDATE",
     ),
     StageRun: (
         "SELECT 1 FROM job_executions WHERE stage_execution_id = %(parent)s FOR NO KEY UPDATE",
@@ -230,8 +246,9 @@ STAMP: dict[type, LiteralString] = {
         "SELECT start_time, completion_time FROM pipeline_executions WHERE id = %(parent)s "
         "UNION ALL SELECT start_time, completion_time FROM stage_executions "
         "WHERE pipeline_execution_id = %(parent)s "
-        "UNION ALL SELECT j.start_time, j.completion_time FROM job_executions j "
-        "JOIN stage_executions s ON s.id = j.stage_execution_id "
+        "UNION ALL SELECT j.latest, NULL FROM stage_executions s "
+        "CROSS JOIN LATERAL (SELECT max(greatest(start_time, completion_time)) AS latest "
+        "FROM job_executions WHERE stage_execution_id = s.id) AS j "
         "WHERE s.pipeline_execution_id = %(parent)s) AS below (started, finished)"
     ),
     StageRun: (
@@ -243,33 +260,51 @@ STAMP: dict[type, LiteralString] = {
 }
 
 
-# Finishing a run or stage in one statement, sent after the row's lock in the same
-# round trip (a statement of its own, so it reads the children as they are once the
-# lock is granted): the status its children give it (or the one asked for), stamped
-# as STAMP stamps, only if it is RUNNING and every child has finished. A row it
-# leaves alone is looked at again the slow way, which says why.
+# Finishing a run or stage in one statement, its own transaction: the status its
+# children give it (or the one asked for), stamped as STAMP stamps, only if it is
+# RUNNING, every child has finished, and the row is still the version the statement
+# read its children with (`xmin`, the transaction that wrote that version). An adder
+# writes a new version of the parent in the statement that adds the children, so if
+# one commits while this statement waits for the row, PostgreSQL re-checks the WHERE
+# against the new version (READ COMMITTED's update recheck), the version differs, and
+# the row is left alone: children this statement's snapshot could not see never go
+# unnoticed. A row it leaves alone is looked at again the slow way, under a lock taken
+# first, which finishes it if it now may or says exactly why not.
 _VERDICT: LiteralString = (
     "SELECT count(*) FILTER (WHERE status NOT IN ('SUCCESS', 'FAILED', 'CANCELED')) "
     "AS unfinished, CASE WHEN bool_or(status = 'FAILED' AND NOT {allowed}) THEN 'FAILED' "
-    "WHEN bool_or(status = 'CANCELED') THEN 'CANCELED' ELSE 'SUCCESS' END AS derived "
-    "FROM {children} WHERE {parent} = %(parent)s"
+    "WHEN bool_or(status = 'CANCELED') THEN 'CANCELED' ELSE 'SUCCESS' END AS derived, "
+    "greatest(max(greatest(start_time, completion_time)), max(below.latest)) AS latest "
+    "FROM {children} {below} WHERE {parent} = %(parent)s"
 )
+# The latest time of the rows further below (a run's jobs), read in the same pass as
+# the children, stage by stage through the jobs' index (a join the planner could turn
+# into a scan of every job): STAMP's time, with the row's own start added in FINISH.
+_BELOW: dict[type, LiteralString] = {
+    PipelineRun: (
+        "LEFT JOIN LATERAL (SELECT max(greatest(j.start_time, j.completion_time)) AS latest "
+        "FROM job_executions j WHERE j.stage_execution_id = stage_executions.id) AS below ON true"
+    ),
+    StageRun: "CROSS JOIN (SELECT NULL::timestamptz AS latest) AS below",
+}
 FINISH: dict[type, bytes] = {
     kind: sql.SQL(
         "UPDATE {table} SET status = coalesce(%(status)s, verdict.derived), "
-        "completion_time = coalesce(%(at)s, ({stamp})) FROM ({verdict}) AS verdict "
+        "completion_time = coalesce(%(at)s, "
+        "greatest(clock_timestamp(), {table}.start_time, verdict.latest)) "
+        "FROM ({verdict}) AS verdict "
         "WHERE id = %(parent)s AND status = 'RUNNING' AND verdict.unfinished = 0 "
-        "RETURNING {columns}"
+        "AND xmin = (SELECT xmin FROM {table} WHERE id = %(parent)s) "
+        "RETURNING status, start_time, completion_time"
     )
     .format(
         table=TABLES[kind][0],
-        stamp=sql.SQL(STAMP[kind]),
         verdict=sql.SQL(_VERDICT).format(
             allowed=allowed,
+            below=sql.SQL(_BELOW[kind]),
             children=sql.Identifier(children),
             parent=sql.Identifier(parent),
         ),
-        columns=TABLES[kind][1],
     )
     .as_bytes(None)
     for kind, children, parent, allowed in (
@@ -297,12 +332,6 @@ BATCH_MOVES: dict[str, bytes] = {
     .as_bytes(None)
     for status, allowed in ALLOWED_FROM.items()
 }
-LOCK_ROW: dict[type, bytes] = {
-    kind: sql.SQL("SELECT 1 FROM {} WHERE id = %(parent)s FOR NO KEY UPDATE")
-    .format(TABLES[kind][0])
-    .as_bytes(None)
-    for kind in (PipelineRun, StageRun)
-}
 
 
 class Store:
@@ -311,15 +340,22 @@ class Store:
     Connections must be in autocommit mode: every write opens its own transaction.
     """
 
-    def __init__(self, connection: Callable[[], AbstractContextManager[psycopg.Connection[Any]]]):
+    def __init__(
+        self,
+        connection: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
+        cursor: psycopg.Cursor[Any] | None = None,
+    ):
         self._connection = connection
+        # Over one connection, the statement sent most (a move) reuses one cursor
+        # instead of making one per call: a CI system's agents move jobs all day.
+        self._cursor = cursor
 
     @classmethod
     def on(cls, conn: psycopg.Connection[Any]) -> Store:
         """A store over one connection (not thread-safe: one caller at a time)."""
         if not conn.autocommit:
             raise ValueError("the store needs an autocommit connection")
-        return cls(lambda: nullcontext(conn))
+        return cls(lambda: nullcontext(conn), conn.cursor(row_factory=tuple_row))
 
     @classmethod
     def pooled(cls, pool: Any) -> Store:
@@ -331,14 +367,16 @@ class Store:
 
     def start_run(self, pipeline_name: str, commit_hash: str) -> PipelineRun:
         """Record a new run, PENDING, with the pipeline's next run number. Writes."""
-        return self._one(
-            PipelineRun,
-            _q(
-                "INSERT INTO pipeline_executions (pipeline_name, commit_hash, status, start_time) "
-                "VALUES (%s, %s, 'PENDING', NULL) RETURNING {run}"
-            ),
-            [pipeline_name, commit_hash],
+        # Only what the database decides comes back (the id, the run number); the rest
+        # is what was sent.
+        added = self._tuple(
+            b"INSERT INTO pipeline_executions (pipeline_name, commit_hash, status, start_time) "
+            b"VALUES (%s, %s, 'PENDING', NULL) RETURNING id, run_number",
+            (pipeline_name, commit_hash),
         )
+        if added is None:  # an INSERT ... RETURNING always returns its row
+            raise RuntimeError("the database returned no row for an INSERT ... RETURNING")
+        return PipelineRun(PENDING, None, None, added[0], pipeline_name, added[1], commit_hash)
 
     def add_stage(self, run: PipelineRun | UUID, stage_name: str, execution_order: int) -> StageRun:
         """Add a PENDING stage to an unfinished run. Writes.
@@ -354,24 +392,21 @@ class Store:
                 ),
             }
         ):
-            stage = self._maybe(
-                StageRun,
-                _q(
-                    "WITH parent AS (SELECT id FROM pipeline_executions WHERE id = %s "
-                    "AND status IN ('PENDING', 'RUNNING') FOR SHARE) "
-                    "INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
-                    "execution_order, status, start_time) "
-                    "SELECT id, %s, %s, 'PENDING', NULL FROM parent RETURNING {stage}"
-                ),
-                [run_id, stage_name, execution_order],
+            added = self._tuple(
+                b"WITH parent AS (UPDATE pipeline_executions SET status = status "
+                b"WHERE id = %s AND status IN ('PENDING', 'RUNNING') RETURNING id) "
+                b"INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
+                b"execution_order, status, start_time) "
+                b"SELECT id, %s, %s, 'PENDING', NULL FROM parent RETURNING id",
+                (run_id, stage_name, execution_order),
             )
-        if stage is None:
+        if added is None:
             parent = self._get(PipelineRun, run_id)
             raise IllegalTransition(
                 f"run {parent.run_number} of {parent.pipeline_name!r} is "
                 f"{parent.status}; stages can be added only before it finishes"
             )
-        return stage
+        return StageRun(PENDING, None, None, added[0], run_id, stage_name, execution_order)
 
     def add_jobs(self, stage: StageRun | UUID, jobs: Sequence[tuple[str, bool]]) -> list[JobRun]:
         """Add PENDING jobs, (name, allows_failure) each, to an unfinished stage. Writes."""
@@ -381,31 +416,31 @@ class Store:
         duplicate = {
             "job_executions_stage_job_name_key": "the stage already has a job of that name"
         }
-        with (
-            _refusing_duplicates(duplicate),
-            self._connection() as conn,
-            conn.cursor(row_factory=class_row(JobRun)) as cursor,
-        ):
-            cursor.execute(
-                _q(
-                    "WITH parent AS (SELECT id FROM stage_executions WHERE id = %s "
-                    "AND status IN ('PENDING', 'RUNNING') FOR SHARE) "
-                    "INSERT INTO job_executions (stage_execution_id, job_name, allows_failure, "
-                    "status, start_time) SELECT parent.id, job.name, job.allows_failure, "
-                    "'PENDING', NULL "
-                    "FROM parent, unnest(%s::text[], %s::boolean[]) AS job (name, allows_failure) "
-                    "RETURNING {job}"
-                ),
-                [stage_id, names, allows],
+        with _refusing_duplicates(duplicate), self._connection() as conn:
+            # The ids come back with their names (a job's name is unique in its stage),
+            # not in an order SQL does not promise.
+            ids = dict(
+                conn.execute(
+                    b"WITH parent AS (UPDATE stage_executions SET status = status "
+                    b"WHERE id = %s AND status IN ('PENDING', 'RUNNING') RETURNING id) "
+                    b"INSERT INTO job_executions (stage_execution_id, job_name, allows_failure, "
+                    b"status, start_time) SELECT parent.id, job.name, job.allows_failure, "
+                    b"'PENDING', NULL "
+                    b"FROM parent, unnest(%s::text[], %s::boolean[]) AS job (name, allows_failure) "
+                    b"RETURNING job_name, id",
+                    (stage_id, names, allows),
+                ).fetchall()
             )
-            added = cursor.fetchall()
-        if len(added) != len(jobs):
+        if len(ids) != len(jobs):
             parent = self._get(StageRun, stage_id)
             raise IllegalTransition(
                 f"stage {parent.stage_name!r} is {parent.status}; jobs can "
                 "be added only before it finishes"
             )
-        return added
+        return [
+            JobRun(PENDING, None, None, ids[name], stage_id, name, allows_failure)
+            for name, allows_failure in jobs
+        ]
 
     def add_job(
         self, stage: StageRun | UUID, job_name: str, allows_failure: bool = False
@@ -603,27 +638,18 @@ class Store:
         """Finish a run or stage whose children have all finished, with `status` or,
         without one, the status they give it.
 
-        Two round trips: BEGIN, the row's lock and FINISH go together, then COMMIT.
-        A row FINISH leaves alone (not RUNNING, a child unfinished, a time refused)
-        goes the slow way, statement by statement, which finishes it if it now may
-        or says exactly why not.
+        One statement (FINISH), one round trip. A row it leaves alone (not RUNNING, a
+        child unfinished or added meanwhile, a time refused) goes the slow way,
+        statement by statement, which finishes it if it now may or says exactly why not.
         """
         params = {"parent": row.id, "status": status, "at": at}
         try:
-            with (
-                self._connection() as conn,
-                conn.pipeline(),
-                conn.transaction(),
-                conn.cursor(row_factory=class_row(type(row))) as cursor,
-            ):
-                conn.execute(LOCK_ROW[type(row)], params)
-                cursor.execute(FINISH[type(row)], params)
-                finished = cursor.fetchone()
-                if finished is None:
-                    raise _SlowWay
-                return finished
-        except (_SlowWay, errors.CheckViolation):
+            finished = self._tuple(FINISH[type(row)], params)
+        except errors.CheckViolation:
             return self._finish_slowly(row, at, status)
+        if finished is None:
+            return self._finish_slowly(row, at, status)
+        return type(row)(*finished, *_UNTIMED[type(row)](row))
 
     def _finish_slowly(self, row: Row, at: datetime | None, status: str | None) -> Row:
         what = TABLES[type(row)][2]
@@ -665,7 +691,7 @@ class Store:
                     f"{what} {_name(current)} is {current.status}; only PENDING or RUNNING "
                     f"{what}s can be cancelled"
                 )
-            # Stages before jobs: add_jobs holds its stage FOR SHARE, so locking the
+            # Stages before jobs: add_jobs holds its stage FOR NO KEY UPDATE, so locking the
             # stages waits for it, and the jobs it added are then locked and cancelled
             # too. Once they are locked, nothing below the row can start.
             for statement in LOCK_CHILDREN[type(row)]:
@@ -696,15 +722,14 @@ class Store:
             raise IllegalTransition(
                 f"{status!r} is not a status to move to; use one of {', '.join(ALLOWED_FROM)}"
             )
-        params = {"at": at, "id": row.id}
-        query = MOVES[kind, status]
+        query = MOVES[kind, status, at is not None]
+        params = (row.id,) if at is None else (at, row.id)
         try:
             # One statement: its own transaction, no BEGIN/COMMIT round trips.
             if conn is not None:
                 times = conn.execute(query, params).fetchone()
             else:
-                with self._connection() as borrowed:
-                    times = borrowed.execute(query, params).fetchone()
+                times = self._tuple(query, params)
         except errors.CheckViolation:
             raise IllegalTransition(
                 f"{TABLES[kind][2]} cannot become {status} at {at}: that is before it started"
@@ -713,18 +738,23 @@ class Store:
             raise IllegalTransition(_illegal(self._get(kind, row.id), status))
         return kind(status, times[0], times[1], *_UNTIMED[kind](row))
 
+    def _tuple(
+        self, query: bytes, params: Sequence[Any] | Mapping[str, Any]
+    ) -> tuple[Any, ...] | None:
+        """The first row `query` returns, as a tuple; over one connection through the cursor
+        kept for it (writes are the hot path: a CI system's agents report all day)."""
+        if self._cursor is not None:
+            self._cursor.execute(query, params)
+            return self._cursor.fetchone()
+        with self._connection() as conn:
+            return conn.execute(query, params).fetchone()
+
     def _get(self, kind: type[Row], row_id: UUID) -> Row:
         table, columns, what = TABLES[kind]
         query = sql.SQL("SELECT {} FROM {} WHERE id = %s").format(columns, table)
         found = self._maybe(kind, query, [row_id])
         if found is None:
             raise NotFound(f"no {what} with id {row_id}")
-        return found
-
-    def _one(self, kind: type[Row], query: bytes | sql.Composed, params: Any) -> Row:
-        found = self._maybe(kind, query, params)
-        if found is None:  # an INSERT ... RETURNING always returns its row
-            raise RuntimeError("the database returned no row for an INSERT ... RETURNING")
         return found
 
     def _maybe(self, kind: type[Row], query: bytes | sql.Composed, params: Any) -> Row | None:
@@ -735,10 +765,6 @@ class Store:
         with self._connection() as conn, conn.cursor(row_factory=class_row(kind)) as cursor:
             cursor.execute(query, params)
             return cursor.fetchall()
-
-
-class _SlowWay(Exception):
-    """FINISH left the row alone: the slow way tells why."""
 
 
 def _fetch_one(
