@@ -355,7 +355,7 @@ class Store:
         """A store over one connection (not thread-safe: one caller at a time)."""
         if not conn.autocommit:
             raise ValueError("the store needs an autocommit connection")
-        return cls(lambda: nullcontext(conn), conn.cursor(row_factory=tuple_row))
+        return cls(lambda: nullcontext(conn), conn.cursor(row_factory=tuple_row, binary=True))
 
     @classmethod
     def pooled(cls, pool: Any) -> Store:
@@ -742,12 +742,14 @@ class Store:
         self, query: bytes, params: Sequence[Any] | Mapping[str, Any]
     ) -> tuple[Any, ...] | None:
         """The first row `query` returns, as a tuple; over one connection through the cursor
-        kept for it (writes are the hot path: a CI system's agents report all day)."""
+        kept for it (writes are the hot path: a CI system's agents report all day). In
+        binary: times and ids come back without being parsed from text."""
         if self._cursor is not None:
             self._cursor.execute(query, params)
             return self._cursor.fetchone()
-        with self._connection() as conn:
-            return conn.execute(query, params).fetchone()
+        with self._connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchone()
 
     def _get(self, kind: type[Row], row_id: UUID) -> Row:
         table, columns, what = TABLES[kind]
