@@ -129,9 +129,13 @@ def test_nothing_a_file_does_on_its_session_releases_the_lock(
 def test_a_file_that_ends_the_lock_session_is_not_recorded(
     database: Database, tmp_path: Path
 ) -> None:
-    """Only ending the lock's session can lose it; then the file is rolled back."""
+    """Only ending the lock's session can lose it; then the file is rolled back.
+
+    The file waits for that session to be gone (pg_terminate_backend's timeout): ending
+    a backend is asynchronous, and a check that runs while it is still exiting sees the
+    lock held, which the runner cannot tell from a lock lost a moment after its check."""
     end_lock_session = (
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' "
         "AND pid <> pg_backend_pid() AND database = "
         "(SELECT oid FROM pg_database WHERE datname = current_database());\n"
     )
