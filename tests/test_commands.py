@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cicd_db import commands, errors, migrations, targets
+from cicd_db import commands, console, errors, migrations, targets
 from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import run_cli, start_cli
@@ -286,7 +286,11 @@ def test_server_messages_keep_their_severity(database: Database, tmp_path: Path,
 
 @pytest.mark.slow
 def test_a_slow_file_ticks_on_a_terminal_only(database: Database, tmp_path: Path) -> None:
-    folder = write_migrations(tmp_path, {"0001_slow.sql": "SELECT pg_sleep(3.5);\n"})
+    # Just past the first tick (console.TICK_AFTER_SECONDS): long enough that a piped
+    # run would have ticked too, if it did.
+    folder = write_migrations(
+        tmp_path, {"0001_slow.sql": f"SELECT pg_sleep({console.TICK_AFTER_SECONDS + 0.6});\n"}
+    )
     command = ["migrate", "--database-url", database.url, "--migrations-dir", str(folder)]
     main, terminal = pty.openpty()
     process = start_cli(*command, stdout=subprocess.DEVNULL, stderr=terminal)
