@@ -191,9 +191,12 @@ _BY_DAYS: LiteralString = (
     "coalesce(r.start_time, r.completion_time) >= bounds.since "
     "AND coalesce(r.start_time, r.completion_time) <= bounds.until"
 )
+# The clock written out rather than read from `bounds`: the planner then sees that
+# nearly every run is before it, and walks the run-number index backwards to the
+# first `runs` of them instead of fetching all of the pipeline's runs to sort them.
 _BY_RUNS_ONE: LiteralString = (
-    "SELECT {run} FROM pipeline_executions AS r, bounds WHERE {pipeline} "
-    "coalesce(r.start_time, r.completion_time) <= bounds.until "
+    "SELECT {run} FROM pipeline_executions AS r WHERE {pipeline} "
+    "coalesce(r.start_time, r.completion_time) <= coalesce(%(now)s::timestamptz, now()) "
     "ORDER BY r.run_number DESC LIMIT %(runs)s"
 )
 _BY_RUNS_EACH: LiteralString = (
@@ -248,7 +251,8 @@ _ONE: LiteralString = (
     "streaks AS (SELECT red.length, extract(epoch FROM green.first_done - red.first_done) "
     "AS recovery FROM islands AS red LEFT JOIN islands AS green "
     "ON green.island = red.island + 1 WHERE red.status = 'FAILED'), "
-    "stage_rows AS (SELECT s.stage_name, s.status, CASE WHEN s.status IN ('SUCCESS', 'FAILED') "
+    "stage_rows AS MATERIALIZED (SELECT s.id, s.stage_name, s.status, w.commit_hash, "
+    "CASE WHEN s.status IN ('SUCCESS', 'FAILED') "
     "THEN extract(epoch FROM s.completion_time - s.start_time)::float8 END AS seconds "
     "FROM w JOIN stage_executions AS s ON s.pipeline_execution_id = w.id), "
     "stages AS (SELECT stage_name AS stage, count(*) AS runs, "
@@ -259,14 +263,14 @@ _ONE: LiteralString = (
     "percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) AS duration_p95_seconds "
     "FROM stage_rows GROUP BY stage_name), "
     "job_rows AS MATERIALIZED (SELECT s.stage_name, j.job_name, j.status, j.allows_failure, "
-    "w.commit_hash, CASE WHEN j.status IN ('SUCCESS', 'FAILED') "
+    "s.commit_hash, CASE WHEN j.status IN ('SUCCESS', 'FAILED') "
     "THEN extract(epoch FROM j.completion_time - j.start_time)::float8 END AS seconds "
-    "FROM w JOIN stage_executions AS s ON s.pipeline_execution_id = w.id "
-    "JOIN job_executions AS j ON j.stage_execution_id = s.id), "
+    "FROM stage_rows AS s JOIN job_executions AS j ON j.stage_execution_id = s.id), "
     # A flaky commit: the job both failed (a failure that counts) and succeeded on it.
     "flaky AS (SELECT stage_name, job_name, count(*) AS commits FROM ("
-    "SELECT stage_name, job_name FROM job_rows GROUP BY stage_name, job_name, commit_hash "
-    "HAVING bool_or(status = 'FAILED' AND NOT allows_failure) AND bool_or(status = 'SUCCESS')"
+    "SELECT stage_name, job_name, commit_hash FROM job_rows "
+    "WHERE status = 'FAILED' AND NOT allows_failure INTERSECT "
+    "SELECT stage_name, job_name, commit_hash FROM job_rows WHERE status = 'SUCCESS'"
     ") AS both_ways GROUP BY stage_name, job_name), "
     "jobs AS (SELECT job_rows.stage_name AS stage, job_rows.job_name AS job, count(*) AS runs, "
     "count(*) FILTER (WHERE status = 'SUCCESS') AS success, "
