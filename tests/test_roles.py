@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cicd_db import migrations, retention
+from cicd_db import insights, migrations, retention
 from cicd_db.errors import MigrationFailed
 from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings
 from cicd_db.store import RUNNING, SUCCESS, Store
@@ -171,6 +171,11 @@ def test_the_writer_records_a_whole_run_through_the_store(roles: Roles) -> None:
         (3,),
         (4,),
     ]
+    # The insights rollup (0032) was kept by recording, and lost the deleted runs' rows
+    # with them: only run 3's is left (run 4 has not finished).
+    assert roles.database.query(
+        "SELECT r.run_number FROM run_rollups u JOIN pipeline_executions r ON r.id = u.run_id"
+    ) == [(3,)]
 
 
 WRITER_REFUSED = {
@@ -195,6 +200,9 @@ WRITER_REFUSED = {
     "rewrite history rows": "UPDATE cicd_db.cicd_db_schema_history SET checksum = 'x'",
     "read the history": "SELECT * FROM cicd_db.cicd_db_schema_history",
     "grant a role": f"GRANT {APP_USER} TO {READER_USER}",
+    "write the insights rollup": "DELETE FROM run_rollups",
+    "roll up by hand": "SELECT cicd_db_roll_up(ARRAY[]::uuid[])",
+    "drop the rollup trigger": "DROP TRIGGER pipeline_executions_roll_up ON pipeline_executions",
 }
 
 
@@ -262,12 +270,22 @@ READER_REFUSED = {
     "read the run counters": "SELECT * FROM pipeline_run_counters",
     "create a table in public": "CREATE TABLE public.planted (id INT)",
     "read the history": "SELECT * FROM cicd_db.cicd_db_schema_history",
+    "write the insights rollup": "DELETE FROM run_rollups",
 }
 
 
 @pytest.mark.parametrize("statement", list(READER_REFUSED.values()), ids=list(READER_REFUSED))
 def test_the_reader_cannot_write(roles: Roles, statement: str) -> None:
     _refused(roles.reader, statement)
+
+
+def test_the_reader_reads_insights_through_the_rollup(roles: Roles) -> None:
+    with _connect(roles.app) as conn:
+        record(Store.on(conn))
+    with _connect(roles.reader) as conn:
+        found = insights.insights(conn, "build", runs=10)
+        assert conn.execute("SELECT count(*) FROM run_rollups").fetchone() == (2,)  # 2 finished
+    assert isinstance(found, insights.PipelineInsights) and found.runs == 3
 
 
 def test_the_reader_cannot_record_through_the_store(roles: Roles) -> None:
@@ -367,7 +385,9 @@ def test_each_role_holds_exactly_its_privileges(roles: Roles) -> None:
             (table, APP_USER, "DELETE,INSERT,SELECT,UPDATE"),
             (table, READER_USER, "SELECT"),
         ]
-    assert rows == expected
+    # The insights rollup: written only by its triggers' functions, read by both.
+    expected += [("run_rollups", APP_USER, "SELECT"), ("run_rollups", READER_USER, "SELECT")]
+    assert rows == sorted(expected)
 
 
 def test_a_temporary_table_of_the_writers_cannot_stand_in_for_the_counters(roles: Roles) -> None:

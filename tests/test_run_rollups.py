@@ -1,0 +1,302 @@
+"""The insights rollup (migrations 0032 to 0035): one row per finished run with its
+stages' and jobs' figures, kept by triggers, and read by insights instead of the rows.
+It must never change a figure: every test here compares insights read through the
+rollup with insights read from the rows alone (the rollup emptied, in a transaction
+rolled back) and with the oracle of test_insights."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cicd_db import insights, retention
+from cicd_db.errors import IllegalTransition
+from cicd_db.store import CANCELED, FAILED, PENDING, RUNNING, SUCCESS, Store
+
+from .fix_db import Database
+from .test_insights import NOW, Job, Planned, check, history, oracle_summary, same
+
+FINISHED = (SUCCESS, FAILED, CANCELED)
+
+
+@pytest.fixture
+def conn(migrated: Database) -> Iterator[psycopg.Connection[Any]]:
+    with migrated.connect() as connection:
+        yield connection
+
+
+def rolled_up(conn: psycopg.Connection[Any]) -> set[Any]:
+    return {row[0] for row in conn.execute("SELECT run_id FROM run_rollups").fetchall()}
+
+
+def finished_runs(conn: psycopg.Connection[Any]) -> set[Any]:
+    query = "SELECT id FROM pipeline_executions WHERE status IN ('SUCCESS', 'FAILED', 'CANCELED')"
+    return {row[0] for row in conn.execute(query).fetchall()}
+
+
+def views(conn: psycopg.Connection[Any], pipeline: str) -> list[insights.Insights]:
+    """Every view insights gives of `pipeline`, and the summary, over several windows."""
+    found: list[insights.Insights] = []
+    for window in ({"days": 1}, {"days": 3}, {"days": 30}, {"runs": 1}, {"runs": 3}, {"runs": 50}):
+        found.append(insights.insights(conn, pipeline, now=NOW, **window))
+        found.append(insights.insights(conn, now=NOW, **window))
+    return found
+
+
+def from_rows(conn: psycopg.Connection[Any], pipeline: str) -> list[insights.Insights]:
+    """The same views with the rollup emptied: read from the stages and jobs alone."""
+    with conn.transaction(force_rollback=True):
+        conn.execute("DELETE FROM run_rollups")
+        return views(conn, pipeline)
+
+
+def agree(conn: psycopg.Connection[Any], pipeline: str) -> None:
+    """Insights through the rollup equal insights from the rows, figure for figure (the
+    same values under the same percentile_cont: equal, not close), and the oracle's;
+    and the rollup has a row for every finished run and for no other."""
+    assert rolled_up(conn) == finished_runs(conn)
+    assert views(conn, pipeline) == from_rows(conn, pipeline)
+    for window in ({"days": 3}, {"days": 30}, {"runs": 2}, {"runs": 50}):
+        check(conn, pipeline, **window)
+        summary = insights.insights(conn, now=NOW, **window)
+        same(summary, oracle_summary(conn, **window))
+
+
+# -- random histories ---------------------------------------------------------------------
+
+
+@dataclass
+class Recording:
+    """One run being recorded, a move at a time, its clock moving forward with it."""
+
+    run: Any
+    clock: datetime
+    done: bool = False
+
+
+def step(store: Store, data: st.DataObject, rec: Recording) -> None:
+    """One move of the run, drawn from those its state allows: start or finish a stage
+    or job (in any order: jobs of several stages running at once, finishing out of
+    order), a batch of jobs, a cancel of a stage or of the run, a finish of the run,
+    or a move repeated after it was made (a retry), which is refused and changes nothing."""
+    rec.clock += timedelta(seconds=data.draw(st.integers(0, 900)))
+    at = rec.clock
+    stages = store.stages(rec.run.id)
+    jobs = {s.id: store.jobs(s) for s in stages}
+    # A cancel now and then (one move in 20); the other moves as the state allows them.
+    moves: list[str] = []
+    if data.draw(st.integers(0, 19)) == 0:
+        moves.append("cancel run")
+    if any(s.status == PENDING for s in stages):
+        moves.append("start stage")
+    if any(j.status == PENDING for s in stages if s.status == RUNNING for j in jobs[s.id]):
+        moves += ["start job", "start jobs"]
+    if any(j.status == RUNNING for js in jobs.values() for j in js):
+        moves += ["finish job"] * 3 + ["finish jobs"]
+    if any(s.status == RUNNING and all(j.status in FINISHED for j in jobs[s.id]) for s in stages):
+        moves += ["finish stage"] * 2
+    if any(s.status in (PENDING, RUNNING) for s in stages) and data.draw(st.integers(0, 9)) == 0:
+        moves.append("cancel stage")
+    if all(s.status in FINISHED for s in stages):
+        moves += ["finish run"] * 3
+    if not moves:  # nothing else is possible: a run without stages left to start
+        moves.append("cancel run")
+    if any(j.status in FINISHED for js in jobs.values() for j in js):
+        moves.append("retry")
+    move = data.draw(st.sampled_from(moves))
+    pick = lambda rows: data.draw(st.sampled_from(rows))  # noqa: E731
+    if move == "cancel run":
+        store.cancel_run(store.run(rec.run.pipeline_name, rec.run.run_number), at=at)
+        rec.done = True
+    elif move == "start stage":
+        store.set_status(pick([s for s in stages if s.status == PENDING]), RUNNING, at=at)
+    elif move in ("start job", "start jobs"):
+        pending = [
+            j for s in stages if s.status == RUNNING for j in jobs[s.id] if j.status == PENDING
+        ]
+        if move == "start job":
+            store.set_status(pick(pending), RUNNING, at=at)
+        else:
+            store.set_statuses(pending, RUNNING, at=at)
+    elif move == "finish job":
+        running = [j for js in jobs.values() for j in js if j.status == RUNNING]
+        status = data.draw(st.sampled_from([SUCCESS, SUCCESS, FAILED, CANCELED]))
+        store.set_status(pick(running), status, at=at)
+    elif move == "finish jobs":
+        running = [j for js in jobs.values() for j in js if j.status == RUNNING]
+        store.set_statuses(running, data.draw(st.sampled_from([SUCCESS, FAILED])), at=at)
+    elif move == "finish stage":
+        ready = [
+            s
+            for s in stages
+            if s.status == RUNNING and all(j.status in FINISHED for j in jobs[s.id])
+        ]
+        store.finish_stage(pick(ready), at=at)
+    elif move == "cancel stage":
+        store.set_status(
+            pick([s for s in stages if s.status in (PENDING, RUNNING)]), CANCELED, at=at
+        )
+    elif move == "finish run":
+        run = store.run(rec.run.pipeline_name, rec.run.run_number)
+        if data.draw(st.booleans()) and stages:
+            status = data.draw(st.sampled_from([SUCCESS, FAILED]))
+            try:  # a status asked for must agree with the stages, or it is refused
+                store.set_status(run, status, at=at)
+            except IllegalTransition:
+                store.finish_run(run, at=at)
+        else:
+            store.finish_run(run, at=at)
+        rec.done = True
+    else:  # a move made again, as a client that did not hear the answer retries it
+        finished = [j for js in jobs.values() for j in js if j.status in FINISHED]
+        with pytest.raises(IllegalTransition):
+            store.set_status(pick(finished), SUCCESS, at=at)
+
+
+def begin(store: Store, data: st.DataObject, pipeline: str) -> Recording:
+    """A new run (a commit of few, so re-runs of a commit happen), its stages and jobs
+    added PENDING; or a run cancelled before it started."""
+    start = NOW - timedelta(seconds=data.draw(st.integers(0, 5 * 86400)))
+    run = store.start_run(pipeline, data.draw(st.sampled_from(["a", "b", "c"])))
+    rec = Recording(run, start)
+    if data.draw(st.integers(0, 9)) == 0:
+        store.cancel_run(run, at=start)
+        rec.done = True
+        return rec
+    rec.run = store.set_status(run, RUNNING, at=start)
+    for order in range(1, data.draw(st.integers(0, 3)) + 1):
+        stage = store.add_stage(rec.run, f"stage-{order}", order)
+        names = data.draw(st.lists(st.sampled_from(["unit", "lint", "e2e", "docs"]), unique=True))
+        store.add_jobs(stage, [(name, name == "lint") for name in names])
+    return rec
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.data())
+def test_random_histories_read_the_same_through_the_rollup(
+    conn: psycopg.Connection[Any], data: st.DataObject
+) -> None:
+    store = Store.on(conn)
+    pipeline = f"p{uuid.uuid4().hex[:8]}"
+    recording = [begin(store, data, pipeline) for _ in range(data.draw(st.integers(1, 6)))]
+    # The runs move in turns drawn at random, so their moves interleave; a run may be
+    # left unfinished (RUNNING, with its stages and jobs anywhere) when the drawing stops.
+    for _ in range(data.draw(st.integers(0, 120))):
+        live = [rec for rec in recording if not rec.done]
+        if not live:
+            break
+        step(store, data, data.draw(st.sampled_from(live)))
+    agree(conn, pipeline)
+
+
+# -- what keeps the rollup -------------------------------------------------------------------
+
+
+def test_a_run_has_its_row_once_it_finishes_and_not_before(conn: psycopg.Connection[Any]) -> None:
+    pipeline = history(conn, Planned(NOW - timedelta(days=1), end="running"))
+    assert rolled_up(conn) == set()
+    history(
+        conn, Planned(NOW - timedelta(hours=5)), Planned(NOW - timedelta(hours=2), end="cancel")
+    )
+    history(conn, Planned(NOW - timedelta(hours=1), end="pending-cancel"))
+    assert len(rolled_up(conn)) == 3
+    [row] = conn.execute(
+        "SELECT u.stage_names, u.job_names, u.job_statuses, u.job_seconds FROM run_rollups u "
+        "JOIN pipeline_executions r ON r.id = u.run_id AND r.status = 'SUCCESS'"
+    ).fetchall()
+    assert row == (
+        ["build", "test"],
+        ["compile", "lint", "unit"],
+        [SUCCESS] * 3,
+        [60.0, 10.0, 120.0],
+    )
+    agree(conn, pipeline)
+
+
+def test_a_transaction_that_finishes_the_run_before_its_children_is_rolled_up_at_commit(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """As a hand-written writer may do: the run's row first, its stage and job after."""
+    history(conn, Planned(NOW - timedelta(hours=3), end="running"))
+    with conn.transaction():
+        conn.execute(
+            "UPDATE pipeline_executions SET status = 'CANCELED', completion_time = %s", [NOW]
+        )
+        conn.execute(
+            "UPDATE stage_executions SET status = 'CANCELED', completion_time = %s "
+            "WHERE status IN ('PENDING', 'RUNNING')",
+            [NOW],
+        )
+        conn.execute(
+            "UPDATE job_executions SET status = 'CANCELED', completion_time = %s "
+            "WHERE status IN ('PENDING', 'RUNNING')",
+            [NOW],
+        )
+    [statuses] = conn.execute("SELECT job_statuses FROM run_rollups").fetchone() or [None]
+    assert statuses == [SUCCESS, CANCELED, CANCELED]
+    agree(conn, "build")
+
+
+def test_a_finished_job_or_stage_changed_by_hand_rolls_its_run_up_again(
+    conn: psycopg.Connection[Any],
+) -> None:
+    pipeline = history(conn, Planned(NOW - timedelta(hours=3)), Planned(NOW - timedelta(hours=2)))
+    conn.execute(
+        "UPDATE job_executions SET status = 'FAILED', completion_time = completion_time "
+        "+ interval '77 seconds' WHERE job_name = 'unit' AND stage_execution_id = "
+        "(SELECT min(id::text)::uuid FROM stage_executions WHERE stage_name = 'test')"
+    )
+    conn.execute(
+        "UPDATE stage_executions SET completion_time = completion_time + interval '1 hour' "
+        "WHERE stage_name = 'build'"
+    )
+    found = check(conn, pipeline, days=2)
+    [unit] = [j for j in found.jobs if j.job == "unit"]
+    assert (unit.failed, unit.duration_p95_seconds) == (1, pytest.approx(120 + 77 * 0.95))
+    agree(conn, pipeline)
+
+
+def test_retention_deletes_the_rows_with_the_runs(conn: psycopg.Connection[Any]) -> None:
+    today = datetime.now(UTC)  # retention's cutoff is the server's clock
+    old = today - timedelta(days=40)
+    pipeline = history(conn, Planned(old), Planned(old + timedelta(hours=1), end="cancel"))
+    history(conn, Planned(today - timedelta(days=1)), pipeline=pipeline)
+    assert len(rolled_up(conn)) == 3
+    pruned = retention.prune(conn, keep_days=30)
+    assert pruned.runs == 2
+    assert rolled_up(conn) == finished_runs(conn) and len(rolled_up(conn)) == 1
+    agree(conn, pipeline)
+
+
+def test_the_backfill_fills_the_runs_that_have_no_row(conn: psycopg.Connection[Any]) -> None:
+    """Runs recorded before the rollup existed (or loaded with triggers off) are read
+    from their rows; the backfill of 0035 gives them their row, in batches."""
+    failing = (Job("unit", 90, FAILED), Job("lint", 10, allows_failure=True))
+    passing = (Job("unit", 95), Job("lint", 10, allows_failure=True))
+    pipeline = history(
+        conn,
+        *(
+            Planned(NOW - timedelta(hours=h), f"c{h % 3}", test=failing if h % 2 else passing)
+            for h in range(1, 12)
+        ),
+        Planned(NOW - timedelta(minutes=30), end="running"),
+    )
+    rows = conn.execute("SELECT * FROM run_rollups ORDER BY run_id").fetchall()
+    conn.execute("DELETE FROM run_rollups WHERE run_id IN (SELECT run_id FROM run_rollups LIMIT 6)")
+    agree_without = views(conn, pipeline)
+    conn.execute("CALL cicd_db_backfill_run_rollups(4)")
+    assert conn.execute("SELECT * FROM run_rollups ORDER BY run_id").fetchall() == rows
+    assert views(conn, pipeline) == agree_without
+    agree(conn, pipeline)
