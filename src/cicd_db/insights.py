@@ -18,6 +18,11 @@ defines every figure; in short:
 - Days are UTC days; a run counts on the day of its time (a run that crosses
   midnight counts on the day it started).
 
+A finished run's stages and jobs are read from its row of the rollup `run_rollups`
+(migrations 0032 to 0035, kept by triggers), which holds exactly the values the
+figures are computed from; a run without one is read from the tables, with the same
+result (tests/test_run_rollups.py).
+
 The JSON and YAML structure (`data`) is documented in docs/reports.md; keys are only
 ever added. Rendering: `render` (table, json, yaml) here, `html` in insights_html.py.
 """
@@ -251,10 +256,22 @@ _ONE: LiteralString = (
     "streaks AS (SELECT red.length, extract(epoch FROM green.first_done - red.first_done) "
     "AS recovery FROM islands AS red LEFT JOIN islands AS green "
     "ON green.island = red.island + 1 WHERE red.status = 'FAILED'), "
-    "stage_rows AS MATERIALIZED (SELECT s.id, s.stage_name, s.status, w.commit_hash, "
+    # Stages and jobs: a finished run's from its rollup row (migration 0032: the same
+    # names, statuses and seconds, one row a run instead of 25), any other run's
+    # (unfinished, or finished without a row yet) from the tables.
+    "rolled AS MATERIALIZED (SELECT w.id, w.commit_hash, u.stage_names, u.stage_statuses, "
+    "u.stage_seconds, u.job_stages, u.job_names, u.job_statuses, u.job_allows_failure, "
+    "u.job_seconds FROM w JOIN run_rollups AS u ON u.run_id = w.id "
+    "WHERE w.status IN ('SUCCESS', 'FAILED', 'CANCELED')), "
+    "raw_stages AS MATERIALIZED (SELECT s.id, s.stage_name, s.status, w.commit_hash, "
     "CASE WHEN s.status IN ('SUCCESS', 'FAILED') "
     "THEN extract(epoch FROM s.completion_time - s.start_time)::float8 END AS seconds "
-    "FROM w JOIN stage_executions AS s ON s.pipeline_execution_id = w.id), "
+    "FROM w JOIN stage_executions AS s ON s.pipeline_execution_id = w.id "
+    "WHERE NOT EXISTS (SELECT FROM rolled WHERE rolled.id = w.id)), "
+    "stage_rows AS (SELECT stage_name, status, seconds FROM raw_stages UNION ALL "
+    "SELECT u.stage_name, u.status, u.seconds FROM rolled, "
+    "unnest(rolled.stage_names, rolled.stage_statuses, rolled.stage_seconds) "
+    "AS u (stage_name, status, seconds)), "
     "stages AS (SELECT stage_name AS stage, count(*) AS runs, "
     "count(*) FILTER (WHERE status = 'SUCCESS') AS success, "
     "count(*) FILTER (WHERE status = 'FAILED') AS failed, "
@@ -265,7 +282,11 @@ _ONE: LiteralString = (
     "job_rows AS MATERIALIZED (SELECT s.stage_name, j.job_name, j.status, j.allows_failure, "
     "s.commit_hash, CASE WHEN j.status IN ('SUCCESS', 'FAILED') "
     "THEN extract(epoch FROM j.completion_time - j.start_time)::float8 END AS seconds "
-    "FROM stage_rows AS s JOIN job_executions AS j ON j.stage_execution_id = s.id), "
+    "FROM raw_stages AS s JOIN job_executions AS j ON j.stage_execution_id = s.id "
+    "UNION ALL SELECT u.stage_name, u.job_name, u.status, u.allows_failure, "
+    "rolled.commit_hash, u.seconds FROM rolled, unnest(rolled.job_stages, rolled.job_names, "
+    "rolled.job_statuses, rolled.job_allows_failure, rolled.job_seconds) "
+    "AS u (stage_name, job_name, status, allows_failure, seconds)), "
     # A flaky commit: the job both failed (a failure that counts) and succeeded on it.
     "flaky AS (SELECT stage_name, job_name, count(*) AS commits FROM ("
     "SELECT stage_name, job_name, commit_hash FROM job_rows "
