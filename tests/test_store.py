@@ -535,6 +535,71 @@ def test_a_finisher_that_waited_for_an_adder_sees_what_it_added(
     assert orphans(schema, trial.run) == []
 
 
+def test_a_finisher_that_waited_for_a_change_that_added_nothing_still_finishes(
+    schema: Database,
+) -> None:
+    """The parent's version changed while the finisher waited, but no child came with it
+    (an `add_jobs` of no jobs): the finisher goes the slow way, under the lock, and
+    finishes the row as asked, with the status and the time it was given."""
+    with ExitStack() as stack:
+        own = Store.on(stack.enter_context(schema.connect()))
+        trial = _running(own, "job")
+        toucher_conn = stack.enter_context(schema.connect())
+        finisher_conn = stack.enter_context(schema.connect())
+        finisher = Store.on(finisher_conn)
+        toucher_conn.execute("BEGIN")
+        assert Store.on(toucher_conn).add_jobs(trial.stage, []) == []
+        at = datetime.now(UTC) + timedelta(minutes=5)
+        with ThreadPoolExecutor(max_workers=1) as workers:
+            outcome = workers.submit(finisher.set_status, trial.stage, FAILED, at=at)
+            deadline = datetime.now(UTC) + timedelta(seconds=30)
+            while not _waiting_on_a_lock(schema, finisher_conn.info.backend_pid):
+                assert not outcome.done(), outcome.result()
+                assert datetime.now(UTC) < deadline, "the finisher never waited"
+            toucher_conn.execute("COMMIT")
+            finished = outcome.result(timeout=30)
+        assert (finished.status, finished.completion_time) == (FAILED, at)
+        assert own.stage(trial.run, "build") == finished
+
+
+@pytest.mark.parametrize(
+    ("jobs", "derived"),
+    [
+        ([("a", False, SUCCESS), ("b", False, FAILED)], FAILED),
+        ([("a", False, SUCCESS), ("b", True, FAILED)], SUCCESS),
+        ([("a", True, FAILED), ("b", False, CANCELED)], CANCELED),
+    ],
+)
+def test_finishing_a_stage_that_never_started_names_the_status_its_jobs_give(
+    executions: Store, jobs: list[tuple[str, bool, str]], derived: str
+) -> None:
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING)
+    stage = executions.add_stage(run, "test", 1)
+    for job, (_, _, status) in zip(
+        executions.add_jobs(stage, [(name, allowed) for name, allowed, _ in jobs]),
+        jobs,
+        strict=True,
+    ):
+        if status != CANCELED:
+            job = executions.set_status(job, RUNNING)
+        executions.set_status(job, status)
+    with pytest.raises(IllegalTransition) as refused:
+        executions.finish_stage(stage)
+    assert str(refused.value).startswith(
+        f"stage 'test' is PENDING and cannot move to {derived};"
+    ), refused.value
+
+
+def test_a_finish_at_a_time_before_the_start_names_the_status_asked(executions: Store) -> None:
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING, at=T0)
+    stage = executions.set_status(executions.add_stage(run, "test", 1), RUNNING, at=T0)
+    executions.set_status(
+        executions.set_status(executions.add_job(stage, "unit"), RUNNING), SUCCESS
+    )
+    with pytest.raises(IllegalTransition, match=r"^stage cannot become FAILED at 2026-03-01 08:00"):
+        executions.set_status(stage, FAILED, at=T0 - timedelta(hours=1))
+
+
 # Every statement that reaches a run's jobs, by name.
 RUN_JOB_STATEMENTS = {
     "FINISH": store.FINISH[store.PipelineRun].decode(),

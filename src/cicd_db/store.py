@@ -652,10 +652,14 @@ class Store:
         return type(row)(*finished, *_UNTIMED[type(row)](row))
 
     def _finish_slowly(self, row: Row, at: datetime | None, status: str | None) -> Row:
+        """FINISH again, under the row's lock (no child can be added meanwhile, and the
+        statement's snapshot, taken after the lock, sees every child committed before
+        it); if it still leaves the row alone, why: a child unfinished, a time before
+        the row started, or a row that may not move."""
         what = TABLES[type(row)][2]
         kind, children_query = CHILDREN[type(row)]
+        params = {"parent": row.id, "status": status, "at": at}
         with self._connection() as conn, conn.transaction():
-            # Locked first, so no child can be added between reading them and finishing.
             current = self._locked(conn, row)
             if status is not None and current.status not in ALLOWED_FROM[status]:
                 raise IllegalTransition(_illegal(current, status))
@@ -669,15 +673,24 @@ class Store:
                     f"{'have' if len(unfinished) != 1 else 'has'} not; finish or cancel "
                     f"{'them' if len(unfinished) != 1 else 'it'} first"
                 )
-            if status is None:
-                counted = [
-                    status for status, allowed, _ in children if not (status == FAILED and allowed)
-                ]
-                status = (
-                    FAILED if FAILED in counted else CANCELED if CANCELED in counted else SUCCESS
-                )
-            # Read now: finished children never move, and no child can be added.
-            return self._move(current, status, at or _stamp(conn, row), conn=conn)
+            # The move asked, for the messages: the status given, or the one the
+            # children give (FINISH derives it the same way).
+            counted = [
+                status for status, allowed, _ in children if not (status == FAILED and allowed)
+            ]
+            move = status or (
+                FAILED if FAILED in counted else CANCELED if CANCELED in counted else SUCCESS
+            )
+            try:
+                with conn.cursor(binary=True) as cursor:
+                    finished = cursor.execute(FINISH[type(row)], params).fetchone()
+            except errors.CheckViolation:
+                raise IllegalTransition(
+                    f"{what} cannot become {move} at {at}: that is before it started"
+                ) from None
+            if finished is None:  # only the row's own status can have stopped it
+                raise IllegalTransition(_illegal(current, move))
+            return type(row)(*finished, *_UNTIMED[type(row)](row))
 
     def _cancel(self, row: Row, at: datetime | None) -> Row:
         """Cancel a run or stage and, parent before child, whatever of it has not finished."""
