@@ -46,6 +46,8 @@ The package, one job per module; imports flow down this list, never up:
 only read the database. `Runner.apply()` and `baseline()` write.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from cicd_db.migrations.apply import (
     DEFAULT_LOCK_TIMEOUT,
     DEFAULT_RETRIES,
@@ -64,10 +66,22 @@ from cicd_db.migrations.files import (
     read,
 )
 from cicd_db.migrations.history import Applied, StatusRow
-from cicd_db.migrations.rehearse import LockHeld, Rehearsal, outside_the_transaction
 from cicd_db.migrations.runner import Runner, open_runner, scratch_dump
 from cicd_db.migrations.session import LOCK_KEY, SESSION_OPTIONS, WORK_KEY, session_options
 from cicd_db.migrations.statements import BATCH_BYTES, Batch, Copy, Step, plan
+
+if TYPE_CHECKING:
+    from cicd_db.migrations.rehearse import LockHeld, Rehearsal, outside_the_transaction
+
+
+def __getattr__(name: str) -> Any:
+    """The rehearsal's names, loaded on first use (runner.py says why)."""
+    if name in ("LockHeld", "Rehearsal", "outside_the_transaction"):
+        from cicd_db.migrations import rehearse
+
+        return getattr(rehearse, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BATCH_BYTES",

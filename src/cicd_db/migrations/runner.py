@@ -14,21 +14,27 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
-from cicd_db import schema, targets
+from cicd_db import targets
 from cicd_db.errors import ConfigError, UsageError
 from cicd_db.migrations import apply as applying
-from cicd_db.migrations import history, lock, rehearse, verify
+from cicd_db.migrations import history, lock
 from cicd_db.migrations.apply import Result, Retry, RetryPolicy
 from cicd_db.migrations.files import Migration, discover
 from cicd_db.migrations.history import Applied, StatusRow
-from cicd_db.migrations.rehearse import Rehearsal
 from cicd_db.migrations.session import Session, session_options
 from cicd_db.settings import ConnectionSettings, is_transaction_pooler
+
+# Imported where they are used: `migrate up` never rehearses, baselines, checks drift or
+# dumps a schema, and each of its runs would pay about 3 ms to load these modules
+# (docs/benchmarks.md, "Where the time goes").
+if TYPE_CHECKING:
+    from cicd_db import schema
+    from cicd_db.migrations.rehearse import Rehearsal
 
 
 class Runner:
@@ -119,16 +125,22 @@ class Runner:
         pending = self.pending(target=target)
         if not pending:
             return []
+        from cicd_db.migrations import rehearse  # on use: see the imports
+
         with lock.held(self.session, self.lock_timeout):
             return rehearse.rehearse(self.session, pending)
 
     def baseline(self, version: int) -> list[Migration]:
         """Record migrations up to `version` as applied, without running them, once the
         live schema is found to match them (`verify.baseline`). Writes."""
+        from cicd_db.migrations import verify  # on use: see the imports
+
         return verify.baseline(self.session, self.migrations, version, self.lock_timeout)
 
     def drift(self) -> tuple[int, list[schema.Difference]]:
         """The live schema against what the applied files make (`verify.drift`). Reads only."""
+        from cicd_db.migrations import verify  # on use: see the imports
+
         return verify.drift(self.session, self.migrations)
 
 
@@ -181,6 +193,8 @@ def scratch_dump(files: list[Migration], admin: ConnectionSettings) -> str:
             scratch, options=session_options(scratch.parameter("options"))
         ) as conn:
             Runner(conn, files).apply()
+        from cicd_db import schema  # on use: see the imports
+
         return schema.dump(scratch)
     finally:
         with targets.connect(admin) as conn:
