@@ -23,6 +23,7 @@ from cicd_db.store import CANCELED, FAILED, PENDING, RUNNING, SUCCESS, Store
 
 from .fix_db import Database
 from .test_insights import NOW, Job, Planned, check, history, oracle_summary, same
+from .utils import MANY_JOBS, scans
 
 FINISHED = (SUCCESS, FAILED, CANCELED)
 
@@ -307,14 +308,7 @@ def test_rolling_a_run_up_reads_its_own_jobs_not_every_job(conn: psycopg.Connect
     by stage, never a scan of every job: on a young table's statistics the planner made
     its join of stages and jobs a hash join over the whole table. Checked on the function
     as the database holds it: its statement, explained for one run."""
-    conn.execute(
-        "WITH runs AS (INSERT INTO pipeline_executions (pipeline_name, commit_hash) "
-        "SELECT 'old', md5(i::text) FROM generate_series(1, 300) i RETURNING id), "
-        "stages AS (INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
-        "execution_order) SELECT id, 's' || o, o FROM runs, generate_series(1, 5) o "
-        "RETURNING id) INSERT INTO job_executions (stage_execution_id, job_name) "
-        "SELECT id, 'j' || n FROM stages, generate_series(1, 20) n"
-    )
+    conn.execute(MANY_JOBS)
     [(body,)] = conn.execute(
         "SELECT prosrc FROM pg_proc WHERE proname = 'cicd_db_roll_up'"
     ).fetchall()
@@ -324,12 +318,6 @@ def test_rolling_a_run_up_reads_its_own_jobs_not_every_job(conn: psycopg.Connect
     [(plan,)] = conn.execute(
         "EXPLAIN (FORMAT JSON) " + statement.replace("runs)", f"ARRAY['{run_id}'::uuid])")
     ).fetchall()
-
-    def scans(node: dict[str, Any]) -> list[tuple[Any, Any]]:
-        found = [(node.get("Node Type"), node.get("Relation Name"))]
-        for child in node.get("Plans", []):
-            found += scans(child)
-        return found
 
     assert ("Index Scan", "job_executions") in scans(plan[0]["Plan"]) or (
         "Bitmap Heap Scan",

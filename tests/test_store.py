@@ -19,6 +19,7 @@ from cicd_db.errors import AlreadyExists, IllegalTransition, NotFound
 from cicd_db.store import CANCELED, FAILED, PENDING, RUNNING, SUCCESS, Store
 
 from .fix_db import Database
+from .utils import MANY_JOBS, scans
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -617,14 +618,7 @@ def test_finishing_or_cancelling_a_run_reads_its_own_jobs_not_every_job(
     jobs' index, stage by stage, never a scan of every job of every run (a join the
     planner turned into a hash join over the whole table on fresh statistics: 3.7 ms
     at 300 runs, seconds at 20 million jobs)."""
-    schema.query(
-        "WITH runs AS (INSERT INTO pipeline_executions (pipeline_name, commit_hash) "
-        "SELECT 'old', md5(i::text) FROM generate_series(1, 300) i RETURNING id), "
-        "stages AS (INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
-        "execution_order) SELECT id, 's' || o, o FROM runs, generate_series(1, 5) o "
-        "RETURNING id) INSERT INTO job_executions (stage_execution_id, job_name) "
-        "SELECT id, 'j' || n FROM stages, generate_series(1, 20) n RETURNING 1"
-    )
+    schema.execute(MANY_JOBS)
     run = executions.set_status(executions.start_run("build", "abc"), RUNNING)
     [(plan,)] = schema.query(
         "EXPLAIN (FORMAT JSON) "
@@ -633,12 +627,6 @@ def test_finishing_or_cancelling_a_run_reads_its_own_jobs_not_every_job(
         .replace("%(status)s", "NULL::text")
         .replace("%(at)s", "NULL::timestamptz")
     )
-
-    def scans(node: dict[str, object]) -> list[tuple[object, object]]:
-        found = [(node.get("Node Type"), node.get("Relation Name"))]
-        for child in node.get("Plans", []):  # type: ignore[attr-defined]
-            found += scans(child)
-        return found
 
     assert ("Seq Scan", "job_executions") not in scans(plan[0]["Plan"])  # type: ignore[index]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from cicd_db import migrations
 
@@ -30,3 +31,23 @@ def unscanned(name: str, data: bytes, version: int = 1) -> migrations.Migration:
         transactional=True,
         steps=(migrations.Batch(0, len(data), 1, standard_strings=True),),
     )
+
+
+# 300 finished-looking runs of 5 stages x 20 jobs, set-based: enough rows that a plan
+# scanning every job shows up as one (the statistics are the young table's).
+MANY_JOBS = (
+    "WITH runs AS (INSERT INTO pipeline_executions (pipeline_name, commit_hash) "
+    "SELECT 'old', md5(i::text) FROM generate_series(1, 300) i RETURNING id), "
+    "stages AS (INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
+    "execution_order) SELECT id, 's' || o, o FROM runs, generate_series(1, 5) o "
+    "RETURNING id) INSERT INTO job_executions (stage_execution_id, job_name) "
+    "SELECT id, 'j' || n FROM stages, generate_series(1, 20) n"
+)
+
+
+def scans(node: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """Every (node type, table) of an EXPLAIN (FORMAT JSON) plan node, children included."""
+    found = [(node.get("Node Type"), node.get("Relation Name"))]
+    for child in node.get("Plans", []):
+        found += scans(child)
+    return found
