@@ -199,8 +199,15 @@ def test_derived_stage_and_run_status(executions: Store, jobs, expected) -> None
         if outcome != CANCELED:
             job = executions.set_status(job, RUNNING)
         executions.set_status(job, outcome)
+    # The slow way, taken when the one statement leaves the row alone (here: a time
+    # before the stage started), derives the same status: its refusal names it.
+    early = T0 - timedelta(days=1)
+    with pytest.raises(IllegalTransition, match=f"^stage cannot become {expected} at "):
+        executions.finish_stage(stage, at=early)
     assert executions.finish_stage(stage).status == expected
     # The run derives from its stages the same way.
+    with pytest.raises(IllegalTransition, match=f"^run cannot become {expected} at "):
+        executions.finish_run(run, at=early)
     assert executions.finish_run(run).status == expected
 
 
@@ -497,14 +504,17 @@ def _waiting_on_a_lock(database: Database, pid: int) -> bool:
     return bool(waiting)
 
 
+@pytest.mark.parametrize("added", ["pending", "cancelled"])
 @pytest.mark.parametrize("kind", ["stage", "run"])
 def test_a_finisher_that_waited_for_an_adder_sees_what_it_added(
-    schema: Database, kind: str
+    schema: Database, kind: str, added: str
 ) -> None:
     """The exact interleaving the fast finish must survive: its statement has read the
     children when an adder, not yet committed, holds the parent; the adder commits while
     the finisher waits. The child it added is not in the finisher's snapshot, so the
-    finisher must notice the parent changed and refuse (the child has not finished)."""
+    finisher must notice the parent changed and look again: it refuses while the child
+    has not finished (`pending`), and finishes the parent from its children as they are
+    now when the adder cancelled it before committing (`cancelled`): CANCELED."""
     with ExitStack() as stack:
         own = Store.on(stack.enter_context(schema.connect()))
         trial = _running(own, "stage" if kind == "run" else "job")
@@ -513,12 +523,15 @@ def test_a_finisher_that_waited_for_an_adder_sees_what_it_added(
         finisher = Store.on(finisher_conn)
         adder_conn.execute("BEGIN")  # the adder's statement, its commit held back
         adder = Store.on(adder_conn)
+        late: store.StageRun | store.JobRun
         if kind == "run":
-            adder.add_stage(trial.run, "late", 2)
+            late = adder.add_stage(trial.run, "late", 2)
         else:
-            adder.add_jobs(trial.stage, [("late", False)])
+            late = adder.add_job(trial.stage, "late")
+        if added == "cancelled":
+            late = adder.set_status(late, CANCELED)
 
-        def finish() -> object:
+        def finish() -> store.PipelineRun | store.StageRun:
             if kind == "run":
                 return finisher.finish_run(trial.run)
             return finisher.finish_stage(trial.stage)
@@ -531,8 +544,14 @@ def test_a_finisher_that_waited_for_an_adder_sees_what_it_added(
                 assert not outcome.done(), outcome.result()  # it must wait for the adder
                 assert datetime.now(UTC) < deadline, "the finisher never waited"
             adder_conn.execute("COMMIT")
-            with pytest.raises(IllegalTransition, match=r"cannot finish while 1 .* has not"):
-                outcome.result(timeout=30)
+            if added == "pending":
+                with pytest.raises(IllegalTransition, match=r"cannot finish while 1 .* has not"):
+                    outcome.result(timeout=30)
+            else:
+                finished = outcome.result(timeout=30)
+                assert finished.status == CANCELED
+                assert finished.completion_time and late.completion_time
+                assert finished.completion_time >= late.completion_time
     assert orphans(schema, trial.run) == []
 
 
@@ -691,6 +710,11 @@ def test_one_connection_is_enough(schema: Database) -> None:
         assert single.cancel_run(run).status == CANCELED
         other = single.set_status(single.start_run("build", "def"), RUNNING)
         assert single.finish_run(other).status == SUCCESS
+        # The slow way of finishing (here for a time before the run started) moves the
+        # row on the connection that locked it: a second one would never come.
+        late = single.set_status(single.start_run("build", "ghi"), RUNNING)
+        with pytest.raises(IllegalTransition, match="that is before it started"):
+            single.finish_run(late, at=T0)
 
 
 def test_refusals_say_exactly_what_is_wrong(executions: Store) -> None:
@@ -712,6 +736,12 @@ def test_refusals_say_exactly_what_is_wrong(executions: Store) -> None:
         "job 'unit' is PENDING and cannot move to SUCCESS; allowed: PENDING -> RUNNING -> "
         "SUCCESS | FAILED | CANCELED, PENDING -> CANCELED"
     )
+    with pytest.raises(IllegalTransition) as unstarted:  # a stage finishes another way
+        executions.set_status(executions.add_stage(run, "deploy", 2), FAILED)
+    assert str(unstarted.value) == (
+        "stage 'deploy' is PENDING and cannot move to FAILED; allowed: PENDING -> RUNNING -> "
+        "SUCCESS | FAILED | CANCELED, PENDING -> CANCELED"
+    )
     with pytest.raises(IllegalTransition) as one_left:
         executions.finish_stage(stage)
     assert str(one_left.value) == (
@@ -729,9 +759,14 @@ def test_refusals_say_exactly_what_is_wrong(executions: Store) -> None:
 def test_a_row_that_is_gone_is_not_found(executions: Store) -> None:
     run = executions.start_run("build", "abc")
     ghost = replace(run, id=uuid4())
-    with pytest.raises(NotFound) as raised:
-        executions.set_status(ghost, RUNNING)
-    assert str(raised.value) == f"no run with id {ghost.id}"
+    for move in (
+        lambda: executions.set_status(ghost, RUNNING),
+        lambda: executions.cancel_run(ghost),
+        lambda: executions.finish_run(ghost),
+    ):
+        with pytest.raises(NotFound) as raised:
+            move()
+        assert str(raised.value) == f"no run with id {ghost.id}"
 
 
 def test_the_store_says_why_it_needs_autocommit(schema: Database) -> None:
@@ -840,8 +875,17 @@ def test_a_batch_moves_all_or_none_and_names_the_job_that_may_not(
     assert snapshot(schema) == before
     with pytest.raises(IllegalTransition, match="job 'job1' is in the batch twice; list it once"):
         executions.set_statuses([jobs[0], jobs[1], jobs[1]], RUNNING)
-    with pytest.raises(IllegalTransition, match="'DONE' is not a status to move to"):
+    with pytest.raises(IllegalTransition) as not_a_status:
         executions.set_statuses(jobs, "DONE")
+    assert str(not_a_status.value) == (
+        "'DONE' is not a status to move to; use one of RUNNING, SUCCESS, FAILED, CANCELED"
+    )
+    with pytest.raises(IllegalTransition) as too_early:
+        executions.set_statuses([jobs[2]], SUCCESS, at=T0 - timedelta(hours=1))
+    assert str(too_early.value) == (
+        "jobs cannot become SUCCESS at 2026-03-01 08:00:00+00:00: "
+        "that is before one of them started"
+    )
     assert snapshot(schema) == before
 
 
