@@ -256,8 +256,9 @@ FIXED_TEXTS = fixed_texts()
 @st.composite
 def hostile_urls(draw: st.DrawFn) -> tuple[str, str, str]:
     """(url, password, sslpassword): a password of every printable character, written
-    raw or percent-encoded, with URL delimiters and spaces inserted in and around it;
-    bad ports, unknown parameters, and an sslpassword."""
+    raw or percent-encoded, with URL delimiters and spaces inserted in and around it,
+    after a ':' or what a typo puts in its place; bad ports, unknown parameters, and
+    an sslpassword."""
     # Characters that end a URL's parts drawn as often as all others together.
     characters = st.sampled_from(PASSWORD_CHARACTERS) | st.sampled_from(
         [*DELIMITERS, "&", "=", ","]
@@ -292,7 +293,9 @@ def hostile_urls(draw: st.DrawFn) -> tuple[str, str, str]:
             max_size=3,
         )
     )
-    url = f"postgresql://u:{written}@{host}" + (f":{port}" if port else "") + "/db"
+    # The ':' before the password, or what a slip of the finger types there instead.
+    separator = draw(st.sampled_from([":", ":", ":", *"?/#;,!=& "]))
+    url = f"postgresql://u{separator}{written}@{host}" + (f":{port}" if port else "") + "/db"
     if query:
         url += "?" + "&".join(query)
     return url, password, sslpassword
@@ -314,6 +317,8 @@ def assert_nothing_of(secrets: tuple[str, ...], printed: str) -> None:
     case=("postgresql://u@h/db?sslpassword=Ssl5ecret&bogus=1", "----", "Ssl5ecret"), mode="--json"
 )
 @hypothesis.example(case=("postgresql://u:%8000@127.0.0.1:1/db", "%8000", "----"), mode="")
+@hypothesis.example(case=("postgresql://u?Sekr3tPW@127.0.0.1:1/db", "Sekr3tPW", "----"), mode="")
+@hypothesis.example(case=("postgresql://u/Sekr3tPW@h/db", "Sekr3tPW", "----"), mode="--json")
 def test_no_part_of_a_password_is_ever_printed(
     server: ConnectionSettings, case: tuple[str, str, str], mode: str
 ) -> None:

@@ -680,6 +680,16 @@ def test_from_mapping_takes_contract_names_and_edge_ports() -> None:
         ("HTTP://u:pw@h", "HTTP://u:***@h"),
         ("postgresql://u:p:w@h/db", "postgresql://u:***@h/db"),
         ("postgresql://u@h/db", "postgresql://u@h/db"),
+        # A typo for the ':' hides the password all the same; the typo shows.
+        (
+            "postgresql://prof?Sekr3t@h:1/db?sslmode=disable",
+            "postgresql://prof?***@h:1/db?sslmode=disable",
+        ),
+        ("postgresql://u/Sekr3t@h/db", "postgresql://u/***@h/db"),
+        ("postgresql://u;Sekr3t@h/db", "postgresql://u;***@h/db"),
+        ("postgresql://u Sekr3t@h/db", "postgresql://u ***@h/db"),
+        ("postgresql://me@server:pw@h/db", "postgresql://me@server:***@h/db"),
+        ("postgresql://jürgen:pw@h", "postgresql://jürgen:***@h"),
         ("postgresql://@h/db", "postgresql://@h/db"),
         # Without a scheme, nothing is shown: it may be a password holding an @.
         (":pw@h", None),

@@ -476,8 +476,27 @@ def mask_credentials(text: str) -> str | None:
             return text[: scheme.end()] + user + ":***"
         return text
     start = scheme.end() if scheme and scheme.end() <= at else 0
-    user, colon, _ = text[start:at].partition(":")
-    return text[:start] + user + (":***" if colon else "") + text[at:]
+    user, secret = _split_userinfo(text[start:at])
+    return text[:start] + user + ("***" if secret else "") + text[at:]
+
+
+# What ends a user name where a password may follow: the ':' of the URL's form, and
+# what a slip of the finger puts there instead (`u?pw@h`, `u/pw@h`, `u;pw@h`, ...).
+# Not '@': user names such as `me@server` (Azure's) are shown, up to their ':'.
+_USER_END = re.compile(r"[:/?#\[\];,!=&|\\\s]")
+
+
+def _split_userinfo(userinfo: str) -> tuple[str, str]:
+    """A URL's text before its last '@' as (what may be shown, what may be a password).
+
+    The user name shows up to the first character that may separate it from a
+    password, that character included; the rest may be one: with a '?' typed for
+    the ':' (`prof?Sekr3t@h`) libpq reads no password, but the user meant one.
+    """
+    end = _USER_END.search(userinfo)
+    if end is None:
+        return userinfo, ""
+    return userinfo[: end.end()], userinfo[end.end() :]
 
 
 def password_candidates(text: str | None) -> list[str]:
@@ -499,7 +518,7 @@ def password_candidates(text: str | None) -> list[str]:
             secret = ""
     else:
         start = scheme.end() if scheme and scheme.end() <= at else 0
-        secret = text[start:at].partition(":")[2]
+        secret = _split_userinfo(text[start:at])[1]
     if secret:
         secrets += [secret, *re.split(r"[@/?#:&=,\[\]\s]+", secret)]
     return [value for value in secrets if value]
@@ -585,7 +604,9 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
 
 # Greedy up to the last "@" of the token: a password with a raw "@" is still hidden whole.
 _URL_PASSWORD = re.compile(
-    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)(?P<secret>\S*)(?P<tail>@)", re.I
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/?#\[\]@;,!=&|\\\s]*[:/?#\[\];,!=&|\\])(?P<secret>\S*)"
+    r"(?P<tail>@)",
+    re.I,
 )
 _KEYWORD_PASSWORD = re.compile(
     r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)(?P<tail>)", re.I
