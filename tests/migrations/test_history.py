@@ -12,15 +12,20 @@ exit code agrees with what `up` refuses.
 from __future__ import annotations
 
 import json
+import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
-from psycopg import sql
+from psycopg import pq, sql
 
 from cicd_db import migrations
 from cicd_db.errors import ConfigError
+from cicd_db.migrations import history
 
 from ..fix_cli import migrate, run_cli
 from ..fix_db import Database
@@ -308,6 +313,43 @@ def test_history_reads_inside_a_callers_transaction(database: Database, tmp_path
         runner = migrations.Runner(conn, migrations.discover(folder))
         assert runner.applied() == []
         assert [m.version for m in runner.pending()] == [1]
+
+
+def client_queries(conn: psycopg.Connection[Any], work: Callable[[], object]) -> list[str]:
+    """The protocol messages that start a query (Query, Parse) that `work` sends, as
+    libpq's own trace of the connection records them."""
+    with tempfile.TemporaryFile("w+") as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            work()
+        finally:
+            conn.pgconn.untrace()
+        trace.seek(0)
+        sent = [line.split("\t") for line in trace.read().splitlines()]
+    return [fields[3] for fields in sent if fields[0] == "F" and fields[2] in ("Query", "Parse")]
+
+
+def test_a_history_in_place_is_read_in_one_query(database: Database, tmp_path: Path) -> None:
+    """What every run reads first: one round trip when the history is ours, in place
+    and alone; the same rows as the careful way (the catalog search, then the rows)."""
+    folder = write_migrations(tmp_path, THREE)
+    migrate(database, folder, "up")
+    with database.connect() as conn:
+        conn.autocommit = True
+        rows: list[list[migrations.Applied]] = []
+        sent = client_queries(conn, lambda: rows.append(history.read(conn)))
+        assert len(sent) == 1, sent
+        ours, older = history.find(conn)
+        assert (ours, older) == (True, [])
+        assert rows[0] == history.read(conn, placed=True)
+        assert [row.version for row in rows[0]] == [1, 2, 3]
+        # Another table of the name, even someone else's: the careful way, which says
+        # what it found (here: nothing of concern, so the same rows).
+        conn.execute("CREATE TABLE public.cicd_db_schema_history (x int)")
+        sent = client_queries(conn, lambda: rows.append(history.read(conn)))
+        assert len(sent) == 3, sent
+        assert rows[1] == rows[0]
 
 
 def test_a_view_in_the_history_place_is_refused(database: Database, tmp_path: Path) -> None:
