@@ -29,7 +29,7 @@ def unscanned(name: str, data: bytes, version: int = 1) -> migrations.Migration:
         data=data,
         checksum="0" * 64,
         transactional=True,
-        steps=(migrations.Batch(0, len(data), 1, standard_strings=True),),
+        planned=(migrations.Batch(0, len(data), 1, standard_strings=True),),
     )
 
 

@@ -256,7 +256,7 @@ class Applier:
         tail = replace(
             first, start=lead, line=first.line + migration.data.count(b"\n", first.start, lead)
         )
-        rest = replace(migration, steps=(tail, *migration.steps[1:]))
+        rest = replace(migration, planned=(tail, *migration.steps[1:]))
         return session.run_steps(rest, prefix=XACT_ID)[0]
 
     def _outside_transaction(self, migration: Migration) -> tuple[str, ...]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import codecs
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cicd_db.errors import ConfigError
 from cicd_db.migrations.statements import CONCURRENT_INDEX, NO_TRANSACTION_MARKER, Copy, Step, plan
-from cicd_db.sqltext import without_comments
 
 BOM = b"\xef\xbb\xbf"
 MAX_VERSION = 2**63 - 1  # the history's version column is a bigint
@@ -36,7 +35,20 @@ class Migration:
     data: bytes  # the file's bytes, without a UTF-8 byte order mark
     checksum: str  # of the file's bytes as they are on disk
     transactional: bool
-    steps: tuple[Step, ...]
+    # The queries that send it (statements.plan); None until `steps` is first read.
+    planned: tuple[Step, ...] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """The file planned into queries, on first use; ConfigError for a statement it
+        may not hold. `discover` plans every file unless told not to; the runner plans
+        only the files it is about to run (`history.pending`): an applied file is
+        known by its checksum, and a run with nothing pending plans nothing."""
+        if self.planned is None:
+            steps = plan(self.path.name, self.data, transactional=self.transactional)
+            object.__setattr__(self, "planned", steps)  # a cache of what `data` says
+            return steps
+        return self.planned
 
     @property
     def filename(self) -> str:
@@ -47,12 +59,13 @@ class Migration:
         return self.data.decode("utf-8")
 
 
-def discover(folder: Path) -> list[Migration]:
+def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
     """Read and check the migration files of `folder`, sorted by version. Reads files only.
 
     Everything that can be known without a server is refused here, before
-    anything runs: bad names, shared versions, text that is not UTF-8, and the
-    statements a file may not hold.
+    anything runs: bad names, shared versions, text that is not UTF-8, and (unless
+    not `planned`: then on first use of `Migration.steps`) the statements a file
+    may not hold.
     """
     if not folder.is_dir():
         raise ConfigError(
@@ -71,7 +84,7 @@ def discover(folder: Path) -> list[Migration]:
                 f"migration files {migrations[version].filename} and {path.name} share "
                 f"version {version}; renumber one of them"
             )
-        migrations[version] = read(path, version, name)
+        migrations[version] = read(path, version, name, planned=planned)
     if not migrations:
         raise ConfigError(
             "migrations folder {folder} holds no <version>_<name>.sql file; "
@@ -125,8 +138,8 @@ def _parse_name(filename: str) -> tuple[int, str]:
     return version, match["name"]
 
 
-def read(path: Path, version: int, name: str) -> Migration:
-    """One migration file, checked and planned. Reads the file only."""
+def read(path: Path, version: int, name: str, *, planned: bool = True) -> Migration:
+    """One migration file, checked and (unless not `planned`) planned. Reads the file only."""
     raw = path.read_bytes()
     data = raw[len(BOM) :] if raw.startswith(BOM) else raw
     nul = data.find(b"\0")
@@ -145,15 +158,17 @@ def read(path: Path, version: int, name: str) -> Migration:
     first_line_end = data.find(b"\n")
     first_line = data[: len(data) if first_line_end < 0 else first_line_end]
     transactional = first_line.rstrip(b"\r ") != NO_TRANSACTION_MARKER
-    return Migration(
+    migration = Migration(
         version=version,
         name=name,
         path=path,
         data=data,
         checksum=hashlib.sha256(raw).hexdigest(),
         transactional=transactional,
-        steps=plan(path.name, data, transactional=transactional),
     )
+    if planned:
+        migration.steps  # noqa: B018 - planned now: a bad statement is refused here
+    return migration
 
 
 NEW_FILE_HEADER = """\
@@ -230,6 +245,8 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 def index_name(migration: Migration) -> str | None:
     """The index a no-transaction file builds concurrently, as PostgreSQL names it."""
+    from cicd_db.sqltext import without_comments  # on use: see statements.py
+
     for step in migration.steps:
         if isinstance(step, Copy):
             continue

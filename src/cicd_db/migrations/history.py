@@ -351,8 +351,9 @@ def status(files: list[Migration], applied: list[Applied]) -> list[StatusRow]:
 
 
 def pending(files: list[Migration], applied: list[Applied], target: int | None) -> list[Migration]:
-    """The files to apply, in order, up to `target`; refuses when the files and the
-    history disagree (a file edited, renamed or missing, or pending below the newest)."""
+    """The files to apply, in order, up to `target`, each planned; refuses when the files
+    and the history disagree (a file edited, renamed or missing, or pending below the
+    newest), and when one of them holds a statement it may not (ConfigError)."""
     by_version = {migration.version: migration for migration in files}
     for row in applied:
         migration = by_version.get(row.version)
@@ -386,4 +387,6 @@ def pending(files: list[Migration], applied: list[Applied], target: int | None) 
             )
     if target is not None:
         left = [m for m in left if m.version <= target]
+    for migration in left:
+        migration.steps  # noqa: B018 - planned now: a bad file is refused before any runs
     return left

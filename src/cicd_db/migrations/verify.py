@@ -85,7 +85,7 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
             if not migration.transactional:
                 data = re.sub(rb"\bCONCURRENTLY\b", b"", migration.data, flags=re.IGNORECASE)
                 steps = plan(migration.filename, data, transactional=False)
-                migration = replace(migration, data=data, steps=steps)
+                migration = replace(migration, data=data, planned=steps)
             session.run_steps(migration)
         expected = schema.signature(conn, scratch)
         actual = schema.signature(conn, live)
