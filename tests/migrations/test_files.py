@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from cicd_db import cli, migrations
 from cicd_db.errors import ConfigError
@@ -183,3 +186,72 @@ def test_versions_are_ascii_digits(tmp_path: Path, filename: str, suggestion: st
     assert str(refused.value).endswith(f"0-9; rename it, for example to {suggestion}")
     # Nor does `migrate new` count it as a version.
     assert migrations.new_migration(tmp_path, "next").name == "0001_next.sql"
+
+
+# -- file names and new names: properties over what a person may type ------------------
+
+# Digits of every kind (ASCII, full-width, Arabic-Indic), the characters that end or
+# separate a name's parts, letters of other scripts, and what a shell lets through.
+NAME_CHARACTERS = st.sampled_from(
+    [*"0123456789", *"\uff10\uff11\u0661\u0969", *"_.-", *"aZé中", *" #%$'\"\\:;,!?&*()[]{}~`"]
+)
+EXTENSIONS = st.sampled_from([".sql", ".SQL", ".Sql", "", ".sql.bak", ".txt"])
+
+
+def _suggested(message: str) -> str | None:
+    """The file name a refusal tells the user to rename to, if it names one."""
+    names = re.findall(r"(?:rename it to|for example(?: to)?) ([^\s;,<>]+\.sql)\b", message)
+    return names[-1] if names else None
+
+
+@settings(max_examples=400, deadline=None)
+@given(stem=st.text(NAME_CHARACTERS, min_size=1, max_size=40), extension=EXTENSIONS)
+def test_any_file_name_is_taken_or_refused_in_one_line_with_a_name_that_works(
+    tmp_path_factory: pytest.TempPathFactory, stem: str, extension: str
+) -> None:
+    """A file name is taken exactly when it is `<ASCII digits>_<name>.sql` with a
+    version the history can hold; otherwise discover refuses it in one line, or skips
+    it when it is no .sql file at all. A name the refusal suggests is itself taken."""
+    filename = stem + extension
+    assume(filename not in (".", ".."))  # the folder itself and its parent
+    folder = tmp_path_factory.mktemp("names")
+    (folder / filename).write_text("SELECT 1;\n")
+    try:
+        found = migrations.discover(folder)
+    except ConfigError as refused:
+        message = str(refused)
+        assert "\n" not in message
+        if not filename.lower().endswith(".sql") or filename.startswith("."):
+            assert "holds no <version>_<name>.sql file" in message
+            return
+        well_formed = migrations.files.FILE_NAME.fullmatch(filename)
+        assert not well_formed or int(well_formed["version"]) > migrations.MAX_VERSION, message
+        suggestion = _suggested(message)
+        if suggestion is not None:
+            assert suggestion != filename
+            other = tmp_path_factory.mktemp("suggested")
+            (other / suggestion).write_text("SELECT 1;\n")
+            assert [m.filename for m in migrations.discover(other)] == [suggestion], message
+        return
+    [migration] = found
+    assert migration.filename == filename
+    match = migrations.files.FILE_NAME.fullmatch(filename)
+    assert match is not None
+    assert (migration.version, migration.name) == (int(match["version"]), match["name"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.text(NAME_CHARACTERS, min_size=0, max_size=40))
+def test_any_new_name_makes_a_file_discover_takes_or_is_refused_in_one_line(
+    tmp_path_factory: pytest.TempPathFactory, name: str
+) -> None:
+    folder = tmp_path_factory.mktemp("new")
+    try:
+        path = migrations.new_migration(folder, name)
+    except ConfigError as refused:
+        assert "\n" not in str(refused)
+        assert list(folder.iterdir()) == []  # nothing half-written
+        return
+    [migration] = migrations.discover(folder)
+    assert migration.path == path
+    assert migration.version == 1

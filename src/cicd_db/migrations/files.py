@@ -22,7 +22,6 @@ MAX_VERSION = 2**63 - 1  # the history's version column is a bigint
 # Versions are ASCII digits: Python's \d and int() also take full-width and
 # Arabic-Indic digits, which PostgreSQL, sort order and people read differently.
 FILE_NAME = re.compile(r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)\.sql")
-VERSIONED = re.compile(r"[0-9]+_")
 
 
 @dataclass(frozen=True)
@@ -96,46 +95,60 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
 
 
 def _parse_name(filename: str) -> tuple[int, str]:
-    if not filename.endswith(".sql"):
-        raise ConfigError(
-            f"migration file {filename}: the extension must be lower-case .sql; "
-            f"rename it to {filename[:-4]}.sql"
-        )
+    """`filename`'s version and name, or ConfigError naming the first thing wrong with
+    it and a name that has nothing wrong (`_renamed`), where one can be made."""
     match = FILE_NAME.fullmatch(filename)
-    if match is None:
-        if re.fullmatch(r"[0-9]+\.sql", filename):
-            raise ConfigError(
-                f"migration file {filename} has a version but no name; rename it to "
-                f"{filename[:-4]}_what_it_does.sql"
-            )
-        digits = re.match(r"\d+", filename)
-        if digits is not None and not digits.group().isascii():
-            ascii_digits = str(int(digits.group()))
-            raise ConfigError(
-                f"migration file {filename!r}: its version {digits.group()!r} is not written in "
-                f"ASCII digits 0-9; rename it, for example to "
-                f"{ascii_digits.zfill(len(digits.group()))}{filename[digits.end() :]}"
-            )
-        if not VERSIONED.match(filename):
-            raise ConfigError(
-                f"migration file {filename} has no version; "
-                "rename it to <version>_<name>.sql, for example 0002_add_index.sql"
-            )
-        number, _, rest = filename[:-4].partition("_")
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", rest).strip("_.-") or "what_it_does"
-        suggestion = f"{number}_{name}.sql"
+    if match is not None and int(match["version"]) <= MAX_VERSION:
+        return int(match["version"]), match["name"]
+    shown = filename if re.fullmatch(r"[A-Za-z0-9_.-]+", filename) else repr(filename)
+    stem = filename[:-4] if filename.lower().endswith(".sql") else filename
+    digits = re.match(r"\d+", stem)  # digits of any script: they are told apart below
+    if digits is None:
+        name = _safe_name(stem) or "add_index"
         raise ConfigError(
-            f"migration file {filename!r}: a name may hold only letters, digits, '_', '.' "
-            f"and '-' after the version's '_'; rename it, for example to {suggestion}"
+            f"migration file {shown} has no version; "
+            f"rename it to <version>_<name>.sql, for example 0002_{name}.sql"
         )
-    version = int(match["version"])
+    version = int(digits.group())  # int() reads every script's decimal digits
     if version > MAX_VERSION:
         raise ConfigError(
-            f"migration file {filename}: version {version} is above {MAX_VERSION}, the largest "
+            f"migration file {shown}: version {version} is above {MAX_VERSION}, the largest "
             "the history can hold; renumber it (0001_, 0002_, ... or a timestamp like "
             "20260101120000_)"
         )
-    return version, match["name"]
+    renamed = _renamed(filename)
+    if not filename.endswith(".sql"):
+        raise ConfigError(
+            f"migration file {shown}: the extension must be lower-case .sql; rename it to {renamed}"
+        )
+    if not digits.group().isascii():
+        raise ConfigError(
+            f"migration file {filename!r}: its version {digits.group()!r} is not written in "
+            f"ASCII digits 0-9; rename it, for example to {renamed}"
+        )
+    if not stem[digits.end() :].strip("_"):
+        raise ConfigError(
+            f"migration file {shown} has a version but no name; rename it to {renamed}"
+        )
+    raise ConfigError(
+        f"migration file {filename!r}: a name may hold only letters, digits, '_', '.' "
+        f"and '-' after the version's '_'; rename it, for example to {renamed}"
+    )
+
+
+def _safe_name(text: str) -> str:
+    """`text` as a name FILE_NAME takes: runs of other characters become one '_'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-")
+
+
+def _renamed(filename: str) -> str:
+    """The name to suggest for a file whose name starts with a version (of any digits)
+    the history can hold: ASCII digits, as many, then '_', a name, and `.sql`."""
+    stem = filename[:-4] if filename.lower().endswith(".sql") else filename
+    digits = re.match(r"\d+", stem)
+    assert digits is not None  # noqa: S101 - _parse_name checked it
+    number = str(int(digits.group())).zfill(len(digits.group()))
+    return f"{number}_{_safe_name(stem[digits.end() :]) or 'what_it_does'}.sql"
 
 
 def read(path: Path, version: int, name: str, *, planned: bool = True) -> Migration:
