@@ -20,8 +20,13 @@ from ..fix_cli import migrate, run_cli
 from ..fix_db import Database
 from ..utils import write_migrations
 
-# Loaded on first use: rehearsing, baseline and drift, the schema dump and diff.
-ON_USE = ("cicd_db.migrations.rehearse", "cicd_db.migrations.verify", "cicd_db.schema")
+# Loaded on first use: applying, rehearsing, baseline and drift, the schema dump and diff.
+ON_USE = (
+    "cicd_db.migrations.apply",
+    "cicd_db.migrations.rehearse",
+    "cicd_db.migrations.verify",
+    "cicd_db.schema",
+)
 
 
 def test_the_cli_loads_no_rehearsal_verification_or_schema_until_used() -> None:
@@ -40,9 +45,12 @@ def test_the_cli_loads_no_rehearsal_verification_or_schema_until_used() -> None:
     assert [name for name in ON_USE if name in loaded] == []
 
 
-def test_the_rehearsals_names_are_still_the_packages() -> None:
-    from cicd_db.migrations import rehearse
+def test_the_names_loaded_on_use_are_still_the_packages() -> None:
+    from cicd_db.migrations import apply, rehearse
 
+    assert migrations.Result is apply.Result
+    assert migrations.Retry is apply.Retry
+    assert migrations.RetryPolicy is apply.RetryPolicy
     assert migrations.Rehearsal is rehearse.Rehearsal
     assert migrations.LockHeld is rehearse.LockHeld
     assert migrations.outside_the_transaction is rehearse.outside_the_transaction
@@ -94,7 +102,9 @@ def test_an_applied_file_is_known_by_its_checksum_not_planned_again(
     assert checked.code == 2 and "0002_b.sql" in checked.err, checked
 
 
-def test_a_run_with_nothing_pending_loads_no_scanner(database: Database, tmp_path: Path) -> None:
+def test_a_run_with_nothing_pending_loads_no_scanner_and_no_apply_loop(
+    database: Database, tmp_path: Path
+) -> None:
     folder = write_migrations(
         tmp_path, {f"{n:04d}_t{n}.sql": GOOD.format(name=f"t{n}") for n in (1, 2)}
     )
@@ -112,4 +122,5 @@ def test_a_run_with_nothing_pending_loads_no_scanner(database: Database, tmp_pat
     )
     assert done.returncode == 0, done.stderr
     assert "up to date" in done.stdout
-    assert "cicd_db.sqltext" not in done.stdout.split()
+    loaded = done.stdout.split()
+    assert [name for name in ("cicd_db.sqltext", *ON_USE) if name in loaded] == []

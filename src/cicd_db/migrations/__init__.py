@@ -48,14 +48,7 @@ only read the database. `Runner.apply()` and `baseline()` write.
 
 from typing import TYPE_CHECKING, Any
 
-from cicd_db.migrations.apply import (
-    DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_RETRIES,
-    DEFAULT_RETRY_BUDGET,
-    Result,
-    Retry,
-    RetryPolicy,
-)
+from cicd_db.migrations.failures import DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET
 from cicd_db.migrations.files import (
     MAX_VERSION,
     NEW_FILE_HEADER,
@@ -66,16 +59,22 @@ from cicd_db.migrations.files import (
     read,
 )
 from cicd_db.migrations.history import Applied, StatusRow
+from cicd_db.migrations.lock import DEFAULT_LOCK_TIMEOUT
 from cicd_db.migrations.runner import Runner, open_runner, scratch_dump
 from cicd_db.migrations.session import LOCK_KEY, SESSION_OPTIONS, WORK_KEY, session_options
 from cicd_db.migrations.statements import BATCH_BYTES, Batch, Copy, Step, plan
 
 if TYPE_CHECKING:
+    from cicd_db.migrations.apply import Result, Retry, RetryPolicy
     from cicd_db.migrations.rehearse import LockHeld, Rehearsal, outside_the_transaction
 
 
 def __getattr__(name: str) -> Any:
-    """The rehearsal's names, loaded on first use (runner.py says why)."""
+    """The apply loop's and the rehearsal's names, loaded on first use (runner.py says why)."""
+    if name in ("Result", "Retry", "RetryPolicy"):
+        from cicd_db.migrations import apply
+
+        return getattr(apply, name)
     if name in ("LockHeld", "Rehearsal", "outside_the_transaction"):
         from cicd_db.migrations import rehearse
 

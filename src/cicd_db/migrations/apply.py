@@ -27,7 +27,12 @@ from cicd_db.errors import (
     Terminated,
 )
 from cicd_db.migrations import history, lock
-from cicd_db.migrations.failures import RETRIED_SQLSTATES, Transient
+from cicd_db.migrations.failures import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_BUDGET,
+    RETRIED_SQLSTATES,
+    Transient,
+)
 from cicd_db.migrations.files import Migration, index_name
 from cicd_db.migrations.session import (
     BEGIN_MARKED,
@@ -39,11 +44,8 @@ from cicd_db.migrations.session import (
 )
 from cicd_db.migrations.statements import Batch, transaction_settings_end
 
-DEFAULT_RETRIES = 10
-DEFAULT_RETRY_BUDGET = 120.0  # seconds, over all the retries of one run
 FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
 MAX_RETRY_DELAY = 10.0
-DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a runner waits for another to finish
 CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefined_table
 
 

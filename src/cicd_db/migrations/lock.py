@@ -22,6 +22,7 @@ from cicd_db.errors import LockTimeout, OperationalError
 from cicd_db.migrations.failures import first_line
 from cicd_db.migrations.session import LOCK_KEY, WORK_KEY, Session
 
+DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a runner waits for another to finish
 POLL_SECONDS = 0.05
 # The lock's own session sits idle while files run: a database's or role's
 # idle_session_timeout must not end it (and the lock with it).

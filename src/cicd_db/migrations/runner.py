@@ -21,19 +21,19 @@ from psycopg import sql
 
 from cicd_db import targets
 from cicd_db.errors import ConfigError, UsageError
-from cicd_db.migrations import apply as applying
 from cicd_db.migrations import history, lock
-from cicd_db.migrations.apply import Result, Retry, RetryPolicy
+from cicd_db.migrations.failures import DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET
 from cicd_db.migrations.files import Migration, discover
 from cicd_db.migrations.history import Applied, StatusRow
 from cicd_db.migrations.session import Session, session_options
 from cicd_db.settings import ConnectionSettings, is_transaction_pooler
 
 # Imported where they are used: `migrate up` never rehearses, baselines, checks drift or
-# dumps a schema, and each of its runs would pay about 3 ms to load these modules
-# (docs/benchmarks.md, "Where the time goes").
+# dumps a schema, and each of its runs would pay about 3 ms to load these modules; a
+# run with nothing pending applies nothing (docs/benchmarks.md, "Where the time goes").
 if TYPE_CHECKING:
     from cicd_db import schema
+    from cicd_db.migrations.apply import Result, Retry
     from cicd_db.migrations.rehearse import Rehearsal
 
 
@@ -51,9 +51,9 @@ class Runner:
         conn: psycopg.Connection[Any],
         migrations: list[Migration],
         *,
-        lock_timeout: float = applying.DEFAULT_LOCK_TIMEOUT,
-        retries: int = applying.DEFAULT_RETRIES,
-        retry_budget: float = applying.DEFAULT_RETRY_BUDGET,
+        lock_timeout: float = lock.DEFAULT_LOCK_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
     ):
         self.session = Session(conn)
         self.conn = conn
@@ -99,20 +99,22 @@ class Runner:
         as it happens.
         """
         pending = self.pending(target=target)
+        if not pending:
+            return []  # nothing to do: no lock needed to find that out
+        from cicd_db.migrations import apply as applying  # on use: see the imports
+
         if dry_run:
-            results = [Result(m, 0.0, dry_run=True) for m in pending]
+            results = [applying.Result(m, 0.0, dry_run=True) for m in pending]
             for result in results:
                 if on_applied:
                     on_applied(result)
             return results
-        if not pending:
-            return []  # nothing to do: no lock needed to find that out
         return applying.run(
             self.session,
             self.migrations,
             target,
             lock_timeout=self.lock_timeout,
-            policy=RetryPolicy(self.retries, self.retry_budget),
+            policy=applying.RetryPolicy(self.retries, self.retry_budget),
             on_applied=on_applied,
             on_retry=on_retry,
             on_start=on_start,
