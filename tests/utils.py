@@ -28,7 +28,6 @@ def unscanned(name: str, data: bytes, version: int = 1) -> migrations.Migration:
         path=Path(f"{version:04d}_{name}.sql"),
         data=data,
         checksum="0" * 64,
-        transactional=True,
         planned=(migrations.Batch(0, len(data), 1, standard_strings=True),),
     )
 

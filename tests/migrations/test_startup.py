@@ -20,9 +20,10 @@ from ..fix_cli import migrate, run_cli
 from ..fix_db import Database
 from ..utils import write_migrations
 
-# Loaded on first use: applying, rehearsing, baseline and drift, the schema dump and diff.
+# Loaded on first use: applying, planning, rehearsing, baseline and drift, the schema dump and diff.
 ON_USE = (
     "cicd_db.migrations.apply",
+    "cicd_db.migrations.statements",
     "cicd_db.migrations.rehearse",
     "cicd_db.migrations.verify",
     "cicd_db.schema",
@@ -46,8 +47,10 @@ def test_the_cli_loads_no_rehearsal_verification_or_schema_until_used() -> None:
 
 
 def test_the_names_loaded_on_use_are_still_the_packages() -> None:
-    from cicd_db.migrations import apply, rehearse
+    from cicd_db.migrations import apply, rehearse, statements
 
+    assert migrations.plan is statements.plan
+    assert migrations.Batch is statements.Batch
     assert migrations.Result is apply.Result
     assert migrations.Retry is apply.Retry
     assert migrations.RetryPolicy is apply.RetryPolicy

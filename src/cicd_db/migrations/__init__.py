@@ -62,15 +62,20 @@ from cicd_db.migrations.history import Applied, StatusRow
 from cicd_db.migrations.lock import DEFAULT_LOCK_TIMEOUT
 from cicd_db.migrations.runner import Runner, open_runner, scratch_dump
 from cicd_db.migrations.session import LOCK_KEY, SESSION_OPTIONS, WORK_KEY, session_options
-from cicd_db.migrations.statements import BATCH_BYTES, Batch, Copy, Step, plan
 
 if TYPE_CHECKING:
     from cicd_db.migrations.apply import Result, Retry, RetryPolicy
     from cicd_db.migrations.rehearse import LockHeld, Rehearsal, outside_the_transaction
+    from cicd_db.migrations.statements import BATCH_BYTES, Batch, Copy, Step, plan
 
 
 def __getattr__(name: str) -> Any:
-    """The apply loop's and the rehearsal's names, loaded on first use (runner.py says why)."""
+    """The names of planning, the apply loop and the rehearsal, loaded on first use (a
+    run with nothing pending needs none of them: runner.py and files.py say why)."""
+    if name in ("BATCH_BYTES", "Batch", "Copy", "Step", "plan"):
+        from cicd_db.migrations import statements
+
+        return getattr(statements, name)
     if name in ("Result", "Retry", "RetryPolicy"):
         from cicd_db.migrations import apply
 

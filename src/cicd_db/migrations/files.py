@@ -13,9 +13,14 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cicd_db.errors import ConfigError
-from cicd_db.migrations.statements import CONCURRENT_INDEX, NO_TRANSACTION_MARKER, Copy, Step, plan
+
+# Planning (statements, and the scanner under it) is loaded when a file is planned: a
+# run with nothing pending plans nothing, and loading it costs every start.
+if TYPE_CHECKING:
+    from cicd_db.migrations.statements import Step
 
 BOM = b"\xef\xbb\xbf"
 MAX_VERSION = 2**63 - 1  # the history's version column is a bigint
@@ -33,7 +38,6 @@ class Migration:
     path: Path
     data: bytes  # the file's bytes, without a UTF-8 byte order mark
     checksum: str  # of the file's bytes as they are on disk
-    transactional: bool
     # The queries that send it (statements.plan); None until `steps` is first read.
     planned: tuple[Step, ...] | None = field(default=None, compare=False, repr=False)
 
@@ -44,10 +48,19 @@ class Migration:
         only the files it is about to run (`history.pending`): an applied file is
         known by its checksum, and a run with nothing pending plans nothing."""
         if self.planned is None:
+            from cicd_db.migrations.statements import plan
+
             steps = plan(self.path.name, self.data, transactional=self.transactional)
             object.__setattr__(self, "planned", steps)  # a cache of what `data` says
             return steps
         return self.planned
+
+    @property
+    def transactional(self) -> bool:
+        """False for a file whose first line is the no-transaction marker."""
+        from cicd_db.migrations.statements import NO_TRANSACTION_MARKER
+
+        return self.data.partition(b"\n")[0].rstrip(b"\r ") != NO_TRANSACTION_MARKER
 
     @property
     def filename(self) -> str:
@@ -168,16 +181,8 @@ def read(path: Path, version: int, name: str, *, planned: bool = True) -> Migrat
         raise ConfigError(
             f"migration file {path.name} is not UTF-8 (line {line}); save it as UTF-8"
         )
-    first_line_end = data.find(b"\n")
-    first_line = data[: len(data) if first_line_end < 0 else first_line_end]
-    transactional = first_line.rstrip(b"\r ") != NO_TRANSACTION_MARKER
     migration = Migration(
-        version=version,
-        name=name,
-        path=path,
-        data=data,
-        checksum=hashlib.sha256(raw).hexdigest(),
-        transactional=transactional,
+        version=version, name=name, path=path, data=data, checksum=hashlib.sha256(raw).hexdigest()
     )
     if planned:
         migration.steps  # noqa: B018 - planned now: a bad statement is refused here
@@ -199,6 +204,8 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
     uses (four digits for a new folder). Two branches that both take the next
     number collide when merged: `migrate check` refuses two files of one version.
     """
+    from cicd_db.migrations.statements import NO_TRANSACTION_MARKER
+
     # `migrate new add_index.sql` means add_index: the extension is the runner's to add.
     while name.lower().endswith(".sql"):
         name = name[:-4]
@@ -258,7 +265,8 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 def index_name(migration: Migration) -> str | None:
     """The index a no-transaction file builds concurrently, as PostgreSQL names it."""
-    from cicd_db.sqltext import without_comments  # on use: see statements.py
+    from cicd_db.migrations.statements import CONCURRENT_INDEX, Copy
+    from cicd_db.sqltext import without_comments
 
     for step in migration.steps:
         if isinstance(step, Copy):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors, generators
@@ -22,7 +22,10 @@ from psycopg.pq.abc import PGresult
 from cicd_db.errors import MigrationFailed, OperationalError
 from cicd_db.migrations.failures import RETRIED_SQLSTATES, Transient, abridge, describe_failure
 from cicd_db.migrations.files import Migration
-from cicd_db.migrations.statements import Batch, Copy, Step, nth_statement, plan
+
+# Planning is loaded when a file is sent (files.py says why).
+if TYPE_CHECKING:
+    from cicd_db.migrations.statements import Batch, Copy, Step
 
 # One key for "the migrations of this database"; advisory locks are per database.
 LOCK_KEY = 0x6369_6364_2D64_62  # "cicd-db" in ASCII
@@ -146,6 +149,8 @@ class Session:
         `prefix`, statements of the runner's own, travels with the first batch;
         their results are returned.
         """
+        from cicd_db.migrations.statements import Batch, Copy
+
         steps = list(migration.steps)
         standard = self.standard_strings()
         if steps and isinstance(steps[0], Batch) and steps[0].standard_strings != standard:
@@ -243,6 +248,8 @@ class Session:
         if batch is None:  # the runner's own statements
             raise error
         index = max(failed - prefix.count(b";"), 0)
+        from cicd_db.migrations.statements import nth_statement
+
         statement = nth_statement(migration.data, batch, index)
         line = statement.line if statement else batch.line
         position = error.diag.statement_position
@@ -261,6 +268,8 @@ class Session:
 
 def _replan(migration: Migration, start: int, line: int, standard: bool) -> tuple[Step, ...]:
     """The rest of `migration` from `start`, planned again as the server now reads strings."""
+    from cicd_db.migrations.statements import plan
+
     return plan(
         migration.filename,
         migration.data,
