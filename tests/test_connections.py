@@ -288,13 +288,26 @@ def hostile_urls(draw: st.DrawFn) -> tuple[str, str, str]:
                     "connect_timeout=2",
                     "target_session_attrs=bogus",
                     f"sslpassword={ssl_written}",
+                    # A password where libpq takes none: under another name, in a name,
+                    # in the user name.
+                    f"pwd={ssl_written}",
+                    f"passwd={ssl_written}",
+                    f"password:{ssl_written}",
+                    f"password{ssl_written}",
+                    f"user=u:{ssl_written}",
+                    f"user=u%3A{ssl_written}",
                 ]
             ),
             max_size=3,
         )
     )
     # The ':' before the password, or what a slip of the finger types there instead.
-    separator = draw(st.sampled_from([":", ":", ":", *"?/#;,!=& "]))
+    separator = draw(
+        st.sampled_from([":", ":", ":", *"?/#;,!=&\uff1a\uff20"])
+        | st.sampled_from(
+            ["%3A", "%3a", "%2F", "%3F", "%23", "%3B", "%2C", "%21", "%26", "%EF%BC%9A"]
+        )
+    )
     url = f"postgresql://u{separator}{written}@{host}" + (f":{port}" if port else "") + "/db"
     if query:
         url += "?" + "&".join(query)
@@ -318,6 +331,19 @@ def assert_nothing_of(secrets: tuple[str, ...], printed: str) -> None:
 )
 @hypothesis.example(case=("postgresql://u:%8000@127.0.0.1:1/db", "%8000", "----"), mode="")
 @hypothesis.example(case=("postgresql://u?Sekr3tPW@127.0.0.1:1/db", "Sekr3tPW", "----"), mode="")
+@hypothesis.example(case=("postgresql://u%3ASekr3tPW@127.0.0.1:1/db", "Sekr3tPW", "----"), mode="")
+@hypothesis.example(
+    case=("postgresql://u\uff1aSekr3tPW@127.0.0.1:1/db", "Sekr3tPW", "----"), mode=""
+)
+@hypothesis.example(
+    case=("postgresql://u@127.0.0.1:1/db?pwd=Ssl5ecret", "----", "Ssl5ecret"), mode=""
+)
+@hypothesis.example(
+    case=("postgresql://u@127.0.0.1:1/db?passwordSsl5ecret", "----", "Ssl5ecret"), mode=""
+)
+@hypothesis.example(
+    case=("postgresql://127.0.0.1:1/db?user=u:Ssl5ecret", "----", "Ssl5ecret"), mode=""
+)
 @hypothesis.example(case=("postgresql://u/Sekr3tPW@h/db", "Sekr3tPW", "----"), mode="--json")
 def test_no_part_of_a_password_is_ever_printed(
     server: ConnectionSettings, case: tuple[str, str, str], mode: str

@@ -234,6 +234,7 @@ class ConnectionSettings:
         return (
             [self.password]
             + [v for k, v in self.parameters if k in SECRET_KEYWORDS]
+            + _pieces(user_name_secret(self.user))
             + [secret for url in others for secret in password_candidates(url)]
         )
 
@@ -319,11 +320,17 @@ def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
             "there (@ as %40, / as %2F)"
         )
     # Names read from the masked text: a password with a raw `?` is no query.
-    unknown = [name for name in _query_names(shown or "") if name not in libpq_keywords()]
+    names = _query_names(shown or "")
+    unknown = [(n, name) for n, name in enumerate(names, 1) if name not in libpq_keywords()]
     if unknown:
+        # Not the URL: an unknown parameter may be a password put where a name goes
+        # (`?pwd=...`, `?password:...`); its name only if it is a misspelt keyword.
+        number, name = unknown[0]
         raise ConfigError(
-            f"the {what}{where} has a parameter libpq does not know ({_safe_name(unknown[0])}); "
-            "remove it, or fix its spelling (sslmode, sslrootcert, options, application_name, ...)"
+            f"the {what} has a parameter libpq does not know (parameter {number} of "
+            f"{len(names)}, {_unknown_name(name)}); remove it, or fix its spelling (sslmode, "
+            "sslrootcert, options, application_name, ...; a password goes in "
+            "postgresql://USER:PASSWORD@HOST/DATABASE)"
         )
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
@@ -358,9 +365,13 @@ def _password_spills(url: str) -> bool:
     return "@" in rest.partition("?")[0]
 
 
-def _safe_name(name: str) -> str:
-    """A parameter's name for a message: only if it looks like one."""
-    return repr(name) if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,40}", name) else "not shown"
+def _unknown_name(name: str) -> str:
+    """An unknown parameter's name for a message: shown with the keyword it misspells,
+    when it is that close to one; else not shown (it may hold a password)."""
+    keyword = _misspelt_keyword(name)
+    if keyword:
+        return f"{name!r}: did you mean {keyword}?"
+    return "its name is not shown: it may hold a password"
 
 
 def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> ConnectionSettings:
@@ -430,16 +441,61 @@ _QUERY_KEY = re.compile(r"[?&](?P<key>[^=&?#]*)=")
 
 
 def _secret_values(text: str) -> list[int]:
-    """Where the value of each secret keyword of `text`'s query starts (keys decoded)."""
-    return [
-        match.end()
-        for match in _QUERY_KEY.finditer(text)
-        if unquote(match["key"]).lower() in SECRET_KEYWORDS
-    ]
+    """Where a secret starts in `text`'s query (keys decoded): the value of each secret
+    keyword, and what follows a separator in a `user=` value (`?user=u:pw`)."""
+    starts = []
+    for match in _QUERY_KEY.finditer(text):
+        key = unquote(match["key"]).lower()
+        if key in SECRET_KEYWORDS:
+            starts.append(match.end())
+        elif key == "user":
+            value = re.match(r"[^&#]*", text[match.end() :])
+            shown, secret = _split_userinfo(value.group() if value else "")
+            if secret:
+                starts.append(match.end() + len(shown))
+    return sorted(starts)
 
 
 # A secret's value is hidden to the end of the text: one holding a raw `&` or `#`
 # would otherwise show its rest as another parameter or a fragment.
+
+# A query's parameter, wherever `?` or `&` starts one (a password may hold either:
+# then more is hidden, never less).
+_QUERY_PART = re.compile(r"[?&](?P<key>[^=&?#]*)(?P<value>=[^&#]*)?")
+
+
+def _query_secrets(text: str) -> list[tuple[int, int]]:
+    """The spans of `text` that are hidden in its query parameters: a secret keyword's
+    value (and a `user=` value's part after a separator) to the end of the text; an
+    unknown parameter whole (`?pwd=...`, `?password:...` may be a password), or its
+    value alone when its name misspells a keyword. libpq's own, non-secret ones show."""
+    spans = []
+    for match in _QUERY_PART.finditer(text):
+        key, value = unquote(match["key"], errors="replace"), match["value"]
+        after = match.start("value") + 1 if value else match.end()  # where the value starts
+        if key.lower() in SECRET_KEYWORDS:
+            spans.append((after, len(text)))
+        elif key.lower() == "user":
+            shown, secret = _split_userinfo(value[1:] if value else "")
+            if secret:
+                spans.append((after + len(shown), len(text)))
+        elif key not in libpq_keywords():
+            spans.append(
+                (after, match.end()) if _misspelt_keyword(key) else (match.start() + 1, match.end())
+            )
+    return spans
+
+
+def _misspelt_keyword(name: str) -> str | None:
+    """The libpq keyword `name` misspells, when it is that close to one."""
+    from difflib import get_close_matches  # only for messages about a bad URL
+
+    lowered = name.lower()
+    if not re.fullmatch(r"[a-z_]{1,40}", lowered) or lowered.startswith(tuple(SECRET_KEYWORDS)):
+        return None  # `passwordSekr3t`: a password written after the keyword
+    close = get_close_matches(lowered, sorted(libpq_keywords()), n=1, cutoff=0.8)
+    # At most one character longer than the keyword: a slip, not something appended.
+    return close[0] if close and len(name) <= len(close[0]) + 1 else None
 
 
 # A scheme: `anything://`, or postgres(ql) with one slash too (a slash forgotten); not
@@ -453,37 +509,59 @@ def mask_credentials(text: str) -> str | None:
     Works on text that is not a well-formed URL too (one slash, a raw `@` or space
     in the password): everything between the user name and the last `@` is hidden;
     without any `@`, whatever follows a `:` in the part after the scheme, unless it
-    is a port (digits); and the values of secret parameters (`sslpassword=`,
-    `password=`) to the end of the query. Text without a scheme may be a password
-    by itself, or one holding an `@`: then None, and the caller must not show it.
+    is a port (digits); and the query's secret and unknown parameters
+    (`_query_secrets`). Where a password's `?` or `&` makes two readings possible,
+    what either hides is hidden. Text without a scheme may be a password by itself,
+    or one holding an `@`: then None, and the caller must not show it.
     """
-    starts = _secret_values(text)
-    if starts:
-        text = text[: starts[0]] + "***"
-    at = text.rfind("@")
     scheme = _SCHEME.match(text)
     if scheme is None:
         return None  # no scheme: it may be a password alone, or one with an @ in it
+    spans = _query_secrets(text)
+    at = text.rfind("@")
     if at < 0:
         if "://" not in text:
             return None
-        rest = text[scheme.end() :]
-        user, colon, after = rest.partition(":")
+        colon = text.find(":", scheme.end())
         # A port is a few digits (one per host) that end the authority: anything else
         # after a colon may be a password missing its @.
-        port = re.fullmatch(r"\d{1,5}(?:,[^,/:]*:\d{1,5})*(?:/.*)?", after, re.S)
-        if colon and not port:
-            return text[: scheme.end()] + user + ":***"
-        return text
-    start = scheme.end() if scheme and scheme.end() <= at else 0
-    user, secret = _split_userinfo(text[start:at])
-    return text[:start] + user + ("***" if secret else "") + text[at:]
+        port = r"\d{1,5}(?:,[^,/:]*:\d{1,5})*(?:[/?].*)?"
+        if colon >= 0 and not re.fullmatch(port, text[colon + 1 :], re.S):
+            spans.append((colon + 1, len(text)))
+    else:
+        start = scheme.end() if scheme.end() <= at else 0
+        user, secret = _split_userinfo(text[start:at])
+        if secret:
+            spans.append((start + len(user), at))
+    hidden = bytearray(len(text))
+    for begin, end in spans:
+        hidden[begin:end] = b"\1" * (end - begin)
+    # Each run of hidden characters becomes one "***".
+    return "".join("***" if hide else text[begin:end] for begin, end, hide in _runs(hidden))
+
+
+def _runs(flags: bytearray) -> list[tuple[int, int, bool]]:
+    """(start, end, flag) of each run of equal flags."""
+    runs: list[tuple[int, int, bool]] = []
+    start = 0
+    for index in range(1, len(flags) + 1):
+        if index == len(flags) or flags[index] != flags[start]:
+            runs.append((start, index, bool(flags[start])))
+            start = index
+    return runs
 
 
 # What ends a user name where a password may follow: the ':' of the URL's form, and
 # what a slip of the finger puts there instead (`u?pw@h`, `u/pw@h`, `u;pw@h`, ...).
 # Not '@': user names such as `me@server` (Azure's) are shown, up to their ':'.
-_USER_END = re.compile(r"[:/?#\[\];,!=&|\\\s]")
+_USER_SEPARATORS = frozenset(":/?#[];,!=&|\\")
+
+
+def _ends_user(character: str) -> bool:
+    """A character after which the rest of a user name may be a password: a separator,
+    or a sign that is not ASCII (a full-width colon or at sign). Not a space: a role
+    may be named `ci user`, and its pieces would be hidden from every message."""
+    return character in _USER_SEPARATORS or not (character.isascii() or character.isalnum())
 
 
 def _split_userinfo(userinfo: str) -> tuple[str, str]:
@@ -491,12 +569,40 @@ def _split_userinfo(userinfo: str) -> tuple[str, str]:
 
     The user name shows up to the first character that may separate it from a
     password, that character included; the rest may be one: with a '?' typed for
-    the ':' (`prof?Sekr3t@h`) libpq reads no password, but the user meant one.
+    the ':' (`prof?Sekr3t@h`) libpq reads no password, but the user meant one. A
+    percent-escape of such a character counts too (`u%3Apw`: libpq decodes it into
+    the user name, and prints that), and one of a byte that is not ASCII.
     """
-    end = _USER_END.search(userinfo)
-    if end is None:
-        return userinfo, ""
-    return userinfo[: end.end()], userinfo[end.end() :]
+    for index, character in enumerate(userinfo):
+        escape = userinfo[index + 1 : index + 3]
+        if character == "%" and re.fullmatch(r"[0-9A-Fa-f]{2}", escape):
+            byte = int(escape, 16)
+            if byte >= 0x80 or _ends_user(chr(byte)):
+                return userinfo[: index + 3], userinfo[index + 3 :]
+        elif _ends_user(character):
+            return userinfo[: index + 1], userinfo[index + 1 :]
+    return userinfo, ""
+
+
+def user_name_secret(user: str) -> str:
+    """What follows a separator in a user name as libpq decoded it (`u:pw` from
+    `u%3Apw`): a password typed into the user name, which libpq prints in its messages."""
+    for index, character in enumerate(user):
+        if _ends_user(character):
+            return user[index + 1 :]
+    return ""
+
+
+def _pieces(secret: str) -> list[str]:
+    """A secret, decoded as libpq would print it, and its pieces between the characters
+    that end a URL's parts (a password with a raw `/` or `?` is read as host or port)."""
+    if not secret:
+        return []
+    decoded = unquote(secret, errors="replace")
+    pieces = [secret, decoded]
+    for text in dict.fromkeys([secret, decoded]):
+        pieces += re.split(r"[@/?#:&=,\[\]\s]+", text)
+    return [piece for piece in dict.fromkeys(pieces) if piece]
 
 
 def password_candidates(text: str | None) -> list[str]:
@@ -519,8 +625,7 @@ def password_candidates(text: str | None) -> list[str]:
     else:
         start = scheme.end() if scheme and scheme.end() <= at else 0
         secret = _split_userinfo(text[start:at])[1]
-    if secret:
-        secrets += [secret, *re.split(r"[@/?#:&=,\[\]\s]+", secret)]
+    secrets += _pieces(secret)
     return [value for value in secrets if value]
 
 
