@@ -317,7 +317,8 @@ def test_lock_retries_give_up_within_their_bounds(database: Database, tmp_path: 
             130,
             "interrupted during 0002_slow.sql, a no-transaction file: what PostgreSQL finished "
             "of it stays, and it is not recorded (the next run drops an index it left invalid "
-            "and runs it again); nothing after it ran",
+            "and runs it again; one it finished is skipped only under IF NOT EXISTS); nothing "
+            "after it ran",
         ),
         (
             "",
@@ -729,6 +730,101 @@ def test_a_valid_index_of_the_same_name_elsewhere_is_never_dropped(
         "SELECT n.nspname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 'runs_c' ORDER BY 1"
     ) == [("other", True), ("public", True)]
+
+
+def test_an_invalid_index_of_the_name_on_another_table_is_never_dropped(
+    database: Database, tmp_path: Path
+) -> None:
+    """The leftover is the index of that name on the table the file indexes: an invalid
+    one of the same name on another schema's table (someone else's failed build) stays."""
+    database.execute(
+        "CREATE SCHEMA s1; CREATE SCHEMA s2; CREATE TABLE s1.t (x int); "
+        "CREATE TABLE s2.t (x int); INSERT INTO s2.t VALUES (1), (1)"
+    )
+    with database.connect() as conn, pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("CREATE UNIQUE INDEX CONCURRENTLY idx ON s2.t (x)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_idx.sql": "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY idx ON s1.t (x);\n"
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert "dropped" not in out
+    assert database.query(
+        "SELECT n.nspname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 'idx' ORDER BY 1"
+    ) == [("s1", True), ("s2", False)]
+
+
+def test_an_index_another_session_is_building_is_not_dropped(
+    database: Database, tmp_path: Path
+) -> None:
+    """An index being built concurrently is invalid until it is done: the runner waits for
+    no one's build to end by dropping it, it says so."""
+    database.execute("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_idx.sql": "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS idx ON t (x);\n"
+        },
+    )
+    with database.connect() as blocker, database.connect() as builder:
+        # A transaction that holds a snapshot: the other session's build waits for it
+        # with the index already in the catalog, invalid.
+        blocker.autocommit = False
+        blocker.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        blocker.execute("SELECT count(*) FROM t")
+        build = threading.Thread(
+            target=lambda: builder.execute("CREATE INDEX CONCURRENTLY idx ON t (x)"), daemon=True
+        )
+        build.start()
+        database.wait_for(
+            "SELECT FROM pg_stat_progress_create_index p JOIN pg_class c ON c.oid = p.index_relid "
+            "WHERE c.relname = 'idx'",
+            "the other session's build to show",
+        )
+        # Should the runner wait on that build (drop it), the blocker lets go in time
+        # for the test to fail rather than hang.
+        release = threading.Timer(10, blocker.rollback)
+        release.start()
+        code, _, err = migrate(database, folder)
+        release.cancel()
+        blocker.rollback()
+        build.join(timeout=30)
+    assert code == 2, err
+    assert err.startswith(
+        "error: migration 0001_idx.sql builds index idx, and another session is building "
+        "public.idx right now; wait until it is done"
+    ), err
+    assert database.query("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'idx'") == [(True,)]  # fmt: skip
+    assert database.history() == []
+
+
+def test_an_index_a_run_built_before_it_was_interrupted_is_told_how_to_pass(
+    database: Database, tmp_path: Path
+) -> None:
+    """The run ended after PostgreSQL finished the index, before the history row: the
+    file fails on the index it built, and the message says so, not "fix the file"."""
+    database.execute("CREATE TABLE t (x int); CREATE INDEX idx ON t (x)")
+    folder = write_migrations(
+        tmp_path,
+        {"0001_idx.sql": "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY idx ON t (x);\n"},
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err == (
+        'error: migration 0001_idx.sql failed at line 2: relation "idx" already exists '
+        "[42P07]; it was rolled back as far as PostgreSQL allows; a run interrupted after "
+        "PostgreSQL built it leaves it in place: if it is this file's, add IF NOT EXISTS to "
+        "the statement (the file is not applied yet) and run again; else rename one of them\n"
+    )
+    (folder / "0001_idx.sql").write_text(
+        "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS idx ON t (x);\n"
+    )
+    assert migrate(database, folder).code == 0
+    assert database.history() == [1]
 
 
 # -- the retry policy, without a server ------------------------------------------------------

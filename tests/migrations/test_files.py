@@ -255,3 +255,22 @@ def test_any_new_name_makes_a_file_discover_takes_or_is_refused_in_one_line(
     [migration] = migrations.discover(folder)
     assert migration.path == path
     assert migration.version == 1
+
+
+@pytest.mark.parametrize(
+    ("statement", "target"),
+    [
+        ("CREATE INDEX CONCURRENTLY i ON t (c);", ("i", None, "t")),
+        ("create unique index concurrently if not exists I on S.T (c);", ("i", "s", "t")),
+        ('CREATE INDEX CONCURRENTLY "My I" ON ONLY "My S" . "My T" (c);', ("My I", "My S", "My T")),
+        ("CREATE INDEX CONCURRENTLY i ON ÉTÉ (c);", ("i", None, "ÉtÉ")),
+        ("CREATE INDEX CONCURRENTLY i\n  -- the table\n  ON public.t (c);", ("i", "public", "t")),
+    ],
+    ids=["plain", "qualified-folded", "quoted-only", "non-ascii", "comment"],
+)
+def test_the_index_and_table_a_no_transaction_file_builds(
+    tmp_path: Path, statement: str, target: tuple[str, str | None, str]
+) -> None:
+    path = tmp_path / "0001_idx.sql"
+    path.write_text(f"-- cicd-db: no-transaction\n{statement}\n")
+    assert migrations.files.index_target(migrations.read(path, 1, "idx")) == target

@@ -33,7 +33,7 @@ from cicd_db.migrations.failures import (
     RETRIED_SQLSTATES,
     Transient,
 )
-from cicd_db.migrations.files import Migration, index_name
+from cicd_db.migrations.files import Migration, index_target
 from cicd_db.migrations.session import (
     BEGIN_MARKED,
     CHECK_LOCK,
@@ -205,7 +205,8 @@ class Applier:
             return (
                 f"interrupted during {migration.filename}, a no-transaction file: what "
                 "PostgreSQL finished of it stays, and it is not recorded (the next run drops an "
-                "index it left invalid and runs it again); nothing after it ran"
+                "index it left invalid and runs it again; one it finished is skipped only "
+                "under IF NOT EXISTS); nothing after it ran"
             )
         return f"interrupted during {migration.filename}; it was rolled back; nothing after it ran"
 
@@ -325,16 +326,30 @@ class Applier:
         PostgreSQL's own advice for that case; without it, the file could never be
         run again (the name is taken) or, with IF NOT EXISTS, would keep a broken index.
         """
-        name = index_name(migration)
-        if name is None:
+        target = index_target(migration)
+        if target is None:
             return ()
-        # Looked up by name in every schema: the file may set its own search_path.
+        name, schema, table = target
+        # The index of that name on a table of the name the file gives (in the schema it
+        # gives, else in any: the file may set its own search_path), left invalid; one
+        # another session is building right now is invalid too, until it is done.
         invalid = self.conn.execute(
-            "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_index i "
-            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relname = %s AND NOT i.indisvalid",
-            [name],
+            "SELECT format('%%I.%%I', n.nspname, c.relname), EXISTS (SELECT FROM "
+            "pg_catalog.pg_stat_progress_create_index p WHERE p.index_relid = c.oid) "
+            "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_catalog.pg_class t ON t.oid = i.indrelid "
+            "WHERE c.relname = %s AND NOT i.indisvalid AND t.relname = %s "
+            "AND (%s::text IS NULL OR n.nspname = %s) ORDER BY 1",
+            [name, table, schema, schema],
         ).fetchall()
+        building = [str(row[0]) for row in invalid if row[1]]
+        if building:
+            raise MigrationRefused(
+                f"migration {migration.filename} builds index {name}, and another session is "
+                f"building {building[0]} right now; wait until it is done (pg_stat_progress_"
+                "create_index shows it), then run again"
+            )
         if len(invalid) > 1:
             raise MigrationRefused(
                 f"migration {migration.filename} builds index {name}, and {len(invalid)} invalid "

@@ -67,6 +67,14 @@ def describe_failure(
         )
     elif diag.sqlstate in RETRIED_SQLSTATES:
         advice = "run again when the tables are less busy (the file itself is fine)"
+    elif diag.sqlstate == "42P07" and not migration.transactional:
+        # A run interrupted after PostgreSQL finished the index leaves it built and the
+        # file unrecorded: fixing nothing would fail the same way every time.
+        advice = (
+            "a run interrupted after PostgreSQL built it leaves it in place: if it is this "
+            "file's, add IF NOT EXISTS to the statement (the file is not applied yet) and run "
+            "again; else rename one of them"
+        )
     elif lost:
         # Whether the server stopped or a statement ended the session cannot be told
         # from here; a dblink that cannot connect (08001) is the file's, and not this.

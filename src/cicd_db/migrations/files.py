@@ -265,6 +265,25 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 def index_name(migration: Migration) -> str | None:
     """The index a no-transaction file builds concurrently, as PostgreSQL names it."""
+    target = index_target(migration)
+    return target[0] if target else None
+
+
+_IDENTIFIER = rb'"(?:[^"]|"")+"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*'
+# What follows the index's name: `ON [ONLY] [schema.]table`.
+_INDEXED_TABLE = re.compile(
+    rb"\s+ON\s+(?:ONLY\s+)?(?P<first>"
+    + _IDENTIFIER
+    + rb")(?:\s*\.\s*(?P<second>"
+    + _IDENTIFIER
+    + rb"))?",
+    re.IGNORECASE,
+)
+
+
+def index_target(migration: Migration) -> tuple[str, str | None, str] | None:
+    """The index a no-transaction file builds concurrently, and the table it indexes, as
+    PostgreSQL names them: (index, the table's schema if the file names it, table)."""
     from cicd_db.migrations.statements import CONCURRENT_INDEX, Copy
     from cicd_db.sqltext import without_comments
 
@@ -274,13 +293,22 @@ def index_name(migration: Migration) -> str | None:
         text = migration.data[step.start : step.end]
         statement = without_comments(text, standard_strings=step.standard_strings)
         match = CONCURRENT_INDEX.search(statement)
-        if match is not None:
-            raw = match["name"].decode("utf-8")
-            # PostgreSQL folds unquoted names to lower case in ASCII only.
-            return (
-                raw[1:-1].replace('""', '"') if raw.startswith('"') else raw.translate(_ASCII_LOWER)
-            )
+        if match is None:
+            continue
+        on = _INDEXED_TABLE.match(statement, match.end())
+        if on is None:
+            return None  # not a statement PostgreSQL would take: it says so when it runs
+        if on["second"] is None:
+            return _folded(match["name"]), None, _folded(on["first"])
+        return _folded(match["name"]), _folded(on["first"]), _folded(on["second"])
     return None
+
+
+def _folded(raw: bytes) -> str:
+    """An identifier as PostgreSQL names it: quoted as written, unquoted folded to lower
+    case in ASCII only."""
+    name = raw.decode("utf-8")
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.translate(_ASCII_LOWER)
 
 
 # Calls whose effect lies outside the caller's transaction, which a rehearsal's
