@@ -111,6 +111,34 @@ def test_history_disagreements_are_refused(
     assert database.tables() == tables_before
 
 
+@pytest.mark.parametrize("direction", ["lf-to-crlf", "crlf-to-lf"])
+def test_an_applied_file_with_its_line_endings_converted_is_the_same_file(
+    database: Database, tmp_path: Path, direction: str
+) -> None:
+    """A checkout on Windows turns LF into CRLF (and one elsewhere back): the history
+    still knows the file; a change besides the line endings is still an edit."""
+    lf = "CREATE TABLE pets (id int);\nCREATE TABLE toys (\n  id int\n);\n"
+    applied, converted = (
+        (lf, lf.replace("\n", "\r\n"))
+        if direction == "lf-to-crlf"
+        else (lf.replace("\n", "\r\n"), lf)
+    )
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    path = folder / "0001_pets.sql"
+    path.write_bytes(applied.encode())
+    assert migrate(database, folder).code == 0
+    path.write_bytes(converted.encode())
+    result = migrate(database, folder, "status", "--exit-code")
+    assert (result.code, result.err) == (0, ""), result
+    assert "edited" not in result.out
+    assert migrate(database, folder).code == 0
+    path.write_bytes(converted.replace("toys", "Toys").encode())
+    result = migrate(database, folder)
+    assert result.code == 2
+    assert "was edited after it was applied" in result.err
+
+
 def test_status_names_each_state_and_when_it_was_applied(
     database: Database, tmp_path: Path
 ) -> None:

@@ -62,6 +62,22 @@ class Migration:
 
         return self.data.partition(b"\n")[0].rstrip(b"\r ") != NO_TRANSACTION_MARKER
 
+    def matches(self, checksum: str) -> bool:
+        """The file is the one a history row recorded with `checksum`: the same bytes, or
+        the same with its line endings converted (Git on Windows checks files out with
+        CRLF, and back in with LF), which changes no statement of an applied file."""
+        if checksum == self.checksum:
+            return True
+        try:
+            raw = self.path.read_bytes()
+        except OSError:
+            return False
+        unix = raw.replace(b"\r\n", b"\n")
+        return checksum in {
+            hashlib.sha256(unix).hexdigest(),
+            hashlib.sha256(unix.replace(b"\n", b"\r\n")).hexdigest(),
+        }
+
     @property
     def filename(self) -> str:
         return self.path.name

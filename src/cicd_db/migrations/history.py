@@ -340,7 +340,7 @@ def status(files: list[Migration], applied: list[Applied]) -> list[StatusRow]:
                 "renamed"
                 if row.name != migration.name
                 else "edited"
-                if row.checksum != migration.checksum
+                if not migration.matches(row.checksum)
                 else "applied"
             )
             rows.append(StatusRow(migration.version, migration.name, state, row.applied_at))
@@ -370,7 +370,7 @@ def pending(files: list[Migration], applied: list[Applied], target: int | None) 
                 "replaced since; restore the applied files, or rebuild the history "
                 "(db/README.md, 'When the files were rewritten')"
             )
-        if migration.checksum != row.checksum:
+        if not migration.matches(row.checksum):
             raise MigrationRefused(
                 f"migration {migration.filename} was edited after it was applied; "
                 "restore the applied version from version control and put the change "
