@@ -409,3 +409,38 @@ def test_a_psql_variable_is_refused_naming_its_line(
         "must be computed); if the colon is SQL, put a space after it\n"
     )
     assert database.tables() == set()
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "where"),
+    [
+        ("--cicd-db: no-transaction\n", 1, "is not written exactly so"),
+        ("-- cicd-db:no-transaction\n", 1, "is not written exactly so"),
+        ("-- CICD-DB: no_transaction\n", 1, "is not written exactly so"),
+        ("-- adds an index\n-- cicd-db: no-transaction\n", 2, "is not the first line"),
+    ],
+    ids=["no-space", "no-space-after-colon", "case-and-underscore", "second-line"],
+)
+def test_a_near_miss_of_the_no_transaction_marker_is_refused(
+    tmp_path: Path, text: str, line: int, where: str
+) -> None:
+    """The file would run in a transaction against its intent (and a CREATE INDEX
+    CONCURRENTLY fail there): refused before anything runs, naming the line."""
+    path = tmp_path / "0001_idx.sql"
+    path.write_text(text + "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (c);\n")
+    with pytest.raises(ConfigError) as refused:
+        migrations.read(path, 1, "idx")
+    assert str(refused.value) == (
+        f"migration file 0001_idx.sql, line {line}: a no-transaction marker that {where}, so "
+        "the file would run in a transaction; make the file's first line "
+        "`-- cicd-db: no-transaction`, or remove the comment"
+    )
+
+
+def test_the_marker_may_end_in_any_white_space(tmp_path: Path) -> None:
+    path = tmp_path / "0001_idx.sql"
+    for ending in (" ", "\t", "\r", " \t\r"):
+        path.write_text(
+            f"-- cicd-db: no-transaction{ending}\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (c);\n"
+        )
+        assert not migrations.read(path, 1, "idx").transactional

@@ -60,7 +60,7 @@ class Migration:
         """False for a file whose first line is the no-transaction marker."""
         from cicd_db.migrations.statements import NO_TRANSACTION_MARKER
 
-        return self.data.partition(b"\n")[0].rstrip(b"\r ") != NO_TRANSACTION_MARKER
+        return self.data.partition(b"\n")[0].rstrip() != NO_TRANSACTION_MARKER
 
     def matches(self, checksum: str) -> bool:
         """The file is the one a history row recorded with `checksum`: the same bytes, or

@@ -106,6 +106,8 @@ def plan(
     """
     from cicd_db.sqltext import mentions_lexing_settings
 
+    if transactional and start == 0:
+        _check_near_marker(filename, data)
     steps: list[Step] = []
     named = mentions_lexing_settings(data)
     # The other readings still to check, and those checked: (offset, standard strings,
@@ -271,6 +273,27 @@ def _plan_pass(
 
 
 _COPY_TO_STDOUT = re.compile(rb"\bTO\s+STDOUT\b", re.IGNORECASE)
+
+
+# A comment line that means the no-transaction marker but is not it, as written or
+# where it stands: `--cicd-db: no-transaction`, `-- CICD-DB: no_transaction`, ...
+_NEAR_MARKER = re.compile(rb"[ \t]*--[ \t]*cicd[-_ ]?db[ \t]*:?[ \t]*no[-_ ]?transaction[ \t]*\r?", re.I)
+
+
+def _check_near_marker(filename: str, data: bytes) -> None:
+    """Refuse a transactional file whose leading comments hold what looks like the
+    no-transaction marker: the file would run in a transaction, against its intent."""
+    for number, line in enumerate(data.split(b"\n"), 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith(b"--"):
+            return  # the first statement: the marker is no longer leading
+        if _NEAR_MARKER.fullmatch(line):
+            where = "is not the first line" if number > 1 else "is not written exactly so"
+            raise ConfigError(
+                f"migration file {filename}, line {number}: a no-transaction marker that "
+                f"{where}, so the file would run in a transaction; make the file's first line "
+                f"`{NO_TRANSACTION_MARKER.decode()}`, or remove the comment"
+            )
 
 
 def _controls_transaction(words: tuple[str, ...]) -> bool:
