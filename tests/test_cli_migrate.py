@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from .fix_cli import MIGRATE_PY, run_cli
+from .fix_cli import MIGRATE_PY, cli_command, run_cli
 from .fix_db import Database
 from .migrations.shared import THREE
 from .utils import MIGRATIONS, write_migrations
@@ -248,3 +249,36 @@ def test_options_work_before_and_after_the_command(database: Database, tmp_path:
     assert before.code == after.code == 0
     assert before.out == after.out
     assert '"pending": 3' in before.out
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_output_that_cannot_be_written_is_one_line(database: Database, tmp_path: Path) -> None:
+    """A full disk where the output goes: one line on stderr, exit 1, no traceback."""
+    folder = write_migrations(tmp_path, THREE)
+    args = ["migrate", "--database-url", database.url, "--migrations-dir", str(folder), "status"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            cli_command(*args), stdout=full, stderr=subprocess.PIPE, text=True, check=False
+        )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "error: cannot write the output: No space left on device; check where it goes\n"
+    )
+
+
+def test_a_reader_that_stops_reading_ends_the_run_quietly(
+    database: Database, tmp_path: Path
+) -> None:
+    """`cicd-db ... | head -1`: the pipe closes; no error line, no traceback (400 lines:
+    more than Python's buffer, so the write fails while the command runs)."""
+    folder = write_migrations(
+        tmp_path, {f"{n:04d}_t{n}.sql": f"CREATE TABLE t{n} (i int);\n" for n in range(1, 401)}
+    )
+    args = ["migrate", "--database-url", database.url, "--migrations-dir", str(folder), "status"]
+    with subprocess.Popen(
+        cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # before the first line: whatever it writes meets a closed pipe
+        assert process.wait(timeout=60) in (0, 1)
+        assert process.stderr.read() == ""

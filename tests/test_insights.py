@@ -586,6 +586,12 @@ def test_the_command_in_every_text_format(
         "insights", *target, "--pipeline", pipeline, "--days", "7", "--format", "yaml"
     )
     assert yaml.safe_load(as_yaml.out)["jobs"] == found["jobs"]
+    # `-o -` is the standard output, as most tools take it, not a file named "-".
+    dashed = run_cli(
+        "insights", *target, "--pipeline", pipeline, "--days", "7", "--format", "yaml", "-o", "-"
+    )
+    assert (dashed.code, dashed.out) == (0, as_yaml.out)
+    assert not (ROOT / "-").exists()
     summary = run_cli("insights", *target, "--runs", "5")
     assert summary.code == 0 and pipeline in summary.out
     assert max(display_width(line) for line in summary.out.splitlines()) <= 80

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import shlex
 import sys
 import traceback
@@ -539,6 +540,15 @@ def main(
     except KeyboardInterrupt as interrupt:
         _print_error("interrupted", context)
         return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+    except BrokenPipeError:  # `cicd-db report ... | head`: the reader has what it wanted
+        # Python would report the failed flush of what is left at exit: nowhere to go.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as error:  # writing the output failed: a full disk, a closed terminal
+        _print_error(
+            f"cannot write the output: {error.strerror or error}; check where it goes", context
+        )
+        return 1
     except Exception as error:  # last resort: one line, not a traceback
         _print_error(
             f"unexpected {type(error).__name__}: {error}; run with --debug and report it",

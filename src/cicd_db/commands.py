@@ -322,7 +322,7 @@ def schema_dump(ctx: Context, *, output: Path | None = None) -> int:
         text = migrations.scratch_dump(migrations.discover(ctx.folder()), server.admin_settings())
     else:
         text = schema.dump(ctx.remember(target).settings.for_migrations())
-    if not output:
+    if not output or str(output) == "-":  # `-o -`: the standard output, as most tools take it
         sys.stdout.write(text)
         return 0
     _write(output, text)
@@ -437,7 +437,7 @@ def show_insights(
     with targets.connect(target.role_settings(targets.READER)) as conn:
         found = insights.insights(conn, pipeline, days=days, runs=runs)
     text = insights.render(found, "json" if ctx.json else format)
-    if output is None:
+    if output is None or str(output) == "-":  # `-o -`: the standard output
         sys.stdout.write(text)
         return 0
     _write(output, text)

@@ -277,7 +277,9 @@ _COPY_TO_STDOUT = re.compile(rb"\bTO\s+STDOUT\b", re.IGNORECASE)
 
 # A comment line that means the no-transaction marker but is not it, as written or
 # where it stands: `--cicd-db: no-transaction`, `-- CICD-DB: no_transaction`, ...
-_NEAR_MARKER = re.compile(rb"[ \t]*--[ \t]*cicd[-_ ]?db[ \t]*:?[ \t]*no[-_ ]?transaction[ \t]*\r?", re.I)
+_NEAR_MARKER = re.compile(
+    rb"[ \t]*--[ \t]*cicd[-_ ]?db[ \t]*:?[ \t]*no[-_ ]?transaction[ \t]*\r?", re.I
+)
 
 
 def _check_near_marker(filename: str, data: bytes) -> None:
