@@ -3,7 +3,8 @@
 psql is the oracle: for each way of naming a server (PGHOST, PGPORT, a service
 file, several hosts, PGSSLMODE), `cicd-db` connects exactly when psql connects.
 The URL's `options` reach the migrations' sessions beside the runner's own.
-Parameters libpq or psycopg refuse are configuration errors, naming the parameter.
+Parameters libpq or psycopg refuse are configuration errors, naming the parameter
+and where it came from; a server that answers and refuses is told by what it refused.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import os
 import string
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
@@ -20,6 +23,7 @@ import hypothesis
 import psycopg.conninfo
 import pytest
 from hypothesis import strategies as st
+from psycopg import sql
 
 from cicd_db import settings as contract
 from cicd_db import targets
@@ -543,3 +547,180 @@ def test_a_setting_the_server_refuses_at_start_up_is_a_configuration_error(
         assert result.err.rstrip().endswith(
             "fix the options parameter of the target (?options=-c ...) or PGOPTIONS"
         )
+
+
+# -- a connection refused: who can fix it, and whether waiting helps ----------------------
+#
+# Each class is produced on the real server (psycopg gives no SQLSTATE for a failed
+# connection; the server's words are what tell them apart): a configuration error (exit
+# 2, the fix named; `migrate wait` gives up at once) or a server at its connection limit
+# (exit 1; `wait` keeps trying). None is told "check that the server is up".
+
+OPTIONS_FIX = "fix the options parameter of the target (?options=-c ...) or PGOPTIONS"
+LIBPQ_FIX = "fix that parameter of the target (--database-url, DATABASE_URL or the stack's outputs)"
+
+
+@pytest.fixture
+def login(database: Database) -> Iterator[ConnectionSettings]:
+    """The settings of a role of `database` that is no superuser (a superuser passes every
+    limit), with a password; the role is gone after the test."""
+    role = f"login_{database.name[-12:]}"
+    password = "Login-" + role
+    query = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
+    database.execute(query.format(sql.Identifier(role), sql.Literal(password)))
+    yield replace(database.settings, user=role, password=password)
+    # From another database: the test may have closed this one to connections.
+    elsewhere = Database(replace(database.settings, database="postgres"))
+    elsewhere.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+# case: (what the superuser does first, the URL's options, libpq's environment), then
+# (exit code, what the server or libpq said, the fix named); {database} and {role} are
+# the test's.
+REFUSALS: dict[str, tuple[tuple[str | None, str | None, dict[str, str]], tuple[int, str, str]]] = {
+    "no-connect-privilege": (
+        ("REVOKE CONNECT ON DATABASE {database} FROM PUBLIC", None, {}),
+        (
+            2,
+            'permission denied for database "{database}"',
+            "(GRANT CONNECT ON DATABASE ... TO ...)",
+        ),
+    ),
+    "database-not-accepting-connections": (
+        ("ALTER DATABASE {database} ALLOW_CONNECTIONS false", None, {}),
+        (
+            2,
+            "is not currently accepting connections",
+            "(ALTER DATABASE ... ALLOW_CONNECTIONS true)",
+        ),
+    ),
+    "role-without-login": (
+        ("ALTER ROLE {role} NOLOGIN", None, {}),
+        (2, 'role "{role}" is not permitted to log in', "give it LOGIN (ALTER ROLE ... LOGIN)"),
+    ),
+    "role-connection-limit": (
+        ("ALTER ROLE {role} CONNECTION LIMIT 0", None, {}),
+        (1, 'too many connections for role "{role}"', "the role's or database's CONNECTION LIMIT"),
+    ),
+    "database-connection-limit": (
+        ("ALTER DATABASE {database} CONNECTION LIMIT 0", None, {}),
+        (1, 'too many connections for database "{database}"', "the server's max_connections"),
+    ),
+    "pgoptions-garbage": (
+        (None, None, {"PGOPTIONS": "garbage"}),
+        (2, "invalid command-line argument for server process: garbage", OPTIONS_FIX),
+    ),
+    "option-without-value": (
+        (None, "-c lock_timeout", {}),
+        (2, "-c lock_timeout requires a value", OPTIONS_FIX),
+    ),
+    "option-the-role-may-not-set": (
+        (None, "-c log_statement=all", {}),
+        (2, 'permission denied to set parameter "log_statement"', OPTIONS_FIX),
+    ),
+    "option-only-a-restart-sets": (
+        (None, "-c shared_buffers=1MB", {}),
+        (2, 'parameter "shared_buffers" cannot be changed without restarting', OPTIONS_FIX),
+    ),
+    "option-names-a-missing-role": (
+        (None, None, {"PGOPTIONS": "-c role=nobody_here"}),
+        (2, 'role "nobody_here" does not exist', OPTIONS_FIX),
+    ),
+    "hostaddr-not-an-address": (
+        (None, None, {"PGHOSTADDR": "bogus"}),
+        (2, 'could not parse network address "bogus"', "fix PGHOSTADDR (libpq reads hostaddr"),
+    ),
+    "one-host-two-hostaddrs": (
+        (None, None, {"PGHOSTADDR": "127.0.0.1,127.0.0.1"}),
+        (2, "could not match 1 host names with 2 hostaddr values", LIBPQ_FIX),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_a_refused_connection_says_who_can_fix_it(
+    database: Database, login: ConnectionSettings, case: str
+) -> None:
+    (first, options, env), (code, said, fix) = REFUSALS[case]
+    names = {"database": login.database, "role": login.user}
+    if first:  # from another database: one cannot disallow connections to its own
+        Database(replace(database.settings, database="postgres")).execute(
+            sql.SQL(first).format(**{k: sql.Identifier(v) for k, v in names.items()})
+        )
+    settings = replace(login, parameters=(("options", options),)) if options else login
+    result = run_cli("migrate", "--database-url", settings.url(), "status", env=env)
+    assert (result.code, result.out) == (code, ""), result.err
+    assert len(result.err.splitlines()) == 1, result.err
+    assert said.format(**names) in result.err
+    assert fix in result.err
+    assert "check that the server is up" not in result.err
+    assert "refused user" not in result.err or case == "role-without-login"
+    assert login.password not in result.err
+    # A configuration error stops `migrate wait` at once; a full server it waits for.
+    timeout = 1 if code == 1 else 30
+    started = time.monotonic()
+    waited = run_cli(
+        "migrate", "--database-url", settings.url(), "wait", "--timeout", str(timeout), env=env
+    )
+    elapsed = time.monotonic() - started
+    assert waited.code == code, waited.err
+    assert elapsed >= 1 if code == 1 else elapsed < 15
+
+
+def test_a_service_file_libpq_cannot_read_is_a_configuration_error(tmp_path: Path) -> None:
+    services = tmp_path / "pg_service.conf"
+    services.write_text("[broken]\nhost\n")
+    result = status(
+        "postgresql://u:Sekr3tPW@127.0.0.1:1/db?service=broken", {"PGSERVICEFILE": str(services)}
+    )
+    assert (result.code, result.out) == (2, ""), result.err
+    assert f'syntax error in service file "{services}", line 2' in result.err
+    assert LIBPQ_FIX in result.err
+    assert len(result.err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "said", "fix"),
+    [
+        (
+            {"PGCONNECT_TIMEOUT": "abc"},
+            "bad value for connect_timeout: 'abc'",
+            "fix PGCONNECT_TIMEOUT (libpq reads connect_timeout from it",
+        ),
+        (
+            {"PGSSLMODE": "bogus"},
+            'invalid sslmode value: "bogus"',
+            "fix PGSSLMODE (libpq reads sslmode from it",
+        ),
+    ],
+    ids=["pgconnect-timeout", "pgsslmode"],
+)
+def test_a_value_libpq_refuses_is_blamed_on_its_variable(
+    env: dict[str, str], said: str, fix: str
+) -> None:
+    result = status("postgresql://u:Sekr3tPW@127.0.0.1:1/db", env)
+    assert (result.code, result.out) == (2, ""), result.err
+    assert said in result.err
+    assert fix in result.err
+    assert "fix that parameter of the target" not in result.err
+
+
+def test_a_url_in_pghost_is_named_without_its_password() -> None:
+    """libpq reads PGHOST as a host name; psycopg, resolving it, names it None."""
+    result = status("postgresql:///db", {"PGHOST": "postgresql://u:Sekr3tPW@db.example/db"})
+    assert (result.code, result.out) == (2, ""), result.err
+    assert result.err == (
+        "error: PGHOST holds a URL (not shown), where libpq reads host names: put the URL in "
+        "--database-url or DATABASE_URL, and unset PGHOST\n"
+    )
+
+
+def test_sslrootcert_system_is_told_with_the_sslmode_libpq_gives_it(database: Database) -> None:
+    """With sslrootcert=system libpq's default sslmode is verify-full, not prefer."""
+    settings = replace(database.settings, sslmode=None, parameters=(("sslrootcert", "system"),))
+    result = status(settings.url(), {})
+    assert (result.code, result.out) == (2, ""), result.err
+    assert "server does not support SSL" in result.err
+    assert "sslmode=verify-full (libpq's default with sslrootcert=system)" in result.err
+    assert "prefer (libpq's default)" not in result.err
+    assert len(result.err.splitlines()) == 1

@@ -490,8 +490,42 @@ HOST = ConnectionSettings("db.example.com", 5433, "app", "ci", SECRET)
         ),
         (
             'FATAL:  role "ci" is not permitted to log in',
+            AuthenticationFailed,
+            "db.example.com:5433 refused user 'ci': role \"ci\" is not permitted to log in; give "
+            "it LOGIN (ALTER ROLE ... LOGIN), or connect as another user",
+        ),
+        # What the test server cannot be made to say: its pg_hba.conf, its start-up and
+        # shut-down, its max_connections (tests/test_connections.py produces the rest).
+        (
+            'FATAL:  no pg_hba.conf entry for host "10.0.0.9", user "ci", database "app", '
+            "no encryption",
+            AuthenticationFailed,
+            "db.example.com:5433 refused user 'ci': no pg_hba.conf entry for host \"10.0.0.9\", "
+            'user "ci", database "app", no encryption; the server\'s pg_hba.conf lets no such '
+            "connection in: add a line for it there",
+        ),
+        (
+            'FATAL:  pg_hba.conf rejects connection for host "10.0.0.9", user "ci", database '
+            '"app", no encryption',
+            AuthenticationFailed,
+            "db.example.com:5433 refused user 'ci': pg_hba.conf rejects connection",
+        ),
+        (
+            "FATAL:  the database system is starting up",
             ConnectionFailed,
-            'cannot connect to db.example.com:5433: role "ci" is not permitted to log in; check',
+            "cannot connect to db.example.com:5433: the database system is starting up; check "
+            "that the server is up (`cicd-db migrate wait` waits until it accepts connections)",
+        ),
+        (
+            "FATAL:  sorry, too many clients already",
+            ConnectionFailed,
+            "db.example.com:5433 refused the connection: sorry, too many clients already; it is "
+            "at a connection limit: wait for connections to close, or raise the limit",
+        ),
+        (
+            "FATAL:  a refusal of a kind not known here",
+            ConnectionFailed,
+            "db.example.com:5433 refused the connection: a refusal of a kind not known here",
         ),
         (
             'invalid sslmode value: "bogus"',
@@ -539,6 +573,11 @@ HOST = ConnectionSettings("db.example.com", 5433, "app", "ci", SECRET)
         "no-role",
         "no-database",
         "role-not-permitted",
+        "pg-hba-no-entry",
+        "pg-hba-rejects",
+        "starting-up",
+        "too-many-clients",
+        "another-refusal",
         "libpq-parameter",
         "root-certificate",
         "ssl",
@@ -913,6 +952,11 @@ def test_where_says_what_was_given_and_invents_nothing(
         ),
         ("postgresql://h/db", {"PGSSLMODE": "verify-full"}, "sslmode=verify-full (from PGSSLMODE)"),
         ("postgresql://h/db", {}, "sslmode=prefer (libpq's default)"),
+        (
+            "postgresql://h/db?sslrootcert=system",
+            {},
+            "sslmode=verify-full (libpq's default with sslrootcert=system)",
+        ),
     ],
 )
 def test_origin_names_where_libpq_takes_a_parameter_from(

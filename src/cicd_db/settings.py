@@ -166,14 +166,34 @@ class ConnectionSettings:
         given = self.sslmode if keyword == SSLMODE else self.parameter(keyword)
         if given:
             return f"{keyword}={given} (from the URL)"
-        definition = next(
-            (d for d in pq.Conninfo.get_defaults() if d.keyword.decode() == keyword), None
-        )
-        variable = definition.envvar.decode() if definition and definition.envvar else ""
-        if variable and os.environ.get(variable):
+        variable = self.variable(keyword)
+        if variable:
             return f"{keyword}={os.environ[variable]} (from {variable})"
+        if (
+            keyword == SSLMODE
+            and (self.parameter("sslrootcert") or os.environ.get("PGSSLROOTCERT")) == "system"
+        ):
+            # libpq verifies the host name when asked to trust the system's authorities.
+            return "sslmode=verify-full (libpq's default with sslrootcert=system)"
+        definition = _definition(keyword)
         default = definition.compiled.decode() if definition and definition.compiled else ""
         return f"{keyword}={default} (libpq's default)" if default else f"no {keyword}"
+
+    def variable(self, keyword: str) -> str | None:
+        """The environment variable libpq takes `keyword` from (PGSSLMODE, PGCONNECT_TIMEOUT,
+        ...), when these settings name no value and the variable is set."""
+        named = {
+            "host": self.host,
+            "port": self.port,
+            "dbname": self.database,
+            "user": self.user,
+            SSLMODE: self.sslmode,
+        }
+        if named.get(keyword) or self.parameter(keyword):
+            return None
+        definition = _definition(keyword)
+        variable = definition.envvar.decode() if definition and definition.envvar else ""
+        return variable if variable and os.environ.get(variable) else None
 
     def in_use(self, info: Any) -> ConnectionSettings:
         """These settings as libpq used them on a connection (`conn.info`): the one host,
@@ -426,6 +446,11 @@ def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> C
 
 
 @cache
+def _definition(keyword: str) -> pq.ConninfoOption | None:
+    """libpq's definition of a keyword: its environment variable and compiled default."""
+    return next((d for d in pq.Conninfo.get_defaults() if d.keyword.decode() == keyword), None)
+
+
 def libpq_keywords() -> frozenset[str]:
     """Every connection keyword the installed libpq knows: libpq decides, not a list of ours."""
     return frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())

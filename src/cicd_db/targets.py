@@ -188,17 +188,57 @@ def connect(
     except psycopg.ProgrammingError as error:
         # psycopg checks some values before libpq tries: connect_timeout=abc, ...
         detail = redact(str(error).strip().splitlines()[0], settings.secrets())
-        raise ConfigError(
-            "{detail}; fix that parameter of the target " + TARGET_PARAMETERS,
-            arguments=["database_url"],
-            values={"detail": detail},
-        ) from None
+        raise _parameter_refused(settings, detail) from None
     except psycopg.OperationalError as error:
         raise _connection_error(settings, error) from None
 
 
 # Where a target's connection parameters come from, for messages with `{database_url}`.
 TARGET_PARAMETERS = "({database_url}, DATABASE_URL or the stack's outputs)"
+
+# How a failed connection is told. psycopg gives no SQLSTATE for a connection that
+# failed (the server's error stays inside libpq: `error.sqlstate` is None), so the
+# class is read from the message, by its two sources:
+# - the server answered, and refused: libpq writes its error as "SEVERITY:  message"
+#   (two spaces; FATAL in English), and the message is PostgreSQL's own text;
+# - libpq (or psycopg) refused, or had no answer: its own text, with no severity.
+# Configuration errors (exit 2) are what the user's settings can fix; a server that
+# did not answer, or is not accepting connections now, is exit 1, and `migrate wait`
+# keeps trying it (ConnectionFailed).
+SERVER_ANSWERED = re.compile(r"[^\s:]+(?: [^\s:]+)?:  ")
+STARTUP_OPTIONS = re.compile(
+    # 22023, 42704, 42601: a setting or switch of the options the server cannot read;
+    # 42501: one the role may not set; 55P02: one only a restart can change.
+    r"(invalid value for parameter|unrecognized configuration parameter|invalid "
+    r"command-line argument|(-c |--)\S+ requires a value|permission denied to set (parameter|role|"
+    r"session authorization)|parameter \"[^\"]*\" cannot be (changed|set))"
+)
+SERVER_BUSY = re.compile(
+    # 53300: the server's, the role's or the database's connection limit is reached.
+    r"(too many connections for (role|database)|sorry, too many clients|remaining connection "
+    r"slots are reserved)"
+)
+# 57P03: starting up, shutting down, in recovery, not yet accepting connections.
+SERVER_NOT_READY = re.compile(r"the database system is ")
+LIBPQ_PARAMETER = re.compile(
+    # libpq refused a connection parameter before trying the server.
+    r"(invalid \S+ value|invalid integer value|invalid port number|bad value for|"
+    r"could not parse network address|weak sslmode|invalid connection option|missing \"=\" "
+    r"after|unterminated quoted string|invalid URI|unexpected spaces found|"
+    r"(root )?certificate file|private key file|could not (read|load|open) (root "
+    r"certificate|certificate|private key|SSL)|definition of service|service file|syntax "
+    r"error in service file|root certificate file|certificate present, but not private key|"
+    r"could not match \d+ (port numbers to \d+ hosts|host names (with|to) \d+ hostaddr "
+    r"values)|authentication method requirement|channel binding required)"
+)
+# The keyword a libpq or psycopg refusal names, in the forms they write it.
+NAMED_KEYWORD = (
+    re.compile(r'connection option "(\w+)"'),  # invalid integer value "abc" for ...
+    re.compile(r"invalid (\w+) value"),  # invalid sslmode value: "bogus"
+    re.compile(r"bad value for (\w+)"),  # psycopg: bad value for connect_timeout: 'abc'
+    re.compile(r"weak (sslmode)"),  # weak sslmode "require" may not be used with ...
+    re.compile(r"could not parse network address()"),  # hostaddr's
+)
 
 
 def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> CicdDbError:
@@ -209,23 +249,94 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
         "",
         detail,
     )
-    detail = detail.replace("FATAL:  ", "").strip()
+    answered = SERVER_ANSWERED.match(detail)
+    if answered:
+        login = getattr(error.pgconn, "user", None)  # the user libpq logged in as
+        user = settings.user or (login.decode(errors="replace") if login else "")
+        return _server_refused(settings, detail[answered.end() :].strip(), user)
+    return _libpq_refused(settings, detail.strip())
+
+
+def _authentication_failed(
+    settings: ConnectionSettings, user: str, detail: str, fix: str
+) -> CicdDbError:
+    who = f"user {user!r}" if user else "the login"
+    return AuthenticationFailed(
+        "{where} refused {who}: {detail}; " + fix,
+        arguments=["database_url"],
+        values={"where": settings.where, "who": who, "detail": detail},
+    )
+
+
+CHECK_LOGIN = (
+    "check the user and password of the target " + TARGET_PARAMETERS + ", or PGUSER, "
+    "PGPASSWORD and .pgpass"
+)
+
+
+def _server_refused(settings: ConnectionSettings, detail: str, user: str) -> CicdDbError:
+    """The server answered, and refused the connection with `detail`."""
     where = settings.where
-    if (
-        "password authentication failed" in detail
-        or "no password supplied" in detail
-        or ("role" in detail and "does not exist" in detail)
-    ):
-        who = f"user {settings.user!r}" if settings.user else "the login"
-        return AuthenticationFailed(
-            "{where} refused {who}: {detail}; check the user and password of the target "
-            + TARGET_PARAMETERS
-            + ", or PGUSER, PGPASSWORD and .pgpass",
-            arguments=["database_url"],
-            values={"where": where, "who": who, "detail": detail},
+    role = re.fullmatch(r'role "(.*)" does not exist', detail)
+    if re.search(r"authentication failed for user", detail) or (
+        role and (not user or role.group(1) == user)
+    ):  # 28P01, 28000: the login itself
+        return _authentication_failed(settings, user, detail, CHECK_LOGIN)
+    if re.match(r"(no pg_hba\.conf entry|pg_hba\.conf rejects)", detail):  # 28000
+        return _authentication_failed(
+            settings,
+            user,
+            detail,
+            "the server's pg_hba.conf lets no such connection in: add a line for it there "
+            "(and reload the server), or connect as a user, to a database or with an "
+            "sslmode a line names",
         )
-    if "database" in detail and "does not exist" in detail:
+    if re.match(r'role ".*" is not permitted to log in', detail):  # 28000
+        return _authentication_failed(
+            settings,
+            user,
+            detail,
+            "give it LOGIN (ALTER ROLE ... LOGIN), or connect as another user",
+        )
+    if re.match(r'database ".*" does not exist', detail):  # 3D000
         return ConfigError(f"{where}: {detail}; create it, or fix the database name in the URL")
+    if re.match(r"permission denied for database", detail):  # 42501
+        return ConfigError(
+            f"{where}: {detail}; grant it (GRANT CONNECT ON DATABASE ... TO ...), or connect "
+            "as a user who has it"
+        )
+    if re.match(r'database ".*" is not currently accepting connections', detail):  # 55000
+        return ConfigError(
+            f"{where}: {detail}; allow them (ALTER DATABASE ... ALLOW_CONNECTIONS true), or "
+            "connect to another database"
+        )
+    if role or STARTUP_OPTIONS.match(detail):
+        # A setting the connection sent at start-up: `options`, from the URL or PGOPTIONS
+        # (`-c role=nobody` names a role that is not the login).
+        return ConfigError(
+            f"{where}: {detail}; fix the options parameter of the target (?options=-c ...) "
+            "or PGOPTIONS"
+        )
+    if SERVER_BUSY.match(detail):
+        return ConnectionFailed(
+            f"{where} refused the connection: {detail}; it is at a connection limit: wait for "
+            "connections to close, or raise the limit (the role's or database's CONNECTION "
+            "LIMIT, the server's max_connections)"
+        )
+    if SERVER_NOT_READY.match(detail):
+        return ConnectionFailed(
+            f"cannot connect to {where}: {detail}; check that the server is up "
+            "(`cicd-db migrate wait` waits until it accepts connections)"
+        )
+    # A refusal of another kind: said as the server said it, and tried again by `wait`.
+    return ConnectionFailed(f"{where} refused the connection: {detail}")
+
+
+def _libpq_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
+    """libpq or psycopg refused the connection, or the server did not answer."""
+    where = settings.where
+    if "no password supplied" in detail:  # the server asked for one
+        return _authentication_failed(settings, settings.user, detail, CHECK_LOGIN)
     # The server answered, and libpq refused what it saw: a configuration error, with
     # the parameters to fix and where libpq took them from (the URL or PGSSL*).
     sslmode = settings.origin("sslmode")
@@ -240,34 +351,52 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
             f"signed the server's certificate (PGSSLROOTCERT or ?sslrootcert=), or change {sslmode}"
         )
     if "does not support SSL" in detail:
+        instead = (
+            "connect with sslmode=prefer and without sslrootcert=system"
+            if "sslrootcert=system" in sslmode
+            else "connect with sslmode=prefer"
+        )
         return ConfigError(
             f"{where}: {detail}; {sslmode} needs a server with TLS: turn ssl on in the server, "
-            "or connect with sslmode=prefer"
+            f"or {instead}"
         )
-    if re.match(
-        r"(invalid \S+ value|bad value for|(root )?certificate file|private key file|could not "
-        r"(read|load|open) (root certificate|certificate|private key|SSL)|"
-        r"definition of service|service file|root certificate file|certificate present, but "
-        r"not private key|could not match \d+ port numbers to \d+ hosts)",
-        detail,
-    ):
-        # libpq refused a connection parameter before trying the server.
-        return ConfigError(
-            "{where}: {detail}; fix that parameter of the target "
-            + TARGET_PARAMETERS
-            + " or of libpq's environment (PGHOST, PGPORT, PGSSLMODE, PGSERVICE, ...)",
-            arguments=["database_url"],
-            values={"where": where, "detail": detail},
-        )
-    if re.match(r"(invalid value for parameter|unrecognized configuration parameter)", detail):
-        # The server answered, and refused a setting the connection sent at start-up.
-        return ConfigError(
-            f"{where}: {detail}; fix the options parameter of the target (?options=-c ...) "
-            "or PGOPTIONS"
-        )
+    if LIBPQ_PARAMETER.match(detail):
+        return _parameter_refused(settings, f"{where}: {detail}")
+    resolving = re.match(r"failed to resolve host (None|'.*'): (.*)", detail)
+    if resolving and not settings.host and os.environ.get("PGHOST"):
+        # psycopg resolves the host itself, and names it None when it came from PGHOST.
+        if "://" in os.environ["PGHOST"]:
+            return ConfigError(
+                "PGHOST holds a URL (not shown), where libpq reads host names: put the URL in "
+                "{database_url} or DATABASE_URL, and unset PGHOST",
+                arguments=["database_url"],
+            )
+        detail = f"failed to resolve host {os.environ['PGHOST']!r} (from PGHOST): {resolving[2]}"
     return ConnectionFailed(
         f"cannot connect to {where}: {detail or 'no answer'}; check that the server is up "
         "(`cicd-db migrate wait`) and that host and port are right"
+    )
+
+
+def _parameter_refused(settings: ConnectionSettings, detail: str) -> ConfigError:
+    """A connection parameter libpq or psycopg refused: fixed where it came from, an
+    environment variable (PGCONNECT_TIMEOUT, PGSSLMODE, ...) or the target."""
+    named = next((m for pattern in NAMED_KEYWORD if (m := pattern.search(detail))), None)
+    keyword = (named.group(1) or "hostaddr") if named else ""
+    variable = settings.variable(keyword) if keyword else None
+    if variable:
+        return ConfigError(
+            "{detail}; fix " + variable + " (libpq reads " + keyword + " from it where the "
+            "target " + TARGET_PARAMETERS + " names none)",
+            arguments=["database_url"],
+            values={"detail": detail},
+        )
+    return ConfigError(
+        "{detail}; fix that parameter of the target "
+        + TARGET_PARAMETERS
+        + " or of libpq's environment (PGHOST, PGPORT, PGSSLMODE, PGSERVICE, ...)",
+        arguments=["database_url"],
+        values={"detail": detail},
     )
 
 
