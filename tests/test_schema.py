@@ -10,7 +10,9 @@ differs (so the change is real schema), and then
 - `migrate baseline` refuses a database made by hand with that one change.
 
 The two diffs run once, on one database holding every change; baseline runs
-once per change, on a copy of the hand-made database holding only that change.
+once per change, on a copy of the hand-made database holding only that change
+(its pg_dump before the change is the hand-made database's, taken once: a copy dumps
+the same, which test_an_unchanged_copy_has_no_differences checks).
 """
 
 from __future__ import annotations
@@ -231,6 +233,8 @@ class Compared:
     against: tuple[int, list[str]]  # `schema diff --against`: exit code, lines
     drift: tuple[int, list[str]]  # `schema diff`: exit code, lines
     by_hand: str  # a template: the base made by hand, no history
+    by_hand_dump: str  # its pg_dump
+    folder: Path  # the migrations: BASE as 0001
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +251,13 @@ def compared(server: ConnectionSettings, databases: Databases, tmp_path_factory:
         made += [expected, live]
         for database in (expected, live):
             assert migrate(database, folder, "up").code == 0
-        by_hand = databases.template(lambda made: made.execute(BASE))
+        dumped: list[str] = []
+
+        def make_by_hand(database: Database) -> None:
+            database.execute(BASE)
+            dumped.append(pg_dump(database))  # before template() ends its sessions
+
+        by_hand = databases.template(make_by_hand)
         made.append(by_hand)
         dump_changed, before = {}, pg_dump(live)
         for change in CHANGES:
@@ -261,6 +271,8 @@ def compared(server: ConnectionSettings, databases: Databases, tmp_path_factory:
             (against.code, against.out.splitlines()),
             (drift.code, drift.out.splitlines()),
             by_hand.name,
+            dumped[0],
+            folder,
         )
     finally:
         for database in made:
@@ -313,16 +325,15 @@ def test_each_difference_is_one_change(compared: Compared) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("change", CHANGES, ids=[c.kind for c in CHANGES])
-def test_baseline_refuses_it(databases: Databases, compared: Compared, tmp_path: Path, change: Change) -> None:  # fmt: skip
+def test_baseline_refuses_it(databases: Databases, compared: Compared, change: Change) -> None:  # fmt: skip
     """A database made by hand from BASE, with this one change: baseline refuses it,
     names it, and records nothing."""
-    folder = write_migrations(tmp_path, {"0001_base.sql": BASE})
     database = databases.create(compared.by_hand)
     try:
-        before = pg_dump(database)
         database.execute(change.statement)
-        assert pg_dump(database) != before  # the oracle, on exactly this one change
-        result = migrate(database, folder, "baseline", "--version", "1")
+        # The oracle, on exactly this one change.
+        assert pg_dump(database) != compared.by_hand_dump
+        result = migrate(database, compared.folder, "baseline", "--version", "1")
         assert result.code == 2, result.err
         prefix = "error: the live schema does not match migrations up to version 1: "
         assert result.err.startswith(prefix)
@@ -333,15 +344,16 @@ def test_baseline_refuses_it(databases: Databases, compared: Compared, tmp_path:
 
 
 @pytest.mark.slow
-def test_an_unchanged_copy_has_no_differences(compared: Compared, databases: Databases, tmp_path: Path) -> None:  # fmt: skip
+def test_an_unchanged_copy_has_no_differences(compared: Compared, databases: Databases) -> None:  # fmt: skip
     """The other side of the oracle: what pg_dump cannot tell apart, the diff does not either,
-    though the scratch schema and the live one have different names."""
-    folder = write_migrations(tmp_path, {"0001_base.sql": BASE})
+    though the scratch schema and the live one have different names. A copy dumps as
+    the hand-made database does (so test_baseline_refuses_it may compare with that)."""
     database = databases.create(compared.by_hand)
     try:
-        result = migrate(database, folder, "baseline", "--version", "1")
+        assert pg_dump(database) == compared.by_hand_dump
+        result = migrate(database, compared.folder, "baseline", "--version", "1")
         assert result.code == 0, result.err
-        assert diff(database, folder).code == 0
+        assert diff(database, compared.folder).code == 0
     finally:
         databases.drop(database)
 
