@@ -305,3 +305,29 @@ def migrated(databases: Databases, migrated_template: str) -> Iterator[Database]
     made = databases.create(migrated_template)
     yield made
     databases.drop(made)
+
+
+# Any object a user made: OIDs below FirstNormalObjectId (16384) are initdb's.
+_USER_OBJECTS = " UNION ALL ".join(
+    f"(SELECT '{catalog}' FROM pg_catalog.{catalog} WHERE oid >= 16384 LIMIT 1)"
+    for catalog in ("pg_namespace", "pg_class", "pg_type", "pg_proc", "pg_extension")
+)
+
+
+@pytest.fixture(scope="module")
+def _untouched_holder(databases: Databases, empty_template: str) -> Iterator[list[Database]]:
+    held = [databases.create(empty_template)]
+    yield held
+    databases.drop(held[0])
+
+
+@pytest.fixture
+def untouched(databases: Databases, empty_template: str, _untouched_holder: list[Database]) -> Iterator[Database]:  # fmt: skip
+    """An empty database for a test whose run must write nothing (it is refused before
+    anything runs): one per module, not one per test. A test that left an object in it
+    (its run wrote after all, and the test says so) gets it replaced, so the next test
+    starts from an empty database as it would with `database`."""
+    yield _untouched_holder[0]
+    if _untouched_holder[0].query(_USER_OBJECTS):
+        databases.drop(_untouched_holder[0])
+        _untouched_holder[0] = databases.create(empty_template)

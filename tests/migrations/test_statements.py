@@ -42,7 +42,7 @@ def test_no_transaction_file_must_hold_one_statement(tmp_path: Path) -> None:
     ids=["commit", "rollback", "end", "abort", "begin", "start", "prepare", "commit-and-chain"],
 )
 def test_transaction_control_is_refused_before_anything_runs(
-    database: Database, tmp_path: Path, statement: str, shown: str
+    untouched: Database, tmp_path: Path, statement: str, shown: str
 ) -> None:
     folder = write_migrations(
         tmp_path,
@@ -51,14 +51,14 @@ def test_transaction_control_is_refused_before_anything_runs(
             "0002_own_transaction.sql": f"CREATE TABLE p1 (id int);\n{statement}\nSELECT 1/0;\n",
         },
     )
-    code, out, err = migrate(database, folder)
+    code, out, err = migrate(untouched, folder)
     assert (code, out) == (2, "")
     assert err == (
         f"error: migration file 0002_own_transaction.sql, line 2: {shown} ends or starts a "
         "transaction, and the runner already runs this file in one; remove it, or make the "
         "first line `-- cicd-db: no-transaction` to run the file outside a transaction\n"
     )
-    assert database.tables() == set()
+    assert untouched.tables() == set()
 
 
 @pytest.mark.parametrize(
@@ -173,17 +173,17 @@ def test_transaction_control_is_refused_before_anything_runs(
     ],
 )
 def test_refused_at_discovery(
-    database: Database, tmp_path: Path, files: dict[str, str], message: str
+    untouched: Database, tmp_path: Path, files: dict[str, str], message: str
 ) -> None:
     folder = tmp_path / "migrations"
     folder.mkdir()
     for name, text in files.items():
         (folder / name).write_bytes(text.encode("latin-1"))
-    code, out, err = migrate(database, folder)
+    code, out, err = migrate(untouched, folder)
     assert (code, out) == (2, "")
     assert err.startswith("error: " + message), err
     assert len(err.splitlines()) == 1
-    assert database.tables() == set()
+    assert untouched.tables() == set()
 
 
 def test_pg_dump_restrict_lines_are_skipped(database: Database, tmp_path: Path) -> None:
@@ -347,7 +347,7 @@ def test_to_stdout_outside_a_copy_statement_is_not_refused(
     ids=["commit", "connect", "variable"],
 )
 def test_a_mention_of_standard_conforming_strings_stops_no_check(
-    database: Database, tmp_path: Path, mention: str, later: str, what: str
+    untouched: Database, tmp_path: Path, mention: str, later: str, what: str
 ) -> None:
     """Only a real SET, RESET or set_config changes how the rest reads: whatever names the
     setting before it, a later statement that may not run is refused before anything runs."""
@@ -358,12 +358,12 @@ def test_a_mention_of_standard_conforming_strings_stops_no_check(
             "0002_mentions.sql": f"{mention}{later}\nSELECT 1;\n",
         },
     )
-    code, out, err = migrate(database, folder)
+    code, out, err = migrate(untouched, folder)
     assert (code, out) == (2, "")
     line = mention.count("\n") + 1
     assert err.startswith(f"error: migration file 0002_mentions.sql, line {line}: {what}"), err
-    assert database.history() == []
-    assert database.tables() == set()
+    assert untouched.history() == []
+    assert untouched.tables() == set()
 
 
 @pytest.mark.parametrize("mention", MENTIONS.values(), ids=MENTIONS.keys())
@@ -396,11 +396,11 @@ def test_a_no_transaction_file_is_counted_whatever_it_mentions(
     ids=["literal", "bare-on-a-later-line", "identifier", "psqls-own-in-a-slice", "test"],
 )
 def test_a_psql_variable_is_refused_naming_its_line(
-    database: Database, tmp_path: Path, text: str, line: int, shown: str
+    untouched: Database, tmp_path: Path, text: str, line: int, shown: str
 ) -> None:
     folder = write_migrations(tmp_path, {"0001_first.sql": "CREATE TABLE a (id int);\n"})
     (folder / "0002_vars.sql").write_text(text)
-    code, out, err = migrate(database, folder)
+    code, out, err = migrate(untouched, folder)
     assert (code, out) == (2, "")
     assert err == (
         f"error: migration file 0002_vars.sql, line {line}: {shown} is a psql variable, and "
@@ -408,7 +408,7 @@ def test_a_psql_variable_is_refused_naming_its_line(
         "(current_database(), current_user or a setting read with current_setting() where it "
         "must be computed); if the colon is SQL, put a space after it\n"
     )
-    assert database.tables() == set()
+    assert untouched.tables() == set()
 
 
 @pytest.mark.parametrize(
