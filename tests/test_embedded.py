@@ -29,7 +29,7 @@ from cicd_db.errors import AuthenticationFailed
 from cicd_db.store import Store
 
 from .fix_cli import run_cli, start_cli
-from .utils import ROOT
+from .utils import ROOT, on_ram_disk
 
 SECRET = "s3cret-in-state"
 
@@ -37,7 +37,8 @@ SECRET = "s3cret-in-state"
 def new_home(label: str) -> Path:
     # Under the repository's .cicd-db, like the session server: when the tests run
     # as root, the server's account needs the search bit on every folder above it.
-    return ROOT / ".cicd-db" / f"tests-{label}-{uuid.uuid4().hex[:8]}"
+    # On the RAM disk where there is one, as the session server is (each home runs initdb).
+    return on_ram_disk(ROOT / ".cicd-db" / "tests-homes") / f"{label}-{uuid.uuid4().hex[:8]}"
 
 
 def discard(home: Path) -> None:
