@@ -133,27 +133,186 @@ def test_an_admin_with_createrole_and_createdb_is_enough(
 def test_a_failed_run_leaves_no_role_with_an_unseen_password(
     server: ConnectionSettings, names: Names
 ) -> None:
-    """A step after CREATE ROLE fails (here: a database of that name owned by someone the
-    admin may not take it from): the role it made is gone, and a rerun once the cause is
-    fixed works."""
+    """A step after CREATE ROLE fails (here: CREATE DATABASE meets a lock timeout, its
+    template held by another session): the role it made is gone, and a rerun once the
+    cause is gone works."""
     superuser(
         server, "CREATE ROLE {} LOGIN CREATEROLE CREATEDB PASSWORD 'admin-Pass-1'", names.admin
     )
-    superuser(server, "CREATE DATABASE {}", names.database)  # owned by the superuser
+    superuser(server, "ALTER ROLE {} SET lock_timeout = '200ms'", names.admin)
     admin = replace(server, user=names.admin, password="admin-Pass-1")
-    failed = init_local(server, admin, names)
-    assert (failed.code, failed.out) == (2, "")
-    assert failed.err.startswith(f"error: role {names.admin} of the admin URL may not prepare")
+    with psycopg.connect(server.conninfo(), autocommit=True) as holder:
+        holder.execute("BEGIN")
+        # CREATE DATABASE takes a SHARE lock on its template: this makes it wait.
+        holder.execute("COMMENT ON DATABASE template1 IS NULL")
+        failed = init_local(server, admin, names)
+        holder.execute("ROLLBACK")
+    assert (failed.code, failed.out) == (1, "")
+    assert failed.err.startswith("error: database error: canceling statement due to lock timeout")
     assert failed.err.count("\n") == 1
     with psycopg.connect(server.conninfo(), autocommit=True) as conn:
         assert (
             conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [names.user]).fetchone()
             is None
         )
-        conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(names.database)))
     done = init_local(server, admin, names, "--password", "user-Pass-2")
     assert (done.code, done.err) == (0, ""), done.err
     assert logs_in(server, names, "user-Pass-2")
+
+
+def owner_of(server: ConnectionSettings, database: str) -> str:
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database]
+        ).fetchone()
+    assert row is not None, database
+    return str(row[0])
+
+
+def role_exists(server: ConnectionSettings, role: str) -> bool:
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone() == (1,)
+
+
+@pytest.fixture
+def someones(server: ConnectionSettings, names: Names) -> Iterator[str]:
+    """A database of that name, owned by a role of that name: someone else's."""
+    other = f"someone_{names.user}"
+    superuser(server, "CREATE ROLE {} LOGIN PASSWORD 'their-Pass-1'", other)
+    superuser(server, "CREATE DATABASE {} OWNER {}", other, other)
+    yield other
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other))
+        )
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(other)))
+
+
+@pytest.mark.db
+def test_a_database_another_role_owns_is_refused_and_stays_theirs(
+    server: ConnectionSettings, names: Names, someones: str
+) -> None:
+    """As `createdb` refuses a name that is taken: init-local never hands someone's
+    database to its role (it did, with ALTER DATABASE ... OWNER TO); it says whose it is,
+    and how it could be handed over once the role exists."""
+    theirs = Names(names.admin, names.user, someones)
+    refused = init_local(server, server, theirs)
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (
+        f"error: database {someones!r} exists and is owned by role {someones!r}, not "
+        f"{names.user!r}; init-local changes no one else's database: pass another --database "
+        "(init-local creates it)\n"
+    )
+    assert owner_of(server, someones) == someones
+    assert not role_exists(server, names.user)  # refused before anything was made
+
+    made = init_local(server, server, names, "--password", "user-Pass-1")
+    assert made.code == 0, made.err
+    again = init_local(server, server, theirs)
+    assert (again.code, again.out) == (2, "")
+    assert again.err == (
+        f"error: database {someones!r} exists and is owned by role {someones!r}, not "
+        f"{names.user!r}; init-local changes no one else's database: pass another --database "
+        f"(init-local creates it), or have its owner (or a superuser) run `ALTER DATABASE "
+        f'"{someones}" OWNER TO "{names.user}"` to hand it over\n'
+    )
+    assert owner_of(server, someones) == someones
+    # Handed over by its owner, as the message says: then it is init-local's to keep.
+    superuser(server, "ALTER DATABASE {} OWNER TO {}", someones, names.user)
+    kept = init_local(server, server, theirs)
+    assert (kept.code, kept.err) == (0, ""), kept.err
+    assert kept.out.splitlines()[0] == (
+        f"role {names.user} kept; its password unchanged; database {someones} kept"
+    )
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("database", ["postgres", "template0", "template1"])
+def test_postgresqls_own_databases_are_never_taken(
+    server: ConnectionSettings, names: Names, database: str
+) -> None:
+    before = owner_of(server, database)
+    refused = init_local(server, server, replace(names, database=database))
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (
+        f"error: --database {database!r} is one of PostgreSQL's own databases (postgres, "
+        "template0, template1), which init-local never takes; pass another --database, or "
+        "leave it out (ci_local)\n"
+    )
+    assert owner_of(server, database) == before
+    assert not role_exists(server, names.user)
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("role", [APP_USER, READER_USER, "the admin's"])
+def test_a_role_init_local_does_not_manage_as_user_is_refused(
+    server: ConnectionSettings, names: Names, role: str
+) -> None:
+    """--user is the role init-local makes its own: not the writer or the reader it
+    prepares besides (the writer would own the database), nor the admin itself (its
+    password and settings would be changed)."""
+    superuser(
+        server, "CREATE ROLE {} LOGIN CREATEROLE CREATEDB PASSWORD 'admin-Pass-1'", names.admin
+    )
+    admin = replace(server, user=names.admin, password="admin-Pass-1")
+    user = names.admin if role == "the admin's" else role
+    refused = init_local(server, admin, replace(names, user=user), "--password", "user-Pass-1")
+    assert (refused.code, refused.out) == (2, "")
+    if user == names.admin:
+        assert refused.err == (
+            f"error: --user {user!r} is the admin URL's own role; init-local would set its "
+            "password and settings: pass another --user, or leave it out (ci_user)\n"
+        )
+    else:
+        assert refused.err == (
+            f"error: --user {user!r} is one of the writer and reader roles init-local prepares "
+            "besides (docs/security.md); pass a role of its own, or leave --user out (ci_user)\n"
+        )
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        assert (
+            conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", [names.database]
+            ).fetchone()
+            is None
+        )
+    # The admin's password was not changed: it still logs in with its own.
+    with psycopg.connect(admin.conninfo()) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (names.admin,)
+
+
+@pytest.mark.db
+@pytest.mark.parametrize(
+    "user",
+    ["public", "none", "pg_monitor", "pg_mine", "current_user", "SESSION_USER", "current_role"],
+)
+def test_a_reserved_role_name_is_refused_with_the_rule(
+    server: ConnectionSettings, names: Names, user: str
+) -> None:
+    """PostgreSQL reserves public, none and pg_* (its CREATE ROLE said so as a database
+    error; pg_monitor exists, and would have been offered `ALTER ROLE ... LOGIN`); the
+    current_user family is how SQL names whoever runs it."""
+    refused = init_local(server, server, replace(names, user=user))
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (
+        f"error: --user {user!r} is a role name PostgreSQL reserves or SQL reads as something "
+        "else (public, none, current_user, session_user, current_role, pg_*); pass another "
+        "--user\n"
+    )
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("flag", ["--user", "--database"])
+@pytest.mark.parametrize("name", ["", "x" * 64, "é" * 32])
+def test_a_name_postgresql_would_cut_or_refuse_is_refused(
+    server: ConnectionSettings, names: Names, flag: str, name: str
+) -> None:
+    """Empty, or longer than 63 bytes, which PostgreSQL cuts with only a NOTICE: the
+    role or database made would not be the one named, nor found by the next run."""
+    refused = run_cli("init-local", "--admin-url", server.url(), flag, name)
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (
+        f"error: {flag} {name!r} is not a name PostgreSQL keeps as it is; give 1 to 63 bytes\n"
+    )
 
 
 @pytest.mark.db

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cicd_db.errors import ConfigError
+from cicd_db.errors import ConfigError, UsageError
 from cicd_db.settings import (
     APP_USER,
     LOCAL_DATABASE,
@@ -34,6 +34,16 @@ from cicd_db.settings import (
     ConnectionSettings,
 )
 
+# PostgreSQL's own databases: every server has them, and other programs and roles rely
+# on them as they are. init-local never makes one of them ci_user's, even on request.
+SYSTEM_DATABASES = ("postgres", "template0", "template1")
+# Role names PostgreSQL reserves (CREATE ROLE refuses public, none and pg_*), and the
+# ones SQL reads as something else when written unquoted (GRANT ... TO current_user
+# means whoever runs it): a role by such a name would be misread wherever it is written.
+RESERVED_ROLES = ("public", "none", "current_user", "session_user", "current_role")
+# A longer name is cut to this many bytes by PostgreSQL (NAMEDATALEN - 1), with only a
+# NOTICE: the role or database made would not be the one asked for, nor found again.
+NAME_BYTES = 63
 # The comment on a role init() made and has not finished (see the module docstring).
 INIT_LOCK_KEY = 0x6369_6364_2D69_6E  # "cicd-in": one init-local at a time
 UNFINISHED = "cicd-db init-local: not finished; its password was never shown"
@@ -71,6 +81,13 @@ def init(
     """Create or complete `user` and `database` (ci_user, ci_local) through `admin`, a
     connection with the rights, on the server `server` describes.
 
+    An existing `database` must be `user`'s already (one an earlier run made): one
+    another role owns, and PostgreSQL's own (postgres, template0, template1), are
+    refused before anything changes, as `createdb` refuses an existing name; init-local
+    never hands a database to a new owner. So is a `user` that is not a role of its own
+    to manage: the writer or the reader (below), the admin's own role, a name
+    PostgreSQL reserves or SQL misreads (RESERVED_ROLES, pg_*).
+
     A new role gets `password`, or a generated one; an existing role keeps its
     own unless `password` is given. Refuses, before changing anything, when the
     admin role may not create roles and databases, and when an existing role could
@@ -89,6 +106,7 @@ def init(
     two at once would each take the role the other is still making for one a stopped
     run left, and set its password again under it.
     """
+    _check_names(user, database)
     with _one_at_a_time(admin):
         row = admin.execute(
             "SELECT rolsuper, rolcreaterole, rolcreatedb, current_user FROM pg_roles "
@@ -101,6 +119,13 @@ def init(
                 "(the installer's postgres) or a role with CREATEROLE and CREATEDB"
             )
         superuser, who = bool(row[0]), str(row[3])
+        if user == who:
+            raise UsageError(
+                "{user} {name} is the admin URL's own role; init-local would set its password "
+                "and settings: pass another {user}, or leave it out (ci_user)",
+                arguments=["user"],
+                values={"name": repr(user)},
+            )
         role = sql.Identifier(user)
         existing = admin.execute(
             "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil <= now(), "
@@ -110,6 +135,11 @@ def init(
         ).fetchone()
         if existing is not None:
             _refuse_unusable(user, *existing[:4])
+        owner = admin.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database]
+        ).fetchone()
+        if owner is not None and owner[0] != user:
+            _refuse_foreign(database, str(owner[0]), user, role_exists=existing is not None)
         created_role = existing is None
         # Ours, from a run that stopped before it finished: its password was never shown.
         unfinished = existing is not None and bool(existing[4])
@@ -134,16 +164,14 @@ def init(
                     password = password or secrets.token_urlsafe(24)
                     _log_in(admin, role, password)
                 _settle(admin, role)
-                owner = admin.execute(
-                    "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database]
-                ).fetchone()
                 if owner is None:
-                    statement = sql.SQL("CREATE DATABASE {} OWNER {}")
-                elif owner[0] != user:
-                    statement = sql.SQL("ALTER DATABASE {} OWNER TO {}")
-                if owner is None or owner[0] != user:
                     _as_member(
-                        admin, statement.format(sql.Identifier(database), role), role, superuser
+                        admin,
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                            sql.Identifier(database), role
+                        ),
+                        role,
+                        superuser,
                     )
                 if (
                     unfinished
@@ -164,8 +192,13 @@ def init(
                 # Its password was never shown: a rerun must not find a role nobody can use.
                 with contextlib.suppress(psycopg.Error):
                     admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
-            if isinstance(error, psycopg.errors.DuplicateObject | psycopg.errors.UniqueViolation):
-                # Another init-local made the role or database between our look and our CREATE.
+            if isinstance(
+                error,
+                psycopg.errors.DuplicateObject
+                | psycopg.errors.DuplicateDatabase
+                | psycopg.errors.UniqueViolation,
+            ):
+                # Someone made the role or database between our look and our CREATE.
                 raise ConfigError(
                     f"another init-local created role {user!r} or database {database!r} at the "
                     "same time; run again once it has finished"
@@ -252,6 +285,64 @@ def _settle(admin: psycopg.Connection[Any], role: sql.Identifier) -> None:
                 role, sql.Identifier(name), sql.Literal(value)
             )
         )
+
+
+def _check_names(user: str, database: str) -> None:
+    """UsageError for a `user` or `database` init-local must not take (see init())."""
+    for argument, name in (("user", user), ("database", database)):
+        if not name or len(name.encode()) > NAME_BYTES:
+            raise UsageError(
+                f"{{{argument}}} {{name}} is not a name PostgreSQL keeps as it is; give 1 to "
+                f"{NAME_BYTES} bytes",
+                arguments=[argument],
+                values={"name": repr(name)},
+            )
+    if user in (APP_USER, READER_USER):
+        raise UsageError(
+            "{user} {name} is one of the writer and reader roles init-local prepares besides "
+            "(docs/security.md); pass a role of its own, or leave {user} out (ci_user)",
+            arguments=["user"],
+            values={"name": repr(user)},
+        )
+    if user.lower() in RESERVED_ROLES or user.startswith("pg_"):
+        raise UsageError(
+            "{user} {name} is a role name PostgreSQL reserves or SQL reads as something else "
+            "({reserved}, pg_*); pass another {user}",
+            arguments=["user"],
+            values={"name": repr(user), "reserved": ", ".join(RESERVED_ROLES)},
+        )
+    if database in SYSTEM_DATABASES:
+        raise UsageError(
+            "{database} {name} is one of PostgreSQL's own databases (postgres, template0, "
+            "template1), which init-local never takes; pass another {database}, or leave it "
+            "out (ci_local)",
+            arguments=["database"],
+            values={"name": repr(database)},
+        )
+
+
+def _refuse_foreign(database: str, owner: str, user: str, *, role_exists: bool) -> None:
+    """ConfigError for an existing `database` that `owner`, not `user`, owns: it stays
+    theirs (init-local makes a database, it does not take one)."""
+    # A role that does not exist yet could not be handed the database.
+    handing = (
+        ", or have its owner (or a superuser) run `ALTER DATABASE {db} OWNER TO {role}` to "
+        "hand it over"
+        if role_exists
+        else ""
+    )
+    raise ConfigError(
+        "database {name} exists and is owned by role {owner}, not {user_name}; init-local "
+        "changes no one else's database: pass another {database} (init-local creates it)" + handing,
+        arguments=["database"],
+        values={
+            "name": repr(database),
+            "owner": repr(owner),
+            "user_name": repr(user),
+            "db": sql.Identifier(database).as_string(None),
+            "role": sql.Identifier(user).as_string(None),
+        },
+    )
 
 
 def _refuse_unusable(
