@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from psycopg_pool import ConnectionPool
 
 from cicd_db import retention
-from cicd_db.errors import OperationalError, UsageError
+from cicd_db.errors import NotFound, OperationalError, UsageError
 from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, PipelineRun, Store
 
 from .fix_cli import run_cli, start_cli
@@ -313,12 +313,18 @@ def test_writers_keep_writing_while_retention_deletes(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
+        ({"keep_days": 0}, r"^`keep_days` 0 is out of range; give 1 to 36600$"),
+        ({"keep_days": 36601}, r"^`keep_days` 36601 is out of range; give 1 to 36600$"),
+        ({"keep_days": -(10**20)}, r"^`keep_days` -100000000000000000000 is out of range; give "),
+        ({"keep_days": 30, "batch_size": 0}, r"^`batch_size` 0 is out of range; give 1 to 100000$"),
         (
-            {"keep_days": 0},
-            r"keep_days is 0: it must be 1 or more \(0 would delete runs that finished a "
-            r"moment ago\)$",
+            {"keep_days": 30, "batch_size": 100_001},
+            r"^`batch_size` 100001 is out of range; give 1 to 100000$",
         ),
-        ({"keep_days": 30, "batch_size": 0}, "batch_size is 0: it must be 1 or more"),
+        (
+            {"keep_days": 30, "pipeline": ""},
+            r"^`pipeline` is empty; give a name, or leave `pipeline` out$",
+        ),
     ],
 )
 def test_bounds_are_refused_before_anything_is_read(
@@ -327,6 +333,30 @@ def test_bounds_are_refused_before_anything_is_read(
     with database.connect() as conn, pytest.raises(UsageError, match=message):
         # An empty database: a query would fail on the missing tables first.
         retention.prune(conn, **options)
+
+
+def test_a_pipeline_that_never_ran_is_named_not_counted_as_nothing(
+    migrated: Database, executions: Store
+) -> None:
+    """As report and insights do: a misspelt --pipeline in a nightly job would delete
+    nothing, successfully, every night; the dry run that tries the job says so too. A
+    pipeline whose runs retention has already deleted did run: nothing to do, no error."""
+    record(executions, "build", days_ago=40)
+    for dry_run in (True, False):
+        with (
+            migrated.connect() as conn,
+            pytest.raises(NotFound) as refused,
+        ):
+            retention.prune(conn, keep_days=30, pipeline="Build", dry_run=dry_run)
+        assert str(refused.value) == (
+            "pipeline 'Build' has never recorded a run; check the name (names are "
+            "case-sensitive), or leave `pipeline` out for every pipeline"
+        )
+    with migrated.connect() as conn:
+        assert retention.prune(conn, keep_days=30, pipeline="build").runs == 1
+        again = retention.prune(conn, keep_days=30, pipeline="build")
+        assert (again.runs, again.batches) == (0, 0)
+        assert retention.prune(conn, keep_days=30, pipeline="build", dry_run=True).runs == 0
 
 
 def test_a_transaction_connection_is_refused(migrated: Database) -> None:
@@ -378,6 +408,84 @@ def test_the_command_refuses_in_one_line(args: tuple[str, ...], message: str) ->
     assert (refused.code, refused.out) == (2, "")
     assert refused.err.startswith(message)
     assert refused.err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--keep-days", "99999999999999999999"),
+            "error: --keep-days 99999999999999999999 is out of range; give 1 to 36600\n",
+        ),
+        (
+            ("--keep-days", "1000000", "--dry-run"),
+            "error: --keep-days 1000000 is out of range; give 1 to 36600\n",
+        ),
+        (
+            ("--keep-days", "30", "--batch-size", "99999999999999999999"),
+            "error: --batch-size 99999999999999999999 is out of range; give 1 to 100000\n",
+        ),
+        (
+            ("--keep-days", "30", "--pipeline="),
+            "error: --pipeline is empty; give a name, or leave --pipeline out\n",
+        ),
+        (
+            ("--keep-days", "30", "--pipeline", "biuld", "--dry-run"),
+            "error: pipeline 'biuld' has never recorded a run; check the name (names are "
+            "case-sensitive), or leave --pipeline out for every pipeline\n",
+        ),
+    ],
+    ids=["keep_days_huge", "keep_days_past_timestamps", "batch_huge", "empty_pipeline", "typo"],
+)
+def test_the_command_refuses_what_the_database_would_fail_on(
+    migrated: Database, executions: Store, args: tuple[str, ...], message: str
+) -> None:
+    """Each was a database error (make_interval, timestamp out of range, bigint out of
+    range) or a silent "would delete 0 runs", exit 0."""
+    record(executions, "build", days_ago=40)
+    refused = run_cli("retention", *args, "--database-url", migrated.url)
+    assert (refused.code, refused.out, refused.err) == (
+        1 if "never recorded" in message else 2,
+        "",
+        message,
+    )
+    assert counts(migrated) == (1, 2, 6)
+
+
+# Integers anywhere, the bounds and their neighbours, text that is not a number, and
+# more digits than Python's int() takes.
+NUMBERS = st.one_of(
+    st.integers(-(10**30), 10**30).map(str),
+    st.sampled_from([0, 1, 2, 36599, 36600, 36601, 99999, 100000, 100001, 10**6]).map(str),
+    st.text(max_size=12),
+    st.just("9" * 5000),
+)
+
+
+@settings(max_examples=60)
+@given(keep_days=NUMBERS, batch_size=NUMBERS)
+def test_any_number_is_run_or_refused_in_one_line(
+    migrated: Database, keep_days: str, batch_size: str
+) -> None:
+    """--keep-days and --batch-size, against a real server: a run (exit 0) when both are
+    in range, else exit 2 and one line; never a database error or a traceback."""
+    done = run_cli(
+        "retention",
+        f"--keep-days={keep_days}",
+        f"--batch-size={batch_size}",
+        "--database-url",
+        migrated.url,
+    )
+
+    def fits(text: str, most: int) -> bool:
+        return text.isascii() and text.isdigit() and len(text) <= 4300 and 1 <= int(text) <= most
+
+    if fits(keep_days, 36_600) and fits(batch_size, 100_000):
+        assert (done.code, done.err) == (0, ""), done.err
+    else:
+        assert (done.code, done.out) == (2, ""), done
+        assert done.err.startswith("error: ") and done.err.count("\n") == 1, done.err
+        assert "database error" not in done.err and "unexpected" not in done.err, done.err
 
 
 @pytest.mark.parametrize(("signal_number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -478,6 +586,9 @@ def test_any_history_loses_exactly_its_old_finished_runs_whole(
     """Whatever the ages, statuses, pipelines and batch size: every finished run that
     completed before the cutoff goes with all its stages and jobs, and nothing else."""
     migrated.execute("DELETE FROM pipeline_executions")
+    # "build" has recorded a run before, if none of this history does: retention
+    # refuses a pipeline that never did.
+    migrated.execute("INSERT INTO pipeline_run_counters VALUES ('build', 0) ON CONFLICT DO NOTHING")
     recorded = [
         (
             record(

@@ -50,6 +50,7 @@ from cicd_db.errors import (
     Terminated,
     UsageError,
 )
+from cicd_db.retention import MAX_BATCH_SIZE, MAX_KEEP_DAYS
 from cicd_db.settings import redact
 from cicd_db.targets import MIGRATIONS_FOLDER
 
@@ -98,10 +99,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+# Python's int() refuses longer strings of digits (sys.get_int_max_str_digits).
+_DIGITS = 4300
+
+
 def _whole(least: int, what: str) -> Callable[[str], int]:
     """An argparse type: a whole number of `least` or more, written in ASCII digits."""
 
     def parse(text: str) -> int:
+        if len(text) > _DIGITS:  # int() refuses it; no option takes such a number
+            raise argparse.ArgumentTypeError(
+                f"{text[:20]!r}... is {len(text)} characters long; no option takes one that long"
+            )
         if not (text.isascii() and text.isdigit()) or int(text) < least:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return int(text)
@@ -333,10 +342,10 @@ command(
     "retention", commands.retention, "delete finished runs older than --keep-days, in short batches",
     "Delete finished runs (never PENDING or RUNNING) that completed more than --keep-days days ago, with their stages and jobs: a batch of runs per short transaction, so writers are never stopped. Interrupted, it leaves whole runs; run it again to go on.",
     TARGET, OUTPUT,
-    option("--keep-days", required=True, type=_positive, metavar="N", help="keep runs that finished in the last N days"),
+    option("--keep-days", required=True, type=_positive, metavar="N", help=f"keep runs that finished in the last N days (1 to {MAX_KEEP_DAYS})"),
     option("--pipeline", metavar="NAME", help="only this pipeline's runs"),
     option("--dry-run", action="store_true", help="count what would be deleted; change nothing"),
-    option("--batch-size", type=_positive, metavar="N", help="runs per transaction ({default})"),
+    option("--batch-size", type=_positive, metavar="N", help=f"runs per transaction ({{default}}, at most {MAX_BATCH_SIZE})"),
     YES,
 )  # fmt: skip
 

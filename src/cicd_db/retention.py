@@ -14,6 +14,9 @@ short transactions that never stop the CI system's writers.
   `lock_timeout`; a batch that meets one (or a deadlock) is rolled back and tried
   again after a pause, a bounded number of times.
 - `dry_run` counts what would go and changes nothing.
+- Bounds are refused before anything is read: `keep_days` 1 to 36,600, `batch_size`
+  1 to 100,000 (MAX_KEEP_DAYS, MAX_BATCH_SIZE say why), an empty `pipeline`; so is,
+  dry run or not, a `pipeline` that has never recorded a run (a misspelt name).
 
 The role needs SELECT and DELETE on the three tables (the owner has them).
 """
@@ -33,6 +36,7 @@ from cicd_db.errors import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     Interrupted,
+    NotFound,
     OperationalError,
     Terminated,
     UsageError,
@@ -40,6 +44,15 @@ from cicd_db.errors import (
 )
 
 DEFAULT_BATCH_SIZE = 500
+# The bounds of keep_days and batch_size, refused beyond, before anything is read.
+# 36600 days is a century: more is no retention policy, and far more is past what
+# PostgreSQL's timestamps and make_interval(days => int) can hold (a cutoff before 4713
+# BC, or not a 32-bit integer), which made a database error of a typo. A batch is one
+# transaction holding its runs' row locks and their ids in one array: 100,000 runs (2
+# to 5 million rows with their stages and jobs) is already a long transaction, against
+# this module's promise of short ones; beyond it LIMIT overflowed its bigint.
+MAX_KEEP_DAYS = 36_600
+MAX_BATCH_SIZE = 100_000
 DEFAULT_LOCK_TIMEOUT = 0.5  # seconds a batch waits for a row or table lock
 # A batch that met a lock timeout or a deadlock is tried again this many times,
 # after a pause that doubles from RETRY_DELAY.
@@ -119,18 +132,38 @@ def prune(
 
     `on_batch` hears the running totals after each batch, and the number of runs
     found to delete when the call started (for a progress bar). Ctrl-C or SIGTERM
-    becomes `Interrupted`, once the batch in progress is rolled back.
+    becomes `Interrupted`, once the batch in progress is rolled back. UsageError,
+    before anything is read, for `keep_days` or `batch_size` outside 1 to
+    MAX_KEEP_DAYS or MAX_BATCH_SIZE and for an empty `pipeline`; NotFound for a
+    `pipeline` that has never recorded a run.
     """
     if not conn.autocommit:
         raise ValueError("retention needs an autocommit connection")
-    if keep_days < 1:
+    # As insights states its --days: the value, and the range to give.
+    for argument, value, most in (
+        ("keep_days", keep_days, MAX_KEEP_DAYS),
+        ("batch_size", batch_size, MAX_BATCH_SIZE),
+    ):
+        if not 1 <= value <= most:
+            raise UsageError(
+                f"{{{argument}}} {value} is out of range; give 1 to {most}", arguments=[argument]
+            )
+    if pipeline == "":  # an unset shell variable, not a name: never read as "every pipeline"
         raise UsageError(
-            f"keep_days is {keep_days}: it must be 1 or more (0 would delete runs that "
-            "finished a moment ago)"
+            "{pipeline} is empty; give a name, or leave {pipeline} out", arguments=["pipeline"]
         )
-    if batch_size < 1:
-        raise UsageError(f"batch_size is {batch_size}: it must be 1 or more")
     started = time.monotonic()
+    if pipeline is not None and not _ever_ran(conn, pipeline):
+        # As report and insights name a pipeline without runs: a misspelt name in a
+        # nightly job would otherwise delete nothing, successfully, forever. The dry
+        # run too: it is how such a job is tried before it is scheduled. A pipeline
+        # whose runs were all deleted already did run (its run counter stays): 0, exit 0.
+        raise NotFound(
+            "pipeline {name} has never recorded a run; check the name (names are "
+            "case-sensitive), or leave {pipeline} out for every pipeline",
+            arguments=["pipeline"],
+            values={"name": repr(pipeline)},
+        )
     row = conn.execute("SELECT now() - make_interval(days => %s)", [keep_days]).fetchone()
     assert row is not None  # noqa: S101 - a SELECT of one value returns one row
     params: dict[str, Any] = {"cutoff": row[0], "pipeline": pipeline}
@@ -173,6 +206,15 @@ def prune(
             "half-deleted; run again to go on"
         ) from None
     return replace(done, seconds=time.monotonic() - started)
+
+
+def _ever_ran(conn: psycopg.Connection[Any], pipeline: str) -> bool:
+    """Whether `pipeline` ever recorded a run: migration 0016's counter of its run
+    numbers is made with its first run and outlives every run retention deletes."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pipeline_run_counters WHERE pipeline_name = %s)", [pipeline]
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _so_far(done: Pruned) -> str:
