@@ -399,8 +399,14 @@ def test_the_command_deletes_and_says_what(migrated: Database, executions: Store
         ),
         (("--keep-days", "0"), "error: argument --keep-days: '0' is not a whole number above 0"),
         (("--batch-size", "x"), "error: argument --batch-size: 'x' is not a whole number above 0"),
+        (
+            # More digits than int() reads: said so, not "invalid parse value" and all 5000.
+            ("--keep-days", "9" * 5000),
+            "error: argument --keep-days: '99999999999999999999'... is 5000 characters long; "
+            "no option takes one that long;",
+        ),
     ],
-    ids=["remote_without_yes", "keep_no_days", "batch_not_a_number"],
+    ids=["remote_without_yes", "keep_no_days", "batch_not_a_number", "keep_days_too_long"],
 )
 def test_the_command_refuses_in_one_line(args: tuple[str, ...], message: str) -> None:
     given = ("--keep-days", "30", *args) if "--keep-days" not in args else args
