@@ -19,12 +19,28 @@ config = pulumi.Config()
 stack = pulumi.get_stack()
 kind = config.get("kind") or ("docker" if stack == "dev" else "cloud")
 
+
+def given_int(key: str, default: int) -> int:
+    """The config's whole number, or `default` when it is not set: a 0 that is set is
+    a 0, for the checks to refuse, not the default."""
+    value = config.get_int(key)  # not a number: Pulumi's own one-line ConfigTypeError
+    return default if value is None else value
+
+
 if kind == "docker":
+    port = given_int("port", 5432)
+    if not 1 <= port <= 65535:
+        # Docker would refuse it when the container is made, after the plan was shown,
+        # and the contract would have exported it as the port to connect to.
+        raise pulumi.RunError(
+            f"cicd-db:port is {port}; give a TCP port, 1 to 65535: "
+            f"pulumi config set cicd-db:port 5432 -s {stack}"
+        )
     database: DockerPostgres | CloudPostgres = DockerPostgres(
         "postgres",
-        major=config.get_int("postgresMajor") or 17,
+        major=given_int("postgresMajor", 17),
         volume_major=config.get_int("volumeMajor"),
-        port=config.get_int("port") or 5432,
+        port=port,
         keep_volume=config.get_bool("keepVolume") is not False,
         clone=checkout.clone_id(root),
         repository=str(root),

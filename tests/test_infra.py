@@ -457,7 +457,8 @@ def test_keep_volume_is_retain_on_delete_and_the_container_goes_before_its_repla
     assert kept.monitor.delete_before_replace["postgres-postgres"] is True
 
 
-# --- Rule 2: a major the volume cannot open is refused before anything is touched.
+# --- Rule 2: a major the volume cannot open (or a port out of range) is refused before anything
+# is touched.
 
 
 @pytest.mark.parametrize(
@@ -489,6 +490,17 @@ def test_keep_volume_is_retain_on_delete_and_the_container_goes_before_its_repla
             r"cicd-db:volumeMajor is not set.*pulumi config set cicd-db:volumeMajor 17 -s dev",
         ),
         ({"postgresMajor": "14", "volumeMajor": "14"}, r"cicd-db:postgresMajor is 14; choose one"),
+        # A 0 set is not "not set": it was read as 17.
+        ({"postgresMajor": "0"}, r"^cicd-db:postgresMajor is 0; choose one of 15, 16, 17, 18, "),
+        # Docker would have refused these after the plan, and the contract exported them.
+        *(
+            (
+                {"port": port},
+                rf"^cicd-db:port is {port}; give a TCP port, 1 to 65535: pulumi config set "
+                r"cicd-db:port 5432 -s dev$",
+            )
+            for port in ("0", "70000", "-1")
+        ),
     ],
     ids=[
         "major-changed",
@@ -497,9 +509,13 @@ def test_keep_volume_is_retain_on_delete_and_the_container_goes_before_its_repla
         "tag-without-major",
         "no-volume-major",
         "unknown",
+        "major-zero",
+        "port-zero",
+        "port-too-high",
+        "port-negative",
     ],
 )
-def test_a_major_the_volume_cannot_open_is_refused_before_anything_changes(
+def test_a_major_the_volume_cannot_open_or_a_port_out_of_range_is_refused_before_anything_changes(
     change: dict[str, str | None], message: str
 ) -> None:
     config = {key: value for key, value in {**DEV_CONFIG, **change}.items() if value is not None}
