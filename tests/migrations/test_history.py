@@ -313,6 +313,26 @@ def test_two_histories_are_refused_naming_both(database: Database, tmp_path: Pat
         )
 
 
+def test_two_histories_are_refused_whichever_the_catalog_lists_first(
+    database: Database, tmp_path: Path
+) -> None:
+    """The one-query read takes the history only when it is the one table of its name:
+    here ours comes first in the catalog (its schema is the older), the other after it."""
+    folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n"})
+    assert migrate(database, folder)[0] == 0
+    database.execute(
+        "CREATE SCHEMA later; "
+        "CREATE TABLE later.cicd_db_schema_history (LIKE cicd_db.cicd_db_schema_history)"
+    )
+    for args in [("status",), ("check",)]:
+        code, out, err = migrate(database, folder, *args)
+        assert (code, out) == (2, ""), args
+        assert err.startswith(
+            "error: this database has 2 migration histories, cicd_db.cicd_db_schema_history "
+            "(1 row), later.cicd_db_schema_history (0 rows); "
+        ), err
+
+
 def test_a_file_that_drops_the_history_is_rolled_back_and_says_so(
     database: Database, tmp_path: Path
 ) -> None:
@@ -380,6 +400,50 @@ def test_a_history_in_place_is_read_in_one_query(database: Database, tmp_path: P
         assert rows[1] == rows[0]
 
 
+def test_the_history_is_read_oldest_first_whatever_order_its_rows_are_stored_in(
+    database: Database, tmp_path: Path
+) -> None:
+    """Every way of reading it sorts by version: a row updated in place (here by hand)
+    is stored after the others."""
+    folder = write_migrations(tmp_path, THREE)
+    migrate(database, folder, "up")
+    database.execute("UPDATE cicd_db.cicd_db_schema_history SET name = name WHERE version = 1")
+    assert database.query("SELECT version FROM cicd_db.cicd_db_schema_history") == [
+        (2,),
+        (3,),
+        (1,),
+    ]
+    with database.connect() as conn:
+        conn.autocommit = True
+        in_place = [row.version for row in history.read(conn)]
+        placed = [row.version for row in history.read(conn, placed=True)]
+        conn.execute("CREATE TABLE public.cicd_db_schema_history (x int)")
+        searched = [row.version for row in history.read(conn)]
+    assert in_place == placed == searched == [1, 2, 3]
+
+
+def test_a_view_of_the_history_name_elsewhere_is_no_older_history(
+    database: Database, tmp_path: Path
+) -> None:
+    """An older release kept a table; a view with the history's columns (a report's, say)
+    is neither read nor moved."""
+    database.execute(
+        "CREATE TABLE public.runs_log (version bigint, name text, checksum text, "
+        "applied_at timestamptz, applied_by text, duration_ms int); "
+        "INSERT INTO public.runs_log VALUES (1, 'a', 'x', now(), 'me', 1); "
+        "CREATE VIEW public.cicd_db_schema_history AS SELECT * FROM public.runs_log"
+    )
+    folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n"})
+    code, out, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert out.startswith("applied 0001_a.sql"), out
+    assert database.history() == [1]
+    assert database.query(
+        "SELECT c.relnamespace::regnamespace::text, c.relkind FROM pg_class c "
+        "WHERE c.relname = 'cicd_db_schema_history' ORDER BY 1"
+    ) == [("cicd_db", "r"), ("public", "v")]
+
+
 def test_a_view_in_the_history_place_is_refused(database: Database, tmp_path: Path) -> None:
     """A view would take the rows through to some table, and the next run would find none."""
     database.execute(
@@ -388,13 +452,16 @@ def test_a_view_in_the_history_place_is_refused(database: Database, tmp_path: Pa
         "CREATE VIEW cicd_db.cicd_db_schema_history AS SELECT * FROM cicd_db.real_rows"
     )
     folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n"})
-    code, out, err = migrate(database, folder)
-    assert (code, out) == (2, "")
-    assert err == (
-        "error: cicd_db.cicd_db_schema_history exists but is not cicd-db's migration history: "
-        "it must be a table (it is a view or the like) with the columns version, name, "
-        "checksum, applied_at, applied_by, duration_ms; rename or drop it if it is not needed\n"
-    )
+    # status only reads: the one-query read must refuse it as well as `up`'s create().
+    for args in [(), ("status",)]:
+        code, out, err = migrate(database, folder, *args)
+        assert (code, out) == (2, ""), args
+        assert err == (
+            "error: cicd_db.cicd_db_schema_history exists but is not cicd-db's migration "
+            "history: it must be a table (it is a view or the like) with the columns version, "
+            "name, checksum, applied_at, applied_by, duration_ms; rename or drop it if it is "
+            "not needed\n"
+        )
     assert database.tables() == set()
 
 
