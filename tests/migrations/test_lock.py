@@ -153,6 +153,29 @@ def test_a_file_that_ends_the_lock_session_is_not_recorded(
     assert "a" not in database.tables()
 
 
+def test_the_lock_taken_by_another_session_is_not_the_runners(
+    database: Database, tmp_path: Path
+) -> None:
+    """The check asks for the lock held by the runner's own lock session, not by anyone:
+    once that session is gone, another runner may take the lock and be at work. Here the
+    file itself takes it, after ending the lock's session."""
+    take_the_lock = (
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' "
+        "AND pid <> pg_backend_pid() AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database());\n"
+        f"SELECT pg_advisory_lock({migrations.LOCK_KEY});\n"
+    )
+    folder = write_migrations(
+        tmp_path, {"0001_take.sql": "CREATE TABLE a (i int);\n" + take_the_lock}
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    lost = "error: migration 0001_take.sql ran while the runner's lock was lost"
+    assert err.startswith(lost), err
+    assert database.history() == []
+    assert "a" not in database.tables()
+
+
 def test_idle_session_timeout_never_ends_the_lock_session(
     database: Database, tmp_path: Path
 ) -> None:
