@@ -29,6 +29,24 @@ def test_discover_skips_hidden_files_other_files_and_folders(tmp_path: Path) -> 
     assert [m.filename for m in migrations.discover(tmp_path)] == ["0001_a.sql"]
 
 
+def test_files_are_planned_when_read_unless_told_not_to(tmp_path: Path) -> None:
+    """`read` and `discover` refuse a statement a file may not hold at once; told not to
+    plan (the runner), they read it, and `steps` plans and refuses it on first use."""
+    write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\nCOMMIT;\n"})
+    path = tmp_path / "0001_a.sql"
+    for read in (lambda: migrations.read(path, 1, "a"), lambda: migrations.discover(tmp_path)):
+        with pytest.raises(ConfigError, match="COMMIT ends or starts a transaction"):
+            read()
+    lazy = [
+        migrations.read(path, 1, "a", planned=False),
+        *migrations.discover(tmp_path, planned=False),
+    ]
+    for migration in lazy:
+        assert migration.planned is None
+        with pytest.raises(ConfigError, match="COMMIT ends or starts a transaction"):
+            migration.steps  # noqa: B018
+
+
 def test_new_migration_numbers_in_the_folders_width(tmp_path: Path) -> None:
     first = migrations.new_migration(tmp_path, "add_runs")
     assert first.name == "0001_add_runs.sql"
