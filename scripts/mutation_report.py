@@ -2,6 +2,8 @@
 
 Usage: python scripts/mutation_report.py [MODULE ...] [--survivors]
 
+MODULE as the report names it: store, migrations/history.
+
 A mutant counts as killed when a test failed or timed out on it; "no tests" and
 "survived" are both mutants no test noticed. Modules without results are left out.
 """
@@ -24,9 +26,10 @@ def main(argv: list[str]) -> int:
     if not RESULTS.is_dir():
         print("no results: run `make mutation` first", file=sys.stderr)
         return 1
-    print(f"{'module':<14} {'killed':>7} {'total':>6} {'score':>6}  not killed")
-    for meta in sorted(RESULTS.glob("*.py.meta")):
-        module = meta.name.removesuffix(".py.meta")
+    print(f"{'module':<24} {'killed':>7} {'total':>6} {'score':>6}  not killed")
+    # rglob: the runner is a package (migrations/history.py is "migrations/history").
+    for meta in sorted(RESULTS.rglob("*.py.meta")):
+        module = meta.relative_to(RESULTS).as_posix().removesuffix(".py.meta")
         if wanted and module not in wanted:
             continue
         codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
@@ -37,7 +40,7 @@ def main(argv: list[str]) -> int:
         )
         killed, total = statuses.pop("killed", 0), len(codes)
         rest = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
-        print(f"{module:<14} {killed:>7} {total:>6} {killed / total:>6.1%}  {rest}")
+        print(f"{module:<24} {killed:>7} {total:>6} {killed / total:>6.1%}  {rest}")
         if show:
             for name, code in sorted(codes.items()):
                 if code not in KILLED:
