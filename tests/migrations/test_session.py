@@ -308,6 +308,67 @@ def test_a_server_reading_strings_the_old_way_is_read_its_way(
     assert database.history() == [1]
 
 
+def old_strings_by_default(database: Database) -> None:
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET standard_conforming_strings = off").format(
+            sql.Identifier(database.settings.database)
+        )
+    )
+
+
+# A DO block's effect on how strings are read is known only once it ran: the runner asks
+# the server, and plans the rest of the file again from there, as the server now reads it.
+DECIDES = "DO $$BEGIN PERFORM set_config('standard_conforming_strings', '{}', false); END$$;\n"
+
+
+@pytest.mark.parametrize(
+    ("default", "then", "string"),
+    [("on", "off", "'a\\'b'"), ("off", "on", "'a\\'")],
+    ids=["on-then-off", "off-then-on"],
+)
+def test_the_rest_of_a_file_is_read_as_a_statement_in_it_left_the_server(
+    database: Database, tmp_path: Path, default: str, then: str, string: str
+) -> None:
+    """Only the rest is sent again from there (the CREATE TABLE runs once), and an error
+    after it names its own line."""
+    if default == "off":
+        old_strings_by_default(database)
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_decides.sql": "CREATE TABLE t (s text);\n"
+            + DECIDES.format(then)
+            + f"INSERT INTO t VALUES ({string});\nSELECT 1/0;\n"
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, without_escape_warnings(err)) == (
+        1,
+        "error: migration 0001_decides.sql failed at line 4: division by zero [22012]; it was "
+        "rolled back; fix the file and run again\n",
+    )
+
+
+def test_a_commit_only_the_servers_reading_shows_is_refused_before_the_file_runs(
+    database: Database, tmp_path: Path
+) -> None:
+    """Read with standard strings (as `check` reads it) the COMMIT is inside a string; read
+    as this server reads strings it is a statement, which a file may not hold."""
+    old_strings_by_default(database)
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_a.sql": "CREATE TABLE a (i int);\n",
+            "0002_hidden.sql": "SELECT 'x\\' AS a, '; COMMIT; SELECT ' AS b, 'q\\' AS c;\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert code == 2
+    assert out.startswith("applied 0001_a.sql"), out
+    assert err.startswith("error: migration file 0002_hidden.sql, line 1: COMMIT "), err
+    assert database.history() == [1]
+
+
 @pytest.mark.parametrize(
     "lead",
     [
