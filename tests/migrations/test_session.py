@@ -206,6 +206,28 @@ def test_large_file_in_several_batches(database: Database, tmp_path: Path) -> No
     ]
 
 
+def test_a_session_authorization_ends_with_its_file(database: Database, tmp_path: Path) -> None:
+    """SET SESSION AUTHORIZATION outlives RESET ROLE and RESET ALL: the next file still runs
+    as the login role (here its table is the login role's)."""
+    role = f"file_owner_{uuid.uuid4().hex[:8]}"
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_become.sql": f"CREATE ROLE {role};\nGRANT CREATE ON SCHEMA public TO {role};\n"
+            f"SET SESSION AUTHORIZATION {role};\nCREATE TABLE public.by_role (id int);\n",
+            "0002_after.sql": "CREATE TABLE after (id int);\n",
+        },
+    )
+    try:
+        assert migrate(database, folder)[:1] == (0,)
+        assert database.query(
+            "SELECT relname, pg_get_userbyid(relowner) FROM pg_class "
+            "WHERE relname IN ('by_role', 'after') ORDER BY 1"
+        ) == [("after", database.settings.user), ("by_role", role)]
+    finally:
+        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
 def test_session_objects_do_not_cross_files(database: Database, tmp_path: Path) -> None:
     """Prepared statements and held cursors end with their file, as with one psql per file."""
     twice = "PREPARE p AS SELECT 1;\nDECLARE c CURSOR WITH HOLD FOR SELECT 1;\n"
