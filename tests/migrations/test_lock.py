@@ -230,3 +230,34 @@ def test_a_killed_runners_work_session_is_waited_for(database: Database, tmp_pat
         assert err.startswith("error: another migration runner held the lock for 0.3 s")
     assert migrate(database, folder)[0] == 0
     assert database.history() == [1]
+
+
+def test_the_work_mark_is_held_through_every_file(database: Database, tmp_path: Path) -> None:
+    """The reset after each file releases the file's advisory locks, the runner's work mark
+    with them, and takes the mark again: the second file runs under it as the first did."""
+    folder = write_migrations(
+        tmp_path, {"0001_a.sql": "SELECT 1;\n", "0002_sleep.sql": "SELECT pg_sleep(1);\n"}
+    )
+
+    def runner() -> None:
+        conninfo = database.settings.conninfo(application_name="marked runner")
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            migrations.Runner(conn, migrations.discover(folder)).apply()
+
+    thread = threading.Thread(target=runner)
+    thread.start()
+    try:
+        rows = database.wait_for(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+            "AND application_name = 'marked runner' AND datname = current_database()",
+            "the runner never reached its second file",
+        )
+        marks = database.query(
+            "SELECT mode FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = "
+            f"{rows[0][0]} AND classid = {migrations.WORK_KEY >> 32} "
+            f"AND objid = {migrations.WORK_KEY & 0xFFFFFFFF}"
+        )
+    finally:
+        thread.join()
+    assert marks == [("ShareLock",)]
+    assert database.history() == [1, 2]
