@@ -682,6 +682,44 @@ def test_a_failed_commit_is_never_called_applied(database: Database, tmp_path: P
     assert database.history() == []
 
 
+def test_a_history_row_the_files_constraint_refuses_is_that_failure_not_a_lost_history(
+    database: Database, tmp_path: Path
+) -> None:
+    """Only a missing history table (42P01) is called a dropped history: another error that
+    names the table is said as the server said it."""
+    folder = write_migrations(
+        tmp_path,
+        {"0001_check.sql": "ALTER TABLE cicd_db.cicd_db_schema_history ADD CHECK (version > 1);\n"},
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        "error: migration 0001_check.sql failed at its commit: new row for relation "
+        '"cicd_db_schema_history" violates check constraint'
+    ), err
+    assert database.history() == []
+
+
+def test_a_no_transaction_file_that_drops_the_history_says_what_it_did_is_committed(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_a.sql": "CREATE TABLE a (i int);\n",
+            "0002_drop.sql": "-- cicd-db: no-transaction\n"
+            "DROP TABLE cicd_db.cicd_db_schema_history;\n",
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err == (
+        "error: migration 0002_drop.sql dropped or moved the migration history "
+        "(cicd_db.cicd_db_schema_history); what it did is committed, and it is not recorded; "
+        "remove that from the file, check the database, and run again\n"
+    )
+
+
 def test_invalid_concurrent_index_is_found_whatever_the_search_path(
     database: Database, tmp_path: Path
 ) -> None:
