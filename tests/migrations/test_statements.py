@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -444,3 +445,24 @@ def test_the_marker_may_end_in_any_white_space(tmp_path: Path) -> None:
             f"-- cicd-db: no-transaction{ending}\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (c);\n"
         )
         assert not migrations.read(path, 1, "idx").transactional
+
+
+def test_planning_a_large_file_holds_no_copy_of_it() -> None:
+    """The planner reads a file where it lies: what it allocates besides the file's own
+    bytes is bounded by a batch's statements, not the file (the runner's peak is the file
+    plus ~48 MiB: docs/benchmarks.md). tracemalloc counts allocations, so this is no
+    timing: a split or a slice of the whole file (found once) fails."""
+    # Rows of a kilobyte: few statements, so that tracemalloc's own cost stays small.
+    row = b"INSERT INTO runs (id, note) VALUES (1, '" + b"x" * 1000 + b"');\n"
+    data = b"-- a dump's data\n" + row * (8 * MEBIBYTE // len(row))
+    migrations.plan("0000_warm.sql", row, transactional=True)  # the scanner loaded first
+    tracemalloc.start()
+    try:
+        steps = migrations.plan("0001_data.sql", data, transactional=True)
+        migration = migrations.Migration(1, "data", Path("0001_data.sql"), data, "0" * 64)
+        assert migration.transactional
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(steps) >= 8  # slices of about a megabyte
+    assert peak < len(data) // 2, f"{peak / MEBIBYTE:.1f} MiB to plan {len(data) / MEBIBYTE:.1f}"

@@ -285,7 +285,11 @@ _NEAR_MARKER = re.compile(
 def _check_near_marker(filename: str, data: bytes) -> None:
     """Refuse a transactional file whose leading comments hold what looks like the
     no-transaction marker: the file would run in a transaction, against its intent."""
-    for number, line in enumerate(data.split(b"\n"), 1):
+    start, number = 0, 0
+    while start < len(data):  # line by line: a 50 MB file is not split whole
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        line, start, number = data[start:end], end + 1, number + 1
         stripped = line.strip()
         if stripped and not stripped.startswith(b"--"):
             return  # the first statement: the marker is no longer leading
