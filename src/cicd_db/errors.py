@@ -164,3 +164,22 @@ def one_line(text: str) -> str:
 def plural(count: int, noun: str) -> str:
     """`1 file`, `2 files`: for messages."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def check_range(argument: str, value: int, most: int) -> None:
+    """UsageError unless 1 <= `value` <= `most`: every count an option takes is told alike,
+    the value and the range to give (`argument`: the keyword, phrased as its flag)."""
+    if not 1 <= value <= most:
+        raise UsageError(
+            f"{{{argument}}} {value} is out of range; give 1 to {most}", arguments=[argument]
+        )
+
+
+def check_not_empty(argument: str, name: str | None) -> None:
+    """UsageError for a name given empty (`--stage ""`, an unset shell variable): it is
+    not a name left out, and is never read as the wider view."""
+    if name == "":
+        raise UsageError(
+            f"{{{argument}}} is empty; give a name, or leave {{{argument}}} out",
+            arguments=[argument],
+        )

@@ -38,7 +38,7 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import errors, sql
 
-from cicd_db.errors import ConfigError, NotFound, UsageError
+from cicd_db.errors import ConfigError, NotFound, UsageError, check_not_empty, check_range
 from cicd_db.report import WIDTH, _fit, grid, structured
 from cicd_db.report import seconds_text as _secs
 
@@ -391,18 +391,11 @@ def insights(
         )
     if days is None and runs is None:
         days = DEFAULT_DAYS
-    if days is not None and not 1 <= days <= MAX_DAYS:
-        raise UsageError(
-            f"{{days}} {days} is out of range; give 1 to {MAX_DAYS}", arguments=["days"]
-        )
-    if runs is not None and not 1 <= runs <= MAX_RUNS:
-        raise UsageError(
-            f"{{runs}} {runs} is out of range; give 1 to {MAX_RUNS}", arguments=["runs"]
-        )
-    if pipeline == "":
-        raise UsageError(
-            "{pipeline} is empty; give a name, or leave {pipeline} out", arguments=["pipeline"]
-        )
+    if days is not None:
+        check_range("days", days, MAX_DAYS)
+    if runs is not None:
+        check_range("runs", runs, MAX_RUNS)
+    check_not_empty("pipeline", pipeline)
     if now is not None and now.tzinfo is None:
         raise ValueError("now must be an aware datetime (datetime.now(UTC))")
     params = {"pipeline": pipeline, "days": days, "runs": runs, "now": now}

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from cicd_db.errors import ConfigError, UsageError, one_line
+from cicd_db.errors import ConfigError, UsageError, check_not_empty, one_line
 
 if TYPE_CHECKING:  # only for annotations: `cicd-db migrate` imports this module for grid()
     from cicd_db.store import JobRun, PipelineRun, StageRun, Store
@@ -372,11 +372,7 @@ def fetch(
     # An empty name given on purpose (`--stage ""`, an unset shell variable) is not a
     # name left out: refused, rather than read as the wider view.
     for argument, name in (("pipeline", pipeline), ("stage", stage), ("job", job)):
-        if name == "":
-            raise UsageError(
-                f"{{{argument}}} is empty; give a name, or leave {{{argument}}} out",
-                arguments=[argument],
-            )
+        check_not_empty(argument, name)
     if job is not None and stage is None:
         raise UsageError(
             "{job} needs {stage} (and {run}): a job is named within its stage",

@@ -39,7 +39,8 @@ from cicd_db.errors import (
     NotFound,
     OperationalError,
     Terminated,
-    UsageError,
+    check_not_empty,
+    check_range,
     plural,
 )
 
@@ -139,19 +140,9 @@ def prune(
     """
     if not conn.autocommit:
         raise ValueError("retention needs an autocommit connection")
-    # As insights states its --days: the value, and the range to give.
-    for argument, value, most in (
-        ("keep_days", keep_days, MAX_KEEP_DAYS),
-        ("batch_size", batch_size, MAX_BATCH_SIZE),
-    ):
-        if not 1 <= value <= most:
-            raise UsageError(
-                f"{{{argument}}} {value} is out of range; give 1 to {most}", arguments=[argument]
-            )
-    if pipeline == "":  # an unset shell variable, not a name: never read as "every pipeline"
-        raise UsageError(
-            "{pipeline} is empty; give a name, or leave {pipeline} out", arguments=["pipeline"]
-        )
+    check_range("keep_days", keep_days, MAX_KEEP_DAYS)
+    check_range("batch_size", batch_size, MAX_BATCH_SIZE)
+    check_not_empty("pipeline", pipeline)  # never read as "every pipeline"
     started = time.monotonic()
     if pipeline is not None and not _ever_ran(conn, pipeline):
         # As report and insights name a pipeline without runs: a misspelt name in a

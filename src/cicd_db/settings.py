@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -254,7 +256,7 @@ class ConnectionSettings:
         return (
             [self.password]
             + [v for k, v in self.parameters if k in SECRET_KEYWORDS]
-            + _pieces(user_name_secret(self.user))
+            + _pieces(_user_name_secret(self.user))
             + [secret for url in others for secret in password_candidates(url)]
         )
 
@@ -451,6 +453,7 @@ def _definition(keyword: str) -> pq.ConninfoOption | None:
     return next((d for d in pq.Conninfo.get_defaults() if d.keyword.decode() == keyword), None)
 
 
+@cache
 def libpq_keywords() -> frozenset[str]:
     """Every connection keyword the installed libpq knows: libpq decides, not a list of ours."""
     return frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
@@ -494,20 +497,15 @@ def _query_secrets(text: str) -> list[tuple[int, int]]:
     value (and a `user=` value's part after a separator) to the end of the text; an
     unknown parameter whole (`?pwd=...`, `?password:...` may be a password), or its
     value alone when its name misspells a keyword. libpq's own, non-secret ones show."""
-    spans = []
+    spans = [(start, len(text)) for start in _secret_values(text)]
     for match in _QUERY_PART.finditer(text):
-        key, value = unquote(match["key"], errors="replace"), match["value"]
-        after = match.start("value") + 1 if value else match.end()  # where the value starts
-        if key.lower() in SECRET_KEYWORDS:
-            spans.append((after, len(text)))
-        elif key.lower() == "user":
-            shown, secret = _split_userinfo(value[1:] if value else "")
-            if secret:
-                spans.append((after + len(shown), len(text)))
-        elif key not in libpq_keywords():
-            spans.append(
-                (after, match.end()) if _misspelt_keyword(key) else (match.start() + 1, match.end())
-            )
+        key = unquote(match["key"], errors="replace")
+        if key in libpq_keywords() or key.lower() in SECRET_KEYWORDS | {"user"}:
+            continue  # shown, or hidden from where _secret_values says
+        if not _misspelt_keyword(key):
+            spans.append((match.start() + 1, match.end()))  # name and value
+        elif match["value"]:
+            spans.append((match.start("value") + 1, match.end()))  # the value alone
     return spans
 
 
@@ -558,22 +556,14 @@ def mask_credentials(text: str) -> str | None:
         user, secret = _split_userinfo(text[start:at])
         if secret:
             spans.append((start + len(user), at))
-    hidden = bytearray(len(text))
+    hidden = [False] * len(text)
     for begin, end in spans:
-        hidden[begin:end] = b"\1" * (end - begin)
+        hidden[begin:end] = [True] * (end - begin)
     # Each run of hidden characters becomes one "***".
-    return "".join("***" if hide else text[begin:end] for begin, end, hide in _runs(hidden))
-
-
-def _runs(flags: bytearray) -> list[tuple[int, int, bool]]:
-    """(start, end, flag) of each run of equal flags."""
-    runs: list[tuple[int, int, bool]] = []
-    start = 0
-    for index in range(1, len(flags) + 1):
-        if index == len(flags) or flags[index] != flags[start]:
-            runs.append((start, index, bool(flags[start])))
-            start = index
-    return runs
+    return "".join(
+        "***" if hide else "".join(character for character, _ in run)
+        for hide, run in groupby(zip(text, hidden, strict=True), key=itemgetter(1))
+    )
 
 
 # What ends a user name where a password may follow: the ':' of the URL's form, and
@@ -609,7 +599,7 @@ def _split_userinfo(userinfo: str) -> tuple[str, str]:
     return userinfo, ""
 
 
-def user_name_secret(user: str) -> str:
+def _user_name_secret(user: str) -> str:
     """What follows a separator in a user name as libpq decoded it (`u:pw` from
     `u%3Apw`): a password typed into the user name, which libpq prints in its messages."""
     for index, character in enumerate(user):
@@ -733,8 +723,10 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
 
 
 # Greedy up to the last "@" of the token: a password with a raw "@" is still hidden whole.
+# The user name ends where _split_userinfo ends it.
+_SEPARATOR = "[" + re.escape("".join(sorted(_USER_SEPARATORS))) + "]"
 _URL_PASSWORD = re.compile(
-    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/?#\[\]@;,!=&|\\\s]*[:/?#\[\];,!=&|\\])(?P<secret>\S*)"
+    rf"(?P<head>[a-z][a-z0-9+.-]*://(?:(?!{_SEPARATOR})[^@\s])*{_SEPARATOR})(?P<secret>\S*)"
     r"(?P<tail>@)",
     re.I,
 )

@@ -70,14 +70,11 @@ class Migration:
         CRLF, and back in with LF), which changes no statement of an applied file."""
         if checksum == self.checksum:
             return True
-        try:
-            raw = self.path.read_bytes()
-        except OSError:
-            return False
-        unix = raw.replace(b"\r\n", b"\n")
+        unix = self.data.replace(b"\r\n", b"\n")
+        converted = (unix, unix.replace(b"\n", b"\r\n"))
+        # The checksum is of the bytes on disk: with the byte order mark `data` lacks, if any.
         return checksum in {
-            hashlib.sha256(unix).hexdigest(),
-            hashlib.sha256(unix.replace(b"\n", b"\r\n")).hexdigest(),
+            hashlib.sha256(mark + text).hexdigest() for text in converted for mark in (b"", BOM)
         }
 
     @property
@@ -287,22 +284,10 @@ def index_name(migration: Migration) -> str | None:
     return target[0] if target else None
 
 
-_IDENTIFIER = rb'"(?:[^"]|"")+"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*'
-# What follows the index's name: `ON [ONLY] [schema.]table`.
-_INDEXED_TABLE = re.compile(
-    rb"\s+ON\s+(?:ONLY\s+)?(?P<first>"
-    + _IDENTIFIER
-    + rb")(?:\s*\.\s*(?P<second>"
-    + _IDENTIFIER
-    + rb"))?",
-    re.IGNORECASE,
-)
-
-
 def index_target(migration: Migration) -> tuple[str, str | None, str] | None:
     """The index a no-transaction file builds concurrently, and the table it indexes, as
     PostgreSQL names them: (index, the table's schema if the file names it, table)."""
-    from cicd_db.migrations.statements import CONCURRENT_INDEX, Copy
+    from cicd_db.migrations.statements import CONCURRENT_INDEX, INDEXED_TABLE, Copy
     from cicd_db.sqltext import without_comments
 
     for step in migration.steps:
@@ -313,7 +298,7 @@ def index_target(migration: Migration) -> tuple[str, str | None, str] | None:
         match = CONCURRENT_INDEX.search(statement)
         if match is None:
             continue
-        on = _INDEXED_TABLE.match(statement, match.end())
+        on = INDEXED_TABLE.match(statement, match.end())
         if on is None:
             return None  # not a statement PostgreSQL would take: it says so when it runs
         if on["second"] is None:

@@ -12,14 +12,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cicd_db.errors import ConfigError
-
-# The scanner is imported where a file is planned: a run with nothing pending plans
-# nothing (files.Migration.steps), and loading it costs about 3 ms of every start.
-if TYPE_CHECKING:
-    from cicd_db.sqltext import CopyData, CopyFromStdin, Statement
+from cicd_db.sqltext import (
+    CopyData,
+    CopyFromStdin,
+    MetaCommand,
+    Scanner,
+    Statement,
+    may_change_lexing,
+    mentions_lexing_settings,
+    standard_strings_after,
+    without_comments,
+)
 
 NO_TRANSACTION_MARKER = b"-- cicd-db: no-transaction"
 # A large file goes to the server in slices of whole statements of about this
@@ -34,9 +40,20 @@ SESSION_SETTINGS = frozenset({"SET", "RESET"})
 IGNORED_META_COMMANDS = frozenset({"restrict", "unrestrict"})
 # `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON`: an interrupted
 # build leaves `name` behind, invalid.
+# An identifier as written in SQL: quoted (with "" inside), or plain.
+IDENTIFIER = rb'"(?:[^"]|"")+"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*'
 CONCURRENT_INDEX = re.compile(
     rb"\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-    rb'(?P<name>"(?:[^"]|"")+"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)',
+    rb"(?P<name>" + IDENTIFIER + rb")",
+    re.IGNORECASE,
+)
+# What follows the index's name: `ON [ONLY] [schema.]table`.
+INDEXED_TABLE = re.compile(
+    rb"\s+ON\s+(?:ONLY\s+)?(?P<first>"
+    + IDENTIFIER
+    + rb")(?:\s*\.\s*(?P<second>"
+    + IDENTIFIER
+    + rb"))?",
     re.IGNORECASE,
 )
 
@@ -68,8 +85,6 @@ Step = Batch | Copy
 
 def one_by_one(data: bytes, step: Step) -> Iterator[Step]:
     """The statements of a step one at a time, as psql sends them: a batch each."""
-    from cicd_db.sqltext import Scanner, Statement
-
     if isinstance(step, Copy):
         yield step
         return
@@ -104,8 +119,6 @@ def plan(
     server says otherwise) and checked both ways: what either reading refuses is
     refused before anything runs.
     """
-    from cicd_db.sqltext import mentions_lexing_settings
-
     if transactional and start == 0:
         _check_near_marker(filename, data)
     steps: list[Step] = []
@@ -145,16 +158,6 @@ def _plan_pass(
 ) -> None:
     """Check `data` from `start` under one reading of its strings, and plan it into `steps`
     (None: only check). `note` says which reading, for a refusal in a fork."""
-    from cicd_db.sqltext import (
-        CopyData,
-        CopyFromStdin,
-        MetaCommand,
-        Scanner,
-        may_change_lexing,
-        standard_strings_after,
-        without_comments,
-    )
-
     batch: list[Statement] = []
     scanner = Scanner(data, standard_strings=standard_strings, start=start, line=line)
     default = standard_strings if start == 0 else True  # what RESET brings back
@@ -316,8 +319,6 @@ def _controls_transaction(words: tuple[str, ...]) -> bool:
 def _check_concurrent_index(
     filename: str, statement: Statement, text: bytes, standard_strings: bool
 ) -> None:
-    from cicd_db.sqltext import without_comments
-
     words = statement.words
     if words[:1] != ("CREATE",) or "CONCURRENTLY" not in words:
         return
@@ -333,8 +334,6 @@ def _check_concurrent_index(
 
 def nth_statement(data: bytes, batch: Batch, index: int) -> Statement | None:
     """The batch's statement number `index` (0-based), as the server counted them."""
-    from cicd_db.sqltext import Scanner, Statement
-
     scanner = Scanner(
         data[: batch.end],
         standard_strings=batch.standard_strings,
@@ -354,8 +353,6 @@ def transaction_settings_end(
     transaction's own characteristics (isolation, read only, deferrable, snapshot);
     else None. Only for a first batch planned as the server reads strings
     (`standard_strings`, the server's setting)."""
-    from cicd_db.sqltext import Scanner, Statement
-
     first = steps[0] if steps else None
     if not isinstance(first, Batch) or first.standard_strings != standard_strings:
         return None
