@@ -111,16 +111,19 @@ def test_history_disagreements_are_refused(
     assert database.tables() == tables_before
 
 
-@pytest.mark.parametrize("direction", ["lf-to-crlf", "crlf-to-lf"])
+@pytest.mark.parametrize("direction", ["lf-to-crlf", "crlf-to-lf", "bom-lf-to-crlf"])
 def test_an_applied_file_with_its_line_endings_converted_is_the_same_file(
     database: Database, tmp_path: Path, direction: str
 ) -> None:
     """A checkout on Windows turns LF into CRLF (and one elsewhere back): the history
-    still knows the file; a change besides the line endings is still an edit."""
+    still knows the file, with a byte order mark too; a change besides the line
+    endings is still an edit."""
     lf = "CREATE TABLE pets (id int);\nCREATE TABLE toys (\n  id int\n);\n"
+    if direction.startswith("bom-"):
+        lf = "\ufeff" + lf
     applied, converted = (
         (lf, lf.replace("\n", "\r\n"))
-        if direction == "lf-to-crlf"
+        if direction.endswith("lf-to-crlf")
         else (lf.replace("\n", "\r\n"), lf)
     )
     folder = tmp_path / "migrations"

@@ -6,6 +6,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cicd_db import migrations
 from cicd_db.errors import ConfigError
@@ -436,6 +438,33 @@ def test_a_near_miss_of_the_no_transaction_marker_is_refused(
         "the file would run in a transaction; make the file's first line "
         "`-- cicd-db: no-transaction`, or remove the comment"
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    dashes=st.sampled_from(["--", "-- ", "--  ", " --", "--\t"]),
+    tool=st.sampled_from(["cicd-db", "CICD-DB", "cicd_db", "cicddb", "cicd db", "Cicd-Db"]),
+    colon=st.sampled_from([":", ": ", " : ", "", " "]),
+    marker=st.sampled_from(["no-transaction", "no_transaction", "NO-TRANSACTION", "notransaction"]),
+    after=st.sampled_from(["", " ", "\t", "\r"]),
+    line=st.integers(1, 3),
+)
+def test_any_spelling_of_the_marker_runs_outside_a_transaction_or_is_refused(
+    dashes: str, tool: str, colon: str, marker: str, after: str, line: int
+) -> None:
+    """Whatever way the marker is written, and on whichever leading line: the exact
+    form on the first line (any white space after it) runs outside a transaction;
+    every other is refused, naming its line. None runs silently inside one."""
+    written = dashes + tool + colon + marker + after
+    data = ("-- a comment\n" * (line - 1) + written + "\nSELECT 1;\n").encode()
+    exact = line == 1 and written.rstrip() == "-- cicd-db: no-transaction"
+    migration = migrations.Migration(1, "x", Path("0001_x.sql"), data, "0" * 64)
+    assert migration.transactional is not exact
+    if exact:
+        return
+    with pytest.raises(ConfigError) as refused:
+        migration.steps  # noqa: B018 - planning is where it is refused
+    assert f"line {line}: a no-transaction marker that" in str(refused.value)
 
 
 def test_the_marker_may_end_in_any_white_space(tmp_path: Path) -> None:
