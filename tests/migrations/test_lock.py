@@ -135,9 +135,9 @@ def test_a_file_that_ends_the_lock_session_is_not_recorded(
     a backend is asynchronous, and a check that runs while it is still exiting sees the
     lock held, which the runner cannot tell from a lock lost a moment after its check."""
     end_lock_session = (
-        "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' "
-        "AND pid <> pg_backend_pid() AND database = "
-        "(SELECT oid FROM pg_database WHERE datname = current_database());\n"
+        "SELECT pg_terminate_backend(pid, 10000) FROM (SELECT DISTINCT pid FROM pg_locks "
+        "WHERE locktype = 'advisory' AND pid <> pg_backend_pid() AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())) AS holders;\n"
     )
     folder = write_migrations(
         tmp_path, {"0001_kill.sql": "CREATE TABLE a (i int);\n" + end_lock_session}
@@ -161,9 +161,9 @@ def test_the_lock_taken_by_another_session_is_not_the_runners(
     once that session is gone, another runner may take the lock and be at work. Here the
     file itself takes it, after ending the lock's session."""
     take_the_lock = (
-        "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' "
-        "AND pid <> pg_backend_pid() AND database = "
-        "(SELECT oid FROM pg_database WHERE datname = current_database());\n"
+        "SELECT pg_terminate_backend(pid, 10000) FROM (SELECT DISTINCT pid FROM pg_locks "
+        "WHERE locktype = 'advisory' AND pid <> pg_backend_pid() AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())) AS holders;\n"
         f"SELECT pg_advisory_lock({migrations.LOCK_KEY});\n"
     )
     folder = write_migrations(

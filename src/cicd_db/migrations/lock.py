@@ -10,6 +10,7 @@ lock (pg_advisory_unlock_all, DISCARD ALL): the lock is another session's.
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ POLL_SECONDS = 0.05
 # The lock's own session sits idle while files run: a database's or role's
 # idle_session_timeout must not end it (and the lock with it).
 LOCK_SESSION_OPTIONS = "-c idle_session_timeout=0"
+# Draws each run's own key (below): unpredictable, so no file can name it.
+RUN_KEYS = random.SystemRandom()
 
 
 @contextmanager
@@ -56,13 +59,19 @@ def held(session: Session, timeout: float) -> Iterator[None]:
                         arguments=["lock_timeout"],
                     )
                 time.sleep(POLL_SECONDS)
-        holder.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [WORK_KEY])
+        # A key no other session takes: while the lock session holds it, the lock
+        # session is alive, and so holds the runner's lock (Session.still_locked).
+        run_key = RUN_KEYS.randrange(1, 2**63)
+        holder.execute(
+            "SELECT pg_catalog.pg_advisory_unlock(%s), pg_catalog.pg_advisory_lock(%s)",
+            [WORK_KEY, run_key],
+        )
         session.conn.execute("SELECT pg_catalog.pg_advisory_lock_shared(%s)", [WORK_KEY])
-        session.lock_pid = holder.info.backend_pid
+        session.lock_key = run_key
         try:
             yield
         finally:
-            session.lock_pid = None
+            session.lock_key = None
             if session.end_transaction():
                 with contextlib.suppress(psycopg.OperationalError):
                     session.conn.execute(

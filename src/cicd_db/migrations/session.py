@@ -74,14 +74,14 @@ def session_options(given: str | None = None, environ: Mapping[str, str] = os.en
 
 
 class Session:
-    """The work connection, and the id of the session that holds the runner's lock
-    (`lock_pid`, set by `lock.held` while it is held)."""
+    """The work connection, and the key of the lock only the runner's lock session
+    holds (`lock_key`, set by `lock.held` while it is held)."""
 
     def __init__(self, conn: psycopg.Connection[Any]):
         if not conn.autocommit:
             raise ValueError("the runner needs an autocommit connection")
         self.conn = conn
-        self.lock_pid: int | None = None
+        self.lock_key: int | None = None
         # The runner resets the session after each file, prepared statements
         # included (DEALLOCATE ALL), so psycopg must not keep any of its own.
         conn.prepare_threshold = None
@@ -129,16 +129,22 @@ class Session:
 
     def still_locked(self) -> bytes:
         """A check that the runner's lock is still held by its session: a file could have
-        ended that session (pg_terminate_backend), and another runner be at work."""
+        ended that session (pg_terminate_backend), and another runner be at work.
+
+        The lock session holds a key of this run's own (`lock_key`, drawn at random)
+        beside the runner's lock, so the question is one lookup, whatever else is
+        locked: may this session take that key? Only if the lock session is gone.
+        (Asking pg_locks instead copies every lock of the server, a file's own
+        included: a quarter of a millisecond a file.) If it may, the key is held
+        only until the check's error ends the statement or the transaction.
+        """
         return (
-            b"DO $cicd_db$BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = "
-            b"'advisory' AND pid = %d AND granted AND classid = %d AND objid = %d AND "
-            b"objsubid = 1) THEN RAISE EXCEPTION 'the runner''s lock was lost' USING ERRCODE = "
-            b"'%s'; END IF; END$cicd_db$"
+            b"DO $cicd_db$BEGIN IF %s THEN RAISE EXCEPTION 'the runner''s lock was lost' "
+            b"USING ERRCODE = '%s'; END IF; END$cicd_db$"
             % (
-                self.lock_pid or 0,
-                LOCK_KEY >> 32,
-                LOCK_KEY & 0xFFFFFFFF,
+                b"true"
+                if self.lock_key is None
+                else b"pg_catalog.pg_try_advisory_xact_lock_shared(%d)" % self.lock_key,
                 CHECK_LOCK.encode(),
             )
         )
