@@ -34,19 +34,19 @@ from cicd_db.migrations.failures import (
     Transient,
 )
 from cicd_db.migrations.files import Migration, index_target
-from cicd_db.migrations.session import (
-    BEGIN_MARKED,
-    CHECK_LOCK,
-    CHECK_MARK,
-    RESET_SESSION,
-    XACT_ID,
-    Session,
-)
+from cicd_db.migrations.session import CHECK_LOCK, CHECK_MARK, RESET_SESSION, Session
 from cicd_db.migrations.statements import Batch, transaction_settings_end
 
 FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
 MAX_RETRY_DELAY = 10.0
 CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefined_table
+# Read as a file's transaction starts, before the file's first statement (or after
+# its leading SET TRANSACTION statements, which must come first): the transaction's
+# id, which no statement of a file can change (the history row is written only while
+# it is the same: the transaction the runner began), and the history as the
+# transaction finds it (history.STATE).
+MARK = b"SELECT pg_catalog.pg_current_xact_id(), " + history.STATE + b";"
+BEGIN_MARKED = b"BEGIN;" + MARK
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,9 @@ def run(
         # Read again under the lock: another runner may have applied some meanwhile.
         # create() has just found or made it in place: no second catalog search.
         applied = history.read(session.conn, placed=True)
-        applier = Applier(session, [(row.version, row.name, row.checksum) for row in applied])
+        applier = Applier(
+            session, history.Recorded([(row.version, row.name, row.checksum) for row in applied])
+        )
         results = []
         for migration in history.pending(files, applied, target):
             if on_start:
@@ -135,11 +137,11 @@ def run(
 class Applier:
     """Applies one file at a time on `session`, knowing the history's rows so far."""
 
-    def __init__(self, session: Session, recorded: list[tuple[int, str, str]]):
+    def __init__(self, session: Session, recorded: history.Recorded):
         self.session = session
         self.conn = session.conn
-        # The history's rows (version, name, checksum) as the runner wrote them: a
-        # file may not change them (TRUNCATE, DELETE, UPDATE, a table in their place).
+        # The history's rows as the runner wrote them: a file may not change them
+        # (TRUNCATE, DELETE, UPDATE, a table in their place).
         self.recorded = recorded
 
     def apply_with_retries(
@@ -150,7 +152,7 @@ class Applier:
             while True:
                 try:
                     result = self.apply(migration)
-                    self.recorded.append((migration.version, migration.name, migration.checksum))
+                    self.recorded.add(migration)
                     return result
                 except Transient as failure:
                     attempt += 1
@@ -213,7 +215,7 @@ class Applier:
     def _in_transaction(self, migration: Migration) -> None:
         """The file and its history row in one transaction, which must stay the runner's own.
 
-        Two round trips: the transaction's start (and its id) travels with the
+        Two round trips: the transaction's start (its id, the history's state) travels with the
         file's first statements; the checks, the session reset, the history row and
         COMMIT travel together. A check that fails stops everything after it,
         COMMIT included: the file ended the runner's transaction (its id is
@@ -229,7 +231,12 @@ class Applier:
                 self.session.still_locked(),
                 RESET_SESSION,
                 history.insert_row(self.conn, migration, duration_ms=None),
-                history.recorded_check(self.conn, self.recorded, migration),
+                history.recorded_check(
+                    self.conn,
+                    self.recorded,
+                    migration,
+                    tuple(begun.get_value(0, column) for column in range(1, begun.nfields)),
+                ),
                 b"COMMIT",
             ]
         )
@@ -260,7 +267,7 @@ class Applier:
             first, start=lead, line=first.line + migration.data.count(b"\n", first.start, lead)
         )
         rest = replace(migration, planned=(tail, *migration.steps[1:]))
-        return session.run_steps(rest, prefix=XACT_ID)[0]
+        return session.run_steps(rest, prefix=MARK)[0]
 
     def _outside_transaction(self, migration: Migration) -> tuple[str, ...]:
         started = time.perf_counter()

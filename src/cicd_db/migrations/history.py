@@ -289,36 +289,130 @@ def insert_row(
 # The SQLSTATEs of the checks below (class CD, not PostgreSQL's).
 CHECK_RECORDED, CHECK_HISTORY = "CDB03", "CDB04"
 
+# The history table as a file's transaction finds it, read with the transaction's id
+# before the file runs: its oid and storage (TRUNCATE, an ALTER TABLE that rewrites
+# it, and any other table in its place have another relfilenode), and PostgreSQL's
+# own counts of the rows this session has inserted, updated and deleted in it, the
+# open transaction's included. The counts are not a transaction's alone (a session
+# keeps them until it reports them, between transactions), so the check compares
+# them with these, not with zero.
+STATE = (
+    sql.SQL(
+        "h.oid, pg_catalog.pg_relation_filenode(h.oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_inserted(h.oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_updated(h.oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_deleted(h.oid) "
+        "FROM (SELECT pg_catalog.to_regclass({name})::oid) AS h (oid)"
+    )
+    .format(name=sql.Literal(f"{SCHEMA}.{TABLE}"))
+    .as_bytes(None)
+)
+
+
+class Recorded:
+    """The history's rows (version, name, checksum) as the runner wrote them, and
+    their fingerprint: the md5 the server computes over them in recorded_check(),
+    kept as rows are added (files are applied in order, so a row is most often the
+    newest: one update of the digest, not a pass over every row)."""
+
+    def __init__(self, rows: list[tuple[int, str, str]]):
+        self.rows = sorted(rows)
+        self._digest = hashlib.md5("\n".join(map(_line, self.rows)).encode())  # noqa: S324
+
+    def add(self, migration: Migration) -> None:
+        row = (migration.version, migration.name, migration.checksum)
+        self._digest = self._with(row)
+        if self.rows and row < self.rows[-1]:
+            self.rows = sorted([*self.rows, row])
+        else:
+            self.rows.append(row)
+
+    def fingerprint(self, migration: Migration) -> str:
+        """The fingerprint of these rows and `migration`'s."""
+        return self._with((migration.version, migration.name, migration.checksum)).hexdigest()
+
+    def _with(self, row: tuple[int, str, str]) -> hashlib._Hash:
+        if not self.rows:
+            return hashlib.md5(_line(row).encode())  # noqa: S324
+        if row > self.rows[-1]:
+            digest = self._digest.copy()
+            digest.update(("\n" + _line(row)).encode())
+            return digest
+        rows = sorted([*self.rows, row])
+        return hashlib.md5("\n".join(map(_line, rows)).encode())  # noqa: S324
+
+
+def _line(row: tuple[int, str, str]) -> str:
+    return f"{row[0]} {row[1]} {row[2]}"
+
 
 def recorded_check(
-    conn: psycopg.Connection[Any], before: list[tuple[int, str, str]], migration: Migration
+    conn: psycopg.Connection[Any],
+    recorded: Recorded,
+    migration: Migration,
+    state: tuple[bytes | None, ...] | None = None,
 ) -> bytes:
     """A check that the history row is there (a trigger could have swallowed it), and
-    that the history is the rows `before` plus this one: a file may not have
-    emptied, edited or replaced it (TRUNCATE, DELETE, UPDATE, DROP and CREATE)."""
-    rows = sorted([*before, (migration.version, migration.name, migration.checksum)])
-    expected = hashlib.md5(  # noqa: S324 - a fingerprint, compared with the server's md5
-        "\n".join(f"{version} {name} {checksum}" for version, name, checksum in rows).encode()
-    ).hexdigest()
-    # One scan of the table answers both: each query in a DO block is parsed and
-    # planned on every run, and this check runs once a file (~35 us a file saved).
+    that the history is the rows `recorded` plus this one: a file may not have
+    emptied, edited or replaced it (TRUNCATE, DELETE, UPDATE, DROP and CREATE).
+
+    With `state`, the history as the file's transaction found it (STATE), the check
+    is a few lookups, whatever the history's size: the row as written, and, on the
+    table of that name, the storage it had and this session's counts of the table
+    it had, grown by that one row and nothing else (rows written to a table renamed
+    away would be counted there; the row then went elsewhere). Without it (a
+    no-transaction file, whose statements commit one by one), or where PostgreSQL
+    does not count (track_counts off), an md5 over every row instead; PL/pgSQL plans
+    a branch only when it reaches it.
+    """
+    fingerprint = sql.SQL(
+        "(SELECT pg_catalog.md5(pg_catalog.string_agg(version || ' ' || name || ' ' || "
+        "checksum, E'\\n' ORDER BY version)) FROM {table}) IS DISTINCT FROM {expected}"
+    ).format(table=QUALIFIED, expected=recorded.fingerprint(migration))
+    changed = sql.SQL("ELSIF {} THEN RAISE EXCEPTION 'the history was changed' USING ERRCODE = {};")
+    if state is not None and all(state):
+        oid, filenode, inserted, updated, deleted = (int(value or 0) for value in state)
+        counted = sql.SQL(
+            "NOT same OR (pg_catalog.pg_relation_filenode({name}::pg_catalog.regclass), "
+            "pg_catalog.pg_stat_get_xact_tuples_inserted({oid}::oid), "
+            "pg_catalog.pg_stat_get_xact_tuples_updated({oid}::oid), "
+            "pg_catalog.pg_stat_get_xact_tuples_deleted({oid}::oid)) "
+            "IS DISTINCT FROM ({filenode}::oid, {inserted}::bigint, {updated}::bigint, "
+            "{deleted}::bigint)"
+        ).format(
+            name=sql.Literal(f"{SCHEMA}.{TABLE}"),
+            oid=oid,
+            filenode=filenode,
+            inserted=inserted + 1,
+            updated=updated,
+            deleted=deleted,
+        )
+        checks = sql.Composed(
+            [
+                sql.SQL(
+                    "ELSIF pg_catalog.current_setting('track_counts')::bool THEN IF {} THEN "
+                    "RAISE EXCEPTION 'the history was changed' USING ERRCODE = {}; END IF; "
+                ).format(counted, CHECK_HISTORY),
+                changed.format(fingerprint, CHECK_HISTORY),
+            ]
+        )
+    else:
+        checks = changed.format(fingerprint, CHECK_HISTORY)
     return (
         sql.SQL(
-            "DO $cicd_db$DECLARE written bigint; fingerprint text; BEGIN "
-            "SELECT count(*) FILTER (WHERE version = {version}), pg_catalog.md5("
-            "pg_catalog.string_agg(version || ' ' || name || ' ' || checksum, E'\\n' "
-            "ORDER BY version)) INTO written, fingerprint FROM {table}; "
-            "IF written = 0 THEN RAISE EXCEPTION 'the history row was not written' "
-            "USING ERRCODE = {gone}; END IF; IF fingerprint IS DISTINCT FROM {expected} "
-            "THEN RAISE EXCEPTION 'the history was changed' USING ERRCODE = {changed}; "
-            "END IF; END$cicd_db$"
+            "DO $cicd_db$DECLARE same boolean; BEGIN "
+            "SELECT name = {name} AND checksum = {checksum} INTO same FROM {table} "
+            "WHERE version = {version}; "
+            "IF same IS NULL THEN RAISE EXCEPTION 'the history row was not written' "
+            "USING ERRCODE = {gone}; {checks} END IF; END$cicd_db$"
         )
         .format(
+            name=migration.name,
+            checksum=migration.checksum,
             table=QUALIFIED,
             version=migration.version,
             gone=CHECK_RECORDED,
-            expected=expected,
-            changed=CHECK_HISTORY,
+            checks=checks,
         )
         .as_bytes(conn)
     )

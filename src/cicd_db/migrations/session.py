@@ -49,12 +49,6 @@ RESET_SESSION = (
     b"UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; "
     b"DISCARD SEQUENCES; DISCARD TEMP; SELECT pg_catalog.pg_advisory_lock_shared(%d)" % WORK_KEY
 )
-# Returns the transaction's id, which no statement of a file can change. The
-# history row is written only while the transaction has that id: the one the
-# runner began. Sent after BEGIN with the file's first statements, or after the
-# file's leading SET TRANSACTION statements, which must come before any query.
-XACT_ID = b"SELECT pg_catalog.pg_current_xact_id();"
-BEGIN_MARKED = b"BEGIN;" + XACT_ID
 # The SQLSTATEs the runner's own checks raise (class CD, not PostgreSQL's).
 CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"
 
