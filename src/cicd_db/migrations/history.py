@@ -256,6 +256,20 @@ def create(conn: psycopg.Connection[Any]) -> str | None:
     return None
 
 
+# insert_row's statement, built once (it is sent a file); %-placeholders take the
+# file's values.
+_INSERT = (
+    sql.SQL(
+        "INSERT INTO {} (version, name, checksum, applied_by, duration_ms) "
+        "VALUES (%(version)d, %(name)s, %(checksum)s, %(user)s, %(duration)s)"
+    )
+    .format(QUALIFIED)
+    .as_bytes(None)
+)
+# The time since the transaction began, as the server measures it.
+_DURATION_SINCE_BEGIN = b"round(extract(epoch FROM clock_timestamp() - now()) * 1000)"
+
+
 def insert_row(
     conn: psycopg.Connection[Any], migration: Migration, *, duration_ms: float | None
 ) -> bytes:
@@ -264,26 +278,13 @@ def insert_row(
     `duration_ms` None: measured by the server, from the transaction's start.
     The row names the runner's login role, whatever role the file switched to.
     """
-    duration: sql.Composable = (
-        sql.SQL("round(extract(epoch FROM clock_timestamp() - now()) * 1000)")
-        if duration_ms is None
-        else sql.Literal(round(duration_ms))
-    )
-    return (
-        sql.SQL(
-            "INSERT INTO {} (version, name, checksum, applied_by, duration_ms) "
-            "VALUES ({}, {}, {}, {}, {})"
-        )
-        .format(
-            QUALIFIED,
-            migration.version,
-            migration.name,
-            migration.checksum,
-            conn.info.user,
-            duration,
-        )
-        .as_bytes(conn)
-    )
+    return _INSERT % {
+        b"version": migration.version,
+        b"name": sql.Literal(migration.name).as_bytes(conn),
+        b"checksum": sql.Literal(migration.checksum).as_bytes(conn),
+        b"user": sql.Literal(conn.info.user).as_bytes(conn),
+        b"duration": _DURATION_SINCE_BEGIN if duration_ms is None else b"%d" % round(duration_ms),
+    }
 
 
 # The SQLSTATEs of the checks below (class CD, not PostgreSQL's).
@@ -346,6 +347,49 @@ def _line(row: tuple[int, str, str]) -> str:
     return f"{row[0]} {row[1]} {row[2]}"
 
 
+# recorded_check's parts, built once (the check is sent a file): %-placeholders
+# take the file's values, its name quoted as a literal.
+_RAISE_CHANGED = b"RAISE EXCEPTION 'the history was changed' USING ERRCODE = '%s';" % (
+    CHECK_HISTORY.encode()
+)
+_ROW_CHECK = (
+    sql.SQL(
+        "DO $cicd_db$DECLARE same boolean; BEGIN "
+        "SELECT name = %(name)s AND checksum = %(checksum)s INTO same FROM {table} "
+        "WHERE version = %(version)d; "
+        "IF same IS NULL THEN RAISE EXCEPTION 'the history row was not written' "
+        "USING ERRCODE = {gone}; "
+    )
+    .format(table=QUALIFIED, gone=CHECK_RECORDED)
+    .as_bytes(None)
+)
+_COUNTED_CHECK = (
+    sql.SQL(
+        "ELSIF pg_catalog.current_setting('track_counts')::bool THEN IF NOT same OR ("
+        "pg_catalog.pg_relation_filenode({name}::pg_catalog.regclass), "
+        "pg_catalog.pg_stat_get_xact_tuples_inserted(%(oid)d::oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_updated(%(oid)d::oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_deleted(%(oid)d::oid)) "
+        "IS DISTINCT FROM (%(filenode)d::oid, %(inserted)d::bigint, %(updated)d::bigint, "
+        "%(deleted)d::bigint) THEN "
+    )
+    .format(name=sql.Literal(f"{SCHEMA}.{TABLE}"))
+    .as_bytes(None)
+    + _RAISE_CHANGED
+    + b" END IF; "
+)
+_FINGERPRINT_CHECK = (
+    sql.SQL(
+        "ELSIF (SELECT pg_catalog.md5(pg_catalog.string_agg(version || ' ' || name || ' ' || "
+        "checksum, E'\\n' ORDER BY version)) FROM {table}) IS DISTINCT FROM '%(expected)s' THEN "
+    )
+    .format(table=QUALIFIED)
+    .as_bytes(None)
+    + _RAISE_CHANGED
+    + b" END IF; END$cicd_db$"
+)
+
+
 def recorded_check(
     conn: psycopg.Connection[Any],
     recorded: Recorded,
@@ -365,57 +409,24 @@ def recorded_check(
     does not count (track_counts off), an md5 over every row instead; PL/pgSQL plans
     a branch only when it reaches it.
     """
-    fingerprint = sql.SQL(
-        "(SELECT pg_catalog.md5(pg_catalog.string_agg(version || ' ' || name || ' ' || "
-        "checksum, E'\\n' ORDER BY version)) FROM {table}) IS DISTINCT FROM {expected}"
-    ).format(table=QUALIFIED, expected=recorded.fingerprint(migration))
-    changed = sql.SQL("ELSIF {} THEN RAISE EXCEPTION 'the history was changed' USING ERRCODE = {};")
+    values: dict[bytes, Any] = {
+        b"name": sql.Literal(migration.name).as_bytes(conn),
+        b"checksum": sql.Literal(migration.checksum).as_bytes(conn),
+        b"version": migration.version,
+        b"expected": recorded.fingerprint(migration).encode(),
+    }
+    check = _ROW_CHECK
     if state is not None and all(state):
         oid, filenode, inserted, updated, deleted = (int(value or 0) for value in state)
-        counted = sql.SQL(
-            "NOT same OR (pg_catalog.pg_relation_filenode({name}::pg_catalog.regclass), "
-            "pg_catalog.pg_stat_get_xact_tuples_inserted({oid}::oid), "
-            "pg_catalog.pg_stat_get_xact_tuples_updated({oid}::oid), "
-            "pg_catalog.pg_stat_get_xact_tuples_deleted({oid}::oid)) "
-            "IS DISTINCT FROM ({filenode}::oid, {inserted}::bigint, {updated}::bigint, "
-            "{deleted}::bigint)"
-        ).format(
-            name=sql.Literal(f"{SCHEMA}.{TABLE}"),
-            oid=oid,
-            filenode=filenode,
-            inserted=inserted + 1,
-            updated=updated,
-            deleted=deleted,
-        )
-        checks = sql.Composed(
-            [
-                sql.SQL(
-                    "ELSIF pg_catalog.current_setting('track_counts')::bool THEN IF {} THEN "
-                    "RAISE EXCEPTION 'the history was changed' USING ERRCODE = {}; END IF; "
-                ).format(counted, CHECK_HISTORY),
-                changed.format(fingerprint, CHECK_HISTORY),
-            ]
-        )
-    else:
-        checks = changed.format(fingerprint, CHECK_HISTORY)
-    return (
-        sql.SQL(
-            "DO $cicd_db$DECLARE same boolean; BEGIN "
-            "SELECT name = {name} AND checksum = {checksum} INTO same FROM {table} "
-            "WHERE version = {version}; "
-            "IF same IS NULL THEN RAISE EXCEPTION 'the history row was not written' "
-            "USING ERRCODE = {gone}; {checks} END IF; END$cicd_db$"
-        )
-        .format(
-            name=migration.name,
-            checksum=migration.checksum,
-            table=QUALIFIED,
-            version=migration.version,
-            gone=CHECK_RECORDED,
-            checks=checks,
-        )
-        .as_bytes(conn)
-    )
+        values |= {
+            b"oid": oid,
+            b"filenode": filenode,
+            b"inserted": inserted + 1,
+            b"updated": updated,
+            b"deleted": deleted,
+        }
+        check += _COUNTED_CHECK
+    return (check + _FINGERPRINT_CHECK) % values
 
 
 def status(files: list[Migration], applied: list[Applied]) -> list[StatusRow]:
