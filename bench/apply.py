@@ -119,6 +119,30 @@ def measure(
     )
 
 
+def measure_many(
+    dbs: Databases, folder: Path, tools: Tools, rounds: int, count: int
+) -> tuple[Table, dict[str, float]]:
+    """`count` migrations, cicd-db beside dbmate only (yoyo and psql add nothing here):
+    whether the runner's cost a file stays flat as the history grows."""
+    layouts = generate(folder, count)
+    contenders = [c for c in rivals(layouts, tools) if c.name in ("cicd-db", "dbmate")]
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for round_number in range(rounds):
+        order = contenders[:]
+        random.Random(round_number).shuffle(order)
+        for contender in order:
+            db = dbs.fresh("many")
+            assert contender.apply is not None
+            times[contender.name].append(timed(contender.apply(db)))
+            dbs.drop(db)
+    return versus(
+        f"Apply {count:,} migrations to an empty database (whole process, ms)",
+        times,
+        "cicd-db",
+        rounds,
+    )
+
+
 def versus(
     title: str, times: dict[str, list[float]], ours: str, rounds: int
 ) -> tuple[Table, dict[str, float]]:
