@@ -10,9 +10,7 @@ import pytest
 
 from .utils import ROOT
 
-PAGES = sorted(
-    [*ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md"), *(ROOT / "db").rglob("*.md")]
-)
+PAGES = sorted([*ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md"), *(ROOT / "db").rglob("*.md")])
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 TEST_MODULE = re.compile(r"\btest_[a-z0-9_]+\.py\b")
 
