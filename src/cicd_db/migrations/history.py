@@ -416,8 +416,10 @@ def recorded_check(
         b"expected": recorded.fingerprint(migration).encode(),
     }
     check = _ROW_CHECK
-    if state is not None and all(state):
-        oid, filenode, inserted, updated, deleted = (int(value or 0) for value in state)
+    # All five, or the table was not there when the transaction began (NULLs).
+    known = [int(value) for value in state or () if value is not None]
+    if len(known) == 5:
+        oid, filenode, inserted, updated, deleted = known
         values |= {
             b"oid": oid,
             b"filenode": filenode,

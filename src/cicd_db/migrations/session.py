@@ -133,14 +133,9 @@ class Session:
         only until the check's error ends the statement or the transaction.
         """
         return (
-            b"DO $cicd_db$BEGIN IF %s THEN RAISE EXCEPTION 'the runner''s lock was lost' "
-            b"USING ERRCODE = '%s'; END IF; END$cicd_db$"
-            % (
-                b"true"
-                if self.lock_key is None
-                else b"pg_catalog.pg_try_advisory_xact_lock_shared(%d)" % self.lock_key,
-                CHECK_LOCK.encode(),
-            )
+            b"DO $cicd_db$BEGIN IF pg_catalog.pg_try_advisory_xact_lock_shared(%d) THEN "
+            b"RAISE EXCEPTION 'the runner''s lock was lost' USING ERRCODE = '%s'; END IF; "
+            b"END$cicd_db$" % (self.lock_key or 0, CHECK_LOCK.encode())
         )
 
     def run_steps(self, migration: Migration, *, prefix: bytes = b"") -> list[PGresult]:
