@@ -310,8 +310,8 @@ class Applier:
             "pg_terminate_backend, or a lost connection), so another runner could have run at "
             "the same time",
             history.CHECK_RECORDED: "left no history row (a trigger on the history table?)",
-            history.CHECK_HISTORY: "changed the migration history's rows (TRUNCATE, DELETE, "
-            "UPDATE, or another table in its place)",
+            history.CHECK_HISTORY: "changed the migration history (TRUNCATE, DELETE, UPDATE, "
+            "an ALTER TABLE that rewrites it, or another table in its place)",
             CHECK_HISTORY_GONE: "dropped or moved the migration history "
             f"({history.shown(self.conn, history.SCHEMA, history.TABLE)})",
         }[check]
