@@ -28,7 +28,7 @@ POLL_SECONDS = 0.05
 # The lock's own session sits idle while files run: a database's or role's
 # idle_session_timeout must not end it (and the lock with it).
 LOCK_SESSION_OPTIONS = "-c idle_session_timeout=0"
-# Draws each run's own key (below): unpredictable, so no file can name it.
+# Draws each run's own key (below): random, so no other session takes it by chance.
 RUN_KEYS = random.SystemRandom()
 
 
