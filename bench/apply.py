@@ -105,17 +105,11 @@ def measure(
                 ],
             )
         )
-    times: dict[str, list[float]] = {c.name: [] for c in contenders}
-    for round_number in range(rounds):
-        order = contenders[:]
-        random.Random(round_number).shuffle(order)
-        for contender in order:
-            db = dbs.fresh("apply")
-            assert contender.apply is not None
-            times[contender.name].append(timed(contender.apply(db)))
-            dbs.drop(db)
     return versus(
-        "Apply 100 migrations to an empty database (whole process, ms)", times, "cicd-db", rounds
+        "Apply 100 migrations to an empty database (whole process, ms)",
+        _rounds(dbs, contenders, rounds),
+        "cicd-db",
+        rounds,
     )
 
 
@@ -126,21 +120,26 @@ def measure_many(
     whether the runner's cost a file stays flat as the history grows."""
     layouts = generate(folder, count)
     contenders = [c for c in rivals(layouts, tools) if c.name in ("cicd-db", "dbmate")]
+    return versus(
+        f"Apply {count:,} migrations to an empty database (whole process, ms)",
+        _rounds(dbs, contenders, rounds),
+        "cicd-db",
+        rounds,
+    )
+
+
+def _rounds(dbs: Databases, contenders: list[Rival], rounds: int) -> dict[str, list[float]]:
+    """Each contender's times, one fresh database a run, in a shuffled order each round."""
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
     for round_number in range(rounds):
         order = contenders[:]
         random.Random(round_number).shuffle(order)
         for contender in order:
-            db = dbs.fresh("many")
+            db = dbs.fresh("apply")
             assert contender.apply is not None
             times[contender.name].append(timed(contender.apply(db)))
             dbs.drop(db)
-    return versus(
-        f"Apply {count:,} migrations to an empty database (whole process, ms)",
-        times,
-        "cicd-db",
-        rounds,
-    )
+    return times
 
 
 def versus(
