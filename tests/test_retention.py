@@ -638,3 +638,21 @@ def test_any_history_loses_exactly_its_old_finished_runs_whole(
     )
     assert migrated.query("SELECT count(*) FROM stage_executions") == [(kept_stages,)]
     assert migrated.query("SELECT count(*) FROM job_executions") == [(kept_stages * 2,)]
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("pipeline", [[], ["--pipeline", "build"]], ids=["all", "one-pipeline"])
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["delete", "dry-run"])
+def test_retention_on_a_database_without_the_schema_says_so(
+    database: Database, pipeline: list[str], dry_run: list[str]
+) -> None:
+    """As report and insights say it: one line, exit 2, not the server's 'relation does
+    not exist'."""
+    result = run_cli(
+        "retention", "--keep-days", "30", *pipeline, *dry_run, "--database-url", database.url
+    )
+    assert (result.code, result.out) == (2, "")
+    assert result.err == (
+        "error: no cicd-db schema here (no execution tables): apply the migrations "
+        "(`cicd-db migrate up` with the same target), then record runs\n"
+    )

@@ -183,3 +183,12 @@ def check_not_empty(argument: str, name: str | None) -> None:
             f"{{{argument}}} is empty; give a name, or leave {{{argument}}} out",
             arguments=[argument],
         )
+
+
+def no_schema() -> ConfigError:
+    """What report, insights and retention raise on a database without the execution
+    tables (the server's undefined_table), instead of the server's own words."""
+    return ConfigError(
+        "no cicd-db schema here (no execution tables): apply the migrations "
+        "(`cicd-db migrate up` with the same target), then record runs"
+    )

@@ -38,7 +38,13 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import errors, sql
 
-from cicd_db.errors import ConfigError, NotFound, UsageError, check_not_empty, check_range
+from cicd_db.errors import (
+    NotFound,
+    UsageError,
+    check_not_empty,
+    check_range,
+    no_schema,
+)
 from cicd_db.report import WIDTH, _fit, grid, structured
 from cicd_db.report import seconds_text as _secs
 
@@ -402,10 +408,7 @@ def insights(
     try:
         row = conn.execute(_query(pipeline, runs), params).fetchone()
     except errors.UndefinedTable:
-        raise ConfigError(
-            "no cicd-db schema here (no execution tables): apply the migrations "
-            "(`cicd-db migrate up` with the same target), then record runs"
-        ) from None
+        raise no_schema() from None
     if row is None:  # an aggregate query always returns its row
         raise RuntimeError("the database returned no row for the insights query")
     if pipeline is None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from cicd_db.errors import ConfigError, UsageError, check_not_empty, one_line
+from cicd_db.errors import ConfigError, UsageError, check_not_empty, no_schema, one_line
 
 if TYPE_CHECKING:  # only for annotations: `cicd-db migrate` imports this module for grid()
     from cicd_db.store import JobRun, PipelineRun, StageRun, Store
@@ -398,10 +398,7 @@ def fetch(
     try:
         return _fetch(executions, pipeline, run, stage, job, limit, before)
     except errors.UndefinedTable:
-        raise ConfigError(
-            "no cicd-db schema here (no execution tables): apply the migrations "
-            "(`cicd-db migrate up` with the same target), then record runs"
-        ) from None
+        raise no_schema() from None
     except errors.UndefinedColumn:
         raise ConfigError(
             "the cicd-db schema here is older than this cicd-db: apply the pending "

@@ -41,6 +41,7 @@ from cicd_db.errors import (
     Terminated,
     check_not_empty,
     check_range,
+    no_schema,
     plural,
 )
 
@@ -136,7 +137,8 @@ def prune(
     becomes `Interrupted`, once the batch in progress is rolled back. UsageError,
     before anything is read, for `keep_days` or `batch_size` outside 1 to
     MAX_KEEP_DAYS or MAX_BATCH_SIZE and for an empty `pipeline`; NotFound for a
-    `pipeline` that has never recorded a run.
+    `pipeline` that has never recorded a run; ConfigError on a database without the
+    execution tables.
     """
     if not conn.autocommit:
         raise ValueError("retention needs an autocommit connection")
@@ -144,25 +146,28 @@ def prune(
     check_range("batch_size", batch_size, MAX_BATCH_SIZE)
     check_not_empty("pipeline", pipeline)  # never read as "every pipeline"
     started = time.monotonic()
-    if pipeline is not None and not _ever_ran(conn, pipeline):
-        # As report and insights name a pipeline without runs: a misspelt name in a
-        # nightly job would otherwise delete nothing, successfully, forever. The dry
-        # run too: it is how such a job is tried before it is scheduled. A pipeline
-        # whose runs were all deleted already did run (its run counter stays): 0, exit 0.
-        raise NotFound(
-            "pipeline {name} has never recorded a run; check the name (names are "
-            "case-sensitive), or leave {pipeline} out for every pipeline",
-            arguments=["pipeline"],
-            values={"name": repr(pipeline)},
-        )
-    row = conn.execute("SELECT now() - make_interval(days => %s)", [keep_days]).fetchone()
-    assert row is not None  # noqa: S101 - a SELECT of one value returns one row
-    params: dict[str, Any] = {"cutoff": row[0], "pipeline": pipeline}
-    candidates = _candidates(pipeline)
-    # A dry run counts everything; a real one only the runs, for the progress bar.
-    counting = COUNT if dry_run else COUNT_RUNS
-    counts = conn.execute(counting.format(candidates=candidates), params).fetchone()
-    assert counts is not None  # noqa: S101
+    try:
+        if pipeline is not None and not _ever_ran(conn, pipeline):
+            # As report and insights name a pipeline without runs: a misspelt name in a
+            # nightly job would otherwise delete nothing, successfully, forever. The dry
+            # run too: it is how such a job is tried before it is scheduled. A pipeline
+            # whose runs were all deleted already did run (its run counter stays): 0, exit 0.
+            raise NotFound(
+                "pipeline {name} has never recorded a run; check the name (names are "
+                "case-sensitive), or leave {pipeline} out for every pipeline",
+                arguments=["pipeline"],
+                values={"name": repr(pipeline)},
+            )
+        row = conn.execute("SELECT now() - make_interval(days => %s)", [keep_days]).fetchone()
+        assert row is not None  # noqa: S101 - a SELECT of one value returns one row
+        params: dict[str, Any] = {"cutoff": row[0], "pipeline": pipeline}
+        candidates = _candidates(pipeline)
+        # A dry run counts everything; a real one only the runs, for the progress bar.
+        counting = COUNT if dry_run else COUNT_RUNS
+        counts = conn.execute(counting.format(candidates=candidates), params).fetchone()
+        assert counts is not None  # noqa: S101
+    except errors.UndefinedTable:
+        raise no_schema() from None
     found = int(counts[0])
     if dry_run:
         runs, stages, jobs = (int(n) for n in counts)
