@@ -19,6 +19,29 @@ from .common import PYTHON, ROOT, Databases, Table, timed
 
 Tools = dict[str, Path | None]
 
+PYTHON_FLOOR = "python+psycopg, files sent bare (floor)"
+# The least any Python runner that records its files can do: start, import psycopg,
+# connect, make a history table, and send each file with its history row and COMMIT
+# in one round trip through libpq, checking nothing. What the runner does over it
+# (planning, the lock, the checks, line numbers on failure) is its own cost; what
+# this costs over dbmate is Python's.
+_PYTHON_FLOOR = """
+import sys
+from pathlib import Path
+import psycopg
+from psycopg.pq import ExecStatus
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    conn.execute("CREATE TABLE floor_history (version bigint PRIMARY KEY, name text NOT NULL)")
+    for path in sorted(Path(sys.argv[2]).glob("*.sql")):
+        version, name = path.stem.split("_", 1)
+        result = conn.pgconn.exec_(
+            b"BEGIN;" + path.read_bytes()
+            + b";INSERT INTO floor_history VALUES (%d, '%s');COMMIT" % (int(version), name.encode())
+        )
+        if result.status != ExecStatus.COMMAND_OK:
+            sys.exit(f"{path.name}: {result.error_message.decode()}")
+"""
+
 
 def generate(folder: Path, count: int = 100) -> dict[str, Path]:
     """The same `count` migrations in each tool's layout; returns tool -> folder."""
@@ -95,6 +118,12 @@ def measure(
     dbs: Databases, layouts: dict[str, Path], tools: Tools, rounds: int
 ) -> tuple[Table, dict[str, float]]:
     contenders = rivals(layouts, tools)
+    contenders.append(
+        Rival(
+            PYTHON_FLOOR,
+            lambda db: [PYTHON, "-c", _PYTHON_FLOOR, db.conninfo(), str(layouts["cicd-db"])],
+        )
+    )
     if psql := tools["psql"]:
         contenders.append(
             Rival(
