@@ -216,8 +216,8 @@ class Applier:
         """The file and its history row in one transaction, which must stay the runner's own.
 
         Two round trips: the transaction's start (its id, the history's state) travels with the
-        file's first statements; the checks, the session reset, the history row and
-        COMMIT travel together. A check that fails stops everything after it,
+        file's first statements; the session reset, the runner's own settings
+        (history.PINNED), the checks, the history row and COMMIT travel together. A check that fails stops everything after it,
         COMMIT included: the file ended the runner's transaction (its id is
         another), or the runner's lock was lost, or the history is not as the
         runner left it plus the file's row.
@@ -227,9 +227,10 @@ class Applier:
             raise MigrationFailed(self._why(migration, CHECK_MARK, committed="may be"))
         finish = b"; ".join(
             [
+                RESET_SESSION,
+                history.PINNED,
                 self.session.still_ours(begun),
                 self.session.still_locked(),
-                RESET_SESSION,
                 history.insert_row(self.conn, migration, duration_ms=None),
                 history.recorded_check(
                     self.conn,
@@ -278,6 +279,7 @@ class Applier:
         finish = b"; ".join(
             [
                 RESET_SESSION,
+                history.PINNED,
                 self.session.still_locked(),
                 history.insert_row(self.conn, migration, duration_ms=duration_ms),
                 history.recorded_check(self.conn, self.recorded, migration),
@@ -297,6 +299,16 @@ class Applier:
             raise MigrationFailed(self._why(migration, state, committed=committed))
         if state == "42P01" and history.TABLE in (error.diag.message_primary or ""):
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
+        done = self._done(migration, committed)
+        refused = history.row_security_refused(self.conn, error) or history.constraint_refused(
+            self.conn, error
+        )
+        if refused:
+            cause, fix = refused
+            raise MigrationFailed(
+                f"migration {migration.filename} cannot be recorded: {cause}; {done}, and it "
+                f"is not recorded; {fix}"
+            )
         message = self.session.failure(migration, None, error)
         if state in RETRIED_SQLSTATES:
             raise Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
@@ -315,17 +327,21 @@ class Applier:
             CHECK_HISTORY_GONE: "dropped or moved the migration history "
             f"({history.shown(self.conn, history.SCHEMA, history.TABLE)})",
         }[check]
-        done = (
-            "it was rolled back"
-            if migration.transactional and check != CHECK_MARK
-            else f"what it did {committed} committed"
-        )
+        done = self._done(migration, committed, ended=check == CHECK_MARK)
         fix = (
             "check what ended that session (a statement in the file, or the server), and run again"
             if check == CHECK_LOCK
             else "remove that from the file, check the database, and run again"
         )
         return f"migration {migration.filename} {what}; {done}, and it is not recorded; {fix}"
+
+    @staticmethod
+    def _done(migration: Migration, committed: str, *, ended: bool = False) -> str:
+        """What became of a file whose closing statements failed (`ended`: it ended the
+        runner's transaction itself)."""
+        if migration.transactional and not ended:
+            return "it was rolled back"
+        return f"what it did {committed} committed"
 
     def _drop_invalid_index(self, migration: Migration) -> tuple[str, ...]:
         """Drop the invalid index an interrupted CREATE INDEX CONCURRENTLY left behind.

@@ -20,6 +20,25 @@ DEFAULT_RETRIES = 10  # retries of one file (apply.RetryPolicy)
 DEFAULT_RETRY_BUDGET = 120.0  # seconds, over all the retries of one run
 
 
+# Failures a session setting causes, whoever set it: the file, or a role's, database's
+# or server's setting a migration (or a person) left. The SQLSTATE names the setting;
+# for the two that share theirs with other causes, the message too.
+SETTING_BEHIND = {
+    "57014": ("statement_timeout", "statement timeout"),
+    "25006": ("default_transaction_read_only", ""),
+    "25P03": ("idle_in_transaction_session_timeout", ""),
+    "25P04": ("transaction_timeout", ""),
+    "57P05": ("idle_session_timeout", ""),
+    "3F000": ("search_path", "no schema has been selected"),
+}
+
+
+def setting_behind(sqlstate: str | None, message: str) -> str | None:
+    """The session setting that caused a failure of `sqlstate` and `message`, or None."""
+    name, says = SETTING_BEHIND.get(sqlstate or "", (None, ""))
+    return name if name and says in message else None
+
+
 class Transient(Exception):
     """A file failed because of other sessions; the runner retries it."""
 
@@ -46,15 +65,19 @@ def describe_failure(
     user: str,
     *,
     lost: bool = False,
+    setting: str | None = None,
 ) -> str:
     """The one line for a file that failed, at `line` (None: at its commit). `lost`: the
-    runner's connection is gone."""
+    runner's connection is gone. `setting`: where the session setting that caused the
+    failure comes from, when not from the file (Session.setting_source)."""
     message = diag.message_primary or fallback.strip().splitlines()[0]
     code = f" [{diag.sqlstate}]" if diag.sqlstate else ""
     rolled_back = "it was rolled back" + (
         "" if migration.transactional else " as far as PostgreSQL allows"
     )
-    if diag.sqlstate == "42501" and re.match(r"could not (open|create|write|read|stat)", message):
+    if setting:
+        advice = f"{setting}, then run again"
+    elif diag.sqlstate == "42501" and re.match(r"could not (open|create|write|read|stat)", message):
         # The same code as a missing grant, but the operating system said no to a file.
         advice = (
             "the server's operating system refused that file (the server runs as its own OS "

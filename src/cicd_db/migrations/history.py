@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 from psycopg import errors, sql
 from psycopg.pq import TransactionStatus
-from psycopg.rows import class_row
+from psycopg.rows import args_row
 
 from cicd_db.errors import ConfigError, MigrationRefused, OperationalError, plural
 from cicd_db.migrations.files import Migration
@@ -31,6 +32,15 @@ COLUMNS = ("version", "name", "checksum", "applied_at", "applied_by", "duration_
 QUALIFIED = sql.Identifier(SCHEMA, TABLE)
 
 
+# Sent, in a transaction, before the runner's own statements on the history: whatever
+# search_path the role, database or file set, no function or operator of another schema
+# stands in for PostgreSQL's own (a public.now() before pg_catalog); and with
+# row_security off, a row-level security policy on the history is an error, never a
+# filter that hides applied files (PostgreSQL raises it only where a policy would apply);
+PINNED = b"SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL row_security = off"
+_PINNED_COUNT = PINNED.count(b";") + 1
+
+
 @dataclass(frozen=True)
 class Applied:
     """One row of the history table."""
@@ -41,6 +51,24 @@ class Applied:
     applied_at: datetime
     applied_by: str
     duration_ms: int
+
+
+# The columns as read: applied_at as seconds since 1970 (exact, numeric), which no
+# DateStyle or TimeZone a role or database sets can change (psycopg parses a text date
+# in the ISO style only).
+SELECTED = sql.SQL(", ").join(
+    sql.SQL("extract(epoch FROM applied_at)") if column == "applied_at" else sql.Identifier(column)
+    for column in COLUMNS
+)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _applied(
+    version: int, name: str, checksum: str, epoch: Decimal, by: str, duration_ms: int
+) -> Applied:
+    """A history row from SELECTED."""
+    at = EPOCH + timedelta(microseconds=int(epoch * 1_000_000))
+    return Applied(version, name, checksum, at, by, duration_ms)
 
 
 @dataclass(frozen=True)
@@ -61,6 +89,49 @@ def shown(conn: psycopg.Connection[Any], *names: str) -> str:
     return ".".join(
         name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else sql.Identifier(name).as_string(conn)
         for name in names
+    )
+
+
+def row_security_refused(
+    conn: psycopg.Connection[Any], error: psycopg.Error
+) -> tuple[str, str] | None:
+    """What to say (the cause, the fix) when `error` is row-level security on the history
+    (under PINNED's row_security off), or None for any other error."""
+    message = error.diag.message_primary or ""
+    if error.diag.sqlstate != "42501" or "row-level security" not in message:
+        return None
+    if TABLE not in message:
+        return None
+    name, user = shown(conn, SCHEMA, TABLE), shown(conn, conn.info.user)
+    return (
+        f"the migration history {name} has row-level security that applies to role {user} "
+        "(ENABLE or FORCE ROW LEVEL SECURITY, perhaps by a migration): a policy could hide "
+        "applied files, which would then run again",
+        f"as its owner, ALTER TABLE {name} DISABLE ROW LEVEL SECURITY, NO FORCE ROW LEVEL "
+        "SECURITY, and run again",
+    )
+
+
+def constraint_refused(
+    conn: psycopg.Connection[Any], error: psycopg.Error
+) -> tuple[str, str] | None:
+    """What to say (the cause, the fix) when `error` is a constraint on the history that
+    cicd-db did not make (a CHECK, a foreign key, a unique index a migration added), or
+    None."""
+    diag = error.diag
+    if not (diag.sqlstate or "").startswith("23"):
+        return None
+    if (diag.schema_name, diag.table_name) != (SCHEMA, TABLE):
+        return None
+    constraint = diag.constraint_name or ""
+    if constraint in ("", f"{TABLE}_pkey"):
+        return None  # the history's own: a row of that version is there already
+    name, which = shown(conn, SCHEMA, TABLE), shown(conn, constraint)
+    return (
+        f"the migration history {name} refused its row: {diag.message_primary} "
+        f"[{diag.sqlstate}], and {which} is not cicd-db's (a migration added it?)",
+        f"drop it (ALTER TABLE {name} DROP CONSTRAINT {which}, or DROP INDEX "
+        f"{shown(conn, SCHEMA, constraint)} if it is a unique index) and run again",
     )
 
 
@@ -128,18 +199,35 @@ def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied
             return []
         schema = SCHEMA if ours else older[0]
     table = sql.Identifier(schema, TABLE)
-    query = sql.SQL("SELECT {} FROM {} ORDER BY version").format(
-        sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), table
-    )
+    query = sql.SQL("SELECT {} FROM {} ORDER BY version").format(SELECTED, table)
     try:
-        with conn.cursor(row_factory=class_row(Applied)) as cursor:
-            return cursor.execute(query).fetchall()
+        with conn.cursor(row_factory=args_row(_applied)) as cursor:
+            if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+                # One round trip, in one implicit transaction: PINNED holds for the SELECT.
+                cursor.execute(PINNED + b"; " + query.as_bytes(conn))
+                for _ in range(_PINNED_COUNT):
+                    cursor.nextset()
+            else:  # the caller's transaction: pinned until it ends
+                cursor.execute(PINNED)
+                cursor.execute(query)
+            return cursor.fetchall()
     except errors.InsufficientPrivilege as error:
-        user = shown(conn, conn.info.user)
+        refused = row_security_refused(conn, error)
+        if refused:
+            raise ConfigError("; ".join(refused)) from None
+        user, acting = conn.info.user, _acting_role(conn)
+        role = shown(conn, acting or user)
+        switched = (
+            f" (login role {shown(conn, user)} acts as it by its `role` setting: ALTER ROLE "
+            f"{shown(conn, user)} RESET role, or IN DATABASE ... RESET role, undoes that)"
+            if acting and acting != user
+            else ""
+        )
         raise OperationalError(
-            f"role {user} may not read the migration history {shown(conn, schema, TABLE)}: "
-            f"{error.diag.message_primary}; migrate as the history's owner, or GRANT USAGE "
-            f"ON SCHEMA {shown(conn, SCHEMA)} and SELECT, INSERT ON the table TO {user}"
+            f"role {role}{switched} may not read the migration history "
+            f"{shown(conn, schema, TABLE)}: {error.diag.message_primary}; migrate as the "
+            f"history's owner, or GRANT USAGE ON SCHEMA {shown(conn, SCHEMA)} and SELECT, "
+            f"INSERT ON the table TO {role}"
         ) from None
     except errors.DatatypeMismatch:
         raise ConfigError(
@@ -148,19 +236,30 @@ def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied
         ) from None
 
 
+def _acting_role(conn: psycopg.Connection[Any]) -> str | None:
+    """The role the session acts as (a login role's `role` setting switches it), or None
+    when that cannot be asked (the caller's transaction failed)."""
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        return None
+    row = conn.execute("SELECT current_user").fetchone()
+    return str(row[0]) if row else None
+
+
 # Every table of the history's name, and the rows of ours, in one simple-protocol
-# query: what every run reads first. No parameters, so no extended protocol; a
+# query (one implicit transaction, so PINNED holds for it): what every run reads
+# first. No parameters, so no extended protocol; a
 # catalog lookup by the name's index, without find()'s column check (~1 ms on a new
 # backend), which the SELECT of every column by name makes for the common case.
 _IN_PLACE = (
     sql.SQL(
-        "SELECT n.nspname, c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-        "ON n.oid = c.relnamespace WHERE c.relname = {table}; SELECT {columns} FROM {qualified} "
-        "ORDER BY version"
+        "{pinned}; SELECT n.nspname, c.relkind FROM pg_catalog.pg_class c JOIN "
+        "pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = {table}; "
+        "SELECT {columns} FROM {qualified} ORDER BY version"
     )
     .format(
+        pinned=sql.SQL(PINNED.decode()),
         table=sql.Literal(TABLE),
-        columns=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
+        columns=SELECTED,
         qualified=QUALIFIED,
     )
     .as_string(None)
@@ -174,12 +273,16 @@ def _read_in_place(conn: psycopg.Connection[Any]) -> list[Applied] | None:
     if not conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE:
         return None  # a failure would end the caller's transaction
     try:
-        with conn.cursor(row_factory=class_row(Applied)) as cursor:
+        with conn.cursor(row_factory=args_row(_applied)) as cursor:
             cursor.execute(_IN_PLACE.encode())
+            for _ in range(_PINNED_COUNT):
+                cursor.nextset()
             tables = cursor.pgresult
             cursor.nextset()
             rows = cursor.fetchall()
     except psycopg.Error:
+        if conn.closed or conn.broken:
+            raise  # the session ended (a FATAL error): nothing else can be asked on it
         # No such table, a column missing or of another type, no right to read it:
         # find() and the read below say which.
         return None
@@ -220,7 +323,7 @@ def create(conn: psycopg.Connection[Any]) -> str | None:
                             version     bigint PRIMARY KEY,
                             name        text NOT NULL,
                             checksum    text NOT NULL,
-                            applied_at  timestamptz NOT NULL DEFAULT now(),
+                            applied_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
                             applied_by  text NOT NULL DEFAULT current_user,
                             duration_ms integer NOT NULL
                         )
@@ -267,7 +370,10 @@ _INSERT = (
     .as_bytes(None)
 )
 # The time since the transaction began, as the server measures it.
-_DURATION_SINCE_BEGIN = b"round(extract(epoch FROM clock_timestamp() - now()) * 1000)"
+_DURATION_SINCE_BEGIN = (
+    b"pg_catalog.round(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() "
+    b"- pg_catalog.now()) * 1000)"
+)
 
 
 def insert_row(

@@ -20,12 +20,12 @@ import psycopg
 from psycopg import sql
 
 from cicd_db import targets
-from cicd_db.errors import ConfigError, UsageError
+from cicd_db.errors import ConfigError, OperationalError, UsageError
 from cicd_db.migrations import history, lock
 from cicd_db.migrations.failures import DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET
 from cicd_db.migrations.files import Migration, discover
 from cicd_db.migrations.history import Applied, StatusRow
-from cicd_db.migrations.session import Session, session_options
+from cicd_db.migrations.session import CLIENT_ENCODING, Session, session_options
 from cicd_db.settings import ConnectionSettings, is_transaction_pooler
 
 # Imported where they are used: `migrate up` never rehearses, baselines, checks drift or
@@ -180,8 +180,20 @@ def open_runner(
             "does not hold; migrate through the direct endpoint (Supabase: port 5432, Neon: the "
             "host without -pooler), or export migration_database_url from the stack"
         )
-    with targets.connect(settings, options=session_options(settings.parameter("options"))) as conn:
-        yield Runner(conn, files, **options)
+    with targets.connect(
+        settings,
+        options=session_options(settings.parameter("options")),
+        client_encoding=CLIENT_ENCODING,
+    ) as conn:
+        try:
+            yield Runner(conn, files, **options)
+        except psycopg.Error as error:
+            # A role's or database's setting (left by a migration?) can cut the runner's
+            # own statements too: say which, and where it is set.
+            told = Session(conn).own_failure(error)
+            if told is None:
+                raise
+            raise OperationalError(told) from None
 
 
 def scratch_dump(files: list[Migration], admin: ConnectionSettings) -> str:
@@ -193,7 +205,9 @@ def scratch_dump(files: list[Migration], admin: ConnectionSettings) -> str:
     scratch = replace(admin, database=name)
     try:
         with targets.connect(
-            scratch, options=session_options(scratch.parameter("options"))
+            scratch,
+            options=session_options(scratch.parameter("options")),
+            client_encoding=CLIENT_ENCODING,
         ) as conn:
             Runner(conn, files).apply()
         from cicd_db import schema  # on use: see the imports

@@ -20,8 +20,16 @@ from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
 from cicd_db.errors import MigrationFailed, OperationalError
-from cicd_db.migrations.failures import RETRIED_SQLSTATES, Transient, abridge, describe_failure
+from cicd_db.migrations.failures import (
+    RETRIED_SQLSTATES,
+    Transient,
+    abridge,
+    describe_failure,
+    first_line,
+    setting_behind,
+)
 from cicd_db.migrations.files import Migration
+from cicd_db.migrations.history import shown
 
 # Planning is loaded when a file is sent (files.py says why).
 if TYPE_CHECKING:
@@ -34,9 +42,27 @@ LOCK_KEY = 0x6369_6364_2D64_62  # "cicd-db" in ASCII
 # killed outright loses its lock's session at once, but its work session may still
 # be running a statement until the server notices it is gone.
 WORK_KEY = LOCK_KEY + 1
-# Passed at connect time: the server then notices within a second that a killed
-# runner is gone, ends its transaction and frees the lock (PostgreSQL 14+, Linux).
-SESSION_OPTIONS = "-c client_connection_check_interval=1000"
+# Passed at connect time, where they outrank a role's or database's settings (a
+# migration may have left those: ALTER ROLE ... SET, ALTER DATABASE ... SET):
+# - client_connection_check_interval: the server notices within a second that a killed
+#   runner is gone, ends its transaction and frees the lock (PostgreSQL 14+, Linux);
+# - idle_session_timeout, idle_in_transaction_session_timeout: the runner's session
+#   waits between its own round trips (a file's transaction spans two), which psql
+#   applying the file would not; such a timeout must not end it there;
+# - exit_on_error: an error in a file ends the file, not the session, so the runner can
+#   roll back, say which line failed and free its lock.
+# What governs the file's own statements (statement_timeout, lock_timeout,
+# default_transaction_read_only, search_path, ...) is left as the role and database
+# set it, as psql would have it; a failure it causes is told with its source
+# (failures.setting_behind, Session.setting_source).
+SESSION_OPTIONS = (
+    "-c client_connection_check_interval=1000 -c idle_session_timeout=0 "
+    "-c idle_in_transaction_session_timeout=0 -c exit_on_error=off"
+)
+# Files are UTF-8 (files.discover checks), and are sent as UTF-8 whatever client_encoding
+# the role, the database or PGCLIENTENCODING names: in another, the server would read
+# their bytes as that encoding and store other text than the file's, without an error.
+CLIENT_ENCODING = "UTF8"
 # Before each file's history row, and again whenever a file failed: the session as
 # it was at connect time, everything DISCARD ALL resets (which cannot run inside
 # the file's transaction). Settings (search_path, so nothing a file set redirects
@@ -60,8 +86,8 @@ def session_options(given: str | None = None, environ: Mapping[str, str] = os.en
     runner names its own; joined, the user's still arrive (a `statement_timeout`,
     Neon's `endpoint=...`, `PGOPTIONS='-c cicd_db.legacy_time_zone=...'` of
     db/README.md), and come last, so a setting the user names wins over ours.
-    A role's or database's setting does not (options outrank them): the runner
-    needs the check to free its lock when killed; `options` can still change it.
+    A role's or database's setting does not (options outrank them): see
+    SESSION_OPTIONS for why each is the runner's; `options` can still change them.
     """
     user = given if given is not None else environ.get("PGOPTIONS", "")
     return " ".join(filter(None, [SESSION_OPTIONS, user.strip()]))
@@ -199,10 +225,72 @@ class Session:
         return errors.error_from_result(result, encoding=self.conn.info.encoding)
 
     def failure(self, migration: Migration, line: int | None, error: psycopg.Error) -> str:
-        """The one line for `migration` failing at `line` (None: at its commit)."""
+        """The one line for `migration` failing at `line` (None: at its commit).
+
+        A failure a session setting caused (a timeout, a read-only default, an empty
+        search_path) names where the setting comes from, when not from the file:
+        asking ends the file's transaction, which the caller rolls back anyway.
+        """
+        name = setting_behind(error.diag.sqlstate, error.diag.message_primary or "")
         return describe_failure(
-            migration, line, error.diag, str(error), self.conn.info.user, lost=self.lost
+            migration,
+            line,
+            error.diag,
+            str(error),
+            self.conn.info.user,
+            lost=self.lost,
+            setting=self.setting_source(name) if name else None,
         )
+
+    def own_failure(self, error: psycopg.Error) -> str | None:
+        """The one line for a statement of the runner's own (not a file's) that a session
+        setting cut (a statement_timeout a migration left on the database, say), or None
+        when no setting explains `error`."""
+        message = error.diag.message_primary or first_line(error)
+        name = setting_behind(error.diag.sqlstate, message)
+        if name is None:
+            return None
+        source = self.setting_source(name) or (
+            f"the session's {name} caused it: find where it is set (the source column of "
+            "pg_settings) and reset it"
+        )
+        return f"a statement of cicd-db's own failed: {message} [{error.diag.sqlstate}]; {source}, then run again"
+
+    def setting_source(self, name: str) -> str | None:
+        """Where the session's setting `name` comes from, and how to undo it, when it
+        comes from a role, the database, the server or the connection's options; None
+        when it is the file's own (or nothing set it)."""
+        if not self.end_transaction():
+            return (
+                f"{name} ended the session: unless the file set it, a role's, the database's "
+                f"or the server's setting did (pg_settings tells which); reset that"
+            )
+        try:  # a statement_timeout of a millisecond may cut this too: then None
+            row = self.conn.execute(
+                "SELECT pg_catalog.current_setting(name), source, pg_catalog.current_database(), "
+                "session_user FROM pg_catalog.pg_settings WHERE name = %s",
+                [name],
+            ).fetchone()
+        except psycopg.Error:
+            return None
+        if row is None:
+            return None
+        value, source, database, user = (str(part) for part in row)
+        db, role = shown(self.conn, database), shown(self.conn, user)
+        now = f"{name} is {value or repr('')}"
+        return {
+            "database": f"{now} for database {db}, set by ALTER DATABASE (perhaps by a "
+            f"migration): undo it with ALTER DATABASE {db} RESET {name}",
+            "user": f"{now} for role {role}, set by ALTER ROLE (perhaps by a migration): "
+            f"undo it with ALTER ROLE {role} RESET {name}",
+            "database user": f"{now} for role {role} in database {db}, set by ALTER ROLE "
+            f"(perhaps by a migration): undo it with ALTER ROLE {role} IN DATABASE {db} "
+            f"RESET {name}",
+            "configuration file": f"{now} in the server's configuration (postgresql.conf or "
+            "ALTER SYSTEM): change it there",
+            "client": f"{now} in the connection's options (the URL's options or PGOPTIONS): "
+            "change it there",
+        }.get(source)
 
     def copy(self, migration: Migration, step: Copy) -> None:
         """COPY ... FROM STDIN with the data lines that follow it in the file, as psql sends them."""

@@ -1,0 +1,536 @@
+"""What a migration leaves for the next run: settings on its database or role, row-level
+security or constraints on the history, a search_path that puts other functions before
+PostgreSQL's, a client encoding that is not the files'.
+
+Each case is a class of state, not one example: every setting of the class, at every
+scope a migration can leave it (the database, the role, the role in the database). The
+next run either works as if nothing were left (history right, no file applied twice),
+or stops with one line that names the cause and a fix, and that fix, run as it is
+written, makes the run after it work.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+from cicd_db.settings import ConnectionSettings
+
+from ..fix_cli import Run, migrate, run_cli
+from ..fix_db import Database, Databases
+from ..utils import write_migrations
+
+# 0002 says how often it ran: a counter that grows if it runs again.
+COUNTED = (
+    "CREATE TABLE IF NOT EXISTS ran (id int PRIMARY KEY, times int NOT NULL);\n"
+    "INSERT INTO ran VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET times = ran.times + 1;\n"
+)
+NO_TRANSACTION = "-- cicd-db: no-transaction\n"
+PASSWORD = "next-run-pw"
+# The tests' own sessions, past whatever a migration left on the database or role.
+PAST_IT = (
+    "-c statement_timeout=0 -c idle_session_timeout=0 -c idle_in_transaction_session_timeout=0 "
+    "-c default_transaction_read_only=off -c search_path=public -c lock_timeout=0 "
+    "-c client_encoding=UTF8"
+)
+
+
+@dataclass
+class Login:
+    """A database owned by a login role of its own (a superuser or not), so that a
+    migration may change the role's settings without touching other tests."""
+
+    database: Database  # as the role
+    admin: Database  # as the server's superuser, past any setting left
+    role: str
+
+
+def past_settings(database: Database, version: int) -> Database:
+    options = PAST_IT + (" -c transaction_timeout=0" if version >= 170000 else "")
+    return Database(replace(database.settings, parameters=(("options", options),)))
+
+
+@pytest.fixture
+def roles(server: ConnectionSettings) -> Iterator[psycopg.Connection[Any]]:
+    """A superuser session on the server, for roles."""
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(params=["superuser", "owner"])
+def login(
+    request: pytest.FixtureRequest,
+    databases: Databases,
+    empty_template: str,
+    roles: psycopg.Connection[Any],
+) -> Iterator[Login]:
+    role = f"next_run_{uuid.uuid4().hex[:10]}"
+    power = sql.SQL("SUPERUSER" if request.param == "superuser" else "NOSUPERUSER")
+    roles.execute(
+        sql.SQL("CREATE ROLE {} {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), power, sql.Literal(PASSWORD)
+        )
+    )
+    made = databases.create(empty_template, owner=role)
+    version = int(str(made.query("SHOW server_version_num")[0][0]))
+    try:
+        yield Login(
+            Database(replace(made.settings, user=role, password=PASSWORD)),
+            past_settings(made, version),
+            role,
+        )
+    finally:
+        databases.drop(made)
+        roles.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def server_version(login: Login) -> int:
+    return int(str(login.admin.query("SHOW server_version_num")[0][0]))
+
+
+def leave(setting: str, scope: str) -> str:
+    """A migration that leaves `setting` (`name = value`) on its database or its role."""
+    target = {
+        "database": "DATABASE %I",
+        "role": "ROLE %I",
+        "role in database": "ROLE %I IN DATABASE %I",
+    }[scope]
+    names = {
+        "database": "current_database()",
+        "role": "current_user",
+        "role in database": "current_user, current_database()",
+    }[scope]
+    statement = f"ALTER {target} SET {setting}".replace("'", "''")
+    return f"DO $$BEGIN EXECUTE format('{statement}', {names}); END$$;\n"
+
+
+def one_line(result: Run) -> str:
+    assert "Traceback" not in result.out + result.err, result
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, result
+    return lines[0]
+
+
+def ran_once(login: Login) -> None:
+    assert login.admin.query("SELECT times FROM public.ran") == [(1,)]
+
+
+# Settings that govern the runner's own session (its idle moments, its errors), or the
+# files' text: the next run works as if they were not there.
+HARMLESS = {
+    "idle_session_timeout": "idle_session_timeout = '1ms'",
+    "idle_in_transaction_session_timeout": "idle_in_transaction_session_timeout = '1ms'",
+    "exit_on_error": "exit_on_error = on",
+    "client_encoding": "client_encoding = 'LATIN1'",
+    "lock_timeout": "lock_timeout = '1ms'",
+    "datestyle": "DateStyle = 'SQL, DMY'",
+    "intervalstyle": "IntervalStyle = 'sql_standard'",
+    "timezone": "timezone = 'Pacific/Kiritimati'",
+    "extra_float_digits": "extra_float_digits = -15",
+    "bytea_output": "bytea_output = 'escape'",
+    "default_transaction_isolation": "default_transaction_isolation = 'serializable'",
+    "row_security": "row_security = off",
+    "search_path pg_catalog last": "search_path = public, pg_catalog",
+}
+# Settings that stop the files as they would stop psql applying them: the next run
+# names the setting, where it is set, and how to undo it.
+STOPPING = {
+    "default_transaction_read_only": "default_transaction_read_only = on",
+    "search_path empty": "search_path = ''",
+    "search_path missing": "search_path = no_such_schema",
+}
+SCOPES = ["database", "role", "role in database"]
+
+
+def two_runs(login: Login, tmp_path: Path, left: str) -> tuple[Path, Run, Run]:
+    """0001 leaves something; 0002 (counted) comes next: its `status`, then `up`."""
+    folder = write_migrations(
+        tmp_path / "m", {"0001_leave.sql": "CREATE TABLE first (id int);\n" + left}
+    )
+    first = migrate(login.database, folder)
+    assert first.code == 0, first
+    write_migrations(folder, {"0002_counted.sql": COUNTED})
+    return folder, migrate(login.database, folder, "status"), migrate(login.database, folder)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("key", list(HARMLESS))
+def test_a_setting_of_the_runners_own_left_for_the_next_run_changes_nothing(
+    login: Login, tmp_path: Path, key: str, scope: str
+) -> None:
+    folder, status, up = two_runs(login, tmp_path, leave(HARMLESS[key], scope))
+    assert (status.code, up.code) == (0, 0), (status, up)
+    assert re.search(r"\n2 +counted +pending", status.out), status
+    assert login.admin.history() == [1, 2]
+    ran_once(login)
+    assert migrate(login.database, folder).code == 0
+    ran_once(login)
+
+
+def the_fix(message: str) -> str:
+    """The statement a refusal tells to run, as it is written there."""
+    found = re.search(r"undo it with (ALTER (?:DATABASE|ROLE) .*? RESET \w+)", message)
+    assert found, message
+    return found[1]
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("key", list(STOPPING))
+def test_a_setting_that_stops_the_files_is_named_with_where_it_is_set_and_its_fix(
+    login: Login, tmp_path: Path, key: str, scope: str
+) -> None:
+    setting = STOPPING[key]
+    name = setting.split("=")[0].strip()
+    folder, _, up = two_runs(login, tmp_path, leave(setting, scope))
+    assert up.code == 1, up
+    line = one_line(up)
+    where = {
+        "database": "for database ",
+        "role": "for role ",
+        "role in database": " in database ",
+    }[scope]
+    assert f"{name} is " in line and where in line, line
+    assert login.admin.history() == [1]
+    assert login.admin.query("SELECT to_regclass('public.ran')") == [(None,)]
+    login.admin.execute(the_fix(line))  # as written in the message
+    fixed = migrate(login.database, folder)
+    assert fixed.code == 0, fixed
+    assert login.admin.history() == [1, 2]
+    ran_once(login)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_a_statement_timeout_left_for_the_next_run_is_named_when_it_cuts_a_file(
+    login: Login, tmp_path: Path, scope: str
+) -> None:
+    """Long enough for the runner's own statements, too short for 0002's: the failure is
+    the file's line, names the setting and where it is set, and its fix works."""
+    folder = write_migrations(
+        tmp_path / "m", {"0001_leave.sql": leave("statement_timeout = '300ms'", scope)}
+    )
+    assert migrate(login.database, folder).code == 0
+    write_migrations(folder, {"0002_slow.sql": "CREATE TABLE t (id int);\nSELECT pg_sleep(1);\n"})
+    line = one_line(result := migrate(login.database, folder))
+    assert result.code == 1
+    assert line.startswith(
+        "error: migration 0002_slow.sql failed at line 2: canceling statement due to statement "
+        "timeout [57014]; it was rolled back; statement_timeout is 300ms for "
+    ), line
+    assert line.endswith(" RESET statement_timeout, then run again"), line
+    assert login.admin.history() == [1]
+    login.admin.execute(the_fix(line))
+    assert migrate(login.database, folder).code == 0
+    assert login.admin.history() == [1, 2]
+
+
+def test_a_setting_that_stops_the_runners_own_statements_is_named_with_its_fix(
+    login: Login, tmp_path: Path
+) -> None:
+    """A database left read-only before the history exists: the runner's own CREATE SCHEMA
+    is refused, and the line names the setting, not a file."""
+    login.admin.execute(
+        sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+            sql.Identifier(login.admin.name)
+        )
+    )
+    folder = write_migrations(tmp_path / "m", {"0001_counted.sql": COUNTED})
+    line = one_line(result := migrate(login.database, folder))
+    assert result.code == 1
+    assert line.startswith(
+        "error: a statement of cicd-db's own failed: cannot execute CREATE SCHEMA in a "
+        "read-only transaction [25006]; default_transaction_read_only is on for database "
+    ), line
+    login.admin.execute(the_fix(line))
+    assert migrate(login.database, folder).code == 0
+    ran_once(login)
+
+
+def test_a_files_own_statement_timeout_is_the_files_to_fix(login: Login, tmp_path: Path) -> None:
+    """Set by the file itself, the timeout is not blamed on the role or database."""
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "0001_slow.sql": NO_TRANSACTION
+            + "SET statement_timeout = '50ms';\nSELECT pg_sleep(1);\n"
+        },
+    )
+    line = one_line(migrate(login.database, folder))
+    assert line.endswith("; fix the file and run again"), line
+
+
+def test_a_transaction_timeout_left_for_the_next_run_is_named(login: Login, tmp_path: Path) -> None:
+    """PostgreSQL 17's transaction_timeout ends the session (FATAL): nothing can be asked of
+    it afterwards, but the line still names the setting."""
+    if server_version(login) < 170000:
+        pytest.skip("transaction_timeout is PostgreSQL 17's")
+    _, _, up = two_runs(login, tmp_path, leave("transaction_timeout = '1ms'", "database"))
+    assert up.code == 1
+    assert "transaction_timeout" in one_line(up), up
+    assert login.admin.history() == [1]
+
+
+def test_exit_on_error_left_for_the_next_run_still_tells_the_files_line(
+    login: Login, tmp_path: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path / "m", {"0001_leave.sql": leave("exit_on_error = on", "database")}
+    )
+    assert migrate(login.database, folder).code == 0
+    write_migrations(folder, {"0002_bad.sql": "CREATE TABLE t2 (id int);\nSELECT 1/0;\n"})
+    line = one_line(migrate(login.database, folder))
+    assert line == (
+        "error: migration 0002_bad.sql failed at line 2: division by zero [22012]; it was "
+        "rolled back; fix the file and run again"
+    )
+    assert login.admin.history() == [1]
+
+
+# -- text: files are UTF-8, whatever client_encoding is set ------------------------------
+
+TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), min_size=1)
+
+
+@pytest.mark.parametrize("source", ["database", "role", "PGCLIENTENCODING"])
+def test_text_in_a_file_is_stored_as_written_whatever_client_encoding_is_set(
+    login: Login, tmp_path: Path, source: str
+) -> None:
+    """Any text (hypothesis: any Unicode a UTF-8 database holds) reaches the table as the
+    file has it, under a LATIN1 client_encoding from the database, the role or the
+    environment: sent as LATIN1 bytes, 'é' would be stored as 'Ã©' without an error."""
+    folder = tmp_path / "m"
+    left = "" if source == "PGCLIENTENCODING" else leave("client_encoding = 'LATIN1'", source)
+    write_migrations(folder, {"0001_words.sql": "CREATE TABLE words (v int, w text);\n" + left})
+    env = {"PGCLIENTENCODING": "LATIN1"} if source == "PGCLIENTENCODING" else None
+    url = login.database.settings.url()
+
+    def up() -> Run:
+        return run_cli("migrate", "--database-url", url, "--migrations-dir", str(folder), env=env)
+
+    assert up().code == 0
+    version = iter(range(2, 10_000))
+
+    @settings(
+        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(TEXT)
+    def stored_as_written(text: str) -> None:
+        v = next(version)
+        literal = "'" + text.replace("'", "''") + "'"
+        (folder / f"{v:04d}_text.sql").write_text(
+            f"INSERT INTO words VALUES ({v}, {literal});\n", encoding="utf-8"
+        )
+        result = up()
+        assert result.code == 0, result
+        assert login.admin.query(f"SELECT w FROM words WHERE v = {v}") == [(text,)]
+
+    stored_as_written()
+
+
+# -- search_path: the runner's statements use PostgreSQL's functions, never others ------
+
+SHADOWS = """
+CREATE SCHEMA shadow;
+CREATE FUNCTION shadow.now() RETURNS timestamptz LANGUAGE sql AS $$SELECT 'epoch'::timestamptz$$;
+CREATE FUNCTION shadow.clock_timestamp() RETURNS timestamptz LANGUAGE sql
+    AS $$SELECT 'infinity'::timestamptz$$;
+CREATE FUNCTION shadow.round(double precision) RETURNS double precision LANGUAGE sql
+    AS $$SELECT 1 / 0::double precision$$;
+CREATE FUNCTION shadow.round(numeric) RETURNS numeric LANGUAGE sql AS $$SELECT 1 / 0::numeric$$;
+CREATE FUNCTION shadow.date_part(text, interval) RETURNS double precision LANGUAGE sql
+    AS $$SELECT -1::double precision$$;
+CREATE FUNCTION shadow.md5(text) RETURNS text LANGUAGE sql AS $$SELECT 'forged'$$;
+CREATE FUNCTION shadow.string_agg(text, text) RETURNS text LANGUAGE sql AS $$SELECT 'x'$$;
+CREATE FUNCTION shadow.shadow_minus(timestamptz, timestamptz) RETURNS interval LANGUAGE sql
+    AS $$SELECT interval '-1 day'$$;
+CREATE OPERATOR shadow.- (LEFTARG = timestamptz, RIGHTARG = timestamptz,
+    FUNCTION = shadow.shadow_minus);
+GRANT USAGE ON SCHEMA shadow TO PUBLIC;
+"""
+PATH_PARTS = ["shadow", "public", "pg_catalog", '"$user"', "pg_temp"]
+
+
+def test_functions_and_operators_before_pg_catalog_do_not_stand_in_for_the_runners(
+    login: Login, tmp_path: Path
+) -> None:
+    """Any order of a search_path (hypothesis) that puts a schema with its own now(),
+    clock_timestamp(), round(), date_part(), md5() and `-` before pg_catalog, left on
+    the database: every run applies its file once, records it with the real time, and
+    `status` reads the history."""
+    folder = write_migrations(tmp_path / "m", {"0001_shadows.sql": SHADOWS})
+    assert migrate(login.database, folder).code == 0
+    version = iter(range(2, 10_000))
+
+    @settings(
+        max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(st.permutations(PATH_PARTS), st.booleans())
+    def recorded_right(order: list[str], transactional: bool) -> None:
+        v = next(version)
+        path = ", ".join(order)
+        login.admin.execute(
+            sql.SQL("ALTER DATABASE {} SET search_path = {}").format(
+                sql.Identifier(login.admin.name), sql.SQL(path)
+            )
+        )
+        head = "" if transactional else NO_TRANSACTION
+        (folder / f"{v:04d}_t.sql").write_text(head + f"CREATE TABLE public.t{v} (id int);\n")
+        result = migrate(login.database, folder)
+        assert result.code == 0, (path, result)
+        row = login.admin.query(
+            "SELECT applied_at > pg_catalog.now() - interval '1 minute' AND applied_at <= "
+            "pg_catalog.now(), duration_ms BETWEEN 0 AND 60000 FROM "
+            f"cicd_db.cicd_db_schema_history WHERE version = {v}"
+        )
+        assert row == [(True, True)], (path, row)
+        status = migrate(login.database, folder, "status")
+        assert status.code == 0 and "pending" not in status.out, (path, status)
+
+    recorded_right()
+
+
+# -- the history: row-level security and constraints a migration adds ------------------
+
+HIDE_THE_HISTORY = (
+    "ALTER TABLE cicd_db.cicd_db_schema_history ENABLE ROW LEVEL SECURITY;\n"
+    "ALTER TABLE cicd_db.cicd_db_schema_history FORCE ROW LEVEL SECURITY;\n"
+    "CREATE POLICY let_in ON cicd_db.cicd_db_schema_history FOR INSERT WITH CHECK (true);\n"
+    "CREATE POLICY show_none ON cicd_db.cicd_db_schema_history FOR SELECT USING (false);\n"
+)
+THE_RLS_FIX = re.compile(r"ALTER TABLE cicd_db\.cicd_db_schema_history [A-Z ,]+SECURITY")
+
+
+@pytest.mark.parametrize("transactional", [True, False], ids=["transaction", "no-transaction"])
+def test_a_migration_that_hides_the_history_is_not_recorded_and_runs_nothing_twice(
+    login: Login, tmp_path: Path, transactional: bool
+) -> None:
+    """Row-level security on the history (FORCE, so its owner is held to it too) with a
+    policy that shows no row: the file that does it is refused (its own row could not be
+    trusted), and no later run sees an empty history and runs the files again."""
+    head = "" if transactional else NO_TRANSACTION
+    body = (
+        HIDE_THE_HISTORY
+        if transactional
+        else f"DO $d$BEGIN {HIDE_THE_HISTORY.replace(chr(10), ' ')} END$d$;\n"
+    )
+    folder = write_migrations(
+        tmp_path / "m", {"0001_counted.sql": COUNTED, "0002_hide.sql": head + body}
+    )
+    result = migrate(login.database, folder)
+    superuser = login.admin.query(
+        f"SELECT rolsuper FROM pg_roles WHERE rolname = '{login.role}'"
+    ) == [(True,)]
+    if superuser:  # row-level security never applies to a superuser: nothing is hidden
+        assert result.code == 0, result
+        assert migrate(login.database, folder, "status").out.count("applied") == 2
+        return
+    line = one_line(result)
+    assert result.code == 1
+    assert "0002_hide.sql cannot be recorded: the migration history" in line, line
+    assert "row-level security" in line and "fix the file" not in line, line
+    assert login.admin.history() == [1]
+    # What the no-transaction file did stays (it is not recorded): every later run is
+    # refused, and runs nothing twice, until the history is made readable again.
+    for args in (("status",), ()):
+        again = migrate(login.database, folder, *args)
+        if transactional:
+            assert again.code in (0, 1) and "Traceback" not in again.err, again
+            continue
+        assert again.code == 2, again
+        assert "row-level security" in one_line(again), again
+    ran_once(login)
+    if not transactional:
+        # The fix, as written: the history is read again, 0001 applied, 0002 pending
+        # (a no-transaction file that could not be recorded runs again next time).
+        fix = THE_RLS_FIX.search(one_line(again))
+        assert fix, again
+        login.admin.execute(fix[0])
+        status = migrate(login.database, folder, "status")
+        assert status.code == 0, status
+        assert re.search(r"\n1 +counted +applied", status.out), status.out
+        assert re.search(r"\n2 +hide +pending", status.out), status.out
+
+
+CONSTRAINTS = {  # what a migration adds; the statement the refusal says drops it
+    "check": (
+        "ALTER TABLE cicd_db.cicd_db_schema_history ADD CONSTRAINT small CHECK (version < 3);\n",
+        "ALTER TABLE cicd_db.cicd_db_schema_history DROP CONSTRAINT small",
+    ),
+    "unique index": (
+        "CREATE UNIQUE INDEX one_per_checksum ON cicd_db.cicd_db_schema_history (checksum);\n",
+        "DROP INDEX cicd_db.one_per_checksum",
+    ),
+    "foreign key": (
+        "CREATE TABLE public.allowed (v bigint PRIMARY KEY);\n"
+        "INSERT INTO public.allowed VALUES (1), (2);\n"
+        "ALTER TABLE cicd_db.cicd_db_schema_history ADD CONSTRAINT allowed_fk "
+        "FOREIGN KEY (version) REFERENCES public.allowed NOT VALID;\n",
+        "ALTER TABLE cicd_db.cicd_db_schema_history DROP CONSTRAINT allowed_fk",
+    ),
+}
+
+
+@pytest.mark.parametrize("transactional", [True, False], ids=["transaction", "no-transaction"])
+@pytest.mark.parametrize("kind", list(CONSTRAINTS))
+def test_a_constraint_a_migration_put_on_the_history_is_named_not_the_later_file(
+    database: Database, tmp_path: Path, kind: str, transactional: bool
+) -> None:
+    added, dropped = CONSTRAINTS[kind]
+    head = "" if transactional else NO_TRANSACTION
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "0001_constrain.sql": added,
+            "0002_same.sql": head + "SELECT 1;\n",
+            "0003_same.sql": head + "SELECT 1;\n",  # the checksum of 0002, version 3
+        },
+    )
+    result = migrate(database, folder)
+    line = one_line(result)
+    assert result.code == 1
+    assert line.startswith(
+        "error: migration 0003_same.sql cannot be recorded: the migration history "
+        "cicd_db.cicd_db_schema_history refused its row: "
+    ), line
+    assert "fix the file" not in line and dropped in line, line
+    assert database.history() == [1, 2]
+    database.execute(dropped)  # as the refusal writes it
+    assert migrate(database, folder).code == 0
+    assert database.history() == [1, 2, 3]
+
+
+def test_a_login_roles_default_role_is_named_when_it_may_not_read_the_history(
+    login: Login, roles: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """ALTER ROLE login IN DATABASE SET role = weak: the session acts as `weak`; the
+    refusal names both roles and the setting, not only the login role's grants."""
+    weak = f"weak_{uuid.uuid4().hex[:8]}"
+    roles.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(weak)))
+    try:
+        folder = write_migrations(
+            tmp_path / "m", {"0001_leave.sql": leave(f"role = {weak}", "role in database")}
+        )
+        if login.admin.query(f"SELECT rolsuper FROM pg_roles WHERE rolname = '{login.role}'") != [
+            (True,)
+        ]:
+            login.admin.execute(
+                sql.SQL("GRANT {} TO {}").format(sql.Identifier(weak), sql.Identifier(login.role))
+            )
+        assert migrate(login.database, folder).code == 0
+        line = one_line(result := migrate(login.database, folder, "status"))
+        assert result.code == 1
+        assert line.startswith(
+            f"error: role {weak} (login role {login.role} acts as it by its `role` setting"
+        ), line
+    finally:
+        login.admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(weak)))
+        roles.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(weak)))
