@@ -13,6 +13,7 @@ import pytest
 
 from cicd_db import migrations
 from cicd_db.errors import Interrupted, MigrationFailed, MigrationRefused, Terminated
+from cicd_db.migrations import apply as _apply  # noqa: F401 - loaded here: migrations.apply is lazy
 
 from ..fix_cli import migrate, start_cli
 from ..fix_db import Database

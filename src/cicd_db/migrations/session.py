@@ -254,7 +254,10 @@ class Session:
             f"the session's {name} caused it: find where it is set (the source column of "
             "pg_settings) and reset it"
         )
-        return f"a statement of cicd-db's own failed: {message} [{error.diag.sqlstate}]; {source}, then run again"
+        return (
+            f"a statement of cicd-db's own failed: {message} [{error.diag.sqlstate}]; "
+            f"{source}, then run again"
+        )
 
     def setting_source(self, name: str) -> str | None:
         """Where the session's setting `name` comes from, and how to undo it, when it
