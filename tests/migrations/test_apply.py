@@ -695,9 +695,8 @@ def test_a_history_row_the_files_constraint_refuses_is_that_failure_not_a_lost_h
     code, out, err = migrate(database, folder)
     assert (code, out) == (1, "")
     assert err.startswith(
-        "error: migration 0001_check.sql cannot be recorded: the migration history "
-        'cicd_db.cicd_db_schema_history refused its row: new row for relation "cicd_db_schema_'
-        'history" violates check constraint'
+        "error: migration 0001_check.sql failed at its commit: new row for relation "
+        '"cicd_db_schema_history" violates check constraint'
     ), err
     assert database.history() == []
 

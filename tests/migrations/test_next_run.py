@@ -460,51 +460,78 @@ def test_a_migration_that_hides_the_history_is_not_recorded_and_runs_nothing_twi
         assert re.search(r"\n2 +hide +pending", status.out), status.out
 
 
-CONSTRAINTS = {  # what a migration adds; the statement the refusal says drops it
+HISTORY = "cicd_db.cicd_db_schema_history"
+# What is changed on the history, and the statement the refusal must give to undo it.
+# Each refuses the row of version 3 (named `same_but_longer`, with the checksum of
+# version 2), and no row before it.
+ALTERATIONS = {
     "check": (
-        "ALTER TABLE cicd_db.cicd_db_schema_history ADD CONSTRAINT small CHECK (version < 3);\n",
-        "ALTER TABLE cicd_db.cicd_db_schema_history DROP CONSTRAINT small",
+        f"ALTER TABLE {HISTORY} ADD CONSTRAINT small CHECK (version < 3);\n",
+        f"ALTER TABLE {HISTORY} DROP CONSTRAINT small",
     ),
     "unique index": (
-        "CREATE UNIQUE INDEX one_per_checksum ON cicd_db.cicd_db_schema_history (checksum);\n",
+        f"CREATE UNIQUE INDEX one_per_checksum ON {HISTORY} (checksum);\n",
         "DROP INDEX cicd_db.one_per_checksum",
     ),
     "foreign key": (
         "CREATE TABLE public.allowed (v bigint PRIMARY KEY);\n"
         "INSERT INTO public.allowed VALUES (1), (2);\n"
-        "ALTER TABLE cicd_db.cicd_db_schema_history ADD CONSTRAINT allowed_fk "
+        f"ALTER TABLE {HISTORY} ADD CONSTRAINT allowed_fk "
         "FOREIGN KEY (version) REFERENCES public.allowed NOT VALID;\n",
-        "ALTER TABLE cicd_db.cicd_db_schema_history DROP CONSTRAINT allowed_fk",
+        f"ALTER TABLE {HISTORY} DROP CONSTRAINT allowed_fk",
+    ),
+    "not-null column": (
+        f"ALTER TABLE {HISTORY} ADD COLUMN extra int NOT NULL DEFAULT 1;\n"
+        f"ALTER TABLE {HISTORY} ALTER COLUMN extra DROP DEFAULT;\n",
+        f"ALTER TABLE {HISTORY} DROP COLUMN extra",
+    ),
+    "narrowed column": (
+        f"ALTER TABLE {HISTORY} ALTER COLUMN name TYPE varchar(12);\n",
+        f"ALTER TABLE {HISTORY} ALTER COLUMN name TYPE text",
+    ),
+    "trigger": (
+        "CREATE FUNCTION public.no_more() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN IF NEW.version >= 3 THEN RAISE EXCEPTION 'no more'; END IF; RETURN NEW; END$$;\n"
+        f"CREATE TRIGGER no_more BEFORE INSERT ON {HISTORY} FOR EACH ROW "
+        "EXECUTE FUNCTION public.no_more();\n",
+        f"DROP TRIGGER no_more ON {HISTORY}",
     ),
 }
 
 
 @pytest.mark.parametrize("transactional", [True, False], ids=["transaction", "no-transaction"])
-@pytest.mark.parametrize("kind", list(CONSTRAINTS))
-def test_a_constraint_a_migration_put_on_the_history_is_named_not_the_later_file(
+@pytest.mark.parametrize("kind", list(ALTERATIONS))
+def test_what_was_changed_on_the_history_is_named_not_the_later_file(
     database: Database, tmp_path: Path, kind: str, transactional: bool
 ) -> None:
-    added, dropped = CONSTRAINTS[kind]
+    """Changed after versions 1 and 2 were recorded (by a person, another tool, or a
+    migration of its own: a file that changes the history and then fails to record
+    itself is that file's to fix, and is told so): the refusal of version 3 names the
+    change and the statement that undoes it; run as written, the next run records it."""
+    added, undo = ALTERATIONS[kind]
     head = "" if transactional else NO_TRANSACTION
     folder = write_migrations(
         tmp_path / "m",
-        {
-            "0001_constrain.sql": added,
-            "0002_same.sql": head + "SELECT 1;\n",
-            "0003_same.sql": head + "SELECT 1;\n",  # the checksum of 0002, version 3
-        },
+        {"0001_first.sql": "SELECT 2;\n", "0002_same.sql": head + "SELECT 1;\n"},
     )
+    assert migrate(database, folder).code == 0
+    database.execute(added)
+    write_migrations(folder, {"0003_same_but_longer.sql": head + "SELECT 1;\n"})
     result = migrate(database, folder)
     line = one_line(result)
     assert result.code == 1
     assert line.startswith(
-        "error: migration 0003_same.sql cannot be recorded: the migration history "
-        "cicd_db.cicd_db_schema_history refused its row: "
+        "error: migration 0003_same_but_longer.sql cannot be recorded: the migration history "
+        f"{HISTORY} refused its row ("
     ), line
-    assert "fix the file" not in line and dropped in line, line
+    assert "fix the file" not in line, line
     assert database.history() == [1, 2]
-    database.execute(dropped)  # as the refusal writes it
-    assert migrate(database, folder).code == 0
+    statements = re.search(r"undo that \((.*)\) and run again$", line)
+    assert statements and undo in statements[1].split("; "), line
+    for statement in statements[1].split("; "):
+        database.execute(statement)  # as the refusal writes it
+    again = migrate(database, folder)
+    assert again.code == 0, again
     assert database.history() == [1, 2, 3]
 
 

@@ -300,14 +300,30 @@ class Applier:
         if state == "42P01" and history.TABLE in (error.diag.message_primary or ""):
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
         done = self._done(migration, committed)
-        refused = history.row_security_refused(self.conn, error) or history.constraint_refused(
-            self.conn, error
-        )
+        refused = history.row_security_refused(self.conn, error)
         if refused:
             cause, fix = refused
             raise MigrationFailed(
                 f"migration {migration.filename} cannot be recorded: {cause}; {done}, and it "
                 f"is not recorded; {fix}"
+            )
+        # The row refused for what was changed on the history since it was made (a
+        # constraint, a column, a trigger, by an earlier migration or a person): named
+        # with what undoes it, not blamed on this file. (A change this file made is
+        # rolled back with it, and so not found: then the file is to blame.)
+        changed = (
+            history.alterations(self.conn)
+            if state not in RETRIED_SQLSTATES and self.session.end_transaction()
+            else []
+        )
+        if changed:
+            name = history.shown(self.conn, history.SCHEMA, history.TABLE)
+            raise MigrationFailed(
+                f"migration {migration.filename} cannot be recorded: the migration history "
+                f"{name} refused its row ({error.diag.message_primary} [{state}]), and it was "
+                f"changed since cicd-db made it: {', '.join(what for what, _ in changed)}; {done}, "
+                f"and it is not recorded; undo that ({'; '.join(undo for _, undo in changed)}) "
+                "and run again"
             )
         message = self.session.failure(migration, None, error)
         if state in RETRIED_SQLSTATES:

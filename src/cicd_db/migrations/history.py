@@ -112,27 +112,98 @@ def row_security_refused(
     )
 
 
-def constraint_refused(
-    conn: psycopg.Connection[Any], error: psycopg.Error
-) -> tuple[str, str] | None:
-    """What to say (the cause, the fix) when `error` is a constraint on the history that
-    cicd-db did not make (a CHECK, a foreign key, a unique index a migration added), or
-    None."""
-    diag = error.diag
-    if not (diag.sqlstate or "").startswith("23"):
-        return None
-    if (diag.schema_name, diag.table_name) != (SCHEMA, TABLE):
-        return None
-    constraint = diag.constraint_name or ""
-    if constraint in ("", f"{TABLE}_pkey"):
-        return None  # the history's own: a row of that version is there already
-    name, which = shown(conn, SCHEMA, TABLE), shown(conn, constraint)
-    return (
-        f"the migration history {name} refused its row: {diag.message_primary} "
-        f"[{diag.sqlstate}], and {which} is not cicd-db's (a migration added it?)",
-        f"drop it (ALTER TABLE {name} DROP CONSTRAINT {which}, or DROP INDEX "
-        f"{shown(conn, SCHEMA, constraint)} if it is a unique index) and run again",
-    )
+# The history as cicd-db makes it (create()): its columns' types, all NOT NULL, and its
+# primary key; nothing else on it.
+OWN_COLUMNS = {
+    "version": "bigint",
+    "name": "text",
+    "checksum": "text",
+    "applied_at": "timestamp with time zone",
+    "applied_by": "text",
+    "duration_ms": "integer",
+}
+OWN_CONSTRAINT = f"{TABLE}_pkey"
+# What is on the history table, by kind: columns (type, NOT NULL), and every
+# constraint, index (beside a constraint's own), trigger, rule and policy on it.
+_ON_THE_HISTORY = sql.SQL(
+    """
+    SELECT 'column', a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = {t}::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT 'constraint', c.conname::text, '', true FROM pg_catalog.pg_constraint c
+     WHERE c.conrelid = {t}::pg_catalog.regclass AND c.contype <> 'n'
+    UNION ALL
+    SELECT 'index', i.relname::text, '', true FROM pg_catalog.pg_index x
+      JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+     WHERE x.indrelid = {t}::pg_catalog.regclass AND NOT EXISTS (
+           SELECT FROM pg_catalog.pg_constraint c WHERE c.conindid = x.indexrelid
+              AND c.conrelid = x.indrelid)
+    UNION ALL
+    SELECT 'trigger', g.tgname::text, '', true FROM pg_catalog.pg_trigger g
+     WHERE g.tgrelid = {t}::pg_catalog.regclass AND NOT g.tgisinternal
+    UNION ALL
+    SELECT 'rule', r.rulename::text, '', true FROM pg_catalog.pg_rewrite r
+     WHERE r.ev_class = {t}::pg_catalog.regclass
+    UNION ALL
+    SELECT 'policy', p.polname::text, '', true FROM pg_catalog.pg_policy p
+     WHERE p.polrelid = {t}::pg_catalog.regclass
+    """
+).format(t=sql.Literal(f"{SCHEMA}.{TABLE}"))
+
+
+def alterations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """What was changed on the history since cicd-db made it, each with the statement
+    that undoes it: a column added, retyped or made nullable, a constraint, index,
+    trigger, rule or policy added. Empty when it is as made, or gone. Reads, with
+    PINNED, on an idle session (a failed file's transaction rolled back)."""
+    try:
+        with conn.transaction():
+            conn.execute(PINNED)
+            rows = conn.execute(_ON_THE_HISTORY).fetchall()
+    except psycopg.Error:
+        return []  # the history is gone (told elsewhere), or the session with it
+    name = shown(conn, SCHEMA, TABLE)
+    found: list[tuple[str, str]] = []
+    seen = set()
+    for kind, item, detail, not_null in rows:
+        which = shown(conn, item)
+        if kind == "column":
+            seen.add(item)
+            own = OWN_COLUMNS.get(item)
+            if own is None:
+                found.append(
+                    (f"column {which} {detail} added", f"ALTER TABLE {name} DROP COLUMN {which}")
+                )
+            elif detail != own:
+                found.append(
+                    (
+                        f"column {which} is {detail}, not {own}",
+                        f"ALTER TABLE {name} ALTER COLUMN {which} TYPE {own}",
+                    )
+                )
+            elif not not_null:
+                found.append(
+                    (
+                        f"column {which} may be null",
+                        f"ALTER TABLE {name} ALTER COLUMN {which} SET NOT NULL",
+                    )
+                )
+        elif kind == "constraint" and item != OWN_CONSTRAINT:
+            found.append(
+                (f"constraint {which} added", f"ALTER TABLE {name} DROP CONSTRAINT {which}")
+            )
+        elif kind == "index":
+            found.append((f"index {which} added", f"DROP INDEX {shown(conn, SCHEMA, item)}"))
+        elif kind in ("trigger", "rule", "policy"):
+            found.append((f"{kind} {which} added", f"DROP {kind.upper()} {which} ON {name}"))
+    if rows:
+        found += [
+            (f"column {shown(conn, column)} is missing", "rename or restore it")
+            for column in OWN_COLUMNS
+            if column not in seen
+        ]
+    return found
 
 
 def find(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
