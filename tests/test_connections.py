@@ -724,3 +724,88 @@ def test_sslrootcert_system_is_told_with_the_sslmode_libpq_gives_it(database: Da
     assert "sslmode=verify-full (libpq's default with sslrootcert=system)" in result.err
     assert "prefer (libpq's default)" not in result.err
     assert len(result.err.splitlines()) == 1
+
+
+# -- text that is not UTF-8, on the command line or in the environment -----------------
+
+# Bytes a shell can pass that are not UTF-8 (Python hands them on as surrogates).
+NOT_UTF8 = (
+    st.binary(min_size=1, max_size=24)
+    .filter(lambda raw: b"\x00" not in raw)
+    .filter(lambda raw: not _decodes(raw))
+)
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _first_bad(raw: bytes) -> str:
+    text = raw.decode("utf-8", "surrogateescape")
+    index = next(i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff")
+    return f"byte 0x{ord(text[index]) - 0xDC00:02x} at character {index + 1}"
+
+
+# A command line for each place a text argument goes: a URL, a stack, names.
+WITH_TEXT = {
+    "--database-url": ("migrate", "status", "--database-url"),
+    "--stack": ("migrate", "status", "--stack"),
+    "--pipeline": ("report", "--database-url", "postgresql://u@h/d", "--pipeline"),
+    "--stage": (
+        "report",
+        "--database-url",
+        "postgresql://u@h/d",
+        "--pipeline",
+        "p",
+        "--run",
+        "1",
+        "--stage",
+    ),
+}
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.given(raw=NOT_UTF8, flag=st.sampled_from(list(WITH_TEXT)))
+def test_an_argument_that_is_not_utf8_is_refused_naming_its_flag(raw: bytes, flag: str) -> None:
+    """One line, exit 2, the flag and the first bad byte; never the value itself."""
+    text = raw.decode("utf-8", "surrogateescape")
+    result = run_cli(*WITH_TEXT[flag], text)
+    assert (result.code, result.out) == (2, ""), result
+    assert result.err == (
+        f"error: {flag} is not UTF-8 text ({_first_bad(raw)}); pass it as UTF-8\n"
+    ), result
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.given(
+    raw=NOT_UTF8,
+    variable=st.sampled_from(
+        [
+            "DATABASE_URL",
+            "PGHOST",
+            "PGOPTIONS",
+            "PGPASSWORD",
+            "PGSSLMODE",
+            "PGSERVICE",
+            "PGDATABASE",
+            "CICD_DB_LOCAL",
+        ]
+    ),
+)
+def test_an_environment_variable_that_is_not_utf8_is_refused_naming_it(
+    raw: bytes, variable: str
+) -> None:
+    """libpq's variables and ours: one line, exit 2, the variable and the first bad byte,
+    never its value (PGPASSWORD, a URL's password)."""
+    text = raw.decode("utf-8", "surrogateescape")
+    result = run_cli(
+        "migrate", "status", env={"DATABASE_URL": "postgresql://u@h/d", variable: text}
+    )
+    assert (result.code, result.out) == (2, ""), result
+    assert result.err == (
+        f"error: {variable} is not UTF-8 text ({_first_bad(raw)}); set it as UTF-8\n"
+    ), result

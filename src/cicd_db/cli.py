@@ -51,7 +51,7 @@ from cicd_db.errors import (
     UsageError,
 )
 from cicd_db.retention import MAX_BATCH_SIZE, MAX_KEEP_DAYS
-from cicd_db.settings import redact
+from cicd_db.settings import not_utf8, redact
 from cicd_db.targets import MIGRATIONS_FOLDER
 
 
@@ -472,6 +472,10 @@ def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = Fa
         flags = ", ".join(_flag(name) for name in stray)
         name = chosen.name.removeprefix("migrate ") if only_migrate else chosen.name
         raise UsageError(f"`{name}` takes no {flags}; see `{prog} {name} --help`")
+    for name, value in given.items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and (where := not_utf8(text)):
+                raise UsageError(f"{_flag(name)} is not UTF-8 text ({where}); pass it as UTF-8")
     context = Context(**{name: value for name, value in given.items() if name in commands.FIELDS})
     arguments = {name: value for name, value in given.items() if name not in commands.FIELDS}
     return Call(chosen, context, arguments, debug)

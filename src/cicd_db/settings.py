@@ -314,6 +314,29 @@ def _url_host(host: str) -> str:
 URL_FORM = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
 
 
+def not_utf8(text: str) -> str | None:
+    """Where `text` (from the command line or the environment, which Python decodes
+    with surrogateescape) holds a byte that is not UTF-8, said without the text
+    itself (it may be a password); None when it is UTF-8 text."""
+    for index, character in enumerate(text):
+        if "\udc80" <= character <= "\udcff":
+            return f"byte 0x{ord(character) - 0xDC00:02x} at character {index + 1}"
+    return None
+
+
+# The environment variables cicd-db reads or hands to libpq, whose values reach
+# PostgreSQL or a file name as text.
+_TEXT_VARIABLES = re.compile(r"DATABASE_URL|PG[A-Z]+|CICD_DB_[A-Z_]+")
+
+
+def check_environment(environ: Mapping[str, str] = os.environ) -> None:
+    """Refuse, naming it, a variable of those cicd-db reads that is not UTF-8 text (Python
+    would fail to pass it on, deep in a connection or a message). Reads only."""
+    for name in sorted(environ):
+        if _TEXT_VARIABLES.fullmatch(name) and (where := not_utf8(environ[name])):
+            raise ConfigError(f"{name} is not UTF-8 text ({where}); set it as UTF-8")
+
+
 def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
     """Parse a `postgres://` or `postgresql://` URL into settings, every libpq keyword kept.
 

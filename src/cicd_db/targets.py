@@ -41,7 +41,7 @@ from cicd_db.settings import APP as APP  # the roles, re-exported for role_setti
 from cicd_db.settings import OWNER as OWNER
 from cicd_db.settings import READER as READER
 from cicd_db.settings import ROLES as ROLES
-from cicd_db.settings import ConnectionSettings, from_url, redact
+from cicd_db.settings import ConnectionSettings, check_environment, from_url, redact
 
 if TYPE_CHECKING:
     from cicd_db.embedded import EmbeddedServer
@@ -124,6 +124,7 @@ def resolve(
     root: Path | None = None,
 ) -> Target:
     """Pick the target from flags and environment, in the documented order (docs/design.md). Reads only."""
+    check_environment(environ)
     root = root or repository_root()
     home = state_home(root, environ)
     chosen = [
