@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from cicd_db.migrations.history import shown
 from cicd_db.settings import ConnectionSettings
 
 from ..fix_cli import Run, migrate, run_cli
@@ -74,7 +75,9 @@ def login(
     empty_template: str,
     roles: psycopg.Connection[Any],
 ) -> Iterator[Login]:
-    role = f"next_run_{uuid.uuid4().hex[:10]}"
+    # The owner's name needs quoting (a space, capitals, a quote): every statement a
+    # message names for it must be right as written.
+    role = ("next_run_" if request.param == "superuser" else 'Next "Run" ') + uuid.uuid4().hex[:10]
     power = sql.SQL("SUPERUSER" if request.param == "superuser" else "NOSUPERUSER")
     roles.execute(
         sql.SQL("CREATE ROLE {} {} LOGIN PASSWORD {}").format(
@@ -555,8 +558,11 @@ def test_a_login_roles_default_role_is_named_when_it_may_not_read_the_history(
         assert migrate(login.database, folder).code == 0
         line = one_line(result := migrate(login.database, folder, "status"))
         assert result.code == 1
+        with login.admin.connect() as conn:
+            quoted = shown(conn, login.role)
         assert line.startswith(
-            f"error: role {weak} (login role {login.role} acts as it by its `role` setting"
+            f"error: role {weak} (login role {quoted} acts as it by its `role` setting: ALTER "
+            f"ROLE {quoted} RESET role"
         ), line
     finally:
         login.admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(weak)))
