@@ -217,10 +217,11 @@ class Applier:
 
         Two round trips: the transaction's start (its id, the history's state) travels with the
         file's first statements; the session reset, the runner's own settings
-        (history.PINNED), the checks, the history row and COMMIT travel together. A check that fails stops everything after it,
-        COMMIT included: the file ended the runner's transaction (its id is
-        another), or the runner's lock was lost, or the history is not as the
-        runner left it plus the file's row.
+        (history.PINNED), the checks, the history row and COMMIT travel together. A
+        check that fails stops everything after it, COMMIT included: the file ended
+        the runner's transaction (its id is another), or the runner's lock was lost,
+        or the history is not as the runner left it plus the file's row. The reset
+        comes first, so that the checks run as the login role, with PINNED's settings.
         """
         begun = self._begin(migration)
         if self.conn.info.transaction_status != TransactionStatus.INTRANS:

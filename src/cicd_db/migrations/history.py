@@ -36,7 +36,7 @@ QUALIFIED = sql.Identifier(SCHEMA, TABLE)
 # search_path the role, database or file set, no function or operator of another schema
 # stands in for PostgreSQL's own (a public.now() before pg_catalog); and with
 # row_security off, a row-level security policy on the history is an error, never a
-# filter that hides applied files (PostgreSQL raises it only where a policy would apply);
+# filter that hides applied files (PostgreSQL raises it only where a policy would apply).
 PINNED = b"SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL row_security = off"
 _PINNED_COUNT = PINNED.count(b";") + 1
 
