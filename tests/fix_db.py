@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -333,3 +334,27 @@ def untouched(databases: Databases, empty_template: str, _untouched_holder: list
     if _untouched_holder[0].query(_USER_OBJECTS):
         databases.drop(_untouched_holder[0])
         _untouched_holder[0] = databases.create(empty_template)
+
+
+# -- embedded servers' state folders ----------------------------------------------------
+
+
+def new_home(label: str) -> Path:
+    # Under the repository's .cicd-db, like the session server: when the tests run
+    # as root, the server's account needs the search bit on every folder above it.
+    # On the RAM disk where there is one, as the session server is (each home runs initdb).
+    return on_ram_disk(ROOT / ".cicd-db" / "tests-homes") / f"{label}-{uuid.uuid4().hex[:8]}"
+
+
+def discard(home: Path) -> None:
+    EmbeddedServer(home).stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A state folder of its own (CICD_DB_HOME), not created yet; its server stopped and
+    the folder removed afterwards."""
+    path = new_home("embedded")
+    yield path
+    discard(path)

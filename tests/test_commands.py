@@ -118,12 +118,17 @@ def test_dump_is_stable_and_reviewable(migrated: Database, tmp_path: Path) -> No
     assert run_cli("schema", "dump", "--database-url", migrated.url)[1] == text
 
 
-def test_dump_of_the_migrations_alone_matches_a_migrated_database() -> None:  # fmt: skip
+def test_dump_of_the_migrations_alone_matches_a_migrated_database(home: Path) -> None:  # fmt: skip
     """Without a target: the schema the files make, in a scratch database on the embedded
-    server; the same text as a database of that server migrated by `migrate up`."""
-    code, scratch, _ = run_cli("schema", "dump")
+    server; the same text as a database of that server migrated by `migrate up`. (An
+    embedded server of its own: the checkout's is the developer's, left alone.)"""
+    env = {"CICD_DB_HOME": str(home)}
+    code, scratch, _ = run_cli("schema", "dump", env=env)
     assert code == 0
-    admin = targets.resolve(stack=targets.EMBEDDED).embedded_server().admin_settings()
+    environ = {**os.environ, **env}
+    admin = (
+        targets.resolve(stack=targets.EMBEDDED, environ=environ).embedded_server().admin_settings()
+    )
     name = f"test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

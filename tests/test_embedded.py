@@ -10,12 +10,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -29,29 +27,10 @@ from cicd_db.errors import AuthenticationFailed
 from cicd_db.store import Store
 
 from .fix_cli import run_cli, start_cli
-from .utils import ROOT, on_ram_disk
+from .fix_db import discard, new_home
+from .utils import ROOT
 
 SECRET = "s3cret-in-state"
-
-
-def new_home(label: str) -> Path:
-    # Under the repository's .cicd-db, like the session server: when the tests run
-    # as root, the server's account needs the search bit on every folder above it.
-    # On the RAM disk where there is one, as the session server is (each home runs initdb).
-    return on_ram_disk(ROOT / ".cicd-db" / "tests-homes") / f"{label}-{uuid.uuid4().hex[:8]}"
-
-
-def discard(home: Path) -> None:
-    EmbeddedServer(home).stop()
-    shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    """A state folder of its own, not created yet."""
-    path = new_home("embedded")
-    yield path
-    discard(path)
 
 
 def assert_one_line_error(err: str, starts: str) -> None:
