@@ -11,10 +11,12 @@ written, makes the run after it work.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -567,3 +569,53 @@ def test_a_login_roles_default_role_is_named_when_it_may_not_read_the_history(
     finally:
         login.admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(weak)))
         roles.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(weak)))
+
+
+# -- a history row's time, as whoever edited it left it -------------------------------
+
+APPLIED_AT = st.one_of(
+    st.datetimes(timezones=st.just(UTC)).map(lambda at: at.isoformat()),
+    st.sampled_from(
+        ["infinity", "-infinity", "294276-12-31 23:59:59.999999+00", "4713-01-01 00:00:00+00 BC"]
+    ),
+)
+
+
+def test_any_time_in_the_history_is_read_exactly_or_refused_naming_its_row(
+    database: Database, tmp_path: Path
+) -> None:
+    """applied_at is read as seconds since 1970, whatever DateStyle or TimeZone is set:
+    any time PostgreSQL holds (hypothesis) is shown to the microsecond by `status
+    --json`, or, past what a date can hold, refused in one line naming the version."""
+    folder = write_migrations(tmp_path / "m", {"0001_first.sql": "SELECT 1;\n"})
+    assert migrate(database, folder).code == 0
+    database.execute(
+        sql.SQL(
+            "ALTER DATABASE {} SET DateStyle = 'SQL, DMY'; ALTER DATABASE {} SET "
+            "TimeZone = 'Asia/Kathmandu'"
+        ).format(sql.Identifier(database.name), sql.Identifier(database.name))
+    )
+
+    @settings(max_examples=40, deadline=None)
+    @given(APPLIED_AT)
+    def read_exactly(at: str) -> None:
+        database.execute(
+            sql.SQL("UPDATE cicd_db.cicd_db_schema_history SET applied_at = {}").format(
+                sql.Literal(at)
+            )
+        )
+        result = migrate(database, folder, "status", "--json")
+        stored = database.query(
+            "SELECT extract(epoch FROM applied_at) FROM cicd_db.cicd_db_schema_history"
+        )[0][0]
+        if result.code == 0:
+            shown = datetime.fromisoformat(json.loads(result.out)["migrations"][0]["applied_at"])
+            assert (shown - datetime(1970, 1, 1, tzinfo=UTC)) == timedelta(
+                microseconds=int(stored * 1_000_000)  # type: ignore[operator]
+            ), (at, result.out)
+        else:
+            line = one_line(result)
+            assert result.code == 2, result
+            assert "version 1 was applied at" in line and "SET applied_at" in line, line
+
+    read_exactly()

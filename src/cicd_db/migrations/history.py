@@ -67,7 +67,14 @@ def _applied(
     version: int, name: str, checksum: str, epoch: Decimal, by: str, duration_ms: int
 ) -> Applied:
     """A history row from SELECTED."""
-    at = EPOCH + timedelta(microseconds=int(epoch * 1_000_000))
+    try:
+        at = EPOCH + timedelta(microseconds=int(epoch * 1_000_000))
+    except (ArithmeticError, ValueError):  # 'infinity', or past year 9999: set by hand
+        raise ConfigError(
+            f"the migration history says version {version} was applied at {epoch} seconds "
+            f"after 1970, which is no time a date can hold; set it right (UPDATE "
+            f"{SCHEMA}.{TABLE} SET applied_at = now() WHERE version = {version})"
+        ) from None
     return Applied(version, name, checksum, at, by, duration_ms)
 
 
