@@ -138,6 +138,10 @@ def test_view_matches_golden(recorded: Database, view: str, output_format: str) 
         assert json.loads(result.out) == yaml.safe_load(
             (GOLDEN / f"report_{view}.yaml").read_text()
         )
+        # --json, every command's flag for JSON, is --format json here too.
+        flag = run_cli("report", "--database-url", recorded.url, "--pipeline", "build",
+                       *VIEWS[view], "--json")  # fmt: skip
+        assert flag == result
 
 
 def json_keys(value: object) -> set[str]:

@@ -416,7 +416,7 @@ def show_report(
             limit=limit,
             before=before,
         )
-    sys.stdout.write(report.render(view, format))
+    sys.stdout.write(report.render(view, "json" if ctx.json else format))  # as insights
     return 0
 
 
