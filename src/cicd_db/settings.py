@@ -314,6 +314,18 @@ def _url_host(host: str) -> str:
 URL_FORM = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
 
 
+def options_with(
+    ours: str, given: str | None, *, ours_win: bool, environ: Mapping[str, str] = os.environ
+) -> str:
+    """Session options of cicd-db's own joined with the user's: the URL's `options`, or
+    else PGOPTIONS. libpq reads PGOPTIONS only when a connection names no `options`, and
+    cicd-db names its own, so the user's still arrive this way (a statement_timeout,
+    Neon's `endpoint=...`). The later of two settings of one name wins: the user's,
+    after ours; or ours, after the user's, when `ours_win`."""
+    user = (given if given is not None else environ.get("PGOPTIONS", "")).strip()
+    return " ".join(filter(None, [user, ours] if ours_win else [ours, user]))
+
+
 def not_utf8(text: str) -> str | None:
     """Where `text` (from the command line or the environment, which Python decodes
     with surrogateescape) holds a byte that is not UTF-8, said without the text

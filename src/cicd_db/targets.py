@@ -41,7 +41,13 @@ from cicd_db.settings import APP as APP  # the roles, re-exported for role_setti
 from cicd_db.settings import OWNER as OWNER
 from cicd_db.settings import READER as READER
 from cicd_db.settings import ROLES as ROLES
-from cicd_db.settings import ConnectionSettings, check_environment, from_url, redact
+from cicd_db.settings import (
+    ConnectionSettings,
+    check_environment,
+    from_url,
+    options_with,
+    redact,
+)
 
 if TYPE_CHECKING:
     from cicd_db.embedded import EmbeddedServer
@@ -175,13 +181,26 @@ def resolve(
     return Target("stack", stack, root, home)
 
 
+# Dates and intervals come back as text in the one style psycopg parses, whatever
+# DateStyle or IntervalStyle a role or database sets (a migration may have left one):
+# the reports, insights and retention read them. Only the output styles: how the
+# server reads a date (DMY, MDY) stays as set. The runner's session sets its own
+# options instead (migrations.session), so that files run as psql would run them.
+READING_OPTIONS = "-c DateStyle=ISO -c IntervalStyle=postgres"
+
+
 def connect(
     settings: ConnectionSettings, *, autocommit: bool = True, **overrides: Any
 ) -> psycopg.Connection[Any]:
     """Open a connection; failures become our errors, with the password redacted.
 
-    `overrides` are libpq keywords that replace the settings' own (`options`, ...).
+    `overrides` are libpq keywords that replace the settings' own (`options`, ...);
+    without `options`, the session has READING_OPTIONS after the user's.
     """
+    if "options" not in overrides:
+        overrides["options"] = options_with(
+            READING_OPTIONS, settings.parameter("options"), ours_win=True
+        )
     try:
         # Named in pg_stat_activity, unless the URL names the application itself.
         conninfo = settings.conninfo(fallback_application_name="cicd-db", **overrides)

@@ -28,10 +28,11 @@ from psycopg import sql
 
 from cicd_db.migrations.history import shown
 from cicd_db.settings import ConnectionSettings
+from cicd_db.store import Store
 
 from ..fix_cli import Run, migrate, run_cli
 from ..fix_db import Database, Databases
-from ..utils import write_migrations
+from ..utils import MIGRATIONS, write_migrations
 
 # 0002 says how often it ran: a counter that grows if it runs again.
 COUNTED = (
@@ -619,3 +620,43 @@ def test_any_time_in_the_history_is_read_exactly_or_refused_naming_its_row(
             assert "version 1 was applied at" in line and "SET applied_at" in line, line
 
     read_exactly()
+
+
+def test_reports_insights_and_retention_read_alike_under_any_date_and_interval_style(
+    database: Database,
+) -> None:
+    """DateStyle and IntervalStyle left on the database (psycopg parses only ISO dates and
+    postgres-style intervals as text): the reading commands print what they printed
+    before, and retention runs."""
+    assert migrate(database, MIGRATIONS).code == 0
+    with database.connect() as conn:
+        store = Store.on(conn)
+        run = store.start_run("styled", "abc123")
+        stage = store.add_stage(run, "build", 1)
+        [job] = store.add_jobs(stage, [("compile", False)])
+        store.set_status(job, "RUNNING")
+        store.set_status(job, "SUCCESS")
+    url = database.settings.url()
+    reading = [
+        ("report", "--pipeline", "styled", "--json"),
+        ("report", "--pipeline", "styled", "--run", "1", "--stage", "build", "--json"),
+        ("insights", "--pipeline", "styled", "--json"),
+    ]
+
+    def read_all() -> list[object]:
+        results = [run_cli(*command, "--database-url", url) for command in reading]
+        assert all(result.code == 0 and not result.err for result in results), results
+        printed = [json.loads(result.out) for result in results]
+        printed[2]["window"].pop("until")  # insights' window ends now
+        return printed
+
+    before = read_all()
+    database.execute(
+        sql.SQL(
+            "ALTER DATABASE {name} SET DateStyle = 'SQL, DMY'; "
+            "ALTER DATABASE {name} SET IntervalStyle = 'sql_standard'"
+        ).format(name=sql.Identifier(database.name))
+    )
+    assert read_all() == before
+    pruned = run_cli("retention", "--keep-days", "1", "--dry-run", "--database-url", url)
+    assert pruned.code == 0 and "would delete 0 runs" in pruned.out, pruned

@@ -71,7 +71,7 @@ def _applied(
         at = EPOCH + timedelta(microseconds=int(epoch * 1_000_000))
     except (ArithmeticError, ValueError):  # 'infinity', or past year 9999: set by hand
         raise ConfigError(
-            f"the migration history says version {version} was applied at {epoch} seconds "
+            f"the migration history says version {version} was applied at {epoch} seconds "  # noqa: S608 - a message
             f"after 1970, which is no time a date can hold; set it right (UPDATE "
             f"{SCHEMA}.{TABLE} SET applied_at = now() WHERE version = {version})"
         ) from None

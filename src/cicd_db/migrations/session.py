@@ -30,6 +30,7 @@ from cicd_db.migrations.failures import (
 )
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.history import shown
+from cicd_db.settings import options_with
 
 # Planning is loaded when a file is sent (files.py says why).
 if TYPE_CHECKING:
@@ -89,8 +90,7 @@ def session_options(given: str | None = None, environ: Mapping[str, str] = os.en
     A role's or database's setting does not (options outrank them): see
     SESSION_OPTIONS for why each is the runner's; `options` can still change them.
     """
-    user = given if given is not None else environ.get("PGOPTIONS", "")
-    return " ".join(filter(None, [SESSION_OPTIONS, user.strip()]))
+    return options_with(SESSION_OPTIONS, given, ours_win=False, environ=environ)
 
 
 class Session:
