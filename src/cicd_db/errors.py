@@ -192,3 +192,22 @@ def no_schema() -> ConfigError:
         "no cicd-db schema here (no execution tables): apply the migrations "
         "(`cicd-db migrate up` with the same target), then record runs"
     )
+
+
+# Failures a session setting causes, whoever set it: the file, or a role's, database's
+# or server's setting a migration (or a person) left. The SQLSTATE names the setting;
+# for the two that share theirs with other causes, the message too.
+SETTING_BEHIND = {
+    "57014": ("statement_timeout", "statement timeout"),
+    "25006": ("default_transaction_read_only", ""),
+    "25P03": ("idle_in_transaction_session_timeout", ""),
+    "25P04": ("transaction_timeout", ""),
+    "57P05": ("idle_session_timeout", ""),
+    "3F000": ("search_path", "no schema has been selected"),
+}
+
+
+def setting_behind(sqlstate: str | None, message: str) -> str | None:
+    """The session setting that caused a failure of `sqlstate` and `message`, or None."""
+    name, says = SETTING_BEHIND.get(sqlstate or "", (None, ""))
+    return name if name and says in message else None

@@ -660,3 +660,34 @@ def test_reports_insights_and_retention_read_alike_under_any_date_and_interval_s
     assert read_all() == before
     pruned = run_cli("retention", "--keep-days", "1", "--dry-run", "--database-url", url)
     assert pruned.code == 0 and "would delete 0 runs" in pruned.out, pruned
+
+
+def test_a_setting_that_stops_another_command_is_named_not_run_again(database: Database) -> None:
+    """Retention on a database a migration left read-only: the line names the setting
+    (running again would fail again), exit 1, and nothing is deleted."""
+    assert migrate(database, MIGRATIONS).code == 0
+    with database.connect() as conn:
+        store = Store.on(conn)
+        run = store.set_status(store.start_run("old", "abc123"), "RUNNING")
+        stage = store.set_status(store.add_stage(run, "build", 1), "RUNNING")
+        [job] = store.add_jobs(stage, [("compile", False)])
+        store.set_status(job, "RUNNING")
+        store.set_status(job, "SUCCESS")
+        store.finish_stage(stage)
+        store.finish_run(run)
+        conn.execute(
+            "UPDATE pipeline_executions SET start_time = start_time - interval '9 days', "
+            "completion_time = completion_time - interval '9 days'"
+        )
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(database.name)
+            )
+        )
+    result = run_cli("retention", "--keep-days", "1", "--database-url", database.settings.url())
+    assert result.code == 1, result
+    line = one_line(result)
+    assert line.startswith("error: database error: cannot execute "), line
+    assert "the session's default_transaction_read_only caused it" in line, line
+    assert "run again, with --debug" not in line, line
+    assert database.query("SELECT count(*) FROM pipeline_executions") == [(1,)]

@@ -19,14 +19,13 @@ from psycopg import errors, generators
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
-from cicd_db.errors import MigrationFailed, OperationalError
+from cicd_db.errors import MigrationFailed, OperationalError, setting_behind
 from cicd_db.migrations.failures import (
     RETRIED_SQLSTATES,
     Transient,
     abridge,
     describe_failure,
     first_line,
-    setting_behind,
 )
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.history import shown
@@ -55,7 +54,7 @@ WORK_KEY = LOCK_KEY + 1
 # What governs the file's own statements (statement_timeout, lock_timeout,
 # default_transaction_read_only, search_path, ...) is left as the role and database
 # set it, as psql would have it; a failure it causes is told with its source
-# (failures.setting_behind, Session.setting_source).
+# (errors.setting_behind, Session.setting_source).
 SESSION_OPTIONS = (
     "-c client_connection_check_interval=1000 -c idle_session_timeout=0 "
     "-c idle_in_transaction_session_timeout=0 -c exit_on_error=off"
