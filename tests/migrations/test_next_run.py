@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from cicd_db.embedded import EmbeddedServer
 from cicd_db.migrations.history import shown
 from cicd_db.settings import ConnectionSettings
 from cicd_db.store import Store
@@ -495,6 +496,11 @@ ALTERATIONS = {
         f"ALTER TABLE {HISTORY} ALTER COLUMN name TYPE varchar(12);\n",
         f"ALTER TABLE {HISTORY} ALTER COLUMN name TYPE text",
     ),
+    "keyword names": (  # each must be quoted in the statement that undoes it
+        f'ALTER TABLE {HISTORY} ADD CONSTRAINT "check" CHECK (version < 3);\n'
+        f'ALTER TABLE {HISTORY} ADD COLUMN "order" int;\n',
+        f'ALTER TABLE {HISTORY} DROP CONSTRAINT "check"',
+    ),
     "trigger": (
         "CREATE FUNCTION public.no_more() RETURNS trigger LANGUAGE plpgsql AS "
         "$$BEGIN IF NEW.version >= 3 THEN RAISE EXCEPTION 'no more'; END IF; RETURN NEW; END$$;\n"
@@ -691,3 +697,107 @@ def test_a_setting_that_stops_another_command_is_named_not_run_again(database: D
     assert "the session's default_transaction_read_only caused it" in line, line
     assert "run again, with --debug" not in line, line
     assert database.query("SELECT count(*) FROM pipeline_executions") == [(1,)]
+
+
+# -- names a fix must quote, and the fix acting on the right role -----------------------
+
+
+# Each case a role of its own name (roles are the server's): keywords, and a name that
+# is not ASCII, in a LATIN1 database.
+NAMED = {
+    "all": ("all", "role", None),
+    "current_user": ("current_user", "role in database", None),
+    "user": ("user", "role", None),
+    "select": ("select", "role in database", None),
+    "latin1-database": ("rôle", "role", "LATIN1"),
+    "latin1-database-in-database": ("rôle_in", "role in database", "LATIN1"),
+}
+
+
+@pytest.mark.parametrize("case", list(NAMED))
+def test_the_fix_names_the_role_that_has_the_setting_whatever_its_name(
+    databases: Databases, roles: psycopg.Connection[Any], tmp_path: Path, case: str
+) -> None:
+    """A keyword must be quoted (`ALTER ROLE all ...` resets every role's setting, `ALTER
+    ROLE current_user ...` the admin's), and a name read back through a LATIN1 database
+    is another name: the printed fix, run as written (from a UTF-8 database, where such a
+    name can be typed), must reset this role's setting."""
+    role, scope, encoding = NAMED[case]
+    name = f"{role}_{uuid.uuid4().hex[:6]}" if encoding else role
+    base = f"test_named_{uuid.uuid4().hex[:12]}"
+    roles.execute(
+        sql.SQL("DROP ROLE IF EXISTS {r}; CREATE ROLE {r} LOGIN PASSWORD {p}").format(
+            r=sql.Identifier(name), p=sql.Literal(PASSWORD)
+        )
+    )
+    roles.execute(
+        sql.SQL("CREATE DATABASE {} OWNER {} {}").format(
+            sql.Identifier(base),
+            sql.Identifier(name),
+            sql.SQL(
+                "ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+                if encoding
+                else ""
+            ),
+        )
+    )
+    made = Database(replace(databases.server, database=base))
+    login = Login(
+        Database(replace(made.settings, user=name, password=PASSWORD)),
+        past_settings(made, 150000),
+        name,
+    )
+    try:
+        _, _, up = two_runs(login, tmp_path, leave("default_transaction_read_only = on", scope))
+        assert up.code == 1, up
+        roles.execute(the_fix(one_line(up)))
+        fixed = migrate(login.database, tmp_path / "m")
+        assert fixed.code == 0, fixed
+        ran_once(login)
+    finally:
+        databases.drop(made)
+        roles.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize(
+    ("left", "body"),
+    [
+        (
+            "statement_timeout = '1h'",
+            "SET LOCAL statement_timeout = '50ms';\nSELECT pg_sleep(1);\n",
+        ),
+        (
+            "default_transaction_read_only = off",
+            "SET TRANSACTION READ ONLY;\nCREATE TABLE t (id int);\n",
+        ),
+        ("search_path = public", "SET LOCAL search_path = '';\nCREATE TABLE t (id int);\n"),
+    ],
+    ids=["statement_timeout", "read_only", "search_path"],
+)
+def test_what_the_file_set_itself_is_the_files_to_fix_whatever_the_database_sets(
+    database: Database, tmp_path: Path, left: str, body: str
+) -> None:
+    """A harmless setting on the database is not blamed for what the file's own SET LOCAL
+    or SET TRANSACTION did: resetting it would change nothing."""
+    folder = write_migrations(tmp_path / "m", {"0001_leave.sql": leave(left, "database")})
+    assert migrate(database, folder).code == 0
+    write_migrations(folder, {"0002_own.sql": body})
+    line = one_line(migrate(database, folder))
+    assert line.endswith("; fix the file and run again"), line
+
+
+@pytest.mark.slow
+def test_a_setting_for_every_role_is_named_with_its_fix(home: Path, tmp_path: Path) -> None:
+    """ALTER ROLE ALL SET (pg_settings' source `global`), on a server of its own: every
+    test on the shared server would be read-only otherwise."""
+    server = EmbeddedServer(home)
+    owner = server.settings()
+    with psycopg.connect(server.admin_settings().conninfo(), autocommit=True) as admin:
+        admin.execute("ALTER ROLE ALL SET default_transaction_read_only = on")
+        folder = write_migrations(tmp_path / "m", {"0001_counted.sql": COUNTED})
+        result = migrate(owner, folder)
+        assert result.code == 1, result
+        line = one_line(result)
+        assert "default_transaction_read_only is on for every role" in line, line
+        admin.execute(the_fix(line))
+    assert migrate(owner, folder).code == 0

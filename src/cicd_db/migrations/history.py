@@ -92,11 +92,40 @@ class StatusRow:
 
 
 def shown(conn: psycopg.Connection[Any], *names: str) -> str:
-    """A (qualified) name as SQL would take it, quoted only where it must be."""
+    """A (qualified) name as SQL would take it, quoted only where it must be: where it is
+    not lower-case letters, digits and underscores, or is a keyword PostgreSQL reserves
+    in any way (`user`, `all`, `current_user`, `select`), so that a statement a message
+    prints runs as written and names what it says."""
+    reserved = _reserved(conn)
     return ".".join(
-        name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else sql.Identifier(name).as_string(conn)
+        name
+        if re.fullmatch(r"[a-z_][a-z0-9_$]*", name)
+        and reserved is not None
+        and name not in reserved
+        else sql.Identifier(name).as_string(conn)
         for name in names
     )
+
+
+_RESERVED: frozenset[str] | None = None
+
+
+def _reserved(conn: psycopg.Connection[Any]) -> frozenset[str] | None:
+    """The keywords the server does not take as a bare name (pg_get_keywords, asked once
+    a process), or None when it cannot be asked now: then every name is quoted."""
+    global _RESERVED
+    if _RESERVED is None:
+        idle = conn.info.transaction_status == TransactionStatus.IDLE
+        if conn.closed or conn.broken or not (conn.autocommit and idle):
+            return None  # asking would fail, or open a transaction of the caller's
+        try:
+            rows = conn.execute(
+                "SELECT word FROM pg_catalog.pg_get_keywords() WHERE catcode <> 'U'"
+            ).fetchall()
+        except psycopg.Error:
+            return None
+        _RESERVED = frozenset(str(row[0]) for row in rows)
+    return _RESERVED
 
 
 def row_security_refused(

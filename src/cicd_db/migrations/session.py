@@ -92,6 +92,22 @@ def session_options(given: str | None = None, environ: Mapping[str, str] = os.en
     return options_with(SESSION_OPTIONS, given, ours_win=False, environ=environ)
 
 
+# How a file sets each setting setting_behind names, for itself (SET, SET LOCAL, SET
+# TRANSACTION): a file that says it is told to fix itself, whatever a role or the
+# database also sets.
+_SET_BY_A_FILE = {
+    "default_transaction_read_only": (b"read only", b"read_only"),
+}
+# Values that cannot have caused the failure: then it was the file's own doing.
+_CANNOT_CAUSE = {
+    "statement_timeout": ("0",),
+    "transaction_timeout": ("0",),
+    "idle_in_transaction_session_timeout": ("0",),
+    "idle_session_timeout": ("0",),
+    "default_transaction_read_only": ("off",),
+}
+
+
 class Session:
     """The work connection, and the key of the lock only the runner's lock session
     holds (`lock_key`, set by `lock.held` while it is held)."""
@@ -238,7 +254,7 @@ class Session:
             str(error),
             self.conn.info.user,
             lost=self.lost,
-            setting=self.setting_source(name) if name else None,
+            setting=self.setting_source(name, migration) if name else None,
         )
 
     def own_failure(self, error: psycopg.Error) -> str | None:
@@ -258,10 +274,16 @@ class Session:
             f"{source}, then run again"
         )
 
-    def setting_source(self, name: str) -> str | None:
+    def setting_source(self, name: str, migration: Migration | None = None) -> str | None:
         """Where the session's setting `name` comes from, and how to undo it, when it
         comes from a role, the database, the server or the connection's options; None
-        when it is the file's own (or nothing set it)."""
+        when it is the file's own (`migration` names it: a SET LOCAL, SET TRANSACTION READ
+        ONLY), or when what is set could not have caused the failure (no timeout, not
+        read-only), or nothing set it."""
+        if migration is not None and any(
+            word in migration.data.lower() for word in _SET_BY_A_FILE.get(name, (name.encode(),))
+        ):
+            return None
         if not self.end_transaction():
             return (
                 f"{name} ended the session: unless the file set it, a role's, the database's "
@@ -269,16 +291,21 @@ class Session:
             )
         try:  # a statement_timeout of a millisecond may cut this too: then None
             row = self.conn.execute(
-                "SELECT pg_catalog.current_setting(name), source, pg_catalog.current_database(), "
-                "session_user FROM pg_catalog.pg_settings WHERE name = %s",
+                "SELECT pg_catalog.current_setting(name), setting, source "
+                "FROM pg_catalog.pg_settings WHERE name = %s",
                 [name],
             ).fetchone()
         except psycopg.Error:
             return None
         if row is None:
             return None
-        value, source, database, user = (str(part) for part in row)
-        db, role = shown(self.conn, database), shown(self.conn, user)
+        value, raw, source = (str(part) for part in row)
+        if raw in _CANNOT_CAUSE.get(name, ()):
+            return None
+        # The names as the client gave them, not read back through the database's
+        # encoding (a LATIN1 database would return another name for a role "rôle").
+        info = self.conn.info
+        db, role = shown(self.conn, info.dbname), shown(self.conn, info.user)
         now = f"{name} is {value or repr('')}"
         return {
             "database": f"{now} for database {db}, set by ALTER DATABASE (perhaps by a "
@@ -288,8 +315,11 @@ class Session:
             "database user": f"{now} for role {role} in database {db}, set by ALTER ROLE "
             f"(perhaps by a migration): undo it with ALTER ROLE {role} IN DATABASE {db} "
             f"RESET {name}",
+            "global": f"{now} for every role, set by ALTER ROLE ALL (perhaps by a migration): "
+            f"undo it with ALTER ROLE ALL RESET {name}",
             "configuration file": f"{now} in the server's configuration (postgresql.conf or "
             "ALTER SYSTEM): change it there",
+            "command line": f"{now} on the server's command line: change it there",
             "client": f"{now} in the connection's options (the URL's options or PGOPTIONS): "
             "change it there",
         }.get(source)
