@@ -49,7 +49,6 @@ from cicd_db.errors import (
     NotFound,
     Terminated,
     UsageError,
-    setting_behind,
 )
 from cicd_db.retention import MAX_BATCH_SIZE, MAX_KEEP_DAYS
 from cicd_db.settings import not_utf8, redact
@@ -549,15 +548,6 @@ def main(
         return error.exit_code
     except psycopg.Error as error:  # the server went away or refused something mid-command
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if setting := setting_behind(error.sqlstate, first):  # running again would fail again
-            _print_error(
-                f"database error: {first}; the session's {setting} caused it, set for the "
-                "role, the database or the server (a migration may have left it): find "
-                "where in pg_settings (its source column), reset it, and run again",
-                context,
-                debug,
-            )
-            return 1
         _print_error(f"database error: {first}; run again, with --debug for details", context, debug)  # fmt: skip
         return 1
     except KeyboardInterrupt as interrupt:

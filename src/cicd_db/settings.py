@@ -336,9 +336,12 @@ def not_utf8(text: str) -> str | None:
     return None
 
 
-# The environment variables cicd-db reads or hands to libpq, whose values reach
-# PostgreSQL or a file name as text.
-_TEXT_VARIABLES = re.compile(r"DATABASE_URL|PG[A-Z]+|CICD_DB_[A-Z_]+")
+# The environment variables cicd-db itself reads as text (paths such as PGSSLROOTCERT,
+# PGPASSFILE or CICD_DB_HOME may hold any bytes, and libpq reads the rest itself).
+_TEXT_VARIABLES = re.compile(
+    r"DATABASE_URL|PGHOST|PGPORT|PGDATABASE|PGUSER|PGPASSWORD|PGOPTIONS|PGSSLMODE"
+    r"|PGSERVICE|PGCONNECT_TIMEOUT|PGAPPNAME|CICD_DB_LOCAL|CICD_DB_EMBEDDED_PORT"
+)
 
 
 def check_environment(environ: Mapping[str, str] = os.environ) -> None:

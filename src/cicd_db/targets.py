@@ -183,8 +183,10 @@ def resolve(
 
 # Dates and intervals come back as text in the one style psycopg parses, whatever
 # DateStyle or IntervalStyle a role or database sets (a migration may have left one):
-# the reports, insights and retention read them. Only the output styles: how the
-# server reads a date (DMY, MDY) stays as set. The runner's session sets its own
+# the reports, insights and retention read them. A DateStyle given here replaces the
+# role's or database's whole setting, so a date typed as text in these sessions reads
+# as MDY; cicd-db passes its dates as parameters, never as such text. The runner's
+# session sets its own
 # options instead (migrations.session), so that files run as psql would run them.
 READING_OPTIONS = "-c DateStyle=ISO -c IntervalStyle=postgres"
 

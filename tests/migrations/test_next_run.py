@@ -263,12 +263,14 @@ def test_a_setting_that_stops_the_runners_own_statements_is_named_with_its_fix(
 
 
 def test_a_files_own_statement_timeout_is_the_files_to_fix(login: Login, tmp_path: Path) -> None:
-    """Set by the file itself, the timeout is not blamed on the role or database."""
+    """Set by the file itself, the timeout is not blamed on the database's (which is
+    set too, and would be named if the file did not set its own)."""
     folder = write_migrations(
         tmp_path / "m",
         {
+            "0000_leave.sql": leave("statement_timeout = '1h'", "database"),
             "0001_slow.sql": NO_TRANSACTION
-            + "SET statement_timeout = '50ms';\nSELECT pg_sleep(1);\n"
+            + "SET statement_timeout = '50ms';\nSELECT pg_sleep(1);\n",
         },
     )
     line = one_line(migrate(login.database, folder))
@@ -668,37 +670,6 @@ def test_reports_insights_and_retention_read_alike_under_any_date_and_interval_s
     assert pruned.code == 0 and "would delete 0 runs" in pruned.out, pruned
 
 
-def test_a_setting_that_stops_another_command_is_named_not_run_again(database: Database) -> None:
-    """Retention on a database a migration left read-only: the line names the setting
-    (running again would fail again), exit 1, and nothing is deleted."""
-    assert migrate(database, MIGRATIONS).code == 0
-    with database.connect() as conn:
-        store = Store.on(conn)
-        run = store.set_status(store.start_run("old", "abc123"), "RUNNING")
-        stage = store.set_status(store.add_stage(run, "build", 1), "RUNNING")
-        [job] = store.add_jobs(stage, [("compile", False)])
-        store.set_status(job, "RUNNING")
-        store.set_status(job, "SUCCESS")
-        store.finish_stage(stage)
-        store.finish_run(run)
-        conn.execute(
-            "UPDATE pipeline_executions SET start_time = start_time - interval '9 days', "
-            "completion_time = completion_time - interval '9 days'"
-        )
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
-                sql.Identifier(database.name)
-            )
-        )
-    result = run_cli("retention", "--keep-days", "1", "--database-url", database.settings.url())
-    assert result.code == 1, result
-    line = one_line(result)
-    assert line.startswith("error: database error: cannot execute "), line
-    assert "the session's default_transaction_read_only caused it" in line, line
-    assert "run again, with --debug" not in line, line
-    assert database.query("SELECT count(*) FROM pipeline_executions") == [(1,)]
-
-
 # -- names a fix must quote, and the fix acting on the right role -----------------------
 
 
@@ -801,3 +772,24 @@ def test_a_setting_for_every_role_is_named_with_its_fix(home: Path, tmp_path: Pa
         assert "default_transaction_read_only is on for every role" in line, line
         admin.execute(the_fix(line))
     assert migrate(owner, folder).code == 0
+
+
+def test_a_failure_at_commit_that_is_not_the_historys_is_the_files(
+    database: Database, tmp_path: Path
+) -> None:
+    """A deferred foreign key the file breaks fails at its commit, with the history
+    changed meanwhile in a way that cannot refuse a row (a plain index): the file is to
+    blame, not the index."""
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "0001_child.sql": "CREATE TABLE parent (id int PRIMARY KEY);\nCREATE TABLE child "
+            "(p int REFERENCES parent DEFERRABLE INITIALLY DEFERRED);\n"
+        },
+    )
+    assert migrate(database, folder).code == 0
+    database.execute(f"CREATE INDEX by_time ON {HISTORY} (applied_at)")
+    write_migrations(folder, {"0002_orphan.sql": "INSERT INTO child VALUES (7);\n"})
+    line = one_line(migrate(database, folder))
+    assert line.startswith("error: migration 0002_orphan.sql failed at its commit: "), line
+    assert "by_time" not in line and line.endswith("; fix the file and run again"), line

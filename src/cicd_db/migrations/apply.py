@@ -47,6 +47,8 @@ CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefi
 # transaction finds it (history.STATE).
 MARK = b"SELECT pg_catalog.pg_current_xact_id(), " + history.STATE + b";"
 BEGIN_MARKED = b"BEGIN;" + MARK
+# Statements before the checks in a file's closing batch: the reset, then PINNED's.
+_RESET = RESET_SESSION.count(b"; ") + 1 + history.PINNED.count(b"; ") + 1
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,9 @@ class Applier:
                 b"COMMIT",
             ]
         )
-        self._finish(migration, self.session.simple(finish), committed="may be")
+        self._finish(
+            migration, self.session.simple(finish), committed="may be", insert_at=_RESET + 2
+        )
 
     def _begin(self, migration: Migration) -> PGresult:
         """BEGIN, the file's statements, and the transaction's id read among them.
@@ -286,11 +290,14 @@ class Applier:
                 history.recorded_check(self.conn, self.recorded, migration),
             ]
         )
-        self._finish(migration, self.session.simple(finish), committed="is")
+        self._finish(migration, self.session.simple(finish), committed="is", insert_at=_RESET + 1)
         return notes
 
-    def _finish(self, migration: Migration, results: list[PGresult], *, committed: str) -> None:
-        """Raise, naming the file, when the runner's closing statements failed."""
+    def _finish(
+        self, migration: Migration, results: list[PGresult], *, committed: str, insert_at: int
+    ) -> None:
+        """Raise, naming the file, when the runner's closing statements failed
+        (`insert_at`: where the history row's INSERT is among them)."""
         failed = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
         if failed is None:
             return
@@ -314,7 +321,10 @@ class Applier:
         # rolled back with it, and so not found: then the file is to blame.)
         changed = (
             history.alterations(self.conn)
-            if state not in RETRIED_SQLSTATES and self.session.end_transaction()
+            if len(results) > insert_at
+            and failed is results[insert_at]
+            and state not in RETRIED_SQLSTATES
+            and self.session.end_transaction()
             else []
         )
         if changed:

@@ -159,8 +159,8 @@ OWN_COLUMNS = {
     "duration_ms": "integer",
 }
 OWN_CONSTRAINT = f"{TABLE}_pkey"
-# What is on the history table, by kind: columns (type, NOT NULL), and every
-# constraint, index (beside a constraint's own), trigger, rule and policy on it.
+# What is on the history table that can refuse a row, by kind: columns (type, NOT
+# NULL), and every constraint, unique index (beside a constraint's own) and trigger.
 _ON_THE_HISTORY = sql.SQL(
     """
     SELECT 'column', a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
@@ -172,26 +172,21 @@ _ON_THE_HISTORY = sql.SQL(
     UNION ALL
     SELECT 'index', i.relname::text, '', true FROM pg_catalog.pg_index x
       JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
-     WHERE x.indrelid = {t}::pg_catalog.regclass AND NOT EXISTS (
+     WHERE x.indrelid = {t}::pg_catalog.regclass AND x.indisunique AND NOT EXISTS (
            SELECT FROM pg_catalog.pg_constraint c WHERE c.conindid = x.indexrelid
               AND c.conrelid = x.indrelid)
     UNION ALL
     SELECT 'trigger', g.tgname::text, '', true FROM pg_catalog.pg_trigger g
      WHERE g.tgrelid = {t}::pg_catalog.regclass AND NOT g.tgisinternal
-    UNION ALL
-    SELECT 'rule', r.rulename::text, '', true FROM pg_catalog.pg_rewrite r
-     WHERE r.ev_class = {t}::pg_catalog.regclass
-    UNION ALL
-    SELECT 'policy', p.polname::text, '', true FROM pg_catalog.pg_policy p
-     WHERE p.polrelid = {t}::pg_catalog.regclass
+
     """
 ).format(t=sql.Literal(f"{SCHEMA}.{TABLE}"))
 
 
 def alterations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
     """What was changed on the history since cicd-db made it, each with the statement
-    that undoes it: a column added, retyped or made nullable, a constraint, index,
-    trigger, rule or policy added. Empty when it is as made, or gone. Reads, with
+    that undoes it, of what can refuse a row: a column added, retyped or made nullable,
+    a constraint, unique index or trigger added. Empty when it is as made, or gone. Reads, with
     PINNED, on an idle session (a failed file's transaction rolled back)."""
     try:
         with conn.transaction():
@@ -231,7 +226,7 @@ def alterations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
             )
         elif kind == "index":
             found.append((f"index {which} added", f"DROP INDEX {shown(conn, SCHEMA, item)}"))
-        elif kind in ("trigger", "rule", "policy"):
+        elif kind == "trigger":
             found.append((f"{kind} {which} added", f"DROP {kind.upper()} {which} ON {name}"))
     if rows:
         found += [

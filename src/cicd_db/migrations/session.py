@@ -265,10 +265,9 @@ class Session:
         name = setting_behind(error.diag.sqlstate, message)
         if name is None:
             return None
-        source = self.setting_source(name) or (
-            f"the session's {name} caused it: find where it is set (the source column of "
-            "pg_settings) and reset it"
-        )
+        source = self.setting_source(name)
+        if source is None:
+            return None  # not a setting left for the session (a read replica, say)
         return (
             f"a statement of cicd-db's own failed: {message} [{error.diag.sqlstate}]; "
             f"{source}, then run again"
