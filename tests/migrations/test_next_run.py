@@ -128,6 +128,12 @@ def one_line(result: Run) -> str:
     return lines[0]
 
 
+def refusal(result: Run, code: int = 1) -> str:
+    """The one line of a run that stopped with `code`."""
+    assert result.code == code, result
+    return one_line(result)
+
+
 def ran_once(login: Login) -> None:
     assert login.admin.query("SELECT times FROM public.ran") == [(1,)]
 
@@ -227,8 +233,7 @@ def test_a_statement_timeout_left_for_the_next_run_is_named_when_it_cuts_a_file(
     )
     assert migrate(login.database, folder).code == 0
     write_migrations(folder, {"0002_slow.sql": "CREATE TABLE t (id int);\nSELECT pg_sleep(1);\n"})
-    line = one_line(result := migrate(login.database, folder))
-    assert result.code == 1
+    line = refusal(migrate(login.database, folder))
     assert line.startswith(
         "error: migration 0002_slow.sql failed at line 2: canceling statement due to statement "
         "timeout [57014]; it was rolled back; statement_timeout is 300ms for "
@@ -251,8 +256,7 @@ def test_a_setting_that_stops_the_runners_own_statements_is_named_with_its_fix(
         )
     )
     folder = write_migrations(tmp_path / "m", {"0001_counted.sql": COUNTED})
-    line = one_line(result := migrate(login.database, folder))
-    assert result.code == 1
+    line = refusal(migrate(login.database, folder))
     assert line.startswith(
         "error: a statement of cicd-db's own failed: cannot execute CREATE SCHEMA in a "
         "read-only transaction [25006]; default_transaction_read_only is on for database "
@@ -442,8 +446,7 @@ def test_a_migration_that_hides_the_history_is_not_recorded_and_runs_nothing_twi
         assert result.code == 0, result
         assert migrate(login.database, folder, "status").out.count("applied") == 2
         return
-    line = one_line(result)
-    assert result.code == 1
+    line = refusal(result)
     assert "0002_hide.sql cannot be recorded: the migration history" in line, line
     assert "row-level security" in line and "fix the file" not in line, line
     assert login.admin.history() == [1]
@@ -532,8 +535,7 @@ def test_what_was_changed_on_the_history_is_named_not_the_later_file(
     database.execute(added)
     write_migrations(folder, {"0003_same_but_longer.sql": head + "SELECT 1;\n"})
     result = migrate(database, folder)
-    line = one_line(result)
-    assert result.code == 1
+    line = refusal(result)
     assert line.startswith(
         "error: migration 0003_same_but_longer.sql cannot be recorded: the migration history "
         f"{HISTORY} refused its row ("
@@ -567,8 +569,7 @@ def test_a_login_roles_default_role_is_named_when_it_may_not_read_the_history(
                 sql.SQL("GRANT {} TO {}").format(sql.Identifier(weak), sql.Identifier(login.role))
             )
         assert migrate(login.database, folder).code == 0
-        line = one_line(result := migrate(login.database, folder, "status"))
-        assert result.code == 1
+        line = refusal(migrate(login.database, folder, "status"))
         with login.admin.connect() as conn:
             quoted = shown(conn, login.role)
         assert line.startswith(

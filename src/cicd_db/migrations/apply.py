@@ -48,7 +48,7 @@ CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefi
 MARK = b"SELECT pg_catalog.pg_current_xact_id(), " + history.STATE + b";"
 BEGIN_MARKED = b"BEGIN;" + MARK
 # Statements before the checks in a file's closing batch: the reset, then PINNED's.
-_RESET = RESET_SESSION.count(b"; ") + 1 + history.PINNED.count(b"; ") + 1
+_RESET = RESET_SESSION.count(b"; ") + 1 + history.PINNED_STATEMENTS
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ QUALIFIED = sql.Identifier(SCHEMA, TABLE)
 # row_security off, a row-level security policy on the history is an error, never a
 # filter that hides applied files (PostgreSQL raises it only where a policy would apply).
 PINNED = b"SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL row_security = off"
-_PINNED_COUNT = PINNED.count(b";") + 1
+PINNED_STATEMENTS = PINNED.count(b";") + 1  # results it gives, to step over
 
 
 @dataclass(frozen=True)
@@ -307,7 +307,7 @@ def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied
             if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
                 # One round trip, in one implicit transaction: PINNED holds for the SELECT.
                 cursor.execute(PINNED + b"; " + query.as_bytes(conn))
-                for _ in range(_PINNED_COUNT):
+                for _ in range(PINNED_STATEMENTS):
                     cursor.nextset()
             else:  # the caller's transaction: pinned until it ends
                 cursor.execute(PINNED)
@@ -377,7 +377,7 @@ def _read_in_place(conn: psycopg.Connection[Any]) -> list[Applied] | None:
     try:
         with conn.cursor(row_factory=args_row(_applied)) as cursor:
             cursor.execute(_IN_PLACE.encode())
-            for _ in range(_PINNED_COUNT):
+            for _ in range(PINNED_STATEMENTS):
                 cursor.nextset()
             tables = cursor.pgresult
             cursor.nextset()
