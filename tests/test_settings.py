@@ -5,9 +5,12 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg.conninfo
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cicd_db import cli, targets
 from cicd_db import settings as contract
@@ -777,6 +780,46 @@ def test_mask_credentials(text: str, masked: str | None) -> None:
 )
 def test_password_candidates(text: str | None, candidates: list[str]) -> None:
     assert password_candidates(text) == candidates
+
+
+# What may be in a role's name without ending it where a password could follow: letters
+# and digits of any script, spaces, and signs that are no separator.
+_NAME_CHARACTERS = st.characters(categories=("L", "M", "N", "Zs")) | st.sampled_from("_-.+~@$' ")
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(_NAME_CHARACTERS, min_size=1, max_size=24), password=st.none() | st.text())
+def test_no_piece_of_a_role_name_is_taken_for_a_password(name: str, password: str | None) -> None:
+    """A role named in any script, percent-escaped in a URL as ConnectionSettings.url()
+    writes it, shows whole: nothing of it is hidden from messages (a printed fix that
+    names the role must name the role that exists)."""
+    url = ConnectionSettings("h", 5432, "db", name, password).url()
+    # Only the password, or pieces of it, as it is or percent-escaped.
+    given = f"{password} {quote(password or '', safe='')}"
+    assert all(candidate in given for candidate in password_candidates(url)), url
+    assert redact(f"role {name}", ConnectionSettings("h", 5432, "db", name).secrets()) == (
+        f"role {name}"
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.text(_NAME_CHARACTERS, min_size=1, max_size=12),
+    separator=st.sampled_from([":", "?", "/", "\uff1a", "\uff20", "\u00a7"]),
+    secret=st.text(st.characters(categories=("L", "N")), min_size=4, max_size=12),
+)
+def test_a_password_typed_after_any_separator_is_hidden_escaped_or_not(
+    name: str, separator: str, secret: str
+) -> None:
+    """`u:pw`, `u?pw`, `u\uff1apw` (a full-width colon) as the user name, raw or
+    percent-escaped: what follows the separator may be a password, and is hidden."""
+    escaped = (quote(name + separator, safe=""), quote(secret, safe=""))
+    raw = (quote(name, safe="") + separator, secret)
+    for shown, hidden in (escaped, raw):
+        url = f"postgresql://{shown}{hidden}@h/db"
+        assert any(secret in candidate for candidate in password_candidates(url)), url
+        masked = contract.mask_credentials(url) or ""
+        assert masked.startswith(f"postgresql://{shown}***"), (url, masked)
 
 
 def test_redact_skips_short_and_empty_secrets() -> None:

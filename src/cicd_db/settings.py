@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -612,9 +613,12 @@ _USER_SEPARATORS = frozenset(":/?#[];,!=&|\\")
 
 def _ends_user(character: str) -> bool:
     """A character after which the rest of a user name may be a password: a separator,
-    or a sign that is not ASCII (a full-width colon or at sign). Not a space: a role
-    may be named `ci user`, and its pieces would be hidden from every message."""
-    return character in _USER_SEPARATORS or not (character.isascii() or character.isalnum())
+    or a punctuation mark or symbol that is not ASCII (a full-width colon or at sign).
+    Not a letter, mark, digit or space of any script: a role may be named `ci user` or
+    `José` (decomposed or not), and its pieces would be hidden from every message."""
+    if character.isascii():
+        return character in _USER_SEPARATORS
+    return unicodedata.category(character)[0] in "PS"
 
 
 def _split_userinfo(userinfo: str) -> tuple[str, str]:
@@ -624,17 +628,32 @@ def _split_userinfo(userinfo: str) -> tuple[str, str]:
     password, that character included; the rest may be one: with a '?' typed for
     the ':' (`prof?Sekr3t@h`) libpq reads no password, but the user meant one. A
     percent-escape of such a character counts too (`u%3Apw`: libpq decodes it into
-    the user name, and prints that), and one of a byte that is not ASCII.
+    the user name, and prints that). Escapes of bytes that are not ASCII are read
+    together, as the UTF-8 character they make (`J%C3%BCrgen` is a name, `u%EF%BC%9Apw`
+    a full-width colon); bytes that make no character may be a password.
     """
-    for index, character in enumerate(userinfo):
-        escape = userinfo[index + 1 : index + 3]
-        if character == "%" and re.fullmatch(r"[0-9A-Fa-f]{2}", escape):
-            byte = int(escape, 16)
-            if byte >= 0x80 or _ends_user(chr(byte)):
-                return userinfo[: index + 3], userinfo[index + 3 :]
-        elif _ends_user(character):
-            return userinfo[: index + 1], userinfo[index + 1 :]
+    for escapes in _ESCAPED_OR_CHARACTER.finditer(userinfo):
+        if escapes.group("character") is not None:
+            if _ends_user(escapes.group("character")):
+                return userinfo[: escapes.end()], userinfo[escapes.end() :]
+            continue
+        raw = bytes.fromhex(escapes.group().replace("%", ""))
+        try:
+            decoded = raw.decode()
+        except UnicodeDecodeError:
+            return userinfo[: escapes.end()], userinfo[escapes.end() :]
+        # Where the first character that ends the user name ends, among the escapes.
+        length = 0
+        for character in decoded:
+            length += len(character.encode())
+            if _ends_user(character):
+                end = escapes.start() + 3 * length
+                return userinfo[:end], userinfo[end:]
     return userinfo, ""
+
+
+# A run of percent-escapes, or one character that is not one.
+_ESCAPED_OR_CHARACTER = re.compile(r"(?:%[0-9A-Fa-f]{2})+|(?P<character>.)", re.S)
 
 
 def _user_name_secret(user: str) -> str:

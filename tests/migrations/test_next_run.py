@@ -79,9 +79,10 @@ def login(
     empty_template: str,
     roles: psycopg.Connection[Any],
 ) -> Iterator[Login]:
-    # The owner's name needs quoting (a space, capitals, a quote): every statement a
-    # message names for it must be right as written.
-    role = ("next_run_" if request.param == "superuser" else 'Next "Run" ') + uuid.uuid4().hex[:10]
+    # The owner's name needs quoting (a space, capitals, a quote, letters that are not
+    # ASCII): every statement a message names for it must be right as written, and no
+    # piece of it taken for a password and hidden.
+    role = ("next_run_" if request.param == "superuser" else 'Next "Rün" Ï ') + uuid.uuid4().hex[:10]
     power = sql.SQL("SUPERUSER" if request.param == "superuser" else "NOSUPERUSER")
     roles.execute(
         sql.SQL("CREATE ROLE {} {} LOGIN PASSWORD {}").format(
