@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
+from unittest.mock import ANY
 
 import psycopg
 import pytest
@@ -12,7 +14,7 @@ from psycopg import sql
 from cicd_db import migrations
 from cicd_db.errors import MigrationFailed
 
-from ..fix_cli import migrate
+from ..fix_cli import Run, migrate, run_cli
 from ..fix_db import Database
 from ..utils import unscanned, write_migrations
 from .shared import THREE, without_escape_warnings
@@ -282,25 +284,68 @@ def test_a_file_that_resets_settings_applies_as_psql_applies_it(
     assert "a" in database.tables()
 
 
+CHECK, NEEDS = migrations.session.CHECK_INTERVAL, migrations.SESSION_OPTIONS
+
+
 @pytest.mark.parametrize(
     ("given", "environ", "options"),
     [
-        (None, {}, migrations.SESSION_OPTIONS),
-        (None, {"PGOPTIONS": "  "}, migrations.SESSION_OPTIONS),
-        (None, {"PGOPTIONS": " -c a.b=1 "}, migrations.SESSION_OPTIONS + " -c a.b=1"),
+        (None, {}, f"{CHECK} {NEEDS}"),
+        (None, {"PGOPTIONS": "  "}, f"{CHECK} {NEEDS}"),
+        (None, {"PGOPTIONS": " -c a.b=1 "}, f"{CHECK} -c a.b=1 {NEEDS}"),
         (
             "-c statement_timeout=5s",
             {"PGOPTIONS": "-c a.b=1"},
-            migrations.SESSION_OPTIONS + " -c statement_timeout=5s",
+            f"{CHECK} -c statement_timeout=5s {NEEDS}",
         ),
-        ("endpoint=ep-x", {}, migrations.SESSION_OPTIONS + " endpoint=ep-x"),
+        ("endpoint=ep-x", {}, f"{CHECK} endpoint=ep-x {NEEDS}"),
     ],
     ids=["unset", "blank", "pgoptions", "the-urls-over-pgoptions", "neon"],
 )
-def test_session_options_put_the_users_last(given: str | None, environ: dict, options: str) -> None:
-    """libpq reads PGOPTIONS only without an `options` keyword; the user's come last, so
-    a setting they name wins over the runner's."""
+def test_session_options_put_the_users_between_the_runners(
+    given: str | None, environ: dict, options: str
+) -> None:
+    """libpq reads PGOPTIONS only without an `options` keyword; the user's come after the
+    check interval, which they may change, and before what the runner depends on."""
     assert migrations.session_options(given, environ) == options
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        "-c exit_on_error=on",
+        "-c idle_in_transaction_session_timeout=1",
+        "-c idle_session_timeout=1",
+        "-c exit_on_error=on -c idle_in_transaction_session_timeout=1 -c idle_session_timeout=1",
+    ],
+)
+@pytest.mark.parametrize("where", ["PGOPTIONS", "url"])
+def test_the_users_options_cannot_take_what_the_runner_depends_on(
+    database: Database, tmp_path: Path, options: str, where: str
+) -> None:
+    """exit_on_error=on (the first read of a new database expects an error), and timeouts
+    that would end the runner's session between its round trips: from the user's options
+    too, the runner keeps its own. Files apply once, and a failing file names its line."""
+    settings = database.settings
+    env = {"PGOPTIONS": options}
+    if where == "url":
+        settings = replace(settings, parameters=(("options", options),))
+        env = {}
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_a.sql": "CREATE TABLE a (i int);\nSELECT pg_sleep(0.01);\n",
+            "0002_b.sql": "-- cicd-db: no-transaction\nSELECT pg_sleep(0.01);\n",
+        },
+    )
+    call = ("migrate", "--database-url", settings.url(), "--migrations-dir", str(folder))
+    assert run_cli(*call, env=env) == Run(0, ANY, "")
+    assert run_cli(*call, env=env) == Run(0, ANY, "")
+    write_migrations(folder, {"0003_bad.sql": "CREATE TABLE c (i int);\nSELECT 1/0;\n"})
+    failed = run_cli(*call, env=env)
+    assert failed.code == 1
+    assert failed.err.startswith("error: migration 0003_bad.sql failed at line 2"), failed
+    assert database.history() == [1, 2]
 
 
 def test_a_server_reading_strings_the_old_way_is_read_its_way(

@@ -43,22 +43,26 @@ LOCK_KEY = 0x6369_6364_2D64_62  # "cicd-db" in ASCII
 # be running a statement until the server notices it is gone.
 WORK_KEY = LOCK_KEY + 1
 # Passed at connect time, where they outrank a role's or database's settings (a
-# migration may have left those: ALTER ROLE ... SET, ALTER DATABASE ... SET):
-# - client_connection_check_interval: the server notices within a second that a killed
-#   runner is gone, ends its transaction and frees the lock (PostgreSQL 14+, Linux);
+# migration may have left those: ALTER ROLE ... SET, ALTER DATABASE ... SET), and
+# after the user's own options (the URL's `options`, PGOPTIONS), which they outrank too:
+# the runner depends on them, and they concern only its own session, not the files.
 # - idle_session_timeout, idle_in_transaction_session_timeout: the runner's session
 #   waits between its own round trips (a file's transaction spans two), which psql
 #   applying the file would not; such a timeout must not end it there;
 # - exit_on_error: an error in a file ends the file, not the session, so the runner can
-#   roll back, say which line failed and free its lock.
+#   roll back, say which line failed and free its lock (and its first read expects an
+#   error on a database that has no history yet).
 # What governs the file's own statements (statement_timeout, lock_timeout,
-# default_transaction_read_only, search_path, ...) is left as the role and database
-# set it, as psql would have it; a failure it causes is told with its source
-# (errors.setting_behind, Session.setting_source).
+# default_transaction_read_only, search_path, ...) is left as the role, the database
+# and the user's options set it, as psql would have it; a failure it causes is told
+# with its source (errors.setting_behind, Session.setting_source).
 SESSION_OPTIONS = (
-    "-c client_connection_check_interval=1000 -c idle_session_timeout=0 "
-    "-c idle_in_transaction_session_timeout=0 -c exit_on_error=off"
+    "-c idle_session_timeout=0 -c idle_in_transaction_session_timeout=0 -c exit_on_error=off"
 )
+# Before the user's options, which may change it: the server notices within a second
+# that a killed runner is gone, ends its transaction and frees the lock (PostgreSQL
+# 14+, Linux).
+CHECK_INTERVAL = "-c client_connection_check_interval=1000"
 # Files are UTF-8 (files.discover checks), and are sent as UTF-8 whatever client_encoding
 # the role, the database or PGCLIENTENCODING names: in another, the server would read
 # their bytes as that encoding and store other text than the file's, without an error.
@@ -80,16 +84,17 @@ CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"
 
 
 def session_options(given: str | None = None, environ: Mapping[str, str] = os.environ) -> str:
-    """The runner's session options, then the user's: the URL's `options`, or else PGOPTIONS.
+    """The runner's session options with the user's: the URL's `options`, or else PGOPTIONS.
 
     libpq reads PGOPTIONS only when a connection names no `options`, and the
     runner names its own; joined, the user's still arrive (a `statement_timeout`,
     Neon's `endpoint=...`, `PGOPTIONS='-c cicd_db.legacy_time_zone=...'` of
-    db/README.md), and come last, so a setting the user names wins over ours.
-    A role's or database's setting does not (options outrank them): see
-    SESSION_OPTIONS for why each is the runner's; `options` can still change them.
+    db/README.md). The user's come after CHECK_INTERVAL, so they may change it, and
+    before SESSION_OPTIONS, which the runner depends on and so keeps (the later of two
+    settings of one name wins).
     """
-    return options_with(SESSION_OPTIONS, given, ours_win=False, environ=environ)
+    theirs = options_with(CHECK_INTERVAL, given, ours_win=False, environ=environ)
+    return options_with(SESSION_OPTIONS, theirs, ours_win=True)
 
 
 # How a file sets each setting setting_behind names, for itself (SET, SET LOCAL, SET
