@@ -368,6 +368,11 @@ CREATE FUNCTION shadow.shadow_minus(timestamptz, timestamptz) RETURNS interval L
     AS $$SELECT interval '-1 day'$$;
 CREATE OPERATOR shadow.- (LEFTARG = timestamptz, RIGHTARG = timestamptz,
     FUNCTION = shadow.shadow_minus);
+CREATE FUNCTION shadow.every_name(name, name) RETURNS boolean LANGUAGE sql AS $$SELECT true$$;
+CREATE OPERATOR shadow.= (LEFTARG = name, RIGHTARG = name, FUNCTION = shadow.every_name);
+CREATE FUNCTION shadow.every_count(bigint, integer) RETURNS boolean LANGUAGE sql
+    AS $$SELECT false$$;
+CREATE OPERATOR shadow.= (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = shadow.every_count);
 GRANT USAGE ON SCHEMA shadow TO PUBLIC;
 """
 PATH_PARTS = ["shadow", "public", "pg_catalog", '"$user"', "pg_temp"]
@@ -377,9 +382,10 @@ def test_functions_and_operators_before_pg_catalog_do_not_stand_in_for_the_runne
     login: Login, tmp_path: Path
 ) -> None:
     """Any order of a search_path (hypothesis) that puts a schema with its own now(),
-    clock_timestamp(), round(), date_part(), md5() and `-` before pg_catalog, left on
-    the database: every run applies its file once, records it with the real time, and
-    `status` reads the history."""
+    clock_timestamp(), round(), date_part(), md5(), `-`, and an `=` that says every name
+    is equal (and no count is), before pg_catalog, left on the database: every run
+    applies its file once, records it with the real time, and `status` reads the
+    history."""
     folder = write_migrations(tmp_path / "m", {"0001_shadows.sql": SHADOWS})
     assert migrate(login.database, folder).code == 0
     version = iter(range(2, 10_000))

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from psycopg import sql
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
@@ -383,16 +384,18 @@ class Applier:
         # The index of that name on a table of the name the file gives (in the schema it
         # gives, else in any: the file may set its own search_path), left invalid; one
         # another session is building right now is invalid too, until it is done.
-        invalid = self.conn.execute(
-            "SELECT format('%%I.%%I', n.nspname, c.relname), EXISTS (SELECT FROM "
-            "pg_catalog.pg_stat_progress_create_index p WHERE p.index_relid = c.oid) "
-            "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_catalog.pg_class t ON t.oid = i.indrelid "
-            "WHERE c.relname = %s AND NOT i.indisvalid AND t.relname = %s "
-            "AND (%s::text IS NULL OR n.nspname = %s) ORDER BY 1",
-            [name, table, schema, schema],
-        ).fetchall()
+        invalid = history.pinned_rows(
+            self.conn,
+            sql.SQL(
+                "SELECT format('%I.%I', n.nspname, c.relname), EXISTS (SELECT FROM "
+                "pg_catalog.pg_stat_progress_create_index p WHERE p.index_relid = c.oid) "
+                "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "JOIN pg_catalog.pg_class t ON t.oid = i.indrelid "
+                "WHERE c.relname = {name} AND NOT i.indisvalid AND t.relname = {table} "
+                "AND ({schema}::text IS NULL OR n.nspname = {schema}) ORDER BY 1"
+            ).format(name=sql.Literal(name), table=sql.Literal(table), schema=sql.Literal(schema)),
+        )
         building = [str(row[0]) for row in invalid if row[1]]
         if building:
             raise MigrationRefused(

@@ -41,6 +41,26 @@ PINNED = b"SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL row_security =
 PINNED_STATEMENTS = PINNED.count(b";") + 1  # results it gives, to step over
 
 
+def pinned_rows(
+    conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, row_factory: Any = None
+) -> list[Any]:
+    """The rows of the runner's own `query` (values as literals), run after PINNED.
+
+    On an idle autocommit session, in one round trip and one implicit transaction
+    (simple protocol), which PINNED's settings end with; in the caller's transaction,
+    they hold until it ends.
+    """
+    with conn.cursor(row_factory=row_factory) if row_factory else conn.cursor() as cursor:
+        if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+            cursor.execute(PINNED + b"; " + query.as_bytes(conn))
+            for _ in range(PINNED_STATEMENTS):
+                cursor.nextset()
+        else:
+            cursor.execute(PINNED)
+            cursor.execute(query)
+        return cursor.fetchall()
+
+
 @dataclass(frozen=True)
 class Applied:
     """One row of the history table."""
@@ -237,6 +257,21 @@ def alterations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
     return found
 
 
+_FIND = sql.SQL(
+    "SELECT n.nspname, c.relkind, (SELECT count(*) FROM pg_catalog.pg_attribute a "
+    "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+    "AND a.attname = ANY(ARRAY[{columns}]::name[])) = {count} FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relname = {table} AND (c.relkind IN ('r', 'p') OR n.nspname = {schema}) "
+    "ORDER BY n.nspname"
+).format(
+    columns=sql.SQL(", ").join(map(sql.Literal, COLUMNS)),
+    count=sql.Literal(len(COLUMNS)),
+    table=sql.Literal(TABLE),
+    schema=sql.Literal(SCHEMA),
+)
+
+
 def find(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
     """Where a history is: whether ours exists, and the schemas of older ones.
 
@@ -244,15 +279,7 @@ def find(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
     one is true cannot be known, and applying by either could run files a second
     time.
     """
-    rows = conn.execute(
-        "SELECT n.nspname, c.relkind, (SELECT count(*) FROM pg_catalog.pg_attribute a "
-        "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-        "AND a.attname = ANY(%s)) = %s FROM pg_catalog.pg_class c "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relname = %s AND (c.relkind IN ('r', 'p') OR n.nspname = %s) "
-        "ORDER BY n.nspname",
-        [list(COLUMNS), len(COLUMNS), TABLE, SCHEMA],
-    ).fetchall()
+    rows = pinned_rows(conn, _FIND)
     ours = False
     older = []
     for schema, kind, complete in rows:
@@ -303,16 +330,7 @@ def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied
     table = sql.Identifier(schema, TABLE)
     query = sql.SQL("SELECT {} FROM {} ORDER BY version").format(SELECTED, table)
     try:
-        with conn.cursor(row_factory=args_row(_applied)) as cursor:
-            if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
-                # One round trip, in one implicit transaction: PINNED holds for the SELECT.
-                cursor.execute(PINNED + b"; " + query.as_bytes(conn))
-                for _ in range(PINNED_STATEMENTS):
-                    cursor.nextset()
-            else:  # the caller's transaction: pinned until it ends
-                cursor.execute(PINNED)
-                cursor.execute(query)
-            return cursor.fetchall()
+        return pinned_rows(conn, query, args_row(_applied))
     except errors.InsufficientPrivilege as error:
         refused = row_security_refused(conn, error)
         if refused:
