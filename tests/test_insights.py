@@ -742,13 +742,13 @@ def test_the_page_renders_offline_in_chromium_with_its_figures(
 
 
 def test_the_demo_tells_its_story_and_never_shows_zero_seconds(
-    migrated: Database, conn: psycopg.Connection[Any]
+    migrated: Database, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "scripts/demo.py", "--database-url", migrated.url],
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--database-url", migrated.url],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=tmp_path,  # where it writes its page, not the checkout
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
