@@ -82,7 +82,8 @@ def login(
     # The owner's name needs quoting (a space, capitals, a quote, letters that are not
     # ASCII): every statement a message names for it must be right as written, and no
     # piece of it taken for a password and hidden.
-    role = ("next_run_" if request.param == "superuser" else 'Next "Rün" Ï ') + uuid.uuid4().hex[:10]
+    prefix = "next_run_" if request.param == "superuser" else 'Next "Rün" Ï '
+    role = prefix + uuid.uuid4().hex[:10]
     power = sql.SQL("SUPERUSER" if request.param == "superuser" else "NOSUPERUSER")
     roles.execute(
         sql.SQL("CREATE ROLE {} {} LOGIN PASSWORD {}").format(
@@ -224,20 +225,29 @@ def test_a_setting_that_stops_the_files_is_named_with_where_it_is_set_and_its_fi
 
 
 @pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize(
+    "comment",
+    ["", "-- no statement_timeout here\n", "/* SET statement_timeout = 0 */\n"],
+    ids=["bare", "line-comment", "block-comment"],
+)
 def test_a_statement_timeout_left_for_the_next_run_is_named_when_it_cuts_a_file(
-    login: Login, tmp_path: Path, scope: str
+    login: Login, tmp_path: Path, scope: str, comment: str
 ) -> None:
     """Long enough for the runner's own statements, too short for 0002's: the failure is
-    the file's line, names the setting and where it is set, and its fix works."""
+    the file's line, names the setting and where it is set, and its fix works. A comment
+    that names the setting sets nothing, and does not make it the file's."""
     folder = write_migrations(
         tmp_path / "m", {"0001_leave.sql": leave("statement_timeout = '300ms'", scope)}
     )
     assert migrate(login.database, folder).code == 0
-    write_migrations(folder, {"0002_slow.sql": "CREATE TABLE t (id int);\nSELECT pg_sleep(1);\n"})
+    write_migrations(
+        folder, {"0002_slow.sql": f"{comment}CREATE TABLE t (id int);\nSELECT pg_sleep(1);\n"}
+    )
     line = refusal(migrate(login.database, folder))
     assert line.startswith(
-        "error: migration 0002_slow.sql failed at line 2: canceling statement due to statement "
-        "timeout [57014]; it was rolled back; statement_timeout is 300ms for "
+        f"error: migration 0002_slow.sql failed at line {2 + comment.count(chr(10))}: canceling "
+        "statement due to statement timeout [57014]; it was rolled back; statement_timeout "
+        "is 300ms for "
     ), line
     assert line.endswith(" RESET statement_timeout, then run again"), line
     assert login.admin.history() == [1]

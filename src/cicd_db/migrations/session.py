@@ -30,6 +30,7 @@ from cicd_db.migrations.failures import (
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.history import shown
 from cicd_db.settings import options_with
+from cicd_db.sqltext import without_comments
 
 # Planning is loaded when a file is sent (files.py says why).
 if TYPE_CHECKING:
@@ -284,10 +285,11 @@ class Session:
         when it is the file's own (`migration` names it: a SET LOCAL, SET TRANSACTION READ
         ONLY), or when what is set could not have caused the failure (no timeout, not
         read-only), or nothing set it."""
-        if migration is not None and any(
-            word in migration.data.lower() for word in _SET_BY_A_FILE.get(name, (name.encode(),))
-        ):
-            return None
+        if migration is not None:
+            # What the server reads of the file: a comment that names the setting sets nothing.
+            code = without_comments(migration.data, standard_strings=self.standard_strings())
+            if any(word in code.lower() for word in _SET_BY_A_FILE.get(name, (name.encode(),))):
+                return None
         if not self.end_transaction():
             return (
                 f"{name} ended the session: unless the file set it, a role's, the database's "
