@@ -11,7 +11,6 @@ exit code agrees with what `up` refuses.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import uuid
@@ -22,8 +21,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from psycopg import pq, sql
 
 from cicd_db import migrations
@@ -469,146 +466,6 @@ def test_a_view_in_the_history_place_is_refused(database: Database, tmp_path: Pa
             "not needed\n"
         )
     assert database.tables() == set()
-
-
-HISTORY = "cicd_db.cicd_db_schema_history"
-# Every way a file can change the history's rows or put another table in its place,
-# including those PostgreSQL counts as no UPDATE or DELETE (TRUNCATE, a rewrite) and a
-# table of exactly the same rows.
-TAMPERING = {
-    "truncate": f"TRUNCATE {HISTORY};",
-    "delete": f"DELETE FROM {HISTORY} WHERE version = 1;",
-    "update": f"UPDATE {HISTORY} SET checksum = 'x';",
-    "update-to-same": f"UPDATE {HISTORY} SET checksum = checksum;",
-    "replace": f"ALTER TABLE {HISTORY} RENAME TO old_history;\n"
-    f"CREATE TABLE {HISTORY} (LIKE cicd_db.old_history INCLUDING ALL);",
-    # The runner's row goes to the new table; one row written to the old one would
-    # make the old one's count look right.
-    "replace-and-write-the-old": f"ALTER TABLE {HISTORY} RENAME TO old_history;\n"
-    f"CREATE TABLE {HISTORY} (LIKE cicd_db.old_history INCLUDING ALL);\n"
-    "INSERT INTO cicd_db.old_history (version, name, checksum, duration_ms) "
-    "VALUES (98, 'x', 'x', 0);",
-    # The history made unlogged would be lost with a crash of the server.
-    "unlogged": f"ALTER TABLE {HISTORY} SET UNLOGGED;",
-    "same-rows-new-table": f"CREATE TABLE cicd_db.copied AS SELECT * FROM {HISTORY};\n"
-    f"DROP TABLE {HISTORY};\nALTER TABLE cicd_db.copied RENAME TO cicd_db_schema_history;",
-    "rewrite": f"ALTER TABLE {HISTORY} ALTER COLUMN checksum TYPE text USING 'x';",
-    "forged-row": f"INSERT INTO {HISTORY} (version, name, checksum, duration_ms) "
-    "VALUES (99, 'forged', 'x', 0);",
-    "upsert": f"INSERT INTO {HISTORY} (version, name, checksum, duration_ms) "
-    "VALUES (1, 'a', 'x', 0) ON CONFLICT (version) DO UPDATE SET checksum = 'x';",
-    "copy-in": f"COPY {HISTORY} (version, name, checksum, duration_ms) FROM stdin;\n"
-    "98\tcopied\tx\t0\n\\.",
-    "trigger-edits-the-row": "CREATE FUNCTION cicd_db.edit() RETURNS trigger LANGUAGE plpgsql "
-    "AS $$BEGIN NEW.checksum := 'x'; RETURN NEW; END$$;\n"
-    f"CREATE TRIGGER edit BEFORE INSERT ON {HISTORY} FOR EACH ROW EXECUTE FUNCTION cicd_db.edit();",
-    "trigger-deletes-older": "CREATE FUNCTION cicd_db.prune() RETURNS trigger "
-    f"LANGUAGE plpgsql AS $$BEGIN DELETE FROM {HISTORY} WHERE version < NEW.version; "
-    "RETURN NULL; END$$;\n"
-    f"CREATE TRIGGER prune AFTER INSERT ON {HISTORY} FOR EACH ROW EXECUTE FUNCTION cicd_db.prune();",
-}
-
-
-@given(
-    st.lists(
-        st.tuples(st.integers(1, 10**12), st.text(min_size=1), st.text(min_size=1)),
-        unique_by=lambda row: row[0],
-        max_size=30,
-    ),
-    st.data(),
-)
-def test_the_history_fingerprint_is_the_servers_md5_however_rows_are_added(
-    rows: list[tuple[int, str, str]], data: st.DataObject
-) -> None:
-    """Kept as rows are added, in order or not: always the md5 of every row sorted by
-    version, the line the server's check computes (pg_catalog.md5 of string_agg)."""
-    known = data.draw(st.integers(0, len(rows)))
-    recorded = history.Recorded(rows[:known])
-    for version, name, checksum in data.draw(st.permutations(rows[known:])):
-        migration = migrations.Migration(version, name, Path("f.sql"), b"", checksum)
-        expected_rows = sorted([*recorded.rows, (version, name, checksum)])
-        expected = hashlib.md5(  # noqa: S324
-            "\n".join(f"{v} {n} {c}" for v, n, c in expected_rows).encode()
-        ).hexdigest()
-        assert recorded.fingerprint(migration) == expected
-        recorded.add(migration)
-        assert recorded.rows == expected_rows
-
-
-# Tampering that leaves every row as it was: only the counts or the storage can tell.
-SAME_ROWS = ("update-to-same", "same-rows-new-table", "unlogged")
-
-
-@pytest.mark.parametrize("counting", ["on", "off"], ids=["counted", "track_counts-off"])
-@pytest.mark.parametrize("name", TAMPERING)
-def test_a_file_may_not_change_the_history(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, counting: str
-) -> None:
-    """A file's transaction is checked by PostgreSQL's counts of the rows it changed in
-    the history, the table's identity and storage, and its own row: any change is
-    refused. Where PostgreSQL does not count (track_counts off), by a fingerprint of
-    every row: any change of a row is refused, and rows left as they were pass."""
-    monkeypatch.setenv("PGOPTIONS", f"-c track_counts={counting}")
-    folder = write_migrations(
-        tmp_path,
-        {"0001_a.sql": "CREATE TABLE a (i int);\n", "0002_tamper.sql": f"{TAMPERING[name]}\n"},
-    )
-    code, _, err = migrate(database, folder)
-    if counting == "off" and name in SAME_ROWS:
-        assert (code, err, database.history()) == (0, "", [1, 2])
-        return
-    assert code == 1
-    assert err == (
-        "error: migration 0002_tamper.sql changed the migration history (TRUNCATE, DELETE, "
-        "UPDATE, an ALTER TABLE that rewrites it, or another table in its place); it was "
-        "rolled back, and it is not recorded; remove that from the file, check the database, "
-        "and run again\n"
-    )
-    assert database.history() == [1]
-    assert migrate(database, folder, "status", "--exit-code")[0] == 3  # 0002 still pending
-
-
-@pytest.mark.parametrize("statement", ["delete", "update", "forged-row"])
-def test_a_no_transaction_file_may_not_change_the_history(
-    database: Database, tmp_path: Path, statement: str
-) -> None:
-    """Outside a transaction its statements commit one by one, so no count of a
-    transaction's can tell: the history's fingerprint is compared after it."""
-    folder = write_migrations(
-        tmp_path,
-        {
-            "0001_a.sql": "CREATE TABLE a (i int);\n",
-            "0002_tamper.sql": f"-- cicd-db: no-transaction\n{TAMPERING[statement]}\n",
-        },
-    )
-    code, _, err = migrate(database, folder)
-    assert code == 1
-    assert err.startswith("error: migration 0002_tamper.sql changed the migration history ("), err
-    assert 2 not in database.history()
-
-
-def test_a_file_that_reads_and_writes_other_tables_leaves_the_history_checked_as_fine(
-    database: Database, tmp_path: Path
-) -> None:
-    """The counts are the history table's only: rows a file inserts, updates and deletes
-    elsewhere (and reads of the history) are none of the check's business; and rows of
-    the history's own are counted from the file's start, not from zero, whatever earlier
-    runs in the session wrote."""
-    busy = (
-        "CREATE TABLE t (i int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 50);\n"
-        "UPDATE t SET i = i + 100; DELETE FROM t WHERE i > 120;\n"
-        f"CREATE TABLE seen AS SELECT * FROM {HISTORY};\n"
-    )
-    folder = write_migrations(
-        tmp_path,
-        {
-            f"000{n}_busy.sql": busy.replace(" t ", f" t{n} ").replace("seen", f"seen{n}")
-            for n in range(1, 6)
-        },
-    )
-    code, _, err = migrate(database, folder)
-    assert (code, err) == (0, ""), err
-    assert database.history() == [1, 2, 3, 4, 5]
 
 
 def test_the_move_is_said_even_when_the_first_file_fails(

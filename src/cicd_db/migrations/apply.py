@@ -27,7 +27,7 @@ from cicd_db.errors import (
     MigrationRefused,
     Terminated,
 )
-from cicd_db.migrations import history, lock
+from cicd_db.migrations import history, integrity, lock
 from cicd_db.migrations.failures import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_BUDGET,
@@ -45,8 +45,8 @@ CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefi
 # its leading SET TRANSACTION statements, which must come first): the transaction's
 # id, which no statement of a file can change (the history row is written only while
 # it is the same: the transaction the runner began), and the history as the
-# transaction finds it (history.STATE).
-MARK = b"SELECT pg_catalog.pg_current_xact_id(), " + history.STATE + b";"
+# transaction finds it (integrity.STATE).
+MARK = b"SELECT pg_catalog.pg_current_xact_id(), " + integrity.STATE + b";"
 BEGIN_MARKED = b"BEGIN;" + MARK
 # Statements before the checks in a file's closing batch: the reset, then PINNED's.
 _RESET = RESET_SESSION.count(b"; ") + 1 + history.PINNED_STATEMENTS
@@ -124,7 +124,7 @@ def run(
         # create() has just found or made it in place: no second catalog search.
         applied = history.read(session.conn, placed=True)
         applier = Applier(
-            session, history.Recorded([(row.version, row.name, row.checksum) for row in applied])
+            session, integrity.Recorded([(row.version, row.name, row.checksum) for row in applied])
         )
         results = []
         for migration in history.pending(files, applied, target):
@@ -140,7 +140,7 @@ def run(
 class Applier:
     """Applies one file at a time on `session`, knowing the history's rows so far."""
 
-    def __init__(self, session: Session, recorded: history.Recorded):
+    def __init__(self, session: Session, recorded: integrity.Recorded):
         self.session = session
         self.conn = session.conn
         # The history's rows as the runner wrote them: a file may not change them
@@ -236,7 +236,7 @@ class Applier:
                 self.session.still_ours(begun),
                 self.session.still_locked(),
                 history.insert_row(self.conn, migration, duration_ms=None),
-                history.recorded_check(
+                integrity.recorded_check(
                     self.conn,
                     self.recorded,
                     migration,
@@ -288,7 +288,7 @@ class Applier:
                 history.PINNED,
                 self.session.still_locked(),
                 history.insert_row(self.conn, migration, duration_ms=duration_ms),
-                history.recorded_check(self.conn, self.recorded, migration),
+                integrity.recorded_check(self.conn, self.recorded, migration),
             ]
         )
         self._finish(migration, self.session.simple(finish), committed="is", insert_at=_RESET + 1)
@@ -304,7 +304,7 @@ class Applier:
             return
         error = self.session.error(failed)
         state = error.diag.sqlstate or ""
-        if state in (CHECK_MARK, CHECK_LOCK, history.CHECK_RECORDED, history.CHECK_HISTORY):
+        if state in (CHECK_MARK, CHECK_LOCK, integrity.CHECK_RECORDED, integrity.CHECK_HISTORY):
             raise MigrationFailed(self._why(migration, state, committed=committed))
         if state == "42P01" and history.TABLE in (error.diag.message_primary or ""):
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
@@ -321,7 +321,7 @@ class Applier:
         # with what undoes it, not blamed on this file. (A change this file made is
         # rolled back with it, and so not found: then the file is to blame.)
         changed = (
-            history.alterations(self.conn)
+            integrity.alterations(self.conn)
             if len(results) > insert_at
             and failed is results[insert_at]
             and state not in RETRIED_SQLSTATES
@@ -349,8 +349,8 @@ class Applier:
             CHECK_LOCK: "ran while the runner's lock was lost (the session that holds it ended: "
             "pg_terminate_backend, or a lost connection), so another runner could have run at "
             "the same time",
-            history.CHECK_RECORDED: "left no history row (a trigger on the history table?)",
-            history.CHECK_HISTORY: "changed the migration history (TRUNCATE, DELETE, UPDATE, "
+            integrity.CHECK_RECORDED: "left no history row (a trigger on the history table?)",
+            integrity.CHECK_HISTORY: "changed the migration history (TRUNCATE, DELETE, UPDATE, "
             "an ALTER TABLE that rewrites it, or another table in its place)",
             CHECK_HISTORY_GONE: "dropped or moved the migration history "
             f"({history.shown(self.conn, history.SCHEMA, history.TABLE)})",

@@ -30,7 +30,6 @@ from cicd_db.migrations.failures import (
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.history import shown
 from cicd_db.settings import options_with
-from cicd_db.sqltext import without_comments
 
 # Planning is loaded when a file is sent (files.py says why).
 if TYPE_CHECKING:
@@ -286,7 +285,10 @@ class Session:
         ONLY), or when what is set could not have caused the failure (no timeout, not
         read-only), or nothing set it."""
         if migration is not None:
-            # What the server reads of the file: a comment that names the setting sets nothing.
+            # What the server reads of the file: a comment that names the setting sets
+            # nothing. (On use: a run with nothing pending loads no scanner.)
+            from cicd_db.sqltext import without_comments
+
             code = without_comments(migration.data, standard_strings=self.standard_strings())
             if any(word in code.lower() for word in _SET_BY_A_FILE.get(name, (name.encode(),))):
                 return None

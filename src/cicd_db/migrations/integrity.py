@@ -1,0 +1,251 @@
+"""Whether the history is as the runner left it: the check each file's history row
+is written under, and, when a row is refused, what was changed on the table since
+cicd-db made it.
+
+A file may do anything, to the history too. Its row is written only if the history is
+the rows the runner wrote plus this one (recorded_check, with the table's state as the
+file's transaction found it: STATE); a row the table itself refuses (a constraint, a
+column, a trigger added later) is explained by alterations(), each change with the
+statement that undoes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cicd_db.migrations.files import Migration
+from cicd_db.migrations.history import QUALIFIED, SCHEMA, TABLE, pinned_rows, shown
+
+# The SQLSTATEs of the checks below (class CD, not PostgreSQL's).
+CHECK_RECORDED, CHECK_HISTORY = "CDB03", "CDB04"
+
+# The history table as a file's transaction finds it, read with the transaction's id
+# before the file runs: its oid and storage (TRUNCATE, an ALTER TABLE that rewrites
+# it, and any other table in its place have another relfilenode), and PostgreSQL's
+# own counts of the rows this session has inserted, updated and deleted in it, the
+# open transaction's included. The counts are not a transaction's alone (a session
+# keeps them until it reports them, between transactions), so the check compares
+# them with these, not with zero.
+STATE = (
+    sql.SQL(
+        "h.oid, pg_catalog.pg_relation_filenode(h.oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_inserted(h.oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_updated(h.oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_deleted(h.oid) "
+        "FROM (SELECT pg_catalog.to_regclass({name})::oid) AS h (oid)"
+    )
+    .format(name=sql.Literal(f"{SCHEMA}.{TABLE}"))
+    .as_bytes(None)
+)
+
+
+class Recorded:
+    """The history's rows (version, name, checksum) as the runner wrote them, and
+    their fingerprint: the md5 the server computes over them in recorded_check(),
+    kept as rows are added (files are applied in order, so a row is most often the
+    newest: one update of the digest, not a pass over every row)."""
+
+    def __init__(self, rows: list[tuple[int, str, str]]):
+        self.rows = sorted(rows)
+        self._digest = hashlib.md5("\n".join(map(_line, self.rows)).encode())  # noqa: S324
+
+    def add(self, migration: Migration) -> None:
+        row = (migration.version, migration.name, migration.checksum)
+        self._digest = self._with(row)
+        if self.rows and row < self.rows[-1]:
+            self.rows = sorted([*self.rows, row])
+        else:
+            self.rows.append(row)
+
+    def fingerprint(self, migration: Migration) -> str:
+        """The fingerprint of these rows and `migration`'s."""
+        return self._with((migration.version, migration.name, migration.checksum)).hexdigest()
+
+    def _with(self, row: tuple[int, str, str]) -> hashlib._Hash:
+        if not self.rows:
+            return hashlib.md5(_line(row).encode())  # noqa: S324
+        if row > self.rows[-1]:
+            digest = self._digest.copy()
+            digest.update(("\n" + _line(row)).encode())
+            return digest
+        rows = sorted([*self.rows, row])
+        return hashlib.md5("\n".join(map(_line, rows)).encode())  # noqa: S324
+
+
+def _line(row: tuple[int, str, str]) -> str:
+    return f"{row[0]} {row[1]} {row[2]}"
+
+
+# recorded_check's parts, built once (the check is sent a file): %-placeholders
+# take the file's values, its name quoted as a literal.
+_RAISE_CHANGED = b"RAISE EXCEPTION 'the history was changed' USING ERRCODE = '%s';" % (
+    CHECK_HISTORY.encode()
+)
+_ROW_CHECK = (
+    sql.SQL(
+        "DO $cicd_db$DECLARE same boolean; BEGIN "
+        "SELECT name = %(name)s AND checksum = %(checksum)s INTO same FROM {table} "
+        "WHERE version = %(version)d; "
+        "IF same IS NULL THEN RAISE EXCEPTION 'the history row was not written' "
+        "USING ERRCODE = {gone}; "
+    )
+    .format(table=QUALIFIED, gone=CHECK_RECORDED)
+    .as_bytes(None)
+)
+_COUNTED_CHECK = (
+    sql.SQL(
+        "ELSIF pg_catalog.current_setting('track_counts')::bool THEN IF NOT same OR ("
+        "pg_catalog.pg_relation_filenode({name}::pg_catalog.regclass), "
+        "pg_catalog.pg_stat_get_xact_tuples_inserted(%(oid)d::oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_updated(%(oid)d::oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_deleted(%(oid)d::oid)) "
+        "IS DISTINCT FROM (%(filenode)d::oid, %(inserted)d::bigint, %(updated)d::bigint, "
+        "%(deleted)d::bigint) THEN "
+    )
+    .format(name=sql.Literal(f"{SCHEMA}.{TABLE}"))
+    .as_bytes(None)
+    + _RAISE_CHANGED
+    + b" END IF; "
+)
+_FINGERPRINT_CHECK = (
+    sql.SQL(
+        "ELSIF (SELECT pg_catalog.md5(pg_catalog.string_agg(version || ' ' || name || ' ' || "
+        "checksum, E'\\n' ORDER BY version)) FROM {table}) IS DISTINCT FROM '%(expected)s' THEN "
+    )
+    .format(table=QUALIFIED)
+    .as_bytes(None)
+    + _RAISE_CHANGED
+    + b" END IF; END$cicd_db$"
+)
+
+
+def recorded_check(
+    conn: psycopg.Connection[Any],
+    recorded: Recorded,
+    migration: Migration,
+    state: tuple[bytes | None, ...] | None = None,
+) -> bytes:
+    """A check that the history row is there (a trigger could have swallowed it), and
+    that the history is the rows `recorded` plus this one: a file may not have
+    emptied, edited or replaced it (TRUNCATE, DELETE, UPDATE, DROP and CREATE).
+
+    With `state`, the history as the file's transaction found it (STATE), the check
+    is a few lookups, whatever the history's size: the row as written, and, on the
+    table of that name, the storage it had and this session's counts of the table
+    it had, grown by that one row and nothing else (rows written to a table renamed
+    away would be counted there; the row then went elsewhere). Without it (a
+    no-transaction file, whose statements commit one by one), or where PostgreSQL
+    does not count (track_counts off), an md5 over every row instead; PL/pgSQL plans
+    a branch only when it reaches it.
+    """
+    values: dict[bytes, Any] = {
+        b"name": sql.Literal(migration.name).as_bytes(conn),
+        b"checksum": sql.Literal(migration.checksum).as_bytes(conn),
+        b"version": migration.version,
+        b"expected": recorded.fingerprint(migration).encode(),
+    }
+    check = _ROW_CHECK
+    # All five, or the table was not there when the transaction began (NULLs).
+    known = [int(value) for value in state or () if value is not None]
+    if len(known) == 5:
+        oid, filenode, inserted, updated, deleted = known
+        values |= {
+            b"oid": oid,
+            b"filenode": filenode,
+            b"inserted": inserted + 1,
+            b"updated": updated,
+            b"deleted": deleted,
+        }
+        check += _COUNTED_CHECK
+    return (check + _FINGERPRINT_CHECK) % values
+
+
+# The history as cicd-db makes it (create()): its columns' types, all NOT NULL, and its
+# primary key; nothing else on it.
+OWN_COLUMNS = {
+    "version": "bigint",
+    "name": "text",
+    "checksum": "text",
+    "applied_at": "timestamp with time zone",
+    "applied_by": "text",
+    "duration_ms": "integer",
+}
+OWN_CONSTRAINT = f"{TABLE}_pkey"
+# What is on the history table that can refuse a row, by kind: columns (type, NOT
+# NULL), and every constraint, unique index (beside a constraint's own) and trigger.
+_ON_THE_HISTORY = sql.SQL(
+    """
+    SELECT 'column', a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = {t}::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT 'constraint', c.conname::text, '', true FROM pg_catalog.pg_constraint c
+     WHERE c.conrelid = {t}::pg_catalog.regclass AND c.contype <> 'n'
+    UNION ALL
+    SELECT 'index', i.relname::text, '', true FROM pg_catalog.pg_index x
+      JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+     WHERE x.indrelid = {t}::pg_catalog.regclass AND x.indisunique AND NOT EXISTS (
+           SELECT FROM pg_catalog.pg_constraint c WHERE c.conindid = x.indexrelid
+              AND c.conrelid = x.indrelid)
+    UNION ALL
+    SELECT 'trigger', g.tgname::text, '', true FROM pg_catalog.pg_trigger g
+     WHERE g.tgrelid = {t}::pg_catalog.regclass AND NOT g.tgisinternal
+
+    """
+).format(t=sql.Literal(f"{SCHEMA}.{TABLE}"))
+
+
+def alterations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """What was changed on the history since cicd-db made it, each with the statement
+    that undoes it, of what can refuse a row: a column added, retyped or made nullable,
+    a constraint, unique index or trigger added. Empty when it is as made, or gone. Reads, with
+    PINNED, on an idle session (a failed file's transaction rolled back)."""
+    try:
+        rows = pinned_rows(conn, _ON_THE_HISTORY)
+    except psycopg.Error:
+        return []  # the history is gone (told elsewhere), or the session with it
+    name = shown(conn, SCHEMA, TABLE)
+    found: list[tuple[str, str]] = []
+    seen = set()
+    for kind, item, detail, not_null in rows:
+        which = shown(conn, item)
+        if kind == "column":
+            seen.add(item)
+            own = OWN_COLUMNS.get(item)
+            if own is None:
+                found.append(
+                    (f"column {which} {detail} added", f"ALTER TABLE {name} DROP COLUMN {which}")
+                )
+            elif detail != own:
+                found.append(
+                    (
+                        f"column {which} is {detail}, not {own}",
+                        f"ALTER TABLE {name} ALTER COLUMN {which} TYPE {own}",
+                    )
+                )
+            elif not not_null:
+                found.append(
+                    (
+                        f"column {which} may be null",
+                        f"ALTER TABLE {name} ALTER COLUMN {which} SET NOT NULL",
+                    )
+                )
+        elif kind == "constraint" and item != OWN_CONSTRAINT:
+            found.append(
+                (f"constraint {which} added", f"ALTER TABLE {name} DROP CONSTRAINT {which}")
+            )
+        elif kind == "index":
+            found.append((f"index {which} added", f"DROP INDEX {shown(conn, SCHEMA, item)}"))
+        elif kind == "trigger":
+            found.append((f"{kind} {which} added", f"DROP {kind.upper()} {which} ON {name}"))
+    if rows:
+        found += [
+            (f"column {shown(conn, column)} is missing", "rename or restore it")
+            for column in OWN_COLUMNS
+            if column not in seen
+        ]
+    return found
