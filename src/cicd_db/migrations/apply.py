@@ -14,7 +14,9 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
@@ -278,7 +280,7 @@ class Applier:
 
     def _outside_transaction(self, migration: Migration) -> tuple[str, ...]:
         started = time.perf_counter()
-        notes = self._drop_invalid_index(migration)
+        notes = drop_invalid_index(self.conn, migration)
         self.session.run_steps(migration)
         duration_ms = (time.perf_counter() - started) * 1000
         self.session.end_transaction()
@@ -371,45 +373,46 @@ class Applier:
             return "it was rolled back"
         return f"what it did {committed} committed"
 
-    def _drop_invalid_index(self, migration: Migration) -> tuple[str, ...]:
-        """Drop the invalid index an interrupted CREATE INDEX CONCURRENTLY left behind.
 
-        PostgreSQL's own advice for that case; without it, the file could never be
-        run again (the name is taken) or, with IF NOT EXISTS, would keep a broken index.
-        """
-        target = index_target(migration)
-        if target is None:
-            return ()
-        name, schema, table = target
-        # The index of that name on a table of the name the file gives (in the schema it
-        # gives, else in any: the file may set its own search_path), left invalid; one
-        # another session is building right now is invalid too, until it is done.
-        invalid = history.pinned_rows(
-            self.conn,
-            sql.SQL(
-                "SELECT format('%I.%I', n.nspname, c.relname), EXISTS (SELECT FROM "
-                "pg_catalog.pg_stat_progress_create_index p WHERE p.index_relid = c.oid) "
-                "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                "JOIN pg_catalog.pg_class t ON t.oid = i.indrelid "
-                "WHERE c.relname = {name} AND NOT i.indisvalid AND t.relname = {table} "
-                "AND ({schema}::text IS NULL OR n.nspname = {schema}) ORDER BY 1"
-            ).format(name=sql.Literal(name), table=sql.Literal(table), schema=sql.Literal(schema)),
+def drop_invalid_index(conn: psycopg.Connection[Any], migration: Migration) -> tuple[str, ...]:
+    """Drop the invalid index an interrupted CREATE INDEX CONCURRENTLY left behind.
+
+    PostgreSQL's own advice for that case; without it, the file could never be
+    run again (the name is taken) or, with IF NOT EXISTS, would keep a broken index.
+    """
+    target = index_target(migration)
+    if target is None:
+        return ()
+    name, schema, table = target
+    # The index of that name on a table of the name the file gives (in the schema it
+    # gives, else in any: the file may set its own search_path), left invalid; one
+    # another session is building right now is invalid too, until it is done.
+    invalid = history.pinned_rows(
+        conn,
+        sql.SQL(
+            "SELECT format('%I.%I', n.nspname, c.relname), EXISTS (SELECT FROM "
+            "pg_catalog.pg_stat_progress_create_index p WHERE p.index_relid = c.oid) "
+            "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_catalog.pg_class t ON t.oid = i.indrelid "
+            "WHERE c.relname = {name} AND NOT i.indisvalid AND t.relname = {table} "
+            "AND ({schema}::text IS NULL OR n.nspname = {schema}) ORDER BY 1"
+        ).format(name=sql.Literal(name), table=sql.Literal(table), schema=sql.Literal(schema)),
+    )
+    building = [str(row[0]) for row in invalid if row[1]]
+    if building:
+        raise MigrationRefused(
+            f"migration {migration.filename} builds index {name}, and another session is "
+            f"building {building[0]} right now; wait until it is done (pg_stat_progress_"
+            "create_index shows it), then run again"
         )
-        building = [str(row[0]) for row in invalid if row[1]]
-        if building:
-            raise MigrationRefused(
-                f"migration {migration.filename} builds index {name}, and another session is "
-                f"building {building[0]} right now; wait until it is done (pg_stat_progress_"
-                "create_index shows it), then run again"
-            )
-        if len(invalid) > 1:
-            raise MigrationRefused(
-                f"migration {migration.filename} builds index {name}, and {len(invalid)} invalid "
-                f"indexes have that name ({', '.join(str(row[0]) for row in invalid)}); drop the "
-                "one the interrupted run left (DROP INDEX CONCURRENTLY) and run again"
-            )
-        if not invalid:
-            return ()
-        self.conn.execute(b"DROP INDEX CONCURRENTLY IF EXISTS " + str(invalid[0][0]).encode())
-        return (f"dropped invalid index {name} left by an interrupted run",)
+    if len(invalid) > 1:
+        raise MigrationRefused(
+            f"migration {migration.filename} builds index {name}, and {len(invalid)} invalid "
+            f"indexes have that name ({', '.join(str(row[0]) for row in invalid)}); drop the "
+            "one the interrupted run left (DROP INDEX CONCURRENTLY) and run again"
+        )
+    if not invalid:
+        return ()
+    conn.execute(b"DROP INDEX CONCURRENTLY IF EXISTS " + str(invalid[0][0]).encode())
+    return (f"dropped invalid index {name} left by an interrupted run",)
