@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import quote
+from unittest import mock
+from urllib.parse import quote, urlencode
 
 import hypothesis
 import psycopg.conninfo
@@ -188,6 +189,60 @@ def test_the_urls_options_reach_the_migrations(
     result = run_cli("migrate", "--database-url", url, "--migrations-dir", str(folder), env=env)
     assert result.code == 0, result.err
     assert database.query("SELECT statement_timeout, check_interval FROM seen") == [seen]
+
+
+@pytest.mark.parametrize("named", ["url", "PGSERVICE"])
+@pytest.mark.parametrize(
+    ("url_options", "pgoptions"),
+    [(None, None), (None, "-c statement_timeout=9"), ("-c statement_timeout=1234", "-c x.y=1")],
+    ids=["service-only", "service-over-pgoptions", "url-over-service"],
+)
+def test_a_services_options_reach_every_session_as_psql_sends_them(
+    database: Database,
+    tmp_path: Path,
+    named: str,
+    url_options: str | None,
+    pgoptions: str | None,
+) -> None:
+    """libpq takes `options` from the URL, else the service, else PGOPTIONS; cicd-db
+    sends options of its own, so it must find the user's where libpq would: psql, given
+    the same URL and environment, is the oracle, for the runner's session and a reading
+    one (report, insights, retention)."""
+    settings = database.settings
+    services = tmp_path / "pg_service.conf"
+    services.write_text(
+        "[cicd_opts]\n"
+        f"host={settings.host}\nport={settings.port}\ndbname={settings.database}\n"
+        "options=-c statement_timeout=4321 -c lock_timeout=777\n"
+    )
+    env = {**credentials(database), "PGSERVICEFILE": str(services)}
+    if pgoptions:
+        env["PGOPTIONS"] = pgoptions
+    query = {"service": "cicd_opts"} if named == "url" else {}
+    if named == "PGSERVICE":
+        env["PGSERVICE"] = "cicd_opts"
+    if url_options:
+        query["options"] = url_options
+    url = "postgresql://" + (f"?{urlencode(query, quote_via=quote)}" if query else "")
+    shown = subprocess.run(
+        [str(psql_bin()), "-X", "-A", "-t", "-w", "-c", "SHOW statement_timeout", url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    assert shown == ("1234ms" if url_options else "4321ms")  # the oracle is as documented
+    folder = write_migrations(tmp_path / "m", {"0001_seen.sql": SETTINGS_SEEN})
+    result = run_cli("migrate", "--database-url", url, "--migrations-dir", str(folder), env=env)
+    assert result.code == 0, result.err
+    assert database.query("SELECT statement_timeout FROM seen") == [(shown,)]
+    with (
+        mock.patch.dict(os.environ, env),
+        targets.connect(targets.resolve(database_url=url).settings) as conn,
+    ):
+        reading = conn.execute("SHOW statement_timeout").fetchone()
+    assert reading == (shown,)
 
 
 def test_a_statement_timeout_in_the_url_stops_a_long_migration(

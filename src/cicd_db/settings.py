@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -141,6 +142,17 @@ class ConnectionSettings:
     def parameter(self, keyword: str) -> str | None:
         """A libpq keyword the URL named besides the fields (`options`, `sslrootcert`, ...)."""
         return dict(self.parameters).get(keyword)
+
+    def user_options(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """The `options` libpq would send were cicd-db to name none of its own: the URL's,
+        else its service's (the URL's `service`, or PGSERVICE); None for neither, and
+        then PGOPTIONS holds them (options_with reads it). cicd-db names options of its
+        own, and libpq then reads neither the service's nor PGOPTIONS."""
+        given = self.parameter("options")
+        if given is not None:
+            return given
+        service = self.parameter("service") or environ.get("PGSERVICE")
+        return service_options(service) if service else None
 
     @property
     def where(self) -> str:
@@ -313,6 +325,28 @@ def _url_host(host: str) -> str:
 
 
 URL_FORM = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
+
+
+_SERVICE_LOOKUP = threading.Lock()
+
+
+def service_options(service: str) -> str | None:
+    """The `options` libpq reads for `service` (from the service file, else PGOPTIONS),
+    or None for none. Asked of libpq itself (its defaults, PQconndefaults, with
+    PGSERVICE naming the service, which is the one way libpq offers to read a service);
+    a service it cannot read gives none here, and connecting then says why."""
+    with _SERVICE_LOOKUP:
+        before = os.environ.get("PGSERVICE")
+        os.environ["PGSERVICE"] = service
+        try:
+            defaults = pq.Conninfo.get_defaults()
+        finally:
+            if before is None:
+                del os.environ["PGSERVICE"]
+            else:
+                os.environ["PGSERVICE"] = before
+    found = next((option.val for option in defaults if option.keyword == b"options"), None)
+    return found.decode() if found else None
 
 
 def options_with(

@@ -200,9 +200,7 @@ def connect(
     without `options`, the session has READING_OPTIONS after the user's.
     """
     if "options" not in overrides:
-        overrides["options"] = options_with(
-            READING_OPTIONS, settings.parameter("options"), ours_win=True
-        )
+        overrides["options"] = options_with(READING_OPTIONS, settings.user_options(), ours_win=True)
     try:
         # Named in pg_stat_activity, unless the URL names the application itself.
         conninfo = settings.conninfo(fallback_application_name="cicd-db", **overrides)

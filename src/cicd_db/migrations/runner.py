@@ -182,7 +182,7 @@ def open_runner(
         )
     with targets.connect(
         settings,
-        options=session_options(settings.parameter("options")),
+        options=session_options(settings.user_options()),
         client_encoding=CLIENT_ENCODING,
     ) as conn:
         try:
@@ -206,7 +206,7 @@ def scratch_dump(files: list[Migration], admin: ConnectionSettings) -> str:
     try:
         with targets.connect(
             scratch,
-            options=session_options(scratch.parameter("options")),
+            options=session_options(scratch.user_options()),
             client_encoding=CLIENT_ENCODING,
         ) as conn:
             Runner(conn, files).apply()
