@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cicd_db.migrations import failures
 from cicd_db.settings import ConnectionSettings
 
 from ..fix_cli import migrate
@@ -285,3 +286,32 @@ def test_a_server_that_ends_the_session_is_not_blamed_on_the_file(
     ), err
     assert "fix the file" not in err
     assert database.history() == []
+
+
+@pytest.mark.parametrize(
+    ("source", "undo"),
+    [
+        ("database", 'ALTER DATABASE "my db" RESET statement_timeout'),
+        ("user", 'ALTER ROLE "Mé" RESET statement_timeout'),
+        ("database user", 'ALTER ROLE "Mé" IN DATABASE "my db" RESET statement_timeout'),
+        ("global", "ALTER ROLE ALL RESET statement_timeout"),
+        ("configuration file", "postgresql.conf or ALTER SYSTEM"),
+        ("command line", "the server's command line"),
+        ("client", "the URL's, the service's or PGOPTIONS"),
+        ("default", None),
+        ("session", None),
+    ],
+)
+def test_a_setting_is_told_by_where_pg_settings_says_it_was_set(
+    source: str, undo: str | None
+) -> None:
+    """Each source pg_settings reports: where it was set and what undoes it, with the
+    names as SQL writes them; a default, or the session's own SET, is nobody's to undo."""
+    advice = failures.setting_advice(
+        "statement_timeout", "300ms", source, database='"my db"', role='"Mé"'
+    )
+    if undo is None:
+        assert advice is None
+        return
+    assert advice is not None and advice.startswith("statement_timeout is 300ms ")
+    assert undo in advice, advice

@@ -26,6 +26,7 @@ from cicd_db.migrations.failures import (
     abridge,
     describe_failure,
     first_line,
+    setting_advice,
 )
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.history import shown
@@ -314,23 +315,7 @@ class Session:
         # encoding (a LATIN1 database would return another name for a role "rôle").
         info = self.conn.info
         db, role = shown(self.conn, info.dbname), shown(self.conn, info.user)
-        now = f"{name} is {value or repr('')}"
-        return {
-            "database": f"{now} for database {db}, set by ALTER DATABASE (perhaps by a "
-            f"migration): undo it with ALTER DATABASE {db} RESET {name}",
-            "user": f"{now} for role {role}, set by ALTER ROLE (perhaps by a migration): "
-            f"undo it with ALTER ROLE {role} RESET {name}",
-            "database user": f"{now} for role {role} in database {db}, set by ALTER ROLE "
-            f"(perhaps by a migration): undo it with ALTER ROLE {role} IN DATABASE {db} "
-            f"RESET {name}",
-            "global": f"{now} for every role, set by ALTER ROLE ALL (perhaps by a migration): "
-            f"undo it with ALTER ROLE ALL RESET {name}",
-            "configuration file": f"{now} in the server's configuration (postgresql.conf or "
-            "ALTER SYSTEM): change it there",
-            "command line": f"{now} on the server's command line: change it there",
-            "client": f"{now} in the connection's options (the URL's options or PGOPTIONS): "
-            "change it there",
-        }.get(source)
+        return setting_advice(name, value, source, database=db, role=role)
 
     def copy(self, migration: Migration, step: Copy) -> None:
         """COPY ... FROM STDIN with the data lines that follow it in the file, as psql sends them."""
