@@ -7,6 +7,8 @@ import inspect
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cicd_db import cli, commands, migrations
 
@@ -129,3 +131,28 @@ def test_every_flag_is_a_keyword_of_its_command() -> None:
     up = " ".join(subcommands(subcommands(cli.build())["migrate"])["up"].format_help().split())
     assert f"lock timeout or deadlock ({migrations.DEFAULT_RETRIES})" in up
     assert f"wait for another runner ({migrations.DEFAULT_LOCK_TIMEOUT:g})" in up
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    command=st.sampled_from(
+        [
+            ("report", "--pipeline", "p"),
+            ("insights",),
+            ("retention", "--keep-days", "9"),
+            ("migrate", "up"),
+        ]
+    ),
+    stray=st.text(min_size=1).filter(lambda text: not text.startswith("-")),
+)
+def test_a_stray_argument_is_told_on_one_line_that_no_terminal_acts_on(
+    command: tuple[str, ...], stray: str
+) -> None:
+    """Whatever an unexpected argument holds (an escape sequence, a newline that would
+    forge a second `error:` line, a bidi override), the refusal is one line, exit 2,
+    and every character of it printable."""
+    result = run_cli(*command, "--database-url", "postgresql://u@127.0.0.1:1/db", stray)
+    assert result.code == 2, result
+    assert "unrecognized arguments" in result.err, result.err
+    assert result.err.endswith("\n") and result.err.count("\n") == 1, result.err
+    assert result.err[:-1].isprintable(), result.err

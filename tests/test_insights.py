@@ -766,3 +766,36 @@ def test_the_demo_tells_its_story_and_never_shows_zero_seconds(
     [e2e] = [job for job in web.jobs if job.job == "e2e"]
     assert e2e.flaky_commits >= 5 and 0.04 < (e2e.failure_rate or 0) < 0.15
     assert api.cancelled > 0
+
+
+# What a terminal acts on, or forges a line with: escape, bell, carriage return, newline,
+# a C1 control, and a bidi override.
+CONTROLS = "\x1b[31m\x07\r\nerror: forged\x9b\u202e"
+
+
+@pytest.mark.parametrize("scope", ["pipeline", "every pipeline"])
+def test_the_page_and_the_path_it_is_written_to_carry_no_control_characters(
+    migrated: Database, conn: psycopg.Connection[Any], tmp_path: Path, scope: str
+) -> None:
+    """Names hold whatever an agent sent: on the page (charts, tables, the title), and in
+    the line that says where the page went, each such character is written as repr
+    writes it, so the page printed to a terminal, or the line, cannot act on it."""
+    name = f"p{CONTROLS}"
+    today = datetime.now(UTC) - timedelta(hours=1)
+    history(
+        conn,
+        Planned(today, build=(Job(f"j{CONTROLS}", 60),), test=(Job("unit", 5, FAILED),)),
+        pipeline=name,
+    )
+    page = tmp_path / f"out{CONTROLS}.html"
+    which = ("--pipeline", name) if scope == "pipeline" else ()
+    done = run_cli(
+        "insights", "--database-url", migrated.url, *which, "--format", "html", "-o", str(page)
+    )
+    assert done.code == 0, done.err
+    assert done.out.count("\n") == 1 and done.out[:-1].isprintable(), done.out
+    text = page.read_text()
+    assert all(ch.isprintable() or ch in "\n\t" for ch in text), sorted(
+        {repr(ch) for ch in text if not (ch.isprintable() or ch in "\n\t")}
+    )
+    assert "\\x1b[31m" in text  # the name is there, escaped

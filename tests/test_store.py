@@ -6,16 +6,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from threading import Barrier
 from uuid import uuid4
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg_pool import ConnectionPool
 
-from cicd_db import store
-from cicd_db.errors import AlreadyExists, IllegalTransition, NotFound
+from cicd_db import insights, report, retention, store
+from cicd_db.errors import MAX_NAME_BYTES, AlreadyExists, IllegalTransition, NotFound, UsageError
 from cicd_db.store import CANCELED, FAILED, PENDING, RUNNING, SUCCESS, Store
 
 from .fix_db import Database, Databases
@@ -926,3 +928,172 @@ def test_racing_batches_move_each_job_once(schema: Database, executions: Store) 
             outcomes = sorted(agents.map(report, range(8)))
     assert outcomes == ["moved"] + ["refused"] * 7
     assert schema.query("SELECT DISTINCT status FROM job_executions") == [(RUNNING,)]
+
+
+# -- arguments no table can hold: refused before anything is written -------------------
+
+# Each writing call, with one argument of it given `bad`.
+WRITES: dict[str, Callable[[Store, Trial, object], object]] = {
+    "pipeline_name": lambda s, t, bad: s.start_run(bad, "abc"),  # type: ignore[arg-type]
+    "commit_hash": lambda s, t, bad: s.start_run("p", bad),  # type: ignore[arg-type]
+    "stage_name": lambda s, t, bad: s.add_stage(t.run, bad, 2),  # type: ignore[arg-type]
+    "job_name": lambda s, t, bad: s.add_jobs(t.stage, [("ok", False), (bad, False)]),  # type: ignore[list-item]
+}
+# And each reading call that takes a name.
+READS: dict[str, Callable[[Store, Trial, object], object]] = {
+    "pipeline_name": lambda s, t, bad: s.runs(bad),  # type: ignore[arg-type]
+    "stage_name": lambda s, t, bad: s.stage(t.run, bad),  # type: ignore[arg-type]
+    "job_name": lambda s, t, bad: s.job(t.run, t.stage, bad),  # type: ignore[arg-type]
+}
+# Names no table can hold, by class: each is refused naming the argument and what is wrong.
+BAD_NAMES = {
+    "empty": ("", "is empty"),
+    "nul": ("a\x00b", "holds a NUL byte (at character 2)"),
+    "surrogate": ("a\udc80", "is not valid Unicode"),
+    "too-long": ("é" * 501, "is 1,002 bytes as UTF-8; at most 1,000 are taken"),
+    "not-text": (7, "must be text, not int"),
+    "none": (None, "must be text, not NoneType"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+@pytest.mark.parametrize("argument", [*WRITES, *(f"read {a}" for a in READS)])
+def test_a_name_no_table_can_hold_is_refused_naming_the_argument(
+    schema: Database, executions: Store, argument: str, bad: str
+) -> None:
+    """Refused as a UsageError (a ValueError too) that names the argument and what is
+    wrong with it, never echoing the name, before anything is sent: no row written."""
+    trial = _running(executions, "none")
+    before = snapshot(schema)
+    value, said = BAD_NAMES[bad]
+    name = argument.removeprefix("read ")
+    call = READS[name] if argument.startswith("read ") else WRITES[name]
+    with pytest.raises(UsageError) as refused:
+        call(executions, trial, value)
+    assert isinstance(refused.value, ValueError)
+    assert str(refused.value).startswith(f"`{name}` {said}"), str(refused.value)
+    assert snapshot(schema) == before
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=st.text(max_size=400))
+def test_any_text_is_stored_and_read_back_exactly_or_refused_whole(
+    schema: Database, executions: Store, name: str
+) -> None:
+    """Any Unicode text as a pipeline, stage and job name (hypothesis): it comes back
+    exactly, or the call is refused as a UsageError and writes nothing."""
+    before = snapshot(schema)
+    try:
+        run = executions.start_run(name, "abc")
+        stage = executions.add_stage(run, name, 1)
+        (job,) = executions.add_jobs(stage, [(name, False)])
+    except UsageError:
+        assert snapshot(schema) == before
+        return
+    found = executions.run(name, run.run_number)
+    assert found.pipeline_name == name
+    assert executions.stage(found, name).stage_name == name
+    assert executions.job(found, stage, name) == job
+
+
+def test_the_longest_name_taken_fits_every_unique_index(executions: Store) -> None:
+    """MAX_NAME_BYTES of text that does not compress, as pipeline, stage and job name:
+    every unique index takes it (PostgreSQL's limit is about 2,700 bytes an entry)."""
+    name = "".join(chr(0x4E00 + (n * 7919) % 20000) for n in range(MAX_NAME_BYTES // 3))
+    assert len(name.encode()) <= MAX_NAME_BYTES
+    run = executions.start_run(name, "abc")
+    stage = executions.add_stage(run, name, 1)
+    assert [job.job_name for job in executions.add_jobs(stage, [(name, False)])] == [name]
+
+
+# Times the store can write but not read back, or would shift: each is refused, and the
+# row keeps its status.
+BAD_TIMES = {
+    "naive": (datetime(2026, 1, 1, 9, 0), "has no time zone"),
+    "after-9999-in-utc": (
+        datetime.max.replace(tzinfo=timezone(timedelta(hours=-14))),
+        "is out of range",
+    ),
+    "before-year-1-in-utc": (
+        datetime.min.replace(tzinfo=timezone(timedelta(hours=14))),
+        "is out of range",
+    ),
+    "a-date": (date(2026, 1, 1), "must be a datetime, not date"),
+}
+MOVES_AT: dict[str, Callable[[Store, Trial, object], object]] = {
+    "set_status": lambda s, t, at: s.set_status(t.run, CANCELED, at=at),  # type: ignore[arg-type]
+    "set_statuses": lambda s, t, at: s.set_statuses(s.jobs(t.stage), RUNNING, at=at),  # type: ignore[arg-type]
+    "finish_stage": lambda s, t, at: s.finish_stage(t.stage, at=at),  # type: ignore[arg-type]
+    "cancel_run": lambda s, t, at: s.cancel_run(t.run, at=at),  # type: ignore[arg-type]
+    "job to RUNNING": lambda s, t, at: s.set_status(s.jobs(t.stage)[0], RUNNING, at=at),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("bad", BAD_TIMES)
+@pytest.mark.parametrize("move", MOVES_AT)
+def test_a_time_that_could_not_be_read_back_or_would_shift_is_refused(
+    schema: Database, executions: Store, move: str, bad: str
+) -> None:
+    """A time outside years 1 to 9999 once in UTC was written, then failed to read back,
+    and every later report of the pipeline failed; a naive one was read in the session's
+    time zone. Both are refused before anything is written."""
+    trial = _running(executions, "job" if move == "finish_stage" else "none")
+    before = snapshot(schema)
+    at, said = BAD_TIMES[bad]
+    with pytest.raises(UsageError) as refused:
+        MOVES_AT[move](executions, trial, at)
+    assert str(refused.value).startswith("`at` ") and said in str(refused.value)
+    assert snapshot(schema) == before
+
+
+@pytest.mark.parametrize(
+    ("call", "said"),
+    [
+        (lambda s, t: s.add_stage(t.run, "test", 2**31), "`execution_order` 2147483648 is out"),
+        (lambda s, t: s.add_stage(t.run, "test", True), "`execution_order` must be a whole"),
+        (lambda s, t: s.add_stage(t.run, "test", None), "`execution_order` must be a whole"),
+        (lambda s, t: s.add_jobs(t.stage, [("j", None)]), "allows_failure of job 'j' must be"),
+        (lambda s, t: s.runs("build", limit=-1), "`limit` -1 is no count"),
+        (
+            lambda s, t: s.add_jobs(t.stage, [("a", False), ("a", True)]),
+            "job 'a' is in the batch twice",
+        ),
+    ],
+    ids=["order-out-of-range", "order-bool", "order-none", "allows-none", "limit", "twice"],
+)
+def test_values_no_column_can_hold_are_refused_before_anything_is_written(
+    schema: Database, executions: Store, call: Callable[[Store, Trial], object], said: str
+) -> None:
+    trial = _running(executions, "none")
+    before = snapshot(schema)
+    with pytest.raises(UsageError) as refused:
+        call(executions, trial)
+    assert str(refused.value).startswith(said), str(refused.value)
+    assert snapshot(schema) == before
+
+
+def test_adding_no_jobs_still_says_when_the_stage_is_missing_or_finished(
+    executions: Store,
+) -> None:
+    trial = _running(executions, "stage")
+    with pytest.raises(NotFound):
+        executions.add_jobs(uuid4(), [])
+    with pytest.raises(IllegalTransition, match="is SUCCESS; jobs can be added only before"):
+        executions.add_jobs(trial.stage, [])
+    open_stage = executions.add_stage(trial.run, "later", 2)
+    assert executions.add_jobs(open_stage, []) == []
+
+
+@pytest.mark.parametrize("entry", ["report", "insights", "retention"])
+def test_the_library_entry_points_refuse_a_name_no_table_can_hold(
+    schema: Database, entry: str
+) -> None:
+    with schema.connect() as conn, pytest.raises(UsageError, match="holds a NUL byte"):
+        if entry == "report":
+            report.fetch(Store.on(conn), "p\x00")
+        elif entry == "insights":
+            insights.insights(conn, "p\x00")
+        else:
+            retention.prune(conn, keep_days=1, pipeline="p\x00")

@@ -49,6 +49,7 @@ from cicd_db.errors import (
     NotFound,
     Terminated,
     UsageError,
+    one_line,
 )
 from cicd_db.retention import MAX_BATCH_SIZE, MAX_KEEP_DAYS
 from cicd_db.settings import not_utf8, redact
@@ -572,7 +573,10 @@ def main(
 
 
 def _print_error(message: str, context: Context | None, trace: bool = False) -> None:
-    print(f"error: {redact(message, context.secrets if context else [])}", file=sys.stderr)
+    # One line, whatever it quotes (an argument, a path): what a terminal would act on
+    # (an escape sequence, a newline that forges a second line) is written as repr writes it.
+    shown = one_line(redact(message, context.secrets if context else []))
+    print(f"error: {shown}", file=sys.stderr)
     if trace:
         traceback.print_exc()
 

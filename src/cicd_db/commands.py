@@ -34,6 +34,7 @@ from cicd_db.errors import (
     EXIT_PENDING,
     ConfigError,
     UsageError,
+    one_line,
 )
 from cicd_db.retention import DEFAULT_BATCH_SIZE
 from cicd_db.settings import (
@@ -248,7 +249,7 @@ def up(
             _write(dump_schema, schema.dump(where.settings.for_migrations()))
     summary = console.up_summary(where.description, dry_run, len(results), elapsed_ms)
     if dump_schema and not dry_run:  # not with --json: stdout stays one JSON document
-        summary += f"\nschema written to {dump_schema}"
+        summary += f"\nschema written to {one_line(str(dump_schema))}"
     ctx.show(console.applied_json(where.description, dry_run, results, notes), lambda: [summary])
     return 0
 
@@ -326,7 +327,7 @@ def schema_dump(ctx: Context, *, output: Path | None = None) -> int:
         sys.stdout.write(text)
         return 0
     _write(output, text)
-    ctx.say(f"schema written to {output}")
+    ctx.say(f"schema written to {one_line(str(output))}")
     return 0
 
 
@@ -441,7 +442,7 @@ def show_insights(
         sys.stdout.write(text)
         return 0
     _write(output, text)
-    ctx.say(f"insights written to {output}")
+    ctx.say(f"insights written to {one_line(str(output))}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """The exceptions cicd-db raises, and the exit code each one maps to.
 
     CicdDbError                 every error we raise; message says how to fix it
-    ├── UsageError              exit 2: bad flags or arguments
+    ├── UsageError              exit 2: bad flags or arguments (a ValueError too)
     ├── ConfigError             exit 2: a target, URL, stack or folder that cannot be used
     │   ├── StackError          reading a Pulumi stack's outputs failed
     │   ├── AuthenticationFailed the server refused the user or password
@@ -77,7 +77,10 @@ class CicdDbError(Exception):
         )
 
 
-class UsageError(CicdDbError):
+class UsageError(CicdDbError, ValueError):
+    """A bad argument: to the CLI, a flag; to the library, a parameter (so a ValueError
+    too, as Python's own functions raise for a value they cannot take)."""
+
     exit_code = 2
 
 
@@ -175,12 +178,44 @@ def check_range(argument: str, value: int, most: int) -> None:
         )
 
 
-def check_not_empty(argument: str, name: str | None) -> None:
-    """UsageError for a name given empty (`--stage ""`, an unset shell variable): it is
-    not a name left out, and is never read as the wider view."""
-    if name == "":
+# The longest name (a pipeline's, a stage's, a job's) cicd-db takes, in bytes as UTF-8:
+# each is part of a unique B-tree index's key, whose entries PostgreSQL caps at about
+# 2,700 bytes (a longer one is refused only once written, "index row size exceeds").
+MAX_NAME_BYTES = 1000
+
+
+def check_name(argument: str, name: object, *, optional: bool = False) -> None:
+    """UsageError unless `name` is a name PostgreSQL can store and index: text, not
+    empty (`--stage ""`, an unset shell variable: not a name left out, and never read
+    as the wider view), no NUL byte, no lone surrogate, at most MAX_NAME_BYTES as
+    UTF-8. `optional`: None is a name left out. The name itself is never echoed: it
+    may be huge, or hold what a terminal would act on."""
+    if name is None and optional:
+        return
+    if not isinstance(name, str):
         raise UsageError(
-            f"{{{argument}}} is empty; give a name, or leave {{{argument}}} out",
+            f"{{{argument}}} must be text, not {type(name).__name__}", arguments=[argument]
+        )
+    if name == "":
+        leave = f", or leave {{{argument}}} out" if optional else ""
+        raise UsageError(f"{{{argument}}} is empty; give a name{leave}", arguments=[argument])
+    if "\0" in name:
+        raise UsageError(
+            f"{{{argument}}} holds a NUL byte (at character {name.index(chr(0)) + 1}), which "
+            "PostgreSQL text cannot hold; remove it",
+            arguments=[argument],
+        )
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError as error:
+        raise UsageError(
+            f"{{{argument}}} is not valid Unicode (a lone surrogate at character "
+            f"{error.start + 1}); give it as text",
+            arguments=[argument],
+        ) from None
+    if size > MAX_NAME_BYTES:
+        raise UsageError(
+            f"{{{argument}}} is {size:,} bytes as UTF-8; at most {MAX_NAME_BYTES:,} are taken",
             arguments=[argument],
         )
 

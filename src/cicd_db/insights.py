@@ -41,7 +41,7 @@ from psycopg import errors, sql
 from cicd_db.errors import (
     NotFound,
     UsageError,
-    check_not_empty,
+    check_name,
     check_range,
     no_schema,
 )
@@ -401,9 +401,12 @@ def insights(
         check_range("days", days, MAX_DAYS)
     if runs is not None:
         check_range("runs", runs, MAX_RUNS)
-    check_not_empty("pipeline", pipeline)
+    check_name("pipeline", pipeline, optional=True)
     if now is not None and now.tzinfo is None:
-        raise ValueError("now must be an aware datetime (datetime.now(UTC))")
+        raise UsageError(
+            "{now} has no time zone; give an aware datetime (datetime.now(UTC))",
+            arguments=["now"],
+        )
     params = {"pipeline": pipeline, "days": days, "runs": runs, "now": now}
     try:
         row = conn.execute(_query(pipeline, runs), params).fetchone()

@@ -14,7 +14,7 @@ import json
 from html import escape
 from typing import Any
 
-from cicd_db.errors import ConfigError
+from cicd_db.errors import ConfigError, one_line
 from cicd_db.insights import (
     Insights,
     PipelineInsights,
@@ -96,7 +96,7 @@ def page(result: Insights) -> str:
     if isinstance(result, Summary):
         title, body = "CI insights: every pipeline", _summary_body(result)
     else:
-        title, body = f"CI insights: {result.pipeline}", _pipeline_body(result)
+        title, body = f"CI insights: {one_line(result.pipeline)}", _pipeline_body(result)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -150,7 +150,7 @@ def _pipeline_body(r: PipelineInsights) -> str:
         chart = _chart(
             "HorizontalBar",
             "Slowest jobs (p95, p50)",
-            x_labels=[f"{j.stage} / {j.job}" for j in reversed(slowest)],
+            x_labels=[one_line(f"{j.stage} / {j.job}") for j in reversed(slowest)],
             value_formatter=_axis,
             colors=("#e08a1e", "#3b7dd8"),
             height=120 + 36 * len(slowest),
@@ -163,7 +163,7 @@ def _pipeline_body(r: PipelineInsights) -> str:
         chart = _chart(
             "HorizontalBar",
             "Flakiest jobs: commits that both failed and passed, and failures",
-            x_labels=[f"{j.stage} / {j.job}" for j in reversed(flaky)],
+            x_labels=[one_line(f"{j.stage} / {j.job}") for j in reversed(flaky)],
             colors=("#8e44ad", "#d1342f"),
             height=120 + 36 * len(flaky),
         )
@@ -201,13 +201,13 @@ def _summary_body(summary: Summary) -> str:
     lines = summary.pipelines
     if not lines:
         return "<p>No runs in the window.</p>"
-    status = _chart("StackedBar", "Runs by status", x_labels=[p.pipeline for p in lines])
+    status = _chart("StackedBar", "Runs by status", x_labels=[one_line(p.pipeline) for p in lines])
     for name in COLORS:
         status.add(name, [getattr(p, name) for p in lines])
     durations = _chart(
         "Bar",
         "Run duration (finished runs)",
-        x_labels=[p.pipeline for p in lines],
+        x_labels=[one_line(p.pipeline) for p in lines],
         value_formatter=_axis,
         colors=("#3b7dd8", "#e08a1e"),
     )
@@ -245,7 +245,7 @@ def _table(headers: list[str], rows: list[list[str]], numeric_from: int = 2) -> 
 
     def cell(tag: str, text: str, n: int) -> str:
         numeric = n >= numeric_from
-        return f"<{tag}{' class=n' if numeric else ''}>{escape(text)}</{tag}>"
+        return f"<{tag}{' class=n' if numeric else ''}>{escape(one_line(text))}</{tag}>"
 
     head = "".join(cell("th", h, n) for n, h in enumerate(headers))
     body = "".join(

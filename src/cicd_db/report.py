@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from cicd_db.errors import ConfigError, UsageError, check_not_empty, no_schema, one_line
+from cicd_db.errors import ConfigError, UsageError, check_name, no_schema, one_line
 
 if TYPE_CHECKING:  # only for annotations: `cicd-db migrate` imports this module for grid()
     from cicd_db.store import JobRun, PipelineRun, StageRun, Store
@@ -370,9 +370,9 @@ def fetch(
     that do not fit together and NotFound for what does not exist.
     """
     # An empty name given on purpose (`--stage ""`, an unset shell variable) is not a
-    # name left out: refused, rather than read as the wider view.
+    # name left out: refused, rather than read as the wider view; so is one no table holds.
     for argument, name in (("pipeline", pipeline), ("stage", stage), ("job", job)):
-        check_not_empty(argument, name)
+        check_name(argument, name, optional=True)
     if job is not None and stage is None:
         raise UsageError(
             "{job} needs {stage} (and {run}): a job is named within its stage",

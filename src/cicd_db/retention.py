@@ -39,7 +39,7 @@ from cicd_db.errors import (
     NotFound,
     OperationalError,
     Terminated,
-    check_not_empty,
+    check_name,
     check_range,
     no_schema,
     plural,
@@ -144,7 +144,7 @@ def prune(
         raise ValueError("retention needs an autocommit connection")
     check_range("keep_days", keep_days, MAX_KEEP_DAYS)
     check_range("batch_size", batch_size, MAX_BATCH_SIZE)
-    check_not_empty("pipeline", pipeline)  # never read as "every pipeline"
+    check_name("pipeline", pipeline, optional=True)  # "" is never "every pipeline"
     started = time.monotonic()
     try:
         if pipeline is not None and not _ever_ran(conn, pipeline):

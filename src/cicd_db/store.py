@@ -54,7 +54,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from operator import attrgetter
 from typing import Any, LiteralString, TypeVar
@@ -64,7 +64,7 @@ import psycopg
 from psycopg import errors, sql
 from psycopg.rows import class_row, tuple_row
 
-from cicd_db.errors import AlreadyExists, IllegalTransition, NotFound
+from cicd_db.errors import AlreadyExists, IllegalTransition, NotFound, UsageError, check_name
 
 PENDING, RUNNING, SUCCESS, FAILED, CANCELED = "PENDING", "RUNNING", "SUCCESS", "FAILED", "CANCELED"
 STATUSES = (PENDING, RUNNING, SUCCESS, FAILED, CANCELED)
@@ -367,6 +367,8 @@ class Store:
 
     def start_run(self, pipeline_name: str, commit_hash: str) -> PipelineRun:
         """Record a new run, PENDING, with the pipeline's next run number. Writes."""
+        check_name("pipeline_name", pipeline_name)
+        check_name("commit_hash", commit_hash)
         # Only what the database decides comes back (the id, the run number); the rest
         # is what was sent.
         added = self._tuple(
@@ -383,6 +385,12 @@ class Store:
 
         AlreadyExists when the run has a stage of that name or execution order.
         """
+        check_name("stage_name", stage_name)
+        if not isinstance(execution_order, int) or isinstance(execution_order, bool):
+            raise UsageError(
+                f"{{execution_order}} must be a whole number, not {type(execution_order).__name__}",
+                arguments=["execution_order"],
+            )
         run_id = _id(run)
         with _refusing_duplicates(
             {
@@ -392,14 +400,21 @@ class Store:
                 ),
             }
         ):
-            added = self._tuple(
-                b"WITH parent AS (UPDATE pipeline_executions SET status = status "
-                b"WHERE id = %s AND status IN ('PENDING', 'RUNNING') RETURNING id) "
-                b"INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
-                b"execution_order, status, start_time) "
-                b"SELECT id, %s, %s, 'PENDING', NULL FROM parent RETURNING id",
-                (run_id, stage_name, execution_order),
-            )
+            try:
+                added = self._tuple(
+                    b"WITH parent AS (UPDATE pipeline_executions SET status = status "
+                    b"WHERE id = %s AND status IN ('PENDING', 'RUNNING') RETURNING id) "
+                    b"INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
+                    b"execution_order, status, start_time) "
+                    b"SELECT id, %s, %s, 'PENDING', NULL FROM parent RETURNING id",
+                    (run_id, stage_name, execution_order),
+                )
+            except psycopg.DataError as error:  # the column's range is PostgreSQL's to say
+                raise UsageError(
+                    f"{{execution_order}} {execution_order} is out of range: {{said}}",
+                    arguments=["execution_order"],
+                    values={"said": error.diag.message_primary or error},
+                ) from None
         if added is None:
             parent = self._get(PipelineRun, run_id)
             raise IllegalTransition(
@@ -413,6 +428,16 @@ class Store:
         stage_id = _id(stage)
         names = [name for name, _ in jobs]
         allows = [allows_failure for _, allows_failure in jobs]
+        for name, allows_failure in jobs:
+            check_name("job_name", name)
+            if not isinstance(allows_failure, bool):
+                raise UsageError(
+                    f"allows_failure of job {name!r} must be True or False, not "
+                    f"{type(allows_failure).__name__}"
+                )
+        if len(set(names)) != len(names):
+            twice = next(name for n, name in enumerate(names) if name in names[:n])
+            raise UsageError(f"job {twice!r} is in the batch twice; list it once")
         duplicate = {
             "job_executions_stage_job_name_key": "the stage already has a job of that name"
         }
@@ -431,8 +456,10 @@ class Store:
                     (stage_id, names, allows),
                 ).fetchall()
             )
-        if len(ids) != len(jobs):
+        if len(ids) != len(jobs) or not jobs:  # none added: say why, if it was refused
             parent = self._get(StageRun, stage_id)
+            if not jobs and parent.status in ALLOWED_FROM[CANCELED]:
+                return []
             raise IllegalTransition(
                 f"stage {parent.stage_name!r} is {parent.status}; jobs can "
                 "be added only before it finishes"
@@ -463,6 +490,8 @@ class Store:
             raise IllegalTransition(
                 f"{status!r} is not a status to move to; use one of {', '.join(ALLOWED_FROM)}"
             )
+        if at is not None:
+            _check_at(at)
         ids = [job.id for job in jobs]
         if len(set(ids)) != len(ids):
             twice = next(job for n, job in enumerate(jobs) if job.id in ids[:n])
@@ -526,6 +555,13 @@ class Store:
         self, pipeline_name: str, *, limit: int = 20, before: int | None = None
     ) -> list[PipelineRun]:
         """A pipeline's runs, newest first; `before` pages on by run number (keyset). Reads."""
+        check_name("pipeline_name", pipeline_name)
+        if not isinstance(limit, int) or limit < 0:
+            raise UsageError(
+                "{limit} {given} is no count; give 0 or more",
+                arguments=["limit"],
+                values={"given": repr(limit)},
+            )
         if before is None:
             return self._all(
                 PipelineRun,
@@ -546,6 +582,7 @@ class Store:
 
     def run(self, pipeline_name: str, run_number: int) -> PipelineRun:
         """One run; NotFound names the pipeline and number. Reads."""
+        check_name("pipeline_name", pipeline_name)
         found = self._maybe(
             PipelineRun,
             _q(
@@ -570,6 +607,7 @@ class Store:
 
     def stage(self, run: PipelineRun, stage_name: str) -> StageRun:
         """One stage of a run, by name. Reads."""
+        check_name("stage_name", stage_name)
         found = self._maybe(
             StageRun,
             _q(
@@ -596,6 +634,7 @@ class Store:
 
     def job(self, run: PipelineRun, stage: StageRun, job_name: str) -> JobRun:
         """One job of a stage, by name. Reads."""
+        check_name("job_name", job_name)
         found = self._maybe(
             JobRun,
             _q("SELECT {job} FROM job_executions WHERE stage_execution_id = %s AND job_name = %s"),
@@ -642,6 +681,8 @@ class Store:
         child unfinished or added meanwhile, a time refused) goes the slow way,
         statement by statement, which finishes it if it now may or says exactly why not.
         """
+        if at is not None:
+            _check_at(at)
         params = {"parent": row.id, "status": status, "at": at}
         try:
             finished = self._tuple(FINISH[type(row)], params)
@@ -694,6 +735,8 @@ class Store:
 
     def _cancel(self, row: Row, at: datetime | None) -> Row:
         """Cancel a run or stage and, parent before child, whatever of it has not finished."""
+        if at is not None:
+            _check_at(at)
         what = TABLES[type(row)][2]
         with self._connection() as conn, conn.transaction():
             # Locked first: an adder waiting on the lock then finds the row cancelled, and
@@ -735,6 +778,8 @@ class Store:
             raise IllegalTransition(
                 f"{status!r} is not a status to move to; use one of {', '.join(ALLOWED_FROM)}"
             )
+        if at is not None:
+            _check_at(at)
         query = MOVES[kind, status, at is not None]
         params = (row.id,) if at is None else (at, row.id)
         try:
@@ -780,6 +825,28 @@ class Store:
         with self._connection() as conn, conn.cursor(row_factory=class_row(kind)) as cursor:
             cursor.execute(query, params)
             return cursor.fetchall()
+
+
+def _check_at(at: object) -> None:
+    """UsageError unless `at` is a time the store can write and read back: a datetime
+    with a time zone (a naive one would be read in the session's, shifting the instant
+    silently), within years 1 to 9999 in UTC (what Python can read back)."""
+    if not isinstance(at, datetime):
+        raise UsageError(f"{{at}} must be a datetime, not {type(at).__name__}", arguments=["at"])
+    if at.utcoffset() is None:
+        raise UsageError(
+            f"{{at}} {at.isoformat()} has no time zone; give an aware datetime "
+            "(datetime.now(UTC)): a naive one would be read in the session's time zone",
+            arguments=["at"],
+        )
+    try:
+        at.astimezone(UTC)
+    except OverflowError:
+        raise UsageError(
+            f"{{at}} {at.isoformat()} is out of range: in UTC it falls outside the years "
+            "1 to 9999, which could not be read back",
+            arguments=["at"],
+        ) from None
 
 
 def _fetch_one(

@@ -181,7 +181,8 @@ def test_permission_denied_names_the_privilege(database: Database, tmp_path: Pat
         ),
         (
             {"0001_two_lines.sql": "DO $$BEGIN RAISE EXCEPTION E'first\\nsecond'; END$$;\n"},
-            "0001_two_lines.sql failed at line 1: first\nsecond [P0001]; it was rolled back; "
+            # One line still: the server's newline is written as repr writes it.
+            "0001_two_lines.sql failed at line 1: first\\nsecond [P0001]; it was rolled back; "
             "fix the file and run again",
         ),
         (
