@@ -524,3 +524,53 @@ def test_fetch_names_its_arguments_not_the_cli_flags(
         report.fetch(Store.on(conn), "build", **arguments)
     assert str(raised.value) == message
     assert raised.value.arguments == named
+
+
+# Times PostgreSQL holds and Python cannot, set by hand (the store writes none), and what
+# each reading command then says: report reads the times themselves; insights computes
+# durations from them, and only an infinite one is beyond it.
+BY_HAND = {
+    "infinity": ("completion_time", "infinity"),
+    "minus-infinity": ("start_time", "-infinity"),
+    "year-10000": ("completion_time", "10000-01-01 13:00+00"),
+}
+CANNOT_READ = "error: a value stored in the database cannot be read: "
+NOT_FINITE = "error: a duration in the execution tables is not finite: "
+
+
+@pytest.mark.parametrize("written", BY_HAND)
+@pytest.mark.parametrize(
+    ("command", "told"),
+    [
+        (("report", "--pipeline", "by-hand"), {"": CANNOT_READ}),
+        (("report", "--pipeline", "by-hand", "--run", "1"), {"": CANNOT_READ}),
+        (
+            ("insights", "--pipeline", "by-hand", "--days", "3650"),
+            {"infinity": NOT_FINITE},  # a run started at -infinity is outside any window
+        ),
+        (("insights", "--days", "3650"), {"infinity": NOT_FINITE}),
+    ],
+    ids=["runs", "run", "insights", "insights-summary"],
+)
+def test_a_time_no_python_value_holds_is_told_as_the_rows_not_run_again(
+    migrated: Database, written: str, command: tuple[str, ...], told: dict[str, str]
+) -> None:
+    """A time set by hand that PostgreSQL holds and Python cannot ('infinity', past the
+    year 9999): the command works when it need not read it, else one line that says so
+    and what to do, never "run again" or an unexpected error."""
+    column, value = BY_HAND[written]
+    with migrated.connect() as conn:
+        executions = Store.on(conn)
+        run = executions.set_status(executions.start_run("by-hand", "c1"), RUNNING)
+        conn.execute(
+            f"UPDATE pipeline_executions SET status = 'SUCCESS', {column} = %s WHERE id = %s",
+            [value, run.id],
+        )
+    result = run_cli(*command, "--database-url", migrated.url)
+    said = told.get(written, told.get(""))
+    if said is None:
+        assert (result.code, result.err) == (0, ""), result
+        return
+    assert (result.code, result.out) == (1, ""), result
+    assert result.err.count("\n") == 1 and result.err.startswith(said), result.err
+    assert "correct that row" in result.err and "--debug" not in result.err, result.err

@@ -548,8 +548,17 @@ def main(
         _print_error(phrased(error), context)
         return error.exit_code
     except psycopg.Error as error:  # the server went away or refused something mid-command
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        _print_error(f"database error: {first}; run again, with --debug for details", context, debug)  # fmt: skip
+        first = _first_line(error)
+        if isinstance(error, psycopg.DataError) and error.sqlstate is None:
+            # Read from the server, but no Python value holds it: running again cannot help.
+            _print_error(
+                f"a value stored in the database cannot be read: {first}; a time past the year "
+                "9999 or 'infinity', written by hand? correct that row, and run again",
+                context,
+                debug,
+            )
+        else:
+            _print_error(f"database error: {first}; run again, with --debug for details", context, debug)  # fmt: skip
         return 1
     except KeyboardInterrupt as interrupt:
         _print_error("interrupted", context)
@@ -570,6 +579,11 @@ def main(
             debug,
         )
         return 1
+
+
+def _first_line(error: psycopg.Error) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _print_error(message: str, context: Context | None, trace: bool = False) -> None:

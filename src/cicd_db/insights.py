@@ -40,6 +40,7 @@ from psycopg import errors, sql
 
 from cicd_db.errors import (
     NotFound,
+    OperationalError,
     UsageError,
     check_name,
     check_range,
@@ -412,6 +413,8 @@ def insights(
         row = conn.execute(_query(pipeline, runs), params).fetchone()
     except errors.UndefinedTable:
         raise no_schema() from None
+    except errors.DatetimeFieldOverflow:  # before PostgreSQL 17, infinity - a time fails
+        raise _not_finite() from None
     if row is None:  # an aggregate query always returns its row
         raise RuntimeError("the database returned no row for the insights query")
     if pipeline is None:
@@ -432,7 +435,7 @@ def insights(
         pipeline=pipeline,
         window=Window(days, runs, since, until),
         **_counts(totals),
-        mttr_seconds=mttr,
+        mttr_seconds=_finite(mttr),
         recoveries=recoveries,
         longest_red_streak=longest,
         days=[_day(day) for day in day_rows or []],
@@ -444,9 +447,29 @@ def insights(
 def _floats(row: dict[str, Any]) -> dict[str, Any]:
     """`row` with its durations as floats: JSON from the server writes 420.0 as 420."""
     return {
-        key: float(value) if key.endswith("_seconds") and value is not None else value
-        for key, value in row.items()
+        key: _finite(value) if key.endswith("_seconds") else value for key, value in row.items()
     }
+
+
+def _finite(value: Any) -> float | None:
+    """A duration as a float. One that is not finite comes from a time PostgreSQL holds
+    and no clock reads ('infinity', written by hand: the store writes none): refused,
+    naming it, rather than shown as a figure or written as JSON that is not JSON."""
+    if value is None:
+        return None
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise _not_finite()
+    return seconds
+
+
+def _not_finite() -> OperationalError:
+    return OperationalError(
+        "a duration in the execution tables is not finite: a start or completion time "
+        "of 'infinity' or '-infinity', written by hand? find it (WHERE NOT "
+        "isfinite(start_time) OR NOT isfinite(completion_time)), correct that row, and "
+        "run again"
+    )
 
 
 def _counts(figures: dict[str, Any]) -> dict[str, Any]:
