@@ -45,10 +45,12 @@ def psql_bin() -> Path:
     return Path(bin_dir) / "psql" if bin_dir else wheel_bin_dir() / "psql"
 
 
-def psql(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`psql TARGET -c 'SELECT current_database()'`: the oracle of whether libpq connects."""
+def psql(
+    target: str, env: dict[str, str], query: str = "SELECT current_database()"
+) -> subprocess.CompletedProcess[str]:
+    """`psql TARGET -c QUERY`: the oracle of whether libpq connects, and how."""
     return subprocess.run(
-        [str(psql_bin()), "-X", "-A", "-t", "-w", "-c", "SELECT current_database()", target],
+        [str(psql_bin()), "-X", "-A", "-t", "-w", "-c", query, target],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
@@ -224,14 +226,9 @@ def test_a_services_options_reach_every_session_as_psql_sends_them(
     if url_options:
         query["options"] = url_options
     url = "postgresql://" + (f"?{urlencode(query, quote_via=quote)}" if query else "")
-    shown = subprocess.run(
-        [str(psql_bin()), "-X", "-A", "-t", "-w", "-c", "SHOW statement_timeout", url],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=60,
-        check=True,
-    ).stdout.strip()
+    oracle = psql(url, env, "SHOW statement_timeout")
+    assert oracle.returncode == 0, oracle.stderr
+    shown = oracle.stdout.strip()
     assert shown == ("1234ms" if url_options else "4321ms")  # the oracle is as documented
     folder = write_migrations(tmp_path / "m", {"0001_seen.sql": SETTINGS_SEEN})
     result = run_cli("migrate", "--database-url", url, "--migrations-dir", str(folder), env=env)
