@@ -498,7 +498,7 @@ HOST = ConnectionSettings("db.example.com", 5433, "app", "ci", SECRET)
             "it LOGIN (ALTER ROLE ... LOGIN), or connect as another user",
         ),
         # What the test server cannot be made to say: its pg_hba.conf, its start-up and
-        # shut-down, its max_connections (tests/test_connections.py produces the rest).
+        # shut-down, its max_connections (tests/test_targets.py produces the rest).
         (
             'FATAL:  no pg_hba.conf entry for host "10.0.0.9", user "ci", database "app", '
             "no encryption",

@@ -6,7 +6,7 @@ outside the repository, a cwd anywhere, cicd-db installed from a wheel):
 passed to the tools explicitly, with the PostgreSQL dialect named on the command
 line too. The repository's `.sqlfluff` and `.squawk.toml` (what editors and
 plain `sqlfluff` calls read) hold the same text, which
-tests/test_lint_gate.py checks. A `.sqlfluff` next to the files may add
+tests/test_lint.py checks. A `.sqlfluff` next to the files may add
 settings; it cannot change these.
 
 squawk reads a file marked `-- cicd-db: no-transaction` as running outside a

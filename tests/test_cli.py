@@ -1,4 +1,5 @@
-"""Every command explains itself: `--help` works and says what the command does."""
+"""The command line: every command explains itself (`--help` says what it does), options
+parse where they stand, and what is refused is told on one line."""
 
 from __future__ import annotations
 

@@ -1,0 +1,52 @@
+"""The errors' own rules: one printable line whatever a message quotes, and names checked
+before anything is sent (errors.check_name), for any text (hypothesis)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cicd_db.errors import MAX_NAME_BYTES, UsageError, check_name, one_line
+
+
+@given(st.text())
+def test_one_line_is_one_printable_line_and_leaves_printable_text_alone(text: str) -> None:
+    shown = one_line(text)
+    assert shown.isprintable() and "\n" not in shown
+    assert (shown == text) == text.isprintable()
+
+
+@given(st.text(max_size=600) | st.binary(max_size=50).map(lambda b: b.decode("latin-1")))
+def test_a_name_is_taken_or_refused_on_one_line_that_never_quotes_it(name: str) -> None:
+    """Taken exactly when PostgreSQL can store and index it (not empty, no NUL, valid
+    Unicode, at most MAX_NAME_BYTES as UTF-8); refused with a UsageError that names the
+    argument, is one printable line, and does not echo the name."""
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:
+        encoded = None
+    fits = bool(name) and "\x00" not in name and encoded is not None
+    fits = fits and len(encoded or b"") <= MAX_NAME_BYTES
+    try:
+        check_name("stage", name)
+    except UsageError as refused:
+        message = str(refused)
+        assert not fits, message
+        assert message.startswith("`stage` ") and message.isprintable(), message
+        assert len(name) < 3 or name not in message, message
+        assert isinstance(refused, ValueError)
+        return
+    assert fits
+
+
+@pytest.mark.parametrize("value", [None, "x"])
+def test_an_optional_name_left_out_is_taken(value: str | None) -> None:
+    check_name("stage", value, optional=True)
+
+
+def test_an_empty_name_is_told_how_to_leave_it_out_when_it_may_be() -> None:
+    with pytest.raises(UsageError, match=r"^`stage` is empty; give a name, or leave `stage` out$"):
+        check_name("stage", "", optional=True)
+    with pytest.raises(UsageError, match=r"^`stage` is empty; give a name$"):
+        check_name("stage", "")
