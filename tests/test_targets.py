@@ -862,3 +862,38 @@ def test_an_environment_variable_that_is_not_utf8_is_refused_naming_it(
     assert result.err == (
         f"error: {variable} is not UTF-8 text ({_first_bad(raw)}); set it as UTF-8\n"
     ), result
+
+
+def test_finding_a_services_options_leaves_the_environment_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked of libpq without touching PGSERVICE: another thread of a library user
+    connects with the environment it set, whenever cicd-db opens a connection."""
+    services = tmp_path / "pg_service.conf"
+    services.write_text("[opts]\noptions=-c statement_timeout=4321\n[none]\nhost=h\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    monkeypatch.delenv("PGSERVICE", raising=False)
+    monkeypatch.delenv("PGOPTIONS", raising=False)
+    written: list[str] = []
+
+    class Watched(type(os.environ)):  # type: ignore[misc]
+        def __setitem__(self, key: str, value: str) -> None:
+            written.append(key)
+            super().__setitem__(key, value)
+
+        def __delitem__(self, key: str) -> None:
+            written.append(key)
+            super().__delitem__(key)
+
+    watched = Watched(
+        os.environ._data,
+        os.environ.encodekey,
+        os.environ.decodekey,  # type: ignore[attr-defined]
+        os.environ.encodevalue,
+        os.environ.decodevalue,  # type: ignore[attr-defined]
+    )
+    monkeypatch.setattr(os, "environ", watched)
+    assert contract.service_options("opts") == "-c statement_timeout=4321"
+    assert contract.service_options("none") is None
+    assert contract.service_options("no such service") is None
+    assert written == []

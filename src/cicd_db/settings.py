@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -327,25 +326,26 @@ def _url_host(host: str) -> str:
 URL_FORM = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
 
 
-_SERVICE_LOOKUP = threading.Lock()
+# Where service_options points libpq instead of a server: a Unix socket that cannot exist,
+# so the connection fails at once, without a name lookup or a packet sent.
+_NOWHERE = {"host": "/nonexistent/cicd-db", "hostaddr": "", "port": "1"}
 
 
 def service_options(service: str) -> str | None:
     """The `options` libpq reads for `service` (from the service file, else PGOPTIONS),
-    or None for none. Asked of libpq itself (its defaults, PQconndefaults, with
-    PGSERVICE naming the service, which is the one way libpq offers to read a service);
-    a service it cannot read gives none here, and connecting then says why."""
-    with _SERVICE_LOOKUP:
-        before = os.environ.get("PGSERVICE")
-        os.environ["PGSERVICE"] = service
-        try:
-            defaults = pq.Conninfo.get_defaults()
-        finally:
-            if before is None:
-                del os.environ["PGSERVICE"]
-            else:
-                os.environ["PGSERVICE"] = before
-    found = next((option.val for option in defaults if option.keyword == b"options"), None)
+    or None for none. Asked of libpq itself: a connection started with the service and
+    an address that fails at once resolves its parameters as a real one would, and is
+    dropped (libpq has no call that reads a service file alone; setting PGSERVICE to
+    ask its defaults would change the environment other threads connect with). A
+    service it cannot read gives none here, and connecting then says why."""
+    conninfo = psycopg.conninfo.make_conninfo(service=service, **_NOWHERE)
+    conn = pq.PGconn.connect_start(conninfo.encode())
+    try:
+        found = next((option.val for option in conn.info if option.keyword == b"options"), None)
+    except psycopg.Error:
+        found = None
+    finally:
+        conn.finish()
     return found.decode() if found else None
 
 
