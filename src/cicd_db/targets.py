@@ -199,12 +199,24 @@ def connect(
     `overrides` are libpq keywords that replace the settings' own (`options`, ...);
     without `options`, the session has READING_OPTIONS after the user's.
     """
-    if "options" not in overrides:
+    reading = "options" not in overrides
+    if reading:
         overrides["options"] = options_with(READING_OPTIONS, settings.user_options(), ours_win=True)
     try:
         # Named in pg_stat_activity, unless the URL names the application itself.
         conninfo = settings.conninfo(fallback_application_name="cicd-db", **overrides)
-        return psycopg.connect(conninfo, autocommit=autocommit)
+        conn = psycopg.connect(conninfo, autocommit=autocommit)
+        if reading and not (conn.info.parameter_status("DateStyle") or "").startswith("ISO"):
+            # PGDATESTYLE reaches the server as a setting of its own, after the options,
+            # and wins over them: set again, in a round trip only this case pays.
+            try:
+                conn.execute("SET DateStyle = ISO")
+                if not autocommit:
+                    conn.commit()
+            except BaseException:
+                conn.close()
+                raise
+        return conn
     except psycopg.ProgrammingError as error:
         # psycopg checks some values before libpq tries: connect_timeout=abc, ...
         detail = redact(str(error).strip().splitlines()[0], settings.secrets())

@@ -658,9 +658,9 @@ def test_any_time_in_the_history_is_read_exactly_or_refused_naming_its_row(
 def test_reports_insights_and_retention_read_alike_under_any_date_and_interval_style(
     database: Database,
 ) -> None:
-    """DateStyle and IntervalStyle left on the database (psycopg parses only ISO dates and
-    postgres-style intervals as text): the reading commands print what they printed
-    before, and retention runs."""
+    """DateStyle and IntervalStyle left on the database, or DateStyle from libpq's
+    PGDATESTYLE (psycopg parses only ISO dates and postgres-style intervals as text): the
+    reading commands print what they printed before, and retention runs."""
     assert migrate(database, MIGRATIONS).code == 0
     with database.connect() as conn:
         store = Store.on(conn)
@@ -676,14 +676,17 @@ def test_reports_insights_and_retention_read_alike_under_any_date_and_interval_s
         ("insights", "--pipeline", "styled", "--json"),
     ]
 
-    def read_all() -> list[object]:
-        results = [run_cli(*command, "--database-url", url) for command in reading]
+    def read_all(env: dict[str, str] | None = None) -> list[object]:
+        results = [run_cli(*command, "--database-url", url, env=env) for command in reading]
         assert all(result.code == 0 and not result.err for result in results), results
         printed = [json.loads(result.out) for result in results]
         printed[2]["window"].pop("until")  # insights' window ends now
         return printed
 
     before = read_all()
+    # libpq's PGDATESTYLE reaches the server as a setting of its own, after the options.
+    for style in ("German", "SQL, DMY", "Postgres, MDY"):
+        assert read_all({"PGDATESTYLE": style}) == before, style
     database.execute(
         sql.SQL(
             "ALTER DATABASE {name} SET DateStyle = 'SQL, DMY'; "
@@ -691,8 +694,11 @@ def test_reports_insights_and_retention_read_alike_under_any_date_and_interval_s
         ).format(name=sql.Identifier(database.name))
     )
     assert read_all() == before
-    pruned = run_cli("retention", "--keep-days", "1", "--dry-run", "--database-url", url)
-    assert pruned.code == 0 and "would delete 0 runs" in pruned.out, pruned
+    for env in ({}, {"PGDATESTYLE": "German"}):
+        pruned = run_cli(
+            "retention", "--keep-days", "1", "--dry-run", "--database-url", url, env=env
+        )
+        assert pruned.code == 0 and "would delete 0 runs" in pruned.out, pruned
 
 
 # -- names a fix must quote, and the fix acting on the right role -----------------------
