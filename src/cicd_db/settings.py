@@ -326,6 +326,21 @@ def _url_host(host: str) -> str:
 URL_FORM = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
 
 
+def params_in_use(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """`conn`'s parameters as libpq used them (the URL's, a service's, the environment's
+    and libpq's defaults, resolved), to open another connection like it: the host and
+    port the ones it reached, so that a second connection of a multi-host target lands
+    on the same server. Parameters left empty are left out."""
+    params = {
+        option.keyword.decode(): option.val.decode()
+        for option in conn.pgconn.info
+        if option.val is not None
+    }
+    info = conn.info
+    params.update(host=info.host, port=str(info.port), hostaddr=info.hostaddr or "")
+    return {keyword: value for keyword, value in params.items() if value != ""}
+
+
 # Where service_options points libpq instead of a server: a Unix socket that cannot exist,
 # so the connection fails at once, without a name lookup or a packet sent.
 _NOWHERE = {"host": "/nonexistent/cicd-db", "hostaddr": "", "port": "1"}
