@@ -668,7 +668,8 @@ def test_query_names(url: str, message: str) -> None:
 
 def test_from_url_keeps_scheme_like_text_in_values() -> None:
     settings = from_url("postgresql://u@h/db?application_name=a://b&options=")
-    assert settings.parameters == (("application_name", "a://b"),)
+    # Given empty is given, as libpq takes it (no options, not PGOPTIONS's).
+    assert settings.parameters == (("application_name", "a://b"), ("options", ""))
 
 
 def test_malformed_url_message_is_whole() -> None:

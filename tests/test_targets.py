@@ -26,8 +26,8 @@ import pytest
 from hypothesis import strategies as st
 from psycopg import sql
 
+from cicd_db import errors, targets
 from cicd_db import settings as contract
-from cicd_db import targets
 from cicd_db.embedded import wheel_bin_dir
 from cicd_db.errors import ConfigError
 from cicd_db.settings import ConnectionSettings
@@ -897,3 +897,42 @@ def test_finding_a_services_options_leaves_the_environment_alone(
     assert contract.service_options("none") is None
     assert contract.service_options("no such service") is None
     assert written == []
+
+
+@pytest.mark.parametrize(
+    ("keyword", "variable", "query"),
+    [
+        ("options", "PGOPTIONS", "SHOW statement_timeout"),
+        ("application_name", "PGAPPNAME", "SHOW application_name"),
+        ("dbname", "PGDATABASE", "SELECT current_database()"),
+        ("user", "PGUSER", "SELECT current_user"),
+        ("host", "PGHOST", "SELECT 1"),
+    ],
+)
+def test_a_url_parameter_given_empty_is_given_as_psql_takes_it(
+    database: Database, keyword: str, variable: str, query: str
+) -> None:
+    """`?options=` is no options for libpq, not PGOPTIONS's; `?host=` the default socket,
+    not PGHOST: cicd-db's session is the one psql makes, or fails where psql fails."""
+    settings = database.settings
+    values = {
+        "PGOPTIONS": "-c statement_timeout=4321",
+        "PGAPPNAME": "from-the-environment",
+        "PGDATABASE": settings.database,
+        "PGUSER": settings.user,
+        "PGHOST": settings.host,
+    }
+    env = {**credentials(database), variable: values[variable], "PGPORT": str(settings.port)}
+    fields = {"host": settings.host, "dbname": settings.database, "user": settings.user}
+    fields[keyword] = ""
+    url = "postgresql:///?" + urlencode(fields, quote_via=quote)
+    oracle = psql(url, env, query)
+    with mock.patch.dict(os.environ, env):
+        try:
+            with targets.connect(targets.resolve(database_url=url).settings) as conn:
+                row = conn.execute(query.encode()).fetchone()  # type: ignore[call-overload]
+            ours = (0, str(row[0]) if row else "")
+        except (ConfigError, errors.OperationalError):
+            ours = (1, "")
+    theirs = (0, oracle.stdout.strip()) if oracle.returncode == 0 else (1, "")
+    assert ours == theirs, (oracle.stderr, ours)

@@ -456,7 +456,15 @@ def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
             "(percent-encode special characters in the password: @ as %40, / as %2F, "
             "? as %3F, # as %23, % as %25, space as %20)"
         ) from None
-    return from_mapping(params, what=what, source=shown or "")
+    settings = from_mapping(params, what=what, source=shown or "")
+    # Given but empty is given, for libpq (`?host=` is the default socket, not PGHOST;
+    # `?options=` is no options, not PGOPTIONS): kept, to be passed on as it was.
+    given_empty = [
+        (key, "")
+        for key, value in params.items()
+        if value == "" and key in libpq_keywords() and key not in ("sslmode", "password")
+    ]
+    return replace(settings, parameters=(*settings.parameters, *given_empty))
 
 
 def _password_spills(url: str) -> bool:
