@@ -178,7 +178,9 @@ def measure(
                 f"{medians['store API'] / medians[name]:.2f}x",
             ]
         )
-    statements = 2 + STAGES * (3 + 2 * JOBS) + 1
+    # The run's start and RUNNING; a stage's insert, RUNNING, its jobs' insert, each job's
+    # two moves and its finish; the run's finish.
+    statements = 2 + STAGES * (4 + 2 * JOBS) + 1
     table.notes.append(
         f"{rounds} rounds of {runs_per_round} runs each (about {statements} "
         "statements a run by hand), interleaved."
