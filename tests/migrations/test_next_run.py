@@ -824,3 +824,27 @@ def test_a_failure_at_commit_that_is_not_the_historys_is_the_files(
     line = one_line(migrate(database, folder))
     assert line.startswith("error: migration 0002_orphan.sql failed at its commit: "), line
     assert "by_time" not in line and line.endswith("; fix the file and run again"), line
+
+
+@pytest.mark.parametrize("column", ["applied_by", "duration_ms", "checksum"])
+def test_a_renamed_history_column_is_told_as_a_rename_never_a_history_to_drop(
+    database: Database, tmp_path: Path, column: str
+) -> None:
+    """A column of the history renamed (by a no-transaction file that then cannot
+    record itself, and so on every later run): each run says which, and the RENAME that
+    undoes it, never "drop it" (every applied file would run again); run as written,
+    the next run works."""
+    folder = write_migrations(tmp_path / "m", {"0001_first.sql": "SELECT 1;\n"})
+    assert migrate(database, folder).code == 0
+    rename = f"ALTER TABLE {HISTORY} RENAME COLUMN {column} TO renamed_{column};\n"
+    write_migrations(folder, {"0002_rename.sql": NO_TRANSACTION + rename})
+    by_the_file = refusal(migrate(database, folder))
+    assert "0002_rename.sql cannot be recorded" in by_the_file, by_the_file
+    fix = f"ALTER TABLE {HISTORY} RENAME COLUMN renamed_{column} TO {column}"
+    for line in (by_the_file, refusal(migrate(database, folder), 2)):
+        assert "DROP" not in line and "drop it" not in line, line
+        assert f"column {column} renamed renamed_{column}" in line and fix in line, line
+    database.execute(fix)  # as the refusal writes it
+    (folder / "0002_rename.sql").write_text(NO_TRANSACTION + "SELECT 2;\n")
+    assert migrate(database, folder).code == 0
+    assert database.history() == [1, 2]

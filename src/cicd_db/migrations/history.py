@@ -26,6 +26,15 @@ from cicd_db.migrations.files import Migration
 SCHEMA = "cicd_db"
 TABLE = "cicd_db_schema_history"
 COLUMNS = ("version", "name", "checksum", "applied_at", "applied_by", "duration_ms")
+# Their types as create() makes them.
+OWN_COLUMNS = {
+    "version": "bigint",
+    "name": "text",
+    "checksum": "text",
+    "applied_at": "timestamp with time zone",
+    "applied_by": "text",
+    "duration_ms": "integer",
+}
 # The history table by its schema-qualified name: always the same, whatever
 # search_path a session, role, database or file sets.
 QUALIFIED = sql.Identifier(SCHEMA, TABLE)
@@ -182,6 +191,59 @@ _FIND = sql.SQL(
 )
 
 
+def renamed_columns(columns: dict[str, str]) -> dict[str, str]:
+    """Columns (name -> type) of the history that are one of cicd-db's under another
+    name: an unknown column, the one of its type, where one of that type is missing
+    (name -> own name). Told as a rename, whose undo keeps the rows' values."""
+    missing = [own for own in OWN_COLUMNS if own not in columns]
+    unknown = [column for column in columns if column not in OWN_COLUMNS]
+    pairs = {}
+    for own in missing:
+        kind = OWN_COLUMNS[own]
+        candidates = [column for column in unknown if columns[column] == kind]
+        if len(candidates) == 1 and sum(OWN_COLUMNS[m] == kind for m in missing) == 1:
+            pairs[candidates[0]] = own
+    return pairs
+
+
+_COLUMNS_OF = sql.SQL(
+    "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) "
+    "FROM pg_catalog.pg_attribute a WHERE a.attrelid = {t}::pg_catalog.regclass "
+    "AND a.attnum > 0 AND NOT a.attisdropped"
+).format(t=sql.Literal(f"{SCHEMA}.{TABLE}"))
+
+
+def _not_as_made(conn: psycopg.Connection[Any]) -> str:
+    """What is wrong with the columns of a table in the history's place, and the fix: for
+    cicd-db's history with columns changed, never to drop it (its files would all run
+    again) but to rename them back; for a table of another shape, to move it away."""
+    name = shown(conn, SCHEMA, TABLE)
+    columns = dict(pinned_rows(conn, _COLUMNS_OF))
+    if not any(column in columns for column in OWN_COLUMNS):  # another tool's, it seems
+        return (
+            f"{name} exists but is not cicd-db's migration history: it must be a table with "
+            f"the columns {', '.join(COLUMNS)}; rename or drop it if it is not needed"
+        )
+    renamed = renamed_columns(columns)
+    missing = [c for c in OWN_COLUMNS if c not in columns and c not in renamed.values()]
+    told = [f"column {shown(conn, own)} renamed {shown(conn, now)}" for now, own in renamed.items()]
+    told += [f"column {shown(conn, column)} missing" for column in missing]
+    fixes = [
+        f"ALTER TABLE {name} RENAME COLUMN {shown(conn, now)} TO {shown(conn, own)}"
+        for now, own in renamed.items()
+    ]
+    fix = (
+        f"undo that ({'; '.join(fixes)})"
+        if fixes and not missing
+        else f"restore its columns ({', '.join(COLUMNS)})"
+    )
+    return (
+        f"{name} is cicd-db's migration history with its columns changed ({', '.join(told)}); "
+        f"{fix} and run again (never drop a history that has rows: every file it lists "
+        "would run again)"
+    )
+
+
 def find(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
     """Where a history is: whether ours exists, and the schemas of older ones.
 
@@ -194,12 +256,13 @@ def find(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
     older = []
     for schema, kind, complete in rows:
         if schema == SCHEMA:
-            if kind not in ("r", "p") or not complete:
-                what = "a table" if kind in ("r", "p") else "a table (it is a view or the like)"
+            if kind in ("r", "p") and not complete:
+                raise ConfigError(_not_as_made(conn))
+            if kind not in ("r", "p"):
                 raise ConfigError(
                     f"{shown(conn, SCHEMA, TABLE)} exists but is not cicd-db's migration "
-                    f"history: it must be {what} with the columns {', '.join(COLUMNS)}; "
-                    "rename or drop it if it is not needed"
+                    "history: it must be a table (it is a view or the like) with the columns "
+                    f"{', '.join(COLUMNS)}; rename or drop it if it is not needed"
                 )
             ours = True
         elif complete and not schema.startswith("pg_temp"):

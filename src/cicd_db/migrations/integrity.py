@@ -18,7 +18,15 @@ import psycopg
 from psycopg import sql
 
 from cicd_db.migrations.files import Migration
-from cicd_db.migrations.history import QUALIFIED, SCHEMA, TABLE, pinned_rows, shown
+from cicd_db.migrations.history import (
+    OWN_COLUMNS,
+    QUALIFIED,
+    SCHEMA,
+    TABLE,
+    pinned_rows,
+    renamed_columns,
+    shown,
+)
 
 # The SQLSTATEs of the checks below (class CD, not PostgreSQL's).
 CHECK_RECORDED, CHECK_HISTORY = "CDB03", "CDB04"
@@ -164,16 +172,8 @@ def recorded_check(
     return (check + _FINGERPRINT_CHECK) % values
 
 
-# The history as cicd-db makes it (create()): its columns' types, all NOT NULL, and its
-# primary key; nothing else on it.
-OWN_COLUMNS = {
-    "version": "bigint",
-    "name": "text",
-    "checksum": "text",
-    "applied_at": "timestamp with time zone",
-    "applied_by": "text",
-    "duration_ms": "integer",
-}
+# The history as cicd-db makes it (create()): its columns (history.OWN_COLUMNS), all
+# NOT NULL, and its primary key; nothing else on it.
 OWN_CONSTRAINT = f"{TABLE}_pkey"
 # What is on the history table that can refuse a row, by kind: columns (type, NOT
 # NULL), and every constraint, unique index (beside a constraint's own) and trigger.
@@ -211,12 +211,20 @@ def alterations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
     name = shown(conn, SCHEMA, TABLE)
     found: list[tuple[str, str]] = []
     seen = set()
+    renamed = renamed_columns({item: detail for kind, item, detail, _ in rows if kind == "column"})
     for kind, item, detail, not_null in rows:
         which = shown(conn, item)
         if kind == "column":
             seen.add(item)
             own = OWN_COLUMNS.get(item)
-            if own is None:
+            if item in renamed:
+                found.append(
+                    (
+                        f"column {shown(conn, renamed[item])} renamed {which}",
+                        f"ALTER TABLE {name} RENAME COLUMN {which} TO {shown(conn, renamed[item])}",
+                    )
+                )
+            elif own is None:
                 found.append(
                     (f"column {which} {detail} added", f"ALTER TABLE {name} DROP COLUMN {which}")
                 )
@@ -244,8 +252,8 @@ def alterations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
             found.append((f"{kind} {which} added", f"DROP {kind.upper()} {which} ON {name}"))
     if rows:
         found += [
-            (f"column {shown(conn, column)} is missing", "rename or restore it")
+            (f"column {shown(conn, column)} is missing", "restore it")
             for column in OWN_COLUMNS
-            if column not in seen
+            if column not in seen and column not in renamed.values()
         ]
     return found
