@@ -58,8 +58,9 @@ from cicd_db.migrations.files import (
     new_migration,
     read,
 )
-from cicd_db.migrations.history import Applied, StatusRow
+from cicd_db.migrations.history import Applied
 from cicd_db.migrations.lock import DEFAULT_LOCK_TIMEOUT
+from cicd_db.migrations.reconcile import StatusRow
 from cicd_db.migrations.runner import Runner, open_runner, scratch_dump
 from cicd_db.migrations.session import LOCK_KEY, SESSION_OPTIONS, WORK_KEY, session_options
 

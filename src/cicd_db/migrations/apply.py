@@ -29,7 +29,7 @@ from cicd_db.errors import (
     MigrationRefused,
     Terminated,
 )
-from cicd_db.migrations import history, integrity, lock
+from cicd_db.migrations import history, integrity, lock, reconcile
 from cicd_db.migrations.failures import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_BUDGET,
@@ -129,7 +129,7 @@ def run(
             session, integrity.Recorded([(row.version, row.name, row.checksum) for row in applied])
         )
         results = []
-        for migration in history.pending(files, applied, target):
+        for migration in reconcile.pending(files, applied, target):
             if on_start:
                 on_start(migration)
             result = applier.apply_with_retries(migration, policy, on_retry)

@@ -21,10 +21,11 @@ from psycopg import sql
 
 from cicd_db import targets
 from cicd_db.errors import ConfigError, OperationalError, UsageError
-from cicd_db.migrations import history, lock
+from cicd_db.migrations import history, lock, reconcile
 from cicd_db.migrations.failures import DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET
 from cicd_db.migrations.files import Migration, discover
-from cicd_db.migrations.history import Applied, StatusRow
+from cicd_db.migrations.history import Applied
+from cicd_db.migrations.reconcile import StatusRow
 from cicd_db.migrations.session import CLIENT_ENCODING, Session, session_options
 from cicd_db.settings import ConnectionSettings, is_transaction_pooler
 
@@ -73,11 +74,11 @@ class Runner:
 
     def status(self) -> list[StatusRow]:
         """Every version known to the files or the history, with its state. Reads only."""
-        return history.status(self.migrations, self.applied())
+        return reconcile.status(self.migrations, self.applied())
 
     def pending(self, *, target: int | None = None) -> list[Migration]:
         """The files apply() would run, in order; refuses as apply() would. Reads only."""
-        return history.pending(self.migrations, self.applied(), target)
+        return reconcile.pending(self.migrations, self.applied(), target)
 
     def apply(
         self,

@@ -14,7 +14,7 @@ from psycopg import sql
 
 from cicd_db import schema
 from cicd_db.errors import MigrationRefused
-from cicd_db.migrations import history, lock
+from cicd_db.migrations import history, lock, reconcile
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.session import Session
 from cicd_db.migrations.statements import plan
@@ -62,7 +62,7 @@ def drift(session: Session, files: list[Migration]) -> tuple[int, list[schema.Di
     version, and each difference. Reads only (the files run in a scratch schema,
     in a transaction that is rolled back)."""
     applied = history.read(session.conn)
-    history.pending(files, applied, None)  # an edited or missing file makes the comparison moot
+    reconcile.pending(files, applied, None)  # an edited or missing file makes the comparison moot
     newest = max((row.version for row in applied), default=0)
     return newest, compare(session, [m for m in files if m.version <= newest])
 
