@@ -530,6 +530,11 @@ ALTERATIONS = {
         f'ALTER TABLE {HISTORY} ADD COLUMN "order" int;\n',
         f'ALTER TABLE {HISTORY} DROP CONSTRAINT "check"',
     ),
+    "nullable column and a check": (  # listed beside what refused the row
+        f"ALTER TABLE {HISTORY} ALTER COLUMN applied_by DROP NOT NULL;\n"
+        f"ALTER TABLE {HISTORY} ADD CONSTRAINT small CHECK (version < 3);\n",
+        f"ALTER TABLE {HISTORY} ALTER COLUMN applied_by SET NOT NULL",
+    ),
     "trigger": (
         "CREATE FUNCTION public.no_more() RETURNS trigger LANGUAGE plpgsql AS "
         "$$BEGIN IF NEW.version >= 3 THEN RAISE EXCEPTION 'no more'; END IF; RETURN NEW; END$$;\n"
@@ -848,3 +853,19 @@ def test_a_renamed_history_column_is_told_as_a_rename_never_a_history_to_drop(
     (folder / "0002_rename.sql").write_text(NO_TRANSACTION + "SELECT 2;\n")
     assert migrate(database, folder).code == 0
     assert database.history() == [1, 2]
+
+
+def test_a_dropped_history_column_is_named_missing_with_no_drop_advised(
+    database: Database, tmp_path: Path
+) -> None:
+    """A column of the history dropped by a no-transaction file: its row cannot be
+    written, and the refusal names the column missing and to restore it, never a DROP."""
+    folder = write_migrations(tmp_path / "m", {"0001_first.sql": "SELECT 1;\n"})
+    assert migrate(database, folder).code == 0
+    write_migrations(
+        folder,
+        {"0002_drop.sql": NO_TRANSACTION + f"ALTER TABLE {HISTORY} DROP COLUMN duration_ms;\n"},
+    )
+    line = refusal(migrate(database, folder))
+    assert "column duration_ms is missing" in line and "restore it" in line, line
+    assert "DROP" not in line.split("cannot be recorded", 1)[1], line
