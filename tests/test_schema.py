@@ -23,14 +23,16 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import psycopg
 import pytest
-from psycopg import sql
+from psycopg import pq, sql
+from psycopg.conninfo import make_conninfo
 
 from cicd_db import errors, schema
 from cicd_db.embedded import wheel_bin_dir
-from cicd_db.settings import ConnectionSettings
+from cicd_db.settings import NOWHERE, ConnectionSettings
 
 from .fix_cli import Run, migrate, run_cli
 from .fix_db import Database, Databases
@@ -379,14 +381,21 @@ def test_scratch_path_takes_the_live_schemas_place(setting: str, path: str) -> N
 
 @pytest.mark.parametrize(
     "how",
-    ["url", "pgpassword", "service-password-under-the-urls", "pgservice-password-under-the-urls"],
+    [
+        "url",
+        "pgpassword",
+        "service-password-under-the-urls",
+        "pgservice-password-under-the-urls",
+        "empty-options-over-pgoptions",
+    ],
 )
 def test_the_dump_logs_in_as_psql_would_with_the_same_url_and_environment(
     migrated: Database, tmp_path: Path, how: str
 ) -> None:
     """pg_dump connects with every parameter as cicd-db's own connection resolved it: a
-    password from PGPASSWORD when the URL has none, and the URL's over a service's
-    (libpq reads a service before the environment, where the password travels)."""
+    password from PGPASSWORD when the URL has none, the URL's over a service's (libpq
+    reads a service before the environment, where the password travels), and no
+    PGOPTIONS where the URL gave `options` empty."""
     settings = migrated.settings
     services = tmp_path / "pg_service.conf"
     services.write_text(f"[svc]\ndbname={settings.database}\npassword=not-the-password\n")
@@ -401,6 +410,9 @@ def test_the_dump_logs_in_as_psql_would_with_the_same_url_and_environment(
         url += "&service=svc" if "?" in url else "?service=svc"
     elif how == "pgservice-password-under-the-urls":
         env["PGSERVICE"] = "svc"
+    elif how == "empty-options-over-pgoptions":  # `options=` given empty: PGOPTIONS unread
+        url += "&options=" if "?" in url else "?options="
+        env["PGOPTIONS"] = "-c no_such_setting=1"
     oracle = subprocess.run(
         [str(wheel_bin_dir() / "psql"), "-X", "-w", "-c", "SELECT 1", url],
         capture_output=True,
@@ -413,3 +425,26 @@ def test_the_dump_logs_in_as_psql_would_with_the_same_url_and_environment(
     done = run_cli("schema", "dump", "--database-url", url, "--output", str(output), env=env)
     assert (done.code, done.err) == (0, ""), done
     assert "CREATE TABLE public.pipeline_executions (" in output.read_text()
+
+
+@pytest.mark.parametrize("value", ["ends in a space ", "a\nline break", "a\rreturn", "tab\t"])
+def test_a_secret_no_service_file_can_hold_is_refused_not_shown(tmp_path: Path, value: str) -> None:
+    """libpq reads a service file's value to the end of the line, trailing white space
+    dropped: such a secret cannot reach pg_dump there, and is never put on its command
+    line instead."""
+    with pytest.raises(
+        errors.ConfigError, match=r"^the connection's sslpassword ends in white space"
+    ):
+        schema._secrets_file(tmp_path, {"sslpassword": value})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_secrets_file_is_the_users_alone_and_libpq_reads_it_back(tmp_path: Path) -> None:
+    secrets = {"sslpassword": " leading = and # kept", "oauth_client_secret": "s3cr3t"}
+    path = Path(schema._secrets_file(tmp_path, secrets))
+    assert path.stat().st_mode & 0o777 == 0o600
+    with mock.patch.dict(os.environ, {"PGSERVICEFILE": str(path)}):
+        probe = pq.PGconn.connect_start(make_conninfo(service="cicd-db-dump", **NOWHERE).encode())
+        read = {o.keyword.decode(): (o.val or b"").decode() for o in probe.info}
+        probe.finish()
+    assert {key: read[key] for key in secrets} == secrets

