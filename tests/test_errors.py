@@ -3,6 +3,8 @@ before anything is sent (errors.check_name), for any text (hypothesis)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -50,3 +52,35 @@ def test_an_empty_name_is_told_how_to_leave_it_out_when_it_may_be() -> None:
         check_name("stage", "", optional=True)
     with pytest.raises(UsageError, match=r"^`stage` is empty; give a name$"):
         check_name("stage", "")
+
+
+class _Lying(str):
+    """A str whose own methods lie about it: the checks use str's."""
+
+    def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+        return b"x"
+
+    def __contains__(self, part: object) -> bool:  # type: ignore[override]
+        return False
+
+    def __len__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        (_Lying("a" * (MAX_NAME_BYTES + 1)), "is 1,001 bytes"),
+        (_Lying("a\0b"), "holds a NUL byte (at character 2)"),
+        (_Lying(""), "is empty"),
+    ],
+    ids=["too-long", "nul", "empty"],
+)
+def test_a_str_subclass_is_checked_by_what_it_holds(name: str, said: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(said)):
+        check_name("name", name)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from threading import Barrier
 from uuid import uuid4
 
@@ -1008,6 +1008,18 @@ def test_the_longest_name_taken_fits_every_unique_index(executions: Store) -> No
     assert [job.job_name for job in executions.add_jobs(stage, [(name, False)])] == [name]
 
 
+class _Raising(tzinfo):
+    """A time zone whose code fails: the caller's bug, told as a bad `at`."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("no offset")
+
+
+class _DayOff(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=25)  # Python refuses offsets of a day or more
+
+
 # Times the store can write but not read back, or would shift: each is refused, and the
 # row keeps its status.
 BAD_TIMES = {
@@ -1020,7 +1032,12 @@ BAD_TIMES = {
         datetime.min.replace(tzinfo=timezone(timedelta(hours=14))),
         "is out of range",
     ),
+    # Year 10000 in a session east of UTC (Tokyo): the last day of 9999 is refused.
+    "late-on-9999-12-31-in-utc": (datetime(9999, 12, 31, 9, tzinfo=UTC), "is out of range"),
+    "early-on-0001-01-01-in-utc": (datetime(1, 1, 1, 15, tzinfo=UTC), "is out of range"),
     "a-date": (date(2026, 1, 1), "must be a datetime, not date"),
+    "tzinfo-that-raises": (datetime(2026, 1, 1, tzinfo=_Raising()), "gives no valid UTC offset"),
+    "tzinfo-a-day-off": (datetime(2026, 1, 1, tzinfo=_DayOff()), "gives no valid UTC offset"),
 }
 MOVES_AT: dict[str, Callable[[Store, Trial, object], object]] = {
     "set_status": lambda s, t, at: s.set_status(t.run, CANCELED, at=at),  # type: ignore[arg-type]
@@ -1048,20 +1065,72 @@ def test_a_time_that_could_not_be_read_back_or_would_shift_is_refused(
     assert snapshot(schema) == before
 
 
+@pytest.mark.parametrize("zone", ["+15:59", "-15:59", "Asia/Tokyo", "Etc/GMT+12"])
+@pytest.mark.parametrize("edge", ["earliest", "latest"])
+def test_the_times_at_the_edges_the_store_takes_read_back_in_any_time_zone(
+    schema: Database, zone: str, edge: str
+) -> None:
+    """The first and last instants `at=` takes are written, and read back by a session
+    of any TimeZone (PostgreSQL's offsets stay under 16 hours), through the store and
+    the report."""
+    at = store._EARLIEST if edge == "earliest" else store._LATEST
+    time_zone = f"INTERVAL '{zone}' HOUR TO MINUTE" if zone[0] in "+-" else f"'{zone}'"
+    with schema.connect() as conn:
+        conn.execute(f"SET TIME ZONE {time_zone}")
+        executions = Store.on(conn)
+        run = executions.start_run("edges", "abc")
+        executions.set_status(run, RUNNING, at=at)
+        (found,) = executions.runs("edges")
+        assert found.start_time == at
+        view = report.fetch(executions, "edges", run=run.run_number)
+        assert report.data(view)["run"]["start_time"] is not None
+        assert "run status      RUNNING" in report.render(view, "table")
+
+
 @pytest.mark.parametrize(
     ("call", "said"),
     [
         (lambda s, t: s.add_stage(t.run, "test", 2**31), "`execution_order` 2147483648 is out"),
         (lambda s, t: s.add_stage(t.run, "test", True), "`execution_order` must be a whole"),
         (lambda s, t: s.add_stage(t.run, "test", None), "`execution_order` must be a whole"),
-        (lambda s, t: s.add_jobs(t.stage, [("j", None)]), "allows_failure of job 'j' must be"),
+        (
+            lambda s, t: s.add_stage(t.run, "test", -(2**31) - 1),
+            "`execution_order` -2147483649 is out",
+        ),
+        (
+            lambda s, t: s.add_jobs(t.stage, [("j", None)]),
+            "allows_failure of job 'j' in `jobs` must be",
+        ),
         (lambda s, t: s.runs("build", limit=-1), "`limit` -1 is no count"),
+        (lambda s, t: s.runs("build", limit=True), "`limit` True is no count"),
+        (lambda s, t: s.runs("build", limit=2**63), "`limit` 9223372036854775808 is no count"),
+        (lambda s, t: s.runs("build", before="5"), "`before` '5' is no run number"),
+        (lambda s, t: s.runs("build", before=False), "`before` False is no run number"),
+        (lambda s, t: s.runs("build", before=2**63), "`before` 9223372036854775808 is no run"),
         (
             lambda s, t: s.add_jobs(t.stage, [("a", False), ("a", True)]),
-            "job 'a' is in the batch twice",
+            "job 'a' is in `jobs` twice",
+        ),
+        (
+            lambda s, t: s.add_jobs(t.stage, [("{jobs}", False), ("{jobs}", True)]),
+            "job '{jobs}' is in `jobs` twice",
         ),
     ],
-    ids=["order-out-of-range", "order-bool", "order-none", "allows-none", "limit", "twice"],
+    ids=[
+        "order-out-of-range",
+        "order-bool",
+        "order-none",
+        "order-below-range",
+        "allows-none",
+        "limit",
+        "limit-bool",
+        "limit-past-bigint",
+        "before-text",
+        "before-bool",
+        "before-past-bigint",
+        "twice",
+        "twice-a-name-with-braces",
+    ],
 )
 def test_values_no_column_can_hold_are_refused_before_anything_is_written(
     schema: Database, executions: Store, call: Callable[[Store, Trial], object], said: str

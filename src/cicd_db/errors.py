@@ -196,17 +196,18 @@ def check_name(argument: str, name: object, *, optional: bool = False) -> None:
         raise UsageError(
             f"{{{argument}}} must be text, not {type(name).__name__}", arguments=[argument]
         )
-    if name == "":
+    # str's own methods, not the name's: a subclass of str may override them.
+    if str.__len__(name) == 0:
         leave = f", or leave {{{argument}}} out" if optional else ""
         raise UsageError(f"{{{argument}}} is empty; give a name{leave}", arguments=[argument])
-    if "\0" in name:
+    if str.__contains__(name, "\0"):
         raise UsageError(
-            f"{{{argument}}} holds a NUL byte (at character {name.index(chr(0)) + 1}), which "
+            f"{{{argument}}} holds a NUL byte (at character {str.index(name, chr(0)) + 1}), which "
             "PostgreSQL text cannot hold; remove it",
             arguments=[argument],
         )
     try:
-        size = len(name.encode())
+        size = len(str.encode(name))
     except UnicodeEncodeError as error:
         raise UsageError(
             f"{{{argument}}} is not valid Unicode (a lone surrogate at character "

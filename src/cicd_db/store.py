@@ -386,9 +386,15 @@ class Store:
         AlreadyExists when the run has a stage of that name or execution order.
         """
         check_name("stage_name", stage_name)
-        if not isinstance(execution_order, int) or isinstance(execution_order, bool):
+        if not _whole(execution_order):
             raise UsageError(
                 f"{{execution_order}} must be a whole number, not {type(execution_order).__name__}",
+                arguments=["execution_order"],
+            )
+        if not INT4_MIN <= execution_order <= INT4_MAX:  # the column is an integer
+            raise UsageError(
+                f"{{execution_order}} {execution_order} is out of range: an integer is "
+                f"from {INT4_MIN:,} to {INT4_MAX:,}",
                 arguments=["execution_order"],
             )
         run_id = _id(run)
@@ -400,21 +406,14 @@ class Store:
                 ),
             }
         ):
-            try:
-                added = self._tuple(
-                    b"WITH parent AS (UPDATE pipeline_executions SET status = status "
-                    b"WHERE id = %s AND status IN ('PENDING', 'RUNNING') RETURNING id) "
-                    b"INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
-                    b"execution_order, status, start_time) "
-                    b"SELECT id, %s, %s, 'PENDING', NULL FROM parent RETURNING id",
-                    (run_id, stage_name, execution_order),
-                )
-            except psycopg.DataError as error:  # the column's range is PostgreSQL's to say
-                raise UsageError(
-                    f"{{execution_order}} {execution_order} is out of range: {{said}}",
-                    arguments=["execution_order"],
-                    values={"said": error.diag.message_primary or error},
-                ) from None
+            added = self._tuple(
+                b"WITH parent AS (UPDATE pipeline_executions SET status = status "
+                b"WHERE id = %s AND status IN ('PENDING', 'RUNNING') RETURNING id) "
+                b"INSERT INTO stage_executions (pipeline_execution_id, stage_name, "
+                b"execution_order, status, start_time) "
+                b"SELECT id, %s, %s, 'PENDING', NULL FROM parent RETURNING id",
+                (run_id, stage_name, execution_order),
+            )
         if added is None:
             parent = self._get(PipelineRun, run_id)
             raise IllegalTransition(
@@ -432,12 +431,17 @@ class Store:
             check_name("job_name", name)
             if not isinstance(allows_failure, bool):
                 raise UsageError(
-                    f"allows_failure of job {name!r} must be True or False, not "
-                    f"{type(allows_failure).__name__}"
+                    "allows_failure of job {name} in {jobs} must be True or False, not {kind}",
+                    arguments=["jobs"],
+                    values={"name": repr(name), "kind": type(allows_failure).__name__},
                 )
         if len(set(names)) != len(names):
             twice = next(name for n, name in enumerate(names) if name in names[:n])
-            raise UsageError(f"job {twice!r} is in the batch twice; list it once")
+            raise UsageError(
+                "job {name} is in {jobs} twice; list it once",
+                arguments=["jobs"],
+                values={"name": repr(twice)},
+            )
         duplicate = {
             "job_executions_stage_job_name_key": "the stage already has a job of that name"
         }
@@ -556,11 +560,17 @@ class Store:
     ) -> list[PipelineRun]:
         """A pipeline's runs, newest first; `before` pages on by run number (keyset). Reads."""
         check_name("pipeline_name", pipeline_name)
-        if not isinstance(limit, int) or limit < 0:
+        if not _whole(limit) or not 0 <= limit <= INT8_MAX:
             raise UsageError(
                 "{limit} {given} is no count; give 0 or more",
                 arguments=["limit"],
                 values={"given": repr(limit)},
+            )
+        if before is not None and (not _whole(before) or not INT8_MIN <= before <= INT8_MAX):
+            raise UsageError(
+                "{before} {given} is no run number; give a whole number, or leave it out",
+                arguments=["before"],
+                values={"given": repr(before)},
             )
         if before is None:
             return self._all(
@@ -827,26 +837,56 @@ class Store:
             return cursor.fetchall()
 
 
+# The times the store takes, in UTC: a day inside the years 1 to 9999 that Python's
+# datetime holds, so that the time reads back in a session of any TimeZone (PostgreSQL's
+# offsets are under 16 hours; 9999-12-31T20:00Z is already the year 10000 in Tokyo).
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+_LATEST = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+# The ranges of PostgreSQL's integer and bigint, checked before a value is sent.
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
+
+
+def _whole(value: object) -> bool:
+    """An int that is not a bool (True is an int to Python, never a count or a number here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_at(at: object) -> None:
     """UsageError unless `at` is a time the store can write and read back: a datetime
     with a time zone (a naive one would be read in the session's, shifting the instant
-    silently), within years 1 to 9999 in UTC (what Python can read back)."""
+    silently) that gives its offset, from 0001-01-02 to 9999-12-30 in UTC."""
     if not isinstance(at, datetime):
         raise UsageError(f"{{at}} must be a datetime, not {type(at).__name__}", arguments=["at"])
-    if at.utcoffset() is None:
+    try:
+        offset = at.utcoffset()  # the tzinfo's own code: it may raise anything
+        utc = at.astimezone(UTC) if offset is not None else None
+    except OverflowError:
+        raise _out_of_range(at) from None
+    except Exception as error:
+        raise UsageError(
+            f"{{at}} has a time zone, {type(at.tzinfo).__name__}, that gives no valid UTC offset "
+            f"({type(error).__name__}); give an aware datetime (datetime.now(UTC))",
+            arguments=["at"],
+        ) from None
+    if utc is None:
         raise UsageError(
             f"{{at}} {at.isoformat()} has no time zone; give an aware datetime "
             "(datetime.now(UTC)): a naive one would be read in the session's time zone",
             arguments=["at"],
         )
-    try:
-        at.astimezone(UTC)
-    except OverflowError:
-        raise UsageError(
-            f"{{at}} {at.isoformat()} is out of range: in UTC it falls outside the years "
-            "1 to 9999, which could not be read back",
-            arguments=["at"],
-        ) from None
+    if not _EARLIEST <= utc <= _LATEST:
+        raise _out_of_range(at)
+
+
+def _out_of_range(at: datetime) -> UsageError:
+    return UsageError(
+        f"{{at}} {at.isoformat()} is out of range: the store takes times from "
+        "0001-01-02 to 9999-12-30 in UTC, which read back in any time zone",
+        arguments=["at"],
+    )
 
 
 def _fetch_one(
