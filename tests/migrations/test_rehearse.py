@@ -347,8 +347,11 @@ def test_a_file_that_would_fail_at_its_commit_fails_the_rehearsal(
 
 
 def test_a_rehearsal_that_loses_the_lock_stops(database: Database, tmp_path: Path) -> None:
+    """The file waits for the lock's session to be gone (pg_terminate_backend's timeout):
+    a signal alone may still be on its way when the file ends, and the loss then found
+    a file later, which under load made this test name 0002."""
     end_lock_session = (
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' "
         "AND pid <> pg_backend_pid() AND granted AND mode = 'ExclusiveLock' AND database = "
         "(SELECT oid FROM pg_database WHERE datname = current_database());\n"
     )
