@@ -395,9 +395,20 @@ def test_functions_and_operators_before_pg_catalog_do_not_stand_in_for_the_runne
     clock_timestamp(), round(), date_part(), md5(), `-`, and an `=` that says every name
     is equal (and no count is), before pg_catalog, left on the database: every run
     applies its file once, records it with the real time, and `status` reads the
-    history."""
-    folder = write_migrations(tmp_path / "m", {"0001_shadows.sql": SHADOWS})
+    history; and a file that builds an index concurrently drops no other invalid index
+    (the runner's lookup of one an interrupted run left would take any under that `=`)."""
+    base = "CREATE TABLE public.base (id int);\n"
+    folder = write_migrations(tmp_path / "m", {"0001_shadows.sql": SHADOWS + base})
     assert migrate(login.database, folder).code == 0
+    with login.admin.connect() as conn:  # an invalid index that is none of the runner's
+        conn.execute("CREATE TABLE public.twice (id int)")
+        conn.execute("INSERT INTO twice VALUES (1), (1)")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY twice_id ON public.twice (id)")
+    not_mine = (
+        "SELECT indisvalid FROM pg_catalog.pg_index WHERE indexrelid = 'public.twice_id'::regclass"
+    )
+    assert login.admin.query(not_mine) == [(False,)]
     version = iter(range(2, 10_000))
 
     @settings(
@@ -413,9 +424,14 @@ def test_functions_and_operators_before_pg_catalog_do_not_stand_in_for_the_runne
             )
         )
         head = "" if transactional else NO_TRANSACTION
-        (folder / f"{v:04d}_t.sql").write_text(head + f"CREATE TABLE public.t{v} (id int);\n")
+        body = f"CREATE TABLE public.t{v} (id int);\n"
+        if not transactional:  # one statement, as such a file holds
+            body = f"CREATE INDEX CONCURRENTLY t{v}_id ON public.base (id);\n"
+        (folder / f"{v:04d}_t.sql").write_text(head + body)
         result = migrate(login.database, folder)
         assert result.code == 0, (path, result)
+        assert "dropped invalid index" not in result.out + result.err, (path, result)
+        assert login.admin.query(not_mine) == [(False,)], path
         row = login.admin.query(
             "SELECT applied_at > pg_catalog.now() - interval '1 minute' AND applied_at <= "
             "pg_catalog.now(), duration_ms BETWEEN 0 AND 60000 FROM "
