@@ -164,6 +164,13 @@ def measure(
                     way(i)
                 rates[name].append(runs_per_round / (time.perf_counter() - started))
     medians = {name: statistics.median(values) for name, values in rates.items()}
+    # The ratio each round measured, side by side: the machine's drift over the case
+    # (a neighbour's load, the table growing) moves both ways of a round alike.
+    hand = rates["hand-written SQL"]
+    for name in ("store API", "store API, jobs batched"):
+        medians[f"{name} / hand-written SQL, paired"] = statistics.median(
+            ours / theirs for ours, theirs in zip(rates[name], hand, strict=True)
+        )
     table = Table(
         f"Record: runs of {STAGES} stages x {JOBS} jobs, whole life, one connection",
         ["way", "runs/s (median)", "min", "max", "store / this"],
@@ -177,6 +184,12 @@ def measure(
                 f"{max(values):.1f}",
                 f"{medians['store API'] / medians[name]:.2f}x",
             ]
+        )
+    for name in ("store API", "store API, jobs batched"):
+        paired = medians[f"{name} / hand-written SQL, paired"]
+        table.notes.append(
+            f"{name} / hand-written SQL, the median of the {rounds} rounds' own ratios: "
+            f"{paired:.3f}x."
         )
     # The run's start and RUNNING; a stage's insert, RUNNING, its jobs' insert, each job's
     # two moves and its finish; the run's finish.
