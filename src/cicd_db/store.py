@@ -56,7 +56,6 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from operator import attrgetter
 from typing import Any, LiteralString, TypeVar
 from uuid import UUID
 
@@ -123,12 +122,43 @@ def _columns(kind: type) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(kind))
 
 
-# A row's fields after its status and times, which never change: a moved row is the
-# new status and times, then these (faster than dataclasses.replace, on the hot path).
-_UNTIMED: dict[type, Callable[[Any], tuple[Any, ...]]] = {
-    kind: attrgetter(*(f.name for f in fields(kind)[3:]))
-    for kind in (PipelineRun, StageRun, JobRun)
-}
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _moved(row: Row, status: str, start_time: Any, completion_time: Any) -> Row:
+    """`row` with a new status and times. Only those can differ (nothing else of a row
+    ever changes), so its other fields are copied as they are: a copy of its __dict__
+    takes a third of the time of the frozen dataclass's __init__, which sets each field
+    through object.__setattr__ (on the hot path: a CI system moves jobs all day)."""
+    moved = _new(type(row))
+    values = row.__dict__.copy()
+    values["status"] = status
+    values["start_time"] = start_time
+    values["completion_time"] = completion_time
+    _set(moved, "__dict__", values)
+    return moved
+
+
+def _pending_job(job_id: UUID, stage_id: UUID, job_name: str, allows_failure: bool) -> JobRun:
+    """JobRun(PENDING, None, None, ...), made as _moved makes rows: add_jobs makes many."""
+    job = _new(JobRun)
+    _set(
+        job,
+        "__dict__",
+        {
+            "status": PENDING,
+            "start_time": None,
+            "completion_time": None,
+            "id": job_id,
+            "stage_execution_id": stage_id,
+            "job_name": job_name,
+            "allows_failure": allows_failure,
+        },
+    )
+    return job
+
+
 RUN_COLUMNS, STAGE_COLUMNS, JOB_COLUMNS = (_columns(k) for k in (PipelineRun, StageRun, JobRun))
 TABLES: dict[type, tuple[sql.Identifier, sql.Composed, str]] = {
     # row type: (table, columns, what the user calls it)
@@ -469,8 +499,7 @@ class Store:
                 "be added only before it finishes"
             )
         return [
-            JobRun(PENDING, None, None, ids[name], stage_id, name, allows_failure)
-            for name, allows_failure in jobs
+            _pending_job(ids[name], stage_id, name, allows_failure) for name, allows_failure in jobs
         ]
 
     def add_job(
@@ -525,7 +554,7 @@ class Store:
                 f"jobs changed while they were moved to {status}; no job of the batch moved; "
                 "read them again and retry"
             )
-        return [JobRun(status, *moved[job.id], *_UNTIMED[JobRun](job)) for job in jobs]
+        return [_moved(job, status, *moved[job.id]) for job in jobs]
 
     def set_status(self, row: Row, status: str, *, at: datetime | None = None) -> Row:
         """Move a run, stage or job to `status`; `at` defaults to the database's now(). Writes.
@@ -700,7 +729,7 @@ class Store:
             return self._finish_slowly(row, at, status)
         if finished is None:
             return self._finish_slowly(row, at, status)
-        return type(row)(*finished, *_UNTIMED[type(row)](row))
+        return _moved(row, *finished)
 
     def _finish_slowly(self, row: Row, at: datetime | None, status: str | None) -> Row:
         """FINISH again, under the row's lock (no child can be added meanwhile, and the
@@ -741,7 +770,7 @@ class Store:
                 ) from None
             if finished is None:  # only the row's own status can have stopped it
                 raise IllegalTransition(_illegal(current, move))
-            return type(row)(*finished, *_UNTIMED[type(row)](row))
+            return _moved(row, *finished)
 
     def _cancel(self, row: Row, at: datetime | None) -> Row:
         """Cancel a run or stage and, parent before child, whatever of it has not finished."""
@@ -804,7 +833,7 @@ class Store:
             ) from None
         if times is None:
             raise IllegalTransition(_illegal(self._get(kind, row.id), status))
-        return kind(status, times[0], times[1], *_UNTIMED[kind](row))
+        return _moved(row, status, times[0], times[1])
 
     def _tuple(
         self, query: bytes, params: Sequence[Any] | Mapping[str, Any]
