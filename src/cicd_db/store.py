@@ -475,11 +475,11 @@ class Store:
         duplicate = {
             "job_executions_stage_job_name_key": "the stage already has a job of that name"
         }
-        with _refusing_duplicates(duplicate), self._connection() as conn:
+        with _refusing_duplicates(duplicate):
             # The ids come back with their names (a job's name is unique in its stage),
             # not in an order SQL does not promise.
             ids = dict(
-                conn.execute(
+                self._rows(
                     b"WITH parent AS (UPDATE stage_executions SET status = status "
                     b"WHERE id = %s AND status IN ('PENDING', 'RUNNING') RETURNING id) "
                     b"INSERT INTO job_executions (stage_execution_id, job_name, allows_failure, "
@@ -488,7 +488,7 @@ class Store:
                     b"FROM parent, unnest(%s::text[], %s::boolean[]) AS job (name, allows_failure) "
                     b"RETURNING job_name, id",
                     (stage_id, names, allows),
-                ).fetchall()
+                )
             )
         if len(ids) != len(jobs) or not jobs:  # none added: say why, if it was refused
             parent = self._get(StageRun, stage_id)
@@ -847,6 +847,18 @@ class Store:
         with self._connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as cursor:
             cursor.execute(query, params)
             return cursor.fetchone()
+
+    def _rows(
+        self, query: bytes, params: Sequence[Any] | Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """Every row `query` returns, as tuples, as _tuple reads them: in binary, where
+        arrays of names and ids cost the least to send and to read back."""
+        if self._cursor is not None:
+            self._cursor.execute(query, params)
+            return self._cursor.fetchall()
+        with self._connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchall()
 
     def _get(self, kind: type[Row], row_id: UUID) -> Row:
         table, columns, what = TABLES[kind]
