@@ -373,19 +373,23 @@ class Store:
     def __init__(
         self,
         connection: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
-        cursor: psycopg.Cursor[Any] | None = None,
+        conn: psycopg.Connection[Any] | None = None,
     ):
         self._connection = connection
-        # Over one connection, the statement sent most (a move) reuses one cursor
-        # instead of making one per call: a CI system's agents move jobs all day.
-        self._cursor = cursor
+        # Over one connection, each statement sent again and again (a move above all: a
+        # CI system's agents move jobs all day) has a cursor of its own, kept, not one
+        # made per call. Of its own: a psycopg cursor sent a statement other than the
+        # one it sent last starts over with a new Transformer, which looks up its
+        # dumpers and loaders again (a job's two moves, on one cursor, each did).
+        self._conn = conn
+        self._cursors: dict[bytes, psycopg.Cursor[Any]] = {}
 
     @classmethod
     def on(cls, conn: psycopg.Connection[Any]) -> Store:
         """A store over one connection (not thread-safe: one caller at a time)."""
         if not conn.autocommit:
             raise ValueError("the store needs an autocommit connection")
-        return cls(lambda: nullcontext(conn), conn.cursor(row_factory=tuple_row, binary=True))
+        return cls(lambda: nullcontext(conn), conn)
 
     @classmethod
     def pooled(cls, pool: Any) -> Store:
@@ -841,9 +845,8 @@ class Store:
         """The first row `query` returns, as a tuple; over one connection through the cursor
         kept for it (writes are the hot path: a CI system's agents report all day). In
         binary: times and ids come back without being parsed from text."""
-        if self._cursor is not None:
-            self._cursor.execute(query, params)
-            return self._cursor.fetchone()
+        if self._conn is not None:
+            return self._kept(self._conn, query).execute(query, params).fetchone()
         with self._connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as cursor:
             cursor.execute(query, params)
             return cursor.fetchone()
@@ -853,12 +856,19 @@ class Store:
     ) -> list[tuple[Any, ...]]:
         """Every row `query` returns, as tuples, as _tuple reads them: in binary, where
         arrays of names and ids cost the least to send and to read back."""
-        if self._cursor is not None:
-            self._cursor.execute(query, params)
-            return self._cursor.fetchall()
+        if self._conn is not None:
+            return self._kept(self._conn, query).execute(query, params).fetchall()
         with self._connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as cursor:
             cursor.execute(query, params)
             return cursor.fetchall()
+
+    def _kept(self, conn: psycopg.Connection[Any], query: bytes) -> psycopg.Cursor[Any]:
+        """The cursor kept for `query` over the store's one connection: binary, tuples.
+        Only the store's own statements (constants, a few dozen) come here."""
+        cursor = self._cursors.get(query)
+        if cursor is None:
+            cursor = self._cursors[query] = conn.cursor(row_factory=tuple_row, binary=True)
+        return cursor
 
     def _get(self, kind: type[Row], row_id: UUID) -> Row:
         table, columns, what = TABLES[kind]
