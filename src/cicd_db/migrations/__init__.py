@@ -62,7 +62,13 @@ from cicd_db.migrations.history import Applied
 from cicd_db.migrations.lock import DEFAULT_LOCK_TIMEOUT
 from cicd_db.migrations.reconcile import StatusRow
 from cicd_db.migrations.runner import Runner, open_runner, scratch_dump
-from cicd_db.migrations.session import LOCK_KEY, SESSION_OPTIONS, WORK_KEY, session_options
+from cicd_db.migrations.session import (
+    CHECK_INTERVAL,
+    LOCK_KEY,
+    SESSION_OPTIONS,
+    WORK_KEY,
+    session_options,
+)
 
 if TYPE_CHECKING:
     from cicd_db.migrations.apply import Result, Retry, RetryPolicy
@@ -90,6 +96,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BATCH_BYTES",
+    "CHECK_INTERVAL",
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_RETRIES",
     "DEFAULT_RETRY_BUDGET",
