@@ -670,12 +670,13 @@ _USER_SEPARATORS = frozenset(":/?#[];,!=&|\\")
 
 def _ends_user(character: str) -> bool:
     """A character after which the rest of a user name may be a password: a separator,
-    or a punctuation mark or symbol that is not ASCII (a full-width colon or at sign).
-    Not a letter, mark, digit or space of any script: a role may be named `ci user` or
-    `José` (decomposed or not), and its pieces would be hidden from every message."""
+    or a character that stands for one in another width (a full-width colon or at sign,
+    as a keyboard in full-width mode types them). Nothing else: a role may be named
+    `ci user`, `José` (decomposed or not), `O’Brien`, `Col·lectiu` or `ジョン・スミス`,
+    and its pieces would be hidden from every message that names it."""
     if character.isascii():
         return character in _USER_SEPARATORS
-    return unicodedata.category(character)[0] in "PS"
+    return unicodedata.normalize("NFKC", character) in _USER_SEPARATORS | {"@"}
 
 
 def _split_userinfo(userinfo: str) -> tuple[str, str]:
