@@ -936,3 +936,19 @@ def test_a_url_parameter_given_empty_is_given_as_psql_takes_it(
             ours = (1, "")
     theirs = (0, oracle.stdout.strip()) if oracle.returncode == 0 else (1, "")
     assert ours == theirs, (oracle.stderr, ours)
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "transaction"])
+def test_a_reading_session_is_iso_under_pgdatestyle_and_left_idle(
+    database: Database, autocommit: bool
+) -> None:
+    """PGDATESTYLE reaches the server after the options and wins over them: a reading
+    session sets ISO again, and one that is not autocommit is handed over idle, with
+    ISO kept past a rollback (the setting was committed, not left in a transaction)."""
+    with mock.patch.dict(os.environ, {"PGDATESTYLE": "SQL, DMY"}):
+        conn = targets.connect(database.settings, autocommit=autocommit)
+    with conn:
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert str(conn.execute("SHOW DateStyle").fetchone()[0]).startswith("ISO")  # type: ignore[index]
+        conn.rollback()
+        assert str(conn.execute("SHOW DateStyle").fetchone()[0]).startswith("ISO")  # type: ignore[index]
