@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from cicd_db import cli, targets
 from cicd_db import settings as contract
 from cicd_db.errors import AuthenticationFailed, ConfigError, ConnectionFailed, UsageError
-from cicd_db.settings import ConnectionSettings, from_url, password_candidates, redact
+from cicd_db.settings import (
+    ConnectionSettings,
+    from_url,
+    mask_credentials,
+    password_candidates,
+    redact,
+)
 from cicd_db.targets import resolve
 
 from .fix_db import Database
@@ -1160,3 +1166,30 @@ def test_a_role_named_with_punctuation_beyond_ascii_shows_whole(name: str) -> No
     assert redact(
         f"role {name} cannot log in", ConnectionSettings("h", 5432, "db", name).secrets()
     ) == (f"role {name} cannot log in")
+
+
+_DIGITS = st.text(st.sampled_from("0123456789"), min_size=1, max_size=5)
+# After `ci:` in a URL with no '@': free text, or what reads as a multi-host list of
+# ports (`5432,h2:5433/db`), which is also what a password with a comma and digits
+# makes when its '@' is lost (`00000,000000` + `127.0.0.1:1/db`).
+_AFTER_THE_COLON = st.text(st.sampled_from("0123456789,.:/?#abc%"), max_size=30) | st.builds(
+    lambda first, others, tail: first + "".join(f",{h}:{p}" for h, p in others) + tail,
+    _DIGITS,
+    st.lists(st.tuples(st.text(st.sampled_from("0123456789.abc"), max_size=12), _DIGITS)),
+    st.sampled_from(["", "/db", "?sslmode=require"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rest=_AFTER_THE_COLON)
+def test_masking_hides_whatever_redaction_takes_for_a_password_in_a_url_without_an_at(
+    rest: str,
+) -> None:
+    """`postgresql://ci:REST` with no '@': what mask_credentials shows and what the
+    redaction of messages hides (password_candidates) agree, so no path that prints a
+    masked URL (the stack check) shows what another path hides."""
+    url = f"postgresql://ci:{rest}"
+    shown = mask_credentials(url) or ""
+    for candidate in password_candidates(url):
+        if len(candidate) >= 4:
+            assert candidate not in shown, (url, shown, candidate)

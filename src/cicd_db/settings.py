@@ -622,6 +622,13 @@ def _misspelt_keyword(name: str) -> str | None:
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://+|postgres(?:ql)?:/+", re.I)
 
 
+# What may follow the first ':' of a URL without an '@' and be shown: ports, digits and
+# commas up to the end of the authority. Anything else there may be a password that
+# lost its '@' (`postgresql://ci:Sekr3t127.0.0.1/db`), and is hidden; so are the hosts
+# after the first of a multi-host URL with ports and no user (`h1:5432,h2:5433`).
+_PORTS = re.compile(r"[\d,]*(?=[/?#]|$)")
+
+
 def mask_credentials(text: str) -> str | None:
     """`text` with whatever stands where a URL's password would be masked.
 
@@ -642,10 +649,9 @@ def mask_credentials(text: str) -> str | None:
         if "://" not in text:
             return None
         colon = text.find(":", scheme.end())
-        # A port is a few digits (one per host) that end the authority: anything else
-        # after a colon may be a password missing its @.
-        port = r"\d{1,5}(?:,[^,/:]*:\d{1,5})*(?:[/?].*)?"
-        if colon >= 0 and not re.fullmatch(port, text[colon + 1 :], re.S):
+        # Ports (digits, one per host) that end the authority: anything else after a
+        # colon may be a password missing its @, as password_candidates reads it.
+        if colon >= 0 and not _PORTS.match(text[colon + 1 :]):
             spans.append((colon + 1, len(text)))
     else:
         start = scheme.end() if scheme.end() <= at else 0
@@ -672,7 +678,8 @@ def _ends_user(character: str) -> bool:
     """A character after which the rest of a user name may be a password: a separator,
     or a character that stands for one in another width (a full-width colon or at sign,
     as a keyboard in full-width mode types them). Nothing else: a role may be named
-    `ci user`, `José` (decomposed or not), `O’Brien`, `Col·lectiu` or `ジョン・スミス`,
+    `ci user`, `José` (decomposed or not), `O\u2019Brien` (a typographic apostrophe),
+    `Col·lectiu` or `ジョン・スミス`,
     and its pieces would be hidden from every message that names it."""
     if character.isascii():
         return character in _USER_SEPARATORS
@@ -750,7 +757,7 @@ def password_candidates(text: str | None) -> list[str]:
             return [text, *secrets]
         # As mask_credentials: after a ':', a port (digits) is no password.
         secret = text[scheme.end() :].partition(":")[2]
-        if re.match(r"[\d,]*(?=[/?#]|$)", secret):
+        if _PORTS.match(secret):
             secret = ""
     else:
         start = scheme.end() if scheme and scheme.end() <= at else 0
