@@ -1193,3 +1193,24 @@ def test_masking_hides_whatever_redaction_takes_for_a_password_in_a_url_without_
     for candidate in password_candidates(url):
         if len(candidate) >= 4:
             assert candidate not in shown, (url, shown, candidate)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    user=st.text(_NAME_CHARACTERS, min_size=1, max_size=12).filter(lambda u: " " not in u),
+    separator=st.sampled_from([":", "?", "/", "\uff1a", "\uff20", "\ufe55", ";"]),
+    secret=st.text(st.characters(categories=("L", "N", "P")), min_size=4, max_size=16).filter(
+        lambda s: not any(c.isspace() for c in s)
+    ),
+)
+def test_a_url_quoted_in_any_message_is_masked_as_mask_credentials_masks_it(
+    user: str, separator: str, secret: str
+) -> None:
+    """redact() (every printed line) and mask_credentials (every URL cicd-db quotes)
+    read a URL the same way: a password after a separator of another width, which one
+    of them once left in a message, is hidden by both."""
+    url = f"postgresql://{user}{separator}{secret}@h/db"
+    masked = mask_credentials(url)
+    assert masked is not None
+    assert redact(f"error: cannot use {url} now") == f"error: cannot use {masked} now"
+    assert secret not in masked or secret in f"{user}{separator}" + "@h/db"

@@ -844,14 +844,10 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
     return replace(settings, parameters=url.parameters)
 
 
-# Greedy up to the last "@" of the token: a password with a raw "@" is still hidden whole.
-# The user name ends where _split_userinfo ends it.
-_SEPARATOR = "[" + re.escape("".join(sorted(_USER_SEPARATORS))) + "]"
-_URL_PASSWORD = re.compile(
-    rf"(?P<head>[a-z][a-z0-9+.-]*://(?:(?!{_SEPARATOR})[^@\s])*{_SEPARATOR})(?P<secret>\S*)"
-    r"(?P<tail>@)",
-    re.I,
-)
+# A URL in a message, to the next white space: masked as mask_credentials masks it (the
+# password up to the token's last '@', so one with a raw '@' is hidden whole; a
+# separator of another width; a password that lost its '@'; the query's secrets).
+_URL_TOKEN = re.compile(r"[a-z][a-z0-9+.-]*:/+\S*", re.I)
 _KEYWORD_PASSWORD = re.compile(
     r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)(?P<tail>)", re.I
 )
@@ -862,8 +858,8 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
     The one function every URL or message passes through before it is printed.
     """
-    for pattern in (_URL_PASSWORD, _KEYWORD_PASSWORD):
-        text = pattern.sub(r"\g<head>***\g<tail>", text)
+    text = _URL_TOKEN.sub(lambda url: mask_credentials(url.group()) or "***", text)
+    text = _KEYWORD_PASSWORD.sub(r"\g<head>***\g<tail>", text)
     # Longest first, so a piece never leaves the rest of the whole behind; each also as
     # a message may quote it (repr escapes backslashes and controls).
     for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
