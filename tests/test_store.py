@@ -1065,13 +1065,15 @@ def test_a_time_that_could_not_be_read_back_or_would_shift_is_refused(
     assert snapshot(schema) == before
 
 
-@pytest.mark.parametrize("zone", ["+15:59", "-15:59", "Asia/Tokyo", "Etc/GMT+12"])
+@pytest.mark.parametrize(
+    "zone", ["+15:59", "-15:59", "Asia/Tokyo", "Etc/GMT+12", "<+167>-167", "<-167>+167"]
+)
 @pytest.mark.parametrize("edge", ["earliest", "latest"])
 def test_the_times_at_the_edges_the_store_takes_read_back_in_any_time_zone(
     schema: Database, zone: str, edge: str
 ) -> None:
     """The first and last instants `at=` takes are written, and read back by a session
-    of any TimeZone (PostgreSQL's offsets stay under 16 hours), through the store and
+    of any TimeZone (a POSIX zone PostgreSQL takes is up to 167 hours off UTC), through the store and
     the report."""
     at = store._EARLIEST if edge == "earliest" else store._LATEST
     time_zone = f"INTERVAL '{zone}' HOUR TO MINUTE" if zone[0] in "+-" else f"'{zone}'"
@@ -1166,3 +1168,25 @@ def test_the_library_entry_points_refuse_a_name_no_table_can_hold(
             insights.insights(conn, "p\x00")
         else:
             retention.prune(conn, keep_days=1, pipeline="p\x00")
+
+
+def test_kept_cursors_follow_the_sessions_encoding_and_time_zone(schema: Database) -> None:
+    """Over one connection the store keeps a cursor per statement, whose dumpers and
+    loaders hold the session's encoding and time zone: after a `SET` by another user
+    of the connection, a name is still stored as given (not UTF-8 read as LATIN1) and
+    a moved row reads as the row read back."""
+    with schema.connect() as conn:
+        executions = Store.on(conn)
+        run = executions.start_run("warm", "c")
+        stage = executions.add_stage(run, "s", 1)
+        first, second = executions.add_jobs(stage, [("a", False), ("b", False)])
+        executions.set_status(first, RUNNING)
+        conn.execute("SET client_encoding TO 'LATIN1'")
+        executions.start_run("José", "c")
+        conn.execute("SET client_encoding TO 'UTF8'")
+        conn.execute("SET TimeZone TO 'Asia/Tokyo'")
+        moved = executions.set_status(second, RUNNING)
+        assert repr(moved) == repr(executions.job(run, stage, "b"))
+    assert schema.query(
+        "SELECT count(*) FROM pipeline_executions WHERE pipeline_name = 'José'"
+    ) == [(1,)]

@@ -383,6 +383,7 @@ class Store:
         # dumpers and loaders again (a job's two moves, on one cursor, each did).
         self._conn = conn
         self._cursors: dict[bytes, psycopg.Cursor[Any]] = {}
+        self._session: tuple[bytes | None, bytes | None] = (None, None)
 
     @classmethod
     def on(cls, conn: psycopg.Connection[Any]) -> Store:
@@ -595,13 +596,14 @@ class Store:
         check_name("pipeline_name", pipeline_name)
         if not _whole(limit) or not 0 <= limit <= INT8_MAX:
             raise UsageError(
-                "{limit} {given} is no count; give 0 or more",
+                "{limit} {given} is no count; give a whole number from 0 to {most:,}",
                 arguments=["limit"],
-                values={"given": repr(limit)},
+                values={"given": repr(limit), "most": INT8_MAX},
             )
         if before is not None and (not _whole(before) or not INT8_MIN <= before <= INT8_MAX):
             raise UsageError(
-                "{before} {given} is no run number; give a whole number, or leave it out",
+                "{before} {given} is no run number; give a whole number within bigint's "
+                "range, or leave it out",
                 arguments=["before"],
                 values={"given": repr(before)},
             )
@@ -864,7 +866,17 @@ class Store:
 
     def _kept(self, conn: psycopg.Connection[Any], query: bytes) -> psycopg.Cursor[Any]:
         """The cursor kept for `query` over the store's one connection: binary, tuples.
-        Only the store's own statements (constants, a few dozen) come here."""
+        Only the store's own statements (constants, a few dozen) come here. A cursor
+        keeps the encoding and time zone the session had when it was made (its dumpers
+        and loaders): when either has changed since (a `SET` by the connection's other
+        users), the kept cursors are dropped, and made again."""
+        session = (
+            conn.pgconn.parameter_status(b"client_encoding"),
+            conn.pgconn.parameter_status(b"TimeZone"),
+        )
+        if session != self._session:
+            self._cursors.clear()
+            self._session = session
         cursor = self._cursors.get(query)
         if cursor is None:
             cursor = self._cursors[query] = conn.cursor(row_factory=tuple_row, binary=True)
@@ -888,11 +900,12 @@ class Store:
             return cursor.fetchall()
 
 
-# The times the store takes, in UTC: a day inside the years 1 to 9999 that Python's
-# datetime holds, so that the time reads back in a session of any TimeZone (PostgreSQL's
-# offsets are under 16 hours; 9999-12-31T20:00Z is already the year 10000 in Tokyo).
-_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
-_LATEST = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+# The times the store takes, in UTC: a week inside the years 1 to 9999 that Python's
+# datetime holds, so that the time reads back in a session of any TimeZone
+# (9999-12-31T20:00Z is already the year 10000 in Tokyo; a POSIX zone such as
+# '<+167>-167', which PostgreSQL takes, is 167 hours off UTC).
+_EARLIEST = datetime(1, 1, 8, tzinfo=UTC)
+_LATEST = datetime(9999, 12, 24, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 # The ranges of PostgreSQL's integer and bigint, checked before a value is sent.
@@ -908,7 +921,7 @@ def _whole(value: object) -> bool:
 def _check_at(at: object) -> None:
     """UsageError unless `at` is a time the store can write and read back: a datetime
     with a time zone (a naive one would be read in the session's, shifting the instant
-    silently) that gives its offset, from 0001-01-02 to 9999-12-30 in UTC."""
+    silently) that gives its offset, from 0001-01-08 to 9999-12-24 in UTC."""
     if not isinstance(at, datetime):
         raise UsageError(f"{{at}} must be a datetime, not {type(at).__name__}", arguments=["at"])
     try:
@@ -935,7 +948,7 @@ def _check_at(at: object) -> None:
 def _out_of_range(at: datetime) -> UsageError:
     return UsageError(
         f"{{at}} {at.isoformat()} is out of range: the store takes times from "
-        "0001-01-02 to 9999-12-30 in UTC, which read back in any time zone",
+        "0001-01-08 to 9999-12-24 in UTC, which read back in any time zone",
         arguments=["at"],
     )
 
