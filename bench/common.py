@@ -89,6 +89,9 @@ def tuned(server: EmbeddedServer) -> ConnectionSettings:
             conn.execute(
                 sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
             )
+        # A server left running keeps its settings until it reads the file again: the
+        # ones a reload takes (synchronous_commit, ...) apply now, the rest at the restart.
+        conn.execute("SELECT pg_reload_conf()")
         shown = one(conn, "SHOW shared_buffers")
     if shown != SERVER_SETTINGS["shared_buffers"] or set(SERVER_SETTINGS) - set(current):
         server.stop()
