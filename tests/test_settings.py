@@ -1214,3 +1214,16 @@ def test_a_url_quoted_in_any_message_is_masked_as_mask_credentials_masks_it(
     assert masked is not None
     assert redact(f"error: cannot use {url} now") == f"error: cannot use {masked} now"
     assert secret not in masked or secret in f"{user}{separator}" + "@h/db"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "written to C:/Users/me/schema.sql",
+        "see file:///tmp/schema.sql",
+        "connection to server at ::1, port 5432 failed",
+        "time 12:30:05+00",
+    ],
+)
+def test_text_that_only_looks_like_part_of_a_url_is_left_as_it_is(text: str) -> None:
+    assert redact(text) == text

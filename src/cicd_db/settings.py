@@ -847,7 +847,7 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
 # A URL in a message, to the next white space: masked as mask_credentials masks it (the
 # password up to the token's last '@', so one with a raw '@' is hidden whole; a
 # separator of another width; a password that lost its '@'; the query's secrets).
-_URL_TOKEN = re.compile(r"[a-z][a-z0-9+.-]*:/+\S*", re.I)
+_URL_TOKEN = re.compile(rf"(?:{_SCHEME.pattern})\S*", re.I)
 _KEYWORD_PASSWORD = re.compile(
     r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)(?P<tail>)", re.I
 )
