@@ -178,7 +178,7 @@ class Database:
         return [
             int(str(row[0]))
             for row in self.query(
-                "SELECT version FROM cicd_db.cicd_db_schema_history ORDER BY version"
+                "SELECT version FROM ONLY cicd_db.cicd_db_schema_history ORDER BY version"
             )
         ]
 

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from cicd_db import migrations
 from cicd_db.embedded import EmbeddedServer
 from cicd_db.migrations.history import shown
 from cicd_db.settings import ConnectionSettings
@@ -558,6 +559,19 @@ ALTERATIONS = {
         "EXECUTE FUNCTION public.no_more();\n",
         f"DROP TRIGGER no_more ON {HISTORY}",
     ),
+    # Deferred to COMMIT, after the runner's checks, unless the runner fires them first.
+    "deferred trigger": (
+        "CREATE FUNCTION public.no_more() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN RAISE EXCEPTION 'no more'; END$$;\n"
+        f"CREATE CONSTRAINT TRIGGER no_more AFTER INSERT ON {HISTORY} DEFERRABLE INITIALLY "
+        "DEFERRED FOR EACH ROW WHEN (NEW.version >= 3) EXECUTE FUNCTION public.no_more();\n",
+        f"DROP TRIGGER no_more ON {HISTORY}",
+    ),
+    "deferred unique": (
+        f"ALTER TABLE {HISTORY} ADD CONSTRAINT one_per_checksum UNIQUE (checksum) "
+        "DEFERRABLE INITIALLY DEFERRED;\n",
+        f"ALTER TABLE {HISTORY} DROP CONSTRAINT one_per_checksum",
+    ),
 }
 
 
@@ -885,3 +899,83 @@ def test_a_dropped_history_column_is_named_missing_with_no_drop_advised(
     line = refusal(migrate(database, folder))
     assert "column duration_ms is missing" in line and "restore it" in line, line
     assert "DROP" not in line.split("cannot be recorded", 1)[1], line
+
+
+def test_a_deferred_trigger_that_takes_the_row_away_cannot_make_a_file_run_twice(
+    database: Database, tmp_path: Path
+) -> None:
+    """A constraint trigger on the history, deferred to COMMIT, that deletes each new row:
+    it acted after the runner's checks, so a file was told applied with no row, and the
+    next run applied it again. The runner fires what is deferred before it checks: the
+    row is found missing, and the file's transaction rolled back (a no-transaction
+    file is told it ran and was not recorded)."""
+    eat = (
+        "CREATE TABLE ran (id int PRIMARY KEY, times int NOT NULL);\n"
+        "CREATE FUNCTION public.eat() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
+        f"DELETE FROM {HISTORY} WHERE version = NEW.version; RETURN NULL; END$$;\n"
+        f"CREATE CONSTRAINT TRIGGER eat AFTER INSERT ON {HISTORY} DEFERRABLE INITIALLY "
+        "DEFERRED FOR EACH ROW WHEN (NEW.version >= 2) EXECUTE FUNCTION public.eat();\n"
+    )
+    count = "INSERT INTO ran VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET times = ran.times + 1;\n"
+    for transactional in (True, False):
+        head = "" if transactional else NO_TRANSACTION
+        folder = write_migrations(
+            tmp_path / str(transactional), {"0001_eat.sql": eat, "0002_counted.sql": head + count}
+        )
+        database.execute("DROP SCHEMA IF EXISTS cicd_db CASCADE; DROP TABLE IF EXISTS ran")
+        database.execute("DROP FUNCTION IF EXISTS public.eat() CASCADE")
+        first = migrate(database, folder)
+        assert "left no history row" in refusal(first), first  # not "applied"
+        assert database.history() == [1]
+        if transactional:  # rolled back with its row: it never counts as run
+            assert migrate(database, folder).code == 1
+            assert database.query("SELECT times FROM public.ran") == []
+
+
+def test_rows_of_a_table_that_inherits_the_history_are_not_the_history(
+    database: Database, tmp_path: Path
+) -> None:
+    """A table that INHERITS the history (an archive, a copy) with a row in it: read
+    without ONLY, its row was taken for version 3, which then never ran."""
+    later = write_migrations(tmp_path / "later", {"0003_counted.sql": COUNTED})
+    checksum = migrations.discover(later)[0].checksum
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "0001_first.sql": "SELECT 1;\n",
+            "0002_archive.sql": f"CREATE TABLE public.archive () INHERITS ({HISTORY});\n"
+            "INSERT INTO public.archive (version, name, checksum, applied_by, duration_ms) "
+            f"VALUES (3, 'counted', '{checksum}', 'someone', 0);\n",
+        },
+    )
+    assert migrate(database, folder).code == 0
+    write_migrations(folder, {"0003_counted.sql": COUNTED})
+    result = migrate(database, folder)
+    assert result.code == 0, result
+    assert database.query("SELECT times FROM public.ran") == [(1,)]
+    assert database.history() == [1, 2, 3]
+
+
+def test_an_unlogged_history_is_refused_before_a_crash_could_empty_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """PostgreSQL empties an UNLOGGED table after a crash, and every file would then run
+    again. A no-transaction file that makes the history UNLOGGED is not recorded, and
+    any run, or `status`, refuses such a history with the statement that fixes it."""
+    unlogged = NO_TRANSACTION + f"ALTER TABLE {HISTORY} SET UNLOGGED;\n"
+    folder = write_migrations(
+        tmp_path / "m", {"0001_counted.sql": COUNTED, "0002_unlogged.sql": unlogged}
+    )
+    first = migrate(database, folder)
+    assert first.code == 1 and "makes it UNLOGGED" in refusal(first), first
+    assert database.history() == [1]
+    fix = f"(ALTER TABLE {HISTORY} SET LOGGED) and run again"
+    for command in ((), ("status",)):
+        result = migrate(database, folder, *command)
+        assert result.code == 2, result
+        assert one_line(result).startswith(f"error: the migration history {HISTORY} is UNLOGGED")
+        assert one_line(result).endswith(fix)
+    database.execute(f"ALTER TABLE {HISTORY} SET LOGGED")
+    (folder / "0002_unlogged.sql").write_text(NO_TRANSACTION + "SELECT 1;\n")
+    assert migrate(database, folder).code == 0
+    assert database.query("SELECT times FROM public.ran") == [(1,)]

@@ -52,6 +52,10 @@ MARK = b"SELECT pg_catalog.pg_current_xact_id(), " + integrity.STATE + b";"
 BEGIN_MARKED = b"BEGIN;" + MARK
 # Statements before the checks in a file's closing batch: the reset, then PINNED's.
 _RESET = RESET_SESSION.count(b"; ") + 1 + history.PINNED_STATEMENTS
+# After the history row's INSERT: what a deferred trigger or constraint on the history
+# would do at COMMIT (delete the row, refuse it) happens here, before the checks read
+# the history, and a refusal is told as the row's, with what was added to the table.
+FIRE_DEFERRED = b"SET CONSTRAINTS ALL IMMEDIATE"
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,7 @@ class Applier:
                 self.session.still_ours(begun),
                 self.session.still_locked(),
                 history.insert_row(self.conn, migration, duration_ms=None),
+                FIRE_DEFERRED,
                 integrity.recorded_check(
                     self.conn,
                     self.recorded,
@@ -290,6 +295,7 @@ class Applier:
                 history.PINNED,
                 self.session.still_locked(),
                 history.insert_row(self.conn, migration, duration_ms=duration_ms),
+                FIRE_DEFERRED,
                 integrity.recorded_check(self.conn, self.recorded, migration),
             ]
         )
@@ -324,8 +330,7 @@ class Applier:
         # rolled back with it, and so not found: then the file is to blame.)
         changed = (
             integrity.alterations(self.conn)
-            if len(results) > insert_at
-            and failed is results[insert_at]
+            if any(failed is result for result in results[insert_at : insert_at + 2])
             and state not in RETRIED_SQLSTATES
             and self.session.end_transaction()
             else []
@@ -353,7 +358,8 @@ class Applier:
             "the same time",
             integrity.CHECK_RECORDED: "left no history row (a trigger on the history table?)",
             integrity.CHECK_HISTORY: "changed the migration history (TRUNCATE, DELETE, UPDATE, "
-            "an ALTER TABLE that rewrites it, or another table in its place)",
+            "an ALTER TABLE that rewrites it or makes it UNLOGGED, or another table in its "
+            "place)",
             CHECK_HISTORY_GONE: "dropped or moved the migration history "
             f"({history.shown(self.conn, history.SCHEMA, history.TABLE)})",
         }[check]

@@ -164,7 +164,7 @@ def row_security_refused(
 
 
 _FIND = sql.SQL(
-    "SELECT n.nspname, c.relkind, (SELECT count(*) FROM pg_catalog.pg_attribute a "
+    "SELECT n.nspname, c.relkind, c.relpersistence, (SELECT count(*) FROM pg_catalog.pg_attribute a "
     "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
     "AND a.attname = ANY(ARRAY[{columns}]::name[])) = {count} FROM pg_catalog.pg_class c "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
@@ -241,10 +241,17 @@ def find(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
     rows = pinned_rows(conn, _FIND)
     ours = False
     older = []
-    for schema, kind, complete in rows:
+    for schema, kind, persistence, complete in rows:
         if schema == SCHEMA:
             if kind in ("r", "p") and not complete:
                 raise ConfigError(_not_as_made(conn))
+            if persistence == "u":
+                name = shown(conn, SCHEMA, TABLE)
+                raise ConfigError(
+                    f"the migration history {name} is UNLOGGED: a crash of the server would "
+                    "empty it, and every migration would then run again; make it logged "
+                    f"(ALTER TABLE {name} SET LOGGED) and run again"
+                )
             if kind not in ("r", "p"):
                 raise ConfigError(
                     f"{shown(conn, SCHEMA, TABLE)} exists but is not cicd-db's migration "
@@ -259,7 +266,7 @@ def find(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
         counted = []
         for schema in found:
             table = sql.Identifier(schema, TABLE)
-            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+            row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(table)).fetchone()
             rows_in = int(row[0]) if row else 0
             counted.append(f"{shown(conn, schema, TABLE)} ({plural(rows_in, 'row')})")
         raise ConfigError(
@@ -288,7 +295,7 @@ def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied
             return []
         schema = SCHEMA if ours else older[0]
     table = sql.Identifier(schema, TABLE)
-    query = sql.SQL("SELECT {} FROM {} ORDER BY version").format(SELECTED, table)
+    query = sql.SQL("SELECT {} FROM ONLY {} ORDER BY version").format(SELECTED, table)
     try:
         return pinned_rows(conn, query, args_row(_applied))
     except errors.InsufficientPrivilege as error:
@@ -332,9 +339,9 @@ def _acting_role(conn: psycopg.Connection[Any]) -> str | None:
 # backend), which the SELECT of every column by name makes for the common case.
 _IN_PLACE = (
     sql.SQL(
-        "{pinned}; SELECT n.nspname, c.relkind FROM pg_catalog.pg_class c JOIN "
+        "{pinned}; SELECT n.nspname, c.relkind, c.relpersistence FROM pg_catalog.pg_class c JOIN "
         "pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = {table}; "
-        "SELECT {columns} FROM {qualified} ORDER BY version"
+        "SELECT {columns} FROM ONLY {qualified} ORDER BY version"
     )
     .format(
         pinned=sql.SQL(PINNED.decode()),
@@ -368,8 +375,8 @@ def _read_in_place(conn: psycopg.Connection[Any]) -> list[Applied] | None:
         return None
     if tables is None or tables.ntuples != 1 or tables.get_value(0, 1) not in (b"r", b"p"):
         return None
-    if tables.get_value(0, 0) != SCHEMA.encode():
-        return None
+    if tables.get_value(0, 0) != SCHEMA.encode() or tables.get_value(0, 2) != b"p":
+        return None  # elsewhere, or UNLOGGED: find() says so
     return rows
 
 

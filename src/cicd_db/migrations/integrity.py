@@ -96,7 +96,7 @@ _RAISE_CHANGED = b"RAISE EXCEPTION 'the history was changed' USING ERRCODE = '%s
 _ROW_CHECK = (
     sql.SQL(
         "DO $cicd_db$DECLARE same boolean; BEGIN "
-        "SELECT name = %(name)s AND checksum = %(checksum)s INTO same FROM {table} "
+        "SELECT name = %(name)s AND checksum = %(checksum)s INTO same FROM ONLY {table} "
         "WHERE version = %(version)d; "
         "IF same IS NULL THEN RAISE EXCEPTION 'the history row was not written' "
         "USING ERRCODE = {gone}; "
@@ -122,9 +122,18 @@ _COUNTED_CHECK = (
 _FINGERPRINT_CHECK = (
     sql.SQL(
         "ELSIF (SELECT pg_catalog.md5(pg_catalog.string_agg(version || ' ' || name || ' ' || "
-        "checksum, E'\\n' ORDER BY version)) FROM {table}) IS DISTINCT FROM '%(expected)s' THEN "
+        "checksum, E'\\n' ORDER BY version)) FROM ONLY {table}) IS DISTINCT FROM '%(expected)s' THEN "
     )
     .format(table=QUALIFIED)
+    .as_bytes(None)
+    + _RAISE_CHANGED
+    # UNLOGGED (by a no-transaction file: in a transaction, the rewrite changes the
+    # storage): a crash would empty it, and every file then run again.
+    + sql.SQL(
+        " ELSIF (SELECT c.relpersistence FROM pg_catalog.pg_class c "
+        "WHERE c.oid = {name}::pg_catalog.regclass) <> 'p' THEN "
+    )
+    .format(name=sql.Literal(f"{SCHEMA}.{TABLE}"))
     .as_bytes(None)
     + _RAISE_CHANGED
     + b" END IF; END$cicd_db$"
@@ -184,7 +193,7 @@ _ON_THE_HISTORY = sql.SQL(
      WHERE a.attrelid = {t}::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
     UNION ALL
     SELECT 'constraint', c.conname::text, '', true FROM pg_catalog.pg_constraint c
-     WHERE c.conrelid = {t}::pg_catalog.regclass AND c.contype <> 'n'
+     WHERE c.conrelid = {t}::pg_catalog.regclass AND c.contype NOT IN ('n', 't')
     UNION ALL
     SELECT 'index', i.relname::text, '', true FROM pg_catalog.pg_index x
       JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
