@@ -717,7 +717,10 @@ def test_a_no_transaction_file_that_drops_the_history_says_what_it_did_is_commit
     assert err == (
         "error: migration 0002_drop.sql dropped or moved the migration history "
         "(cicd_db.cicd_db_schema_history); what it did is committed, and it is not recorded; "
-        "remove that from the file, check the database, and run again\n"
+        "remove that from the file, and put the history back before any other run, which "
+        "would find none and apply every file again: move it back if it was moved (the next "
+        "run names where it is), or, if it was dropped, record what is applied with "
+        "`cicd-db migrate baseline --version 2`\n"
     )
 
 

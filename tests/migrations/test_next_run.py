@@ -979,3 +979,42 @@ def test_an_unlogged_history_is_refused_before_a_crash_could_empty_it(
     (folder / "0002_unlogged.sql").write_text(NO_TRANSACTION + "SELECT 1;\n")
     assert migrate(database, folder).code == 0
     assert database.query("SELECT times FROM public.ran") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [f"ALTER TABLE {HISTORY} RENAME TO old_history", f"DROP TABLE {HISTORY}"],
+    ids=["rename", "drop"],
+)
+def test_a_history_a_no_transaction_file_took_away_is_put_back_not_run_again(
+    database: Database, tmp_path: Path, statement: str
+) -> None:
+    """A no-transaction file renames or drops the history (committed, so not undone).
+    A run that finds no history makes an empty one and applies every file again: the
+    failure says to put it back first, the next run refuses while a table with the
+    history's columns is elsewhere (naming the statements that move it back), and the
+    way the failure gives, followed as written, applies no file twice."""
+    folder = write_migrations(
+        tmp_path / "m",
+        {"0001_counted.sql": COUNTED, "0002_away.sql": NO_TRANSACTION + statement + ";\n"},
+    )
+    first = refusal(migrate(database, folder))
+    assert "put the history back before any other run" in first, first
+    (folder / "0002_away.sql").write_text(NO_TRANSACTION + "SELECT 1;\n")  # removed, as told
+    if statement.startswith("ALTER"):
+        refused = migrate(database, folder)
+        assert refused.code == 2, refused
+        line = one_line(refused)
+        assert "cicd_db.old_history has its columns (1 row)" in line, line
+        back = re.search(r"move it back \((.*)\); if it is a copy", line)
+        assert back, line
+        for undo in back[1].split("; "):
+            database.execute(undo)
+    else:
+        baseline = re.search(r"`(cicd-db migrate baseline --version \d+)`", first)
+        assert baseline, first
+        done = migrate(database, folder, "baseline", *baseline[1].split()[3:])
+        assert done.code == 0, done
+    assert migrate(database, folder).code == 0
+    assert database.query("SELECT times FROM public.ran") == [(1,)]
+    assert database.history() == [1, 2]

@@ -364,11 +364,19 @@ class Applier:
             f"({history.shown(self.conn, history.SCHEMA, history.TABLE)})",
         }[check]
         done = self._done(migration, committed, ended=check == CHECK_MARK)
-        fix = (
-            "check what ended that session (a statement in the file, or the server), and run again"
-            if check == CHECK_LOCK
-            else "remove that from the file, check the database, and run again"
-        )
+        if check == CHECK_LOCK:
+            fix = "check what ended that session (a statement in the file, or the server), and run again"
+        elif check == CHECK_HISTORY_GONE and not migration.transactional:
+            # Committed: a run that finds no history makes an empty one and applies every
+            # file again. (A transactional file's DROP or RENAME is rolled back with it.)
+            fix = (
+                "remove that from the file, and put the history back before any other run, "
+                "which would find none and apply every file again: move it back if it was "
+                "moved (the next run names where it is), or, if it was dropped, record what "
+                f"is applied with `cicd-db migrate baseline --version {migration.version}`"
+            )
+        else:
+            fix = "remove that from the file, check the database, and run again"
         return f"migration {migration.filename} {what}; {done}, and it is not recorded; {fix}"
 
     @staticmethod

@@ -275,7 +275,48 @@ def find(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
             "(compare them with `SELECT * FROM` each; an empty one is most likely left by "
             "an older release of cicd-db), drop the others, and run again"
         )
+    if not found:
+        _refuse_a_history_under_another_name(conn)
     return ours, older
+
+
+# Tables of another name in the history's schema with every column of the history: a
+# history a migration renamed (ALTER TABLE ... RENAME), looked for only where there is
+# none. (Moved to another schema under its name, it is found by name; an application's
+# table elsewhere may have such columns, and is none of the runner's.)
+_LOOK_ALIKES = sql.SQL(
+    "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind IN ('r', 'p') AND n.nspname = {schema} "
+    "AND (SELECT count(*) FROM pg_catalog.pg_attribute a "
+    "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+    "AND a.attname = ANY(ARRAY[{columns}]::name[])) = {count} ORDER BY 1, 2"
+).format(
+    schema=sql.Literal(SCHEMA),
+    columns=sql.SQL(", ").join(map(sql.Literal, COLUMNS)),
+    count=sql.Literal(len(COLUMNS)),
+)
+
+
+def _refuse_a_history_under_another_name(conn: psycopg.Connection[Any]) -> None:
+    """ConfigError when the history is missing and a table with all its columns is
+    elsewhere: made anew, the history would be empty, and every file would run again."""
+    found = pinned_rows(conn, _LOOK_ALIKES)
+    if not found:
+        return
+    schema, table = (str(part) for part in found[0])
+    where = shown(conn, schema, table)
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema, table))
+    )
+    rows_in = int((row.fetchone() or (0,))[0])
+    back = [f"ALTER TABLE {where} RENAME TO {shown(conn, TABLE)}"]
+    raise ConfigError(
+        f"there is no migration history {shown(conn, SCHEMA, TABLE)}, but {where} has its "
+        f"columns ({plural(rows_in, 'row')}): a history a migration renamed or moved? A new "
+        "one would be empty, and every file would run again; if it is the history, move it "
+        f"back ({'; '.join(back)}); if it is a copy, drop it or rename a column; and run again"
+    )
 
 
 def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied]:
