@@ -1018,3 +1018,77 @@ def test_a_history_a_no_transaction_file_took_away_is_put_back_not_run_again(
     assert migrate(database, folder).code == 0
     assert database.query("SELECT times FROM public.ran") == [(1,)]
     assert database.history() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("setting", "body"),
+    [
+        ("statement_timeout = '300ms'", "SELECT pg_sleep(1);\n"),
+        ("default_transaction_read_only = on", "CREATE TABLE r (id int);\n"),
+        ("search_path = ''", "CREATE TABLE r (id int);\n"),
+    ],
+    ids=["statement_timeout", "read_only", "empty_search_path"],
+)
+def test_a_rehearsal_names_a_setting_left_on_the_database_and_goes_on(
+    database: Database, tmp_path: Path, setting: str, body: str
+) -> None:
+    """Looking up where a setting that stopped a file comes from once rolled the whole
+    rehearsal back, which was then told as the file having ended its savepoint, and
+    nothing after it was rehearsed: the lookup rolls back to the file's savepoint."""
+    folder = write_migrations(
+        tmp_path / "m", {"0001_leave.sql": "SELECT 1;\n" + leave(setting, "database")}
+    )
+    assert migrate(database, folder).code == 0
+    write_migrations(folder, {"0002_stop.sql": body, "0003_after.sql": "SELECT 3;\n"})
+    rehearsal = migrate(database, folder, "up", "--rehearse")
+    assert rehearsal.code == 1, rehearsal
+    told = rehearsal.out + rehearsal.err
+    assert "ended the rehearsal's savepoint" not in told, told
+    assert f"{setting.split(' =')[0]} is " in told and "for database" in told, told
+    assert "0003_after.sql" in rehearsal.out, told
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {
+            "0001_a.sql": "SET statement_timeout = '50ms';\nCREATE TABLE a (id int);\n",
+            "0002_b.sql": "SELECT pg_sleep(0.2);\nCREATE TABLE b (id int);\n",
+        },
+        {
+            "0001_a.sql": "CREATE TEMP TABLE scratch AS SELECT 1 AS x;\nCREATE TABLE a (id int);\n",
+            "0002_b.sql": "CREATE TEMP TABLE scratch AS SELECT 2 AS x;\nCREATE TABLE b (id int);\n",
+        },
+    ],
+    ids=["statement_timeout", "temp_table"],
+)
+def test_schema_diff_runs_each_file_as_up_ran_it(
+    database: Database, tmp_path: Path, files: dict[str, str]
+) -> None:
+    """`up` resets the session between files; `schema diff` replays them in one
+    transaction, and did not: a file's SET or temporary table reached the next, which
+    failed there ("fix the file" for a file that is fine), or crashed looking up the
+    setting ("Explicit rollback() forbidden within a Transaction context")."""
+    folder = write_migrations(tmp_path / "m", files)
+    assert migrate(database, folder).code == 0
+    result = run_cli(
+        "schema", "diff", "--database-url", database.url, "--migrations-dir", str(folder)
+    )
+    assert (result.code, result.err) == (0, ""), result
+
+
+def test_schema_diff_names_a_setting_left_on_the_database(
+    database: Database, tmp_path: Path
+) -> None:
+    """A setting 0001 left stops 0002 when the comparison replays them in a new session
+    (the run that applied both started before it was set): named, with its fix."""
+    leaving = "SELECT 1;\n" + leave("statement_timeout = '300ms'", "database")
+    folder = write_migrations(
+        tmp_path / "m", {"0001_leave.sql": leaving, "0002_slow.sql": "SELECT pg_sleep(0.6);\n"}
+    )
+    assert migrate(database, folder).code == 0
+    result = run_cli(
+        "schema", "diff", "--database-url", database.url, "--migrations-dir", str(folder)
+    )
+    line = one_line(result)
+    assert "Explicit rollback" not in line and "statement_timeout is " in line, line

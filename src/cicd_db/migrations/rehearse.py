@@ -115,6 +115,7 @@ def rehearse(session: Session, pending: list[Migration]) -> list[Rehearsal]:
     """
     results: list[Rehearsal] = []
     session.conn.execute("BEGIN")
+    session.savepoint = b"cicd_db_rehearsal"
     migration = pending[0]
     try:
         skipped: list[str] = []
@@ -138,6 +139,7 @@ def rehearse(session: Session, pending: list[Migration]) -> list[Rehearsal]:
             exit_code=EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED,
         ) from None
     finally:
+        session.savepoint = None
         session.end_transaction()
     return results
 

@@ -123,6 +123,10 @@ class Session:
             raise ValueError("the runner needs an autocommit connection")
         self.conn = conn
         self.lock_key: int | None = None
+        # The savepoint a file runs after inside a transaction that must go on (a
+        # rehearsal, a schema comparison): a failure is looked into after rolling back
+        # to it, never by ending the transaction.
+        self.savepoint: bytes | None = None
         # The runner resets the session after each file, prepared statements
         # included (DEALLOCATE ALL), so psycopg must not keep any of its own.
         conn.prepare_threshold = None
@@ -293,7 +297,7 @@ class Session:
             code = without_comments(migration.data, standard_strings=self.standard_strings())
             if any(word in code.lower() for word in _SET_BY_A_FILE.get(name, (name.encode(),))):
                 return None
-        if not self.end_transaction():
+        if not self._out_of_the_failure():
             return (
                 f"{name} ended the session: unless the file set it, a role's, the database's "
                 f"or the server's setting did (pg_settings tells which); reset that"
@@ -316,6 +320,21 @@ class Session:
         info = self.conn.info
         db, role = shown(self.conn, info.dbname), shown(self.conn, info.user)
         return setting_advice(name, value, source, database=db, role=role)
+
+    def _out_of_the_failure(self) -> bool:
+        """A session that can read again after a failure: its transaction rolled back, or,
+        inside one that must go on, rolled back to `savepoint`. False if it is gone."""
+        in_one = self.conn.info.transaction_status in (
+            TransactionStatus.INTRANS,
+            TransactionStatus.INERROR,
+        )
+        if self.savepoint is None or not in_one or self.lost:
+            return self.end_transaction()
+        try:
+            self.conn.execute(b"ROLLBACK TO SAVEPOINT " + self.savepoint)
+        except psycopg.Error:
+            return False
+        return True
 
     def copy(self, migration: Migration, step: Copy) -> None:
         """COPY ... FROM STDIN with the data lines that follow it in the file, as psql sends them."""

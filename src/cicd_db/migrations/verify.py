@@ -67,6 +67,15 @@ def drift(session: Session, files: list[Migration]) -> tuple[int, list[schema.Di
     return newest, compare(session, [m for m in files if m.version <= newest])
 
 
+# What a file leaves in its session that the next one must not find, reset inside the
+# comparison's transaction (the run's RESET_SESSION less its advisory locks, which are
+# the runner's and not taken here): settings, role, cursors, prepared statements and
+# temporary tables.
+RESET_FILE_STATE = (
+    b"CLOSE ALL; RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DEALLOCATE ALL; DISCARD TEMP"
+)
+
+
 def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference]:
     """How the live schema differs from what `chosen` make: baseline's and drift's one test.
 
@@ -80,13 +89,20 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
     path = schema.scratch_path(str(setting[0]) if setting else "", live, scratch)
     with conn.transaction(force_rollback=True):
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
-        for migration in chosen:
-            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(path))
-            if not migration.transactional:
-                data = re.sub(rb"\bCONCURRENTLY\b", b"", migration.data, flags=re.IGNORECASE)
-                steps = plan(migration.filename, data, transactional=False)
-                migration = replace(migration, data=data, planned=steps)
-            session.run_steps(migration)
+        session.savepoint = b"cicd_db_compare"
+        try:
+            for migration in chosen:
+                # Each file as a run applies it: the session as the first file found it.
+                conn.execute(b"SAVEPOINT cicd_db_compare; " + RESET_FILE_STATE)
+                conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(path))
+                if not migration.transactional:
+                    data = re.sub(rb"\bCONCURRENTLY\b", b"", migration.data, flags=re.IGNORECASE)
+                    steps = plan(migration.filename, data, transactional=False)
+                    migration = replace(migration, data=data, planned=steps)
+                session.run_steps(migration)
+                conn.execute(b"RELEASE cicd_db_compare")
+        finally:
+            session.savepoint = None
         expected = schema.signature(conn, scratch)
         actual = schema.signature(conn, live)
     return schema.compare(expected, actual)
