@@ -221,9 +221,20 @@ def check_name(argument: str, name: object, *, optional: bool = False) -> None:
         )
 
 
-def no_schema() -> ConfigError:
+def no_schema(placed: tuple[str, str] | None = None) -> ConfigError:
     """What report, insights and retention raise on a database without the execution
-    tables (the server's undefined_table), instead of the server's own words."""
+    tables (the server's undefined_table), instead of the server's own words; with
+    `placed` (store.tables_placement: the schema the tables are in, and the session's
+    search_path), the setting that hides them, not migrations to apply."""
+    if placed is not None:
+        schema, path = placed
+        return ConfigError(
+            f"the execution tables are in schema {schema}, which this session's search_path "
+            f"({path}) does not reach: one a migration or a person left on the database or "
+            "the role? (pg_settings' source for search_path tells where it is set); reset it "
+            f"there (ALTER DATABASE ... RESET search_path), or add {schema} to the target's "
+            "options (`?options=-c search_path=...`)"
+        )
     return ConfigError(
         "no cicd-db schema here (no execution tables): apply the migrations "
         "(`cicd-db migrate up` with the same target), then record runs"

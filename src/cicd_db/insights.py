@@ -48,6 +48,7 @@ from cicd_db.errors import (
 )
 from cicd_db.report import WIDTH, _fit, grid, structured
 from cicd_db.report import seconds_text as _secs
+from cicd_db.store import tables_placement
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 3660
@@ -412,7 +413,7 @@ def insights(
     try:
         row = conn.execute(_query(pipeline, runs), params).fetchone()
     except errors.UndefinedTable:
-        raise no_schema() from None
+        raise no_schema(tables_placement(conn)) from None
     except errors.DatetimeFieldOverflow:  # before PostgreSQL 17, infinity - a time fails
         raise _not_finite() from None
     if row is None:  # an aggregate query always returns its row

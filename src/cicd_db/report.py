@@ -398,7 +398,7 @@ def fetch(
     try:
         return _fetch(executions, pipeline, run, stage, job, limit, before)
     except errors.UndefinedTable:
-        raise no_schema() from None
+        raise no_schema(executions.tables_placement()) from None
     except errors.UndefinedColumn:
         raise ConfigError(
             "the cicd-db schema here is older than this cicd-db: apply the pending "

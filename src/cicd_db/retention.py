@@ -44,6 +44,7 @@ from cicd_db.errors import (
     no_schema,
     plural,
 )
+from cicd_db.store import tables_placement
 
 DEFAULT_BATCH_SIZE = 500
 # The bounds of keep_days and batch_size, refused beyond, before anything is read.
@@ -167,7 +168,7 @@ def prune(
         counts = conn.execute(counting.format(candidates=candidates), params).fetchone()
         assert counts is not None  # noqa: S101
     except errors.UndefinedTable:
-        raise no_schema() from None
+        raise no_schema(tables_placement(conn)) from None
     found = int(counts[0])
     if dry_run:
         runs, stages, jobs = (int(n) for n in counts)

@@ -61,6 +61,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import errors, sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row, tuple_row
 
 from cicd_db.errors import AlreadyExists, IllegalTransition, NotFound, UsageError, check_name
@@ -589,6 +590,12 @@ class Store:
 
     # -- reading ---------------------------------------------------------------
 
+    def tables_placement(self) -> tuple[str, str] | None:
+        """Where the execution tables are when this store cannot see them (see
+        tables_placement()). Reads."""
+        with self._connection() as conn:
+            return tables_placement(conn)
+
     def runs(
         self, pipeline_name: str, *, limit: int = 20, before: int | None = None
     ) -> list[PipelineRun]:
@@ -911,6 +918,24 @@ _LATEST = datetime(9999, 12, 24, 23, 59, 59, 999999, tzinfo=UTC)
 # The ranges of PostgreSQL's integer and bigint, checked before a value is sent.
 INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
 INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
+
+
+def tables_placement(conn: psycopg.Connection[Any]) -> tuple[str, str] | None:
+    """Where the execution tables are when the session cannot see them: (their schema,
+    the session's search_path), or None when there are none to find (or the session
+    cannot be asked: in a failed transaction). Read by catalog, past the search_path."""
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        return None
+    try:
+        row = conn.execute(
+            "SELECT n.nspname, pg_catalog.current_setting('search_path') "
+            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.relname = 'pipeline_executions' "
+            "AND c.relkind IN ('r', 'p') ORDER BY 1 LIMIT 1"
+        ).fetchone()
+    except psycopg.Error:
+        return None
+    return (str(row[0]), str(row[1])) if row else None
 
 
 def _whole(value: object) -> bool:

@@ -1092,3 +1092,29 @@ def test_schema_diff_names_a_setting_left_on_the_database(
     )
     line = one_line(result)
     assert "Explicit rollback" not in line and "statement_timeout is " in line, line
+
+
+@pytest.mark.parametrize("path", ["''", "app"])
+def test_reading_commands_name_a_search_path_that_hides_the_tables(
+    database: Database, tmp_path: Path, path: str
+) -> None:
+    """A search_path a migration left on the database that does not reach the execution
+    tables: report, insights and retention said "no cicd-db schema here ... apply the
+    migrations", which changes nothing; they name the schema and the search_path."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for file in MIGRATIONS.glob("*.sql"):
+        (folder / file.name).write_bytes(file.read_bytes())
+    leaving = "CREATE SCHEMA app;\n" + leave(f"search_path = {path}", "database")
+    (folder / "9000_leave_search_path.sql").write_text(leaving)
+    assert migrate(database, folder).code == 0
+    for command in (
+        ["report", "--pipeline", "p"],
+        ["insights", "--pipeline", "p"],
+        ["retention", "--keep-days", "1", "--dry-run"],
+    ):
+        result = run_cli(*command, "--database-url", database.url)
+        line = one_line(result)
+        assert result.code == 2, result
+        assert line.startswith("error: the execution tables are in schema public, which "), line
+        assert "apply the migrations" not in line, line
