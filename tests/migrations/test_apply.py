@@ -409,10 +409,12 @@ def test_a_history_row_a_trigger_swallowed_is_not_called_applied(
         )
         with pytest.raises(MigrationFailed) as failed:
             runner.apply()
+    # Added by a person, since the history was made: named with its undo, not the file's.
     assert str(failed.value) == (
-        f"migration 0002_index.sql left no history row (a trigger on the history table?); "
-        f"{done}, and it is not recorded; remove that from the file, check the database, "
-        "and run again"
+        "migration 0002_index.sql cannot be recorded: the migration history "
+        "cicd_db.cicd_db_schema_history did not keep its row as written, and it was changed "
+        f"since cicd-db made it: trigger swallow added; {done}, and it is not recorded; undo "
+        "that (DROP TRIGGER swallow ON cicd_db.cicd_db_schema_history) and run again"
     )
     assert database.history() == [1]
 

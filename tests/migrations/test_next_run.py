@@ -907,8 +907,8 @@ def test_a_deferred_trigger_that_takes_the_row_away_cannot_make_a_file_run_twice
     """A constraint trigger on the history, deferred to COMMIT, that deletes each new row:
     it acted after the runner's checks, so a file was told applied with no row, and the
     next run applied it again. The runner fires what is deferred before it checks: the
-    row is found missing, and the file's transaction rolled back (a no-transaction
-    file is told it ran and was not recorded)."""
+    row is found missing, the trigger named with its undo, and the file's transaction
+    rolled back (a no-transaction file is told it ran and was not recorded)."""
     eat = (
         "CREATE TABLE ran (id int PRIMARY KEY, times int NOT NULL);\n"
         "CREATE FUNCTION public.eat() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
@@ -924,8 +924,8 @@ def test_a_deferred_trigger_that_takes_the_row_away_cannot_make_a_file_run_twice
         )
         database.execute("DROP SCHEMA IF EXISTS cicd_db CASCADE; DROP TABLE IF EXISTS ran")
         database.execute("DROP FUNCTION IF EXISTS public.eat() CASCADE")
-        first = migrate(database, folder)
-        assert "left no history row" in refusal(first), first  # not "applied"
+        first = refusal(migrate(database, folder))  # not "applied"; the trigger named
+        assert f"undo that (DROP TRIGGER eat ON {HISTORY}) and run again" in first, first
         assert database.history() == [1]
         if transactional:  # rolled back with its row: it never counts as run
             assert migrate(database, folder).code == 1
@@ -1118,3 +1118,42 @@ def test_reading_commands_name_a_search_path_that_hides_the_tables(
         assert result.code == 2, result
         assert line.startswith("error: the execution tables are in schema public, which "), line
         assert "apply the migrations" not in line, line
+
+
+@pytest.mark.parametrize(
+    ("added", "undo"),
+    [
+        (
+            f"CREATE RULE nope AS ON INSERT TO {HISTORY} WHERE NEW.version >= 2 DO INSTEAD NOTHING",
+            f"DROP RULE nope ON {HISTORY}",
+        ),
+        (
+            f"ALTER TABLE {HISTORY} ALTER COLUMN version ADD GENERATED ALWAYS AS IDENTITY",
+            f"ALTER TABLE {HISTORY} ALTER COLUMN version DROP IDENTITY",
+        ),
+        (
+            f"ALTER TABLE {HISTORY} ALTER COLUMN applied_at SET DEFAULT NULL",
+            f"ALTER TABLE {HISTORY} ALTER COLUMN applied_at SET DEFAULT now()",
+        ),
+    ],
+    ids=["rule", "identity", "default-dropped"],
+)
+def test_a_rule_identity_or_default_on_the_history_is_named_not_the_later_file(
+    database: Database, tmp_path: Path, added: str, undo: str
+) -> None:
+    """A DO INSTEAD rule (the row never written), an identity on `version`, a NULL
+    default for `applied_at`, added to the history after 0001: the later, harmless file
+    was blamed ("left no history row ... remove that from the file", "fix the file");
+    the change is named with the statement that undoes it, which, run, lets it record."""
+    folder = write_migrations(tmp_path / "m", {"0001_first.sql": "SELECT 1;\n"})
+    assert migrate(database, folder).code == 0
+    database.execute(added)
+    write_migrations(folder, {"0002_c.sql": "CREATE TABLE c (id int);\n"})
+    line = refusal(migrate(database, folder))
+    assert "fix the file" not in line and "remove that from the file" not in line, line
+    statements = re.search(r"undo that \((.*)\) and run again$", line)
+    assert statements and undo in statements[1].split("; "), line
+    for statement in statements[1].split("; "):
+        database.execute(statement)
+    assert migrate(database, folder).code == 0
+    assert database.history() == [1, 2]

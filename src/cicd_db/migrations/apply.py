@@ -312,7 +312,14 @@ class Applier:
             return
         error = self.session.error(failed)
         state = error.diag.sqlstate or ""
-        if state in (CHECK_MARK, CHECK_LOCK, integrity.CHECK_RECORDED, integrity.CHECK_HISTORY):
+        if state in (CHECK_MARK, CHECK_LOCK):
+            raise MigrationFailed(self._why(migration, state, committed=committed))
+        if state in (integrity.CHECK_RECORDED, integrity.CHECK_HISTORY):
+            # No row, or not the history expected: a rule or an identity added to the
+            # history since it was made does that too, and is named, not the file.
+            changed = integrity.alterations(self.conn) if self.session.end_transaction() else []
+            if changed:
+                raise MigrationFailed(self._changed(migration, changed, committed, None))
             raise MigrationFailed(self._why(migration, state, committed=committed))
         if state == "42P01" and history.TABLE in (error.diag.message_primary or ""):
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
@@ -336,18 +343,34 @@ class Applier:
             else []
         )
         if changed:
-            name = history.shown(self.conn, history.SCHEMA, history.TABLE)
             raise MigrationFailed(
-                f"migration {migration.filename} cannot be recorded: the migration history "
-                f"{name} refused its row ({error.diag.message_primary} [{state}]), and it was "
-                f"changed since cicd-db made it: {', '.join(what for what, _ in changed)}; {done}, "
-                f"and it is not recorded; undo that ({'; '.join(undo for _, undo in changed)}) "
-                "and run again"
+                self._changed(
+                    migration, changed, committed, f"{error.diag.message_primary} [{state}]"
+                )
             )
         message = self.session.failure(migration, None, error)
         if state in RETRIED_SQLSTATES:
             raise Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
         raise MigrationFailed(message)
+
+    def _changed(
+        self,
+        migration: Migration,
+        changed: list[tuple[str, str]],
+        committed: str,
+        refusal: str | None,
+    ) -> str:
+        """A file's row refused (`refusal`: the server's words), or not written, by what
+        was changed on the history since cicd-db made it: named with what undoes it."""
+        name = history.shown(self.conn, history.SCHEMA, history.TABLE)
+        how = f"refused its row ({refusal})" if refusal else "did not keep its row as written"
+        return (
+            f"migration {migration.filename} cannot be recorded: the migration history "
+            f"{name} {how}, and it was changed since cicd-db made it: "
+            f"{', '.join(what for what, _ in changed)}; {self._done(migration, committed)}, "
+            f"and it is not recorded; undo that ({'; '.join(undo for _, undo in changed)}) "
+            "and run again"
+        )
 
     def _why(self, migration: Migration, check: str, *, committed: str) -> str:
         what = {

@@ -184,6 +184,8 @@ def recorded_check(
 # The history as cicd-db makes it (create()): its columns (history.OWN_COLUMNS), all
 # NOT NULL, and its primary key; nothing else on it.
 OWN_CONSTRAINT = f"{TABLE}_pkey"
+# The defaults it makes, as pg_get_expr writes them under PINNED; no other column has one.
+OWN_DEFAULTS = {"applied_at": "now()", "applied_by": "CURRENT_USER"}
 # What is on the history table that can refuse a row, by kind: columns (type, NOT
 # NULL), and every constraint, unique index (beside a constraint's own) and trigger.
 _ON_THE_HISTORY = sql.SQL(
@@ -203,6 +205,17 @@ _ON_THE_HISTORY = sql.SQL(
     UNION ALL
     SELECT 'trigger', g.tgname::text, '', true FROM pg_catalog.pg_trigger g
      WHERE g.tgrelid = {t}::pg_catalog.regclass AND NOT g.tgisinternal
+    UNION ALL
+    SELECT 'rule', r.rulename::text, '', true FROM pg_catalog.pg_rewrite r
+     WHERE r.ev_class = {t}::pg_catalog.regclass
+    UNION ALL
+    SELECT 'identity', a.attname::text, '', true FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = {t}::pg_catalog.regclass AND a.attidentity <> '' AND NOT a.attisdropped
+    UNION ALL
+    SELECT 'default', a.attname::text, pg_catalog.pg_get_expr(d.adbin, d.adrelid), true
+      FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a
+        ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+     WHERE d.adrelid = {t}::pg_catalog.regclass AND a.attidentity = ''
 
     """
 ).format(t=sql.Literal(f"{SCHEMA}.{TABLE}"))
@@ -257,12 +270,37 @@ def alterations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
             )
         elif kind == "index":
             found.append((f"index {which} added", f"DROP INDEX {shown(conn, SCHEMA, item)}"))
-        elif kind == "trigger":
+        elif kind in ("trigger", "rule"):
             found.append((f"{kind} {which} added", f"DROP {kind.upper()} {which} ON {name}"))
+        elif kind == "identity":
+            found.append(
+                (
+                    f"column {which} made an identity",
+                    f"ALTER TABLE {name} ALTER COLUMN {which} DROP IDENTITY",
+                )
+            )
+        elif kind == "default" and detail != OWN_DEFAULTS.get(renamed.get(item, item)):
+            own_default = OWN_DEFAULTS.get(renamed.get(item, item))
+            found.append(
+                (
+                    f"column {which} given the default {detail}",
+                    f"ALTER TABLE {name} ALTER COLUMN {which} "
+                    + (f"SET DEFAULT {own_default}" if own_default else "DROP DEFAULT"),
+                )
+            )
     if rows:
         found += [
             (f"column {shown(conn, column)} is missing", "restore it")
             for column in OWN_COLUMNS
             if column not in seen and column not in renamed.values()
+        ]
+        defaults = {item for kind, item, _, _ in rows if kind == "default"}
+        found += [
+            (
+                f"column {shown(conn, column)} lost its default",
+                f"ALTER TABLE {name} ALTER COLUMN {shown(conn, column)} SET DEFAULT {default}",
+            )
+            for column, default in OWN_DEFAULTS.items()
+            if column in seen and column not in defaults
         ]
     return found
