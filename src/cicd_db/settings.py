@@ -622,11 +622,19 @@ def _misspelt_keyword(name: str) -> str | None:
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://+|postgres(?:ql)?:/+", re.I)
 
 
-# What may follow the first ':' of a URL without an '@' and be shown: ports, digits and
-# commas up to the end of the authority. Anything else there may be a password that
-# lost its '@' (`postgresql://ci:Sekr3t127.0.0.1/db`), and is hidden; so are the hosts
-# after the first of a multi-host URL with ports and no user (`h1:5432,h2:5433`).
-_PORTS = re.compile(r"[\d,]*(?=[/?#]|$)")
+def _only_ports(rest: str) -> bool:
+    """Whether what follows the first ':' of a URL without an '@' may be shown: ports
+    (1 to 65535, one per host, comma-separated) up to the end of the host part. Anything
+    else there may be a password that lost its '@' (`postgresql://ci:Sekr3t127.0.0.1/db`,
+    `ci:00000,000000...`), and is hidden; so are the hosts after the first of a
+    multi-host URL with ports and no user (`h1:5432,h2:5433`)."""
+    authority = re.match(r"[^/?#]*", rest)
+    pieces = authority.group().split(",") if authority else []
+    # `ci:/...`: no port at all after the ':' is what a password starting with '/' makes.
+    return any(pieces) and all(
+        piece == "" or (piece.isascii() and piece.isdigit() and 0 < int(piece) < 65536)
+        for piece in pieces
+    )
 
 
 def mask_credentials(text: str) -> str | None:
@@ -651,7 +659,7 @@ def mask_credentials(text: str) -> str | None:
         colon = text.find(":", scheme.end())
         # Ports (digits, one per host) that end the authority: anything else after a
         # colon may be a password missing its @, as password_candidates reads it.
-        if colon >= 0 and not _PORTS.match(text[colon + 1 :]):
+        if colon >= 0 and not _only_ports(text[colon + 1 :]):
             spans.append((colon + 1, len(text)))
     else:
         start = scheme.end() if scheme.end() <= at else 0
@@ -757,7 +765,7 @@ def password_candidates(text: str | None) -> list[str]:
             return [text, *secrets]
         # As mask_credentials: after a ':', a port (digits) is no password.
         secret = text[scheme.end() :].partition(":")[2]
-        if _PORTS.match(secret):
+        if _only_ports(secret):
             secret = ""
     else:
         start = scheme.end() if scheme and scheme.end() <= at else 0
@@ -847,7 +855,7 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
 # A URL in a message, to the next white space: masked as mask_credentials masks it (the
 # password up to the token's last '@', so one with a raw '@' is hidden whole; a
 # separator of another width; a password that lost its '@'; the query's secrets).
-_URL_TOKEN = re.compile(rf"(?:{_SCHEME.pattern})\S*", re.I)
+_URL_TOKEN = re.compile(rf"(?:{_SCHEME.pattern})\S*", re.I | re.A)  # ASCII space ends it
 _KEYWORD_PASSWORD = re.compile(
     r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)(?P<tail>)", re.I
 )
