@@ -1157,3 +1157,28 @@ def test_a_rule_identity_or_default_on_the_history_is_named_not_the_later_file(
         database.execute(statement)
     assert migrate(database, folder).code == 0
     assert database.history() == [1, 2]
+
+
+@pytest.mark.parametrize("login", ["owner"], indirect=True)  # a superuser is not held to it
+def test_a_database_connection_limit_a_migration_set_is_named_for_the_second_connection(
+    login: Login, tmp_path: Path
+) -> None:
+    """0001 sets its database's CONNECTION LIMIT 1: the next run cannot open the lock's
+    connection, and the advice names the database's limit beside the role's."""
+    limit = (
+        "DO $$BEGIN EXECUTE format('ALTER DATABASE %I CONNECTION LIMIT 1', "
+        "current_database()); END$$;\n"
+    )
+    folder = write_migrations(tmp_path / "m", {"0001_limit.sql": limit})
+    try:
+        assert migrate(login.database, folder).code == 0
+        write_migrations(folder, {"0002_c.sql": "SELECT 1;\n"})
+        line = one_line(migrate(login.database, folder))
+        assert "cannot open the runner's second connection" in line, line
+        assert "the database's CONNECTION LIMIT, which a migration may have set" in line, line
+    finally:
+        login.admin.execute(
+            sql.SQL("ALTER DATABASE {} CONNECTION LIMIT -1").format(
+                sql.Identifier(login.admin.name)
+            )
+        )

@@ -46,8 +46,9 @@ def held(session: Session, timeout: float) -> Iterator[None]:
     except psycopg.OperationalError as error:
         raise OperationalError(
             "cannot open the runner's second connection, which holds the migration lock: "
-            f"{first_line(error)}; the runner needs two connections to the database (a "
-            "role's CONNECTION LIMIT or the server's max_connections may be too low)"
+            f"{first_line(error)}; the runner needs two connections to the database (the "
+            "database's CONNECTION LIMIT, which a migration may have set, the role's, or the "
+            "server's max_connections may be too low)"
         ) from None
     try:
         deadline = time.monotonic() + timeout
