@@ -1182,3 +1182,36 @@ def test_a_database_connection_limit_a_migration_set_is_named_for_the_second_con
                 sql.Identifier(login.admin.name)
             )
         )
+
+
+def test_an_event_trigger_that_refuses_the_runners_drop_is_told_with_the_file(
+    database: Database, tmp_path: Path
+) -> None:
+    """An sql_drop event trigger a migration left refuses the DROP of the invalid index
+    an interrupted concurrent build left: told with the file, the index and the DROP
+    to run, not as "database error ...; run again", which fails the same way."""
+    no_drops = (
+        "CREATE FUNCTION public.no_drops() RETURNS event_trigger LANGUAGE plpgsql AS "
+        "$$BEGIN RAISE EXCEPTION 'drops are not allowed'; END$$;\n"
+        "CREATE EVENT TRIGGER no_drops ON sql_drop EXECUTE FUNCTION public.no_drops();\n"
+    )
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "0001_t.sql": "CREATE TABLE t (id int);\nINSERT INTO t VALUES (1), (1);\n",
+            "0002_no_drops.sql": no_drops,
+            "0003_index.sql": NO_TRANSACTION
+            + "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_id ON t (id);\n",
+        },
+    )
+    assert migrate(database, folder).code == 1  # duplicates: an invalid index is left
+    database.execute("DELETE FROM t WHERE ctid = (SELECT min(ctid) FROM t)")
+    try:
+        line = refusal(migrate(database, folder), code=2)
+        assert line == (
+            "error: migration 0003_index.sql builds index t_id, and the invalid one an "
+            "interrupted run left, public.t_id, could not be dropped: drops are not allowed; "
+            "drop it (DROP INDEX CONCURRENTLY public.t_id) and run again"
+        ), line
+    finally:
+        database.execute("DROP EVENT TRIGGER IF EXISTS no_drops")

@@ -35,6 +35,7 @@ from cicd_db.migrations.failures import (
     DEFAULT_RETRY_BUDGET,
     RETRIED_SQLSTATES,
     Transient,
+    first_line,
 )
 from cicd_db.migrations.files import Migration, index_target
 from cicd_db.migrations.session import CHECK_LOCK, CHECK_MARK, RESET_SESSION, Session
@@ -451,5 +452,18 @@ def drop_invalid_index(conn: psycopg.Connection[Any], migration: Migration) -> t
         )
     if not invalid:
         return ()
-    conn.execute(b"DROP INDEX CONCURRENTLY IF EXISTS " + str(invalid[0][0]).encode())
+    index = str(invalid[0][0])
+    try:
+        conn.execute(b"DROP INDEX CONCURRENTLY IF EXISTS " + index.encode())
+    except psycopg.Error as refused:
+        if conn.closed or conn.broken:
+            raise
+        # An event trigger on sql_drop, a lock_timeout, a missing right: the file could
+        # not run (the name is taken), and nothing of it has.
+        raise MigrationRefused(
+            f"migration {migration.filename} builds index {name}, and the invalid one an "
+            f"interrupted run left, {index}, could not be dropped: "
+            f"{refused.diag.message_primary or first_line(refused)}; drop it (DROP INDEX "
+            f"CONCURRENTLY {index}) and run again"
+        ) from None
     return (f"dropped invalid index {name} left by an interrupted run",)
