@@ -212,8 +212,9 @@ def test_a_role_allowed_one_connection_is_told_the_runner_needs_two(
             "error: cannot open the runner's second connection, which holds the migration lock: "
         )
         assert err.endswith(
-            "the runner needs two connections to the database (a role's CONNECTION LIMIT or "
-            "the server's max_connections may be too low)\n"
+            "the runner needs two connections to the database (the database's CONNECTION "
+            "LIMIT, which a migration may have set, the role's, or the server's "
+            "max_connections may be too low)\n"
         )
     finally:
         database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
