@@ -300,14 +300,14 @@ def test_a_server_that_ends_the_session_is_not_blamed_on_the_file(
         ("command line", "the server's command line"),
         ("client", "the URL's, the service's or PGOPTIONS"),
         ("default", None),
-        ("session", None),
+        ("session", "ALTER EVENT TRIGGER ... DISABLE"),  # not the file's: a login trigger's
     ],
 )
 def test_a_setting_is_told_by_where_pg_settings_says_it_was_set(
     source: str, undo: str | None
 ) -> None:
     """Each source pg_settings reports: where it was set and what undoes it, with the
-    names as SQL writes them; a default, or the session's own SET, is nobody's to undo."""
+    names as SQL writes them; a default is nobody's to undo."""
     advice = failures.setting_advice(
         "statement_timeout", "300ms", source, database='"my db"', role='"Mé"'
     )

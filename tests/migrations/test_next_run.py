@@ -1215,3 +1215,32 @@ def test_an_event_trigger_that_refuses_the_runners_drop_is_told_with_the_file(
         ), line
     finally:
         database.execute("DROP EVENT TRIGGER IF EXISTS no_drops")
+
+
+@pytest.mark.parametrize("login", ["superuser"], indirect=True)  # event triggers need one
+def test_a_setting_a_login_event_trigger_makes_is_not_the_files_to_fix(
+    login: Login, tmp_path: Path
+) -> None:
+    """A login event trigger (PostgreSQL 17+) a migration made SETs a setting for every
+    session, the runner's too, past its start-up options: a later file that sets
+    nothing was told "fix the file"; the trigger is named, with how to disable it."""
+    if server_version(login) < 170000:
+        pytest.skip("login event triggers are PostgreSQL 17's")
+    on_login = (
+        "CREATE FUNCTION public.on_login() RETURNS event_trigger LANGUAGE plpgsql AS "
+        "$$BEGIN SET default_transaction_read_only = on; END$$;\n"
+        "CREATE EVENT TRIGGER on_login ON login EXECUTE FUNCTION public.on_login();\n"
+    )
+    folder = write_migrations(
+        tmp_path / "m", {"0001_first.sql": "SELECT 1;\n", "0002_login.sql": on_login}
+    )
+    try:
+        assert migrate(login.database, folder).code == 0
+        write_migrations(folder, {"0003_c.sql": COUNTED})
+        line = refusal(migrate(login.database, folder))
+        assert "default_transaction_read_only is on for this session, set as it began" in line
+        assert "ALTER EVENT TRIGGER ... DISABLE" in line and "fix the file" not in line, line
+    finally:
+        with login.admin.connect() as conn:  # read-only too, from the trigger: one at a time
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute("DROP EVENT TRIGGER IF EXISTS on_login")

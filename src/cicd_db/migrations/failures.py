@@ -99,7 +99,7 @@ def describe_failure(
 def setting_advice(name: str, value: str, source: str, *, database: str, role: str) -> str | None:
     """Where setting `name` (now `value`) was set, by pg_settings' `source`, and what
     undoes it; `database` and `role` as SQL names. None for a source no one can undo
-    here (the default, the session's own SET)."""
+    here (the default)."""
     now = f"{name} is {value or repr('')}"
     return {
         "database": f"{now} for database {database}, set by ALTER DATABASE (perhaps by a "
@@ -116,4 +116,11 @@ def setting_advice(name: str, value: str, source: str, *, database: str, role: s
         "command line": f"{now} on the server's command line: change it there",
         "client": f"{now} in the connection's options (the URL's, the service's or "
         "PGOPTIONS): change it there",
+        # Not the file's (setting_source looked): set as the session began, after its
+        # options and the role's and database's settings, which only a login event
+        # trigger does (PostgreSQL 17+).
+        "session": f"{now} for this session, set as it began, not by the file: by a login event "
+        "trigger (perhaps made by a migration; pg_event_trigger lists those with evtevent "
+        "'login'): disable it with ALTER EVENT TRIGGER ... DISABLE, or make it leave "
+        f"{name} alone",
     }.get(source)
