@@ -23,6 +23,8 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 from unittest import mock
 
 import psycopg
@@ -452,3 +454,147 @@ def test_the_secrets_file_is_the_users_alone_and_libpq_reads_it_back(tmp_path: P
         read = {o.keyword.decode(): (o.val or b"").decode() for o in probe.info}
         probe.finish()
     assert {key: read[key] for key in secrets} == secrets
+
+
+# -- schema.dump: where the password goes, its output, its failures (mutation-found gaps) ---------------------------------------------------------------------
+
+
+def _watched_dump(
+    settings: ConnectionSettings,
+) -> tuple[str, list[tuple[list[str], dict[str, Any]]]]:
+    calls: list[tuple[list[str], dict[str, Any]]] = []
+    real_run = subprocess.run
+
+    def watched(args: list[str], **kwargs: Any) -> Any:
+        calls.append(([str(a) for a in args], kwargs))
+        return real_run(args, **kwargs)
+
+    with mock.patch.object(subprocess, "run", watched):
+        text = schema.dump(settings)
+    return text, [c for c in calls if Path(c[0][0]).name == "pg_dump" and len(c[0]) > 2]
+
+
+def test_the_login_password_reaches_pg_dump_in_pgpassword_alone(database: Database) -> None:
+    """Not on the command line, and not in a service file: a password a service file
+    cannot hold (trailing space) must still dump."""
+    settings = database.settings
+    assert settings.password
+    _, calls = _watched_dump(settings)
+    assert len(calls) == 1
+    argv, kwargs = calls[0]
+    assert kwargs["env"].get("PGPASSWORD") == settings.password
+    assert "PGSERVICEFILE" not in kwargs["env"]
+    assert not any(settings.password in arg for arg in argv)
+
+
+def test_the_dump_is_pg_dumps_lines_without_the_unstable_ones(database: Database) -> None:
+    """The text is pg_dump's own lines, one per line, ending in one newline."""
+    settings = database.settings
+    text, calls = _watched_dump(settings)
+    argv, kwargs = calls[0]
+    raw = subprocess.run(argv, capture_output=True, text=True, check=True, env=kwargs["env"])
+    expected = [line for line in raw.stdout.splitlines() if not schema._UNSTABLE.match(line)]
+    assert text == "\n".join(expected).strip() + "\n"
+    assert text.splitlines() == "\n".join(expected).strip().splitlines()
+    assert text.endswith(";\n") or text.endswith("--\n")
+
+
+def _failing_pg_dump(tmp_path: Path, stderr: str) -> str:
+    fake = tmp_path / "pg_dump"
+    fake.write_text(f"#!/bin/sh\nprintf '%s' '{stderr}' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
+def test_a_failing_pg_dump_is_named_by_its_last_stderr_line_redacted(
+    database: Database, tmp_path: Path
+) -> None:
+    """Its last line, the password redacted, never the lines before."""
+    settings = database.settings
+    stderr = f"first line\nsecond line\npg_dump: error: nope {settings.password} end\n"
+    fake = _failing_pg_dump(tmp_path, stderr)
+    with (
+        mock.patch.object(schema, "_pg_dump_for", lambda *a: fake),
+        pytest.raises(errors.OperationalError) as failed,
+    ):
+        schema.dump(settings)
+    message = str(failed.value)
+    assert message.startswith(f"pg_dump of {settings.redacted_url()} failed: pg_dump: error: nope ")
+    assert message.endswith(" end; check the connection and the role's rights")
+    assert settings.password not in message
+    assert "first line" not in message and "second line" not in message
+
+
+def test_a_pg_dump_failing_silently_is_still_an_operational_error(
+    database: Database, tmp_path: Path
+) -> None:
+    settings = database.settings
+    fake = _failing_pg_dump(tmp_path, "")
+    with (
+        mock.patch.object(schema, "_pg_dump_for", lambda *a: fake),
+        pytest.raises(errors.OperationalError) as failed,
+    ):
+        schema.dump(settings)
+    assert str(failed.value) == (
+        f"pg_dump of {settings.redacted_url()} failed: ; check the connection and the role's rights"
+    )
+
+
+def test_a_pg_dump_too_old_for_a_parameter_names_it(database: Database, tmp_path: Path) -> None:
+    """An older pg_dump's libpq refuses a keyword: named, with the fix."""
+    settings = database.settings
+    fake = _failing_pg_dump(tmp_path, 'pg_dump: error: invalid connection option "sslcertmode"\n')
+    with (
+        mock.patch.object(schema, "_pg_dump_for", lambda *a: fake),
+        pytest.raises(errors.ConfigError) as failed,
+    ):
+        schema.dump(settings)
+    assert str(failed.value) == (
+        f"{fake} is too old for the connection parameter sslcertmode "
+        f"of {settings.redacted_url()}: install a newer pg_dump (PostgreSQL's "
+        "client tools) on the PATH, or leave sslcertmode out"
+    )
+
+
+# -- schema._pg_dump_for ---------------------------------------------------------------
+
+_TLS_CONN = SimpleNamespace(
+    pgconn=SimpleNamespace(ssl_in_use=True), info=SimpleNamespace(server_version=180001)
+)
+_SETTINGS = ConnectionSettings("db.example.com", 5432, "app", "me", sslmode="require")
+
+
+def test_tls_with_no_pg_dump_on_the_path_says_so(tmp_path: Path) -> None:
+    with (
+        mock.patch.dict(os.environ, {"PATH": str(tmp_path)}),
+        pytest.raises(errors.ConfigError) as failed,
+    ):
+        schema._pg_dump_for(_SETTINGS, _TLS_CONN, "require")  # type: ignore[arg-type]
+    assert "embedded pg_dump is built without, and none is on the PATH: install" in str(
+        failed.value
+    )
+
+
+def test_tls_with_an_older_pg_dump_on_the_path_names_its_version(tmp_path: Path) -> None:
+    fake = tmp_path / "pg_dump"
+    fake.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 15.18 (Debian 15.18-1)'\n")
+    fake.chmod(0o755)
+    with (
+        mock.patch.dict(os.environ, {"PATH": str(tmp_path)}),
+        pytest.raises(errors.ConfigError) as failed,
+    ):
+        schema._pg_dump_for(_SETTINGS, _TLS_CONN, "verify-full")  # type: ignore[arg-type]
+    assert (
+        "and the PATH's is pg_dump (PostgreSQL) 15.18 (Debian 15.18-1): install PostgreSQL's "
+        "client tools, pg_dump 18 or later (postgresql-client-18 on Debian)" in str(failed.value)
+    )
+
+
+# -- schema._secrets_file ----------------------------------------------------------------
+
+
+def test_a_secret_ending_in_what_only_python_calls_space_is_written(tmp_path: Path) -> None:
+    """libpq strips only C's white space; \\x1c (Python's str.isspace) it keeps, so such
+    a secret is written, not refused."""
+    path = Path(schema._secrets_file(tmp_path, {"sslpassword": "pw\x1c"}))
+    assert path.read_text(encoding="utf-8") == "[cicd-db-dump]\nsslpassword=pw\x1c\n"

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from cicd_db import insights, report, retention, store
 from cicd_db.errors import MAX_NAME_BYTES, AlreadyExists, IllegalTransition, NotFound, UsageError
-from cicd_db.store import CANCELED, FAILED, PENDING, RUNNING, SUCCESS, Store
+from cicd_db.store import CANCELED, FAILED, INT8_MAX, INT8_MIN, PENDING, RUNNING, SUCCESS, Store
 
 from .fix_db import Database, Databases
 from .utils import MANY_JOBS, scans
@@ -1190,3 +1190,75 @@ def test_kept_cursors_follow_the_sessions_encoding_and_time_zone(schema: Databas
     assert schema.query(
         "SELECT count(*) FROM pipeline_executions WHERE pipeline_name = 'José'"
     ) == [(1,)]
+
+
+# -- argument checks: the words and the ends of the ranges (mutation-found gaps) --
+
+
+def test_runs_takes_limit_and_before_at_the_ends_of_their_ranges(migrated: Database) -> None:
+    """limit 0 and 2**63-1, before -2**63 and 2**63-1 are in range: taken, not refused."""
+    with migrated.connect() as conn:
+        executions = Store.on(conn)
+        run = executions.start_run("edges", "abc")
+        assert executions.runs("edges", limit=0) == []
+        assert [r.id for r in executions.runs("edges", limit=INT8_MAX)] == [run.id]
+        assert [r.id for r in executions.runs("edges", before=INT8_MAX)] == [run.id]
+        assert executions.runs("edges", before=INT8_MIN) == []
+
+
+def test_runs_before_out_of_range_says_how_to_fix_it(migrated: Database) -> None:
+    with migrated.connect() as conn, pytest.raises(UsageError) as refused:
+        Store.on(conn).runs("edges", before=2**63)
+    assert str(refused.value) == (
+        "`before` 9223372036854775808 is no run number; give a whole number within "
+        "bigint's range, or leave it out"
+    )
+
+
+def test_a_failing_time_zone_is_named_by_its_class() -> None:
+    with pytest.raises(UsageError) as refused:
+        store._check_at(datetime(2026, 1, 1, tzinfo=_Raising()))
+    assert str(refused.value).startswith(
+        "`at` has a time zone, _Raising, that gives no valid UTC offset (RuntimeError)"
+    )
+
+
+def test_a_time_out_of_range_names_the_range() -> None:
+    at = datetime(1, 1, 1, 15, tzinfo=UTC)
+    with pytest.raises(UsageError) as refused:
+        store._check_at(at)
+    assert str(refused.value) == (
+        f"`at` {at.isoformat()} is out of range: the store takes times from "
+        "0001-01-08 to 9999-12-24 in UTC, which read back in any time zone"
+    )
+
+
+def test_a_naive_time_is_refused_with_the_reason() -> None:
+    at = datetime(2026, 1, 1, 9, 0)
+    with pytest.raises(UsageError) as refused:
+        store._check_at(at)
+    assert str(refused.value) == (
+        f"`at` {at.isoformat()} has no time zone; give an aware datetime "
+        "(datetime.now(UTC)): a naive one would be read in the session's time zone"
+    )
+
+
+def test_add_jobs_names_the_type_of_a_bad_allows_failure(migrated: Database) -> None:
+    with migrated.connect() as conn:
+        executions = Store.on(conn)
+        stage = executions.add_stage(executions.start_run("p", "abc"), "s", 1)
+        with pytest.raises(UsageError) as refused:
+            executions.add_jobs(stage, [("j", 1)])  # type: ignore[list-item]
+    assert str(refused.value) == (
+        "allows_failure of job 'j' in `jobs` must be True or False, not int"
+    )
+
+
+def test_add_jobs_names_the_job_listed_twice_not_the_first(migrated: Database) -> None:
+    """The duplicate named is the one listed twice, not the first job."""
+    with migrated.connect() as conn:
+        executions = Store.on(conn)
+        stage = executions.add_stage(executions.start_run("p", "abc"), "s", 1)
+        with pytest.raises(UsageError) as refused:
+            executions.add_jobs(stage, [("a", False), ("b", False), ("b", True)])
+    assert str(refused.value) == "job 'b' is in `jobs` twice; list it once"
