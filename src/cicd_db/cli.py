@@ -50,6 +50,7 @@ from cicd_db.errors import (
     Terminated,
     UsageError,
     one_line,
+    setting_behind,
 )
 from cicd_db.retention import MAX_BATCH_SIZE, MAX_KEEP_DAYS
 from cicd_db.settings import not_utf8, redact
@@ -554,6 +555,17 @@ def main(
             _print_error(
                 f"a value stored in the database cannot be read: {first}; a time past the year "
                 "9999 or 'infinity', written by hand? correct that row, and run again",
+                context,
+                debug,
+            )
+        elif setting := setting_behind(error.sqlstate, str(error.diag.message_primary or first)):
+            # A timeout or read-only default a migration or a person left: running again
+            # fails the same way, so say where to look.
+            _print_error(
+                f"database error: {first}; {setting} stopped it, set for this session by the "
+                f"role, the database, the server or the connection's options (pg_settings' "
+                f"source for {setting} tells which; perhaps a migration left it): reset it "
+                "there, and run again",
                 context,
                 debug,
             )

@@ -1244,3 +1244,39 @@ def test_a_setting_a_login_event_trigger_makes_is_not_the_files_to_fix(
         with login.admin.connect() as conn:  # read-only too, from the trigger: one at a time
             conn.execute("SET default_transaction_read_only = off")
             conn.execute("DROP EVENT TRIGGER IF EXISTS on_login")
+
+
+def test_a_setting_left_on_the_database_that_stops_a_reading_command_is_named(
+    database: Database, tmp_path: Path
+) -> None:
+    """`default_transaction_read_only` a migration left on the database stops retention's
+    DELETE (and a `statement_timeout` would stop a report): "database error ...; run
+    again" failed the same way every time; the setting is named, with where to look."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for file in MIGRATIONS.glob("*.sql"):
+        (folder / file.name).write_bytes(file.read_bytes())
+    assert migrate(database, folder).code == 0
+    with database.connect() as conn:
+        executions = Store.on(conn)
+        old = datetime.now(UTC) - timedelta(days=30)
+        run = executions.start_run("p", "abc")
+        executions.set_status(run, "RUNNING", at=old)
+        executions.cancel_run(run, at=old + timedelta(minutes=1))
+    leaving = leave("default_transaction_read_only = on", "database")
+    write_migrations(folder, {"9000_read_only.sql": "SELECT 1;\n" + leaving})
+    assert migrate(database, folder).code == 0
+    try:
+        result = run_cli("retention", "--keep-days", "1", "--database-url", database.url)
+        line = one_line(result)
+        assert result.code == 1, result
+        assert "default_transaction_read_only stopped it" in line, line
+        assert "run again, with --debug" not in line, line
+    finally:
+        with database.connect() as conn:  # read-only too, as every new session: one at a time
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
+                    sql.Identifier(database.name)
+                )
+            )
