@@ -557,3 +557,18 @@ def test_status_exit_code_reports_pending(database: Database, tmp_path: Path) ->
         ["3", "seed", "applied"],
     ]
     assert out.splitlines()[-1] == "--database-url: up to date"
+
+
+def test_the_history_itself_is_no_history_under_another_name(
+    database: Database, tmp_path: Path
+) -> None:
+    """A runner that found no history, while another runner made it meanwhile, looks for
+    a renamed one: the history of its own name, now there, is not one (eight runners at
+    once were refused "there is no migration history ..., but cicd_db.cicd_db_schema_history
+    has its columns")."""
+    assert migrate(database, write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})).code == 0
+    with database.connect() as conn:
+        history._refuse_a_history_under_another_name(conn)  # nothing to refuse
+        conn.execute("ALTER TABLE cicd_db.cicd_db_schema_history RENAME TO moved")
+        with pytest.raises(ConfigError, match=r"but cicd_db\.moved has its columns \(1 row\)"):
+            history._refuse_a_history_under_another_name(conn)
