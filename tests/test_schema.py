@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 from unittest import mock
 
 import psycopg
@@ -38,7 +37,7 @@ from cicd_db.settings import NOWHERE, ConnectionSettings
 
 from .fix_cli import Run, migrate, run_cli
 from .fix_db import Database, Databases
-from .utils import write_migrations
+from .utils import PgDumpCall, pg_dump_calls, write_migrations
 
 READER = "cicd_db_test_schema_reader"
 
@@ -456,22 +455,13 @@ def test_the_secrets_file_is_the_users_alone_and_libpq_reads_it_back(tmp_path: P
     assert {key: read[key] for key in secrets} == secrets
 
 
-# -- schema.dump: where the password goes, its output, its failures (mutation-found gaps) ---------------------------------------------------------------------
+# -- schema.dump: where the password goes, its output, its failures (mutation-found gaps)
 
 
-def _watched_dump(
-    settings: ConnectionSettings,
-) -> tuple[str, list[tuple[list[str], dict[str, Any]]]]:
-    calls: list[tuple[list[str], dict[str, Any]]] = []
-    real_run = subprocess.run
-
-    def watched(args: list[str], **kwargs: Any) -> Any:
-        calls.append(([str(a) for a in args], kwargs))
-        return real_run(args, **kwargs)
-
-    with mock.patch.object(subprocess, "run", watched):
+def _watched_dump(settings: ConnectionSettings) -> tuple[str, list[PgDumpCall]]:
+    with pg_dump_calls() as calls:
         text = schema.dump(settings)
-    return text, [c for c in calls if Path(c[0][0]).name == "pg_dump" and len(c[0]) > 2]
+    return text, calls
 
 
 def test_the_login_password_reaches_pg_dump_in_pgpassword_alone(database: Database) -> None:
@@ -499,11 +489,20 @@ def test_the_dump_is_pg_dumps_lines_without_the_unstable_ones(database: Database
     assert text.endswith(";\n") or text.endswith("--\n")
 
 
-def _failing_pg_dump(tmp_path: Path, stderr: str) -> str:
+def _refused_by_pg_dump(
+    settings: ConnectionSettings, tmp_path: Path, stderr: str, kind: type[Exception]
+) -> tuple[str, str]:
+    """What schema.dump raises (of `kind`) when its pg_dump fails writing `stderr`, and
+    that pg_dump's path."""
     fake = tmp_path / "pg_dump"
     fake.write_text(f"#!/bin/sh\nprintf '%s' '{stderr}' >&2\nexit 1\n")
     fake.chmod(0o755)
-    return str(fake)
+    with (
+        mock.patch.object(schema, "_pg_dump_for", lambda *a: str(fake)),
+        pytest.raises(kind) as failed,
+    ):
+        schema.dump(settings)
+    return str(failed.value), str(fake)
 
 
 def test_a_failing_pg_dump_is_named_by_its_last_stderr_line_redacted(
@@ -512,13 +511,7 @@ def test_a_failing_pg_dump_is_named_by_its_last_stderr_line_redacted(
     """Its last line, the password redacted, never the lines before."""
     settings = database.settings
     stderr = f"first line\nsecond line\npg_dump: error: nope {settings.password} end\n"
-    fake = _failing_pg_dump(tmp_path, stderr)
-    with (
-        mock.patch.object(schema, "_pg_dump_for", lambda *a: fake),
-        pytest.raises(errors.OperationalError) as failed,
-    ):
-        schema.dump(settings)
-    message = str(failed.value)
+    message, _ = _refused_by_pg_dump(settings, tmp_path, stderr, errors.OperationalError)
     assert message.startswith(f"pg_dump of {settings.redacted_url()} failed: pg_dump: error: nope ")
     assert message.endswith(" end; check the connection and the role's rights")
     assert settings.password not in message
@@ -529,13 +522,8 @@ def test_a_pg_dump_failing_silently_is_still_an_operational_error(
     database: Database, tmp_path: Path
 ) -> None:
     settings = database.settings
-    fake = _failing_pg_dump(tmp_path, "")
-    with (
-        mock.patch.object(schema, "_pg_dump_for", lambda *a: fake),
-        pytest.raises(errors.OperationalError) as failed,
-    ):
-        schema.dump(settings)
-    assert str(failed.value) == (
+    message, _ = _refused_by_pg_dump(settings, tmp_path, "", errors.OperationalError)
+    assert message == (
         f"pg_dump of {settings.redacted_url()} failed: ; check the connection and the role's rights"
     )
 
@@ -543,13 +531,9 @@ def test_a_pg_dump_failing_silently_is_still_an_operational_error(
 def test_a_pg_dump_too_old_for_a_parameter_names_it(database: Database, tmp_path: Path) -> None:
     """An older pg_dump's libpq refuses a keyword: named, with the fix."""
     settings = database.settings
-    fake = _failing_pg_dump(tmp_path, 'pg_dump: error: invalid connection option "sslcertmode"\n')
-    with (
-        mock.patch.object(schema, "_pg_dump_for", lambda *a: fake),
-        pytest.raises(errors.ConfigError) as failed,
-    ):
-        schema.dump(settings)
-    assert str(failed.value) == (
+    stderr = 'pg_dump: error: invalid connection option "sslcertmode"\n'
+    message, fake = _refused_by_pg_dump(settings, tmp_path, stderr, errors.ConfigError)
+    assert message == (
         f"{fake} is too old for the connection parameter sslcertmode "
         f"of {settings.redacted_url()}: install a newer pg_dump (PostgreSQL's "
         "client tools) on the PATH, or leave sslcertmode out"

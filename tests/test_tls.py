@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from unittest import mock
 from urllib.parse import quote
 
 import psycopg
@@ -32,7 +31,7 @@ from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import Run, run_cli
 from .fix_db import Database
-from .utils import ROOT
+from .utils import ROOT, pg_dump_calls
 
 pytestmark = pytest.mark.db
 
@@ -371,17 +370,10 @@ def test_a_dump_over_tls_with_a_keys_password_shows_no_secret_to_other_users(
 
 def _dump_watched(url: str, tmp_path: Path, env: dict[str, str]) -> tuple[Run, list[list[str]]]:
     """`cicd-db schema dump` of `url`, and the pg_dump command lines it ran."""
-    argvs: list[list[str]] = []
-    real_run = subprocess.run
-
-    def watched(args: list[str], **kwargs: object) -> object:
-        argvs.append([str(arg) for arg in args])
-        return real_run(args, **kwargs)  # type: ignore[call-overload]
-
     output = tmp_path / "schema.sql"
-    with mock.patch.object(subprocess, "run", watched):
+    with pg_dump_calls() as calls:
         done = run_cli("schema", "dump", "--database-url", url, "--output", str(output), env=env)
-    return done, [a for a in argvs if Path(a[0]).name == "pg_dump" and len(a) > 2]
+    return done, [argv for argv, _ in calls]
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,11 @@ import contextlib
 import hashlib
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from cicd_db import migrations
 
@@ -83,3 +86,23 @@ def scans(node: dict[str, Any]) -> list[tuple[Any, Any]]:
     for child in node.get("Plans", []):
         found += scans(child)
     return found
+
+
+PgDumpCall = tuple[list[str], dict[str, Any]]
+
+
+@contextlib.contextmanager
+def pg_dump_calls() -> Iterator[list[PgDumpCall]]:
+    """The dumps pg_dump makes meanwhile (its command line and subprocess.run's keyword
+    arguments, the environment among them), each run for real; `--version` left out."""
+    calls: list[PgDumpCall] = []
+    real_run = subprocess.run
+
+    def watched(args: list[str], **kwargs: Any) -> Any:
+        argv = [str(arg) for arg in args]
+        if Path(argv[0]).name == "pg_dump" and len(argv) > 2:
+            calls.append((argv, kwargs))
+        return real_run(args, **kwargs)
+
+    with mock.patch.object(subprocess, "run", watched):
+        yield calls

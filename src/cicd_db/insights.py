@@ -48,7 +48,6 @@ from cicd_db.errors import (
 )
 from cicd_db.report import WIDTH, _fit, grid, structured
 from cicd_db.report import seconds_text as _secs
-from cicd_db.store import tables_placement
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 3660
@@ -413,6 +412,8 @@ def insights(
     try:
         row = conn.execute(_query(pipeline, runs), params).fetchone()
     except errors.UndefinedTable:
+        from cicd_db.store import tables_placement  # on use: the CLI imports this module
+
         raise no_schema(tables_placement(conn)) from None
     except errors.DatetimeFieldOverflow:  # before PostgreSQL 17, infinity - a time fails
         raise _not_finite() from None

@@ -44,7 +44,6 @@ from cicd_db.errors import (
     no_schema,
     plural,
 )
-from cicd_db.store import tables_placement
 
 DEFAULT_BATCH_SIZE = 500
 # The bounds of keep_days and batch_size, refused beyond, before anything is read.
@@ -168,6 +167,8 @@ def prune(
         counts = conn.execute(counting.format(candidates=candidates), params).fetchone()
         assert counts is not None  # noqa: S101
     except errors.UndefinedTable:
+        from cicd_db.store import tables_placement  # on use: the CLI imports this module
+
         raise no_schema(tables_placement(conn)) from None
     found = int(counts[0])
     if dry_run:

@@ -318,7 +318,7 @@ class Applier:
         if state in (integrity.CHECK_RECORDED, integrity.CHECK_HISTORY):
             # No row, or not the history expected: a rule or an identity added to the
             # history since it was made does that too, and is named, not the file.
-            changed = integrity.alterations(self.conn) if self.session.end_transaction() else []
+            changed = self._alterations()
             if changed:
                 raise MigrationFailed(self._changed(migration, changed, committed, None))
             raise MigrationFailed(self._why(migration, state, committed=committed))
@@ -336,13 +336,8 @@ class Applier:
         # constraint, a column, a trigger, by an earlier migration or a person): named
         # with what undoes it, not blamed on this file. (A change this file made is
         # rolled back with it, and so not found: then the file is to blame.)
-        changed = (
-            integrity.alterations(self.conn)
-            if any(failed is result for result in results[insert_at : insert_at + 2])
-            and state not in RETRIED_SQLSTATES
-            and self.session.end_transaction()
-            else []
-        )
+        at_the_row = any(failed is result for result in results[insert_at : insert_at + 2])
+        changed = self._alterations() if at_the_row and state not in RETRIED_SQLSTATES else []
         if changed:
             raise MigrationFailed(
                 self._changed(
@@ -353,6 +348,11 @@ class Applier:
         if state in RETRIED_SQLSTATES:
             raise Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
         raise MigrationFailed(message)
+
+    def _alterations(self) -> list[tuple[str, str]]:
+        """What was changed on the history since cicd-db made it, read after the failed
+        transaction is rolled back; none when the session is gone."""
+        return integrity.alterations(self.conn) if self.session.end_transaction() else []
 
     def _changed(
         self,

@@ -163,16 +163,19 @@ def row_security_refused(
     )
 
 
-_FIND = sql.SQL(
-    "SELECT n.nspname, c.relkind, c.relpersistence, (SELECT count(*) FROM pg_catalog.pg_attribute a "
+# Whether the table `c` has every column of the history.
+_HAS_EVERY_COLUMN = sql.SQL(
+    "(SELECT count(*) FROM pg_catalog.pg_attribute a "
     "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-    "AND a.attname = ANY(ARRAY[{columns}]::name[])) = {count} FROM pg_catalog.pg_class c "
+    "AND a.attname = ANY(ARRAY[{columns}]::name[])) = {count}"
+).format(columns=sql.SQL(", ").join(map(sql.Literal, COLUMNS)), count=sql.Literal(len(COLUMNS)))
+_FIND = sql.SQL(
+    "SELECT n.nspname, c.relkind, c.relpersistence, {complete} FROM pg_catalog.pg_class c "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "WHERE c.relname = {table} AND (c.relkind IN ('r', 'p') OR n.nspname = {schema}) "
     "ORDER BY n.nspname"
 ).format(
-    columns=sql.SQL(", ").join(map(sql.Literal, COLUMNS)),
-    count=sql.Literal(len(COLUMNS)),
+    complete=_HAS_EVERY_COLUMN,
     table=sql.Literal(TABLE),
     schema=sql.Literal(SCHEMA),
 )
@@ -288,14 +291,11 @@ _LOOK_ALIKES = sql.SQL(
     "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "WHERE c.relkind IN ('r', 'p') AND n.nspname = {schema} AND c.relname <> {table} "
-    "AND (SELECT count(*) FROM pg_catalog.pg_attribute a "
-    "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-    "AND a.attname = ANY(ARRAY[{columns}]::name[])) = {count} ORDER BY 1, 2"
+    "AND {complete} ORDER BY 1, 2"
 ).format(
     schema=sql.Literal(SCHEMA),
     table=sql.Literal(TABLE),  # the history itself, made meanwhile by another runner
-    columns=sql.SQL(", ").join(map(sql.Literal, COLUMNS)),
-    count=sql.Literal(len(COLUMNS)),
+    complete=_HAS_EVERY_COLUMN,
 )
 
 

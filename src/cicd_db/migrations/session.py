@@ -75,10 +75,18 @@ CLIENT_ENCODING = "UTF8"
 # cursors, LISTEN, the file's own advisory locks, sequences' currval: none of it
 # crosses to the next file. The runner's lock is held by another session; its
 # work mark is taken again at once.
-RESET_SESSION = (
+# What a file leaves in its session that the next must not find, reset inside a
+# transaction: settings, role, cursors, prepared statements, LISTEN, plans, sequences'
+# currval, temporary tables. A run's RESET_SESSION adds the advisory locks (the file's
+# released, the runner's work mark taken again); a schema comparison, which takes no
+# lock, sends this alone.
+RESET_FILE_STATE = (
     b"CLOSE ALL; RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DEALLOCATE ALL; "
-    b"UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; "
-    b"DISCARD SEQUENCES; DISCARD TEMP; SELECT pg_catalog.pg_advisory_lock_shared(%d)" % WORK_KEY
+    b"UNLISTEN *; DISCARD PLANS; DISCARD SEQUENCES; DISCARD TEMP"
+)
+RESET_SESSION = RESET_FILE_STATE + (
+    b"; SELECT pg_catalog.pg_advisory_unlock_all(); "
+    b"SELECT pg_catalog.pg_advisory_lock_shared(%d)" % WORK_KEY
 )
 # The SQLSTATEs the runner's own checks raise (class CD, not PostgreSQL's).
 CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"

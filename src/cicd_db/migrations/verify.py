@@ -16,7 +16,7 @@ from cicd_db import schema
 from cicd_db.errors import MigrationRefused
 from cicd_db.migrations import history, lock, reconcile
 from cicd_db.migrations.files import Migration
-from cicd_db.migrations.session import Session
+from cicd_db.migrations.session import RESET_FILE_STATE, Session
 from cicd_db.migrations.statements import plan
 
 
@@ -65,15 +65,6 @@ def drift(session: Session, files: list[Migration]) -> tuple[int, list[schema.Di
     reconcile.pending(files, applied, None)  # an edited or missing file makes the comparison moot
     newest = max((row.version for row in applied), default=0)
     return newest, compare(session, [m for m in files if m.version <= newest])
-
-
-# What a file leaves in its session that the next one must not find, reset inside the
-# comparison's transaction (the run's RESET_SESSION less its advisory locks, which are
-# the runner's and not taken here): settings, role, cursors, prepared statements and
-# temporary tables.
-RESET_FILE_STATE = (
-    b"CLOSE ALL; RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DEALLOCATE ALL; DISCARD TEMP"
-)
 
 
 def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference]:
