@@ -119,9 +119,9 @@ def test_dump_is_stable_and_reviewable(migrated: Database, tmp_path: Path) -> No
 
 
 def test_dump_of_the_migrations_alone_matches_a_migrated_database(home: Path) -> None:  # fmt: skip
-    """Without a target: the schema the files make, in a scratch database on the embedded
-    server; the same text as a database of that server migrated by `migrate up`. (An
-    embedded server of its own: the checkout's is the developer's, left alone.)"""
+    """Without a target: the schema the files make, on a server of its own; the same text as
+    a database of an embedded server migrated by `migrate up`. (An embedded server of its
+    own: the checkout's is the developer's, left alone.)"""
     env = {"CICD_DB_HOME": str(home)}
     code, scratch, _ = run_cli("schema", "dump", env=env)
     assert code == 0
@@ -139,6 +139,33 @@ def test_dump_of_the_migrations_alone_matches_a_migrated_database(home: Path) ->
     finally:
         with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_dump_of_the_migrations_leaves_nothing_on_any_server_for_the_next(
+    tmp_path: Path,
+) -> None:
+    """What a file does to the whole cluster (a role made, a setting put on the role that
+    runs it) outlives a scratch database: on a shared server it broke every later dump
+    (CREATE DATABASE refused in a read-only default, the role already there). Each dump
+    runs on a server of its own, removed after; the developer's is not even started."""
+    folder = write_migrations(
+        tmp_path / "migrations",
+        {
+            "0001_roles.sql": "CREATE ROLE cicd_db_dump_test_role NOLOGIN;\n"
+            "CREATE TABLE t (id bigint);\n",
+            "0002_read_only.sql": "ALTER ROLE CURRENT_USER SET default_transaction_read_only = on;\n",
+        },
+    )
+    home, temporary = tmp_path / "home", tmp_path / "tmp"
+    temporary.mkdir()
+    env = {"CICD_DB_HOME": str(home), "TMPDIR": str(temporary)}
+    dumps = [
+        run_cli("schema", "dump", "--migrations-dir", str(folder), env=env, process=True)
+        for _ in range(2)
+    ]
+    assert [(d.code, d.err) for d in dumps] == [(0, "")] * 2
+    assert "CREATE TABLE public.t (" in dumps[0].out and dumps[1].out == dumps[0].out
+    assert not home.exists() and list(temporary.iterdir()) == []
 
 
 def test_dump_to_a_path_it_cannot_write(migrated: Database, tmp_path: Path) -> None:  # fmt: skip

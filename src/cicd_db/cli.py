@@ -292,7 +292,7 @@ group("schema", "the schema as SQL, and drift between databases", "Dump a schema
 
 command(
     "schema dump", commands.schema_dump, "write the schema as SQL",
-    "The schema as pg_dump --schema-only writes it, in a stable form. Without a target, the schema the migrations make (in a scratch database on the embedded server).",
+    "The schema as pg_dump --schema-only writes it, in a stable form. Without a target, the schema the migrations make (on a server of its own, removed after).",
     MIGRATE,
     option("--output", "-o", metavar="PATH", type=Path, help="write here (default: print)"),
 )  # fmt: skip

@@ -319,8 +319,7 @@ def schema_dump(ctx: Context, *, output: Path | None = None) -> int:
 
     target = ctx.named_target()
     if target is None:
-        server = targets.resolve(stack=targets.EMBEDDED).embedded_server()
-        text = migrations.scratch_dump(migrations.discover(ctx.folder()), server.admin_settings())
+        text = migrations.scratch_dump(migrations.discover(ctx.folder()))
     else:
         text = schema.dump(ctx.remember(target).settings.for_migrations())
     if not output or str(output) == "-":  # `-o -`: the standard output, as most tools take it

@@ -51,6 +51,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -571,6 +572,25 @@ class EmbeddedServer:
             detail = message[-1] if message else f"exit code {completed.returncode}"
             raise EmbeddedServerError(f"{program} failed: {detail}")
         return str(completed.stdout)
+
+
+@contextlib.contextmanager
+def throwaway() -> Iterator[EmbeddedServer]:
+    """A server of its own, in a temporary folder, on a free port: for work that must
+    leave nothing behind on a server anyone uses. Roles, role settings and the rest of
+    what belongs to a whole cluster outlive a dropped database, so a scratch database
+    on the developer's server is not enough. Stopped and removed on the way out (a
+    Ctrl-C included); should the stop fail, the removed data folder stops the server
+    within a minute, as PostgreSQL checks for its lock file."""
+    folder = Path(tempfile.mkdtemp(prefix="cicd-db-scratch-"))
+    server = EmbeddedServer(folder, port=_free_port())
+    try:
+        yield server
+    finally:
+        # A failed stop is not what to report: the removal below ends the server.
+        with contextlib.suppress(EmbeddedServerError, OSError):
+            server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _login(state: dict[str, Any], user: str, database: str) -> ConnectionSettings:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from cicd_db import migrations, schema
+from cicd_db import embedded, migrations, schema
 from cicd_db.errors import MigrationRefused
-from cicd_db.settings import ConnectionSettings
 
 from ..fix_db import Database
 from ..utils import write_migrations
@@ -117,27 +116,28 @@ def test_drift_compares_the_live_schema_with_the_applied_files(
 
 
 def test_scratch_dump_is_the_schema_the_files_make(
-    server: ConnectionSettings, tmp_path: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In a database of its own, dropped again; the runner's session options reach the files."""
+    """On a server of its own, stopped and removed after; the runner's session options
+    reach the files."""
     folder = write_migrations(
-        tmp_path,
+        tmp_path / "migrations",
         {
             **BASELINED,
             "0005_options.sql": "DO $$BEGIN EXECUTE format('COMMENT ON TABLE toys IS %L', "
             "current_setting('client_connection_check_interval')); END$$;\n",
         },
     )
-    dumped = migrations.scratch_dump(migrations.discover(folder), server)
+    temporary, ports = tmp_path / "tmp", []
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    free_port = embedded._free_port
+    monkeypatch.setattr(embedded, "_free_port", lambda: ports.append(free_port()) or ports[-1])
+    dumped = migrations.scratch_dump(migrations.discover(folder))
     assert "CREATE TABLE public.people (" in dumped
     assert "CREATE INDEX people_id ON public.people USING btree (id);" in dumped
     assert "COMMENT ON TABLE public.toys IS '1s';" in dumped
     assert "cicd_db_schema_history" not in dumped
-    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-        left = conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s",
-            [f"cicd_db_scratch_{os.getpid()}_%"],
-        ).fetchall()
-        # The admin database itself is never migrated.
-        history = conn.execute("SELECT to_regclass('cicd_db_schema_history')").fetchone()
-    assert (left, history) == ([], (None,))
+    assert list(temporary.iterdir()) == [] and len(ports) == 1
+    with pytest.raises(psycopg.OperationalError, match="refused"):
+        psycopg.connect(host=embedded.HOST, port=ports[0], connect_timeout=5)

@@ -8,11 +8,8 @@ target with the guards every entry point needs.
 
 from __future__ import annotations
 
-import os
-import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +24,7 @@ from cicd_db.migrations.files import Migration, discover
 from cicd_db.migrations.history import Applied
 from cicd_db.migrations.reconcile import StatusRow
 from cicd_db.migrations.session import CLIENT_ENCODING, Session, session_options
-from cicd_db.settings import ConnectionSettings, is_transaction_pooler
+from cicd_db.settings import is_transaction_pooler
 
 # Imported where they are used: `migrate up` never rehearses, baselines, checks drift or
 # dumps a schema, and each of its runs would pay about 3 ms to load these modules; a
@@ -197,25 +194,19 @@ def open_runner(
             raise OperationalError(told) from None
 
 
-def scratch_dump(files: list[Migration], admin: ConnectionSettings) -> str:
-    """The schema `files` make, dumped from a scratch database on `admin`'s server. Writes
-    only that database, which is dropped again."""
-    name = f"cicd_db_scratch_{os.getpid()}_{random.randrange(16**6):06x}"  # noqa: S311 (a name)
-    with targets.connect(admin) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    scratch = replace(admin, database=name)
-    try:
+def scratch_dump(files: list[Migration]) -> str:
+    """The schema `files` make, dumped from a server made for it and removed after
+    (`embedded.throwaway`): what a file does beyond its database (a role made, a
+    setting put on the role that runs it) stays on no server anyone uses, nor for the
+    next dump."""
+    from cicd_db import embedded, schema  # on use: see the imports
+
+    with embedded.throwaway() as server:
+        scratch = server.admin_settings()
         with targets.connect(
             scratch,
             options=session_options(scratch.user_options()),
             client_encoding=CLIENT_ENCODING,
         ) as conn:
             Runner(conn, files).apply()
-        from cicd_db import schema  # on use: see the imports
-
         return schema.dump(scratch)
-    finally:
-        with targets.connect(admin) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
