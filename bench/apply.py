@@ -174,18 +174,27 @@ def _rounds(dbs: Databases, contenders: list[Rival], rounds: int) -> dict[str, l
 def versus(
     title: str, times: dict[str, list[float]], ours: str, rounds: int
 ) -> tuple[Table, dict[str, float]]:
-    """Medians, extremes and our median over each other's, one row a tool."""
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    """Medians and extremes, one row a tool, and our time over each other's: the median
+    of each round's own ratio (paired: a round's runs follow one another, so a spell
+    of load or a neighbour's work moves both sides of a ratio alike, which a ratio of
+    two medians over the whole case does not promise). The figures: each tool's median,
+    and under "ours / theirs, paired" each paired ratio."""
+    figures = {name: statistics.median(values) for name, values in times.items()}
     table = Table(title, ["tool", "median", "min", "max", "cicd-db / tool"])
     for name, values in times.items():
+        paired = statistics.median(a / b for a, b in zip(times[ours], values, strict=True))
+        figures[f"{ours} / {name}, paired"] = paired
         table.rows.append(
             [
                 name,
-                f"{medians[name]:.0f}",
+                f"{figures[name]:.0f}",
                 f"{min(values):.0f}",
                 f"{max(values):.0f}",
-                f"{medians[ours] / medians[name]:.2f}x",
+                f"{paired:.2f}x",
             ]
         )
-    table.notes.append(f"{rounds} rounds, tools interleaved in a shuffled order each round.")
-    return table, medians
+    table.notes.append(
+        f"{rounds} rounds, tools interleaved in a shuffled order each round; the ratio is "
+        "the median of the rounds' own ratios."
+    )
+    return table, figures

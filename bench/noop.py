@@ -29,7 +29,7 @@ def measure(
     )
     contenders.append(Rival("python+psycopg (floor)", None))
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
-    for round_number in range(rounds * 2):
+    for round_number in range(rounds * 4):
         order = contenders[:]
         random.Random(round_number).shuffle(order)
         for contender in order:
@@ -38,5 +38,5 @@ def measure(
             else:
                 times[contender.name].append(timed(contender.apply(prepared[contender.name])))
     return versus(
-        "No-op: nothing pending, 100 applied (whole process, ms)", times, "cicd-db", rounds * 2
+        "No-op: nothing pending, 100 applied (whole process, ms)", times, "cicd-db", rounds * 4
     )
