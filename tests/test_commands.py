@@ -25,7 +25,7 @@ from cicd_db import commands, console, errors, migrations, targets
 from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import run_cli, start_cli
-from .fix_db import SERVER_ROLES, Database
+from .fix_db import SERVER_ROLES, Database, Databases
 from .utils import MIGRATIONS, PLAN_SCHEMA, ROOT, write_migrations
 
 # -- migrate new ------------------------------------------------------------------------
@@ -186,6 +186,44 @@ def test_up_writes_the_schema_when_asked(database: Database, tmp_path: Path) -> 
     code, out, _ = run_cli("migrate", "up", "--json", "--database-url", database.url, "--migrations-dir", str(folder), "--dump-schema", str(output))  # fmt: skip
     assert (code, json.loads(out)["applied"]) == (0, [])  # stdout stays one JSON document
     assert "CREATE TABLE public.a (" in output.read_text()
+
+
+@pytest.mark.parametrize("failure", ["a path it cannot write", "a file changed the password"])
+def test_up_that_cannot_write_the_schema_says_the_files_were_applied(
+    databases: Databases, empty_template: str, server: ConnectionSettings, tmp_path: Path,
+    failure: str,
+) -> None:  # fmt: skip
+    """The files committed before the dump failed: the error leads with that, so that no
+    one runs them again or takes the run for failed; the exit code is the failure's."""
+    role, password = f"dump_then_{uuid.uuid4().hex[:10]}", "before"
+    files = {"0001_a.sql": "CREATE TABLE a (id int);\n"}
+    output = tmp_path / "schema.sql"
+    if failure == "a path it cannot write":
+        output = tmp_path / "no" / "such" / "folder" / "schema.sql"
+    else:
+        files["0002_password.sql"] = "ALTER ROLE CURRENT_USER PASSWORD 'Sesame-7f3';\n"
+    folder = write_migrations(tmp_path / "m", files)
+    with psycopg.connect(server.conninfo(), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    made = databases.create(empty_template, owner=role)
+    try:
+        url = replace(made.settings, user=role, password=password).url()
+        code, _, err = run_cli("migrate", "up", "--database-url", url, "--migrations-dir", str(folder), "--dump-schema", str(output))  # fmt: skip
+        assert code == 2, err
+        assert err.startswith(
+            f"error: applied {len(files)} migration{'s' * (len(files) > 1)}, but the schema "
+            f"was not written to {output}: "
+        ), err
+        assert err.count("\n") == 1 and "Traceback" not in err and "Sesame-7f3" not in err
+        assert made.history() == list(range(1, len(files) + 1)) and not output.exists()
+    finally:
+        databases.drop(made)
+        with psycopg.connect(server.conninfo(), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_diff_finds_drift_table_by_table(migrated: Database) -> None:  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cicd_db.errors import MAX_NAME_BYTES, UsageError, check_name, one_line
+from cicd_db.errors import MAX_NAME_BYTES, ConfigError, UsageError, check_name, one_line
 
 
 @given(st.text())
@@ -84,3 +84,19 @@ class _Lying(str):
 def test_a_str_subclass_is_checked_by_what_it_holds(name: str, said: str) -> None:
     with pytest.raises(UsageError, match=re.escape(said)):
         check_name("name", name)
+
+
+def test_an_error_told_after_what_was_done_keeps_its_kind_and_arguments() -> None:
+    """`after` leads with what had happened; braces in it are text, not fields, and the
+    error's own arguments are still phrased by whoever prints it (the CLI as flags)."""
+    error = UsageError(
+        "{retries} must be {what}", arguments=["retries"], values={"what": "a {number}"}
+    )
+    told = error.after("applied {2} migrations")
+    assert told is error and isinstance(told, UsageError) and told.exit_code == 2
+    assert str(told) == "applied {2} migrations: `retries` must be a {number}"
+    assert told.phrased(lambda name: f"--{name}") == (
+        "applied {2} migrations: --retries must be a {number}"
+    )
+    plain = ConfigError("cannot write {x}").after("done {y}")
+    assert str(plain) == "done {y}: cannot write {x}"

@@ -32,9 +32,11 @@ from cicd_db.errors import (
     EXIT_DRIFT,
     EXIT_LINT,
     EXIT_PENDING,
+    CicdDbError,
     ConfigError,
     UsageError,
     one_line,
+    plural,
 )
 from cicd_db.retention import DEFAULT_BATCH_SIZE
 from cicd_db.settings import (
@@ -246,7 +248,13 @@ def up(
         if dump_schema and not dry_run:
             from cicd_db import schema
 
-            _write(dump_schema, schema.dump(where.settings.for_migrations()))
+            try:
+                _write(dump_schema, schema.dump(where.settings.for_migrations()))
+            except CicdDbError as error:  # a file changed the login, say: still applied
+                raise error.after(
+                    f"applied {plural(len(results), 'migration')}, but the schema was not written to "
+                    f"{one_line(str(dump_schema))}"
+                ) from None
     summary = console.up_summary(where.description, dry_run, len(results), elapsed_ms)
     if dump_schema and not dry_run:  # not with --json: stdout stays one JSON document
         summary += f"\nschema written to {one_line(str(dump_schema))}"

@@ -68,6 +68,16 @@ class CicdDbError(Exception):
         self.values = dict(values or {})
         super().__init__(self.phrased(lambda name: f"`{name}`"))
 
+    def after(self, done: str) -> CicdDbError:
+        """This error, led by `done`: what had already happened when it was raised ("2
+        migrations applied, but the schema was not written"), so that no one takes the
+        whole command for failed. Same kind, same exit code."""
+        self.template = (done.replace("{", "{{").replace("}", "}}") if self.arguments else done) + (
+            ": " + self.template
+        )
+        self.args = (self.phrased(lambda name: f"`{name}`"),)
+        return self
+
     def phrased(self, name: Callable[[str], str]) -> str:
         """The message with each argument written as `name(argument)` puts it."""
         if not self.arguments:
