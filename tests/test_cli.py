@@ -74,11 +74,11 @@ def test_version(script: Path | None) -> None:
     assert out.split()[1] == "0.1.0"
 
 
-@pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143)])
+@pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143), (1, 129)])
 def test_a_signal_while_starting_is_one_line(
     signal_number: int, code: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Ctrl-C or SIGTERM while psycopg is still loading: one line, not a traceback."""
+    """Ctrl-C, SIGTERM or SIGHUP while psycopg is still loading: one line, not a traceback."""
     from cicd_db import entry
 
     with pytest.raises(SystemExit) as done:

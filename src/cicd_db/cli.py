@@ -18,8 +18,8 @@ name (`migrate --dry-run up`) and the function's signature fills in the rest.
 Exit codes: 0 done; 1 operational failure; 2 usage or configuration error;
 3 `migrate status --exit-code` with migrations pending, or `schema diff` with
 differences; 4 files and history disagree (`status --exit-code`, `check`);
-5 `migrate check` lint findings; 130 Ctrl-C; 143 SIGTERM (entry.py turns it into an
-interrupt for the console commands). Errors are printed here, once, redacted, and
+5 `migrate check` lint findings; 130 Ctrl-C; 143 SIGTERM and 129 SIGHUP (entry.py turns
+them into an interrupt for the console commands). Errors are printed here, once, redacted, and
 a library error's arguments named as this command line's flags.
 """
 
@@ -42,13 +42,11 @@ from cicd_db import commands
 from cicd_db.commands import Context
 from cicd_db.errors import (
     EXIT_DISAGREES,
-    EXIT_INTERRUPTED,
     EXIT_PENDING,
-    EXIT_TERMINATED,
     CicdDbError,
     NotFound,
-    Terminated,
     UsageError,
+    interrupt_exit_code,
     one_line,
     setting_behind,
 )
@@ -574,7 +572,7 @@ def main(
         return 1
     except KeyboardInterrupt as interrupt:
         _print_error("interrupted", context)
-        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+        return interrupt_exit_code(interrupt)
     except BrokenPipeError:  # `cicd-db report ... | head`: the reader has what it wanted
         # Python would report the failed flush of what is left at exit: nowhere to go.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,9 +1,12 @@
 """The console entry points: `cicd-db`, `python -m cicd_db`, `scripts/migrate.py`.
 
-Kept free of heavy imports, so that Ctrl-C or SIGTERM while Python is still loading
-psycopg ends in one line and the usual exit code, not a traceback or a silent exit.
-Once the CLI is loaded, both signals raise (KeyboardInterrupt, and its subclass
-Terminated for SIGTERM), so a run cleans up alike and cli.main prints one line.
+Kept free of heavy imports, so that Ctrl-C, SIGTERM or SIGHUP while Python is still
+loading psycopg ends in one line and the usual exit code, not a traceback or a silent
+exit. Once the CLI is loaded, each raises (KeyboardInterrupt, and its subclass
+Terminated for SIGTERM and SIGHUP), so a run cleans up alike (a file rolled back, the
+lock released, a throwaway server stopped) and cli.main prints one line. SIGHUP is the
+terminal closing or an SSH session dropping: left to its default, the process would
+die where it stood.
 """
 
 from __future__ import annotations
@@ -12,27 +15,34 @@ import signal
 import sys
 from types import FrameType
 
-from cicd_db.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
+from cicd_db.errors import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
+
+# The signals a run stops cleanly on besides Ctrl-C, and their exit codes.
+STOPPING = {signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
 
 
 def _while_starting(signum: int, frame: FrameType | None) -> None:
     sys.stderr.write("error: interrupted while starting; nothing ran\n")
-    raise SystemExit(EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED)
+    raise SystemExit(STOPPING.get(signal.Signals(signum), EXIT_INTERRUPTED))
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+    raise Terminated(STOPPING[signal.Signals(signum)])
 
 
 def _load() -> object:
-    signal.signal(signal.SIGTERM, _while_starting)
-    signal.signal(signal.SIGINT, _while_starting)
+    # Under `nohup` SIGHUP comes ignored, and stays so: that is what nohup is for.
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        STOPPING.pop(signal.SIGHUP, None)
+    for signum in (*STOPPING, signal.SIGINT):
+        signal.signal(signum, _while_starting)
     from cicd_db import cli
 
     # Also when a shell that started us in the background handed SIGINT down ignored:
     # Ctrl-C and `kill -INT` must still stop the run cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
+    for signum in STOPPING:
+        signal.signal(signum, _terminate)
     return cli
 
 

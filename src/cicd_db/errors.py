@@ -14,14 +14,16 @@
         ├── IllegalTransition   a status change the execution state machine forbids
         ├── AlreadyExists       a stage or job name (or stage order) already taken
         └── NotFound            a pipeline, run, stage or job that does not exist
-    Interrupted                 exit 130 (Ctrl-C) or 143 (SIGTERM): stopped, and what it left
+    Interrupted                 exit 130 (Ctrl-C), 143 (SIGTERM) or 129 (SIGHUP): stopped, and what it left
 
 Exit codes that are verdicts, not errors: EXIT_PENDING (3, `migrate status
 --exit-code` with files pending), EXIT_DRIFT (3, `schema diff` found differences),
 EXIT_DISAGREES (4, files and history disagree), EXIT_LINT (5, `migrate check`
-findings); EXIT_INTERRUPTED 130 and EXIT_TERMINATED 143, as shells report a signal.
+findings); EXIT_INTERRUPTED 130, EXIT_TERMINATED 143 and EXIT_HANGUP 129, as shells
+report a signal (128 + its number).
 
-`Terminated` is not an error but the interrupt entry.py raises on SIGTERM. It is a
+`Terminated` is not an error but the interrupt entry.py raises on SIGTERM, and on SIGHUP
+(the terminal closed, an SSH session dropped). It is a
 KeyboardInterrupt so that psycopg cancels the running query for it as it does for
 Ctrl-C, and the runner rolls back and releases its lock the same way.
 
@@ -42,7 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 EXIT_PENDING = EXIT_DRIFT = 3
 EXIT_DISAGREES = 4
 EXIT_LINT = 5
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + the signal
+EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED = 129, 130, 143  # 128 + the signal
 
 
 class CicdDbError(Exception):
@@ -155,7 +157,7 @@ class NotFound(OperationalError):
 
 
 class Interrupted(CicdDbError):
-    """Ctrl-C or SIGTERM stopped the work; the message says what that left."""
+    """Ctrl-C, SIGTERM or SIGHUP stopped the work; the message says what that left."""
 
     def __init__(self, message: str, *, exit_code: int = EXIT_INTERRUPTED):
         super().__init__(message)
@@ -163,7 +165,16 @@ class Interrupted(CicdDbError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C (see the module docstring)."""
+    """SIGTERM or SIGHUP, delivered like Ctrl-C (see the module docstring)."""
+
+    def __init__(self, exit_code: int = EXIT_TERMINATED):
+        super().__init__()
+        self.exit_code = exit_code
+
+
+def interrupt_exit_code(interrupt: KeyboardInterrupt) -> int:
+    """The exit code of a run that `interrupt` stopped: 130 for Ctrl-C, else the signal's."""
+    return interrupt.exit_code if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
 
 
 def one_line(text: str) -> str:

@@ -33,14 +33,12 @@ import psycopg
 from psycopg import errors, sql
 
 from cicd_db.errors import (
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     Interrupted,
     NotFound,
     OperationalError,
-    Terminated,
     check_name,
     check_range,
+    interrupt_exit_code,
     no_schema,
     plural,
 )
@@ -195,7 +193,7 @@ def prune(
         raise Interrupted(
             f"interrupted; {_so_far(done)}; the batch in progress was rolled back, and no "
             "run was left half-deleted; run again to go on",
-            exit_code=EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED,
+            exit_code=interrupt_exit_code(interrupt),
         ) from None
     except psycopg.OperationalError as lost:
         raise OperationalError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -169,10 +170,12 @@ def test_repository_migrations_apply_to_an_empty_database(database: Database) ->
     [
         (signal.SIGINT, 130, signal.SIG_DFL),
         (signal.SIGTERM, 143, signal.SIG_DFL),
+        # The terminal closed, an SSH session dropped.
+        (signal.SIGHUP, 129, signal.SIG_DFL),
         # A shell starting a job in the background hands it SIGINT ignored.
         (signal.SIGINT, 130, signal.SIG_IGN),
     ],
-    ids=["ctrl-c", "term", "ctrl-c-when-started-ignoring-it"],
+    ids=["ctrl-c", "term", "hangup", "ctrl-c-when-started-ignoring-it"],
 )
 def test_interrupt_rolls_back_releases_the_lock_and_says_so(
     database: Database, tmp_path: Path, signal_number: int, code: int, inherited: object
@@ -187,7 +190,7 @@ def test_interrupt_rolls_back_releases_the_lock_and_says_so(
     )
     runner = start_cli(
         "migrate", "--database-url", database.url, "--migrations-dir", str(folder),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited),
+        preexec_fn=lambda: signal.signal(signal_number, inherited),
     )  # fmt: skip
     database.wait_for(
         RUNNER_SLEEPING,
@@ -209,6 +212,27 @@ def test_interrupt_rolls_back_releases_the_lock_and_says_so(
         " UNION ALL SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
         " AND datname = current_database()"
     ) == [(0,), (0,)]
+
+
+def test_a_hangup_under_nohup_is_ignored_as_nohup_asks(database: Database, tmp_path: Path) -> None:
+    """SIGHUP stops a run cleanly, unless the run was started with it ignored (`nohup`)."""
+    folder = write_migrations(
+        tmp_path, {"0001_slow.sql": "CREATE TABLE slow (id int);\nSELECT pg_sleep(60);\n"}
+    )
+    runner = start_cli(
+        "migrate", "--database-url", database.url, "--migrations-dir", str(folder),
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )  # fmt: skip
+    database.wait_for(RUNNER_SLEEPING, "the slow migration never started")
+    runner.send_signal(signal.SIGHUP)
+    with pytest.raises(subprocess.TimeoutExpired):
+        runner.wait(timeout=1)
+    runner.send_signal(signal.SIGTERM)
+    _, err = runner.communicate(timeout=30)
+    assert (runner.returncode, err) == (
+        143,
+        "error: interrupted during 0001_slow.sql; it was rolled back; nothing after it ran\n",
+    )
 
 
 def test_an_interrupt_after_the_commit_is_not_called_a_rollback(

@@ -22,12 +22,10 @@ from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
 from cicd_db.errors import (
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     Interrupted,
     MigrationFailed,
     MigrationRefused,
-    Terminated,
+    interrupt_exit_code,
 )
 from cicd_db.migrations import history, integrity, lock, reconcile
 from cicd_db.migrations.failures import (
@@ -183,9 +181,7 @@ class Applier:
         except KeyboardInterrupt as interrupt:
             raise Interrupted(
                 self._interrupted(migration),
-                exit_code=EXIT_TERMINATED
-                if isinstance(interrupt, Terminated)
-                else EXIT_INTERRUPTED,
+                exit_code=interrupt_exit_code(interrupt),
             ) from None
 
     def apply(self, migration: Migration) -> Result:

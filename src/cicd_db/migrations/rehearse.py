@@ -18,11 +18,9 @@ import psycopg
 from psycopg.pq import ExecStatus
 
 from cicd_db.errors import (
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     Interrupted,
     MigrationFailed,
-    Terminated,
+    interrupt_exit_code,
 )
 from cicd_db.migrations import history
 from cicd_db.migrations.failures import Transient, first_line
@@ -136,7 +134,7 @@ def rehearse(session: Session, pending: list[Migration]) -> list[Rehearsal]:
         raise Interrupted(
             f"interrupted during the rehearsal of {migration.filename}; the rehearsal "
             "was rolled back, and nothing was applied",
-            exit_code=EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED,
+            exit_code=interrupt_exit_code(interrupt),
         ) from None
     finally:
         session.savepoint = None
