@@ -51,7 +51,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -309,7 +308,7 @@ class EmbeddedServer:
             # Empty or garbled (a crash while writing it): PostgreSQL will not start past it.
             return _PidFile(pid=None, ready=False, stale=True)
         # A negative PID is a single-user backend: ours, but not accepting connections.
-        if pid == 0 or not _is_postmaster_of(abs(pid), self.data_dir):
+        if pid == 0 or not is_postmaster_of(abs(pid), self.data_dir):
             return _PidFile(pid=None, ready=False, stale=True)
         ready = pid > 0 and len(lines) >= 8 and lines[7].strip() == "ready"
         return _PidFile(pid=abs(pid), ready=ready, stale=False)
@@ -375,7 +374,7 @@ class EmbeddedServer:
         requested = self._requested_port or _env_port()
         if requested is not None:
             _check_port(requested, creating=True)  # before anything is stored
-        port = requested or _free_port()
+        port = requested or free_port()
         state: dict[str, Any] = {
             "port": port,
             "superuser_password": secrets.token_urlsafe(24),
@@ -395,8 +394,8 @@ class EmbeddedServer:
             handle.write(state["superuser_password"] + "\n")
         try:
             if account is not None:
-                _grant_traverse(work)
-                _grant_traverse(self.bin_dir)
+                grant_traverse(work)
+                grant_traverse(self.bin_dir)
                 shutil.chown(work, account, account)
                 shutil.chown(password_file, account, account)
             work.chmod(0o700)
@@ -520,77 +519,86 @@ class EmbeddedServer:
         return "server log: " + " | ".join(tail) if tail else "the server log is empty"
 
     def _account(self) -> str | None:
-        """The account the server runs as: None for ourselves, a system account for root."""
-        if os.geteuid() != 0:
-            return None
-        try:
-            pwd.getpwnam(SYSTEM_ACCOUNT)
-        except KeyError:
-            try:
-                subprocess.run(
-                    [
-                        "useradd",
-                        "--system",
-                        "--no-create-home",
-                        "--shell",
-                        "/usr/sbin/nologin",
-                        SYSTEM_ACCOUNT,
-                    ],
-                    check=True,
-                    capture_output=True,
-                )
-            except (OSError, subprocess.CalledProcessError) as error:
-                raise EmbeddedServerError(
-                    "PostgreSQL will not run as root and the account "
-                    f"{SYSTEM_ACCOUNT!r} could not be created ({error}); "
-                    "run as a normal user, or create that account"
-                ) from None
-        return SYSTEM_ACCOUNT
+        return server_account()
 
     def _run(self, program: str, *arguments: str) -> str:
-        account = self._account()
-        user_options: dict[str, Any] = {}
-        if account is not None:
-            user_options = {"user": account, "group": account, "extra_groups": []}
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        environment["LC_ALL"] = "C"
-        try:
-            completed = subprocess.run(
-                [str(self.bin_dir / program), *arguments],
-                capture_output=True,
-                text=True,
-                cwd=self.root,
-                env=environment,
-                timeout=START_TIMEOUT_SECONDS + 30,
-                check=False,
-                **user_options,
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise EmbeddedServerError(f"{program} failed to run: {error}") from None
-        if completed.returncode != 0:
-            message = (completed.stderr or completed.stdout).strip().splitlines()
-            detail = message[-1] if message else f"exit code {completed.returncode}"
-            raise EmbeddedServerError(f"{program} failed: {detail}")
-        return str(completed.stdout)
+        return run_tool(self.bin_dir, program, *arguments, cwd=self.root)
 
 
-@contextlib.contextmanager
-def throwaway() -> Iterator[EmbeddedServer]:
-    """A server of its own, in a temporary folder, on a free port: for work that must
-    leave nothing behind on a server anyone uses. Roles, role settings and the rest of
-    what belongs to a whole cluster outlive a dropped database, so a scratch database
-    on the developer's server is not enough. Stopped and removed on the way out (a
-    Ctrl-C included); should the stop fail, the removed data folder stops the server
-    within a minute, as PostgreSQL checks for its lock file."""
-    folder = Path(tempfile.mkdtemp(prefix="cicd-db-scratch-"))
-    server = EmbeddedServer(folder, port=_free_port())
+def server_account() -> str | None:
+    """The account a server runs as: None for ourselves, a system account for root."""
+    if os.geteuid() != 0:
+        return None
     try:
-        yield server
-    finally:
-        # A failed stop is not what to report: the removal below ends the server.
-        with contextlib.suppress(EmbeddedServerError, OSError):
-            server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        pwd.getpwnam(SYSTEM_ACCOUNT)
+    except KeyError:
+        try:
+            subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    SYSTEM_ACCOUNT,
+                ],
+                check=True,
+                capture_output=True,
+            )
+        except (OSError, subprocess.CalledProcessError) as error:
+            raise EmbeddedServerError(
+                "PostgreSQL will not run as root and the account "
+                f"{SYSTEM_ACCOUNT!r} could not be created ({error}); "
+                "run as a normal user, or create that account"
+            ) from None
+    return SYSTEM_ACCOUNT
+
+
+def account_options() -> dict[str, Any]:
+    """subprocess's arguments that run a program as server_account()."""
+    account = server_account()
+    return {} if account is None else {"user": account, "group": account, "extra_groups": []}
+
+
+def tool_environment() -> dict[str, str]:
+    """The environment of the server's programs: none of the caller's PG* variables
+    (they are for clients), and messages in the C locale."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    environment["LC_ALL"] = "C"
+    return environment
+
+
+def run_tool(bin_dir: Path, program: str, *arguments: str, cwd: Path) -> str:
+    """Run one of the wheel's programs (initdb, pg_ctl, ...) as server_account(); its
+    standard output, or EmbeddedServerError naming its error."""
+    try:
+        completed = subprocess.run(
+            [str(bin_dir / program), *arguments],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=tool_environment(),
+            timeout=START_TIMEOUT_SECONDS + 30,
+            check=False,
+            **account_options(),
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise EmbeddedServerError(f"{program} failed to run: {error}") from None
+    if completed.returncode != 0:
+        raise EmbeddedServerError(
+            f"{program} failed: {tool_error(completed.stderr or completed.stdout)}"
+        )
+    return str(completed.stdout)
+
+
+def tool_error(output: str) -> str:
+    """The line of a failed program's output that says why: its first error, rather than
+    the clean-up notices that follow it (initdb: "removing contents of data directory")."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    for line in lines:
+        if any(word in line for word in ("error:", "FATAL:", "PANIC:", "fatal:")):
+            return line
+    return lines[-1] if lines else "no output"
 
 
 def _login(state: dict[str, Any], user: str, database: str) -> ConnectionSettings:
@@ -619,7 +627,7 @@ def _env_port() -> int | None:
     return int(raw)
 
 
-def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
+def is_postmaster_of(pid: int, data_dir: Path) -> bool:
     """Is `pid` alive and a postgres server of `data_dir`, rather than a reused PID?
 
     With /proc (Linux): its program is `postgres` and its working directory (or
@@ -721,15 +729,19 @@ def _port_taken(port: int, *, creating: bool) -> ConfigError:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
         return int(probe.getsockname()[1])
 
 
-def _grant_traverse(path: Path) -> None:
-    """Give others the search bit on every folder above `path`, and nothing more."""
+def grant_traverse(path: Path) -> list[tuple[Path, int]]:
+    """Give others the search bit on every folder above `path`, and nothing more;
+    returns the folders changed, each with its mode before."""
+    changed = []
     for folder in path.resolve().parents:
         mode = folder.stat().st_mode
         if not mode & 0o001:
             folder.chmod(mode | 0o001)
+            changed.append((folder, mode))
+    return changed

@@ -46,11 +46,20 @@ def _load() -> object:
     return cli
 
 
+def _done(code: int) -> int:
+    """`code`, the finished command's, kept whatever arrives while Python shuts down
+    (which puts the signals back to their defaults: a late Ctrl-C would end the process
+    by the signal, and a command that did all its work would seem cut short)."""
+    for signum in (signal.SIGINT, *STOPPING):
+        signal.signal(signum, signal.SIG_IGN)
+    return code
+
+
 def main() -> int:
     """`cicd-db`."""
-    return _load().main()  # type: ignore[attr-defined, no-any-return]
+    return _done(_load().main())  # type: ignore[attr-defined]
 
 
 def migrate_main() -> int:
     """`scripts/migrate.py`: `cicd-db migrate` under another name."""
-    return _load().migrate_main()  # type: ignore[attr-defined, no-any-return]
+    return _done(_load().migrate_main())  # type: ignore[attr-defined]

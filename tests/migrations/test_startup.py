@@ -29,6 +29,8 @@ ON_USE = (
     "cicd_db.migrations.verify",
     "cicd_db.schema",
     "cicd_db.store",
+    "cicd_db.throwaway",
+    "cicd_db.embedded",
 )
 
 

@@ -131,8 +131,8 @@ def test_scratch_dump_is_the_schema_the_files_make(
     temporary, ports = tmp_path / "tmp", []
     temporary.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
-    free_port = embedded._free_port
-    monkeypatch.setattr(embedded, "_free_port", lambda: ports.append(free_port()) or ports[-1])
+    free_port = embedded.free_port
+    monkeypatch.setattr(embedded, "free_port", lambda: ports.append(free_port()) or ports[-1])
     dumped = migrations.scratch_dump(migrations.discover(folder))
     assert "CREATE TABLE public.people (" in dumped
     assert "CREATE INDEX people_id ON public.people USING btree (id);" in dumped

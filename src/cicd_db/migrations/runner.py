@@ -196,17 +196,15 @@ def open_runner(
 
 def scratch_dump(files: list[Migration]) -> str:
     """The schema `files` make, dumped from a server made for it and removed after
-    (`embedded.throwaway`): what a file does beyond its database (a role made, a
-    setting put on the role that runs it) stays on no server anyone uses, nor for the
-    next dump."""
-    from cicd_db import embedded, schema  # on use: see the imports
+    (cicd_db.throwaway): what a file does beyond its database (a role made, a setting
+    put on the role that runs it) stays on no server anyone uses, nor for the next dump."""
+    from cicd_db import schema, throwaway  # on use: see the imports
 
-    with embedded.throwaway() as server:
-        scratch = server.admin_settings()
+    with throwaway.server() as server:
         with targets.connect(
-            scratch,
-            options=session_options(scratch.user_options()),
+            server.admin,
+            options=session_options(server.admin.user_options()),
             client_encoding=CLIENT_ENCODING,
         ) as conn:
             Runner(conn, files).apply()
-        return schema.dump(scratch)
+        return schema.dump(server.dumper)

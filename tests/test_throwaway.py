@@ -1,0 +1,258 @@
+"""cicd_db.throwaway: a server for one command (`schema dump` without a target), of
+which nothing outlives the command: no server, no folder, no role or tablespace, no
+changed permission; whatever stops it, whenever."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cicd_db import embedded, throwaway
+
+from .fix_cli import ROOT, run_cli
+from .utils import write_migrations
+
+pytestmark = pytest.mark.slow
+
+SLEEPING = {"0001_t.sql": "CREATE TABLE t (id bigint);\nSELECT pg_sleep(5);\n"}
+
+
+def postgres_under(folder: Path) -> list[int]:
+    """PIDs of postgres processes working in `folder` or below, its folder removed or not
+    (Linux: /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            program = os.fsdecode((entry / "cmdline").read_bytes().split(b"\0")[0])
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if "postgres" in program and cwd.startswith(str(folder)):
+            found.append(int(entry.name))
+    return found
+
+
+def gone(folder: Path, timeout: float = 10) -> list[int]:
+    """The postgres processes still under `folder` after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (left := postgres_under(folder)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:  # a failing test leaves nothing running either
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def dump_process(folder: Path, temporary: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cicd_db", "schema", "dump", "--migrations-dir", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(temporary), "CICD_DB_HOME": str(temporary / "home")},
+    )
+
+
+def wait_ready(temporary: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for pid_file in temporary.glob(f"{throwaway.PREFIX}*/data/{embedded.PID_FILE}"):
+            if "ready" in pid_file.read_text(errors="replace"):
+                return
+        time.sleep(0.02)
+    raise AssertionError("the throwaway server never became ready")
+
+
+@pytest.fixture
+def temporary(tmp_path: Path) -> Path:
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("signals", "code"),
+    [
+        ([signal.SIGINT], 130),
+        ([signal.SIGTERM], 143),
+        ([signal.SIGHUP], 129),  # the terminal closed: the process no longer dies silently
+        ([signal.SIGINT, signal.SIGINT], 130),  # an impatient second Ctrl-C, 0.25 s later
+    ],
+    ids=["ctrl-c", "term", "hangup", "ctrl-c-twice"],
+)
+def test_a_stopped_dump_leaves_no_server_and_no_folder(
+    tmp_path: Path, temporary: Path, signals: list[signal.Signals], code: int
+) -> None:
+    folder = write_migrations(tmp_path / "migrations", SLEEPING)
+    started = dump_process(folder, temporary)
+    wait_ready(temporary)
+    time.sleep(0.5)  # into the file's pg_sleep
+    for number, sent in enumerate(signals):
+        if number:
+            time.sleep(0.25)
+        started.send_signal(sent)
+    _, err = started.communicate(timeout=60)
+    assert (started.returncode, err) == (
+        code,
+        "error: interrupted during 0001_t.sql; it was rolled back; nothing after it ran\n",
+    )
+    assert gone(temporary) == []
+    assert sorted(p.name for p in temporary.iterdir()) == []
+
+
+def test_a_ctrl_c_at_any_moment_leaves_nothing(tmp_path: Path, temporary: Path) -> None:
+    """Ctrl-C during initdb, the start, the file, pg_dump or the stop (delays spread over
+    a whole dump): the command ends, promptly, and nothing is left."""
+    folder = write_migrations(tmp_path / "migrations", SLEEPING | {"0001_t.sql": "SELECT 1;\n"})
+    started = dump_process(folder, temporary)
+    started.communicate(timeout=60)
+    assert started.returncode == 0
+    for delay in (0.05, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3, 1.6):
+        started = dump_process(folder, temporary)
+        time.sleep(delay)
+        started.send_signal(signal.SIGINT)
+        _, err = started.communicate(timeout=60)
+        assert started.returncode in (0, 130), (delay, err)
+        assert gone(temporary) == [], delay
+        assert [p.name for p in temporary.iterdir()] == [], delay
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="Linux: the parent-death signal")
+def test_a_killed_dump_takes_its_server_along_and_the_next_removes_its_folder(
+    tmp_path: Path, temporary: Path
+) -> None:
+    """kill -9 (a CI job's timeout) runs no clean-up: the server quits as its parent dies,
+    and the next command that makes a throwaway server removes the folder."""
+    folder = write_migrations(tmp_path / "migrations", SLEEPING)
+    started = dump_process(folder, temporary)
+    wait_ready(temporary)
+    started.kill()
+    started.communicate(timeout=30)
+    assert gone(temporary) == []
+    assert len(list(temporary.glob(f"{throwaway.PREFIX}*"))) == 1
+    done = dump_process(write_migrations(tmp_path / "quick", {"0001_t.sql": "SELECT 1;\n"}), temporary)  # fmt: skip
+    assert done.communicate(timeout=60)[1] == "" and done.returncode == 0
+    assert list(temporary.iterdir()) == []
+
+
+def test_an_interrupt_as_it_stops_is_delivered_after_the_clean_up(
+    temporary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    stop = throwaway._stop
+
+    def interrupted_stop(process: subprocess.Popen[bytes] | None) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # held back until the clean-up is done
+        stop(process)
+
+    monkeypatch.setattr(throwaway, "_stop", interrupted_stop)
+    with (
+        pytest.raises(KeyboardInterrupt),
+        throwaway.server() as server,
+        psycopg.connect(server.admin.conninfo()) as conn,
+    ):
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert gone(temporary) == [] and list(temporary.iterdir()) == []
+
+
+def test_a_port_taken_meanwhile_is_given_up_for_another(
+    temporary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    with socket.socket() as holder:
+        holder.bind((embedded.HOST, 0))
+        holder.listen()
+        ports = [holder.getsockname()[1]]
+        free_port = embedded.free_port
+        monkeypatch.setattr(embedded, "free_port", lambda: ports.pop() if ports else free_port())
+        with throwaway.server() as server, psycopg.connect(server.dumper.conninfo()) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (throwaway.DUMP_USER,)
+    assert list(temporary.iterdir()) == []
+
+
+def test_a_file_that_locks_out_its_own_role_does_not_lock_out_the_dump(
+    tmp_path: Path, temporary: Path
+) -> None:
+    folder = write_migrations(
+        tmp_path / "migrations",
+        {
+            "0001_t.sql": "CREATE TABLE t (id bigint);\n",
+            "0002_locked_out.sql": "ALTER ROLE CURRENT_USER PASSWORD 'changed' NOLOGIN;\n",
+        },
+    )
+    env = {"CICD_DB_HOME": str(tmp_path / "home"), "TMPDIR": str(temporary)}
+    done = run_cli("schema", "dump", "--migrations-dir", str(folder), env=env, process=True)
+    assert (done.code, done.err) == (0, "")
+    assert "CREATE TABLE public.t (" in done.out
+    assert list(temporary.iterdir()) == []
+
+
+def test_a_tablespace_a_file_makes_goes_with_the_server(tmp_path: Path, temporary: Path) -> None:
+    """Its files live where LOCATION says, outside the server's folder; left there, the
+    next dump failed ("directory ... already in use as a tablespace")."""
+    location = tmp_path / "space"
+    location.mkdir()
+    if os.geteuid() == 0:
+        embedded.server_account()  # made at the first server start otherwise
+        shutil.chown(location, embedded.SYSTEM_ACCOUNT)
+    folder = write_migrations(
+        tmp_path / "migrations",
+        {
+            "0001_space.sql": "-- cicd-db: no-transaction\n"
+            f"CREATE TABLESPACE scratch_space LOCATION '{location}';\n",
+            "0002_t.sql": "CREATE TABLE t (id bigint) TABLESPACE scratch_space;\n",
+        },
+    )
+    env = {"CICD_DB_HOME": str(tmp_path / "home"), "TMPDIR": str(temporary)}
+    dumps = [
+        run_cli("schema", "dump", "--migrations-dir", str(folder), env=env, process=True)
+        for _ in range(2)
+    ]
+    assert [(d.code, d.err) for d in dumps] == [(0, "")] * 2
+    assert "Tablespace: scratch_space" in dumps[0].out and dumps[1].out == dumps[0].out
+    assert list(location.iterdir()) == [] and list(temporary.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root's server runs as another account")
+def test_the_folders_opened_for_roots_server_get_their_modes_back(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    temporary = private / "tmp"
+    temporary.mkdir(parents=True)
+    private.chmod(0o700)
+    temporary.chmod(0o700)
+    env = {"CICD_DB_HOME": str(tmp_path / "home"), "TMPDIR": str(temporary)}
+    folder = write_migrations(tmp_path / "migrations", {"0001_t.sql": "SELECT 1;\n"})
+    done = run_cli("schema", "dump", "--migrations-dir", str(folder), env=env, process=True)
+    assert (done.code, done.err) == (0, "")
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (private, temporary)] == [0o700, 0o700]
+    assert pwd.getpwnam(embedded.SYSTEM_ACCOUNT)  # it did run as the system account
+
+
+def test_a_temporary_folder_postgresql_cannot_use_is_named(tmp_path: Path) -> None:
+    """A data folder path past PostgreSQL's 1023 bytes: initdb's own last line was its
+    clean-up notice ("removing contents of data directory"), which named no cause."""
+    temporary = tmp_path
+    while len(str(temporary)) < 1000:
+        temporary = temporary / ("d" * 100)
+    temporary.mkdir(parents=True)
+    env = {"CICD_DB_HOME": str(tmp_path / "home"), "TMPDIR": str(temporary)}
+    folder = write_migrations(tmp_path / "migrations", {"0001_t.sql": "SELECT 1;\n"})
+    done = run_cli("schema", "dump", "--migrations-dir", str(folder), env=env, process=True)
+    assert (done.code, done.out) == (1, "")
+    assert done.err.startswith("error: initdb in ") and "TMPDIR" in done.err, done.err
+    assert "removing contents" not in done.err and done.err.count("\n") == 1
+    assert list(temporary.iterdir()) == []
