@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -358,3 +359,15 @@ def home() -> Iterator[Path]:
     path = new_home("embedded")
     yield path
     discard(path)
+
+
+@pytest.fixture
+def temporary() -> Iterator[Path]:
+    """A temporary folder of its own (for TMPDIR) where throwaway servers go: under /tmp,
+    open to pass through, so that root's server account may use it as it is (a private
+    one would send the server to /tmp, where the test could not tell its folder from
+    others'); removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="cicd-db-test-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -142,7 +142,7 @@ def test_dump_of_the_migrations_alone_matches_a_migrated_database(home: Path) ->
 
 
 def test_dump_of_the_migrations_leaves_nothing_on_any_server_for_the_next(
-    tmp_path: Path,
+    tmp_path: Path, temporary: Path
 ) -> None:
     """What a file does to the whole cluster (a role made, a setting put on the role that
     runs it) outlives a scratch database: on a shared server it broke every later dump
@@ -156,8 +156,7 @@ def test_dump_of_the_migrations_leaves_nothing_on_any_server_for_the_next(
             "0002_read_only.sql": "ALTER ROLE CURRENT_USER SET default_transaction_read_only = on;\n",
         },
     )
-    home, temporary = tmp_path / "home", tmp_path / "tmp"
-    temporary.mkdir()
+    home = tmp_path / "home"
     env = {"CICD_DB_HOME": str(home), "TMPDIR": str(temporary)}
     dumps = [
         run_cli("schema", "dump", "--migrations-dir", str(folder), env=env, process=True)

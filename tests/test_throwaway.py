@@ -77,13 +77,6 @@ def wait_ready(temporary: Path) -> None:
     raise AssertionError("the throwaway server never became ready")
 
 
-@pytest.fixture
-def temporary(tmp_path: Path) -> Path:
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    return folder
-
-
 @pytest.mark.parametrize(
     ("signals", "code"),
     [
@@ -204,8 +197,10 @@ def test_a_file_that_locks_out_its_own_role_does_not_lock_out_the_dump(
 def test_a_tablespace_a_file_makes_goes_with_the_server(tmp_path: Path, temporary: Path) -> None:
     """Its files live where LOCATION says, outside the server's folder; left there, the
     next dump failed ("directory ... already in use as a tablespace")."""
-    location = tmp_path / "space"
+    location = temporary / "space"  # where root's server account may reach it too
     location.mkdir()
+    temporary = temporary / "tmp"
+    temporary.mkdir(mode=0o711)
     if os.geteuid() == 0:
         embedded.server_account()  # made at the first server start otherwise
         shutil.chown(location, embedded.SYSTEM_ACCOUNT)
@@ -228,31 +223,35 @@ def test_a_tablespace_a_file_makes_goes_with_the_server(tmp_path: Path, temporar
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root's server runs as another account")
-def test_the_folders_opened_for_roots_server_get_their_modes_back(tmp_path: Path) -> None:
+def test_roots_server_opens_no_folder_of_a_private_temporary_folder(tmp_path: Path) -> None:
+    """The server's account cannot pass through a private TMPDIR: the server goes to /tmp
+    instead of opening the folders on the way (a home of 0700 made 0701, for good)."""
     private = tmp_path / "private"
     temporary = private / "tmp"
     temporary.mkdir(parents=True)
     private.chmod(0o700)
     temporary.chmod(0o700)
-    env = {"CICD_DB_HOME": str(tmp_path / "home"), "TMPDIR": str(temporary)}
     folder = write_migrations(tmp_path / "migrations", {"0001_t.sql": "SELECT 1;\n"})
-    done = run_cli("schema", "dump", "--migrations-dir", str(folder), env=env, process=True)
-    assert (done.code, done.err) == (0, "")
+    started = dump_process(folder, temporary)
+    _, err = started.communicate(timeout=60)
+    assert (started.returncode, err) == (0, "")
     assert [stat.S_IMODE(p.stat().st_mode) for p in (private, temporary)] == [0o700, 0o700]
+    assert list(temporary.iterdir()) == []
+    assert list(throwaway.SHARED_TEMPORARY.glob(f"{throwaway.PREFIX}{started.pid}-*")) == []
     assert pwd.getpwnam(embedded.SYSTEM_ACCOUNT)  # it did run as the system account
 
 
-def test_a_temporary_folder_postgresql_cannot_use_is_named(tmp_path: Path) -> None:
+def test_a_temporary_folder_postgresql_cannot_use_is_named(tmp_path: Path, temporary: Path) -> None:
     """A data folder path past PostgreSQL's 1023 bytes: initdb's own last line was its
     clean-up notice ("removing contents of data directory"), which named no cause."""
-    temporary = tmp_path
-    while len(str(temporary)) < 1000:
-        temporary = temporary / ("d" * 100)
-    temporary.mkdir(parents=True)
-    env = {"CICD_DB_HOME": str(tmp_path / "home"), "TMPDIR": str(temporary)}
+    deep = temporary
+    while len(str(deep)) < 1000:
+        deep = deep / ("d" * 100)
+    deep.mkdir(parents=True)
+    env = {"CICD_DB_HOME": str(tmp_path / "home"), "TMPDIR": str(deep)}
     folder = write_migrations(tmp_path / "migrations", {"0001_t.sql": "SELECT 1;\n"})
     done = run_cli("schema", "dump", "--migrations-dir", str(folder), env=env, process=True)
     assert (done.code, done.out) == (1, "")
     assert done.err.startswith("error: initdb in ") and "TMPDIR" in done.err, done.err
     assert "removing contents" not in done.err and done.err.count("\n") == 1
-    assert list(temporary.iterdir()) == []
+    assert list(deep.iterdir()) == []

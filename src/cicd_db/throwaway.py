@@ -12,11 +12,14 @@ nothing of it outlives the command:
   told to quit when this process dies, however it dies (`kill -9` included);
 - its folder is in the temporary folder (TMPDIR), named with this process's id; one a
   killed process could not remove is removed by the next command that makes one;
-- stopping and removing run with Ctrl-C, SIGTERM and SIGHUP held back until they are
-  done (then delivered), so an impatient second Ctrl-C leaves no half of them;
+- making its folder, and stopping and removing, run with Ctrl-C, SIGTERM and SIGHUP
+  held back until done (then delivered), so an impatient second Ctrl-C leaves no half
+  of them;
 - a tablespace a file made: the folder PostgreSQL made inside its LOCATION goes too;
-- as root, the server runs as the embedded server's system account, and the folders
-  above the temporary folder that had to be opened for it get their modes back.
+- as root, the server runs as the embedded server's system account, in a folder that
+  account can reach without opening anyone's: the temporary folder when every folder
+  on its path lets others through (/tmp does), else /tmp; only when neither does are
+  the folders on the way opened for it, as the embedded server's are.
 
 It is made with initdb's fast options (no fsync: nothing here must survive a crash).
 Files run as the bootstrap superuser, as they did on the embedded server; pg_dump logs
@@ -34,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +51,9 @@ from cicd_db.errors import EmbeddedServerError
 from cicd_db.settings import ConnectionSettings
 
 PREFIX = "cicd-db-scratch-"
+# Where root's server goes when the temporary folder is closed to other accounts: the
+# folder in it is made private (mkdtemp) and given to the server's account.
+SHARED_TEMPORARY = Path("/tmp")  # noqa: S108
 DUMP_USER = "cicd_db_dump"
 # Ports tried before giving up, when another program takes the one picked meanwhile.
 PORT_ATTEMPTS = 3
@@ -74,20 +81,19 @@ class Throwaway:
 @contextlib.contextmanager
 def server() -> Iterator[Throwaway]:
     """A cluster of its own, running, for the `with` block; stopped and removed after."""
-    _sweep(Path(tempfile.gettempdir()))
+    account = embedded.server_account()
+    base = _base(account)
+    _sweep(base)
     folder: Path | None = None
     bin_dir: Path | None = None
-    opened: list[tuple[Path, int]] = []
     process: subprocess.Popen[bytes] | None = None
     try:
         with _held():  # made and recorded as one step: an interrupt cannot fall between
-            folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+            folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))
         bin_dir = embedded.wheel_bin_dir()
-        account = embedded.server_account()
         if account is not None:
-            opened = [
-                (path, mode) for path, mode in embedded.grant_traverse(folder) if path != folder
-            ]
+            if not _reachable(base):  # neither TMPDIR nor /tmp: as the embedded server does
+                embedded.grant_traverse(folder)
             embedded.grant_traverse(bin_dir)  # the embedded server's own need, kept
             shutil.chown(folder, account, account)
         password = _initdb(bin_dir, folder)
@@ -120,10 +126,6 @@ def server() -> Iterator[Throwaway]:
             _stop(process)
             if folder is not None:
                 _remove(folder, bin_dir)
-            if folder is not None and opened and not _others_in(folder.parent):
-                for path, mode in opened:
-                    with contextlib.suppress(OSError):
-                        path.chmod(mode)
 
 
 def _initdb(bin_dir: Path, folder: Path) -> str:
@@ -320,17 +322,44 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _others_in(temporary: Path) -> bool:
-    """Whether another throwaway server's folder sits where ours was: its server still
-    needs the folders above opened."""
-    return any(temporary.glob(f"{PREFIX}*"))
+def _base(account: str | None) -> Path:
+    """Where the server's folder goes: the temporary folder, unless the server runs as
+    another account (root's) that cannot pass through it, and /tmp can."""
+    temporary = Path(tempfile.gettempdir())
+    if account is None or _reachable(temporary) or not _reachable(SHARED_TEMPORARY):
+        return temporary
+    return SHARED_TEMPORARY
+
+
+def _reachable(folder: Path) -> bool:
+    """Whether another account may pass through `folder` and every folder above it."""
+    try:
+        resolved = folder.resolve()
+        return all(path.stat().st_mode & 0o001 for path in (resolved, *resolved.parents))
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
 def _held() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP held back for the block, then delivered."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    """Ctrl-C, SIGTERM and SIGHUP held back for the block, then delivered to the handlers
+    they had. Held in Python, not by the thread's signal mask: another thread (a
+    library's, a test runner's) would take a signal the main thread masks, and Python
+    would still raise it here. Only the main thread sets handlers; elsewhere, nothing
+    is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in _HELD}
+    for signum, handler in previous.items():
+        if handler not in (None, signal.SIG_IGN):  # ignored stays ignored
+            signal.signal(signum, lambda number, frame: caught.append(number))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # to its own handler, now put back

@@ -116,7 +116,7 @@ def test_drift_compares_the_live_schema_with_the_applied_files(
 
 
 def test_scratch_dump_is_the_schema_the_files_make(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, temporary: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a server of its own, stopped and removed after; the runner's session options
     reach the files."""
@@ -128,8 +128,7 @@ def test_scratch_dump_is_the_schema_the_files_make(
             "current_setting('client_connection_check_interval')); END$$;\n",
         },
     )
-    temporary, ports = tmp_path / "tmp", []
-    temporary.mkdir()
+    ports: list[int] = []
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     free_port = embedded.free_port
     monkeypatch.setattr(embedded, "free_port", lambda: ports.append(free_port()) or ports[-1])
