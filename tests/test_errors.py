@@ -100,3 +100,38 @@ def test_an_error_told_after_what_was_done_keeps_its_kind_and_arguments() -> Non
     )
     plain = ConfigError("cannot write {x}").after("done {y}")
     assert str(plain) == "done {y}: cannot write {x}"
+
+
+# Found by the mutation run of 2026-12-05, night (docs/testing.md).
+
+# -- check_name: the exact words, the first NUL, the surrogate's place, the size's end ---
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        # The first NUL's place (x_check_name 35), and the words (x_check_name 39, 40, 41).
+        (
+            "a\0b\0",
+            "`stage` holds a NUL byte (at character 2), which PostgreSQL text cannot hold; "
+            "remove it",
+        ),
+        # The surrogate's place, counted from 1 (x_check_name 47, 48).
+        (
+            "ab\ud800c",
+            "`stage` is not valid Unicode (a lone surrogate at character 3); give it as text",
+        ),
+    ],
+)
+def test_check_name_says_where_the_bad_character_is(name: str, message: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        check_name("stage", name)
+    assert str(refused.value) == message
+
+
+def test_check_name_takes_exactly_max_name_bytes() -> None:
+    """MAX_NAME_BYTES is taken, one byte more is not (x_check_name 49)."""
+    check_name("stage", "a" * MAX_NAME_BYTES)
+    check_name("stage", "é" * (MAX_NAME_BYTES // 2))
+    with pytest.raises(UsageError, match=re.escape(f"is {MAX_NAME_BYTES + 1:,} bytes")):
+        check_name("stage", "a" * (MAX_NAME_BYTES + 1))

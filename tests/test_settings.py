@@ -1227,3 +1227,84 @@ def test_a_url_quoted_in_any_message_is_masked_as_mask_credentials_masks_it(
 )
 def test_text_that_only_looks_like_part_of_a_url_is_left_as_it_is(text: str) -> None:
     assert redact(text) == text
+
+
+# Found by the mutation run of 2026-12-05, night (docs/testing.md): each case names the
+# mutant it kills (mutmut 3 names, `mutmut show NAME`).
+
+# -- _only_ports: what follows the ':' of a URL without an '@' ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        # Not a port: a password that lost its '@' (x__only_ports 12, 16, 19).
+        ("postgresql://ci:Sekr3t127.0.0.1/db", "postgresql://ci:***"),
+        # No port at all: a password starting with '/' (x__only_ports 12).
+        ("postgresql://ci:/Sekr3t", "postgresql://ci:***"),
+        # Ports are split at commas, and an empty piece is no password (x__only_ports 10,
+        # 11, 17).
+        ("postgresql://h:5432,5433/db", "postgresql://h:5432,5433/db"),
+        ("postgresql://h:5432,/db", "postgresql://h:5432,/db"),
+        # Ports are 1 to 65535, both ends included (x__only_ports 20); 0 and 65536 are
+        # no port, and may be a password (x__only_ports 21; 23, 24).
+        ("postgresql://h:1/db", "postgresql://h:1/db"),
+        ("postgresql://h:65535/db", "postgresql://h:65535/db"),
+        ("postgresql://ci:00000/db", "postgresql://ci:***"),
+        ("postgresql://ci:65536/db", "postgresql://ci:***"),
+    ],
+)
+def test_only_ports_are_shown_after_the_colon_of_a_url_without_an_at(url: str, masked: str) -> None:
+    assert mask_credentials(url) == masked
+    # redact hides the same, in a message; password_candidates agrees.
+    assert redact(f"cannot reach {url} now") == f"cannot reach {masked} now"
+    hidden = masked != url
+    assert bool(password_candidates(url)) == hidden
+
+
+# -- _misspelt_keyword: an unknown parameter's name shows only when it misspells one -----
+
+
+@pytest.mark.parametrize(
+    ("name", "masked"),
+    [
+        # Not letters and '_' alone: hidden whole (x__misspelt_keyword 3).
+        ("sslmode1", "?***"),
+        ("aplication-name", "?***"),
+        # A secret keyword with more after it: hidden whole (x__misspelt_keyword 3).
+        ("passwordq", "?***"),
+        # Less alike than the cutoff (0.8): hidden whole (x__misspelt_keyword 21).
+        ("appname", "?***"),
+        # One character more than the keyword: a slip, the name shows
+        # (x__misspelt_keyword 29, 30); two more: hidden whole (x__misspelt_keyword 31).
+        ("sslmodee", "?sslmodee=***"),
+        ("sslmodeee", "?***"),
+    ],
+)
+def test_an_unknown_parameter_shows_its_name_only_when_it_misspells_a_keyword(
+    name: str, masked: str
+) -> None:
+    assert mask_credentials(f"postgresql://u@h/db?{name}=x") == f"postgresql://u@h/db{masked}"
+
+
+# -- redact: the longest secret first -------------------------------------------------
+
+
+def test_redact_hides_a_whole_password_before_its_pieces() -> None:
+    """A password with a raw '/' and '?' comes with its pieces (password_candidates):
+    hidden whole, longest first, no piece replaced first leaves the rest of it behind
+    (x_redact 18: sorted by the text, not the length; x_redact 26: shortest first)."""
+    url = "postgresql://u:Sek/r3t?PW@h:1/db"
+    secrets = password_candidates(url)
+    assert redact("password authentication failed: Sek/r3t?PW", secrets) == (
+        "password authentication failed: ***"
+    )
+    assert redact("pw Sekr3t-long here", ["long", "Sekr3t-long"]) == "pw *** here"
+
+
+def test_redact_hides_a_secret_as_repr_quotes_it() -> None:
+    """A message may quote a secret with repr (a control character escaped): that form
+    is hidden whole, and nothing else is (x_redact 31: one character of it shown)."""
+    secret = "Sek\tr3t"
+    assert redact(f"bad password {secret!r}", [secret]) == "bad password '***'"
+    assert redact("Sekr3t and Sekr3x", ["Sekr3t"]) == "*** and Sekr3x"
