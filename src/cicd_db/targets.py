@@ -236,23 +236,24 @@ TARGET_PARAMETERS = "({database_url}, DATABASE_URL or the stack's outputs)"
 # - libpq (or psycopg) refused, or had no answer: its own text, with no severity.
 # Configuration errors (exit 2) are what the user's settings can fix; a server that
 # did not answer, or is not accepting connections now, is exit 1, and `migrate wait`
-# keeps trying it (ConnectionFailed).
-SERVER_ANSWERED = re.compile(r"[^\s:]+(?: [^\s:]+)?:  ")
-STARTUP_OPTIONS = re.compile(
+# keeps trying it (ConnectionFailed). Patterns, not compiled ones: read only when a
+# connection fails, they are compiled then (re keeps them), not at every start.
+SERVER_ANSWERED = r"[^\s:]+(?: [^\s:]+)?:  "
+STARTUP_OPTIONS = (
     # 22023, 42704, 42601: a setting or switch of the options the server cannot read;
     # 42501: one the role may not set; 55P02: one only a restart can change.
     r"(invalid value for parameter|unrecognized configuration parameter|invalid "
     r"command-line argument|(-c |--)\S+ requires a value|permission denied to set (parameter|role|"
     r"session authorization)|parameter \"[^\"]*\" cannot be (changed|set))"
 )
-SERVER_BUSY = re.compile(
+SERVER_BUSY = (
     # 53300: the server's, the role's or the database's connection limit is reached.
     r"(too many connections for (role|database)|sorry, too many clients|remaining connection "
     r"slots are reserved)"
 )
 # 57P03: starting up, shutting down, in recovery, not yet accepting connections.
-SERVER_NOT_READY = re.compile(r"the database system is ")
-LIBPQ_PARAMETER = re.compile(
+SERVER_NOT_READY = r"the database system is "
+LIBPQ_PARAMETER = (
     # libpq refused a connection parameter before trying the server.
     r"(invalid \S+ value|invalid integer value|invalid port number|bad value for|"
     r"could not parse network address|weak sslmode|invalid connection option|missing \"=\" "
@@ -265,11 +266,11 @@ LIBPQ_PARAMETER = re.compile(
 )
 # The keyword a libpq or psycopg refusal names, in the forms they write it.
 NAMED_KEYWORD = (
-    re.compile(r'connection option "(\w+)"'),  # invalid integer value "abc" for ...
-    re.compile(r"invalid (\w+) value"),  # invalid sslmode value: "bogus"
-    re.compile(r"bad value for (\w+)"),  # psycopg: bad value for connect_timeout: 'abc'
-    re.compile(r"weak (sslmode)"),  # weak sslmode "require" may not be used with ...
-    re.compile(r"could not parse network address()"),  # hostaddr's
+    r'connection option "(\w+)"',  # invalid integer value "abc" for ...
+    r"invalid (\w+) value",  # invalid sslmode value: "bogus"
+    r"bad value for (\w+)",  # psycopg: bad value for connect_timeout: 'abc'
+    r"weak (sslmode)",  # weak sslmode "require" may not be used with ...
+    r"could not parse network address()",  # hostaddr's
 )
 
 
@@ -281,7 +282,7 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
         "",
         detail,
     )
-    answered = SERVER_ANSWERED.match(detail)
+    answered = re.match(SERVER_ANSWERED, detail)
     if answered:
         login = getattr(error.pgconn, "user", None)  # the user libpq logged in as
         user = settings.user or (login.decode(errors="replace") if login else "")
@@ -342,20 +343,20 @@ def _server_refused(settings: ConnectionSettings, detail: str, user: str) -> Cic
             f"{where}: {detail}; allow them (ALTER DATABASE ... ALLOW_CONNECTIONS true), or "
             "connect to another database"
         )
-    if role or STARTUP_OPTIONS.match(detail):
+    if role or re.match(STARTUP_OPTIONS, detail):
         # A setting the connection sent at start-up: `options`, from the URL or PGOPTIONS
         # (`-c role=nobody` names a role that is not the login).
         return ConfigError(
             f"{where}: {detail}; fix the options parameter of the target (?options=-c ...) "
             "or PGOPTIONS"
         )
-    if SERVER_BUSY.match(detail):
+    if re.match(SERVER_BUSY, detail):
         return ConnectionFailed(
             f"{where} refused the connection: {detail}; it is at a connection limit: wait for "
             "connections to close, or raise the limit (the role's or database's CONNECTION "
             "LIMIT, the server's max_connections)"
         )
-    if SERVER_NOT_READY.match(detail):
+    if re.match(SERVER_NOT_READY, detail):
         return ConnectionFailed(
             f"cannot connect to {where}: {detail}; check that the server is up "
             "(`cicd-db migrate wait` waits until it accepts connections)"
@@ -392,7 +393,7 @@ def _libpq_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
             f"{where}: {detail}; {sslmode} needs a server with TLS: turn ssl on in the server, "
             f"or {instead}"
         )
-    if LIBPQ_PARAMETER.match(detail):
+    if re.match(LIBPQ_PARAMETER, detail):
         return _parameter_refused(settings, f"{where}: {detail}")
     resolving = re.match(r"failed to resolve host (None|'.*'): (.*)", detail)
     if resolving and not settings.host and os.environ.get("PGHOST"):
@@ -413,7 +414,7 @@ def _libpq_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
 def _parameter_refused(settings: ConnectionSettings, detail: str) -> ConfigError:
     """A connection parameter libpq or psycopg refused: fixed where it came from, an
     environment variable (PGCONNECT_TIMEOUT, PGSSLMODE, ...) or the target."""
-    named = next((m for pattern in NAMED_KEYWORD if (m := pattern.search(detail))), None)
+    named = next((m for pattern in NAMED_KEYWORD if (m := re.search(pattern, detail))), None)
     keyword = (named.group(1) or "hostaddr") if named else ""
     variable = settings.variable(keyword) if keyword else None
     if variable:
