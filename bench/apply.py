@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cicd_db.settings import ConnectionSettings
 
-from .common import PYTHON, ROOT, Databases, Table, timed
+from .common import PYTHON, ROOT, Databases, Table, paired, timed
 
 Tools = dict[str, Path | None]
 
@@ -174,23 +174,21 @@ def _rounds(dbs: Databases, contenders: list[Rival], rounds: int) -> dict[str, l
 def versus(
     title: str, times: dict[str, list[float]], ours: str, rounds: int
 ) -> tuple[Table, dict[str, float]]:
-    """Medians and extremes, one row a tool, and our time over each other's: the median
-    of each round's own ratio (paired: a round's runs follow one another, so a spell
-    of load or a neighbour's work moves both sides of a ratio alike, which a ratio of
-    two medians over the whole case does not promise). The figures: each tool's median,
-    and under "ours / theirs, paired" each paired ratio."""
+    """Medians and extremes, one row a tool, and our time over each other's, paired
+    (common.paired). The figures: each tool's median, and under "ours / theirs, paired"
+    each paired ratio."""
     figures = {name: statistics.median(values) for name, values in times.items()}
     table = Table(title, ["tool", "median", "min", "max", "cicd-db / tool"])
     for name, values in times.items():
-        paired = statistics.median(a / b for a, b in zip(times[ours], values, strict=True))
-        figures[f"{ours} / {name}, paired"] = paired
+        ratio = paired(times[ours], values)
+        figures[f"{ours} / {name}, paired"] = ratio
         table.rows.append(
             [
                 name,
                 f"{figures[name]:.0f}",
                 f"{min(values):.0f}",
                 f"{max(values):.0f}",
-                f"{paired:.2f}x",
+                f"{ratio:.2f}x",
             ]
         )
     table.notes.append(

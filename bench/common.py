@@ -176,6 +176,14 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
+def paired(ours: list[float], theirs: list[float]) -> float:
+    """The median of each round's own ratio, round i of `ours` over round i of `theirs`:
+    a round's measurements follow one another, so the machine's drift over a case (a
+    neighbour's load, a table growing) moves both sides of a ratio alike, which a ratio
+    of two medians over the whole case does not promise."""
+    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """The `fraction` quantile (0.99 for p99), as the standard library computes it."""
     if len(values) < 2:

@@ -16,7 +16,7 @@ import psycopg
 
 from cicd_db import migrations, store
 
-from .common import MIGRATIONS, Databases, Recording, Table
+from .common import MIGRATIONS, Databases, Recording, Table, paired
 
 STAGES, JOBS = 5, 20
 WRITERS = 8
@@ -54,11 +54,13 @@ def statements_per_run(conninfo: str) -> int:
         return len(Recording.sent)
 
 
-def _writer(conninfo: str, number: int, until: float) -> tuple[int, int]:
-    """One writer process: runs recorded until the clock reads `until`, and errors."""
+def _writer(conninfo: str, number: int, start: float, until: float) -> tuple[int, int]:
+    """One writer process: runs recorded from when the clock reads `start` until it reads
+    `until`, and errors."""
     done = failed = 0
     with psycopg.connect(conninfo, autocommit=True) as conn:
         executions = store.Store.on(conn)
+        time.sleep(max(0.0, start - time.time()))  # all together: the rate is per second
         while time.time() < until:
             try:
                 record_with_store(executions, f"w{number}")
@@ -72,8 +74,9 @@ def concurrent(conninfo: str, seconds: float) -> tuple[float, int]:
     """Runs a second over WRITERS processes (a CI system's agents are processes, each
     with its connection) recording at once for `seconds`; and their errors."""
     with ProcessPoolExecutor(max_workers=WRITERS) as pool:
-        until = time.time() + 2 + seconds  # every process started and connected by then
-        futures = [pool.submit(_writer, conninfo, n, until) for n in range(WRITERS)]
+        start = time.time() + 2  # every process started and connected by then
+        until = start + seconds
+        futures = [pool.submit(_writer, conninfo, n, start, until) for n in range(WRITERS)]
         results = [future.result() for future in futures]
     return sum(done for done, _ in results) / seconds, sum(failed for _, failed in results)
 
@@ -164,12 +167,9 @@ def measure(
                     way(i)
                 rates[name].append(runs_per_round / (time.perf_counter() - started))
     medians = {name: statistics.median(values) for name, values in rates.items()}
-    # The ratio each round measured, side by side: the machine's drift over the case
-    # (a neighbour's load, the table growing) moves both ways of a round alike.
-    hand = rates["hand-written SQL"]
     for name in ("store API", "store API, jobs batched"):
-        medians[f"{name} / hand-written SQL, paired"] = statistics.median(
-            ours / theirs for ours, theirs in zip(rates[name], hand, strict=True)
+        medians[f"{name} / hand-written SQL, paired"] = paired(
+            rates[name], rates["hand-written SQL"]
         )
     table = Table(
         f"Record: runs of {STAGES} stages x {JOBS} jobs, whole life, one connection",
@@ -186,10 +186,10 @@ def measure(
             ]
         )
     for name in ("store API", "store API, jobs batched"):
-        paired = medians[f"{name} / hand-written SQL, paired"]
+        ratio = medians[f"{name} / hand-written SQL, paired"]
         table.notes.append(
             f"{name} / hand-written SQL, the median of the {rounds} rounds' own ratios: "
-            f"{paired:.3f}x."
+            f"{ratio:.3f}x."
         )
     # The run's start and RUNNING; a stage's insert, RUNNING, its jobs' insert, each job's
     # two moves and its finish; the run's finish.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import signal
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,20 @@ def test_a_signal_while_starting_is_one_line(
         entry._while_starting(signal_number, None)
     assert done.value.code == code
     assert capsys.readouterr().err == "error: interrupted while starting; nothing ran\n"
+
+
+def test_a_finished_commands_exit_code_is_kept_whatever_arrives_after() -> None:
+    """Python puts the signals back to their defaults as it shuts down: a Ctrl-C then
+    ended a finished command by the signal (exit -2). Once done, they are ignored."""
+    from cicd_db import entry
+
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *entry.STOPPING)}
+    try:
+        assert entry._done(4) == 4
+        assert {signal.getsignal(signum) for signum in handlers} == {signal.SIG_IGN}
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 @pytest.mark.parametrize("only_migrate", [False, True], ids=["cicd-db", "migrate.py"])

@@ -11,6 +11,7 @@ Modules, in the one direction imports flow:
     local          ci_user and ci_local on a server you installed
     targets        which database: --database-url, --stack, --local, DATABASE_URL
     embedded       the embedded PostgreSQL server
+    throwaway      a server for one command (schema dump without a target), gone after it
     stacks         a Pulumi stack's outputs, read through the pulumi CLI
     settings       the connection contract and URL redaction
     errors         the exception hierarchy

@@ -600,9 +600,12 @@ def _print_error(message: str, context: Context | None, trace: bool = False) -> 
     # One line, whatever it quotes (an argument, a path): what a terminal would act on
     # (an escape sequence, a newline that forges a second line) is written as repr writes it.
     shown = one_line(redact(message, context.secrets if context else []))
-    print(f"error: {shown}", file=sys.stderr)
-    if trace:
-        traceback.print_exc()
+    try:
+        print(f"error: {shown}", file=sys.stderr)
+        if trace:
+            traceback.print_exc()
+    except OSError:  # the terminal is gone (SIGHUP): the line has nowhere to go
+        pass
 
 
 def migrate_main(argv: Sequence[str] | None = None) -> int:

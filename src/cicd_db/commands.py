@@ -34,7 +34,9 @@ from cicd_db.errors import (
     EXIT_PENDING,
     CicdDbError,
     ConfigError,
+    Interrupted,
     UsageError,
+    interrupt_exit_code,
     one_line,
     plural,
 )
@@ -248,12 +250,17 @@ def up(
         if dump_schema and not dry_run:
             from cicd_db import schema
 
+            # A failure or an interrupt now leaves the files applied: say so first.
+            done = f"applied {plural(len(results), 'migration')}, but the schema was not written"
             try:
                 _write(dump_schema, schema.dump(where.settings.for_migrations()))
-            except CicdDbError as error:  # a file changed the login, say: still applied
-                raise error.after(
-                    f"applied {plural(len(results), 'migration')}, but the schema was not written to "
-                    f"{one_line(str(dump_schema))}"
+            except CicdDbError as error:  # a file changed the login's password, say
+                if str(dump_schema) not in str(error):  # not "cannot write PATH: ..."
+                    done += f" to {one_line(str(dump_schema))}"
+                raise error.after(done) from None
+            except KeyboardInterrupt as interrupt:
+                raise Interrupted(
+                    f"{done}: interrupted", exit_code=interrupt_exit_code(interrupt)
                 ) from None
     summary = console.up_summary(where.description, dry_run, len(results), elapsed_ms)
     if dump_schema and not dry_run:  # not with --json: stdout stays one JSON document

