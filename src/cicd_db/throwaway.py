@@ -11,8 +11,15 @@ nothing of it outlives the command:
   Ctrl-C at the terminal reaches this process, which then stops them), and on Linux
   they are told to quit when this process dies, however it dies (`kill -9` included);
 - its folder is in the temporary folder (TMPDIR), locked by this process while it
-  lives; one a killed process could not remove is removed by the next command that
-  makes one (its server stopped, its tablespaces' folders removed);
+  lives (made under another name and renamed once locked, so no one sees it unlocked);
+  one a killed process could not remove is removed by the next command that makes one
+  (its server stopped, its tablespaces' folders removed), but only a real folder of
+  this account's (or of root's server account), never through a link: a shared /tmp
+  lets anyone plant a look-alike. The lock file goes last, so a removal cut short is
+  taken up again by the next;
+- whatever still works in its folder once the server stopped (a program a file
+  started with `COPY ... TO PROGRAM '... &'`, in a backend's session of its own) is
+  killed (Linux: found through /proc);
 - making the folder, and stopping and removing, run with Ctrl-C, SIGTERM and SIGHUP
   held back until done: delivered then, or dropped when the command is already
   stopping (a second Ctrl-C must not turn "interrupted during 0002_x.sql; it was rolled
@@ -36,9 +43,11 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import pwd
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -55,6 +64,7 @@ from cicd_db.errors import EmbeddedServerError
 from cicd_db.settings import ConnectionSettings
 
 PREFIX = "cicd-db-scratch-"
+MAKING = "cicd-db-making-"  # the folder's name until its owner's lock is taken
 DUMP_USER = "cicd_db_dump"
 # Held (flock) by the process whose server the folder is, for as long as it lives.
 OWNER_LOCK = "owner.lock"
@@ -100,9 +110,11 @@ def server() -> Iterator[Throwaway]:
     stopping = True
     try:
         with _held():  # made and locked as one step: an interrupt cannot fall between
-            folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))
-            owner = open(folder / OWNER_LOCK, "w")  # noqa: SIM115 - closed in the finally
+            making = Path(tempfile.mkdtemp(prefix=f"{MAKING}{os.getpid()}-", dir=base))
+            owner = open(making / OWNER_LOCK, "w")  # noqa: SIM115 - closed in the finally
             fcntl.flock(owner, fcntl.LOCK_EX)
+            folder = making.with_name(PREFIX + making.name[len(MAKING) :])
+            making.rename(folder)  # seen by a sweep only now, locked
         if account is not None:
             if not _reachable(base):  # neither TMPDIR nor /tmp: as the embedded server does
                 embedded.grant_traverse(folder)
@@ -137,6 +149,7 @@ def server() -> Iterator[Throwaway]:
             for process in started:
                 _stop(process)
             if folder is not None:
+                _kill_what_is_left(folder)
                 _remove(folder)
             if owner is not None:
                 owner.close()
@@ -262,27 +275,67 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         embedded.stop_group(process, grace=30)
 
 
+def _kill_what_is_left(folder: Path) -> None:
+    """Kill what still works in `folder`, the server stopped: a program a file started
+    in the background (`COPY ... TO PROGRAM 'cmd &'`) runs in a backend's session of
+    its own, which stopping the server does not reach (on Linux; elsewhere it is not
+    found)."""
+    for pid in embedded.processes_in(folder):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _remove(folder: Path) -> None:
     """Remove `folder` (its server stopped), and in each tablespace's LOCATION the
-    folder the server made there."""
-    tablespaces = folder / "data" / "pg_tblspc"
+    folder the server made there; the owner's lock last, so that a removal cut short
+    is taken up by the next sweep."""
+    data = folder / "data"
     with contextlib.suppress(OSError):
         made = (folder / VERSION_FOLDER).read_text().strip()
-        for link in tablespaces.iterdir() if made else ():
-            with contextlib.suppress(OSError):  # one not a link (in place) spares no other
-                shutil.rmtree(Path(os.readlink(link)) / made)
+        tablespaces = data / "pg_tblspc"
+        if made and not data.is_symlink() and not tablespaces.is_symlink():
+            for link in tablespaces.iterdir():
+                with contextlib.suppress(OSError):  # one not a link (in place) spares no other
+                    shutil.rmtree(Path(os.readlink(link)) / made)
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            if entry.name == OWNER_LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (folder / OWNER_LOCK).unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def _sweep(base: Path) -> None:
     """Remove what throwaway servers of processes now gone left in `base` (killed
-    before they could): a folder whose owner's lock is free. A server still running
-    there (no parent-death signal outside Linux) is stopped first."""
-    for folder in base.glob(f"{PREFIX}*"):
+    before they could): a real folder (not a link) of this account's or of the server
+    account's, whose owner's lock is free. A server still running there (no
+    parent-death signal outside Linux) is stopped first."""
+    owners = {os.geteuid()}
+    account = embedded.server_account()
+    if account is not None:
+        owners.add(pwd.getpwnam(account).pw_uid)
+    # A folder still being made is left a minute: its lock is taken just after it is.
+    making = [f for f in base.glob(f"{MAKING}*") if _age(f) > 60]
+    for folder in [*base.glob(f"{PREFIX}*"), *making]:
         try:
-            with open(folder / OWNER_LOCK) as lock:
+            found = folder.lstat()
+            if not stat.S_ISDIR(found.st_mode) or found.st_uid not in owners:
+                continue  # planted by another account, or a link: not ours to act on
+            descriptor = os.open(folder / OWNER_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        with os.fdopen(descriptor) as lock:
+            try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                data = folder / "data"
+            except OSError:
+                continue  # its owner lives
+            data = folder / "data"
+            if not data.is_symlink():
                 with contextlib.suppress(OSError, ValueError, OverflowError):
                     pid = int((data / embedded.PID_FILE).read_text().splitlines()[0])
                     if embedded.is_postmaster_of(pid, data):
@@ -290,9 +343,15 @@ def _sweep(base: Path) -> None:
                         deadline = time.monotonic() + 10
                         while embedded.is_postmaster_of(pid, data) and time.monotonic() < deadline:
                             time.sleep(0.05)
-                _remove(folder)
-        except (OSError, ValueError):
-            continue  # still owned, being made, or not ours to open: left alone
+                _kill_what_is_left(folder)
+            _remove(folder)
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.lstat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _base(account: str | None) -> Path:
