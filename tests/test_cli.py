@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from hypothesis import strategies as st
 from cicd_db import cli, commands, migrations
 
 from .fix_cli import MIGRATE_PY, run_cli
+from .utils import ROOT, write_migrations
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -172,3 +176,23 @@ def test_a_stray_argument_is_told_on_one_line_that_no_terminal_acts_on(
     assert "unrecognized arguments" in result.err, result.err
     assert result.err.endswith("\n") and result.err.count("\n") == 1, result.err
     assert result.err[:-1].isprintable(), result.err
+
+
+def test_a_closed_standard_output_is_told_in_one_line(tmp_path: Path, temporary: Path) -> None:
+    """`cicd-db schema dump >&-`: Python leaves sys.stdout None, and the line was
+    "unexpected AttributeError: 'NoneType' object has no attribute 'write'; ... report it"."""
+    folder = write_migrations(tmp_path / "migrations", {"0001_t.sql": "CREATE TABLE t (id int);\n"})
+    done = subprocess.run(
+        [sys.executable, "-m", "cicd_db", "schema", "dump", "--migrations-dir", str(folder)],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(temporary)},
+        preexec_fn=lambda: os.close(1),
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (
+        1,
+        "error: cannot write the output: standard output is closed; check where it goes\n",
+    )
+    assert list(temporary.iterdir()) == []

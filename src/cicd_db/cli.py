@@ -26,6 +26,8 @@ a library error's arguments named as this command line's flags.
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import logging
 import math
 import os
@@ -533,6 +535,8 @@ def main(
     """Entry point of `cicd-db`; returns the exit code. Signals: see entry.py."""
     context: Context | None = None
     debug = False
+    if sys.stdout is None:  # started with it closed (`>&-`): Python leaves None there
+        sys.stdout = _ClosedOutput()
     try:
         call = parse(sys.argv[1:] if argv is None else argv, prog=prog, only_migrate=only_migrate)
         context = call.context
@@ -589,6 +593,15 @@ def main(
             debug,
         )
         return 1
+
+
+class _ClosedOutput(io.TextIOBase):
+    """A standard output that was closed: writing to it fails as writing to a closed
+    descriptor does, and is told as such (`cannot write the output: ...`); a command
+    that prints nothing (`--quiet`) still runs."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
 
 
 def _first_line(error: psycopg.Error) -> str:
