@@ -738,11 +738,7 @@ def _server_processes_in(data_dir: Path) -> list[int]:
     starts rename themselves (`postgres: checkpointer`).
     """
     found = []
-    try:
-        entries = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()]
-    except OSError:
-        return []
-    for entry in entries:
+    for entry in _processes():
         try:
             program = os.fsdecode((entry / "cmdline").read_bytes().split(b"\0")[0])
             if not (program.startswith("postgres:") or Path(program).name == "postgres"):
@@ -754,16 +750,20 @@ def _server_processes_in(data_dir: Path) -> list[int]:
     return sorted(found)
 
 
+def _processes() -> list[Path]:
+    """The folders of /proc, one a process (Linux); none elsewhere."""
+    try:
+        return [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    except OSError:
+        return []
+
+
 def processes_in(folder: Path) -> list[int]:
     """PIDs of the processes working in `folder` or below it, removed or not (Linux:
     /proc; elsewhere none are found): a server's, and what its sessions started."""
     found = []
     where = str(folder.resolve())
-    try:
-        entries = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()]
-    except OSError:
-        return []
-    for entry in entries:
+    for entry in _processes():
         try:
             cwd = os.readlink(entry / "cwd").removesuffix(" (deleted)")
         except OSError:
