@@ -1243,22 +1243,24 @@ def test_a_naive_time_is_refused_with_the_reason() -> None:
     )
 
 
-def test_add_jobs_names_the_type_of_a_bad_allows_failure(migrated: Database) -> None:
+def add_jobs_refusal(migrated: Database, jobs: list[tuple[str, object]]) -> str:
+    """What add_jobs says refusing `jobs` for a new stage of a new run."""
     with migrated.connect() as conn:
         executions = Store.on(conn)
         stage = executions.add_stage(executions.start_run("p", "abc"), "s", 1)
         with pytest.raises(UsageError) as refused:
-            executions.add_jobs(stage, [("j", 1)])  # type: ignore[list-item]
-    assert str(refused.value) == (
+            executions.add_jobs(stage, jobs)  # type: ignore[arg-type]
+    return str(refused.value)
+
+
+def test_add_jobs_names_the_type_of_a_bad_allows_failure(migrated: Database) -> None:
+    assert add_jobs_refusal(migrated, [("j", 1)]) == (
         "allows_failure of job 'j' in `jobs` must be True or False, not int"
     )
 
 
 def test_add_jobs_names_the_job_listed_twice_not_the_first(migrated: Database) -> None:
     """The duplicate named is the one listed twice, not the first job."""
-    with migrated.connect() as conn:
-        executions = Store.on(conn)
-        stage = executions.add_stage(executions.start_run("p", "abc"), "s", 1)
-        with pytest.raises(UsageError) as refused:
-            executions.add_jobs(stage, [("a", False), ("b", False), ("b", True)])
-    assert str(refused.value) == "job 'b' is in `jobs` twice; list it once"
+    assert add_jobs_refusal(migrated, [("a", False), ("b", False), ("b", True)]) == (
+        "job 'b' is in `jobs` twice; list it once"
+    )

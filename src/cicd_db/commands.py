@@ -252,12 +252,13 @@ def up(
 
             # A failure or an interrupt now leaves the files applied: say so first.
             done = f"applied {plural(len(results), 'migration')}, but the schema was not written"
+            to_path = f" to {one_line(str(dump_schema))}"  # _write's own error names it
             try:
-                _write(dump_schema, schema.dump(where.settings.for_migrations()))
+                text = schema.dump(where.settings.for_migrations())
+                to_path = ""
+                _write(dump_schema, text)
             except CicdDbError as error:  # a file changed the login's password, say
-                if str(dump_schema) not in str(error):  # not "cannot write PATH: ..."
-                    done += f" to {one_line(str(dump_schema))}"
-                raise error.after(done) from None
+                raise error.after(done + to_path) from None
             except KeyboardInterrupt as interrupt:
                 raise Interrupted(
                     f"{done}: interrupted", exit_code=interrupt_exit_code(interrupt)

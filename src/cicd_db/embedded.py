@@ -395,7 +395,7 @@ class EmbeddedServer:
         # half-way leaves no data/ that looks like a server (see the module docstring).
         work = self.new_data_dir
         work.mkdir(parents=True, exist_ok=True)
-        account = self._account()
+        account = server_account()
         password_file = self.root / "initdb.pw"
         write_password_file(password_file, state["superuser_password"], account)
         try:
@@ -522,9 +522,6 @@ class EmbeddedServer:
         except OSError:
             return f"no server log at {self.log_file}"
         return "server log: " + " | ".join(tail) if tail else "the server log is empty"
-
-    def _account(self) -> str | None:
-        return server_account()
 
     def _run(self, program: str, *arguments: str) -> str:
         return run_tool(self.bin_dir, program, *arguments, cwd=self.root)
@@ -738,16 +735,14 @@ def _server_processes_in(data_dir: Path) -> list[int]:
     starts rename themselves (`postgres: checkpointer`).
     """
     found = []
-    for entry in _processes():
+    for pid in processes_in(data_dir):
         try:
-            program = os.fsdecode((entry / "cmdline").read_bytes().split(b"\0")[0])
-            if not (program.startswith("postgres:") or Path(program).name == "postgres"):
-                continue
-            if os.path.samefile(entry / "cwd", data_dir):
-                found.append(int(entry.name))
+            program = os.fsdecode(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0])
         except OSError:
             continue  # exited meanwhile, or not ours to inspect
-    return sorted(found)
+        if program.startswith("postgres:") or Path(program).name == "postgres":
+            found.append(pid)
+    return found
 
 
 def _processes() -> list[Path]:
