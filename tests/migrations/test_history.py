@@ -21,6 +21,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import pq, sql
 
 from cicd_db import migrations
@@ -572,3 +574,28 @@ def test_the_history_itself_is_no_history_under_another_name(
         conn.execute("ALTER TABLE cicd_db.cicd_db_schema_history RENAME TO moved")
         with pytest.raises(ConfigError, match=r"but cicd_db\.moved has its columns \(1 row\)"):
             history._refuse_a_history_under_another_name(conn)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    text=st.one_of(
+        st.text(),
+        st.text(alphabet="abcXYZ019_.-'\\\" e\u00e9\u0131\u212a\u0660", max_size=12),
+    ),
+    standard=st.booleans(),
+)
+def test_a_literal_is_what_psycopg_quotes_and_reads_back_as_the_text(
+    database: Database, text: str, standard: bool
+) -> None:
+    """The history's values are quoted directly when they are plain ASCII: the same bytes
+    psycopg's adapters give, under either standard_conforming_strings, and the server
+    reads back the text (no NUL: a server's text holds none)."""
+    text = text.replace("\0", "")
+    with database.connect() as conn:
+        conn.autocommit = True
+        conn.execute(f"SET standard_conforming_strings = {'on' if standard else 'off'}")
+        quoted = history.literal(conn, text)
+        assert quoted == sql.Literal(text).as_bytes(conn)
+        assert conn.execute(b"SELECT " + quoted).fetchone() == (text,)

@@ -495,3 +495,66 @@ def test_planning_a_large_file_holds_no_copy_of_it() -> None:
         tracemalloc.stop()
     assert len(steps) >= 8  # slices of about a megabyte
     assert peak < len(data) // 2, f"{peak / MEBIBYTE:.1f} MiB to plan {len(data) / MEBIBYTE:.1f}"
+
+
+def _settings_end_by_scanning(data: bytes, first: migrations.Batch) -> int | None:
+    """The specification of Batch.settings_end: the first batch scanned again, statement
+    by statement, up to the first that is not SET or RESET."""
+    from cicd_db.migrations.statements import SESSION_SETTINGS
+    from cicd_db.sqltext import Scanner, Statement
+
+    end = None
+    scanner = Scanner(data[: first.end], standard_strings=first.standard_strings, start=first.start)
+    for piece in scanner:
+        if not isinstance(piece, Statement) or piece.keyword not in SESSION_SETTINGS:
+            break
+        if any(word.startswith("TRANSACTION") for word in piece.words[1:3]):
+            end = piece.end
+    return end
+
+
+_LEADING_PIECES = [
+    "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
+    "set transaction read only;",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE;",
+    "SET LOCAL TRANSACTION DEFERRABLE;",
+    "SET TRANSACTION SNAPSHOT '00000003-0000001B-1';",
+    "SET lock_timeout = '1s';",
+    "SET search_path TO public;",
+    "RESET ALL;",
+    "SET standard_conforming_strings = off;",
+    "SET standard_conforming_strings = on;",
+    "-- SET TRANSACTION READ ONLY;",
+    "/* SET TRANSACTION */ SET TRANSACTION READ ONLY;",
+    "SELECT 'SET TRANSACTION READ ONLY;';",
+    "CREATE TABLE t (id int);",
+    "COPY t FROM STDIN;\n1\n\\.",
+    "\\restrict abc",
+    "DO $$BEGIN SET TRANSACTION READ ONLY; END$$;",
+    "",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_LEADING_PIECES), max_size=6), st.sampled_from(["\n", " ", "\r\n"]))
+def test_the_leading_transaction_settings_are_found_as_a_scan_finds_them(
+    pieces: list[str], separator: str
+) -> None:
+    """Where a file's leading SET TRANSACTION statements end is found while planning, not
+    by scanning the file again for each run: the same offset as that scan, for any mix of
+    settings, comments, COPY data, psql lines and statements that change how strings read."""
+    data = (separator.join(pieces) + "\n").encode()
+    try:
+        steps = migrations.plan("0001_x.sql", data, transactional=True)
+    except ConfigError:
+        return  # refused (text after a psql line or a COPY on its line): nothing runs
+    first = steps[0] if steps else None
+    if not isinstance(first, migrations.Batch):
+        assert all(
+            not isinstance(step, migrations.Batch) or step.settings_end is None for step in steps
+        )
+        return
+    assert first.settings_end == _settings_end_by_scanning(data, first)
+    assert all(
+        step.settings_end is None for step in steps[1:] if isinstance(step, migrations.Batch)
+    )

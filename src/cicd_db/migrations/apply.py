@@ -261,7 +261,7 @@ class Applier:
         runs them: BEGIN, then the file). Returns the id's result.
         """
         session = self.session
-        lead = transaction_settings_end(migration.data, migration.steps, session.standard_strings())
+        lead = transaction_settings_end(migration.steps, session.standard_strings())
         if lead is None:
             return session.run_steps(migration, prefix=BEGIN_MARKED)[1]
         first = migration.steps[0]

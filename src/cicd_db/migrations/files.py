@@ -12,6 +12,7 @@ import codecs
 import hashlib
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,9 +56,10 @@ class Migration:
             return steps
         return self.planned
 
-    @property
+    @cached_property
     def transactional(self) -> bool:
-        """False for a file whose first line is the no-transaction marker."""
+        """False for a file whose first line is the no-transaction marker (read once:
+        the runner asks for each file several times)."""
         from cicd_db.migrations.statements import NO_TRANSACTION_MARKER
 
         # From the file's head only: partition() of a 50 MB file would copy the rest.

@@ -23,6 +23,7 @@ from cicd_db.migrations.history import (
     QUALIFIED,
     SCHEMA,
     TABLE,
+    literal,
     pinned_rows,
     renamed_columns,
     shown,
@@ -160,8 +161,8 @@ def recorded_check(
     a branch only when it reaches it.
     """
     values: dict[bytes, Any] = {
-        b"name": sql.Literal(migration.name).as_bytes(conn),
-        b"checksum": sql.Literal(migration.checksum).as_bytes(conn),
+        b"name": literal(conn, migration.name),
+        b"checksum": literal(conn, migration.checksum),
         b"version": migration.version,
         b"expected": recorded.fingerprint(migration).encode(),
     }

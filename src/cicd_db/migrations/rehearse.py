@@ -151,7 +151,7 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     started = time.perf_counter()
     error: str | None = None
     # The rehearsal's transaction began before the file: SET TRANSACTION cannot run.
-    lead = transaction_settings_end(migration.data, migration.steps, session.standard_strings())
+    lead = transaction_settings_end(migration.steps, session.standard_strings())
     unrehearsed: tuple[str, ...] = ()
     if lead:
         line = migration.steps[0].line if isinstance(migration.steps[0], Batch) else 1

@@ -70,6 +70,9 @@ class Batch:
     # decides (the expectation is `standard_strings_after`, None if unknown).
     changes_lexing: bool = False
     standard_strings_after: bool | None = None
+    # A file's first batch only: where its leading SET/RESET statements end, when one
+    # of them sets the transaction's own characteristics (transaction_settings_end).
+    settings_end: int | None = None
 
 
 @dataclass(frozen=True)
@@ -162,13 +165,23 @@ def _plan_pass(
     scanner = Scanner(data, standard_strings=standard_strings, start=start, line=line)
     default = standard_strings if start == 0 else True  # what RESET brings back
 
+    # The file's first batch, while it holds only SET/RESET statements: where the last
+    # one that sets the transaction's characteristics ends (Batch.settings_end).
+    leading = steps is not None and start == 0
+    settings_end: int | None = None
+
     def flush(**lexing: Any) -> None:
+        nonlocal leading
         if batch and steps is not None:
+            first = not steps
             steps.append(
                 Batch(
-                    batch[0].start, batch[-1].end, batch[0].line, scanner.standard_strings, **lexing
+                    batch[0].start, batch[-1].end, batch[0].line, scanner.standard_strings,
+                    **lexing, settings_end=settings_end if first else None,
                 )
-            )
+            )  # fmt: skip
+        if batch:
+            leading = False
         batch.clear()
 
     def refuse(at: int, what: str, fix: str) -> ConfigError:
@@ -236,6 +249,11 @@ def _plan_pass(
             flush()
             copy = piece
             continue
+        if leading:
+            if piece.keyword not in SESSION_SETTINGS:
+                leading = False
+            elif any(word.startswith("TRANSACTION") for word in piece.words[1:3]):
+                settings_end = piece.end
         batch.append(piece)
         if may_change_lexing(data, piece, scanner.standard_strings, named=named):
             current = scanner.standard_strings
@@ -346,26 +364,12 @@ def nth_statement(data: bytes, batch: Batch, index: int) -> Statement | None:
     return None
 
 
-def transaction_settings_end(
-    data: bytes, steps: tuple[Step, ...], standard_strings: bool
-) -> int | None:
+def transaction_settings_end(steps: tuple[Step, ...], standard_strings: bool) -> int | None:
     """Where the file's leading SET/RESET statements end, when one of them sets the
     transaction's own characteristics (isolation, read only, deferrable, snapshot);
     else None. Only for a first batch planned as the server reads strings
-    (`standard_strings`, the server's setting)."""
+    (`standard_strings`, the server's setting). Found by plan(): a lookup."""
     first = steps[0] if steps else None
     if not isinstance(first, Batch) or first.standard_strings != standard_strings:
         return None
-    end = None
-    scanner = Scanner(
-        data[: first.end],
-        standard_strings=first.standard_strings,
-        start=first.start,
-        line=first.line,
-    )
-    for piece in scanner:
-        if not isinstance(piece, Statement) or piece.keyword not in SESSION_SETTINGS:
-            break
-        if any(word.startswith("TRANSACTION") for word in piece.words[1:3]):
-            end = piece.end
-    return end
+    return first.settings_end
