@@ -388,9 +388,12 @@ def not_utf8(text: str) -> str | None:
 
 # The environment variables cicd-db itself reads as text (paths such as PGSSLROOTCERT,
 # PGPASSFILE or CICD_DB_HOME may hold any bytes, and libpq reads the rest itself).
-_TEXT_VARIABLES = re.compile(
-    r"DATABASE_URL|PGHOST|PGPORT|PGDATABASE|PGUSER|PGPASSWORD|PGOPTIONS|PGSSLMODE"
-    r"|PGSERVICE|PGCONNECT_TIMEOUT|PGAPPNAME|CICD_DB_LOCAL|CICD_DB_EMBEDDED_PORT"
+_TEXT_VARIABLES = frozenset(
+    {
+        *("DATABASE_URL", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD"),
+        *("PGOPTIONS", "PGSSLMODE", "PGSERVICE", "PGCONNECT_TIMEOUT", "PGAPPNAME"),
+        *("CICD_DB_LOCAL", "CICD_DB_EMBEDDED_PORT"),
+    }
 )
 
 
@@ -398,7 +401,7 @@ def check_environment(environ: Mapping[str, str] = os.environ) -> None:
     """Refuse, naming it, a variable of those cicd-db reads that is not UTF-8 text (Python
     would fail to pass it on, deep in a connection or a message). Reads only."""
     for name in sorted(environ):
-        if _TEXT_VARIABLES.fullmatch(name) and (where := not_utf8(environ[name])):
+        if name in _TEXT_VARIABLES and (where := not_utf8(environ[name])):
             raise ConfigError(f"{name} is not UTF-8 text ({where}); set it as UTF-8")
 
 
@@ -855,9 +858,11 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
 # A URL in a message, to the next white space: masked as mask_credentials masks it (the
 # password up to the token's last '@', so one with a raw '@' is hidden whole; a
 # separator of another width; a password that lost its '@'; the query's secrets).
-_URL_TOKEN = re.compile(rf"(?:{_SCHEME.pattern})\S*", re.I | re.A)  # ASCII space ends it
-_KEYWORD_PASSWORD = re.compile(
-    r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)(?P<tail>)", re.I
+# Compiled when first used (re keeps them): a command that prints no URL and no error
+# does not pay for them at start-up.
+_URL_TOKEN = rf"(?ia)(?:{_SCHEME.pattern})\S*"  # ASCII space ends it
+_KEYWORD_PASSWORD = (
+    r"(?i)(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)(?P<tail>)"  # noqa: S105
 )
 
 
@@ -866,8 +871,8 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
     The one function every URL or message passes through before it is printed.
     """
-    text = _URL_TOKEN.sub(lambda url: mask_credentials(url.group()) or "***", text)
-    text = _KEYWORD_PASSWORD.sub(r"\g<head>***\g<tail>", text)
+    text = re.sub(_URL_TOKEN, lambda url: mask_credentials(url.group()) or "***", text)
+    text = re.sub(_KEYWORD_PASSWORD, r"\g<head>***\g<tail>", text)
     # Longest first, so a piece never leaves the rest of the whole behind; each also as
     # a message may quote it (repr escapes backslashes and controls).
     for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
