@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from psycopg import sql
+
 from ..fix_cli import Run, migrate
 from ..fix_db import Database
 
@@ -40,3 +42,12 @@ MENTIONS = {
 
 def rehearse(database: Database, folder: Path, *args: str) -> Run:
     return migrate(database, folder, "up", "--rehearse", *args)
+
+
+def old_strings_by_default(database: Database) -> None:
+    """The database reads strings the old way by default (standard_conforming_strings off)."""
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET standard_conforming_strings = off").format(
+            sql.Identifier(database.settings.database)
+        )
+    )

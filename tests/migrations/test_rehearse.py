@@ -20,7 +20,7 @@ from cicd_db import migrations
 from ..fix_cli import run_cli
 from ..fix_db import Database
 from ..utils import unscanned, write_migrations
-from .shared import MENTIONS, rehearse
+from .shared import MENTIONS, old_strings_by_default, rehearse
 
 
 def test_rehearsal_times_each_lock_and_undoes_only_what_failed(
@@ -386,9 +386,13 @@ def test_sql_goes_with_a_dry_run_not_a_rehearsal(database: Database, tmp_path: P
     )
 
 
+@pytest.mark.parametrize("strings", ["standard", "old"])
 def test_set_transaction_in_a_rehearsed_file_is_named_not_run(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, strings: str
 ) -> None:
+    """Also on a server that reads strings the old way, where the file is planned again."""
+    if strings == "old":
+        old_strings_by_default(database)
     folder = write_migrations(
         tmp_path,
         {"0001_serial.sql": "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\nSELECT 1;\n"},

@@ -17,7 +17,7 @@ from cicd_db.errors import MigrationFailed
 from ..fix_cli import Run, migrate, run_cli
 from ..fix_db import Database
 from ..utils import unscanned, write_migrations
-from .shared import THREE, without_escape_warnings
+from .shared import THREE, old_strings_by_default, without_escape_warnings
 
 # The second file fails if anything of the first one's session is still there.
 NOTHING_LEFT_OF_THE_FIRST = """DO $check$BEGIN
@@ -353,11 +353,7 @@ def test_a_server_reading_strings_the_old_way_is_read_its_way(
 ) -> None:
     """A database whose default is standard_conforming_strings = off: the file is planned again
     as that server reads it, and an error still names its line."""
-    database.execute(
-        sql.SQL("ALTER DATABASE {} SET standard_conforming_strings = off").format(
-            sql.Identifier(database.settings.database)
-        )
-    )
+    old_strings_by_default(database)
     folder = write_migrations(
         tmp_path,
         {
@@ -373,14 +369,6 @@ def test_a_server_reading_strings_the_old_way_is_read_its_way(
     )
     assert database.query("SELECT s FROM t") == [("a'b",)]
     assert database.history() == [1]
-
-
-def old_strings_by_default(database: Database) -> None:
-    database.execute(
-        sql.SQL("ALTER DATABASE {} SET standard_conforming_strings = off").format(
-            sql.Identifier(database.settings.database)
-        )
-    )
 
 
 # A DO block's effect on how strings are read is known only once it ran: the runner asks
@@ -445,11 +433,16 @@ def test_a_commit_only_the_servers_reading_shows_is_refused_before_the_file_runs
     ],
     ids=["first", "after-a-set", "as-a-setting"],
 )
+@pytest.mark.parametrize("strings", ["standard", "old"])
 def test_set_transaction_first_applies_as_psql_applies_it(
-    database: Database, tmp_path: Path, lead: str
+    database: Database, tmp_path: Path, lead: str, strings: str
 ) -> None:
     """SET TRANSACTION must come before any query; the runner reads its transaction's id
-    after it."""
+    after it. On a server that reads strings the old way too (standard_conforming_strings
+    off by default), where the file is planned again: there, the runner's own query once
+    went first ("must be called before any query")."""
+    if strings == "old":
+        old_strings_by_default(database)
     folder = write_migrations(
         tmp_path,
         {

@@ -261,12 +261,17 @@ class Applier:
         runs them: BEGIN, then the file). Returns the id's result.
         """
         session = self.session
-        lead = transaction_settings_end(migration.steps, session.standard_strings())
+        # As the server reads strings: on a server with standard_conforming_strings off,
+        # planned again, where the leading SET TRANSACTION statements are found too.
+        steps = session.steps_for(migration)
+        lead = transaction_settings_end(steps, session.standard_strings())
         if lead is None:
             return session.run_steps(migration, prefix=BEGIN_MARKED)[1]
-        first = migration.steps[0]
+        first = steps[0]
         assert isinstance(first, Batch)  # noqa: S101 - transaction_settings_end checked it
-        head = replace(first, end=lead, changes_lexing=False, standard_strings_after=None)
+        head = replace(
+            first, end=lead, changes_lexing=False, standard_strings_after=None, settings_end=None
+        )
         begin = b"BEGIN;"
         session.raise_on_error(
             migration,
@@ -275,9 +280,12 @@ class Applier:
             prefix=begin,
         )
         tail = replace(
-            first, start=lead, line=first.line + migration.data.count(b"\n", first.start, lead)
+            first,
+            start=lead,
+            line=first.line + migration.data.count(b"\n", first.start, lead),
+            settings_end=None,
         )
-        rest = replace(migration, planned=(tail, *migration.steps[1:]))
+        rest = replace(migration, planned=(tail, *steps[1:]))
         return session.run_steps(rest, prefix=MARK)[0]
 
     def _outside_transaction(self, migration: Migration) -> tuple[str, ...]:

@@ -151,17 +151,19 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     started = time.perf_counter()
     error: str | None = None
     # The rehearsal's transaction began before the file: SET TRANSACTION cannot run.
-    lead = transaction_settings_end(migration.steps, session.standard_strings())
+    # As the server reads strings (planned again where standard_conforming_strings is off).
+    steps = session.steps_for(migration)
+    lead = transaction_settings_end(steps, session.standard_strings())
     unrehearsed: tuple[str, ...] = ()
     if lead:
-        line = migration.steps[0].line if isinstance(migration.steps[0], Batch) else 1
+        line = steps[0].line if isinstance(steps[0], Batch) else 1
         unrehearsed = (
             f"its SET TRANSACTION statements (from line {line}): the rehearsal's "
             "transaction began before the file",
         )
     lead = lead or 0
     try:
-        for step in migration.steps:
+        for step in steps:
             for one in one_by_one(migration.data, step):
                 if isinstance(one, Batch) and one.end <= lead:
                     continue

@@ -205,10 +205,7 @@ class Session:
         """
         from cicd_db.migrations.statements import Batch, Copy
 
-        steps = list(migration.steps)
-        standard = self.standard_strings()
-        if steps and isinstance(steps[0], Batch) and steps[0].standard_strings != standard:
-            steps = list(_replan(migration, 0, 1, standard))  # a server with them off
+        steps = list(self.steps_for(migration))
         own: list[PGresult] = []
         if prefix and not (steps and isinstance(steps[0], Batch)):
             own = self.simple(prefix)
@@ -231,6 +228,17 @@ class Session:
                     line = step.line + migration.data.count(b"\n", step.start, step.end)
                     steps = list(_replan(migration, step.end, line, actual))
         return own
+
+    def steps_for(self, migration: Migration) -> tuple[Step, ...]:
+        """The file's steps as the server reads strings now: as planned (with
+        standard_conforming_strings on), or planned again for a server with it off."""
+        from cicd_db.migrations.statements import Batch
+
+        steps = migration.steps
+        standard = self.standard_strings()
+        if steps and isinstance(steps[0], Batch) and steps[0].standard_strings != standard:
+            return _replan(migration, 0, 1, standard)
+        return steps
 
     def simple(self, query: bytes) -> list[PGresult]:
         """Send `query` with the simple protocol, as psql does: the server splits statements.

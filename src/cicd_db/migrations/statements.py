@@ -70,8 +70,9 @@ class Batch:
     # decides (the expectation is `standard_strings_after`, None if unknown).
     changes_lexing: bool = False
     standard_strings_after: bool | None = None
-    # A file's first batch only: where its leading SET/RESET statements end, when one
-    # of them sets the transaction's own characteristics (transaction_settings_end).
+    # A file's first batch, planned from the file's start, only: where its leading
+    # SET/RESET statements end, when one of them sets the transaction's own
+    # characteristics (transaction_settings_end); None on every other batch.
     settings_end: int | None = None
 
 
