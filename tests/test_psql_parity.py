@@ -18,9 +18,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 
 from cicd_db import migrations
 from cicd_db.embedded import wheel_bin_dir
+from cicd_db.errors import MigrationFailed
 from cicd_db.migrations import statements
 
 from .fix_db import Database
@@ -46,6 +48,12 @@ def tool(name: str) -> str:
 
 
 def psql_apply(database: Database, path: Path) -> None:
+    error = psql_refuses(database, path)
+    assert error is None, error
+
+
+def psql_refuses(database: Database, path: Path) -> str | None:
+    """psql's error applying `path` in one transaction, or None when it applied it."""
     completed = subprocess.run(
         [
             *(tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1"),
@@ -56,7 +64,7 @@ def psql_apply(database: Database, path: Path) -> None:
         env={**os.environ, "PGPASSWORD": database.settings.password},
         timeout=60,
     )
-    assert completed.returncode == 0, completed.stderr
+    return completed.stderr if completed.returncode else None
 
 
 def dump(database: Database) -> str:
@@ -106,6 +114,32 @@ def test_runner_applies_like_psql(
     expected = oracle_of(name, "plain", spare, tmp_path)
     runner_apply(database, tmp_path / "migrations", variant(name, "plain"))
     assert dump(database) == expected
+    assert database.history() == [1]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_runner_applies_like_psql_where_strings_read_the_old_way(
+    name: str, database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """On databases whose default is standard_conforming_strings off, where the runner
+    plans each file again as the server reads it: what psql applies, the runner applies
+    to the same dump; what psql refuses, the runner refuses, recording nothing."""
+    for db in (database, spare):
+        db.execute(
+            sql.SQL("ALTER DATABASE {} SET standard_conforming_strings = off").format(
+                sql.Identifier(db.settings.database)
+            )
+        )
+    path = tmp_path / name
+    path.write_bytes(variant(name, "plain"))
+    refused = psql_refuses(spare, path)
+    if refused:
+        with pytest.raises(MigrationFailed):
+            runner_apply(database, tmp_path / "migrations", variant(name, "plain"))
+        assert database.history() == []
+        return
+    runner_apply(database, tmp_path / "migrations", variant(name, "plain"))
+    assert dump(database) == dump(spare)
     assert database.history() == [1]
 
 
