@@ -184,6 +184,33 @@ def paired(ours: list[float], theirs: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
 
 
+def machine_speed(settings: ConnectionSettings) -> dict[str, float]:
+    """Three fixed workloads, medians, so that two reports' figures can be compared: this
+    machine's speed moves by 2x from one hour to the next (another tenant's load), and
+    every figure with it. A pure-Python loop (ms), a count the server computes (ms), and
+    one round trip of `SELECT 1` (us)."""
+    loops, counts, trips = [], [], []
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        for _ in range(5):
+            started = time.perf_counter()
+            total = 0
+            for number in range(2_000_000):
+                total += number
+            loops.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            conn.execute("SELECT count(*) FROM generate_series(1, 3000000)").fetchone()
+            counts.append((time.perf_counter() - started) * 1000)
+        for _ in range(500):
+            started = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            trips.append((time.perf_counter() - started) * 1_000_000)
+    return {
+        "python": statistics.median(loops),
+        "server": statistics.median(counts),
+        "round trip": statistics.median(trips),
+    }
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """The `fraction` quantile (0.99 for p99), as the standard library computes it."""
     if len(values) < 2:

@@ -20,6 +20,7 @@ from .common import (
     SERVER_SETTINGS,
     Databases,
     Table,
+    machine_speed,
     say,
     server_version,
     start_server,
@@ -167,6 +168,17 @@ def machine(admin: ConnectionSettings) -> list[str]:
     ]
 
 
+def speed_line(before: dict[str, float], after: dict[str, float]) -> str:
+    """The machine's speed when the bench began and when its cases ended (common.machine_speed)."""
+    return (
+        "- machine speed at the start / the end (compare two reports only where these "
+        f"agree): a Python loop of 2,000,000 additions {before['python']:.0f} / "
+        f"{after['python']:.0f} ms; the server counting 3,000,000 rows {before['server']:.0f} "
+        f"/ {after['server']:.0f} ms; a `SELECT 1` round trip {before['round trip']:.0f} / "
+        f"{after['round trip']:.0f} us"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -208,6 +220,7 @@ def main() -> int:
     dbs = Databases(admin)
     tools: dict[str, Path | None] = {}
     lines = ["# Benchmarks", "", *machine(admin)]
+    speed_at, speed_before = len(lines), machine_speed(admin)
     for name, finder in FINDERS.items():
         tools[name], detail = finder()
         status = f"{name} {detail}" if tools[name] else f"{name}: skipped, {detail}"
@@ -274,6 +287,8 @@ def main() -> int:
             table, medians["bigfile"] = bigfile.measure(dbs, tools, args.big_mb, min(rounds, 3))
             tables.append(table)
             say(table.text())
+        lines.insert(speed_at, speed_line(speed_before, machine_speed(admin)))
+        say(f"bench: {lines[speed_at][2:]}")
     finally:
         dbs.drop_all()
         if not was_running:
