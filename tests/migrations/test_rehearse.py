@@ -17,7 +17,7 @@ import pytest
 
 from cicd_db import migrations
 
-from ..fix_cli import run_cli
+from ..fix_cli import migrate, run_cli
 from ..fix_db import Database
 from ..utils import unscanned, write_migrations
 from .shared import MENTIONS, old_strings_by_default, rehearse
@@ -384,6 +384,28 @@ def test_sql_goes_with_a_dry_run_not_a_rehearsal(database: Database, tmp_path: P
     assert err == (
         "error: --sql prints what --dry-run would apply; add --dry-run, without --rehearse\n"
     )
+
+
+def test_a_rehearsal_reads_the_rest_of_a_file_as_a_statement_in_it_left_the_server(
+    database: Database, tmp_path: Path
+) -> None:
+    """After a DO block that turns standard_conforming_strings off, `'a\\'; SELECT '''` is
+    one string: the rehearsal, which sends a statement at a time, must split the rest as
+    the server now reads it, as `migrate up` does (it sent `INSERT ... 'a\\';` alone)."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_decides.sql": "CREATE TABLE t (s text);\n"
+            "DO $$BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); "
+            "END$$;\nINSERT INTO t SELECT 'a\\'; SELECT ''';\n"
+        },
+    )
+    code, out, _ = rehearse(database, folder)
+    assert code == 0, out
+    assert "FAILED" not in out, out
+    code, _, err = migrate(database, folder)
+    assert code == 0, err
+    assert database.query("SELECT s FROM t") == [("a'; SELECT '",)]
 
 
 @pytest.mark.parametrize("strings", ["standard", "old"])

@@ -222,12 +222,20 @@ class Session:
                 own = results[: prefix.count(b";")]
             self.raise_on_error(migration, step, results, prefix=prefix)
             prefix = b""
-            if step.changes_lexing:
-                actual = self.standard_strings()
-                if actual != step.standard_strings_after:
-                    line = step.line + migration.data.count(b"\n", step.start, step.end)
-                    steps = list(_replan(migration, step.end, line, actual))
+            steps = self.rest_after(migration, step) or steps
         return own
+
+    def rest_after(self, migration: Migration, step: Batch) -> list[Step] | None:
+        """The file's steps after `step`, planned again, when `step` left the server
+        reading strings otherwise than the plan expected (a DO block that set
+        standard_conforming_strings, say); None when the plan stands."""
+        if not step.changes_lexing:
+            return None
+        actual = self.standard_strings()
+        if actual == step.standard_strings_after:
+            return None
+        line = step.line + migration.data.count(b"\n", step.start, step.end)
+        return list(_replan(migration, step.end, line, actual))
 
     def steps_for(self, migration: Migration) -> tuple[Step, ...]:
         """The file's steps as the server reads strings now: as planned (with
