@@ -408,17 +408,23 @@ def test_a_rehearsal_reads_the_rest_of_a_file_as_a_statement_in_it_left_the_serv
     assert database.query("SELECT s FROM t") == [("a'; SELECT '",)]
 
 
+@pytest.mark.parametrize(
+    "lead",
+    [
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n",
+        'SET TRANSACTION READ WRITE;\nSET "transaction_deferrable" = on;\n',
+    ],
+    ids=["plain", "quoted"],
+)
 @pytest.mark.parametrize("strings", ["standard", "old"])
 def test_set_transaction_in_a_rehearsed_file_is_named_not_run(
-    database: Database, tmp_path: Path, strings: str
+    database: Database, tmp_path: Path, strings: str, lead: str
 ) -> None:
-    """Also on a server that reads strings the old way, where the file is planned again."""
+    """Also on a server that reads strings the old way, where the file is planned again,
+    and for a setting of the same written with its name quoted."""
     if strings == "old":
         old_strings_by_default(database)
-    folder = write_migrations(
-        tmp_path,
-        {"0001_serial.sql": "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\nSELECT 1;\n"},
-    )
+    folder = write_migrations(tmp_path, {"0001_serial.sql": lead + "SELECT 1;\n"})
     code, out, _ = rehearse(database, folder)
     assert code == 0, out
     assert (

@@ -430,8 +430,9 @@ def test_a_commit_only_the_servers_reading_shows_is_refused_before_the_file_runs
         "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n",
         "SET lock_timeout = '1s';\nSET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE;\n",
         "SET LOCAL transaction_isolation = 'serializable';\n",
+        "SET lock_timeout = '1s';\nSET \"Transaction_Isolation\" = 'serializable';\n",
     ],
-    ids=["first", "after-a-set", "as-a-setting"],
+    ids=["first", "after-a-set", "as-a-setting", "quoted"],
 )
 @pytest.mark.parametrize("strings", ["standard", "old"])
 def test_set_transaction_first_applies_as_psql_applies_it(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tracemalloc
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from cicd_db import migrations
 from cicd_db.errors import ConfigError
+from cicd_db.migrations import statements
 
 from ..fix_cli import migrate
 from ..fix_db import Database
@@ -497,19 +499,26 @@ def test_planning_a_large_file_holds_no_copy_of_it() -> None:
     assert peak < len(data) // 2, f"{peak / MEBIBYTE:.1f} MiB to plan {len(data) / MEBIBYTE:.1f}"
 
 
-def _settings_end_by_scanning(data: bytes, first: migrations.Batch) -> int | None:
-    """The specification of Batch.settings_end: the first batch scanned again, statement
-    by statement, up to the first that is not SET or RESET."""
-    from cicd_db.migrations.statements import SESSION_SETTINGS
-    from cicd_db.sqltext import Scanner, Statement
+def _settings_end_by_scanning(data: bytes, steps: tuple[migrations.Step, ...]) -> int | None:
+    """The specification of Batch.settings_end: the file's statements one at a time, as
+    planned, up to the first that is not SET or RESET (or a COPY)."""
+    from cicd_db.migrations.statements import SESSION_SETTINGS, one_by_one, sets_the_transaction
+    from cicd_db.sqltext import Scanner
 
     end = None
-    scanner = Scanner(data[: first.end], standard_strings=first.standard_strings, start=first.start)
-    for piece in scanner:
-        if not isinstance(piece, Statement) or piece.keyword not in SESSION_SETTINGS:
-            break
-        if any(word.startswith("TRANSACTION") for word in piece.words[1:3]):
-            end = piece.end
+    for step in steps:
+        if not isinstance(step, migrations.Batch):
+            return end
+        for one in one_by_one(data, step):
+            assert isinstance(one, migrations.Batch)
+            scanner = Scanner(
+                data[: one.end], standard_strings=one.standard_strings, start=one.start
+            )
+            piece = next(iter(scanner))
+            if getattr(piece, "keyword", None) not in SESSION_SETTINGS:
+                return end
+            if sets_the_transaction(data, piece, one.standard_strings):  # type: ignore[arg-type]
+                end = piece.end
     return end
 
 
@@ -519,6 +528,11 @@ _LEADING_PIECES = [
     "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE;",
     "SET LOCAL TRANSACTION DEFERRABLE;",
     "SET TRANSACTION SNAPSHOT '00000003-0000001B-1';",
+    "SET \"transaction_isolation\" = 'serializable';",
+    'SET LOCAL "Transaction_Deferrable" = on;',
+    'RESET U&"transaction_read_only";',
+    "SET local.transaction = 1;",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
     "SET lock_timeout = '1s';",
     "SET search_path TO public;",
     "RESET ALL;",
@@ -535,17 +549,23 @@ _LEADING_PIECES = [
 ]
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(_LEADING_PIECES), max_size=6), st.sampled_from(["\n", " ", "\r\n"]))
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from(_LEADING_PIECES), max_size=6),
+    st.sampled_from(["\n", " ", "\r\n"]),
+    st.sampled_from([migrations.BATCH_BYTES, 1, 40]),
+)
 def test_the_leading_transaction_settings_are_found_as_a_scan_finds_them(
-    pieces: list[str], separator: str
+    pieces: list[str], separator: str, batch_bytes: int
 ) -> None:
     """Where a file's leading SET TRANSACTION statements end is found while planning, not
     by scanning the file again for each run: the same offset as that scan, for any mix of
-    settings, comments, COPY data, psql lines and statements that change how strings read."""
+    settings (their names quoted or not), comments, COPY data, psql lines and statements
+    that change how strings read, in one batch or spread over several."""
     data = (separator.join(pieces) + "\n").encode()
     try:
-        steps = migrations.plan("0001_x.sql", data, transactional=True)
+        with patch.object(statements, "BATCH_BYTES", batch_bytes):
+            steps = migrations.plan("0001_x.sql", data, transactional=True)
     except ConfigError:
         return  # refused (text after a psql line or a COPY on its line): nothing runs
     first = steps[0] if steps else None
@@ -554,7 +574,7 @@ def test_the_leading_transaction_settings_are_found_as_a_scan_finds_them(
             not isinstance(step, migrations.Batch) or step.settings_end is None for step in steps
         )
         return
-    assert first.settings_end == _settings_end_by_scanning(data, first)
+    assert first.settings_end == _settings_end_by_scanning(data, steps)
     assert all(
         step.settings_end is None for step in steps[1:] if isinstance(step, migrations.Batch)
     )

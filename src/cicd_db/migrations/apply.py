@@ -37,7 +37,7 @@ from cicd_db.migrations.failures import (
 )
 from cicd_db.migrations.files import Migration, index_target
 from cicd_db.migrations.session import CHECK_LOCK, CHECK_MARK, RESET_SESSION, Session
-from cicd_db.migrations.statements import Batch, transaction_settings_end
+from cicd_db.migrations.statements import split_at, transaction_settings_end
 
 FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
 MAX_RETRY_DELAY = 10.0
@@ -267,26 +267,10 @@ class Applier:
         lead = transaction_settings_end(steps, session.standard_strings())
         if lead is None:
             return session.run_steps(migration, prefix=BEGIN_MARKED)[1]
-        first = steps[0]
-        assert isinstance(first, Batch)  # noqa: S101 - transaction_settings_end checked it
-        head = replace(
-            first, end=lead, changes_lexing=False, standard_strings_after=None, settings_end=None
-        )
-        begin = b"BEGIN;"
-        session.raise_on_error(
-            migration,
-            head,
-            session.simple(begin + migration.data[head.start : head.end]),
-            prefix=begin,
-        )
-        tail = replace(
-            first,
-            start=lead,
-            line=first.line + migration.data.count(b"\n", first.start, lead),
-            settings_end=None,
-        )
-        rest = replace(migration, planned=(tail, *steps[1:]))
-        return session.run_steps(rest, prefix=MARK)[0]
+        # The leading settings (in one batch or several) first, then the id with the rest.
+        head, tail = split_at(migration.data, steps, lead)
+        session.run_steps(replace(migration, planned=head), prefix=b"BEGIN;")
+        return session.run_steps(replace(migration, planned=tail), prefix=MARK)[0]
 
     def _outside_transaction(self, migration: Migration) -> tuple[str, ...]:
         started = time.perf_counter()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cicd_db.errors import ConfigError
@@ -70,9 +70,9 @@ class Batch:
     # decides (the expectation is `standard_strings_after`, None if unknown).
     changes_lexing: bool = False
     standard_strings_after: bool | None = None
-    # A file's first batch, planned from the file's start, only: where its leading
-    # SET/RESET statements end, when one of them sets the transaction's own
-    # characteristics (transaction_settings_end); None on every other batch.
+    # A file's first batch, planned from the file's start, only: where the file's leading
+    # SET/RESET statements end (in this batch or a later one), when one of them sets the
+    # transaction's own characteristics (transaction_settings_end); None on every other.
     settings_end: int | None = None
 
 
@@ -166,23 +166,20 @@ def _plan_pass(
     scanner = Scanner(data, standard_strings=standard_strings, start=start, line=line)
     default = standard_strings if start == 0 else True  # what RESET brings back
 
-    # The file's first batch, while it holds only SET/RESET statements: where the last
-    # one that sets the transaction's characteristics ends (Batch.settings_end).
+    # While the file holds only SET/RESET statements so far: where the last one that sets
+    # the transaction's characteristics ends, in whichever batch (Batch.settings_end, put
+    # on the first batch once the pass is done).
     leading = steps is not None and start == 0
     settings_end: int | None = None
 
     def flush(**lexing: Any) -> None:
-        nonlocal leading
         if batch and steps is not None:
-            first = not steps
             steps.append(
                 Batch(
                     batch[0].start, batch[-1].end, batch[0].line, scanner.standard_strings,
-                    **lexing, settings_end=settings_end if first else None,
+                    **lexing,
                 )
             )  # fmt: skip
-        if batch:
-            leading = False
         batch.clear()
 
     def refuse(at: int, what: str, fix: str) -> ConfigError:
@@ -247,13 +244,14 @@ def _plan_pass(
                 text = data[piece.start : piece.end]
                 _check_concurrent_index(filename, piece, text, scanner.standard_strings)
         elif isinstance(piece, CopyFromStdin):
+            leading = False
             flush()
             copy = piece
             continue
         if leading:
             if piece.keyword not in SESSION_SETTINGS:
                 leading = False
-            elif any(word.startswith("TRANSACTION") for word in piece.words[1:3]):
+            elif sets_the_transaction(data, piece, scanner.standard_strings):
                 settings_end = piece.end
         batch.append(piece)
         if may_change_lexing(data, piece, scanner.standard_strings, named=named):
@@ -286,6 +284,8 @@ def _plan_pass(
         elif not transactional or batch[-1].end - batch[0].start >= BATCH_BYTES:
             flush()
     flush()
+    if settings_end is not None and steps and isinstance(steps[0], Batch):
+        steps[0] = replace(steps[0], settings_end=settings_end)
     if not transactional and count and changes != 1:
         raise ConfigError(
             f"migration file {filename}{note} is marked no-transaction but holds {changes} "
@@ -295,6 +295,21 @@ def _plan_pass(
 
 
 _COPY_TO_STDOUT = re.compile(rb"\bTO\s+STDOUT\b", re.IGNORECASE)
+# `SET [LOCAL | SESSION] TRANSACTION ...`, or a setting whose name begins so
+# (transaction_isolation, "transaction_deferrable", U&"transaction_read_only"), set or
+# reset: PostgreSQL accepts it only before the transaction's first query. A name
+# quoted, or in any case, is the same setting.
+_TRANSACTION_SETTING = re.compile(
+    rb'\s*(?:SET|RESET)\s+(?:(?:LOCAL|SESSION)\s+)?(?:U&)?"?TRANSACTION', re.IGNORECASE
+)
+
+
+def sets_the_transaction(data: bytes, statement: Statement, standard_strings: bool) -> bool:
+    """`statement` (a SET or RESET) sets one of the transaction's own characteristics."""
+    text = without_comments(
+        data[statement.start : statement.end], standard_strings=standard_strings
+    )
+    return _TRANSACTION_SETTING.match(text) is not None
 
 
 # A comment line that means the no-transaction marker but is not it, as written or
@@ -363,6 +378,28 @@ def nth_statement(data: bytes, batch: Batch, index: int) -> Statement | None:
         if count == index and isinstance(piece, Statement):
             return piece
     return None
+
+
+def split_at(data: bytes, steps: tuple[Step, ...], offset: int) -> tuple[tuple[Step, ...], ...]:
+    """The steps before `offset` and those from it; a batch that spans it is cut in two.
+    `offset` is a statement's end (transaction_settings_end)."""
+    head: list[Step] = []
+    tail: list[Step] = []
+    for step in steps:
+        if isinstance(step, Batch) and step.end <= offset:
+            head.append(replace(step, settings_end=None))
+        elif isinstance(step, Batch) and step.start < offset:
+            head.append(
+                replace(
+                    step, end=offset, changes_lexing=False, standard_strings_after=None,
+                    settings_end=None,
+                )
+            )  # fmt: skip
+            line = step.line + data.count(b"\n", step.start, offset)
+            tail.append(replace(step, start=offset, line=line, settings_end=None))
+        else:
+            tail.append(step)
+    return tuple(head), tuple(tail)
 
 
 def transaction_settings_end(steps: tuple[Step, ...], standard_strings: bool) -> int | None:
