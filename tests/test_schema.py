@@ -518,6 +518,42 @@ def test_a_failing_pg_dump_is_named_by_its_last_stderr_line_redacted(
     assert "first line" not in message and "second line" not in message
 
 
+def test_a_failing_pg_dump_is_named_by_its_error_not_the_detail_after_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """pg_dump writes its error, then `detail:` lines (the query it ran): the error says
+    what went wrong."""
+    settings = database.settings
+    stderr = (
+        "pg_dump: error: query failed: ERROR:  character with byte sequence 0xe2 0x80 0x93 "
+        'in encoding "UTF8" has no equivalent in encoding "LATIN1"\n'
+        "pg_dump: detail: Query was: SELECT 1\n"
+    )
+    message, _ = _refused_by_pg_dump(settings, tmp_path, stderr, errors.OperationalError)
+    assert "has no equivalent in encoding" in message
+    assert "Query was" not in message
+
+
+@pytest.mark.parametrize("where", ["DATABASE", "ROLE"])
+def test_the_dump_is_utf8_whatever_client_encoding_the_database_or_role_sets(
+    database: Database, where: str
+) -> None:
+    """pg_dump writes in the client_encoding a database or role sets; the dump asks for
+    UTF-8, which every name can be written in (it raised UnicodeDecodeError)."""
+    database.execute('CREATE TABLE "café" (x int)')
+    database.execute('CREATE TABLE "en\u2013dash" (x int)')  # no LATIN1 for it: pg_dump failed
+    db = sql.Identifier(database.settings.database)
+    scope = (  # the role's setting in this database alone: other tests share the role
+        sql.SQL("DATABASE {}").format(db)
+        if where == "DATABASE"
+        else sql.SQL("ROLE {} IN DATABASE {}").format(sql.Identifier(database.settings.user), db)
+    )
+    database.execute(sql.SQL("ALTER {} SET client_encoding = 'LATIN1'").format(scope))
+    text = schema.dump(database.settings)
+    assert 'CREATE TABLE public."café"' in text
+    assert 'CREATE TABLE public."en\u2013dash"' in text
+
+
 def test_a_pg_dump_failing_silently_is_still_an_operational_error(
     database: Database, tmp_path: Path
 ) -> None:

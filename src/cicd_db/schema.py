@@ -566,15 +566,19 @@ def dump(settings: ConnectionSettings) -> str:
                 # The runner's own schema, and a history an older release kept elsewhere.
                 "--exclude-schema=cicd_db",
                 f"--exclude-table=*.{IGNORED_PREFIX}",
+                # In UTF-8, whatever client_encoding the database or the role sets (pg_dump
+                # would write in that one, and the text is read as UTF-8).
+                "--encoding=UTF8",
                 make_conninfo(**params),
             ],
             capture_output=True,
-            text=True,
             check=False,
             env=env,
         )
     if completed.returncode != 0:
-        first = completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else ""
+        # pg_dump's error, not the detail or hint lines that may follow it.
+        said = completed.stderr.decode("utf-8", "replace").strip().splitlines()
+        first = next((line for line in said if "error:" in line), said[-1] if said else "")
         unknown = re.search(r'invalid connection option "(\w+)"', first)
         if unknown:  # an older pg_dump's libpq, and a parameter it lacks
             raise ConfigError(
@@ -586,12 +590,15 @@ def dump(settings: ConnectionSettings) -> str:
             f"pg_dump of {settings.redacted_url()} failed: "
             f"{redact(first, settings.secrets())}; check the connection and the role's rights"
         )
-    return (
-        "\n".join(
-            line for line in completed.stdout.splitlines() if not _UNSTABLE.match(line)
-        ).strip()
-        + "\n"
-    )
+    try:
+        text = completed.stdout.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise OperationalError(
+            f"pg_dump of {settings.redacted_url()} wrote bytes that are not UTF-8 (byte "
+            f"0x{completed.stdout[error.start]:02x} at {error.start}): a database of encoding "
+            "SQL_ASCII holds names in another encoding; rename those objects in UTF-8"
+        ) from None
+    return "\n".join(line for line in text.splitlines() if not _UNSTABLE.match(line)).strip() + "\n"
 
 
 # -- drift: two schemas compared, object by object, property by property --------------
