@@ -28,6 +28,7 @@ from psycopg import pq, sql
 from cicd_db import migrations
 from cicd_db.errors import ConfigError
 from cicd_db.migrations import history
+from cicd_db.settings import ConnectionSettings
 
 from ..fix_cli import migrate, run_cli
 from ..fix_db import Database
@@ -599,3 +600,75 @@ def test_a_literal_is_what_psycopg_quotes_and_reads_back_as_the_text(
         quoted = history.literal(conn, text)
         assert quoted == sql.Literal(text).as_bytes(conn)
         assert conn.execute(b"SELECT " + quoted).fetchone() == (text,)
+
+
+def _refused_as_the_files_schema(database: Database, folder: Path, *args: str) -> str:
+    code, out, err = migrate(database, folder, *args)
+    assert code == 2, (out, err)
+    assert "puts cicd-db's own schema cicd_db first, so every migration's objects would be " in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("command", [(), ("up", "--rehearse")], ids=["up", "rehearse"])
+def test_a_search_path_that_names_the_runners_schema_first_is_refused(
+    database: Database, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """psql would create the files' objects in the first schema that exists; the runner's
+    own schema, once made, would be it: refused before any file runs, named, with the fix."""
+    folder = write_migrations(tmp_path, {"0001_t.sql": "CREATE TABLE t (x int);\n"})
+    assert migrate(database, folder, "status").code == 0
+    database.execute("CREATE SCHEMA IF NOT EXISTS cicd_db")
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET search_path = cicd_db, public").format(
+            sql.Identifier(database.settings.database)
+        )
+    )
+    err = _refused_as_the_files_schema(database, folder, *command)
+    assert "search_path (cicd_db, public)" in err
+    assert database.query("SELECT count(*) FROM pg_class WHERE relname = 't'") == [(0,)]
+    database.execute(
+        sql.SQL("ALTER DATABASE {} RESET search_path").format(
+            sql.Identifier(database.settings.database)
+        )
+    )
+    assert migrate(database, folder).code == 0
+    assert database.query(
+        "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = 't'"
+    ) == [("public",)]
+
+
+def test_a_login_role_named_like_the_runners_schema_is_refused(
+    server: ConnectionSettings, database: Database, tmp_path: Path
+) -> None:
+    """With the default search_path, "$user" names the schema of the login role's name:
+    for a role named cicd_db, the runner's own, which the first run makes. Its objects
+    went there, out of every schema dump."""
+    password = uuid.uuid4().hex
+    admin = psycopg.connect(server.conninfo(), autocommit=True)
+    name = sql.Identifier(database.settings.database)
+    try:
+        admin.execute(
+            sql.SQL("CREATE ROLE cicd_db LOGIN PASSWORD {}").format(sql.Literal(password))
+        )
+        admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO cicd_db").format(name))
+        with psycopg.connect(database.settings.conninfo(), autocommit=True) as conn:
+            conn.execute("ALTER SCHEMA public OWNER TO cicd_db")
+        folder = write_migrations(tmp_path, {"0001_t.sql": "CREATE TABLE t (x int);\n"})
+        as_role = replace(database.settings, user="cicd_db", password=password)
+        code, out, err = migrate(as_role, folder)
+        assert code == 2, (out, err)
+        assert "(the login role is named after it)" in err
+        assert "ALTER ROLE cicd_db SET search_path = public" in err
+        assert database.query("SELECT count(*) FROM pg_class WHERE relname = 't'") == [(0,)]
+    finally:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(server.user))
+        )
+        with psycopg.connect(database.settings.conninfo(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("REASSIGN OWNED BY cicd_db TO {}").format(sql.Identifier(server.user))
+            )
+            conn.execute("DROP OWNED BY cicd_db")
+        admin.execute("DROP ROLE cicd_db")
+        admin.close()

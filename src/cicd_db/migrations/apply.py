@@ -128,6 +128,7 @@ def run(
         # Read again under the lock: another runner may have applied some meanwhile.
         # create() has just found or made it in place: no second catalog search.
         applied = history.read(session.conn, placed=True)
+        history.refuse_as_the_files_schema(session.conn)
         applier = Applier(
             session, integrity.Recorded([(row.version, row.name, row.checksum) for row in applied])
         )

@@ -20,7 +20,7 @@ from psycopg import errors, sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import args_row
 
-from cicd_db.errors import ConfigError, OperationalError, plural
+from cicd_db.errors import ConfigError, MigrationRefused, OperationalError, plural
 from cicd_db.migrations.files import Migration
 
 SCHEMA = "cicd_db"
@@ -503,6 +503,29 @@ _DURATION_SINCE_BEGIN = (
     b"pg_catalog.round(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() "
     b"- pg_catalog.now()) * 1000)"
 )
+
+
+def refuse_as_the_files_schema(conn: psycopg.Connection[Any]) -> None:
+    """Refuse when the files would create their objects in the history's schema: the
+    session's search_path (as a role, the database or the connection set it) names it
+    first among the schemas that exist. A login role named like the schema does it
+    with the default `"$user", public`. The objects would sit beside the history,
+    outside every schema dump, where psql on a database without cicd-db puts them
+    elsewhere."""
+    row = conn.execute(
+        "SELECT pg_catalog.current_schema(), pg_catalog.current_setting('search_path'), "
+        "current_user"
+    ).fetchone()
+    if row is None or row[0] != SCHEMA:
+        return
+    path, role = str(row[1]), shown(conn, str(row[2]))
+    raise MigrationRefused(
+        f"the session's search_path ({path}) puts cicd-db's own schema {SCHEMA} first, "
+        "so every migration's objects would be created there, beside the migration history "
+        f"and outside every schema dump{' (the login role is named after it)' if row[2] == SCHEMA else ''}; "
+        f"set a search_path that does not name it (ALTER ROLE {role} SET search_path = public, "
+        "or where pg_settings says it is set) and run again"
+    )
 
 
 def literal(conn: psycopg.Connection[Any], text: str) -> bytes:

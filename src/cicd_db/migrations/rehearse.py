@@ -111,6 +111,7 @@ def rehearse(session: Session, pending: list[Migration]) -> list[Rehearsal]:
     between files, as in a real run. A no-transaction file cannot run inside the
     rehearsal's transaction: it is listed with the reason.
     """
+    history.refuse_as_the_files_schema(session.conn)
     results: list[Rehearsal] = []
     session.conn.execute("BEGIN")
     session.savepoint = b"cicd_db_rehearsal"
