@@ -301,6 +301,10 @@ def test_a_transaction_timeout_left_for_the_next_run_is_named(login: Login, tmp_
     _, _, up = two_runs(login, tmp_path, leave("transaction_timeout = '1ms'", "database"))
     assert up.code == 1
     assert "transaction_timeout" in one_line(up), up
+    # Every place it may come from, the connection's options too (PGOPTIONS sets it as well).
+    assert "the server's setting did (pg_settings tells which), or the connection's options" in (
+        one_line(up)
+    ), up
     assert login.admin.history() == [1]
 
 

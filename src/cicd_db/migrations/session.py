@@ -324,7 +324,8 @@ class Session:
         if not self._out_of_the_failure():
             return (
                 f"{name} ended the session: unless the file set it, a role's, the database's "
-                f"or the server's setting did (pg_settings tells which); reset that"
+                f"or the server's setting did (pg_settings tells which), or the connection's "
+                f"options (PGOPTIONS, the URL's options); reset that"
             )
         try:  # a statement_timeout of a millisecond may cut this too: then None
             row = self.conn.execute(
