@@ -6,13 +6,15 @@ import tracemalloc
 from pathlib import Path
 from unittest.mock import patch
 
+import psycopg
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cicd_db import migrations
 from cicd_db.errors import ConfigError
 from cicd_db.migrations import statements
+from cicd_db.sqltext import Scanner, Statement
 
 from ..fix_cli import migrate
 from ..fix_db import Database
@@ -578,3 +580,44 @@ def test_the_leading_transaction_settings_are_found_as_a_scan_finds_them(
     assert all(
         step.settings_end is None for step in steps[1:] if isinstance(step, migrations.Batch)
     )
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    scope=st.sampled_from(["", "LOCAL ", "SESSION ", "local ", "/* c */ "]),
+    name=st.sampled_from(
+        [
+            "transaction_isolation",
+            '"transaction_isolation"',
+            '"Transaction_Isolation"',
+            'U&"transaction_isolation"',
+            "TRANSACTION_ISOLATION",
+            "default_transaction_isolation",
+            '"default_transaction_isolation"',
+            "search_path",
+        ]
+    ),
+    separator=st.sampled_from([" = ", " TO ", "=", " /* x */ = "]),
+)
+def test_what_must_come_before_any_query_is_what_postgresql_refuses_after_one(
+    database: Database, scope: str, name: str, separator: str
+) -> None:
+    """PostgreSQL is the oracle: a SET refused after the transaction's first query
+    ("must be called before any query") is one sets_the_transaction() finds, and no
+    other, however the name is quoted, cased or commented."""
+    value = "'public'" if "search_path" in name else "'serializable'"
+    text = f"SET {scope}{name}{separator}{value};".encode()
+    piece = next(iter(Scanner(text)))
+    assert isinstance(piece, Statement)
+    with database.connect() as conn:
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+        try:
+            conn.execute(text)
+            refused = False
+        except psycopg.errors.ActiveSqlTransaction:
+            refused = True
+        conn.rollback()
+    assert statements.sets_the_transaction(text, piece, True) is refused, text

@@ -178,8 +178,10 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
                     session.raise_on_error(migration, one, results)
                 for lock in set(_table_locks(conn)) - held_before:
                     first_seen.setdefault(lock, at)
-            if isinstance(step, Batch):  # as the server now reads strings, as apply does
-                left = session.rest_after(migration, step) or left
+            # The rest as the server now reads strings, as apply sends it.
+            rest = session.rest_after(migration, step) if isinstance(step, Batch) else None
+            if rest is not None:
+                left = rest
     except (MigrationFailed, Transient) as failure:
         error = str(failure).removeprefix(f"migration {migration.filename} ")
     except psycopg.OperationalError as lost:

@@ -222,7 +222,9 @@ class Session:
                 own = results[: prefix.count(b";")]
             self.raise_on_error(migration, step, results, prefix=prefix)
             prefix = b""
-            steps = self.rest_after(migration, step) or steps
+            rest = self.rest_after(migration, step)
+            if rest is not None:  # an empty rest replaces the old plan's too
+                steps = rest
         return own
 
     def rest_after(self, migration: Migration, step: Batch) -> list[Step] | None:
