@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from cicd_db import migrations
 from cicd_db.embedded import wheel_bin_dir
-from cicd_db.errors import ConfigError
+from cicd_db.errors import ConfigError, MigrationFailed
 from cicd_db.migrations import statements
 
 from .fix_db import Database
@@ -263,5 +263,57 @@ def test_psql_runs_each_statement_the_runner_finds(database: Database, tmp_path:
         completed = psql(database, path)
         assert completed.returncode == 0, completed.stderr.decode()
         assert (selects, completed.stdout.count(b"\0")) == (built.selects, built.selects)
+
+    check()
+
+
+# Text that leaves the lexer somewhere other than between statements, or nearly so:
+# psql sends whatever its buffer holds at the file's end, and PostgreSQL decides.
+ENDINGS = [
+    "/* never closed",
+    "/* nested /* closed */ but not the outer",
+    "/* closed */",
+    "/**/",
+    "-- a comment",
+    "SELECT 1",
+    "SELECT 1 /* never closed",
+    "SELECT 'never closed",
+    "SELECT $$ never closed",
+    'SELECT "never closed',
+    "SELECT (1",
+    "*/",
+    ";",
+    "\n",
+]
+
+
+@pytest.mark.db
+def test_what_psql_refuses_at_a_files_end_the_runner_refuses(
+    database: Database, tmp_path: Path
+) -> None:
+    """psql as the oracle for text the lexer is still inside when the file ends (a comment,
+    a string, a parenthesis never closed) or that ends without a semicolon: the runner
+    applies the file exactly when `psql -1` does, and records nothing when it refuses."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    path = folder / "0001_x.sql"
+
+    @settings(max_examples=40)
+    @given(st.data())
+    def check(data: st.DataObject) -> None:
+        built = data.draw(valid_file())
+        ending = data.draw(st.sampled_from(ENDINGS))
+        path.write_text(join(data.draw, built.statements) + ending)
+        psql_applied = psql(database, path).returncode == 0
+        try:
+            with database.connect() as conn:
+                migrations.Runner(conn, migrations.discover(folder)).apply()
+        except (ConfigError, MigrationFailed):
+            runner_applied = False
+        else:
+            runner_applied = True
+        history = database.history()
+        database.execute("DROP SCHEMA IF EXISTS cicd_db CASCADE")
+        assert (runner_applied, history) == (psql_applied, [1] if psql_applied else [])
 
     check()

@@ -226,7 +226,8 @@ def test_meta_command_inside_quotes_is_text() -> None:
         ("SELECT 'unterminated; SELECT 2;", [(1, "SELECT 'unterminated; SELECT 2;")]),
         ("SELECT $$ never closed; SELECT 2;", [(1, "SELECT $$ never closed; SELECT 2;")]),
         ('SELECT "never closed; SELECT 2;', [(1, 'SELECT "never closed; SELECT 2;')]),
-        ("/* never closed; SELECT 1;", []),
+        ("/* never closed; SELECT 1;", [(1, "/* never closed; SELECT 1;")]),
+        ("SELECT 1; /* never closed", [(1, "SELECT 1;"), (1, "/* never closed")]),
         ("SELECT (1; SELECT 2;", [(1, "SELECT (1; SELECT 2;")]),
     ],
     ids=[
@@ -234,6 +235,7 @@ def test_meta_command_inside_quotes_is_text() -> None:
         "unterminated-dollar",
         "unterminated-identifier",
         "unterminated-comment",
+        "unterminated-comment-after-a-statement",
         "unclosed-parenthesis",
     ],
 )

@@ -286,6 +286,12 @@ class Scanner:
                 continue
             if kind == "block":
                 position = _end_of_block(data, match.end())
+                if position < 0:
+                    # Never closed: psql sends it (with the statement before it, if any)
+                    # at the file's end, and PostgreSQL refuses it; so it is a statement.
+                    if begin is None:
+                        begin = match.start()
+                    content, position = True, size
                 continue
             if kind == "backslash":
                 end = data.find(b"\n", match.start())
@@ -407,6 +413,8 @@ def _bracket_depth(data: bytes, start: int, end: int, depth: int, standard_strin
         kind = match.lastgroup
         if kind == "block":
             position = _end_of_block(data, match.end())
+            if position < 0:
+                break
         elif kind == "dollar":
             close = data.find(match.group(), match.end())
             position = len(data) if close < 0 else close + len(match.group())
@@ -453,13 +461,14 @@ def _body_depth(word: str, depth: int) -> int:
 
 
 def _end_of_block(data: bytes, position: int) -> int:
-    """Past the */ that closes a block comment opened just before `position` (they nest)."""
+    """Past the */ that closes a block comment opened just before `position` (they nest),
+    or -1 when none does."""
     depth = 1
     for edge in _BLOCK_EDGE.finditer(data, position):
         depth += 1 if edge.group() == b"/*" else -1
         if depth == 0:
             return edge.end()
-    return len(data)
+    return -1
 
 
 def without_comments(text: bytes, *, standard_strings: bool = True) -> bytes:
@@ -471,6 +480,8 @@ def without_comments(text: bytes, *, standard_strings: bool = True) -> bytes:
         if kind in ("line", "block"):
             kept += [text[position:start], b" "]
             position = match.end() if kind == "line" else _end_of_block(text, match.end())
+            if position < 0:  # a comment never closed runs to the end
+                position = len(text)
             continue
         if kind == "dollar":
             close = text.find(match.group(), match.end())

@@ -316,3 +316,21 @@ def test_a_setting_is_told_by_where_pg_settings_says_it_was_set(
         return
     assert advice is not None and advice.startswith("statement_timeout is 300ms ")
     assert undo in advice, advice
+
+
+def test_a_comment_never_closed_at_the_files_end_names_its_line(
+    database: Database, tmp_path: Path
+) -> None:
+    """psql sends what follows the last semicolon at the file's end, and PostgreSQL
+    refuses a comment that is never closed; the runner sends it too, and names its line."""
+    folder = write_migrations(
+        tmp_path,
+        {"0001_tail.sql": "CREATE TABLE ok (id int);\n\n/* the rest is\nnever closed\n"},
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err.startswith(
+        "error: migration 0001_tail.sql failed at line 3: unterminated /* comment"
+    ), err
+    assert database.tables() == set()
+    assert database.history() == []

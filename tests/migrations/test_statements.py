@@ -35,6 +35,31 @@ def test_no_transaction_file_must_hold_one_statement(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "tail",
+    ["/* todo", "/* a /* nested */ one, never closed", "/*/"],
+    ids=["plain", "nested", "slash"],
+)
+def test_a_no_transaction_file_ending_in_a_comment_never_closed_is_refused(
+    tmp_path: Path, tail: str
+) -> None:
+    """psql runs the statement, then PostgreSQL refuses the comment and psql stops: the
+    runner refuses the file before it runs, naming the comment's line."""
+    write_migrations(
+        tmp_path,
+        {
+            "0001_index.sql": "-- cicd-db: no-transaction\n"
+            f"CREATE INDEX CONCURRENTLY i ON t (a);\n{tail}\n"
+        },
+    )
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value) == (
+        "migration file 0001_index.sql, line 3: a /* comment is never closed, which "
+        "PostgreSQL refuses; close it with */"
+    )
+
+
+@pytest.mark.parametrize(
     ("statement", "shown"),
     [
         ("COMMIT;", "COMMIT"),

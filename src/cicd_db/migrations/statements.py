@@ -239,6 +239,18 @@ def _plan_pass(
                     "COPY ... FROM STDIN in a no-transaction file",
                     "move it to a transactional file",
                 )
+            if (
+                not piece.words
+                and not without_comments(
+                    data[piece.start : piece.end], standard_strings=scanner.standard_strings
+                ).strip()
+            ):
+                # Only a comment never closed makes a statement of comments alone.
+                raise refuse(
+                    piece.line,
+                    "a /* comment is never closed, which PostgreSQL refuses",
+                    "close it with */",
+                )
             if piece.keyword not in SESSION_SETTINGS:
                 changes += 1
                 text = data[piece.start : piece.end]
