@@ -292,18 +292,23 @@ def test_what_psql_refuses_at_a_files_end_the_runner_refuses(
     database: Database, tmp_path: Path
 ) -> None:
     """psql as the oracle for text the lexer is still inside when the file ends (a comment,
-    a string, a parenthesis never closed) or that ends without a semicolon: the runner
-    applies the file exactly when `psql -1` does, and records nothing when it refuses."""
+    a string, a parenthesis never closed) or that ends without a semicolon, put at the
+    end or anywhere between statements: the runner applies the file exactly when
+    `psql -1` does, and records nothing when it refuses."""
     folder = tmp_path / "migrations"
     folder.mkdir()
     path = folder / "0001_x.sql"
 
-    @settings(max_examples=40)
+    @settings(max_examples=60)
     @given(st.data())
     def check(data: st.DataObject) -> None:
         built = data.draw(valid_file())
         ending = data.draw(st.sampled_from(ENDINGS))
-        path.write_text(join(data.draw, built.statements) + ending)
+        # At the end, or before some statement: then whatever follows is read in it.
+        where = data.draw(st.integers(0, len(built.statements)))
+        before, after = built.statements[:where], built.statements[where:]
+        gap = data.draw(st.sampled_from(["", " ", "\n"]))
+        path.write_text(join(data.draw, before) + ending + gap + join(data.draw, after))
         psql_applied = psql(database, path).returncode == 0
         try:
             with database.connect() as conn:
