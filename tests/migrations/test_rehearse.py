@@ -431,3 +431,58 @@ def test_set_transaction_in_a_rehearsed_file_is_named_not_run(
         "  not rehearsed: its SET TRANSACTION statements (from line 1): the rehearsal's "
         "transaction began before the file"
     ) in out.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "said"),
+    [
+        (
+            "CREATE TYPE mood AS ENUM ('ok');\nALTER TYPE mood ADD VALUE 'sad';\n",
+            "CREATE TABLE feeling (m mood DEFAULT 'sad');\n",
+            'unsafe use of new value "sad" of enum type mood [55P04]',
+        ),
+        (
+            "CREATE TABLE p (id int PRIMARY KEY);\nCREATE TABLE c (pid int REFERENCES p "
+            "DEFERRABLE INITIALLY DEFERRED);\nINSERT INTO p VALUES (1);\n"
+            "INSERT INTO c VALUES (1);\n",
+            "ALTER TABLE c ADD COLUMN note text;\n",
+            'cannot ALTER TABLE "c" because it has pending trigger events [55006]',
+        ),
+    ],
+    ids=["enum-value", "pending-trigger-events"],
+)
+def test_a_failure_only_a_commit_of_the_files_before_would_avoid_says_so(
+    database: Database, tmp_path: Path, first: str, second: str, said: str
+) -> None:
+    """Both files apply, each in its own transaction; in the rehearsal's one transaction
+    PostgreSQL refuses the second. It still counts as a failure (the rehearsal claims
+    only what it saw), named as the rehearsal's own, with what to do."""
+    folder = write_migrations(tmp_path, {"0001_first.sql": first, "0002_second.sql": second})
+    code, out, _ = rehearse(database, folder)
+    assert code == 1
+    second_line = next(line for line in out.splitlines() if line.startswith("0002_second.sql"))
+    assert f"FAILED: failed at line 1: {said}; it was rolled back; PostgreSQL allows that " in (
+        second_line
+    )
+    assert second_line.endswith(
+        "here they share one transaction: apply the files before it, then rehearse this one"
+    )
+    assert migrate(database, folder)[0] == 0  # a real run applies both
+    assert database.history() == [1, 2]
+
+
+def test_the_first_file_of_a_rehearsal_is_told_to_fix_itself(
+    database: Database, tmp_path: Path
+) -> None:
+    """No file before it: a new enum value used in the file that adds it fails in a real
+    run too, and the file is the one to fix."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_both.sql": "CREATE TYPE mood AS ENUM ('ok');\nALTER TYPE mood ADD VALUE 'sad';\n"
+            "CREATE TABLE feeling (m mood DEFAULT 'sad');\n"
+        },
+    )
+    code, out, _ = rehearse(database, folder)
+    assert code == 1
+    assert out.splitlines()[0].endswith("it was rolled back; fix the file and run again")

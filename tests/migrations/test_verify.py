@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from cicd_db import embedded, migrations, schema
-from cicd_db.errors import MigrationRefused
+from cicd_db.errors import MigrationFailed, MigrationRefused
 
 from ..fix_db import Database
 from ..utils import write_migrations
@@ -140,3 +140,30 @@ def test_scratch_dump_is_the_schema_the_files_make(
     assert list(temporary.iterdir()) == [] and len(ports) == 1
     with pytest.raises(psycopg.OperationalError, match="refused"):
         psycopg.connect(host=embedded.HOST, port=ports[0], connect_timeout=5)
+
+
+def test_drift_names_files_it_cannot_replay_in_one_transaction(
+    database: Database, tmp_path: Path
+) -> None:
+    """A value an earlier file added to an enum, used by a later one: a run applies them
+    (each commits), the comparison's one transaction cannot; it says so, and what to do,
+    rather than telling a file that applies to fix itself."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_mood.sql": "CREATE TYPE mood AS ENUM ('ok');\nALTER TYPE mood ADD VALUE 'sad';\n",
+            "0002_feeling.sql": "CREATE TABLE feeling (m mood DEFAULT 'sad');\n",
+        },
+    )
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        runner.apply()
+        with pytest.raises(MigrationFailed) as failed:
+            runner.drift()
+    assert str(failed.value).startswith(
+        'migration 0002_feeling.sql failed at line 1: unsafe use of new value "sad" of enum '
+        "type mood [55P04]; it was rolled back; PostgreSQL allows that only once what the "
+        "files before it did is committed"
+    )
+    assert str(failed.value).endswith("with this database's `schema dump`")
+    assert database.query(SCRATCH_SCHEMAS) == []

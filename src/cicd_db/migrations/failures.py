@@ -38,6 +38,13 @@ def abridge(statement: str, width: int = 48) -> str:
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
+def needs_a_commit_before(sqlstate: str | None, message: str) -> bool:
+    """A failure that a commit of what came before would have avoided: an enum value
+    added in the same transaction (55P04), or a table with trigger events still pending
+    (55006: a deferred constraint's checks), which ALTER TABLE refuses."""
+    return sqlstate == "55P04" or (sqlstate == "55006" and "pending trigger events" in message)
+
+
 def describe_failure(
     migration: Migration,
     line: int | None,
@@ -47,10 +54,13 @@ def describe_failure(
     *,
     lost: bool = False,
     setting: str | None = None,
+    uncommitted_before: str | None = None,
 ) -> str:
     """The one line for a file that failed, at `line` (None: at its commit). `lost`: the
     runner's connection is gone. `setting`: where the session setting that caused the
-    failure comes from, when not from the file (Session.setting_source)."""
+    failure comes from, when not from the file (Session.setting_source).
+    `uncommitted_before`: files before it ran in the same transaction without committing
+    (a rehearsal, a comparison), which some failures need; what to do then."""
     message = diag.message_primary or fallback.strip().splitlines()[0]
     code = f" [{diag.sqlstate}]" if diag.sqlstate else ""
     rolled_back = "it was rolled back" + (
@@ -68,6 +78,12 @@ def describe_failure(
         advice = (
             f"role {user} lacks that privilege: grant it, or migrate as a role that has it "
             "(the table's or schema's owner)"
+        )
+    elif uncommitted_before and needs_a_commit_before(diag.sqlstate, message):
+        advice = (
+            "PostgreSQL allows that only once what the files before it did is committed, "
+            "as each file is in a real run, and here they share one transaction: "
+            f"{uncommitted_before}"
         )
     elif diag.sqlstate in RETRIED_SQLSTATES:
         advice = "run again when the tables are less busy (the file itself is fine)"

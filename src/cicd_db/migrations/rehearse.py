@@ -51,6 +51,9 @@ OUTSIDE_THE_TRANSACTION = (
 )
 
 
+UNCOMMITTED_BEFORE = "apply the files before it, then rehearse this one"
+
+
 def outside_the_transaction(migration: Migration) -> tuple[str, ...]:
     """What a file calls that a rollback does not undo, as far as its text shows."""
     data = bytearray(migration.data)
@@ -130,6 +133,8 @@ def rehearse(session: Session, pending: list[Migration]) -> list[Rehearsal]:
                 )
                 continue
             results.append(_rehearse_one(session, migration, skipped))
+            if not results[-1].failed:
+                session.uncommitted_before = UNCOMMITTED_BEFORE
     except KeyboardInterrupt as interrupt:
         session.end_transaction()
         raise Interrupted(
@@ -139,6 +144,7 @@ def rehearse(session: Session, pending: list[Migration]) -> list[Rehearsal]:
         ) from None
     finally:
         session.savepoint = None
+        session.uncommitted_before = None
         session.end_transaction()
     return results
 

@@ -135,6 +135,10 @@ class Session:
         # rehearsal, a schema comparison): a failure is looked into after rolling back
         # to it, never by ending the transaction.
         self.savepoint: bytes | None = None
+        # Files before this one ran in the same transaction and did not commit (a
+        # rehearsal, a comparison): what to do about a failure only their commit would
+        # have avoided. None otherwise.
+        self.uncommitted_before: str | None = None
         # The runner resets the session after each file, prepared statements
         # included (DEALLOCATE ALL), so psycopg must not keep any of its own.
         conn.prepare_threshold = None
@@ -291,6 +295,7 @@ class Session:
             self.conn.info.user,
             lost=self.lost,
             setting=self.setting_source(name, migration) if name else None,
+            uncommitted_before=self.uncommitted_before,
         )
 
     def own_failure(self, error: psycopg.Error) -> str | None:

@@ -19,6 +19,15 @@ from cicd_db.migrations.files import Migration
 from cicd_db.migrations.session import RESET_FILE_STATE, Session
 from cicd_db.migrations.statements import plan
 
+# A comparison runs the files in one transaction, so it cannot run a file that needs
+# those before it committed; `schema dump` applies them for real, each committed, on a
+# server of its own.
+UNCOMMITTED_BEFORE = (
+    "`schema diff` and `migrate baseline` cannot replay such files; compare `schema dump` "
+    "without a target (the files applied one by one, on a server of their own) with this "
+    "database's `schema dump`"
+)
+
 
 def baseline(
     session: Session, files: list[Migration], version: int, lock_timeout: float
@@ -92,8 +101,10 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
                     migration = replace(migration, data=data, planned=steps)
                 session.run_steps(migration)
                 conn.execute(b"RELEASE cicd_db_compare")
+                session.uncommitted_before = UNCOMMITTED_BEFORE
         finally:
             session.savepoint = None
+            session.uncommitted_before = None
         expected = schema.signature(conn, scratch)
         actual = schema.signature(conn, live)
     return schema.compare(expected, actual)
