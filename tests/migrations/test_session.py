@@ -13,11 +13,12 @@ from psycopg import sql
 
 from cicd_db import migrations
 from cicd_db.errors import MigrationFailed
+from cicd_db.migrations.session import Session
 
 from ..fix_cli import Run, migrate, run_cli
 from ..fix_db import Database
 from ..utils import unscanned, write_migrations
-from .shared import THREE, old_strings_by_default, without_escape_warnings
+from .shared import THREE, old_strings_by_default, rehearse, without_escape_warnings
 
 # The second file fails if anything of the first one's session is still there.
 NOTHING_LEFT_OF_THE_FIRST = """DO $check$BEGIN
@@ -474,3 +475,55 @@ def test_colons_that_are_sql_apply(database: Database, tmp_path: Path) -> None:
     code, _, err = migrate(database, folder)
     assert code == 0, err
     assert database.query("SELECT a, b, d, e, f FROM t") == [(1, [1, 2], ":DBNAME", ":'x'", [1, 2])]
+
+
+GUARD = (
+    "CREATE TABLE t (a int);\nINSERT INTO t VALUES (1), (2);\n"
+    "CREATE FUNCTION guard() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN\n"
+    "  IF NOT starts_with(CURRENT_QUERY(), '/**/') THEN RAISE 'no marker'; END IF;\n"
+    "  RETURN NULL;\nEND$$;\n"
+    "CREATE TRIGGER guard BEFORE DELETE ON t EXECUTE FUNCTION guard();\n"
+)
+
+
+def test_a_function_that_reads_the_query_text_gets_it_as_psql_sends_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """A trigger made by an earlier run reads current_query(); a later file that never
+    names it is sent a statement a query, its block comment first, as psql sends it: in
+    a batch, the text would begin with the runner's BEGIN (and the guard refuse it).
+    The same in a rehearsal and in the drift check's replay."""
+    folder = write_migrations(tmp_path, {"0001_guard.sql": GUARD})
+    assert migrate(database, folder)[0] == 0
+    (folder / "0002_delete.sql").write_text(
+        "SELECT 1;\n-- a line comment, which psql drops\n/**/ DELETE FROM t WHERE a = 1;\n"
+    )
+    assert rehearse(database, folder)[0] == 0
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.query("SELECT a FROM t") == [(2,)]
+    with database.connect() as conn:
+        assert migrations.Runner(conn, migrations.discover(folder)).drift() == (2, [])
+
+
+@pytest.mark.parametrize(
+    ("function", "reads"),
+    [
+        ("", False),  # the server's own functions do not count (current_query() itself)
+        ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", False),
+        ("CREATE FUNCTION f() RETURNS text LANGUAGE plpgsql AS $$BEGIN RETURN "
+         "Current_Query(); END$$", True),
+        ("CREATE FUNCTION f() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT current_query(); "
+         "END", True),
+    ],
+    ids=["none", "another", "plpgsql", "sql-standard-body"],
+)  # fmt: skip
+def test_which_functions_read_the_query_text(
+    database: Database, function: str, reads: bool
+) -> None:
+    if function:
+        database.execute(function)
+    with database.connect() as conn:
+        session = Session(conn)
+        session.notice_query_text_readers()
+        assert session.query_text_read is reads

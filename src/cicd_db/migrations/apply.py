@@ -133,13 +133,20 @@ def run(
             session, integrity.Recorded([(row.version, row.name, row.checksum) for row in applied])
         )
         results = []
-        for migration in reconcile.pending(files, applied, target):
-            if on_start:
-                on_start(migration)
-            result = applier.apply_with_retries(migration, policy, on_retry)
-            results.append(result)
-            if on_applied:
-                on_applied(result)
+        pending = reconcile.pending(files, applied, target)
+        if pending:
+            session.notice_query_text_readers()
+        try:
+            for migration in pending:
+                if on_start:
+                    on_start(migration)
+                result = applier.apply_with_retries(migration, policy, on_retry)
+                session.ran(migration)
+                results.append(result)
+                if on_applied:
+                    on_applied(result)
+        finally:
+            session.query_text_read = False
         return results
 
 

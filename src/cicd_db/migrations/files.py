@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from cicd_db.migrations.statements import Step
 
 BOM = b"\xef\xbb\xbf"
+_CURRENT_QUERY = re.compile(rb"current_query", re.IGNORECASE)
 MAX_VERSION = 2**63 - 1  # the history's version column is a bigint
 # Versions are ASCII digits: Python's \d and int() also take full-width and
 # Arabic-Indic digits, which PostgreSQL, sort order and people read differently.
@@ -65,6 +66,12 @@ class Migration:
         # From the file's head only: partition() of a 50 MB file would copy the rest.
         head = self.data[: len(NO_TRANSACTION_MARKER) + 256]
         return head.partition(b"\n")[0].rstrip() != NO_TRANSACTION_MARKER
+
+    @cached_property
+    def mentions_current_query(self) -> bool:
+        """The text names current_query() anywhere (a comment too): the file may call it,
+        or make a function that does (Session.sends_alone)."""
+        return _CURRENT_QUERY.search(self.data) is not None
 
     def matches(self, checksum: str) -> bool:
         """The file is the one a history row recorded with `checksum`: the same bytes, or

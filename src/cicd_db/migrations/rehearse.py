@@ -170,10 +170,11 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
         )
     lead = lead or 0
     left = list(steps)
+    after = 0  # where the step before ended
     try:
         while left:
             step = left.pop(0)
-            for one in one_by_one(migration.data, step):
+            for one in one_by_one(migration.data, step, after):
                 if isinstance(one, Batch) and one.end <= lead:
                     continue
                 at = time.perf_counter()
@@ -184,6 +185,7 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
                     session.raise_on_error(migration, one, results)
                 for lock in set(_table_locks(conn)) - held_before:
                     first_seen.setdefault(lock, at)
+            after = step.end if isinstance(step, Batch) else step.data.end
             # The rest as the server now reads strings, as apply sends it.
             rest = session.rest_after(migration, step) if isinstance(step, Batch) else None
             if rest is not None:

@@ -122,6 +122,17 @@ _CANNOT_CAUSE = {
 }
 
 
+# Whether a function of the database (its source, or an SQL-standard body) names
+# current_query(): the server's own (pg_catalog, information_schema) are not read, nor
+# those in C (language 13), whose source is a symbol's name.
+READS_QUERY_TEXT = (
+    "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace NOT IN "
+    "('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace) "
+    "AND p.prolang <> 13 AND (p.prosrc ~* 'current_query' OR (p.prosqlbody IS NOT NULL "
+    "AND pg_catalog.pg_get_function_sqlbody(p.oid) ~* 'current_query')))"
+)
+
+
 class Session:
     """The work connection, and the key of the lock only the runner's lock session
     holds (`lock_key`, set by `lock.held` while it is held)."""
@@ -139,6 +150,10 @@ class Session:
         # rehearsal, a comparison): what to do about a failure only their commit would
         # have avoided. None otherwise.
         self.uncommitted_before: str | None = None
+        # A function in the database reads the text of the query that runs it
+        # (current_query()): files are sent a statement a query, as psql sends them, not
+        # in batches, so that what it reads is what it reads under psql.
+        self.query_text_read = False
         # The runner resets the session after each file, prepared statements
         # included (DEALLOCATE ALL), so psycopg must not keep any of its own.
         conn.prepare_threshold = None
@@ -207,29 +222,53 @@ class Session:
         `prefix`, statements of the runner's own, travels with the first batch;
         their results are returned.
         """
-        from cicd_db.migrations.statements import Batch, Copy
+        from cicd_db.migrations.statements import Batch, Copy, each_statement
 
         steps = list(self.steps_for(migration))
         own: list[PGresult] = []
-        if prefix and not (steps and isinstance(steps[0], Batch)):
+        alone = self.sends_alone(migration)
+        if prefix and (alone or not (steps and isinstance(steps[0], Batch))):
             own = self.simple(prefix)
             self.raise_on_error(migration, None, own)
             prefix = b""
+        after = 0  # where the step before ended
         while steps:
             step = steps.pop(0)
             if isinstance(step, Copy):
                 self.copy(migration, step)
+                after = step.data.end
                 continue
-            query = prefix + migration.data[step.start : step.end]
-            results = self.simple(query)
-            if prefix:
-                own = results[: prefix.count(b";")]
-            self.raise_on_error(migration, step, results, prefix=prefix)
-            prefix = b""
+            for one in each_statement(migration.data, step, after) if alone else (step,):
+                results = self.simple(prefix + migration.data[one.start : one.end])
+                if prefix:
+                    own = results[: prefix.count(b";")]
+                self.raise_on_error(migration, one, results, prefix=prefix)
+                prefix = b""
+            after = step.end
             rest = self.rest_after(migration, step)
             if rest is not None:  # an empty rest replaces the old plan's too
                 steps = rest
         return own
+
+    def notice_query_text_readers(self) -> None:
+        """Look once whether a function the database holds reads current_query() (a
+        trigger or event trigger that checks or logs the statement that fired it), and
+        send every file a statement a query if so (`sends_alone`). One look a run: a
+        file that makes such a function names current_query itself, and from there on
+        `ran` keeps it so."""
+        row = self.conn.execute(READS_QUERY_TEXT).fetchone()
+        self.query_text_read = bool(row and row[0])
+
+    def ran(self, migration: Migration) -> None:
+        """`migration` was applied: a function it made may read current_query()."""
+        if migration.mentions_current_query:
+            self.query_text_read = True
+
+    def sends_alone(self, migration: Migration) -> bool:
+        """Whether `migration`'s statements go a query each, as psql sends them: when a
+        function the database holds, or the file itself, reads the query's text
+        (current_query()), which a batch would change."""
+        return self.query_text_read or migration.mentions_current_query
 
     def rest_after(self, migration: Migration, step: Batch) -> list[Step] | None:
         """The file's steps after `step`, planned again, when `step` left the server

@@ -87,17 +87,44 @@ class Copy:
 Step = Batch | Copy
 
 
-def one_by_one(data: bytes, step: Step) -> Iterator[Step]:
-    """The statements of a step one at a time, as psql sends them: a batch each."""
+def one_by_one(data: bytes, step: Step, after: int | None = None) -> Iterator[Step]:
+    """The statements of a step one at a time, as psql sends them: a batch each, with the
+    block comments before it (psql keeps those in the statement it sends, which is what
+    current_query() shows; line comments and spaces before it, it drops). `after`: where
+    the step before it ended (0 for a file's first), to find the first statement's."""
     if isinstance(step, Copy):
         yield step
-        return
+    else:
+        yield from each_statement(data, step, after)
+
+
+def each_statement(data: bytes, batch: Batch, after: int | None = None) -> Iterator[Batch]:
+    """one_by_one() of a batch."""
     scanner = Scanner(
-        data[: step.end], standard_strings=step.standard_strings, start=step.start, line=step.line
+        data[: batch.end],
+        standard_strings=batch.standard_strings,
+        start=batch.start,
+        line=batch.line,
     )
     for piece in scanner:
         if isinstance(piece, Statement):
-            yield Batch(piece.start, piece.end, piece.line, step.standard_strings)
+            start = piece.start if after is None else _sent_from(data, after, piece.start)
+            line = piece.line - data.count(b"\n", start, piece.start)
+            yield Batch(start, piece.end, line, batch.standard_strings)
+            after = piece.end
+        else:
+            after = None  # a meta-command line: what comes before it is not sent
+
+
+_SKIPPED = re.compile(rb"(?:\s+|--[^\n\r]*)+")
+
+
+def _sent_from(data: bytes, after: int, start: int) -> int:
+    """Where psql's text of the statement at `start` begins, the previous one ending at
+    `after`: at the first block comment between them, else at the statement itself."""
+    skipped = _SKIPPED.match(data, after, start)
+    at = skipped.end() if skipped else after
+    return at if data.startswith(b"/*", at) and at < start else start
 
 
 def plan(

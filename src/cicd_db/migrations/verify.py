@@ -90,6 +90,7 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
     with conn.transaction(force_rollback=True):
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
         session.savepoint = b"cicd_db_compare"
+        session.notice_query_text_readers()
         try:
             for migration in chosen:
                 # Each file as a run applies it: the session as the first file found it.
@@ -102,9 +103,11 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
                 session.run_steps(migration)
                 conn.execute(b"RELEASE cicd_db_compare")
                 session.uncommitted_before = UNCOMMITTED_BEFORE
+                session.ran(migration)
         finally:
             session.savepoint = None
             session.uncommitted_before = None
+            session.query_text_read = False
         expected = schema.signature(conn, scratch)
         actual = schema.signature(conn, live)
     return schema.compare(expected, actual)
