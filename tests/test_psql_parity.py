@@ -163,3 +163,27 @@ def oracle_of(name: str, kind: str, spare: Database, tmp_path: Path) -> str:
         psql_apply(spare, path)
         ORACLE[key] = dump(spare)
     return ORACLE[key]
+
+
+REFUSED_BY_PSQL = {
+    # The lexer refuses \' once the setting is off: psql sends the INSERT after the SET
+    # has run; in the SET's query, it would have been read before.
+    "backslash-quote": "SET backslash_quote = off;\nCREATE TABLE t (s text);\n"
+    "INSERT INTO t VALUES (E'a\\'b');\n",
+    "backslash-quote-by-set-config": "SELECT set_config('backslash_quote', 'off', false);\n"
+    "CREATE TABLE t (s text);\nINSERT INTO t VALUES (E'a\\'b');\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_BY_PSQL))
+def test_what_psql_refuses_for_a_setting_an_earlier_statement_made_the_runner_refuses(
+    name: str, database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """A setting the server applies to a query's text as it parses it, changed by a
+    statement of the file: the statements after it are read under it, as psql's are."""
+    path = tmp_path / "psql.sql"
+    path.write_text(REFUSED_BY_PSQL[name])
+    assert psql_refuses(spare, path)
+    with pytest.raises(MigrationFailed):
+        runner_apply(database, tmp_path / "migrations", path.read_bytes())
+    assert (database.history(), database.tables()) == ([], set())

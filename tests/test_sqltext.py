@@ -9,12 +9,16 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cicd_db.sqltext import (
+    RECEIPT_SETTINGS,
     CopyData,
     MetaCommand,
     Scanner,
     Statement,
+    mentions,
     standard_strings_after,
     without_comments,
 )
@@ -285,3 +289,19 @@ def test_hostile_bytes_always_end_and_cover_the_input() -> None:
 )
 def test_without_comments(text: str, standard_strings: bool, expected: str) -> None:
     assert without_comments(text.encode(), standard_strings=standard_strings) == expected.encode()
+
+
+NAMES = (b"standard_conforming_strings", *RECEIPT_SETTINGS)
+
+
+@given(
+    st.lists(
+        st.sampled_from([*NAMES, b"NAMES", b"Client_Encoding", b"x", b" ", b"name", b"_"]),
+        max_size=30,
+    ).map(b"".join),
+    st.integers(1, 64),
+)
+def test_which_names_a_text_mentions_whatever_its_slices(data: bytes, slice_bytes: int) -> None:
+    """Read in slices that overlap: a name that spans two slices is still found."""
+    expected = {name for name in NAMES if name in data.lower()}
+    assert mentions(data, NAMES, slice_bytes) == expected

@@ -320,9 +320,8 @@ class Scanner:
                     continue
                 if content:
                     statement_line = line_at(begin)
-                    if (
-                        words[:1] == ["COPY"]
-                        and _COPY_FROM_STDIN.search(data, begin, position) is not None
+                    if words[:1] == ["COPY"] and _copies_from_stdin(
+                        data, begin, position, self.standard_strings
                     ):
                         yield CopyFromStdin(begin, position, statement_line, tuple(words), variable)
                         position = yield from self._copy_data(position, line_at)
@@ -386,6 +385,20 @@ class Scanner:
         end, after = _end_of_copy(data, start)
         yield CopyData(start, end, line_at(start), trailing)
         return after
+
+
+def _copies_from_stdin(data: bytes, start: int, end: int, standard_strings: bool) -> bool:
+    """The COPY statement `data[start:end]` reads FROM STDIN, as the server reads it: a
+    comment may stand between the two words."""
+    if _COPY_FROM_STDIN.search(data, start, end) is not None:
+        return True
+    text = data[start:end]
+    if b"/*" not in text and b"--" not in text:
+        return False
+    return (
+        _COPY_FROM_STDIN.search(without_comments(text, standard_strings=standard_strings))
+        is not None
+    )
 
 
 def _walk_parentheses(data: bytes, start: int, end: int, depth: int, pair: bytes = b"()") -> int:
@@ -493,19 +506,38 @@ def without_comments(text: bytes, *, standard_strings: bool = True) -> bytes:
     return b"".join([*kept, text[position:]])
 
 
-def mentions_lexing_settings(data: bytes, slice_bytes: int = 1 << 20) -> bool:
-    """Whether `standard_conforming_strings` is named anywhere in `data`: if not, no
-    statement of it can change how the text after it is read, but for RESET ALL and
-    DISCARD ALL (`may_change_lexing`).
+LEXING_SETTING = b"standard_conforming_strings"
+# Settings the server applies to a query's text as a whole, as it receives and parses
+# it, before any statement in it runs: the encoding it converts the text from, and
+# whether the lexer refuses \' in a string (`SET NAMES` sets the encoding too).
+RECEIPT_SETTINGS = (b"client_encoding", b"backslash_quote", b"names")
+_RECEIPT_SETTING = re.compile(rb"client_encoding|backslash_quote|\bNAMES\b", re.IGNORECASE)
+
+
+def mentions(data: bytes, names: tuple[bytes, ...], slice_bytes: int = 1 << 20) -> set[bytes]:
+    """Which of `names` (lower case) `data` names anywhere, in any case.
 
     Lower-cased a slice at a time (a case-insensitive regex over 50 MB is 16 times
-    slower), the slices overlapping by the name's length.
+    slower), the slices overlapping by the longest name's length.
     """
-    name = b"standard_conforming_strings"
+    found: set[bytes] = set()
+    overlap = max(map(len, names))
     for start in range(0, len(data), slice_bytes):
-        if name in data[max(start - len(name), 0) : start + slice_bytes].lower():
-            return True
-    return False
+        text = data[max(start - overlap, 0) : start + slice_bytes].lower()
+        found.update(name for name in names if name not in found and name in text)
+        if len(found) == len(names):
+            break
+    return found
+
+
+def names_a_receipt_setting(data: bytes, statement: Statement) -> bool:
+    """Whether `statement` may change a setting the server applies to a whole query as it
+    receives it (RECEIPT_SETTINGS): then nothing may follow it in the same query, as
+    psql sends the next statement in a query of its own. A statement that may run code
+    and names one, anywhere in it."""
+    return statement.keyword in _RUNS_CODE and (
+        _RECEIPT_SETTING.search(data, statement.start, statement.end) is not None
+    )
 
 
 _RESETS_ALL = (("RESET", "ALL"), ("DISCARD", "ALL"))
@@ -526,7 +558,7 @@ def may_change_lexing(
     default way. A statement that only names it in data (`INSERT ... VALUES
     ('standard_conforming_strings')`, a comment) changes nothing. A function called
     under another name that changes it cannot be seen in the text: only the server
-    tells. `named` is `mentions_lexing_settings` of the whole text, which saves the
+    tells. `named`: the whole text names the setting (`mentions`), which saves the
     search when false.
     """
     words = statement.words

@@ -16,13 +16,16 @@ from typing import Any
 
 from cicd_db.errors import ConfigError
 from cicd_db.sqltext import (
+    LEXING_SETTING,
+    RECEIPT_SETTINGS,
     CopyData,
     CopyFromStdin,
     MetaCommand,
     Scanner,
     Statement,
     may_change_lexing,
-    mentions_lexing_settings,
+    mentions,
+    names_a_receipt_setting,
     standard_strings_after,
     without_comments,
 )
@@ -153,20 +156,21 @@ def plan(
     if transactional and start == 0:
         _check_near_marker(filename, data)
     steps: list[Step] = []
-    named = mentions_lexing_settings(data)
+    found = mentions(data, (LEXING_SETTING, *RECEIPT_SETTINGS))
+    named, receipt = LEXING_SETTING in found, len(found - {LEXING_SETTING}) > 0
     # The other readings still to check, and those checked: (offset, standard strings,
     # statements counted so far in a no-transaction file, capped at 2).
     forks: list[tuple[int, int, bool, int, str]] = []
     checked: set[tuple[int, bool, int]] = set()
     _plan_pass(
         filename, data, transactional, standard_strings, start, line, 0, "", steps, named,
-        forks, checked, count=start == 0,
+        forks, checked, count=start == 0, receipt=receipt,
     )  # fmt: skip
     while forks:
         at, at_line, reading, counted, note = forks.pop()
         _plan_pass(
             filename, data, transactional, reading, at, at_line, counted, note, None, named,
-            forks, checked, count=start == 0,
+            forks, checked, count=start == 0, receipt=receipt,
         )  # fmt: skip
     return tuple(steps)
 
@@ -186,9 +190,12 @@ def _plan_pass(
     checked: set[tuple[int, bool, int]],
     *,
     count: bool,
+    receipt: bool = False,
 ) -> None:
     """Check `data` from `start` under one reading of its strings, and plan it into `steps`
-    (None: only check). `note` says which reading, for a refusal in a fork."""
+    (None: only check). `note` says which reading, for a refusal in a fork. `receipt`:
+    the file names a setting the server applies to a query's whole text (a statement
+    that may change one ends its batch)."""
     batch: list[Statement] = []
     scanner = Scanner(data, standard_strings=standard_strings, start=start, line=line)
     default = standard_strings if start == 0 else True  # what RESET brings back
@@ -320,7 +327,11 @@ def _plan_pass(
                     )
             flush(changes_lexing=True, standard_strings_after=after)
             scanner.standard_strings = after
-        elif not transactional or batch[-1].end - batch[0].start >= BATCH_BYTES:
+        elif (
+            not transactional
+            or batch[-1].end - batch[0].start >= BATCH_BYTES
+            or (receipt and names_a_receipt_setting(data, piece))
+        ):
             flush()
     flush()
     if settings_end is not None and steps and isinstance(steps[0], Batch):
