@@ -334,3 +334,27 @@ def test_a_comment_never_closed_at_the_files_end_names_its_line(
     ), err
     assert database.tables() == set()
     assert database.history() == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["SET transaction_read_only = on", "SET TRANSACTION READ ONLY"],
+    ids=["set", "set-transaction"],
+)
+def test_a_file_that_makes_its_transaction_read_only_is_told_why_it_cannot_be_recorded(
+    database: Database, tmp_path: Path, statement: str
+) -> None:
+    """psql applies it (its commit writes nothing); the runner's history row, written in
+    the file's transaction, cannot be: refused, with the cause, not 'fix the file' alone."""
+    folder = write_migrations(
+        tmp_path, {"0001_ro.sql": f"CREATE TABLE t (a int);\nSELECT 1;\n{statement};\n"}
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err == (
+        "error: migration 0001_ro.sql failed at its commit: cannot execute INSERT in a "
+        "read-only transaction [25006]; it was rolled back; the file made its transaction "
+        "read-only (SET TRANSACTION READ ONLY, SET transaction_read_only), and cicd-db "
+        "records a file in the file's own transaction: remove that from the file\n"
+    )
+    assert (database.tables(), database.history()) == (set(), [])

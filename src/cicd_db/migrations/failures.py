@@ -68,6 +68,13 @@ def describe_failure(
     )
     if setting:
         advice = f"{setting}, then run again"
+    elif line is None and diag.sqlstate == "25006":
+        # At the commit, the write refused is the history row's, in the file's transaction.
+        advice = (
+            "the file made its transaction read-only (SET TRANSACTION READ ONLY, SET "
+            "transaction_read_only), and cicd-db records a file in the file's own "
+            "transaction: remove that from the file"
+        )
     elif diag.sqlstate == "42501" and re.match(r"could not (open|create|write|read|stat)", message):
         # The same code as a missing grant, but the operating system said no to a file.
         advice = (
