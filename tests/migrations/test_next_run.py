@@ -388,6 +388,10 @@ CREATE OPERATOR shadow.= (LEFTARG = name, RIGHTARG = name, FUNCTION = shadow.eve
 CREATE FUNCTION shadow.every_count(bigint, integer) RETURNS boolean LANGUAGE sql
     AS $$SELECT false$$;
 CREATE OPERATOR shadow.= (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = shadow.every_count);
+CREATE FUNCTION shadow.refuse(text, text) RETURNS boolean LANGUAGE sql AS $$SELECT 1 / 0 = 1$$;
+CREATE OPERATOR shadow.~* (LEFTARG = text, RIGHTARG = text, FUNCTION = shadow.refuse);
+CREATE FUNCTION shadow.refuse(oid, integer) RETURNS boolean LANGUAGE sql AS $$SELECT 1 / 0 = 1$$;
+CREATE OPERATOR shadow.<> (LEFTARG = oid, RIGHTARG = integer, FUNCTION = shadow.refuse);
 GRANT USAGE ON SCHEMA shadow TO PUBLIC;
 """
 PATH_PARTS = ["shadow", "public", "pg_catalog", '"$user"', "pg_temp"]
@@ -397,8 +401,9 @@ def test_functions_and_operators_before_pg_catalog_do_not_stand_in_for_the_runne
     login: Login, tmp_path: Path
 ) -> None:
     """Any order of a search_path (hypothesis) that puts a schema with its own now(),
-    clock_timestamp(), round(), date_part(), md5(), `-`, and an `=` that says every name
-    is equal (and no count is), before pg_catalog, left on the database: every run
+    clock_timestamp(), round(), date_part(), md5(), `-`, an `=` that says every name
+    is equal (and no count is), and a `~*` and `<>` that fail, before pg_catalog, left
+    on the database: every run
     applies its file once, records it with the real time, and `status` reads the
     history; and a file that builds an index concurrently drops no other invalid index
     (the runner's lookup of one an interrupted run left would take any under that `=`)."""

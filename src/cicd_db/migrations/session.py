@@ -124,13 +124,15 @@ _CANNOT_CAUSE = {
 
 
 # Whether a function of the database (its source, or an SQL-standard body) names
-# current_query(): the server's own (pg_catalog, information_schema) are not read, nor
-# those in C (language 13), whose source is a symbol's name.
+# current_query(): the server's own in pg_catalog are not read, nor those in C (language
+# 13), whose source is a symbol's name. Operators named in pg_catalog: a search_path may
+# put others first.
 READS_QUERY_TEXT = (
-    "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace NOT IN "
-    "('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace) "
-    "AND p.prolang <> 13 AND (p.prosrc ~* 'current_query' OR (p.prosqlbody IS NOT NULL "
-    "AND pg_catalog.pg_get_function_sqlbody(p.oid) ~* 'current_query')))"
+    "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace "
+    "OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace "
+    "AND p.prolang OPERATOR(pg_catalog.<>) 13::pg_catalog.oid "
+    "AND (p.prosrc OPERATOR(pg_catalog.~*) 'current_query' OR (p.prosqlbody IS NOT NULL AND "
+    "pg_catalog.pg_get_function_sqlbody(p.oid) OPERATOR(pg_catalog.~*) 'current_query')))"
 )
 
 
