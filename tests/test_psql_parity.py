@@ -187,3 +187,59 @@ def test_what_psql_refuses_for_a_setting_an_earlier_statement_made_the_runner_re
     with pytest.raises(MigrationFailed):
         runner_apply(database, tmp_path / "migrations", path.read_bytes())
     assert (database.history(), database.tables()) == ([], set())
+
+
+# What a file's COMMIT runs under psql, in the session the file left: its deferred
+# triggers and constraints (its settings, search_path, role, temporary tables) and the
+# queries of its WITH HOLD cursors. The runner resets the session before its history
+# row, so it must run them first.
+AT_COMMIT = {
+    "setting-refuses": (
+        "CREATE TABLE t (a int);\n"
+        "CREATE FUNCTION public.chk() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN\n"
+        "  IF current_setting('app.strict', true) = 'on' THEN RAISE 'strict: %', NEW.a; END IF;\n"
+        "  RETURN NULL;\nEND$$;\n"
+        "CREATE CONSTRAINT TRIGGER c AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED\n"
+        "  FOR EACH ROW EXECUTE FUNCTION public.chk();\n"
+        "SET app.strict = 'on';\nINSERT INTO t VALUES (1);\n"
+    ),
+    "search-path-applies": (
+        "CREATE SCHEMA app;\nSET search_path = app;\nCREATE TABLE t (a int);\n"
+        "CREATE TABLE log (n text, d text);\n"
+        "CREATE FUNCTION trg() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN\n"
+        "  INSERT INTO log VALUES (current_setting('search_path'), current_setting('DateStyle'));\n"
+        "  RETURN NULL;\nEND$$;\n"
+        "CREATE CONSTRAINT TRIGGER c AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED\n"
+        "  FOR EACH ROW EXECUTE FUNCTION trg();\n"
+        "SET DateStyle = 'German';\nINSERT INTO t VALUES (1);\n"
+    ),
+    "temporary-tables": (
+        "CREATE TEMP TABLE tp (id int PRIMARY KEY);\n"
+        "CREATE TEMP TABLE tc (a int REFERENCES tp DEFERRABLE INITIALLY DEFERRED);\n"
+        "INSERT INTO tc VALUES (1);\nINSERT INTO tp VALUES (1);\nCREATE TABLE kept (a int);\n"
+    ),
+    "hold-cursor-refuses": (
+        "CREATE TABLE n (a int);\n"
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1 / (a - 2) FROM generate_series(1, 3) AS a;\n"
+        "INSERT INTO n VALUES (1);\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AT_COMMIT))
+def test_what_a_files_commit_runs_sees_the_session_the_file_left(
+    name: str, database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """psql as the oracle: applied to the same dump, or refused by both."""
+    path = tmp_path / "psql.sql"
+    path.write_text(AT_COMMIT[name])
+    refused = psql_refuses(spare, path)
+    if refused:
+        with pytest.raises(MigrationFailed) as failed:
+            runner_apply(database, tmp_path / "migrations", path.read_bytes())
+        assert "failed at its commit" in str(failed.value)
+        assert (database.history(), database.tables()) == ([], set())
+        return
+    runner_apply(database, tmp_path / "migrations", path.read_bytes())
+    assert dump(database) == dump(spare)
+    assert database.history() == [1]

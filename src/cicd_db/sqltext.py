@@ -148,7 +148,8 @@ _LEADING_WORDS = re.compile(
 )
 _BLOCK_EDGE = re.compile(rb"/\*|\*/")
 _NOT_SPACE = re.compile(rb"\S")
-_COPY_FROM_STDIN = re.compile(rb"\bFROM\s+STDIN\b", re.IGNORECASE)
+# The server reads FROM STDOUT as FROM STDIN.
+_COPY_FROM_STDIN = re.compile(rb"\bFROM\s+STD(?:IN|OUT)\b", re.IGNORECASE)
 # Only standard_conforming_strings changes where psql and the server end a string
 # (backslash_quote only makes the server refuse `\\'`, as an error).
 _LEXING_SETTINGS = re.compile(rb"standard_conforming_strings", re.IGNORECASE)

@@ -486,3 +486,29 @@ def test_the_first_file_of_a_rehearsal_is_told_to_fix_itself(
     code, out, _ = rehearse(database, folder)
     assert code == 1
     assert out.splitlines()[0].endswith("it was rolled back; fix the file and run again")
+
+
+def test_a_file_whose_state_only_a_commit_ends_stops_the_rehearsal_naming_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """Temporary tables with deferred checks pending: a real run's commit runs them and
+    the reset drops the tables; the rehearsal cannot, and says so (it said the runner's
+    lock was lost)."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_temp.sql": "CREATE TEMP TABLE tp (id int PRIMARY KEY);\n"
+            "CREATE TEMP TABLE tc (a int REFERENCES tp DEFERRABLE INITIALLY DEFERRED);\n"
+            "INSERT INTO tc VALUES (1);\nINSERT INTO tp VALUES (1);\n",
+            "0002_next.sql": "CREATE TABLE later (id int);\n",
+        },
+    )
+    code, _, err = rehearse(database, folder)
+    assert code == 1
+    assert err.startswith(
+        "error: the rehearsal cannot reset the session after 0001_temp.sql, as a real run "
+        'does between files: cannot DROP TABLE "tc" because it has pending trigger events '
+        "[55006]"
+    ), err
+    assert migrate(database, folder)[0] == 0
+    assert database.history() == [1, 2]

@@ -36,7 +36,13 @@ from cicd_db.migrations.failures import (
     first_line,
 )
 from cicd_db.migrations.files import Migration, index_target
-from cicd_db.migrations.session import CHECK_LOCK, CHECK_MARK, RESET_SESSION, Session
+from cicd_db.migrations.session import (
+    CHECK_LOCK,
+    CHECK_MARK,
+    RESET_BEFORE_COMMIT,
+    RESET_SESSION,
+    Session,
+)
 from cicd_db.migrations.statements import split_at, transaction_settings_end
 
 FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
@@ -49,12 +55,16 @@ CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefi
 # transaction finds it (integrity.STATE).
 MARK = b"SELECT pg_catalog.pg_current_xact_id(), " + integrity.STATE + b";"
 BEGIN_MARKED = b"BEGIN;" + MARK
+# First in a file's closing batch: its deferred triggers and constraints run as its
+# COMMIT would run them under psql, in the session the file left (its settings, role,
+# search_path and temporary tables), before the runner resets it. After the history
+# row's INSERT, again: what a deferred trigger or constraint on the history would do
+# at COMMIT (delete the row, refuse it) happens there, before the checks read the
+# history, and a refusal is told as the row's, with what was added to the table.
+FIRE_DEFERRED = b"SET CONSTRAINTS ALL IMMEDIATE"
 # Statements before the checks in a file's closing batch: the reset, then PINNED's.
 _RESET = RESET_SESSION.count(b"; ") + 1 + history.PINNED_STATEMENTS
-# After the history row's INSERT: what a deferred trigger or constraint on the history
-# would do at COMMIT (delete the row, refuse it) happens here, before the checks read
-# the history, and a refusal is told as the row's, with what was added to the table.
-FIRE_DEFERRED = b"SET CONSTRAINTS ALL IMMEDIATE"
+_RESET_IN_TRANSACTION = 1 + RESET_BEFORE_COMMIT.count(b"; ") + 1 + history.PINNED_STATEMENTS
 
 
 @dataclass(frozen=True)
@@ -230,19 +240,22 @@ class Applier:
         """The file and its history row in one transaction, which must stay the runner's own.
 
         Two round trips: the transaction's start (its id, the history's state) travels with the
-        file's first statements; the session reset, the runner's own settings
-        (history.PINNED), the checks, the history row and COMMIT travel together. A
-        check that fails stops everything after it, COMMIT included: the file ended
-        the runner's transaction (its id is another), or the runner's lock was lost,
-        or the history is not as the runner left it plus the file's row. The reset
-        comes first, so that the checks run as the login role, with PINNED's settings.
+        file's first statements; the file's deferred triggers, the session reset, the
+        runner's own settings (history.PINNED), the checks, the history row and COMMIT
+        travel together. A check that fails stops everything after it, COMMIT included:
+        the file ended the runner's transaction (its id is another), or the runner's lock
+        was lost, or the history is not as the runner left it plus the file's row. The
+        file's deferred triggers run first, in the session it left, as its COMMIT would
+        run them under psql; then the reset, so that the checks run as the login role,
+        with PINNED's settings.
         """
         begun = self._begin(migration)
         if self.conn.info.transaction_status != TransactionStatus.INTRANS:
             raise MigrationFailed(self._why(migration, CHECK_MARK, committed="may be"))
         finish = b"; ".join(
             [
-                RESET_SESSION,
+                FIRE_DEFERRED,
+                RESET_BEFORE_COMMIT,
                 history.PINNED,
                 self.session.still_ours(begun),
                 self.session.still_locked(),
@@ -255,10 +268,14 @@ class Applier:
                     tuple(begun.get_value(0, column) for column in range(1, begun.nfields)),
                 ),
                 b"COMMIT",
+                b"CLOSE ALL",
             ]
         )
         self._finish(
-            migration, self.session.simple(finish), committed="may be", insert_at=_RESET + 2
+            migration,
+            self.session.simple(finish),
+            committed="may be",
+            insert_at=_RESET_IN_TRANSACTION + 2,
         )
 
     def _begin(self, migration: Migration) -> PGresult:

@@ -25,7 +25,7 @@ from cicd_db.errors import (
 from cicd_db.migrations import history
 from cicd_db.migrations.failures import Transient, first_line
 from cicd_db.migrations.files import Migration
-from cicd_db.migrations.session import RESET_SESSION, Session
+from cicd_db.migrations.session import CHECK_LOCK, RESET_SESSION, Session
 from cicd_db.migrations.statements import Batch, Copy, one_by_one, transaction_settings_end
 from cicd_db.sqltext import without_comments
 
@@ -219,7 +219,19 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     # The next file starts with the session as the first did, as in a real run; and
     # the rehearsal goes on only while the runner's lock is still held.
     reset = session.simple(RESET_SESSION + b"; " + session.still_locked())
-    if any(r.status == ExecStatus.FATAL_ERROR for r in reset):
+    failed = next((r for r in reset if r.status == ExecStatus.FATAL_ERROR), None)
+    cause = None if failed is None else session.error(failed).diag
+    if cause is not None and cause.sqlstate != CHECK_LOCK and not session.lost:
+        # Not the lock: what the file left that a real run's COMMIT would have ended
+        # first (a temporary table with deferred checks still pending), which the
+        # rehearsal, never committing, cannot end.
+        raise MigrationFailed(
+            f"the rehearsal cannot reset the session after {migration.filename}, as a real "
+            f"run does between files: {cause.message_primary} [{cause.sqlstate}] (a real "
+            "run's commit ends that first); the rehearsal was rolled back, and nothing "
+            "after that file was rehearsed: rehearse the files after it once it is applied"
+        )
+    if failed is not None:
         raise MigrationFailed(
             f"the rehearsal lost the runner's lock during {migration.filename} (the session "
             "that holds it ended: pg_terminate_backend, or a lost connection); the rehearsal "

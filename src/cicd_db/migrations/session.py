@@ -81,14 +81,20 @@ CLIENT_ENCODING = "UTF8"
 # currval, temporary tables. A run's RESET_SESSION adds the advisory locks (the file's
 # released, the runner's work mark taken again); a schema comparison, which takes no
 # lock, sends this alone.
-RESET_FILE_STATE = (
-    b"CLOSE ALL; RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DEALLOCATE ALL; "
+_RESET_ALL_BUT_CURSORS = (
+    b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DEALLOCATE ALL; "
     b"UNLISTEN *; DISCARD PLANS; DISCARD SEQUENCES; DISCARD TEMP"
 )
-RESET_SESSION = RESET_FILE_STATE + (
-    b"; SELECT pg_catalog.pg_advisory_unlock_all(); "
+_ADVISORY_LOCKS = (
+    b"SELECT pg_catalog.pg_advisory_unlock_all(); "
     b"SELECT pg_catalog.pg_advisory_lock_shared(%d)" % WORK_KEY
 )
+RESET_FILE_STATE = b"CLOSE ALL; " + _RESET_ALL_BUT_CURSORS
+RESET_SESSION = RESET_FILE_STATE + b"; " + _ADVISORY_LOCKS
+# The reset inside a file's transaction, before its history row: its cursors stay
+# open until the commit, which runs the query of each WITH HOLD one to keep its rows
+# (and fails the file if that fails, as under psql); CLOSE ALL follows the COMMIT.
+RESET_BEFORE_COMMIT = _RESET_ALL_BUT_CURSORS + b"; " + _ADVISORY_LOCKS
 # The SQLSTATEs the runner's own checks raise (class CD, not PostgreSQL's).
 CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"
 
