@@ -535,13 +535,16 @@ def names_a_receipt_setting(data: bytes, statement: Statement) -> bool:
     """Whether `statement` may change a setting the server applies to a whole query as it
     receives it (RECEIPT_SETTINGS): then nothing may follow it in the same query, as
     psql sends the next statement in a query of its own. A statement that may run code
-    and names one, anywhere in it."""
+    and names one, anywhere in it; or a ROLLBACK TO SAVEPOINT, which may undo one."""
+    if statement.words[:2] == _ROLLBACK_TO:
+        return True
     return statement.keyword in _RUNS_CODE and (
         _RECEIPT_SETTING.search(data, statement.start, statement.end) is not None
     )
 
 
 _RESETS_ALL = (("RESET", "ALL"), ("DISCARD", "ALL"))
+_ROLLBACK_TO = ("ROLLBACK", "TO")
 
 
 # Statements that may run code, where naming the setting may change it: anywhere
@@ -565,6 +568,8 @@ def may_change_lexing(
     words = statement.words
     if words[:2] in _RESETS_ALL:
         return not standard_strings
+    if words[:2] == _ROLLBACK_TO:  # may undo a SET of it made after the savepoint
+        return named
     if not named or not words or words[0] not in _RUNS_CODE:
         return False
     if _LEXING_SETTINGS.search(data, statement.start, statement.end) is None:
