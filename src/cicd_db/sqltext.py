@@ -26,7 +26,7 @@ numbers as it goes. Reads its input only; never talks to a server.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 
 _IDENT_START = rb"A-Za-z\x80-\xff_"
@@ -507,26 +507,33 @@ def without_comments(text: bytes, *, standard_strings: bool = True) -> bytes:
     return b"".join([*kept, text[position:]])
 
 
-LEXING_SETTING = b"standard_conforming_strings"
 # Settings the server applies to a query's text as a whole, as it receives and parses
 # it, before any statement in it runs: the encoding it converts the text from, and
 # whether the lexer refuses \' in a string (`SET NAMES` sets the encoding too).
-RECEIPT_SETTINGS = (b"client_encoding", b"backslash_quote", b"names")
 _RECEIPT_SETTING = re.compile(rb"client_encoding|backslash_quote|\bNAMES\b", re.IGNORECASE)
 
 
-def mentions(data: bytes, names: tuple[bytes, ...], slice_bytes: int = 1 << 20) -> set[bytes]:
-    """Which of `names` (lower case) `data` names anywhere, in any case.
-
-    Lower-cased a slice at a time (a case-insensitive regex over 50 MB is 16 times
-    slower), the slices overlapping by the longest name's length.
-    """
-    found: set[bytes] = set()
-    overlap = max(map(len, names))
+def found_lowered(
+    data: bytes,
+    wanted: Mapping[str, bytes | re.Pattern[bytes]],
+    overlap: int = 64,
+    slice_bytes: int = 1 << 20,
+) -> set[str]:
+    """Which of `wanted` (by name: a lower-case text, or a pattern for lower-case text)
+    occur somewhere in `data` lower-cased, read a slice at a time (no copy of a large
+    file, and a case-sensitive search: many times faster than IGNORECASE), the slices
+    overlapping by `overlap` bytes, more than a match spans. A pattern should begin with
+    a literal, which the search then looks for first."""
+    found: set[str] = set()
     for start in range(0, len(data), slice_bytes):
         text = data[max(start - overlap, 0) : start + slice_bytes].lower()
-        found.update(name for name in names if name not in found and name in text)
-        if len(found) == len(names):
+        found.update(
+            name
+            for name, what in wanted.items()
+            if name not in found
+            and (what in text if isinstance(what, bytes) else what.search(text) is not None)
+        )
+        if len(found) == len(wanted):
             break
     return found
 

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from cicd_db.migrations.statements import Step
 
 BOM = b"\xef\xbb\xbf"
-_CURRENT_QUERY = re.compile(rb"current_query", re.IGNORECASE)
 MAX_VERSION = 2**63 - 1  # the history's version column is a bigint
 # Versions are ASCII digits: Python's \d and int() also take full-width and
 # Arabic-Indic digits, which PostgreSQL, sort order and people read differently.
@@ -52,7 +51,9 @@ class Migration:
         if self.planned is None:
             from cicd_db.migrations.statements import plan
 
-            steps = plan(self.path.name, self.data, transactional=self.transactional)
+            steps = plan(
+                self.path.name, self.data, transactional=self.transactional, names=self.named
+            )
             object.__setattr__(self, "planned", steps)  # a cache of what `data` says
             return steps
         return self.planned
@@ -68,10 +69,24 @@ class Migration:
         return head.partition(b"\n")[0].rstrip() != NO_TRANSACTION_MARKER
 
     @cached_property
+    def named(self) -> set[str]:
+        """What the runner must know the text names (statements.NAMED), read once."""
+        from cicd_db.migrations.statements import names_in
+
+        return names_in(self.data)
+
+    @property
     def mentions_current_query(self) -> bool:
         """The text names current_query() anywhere (a comment too): the file may call it,
         or make a function that does (Session.sends_alone)."""
-        return _CURRENT_QUERY.search(self.data) is not None
+        return "query" in self.named
+
+    @property
+    def alters_session_defaults(self) -> bool:
+        """The text names ALTER DATABASE, ALTER ROLE or ALTER USER anywhere (a string
+        run by EXECUTE too): it may change settings that only a new session takes, as
+        psql, starting one for each file, would (Session.renew)."""
+        return "defaults" in self.named
 
     def matches(self, checksum: str) -> bool:
         """The file is the one a history row recorded with `checksum`: the same bytes, or

@@ -16,15 +16,13 @@ from typing import Any
 
 from cicd_db.errors import ConfigError
 from cicd_db.sqltext import (
-    LEXING_SETTING,
-    RECEIPT_SETTINGS,
     CopyData,
     CopyFromStdin,
     MetaCommand,
     Scanner,
     Statement,
+    found_lowered,
     may_change_lexing,
-    mentions,
     names_a_receipt_setting,
     standard_strings_after,
     without_comments,
@@ -130,6 +128,26 @@ def _sent_from(data: bytes, after: int, start: int) -> int:
     return at if data.startswith(b"/*", at) and at < start else start
 
 
+# What the runner must know a file names anywhere, found in one pass over its text
+# lower-cased (names_in): the setting that changes how strings read; one the server
+# applies to a query's whole text as it receives it (client_encoding, SET NAMES,
+# backslash_quote); current_query(); a change of a database's or a role's settings,
+# which only sessions opened after it take. Each begins with a literal, which is fast.
+NAMED: dict[str, bytes | re.Pattern[bytes]] = {
+    "lexing": b"standard_conforming_strings",
+    "client_encoding": b"client_encoding",
+    "backslash_quote": b"backslash_quote",
+    "names": b"names",
+    "query": b"current_query",
+    "defaults": re.compile(rb"alter\s+(?:database|role|user)\b"),
+}
+
+
+def names_in(data: bytes) -> set[str]:
+    """Which of NAMED `data` names, in any case."""
+    return found_lowered(data, NAMED)
+
+
 def plan(
     filename: str,
     data: bytes,
@@ -138,6 +156,7 @@ def plan(
     standard_strings: bool = True,
     start: int = 0,
     line: int = 1,
+    names: set[str] | None = None,
 ) -> tuple[Step, ...]:
     """The queries that apply `data` as psql would, from `start`; refuses what may not run.
 
@@ -151,13 +170,14 @@ def plan(
     block, set_config of computed values, any other text naming the setting), the
     rest is planned as if it changed nothing (the runner plans it again if the
     server says otherwise) and checked both ways: what either reading refuses is
-    refused before anything runs.
+    refused before anything runs. `names`: names_in(data), when already known.
     """
     if transactional and start == 0:
         _check_near_marker(filename, data)
     steps: list[Step] = []
-    found = mentions(data, (LEXING_SETTING, *RECEIPT_SETTINGS))
-    named, receipt = LEXING_SETTING in found, len(found - {LEXING_SETTING}) > 0
+    found = names_in(data) if names is None else names
+    named = "lexing" in found
+    receipt = not found.isdisjoint(("client_encoding", "backslash_quote", "names"))
     # The other readings still to check, and those checked: (offset, standard strings,
     # statements counted so far in a no-transaction file, capped at 2).
     forks: list[tuple[int, int, bool, int, str]] = []
