@@ -1089,11 +1089,11 @@ def test_schema_diff_runs_each_file_as_up_ran_it(
 def test_schema_diff_names_a_setting_left_on_the_database(
     database: Database, tmp_path: Path
 ) -> None:
-    """A setting 0001 left stops 0002 when the comparison replays them in a new session
-    (the run that applied both started before it was set): named, with its fix."""
+    """A setting 0002 left stops 0001 when the comparison replays them in a new session
+    (0001 ran before it was set): named, with its fix."""
     leaving = "SELECT 1;\n" + leave("statement_timeout = '300ms'", "database")
     folder = write_migrations(
-        tmp_path / "m", {"0001_leave.sql": leaving, "0002_slow.sql": "SELECT pg_sleep(0.6);\n"}
+        tmp_path / "m", {"0001_slow.sql": "SELECT pg_sleep(0.6);\n", "0002_leave.sql": leaving}
     )
     assert migrate(database, folder).code == 0
     result = run_cli(

@@ -527,3 +527,41 @@ def test_which_functions_read_the_query_text(
         session = Session(conn)
         session.notice_query_text_readers()
         assert session.query_text_read is reads
+
+
+SETS_DEFAULTS = {
+    "0001_defaults.sql": "CREATE SCHEMA app;\nCREATE TABLE public.n (a text);\n"
+    "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET standard_conforming_strings = off', "
+    "current_database()); EXECUTE format('alter  database %I set search_path = app, public', "
+    "current_database()); END$$;\n",
+    "0002_after.sql": "INSERT INTO n VALUES ('a\\\\b');\nCREATE TABLE t (a int);\n",
+    "0003_last.sql": "CREATE TABLE u (a int);\n",
+}
+
+
+@pytest.mark.parametrize("runs", [1, 2], ids=["one-run", "a-run-each"])
+def test_files_after_one_that_changes_the_databases_settings_start_as_psql_starts_them(
+    database: Database, tmp_path: Path, runs: int
+) -> None:
+    """A file that sets the database's settings (here through EXECUTE): psql starts a
+    session for each file, which takes them; so does the runner for the files after it,
+    and they apply the same whether they come in its run or a later one. The connection
+    the runner was given is its own again after the run, and no other stays open."""
+    folder = write_migrations(tmp_path, SETS_DEFAULTS)
+    if runs == 2:  # as two `migrate up`, each with its connection
+        with database.connect() as conn:
+            migrations.Runner(conn, migrations.discover(folder)).apply(target=1)
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        runner.apply()
+        assert [row.state for row in runner.status()] == ["applied"] * 3
+        others = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchone()
+        assert others == (0,)
+    assert database.query("SELECT a FROM public.n") == [("a\\b",)]
+    assert database.query(
+        "SELECT relnamespace::regnamespace::text, relname FROM pg_class "
+        "WHERE relname IN ('t', 'u') ORDER BY relname"
+    ) == [("app", "t"), ("app", "u")]

@@ -147,7 +147,7 @@ def run(
         if pending:
             session.notice_query_text_readers()
         try:
-            for migration in pending:
+            for number, migration in enumerate(pending, 1):
                 if on_start:
                     on_start(migration)
                 result = applier.apply_with_retries(migration, policy, on_retry)
@@ -155,8 +155,11 @@ def run(
                 results.append(result)
                 if on_applied:
                     on_applied(result)
+                if migration.alters_session_defaults and number < len(pending):
+                    lock.renew(session)
         finally:
             session.query_text_read = False
+            lock.restore(session)
         return results
 
 
@@ -165,10 +168,14 @@ class Applier:
 
     def __init__(self, session: Session, recorded: integrity.Recorded):
         self.session = session
-        self.conn = session.conn
         # The history's rows as the runner wrote them: a file may not change them
         # (TRUNCATE, DELETE, UPDATE, a table in their place).
         self.recorded = recorded
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The session's connection (a new one after lock.renew)."""
+        return self.session.conn
 
     def apply_with_retries(
         self, migration: Migration, policy: RetryPolicy, on_retry: Callable[[Retry], None] | None

@@ -86,6 +86,48 @@ def held(session: Session, timeout: float) -> Iterator[None]:
         holder.close()  # ends its session, and the lock with it
 
 
+_MARK = "SELECT pg_catalog.pg_advisory_lock_shared(%s)"
+_UNMARK = "SELECT pg_catalog.pg_advisory_unlock_shared(%s)"
+
+
+def renew(session: Session) -> None:
+    """A new work session in place of `session`'s, as psql starts one for each file: a
+    file changed a database's or a role's settings (ALTER DATABASE/ROLE ... SET), which
+    a session takes only as it begins (RESET ALL brings back what it began with), and
+    the files after it must start as they would in any later run. Under the lock (the
+    caller holds it): the work mark moves to the new session. The connection the runner
+    was given stays open, for its owner to close; `restore` goes back to it."""
+    try:
+        new = psycopg.connect(conninfo_in_use(session.conn), autocommit=True)
+    except psycopg.OperationalError as error:
+        raise OperationalError(
+            "cannot open a new session for the files after one that changed a database's "
+            f"or a role's settings (which only new sessions take): {first_line(error)}; "
+            "what was applied is recorded; run again"
+        ) from None
+    new.prepare_threshold = None
+    new.execute(_MARK, [WORK_KEY])
+    old = session.conn
+    if session.given is None:
+        session.given = old
+        with contextlib.suppress(psycopg.OperationalError):
+            old.execute(_UNMARK, [WORK_KEY])
+    else:
+        old.close()  # the runner's own, from an earlier renewal
+    session.conn = new
+
+
+def restore(session: Session) -> None:
+    """Back to the connection the runner was given, after `renew`, with the work mark."""
+    given = session.given
+    if given is None:
+        return
+    session.conn.close()
+    session.given, session.conn = None, given
+    with contextlib.suppress(psycopg.OperationalError):
+        given.execute(_MARK, [WORK_KEY])
+
+
 def _try_lock(holder: psycopg.Connection[Any], key: int) -> bool:
     try:
         row = holder.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", [key]).fetchone()

@@ -163,6 +163,9 @@ class Session:
         # (current_query()): files are sent a statement a query, as psql sends them, not
         # in batches, so that what it reads is what it reads under psql.
         self.query_text_read = False
+        # The connection the runner was given, while it works on one of its own (a file
+        # changed settings only a new session takes: lock.renew); None otherwise.
+        self.given: psycopg.Connection[Any] | None = None
         # The runner resets the session after each file, prepared statements
         # included (DEALLOCATE ALL), so psycopg must not keep any of its own.
         conn.prepare_threshold = None
