@@ -243,3 +243,47 @@ def test_what_a_files_commit_runs_sees_the_session_the_file_left(
     runner_apply(database, tmp_path / "migrations", path.read_bytes())
     assert dump(database) == dump(spare)
     assert database.history() == [1]
+
+
+# Statements before a SET TRANSACTION: PostgreSQL refuses it after one that took a
+# snapshot ("must be called before any query"), not after one that takes none.
+BEFORE_SET_TRANSACTION = [
+    "SHOW search_path",
+    "LOCK TABLE there IN EXCLUSIVE MODE",
+    "LISTEN c",
+    "UNLISTEN *",
+    "NOTIFY c",
+    "SET CONSTRAINTS ALL DEFERRED",
+    "SET lock_timeout = '5s'",
+    "SELECT 1",
+    "VALUES (1)",
+    "SAVEPOINT s",
+    "SAVEPOINT s; RELEASE s",
+    "SAVEPOINT s; ROLLBACK TO s",
+    "CREATE TABLE early (a int)",
+    "DO $$BEGIN END$$",
+]
+
+
+@pytest.mark.parametrize("first", BEFORE_SET_TRANSACTION)
+def test_a_set_transaction_after_a_leading_statement_applies_where_psql_applies_it(
+    first: str, database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """psql as the oracle: applied to the same dump, or refused by both."""
+    for db in (database, spare):
+        db.execute("CREATE TABLE there (a int)")
+    path = tmp_path / "psql.sql"
+    path.write_text(
+        f"{first};\nSHOW search_path;\nSET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n"
+        "CREATE TABLE made AS SELECT current_setting('transaction_isolation') AS level;\n"
+    )
+    refused = psql_refuses(spare, path)
+    if refused:
+        said = refused.split("ERROR:  ")[1].strip()  # "must be called before any query", ...
+        with pytest.raises(MigrationFailed, match=said):
+            runner_apply(database, tmp_path / "migrations", path.read_bytes())
+        assert database.history() == []
+        return
+    runner_apply(database, tmp_path / "migrations", path.read_bytes())
+    assert dump(database) == dump(spare)
+    assert database.query("SELECT level FROM made") == [("serializable",)]

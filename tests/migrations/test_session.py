@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -525,7 +526,7 @@ def test_which_functions_read_the_query_text(
         database.execute(function)
     with database.connect() as conn:
         session = Session(conn)
-        session.notice_query_text_readers()
+        session.notice()
         assert session.query_text_read is reads
 
 
@@ -565,3 +566,40 @@ def test_files_after_one_that_changes_the_databases_settings_start_as_psql_start
         "SELECT relnamespace::regnamespace::text, relname FROM pg_class "
         "WHERE relname IN ('t', 'u') ORDER BY relname"
     ) == [("app", "t"), ("app", "u")]
+
+
+def test_under_a_repeatable_read_default_the_snapshot_is_the_files_first_querys(
+    database: Database, tmp_path: Path
+) -> None:
+    """A database whose transactions are repeatable read by default: psql's snapshot is
+    taken by the file's first query, after its LOCK waited for a writer to commit, so it
+    reads what that writer wrote; the runner's own first query goes after the LOCK too
+    (before, it took the snapshot itself, and the file read the value before the write)."""
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'").format(
+            sql.Identifier(database.settings.database)
+        )
+    )
+    database.execute("CREATE TABLE acct (v int); INSERT INTO acct VALUES (1)")
+    database.execute("CREATE TABLE log (v int)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_read.sql": "LOCK TABLE acct IN EXCLUSIVE MODE;\nINSERT INTO log SELECT v FROM acct;\n"
+        },
+    )
+    runs: list[Run] = []
+    with database.connect() as writer:
+        writer.execute("BEGIN")
+        writer.execute("UPDATE acct SET v = 2")
+        runner = threading.Thread(target=lambda: runs.append(migrate(database, folder)))
+        runner.start()
+        database.wait_for(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE '%LOCK TABLE acct%'",
+            "the file waits for the writer's lock",
+        )
+        writer.execute("COMMIT")
+        runner.join(60)
+    assert [run.code for run in runs] == [0]
+    assert database.query("SELECT v FROM log") == [(2,)]

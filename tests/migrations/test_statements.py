@@ -336,7 +336,9 @@ def test_the_marker_line_may_end_in_spaces_or_crlf(tmp_path: Path, data: bytes) 
         (
             b"SET standard_conforming_strings = off;\nSELECT 'a\\'';\nSELECT 1;\n",
             [
-                migrations.Batch(0, 38, 1, True, changes_lexing=True, standard_strings_after=False),
+                migrations.Batch(
+                    0, 38, 1, True, changes_lexing=True, standard_strings_after=False, quiet_end=38
+                ),
                 migrations.Batch(39, 62, 2, standard_strings=False),
             ],
         ),
@@ -526,27 +528,40 @@ def test_planning_a_large_file_holds_no_copy_of_it() -> None:
     assert peak < len(data) // 2, f"{peak / MEBIBYTE:.1f} MiB to plan {len(data) / MEBIBYTE:.1f}"
 
 
-def _settings_end_by_scanning(data: bytes, steps: tuple[migrations.Step, ...]) -> int | None:
-    """The specification of Batch.settings_end: the file's statements one at a time, as
-    planned, up to the first that is not SET or RESET (or a COPY)."""
-    from cicd_db.migrations.statements import SESSION_SETTINGS, one_by_one, sets_the_transaction
+def _quiet_lead_by_scanning(
+    data: bytes, steps: tuple[migrations.Step, ...]
+) -> tuple[int | None, bool]:
+    """The specification of Batch.quiet_end and sets_transaction: the file's statements
+    one at a time, as planned, up to the first that takes a snapshot (or a COPY)."""
+    from cicd_db.migrations.statements import (
+        SESSION_SETTINGS,
+        TAKE_NO_SNAPSHOT,
+        one_by_one,
+        sets_the_transaction,
+    )
     from cicd_db.sqltext import Scanner
 
-    end = None
+    end, sets = None, False
     for step in steps:
         if not isinstance(step, migrations.Batch):
-            return end
+            return end, sets
         for one in one_by_one(data, step):
             assert isinstance(one, migrations.Batch)
             scanner = Scanner(
                 data[: one.end], standard_strings=one.standard_strings, start=one.start
             )
             piece = next(iter(scanner))
-            if getattr(piece, "keyword", None) not in SESSION_SETTINGS:
-                return end
-            if sets_the_transaction(data, piece, one.standard_strings):  # type: ignore[arg-type]
-                end = piece.end
-    return end
+            keyword = getattr(piece, "keyword", None)
+            if keyword not in TAKE_NO_SNAPSHOT:
+                return end, sets
+            end = piece.end
+            if keyword in SESSION_SETTINGS and sets_the_transaction(
+                data,
+                piece,  # type: ignore[arg-type]
+                one.standard_strings,
+            ):
+                sets = True
+    return end, sets
 
 
 _LEADING_PIECES = [
@@ -572,6 +587,11 @@ _LEADING_PIECES = [
     "COPY t FROM STDIN;\n1\n\\.",
     "\\restrict abc",
     "DO $$BEGIN SET TRANSACTION READ ONLY; END$$;",
+    "SHOW search_path;",
+    "LOCK TABLE t IN EXCLUSIVE MODE;",
+    "LISTEN c;",
+    "NOTIFY c;",
+    "SAVEPOINT s;",
     "",
 ]
 
@@ -585,10 +605,11 @@ _LEADING_PIECES = [
 def test_the_leading_transaction_settings_are_found_as_a_scan_finds_them(
     pieces: list[str], separator: str, batch_bytes: int
 ) -> None:
-    """Where a file's leading SET TRANSACTION statements end is found while planning, not
-    by scanning the file again for each run: the same offset as that scan, for any mix of
-    settings (their names quoted or not), comments, COPY data, psql lines and statements
-    that change how strings read, in one batch or spread over several."""
+    """Where a file's leading statements that take no snapshot end, and whether one is a
+    SET TRANSACTION, is found while planning, not by scanning the file again for each
+    run: the same as that scan, for any mix of settings (their names quoted or not),
+    SHOW, LOCK, LISTEN, comments, COPY data, psql lines and statements that change how
+    strings read, in one batch or spread over several."""
     data = (separator.join(pieces) + "\n").encode()
     try:
         with patch.object(statements, "BATCH_BYTES", batch_bytes):
@@ -598,13 +619,11 @@ def test_the_leading_transaction_settings_are_found_as_a_scan_finds_them(
     first = steps[0] if steps else None
     if not isinstance(first, migrations.Batch):
         assert all(
-            not isinstance(step, migrations.Batch) or step.settings_end is None for step in steps
+            not isinstance(step, migrations.Batch) or step.quiet_end is None for step in steps
         )
         return
-    assert first.settings_end == _settings_end_by_scanning(data, steps)
-    assert all(
-        step.settings_end is None for step in steps[1:] if isinstance(step, migrations.Batch)
-    )
+    assert (first.quiet_end, first.sets_transaction) == _quiet_lead_by_scanning(data, steps)
+    assert all(step.quiet_end is None for step in steps[1:] if isinstance(step, migrations.Batch))
 
 
 @settings(

@@ -43,7 +43,7 @@ from cicd_db.migrations.session import (
     RESET_SESSION,
     Session,
 )
-from cicd_db.migrations.statements import split_at, transaction_settings_end
+from cicd_db.migrations.statements import lead_end, split_at
 
 FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
 MAX_RETRY_DELAY = 10.0
@@ -145,7 +145,7 @@ def run(
         results = []
         pending = reconcile.pending(files, applied, target)
         if pending:
-            session.notice_query_text_readers()
+            session.notice()
         try:
             for number, migration in enumerate(pending, 1):
                 if on_start:
@@ -157,8 +157,9 @@ def run(
                     on_applied(result)
                 if migration.alters_session_defaults and number < len(pending):
                     lock.renew(session)
+                    session.notice()
         finally:
-            session.query_text_read = False
+            session.query_text_read = session.isolated = False
             lock.restore(session)
         return results
 
@@ -288,15 +289,17 @@ class Applier:
     def _begin(self, migration: Migration) -> PGresult:
         """BEGIN, the file's statements, and the transaction's id read among them.
 
-        The id is read with the file's first statements, or after its leading
-        `SET TRANSACTION ...` statements, which must come before any query (as psql
-        runs them: BEGIN, then the file). Returns the id's result.
+        The id is read with the file's first statements, or after its leading statements
+        that take no snapshot when one of them is a `SET TRANSACTION ...`, which must come
+        before any query, or when the transaction is repeatable read or serializable by
+        default, whose snapshot psql takes at the file's first query (after a LOCK's
+        wait): as psql runs them, BEGIN, then the file. Returns the id's result.
         """
         session = self.session
         # As the server reads strings: on a server with standard_conforming_strings off,
         # planned again, where the leading SET TRANSACTION statements are found too.
         steps = session.steps_for(migration)
-        lead = transaction_settings_end(steps, session.standard_strings())
+        lead = lead_end(steps, session.standard_strings(), isolated=session.isolated)
         if lead is None:
             return session.run_steps(migration, prefix=BEGIN_MARKED)[1]
         # The leading settings (in one batch or several) first, then the id with the rest.

@@ -26,7 +26,13 @@ from cicd_db.migrations import history
 from cicd_db.migrations.failures import Transient, first_line
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.session import CHECK_LOCK, RESET_SESSION, Session
-from cicd_db.migrations.statements import Batch, Copy, one_by_one, transaction_settings_end
+from cicd_db.migrations.statements import (
+    Batch,
+    Copy,
+    lead_end,
+    one_by_one,
+    sets_the_transaction,
+)
 from cicd_db.sqltext import without_comments
 
 # rollback cannot undo: (what the rehearsal says, how the file calls it). Read in
@@ -160,7 +166,8 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     # The rehearsal's transaction began before the file: SET TRANSACTION cannot run.
     # As the server reads strings (planned again where standard_conforming_strings is off).
     steps = session.steps_for(migration)
-    lead = transaction_settings_end(steps, session.standard_strings())
+    standard = session.standard_strings()
+    lead = lead_end(steps, standard)
     unrehearsed: tuple[str, ...] = ()
     if lead:
         line = steps[0].line if isinstance(steps[0], Batch) else 1
@@ -175,7 +182,11 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
         while left:
             step = left.pop(0)
             for one in one_by_one(migration.data, step, after):
-                if isinstance(one, Batch) and one.end <= lead:
+                if (
+                    isinstance(one, Batch)
+                    and one.end <= lead
+                    and sets_the_transaction(migration.data, one, one.standard_strings)
+                ):
                     continue
                 at = time.perf_counter()
                 if isinstance(one, Copy):

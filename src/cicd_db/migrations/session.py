@@ -163,6 +163,9 @@ class Session:
         # (current_query()): files are sent a statement a query, as psql sends them, not
         # in batches, so that what it reads is what it reads under psql.
         self.query_text_read = False
+        # A transaction is repeatable read or serializable by default: its snapshot is
+        # taken by its first query, which must then be the file's, after a leading LOCK.
+        self.isolated = False
         # The connection the runner was given, while it works on one of its own (a file
         # changed settings only a new session takes: lock.renew); None otherwise.
         self.given: psycopg.Connection[Any] | None = None
@@ -262,14 +265,18 @@ class Session:
                 steps = rest
         return own
 
-    def notice_query_text_readers(self) -> None:
-        """Look once whether a function the database holds reads current_query() (a
-        trigger or event trigger that checks or logs the statement that fired it), and
-        send every file a statement a query if so (`sends_alone`). One look a run: a
-        file that makes such a function names current_query itself, and from there on
-        `ran` keeps it so."""
-        row = self.conn.execute(READS_QUERY_TEXT).fetchone()
-        self.query_text_read = bool(row and row[0])
+    def notice(self) -> None:
+        """Look, once a run (and in each new session), at what decides how files are sent:
+        whether a function the database holds reads current_query() (a trigger or event
+        trigger that checks or logs the statement that fired it: then every file goes a
+        statement a query, `sends_alone`; a file that makes such a function names
+        current_query itself, and from there on `ran` keeps it so), and whether a
+        transaction is repeatable read or serializable by default (`isolated`)."""
+        row = self.conn.execute(
+            READS_QUERY_TEXT + ", pg_catalog.current_setting('default_transaction_isolation')"
+        ).fetchone()
+        self.query_text_read = self.query_text_read or bool(row and row[0])
+        self.isolated = bool(row and row[1] in ("repeatable read", "serializable"))
 
     def ran(self, migration: Migration) -> None:
         """`migration` was applied: a function it made may read current_query()."""

@@ -35,6 +35,14 @@ BATCH_BYTES = 1 << 20
 # Statements that end or start a transaction: not allowed in a transactional file.
 TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ABORT", "ROLLBACK", "START", "PREPARE"})
 SESSION_SETTINGS = frozenset({"SET", "RESET"})
+# Statements that take no snapshot (PostgreSQL's PlannedStmtRequiresSnapshot): run first
+# in a transaction, they leave its isolation level to be set, and its snapshot (repeatable
+# read, serializable) to be taken by the first statement after them, a LOCK's wait done.
+# (SAVEPOINT, RELEASE and ROLLBACK TO are the transaction control a file may hold.)
+TAKE_NO_SNAPSHOT = frozenset(
+    {"SET", "RESET", "SHOW", "LOCK", "LISTEN", "UNLISTEN", "NOTIFY", "CHECKPOINT"}
+    | {"SAVEPOINT", "RELEASE", "ROLLBACK"}
+)
 # pg_dump (17.6, 18 and later) brackets its output with these psql commands; they
 # only switch psql's own meta-commands off and on, so the runner, which runs
 # none, may skip them.
@@ -72,9 +80,10 @@ class Batch:
     changes_lexing: bool = False
     standard_strings_after: bool | None = None
     # A file's first batch, planned from the file's start, only: where the file's leading
-    # SET/RESET statements end (in this batch or a later one), when one of them sets the
-    # transaction's own characteristics (transaction_settings_end); None on every other.
-    settings_end: int | None = None
+    # statements that take no snapshot end (in this batch or a later one), and whether one
+    # of them sets the transaction's own characteristics (lead_end); None on every other.
+    quiet_end: int | None = None
+    sets_transaction: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,11 +229,12 @@ def _plan_pass(
     scanner = Scanner(data, standard_strings=standard_strings, start=start, line=line)
     default = standard_strings if start == 0 else True  # what RESET brings back
 
-    # While the file holds only SET/RESET statements so far: where the last one that sets
-    # the transaction's characteristics ends, in whichever batch (Batch.settings_end, put
-    # on the first batch once the pass is done).
+    # While the file holds only statements that take no snapshot so far: where the last
+    # ends, in whichever batch, and whether one sets the transaction's characteristics
+    # (Batch.quiet_end, put on the first batch once the pass is done).
     leading = steps is not None and start == 0
-    settings_end: int | None = None
+    quiet_end: int | None = None
+    sets_transaction = False
 
     def flush(**lexing: Any) -> None:
         if batch and steps is not None:
@@ -315,10 +325,14 @@ def _plan_pass(
             copy = piece
             continue
         if leading:
-            if piece.keyword not in SESSION_SETTINGS:
+            if piece.keyword not in TAKE_NO_SNAPSHOT:
                 leading = False
-            elif sets_the_transaction(data, piece, scanner.standard_strings):
-                settings_end = piece.end
+            else:
+                quiet_end = piece.end
+                sets_transaction = sets_transaction or (
+                    piece.keyword in SESSION_SETTINGS
+                    and sets_the_transaction(data, piece, scanner.standard_strings)
+                )
         batch.append(piece)
         if may_change_lexing(data, piece, scanner.standard_strings, named=named):
             current = scanner.standard_strings
@@ -354,8 +368,8 @@ def _plan_pass(
         ):
             flush()
     flush()
-    if settings_end is not None and steps and isinstance(steps[0], Batch):
-        steps[0] = replace(steps[0], settings_end=settings_end)
+    if quiet_end is not None and steps and isinstance(steps[0], Batch):
+        steps[0] = replace(steps[0], quiet_end=quiet_end, sets_transaction=sets_transaction)
     if not transactional and count and changes != 1:
         raise ConfigError(
             f"migration file {filename}{note} is marked no-transaction but holds {changes} "
@@ -374,7 +388,7 @@ _TRANSACTION_SETTING = re.compile(
 )
 
 
-def sets_the_transaction(data: bytes, statement: Statement, standard_strings: bool) -> bool:
+def sets_the_transaction(data: bytes, statement: Statement | Batch, standard_strings: bool) -> bool:
     """`statement` (a SET or RESET) sets one of the transaction's own characteristics."""
     text = without_comments(
         data[statement.start : statement.end], standard_strings=standard_strings
@@ -452,32 +466,39 @@ def nth_statement(data: bytes, batch: Batch, index: int) -> Statement | None:
 
 def split_at(data: bytes, steps: tuple[Step, ...], offset: int) -> tuple[tuple[Step, ...], ...]:
     """The steps before `offset` and those from it; a batch that spans it is cut in two.
-    `offset` is a statement's end (transaction_settings_end)."""
+    `offset` is a statement's end (lead_end)."""
     head: list[Step] = []
     tail: list[Step] = []
     for step in steps:
         if isinstance(step, Batch) and step.end <= offset:
-            head.append(replace(step, settings_end=None))
+            head.append(replace(step, quiet_end=None, sets_transaction=False))
         elif isinstance(step, Batch) and step.start < offset:
             head.append(
                 replace(
                     step, end=offset, changes_lexing=False, standard_strings_after=None,
-                    settings_end=None,
+                    quiet_end=None, sets_transaction=False,
                 )
             )  # fmt: skip
             line = step.line + data.count(b"\n", step.start, offset)
-            tail.append(replace(step, start=offset, line=line, settings_end=None))
+            tail.append(
+                replace(step, start=offset, line=line, quiet_end=None, sets_transaction=False)
+            )
         else:
             tail.append(step)
     return tuple(head), tuple(tail)
 
 
-def transaction_settings_end(steps: tuple[Step, ...], standard_strings: bool) -> int | None:
-    """Where the file's leading SET/RESET statements end, when one of them sets the
-    transaction's own characteristics (isolation, read only, deferrable, snapshot);
-    else None. Only for a first batch planned as the server reads strings
+def lead_end(
+    steps: tuple[Step, ...], standard_strings: bool, *, isolated: bool = False
+) -> int | None:
+    """Where the runner's first query of its own goes in a file's transaction (which takes
+    a snapshot): after the file's leading statements that take none, when one of them
+    sets the transaction's characteristics (which must come before any query), or when
+    the transaction is `isolated` (repeatable read or serializable by default: its
+    snapshot must be taken where psql's is, after a leading LOCK's wait); else None,
+    before the file. Only for a first batch planned as the server reads strings
     (`standard_strings`, the server's setting). Found by plan(): a lookup."""
     first = steps[0] if steps else None
     if not isinstance(first, Batch) or first.standard_strings != standard_strings:
         return None
-    return first.settings_end
+    return first.quiet_end if first.sets_transaction or isolated else None

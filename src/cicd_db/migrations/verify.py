@@ -90,7 +90,7 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
     with conn.transaction(force_rollback=True):
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
         session.savepoint = b"cicd_db_compare"
-        session.notice_query_text_readers()
+        session.notice()
         try:
             for migration in chosen:
                 # Each file as a run applies it: the session as the first file found it.
@@ -107,7 +107,7 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
         finally:
             session.savepoint = None
             session.uncommitted_before = None
-            session.query_text_read = False
+            session.query_text_read = session.isolated = False
         expected = schema.signature(conn, scratch)
         actual = schema.signature(conn, live)
     return schema.compare(expected, actual)
