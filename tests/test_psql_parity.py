@@ -287,3 +287,53 @@ def test_a_set_transaction_after_a_leading_statement_applies_where_psql_applies_
     runner_apply(database, tmp_path / "migrations", path.read_bytes())
     assert dump(database) == dump(spare)
     assert database.query("SELECT level FROM made") == [("serializable",)]
+
+
+# A function that changes how strings read without the file naming the setting where
+# it runs: psql reads what follows the new way. The runner sees the change only after
+# its query; alone in it, it reads the rest as psql does; among others, it refuses.
+FLIPS = (
+    "CREATE TABLE n (a text);\n"
+    "CREATE FUNCTION flip() RETURNS void LANGUAGE sql AS "
+    "$$SELECT set_config('standard_conforming' || '_strings', 'off', false)$$;\n"
+)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        "INSERT INTO n VALUES ('a\\\\b');\n",
+        # Read the standard way, the string ends at its backslash, and the statement at the
+        # `;`: two statements, the second never closed; the old way, one.
+        "INSERT INTO n SELECT 'a\\'; SELECT ''';\n",
+    ],
+    ids=["same-statements", "other-statements"],
+)
+@pytest.mark.parametrize("sent", ["batched", "one-by-one", "alone"])
+def test_a_change_of_how_strings_read_no_statement_names_is_followed_or_refused(
+    after: str,
+    sent: str,
+    database: Database,
+    spare: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One query a statement (planned so, or sent so where current_query() is named): the
+    runner reads the rest as psql does; in a batch, it refuses, naming the lines."""
+    if sent == "one-by-one":
+        monkeypatch.setattr(statements, "BATCH_BYTES", 1)
+    path = tmp_path / "psql.sql"
+    head = "-- current_query() is named: a statement a query\n" if sent == "alone" else ""
+    path.write_text(head + FLIPS + "SELECT flip();\n" + after)
+    assert psql_refuses(spare, path) is None
+    if sent != "batched":  # each statement alone: the rest is read as the server now reads it
+        runner_apply(database, tmp_path / "migrations", path.read_bytes())
+        assert dump(database) == dump(spare)
+        return
+    with pytest.raises(MigrationFailed) as refused:
+        runner_apply(database, tmp_path / "migrations", path.read_bytes())
+    if "SELECT ''';" not in after:  # (else the server cannot parse it: refused as such)
+        assert "changed standard_conforming_strings to off in lines 1-4 without naming it" in (
+            str(refused.value)
+        )
+    assert (database.history(), database.tables()) == ([], set())

@@ -253,17 +253,27 @@ class Session:
                 self.copy(migration, step)
                 after = step.data.end
                 continue
+            rest: list[Step] | None = None
             for one in each_statement(migration.data, step, after) if alone else (step,):
                 results = self.simple(prefix + migration.data[one.start : one.end])
                 if prefix:
                     own = results[: prefix.count(b";")]
                 self.raise_on_error(migration, one, results, prefix=prefix)
-                prefix = b""
-            after = step.end
-            rest = self.rest_after(migration, step)
+                prefix, after = b"", one.end
+                if one.end < step.end and self.standard_strings() != step.standard_strings:
+                    # Sent alone, a statement that changed how strings read without naming
+                    # it is known: the rest is read as the server now reads it, as psql would.
+                    rest = self._replan_after(migration, one)
+                    break
+            else:
+                rest = self.rest_after(migration, step)
             if rest is not None:  # an empty rest replaces the old plan's too
                 steps = rest
         return own
+
+    def _replan_after(self, migration: Migration, step: Batch) -> list[Step]:
+        line = step.line + migration.data.count(b"\n", step.start, step.end)
+        return list(_replan(migration, step.end, line, self.standard_strings()))
 
     def notice(self) -> None:
         """Look, once a run (and in each new session), at what decides how files are sent:
@@ -293,13 +303,34 @@ class Session:
         """The file's steps after `step`, planned again, when `step` left the server
         reading strings otherwise than the plan expected (a DO block that set
         standard_conforming_strings, say); None when the plan stands."""
-        if not step.changes_lexing:
-            return None
         actual = self.standard_strings()
-        if actual == step.standard_strings_after:
+        if not step.changes_lexing:
+            if actual == step.standard_strings:
+                return None
+            self._changed_unseen(migration, step)
+        elif actual == step.standard_strings_after:
             return None
-        line = step.line + migration.data.count(b"\n", step.start, step.end)
-        return list(_replan(migration, step.end, line, actual))
+        return self._replan_after(migration, step)
+
+    def _changed_unseen(self, migration: Migration, step: Batch) -> None:
+        """`step` changed how strings read, and no statement in it names the setting (a
+        function that sets it, a name computed): alone in its query, the rest is read as
+        the server now reads it, as psql would; among others, the ones after it were
+        read the old way already, where psql would have read them the new way, and which
+        one changed it cannot be told: refused (the caller rolls the file back)."""
+        from cicd_db.migrations.statements import nth_statement
+
+        if nth_statement(migration.data, step, 1) is None:
+            return
+        last = step.line + migration.data.count(b"\n", step.start, step.end)
+        now = "on" if self.standard_strings() else "off"
+        raise MigrationFailed(
+            f"migration {migration.filename} changed standard_conforming_strings to {now} "
+            f"in lines {step.line}-{last} without naming it (a function that sets it?), so "
+            "the runner cannot tell which statements after it psql would read the new way; "
+            "it was rolled back; name the setting where it changes (`SET "
+            f"standard_conforming_strings = {now};` right after that statement) and run again"
+        )
 
     def steps_for(self, migration: Migration) -> tuple[Step, ...]:
         """The file's steps as the server reads strings now: as planned (with
