@@ -35,7 +35,6 @@ from cicd_db.settings import options_with
 # Planning is loaded when a file is sent (files.py says why).
 if TYPE_CHECKING:
     from cicd_db.migrations.statements import Batch, Copy, Step
-    from cicd_db.sqltext import Statement
 
 # One key for "the migrations of this database"; advisory locks are per database.
 LOCK_KEY = 0x6369_6364_2D64_62  # "cicd-db" in ASCII
@@ -473,44 +472,6 @@ class Session:
                 line = data.line + int(where[1]) - 1  # the data line the server named
             raise MigrationFailed(self.failure(migration, line, error)) from None
 
-    def unparsed(self, migration: Migration, batch: Batch) -> Statement | None:
-        """The statement of `batch` the server cannot parse, when it failed as a whole
-        with no position named: sent again in ranges (halving) inside the aborted
-        transaction, where nothing runs. None when the batch holds one statement, the
-        transaction is not in error, or every statement parses (then the first one failed
-        running). A batch that began the file's transaction began none: one is begun and
-        failed on purpose, which the caller's rollback ends."""
-        from cicd_db.sqltext import Scanner, Statement
-
-        scanner = Scanner(
-            migration.data[: batch.end],
-            standard_strings=batch.standard_strings,
-            start=batch.start,
-            line=batch.line,
-        )
-        pieces = [piece for piece in scanner if isinstance(piece, Statement)]
-        if len(pieces) < 2:
-            return None
-        if self.conn.info.transaction_status == TransactionStatus.IDLE:
-            self.simple(b"BEGIN; " + _ABORT)
-        if self.conn.info.transaction_status != TransactionStatus.INERROR:
-            return None
-        data = migration.data
-
-        def parses(first: int, last: int) -> bool:
-            return _parses(self, data[pieces[first].start : pieces[last - 1].end])
-
-        if parses(0, len(pieces)):
-            return None
-        low, high = 0, len(pieces)  # the first that does not parse is in [low, high)
-        while high - low > 1:
-            middle = (low + high) // 2
-            if parses(low, middle):
-                low = middle
-            else:
-                high = middle
-        return pieces[low]
-
     def raise_on_error(
         self,
         migration: Migration,
@@ -541,7 +502,9 @@ class Session:
         if not position and index == 0:
             # Perhaps the server could not parse the batch, which it parses whole before
             # running any of it, and it named no position: find which statement.
-            statement = self.unparsed(migration, batch) or statement
+            from cicd_db.migrations.unparsed import first_unparsed
+
+            statement = first_unparsed(self, migration, batch) or statement
         line = statement.line if statement else batch.line
         if position and position.isdigit() and int(position) > len(prefix):
             # Characters, not bytes, into the batch: decode the batch to count its lines.
@@ -554,19 +517,6 @@ class Session:
                 reason += f" ({abridge(statement.text(migration.data))})"
             raise Transient(message, reason)
         raise MigrationFailed(message)
-
-
-_ABORT = b"DO $cicd_db$BEGIN RAISE 'cicd-db: only parsing from here'; END$cicd_db$"
-
-
-def _parses(session: Session, text: bytes) -> bool:
-    """In an aborted transaction: whether the server parses `text`. Nothing in it runs:
-    the server parses a query whole first, then refuses the statement put before it
-    for the aborted transaction (25P02: "it parses"), and runs nothing after an error
-    (not even a ROLLBACK in `text`, which an aborted transaction would take)."""
-    results = session.simple(b"SELECT 1; " + text)
-    failed = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
-    return failed is not None and session.error(failed).diag.sqlstate == "25P02"
 
 
 def _replan(migration: Migration, start: int, line: int, standard: bool) -> tuple[Step, ...]:
