@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,14 @@ AT_COMMIT = {
         "CREATE TEMP TABLE tc (a int REFERENCES tp DEFERRABLE INITIALLY DEFERRED);\n"
         "INSERT INTO tc VALUES (1);\nINSERT INTO tp VALUES (1);\nCREATE TABLE kept (a int);\n"
     ),
+    "cursor-over-a-temporary-table": (
+        "CREATE TEMP TABLE tt AS SELECT 1 AS a;\nCREATE TABLE keep (a int);\n"
+        "DECLARE c CURSOR FOR SELECT a FROM tt;\nFETCH 1 FROM c;\n"
+    ),
+    "hold-cursor-over-a-table-dropped-on-commit": (
+        "CREATE TEMP TABLE tt ON COMMIT DROP AS SELECT 1 AS a;\nCREATE TABLE keep (a int);\n"
+        "DECLARE c CURSOR WITH HOLD FOR SELECT a FROM tt;\n"
+    ),
     "hold-cursor-refuses": (
         "CREATE TABLE n (a int);\n"
         "DECLARE c CURSOR WITH HOLD FOR SELECT 1 / (a - 2) FROM generate_series(1, 3) AS a;\n"
@@ -337,3 +346,32 @@ def test_a_change_of_how_strings_read_no_statement_names_is_followed_or_refused(
             str(refused.value)
         )
     assert (database.history(), database.tables()) == ([], set())
+
+
+def test_a_leading_set_role_leaves_the_runners_first_query_readable(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """Transactions serializable by default: the runner's first query goes after the
+    file's leading statements, a SET ROLE among them, and reads the history's state
+    from the catalogs, which that role may read (it needed the schema's USAGE, and the
+    file was refused, as if the role lacked a grant at its second line)."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    databases = (database, spare)
+    database.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    try:
+        for db in databases:
+            db.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+            db.execute(
+                sql.SQL(
+                    "ALTER DATABASE {} SET default_transaction_isolation = 'serializable'"
+                ).format(sql.Identifier(db.settings.database))
+            )
+        path = tmp_path / "psql.sql"
+        path.write_text(f"SET ROLE {role};\nSHOW search_path;\nCREATE TABLE t (a int);\n")
+        assert psql_refuses(spare, path) is None
+        runner_apply(database, tmp_path / "migrations", path.read_bytes())
+        assert dump(database) == dump(spare)
+    finally:
+        for db in databases:
+            db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

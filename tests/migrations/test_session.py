@@ -516,8 +516,12 @@ def test_a_function_that_reads_the_query_text_gets_it_as_psql_sends_it(
          "Current_Query(); END$$", True),
         ("CREATE FUNCTION f() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT current_query(); "
          "END", True),
+        ("CREATE TABLE audit (q text DEFAULT current_query())", True),
+        ("CREATE TABLE t (a int); CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS "
+         "$$BEGIN RETURN NULL; END$$; CREATE TRIGGER g BEFORE DELETE ON t FOR EACH ROW "
+         "WHEN (current_query() LIKE '/**/%') EXECUTE FUNCTION f()", True),
     ],
-    ids=["none", "another", "plpgsql", "sql-standard-body"],
+    ids=["none", "another", "plpgsql", "sql-standard-body", "column-default", "trigger-when"],
 )  # fmt: skip
 def test_which_functions_read_the_query_text(
     database: Database, function: str, reads: bool
@@ -603,3 +607,41 @@ def test_under_a_repeatable_read_default_the_snapshot_is_the_files_first_querys(
         runner.join(60)
     assert [run.code for run in runs] == [0]
     assert database.query("SELECT v FROM log") == [(2,)]
+
+
+def test_a_role_setting_that_makes_sessions_another_role_leaves_the_runner_its_own(
+    database: Database, tmp_path: Path
+) -> None:
+    """`ALTER ROLE ... SET role`: each new session (psql's for each file, the runner's
+    after the file) runs as that role, and so do the files after it; the runner's own
+    statements on its history run as the login role, which owns them."""
+    me = database.query("SELECT current_user")[0][0]
+    other = f"other_{uuid.uuid4().hex[:8]}"
+    database.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(other)))
+    database.execute(
+        sql.SQL("GRANT CREATE ON SCHEMA public TO {}; GRANT {} TO {}").format(
+            sql.Identifier(other), sql.Identifier(other), sql.Identifier(str(me))
+        )
+    )
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_as_other.sql": "DO $$BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET "
+            f"role = {other}', current_user, current_database()); END$$;\n",
+            "0002_after.sql": "CREATE TABLE t (a int);\n",
+        },
+    )
+    try:
+        code, _, err = migrate(database, folder)
+        assert (code, err) == (0, "")
+        assert database.query("SELECT tableowner FROM pg_tables WHERE tablename = 't'") == [
+            (other,)
+        ]
+    finally:
+        database.execute(  # (this session, too, began as the other role)
+            sql.SQL("SET ROLE NONE; ALTER ROLE {} IN DATABASE {} RESET role").format(
+                sql.Identifier(str(me)), sql.Identifier(database.settings.database)
+            )
+        )
+        database.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(other)))
+        database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(other)))

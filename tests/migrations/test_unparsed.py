@@ -69,3 +69,25 @@ def test_finding_the_statement_that_does_not_parse_runs_none_of_them(
         "error: migration 0001_savepoint.sql failed at line 6",
     )
     assert database.query("SELECT is_called FROM seq") == [(False,)]
+
+
+def test_the_statement_is_found_as_strings_read_where_it_failed(
+    database: Database, tmp_path: Path
+) -> None:
+    """The failed transaction took the file's SET with it: the halves are read as the
+    failed query was, or 'a\\'b' hides the statement after it."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_old.sql": "SET standard_conforming_strings = off;\nSELECT 'a\\'b';\n"
+            "SELECT E'\\xff';\n"
+        },
+    )
+    code, _, err = migrate(database, folder)
+    # The server's warning of the \\' comes once, from the query that failed.
+    warning, error = err.splitlines()
+    assert "nonstandard use of" in warning
+    assert (code, error.split(": invalid byte")[0]) == (
+        1,
+        "error: migration 0001_old.sql failed at line 3",
+    )

@@ -37,6 +37,7 @@ from cicd_db.migrations.failures import (
 )
 from cicd_db.migrations.files import Migration, index_target
 from cicd_db.migrations.session import (
+    AFTER_COMMIT,
     CHECK_LOCK,
     CHECK_MARK,
     RESET_BEFORE_COMMIT,
@@ -276,7 +277,7 @@ class Applier:
                     tuple(begun.get_value(0, column) for column in range(1, begun.nfields)),
                 ),
                 b"COMMIT",
-                b"CLOSE ALL",
+                AFTER_COMMIT,
             ]
         )
         self._finish(

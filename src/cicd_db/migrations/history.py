@@ -44,8 +44,13 @@ QUALIFIED = sql.Identifier(SCHEMA, TABLE)
 # search_path the role, database or file set, no function or operator of another schema
 # stands in for PostgreSQL's own (a public.now() before pg_catalog); and with
 # row_security off, a row-level security policy on the history is an error, never a
-# filter that hides applied files (PostgreSQL raises it only where a policy would apply).
-PINNED = b"SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL row_security = off"
+# filter that hides applied files (PostgreSQL raises it only where a policy would apply);
+# and as the login role itself, where a role setting (ALTER ROLE ... SET role) makes
+# every session, and RESET ROLE, another.
+PINNED = (
+    b"SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL row_security = off; "
+    b"SET LOCAL ROLE NONE"
+)
 PINNED_STATEMENTS = PINNED.count(b";") + 1  # results it gives, to step over
 
 
@@ -344,16 +349,10 @@ def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied
         refused = row_security_refused(conn, error)
         if refused:
             raise ConfigError("; ".join(refused)) from None
-        user, acting = conn.info.user, _acting_role(conn)
-        role = shown(conn, acting or user)
-        switched = (
-            f" (login role {shown(conn, user)} acts as it by its `role` setting: ALTER ROLE "
-            f"{shown(conn, user)} RESET role, or IN DATABASE ... RESET role, undoes that)"
-            if acting and acting != user
-            else ""
-        )
+        # As the login role (PINNED), whatever role a `role` setting makes the session.
+        role = shown(conn, conn.info.user)
         raise OperationalError(
-            f"role {role}{switched} may not read the migration history "
+            f"role {role} may not read the migration history "
             f"{shown(conn, schema, TABLE)}: {error.diag.message_primary}; migrate as the "
             f"history's owner, or GRANT USAGE ON SCHEMA {shown(conn, SCHEMA)} and SELECT, "
             f"INSERT ON the table TO {role}"
@@ -363,15 +362,6 @@ def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied
             f"table {table.as_string(conn)} has the columns of cicd-db's migration "
             "history but not their types; rename or drop it if it is not needed"
         ) from None
-
-
-def _acting_role(conn: psycopg.Connection[Any]) -> str | None:
-    """The role the session acts as (a login role's `role` setting switches it), or None
-    when that cannot be asked (the caller's transaction failed)."""
-    if conn.info.transaction_status != TransactionStatus.IDLE:
-        return None
-    row = conn.execute("SELECT current_user").fetchone()
-    return str(row[0]) if row else None
 
 
 # Every table of the history's name, and the rows of ours, in one simple-protocol

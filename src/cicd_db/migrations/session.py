@@ -80,20 +80,23 @@ CLIENT_ENCODING = "UTF8"
 # currval, temporary tables. A run's RESET_SESSION adds the advisory locks (the file's
 # released, the runner's work mark taken again); a schema comparison, which takes no
 # lock, sends this alone.
-_RESET_ALL_BUT_CURSORS = (
+_RESET_SETTINGS = (
     b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DEALLOCATE ALL; "
-    b"UNLISTEN *; DISCARD PLANS; DISCARD SEQUENCES; DISCARD TEMP"
+    b"UNLISTEN *; DISCARD PLANS; DISCARD SEQUENCES"
 )
 _ADVISORY_LOCKS = (
     b"SELECT pg_catalog.pg_advisory_unlock_all(); "
     b"SELECT pg_catalog.pg_advisory_lock_shared(%d)" % WORK_KEY
 )
-RESET_FILE_STATE = b"CLOSE ALL; " + _RESET_ALL_BUT_CURSORS
+# Cursors, then the temporary tables an open cursor may still read.
+AFTER_COMMIT = b"CLOSE ALL; DISCARD TEMP"
+RESET_FILE_STATE = b"CLOSE ALL; " + _RESET_SETTINGS + b"; DISCARD TEMP"
 RESET_SESSION = RESET_FILE_STATE + b"; " + _ADVISORY_LOCKS
-# The reset inside a file's transaction, before its history row: its cursors stay
-# open until the commit, which runs the query of each WITH HOLD one to keep its rows
-# (and fails the file if that fails, as under psql); CLOSE ALL follows the COMMIT.
-RESET_BEFORE_COMMIT = _RESET_ALL_BUT_CURSORS + b"; " + _ADVISORY_LOCKS
+# The reset inside a file's transaction, before its history row: its cursors and
+# temporary tables stay until the commit, which runs the query of each WITH HOLD
+# cursor to keep its rows (and fails the file if that fails, as under psql), and
+# drops the tables made ON COMMIT DROP; AFTER_COMMIT follows the COMMIT.
+RESET_BEFORE_COMMIT = _RESET_SETTINGS + b"; " + _ADVISORY_LOCKS
 # The SQLSTATEs the runner's own checks raise (class CD, not PostgreSQL's).
 CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"
 
@@ -128,17 +131,30 @@ _CANNOT_CAUSE = {
 }
 
 
-# Whether a function of the database (its source, or an SQL-standard body) names
-# current_query(): the server's own in pg_catalog are not read, nor those in C (language
-# 13), whose source is a symbol's name. Operators named in pg_catalog: a search_path may
-# put others first.
-READS_QUERY_TEXT = (
-    "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace "
-    "OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace "
-    "AND p.prolang OPERATOR(pg_catalog.<>) 13::pg_catalog.oid "
-    "AND (p.prosrc OPERATOR(pg_catalog.~*) 'current_query' OR (p.prosqlbody IS NOT NULL AND "
-    "pg_catalog.pg_get_function_sqlbody(p.oid) OPERATOR(pg_catalog.~*) 'current_query')))"
+# Whether code the database holds calls current_query(): a function's source (not the
+# server's own in pg_catalog, nor one in C, language 13, whose source is a symbol's name),
+# or a parsed expression that calls it (an SQL-standard body, a column's default, a
+# trigger's WHEN), found in its node tree by the function's oid. Views and rules are not
+# read (their trees, the system's included, take tens of milliseconds to search).
+# Operators named in pg_catalog: a search_path may put others first.
+_CALLS_IT = (
+    "OPERATOR(pg_catalog.~) (':funcid ' OPERATOR(pg_catalog.||) "
+    "'pg_catalog.current_query()'::pg_catalog.regprocedure::pg_catalog.oid "
+    "OPERATOR(pg_catalog.||) ' ')"
 )
+READS_QUERY_TEXT = " ".join(
+    (
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace",
+        "OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace",
+        "AND p.prolang OPERATOR(pg_catalog.<>) 13::pg_catalog.oid",
+        "AND (p.prosrc OPERATOR(pg_catalog.~*) 'current_query'",
+        "OR p.prosqlbody::pg_catalog.text", _CALLS_IT, "))",
+        "OR EXISTS (SELECT FROM pg_catalog.pg_attrdef d WHERE d.adbin::pg_catalog.text",
+        _CALLS_IT, ")",
+        "OR EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgqual::pg_catalog.text",
+        _CALLS_IT, ")",
+    )
+)  # fmt: skip
 
 
 class Session:

@@ -148,7 +148,11 @@ NAMED: dict[str, bytes | re.Pattern[bytes]] = {
     "backslash_quote": b"backslash_quote",
     "names": b"names",
     "query": b"current_query",
-    "defaults": re.compile(rb"alter\s+(?:database|role|user)\b"),
+    # Comments may stand between the two words; a statement computed from pieces
+    # (format('ALTER %s ...', 'DATABASE')) is not seen.
+    "defaults": re.compile(
+        rb"alter(?:\s|/\*.*?\*/|--[^\n]*\n)+(?:database|role|user)\b", re.DOTALL
+    ),
 }
 
 

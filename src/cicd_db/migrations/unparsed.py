@@ -25,8 +25,8 @@ def first_unparsed(session: Session, migration: Migration, batch: Batch) -> Stat
     with no position named: sent again in ranges (halving) inside the aborted
     transaction, where nothing runs. None when the batch holds one statement, the
     transaction is not in error, or every statement parses (then the first one failed
-    running). A batch that began the file's transaction began none: one is begun and
-    failed on purpose, which the caller's rollback ends."""
+    running). The search runs in a transaction begun and failed on purpose, which the
+    caller's rollback ends."""
     scanner = Scanner(
         migration.data[: batch.end],
         standard_strings=batch.standard_strings,
@@ -36,7 +36,22 @@ def first_unparsed(session: Session, migration: Migration, batch: Batch) -> Stat
     pieces = [piece for piece in scanner if isinstance(piece, Statement)]
     if len(pieces) < 2:
         return None
-    if session.conn.info.transaction_status == TransactionStatus.IDLE:
+    # The error ended the transaction, and the settings made in it with it (a SET of the
+    # file's before the batch): strings are read again as the batch was read, by a SET
+    # that outlasts the failed transaction begun after it (the caller's reset ends it).
+    reading = b"on" if batch.standard_strings else b"off"
+    state = session.conn.info.transaction_status
+    if session.savepoint is not None and state == TransactionStatus.INERROR:
+        session.simple(
+            b"ROLLBACK TO SAVEPOINT " + session.savepoint
+            + b"; " + _READ_AS + reading
+            + b"; SAVEPOINT cicd_db_parse; " + _ABORT
+        )  # fmt: skip
+    elif session.savepoint is None and state in _ENDED:
+        # Each alone: in one query, the SET would be in the transaction BEGIN goes on with.
+        if state == TransactionStatus.INERROR:
+            session.simple(b"ROLLBACK")
+        session.simple(_READ_AS + reading)
         session.simple(b"BEGIN; " + _ABORT)
     if session.conn.info.transaction_status != TransactionStatus.INERROR:
         return None
@@ -57,6 +72,10 @@ def first_unparsed(session: Session, migration: Migration, batch: Batch) -> Stat
     return pieces[low]
 
 
+_ENDED = (TransactionStatus.IDLE, TransactionStatus.INERROR)
+# The parses say again what the failed query's said (a warning of \\' in a string, say):
+# only errors are heard.
+_READ_AS = b"SET client_min_messages = error; SET standard_conforming_strings = "
 _ABORT = b"DO $cicd_db$BEGIN RAISE 'cicd-db: only parsing from here'; END$cicd_db$"
 
 
