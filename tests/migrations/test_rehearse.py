@@ -512,3 +512,34 @@ def test_a_file_whose_state_only_a_commit_ends_stops_the_rehearsal_naming_it(
     ), err
     assert migrate(database, folder)[0] == 0
     assert database.history() == [1, 2]
+
+
+def test_what_follows_a_skipped_set_transaction_is_rehearsed_and_named_by_its_line(
+    database: Database, tmp_path: Path
+) -> None:
+    """The SET TRANSACTION is skipped (named from its own line), a LOCK beside it and
+    every statement after it in the same query are rehearsed; a statement that fails
+    after a DO block that changed how strings read is told at its line."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_lead.sql": "-- one\n-- two\n-- three\nCREATE TABLE a (x int);\n",
+            "0002_serial.sql": "-- the transaction first\n\nSET TRANSACTION ISOLATION LEVEL "
+            "SERIALIZABLE;\nLOCK TABLE a IN SHARE MODE;\nSELECT 1;\nSELECT 1/0;\n",
+            "0003_flip.sql": "-- a comment\nDO $$BEGIN PERFORM set_config("
+            "'standard_conforming_strings', 'off', false); END$$;\nSELECT 'a\\'b';\n"
+            "SELECT 1/0;\n",
+        },
+    )
+    code, out, _ = rehearse(database, folder)
+    assert code == 1
+    lines = out.splitlines()
+    serial = next(line for line in lines if line.startswith("0002_serial.sql"))
+    assert "FAILED: failed at line 6: division by zero" in serial, out
+    assert (
+        "  not rehearsed: its SET TRANSACTION statements (from line 3): the rehearsal's "
+        "transaction began before the file"
+    ) in lines
+    assert "ShareLock on a" in out or "ShareLock" in out, out
+    flip = next(line for line in lines if line.startswith("0003_flip.sql"))
+    assert "FAILED: failed at line 4: division by zero" in flip, out

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 from pathlib import Path
 from unittest.mock import patch
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cicd_db import migrations
@@ -665,3 +666,98 @@ def test_what_must_come_before_any_query_is_what_postgresql_refuses_after_one(
             refused = True
         conn.rollback()
     assert statements.sets_the_transaction(text, piece, True) is refused, text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(_LEADING_PIECES), max_size=6),
+    st.sampled_from(["\n", "\n-- a comment\n"]),
+    st.sampled_from([migrations.BATCH_BYTES, 1, 40]),
+)
+# A batch cut at the lead whose own last statement changes how strings read.
+@example(
+    pieces=[
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
+        "CREATE TABLE t (id int);",
+        "SET standard_conforming_strings = off;",
+    ],
+    separator="\n",
+    batch_bytes=migrations.BATCH_BYTES,
+)
+def test_the_split_before_the_runners_first_query_keeps_every_statement_once(
+    pieces: list[str], separator: str, batch_bytes: int
+) -> None:
+    """split_at at lead_end: the head and the tail hold the file's steps, each text once
+    and in order, each batch's line the line of its first byte, and no cut batch leads
+    the runner to plan again (only the tail's last may change how strings read)."""
+    data = (separator.join([*pieces, "CREATE TABLE a (x int);", "SELECT 1;"]) + "\n").encode()
+    try:
+        with patch.object(statements, "BATCH_BYTES", batch_bytes):
+            steps = migrations.plan("0001_x.sql", data, transactional=True)
+    except ConfigError:
+        return
+    lead = statements.lead_end(steps, True, isolated=True)
+    if lead is None:
+        return
+    head, tail = statements.split_at(data, steps, lead)
+
+    def spans(part: tuple[migrations.Step, ...]) -> list[tuple[int, int]]:
+        return [
+            (s.start, s.end) if isinstance(s, migrations.Batch) else (s.statement.start, s.data.end)
+            for s in part
+        ]
+
+    assert all(end <= lead for _, end in spans(head))
+    assert all(start >= lead for start, _ in spans(tail))
+    whole = spans(head) + spans(tail)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(whole))
+    assert (whole[0][0], whole[-1][1]) == (spans(steps)[0][0], spans(steps)[-1][1])
+    for step in (*head, *tail):
+        if isinstance(step, migrations.Batch):
+            assert step.line == 1 + data.count(b"\n", 0, step.start)
+            assert step.quiet_end is None and not step.sets_transaction
+    cut = [s for s in steps if isinstance(s, migrations.Batch) and s.start < lead < s.end]
+    if cut:  # the head's part of a batch cut in two does not end in a change of reading
+        last = head[-1]
+        assert isinstance(last, migrations.Batch) and last.end == lead
+        assert (last.changes_lexing, last.standard_strings_after) == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        # Refused only as strings read with the setting off, as the DO block may leave it.
+        (
+            "DO $$BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); END$$;\n"
+            "SELECT 'x\\'';COMMIT;--';\n",
+            "migration file 0001_x.sql, line 2 (read with standard_conforming_strings off, "
+            "as line 1 may leave it): COMMIT ends or starts a transaction",
+        ),
+        # ... and only with it on (the database's reading by default here).
+        (
+            "DO $$BEGIN PERFORM set_config('standard_conforming_strings', 'on', false); END$$;\n"
+            "SELECT 'a\\';COMMIT;--';\n",
+            "migration file 0001_x.sql, line 2: COMMIT ends or starts a transaction",
+        ),
+        # A SET LOCAL in the file's transaction holds for the rest: read with it off only.
+        ("SET LOCAL standard_conforming_strings = off;\nSELECT 'a\\';COMMIT;--';\n", None),
+    ],
+    ids=["off-after-do", "on-after-do", "set-local"],
+)
+def test_every_reading_a_statement_may_leave_is_checked_and_named(
+    text: str, refused: str | None
+) -> None:
+    if refused is None:
+        migrations.plan("0001_x.sql", text.encode(), transactional=True)
+        return
+    with pytest.raises(ConfigError) as refusal:
+        migrations.plan("0001_x.sql", text.encode(), transactional=True)
+    assert str(refusal.value).startswith(refused), str(refusal.value)
+
+
+def test_a_no_transaction_statement_that_begins_with_a_parenthesis_is_taken() -> None:
+    data = b"-- cicd-db: no-transaction\n(SELECT 1);\n"
+    steps = migrations.plan("0001_x.sql", data, transactional=False)
+    assert [data[s.start : s.end] for s in steps if isinstance(s, migrations.Batch)] == [
+        b"(SELECT 1);"
+    ]
