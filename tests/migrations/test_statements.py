@@ -538,6 +538,7 @@ def _quiet_lead_by_scanning(
         SESSION_SETTINGS,
         TAKE_NO_SNAPSHOT,
         one_by_one,
+        sets_a_role,
         sets_the_transaction,
     )
     from cicd_db.sqltext import Scanner
@@ -553,7 +554,9 @@ def _quiet_lead_by_scanning(
             )
             piece = next(iter(scanner))
             keyword = getattr(piece, "keyword", None)
-            if keyword not in TAKE_NO_SNAPSHOT:
+            if keyword not in TAKE_NO_SNAPSHOT or (
+                keyword == "SET" and sets_a_role(data, piece, one.standard_strings)  # type: ignore[arg-type]
+            ):
                 return end, sets
             end = piece.end
             if keyword in SESSION_SETTINGS and sets_the_transaction(
@@ -593,6 +596,10 @@ _LEADING_PIECES = [
     "LISTEN c;",
     "NOTIFY c;",
     "SAVEPOINT s;",
+    "SET ROLE app;",
+    "set session authorization app;",
+    'SET LOCAL "role" = app;',
+    "SET role_like_name = 1;",
     "",
 ]
 

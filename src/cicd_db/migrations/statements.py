@@ -329,7 +329,9 @@ def _plan_pass(
             copy = piece
             continue
         if leading:
-            if piece.keyword not in TAKE_NO_SNAPSHOT:
+            if piece.keyword not in TAKE_NO_SNAPSHOT or (
+                piece.keyword == "SET" and sets_a_role(data, piece, scanner.standard_strings)
+            ):
                 leading = False
             else:
                 quiet_end = piece.end
@@ -390,6 +392,22 @@ _COPY_TO_STDOUT = re.compile(rb"\bTO\s+STDOUT\b", re.IGNORECASE)
 _TRANSACTION_SETTING = re.compile(
     rb'\s*(?:SET|RESET)\s+(?:(?:LOCAL|SESSION)\s+)?(?:U&)?"?TRANSACTION', re.IGNORECASE
 )
+
+
+# `SET [LOCAL | SESSION] ROLE ...` or `SET SESSION AUTHORIZATION ...`: the runner's first
+# query, which reads the history's state, must run before it, as the login role.
+ROLE_SETTING = re.compile(
+    rb'\s*SET\s+(?:(?:LOCAL|SESSION)\s+)?(?:"?role"?(?![A-Za-z0-9_$])|SESSION\s+AUTHORIZATION\b)',
+    re.IGNORECASE,
+)
+
+
+def sets_a_role(data: bytes, statement: Statement | Batch, standard_strings: bool) -> bool:
+    """`statement` (a SET) makes the session act as another role."""
+    text = without_comments(
+        data[statement.start : statement.end], standard_strings=standard_strings
+    )
+    return ROLE_SETTING.match(text) is not None
 
 
 def sets_the_transaction(data: bytes, statement: Statement | Batch, standard_strings: bool) -> bool:
