@@ -540,7 +540,7 @@ def found_lowered(
 
 def names_a_receipt_setting(data: bytes, statement: Statement) -> bool:
     """Whether `statement` may change a setting the server applies to a whole query as it
-    receives it (RECEIPT_SETTINGS): then nothing may follow it in the same query, as
+    receives it (_RECEIPT_SETTING): then nothing may follow it in the same query, as
     psql sends the next statement in a query of its own. A statement that may run code
     and names one, anywhere in it; or a ROLLBACK TO SAVEPOINT, which may undo one."""
     if statement.words[:2] == _ROLLBACK_TO:
@@ -569,7 +569,7 @@ def may_change_lexing(
     default way. A statement that only names it in data (`INSERT ... VALUES
     ('standard_conforming_strings')`, a comment) changes nothing. A function called
     under another name that changes it cannot be seen in the text: only the server
-    tells. `named`: the whole text names the setting (`mentions`), which saves the
+    tells. `named`: the whole text names the setting (statements.names_in), which saves the
     search when false.
     """
     words = statement.words

@@ -160,7 +160,7 @@ def run(
                     lock.renew(session)
                     session.notice()
         finally:
-            session.query_text_read = session.isolated = False
+            session.run_over()
             lock.restore(session)
         return results
 

@@ -29,6 +29,9 @@ POLL_SECONDS = 0.05
 # The lock's own session sits idle while files run: a database's or role's
 # idle_session_timeout must not end it (and the lock with it).
 LOCK_SESSION_OPTIONS = "-c idle_session_timeout=0"
+# The work mark, taken and given back by a work session (WORK_KEY).
+_MARK = "SELECT pg_catalog.pg_advisory_lock_shared(%s)"
+_UNMARK = "SELECT pg_catalog.pg_advisory_unlock_shared(%s)"
 # Draws each run's own key (below): random, so no other session takes it by chance.
 RUN_KEYS = random.SystemRandom()
 
@@ -68,7 +71,7 @@ def held(session: Session, timeout: float) -> Iterator[None]:
             "SELECT pg_catalog.pg_advisory_unlock(%s), pg_catalog.pg_advisory_lock(%s)",
             [WORK_KEY, run_key],
         )
-        session.conn.execute("SELECT pg_catalog.pg_advisory_lock_shared(%s)", [WORK_KEY])
+        session.conn.execute(_MARK, [WORK_KEY])
         session.lock_key = run_key
         try:
             yield
@@ -76,18 +79,12 @@ def held(session: Session, timeout: float) -> Iterator[None]:
             session.lock_key = None
             if session.end_transaction():
                 with contextlib.suppress(psycopg.OperationalError):
-                    session.conn.execute(
-                        "SELECT pg_catalog.pg_advisory_unlock_shared(%s)", [WORK_KEY]
-                    )
+                    session.conn.execute(_UNMARK, [WORK_KEY])
             if not holder.broken:
                 with contextlib.suppress(psycopg.OperationalError):
                     holder.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [LOCK_KEY])
     finally:
         holder.close()  # ends its session, and the lock with it
-
-
-_MARK = "SELECT pg_catalog.pg_advisory_lock_shared(%s)"
-_UNMARK = "SELECT pg_catalog.pg_advisory_unlock_shared(%s)"
 
 
 def renew(session: Session) -> None:

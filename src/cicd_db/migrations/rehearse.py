@@ -150,7 +150,7 @@ def rehearse(session: Session, pending: list[Migration]) -> list[Rehearsal]:
         ) from None
     finally:
         session.savepoint = None
-        session.uncommitted_before = None
+        session.run_over()
         session.end_transaction()
     return results
 
@@ -166,8 +166,7 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     # The rehearsal's transaction began before the file: SET TRANSACTION cannot run.
     # As the server reads strings (planned again where standard_conforming_strings is off).
     steps = session.steps_for(migration)
-    standard = session.standard_strings()
-    lead = lead_end(steps, standard)
+    lead = lead_end(steps, session.standard_strings())
     unrehearsed: tuple[str, ...] = ()
     if lead:
         line = steps[0].line if isinstance(steps[0], Batch) else 1

@@ -303,6 +303,11 @@ class Session:
         self.query_text_read = self.query_text_read or bool(row and row[0])
         self.isolated = bool(row and row[1] in ("repeatable read", "serializable"))
 
+    def run_over(self) -> None:
+        """Forget what `notice`, `ran` and a rehearsal or comparison learned for one run."""
+        self.query_text_read = self.isolated = False
+        self.uncommitted_before = None
+
     def ran(self, migration: Migration) -> None:
         """`migration` was applied: a function it made may read current_query()."""
         if migration.mentions_current_query:

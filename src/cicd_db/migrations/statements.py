@@ -404,18 +404,22 @@ ROLE_SETTING = re.compile(
 
 def sets_a_role(data: bytes, statement: Statement | Batch, standard_strings: bool) -> bool:
     """`statement` (a SET) makes the session act as another role."""
-    text = without_comments(
-        data[statement.start : statement.end], standard_strings=standard_strings
-    )
-    return ROLE_SETTING.match(text) is not None
+    return _reads_as(ROLE_SETTING, data, statement, standard_strings)
 
 
 def sets_the_transaction(data: bytes, statement: Statement | Batch, standard_strings: bool) -> bool:
     """`statement` (a SET or RESET) sets one of the transaction's own characteristics."""
+    return _reads_as(_TRANSACTION_SETTING, data, statement, standard_strings)
+
+
+def _reads_as(
+    pattern: re.Pattern[bytes], data: bytes, statement: Statement | Batch, standard_strings: bool
+) -> bool:
+    """`statement` begins as `pattern` says, read without its comments."""
     text = without_comments(
         data[statement.start : statement.end], standard_strings=standard_strings
     )
-    return _TRANSACTION_SETTING.match(text) is not None
+    return pattern.match(text) is not None
 
 
 # A comment line that means the no-transaction marker but is not it, as written or

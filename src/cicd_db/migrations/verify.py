@@ -106,8 +106,7 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
                 session.ran(migration)
         finally:
             session.savepoint = None
-            session.uncommitted_before = None
-            session.query_text_read = session.isolated = False
+            session.run_over()
         expected = schema.signature(conn, scratch)
         actual = schema.signature(conn, live)
     return schema.compare(expected, actual)
