@@ -75,8 +75,11 @@ def wait_ready(temporary: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for pid_file in temporary.glob(f"{throwaway.PREFIX}*/data/{embedded.PID_FILE}"):
-            if "ready" in pid_file.read_text(errors="replace"):
-                return
+            try:  # a server that stops (initdb's, a restart) removes it between the two
+                if "ready" in pid_file.read_text(errors="replace"):
+                    return
+            except FileNotFoundError:
+                continue
         time.sleep(0.02)
     raise AssertionError("the throwaway server never became ready")
 
