@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
 
 import hypothesis
+import pytest
 
 pytest_plugins = ["tests.fix_db", "tests.fix_cli"]
 
@@ -26,3 +29,20 @@ hypothesis.settings.register_profile(
 hypothesis.settings.load_profile(
     "ci" if os.environ.get("CI", "").lower() in ("true", "1") else "default"
 )
+
+# Signals a test may change (the runner's and the throwaway server's handling of Ctrl-C,
+# SIGTERM and SIGHUP is tested in this process): one left changed would make a later
+# test in the same worker behave otherwise, depending on which tests ran before it.
+_WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_left_as_found() -> Iterator[None]:
+    """Fail a test that leaves a signal's handler changed (and put it back)."""
+    before = {signum: signal.getsignal(signum) for signum in _WATCHED_SIGNALS}
+    yield
+    after = {signum: signal.getsignal(signum) for signum in _WATCHED_SIGNALS}
+    changed = [signal.Signals(signum).name for signum in before if after[signum] != before[signum]]
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+    assert not changed, f"the test left the handlers of {', '.join(changed)} changed"

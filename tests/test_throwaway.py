@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -176,6 +177,17 @@ def test_a_killed_dump_takes_its_server_along_and_the_next_removes_what_it_left(
     assert list(temporary.iterdir()) == [] and list(location.iterdir()) == []
 
 
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in this process during the test, as in a terminal:
+    a pytest started in the background by a shell without job control (`pytest &` in a
+    script) starts with SIGINT ignored, which the server's clean-up rightly keeps so."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_an_interrupt_as_it_stops_is_delivered_after_the_clean_up(
     temporary: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,6 +208,7 @@ def test_an_interrupt_as_it_stops_is_delivered_after_the_clean_up(
     assert gone(temporary) == [] and list(temporary.iterdir()) == []
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_signal_during_the_clean_up_of_a_failed_command_leaves_its_error(
     temporary: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
