@@ -1,4 +1,5 @@
-"""A failing file told in one line: its line, what PostgreSQL said, what to do."""
+"""A failing file told in one line: its line, what PostgreSQL said, what to do (the line
+and the setting behind it are found by diagnose.py, the words are failures.py's)."""
 
 from __future__ import annotations
 

@@ -20,11 +20,13 @@ from ..fix_cli import migrate, run_cli
 from ..fix_db import Database
 from ..utils import write_migrations
 
-# Loaded on first use: applying, planning, rehearsing, baseline and drift, the schema dump
-# and diff, and the store (~5 ms, which a run of the migrations never needs).
+# Loaded on first use: applying, planning, telling a failure, rehearsing, baseline and
+# drift, the schema dump and diff, and the store (~5 ms, which a run of the migrations
+# never needs).
 ON_USE = (
     "cicd_db.migrations.apply",
     "cicd_db.migrations.statements",
+    "cicd_db.migrations.diagnose",
     "cicd_db.migrations.rehearse",
     "cicd_db.migrations.verify",
     "cicd_db.schema",

@@ -27,7 +27,7 @@ from cicd_db.errors import (
     MigrationRefused,
     interrupt_exit_code,
 )
-from cicd_db.migrations import history, integrity, lock, reconcile
+from cicd_db.migrations import diagnose, history, integrity, lock, reconcile
 from cicd_db.migrations.failures import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_BUDGET,
@@ -368,7 +368,7 @@ class Applier:
                     migration, changed, committed, f"{error.diag.message_primary} [{state}]"
                 )
             )
-        message = self.session.failure(migration, None, error)
+        message = diagnose.failure(self.session, migration, None, error)
         if state in RETRIED_SQLSTATES:
             raise Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
         raise MigrationFailed(message)

@@ -58,7 +58,7 @@ def describe_failure(
 ) -> str:
     """The one line for a file that failed, at `line` (None: at its commit). `lost`: the
     runner's connection is gone. `setting`: where the session setting that caused the
-    failure comes from, when not from the file (Session.setting_source).
+    failure comes from, when not from the file (diagnose.setting_source).
     `uncommitted_before`: files before it ran in the same transaction without committing
     (a rehearsal, a comparison), which some failures need; what to do then."""
     message = diag.message_primary or fallback.strip().splitlines()[0]

@@ -22,7 +22,7 @@ from cicd_db.errors import (
     MigrationFailed,
     interrupt_exit_code,
 )
-from cicd_db.migrations import history
+from cicd_db.migrations import diagnose, history
 from cicd_db.migrations.failures import Transient, first_line
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.session import CHECK_LOCK, RESET_SESSION, Session
@@ -192,7 +192,7 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
                     session.copy(migration, one)
                 else:
                     results = session.simple(migration.data[one.start : one.end])
-                    session.raise_on_error(migration, one, results)
+                    diagnose.raise_on_error(session, migration, one, results)
                 for lock in set(_table_locks(conn)) - held_before:
                     first_seen.setdefault(lock, at)
             after = step.end if isinstance(step, Batch) else step.data.end
@@ -274,7 +274,7 @@ def _deferred_failure(session: Session, migration: Migration) -> str | None:
     session.simple(b"ROLLBACK TO SAVEPOINT cicd_db_commit; RELEASE cicd_db_commit")
     if failed is None:
         return None
-    return session.failure(migration, None, session.error(failed)).removeprefix(
+    return diagnose.failure(session, migration, None, session.error(failed)).removeprefix(
         f"migration {migration.filename} "
     )
 

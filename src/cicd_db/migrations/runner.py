@@ -188,7 +188,9 @@ def open_runner(
         except psycopg.Error as error:
             # A role's or database's setting (left by a migration?) can cut the runner's
             # own statements too: say which, and where it is set.
-            told = Session(conn).own_failure(error)
+            from cicd_db.migrations.diagnose import own_failure  # on failure only
+
+            told = own_failure(Session(conn), error)
             if told is None:
                 raise
             raise OperationalError(told) from None

@@ -19,17 +19,8 @@ from psycopg import errors, generators
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
-from cicd_db.errors import MigrationFailed, OperationalError, setting_behind
-from cicd_db.migrations.failures import (
-    RETRIED_SQLSTATES,
-    Transient,
-    abridge,
-    describe_failure,
-    first_line,
-    setting_advice,
-)
+from cicd_db.errors import MigrationFailed, OperationalError
 from cicd_db.migrations.files import Migration
-from cicd_db.migrations.history import shown
 from cicd_db.settings import options_with
 
 # Planning is loaded when a file is sent (files.py says why).
@@ -56,7 +47,7 @@ WORK_KEY = LOCK_KEY + 1
 # What governs the file's own statements (statement_timeout, lock_timeout,
 # default_transaction_read_only, search_path, ...) is left as the role, the database
 # and the user's options set it, as psql would have it; a failure it causes is told
-# with its source (errors.setting_behind, Session.setting_source).
+# with its source (errors.setting_behind, diagnose.setting_source).
 SESSION_OPTIONS = (
     "-c idle_session_timeout=0 -c idle_in_transaction_session_timeout=0 -c exit_on_error=off"
 )
@@ -113,22 +104,6 @@ def session_options(given: str | None = None, environ: Mapping[str, str] = os.en
     """
     theirs = options_with(CHECK_INTERVAL, given, ours_win=False, environ=environ)
     return options_with(SESSION_OPTIONS, theirs, ours_win=True)
-
-
-# How a file sets each setting setting_behind names, for itself (SET, SET LOCAL, SET
-# TRANSACTION): a file that says it is told to fix itself, whatever a role or the
-# database also sets.
-_SET_BY_A_FILE = {
-    "default_transaction_read_only": (b"read only", b"read_only"),
-}
-# Values that cannot have caused the failure: then it was the file's own doing.
-_CANNOT_CAUSE = {
-    "statement_timeout": ("0",),
-    "transaction_timeout": ("0",),
-    "idle_in_transaction_session_timeout": ("0",),
-    "idle_session_timeout": ("0",),
-    "default_transaction_read_only": ("off",),
-}
 
 
 # Whether code the database holds calls current_query(): a function's source (not the
@@ -252,6 +227,7 @@ class Session:
         `prefix`, statements of the runner's own, travels with the first batch;
         their results are returned.
         """
+        from cicd_db.migrations import diagnose
         from cicd_db.migrations.statements import Batch, Copy, each_statement
 
         steps = list(self.steps_for(migration))
@@ -259,7 +235,7 @@ class Session:
         alone = self.sends_alone(migration)
         if prefix and (alone or not (steps and isinstance(steps[0], Batch))):
             own = self.simple(prefix)
-            self.raise_on_error(migration, None, own)
+            diagnose.raise_on_error(self, migration, None, own)
             prefix = b""
         after = 0  # where the step before ended
         while steps:
@@ -273,7 +249,7 @@ class Session:
                 results = self.simple(prefix + migration.data[one.start : one.end])
                 if prefix:
                     own = results[: prefix.count(b";")]
-                self.raise_on_error(migration, one, results, prefix=prefix)
+                diagnose.raise_on_error(self, migration, one, results, prefix=prefix)
                 prefix, after = b"", one.end
                 if one.end < step.end and self.standard_strings() != step.standard_strings:
                     # Sent alone, a statement that changed how strings read without naming
@@ -388,95 +364,6 @@ class Session:
     def error(self, result: PGresult) -> psycopg.Error:
         return errors.error_from_result(result, encoding=self.conn.info.encoding)
 
-    def failure(self, migration: Migration, line: int | None, error: psycopg.Error) -> str:
-        """The one line for `migration` failing at `line` (None: at its commit).
-
-        A failure a session setting caused (a timeout, a read-only default, an empty
-        search_path) names where the setting comes from, when not from the file:
-        asking ends the file's transaction, which the caller rolls back anyway.
-        """
-        name = setting_behind(error.diag.sqlstate, error.diag.message_primary or "")
-        return describe_failure(
-            migration,
-            line,
-            error.diag,
-            str(error),
-            self.conn.info.user,
-            lost=self.lost,
-            setting=self.setting_source(name, migration) if name else None,
-            uncommitted_before=self.uncommitted_before,
-        )
-
-    def own_failure(self, error: psycopg.Error) -> str | None:
-        """The one line for a statement of the runner's own (not a file's) that a session
-        setting cut (a statement_timeout a migration left on the database, say), or None
-        when no setting explains `error`."""
-        message = error.diag.message_primary or first_line(error)
-        name = setting_behind(error.diag.sqlstate, message)
-        if name is None:
-            return None
-        source = self.setting_source(name)
-        if source is None:
-            return None  # not a setting left for the session (a read replica, say)
-        return (
-            f"a statement of cicd-db's own failed: {message} [{error.diag.sqlstate}]; "
-            f"{source}, then run again"
-        )
-
-    def setting_source(self, name: str, migration: Migration | None = None) -> str | None:
-        """Where the session's setting `name` comes from, and how to undo it, when it
-        comes from a role, the database, the server or the connection's options; None
-        when it is the file's own (`migration` names it: a SET LOCAL, SET TRANSACTION READ
-        ONLY), or when what is set could not have caused the failure (no timeout, not
-        read-only), or nothing set it."""
-        if migration is not None:
-            # What the server reads of the file: a comment that names the setting sets
-            # nothing. (On use: a run with nothing pending loads no scanner.)
-            from cicd_db.sqltext import without_comments
-
-            code = without_comments(migration.data, standard_strings=self.standard_strings())
-            if any(word in code.lower() for word in _SET_BY_A_FILE.get(name, (name.encode(),))):
-                return None
-        if not self._out_of_the_failure():
-            return (
-                f"{name} ended the session: unless the file set it, a role's, the database's "
-                f"or the server's setting did (pg_settings tells which), or the connection's "
-                f"options (PGOPTIONS, the URL's options); reset that"
-            )
-        try:  # a statement_timeout of a millisecond may cut this too: then None
-            row = self.conn.execute(
-                "SELECT pg_catalog.current_setting(name), setting, source "
-                "FROM pg_catalog.pg_settings WHERE name = %s",
-                [name],
-            ).fetchone()
-        except psycopg.Error:
-            return None
-        if row is None:
-            return None
-        value, raw, source = (str(part) for part in row)
-        if raw in _CANNOT_CAUSE.get(name, ()):
-            return None
-        # The names as the client gave them, not read back through the database's
-        # encoding (a LATIN1 database would return another name for a role "rôle").
-        info = self.conn.info
-        db, role = shown(self.conn, info.dbname), shown(self.conn, info.user)
-        return setting_advice(name, value, source, database=db, role=role)
-
-    def _out_of_the_failure(self) -> bool:
-        """A session that can read again after a failure: its transaction rolled back, or,
-        inside one that must go on, rolled back to `savepoint`. False if it is gone."""
-        in_one = self.conn.info.transaction_status in (
-            TransactionStatus.INTRANS,
-            TransactionStatus.INERROR,
-        )
-        if self.savepoint is None or not in_one or self.lost:
-            return self.end_transaction()
-        try:
-            self.conn.execute(b"ROLLBACK TO SAVEPOINT " + self.savepoint)
-        except psycopg.Error:
-            return False
-        return True
-
     def copy(self, migration: Migration, step: Copy) -> None:
         """COPY ... FROM STDIN with the data lines that follow it in the file, as psql sends them."""
         statement, data = step.statement, step.data
@@ -491,53 +378,9 @@ class Session:
             where = re.search(r"\bline (\d+)", error.diag.context or "")
             if where and data.end > data.start:
                 line = data.line + int(where[1]) - 1  # the data line the server named
-            raise MigrationFailed(self.failure(migration, line, error)) from None
+            from cicd_db.migrations.diagnose import failure
 
-    def raise_on_error(
-        self,
-        migration: Migration,
-        batch: Batch | None,
-        results: list[PGresult],
-        *,
-        prefix: bytes = b"",
-    ) -> None:
-        """Raise for the first failed statement of `results`, naming its line in the file.
-
-        `prefix`: the runner's own statements sent before the batch (ASCII, one
-        result each), which the count and the error position must step over.
-        """
-        failed = next(
-            (i for i, result in enumerate(results) if result.status == ExecStatus.FATAL_ERROR),
-            None,
-        )
-        if failed is None:
-            return
-        error = self.error(results[failed])
-        if batch is None:  # the runner's own statements
-            raise error
-        index = max(failed - prefix.count(b";"), 0)
-        from cicd_db.migrations.statements import nth_statement
-
-        statement = nth_statement(migration.data, batch, index)
-        position = error.diag.statement_position
-        if not position and index == 0:
-            # Perhaps the server could not parse the batch, which it parses whole before
-            # running any of it, and it named no position: find which statement.
-            from cicd_db.migrations.unparsed import first_unparsed
-
-            statement = first_unparsed(self, migration, batch) or statement
-        line = statement.line if statement else batch.line
-        if position and position.isdigit() and int(position) > len(prefix):
-            # Characters, not bytes, into the batch: decode the batch to count its lines.
-            text = migration.data[batch.start : batch.end].decode("utf-8", "replace")
-            line = batch.line + text.count("\n", 0, int(position) - len(prefix) - 1)
-        message = self.failure(migration, line, error)
-        if error.diag.sqlstate in RETRIED_SQLSTATES:
-            reason = f"{RETRIED_SQLSTATES[error.diag.sqlstate]} at line {line}"
-            if statement:
-                reason += f" ({abridge(statement.text(migration.data))})"
-            raise Transient(message, reason)
-        raise MigrationFailed(message)
+            raise MigrationFailed(failure(self, migration, line, error)) from None
 
 
 def _replan(migration: Migration, start: int, line: int, standard: bool) -> tuple[Step, ...]:

@@ -1,0 +1,184 @@
+"""A failed statement told in one line: which line of which file, and the setting behind
+it when a role's, the database's or the connection's setting caused it.
+
+What the session sent and got back is read here; the line's wording is failures.py's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq.abc import PGresult
+
+from cicd_db.errors import MigrationFailed, setting_behind
+from cicd_db.migrations.failures import (
+    RETRIED_SQLSTATES,
+    Transient,
+    abridge,
+    describe_failure,
+    first_line,
+    setting_advice,
+)
+from cicd_db.migrations.files import Migration
+from cicd_db.migrations.history import shown
+
+if TYPE_CHECKING:
+    from cicd_db.migrations.session import Session
+    from cicd_db.migrations.statements import Batch
+
+# How a file sets each setting setting_behind names, for itself (SET, SET LOCAL, SET
+# TRANSACTION): a file that says it is told to fix itself, whatever a role or the
+# database also sets.
+_SET_BY_A_FILE = {
+    "default_transaction_read_only": (b"read only", b"read_only"),
+}
+# Values that cannot have caused the failure: then it was the file's own doing.
+_CANNOT_CAUSE = {
+    "statement_timeout": ("0",),
+    "transaction_timeout": ("0",),
+    "idle_in_transaction_session_timeout": ("0",),
+    "idle_session_timeout": ("0",),
+    "default_transaction_read_only": ("off",),
+}
+
+
+def failure(session: Session, migration: Migration, line: int | None, error: psycopg.Error) -> str:
+    """The one line for `migration` failing at `line` (None: at its commit).
+
+    A failure a session setting caused (a timeout, a read-only default, an empty
+    search_path) names where the setting comes from, when not from the file:
+    asking ends the file's transaction, which the caller rolls back anyway.
+    """
+    name = setting_behind(error.diag.sqlstate, error.diag.message_primary or "")
+    return describe_failure(
+        migration,
+        line,
+        error.diag,
+        str(error),
+        session.conn.info.user,
+        lost=session.lost,
+        setting=setting_source(session, name, migration) if name else None,
+        uncommitted_before=session.uncommitted_before,
+    )
+
+
+def own_failure(session: Session, error: psycopg.Error) -> str | None:
+    """The one line for a statement of the runner's own (not a file's) that a session
+    setting cut (a statement_timeout a migration left on the database, say), or None
+    when no setting explains `error`."""
+    message = error.diag.message_primary or first_line(error)
+    name = setting_behind(error.diag.sqlstate, message)
+    if name is None:
+        return None
+    source = setting_source(session, name)
+    if source is None:
+        return None  # not a setting left for the session (a read replica, say)
+    return (
+        f"a statement of cicd-db's own failed: {message} [{error.diag.sqlstate}]; "
+        f"{source}, then run again"
+    )
+
+
+def setting_source(session: Session, name: str, migration: Migration | None = None) -> str | None:
+    """Where the session's setting `name` comes from, and how to undo it, when it
+    comes from a role, the database, the server or the connection's options; None
+    when it is the file's own (`migration` names it: a SET LOCAL, SET TRANSACTION READ
+    ONLY), or when what is set could not have caused the failure (no timeout, not
+    read-only), or nothing set it."""
+    if migration is not None:
+        # What the server reads of the file: a comment that names the setting sets
+        # nothing. (On use: a run with nothing pending loads no scanner.)
+        from cicd_db.sqltext import without_comments
+
+        code = without_comments(migration.data, standard_strings=session.standard_strings())
+        if any(word in code.lower() for word in _SET_BY_A_FILE.get(name, (name.encode(),))):
+            return None
+    if not _out_of_the_failure(session):
+        return (
+            f"{name} ended the session: unless the file set it, a role's, the database's "
+            f"or the server's setting did (pg_settings tells which), or the connection's "
+            f"options (PGOPTIONS, the URL's options); reset that"
+        )
+    try:  # a statement_timeout of a millisecond may cut this too: then None
+        row = session.conn.execute(
+            "SELECT pg_catalog.current_setting(name), setting, source "
+            "FROM pg_catalog.pg_settings WHERE name = %s",
+            [name],
+        ).fetchone()
+    except psycopg.Error:
+        return None
+    if row is None:
+        return None
+    value, raw, source = (str(part) for part in row)
+    if raw in _CANNOT_CAUSE.get(name, ()):
+        return None
+    # The names as the client gave them, not read back through the database's
+    # encoding (a LATIN1 database would return another name for a role "rôle").
+    info = session.conn.info
+    db, role = shown(session.conn, info.dbname), shown(session.conn, info.user)
+    return setting_advice(name, value, source, database=db, role=role)
+
+
+def _out_of_the_failure(session: Session) -> bool:
+    """A session that can read again after a failure: its transaction rolled back, or,
+    inside one that must go on, rolled back to `savepoint`. False if it is gone."""
+    in_one = session.conn.info.transaction_status in (
+        TransactionStatus.INTRANS,
+        TransactionStatus.INERROR,
+    )
+    if session.savepoint is None or not in_one or session.lost:
+        return session.end_transaction()
+    try:
+        session.conn.execute(b"ROLLBACK TO SAVEPOINT " + session.savepoint)
+    except psycopg.Error:
+        return False
+    return True
+
+
+def raise_on_error(
+    session: Session,
+    migration: Migration,
+    batch: Batch | None,
+    results: list[PGresult],
+    *,
+    prefix: bytes = b"",
+) -> None:
+    """Raise for the first failed statement of `results`, naming its line in the file.
+
+    `prefix`: the runner's own statements sent before the batch (ASCII, one
+    result each), which the count and the error position must step over.
+    """
+    failed = next(
+        (i for i, result in enumerate(results) if result.status == ExecStatus.FATAL_ERROR),
+        None,
+    )
+    if failed is None:
+        return
+    error = session.error(results[failed])
+    if batch is None:  # the runner's own statements
+        raise error
+    index = max(failed - prefix.count(b";"), 0)
+    from cicd_db.migrations.statements import nth_statement
+
+    statement = nth_statement(migration.data, batch, index)
+    position = error.diag.statement_position
+    if not position and index == 0:
+        # Perhaps the server could not parse the batch, which it parses whole before
+        # running any of it, and it named no position: find which statement.
+        from cicd_db.migrations.unparsed import first_unparsed
+
+        statement = first_unparsed(session, migration, batch) or statement
+    line = statement.line if statement else batch.line
+    if position and position.isdigit() and int(position) > len(prefix):
+        # Characters, not bytes, into the batch: decode the batch to count its lines.
+        text = migration.data[batch.start : batch.end].decode("utf-8", "replace")
+        line = batch.line + text.count("\n", 0, int(position) - len(prefix) - 1)
+    message = failure(session, migration, line, error)
+    if error.diag.sqlstate in RETRIED_SQLSTATES:
+        reason = f"{RETRIED_SQLSTATES[error.diag.sqlstate]} at line {line}"
+        if statement:
+            reason += f" ({abridge(statement.text(migration.data))})"
+        raise Transient(message, reason)
+    raise MigrationFailed(message)
