@@ -18,7 +18,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from cicd_db import migrations
@@ -27,6 +30,7 @@ from cicd_db.errors import MigrationFailed
 from cicd_db.migrations import statements
 
 from .fix_db import Database
+from .utils import write_migrations
 
 FIXTURES = Path(__file__).parent / "fixtures" / "psql_parity"
 FILES = sorted(path.name for path in FIXTURES.glob("*.sql"))
@@ -375,3 +379,142 @@ def test_a_leading_set_role_leaves_the_runners_first_query_readable(
         for db in databases:
             db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+# -- whatever a file sets, the next file starts as psql starts it ------------------------
+
+# How a file may leave a setting: for its session (four ways), its transaction only, or
+# the database's, which new sessions take (so psql's next file, and the runner's).
+LEAVES = {
+    "set": "SET {name} = {value};\n",
+    "set-session": "SET SESSION {name} TO {value};\n",
+    "set-config": "SELECT pg_catalog.set_config('{name}', {value}, false);\n",
+    "execute": "DO $$BEGIN EXECUTE 'SET {name} = ' || quote_literal({value}); END$$;\n",
+    "set-local": "SET LOCAL {name} = {value};\n",
+    "database": (
+        "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET {name} = %L', "
+        "current_database(), {value}); END$$;\n"
+    ),
+}
+# Values a file might give the settings that take text, quoted.
+TEXT_VALUES = {
+    "search_path": ["'pg_catalog'", "''", "'nowhere, public'", "'pg_temp, public'"],
+    "TimeZone": ["'Asia/Kathmandu'", "'UTC'"],
+    "DateStyle": ["'SQL, DMY'", "'German'"],
+    "IntervalStyle": ["'sql_standard'"],
+    "default_tablespace": ["'pg_default'"],
+    "temp_tablespaces": ["'pg_default'"],
+    "lc_monetary": ["'C'"],
+    "lc_numeric": ["'C'"],
+    "lc_time": ["'C'"],
+    "default_text_search_config": ["'pg_catalog.simple'"],
+}
+# Set apart by design: the runner's session names these itself at connect time
+# (session.SESSION_OPTIONS, CHECK_INTERVAL, CLIENT_ENCODING, its application_name),
+# so a new session of its has other values than psql's, whatever a file does.
+OWN_OPTIONS = {
+    "idle_session_timeout",
+    "idle_in_transaction_session_timeout",
+    "exit_on_error",
+    "client_connection_check_interval",
+    "client_encoding",
+    "application_name",
+}
+UNHINDERED = "-c default_transaction_read_only=off -c statement_timeout=0 -c lock_timeout=0"
+SETTABLE = (
+    "SELECT name, vartype, min_val, max_val, enumvals FROM pg_catalog.pg_settings "
+    "WHERE context IN ('user', 'superuser') AND (vartype <> 'string' OR name = ANY(%s)) "
+    "AND name <> ALL(%s) ORDER BY name"
+)
+
+
+def values_of(row: tuple[object, ...]) -> st.SearchStrategy[str]:
+    """Values of one setting as a file writes them (a literal), from pg_settings' row."""
+    name, vartype, low, high, enumvals = row
+    if vartype == "bool":
+        return st.sampled_from(["'on'", "'off'"])
+    if vartype == "enum":
+        return st.sampled_from([f"'{value}'" for value in enumvals])  # type: ignore[union-attr]
+    if vartype == "string":
+        return st.sampled_from(TEXT_VALUES[str(name)])
+    if str(name).endswith("_timeout"):  # none short enough to cut a statement at random
+        return st.sampled_from(["'0'", "'1h'"])
+    low_value, high_value = float(str(low)), float(str(high))
+    if vartype == "integer":
+        return st.integers(int(low_value), int(high_value)).map(lambda v: f"'{v}'")
+    return st.floats(low_value, high_value, allow_nan=False).map(lambda v: f"'{v!r}'")
+
+
+def test_whatever_a_file_sets_the_next_file_starts_as_psql_starts_it(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """Any setting a file may change (hypothesis: every one pg_settings lets a session
+    set, and values of its kind), left for its session, its transaction or the database:
+    the next file reads it as psql's next file does, each in a session of its own, and
+    the two apply or fail alike. The runner keeps one session across files, so what a
+    file leaves must not reach the next unless a new session would take it too."""
+    texts = [name for name in TEXT_VALUES]
+    rows = database.query(SETTABLE, texts, sorted(OWN_OPTIONS))
+    assert len(rows) > 150, "pg_settings lists fewer settings than PostgreSQL 15 and 18 have"
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for target in (database, spare):
+        target.execute("CREATE TABLE seen (v int PRIMARY KEY, value text)")
+    version = iter(range(1, 100_000, 2))
+
+    def psql_file(path: Path) -> bool:
+        return psql_refuses(spare, path) is None
+
+    @settings(
+        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(st.data())
+    def next_file_starts_clean(data: st.DataObject) -> None:
+        row = data.draw(st.sampled_from(rows), label="setting")
+        name = str(row[0])
+        value = data.draw(values_of(row), label="value")
+        how = data.draw(st.sampled_from(sorted(LEAVES)), label="how")
+        v = next(version)
+        files = {
+            f"{v:05d}_leave.sql": LEAVES[how].format(name=name, value=value),
+            f"{v + 1:05d}_read.sql": (
+                f"INSERT INTO seen VALUES ({v}, pg_catalog.current_setting('{name}'));\n"
+            ),
+        }
+        write_migrations(folder, files)
+        try:
+            oracle = [False, False]
+            for at, file in enumerate(files):  # as a runner would: none after a failure
+                oracle[at] = psql_file(folder / file)
+                if not oracle[at]:
+                    break
+            told = ""
+            try:
+                with database.connect() as conn:
+                    migrations.Runner(conn, migrations.discover(folder)).apply()
+                applied = [True, True]
+            except MigrationFailed as failure:
+                told = str(failure)
+                applied = [f"{v:05d}_leave" not in told, False]
+            if (name, value) == ("transaction_read_only", "'on'") and how != "database":
+                # By design (docs/migrations.md): the history row goes in the file's own
+                # transaction, which the file made read-only; psql has nothing to write.
+                assert applied == [False, False] and "made its transaction read-only" in told
+                return
+            assert applied == oracle, (name, value, how, applied, oracle, told)
+            query = f"SELECT value FROM public.seen WHERE v = {v}"
+            assert database.query(query) == spare.query(query), (name, value, how)
+        finally:
+            for target in (database, spare):  # in a session no database setting stops
+                with psycopg.connect(
+                    target.settings.conninfo(), autocommit=True, options=UNHINDERED
+                ) as conn:
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} RESET ALL").format(sql.Identifier(target.name))
+                    )
+            applied_versions = set(database.history())
+            for file in files:  # what failed is not left pending for the next example
+                if int(file[:5]) not in applied_versions:
+                    (folder / file).unlink()
+
+    next_file_starts_clean()
