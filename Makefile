@@ -66,9 +66,10 @@ lint: lint-sql
 lint-sql: $(STAMP)
 	$(BIN)/cicd-db migrate check --migrations-dir $(MIGRATIONS)
 
-# Two processes share the machine's two cores, each test module in one of them
-# (docs/testing.md); PYTEST_WORKERS=0 runs the tests in this process, as plain pytest does.
-PYTEST_WORKERS ?= 2
+# Four processes share the machine's two cores, each test module in one of them: many
+# tests wait (a server, a timeout, pg_dump), and four fill those waits (docs/testing.md);
+# PYTEST_WORKERS=0 runs the tests in this process, as plain pytest does.
+PYTEST_WORKERS ?= 4
 PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint
