@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -384,7 +385,8 @@ def test_a_leading_set_role_leaves_the_runners_first_query_readable(
 # -- whatever a file sets, the next file starts as psql starts it ------------------------
 
 # How a file may leave a setting: for its session (four ways), its transaction only, or
-# the database's, which new sessions take (so psql's next file, and the runner's).
+# the database's or its role's, which new sessions take (so psql's next file, and the
+# runner's).
 LEAVES = {
     "set": "SET {name} = {value};\n",
     "set-session": "SET SESSION {name} TO {value};\n",
@@ -394,6 +396,10 @@ LEAVES = {
     "database": (
         "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET {name} = %L', "
         "current_database(), {value}); END$$;\n"
+    ),
+    "role": (
+        "DO $$BEGIN EXECUTE format('ALTER ROLE %I SET {name} = %L', "
+        "current_user, {value}); END$$;\n"
     ),
 }
 # Values a file might give the settings that take text, quoted.
@@ -449,21 +455,32 @@ def test_whatever_a_file_sets_the_next_file_starts_as_psql_starts_it(
     database: Database, spare: Database, tmp_path: Path
 ) -> None:
     """Any setting a file may change (hypothesis: every one pg_settings lets a session
-    set, and values of its kind), left for its session, its transaction or the database:
-    the next file reads it as psql's next file does, each in a session of its own, and
-    the two apply or fail alike. The runner keeps one session across files, so what a
-    file leaves must not reach the next unless a new session would take it too."""
+    set, and values of its kind), left for its session, its transaction, the database or
+    its role: the next file reads it as psql's next file does, each in a session of its
+    own, and the two apply or fail alike. The runner keeps one session across files, so
+    what a file leaves must not reach the next unless a new session would take it too.
+    Both log in as a role of the test's own, whose settings no other test sees."""
     texts = [name for name in TEXT_VALUES]
     rows = database.query(SETTABLE, texts, sorted(OWN_OPTIONS))
     assert len(rows) > 150, "pg_settings lists fewer settings than PostgreSQL 15 and 18 have"
     folder = tmp_path / "m"
     folder.mkdir()
+    role, password = f"parity_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    database.execute(
+        sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)
+        )
+    )
+    runner_db, psql_db = (
+        Database(replace(target.settings, user=role, password=password))
+        for target in (database, spare)
+    )
     for target in (database, spare):
         target.execute("CREATE TABLE seen (v int PRIMARY KEY, value text)")
     version = iter(range(1, 100_000, 2))
 
     def psql_file(path: Path) -> bool:
-        return psql_refuses(spare, path) is None
+        return psql_refuses(psql_db, path) is None
 
     @settings(
         max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -490,13 +507,16 @@ def test_whatever_a_file_sets_the_next_file_starts_as_psql_starts_it(
                     break
             told = ""
             try:
-                with database.connect() as conn:
+                with runner_db.connect() as conn:
                     migrations.Runner(conn, migrations.discover(folder)).apply()
                 applied = [True, True]
             except MigrationFailed as failure:
                 told = str(failure)
                 applied = [f"{v:05d}_leave" not in told, False]
-            if (name, value) == ("transaction_read_only", "'on'") and how != "database":
+            if (name, value) == ("transaction_read_only", "'on'") and how not in (
+                "database",
+                "role",
+            ):
                 # By design (docs/migrations.md): the history row goes in the file's own
                 # transaction, which the file made read-only; psql has nothing to write.
                 assert applied == [False, False] and "made its transaction read-only" in told
@@ -512,9 +532,19 @@ def test_whatever_a_file_sets_the_next_file_starts_as_psql_starts_it(
                     conn.execute(
                         sql.SQL("ALTER DATABASE {} RESET ALL").format(sql.Identifier(target.name))
                     )
+                    conn.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(sql.Identifier(role)))
             applied_versions = set(database.history())
             for file in files:  # what failed is not left pending for the next example
                 if int(file[:5]) not in applied_versions:
                     (folder / file).unlink()
 
-    next_file_starts_clean()
+    try:
+        next_file_starts_clean()
+    finally:
+        for target in (database, spare):
+            target.execute(
+                sql.SQL("REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}").format(
+                    role=sql.Identifier(role)
+                )
+            )
+        database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
