@@ -548,3 +548,94 @@ def test_whatever_a_file_sets_the_next_file_starts_as_psql_starts_it(
                 )
             )
         database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+# -- whatever else a file leaves in its session, the next file does not find -----------
+
+# What a file may leave in its session besides settings, each as a statement of its own
+# (`{v}` makes names the file's own).
+LEFT_IN_SESSION = {
+    "prepared statement": "PREPARE p_{v} AS SELECT 1;\n",
+    "cursor kept past the commit": "DECLARE c_{v} CURSOR WITH HOLD FOR SELECT 1;\n",
+    "temporary table": "CREATE TEMP TABLE t_{v} (a int);\n",
+    "temporary function": (
+        "CREATE FUNCTION pg_temp.f_{v}() RETURNS int LANGUAGE sql AS 'SELECT 1';\n"
+    ),
+    "listen": "LISTEN ch_{v};\n",
+    "advisory lock": "SELECT pg_advisory_lock({v});\n",
+    "sequence value": "CREATE SEQUENCE s_{v};\nSELECT nextval('s_{v}');\n",
+    "role": "SET ROLE pg_read_all_data;\n",
+    "session authorization": "SET SESSION AUTHORIZATION pg_write_all_data;\n",
+}
+# What the next file finds: one line a psql session of its own and the runner's next
+# file must both write alike. Advisory locks taken exclusively: the runner's work mark
+# is a shared lock of its own session.
+READ_SESSION = """\
+SET ROLE NONE;
+DO $$DECLARE seq text;
+BEGIN
+  BEGIN
+    PERFORM currval(c.oid) FROM pg_class c WHERE c.relkind = 'S' AND c.relname LIKE 's\\_%';
+    seq := 'none';
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN seq := 'not yet';
+  END;
+  INSERT INTO public.found SELECT {v}, concat_ws(' | ',
+    (SELECT string_agg(name, ',' ORDER BY name) FROM pg_prepared_statements),
+    (SELECT string_agg(name, ',' ORDER BY name) FROM pg_cursors),
+    (SELECT string_agg(c, ',' ORDER BY c) FROM pg_listening_channels() c),
+    (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+       AND pid = pg_backend_pid() AND mode = 'ExclusiveLock'),
+    (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()),
+    (SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema()),
+    seq, current_user, session_user);
+END$$;
+"""
+
+
+def test_whatever_a_file_leaves_in_its_session_the_next_file_does_not_find(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """Any mix of what a file may leave in its session (hypothesis: prepared statements,
+    a cursor kept past the commit, temporary tables and functions, LISTEN, advisory
+    locks, a sequence's current value, a role), sent as statements or from a DO block:
+    the next file finds what psql's next file finds, in a session of its own: nothing."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for target in (database, spare):
+        target.execute("CREATE TABLE found (v int PRIMARY KEY, what text)")
+    version = iter(range(1, 100_000, 2))
+
+    @settings(
+        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        st.lists(st.sampled_from(sorted(LEFT_IN_SESSION)), min_size=1, max_size=4, unique=True),
+        st.booleans(),
+    )
+    def next_file_finds_nothing(left: list[str], executed: bool) -> None:
+        v = next(version)
+        # Whoever the file becomes comes last: it may not make what comes before.
+        left.sort(
+            key=lambda key: (
+                ("role", "session authorization").index(key) + 1
+                if key in ("role", "session authorization")
+                else 0
+            )
+        )
+        statements = "".join(LEFT_IN_SESSION[key].format(v=v) for key in left)
+        if executed:  # the same, sent by the server from a DO block
+            quoted = statements.replace("'", "''")
+            statements = f"DO $$BEGIN EXECUTE '{quoted}'; END$$;\n"
+        files = {
+            f"{v:05d}_leave.sql": statements,
+            f"{v + 1:05d}_read.sql": READ_SESSION.format(v=v),
+        }
+        write_migrations(folder, files)
+        for file in files:
+            psql_apply(spare, folder / file)
+        with database.connect() as conn:
+            migrations.Runner(conn, migrations.discover(folder)).apply()
+        query = f"SELECT what FROM found WHERE v = {v}"
+        assert database.query(query) == spare.query(query), (left, executed)
+
+    next_file_finds_nothing()
