@@ -460,8 +460,7 @@ def test_whatever_a_file_sets_the_next_file_starts_as_psql_starts_it(
     own, and the two apply or fail alike. The runner keeps one session across files, so
     what a file leaves must not reach the next unless a new session would take it too.
     Both log in as a role of the test's own, whose settings no other test sees."""
-    texts = [name for name in TEXT_VALUES]
-    rows = database.query(SETTABLE, texts, sorted(OWN_OPTIONS))
+    rows = database.query(SETTABLE, list(TEXT_VALUES), sorted(OWN_OPTIONS))
     assert len(rows) > 150, "pg_settings lists fewer settings than PostgreSQL 15 and 18 have"
     folder = tmp_path / "m"
     folder.mkdir()
@@ -553,7 +552,8 @@ def test_whatever_a_file_sets_the_next_file_starts_as_psql_starts_it(
 # -- whatever else a file leaves in its session, the next file does not find -----------
 
 # What a file may leave in its session besides settings, each as a statement of its own
-# (`{v}` makes names the file's own).
+# (`{v}` makes names the file's own), in the order a file holds them: the role it becomes
+# last, then the session user, as neither may make what comes before.
 LEFT_IN_SESSION = {
     "prepared statement": "PREPARE p_{v} AS SELECT 1;\n",
     "cursor kept past the commit": "DECLARE c_{v} CURSOR WITH HOLD FOR SELECT 1;\n",
@@ -614,15 +614,11 @@ def test_whatever_a_file_leaves_in_its_session_the_next_file_does_not_find(
     )
     def next_file_finds_nothing(left: list[str], executed: bool) -> None:
         v = next(version)
-        # Whoever the file becomes comes last: it may not make what comes before.
-        left.sort(
-            key=lambda key: (
-                ("role", "session authorization").index(key) + 1
-                if key in ("role", "session authorization")
-                else 0
-            )
+        # In LEFT_IN_SESSION's order: whoever the file becomes comes last, as it may not
+        # make what comes before.
+        statements = "".join(
+            LEFT_IN_SESSION[key].format(v=v) for key in LEFT_IN_SESSION if key in left
         )
-        statements = "".join(LEFT_IN_SESSION[key].format(v=v) for key in left)
         if executed:  # the same, sent by the server from a DO block
             quoted = statements.replace("'", "''")
             statements = f"DO $$BEGIN EXECUTE '{quoted}'; END$$;\n"

@@ -562,8 +562,8 @@ def test_files_after_one_that_changes_the_databases_settings_start_as_psql_start
         assert [row.state for row in runner.status()] == ["applied"] * 3
         # A closed connection's server process ends a moment after the close: wait for it.
         database.wait_for(
-            "SELECT FROM pg_stat_activity HAVING count(*) FILTER (WHERE datname = "
-            f"current_database() AND pid NOT IN (pg_backend_pid(), {conn.info.backend_pid})) = 0",
+            "SELECT WHERE NOT EXISTS (SELECT FROM pg_stat_activity WHERE datname = "
+            f"current_database() AND pid NOT IN (pg_backend_pid(), {conn.info.backend_pid}))",
             "no connection but the one the runner was given stays open",
             timeout=10,
         )

@@ -23,6 +23,8 @@ from cicd_db.migrations.failures import (
 )
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.history import shown
+from cicd_db.migrations.statements import nth_statement
+from cicd_db.sqltext import without_comments
 
 if TYPE_CHECKING:
     from cicd_db.migrations.session import Session
@@ -88,10 +90,7 @@ def setting_source(session: Session, name: str, migration: Migration | None = No
     ONLY), or when what is set could not have caused the failure (no timeout, not
     read-only), or nothing set it."""
     if migration is not None:
-        # What the server reads of the file: a comment that names the setting sets
-        # nothing. (On use: a run with nothing pending loads no scanner.)
-        from cicd_db.sqltext import without_comments
-
+        # What the server reads of the file: a comment that names the setting sets nothing.
         code = without_comments(migration.data, standard_strings=session.standard_strings())
         if any(word in code.lower() for word in _SET_BY_A_FILE.get(name, (name.encode(),))):
             return None
@@ -160,8 +159,6 @@ def raise_on_error(
     if batch is None:  # the runner's own statements
         raise error
     index = max(failed - prefix.count(b";"), 0)
-    from cicd_db.migrations.statements import nth_statement
-
     statement = nth_statement(migration.data, batch, index)
     position = error.diag.statement_position
     if not position and index == 0:

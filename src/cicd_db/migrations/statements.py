@@ -142,11 +142,10 @@ def _sent_from(data: bytes, after: int, start: int) -> int:
 # applies to a query's whole text as it receives it (client_encoding, SET NAMES,
 # backslash_quote); current_query(); a change of a database's or a role's settings,
 # which only sessions opened after it take. Each begins with a literal, which is fast.
+RECEIPT_NAMES = ("client_encoding", "backslash_quote", "names")
 NAMED: dict[str, bytes | re.Pattern[bytes]] = {
     "lexing": b"standard_conforming_strings",
-    "client_encoding": b"client_encoding",
-    "backslash_quote": b"backslash_quote",
-    "names": b"names",
+    **{name: name.encode() for name in RECEIPT_NAMES},
     "query": b"current_query",
     # Comments may stand between the two words; a statement computed from pieces
     # (format('ALTER %s ...', 'DATABASE')) is not seen.
@@ -190,7 +189,7 @@ def plan(
     steps: list[Step] = []
     found = names_in(data) if names is None else names
     named = "lexing" in found
-    receipt = not found.isdisjoint(("client_encoding", "backslash_quote", "names"))
+    receipt = not found.isdisjoint(RECEIPT_NAMES)
     # The other readings still to check, and those checked: (offset, standard strings,
     # statements counted so far in a no-transaction file, capped at 2).
     forks: list[tuple[int, int, bool, int, str]] = []
