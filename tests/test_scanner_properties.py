@@ -232,12 +232,13 @@ def test_a_no_transaction_file_of_several_statements_is_refused(
     assert f"holds {count} statements besides SET and RESET" in str(refusal.value)
 
 
-def psql(database: Database, path: Path) -> subprocess.CompletedProcess[bytes]:
+def psql(database: Database, path: Path, *options: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [
             # -1: a transactional file runs in one transaction, where SET LOCAL counts.
             *(str(wheel_bin_dir() / "psql"), "-X", "-q", "-A", "-t", "-0", "-1"),
             *("-v", "ON_ERROR_STOP=1", "-f", str(path), "-d", database.settings.conninfo()),
+            *options,
         ],
         capture_output=True,
         env={**os.environ, "PGPASSWORD": database.settings.password, "PGOPTIONS": ""},
@@ -313,7 +314,17 @@ def test_what_psql_refuses_at_a_files_end_the_runner_refuses(
         try:
             with database.connect() as conn:
                 migrations.Runner(conn, migrations.discover(folder)).apply()
-        except (ConfigError, MigrationFailed):
+        except ConfigError as refusal:
+            runner_applied = False
+            if psql_applied and "is a psql variable" in str(refusal):
+                # The ending moved where a quote or comment ends, and a `:DBNAME` the
+                # generator put inside one now stands outside: psql sent the database's
+                # name in its place (its echo of what it sent shows it), which the runner
+                # refuses to guess. Then psql is no oracle for whether the file applies.
+                sent = psql(database, path, "-v", "ECHO=queries").stdout.decode()
+                assert database.settings.database in sent, sent
+                psql_applied = False
+        except MigrationFailed:
             runner_applied = False
         else:
             runner_applied = True
@@ -322,3 +333,25 @@ def test_what_psql_refuses_at_a_files_end_the_runner_refuses(
         assert (runner_applied, history) == (psql_applied, [1] if psql_applied else [])
 
     check()
+
+
+@pytest.mark.db
+def test_a_variable_an_unclosed_quote_puts_outside_is_refused_where_psql_substitutes_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """The case the property above found: a dollar quote left open closes inside the next
+    statement's comment, so `:DBNAME` stands outside any quote. psql sends the database's
+    name in its place and the file applies; the runner refuses it before anything runs."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    path = folder / "0001_x.sql"
+    path.write_text("SELECT $$ never closed\nSELECT ''-- $$:DBNAME\n;\n")
+    completed = psql(database, path, "-v", "ECHO=queries")
+    assert completed.returncode == 0, completed.stderr.decode()
+    assert f"$${database.settings.database}" in completed.stdout.decode()
+    with database.connect() as conn, pytest.raises(ConfigError) as refusal:
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    assert str(refusal.value).startswith(
+        "migration file 0001_x.sql, line 2: :DBNAME is a psql variable"
+    )
+    assert database.history() == []
