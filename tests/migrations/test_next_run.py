@@ -1,12 +1,12 @@
-"""What a migration leaves for the next run: settings on its database or role, row-level
-security or constraints on the history, a search_path that puts other functions before
-PostgreSQL's, a client encoding that is not the files'.
+"""What a migration leaves for the next run besides settings (those are in
+test_next_run_settings.py): row-level security, constraints, columns, rules, triggers or
+another table in place of the history; functions and operators put before PostgreSQL's
+on a search_path; times in the history as whoever edited it left them.
 
-Each case is a class of state, not one example: every setting of the class, at every
-scope a migration can leave it (the database, the role, the role in the database). The
-next run either works as if nothing were left (history right, no file applied twice),
-or stops with one line that names the cause and a fix, and that fix, run as it is
-written, makes the run after it work.
+Each case is a class of state, not one example. The next run either works as if
+nothing were left (history right, no file applied twice), or stops with one line that
+names the cause and a fix, and that fix, run as it is written, makes the run after it
+work.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,341 +25,22 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from cicd_db import migrations
-from cicd_db.embedded import EmbeddedServer
-from cicd_db.settings import ConnectionSettings
 from cicd_db.store import Store
 
-from ..fix_cli import Run, migrate, run_cli
-from ..fix_db import Database, Databases
+from ..fix_cli import migrate, run_cli
+from ..fix_db import Database
 from ..utils import MIGRATIONS, write_migrations
-
-# 0002 says how often it ran: a counter that grows if it runs again.
-COUNTED = (
-    "CREATE TABLE IF NOT EXISTS ran (id int PRIMARY KEY, times int NOT NULL);\n"
-    "INSERT INTO ran VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET times = ran.times + 1;\n"
+from .next_run import (
+    COUNTED,
+    NO_TRANSACTION,
+    Login,
+    leave,
+    one_line,
+    ran_once,
+    refusal,
 )
-NO_TRANSACTION = "-- cicd-db: no-transaction\n"
-PASSWORD = "next-run-pw"
-# The tests' own sessions, past whatever a migration left on the database or role.
-PAST_IT = (
-    "-c statement_timeout=0 -c idle_session_timeout=0 -c idle_in_transaction_session_timeout=0 "
-    "-c default_transaction_read_only=off -c search_path=public -c lock_timeout=0 "
-    "-c client_encoding=UTF8"
-)
-
-
-@dataclass
-class Login:
-    """A database owned by a login role of its own (a superuser or not), so that a
-    migration may change the role's settings without touching other tests."""
-
-    database: Database  # as the role
-    admin: Database  # as the server's superuser, past any setting left
-    role: str
-
-
-def past_settings(database: Database, version: int) -> Database:
-    options = PAST_IT + (" -c transaction_timeout=0" if version >= 170000 else "")
-    return Database(replace(database.settings, parameters=(("options", options),)))
-
-
-@pytest.fixture
-def roles(server: ConnectionSettings) -> Iterator[psycopg.Connection[Any]]:
-    """A superuser session on the server, for roles."""
-    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(params=["superuser", "owner"])
-def login(
-    request: pytest.FixtureRequest,
-    databases: Databases,
-    empty_template: str,
-    roles: psycopg.Connection[Any],
-) -> Iterator[Login]:
-    # The owner's name needs quoting (a space, capitals, a quote, letters that are not
-    # ASCII): every statement a message names for it must be right as written, and no
-    # piece of it taken for a password and hidden.
-    prefix = "next_run_" if request.param == "superuser" else 'Next "Rün" Ï '
-    role = prefix + uuid.uuid4().hex[:10]
-    power = sql.SQL("SUPERUSER" if request.param == "superuser" else "NOSUPERUSER")
-    roles.execute(
-        sql.SQL("CREATE ROLE {} {} LOGIN PASSWORD {}").format(
-            sql.Identifier(role), power, sql.Literal(PASSWORD)
-        )
-    )
-    made = databases.create(empty_template, owner=role)
-    version = int(str(made.query("SHOW server_version_num")[0][0]))
-    try:
-        yield Login(
-            Database(replace(made.settings, user=role, password=PASSWORD)),
-            past_settings(made, version),
-            role,
-        )
-    finally:
-        databases.drop(made)
-        roles.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-
-
-def server_version(login: Login) -> int:
-    return int(str(login.admin.query("SHOW server_version_num")[0][0]))
-
-
-def leave(setting: str, scope: str) -> str:
-    """A migration that leaves `setting` (`name = value`) on its database or its role."""
-    target = {
-        "database": "DATABASE %I",
-        "role": "ROLE %I",
-        "role in database": "ROLE %I IN DATABASE %I",
-    }[scope]
-    names = {
-        "database": "current_database()",
-        "role": "current_user",
-        "role in database": "current_user, current_database()",
-    }[scope]
-    statement = f"ALTER {target} SET {setting}".replace("'", "''")
-    return f"DO $$BEGIN EXECUTE format('{statement}', {names}); END$$;\n"
-
-
-def one_line(result: Run) -> str:
-    assert "Traceback" not in result.out + result.err, result
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1, result
-    return lines[0]
-
-
-def refusal(result: Run, code: int = 1) -> str:
-    """The one line of a run that stopped with `code`."""
-    assert result.code == code, result
-    return one_line(result)
-
-
-def ran_once(login: Login) -> None:
-    assert login.admin.query("SELECT times FROM public.ran") == [(1,)]
-
-
-# Settings that govern the runner's own session (its idle moments, its errors), or the
-# files' text: the next run works as if they were not there.
-HARMLESS = {
-    "idle_session_timeout": "idle_session_timeout = '1ms'",
-    "idle_in_transaction_session_timeout": "idle_in_transaction_session_timeout = '1ms'",
-    "exit_on_error": "exit_on_error = on",
-    "client_encoding": "client_encoding = 'LATIN1'",
-    "lock_timeout": "lock_timeout = '1ms'",
-    "datestyle": "DateStyle = 'SQL, DMY'",
-    "intervalstyle": "IntervalStyle = 'sql_standard'",
-    "timezone": "timezone = 'Pacific/Kiritimati'",
-    "extra_float_digits": "extra_float_digits = -15",
-    "bytea_output": "bytea_output = 'escape'",
-    "default_transaction_isolation": "default_transaction_isolation = 'serializable'",
-    "row_security": "row_security = off",
-    "search_path pg_catalog last": "search_path = public, pg_catalog",
-}
-# Settings that stop the files as they would stop psql applying them: the next run
-# names the setting, where it is set, and how to undo it.
-STOPPING = {
-    "default_transaction_read_only": "default_transaction_read_only = on",
-    "search_path empty": "search_path = ''",
-    "search_path missing": "search_path = no_such_schema",
-}
-SCOPES = ["database", "role", "role in database"]
-
-
-def two_runs(login: Login, tmp_path: Path, left: str) -> tuple[Path, Run, Run]:
-    """0001 leaves something; 0002 (counted) comes next: its `status`, then `up`."""
-    folder = write_migrations(
-        tmp_path / "m", {"0001_leave.sql": "CREATE TABLE first (id int);\n" + left}
-    )
-    first = migrate(login.database, folder)
-    assert first.code == 0, first
-    write_migrations(folder, {"0002_counted.sql": COUNTED})
-    return folder, migrate(login.database, folder, "status"), migrate(login.database, folder)
-
-
-@pytest.mark.parametrize("scope", SCOPES)
-@pytest.mark.parametrize("key", list(HARMLESS))
-def test_a_setting_of_the_runners_own_left_for_the_next_run_changes_nothing(
-    login: Login, tmp_path: Path, key: str, scope: str
-) -> None:
-    folder, status, up = two_runs(login, tmp_path, leave(HARMLESS[key], scope))
-    assert (status.code, up.code) == (0, 0), (status, up)
-    assert re.search(r"\n2 +counted +pending", status.out), status
-    assert login.admin.history() == [1, 2]
-    ran_once(login)
-    assert migrate(login.database, folder).code == 0
-    ran_once(login)
-
-
-def the_fix(message: str) -> str:
-    """The statement a refusal tells to run, as it is written there."""
-    found = re.search(r"undo it with (ALTER (?:DATABASE|ROLE) .*? RESET \w+)", message)
-    assert found, message
-    return found[1]
-
-
-@pytest.mark.parametrize("scope", SCOPES)
-@pytest.mark.parametrize("key", list(STOPPING))
-def test_a_setting_that_stops_the_files_is_named_with_where_it_is_set_and_its_fix(
-    login: Login, tmp_path: Path, key: str, scope: str
-) -> None:
-    setting = STOPPING[key]
-    name = setting.split("=")[0].strip()
-    folder, _, up = two_runs(login, tmp_path, leave(setting, scope))
-    assert up.code == 1, up
-    line = one_line(up)
-    where = {
-        "database": "for database ",
-        "role": "for role ",
-        "role in database": " in database ",
-    }[scope]
-    assert f"{name} is " in line and where in line, line
-    assert login.admin.history() == [1]
-    assert login.admin.query("SELECT to_regclass('public.ran')") == [(None,)]
-    login.admin.execute(the_fix(line))  # as written in the message
-    fixed = migrate(login.database, folder)
-    assert fixed.code == 0, fixed
-    assert login.admin.history() == [1, 2]
-    ran_once(login)
-
-
-@pytest.mark.parametrize("scope", SCOPES)
-@pytest.mark.parametrize(
-    "comment",
-    ["", "-- no statement_timeout here\n", "/* SET statement_timeout = 0 */\n"],
-    ids=["bare", "line-comment", "block-comment"],
-)
-def test_a_statement_timeout_left_for_the_next_run_is_named_when_it_cuts_a_file(
-    login: Login, tmp_path: Path, scope: str, comment: str
-) -> None:
-    """Long enough for the runner's own statements, too short for 0002's: the failure is
-    the file's line, names the setting and where it is set, and its fix works. A comment
-    that names the setting sets nothing, and does not make it the file's."""
-    folder = write_migrations(
-        tmp_path / "m", {"0001_leave.sql": leave("statement_timeout = '300ms'", scope)}
-    )
-    assert migrate(login.database, folder).code == 0
-    write_migrations(
-        folder, {"0002_slow.sql": f"{comment}CREATE TABLE t (id int);\nSELECT pg_sleep(1);\n"}
-    )
-    line = refusal(migrate(login.database, folder))
-    assert line.startswith(
-        f"error: migration 0002_slow.sql failed at line {2 + comment.count(chr(10))}: canceling "
-        "statement due to statement timeout [57014]; it was rolled back; statement_timeout "
-        "is 300ms for "
-    ), line
-    assert line.endswith(" RESET statement_timeout, then run again"), line
-    assert login.admin.history() == [1]
-    login.admin.execute(the_fix(line))
-    assert migrate(login.database, folder).code == 0
-    assert login.admin.history() == [1, 2]
-
-
-def test_a_setting_that_stops_the_runners_own_statements_is_named_with_its_fix(
-    login: Login, tmp_path: Path
-) -> None:
-    """A database left read-only before the history exists: the runner's own CREATE SCHEMA
-    is refused, and the line names the setting, not a file."""
-    login.admin.execute(
-        sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
-            sql.Identifier(login.admin.name)
-        )
-    )
-    folder = write_migrations(tmp_path / "m", {"0001_counted.sql": COUNTED})
-    line = refusal(migrate(login.database, folder))
-    assert line.startswith(
-        "error: a statement of cicd-db's own failed: cannot execute CREATE SCHEMA in a "
-        "read-only transaction [25006]; default_transaction_read_only is on for database "
-    ), line
-    login.admin.execute(the_fix(line))
-    assert migrate(login.database, folder).code == 0
-    ran_once(login)
-
-
-def test_a_files_own_statement_timeout_is_the_files_to_fix(login: Login, tmp_path: Path) -> None:
-    """Set by the file itself, the timeout is not blamed on the database's (which is
-    set too, and would be named if the file did not set its own)."""
-    folder = write_migrations(
-        tmp_path / "m",
-        {
-            "0000_leave.sql": leave("statement_timeout = '1h'", "database"),
-            "0001_slow.sql": NO_TRANSACTION
-            + "SET statement_timeout = '50ms';\nSELECT pg_sleep(1);\n",
-        },
-    )
-    line = one_line(migrate(login.database, folder))
-    assert line.endswith("; fix the file and run again"), line
-
-
-def test_a_transaction_timeout_left_for_the_next_run_is_named(login: Login, tmp_path: Path) -> None:
-    """PostgreSQL 17's transaction_timeout ends the session (FATAL): nothing can be asked of
-    it afterwards, but the line still names the setting."""
-    if server_version(login) < 170000:
-        pytest.skip("transaction_timeout is PostgreSQL 17's")
-    _, _, up = two_runs(login, tmp_path, leave("transaction_timeout = '1ms'", "database"))
-    assert up.code == 1
-    assert "transaction_timeout" in one_line(up), up
-    # Every place it may come from, the connection's options too (PGOPTIONS sets it as well).
-    assert "the server's setting did (pg_settings tells which), or the connection's options" in (
-        one_line(up)
-    ), up
-    assert login.admin.history() == [1]
-
-
-def test_exit_on_error_left_for_the_next_run_still_tells_the_files_line(
-    login: Login, tmp_path: Path
-) -> None:
-    folder = write_migrations(
-        tmp_path / "m", {"0001_leave.sql": leave("exit_on_error = on", "database")}
-    )
-    assert migrate(login.database, folder).code == 0
-    write_migrations(folder, {"0002_bad.sql": "CREATE TABLE t2 (id int);\nSELECT 1/0;\n"})
-    line = one_line(migrate(login.database, folder))
-    assert line == (
-        "error: migration 0002_bad.sql failed at line 2: division by zero [22012]; it was "
-        "rolled back; fix the file and run again"
-    )
-    assert login.admin.history() == [1]
-
 
 # -- text: files are UTF-8, whatever client_encoding is set ------------------------------
-
-TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), min_size=1)
-
-
-@pytest.mark.parametrize("source", ["database", "role", "PGCLIENTENCODING"])
-def test_text_in_a_file_is_stored_as_written_whatever_client_encoding_is_set(
-    login: Login, tmp_path: Path, source: str
-) -> None:
-    """Any text (hypothesis: any Unicode a UTF-8 database holds) reaches the table as the
-    file has it, under a LATIN1 client_encoding from the database, the role or the
-    environment: sent as LATIN1 bytes, 'é' would be stored as 'Ã©' without an error."""
-    folder = tmp_path / "m"
-    left = "" if source == "PGCLIENTENCODING" else leave("client_encoding = 'LATIN1'", source)
-    write_migrations(folder, {"0001_words.sql": "CREATE TABLE words (v int, w text);\n" + left})
-    env = {"PGCLIENTENCODING": "LATIN1"} if source == "PGCLIENTENCODING" else None
-    url = login.database.settings.url()
-
-    def up() -> Run:
-        return run_cli("migrate", "--database-url", url, "--migrations-dir", str(folder), env=env)
-
-    assert up().code == 0
-    version = iter(range(2, 10_000))
-
-    @settings(
-        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-    )
-    @given(TEXT)
-    def stored_as_written(text: str) -> None:
-        v = next(version)
-        literal = "'" + text.replace("'", "''") + "'"
-        (folder / f"{v:04d}_text.sql").write_text(
-            f"INSERT INTO words VALUES ({v}, {literal});\n", encoding="utf-8"
-        )
-        result = up()
-        assert result.code == 0, result
-        assert login.admin.query(f"SELECT w FROM words WHERE v = {v}") == [(text,)]
-
-    stored_as_written()
 
 
 # -- search_path: the runner's statements use PostgreSQL's functions, never others ------
@@ -752,108 +431,7 @@ def test_reports_insights_and_retention_read_alike_under_any_date_and_interval_s
         assert pruned.code == 0 and "would delete 0 runs" in pruned.out, pruned
 
 
-# -- names a fix must quote, and the fix acting on the right role -----------------------
-
-
-# Each case a role of its own name (roles are the server's): keywords, and a name that
-# is not ASCII, in a LATIN1 database.
-NAMED = {
-    "all": ("all", "role", None),
-    "current_user": ("current_user", "role in database", None),
-    "user": ("user", "role", None),
-    "select": ("select", "role in database", None),
-    "latin1-database": ("rôle", "role", "LATIN1"),
-    "latin1-database-in-database": ("rôle_in", "role in database", "LATIN1"),
-}
-
-
-@pytest.mark.parametrize("case", list(NAMED))
-def test_the_fix_names_the_role_that_has_the_setting_whatever_its_name(
-    databases: Databases, roles: psycopg.Connection[Any], tmp_path: Path, case: str
-) -> None:
-    """A keyword must be quoted (`ALTER ROLE all ...` resets every role's setting, `ALTER
-    ROLE current_user ...` the admin's), and a name read back through a LATIN1 database
-    is another name: the printed fix, run as written (from a UTF-8 database, where such a
-    name can be typed), must reset this role's setting."""
-    role, scope, encoding = NAMED[case]
-    name = f"{role}_{uuid.uuid4().hex[:6]}" if encoding else role
-    base = f"test_named_{uuid.uuid4().hex[:12]}"
-    roles.execute(
-        sql.SQL("DROP ROLE IF EXISTS {r}; CREATE ROLE {r} LOGIN PASSWORD {p}").format(
-            r=sql.Identifier(name), p=sql.Literal(PASSWORD)
-        )
-    )
-    roles.execute(
-        sql.SQL("CREATE DATABASE {} OWNER {} {}").format(
-            sql.Identifier(base),
-            sql.Identifier(name),
-            sql.SQL(
-                "ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
-                if encoding
-                else ""
-            ),
-        )
-    )
-    made = Database(replace(databases.server, database=base))
-    login = Login(
-        Database(replace(made.settings, user=name, password=PASSWORD)),
-        past_settings(made, 150000),
-        name,
-    )
-    try:
-        _, _, up = two_runs(login, tmp_path, leave("default_transaction_read_only = on", scope))
-        assert up.code == 1, up
-        roles.execute(the_fix(one_line(up)))
-        fixed = migrate(login.database, tmp_path / "m")
-        assert fixed.code == 0, fixed
-        ran_once(login)
-    finally:
-        databases.drop(made)
-        roles.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-@pytest.mark.parametrize(
-    ("left", "body"),
-    [
-        (
-            "statement_timeout = '1h'",
-            "SET LOCAL statement_timeout = '50ms';\nSELECT pg_sleep(1);\n",
-        ),
-        (
-            "default_transaction_read_only = off",
-            "SET TRANSACTION READ ONLY;\nCREATE TABLE t (id int);\n",
-        ),
-        ("search_path = public", "SET LOCAL search_path = '';\nCREATE TABLE t (id int);\n"),
-    ],
-    ids=["statement_timeout", "read_only", "search_path"],
-)
-def test_what_the_file_set_itself_is_the_files_to_fix_whatever_the_database_sets(
-    database: Database, tmp_path: Path, left: str, body: str
-) -> None:
-    """A harmless setting on the database is not blamed for what the file's own SET LOCAL
-    or SET TRANSACTION did: resetting it would change nothing."""
-    folder = write_migrations(tmp_path / "m", {"0001_leave.sql": leave(left, "database")})
-    assert migrate(database, folder).code == 0
-    write_migrations(folder, {"0002_own.sql": body})
-    line = one_line(migrate(database, folder))
-    assert line.endswith("; fix the file and run again"), line
-
-
-@pytest.mark.slow
-def test_a_setting_for_every_role_is_named_with_its_fix(home: Path, tmp_path: Path) -> None:
-    """ALTER ROLE ALL SET (pg_settings' source `global`), on a server of its own: every
-    test on the shared server would be read-only otherwise."""
-    server = EmbeddedServer(home)
-    owner = server.settings()
-    with psycopg.connect(server.admin_settings().conninfo(), autocommit=True) as admin:
-        admin.execute("ALTER ROLE ALL SET default_transaction_read_only = on")
-        folder = write_migrations(tmp_path / "m", {"0001_counted.sql": COUNTED})
-        result = migrate(owner, folder)
-        assert result.code == 1, result
-        line = one_line(result)
-        assert "default_transaction_read_only is on for every role" in line, line
-        admin.execute(the_fix(line))
-    assert migrate(owner, folder).code == 0
+# -- what else a file changes on the history, and what reads it after -------------------
 
 
 def test_a_failure_at_commit_that_is_not_the_historys_is_the_files(
@@ -1037,34 +615,6 @@ def test_a_history_a_no_transaction_file_took_away_is_put_back_not_run_again(
 
 
 @pytest.mark.parametrize(
-    ("setting", "body"),
-    [
-        ("statement_timeout = '300ms'", "SELECT pg_sleep(1);\n"),
-        ("default_transaction_read_only = on", "CREATE TABLE r (id int);\n"),
-        ("search_path = ''", "CREATE TABLE r (id int);\n"),
-    ],
-    ids=["statement_timeout", "read_only", "empty_search_path"],
-)
-def test_a_rehearsal_names_a_setting_left_on_the_database_and_goes_on(
-    database: Database, tmp_path: Path, setting: str, body: str
-) -> None:
-    """Looking up where a setting that stopped a file comes from once rolled the whole
-    rehearsal back, which was then told as the file having ended its savepoint, and
-    nothing after it was rehearsed: the lookup rolls back to the file's savepoint."""
-    folder = write_migrations(
-        tmp_path / "m", {"0001_leave.sql": "SELECT 1;\n" + leave(setting, "database")}
-    )
-    assert migrate(database, folder).code == 0
-    write_migrations(folder, {"0002_stop.sql": body, "0003_after.sql": "SELECT 3;\n"})
-    rehearsal = migrate(database, folder, "up", "--rehearse")
-    assert rehearsal.code == 1, rehearsal
-    told = rehearsal.out + rehearsal.err
-    assert "ended the rehearsal's savepoint" not in told, told
-    assert f"{setting.split(' =')[0]} is " in told and "for database" in told, told
-    assert "0003_after.sql" in rehearsal.out, told
-
-
-@pytest.mark.parametrize(
     "files",
     [
         {
@@ -1091,23 +641,6 @@ def test_schema_diff_runs_each_file_as_up_ran_it(
         "schema", "diff", "--database-url", database.url, "--migrations-dir", str(folder)
     )
     assert (result.code, result.err) == (0, ""), result
-
-
-def test_schema_diff_names_a_setting_left_on_the_database(
-    database: Database, tmp_path: Path
-) -> None:
-    """A setting 0002 left stops 0001 when the comparison replays them in a new session
-    (0001 ran before it was set): named, with its fix."""
-    leaving = "SELECT 1;\n" + leave("statement_timeout = '300ms'", "database")
-    folder = write_migrations(
-        tmp_path / "m", {"0001_slow.sql": "SELECT pg_sleep(0.6);\n", "0002_leave.sql": leaving}
-    )
-    assert migrate(database, folder).code == 0
-    result = run_cli(
-        "schema", "diff", "--database-url", database.url, "--migrations-dir", str(folder)
-    )
-    line = one_line(result)
-    assert "Explicit rollback" not in line and "statement_timeout is " in line, line
 
 
 @pytest.mark.parametrize("path", ["''", "app"])
@@ -1231,68 +764,3 @@ def test_an_event_trigger_that_refuses_the_runners_drop_is_told_with_the_file(
         ), line
     finally:
         database.execute("DROP EVENT TRIGGER IF EXISTS no_drops")
-
-
-@pytest.mark.parametrize("login", ["superuser"], indirect=True)  # event triggers need one
-def test_a_setting_a_login_event_trigger_makes_is_not_the_files_to_fix(
-    login: Login, tmp_path: Path
-) -> None:
-    """A login event trigger (PostgreSQL 17+) a migration made SETs a setting for every
-    session, the runner's too, past its start-up options: a later file that sets
-    nothing was told "fix the file"; the trigger is named, with how to disable it."""
-    if server_version(login) < 170000:
-        pytest.skip("login event triggers are PostgreSQL 17's")
-    on_login = (
-        "CREATE FUNCTION public.on_login() RETURNS event_trigger LANGUAGE plpgsql AS "
-        "$$BEGIN SET default_transaction_read_only = on; END$$;\n"
-        "CREATE EVENT TRIGGER on_login ON login EXECUTE FUNCTION public.on_login();\n"
-    )
-    folder = write_migrations(
-        tmp_path / "m", {"0001_first.sql": "SELECT 1;\n", "0002_login.sql": on_login}
-    )
-    try:
-        assert migrate(login.database, folder).code == 0
-        write_migrations(folder, {"0003_c.sql": COUNTED})
-        line = refusal(migrate(login.database, folder))
-        assert "default_transaction_read_only is on for this session, set as it began" in line
-        assert "ALTER EVENT TRIGGER ... DISABLE" in line and "fix the file" not in line, line
-    finally:
-        with login.admin.connect() as conn:  # read-only too, from the trigger: one at a time
-            conn.execute("SET default_transaction_read_only = off")
-            conn.execute("DROP EVENT TRIGGER IF EXISTS on_login")
-
-
-def test_a_setting_left_on_the_database_that_stops_a_reading_command_is_named(
-    database: Database, tmp_path: Path
-) -> None:
-    """`default_transaction_read_only` a migration left on the database stops retention's
-    DELETE (and a `statement_timeout` would stop a report): "database error ...; run
-    again" failed the same way every time; the setting is named, with where to look."""
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for file in MIGRATIONS.glob("*.sql"):
-        (folder / file.name).write_bytes(file.read_bytes())
-    assert migrate(database, folder).code == 0
-    with database.connect() as conn:
-        executions = Store.on(conn)
-        old = datetime.now(UTC) - timedelta(days=30)
-        run = executions.start_run("p", "abc")
-        executions.set_status(run, "RUNNING", at=old)
-        executions.cancel_run(run, at=old + timedelta(minutes=1))
-    leaving = leave("default_transaction_read_only = on", "database")
-    write_migrations(folder, {"9000_read_only.sql": "SELECT 1;\n" + leaving})
-    assert migrate(database, folder).code == 0
-    try:
-        result = run_cli("retention", "--keep-days", "1", "--database-url", database.url)
-        line = one_line(result)
-        assert result.code == 1, result
-        assert "default_transaction_read_only stopped it" in line, line
-        assert "run again, with --debug" not in line, line
-    finally:
-        with database.connect() as conn:  # read-only too, as every new session: one at a time
-            conn.execute("SET default_transaction_read_only = off")
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
-                    sql.Identifier(database.name)
-                )
-            )
