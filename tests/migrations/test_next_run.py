@@ -50,6 +50,8 @@ CREATE SCHEMA shadow;
 CREATE FUNCTION shadow.now() RETURNS timestamptz LANGUAGE sql AS $$SELECT 'epoch'::timestamptz$$;
 CREATE FUNCTION shadow.clock_timestamp() RETURNS timestamptz LANGUAGE sql
     AS $$SELECT 'infinity'::timestamptz$$;
+CREATE FUNCTION shadow.statement_timestamp() RETURNS timestamptz LANGUAGE sql
+    AS $$SELECT 'infinity'::timestamptz$$;
 CREATE FUNCTION shadow.round(double precision) RETURNS double precision LANGUAGE sql
     AS $$SELECT 1 / 0::double precision$$;
 CREATE FUNCTION shadow.round(numeric) RETURNS numeric LANGUAGE sql AS $$SELECT 1 / 0::numeric$$;
@@ -680,20 +682,16 @@ def test_reading_commands_name_a_search_path_that_hides_the_tables(
             f"ALTER TABLE {HISTORY} ALTER COLUMN version ADD GENERATED ALWAYS AS IDENTITY",
             f"ALTER TABLE {HISTORY} ALTER COLUMN version DROP IDENTITY",
         ),
-        (
-            f"ALTER TABLE {HISTORY} ALTER COLUMN applied_at SET DEFAULT NULL",
-            f"ALTER TABLE {HISTORY} ALTER COLUMN applied_at SET DEFAULT now()",
-        ),
     ],
-    ids=["rule", "identity", "default-dropped"],
+    ids=["rule", "identity"],
 )
-def test_a_rule_identity_or_default_on_the_history_is_named_not_the_later_file(
+def test_a_rule_or_identity_on_the_history_is_named_not_the_later_file(
     database: Database, tmp_path: Path, added: str, undo: str
 ) -> None:
-    """A DO INSTEAD rule (the row never written), an identity on `version`, a NULL
-    default for `applied_at`, added to the history after 0001: the later, harmless file
-    was blamed ("left no history row ... remove that from the file", "fix the file");
-    the change is named with the statement that undoes it, which, run, lets it record."""
+    """A DO INSTEAD rule (the row never written) or an identity on `version`, added to
+    the history after 0001: the later, harmless file was blamed ("left no history row
+    ... remove that from the file", "fix the file"); the change is named with the
+    statement that undoes it, which, run, lets it record."""
     folder = write_migrations(tmp_path / "m", {"0001_first.sql": "SELECT 1;\n"})
     assert migrate(database, folder).code == 0
     database.execute(added)
@@ -706,6 +704,82 @@ def test_a_rule_identity_or_default_on_the_history_is_named_not_the_later_file(
         database.execute(statement)
     assert migrate(database, folder).code == 0
     assert database.history() == [1, 2]
+
+
+# Each column of the history row, and a value of its type that is not what the runner
+# writes there.
+FALSIFIED = {
+    "name": "'other'",
+    "checksum": "'0000'",
+    "applied_at": "'2000-01-01 00:00:00+00'",
+    "applied_by": "'someone else'",
+    "duration_ms": "-5",
+}
+
+
+def the_rows(database: Database) -> list[tuple[Any, ...]]:
+    return database.query(
+        "SELECT version, name, applied_at > now() - interval '1 hour', applied_by, "
+        f"duration_ms >= 0 FROM ONLY {HISTORY} ORDER BY version"
+    )
+
+
+@pytest.mark.parametrize("transactional", [True, False], ids=["transaction", "no-transaction"])
+@pytest.mark.parametrize("column", list(FALSIFIED))
+def test_a_row_a_trigger_changes_in_any_column_is_refused_naming_the_trigger(
+    database: Database, tmp_path: Path, column: str, transactional: bool
+) -> None:
+    """A trigger on the history that changes any column of a later row (its time, its
+    author, its duration too, not only what identifies the file): the row is not kept as
+    written, and the refusal names the trigger with the DROP that undoes it, not the file."""
+    head = "" if transactional else NO_TRANSACTION
+    folder = write_migrations(tmp_path / "m", {"0001_first.sql": "SELECT 1;\n"})
+    assert migrate(database, folder).code == 0
+    database.execute(
+        "CREATE FUNCTION public.falsify() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$BEGIN NEW.{column} := {FALSIFIED[column]}; RETURN NEW; END$$"
+    )
+    database.execute(
+        f"CREATE TRIGGER falsify BEFORE INSERT ON {HISTORY} FOR EACH ROW "
+        "EXECUTE FUNCTION public.falsify()"
+    )
+    write_migrations(folder, {"0002_later.sql": head + "SELECT 2;\n"})
+    line = refusal(migrate(database, folder))
+    assert "did not keep its row as written" in line and "fix the file" not in line, line
+    assert line.endswith(f"undo that (DROP TRIGGER falsify ON {HISTORY}) and run again"), line
+    assert database.history() == [1]
+    database.execute(f"DROP TRIGGER falsify ON {HISTORY}")
+    assert migrate(database, folder).code == 0
+    assert [row[:2] for row in the_rows(database)] == [(1, "first"), (2, "later")]
+
+
+@pytest.mark.parametrize("transactional", [True, False], ids=["transaction", "no-transaction"])
+@pytest.mark.parametrize("column", ["applied_at", "applied_by", "duration_ms"])
+def test_a_default_a_file_sets_on_the_history_changes_no_row_the_runner_writes(
+    database: Database, tmp_path: Path, column: str, transactional: bool
+) -> None:
+    """The runner writes every column of its row, so a default a file sets (a time in
+    2000, another author, a negative duration, or NULL) is never what a later row holds:
+    the rows read as the runner wrote them."""
+    head = "" if transactional else NO_TRANSACTION
+    value = FALSIFIED[column]
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "0001_default.sql": f"ALTER TABLE {HISTORY} ALTER COLUMN {column} SET DEFAULT {value};\n",
+            "0002_null.sql": head + "SELECT 2;\n",
+        },
+    )
+    assert migrate(database, folder).code == 0
+    database.execute(f"ALTER TABLE {HISTORY} ALTER COLUMN {column} SET DEFAULT NULL")
+    write_migrations(folder, {"0003_later.sql": head + "SELECT 3;\n"})
+    assert migrate(database, folder).code == 0
+    user = database.settings.user
+    assert the_rows(database) == [
+        (1, "default", True, user, True),
+        (2, "null", True, user, True),
+        (3, "later", True, user, True),
+    ]
 
 
 @pytest.mark.parametrize("login", ["owner"], indirect=True)  # a superuser is not held to it

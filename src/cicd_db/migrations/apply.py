@@ -321,7 +321,9 @@ class Applier:
                 self.session.still_locked(),
                 history.insert_row(self.conn, migration, duration_ms=duration_ms),
                 FIRE_DEFERRED,
-                integrity.recorded_check(self.conn, self.recorded, migration),
+                integrity.recorded_check(
+                    self.conn, self.recorded, migration, duration_ms=duration_ms
+                ),
             ]
         )
         self._finish(migration, self.session.simple(finish), committed="is", insert_at=_RESET + 1)

@@ -480,17 +480,21 @@ def create(conn: psycopg.Connection[Any]) -> str | None:
 
 # insert_row's statement, built once (it is sent a file); %-placeholders take the
 # file's values.
+# Every column written, none left to a default: a file may change a default, and the
+# row must be the runner's whatever it is (the check after it compares the whole row).
 _INSERT = (
     sql.SQL(
-        "INSERT INTO {} (version, name, checksum, applied_by, duration_ms) "
-        "VALUES (%(version)d, %(name)s, %(checksum)s, %(user)s, %(duration)s)"
+        "INSERT INTO {} (version, name, checksum, applied_at, applied_by, duration_ms) "
+        "VALUES (%(version)d, %(name)s, %(checksum)s, pg_catalog.now(), %(user)s, %(duration)s)"
     )
     .format(QUALIFIED)
     .as_bytes(None)
 )
-# The time since the transaction began, as the server measures it.
+# The time from the transaction's start to the closing statements' arrival, as the
+# server measures it: the file's own time. statement_timestamp() is the same for every
+# statement of one query, so the check sent with the INSERT computes the same value.
 _DURATION_SINCE_BEGIN = (
-    b"pg_catalog.round(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() "
+    b"pg_catalog.round(pg_catalog.date_part('epoch', pg_catalog.statement_timestamp() "
     b"- pg_catalog.now()) * 1000)"
 )
 
@@ -536,7 +540,16 @@ def insert_row(
     `duration_ms` None: measured by the server, from the transaction's start.
     The row names the runner's login role, whatever role the file switched to.
     """
-    return _INSERT % {
+    return _INSERT % row_values(conn, migration, duration_ms=duration_ms)
+
+
+def row_values(
+    conn: psycopg.Connection[Any], migration: Migration, *, duration_ms: float | None
+) -> dict[bytes, Any]:
+    """The values of `migration`'s history row as SQL text (the time and, with
+    `duration_ms` None, the duration as expressions), for its INSERT and for the check
+    that the table kept it as written."""
+    return {
         b"version": migration.version,
         b"name": literal(conn, migration.name),
         b"checksum": literal(conn, migration.checksum),

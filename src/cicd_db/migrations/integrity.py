@@ -23,9 +23,9 @@ from cicd_db.migrations.history import (
     QUALIFIED,
     SCHEMA,
     TABLE,
-    literal,
     pinned_rows,
     renamed_columns,
+    row_values,
     shown,
 )
 
@@ -101,20 +101,25 @@ def _line(row: tuple[int, str, str]) -> str:
 _RAISE_CHANGED = b"RAISE EXCEPTION 'the history was changed' USING ERRCODE = '%s';" % (
     CHECK_HISTORY.encode()
 )
+# The row as written, every column (a trigger may change any of them, a file may drop
+# a NOT NULL): `same` is NULL only when there is no row.
 _ROW_CHECK = (
     sql.SQL(
         "DO $cicd_db$DECLARE same boolean; BEGIN "
-        "SELECT name = %(name)s AND checksum = %(checksum)s INTO same FROM ONLY {table} "
-        "WHERE version = %(version)d; "
+        "SELECT (name, checksum, applied_at, applied_by, duration_ms) IS NOT DISTINCT FROM "
+        "(%(name)s::text, %(checksum)s::text, pg_catalog.now(), %(user)s::text, "
+        "%(duration)s::integer) INTO same FROM ONLY {table} WHERE version = %(version)d; "
         "IF same IS NULL THEN RAISE EXCEPTION 'the history row was not written' "
-        "USING ERRCODE = {gone}; "
+        "USING ERRCODE = {gone}; ELSIF NOT same THEN "
     )
     .format(table=QUALIFIED, gone=CHECK_RECORDED)
     .as_bytes(None)
+    + _RAISE_CHANGED
+    + b" "
 )
 _COUNTED_CHECK = (
     sql.SQL(
-        "ELSIF pg_catalog.current_setting('track_counts')::bool THEN IF NOT same OR ("
+        "ELSIF pg_catalog.current_setting('track_counts')::bool THEN IF ("
         "pg_catalog.pg_relation_filenode({name}::pg_catalog.regclass), "
         "pg_catalog.pg_stat_get_xact_tuples_inserted(%(oid)d::oid), "
         "pg_catalog.pg_stat_get_xact_tuples_updated(%(oid)d::oid), "
@@ -153,10 +158,13 @@ def recorded_check(
     recorded: Recorded,
     migration: Migration,
     state: tuple[bytes | None, ...] | None = None,
+    *,
+    duration_ms: float | None = None,
 ) -> bytes:
-    """A check that the history row is there (a trigger could have swallowed it), and
-    that the history is the rows `recorded` plus this one: a file may not have
-    emptied, edited or replaced it (TRUNCATE, DELETE, UPDATE, DROP and CREATE).
+    """A check that the history row is there as written, every column of it (a trigger
+    could have swallowed or changed it), and that the history is the rows `recorded`
+    plus this one: a file may not have emptied, edited or replaced it (TRUNCATE,
+    DELETE, UPDATE, DROP and CREATE). `duration_ms` as given to insert_row().
 
     With `state`, the history as the file's transaction found it (STATE), the check
     is a few lookups, whatever the history's size: the row as written, and, on the
@@ -167,10 +175,7 @@ def recorded_check(
     does not count (track_counts off), an md5 over every row instead; PL/pgSQL plans
     a branch only when it reaches it.
     """
-    values: dict[bytes, Any] = {
-        b"name": literal(conn, migration.name),
-        b"checksum": literal(conn, migration.checksum),
-        b"version": migration.version,
+    values = row_values(conn, migration, duration_ms=duration_ms) | {
         b"expected": recorded.fingerprint(migration).encode(),
     }
     check = _ROW_CHECK
