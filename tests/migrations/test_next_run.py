@@ -783,6 +783,54 @@ def test_a_default_a_file_sets_on_the_history_changes_no_row_the_runner_writes(
 
 
 @pytest.mark.parametrize("login", ["owner"], indirect=True)  # a superuser is not held to it
+@pytest.mark.parametrize(
+    "revoke",
+    [
+        f"REVOKE INSERT ON {HISTORY} FROM CURRENT_USER",
+        f"REVOKE SELECT ON {HISTORY} FROM CURRENT_USER",
+        "REVOKE USAGE ON SCHEMA cicd_db FROM CURRENT_USER",
+    ],
+    ids=["insert", "select", "schema-usage"],
+)
+def test_a_right_on_the_history_a_file_revokes_is_the_files_to_fix_not_the_roles(
+    login: Login, tmp_path: Path, revoke: str
+) -> None:
+    """The owner's own right to write or read the history, revoked by the file: its row is
+    refused at the commit, and the rollback gives the right back, so "grant it" would
+    change nothing and every run fail alike. The file is named as the cause."""
+    folder = write_migrations(tmp_path / "m", {"0001_first.sql": "SELECT 1;\n"})
+    assert migrate(login.database, folder).code == 0
+    path = tmp_path / "m" / "0002_revoke.sql"
+    path.write_text(f"CREATE TABLE r (id int);\n{revoke};\n")
+    line = refusal(migrate(login.database, folder))
+    assert "failed at its commit: permission denied for " in line, line
+    assert line.endswith(
+        "so the file took it away (a REVOKE on the history or its schema), "
+        "and cicd-db records a file in the file's own transaction: remove "
+        "that from the file"
+    ), line
+    assert "grant it" not in line, line
+    assert login.admin.history() == [1]
+    path.write_text("CREATE TABLE r (id int);\n")
+    assert migrate(login.database, folder).code == 0
+    assert login.admin.history() == [1, 2]
+
+
+@pytest.mark.parametrize("login", ["owner"], indirect=True)  # a superuser is not held to it
+def test_a_right_on_the_history_the_role_lacks_is_the_roles_to_get(
+    login: Login, tmp_path: Path
+) -> None:
+    """The same refusal when the role lacks the right outside the file too (revoked by an
+    earlier file, or a person): then granting it is the fix, and the error says so."""
+    folder = write_migrations(tmp_path / "m", {"0001_first.sql": "SELECT 1;\n"})
+    assert migrate(login.database, folder).code == 0
+    login.admin.execute(f"REVOKE INSERT ON {HISTORY} FROM {sql.Identifier(login.role).as_string()}")
+    write_migrations(folder, {"0002_c.sql": "CREATE TABLE c (id int);\n"})
+    line = refusal(migrate(login.database, folder))
+    assert "lacks that privilege: grant it" in line and "took it away" not in line, line
+
+
+@pytest.mark.parametrize("login", ["owner"], indirect=True)  # a superuser is not held to it
 def test_a_database_connection_limit_a_migration_set_is_named_for_the_second_connection(
     login: Login, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ from cicd_db.migrations.failures import (
     setting_advice,
 )
 from cicd_db.migrations.files import Migration
-from cicd_db.migrations.history import shown
+from cicd_db.migrations.history import SCHEMA, TABLE, shown
 from cicd_db.migrations.statements import nth_statement
 from cicd_db.sqltext import without_comments
 
@@ -63,7 +63,31 @@ def failure(session: Session, migration: Migration, line: int | None, error: psy
         lost=session.lost,
         setting=setting_source(session, name, migration) if name else None,
         uncommitted_before=session.uncommitted_before,
+        right_taken=line is None and _right_taken_by_the_file(session, error),
     )
+
+
+def _right_taken_by_the_file(session: Session, error: psycopg.Error) -> bool:
+    """Whether the runner's own writes at the file's commit were refused a right on the
+    history that its login role has once the file is rolled back: the file took it away
+    in its own transaction (a REVOKE), and the role is not to blame."""
+    message = error.diag.message_primary or ""
+    if error.diag.sqlstate != "42501" or not (TABLE in message or SCHEMA in message):
+        return False
+    if not _out_of_the_failure(session):
+        return False
+    try:
+        row = session.conn.execute(
+            # Each right asked alone: a list of them asks whether any is held.
+            "SELECT pg_catalog.has_schema_privilege(%(user)s, %(schema)s, 'USAGE') "
+            "AND pg_catalog.has_table_privilege(%(user)s, %(table)s, 'SELECT') "
+            "AND pg_catalog.has_table_privilege(%(user)s, %(table)s, 'INSERT')",
+            {"user": session.conn.info.user, "schema": SCHEMA, "table": f"{SCHEMA}.{TABLE}"},
+        ).fetchone()
+    except psycopg.Error:  # no history to ask about, or the session cut: not told
+        session.end_transaction()
+        return False
+    return bool(row and row[0])
 
 
 def own_failure(session: Session, error: psycopg.Error) -> str | None:

@@ -55,12 +55,15 @@ def describe_failure(
     lost: bool = False,
     setting: str | None = None,
     uncommitted_before: str | None = None,
+    right_taken: bool = False,
 ) -> str:
     """The one line for a file that failed, at `line` (None: at its commit). `lost`: the
     runner's connection is gone. `setting`: where the session setting that caused the
     failure comes from, when not from the file (diagnose.setting_source).
     `uncommitted_before`: files before it ran in the same transaction without committing
-    (a rehearsal, a comparison), which some failures need; what to do then."""
+    (a rehearsal, a comparison), which some failures need; what to do then.
+    `right_taken`: the history's row was refused a right that `user` has outside the
+    file's transaction, so the file took it away."""
     message = diag.message_primary or fallback.strip().splitlines()[0]
     code = f" [{diag.sqlstate}]" if diag.sqlstate else ""
     rolled_back = "it was rolled back" + (
@@ -74,6 +77,12 @@ def describe_failure(
             "the file made its transaction read-only (SET TRANSACTION READ ONLY, SET "
             "transaction_read_only), and cicd-db records a file in the file's own "
             "transaction: remove that from the file"
+        )
+    elif right_taken:
+        advice = (
+            f"role {user} has that right once the file is rolled back, so the file took it "
+            "away (a REVOKE on the history or its schema), and cicd-db records a file in "
+            "the file's own transaction: remove that from the file"
         )
     elif diag.sqlstate == "42501" and re.match(r"could not (open|create|write|read|stat)", message):
         # The same code as a missing grant, but the operating system said no to a file.
