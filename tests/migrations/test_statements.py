@@ -318,13 +318,32 @@ def test_refused_when_the_server_tells_how_the_rest_reads(
     [
         b"-- cicd-db: no-transaction\r\nCREATE INDEX CONCURRENTLY i ON t (c);\r\n",
         b"-- cicd-db: no-transaction  \nCREATE INDEX CONCURRENTLY i ON t (c);\n",
+        b"-- cicd-db: no-transaction\rCREATE INDEX CONCURRENTLY i ON t (c);\r",
     ],
-    ids=["crlf", "trailing-spaces"],
+    ids=["crlf", "trailing-spaces", "cr"],
 )
-def test_the_marker_line_may_end_in_spaces_or_crlf(tmp_path: Path, data: bytes) -> None:
+def test_the_marker_line_may_end_in_spaces_crlf_or_cr(tmp_path: Path, data: bytes) -> None:
+    """A line ends where PostgreSQL ends a `--` comment: at LF, CRLF or a CR alone."""
     path = tmp_path / "0001_index.sql"
     path.write_bytes(data)
     assert not migrations.read(path, 1, "index").transactional
+
+
+def test_a_no_transaction_file_with_cr_line_endings_applies_as_psql_applies_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """Old Mac line endings: psql reads the marker as a comment that ends at the CR and
+    builds the index outside a transaction; so does the runner."""
+    folder = write_migrations(tmp_path / "m", {"0001_t.sql": "CREATE TABLE t (c int);\n"})
+    (folder / "0002_index.sql").write_bytes(
+        b"-- cicd-db: no-transaction\rCREATE INDEX CONCURRENTLY i ON t (c);\r"
+    )
+    result = migrate(database, folder)
+    assert result.code == 0, result
+    assert database.history() == [1, 2]
+    assert database.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'i'::regclass") == [
+        (True,)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -480,15 +499,17 @@ def test_a_near_miss_of_the_no_transaction_marker_is_refused(
     marker=st.sampled_from(["no-transaction", "no_transaction", "NO-TRANSACTION", "notransaction"]),
     after=st.sampled_from(["", " ", "\t", "\r"]),
     line=st.integers(1, 3),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
 )
 def test_any_spelling_of_the_marker_runs_outside_a_transaction_or_is_refused(
-    dashes: str, tool: str, colon: str, marker: str, after: str, line: int
+    dashes: str, tool: str, colon: str, marker: str, after: str, line: int, newline: str
 ) -> None:
-    """Whatever way the marker is written, and on whichever leading line: the exact
+    """Whatever way the marker is written, on whichever leading line, whatever ends the
+    lines (LF, CRLF, a CR alone: each ends a `--` comment for PostgreSQL): the exact
     form on the first line (any white space after it) runs outside a transaction;
     every other is refused, naming its line. None runs silently inside one."""
     written = dashes + tool + colon + marker + after
-    data = ("-- a comment\n" * (line - 1) + written + "\nSELECT 1;\n").encode()
+    data = (("-- a comment" + newline) * (line - 1) + written + newline + "SELECT 1;\n").encode()
     exact = line == 1 and written.rstrip() == "-- cicd-db: no-transaction"
     migration = migrations.Migration(1, "x", Path("0001_x.sql"), data, "0" * 64)
     assert migration.transactional is not exact

@@ -64,9 +64,10 @@ class Migration:
         the runner asks for each file several times)."""
         from cicd_db.migrations.statements import NO_TRANSACTION_MARKER
 
-        # From the file's head only: partition() of a 50 MB file would copy the rest.
+        # From the file's head only: partition() of a 50 MB file would copy the rest. The
+        # line ends at a CR too, as PostgreSQL and psql end a `--` comment there.
         head = self.data[: len(NO_TRANSACTION_MARKER) + 256]
-        return head.partition(b"\n")[0].rstrip() != NO_TRANSACTION_MARKER
+        return head.partition(b"\n")[0].partition(b"\r")[0].rstrip() != NO_TRANSACTION_MARKER
 
     @cached_property
     def named(self) -> set[str]:

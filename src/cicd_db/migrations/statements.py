@@ -428,14 +428,18 @@ _NEAR_MARKER = re.compile(
 )
 
 
+_LINE = re.compile(rb"[^\r\n]*")
+
+
 def _check_near_marker(filename: str, data: bytes) -> None:
     """Refuse a transactional file whose leading comments hold what looks like the
     no-transaction marker: the file would run in a transaction, against its intent."""
     start, number = 0, 0
     while start < len(data):  # line by line: a 50 MB file is not split whole
-        end = data.find(b"\n", start)
-        end = len(data) if end < 0 else end
-        line, start, number = data[start:end], end + 1, number + 1
+        # A line ends at LF, CRLF or a CR alone, as a `--` comment ends for PostgreSQL.
+        end = _LINE.match(data, start).end()  # type: ignore[union-attr]
+        line, number = data[start:end], number + 1
+        start = end + (2 if data[end : end + 2] == b"\r\n" else 1)
         stripped = line.strip()
         if stripped and not stripped.startswith(b"--"):
             return  # the first statement: the marker is no longer leading
