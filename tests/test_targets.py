@@ -683,6 +683,31 @@ REFUSALS: dict[str, tuple[tuple[str | None, str | None, dict[str, str]], tuple[i
         (None, None, {"PGOPTIONS": "-c role=nobody_here"}),
         (2, 'role "nobody_here" does not exist', OPTIONS_FIX),
     ),
+    "option-out-of-range": (
+        (None, "-c statement_timeout=-5", {}),
+        (2, 'is outside the valid range for parameter "statement_timeout"', OPTIONS_FIX),
+    ),
+    "option-not-a-boolean": (
+        (None, None, {"PGOPTIONS": "-c geqo=maybe"}),
+        (2, 'parameter "geqo" requires a Boolean value', OPTIONS_FIX),
+    ),
+    # Variables libpq sends as settings: named themselves, not options nor PGOPTIONS.
+    "pgtz-not-a-zone": (
+        (None, None, {"PGTZ": "Not/AZone"}),
+        (2, 'invalid value for parameter "TimeZone": "Not/AZone"', "fix or unset PGTZ, which "),
+    ),
+    "pgdatestyle-garbage": (
+        (None, None, {"PGDATESTYLE": "garbage"}),
+        (2, 'invalid value for parameter "DateStyle"', "fix or unset PGDATESTYLE, which "),
+    ),
+    "pggeqo-not-a-boolean": (
+        (None, None, {"PGGEQO": "maybe"}),
+        (2, 'parameter "geqo" requires a Boolean value', "fix or unset PGGEQO, which "),
+    ),
+    "pgtz-and-options-both": (  # the options name it too: both places are told
+        (None, "-c TimeZone=Not/AZone", {"PGTZ": "UTC"}),
+        (2, 'invalid value for parameter "TimeZone"', OPTIONS_FIX),
+    ),
     "hostaddr-not-an-address": (
         (None, None, {"PGHOSTADDR": "bogus"}),
         (2, 'could not parse network address "bogus"', "fix PGHOSTADDR (libpq reads hostaddr"),

@@ -244,7 +244,9 @@ STARTUP_OPTIONS = (
     # 42501: one the role may not set; 55P02: one only a restart can change.
     r"(invalid value for parameter|unrecognized configuration parameter|invalid "
     r"command-line argument|(-c |--)\S+ requires a value|permission denied to set (parameter|role|"
-    r"session authorization)|parameter \"[^\"]*\" cannot be (changed|set))"
+    r"session authorization)|parameter \"[^\"]*\" (cannot be (changed|set)|requires a )|"
+    # 22023: a number or size out of the setting's range ("-5 ms is outside ...").
+    r".* is outside the valid range for parameter \")"
 )
 SERVER_BUSY = (
     # 53300: the server's, the role's or the database's connection limit is reached.
@@ -345,7 +347,14 @@ def _server_refused(settings: ConnectionSettings, detail: str, user: str) -> Cic
         )
     if role or re.match(STARTUP_OPTIONS, detail):
         # A setting the connection sent at start-up: `options`, from the URL or PGOPTIONS
-        # (`-c role=nobody` names a role that is not the login).
+        # (`-c role=nobody` names a role that is not the login), or a variable of libpq's
+        # that it sends as a setting.
+        variable = _setting_variable(settings, detail)
+        if variable:
+            return ConfigError(
+                f"{where}: {detail}; fix or unset {variable}, which libpq sends as that "
+                "setting when it connects"
+            )
         return ConfigError(
             f"{where}: {detail}; fix the options parameter of the target (?options=-c ...) "
             "or PGOPTIONS"
@@ -363,6 +372,22 @@ def _server_refused(settings: ConnectionSettings, detail: str, user: str) -> Cic
         )
     # A refusal of another kind: said as the server said it, and tried again by `wait`.
     return ConnectionFailed(f"{where} refused the connection: {detail}")
+
+
+# The environment variables libpq sends as settings in its start-up packet, by the
+# setting's name in lower case (as a refusal names it: "TimeZone", "DateStyle").
+SETTING_VARIABLES = {"timezone": "PGTZ", "datestyle": "PGDATESTYLE", "geqo": "PGGEQO"}
+
+
+def _setting_variable(settings: ConnectionSettings, detail: str) -> str | None:
+    """The variable that set the setting the server refused at start-up, when it is set
+    and the connection's options (the URL's or PGOPTIONS) do not name that setting too."""
+    named = re.search(r'parameter "([^"]+)"', detail)
+    variable = SETTING_VARIABLES.get(named[1].lower()) if named else None
+    if variable is None or not os.environ.get(variable):
+        return None
+    options = f"{settings.parameter('options') or ''} {os.environ.get('PGOPTIONS', '')}"
+    return None if named and named[1].lower() in options.lower() else variable
 
 
 def _libpq_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
