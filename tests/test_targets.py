@@ -749,6 +749,39 @@ def test_a_refused_connection_says_who_can_fix_it(
     assert elapsed >= 1 if code == 1 else elapsed < 15
 
 
+@pytest.mark.parametrize(
+    ("query", "env", "code", "said"),
+    [
+        ("target_session_attrs=read-only", {}, 1, "session is not read-only"),
+        ("target_session_attrs=standby", {}, 1, "server is not in hot standby mode"),
+        ("", {"PGTARGETSESSIONATTRS": "standby"}, 1, "server is not in hot standby mode"),
+        ("gssencmode=require", {}, 2, "GSSAPI encryption required"),
+    ],
+    ids=["read-only", "standby", "standby-from-the-environment", "gssencmode-require"],
+)
+def test_a_server_that_answers_as_the_target_does_not_ask_is_not_told_to_be_started(
+    database: Database, query: str, env: dict[str, str], code: int, said: str
+) -> None:
+    """The server is up, and libpq turned it down: a primary where target_session_attrs
+    asks for a standby or a read-only session (exit 1: a failover may make one, and
+    `wait` waits for it), or GSSAPI encryption required without a credential (exit 2).
+    Each names the parameter and where it came from, never "check that the server is up"."""
+    url = database.settings.url() + (f"&{query}" if query else "")
+    result = run_cli("migrate", "--database-url", url, "status", env=env)
+    assert (result.code, result.out) == (code, ""), result.err
+    assert len(result.err.splitlines()) == 1 and said in result.err, result.err
+    assert "check that the server is up" not in result.err, result.err
+    keyword = "gssencmode" if code == 2 else "target_session_attrs"
+    origin = "(from PGTARGETSESSIONATTRS)" if env else "(from the URL)"
+    assert f"{keyword}=" in result.err and origin in result.err, result.err
+    # What it asks for, a primary, connects.
+    asked = run_cli(
+        "migrate", "--database-url", database.settings.url() + "&target_session_attrs=primary",
+        "status",
+    )  # fmt: skip
+    assert asked.code == 0, asked.err
+
+
 def test_a_service_file_libpq_cannot_read_is_a_configuration_error(tmp_path: Path) -> None:
     services = tmp_path / "pg_service.conf"
     services.write_text("[broken]\nhost\n")

@@ -255,6 +255,8 @@ SERVER_BUSY = (
 )
 # 57P03: starting up, shutting down, in recovery, not yet accepting connections.
 SERVER_NOT_READY = r"the database system is "
+# libpq's words for a server that answered in a role target_session_attrs does not want.
+NOT_THE_SESSION_ASKED = r"(session is (not )?read-only|server is (not )?in hot standby mode)"
 LIBPQ_PARAMETER = (
     # libpq refused a connection parameter before trying the server.
     r"(invalid \S+ value|invalid integer value|invalid port number|bad value for|"
@@ -420,6 +422,20 @@ def _libpq_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
         )
     if re.match(LIBPQ_PARAMETER, detail):
         return _parameter_refused(settings, f"{where}: {detail}")
+    if re.match(NOT_THE_SESSION_ASKED, detail):
+        # The server is up, in a role the target does not ask for: a failover may change
+        # that, so it is exit 1 and `wait` keeps trying.
+        return ConnectionFailed(
+            f"{where} answered, but not as {settings.origin('target_session_attrs')} asks: "
+            f"{detail}; connect to a server that is so (`cicd-db migrate wait` waits for a "
+            "failover to make one so), or change target_session_attrs"
+        )
+    if detail.startswith("GSSAPI encryption required"):
+        return ConfigError(
+            f"{where}: {detail}; {settings.origin('gssencmode')} needs a Kerberos credential "
+            "and a server that offers GSSAPI encryption: get a ticket (kinit), or connect "
+            "with gssencmode=prefer or disable"
+        )
     resolving = re.match(r"failed to resolve host (None|'.*'): (.*)", detail)
     if resolving and not settings.host and os.environ.get("PGHOST"):
         # psycopg resolves the host itself, and names it None when it came from PGHOST.
