@@ -61,10 +61,14 @@ def test_new_migration_numbers_in_the_folders_width(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("-x", "migration name '-x' may hold only letters, digits, '_', '.' and '-', and must"),
-        ("a b", "migration name 'a b' may hold only letters"),
+        (
+            "-x",
+            "migration name '-x' may hold only ASCII letters, digits, '_', '.' and '-', and must",
+        ),
+        ("a b", "migration name 'a b' may hold only ASCII letters"),
+        ("café", "migration name 'café' may hold only ASCII letters"),
     ],
-    ids=["leading-dash", "space"],
+    ids=["leading-dash", "space", "not-ascii"],
 )
 def test_new_migration_refuses_bad_names(tmp_path: Path, name: str, message: str) -> None:
     with pytest.raises(ConfigError, match=f"^{message}"):

@@ -143,7 +143,7 @@ def test_transaction_control_is_refused_before_anything_runs(
         ),
         (
             {"0002_add index.sql": "SELECT 1;\n"},
-            "migration file '0002_add index.sql': a name may hold only letters, digits, '_', "
+            "migration file '0002_add index.sql': a name may hold only ASCII letters, digits, '_', "
             "'.' and '-' after the version's '_'; rename it, for example to 0002_add_index.sql",
         ),
         (
@@ -168,7 +168,7 @@ def test_transaction_control_is_refused_before_anything_runs(
         ),
         (
             {"0002_X-ray index_of runs!.sql": "SELECT 1;\n"},
-            "migration file '0002_X-ray index_of runs!.sql': a name may hold only letters, digits, "
+            "migration file '0002_X-ray index_of runs!.sql': a name may hold only ASCII letters, digits, "
             "'_', '.' and '-' after the version's '_'; rename it, for example to "
             "0002_X-ray_index_of_runs.sql",
         ),

@@ -184,7 +184,7 @@ def _parse_name(filename: str) -> tuple[int, str]:
             f"migration file {shown} has a version but no name; rename it to {renamed}"
         )
     raise ConfigError(
-        f"migration file {filename!r}: a name may hold only letters, digits, '_', '.' "
+        f"migration file {filename!r}: a name may hold only ASCII letters, digits, '_', '.' "
         f"and '-' after the version's '_'; rename it, for example to {renamed}"
     )
 
@@ -251,7 +251,7 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
         name = name[:-4]
     if not FILE_NAME.fullmatch(f"1_{name}.sql"):
         raise ConfigError(
-            f"migration name {name!r} may hold only letters, digits, '_', '.' and '-', and "
+            f"migration name {name!r} may hold only ASCII letters, digits, '_', '.' and '-', and "
             "must start with a letter or digit; for example add_run_index"
         )
     if not folder.is_dir():
