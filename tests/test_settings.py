@@ -988,12 +988,18 @@ def test_connect_timeout_only_where_nothing_else_names_one(
         ("postgresql://h1:5433,h2:5434/db", {}, "h1:5433, h2:5434"),
         ("postgresql://h1,h2:5434/db", {}, "h1, h2:5434"),
         ("postgresql://h1,h2/db?port=5435", {}, "h1:5435, h2:5435"),
+        # libpq connects to the address, and psql names it beside the host.
+        ("postgresql://h:5433/db?hostaddr=10.0.0.2", {}, "h (10.0.0.2):5433"),
+        ("postgresql:///db?host=h", {"PGHOSTADDR": "10.0.0.2"}, "h (10.0.0.2)"),
+        ("postgresql:///db", {"PGHOSTADDR": "10.0.0.2", "PGPORT": "6000"}, "10.0.0.2:6000"),
+        ("postgresql://h1,h2/db?hostaddr=10.0.0.1,10.0.0.2", {}, "h1 (10.0.0.1), h2 (10.0.0.2)"),
+        ("postgresql://10.0.0.2/db?hostaddr=10.0.0.2", {}, "10.0.0.2"),
     ],
 )
 def test_where_says_what_was_given_and_invents_nothing(
     url: str, environ: dict, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("PGHOST", "PGPORT", "PGSERVICE"):
+    for name in ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)

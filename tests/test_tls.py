@@ -259,7 +259,9 @@ def test_pgsslmode_verify_full_from_the_environment_checks_the_host_name(
         return
     assert (result.code, result.out) == (2, "")
     assert len(result.err.splitlines()) == 1
-    assert result.err.startswith(f"error: {host}:{settings.port}: server certificate for ")
+    # The host the certificate is checked against, and the address reached, as psql names them.
+    where = f"{host} (127.0.0.1):{settings.port}"
+    assert result.err.startswith(f"error: {where}: server certificate for "), result.err
     assert f'does not match host name "{host}"' in result.err
     # The parameters to fix, and where the sslmode came from.
     assert "sslmode=verify-full (from PGSSLMODE)" in result.err

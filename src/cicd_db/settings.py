@@ -161,6 +161,17 @@ class ConnectionSettings:
         pairs them (one port serves every host). After connecting, `in_use` says
         where libpq went."""
         hosts = (self.host or os.environ.get("PGHOST", "")).split(",")
+        # libpq connects to a host's address where one is given (hostaddr, PGHOSTADDR),
+        # and names the host beside it, as psql does: `h (10.0.0.2)`.
+        addresses = (self.parameter("hostaddr") or os.environ.get("PGHOSTADDR", "")).split(",")
+        if addresses != [""]:
+            if hosts == [""]:
+                hosts = addresses
+            elif len(addresses) == len(hosts):
+                hosts = [
+                    host if address in ("", host) else f"{host} ({address})"
+                    for host, address in zip(hosts, addresses, strict=True)
+                ]
         ports = str(self.port or self.parameter("port") or os.environ.get("PGPORT", "")).split(",")
         if len(ports) == 1:
             ports *= len(hosts)
