@@ -782,6 +782,26 @@ def test_a_default_a_file_sets_on_the_history_changes_no_row_the_runner_writes(
     ]
 
 
+def test_a_files_deferred_work_counts_in_its_duration(database: Database, tmp_path: Path) -> None:
+    """A deferred trigger runs at the file's end, in the runner's closing statements: its
+    time is the file's, in the duration the history keeps, and the check of the row as
+    written accepts the duration measured then."""
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "0001_deferred.sql": "CREATE TABLE slow (id int);\n"
+            "CREATE FUNCTION slow_check() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END$$;\n"
+            "CREATE CONSTRAINT TRIGGER slow_check AFTER INSERT ON slow DEFERRABLE INITIALLY "
+            "DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_check();\n"
+            "INSERT INTO slow VALUES (1);\n"
+        },
+    )
+    assert migrate(database, folder).code == 0
+    [(duration,)] = database.query(f"SELECT duration_ms FROM ONLY {HISTORY}")
+    assert 300 <= int(str(duration)) < 60_000
+
+
 @pytest.mark.parametrize("login", ["owner"], indirect=True)  # a superuser is not held to it
 @pytest.mark.parametrize(
     "revoke",

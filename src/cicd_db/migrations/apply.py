@@ -370,7 +370,9 @@ class Applier:
                     migration, changed, committed, f"{error.diag.message_primary} [{state}]"
                 )
             )
-        message = diagnose.failure(self.session, migration, None, error)
+        # At the INSERT, the history's deferred triggers or the check that reads it back.
+        recording = any(failed is result for result in results[insert_at : insert_at + 3])
+        message = diagnose.failure(self.session, migration, None, error, at_the_row=recording)
         if state in RETRIED_SQLSTATES:
             raise Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
         raise MigrationFailed(message)

@@ -6,6 +6,7 @@ What the session sent and got back is read here; the line's wording is failures.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -46,8 +47,16 @@ _CANNOT_CAUSE = {
 }
 
 
-def failure(session: Session, migration: Migration, line: int | None, error: psycopg.Error) -> str:
-    """The one line for `migration` failing at `line` (None: at its commit).
+def failure(
+    session: Session,
+    migration: Migration,
+    line: int | None,
+    error: psycopg.Error,
+    *,
+    at_the_row: bool = False,
+) -> str:
+    """The one line for `migration` failing at `line` (None: at its commit; `at_the_row`:
+    at the runner's writing or checking of its history row, after the file's own work).
 
     A failure a session setting caused (a timeout, a read-only default, an empty
     search_path) names where the setting comes from, when not from the file:
@@ -63,8 +72,12 @@ def failure(session: Session, migration: Migration, line: int | None, error: psy
         lost=session.lost,
         setting=setting_source(session, name, migration) if name else None,
         uncommitted_before=session.uncommitted_before,
-        right_taken=line is None and _right_taken_by_the_file(session, error),
+        right_taken=at_the_row and _right_taken_by_the_file(session, error),
     )
+
+
+# PostgreSQL's words for a right refused on the history or its schema.
+_ON_THE_HISTORY = re.compile(rf"permission denied for (table {TABLE}|schema {SCHEMA})$")
 
 
 def _right_taken_by_the_file(session: Session, error: psycopg.Error) -> bool:
@@ -72,7 +85,7 @@ def _right_taken_by_the_file(session: Session, error: psycopg.Error) -> bool:
     history that its login role has once the file is rolled back: the file took it away
     in its own transaction (a REVOKE), and the role is not to blame."""
     message = error.diag.message_primary or ""
-    if error.diag.sqlstate != "42501" or not (TABLE in message or SCHEMA in message):
+    if error.diag.sqlstate != "42501" or not _ON_THE_HISTORY.search(message):
         return False
     if not _out_of_the_failure(session):
         return False
@@ -85,7 +98,7 @@ def _right_taken_by_the_file(session: Session, error: psycopg.Error) -> bool:
             {"user": session.conn.info.user, "schema": SCHEMA, "table": f"{SCHEMA}.{TABLE}"},
         ).fetchone()
     except psycopg.Error:  # no history to ask about, or the session cut: not told
-        session.end_transaction()
+        _out_of_the_failure(session)
         return False
     return bool(row and row[0])
 

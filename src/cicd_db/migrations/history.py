@@ -490,13 +490,20 @@ _INSERT = (
     .format(QUALIFIED)
     .as_bytes(None)
 )
-# The time from the transaction's start to the closing statements' arrival, as the
-# server measures it: the file's own time. statement_timestamp() is the same for every
-# statement of one query, so the check sent with the INSERT computes the same value.
-_DURATION_SINCE_BEGIN = (
-    b"pg_catalog.round(pg_catalog.date_part('epoch', pg_catalog.statement_timestamp() "
-    b"- pg_catalog.now()) * 1000)"
-)
+
+
+def since_begin(clock: bytes) -> bytes:
+    """The milliseconds from the transaction's start to `clock` (a function of
+    pg_catalog's: clock_timestamp, statement_timestamp), as the server measures them."""
+    return (
+        b"pg_catalog.round(pg_catalog.date_part('epoch', pg_catalog." + clock + b"() "
+        b"- pg_catalog.now()) * 1000)"
+    )
+
+
+# The file's time, its deferred constraints and triggers included (they run in the
+# closing statements, before the INSERT).
+_DURATION_SINCE_BEGIN = since_begin(b"clock_timestamp")
 
 
 def refuse_as_the_files_schema(conn: psycopg.Connection[Any]) -> None:
@@ -547,8 +554,7 @@ def row_values(
     conn: psycopg.Connection[Any], migration: Migration, *, duration_ms: float | None
 ) -> dict[bytes, Any]:
     """The values of `migration`'s history row as SQL text (the time and, with
-    `duration_ms` None, the duration as expressions), for its INSERT and for the check
-    that the table kept it as written."""
+    `duration_ms` None, the duration as expressions), for its INSERT."""
     return {
         b"version": migration.version,
         b"name": literal(conn, migration.name),

@@ -27,6 +27,7 @@ from cicd_db.migrations.history import (
     renamed_columns,
     row_values,
     shown,
+    since_begin,
 )
 
 # The SQLSTATEs of the checks below (class CD, not PostgreSQL's).
@@ -101,14 +102,24 @@ def _line(row: tuple[int, str, str]) -> str:
 _RAISE_CHANGED = b"RAISE EXCEPTION 'the history was changed' USING ERRCODE = '%s';" % (
     CHECK_HISTORY.encode()
 )
+# A duration the server measured when the row was written (at the INSERT's
+# clock_timestamp()): between the closing statements' arrival, the same for every
+# statement of them, and now. (COALESCE is syntax, not a function a search_path finds.)
+_DURATION_KEPT = (
+    b"COALESCE(duration_ms BETWEEN "
+    + since_begin(b"statement_timestamp")
+    + b" AND "
+    + since_begin(b"clock_timestamp")
+    + b", false)"
+)
 # The row as written, every column (a trigger may change any of them, a file may drop
 # a NOT NULL): `same` is NULL only when there is no row.
 _ROW_CHECK = (
     sql.SQL(
         "DO $cicd_db$DECLARE same boolean; BEGIN "
-        "SELECT (name, checksum, applied_at, applied_by, duration_ms) IS NOT DISTINCT FROM "
-        "(%(name)s::text, %(checksum)s::text, pg_catalog.now(), %(user)s::text, "
-        "%(duration)s::integer) INTO same FROM ONLY {table} WHERE version = %(version)d; "
+        "SELECT (name, checksum, applied_at, applied_by) IS NOT DISTINCT FROM "
+        "(%(name)s::text, %(checksum)s::text, pg_catalog.now(), %(user)s::text) "
+        "AND %(duration)s INTO same FROM ONLY {table} WHERE version = %(version)d; "
         "IF same IS NULL THEN RAISE EXCEPTION 'the history row was not written' "
         "USING ERRCODE = {gone}; ELSIF NOT same THEN "
     )
@@ -176,6 +187,9 @@ def recorded_check(
     a branch only when it reaches it.
     """
     values = row_values(conn, migration, duration_ms=duration_ms) | {
+        b"duration": _DURATION_KEPT
+        if duration_ms is None
+        else b"duration_ms IS NOT DISTINCT FROM %d" % round(duration_ms),
         b"expected": recorded.fingerprint(migration).encode(),
     }
     check = _ROW_CHECK
