@@ -994,6 +994,15 @@ def test_connect_timeout_only_where_nothing_else_names_one(
         ("postgresql:///db", {"PGHOSTADDR": "10.0.0.2", "PGPORT": "6000"}, "10.0.0.2:6000"),
         ("postgresql://h1,h2/db?hostaddr=10.0.0.1,10.0.0.2", {}, "h1 (10.0.0.1), h2 (10.0.0.2)"),
         ("postgresql://10.0.0.2/db?hostaddr=10.0.0.2", {}, "10.0.0.2"),
+        (
+            "postgresql://h/db?hostaddr=",
+            {"PGHOSTADDR": "10.0.0.2"},
+            "h",
+        ),  # libpq reads the empty one
+        ("postgresql:///db?service=s", {"PGHOSTADDR": "10.0.0.2"}, "service s"),
+        ("postgresql:///db?hostaddr=::1&port=5433", {}, "[::1]:5433"),
+        ("postgresql://h:5433/db?hostaddr=::1", {}, "h ([::1]):5433"),
+        ("postgresql:///db?hostaddr=10.0.0.1,", {}, "10.0.0.1, the default socket"),
     ],
 )
 def test_where_says_what_was_given_and_invents_nothing(

@@ -704,6 +704,14 @@ REFUSALS: dict[str, tuple[tuple[str | None, str | None, dict[str, str]], tuple[i
         (None, None, {"PGGEQO": "maybe"}),
         (2, 'parameter "geqo" requires a Boolean value', "fix or unset PGGEQO, which "),
     ),
+    "pgtz-empty": (  # sent empty too, as libpq sends it
+        (None, None, {"PGTZ": ""}),
+        (2, 'invalid value for parameter "TimeZone": ""', "fix or unset PGTZ, which "),
+    ),
+    "pggeqo-beside-an-option-whose-name-holds-it": (
+        (None, "-c geqo_threshold=20", {"PGGEQO": "maybe"}),
+        (2, 'parameter "geqo" requires a Boolean value', "fix or unset PGGEQO, which "),
+    ),
     "pgtz-and-options-both": (  # the options name it too: both places are told
         (None, "-c TimeZone=Not/AZone", {"PGTZ": "UTC"}),
         (2, 'invalid value for parameter "TimeZone"', OPTIONS_FIX),

@@ -161,9 +161,17 @@ class ConnectionSettings:
         pairs them (one port serves every host). After connecting, `in_use` says
         where libpq went."""
         hosts = (self.host or os.environ.get("PGHOST", "")).split(",")
-        # libpq connects to a host's address where one is given (hostaddr, PGHOSTADDR),
-        # and names the host beside it, as psql does: `h (10.0.0.2)`.
-        addresses = (self.parameter("hostaddr") or os.environ.get("PGHOSTADDR", "")).split(",")
+        service = self.parameter("service") or os.environ.get("PGSERVICE")
+        if hosts == [""] and service:
+            return f"service {service}"
+        # libpq connects to a host's address where one is given (hostaddr, else
+        # PGHOSTADDR, which an empty hostaddr= overrides too), and psql names the host
+        # beside it: `h (10.0.0.2)`; an IPv6 address in brackets, before a port.
+        given = self.parameter("hostaddr")
+        addresses = [
+            f"[{address}]" if ":" in address else address
+            for address in (os.environ.get("PGHOSTADDR", "") if given is None else given).split(",")
+        ]
         if addresses != [""]:
             if hosts == [""]:
                 hosts = addresses
@@ -175,11 +183,7 @@ class ConnectionSettings:
         ports = str(self.port or self.parameter("port") or os.environ.get("PGPORT", "")).split(",")
         if len(ports) == 1:
             ports *= len(hosts)
-        service = self.parameter("service") or os.environ.get("PGSERVICE")
-        if hosts == [""]:
-            if service:
-                return f"service {service}"
-            hosts = ["the default socket"]
+        hosts = [host or "the default socket" for host in hosts]
         return ", ".join(
             f"{host}:{port}" if port else host
             for host, port in zip(hosts, ports + [""] * len(hosts), strict=False)

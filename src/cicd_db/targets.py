@@ -383,13 +383,17 @@ SETTING_VARIABLES = {"timezone": "PGTZ", "datestyle": "PGDATESTYLE", "geqo": "PG
 
 def _setting_variable(settings: ConnectionSettings, detail: str) -> str | None:
     """The variable that set the setting the server refused at start-up, when it is set
-    and the connection's options (the URL's or PGOPTIONS) do not name that setting too."""
+    (libpq sends it empty too, and leaves it out only when it says "default") and the
+    connection's options (the URL's or PGOPTIONS) do not name that setting too."""
     named = re.search(r'parameter "([^"]+)"', detail)
-    variable = SETTING_VARIABLES.get(named[1].lower()) if named else None
-    if variable is None or not os.environ.get(variable):
+    name = named[1].lower() if named else ""
+    variable = SETTING_VARIABLES.get(name)
+    value = os.environ.get(variable) if variable else None
+    if variable is None or value is None or value.lower() == "default":
         return None
     options = f"{settings.parameter('options') or ''} {os.environ.get('PGOPTIONS', '')}"
-    return None if named and named[1].lower() in options.lower() else variable
+    given = {option.lower() for option in re.findall(r"(?:-c\s*|--)([\w.]+)=", options)}
+    return None if name in given else variable
 
 
 def _libpq_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
@@ -428,7 +432,8 @@ def _libpq_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
         return ConnectionFailed(
             f"{where} answered, but not as {settings.origin('target_session_attrs')} asks: "
             f"{detail}; connect to a server that is so (`cicd-db migrate wait` waits for a "
-            "failover to make one so), or change target_session_attrs"
+            "failover to make one so; a server read-only by its default_transaction_read_only "
+            "stays so), or change target_session_attrs"
         )
     if detail.startswith("GSSAPI encryption required"):
         return ConfigError(
