@@ -121,7 +121,9 @@ class ConnectionFailed(OperationalError):
 
 
 class MigrationFailed(OperationalError):
-    pass
+    # The server's code and words for the file's statement that failed, where one did.
+    sqlstate: str | None = None
+    said: str | None = None
 
 
 class LockTimeout(OperationalError):

@@ -167,3 +167,83 @@ def test_drift_names_files_it_cannot_replay_in_one_transaction(
     )
     assert str(failed.value).endswith("with this database's `schema dump`")
     assert database.query(SCRATCH_SCHEMAS) == []
+
+
+# A file as applied for real, and what its replay in the scratch schema would reach of
+# the live database: each a way a file acts outside the schema it runs in.
+OUTSIDE = {
+    "qualified name": (["CREATE TABLE public.a (id int);"], 'relation "a" already exists'),
+    "search_path set": (["SET search_path = public;\nCREATE TABLE a (id int);"], "already"),
+    "schema made": (["CREATE SCHEMA shared;\nCREATE TABLE shared.t (id int);"], "already"),
+    "dump-style": (
+        [
+            "CREATE TABLE a (id int);\nINSERT INTO a VALUES (1);",
+            "DROP TABLE IF EXISTS public.b;\nCREATE TABLE public.b (id int);",
+        ],
+        "it changes public.",
+    ),
+    "write": (
+        ["CREATE TABLE a (id int);\nINSERT INTO a VALUES (1);", "UPDATE public.a SET id = 2;"],
+        "it changes public.a)",
+    ),
+    "nextval": (
+        ["CREATE SEQUENCE s;", "SELECT nextval('public.s');"],
+        "it changes public.s): it names a schema, makes one, or sets a search_path, so its "
+        "replay acts on the live objects; stopped there, and all it did was rolled back but "
+        "the sequences it advanced (public.s); ",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OUTSIDE)
+def test_drift_and_baseline_refuse_a_file_that_acts_outside_the_scratch_schema(
+    database: Database, tmp_path: Path, case: str
+) -> None:
+    """The replay runs each file with the scratch schema in the live one's place; a file
+    that names a schema, makes one or sets a search_path reaches the live objects. It
+    was told to fix itself (an object "already exists"), or wrote to live tables under
+    a read-only command and reported drift that is not there. Now: refused, naming the
+    file and what it reached, with the comparison that can replay it; the live rows are
+    as they were."""
+    texts, said = OUTSIDE[case]
+    files = {f"{n:04d}_f.sql": text + "\n" for n, text in enumerate(texts, 1)}
+    folder = write_migrations(tmp_path / "m", files)
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        runner.apply()
+        before = database.query("SELECT to_regclass('public.a')")
+        rows = database.query("SELECT * FROM public.a") if before != [(None,)] else []
+        with pytest.raises(MigrationRefused) as refused:
+            runner.drift()
+    message = str(refused.value)
+    last = f"{len(texts):04d}_f.sql"
+    assert message.startswith(f"{last} acts outside the scratch schema"), message
+    assert said in message and message.endswith("with this database's `schema dump`"), message
+    if rows:
+        assert database.query("SELECT * FROM public.a") == rows
+    assert database.query(SCRATCH_SCHEMAS) == []
+    # baseline replays the same way: a database made by hand from these files.
+    with database.connect() as conn:
+        conn.execute("DROP SCHEMA cicd_db CASCADE")
+        with pytest.raises(MigrationRefused, match=f"^{last} acts outside the scratch schema"):
+            migrations.Runner(conn, migrations.discover(folder)).baseline(len(texts))
+    assert database.history() == []
+
+
+def test_drift_replays_a_file_that_reads_or_references_another_schema(
+    database: Database, tmp_path: Path
+) -> None:
+    """Reading a table of another schema, or a foreign key to it, acts on nothing live:
+    the comparison runs, and finds no drift."""
+    database.execute("CREATE SCHEMA shared; CREATE TABLE shared.lookup (id int PRIMARY KEY)")
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "0001_a.sql": "CREATE TABLE a (id int REFERENCES shared.lookup);\n",
+            "0002_b.sql": "CREATE TABLE b AS SELECT id FROM shared.lookup;\n",
+        },
+    )
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        runner.apply()
+        assert runner.drift() == (2, [])

@@ -215,4 +215,6 @@ def raise_on_error(
         if statement:
             reason += f" ({abridge(statement.text(migration.data))})"
         raise Transient(message, reason)
-    raise MigrationFailed(message)
+    refused = MigrationFailed(message)
+    refused.sqlstate, refused.said = error.diag.sqlstate, error.diag.message_primary
+    raise refused

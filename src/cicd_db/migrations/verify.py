@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from cicd_db import schema
-from cicd_db.errors import MigrationRefused
+from cicd_db.errors import MigrationFailed, MigrationRefused
 from cicd_db.migrations import history, lock, reconcile
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.session import RESET_FILE_STATE, Session
@@ -100,7 +102,18 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
                     data = re.sub(rb"\bCONCURRENTLY\b", b"", migration.data, flags=re.IGNORECASE)
                     steps = plan(migration.filename, data, transactional=False)
                     migration = replace(migration, data=data, planned=steps)
-                session.run_steps(migration)
+                try:
+                    session.run_steps(migration)
+                except MigrationFailed as failed:
+                    # Applied for real, or made by hand, and already there in the replay:
+                    # what it makes is outside the scratch schema (a schema it makes, a
+                    # name it qualifies, a search_path it sets).
+                    if failed.sqlstate in _ALREADY_THERE:
+                        raise MigrationRefused(
+                            _outside(migration, f"{failed.said} [{failed.sqlstate}]")
+                        ) from None
+                    raise
+                _refuse_what_reached_the_live_objects(conn, migration, scratch)
                 conn.execute(b"RELEASE cicd_db_compare")
                 session.uncommitted_before = UNCOMMITTED_BEFORE
                 session.ran(migration)
@@ -110,3 +123,58 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
         expected = schema.signature(conn, scratch)
         actual = schema.signature(conn, live)
     return schema.compare(expected, actual)
+
+
+# Relations outside the scratch schema that the replay has written or changed, by the
+# locks it holds on them: a write or nextval() (ROW EXCLUSIVE) and any DDL but a
+# foreign key's or a trigger's (SHARE ROW EXCLUSIVE, which a reference to a table of a
+# shared schema takes); reads (ACCESS SHARE, ROW SHARE) are allowed.
+_REACHED = sql.SQL(
+    """
+    SELECT DISTINCT pg_catalog.format('%%I.%%I', n.nspname, c.relname),
+           c.relkind OPERATOR(pg_catalog.=) 'S'
+      FROM pg_catalog.pg_locks l
+      JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation
+      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
+       AND l.locktype OPERATOR(pg_catalog.=) 'relation'
+       AND l.mode OPERATOR(pg_catalog.<>) ALL (ARRAY['AccessShareLock', 'RowShareLock',
+                                                   'ShareRowExclusiveLock'])
+       AND n.nspname OPERATOR(pg_catalog.<>) %s
+       AND n.oid OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog'::pg_catalog.regnamespace,
+                                                  'pg_toast'::pg_catalog.regnamespace])
+       AND NOT pg_catalog.pg_is_other_temp_schema(n.oid)
+       AND n.oid OPERATOR(pg_catalog.<>) pg_catalog.pg_my_temp_schema()
+     ORDER BY 1 LIMIT 6
+    """
+)
+
+
+def _refuse_what_reached_the_live_objects(
+    conn: psycopg.Connection[Any], migration: Migration, scratch: str
+) -> None:
+    """Refuse, before the next file, a replayed file that wrote to or changed objects
+    outside the scratch schema: it names their schema (`public.t`, a pg_dump's `DROP
+    SCHEMA public`) or sets a search_path, so its replay acts on the live objects (rolled
+    back with the comparison, but locked meanwhile, and a sequence advanced for good),
+    and what it makes is not in the scratch schema to compare."""
+    rows = conn.execute(_REACHED, [scratch]).fetchall()
+    if rows:
+        shown = ", ".join(str(row[0]) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        # nextval() is never rolled back: said, not hidden.
+        advanced = [str(row[0]) for row in rows if row[1]]
+        kept = f" but the sequences it advanced ({', '.join(advanced)})" if advanced else ""
+        raise MigrationRefused(_outside(migration, f"it changes {shown}", kept))
+
+
+# duplicate_table, duplicate_schema, duplicate_object, duplicate_function.
+_ALREADY_THERE = frozenset({"42P07", "42P06", "42710", "42723"})
+
+
+def _outside(migration: Migration, what: str, kept: str = "") -> str:
+    return (
+        f"{migration.filename} acts outside the scratch schema the files are replayed in "
+        f"({what}): it names a schema, makes one, or sets a search_path, so its replay "
+        f"acts on the live objects; stopped there, and all it did was rolled back{kept}; "
+        + UNCOMMITTED_BEFORE
+    )
