@@ -17,6 +17,8 @@ from .shared import MEBIBYTE
 
 
 def test_discover_skips_hidden_files_other_files_and_folders(tmp_path: Path) -> None:
+    """What is not named as a migration; a folder or a link named as one is refused
+    (test_an_entry_named_like_a_migration_that_is_no_file_is_refused)."""
     write_migrations(
         tmp_path,
         {
@@ -25,7 +27,8 @@ def test_discover_skips_hidden_files_other_files_and_folders(tmp_path: Path) -> 
             "README.md": "notes\n",
         },
     )
-    (tmp_path / "0003_folder.sql").mkdir()
+    (tmp_path / "0003_folder").mkdir()
+    (tmp_path / ".0004_hidden.sql").mkdir()
     assert [m.filename for m in migrations.discover(tmp_path)] == ["0001_a.sql"]
 
 
@@ -296,3 +299,25 @@ def test_the_index_and_table_a_no_transaction_file_builds(
     path = tmp_path / "0001_idx.sql"
     path.write_text(f"-- cicd-db: no-transaction\n{statement}\n")
     assert migrations.files.index_target(migrations.read(path, 1, "idx")) == target
+
+
+def test_an_entry_named_like_a_migration_that_is_no_file_is_refused(tmp_path: Path) -> None:
+    """A link to a file that is not there (one not checked out) or a folder, named as a
+    migration: skipped, it was a migration never applied, with exit 0, while `migrate
+    new` numbered past it. Refused, naming it and the fix."""
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;\n")
+    (tmp_path / "0009_gone.sql").symlink_to(tmp_path / "nowhere.sql")
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value) == (
+        f"migration file 0009_gone.sql is a link to {str(tmp_path / 'nowhere.sql')!r}, which "
+        "does not exist (a file that was not checked out?); restore what it points to, or "
+        "remove the link"
+    )
+    (tmp_path / "0009_gone.sql").unlink()
+    (tmp_path / "0005_dir.sql").mkdir()
+    with pytest.raises(ConfigError, match=r"^0005_dir\.sql in the migrations folder is a folder; "):
+        migrations.discover(tmp_path)
+    (tmp_path / "0005_dir.sql").rmdir()
+    (tmp_path / "0002_b.sql").symlink_to(tmp_path / "0001_a.sql")  # a link to a file is one
+    assert [m.version for m in migrations.discover(tmp_path)] == [1, 2]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -128,8 +129,10 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
         )
     migrations: dict[int, Migration] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() != ".sql" or not path.is_file():
+        if path.name.startswith(".") or path.suffix.lower() != ".sql":
             continue
+        if not path.is_file():  # never skipped: a file not there is a file not applied
+            raise ConfigError(_not_a_file(path))
         version, name = _parse_name(path.name)
         if version in migrations:
             raise ConfigError(
@@ -145,6 +148,18 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
             values={"folder": folder},
         )
     return [migrations[version] for version in sorted(migrations)]
+
+
+def _not_a_file(path: Path) -> str:
+    shown = path.name if re.fullmatch(r"[A-Za-z0-9_.-]+", path.name) else repr(path.name)
+    if path.is_symlink() and not path.exists():
+        return (
+            f"migration file {shown} is a link to {os.readlink(path)!r}, which does not "
+            "exist (a file that was not checked out?); restore what it points to, or "
+            "remove the link"
+        )
+    what = "a folder" if path.is_dir() else "not a regular file"
+    return f"{shown} in the migrations folder is {what}; rename it to end otherwise than .sql, or remove it"
 
 
 def _parse_name(filename: str) -> tuple[int, str]:
