@@ -100,6 +100,10 @@ def test_status_lines_name_the_rows_that_disagree() -> None:
     assert lines[3].split() == ["3", "c", "pending", "-"]
     assert lines[-1] == "stack dev: 1 pending, 1 needs attention (run `migrate up` for the fix)"
     assert console.status_lines("x", rows[:1])[-1] == "x: up to date"
+    # A file and the history that disagree, nothing pending: never "up to date".
+    assert console.status_lines("x", rows[:2])[-1] == (
+        "x: 1 needs attention (run `migrate up` for the fix)"
+    )
     assert [row for row in rows if row.disagrees] == [rows[1]]
     shape = console.status_json("stack dev", "postgresql://u:***@h/d", rows)
     assert shape["pending"] == 1

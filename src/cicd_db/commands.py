@@ -263,7 +263,13 @@ def up(
                 raise Interrupted(
                     f"{done}: interrupted", exit_code=interrupt_exit_code(interrupt)
                 ) from None
-    summary = console.up_summary(where.description, dry_run, len(results), elapsed_ms)
+        # What a run up to `target` leaves pending above it: said, never "up to date".
+        beyond = 0
+        if target is not None:
+            beyond = sum(row.state == "pending" and row.version > target for row in runner.status())
+    summary = console.up_summary(
+        where.description, dry_run, len(results), elapsed_ms, target=target, beyond=beyond
+    )
     if dump_schema and not dry_run:  # not with --json: stdout stays one JSON document
         summary += f"\nschema written to {one_line(str(dump_schema))}"
     ctx.show(console.applied_json(where.description, dry_run, results, notes), lambda: [summary])

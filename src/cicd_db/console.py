@@ -65,14 +65,27 @@ def applied_lines(result: migrations.Result, *, sql: bool) -> list[str]:
     return lines + ([f"-- {name}\n{result.migration.text.rstrip()}\n"] if sql else [])
 
 
-def up_summary(description: str, dry_run: bool, count: int, elapsed_ms: float) -> str:
+def up_summary(
+    description: str,
+    dry_run: bool,
+    count: int,
+    elapsed_ms: float,
+    *,
+    target: int | None = None,
+    beyond: int = 0,
+) -> str:
+    """`beyond`: files still pending above `target`, which a run up to it leaves."""
+    left = f"; {plural(beyond, 'migration')} pending above version {target}" if beyond else ""
     if not count:
+        if beyond:
+            return f"nothing to apply up to version {target} on {description}{left}"
         return f"nothing to apply: {description} is up to date"
     if dry_run:
         return (
-            f"dry run: {plural(count, 'migration')} pending on {description}; nothing was changed"
+            f"dry run: {plural(count, 'migration')} pending on {description}"
+            f"{' up to version ' + str(target) if beyond else ''}; nothing was changed{left}"
         )
-    return f"applied {plural(count, 'migration')} to {description} in {elapsed_ms:.0f} ms"
+    return f"applied {plural(count, 'migration')} to {description} in {elapsed_ms:.0f} ms{left}"
 
 
 def rehearsal_json(description: str, rehearsals: Sequence[migrations.Rehearsal]) -> JSON:
@@ -179,12 +192,15 @@ def status_lines(description: str, rows: Sequence[migrations.StatusRow]) -> list
         for row in rows
     ]
     pending = sum(row.state == "pending" for row in rows)
-    summary = f"{pending} pending" if pending else "up to date"
-    if problems := sum(row.disagrees for row in rows):
-        summary += (
-            f", {problems} {'needs' if problems == 1 else 'need'} attention "
+    problems = sum(row.disagrees for row in rows)
+    # Never "up to date" beside a file and the history that disagree.
+    parts = [f"{pending} pending"] if pending else [] if problems else ["up to date"]
+    if problems:
+        parts.append(
+            f"{problems} {'needs' if problems == 1 else 'need'} attention "
             "(run `migrate up` for the fix)"
         )
+    summary = ", ".join(parts)
     return [*grid(["VERSION", "NAME", "STATE", "APPLIED AT"], cells), f"{description}: {summary}"]
 
 

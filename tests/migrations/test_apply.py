@@ -82,6 +82,30 @@ def test_up_applies_in_order_and_records_history(database: Database, tmp_path: P
     )
 
 
+def test_a_run_up_to_a_target_says_what_it_leaves_pending_above_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """`--target` short of the newest file: the summary says how many files it leaves,
+    applied, dry or with nothing to do, and never calls the database up to date."""
+    folder = write_migrations(tmp_path, THREE)
+    code, out, _ = migrate(database, folder, "up", "--target", "0")
+    assert (code, out) == (
+        0,
+        "nothing to apply up to version 0 on --database-url; 3 migrations pending above "
+        "version 0\n",
+    )
+    code, out, _ = migrate(database, folder, "up", "--target", "2", "--dry-run")
+    assert out.endswith(
+        "dry run: 2 migrations pending on --database-url up to version 2; nothing was "
+        "changed; 1 migration pending above version 2\n"
+    ), out
+    code, out, _ = migrate(database, folder, "up", "--target", "2")
+    assert code == 0 and out.endswith("; 1 migration pending above version 2\n"), out
+    assert database.history() == [1, 2]
+    code, out, _ = migrate(database, folder, "up", "--target", "3")
+    assert (code, out.splitlines()[-1].endswith(" ms")) == (0, True), out
+
+
 def test_second_run_applies_nothing(database: Database, tmp_path: Path) -> None:
     folder = write_migrations(tmp_path, THREE)
     assert migrate(database, folder)[0] == 0
