@@ -346,6 +346,36 @@ def test_a_file_that_would_fail_at_its_commit_fails_the_rehearsal(
     assert database.query("SELECT count(*) FROM c") == [(0,)]
 
 
+@pytest.mark.parametrize(
+    "read_only",
+    [
+        "SET TRANSACTION READ ONLY;",
+        "SET transaction_read_only = on;",
+        "SET LOCAL transaction_read_only TO on;",
+        "SELECT set_config('transaction_read_only', 'on', true);",
+        "-- not read only: a comment\nSET TRANSACTION READ WRITE;\nSET TRANSACTION READ ONLY;",
+    ],
+    ids=["set-transaction", "set", "set-local", "set-config", "after-a-comment"],
+)
+def test_a_file_that_makes_its_transaction_read_only_fails_the_rehearsal_as_the_run(
+    database: Database, tmp_path: Path, read_only: str
+) -> None:
+    """A run fails such a file at its commit (its history row cannot be written); the
+    rehearsal said it would apply. Both now fail it, with the same advice."""
+    folder = write_migrations(
+        tmp_path,
+        {"0001_a.sql": "CREATE TABLE a (id int);\n", "0002_ro.sql": f"{read_only}\nSELECT 1;\n"},
+    )
+    code, out, _ = rehearse(database, folder)
+    assert code == 1, out
+    line = next(line for line in out.splitlines() if line.startswith("0002_ro.sql: "))
+    advice = "the file made its transaction read-only (SET TRANSACTION READ ONLY, SET "
+    assert ", FAILED: failed at its commit: " in line and advice in line, line
+    ran = migrate(database, folder)
+    assert ran.code == 1 and advice in ran.err, ran
+    assert database.history() == [1]
+
+
 def test_a_rehearsal_that_loses_the_lock_stops(database: Database, tmp_path: Path) -> None:
     """The file waits for the lock's session to be gone (pg_terminate_backend's timeout):
     a signal alone may still be on its way when the file ends, and the loss then found
@@ -543,3 +573,19 @@ def test_what_follows_a_skipped_set_transaction_is_rehearsed_and_named_by_its_li
     assert "ShareLock on a" in out or "ShareLock" in out, out
     flip = next(line for line in lines if line.startswith("0003_flip.sql"))
     assert "FAILED: failed at line 4: division by zero" in flip, out
+
+
+def test_a_file_that_keeps_its_transaction_writable_passes_the_rehearsal(
+    database: Database, tmp_path: Path
+) -> None:
+    """Read only named in a comment, or set off: nothing read-only, nothing failed."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_rw.sql": "-- SET TRANSACTION READ ONLY would fail it\n"
+            "SET TRANSACTION READ WRITE;\nSET transaction_read_only = off;\n"
+            "CREATE TABLE a (id int);\n"
+        },
+    )
+    code, out, _ = rehearse(database, folder)
+    assert code == 0 and "FAILED" not in out, out

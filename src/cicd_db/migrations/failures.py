@@ -28,6 +28,14 @@ class Transient(Exception):
         self.reason = reason
 
 
+# What a run and a rehearsal say of a file that made its own transaction read-only.
+READ_ONLY_BY_THE_FILE = (
+    "the file made its transaction read-only (SET TRANSACTION READ ONLY, SET "
+    "transaction_read_only), and cicd-db records a file in the file's own "
+    "transaction: remove that from the file"
+)
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else "no answer"
@@ -73,11 +81,7 @@ def describe_failure(
         advice = f"{setting}, then run again"
     elif line is None and diag.sqlstate == "25006":
         # At the commit, the write refused is the history row's, in the file's transaction.
-        advice = (
-            "the file made its transaction read-only (SET TRANSACTION READ ONLY, SET "
-            "transaction_read_only), and cicd-db records a file in the file's own "
-            "transaction: remove that from the file"
-        )
+        advice = READ_ONLY_BY_THE_FILE
     elif right_taken:
         advice = (
             f"role {user} has that right once the file is rolled back, so the file took it "

@@ -23,7 +23,7 @@ from cicd_db.errors import (
     interrupt_exit_code,
 )
 from cicd_db.migrations import diagnose, history
-from cicd_db.migrations.failures import Transient, first_line
+from cicd_db.migrations.failures import READ_ONLY_BY_THE_FILE, Transient, first_line
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.session import CHECK_LOCK, RESET_SESSION, Session
 from cicd_db.migrations.statements import (
@@ -158,6 +158,7 @@ def rehearse(session: Session, pending: list[Migration]) -> list[Rehearsal]:
 def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) -> Rehearsal:
     conn = session.conn
     conn.execute("SAVEPOINT cicd_db_rehearsal")
+    read_only_before = _read_only(conn)
     sequences = _sequences(conn)
     held_before = set(_table_locks(conn))
     first_seen: dict[tuple[str, str], float] = {}
@@ -214,6 +215,16 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     ended = time.perf_counter()
     if error is None:
         error = _deferred_failure(session, migration)
+    if (
+        error is None
+        and not read_only_before
+        and (_read_only(conn) or _LEAD_READ_ONLY.search(without_comments(migration.data[:lead])))
+    ):
+        # A run writes the file's history row in the file's transaction, and fails there.
+        error = (
+            "failed at its commit: its transaction is read-only, where cicd-db writes its "
+            "history row [25006]; it was rolled back; " + READ_ONLY_BY_THE_FILE
+        )
     # A failed file is undone; a good one stays, for the files after it to build on.
     # Sequences are not transactional: read after a rollback, they still show a move.
     try:
@@ -277,6 +288,18 @@ def _deferred_failure(session: Session, migration: Migration) -> str | None:
     return diagnose.failure(session, migration, None, session.error(failed)).removeprefix(
         f"migration {migration.filename} "
     )
+
+
+# A leading statement the rehearsal does not run (its transaction began before the
+# file) that makes the file's transaction read-only, as a run would run it.
+_LEAD_READ_ONLY = re.compile(
+    rb"\bread\s+only\b|\btransaction_read_only\s*(=|to)\s*'?(on|true|yes|1)\b", re.I
+)
+
+
+def _read_only(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT pg_catalog.current_setting('transaction_read_only')").fetchone()
+    return bool(row and row[0] == "on")
 
 
 def _table_locks(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
