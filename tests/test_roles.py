@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from cicd_db import insights, migrations, retention
-from cicd_db.errors import MigrationFailed
+from cicd_db.errors import MigrationFailed, NotFound
 from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings
 from cicd_db.store import RUNNING, SUCCESS, Store
 
@@ -388,6 +388,34 @@ def test_each_role_holds_exactly_its_privileges(roles: Roles) -> None:
     # The insights rollup: written only by its triggers' functions, read by both.
     expected += [("run_rollups", APP_USER, "SELECT"), ("run_rollups", READER_USER, "SELECT")]
     assert rows == sorted(expected)
+    # Of the run counters, the pipelines' names alone, for both (0036).
+    columns = roles.database.query(
+        "SELECT a.attname, r.rolname, string_agg(x.privilege_type, ',') "
+        "FROM pg_attribute a CROSS JOIN LATERAL aclexplode(a.attacl) x "
+        "JOIN pg_roles r ON r.oid = x.grantee "
+        "WHERE a.attrelid = 'pipeline_run_counters'::regclass AND r.rolname IN (%s, %s) "
+        "GROUP BY 1, 2 ORDER BY 1, 2",
+        APP_USER,
+        READER_USER,
+    )
+    assert columns == [
+        ("pipeline_name", APP_USER, "SELECT"),
+        ("pipeline_name", READER_USER, "SELECT"),
+    ]
+
+
+def test_the_writer_runs_retention_for_one_pipeline(roles: Roles) -> None:
+    """`retention --pipeline` connects as the writer: it tells a misspelt name from a
+    pipeline whose runs were all deleted by the run counters' names, which the writer
+    may read (0036), never their numbers."""
+    with _connect(roles.app) as conn:
+        record(Store.on(conn))
+        old = retention.prune(conn, keep_days=1, pipeline="build", dry_run=True).runs
+        assert old > 0 and retention.prune(conn, keep_days=1, pipeline="build").runs == old
+        # Its old runs deleted: it did run, so there is nothing left to do, and no error.
+        assert retention.prune(conn, keep_days=1, pipeline="build").runs == 0
+        with pytest.raises(NotFound, match="pipeline 'biuld' has never recorded a run"):
+            retention.prune(conn, keep_days=1, pipeline="biuld")
 
 
 def test_a_temporary_table_of_the_writers_cannot_stand_in_for_the_counters(roles: Roles) -> None:
