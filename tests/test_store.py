@@ -1264,3 +1264,31 @@ def test_add_jobs_names_the_job_listed_twice_not_the_first(migrated: Database) -
     assert add_jobs_refusal(migrated, [("a", False), ("b", False), ("b", True)]) == (
         "job 'b' is in `jobs` twice; list it once"
     )
+
+
+def test_a_finish_at_a_time_before_what_ran_below_it_is_refused(
+    schema: Database, executions: Store
+) -> None:
+    """The helper's case: a job ran 00:10-00:20; its stage finished at 00:05, its run at
+    00:02, were accepted, and the stage's and run's durations came out wrong. Refused,
+    writing nothing, whether the time is before the child's start or its completion;
+    at or after the latest time below, accepted."""
+    at = T0
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING, at=at)
+    stage = executions.set_status(executions.add_stage(run, "test", 1), RUNNING, at=at)
+    (job,) = executions.add_jobs(stage, [("unit", False)])
+    job = executions.set_status(job, RUNNING, at=at + timedelta(minutes=10))
+    executions.set_status(job, SUCCESS, at=at + timedelta(minutes=20))
+    before = snapshot(schema)
+    for minutes in (5, 15):  # before the job's start; before its completion
+        with pytest.raises(
+            IllegalTransition,
+            match=r"stage 'test' cannot become SUCCESS at .*: a job of it started or finished "
+            r"later, at 2026-03-01 09:20:00\+00:00",
+        ):
+            executions.finish_stage(stage, at=at + timedelta(minutes=minutes))
+    assert snapshot(schema) == before
+    stage = executions.finish_stage(stage, at=at + timedelta(minutes=20))
+    with pytest.raises(IllegalTransition, match=r"cannot become SUCCESS at .*: a stage of it"):
+        executions.finish_run(run, at=at + timedelta(minutes=2))
+    assert executions.finish_run(run, at=at + timedelta(minutes=30)).status == SUCCESS

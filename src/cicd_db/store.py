@@ -318,6 +318,21 @@ _BELOW: dict[type, LiteralString] = {
     ),
     StageRun: "CROSS JOIN (SELECT NULL::timestamptz AS latest) AS below",
 }
+VERDICTS: dict[type, sql.Composed] = {
+    kind: sql.SQL(_VERDICT).format(
+        allowed=allowed,
+        below=sql.SQL(_BELOW[kind]),
+        children=sql.Identifier(children),
+        parent=sql.Identifier(parent),
+    )
+    for kind, children, parent, allowed in (
+        (PipelineRun, "stage_executions", "pipeline_execution_id", sql.SQL("false")),
+        (StageRun, "job_executions", "stage_execution_id", sql.Identifier("allows_failure")),
+    )
+}
+# An explicit `at` before a time below the row (a child's or a job's start or
+# completion) leaves the row alone too: no completion precedes a time below it. (One
+# before the row's own start goes on, to the CHECK that refuses it as such.)
 FINISH: dict[type, bytes] = {
     kind: sql.SQL(
         "UPDATE {table} SET status = coalesce(%(status)s, verdict.derived), "
@@ -325,23 +340,21 @@ FINISH: dict[type, bytes] = {
         "greatest(clock_timestamp(), {table}.start_time, verdict.latest)) "
         "FROM ({verdict}) AS verdict "
         "WHERE id = %(parent)s AND status = 'RUNNING' AND verdict.unfinished = 0 "
+        "AND (%(at)s::timestamptz IS NULL OR verdict.latest IS NULL "
+        "OR %(at)s::timestamptz >= verdict.latest OR %(at)s::timestamptz < {table}.start_time) "
         "AND xmin = (SELECT xmin FROM {table} WHERE id = %(parent)s) "
         "RETURNING status, start_time, completion_time"
     )
-    .format(
-        table=TABLES[kind][0],
-        verdict=sql.SQL(_VERDICT).format(
-            allowed=allowed,
-            below=sql.SQL(_BELOW[kind]),
-            children=sql.Identifier(children),
-            parent=sql.Identifier(parent),
-        ),
-    )
+    .format(table=TABLES[kind][0], verdict=verdict)
     .as_bytes(None)
-    for kind, children, parent, allowed in (
-        (PipelineRun, "stage_executions", "pipeline_execution_id", sql.SQL("false")),
-        (StageRun, "job_executions", "stage_execution_id", sql.Identifier("allows_failure")),
-    )
+    for kind, verdict in VERDICTS.items()
+}
+# The latest time below a run or stage, for the message of an `at` before it.
+LATEST_BELOW: dict[type, bytes] = {
+    kind: sql.SQL("SELECT verdict.latest FROM ({verdict}) AS verdict")
+    .format(verdict=verdict)
+    .as_bytes(None)
+    for kind, verdict in VERDICTS.items()
 }
 # Many jobs moved at once, all or none: the jobs locked and counted first (a job
 # another writer moved meanwhile is read again once its lock is granted, and left
@@ -774,6 +787,15 @@ class Store:
             move = status or (
                 FAILED if FAILED in counted else CANCELED if CANCELED in counted else SUCCESS
             )
+            # Before the row's own start: the CHECK's refusal below says that.
+            if at is not None and (current.start_time is None or at >= current.start_time):
+                found = conn.execute(LATEST_BELOW[type(row)], {"parent": row.id}).fetchone()
+                latest = found[0] if found else None
+                if latest is not None and at < latest:
+                    raise IllegalTransition(
+                        f"{what} {_name(row)} cannot become {move} at {at}: a {kind} of it "
+                        f"started or finished later, at {latest}"
+                    )
             try:
                 with conn.cursor(binary=True) as cursor:
                     finished = cursor.execute(FINISH[type(row)], params).fetchone()
