@@ -410,7 +410,12 @@ def insights(
         )
     params = {"pipeline": pipeline, "days": days, "runs": runs, "now": now}
     try:
-        row = conn.execute(_query(pipeline, runs), params).fetchone()
+        # Figures come back in JSON, which the server writes floats into as text: as it
+        # writes them by default, whatever extra_float_digits a role, the database or a
+        # migration left. Read only, so rolled back: the setting never outlives it.
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET LOCAL extra_float_digits = 1")
+            row = conn.execute(_query(pipeline, runs), params).fetchone()
     except errors.UndefinedTable:
         from cicd_db.store import tables_placement  # on use: the CLI imports this module
 

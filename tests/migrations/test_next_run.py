@@ -391,16 +391,21 @@ def test_reports_insights_and_retention_read_alike_under_any_date_and_interval_s
     database: Database,
 ) -> None:
     """DateStyle and IntervalStyle left on the database, or DateStyle from libpq's
-    PGDATESTYLE (psycopg parses only ISO dates and postgres-style intervals as text): the
-    reading commands print what they printed before, and retention runs."""
+    PGDATESTYLE (psycopg parses only ISO dates and postgres-style intervals as text), and
+    extra_float_digits (the server writes floats into JSON as text): the reading
+    commands print what they printed before, and retention runs."""
     assert migrate(database, MIGRATIONS).code == 0
+    # Durations of many digits (1234.567 s, 1876.5 s), which a rounding would change.
+    t0 = datetime.now(UTC) - timedelta(hours=1)
     with database.connect() as conn:
         store = Store.on(conn)
-        run = store.start_run("styled", "abc123")
-        stage = store.add_stage(run, "build", 1)
+        run = store.set_status(store.start_run("styled", "abc123"), "RUNNING", at=t0)
+        stage = store.set_status(store.add_stage(run, "build", 1), "RUNNING", at=t0)
         [job] = store.add_jobs(stage, [("compile", False)])
-        store.set_status(job, "RUNNING")
-        store.set_status(job, "SUCCESS")
+        job = store.set_status(job, "RUNNING", at=t0)
+        store.set_status(job, "SUCCESS", at=t0 + timedelta(seconds=1234.567))
+        store.finish_stage(stage, at=t0 + timedelta(seconds=1234.567))
+        store.finish_run(run, at=t0 + timedelta(seconds=1876.5))
     url = database.settings.url()
     reading = [
         ("report", "--pipeline", "styled", "--json"),
@@ -416,13 +421,18 @@ def test_reports_insights_and_retention_read_alike_under_any_date_and_interval_s
         return printed
 
     before = read_all()
+    assert before[2]["duration_p50_seconds"] == 1876.5, before[2]
     # libpq's PGDATESTYLE reaches the server as a setting of its own, after the options.
     for style in ("German", "SQL, DMY", "Postgres, MDY"):
         assert read_all({"PGDATESTYLE": style}) == before, style
+    for digits in ("-15", "-5", "0", "3"):
+        options = {"PGOPTIONS": f"-c extra_float_digits={digits}"}
+        assert read_all(options) == before, digits
     database.execute(
         sql.SQL(
             "ALTER DATABASE {name} SET DateStyle = 'SQL, DMY'; "
-            "ALTER DATABASE {name} SET IntervalStyle = 'sql_standard'"
+            "ALTER DATABASE {name} SET IntervalStyle = 'sql_standard'; "
+            "ALTER DATABASE {name} SET extra_float_digits = -15"
         ).format(name=sql.Identifier(database.name))
     )
     assert read_all() == before
