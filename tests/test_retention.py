@@ -142,6 +142,22 @@ def test_the_cutoff_is_the_servers_clock_less_whole_days(
     assert abs(pruned.cutoff - (server_now - timedelta(days=30))) < timedelta(minutes=1)
 
 
+@pytest.mark.parametrize(
+    "zone", ["UTC", "America/New_York", "Australia/Lord_Howe", "Europe/London", "Pacific/Apia"]
+)
+def test_the_cutoff_is_the_same_in_every_session_time_zone(migrated: Database, zone: str) -> None:
+    """Days of 24 hours: a calendar day of the session's zone moved the cutoff by the
+    daylight-saving change between then and now (an hour, or 30 minutes at Lord Howe),
+    by who asked. Over a year of keep-days, some cross a change in each of these zones."""
+    with migrated.connect() as conn:
+        conn.execute(psycopg.sql.SQL("SET TimeZone = {}").format(psycopg.sql.Literal(zone)))
+        for keep_days in (40, 100, 150, 200, 250, 300, 365):
+            pruned = retention.prune(conn, keep_days=keep_days, dry_run=True)
+            [(server_now,)] = conn.execute("SELECT now()").fetchall()
+            expected = server_now.astimezone(UTC) - timedelta(days=keep_days)  # 24 h days
+            assert abs(pruned.cutoff - expected) < timedelta(minutes=5), (zone, keep_days)
+
+
 def test_a_dry_run_counts_what_would_go_and_changes_nothing(
     migrated: Database, executions: Store
 ) -> None:

@@ -3,7 +3,8 @@ short transactions that never stop the CI system's writers.
 
 - Only finished runs go (SUCCESS, FAILED, CANCELED) whose `completion_time` is
   before the cutoff; a PENDING or RUNNING run stays, whatever its age. The cutoff
-  is read once, from the server's clock, when the call starts.
+  is read once, from the server's clock, when the call starts: `keep_days` days of 24
+  hours before it, whatever the session's time zone.
 - A batch is one transaction: up to `batch_size` runs, locked FOR UPDATE SKIP
   LOCKED (a run a writer holds is left for the next call), then their jobs, their
   stages and the runs deleted. A run goes with all its children or not at all;
@@ -156,7 +157,9 @@ def prune(
                 arguments=["pipeline"],
                 values={"name": repr(pipeline)},
             )
-        row = conn.execute("SELECT now() - make_interval(days => %s)", [keep_days]).fetchone()
+        # Days of 24 hours: a calendar day is the session time zone's, which would move
+        # the cutoff by an hour across a daylight-saving change, by who asks.
+        row = conn.execute("SELECT now() - make_interval(hours => %s)", [keep_days * 24]).fetchone()
         assert row is not None  # noqa: S101 - a SELECT of one value returns one row
         params: dict[str, Any] = {"cutoff": row[0], "pipeline": pipeline}
         candidates = _candidates(pipeline)
