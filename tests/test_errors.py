@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cicd_db.errors import MAX_NAME_BYTES, ConfigError, UsageError, check_name, one_line
+from cicd_db.errors import (
+    MAX_NAME_BYTES,
+    ConfigError,
+    UsageError,
+    check_name,
+    check_range,
+    one_line,
+)
 
 
 @given(st.text())
@@ -135,3 +142,16 @@ def test_check_name_takes_exactly_max_name_bytes() -> None:
     check_name("stage", "é" * (MAX_NAME_BYTES // 2))
     with pytest.raises(UsageError, match=re.escape(f"is {MAX_NAME_BYTES + 1:,} bytes")):
         check_name("stage", "a" * (MAX_NAME_BYTES + 1))
+
+
+@pytest.mark.parametrize("value", [1.5, 30.0, True, False, "30", None, b"3"])
+def test_a_count_that_is_not_a_whole_number_is_refused_by_its_type(value: object) -> None:
+    """From Python, a float, a bool or a string went on to a database error or a bare
+    TypeError (`retention.prune(conn, keep_days=1.5)`); each count is refused naming the
+    argument, the range and the type given, never the value."""
+    with pytest.raises(UsageError) as refused:
+        check_range("keep_days", value, 36_600)  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        f"`keep_days` takes a whole number from 1 to 36600, not a {type(value).__name__}"
+    )
+    check_range("keep_days", 30, 36_600)

@@ -193,8 +193,15 @@ def plural(count: int, noun: str) -> str:
 
 
 def check_range(argument: str, value: int, most: int) -> None:
-    """UsageError unless 1 <= `value` <= `most`: every count an option takes is told alike,
-    the value and the range to give (`argument`: the keyword, phrased as its flag)."""
+    """UsageError unless `value` is a whole number (an int, not a bool) and 1 <= `value`
+    <= `most`: every count an option takes is told alike, the value and the range to give
+    (`argument`: the keyword, phrased as its flag). A value of another type is named by
+    its type alone (from Python, 1.5 or "30" went on to a database error)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(
+            f"{{{argument}}} takes a whole number from 1 to {most}, not a {type(value).__name__}",
+            arguments=[argument],
+        )
     if not 1 <= value <= most:
         raise UsageError(
             f"{{{argument}}} {value} is out of range; give 1 to {most}", arguments=[argument]
