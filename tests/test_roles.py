@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from cicd_db import insights, migrations, retention
-from cicd_db.errors import MigrationFailed, NotFound
+from cicd_db.errors import ConfigError, MigrationFailed, NotFound
 from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings
 from cicd_db.store import RUNNING, SUCCESS, Store
 
@@ -416,6 +416,22 @@ def test_the_writer_runs_retention_for_one_pipeline(roles: Roles) -> None:
         assert retention.prune(conn, keep_days=1, pipeline="build").runs == 0
         with pytest.raises(NotFound, match="pipeline 'biuld' has never recorded a run"):
             retention.prune(conn, keep_days=1, pipeline="biuld")
+
+
+def test_the_reader_is_told_retention_is_the_writers(roles: Roles) -> None:
+    """The reader counts what would go (it reads), and a real run is refused in one line
+    that names the role to use, not a bare database error."""
+    with _connect(roles.app) as conn:
+        record(Store.on(conn))
+    with _connect(roles.reader) as conn:
+        assert retention.prune(conn, keep_days=1, pipeline="build", dry_run=True).runs > 0
+        with pytest.raises(ConfigError) as refused:
+            retention.prune(conn, keep_days=1)
+    assert str(refused.value) == (
+        f"role {READER_USER} may not delete executions (permission denied for table "
+        "pipeline_executions); nothing was deleted; run retention as the writer (ci_app, which "
+        "`--local` and `--stack` use) or the tables' owner"
+    )
 
 
 def test_a_temporary_table_of_the_writers_cannot_stand_in_for_the_counters(roles: Roles) -> None:

@@ -34,6 +34,7 @@ import psycopg
 from psycopg import errors, sql
 
 from cicd_db.errors import (
+    ConfigError,
     Interrupted,
     NotFound,
     OperationalError,
@@ -197,6 +198,13 @@ def prune(
             f"interrupted; {_so_far(done)}; the batch in progress was rolled back, and no "
             "run was left half-deleted; run again to go on",
             exit_code=interrupt_exit_code(interrupt),
+        ) from None
+    except errors.InsufficientPrivilege as denied:
+        # A role that may read the executions but not delete them (the reader).
+        raise ConfigError(
+            f"role {conn.info.user} may not delete executions "
+            f"({denied.diag.message_primary}); {_so_far(done)}; run retention as the writer "
+            "(ci_app, which `--local` and `--stack` use) or the tables' owner"
         ) from None
     except psycopg.OperationalError as lost:
         raise OperationalError(
