@@ -581,6 +581,7 @@ def run_tool(
     process group of its own; its standard output, or EmbeddedServerError naming its
     error. On any exception (a Ctrl-C) the whole group is stopped before it propagates:
     initdb's own postgres would otherwise go on writing in a folder being removed."""
+    held = hold_signals() if preexec_fn else None
     try:
         process = subprocess.Popen(
             [str(bin_dir / program), *arguments],
@@ -590,12 +591,16 @@ def run_tool(
             cwd=cwd,
             env=tool_environment(),
             start_new_session=True,
-            preexec_fn=preexec_fn,
+            preexec_fn=unheld(held, preexec_fn),
             **account_options(),
         )
-    except OSError as error:
-        raise EmbeddedServerError(f"{program} failed to run: {error}") from None
+    except BaseException as error:
+        release_signals(held)
+        if isinstance(error, OSError):
+            raise EmbeddedServerError(f"{program} failed to run: {error}") from None
+        raise
     try:
+        release_signals(held)  # a Ctrl-C of the fork's moment is raised here, and stops it
         out, err = process.communicate(timeout=START_TIMEOUT_SECONDS + 30)
     except subprocess.TimeoutExpired:
         stop_group(process)
@@ -608,6 +613,40 @@ def run_tool(
     if process.returncode != 0:
         raise EmbeddedServerError(f"{program} failed: {tool_error(err or out)}")
     return str(out)
+
+
+# The signals a command stops on (entry.py), held while a child is forked with a
+# preexec_fn: Python then runs its at-fork hooks in this process (logging's lock, which
+# psycopg's import brings), and a Ctrl-C that lands in one is not raised but printed as
+# "Exception ignored ... KeyboardInterrupt", a traceback, and lost. Held, it is raised
+# once the child is known, where the caller stops it.
+HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def hold_signals() -> set[int | signal.Signals]:
+    """Hold HELD_SIGNALS (delivered when released); the mask before, for release_signals."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+
+
+def release_signals(before: set[int | signal.Signals] | None) -> None:
+    """The mask as it was before hold_signals(); a signal that came meanwhile arrives now."""
+    if before is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def unheld(
+    before: set[int | signal.Signals] | None, preexec_fn: Callable[[], None] | None
+) -> Callable[[], None] | None:
+    """`preexec_fn`, run in the child after its signal mask is put back to `before`'s: a
+    program must not start with the signals it stops on held."""
+    if before is None or preexec_fn is None:
+        return preexec_fn
+
+    def child() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        preexec_fn()
+
+    return child
 
 
 def stop_group(process: subprocess.Popen[Any], grace: float = 5.0) -> None:

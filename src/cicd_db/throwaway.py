@@ -201,6 +201,7 @@ def _start(bin_dir: Path, folder: Path, started: list[subprocess.Popen[bytes]]) 
         port = embedded.free_port()
         settings = {**_SETTINGS, "port": str(port)}
         with open(log, "wb") as output:
+            held = embedded.hold_signals()
             try:
                 started.append(
                     subprocess.Popen(
@@ -215,12 +216,14 @@ def _start(bin_dir: Path, folder: Path, started: list[subprocess.Popen[bytes]]) 
                         stdout=output,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
-                        preexec_fn=_quit_with_parent(os.getpid()),
+                        preexec_fn=embedded.unheld(held, _quit_with_parent(os.getpid())),
                         **embedded.account_options(),
                     )
                 )
             except OSError as error:
                 raise EmbeddedServerError(f"postgres failed to run: {error}") from None
+            finally:
+                embedded.release_signals(held)  # a Ctrl-C meanwhile: `started` stops it
         if _ready(started[-1], folder / "data" / embedded.PID_FILE, log):
             return port
         tail = log.read_text(errors="replace")
