@@ -619,7 +619,8 @@ def run_tool(
 # preexec_fn: Python then runs its at-fork hooks in this process (logging's lock, which
 # psycopg's import brings), and a Ctrl-C that lands in one is not raised but printed as
 # "Exception ignored ... KeyboardInterrupt", a traceback, and lost. Held, it is raised
-# once the child is known, where the caller stops it.
+# once the child is known, where the caller stops it. (Held by this thread: the CLI has
+# no other, which a signal to the process could go to instead.)
 HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
