@@ -186,11 +186,20 @@ OUTSIDE = {
         ["CREATE TABLE a (id int);\nINSERT INTO a VALUES (1);", "UPDATE public.a SET id = 2;"],
         "it changes public.a)",
     ),
+    "column added to a live table": (
+        ["CREATE TABLE a (id int);", "ALTER TABLE public.a ADD COLUMN z int;"],
+        'column "z" of relation "a" already exists [42701]',
+    ),
+    "default set on a live table": (
+        ["CREATE TABLE a (id int);", "ALTER TABLE public.a ALTER COLUMN id SET DEFAULT 1;"],
+        "it changes public.a)",
+    ),
     "nextval": (
         ["CREATE SEQUENCE s;", "SELECT nextval('public.s');"],
-        "it changes public.s): it names a schema, makes one, or sets a search_path, so its "
-        "replay acts on the live objects; stopped there, and all it did was rolled back but "
-        "the sequences it advanced (public.s); ",
+        "it changes public.s): it names a schema, makes one or an object of the whole "
+        "database (a role, an extension), or sets a search_path, so its replay acts on what "
+        "is live; stopped there, and all it did was rolled back but the sequences it "
+        "advanced (public.s); ",
     ),
 }
 
@@ -233,17 +242,38 @@ def test_drift_and_baseline_refuse_a_file_that_acts_outside_the_scratch_schema(
 def test_drift_replays_a_file_that_reads_or_references_another_schema(
     database: Database, tmp_path: Path
 ) -> None:
-    """Reading a table of another schema, or a foreign key to it, acts on nothing live:
-    the comparison runs, and finds no drift."""
+    """Reading a table of another schema, a foreign key to it made and dropped (which
+    locks that table as DDL does), a temporary table, ANALYZE of every table: nothing
+    live is changed, the comparison runs, and finds no drift."""
     database.execute("CREATE SCHEMA shared; CREATE TABLE shared.lookup (id int PRIMARY KEY)")
     folder = write_migrations(
         tmp_path / "m",
         {
-            "0001_a.sql": "CREATE TABLE a (id int REFERENCES shared.lookup);\n",
+            "0001_a.sql": "CREATE TABLE a (id int CONSTRAINT a_fk REFERENCES shared.lookup);\n",
             "0002_b.sql": "CREATE TABLE b AS SELECT id FROM shared.lookup;\n",
+            "0003_c.sql": "CREATE TABLE c (id int REFERENCES shared.lookup);\nDROP TABLE c;\n",
+            "0004_a.sql": "ALTER TABLE a DROP CONSTRAINT a_fk;\n",
+            "0005_temp.sql": "CREATE TEMP TABLE t (x text);\nINSERT INTO t VALUES ('x');\n",
+            "0006_analyze.sql": "ANALYZE;\n",
         },
     )
     with database.connect() as conn:
         runner = migrations.Runner(conn, migrations.discover(folder))
         runner.apply()
-        assert runner.drift() == (2, [])
+        assert runner.drift() == (6, [])
+
+
+def test_baseline_tells_two_files_that_make_one_table_as_the_server_does(
+    database: Database, tmp_path: Path
+) -> None:
+    """A duplicate inside the scratch schema is the files' own mistake, not a file acting
+    outside it: the server's words, and the file to fix."""
+    folder = write_migrations(
+        tmp_path / "m",
+        {"0001_a.sql": "CREATE TABLE a (id int);\n", "0002_a.sql": "CREATE TABLE a (id int);\n"},
+    )
+    with database.connect() as conn, pytest.raises(MigrationFailed) as failed:
+        migrations.Runner(conn, migrations.discover(folder)).baseline(2)
+    assert str(failed.value).startswith(
+        'migration 0002_a.sql failed at line 1: relation "a" already exists [42P07]'
+    ), failed.value

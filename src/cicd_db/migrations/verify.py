@@ -91,6 +91,7 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
     path = schema.scratch_path(str(setting[0]) if setting else "", live, scratch)
     with conn.transaction(force_rollback=True):
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
+        before = _versions(conn, scratch)
         session.savepoint = b"cicd_db_compare"
         session.notice()
         try:
@@ -105,15 +106,12 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
                 try:
                     session.run_steps(migration)
                 except MigrationFailed as failed:
-                    # Applied for real, or made by hand, and already there in the replay:
-                    # what it makes is outside the scratch schema (a schema it makes, a
-                    # name it qualifies, a search_path it sets).
-                    if failed.sqlstate in _ALREADY_THERE:
+                    if _already_there(conn, failed, scratch):
                         raise MigrationRefused(
                             _outside(migration, f"{failed.said} [{failed.sqlstate}]")
                         ) from None
                     raise
-                _refuse_what_reached_the_live_objects(conn, migration, scratch)
+                _refuse_what_reached_the_live_objects(conn, migration, scratch, before)
                 conn.execute(b"RELEASE cicd_db_compare")
                 session.uncommitted_before = UNCOMMITTED_BEFORE
                 session.ran(migration)
@@ -125,56 +123,113 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
     return schema.compare(expected, actual)
 
 
-# Relations outside the scratch schema that the replay has written or changed, by the
-# locks it holds on them: a write or nextval() (ROW EXCLUSIVE) and any DDL but a
-# foreign key's or a trigger's (SHARE ROW EXCLUSIVE, which a reference to a table of a
-# shared schema takes); reads (ACCESS SHARE, ROW SHARE) are allowed.
-_REACHED = sql.SQL(
-    """
-    SELECT DISTINCT pg_catalog.format('%%I.%%I', n.nspname, c.relname),
-           c.relkind OPERATOR(pg_catalog.=) 'S'
-      FROM pg_catalog.pg_locks l
-      JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation
-      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-     WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
-       AND l.locktype OPERATOR(pg_catalog.=) 'relation'
-       AND l.mode OPERATOR(pg_catalog.<>) ALL (ARRAY['AccessShareLock', 'RowShareLock',
-                                                   'ShareRowExclusiveLock'])
-       AND n.nspname OPERATOR(pg_catalog.<>) %s
-       AND n.oid OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog'::pg_catalog.regnamespace,
-                                                  'pg_toast'::pg_catalog.regnamespace])
-       AND NOT pg_catalog.pg_is_other_temp_schema(n.oid)
-       AND n.oid OPERATOR(pg_catalog.<>) pg_catalog.pg_my_temp_schema()
-     ORDER BY 1 LIMIT 6
-    """
+# A relation's version: those of its catalog rows that DDL writes (the relation's own,
+# its columns, defaults, constraints and its own triggers; not the internal triggers a
+# foreign key to it makes and drops), as the transactions that wrote them.
+_VERSION = (
+    "c.xmin::text || ':' || pg_catalog.concat_ws(':', "
+    "(SELECT pg_catalog.string_agg(a.xmin::text, ',' ORDER BY a.attnum) "
+    "FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid), "
+    "(SELECT pg_catalog.string_agg(d.xmin::text, ',' ORDER BY d.oid) "
+    "FROM pg_catalog.pg_attrdef d WHERE d.adrelid OPERATOR(pg_catalog.=) c.oid), "
+    "(SELECT pg_catalog.string_agg(k.xmin::text, ',' ORDER BY k.oid) "
+    "FROM pg_catalog.pg_constraint k WHERE k.conrelid OPERATOR(pg_catalog.=) c.oid), "
+    "(SELECT pg_catalog.string_agg(g.xmin::text, ',' ORDER BY g.oid) "
+    "FROM pg_catalog.pg_trigger g WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid "
+    "AND NOT g.tgisinternal))"
 )
+# Outside the scratch schema: not in it, PostgreSQL's own schemas or a session's
+# temporary ones (the file's own temporary tables are not live).
+_OUTSIDE = (
+    "n.nspname OPERATOR(pg_catalog.<>) ALL (ARRAY[%s, 'pg_catalog', 'pg_toast', "
+    "'information_schema']) AND n.nspname OPERATOR(pg_catalog.!~) '^pg_(toast_)?temp_'"
+)
+_VERSIONS = sql.SQL(
+    "SELECT c.oid, {version} FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+    "ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE {outside}"
+).format(version=sql.SQL(_VERSION), outside=sql.SQL(_OUTSIDE))
+# What the replay holds locked there: a write or nextval() (ROW EXCLUSIVE), or a lock
+# DDL takes (SHARE UPDATE EXCLUSIVE and up, but a foreign key's or a trigger's SHARE
+# ROW EXCLUSIVE), with the relation's version and whether it is a sequence.
+_LOCKED = sql.SQL(
+    "SELECT DISTINCT pg_catalog.format('%%I.%%I', n.nspname, c.relname), c.oid, "
+    "{version}, l.mode, c.relkind OPERATOR(pg_catalog.=) 'S' "
+    "FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c "
+    "ON c.oid OPERATOR(pg_catalog.=) l.relation "
+    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+    "WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() "
+    "AND l.locktype OPERATOR(pg_catalog.=) 'relation' "
+    "AND l.mode OPERATOR(pg_catalog.<>) ALL (ARRAY['AccessShareLock', 'RowShareLock', "
+    "'ShareRowExclusiveLock']) AND {outside} ORDER BY 1"
+).format(version=sql.SQL(_VERSION), outside=sql.SQL(_OUTSIDE))
+
+
+def _versions(conn: psycopg.Connection[Any], scratch: str) -> dict[int, str]:
+    return {int(oid): str(xmin) for oid, xmin in conn.execute(_VERSIONS, [scratch]).fetchall()}
 
 
 def _refuse_what_reached_the_live_objects(
-    conn: psycopg.Connection[Any], migration: Migration, scratch: str
+    conn: psycopg.Connection[Any], migration: Migration, scratch: str, before: dict[int, str]
 ) -> None:
     """Refuse, before the next file, a replayed file that wrote to or changed objects
     outside the scratch schema: it names their schema (`public.t`, a pg_dump's `DROP
     SCHEMA public`) or sets a search_path, so its replay acts on the live objects (rolled
     back with the comparison, but locked meanwhile, and a sequence advanced for good),
-    and what it makes is not in the scratch schema to compare."""
-    rows = conn.execute(_REACHED, [scratch]).fetchall()
-    if rows:
-        shown = ", ".join(str(row[0]) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    and what it makes is not in the scratch schema to compare.
+
+    A write or nextval() is a change. A DDL lock is one only on a relation made, or
+    whose version (_VERSION) changed, since `before` (the versions when the replay
+    began): dropping a foreign key to a table of another schema locks that table as DDL
+    does, and changes nothing of it; ANALYZE writes statistics in place."""
+    reached: list[tuple[str, bool]] = []
+    for name, oid, xmin, mode, sequence in conn.execute(_LOCKED, [scratch]).fetchall():
+        if mode == "RowExclusiveLock" or before.get(int(oid)) != str(xmin):
+            reached.append((str(name), bool(sequence)))
+    if reached:
+        names = [name for name, _ in reached]
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         # nextval() is never rolled back: said, not hidden.
-        advanced = [str(row[0]) for row in rows if row[1]]
+        advanced = [name for name, sequence in reached if sequence]
         kept = f" but the sequences it advanced ({', '.join(advanced)})" if advanced else ""
         raise MigrationRefused(_outside(migration, f"it changes {shown}", kept))
 
 
-# duplicate_table, duplicate_schema, duplicate_object, duplicate_function.
-_ALREADY_THERE = frozenset({"42P07", "42P06", "42710", "42723"})
+def _already_there(conn: psycopg.Connection[Any], failed: MigrationFailed, scratch: str) -> bool:
+    """Whether a replayed file failed on making what exists outside the scratch schema
+    (applied for real, or made by hand, before): a schema, an object of the whole
+    database (a role, an extension), or a relation or a column not in the scratch
+    schema. One the scratch schema already holds is the files' own mistake (two files
+    make it), told as the server said it."""
+    if failed.sqlstate in ("42P06", "42710", "42723"):
+        return True
+    said = failed.said or ""
+    if failed.sqlstate == "42P07":
+        named = re.fullmatch(r'relation "(.+)" already exists', said)
+        column = None
+    elif failed.sqlstate == "42701":
+        named = re.fullmatch(r'column "(.+)" of relation "(.+)" already exists', said)
+        column = named[1] if named else None
+    else:
+        return False
+    if named is None:
+        return True
+    conn.execute(b"ROLLBACK TO SAVEPOINT cicd_db_compare")
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_class c "
+        "LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid "
+        "AND a.attname OPERATOR(pg_catalog.=) %s::text AND NOT a.attisdropped "
+        "WHERE c.oid OPERATOR(pg_catalog.=) "
+        "pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text)) "
+        "AND (%s::text IS NULL OR a.attname IS NOT NULL))",
+        [column, scratch, named[named.lastindex or 1], column],
+    ).fetchone()
+    return not (row and row[0])
 
 
 def _outside(migration: Migration, what: str, kept: str = "") -> str:
     return (
         f"{migration.filename} acts outside the scratch schema the files are replayed in "
-        f"({what}): it names a schema, makes one, or sets a search_path, so its replay "
-        f"acts on the live objects; stopped there, and all it did was rolled back{kept}; "
-        + UNCOMMITTED_BEFORE
+        f"({what}): it names a schema, makes one or an object of the whole database (a "
+        "role, an extension), or sets a search_path, so its replay acts on what is live; "
+        f"stopped there, and all it did was rolled back{kept}; " + UNCOMMITTED_BEFORE
     )
