@@ -354,8 +354,20 @@ def test_a_file_that_would_fail_at_its_commit_fails_the_rehearsal(
         "SET LOCAL transaction_read_only TO on;",
         "SELECT set_config('transaction_read_only', 'on', true);",
         "-- not read only: a comment\nSET TRANSACTION READ WRITE;\nSET TRANSACTION READ ONLY;",
+        'SET "transaction_read_only" = on;',
+        "SET transaction_read_only = t;",
+        "SET LOCAL transaction_read_only TO 'Ye';",
     ],
-    ids=["set-transaction", "set", "set-local", "set-config", "after-a-comment"],
+    ids=[
+        "set-transaction",
+        "set",
+        "set-local",
+        "set-config",
+        "after-a-comment",
+        "quoted-name",
+        "t",
+        "ye",
+    ],
 )
 def test_a_file_that_makes_its_transaction_read_only_fails_the_rehearsal_as_the_run(
     database: Database, tmp_path: Path, read_only: str
@@ -575,17 +587,26 @@ def test_what_follows_a_skipped_set_transaction_is_rehearsed_and_named_by_its_li
     assert "FAILED: failed at line 4: division by zero" in flip, out
 
 
+@pytest.mark.parametrize(
+    "lead",
+    [
+        "-- SET TRANSACTION READ ONLY would fail it\nSET TRANSACTION READ WRITE;\n"
+        "SET transaction_read_only = off;",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\nSET application_name = 'read only check';",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY;\n"
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE;",
+        "SET TRANSACTION READ ONLY;\nSET TRANSACTION READ WRITE;",
+    ],
+    ids=["comment-and-off", "named-in-a-string", "session-characteristics", "last-wins"],
+)
 def test_a_file_that_keeps_its_transaction_writable_passes_the_rehearsal(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, lead: str
 ) -> None:
-    """Read only named in a comment, or set off: nothing read-only, nothing failed."""
-    folder = write_migrations(
-        tmp_path,
-        {
-            "0001_rw.sql": "-- SET TRANSACTION READ ONLY would fail it\n"
-            "SET TRANSACTION READ WRITE;\nSET transaction_read_only = off;\n"
-            "CREATE TABLE a (id int);\n"
-        },
-    )
+    """Read only named in a comment or a string, set for the session's next
+    transactions, or undone by a later statement: nothing read-only, nothing failed,
+    in the rehearsal and in the run."""
+    folder = write_migrations(tmp_path, {"0001_rw.sql": f"{lead}\nCREATE TABLE a (id int);\n"})
     code, out, _ = rehearse(database, folder)
     assert code == 0 and "FAILED" not in out, out
+    ran = migrate(database, folder)
+    assert ran.code == 0, ran

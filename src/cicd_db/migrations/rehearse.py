@@ -169,6 +169,7 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     steps = session.steps_for(migration)
     lead = lead_end(steps, session.standard_strings())
     unrehearsed: tuple[str, ...] = ()
+    not_run: list[bytes] = []  # the leading statements that set the transaction
     if lead:
         line = steps[0].line if isinstance(steps[0], Batch) else 1
         unrehearsed = (
@@ -187,6 +188,7 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
                     and one.end <= lead
                     and sets_the_transaction(migration.data, one, one.standard_strings)
                 ):
+                    not_run.append(migration.data[one.start : one.end])
                     continue
                 at = time.perf_counter()
                 if isinstance(one, Copy):
@@ -215,11 +217,7 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     ended = time.perf_counter()
     if error is None:
         error = _deferred_failure(session, migration)
-    if (
-        error is None
-        and not read_only_before
-        and (_read_only(conn) or _LEAD_READ_ONLY.search(without_comments(migration.data[:lead])))
-    ):
+    if error is None and not read_only_before and (_read_only(conn) or _leaves_read_only(not_run)):
         # A run writes the file's history row in the file's transaction, and fails there.
         error = (
             "failed at its commit: its transaction is read-only, where cicd-db writes its "
@@ -290,11 +288,46 @@ def _deferred_failure(session: Session, migration: Migration) -> str | None:
     )
 
 
-# A leading statement the rehearsal does not run (its transaction began before the
-# file) that makes the file's transaction read-only, as a run would run it.
-_LEAD_READ_ONLY = re.compile(
-    rb"\bread\s+only\b|\btransaction_read_only\s*(=|to)\s*'?(on|true|yes|1)\b", re.I
+# The leading statements the rehearsal does not run (its transaction began before the
+# file) that set the transaction's access mode, as PostgreSQL reads them.
+_SET_TRANSACTION = re.compile(rb"set\s+(local\s+)?transaction\s", re.I)
+_ACCESS_MODE = re.compile(rb"read\s+(only|write)\b", re.I)
+_SET_READ_ONLY = re.compile(
+    rb'(set|reset)\s+((session|local)\s+)?"?transaction_read_only"?\s*((=|to)\s*(.*?))?\s*;?\s*$',
+    re.I | re.S,
 )
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _leaves_read_only(statements: list[bytes]) -> bool:
+    """Whether `statements` (the leading ones not run, in order) leave the transaction
+    read-only, the last that sets it winning: SET TRANSACTION ... READ ONLY | READ
+    WRITE, SET or RESET of transaction_read_only (quoted too), with any spelling of a
+    boolean PostgreSQL takes (a unique prefix of true, yes, false, no; on, off, 1, 0).
+    SET SESSION CHARACTERISTICS sets the next transactions', not this one's."""
+    read_only = False
+    for statement in statements:
+        code = without_comments(statement).strip()
+        if _SET_TRANSACTION.match(code):
+            modes = _ACCESS_MODE.findall(code)
+            if modes:
+                read_only = modes[-1].lower() == b"only"
+            continue
+        setting = _SET_READ_ONLY.match(code)
+        if setting is None:
+            continue
+        if setting[1].lower() == b"reset" or setting[6] is None:
+            read_only = False
+            continue
+        value = setting[6].strip().strip(b"'").strip().lower().decode("ascii", "replace")
+        if value and any(
+            word.startswith(value) for word in _TRUE if len(value) > 1 or word != "on"
+        ):
+            read_only = True
+        elif value and any(word.startswith(value) for word in _FALSE):
+            read_only = False
+    return read_only
 
 
 def _read_only(conn: psycopg.Connection[Any]) -> bool:
