@@ -238,6 +238,11 @@ def up(
             notes.append(note)
             ctx.say(*([] if ctx.json else [f"  {note}"]))
 
+        # What a run up to `target` leaves pending above it: said, never "up to date".
+        # Read before it runs: after, an interrupt there would hide what was applied.
+        beyond = 0
+        if target is not None:
+            beyond = sum(row.state == "pending" and row.version > target for row in runner.status())
         results = runner.apply(
             target=target,
             dry_run=dry_run,
@@ -263,10 +268,6 @@ def up(
                 raise Interrupted(
                     f"{done}: interrupted", exit_code=interrupt_exit_code(interrupt)
                 ) from None
-        # What a run up to `target` leaves pending above it: said, never "up to date".
-        beyond = 0
-        if target is not None:
-            beyond = sum(row.state == "pending" and row.version > target for row in runner.status())
     summary = console.up_summary(
         where.description, dry_run, len(results), elapsed_ms, target=target, beyond=beyond
     )

@@ -412,7 +412,7 @@ def insights(
     try:
         # Figures come back in JSON, which the server writes floats into as text: as it
         # writes them by default, whatever extra_float_digits a role, the database or a
-        # migration left. Read only, so rolled back: the setting never outlives it.
+        # migration left. It only reads, so it is rolled back: the setting never outlives it.
         with conn.transaction(force_rollback=True):
             conn.execute("SET LOCAL extra_float_digits = 1")
             row = conn.execute(_query(pipeline, runs), params).fetchone()

@@ -201,7 +201,8 @@ def _start(bin_dir: Path, folder: Path, started: list[subprocess.Popen[bytes]]) 
         port = embedded.free_port()
         settings = {**_SETTINGS, "port": str(port)}
         with open(log, "wb") as output:
-            held = embedded.hold_signals()
+            preexec = _quit_with_parent(os.getpid())
+            held = embedded.hold_signals() if preexec else None  # no hooks run without one
             try:
                 started.append(
                     subprocess.Popen(
@@ -216,7 +217,7 @@ def _start(bin_dir: Path, folder: Path, started: list[subprocess.Popen[bytes]]) 
                         stdout=output,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
-                        preexec_fn=embedded.unheld(held, _quit_with_parent(os.getpid())),
+                        preexec_fn=embedded.unheld(held, preexec),
                         **embedded.account_options(),
                     )
                 )
