@@ -1323,3 +1323,21 @@ def test_redact_hides_a_secret_as_repr_quotes_it() -> None:
     secret = "Sek\tr3t"
     assert redact(f"bad password {secret!r}", [secret]) == "bad password '***'"
     assert redact("Sekr3t and Sekr3x", ["Sekr3t"]) == "*** and Sekr3x"
+
+
+@pytest.mark.parametrize(
+    ("said", "shown"),
+    [
+        ('password "S3cr3tPass" was refused', 'password "***" was refused'),
+        ('{"user": "u", "password": "hunter2"}', '{"user": "u", "password": "***"}'),
+        ("password: 'se cret'", "password: '***'"),
+        (
+            'password authentication failed for user "bob"',
+            'password authentication failed for user "bob"',
+        ),
+    ],
+)
+def test_redact_hides_a_password_a_message_quotes_after_the_word(said: str, shown: str) -> None:
+    """A tool's message (Pulumi's stderr) or JSON quoting a password after the word; the
+    word alone, as PostgreSQL's "password authentication failed", is left."""
+    assert redact(said) == shown

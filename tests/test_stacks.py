@@ -39,6 +39,8 @@ def fail(message, code):
     sys.exit(code)
 
 failure = os.environ.get("STUB_FAILURE")
+if failure == "said":  # whatever the test has Pulumi say
+    fail(os.environ["STUB_SAID"], int(os.environ.get("STUB_CODE", "1")))
 if failure == "unreachable":
     fail('could not query backend for stack: Get "https://api.pulumi.com/api/user": '
          "dial tcp: lookup api.pulumi.com: no such host", 1)
@@ -169,6 +171,77 @@ BACKEND = "the backend file://. (.pulumi/ in the repository root) of Pulumi.yaml
 def test_stack_errors_name_the_fix(stub, env: dict[str, str], message: str) -> None:
     result = run_cli("migrate", "status", "--local", env={**stub, **env})
     assert (result.code, result.out, result.err) == (2, "", message)
+
+
+# A backend's password with what ends a URL where it stands in a message (a space, an
+# `@`), and the ways a tool's message quotes a password.
+BACKEND_PASSWORD = "p@ss w0rd/x"
+SAID = [
+    f"failed to connect postgresql://pulumi:{BACKEND_PASSWORD}@db.internal/state",
+    'connecting: password "S3cr3tPass" was refused',
+    '{"user": "pulumi", "password": "hunter2hunter2"}',
+    "dial tcp: i/o timeout",
+]
+
+
+@pytest.mark.parametrize("said", SAID)
+@pytest.mark.parametrize("code", [1, 6])
+def test_no_piece_of_a_password_pulumi_or_its_backend_holds_is_printed(
+    stub, said: str, code: int
+) -> None:
+    """The backend's URL (PULUMI_BACKEND_URL) named in the error, and whatever Pulumi's
+    own error quotes: a password's pieces were printed where a space or an `@` in it
+    ended the URL the masking looked for, and a quoted password in Pulumi's words was
+    printed whole."""
+    env = {
+        **stub,
+        "PULUMI_BACKEND_URL": f"postgres://pulumi:{BACKEND_PASSWORD}@db.internal/state",
+        "STUB_FAILURE": "said",
+        "STUB_SAID": said,
+        "STUB_CODE": str(code),
+    }
+    result = run_cli("migrate", "status", "--stack", "dev", env=env)
+    assert result.code == 2 and len(result.err.splitlines()) == 1, result
+    for secret in ("p@ss", "w0rd", "S3cr3tPass", "hunter2hunter2"):
+        assert secret not in result.out + result.err, result.err
+    if code == 6:  # "no stack named": the backend is named, masked
+        assert "the backend postgres://pulumi:***@db.internal/state" in result.err, result.err
+
+
+@pytest.mark.parametrize("name", ["migration_database_url", "app_database_url"])
+@pytest.mark.parametrize("value", [123, {"a": "b"}, ["postgresql://u@h/d"]])
+def test_a_role_url_output_that_is_not_text_is_named(
+    stub, database: Database, name: str, value: object
+) -> None:
+    """An output of the contract that is no string gave an internal error ("'int' object
+    has no attribute 'strip'"): one line naming the output, exit 2."""
+    deploy(stub, "dev", {**database.settings.outputs(), name: value})
+    result = run_cli("migrate", "status", "--stack", "dev", env=stub)
+    assert (result.code, result.out) == (2, ""), result
+    assert result.err == (
+        f"error: stack 'dev' output {name} is a {type(value).__name__}, not a URL; export it "
+        "as the role's postgresql:// URL and run `pulumi up -s dev`\n"
+    )
+
+
+@pytest.mark.parametrize("said", ["stdout", "stderr"])
+def test_pulumi_output_that_is_not_utf8_is_one_line(stub, tmp_path: Path, said: str) -> None:
+    """Bytes that are not UTF-8 from the CLI gave "unexpected UnicodeDecodeError": JSON
+    that is not UTF-8 is told as JSON that is not, and an error's bad bytes are shown
+    replaced."""
+    fake = tmp_path / "other-bin" / "pulumi"
+    fake.parent.mkdir()
+    if said == "stdout":
+        fake.write_text("#!/bin/sh\nprintf '\\377\\376{}'\n")
+    else:
+        fake.write_text("#!/bin/sh\nprintf 'error: \\377 bad' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = {**stub, "PATH": f"{fake.parent}{os.pathsep}{stub['PATH']}"}
+    result = run_cli("migrate", "status", "--stack", "dev", env=env)
+    assert (result.code, result.out) == (2, ""), result
+    assert len(result.err.splitlines()) == 1 and "Unicode" not in result.err, result.err
+    if said == "stdout":
+        assert "printed something that is not JSON (as UTF-8)" in result.err, result.err
 
 
 def test_stack_never_deployed(stub) -> None:

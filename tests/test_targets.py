@@ -917,6 +917,7 @@ def test_an_argument_that_is_not_utf8_is_refused_naming_its_flag(raw: bytes, fla
             "PGSERVICE",
             "PGDATABASE",
             "CICD_DB_LOCAL",
+            "PULUMI_BACKEND_URL",
         ]
     ),
 )

@@ -407,7 +407,7 @@ _TEXT_VARIABLES = frozenset(
     {
         *("DATABASE_URL", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD"),
         *("PGOPTIONS", "PGSSLMODE", "PGSERVICE", "PGCONNECT_TIMEOUT", "PGAPPNAME"),
-        *("CICD_DB_LOCAL", "CICD_DB_EMBEDDED_PORT"),
+        *("CICD_DB_LOCAL", "CICD_DB_EMBEDDED_PORT", "PULUMI_BACKEND_URL"),
     }
 )
 
@@ -864,9 +864,14 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
     settings = from_mapping(outputs, what=f"stack {stack!r} outputs")
     # The URL output carries the parameters the fields cannot (sslrootcert, options, ...).
     url = from_url(str(outputs[DATABASE_URL]), what=f"stack {stack!r} output {DATABASE_URL}")
-    for name in (APP_DATABASE_URL, READER_DATABASE_URL):
+    for name in OPTIONAL_OUTPUT_NAMES:
         if outputs.get(name):
-            from_url(str(outputs[name]), what=f"stack {stack!r} output {name}")  # fails now
+            if not isinstance(outputs[name], str):
+                raise ConfigError(
+                    f"stack {stack!r} output {name} is a {type(outputs[name]).__name__}, not a "
+                    f"URL; export it as the role's postgresql:// URL and run `pulumi up -s {stack}`"
+                )
+            from_url(outputs[name], what=f"stack {stack!r} output {name}")  # fails now
     return replace(settings, parameters=url.parameters)
 
 
@@ -878,6 +883,10 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
 _URL_TOKEN = rf"(?ia)(?:{_SCHEME.pattern})\S*"  # ASCII space ends it
 _KEYWORD_PASSWORD = (
     r"(?i)(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)(?P<tail>)"  # noqa: S105
+    # A quoted value after the word, as a tool's message or JSON quotes it: `password
+    # "x"`, `"password": "x"`, `password: 'x'` (the word alone, as in "password
+    # authentication failed", is left).
+    r"|(?P<head2>\bpassword\b\"?\s*[:=]?\s*)(?P<quote>[\"'])(?:(?!(?P=quote))[^\\]|\\.)*(?P=quote)"
 )
 
 
@@ -886,11 +895,20 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
     The one function every URL or message passes through before it is printed.
     """
-    text = re.sub(_URL_TOKEN, lambda url: mask_credentials(url.group()) or "***", text)
-    text = re.sub(_KEYWORD_PASSWORD, r"\g<head>***\g<tail>", text)
-    # Longest first, so a piece never leaves the rest of the whole behind; each also as
-    # a message may quote it (repr escapes backslashes and controls).
+    # Known secrets first, longest first, so a piece never leaves the rest of the whole
+    # behind (a URL masked first could cut one at an `@` it holds); each also as a
+    # message may quote it (repr escapes backslashes and controls).
     for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
         for shown in dict.fromkeys([secret, repr(secret)[1:-1], secret.replace("\\", "\\\\")]):
             text = text.replace(shown, "***")
+    text = re.sub(_URL_TOKEN, lambda url: mask_credentials(url.group()) or "***", text)
+    text = re.sub(
+        _KEYWORD_PASSWORD,
+        lambda found: (
+            f"{found['head']}***"
+            if found["head"] is not None
+            else f"{found['head2']}{found['quote']}***{found['quote']}"
+        ),
+        text,
+    )
     return text

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from cicd_db.errors import ConfigError, StackError
-from cicd_db.settings import ConnectionSettings, from_outputs, redact
+from cicd_db.settings import ConnectionSettings, from_outputs, password_candidates, redact
 
 # The Pulumi CLI's exit codes (stable from v3.226.1; older versions exit 255 and are
 # told apart by their message).
@@ -53,8 +53,7 @@ def outputs(stack: str, *, root: Path) -> dict[str, Any]:
                 *("--non-interactive", "--stack", stack),
             ],
             cwd=root,
-            capture_output=True,
-            text=True,
+            capture_output=True,  # bytes: the JSON is decoded by json, the error as text
             timeout=READ_TIMEOUT_SECONDS,
             check=False,
             env={**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"},
@@ -67,15 +66,14 @@ def outputs(stack: str, *, root: Path) -> dict[str, Any]:
     except OSError as error:
         raise StackError(f"could not run pulumi ({error.strerror}); " + INSTALL_HINT) from None
     if completed.returncode != 0:
-        raise StackError(
-            _explain(stack, completed.returncode, completed.stderr or completed.stdout, root)
-        )
+        said = (completed.stderr or completed.stdout).decode("utf-8", "replace")
+        raise StackError(_explain(stack, completed.returncode, said, root))
     try:
-        values = json.loads(completed.stdout or "{}")
-    except ValueError:
+        values = json.loads(completed.stdout or b"{}")
+    except ValueError:  # UnicodeDecodeError too: JSON is UTF-8
         raise StackError(
-            f"`pulumi stack output --json --stack {stack}` printed something that is not JSON; "
-            "upgrade the Pulumi CLI"
+            f"`pulumi stack output --json --stack {stack}` printed something that is not JSON "
+            "(as UTF-8); upgrade the Pulumi CLI"
         ) from None
     if not isinstance(values, dict):
         raise StackError(f"stack {stack!r} outputs are not a JSON object; upgrade the Pulumi CLI")
@@ -96,23 +94,39 @@ def settings(stack: str, *, root: Path) -> ConnectionSettings:
 
 
 def backend(root: Path, environ: Mapping[str, str] = os.environ) -> str:
-    """Which backend `pulumi` reads stacks from here, in words: the CLI's own order."""
-    if environ.get("PULUMI_BACKEND_URL"):
-        return f"the backend {redact(environ['PULUMI_BACKEND_URL'])} (PULUMI_BACKEND_URL)"
+    """Which backend `pulumi` reads stacks from here, in words: the CLI's own order. A
+    URL's password is known as such (a URL with a space in it is no URL to mask)."""
+    variable = environ.get("PULUMI_BACKEND_URL")
+    if variable:
+        return f"the backend {redact(variable, password_candidates(variable))} (PULUMI_BACKEND_URL)"
+    url = _project_backend(root)
+    if url:
+        where = " (.pulumi/ in the repository root)" if url == "file://." else ""
+        return f"the backend {redact(url, password_candidates(url))}{where} of Pulumi.yaml"
+    return "the backend of `pulumi login`"
+
+
+def _project_backend(root: Path) -> str | None:
+    """The backend URL Pulumi.yaml names, if it names one."""
     try:
         project = yaml.safe_load((root / "Pulumi.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
-        project = {}
+        return None
     url = (project.get("backend") or {}).get("url") if isinstance(project, dict) else None
-    if url:
-        where = " (.pulumi/ in the repository root)" if url == "file://." else ""
-        return f"the backend {redact(str(url))}{where} of Pulumi.yaml"
-    return "the backend of `pulumi login`"
+    return str(url) if url else None
+
+
+def _backend_secrets(root: Path, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """What may be a password in the backend's URLs, which Pulumi's errors quote."""
+    return password_candidates(environ.get("PULUMI_BACKEND_URL")) + password_candidates(
+        _project_backend(root)
+    )
 
 
 def _explain(stack: str, code: int, stderr: str, root: Path) -> str:
     """Turn the CLI's failure into one line that names the fix."""
-    text = redact(stderr.strip())
+    # The backend's URL is what Pulumi's errors quote: its password known as such.
+    text = redact(stderr.strip(), _backend_secrets(root))
     lowered = text.lower()
     where = backend(root)
     if code == EXIT_STACK_NOT_FOUND or "no stack named" in lowered:
