@@ -121,8 +121,32 @@ def test_a_home_that_cannot_be_created_is_a_configuration_error(
             ),
             "'port' is missing or not a number",
         ),
+        *(
+            (
+                json.dumps(
+                    {
+                        "port": port,
+                        "superuser_password": SECRET,
+                        "password": "",
+                        "bootstrapped": True,
+                    }
+                ),
+                "'port' is not a port from 1 to 65535",
+            )
+            for port in (70000, -5, 0)
+        ),
     ],
-    ids=["truncated", "empty", "list", "port-text", "no-superuser-password", "port-true"],
+    ids=[
+        "truncated",
+        "empty",
+        "list",
+        "port-text",
+        "no-superuser-password",
+        "port-true",
+        "port-70000",
+        "port-negative",
+        "port-0",
+    ],
 )
 def test_a_corrupt_state_file_is_a_configuration_error(
     content: str,

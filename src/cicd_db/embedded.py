@@ -282,6 +282,8 @@ class EmbeddedServer:
             # bool is an int to isinstance; a port of `true` is still wrong.
             if not isinstance(state.get(key), kind) or (kind is int and type(state[key]) is bool):
                 raise self._bad_state(f"{key!r} is missing or not {words}")
+        if not 1 <= state["port"] <= 65535:
+            raise self._bad_state("'port' is not a port from 1 to 65535")
         return dict(state)
 
     def _bad_state(self, why: str) -> ConfigError:
