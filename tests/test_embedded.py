@@ -524,14 +524,14 @@ def test_a_signal_held_around_a_fork_arrives_after_it_and_not_held_in_the_child(
     where a Ctrl-C was lost behind an "Exception ignored" traceback (seen once in CI, in
     the throwaway dump's Ctrl-C test). Held around the fork, it arrives when released,
     as a KeyboardInterrupt the caller handles; the child starts with nothing held."""
-    before = embedded.hold_signals()
+    before, preexec = embedded.hold_for_fork(lambda: None)
     try:
         # To this thread: a process's signal goes to any thread not holding it, and
         # pytest-xdist's workers have others (the CLI has one thread: a Ctrl-C waits).
         signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # pending, not delivered
         child = subprocess.run(
             ["grep", "SigBlk", "/proc/self/status"],
-            preexec_fn=embedded.unheld(before, lambda: None),
+            preexec_fn=preexec,
             capture_output=True,
             text=True,
             check=True,

@@ -583,7 +583,7 @@ def run_tool(
     process group of its own; its standard output, or EmbeddedServerError naming its
     error. On any exception (a Ctrl-C) the whole group is stopped before it propagates:
     initdb's own postgres would otherwise go on writing in a folder being removed."""
-    held = hold_signals() if preexec_fn else None
+    held, preexec_fn = hold_for_fork(preexec_fn)
     try:
         process = subprocess.Popen(
             [str(bin_dir / program), *arguments],
@@ -593,7 +593,7 @@ def run_tool(
             cwd=cwd,
             env=tool_environment(),
             start_new_session=True,
-            preexec_fn=unheld(held, preexec_fn),
+            preexec_fn=preexec_fn,
             **account_options(),
         )
     except BaseException as error:
@@ -626,30 +626,28 @@ def run_tool(
 HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
-def hold_signals() -> set[int | signal.Signals]:
-    """Hold HELD_SIGNALS (delivered when released); the mask before, for release_signals."""
-    return signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
-
-
-def release_signals(before: set[int | signal.Signals] | None) -> None:
-    """The mask as it was before hold_signals(); a signal that came meanwhile arrives now."""
-    if before is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
-def unheld(
-    before: set[int | signal.Signals] | None, preexec_fn: Callable[[], None] | None
-) -> Callable[[], None] | None:
-    """`preexec_fn`, run in the child after its signal mask is put back to `before`'s: a
-    program must not start with the signals it stops on held."""
-    if before is None or preexec_fn is None:
-        return preexec_fn
+def hold_for_fork(
+    preexec_fn: Callable[[], None] | None,
+) -> tuple[set[int | signal.Signals] | None, Callable[[], None] | None]:
+    """Hold HELD_SIGNALS for a fork with `preexec_fn` (without one Python runs no fork
+    hooks, and nothing is held): the mask before, for release_signals, and `preexec_fn`
+    run in the child after its mask is put back (a program must not start with the
+    signals it stops on held)."""
+    if preexec_fn is None:
+        return None, None
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
 
     def child() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
         preexec_fn()
 
-    return child
+    return before, child
+
+
+def release_signals(before: set[int | signal.Signals] | None) -> None:
+    """The mask as it was before hold_for_fork(); a signal that came meanwhile arrives now."""
+    if before is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def stop_group(process: subprocess.Popen[Any], grace: float = 5.0) -> None:

@@ -384,14 +384,15 @@ SETTING_VARIABLES = {"timezone": "PGTZ", "datestyle": "PGDATESTYLE", "geqo": "PG
 def _setting_variable(settings: ConnectionSettings, detail: str) -> str | None:
     """The variable that set the setting the server refused at start-up, when it is set
     (libpq sends it empty too, and leaves it out only when it says "default") and the
-    connection's options (the URL's or PGOPTIONS) do not name that setting too."""
+    user's options (the URL's, a service's or PGOPTIONS, as libpq picks them) do not
+    name that setting too."""
     named = re.search(r'parameter "([^"]+)"', detail)
     name = named[1].lower() if named else ""
     variable = SETTING_VARIABLES.get(name)
     value = os.environ.get(variable) if variable else None
     if variable is None or value is None or value.lower() == "default":
         return None
-    options = f"{settings.parameter('options') or ''} {os.environ.get('PGOPTIONS', '')}"
+    options = options_with("", settings.user_options(), ours_win=False)
     given = {option.lower() for option in re.findall(r"(?:-c\s*|--)([\w.]+)=", options)}
     return None if name in given else variable
 

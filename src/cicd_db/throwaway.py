@@ -201,8 +201,7 @@ def _start(bin_dir: Path, folder: Path, started: list[subprocess.Popen[bytes]]) 
         port = embedded.free_port()
         settings = {**_SETTINGS, "port": str(port)}
         with open(log, "wb") as output:
-            preexec = _quit_with_parent(os.getpid())
-            held = embedded.hold_signals() if preexec else None  # no hooks run without one
+            held, preexec = embedded.hold_for_fork(_quit_with_parent(os.getpid()))
             try:
                 started.append(
                     subprocess.Popen(
@@ -217,7 +216,7 @@ def _start(bin_dir: Path, folder: Path, started: list[subprocess.Popen[bytes]]) 
                         stdout=output,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
-                        preexec_fn=embedded.unheld(held, preexec),
+                        preexec_fn=preexec,
                         **embedded.account_options(),
                     )
                 )

@@ -362,7 +362,10 @@ class Applier:
         # constraint, a column, a trigger, by an earlier migration or a person): named
         # with what undoes it, not blamed on this file. (A change this file made is
         # rolled back with it, and so not found: then the file is to blame.)
-        at_the_row = any(failed is result for result in results[insert_at : insert_at + 2])
+        # Where the failure stands from the INSERT: 0 the INSERT, 1 the history's deferred
+        # triggers, 2 the check that reads the row back.
+        past_insert = next(i for i, result in enumerate(results) if result is failed) - insert_at
+        at_the_row = past_insert in (0, 1)
         changed = self._alterations() if at_the_row and state not in RETRIED_SQLSTATES else []
         if changed:
             raise MigrationFailed(
@@ -370,9 +373,9 @@ class Applier:
                     migration, changed, committed, f"{error.diag.message_primary} [{state}]"
                 )
             )
-        # At the INSERT, the history's deferred triggers or the check that reads it back.
-        recording = any(failed is result for result in results[insert_at : insert_at + 3])
-        message = diagnose.failure(self.session, migration, None, error, at_the_row=recording)
+        message = diagnose.failure(
+            self.session, migration, None, error, at_the_row=past_insert in (0, 1, 2)
+        )
         if state in RETRIED_SQLSTATES:
             raise Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
         raise MigrationFailed(message)

@@ -150,8 +150,13 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
     return [migrations[version] for version in sorted(migrations)]
 
 
+def _shown(filename: str) -> str:
+    """A file name for a message: as it is when plain, else quoted (escapes shown)."""
+    return filename if re.fullmatch(r"[A-Za-z0-9_.-]+", filename) else repr(filename)
+
+
 def _not_a_file(path: Path) -> str:
-    shown = path.name if re.fullmatch(r"[A-Za-z0-9_.-]+", path.name) else repr(path.name)
+    shown = _shown(path.name)
     if path.is_symlink() and not path.exists():
         return (
             f"migration file {shown} is a link to {os.readlink(path)!r}, which does not "
@@ -168,7 +173,7 @@ def _parse_name(filename: str) -> tuple[int, str]:
     match = FILE_NAME.fullmatch(filename)
     if match is not None and int(match["version"]) <= MAX_VERSION:
         return int(match["version"]), match["name"]
-    shown = filename if re.fullmatch(r"[A-Za-z0-9_.-]+", filename) else repr(filename)
+    shown = _shown(filename)
     stem = filename[:-4] if filename.lower().endswith(".sql") else filename
     digits = re.match(r"\d+", stem)  # digits of any script: they are told apart below
     if digits is None:

@@ -293,19 +293,18 @@ def _deferred_failure(session: Session, migration: Migration) -> str | None:
 _SET_TRANSACTION = re.compile(rb"set\s+(local\s+)?transaction\s", re.I)
 _ACCESS_MODE = re.compile(rb"read\s+(only|write)\b", re.I)
 _SET_READ_ONLY = re.compile(
-    rb'(set|reset)\s+((session|local)\s+)?"?transaction_read_only"?\s*((=|to)\s*(.*?))?\s*;?\s*$',
+    rb'(?P<verb>set|reset)\s+((session|local)\s+)?"?transaction_read_only"?\s*'
+    rb"((=|to)\s*(?P<value>.*?))?\s*;?\s*$",
     re.I | re.S,
 )
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
 
 
 def _leaves_read_only(statements: list[bytes]) -> bool:
     """Whether `statements` (the leading ones not run, in order) leave the transaction
     read-only, the last that sets it winning: SET TRANSACTION ... READ ONLY | READ
     WRITE, SET or RESET of transaction_read_only (quoted too), with any spelling of a
-    boolean PostgreSQL takes (a unique prefix of true, yes, false, no; on, off, 1, 0).
-    SET SESSION CHARACTERISTICS sets the next transactions', not this one's."""
+    boolean PostgreSQL takes. SET SESSION CHARACTERISTICS sets the next transactions',
+    not this one's."""
     read_only = False
     for statement in statements:
         code = without_comments(statement).strip()
@@ -313,21 +312,30 @@ def _leaves_read_only(statements: list[bytes]) -> bool:
             modes = _ACCESS_MODE.findall(code)
             if modes:
                 read_only = modes[-1].lower() == b"only"
-            continue
-        setting = _SET_READ_ONLY.match(code)
-        if setting is None:
-            continue
-        if setting[1].lower() == b"reset" or setting[6] is None:
-            read_only = False
-            continue
-        value = setting[6].strip().strip(b"'").strip().lower().decode("ascii", "replace")
-        if value and any(
-            word.startswith(value) for word in _TRUE if len(value) > 1 or word != "on"
-        ):
-            read_only = True
-        elif value and any(word.startswith(value) for word in _FALSE):
-            read_only = False
+        elif setting := _SET_READ_ONLY.match(code):
+            value = setting["value"]
+            if setting["verb"].lower() == b"reset" or value is None:
+                read_only = False
+            elif (
+                meant := _boolean(value.strip().strip(b"'").decode("ascii", "replace"))
+            ) is not None:
+                read_only = meant
     return read_only
+
+
+def _boolean(text: str) -> bool | None:
+    """`text` as a boolean: a unique prefix of true, yes, false, no; on and off (one
+    letter is not on); 1, 0. None for anything else."""
+    value = text.strip().lower()
+    if not value:
+        return None
+    if any(word.startswith(value) for word in ("true", "yes", "1")) or (
+        len(value) > 1 and "on".startswith(value)
+    ):
+        return True
+    if any(word.startswith(value) for word in ("false", "no", "off", "0")):
+        return False
+    return None
 
 
 def _read_only(conn: psycopg.Connection[Any]) -> bool:

@@ -428,7 +428,7 @@ _NEAR_MARKER = re.compile(
 )
 
 
-_LINE = re.compile(rb"[^\r\n]*")
+_LINE_END = re.compile(rb"[\r\n]")
 
 
 def _check_near_marker(filename: str, data: bytes) -> None:
@@ -437,7 +437,8 @@ def _check_near_marker(filename: str, data: bytes) -> None:
     start, number = 0, 0
     while start < len(data):  # line by line: a 50 MB file is not split whole
         # A line ends at LF, CRLF or a CR alone, as a `--` comment ends for PostgreSQL.
-        end = _LINE.match(data, start).end()  # type: ignore[union-attr]
+        found = _LINE_END.search(data, start)
+        end = found.start() if found else len(data)
         line, number = data[start:end], number + 1
         start = end + (2 if data[end : end + 2] == b"\r\n" else 1)
         stripped = line.strip()
