@@ -26,6 +26,7 @@ from cicd_db.settings import (
 from cicd_db.targets import resolve
 
 from .fix_db import Database
+from .passwords import PASSWORD_CHARACTERS, assert_nothing_of
 
 
 @pytest.mark.parametrize(
@@ -1341,3 +1342,22 @@ def test_redact_hides_a_password_a_message_quotes_after_the_word(said: str, show
     """A tool's message (Pulumi's stderr) or JSON quoting a password after the word; the
     word alone, as PostgreSQL's "password authentication failed", is left."""
     assert redact(said) == shown
+
+
+@settings(max_examples=300)
+@given(
+    data=st.data(),
+    quote_mark=st.sampled_from(['"', "'"]),
+    form=st.sampled_from(["password {q}{p}{q}", '"password": {q}{p}{q}', "Password: {q}{p}{q}"]),
+    around=st.sampled_from(["error: {} was refused", "{}", '{{"user": "u", {}}}']),
+)
+def test_any_password_a_message_quotes_after_the_word_is_hidden(
+    data: st.DataObject, quote_mark: str, form: str, around: str
+) -> None:
+    """The class beside the examples above: a password of any character but its own
+    quote mark and a backslash, quoted after the word as a tool's message or JSON
+    writes it, in any text around it: no run of 4 characters of it is left."""
+    characters = [c for c in PASSWORD_CHARACTERS if c not in (quote_mark, "\\")]
+    password = data.draw(st.text(st.sampled_from(characters), min_size=4, max_size=20))
+    said = around.format(form.format(q=quote_mark, p=password))
+    assert_nothing_of((password,), redact(said))

@@ -12,14 +12,18 @@ import os
 import stat
 import sys
 from pathlib import Path
+from unittest import mock
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
-from cicd_db import migrations
+from cicd_db import migrations, stacks
 
 from .fix_cli import MIGRATE_PY, run_cli
 from .fix_db import Database
-from .utils import MIGRATIONS
+from .passwords import assert_nothing_of, hostile_urls
+from .utils import MIGRATIONS, ROOT
 
 # What the real CLI (3.226.1 and later) prints and its exit codes, for each failure.
 STUB = f"""#!{sys.executable}
@@ -242,6 +246,28 @@ def test_pulumi_output_that_is_not_utf8_is_one_line(stub, tmp_path: Path, said: 
     assert len(result.err.splitlines()) == 1 and "Unicode" not in result.err, result.err
     if said == "stdout":
         assert "printed something that is not JSON (as UTF-8)" in result.err, result.err
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    case=hostile_urls(),
+    said=st.sampled_from(
+        ["failed to connect {url}", "error: {url}: dial tcp: i/o timeout", "no stack named 'dev'"]
+    ),
+    code=st.sampled_from([1, 6]),
+)
+def test_no_run_of_a_backend_password_is_printed_whatever_its_url(
+    case: tuple[str, str, str], said: str, code: int
+) -> None:
+    """The class beside the examples above: a backend URL with a password of any
+    character, raw or encoded, delimiters and spaces put in it, as PULUMI_BACKEND_URL and
+    quoted by Pulumi's error: no run of 4 characters of it is printed."""
+    url, password, sslpassword = case
+    with mock.patch.dict(os.environ, {"PULUMI_BACKEND_URL": url}):
+        printed = (
+            stacks.backend(ROOT) + "\n" + stacks._explain("dev", code, said.format(url=url), ROOT)
+        )
+    assert_nothing_of((password, sslpassword), printed)
 
 
 def test_stack_never_deployed(stub) -> None:

@@ -1,0 +1,109 @@
+"""What the tests that no password is ever printed share: passwords of every character in
+malformed URLs (a hypothesis strategy), and the check that no run of one is printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+from hypothesis import strategies as st
+
+# Every printable ASCII character, and some that are not ASCII.
+PASSWORD_CHARACTERS = [chr(c) for c in range(0x20, 0x7F)] + ["é", "ß", "中", "😀", "\u00a0"]
+# What a careless user puts in or around a password: URL delimiters and spaces.
+DELIMITERS = list("/?#@:[]% ")
+RUN = 4  # no run of this many characters of a secret may be printed
+
+
+def runs(secret: str) -> set[str]:
+    return {secret[i : i + RUN] for i in range(len(secret) - RUN + 1)}
+
+
+def fixed_texts() -> str:
+    """Everything a message may say that is not taken from the URL: our sources (their
+    message templates) and the libpq and psycopg messages these URLs draw. A run of a
+    password that occurs here anyway (" as ", "port") proves nothing, and is skipped."""
+    sources = Path(__file__).resolve().parents[1] / "src" / "cicd_db"
+    texts = [path.read_text() for path in sorted(sources.glob("*.py"))]
+    texts += [
+        "Connection refused",
+        "Is the server running on that host and accepting TCP/IP connections?",
+        "failed to resolve host",
+        "[Errno -2] Name or service not known",
+        "[Errno -9] Address family for hostname not supported",
+        "bad value for connect_timeout",
+        'invalid target_session_attrs value: "',
+        "127.0.0.1",
+        "u:***@",
+    ]
+    return "\n".join(texts)
+
+
+FIXED_TEXTS = fixed_texts()
+
+
+@st.composite
+def hostile_urls(draw: st.DrawFn) -> tuple[str, str, str]:
+    """(url, password, sslpassword): a password of every printable character, written
+    raw or percent-encoded, with URL delimiters and spaces inserted in and around it,
+    after a ':' or what a typo puts in its place; bad ports, unknown parameters, and
+    an sslpassword."""
+    # Characters that end a URL's parts drawn as often as all others together.
+    characters = st.sampled_from(PASSWORD_CHARACTERS) | st.sampled_from(
+        [*DELIMITERS, "&", "=", ","]
+    )
+    password = draw(st.text(characters, min_size=RUN, max_size=14))
+    written = draw(st.sampled_from([password, quote(password, safe="")]))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(written)))
+        written = written[:at] + draw(st.sampled_from(DELIMITERS)) + written[at:]
+    host = draw(st.sampled_from(["127.0.0.1", "", "[::1]", "127.0.0.1:1,127.0.0.1", "h"]))
+    port = draw(st.sampled_from(["1", "", "x", "99999", "0", "-1", "1a", "\uff11"]))
+    sslpassword = draw(
+        st.text(st.sampled_from(PASSWORD_CHARACTERS), min_size=RUN, max_size=10).filter(
+            lambda s: not set(s) & set("&#")  # either would end the value in any URL
+        )
+    )
+    ssl_written = draw(st.sampled_from([sslpassword, quote(sslpassword, safe="")]))
+    query = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "sslmode=disable",
+                    "sslmode=require",
+                    "sslmode=bogus",
+                    "bogus=1",
+                    "connect_timeout=abc",
+                    "connect_timeout=2",
+                    "target_session_attrs=bogus",
+                    f"sslpassword={ssl_written}",
+                    # A password where libpq takes none: under another name, in a name,
+                    # in the user name.
+                    f"pwd={ssl_written}",
+                    f"passwd={ssl_written}",
+                    f"password:{ssl_written}",
+                    f"password{ssl_written}",
+                    f"user=u:{ssl_written}",
+                    f"user=u%3A{ssl_written}",
+                ]
+            ),
+            max_size=3,
+        )
+    )
+    # The ':' before the password, or what a slip of the finger types there instead.
+    separator = draw(
+        st.sampled_from([":", ":", ":", *"?/#;,!=&\uff1a\uff20"])
+        | st.sampled_from(
+            ["%3A", "%3a", "%2F", "%3F", "%23", "%3B", "%2C", "%21", "%26", "%EF%BC%9A"]
+        )
+    )
+    url = f"postgresql://u{separator}{written}@{host}" + (f":{port}" if port else "") + "/db"
+    if query:
+        url += "?" + "&".join(query)
+    return url, password, sslpassword
+
+
+def assert_nothing_of(secrets: tuple[str, ...], printed: str) -> None:
+    for secret in secrets:
+        for run in runs(secret) - {r for r in runs(secret) if r in FIXED_TEXTS}:
+            assert run not in printed, f"{run!r} of a secret printed: {printed!r}"
