@@ -774,9 +774,11 @@ def test_mask_credentials(text: str, masked: str | None) -> None:
         ("HTTP://u:pw@h", ["pw"]),
         ("postgresql://u:p:w@h/db", ["p:w", "p", "w"]),
         # libpq reads a password with a raw / or ? as host, port or database: its pieces too
-        ("postgresql://u:Sek/r3t?PW@h:1/db", ["Sek/r3t?PW", "Sek", "r3t", "PW"]),
-        # A secret's value is taken to the end: a raw & or # in it is no separator.
-        ("postgresql://u@h/db?sslpassword=keypass&x=1", ["keypass&x=1"]),
+        # (and what its '?' starts is an unknown parameter, as the query reads it).
+        ("postgresql://u:Sek/r3t?PW@h:1/db", ["PW@h:1/db", "Sek/r3t?PW", "Sek", "r3t", "PW"]),
+        # A secret's value is taken to the end: a raw & or # in it is no separator (and
+        # `x=1`, an unknown parameter, is hidden as the query's masking hides it).
+        ("postgresql://u@h/db?sslpassword=keypass&x=1", ["keypass&x=1", "x=1"]),
         ("postgresql://u:a@b@h/db", ["a@b", "a", "b"]),
         ("postgresql://u@h/db", []),
         ("postgresql://@h/db", []),
@@ -1268,6 +1270,12 @@ def test_text_that_only_looks_like_part_of_a_url_is_left_as_it_is(text: str) -> 
         ("postgresql://h:65535/db", "postgresql://h:65535/db"),
         ("postgresql://ci:00000/db", "postgresql://ci:***"),
         ("postgresql://ci:65536/db", "postgresql://ci:***"),
+        # More than five digits is no port to the URL check either: a password of digits
+        # that lost its '@' (hypothesis found `00000000001#`, shown whole as port 1).
+        ("postgresql://ci:00000000001#127.0.0.1:1/db", "postgresql://ci:***"),
+        ("postgresql://ci:000001/db", "postgresql://ci:***"),
+        # libpq reads no fragment: a '#' is part of the port, which is then no port.
+        ("postgresql://ci:00001#000000127.0.0.1:1/db", "postgresql://ci:***"),
     ],
 )
 def test_only_ports_are_shown_after_the_colon_of_a_url_without_an_at(url: str, masked: str) -> None:
@@ -1324,6 +1332,40 @@ def test_redact_hides_a_secret_as_repr_quotes_it() -> None:
     secret = "Sek\tr3t"
     assert redact(f"bad password {secret!r}", [secret]) == "bad password '***'"
     assert redact("Sekr3t and Sekr3x", ["Sekr3t"]) == "*** and Sekr3x"
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "shown"),
+    [
+        # A query's '@' makes the longest candidate run from the password to the query's
+        # `pwd=`: hiding it first left `@000`, the unknown parameter's value, with nothing
+        # to say it was one (hypothesis found it).
+        (
+            "postgresql://u:0000@127.0.0.1:1/db?pwd=@000",
+            None,
+            "postgresql://u:***",
+        ),
+        # A secret with a space cuts the URL at it: read with the secret taken out, the
+        # URL goes on to its query's unknown parameter.
+        (
+            "x postgresql://u:a b@host:5432/db?pwd=zzzz y",
+            ["a b"],
+            "x postgresql://u:***@host:5432/db?*** y",
+        ),
+        # The same with a space before the password: the URL as printed ends at the
+        # space, so the query's unknown parameter is known from the URL as given.
+        ("postgresql://u: 0000@127.0.0.1:1/db?pwd=@000", None, "postgresql://u:***"),
+        # Two known secrets that overlap: both hidden, whichever is found first.
+        ("key abcdef here", ["abcd", "cdef"], "key *** here"),
+    ],
+)
+def test_redact_hides_what_any_reading_finds_in_the_text_as_given(
+    text: str, secrets: list[str] | None, shown: str
+) -> None:
+    """Each way of finding a password marks the text as given and all of it is hidden:
+    hiding one secret first never takes away what shows another is one (x_redact: the
+    secrets replaced first, then the URLs read in what was left)."""
+    assert redact(text, password_candidates(text) if secrets is None else secrets) == shown
 
 
 @pytest.mark.parametrize(

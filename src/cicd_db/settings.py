@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from itertools import groupby
@@ -526,9 +526,9 @@ def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> C
         )
     raw_port = str(params.get("port") or "")
     ports = raw_port.split(",") if raw_port else []
-    if not all(
-        p.isascii() and p.isdigit() and len(p) <= 5 and 0 < int(p) < 65536 for p in ports if p
-    ) or (len(ports) > 1 and len(ports) != len(host.split(","))):
+    if not all(_is_port(p) for p in ports if p) or (
+        len(ports) > 1 and len(ports) != len(host.split(","))
+    ):
         raise ConfigError(
             f"the {what}{where} has a port that is not a number from 1 to 65535 (one per "
             "host); fix it, or percent-encode a '/', '?' or '#' in the password (%2F, %3F, %23)"
@@ -646,13 +646,17 @@ def _only_ports(rest: str) -> bool:
     else there may be a password that lost its '@' (`postgresql://ci:Sekr3t127.0.0.1/db`,
     `ci:00000,000000...`), and is hidden; so are the hosts after the first of a
     multi-host URL with ports and no user (`h1:5432,h2:5433`)."""
-    authority = re.match(r"[^/?#]*", rest)
+    # libpq ends the host part at a '/' or '?' only: a '#' is no fragment to it.
+    authority = re.match(r"[^/?]*", rest)
     pieces = authority.group().split(",") if authority else []
     # `ci:/...`: no port at all after the ':' is what a password starting with '/' makes.
-    return any(pieces) and all(
-        piece == "" or (piece.isascii() and piece.isdigit() and 0 < int(piece) < 65536)
-        for piece in pieces
-    )
+    return any(pieces) and all(piece == "" or _is_port(piece) for piece in pieces)
+
+
+def _is_port(text: str) -> bool:
+    """A port as the URL check takes one: 1 to 65535, at most five digits. What the check
+    refuses, the masking hides (`ci:00000000001#...`, a password missing its '@')."""
+    return text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536
 
 
 def mask_credentials(text: str) -> str | None:
@@ -666,6 +670,17 @@ def mask_credentials(text: str) -> str | None:
     what either hides is hidden. Text without a scheme may be a password by itself,
     or one holding an `@`: then None, and the caller must not show it.
     """
+    spans = _credential_spans(text)
+    if spans is None:
+        return None
+    hidden = [False] * len(text)
+    for begin, end in spans:
+        hidden[begin:end] = [True] * (end - begin)
+    return _shown_with(text, hidden)
+
+
+def _credential_spans(text: str) -> list[tuple[int, int]] | None:
+    """The spans `mask_credentials` hides in `text`; None where it shows nothing."""
     scheme = _SCHEME.match(text)
     if scheme is None:
         return None  # no scheme: it may be a password alone, or one with an @ in it
@@ -684,10 +699,11 @@ def mask_credentials(text: str) -> str | None:
         user, secret = _split_userinfo(text[start:at])
         if secret:
             spans.append((start + len(user), at))
-    hidden = [False] * len(text)
-    for begin, end in spans:
-        hidden[begin:end] = [True] * (end - begin)
-    # Each run of hidden characters becomes one "***".
+    return spans
+
+
+def _shown_with(text: str, hidden: list[bool]) -> str:
+    """`text` with each run of its hidden characters as one "***"."""
     return "".join(
         "***" if hide else "".join(character for character, _ in run)
         for hide, run in groupby(zip(text, hidden, strict=True), key=itemgetter(1))
@@ -775,7 +791,10 @@ def password_candidates(text: str | None) -> list[str]:
     if not text:
         return []
     text = text.strip()
-    secrets = [text[start:] for start in _secret_values(text) if text[start:]]
+    # What the query hides (a secret keyword's value, an unknown parameter), as found in
+    # the text as given: a URL cut at a space, or at an '@' of its query, is no longer
+    # read as having that query where the text is printed.
+    secrets = [text[begin:end] for begin, end in _query_secrets(text) if begin < end]
     at = text.rfind("@")
     scheme = _SCHEME.match(text)
     if at < 0:
@@ -893,22 +912,49 @@ _KEYWORD_PASSWORD = (
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Hide every password in `text`: in URLs, in `password=` keywords, and any of `secrets`.
 
-    The one function every URL or message passes through before it is printed.
+    The one function every URL or message passes through before it is printed. Each
+    way of finding a password marks what it finds in the text as given, and all that
+    any of them marks is hidden: one never cuts what another would have found. The
+    URLs and keywords are read twice, in the text as given and with the known secrets
+    taken out (a secret's space or `@` can break a URL's shape either way).
     """
-    # Known secrets first, longest first, so a piece never leaves the rest of the whole
-    # behind (a URL masked first could cut one at an `@` it holds); each also as a
-    # message may quote it (repr escapes backslashes and controls).
-    for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
+    hidden = [False] * len(text)
+    # Each known secret, also as a message may quote it (repr escapes backslashes and
+    # controls), wherever it occurs, overlapping ones included.
+    for secret in {s for s in secrets if s and len(s) >= 3}:
         for shown in dict.fromkeys([secret, repr(secret)[1:-1], secret.replace("\\", "\\\\")]):
-            text = text.replace(shown, "***")
-    text = re.sub(_URL_TOKEN, lambda url: mask_credentials(url.group()) or "***", text)
-    text = re.sub(
-        _KEYWORD_PASSWORD,
-        lambda found: (
-            f"{found['head']}***"
-            if found["head"] is not None
-            else f"{found['head2']}{found['quote']}***{found['quote']}"
-        ),
-        text,
-    )
-    return text
+            start = text.find(shown)
+            while start >= 0:
+                hidden[start : start + len(shown)] = [True] * len(shown)
+                start = text.find(shown, start + 1)
+    # The text with the secrets taken out, and where each of its characters came from.
+    reading, origin = [], []
+    for hide, run in groupby(enumerate(hidden), key=itemgetter(1)):
+        places = [index for index, _ in run]
+        if hide:
+            reading.append("***")
+            origin += [(places[0], places[-1] + 1)] * 3
+        else:
+            reading.append(text[places[0] : places[-1] + 1])
+            origin += [(index, index + 1) for index in places]
+    for shown, where in ((text, None), ("".join(reading), origin)):
+        for begin, end in _password_spans(shown):
+            if where is None:
+                hidden[begin:end] = [True] * (end - begin)
+            else:
+                for first, last in where[begin:end]:
+                    hidden[first:last] = [True] * (last - first)
+    return _shown_with(text, hidden)
+
+
+def _password_spans(text: str) -> Iterator[tuple[int, int]]:
+    """What `redact` hides in `text` of its own reading: URLs' passwords and `password=`."""
+    for url in re.finditer(_URL_TOKEN, text):
+        spans = _credential_spans(url.group())
+        for begin, end in [(0, len(url.group()))] if spans is None else spans:
+            yield url.start() + begin, url.start() + end
+    for found in re.finditer(_KEYWORD_PASSWORD, text):
+        if found["head"] is not None:
+            yield found.span("secret")
+        else:
+            yield found.end("quote"), found.end() - 1  # inside the quotes
