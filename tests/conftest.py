@@ -14,12 +14,17 @@ from collections.abc import Iterator
 import hypothesis
 import pytest
 
+from .utils import examples
+
 pytest_plugins = ["tests.fix_db", "tests.fix_cli"]
 
 # Property-based tests: no deadline (two shared cores make timings noisy), and in CI
 # a fixed seed, so a run is repeatable; locally each run draws new examples.
+# A property without its own count draws hypothesis's 100 examples, scaled as the
+# others are (tests/utils.py's examples).
 hypothesis.settings.register_profile(
     "default",
+    max_examples=examples(100),
     deadline=None,
     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
 )
@@ -29,6 +34,15 @@ hypothesis.settings.register_profile(
 hypothesis.settings.load_profile(
     "ci" if os.environ.get("CI", "").lower() in ("true", "1") else "default"
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `property` every hypothesis test: `make properties` runs them alone, at
+    20 times their examples."""
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.property)
+
 
 # Signals a test may change (the runner's and the throwaway server's handling of Ctrl-C,
 # SIGTERM and SIGHUP is tested in this process): one left changed would make a later

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from cicd_db import cli, commands, migrations
 
 from .fix_cli import MIGRATE_PY, run_cli
-from .utils import ROOT, write_migrations
+from .utils import ROOT, examples, write_migrations
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -153,7 +153,7 @@ def test_every_flag_is_a_keyword_of_its_command() -> None:
     assert f"wait for another runner ({migrations.DEFAULT_LOCK_TIMEOUT:g})" in up
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     command=st.sampled_from(
         [

@@ -47,7 +47,7 @@ from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, Store
 from .fix_cli import run_cli
 from .fix_db import Database
 from .test_report import display_width
-from .utils import ROOT
+from .utils import ROOT, examples
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 FINISHED = (SUCCESS, FAILED)
@@ -528,7 +528,7 @@ def plans(draw: st.DrawFn) -> Planned:
     )
 
 
-@settings(max_examples=25)
+@settings(max_examples=examples(25))
 @given(st.lists(plans(), max_size=12), st.integers(1, 9), st.integers(1, 15))
 def test_random_histories_agree_with_the_oracle(
     conn: psycopg.Connection[Any], plans: list[Planned], days: int, runs: int

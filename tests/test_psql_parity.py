@@ -31,7 +31,7 @@ from cicd_db.errors import MigrationFailed
 from cicd_db.migrations import statements
 
 from .fix_db import Database
-from .utils import write_migrations
+from .utils import examples, write_migrations
 
 FIXTURES = Path(__file__).parent / "fixtures" / "psql_parity"
 FILES = sorted(path.name for path in FIXTURES.glob("*.sql"))
@@ -482,7 +482,9 @@ def test_whatever_a_file_sets_the_next_file_starts_as_psql_starts_it(
         return psql_refuses(psql_db, path) is None
 
     @settings(
-        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+        max_examples=examples(40),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
     @given(st.data())
     def next_file_starts_clean(data: st.DataObject) -> None:
@@ -606,7 +608,9 @@ def test_whatever_a_file_leaves_in_its_session_the_next_file_does_not_find(
     version = iter(range(1, 100_000, 2))
 
     @settings(
-        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+        max_examples=examples(25),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
     @given(
         st.lists(st.sampled_from(sorted(LEFT_IN_SESSION)), min_size=1, max_size=4, unique=True),

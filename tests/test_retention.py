@@ -24,6 +24,7 @@ from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, PipelineRun, Store
 
 from .fix_cli import run_cli, start_cli
 from .fix_db import Database
+from .utils import examples
 
 NOW = datetime.now(UTC)
 
@@ -484,7 +485,7 @@ NUMBERS = st.one_of(
 )
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(keep_days=NUMBERS, batch_size=NUMBERS)
 def test_any_number_is_run_or_refused_in_one_line(
     migrated: Database, keep_days: str, batch_size: str
@@ -587,7 +588,7 @@ PAST_THE_CUTOFF = st.one_of(
 ENDS = st.sampled_from([SUCCESS, FAILED, CANCELED, RUNNING])
 
 
-@settings(max_examples=25)
+@settings(max_examples=examples(25))
 @given(
     runs=st.lists(
         st.tuples(st.sampled_from(["build", "deploy"]), PAST_THE_CUTOFF, ENDS, st.integers(0, 2)),

@@ -23,7 +23,7 @@ from cicd_db.store import CANCELED, FAILED, PENDING, RUNNING, SUCCESS, Store
 
 from .fix_db import Database
 from .test_insights import NOW, Job, Planned, check, history, oracle_summary, same
-from .utils import MANY_JOBS, scans
+from .utils import MANY_JOBS, examples, scans
 
 FINISHED = (SUCCESS, FAILED, CANCELED)
 
@@ -181,7 +181,7 @@ def begin(store: Store, data: st.DataObject, pipeline: str) -> Recording:
 
 
 @settings(
-    max_examples=30,
+    max_examples=examples(30),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -33,6 +33,7 @@ from cicd_db.errors import ConfigError, MigrationFailed
 from cicd_db.migrations import statements
 
 from .fix_db import Database
+from .utils import examples
 
 # Text inside strings and comments: what could fool a scanner.
 TRICKS = [
@@ -175,7 +176,7 @@ def planned(data: bytes, *, transactional: bool = True) -> list[bytes]:
 
 
 @pytest.mark.slow
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.data())
 def test_the_runners_statements_are_the_files(data: st.DataObject) -> None:
     built = data.draw(valid_file())
@@ -200,7 +201,7 @@ REFUSED = [
 
 
 @pytest.mark.slow
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.data(), st.sampled_from(REFUSED))
 def test_what_may_not_run_is_refused_wherever_it_stands(
     data: st.DataObject, refused: tuple[str, str]
@@ -215,7 +216,7 @@ def test_what_may_not_run_is_refused_wherever_it_stands(
     assert str(refusal.value).startswith(f"migration file 0001_x.sql, line {line}: {what}")
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.data(), st.integers(2, 4))
 def test_a_no_transaction_file_of_several_statements_is_refused(
     data: st.DataObject, count: int
@@ -254,7 +255,7 @@ def test_psql_runs_each_statement_the_runner_finds(database: Database, tmp_path:
     [(version,)] = database.query("SELECT current_setting('server_version_num')::int")
     path = tmp_path / "0001_x.sql"
 
-    @settings(max_examples=25)
+    @settings(max_examples=examples(25))
     @given(st.data())
     def check(data: st.DataObject) -> None:
         built = data.draw(valid_file(json=int(str(version)) >= 160000))
@@ -300,7 +301,7 @@ def test_what_psql_refuses_at_a_files_end_the_runner_refuses(
     folder.mkdir()
     path = folder / "0001_x.sql"
 
-    @settings(max_examples=60)
+    @settings(max_examples=examples(60))
     @given(st.data())
     def check(data: st.DataObject) -> None:
         built = data.draw(valid_file())

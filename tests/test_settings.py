@@ -27,6 +27,7 @@ from cicd_db.targets import resolve
 
 from .fix_db import Database
 from .passwords import PASSWORD_CHARACTERS, assert_nothing_of
+from .utils import examples
 
 
 @pytest.mark.parametrize(
@@ -805,7 +806,7 @@ _NAME_CHARACTERS = (
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(name=st.text(_NAME_CHARACTERS, min_size=1, max_size=24), password=st.none() | st.text())
 def test_no_piece_of_a_role_name_is_taken_for_a_password(name: str, password: str | None) -> None:
     """A role named in any script, percent-escaped in a URL as ConnectionSettings.url()
@@ -820,7 +821,7 @@ def test_no_piece_of_a_role_name_is_taken_for_a_password(name: str, password: st
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     name=st.text(_NAME_CHARACTERS, min_size=1, max_size=12),
     separator=st.sampled_from([":", "?", "/", "\uff1a", "\uff20", "\ufe55", "\uff1f"]),
@@ -1198,7 +1199,7 @@ _AFTER_THE_COLON = st.text(st.sampled_from("0123456789,.:/?#abc%"), max_size=30)
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(rest=_AFTER_THE_COLON)
 def test_masking_hides_whatever_redaction_takes_for_a_password_in_a_url_without_an_at(
     rest: str,
@@ -1213,7 +1214,7 @@ def test_masking_hides_whatever_redaction_takes_for_a_password_in_a_url_without_
             assert candidate not in shown, (url, shown, candidate)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     user=st.text(_NAME_CHARACTERS, min_size=1, max_size=12).filter(lambda u: " " not in u),
     separator=st.sampled_from([":", "?", "/", "\uff1a", "\uff20", "\ufe55", ";"]),
@@ -1386,7 +1387,7 @@ def test_redact_hides_a_password_a_message_quotes_after_the_word(said: str, show
     assert redact(said) == shown
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     data=st.data(),
     quote_mark=st.sampled_from(['"', "'"]),

@@ -23,7 +23,7 @@ from cicd_db import migrations, stacks
 from .fix_cli import MIGRATE_PY, run_cli
 from .fix_db import Database
 from .passwords import assert_nothing_of, hostile_urls
-from .utils import MIGRATIONS, ROOT
+from .utils import MIGRATIONS, ROOT, examples
 
 # What the real CLI (3.226.1 and later) prints and its exit codes, for each failure.
 STUB = f"""#!{sys.executable}
@@ -248,7 +248,7 @@ def test_pulumi_output_that_is_not_utf8_is_one_line(stub, tmp_path: Path, said: 
         assert "printed something that is not JSON (as UTF-8)" in result.err, result.err
 
 
-@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.settings(max_examples=examples(200), deadline=None)
 @hypothesis.given(
     case=hostile_urls(),
     said=st.sampled_from(

@@ -21,7 +21,7 @@ from cicd_db.errors import MAX_NAME_BYTES, AlreadyExists, IllegalTransition, Not
 from cicd_db.store import CANCELED, FAILED, INT8_MAX, INT8_MIN, PENDING, RUNNING, SUCCESS, Store
 
 from .fix_db import Database, Databases
-from .utils import MANY_JOBS, scans
+from .utils import MANY_JOBS, examples, scans
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -976,7 +976,9 @@ def test_a_name_no_table_can_hold_is_refused_naming_the_argument(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(60),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(name=st.text(max_size=400))
 def test_any_text_is_stored_and_read_back_exactly_or_refused_whole(

@@ -35,7 +35,7 @@ from cicd_db.settings import ConnectionSettings
 from .fix_cli import Run, run_cli
 from .fix_db import Database
 from .passwords import assert_nothing_of, hostile_urls
-from .utils import write_migrations
+from .utils import examples, write_migrations
 
 pytestmark = pytest.mark.db
 
@@ -278,7 +278,7 @@ def test_a_parameter_libpq_refuses_is_a_configuration_error(query: str, paramete
 
 
 @pytest.mark.slow
-@hypothesis.settings(max_examples=300)
+@hypothesis.settings(max_examples=examples(300))
 @hypothesis.given(case=hostile_urls(), mode=st.sampled_from(["", "--json", "--verbose", "--debug"]))
 # The leaks of issue 17, and what an earlier run of this test found.
 @hypothesis.example(case=("postgresql://u:Sek/r3tPW@h:1/db", "Sek/r3tPW", "----"), mode="")
@@ -440,7 +440,7 @@ def _printed(url: str) -> str:
 
 
 @pytest.mark.slow
-@hypothesis.settings(max_examples=150)
+@hypothesis.settings(max_examples=examples(150))
 @hypothesis.given(
     password=st.text(alphabet=DIFFERENTIAL_CHARACTERS, min_size=12, max_size=24),
     form=st.sampled_from(DIFFERENTIAL_FORMS),
@@ -793,7 +793,7 @@ WITH_TEXT = {
 }
 
 
-@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.settings(max_examples=examples(150), deadline=None)
 @hypothesis.given(raw=NOT_UTF8, flag=st.sampled_from(list(WITH_TEXT)))
 def test_an_argument_that_is_not_utf8_is_refused_naming_its_flag(raw: bytes, flag: str) -> None:
     """One line, exit 2, the flag and the first bad byte; never the value itself."""
@@ -805,7 +805,7 @@ def test_an_argument_that_is_not_utf8_is_refused_naming_its_flag(raw: bytes, fla
     ), result
 
 
-@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.settings(max_examples=examples(150), deadline=None)
 @hypothesis.given(
     raw=NOT_UTF8,
     variable=st.sampled_from(

@@ -20,6 +20,16 @@ MIGRATIONS = ROOT / "db" / "migrations"
 PLAN_SCHEMA = MIGRATIONS / "0001_plan_schema.sql"
 
 
+# Property tests draw this many times their examples (`make properties` sets 20: what
+# a property misses at 200 examples it may find at 4,000; `make test` keeps 1).
+EXAMPLES_SCALE = int(os.environ.get("TEST_EXAMPLES_SCALE") or 1)
+
+
+def examples(count: int) -> int:
+    """A property test's number of examples: `count`, times TEST_EXAMPLES_SCALE."""
+    return count * EXAMPLES_SCALE
+
+
 # Where a RAM disk is: the test servers' files go there (see on_ram_disk).
 RAM_DISK = Path("/dev/shm")
 # Room the test servers need there: their databases, WAL between checkpoints, initdb's.

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from cicd_db import cli, migrations
 from cicd_db.errors import ConfigError
 
-from ..utils import write_migrations
+from ..utils import examples, write_migrations
 from .shared import MEBIBYTE
 
 
@@ -229,7 +229,7 @@ def _suggested(message: str) -> str | None:
     return names[-1] if names else None
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(stem=st.text(NAME_CHARACTERS, min_size=1, max_size=40), extension=EXTENSIONS)
 def test_any_file_name_is_taken_or_refused_in_one_line_with_a_name_that_works(
     tmp_path_factory: pytest.TempPathFactory, stem: str, extension: str
@@ -265,7 +265,7 @@ def test_any_file_name_is_taken_or_refused_in_one_line_with_a_name_that_works(
     assert (migration.version, migration.name) == (int(match["version"]), match["name"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(name=st.text(NAME_CHARACTERS, min_size=0, max_size=40))
 def test_any_new_name_makes_a_file_discover_takes_or_is_refused_in_one_line(
     tmp_path_factory: pytest.TempPathFactory, name: str

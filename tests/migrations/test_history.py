@@ -32,7 +32,7 @@ from cicd_db.settings import ConnectionSettings
 
 from ..fix_cli import migrate, run_cli
 from ..fix_db import Database
-from ..utils import write_migrations
+from ..utils import examples, write_migrations
 from .shared import THREE
 
 # Each moves where an unqualified name goes for the next run's session.
@@ -578,7 +578,9 @@ def test_the_history_itself_is_no_history_under_another_name(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     text=st.one_of(

@@ -29,7 +29,7 @@ from cicd_db.store import Store
 
 from ..fix_cli import migrate, run_cli
 from ..fix_db import Database
-from ..utils import MIGRATIONS, write_migrations
+from ..utils import MIGRATIONS, examples, write_migrations
 from .next_run import (
     COUNTED,
     NO_TRANSACTION,
@@ -102,7 +102,9 @@ def test_functions_and_operators_before_pg_catalog_do_not_stand_in_for_the_runne
     version = iter(range(2, 10_000))
 
     @settings(
-        max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+        max_examples=examples(20),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
     @given(st.permutations(PATH_PARTS), st.booleans())
     def recorded_right(order: list[str], transactional: bool) -> None:
@@ -362,7 +364,7 @@ def test_any_time_in_the_history_is_read_exactly_or_refused_naming_its_row(
         ).format(sql.Identifier(database.name), sql.Identifier(database.name))
     )
 
-    @settings(max_examples=40, deadline=None)
+    @settings(max_examples=examples(40), deadline=None)
     @given(APPLIED_AT)
     def read_exactly(at: str) -> None:
         database.execute(

@@ -27,7 +27,7 @@ from cicd_db.store import Store
 
 from ..fix_cli import Run, migrate, run_cli
 from ..fix_db import Database, Databases
-from ..utils import MIGRATIONS, write_migrations
+from ..utils import MIGRATIONS, examples, write_migrations
 from .next_run import (
     COUNTED,
     NO_TRANSACTION,
@@ -247,7 +247,9 @@ def test_text_in_a_file_is_stored_as_written_whatever_client_encoding_is_set(
     version = iter(range(2, 10_000))
 
     @settings(
-        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+        max_examples=examples(25),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
     @given(TEXT)
     def stored_as_written(text: str) -> None:

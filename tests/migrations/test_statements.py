@@ -19,7 +19,7 @@ from cicd_db.sqltext import Scanner, Statement
 
 from ..fix_cli import migrate
 from ..fix_db import Database
-from ..utils import write_migrations
+from ..utils import examples, write_migrations
 from .shared import MEBIBYTE, MENTIONS
 
 
@@ -491,7 +491,7 @@ def test_a_near_miss_of_the_no_transaction_marker_is_refused(
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     dashes=st.sampled_from(["--", "-- ", "--  ", " --", "--\t"]),
     tool=st.sampled_from(["cicd-db", "CICD-DB", "cicd_db", "cicddb", "cicd db", "Cicd-Db"]),
@@ -625,7 +625,7 @@ _LEADING_PIECES = [
 ]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     st.lists(st.sampled_from(_LEADING_PIECES), max_size=6),
     st.sampled_from(["\n", " ", "\r\n"]),
@@ -656,7 +656,9 @@ def test_the_leading_transaction_settings_are_found_as_a_scan_finds_them(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(60),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     scope=st.sampled_from(["", "LOCAL ", "SESSION ", "local ", "/* c */ "]),
@@ -696,7 +698,7 @@ def test_what_must_come_before_any_query_is_what_postgresql_refuses_after_one(
     assert statements.sets_the_transaction(text, piece, True) is refused, text
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(st.sampled_from(_LEADING_PIECES), max_size=6),
     st.sampled_from(["\n", "\n-- a comment\n"]),
