@@ -208,11 +208,24 @@ class Databases:
         self._conn.execute(query)
 
     def create(
-        self, template: str | None = None, *, owner: str | None = None, prefix: str = "test"
+        self,
+        template: str | None = None,
+        *,
+        owner: str | None = None,
+        prefix: str = "test",
+        encoding: str | None = None,
     ) -> Database:
-        """A new database, a copy of `template` (template1 when None), owned by `owner`."""
+        """A new database, a copy of `template` (template1 when None), owned by `owner`;
+        or, with `encoding` (SQL_ASCII, LATIN1, ...), a copy of template0 in it and the C
+        locale."""
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
         query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if encoding:
+            assert template is None, "a database of its own encoding copies template0"
+            template = "template0"
+            query += sql.SQL(" ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C'").format(
+                sql.Literal(encoding)
+            )
         if template:
             query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
         if owner:

@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import subprocess
 import time
 import uuid
@@ -466,3 +467,67 @@ def test_a_command_is_a_python_function(database: Database, tmp_path: Path, caps
     # A mistake is told in the caller's own words: its arguments, not the CLI's flags.
     with pytest.raises(errors.UsageError, match=r"^`sql` prints what `dry_run` would apply"):
         commands.up(context, sql=True)
+
+
+# -- what a database holds reaches the terminal as one printable line ----------------------
+
+# A name as a careless or hostile writer leaves it: an escape sequence that retitles the
+# terminal, a newline and a carriage return that forge a line, an erase, a bidi override,
+# the C1 form of an escape.
+HOSTILE = "evil\x1b]0;PWNED\x07\nFORGED: no drift\x1b[2K\r\u202e\x9b31m"
+
+
+def printable_lines(text: str) -> list[str]:
+    """`text`'s lines, each asserted printable: nothing in it can act on a terminal."""
+    lines = text.split("\n")
+    assert all(line.isprintable() for line in lines), text
+    return lines
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["report", "quiet"])
+def test_names_the_database_holds_are_printed_as_one_printable_line_each(
+    migrated: Database, tmp_path: Path, quiet: bool
+) -> None:
+    """The class behind three commands that printed names raw (helper-52): a history row's
+    name (`migrate check`), a table's (`schema diff`) and a locked table's and the server's
+    error quoting it (`up --rehearse`, its report and, with --quiet, its error line). Every
+    line a command prints goes through console.print_lines, which escapes what is not
+    printable; a file's own SQL (`--dry-run --sql`) is printed as written."""
+    migrated.execute(
+        sql.SQL(
+            "INSERT INTO cicd_db.cicd_db_schema_history (version, name, checksum, applied_at, "
+            "applied_by, duration_ms) VALUES (9999, {}, 'x', now(), 'me', 1);"
+            "CREATE TABLE {} (extra int) INHERITS (pipeline_executions)"
+        ).format(sql.Literal(HOSTILE), sql.Identifier(HOSTILE))
+    )
+    folder = tmp_path / "m"
+    shutil.copytree(MIGRATIONS, folder)
+    last = max(int(path.name[:4]) for path in folder.glob("*.sql"))
+    (folder / f"{last + 1:04d}_add_extra.sql").write_text(
+        "ALTER TABLE pipeline_executions ADD COLUMN extra text;\n"
+    )
+    target = ["--database-url", migrated.url]
+    quiet_flag = ["--quiet"] if quiet else []
+    runs = {"check": run_cli("migrate", "check", "--no-lint", *quiet_flag, *target)}
+    migrated.execute("DELETE FROM cicd_db.cicd_db_schema_history WHERE version = 9999")
+    runs |= {
+        "diff": run_cli("schema", "diff", *quiet_flag, *target),
+        "rehearse": run_cli(
+            "migrate", "up", "--rehearse", *quiet_flag, *target, "--migrations-dir", str(folder)
+        ),
+    }
+    for command, (code, out, err) in runs.items():
+        assert code != 0, (command, out, err)  # each saw the hostile row, table or failure
+        printable_lines(out)
+        printable_lines(err)
+        if not quiet or command == "rehearse":
+            # Said, escaped, on the line of the name it belongs to.
+            assert any("evil\\x1b]0;PWNED\\x07\\nFORGED" in line for line in (out + err).split("\n")), (command, out, err)  # fmt: skip
+    if quiet:
+        assert len(runs["rehearse"].err.splitlines()) == 1, runs["rehearse"].err
+    # A file's own SQL is its author's text: printed as written, tabs and newlines kept.
+    (folder / f"{last + 2:04d}_tabbed.sql").write_text("SELECT\t1;\nSELECT 2;\n")
+    code, out, _ = run_cli(
+        "migrate", "up", "--dry-run", "--sql", *target, "--migrations-dir", str(folder)
+    )
+    assert code == 0 and "SELECT\t1;\nSELECT 2;\n" in out, out

@@ -15,10 +15,11 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 import yaml
 
-from cicd_db import report
+from cicd_db import report, targets
 from cicd_db.errors import UsageError
 from cicd_db.store import (
     CANCELED,
@@ -574,3 +575,53 @@ def test_a_time_no_python_value_holds_is_told_as_the_rows_not_run_again(
     assert (result.code, result.out) == (1, ""), result
     assert result.err.count("\n") == 1 and result.err.startswith(said), result.err
     assert "correct that row" in result.err and "--debug" not in result.err, result.err
+
+
+# -- databases of another encoding --------------------------------------------------------
+
+
+@pytest.fixture(params=["SQL_ASCII", "LATIN1"])
+def encoded(request: pytest.FixtureRequest, databases: Databases) -> Iterator[Database]:
+    """A migrated database whose encoding is not UTF8: SQL_ASCII (what `initdb --locale=C`
+    makes by default, bytes stored as given) or LATIN1."""
+    made = databases.create(encoding=request.param)
+    try:
+        assert run_cli("migrate", "up", "--quiet", "--database-url", made.url).code == 0
+        yield made
+    finally:
+        databases.drop(made)
+
+
+def test_a_database_of_another_encoding_is_read_as_utf8_and_what_it_cannot_hold_is_one_line(
+    encoded: Database,
+) -> None:
+    """Text comes back as str whatever the database's encoding (on SQL_ASCII psycopg
+    handed over bytes, and `report` died on them); a name the encoding cannot hold, or
+    stored bytes that are no UTF-8, are one line that says so, not "unexpected ... report
+    it" nor "run again" (helper-52)."""
+    settings = targets.resolve(database_url=encoded.url).settings
+    with targets.connect(settings) as conn:
+        recorder = Store.on(conn)
+        run = recorder.start_run("clean", "deadbeef")
+        recorder.cancel_run(run)
+        assert recorder.runs("clean")[0].pipeline_name == "clean"
+    code, out, err = run_cli("report", "--database-url", encoded.url, "--pipeline", "clean")
+    assert (code, err) == (0, ""), err
+    assert "CANCELED" in out
+    code, out, err = run_cli("report", "--database-url", encoded.url, "--format", "json", "--pipeline", "clean")  # fmt: skip
+    assert code == 0 and json.loads(out), err
+    if encoding(encoded) == "LATIN1":
+        code, out, err = run_cli("report", "--database-url", encoded.url, "--pipeline", "界")
+        assert code == 1 and len(err.splitlines()) == 1, err
+        assert "the database's encoding cannot hold a character of that text" in err, err
+        return
+    with psycopg.connect(encoded.settings.conninfo(), autocommit=True) as conn:
+        conn.execute("SET client_encoding = 'SQL_ASCII'")
+        conn.execute(b"UPDATE pipeline_executions SET pipeline_name = 'bad\xff'")
+    code, out, err = run_cli("insights", "--database-url", encoded.url)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "the database holds text that is not UTF-8" in err and "unexpected" not in err, err
+
+
+def encoding(database: Database) -> str:
+    return str(database.query("SHOW server_encoding")[0][0])

@@ -529,6 +529,19 @@ def _word(text: str) -> str:
 # -- main ----------------------------------------------------------------------------------
 
 
+# What to do when text and the database's encoding disagree (cicd-db talks UTF-8).
+ENCODING_FIXES = {
+    "22P05": (
+        "the database's encoding cannot hold a character of that text: use characters it "
+        "holds, or keep the data in a database created with ENCODING 'UTF8'"
+    ),
+    "22021": (
+        "the database holds text that is not UTF-8, which cicd-db reads it as (a SQL_ASCII "
+        "database takes any bytes): correct that row"
+    ),
+}
+
+
 def main(
     argv: Sequence[str] | None = None, *, prog: str = "cicd-db", only_migrate: bool = False
 ) -> int:
@@ -571,6 +584,10 @@ def main(
                 context,
                 debug,
             )
+        elif error.sqlstate in ENCODING_FIXES:
+            # Text the database's encoding cannot hold, or bytes stored that are no text in
+            # it: running again fails the same way.
+            _print_error(f"database error: {first}; {ENCODING_FIXES[error.sqlstate]}", context, debug)  # fmt: skip
         else:
             _print_error(f"database error: {first}; run again, with --debug for details", context, debug)  # fmt: skip
         return 1

@@ -145,7 +145,7 @@ class Context:
 
     def say(self, *lines: str) -> None:
         if lines and not self.quiet:
-            print(*lines, sep="\n", flush=True)
+            console.print_lines(*lines)
 
     def show(
         self, value: console.JSON, lines: Callable[[], list[str]], *, answer: bool = False
@@ -155,7 +155,7 @@ class Context:
         if self.json:
             print(json.dumps(value, indent=2, default=str))
         elif answer or not self.quiet:
-            print(*lines(), sep="\n", flush=True)
+            console.print_lines(*lines())
 
 
 def keyword_defaults(func: Callable[..., Any]) -> dict[str, Any]:
@@ -214,7 +214,7 @@ def up(
             )
             failed = [r for r in rehearsals if r.failed]
             if failed and ctx.quiet and not ctx.json:  # the FAILED lines above were silenced
-                print(console.rehearsal_failure(failed), file=sys.stderr)
+                console.print_lines(console.rehearsal_failure(failed), file=sys.stderr)
             return 1 if failed else 0
 
         def server_said(diag: psycopg.errors.Diagnostic) -> None:
@@ -222,7 +222,7 @@ def up(
                 diag.severity_nonlocalized, diag.message_primary, ctx.verbose
             )
             if line is not None:
-                print(line, file=sys.stderr, flush=True)
+                console.print_lines(line, file=sys.stderr)
 
         runner.conn.add_notice_handler(server_said)
         ticker = console.Ticker(enabled=sys.stderr.isatty() and not ctx.quiet and not ctx.json)
@@ -268,12 +268,14 @@ def up(
                 raise Interrupted(
                     f"{done}: interrupted", exit_code=interrupt_exit_code(interrupt)
                 ) from None
-    summary = console.up_summary(
-        where.description, dry_run, len(results), elapsed_ms, target=target, beyond=beyond
-    )
+    summary = [
+        console.up_summary(
+            where.description, dry_run, len(results), elapsed_ms, target=target, beyond=beyond
+        )
+    ]
     if dump_schema and not dry_run:  # not with --json: stdout stays one JSON document
-        summary += f"\nschema written to {one_line(str(dump_schema))}"
-    ctx.show(console.applied_json(where.description, dry_run, results, notes), lambda: [summary])
+        summary.append(f"schema written to {dump_schema}")
+    ctx.show(console.applied_json(where.description, dry_run, results, notes), lambda: summary)
     return 0
 
 
@@ -349,7 +351,7 @@ def schema_dump(ctx: Context, *, output: Path | None = None) -> int:
         sys.stdout.write(text)
         return 0
     _write(output, text)
-    ctx.say(f"schema written to {one_line(str(output))}")
+    ctx.say(f"schema written to {output}")
     return 0
 
 
@@ -464,7 +466,7 @@ def show_insights(
         sys.stdout.write(text)
         return 0
     _write(output, text)
-    ctx.say(f"insights written to {one_line(str(output))}")
+    ctx.say(f"insights written to {output}")
     return 0
 
 

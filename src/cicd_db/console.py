@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cicd_db import migrations
 from cicd_db.errors import one_line, plural
@@ -62,7 +62,12 @@ def applied_lines(result: migrations.Result, *, sql: bool) -> list[str]:
     if not result.dry_run:
         return [*lines, f"applied {name} ({result.duration_ms:.0f} ms)"]
     lines.append(f"would apply {name}")
-    return lines + ([f"-- {name}\n{result.migration.text.rstrip()}\n"] if sql else [])
+    return lines + ([Verbatim(f"-- {name}\n{result.migration.text.rstrip()}\n")] if sql else [])
+
+
+class Verbatim(str):
+    """Text `print_lines` prints as it is: a file's own SQL (`--dry-run --sql`), which
+    its author wrote and may pipe to psql, tabs and newlines included."""
 
 
 def up_summary(
@@ -139,6 +144,19 @@ def rehearsal_lines(description: str, rehearsals: Sequence[migrations.Rehearsal]
         if kept
         else f"rehearsal on {description}: rolled back; it saw nothing a rollback cannot undo",
     ]
+
+
+def print_lines(*lines: str, file: TextIO | None = None) -> None:
+    """Print `lines` (to standard output, or `file`), each as one line whatever it holds.
+
+    Every line a command prints for a person comes here, and much of it quotes what a
+    database holds (a table's, a pipeline's or a history row's name, a server's error):
+    a character that is not printable (an escape sequence that would recolour or retitle
+    the terminal, a newline or carriage return that would forge another line) is written
+    as repr writes it, `\\x1b`. Escaping twice changes nothing (errors.one_line).
+    """
+    shown = (line if isinstance(line, Verbatim) else one_line(line) for line in lines)
+    print(*shown, sep="\n", file=file or sys.stdout, flush=True)
 
 
 def rehearsal_failure(failed: Sequence[migrations.Rehearsal]) -> str:
@@ -228,7 +246,7 @@ def check_lines(
     for report in reports:
         verdict = "passed" if report.passed else "FAILED"
         lines.append(f"{report.tool}: {verdict} ({plural(len(report.files), 'file')})")
-        lines += [] if report.passed else [report.output]
+        lines += [] if report.passed else report.output.splitlines()
     lines += [f"{row.version} {row.name}: {row.state}" for row in rows]
     checked = f"and the history of {target}" if target else "(no target: history not compared)"
     return [*lines, f"checked {plural(files, 'file')} {checked}"]
@@ -379,7 +397,7 @@ class Ticker:
 
     def retrying(self, retry: migrations.Retry) -> None:
         self.stop()
-        print(retry, file=sys.stderr, flush=True)
+        print_lines(str(retry), file=sys.stderr)
 
     def stop(self) -> None:
         if self.thread is not None:

@@ -200,6 +200,10 @@ def connect(
     without `options`, the session has READING_OPTIONS after the user's.
     """
     reading = "options" not in overrides
+    # Text comes back as str, in UTF-8, whatever the database stores (on a SQL_ASCII
+    # database, or with PGCLIENTENCODING set, psycopg would hand over bytes or another
+    # encoding's text): the server converts, or says what it cannot convert.
+    overrides.setdefault("client_encoding", "UTF8")
     if reading:
         overrides["options"] = options_with(READING_OPTIONS, settings.user_options(), ours_win=True)
     try:
