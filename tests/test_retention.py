@@ -8,6 +8,7 @@ import pty
 import signal
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -18,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg_pool import ConnectionPool
 
-from cicd_db import retention
-from cicd_db.errors import NotFound, OperationalError, UsageError
+from cicd_db import errors, retention
+from cicd_db.errors import ConfigError, NotFound, OperationalError, UsageError
 from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, PipelineRun, Store
 
 from .fix_cli import run_cli, start_cli
@@ -250,16 +251,53 @@ def test_a_lost_connection_leaves_whole_runs_and_says_how_far_it_got(
     assert counts(migrated) == left
 
 
-def test_a_row_held_past_the_lock_timeout_is_tried_again_then_given_up(
+@pytest.mark.parametrize("hold", ["job locked", "job being added"])
+def test_a_run_with_a_child_a_writer_holds_is_left_for_the_next_call_and_the_rest_go(
+    migrated: Database, executions: Store, hold: str
+) -> None:
+    """A job a writer locked, or a stage a writer is adding a job to (the new row's
+    foreign key holds it), in the oldest run: that run is left for the next call, not
+    waited for, and every other run goes (helper-53: one held job stopped the whole call,
+    batch after batch, and exit 1)."""
+    oldest = record(executions, "build", days_ago=42)
+    for days in (40, 41):
+        record(executions, "build", days_ago=days)
+    [[stage_id]] = migrated.query(
+        "SELECT id FROM stage_executions WHERE pipeline_execution_id = %s LIMIT 1", oldest.id
+    )
+    with migrated.connect() as writer, migrated.connect() as conn:
+        writer.execute("BEGIN")
+        if hold == "job locked":
+            writer.execute(
+                "SELECT FROM job_executions WHERE stage_execution_id = %s LIMIT 1 FOR SHARE",
+                [stage_id],
+            )
+        else:
+            writer.execute(
+                "INSERT INTO job_executions (stage_execution_id, job_name, status) "
+                "VALUES (%s, 'late', 'PENDING')",
+                [stage_id],
+            )
+        # A lock timeout of a minute: waiting would show as a stall, skipping does not wait.
+        first = retention.prune(conn, keep_days=30, batch_size=2, lock_timeout=60)
+        writer.execute("ROLLBACK")
+        second = retention.prune(conn, keep_days=30)
+    assert (first.runs, first.stages, first.jobs, first.held) == (2, 4, 12, 1)
+    assert str(first).endswith("; left 1 run a writer held, for the next call"), str(first)
+    assert (second.runs, second.held) == (1, 0)
+    assert counts(migrated) == (0, 0, 0)
+
+
+def test_a_table_held_past_the_lock_timeout_is_tried_again_then_given_up(
     migrated: Database, executions: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A job row someone holds (not its run: runs held are skipped) makes the batch wait
-    at most the lock timeout, and try again after a pause, a bounded number of times."""
+    """A table locked against retention (a migration's lock): the batch waits at most the
+    lock timeout, and tries again after a pause, a bounded number of times."""
     monkeypatch.setattr(retention, "RETRY_DELAY", 0.01)
     record(executions, "build", days_ago=40)
     with migrated.connect() as holder, migrated.connect() as conn:
         holder.execute("BEGIN")
-        holder.execute("SELECT FROM job_executions LIMIT 1 FOR UPDATE")
+        holder.execute("LOCK TABLE job_executions IN EXCLUSIVE MODE")
         # Let go after 30 s at the latest: a lock timeout not applied would wait until then.
         release = threading.Timer(30, lambda: holder.execute("ROLLBACK"))
         release.start()
@@ -269,8 +307,8 @@ def test_a_row_held_past_the_lock_timeout_is_tried_again_then_given_up(
         finally:
             release.cancel()
     assert str(busy.value) == (
-        "retention met busy rows 6 times in a row (canceling statement due to lock timeout); "
-        "run again when the tables are less busy, or raise the lock timeout"
+        "retention met busy tables 6 times in a row (canceling statement due to lock timeout); "
+        "run again when they are less busy"
     )
     assert counts(migrated) == (1, 2, 6)
 
@@ -282,12 +320,111 @@ def test_a_lock_timeout_that_clears_is_waited_out(
     record(executions, "build", days_ago=40)
     with migrated.connect() as holder, migrated.connect() as conn:
         holder.execute("BEGIN")
-        holder.execute("SELECT FROM job_executions LIMIT 1 FOR UPDATE")
+        holder.execute("LOCK TABLE job_executions IN EXCLUSIVE MODE")
         # Released during the pauses between tries (0.2, 0.4, 0.8 ... s): a later try wins.
         threading.Timer(0.5, lambda: holder.execute("ROLLBACK")).start()
         pruned = retention.prune(conn, keep_days=30, lock_timeout=0.05)
-    assert (pruned.runs, pruned.jobs) == (1, 6)
+    assert (pruned.runs, pruned.jobs, pruned.held) == (1, 6, 0)
     assert counts(migrated) == (0, 0, 0)
+
+
+def test_an_interrupt_after_a_batch_committed_counts_it(
+    migrated: Database, executions: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C landing after a batch's COMMIT, before the call counted it (helper-53: the
+    message was a batch short and said it was rolled back): the server is asked."""
+    for days in (40, 41):
+        record(executions, "build", days_ago=days)
+    batch = retention._batch
+
+    def committed_then_interrupted(*args: object) -> object:
+        batch(*args)  # type: ignore[arg-type]
+        raise KeyboardInterrupt  # as a Ctrl-C landing once the COMMIT is done
+
+    monkeypatch.setattr(retention, "_batch", committed_then_interrupted)
+    with migrated.connect() as conn, pytest.raises(errors.Interrupted) as stopped:
+        retention.prune(conn, keep_days=30, batch_size=1)
+    assert str(stopped.value) == (
+        "interrupted; 1 run (2 stages, 6 jobs) had been deleted; the last batch had committed, "
+        "and no run was left half-deleted; run again to go on"
+    )
+    assert counts(migrated) == (1, 2, 6)
+
+
+def test_an_interrupt_during_a_batchs_commit_is_told_as_the_server_ended_it(
+    migrated: Database, executions: Store
+) -> None:
+    """Ctrl-C while the COMMIT runs (a deferred trigger of someone's makes it slow): the
+    COMMIT is cancelled, and the call says the batch was rolled back because the server
+    still has its runs, not because it guesses."""
+    record(executions, "build", days_ago=40)
+    migrated.execute(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN PERFORM pg_sleep(60); RETURN NULL; END$$; "
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER DELETE ON pipeline_executions "
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+    )
+    process = start_cli("retention", "--keep-days", "30", "--database-url", migrated.url)
+    migrated.wait_for(
+        "SELECT FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+        "AND datname = current_database()",
+        "the commit never started",
+    )
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert (process.returncode, out) == (130, "")
+    assert err == (
+        "error: interrupted; nothing was deleted; the batch in progress was rolled back, and "
+        "no run was left half-deleted; run again to go on\n"
+    )
+    assert counts(migrated) == (1, 2, 6)
+
+
+def test_a_statement_timeout_is_named_not_told_as_a_lost_connection(
+    migrated: Database, executions: Store
+) -> None:
+    """A statement_timeout a role or database sets cuts a batch: the connection is fine
+    and running again meets it again, so the setting is named, with its fixes (helper-53:
+    "retention lost its connection ... run again")."""
+    record(executions, "build", days_ago=40)
+    when_its_jobs_go(migrated, 0, "PERFORM pg_sleep(1);")
+    with migrated.connect() as conn, pytest.raises(OperationalError) as cut:
+        conn.execute("SET statement_timeout = '300ms'")
+        retention.prune(conn, keep_days=30)
+    assert str(cut.value) == (
+        "retention's statement was cancelled (canceling statement due to statement timeout); "
+        "nothing was deleted; the batch in progress was rolled back, and no run was left "
+        "half-deleted; statement_timeout stopped it, set for this session by the role, the "
+        "database, the server or the connection's options (pg_settings' source tells which): "
+        "raise it there, or give a smaller `batch_size`, and run again"
+    )
+    assert counts(migrated) == (1, 2, 6)
+
+
+def test_a_role_that_may_not_read_the_executions_is_told_which_role_may(
+    migrated: Database, executions: Store
+) -> None:
+    """A role with no right on the tables is refused as the reader is, before the count
+    too (helper-53: "permission denied ...; run again", exit 1)."""
+    record(executions, "build", days_ago=40)
+    role = f"nobody_{uuid.uuid4().hex[:8]}"
+    with migrated.connect() as conn:
+        conn.execute(f"CREATE ROLE {role} NOLOGIN")
+        try:
+            conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}; SET ROLE {role}")
+            for pipeline in (None, "build"):
+                with pytest.raises(ConfigError) as denied:
+                    retention.prune(conn, keep_days=30, pipeline=pipeline)
+                assert " may not delete executions (permission denied for table " in str(
+                    denied.value
+                )
+                assert str(denied.value).endswith(
+                    "; nothing was deleted; run retention as the writer (ci_app, which "
+                    "`--local` and `--stack` use) or the tables' owner"
+                )
+        finally:
+            conn.execute(f"RESET ROLE; REVOKE ALL ON SCHEMA public FROM {role}; DROP ROLE {role}")
+    assert counts(migrated) == (1, 2, 6)
 
 
 def test_writers_keep_writing_while_retention_deletes(
@@ -396,12 +533,13 @@ def test_the_command_deletes_and_says_what(migrated: Database, executions: Store
     done = run_cli("retention", "--keep-days", "30", "--json", "--database-url", migrated.url)
     assert done.code == 0, done.err
     figures = json.loads(done.out)
-    assert {k: figures[k] for k in ("dry_run", "runs", "stages", "jobs", "batches")} == {
+    assert {k: figures[k] for k in ("dry_run", "runs", "stages", "jobs", "batches", "held")} == {
         "dry_run": False,
         "runs": 1,
         "stages": 2,
         "jobs": 6,
         "batches": 1,
+        "held": 0,
     }
     assert counts(migrated) == (1, 2, 6)
 

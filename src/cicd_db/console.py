@@ -340,6 +340,7 @@ def pruned_json(description: str, pruned: Pruned) -> JSON:
         "stages": pruned.stages,
         "jobs": pruned.jobs,
         "batches": pruned.batches,
+        "held": pruned.held,
         "seconds": round(pruned.seconds, 3),
     }
 

@@ -9,11 +9,16 @@ short transactions that never stop the CI system's writers.
   LOCKED (a run a writer holds is left for the next call), then their jobs, their
   stages and the runs deleted. A run goes with all its children or not at all;
   an interrupted or failed call leaves whole runs behind, never part of one, and
-  the next call goes on where it stopped.
+  the next call goes on where it stopped. What it says it deleted is what was
+  committed: a call interrupted while a batch commits asks the server whether the
+  batch's runs are gone, and says so when it cannot tell.
 - Locks are taken parent before child, as the store takes them, so a writer and
-  retention never wait on each other in a cycle. Each batch runs under a short
-  `lock_timeout`; a batch that meets one (or a deadlock) is rolled back and tried
-  again after a pause, a bounded number of times.
+  retention never wait on each other in a cycle. A batch's stages and jobs are
+  locked too, skipping what a writer holds: a run with a child a writer holds (locked,
+  or being added to) is left for the next call (`held`) and the others go, so one
+  held row never stops the call, nor makes it wait. Each batch runs under a short
+  `lock_timeout`; a batch that meets one (a table a migration locks) or a deadlock
+  is rolled back and tried again after a pause, a bounded number of times.
 - `dry_run` counts what would go and changes nothing.
 - Bounds are refused before anything is read: `keep_days` 1 to 36,600, `batch_size`
   1 to 100,000 (MAX_KEEP_DAYS, MAX_BATCH_SIZE say why), an empty `pipeline`; so is,
@@ -32,6 +37,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors, sql
+from psycopg.pq import TransactionStatus
 
 from cicd_db.errors import (
     ConfigError,
@@ -43,6 +49,7 @@ from cicd_db.errors import (
     interrupt_exit_code,
     no_schema,
     plural,
+    setting_behind,
 )
 
 DEFAULT_BATCH_SIZE = 500
@@ -74,15 +81,32 @@ class Pruned:
     batches: int = 0
     seconds: float = 0.0
     dry_run: bool = False
+    held: int = 0  # runs a writer held past the lock timeout, left for the next call
 
     def __str__(self) -> str:
         counted = f"{plural(self.runs, 'run')}, {plural(self.stages, 'stage')}, "
         counted += plural(self.jobs, "job")
         if self.dry_run:
             return f"would delete {counted} that finished before {self.cutoff:%Y-%m-%d %H:%M:%S %Z}"
+        held = (
+            f"; left {plural(self.held, 'run')} a writer held, for the next call"
+            if self.held
+            else ""
+        )
         return (
             f"deleted {counted} that finished before {self.cutoff:%Y-%m-%d %H:%M:%S %Z} "
-            f"in {self.seconds:.1f} s"
+            f"in {self.seconds:.1f} s{held}"
+        )
+
+    def added(self, counts: tuple[int, int, int], started: float) -> Pruned:
+        """These totals with one more committed batch of `counts` (runs, stages, jobs)."""
+        return replace(
+            self,
+            runs=self.runs + counts[0],
+            stages=self.stages + counts[1],
+            jobs=self.jobs + counts[2],
+            batches=self.batches + 1,
+            seconds=time.monotonic() - started,
         )
 
 
@@ -108,7 +132,26 @@ COUNT = sql.SQL(
 )
 # One batch: the runs locked first (parent before child, as the store locks), then
 # their children and they deleted, counted by what each DELETE returned.
-LOCK_BATCH = sql.SQL("{candidates} ORDER BY completion_time LIMIT %(batch)s FOR UPDATE SKIP LOCKED")
+LOCK_BATCH = sql.SQL(
+    "{candidates} AND id <> ALL(%(held)s) ORDER BY completion_time LIMIT %(batch)s "
+    "FOR UPDATE SKIP LOCKED"
+)
+# The batch's stages and jobs locked in turn, skipping rows a writer holds (a job it
+# locked, a stage a job is being added to: the new row's foreign key holds it): the
+# runs that have such a child, left for the next call. The others' children are then
+# all held by this transaction, so their DELETE waits on no writer.
+HELD_CHILDREN = sql.SQL(
+    "WITH stages AS MATERIALIZED (SELECT id, pipeline_execution_id AS run "
+    "FROM stage_executions WHERE pipeline_execution_id = ANY(%(ids)s) FOR UPDATE SKIP LOCKED), "
+    "jobs AS MATERIALIZED (SELECT j.id, s.pipeline_execution_id AS run FROM job_executions j "
+    "JOIN stage_executions s ON s.id = j.stage_execution_id "
+    "WHERE s.pipeline_execution_id = ANY(%(ids)s) FOR UPDATE OF j SKIP LOCKED) "
+    "SELECT s.pipeline_execution_id FROM stage_executions s "
+    "WHERE s.pipeline_execution_id = ANY(%(ids)s) AND s.id NOT IN (SELECT id FROM stages) "
+    "UNION SELECT s.pipeline_execution_id FROM job_executions j "
+    "JOIN stage_executions s ON s.id = j.stage_execution_id "
+    "WHERE s.pipeline_execution_id = ANY(%(ids)s) AND j.id NOT IN (SELECT id FROM jobs)"
+)
 DELETE_BATCH = sql.SQL(
     "WITH jobs AS (DELETE FROM job_executions j USING stage_executions s "
     "WHERE j.stage_execution_id = s.id AND s.pipeline_execution_id = ANY(%(ids)s) RETURNING 1), "
@@ -172,47 +215,116 @@ def prune(
         from cicd_db.store import tables_placement  # on use: the CLI imports this module
 
         raise no_schema(tables_placement(conn)) from None
+    except errors.InsufficientPrivilege as denied:
+        raise _denied(conn, denied, None) from None
     found = int(counts[0])
     if dry_run:
         runs, stages, jobs = (int(n) for n in counts)
         return Pruned(row[0], runs, stages, jobs, 0, time.monotonic() - started, dry_run=True)
     done = Pruned(row[0])
     lock = LOCK_BATCH.format(candidates=candidates)
+    held: list[int] = []  # runs with a child a writer held: not asked for again in this call
+    # The batch whose DELETE ran last: the totals it started from, its runs and counts.
+    # Until `done` moves past those totals, the batch is not counted (its COMMIT may
+    # not have run, or not to its end).
+    flight: list[tuple[Pruned, list[int], tuple[int, int, int]]] = []
     try:
         while True:
-            deleted = _batch(conn, lock, {**params, "batch": batch_size}, lock_timeout)
-            if deleted is None:
+            batch = {**params, "batch": batch_size, "held": held}
+            outcome = _batch(conn, lock, batch, lock_timeout, done, flight)
+            if outcome is None:
                 break
-            done = replace(
-                done,
-                runs=done.runs + deleted[0],
-                stages=done.stages + deleted[1],
-                jobs=done.jobs + deleted[2],
-                batches=done.batches + 1,
-                seconds=time.monotonic() - started,
-            )
+            counts, newly_held = outcome
+            held += newly_held
+            done = replace(done.added(counts, started), held=len(held))
             if on_batch:
                 on_batch(done, found)
     except KeyboardInterrupt as interrupt:
+        done, batch_was = _settled(conn, done, flight, started)
         raise Interrupted(
-            f"interrupted; {_so_far(done)}; the batch in progress was rolled back, and no "
-            "run was left half-deleted; run again to go on",
+            f"interrupted; {_so_far(done)}; {batch_was}, and no run was left half-deleted; "
+            "run again to go on",
             exit_code=interrupt_exit_code(interrupt),
         ) from None
     except errors.InsufficientPrivilege as denied:
-        # A role that may read the executions but not delete them (the reader).
-        raise ConfigError(
-            f"role {conn.info.user} may not delete executions "
-            f"({denied.diag.message_primary}); {_so_far(done)}; run retention as the writer "
-            "(ci_app, which `--local` and `--stack` use) or the tables' owner"
+        raise _denied(conn, denied, done) from None
+    except errors.QueryCanceled as cut:
+        # A statement_timeout (a role's or database's setting) or pg_cancel_backend: the
+        # connection is fine, and running again meets the same timeout.
+        done, batch_was = _settled(conn, done, flight, started)
+        said = str(cut.diag.message_primary or cut).strip().splitlines()[0]
+        setting = setting_behind(cut.sqlstate, said)
+        fix = (
+            f"{setting} stopped it, set for this session by the role, the database, the server "
+            "or the connection's options (pg_settings' source tells which): raise it there, "
+            "or give a smaller {batch_size}, and run again"
+            if setting
+            else "run again to go on"
+        )
+        raise OperationalError(
+            f"retention's statement was cancelled ({{said}}); {_so_far(done)}; {batch_was}, "
+            f"and no run was left half-deleted; {fix}",
+            arguments=["batch_size"],
+            values={"said": said},
         ) from None
     except psycopg.OperationalError as lost:
+        done, batch_was = _settled(conn, done, flight, started)
         raise OperationalError(
             f"retention lost its connection ({str(lost).strip().splitlines()[0]}); "
-            f"{_so_far(done)}; the batch in progress was rolled back, and no run was left "
-            "half-deleted; run again to go on"
+            f"{_so_far(done)}; {batch_was}, and no run was left half-deleted; run again to go on"
         ) from None
     return replace(done, seconds=time.monotonic() - started)
+
+
+def _denied(
+    conn: psycopg.Connection[Any], denied: psycopg.Error, done: Pruned | None
+) -> ConfigError:
+    """A role that may not read or delete the executions (the reader, or one granted less)."""
+    return ConfigError(
+        f"role {conn.info.user} may not delete executions "
+        f"({denied.diag.message_primary}); {_so_far(done)}; run retention as the writer "
+        "(ci_app, which `--local` and `--stack` use) or the tables' owner"
+    )
+
+
+def _settled(
+    conn: psycopg.Connection[Any],
+    done: Pruned,
+    flight: list[tuple[Pruned, list[int], tuple[int, int, int]]],
+    started: float,
+) -> tuple[Pruned, str]:
+    """The totals after a call stopped, and what became of the batch in progress: one
+    whose DELETE ran and was not yet counted may have committed (a Ctrl-C or a lost
+    connection during its COMMIT), so the server is asked whether its runs are gone."""
+    if not flight or flight[-1][0] is not done:
+        return done, "the batch in progress was rolled back"
+    _, ids, counts = flight[-1]
+    committed = _committed(conn, ids)
+    if committed:
+        return done.added(counts, started), "the last batch had committed"
+    if committed is False:
+        return done, "the batch in progress was rolled back"
+    return done, (
+        f"the batch in progress ({plural(counts[0], 'run')}) was committed or rolled back "
+        "whole, which the connection could not tell"
+    )
+
+
+def _committed(conn: psycopg.Connection[Any], ids: list[int]) -> bool | None:
+    """Whether the batch of runs `ids` committed (its runs gone); None if not known."""
+    status = conn.info.transaction_status
+    if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        return False  # still open: it ends with the session, rolled back
+    if status != TransactionStatus.IDLE:
+        return None
+    try:
+        row = conn.execute(
+            "SELECT count(*) FROM pipeline_executions WHERE id = ANY(%s)", [ids]
+        ).fetchone()
+    except (psycopg.Error, KeyboardInterrupt):
+        return None
+    left = int(row[0]) if row else -1
+    return True if left == 0 else False if left == len(ids) else None
 
 
 def _ever_ran(conn: psycopg.Connection[Any], pipeline: str) -> bool:
@@ -224,18 +336,25 @@ def _ever_ran(conn: psycopg.Connection[Any], pipeline: str) -> bool:
     return bool(row and row[0])
 
 
-def _so_far(done: Pruned) -> str:
-    if not done.runs:
+def _so_far(done: Pruned | None) -> str:
+    if done is None or not done.runs:
         return "nothing was deleted"
     counted = f"{plural(done.runs, 'run')} ({plural(done.stages, 'stage')}, "
     return f"{counted}{plural(done.jobs, 'job')}) had been deleted"
 
 
 def _batch(
-    conn: psycopg.Connection[Any], lock: sql.Composed, params: dict[str, Any], lock_timeout: float
-) -> tuple[int, int, int] | None:
-    """One batch, in one transaction: the runs, stages and jobs it deleted; None when no
-    run was left to delete (or every one left is held by a writer)."""
+    conn: psycopg.Connection[Any],
+    lock: sql.Composed,
+    params: dict[str, Any],
+    lock_timeout: float,
+    done: Pruned,
+    flight: list[tuple[Pruned, list[int], tuple[int, int, int]]],
+) -> tuple[tuple[int, int, int], list[int]] | None:
+    """One batch, in one transaction: the runs, stages and jobs it deleted, and the runs
+    it left because a writer held one of their children; None when no run was left to
+    delete (or every one left is held by a writer). Before its COMMIT the batch is noted
+    in `flight`, with `done`, the totals it started from."""
     for attempt in range(RETRIES + 1):
         try:
             with conn.transaction():
@@ -245,15 +364,17 @@ def _batch(
                 ids = [row[0] for row in conn.execute(lock, params).fetchall()]
                 if not ids:
                     return None
-                counts = conn.execute(DELETE_BATCH, {"ids": ids}).fetchone()
-                assert counts is not None  # noqa: S101
-                return int(counts[0]), int(counts[1]), int(counts[2])
+                held = {row[0] for row in conn.execute(HELD_CHILDREN, {"ids": ids}).fetchall()}
+                going = [run for run in ids if run not in held]
+                row = conn.execute(DELETE_BATCH, {"ids": going}).fetchone() if going else None
+                counts = (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+                flight[:] = [(done, going, counts)]
+            return counts, sorted(held)
         except RETRIED as busy:
             if attempt == RETRIES:
                 raise OperationalError(
-                    f"retention met busy rows {RETRIES + 1} times in a row "
-                    f"({busy.diag.message_primary}); run again when the tables are less busy, "
-                    "or raise the lock timeout"
+                    f"retention met busy tables {RETRIES + 1} times in a row "
+                    f"({busy.diag.message_primary}); run again when they are less busy"
                 ) from None
             time.sleep(RETRY_DELAY * 2**attempt)
     return None  # not reached: the loop returns or raises
