@@ -76,7 +76,8 @@ PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 test: lint
 	$(PYTEST)
 
-# The property tests alone, each drawing 20 times its examples (about ten minutes):
+# The property tests alone, each drawing 20 times its examples (31 minutes here, most of
+# it the rollup property's random histories):
 # what 200 random inputs miss, 4,000 may find. Not part of `make test`; run it after
 # changing a parser, the masking of passwords or the runner's reading of SQL.
 properties: $(STAMP)

@@ -256,9 +256,9 @@ def test_a_run_with_a_child_a_writer_holds_is_left_for_the_next_call_and_the_res
     migrated: Database, executions: Store, hold: str
 ) -> None:
     """A job a writer locked, or a stage a writer is adding a job to (the new row's
-    foreign key holds it), in the oldest run: that run is left for the next call, not
-    waited for, and every other run goes (helper-53: one held job stopped the whole call,
-    batch after batch, and exit 1)."""
+    foreign key holds it), in the oldest run: that run is left for the next call after
+    one lock timeout, and every other run goes (helper-53: one held job stopped the whole
+    call, batch after batch, and exit 1)."""
     oldest = record(executions, "build", days_ago=42)
     for days in (40, 41):
         record(executions, "build", days_ago=days)
@@ -278,8 +278,7 @@ def test_a_run_with_a_child_a_writer_holds_is_left_for_the_next_call_and_the_res
                 "VALUES (%s, 'late', 'PENDING')",
                 [stage_id],
             )
-        # A lock timeout of a minute: waiting would show as a stall, skipping does not wait.
-        first = retention.prune(conn, keep_days=30, batch_size=2, lock_timeout=60)
+        first = retention.prune(conn, keep_days=30, batch_size=2, lock_timeout=0.2)
         writer.execute("ROLLBACK")
         second = retention.prune(conn, keep_days=30)
     assert (first.runs, first.stages, first.jobs, first.held) == (2, 4, 12, 1)

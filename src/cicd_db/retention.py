@@ -13,12 +13,14 @@ short transactions that never stop the CI system's writers.
   committed: a call interrupted while a batch commits asks the server whether the
   batch's runs are gone, and says so when it cannot tell.
 - Locks are taken parent before child, as the store takes them, so a writer and
-  retention never wait on each other in a cycle. A batch's stages and jobs are
-  locked too, skipping what a writer holds: a run with a child a writer holds (locked,
-  or being added to) is left for the next call (`held`) and the others go, so one
-  held row never stops the call, nor makes it wait. Each batch runs under a short
-  `lock_timeout`; a batch that meets one (a table a migration locks) or a deadlock
-  is rolled back and tried again after a pause, a bounded number of times.
+  retention never wait on each other in a cycle. Each batch runs under a short
+  `lock_timeout`. A batch that meets one with its runs locked (a writer holds a stage
+  or job of one, locked or being added to) is tried again at once, its stages and jobs
+  locked first, skipping what a writer holds: a run with a held child is left for the
+  next call (`held`) and the others go, so one held row costs one lock timeout, never
+  the call. Locking every child of every batch took 2.5 times as long at 1M runs
+  (docs/scale.md), so only such a batch pays for it. A batch that meets a lock timeout there too (a table a migration
+  locks) or a deadlock is tried again after a pause, a bounded number of times.
 - `dry_run` counts what would go and changes nothing.
 - Bounds are refused before anything is read: `keep_days` 1 to 36,600, `batch_size`
   1 to 100,000 (MAX_KEEP_DAYS, MAX_BATCH_SIZE say why), an empty `pipeline`; so is,
@@ -354,8 +356,11 @@ def _batch(
     """One batch, in one transaction: the runs, stages and jobs it deleted, and the runs
     it left because a writer held one of their children; None when no run was left to
     delete (or every one left is held by a writer). Before its COMMIT the batch is noted
-    in `flight`, with `done`, the totals it started from."""
+    in `flight`, with `done`, the totals it started from. After a lock timeout with its
+    runs locked, the next try is careful, and made at once."""
+    careful = False  # the children locked first, skipping what a writer holds
     for attempt in range(RETRIES + 1):
+        ids: list[int] = []
         try:
             with conn.transaction():
                 conn.execute(
@@ -364,13 +369,18 @@ def _batch(
                 ids = [row[0] for row in conn.execute(lock, params).fetchall()]
                 if not ids:
                     return None
-                held = {row[0] for row in conn.execute(HELD_CHILDREN, {"ids": ids}).fetchall()}
+                held: set[int] = set()
+                if careful:
+                    held = {row[0] for row in conn.execute(HELD_CHILDREN, {"ids": ids}).fetchall()}
                 going = [run for run in ids if run not in held]
                 row = conn.execute(DELETE_BATCH, {"ids": going}).fetchone() if going else None
                 counts = (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
                 flight[:] = [(done, going, counts)]
             return counts, sorted(held)
         except RETRIED as busy:
+            if isinstance(busy, errors.LockNotAvailable) and ids and not careful:
+                careful = True  # a writer holds a row of these runs: find which, at once
+                continue
             if attempt == RETRIES:
                 raise OperationalError(
                     f"retention met busy tables {RETRIES + 1} times in a row "
