@@ -287,6 +287,38 @@ def test_a_run_with_a_child_a_writer_holds_is_left_for_the_next_call_and_the_res
     assert counts(migrated) == (0, 0, 0)
 
 
+def test_a_batch_whose_every_run_is_held_deletes_and_counts_nothing(
+    migrated: Database, executions: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """helper-54: a batch of held runs alone was counted as a batch, and an interrupt
+    after it said "the last batch had committed" beside "nothing was deleted"."""
+    oldest = record(executions, "build", days_ago=42)
+    with migrated.connect() as writer, migrated.connect() as conn:
+        writer.execute("BEGIN")
+        writer.execute(
+            "SELECT FROM job_executions j JOIN stage_executions s ON s.id = j.stage_execution_id "
+            "WHERE s.pipeline_execution_id = %s FOR SHARE OF j",
+            [oldest.id],
+        )
+        pruned = retention.prune(conn, keep_days=30, lock_timeout=0.1)
+        assert (pruned.runs, pruned.batches, pruned.held) == (0, 0, 1)
+        batch = retention._batch
+
+        def then_interrupted(*args: object) -> object:
+            batch(*args)  # type: ignore[arg-type]
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(retention, "_batch", then_interrupted)
+        with pytest.raises(errors.Interrupted) as stopped:
+            retention.prune(conn, keep_days=30, lock_timeout=0.1)
+        writer.execute("ROLLBACK")
+    assert str(stopped.value) == (
+        "interrupted; nothing was deleted; the batch in progress was rolled back, and no run "
+        "was left half-deleted; run again to go on"
+    )
+    assert counts(migrated) == (1, 2, 6)
+
+
 def test_a_table_held_past_the_lock_timeout_is_tried_again_then_given_up(
     migrated: Database, executions: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -394,8 +426,9 @@ def test_a_statement_timeout_is_named_not_told_as_a_lost_connection(
         "retention's statement was cancelled (canceling statement due to statement timeout); "
         "nothing was deleted; the batch in progress was rolled back, and no run was left "
         "half-deleted; statement_timeout stopped it, set for this session by the role, the "
-        "database, the server or the connection's options (pg_settings' source tells which): "
-        "raise it there, or give a smaller `batch_size`, and run again"
+        "database, the server or the connection's options (pg_settings' source for "
+        "statement_timeout tells which; perhaps a migration left it): raise it there, or give "
+        "a smaller `batch_size`, and run again"
     )
     assert counts(migrated) == (1, 2, 6)
 
@@ -414,9 +447,10 @@ def test_a_role_that_may_not_read_the_executions_is_told_which_role_may(
             for pipeline in (None, "build"):
                 with pytest.raises(ConfigError) as denied:
                     retention.prune(conn, keep_days=30, pipeline=pipeline)
-                assert " may not delete executions (permission denied for table " in str(
-                    denied.value
-                )
+                assert str(denied.value).startswith(
+                    f"role {role} lacks a right retention needs (SELECT, UPDATE and DELETE on "
+                    "the execution tables): permission denied for table "
+                ), str(denied.value)
                 assert str(denied.value).endswith(
                     "; nothing was deleted; run retention as the writer (ci_app, which "
                     "`--local` and `--stack` use) or the tables' owner"

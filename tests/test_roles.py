@@ -428,9 +428,10 @@ def test_the_reader_is_told_retention_is_the_writers(roles: Roles) -> None:
         with pytest.raises(ConfigError) as refused:
             retention.prune(conn, keep_days=1)
     assert str(refused.value) == (
-        f"role {READER_USER} may not delete executions (permission denied for table "
-        "pipeline_executions); nothing was deleted; run retention as the writer (ci_app, which "
-        "`--local` and `--stack` use) or the tables' owner"
+        f"role {READER_USER} lacks a right retention needs (SELECT, UPDATE and DELETE on the "
+        "execution tables): permission denied for table pipeline_executions; nothing was "
+        "deleted; run retention as the writer (ci_app, which `--local` and `--stack` use) or "
+        "the tables' owner"
     )
 
 

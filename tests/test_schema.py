@@ -86,6 +86,13 @@ CREATE FUNCTION twice(x integer) RETURNS integer LANGUAGE sql AS 'SELECT x * 2';
 CREATE FUNCTION thrice(x integer) RETURNS integer LANGUAGE sql AS 'SELECT x * 3';
 CREATE TRIGGER pets_touch BEFORE UPDATE ON pets FOR EACH ROW EXECUTE FUNCTION touch();
 GRANT SELECT ON owners TO {READER};
+CREATE FUNCTION definer() RETURNS integer LANGUAGE sql SECURITY DEFINER
+    SET search_path = public, pg_temp AS 'SELECT 1';
+COMMENT ON TABLE visits IS 'see public.visits in the docs';
+CREATE TABLE quoted (name text DEFAULT 'x');
+CREATE AGGREGATE total(integer) (SFUNC = int4pl, STYPE = integer, INITCOND = '0');
+CREATE TABLE inh_parent (a integer CONSTRAINT inh_parent_a_check CHECK (a > 0));
+CREATE TABLE inh_child () INHERITS (inh_parent);
 """
 
 
@@ -99,6 +106,21 @@ class Change:
 
 
 CHANGES = [
+    # helper-55: the schema's name was taken out of literals too, so this was no drift.
+    Change("a literal naming the schema", "ALTER TABLE quoted ALTER name SET DEFAULT 'public.x'",
+           ("changed column quoted.name: default 'public.x'::text (expected 'x'::text)",)),
+    Change("aggregate redefined",
+           "DROP AGGREGATE total(integer); "
+           "CREATE AGGREGATE total(integer) (SFUNC = int4mul, STYPE = integer, INITCOND = '100')",
+           ("changed aggregate total(integer): aggregate sfunc int4mul, stype integer, initcond '100'",)),
+    Change("toast options", "ALTER TABLE pets SET (toast.autovacuum_enabled = false)",
+           ("changed table pets: toast options autovacuum_enabled=false",)),
+    Change("inherited made local", "ALTER TABLE inh_child NO INHERIT inh_parent; "
+           "ALTER TABLE inh_child INHERIT inh_parent",
+           ("changed column inh_child.a: defined local, inherited (expected inherited)",
+            "changed constraint inh_child.inh_parent_a_check: defined local, inherited (expected inherited)")),
+    Change("a table named like the history", "CREATE TABLE cicd_db_schema_history_old (a integer)",
+           ("unexpected table cicd_db_schema_history_old", "unexpected column cicd_db_schema_history_old.a")),
     Change("enum value added", "ALTER TYPE mood ADD VALUE 'ok'",
            ("changed enum mood: values 'sad', 'happy', 'ok' (expected 'sad', 'happy')",)),
     Change("enum value renamed", "ALTER TYPE hue RENAME VALUE 'green' TO 'blue'",

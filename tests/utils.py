@@ -22,7 +22,7 @@ PLAN_SCHEMA = MIGRATIONS / "0001_plan_schema.sql"
 
 # Property tests draw this many times their examples (`make properties` sets 20: what
 # a property misses at 200 examples it may find at 4,000; `make test` keeps 1).
-EXAMPLES_SCALE = int(os.environ.get("TEST_EXAMPLES_SCALE") or 1)
+EXAMPLES_SCALE = max(1, int(os.environ.get("TEST_EXAMPLES_SCALE") or 1))
 
 
 def examples(count: int) -> int:

@@ -51,6 +51,7 @@ from cicd_db.errors import (
     interrupt_exit_code,
     one_line,
     setting_behind,
+    where_set,
 )
 from cicd_db.retention import MAX_BATCH_SIZE, MAX_KEEP_DAYS
 from cicd_db.settings import not_utf8, redact
@@ -577,10 +578,7 @@ def main(
             # A timeout or read-only default a migration or a person left: running again
             # fails the same way, so say where to look.
             _print_error(
-                f"database error: {first}; {setting} stopped it, set for this session by the "
-                f"role, the database, the server or the connection's options (pg_settings' "
-                f"source for {setting} tells which; perhaps a migration left it): reset it "
-                "there, and run again",
+                f"database error: {first}; {where_set(setting)}: reset it there, and run again",
                 context,
                 debug,
             )

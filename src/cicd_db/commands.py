@@ -372,7 +372,9 @@ def schema_diff(ctx: Context, *, against: str | None = None) -> int:
             other = targets.resolve(stack=against)
         other = ctx.remember(other)
         with targets.connect(target.settings) as one, targets.connect(other.settings) as two:
-            expected, actual = (schema.signature(c, schema.current_schema(c)) for c in (two, one))
+            ours = schema.current_schema(one)
+            expected = schema.signature(two, schema.current_schema(two), as_schema=ours)
+            actual = schema.signature(one, ours)
             found = schema.compare(expected, actual)
         against = other.description
     else:

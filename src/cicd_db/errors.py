@@ -284,6 +284,15 @@ SETTING_BEHIND = {
 }
 
 
+def where_set(setting: str) -> str:
+    """Where to look for a session setting that stopped a statement, for messages."""
+    return (
+        f"{setting} stopped it, set for this session by the role, the database, the server "
+        f"or the connection's options (pg_settings' source for {setting} tells which; "
+        "perhaps a migration left it)"
+    )
+
+
 def setting_behind(sqlstate: str | None, message: str) -> str | None:
     """The session setting that caused a failure of `sqlstate` and `message`, or None."""
     name, says = SETTING_BEHIND.get(sqlstate or "", (None, ""))

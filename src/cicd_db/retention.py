@@ -26,7 +26,8 @@ short transactions that never stop the CI system's writers.
   1 to 100,000 (MAX_KEEP_DAYS, MAX_BATCH_SIZE say why), an empty `pipeline`; so is,
   dry run or not, a `pipeline` that has never recorded a run (a misspelt name).
 
-The role needs SELECT and DELETE on the three tables (the owner has them).
+The role needs SELECT, UPDATE (the row locks) and DELETE on the three tables (the owner
+and ci_app have them).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from cicd_db.errors import (
     no_schema,
     plural,
     setting_behind,
+    where_set,
 )
 
 DEFAULT_BATCH_SIZE = 500
@@ -107,7 +109,7 @@ class Pruned:
             runs=self.runs + counts[0],
             stages=self.stages + counts[1],
             jobs=self.jobs + counts[2],
-            batches=self.batches + 1,
+            batches=self.batches + (1 if counts[0] else 0),  # one that deleted something
             seconds=time.monotonic() - started,
         )
 
@@ -257,9 +259,8 @@ def prune(
         said = str(cut.diag.message_primary or cut).strip().splitlines()[0]
         setting = setting_behind(cut.sqlstate, said)
         fix = (
-            f"{setting} stopped it, set for this session by the role, the database, the server "
-            "or the connection's options (pg_settings' source tells which): raise it there, "
-            "or give a smaller {batch_size}, and run again"
+            where_set(setting).replace("{", "{{").replace("}", "}}")
+            + ": raise it there, or give a smaller {batch_size}, and run again"
             if setting
             else "run again to go on"
         )
@@ -283,10 +284,19 @@ def _denied(
 ) -> ConfigError:
     """A role that may not read or delete the executions (the reader, or one granted less)."""
     return ConfigError(
-        f"role {conn.info.user} may not delete executions "
-        f"({denied.diag.message_primary}); {_so_far(done)}; run retention as the writer "
-        "(ci_app, which `--local` and `--stack` use) or the tables' owner"
+        f"role {_current_role(conn)} lacks a right retention needs (SELECT, UPDATE and DELETE "
+        f"on the execution tables): {denied.diag.message_primary}; {_so_far(done)}; run "
+        "retention as the writer (ci_app, which `--local` and `--stack` use) or the tables' owner"
     )
+
+
+def _current_role(conn: psycopg.Connection[Any]) -> str:
+    """The role the session acts as (SET ROLE's, not only the login's), for messages."""
+    try:
+        row = conn.execute("SELECT current_user").fetchone()
+    except psycopg.Error:
+        return conn.info.user
+    return str(row[0]) if row else conn.info.user
 
 
 def _settled(
@@ -303,6 +313,8 @@ def _settled(
     _, ids, counts = flight[-1]
     committed = _committed(conn, ids)
     if committed:
+        # Its runs are gone: its COMMIT's work, unless another retention call took them in
+        # the moment between its rollback and this look (then they went all the same).
         return done.added(counts, started), "the last batch had committed"
     if committed is False:
         return done, "the batch in progress was rolled back"
@@ -373,8 +385,11 @@ def _batch(
                 if careful:
                     held = {row[0] for row in conn.execute(HELD_CHILDREN, {"ids": ids}).fetchall()}
                 going = [run for run in ids if run not in held]
-                row = conn.execute(DELETE_BATCH, {"ids": going}).fetchone() if going else None
-                counts = (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+                if not going:
+                    return (0, 0, 0), sorted(held)  # every run held: nothing to commit
+                row = conn.execute(DELETE_BATCH, {"ids": going}).fetchone()
+                assert row is not None  # noqa: S101
+                counts = (int(row[0]), int(row[1]), int(row[2]))
                 flight[:] = [(done, going, counts)]
             return counts, sorted(held)
         except RETRIED as busy:

@@ -44,8 +44,10 @@ from cicd_db.settings import (
 Key = tuple[str, str, str]
 Signature = dict[Key, dict[str, Any]]
 
-# The runner's own table (its key, index and constraints too) is not part of the schema it makes.
-IGNORED_PREFIX = "cicd_db_schema_history"
+# The runner's own table (its key, index and constraints too) is not part of the schema it
+# makes: the table by its name, its parts by its name as their table; nothing else whose
+# name only starts so (a `cicd_db_schema_history_old` a person made is a table like any).
+HISTORY_TABLE = "cicd_db_schema_history"
 
 
 def _not_in_extension(catalog: str, oid: str) -> sql.Composable:
@@ -117,6 +119,8 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
                 ELSE 'default' END AS "replica identity",
            array_to_string(ARRAY(SELECT o FROM unnest(c.reloptions) o ORDER BY o), ', ')
              AS options,
+           (SELECT array_to_string(ARRAY(SELECT o FROM unnest(t.reloptions) o ORDER BY o), ', ')
+            FROM pg_class t WHERE t.oid = nullif(c.reltoastrelid, 0)) AS "toast options",
            (SELECT a.amname FROM pg_am a WHERE a.oid = c.relam) AS "access method",
            (SELECT t.spcname FROM pg_tablespace t WHERE t.oid = c.reltablespace) AS tablespace,
            CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END AS definition,
@@ -141,6 +145,8 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum) AS position,
            format_type(a.atttypid, a.atttypmod) AS "type",
            a.attnotnull AS "not null",
+           CASE WHEN a.attinhcount = 0 THEN 'local' WHEN a.attislocal THEN 'local, inherited'
+                ELSE 'inherited' END AS "defined",
            CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END AS default,
            CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid)
                 || CASE a.attgenerated WHEN 's' THEN ' STORED' ELSE ' VIRTUAL' END END
@@ -167,6 +173,8 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
         """
     SELECT 'constraint', coalesce(c.relname, t.typname), k.conname,
            pg_get_constraintdef(k.oid) AS definition,
+           CASE WHEN k.coninhcount = 0 THEN 'local' WHEN k.conislocal THEN 'local, inherited'
+                ELSE 'inherited' END AS "defined",
            obj_description(k.oid, 'pg_constraint') AS comment
     FROM pg_constraint k
     LEFT JOIN pg_class c ON c.oid = k.conrelid
@@ -238,6 +246,16 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            pg_get_function_result(p.oid) AS returns,
            l.lanname AS language,
            coalesce(pg_get_function_sqlbody(p.oid), p.prosrc) AS body,
+           (SELECT concat_ws(', ', 'sfunc ' || g.aggtransfn::regproc::text,
+                   'stype ' || format_type(g.aggtranstype, NULL),
+                   'finalfunc ' || nullif(g.aggfinalfn, 0)::regproc::text,
+                   'combinefunc ' || nullif(g.aggcombinefn, 0)::regproc::text,
+                   'initcond ' || quote_literal(g.agginitval),
+                   'sortop ' || nullif(g.aggsortop, 0)::regoperator::text,
+                   'kind ' || g.aggkind::text,
+                   'msfunc ' || nullif(g.aggmtransfn, 0)::regproc::text,
+                   'minitcond ' || quote_literal(g.aggminitval))
+            FROM pg_aggregate g WHERE g.aggfnoid = p.oid) AS aggregate,
            CASE p.provolatile WHEN 'i' THEN 'IMMUTABLE' WHEN 's' THEN 'STABLE'
                 ELSE 'VOLATILE' END AS volatility,
            p.proisstrict AS strict,
@@ -326,38 +344,63 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
     )
 )
 
-# Properties written by hand (a function's body as the file wrote it): never rewritten.
-VERBATIM = frozenset({"body"})
+# Properties written by hand (a function's body, a comment, as the file wrote them):
+# never rewritten.
+VERBATIM = frozenset({"body", "comment"})
 
 
-def signature(conn: psycopg.Connection[Any], schema: str) -> Signature:
-    """Every object of `schema` with its properties. Reads only."""
+def signature(
+    conn: psycopg.Connection[Any], schema: str, as_schema: str | None = None
+) -> Signature:
+    """Every object of `schema` with its properties: two copies of one schema (live and
+    scratch, or two databases) are told apart by content, not by what they are called
+    (`_neutral`); `as_schema` is the name of the copy this one is compared with. Reads only."""
     result: Signature = {}
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-        # As PostgreSQL writes the name in a definition: quoted only where it must be.
-        quoted = str(conn.execute("SELECT quote_ident(%s)", (schema,)).fetchone()[0])  # type: ignore[index]
+        # As PostgreSQL writes the names in a definition: quoted only where they must be.
+        row = conn.execute(
+            "SELECT quote_ident(%s), quote_ident(%s)", (schema, as_schema or schema)
+        ).fetchone()
+        quoted, as_quoted = str(row[0]), str(row[1])  # type: ignore[index]
         for query in QUERIES:
             cursor = conn.execute(query, {"schema": schema})
             names = [column.name for column in cursor.description or ()][3:]
             for kind, table, name, *values in cursor.fetchall():
-                if str(table).startswith(IGNORED_PREFIX) or str(name).startswith(IGNORED_PREFIX):
+                if HISTORY_TABLE in (table, name):
                     continue
                 result[(kind, _neutral(table, quoted), _neutral(name, quoted))] = {
-                    prop: value if prop in VERBATIM else _neutral(value, quoted, prop == "settings")
+                    prop: value
+                    if prop in VERBATIM
+                    else _neutral(value, quoted, as_quoted if prop == "settings" else None)
                     for prop, value in zip(names, values, strict=True)
                 }
     return result
 
 
-def _neutral(value: Any, quoted: str, settings: bool = False) -> Any:
-    """`value` without the schema's own name: two copies of one schema (live and
-    scratch, or two databases) are told apart by content, not by what they are called.
-    In a function's settings (`search_path=...`) the bare name, elsewhere `schema.`."""
+# A string literal as PostgreSQL writes one in a definition (a quote doubled inside).
+_LITERAL = re.compile(r"('(?:[^']|'')*')")
+
+
+def _neutral(value: Any, quoted: str, settings_as: str | None = None) -> Any:
+    """`value` without what names the copy it was read from.
+
+    In a definition, the schema's own `schema.` qualification (PostgreSQL writes it in
+    `ON schema.table`, `REFERENCES ...`), outside string literals: a default or a check
+    that says `'public.x'` says so on both sides, and a change to it is drift. In a
+    function's settings (`settings_as`, the other copy's name), the schema's bare name
+    written as the other copy's, as `SET search_path FROM CURRENT` takes it; a name a
+    file wrote (`SET search_path = public, pg_temp`) reads the same on both sides.
+    """
     if not isinstance(value, str):
         return value
-    tail = r"(?![\w$])" if settings else r"\."
-    return re.sub(rf'(?<![\w$"]){re.escape(quoted)}{tail}', "" if not settings else "?", value)
+    if settings_as is not None:
+        if settings_as == quoted:
+            return value
+        return re.sub(rf'(?<![\w$"]){re.escape(quoted)}(?![\w$])', lambda _: settings_as, value)
+    own = re.compile(rf'(?<![\w$"]){re.escape(quoted)}\.')
+    pieces = _LITERAL.split(value)  # literals at the odd places
+    return "".join(piece if index % 2 else own.sub("", piece) for index, piece in enumerate(pieces))
 
 
 @dataclass(frozen=True)
@@ -565,7 +608,7 @@ def dump(settings: ConnectionSettings) -> str:
                 *("--schema-only", "--no-owner", "--no-privileges"),
                 # The runner's own schema, and a history an older release kept elsewhere.
                 "--exclude-schema=cicd_db",
-                f"--exclude-table=*.{IGNORED_PREFIX}",
+                f"--exclude-table=*.{HISTORY_TABLE}",
                 # In UTF-8, whatever client_encoding the database or the role sets (pg_dump
                 # would write in that one, and the text is read as UTF-8).
                 "--encoding=UTF8",

@@ -118,7 +118,7 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
         finally:
             session.savepoint = None
             session.run_over()
-        expected = schema.signature(conn, scratch)
+        expected = schema.signature(conn, scratch, as_schema=live)
         actual = schema.signature(conn, live)
     return schema.compare(expected, actual)
 
