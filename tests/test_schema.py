@@ -93,6 +93,8 @@ CREATE TABLE quoted (name text DEFAULT 'x');
 CREATE AGGREGATE total(integer) (SFUNC = int4pl, STYPE = integer, INITCOND = '0');
 CREATE TABLE inh_parent (a integer CONSTRAINT inh_parent_a_check CHECK (a > 0));
 CREATE TABLE inh_child () INHERITS (inh_parent);
+CREATE TABLE "it's" (x text);
+CREATE INDEX "it's_x" ON "it's" (x) WHERE x <> 'public.y';
 """
 
 

@@ -378,15 +378,17 @@ def signature(
     return result
 
 
-# A string literal as PostgreSQL writes one in a definition (a quote doubled inside).
-_LITERAL = re.compile(r"('(?:[^']|'')*')")
+# What a definition holds that is no qualifier to take out: a string literal or a quoted
+# identifier as PostgreSQL writes them (the quote doubled inside), each skipped whole, so
+# that the quote in an identifier (`"it's"`) starts no literal.
+_QUOTED = r"'(?:[^']|'')*'" + r'|"(?:[^"]|"")*"'
 
 
 def _neutral(value: Any, quoted: str, settings_as: str | None = None) -> Any:
     """`value` without what names the copy it was read from.
 
     In a definition, the schema's own `schema.` qualification (PostgreSQL writes it in
-    `ON schema.table`, `REFERENCES ...`), outside string literals: a default or a check
+    `ON schema.table`, `REFERENCES ...`), outside string literals and quoted names: a default or a check
     that says `'public.x'` says so on both sides, and a change to it is drift. In a
     function's settings (`settings_as`, the other copy's name), the schema's bare name
     written as the other copy's, as `SET search_path FROM CURRENT` takes it; a name a
@@ -398,9 +400,9 @@ def _neutral(value: Any, quoted: str, settings_as: str | None = None) -> Any:
         if settings_as == quoted:
             return value
         return re.sub(rf'(?<![\w$"]){re.escape(quoted)}(?![\w$])', lambda _: settings_as, value)
-    own = re.compile(rf'(?<![\w$"]){re.escape(quoted)}\.')
-    pieces = _LITERAL.split(value)  # literals at the odd places
-    return "".join(piece if index % 2 else own.sub("", piece) for index, piece in enumerate(pieces))
+    # The qualifier first (it may be a quoted identifier itself), else a quoted token whole.
+    own = re.compile(rf'(?P<own>(?<![\w$"]){re.escape(quoted)}\.)|{_QUOTED}')
+    return own.sub(lambda found: "" if found["own"] else found.group(), value)
 
 
 @dataclass(frozen=True)
