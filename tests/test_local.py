@@ -50,9 +50,12 @@ def names(server: ConnectionSettings) -> Iterator[Names]:
 
 
 @pytest.fixture(autouse=True)
-def writer_and_reader(server: ConnectionSettings) -> None:
+def writer_and_reader(server: ConnectionSettings, server_roles: None) -> None:
     """ci_app and ci_reader as login roles, which init-local leaves as they are: the
-    tests of ci_user see no step of theirs; the tests of theirs below set what they need."""
+    tests of ci_user see no step of theirs; the tests of theirs below set what they need.
+    Under the lock of the server's roles (`server_roles`, asked for here: an autouse
+    fixture is set up before the module's SERVER_ROLES mark, so it changed the roles
+    while another module's test held the lock and logged in as them)."""
     for role in (APP_USER, READER_USER):
         with psycopg.connect(server.conninfo(), autocommit=True) as conn:
             verb = (
