@@ -246,7 +246,8 @@ def check_lines(
     for report in reports:
         verdict = "passed" if report.passed else "FAILED"
         lines.append(f"{report.tool}: {verdict} ({plural(len(report.files), 'file')})")
-        lines += [] if report.passed else report.output.splitlines()
+        # Its lines, at newlines only: what else splitlines() splits at is escaped instead.
+        lines += [] if report.passed else report.output.rstrip("\n").split("\n")
     lines += [f"{row.version} {row.name}: {row.state}" for row in rows]
     checked = f"and the history of {target}" if target else "(no target: history not compared)"
     return [*lines, f"checked {plural(files, 'file')} {checked}"]
