@@ -37,7 +37,6 @@ from cicd_db.errors import (
     Interrupted,
     UsageError,
     interrupt_exit_code,
-    one_line,
     plural,
 )
 from cicd_db.retention import DEFAULT_BATCH_SIZE
@@ -257,7 +256,7 @@ def up(
 
             # A failure or an interrupt now leaves the files applied: say so first.
             done = f"applied {plural(len(results), 'migration')}, but the schema was not written"
-            to_path = f" to {one_line(str(dump_schema))}"  # _write's own error names it
+            to_path = f" to {dump_schema}"  # _write's own error names it
             try:
                 text = schema.dump(where.settings.for_migrations())
                 to_path = ""

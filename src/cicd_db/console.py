@@ -173,7 +173,7 @@ def server_line(severity: str | None, message: str | None, verbose: bool) -> str
     (it says something may be wrong), NOTICE, INFO and the like with --verbose."""
     level = severity or "NOTICE"
     if level == "WARNING" or verbose:
-        return f"  {level}: {one_line(message or '')}"
+        return f"  {level}: {message or ''}"  # escaped as printed (print_lines)
     return None
 
 

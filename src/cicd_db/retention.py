@@ -19,8 +19,9 @@ short transactions that never stop the CI system's writers.
   locked first, skipping what a writer holds: a run with a held child is left for the
   next call (`held`) and the others go, so one held row costs one lock timeout, never
   the call. Locking every child of every batch took 2.5 times as long at 1M runs
-  (docs/scale.md), so only such a batch pays for it. A batch that meets a lock timeout there too (a table a migration
-  locks) or a deadlock is tried again after a pause, a bounded number of times.
+  (docs/scale.md), so only such a batch pays for it. A batch that meets a lock timeout
+  there too (a table a migration locks) or a deadlock is tried again after a pause, a
+  bounded number of times.
 - `dry_run` counts what would go and changes nothing.
 - Bounds are refused before anything is read: `keep_days` 1 to 36,600, `batch_size`
   1 to 100,000 (MAX_KEEP_DAYS, MAX_BATCH_SIZE say why), an empty `pipeline`; so is,
@@ -246,8 +247,7 @@ def prune(
     except KeyboardInterrupt as interrupt:
         done, batch_was = _settled(conn, done, flight, started)
         raise Interrupted(
-            f"interrupted; {_so_far(done)}; {batch_was}, and no run was left half-deleted; "
-            "run again to go on",
+            f"interrupted; {_stopped(done, batch_was)}; run again to go on",
             exit_code=interrupt_exit_code(interrupt),
         ) from None
     except errors.InsufficientPrivilege as denied:
@@ -265,8 +265,7 @@ def prune(
             else "run again to go on"
         )
         raise OperationalError(
-            f"retention's statement was cancelled ({{said}}); {_so_far(done)}; {batch_was}, "
-            f"and no run was left half-deleted; {fix}",
+            f"retention's statement was cancelled ({{said}}); {_stopped(done, batch_was)}; {fix}",
             arguments=["batch_size"],
             values={"said": said},
         ) from None
@@ -274,7 +273,7 @@ def prune(
         done, batch_was = _settled(conn, done, flight, started)
         raise OperationalError(
             f"retention lost its connection ({str(lost).strip().splitlines()[0]}); "
-            f"{_so_far(done)}; {batch_was}, and no run was left half-deleted; run again to go on"
+            f"{_stopped(done, batch_was)}; run again to go on"
         ) from None
     return replace(done, seconds=time.monotonic() - started)
 
@@ -282,7 +281,7 @@ def prune(
 def _denied(
     conn: psycopg.Connection[Any], denied: psycopg.Error, done: Pruned | None
 ) -> ConfigError:
-    """A role that may not read or delete the executions (the reader, or one granted less)."""
+    """A role without a right retention needs (the reader, or one granted less)."""
     return ConfigError(
         f"role {_current_role(conn)} lacks a right retention needs (SELECT, UPDATE and DELETE "
         f"on the execution tables): {denied.diag.message_primary}; {_so_far(done)}; run "
@@ -338,7 +337,9 @@ def _committed(conn: psycopg.Connection[Any], ids: list[int]) -> bool | None:
     except (psycopg.Error, KeyboardInterrupt):
         return None
     left = int(row[0]) if row else -1
-    return True if left == 0 else False if left == len(ids) else None
+    if left == 0:
+        return True
+    return False if left == len(ids) else None
 
 
 def _ever_ran(conn: psycopg.Connection[Any], pipeline: str) -> bool:
@@ -348,6 +349,11 @@ def _ever_ran(conn: psycopg.Connection[Any], pipeline: str) -> bool:
         "SELECT EXISTS (SELECT FROM pipeline_run_counters WHERE pipeline_name = %s)", [pipeline]
     ).fetchone()
     return bool(row and row[0])
+
+
+def _stopped(done: Pruned, batch_was: str) -> str:
+    """What a stopped call had done, and that nothing was left half-done, for messages."""
+    return f"{_so_far(done)}; {batch_was}, and no run was left half-deleted"
 
 
 def _so_far(done: Pruned | None) -> str:

@@ -675,7 +675,7 @@ def mask_credentials(text: str) -> str | None:
         return None
     hidden = [False] * len(text)
     for begin, end in spans:
-        hidden[begin:end] = [True] * (end - begin)
+        _mark(hidden, begin, end)
     return _shown_with(text, hidden)
 
 
@@ -901,7 +901,7 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
 # does not pay for them at start-up.
 _URL_TOKEN = rf"(?ia)(?:{_SCHEME.pattern})\S*"  # ASCII space ends it
 _KEYWORD_PASSWORD = (
-    r"(?i)(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)(?P<tail>)"  # noqa: S105
+    r"(?i)(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)"  # noqa: S105
     # A quoted value after the word, as a tool's message or JSON quotes it: `password
     # "x"`, `"password": "x"`, `password: 'x'` (the word alone, as in "password
     # authentication failed", is left).
@@ -925,7 +925,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         for shown in dict.fromkeys([secret, repr(secret)[1:-1], secret.replace("\\", "\\\\")]):
             start = text.find(shown)
             while start >= 0:
-                hidden[start : start + len(shown)] = [True] * len(shown)
+                _mark(hidden, start, start + len(shown))
                 start = text.find(shown, start + 1)
     # The text with the secrets taken out, and where each of its characters came from.
     reading, origin = [], []
@@ -937,14 +937,17 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         else:
             reading.append(text[places[0] : places[-1] + 1])
             origin += [(index, index + 1) for index in places]
-    for shown, where in ((text, None), ("".join(reading), origin)):
-        for begin, end in _password_spans(shown):
-            if where is None:
-                hidden[begin:end] = [True] * (end - begin)
-            else:
-                for first, last in where[begin:end]:
-                    hidden[first:last] = [True] * (last - first)
+    for begin, end in _password_spans(text):
+        _mark(hidden, begin, end)
+    for begin, end in _password_spans("".join(reading)):
+        for first, last in origin[begin:end]:
+            _mark(hidden, first, last)
     return _shown_with(text, hidden)
+
+
+def _mark(hidden: list[bool], begin: int, end: int) -> None:
+    """Mark `begin` to `end` of a text hidden (`hidden` has a flag for each character)."""
+    hidden[begin:end] = [True] * (end - begin)
 
 
 def _password_spans(text: str) -> Iterator[tuple[int, int]]:
