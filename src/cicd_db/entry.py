@@ -15,7 +15,13 @@ import signal
 import sys
 from types import FrameType
 
-from cicd_db.errors import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
+from cicd_db.errors import (
+    EXIT_HANGUP,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
+    interrupt_exit_code,
+)
 
 # The signals a run stops cleanly on besides Ctrl-C, and their exit codes.
 STOPPING = {signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
@@ -38,11 +44,17 @@ def _load() -> object:
         signal.signal(signum, _while_starting)
     from cicd_db import cli
 
-    # Also when a shell that started us in the background handed SIGINT down ignored:
-    # Ctrl-C and `kill -INT` must still stop the run cleanly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for signum in STOPPING:
-        signal.signal(signum, _terminate)
+    try:
+        # Also when a shell that started us in the background handed SIGINT down ignored:
+        # Ctrl-C and `kill -INT` must still stop the run cleanly.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum in STOPPING:
+            signal.signal(signum, _terminate)
+    except KeyboardInterrupt as interrupt:
+        # A signal that came while the CLI loaded is handled as its handler is changed, by
+        # the new one (signal.signal runs what is pending): nothing ran yet all the same.
+        sys.stderr.write("error: interrupted while starting; nothing ran\n")
+        raise SystemExit(interrupt_exit_code(interrupt)) from None
     return cli
 
 
