@@ -202,6 +202,35 @@ def test_prod_stack_exports_the_same_names() -> None:
 
 
 @pytest.mark.parametrize(
+    ("stack", "config", "secret", "port"),
+    [
+        ("dev", {**DEV_CONFIG, "port": "6543"}, [], 6543),
+        (
+            "prod",
+            {
+                "databaseUrl": PROD_URL.replace(".tech/", ".tech:5433/") + "?options=-c%20a%3Db",
+                **ROLE_URLS,
+            },
+            ["databaseUrl", *ROLE_URLS],
+            5433,
+        ),
+    ],
+)
+def test_what_a_stack_exports_reads_back_as_one_endpoint(
+    stack: str, config: dict[str, str], secret: list[str], port: int
+) -> None:
+    """The fields and database_url the program exports agree, so the runner reads them."""
+    values, _ = outputs_of(run_program(stack, config, secret))
+    read = contract.from_outputs(values, stack=stack)
+    assert (read.host, read.port, read.user, read.password) == (
+        values["host"],
+        port,
+        values["user"],
+        values["password"],
+    )
+
+
+@pytest.mark.parametrize(
     ("major", "path"),
     [
         ("15", "/var/lib/postgresql/data"),

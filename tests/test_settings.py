@@ -434,6 +434,36 @@ def test_from_outputs_names_the_stack_in_a_bad_url() -> None:
         contract.from_outputs({**OUTPUTS, "database_url": "mysql://h/db"}, stack="qa")
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("host", "db2.example.com", "('db2.example.com' and 'db.example.com')"),
+        ("port", 5432, "(5432 and 6543)"),
+        ("database", "other", "('other' and 'app')"),
+        ("user", "admin", "('admin' and 'ci')"),
+        ("sslmode", "disable", "('disable' and 'require')"),
+    ],
+)
+def test_from_outputs_refuses_fields_that_disagree_with_the_url(
+    name: str, value: object, shown: str
+) -> None:
+    """A command must not reach one database by the URL and name another by the fields."""
+    with pytest.raises(ConfigError) as raised:
+        contract.from_outputs({**OUTPUTS, name: value}, stack="prod")
+    assert str(raised.value) == (
+        f"stack 'prod' outputs {name} and database_url name different {name}s {shown}; "
+        "export both from the same values and run `pulumi up -s prod`"
+    )
+
+
+def test_from_outputs_refuses_a_password_that_disagrees_and_shows_neither() -> None:
+    with pytest.raises(ConfigError) as raised:
+        contract.from_outputs({**OUTPUTS, "password": "other-secret"}, stack="prod")
+    message = str(raised.value)
+    assert message.startswith("stack 'prod' outputs password and database_url name different")
+    assert "other-secret" not in message and ":pw@" not in message and "'pw'" not in message
+
+
 def test_repository_root_is_this_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # wherever the command runs
     root = targets.repository_root()
@@ -839,6 +869,67 @@ def test_a_password_typed_after_any_separator_is_hidden_escaped_or_not(
         assert any(secret in candidate for candidate in password_candidates(url)), url
         masked = contract.mask_credentials(url) or ""
         assert masked.startswith(f"postgresql://{shown}***"), (url, masked)
+
+
+_HOSTS = st.from_regex(r"\A[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,3}\Z") | st.sampled_from(
+    ["::1", "127.0.0.1", "/run/postgresql", "h1,h2"]
+)
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(
+    host=_HOSTS,
+    port=st.none() | st.integers(1, 65535),
+    database=st.text(_NAME_CHARACTERS, min_size=1, max_size=12),
+    user=st.text(_NAME_CHARACTERS, min_size=1, max_size=12),
+    password=st.text(min_size=1, max_size=12).filter(lambda p: "\x00" not in p),
+    sslmode=st.none() | st.sampled_from(contract.SSLMODES),
+    changed=st.sampled_from(["host", "port", "database", "user", "password", "sslmode"]),
+)
+def test_outputs_read_back_whole_and_one_changed_field_is_refused(
+    host: str,
+    port: int | None,
+    database: str,
+    user: str,
+    password: str,
+    sslmode: str | None,
+    changed: str,
+) -> None:
+    """What a stack exports (ConnectionSettings.outputs, as infra/ writes it) reads back as
+    the same endpoint; any one field changed after is refused, naming the field and never
+    the password."""
+    given = ConnectionSettings(host, port, database, user, password, sslmode)
+    outputs = given.outputs()
+    read = contract.from_outputs(outputs, stack="s")
+    assert (read.host, read.database, read.user, read.password) == (
+        host,
+        database,
+        user,
+        password,
+    )
+    assert read.port == (port or 5432)  # the contract's port is one number, libpq's default if none
+    assert read.sslmode == (sslmode or "prefer")
+    other = {
+        "host": host + "x" if "," not in host else "h3",
+        "port": (port or 5432) % 65535 + 1,
+        "database": database + "x",
+        "user": user + "x",
+        "password": password + "x",
+        "sslmode": "verify-full" if sslmode != "verify-full" else "disable",
+    }[changed]
+    in_url = {"port": port, "sslmode": sslmode}.get(changed, True)
+    if in_url is None:  # the URL does not name it: the field alone says it
+        assert contract.from_outputs({**outputs, changed: other}, stack="s")
+        return
+    with pytest.raises(ConfigError) as raised:
+        contract.from_outputs({**outputs, changed: other}, stack="s")
+    message = str(raised.value)
+    assert message.startswith(f"stack 's' outputs {changed} and database_url name different")
+    if changed == "password":
+        assert message == (
+            "stack 's' outputs password and database_url name different passwords; "
+            "export both from the same values and run `pulumi up -s s`"
+        )
 
 
 def test_redact_skips_short_and_empty_secrets() -> None:

@@ -102,6 +102,9 @@ def test_prod_prefers_the_migration_url(stub, database: Database) -> None:
     outputs.update(
         host="127.0.0.1",
         port=1,
+        database="db",
+        user="app",
+        password="pooled-secret",
         database_url="postgresql://app:pooled-secret@127.0.0.1:1/db?sslmode=disable",
         migration_database_url=database.url,
     )

@@ -142,6 +142,11 @@ class ConnectionSettings:
         """A libpq keyword the URL named besides the fields (`options`, `sslrootcert`, ...)."""
         return dict(self.parameters).get(keyword)
 
+    def first_port(self) -> int | None:
+        """The port named: the one, or the first host's of several; None if none is."""
+        first = (self.parameter("port") or "").split(",")[0]
+        return self.port or (int(first) if first else None)
+
     def user_options(self, environ: Mapping[str, str] = os.environ) -> str | None:
         """The `options` libpq would send were cicd-db to name none of its own: the URL's,
         else its service's (the URL's `service`, or PGSERVICE); None for neither, and
@@ -313,11 +318,10 @@ class ConnectionSettings:
 
     def outputs(self) -> dict[str, Any]:
         """The contract's outputs, keyed by their names."""
-        # The contract's port is one number: the first host's, libpq's default if none.
-        first_port = (self.parameter("port") or "").split(",")[0]
         values: dict[str, Any] = {
             HOST: self.host,
-            PORT: self.port or (int(first_port) if first_port else DEFAULT_PORT),
+            # The contract's port is one number: libpq's default if none is named.
+            PORT: self.first_port() or DEFAULT_PORT,
             DATABASE: self.database,
             USER: self.user,
             PASSWORD: self.password,
@@ -891,6 +895,23 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
                     f"URL; export it as the role's postgresql:// URL and run `pulumi up -s {stack}`"
                 )
             from_url(outputs[name], what=f"stack {stack!r} output {name}")  # fails now
+    # The fields and the URL spell one endpoint twice. Where both name a part and differ,
+    # which database a command reaches would depend on which spelling it read: refused.
+    for name, given, in_url in (
+        (HOST, settings.host, url.host),
+        (PORT, settings.port, url.first_port()),
+        (DATABASE, settings.database, url.database),
+        (USER, settings.user, url.user),
+        (PASSWORD, settings.password, url.password),
+        (SSLMODE, settings.sslmode, url.sslmode),
+    ):
+        if given and in_url and given != in_url:
+            values = "" if name == PASSWORD else f" ({given!r} and {in_url!r})"
+            raise ConfigError(
+                f"stack {stack!r} outputs {name} and {DATABASE_URL} name different "
+                f"{name}s{values}; export both from the same values and run "
+                f"`pulumi up -s {stack}`"
+            )
     return replace(settings, parameters=url.parameters)
 
 
