@@ -188,6 +188,57 @@ def test_every_flag_is_a_keyword_of_its_command() -> None:
     assert f"wait for another runner ({migrations.DEFAULT_LOCK_TIMEOUT:g})" in up
 
 
+def _two_values(option: cli.Option) -> tuple[str, str]:
+    """Two values the flag takes, different ones."""
+    choices = option.spec.get("choices")
+    return (choices[0], choices[1]) if choices else ("1", "2")
+
+
+@pytest.mark.parametrize(
+    ("name", "option"),
+    [
+        (name, option)
+        for name, declared in cli.COMMANDS.items()
+        for option in declared.every_option
+        if option.spec.get("action") not in ("store_true", "store_false")
+        and option.flags[0].startswith("-")
+    ],
+    ids=lambda each: each if isinstance(each, str) else each.flags[0],
+)
+def test_a_flag_given_twice_with_two_values_is_refused(name: str, option: cli.Option) -> None:
+    """Which of two values was meant is a guess (`--stack dev ... --stack prod` as a
+    wrapper script appends it must not quietly mean prod): every flag that takes a value,
+    of every command, refuses a second value, and takes the same one twice."""
+    flag = option.flags[-1]
+    first, second = _two_values(option)
+    words = name.split()
+    for other in cli.COMMANDS[name].every_option:  # what the command needs besides
+        if other is not option and other.spec.get("required"):
+            words += [other.flags[-1], _two_values(other)[0]]
+        elif not other.flags[0].startswith("-"):
+            words.append("x")
+    with pytest.raises(cli.UsageError) as raised:
+        cli.parse([*words, flag, first, flag, second])
+    assert str(raised.value) == (
+        f"{cli._flag(option.dest)} is given twice, with different values; give it once"
+    )
+    assert cli.parse([*words, flag, first, flag, first]).command.name == name
+
+
+def test_a_target_given_before_and_after_up_is_refused_and_says_no_url() -> None:
+    """`migrate`'s options before `up` are the same flags as after it."""
+    with pytest.raises(cli.UsageError, match=r"^--stack is given twice"):
+        cli.parse(["migrate", "--stack", "dev", "status", "--stack", "prod"])
+    secret = "postgresql://u:s3cret@h/db"
+    result = run_cli(
+        "migrate", "--database-url", secret, "up", "--database-url", "postgresql://h/x"
+    )
+    assert (result.code, result.err) == (
+        2,
+        "error: --database-url is given twice, with different values; give it once\n",
+    )
+
+
 @settings(max_examples=examples(40), deadline=None)
 @given(
     command=st.sampled_from(

@@ -96,6 +96,23 @@ def test_dev_stack_outputs_pick_the_database(stub, database: Database, flags) ->
     assert database.settings.password not in completed.out + completed.err
 
 
+@pytest.mark.parametrize("value", ["Embedded", "embeded", " embedded", "docker"])
+def test_a_cicd_db_local_of_another_value_is_refused_not_read_as_dev(stub, value: str) -> None:
+    """A typo in CICD_DB_LOCAL must not quietly mean the dev stack."""
+    result = run_cli("migrate", "status", "--local", env={**stub, "CICD_DB_LOCAL": value})
+    assert (result.code, result.err) == (
+        2,
+        f"error: CICD_DB_LOCAL is {value!r}; set it to embedded (--local is the embedded "
+        "server) or dev (the dev stack), or unset it\n",
+    )
+
+
+def test_a_cicd_db_local_of_dev_is_the_dev_stack(stub, database: Database) -> None:
+    deploy(stub, "dev", database.settings.outputs())
+    result = run_cli("migrate", "status", "--local", env={**stub, "CICD_DB_LOCAL": "dev"})
+    assert result.code == 0, result.err
+
+
 def test_prod_prefers_the_migration_url(stub, database: Database) -> None:
     outputs = database.settings.outputs()
     # The application endpoint is a pooler that is not even there; migrations go direct.

@@ -69,6 +69,27 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message}; see `{self.prog} --help`")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # A command's own parser too (argparse gives a subparser a namespace of its own).
+        return super().parse_known_args(args, _Given() if namespace is None else namespace)
+
+
+class _Given(argparse.Namespace):
+    """What the command line gave. A flag given twice with two values is refused: which
+    was meant is a guess (`--stack dev ... --stack prod`, as a wrapper script appends it,
+    must not quietly mean prod), also across `migrate`'s options before and after `up`."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        given = vars(self)
+        # `command` is no flag: a command's parser sets it over its group's (`migrate`'s).
+        if name in given and name != "command" and given[name] != value:
+            raise UsageError(  # values unsaid: one may be a URL with its password
+                f"{_flag(name)} is given twice, with different values; give it once"
+            )
+        super().__setattr__(name, value)
+
 
 class _Version(argparse.Action):
     """--version, read from the installed package only when asked for: looking it up

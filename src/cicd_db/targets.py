@@ -153,7 +153,13 @@ def resolve(
         target.settings  # noqa: B018 - parse now, so a malformed URL fails before any work
         return target
     if local:
-        stack = EMBEDDED if environ.get("CICD_DB_LOCAL") == EMBEDDED else LOCAL_STACK
+        chosen_local = environ.get("CICD_DB_LOCAL", "")
+        if chosen_local not in ("", EMBEDDED, LOCAL_STACK):  # a typo must not mean dev
+            raise ConfigError(
+                f"CICD_DB_LOCAL is {chosen_local!r}; set it to {EMBEDDED} (--local is the "
+                f"embedded server) or {LOCAL_STACK} (the {LOCAL_STACK} stack), or unset it"
+            )
+        stack = EMBEDDED if chosen_local == EMBEDDED else LOCAL_STACK
     if stack is None:
         if environ.get("DATABASE_URL", "").strip():
             target = Target("url", "DATABASE_URL", root, home, url=environ["DATABASE_URL"])
