@@ -24,7 +24,7 @@ import pytest
 
 from cicd_db import embedded, targets
 from cicd_db.embedded import EmbeddedServer
-from cicd_db.errors import AuthenticationFailed
+from cicd_db.errors import AuthenticationFailed, ConfigError
 from cicd_db.store import Store
 
 from .fix_cli import run_cli, start_cli
@@ -75,6 +75,35 @@ def test_a_bad_port_is_a_configuration_error(
         "or unset it to pick a free port",
     )
     assert not home.exists()
+
+
+@pytest.mark.parametrize("made", ["$(touch${IFS}ran)", "`touch ran`", '"', "$HOME", "a\\b"])
+def test_a_state_folder_the_shell_would_act_on_is_refused_before_anything_runs(
+    made: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_ctl passes the data folder to /bin/sh between double quotes: a `$(...)` in a
+    checkout's or CICD_DB_HOME's path would run as a command."""
+    monkeypatch.chdir(tmp_path)  # where a `touch ran` would land
+    home = tmp_path / f"state-{made}"
+    monkeypatch.setenv("CICD_DB_HOME", str(home))
+    code, out, err = run_cli("embedded", "start")
+    assert (code, out) == (2, "")
+    character = next(c for c in made if c in '"$`\\')
+    assert_one_line_error(
+        err,
+        f"the state folder {str(home)!r} has a {character!r} in its path, which PostgreSQL's "
+        "programs would pass to /bin/sh as shell syntax; set CICD_DB_HOME to a folder whose "
+        'path has none of " $ ` \\',
+    )
+    assert not home.exists() and not (tmp_path / "ran").exists()
+
+
+def test_programs_in_a_folder_the_shell_would_act_on_are_refused(tmp_path: Path) -> None:
+    """initdb and pg_ctl pass their own folder to /bin/sh too (to start postgres)."""
+    server = embedded.EmbeddedServer(tmp_path / "home", bin_dir=tmp_path / "v$(x)" / "bin")
+    with pytest.raises(ConfigError, match=r"^the PostgreSQL programs' folder .* has a '\$'"):
+        server.ensure_running()
+    assert not (tmp_path / "home").exists()
 
 
 @pytest.mark.parametrize("kind", ["missing parent", "a file"])

@@ -201,6 +201,10 @@ class EmbeddedServer:
             and self._running_pid() is not None
         ):
             return state
+        check_shell_safe(
+            self.root.parent, "the state folder", "set CICD_DB_HOME to a folder whose path has none"
+        )
+        check_shell_safe(self.bin_dir, "the PostgreSQL programs' folder", INSTALL_ELSEWHERE)
         with self._locked(create=True):
             state = self._read_state()
             self._discard_half_made(state)
@@ -570,6 +574,24 @@ def tool_environment() -> dict[str, str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     environment["LC_ALL"] = "C"
     return environment
+
+
+# pg_ctl starts the server through /bin/sh, and initdb its bootstrap server, each with
+# the paths between double quotes, where these characters still act: a `$(...)` in a
+# folder's name would run as a command.
+SHELL_ACTIVE = '"$`\\'
+INSTALL_ELSEWHERE = "install cicd-db (its virtual environment) in a folder whose path has none"
+
+
+def check_shell_safe(path: Path, what: str, fix: str) -> None:
+    """ConfigError if `path` holds a character the shell acts on between double quotes;
+    `fix` is told with the characters to avoid."""
+    found = next((c for c in str(path) if c in SHELL_ACTIVE), None)
+    if found is not None:
+        raise ConfigError(
+            f"{what} {str(path)!r} has a {found!r} in its path, which PostgreSQL's programs "
+            f"would pass to /bin/sh as shell syntax; {fix} of {' '.join(SHELL_ACTIVE)}"
+        )
 
 
 def run_tool(

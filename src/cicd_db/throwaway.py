@@ -101,6 +101,9 @@ def server() -> Iterator[Throwaway]:
     """A cluster of its own, running, for the `with` block; stopped and removed after."""
     account = embedded.server_account()
     bin_dir = embedded.wheel_bin_dir()
+    embedded.check_shell_safe(
+        bin_dir, "the PostgreSQL programs' folder", embedded.INSTALL_ELSEWHERE
+    )
     with _held():  # Python probes the temporary folder with a file it then removes
         base = _base(account)
     _sweep(base)
