@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cicd_db.errors import ConfigError
 from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings, from_url
 
 from .fix_cli import run_cli, start_cli
@@ -625,6 +626,60 @@ def test_init_local_refuses_a_writer_that_is_a_superuser(
         superuser(server, "ALTER ROLE {} NOSUPERUSER", APP_USER)
     assert (refused.code, refused.out) == (2, "")
     assert refused.err == (
-        "error: role 'ci_app' exists and is a superuser, so it could do anything the owner "
-        'can; run `ALTER ROLE "ci_app" NOSUPERUSER` as a superuser and run again\n'
+        "error: role 'ci_app' exists with SUPERUSER, so it could do more than its grants "
+        'allow; run `ALTER ROLE "ci_app" NOSUPERUSER` as a superuser and run again\n'
+    )
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("user", [APP_USER, READER_USER])
+@pytest.mark.parametrize(
+    ("given", "said", "fix"),
+    [
+        (
+            "ALTER ROLE {role} CREATEROLE CREATEDB",
+            "CREATEROLE, CREATEDB",
+            'ALTER ROLE "{user}" NOCREATEROLE NOCREATEDB',
+        ),
+        (
+            "ALTER ROLE {role} REPLICATION BYPASSRLS",
+            "REPLICATION, BYPASSRLS",
+            'ALTER ROLE "{user}" NOREPLICATION NOBYPASSRLS',
+        ),
+        (
+            "GRANT pg_write_all_data, {owner} TO {role}",
+            "membership in {owner}, pg_write_all_data",
+            'REVOKE "{owner}", "pg_write_all_data" FROM "{user}"',
+        ),
+        (
+            "ALTER ROLE {role} CREATEDB; GRANT pg_read_all_data TO {role}",
+            "CREATEDB and membership in pg_read_all_data",
+            'ALTER ROLE "{user}" NOCREATEDB; REVOKE "pg_read_all_data" FROM "{user}"',
+        ),
+    ],
+)
+def test_init_local_refuses_a_writer_or_reader_that_may_do_more(
+    server: ConnectionSettings, names: Names, user: str, given: str, said: str, fix: str
+) -> None:
+    """An existing ci_app or ci_reader with an attribute beyond LOGIN, or a member of a role
+    (the owner's, PostgreSQL's pg_write_all_data), could do more than its grants: refused,
+    with the statements that take it away, not given a login. Tried in a transaction
+    rolled back, so no other test sees the role changed."""
+    from cicd_db import local
+
+    with psycopg.connect(server.conninfo()) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(names.user)))
+        for statement in given.split("; "):
+            admin.execute(
+                sql.SQL(statement).format(
+                    role=sql.Identifier(user), owner=sql.Identifier(names.user)
+                )
+            )
+        with pytest.raises(ConfigError) as refused:
+            local._login_role(admin, user, None)
+        admin.rollback()
+    assert str(refused.value) == (
+        f"role {user!r} exists with {said.format(owner=names.user)}, so it could do more "
+        f"than its grants allow; run `{fix.format(user=user, owner=names.user)}` as a "
+        "superuser and run again"
     )

@@ -248,15 +248,21 @@ def _login_role(
     """Make `user` a login role that is not a superuser; (its password, or "" when an
     existing one kept its own; whether the password was generated)."""
     existing = admin.execute(
-        "SELECT rolsuper, rolcanlogin FROM pg_roles WHERE rolname = %s", [user]
+        "SELECT r.rolcanlogin, "
+        "array_remove(ARRAY[CASE WHEN r.rolsuper THEN 'SUPERUSER' END, "
+        "CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, "
+        "CASE WHEN r.rolcreatedb THEN 'CREATEDB' END, "
+        "CASE WHEN r.rolreplication THEN 'REPLICATION' END, "
+        "CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END], NULL), "
+        "ARRAY(SELECT g.rolname FROM pg_catalog.pg_auth_members m "
+        "JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1) "
+        "FROM pg_catalog.pg_roles r WHERE r.rolname = %s",
+        [user],
     ).fetchone()
     role = sql.Identifier(user)
-    if existing is not None and existing[0]:
-        raise ConfigError(
-            f"role {user!r} exists and is a superuser, so it could do anything the owner can; "
-            f"run `ALTER ROLE {role.as_string(None)} NOSUPERUSER` as a superuser and run again"
-        )
-    generated = not password and (existing is None or not existing[1])
+    if existing is not None and (existing[1] or existing[2]):
+        _refuse_more(role, user, attributes=existing[1], groups=existing[2])
+    generated = not password and (existing is None or not existing[0])
     if existing is not None and not generated and not password:
         return "", False  # a login role of someone's: left exactly as it is
     if generated:
@@ -271,6 +277,28 @@ def _login_role(
         _log_in(admin, role, password)
     _settle(admin, role)
     return password or "", generated
+
+
+def _refuse_more(
+    role: sql.Identifier, user: str, *, attributes: list[str], groups: list[str]
+) -> None:
+    """ConfigError for an existing writer or reader that may do more than its grants say:
+    an attribute beyond LOGIN, or a role it is a member of (the owner's, or one of
+    PostgreSQL's own such as pg_write_all_data), with the statements that take it away."""
+    name = role.as_string(None)
+    what = " and ".join(
+        part
+        for part in (", ".join(attributes), groups and "membership in " + ", ".join(groups))
+        if part
+    )
+    fixes = [f"ALTER ROLE {name} NO{' NO'.join(attributes)}"] if attributes else []
+    if groups:
+        members = ", ".join(sql.Identifier(g).as_string(None) for g in groups)
+        fixes.append(f"REVOKE {members} FROM {name}")
+    raise ConfigError(
+        f"role {user!r} exists with {what}, so it could do more than its grants allow; run "
+        f"`{'; '.join(fixes)}` as a superuser and run again"
+    )
 
 
 def _log_in(admin: psycopg.Connection[Any], role: sql.Identifier, password: str) -> None:
