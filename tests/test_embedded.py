@@ -7,6 +7,7 @@ marked `db` by hand: they do not use the session's `server` fixture.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -495,6 +496,46 @@ def test_a_taken_port_is_named_and_another_port_works(home: Path) -> None:
         assert (moved.code, moved.err) == (0, ""), moved.err
         assert moved.out.startswith(f"running on 127.0.0.1:{third}: ")
         assert json.loads((home / "embedded" / "server.json").read_text())["port"] == third
+
+
+@pytest.mark.slow
+@pytest.mark.db
+def test_a_move_whose_state_cannot_be_written_changes_nothing(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move to another port is one write of server.json: a full disk then leaves the
+    server where it was, and says which file it could not write (postgresql.conf used
+    to take the new port first, and every later command connected to the old one)."""
+    server = EmbeddedServer(home)
+    old = server.ensure_running()["port"]
+    conf = (server.data_dir / "postgresql.conf").read_text()
+    assert server.stop()
+
+    def full(_: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(embedded.os, "fsync", full)
+        with pytest.raises(embedded.EmbeddedServerError) as refused:
+            EmbeddedServer(home, port=free_port()).ensure_running()
+    assert str(refused.value) == (
+        f"cannot write {server.state_file}: No space left on device; free space there or "
+        "make it writable, and run again"
+    )
+    assert (server.data_dir / "postgresql.conf").read_text() == conf
+    assert not server.state_file.with_suffix(".tmp").exists()
+    try:
+        assert server.ensure_running()["port"] == old
+        with psycopg.connect(server.settings().conninfo()) as conn:
+            assert conn.info.port == old
+        moved = free_port()
+        assert server.stop()
+        assert EmbeddedServer(home, port=moved).ensure_running()["port"] == moved
+        with psycopg.connect(server.settings().conninfo()) as conn:
+            assert conn.info.port == moved
+        assert (server.data_dir / "postgresql.conf").read_text() == conf  # said at start
+    finally:
+        server.stop()
 
 
 @pytest.mark.slow

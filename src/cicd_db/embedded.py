@@ -18,7 +18,8 @@ next start discards: it never held a database. A data/ that an older cicd-db lef
 half-made is recognised the same way: never bootstrapped, and without the lines
 we append to postgresql.conf after initdb. The port is checked before the server
 is created or started: one that another program holds is named, with how to pick
-another (CICD_DB_EMBEDDED_PORT, which also moves a stopped server).
+another (CICD_DB_EMBEDDED_PORT, which also moves a stopped server). server.json alone
+says the port: every start passes it to the server, so moving it is one atomic write.
 
 Like the dev stack's container, the server has a database `ci_local` owned by a role
 `ci_user` that is not a superuser, with the role settings of
@@ -298,13 +299,23 @@ class EmbeddedServer:
         )
 
     def _write_state(self, state: dict[str, Any]) -> None:
+        """server.json replaced whole, or left as it was (a full disk, a folder made
+        read-only) with EmbeddedServerError naming it."""
         temporary = self.state_file.with_suffix(".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.state_file)
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(state, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.state_file)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise EmbeddedServerError(
+                f"cannot write {self.state_file}: {error.strerror or error}; free space "
+                "there or make it writable, and run again"
+            ) from None
 
     def _running_pid(self) -> int | None:
         """The postmaster's PID when this data directory's server runs and accepts connections."""
@@ -373,8 +384,8 @@ class EmbeddedServer:
         if wanted is None or wanted == state["port"]:
             return state
         _check_port(wanted, creating=False)
-        with open(self.data_dir / "postgresql.conf", "a") as conf:
-            conf.write(f"port = {wanted}  # cicd-db: moved by CICD_DB_EMBEDDED_PORT\n")
+        # server.json alone says the port (each start passes it to the server), so a
+        # move is one atomic write: there is no second file to disagree with it.
         state = {**state, "port": wanted}
         self._write_state(state)
         return state
@@ -458,6 +469,8 @@ class EmbeddedServer:
                 str(self.data_dir),
                 "-l",
                 str(self.log_file),
+                "-o",
+                f"-p {int(port)}",  # server.json's port, over postgresql.conf's first one
                 "-w",
                 "-t",
                 str(START_TIMEOUT_SECONDS),
