@@ -167,7 +167,13 @@ def test_embedded_shapes() -> None:
         "port": 5,
         "data_dir": "/d",
         "initialized": True,
+        "stray_pid": None,
     }
+    stray = Status(running=False, pid=None, port=5, data_dir=Path("/d"), initialized=True, stray=9)
+    assert console.embedded_line(stray) == (
+        "unreachable: a server of /d runs (pid 9) without its pid file or data folder; "
+        "`cicd-db embedded stop` stops it"
+    )
     new = Status(running=False, pid=None, port=None, data_dir=Path("/d"), initialized=False)
     assert console.embedded_line(new) == "stopped, data /d (not created yet)"
 

@@ -7,6 +7,7 @@ marked `db` by hand: they do not use the session's `server` fixture.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -423,6 +424,52 @@ def test_processes_of_a_crashed_server_keep_its_pid_file(
         f"there (PID {leftover.pid}); wait for them to exit, or stop them, then run again",
     )
     assert pid_file.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.db
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="looks for them in /proc")
+@pytest.mark.parametrize("removed", ["pid file", "data folder"])
+def test_a_server_whose_pid_file_or_data_was_removed_is_named_and_stopped(
+    home: Path, removed: str
+) -> None:
+    """A running server whose postmaster.pid, or whole data folder, was removed is no
+    stopped server: status names it, a start refuses to make another beside it (its
+    port, its passwords would be lost), and `stop` stops it."""
+    env = {"CICD_DB_HOME": str(home)}
+    server = EmbeddedServer(home)
+    port = server.ensure_running()["port"]
+    postmaster = server.status().pid
+    assert postmaster is not None
+    data_dir = home / "embedded" / "data"
+    if removed == "pid file":
+        (data_dir / "postmaster.pid").unlink()
+    else:
+        subprocess.run(["rm", "-rf", str(data_dir)], check=True)  # as a user would
+    try:
+        status = run_cli("embedded", "status", env=env)
+        assert (status.code, status.err) == (0, "")
+        assert status.out == (
+            f"unreachable: a server of {data_dir} runs (pid {postmaster}) without its pid "
+            "file or data folder; `cicd-db embedded stop` stops it\n"
+        )
+        started = run_cli("embedded", "start", env=env)
+        assert started.code == 1
+        assert_one_line_error(
+            started.err,
+            f"a server of {data_dir} still runs (PID {postmaster}) without its {removed}, so "
+            "nothing can connect to it or start another; run `cicd-db embedded stop`, then "
+            "again",
+        )
+        assert json.loads((home / "embedded" / "server.json").read_text())["port"] == port
+        assert run_cli("embedded", "stop", env=env) == (0, "stopped\n", "")
+        assert not Path(f"/proc/{postmaster}").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(postmaster, signal.SIGKILL)
+    again = run_cli("embedded", "start", env=env)
+    assert again.code == 0, again.err
+    server.stop()
 
 
 # -- stuck states: a first start interrupted, a port taken ---------------------------------

@@ -293,12 +293,18 @@ def embedded_json(state: Status) -> JSON:
         "port": state.port,
         "data_dir": str(state.data_dir),
         "initialized": state.initialized,
+        "stray_pid": state.stray,
     }
 
 
 def embedded_line(state: Status) -> str:
     if state.running:
         return f"running (pid {state.pid}) on 127.0.0.1:{state.port}, data {state.data_dir}"
+    if state.stray is not None:
+        return (
+            f"unreachable: a server of {state.data_dir} runs (pid {state.stray}) without its "
+            "pid file or data folder; `cicd-db embedded stop` stops it"
+        )
     return f"stopped, data {state.data_dir}" + ("" if state.initialized else " (not created yet)")
 
 

@@ -53,6 +53,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -131,6 +132,9 @@ class Status:
     port: int | None
     data_dir: Path
     initialized: bool
+    # A postmaster still working in the data folder though its pid file or the folder
+    # itself was removed: no command can reach it until it is stopped (`stop()` does).
+    stray: int | None = None
 
 
 class EmbeddedServer:
@@ -169,6 +173,7 @@ class EmbeddedServer:
             port=state.get("port") if state else None,
             data_dir=self.data_dir,
             initialized=bool(state and state.get("bootstrapped")),
+            stray=None if pid is not None else self._stray(),
         )
 
     def settings(self) -> ConnectionSettings:
@@ -207,6 +212,12 @@ class EmbeddedServer:
         )
         check_shell_safe(self.bin_dir, "the PostgreSQL programs' folder", INSTALL_ELSEWHERE)
         with self._locked(create=True):
+            if self._running_pid() is None and (stray := self._stray()) is not None:
+                raise EmbeddedServerError(
+                    f"a server of {self.data_dir} still runs (PID {stray}) without its "
+                    f"{'pid file' if self.data_dir.is_dir() else 'data folder'}, so nothing can "
+                    "connect to it or start another; run `cicd-db embedded stop`, then again"
+                )
             state = self._read_state()
             self._discard_half_made(state)
             if state is None or not (self.data_dir / "PG_VERSION").exists():
@@ -241,7 +252,11 @@ class EmbeddedServer:
             if found.stale:
                 self._remove_stale_pid_file()
             if found.pid is None:
-                return False
+                stray = self._stray()
+                if stray is None:
+                    return False
+                _stop_stray(stray)
+                return True
             self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
             return True
 
@@ -337,6 +352,16 @@ class EmbeddedServer:
             return _PidFile(pid=None, ready=False, stale=True)
         ready = pid > 0 and ready_in(lines)
         return _PidFile(pid=abs(pid), ready=ready, stale=False)
+
+    def _stray(self) -> int | None:
+        """The postmaster working in the data folder when its pid file is gone or names
+        no server (the file, or the whole folder, removed under a running server)."""
+        for pid in _server_processes_in(self.data_dir):
+            with contextlib.suppress(OSError):
+                program = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[0]
+                if Path(os.fsdecode(program)).name == "postgres":  # not a renamed child
+                    return pid
+        return None
 
     def _remove_stale_pid_file(self) -> None:
         """Remove postmaster.pid when it names no server of ours; call under the lock.
@@ -841,6 +866,21 @@ def processes_in(folder: Path) -> list[int]:
         if cwd == where or cwd.startswith(where + os.sep):
             found.append(int(entry.name))
     return sorted(found)
+
+
+def _stop_stray(pid: int) -> None:
+    """Stop a postmaster no pid file names, as pg_ctl's fast mode does (SIGINT), and wait
+    for it and the processes it started to exit."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            raise EmbeddedServerError(
+                f"the server (PID {pid}) did not stop within {START_TIMEOUT_SECONDS} s; "
+                f"stop it with `kill -QUIT {pid}`"
+            )
+        time.sleep(0.05)
 
 
 def _check_port(port: int, *, creating: bool) -> None:
