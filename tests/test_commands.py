@@ -40,13 +40,32 @@ def test_new_writes_the_next_file(tmp_path: Path) -> None:
     assert out == f"{created}\n"
     assert created.read_text() == (
         "-- add_run_index: what this changes, and why it is safe on a live database.\n"
-        "SET lock_timeout = '1s';\nSET statement_timeout = '60s';\n\n"
+        "SET lock_timeout = '1s';\nSET statement_timeout = '60s';\n"
     )
     code, out, _ = run_cli("migrate", "new", "build_index", "--no-transaction", "--json", "--migrations-dir", str(folder))  # fmt: skip
     assert code == 0
     path = Path(json.loads(out)["path"])
     assert path.name == "0009_build_index.sql"
     assert path.read_text().startswith("-- cicd-db: no-transaction\n")
+
+
+@pytest.mark.slow
+def test_what_new_writes_passes_the_gate_as_it_is(tmp_path: Path) -> None:
+    """A file just made passes `migrate check` (sqlfluff and squawk with the repository's
+    settings) before anything is added to it; one without a transaction is refused only
+    for lacking its one statement."""
+    assert run_cli("migrate", "new", "step", "--migrations-dir", str(tmp_path)).code == 0
+    checked = run_cli("migrate", "check", "--migrations-dir", str(tmp_path))
+    assert (checked.code, checked.err) == (0, ""), checked.out
+    made = run_cli("migrate", "new", "index", "--no-transaction", "--migrations-dir", str(tmp_path))
+    assert made.code == 0
+    checked = run_cli("migrate", "check", "--migrations-dir", str(tmp_path))
+    assert (checked.code, checked.err) == (
+        2,
+        "error: migration file 0002_index.sql is marked no-transaction but holds 0 statements "
+        "besides SET and RESET; it must hold exactly one: split it into one file per "
+        "statement\n",
+    )
 
 
 def test_new_in_an_empty_folder_starts_at_0001(tmp_path: Path) -> None:  # fmt: skip

@@ -253,7 +253,6 @@ NEW_FILE_HEADER = """\
 -- {name}: what this changes, and why it is safe on a live database.
 SET lock_timeout = '1s';
 SET statement_timeout = '60s';
-
 """
 
 
