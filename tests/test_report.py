@@ -18,9 +18,12 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cicd_db import report, targets
 from cicd_db.errors import UsageError
+from cicd_db.settings import ConnectionSettings
 from cicd_db.store import (
     CANCELED,
     FAILED,
@@ -34,7 +37,7 @@ from cicd_db.store import (
 
 from .fix_cli import run_cli
 from .fix_db import Database, Databases
-from .utils import ROOT
+from .utils import ROOT, examples
 
 GOLDEN = ROOT / "tests" / "golden"
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -102,6 +105,37 @@ def recorded(databases: Databases, migrated_template: str) -> Iterator[Database]
         record(Store.on(conn))
     yield database
     databases.drop(database)
+
+
+_MICROSECONDS = st.lists(
+    st.integers(0, 10**12)  # up to 11 days
+    | st.integers(0, 10**7).map(lambda k: k * 1000 + 500)  # half-way at 3 decimals
+    | st.integers(0, 10**5).map(lambda k: k * 100_000 + 50_000),  # and at 1
+    min_size=1,
+    max_size=200,
+)
+
+
+@pytest.mark.db
+@settings(max_examples=examples(30), deadline=None)
+@given(micros=_MICROSECONDS)
+def test_durations_are_rounded_as_postgresql_rounds_them(
+    server: ConnectionSettings, micros: list[int]
+) -> None:
+    """duration_seconds (3 decimals) and the table's seconds (1) are the exact duration
+    rounded as PostgreSQL's round() rounds it: half away from zero, never the float's
+    binary value (1.0005 s is 1.001, as 2.0005 s is 2.001)."""
+    durations = [timedelta(microseconds=m) for m in micros]
+    with psycopg.connect(server.conninfo()) as conn:
+        oracle = conn.execute(
+            "SELECT array_agg(round(extract(epoch FROM d), 3) ORDER BY n), "
+            "array_agg(round(extract(epoch FROM d), 1) ORDER BY n) "
+            "FROM unnest(%s::interval[]) WITH ORDINALITY AS t (d, n)",
+            [durations],
+        ).fetchone()
+    assert oracle is not None
+    assert [report.rounded_seconds(d, 3) for d in durations] == [float(v) for v in oracle[0]]
+    assert [report.rounded_seconds(d, 1) for d in durations] == [float(v) for v in oracle[1]]
 
 
 VIEWS = {

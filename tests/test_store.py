@@ -8,6 +8,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from threading import Barrier
+from typing import Any
 from uuid import uuid4
 
 import psycopg
@@ -903,6 +904,43 @@ def test_a_batch_moves_all_or_none_and_names_the_job_that_may_not(
         "that is before one of them started"
     )
     assert snapshot(schema) == before
+
+
+def test_a_refused_batch_reads_why_in_one_statement(schema: Database) -> None:
+    """However long the batch, the job that may not move is found with one read, not one
+    a job; and a job that does not exist is named as such."""
+    sent: list[object] = []
+
+    class Counting(psycopg.Cursor[Any]):
+        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(query)
+            return super().execute(query, *args, **kwargs)
+
+    with schema.connect() as conn:
+        conn.cursor_factory = Counting
+        executions = Store.on(conn)
+        jobs = _stage_of(executions, 300)
+        executions.set_status(jobs[-1], RUNNING)
+        sent.clear()
+        with pytest.raises(IllegalTransition, match=r"^job 'job299' is RUNNING"):
+            executions.set_statuses(jobs, RUNNING)
+        assert len(sent) == 2  # the batch, and the one read of why
+        gone = replace(jobs[0], id=uuid4())
+        with pytest.raises(NotFound, match=f"^no job with id {gone.id}$"):
+            executions.set_statuses([gone, *jobs[1:3]], RUNNING)
+
+
+def test_jobs_given_as_a_generator_are_added_or_refused_like_a_list(executions: Store) -> None:
+    jobs = _stage_of(executions, 1)
+    stage = jobs[0].stage_execution_id
+    added = executions.add_jobs(stage, ((f"gen{n}", n == 0) for n in range(3)))
+    assert [(job.job_name, job.allows_failure) for job in added] == [
+        ("gen0", True),
+        ("gen1", False),
+        ("gen2", False),
+    ]
+    with pytest.raises(UsageError, match="allows_failure of job 'bad' in"):
+        executions.add_jobs(stage, ((name, "yes") for name in ["bad"]))  # type: ignore[misc]
 
 
 def test_racing_batches_move_each_job_once(schema: Database, executions: Store) -> None:

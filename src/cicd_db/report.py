@@ -12,6 +12,7 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -151,8 +152,16 @@ def _times(row: PipelineRun | StageRun | JobRun) -> dict[str, Any]:
         "status": row.status,
         "start_time": _instant(row.start_time),
         "completion_time": _instant(row.completion_time),
-        "duration_seconds": None if duration is None else round(duration.total_seconds(), 3),
+        "duration_seconds": None if duration is None else rounded_seconds(duration, 3),
     }
+
+
+def rounded_seconds(duration: timedelta, places: int) -> float:
+    """`duration` in seconds to `places` decimals, rounded from its exact microseconds
+    half away from zero, as PostgreSQL's round() does: a float's binary value would
+    round 1.0005 s down and 2.0005 s up."""
+    exact = Decimal(duration // timedelta(microseconds=1)).scaleb(-6)
+    return float(exact.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP))
 
 
 def _instant(moment: datetime | None) -> str | None:
@@ -274,7 +283,7 @@ def _clock(moment: datetime | None, *, short: bool = False) -> str:
 
 
 def _duration(duration: timedelta | None) -> str:
-    return seconds_text(None if duration is None else duration.total_seconds())
+    return seconds_text(None if duration is None else rounded_seconds(duration, 1))
 
 
 def seconds_text(seconds: float | None) -> str:
