@@ -100,6 +100,27 @@ def test_a_state_folder_the_shell_would_act_on_is_refused_before_anything_runs(
     assert not home.exists() and not (tmp_path / "ran").exists()
 
 
+def test_a_state_folder_too_long_for_postgresql_is_refused_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """initdb crashes on a data folder of over about 1,000 bytes; the path is refused
+    instead, naming its length (a path at the limit works: test_lifecycle's are short,
+    and the limit was measured with initdb and pg_ctl by hand)."""
+    home = tmp_path
+    while len(os.fsencode(home / "embedded" / "data.new")) <= embedded.LONGEST_DATA_PATH:
+        home = home / ("d" * 100)
+    monkeypatch.setenv("CICD_DB_HOME", str(home))
+    code, out, err = run_cli("embedded", "start")
+    assert (code, out) == (2, "")
+    assert_one_line_error(
+        err,
+        f"the state folder's path is {len(os.fsencode(home)):,} bytes long; PostgreSQL's "
+        "programs fail on a data folder of over 1,000 (initdb crashes); set CICD_DB_HOME to "
+        "a folder with a shorter path",
+    )
+    assert not home.exists()
+
+
 def test_programs_in_a_folder_the_shell_would_act_on_are_refused(tmp_path: Path) -> None:
     """initdb and pg_ctl pass their own folder to /bin/sh too (to start postgres)."""
     server = embedded.EmbeddedServer(tmp_path / "home", bin_dir=tmp_path / "v$(x)" / "bin")

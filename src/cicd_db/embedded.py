@@ -211,6 +211,12 @@ class EmbeddedServer:
             self.root.parent, "the state folder", "set CICD_DB_HOME to a folder whose path has none"
         )
         check_shell_safe(self.bin_dir, "the PostgreSQL programs' folder", INSTALL_ELSEWHERE)
+        if len(os.fsencode(self.new_data_dir)) > LONGEST_DATA_PATH:
+            raise ConfigError(
+                f"the state folder's path is {len(os.fsencode(self.root.parent)):,} bytes long; "
+                f"PostgreSQL's programs fail on a data folder of over {LONGEST_DATA_PATH:,} "
+                "(initdb crashes); set CICD_DB_HOME to a folder with a shorter path"
+            )
         with self._locked(create=True):
             if self._running_pid() is None and (stray := self._stray()) is not None:
                 raise EmbeddedServerError(
@@ -614,6 +620,9 @@ def tool_environment() -> dict[str, str]:
     return environment
 
 
+# The longest data folder path (bytes) initdb and the server were seen to work in: at
+# 1,010 initdb crashed (PostgreSQL's paths are at most 1,024 bytes, its files lie below).
+LONGEST_DATA_PATH = 1000
 # pg_ctl starts the server through /bin/sh, and initdb its bootstrap server, each with
 # the paths between double quotes, where these characters still act: a `$(...)` in a
 # folder's name would run as a command.
