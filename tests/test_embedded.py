@@ -493,6 +493,32 @@ def test_a_server_whose_pid_file_or_data_was_removed_is_named_and_stopped(
     server.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.db
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="looks for them in /proc")
+def test_a_server_its_pid_file_names_while_it_starts_is_no_stray(
+    stopped_server: tuple[Path, list[str]],
+) -> None:
+    """A postmaster the pid file names, not yet accepting connections (another process is
+    starting it), is starting, not stray: status says stopped, and names no PID."""
+    home, lines = stopped_server
+    data_dir = home / "embedded" / "data"
+    # Looks like a postmaster: the program postgres, working in the data folder.
+    starting = subprocess.Popen(["postgres", "120"], executable="sleep", cwd=data_dir)
+    cmdline = Path(f"/proc/{starting.pid}/cmdline")
+    while not cmdline.read_bytes().startswith(b"postgres\0"):  # until it has exec'd
+        time.sleep(0.01)
+    try:
+        pid_file = write_pid_file(home, [*lines[:-1], "starting"], str(starting.pid))
+        status = EmbeddedServer(home).status()
+        assert (status.running, status.stray) == (False, None)
+        pid_file.unlink()  # the same process, named by no pid file: stray
+        assert EmbeddedServer(home).status().stray == starting.pid
+    finally:
+        starting.kill()
+        starting.wait()
+
+
 # -- stuck states: a first start interrupted, a port taken ---------------------------------
 
 

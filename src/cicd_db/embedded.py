@@ -361,8 +361,12 @@ class EmbeddedServer:
 
     def _stray(self) -> int | None:
         """The postmaster working in the data folder when its pid file is gone or names
-        no server (the file, or the whole folder, removed under a running server)."""
+        no server (the file, or the whole folder, removed under a running server); not
+        one the file names that is still starting."""
+        named = self._pid_file().pid
         for pid in _server_processes_in(self.data_dir):
+            if pid == named:
+                continue
             with contextlib.suppress(OSError):
                 program = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[0]
                 if Path(os.fsdecode(program)).name == "postgres":  # not a renamed child
