@@ -639,3 +639,142 @@ def test_whatever_a_file_leaves_in_its_session_the_next_file_does_not_find(
         assert database.query(query) == spare.query(query), (left, executed)
 
     next_file_finds_nothing()
+
+
+# -- what runs after a file's last statement leaves nothing for the next file ----------
+
+# Where code runs after the file's own statements (or in them), making the calls `{calls}`:
+# at the commit (a cursor kept past it, whose query the commit runs), or at the history
+# row the runner writes (a trigger on the history, which psql never writes: under psql
+# nothing runs there). `{v}` makes names the file's own.
+RUNS_LATER = {
+    "the file itself": "SELECT {calls};\n",  # what the reset undoes, but a user's setting
+    "cursor kept past the commit": "DECLARE c_{v} CURSOR WITH HOLD FOR SELECT {calls};\n",
+    "trigger on the history": (
+        "CREATE FUNCTION f_{v}() RETURNS trigger LANGUAGE plpgsql AS "
+        "$f$BEGIN PERFORM {calls}; RETURN NEW; END$f$;\n"
+        "DO $$BEGIN IF to_regclass('cicd_db.cicd_db_schema_history') IS NOT NULL THEN "
+        "CREATE TRIGGER t_{v} AFTER INSERT ON cicd_db.cicd_db_schema_history "
+        "FOR EACH ROW EXECUTE FUNCTION f_{v}(); END IF; END$$;\n"
+    ),
+}
+# What that code leaves for its session: settings of PostgreSQL's and of the user's
+# own name, an advisory lock, a read-only default.
+LEFT_FOR_THE_SESSION = {
+    "search_path": "pg_catalog.set_config('search_path', 'nowhere, public', false)",
+    "a setting of the user's name": "pg_catalog.set_config('app.tenant', 'left', false)",
+    "advisory lock": "pg_catalog.pg_advisory_lock({v})",
+    "read-only default": "pg_catalog.set_config('default_transaction_read_only', 'on', false)",
+}
+READ_LATER = (
+    "INSERT INTO public.found SELECT {v}, concat_ws(' | ', "
+    "pg_catalog.current_setting('search_path'), "
+    "coalesce(pg_catalog.current_setting('app.tenant', true), '(none)'), "
+    "(SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' "
+    "AND pid = pg_catalog.pg_backend_pid() AND mode = 'ExclusiveLock'), "
+    "pg_catalog.current_setting('default_transaction_read_only'));\n"
+)
+
+
+def test_what_runs_after_a_files_statements_leaves_nothing_for_the_next_file(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """Code that runs after the file's statements (hypothesis: a cursor's query the commit
+    runs, a trigger on the history row) and sets settings of any name, takes an advisory
+    lock or makes the session read-only: the next file, in the same run and in the next,
+    finds what psql's next file finds in a session of its own: none of it. A setting of
+    the user's name, once made, stays defined in a session (RESET ALL only empties it):
+    the file that names it is followed by a new session."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for target in (database, spare):
+        target.execute("CREATE TABLE found (v int PRIMARY KEY, what text)")
+    version = iter(range(1, 100_000, 3))
+
+    @settings(
+        max_examples=examples(20),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        st.sampled_from(sorted(RUNS_LATER)),
+        st.lists(st.sampled_from(sorted(LEFT_FOR_THE_SESSION)), min_size=1, unique=True),
+    )
+    def next_file_finds_nothing(where: str, left: list[str]) -> None:
+        v = next(version)
+        calls = ", ".join(LEFT_FOR_THE_SESSION[key].format(v=v) for key in left)
+        files = {
+            f"{v:05d}_leave.sql": RUNS_LATER[where].format(v=v, calls=calls),
+            f"{v + 1:05d}_read.sql": READ_LATER.format(v=v),
+        }
+        write_migrations(folder, files)
+        for file in files:
+            psql_apply(spare, folder / file)
+        with database.connect() as conn:
+            migrations.Runner(conn, migrations.discover(folder)).apply()
+        # The next run, its first file after the trigger's row.
+        write_migrations(folder, {f"{v + 2:05d}_read.sql": READ_LATER.format(v=v + 2)})
+        psql_apply(spare, folder / f"{v + 2:05d}_read.sql")
+        with database.connect() as conn:
+            migrations.Runner(conn, migrations.discover(folder)).apply()
+        query = f"SELECT v, what FROM found WHERE v IN ({v}, {v + 2}) ORDER BY v"
+        assert database.query(query) == spare.query(query), (where, left)
+        database.execute(f"DROP TRIGGER IF EXISTS t_{v} ON cicd_db.cicd_db_schema_history")
+
+    next_file_finds_nothing()
+
+
+def test_a_no_transaction_file_that_makes_its_session_read_only_is_applied_as_psql_applies_it(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """Its history row goes in a transaction of the runner's, after the reset: not under
+    the read-only default the file left (a query's statements share one transaction,
+    whose access mode is fixed when it starts)."""
+    for target in (database, spare):
+        target.execute("CREATE TABLE found (v int PRIMARY KEY, what text)")
+    files = {
+        "0001_read_only.sql": (
+            "-- cicd-db: no-transaction\nSET default_transaction_read_only = on;\nSELECT 1;\n"
+        ),
+        "0002_read.sql": READ_LATER.format(v=2),
+    }
+    folder = write_migrations(tmp_path / "m", files)
+    for file in files:
+        psql_apply(spare, folder / file)
+    with database.connect() as conn:
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    assert database.history() == [1, 2]
+    assert database.query("SELECT * FROM found") == spare.query("SELECT * FROM found")
+
+
+def test_a_login_event_triggers_settings_reach_every_file_as_under_psql(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """A login event trigger (PostgreSQL 17) sets up each new session; psql starts one a
+    file, so each file runs in what it set up, also the files after the one that made it."""
+    if int(str(database.query("SHOW server_version_num")[0][0])) < 170000:
+        pytest.skip("login event triggers are PostgreSQL 17's")
+    for target in (database, spare):
+        target.execute("CREATE TABLE found (v int PRIMARY KEY, what text)")
+        target.execute("CREATE SCHEMA app")
+    files = {
+        "0001_login.sql": (
+            "CREATE FUNCTION on_login() RETURNS event_trigger LANGUAGE plpgsql AS "
+            "$f$BEGIN PERFORM pg_catalog.set_config('search_path', 'app, public', false); "
+            "END$f$;\nCREATE EVENT TRIGGER on_login ON login EXECUTE FUNCTION on_login();\n"
+        ),
+        "0002_read.sql": READ_LATER.format(v=2),
+        "0003_read.sql": READ_LATER.format(v=3),
+    }
+    folder = write_migrations(tmp_path / "m", files)
+    for file in files:
+        psql_apply(spare, folder / file)
+    with database.connect() as conn:
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    write_migrations(folder, {"0004_read.sql": READ_LATER.format(v=4)})
+    psql_apply(spare, folder / "0004_read.sql")
+    with database.connect() as conn:  # the next run: its second file too
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    query = "SELECT v, what FROM found ORDER BY v"
+    assert database.query(query) == spare.query(query)
+    assert [what.split(" | ")[0] for _, what in database.query(query)] == ["app, public"] * 3

@@ -64,7 +64,7 @@ BEGIN_MARKED = b"BEGIN;" + MARK
 # history, and a refusal is told as the row's, with what was added to the table.
 FIRE_DEFERRED = b"SET CONSTRAINTS ALL IMMEDIATE"
 # Statements before the checks in a file's closing batch: the reset, then PINNED's.
-_RESET = RESET_SESSION.count(b"; ") + 1 + history.PINNED_STATEMENTS
+_PINNED = history.PINNED_STATEMENTS
 _RESET_IN_TRANSACTION = 1 + RESET_BEFORE_COMMIT.count(b"; ") + 1 + history.PINNED_STATEMENTS
 
 
@@ -156,7 +156,9 @@ def run(
                 results.append(result)
                 if on_applied:
                     on_applied(result)
-                if migration.alters_session_defaults and number < len(pending):
+                if number < len(pending) and (
+                    migration.needs_new_session or session.login_triggers
+                ):
                     lock.renew(session)
                     session.notice()
         finally:
@@ -314,9 +316,12 @@ class Applier:
         self.session.run_steps(migration)
         duration_ms = (time.perf_counter() - started) * 1000
         self.session.end_transaction()
+        # The reset in a query of its own: a query's statements share one transaction,
+        # whose access mode is fixed when it starts, so a default the file left
+        # (default_transaction_read_only = on) would still hold for the history's row.
+        self.session.simple(RESET_SESSION)
         finish = b"; ".join(
             [
-                RESET_SESSION,
                 history.PINNED,
                 self.session.still_locked(),
                 history.insert_row(self.conn, migration, duration_ms=duration_ms),
@@ -324,9 +329,10 @@ class Applier:
                 integrity.recorded_check(
                     self.conn, self.recorded, migration, duration_ms=duration_ms
                 ),
+                RESET_SESSION,  # what the row's triggers or defaults set, as AFTER_COMMIT
             ]
         )
-        self._finish(migration, self.session.simple(finish), committed="is", insert_at=_RESET + 1)
+        self._finish(migration, self.session.simple(finish), committed="is", insert_at=_PINNED + 1)
         return notes
 
     def _finish(

@@ -84,11 +84,13 @@ class Migration:
         return "query" in self.named
 
     @property
-    def alters_session_defaults(self) -> bool:
-        """The text names ALTER DATABASE, ALTER ROLE or ALTER USER anywhere (a string
-        run by EXECUTE too): it may change settings that only a new session takes, as
-        psql, starting one for each file, would (Session.renew)."""
-        return "defaults" in self.named
+    def needs_new_session(self) -> bool:
+        """The text names ALTER DATABASE, ALTER ROLE or ALTER USER, a setting of a
+        user's name (`SET app.tenant`, set_config), or a login event trigger, anywhere
+        (a string run by EXECUTE too): it may leave what only a new session is rid of or
+        takes, as psql, starting one for each file, would (lock.renew)."""
+        named = self.named
+        return bool({"defaults", "custom"} & named) or {"event trigger", "login"} <= named
 
     def matches(self, checksum: str) -> bool:
         """The file is the one a history row recorded with `checksum`: the same bytes, or

@@ -80,7 +80,6 @@ _ADVISORY_LOCKS = (
     b"SELECT pg_catalog.pg_advisory_lock_shared(%d)" % WORK_KEY
 )
 # Cursors, then the temporary tables an open cursor may still read.
-AFTER_COMMIT = b"CLOSE ALL; DISCARD TEMP"
 RESET_FILE_STATE = b"CLOSE ALL; " + _RESET_SETTINGS + b"; DISCARD TEMP"
 RESET_SESSION = RESET_FILE_STATE + b"; " + _ADVISORY_LOCKS
 # The reset inside a file's transaction, before its history row: its cursors and
@@ -88,6 +87,11 @@ RESET_SESSION = RESET_FILE_STATE + b"; " + _ADVISORY_LOCKS
 # cursor to keep its rows (and fails the file if that fails, as under psql), and
 # drops the tables made ON COMMIT DROP; AFTER_COMMIT follows the COMMIT.
 RESET_BEFORE_COMMIT = _RESET_SETTINGS + b"; " + _ADVISORY_LOCKS
+# After the commit, the whole reset again: what ran after RESET_BEFORE_COMMIT (code the
+# history's row fires, a trigger or a default on it; a WITH HOLD cursor's query, which
+# the commit runs) may have set a setting or taken an advisory lock for the session,
+# which under psql would end with the file's session.
+AFTER_COMMIT = RESET_SESSION
 # The SQLSTATEs the runner's own checks raise (class CD, not PostgreSQL's).
 CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"
 
@@ -156,6 +160,10 @@ class Session:
         # A transaction is repeatable read or serializable by default: its snapshot is
         # taken by its first query, which must then be the file's, after a leading LOCK.
         self.isolated = False
+        # The database has a login event trigger (PostgreSQL 17): what it sets up in a
+        # session, the reset between files undoes, so each file gets a new session, in
+        # which it runs, as under psql.
+        self.login_triggers = False
         # The connection the runner was given, while it works on one of its own (a file
         # changed settings only a new session takes: lock.renew); None otherwise.
         self.given: psycopg.Connection[Any] | None = None
@@ -274,14 +282,17 @@ class Session:
         current_query itself, and from there on `ran` keeps it so), and whether a
         transaction is repeatable read or serializable by default (`isolated`)."""
         row = self.conn.execute(
-            READS_QUERY_TEXT + ", pg_catalog.current_setting('default_transaction_isolation')"
+            READS_QUERY_TEXT + ", pg_catalog.current_setting('default_transaction_isolation'), "
+            "EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtevent = 'login' "
+            "AND evtenabled IN ('O', 'A'))"
         ).fetchone()
         self.query_text_read = self.query_text_read or bool(row and row[0])
         self.isolated = bool(row and row[1] in ("repeatable read", "serializable"))
+        self.login_triggers = bool(row and row[2])
 
     def run_over(self) -> None:
         """Forget what `notice`, `ran` and a rehearsal or comparison learned for one run."""
-        self.query_text_read = self.isolated = False
+        self.query_text_read = self.isolated = self.login_triggers = False
         self.uncommitted_before = None
 
     def ran(self, migration: Migration) -> None:

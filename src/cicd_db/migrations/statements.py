@@ -152,6 +152,18 @@ NAMED: dict[str, bytes | re.Pattern[bytes]] = {
     "defaults": re.compile(
         rb"alter(?:\s|/\*.*?\*/|--[^\n]*\n)+(?:database|role|user)\b", re.DOTALL
     ),
+    # A setting of a name of the user's (`app.tenant`): set once, by SET or set_config(),
+    # it stays defined in the session (RESET ALL empties it, nothing removes it), where
+    # psql's next file, in a session of its own, would not find it.
+    "custom": re.compile(
+        rb"set_config|\bset(?:\s|/\*.*?\*/|--[^\n]*\n)+(?:(?:session|local)\s+)?"
+        rb"\"?[a-z_][a-z0-9_$]*\"?\s*\.",
+        re.DOTALL,
+    ),
+    # With "login" too, maybe a login event trigger made: it sets up each new session
+    # (PostgreSQL 17).
+    "event trigger": re.compile(rb"event(?:\s|/\*.*?\*/|--[^\n]*\n)+trigger\b", re.DOTALL),
+    "login": b"login",
 }
 
 
