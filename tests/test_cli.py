@@ -225,6 +225,25 @@ def test_a_flag_given_twice_with_two_values_is_refused(name: str, option: cli.Op
     assert cli.parse([*words, flag, first, flag, first]).command.name == name
 
 
+@pytest.mark.parametrize("name", ["status", "up", "check", "new"])
+def test_a_command_after_dump_schema_is_not_taken_for_its_path(name: str) -> None:
+    """--dump-schema's PATH may be left out, so `migrate --dump-schema status` read
+    `status` as the path, ran `up` and wrote the schema to ./status."""
+    with pytest.raises(cli.UsageError) as refused:
+        cli.parse(["migrate", "--dump-schema", name])
+    assert str(refused.value) == (
+        f"argument --dump-schema: {name!r} is a command, not a path: name the command "
+        f"before --dump-schema (`migrate {name} ...`), or write the path as ./{name}; see "
+        "`cicd-db migrate --help`"
+    )
+    assert cli.parse(["migrate", "--dump-schema", f"./{name}"]).arguments == {
+        "dump_schema": Path(f"./{name}")
+    }
+    assert cli.parse(["migrate", "up", "--dump-schema"]).arguments == {
+        "dump_schema": Path("db/schema.sql")
+    }
+
+
 def test_a_target_given_before_and_after_up_is_refused_and_says_no_url() -> None:
     """`migrate`'s options before `up` are the same flags as after it."""
     with pytest.raises(cli.UsageError, match=r"^--stack is given twice"):

@@ -107,16 +107,19 @@ def test_a_state_folder_too_long_for_postgresql_is_refused_before_anything_runs(
     instead, naming its length (a path at the limit works: test_lifecycle's are short,
     and the limit was measured with initdb and pg_ctl by hand)."""
     home = tmp_path
-    while len(os.fsencode(home / "embedded" / "data.new")) <= embedded.LONGEST_DATA_PATH:
+    while len(os.fsencode(home / "embedded" / "data.new")) < 900:
         home = home / ("d" * 100)
+    # One byte over: the data folder initdb makes (data.new) is 1,001 bytes long.
+    home = home / ("e" * (1001 - len(os.fsencode(home / "x" / "embedded" / "data.new")) + 1))
+    assert len(os.fsencode(home / "embedded" / "data.new")) == 1001
     monkeypatch.setenv("CICD_DB_HOME", str(home))
     code, out, err = run_cli("embedded", "start")
     assert (code, out) == (2, "")
     assert_one_line_error(
         err,
-        f"the state folder's path is {len(os.fsencode(home)):,} bytes long; PostgreSQL's "
-        "programs fail on a data folder of over 1,000 (initdb crashes); set CICD_DB_HOME to "
-        "a folder with a shorter path",
+        "the data folder's path in the state folder would be 1,001 bytes long; PostgreSQL's "
+        "programs fail on one of over 1,000 (initdb crashes); set CICD_DB_HOME to a folder "
+        "with a shorter path",
     )
     assert not home.exists()
 
@@ -450,12 +453,12 @@ def test_processes_of_a_crashed_server_keep_its_pid_file(
 @pytest.mark.slow
 @pytest.mark.db
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="looks for them in /proc")
-@pytest.mark.parametrize("removed", ["pid file", "data folder"])
+@pytest.mark.parametrize("removed", ["pid file", "data folder", "state folder"])
 def test_a_server_whose_pid_file_or_data_was_removed_is_named_and_stopped(
     home: Path, removed: str
 ) -> None:
-    """A running server whose postmaster.pid, or whole data folder, was removed is no
-    stopped server: status names it, a start refuses to make another beside it (its
+    """A running server whose postmaster.pid, data folder or whole state folder was
+    removed is no stopped server: status names it, a start refuses to make another beside it (its
     port, its passwords would be lost), and `stop` stops it."""
     env = {"CICD_DB_HOME": str(home)}
     server = EmbeddedServer(home)
@@ -465,8 +468,10 @@ def test_a_server_whose_pid_file_or_data_was_removed_is_named_and_stopped(
     data_dir = home / "embedded" / "data"
     if removed == "pid file":
         (data_dir / "postmaster.pid").unlink()
-    else:
-        subprocess.run(["rm", "-rf", str(data_dir)], check=True)  # as a user would
+    else:  # as a user would
+        subprocess.run(
+            ["rm", "-rf", str(data_dir if removed == "data folder" else home)], check=True
+        )
     try:
         status = run_cli("embedded", "status", env=env)
         assert (status.code, status.err) == (0, "")
@@ -474,15 +479,16 @@ def test_a_server_whose_pid_file_or_data_was_removed_is_named_and_stopped(
             f"unreachable: a server of {data_dir} runs (pid {postmaster}) without its pid "
             "file or data folder; `cicd-db embedded stop` stops it\n"
         )
-        started = run_cli("embedded", "start", env=env)
-        assert started.code == 1
-        assert_one_line_error(
-            started.err,
-            f"a server of {data_dir} still runs (PID {postmaster}) without its {removed}, so "
-            "nothing can connect to it or start another; run `cicd-db embedded stop`, then "
-            "again",
-        )
-        assert json.loads((home / "embedded" / "server.json").read_text())["port"] == port
+        if removed != "state folder":  # (a start would make that folder again)
+            started = run_cli("embedded", "start", env=env)
+            assert started.code == 1
+            assert_one_line_error(
+                started.err,
+                f"a server of {data_dir} still runs (PID {postmaster}) without its {removed}, "
+                "so nothing can connect to it or start another; run `cicd-db embedded stop`, "
+                "then again",
+            )
+            assert json.loads((home / "embedded" / "server.json").read_text())["port"] == port
         assert run_cli("embedded", "stop", env=env) == (0, "stopped\n", "")
         assert not Path(f"/proc/{postmaster}").exists()
     finally:

@@ -123,6 +123,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _schema_path(text: str) -> Path:
+    """--dump-schema's PATH, which may be left out: then a command's name after it
+    (`migrate --dump-schema status`) would be taken for the path, and `up` would run."""
+    if f"migrate {text}" in COMMANDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a command, not a path: name the command before --dump-schema "
+            f"(`migrate {text} ...`), or write the path as ./{text}"
+        )
+    return Path(text)
+
+
 # Python's int() refuses longer strings of digits (sys.get_int_max_str_digits).
 _DIGITS = 4300
 
@@ -269,7 +280,7 @@ command(
     option("--retries", metavar="N", type=_count, help="reruns of a file that met a lock timeout or deadlock ({default})"),
     option("--retry-budget", metavar="SECONDS", type=_seconds, help="most time spent waiting between retries ({default})"),
     option("--rehearse", action="store_true", help="run pending files in a transaction that is rolled back; report each one's locks"),
-    option("--dump-schema", metavar="PATH", nargs="?", const=Path("db/schema.sql"), type=Path, help="afterwards write the schema to PATH (db/schema.sql)"),
+    option("--dump-schema", metavar="PATH", nargs="?", const=Path("db/schema.sql"), type=_schema_path, help="afterwards write the schema to PATH (db/schema.sql)"),
     ),
 )  # fmt: skip
 

@@ -211,11 +211,12 @@ class EmbeddedServer:
             self.root.parent, "the state folder", "set CICD_DB_HOME to a folder whose path has none"
         )
         check_shell_safe(self.bin_dir, "the PostgreSQL programs' folder", INSTALL_ELSEWHERE)
-        if len(os.fsencode(self.new_data_dir)) > LONGEST_DATA_PATH:
+        longest = len(os.fsencode(self.new_data_dir))
+        if longest > LONGEST_DATA_PATH:
             raise ConfigError(
-                f"the state folder's path is {len(os.fsencode(self.root.parent)):,} bytes long; "
-                f"PostgreSQL's programs fail on a data folder of over {LONGEST_DATA_PATH:,} "
-                "(initdb crashes); set CICD_DB_HOME to a folder with a shorter path"
+                f"the data folder's path in the state folder would be {longest:,} bytes long; "
+                f"PostgreSQL's programs fail on one of over {LONGEST_DATA_PATH:,} (initdb "
+                "crashes); set CICD_DB_HOME to a folder with a shorter path"
             )
         with self._locked(create=True):
             if self._running_pid() is None and (stray := self._stray()) is not None:
@@ -252,7 +253,13 @@ class EmbeddedServer:
         another process; and never signals a PID that is not this server's.
         """
         if not self.root.is_dir():
-            return False
+            # The state folder removed under a running server: its postmaster still works
+            # in the removed data folder, and is stopped as a stray (no lock to take).
+            stray = self._stray()
+            if stray is None:
+                return False
+            _stop_stray(stray)
+            return True
         with self._locked():
             found = self._pid_file()
             if found.stale:

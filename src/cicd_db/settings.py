@@ -65,8 +65,9 @@ SECRET_KEYWORDS = frozenset(
 # Seconds libpq waits for a TCP connection, so an unreachable host fails fast; only
 # when neither the URL nor PGCONNECT_TIMEOUT says otherwise.
 CONNECT_TIMEOUT = 5
-# libpq's default port, for what a stack exports when its URL names none.
+# libpq's default port and sslmode, for what a stack exports when its URL names none.
 DEFAULT_PORT = 5432
+DEFAULT_SSLMODE = "prefer"
 
 # The local database and its owner role, with the role's settings: the embedded
 # server, the Docker container of the dev stack and init-local (by default) create this.
@@ -325,7 +326,7 @@ class ConnectionSettings:
             DATABASE: self.database,
             USER: self.user,
             PASSWORD: self.password,
-            SSLMODE: self.sslmode or "prefer",
+            SSLMODE: self.sslmode or DEFAULT_SSLMODE,
             DATABASE_URL: self.url(),
         }
         for name, url in (
@@ -876,6 +877,11 @@ def check_cloud_url(
     return url
 
 
+def _host_key(host: str) -> str:
+    """A host as compared: DNS names in any case are one (a socket folder's path is not)."""
+    return host if host.startswith("/") else host.lower()
+
+
 def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSettings:
     """Settings from a stack's outputs; ConfigError names the outputs that are missing."""
     missing = [name for name in OUTPUT_NAMES if outputs.get(name) in (None, "")]
@@ -897,13 +903,15 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
             from_url(outputs[name], what=f"stack {stack!r} output {name}")  # fails now
     # The fields and the URL spell one endpoint twice. Where both name a part and differ,
     # which database a command reaches would depend on which spelling it read: refused.
+    # A port or sslmode the URL leaves out is libpq's default, as the outputs write it
+    # (ConnectionSettings.outputs); a host name is a DNS name, whatever its case.
     for name, given, in_url in (
-        (HOST, settings.host, url.host),
-        (PORT, settings.port, url.first_port()),
+        (HOST, _host_key(settings.host), _host_key(url.host)),
+        (PORT, settings.port, url.first_port() or DEFAULT_PORT),
         (DATABASE, settings.database, url.database),
         (USER, settings.user, url.user),
         (PASSWORD, settings.password, url.password),
-        (SSLMODE, settings.sslmode, url.sslmode),
+        (SSLMODE, settings.sslmode, url.sslmode or DEFAULT_SSLMODE),
     ):
         if given and in_url and given != in_url:
             values = "" if name == PASSWORD else f" ({given!r} and {in_url!r})"
