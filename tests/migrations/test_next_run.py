@@ -849,6 +849,38 @@ def test_a_right_on_the_history_a_file_revokes_is_the_files_to_fix_not_the_roles
 
 
 @pytest.mark.parametrize("login", ["owner"], indirect=True)  # a superuser is not held to it
+@pytest.mark.parametrize(
+    "revoke",
+    [
+        f"REVOKE INSERT ON {HISTORY} FROM CURRENT_USER",
+        f"REVOKE SELECT ON {HISTORY} FROM CURRENT_USER",
+        "REVOKE USAGE ON SCHEMA cicd_db FROM CURRENT_USER",
+    ],
+    ids=["insert", "select", "schema-usage"],
+)
+def test_a_right_on_the_history_a_no_transaction_file_revokes_is_given_back_as_told(
+    login: Login, tmp_path: Path, revoke: str
+) -> None:
+    """In a no-transaction file the REVOKE is committed before the row: "grant it" alone
+    would let the next run revoke it again. The line says the file may have taken it,
+    what gives it back, and that the next run applies the file again; doing just that
+    (the statements as printed, the file fixed) makes the next run work."""
+    folder = write_migrations(tmp_path / "m", {"0001_first.sql": "SELECT 1;\n"})
+    assert migrate(login.database, folder).code == 0
+    path = folder / "0002_revoke.sql"
+    path.write_text(f"-- cicd-db: no-transaction\n{revoke};\n")
+    line = refusal(migrate(login.database, folder))
+    found = re.search(r"give the right back \((GRANT .*)\) before that run$", line)
+    assert found, line
+    assert "the next run applies it again: remove that from the file" in line, line
+    assert login.admin.history() == [1]
+    login.admin.execute(found[1])  # as printed
+    path.write_text("-- cicd-db: no-transaction\nSELECT 1;\n")
+    assert migrate(login.database, folder).code == 0
+    assert login.admin.history() == [1, 2]
+
+
+@pytest.mark.parametrize("login", ["owner"], indirect=True)  # a superuser is not held to it
 def test_a_right_on_the_history_the_role_lacks_is_the_roles_to_get(
     login: Login, tmp_path: Path
 ) -> None:

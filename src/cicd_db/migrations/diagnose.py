@@ -63,6 +63,13 @@ def failure(
     asking ends the file's transaction, which the caller rolls back anyway.
     """
     name = setting_behind(error.diag.sqlstate, error.diag.message_primary or "")
+    regrant = None
+    if at_the_row and not migration.transactional and _refused_on_the_history(error):
+        user = shown(session.conn, session.conn.info.user)
+        regrant = (
+            f"GRANT USAGE ON SCHEMA {shown(session.conn, SCHEMA)} TO {user}; GRANT SELECT, "
+            f"INSERT ON {shown(session.conn, SCHEMA, TABLE)} TO {user}"
+        )
     return describe_failure(
         migration,
         line,
@@ -72,7 +79,10 @@ def failure(
         lost=session.lost,
         setting=setting_source(session, name, migration) if name else None,
         uncommitted_before=session.uncommitted_before,
-        right_taken=at_the_row and _right_taken_by_the_file(session, error),
+        # Committed already, a REVOKE in a no-transaction file holds after it too.
+        right_taken=regrant is not None
+        or (at_the_row and _right_taken_by_the_file(session, error)),
+        regrant=regrant,
     )
 
 
@@ -80,12 +90,16 @@ def failure(
 _ON_THE_HISTORY = re.compile(rf"permission denied for (table {TABLE}|schema {SCHEMA})$")
 
 
+def _refused_on_the_history(error: psycopg.Error) -> bool:
+    message = error.diag.message_primary or ""
+    return error.diag.sqlstate == "42501" and bool(_ON_THE_HISTORY.search(message))
+
+
 def _right_taken_by_the_file(session: Session, error: psycopg.Error) -> bool:
     """Whether the runner's own writes at the file's commit were refused a right on the
     history that its login role has once the file is rolled back: the file took it away
     in its own transaction (a REVOKE), and the role is not to blame."""
-    message = error.diag.message_primary or ""
-    if error.diag.sqlstate != "42501" or not _ON_THE_HISTORY.search(message):
+    if not _refused_on_the_history(error):
         return False
     if not _out_of_the_failure(session):
         return False

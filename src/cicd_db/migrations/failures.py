@@ -64,6 +64,7 @@ def describe_failure(
     setting: str | None = None,
     uncommitted_before: str | None = None,
     right_taken: bool = False,
+    regrant: str | None = None,
 ) -> str:
     """The one line for a file that failed, at `line` (None: at its commit). `lost`: the
     runner's connection is gone. `setting`: where the session setting that caused the
@@ -71,7 +72,8 @@ def describe_failure(
     `uncommitted_before`: files before it ran in the same transaction without committing
     (a rehearsal, a comparison), which some failures need; what to do then.
     `right_taken`: the history's row was refused a right that `user` has outside the
-    file's transaction, so the file took it away."""
+    file's transaction, so the file took it away; or, with `regrant` (the statements
+    that give it back), a no-transaction file's, which it may have taken away for good."""
     message = diag.message_primary or fallback.strip().splitlines()[0]
     code = f" [{diag.sqlstate}]" if diag.sqlstate else ""
     rolled_back = "it was rolled back" + (
@@ -82,6 +84,13 @@ def describe_failure(
     elif line is None and diag.sqlstate == "25006":
         # At the commit, the write refused is the history row's, in the file's transaction.
         advice = READ_ONLY_BY_THE_FILE
+    elif right_taken and regrant:
+        advice = (
+            f"role {user} may not write the history now, right after the file (a REVOKE on "
+            "the history or its schema in it?), which is committed, so the next run applies "
+            "it again: remove that from the file, and let the history's owner give the right "
+            f"back ({regrant}) before that run"
+        )
     elif right_taken:
         advice = (
             f"role {user} has that right once the file is rolled back, so the file took it "
