@@ -121,12 +121,14 @@ def test_a_file_may_not_change_the_history(
     assert migrate(database, folder, "status", "--exit-code")[0] == 3  # 0002 still pending
 
 
-@pytest.mark.parametrize("statement", ["delete", "update", "forged-row"])
+@pytest.mark.parametrize("statement", ["delete", "truncate", "update", "forged-row"])
 def test_a_no_transaction_file_may_not_change_the_history(
     database: Database, tmp_path: Path, statement: str
 ) -> None:
     """Outside a transaction its statements commit one by one, so no count of a
-    transaction's can tell: the history's fingerprint is compared after it."""
+    transaction's can tell: the history's fingerprint is compared after it. What it did
+    is committed: rows it removed are written again, or the next run, the file fixed,
+    would apply their files a second time."""
     folder = write_migrations(
         tmp_path,
         {
@@ -137,7 +139,19 @@ def test_a_no_transaction_file_may_not_change_the_history(
     code, _, err = migrate(database, folder)
     assert code == 1
     assert err.startswith("error: migration 0002_tamper.sql changed the migration history ("), err
-    assert 2 not in database.history()
+    removed = statement in ("delete", "truncate")
+    assert err.endswith(
+        "; the history rows it removed (version 1) are written again, so the next run does "
+        "not apply those files twice\n"
+        if removed
+        else "check the database, and run again\n"
+    ), err
+    assert 1 in database.history() and 2 not in database.history()
+    write_migrations(tmp_path, {"0002_tamper.sql": "-- cicd-db: no-transaction\nSELECT 1;\n"})
+    again = migrate(database, folder)
+    if removed:  # (a forged row is refused as a file missing, an updated one as changed)
+        assert again.code == 0, again  # 0001 is not applied twice: its CREATE would fail
+        assert database.history() == [1, 2]
 
 
 def test_a_file_that_reads_and_writes_other_tables_leaves_the_history_checked_as_fine(

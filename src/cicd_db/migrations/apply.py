@@ -353,7 +353,18 @@ class Applier:
             changed = self._alterations()
             if changed:
                 raise MigrationFailed(self._changed(migration, changed, committed, None))
-            raise MigrationFailed(self._why(migration, state, committed=committed))
+            message = self._why(migration, state, committed=committed)
+            if not migration.transactional and self.session.end_transaction():
+                # Committed: rows the file deleted would make the next run apply their
+                # files again. Put back (under the runner's lock, which holds).
+                restored = history.put_back(self.conn, self.recorded.rows)
+                if restored:
+                    versions = ", ".join(map(str, restored))
+                    message += (
+                        f"; the history rows it removed (version {versions}) are written "
+                        "again, so the next run does not apply those files twice"
+                    )
+            raise MigrationFailed(message)
         if state == "42P01" and history.TABLE in (error.diag.message_primary or ""):
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
         done = self._done(migration, committed)

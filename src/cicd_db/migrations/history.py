@@ -492,6 +492,34 @@ _INSERT = (
 )
 
 
+def put_back(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) -> list[int]:
+    """Write again those of `rows` (version, name, checksum: what the runner recorded)
+    whose version the history no longer has, in one transaction; their versions. For a
+    no-transaction file that deleted or truncated history rows, which is committed:
+    without them, the next run would apply those files again. (Their applied_at is now,
+    their duration_ms 0, as `baseline` writes them.)"""
+    with conn.transaction():
+        present = {
+            version
+            for (version,) in pinned_rows(
+                conn, sql.SQL("SELECT version FROM ONLY {}").format(QUALIFIED)
+            )
+        }
+        missing = [row for row in rows if row[0] not in present]
+        for version, name, checksum in missing:
+            conn.execute(
+                _PUT_BACK,
+                {"version": version, "name": name, "checksum": checksum, "user": conn.info.user},
+            )
+    return [version for version, _, _ in missing]
+
+
+_PUT_BACK = sql.SQL(
+    "INSERT INTO {} (version, name, checksum, applied_at, applied_by, duration_ms) "
+    "VALUES (%(version)s, %(name)s, %(checksum)s, pg_catalog.now(), %(user)s, 0)"
+).format(QUALIFIED)
+
+
 def since_begin(clock: bytes) -> bytes:
     """The milliseconds from the transaction's start to `clock` (a function of
     pg_catalog's: clock_timestamp, statement_timestamp), as the server measures them."""
