@@ -176,3 +176,50 @@ def test_a_file_that_reads_and_writes_other_tables_leaves_the_history_checked_as
     code, _, err = migrate(database, folder)
     assert (code, err) == (0, ""), err
     assert database.history() == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("transactional", [True, False], ids=["in-a-transaction", "no-transaction"])
+@pytest.mark.parametrize(
+    "made",
+    [
+        f"CREATE TABLE public.cicd_db_schema_history AS TABLE {HISTORY};",
+        "CREATE SCHEMA archive;\n"
+        f"CREATE TABLE archive.cicd_db_schema_history (LIKE {HISTORY} INCLUDING ALL);",
+    ],
+    ids=["copy-in-public", "empty-like-elsewhere"],
+)
+def test_a_file_that_makes_a_second_history_is_refused_before_it_blocks_every_run(
+    database: Database, tmp_path: Path, made: str, transactional: bool
+) -> None:
+    """A table of the history's name and columns outside its schema would make every
+    later run and `status` refuse two histories: the file that makes it is refused, and
+    the next run, as the line says, works."""
+    marker = "" if transactional else "-- cicd-db: no-transaction\n"
+    statement = made if transactional else made.splitlines()[-1]
+    if not transactional and "archive" in made:
+        database.execute("CREATE SCHEMA archive")  # one statement a no-transaction file
+    folder = write_migrations(
+        tmp_path,
+        {"0001_a.sql": "CREATE TABLE a (i int);\n", "0002_copy.sql": f"{marker}{statement}\n"},
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err.startswith(
+        "error: migration 0002_copy.sql made a second table like the migration history (of "
+        "its name and columns, outside schema cicd_db), which every later run would refuse "
+        "as a second history; "
+    ), err
+    assert database.history() == [1]
+    if transactional:
+        assert err.endswith(
+            "it was rolled back, and it is not recorded; remove that from the "
+            "file, check the database, and run again\n"
+        ), err
+    else:
+        assert err.endswith(
+            "remove that from the file, drop or rename that table, and run again\n"
+        ), err
+        database.execute(f"DROP TABLE {statement.split()[2]}")
+    write_migrations(tmp_path, {"0002_copy.sql": f"{marker}SELECT 1;\n"})
+    assert migrate(database, folder).code == 0
+    assert database.history() == [1, 2]

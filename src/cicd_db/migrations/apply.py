@@ -345,7 +345,7 @@ class Applier:
             return
         error = self.session.error(failed)
         state = error.diag.sqlstate or ""
-        if state in (CHECK_MARK, CHECK_LOCK):
+        if state in (CHECK_MARK, CHECK_LOCK, integrity.CHECK_SECOND):
             raise MigrationFailed(self._why(migration, state, committed=committed))
         if state in (integrity.CHECK_RECORDED, integrity.CHECK_HISTORY):
             # No row, or not the history expected: a rule or an identity added to the
@@ -432,6 +432,9 @@ class Applier:
             integrity.CHECK_HISTORY: "changed the migration history (TRUNCATE, DELETE, UPDATE, "
             "an ALTER TABLE that rewrites it or makes it UNLOGGED, or another table in its "
             "place)",
+            integrity.CHECK_SECOND: "made a second table like the migration history (of "
+            f"its name and columns, outside schema {history.SCHEMA}), which every later run "
+            "would refuse as a second history",
             CHECK_HISTORY_GONE: "dropped or moved the migration history "
             f"({history.shown(self.conn, history.SCHEMA, history.TABLE)})",
         }[check]
@@ -447,6 +450,8 @@ class Applier:
                 "moved (the next run names where it is), or, if it was dropped, record what "
                 f"is applied with `cicd-db migrate baseline --version {migration.version}`"
             )
+        elif check == integrity.CHECK_SECOND and not migration.transactional:
+            fix = "remove that from the file, drop or rename that table, and run again"
         else:
             fix = "remove that from the file, check the database, and run again"
         return f"migration {migration.filename} {what}; {done}, and it is not recorded; {fix}"

@@ -31,7 +31,7 @@ from cicd_db.migrations.history import (
 )
 
 # The SQLSTATEs of the checks below (class CD, not PostgreSQL's).
-CHECK_RECORDED, CHECK_HISTORY = "CDB03", "CDB04"
+CHECK_RECORDED, CHECK_HISTORY, CHECK_SECOND = "CDB03", "CDB04", "CDB05"
 
 # The history table as a file's transaction finds it, read with the transaction's id
 # before the file runs: its oid and storage (TRUNCATE, an ALTER TABLE that rewrites
@@ -126,7 +126,25 @@ _ROW_CHECK = (
     .format(table=QUALIFIED, gone=CHECK_RECORDED)
     .as_bytes(None)
     + _RAISE_CHANGED
-    + b" "
+    # A second table of the history's name and columns outside its schema (a copy, a
+    # CREATE TABLE ... AS): every later run would refuse two histories. By the name's
+    # index, a lookup; a temporary table is the session's own, and gone with it.
+    + sql.SQL(
+        " ELSIF EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relname = {name} "
+        "AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't' "
+        "AND c.relnamespace <> pg_catalog.to_regnamespace({schema})::pg_catalog.oid "
+        "AND (SELECT count(*) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid "
+        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY(ARRAY[{columns}]::name[])) "
+        "= {count}) THEN RAISE EXCEPTION 'a second history' USING ERRCODE = {second}; "
+    )
+    .format(
+        name=sql.Literal(TABLE),
+        schema=sql.Literal(SCHEMA),
+        columns=sql.SQL(", ").join(map(sql.Literal, OWN_COLUMNS)),
+        count=sql.Literal(len(OWN_COLUMNS)),
+        second=sql.Literal(CHECK_SECOND),
+    )
+    .as_bytes(None)
 )
 _COUNTED_CHECK = (
     sql.SQL(
