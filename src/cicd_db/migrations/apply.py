@@ -319,7 +319,7 @@ class Applier:
         # The reset in a query of its own: a query's statements share one transaction,
         # whose access mode is fixed when it starts, so a default the file left
         # (default_transaction_read_only = on) would still hold for the history's row.
-        self.session.simple(RESET_SESSION)
+        self.session.simple(RESET_BEFORE_COMMIT)
         finish = b"; ".join(
             [
                 history.PINNED,

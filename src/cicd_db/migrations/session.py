@@ -82,15 +82,17 @@ _ADVISORY_LOCKS = (
 # Cursors, then the temporary tables an open cursor may still read.
 RESET_FILE_STATE = b"CLOSE ALL; " + _RESET_SETTINGS + b"; DISCARD TEMP"
 RESET_SESSION = RESET_FILE_STATE + b"; " + _ADVISORY_LOCKS
-# The reset inside a file's transaction, before its history row: its cursors and
-# temporary tables stay until the commit, which runs the query of each WITH HOLD
-# cursor to keep its rows (and fails the file if that fails, as under psql), and
-# drops the tables made ON COMMIT DROP; AFTER_COMMIT follows the COMMIT.
-RESET_BEFORE_COMMIT = _RESET_SETTINGS + b"; " + _ADVISORY_LOCKS
-# After the commit, the whole reset again: what ran after RESET_BEFORE_COMMIT (code the
-# history's row fires, a trigger or a default on it; a WITH HOLD cursor's query, which
-# the commit runs) may have set a setting or taken an advisory lock for the session,
-# which under psql would end with the file's session.
+# Inside a file's transaction, before its history row: what the runner's own
+# statements there (the row, the checks) must not run under, the file's role and its
+# settings (a statement_timeout, say); PINNED follows. Its cursors and temporary tables
+# stay until the commit, which runs the query of each WITH HOLD cursor to keep its rows
+# (and fails the file if that fails, as under psql), and drops the tables made ON
+# COMMIT DROP.
+RESET_BEFORE_COMMIT = b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
+# After the commit, the whole reset: the file's session state, and what ran after its
+# statements (code the history's row fires, a trigger or a default on it; a WITH HOLD
+# cursor's query, which the commit runs), which under psql would end with the file's
+# session too.
 AFTER_COMMIT = RESET_SESSION
 # The SQLSTATEs the runner's own checks raise (class CD, not PostgreSQL's).
 CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"
