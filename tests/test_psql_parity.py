@@ -594,6 +594,15 @@ END$$;
 """
 
 
+def finding(database: Database, spare: Database, tmp_path: Path) -> Path:
+    """A migrations folder, and the table `found` a reading file writes to, in both."""
+    for target in (database, spare):
+        target.execute("CREATE TABLE found (v int PRIMARY KEY, what text)")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    return folder
+
+
 def test_whatever_a_file_leaves_in_its_session_the_next_file_does_not_find(
     database: Database, spare: Database, tmp_path: Path
 ) -> None:
@@ -601,10 +610,7 @@ def test_whatever_a_file_leaves_in_its_session_the_next_file_does_not_find(
     a cursor kept past the commit, temporary tables and functions, LISTEN, advisory
     locks, a sequence's current value, a role), sent as statements or from a DO block:
     the next file finds what psql's next file finds, in a session of its own: nothing."""
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for target in (database, spare):
-        target.execute("CREATE TABLE found (v int PRIMARY KEY, what text)")
+    folder = finding(database, spare, tmp_path)
     version = iter(range(1, 100_000, 2))
 
     @settings(
@@ -685,10 +691,7 @@ def test_what_runs_after_a_files_statements_leaves_nothing_for_the_next_file(
     finds what psql's next file finds in a session of its own: none of it. A setting of
     the user's name, once made, stays defined in a session (RESET ALL only empties it):
     the file that names it is followed by a new session."""
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for target in (database, spare):
-        target.execute("CREATE TABLE found (v int PRIMARY KEY, what text)")
+    folder = finding(database, spare, tmp_path)
     version = iter(range(1, 100_000, 3))
 
     @settings(
@@ -730,15 +733,13 @@ def test_a_no_transaction_file_that_makes_its_session_read_only_is_applied_as_ps
     """Its history row goes in a transaction of the runner's, after the reset: not under
     the read-only default the file left (a query's statements share one transaction,
     whose access mode is fixed when it starts)."""
-    for target in (database, spare):
-        target.execute("CREATE TABLE found (v int PRIMARY KEY, what text)")
     files = {
         "0001_read_only.sql": (
             "-- cicd-db: no-transaction\nSET default_transaction_read_only = on;\nSELECT 1;\n"
         ),
         "0002_read.sql": READ_LATER.format(v=2),
     }
-    folder = write_migrations(tmp_path / "m", files)
+    folder = write_migrations(finding(database, spare, tmp_path), files)
     for file in files:
         psql_apply(spare, folder / file)
     with database.connect() as conn:
@@ -754,8 +755,8 @@ def test_a_login_event_triggers_settings_reach_every_file_as_under_psql(
     file, so each file runs in what it set up, also the files after the one that made it."""
     if int(str(database.query("SHOW server_version_num")[0][0])) < 170000:
         pytest.skip("login event triggers are PostgreSQL 17's")
+    folder = finding(database, spare, tmp_path)
     for target in (database, spare):
-        target.execute("CREATE TABLE found (v int PRIMARY KEY, what text)")
         target.execute("CREATE SCHEMA app")
     files = {
         "0001_login.sql": (
@@ -766,7 +767,7 @@ def test_a_login_event_triggers_settings_reach_every_file_as_under_psql(
         "0002_read.sql": READ_LATER.format(v=2),
         "0003_read.sql": READ_LATER.format(v=3),
     }
-    folder = write_migrations(tmp_path / "m", files)
+    write_migrations(folder, files)
     for file in files:
         psql_apply(spare, folder / file)
     with database.connect() as conn:
