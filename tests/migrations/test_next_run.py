@@ -866,7 +866,7 @@ def test_a_right_on_the_history_a_no_transaction_file_revokes_is_given_back_as_t
     path = folder / "0002_revoke.sql"
     path.write_text(f"-- cicd-db: no-transaction\n{revoke};\n")
     line = refusal(migrate(login.database, folder))
-    found = re.search(r"give the right back \((GRANT .*)\) before that run$", line)
+    found = re.search(r"give the right back \((GRANT .*?)\) before that run", line)
     assert found, line
     assert "the next run applies it again: remove that from the file" in line, line
     assert login.admin.history() == [1]
@@ -874,6 +874,38 @@ def test_a_right_on_the_history_a_no_transaction_file_revokes_is_given_back_as_t
     path.write_text("-- cicd-db: no-transaction\nSELECT 1;\n")
     assert migrate(login.database, folder).code == 0
     assert login.admin.history() == [1, 2]
+
+
+@pytest.mark.parametrize("login", ["owner"], indirect=True)  # a superuser is not held to it
+def test_rows_a_no_transaction_file_removed_and_cannot_be_written_again_are_named(
+    login: Login, tmp_path: Path
+) -> None:
+    """A no-transaction file that deletes history rows and revokes the right to write
+    them: they cannot be put back, and the line names them, so that they are written
+    again before a run that would apply their files twice."""
+    folder = write_migrations(
+        tmp_path / "m",
+        {"0001_a.sql": "CREATE TABLE a (i int);\n", "0002_b.sql": "CREATE TABLE b (i int);\n"},
+    )
+    assert migrate(login.database, folder).code == 0
+    write_migrations(
+        folder,
+        {
+            "0003_both.sql": "-- cicd-db: no-transaction\nDO $$BEGIN "
+            f"DELETE FROM {HISTORY}; REVOKE INSERT ON {HISTORY} FROM CURRENT_USER; END$$;\n"
+        },
+    )
+    line = refusal(migrate(login.database, folder))
+    assert line.startswith(
+        "error: migration 0003_both.sql failed at its commit: permission denied for table "
+        "cicd_db_schema_history [42501]; what it did is committed, and it is not recorded; "
+    ), line
+    assert line.endswith(
+        "; the history rows of version 1, 2 it removed could not be written again "
+        "(permission denied for table cicd_db_schema_history): have the history's owner "
+        "write them again (their version, name and checksum are the files') before the next "
+        "run, which would apply those files twice"
+    ), line
 
 
 @pytest.mark.parametrize("login", ["owner"], indirect=True)  # a superuser is not held to it

@@ -647,3 +647,53 @@ def test_a_role_setting_that_makes_sessions_another_role_leaves_the_runner_its_o
         )
         database.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(other)))
         database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(other)))
+
+
+# What a file's text names that makes the runner start a new session after it, as psql
+# starts one for each file; and what does not (a new session costs a connection and a
+# login: pg_dump's own header, which every dumped file starts with, must not cost one).
+AFTER_IT = {
+    "pg_dump's header": ("SELECT pg_catalog.set_config('search_path', '', false);\n", False),
+    "a setting of PostgreSQL's": ("SET statement_timeout = 0;\n", False),
+    "a user's setting by set_config": ("SELECT set_config('app.tenant', 'a', false);\n", True),
+    "a user's setting by SET": ("SET app.tenant = 'a';\n", True),
+    "a name computed": (
+        "DO $$BEGIN PERFORM set_config(lower('APP.X'), 'a', false); END$$;\n",
+        True,
+    ),
+    "the database's settings": (
+        "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET work_mem = ''8MB''', "
+        "current_database()); END$$;\n",
+        True,
+    ),
+    "a library loaded": ("LOAD 'plpgsql';\n", True),
+    "the random seed": ("SELECT setseed(0.5);\n", True),
+    "an event trigger changed": (
+        "CREATE FUNCTION noop() RETURNS event_trigger LANGUAGE plpgsql AS "
+        "$f$BEGIN END$f$;\nCREATE EVENT TRIGGER noop ON ddl_command_end EXECUTE FUNCTION noop();\n"
+        "ALTER EVENT TRIGGER noop DISABLE;\n",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(AFTER_IT))
+def test_which_files_a_new_session_follows(database: Database, tmp_path: Path, name: str) -> None:
+    """Each file writes the server process it runs in: a new one after a file whose
+    text names what only a new session is rid of, the same one otherwise."""
+    text, renewed = AFTER_IT[name]
+    database.execute("CREATE TABLE ran_in (v int PRIMARY KEY, pid int)")
+    record = "INSERT INTO public.ran_in VALUES ({v}, pg_catalog.pg_backend_pid());\n"
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": record.format(v=1),
+            "0002_named.sql": text + record.format(v=2),
+            "0003_after.sql": record.format(v=3),
+        },
+    )
+    with database.connect() as conn:
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    pids = [pid for _, pid in database.query("SELECT v, pid FROM ran_in ORDER BY v")]
+    assert pids[0] == pids[1], pids  # the file itself runs where the one before did
+    assert (pids[2] != pids[1]) is renewed, pids

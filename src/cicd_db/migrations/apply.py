@@ -353,18 +353,9 @@ class Applier:
             changed = self._alterations()
             if changed:
                 raise MigrationFailed(self._changed(migration, changed, committed, None))
-            message = self._why(migration, state, committed=committed)
-            if not migration.transactional and self.session.end_transaction():
-                # Committed: rows the file deleted would make the next run apply their
-                # files again. Put back (under the runner's lock, which holds).
-                restored = history.put_back(self.conn, self.recorded.rows)
-                if restored:
-                    versions = ", ".join(map(str, restored))
-                    message += (
-                        f"; the history rows it removed (version {versions}) are written "
-                        "again, so the next run does not apply those files twice"
-                    )
-            raise MigrationFailed(message)
+            raise MigrationFailed(
+                self._rows_put_back(migration, self._why(migration, state, committed=committed))
+            )
         if state == "42P01" and history.TABLE in (error.diag.message_primary or ""):
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
         done = self._done(migration, committed)
@@ -395,7 +386,44 @@ class Applier:
         )
         if state in RETRIED_SQLSTATES:
             raise Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
-        raise MigrationFailed(message)
+        raise MigrationFailed(self._rows_put_back(migration, message))
+
+    def _rows_put_back(self, migration: Migration, message: str) -> str:
+        """`message`, and for a no-transaction file, whose work is committed though its
+        row is not, what became of history rows it removed: written again (under the
+        runner's lock, which holds), or, where that fails, that they must be; without
+        them the next run would apply their files a second time."""
+        if migration.transactional or not self.session.end_transaction():
+            return message
+        try:
+            restored = history.put_back(self.conn, self.recorded.rows)
+        except psycopg.Error as error:
+            self.session.end_transaction()
+            try:
+                lost = history.missing_versions(self.conn, self.recorded.rows)
+            except psycopg.Error:
+                self.session.end_transaction()
+                lost = None
+            if lost == []:
+                return message
+            if lost is None:
+                return (
+                    f"{message}; whether it removed history rows cannot be read "
+                    f"({first_line(error)}): if it did, have the history's owner write them "
+                    "again before the next run, which would apply those files twice"
+                )
+            return (
+                f"{message}; the history rows of version {', '.join(map(str, lost))} it "
+                f"removed could not be written again ({first_line(error)}): have the "
+                "history's owner write them again (their version, name and checksum are the "
+                "files') before the next run, which would apply those files twice"
+            )
+        if not restored:
+            return message
+        return (
+            f"{message}; the history rows it removed (version {', '.join(map(str, restored))}) "
+            "are written again, so the next run does not apply those files twice"
+        )
 
     def _alterations(self) -> list[tuple[str, str]]:
         """What was changed on the history since cicd-db made it, read after the failed

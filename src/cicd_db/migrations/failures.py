@@ -76,9 +76,12 @@ def describe_failure(
     that give it back), a no-transaction file's, which it may have taken away for good."""
     message = diag.message_primary or fallback.strip().splitlines()[0]
     code = f" [{diag.sqlstate}]" if diag.sqlstate else ""
-    rolled_back = "it was rolled back" + (
-        "" if migration.transactional else " as far as PostgreSQL allows"
-    )
+    if migration.transactional:
+        rolled_back = "it was rolled back"
+    elif line is None:  # at its row: every statement of it has committed
+        rolled_back = "what it did is committed, and it is not recorded"
+    else:
+        rolled_back = "it was rolled back as far as PostgreSQL allows"
     if setting:
         advice = f"{setting}, then run again"
     elif line is None and diag.sqlstate == "25006":

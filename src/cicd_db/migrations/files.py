@@ -86,11 +86,10 @@ class Migration:
     @property
     def needs_new_session(self) -> bool:
         """The text names ALTER DATABASE, ALTER ROLE or ALTER USER, a setting of a
-        user's name (`SET app.tenant`, set_config), or a login event trigger, anywhere
-        (a string run by EXECUTE too): it may leave what only a new session is rid of or
-        takes, as psql, starting one for each file, would (lock.renew)."""
-        named = self.named
-        return bool({"defaults", "custom"} & named) or {"event trigger", "login"} <= named
+        user's name (`SET app.tenant`, set_config), an event trigger, LOAD or setseed,
+        anywhere (a string run by EXECUTE too): it may leave what only a new session is
+        rid of or takes, as psql, starting one for each file, would (lock.renew)."""
+        return not self.named.isdisjoint(("defaults", "custom", "event trigger", "load", "setseed"))
 
     def matches(self, checksum: str) -> bool:
         """The file is the one a history row recorded with `checksum`: the same bytes, or

@@ -499,19 +499,24 @@ def put_back(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) ->
     without them, the next run would apply those files again. (Their applied_at is now,
     their duration_ms 0, as `baseline` writes them.)"""
     with conn.transaction():
-        present = {
-            version
-            for (version,) in pinned_rows(
-                conn, sql.SQL("SELECT version FROM ONLY {}").format(QUALIFIED)
-            )
-        }
-        missing = [row for row in rows if row[0] not in present]
+        missing = [row for row in rows if row[0] in set(missing_versions(conn, rows))]
         for version, name, checksum in missing:
             conn.execute(
                 _PUT_BACK,
                 {"version": version, "name": name, "checksum": checksum, "user": conn.info.user},
             )
     return [version for version, _, _ in missing]
+
+
+def missing_versions(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) -> list[int]:
+    """The versions of `rows` the history no longer has. Reads only."""
+    present = {
+        version
+        for (version,) in pinned_rows(
+            conn, sql.SQL("SELECT version FROM ONLY {}").format(QUALIFIED)
+        )
+    }
+    return [row[0] for row in rows if row[0] not in present]
 
 
 _PUT_BACK = sql.SQL(

@@ -154,16 +154,19 @@ NAMED: dict[str, bytes | re.Pattern[bytes]] = {
     ),
     # A setting of a name of the user's (`app.tenant`): set once, by SET or set_config(),
     # it stays defined in the session (RESET ALL empties it, nothing removes it), where
-    # psql's next file, in a session of its own, would not find it.
+    # psql's next file, in a session of its own, would not find it. set_config() of a
+    # name with no dot (pg_dump's `set_config('search_path', '', false)`) is not one.
     "custom": re.compile(
-        rb"set_config|\bset(?:\s|/\*.*?\*/|--[^\n]*\n)+(?:(?:session|local)\s+)?"
-        rb"\"?[a-z_][a-z0-9_$]*\"?\s*\.",
+        rb"set_config\s*\(\s*(?:e?'[^']*\.|[^'\s])|\bset(?:\s|/\*.*?\*/|--[^\n]*\n)+"
+        rb"(?:(?:session|local)\s+)?\"?[a-z_][a-z0-9_$]*\"?\s*\.",
         re.DOTALL,
     ),
-    # With "login" too, maybe a login event trigger made: it sets up each new session
-    # (PostgreSQL 17).
+    # An event trigger made or changed: a login one sets up each new session (PostgreSQL
+    # 17), which the files after it must start in.
     "event trigger": re.compile(rb"event(?:\s|/\*.*?\*/|--[^\n]*\n)+trigger\b", re.DOTALL),
-    "login": b"login",
+    # A library loaded (its hooks, its settings) and the random seed stay with a session.
+    "load": re.compile(rb"\bload(?:\s|/\*.*?\*/|--[^\n]*\n)+e?'", re.DOTALL),
+    "setseed": b"setseed",
 }
 
 
