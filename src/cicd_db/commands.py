@@ -187,6 +187,13 @@ def up(
     list them (`dry_run`, with their text: `sql`), or rehearse them; `yes` confirms
     writing to a remote stack; `dump_schema` writes the schema afterwards."""
     where = ctx.target()
+    if dump_schema and (dry_run or rehearse):
+        raise UsageError(
+            "{dump_schema} writes the schema once files are applied, and {given} applies "
+            "none; leave one of them out",
+            arguments=["dump_schema", "rehearse" if rehearse else "dry_run"],
+            values={"given": "--rehearse" if rehearse else "--dry-run"},
+        )
     if sql and (rehearse or not dry_run):
         raise UsageError(
             "{sql} prints what {dry_run} would apply; add {dry_run}"
@@ -205,11 +212,18 @@ def up(
         retries=retries,
         retry_budget=retry_budget,
     ) as runner:
+        # What a run up to `target` leaves pending above it: said, never "up to date".
+        # Read before it runs: after, an interrupt there would hide what was applied.
+        beyond = 0
+        if target is not None:
+            beyond = sum(row.state == "pending" and row.version > target for row in runner.status())
         if rehearse:
             rehearsals = runner.rehearse(target=target)
             ctx.show(
-                console.rehearsal_json(where.description, rehearsals),
-                lambda: console.rehearsal_lines(where.description, rehearsals),
+                console.rehearsal_json(where.description, rehearsals, beyond=beyond),
+                lambda: console.rehearsal_lines(
+                    where.description, rehearsals, target=target, beyond=beyond
+                ),
             )
             failed = [r for r in rehearsals if r.failed]
             if failed and ctx.quiet and not ctx.json:  # the FAILED lines above were silenced
@@ -237,11 +251,6 @@ def up(
             notes.append(note)
             ctx.say(*([] if ctx.json else [f"  {note}"]))
 
-        # What a run up to `target` leaves pending above it: said, never "up to date".
-        # Read before it runs: after, an interrupt there would hide what was applied.
-        beyond = 0
-        if target is not None:
-            beyond = sum(row.state == "pending" and row.version > target for row in runner.status())
         results = runner.apply(
             target=target,
             dry_run=dry_run,

@@ -93,9 +93,12 @@ def up_summary(
     return f"applied {plural(count, 'migration')} to {description} in {elapsed_ms:.0f} ms{left}"
 
 
-def rehearsal_json(description: str, rehearsals: Sequence[migrations.Rehearsal]) -> JSON:
+def rehearsal_json(
+    description: str, rehearsals: Sequence[migrations.Rehearsal], *, beyond: int = 0
+) -> JSON:
     return {
         "target": description,
+        "pending_above_target": beyond,
         "rehearsed": [
             {
                 "version": r.migration.version,
@@ -117,7 +120,15 @@ def rehearsal_json(description: str, rehearsals: Sequence[migrations.Rehearsal])
     }
 
 
-def rehearsal_lines(description: str, rehearsals: Sequence[migrations.Rehearsal]) -> list[str]:
+def rehearsal_lines(
+    description: str,
+    rehearsals: Sequence[migrations.Rehearsal],
+    *,
+    target: int | None = None,
+    beyond: int = 0,
+) -> list[str]:
+    """`beyond`: files pending above `target`, which a rehearsal up to it leaves."""
+    left = f"; {plural(beyond, 'migration')} pending above version {target}" if beyond else ""
     lines = []
     for r in rehearsals:
         name = r.migration.filename
@@ -135,14 +146,17 @@ def rehearsal_lines(description: str, rehearsals: Sequence[migrations.Rehearsal]
         lines += [f"  calls {what}: the rollback does not undo that" for what in r.not_undone]
         lines += [f"  not rehearsed: {what}" for what in r.unrehearsed]
     if not rehearsals:
+        if beyond:
+            return [f"nothing to rehearse up to version {target} on {description}{left}"]
         return [f"nothing to rehearse: {description} is up to date"]
     kept = any(r.sequences or r.not_undone for r in rehearsals)
     return [
         *lines,
         REHEARSAL_CAVEAT,
-        f"rehearsal on {description}: rolled back, except what is marked above as not undone"
+        f"rehearsal on {description}: rolled back, except what is marked above as not undone{left}"
         if kept
-        else f"rehearsal on {description}: rolled back; it saw nothing a rollback cannot undo",
+        else f"rehearsal on {description}: rolled back; it saw nothing a rollback cannot "
+        f"undo{left}",
     ]
 
 

@@ -610,3 +610,89 @@ def test_a_file_that_keeps_its_transaction_writable_passes_the_rehearsal(
     assert code == 0 and "FAILED" not in out, out
     ran = migrate(database, folder)
     assert ran.code == 0, ran
+
+
+def test_a_rehearsal_up_to_a_target_says_what_it_leaves_pending_above(
+    database: Database, tmp_path: Path
+) -> None:
+    """Never "up to date" while files are pending above the target, as `up` says it."""
+    folder = write_migrations(
+        tmp_path, {f"000{v}_f{v}.sql": f"CREATE TABLE f{v} (i int);\n" for v in (1, 5, 7)}
+    )
+    assert migrate(database, folder, "up", "--target", "1").code == 0
+    assert rehearse(database, folder, "--target", "3")[:2] == (
+        0,
+        "nothing to rehearse up to version 3 on --database-url; 2 migrations pending above "
+        "version 3\n",
+    )
+    code, out, _ = rehearse(database, folder, "--target", "5")
+    assert code == 0 and out.splitlines()[-1] == (
+        "rehearsal on --database-url: rolled back; it saw nothing a rollback cannot undo; "
+        "1 migration pending above version 5"
+    ), out
+
+
+def test_a_rehearsal_names_the_locks_others_wait_behind_on_any_kind_of_relation(
+    database: Database, tmp_path: Path
+) -> None:
+    """Views, sequences and existing indexes too, where the lock stops others (a view's
+    readers, nextval, a write through the index); not what every write takes on a
+    table's indexes and sequences, nor a new index no one else sees."""
+    database.execute(
+        "CREATE TABLE t (id serial PRIMARY KEY, name text); CREATE VIEW v AS SELECT id FROM t; "
+        "CREATE SEQUENCE sq; CREATE INDEX ti ON t (name)"
+    )
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_view.sql": "CREATE OR REPLACE VIEW v AS SELECT id, name FROM t;\n",
+            "0002_sequence.sql": "ALTER SEQUENCE sq INCREMENT BY 2;\n",
+            "0003_index.sql": "ALTER INDEX ti SET (fillfactor = 70);\n",
+            "0004_write.sql": "INSERT INTO t (name) VALUES ('a');\nCREATE INDEX tn ON t (id);\n",
+        },
+    )
+    code, out, _ = rehearse(database, folder)
+    assert code == 0, out
+    locks: dict[str, list[str]] = {}
+    name = ""
+    for line in out.splitlines():
+        if line.startswith("000"):
+            name = line.split(":")[0]
+        elif " on " in line and "held" in line:
+            locks.setdefault(name, []).append(line.strip().split(",")[0])
+    assert "AccessExclusiveLock on v" in locks["0001_view.sql"], out
+    assert locks["0002_sequence.sql"] == ["ShareRowExclusiveLock on sq"], out
+    assert "ShareUpdateExclusiveLock on ti" in locks["0003_index.sql"], out
+    assert sorted(locks["0004_write.sql"]) == ["RowExclusiveLock on t", "ShareLock on t"], out
+
+
+def test_a_sequence_a_file_makes_goes_with_the_rollback_and_is_not_said_kept(
+    database: Database, tmp_path: Path
+) -> None:
+    database.execute("CREATE SEQUENCE old_seq")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_new.sql": "CREATE TABLE b (id serial, n int GENERATED ALWAYS AS IDENTITY);\n"
+            "INSERT INTO b DEFAULT VALUES;\n",
+            "0002_old.sql": "SELECT nextval('old_seq');\n",
+        },
+    )
+    code, out, _ = rehearse(database, folder)
+    assert code == 0, out
+    kept = [line.strip() for line in out.splitlines() if "advanced sequence" in line]
+    assert kept == ["advanced sequence public.old_seq (the rollback keeps that)"], out
+
+
+@pytest.mark.parametrize("flag", ["--rehearse", "--dry-run"])
+def test_dump_schema_with_nothing_applied_is_refused(
+    database: Database, tmp_path: Path, flag: str
+) -> None:
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    code, out, err = migrate(database, folder, "up", flag, "--dump-schema", str(tmp_path / "s"))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: --dump-schema writes the schema once files are applied, and {flag} applies "
+        "none; leave one of them out\n"
+    )
+    assert not (tmp_path / "s").exists()

@@ -160,7 +160,8 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     conn.execute("SAVEPOINT cicd_db_rehearsal")
     read_only_before = _read_only(conn)
     sequences = _sequences(conn)
-    held_before = set(_table_locks(conn))
+    indexes = _indexes(conn)
+    held_before = set(_table_locks(conn, indexes))
     first_seen: dict[tuple[str, str], float] = {}
     started = time.perf_counter()
     error: str | None = None
@@ -196,7 +197,7 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
                 else:
                     results = session.simple(migration.data[one.start : one.end])
                     diagnose.raise_on_error(session, migration, one, results)
-                for lock in set(_table_locks(conn)) - held_before:
+                for lock in set(_table_locks(conn, indexes)) - held_before:
                     first_seen.setdefault(lock, at)
             after = step.end if isinstance(step, Batch) else step.data.end
             # The rest as the server now reads strings, as apply sends it.
@@ -256,8 +257,12 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
             "that holds it ended: pg_terminate_backend, or a lost connection); the rehearsal "
             "was rolled back, and nothing after that file was rehearsed"
         )
+    # A sequence the file made goes with the rollback: only one that was there before
+    # and moved is kept moved.
     advanced = tuple(
-        name for name, value in _sequences(conn).items() if sequences.get(name) != value
+        name
+        for name, value in _sequences(conn).items()
+        if name in sequences and sequences[name] != value
     )
     locks = tuple(
         LockHeld(mode, table, (ended - at) * 1000)
@@ -343,16 +348,31 @@ def _read_only(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0] == "on")
 
 
-def _table_locks(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+def _table_locks(conn: psycopg.Connection[Any], indexes: list[int]) -> list[tuple[str, str]]:
+    """The session's locks on what others read or write: tables, views, materialized
+    views and foreign tables; and, where the lock stops others' reads or writes (not
+    what any query or write of them takes), sequences (nextval waits behind ALTER
+    SEQUENCE) and the `indexes` that were there before the file (a new one no one else
+    sees yet)."""
     rows = conn.execute(
         "SELECT l.mode, c.oid::regclass::text FROM pg_locks l "
         "JOIN pg_class c ON c.oid = l.relation "
         "WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted "
-        "AND c.relkind IN ('r', 'p', 'm') AND c.relnamespace <> 'pg_catalog'::regnamespace "
+        "AND (c.relkind IN ('r', 'p', 'm', 'v', 'f') OR (c.relkind = 'S' OR c.oid = ANY(%s::oid[])) "
+        "AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')) "
+        "AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'pg_toast'::regnamespace) "
         "AND c.relname <> %s",
-        [history.TABLE],
+        [indexes, history.TABLE],
     ).fetchall()
     return [(str(mode), str(table)) for mode, table in rows]
+
+
+def _indexes(conn: psycopg.Connection[Any]) -> list[int]:
+    rows = conn.execute(
+        "SELECT oid::int8 FROM pg_class WHERE relkind IN ('i', 'I') "
+        "AND relnamespace NOT IN ('pg_catalog'::regnamespace, 'pg_toast'::regnamespace)"
+    ).fetchall()
+    return [int(oid) for (oid,) in rows]
 
 
 def _sequences(conn: psycopg.Connection[Any]) -> dict[str, Any]:
