@@ -287,6 +287,28 @@ def test_a_malformed_against_is_named_as_against() -> None:
     assert "Sekr" not in err
 
 
+@pytest.mark.parametrize("name", ["stack", "nosuchstack", "dev"])
+def test_an_against_that_names_a_stack_is_shown_whole(name: str) -> None:
+    """A stack's name is no password: the message names it (a URL's password is masked,
+    above)."""
+    code, out, err = run_cli(
+        "schema", "diff", "--database-url", "postgresql://u@h/d", "--against", name,
+        env={"PATH": "/nonexistent"},
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    assert "***" not in err and f"'{name}'" in err, err
+
+
+def test_an_empty_against_is_refused_not_read_as_no_against() -> None:
+    code, out, err = run_cli("schema", "diff", "--database-url", "postgresql://u@h/d", "--against", "")  # fmt: skip
+    assert (code, out, err) == (
+        2,
+        "",
+        "error: --against is empty; name a stack or a postgresql:// URL, or leave it out to "
+        "compare with the files\n",
+    )
+
+
 # -- up --rehearse ------------------------------------------------------------------------
 
 

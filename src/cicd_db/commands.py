@@ -367,12 +367,19 @@ def schema_diff(ctx: Context, *, against: str | None = None) -> int:
     """`schema diff`: drift against the applied files, or against another database."""
     from cicd_db import schema
 
-    if against:
+    if against is not None and not against.strip():
+        raise UsageError(
+            "{against} is empty; name a stack or a postgresql:// URL, or leave it out to "
+            "compare with the files",
+            arguments=["against"],
+        )
+    stack_name = against is not None and re.fullmatch(r"[A-Za-z0-9_.-]+", against)
+    if against and not stack_name:  # a URL: what may be its password is never shown
         ctx.secrets += password_candidates(against)
     target = ctx.target()
     if against:
         ctx.remember(target)
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", against):  # not a stack's name: a URL
+        if not stack_name:  # not a stack's name: a URL
             # (a malformed one too: it is refused as a URL, its password masked)
             root = targets.repository_root()
             other = targets.Target("url", "--against", root, targets.state_home(root), against)
