@@ -183,11 +183,12 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
       AND (c.oid IS NULL OR {relation_c})
       AND (t.oid IS NULL OR {type_t})
       -- PostgreSQL 18 records NOT NULL as a constraint: the column's `not null` says
-      -- it already, unless the constraint has a name or a state of its own
-      AND NOT (k.contype = 'n' AND k.convalidated AND NOT k.connoinherit AND k.conname IN (
+      -- it already, unless the constraint has a name or a state of its own (coalesce:
+      -- of a table's, the type's name is NULL, and so would be `IN` for any other name)
+      AND NOT coalesce(k.contype = 'n' AND k.convalidated AND NOT k.connoinherit AND k.conname IN (
                left(c.relname || '_' || (SELECT a.attname FROM pg_attribute a
                     WHERE a.attrelid = k.conrelid AND a.attnum = k.conkey[1]) || '_not_null', 63),
-               left(t.typname || '_not_null', 63)))
+               left(t.typname || '_not_null', 63)), false)
     """,
         """
     SELECT 'index', t.relname, c.relname,
