@@ -62,7 +62,9 @@ def applied_lines(result: migrations.Result, *, sql: bool) -> list[str]:
     if not result.dry_run:
         return [*lines, f"applied {name} ({result.duration_ms:.0f} ms)"]
     lines.append(f"would apply {name}")
-    return lines + ([Verbatim(f"-- {name}\n{result.migration.text.rstrip()}\n")] if sql else [])
+    before = "".join(f"{statement};\n" for statement in result.before)
+    text = f"-- {name}\n{before}{result.migration.text.rstrip()}\n"
+    return lines + ([Verbatim(text)] if sql else [])
 
 
 class Verbatim(str):

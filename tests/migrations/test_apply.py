@@ -795,6 +795,16 @@ def test_invalid_concurrent_index_is_found_whatever_the_search_path(
             "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ÉTÉ_c ON t (c);\n"
         },
     )
+    # A dry run says it, and prints the DROP among the SQL it would send, changing nothing.
+    code, out, _ = migrate(database, folder, "up", "--dry-run", "--sql")
+    assert code == 0
+    assert out.splitlines()[:4] == [
+        '  would drop invalid index app."ÉtÉ_c" left by an interrupted run',
+        "would apply 0001_index.sql",
+        "-- 0001_index.sql",
+        'DROP INDEX CONCURRENTLY IF EXISTS app."ÉtÉ_c";',
+    ]
+    assert database.query(left) == [("ÉtÉ_c", False)]
     code, out, _ = migrate(database, folder)
     assert code == 0
     assert out.splitlines()[0] == "  dropped invalid index ÉtÉ_c left by an interrupted run"

@@ -76,6 +76,8 @@ class Result:
     duration_ms: float
     dry_run: bool
     notes: tuple[str, ...] = ()
+    # What the run sends before the file (a dry run's: would send), as SQL.
+    before: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -499,9 +501,39 @@ def drop_invalid_index(conn: psycopg.Connection[Any], migration: Migration) -> t
     PostgreSQL's own advice for that case; without it, the file could never be
     run again (the name is taken) or, with IF NOT EXISTS, would keep a broken index.
     """
+    index = invalid_index(conn, migration)
+    if index is None:
+        return ()
+    name = index_target(migration)[0]  # type: ignore[index]
+    try:
+        conn.execute(drop_statement(index).encode())
+    except psycopg.Error as refused:
+        if conn.closed or conn.broken:
+            raise
+        # An event trigger on sql_drop, a lock_timeout, a missing right: the file could
+        # not run (the name is taken), and nothing of it has.
+        raise MigrationRefused(
+            f"migration {migration.filename} builds index {name}, and the invalid one an "
+            f"interrupted run left, {index}, could not be dropped: "
+            f"{refused.diag.message_primary or first_line(refused)}; drop it (DROP INDEX "
+            f"CONCURRENTLY {index}) and run again"
+        ) from None
+    return (f"dropped invalid index {name} left by an interrupted run",)
+
+
+def drop_statement(index: str) -> str:
+    """What drops `index` (as format('%I.%I') wrote it) before its file runs again."""
+    return f"DROP INDEX CONCURRENTLY IF EXISTS {index}"
+
+
+def invalid_index(conn: psycopg.Connection[Any], migration: Migration) -> str | None:
+    """The invalid index of the name `migration` builds CONCURRENTLY (schema-qualified),
+    which an interrupted run left and the next drops before it runs the file; None for
+    none. MigrationRefused where it cannot be told which, or another session is
+    building it now. Reads only."""
     target = index_target(migration)
     if target is None:
-        return ()
+        return None
     name, schema, table = target
     # The index of that name on a table of the name the file gives (in the schema it
     # gives, else in any: the file may set its own search_path), left invalid; one
@@ -531,20 +563,4 @@ def drop_invalid_index(conn: psycopg.Connection[Any], migration: Migration) -> t
             f"indexes have that name ({', '.join(str(row[0]) for row in invalid)}); drop the "
             "one the interrupted run left (DROP INDEX CONCURRENTLY) and run again"
         )
-    if not invalid:
-        return ()
-    index = str(invalid[0][0])
-    try:
-        conn.execute(b"DROP INDEX CONCURRENTLY IF EXISTS " + index.encode())
-    except psycopg.Error as refused:
-        if conn.closed or conn.broken:
-            raise
-        # An event trigger on sql_drop, a lock_timeout, a missing right: the file could
-        # not run (the name is taken), and nothing of it has.
-        raise MigrationRefused(
-            f"migration {migration.filename} builds index {name}, and the invalid one an "
-            f"interrupted run left, {index}, could not be dropped: "
-            f"{refused.diag.message_primary or first_line(refused)}; drop it (DROP INDEX "
-            f"CONCURRENTLY {index}) and run again"
-        ) from None
-    return (f"dropped invalid index {name} left by an interrupted run",)
+    return str(invalid[0][0]) if invalid else None

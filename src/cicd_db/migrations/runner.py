@@ -102,7 +102,20 @@ class Runner:
         from cicd_db.migrations import apply as applying  # on use: see the imports
 
         if dry_run:
-            results = [applying.Result(m, 0.0, dry_run=True) for m in pending]
+            results = []
+            for m in pending:  # as the run would: an interrupted run's invalid index first
+                index = applying.invalid_index(self.session.conn, m)
+                results.append(
+                    applying.Result(m, 0.0, dry_run=True)
+                    if index is None
+                    else applying.Result(
+                        m,
+                        0.0,
+                        dry_run=True,
+                        notes=(f"would drop invalid index {index} left by an interrupted run",),
+                        before=(applying.drop_statement(index),),
+                    )
+                )
             for result in results:
                 if on_applied:
                     on_applied(result)
