@@ -42,7 +42,8 @@ OUTSIDE_THE_TRANSACTION = (
     ("dblink (its statements commit in another session)", rb"\bdblink\w*\s*\("),
     (
         "COPY ... TO a server file or program",
-        rb"\bCOPY\b(?:\"[^\"]*\"|[^;])*?\bTO\s+(?:E'|U&'|'|\$[A-Za-z_0-9]*\$|PROGRAM\b)",
+        # A string, a program, or format()'s placeholder for one (`TO %L`).
+        rb"\bCOPY\b(?:\"[^\"]*\"|[^;])*?\bTO\s+(?:E'|U&'|'|%|\$[A-Za-z_0-9]*\$|PROGRAM\b)",
     ),
     ("COPY ... FROM PROGRAM (runs a program)", rb"\bFROM\s+PROGRAM\b"),
     ("lo_export (writes a server file)", rb"\blo_export\s*\("),
