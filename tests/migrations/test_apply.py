@@ -961,3 +961,28 @@ def test_retry_policy_gives_up_at_the_first_bound_it_meets(
 
 def test_one_retry_allowed_is_said_in_the_singular() -> None:
     assert migrations.RetryPolicy(retries=1).give_up(2, 0.1) == "gave up after 1 retry"
+
+
+def test_a_dry_run_lists_a_file_the_run_would_refuse_for_its_invalid_indexes(
+    database: Database, tmp_path: Path
+) -> None:
+    """Two invalid indexes of the name a file builds: the run refuses (which one to drop
+    cannot be told); a dry run, a plan, lists the file with that, exit 0."""
+    for schema in ("a", "b"):
+        database.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (c int); "
+                         f"INSERT INTO {schema}.t VALUES (1), (1)")  # fmt: skip
+        with database.connect() as conn, pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY u ON {schema}.t (c)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_index.sql": "-- cicd-db: no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY u ON t (c);\n"
+        },
+    )
+    code, out, _ = migrate(database, folder, "up", "--dry-run")
+    assert code == 0, out
+    assert out.splitlines()[0].startswith(
+        "  a run now: migration 0001_index.sql builds index u, and 2 invalid indexes have "
+        "that name (a.u, b.u)"
+    ), out
+    assert migrate(database, folder).code == 2

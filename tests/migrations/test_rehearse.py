@@ -249,6 +249,7 @@ def test_what_a_rollback_cannot_undo_is_named(database: Database, tmp_path: Path
             "DO $$BEGIN EXECUTE format('COPY t TO %L', '/tmp/t'); END$$;",
             ["COPY ... TO a server file or program"],
         ),
+        ("DO $$BEGIN RAISE NOTICE 'copy of % to %', 1, 2; END$$;", []),
         ("COPY t TO U&'/tmp/t';", ["COPY ... TO a server file or program"]),
         ("COPY (SELECT 1 AS \"a;b\") TO '/tmp/t';", ["COPY ... TO a server file or program"]),
         ("COPY t FROM PROGRAM 'echo 1';", ["COPY ... FROM PROGRAM"]),

@@ -661,6 +661,8 @@ AFTER_IT = {
         "DO $$BEGIN PERFORM set_config(lower('APP.X'), 'a', false); END$$;\n",
         True,
     ),
+    "a name joined": ("SELECT set_config('app' || '.x', 'a', false);\n", True),
+    "a comment on recursion": ("-- prevent trigger recursion\nSELECT 1;\n", False),
     "the database's settings": (
         "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET work_mem = ''8MB''', "
         "current_database()); END$$;\n",

@@ -499,7 +499,8 @@ def put_back(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) ->
     without them, the next run would apply those files again. (Their applied_at is now,
     their duration_ms 0, as `baseline` writes them.)"""
     with conn.transaction():
-        missing = [row for row in rows if row[0] in set(missing_versions(conn, rows))]
+        lost = set(missing_versions(conn, rows))  # one read of the history
+        missing = [row for row in rows if row[0] in lost]
         for version, name, checksum in missing:
             conn.execute(
                 _PUT_BACK,

@@ -42,8 +42,9 @@ OUTSIDE_THE_TRANSACTION = (
     ("dblink (its statements commit in another session)", rb"\bdblink\w*\s*\("),
     (
         "COPY ... TO a server file or program",
-        # A string, a program, or format()'s placeholder for one (`TO %L`).
-        rb"\bCOPY\b(?:\"[^\"]*\"|[^;])*?\bTO\s+(?:E'|U&'|'|%|\$[A-Za-z_0-9]*\$|PROGRAM\b)",
+        # A string, a program, or format()'s placeholder for one (`TO %L`, `%1$s`; not
+        # RAISE's bare `%`).
+        rb"\bCOPY\b(?:\"[^\"]*\"|[^;])*?\bTO\s+(?:E'|U&'|'|%(?:\d+\$)?[sLI]|\$[A-Za-z_0-9]*\$|PROGRAM\b)",
     ),
     ("COPY ... FROM PROGRAM (runs a program)", rb"\bFROM\s+PROGRAM\b"),
     ("lo_export (writes a server file)", rb"\blo_export\s*\("),

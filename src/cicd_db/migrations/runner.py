@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from cicd_db import targets
-from cicd_db.errors import ConfigError, OperationalError, UsageError
+from cicd_db.errors import ConfigError, MigrationRefused, OperationalError, UsageError
 from cicd_db.migrations import history, lock, reconcile
 from cicd_db.migrations.failures import DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET
 from cicd_db.migrations.files import Migration, discover
@@ -104,7 +104,13 @@ class Runner:
         if dry_run:
             results = []
             for m in pending:  # as the run would: an interrupted run's invalid index first
-                index = applying.invalid_index(self.session.conn, m)
+                try:
+                    index = applying.invalid_index(self.session.conn, m)
+                except MigrationRefused as refused:  # a plan still lists every file
+                    results.append(
+                        applying.Result(m, 0.0, dry_run=True, notes=(f"a run now: {refused}",))
+                    )
+                    continue
                 results.append(
                     applying.Result(m, 0.0, dry_run=True)
                     if index is None

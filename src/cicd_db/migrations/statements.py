@@ -157,13 +157,13 @@ NAMED: dict[str, bytes | re.Pattern[bytes]] = {
     # psql's next file, in a session of its own, would not find it. set_config() of a
     # name with no dot (pg_dump's `set_config('search_path', '', false)`) is not one.
     "custom": re.compile(
-        rb"set_config\s*\(\s*(?:e?'[^']*\.|[^'\s])|\bset(?:\s|/\*.*?\*/|--[^\n]*\n)+"
+        rb"set_config\s*\(\s*(?:e?'[^']*(?:\.|'\s*\|\|)|[^'\s])|\bset(?:\s|/\*.*?\*/|--[^\n]*\n)+"
         rb"(?:(?:session|local)\s+)?\"?[a-z_][a-z0-9_$]*\"?\s*\.",
         re.DOTALL,
     ),
     # An event trigger made or changed: a login one sets up each new session (PostgreSQL
     # 17), which the files after it must start in.
-    "event trigger": re.compile(rb"event(?:\s|/\*.*?\*/|--[^\n]*\n)+trigger\b", re.DOTALL),
+    "event trigger": re.compile(rb"\bevent(?:\s|/\*.*?\*/|--[^\n]*\n)+trigger\b", re.DOTALL),
     # A library loaded (its hooks, its settings) and the random seed stay with a session.
     "load": re.compile(rb"\bload(?:\s|/\*.*?\*/|--[^\n]*\n)+e?'", re.DOTALL),
     "setseed": b"setseed",
