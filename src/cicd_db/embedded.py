@@ -255,21 +255,13 @@ class EmbeddedServer:
         if not self.root.is_dir():
             # The state folder removed under a running server: its postmaster still works
             # in the removed data folder, and is stopped as a stray (no lock to take).
-            stray = self._stray()
-            if stray is None:
-                return False
-            _stop_stray(stray)
-            return True
+            return self._stop_stray()
         with self._locked():
             found = self._pid_file()
             if found.stale:
                 self._remove_stale_pid_file()
             if found.pid is None:
-                stray = self._stray()
-                if stray is None:
-                    return False
-                _stop_stray(stray)
-                return True
+                return self._stop_stray()
             self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
             return True
 
@@ -371,14 +363,26 @@ class EmbeddedServer:
         no server (the file, or the whole folder, removed under a running server); not
         one the file names that is still starting."""
         named = self._pid_file().pid
-        for pid in _server_processes_in(self.data_dir):
-            if pid == named:
-                continue
-            with contextlib.suppress(OSError):
-                program = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[0]
-                if Path(os.fsdecode(program)).name == "postgres":  # not a renamed child
-                    return pid
-        return None
+        postmasters = _server_processes_in(self.data_dir, postmaster=True)
+        return next((pid for pid in postmasters if pid != named), None)
+
+    def _stop_stray(self) -> bool:
+        """Stop the stray postmaster (`_stray`), as pg_ctl's fast mode does (SIGINT),
+        and wait for it to exit; False when there is none."""
+        pid = self._stray()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while Path(f"/proc/{pid}").exists():
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"the server (PID {pid}) did not stop within {START_TIMEOUT_SECONDS} s; "
+                    f"stop it with `kill -QUIT {pid}`"
+                )
+            time.sleep(0.05)
+        return True
 
     def _remove_stale_pid_file(self) -> None:
         """Remove postmaster.pid when it names no server of ours; call under the lock.
@@ -848,8 +852,9 @@ def _ps_says_postgres(pid: int) -> bool:
     return Path(completed.stdout.strip()).name == "postgres"
 
 
-def _server_processes_in(data_dir: Path) -> list[int]:
-    """PIDs of postgres processes working in `data_dir` (Linux; elsewhere none are found).
+def _server_processes_in(data_dir: Path, *, postmaster: bool = False) -> list[int]:
+    """PIDs of postgres processes working in `data_dir` (Linux; elsewhere none are found);
+    with `postmaster`, only postmasters.
 
     The postmaster keeps its command line (`.../postgres -D ...`); the processes it
     starts rename themselves (`postgres: checkpointer`).
@@ -860,7 +865,7 @@ def _server_processes_in(data_dir: Path) -> list[int]:
             program = os.fsdecode(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0])
         except OSError:
             continue  # exited meanwhile, or not ours to inspect
-        if program.startswith("postgres:") or Path(program).name == "postgres":
+        if Path(program).name == "postgres" or (not postmaster and program.startswith("postgres:")):
             found.append(pid)
     return found
 
@@ -886,21 +891,6 @@ def processes_in(folder: Path) -> list[int]:
         if cwd == where or cwd.startswith(where + os.sep):
             found.append(int(entry.name))
     return sorted(found)
-
-
-def _stop_stray(pid: int) -> None:
-    """Stop a postmaster no pid file names, as pg_ctl's fast mode does (SIGINT), and wait
-    for it and the processes it started to exit."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGINT)
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while Path(f"/proc/{pid}").exists():
-        if time.monotonic() > deadline:
-            raise EmbeddedServerError(
-                f"the server (PID {pid}) did not stop within {START_TIMEOUT_SECONDS} s; "
-                f"stop it with `kill -QUIT {pid}`"
-            )
-        time.sleep(0.05)
 
 
 def _check_port(port: int, *, creating: bool) -> None:

@@ -64,7 +64,6 @@ BEGIN_MARKED = b"BEGIN;" + MARK
 # history, and a refusal is told as the row's, with what was added to the table.
 FIRE_DEFERRED = b"SET CONSTRAINTS ALL IMMEDIATE"
 # Statements before the checks in a file's closing batch: the reset, then PINNED's.
-_PINNED = history.PINNED_STATEMENTS
 _RESET_IN_TRANSACTION = 1 + RESET_BEFORE_COMMIT.count(b"; ") + 1 + history.PINNED_STATEMENTS
 
 
@@ -334,7 +333,12 @@ class Applier:
                 RESET_SESSION,  # what the row's triggers or defaults set, as AFTER_COMMIT
             ]
         )
-        self._finish(migration, self.session.simple(finish), committed="is", insert_at=_PINNED + 1)
+        self._finish(
+            migration,
+            self.session.simple(finish),
+            committed="is",
+            insert_at=history.PINNED_STATEMENTS + 1,
+        )
         return notes
 
     def _finish(
@@ -398,33 +402,30 @@ class Applier:
         if migration.transactional or not self.session.end_transaction():
             return message
         try:
-            restored = history.put_back(self.conn, self.recorded.rows)
+            lost = history.missing_versions(self.conn, self.recorded.rows)
         except psycopg.Error as error:
             self.session.end_transaction()
-            try:
-                lost = history.missing_versions(self.conn, self.recorded.rows)
-            except psycopg.Error:
-                self.session.end_transaction()
-                lost = None
-            if lost == []:
-                return message
-            if lost is None:
-                return (
-                    f"{message}; whether it removed history rows cannot be read "
-                    f"({first_line(error)}): if it did, have the history's owner write them "
-                    "again before the next run, which would apply those files twice"
-                )
             return (
-                f"{message}; the history rows of version {', '.join(map(str, lost))} it "
-                f"removed could not be written again ({first_line(error)}): have the "
-                "history's owner write them again (their version, name and checksum are the "
-                "files') before the next run, which would apply those files twice"
+                f"{message}; whether it removed history rows cannot be read "
+                f"({first_line(error)}): if it did, have the history's owner write them "
+                "again before the next run, which would apply those files twice"
             )
-        if not restored:
+        if not lost:
             return message
+        versions = ", ".join(map(str, lost))
+        try:
+            history.put_back(self.conn, [row for row in self.recorded.rows if row[0] in lost])
+        except psycopg.Error as error:
+            self.session.end_transaction()
+            return (
+                f"{message}; the history rows of version {versions} it removed could not be "
+                f"written again ({first_line(error)}): have the history's owner write them "
+                "again (their version, name and checksum are the files') before the next run, "
+                "which would apply those files twice"
+            )
         return (
-            f"{message}; the history rows it removed (version {', '.join(map(str, restored))}) "
-            "are written again, so the next run does not apply those files twice"
+            f"{message}; the history rows it removed (version {versions}) are written again, "
+            "so the next run does not apply those files twice"
         )
 
     def _alterations(self) -> list[tuple[str, str]]:

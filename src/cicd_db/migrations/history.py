@@ -492,21 +492,18 @@ _INSERT = (
 )
 
 
-def put_back(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) -> list[int]:
-    """Write again those of `rows` (version, name, checksum: what the runner recorded)
-    whose version the history no longer has, in one transaction; their versions. For a
-    no-transaction file that deleted or truncated history rows, which is committed:
-    without them, the next run would apply those files again. (Their applied_at is now,
-    their duration_ms 0, as `baseline` writes them.)"""
+def put_back(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) -> None:
+    """Write `rows` (version, name, checksum: what the runner recorded, missing_versions
+    says which) to the history again, in one transaction. For a no-transaction file that
+    deleted or truncated history rows, which is committed: without them, the next run
+    would apply those files again. (Their applied_at is now, their duration_ms 0, as
+    `baseline` writes them.)"""
     with conn.transaction():
-        lost = set(missing_versions(conn, rows))  # one read of the history
-        missing = [row for row in rows if row[0] in lost]
-        for version, name, checksum in missing:
+        for version, name, checksum in rows:
             conn.execute(
                 _PUT_BACK,
                 {"version": version, "name": name, "checksum": checksum, "user": conn.info.user},
             )
-    return [version for version, _, _ in missing]
 
 
 def missing_versions(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) -> list[int]:

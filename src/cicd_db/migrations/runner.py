@@ -104,24 +104,17 @@ class Runner:
         if dry_run:
             results = []
             for m in pending:  # as the run would: an interrupted run's invalid index first
+                notes: tuple[str, ...] = ()
+                before: tuple[str, ...] = ()
                 try:
                     index = applying.invalid_index(self.session.conn, m)
                 except MigrationRefused as refused:  # a plan still lists every file
-                    results.append(
-                        applying.Result(m, 0.0, dry_run=True, notes=(f"a run now: {refused}",))
-                    )
-                    continue
-                results.append(
-                    applying.Result(m, 0.0, dry_run=True)
-                    if index is None
-                    else applying.Result(
-                        m,
-                        0.0,
-                        dry_run=True,
-                        notes=(f"would drop invalid index {index} left by an interrupted run",),
-                        before=(applying.drop_statement(index),),
-                    )
-                )
+                    notes = (f"a run now: {refused}",)
+                else:
+                    if index is not None:
+                        notes = (f"would drop invalid index {index} left by an interrupted run",)
+                        before = (applying.drop_statement(index),)
+                results.append(applying.Result(m, 0.0, dry_run=True, notes=notes, before=before))
             for result in results:
                 if on_applied:
                     on_applied(result)
