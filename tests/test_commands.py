@@ -287,7 +287,7 @@ def test_a_malformed_against_is_named_as_against() -> None:
     assert "Sekr" not in err
 
 
-@pytest.mark.parametrize("name", ["stack", "nosuchstack", "dev"])
+@pytest.mark.parametrize("name", ["dev", "prod"])
 def test_an_against_that_names_a_stack_is_shown_whole(name: str) -> None:
     """A stack's name is no password: the message names it (a URL's password is masked,
     above)."""
@@ -297,6 +297,21 @@ def test_an_against_that_names_a_stack_is_shown_whole(name: str) -> None:
     )  # fmt: skip
     assert (code, out) == (2, "")
     assert "***" not in err and f"'{name}'" in err, err
+
+
+@pytest.mark.parametrize("value", ["stack", "nosuchstack", "000000000000", "Sekr3t.PW_x-9"])
+def test_an_against_that_names_no_stack_is_never_echoed(value: str) -> None:
+    """A value that names no stack may be a URL typed without its scheme, that is, a
+    password: it is not shown, in any part, and the stacks that exist are."""
+    code, out, err = run_cli(
+        "schema", "diff", "--database-url", "postgresql://u@h/d", "--against", value,
+        env={"PATH": "/nonexistent"},
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: --against names no stack here and is no URL (its value is not shown: it "
+        "may hold a password); give one of dev, embedded, prod, or a postgresql:// URL\n"
+    ), err
 
 
 def test_an_empty_against_is_refused_not_read_as_no_against() -> None:

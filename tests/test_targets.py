@@ -450,6 +450,8 @@ def _printed(url: str) -> str:
 @hypothesis.example(password="00000,000000", form="postgresql://ci:{pw}127.0.0.1:1/db")
 @hypothesis.example(password="00000000000/", form="postgresql://ci:{pw}127.0.0.1:1/db")
 @hypothesis.example(password="/00000000000", form="postgresql://ci:{pw}127.0.0.1:1/db")
+# And a value of --against that names no stack was quoted as a stack's name.
+@hypothesis.example(password="000000000000", form="{pw}")
 def test_a_password_printed_is_a_password_changed(password: str, form: str) -> None:
     """A run counts as leaked when it is printed for this password and not for the same
     password with its letters and digits moved on (so "erro" of "error:" is no leak)."""

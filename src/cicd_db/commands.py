@@ -374,6 +374,14 @@ def schema_diff(ctx: Context, *, against: str | None = None) -> int:
             arguments=["against"],
         )
     stack_name = against is not None and re.fullmatch(r"[A-Za-z0-9_.-]+", against)
+    if stack_name and against not in (known := targets.known_stacks(targets.repository_root())):
+        # No stack of this checkout: perhaps a URL typed without its scheme, so a
+        # password; never echoed (a stack's own name is, in the messages below).
+        raise UsageError(
+            "{against} names no stack here and is no URL (its value is not shown: it may "
+            f"hold a password); give one of {', '.join(known)}, or a postgresql:// URL",
+            arguments=["against"],
+        )
     if against and not stack_name:  # a URL: what may be its password is never shown
         ctx.secrets += password_candidates(against)
     target = ctx.target()
