@@ -28,12 +28,11 @@ from unittest import mock
 
 import psycopg
 import pytest
-from psycopg import pq, sql
-from psycopg.conninfo import make_conninfo
+from psycopg import sql
 
 from cicd_db import errors, schema
 from cicd_db.embedded import wheel_bin_dir
-from cicd_db.settings import NOWHERE, ConnectionSettings
+from cicd_db.settings import ConnectionSettings, service_values
 
 from .fix_cli import Run, migrate, run_cli
 from .fix_db import Database, Databases
@@ -473,9 +472,7 @@ def test_the_secrets_file_is_the_users_alone_and_libpq_reads_it_back(tmp_path: P
     path = Path(schema._secrets_file(tmp_path, secrets))
     assert path.stat().st_mode & 0o777 == 0o600
     with mock.patch.dict(os.environ, {"PGSERVICEFILE": str(path)}):
-        probe = pq.PGconn.connect_start(make_conninfo(service="cicd-db-dump", **NOWHERE).encode())
-        read = {o.keyword.decode(): (o.val or b"").decode() for o in probe.info}
-        probe.finish()
+        read = service_values("cicd-db-dump")
     assert {key: read[key] for key in secrets} == secrets
 
 

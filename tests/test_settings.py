@@ -1058,21 +1058,61 @@ def test_conninfo_names_only_what_was_given(
         ("postgresql://h/db", {}, str(contract.CONNECT_TIMEOUT)),
         ("postgresql://h/db?connect_timeout=9", {}, "9"),
         ("postgresql://h/db", {"PGCONNECT_TIMEOUT": "7"}, None),
-        # A service file may name a connect_timeout: it is not overridden.
-        ("postgresql://h/db?service=s", {}, None),
-        ("postgresql://h/db", {"PGSERVICE": "s"}, None),
+        # A service's connect_timeout is libpq's, above PGCONNECT_TIMEOUT; psycopg, which
+        # keeps the timeout itself, reads no service file, so it is passed as given.
+        ("postgresql://h/db?service=timed", {}, "11"),
+        ("postgresql://h/db", {"PGSERVICE": "timed", "PGCONNECT_TIMEOUT": "7"}, "11"),
+        # A service that names none leaves the default (before: no timeout at all, and a
+        # server that accepts and never answers kept the command waiting for ever).
+        ("postgresql://h/db?service=untimed", {}, str(contract.CONNECT_TIMEOUT)),
+        ("postgresql://h/db", {"PGSERVICE": "untimed"}, str(contract.CONNECT_TIMEOUT)),
+        ("postgresql://h/db?service=nosuch", {}, str(contract.CONNECT_TIMEOUT)),
+        ("postgresql://h/db?service=timed&connect_timeout=9", {}, "9"),
     ],
-    ids=["default", "url", "pgconnect-timeout", "service", "pgservice"],
-)
+    ids=[
+        "default", "url", "pgconnect-timeout", "service", "pgservice", "service-naming-none",
+        "pgservice-naming-none", "unknown-service", "url-over-service",
+    ],
+)  # fmt: skip
 def test_connect_timeout_only_where_nothing_else_names_one(
-    url: str, environ: dict, timeout: str | None, monkeypatch: pytest.MonkeyPatch
+    url: str, environ: dict, timeout: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    services = tmp_path / "pg_service.conf"
+    services.write_text("[timed]\nconnect_timeout=11\n\n[untimed]\ndbname=other\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
     for name in ("PGCONNECT_TIMEOUT", "PGSERVICE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     given = psycopg.conninfo.conninfo_to_dict(from_url(url).conninfo())
     assert given.get("connect_timeout") == timeout
+
+
+@pytest.mark.parametrize(
+    ("url", "expected", "where"),
+    [
+        # The service's host and port, not PGHOST's and PGPORT's: libpq ranks a service
+        # above its environment, and psycopg resolves the host it is given.
+        ("postgresql://?service=there", {"host": "10.1.2.3", "port": "6001"}, "10.1.2.3:6001"),
+        ("postgresql://h2/?service=there", {"host": "h2", "port": "6001"}, "h2:6001"),
+        ("postgresql://:6002/?service=there", {"host": "10.1.2.3", "port": "6002"}, "10.1.2.3:6002"),
+        # A service that names no host leaves PGHOST's, as libpq does.
+        ("postgresql://?service=nameless", {}, "db.example.invalid:6000"),
+    ],
+)  # fmt: skip
+def test_a_services_host_and_port_come_before_pghost_and_pgport(
+    url: str, expected: dict[str, str], where: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    services = tmp_path / "pg_service.conf"
+    services.write_text("[there]\nhost=10.1.2.3\nport=6001\n\n[nameless]\ndbname=d\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    monkeypatch.setenv("PGHOST", "db.example.invalid")
+    monkeypatch.setenv("PGPORT", "6000")
+    settings = from_url(url)
+    given = psycopg.conninfo.conninfo_to_dict(settings.conninfo())
+    assert {key: given[key] for key in ("host", "port") if key in given} == expected
+    assert settings.where == where
 
 
 @pytest.mark.parametrize(

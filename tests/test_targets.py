@@ -109,9 +109,16 @@ def test_pgpassfile_is_honoured(database: Database, tmp_path: Path) -> None:
         ("postgresql:///", {"PGSERVICE": "cicd_test"}),
         # The URL's own fields come first, the service fills in the rest.
         ("postgresql:///{database}?service=cicd_test", {}),
+        # The service's host and port come before PGHOST's and PGPORT's, as psql takes
+        # them; psycopg, which resolves a host itself, read an unresolvable PGHOST.
+        ("postgresql://?service=cicd_test", {"PGHOST": "db.example.invalid", "PGPORT": "6000"}),
+        ("postgresql:///", {"PGSERVICE": "cicd_test", "PGHOST": "db.example.invalid"}),
     ],
-    ids=["url-service", "pgservice", "url-database-and-service"],
-)
+    ids=[
+        "url-service", "pgservice", "url-database-and-service", "service-over-pghost",
+        "pgservice-over-pghost",
+    ],
+)  # fmt: skip
 def test_a_service_file_is_honoured(
     database: Database, tmp_path: Path, url: str, env: dict[str, str]
 ) -> None:
@@ -462,6 +469,39 @@ def test_a_password_printed_is_a_password_changed(password: str, form: str) -> N
     other = _printed(form.replace("{pw}", _shifted(password)))
     leaked = [run for run in _runs_of_four(password) if run in text and run not in other]
     assert not leaked, (leaked, text)
+
+
+def test_a_password_in_the_user_name_pguser_gives_is_masked(database: Database) -> None:
+    """libpq prints the user name it took from PGUSER in its messages; a password typed
+    into it (`u:pw`) is hidden as it is in the URL's user name."""
+    settings = database.settings
+    url = f"postgresql://:{quote(settings.password)}@{settings.host}:{settings.port}/db"
+    result = status(url, {"PGUSER": f"{settings.user}:Leak3dSecret"})
+    assert result.code == 2, result.err
+    assert "authentication failed" in result.err and f"{settings.user}:***" in result.err
+    assert_nothing_of(("Leak3dSecret", "----"), result.out + result.err)
+
+
+@pytest.mark.parametrize(
+    ("url", "where"),
+    [
+        # Given empty, a keyword is libpq's default: PGHOST or PGPORT is not read.
+        ("postgresql://u@127.0.0.1/db?port=", "127.0.0.1"),
+        ("postgresql://u@/db?host=&port=1", "the default socket:1"),
+        ("postgresql://u@/db", "10.9.9.9:7777"),
+        ("postgresql://u@127.0.0.1/db", "127.0.0.1:7777"),
+        # An IPv6 address in brackets before its port, as in a URL.
+        ("postgresql://u@[::1]:5/db", "[::1]:5"),
+        ("postgresql://u@[::1]:5,h2:6/db", "[::1]:5, h2:6"),
+        ("postgresql://u@h/db?hostaddr=::1", "h ([::1]):7777"),
+    ],
+)
+def test_where_a_target_points_is_where_libpq_would_go(
+    url: str, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGHOST", "10.9.9.9")
+    monkeypatch.setenv("PGPORT", "7777")
+    assert contract.from_url(url, what="x").where == where
 
 
 def test_status_and_wait_print_where_libpq_connected(database: Database, tmp_path: Path) -> None:

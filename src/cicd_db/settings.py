@@ -87,6 +87,11 @@ LOCAL_ROLE_SETTINGS = (
 SUPABASE_POOLER_PORT = 6543
 
 
+# Parameters psycopg reads itself, from the URL or their variables but never from a
+# service file: the host it resolves to an address, the timeout it waits for.
+_READ_BY_PSYCOPG = ("host", "hostaddr", "port", "connect_timeout")
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     """Where a database is and how to log in. `password` never appears in repr.
@@ -118,7 +123,9 @@ class ConnectionSettings:
 
         Nothing libpq would otherwise read from its environment is set here, but a
         connect timeout where nothing else can name one: neither the URL, nor
-        PGCONNECT_TIMEOUT, nor a service file (a `service`, or PGSERVICE).
+        PGCONNECT_TIMEOUT, nor a service file (a `service`, or PGSERVICE); and what a
+        service names of the parameters psycopg reads itself (_READ_BY_PSYCOPG), which
+        would otherwise take PGHOST over the service's host and wait with no timeout.
         """
         params: dict[str, Any] = {
             "host": self.host or None,
@@ -129,12 +136,15 @@ class ConnectionSettings:
             "sslmode": self.sslmode,
             **dict(self.parameters),
         }
-        if not (
-            "connect_timeout" in params
-            or "service" in params
-            or os.environ.get("PGCONNECT_TIMEOUT")
-            or os.environ.get("PGSERVICE")
-        ):
+        service = params.get("service") or os.environ.get("PGSERVICE")
+        if service:
+            # What psycopg reads before libpq (the host it resolves, its connect timeout)
+            # from the service file, as libpq ranks it: below the URL, above PGHOST.
+            found = service_values(service)
+            for keyword in _READ_BY_PSYCOPG:
+                if params.get(keyword) is None and keyword in found:
+                    params[keyword] = found[keyword]
+        if params.get("connect_timeout") is None and not os.environ.get("PGCONNECT_TIMEOUT"):
             params["connect_timeout"] = CONNECT_TIMEOUT
         params.update(overrides)
         return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
@@ -166,17 +176,28 @@ class ConnectionSettings:
         default is invented. Several hosts are paired with their ports, as libpq
         pairs them (one port serves every host). After connecting, `in_use` says
         where libpq went."""
-        hosts = (self.host or os.environ.get("PGHOST", "")).split(",")
+        # A keyword given empty (`?host=`, `?port=`) is libpq's default, not its
+        # variable's; a service's value comes before its variable's.
         service = self.parameter("service") or os.environ.get("PGSERVICE")
+        found = service_values(service) if service else {}
+
+        def unnamed(keyword: str, variable: str) -> str:
+            return found.get(keyword, os.environ.get(variable, ""))
+
+        given_host = self.host or self.parameter("host")
+        hosts = (given_host if given_host is not None else unnamed("host", "PGHOST")).split(",")
         if hosts == [""] and service:
             return f"service {service}"
+        hosts = [_url_host(host) for host in hosts]
         # libpq connects to a host's address where one is given (hostaddr, else
         # PGHOSTADDR, which an empty hostaddr= overrides too), and psql names the host
         # beside it: `h (10.0.0.2)`; an IPv6 address in brackets, before a port.
         given = self.parameter("hostaddr")
         addresses = [
             f"[{address}]" if ":" in address else address
-            for address in (os.environ.get("PGHOSTADDR", "") if given is None else given).split(",")
+            for address in (unnamed("hostaddr", "PGHOSTADDR") if given is None else given).split(
+                ","
+            )
         ]
         if addresses != [""]:
             if hosts == [""]:
@@ -186,7 +207,8 @@ class ConnectionSettings:
                     host if address in ("", host) else f"{host} ({address})"
                     for host, address in zip(hosts, addresses, strict=True)
                 ]
-        ports = str(self.port or self.parameter("port") or os.environ.get("PGPORT", "")).split(",")
+        given_port = self.port or self.parameter("port")
+        ports = str(given_port if given_port is not None else unnamed("port", "PGPORT")).split(",")
         if len(ports) == 1:
             ports *= len(hosts)
         hosts = [host or "the default socket" for host in hosts]
@@ -201,6 +223,10 @@ class ConnectionSettings:
         given = self.sslmode if keyword == SSLMODE else self.parameter(keyword)
         if given:
             return f"{keyword}={given} (from the URL)"
+        service = self.parameter("service") or os.environ.get("PGSERVICE")
+        from_service = service_values(service).get(keyword) if service else None
+        if from_service is not None:
+            return f"{keyword}={from_service} (from service {service})"
         variable = self.variable(keyword)
         if variable:
             return f"{keyword}={os.environ[variable]} (from {variable})"
@@ -225,6 +251,9 @@ class ConnectionSettings:
             SSLMODE: self.sslmode,
         }
         if named.get(keyword) or self.parameter(keyword):
+            return None
+        service = self.parameter("service") or os.environ.get("PGSERVICE")
+        if service and keyword in service_values(service):  # libpq takes the service's
             return None
         definition = _definition(keyword)
         variable = definition.envvar.decode() if definition and definition.envvar else ""
@@ -289,7 +318,8 @@ class ConnectionSettings:
         return (
             [self.password]
             + [v for k, v in self.parameters if k in SECRET_KEYWORDS]
-            + _pieces(_user_name_secret(self.user))
+            # The user name libpq takes: the given one, else PGUSER (`u:pw` there too).
+            + user_name_secrets(self.user or os.environ.get("PGUSER", ""))
             + [secret for url in others for secret in password_candidates(url)]
         )
 
@@ -361,27 +391,66 @@ def params_in_use(conn: psycopg.Connection[Any]) -> dict[str, str]:
     return {keyword: value for keyword, value in params.items() if value != ""}
 
 
-# Where service_options points libpq instead of a server: a Unix socket that cannot exist,
-# so the connection fails at once, without a name lookup or a packet sent.
-NOWHERE = {"host": "/nonexistent/cicd-db", "hostaddr": "", "port": "1"}
+# What the service probe names so that libpq stops before connecting: a value its
+# checks refuse once every parameter is read (the service's, the environment's).
+_REFUSED_AFTER_READING = {"target_session_attrs": "cicd-db-probe"}
+
+
+def _libpq_reads(service: str | None) -> dict[str, str]:
+    """Every parameter libpq would connect with for `service` (None: none) and nothing
+    else named: the service file's, the environment's and its own defaults. Asked of
+    libpq itself: a connection started with a value it refuses reads them all, then
+    stops before any name lookup or packet (libpq has no call that reads a service
+    file alone; setting PGSERVICE to ask its defaults would change the environment
+    other threads connect with). A service it cannot read gives nothing."""
+    named = {"service": service} if service else {}
+    conninfo = psycopg.conninfo.make_conninfo(**named, **_REFUSED_AFTER_READING)
+    conn = pq.PGconn.connect_start(conninfo.encode())
+    try:
+        return {
+            option.keyword.decode(): option.val.decode(errors="replace")
+            for option in conn.info
+            if option.val is not None and option.keyword.decode() not in _REFUSED_AFTER_READING
+        }
+    except psycopg.Error:
+        return {}
+    finally:
+        conn.finish()
+
+
+# Parameters whose default libpq computes when it connects (the login's name, a file in
+# its home, what its TLS library allows): no variable or compiled default tells them
+# from a service's.
+_COMPUTED_DEFAULTS = ("user", "passfile", "sslcertmode")
+
+
+def service_values(service: str) -> dict[str, str]:
+    """The parameters the service file names for `service`, where they differ from what
+    libpq would otherwise take (its variable, else its compiled default): its host,
+    port, connect_timeout, sslmode, ... psycopg reads some parameters itself before
+    libpq does (the host it resolves, the connect timeout it keeps) and knows no
+    service file, so these are passed as given."""
+    found = _libpq_reads(service)
+    values = {}
+    for default in pq.Conninfo.get_defaults():
+        keyword = default.keyword.decode()
+        if keyword not in found or keyword in ("service", *_COMPUTED_DEFAULTS):
+            continue
+        variable = default.envvar.decode() if default.envvar else ""
+        if variable and variable in os.environ:
+            otherwise: str | None = os.environ[variable]
+        else:
+            otherwise = default.compiled.decode() if default.compiled is not None else None
+        if found[keyword] != otherwise:
+            values[keyword] = found[keyword]
+    return values
 
 
 def service_options(service: str) -> str | None:
     """The `options` libpq reads for `service` (from the service file, else PGOPTIONS),
-    or None for none. Asked of libpq itself: a connection started with the service and
-    an address that fails at once resolves its parameters as a real one would, and is
-    dropped (libpq has no call that reads a service file alone; setting PGSERVICE to
-    ask its defaults would change the environment other threads connect with). A
-    service it cannot read gives none here, and connecting then says why."""
-    conninfo = psycopg.conninfo.make_conninfo(service=service, **NOWHERE)
-    conn = pq.PGconn.connect_start(conninfo.encode())
-    try:
-        found = next((option.val for option in conn.info if option.keyword == b"options"), None)
-    except psycopg.Error:
-        found = None
-    finally:
-        conn.finish()
-    return found.decode() if found else None
+    or None for none; a service libpq cannot read gives none here, and connecting then
+    says why."""
+    return _libpq_reads(service).get("options") or None
 
 
 def options_with(
@@ -775,6 +844,11 @@ def _user_name_secret(user: str) -> str:
         if _ends_user(character):
             return user[index + 1 :]
     return ""
+
+
+def user_name_secrets(user: str) -> list[str]:
+    """What of a user name may be a password typed into it (`u:pw`), for `redact`."""
+    return _pieces(_user_name_secret(user))
 
 
 def _pieces(secret: str) -> list[str]:

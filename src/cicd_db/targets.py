@@ -47,6 +47,7 @@ from cicd_db.settings import (
     from_url,
     options_with,
     redact,
+    user_name_secrets,
 )
 
 if TYPE_CHECKING:
@@ -300,6 +301,8 @@ def _connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cic
     if answered:
         login = getattr(error.pgconn, "user", None)  # the user libpq logged in as
         user = settings.user or (login.decode(errors="replace") if login else "")
+        # libpq's login may come from PGUSER or a service file: `u:pw` is masked there too.
+        user = redact(user, [*settings.secrets(), *user_name_secrets(user)])
         return _server_refused(settings, detail[answered.end() :].strip(), user)
     return _libpq_refused(settings, detail.strip())
 
