@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import unicodedata
@@ -10,7 +11,7 @@ from urllib.parse import quote
 
 import psycopg.conninfo
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from cicd_db import cli, targets
@@ -463,6 +464,74 @@ def test_from_outputs_takes_a_host_in_another_case_and_libpqs_defaults_as_agreei
     assert (read.host, read.port, read.sslmode) == ("DB.Example.com", 5432, "prefer")
     with pytest.raises(ConfigError, match=r"^stack 'prod' outputs port and database_url"):
         contract.from_outputs({**outputs, "port": 6543, "database_url": url}, stack="prod")
+
+
+_JSON_OF_ANOTHER_TYPE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=examples(200))
+@given(
+    name=st.sampled_from(contract.OUTPUT_NAMES),
+    value=_JSON_OF_ANOTHER_TYPE.filter(lambda v: v not in (None, "")),
+)
+# Found by helper-64: 0, false, [] and {} read as "not given", and libpq then took
+# PGHOST, PGPORT or PGPASSWORD: a stack connected to neither endpoint it named.
+@example(name="host", value=0)
+@example(name="port", value=0)
+@example(name="password", value=False)
+@example(name="database", value=[])
+def test_an_output_of_another_json_type_is_refused_not_read_as_missing(
+    name: str, value: object
+) -> None:
+    """Every field of the contract is text but the port, a number from 1 to 65535. A value
+    of another type is refused, naming the output and its type, never the value."""
+    valid = (
+        isinstance(value, str)
+        if name != "port"
+        else (
+            type(value) is int and 0 < value < 65536  # type: ignore[operator]
+        )
+        or (
+            isinstance(value, str)
+            and value.isascii()
+            and value.isdigit()
+            and len(value) <= 5
+            and 0 < int(value) < 65536
+        )
+    )
+    assume(not valid)
+    with pytest.raises(ConfigError) as raised:
+        contract.from_outputs({**OUTPUTS, name: value}, stack="prod")
+    kinds = "null|true or false|a number|a fraction|text|a list|an object|out of range"
+    wanted = "a port number from 1 to 65535" if name == "port" else "text"
+    assert re.fullmatch(
+        rf"stack 'prod' output {name} is ({kinds}), not {wanted}; export .* `pulumi up -s prod`",
+        str(raised.value),
+    ), raised.value
+
+
+@pytest.mark.parametrize("field", ["user", "database", "host"])
+def test_a_field_holding_the_password_is_masked_in_the_mismatch(field: str) -> None:
+    """Two outputs swapped (the password exported as the user): the message that names
+    the two values hides the password, found by helper-64."""
+    secret = "Sekr3t-PW.x"
+    outputs = {
+        **OUTPUTS,
+        "password": secret,
+        "database_url": f"postgresql://ci:{secret}@db.example.com:6543/app?sslmode=require",
+        field: secret,
+    }
+    with pytest.raises(ConfigError) as raised:
+        contract.from_outputs(outputs, stack="dev")
+    message = str(raised.value)
+    assert f"outputs {field} and database_url name different" in message
+    assert_nothing_of((secret, "----"), message)
 
 
 def test_from_outputs_refuses_a_password_that_disagrees_and_shows_neither() -> None:
@@ -1020,8 +1089,10 @@ def test_from_outputs_names_the_stack_in_a_bad_output() -> None:
     with pytest.raises(ConfigError) as raised:
         contract.from_outputs({**OUTPUTS, "port": "x"}, stack="prod")
     assert str(raised.value).startswith(
-        "the stack 'prod' outputs has a port that is not a number from 1 to 65535"
+        "stack 'prod' output port is text, not a port number from 1 to 65535"
     )
+    # Its digits as text are a port (a value read from Pulumi config is text).
+    assert contract.from_outputs({**OUTPUTS, "port": "6543"}, stack="prod").port == 6543
 
 
 # -- libpq's environment: nothing injected, everything judged as libpq would ------------

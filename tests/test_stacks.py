@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -230,6 +231,80 @@ def test_no_piece_of_a_password_pulumi_or_its_backend_holds_is_printed(
         assert secret not in result.out + result.err, result.err
     if code == 6:  # "no stack named": the backend is named, masked
         assert "the backend postgres://pulumi:***@db.internal/state" in result.err, result.err
+
+
+def test_pulumis_access_token_and_passphrase_are_never_printed(stub) -> None:
+    """Pulumi's own secrets in the environment, quoted by an error of the CLI or a plugin
+    (helper-64): masked as the backend's password is."""
+    env = {
+        **stub,
+        "PULUMI_ACCESS_TOKEN": "pul-3f9a8b7c6d5e4f",
+        "PULUMI_CONFIG_PASSPHRASE": "correct horse battery",
+        "STUB_FAILURE": "said",
+        "STUB_SAID": "[401] Unauthorized: invalid access token pul-3f9a8b7c6d5e4f "
+        "(passphrase correct horse battery)",
+        "STUB_CODE": "255",
+    }
+    result = run_cli("migrate", "status", "--stack", "prod", env=env)
+    assert result.code == 2 and len(result.err.splitlines()) == 1, result
+    assert_nothing_of(("pul-3f9a8b7c6d5e4f", "correct horse battery"), result.out + result.err)
+
+
+def _wild_pulumi(tmp_path: Path, body: str) -> dict[str, str]:
+    """An environment whose `pulumi` runs `body` (Python), whatever it is asked."""
+    fake = tmp_path / "wild-bin" / "pulumi"
+    fake.parent.mkdir()
+    fake.write_text(f"#!{sys.executable}\nimport os, subprocess, sys, time\n{body}\n")
+    fake.chmod(0o755)
+    return {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "CICD_DB_LOCAL": ""}
+
+
+def test_json_nested_beyond_pythons_depth_is_told_as_not_json(tmp_path: Path) -> None:
+    """Gave "unexpected RecursionError", exit 1 (helper-64)."""
+    env = _wild_pulumi(tmp_path, "sys.stdout.write('[' * 200000 + ']' * 200000)")
+    result = run_cli("migrate", "status", "--stack", "dev", env=env)
+    assert (result.code, result.out) == (2, ""), result
+    assert result.err.startswith("error: `pulumi stack output --json --stack dev` printed "
+                                 "something that is not JSON"), result.err  # fmt: skip
+
+
+def test_output_beyond_the_limit_is_refused_and_its_process_stopped(tmp_path: Path) -> None:
+    """All of Pulumi's output was held in memory, however much (3 GB seen, helper-64): a
+    read stops at READ_LIMIT, with one line, and the process goes."""
+    env = _wild_pulumi(tmp_path, "while True:\n    sys.stdout.write('x' * 65536)")
+    with mock.patch.object(stacks, "READ_LIMIT", 2**20):
+        result = run_cli("migrate", "status", "--stack", "dev", env=env)
+    assert (result.code, result.out) == (2, ""), result
+    assert result.err.startswith("error: `pulumi stack output --stack dev` printed more than 1 MiB")
+
+
+def test_a_pulumi_that_hangs_goes_with_everything_it_started(tmp_path: Path) -> None:
+    """After the read's timeout only the `pulumi` process itself was killed; a process it
+    had started (a plugin, a credential helper) lived on (helper-64)."""
+    pid_file = tmp_path / "child.pid"
+    env = _wild_pulumi(
+        tmp_path,
+        f"child = subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\ntime.sleep(300)",
+    )
+    with mock.patch.object(stacks, "READ_TIMEOUT_SECONDS", 2):
+        result = run_cli("migrate", "status", "--stack", "dev", env=env)
+    assert (result.code, result.out) == (2, ""), result
+    assert "did not answer in 2 s" in result.err, result.err
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the process pulumi started outlived the read"
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, killed and not yet reaped by init, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 @pytest.mark.parametrize("name", ["migration_database_url", "app_database_url"])

@@ -964,9 +964,27 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
             f"stack {stack!r} has no output {', '.join(missing)}; "
             f"run `pulumi up -s {stack}` so it exports the connection contract"
         )
+    # Each field of its JSON type, before any is read: a 0, false, [] or {} would read as
+    # "not given", and libpq would take PGHOST, PGPORT or PGPASSWORD in its place.
+    for name in OUTPUT_NAMES:
+        value = outputs[name]
+        if name == PORT:  # a number, or its digits (a value read from Pulumi config is text)
+            if not (type(value) is int and 0 < value < 65536) and not (
+                isinstance(value, str) and _is_port(value)
+            ):
+                kind = "out of range" if type(value) is int else _json_kind(value)
+                raise ConfigError(
+                    f"stack {stack!r} output {PORT} is {kind}, not a port number "
+                    f"from 1 to 65535; export the port as a number and run `pulumi up -s {stack}`"
+                )
+        elif not isinstance(value, str):
+            raise ConfigError(
+                f"stack {stack!r} output {name} is {_json_kind(value)}, not text; export it as "
+                f"a string and run `pulumi up -s {stack}`"
+            )
     settings = from_mapping(outputs, what=f"stack {stack!r} outputs")
     # The URL output carries the parameters the fields cannot (sslrootcert, options, ...).
-    url = from_url(str(outputs[DATABASE_URL]), what=f"stack {stack!r} output {DATABASE_URL}")
+    url = from_url(outputs[DATABASE_URL], what=f"stack {stack!r} output {DATABASE_URL}")
     for name in OPTIONAL_OUTPUT_NAMES:
         if outputs.get(name):
             if not isinstance(outputs[name], str):
@@ -979,22 +997,40 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
     # which database a command reaches would depend on which spelling it read: refused.
     # A port or sslmode the URL leaves out is libpq's default, as the outputs write it
     # (ConnectionSettings.outputs); a host name is a DNS name, whatever its case.
-    for name, given, in_url in (
-        (HOST, _host_key(settings.host), _host_key(url.host)),
-        (PORT, settings.port, url.first_port() or DEFAULT_PORT),
-        (DATABASE, settings.database, url.database),
-        (USER, settings.user, url.user),
-        (PASSWORD, settings.password, url.password),
-        (SSLMODE, settings.sslmode, url.sslmode or DEFAULT_SSLMODE),
+    for name, given, in_url, shown in (
+        (HOST, _host_key(settings.host), _host_key(url.host), (settings.host, url.host)),
+        (PORT, settings.port, url.first_port() or DEFAULT_PORT, None),
+        (DATABASE, settings.database, url.database, None),
+        (USER, settings.user, url.user, None),
+        (PASSWORD, settings.password, url.password, ()),
+        (SSLMODE, settings.sslmode, url.sslmode or DEFAULT_SSLMODE, None),
     ):
         if given and in_url and given != in_url:
-            values = "" if name == PASSWORD else f" ({given!r} and {in_url!r})"
+            pair = (given, in_url) if shown is None else shown
+            # A field may hold the password (two outputs swapped): masked, as everywhere.
+            values = redact(
+                " ({!r} and {!r})".format(*pair) if pair else "",
+                [*settings.secrets(), *url.secrets()],
+            )
             raise ConfigError(
                 f"stack {stack!r} outputs {name} and {DATABASE_URL} name different "
                 f"{name}s{values}; export both from the same values and run "
                 f"`pulumi up -s {stack}`"
             )
     return replace(settings, parameters=url.parameters)
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in words, and never the value: it may be a password."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number" if isinstance(value, int) else "a fraction"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 # A URL in a message, to the next white space: masked as mask_credentials masks it (the

@@ -10,10 +10,14 @@ Reads only; never changes a stack.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import selectors
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,8 @@ INSTALL_HINT = (
 # Where Docker and Pulumi are missing, --local is the embedded server.
 LOCAL_HINT = "; without Docker, set CICD_DB_LOCAL=embedded so --local uses the embedded server"
 READ_TIMEOUT_SECONDS = 60
+# Far more than any stack's outputs (a few kB), little enough to hold in memory.
+READ_LIMIT = 16 * 2**20
 
 
 def outputs(stack: str, *, root: Path) -> dict[str, Any]:
@@ -46,31 +52,30 @@ def outputs(stack: str, *, root: Path) -> dict[str, Any]:
             + INSTALL_HINT
             + (LOCAL_HINT if stack == "dev" else "")
         )
+    command = [
+        *(executable, "stack", "output", "--json", "--show-secrets"),
+        *("--non-interactive", "--stack", stack),
+    ]
     try:
-        completed = subprocess.run(
-            [
-                *(executable, "stack", "output", "--json", "--show-secrets"),
-                *("--non-interactive", "--stack", stack),
-            ],
-            cwd=root,
-            capture_output=True,  # bytes: the JSON is decoded by json, the error as text
-            timeout=READ_TIMEOUT_SECONDS,
-            check=False,
-            env={**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"},
-        )
+        code, stdout, stderr = _run(command, cwd=root)
     except subprocess.TimeoutExpired:
         raise StackError(
             f"`pulumi stack output --stack {stack}` did not answer in {READ_TIMEOUT_SECONDS} s; "
             f"check that {backend(root)} is reachable (`pulumi whoami -v`)"
         ) from None
+    except _TooMuch:
+        raise StackError(
+            f"`pulumi stack output --stack {stack}` printed more than {READ_LIMIT // 2**20} MiB, "
+            "which no stack's outputs need; check what the pulumi on PATH is"
+        ) from None
     except OSError as error:
         raise StackError(f"could not run pulumi ({error.strerror}); " + INSTALL_HINT) from None
-    if completed.returncode != 0:
-        said = (completed.stderr or completed.stdout).decode("utf-8", "replace")
-        raise StackError(_explain(stack, completed.returncode, said, root))
+    if code != 0:
+        said = (stderr or stdout).decode("utf-8", "replace")
+        raise StackError(_explain(stack, code, said, root))
     try:
-        values = json.loads(completed.stdout or b"{}")
-    except ValueError:  # UnicodeDecodeError too: JSON is UTF-8
+        values = json.loads(stdout or b"{}")
+    except (ValueError, RecursionError):  # UnicodeDecodeError too: JSON is UTF-8; nested deep
         raise StackError(
             f"`pulumi stack output --json --stack {stack}` printed something that is not JSON "
             "(as UTF-8); upgrade the Pulumi CLI"
@@ -78,6 +83,55 @@ def outputs(stack: str, *, root: Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise StackError(f"stack {stack!r} outputs are not a JSON object; upgrade the Pulumi CLI")
     return values
+
+
+class _TooMuch(Exception):
+    pass
+
+
+def _run(command: list[str], *, cwd: Path) -> tuple[int, bytes, bytes]:
+    """Run `command`; its exit code, standard output and error (bytes: the JSON is
+    decoded by json, an error as text). In a process group of its own, all of which is
+    killed when it outlasts READ_TIMEOUT_SECONDS, prints more than READ_LIMIT, or this
+    process is stopped (Ctrl-C): nothing it started outlives the read."""
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"},
+        start_new_session=True,
+    )
+    assert process.stdout is not None and process.stderr is not None  # noqa: S101 - pipes
+    out, err = bytearray(), bytearray()
+    read = {process.stdout.fileno(): out, process.stderr.fileno(): err}
+    try:
+        deadline = time.monotonic() + READ_TIMEOUT_SECONDS
+        with selectors.DefaultSelector() as selector:
+            for stream in (process.stdout, process.stderr):
+                selector.register(stream, selectors.EVENT_READ)
+            while selector.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(command, READ_TIMEOUT_SECONDS)
+                for key, _ in selector.select(left):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        continue
+                    read[key.fd] += chunk
+                    if len(out) + len(err) > READ_LIMIT:
+                        raise _TooMuch
+        code = process.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    return code, bytes(out), bytes(err)
 
 
 def settings(stack: str, *, root: Path) -> ConnectionSettings:
@@ -116,10 +170,17 @@ def _project_backend(root: Path) -> str | None:
     return str(url) if url else None
 
 
+# Pulumi's own secrets, which an error of the CLI (or of a plugin) may quote.
+SECRET_VARIABLES = ("PULUMI_ACCESS_TOKEN", "PULUMI_CONFIG_PASSPHRASE")
+
+
 def _backend_secrets(root: Path, environ: Mapping[str, str] = os.environ) -> list[str]:
-    """What may be a password in the backend's URLs, which Pulumi's errors quote."""
-    return password_candidates(environ.get("PULUMI_BACKEND_URL")) + password_candidates(
-        _project_backend(root)
+    """What may be a password in the backend's URLs, which Pulumi's errors quote, and
+    the access token and passphrase of the environment."""
+    return (
+        password_candidates(environ.get("PULUMI_BACKEND_URL"))
+        + password_candidates(_project_backend(root))
+        + [environ[name] for name in SECRET_VARIABLES if environ.get(name)]
     )
 
 
