@@ -443,6 +443,30 @@ def test_the_url_printed_names_where_libpq_connected(
     assert logs_in(printed, names, "user-Pass-3")
 
 
+def test_the_urls_printed_keep_where_the_server_is_not_the_admins_identity(
+    server: ConnectionSettings, names: Names
+) -> None:
+    """The admin URL's own parameters (its client key's passphrase, its options, its
+    application name) were copied into the new roles' URLs, and --show-password printed
+    the admin's sslpassword (helper-63); how the server is reached and trusted stays."""
+    admin = replace(server, sslmode="disable").url() + (
+        "&sslpassword=AdminKeySecret99&application_name=adminapp"
+        "&options=-c%20work_mem%3D7MB&connect_timeout=9"
+    )
+    result = run_cli(
+        "init-local", "--admin-url", admin, "--user", names.user, "--database",
+        names.database, "--password", "user-Pass-5", "--show-password", "--json",
+    )  # fmt: skip
+    assert (result.code, result.err) == (0, ""), result.err
+    printed = json.loads(result.out)
+    assert "AdminKeySecret99" not in result.out
+    for key in ("url", "app_url", "reader_url"):
+        url = from_url(printed[key], what=key)
+        assert dict(url.parameters) == {"connect_timeout": "9"}, (key, url.parameters)
+        assert url.sslmode == "disable"
+    assert logs_in(from_url(printed["url"], what="printed"), names, "user-Pass-5")
+
+
 @contextlib.contextmanager
 def socket_folder(server: ConnectionSettings) -> Iterator[Path]:
     """A folder with a Unix socket `.s.PGSQL.5432` that carries each connection to the

@@ -68,6 +68,21 @@ class Prepared:
     generated: tuple[str, ...] = ()
 
 
+# What the new roles' URLs keep of the admin URL's parameters: where the server is and
+# how it is reached and trusted. Not the admin's identity or session (sslcert, sslkey,
+# sslpassword, passfile, options, application_name, a service naming its user): the
+# URLs init-local prints are other roles' logins, and --show-password prints them whole.
+SERVER_KEYWORDS = frozenset(
+    {
+        *("host", "hostaddr", "port", "connect_timeout", "target_session_attrs"),
+        *("load_balance_hosts", "keepalives", "keepalives_idle", "keepalives_interval"),
+        *("keepalives_count", "tcp_user_timeout", "sslrootcert", "sslcrl", "sslcrldir"),
+        *("sslnegotiation", "sslsni", "ssl_min_protocol_version", "ssl_max_protocol_version"),
+        *("requirepeer", "channel_binding", "gssencmode", "krbsrvname", "gsslib"),
+    }
+)
+
+
 def init(
     admin: psycopg.Connection[Any],
     server: ConnectionSettings,
@@ -210,6 +225,7 @@ def init(
             user=user,
             password=password or "",
             migration_url=None,
+            parameters=tuple((k, v) for k, v in server.parameters if k in SERVER_KEYWORDS),
         )
         with _privileges(who, APP_USER), admin.transaction():
             app, app_generated = _login_role(admin, APP_USER, app_password)
