@@ -758,8 +758,25 @@ def test_a_service_file_libpq_cannot_read_is_a_configuration_error(tmp_path: Pat
             'invalid sslmode value: "bogus"',
             "fix PGSSLMODE (libpq reads sslmode from it",
         ),
+        # Found by helper-63: libpq quotes this keyword, and the pattern took no quotes.
+        (
+            {"PGSSLMINPROTOCOLVERSION": "TLSv9"},
+            'invalid "ssl_min_protocol_version" value: "TLSv9"',
+            "fix PGSSLMINPROTOCOLVERSION (libpq reads ssl_min_protocol_version from it",
+        ),
+        # Two keywords in one refusal: the one a variable set is the one to fix.
+        (
+            {"PGSSLNEGOTIATION": "direct"},
+            'weak sslmode "prefer" may not be used with sslnegotiation=direct',
+            "fix PGSSLNEGOTIATION (libpq reads sslnegotiation from it",
+        ),
+        (
+            {"PGREQUIREAUTH": "md5x"},
+            'invalid require_auth value: "md5x"',
+            "fix PGREQUIREAUTH (libpq reads require_auth from it",
+        ),
     ],
-    ids=["pgconnect-timeout", "pgsslmode"],
+    ids=["pgconnect-timeout", "pgsslmode", "quoted-keyword", "sslnegotiation", "require-auth"],
 )
 def test_a_value_libpq_refuses_is_blamed_on_its_variable(
     env: dict[str, str], said: str, fix: str
@@ -769,6 +786,45 @@ def test_a_value_libpq_refuses_is_blamed_on_its_variable(
     assert said in result.err
     assert fix in result.err
     assert "fix that parameter of the target" not in result.err
+
+
+@pytest.mark.parametrize(
+    ("env", "said", "fix"),
+    [
+        (
+            {"PGREQUIREAUTH": "md5"},
+            'authentication method requirement "md5" failed',
+            "fix PGREQUIREAUTH (libpq reads require_auth from it",
+        ),
+        (
+            {"PGCHANNELBINDING": "require"},
+            "channel binding required",
+            "fix PGCHANNELBINDING (libpq reads channel_binding from it",
+        ),
+    ],
+    ids=["require-auth", "channel-binding"],
+)
+def test_a_requirement_the_server_fails_is_blamed_on_its_variable(
+    database: Database, env: dict[str, str], said: str, fix: str
+) -> None:
+    """Refusals libpq makes once it has the server's answer name the variable that asked
+    for them (they said "fix that parameter ... or of libpq's environment"; helper-63)."""
+    settings = replace(database.settings, sslmode=None)
+    result = status(settings.url(), env)
+    assert (result.code, result.out) == (2, ""), result.err
+    assert said in result.err and fix in result.err, result.err
+    assert len(result.err.splitlines()) == 1
+
+
+def test_pgrequiressl_is_named_as_the_sslmode_libpq_took(database: Database) -> None:
+    """libpq still reads PGREQUIRESSL=1 as sslmode=require where PGSSLMODE is unset; the
+    message blamed libpq's default, prefer, which was not in effect (helper-63)."""
+    settings = replace(database.settings, sslmode=None)
+    result = status(settings.url(), {"PGREQUIRESSL": "1"})
+    assert (result.code, result.out) == (2, ""), result.err
+    assert "server does not support SSL" in result.err
+    assert "sslmode=require (from PGREQUIRESSL)" in result.err, result.err
+    assert "prefer (libpq's default)" not in result.err
 
 
 def test_a_url_in_pghost_is_named_without_its_password() -> None:

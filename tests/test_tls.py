@@ -218,6 +218,21 @@ def test_missing_authority_file_is_a_configuration_error(
     )
 
 
+def test_a_missing_authority_file_from_pgsslrootcert_names_the_variable(
+    tls_database: Database, tmp_path: Path
+) -> None:
+    """The file named by PGSSLROOTCERT, not the URL: fix the variable (it said "fix that
+    parameter of the target ... or of libpq's environment"; helper-63)."""
+    url = replace(tls_database.settings, host="localhost", sslmode="verify-ca").url()
+    result = run_cli(
+        "migrate", "status", "--database-url", url,
+        env={"PGSSLROOTCERT": str(tmp_path / "nowhere.crt")},
+    )  # fmt: skip
+    assert (result.code, result.out) == (2, ""), result.err
+    assert "nowhere.crt" in result.err and "does not exist" in result.err
+    assert "fix PGSSLROOTCERT (libpq reads sslrootcert from it" in result.err, result.err
+
+
 def psql(url: str, env: dict[str, str]) -> int:
     """psql's exit code for `url` under `env`: the oracle of what libpq accepts."""
     bin_dir = ssl_bin_dir()

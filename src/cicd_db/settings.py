@@ -230,6 +230,9 @@ class ConnectionSettings:
         variable = self.variable(keyword)
         if variable:
             return f"{keyword}={os.environ[variable]} (from {variable})"
+        if keyword == SSLMODE and os.environ.get("PGREQUIRESSL", "").startswith("1"):
+            # libpq still reads the old variable where PGSSLMODE is unset, as "1..." only.
+            return "sslmode=require (from PGREQUIRESSL)"
         if (
             keyword == SSLMODE
             and (self.parameter("sslrootcert") or os.environ.get("PGSSLROOTCERT")) == "system"

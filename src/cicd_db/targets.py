@@ -279,13 +279,20 @@ LIBPQ_PARAMETER = (
     r"could not match \d+ (port numbers to \d+ hosts|host names (with|to) \d+ hostaddr "
     r"values)|authentication method requirement|channel binding required)"
 )
-# The keyword a libpq or psycopg refusal names, in the forms they write it.
-NAMED_KEYWORD = (
-    r'connection option "(\w+)"',  # invalid integer value "abc" for ...
-    r"invalid (\w+) value",  # invalid sslmode value: "bogus"
-    r"bad value for (\w+)",  # psycopg: bad value for connect_timeout: 'abc'
-    r"weak (sslmode)",  # weak sslmode "require" may not be used with ...
-    r"could not parse network address()",  # hostaddr's
+# The keywords a libpq or psycopg refusal names, in the forms they write them: the
+# pattern's group, or the keyword given beside it.
+NAMED_KEYWORD: tuple[tuple[str, str | None], ...] = (
+    (r'connection option "(\w+)"', None),  # invalid integer value "abc" for ...
+    (r'invalid "?(\w+)"? value', None),  # invalid sslmode value: "bogus"; "ssl_min_..."
+    (r"bad value for (\w+)", None),  # psycopg: bad value for connect_timeout: 'abc'
+    # weak sslmode "prefer" may not be used with sslnegotiation=direct: either may be wrong
+    (r"weak (sslmode)", None),
+    (r"(sslnegotiation)=direct", None),
+    (r"could not parse network address", "hostaddr"),
+    (r"root certificate file", "sslrootcert"),  # "/x" does not exist
+    (r"private key file|certificate present, but not private key", "sslkey"),
+    (r"authentication method requirement", "require_auth"),  # "md5" failed: ...
+    (r"channel binding required", "channel_binding"),
 )
 
 
@@ -474,9 +481,16 @@ def _libpq_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
 def _parameter_refused(settings: ConnectionSettings, detail: str) -> ConfigError:
     """A connection parameter libpq or psycopg refused: fixed where it came from, an
     environment variable (PGCONNECT_TIMEOUT, PGSSLMODE, ...) or the target."""
-    named = next((m for pattern in NAMED_KEYWORD if (m := re.search(pattern, detail))), None)
-    keyword = (named.group(1) or "hostaddr") if named else ""
-    variable = settings.variable(keyword) if keyword else None
+    keywords = [
+        given or found.group(1)
+        for pattern, given in NAMED_KEYWORD
+        if (found := re.search(pattern, detail))
+    ]
+    # The first named that a variable set (of two, the one the user can have meant).
+    variable, keyword = next(
+        ((v, k) for k in keywords if (v := settings.variable(k))),
+        (None, keywords[0] if keywords else ""),
+    )
     if variable:
         return ConfigError(
             "{detail}; fix " + variable + " (libpq reads " + keyword + " from it where the "
