@@ -3,6 +3,8 @@ and the setting behind it are found by diagnose.py, the words are failures.py's)
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import uuid
 from dataclasses import replace
@@ -288,6 +290,85 @@ def test_a_server_that_ends_the_session_is_not_blamed_on_the_file(
     ), err
     assert "fix the file" not in err
     assert database.history() == []
+
+
+class _Cuttable:
+    """A TCP relay to the test server whose connections can all be dropped at once, with
+    no word from the server: as a crash or an immediate shutdown ends them."""
+
+    def __init__(self, server: ConnectionSettings):
+        self.target = (server.host, server.port or 5432)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.ends: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target)
+                self.ends += [client, upstream]
+                for one, other in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._carry, args=(one, other), daemon=True).start()
+
+    @staticmethod
+    def _carry(one: socket.socket, other: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := one.recv(65536):
+                other.sendall(data)
+
+    def cut(self) -> None:
+        """End every connection both ways at once (no server's goodbye), and take no more."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for end in self.ends:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+
+@pytest.mark.parametrize("transactional", [True, False], ids=["in-a-transaction", "no-transaction"])
+def test_a_connection_lost_without_a_word_names_the_file_and_what_is_known(
+    database: Database, tmp_path: Path, transactional: bool
+) -> None:
+    """Found by helper-65 (`pg_ctl restart -m immediate`): a connection that drops with no
+    message from the server gave "database error: consuming input failed: ...", naming
+    no file and not what became of it."""
+    head = "" if transactional else "-- cicd-db: no-transaction\n"
+    folder = write_migrations(
+        tmp_path,
+        {"0001_first.sql": "CREATE TABLE t (id int);\n", "0002_slow.sql": head + "SELECT pg_sleep(30);\n"},
+    )  # fmt: skip
+    relay = _Cuttable(database.settings)
+
+    def cut() -> None:
+        database.wait_for(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+            "AND application_name = 'cicd-db' AND datname = current_database()",
+            "the runner never reached its pg_sleep",
+        )
+        relay.cut()
+
+    cutter = threading.Thread(target=cut)
+    cutter.start()
+    code, out, err = migrate(replace(database.settings, host="127.0.0.1", port=relay.port), folder)
+    cutter.join()
+    assert code == 1, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: the connection was lost during 0002_slow.sql"
+    ), err
+    assert ("a no-transaction file" in err) != transactional
+    assert "nothing after it ran; run again once the server is back" in err
+    assert "applied 0001_first.sql" in out
+    database.wait_for(
+        "SELECT 1 WHERE NOT EXISTS (SELECT FROM pg_stat_activity WHERE "
+        "application_name = 'cicd-db' AND datname = current_database())",
+        "the runner's sessions outlived their connections",
+    )
+    assert database.history() == [1]
 
 
 @pytest.mark.parametrize(

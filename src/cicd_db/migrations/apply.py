@@ -213,6 +213,28 @@ class Applier:
                 self._interrupted(migration),
                 exit_code=interrupt_exit_code(interrupt),
             ) from None
+        except psycopg.OperationalError as error:
+            # The connection dropped with no word from the server (a crash, an immediate
+            # shutdown, the network): said of the file, as an interruption is.
+            if not (self.conn.closed or self.conn.broken):
+                raise
+            raise MigrationFailed(self._lost(migration, error)) from None
+
+    def _lost(self, migration: Migration, error: psycopg.Error) -> str:
+        """What a connection lost during `migration` left, as far as can be known."""
+        cause = first_line(error).removeprefix("consuming input failed: ")
+        if not migration.transactional:
+            return (
+                f"the connection was lost during {migration.filename}, a no-transaction file "
+                f"({cause}): what PostgreSQL finished of it stays, and it is not recorded (the "
+                "next run drops an index it left invalid and runs it again); nothing after it "
+                "ran; run again once the server is back"
+            )
+        return (
+            f"the connection was lost during {migration.filename} ({cause}): whether it "
+            "committed is not known (`migrate status` lists it as applied if it did); nothing "
+            "after it ran; run again once the server is back"
+        )
 
     def apply(self, migration: Migration) -> Result:
         """Apply `migration` once, with its history row. Raises `Transient` for a
