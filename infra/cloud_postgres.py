@@ -119,4 +119,17 @@ def _role_urls(
                 "URL of its own role (docs/security.md), or set cicd-db:singleRole true"
             )
         checked[output] = good
+    app_user, reader_user = (
+        contract.from_url(checked[output], what=key).user
+        for key, output in zip(
+            keys, (contract.APP_DATABASE_URL, contract.READER_DATABASE_URL), strict=True
+        )
+    )
+    if app_user == reader_user:
+        # The reader would log in as the writer: reports could change executions.
+        raise pulumi.RunError(
+            f"cicd-db:appDatabaseUrl and cicd-db:readerDatabaseUrl both log in as {app_user}; "
+            "the reader needs a role of its own that may only read (ci_reader, "
+            "docs/security.md), or set cicd-db:singleRole true"
+        )
     return checked

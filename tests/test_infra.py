@@ -816,9 +816,17 @@ def test_destroy_then_up_gives_the_writer_and_the_reader_the_new_passwords() -> 
             {**ROLE_URLS, "readerDatabaseUrl": ROLE_URLS["readerDatabaseUrl"] + "?sslmode=disable"},
             "the cicd-db:readerDatabaseUrl would connect with the URL's sslmode, disable",
         ),
+        # Found by helper-64: the reader logged in as the writer, so reports could write.
+        (
+            {**ROLE_URLS, "readerDatabaseUrl": ROLE_URLS["appDatabaseUrl"]},
+            "cicd-db:appDatabaseUrl and cicd-db:readerDatabaseUrl both log in as ci_app",
+        ),
     ],
-    ids=["neither", "no-reader", "writer-is-owner", "single-role-and-urls", "reader-insecure"],
-)
+    ids=[
+        "neither", "no-reader", "writer-is-owner", "single-role-and-urls", "reader-insecure",
+        "reader-is-writer",
+    ],
+)  # fmt: skip
 def test_prod_refuses_to_fall_back_to_the_owner(config: dict[str, str], message: str) -> None:
     secret = [key for key in config if key.endswith("Url")]
     with pytest.raises(pulumi.RunError, match=re.escape(message)) as raised:
