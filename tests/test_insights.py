@@ -799,3 +799,25 @@ def test_the_page_and_the_path_it_is_written_to_carry_no_control_characters(
         {repr(ch) for ch in text if not (ch.isprintable() or ch in "\n\t")}
     )
     assert "\\x1b[31m" in text  # the name is there, escaped
+
+
+def test_a_names_joiners_and_direction_marks_reach_the_browser_not_the_terminal(
+    migrated: Database, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """👩‍💻 is three characters, the joiner between them a format character: the page
+    wrote it as `\\u200d` (helper-64). In the tables and the title it is now a character
+    reference, which a browser draws as the joiner and a terminal shows as text; each
+    cell is isolated (<bdi>), so a name's override reorders nothing beside it."""
+    coder = "\U0001f469\u200d\U0001f4bb deploy"
+    today = datetime.now(UTC) - timedelta(hours=1)
+    history(conn, Planned(today, build=(Job(coder, 60),), test=(Job("unit\u202e", 5, FAILED),)))
+    page = tmp_path / "page.html"
+    done = run_cli(
+        "insights", "--database-url", migrated.url, "--pipeline", "build", "--format", "html",
+        "-o", str(page),
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    text = page.read_text()
+    assert "<bdi>\U0001f469&#x200d;\U0001f4bb deploy</bdi>" in text
+    assert "<bdi>unit&#x202e;</bdi>" in text
+    assert all(ch.isprintable() or ch in "\n\t" for ch in text)  # as before: nothing raw

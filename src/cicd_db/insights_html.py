@@ -11,6 +11,7 @@ attribute (the JSON value), so a browser test can read the figures back from the
 from __future__ import annotations
 
 import json
+import unicodedata
 from html import escape
 from typing import Any
 
@@ -96,12 +97,12 @@ def page(result: Insights) -> str:
     if isinstance(result, Summary):
         title, body = "CI insights: every pipeline", _summary_body(result)
     else:
-        title, body = f"CI insights: {one_line(result.pipeline)}", _pipeline_body(result)
+        title, body = f"CI insights: {result.pipeline}", _pipeline_body(result)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
-        f'<h1>{escape(title)}</h1><p class="window">{escape(_title(result))}</p>\n'
+        f"<title>{_html_text(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        f'<h1><bdi>{_html_text(title)}</bdi></h1><p class="window">{escape(_title(result))}</p>\n'
         f"{body}\n</body></html>\n"
     )
 
@@ -240,12 +241,30 @@ def _section(key: str, heading: str, content: str) -> str:
     return f'<section id="{key}"><h2>{escape(heading)}</h2>\n{content}\n</section>'
 
 
+def _html_text(text: str) -> str:
+    """`text` for the page: a control character written as repr writes it (`\\x1b`, as
+    everywhere); a format character (the joiner of 👩‍💻, a direction mark) as a character
+    reference, which the browser draws as the character and a terminal showing the file
+    as text. Cells are <bdi>: a name's direction marks reorder nothing outside it."""
+    escaped = escape(text)
+    if escaped.isprintable():
+        return escaped
+    return "".join(
+        ch
+        if ch.isprintable()
+        else f"&#x{ord(ch):x};"
+        if unicodedata.category(ch) == "Cf"
+        else one_line(ch)
+        for ch in escaped
+    )
+
+
 def _table(headers: list[str], rows: list[list[str]], numeric_from: int = 2) -> str:
     """A table whose columns from `numeric_from` on are figures, right-aligned."""
 
     def cell(tag: str, text: str, n: int) -> str:
         numeric = n >= numeric_from
-        return f"<{tag}{' class=n' if numeric else ''}>{escape(one_line(text))}</{tag}>"
+        return f"<{tag}{' class=n' if numeric else ''}><bdi>{_html_text(text)}</bdi></{tag}>"
 
     head = "".join(cell("th", h, n) for n, h in enumerate(headers))
     body = "".join(
