@@ -587,3 +587,36 @@ def test_names_the_database_holds_are_printed_as_one_printable_line_each(
         "migrate", "up", "--dry-run", "--sql", *target, "--migrations-dir", str(folder)
     )
     assert code == 0 and "SELECT\t1;\nSELECT 2;\n" in out, out
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("before the first file", "error: interrupted before any file ran\n"),
+        (
+            "between two files",
+            "error: interrupted after 0001_first.sql was applied; nothing after it ran\n",
+        ),
+    ],
+)
+def test_an_interrupt_outside_a_file_says_how_far_the_run_got(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, message: str
+) -> None:
+    """Ctrl-C between files, or before the first, said only "interrupted" (helper-65); a
+    file interrupted itself is the runner's own message (tests/migrations/test_apply.py)."""
+    folder = write_migrations(
+        tmp_path, {"0001_first.sql": "CREATE TABLE a (id int);\n", "0002_second.sql": "SELECT 1;\n"}
+    )
+
+    def stop(*_: object, **__: object) -> list[str]:
+        raise KeyboardInterrupt
+
+    if where == "before the first file":
+        monkeypatch.setattr(console.Ticker, "start", stop)
+    else:
+        monkeypatch.setattr(console, "applied_lines", stop)
+    result = run_cli(
+        "migrate", "--database-url", database.url, "--migrations-dir", str(folder), "up"
+    )
+    assert (result.code, result.err) == (130, message)
+    assert database.history() == ([] if where == "before the first file" else [1])

@@ -241,7 +241,10 @@ def up(
         ticker = console.Ticker(enabled=sys.stderr.isatty() and not ctx.quiet and not ctx.json)
         started = time.perf_counter()
 
+        so_far: list[migrations.Result] = []
+
         def applied(result: migrations.Result) -> None:
+            so_far.append(result)
             ticker.stop()
             ctx.say(*([] if ctx.json else console.applied_lines(result, sql=sql)))
 
@@ -251,14 +254,25 @@ def up(
             notes.append(note)
             ctx.say(*([] if ctx.json else [f"  {note}"]))
 
-        results = runner.apply(
-            target=target,
-            dry_run=dry_run,
-            on_start=ticker.start,
-            on_applied=applied,
-            on_retry=ticker.retrying,
-            on_note=noted,
-        )
+        try:
+            results = runner.apply(
+                target=target,
+                dry_run=dry_run,
+                on_start=ticker.start,
+                on_applied=applied,
+                on_retry=ticker.retrying,
+                on_note=noted,
+            )
+        except KeyboardInterrupt as interrupt:
+            # Not during a file (that is the runner's own Interrupted): before the first,
+            # or between two.
+            raise Interrupted(
+                f"interrupted after {so_far[-1].migration.filename} was applied; nothing after "
+                "it ran"
+                if so_far
+                else "interrupted before any file ran",
+                exit_code=interrupt_exit_code(interrupt),
+            ) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
         if dump_schema and not dry_run:
             from cicd_db import schema
