@@ -403,3 +403,13 @@ def test_migrations_refuse_a_transaction_pooler(database: Database) -> None:
         "error: 127.0.0.1:6543 is a transaction pooler, where the migration lock does not hold;"
     )
     assert database.history() == []
+
+
+def test_without_pulumi_cli_and_cicd_db_local_set_the_hint_is_not_to_set_it(tmp_path: Path) -> None:
+    """`--stack dev` with CICD_DB_LOCAL=embedded already set was told to set it (helper-64)."""
+    env = {"PATH": str(tmp_path), "CICD_DB_LOCAL": "embedded"}
+    result = run_cli("migrate", "status", "--stack", "dev", env=env)
+    assert result.code == 2
+    assert result.err.endswith(
+        "; without Docker, use --local (CICD_DB_LOCAL=embedded is set) or --stack embedded\n"
+    ), result.err

@@ -38,6 +38,13 @@ INSTALL_HINT = (
 )
 # Where Docker and Pulumi are missing, --local is the embedded server.
 LOCAL_HINT = "; without Docker, set CICD_DB_LOCAL=embedded so --local uses the embedded server"
+
+
+def _local_hint() -> str:
+    """LOCAL_HINT, or, where CICD_DB_LOCAL already says so, what it means."""
+    if os.environ.get("CICD_DB_LOCAL") == "embedded":
+        return "; without Docker, use --local (CICD_DB_LOCAL=embedded is set) or --stack embedded"
+    return LOCAL_HINT
 READ_TIMEOUT_SECONDS = 60
 # Far more than any stack's outputs (a few kB), little enough to hold in memory.
 READ_LIMIT = 16 * 2**20
@@ -50,7 +57,7 @@ def outputs(stack: str, *, root: Path) -> dict[str, Any]:
         raise StackError(
             f"reading stack {stack!r} needs the pulumi command, not found on PATH; "
             + INSTALL_HINT
-            + (LOCAL_HINT if stack == "dev" else "")
+            + (_local_hint() if stack == "dev" else "")
         )
     command = [
         *(executable, "stack", "output", "--json", "--show-secrets"),
@@ -196,7 +203,7 @@ def _explain(stack: str, code: int, stderr: str, root: Path) -> str:
             ", or point PULUMI_BACKEND_URL at the backend your team shares"
         )
         if stack == "dev":
-            fix += LOCAL_HINT
+            fix += _local_hint()
         return f"Pulumi stack {stack!r} does not exist in {where}; {fix}"
     if "incorrect passphrase" in lowered:
         return (
