@@ -57,6 +57,14 @@ def check_majors(*, stack: str, major: int, volume_major: int | None, image_tag:
             "or pin a tag with cicd-db:imageTag"
         )
     if image_tag is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", image_tag):
+            # Docker's grammar for a tag: refused here, before the plan is shown, not by
+            # Docker when the image is pulled.
+            raise pulumi.RunError(
+                f"cicd-db:imageTag {image_tag!r} is no Docker tag (letters, digits, '_', '.' "
+                f"and '-', at most 128); pin one such as {IMAGE_TAGS.get(major, '17.6-bookworm')}"
+                f", or remove it: pulumi config rm cicd-db:imageTag -s {stack}"
+            )
         named = tag_major(image_tag)
         if named is None:
             raise pulumi.RunError(

@@ -514,6 +514,11 @@ def test_keep_volume_is_retain_on_delete_and_the_container_goes_before_its_repla
             {"imageTag": "latest"},
             r"cicd-db:imageTag is 'latest', which does not start with its PostgreSQL major",
         ),
+        # Found by helper-64: Docker would refuse these only when pulling, after the plan.
+        *(
+            ({"imageTag": tag}, r"cicd-db:imageTag '.*' is no Docker tag")
+            for tag in ("17.6 bookworm", "17-../../evil", "17:6", "-17")
+        ),
         (
             {"volumeMajor": None},
             r"cicd-db:volumeMajor is not set.*pulumi config set cicd-db:volumeMajor 17 -s dev",
@@ -536,6 +541,10 @@ def test_keep_volume_is_retain_on_delete_and_the_container_goes_before_its_repla
         "tag-newer",
         "tag-older",
         "tag-without-major",
+        "tag-with-space",
+        "tag-with-slash",
+        "tag-with-colon",
+        "tag-with-leading-dash",
         "no-volume-major",
         "unknown",
         "major-zero",
