@@ -1023,3 +1023,18 @@ def test_a_reading_session_is_iso_under_pgdatestyle_and_left_idle(
         assert str(conn.execute("SHOW DateStyle").fetchone()[0]).startswith("ISO")  # type: ignore[index]
         conn.rollback()
         assert str(conn.execute("SHOW DateStyle").fetchone()[0]).startswith("ISO")  # type: ignore[index]
+
+
+def test_a_setting_a_services_options_name_wrongly_is_told_as_the_services(
+    database: Database, tmp_path: Path
+) -> None:
+    """`options` from the service file, not the URL or PGOPTIONS: fix the service (it said
+    "fix the options parameter of the target ... or PGOPTIONS"; helper-63)."""
+    services = tmp_path / "pg_service.conf"
+    services.write_text("[zoned]\noptions=-c TimeZone=Bogus/Zone\n")
+    settings = database.settings
+    url = replace(settings, parameters=(("service", "zoned"),)).url()
+    result = status(url, {"PGSERVICEFILE": str(services)})
+    assert (result.code, result.out) == (2, ""), result.err
+    assert result.err.rstrip().endswith("; fix the options of service zoned"), result.err
+    assert "Bogus/Zone" in result.err

@@ -47,6 +47,7 @@ from cicd_db.settings import (
     from_url,
     options_with,
     redact,
+    service_values,
     user_name_secrets,
 )
 
@@ -377,6 +378,10 @@ def _server_refused(settings: ConnectionSettings, detail: str, user: str) -> Cic
                 f"{where}: {detail}; fix or unset {variable}, which libpq sends as that "
                 "setting when it connects"
             )
+        given = settings.parameter("options") is not None
+        service = settings.parameter("service") or os.environ.get("PGSERVICE")
+        if not given and service and "options" in service_values(service):
+            return ConfigError(f"{where}: {detail}; fix the options of service {service}")
         return ConfigError(
             f"{where}: {detail}; fix the options parameter of the target (?options=-c ...) "
             "or PGOPTIONS"
