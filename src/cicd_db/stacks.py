@@ -45,6 +45,8 @@ def _local_hint() -> str:
     if os.environ.get("CICD_DB_LOCAL") == "embedded":
         return "; without Docker, use --local (CICD_DB_LOCAL=embedded is set) or --stack embedded"
     return LOCAL_HINT
+
+
 READ_TIMEOUT_SECONDS = 60
 # Far more than any stack's outputs (a few kB), little enough to hold in memory.
 READ_LIMIT = 16 * 2**20
