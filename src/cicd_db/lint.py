@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cicd_db.errors import ConfigError
@@ -37,6 +37,13 @@ dialect = postgres
 templater = raw
 # Same width as the Python code; 0001's lines reach 94 characters.
 max_line_length = 100
+# Every rule, whatever a .sqlfluff beside the files says (one there may add settings,
+# not switch rules off).
+rules = all
+exclude_rules = None
+# sqlfluff skips a larger file with a warning and exits 0, so the gate chooses what to
+# style-check itself (cicd_db.lint.STYLE_LIMIT) and names what it leaves.
+large_file_skip_byte_limit = 0
 
 [sqlfluff:indentation]
 tab_space_size = 4
@@ -73,21 +80,30 @@ assume_in_transaction = true
 """
 
 
+# The largest file sqlfluff style-checks, in bytes (its own default): it reads about
+# 10 kB a second, so a data load or a dump of megabytes would hold the gate for hours.
+# A larger file is named as not style-checked; squawk still checks every file.
+STYLE_LIMIT = 20_000
+
+
 @dataclass(frozen=True)
 class Report:
-    """One tool's verdict on some files, with what it printed."""
+    """One tool's verdict on some files, with what it printed, and the files it left
+    unchecked (over STYLE_LIMIT, for sqlfluff)."""
 
     tool: str
     files: tuple[str, ...]
     passed: bool
     output: str
+    skipped: tuple[str, ...] = ()
 
 
 def lint(migrations: list[Migration], root: Path) -> list[Report]:
     """Run the gate over `migrations`; a report per tool and kind of file.
 
-    The tools run in `root` (the repository, or the cwd); the files are named by
-    absolute path, so a relative --migrations-dir works from anywhere.
+    sqlfluff runs in `root` (the repository, or the cwd), given the files by absolute
+    path, so a relative --migrations-dir works from anywhere; squawk runs in the
+    files' folder (see below).
     """
     if not migrations:
         return []
@@ -96,8 +112,16 @@ def lint(migrations: list[Migration], root: Path) -> list[Report]:
         sqlfluff_config.write_text(SQLFLUFF_CONFIG)
         squawk_config = Path(folder) / ".squawk.toml"
         squawk_config.write_text(SQUAWK_CONFIG)
+        # A .sqlfluffignore beside the files does not take them out of the gate.
         arguments = ["lint", "--dialect", "postgres", "--config", str(sqlfluff_config)]
-        reports = [_run("sqlfluff", [*arguments, *_paths(migrations)], root, migrations)]
+        arguments.append("--disregard-sqlfluffignores")
+        styled = [m for m in migrations if len(m.data) <= STYLE_LIMIT]
+        skipped = tuple(m.filename for m in migrations if len(m.data) > STYLE_LIMIT)
+        if styled:
+            report = _run("sqlfluff", [*arguments, *_paths(styled)], root, styled)
+        else:
+            report = Report("sqlfluff", (), True, "")
+        reports = [replace(report, skipped=skipped)]
         for kind, flags, chosen in (
             ("in a transaction", [], [m for m in migrations if m.transactional]),
             (
@@ -107,8 +131,13 @@ def lint(migrations: list[Migration], root: Path) -> list[Report]:
             ),
         ):
             if chosen:
+                # squawk takes each path for a glob pattern: a folder named `m[1]` would
+                # match m1's files. So it runs in the files' folder, given their names,
+                # which hold no such character (files._parse_name).
                 arguments = ["--config", str(squawk_config), "--reporter", "gcc", *flags]
-                report = _run("squawk", [*arguments, *_paths(chosen)], root, chosen)
+                home = chosen[0].path.parent
+                names = [m.path.name for m in chosen]
+                report = _run("squawk", [*arguments, *names], home, chosen)
                 reports.append(
                     Report(f"squawk ({kind})", report.files, report.passed, report.output)
                 )

@@ -58,7 +58,7 @@ def test_new_migration_numbers_in_the_folders_width(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("")
     second = migrations.new_migration(tmp_path, "idx", transactional=False)
     assert second.name == "000042_idx.sql"
-    assert second.read_text().startswith("-- cicd-db: no-transaction\n-- idx: ")
+    assert second.read_text().startswith("-- cicd-db: no-transaction\n-- What this changes")
 
 
 @pytest.mark.parametrize(
@@ -95,6 +95,33 @@ def test_discover_refuses_a_folder_without_migrations(tmp_path: Path) -> None:
         f"migrations folder {braced} holds no <version>_<name>.sql file; add one, or pass the "
         "right folder with --migrations-dir"
     )
+
+
+@pytest.mark.parametrize("tail", [" ", "\n", "\t", "  \n"])
+def test_white_space_after_sql_is_refused_not_skipped(tmp_path: Path, tail: str) -> None:
+    """`0002_b.sql ` was neither applied, listed nor warned about (helper-66, helper-68)."""
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    (folder / f"0002_b.sql{tail}").write_text("SELECT 2;\n")
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(folder)
+    assert str(refused.value) == (
+        f"migration file {'0002_b.sql' + tail!r} ends in white space after .sql; rename it "
+        "to 0002_b.sql"
+    )
+
+
+def test_a_file_that_cannot_be_read_is_named_as_the_input(tmp_path: Path) -> None:
+    """An OSError reading a file reached the CLI as "cannot write the output" (exit 1)."""
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    (folder / "0002_x.sql").symlink_to("/proc/self/mem")  # reading it fails: EIO
+    with pytest.raises(ConfigError, match=r"^cannot read migration file 0002_x\.sql: "):
+        migrations.discover(folder)
+
+
+def test_a_folder_that_is_a_file_is_said_to_be_one(tmp_path: Path) -> None:
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;\n")
+    with pytest.raises(ConfigError, match=r"0001_a\.sql is a file, not a folder; "):
+        migrations.discover(tmp_path / "0001_a.sql")
 
 
 def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> None:
@@ -220,7 +247,10 @@ def test_versions_are_ascii_digits(tmp_path: Path, filename: str, suggestion: st
 NAME_CHARACTERS = st.sampled_from(
     [*"0123456789", *"\uff10\uff11\u0661\u0969", *"_.-", *"aZé中", *" #%$'\"\\:;,!?&*()[]{}~`"]
 )
-EXTENSIONS = st.sampled_from([".sql", ".SQL", ".Sql", "", ".sql.bak", ".txt"])
+# White space after .sql read as another extension, and the file was skipped unseen.
+EXTENSIONS = st.sampled_from(
+    [".sql", ".SQL", ".Sql", "", ".sql.bak", ".txt", ".sql ", ".sql\n", ".sql\t", ".SQL "]
+)
 
 
 def _suggested(message: str) -> str | None:
@@ -246,7 +276,7 @@ def test_any_file_name_is_taken_or_refused_in_one_line_with_a_name_that_works(
     except ConfigError as refused:
         message = str(refused)
         assert "\n" not in message
-        if not filename.lower().endswith(".sql") or filename.startswith("."):
+        if not filename.rstrip().lower().endswith(".sql") or filename.startswith("."):
             assert "holds no <version>_<name>.sql file" in message
             return
         well_formed = migrations.files.FILE_NAME.fullmatch(filename)

@@ -123,14 +123,35 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
     """
     if not folder.is_dir():
         raise ConfigError(
-            "migrations folder {folder} does not exist; "
-            "pass {migrations_dir} DIR or run from the repository root",
+            "migrations folder {folder} "
+            + ("is a file, not a folder" if folder.exists() else "does not exist")
+            + "; pass {migrations_dir} DIR or run from the repository root",
             arguments=["migrations_dir"],
             values={"folder": folder},
         )
+    try:
+        paths = sorted(folder.iterdir())
+    except OSError as error:
+        raise ConfigError(
+            "cannot list migrations folder {folder}: "
+            + str(error.strerror or error)
+            + "; let the user running cicd-db read it",
+            values={"folder": folder},
+        ) from None
     migrations: dict[int, Migration] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() != ".sql":
+    for path in paths:
+        if path.name.startswith("."):
+            continue
+        if path.suffix.lower() != ".sql":
+            # `0002_x.sql ` or with a newline: white space after .sql reads as another
+            # extension, and the file was never applied, listed or warned about.
+            stripped = path.name.rstrip()
+            if stripped.lower().endswith(".sql"):
+                _parse_name(stripped)  # a name wrong otherwise too is told all at once
+                raise ConfigError(
+                    f"migration file {path.name!r} ends in white space after .sql; rename it "
+                    f"to {stripped}"
+                )
             continue
         if not path.is_file():  # never skipped: a file not there is a file not applied
             raise ConfigError(_not_a_file(path))
@@ -227,7 +248,13 @@ def _renamed(filename: str) -> str:
 
 def read(path: Path, version: int, name: str, *, planned: bool = True) -> Migration:
     """One migration file, checked and (unless not `planned`) planned. Reads the file only."""
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as error:  # never told as the output's failure: the file is the input
+        raise ConfigError(
+            f"cannot read migration file {_shown(path.name)}: {error.strerror or error}; let "
+            "the user running cicd-db read it, or remove it from the folder"
+        ) from None
     data = raw[len(BOM) :] if raw.startswith(BOM) else raw
     nul = data.find(b"\0")
     if nul >= 0:
@@ -250,8 +277,10 @@ def read(path: Path, version: int, name: str, *, planned: bool = True) -> Migrat
     return migration
 
 
+# The name is the file's own: in the header it made a line over the lint gate's 100
+# characters once it was longer than 35.
 NEW_FILE_HEADER = """\
--- {name}: what this changes, and why it is safe on a live database.
+-- What this changes, and why it is safe on a live database.
 SET lock_timeout = '1s';
 SET statement_timeout = '60s';
 """
@@ -293,7 +322,7 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
             "renumber that file lower if it is not applied yet"
         )
     path = folder / f"{newest + 1:0{width}d}_{name}.sql"
-    header = NEW_FILE_HEADER.format(name=name)
+    header = NEW_FILE_HEADER
     if not transactional:
         header = NO_TRANSACTION_MARKER.decode() + "\n" + header
     try:
