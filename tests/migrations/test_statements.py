@@ -95,6 +95,43 @@ def test_transaction_control_is_refused_before_anything_runs(
 
 
 @pytest.mark.parametrize(
+    ("statement", "shown"),
+    [
+        ("create index concurrently if not exists i on first (id);", "CREATE INDEX CONCURRENTLY"),
+        ("CREATE UNIQUE INDEX CONCURRENTLY i ON first (id);", "CREATE INDEX CONCURRENTLY"),
+        ("DROP INDEX CONCURRENTLY IF EXISTS i;", "DROP INDEX CONCURRENTLY"),
+        ("REINDEX TABLE CONCURRENTLY first;", "REINDEX ... CONCURRENTLY"),
+        ("VACUUM first;", "VACUUM"),
+        ("CREATE DATABASE other;", "CREATE DATABASE"),
+        ("ALTER SYSTEM SET work_mem = '5MB';", "ALTER SYSTEM"),
+    ],
+)
+def test_what_postgresql_never_runs_in_a_transaction_is_refused_before_anything_runs(
+    untouched: Database, tmp_path: Path, statement: str, shown: str
+) -> None:
+    """Found by helper-68: it passed `check --no-lint`, and `up` applied the files before
+    it, then failed at it (25001). Known from the text: refused before anything runs."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\n",
+            "0002_outside.sql": f"SET lock_timeout = '1s';\n{statement}\n",
+        },
+    )
+    code, out, err = migrate(untouched, folder)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: migration file 0002_outside.sql, line 2: {shown} cannot run inside a "
+        "transaction, and the runner runs this file in one; make the first line "
+        "`-- cicd-db: no-transaction`, with this statement alone in the file\n"
+    )
+    assert untouched.tables() == set()
+    # The fix it names is taken: marked so, the statement is the file's one statement.
+    (folder / "0002_outside.sql").write_text(f"-- cicd-db: no-transaction\n{statement}\n")
+    assert migrations.discover(folder)[1].transactional is False
+
+
+@pytest.mark.parametrize(
     ("files", "message"),
     [
         (

@@ -308,6 +308,14 @@ def _plan_pass(
                 f"remove it, or make the first line `{NO_TRANSACTION_MARKER.decode()}` "
                 "to run the file outside a transaction",
             )
+        outside = _outside_transactions_only(piece.words) if transactional else None
+        if outside:
+            raise refuse(
+                piece.line,
+                f"{outside} cannot run inside a transaction, and the runner runs this file in one",
+                f"make the first line `{NO_TRANSACTION_MARKER.decode()}`, with this statement "
+                "alone in the file",
+            )
         if piece.keyword == "COPY" and _COPY_TO_STDOUT.search(data, piece.start, piece.end):
             raise refuse(
                 piece.line,
@@ -466,6 +474,36 @@ def _check_near_marker(filename: str, data: bytes) -> None:
                 f"{where}, so the file would run in a transaction; make the file's first line "
                 f"`{NO_TRANSACTION_MARKER.decode()}`, or remove the comment"
             )
+
+
+# Statements PostgreSQL refuses inside a transaction block (25001), by their first words:
+# known before anything runs, so a transactional file that holds one is refused up front,
+# not after the files before it were applied.
+_OUTSIDE_ONLY = {
+    ("VACUUM",): "VACUUM",
+    ("CREATE", "DATABASE"): "CREATE DATABASE",
+    ("DROP", "DATABASE"): "DROP DATABASE",
+    ("CREATE", "TABLESPACE"): "CREATE TABLESPACE",
+    ("DROP", "TABLESPACE"): "DROP TABLESPACE",
+    ("ALTER", "SYSTEM"): "ALTER SYSTEM",
+    ("CREATE", "INDEX", "CONCURRENTLY"): "CREATE INDEX CONCURRENTLY",
+    ("CREATE", "UNIQUE", "INDEX", "CONCURRENTLY"): "CREATE INDEX CONCURRENTLY",
+    ("DROP", "INDEX", "CONCURRENTLY"): "DROP INDEX CONCURRENTLY",
+    ("REINDEX", "DATABASE"): "REINDEX DATABASE",
+    ("REINDEX", "SYSTEM"): "REINDEX SYSTEM",
+}
+
+
+def _outside_transactions_only(words: tuple[str, ...]) -> str | None:
+    """What the statement starting with `words` is, if PostgreSQL runs it only outside a
+    transaction block (`REINDEX ... CONCURRENTLY` too); else None."""
+    for length in (1, 2, 3, 4):
+        found = _OUTSIDE_ONLY.get(words[:length])
+        if found:
+            return found
+    if words[:1] == ("REINDEX",) and "CONCURRENTLY" in words[1:3]:
+        return "REINDEX ... CONCURRENTLY"
+    return None
 
 
 def _controls_transaction(words: tuple[str, ...]) -> bool:
