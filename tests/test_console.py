@@ -125,7 +125,16 @@ def test_check_lines() -> None:
         "checked 1 file (no target: history not compared)"
     )
     shape = console.check_json(2, [failed], None, [row])
-    assert shape["lint"] == [{"tool": "squawk", "passed": False, "output": "finding"}]
+    assert shape["lint"] == [
+        {"tool": "squawk", "passed": False, "output": "finding", "not_checked": []}
+    ]
+    skipped = Report(tool="sqlfluff", files=("a",), passed=True, output="", skipped=("big",))
+    assert console.check_lines(2, [skipped], None, [])[:2] == [
+        "sqlfluff: passed (1 file)",
+        "  not style-checked (over 20,000 bytes, which sqlfluff reads at about 10 kB a "
+        "second): big",
+    ]
+    assert console.check_json(2, [skipped], None, [])["lint"][0]["not_checked"] == ["big"]
     assert shape["disagreements"] == [{"version": 2, "name": "b", "state": "missing"}]
 
 
