@@ -105,7 +105,12 @@ def _role_urls(
             f"-s {stack} (ci_reader for the reader), or run as one role on purpose: "
             f"pulumi config set cicd-db:singleRole true -s {stack}"
         )
-    checked = {}
+    checked, users = {}, []
+    one_role = (
+        f"or run as one role on purpose: pulumi config rm cicd-db:appDatabaseUrl -s {stack}; "
+        f"pulumi config rm cicd-db:readerDatabaseUrl -s {stack}; pulumi config set "
+        f"cicd-db:singleRole true -s {stack}"
+    )
     for (key, url), output in zip(
         keys.items(), (contract.APP_DATABASE_URL, contract.READER_DATABASE_URL), strict=True
     ):
@@ -113,23 +118,19 @@ def _role_urls(
             good = contract.check_cloud_url(str(url), what=key, allow_insecure=allow_insecure)
         except contract.ConfigError as error:
             raise pulumi.RunError(str(error)) from None
-        if contract.from_url(good, what=key).user == owner:
+        user = contract.from_url(good, what=key).user
+        if user == owner:
             raise pulumi.RunError(
                 f"{key} logs in as {owner}, the owner of cicd-db:databaseUrl; set it to the "
-                "URL of its own role (docs/security.md), or set cicd-db:singleRole true"
+                f"URL of its own role (docs/security.md), {one_role}"
             )
         checked[output] = good
-    app_user, reader_user = (
-        contract.from_url(checked[output], what=key).user
-        for key, output in zip(
-            keys, (contract.APP_DATABASE_URL, contract.READER_DATABASE_URL), strict=True
-        )
-    )
-    if app_user == reader_user:
+        users.append(user)
+    if users[0] == users[1]:
         # The reader would log in as the writer: reports could change executions.
         raise pulumi.RunError(
-            f"cicd-db:appDatabaseUrl and cicd-db:readerDatabaseUrl both log in as {app_user}; "
-            "the reader needs a role of its own that may only read (ci_reader, "
-            "docs/security.md), or set cicd-db:singleRole true"
+            "cicd-db:appDatabaseUrl and cicd-db:readerDatabaseUrl log in as one role; the "
+            "reader needs a role of its own that may only read (ci_reader, "
+            f"docs/security.md), {one_role}"
         )
     return checked

@@ -597,8 +597,10 @@ def test_names_the_database_holds_are_printed_as_one_printable_line_each(
         ("before the first file", "error: interrupted before any file ran\n"),
         (
             "between two files",
-            "error: interrupted after 0001_first.sql was applied; nothing after it ran\n",
+            "error: interrupted between files, after 0001_first.sql; `migrate status` shows "
+            "what was applied\n",
         ),
+        ("in a dry run", "error: interrupted; a dry run applies nothing\n"),
     ],
 )
 def test_an_interrupt_outside_a_file_says_how_far_the_run_got(
@@ -617,8 +619,9 @@ def test_an_interrupt_outside_a_file_says_how_far_the_run_got(
         monkeypatch.setattr(console.Ticker, "start", stop)
     else:
         monkeypatch.setattr(console, "applied_lines", stop)
+    dry = ["--dry-run"] if where == "in a dry run" else []
     result = run_cli(
-        "migrate", "--database-url", database.url, "--migrations-dir", str(folder), "up"
+        "migrate", "--database-url", database.url, "--migrations-dir", str(folder), "up", *dry
     )
     assert (result.code, result.err) == (130, message)
-    assert database.history() == ([] if where == "before the first file" else [1])
+    assert database.history() == ([1] if where == "between two files" else [])

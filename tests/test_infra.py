@@ -828,7 +828,8 @@ def test_destroy_then_up_gives_the_writer_and_the_reader_the_new_passwords() -> 
         # Found by helper-64: the reader logged in as the writer, so reports could write.
         (
             {**ROLE_URLS, "readerDatabaseUrl": ROLE_URLS["appDatabaseUrl"]},
-            "cicd-db:appDatabaseUrl and cicd-db:readerDatabaseUrl both log in as ci_app",
+            "cicd-db:appDatabaseUrl and cicd-db:readerDatabaseUrl log in as one role; the "
+            "reader needs a role of its own",
         ),
     ],
     ids=[

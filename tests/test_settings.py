@@ -1611,3 +1611,51 @@ def test_any_password_a_message_quotes_after_the_word_is_hidden(
     password = data.draw(st.text(st.sampled_from(characters), min_size=4, max_size=20))
     said = around.format(form.format(q=quote_mark, p=password))
     assert_nothing_of((password,), redact(said))
+
+
+SERVICES = (
+    "[plain]\nhost=10.1.2.3\nport=6001\n\n[ro]\ntarget_session_attrs=read-only\n\n"
+    "[lb]\nhost=10.0.0.1,10.0.0.2\nload_balance_hosts=random\n"
+    "target_session_attrs=prefer-standby\n"
+)
+
+
+@pytest.mark.parametrize("pgservice", [False, True], ids=["url-service", "pgservice"])
+def test_a_services_values_are_its_own_not_what_libpq_derives(
+    pgservice: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Found by review: the probe hid a service's target_session_attrs (it named one to
+    stop libpq), and an sslmode libpq derived from PGREQUIRESSL, or a dbname from the
+    login, was called the service's."""
+    services = tmp_path / "pg_service.conf"
+    services.write_text(SERVICES)
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    monkeypatch.setenv("PGREQUIRESSL", "1")
+    for variable in ("PGSSLMODE", "PGSERVICE", "PGTARGETSESSIONATTRS"):
+        monkeypatch.delenv(variable, raising=False)
+    if pgservice:
+        monkeypatch.setenv("PGSERVICE", "plain")
+    assert contract.service_values("plain") == {"host": "10.1.2.3", "port": "6001"}
+    assert contract.service_values("ro") == {"target_session_attrs": "read-only"}
+    url = "postgresql://u@/d" if pgservice else "postgresql://u@/d?service=plain"
+    assert from_url(url).origin("sslmode") == "sslmode=require (from PGREQUIRESSL)"
+    ro = from_url("postgresql://u@/d?service=ro")
+    assert ro.origin("target_session_attrs") == "target_session_attrs=read-only (from service ro)"
+
+
+def test_what_psycopg_reads_itself_is_passed_on_from_a_service(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """psycopg orders the hosts (load_balance_hosts) and looks for a standby first
+    (prefer-standby) itself, reading neither from a service file (review)."""
+    services = tmp_path / "pg_service.conf"
+    services.write_text(SERVICES)
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    for variable in ("PGSERVICE", "PGTARGETSESSIONATTRS", "PGLOADBALANCEHOSTS", "PGHOST"):
+        monkeypatch.delenv(variable, raising=False)
+    given = psycopg.conninfo.conninfo_to_dict(from_url("postgresql://u@/d?service=lb").conninfo())
+    assert {k: given.get(k) for k in ("host", "load_balance_hosts", "target_session_attrs")} == {
+        "host": "10.0.0.1,10.0.0.2",
+        "load_balance_hosts": "random",
+        "target_session_attrs": "prefer-standby",
+    }

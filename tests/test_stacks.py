@@ -271,11 +271,36 @@ def test_json_nested_beyond_pythons_depth_is_told_as_not_json(tmp_path: Path) ->
 def test_output_beyond_the_limit_is_refused_and_its_process_stopped(tmp_path: Path) -> None:
     """All of Pulumi's output was held in memory, however much (3 GB seen, helper-64): a
     read stops at READ_LIMIT, with one line, and the process goes."""
-    env = _wild_pulumi(tmp_path, "while True:\n    sys.stdout.write('x' * 65536)")
+    pid_file = tmp_path / "pulumi.pid"
+    env = _wild_pulumi(
+        tmp_path,
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "while True:\n    sys.stdout.write('x' * 65536)",
+    )
     with mock.patch.object(stacks, "READ_LIMIT", 2**20):
         result = run_cli("migrate", "status", "--stack", "dev", env=env)
     assert (result.code, result.out) == (2, ""), result
     assert result.err.startswith("error: `pulumi stack output --stack dev` printed more than 1 MiB")
+    _gone_soon(int(pid_file.read_text()))
+
+
+def test_a_pulumi_that_answers_and_exits_is_not_held_up_by_what_it_left(tmp_path: Path) -> None:
+    """A CLI that printed its outputs and exited 0, leaving a process that holds its
+    output open, was waited for until the timeout, and told as a backend that did not
+    answer (review); that process goes with the read."""
+    pid_file = tmp_path / "child.pid"
+    env = _wild_pulumi(
+        tmp_path,
+        f"child = subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\nprint('{{}}')",
+    )
+    started = time.monotonic()
+    with mock.patch.object(stacks, "READ_TIMEOUT_SECONDS", 20):
+        result = run_cli("migrate", "status", "--stack", "dev", env=env)
+    assert time.monotonic() - started < 10
+    assert (result.code, result.out) == (2, ""), result
+    assert "has no outputs: it was never deployed" in result.err, result.err
+    _gone_soon(int(pid_file.read_text()))
 
 
 def test_a_pulumi_that_hangs_goes_with_everything_it_started(tmp_path: Path) -> None:
@@ -296,6 +321,14 @@ def test_a_pulumi_that_hangs_goes_with_everything_it_started(tmp_path: Path) -> 
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child), "the process pulumi started outlived the read"
+
+
+def _gone_soon(pid: int) -> None:
+    """`pid` ends within 5 s (a signal is delivered, not waited for)."""
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), f"process {pid} outlived the read"
 
 
 def _alive(pid: int) -> bool:

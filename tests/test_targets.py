@@ -1038,3 +1038,16 @@ def test_a_setting_a_services_options_name_wrongly_is_told_as_the_services(
     assert (result.code, result.out) == (2, ""), result.err
     assert result.err.rstrip().endswith("; fix the options of service zoned"), result.err
     assert "Bogus/Zone" in result.err
+
+
+def test_a_value_a_service_names_wrongly_is_the_services_to_fix(tmp_path: Path) -> None:
+    """A bad sslmode from the service file, with PGSSLMODE set too (libpq took the
+    service's): "fix that parameter ... or of libpq's environment" (review)."""
+    services = tmp_path / "pg_service.conf"
+    services.write_text("[bad]\nsslmode=bogus\n")
+    result = status(
+        "postgresql://u:Sekr3tPW@127.0.0.1:1/db?service=bad",
+        {"PGSERVICEFILE": str(services), "PGSSLMODE": "require"},
+    )
+    assert (result.code, result.out) == (2, ""), result.err
+    assert 'invalid sslmode value: "bogus"; fix sslmode in service bad' in result.err, result.err

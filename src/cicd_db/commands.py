@@ -266,11 +266,19 @@ def up(
         except KeyboardInterrupt as interrupt:
             # Not during a file (that is the runner's own Interrupted): before the first,
             # or between two.
+            # (Between a file's commit and its line there is a moment when the last file
+            # named is not the last applied: `migrate status` is what says.)
+            if dry_run:
+                said = "interrupted; a dry run applies nothing"
+            elif so_far:
+                said = (
+                    f"interrupted between files, after {so_far[-1].migration.filename}; "
+                    "`migrate status` shows what was applied"
+                )
+            else:
+                said = "interrupted before any file ran"
             raise Interrupted(
-                f"interrupted after {so_far[-1].migration.filename} was applied; nothing after "
-                "it ran"
-                if so_far
-                else "interrupted before any file ran",
+                said,
                 exit_code=interrupt_exit_code(interrupt),
             ) from None
         elapsed_ms = (time.perf_counter() - started) * 1000

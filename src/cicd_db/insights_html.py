@@ -101,7 +101,9 @@ def page(result: Insights) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_html_text(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        # The title cannot be isolated (<bdi> is no text there): its format characters
+        # are written as text, a direction override among them.
+        f"<title>{escape(one_line(title))}</title><style>{STYLE}</style></head>\n<body>\n"
         f'<h1><bdi>{_html_text(title)}</bdi></h1><p class="window">{escape(_title(result))}</p>\n'
         f"{body}\n</body></html>\n"
     )

@@ -88,8 +88,12 @@ SUPABASE_POOLER_PORT = 6543
 
 
 # Parameters psycopg reads itself, from the URL or their variables but never from a
-# service file: the host it resolves to an address, the timeout it waits for.
-_READ_BY_PSYCOPG = ("host", "hostaddr", "port", "connect_timeout")
+# service file: the host it resolves to an address, the timeout it waits for, the
+# order it tries hosts in and whether it looks for a standby first.
+_READ_BY_PSYCOPG = (
+    *("host", "hostaddr", "port", "connect_timeout", "load_balance_hosts"),
+    "target_session_attrs",
+)
 
 
 @dataclass(frozen=True)
@@ -394,46 +398,60 @@ def params_in_use(conn: psycopg.Connection[Any]) -> dict[str, str]:
     return {keyword: value for keyword, value in params.items() if value != ""}
 
 
-# What the service probe names so that libpq stops before connecting: a value its
-# checks refuse once every parameter is read (the service's, the environment's).
-_REFUSED_AFTER_READING = {"target_session_attrs": "cicd-db-probe"}
+# Two values libpq's checks refuse once every parameter is read (the service's, the
+# environment's), so that a probe stops before any name lookup or packet. A value the
+# probe names hides the service's for that keyword: each probe reads the keyword the
+# other names.
+_STOPS = ({"target_session_attrs": "cicd-db-probe"}, {"load_balance_hosts": "cicd-db-probe"})
 
 
 def _libpq_reads(service: str | None) -> dict[str, str]:
-    """Every parameter libpq would connect with for `service` (None: none) and nothing
-    else named: the service file's, the environment's and its own defaults. Asked of
-    libpq itself: a connection started with a value it refuses reads them all, then
-    stops before any name lookup or packet (libpq has no call that reads a service
-    file alone; setting PGSERVICE to ask its defaults would change the environment
-    other threads connect with). A service it cannot read gives nothing."""
+    """Every parameter libpq would connect with for `service` (None: none named) and
+    nothing else named: the service file's, the environment's and its own defaults.
+    Asked of libpq itself: a connection started with a value it refuses reads them all,
+    then stops (libpq has no call that reads a service file alone; setting PGSERVICE to
+    ask its defaults would change the environment other threads connect with). A
+    service it cannot read gives nothing."""
     named = {"service": service} if service else {}
-    conninfo = psycopg.conninfo.make_conninfo(**named, **_REFUSED_AFTER_READING)
-    conn = pq.PGconn.connect_start(conninfo.encode())
-    try:
-        return {
-            option.keyword.decode(): option.val.decode(errors="replace")
-            for option in conn.info
-            if option.val is not None and option.keyword.decode() not in _REFUSED_AFTER_READING
-        }
-    except psycopg.Error:
-        return {}
-    finally:
-        conn.finish()
+    found: dict[str, str] = {}
+    for stop, other in (_STOPS, _STOPS[::-1]):
+        conn = pq.PGconn.connect_start(psycopg.conninfo.make_conninfo(**named, **stop).encode())
+        try:
+            read = {
+                option.keyword.decode(): option.val.decode(errors="replace")
+                for option in conn.info
+                if option.val is not None
+            }
+        except psycopg.Error:
+            return {}
+        finally:
+            conn.finish()
+        found |= {k: v for k, v in read.items() if k not in stop and (k in other or k not in found)}
+    return found
 
 
 # Parameters whose default libpq computes when it connects (the login's name, a file in
-# its home, what its TLS library allows): no variable or compiled default tells them
-# from a service's.
-_COMPUTED_DEFAULTS = ("user", "passfile", "sslcertmode")
+# its home, the database named after the login, what its TLS library allows): no
+# variable or compiled default tells them from a service's.
+_COMPUTED_DEFAULTS = ("user", "passfile", "dbname", "sslcertmode")
 
 
 def service_values(service: str) -> dict[str, str]:
     """The parameters the service file names for `service`, where they differ from what
-    libpq would otherwise take (its variable, else its compiled default): its host,
-    port, connect_timeout, sslmode, ... psycopg reads some parameters itself before
-    libpq does (the host it resolves, the connect timeout it keeps) and knows no
-    service file, so these are passed as given."""
+    libpq would take without it: its host, port, connect_timeout, sslmode, ... psycopg
+    reads some parameters itself before libpq does (the host it resolves, the connect
+    timeout it keeps, load balancing) and knows no service file, so these are passed as
+    given.
+
+    Without PGSERVICE, what libpq takes without the service is asked of libpq too, its
+    derived defaults included (PGREQUIRESSL's sslmode). With PGSERVICE set, libpq would
+    read that service instead, so it is worked out: the variable, else the compiled
+    default, sslmode as PGREQUIRESSL or sslrootcert=system make it, and the computed
+    defaults left out (a service's dbname is then not told from libpq's)."""
     found = _libpq_reads(service)
+    if not os.environ.get("PGSERVICE"):
+        without = _libpq_reads(None)
+        return {k: v for k, v in found.items() if k != "service" and without.get(k) != v}
     values = {}
     for default in pq.Conninfo.get_defaults():
         keyword = default.keyword.decode()
@@ -444,6 +462,11 @@ def service_values(service: str) -> dict[str, str]:
             otherwise: str | None = os.environ[variable]
         else:
             otherwise = default.compiled.decode() if default.compiled is not None else None
+        if keyword == SSLMODE and not os.environ.get("PGSSLMODE"):
+            if os.environ.get("PGREQUIRESSL", "").startswith("1"):
+                otherwise = "require"
+            elif found.get("sslrootcert") == "system":
+                otherwise = "verify-full"
         if found[keyword] != otherwise:
             values[keyword] = found[keyword]
     return values

@@ -50,6 +50,8 @@ def _local_hint() -> str:
 READ_TIMEOUT_SECONDS = 60
 # Far more than any stack's outputs (a few kB), little enough to hold in memory.
 READ_LIMIT = 16 * 2**20
+# How long output is read after the CLI exited, from a process it left holding the pipes.
+EXITED_GRACE_SECONDS = 1.0
 
 
 def outputs(stack: str, *, root: Path) -> dict[str, Any]:
@@ -101,8 +103,10 @@ class _TooMuch(Exception):
 def _run(command: list[str], *, cwd: Path) -> tuple[int, bytes, bytes]:
     """Run `command`; its exit code, standard output and error (bytes: the JSON is
     decoded by json, an error as text). In a process group of its own, all of which is
-    killed when it outlasts READ_TIMEOUT_SECONDS, prints more than READ_LIMIT, or this
-    process is stopped (Ctrl-C): nothing it started outlives the read."""
+    killed once the read ends: when the CLI exited (a process it left holding the pipes
+    gets EXITED_GRACE_SECONDS), outlasted READ_TIMEOUT_SECONDS or printed more than
+    READ_LIMIT, or when this process is stopped (Ctrl-C). Nothing it started outlives
+    the read."""
     process = subprocess.Popen(
         command,
         cwd=cwd,
@@ -121,10 +125,16 @@ def _run(command: list[str], *, cwd: Path) -> tuple[int, bytes, bytes]:
             for stream in (process.stdout, process.stderr):
                 selector.register(stream, selectors.EVENT_READ)
             while selector.get_map():
+                if process.poll() is not None:
+                    # It has exited: what a child it left still holds the pipes open for
+                    # is not its answer; a moment for the pipes to drain, no more.
+                    deadline = min(deadline, time.monotonic() + EXITED_GRACE_SECONDS)
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if process.poll() is not None:
+                        break
                     raise subprocess.TimeoutExpired(command, READ_TIMEOUT_SECONDS)
-                for key, _ in selector.select(left):
+                for key, _ in selector.select(min(left, EXITED_GRACE_SECONDS)):
                     chunk = os.read(key.fd, 65536)
                     if not chunk:
                         selector.unregister(key.fileobj)
@@ -134,10 +144,10 @@ def _run(command: list[str], *, cwd: Path) -> tuple[int, bytes, bytes]:
                         raise _TooMuch
         code = process.wait(max(0.0, deadline - time.monotonic()))
     finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        # The whole group, whatever the CLI's own end: nothing it started outlives the read.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
         process.stdout.close()
         process.stderr.close()
     return code, bytes(out), bytes(err)

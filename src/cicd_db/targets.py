@@ -503,6 +503,15 @@ def _parameter_refused(settings: ConnectionSettings, detail: str) -> ConfigError
             arguments=["database_url"],
             values={"detail": detail},
         )
+    service = settings.parameter("service") or os.environ.get("PGSERVICE")
+    service = service if keyword and settings.parameter(keyword) is None else None
+    if service and keyword in service_values(service):
+        return ConfigError(
+            "{detail}; fix " + keyword + " in service " + service + " (libpq reads it from "
+            "the service file where the target names none)",
+            arguments=["database_url"],
+            values={"detail": detail},
+        )
     return ConfigError(
         "{detail}; fix that parameter of the target "
         + TARGET_PARAMETERS

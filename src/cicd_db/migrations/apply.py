@@ -227,8 +227,9 @@ class Applier:
             return (
                 f"the connection was lost during {migration.filename}, a no-transaction file "
                 f"({cause}): what PostgreSQL finished of it stays, and it is not recorded (the "
-                "next run drops an index it left invalid and runs it again); nothing after it "
-                "ran; run again once the server is back"
+                "next run drops an index it left invalid and runs it again; one it finished is "
+                "skipped only under IF NOT EXISTS); nothing after it ran; run again once the "
+                "server is back"
             )
         return (
             f"the connection was lost during {migration.filename} ({cause}): whether it "
