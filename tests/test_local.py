@@ -467,6 +467,27 @@ def test_the_urls_printed_keep_where_the_server_is_not_the_admins_identity(
     assert logs_in(from_url(printed["url"], what="printed"), names, "user-Pass-5")
 
 
+def test_what_the_admins_service_says_of_the_server_reaches_the_urls_printed(
+    server: ConnectionSettings, names: Names, tmp_path: Path
+) -> None:
+    """The printed URLs name no service (its user and options are the admin's), so what
+    the service says of the server goes into them itself (review: a service's
+    sslrootcert or timeout was dropped with it)."""
+    services = tmp_path / "pg_service.conf"
+    services.write_text("[admin]\nconnect_timeout=9\napplication_name=adminapp\n")
+    admin = replace(server, sslmode="disable").url() + "&service=admin"
+    result = run_cli(
+        "init-local", "--admin-url", admin, "--user", names.user, "--database",
+        names.database, "--password", "user-Pass-6", "--show-password", "--json",
+        env={"PGSERVICEFILE": str(services)},
+    )  # fmt: skip
+    assert (result.code, result.err) == (0, ""), result.err
+    printed = json.loads(result.out)
+    for key in ("url", "app_url", "reader_url"):
+        url = from_url(printed[key], what=key)
+        assert dict(url.parameters) == {"connect_timeout": "9"}, (key, url.parameters)
+
+
 @contextlib.contextmanager
 def socket_folder(server: ConnectionSettings) -> Iterator[Path]:
     """A folder with a Unix socket `.s.PGSQL.5432` that carries each connection to the

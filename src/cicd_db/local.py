@@ -16,6 +16,7 @@ logs in, instead of keeping one that no one knows.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from cicd_db.settings import (
     LOCAL_USER,
     READER_USER,
     ConnectionSettings,
+    service_values,
 )
 
 # PostgreSQL's own databases: every server has them, and other programs and roles rely
@@ -81,6 +83,21 @@ SERVER_KEYWORDS = frozenset(
         *("requirepeer", "channel_binding", "gssencmode", "krbsrvname", "gsslib"),
     }
 )
+
+
+def _server_parameters(server: ConnectionSettings) -> tuple[tuple[str, str], ...]:
+    """The admin URL's SERVER_KEYWORDS, and its service's (a service names them for
+    the admin's URL, and the printed URLs name no service): host and port are the
+    fields, as libpq used them."""
+    given = {k: v for k, v in server.parameters if k in SERVER_KEYWORDS}
+    service = server.parameter("service") or os.environ.get("PGSERVICE")
+    found = service_values(service) if service else {}
+    from_service = {
+        k: v
+        for k, v in found.items()
+        if k in SERVER_KEYWORDS and k not in ("host", "hostaddr", "port") and k not in given
+    }
+    return tuple({**from_service, **given}.items())
 
 
 def init(
@@ -225,7 +242,7 @@ def init(
             user=user,
             password=password or "",
             migration_url=None,
-            parameters=tuple((k, v) for k, v in server.parameters if k in SERVER_KEYWORDS),
+            parameters=_server_parameters(server),
         )
         with _privileges(who, APP_USER), admin.transaction():
             app, app_generated = _login_role(admin, APP_USER, app_password)
