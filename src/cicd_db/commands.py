@@ -265,9 +265,8 @@ def up(
             )
         except KeyboardInterrupt as interrupt:
             # Not during a file (that is the runner's own Interrupted): before the first,
-            # or between two.
-            # (Between a file's commit and its line there is a moment when the last file
-            # named is not the last applied: `migrate status` is what says.)
+            # or between two, where the last file named may not be the last applied (its
+            # commit comes before its line): `migrate status` is what says.
             if dry_run:
                 said = "interrupted; a dry run applies nothing"
             elif so_far:

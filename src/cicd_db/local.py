@@ -16,7 +16,6 @@ logs in, instead of keeping one that no one knows.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -33,7 +32,6 @@ from cicd_db.settings import (
     LOCAL_USER,
     READER_USER,
     ConnectionSettings,
-    service_values,
 )
 
 # PostgreSQL's own databases: every server has them, and other programs and roles rely
@@ -90,8 +88,7 @@ def _server_parameters(server: ConnectionSettings) -> tuple[tuple[str, str], ...
     the admin's URL, and the printed URLs name no service): host and port are the
     fields, as libpq used them."""
     given = {k: v for k, v in server.parameters if k in SERVER_KEYWORDS}
-    service = server.parameter("service") or os.environ.get("PGSERVICE")
-    found = service_values(service) if service else {}
+    found = server.from_service()
     from_service = {
         k: v
         for k, v in found.items()

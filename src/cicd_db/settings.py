@@ -140,14 +140,12 @@ class ConnectionSettings:
             "sslmode": self.sslmode,
             **dict(self.parameters),
         }
-        service = params.get("service") or os.environ.get("PGSERVICE")
-        if service:
-            # What psycopg reads before libpq (the host it resolves, its connect timeout)
-            # from the service file, as libpq ranks it: below the URL, above PGHOST.
-            found = service_values(service)
-            for keyword in _READ_BY_PSYCOPG:
-                if params.get(keyword) is None and keyword in found:
-                    params[keyword] = found[keyword]
+        # What psycopg reads before libpq (the host it resolves, its connect timeout)
+        # from the service file, as libpq ranks it: below the URL, above PGHOST.
+        found = self.from_service()
+        for keyword in _READ_BY_PSYCOPG:
+            if params.get(keyword) is None and keyword in found:
+                params[keyword] = found[keyword]
         if params.get("connect_timeout") is None and not os.environ.get("PGCONNECT_TIMEOUT"):
             params["connect_timeout"] = CONNECT_TIMEOUT
         params.update(overrides)
@@ -170,8 +168,17 @@ class ConnectionSettings:
         given = self.parameter("options")
         if given is not None:
             return given
-        service = self.parameter("service") or environ.get("PGSERVICE")
+        service = self.service(environ)
         return service_options(service) if service else None
+
+    def service(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """The service libpq reads: the URL's `service`, else PGSERVICE; None for none."""
+        return self.parameter("service") or environ.get("PGSERVICE") or None
+
+    def from_service(self) -> dict[str, str]:
+        """What the service libpq reads (if any) names itself: service_values."""
+        service = self.service()
+        return service_values(service) if service else {}
 
     @property
     def where(self) -> str:
@@ -182,8 +189,8 @@ class ConnectionSettings:
         where libpq went."""
         # A keyword given empty (`?host=`, `?port=`) is libpq's default, not its
         # variable's; a service's value comes before its variable's.
-        service = self.parameter("service") or os.environ.get("PGSERVICE")
-        found = service_values(service) if service else {}
+        service = self.service()
+        found = self.from_service()
 
         def unnamed(keyword: str, variable: str) -> str:
             return found.get(keyword, os.environ.get(variable, ""))
@@ -227,10 +234,9 @@ class ConnectionSettings:
         given = self.sslmode if keyword == SSLMODE else self.parameter(keyword)
         if given:
             return f"{keyword}={given} (from the URL)"
-        service = self.parameter("service") or os.environ.get("PGSERVICE")
-        from_service = service_values(service).get(keyword) if service else None
+        from_service = self.from_service().get(keyword)
         if from_service is not None:
-            return f"{keyword}={from_service} (from service {service})"
+            return f"{keyword}={from_service} (from service {self.service()})"
         variable = self.variable(keyword)
         if variable:
             return f"{keyword}={os.environ[variable]} (from {variable})"
@@ -259,8 +265,7 @@ class ConnectionSettings:
         }
         if named.get(keyword) or self.parameter(keyword):
             return None
-        service = self.parameter("service") or os.environ.get("PGSERVICE")
-        if service and keyword in service_values(service):  # libpq takes the service's
+        if keyword in self.from_service():  # libpq takes the service's
             return None
         definition = _definition(keyword)
         variable = definition.envvar.decode() if definition and definition.envvar else ""

@@ -47,7 +47,6 @@ from cicd_db.settings import (
     from_url,
     options_with,
     redact,
-    service_values,
     user_name_secrets,
 )
 
@@ -379,9 +378,10 @@ def _server_refused(settings: ConnectionSettings, detail: str, user: str) -> Cic
                 "setting when it connects"
             )
         given = settings.parameter("options") is not None
-        service = settings.parameter("service") or os.environ.get("PGSERVICE")
-        if not given and service and "options" in service_values(service):
-            return ConfigError(f"{where}: {detail}; fix the options of service {service}")
+        if not given and "options" in settings.from_service():
+            return ConfigError(
+                f"{where}: {detail}; fix the options of service {settings.service()}"
+            )
         return ConfigError(
             f"{where}: {detail}; fix the options parameter of the target (?options=-c ...) "
             "or PGOPTIONS"
@@ -503,11 +503,13 @@ def _parameter_refused(settings: ConnectionSettings, detail: str) -> ConfigError
             arguments=["database_url"],
             values={"detail": detail},
         )
-    service = settings.parameter("service") or os.environ.get("PGSERVICE")
-    service = service if keyword and settings.parameter(keyword) is None else None
-    if service and keyword in service_values(service):
+    if keyword and settings.parameter(keyword) is None and keyword in settings.from_service():
         return ConfigError(
-            "{detail}; fix " + keyword + " in service " + service + " (libpq reads it from "
+            "{detail}; fix "
+            + keyword
+            + " in service "
+            + str(settings.service())
+            + " (libpq reads it from "
             "the service file where the target names none)",
             arguments=["database_url"],
             values={"detail": detail},
