@@ -80,17 +80,64 @@ def test_version(script: Path | None) -> None:
     assert out.split()[1] == "0.1.0"
 
 
-@pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143), (1, 129)])
-def test_a_signal_while_starting_is_one_line(
-    signal_number: int, code: int, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Ctrl-C, SIGTERM or SIGHUP while psycopg is still loading: one line, not a traceback."""
-    from cicd_db import entry
+# A signal whose handler Python runs inside code whose exceptions it reports and drops:
+# a weak reference's callback (the import machinery runs some), as a finalizer would.
+_IN_A_CALLBACK = """
+import signal, sys, weakref
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal gives it, even under nohup
+from cicd_db import entry
+{install}
+class Thing:
+    pass
+def callback(ref):
+    signal.raise_signal({signum})
+    for _ in range(100_000):  # the handler runs among these steps
+        pass
+thing = Thing()
+ref = weakref.ref(thing, callback)
+try:
+    del thing
+    for _ in range(100_000):
+        pass
+    print("went on")
+except KeyboardInterrupt as interrupt:
+    print("stopped", entry.interrupt_exit_code(interrupt))
+"""
 
-    with pytest.raises(SystemExit) as done:
-        entry._while_starting(signal_number, None)
-    assert done.value.code == code
-    assert capsys.readouterr().err == "error: interrupted while starting; nothing ran\n"
+
+def _signal_in_a_callback(install: str, signum: int) -> subprocess.CompletedProcess[str]:
+    script = _IN_A_CALLBACK.format(install=install, signum=signum)
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+
+@pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143), (1, 129)])
+@pytest.mark.parametrize("where", ["plain", "callback"])
+def test_a_signal_while_starting_is_one_line_and_the_end(
+    signal_number: int, code: int, where: str
+) -> None:
+    """Ctrl-C, SIGTERM or SIGHUP while psycopg is still loading: one line, not a
+    traceback, and the end of the process. Raised inside a callback of the import
+    machinery (CI, a Ctrl-C 0.3 s into `schema dump`), the exit was dropped: the line
+    said nothing ran, a traceback followed, and the command ran to its end, exit 0."""
+    install = f"signal.signal({signal_number}, entry._while_starting)"
+    if where == "plain":
+        install += f"\nsignal.raise_signal({signal_number})"
+    done = _signal_in_a_callback(install, signal_number)
+    assert (done.returncode, done.stdout) == (code, ""), done
+    assert done.stderr == "error: interrupted while starting; nothing ran\n"
+
+
+@pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143), (1, 129)])
+def test_an_interrupt_python_drops_in_a_callback_still_stops_the_run(
+    signal_number: int, code: int
+) -> None:
+    """Once loaded, Ctrl-C, SIGTERM and SIGHUP raise, and the run cleans up as it ends;
+    one raised inside a finalizer or a callback was reported as "Exception ignored",
+    with a traceback, and the run went on as if nothing had come."""
+    done = _signal_in_a_callback("entry._load()", signal_number)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"stopped {code}\n", ""), done
 
 
 @pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143), (1, 129)])

@@ -7,10 +7,19 @@ Terminated for SIGTERM and SIGHUP), so a run cleans up alike (a file rolled back
 lock released, a throwaway server stopped) and cli.main prints one line. SIGHUP is the
 terminal closing or an SSH session dropping: left to its default, the process would
 die where it stood.
+
+Python runs a signal's handler between two steps of whatever code is running, and
+that may be code whose exceptions Python reports and drops: a finalizer (`__del__`),
+a weak reference's callback (the import machinery has some), a garbage collection.
+An interrupt raised there was lost: the run went on, or, while starting, it went on
+after printing that nothing ran, with a traceback. So the starting handler ends the
+process itself (nothing ran to clean up), and an interrupt dropped later is raised
+again by its signal, where it reaches the run's code.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from types import FrameType
@@ -28,18 +37,54 @@ STOPPING = {signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
 
 
 def _while_starting(signum: int, frame: FrameType | None) -> None:
+    # Not SystemExit: raised in a callback of the import machinery, it was dropped.
     sys.stderr.write("error: interrupted while starting; nothing ran\n")
-    raise SystemExit(STOPPING.get(signal.Signals(signum), EXIT_INTERRUPTED))
+    sys.stderr.flush()
+    os._exit(STOPPING.get(signal.Signals(signum), EXIT_INTERRUPTED))
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated(STOPPING[signal.Signals(signum)])
 
 
+def _unraisable(report: sys.UnraisableHookArgs) -> None:
+    """An interrupt raised in code whose exceptions Python drops (see the module
+    docstring) is raised again in the code that runs next; anything else is reported
+    as Python reports it."""
+    if isinstance(report.exc_value, KeyboardInterrupt):
+        _raise_in_what_runs_next(report.exc_value)
+        return
+    sys.__unraisablehook__(report)
+
+
+def _raise_in_what_runs_next(interrupt: KeyboardInterrupt) -> None:
+    """Raise `interrupt` at the next step of the frames waiting below this one, or of
+    any frame called before they resume, by a trace function: an exception a trace
+    function raises is raised in the traced frame. (Sending the signal again does not
+    do: Python runs its handler here, where it is dropped again.) One raised in another
+    dropping place comes back here."""
+    tracing = sys.gettrace()
+
+    def trace(frame: FrameType, event: str, arg: object) -> None:
+        sys.settrace(tracing)
+        for waiting in frames:
+            waiting.f_trace = None
+        raise interrupt
+
+    frames: list[FrameType] = []
+    frame: FrameType | None = sys._getframe(2)  # below this function and the hook
+    while frame is not None:
+        frame.f_trace = trace
+        frames.append(frame)
+        frame = frame.f_back
+    sys.settrace(trace)
+
+
 def _load() -> object:
     # Under `nohup` SIGHUP comes ignored, and stays so: that is what nohup is for.
     if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
         STOPPING.pop(signal.SIGHUP, None)
+    sys.unraisablehook = _unraisable
     for signum in (*STOPPING, signal.SIGINT):
         signal.signal(signum, _while_starting)
     from cicd_db import cli
