@@ -459,19 +459,23 @@ def test_whatever_a_file_sets_the_next_file_starts_as_psql_starts_it(
     its role: the next file reads it as psql's next file does, each in a session of its
     own, and the two apply or fail alike. The runner keeps one session across files, so
     what a file leaves must not reach the next unless a new session would take it too.
-    Both log in as a role of the test's own, whose settings no other test sees."""
+    Each logs in as a role of the test's own, whose settings no other test sees, and
+    not the other's: a role's settings hold in every database, so psql's file setting
+    `default_transaction_read_only` on its role made the runner's first file read-only."""
     rows = database.query(SETTABLE, list(TEXT_VALUES), sorted(OWN_OPTIONS))
     assert len(rows) > 150, "pg_settings lists fewer settings than PostgreSQL 15 and 18 have"
     folder = tmp_path / "m"
     folder.mkdir()
-    role, password = f"parity_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
-    database.execute(
-        sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(password)
+    name, password = f"parity_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    roles = {target.name: f"{name}_{at}" for at, target in enumerate((database, spare))}
+    for role in roles.values():
+        database.execute(
+            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
         )
-    )
     runner_db, psql_db = (
-        Database(replace(target.settings, user=role, password=password))
+        Database(replace(target.settings, user=roles[target.name], password=password))
         for target in (database, spare)
     )
     for target in (database, spare):
@@ -533,7 +537,11 @@ def test_whatever_a_file_sets_the_next_file_starts_as_psql_starts_it(
                     conn.execute(
                         sql.SQL("ALTER DATABASE {} RESET ALL").format(sql.Identifier(target.name))
                     )
-                    conn.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(sql.Identifier(role)))
+                    conn.execute(
+                        sql.SQL("ALTER ROLE {} RESET ALL").format(
+                            sql.Identifier(roles[target.name])
+                        )
+                    )
             applied_versions = set(database.history())
             for file in files:  # what failed is not left pending for the next example
                 if int(file[:5]) not in applied_versions:
@@ -545,10 +553,11 @@ def test_whatever_a_file_sets_the_next_file_starts_as_psql_starts_it(
         for target in (database, spare):
             target.execute(
                 sql.SQL("REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}").format(
-                    role=sql.Identifier(role)
+                    role=sql.Identifier(roles[target.name])
                 )
             )
-        database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        for role in roles.values():
+            database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 # -- whatever else a file leaves in its session, the next file does not find -----------
