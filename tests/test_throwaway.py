@@ -85,6 +85,27 @@ def wait_ready(temporary: Path) -> None:
     raise AssertionError("the throwaway server never became ready")
 
 
+def wait_in_the_file(temporary: Path) -> None:
+    """Wait until the throwaway server runs the file's `pg_sleep`: a backend there whose
+    title names a SELECT on two looks 0.2 s apart (the runner's own SELECTs are over in
+    a few milliseconds). A fixed wait after the server was ready sent the signal before
+    the file began on a loaded machine (under strace, say), and the test failed for it."""
+    wait_ready(temporary)
+    deadline, seen = time.monotonic() + 60, 0
+    while time.monotonic() < deadline:
+        titles = []
+        for pid in postgres_under(temporary):
+            try:
+                titles.append(Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0 "))
+            except OSError:
+                continue
+        seen = seen + 1 if any(title.endswith(b" SELECT") for title in titles) else 0
+        if seen == 2:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the throwaway server never ran the file's pg_sleep")
+
+
 @pytest.mark.parametrize(
     ("signals", "code"),
     [
@@ -100,8 +121,7 @@ def test_a_stopped_dump_leaves_no_server_and_no_folder(
 ) -> None:
     folder = write_migrations(tmp_path / "migrations", SLEEPING)
     started = dump_process(folder, temporary)
-    wait_ready(temporary)
-    time.sleep(0.5)  # into the file's pg_sleep
+    wait_in_the_file(temporary)
     for number, sent in enumerate(signals):
         if number:
             time.sleep(0.25)
@@ -165,8 +185,7 @@ def test_a_killed_dump_takes_its_server_along_and_the_next_removes_what_it_left(
         tmp_path / "migrations", with_tablespace(location, "SELECT pg_sleep(5);\n")
     )
     started = dump_process(folder, temporary)
-    wait_ready(temporary)
-    time.sleep(0.5)  # into the file's pg_sleep, the tablespace made
+    wait_in_the_file(temporary)  # the tablespace made
     started.kill()
     started.communicate(timeout=30)
     assert gone(temporary) == []
