@@ -7,6 +7,7 @@ server behind every database test.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from cicd_db import commands, console, errors, migrations, targets
@@ -27,7 +30,7 @@ from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import run_cli, start_cli
 from .fix_db import SERVER_ROLES, Database, Databases
-from .utils import MIGRATIONS, PLAN_SCHEMA, ROOT, write_migrations
+from .utils import MIGRATIONS, PLAN_SCHEMA, ROOT, examples, write_migrations
 
 # -- migrate new ------------------------------------------------------------------------
 
@@ -625,3 +628,141 @@ def test_an_interrupt_outside_a_file_says_how_far_the_run_got(
     )
     assert (result.code, result.err) == (130, message)
     assert database.history() == ([1] if where == "between two files" else [])
+
+
+# -- what a command writes: files whole or not at all, documents as UTF-8 ------------------
+
+# Python in an ASCII locale: what a minimal image or `LC_ALL=C` with coercion off gives.
+ASCII_LOCALE = {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+NAMED = "d\u00e9pl\U0001f680y"  # Latin-1 holds the first, no 8-bit encoding the second
+
+
+def _limit_file_size() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+
+
+def test_a_write_cut_short_leaves_the_old_file_and_no_part_of_the_new(
+    migrated: Database, tmp_path: Path
+) -> None:
+    """A write that fails half-way (here a real limit on file size, as a full disk does)
+    truncated the old file and left part of the new one: an earlier schema.sql was
+    lost. Now the file is written beside itself and renamed over."""
+    target = tmp_path / "schema.sql"
+    target.write_text("-- the schema as it was\n")
+    started = start_cli(
+        "schema", "dump", "--database-url", migrated.url, "-o", str(target),
+        preexec_fn=_limit_file_size,
+    )  # fmt: skip
+    out, err = started.communicate(timeout=60)
+    assert (started.returncode, out) == (2, ""), err
+    assert err == f"error: cannot write {target}: File too large; pick another path\n"
+    assert target.read_text() == "-- the schema as it was\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["schema.sql"]
+
+
+def test_a_file_written_over_keeps_its_mode_and_a_link_keeps_its_target(
+    migrated: Database, tmp_path: Path
+) -> None:
+    target = tmp_path / "schema.sql"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    link = tmp_path / "link.sql"
+    link.symlink_to(target)
+    code, _, err = run_cli("schema", "dump", "--database-url", migrated.url, "-o", str(link))
+    assert (code, err) == (0, "")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert "CREATE TABLE public.pipeline_executions (" in target.read_text()
+    assert target.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.sql", "schema.sql"]
+
+
+def test_what_is_no_regular_file_is_written_where_it_stands(tmp_path: Path) -> None:
+    """`-o /dev/stdout`, a named pipe, a device: renamed over, root's `-o /dev/null`
+    would have replaced the device with a file. A pipe shows it without that risk."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        commands._write(fifo, "through the pipe\n")
+        assert os.read(reader, 100) == b"through the pipe\n"
+    finally:
+        os.close(reader)
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+@pytest.fixture
+def named_run(migrated: Database) -> Database:
+    from cicd_db.store import Store
+
+    with psycopg.connect(migrated.settings.conninfo(), autocommit=True) as conn:
+        store = Store.on(conn)
+        store.finish_run(store.set_status(store.start_run(NAMED, "abc123"), "RUNNING"))
+    return migrated
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_terminal_that_lacks_a_character_gets_it_escaped_and_documents_stay_utf8(
+    named_run: Database, tmp_path: Path, encoding: str
+) -> None:
+    """In an ASCII or Latin-1 terminal, a pipeline named with an emoji failed `report`
+    half-way ("unexpected UnicodeEncodeError"). Tables now show it as `\\U0001f680`, as
+    Python's stderr does; YAML and HTML, which are files' contents (`> report.yaml`),
+    are UTF-8 whatever the terminal, and read back as the name."""
+    import yaml
+
+    env = {"DATABASE_URL": named_run.url, "PYTHONIOENCODING": encoding}
+    table = start_cli("report", "--pipeline", NAMED, env=env, text=False)
+    out, err = table.communicate(timeout=60)
+    assert (table.returncode, err) == (0, b""), err
+    assert out.startswith(b"pipeline " + NAMED.encode(encoding, "backslashreplace") + b": 1 run")
+    document = start_cli("report", "--pipeline", NAMED, "--format", "yaml", env=env, text=False)
+    out, err = document.communicate(timeout=60)
+    assert (document.returncode, err) == (0, b"")
+    assert yaml.safe_load(out.decode("utf-8"))["pipeline"] == NAMED
+    page = start_cli("insights", "--format", "html", "-o", "-", env=env, text=False)
+    out, err = page.communicate(timeout=60)
+    assert (page.returncode, err) == (0, b"")
+    assert NAMED in out.decode("utf-8")
+
+
+def test_a_file_is_written_as_utf8_whatever_the_locale(named_run: Database, tmp_path: Path) -> None:
+    """The page says `charset="utf-8"`: in an ASCII locale it failed to be written (and a
+    Latin-1 locale wrote Latin-1 under that claim)."""
+    page = tmp_path / "page.html"
+    env = {"DATABASE_URL": named_run.url, **ASCII_LOCALE}
+    done = run_cli("insights", "--format", "html", "-o", str(page), env=env, process=True)
+    assert (done.code, done.err) == (0, ""), done
+    assert NAMED in page.read_bytes().decode("utf-8")
+
+
+@settings(max_examples=examples(200))
+@given(
+    name=st.text(st.characters(exclude_categories=("Cs",)), min_size=1),
+    encoding=st.sampled_from(["ascii", "latin-1", "cp1252", "utf-8"]),
+    output_format=st.sampled_from(["json", "yaml"]),
+)
+def test_any_name_reads_back_from_a_document_and_shows_in_any_terminal(
+    name: str, encoding: str, output_format: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a name holds, a JSON or YAML document on standard output reads back as
+    it, whatever the terminal's encoding, and a line quoting it shows without failing."""
+    from cicd_db import cli, report
+
+    terminal = io.TextIOWrapper(io.BytesIO(), encoding=encoding)
+    monkeypatch.setattr("sys.stdout", terminal)
+    cli.standard_output()  # as cli.main sets it up for every command
+    commands._print_document(report.structured({"pipeline": name}, output_format))
+    terminal.flush()
+    document = terminal.buffer.getvalue()  # type: ignore[attr-defined]
+    console.print_lines(f"pipeline {name}: 1 run")
+    terminal.flush()
+    line = terminal.buffer.getvalue()[len(document) :]  # type: ignore[attr-defined]
+    if output_format == "json":
+        assert json.loads(document.decode("utf-8"))["pipeline"] == name
+    else:
+        import yaml
+
+        assert yaml.safe_load(document.decode("utf-8"))["pipeline"] == name
+    assert line.decode(encoding).endswith(": 1 run\n")

@@ -581,8 +581,7 @@ def main(
     """Entry point of `cicd-db`; returns the exit code. Signals: see entry.py."""
     context: Context | None = None
     debug = False
-    if sys.stdout is None:  # started with it closed (`>&-`): Python leaves None there
-        sys.stdout = _ClosedOutput()
+    standard_output()
     try:
         call = parse(sys.argv[1:] if argv is None else argv, prog=prog, only_migrate=only_migrate)
         context = call.context
@@ -640,6 +639,19 @@ def main(
             debug,
         )
         return 1
+
+
+def standard_output() -> None:
+    """Standard output as every command writes to it. Closed at the start (`>&-`),
+    Python leaves None there: writing to it then fails as writing to a closed
+    descriptor does. A character the terminal's encoding lacks (a pipeline named with
+    an emoji, in an ASCII or Latin-1 locale) is written as `\U0001f680`, as Python
+    writes it to stderr, instead of failing the command half-way through a table.
+    (Documents go out as UTF-8 bytes: commands._print_document.)"""
+    if sys.stdout is None:
+        sys.stdout = _ClosedOutput()
+    elif isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 
 class _ClosedOutput(io.TextIOBase):
