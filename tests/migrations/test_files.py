@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,36 @@ def test_new_migration_says_why_it_cannot_write(tmp_path: Path) -> None:
     assert str(refused.value) == (
         f"cannot write {tmp_path / f'0001_{name}.sql'}: File name too long; check the folder"
     )
+
+
+def test_new_migration_cut_short_leaves_no_file(tmp_path: Path) -> None:
+    """A new file whose header cannot be written whole (a full disk; here a real limit on
+    file size) was left empty or cut short, and the next `up` applied it."""
+    script = (
+        "import resource, sys; from pathlib import Path; "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10)); "
+        "from cicd_db import cli; sys.exit(cli.main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "migrate",
+            "new",
+            "add_jobs",
+            "--migrations-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (2, ""), done
+    assert done.stderr == (
+        f"error: cannot write {tmp_path / '0001_add_jobs.sql'}: File too large; check the folder\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

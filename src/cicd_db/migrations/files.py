@@ -326,12 +326,20 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
     if not transactional:
         header = NO_TRANSACTION_MARKER.decode() + "\n" + header
     try:
-        with path.open("x") as out:
-            out.write(header)
+        out = path.open("x", encoding="utf-8")
     except FileExistsError:
         raise ConfigError(f"{path} exists already; pick another name") from None
     except OSError as error:
         raise ConfigError(f"cannot write {path}: {error.strerror}; check the folder") from None
+    try:
+        with out:
+            out.write(header)
+    except BaseException as error:
+        # Not left empty or cut short (a full disk, Ctrl-C): the next `up` would apply it.
+        path.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise ConfigError(f"cannot write {path}: {error.strerror}; check the folder") from None
+        raise
     return path
 
 
