@@ -4,6 +4,7 @@ before anything is sent (errors.check_name), for any text (hypothesis)."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import pytest
 from hypothesis import given
@@ -15,6 +16,7 @@ from cicd_db.errors import (
     UsageError,
     check_name,
     check_range,
+    check_time,
     one_line,
 )
 
@@ -155,3 +157,45 @@ def test_a_count_that_is_not_a_whole_number_is_refused_by_its_type(value: object
         f"`keep_days` takes a whole number from 1 to 36600, not a {type(value).__name__}"
     )
     check_range("keep_days", 30, 36_600)
+
+
+class _Raising(tzinfo):
+    """A time zone whose code fails: the caller's bug, told as a bad time."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("no offset")
+
+
+def test_a_failing_time_zone_is_named_by_its_class() -> None:
+    with pytest.raises(UsageError) as refused:
+        check_time("at", datetime(2026, 1, 1, tzinfo=_Raising()))
+    assert str(refused.value).startswith(
+        "`at` has a time zone, _Raising, that gives no valid UTC offset (RuntimeError)"
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [datetime(1, 1, 1, 15, tzinfo=UTC), datetime(9999, 12, 31, 23, tzinfo=UTC)],
+    ids=["early", "late"],
+)
+def test_a_time_out_of_range_names_the_range(value: datetime) -> None:
+    with pytest.raises(UsageError) as refused:
+        check_time("now", value)
+    assert str(refused.value) == (
+        f"`now` {value.isoformat()} is out of range: cicd-db takes times from "
+        "0001-01-08 to 9999-12-24 in UTC, which read back in any time zone"
+    )
+
+
+def test_a_naive_time_or_no_time_is_refused_with_the_reason() -> None:
+    at = datetime(2026, 1, 1, 9, 0)
+    with pytest.raises(UsageError) as refused:
+        check_time("at", at)
+    assert str(refused.value) == (
+        f"`at` {at.isoformat()} has no time zone; give an aware datetime "
+        "(datetime.now(UTC)): a naive one would be read in the session's time zone"
+    )
+    with pytest.raises(UsageError) as refused:
+        check_time("at", "2026-12-06")
+    assert str(refused.value) == "`at` must be a datetime, not str"

@@ -21,7 +21,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -505,6 +505,48 @@ def test_bad_windows_and_unknown_pipelines(conn: psycopg.Connection[Any]) -> Non
     with pytest.raises(NotFound, match="'nope' has no runs") as missing:
         insights.insights(conn, "nope")
     assert cli.phrased(missing.value).endswith("or leave --pipeline out to list every pipeline")
+
+
+@pytest.mark.parametrize(
+    ("now", "message"),
+    [
+        (datetime(1, 1, 1, tzinfo=UTC), "`now` 0001-01-01T00:00:00+00:00 is out of range"),
+        (
+            datetime(1, 1, 20, tzinfo=UTC),
+            "`now` 0001-01-20T00:00:00+00:00 is too early for a window of 30 days",
+        ),
+        (
+            datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-14))),
+            "`now` 9999-12-31T23:59:00-14:00 is out of range",
+        ),
+        ("2026-12-06", "`now` must be a datetime, not str"),
+    ],
+    ids=["year-1", "window-before-year-1", "year-10000-in-utc", "text"],
+)
+def test_a_now_out_of_range_is_refused_before_anything_is_read(
+    conn: psycopg.Connection[Any], now: object, message: str
+) -> None:
+    """As the store refuses such an `at`: the server's "timestamp too small", a TypeError
+    or an AttributeError came out of the library before."""
+    with pytest.raises(UsageError) as refused:
+        insights.insights(conn, now=now)  # type: ignore[arg-type]
+    assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize("pipeline", ["build", None], ids=["one", "all"])
+def test_a_run_from_a_clock_at_1970_costs_no_more_than_the_longest_window_of_days(
+    conn: psycopg.Connection[Any], pipeline: str | None
+) -> None:
+    """By runs, the days listed ran from the first run's day to the last one's: one run
+    stamped 1970 (an agent's clock) made 20,000 empty days, 5 MB of JSON and a 28 s
+    page; one in the year 1, 1.7 GB. At most MAX_DAYS days now, ending with the last
+    run's; the older run still counts in the figures."""
+    history(conn, Planned(datetime(1970, 1, 1, tzinfo=UTC)), Planned(at(1)))
+    found = insights.insights(conn, pipeline, runs=2, now=NOW)
+    line = found if isinstance(found, PipelineInsights) else found.pipelines[0]
+    assert len(line.days) == insights.MAX_DAYS and line.runs == 2
+    assert line.days[-1].date == at(1).date() and line.days[-1].runs == 1
+    assert sum(day.runs for day in line.days) == 1
 
 
 # -- random histories -------------------------------------------------------------------

@@ -40,6 +40,7 @@ its own way (the CLI: `--job needs --stage`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 
 EXIT_PENDING = EXIT_DRIFT = 3
 EXIT_DISAGREES = 4
@@ -206,6 +207,53 @@ def check_range(argument: str, value: int, most: int) -> None:
         raise UsageError(
             f"{{{argument}}} {value} is out of range; give 1 to {most}", arguments=[argument]
         )
+
+
+# The times cicd-db takes, in UTC: a week inside the years 1 to 9999 that Python's
+# datetime holds, so that the time reads back in a session of any TimeZone
+# (9999-12-31T20:00Z is already the year 10000 in Tokyo; a POSIX zone such as
+# '<+167>-167', which PostgreSQL takes, is 167 hours off UTC).
+EARLIEST = datetime(1, 1, 8, tzinfo=UTC)
+LATEST = datetime(9999, 12, 24, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def check_time(argument: str, value: object) -> datetime:
+    """`value` in UTC, or UsageError unless it is a time cicd-db can write and read
+    back: a datetime with a time zone (a naive one would be read in the session's,
+    shifting the instant silently) that gives its offset, from EARLIEST to LATEST."""
+    if not isinstance(value, datetime):
+        raise UsageError(
+            f"{{{argument}}} must be a datetime, not {type(value).__name__}", arguments=[argument]
+        )
+    try:
+        offset = value.utcoffset()  # the tzinfo's own code: it may raise anything
+        utc = value.astimezone(UTC) if offset is not None else None
+    except OverflowError:
+        raise _out_of_range(argument, value) from None
+    except Exception as error:
+        raise UsageError(
+            f"{{{argument}}} has a time zone, {type(value.tzinfo).__name__}, that gives no "
+            f"valid UTC offset ({type(error).__name__}); give an aware datetime "
+            "(datetime.now(UTC))",
+            arguments=[argument],
+        ) from None
+    if utc is None:
+        raise UsageError(
+            f"{{{argument}}} {value.isoformat()} has no time zone; give an aware datetime "
+            "(datetime.now(UTC)): a naive one would be read in the session's time zone",
+            arguments=[argument],
+        )
+    if not EARLIEST <= utc <= LATEST:
+        raise _out_of_range(argument, value)
+    return utc
+
+
+def _out_of_range(argument: str, value: datetime) -> UsageError:
+    return UsageError(
+        f"{{{argument}}} {value.isoformat()} is out of range: cicd-db takes times from "
+        "0001-01-08 to 9999-12-24 in UTC, which read back in any time zone",
+        arguments=[argument],
+    )
 
 
 # The longest name (a pipeline's, a stage's, a job's) cicd-db takes, in bytes as UTF-8:

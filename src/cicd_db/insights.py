@@ -32,18 +32,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, LiteralString
 
 import psycopg
 from psycopg import errors, sql
 
 from cicd_db.errors import (
+    EARLIEST,
     NotFound,
     OperationalError,
     UsageError,
     check_name,
     check_range,
+    check_time,
     no_schema,
 )
 from cicd_db.report import WIDTH, _fit, grid, structured
@@ -236,10 +238,13 @@ _DAY_FIGURES: LiteralString = (
     "percentile_cont(0.95) WITHIN GROUP (ORDER BY w.seconds) AS duration_p95_seconds"
 )
 # The days of the window: by days, the `days` days up to the clock's; by runs, from the
-# first run's day to the last one's.
+# first run's day to the last one's, at most MAX_DAYS of them (`span` days before the
+# last): a run further back (an agent's clock at 1970) counts in the figures, and is
+# not worth 20,000 empty days in the list (or 3.6 million, for a time in the year 1).
 _DAY_SPAN: LiteralString = (
     "SELECT d::date AS day FROM bounds, generate_series("
-    "coalesce(bounds.since AT TIME ZONE 'UTC', (SELECT min(t) FROM w) AT TIME ZONE 'UTC')"
+    "coalesce(bounds.since AT TIME ZONE 'UTC', greatest((SELECT min(t) FROM w) AT TIME ZONE "
+    "'UTC', (SELECT max(t) FROM w) AT TIME ZONE 'UTC' - %(span)s * interval '1 day'))"
     "::date::timestamp, "
     "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE 'UTC')::date "
     "ELSE ((SELECT max(t) FROM w) AT TIME ZONE 'UTC')::date END::timestamp, "
@@ -339,7 +344,8 @@ _EACH: LiteralString = (
     "spans AS (SELECT pipeline_name, min(t) AS first, max(t) AS last FROM w "
     "GROUP BY pipeline_name), "
     "span AS (SELECT spans.pipeline_name, d::date AS day FROM bounds, spans, generate_series("
-    "coalesce(bounds.since AT TIME ZONE 'UTC', spans.first AT TIME ZONE 'UTC')::date::timestamp, "
+    "coalesce(bounds.since AT TIME ZONE 'UTC', greatest(spans.first AT TIME ZONE 'UTC', "
+    "spans.last AT TIME ZONE 'UTC' - %(span)s * interval '1 day'))::date::timestamp, "
     "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE 'UTC')::date "
     "ELSE (spans.last AT TIME ZONE 'UTC')::date END::timestamp, interval '1 day') AS d), "
     "days AS (SELECT span.pipeline_name, span.day, {day_figures} FROM span LEFT JOIN w "
@@ -403,12 +409,15 @@ def insights(
     if runs is not None:
         check_range("runs", runs, MAX_RUNS)
     check_name("pipeline", pipeline, optional=True)
-    if now is not None and now.tzinfo is None:
+    utc = None if now is None else check_time("now", now)
+    # The window's first midnight must be a time cicd-db takes too.
+    if utc is not None and days is not None and utc - EARLIEST < timedelta(days=days):
         raise UsageError(
-            "{now} has no time zone; give an aware datetime (datetime.now(UTC))",
+            f"{{now}} {utc.isoformat()} is too early for a window of {days} days: it would "
+            "begin before the earliest time cicd-db takes, 0001-01-08",
             arguments=["now"],
         )
-    params = {"pipeline": pipeline, "days": days, "runs": runs, "now": now}
+    params = {"pipeline": pipeline, "days": days, "runs": runs, "now": now, "span": MAX_DAYS - 1}
     try:
         # Figures come back in JSON, which the server writes floats into as text: as it
         # writes them by default, whatever extra_float_digits a role, the database or a

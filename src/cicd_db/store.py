@@ -54,7 +54,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, LiteralString, TypeVar
 from uuid import UUID
@@ -64,7 +64,14 @@ from psycopg import errors, sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row, tuple_row
 
-from cicd_db.errors import AlreadyExists, IllegalTransition, NotFound, UsageError, check_name
+from cicd_db.errors import (
+    AlreadyExists,
+    IllegalTransition,
+    NotFound,
+    UsageError,
+    check_name,
+    check_time,
+)
 
 PENDING, RUNNING, SUCCESS, FAILED, CANCELED = "PENDING", "RUNNING", "SUCCESS", "FAILED", "CANCELED"
 STATUSES = (PENDING, RUNNING, SUCCESS, FAILED, CANCELED)
@@ -544,7 +551,7 @@ class Store:
                 f"{status!r} is not a status to move to; use one of {', '.join(ALLOWED_FROM)}"
             )
         if at is not None:
-            _check_at(at)
+            check_time("at", at)
         ids = [job.id for job in jobs]
         if len(set(ids)) != len(ids):
             twice = next(job for n, job in enumerate(jobs) if job.id in ids[:n])
@@ -758,7 +765,7 @@ class Store:
         statement by statement, which finishes it if it now may or says exactly why not.
         """
         if at is not None:
-            _check_at(at)
+            check_time("at", at)
         params = {"parent": row.id, "status": status, "at": at}
         try:
             finished = self._tuple(FINISH[type(row)], params)
@@ -821,7 +828,7 @@ class Store:
     def _cancel(self, row: Row, at: datetime | None) -> Row:
         """Cancel a run or stage and, parent before child, whatever of it has not finished."""
         if at is not None:
-            _check_at(at)
+            check_time("at", at)
         what = TABLES[type(row)][2]
         with self._connection() as conn, conn.transaction():
             # Locked first: an adder waiting on the lock then finds the row cancelled, and
@@ -864,7 +871,7 @@ class Store:
                 f"{status!r} is not a status to move to; use one of {', '.join(ALLOWED_FROM)}"
             )
         if at is not None:
-            _check_at(at)
+            check_time("at", at)
         query = MOVES[kind, status, at is not None]
         params = (row.id,) if at is None else (at, row.id)
         try:
@@ -940,14 +947,6 @@ class Store:
             return cursor.fetchall()
 
 
-# The times the store takes, in UTC: a week inside the years 1 to 9999 that Python's
-# datetime holds, so that the time reads back in a session of any TimeZone
-# (9999-12-31T20:00Z is already the year 10000 in Tokyo; a POSIX zone such as
-# '<+167>-167', which PostgreSQL takes, is 167 hours off UTC).
-_EARLIEST = datetime(1, 1, 8, tzinfo=UTC)
-_LATEST = datetime(9999, 12, 24, 23, 59, 59, 999999, tzinfo=UTC)
-
-
 # The ranges of PostgreSQL's integer and bigint, checked before a value is sent.
 INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
 INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
@@ -974,41 +973,6 @@ def tables_placement(conn: psycopg.Connection[Any]) -> tuple[str, str] | None:
 def _whole(value: object) -> bool:
     """An int that is not a bool (True is an int to Python, never a count or a number here)."""
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_at(at: object) -> None:
-    """UsageError unless `at` is a time the store can write and read back: a datetime
-    with a time zone (a naive one would be read in the session's, shifting the instant
-    silently) that gives its offset, from 0001-01-08 to 9999-12-24 in UTC."""
-    if not isinstance(at, datetime):
-        raise UsageError(f"{{at}} must be a datetime, not {type(at).__name__}", arguments=["at"])
-    try:
-        offset = at.utcoffset()  # the tzinfo's own code: it may raise anything
-        utc = at.astimezone(UTC) if offset is not None else None
-    except OverflowError:
-        raise _out_of_range(at) from None
-    except Exception as error:
-        raise UsageError(
-            f"{{at}} has a time zone, {type(at.tzinfo).__name__}, that gives no valid UTC offset "
-            f"({type(error).__name__}); give an aware datetime (datetime.now(UTC))",
-            arguments=["at"],
-        ) from None
-    if utc is None:
-        raise UsageError(
-            f"{{at}} {at.isoformat()} has no time zone; give an aware datetime "
-            "(datetime.now(UTC)): a naive one would be read in the session's time zone",
-            arguments=["at"],
-        )
-    if not _EARLIEST <= utc <= _LATEST:
-        raise _out_of_range(at)
-
-
-def _out_of_range(at: datetime) -> UsageError:
-    return UsageError(
-        f"{{at}} {at.isoformat()} is out of range: the store takes times from "
-        "0001-01-08 to 9999-12-24 in UTC, which read back in any time zone",
-        arguments=["at"],
-    )
 
 
 def _fetch_one(
