@@ -158,6 +158,9 @@ def test_the_cutoff_is_the_same_in_every_session_time_zone(migrated: Database, z
             [(server_now,)] = conn.execute("SELECT now()").fetchall()
             expected = server_now.astimezone(UTC) - timedelta(days=keep_days)  # 24 h days
             assert abs(pruned.cutoff - expected) < timedelta(minutes=5), (zone, keep_days)
+            # Printed in UTC, as every time cicd-db prints: it was the session's zone's.
+            cutoff = pruned.cutoff.astimezone(UTC)
+            assert str(pruned).endswith(f"before {cutoff:%Y-%m-%d %H:%M:%S} UTC"), str(pruned)
 
 
 def test_a_dry_run_counts_what_would_go_and_changes_nothing(

@@ -1127,6 +1127,9 @@ def test_the_times_at_the_edges_the_store_takes_read_back_in_any_time_zone(
         view = report.fetch(executions, "edges", run=run.run_number)
         assert report.data(view)["run"]["start_time"] is not None
         assert "run status      RUNNING" in report.render(view, "table")
+        # Four digits for the year 1 too: strftime wrote "1-01-08".
+        shown = at.strftime("-%m-%d %H:%M:%S")
+        assert f"run started     {at.year:04d}{shown}" in report.render(view, "table")
 
 
 @pytest.mark.parametrize(
@@ -1147,6 +1150,9 @@ def test_the_times_at_the_edges_the_store_takes_read_back_in_any_time_zone(
         (lambda s, t: s.runs("build", limit=True), "`limit` True is no count"),
         (lambda s, t: s.runs("build", limit=2**63), "`limit` 9223372036854775808 is no count"),
         (lambda s, t: s.runs("build", before="5"), "`before` '5' is no run number"),
+        (lambda s, t: s.run("build", True), "`run_number` True is no run number"),
+        (lambda s, t: s.run("build", "1"), "`run_number` '1' is no run number"),
+        (lambda s, t: s.run("build", 1.0), "`run_number` 1.0 is no run number"),
         (lambda s, t: s.runs("build", before=False), "`before` False is no run number"),
         (lambda s, t: s.runs("build", before=2**63), "`before` 9223372036854775808 is no run"),
         (
@@ -1168,6 +1174,9 @@ def test_the_times_at_the_edges_the_store_takes_read_back_in_any_time_zone(
         "limit-bool",
         "limit-past-bigint",
         "before-text",
+        "run-bool",
+        "run-text",
+        "run-float",
         "before-bool",
         "before-past-bigint",
         "twice",

@@ -221,7 +221,9 @@ def status_lines(description: str, rows: Sequence[migrations.StatusRow]) -> list
             str(row.version),
             row.name,
             row.state,
-            row.applied_at.strftime("%Y-%m-%d %H:%M:%S %Z") if row.applied_at else "-",
+            f"{row.applied_at.year:04d}-{row.applied_at:%m-%d %H:%M:%S %Z}"
+            if row.applied_at
+            else "-",
         ]
         for row in rows
     ]

@@ -279,7 +279,9 @@ def _time_cells(row: PipelineRun | StageRun | JobRun, *, short: bool = False) ->
 def _clock(moment: datetime | None, *, short: bool = False) -> str:
     if moment is None:
         return "-"
-    return moment.astimezone(UTC).strftime("%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S")
+    utc = moment.astimezone(UTC)
+    # The year by hand: strftime's %Y writes the year 1 as "1" here (glibc), not "0001".
+    return utc.strftime("%m-%d %H:%M:%S") if short else f"{utc.year:04d}-{utc:%m-%d %H:%M:%S}"
 
 
 def _duration(duration: timedelta | None) -> str:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -91,17 +91,17 @@ class Pruned:
     def __str__(self) -> str:
         counted = f"{plural(self.runs, 'run')}, {plural(self.stages, 'stage')}, "
         counted += plural(self.jobs, "job")
+        # In UTC, as every other time cicd-db prints (it comes in the session's zone).
+        cutoff = self.cutoff.astimezone(UTC)
+        before = f"{cutoff.year:04d}-{cutoff:%m-%d %H:%M:%S} UTC"
         if self.dry_run:
-            return f"would delete {counted} that finished before {self.cutoff:%Y-%m-%d %H:%M:%S %Z}"
+            return f"would delete {counted} that finished before {before}"
         held = (
             f"; left {plural(self.held, 'run')} a writer held, for the next call"
             if self.held
             else ""
         )
-        return (
-            f"deleted {counted} that finished before {self.cutoff:%Y-%m-%d %H:%M:%S %Z} "
-            f"in {self.seconds:.1f} s{held}"
-        )
+        return f"deleted {counted} that finished before {before} in {self.seconds:.1f} s{held}"
 
     def added(self, counts: tuple[int, int, int], started: float) -> Pruned:
         """These totals with one more committed batch of `counts` (runs, stages, jobs)."""

@@ -666,6 +666,12 @@ class Store:
     def run(self, pipeline_name: str, run_number: int) -> PipelineRun:
         """One run; NotFound names the pipeline and number. Reads."""
         check_name("pipeline_name", pipeline_name)
+        if not _whole(run_number):  # True and "2" reached the server, 2.0 was taken as 2
+            raise UsageError(
+                "{run_number} {given} is no run number; give a whole number",
+                arguments=["run_number"],
+                values={"given": repr(run_number)},
+            )
         found = self._maybe(
             PipelineRun,
             _q(
