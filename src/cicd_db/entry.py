@@ -72,7 +72,10 @@ def _raise_in_what_runs_next(interrupt: KeyboardInterrupt) -> None:
         raise interrupt
 
     frames: list[FrameType] = []
-    frame: FrameType | None = sys._getframe(2)  # below this function and the hook
+    try:
+        frame: FrameType | None = sys._getframe(2)  # below this function and the hook
+    except ValueError:  # none below (Python called the hook from C alone): the next call
+        frame = None
     while frame is not None:
         frame.f_trace = trace
         frames.append(frame)
