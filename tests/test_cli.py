@@ -105,10 +105,17 @@ except KeyboardInterrupt as interrupt:
 """
 
 
-def _signal_in_a_callback(install: str, signum: int) -> subprocess.CompletedProcess[str]:
+def _signal_in_a_callback(
+    install: str, signum: int, *, stderr_closed: bool = False
+) -> subprocess.CompletedProcess[str]:
     script = _IN_A_CALLBACK.format(install=install, signum=signum)
     return subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        preexec_fn=(lambda: os.close(2)) if stderr_closed else None,  # `2>&-`
     )
 
 
@@ -127,6 +134,10 @@ def test_a_signal_while_starting_is_one_line_and_the_end(
     done = _signal_in_a_callback(install, signal_number)
     assert (done.returncode, done.stdout) == (code, ""), done
     assert done.stderr == "error: interrupted while starting; nothing ran\n"
+    # With stderr closed, Python leaves None there: writing the line raised, and in a
+    # callback that error was dropped and the run went on (helper-72).
+    done = _signal_in_a_callback(install, signal_number, stderr_closed=True)
+    assert (done.returncode, done.stdout) == (code, ""), done
 
 
 @pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143), (1, 129)])

@@ -14,6 +14,8 @@ import pty
 import select
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from dataclasses import replace
@@ -25,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from cicd_db import commands, console, errors, migrations, targets
+from cicd_db import commands, console, errors, migrations, outputs, targets
 from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import run_cli, start_cli
@@ -692,6 +694,96 @@ def test_what_is_no_regular_file_is_written_where_it_stands(tmp_path: Path) -> N
     assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
 
 
+def test_o_dev_stdout_is_the_commands_standard_output_whatever_it_is(
+    migrated: Database, tmp_path: Path
+) -> None:
+    """`-o /dev/stdout` into a pipe failed once files were renamed over ("No such file or
+    directory": the pipe resolved to no path); into a file the shell appends to, the
+    file was replaced (and truncated before). It is the command's standard output."""
+    piped = start_cli("schema", "dump", "--database-url", migrated.url, "-o", "/dev/stdout")
+    out, err = piped.communicate(timeout=60)
+    assert (piped.returncode, err) == (0, "")
+    assert "CREATE TABLE public.pipeline_executions (" in out
+    log = tmp_path / "log"
+    log.write_text("-- before\n")
+    with log.open("a") as appended:
+        done = start_cli(
+            "schema", "dump", "--database-url", migrated.url, "-o", "/dev/stdout",
+            stdout=appended,
+        )  # fmt: skip
+        _, err = done.communicate(timeout=60)
+    assert (done.returncode, err) == (0, "")
+    text = log.read_text()
+    assert text.startswith("-- before\n") and "CREATE TABLE public.pipeline_executions (" in text
+
+
+def test_a_file_with_other_names_is_written_in_place_and_a_long_name_is_written(
+    tmp_path: Path,
+) -> None:
+    """A rename over a file with a second name (a hard link) split the two; a name of
+    245 bytes failed, the temporary name beside it being longer than a name may be."""
+    first, second = tmp_path / "page.html", tmp_path / "same.html"
+    first.write_text("old\n")
+    os.link(first, second)
+    commands._write(first, "new\n")
+    assert second.read_text() == "new\n" and first.stat().st_ino == second.stat().st_ino
+    long = tmp_path / ("a" * 245 + ".html")
+    commands._write(long, "text\n")
+    assert long.read_text() == "text\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["page.html", "same.html", long.name]
+    )
+
+
+_AS_ANOTHER_USER = """
+import os, pwd, sys
+from pathlib import Path
+from cicd_db import commands
+if os.geteuid() == 0:  # root writes anywhere: the write runs as nobody, as a user's would
+    os.setgid(pwd.getpwnam("nobody").pw_gid)
+    os.setuid(pwd.getpwnam("nobody").pw_uid)
+try:
+    commands._write(Path(sys.argv[1]), sys.argv[2])
+except Exception as error:
+    print(error)
+"""
+
+
+def test_a_writable_file_in_a_folder_it_cannot_write_is_written_in_place() -> None:
+    """A cron job's or a web root's page: the file is the user's, its folder is not. A
+    rename needs the folder, and refused what writing in place does. (In a folder of
+    /tmp's own, which another user can reach, unlike pytest's.)"""
+    tmp_path = Path(tempfile.mkdtemp(prefix="cicd-db-test-"))
+    tmp_path.chmod(0o755)
+    folder = tmp_path / "web"
+    folder.mkdir()
+    page = folder / "page.html"
+    page.write_text("old\n")
+    read_only = folder / "read-only.html"
+    read_only.write_text("kept\n")
+    read_only.chmod(0o444)
+    if os.geteuid() == 0:
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        os.chown(page, nobody.pw_uid, nobody.pw_gid)
+        os.chown(read_only, nobody.pw_uid, nobody.pw_gid)
+    folder.chmod(0o555)
+    try:
+        for path, said in ((page, ""), (read_only, f"cannot write {read_only}: Permission denied")):
+            done = subprocess.run(
+                [sys.executable, "-c", _AS_ANOTHER_USER, str(path), "new\n"],
+                capture_output=True, text=True, timeout=60, cwd=ROOT,
+            )  # fmt: skip
+            assert (done.returncode, done.stderr) == (0, ""), done
+            assert done.stdout.startswith(said) and (said or done.stdout == ""), done
+        assert page.read_text() == "new\n" and read_only.read_text() == "kept\n"
+        assert sorted(p.name for p in folder.iterdir()) == ["page.html", "read-only.html"]
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(tmp_path)
+
+
 @pytest.fixture
 def named_run(migrated: Database) -> Database:
     from cicd_db.store import Store
@@ -753,7 +845,7 @@ def test_any_name_reads_back_from_a_document_and_shows_in_any_terminal(
     terminal = io.TextIOWrapper(io.BytesIO(), encoding=encoding)
     monkeypatch.setattr("sys.stdout", terminal)
     cli.standard_output()  # as cli.main sets it up for every command
-    commands._print_document(report.structured({"pipeline": name}, output_format))
+    outputs.print_document(report.structured({"pipeline": name}, output_format))
     terminal.flush()
     document = terminal.buffer.getvalue()  # type: ignore[attr-defined]
     console.print_lines(f"pipeline {name}: 1 run")

@@ -31,7 +31,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cicd_db import cli, insights
+from cicd_db import cli, errors, insights
 from cicd_db.errors import NotFound, UsageError
 from cicd_db.insights import (
     Day,
@@ -513,7 +513,8 @@ def test_bad_windows_and_unknown_pipelines(conn: psycopg.Connection[Any]) -> Non
         (datetime(1, 1, 1, tzinfo=UTC), "`now` 0001-01-01T00:00:00+00:00 is out of range"),
         (
             datetime(1, 1, 20, tzinfo=UTC),
-            "`now` 0001-01-20T00:00:00+00:00 is too early for a window of 30 days",
+            "`now` 0001-01-20T00:00:00+00:00 is too early for a window of 30 days: it would "
+            "begin in the year 0",
         ),
         (
             datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-14))),
@@ -531,6 +532,22 @@ def test_a_now_out_of_range_is_refused_before_anything_is_read(
     with pytest.raises(UsageError) as refused:
         insights.insights(conn, now=now)  # type: ignore[arg-type]
     assert str(refused.value).startswith(message)
+
+
+def test_a_window_that_begins_at_the_earliest_time_is_taken(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The window begins at the midnight of `now` less its days but one: one that begins
+    at 0001-01-08 itself is taken, one a day earlier refused, naming where it begins."""
+    early = datetime(1, 1, 8, 12, tzinfo=UTC)
+    assert insights.insights(conn, days=1, now=early).window.since == errors.EARLIEST
+    assert insights.insights(conn, days=2, now=early + timedelta(days=1, hours=11)).pipelines == []
+    with pytest.raises(UsageError) as refused:
+        insights.insights(conn, days=2, now=early)
+    assert str(refused.value) == (
+        "`now` 0001-01-08T12:00:00+00:00 is too early for a window of 2 days: it would "
+        "begin at 0001-01-07, before the earliest time cicd-db takes, 0001-01-08"
+    )
 
 
 @pytest.mark.parametrize("pipeline", ["build", None], ids=["one", "all"])

@@ -647,7 +647,7 @@ def standard_output() -> None:
     descriptor does. A character the terminal's encoding lacks (a pipeline named with
     an emoji, in an ASCII or Latin-1 locale) is written as `\U0001f680`, as Python
     writes it to stderr, instead of failing the command half-way through a table.
-    (Documents go out as UTF-8 bytes: commands._print_document.)"""
+    (Documents go out as UTF-8 bytes: outputs.print_document.)"""
     if sys.stdout is None:
         sys.stdout = _ClosedOutput()
     elif isinstance(sys.stdout, io.TextIOWrapper):

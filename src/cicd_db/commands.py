@@ -17,8 +17,6 @@ import inspect
 import json
 import os
 import re
-import secrets
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from cicd_db import console, migrations, targets
+from cicd_db import console, migrations, outputs, targets
 from cicd_db.errors import (
     EXIT_DISAGREES,
     EXIT_DRIFT,
@@ -379,7 +377,7 @@ def schema_dump(ctx: Context, *, output: Path | None = None) -> int:
     else:
         text = schema.dump(ctx.remember(target).settings.for_migrations())
     if not output or str(output) == "-":  # `-o -`: the standard output, as most tools take it
-        _print_document(text)
+        outputs.print_document(text)
         return 0
     _write(output, text)
     ctx.say(f"schema written to {output}")
@@ -494,7 +492,7 @@ def show_report(
     if shown == "table":
         sys.stdout.write(text)
     else:
-        _print_document(text)
+        outputs.print_document(text)
     return 0
 
 
@@ -520,7 +518,7 @@ def show_insights(
         if shown == "table":
             sys.stdout.write(text)
         else:
-            _print_document(text)
+            outputs.print_document(text)
         return 0
     _write(output, text)
     ctx.say(f"insights written to {output}")
@@ -634,53 +632,9 @@ def _embedded_settings(ctx: Context) -> ConnectionSettings:
     return settings
 
 
-def _print_document(text: str) -> None:
-    """A document (JSON, YAML, HTML, a schema's SQL) on standard output, as UTF-8 bytes
-    whatever the locale: it is a file's content (`> page.html`), which its reader
-    decodes as UTF-8 (the page says so; YAML must be). Written in a Latin-1 or ASCII
-    locale's encoding, a name outside it failed the command, and one inside it made a
-    file that is not UTF-8. A table is for the terminal, and goes in its encoding
-    (cli.main: what it cannot show is escaped)."""
-    stream = sys.stdout
-    buffer = getattr(stream, "buffer", None)
-    if buffer is None or (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8":
-        stream.write(text)
-        return
-    stream.flush()
-    buffer.write(text.encode("utf-8"))
-    buffer.flush()
-
-
 def _write(path: Path, text: str) -> None:
-    """`text` into the file `path` as UTF-8, whole or not at all.
-
-    A new or regular file is written beside itself and renamed over (a symbolic link's
-    target is, the link kept), so a full disk, a size limit or Ctrl-C leaves the old
-    file as it was and no part of the new one; an existing file keeps its permissions.
-    Anything else (`/dev/stdout`, a named pipe, a device) is written where it stands:
-    renaming over it would replace the device with a file.
-    """
-    data = text.encode("utf-8")
-    target = Path(os.path.realpath(path))
+    """`text` into the file `path`, whole or not at all (outputs.write_file)."""
     try:
-        try:
-            mode: int | None = stat.S_IMODE(target.stat().st_mode)
-            if not target.is_file():
-                with open(target, "wb") as out:
-                    out.write(data)
-                return
-        except FileNotFoundError:
-            mode = None
-        beside = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        descriptor = os.open(beside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(descriptor, "wb") as out:
-                out.write(data)
-            if mode is not None:
-                os.chmod(beside, mode)
-            os.replace(beside, target)
-        except BaseException:
-            beside.unlink(missing_ok=True)
-            raise
+        outputs.write_file(path, text)
     except OSError as error:
         raise ConfigError(f"cannot write {path}: {error.strerror}; pick another path") from None

@@ -38,9 +38,18 @@ STOPPING = {signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
 
 def _while_starting(signum: int, frame: FrameType | None) -> None:
     # Not SystemExit: raised in a callback of the import machinery, it was dropped.
-    sys.stderr.write("error: interrupted while starting; nothing ran\n")
-    sys.stderr.flush()
+    _say_interrupted_while_starting()
     os._exit(STOPPING.get(signal.Signals(signum), EXIT_INTERRUPTED))
+
+
+def _say_interrupted_while_starting() -> None:
+    """The line, if it can go anywhere: with stderr closed (`2>&-`) Python leaves None
+    there, and an error here would keep the process from ending."""
+    try:
+        sys.stderr.write("error: interrupted while starting; nothing ran\n")
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -101,7 +110,7 @@ def _load() -> object:
     except KeyboardInterrupt as interrupt:
         # A signal that came while the CLI loaded is handled as its handler is changed, by
         # the new one (signal.signal runs what is pending): nothing ran yet all the same.
-        sys.stderr.write("error: interrupted while starting; nothing ran\n")
+        _say_interrupted_while_starting()
         raise SystemExit(interrupt_exit_code(interrupt)) from None
     return cli
 

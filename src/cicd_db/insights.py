@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, LiteralString
 
 import psycopg
@@ -47,6 +47,7 @@ from cicd_db.errors import (
     check_range,
     check_time,
     no_schema,
+    plural,
 )
 from cicd_db.report import WIDTH, _fit, grid, structured
 from cicd_db.report import seconds_text as _secs
@@ -410,13 +411,17 @@ def insights(
         check_range("runs", runs, MAX_RUNS)
     check_name("pipeline", pipeline, optional=True)
     utc = None if now is None else check_time("now", now)
-    # The window's first midnight must be a time cicd-db takes too.
-    if utc is not None and days is not None and utc - EARLIEST < timedelta(days=days):
-        raise UsageError(
-            f"{{now}} {utc.isoformat()} is too early for a window of {days} days: it would "
-            "begin before the earliest time cicd-db takes, 0001-01-08",
-            arguments=["now"],
-        )
+    # The window's first midnight (as _BOUNDS finds it) must be a time cicd-db takes too.
+    if utc is not None and days is not None:
+        first = utc.date().toordinal() - (days - 1)  # as a day's number: it may be no date
+        if first < EARLIEST.toordinal():
+            begins = f"at {date.fromordinal(first).isoformat()}" if first > 0 else "in the year 0"
+            raise UsageError(
+                f"{{now}} {utc.isoformat()} is too early for a window of "
+                f"{plural(days, 'day')}: it would begin {begins}, before the earliest time "
+                "cicd-db takes, 0001-01-08",
+                arguments=["now"],
+            )
     params = {"pipeline": pipeline, "days": days, "runs": runs, "now": now, "span": MAX_DAYS - 1}
     try:
         # Figures come back in JSON, which the server writes floats into as text: as it

@@ -1,0 +1,122 @@
+"""Where a command's answer goes: a file it writes (`-o PATH`), or a document on standard
+output. Tables and lines for a person go through console.print_lines; these are files'
+contents (a schema's SQL, the insights page, JSON and YAML), which their readers decode
+as UTF-8 whatever the terminal's locale.
+
+A file is written whole or not at all where that can be done without changing what the
+file is: a new file, or a regular file of this user's with one name and no extended
+attributes, is written beside itself and renamed over, so a full disk, a size limit or
+Ctrl-C leaves the old one as it was and no part of the new. Anything else is written in
+place, as `>` would: a file of another owner or with other names (a rename would take
+the owner, the other names, the ACLs with it), a file whose folder this user cannot
+write or that is mounted on its own (a container's bind mount), a pipe, a device,
+`/dev/stdout`. A path that is the command's own standard output or error (`-o
+/dev/stdout`, whatever it points at) is written to that stream, appending as the shell
+opened it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+# Errors that say the file cannot be replaced by a rename, though it may be written in
+# place: the folder is not ours to write, or the file is a mount point of its own.
+_NOT_BESIDE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EBUSY, errno.EXDEV}
+
+
+def print_document(text: str) -> None:
+    """`text` on standard output as UTF-8 bytes whatever the locale (written in a Latin-1
+    or ASCII locale's encoding, a name outside it failed the command, and one inside it
+    made a file that is not UTF-8)."""
+    _document_to(sys.stdout, text.encode("utf-8"))
+
+
+def _document_to(stream: object, data: bytes) -> None:
+    buffer: BinaryIO | None = getattr(stream, "buffer", None)
+    if buffer is None:  # a stream of text alone (a test's StringIO): it takes text
+        stream.write(data.decode("utf-8"))  # type: ignore[attr-defined]
+        return
+    stream.flush()  # type: ignore[attr-defined]
+    buffer.write(data)
+    buffer.flush()
+
+
+def write_file(path: Path, text: str) -> None:
+    """`text` into the file `path` as UTF-8 (see the module docstring). Raises OSError."""
+    data = text.encode("utf-8")
+    try:
+        found: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        found = None
+    if found is not None:
+        for stream in (sys.stdout, sys.stderr):
+            if _is_stream(found, stream):
+                _document_to(stream, data)
+                return
+        if not _replaceable(path, found):
+            _in_place(path, data)
+            return
+    target = Path(os.path.realpath(path))  # a link's target, the link kept
+    # A short name: the file's own, 255 bytes long, leaves no room for more.
+    beside = target.with_name(f".cicd-db-{secrets.token_hex(6)}.tmp")
+    try:
+        # Private while it fills: the file's own mode is given once it is whole.
+        descriptor = os.open(beside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        if found is None or error.errno not in _NOT_BESIDE:
+            raise
+        _in_place(path, data)
+        return
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+            os.fchmod(out.fileno(), stat.S_IMODE(found.st_mode) if found else _new_file_mode())
+        try:
+            os.replace(beside, target)
+        except OSError as error:
+            if found is None or error.errno not in _NOT_BESIDE:
+                raise
+            beside.unlink()
+            _in_place(path, data)
+    except BaseException:
+        beside.unlink(missing_ok=True)
+        raise
+
+
+def _is_stream(found: os.stat_result, stream: object) -> bool:
+    """Whether `found` is the file behind `stream` (its descriptor's)."""
+    try:
+        mine = os.fstat(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # closed, or no descriptor
+        return False
+    return (mine.st_dev, mine.st_ino) == (found.st_dev, found.st_ino)
+
+
+def _replaceable(path: Path, found: os.stat_result) -> bool:
+    """Whether a rename over `path` leaves a file that is the same but for its text."""
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1 or found.st_uid != os.geteuid():
+        return False
+    if not os.access(path, os.W_OK):  # read-only: refused in place, as `>` refuses it
+        return False
+    try:
+        return not os.listxattr(path)  # ACLs among them
+    except OSError:  # a file system without them
+        return True
+
+
+def _in_place(path: Path, data: bytes) -> None:
+    with open(path, "wb") as out:
+        out.write(data)
+
+
+def _new_file_mode() -> int:
+    """The mode `open` gives a new file: 0o666 less the umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
