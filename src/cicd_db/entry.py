@@ -63,7 +63,11 @@ def _unraisable(report: sys.UnraisableHookArgs) -> None:
     if isinstance(report.exc_value, KeyboardInterrupt):
         _raise_in_what_runs_next(report.exc_value)
         return
-    sys.__unraisablehook__(report)
+    _REPORTED_BEFORE[0](report)
+
+
+# The hook that was there before _unraisable (Python's own, unless something set one).
+_REPORTED_BEFORE = [sys.unraisablehook]
 
 
 def _raise_in_what_runs_next(interrupt: KeyboardInterrupt) -> None:
@@ -71,7 +75,9 @@ def _raise_in_what_runs_next(interrupt: KeyboardInterrupt) -> None:
     any frame called before they resume, by a trace function: an exception a trace
     function raises is raised in the traced frame. (Sending the signal again does not
     do: Python runs its handler here, where it is dropped again.) One raised in another
-    dropping place comes back here."""
+    dropping place comes back here. Python ends all tracing when a trace function
+    raises: under a tracer of its own (coverage, a debugger) the run stops as it
+    should, and the tracer with it."""
     tracing = sys.gettrace()
 
     def trace(frame: FrameType, event: str, arg: object) -> None:
@@ -96,7 +102,9 @@ def _load() -> object:
     # Under `nohup` SIGHUP comes ignored, and stays so: that is what nohup is for.
     if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
         STOPPING.pop(signal.SIGHUP, None)
-    sys.unraisablehook = _unraisable
+    if sys.unraisablehook is not _unraisable:
+        _REPORTED_BEFORE[0] = sys.unraisablehook
+        sys.unraisablehook = _unraisable
     for signum in (*STOPPING, signal.SIGINT):
         signal.signal(signum, _while_starting)
     from cicd_db import cli
