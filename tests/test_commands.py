@@ -214,6 +214,18 @@ def test_up_writes_the_schema_when_asked(database: Database, tmp_path: Path) -> 
     assert "CREATE TABLE public.a (" in output.read_text()
 
 
+def test_up_refuses_dump_schema_to_standard_output(tmp_path: Path) -> None:
+    """`-o -` is standard output for `schema dump` and `insights`; `--dump-schema -` made
+    a file named `-` in the working folder."""
+    done = run_cli("migrate", "up", "--database-url", "postgresql://h/d", "--dump-schema", "-")
+    assert (done.code, done.out) == (2, "")
+    assert done.err == (
+        "error: --dump-schema - would mix the schema with the run's lines on standard "
+        "output; give a path, or run `cicd-db schema dump` after the run\n"
+    )
+    assert not (ROOT / "-").exists()
+
+
 @pytest.mark.parametrize("failure", ["a path it cannot write", "a file changed the password"])
 def test_up_that_cannot_write_the_schema_says_the_files_were_applied(
     databases: Databases, empty_template: str, server: ConnectionSettings, tmp_path: Path,

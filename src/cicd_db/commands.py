@@ -187,6 +187,13 @@ def up(
     list them (`dry_run`, with their text: `sql`), or rehearse them; `yes` confirms
     writing to a remote stack; `dump_schema` writes the schema afterwards."""
     where = ctx.target()
+    if dump_schema is not None and str(dump_schema) == "-":
+        # Elsewhere `-o -` is standard output; here it would have made a file named `-`.
+        raise UsageError(
+            "{dump_schema} - would mix the schema with the run's lines on standard output; "
+            "give a path, or run `cicd-db schema dump` after the run",
+            arguments=["dump_schema"],
+        )
     if dump_schema and (dry_run or rehearse):
         raise UsageError(
             "{dump_schema} writes the schema once files are applied, and {given} applies "
