@@ -5,6 +5,7 @@ Modules, in the one direction imports flow:
     entry, cli     parse the arguments, run a command; signals, errors, exit codes
     commands       one function per command: one library call, then print
     console        what the commands print, as text and as JSON; the terminal clock
+    outputs        where an answer goes: a file written whole, a document as UTF-8
     migrations     the migration runner; sqltext reads files as psql does
     lint, schema   the SQL lint gate; catalog signatures, pg_dump, drift
     store, report  executions recorded and read back; the report views
