@@ -739,6 +739,16 @@ def test_a_file_with_other_names_is_written_in_place_and_a_long_name_is_written(
     os.link(first, second)
     commands._write(first, "new\n")
     assert second.read_text() == "new\n" and first.stat().st_ino == second.stat().st_ino
+    # Extended attributes (an ACL is one) stay with a file written in place; a rename
+    # would drop them. (ext4 and tmpfs take user attributes, as CI's disks do.)
+    tagged = tmp_path / "tagged.html"
+    tagged.write_text("old\n")
+    os.setxattr(tagged, "user.cicd", b"kept")
+    inode = tagged.stat().st_ino
+    commands._write(tagged, "new\n")
+    assert (tagged.read_text(), tagged.stat().st_ino) == ("new\n", inode)
+    assert os.getxattr(tagged, "user.cicd") == b"kept"
+    tagged.unlink()
     long = tmp_path / ("a" * 245 + ".html")
     commands._write(long, "text\n")
     assert long.read_text() == "text\n"

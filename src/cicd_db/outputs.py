@@ -104,8 +104,11 @@ def _replaceable(path: Path, found: os.stat_result) -> bool:
         return False
     if not os.access(path, os.W_OK):  # read-only: refused in place, as `>` refuses it
         return False
+    listxattr = getattr(os, "listxattr", None)  # Linux's; macOS's Python has none
+    if listxattr is None:
+        return True
     try:
-        return not os.listxattr(path)  # ACLs among them
+        return not listxattr(path)  # ACLs among them
     except OSError:  # a file system without them
         return True
 
