@@ -25,6 +25,7 @@ from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings, from_url
 
 from .fix_cli import run_cli, start_cli
 from .fix_db import SERVER_ROLES
+from .utils import use_service_file
 
 
 @dataclass(frozen=True)
@@ -728,3 +729,19 @@ def test_init_local_refuses_a_writer_or_reader_that_may_do_more(
         f"than its grants allow; run `{fix.format(user=user, owner=names.user)}` as a "
         "superuser and run again"
     )
+
+
+def test_a_services_host_hostaddr_and_port_are_not_passed_as_parameters(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The printed URLs name the host and port as fields: a service's host, hostaddr and
+    port are not copied beside them; what else it says of the server is."""
+    from cicd_db import local
+
+    use_service_file(
+        monkeypatch,
+        tmp_path,
+        "[s]\nhost=10.1.2.3\nhostaddr=10.0.0.9\nport=6001\nsslrootcert=/x/root.crt\n",
+    )
+    server = from_url("postgresql://postgres@db.example.com:5432/postgres?service=s")
+    assert local._server_parameters(server) == (("sslrootcert", "/x/root.crt"),)

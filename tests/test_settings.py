@@ -28,7 +28,7 @@ from cicd_db.targets import resolve
 
 from .fix_db import Database
 from .passwords import PASSWORD_CHARACTERS, assert_nothing_of
-from .utils import examples
+from .utils import examples, use_service_file
 
 
 @pytest.mark.parametrize(
@@ -1659,3 +1659,164 @@ def test_what_psycopg_reads_itself_is_passed_on_from_a_service(
         "load_balance_hosts": "random",
         "target_session_attrs": "prefer-standby",
     }
+
+
+# -- what services, stack outputs and origin say, value by value (mutation survivors) --
+
+KINDS_OF_SERVICE = (
+    "[plain]\nhost=10.1.2.3\nport=6001\n\n"
+    "[kept]\nkeepalives=0\nsslmode=require\n\n"
+    "[tls]\nsslrootcert=system\n\n"
+    "[latin]\napplication_name=caf\xe9\n"
+)
+
+
+@pytest.mark.parametrize("pgservice", [False, True], ids=["asked", "worked"])
+@pytest.mark.parametrize(
+    ("service", "environ", "expected"),
+    [
+        # A variable the service does not name is the environment's, not the service's.
+        ("plain", {"PGCONNECT_TIMEOUT": "7"}, {"host": "10.1.2.3", "port": "6001"}),
+        # A keyword no variable sets (keepalives); a service's sslmode over PGSSLMODE,
+        # which PGREQUIRESSL does not override.
+        (
+            "kept",
+            {"PGSSLMODE": "disable", "PGREQUIRESSL": "1"},
+            {"keepalives": "0", "sslmode": "require"},
+        ),
+        # PGSSLROOTCERT=system makes libpq's sslmode verify-full with or without the service.
+        ("plain", {"PGSSLROOTCERT": "system"}, {"host": "10.1.2.3", "port": "6001"}),
+    ],
+    ids=["variable", "novariable", "systemroots"],
+)
+def test_a_services_values_are_the_same_asked_of_libpq_or_worked_out(
+    service: str, environ: dict[str, str], expected: dict[str, str], pgservice: bool,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:  # fmt: skip
+    """service_values asks libpq what it takes without the service, unless PGSERVICE is
+    set, when it works that out: both ways give the same answer."""
+    use_service_file(monkeypatch, tmp_path, KINDS_OF_SERVICE)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    if pgservice:
+        monkeypatch.setenv("PGSERVICE", "plain" if service != "plain" else "kept")
+    assert contract.service_values(service) == expected
+
+
+@pytest.mark.parametrize("pgservice", [False, True], ids=["asked", "worked"])
+def test_a_services_sslrootcert_system_makes_its_sslmode_verify_full(
+    pgservice: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """libpq connects with sslmode=verify-full where the service names sslrootcert=system;
+    origin must not call it libpq's default prefer. (With PGSERVICE set, the service's own sslrootcert was taken for the
+    environment's, and sslmode called libpq's default: helper-70's mutation run.)"""
+    use_service_file(monkeypatch, tmp_path, KINDS_OF_SERVICE)
+    if pgservice:
+        monkeypatch.setenv("PGSERVICE", "plain")
+    assert contract.service_values("tls") == {"sslmode": "verify-full", "sslrootcert": "system"}
+    origin = from_url("postgresql://u@/d?service=tls").origin("sslmode")
+    assert origin == "sslmode=verify-full (from service tls)"
+
+
+def test_reading_a_service_sends_nothing_to_its_host(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The probe stops before any name lookup or packet (_STOPS): no connection reaches
+    the service's host."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        use_service_file(monkeypatch, tmp_path, f"[probe]\nhost=127.0.0.1\nport={port}\n")
+        assert contract.service_values("probe") == {"host": "127.0.0.1", "port": str(port)}
+        listener.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+
+
+def test_a_service_value_that_is_not_utf8_is_read_with_a_replacement(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A LATIN1 byte in the service file: one replacement character, no error."""
+    use_service_file(monkeypatch, tmp_path, KINDS_OF_SERVICE)
+    assert contract.service_values("latin") == {"application_name": "caf\ufffd"}
+
+
+TYPED_OUTPUTS = {
+    "host": "db.example.com",
+    "port": 6543,
+    "database": "app",
+    "user": "ci",
+    "password": "pw",
+    "sslmode": "require",
+    "database_url": "postgresql://ci:pw@db.example.com:6543/app?sslmode=require",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "kind"),
+    [
+        ("port", 0, "out of range"),
+        ("port", 65536, "out of range"),
+        ("port", True, "true or false"),
+        ("port", 6543.0, "a fraction"),
+        ("port", [6543], "a list"),
+        ("port", {"n": 6543}, "an object"),
+        ("host", 0, "a number"),
+        ("host", 1.5, "a fraction"),
+        ("password", False, "true or false"),
+        ("database", [], "a list"),
+        ("sslmode", {}, "an object"),
+    ],
+    ids=[
+        "port0", "port65536", "porttrue", "portfloat", "portlist", "portobject",
+        "hostint", "hostfloat", "passwordfalse", "databaselist", "sslmodeobject",
+    ],
+)  # fmt: skip
+def test_an_output_of_another_type_is_named_by_its_kind(
+    name: str, value: object, kind: str
+) -> None:
+    """Which kind the refusal names, value by value (the property test accepts any kind).
+    null never reaches it: an output that is null is missing."""
+    wanted = "a port number from 1 to 65535" if name == "port" else "text"
+    with pytest.raises(contract.ConfigError) as raised:
+        contract.from_outputs({**TYPED_OUTPUTS, name: value}, stack="prod")
+    message = str(raised.value)
+    assert message.startswith(f"stack 'prod' output {name} is {kind}, not {wanted}; "), message
+
+
+def test_a_bad_field_or_optional_url_is_named_with_the_stack() -> None:
+    with pytest.raises(contract.ConfigError) as raised:
+        contract.from_outputs({**TYPED_OUTPUTS, "host": "pw@db.example.com"}, stack="prod")
+    assert str(raised.value).startswith("the stack 'prod' outputs has a host with '@'"), (
+        raised.value
+    )
+    with pytest.raises(contract.ConfigError) as raised:
+        contract.from_outputs({**TYPED_OUTPUTS, "app_database_url": "mysql://x"}, stack="prod")
+    assert "stack 'prod' output app_database_url" in str(raised.value), raised.value
+
+
+def test_a_password_that_disagrees_is_named_without_values() -> None:
+    with pytest.raises(contract.ConfigError) as raised:
+        contract.from_outputs({**TYPED_OUTPUTS, "password": "other-secret"}, stack="prod")
+    assert str(raised.value) == (
+        "stack 'prod' outputs password and database_url name different passwords; export both "
+        "from the same values and run `pulumi up -s prod`"
+    )
+
+
+def test_origin_names_pgsslrootcert_system_as_what_makes_sslmode_verify_full(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    use_service_file(monkeypatch, tmp_path, KINDS_OF_SERVICE)
+    monkeypatch.setenv("PGSSLROOTCERT", "system")
+    origin = from_url("postgresql://u@h/d").origin("sslmode")
+    assert origin == "sslmode=verify-full (libpq's default with sslrootcert=system)"
+
+
+def test_origin_of_a_keyword_nothing_names_and_libpq_has_no_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    use_service_file(monkeypatch, tmp_path, KINDS_OF_SERVICE)
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
+    assert from_url("postgresql://u@h/d").origin("sslrootcert") == "no sslrootcert"

@@ -116,3 +116,21 @@ def pg_dump_calls() -> Iterator[list[PgDumpCall]]:
 
     with mock.patch.object(subprocess, "run", watched):
         yield calls
+
+
+# libpq's variables a service file test clears, so the machine's own do not take part.
+SERVICE_VARIABLES = (
+    "PGSERVICE", "PGSSLMODE", "PGREQUIRESSL", "PGCONNECT_TIMEOUT", "PGSSLROOTCERT",
+    "PGTARGETSESSIONATTRS", "PGLOADBALANCEHOSTS", "PGHOST", "PGPORT", "PGAPPNAME",
+)  # fmt: skip
+
+
+def use_service_file(monkeypatch: Any, tmp_path: Path, text: str) -> Path:
+    """A service file holding `text` (written as Latin-1, so a test can hold a byte that
+    is not UTF-8) for libpq to read, and libpq's variables cleared."""
+    services = tmp_path / "pg_service.conf"
+    services.write_bytes(text.encode("latin-1"))
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    for variable in SERVICE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    return services

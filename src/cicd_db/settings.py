@@ -470,7 +470,7 @@ def service_values(service: str) -> dict[str, str]:
         if keyword == SSLMODE and not os.environ.get("PGSSLMODE"):
             if os.environ.get("PGREQUIRESSL", "").startswith("1"):
                 otherwise = "require"
-            elif found.get("sslrootcert") == "system":
+            elif os.environ.get("PGSSLROOTCERT") == "system":
                 otherwise = "verify-full"
         if found[keyword] != otherwise:
             values[keyword] = found[keyword]
