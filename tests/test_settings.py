@@ -1742,17 +1742,6 @@ def test_a_service_value_that_is_not_utf8_is_read_with_a_replacement(
     assert contract.service_values("latin") == {"application_name": "caf\ufffd"}
 
 
-TYPED_OUTPUTS = {
-    "host": "db.example.com",
-    "port": 6543,
-    "database": "app",
-    "user": "ci",
-    "password": "pw",
-    "sslmode": "require",
-    "database_url": "postgresql://ci:pw@db.example.com:6543/app?sslmode=require",
-}
-
-
 @pytest.mark.parametrize(
     ("name", "value", "kind"),
     [
@@ -1780,25 +1769,25 @@ def test_an_output_of_another_type_is_named_by_its_kind(
     null never reaches it: an output that is null is missing."""
     wanted = "a port number from 1 to 65535" if name == "port" else "text"
     with pytest.raises(contract.ConfigError) as raised:
-        contract.from_outputs({**TYPED_OUTPUTS, name: value}, stack="prod")
+        contract.from_outputs({**OUTPUTS, name: value}, stack="prod")
     message = str(raised.value)
     assert message.startswith(f"stack 'prod' output {name} is {kind}, not {wanted}; "), message
 
 
 def test_a_bad_field_or_optional_url_is_named_with_the_stack() -> None:
     with pytest.raises(contract.ConfigError) as raised:
-        contract.from_outputs({**TYPED_OUTPUTS, "host": "pw@db.example.com"}, stack="prod")
+        contract.from_outputs({**OUTPUTS, "host": "pw@db.example.com"}, stack="prod")
     assert str(raised.value).startswith("the stack 'prod' outputs has a host with '@'"), (
         raised.value
     )
     with pytest.raises(contract.ConfigError) as raised:
-        contract.from_outputs({**TYPED_OUTPUTS, "app_database_url": "mysql://x"}, stack="prod")
+        contract.from_outputs({**OUTPUTS, "app_database_url": "mysql://x"}, stack="prod")
     assert "stack 'prod' output app_database_url" in str(raised.value), raised.value
 
 
 def test_a_password_that_disagrees_is_named_without_values() -> None:
     with pytest.raises(contract.ConfigError) as raised:
-        contract.from_outputs({**TYPED_OUTPUTS, "password": "other-secret"}, stack="prod")
+        contract.from_outputs({**OUTPUTS, "password": "other-secret"}, stack="prod")
     assert str(raised.value) == (
         "stack 'prod' outputs password and database_url name different passwords; export both "
         "from the same values and run `pulumi up -s prod`"
