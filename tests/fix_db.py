@@ -121,6 +121,9 @@ def server(pytestconfig: pytest.Config) -> ConnectionSettings:
     return settings
 
 
+_CHEAP_AUTHENTICATION_LOCK = 0x5C2A3  # an advisory lock key of the test server's own
+
+
 def _cheap_authentication(settings: ConnectionSettings) -> None:
     """SCRAM with one iteration where the server can (PostgreSQL 16+): the test server's
     passwords guard nothing, and the suite opens some ten thousand connections, each
@@ -131,6 +134,9 @@ def _cheap_authentication(settings: ConnectionSettings) -> None:
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
         if conn.info.server_version < 160000:
             return
+        # One xdist worker at a time: two updating the role's row at once fail
+        # ("tuple concurrently updated"); the lock ends with the session.
+        conn.execute("SELECT pg_advisory_lock(%s)", [_CHEAP_AUTHENTICATION_LOCK])
         row = conn.execute(
             "SELECT current_setting('scram_iterations'), rolpassword LIKE 'SCRAM-SHA-256$1:%' "
             "FROM pg_authid WHERE rolname = current_user"

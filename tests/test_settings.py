@@ -1686,8 +1686,10 @@ KINDS_OF_SERVICE = (
         ),
         # PGSSLROOTCERT=system makes libpq's sslmode verify-full with or without the service.
         ("plain", {"PGSSLROOTCERT": "system"}, {"host": "10.1.2.3", "port": "6001"}),
+        # PGSSLMODE set empty is set for libpq (its getenv), so no derived verify-full.
+        ("tls", {"PGSSLMODE": "", "PGSSLROOTCERT": "system"}, {}),
     ],
-    ids=["variable", "novariable", "systemroots"],
+    ids=["variable", "novariable", "systemroots", "emptysslmode"],
 )
 def test_a_services_values_are_the_same_asked_of_libpq_or_worked_out(
     service: str, environ: dict[str, str], expected: dict[str, str], pgservice: bool,

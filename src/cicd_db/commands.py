@@ -643,5 +643,7 @@ def _write(path: Path, text: str) -> None:
     """`text` into the file `path`, whole or not at all (outputs.write_file)."""
     try:
         outputs.write_file(path, text)
+    except BrokenPipeError:  # `-o /dev/stdout | head`: told as `-o -` is (cli.main)
+        raise
     except OSError as error:
         raise ConfigError(f"cannot write {path}: {error.strerror}; pick another path") from None

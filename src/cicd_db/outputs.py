@@ -75,6 +75,10 @@ def write_file(path: Path, text: str) -> None:
         return
     try:
         with os.fdopen(descriptor, "wb") as out:
+            if found is not None and not _same_group(out.fileno(), found):
+                beside.unlink()  # a shared folder's group would be lost: `>` keeps it
+                _in_place(path, data)
+                return
             out.write(data)
             os.fchmod(out.fileno(), stat.S_IMODE(found.st_mode) if found else _new_file_mode())
         try:
@@ -87,6 +91,17 @@ def write_file(path: Path, text: str) -> None:
     except BaseException:
         beside.unlink(missing_ok=True)
         raise
+
+
+def _same_group(descriptor: int, found: os.stat_result) -> bool:
+    """Whether the new file has the old one's group, given it if need be (a member may)."""
+    if os.fstat(descriptor).st_gid == found.st_gid:
+        return True
+    try:
+        os.fchown(descriptor, -1, found.st_gid)
+    except OSError:
+        return False
+    return True
 
 
 def _is_stream(found: os.stat_result, stream: object) -> bool:
@@ -108,7 +123,8 @@ def _replaceable(path: Path, found: os.stat_result) -> bool:
     if listxattr is None:
         return True
     try:
-        return not listxattr(path)  # ACLs among them
+        # ACLs among them; an SELinux label is on every file, and a new one gets its own.
+        return not [name for name in listxattr(path) if not name.startswith("security.")]
     except OSError:  # a file system without them
         return True
 

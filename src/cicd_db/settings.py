@@ -467,7 +467,7 @@ def service_values(service: str) -> dict[str, str]:
             otherwise: str | None = os.environ[variable]
         else:
             otherwise = default.compiled.decode() if default.compiled is not None else None
-        if keyword == SSLMODE and not os.environ.get("PGSSLMODE"):
+        if keyword == SSLMODE and "PGSSLMODE" not in os.environ:  # libpq: set, even empty
             if os.environ.get("PGREQUIRESSL", "").startswith("1"):
                 otherwise = "require"
             elif os.environ.get("PGSSLROOTCERT") == "system":
