@@ -87,7 +87,7 @@ def explain(conn: psycopg.Connection[Any], pipeline: str, now: datetime) -> list
         (VIEWS[1], pipeline, None, 1000),
         (VIEWS[2], None, 30, None),
     ):
-        params = {"pipeline": chosen, "days": days, "runs": runs, "now": now}
+        params = insights._parameters(chosen, days, runs, now)
         query = insights._query(chosen, runs).as_bytes(conn)
         plan = [row[0] for row in conn.execute(b"EXPLAIN (ANALYZE, BUFFERS) " + query, params)]
         out += [f"-- insights, {name}", *plan, ""]

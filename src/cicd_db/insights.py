@@ -364,6 +364,14 @@ _EACH: LiteralString = (
 )
 
 
+def _parameters(
+    pipeline: str | None, days: int | None, runs: int | None, now: datetime | None
+) -> dict[str, Any]:
+    """The values _query's statement takes (`span`: the days a window of runs lists
+    before its last day, at most)."""
+    return {"pipeline": pipeline, "days": days, "runs": runs, "now": now, "span": MAX_DAYS - 1}
+
+
 def _query(pipeline: str | None, runs: int | None) -> sql.Composed:
     """The statement for one pipeline or for all, over days or runs: the templates above,
     their {placeholders} filled with the fragments (all constants)."""
@@ -422,7 +430,7 @@ def insights(
                 "cicd-db takes, 0001-01-08",
                 arguments=["now"],
             )
-    params = {"pipeline": pipeline, "days": days, "runs": runs, "now": now, "span": MAX_DAYS - 1}
+    params = _parameters(pipeline, days, runs, now)
     try:
         # Figures come back in JSON, which the server writes floats into as text: as it
         # writes them by default, whatever extra_float_digits a role, the database or a
