@@ -78,13 +78,11 @@ def _raise_in_what_runs_next(interrupt: KeyboardInterrupt) -> None:
     dropping place comes back here. Python ends all tracing when a trace function
     raises: under a tracer of its own (coverage, a debugger) the run stops as it
     should, and the tracer with it."""
-    tracing = sys.gettrace()
 
     def trace(frame: FrameType, event: str, arg: object) -> None:
-        sys.settrace(tracing)
         for waiting in frames:
             waiting.f_trace = None
-        raise interrupt
+        raise interrupt  # and Python ends the tracing
 
     frames: list[FrameType] = []
     try:
