@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .utils import ROOT
+from .utils import MIGRATIONS, ROOT
 
 PAGES = sorted([*ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md"), *(ROOT / "db").rglob("*.md")])
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -31,3 +31,38 @@ def test_every_test_module_named_exists(page: Path) -> None:
     modules = {path.name for path in (ROOT / "tests").rglob("test_*.py")}
     named = set(TEST_MODULE.findall(page.read_text(encoding="utf-8")))
     assert named - modules == set(), f"{page.relative_to(ROOT)} names tests that are not there"
+
+
+TEST_NAME = re.compile(r"\b(test_[a-z0-9_]+)\b(?!\.py)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_every_test_named_exists(page: Path) -> None:
+    """A guarantee that cites its test by name cites one that is there (a renamed test
+    left docs/reports.md citing a name no test had)."""
+    tests = list((ROOT / "tests").rglob("*.py"))
+    defined = {path.stem for path in tests} | {  # a module named without .py too
+        name
+        for path in tests
+        for name in re.findall(r"^\s*def (test_[a-z0-9_]+)", path.read_text(), re.MULTILINE)
+    }
+    named = set(TEST_NAME.findall(page.read_text(encoding="utf-8")))
+    assert named - defined == set(), f"{page.relative_to(ROOT)} names tests that are not there"
+
+
+def test_the_samples_count_the_repositorys_migrations() -> None:
+    """The `make run` and everyday-commands samples say what this repository's files
+    give (they said 27 and 28 files when there were 36)."""
+    from cicd_db import migrations
+
+    files = migrations.discover(MIGRATIONS)
+    transactional = sum(1 for migration in files if migration.transactional)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"applied {len(files)} migrations to stack embedded" in readme
+    assert f"\n{files[-1].version}       {files[-1].name}" in readme
+    guide = (ROOT / "docs" / "migrations.md").read_text(encoding="utf-8")
+    new = len(files) + 1  # `migrate new` in the sample adds one, in a transaction
+    assert f"db/migrations/{new:04d}_add_run_index.sql" in guide
+    assert f"sqlfluff: passed ({new} files)" in guide
+    assert f"squawk (in a transaction): passed ({transactional + 1} files)" in guide
+    assert f"squawk (no transaction): passed ({len(files) - transactional} files)" in guide
