@@ -495,11 +495,7 @@ def show_report(
             before=before,
         )
     shown = "json" if ctx.json else format
-    text = report.render(view, shown)
-    if shown == "table":
-        sys.stdout.write(text)
-    else:
-        outputs.print_document(text)
+    _print_answer(report.render(view, shown), shown)
     return 0
 
 
@@ -522,10 +518,7 @@ def show_insights(
     shown = "json" if ctx.json else format
     text = insights.render(found, shown)
     if output is None or str(output) == "-":  # `-o -`: the standard output
-        if shown == "table":
-            sys.stdout.write(text)
-        else:
-            outputs.print_document(text)
+        _print_answer(text, shown)
         return 0
     _write(output, text)
     ctx.say(f"insights written to {output}")
@@ -637,6 +630,15 @@ def _embedded_settings(ctx: Context) -> ConnectionSettings:
     settings = targets.resolve(stack=targets.EMBEDDED).embedded_server().settings()
     ctx.secrets += settings.secrets()
     return settings
+
+
+def _print_answer(text: str, shown: str) -> None:
+    """A table for the terminal, in its encoding (cli.standard_output escapes what it
+    lacks); any other format is a document, as UTF-8 (outputs.print_document)."""
+    if shown == "table":
+        sys.stdout.write(text)
+    else:
+        outputs.print_document(text)
 
 
 def _write(path: Path, text: str) -> None:

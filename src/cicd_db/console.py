@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from cicd_db import migrations
-from cicd_db.errors import one_line, plural
+from cicd_db.errors import clock_text, one_line, plural
 
 if TYPE_CHECKING:  # annotations only: the commands import these on use
     from cicd_db.embedded import Status
@@ -221,9 +221,7 @@ def status_lines(description: str, rows: Sequence[migrations.StatusRow]) -> list
             str(row.version),
             row.name,
             row.state,
-            f"{row.applied_at.year:04d}-{row.applied_at:%m-%d %H:%M:%S %Z}"
-            if row.applied_at
-            else "-",
+            f"{clock_text(row.applied_at)} {row.applied_at:%Z}" if row.applied_at else "-",
         ]
         for row in rows
     ]

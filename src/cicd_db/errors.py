@@ -248,6 +248,12 @@ def check_time(argument: str, value: object) -> datetime:
     return utc
 
 
+def clock_text(moment: datetime) -> str:
+    """`moment` as the tables print a time, `2026-12-06 18:02:49`, in its own zone: the
+    year by hand, since strftime's %Y writes the year 1 as "1" on glibc, not "0001"."""
+    return f"{moment.year:04d}-{moment:%m-%d %H:%M:%S}"
+
+
 def _out_of_range(argument: str, value: datetime) -> UsageError:
     return UsageError(
         f"{{{argument}}} {value.isoformat()} is out of range: cicd-db takes times from "

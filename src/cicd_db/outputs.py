@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 import sys
 from pathlib import Path
@@ -64,7 +63,7 @@ def write_file(path: Path, text: str) -> None:
             return
     target = Path(os.path.realpath(path))  # a link's target, the link kept
     # A short name: the file's own, 255 bytes long, leaves no room for more.
-    beside = target.with_name(f".cicd-db-{secrets.token_hex(6)}.tmp")
+    beside = target.with_name(f".cicd-db-{os.urandom(6).hex()}.tmp")  # no import
     try:
         # Private while it fills: the file's own mode is given once it is whole.
         descriptor = os.open(beside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

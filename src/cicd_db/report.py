@@ -16,7 +16,14 @@ from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from cicd_db.errors import ConfigError, UsageError, check_name, no_schema, one_line
+from cicd_db.errors import (
+    ConfigError,
+    UsageError,
+    check_name,
+    clock_text,
+    no_schema,
+    one_line,
+)
 
 if TYPE_CHECKING:  # only for annotations: `cicd-db migrate` imports this module for grid()
     from cicd_db.store import JobRun, PipelineRun, StageRun, Store
@@ -280,8 +287,7 @@ def _clock(moment: datetime | None, *, short: bool = False) -> str:
     if moment is None:
         return "-"
     utc = moment.astimezone(UTC)
-    # The year by hand: strftime's %Y writes the year 1 as "1" here (glibc), not "0001".
-    return utc.strftime("%m-%d %H:%M:%S") if short else f"{utc.year:04d}-{utc:%m-%d %H:%M:%S}"
+    return utc.strftime("%m-%d %H:%M:%S") if short else clock_text(utc)
 
 
 def _duration(duration: timedelta | None) -> str:

@@ -50,6 +50,7 @@ from cicd_db.errors import (
     OperationalError,
     check_name,
     check_range,
+    clock_text,
     interrupt_exit_code,
     no_schema,
     plural,
@@ -92,8 +93,7 @@ class Pruned:
         counted = f"{plural(self.runs, 'run')}, {plural(self.stages, 'stage')}, "
         counted += plural(self.jobs, "job")
         # In UTC, as every other time cicd-db prints (it comes in the session's zone).
-        cutoff = self.cutoff.astimezone(UTC)
-        before = f"{cutoff.year:04d}-{cutoff:%m-%d %H:%M:%S} UTC"
+        before = f"{clock_text(self.cutoff.astimezone(UTC))} UTC"
         if self.dry_run:
             return f"would delete {counted} that finished before {before}"
         held = (

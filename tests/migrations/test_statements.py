@@ -77,21 +77,29 @@ def test_a_no_transaction_file_ending_in_a_comment_never_closed_is_refused(
 def test_transaction_control_is_refused_before_anything_runs(
     untouched: Database, tmp_path: Path, statement: str, shown: str
 ) -> None:
-    folder = write_migrations(
+    err = _refused_with_nothing_run(
+        untouched,
         tmp_path,
-        {
-            "0001_first.sql": "CREATE TABLE first (id int);\n",
-            "0002_own_transaction.sql": f"CREATE TABLE p1 (id int);\n{statement}\nSELECT 1/0;\n",
-        },
+        "0002_own_transaction.sql",
+        f"CREATE TABLE p1 (id int);\n{statement}\nSELECT 1/0;\n",
     )
-    code, out, err = migrate(untouched, folder)
-    assert (code, out) == (2, "")
     assert err == (
         f"error: migration file 0002_own_transaction.sql, line 2: {shown} ends or starts a "
         "transaction, and the runner already runs this file in one; remove it, or make the "
         "first line `-- cicd-db: no-transaction` to run the file outside a transaction\n"
     )
+
+
+def _refused_with_nothing_run(untouched: Database, tmp_path: Path, name: str, text: str) -> str:
+    """`up` of a table's file and then `name` holding `text`: refused (exit 2, nothing on
+    stdout) before anything ran, the table's file included; what it said on stderr."""
+    folder = write_migrations(
+        tmp_path, {"0001_first.sql": "CREATE TABLE first (id int);\n", name: text}
+    )
+    code, out, err = migrate(untouched, folder)
+    assert (code, out) == (2, "")
     assert untouched.tables() == set()
+    return err
 
 
 @pytest.mark.parametrize(
@@ -111,24 +119,17 @@ def test_what_postgresql_never_runs_in_a_transaction_is_refused_before_anything_
 ) -> None:
     """Found by helper-68: it passed `check --no-lint`, and `up` applied the files before
     it, then failed at it (25001). Known from the text: refused before anything runs."""
-    folder = write_migrations(
-        tmp_path,
-        {
-            "0001_first.sql": "CREATE TABLE first (id int);\n",
-            "0002_outside.sql": f"SET lock_timeout = '1s';\n{statement}\n",
-        },
+    err = _refused_with_nothing_run(
+        untouched, tmp_path, "0002_outside.sql", f"SET lock_timeout = '1s';\n{statement}\n"
     )
-    code, out, err = migrate(untouched, folder)
-    assert (code, out) == (2, "")
     assert err == (
         f"error: migration file 0002_outside.sql, line 2: {shown} cannot run inside a "
         "transaction, and the runner runs this file in one; make the first line "
         "`-- cicd-db: no-transaction`, with this statement alone in the file\n"
     )
-    assert untouched.tables() == set()
     # The fix it names is taken: marked so, the statement is the file's one statement.
-    (folder / "0002_outside.sql").write_text(f"-- cicd-db: no-transaction\n{statement}\n")
-    assert migrations.discover(folder)[1].transactional is False
+    (tmp_path / "0002_outside.sql").write_text(f"-- cicd-db: no-transaction\n{statement}\n")
+    assert migrations.discover(tmp_path)[1].transactional is False
 
 
 @pytest.mark.parametrize(
