@@ -342,6 +342,69 @@ def test_lock_retries_give_up_within_their_bounds(database: Database, tmp_path: 
     assert database.history() == []
 
 
+def test_a_concurrent_build_that_met_its_lock_timeout_is_retried_within_its_bounds(
+    database: Database, tmp_path: Path
+) -> None:
+    """A CONCURRENTLY build that meets an old snapshot fails on the file's own
+    lock_timeout and leaves its index invalid; the retry drops that index first, and that
+    drop waits for the same transaction: it must be bounded too (the file's lock_timeout),
+    so the run retries and gives up as any busy table's, and does not hang past its
+    retries and budget."""
+    database.execute("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_idx.sql": "-- cicd-db: no-transaction\nSET lock_timeout = '200ms';\n"
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx ON t (x);\n"
+        },
+    )
+    with database.connect() as blocker:
+        blocker.autocommit = False
+        blocker.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        blocker.execute("SELECT count(*) FROM t")
+        runner = start_cli(
+            "migrate", "--database-url", database.url, "--retries", "2", "--retry-budget", "2",
+            "--migrations-dir", f"{folder}",
+        )  # fmt: skip
+        try:
+            _, err = runner.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            runner.kill()
+            runner.communicate()
+            pytest.fail("the run still waited 30 s after its retries and budget were spent")
+    assert runner.returncode == 1, err
+    assert err.splitlines()[-1].endswith("(raise --retries or --retry-budget)"), err
+    assert database.history() == []
+
+
+def test_a_concurrent_build_retried_under_the_databases_lock_timeout_is_not_refused(
+    database: Database, tmp_path: Path
+) -> None:
+    """Under a database's lock_timeout, a CONCURRENTLY build that meets an old snapshot
+    is retried; the retry's drop of the index the build itself just left meets the same
+    snapshot and the same lock_timeout: a busy table, retried like the build, not a
+    refusal (exit 2) that blames an interrupted run after one retry."""
+    database.execute("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
+    database.execute(f"ALTER DATABASE {database.name} SET lock_timeout = '100ms'")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_idx.sql": "-- cicd-db: no-transaction\n"
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx ON t (x);\n"
+        },
+    )
+    with database.connect() as blocker:
+        blocker.autocommit = False
+        blocker.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        blocker.execute("SELECT count(*) FROM t")
+        code, _, err = migrate(database, folder, "--retries", "2", "--retry-budget", "2")
+    assert code == 1, err  # not 2: nothing is wrong with the files or the history
+    lines = err.splitlines()
+    assert [line.split(", retry ")[1].split(" in ")[0] for line in lines[:2]] == ["1/2", "2/2"]
+    assert lines[-1].endswith("gave up after 2 retries (raise --retries or --retry-budget)"), err
+    assert database.history() == []
+
+
 @pytest.mark.parametrize(
     ("marker", "interruption", "lose_the_connection", "code", "message"),
     [
@@ -467,8 +530,12 @@ def test_a_history_row_a_trigger_swallowed_is_not_called_applied(
     assert database.history() == [1]
 
 
-def test_two_invalid_indexes_of_one_name_are_left_alone(database: Database, tmp_path: Path) -> None:
-    """Which one the interrupted run left is not known: the runner drops neither."""
+def test_of_two_invalid_indexes_of_one_name_the_one_on_the_files_table_is_dropped(
+    database: Database, tmp_path: Path
+) -> None:
+    """Two schemas' tables t, each with an invalid index t_c: the file's own `SET
+    search_path` decides which table its statement indexes, so which leftover is its
+    own; a dry run says so, and the run drops that one, before the build, and no other."""
     for schema_name in ("one", "two"):
         database.execute(
             f"CREATE SCHEMA {schema_name}; CREATE TABLE {schema_name}.t (c int); "
@@ -476,21 +543,24 @@ def test_two_invalid_indexes_of_one_name_are_left_alone(database: Database, tmp_
         )
         with database.connect() as conn, pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY t_c ON {schema_name}.t (c)")
+    database.execute("DELETE FROM two.t")
     folder = write_migrations(
         tmp_path,
         {
-            "0001_index.sql": "-- cicd-db: no-transaction\nSET search_path = one;\n"
+            "0001_index.sql": "-- cicd-db: no-transaction\nSET search_path = two, one;\n"
             "CREATE UNIQUE INDEX CONCURRENTLY t_c ON t (c);\n"
         },
     )
-    with database.connect() as conn, pytest.raises(MigrationRefused) as refused:
-        migrations.Runner(conn, migrations.discover(folder)).apply()
-    assert str(refused.value) == (
-        "migration 0001_index.sql builds index t_c, and 2 invalid indexes have that name "
-        "(one.t_c, two.t_c); drop the one the interrupted run left (DROP INDEX CONCURRENTLY) "
-        "and run again"
-    )
-    assert database.query("SELECT count(*) FROM pg_class WHERE relname = 't_c'") == [(2,)]
+    code, out, err = migrate(database, folder, "up", "--dry-run")
+    assert (code, err) == (0, "")
+    assert "  would drop invalid index two.t_c left by an interrupted run" in out.splitlines()
+    code, out, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == "  dropped invalid index t_c left by an interrupted run"
+    assert database.query(
+        "SELECT n.nspname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 't_c' ORDER BY 1"
+    ) == [("one", False), ("two", True)]
 
 
 @pytest.mark.parametrize(
@@ -860,6 +930,34 @@ def test_an_invalid_index_of_the_name_on_another_table_is_never_dropped(
     ) == [("s1", True), ("s2", False)]
 
 
+def test_an_invalid_index_of_the_name_in_another_schema_is_never_dropped_for_an_unqualified_file(
+    database: Database, tmp_path: Path
+) -> None:
+    """A file that names no schema indexes the table its search_path finds (public.t):
+    an invalid index of the same name on a table of the same name in another schema
+    (a tenant's failed build) is on another table, and stays."""
+    database.execute(
+        "CREATE TABLE public.t (x int); CREATE SCHEMA tenant; CREATE TABLE tenant.t (x int); "
+        "INSERT INTO tenant.t VALUES (1), (1)"
+    )
+    with database.connect() as conn, pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("CREATE UNIQUE INDEX CONCURRENTLY idx ON tenant.t (x)")
+    folder = write_migrations(
+        tmp_path,
+        {"0001_idx.sql": "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY idx ON t (x);\n"},
+    )
+    code, out, err = migrate(database, folder, "up", "--dry-run")
+    assert (code, err) == (0, "")
+    assert "would drop" not in out
+    code, out, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert "dropped" not in out
+    assert database.query(
+        "SELECT n.nspname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 'idx' ORDER BY 1"
+    ) == [("public", True), ("tenant", False)]
+
+
 def test_an_index_another_session_is_building_is_not_dropped(
     database: Database, tmp_path: Path
 ) -> None:
@@ -963,26 +1061,26 @@ def test_one_retry_allowed_is_said_in_the_singular() -> None:
     assert migrations.RetryPolicy(retries=1).give_up(2, 0.1) == "gave up after 1 retry"
 
 
-def test_a_dry_run_lists_a_file_the_run_would_refuse_for_its_invalid_indexes(
+def test_a_dry_run_looks_for_the_leftover_after_the_files_leading_statements(
     database: Database, tmp_path: Path
 ) -> None:
-    """Two invalid indexes of the name a file builds: the run refuses (which one to drop
-    cannot be told); a dry run, a plan, lists the file with that, exit 0."""
-    for schema in ("a", "b"):
-        database.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (c int); "
-                         f"INSERT INTO {schema}.t VALUES (1), (1)")  # fmt: skip
-        with database.connect() as conn, pytest.raises(psycopg.errors.UniqueViolation):
-            conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY u ON {schema}.t (c)")
+    """A dry run finds the table the build indexes as the run does, after the file's
+    leading statements, which it runs in a transaction rolled back; one that fails is
+    listed with what the run will say, exit 0, and leaves the session as it was."""
     folder = write_migrations(
         tmp_path,
         {
-            "0001_index.sql": "-- cicd-db: no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY u ON t (c);\n"
+            "0001_index.sql": "-- cicd-db: no-transaction\nSET search_path = nowhere;\n"
+            "SET lock_timeout = 'soon';\nCREATE UNIQUE INDEX CONCURRENTLY u ON t (c);\n"
         },
     )
     code, out, _ = migrate(database, folder, "up", "--dry-run")
     assert code == 0, out
     assert out.splitlines()[0].startswith(
-        "  a run now: migration 0001_index.sql builds index u, and 2 invalid indexes have "
-        "that name (a.u, b.u)"
+        "  a run now: migration 0001_index.sql failed at line 3: invalid value for parameter "
+        '"lock_timeout": "soon"'
     ), out
-    assert migrate(database, folder).code == 2
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err.startswith("error: migration 0001_index.sql failed at line 3: invalid value"), err
+    assert database.history() == []

@@ -35,7 +35,7 @@ from cicd_db.migrations.failures import (
     Transient,
     first_line,
 )
-from cicd_db.migrations.files import Migration, index_target
+from cicd_db.migrations.files import IndexTarget, Migration, index_target
 from cicd_db.migrations.session import (
     AFTER_COMMIT,
     CHECK_LOCK,
@@ -336,8 +336,18 @@ class Applier:
 
     def _outside_transaction(self, migration: Migration) -> tuple[str, ...]:
         started = time.perf_counter()
-        notes = drop_invalid_index(self.conn, migration)
-        self.session.run_steps(migration)
+        notes: tuple[str, ...] = ()
+        steps = self.session.steps_for(migration)
+        target = index_target(migration, steps)
+        if target is not None:
+            # The file's SET and RESET statements before its build run first: the table
+            # is found, and an invalid index left on it dropped, in the session they
+            # leave (its search_path, role and lock_timeout), where the build runs.
+            if target.step:
+                self.session.run_steps(replace(migration, planned=steps[: target.step]))
+            notes = drop_invalid_index(self.conn, migration, target)
+            steps = steps[target.step :]
+        self.session.run_steps(replace(migration, planned=steps))
         duration_ms = (time.perf_counter() - started) * 1000
         self.session.end_transaction()
         # The reset in a query of its own: a query's statements share one transaction,
@@ -519,30 +529,42 @@ class Applier:
         return f"what it did {committed} committed"
 
 
-def drop_invalid_index(conn: psycopg.Connection[Any], migration: Migration) -> tuple[str, ...]:
+def drop_invalid_index(
+    conn: psycopg.Connection[Any], migration: Migration, target: IndexTarget
+) -> tuple[str, ...]:
     """Drop the invalid index an interrupted CREATE INDEX CONCURRENTLY left behind.
 
     PostgreSQL's own advice for that case; without it, the file could never be
     run again (the name is taken) or, with IF NOT EXISTS, would keep a broken index.
+    Run in the session the file's leading statements left. Raises `Transient` where
+    other sessions keep the drop waiting past a lock_timeout (an old snapshot, which
+    the build itself would wait for): a busy table, retried as the build would be.
     """
-    index = invalid_index(conn, migration)
+    index = invalid_index(conn, migration, target)
     if index is None:
         return ()
-    name = index_target(migration)[0]  # type: ignore[index]
     try:
         conn.execute(drop_statement(index).encode())
     except psycopg.Error as refused:
         if conn.closed or conn.broken:
             raise
-        # An event trigger on sql_drop, a lock_timeout, a missing right: the file could
-        # not run (the name is taken), and nothing of it has.
+        state = refused.diag.sqlstate or ""
+        cause = refused.diag.message_primary or first_line(refused)
+        if state in RETRIED_SQLSTATES:
+            raise Transient(
+                f"migration {migration.filename} builds index {target.name}, and the invalid "
+                f"one a run left, {index}, could not be dropped: {cause} [{state}]; nothing "
+                "of the file ran but its SET and RESET statements",
+                f"{RETRIED_SQLSTATES[state]} dropping the invalid index {index}",
+            ) from None
+        # An event trigger on sql_drop, a missing right: the file could not run (the name
+        # is taken), and nothing of it has.
         raise MigrationRefused(
-            f"migration {migration.filename} builds index {name}, and the invalid one an "
-            f"interrupted run left, {index}, could not be dropped: "
-            f"{refused.diag.message_primary or first_line(refused)}; drop it (DROP INDEX "
-            f"CONCURRENTLY {index}) and run again"
+            f"migration {migration.filename} builds index {target.name}, and the invalid one "
+            f"an interrupted run left, {index}, could not be dropped: {cause}; drop it (DROP "
+            f"INDEX CONCURRENTLY {index}) and run again"
         ) from None
-    return (f"dropped invalid index {name} left by an interrupted run",)
+    return (f"dropped invalid index {target.name} left by an interrupted run",)
 
 
 def drop_statement(index: str) -> str:
@@ -550,18 +572,31 @@ def drop_statement(index: str) -> str:
     return f"DROP INDEX CONCURRENTLY IF EXISTS {index}"
 
 
-def invalid_index(conn: psycopg.Connection[Any], migration: Migration) -> str | None:
+def invalid_index(
+    conn: psycopg.Connection[Any], migration: Migration, target: IndexTarget | None = None
+) -> str | None:
     """The invalid index of the name `migration` builds CONCURRENTLY (schema-qualified),
     which an interrupted run left and the next drops before it runs the file; None for
-    none. MigrationRefused where it cannot be told which, or another session is
+    none. Only the one on the table the file's statement names, found as the statement
+    will find it: in the session as it is now (its search_path), which must be the one
+    the file's leading statements left. MigrationRefused where another session is
     building it now. Reads only."""
-    target = index_target(migration)
+    target = target or index_target(migration)
     if target is None:
         return None
-    name, schema, table = target
-    # The index of that name on a table of the name the file gives (in the schema it
-    # gives, else in any: the file may set its own search_path), left invalid; one
-    # another session is building right now is invalid too, until it is done.
+    # The table as the file's statement finds it. No operator and no function but
+    # pg_catalog's, named so: the session's search_path, the file's, may hold others.
+    relation = sql.Identifier(*(part for part in (target.schema, target.table) if part))
+    row = conn.execute(
+        sql.SQL("SELECT pg_catalog.to_regclass({})::pg_catalog.oid").format(
+            sql.Literal(relation.as_string(conn))
+        )
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None  # no such table: the file's statement fails on that, as under psql
+    # The index of that name on that table, left invalid; one another session is
+    # building right now is invalid too, until it is done. (An index's schema is its
+    # table's: at most one has the name.)
     invalid = history.pinned_rows(
         conn,
         sql.SQL(
@@ -569,22 +604,25 @@ def invalid_index(conn: psycopg.Connection[Any], migration: Migration) -> str | 
             "pg_catalog.pg_stat_progress_create_index p WHERE p.index_relid = c.oid) "
             "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_catalog.pg_class t ON t.oid = i.indrelid "
-            "WHERE c.relname = {name} AND NOT i.indisvalid AND t.relname = {table} "
-            "AND ({schema}::text IS NULL OR n.nspname = {schema}) ORDER BY 1"
-        ).format(name=sql.Literal(name), table=sql.Literal(table), schema=sql.Literal(schema)),
+            "WHERE i.indrelid = {table} AND c.relname = {name} AND NOT i.indisvalid"
+        ).format(table=sql.Literal(row[0]), name=sql.Literal(target.name)),
     )
-    building = [str(row[0]) for row in invalid if row[1]]
-    if building:
+    if invalid and invalid[0][1]:
         raise MigrationRefused(
-            f"migration {migration.filename} builds index {name}, and another session is "
-            f"building {building[0]} right now; wait until it is done (pg_stat_progress_"
-            "create_index shows it), then run again"
-        )
-    if len(invalid) > 1:
-        raise MigrationRefused(
-            f"migration {migration.filename} builds index {name}, and {len(invalid)} invalid "
-            f"indexes have that name ({', '.join(str(row[0]) for row in invalid)}); drop the "
-            "one the interrupted run left (DROP INDEX CONCURRENTLY) and run again"
+            f"migration {migration.filename} builds index {target.name}, and another session "
+            f"is building {invalid[0][0]} right now; wait until it is done "
+            "(pg_stat_progress_create_index shows it), then run again"
         )
     return str(invalid[0][0]) if invalid else None
+
+
+def invalid_index_ahead(session: Session, migration: Migration) -> str | None:
+    """invalid_index() for a dry run: the file's leading statements run, as they would
+    before the lookup, in a transaction rolled back after it."""
+    steps = session.steps_for(migration)
+    target = index_target(migration, steps)
+    if target is None or not target.step:
+        return invalid_index(session.conn, migration, target)
+    with session.conn.transaction(force_rollback=True):
+        session.run_steps(replace(migration, planned=steps[: target.step]))
+        return invalid_index(session.conn, migration, target)

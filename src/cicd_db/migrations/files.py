@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cicd_db.errors import ConfigError
 
@@ -363,16 +363,25 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 def index_name(migration: Migration) -> str | None:
     """The index a no-transaction file builds concurrently, as PostgreSQL names it."""
     target = index_target(migration)
-    return target[0] if target else None
+    return target.name if target else None
 
 
-def index_target(migration: Migration) -> tuple[str, str | None, str] | None:
+class IndexTarget(NamedTuple):
+    """The index a no-transaction file builds concurrently, as PostgreSQL names it."""
+
+    name: str
+    schema: str | None  # the table's schema, where the file names it
+    table: str
+    step: int  # where the statement stands among the file's steps
+
+
+def index_target(migration: Migration, steps: tuple[Step, ...] | None = None) -> IndexTarget | None:
     """The index a no-transaction file builds concurrently, and the table it indexes, as
-    PostgreSQL names them: (index, the table's schema if the file names it, table)."""
+    PostgreSQL names them, among `steps` (the file's plan by default)."""
     from cicd_db.migrations.statements import CONCURRENT_INDEX, INDEXED_TABLE, Copy
     from cicd_db.sqltext import without_comments
 
-    for step in migration.steps:
+    for position, step in enumerate(migration.steps if steps is None else steps):
         if isinstance(step, Copy):
             continue
         text = migration.data[step.start : step.end]
@@ -383,9 +392,10 @@ def index_target(migration: Migration) -> tuple[str, str | None, str] | None:
         on = INDEXED_TABLE.match(statement, match.end())
         if on is None:
             return None  # not a statement PostgreSQL would take: it says so when it runs
+        name, first = _folded(match["name"]), _folded(on["first"])
         if on["second"] is None:
-            return _folded(match["name"]), None, _folded(on["first"])
-        return _folded(match["name"]), _folded(on["first"]), _folded(on["second"])
+            return IndexTarget(name, None, first, position)
+        return IndexTarget(name, first, _folded(on["second"]), position)
     return None
 
 

@@ -17,7 +17,13 @@ import psycopg
 from psycopg import sql
 
 from cicd_db import targets
-from cicd_db.errors import ConfigError, MigrationRefused, OperationalError, UsageError
+from cicd_db.errors import (
+    ConfigError,
+    MigrationFailed,
+    MigrationRefused,
+    OperationalError,
+    UsageError,
+)
 from cicd_db.migrations import history, lock, reconcile
 from cicd_db.migrations.failures import DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET
 from cicd_db.migrations.files import Migration, discover
@@ -107,8 +113,8 @@ class Runner:
                 notes: tuple[str, ...] = ()
                 before: tuple[str, ...] = ()
                 try:
-                    index = applying.invalid_index(self.session.conn, m)
-                except MigrationRefused as refused:  # a plan still lists every file
+                    index = applying.invalid_index_ahead(self.session, m)
+                except (MigrationRefused, MigrationFailed) as refused:  # a plan lists every file
                     notes = (f"a run now: {refused}",)
                 else:
                     if index is not None:
