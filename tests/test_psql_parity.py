@@ -21,13 +21,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
 from cicd_db import migrations
 from cicd_db.embedded import wheel_bin_dir
-from cicd_db.errors import MigrationFailed
+from cicd_db.errors import ConfigError, MigrationFailed
 from cicd_db.migrations import statements
 
 from .fix_db import Database
@@ -788,3 +788,154 @@ def test_a_login_event_triggers_settings_reach_every_file_as_under_psql(
     query = "SELECT v, what FROM found ORDER BY v"
     assert database.query(query) == spare.query(query)
     assert [what.split(" | ")[0] for _, what in database.query(query)] == ["app, public"] * 3
+
+
+# Found by fuzz/ (generated files, psql the oracle). psql reads a file a line at a time
+# and ends a string at a line's end when the next line does not go on with it yet, so
+# the continuation of an E'' string on the next line (`E'a'` newline `'...'`, which
+# the server reads with backslash escapes) is read by psql as a standard string: psql
+# ends its statement at the `;` after `'\'` and the server refuses that statement as
+# an unterminated string. The runner finds the same statement ends but sends the
+# statements together, and the server, reading the query whole, applies the file.
+CONTINUED_ESCAPE_STRINGS = {
+    "newline": b"CREATE TABLE t AS SELECT E'a'\n'\\';' AS b;\n",
+    "comment": b"CREATE TABLE t AS SELECT E'a' -- c\n'\\';' AS b;\n",
+    "crlf": b"CREATE TABLE t AS SELECT E'a'\r\n'\\';' AS b;\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTINUED_ESCAPE_STRINGS))
+def test_an_escape_string_continued_on_the_next_line_applies_as_psql_applies_it(
+    name: str, database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """psql refuses it (the server is sent a statement cut inside a string); the runner
+    refuses it before anything runs, naming the line of the part psql reads otherwise."""
+    data = CONTINUED_ESCAPE_STRINGS[name]
+    path = tmp_path / "0001_fixture.sql"
+    path.write_bytes(data)
+    refused = psql_refuses(spare, path)
+    assert refused is not None and "unterminated quoted string" in refused
+    with pytest.raises(ConfigError) as refusal:
+        runner_apply(database, tmp_path / "migrations", data)
+    assert str(refusal.value).startswith(
+        "migration file 0001_fixture.sql, line 2: an E'...' string goes on in the '...' on "
+        "this line, which psql reads as a new string"
+    ), refusal.value
+    assert database.history() == []
+    assert dump(database) == dump(spare)
+
+
+# The parts of a string the server reads as one (its lexer's continuation: a line's
+# end, perhaps after a `--` comment, between two quoted parts), each part written
+# as psql reads it or as the server reads it: backslashes and quotes in every arrangement.
+_PART_TEXT = st.lists(st.sampled_from(["\\", "'", "';", "\\'", "a", ";", "\\\\", " "]), max_size=5)
+_CONTINUATION = st.sampled_from(["\n", " \n", " -- c\n", "\r\n", "\n\n  ", "\n-- c\n"])
+
+
+@st.composite
+def continued_string(draw: st.DrawFn) -> str:
+    first = "".join(draw(_PART_TEXT))
+    if draw(st.booleans()):
+        parts = ["E'" + first.replace("\\", "\\\\").replace("'", "\\'") + "'"]
+    else:
+        parts = ["'" + first.replace("'", "''") + "'"]
+    for _ in range(draw(st.integers(1, 3))):
+        part = "".join(draw(_PART_TEXT))
+        if draw(st.booleans()):  # written as the server reads a part of an E'' string
+            part = part.replace("\\", "\\\\").replace("'", "\\'")
+        else:  # as psql reads a part: a string of its own
+            part = part.replace("'", "''")
+        parts.append(draw(_CONTINUATION) + "'" + part + "'")
+    return "".join(parts)
+
+
+@pytest.mark.db
+def test_a_string_continued_over_lines_applies_as_psql_applies_it_or_is_refused_up_front(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """psql as the oracle for strings continued over lines, E'' or not, whatever their
+    parts hold (hypothesis): the runner applies a file exactly when psql does, with the
+    same values, or refuses it before anything runs, naming the continuation; it never
+    applies what psql refuses nor fails where psql applies."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    path = folder / "0001_fixture.sql"
+
+    @settings(
+        max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(st.lists(continued_string(), min_size=1, max_size=3))
+    @example(["E'a'\n'\\';'"])  # helper-77's: the server reads one string, psql two statements
+    def check(strings: list[str]) -> None:
+        tables = [f"t{n}" for n in range(len(strings))]
+        text = "".join(
+            f"CREATE TABLE {table} AS SELECT {string} AS v;\nSELECT 1;\n"
+            for table, string in zip(tables, strings, strict=True)
+        )
+        path.write_bytes(text.encode())
+        psql_applied = psql_refuses(spare, path) is None
+        try:
+            with database.connect() as conn:
+                migrations.Runner(conn, migrations.discover(folder)).apply()
+        except ConfigError:  # before anything ran: the continuation, or what psql
+            assert database.history() == []  # reads as a meta-command (its own split)
+        except MigrationFailed:
+            assert not psql_applied, text
+        else:
+            assert psql_applied, text
+            read = "SELECT " + ", ".join(f"(SELECT v FROM {t})" for t in tables)
+            assert database.query(read) == spare.query(read), text
+        drop = "DROP TABLE IF EXISTS " + ", ".join(tables)
+        database.execute(drop + "; DROP SCHEMA IF EXISTS cicd_db CASCADE")
+        spare.execute(drop)
+
+    check()
+
+
+# psql 18 runs pg_dump's `\restrict KEY` and `\unrestrict KEY` lines as meta-commands
+# and refuses the ones that cannot be run (ON_ERROR_STOP: the file is rolled back);
+# the runner skips every such line, so it applies what psql refuses.
+MALFORMED_RESTRICT = {
+    "restrict_without_key": b"\\restrict\nCREATE TABLE t (a int);\n",
+    "unrestrict_without_key": b"\\restrict k1\nCREATE TABLE t (a int);\n\\unrestrict\n",
+    "unrestrict_unrestricted": b"\\unrestrict k1\nCREATE TABLE t (a int);\n",
+    "unrestrict_wrong_key": b"\\restrict k1\nCREATE TABLE t (a int);\n\\unrestrict k2\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_RESTRICT))
+def test_a_restrict_line_psql_refuses_the_runner_refuses(
+    name: str, database: Database, spare: Database, tmp_path: Path
+) -> None:
+    data = MALFORMED_RESTRICT[name]
+    path = tmp_path / "0001_fixture.sql"
+    path.write_bytes(data)
+    refused = psql_refuses(spare, path)
+    assert refused is not None and "restrict" in refused
+    with pytest.raises((MigrationFailed, ConfigError)):
+        runner_apply(database, tmp_path / "migrations", data)
+    assert database.history() == []
+    assert dump(database) == dump(spare)
+
+
+def test_a_restrict_pair_as_pg_dump_writes_it_applies_as_psql_applies_it(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """The well-formed lines stay skipped (the counterpart of the test above)."""
+    data = b"\\restrict k1\nCREATE TABLE t (a int);\n\\unrestrict k1\n"
+    path = tmp_path / "0001_fixture.sql"
+    path.write_bytes(data)
+    psql_apply(spare, path)
+    runner_apply(database, tmp_path / "migrations", data)
+    assert dump(database) == dump(spare)
+
+
+def test_a_copy_data_error_carries_its_sqlstate(database: Database, tmp_path: Path) -> None:
+    """psql (VERBOSITY verbose) and the runner's message both say 22P02; the runner's
+    MigrationFailed.sqlstate, set for every other statement's failure, is None for a
+    COPY's data."""
+    data = b"CREATE TABLE t (a int);\nCOPY t (a) FROM stdin;\nx\n\\.\n"
+    with pytest.raises(MigrationFailed) as failed:
+        runner_apply(database, tmp_path / "migrations", data)
+    assert "[22P02]" in str(failed.value)
+    assert failed.value.sqlstate == "22P02"

@@ -147,6 +147,11 @@ _LEADING_WORDS = re.compile(
     rb"\s*" + _WORD + rb"(?:\s+" + _WORD + rb"(?:\s+" + _WORD + rb"(?:\s+" + _WORD + rb")?)?)?"
 )
 _BLOCK_EDGE = re.compile(rb"/\*|\*/")
+# What makes the server go on with a string after its closing quote: spaces (and
+# `--` comments) holding a line's end, then a quote (its lexer's quotecontinue).
+_CONTINUATION = re.compile(rb"(?:[ \t\f\v]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f\v]|--[^\n\r]*[\n\r])*'")
+_STANDARD_STRING = re.compile(_STANDARD, re.DOTALL)
+_ESCAPED_STRING = re.compile(_ESCAPED, re.DOTALL)
 _NOT_SPACE = re.compile(rb"\S")
 # The server reads FROM STDOUT as FROM STDIN.
 _COPY_FROM_STDIN = re.compile(rb"\bFROM\s+STD(?:IN|OUT)\b", re.IGNORECASE)
@@ -170,6 +175,9 @@ class Statement:
     # name outside parentheses and brackets, where a `:` cannot be SQL. Elsewhere an
     # undefined name is sent as it is by psql too (`a[lo:hi]`, `json_object('k':v)`).
     variable: tuple[int, str] | None = None
+    # Where an E'...' string goes on, past a line's end, in a '...' that psql ends
+    # elsewhere than the server (offset of its quote): see _continued_apart.
+    continued: int | None = None
 
     @property
     def keyword(self) -> str:
@@ -256,6 +264,7 @@ class Scanner:
         # over the bulk of a large file).
         brackets_to = position
         variable: tuple[int, str] | None = None
+        continued: int | None = None
         while True:
             if begin is None:
                 # The common start of a statement, plain words and spaces, in one step.
@@ -309,6 +318,7 @@ class Scanner:
                 begin, content, words, in_function = None, False, [], False
                 paren_depth = begin_depth = bracket_depth = 0
                 variable = None
+                continued = None
                 position = brackets_to = end
                 continue
             if begin is None:
@@ -324,13 +334,18 @@ class Scanner:
                     if words[:1] == ["COPY"] and _copies_from_stdin(
                         data, begin, position, self.standard_strings
                     ):
-                        yield CopyFromStdin(begin, position, statement_line, tuple(words), variable)
+                        yield CopyFromStdin(
+                            begin, position, statement_line, tuple(words), variable, continued
+                        )
                         position = yield from self._copy_data(position, line_at)
                     else:
-                        yield Statement(begin, position, statement_line, tuple(words), variable)
+                        yield Statement(
+                            begin, position, statement_line, tuple(words), variable, continued
+                        )
                 begin, content, words, in_function = None, False, [], False
                 paren_depth = begin_depth = bracket_depth = 0
                 variable = None
+                continued = None
                 brackets_to = position
             elif kind == "word":
                 word = match.group().decode("utf-8", "replace").upper()
@@ -367,12 +382,19 @@ class Scanner:
                 position = size if close < 0 else close + len(match.group())
             elif kind in ("quoted", "typecast"):
                 position = match.end()
+                if (
+                    continued is None
+                    and self.standard_strings
+                    and data[match.start()] in b"eE"
+                    and kind == "quoted"
+                ):
+                    continued = _continued_apart(data, position)
             else:  # a quote that is never closed: the rest is in it, as psql reads it
                 position = size
             if not fast or kind == "variable":
                 brackets_to = position
         if content and begin is not None:
-            yield Statement(begin, size, line_at(begin), tuple(words), variable)
+            yield Statement(begin, size, line_at(begin), tuple(words), variable, continued)
 
     def _copy_data(
         self, position: int, line_at: Callable[[int], int]
@@ -386,6 +408,28 @@ class Scanner:
         end, after = _end_of_copy(data, start)
         yield CopyData(start, end, line_at(start), trailing)
         return after
+
+
+def _continued_apart(data: bytes, end: int) -> int | None:
+    """Where the E'...' string that ends at `end` goes on in a part that psql and the
+    server end in different places (the offset of that part's quote), or None.
+
+    The server reads `E'a'`, a line's end, and `'b'` as one string, its parts all with
+    backslash escapes; psql, reading a line at a time, ends the string at the line and
+    reads `'b'` as a new string, standard where standard_conforming_strings is on. Where
+    a part holds `\\'`, the two end it apart, and psql ends its statement where the server
+    would not: sent in one query, the server would run what psql refuses.
+    """
+    while True:
+        continuation = _CONTINUATION.match(data, end)
+        if continuation is None:
+            return None
+        quote = continuation.end() - 1
+        standard = _STANDARD_STRING.match(data, quote)
+        escaped = _ESCAPED_STRING.match(data, quote)
+        if standard is None or escaped is None or standard.end() != escaped.end():
+            return quote
+        end = standard.end()
 
 
 def _copies_from_stdin(data: bytes, start: int, end: int, standard_strings: bool) -> bool:

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from cicd_db import migrations
-from cicd_db.errors import Interrupted, MigrationFailed, MigrationRefused, Terminated
+from cicd_db.errors import Interrupted, MigrationFailed, Terminated
 from cicd_db.migrations import apply as _apply  # noqa: F401 - loaded here: migrations.apply is lazy
 
 from ..fix_cli import migrate, start_cli
@@ -283,20 +283,26 @@ def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
     assert database.history() == [1, 2]
 
 
+@pytest.mark.parametrize(
+    ("statement", "said"),
+    [
+        ("ALTER TABLE busy ADD COLUMN note text;\n", "ALTER TABLE busy ADD COLUMN note text;"),
+        # helper-77: a COPY's failure was told apart from every other statement's: not
+        # retried, and without its SQLSTATE on the error.
+        ("COPY busy (id) FROM stdin;\n1\n\\.\n", "COPY busy (id) FROM stdin;"),
+    ],
+    ids=["alter", "copy"],
+)
 def test_lock_timeouts_are_retried_until_the_file_applies(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, statement: str, said: str
 ) -> None:
     database.execute("CREATE TABLE busy (id int)")
     folder = write_migrations(
-        tmp_path,
-        {
-            "0001_alter.sql": "SET lock_timeout = '100ms';\n\n"
-            "ALTER TABLE busy ADD COLUMN note text;\n"
-        },
+        tmp_path, {"0001_alter.sql": f"SET lock_timeout = '100ms';\n\n{statement}"}
     )
     with database.connect() as holder:
         holder.execute("BEGIN")
-        holder.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+        holder.execute("LOCK TABLE busy IN SHARE MODE")
         runner = start_cli(
             "migrate", "--database-url", database.url, "--retries", "20",
             "--migrations-dir", f"{folder}",
@@ -310,14 +316,14 @@ def test_lock_timeouts_are_retried_until_the_file_applies(
     lines = first_two + err.splitlines()
     for attempt, line in enumerate(lines, start=1):
         assert re.fullmatch(
-            rf"0001_alter\.sql: lock not available at line 3 \(ALTER TABLE busy ADD COLUMN note "
-            rf"text;\), retry {attempt}/20 in \d+\.\d s",
+            rf"0001_alter\.sql: lock not available at line 3 \({re.escape(said)}\), "
+            rf"retry {attempt}/20 in \d+\.\d s",
             line,
         ), line
     assert database.history() == [1]
     assert database.query(
         "SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'"
-    ) == [(1,)]
+    ) == [(1 if "note" in statement else 0,)]
 
 
 def test_lock_retries_give_up_within_their_bounds(database: Database, tmp_path: Path) -> None:

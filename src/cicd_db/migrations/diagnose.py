@@ -223,12 +223,22 @@ def raise_on_error(
         # Characters, not bytes, into the batch: decode the batch to count its lines.
         text = migration.data[batch.start : batch.end].decode("utf-8", "replace")
         line = batch.line + text.count("\n", 0, int(position) - len(prefix) - 1)
+    raise file_failure(
+        session, migration, line, error, statement.text(migration.data) if statement else None
+    )
+
+
+def file_failure(
+    session: Session, migration: Migration, line: int, error: psycopg.Error, statement: str | None
+) -> Transient | MigrationFailed:
+    """What a statement of the file failing at `line` raises: `Transient` where other
+    sessions caused it (retried), else MigrationFailed with the server's code and words."""
     message = failure(session, migration, line, error)
     if error.diag.sqlstate in RETRIED_SQLSTATES:
         reason = f"{RETRIED_SQLSTATES[error.diag.sqlstate]} at line {line}"
         if statement:
-            reason += f" ({abridge(statement.text(migration.data))})"
-        raise Transient(message, reason)
+            reason += f" ({abridge(statement)})"
+        return Transient(message, reason)
     refused = MigrationFailed(message)
     refused.sqlstate, refused.said = error.diag.sqlstate, error.diag.message_primary
-    raise refused
+    return refused

@@ -391,9 +391,11 @@ class Session:
             where = re.search(r"\bline (\d+)", error.diag.context or "")
             if where and data.end > data.start:
                 line = data.line + int(where[1]) - 1  # the data line the server named
-            from cicd_db.migrations.diagnose import failure
+            from cicd_db.migrations.diagnose import file_failure
 
-            raise MigrationFailed(failure(self, migration, line, error)) from None
+            raise file_failure(
+                self, migration, line, error, statement.text(migration.data)
+            ) from None
 
 
 def _replan(migration: Migration, start: int, line: int, standard: bool) -> tuple[Step, ...]:

@@ -10,7 +10,7 @@ slices of about BATCH_BYTES); a no-transaction file goes one statement at a time
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -222,6 +222,35 @@ def plan(
     return tuple(steps)
 
 
+_RESTRICT_KEY = re.compile(rb"[^\s'\"`:\\\\]+")
+
+
+def _follow_restrict(
+    data: bytes, piece: MetaCommand, restricted: bytes | None, refuse: Callable[..., Exception]
+) -> bytes | None:
+    """psql's restricted mode after `piece` (its key, or None), or a refusal where psql
+    refuses the line: what the runner skips must be what psql runs."""
+    words = data[piece.start : piece.end].split(None, 2)[1:2]
+    key = words[0] if words and _RESTRICT_KEY.fullmatch(words[0]) else None
+    if words and key is None:
+        why = "its key is not a plain word, as pg_dump writes it"
+    elif key is None:
+        why = "it has no key, which psql refuses"
+    elif piece.name == "restrict" and restricted is not None:
+        why = "psql is already in restricted mode, where it refuses it"
+    elif piece.name == "unrestrict" and restricted is None:
+        why = "psql is not in restricted mode, and refuses it"
+    elif piece.name == "unrestrict" and key != restricted:
+        why = "its key is not the one of the \\restrict before it, and psql refuses it"
+    else:
+        return key if piece.name == "restrict" else None
+    raise refuse(
+        piece.line,
+        f"\\{piece.name} is run by psql as a meta-command, and {why}",
+        "write the \\restrict KEY and \\unrestrict KEY lines as pg_dump writes them, or remove them",
+    )
+
+
 def _plan_pass(
     filename: str,
     data: bytes,
@@ -268,9 +297,15 @@ def _plan_pass(
         return ConfigError(f"migration file {filename}, line {at}{note}: {what}; {fix}")
 
     copy: CopyFromStdin | None = None
+    # psql 18 refuses a `\restrict` without a key or inside restricted mode, and an
+    # `\unrestrict` outside it or with another key: followed from the file's start only
+    # (a pass from further on does not know the mode, and checks nothing of it).
+    restricted: bytes | None = None
     for piece in scanner:
         if isinstance(piece, MetaCommand):
             if piece.name in IGNORED_META_COMMANDS and not piece.inside_statement:
+                if start == 0:
+                    restricted = _follow_restrict(data, piece, restricted, refuse)
                 flush()
                 continue
             raise refuse(
@@ -299,6 +334,14 @@ def _plan_pass(
                 "write its value instead (current_database(), current_user or a setting "
                 "read with current_setting() where it must be computed); if the colon is "
                 "SQL, put a space after it",
+            )
+        if piece.continued is not None:
+            raise refuse(
+                piece.line + data.count(b"\n", piece.start, piece.continued),
+                "an E'...' string goes on in the '...' on this line, which psql reads as a "
+                "new string and PostgreSQL as the same one (backslash escapes): they end it "
+                "in different places",
+                "write the string as one E'...' on one line, or join the parts with ||",
             )
         if transactional and _controls_transaction(piece.words):
             raise refuse(
