@@ -359,3 +359,80 @@ def test_a_closed_standard_output_is_told_in_one_line(tmp_path: Path, temporary:
         "error: cannot write the output: standard output is closed; check where it goes\n",
     )
     assert list(temporary.iterdir()) == []
+
+
+def _handlers_kept() -> dict[int, Any]:
+    from cicd_db import entry
+
+    return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *entry.STOPPING)}
+
+
+def test_under_nohup_a_hangup_stays_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nohup cicd-db migrate` is asked to outlive the terminal: a SIGHUP that comes
+    ignored stays ignored, while SIGTERM still stops the run cleanly."""
+    from cicd_db import entry
+
+    handlers = _handlers_kept()
+    monkeypatch.setattr(entry, "STOPPING", dict(entry.STOPPING))
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        entry._load()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is entry._terminate
+        assert signal.SIGHUP not in entry.STOPPING
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def test_what_python_drops_other_than_an_interrupt_is_reported_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run's hook takes the place of the one that was there, and hands it every
+    dropped exception that is not an interrupt."""
+    from cicd_db import entry
+
+    reported: list[BaseException | None] = []
+    handlers = _handlers_kept()
+    monkeypatch.setattr(sys, "unraisablehook", lambda report: reported.append(report.exc_value))
+    monkeypatch.setattr(entry, "_REPORTED_BEFORE", [None])
+
+    class Dropping:
+        def __del__(self) -> None:
+            raise ValueError("in a finalizer")
+
+    try:
+        entry._load()
+        assert sys.unraisablehook is entry._unraisable
+        Dropping()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert [type(error) for error in reported] == [ValueError]
+
+
+def test_a_ctrl_c_as_the_command_ends_keeps_its_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal pending as the handlers are set to ignore raises there once: the
+    command's code is still what the process ends with, and everything is ignored."""
+    from cicd_db import entry
+
+    handlers = _handlers_kept()
+    real = signal.signal
+    pending = [True]
+
+    def installing(signum: int, handler: Any) -> Any:
+        previous = real(signum, handler)
+        if pending and signum == signal.SIGINT:
+            pending.clear()
+            raise KeyboardInterrupt  # the pending Ctrl-C, by the handler being replaced
+        return previous
+
+    monkeypatch.setattr(entry.signal, "signal", installing)
+    try:
+        assert entry._done(4) == 4
+        assert {signal.getsignal(signum) for signum in handlers} == {signal.SIG_IGN}
+    finally:
+        monkeypatch.undo()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

@@ -915,3 +915,15 @@ def test_any_name_reads_back_from_a_document_and_shows_in_any_terminal(
 
         assert yaml.safe_load(document.decode("utf-8"))["pipeline"] == name
     assert line.decode(encoding).endswith(": 1 run\n")
+
+
+def test_a_document_to_a_standard_output_of_text_alone_is_the_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A standard output with no bytes under it (a StringIO, as a program that calls the
+    CLI in-process may give) takes the document as text, whatever it holds."""
+    text = "pipeline: naïve 🚀\n"
+    taken = io.StringIO()
+    monkeypatch.setattr("sys.stdout", taken)
+    outputs.print_document(text)
+    assert taken.getvalue() == text

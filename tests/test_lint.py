@@ -7,11 +7,16 @@ used to stop at sqlfluff's "No dialect was specified", exit 5).
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from cicd_db import lint
+from cicd_db.errors import ConfigError
+from cicd_db.migrations.files import discover
 
 from .fix_cli import run_cli
 from .utils import ROOT
@@ -106,3 +111,87 @@ def test_a_folder_whose_path_reads_as_a_glob_is_linted_itself(tmp_path: Path) ->
         (folder / "0001_t.sql").write_text(text)
     code, output = _check(unsafe)
     assert code == 5 and "prefer-bigint-over-int" in output, output
+
+
+def _lint(folder: Path) -> list[lint.Report]:
+    return lint.lint(discover(folder), folder)
+
+
+def _padded(text: str, size: int) -> str:
+    """`text` after comment lines, `size` bytes in all."""
+    lines = ""
+    while len(lines) + len(text) + 80 <= size:
+        lines += f"-- {'x' * 76}\n"
+    left = size - len(lines) - len(text)
+    return lines + ("-- " + "x" * (left - 4) + "\n" if left else "") + text
+
+
+def test_a_file_of_exactly_the_style_limit_is_style_checked_and_one_byte_more_is_not(
+    tmp_path: Path,
+) -> None:
+    """STYLE_LIMIT is the largest file sqlfluff is given, as its own default is."""
+    (tmp_path / "0001_at.sql").write_text(_padded(CLEAN, lint.STYLE_LIMIT))
+    (tmp_path / "0002_over.sql").write_text(_padded(CLEAN, lint.STYLE_LIMIT + 1))
+    assert [len(p.read_bytes()) for p in sorted(tmp_path.iterdir())] == [
+        lint.STYLE_LIMIT, lint.STYLE_LIMIT + 1,
+    ]  # fmt: skip
+    style = _lint(tmp_path)[0]
+    assert (style.files, style.skipped) == (("0001_at.sql",), ("0002_over.sql",))
+
+
+def test_a_folder_of_files_all_too_large_to_style_check_names_them_all(tmp_path: Path) -> None:
+    """With nothing for sqlfluff, it is not run: its report checks no file, passes, and
+    names every file as not style-checked; squawk still checks them."""
+    (tmp_path / "0001_large.sql").write_text(_padded(CLEAN, lint.STYLE_LIMIT + 1))
+    style, safety = _lint(tmp_path)
+    assert style == lint.Report("sqlfluff", (), True, "", ("0001_large.sql",))
+    assert (safety.tool, safety.files, safety.passed) == (
+        "squawk (in a transaction)", ("0001_large.sql",), True,
+    )  # fmt: skip
+
+
+def test_a_no_transaction_file_is_judged_as_running_outside_one(tmp_path: Path) -> None:
+    """CREATE INDEX CONCURRENTLY belongs in a file marked no-transaction: squawk judges
+    that file apart, as running outside a transaction, and passes it."""
+    (tmp_path / "0001_t.sql").write_text(CLEAN)
+    (tmp_path / "0002_index.sql").write_text(
+        "-- cicd-db: no-transaction\nSET lock_timeout = '1s';\nSET statement_timeout = '60s';\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS u_id ON u (id);\n"
+    )
+    reports = {report.tool: report for report in _lint(tmp_path)}
+    assert list(reports) == ["sqlfluff", "squawk (in a transaction)", "squawk (no transaction)"]
+    assert reports["squawk (in a transaction)"].files == ("0001_t.sql",)
+    assert reports["squawk (no transaction)"].files == ("0002_index.sql",)
+    assert all(report.passed for report in reports.values()), reports
+
+
+def test_squawks_findings_are_lines_that_name_the_file_and_line(tmp_path: Path) -> None:
+    """squawk reports as gcc does (`FILE:LINE:COLUMN: ...`), which editors and CI jump to."""
+    (tmp_path / "0001_t.sql").write_text("CREATE TABLE t (id INT PRIMARY KEY);\n")
+    safety = _lint(tmp_path)[1]
+    assert not safety.passed
+    assert re.match(r"0001_t\.sql:\d+:\d+: warning: prefer-bigint-over-int ", safety.output), (
+        safety.output
+    )
+    assert "prefer-bigint-over-int" in safety.output, safety.output
+
+
+def test_the_tools_are_found_on_path_when_not_beside_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beside the running Python first (a venv's bin, not on PATH), then on PATH; where
+    neither has it, one line that says how to install it."""
+    (tmp_path / "0001_t.sql").write_text(CLEAN)
+    tools = Path(sys.executable).parent
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setattr(sys, "executable", str(elsewhere / "python"))
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    assert [report.passed for report in _lint(tmp_path)] == [True, True]
+    monkeypatch.setenv("PATH", str(elsewhere))
+    with pytest.raises(ConfigError) as refused:
+        _lint(tmp_path)
+    assert str(refused.value) == (
+        f"the lint gate needs sqlfluff, not found beside {elsewhere / 'python'} or on PATH; "
+        "install it with `pip install 'cicd-db[lint]'` (make install does), or pass --no-lint"
+    )

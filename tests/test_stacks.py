@@ -446,3 +446,193 @@ def test_without_pulumi_cli_and_cicd_db_local_set_the_hint_is_not_to_set_it(tmp_
     assert result.err.endswith(
         "; without Docker, use --local (CICD_DB_LOCAL=embedded is set) or --stack embedded\n"
     ), result.err
+
+
+def test_pulumi_runs_in_the_project_folder_with_no_input_and_no_update_check(
+    tmp_path: Path,
+) -> None:
+    """The read runs `pulumi` in `root` (where Pulumi.yaml and its backend are), whatever
+    the cwd; with nothing to read on its standard input, so that it cannot wait on a
+    terminal or a pipe it was handed; and without its update check (a request to the
+    network, and a line of stderr, at every read)."""
+    env = _wild_pulumi(
+        tmp_path,
+        "import json\n"
+        "print(json.dumps({'cwd': os.getcwd(),"
+        " 'stdin': os.path.samestat(os.fstat(0), os.stat(os.devnull)),"
+        " 'skip': os.environ.get('PULUMI_SKIP_UPDATE_CHECK')}))",
+    )
+    project = tmp_path / "project"
+    project.mkdir()
+    assert Path.cwd() != project
+    reading, writing = os.pipe()  # an open pipe for our standard input, as a shell's
+    saved = os.dup(0)
+    os.dup2(reading, 0)
+    try:
+        with mock.patch.dict(os.environ, env):
+            values = stacks.outputs("dev", root=project)
+    finally:
+        os.dup2(saved, 0)
+        for descriptor in (saved, reading, writing):
+            os.close(descriptor)
+    assert values == {"cwd": str(project), "stdin": True, "skip": "true"}
+
+
+def test_error_output_beyond_the_limit_is_refused_as_standard_output_is(tmp_path: Path) -> None:
+    """The limit holds what both pipes hold: a CLI that floods its standard error is
+    stopped at READ_LIMIT too, not read until the timeout."""
+    env = _wild_pulumi(tmp_path, "while True:\n    sys.stderr.write('x' * 65536)")
+    with (
+        mock.patch.object(stacks, "READ_LIMIT", 2**20),
+        mock.patch.object(stacks, "READ_TIMEOUT_SECONDS", 20),
+    ):
+        started = time.monotonic()
+        result = run_cli("migrate", "status", "--stack", "dev", env=env)
+    assert time.monotonic() - started < 10
+    assert (result.code, result.out) == (2, ""), result
+    assert result.err == (
+        "error: `pulumi stack output --stack dev` printed more than 1 MiB, which no stack's "
+        "outputs need; check what the pulumi on PATH is\n"
+    )
+
+
+def test_a_process_pulumi_started_that_ignores_sigterm_goes_with_the_read(tmp_path: Path) -> None:
+    """Everything the CLI started is killed, not asked to stop: a plugin that ignores
+    SIGTERM does not outlive the read."""
+    pid_file = tmp_path / "child.pid"
+    env = _wild_pulumi(
+        tmp_path,
+        "child = subprocess.Popen([sys.executable, '-c', 'import os, signal, sys, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        'open(sys.argv[1], "w").write(str(os.getpid())); time.sleep(300)\', '
+        f"{str(pid_file)!r}])\n"
+        f"while not os.path.getsize({str(pid_file)!r}) if os.path.exists({str(pid_file)!r}) "
+        "else True:\n    time.sleep(0.01)\nprint('{}')",
+    )
+    with mock.patch.object(stacks, "READ_TIMEOUT_SECONDS", 20):
+        result = run_cli("migrate", "status", "--stack", "dev", env=env)
+    assert (result.code, result.out) == (2, ""), result
+    assert "has no outputs: it was never deployed" in result.err, result.err
+    _gone_soon(int(pid_file.read_text()))
+
+
+def test_a_pulumi_that_takes_seconds_to_answer_is_waited_for(tmp_path: Path) -> None:
+    """A backend a few seconds away is no timeout: the grace for a CLI that exited is not
+    the time a running one is given."""
+    env = _wild_pulumi(tmp_path, "time.sleep(2.5)\nprint('{\"answer\": 42}')")
+    with mock.patch.dict(os.environ, env):
+        assert stacks.outputs("dev", root=ROOT) == {"answer": 42}
+
+
+def test_outputs_of_exactly_the_limit_are_read(tmp_path: Path) -> None:
+    """READ_LIMIT is what may be read: outputs of that many bytes are not refused."""
+    document = '{"padding": "' + "x" * 1000 + '"}'
+    env = _wild_pulumi(tmp_path, f"sys.stdout.write({document!r})")
+    with mock.patch.dict(os.environ, env), mock.patch.object(stacks, "READ_LIMIT", len(document)):
+        assert stacks.outputs("dev", root=ROOT) == {"padding": "x" * 1000}
+
+
+def test_a_large_answer_is_read_whole_after_pulumi_exits(tmp_path: Path) -> None:
+    """Outputs many times a pipe's size, written as the CLI exits: what is still in the
+    pipe is its answer, read to the end, not cut at the exit."""
+    env = _wild_pulumi(
+        tmp_path, "import json\nsys.stdout.write(json.dumps({'big': 'x' * 4_000_000}))"
+    )
+    with mock.patch.dict(os.environ, env):
+        assert stacks.outputs("dev", root=ROOT) == {"big": "x" * 4_000_000}
+
+
+def test_a_pulumi_that_closes_its_output_and_hangs_is_a_timeout(tmp_path: Path) -> None:
+    """Pipes closed is not an answer: the CLI is still waited for only until the timeout."""
+    env = _wild_pulumi(tmp_path, "os.close(1)\nos.close(2)\ntime.sleep(300)")
+    started = time.monotonic()
+    with mock.patch.object(stacks, "READ_TIMEOUT_SECONDS", 2):
+        result = run_cli("migrate", "status", "--stack", "dev", env=env)
+    assert time.monotonic() - started < 10
+    assert (result.code, result.out) == (2, ""), result
+    assert "did not answer in 2 s" in result.err, result.err
+
+
+@pytest.mark.parametrize(
+    ("body", "told"),
+    [
+        ("pass", "stack 'dev' has no outputs: it was never deployed; run `pulumi up -s dev`"),
+        ("print('[]')", "stack 'dev' outputs are not a JSON object; upgrade the Pulumi CLI"),
+    ],
+    ids=["nothing", "array"],
+)
+def test_a_pulumi_that_prints_no_object_is_told_in_one_line(
+    tmp_path: Path, body: str, told: str
+) -> None:
+    result = run_cli("migrate", "status", "--stack", "dev", env=_wild_pulumi(tmp_path, body))
+    assert (result.code, result.out, result.err) == (2, "", f"error: {told}\n")
+
+
+def test_a_pulumi_that_cannot_start_is_told_with_the_install_hint(tmp_path: Path) -> None:
+    """An executable `pulumi` whose interpreter is missing (a broken install)."""
+    fake = tmp_path / "bin" / "pulumi"
+    fake.parent.mkdir()
+    fake.write_text("#!/nonexistent/interpreter\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "CICD_DB_LOCAL": ""}
+    result = run_cli("migrate", "status", "--stack", "prod", env=env)
+    assert (result.code, result.out) == (2, ""), result
+    assert result.err == (
+        f"error: could not run pulumi (No such file or directory); {stacks.INSTALL_HINT}\n"
+    )
+
+
+def test_without_pulumi_cli_another_stack_than_dev_gets_no_local_hint(tmp_path: Path) -> None:
+    """--local's hint is for dev, which --local stands for; prod's refusal has none."""
+    result = run_cli("migrate", "status", "--stack", "prod", env={"PATH": str(tmp_path)})
+    assert result.err == (
+        "error: reading stack 'prod' needs the pulumi command, not found on PATH; "
+        f"{stacks.INSTALL_HINT}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("said", "told"),
+    [
+        ("no stack named 'dev' found", "Pulumi stack 'dev' does not exist in"),
+        ("you are not logged in", "Pulumi cannot log in to"),
+        ("run `pulumi login` first", "Pulumi cannot log in to"),
+        ("PULUMI_ACCESS_TOKEN must be set", "Pulumi cannot log in to"),
+        ("dial tcp 10.0.0.1:443: connect: network is unreachable", "Pulumi cannot reach"),
+        ("something else broke", "`pulumi stack output --stack dev` failed (exit 255):"),
+    ],
+    ids=["no-stack", "not-logged-in", "pulumi-login", "access-token", "dial-tcp", "other"],
+)
+def test_an_older_pulumis_failure_is_told_by_its_words(stub, said: str, told: str) -> None:
+    """Before 3.226.1 the CLI exited 255 whatever failed: its words say which."""
+    env = {**stub, "STUB_FAILURE": "said", "STUB_SAID": said, "STUB_CODE": "255"}
+    result = run_cli("migrate", "status", "--stack", "dev", env=env)
+    assert result.err.startswith(f"error: {told} "), result.err
+
+
+def test_the_password_of_pulumi_yamls_backend_is_not_printed(tmp_path: Path) -> None:
+    """Pulumi's errors may quote the backend's URL or its password alone; Pulumi.yaml's
+    backend is known as the environment's is."""
+    project = tmp_path / "project"
+    project.mkdir()
+    url = "s3://reader:sup3r-s3cret-pw@bucket.example/state"
+    (project / "Pulumi.yaml").write_text(f"name: p\nruntime: python\nbackend:\n  url: {url}\n")
+    # Quoted as a URL, and as the password alone, percent-decoded (a URL's password
+    # is known as such wherever it shows).
+    env = _wild_pulumi(tmp_path, "sys.exit('error: access denied: sup3r-s3cret-pw')")
+    with mock.patch.dict(os.environ, env), pytest.raises(stacks.StackError) as failed:
+        stacks.outputs("dev", root=project)
+    assert "sup3r-s3cret-pw" not in str(failed.value), failed.value
+
+
+def test_what_a_process_pulumi_left_writes_within_the_grace_is_read(tmp_path: Path) -> None:
+    """A CLI that exited leaves its pipes a moment (EXITED_GRACE_SECONDS) to drain: what
+    a process it left writes in that moment is part of the answer."""
+    env = _wild_pulumi(
+        tmp_path,
+        "if os.fork() == 0:\n    time.sleep(0.2)\n    sys.stderr.write('warning: slow\\n')\n"
+        "    sys.stderr.flush()\n    time.sleep(0.3)\n    print('{\"late\": 1}')\n    os._exit(0)\n"
+        "os._exit(0)",
+    )
+    with mock.patch.dict(os.environ, env):
+        assert stacks.outputs("dev", root=ROOT) == {"late": 1}
