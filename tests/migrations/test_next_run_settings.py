@@ -477,3 +477,38 @@ def test_a_setting_left_on_the_database_that_stops_a_reading_command_is_named(
                     sql.Identifier(database.name)
                 )
             )
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_a_setting_a_file_leaves_that_stops_the_next_file_in_the_same_run_is_named(
+    login: Login, tmp_path: Path, scope: str
+) -> None:
+    """A file that leaves a 1 ms statement_timeout on its database or role, in the same
+    run as the next file: the runner starts a new session after it, as psql would, and
+    the timeout cuts whichever statement comes first there, the runner's own or the
+    file's (helper-77 saw the runner's own). Either way the run stops with one line that
+    names the setting and where to reset it, exit 1; the first file stays applied, and
+    once the setting is reset the next run goes on."""
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "0001_leave.sql": "CREATE TABLE first (id int);\n"
+            + leave("statement_timeout = '1ms'", scope),
+            "0002_counted.sql": "SELECT pg_sleep(0.01);\n" + COUNTED,
+        },
+    )
+    line = refusal(migrate(login.database, folder))
+    assert "statement timeout" in line and "statement_timeout" in line, line
+    assert "reset" in line.lower(), line
+    assert login.admin.history() == [1]
+    target = {
+        "database": sql.SQL("DATABASE {}").format(sql.Identifier(login.admin.name)),
+        "role": sql.SQL("ROLE {}").format(sql.Identifier(login.role)),
+        "role in database": sql.SQL("ROLE {} IN DATABASE {}").format(
+            sql.Identifier(login.role), sql.Identifier(login.admin.name)
+        ),
+    }[scope]
+    login.admin.execute(sql.SQL("ALTER {} RESET statement_timeout").format(target))
+    assert migrate(login.database, folder).code == 0
+    assert login.admin.history() == [1, 2]
+    ran_once(login)

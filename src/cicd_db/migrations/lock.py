@@ -103,7 +103,11 @@ def renew(session: Session) -> None:
             "what was applied is recorded; run again"
         ) from None
     new.prepare_threshold = None
-    new.execute(_MARK, [WORK_KEY])
+    try:
+        new.execute(_MARK, [WORK_KEY])
+    except BaseException:  # a setting the file left may cut it (a 1 ms statement_timeout)
+        new.close()
+        raise
     old = session.conn
     if session.given is None:
         session.given = old
