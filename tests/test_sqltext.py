@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -310,3 +312,25 @@ def test_which_names_a_text_mentions_whatever_its_slices(data: bytes, slice_byte
     }
     expected = {name.decode() for name in NAMES if name in data.lower()}
     assert found_lowered(data, patterns, slice_bytes=slice_bytes) == expected
+
+
+def test_an_escape_string_before_a_long_dashed_comment_does_not_stop_the_reading() -> None:
+    """After an E'' string, the runner looks for a continuation on the next line; a
+    banner comment of dashes after the string (`E'\\t' -- -----...`) followed by
+    anything but a quote must not be tried as every split into `--` comments (helper-79:
+    seconds at 36 dashes, years at 80). Read in a process of its own, so that a reading
+    that never ends fails the test instead of stopping the suite: a minute for 2,000
+    dashes, which a linear reading does in a millisecond."""
+    text = "SELECT E'a\\tb' " + "-" * 2000 + "\n  AS x;\n"
+    program = (
+        "import sys; from cicd_db.sqltext import Scanner; "
+        "print(sum(1 for _ in Scanner(sys.stdin.buffer.read())))"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", program], input=text.encode(), capture_output=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading the text had not ended after a minute")
+    assert (done.returncode, done.stdout) == (0, b"1\n"), done.stderr
+    assert split(text) == [(1, text.strip())]

@@ -149,7 +149,9 @@ _LEADING_WORDS = re.compile(
 _BLOCK_EDGE = re.compile(rb"/\*|\*/")
 # What makes the server go on with a string after its closing quote: spaces (and
 # `--` comments) holding a line's end, then a quote (its lexer's quotecontinue).
-_CONTINUATION = re.compile(rb"(?:[ \t\f\v]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f\v]|--[^\n\r]*[\n\r])*'")
+_CONTINUATION = re.compile(
+    rb"(?:[ \t\f\v]|--[^\n\r]*+)*+[\n\r](?:[ \t\n\r\f\v]|--[^\n\r]*+[\n\r])*+'"
+)
 _STANDARD_STRING = re.compile(_STANDARD, re.DOTALL)
 _ESCAPED_STRING = re.compile(_ESCAPED, re.DOTALL)
 _NOT_SPACE = re.compile(rb"\S")

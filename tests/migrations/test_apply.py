@@ -7,6 +7,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -1090,3 +1091,78 @@ def test_a_dry_run_looks_for_the_leftover_after_the_files_leading_statements(
     assert code == 1
     assert err.startswith("error: migration 0001_index.sql failed at line 3: invalid value"), err
     assert database.history() == []
+
+
+def test_a_build_after_leading_statements_and_a_header_comment_goes_alone_when_sent_alone(
+    database: Database, tmp_path: Path
+) -> None:
+    """A database whose column default reads current_query(): every statement goes in a
+    query of its own, with the block comment psql sends before it. The build, sent
+    after the file's leading SET, must not take the file's opening comment and that SET
+    with it: in one query with another statement, CREATE INDEX CONCURRENTLY is refused
+    (it cannot run inside a transaction block)."""
+    database.execute("CREATE TABLE t (x int); CREATE TABLE audit (q text DEFAULT current_query())")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_idx.sql": "-- cicd-db: no-transaction\n/* the lookup index */\n"
+            "SET lock_timeout = '5s';\nCREATE INDEX CONCURRENTLY idx ON t (x);\n"
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, err) == (0, ""), out
+    assert database.history() == [1]
+    assert database.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx'::regclass") == [
+        (True,)
+    ]
+
+
+def test_a_lookup_the_files_role_may_not_make_fails_as_the_build_would(
+    database: Database, tmp_path: Path
+) -> None:
+    """The table is looked up as the file's leading statements leave the session (its
+    SET ROLE); a schema that role may not use fails that lookup. The dry run still
+    lists the file (exit 0), and the run fails as the build itself fails there, naming
+    the file and its line (exit 1), not as a database error to run again."""
+    role = f"no_usage_{uuid.uuid4().hex[:10]}"
+    database.execute(f"CREATE SCHEMA private; CREATE TABLE private.t (x int); CREATE ROLE {role}")
+    try:
+        folder = write_migrations(
+            tmp_path,
+            {
+                "0001_idx.sql": f"-- cicd-db: no-transaction\nSET ROLE {role};\n"
+                "CREATE INDEX CONCURRENTLY idx ON private.t (x);\n"
+            },
+        )
+        code, out, err = migrate(database, folder, "up", "--dry-run")
+        assert (code, err) == (0, ""), out
+        assert "0001_idx.sql" in out
+        code, _, err = migrate(database, folder)
+        assert code == 1, err
+        assert err.startswith(
+            "error: migration 0001_idx.sql failed at line 3: permission denied for schema private"
+        ), err
+        assert database.history() == []
+    finally:
+        database.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_files_first_statement_after_its_set_transaction_is_sent_as_psql_sends_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """A database whose column default reads current_query(): each statement goes in a
+    query of its own. The runner reads its transaction's id after a leading SET
+    TRANSACTION (which must come first); the statement after it then went with the
+    file's opening comment and that SET again (run twice, and seen by current_query()),
+    where psql sends it alone."""
+    database.execute("CREATE TABLE audit (q text DEFAULT current_query())")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_t.sql": "/* header */\nSET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n"
+            "INSERT INTO audit DEFAULT VALUES;\n"
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert (code, err) == (0, ""), out
+    assert database.query("SELECT q FROM audit") == [("INSERT INTO audit DEFAULT VALUES;",)]

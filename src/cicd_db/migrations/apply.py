@@ -44,7 +44,7 @@ from cicd_db.migrations.session import (
     RESET_SESSION,
     Session,
 )
-from cicd_db.migrations.statements import lead_end, split_at
+from cicd_db.migrations.statements import Copy, Step, lead_end, split_at
 
 FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
 MAX_RETRY_DELAY = 10.0
@@ -332,11 +332,13 @@ class Applier:
         # The leading settings (in one batch or several) first, then the id with the rest.
         head, tail = split_at(migration.data, steps, lead)
         session.run_steps(replace(migration, planned=head), prefix=b"BEGIN;")
-        return session.run_steps(replace(migration, planned=tail), prefix=MARK)[0]
+        planned = replace(migration, planned=tail)
+        return session.run_steps(planned, prefix=MARK, after=_end_of(head[-1]))[0]
 
     def _outside_transaction(self, migration: Migration) -> tuple[str, ...]:
         started = time.perf_counter()
         notes: tuple[str, ...] = ()
+        after = 0
         steps = self.session.steps_for(migration)
         target = index_target(migration, steps)
         if target is not None:
@@ -346,8 +348,10 @@ class Applier:
             if target.step:
                 self.session.run_steps(replace(migration, planned=steps[: target.step]))
             notes = drop_invalid_index(self.conn, migration, target)
+            if target.step:  # the build is sent as psql sends it after the statement before
+                after = _end_of(steps[target.step - 1])
             steps = steps[target.step :]
-        self.session.run_steps(replace(migration, planned=steps))
+        self.session.run_steps(replace(migration, planned=steps), after=after)
         duration_ms = (time.perf_counter() - started) * 1000
         self.session.end_transaction()
         # The reset in a query of its own: a query's statements share one transaction,
@@ -529,6 +533,13 @@ class Applier:
         return f"what it did {committed} committed"
 
 
+def _end_of(step: Step) -> int:
+    """Where `step` ends in its file: the steps after it are sent from there (a statement
+    sent alone takes the block comment before it, as psql sends it, not the text of the
+    steps before)."""
+    return step.data.end if isinstance(step, Copy) else step.end
+
+
 def drop_invalid_index(
     conn: psycopg.Connection[Any], migration: Migration, target: IndexTarget
 ) -> tuple[str, ...]:
@@ -587,11 +598,16 @@ def invalid_index(
     # The table as the file's statement finds it. No operator and no function but
     # pg_catalog's, named so: the session's search_path, the file's, may hold others.
     relation = sql.Identifier(*(part for part in (target.schema, target.table) if part))
-    row = conn.execute(
-        sql.SQL("SELECT pg_catalog.to_regclass({})::pg_catalog.oid").format(
-            sql.Literal(relation.as_string(conn))
-        )
-    ).fetchone()
+    try:
+        row = conn.execute(
+            sql.SQL("SELECT pg_catalog.to_regclass({})::pg_catalog.oid").format(
+                sql.Literal(relation.as_string(conn))
+            )
+        ).fetchone()
+    except psycopg.Error:
+        if conn.closed or conn.broken:
+            raise
+        return None  # a schema the file's role may not use: its statement fails on that too
     if row is None or row[0] is None:
         return None  # no such table: the file's statement fails on that, as under psql
     # The index of that name on that table, left invalid; one another session is

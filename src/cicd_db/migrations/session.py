@@ -231,7 +231,9 @@ class Session:
             b"END$cicd_db$" % (self.lock_key or 0, CHECK_LOCK.encode())
         )
 
-    def run_steps(self, migration: Migration, *, prefix: bytes = b"") -> list[PGresult]:
+    def run_steps(
+        self, migration: Migration, *, prefix: bytes = b"", after: int = 0
+    ) -> list[PGresult]:
         """Send the file's steps in order, in the current transaction or none.
 
         `prefix`, statements of the runner's own, travels with the first batch;
@@ -247,7 +249,7 @@ class Session:
             own = self.simple(prefix)
             diagnose.raise_on_error(self, migration, None, own)
             prefix = b""
-        after = 0  # where the step before ended
+        # where the step before ended (`after`: where the file's steps sent before these did)
         while steps:
             step = steps.pop(0)
             if isinstance(step, Copy):
