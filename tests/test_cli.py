@@ -436,3 +436,53 @@ def test_a_ctrl_c_as_the_command_ends_keeps_its_exit_code(monkeypatch: pytest.Mo
         monkeypatch.undo()
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("entry_point", ["main", "migrate_main"])
+def test_an_entry_point_runs_its_command_and_then_ignores_what_arrives(
+    entry_point: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cicd-db migrate new` and `scripts/migrate.py new` run their command, and once it
+    is done the signals are ignored (entry._done): a Ctrl-C as Python shuts down ended
+    a finished command by the signal."""
+    from cicd_db import entry
+
+    handlers = _handlers_kept()
+    command = ["migrate"] if entry_point == "main" else []
+    monkeypatch.setattr(sys, "argv", [entry_point, *command, "new", "add_jobs",
+                                      "--migrations-dir", str(tmp_path)])  # fmt: skip
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(entry, "STOPPING", dict(entry.STOPPING))
+    try:
+        assert getattr(entry, entry_point)() == 0
+        assert {signal.getsignal(signum) for signum in handlers} == {signal.SIG_IGN}
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert [p.name for p in tmp_path.iterdir()] == ["0001_add_jobs.sql"]
+
+
+def test_loaded_twice_in_one_process_what_python_drops_is_reported_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A program that calls the entry point twice: the run's hook does not take itself
+    for the one that was there before (it would hand itself each report, endlessly)."""
+    from cicd_db import entry
+
+    reported: list[BaseException | None] = []
+    handlers = _handlers_kept()
+    monkeypatch.setattr(sys, "unraisablehook", lambda report: reported.append(report.exc_value))
+    monkeypatch.setattr(entry, "_REPORTED_BEFORE", [None])
+
+    class Dropping:
+        def __del__(self) -> None:
+            raise ValueError("in a finalizer")
+
+    try:
+        entry._load()
+        entry._load()
+        Dropping()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert [type(error) for error in reported] == [ValueError]

@@ -7,6 +7,7 @@ server behind every database test.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -841,6 +843,266 @@ def test_a_writable_file_in_a_folder_it_cannot_write_is_written_in_place() -> No
         shutil.rmtree(tmp_path)
 
 
+_AS_NOBODY = """
+import os, pwd, resource, sys
+from pathlib import Path
+from cicd_db import commands
+nobody = pwd.getpwnam("nobody")
+os.setgroups([])  # root's own groups are no member's of nobody
+os.setgid(nobody.pw_gid)
+os.setuid(nobody.pw_uid)
+if len(sys.argv) > 3:  # a full disk, as a real limit on file size gives it
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+try:
+    commands._write(Path(sys.argv[1]), sys.argv[2])
+except Exception as error:
+    print(error)
+"""
+
+
+def _as_nobody(path: Path, text: str, *limited: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _AS_NOBODY, str(path), text, *limited],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's file and a group one is not in")
+def test_a_file_of_a_group_its_owner_is_not_in_is_written_in_place_and_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """A file of the user's own whose group the user may not give (an admin set it): a
+    rename gave the new file the user's group. Written in place, as `>` does, it keeps
+    it; a write cut short there is told as it is, not as a missing temporary file."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    top = Path(tempfile.mkdtemp(prefix="cicd-db-test-"))
+    top.chmod(0o755)
+    folder = top / "web"
+    folder.mkdir()
+    os.chown(folder, nobody.pw_uid, nobody.pw_gid)
+    page = folder / "page.html"
+    page.write_text("old\n")
+    page.chmod(0o664)
+    os.chown(page, nobody.pw_uid, 0)  # a group nobody is not in
+    inode = page.stat().st_ino
+    try:
+        done = _as_nobody(page, "new\n")
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), done
+        assert (page.read_text(), page.stat().st_gid, page.stat().st_ino) == ("new\n", 0, inode)
+        assert sorted(p.name for p in folder.iterdir()) == ["page.html"]
+        done = _as_nobody(page, "x" * 4096, "limited")
+        assert done.stdout == f"cannot write {page}: File too large; pick another path\n", done
+        assert sorted(p.name for p in folder.iterdir()) == ["page.html"]
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_read_only_file_in_a_folder_it_can_write_is_refused_and_kept() -> None:
+    """`>` refuses a file one may not write; a rename, which needs only the folder,
+    replaced it (a read-only config, a published page)."""
+    top = Path(tempfile.mkdtemp(prefix="cicd-db-test-"))
+    top.chmod(0o755)
+    folder = top / "web"
+    folder.mkdir()
+    kept = folder / "read-only.html"
+    kept.write_text("kept\n")
+    kept.chmod(0o444)
+    if os.geteuid() == 0:  # root writes anything: the write runs as nobody
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        for path in (folder, kept):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        done = _as_nobody(kept, "new\n")
+        said = done.stdout
+    else:
+        with pytest.raises(errors.ConfigError) as refused:
+            commands._write(kept, "new\n")
+        said = f"{refused.value}\n"
+    try:
+        assert said == f"cannot write {kept}: Permission denied; pick another path\n"
+        assert kept.read_text() == "kept\n"
+        assert sorted(p.name for p in folder.iterdir()) == ["read-only.html"]
+    finally:
+        shutil.rmtree(top)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a file of another owner")
+def test_a_file_of_another_owner_is_written_in_place_and_keeps_its_owner(tmp_path: Path) -> None:
+    """Root writing a user's file (a cron job's page): a rename made it root's."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    page = tmp_path / "page.html"
+    page.write_text("old\n")
+    os.chown(page, nobody.pw_uid, nobody.pw_gid)
+    inode = page.stat().st_ino
+    commands._write(page, "new\n")
+    assert (page.read_text(), page.stat().st_uid, page.stat().st_ino) == (
+        "new\n", nobody.pw_uid, inode,
+    )  # fmt: skip
+
+
+def test_a_new_file_gets_the_mode_the_umask_leaves_and_the_umask_stays(tmp_path: Path) -> None:
+    """As `>` makes it: 0o666 less the umask (here 0o027: 0o640), and the umask that
+    was read to know it is the process's again."""
+    umask = os.umask(0o027)
+    try:
+        commands._write(tmp_path / "new.sql", "text\n")
+    finally:
+        after = os.umask(umask)
+    assert after == 0o027
+    assert (tmp_path / "new.sql").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_file_being_filled_is_private_until_it_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of mode 0o600 (it holds what others may not read): while the new text
+    fills the file beside it, no one else may read that either."""
+    target = tmp_path / "private.sql"
+    target.write_text("old\n")
+    target.chmod(0o600)
+    seen: list[int] = []
+    real = os.fchmod
+
+    def fchmod(descriptor: int, mode: int) -> None:  # as the text is all written
+        seen.extend(p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p != target)
+        real(descriptor, mode)
+
+    monkeypatch.setattr(outputs.os, "fchmod", fchmod)
+    umask = os.umask(0o022)
+    try:
+        commands._write(target, "new\n")
+    finally:
+        os.umask(umask)
+    assert seen == [0o600]
+    assert (target.read_text(), target.stat().st_mode & 0o777) == ("new\n", 0o600)
+
+
+def test_a_name_taken_beside_the_file_is_never_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a folder others write (a shared one, /tmp), a link put where the temporary
+    file goes would have had the text written into what it points at."""
+    victim = tmp_path / "victim"
+    victim.write_text("victim's\n")
+    target = tmp_path / "schema.sql"
+    target.write_text("old\n")
+    monkeypatch.setattr(outputs.os, "urandom", lambda n: bytes(n))
+    (tmp_path / f".cicd-db-{bytes(6).hex()}.tmp").symlink_to(victim)
+    with pytest.raises(errors.ConfigError) as refused:
+        commands._write(target, "new\n")
+    assert str(refused.value) == f"cannot write {target}: File exists; pick another path"
+    assert (victim.read_text(), target.read_text()) == ("victim's\n", "old\n")
+
+
+def _refusing(monkeypatch: pytest.MonkeyPatch, name: str, code: int) -> None:
+    """`os.NAME` refuses the temporary file with `code`, as a full disk or a mount does."""
+    real = getattr(os, name)
+
+    def refused(first: Any, *rest: Any, **keywords: Any) -> Any:
+        if Path(first).name.startswith(".cicd-db-"):
+            raise OSError(code, os.strerror(code))
+        return real(first, *rest, **keywords)
+
+    monkeypatch.setattr(outputs.os, name, refused)
+
+
+@pytest.mark.parametrize("step", ["open", "replace"])
+def test_no_room_for_the_file_beside_leaves_the_old_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """A disk with no room left to create or rename the new file: written in place
+    instead, the old file would be truncated and then cut short."""
+    target = tmp_path / "schema.sql"
+    target.write_text("old\n")
+    _refusing(monkeypatch, step, errno.ENOSPC)
+    with pytest.raises(errors.ConfigError) as refused:
+        commands._write(target, "new\n")
+    assert str(refused.value) == (
+        f"cannot write {target}: No space left on device; pick another path"
+    )
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["schema.sql"]
+
+
+def test_a_file_that_is_a_mount_of_its_own_is_written_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's bind-mounted file: a rename over it is refused (EBUSY), `>` is not.
+    (Simulated: the rename refuses as the kernel does.)"""
+    target = tmp_path / "schema.sql"
+    target.write_text("old\n")
+    inode = target.stat().st_ino
+    _refusing(monkeypatch, "replace", errno.EBUSY)
+    commands._write(target, "new\n")
+    assert (target.read_text(), target.stat().st_ino) == ("new\n", inode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["schema.sql"]
+
+
+def test_a_link_that_loops_is_refused_and_left(tmp_path: Path) -> None:
+    """A path that resolves to nothing for a loop of links: renamed over, the link was
+    replaced by a file; `>` refuses it."""
+    loop = tmp_path / "loop.sql"
+    loop.symlink_to(loop.name)
+    with pytest.raises(errors.ConfigError) as refused:
+        commands._write(loop, "new\n")
+    assert str(refused.value) == (
+        f"cannot write {loop}: Too many levels of symbolic links; pick another path"
+    )
+    assert loop.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["loop.sql"]
+
+
+def test_o_dev_stderr_is_the_commands_standard_error_appended_to(tmp_path: Path) -> None:
+    """As `-o /dev/stdout`: a log the shell appends standard error to was replaced."""
+    log = tmp_path / "log"
+    log.write_text("-- before\n")
+    script = (
+        "from pathlib import Path; from cicd_db import commands; "
+        "commands._write(Path('/dev/stderr'), 'the text\\n')"
+    )
+    with log.open("a") as appended:
+        done = subprocess.run([sys.executable, "-c", script], stderr=appended, timeout=60, cwd=ROOT)
+    assert done.returncode == 0
+    assert log.read_text() == "-- before\nthe text\n"
+
+
+def test_a_closed_standard_output_does_not_keep_a_file_from_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program that calls the CLI in-process after closing sys.stdout: the file is
+    still written (the closed stream is no file to compare it with)."""
+    closed = (tmp_path / "out").open("w")
+    closed.close()
+    monkeypatch.setattr("sys.stdout", closed)
+    target = tmp_path / "schema.sql"
+    target.write_text("old\n")
+    commands._write(target, "new\n")
+    assert target.read_text() == "new\n"
+
+
+def test_a_link_to_another_file_system_has_its_target_replaced_whole(tmp_path: Path) -> None:
+    """The new file is made beside the link's target, not beside the link: made beside
+    the link, on another disk, the rename failed and the target was written in place."""
+    elsewhere = Path(tempfile.mkdtemp(prefix="cicd-db-test-", dir="/dev/shm"))
+    try:
+        if elsewhere.stat().st_dev == tmp_path.stat().st_dev:
+            pytest.skip("/dev/shm is on the disk of pytest's folder")
+        target = elsewhere / "schema.sql"
+        target.write_text("old\n")
+        inode = target.stat().st_ino
+        link = tmp_path / "schema.sql"
+        link.symlink_to(target)
+        commands._write(link, "new\n")
+        assert (target.read_text(), link.is_symlink()) == ("new\n", True)
+        assert target.stat().st_ino != inode  # renamed over: whole or not at all
+    finally:
+        shutil.rmtree(elsewhere)
+
+
 @pytest.fixture
 def named_run(migrated: Database) -> Database:
     from cicd_db.store import Store
@@ -927,3 +1189,21 @@ def test_a_document_to_a_standard_output_of_text_alone_is_the_text(
     monkeypatch.setattr("sys.stdout", taken)
     outputs.print_document(text)
     assert taken.getvalue() == text
+
+
+def test_a_file_system_without_extended_attributes_still_gets_files_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vfat or an NFS mount answers "not supported" when asked for the attributes: there
+    are none to lose, so the file is still renamed over, whole or not at all.
+    (Simulated: the question is refused as such a disk refuses it.)"""
+    target = tmp_path / "schema.sql"
+    target.write_text("old\n")
+    inode = target.stat().st_ino
+
+    def unsupported(path: Any) -> list[str]:
+        raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
+
+    monkeypatch.setattr(outputs.os, "listxattr", unsupported, raising=False)
+    commands._write(target, "new\n")
+    assert target.read_text() == "new\n" and target.stat().st_ino != inode
