@@ -1207,3 +1207,31 @@ def test_a_file_system_without_extended_attributes_still_gets_files_whole(
     monkeypatch.setattr(outputs.os, "listxattr", unsupported, raising=False)
     commands._write(target, "new\n")
     assert target.read_text() == "new\n" and target.stat().st_ino != inode
+
+
+def test_a_file_renamed_over_is_on_disk_before_it_takes_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """helper-80: renamed over without a sync, a power cut soon after could leave an
+    empty file in the old one's place on some file systems (XFS, btrfs, ext4 without
+    auto_da_alloc). The new file's bytes are synced before the rename.
+    (Simulated: the sync and the rename are watched, not a power cut.)"""
+    target = tmp_path / "schema.sql"
+    target.write_text("old\n")
+    events: list[tuple[str, str]] = []
+    sync, rename = outputs.os.fsync, outputs.os.replace
+
+    def watched_sync(descriptor: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        sync(descriptor)
+
+    def watched_rename(source: Any, destination: Any) -> None:
+        events.append(("replace", os.fspath(source)))
+        rename(source, destination)
+
+    monkeypatch.setattr(outputs.os, "fsync", watched_sync)
+    monkeypatch.setattr(outputs.os, "replace", watched_rename)
+    commands._write(target, "new\n")
+    assert target.read_text() == "new\n"
+    assert [kind for kind, _ in events] == ["fsync", "replace"], events
+    assert events[0][1] == events[1][1] and Path(events[0][1]).name.startswith(".cicd-db-")

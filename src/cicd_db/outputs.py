@@ -5,8 +5,10 @@ as UTF-8 whatever the terminal's locale.
 
 A file is written whole or not at all where that can be done without changing what the
 file is: a new file, or a regular file of this user's with one name and no extended
-attributes, is written beside itself and renamed over, so a full disk, a size limit or
-Ctrl-C leaves the old one as it was and no part of the new. Anything else is written in
+attributes, is written beside itself, synced to disk, and renamed over, so a full disk,
+a size limit, Ctrl-C or a power cut leaves the old one as it was and no part of the new
+(unsynced, a power cut after the rename could leave an empty file on some file
+systems). Anything else is written in
 place, as `>` would: a file of another owner or with other names (a rename would take
 the owner, the other names, the ACLs with it), a file whose folder this user cannot
 write or that is mounted on its own (a container's bind mount), a pipe, a device,
@@ -80,6 +82,8 @@ def write_file(path: Path, text: str) -> None:
                 return
             out.write(data)
             os.fchmod(out.fileno(), stat.S_IMODE(found.st_mode) if found else _new_file_mode())
+            out.flush()
+            os.fsync(out.fileno())  # its bytes on disk before it takes the old one's name
         try:
             os.replace(beside, target)
         except OSError as error:
