@@ -344,7 +344,8 @@ def test_interrupted_concurrent_index_reruns(database: Database) -> None:
     again = migrate(database, MIGRATIONS, "up")
     assert again.code == 0, again.err
     assert again.out.splitlines()[0] == (
-        "  dropped invalid index pipeline_executions_pipeline_run_key left by an interrupted run"
+        "  dropped invalid index public.pipeline_executions_pipeline_run_key left by an "
+        "interrupted run"
     )
     assert database.history() == list(range(1, NEWEST + 1))
     assert database.query(

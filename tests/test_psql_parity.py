@@ -805,7 +805,7 @@ CONTINUED_ESCAPE_STRINGS = {
 
 
 @pytest.mark.parametrize("name", sorted(CONTINUED_ESCAPE_STRINGS))
-def test_an_escape_string_continued_on_the_next_line_applies_as_psql_applies_it(
+def test_an_escape_string_continued_on_the_next_line_is_refused_as_psql_refuses_it(
     name: str, database: Database, spare: Database, tmp_path: Path
 ) -> None:
     """psql refuses it (the server is sent a statement cut inside a string); the runner
@@ -825,11 +825,25 @@ def test_an_escape_string_continued_on_the_next_line_applies_as_psql_applies_it(
     assert dump(database) == dump(spare)
 
 
+def test_an_escape_string_continued_after_a_carriage_return_alone_applies_as_psql_applies_it(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """helper-81: psql reads a line to its line feed, so parts split by a carriage return
+    alone are one line to it, and it goes on with the string as the server does: the
+    file applies under psql, and under the runner, with the same value."""
+    data = b"CREATE TABLE t AS SELECT E'a'\r'\\';' AS b;\n"
+    path = tmp_path / "0001_fixture.sql"
+    path.write_bytes(data)
+    psql_apply(spare, path)
+    runner_apply(database, tmp_path / "migrations", data)
+    assert database.query("SELECT b FROM t") == spare.query("SELECT b FROM t") == [("a';",)]
+
+
 # The parts of a string the server reads as one (its lexer's continuation: a line's
 # end, perhaps after a `--` comment, between two quoted parts), each part written
 # as psql reads it or as the server reads it: backslashes and quotes in every arrangement.
 _PART_TEXT = st.lists(st.sampled_from(["\\", "'", "';", "\\'", "a", ";", "\\\\", " "]), max_size=5)
-_CONTINUATION = st.sampled_from(["\n", " \n", " -- c\n", "\r\n", "\n\n  ", "\n-- c\n"])
+_CONTINUATION = st.sampled_from(["\n", " \n", " -- c\n", "\r\n", "\r", "\n\n  ", "\n-- c\n"])
 
 
 @st.composite
@@ -866,6 +880,7 @@ def test_a_string_continued_over_lines_applies_as_psql_applies_it_or_is_refused_
     )
     @given(st.lists(continued_string(), min_size=1, max_size=3))
     @example(["E'a'\n'\\';'"])  # helper-77's: the server reads one string, psql two statements
+    @example(["E'a'\r'\\';'"])  # a carriage return alone: psql reads one line, as the server
     def check(strings: list[str]) -> None:
         tables = [f"t{n}" for n in range(len(strings))]
         text = "".join(
@@ -877,8 +892,13 @@ def test_a_string_continued_over_lines_applies_as_psql_applies_it_or_is_refused_
         try:
             with database.connect() as conn:
                 migrations.Runner(conn, migrations.discover(folder)).apply()
-        except ConfigError:  # before anything ran: the continuation, or what psql
-            assert database.history() == []  # reads as a meta-command (its own split)
+        except ConfigError as refusal:  # before anything ran: the continuation, or what
+            assert database.history() == []  # psql reads as a meta-command (its own split)
+            said = str(refusal)
+            # Never a string psql and the server read alike: only an E'' one goes on apart.
+            assert "meta-command" in said or (
+                "an E'...' string goes on" in said and "E'" in text
+            ), (said, text)
         except MigrationFailed:
             assert not psql_applied, text
         else:
@@ -912,8 +932,9 @@ def test_a_restrict_line_psql_refuses_the_runner_refuses(
     path.write_bytes(data)
     refused = psql_refuses(spare, path)
     assert refused is not None and "restrict" in refused
-    with pytest.raises((MigrationFailed, ConfigError)):
+    with pytest.raises(ConfigError) as refusal:  # before anything runs, as the docs say
         runner_apply(database, tmp_path / "migrations", data)
+    assert "is run by psql as a meta-command" in str(refusal.value), refusal.value
     assert database.history() == []
     assert dump(database) == dump(spare)
 

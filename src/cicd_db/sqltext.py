@@ -417,21 +417,27 @@ def _continued_apart(data: bytes, end: int) -> int | None:
     server end in different places (the offset of that part's quote), or None.
 
     The server reads `E'a'`, a line's end, and `'b'` as one string, its parts all with
-    backslash escapes; psql, reading a line at a time, ends the string at the line and
-    reads `'b'` as a new string, standard where standard_conforming_strings is on. Where
-    a part holds `\\'`, the two end it apart, and psql ends its statement where the server
-    would not: sent in one query, the server would run what psql refuses.
+    backslash escapes. psql reads a line (to a line feed) at a time: it ends the string
+    at the line's end and reads `'b'` as a new string, standard where
+    standard_conforming_strings is on; within one line (parts split by a carriage return
+    alone) it goes on with the string as the server does. Where a part holds `\\'`, the
+    two then end it apart, and psql ends its statement where the server would not: sent
+    in one query, the server would run what psql refuses.
     """
+    psql_standard = False  # how psql reads the part: past a line feed, as a new string
     while True:
         continuation = _CONTINUATION.match(data, end)
         if continuation is None:
             return None
         quote = continuation.end() - 1
-        standard = _STANDARD_STRING.match(data, quote)
-        escaped = _ESCAPED_STRING.match(data, quote)
-        if standard is None or escaped is None or standard.end() != escaped.end():
+        psql_standard = psql_standard or b"\n" in data[end:quote]
+        server = _ESCAPED_STRING.match(data, quote)
+        psql = (_STANDARD_STRING if psql_standard else _ESCAPED_STRING).match(data, quote)
+        if server is None and psql is None:
+            return None  # never closed either way: both send it so, and the server refuses it
+        if server is None or psql is None or server.end() != psql.end():
             return quote
-        end = standard.end()
+        end = server.end()
 
 
 def _copies_from_stdin(data: bytes, start: int, end: int, standard_strings: bool) -> bool:

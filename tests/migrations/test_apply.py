@@ -325,6 +325,8 @@ def test_lock_timeouts_are_retried_until_the_file_applies(
     assert database.query(
         "SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'"
     ) == [(1 if "note" in statement else 0,)]
+    # The COPY's row landed once, retried or not (history alone says the file ran).
+    assert database.query("SELECT id FROM busy") == ([(1,)] if "COPY" in statement else [])
 
 
 def test_lock_retries_give_up_within_their_bounds(database: Database, tmp_path: Path) -> None:
@@ -543,7 +545,7 @@ def test_of_two_invalid_indexes_of_one_name_the_one_on_the_files_table_is_droppe
     assert "  would drop invalid index two.t_c left by an interrupted run" in out.splitlines()
     code, out, err = migrate(database, folder)
     assert (code, err) == (0, "")
-    assert out.splitlines()[0] == "  dropped invalid index t_c left by an interrupted run"
+    assert out.splitlines()[0] == "  dropped invalid index two.t_c left by an interrupted run"
     assert database.query(
         "SELECT n.nspname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 't_c' ORDER BY 1"
@@ -864,7 +866,7 @@ def test_invalid_concurrent_index_is_found_whatever_the_search_path(
     assert database.query(left) == [("ÉtÉ_c", False)]
     code, out, _ = migrate(database, folder)
     assert code == 0
-    assert out.splitlines()[0] == "  dropped invalid index ÉtÉ_c left by an interrupted run"
+    assert out.splitlines()[0] == '  dropped invalid index app."ÉtÉ_c" left by an interrupted run'
     assert database.query(left) == [("ÉtÉ_c", True)]
 
 
@@ -1146,3 +1148,57 @@ def test_a_files_first_statement_after_its_set_transaction_is_sent_as_psql_sends
     code, out, err = migrate(database, folder)
     assert (code, err) == (0, ""), out
     assert database.query("SELECT q FROM audit") == [("INSERT INTO audit DEFAULT VALUES;",)]
+
+
+def test_a_dry_run_leaves_the_connection_as_it_found_it(database: Database, tmp_path: Path) -> None:
+    """What the previous test's docstring promises and it cannot see (its runs are
+    processes of their own): the leading statements a dry run runs to find the table are
+    rolled back, and the connection the runner was given keeps its settings."""
+    database.execute("CREATE SCHEMA app; CREATE TABLE app.t (c int)")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_index.sql": "-- cicd-db: no-transaction\nSET search_path = app;\n"
+            "SET lock_timeout = '1s';\nCREATE INDEX CONCURRENTLY u ON t (c);\n"
+        },
+    )
+    settings = "SELECT current_setting('search_path'), current_setting('lock_timeout')"
+    with database.connect() as conn:
+        before = conn.execute(settings).fetchone()
+        migrations.Runner(conn, migrations.discover(folder)).apply(dry_run=True)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute(settings).fetchone() == before
+    assert database.history() == []
+
+
+def test_a_dry_run_of_a_file_whose_set_role_names_a_role_an_earlier_file_makes(
+    database: Database, tmp_path: Path
+) -> None:
+    """helper-81: a plan of two pending files, the first making the role the second's
+    build runs as. The dry run ran the second's SET ROLE before the first file had run
+    and listed it as "a run now: ... failed"; the run applies both. Only the first
+    pending file's leading statements can fail as a run would: a later one's are said
+    to be looked at as it runs."""
+    role = f"builder_{uuid.uuid4().hex[:10]}"
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_role.sql": f"CREATE ROLE {role}; CREATE TABLE t (c int); "
+            f"ALTER TABLE t OWNER TO {role}; GRANT CREATE ON SCHEMA public TO {role};\n",
+            "0002_index.sql": f"-- cicd-db: no-transaction\nSET ROLE {role};\n"
+            "CREATE INDEX CONCURRENTLY u ON t (c);\n",
+        },
+    )
+    try:
+        code, out, err = migrate(database, folder, "up", "--dry-run")
+        assert (code, err) == (0, "")
+        assert "a run now" not in out, out
+        assert "  an invalid index its build may have left is looked for as it runs" in (
+            out.splitlines()
+        ), out
+        ran = migrate(database, folder)
+        assert ran.code == 0, ran.err
+    finally:
+        database.execute("DROP TABLE IF EXISTS t")
+        if database.query(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'"):
+            database.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")

@@ -383,3 +383,18 @@ def test_an_entry_named_like_a_migration_that_is_no_file_is_refused(tmp_path: Pa
     (tmp_path / "0005_dir.sql").rmdir()
     (tmp_path / "0002_b.sql").symlink_to(tmp_path / "0001_a.sql")  # a link to a file is one
     assert [m.version for m in migrations.discover(tmp_path)] == [1, 2]
+
+
+@pytest.mark.parametrize("key", ["'k1'", '"k1"', ":key", "k\\1", "`echo k1`"])
+def test_a_restrict_key_that_is_not_a_plain_word_is_refused(tmp_path: Path, key: str) -> None:
+    """psql reads a quoted key, a variable or a backquoted command before it compares
+    keys; the runner does not guess what it reads, and refuses the line up front."""
+    path = tmp_path / "0001_dump.sql"
+    path.write_text(f"\\restrict {key}\nCREATE TABLE t (a int);\n\\unrestrict {key}\n")
+    with pytest.raises(ConfigError) as refused:
+        _ = migrations.read(path, 1, "dump").steps
+    assert str(refused.value) == (
+        "migration file 0001_dump.sql, line 1: \\restrict is run by psql as a meta-command, "
+        "and its key is not a plain word, as pg_dump writes it; write the \\restrict KEY and "
+        "\\unrestrict KEY lines as pg_dump writes them, or remove them"
+    )

@@ -262,3 +262,30 @@ def test_the_work_mark_is_held_through_every_file(database: Database, tmp_path: 
         thread.join()
     assert marks == [("ShareLock",)]
     assert database.history() == [1, 2]
+
+
+def test_a_new_session_whose_first_statement_fails_is_closed(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session the runner opens after a file that changed a database's settings: a
+    first statement cut there (by a 1 ms statement_timeout the file left, say) left the
+    connection open until Python collected it (helper-81: the test of that setting met
+    it about once in eight runs). Here the first statement fails every time."""
+    from cicd_db.migrations import lock
+    from cicd_db.migrations.session import Session
+
+    made: list[psycopg.Connection[object]] = []
+    connect = psycopg.connect
+
+    def watched(*args: object, **kwargs: object) -> psycopg.Connection[object]:
+        made.append(connect(*args, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    with database.connect() as conn:
+        session = Session(conn)
+        monkeypatch.setattr(lock.psycopg, "connect", watched)
+        monkeypatch.setattr(lock, "_MARK", "SELECT 1 / (%s::bigint * 0)")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            lock.renew(session)
+        assert session.conn is conn  # the runner's session is the one it had
+    assert len(made) == 1 and made[0].closed

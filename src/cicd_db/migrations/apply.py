@@ -44,7 +44,7 @@ from cicd_db.migrations.session import (
     RESET_SESSION,
     Session,
 )
-from cicd_db.migrations.statements import Copy, Step, lead_end, split_at
+from cicd_db.migrations.statements import Batch, lead_end, split_at
 
 FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
 MAX_RETRY_DELAY = 10.0
@@ -333,7 +333,7 @@ class Applier:
         head, tail = split_at(migration.data, steps, lead)
         session.run_steps(replace(migration, planned=head), prefix=b"BEGIN;")
         planned = replace(migration, planned=tail)
-        return session.run_steps(planned, prefix=MARK, after=_end_of(head[-1]))[0]
+        return session.run_steps(planned, prefix=MARK, after=head[-1].end)[0]
 
     def _outside_transaction(self, migration: Migration) -> tuple[str, ...]:
         started = time.perf_counter()
@@ -347,9 +347,19 @@ class Applier:
             # leave (its search_path, role and lock_timeout), where the build runs.
             if target.step:
                 self.session.run_steps(replace(migration, planned=steps[: target.step]))
-            notes = drop_invalid_index(self.conn, migration, target)
+            try:
+                notes = drop_invalid_index(self.conn, migration, target)
+            except psycopg.Error as error:  # the lookup, cut (a statement_timeout of the file's)
+                if self.conn.closed or self.conn.broken:
+                    raise
+                build = steps[target.step]
+                found = build if isinstance(build, Batch) else build.statement
+                text = migration.data[found.start : found.end].decode("utf-8", "replace")
+                raise diagnose.file_failure(
+                    self.session, migration, found.line, error, text
+                ) from None
             if target.step:  # the build is sent as psql sends it after the statement before
-                after = _end_of(steps[target.step - 1])
+                after = steps[target.step - 1].end
             steps = steps[target.step :]
         self.session.run_steps(replace(migration, planned=steps), after=after)
         duration_ms = (time.perf_counter() - started) * 1000
@@ -533,13 +543,6 @@ class Applier:
         return f"what it did {committed} committed"
 
 
-def _end_of(step: Step) -> int:
-    """Where `step` ends in its file: the steps after it are sent from there (a statement
-    sent alone takes the block comment before it, as psql sends it, not the text of the
-    steps before)."""
-    return step.data.end if isinstance(step, Copy) else step.end
-
-
 def drop_invalid_index(
     conn: psycopg.Connection[Any], migration: Migration, target: IndexTarget
 ) -> tuple[str, ...]:
@@ -575,7 +578,7 @@ def drop_invalid_index(
             f"an interrupted run left, {index}, could not be dropped: {cause}; drop it (DROP "
             f"INDEX CONCURRENTLY {index}) and run again"
         ) from None
-    return (f"dropped invalid index {target.name} left by an interrupted run",)
+    return (f"dropped invalid index {index} left by an interrupted run",)
 
 
 def drop_statement(index: str) -> str:
@@ -584,7 +587,7 @@ def drop_statement(index: str) -> str:
 
 
 def invalid_index(
-    conn: psycopg.Connection[Any], migration: Migration, target: IndexTarget | None = None
+    conn: psycopg.Connection[Any], migration: Migration, target: IndexTarget
 ) -> str | None:
     """The invalid index of the name `migration` builds CONCURRENTLY (schema-qualified),
     which an interrupted run left and the next drops before it runs the file; None for
@@ -592,9 +595,6 @@ def invalid_index(
     will find it: in the session as it is now (its search_path), which must be the one
     the file's leading statements left. MigrationRefused where another session is
     building it now. Reads only."""
-    target = target or index_target(migration)
-    if target is None:
-        return None
     # The table as the file's statement finds it. No operator and no function but
     # pg_catalog's, named so: the session's search_path, the file's, may hold others.
     relation = sql.Identifier(*(part for part in (target.schema, target.table) if part))
@@ -604,9 +604,7 @@ def invalid_index(
                 sql.Literal(relation.as_string(conn))
             )
         ).fetchone()
-    except psycopg.Error:
-        if conn.closed or conn.broken:
-            raise
+    except psycopg.errors.InsufficientPrivilege:
         return None  # a schema the file's role may not use: its statement fails on that too
     if row is None or row[0] is None:
         return None  # no such table: the file's statement fails on that, as under psql
@@ -637,7 +635,9 @@ def invalid_index_ahead(session: Session, migration: Migration) -> str | None:
     before the lookup, in a transaction rolled back after it."""
     steps = session.steps_for(migration)
     target = index_target(migration, steps)
-    if target is None or not target.step:
+    if target is None:
+        return None
+    if not target.step:
         return invalid_index(session.conn, migration, target)
     with session.conn.transaction(force_rollback=True):
         session.run_steps(replace(migration, planned=steps[: target.step]))

@@ -109,12 +109,20 @@ class Runner:
 
         if dry_run:
             results = []
-            for m in pending:  # as the run would: an interrupted run's invalid index first
+            for number, m in enumerate(pending):  # as the run would: an invalid index first
                 notes: tuple[str, ...] = ()
                 before: tuple[str, ...] = ()
                 try:
                     index = applying.invalid_index_ahead(self.session, m)
-                except (MigrationRefused, MigrationFailed) as refused:  # a plan lists every file
+                except MigrationFailed as failed:  # its leading statements: a plan lists it
+                    # Before the files above it have run, they may fail for want of them
+                    # (a role an earlier file makes): said as a failure only of the first.
+                    notes = (
+                        (f"a run now: {failed}",)
+                        if number == 0
+                        else ("an invalid index its build may have left is looked for as it runs",)
+                    )
+                except MigrationRefused as refused:
                     notes = (f"a run now: {refused}",)
                 else:
                     if index is not None:

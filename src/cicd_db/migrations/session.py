@@ -237,7 +237,9 @@ class Session:
         """Send the file's steps in order, in the current transaction or none.
 
         `prefix`, statements of the runner's own, travels with the first batch;
-        their results are returned.
+        their results are returned. `after`: where the file's steps sent before these
+        ended (a statement sent alone starts at the first block comment after it, as
+        psql sends it, never with the text of the steps before).
         """
         from cicd_db.migrations import diagnose
         from cicd_db.migrations.statements import Batch, Copy, each_statement
@@ -249,12 +251,11 @@ class Session:
             own = self.simple(prefix)
             diagnose.raise_on_error(self, migration, None, own)
             prefix = b""
-        # where the step before ended (`after`: where the file's steps sent before these did)
         while steps:
             step = steps.pop(0)
             if isinstance(step, Copy):
                 self.copy(migration, step)
-                after = step.data.end
+                after = step.end
                 continue
             rest: list[Step] | None = None
             for one in each_statement(migration.data, step, after) if alone else (step,):

@@ -93,6 +93,11 @@ class Copy:
     statement: Statement
     data: CopyData
 
+    @property
+    def end(self) -> int:
+        """Where it ends in its file: after its data (the `\\.` line left out)."""
+        return self.data.end
+
 
 Step = Batch | Copy
 
@@ -222,7 +227,7 @@ def plan(
     return tuple(steps)
 
 
-_RESTRICT_KEY = re.compile(rb"[^\s'\"`:\\\\]+")
+_RESTRICT_KEY = re.compile(rb"[^\s'\"`:\\]+")
 
 
 def _follow_restrict(
