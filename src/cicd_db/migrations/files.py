@@ -367,7 +367,8 @@ def index_name(migration: Migration) -> str | None:
 
 
 class IndexTarget(NamedTuple):
-    """The index a no-transaction file builds concurrently, as PostgreSQL names it."""
+    """What a no-transaction file's CREATE INDEX CONCURRENTLY builds: the index and the
+    table it indexes, as PostgreSQL names them, and where the statement stands."""
 
     name: str
     schema: str | None  # the table's schema, where the file names it
