@@ -795,17 +795,30 @@ def test_o_dev_stdout_into_a_closed_pipe_is_told_as_for_dash(migrated: Database)
 
 
 _AS_ANOTHER_USER = """
-import os, pwd, sys
+import os, pwd, resource, sys
 from pathlib import Path
 from cicd_db import commands
 if os.geteuid() == 0:  # root writes anywhere: the write runs as nobody, as a user's would
-    os.setgid(pwd.getpwnam("nobody").pw_gid)
-    os.setuid(pwd.getpwnam("nobody").pw_uid)
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])  # root's own groups (0 among them) are none of nobody's
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+if len(sys.argv) > 3:  # a full disk, as a real limit on file size gives it
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
 try:
     commands._write(Path(sys.argv[1]), sys.argv[2])
 except Exception as error:
     print(error)
 """
+
+
+def _as_another_user(path: Path, text: str, *limited: str) -> subprocess.CompletedProcess[str]:
+    """`commands._write(path, text)` in a process of its own, as nobody when run as root
+    (with a 512-byte limit on file size when `limited` is given)."""
+    return subprocess.run(
+        [sys.executable, "-c", _AS_ANOTHER_USER, str(path), text, *limited],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
 
 
 def test_a_writable_file_in_a_folder_it_cannot_write_is_written_in_place() -> None:
@@ -830,10 +843,7 @@ def test_a_writable_file_in_a_folder_it_cannot_write_is_written_in_place() -> No
     folder.chmod(0o555)
     try:
         for path, said in ((page, ""), (read_only, f"cannot write {read_only}: Permission denied")):
-            done = subprocess.run(
-                [sys.executable, "-c", _AS_ANOTHER_USER, str(path), "new\n"],
-                capture_output=True, text=True, timeout=60, cwd=ROOT,
-            )  # fmt: skip
+            done = _as_another_user(path, "new\n")
             assert (done.returncode, done.stderr) == (0, ""), done
             assert done.stdout.startswith(said) and (said or done.stdout == ""), done
         assert page.read_text() == "new\n" and read_only.read_text() == "kept\n"
@@ -841,30 +851,6 @@ def test_a_writable_file_in_a_folder_it_cannot_write_is_written_in_place() -> No
     finally:
         folder.chmod(0o755)
         shutil.rmtree(tmp_path)
-
-
-_AS_NOBODY = """
-import os, pwd, resource, sys
-from pathlib import Path
-from cicd_db import commands
-nobody = pwd.getpwnam("nobody")
-os.setgroups([])  # root's own groups are no member's of nobody
-os.setgid(nobody.pw_gid)
-os.setuid(nobody.pw_uid)
-if len(sys.argv) > 3:  # a full disk, as a real limit on file size gives it
-    resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
-try:
-    commands._write(Path(sys.argv[1]), sys.argv[2])
-except Exception as error:
-    print(error)
-"""
-
-
-def _as_nobody(path: Path, text: str, *limited: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", _AS_NOBODY, str(path), text, *limited],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
 
 
 @pytest.mark.skipif(
@@ -890,11 +876,11 @@ def test_a_file_of_a_group_its_owner_is_not_in_is_written_in_place_and_keeps_it(
     os.chown(page, nobody.pw_uid, 0)  # a group nobody is not in
     inode = page.stat().st_ino
     try:
-        done = _as_nobody(page, "new\n")
+        done = _as_another_user(page, "new\n")
         assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), done
         assert (page.read_text(), page.stat().st_gid, page.stat().st_ino) == ("new\n", 0, inode)
         assert sorted(p.name for p in folder.iterdir()) == ["page.html"]
-        done = _as_nobody(page, "x" * 4096, "limited")
+        done = _as_another_user(page, "x" * 4096, "limited")
         assert done.stdout == f"cannot write {page}: File too large; pick another path\n", done
         assert sorted(p.name for p in folder.iterdir()) == ["page.html"]
     finally:
@@ -917,7 +903,7 @@ def test_a_read_only_file_in_a_folder_it_can_write_is_refused_and_kept() -> None
         nobody = pwd.getpwnam("nobody")
         for path in (folder, kept):
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
-        done = _as_nobody(kept, "new\n")
+        done = _as_another_user(kept, "new\n")
         said = done.stdout
     else:
         with pytest.raises(errors.ConfigError) as refused:

@@ -949,14 +949,3 @@ def test_a_restrict_pair_as_pg_dump_writes_it_applies_as_psql_applies_it(
     psql_apply(spare, path)
     runner_apply(database, tmp_path / "migrations", data)
     assert dump(database) == dump(spare)
-
-
-def test_a_copy_data_error_carries_its_sqlstate(database: Database, tmp_path: Path) -> None:
-    """psql (VERBOSITY verbose) and the runner's message both say 22P02; the runner's
-    MigrationFailed.sqlstate, set for every other statement's failure, is None for a
-    COPY's data."""
-    data = b"CREATE TABLE t (a int);\nCOPY t (a) FROM stdin;\nx\n\\.\n"
-    with pytest.raises(MigrationFailed) as failed:
-        runner_apply(database, tmp_path / "migrations", data)
-    assert "[22P02]" in str(failed.value)
-    assert failed.value.sqlstate == "22P02"

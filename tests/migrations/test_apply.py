@@ -1202,3 +1202,17 @@ def test_a_dry_run_of_a_file_whose_set_role_names_a_role_an_earlier_file_makes(
         database.execute("DROP TABLE IF EXISTS t")
         if database.query(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'"):
             database.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+def test_a_copy_data_error_carries_its_sqlstate(database: Database, tmp_path: Path) -> None:
+    """A COPY's bad data fails as any statement does: its line and SQLSTATE in the
+    message, and the SQLSTATE on the library's error (helper-77: it was None there)."""
+    folder = write_migrations(
+        tmp_path, {"0001_copy.sql": "CREATE TABLE t (a int);\nCOPY t (a) FROM stdin;\nx\n\\.\n"}
+    )
+    with database.connect() as conn, pytest.raises(MigrationFailed) as failed:
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    assert str(failed.value).startswith("migration 0001_copy.sql failed at line 3: ")
+    assert "[22P02]" in str(failed.value)
+    assert failed.value.sqlstate == "22P02"
+    assert database.history() == []
