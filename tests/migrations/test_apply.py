@@ -1075,28 +1075,41 @@ def test_a_dry_run_looks_for_the_leftover_after_the_files_leading_statements(
     assert database.history() == []
 
 
-def test_a_build_after_leading_statements_and_a_header_comment_goes_alone_when_sent_alone(
-    database: Database, tmp_path: Path
+@pytest.mark.parametrize(
+    ("data", "check", "expected"),
+    [
+        (
+            "-- cicd-db: no-transaction\n/* the lookup index */\nSET lock_timeout = '5s';\n"
+            "CREATE INDEX CONCURRENTLY idx ON t (x);\n",
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx'::regclass",
+            [(True,)],
+        ),
+        (
+            "/* header */\nSET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n"
+            "INSERT INTO audit DEFAULT VALUES;\n",
+            "SELECT q FROM audit",
+            [("INSERT INTO audit DEFAULT VALUES;",)],
+        ),
+    ],
+    ids=["a-build-after-its-set", "after-set-transaction"],
+)
+def test_a_statement_sent_alone_after_the_runners_own_is_sent_as_psql_sends_it(
+    database: Database, tmp_path: Path, data: str, check: str, expected: list[tuple[object]]
 ) -> None:
     """A database whose column default reads current_query(): every statement goes in a
-    query of its own, with the block comment psql sends before it. The build, sent
-    after the file's leading SET, must not take the file's opening comment and that SET
-    with it: in one query with another statement, CREATE INDEX CONCURRENTLY is refused
-    (it cannot run inside a transaction block)."""
+    query of its own, with the block comment psql sends before it. Where the runner
+    sends a file's leading statements first (a no-transaction build's SETs, which the
+    lookup of an invalid index follows; a SET TRANSACTION, after which it reads its
+    transaction's id), the next statement went from the file's start: the opening
+    comment and those statements again with it (helper-79). A build in one query with
+    another statement is refused (it cannot run in a transaction block); a SET
+    TRANSACTION ran twice, and current_query() saw it."""
     database.execute("CREATE TABLE t (x int); CREATE TABLE audit (q text DEFAULT current_query())")
-    folder = write_migrations(
-        tmp_path,
-        {
-            "0001_idx.sql": "-- cicd-db: no-transaction\n/* the lookup index */\n"
-            "SET lock_timeout = '5s';\nCREATE INDEX CONCURRENTLY idx ON t (x);\n"
-        },
-    )
+    folder = write_migrations(tmp_path, {"0001_file.sql": data})
     code, out, err = migrate(database, folder)
     assert (code, err) == (0, ""), out
     assert database.history() == [1]
-    assert database.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx'::regclass") == [
-        (True,)
-    ]
+    assert database.query(check) == expected
 
 
 def test_a_lookup_the_files_role_may_not_make_fails_as_the_build_would(
@@ -1127,27 +1140,6 @@ def test_a_lookup_the_files_role_may_not_make_fails_as_the_build_would(
         assert database.history() == []
     finally:
         database.execute(f"DROP ROLE IF EXISTS {role}")
-
-
-def test_a_files_first_statement_after_its_set_transaction_is_sent_as_psql_sends_it(
-    database: Database, tmp_path: Path
-) -> None:
-    """A database whose column default reads current_query(): each statement goes in a
-    query of its own. The runner reads its transaction's id after a leading SET
-    TRANSACTION (which must come first); the statement after it then went with the
-    file's opening comment and that SET again (run twice, and seen by current_query()),
-    where psql sends it alone."""
-    database.execute("CREATE TABLE audit (q text DEFAULT current_query())")
-    folder = write_migrations(
-        tmp_path,
-        {
-            "0001_t.sql": "/* header */\nSET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n"
-            "INSERT INTO audit DEFAULT VALUES;\n"
-        },
-    )
-    code, out, err = migrate(database, folder)
-    assert (code, err) == (0, ""), out
-    assert database.query("SELECT q FROM audit") == [("INSERT INTO audit DEFAULT VALUES;",)]
 
 
 def test_a_dry_run_leaves_the_connection_as_it_found_it(database: Database, tmp_path: Path) -> None:
