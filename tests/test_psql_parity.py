@@ -839,6 +839,29 @@ def test_an_escape_string_continued_after_a_carriage_return_alone_applies_as_psq
     assert database.query("SELECT b FROM t") == spare.query("SELECT b FROM t") == [("a';",)]
 
 
+def test_a_change_no_statement_names_is_seen_though_a_set_after_it_names_one(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """helper-82: a function turns standard_conforming_strings off, unnamed, and a later
+    SET names the setting. psql reads the statements between with it off (here a string
+    that then runs on into a syntax error) and refuses the file; sent in one query with
+    the SET, whose change hid the first from the runner's check after the query, they
+    were read with it on, and the file applied. The SET now starts a query of its own:
+    the check after the query before it sees the change, and the runner refuses too."""
+    data = (
+        b"CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ SELECT "
+        b"set_config('standard_conforming_strings', 'off', false) $$; SELECT f();\n"
+        b"SELECT 'x\\' /* ' */;\nSET standard_conforming_strings = off;\n"
+    )
+    path = tmp_path / "0001_fixture.sql"
+    path.write_bytes(data)
+    assert psql_refuses(spare, path) is not None
+    with pytest.raises(MigrationFailed):
+        runner_apply(database, tmp_path / "migrations", data)
+    assert database.history() == []
+    assert dump(database) == dump(spare)
+
+
 # The parts of a string the server reads as one (its lexer's continuation: a line's
 # end, perhaps after a `--` comment, between two quoted parts), each part written
 # as psql reads it or as the server reads it: backslashes and quotes in every arrangement.

@@ -409,8 +409,14 @@ def _plan_pass(
                     piece.keyword in SESSION_SETTINGS
                     and sets_the_transaction(data, piece, scanner.standard_strings)
                 )
+        lexing = may_change_lexing(data, piece, scanner.standard_strings, named=named)
+        if lexing and transactional:
+            # It starts a query of its own: the check after the query before it then sees
+            # a change no statement named (a function that sets the setting), which the
+            # change it makes would hide if both ended one query.
+            flush()
         batch.append(piece)
-        if may_change_lexing(data, piece, scanner.standard_strings, named=named):
+        if lexing:
             current = scanner.standard_strings
             text = without_comments(data[piece.start : piece.end], standard_strings=current)
             after = standard_strings_after(
