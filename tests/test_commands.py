@@ -1199,6 +1199,7 @@ def test_a_file_system_without_extended_attributes_still_gets_files_whole(
     assert target.read_text() == "new\n" and target.stat().st_ino != inode
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="Linux: /proc/self/fd")
 def test_a_file_renamed_over_is_on_disk_before_it_takes_the_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
