@@ -790,13 +790,30 @@ def test_a_login_event_triggers_settings_reach_every_file_as_under_psql(
     assert [what.split(" | ")[0] for _, what in database.query(query)] == ["app, public"] * 3
 
 
-# Found by fuzz/ (generated files, psql the oracle). psql reads a file a line at a time
-# and ends a string at a line's end when the next line does not go on with it yet, so
-# the continuation of an E'' string on the next line (`E'a'` newline `'...'`, which
-# the server reads with backslash escapes) is read by psql as a standard string: psql
-# ends its statement at the `;` after `'\'` and the server refuses that statement as
-# an unterminated string. The runner finds the same statement ends but sends the
-# statements together, and the server, reading the query whole, applies the file.
+def refused_by_both(
+    database: Database, spare: Database, tmp_path: Path, data: bytes
+) -> tuple[str, str]:
+    """`data` as a file that psql refuses (on `spare`) and the runner refuses before
+    anything runs (on `database`), leaving both databases alike: psql's error, and the
+    runner's refusal."""
+    path = tmp_path / "0001_fixture.sql"
+    path.write_bytes(data)
+    refused = psql_refuses(spare, path)
+    assert refused is not None
+    with pytest.raises(ConfigError) as refusal:  # before anything runs, as the docs say
+        runner_apply(database, tmp_path / "migrations", data)
+    assert database.history() == []
+    assert dump(database) == dump(spare)
+    return refused, str(refusal.value)
+
+
+# Found by generated files against psql (helper-77). psql reads a file a line at a time
+# and ends a string at a line's end, so the continuation of an E'' string on the next
+# line (`E'a'` newline `'...'`, which the server reads with backslash escapes) is read
+# by psql as a standard string: psql ends its statement at the `;` after `'\'`, and the
+# server refuses that statement as an unterminated string. The runner found the same
+# ends but sent the statements together, and the server, reading the query whole,
+# applied the file; it refuses such a file now.
 CONTINUED_ESCAPE_STRINGS = {
     "newline": b"CREATE TABLE t AS SELECT E'a'\n'\\';' AS b;\n",
     "comment": b"CREATE TABLE t AS SELECT E'a' -- c\n'\\';' AS b;\n",
@@ -810,19 +827,12 @@ def test_an_escape_string_continued_on_the_next_line_is_refused_as_psql_refuses_
 ) -> None:
     """psql refuses it (the server is sent a statement cut inside a string); the runner
     refuses it before anything runs, naming the line of the part psql reads otherwise."""
-    data = CONTINUED_ESCAPE_STRINGS[name]
-    path = tmp_path / "0001_fixture.sql"
-    path.write_bytes(data)
-    refused = psql_refuses(spare, path)
-    assert refused is not None and "unterminated quoted string" in refused
-    with pytest.raises(ConfigError) as refusal:
-        runner_apply(database, tmp_path / "migrations", data)
-    assert str(refusal.value).startswith(
+    psql, runner = refused_by_both(database, spare, tmp_path, CONTINUED_ESCAPE_STRINGS[name])
+    assert "unterminated quoted string" in psql
+    assert runner.startswith(
         "migration file 0001_fixture.sql, line 2: an E'...' string goes on in the '...' on "
         "this line, which psql reads as a new string"
-    ), refusal.value
-    assert database.history() == []
-    assert dump(database) == dump(spare)
+    ), runner
 
 
 def test_an_escape_string_continued_after_a_carriage_return_alone_applies_as_psql_applies_it(
@@ -937,7 +947,7 @@ def test_a_string_continued_over_lines_applies_as_psql_applies_it_or_is_refused_
 
 # psql 18 runs pg_dump's `\restrict KEY` and `\unrestrict KEY` lines as meta-commands
 # and refuses the ones that cannot be run (ON_ERROR_STOP: the file is rolled back);
-# the runner skips every such line, so it applies what psql refuses.
+# the runner skipped every such line, and applied what psql refuses (helper-77).
 MALFORMED_RESTRICT = {
     "restrict_without_key": b"\\restrict\nCREATE TABLE t (a int);\n",
     "unrestrict_without_key": b"\\restrict k1\nCREATE TABLE t (a int);\n\\unrestrict\n",
@@ -950,16 +960,9 @@ MALFORMED_RESTRICT = {
 def test_a_restrict_line_psql_refuses_the_runner_refuses(
     name: str, database: Database, spare: Database, tmp_path: Path
 ) -> None:
-    data = MALFORMED_RESTRICT[name]
-    path = tmp_path / "0001_fixture.sql"
-    path.write_bytes(data)
-    refused = psql_refuses(spare, path)
-    assert refused is not None and "restrict" in refused
-    with pytest.raises(ConfigError) as refusal:  # before anything runs, as the docs say
-        runner_apply(database, tmp_path / "migrations", data)
-    assert "is run by psql as a meta-command" in str(refusal.value), refusal.value
-    assert database.history() == []
-    assert dump(database) == dump(spare)
+    psql, runner = refused_by_both(database, spare, tmp_path, MALFORMED_RESTRICT[name])
+    assert "restrict" in psql
+    assert "is run by psql as a meta-command" in runner, runner
 
 
 def test_a_restrict_pair_as_pg_dump_writes_it_applies_as_psql_applies_it(

@@ -44,7 +44,7 @@ from cicd_db.migrations.session import (
     RESET_SESSION,
     Session,
 )
-from cicd_db.migrations.statements import Batch, lead_end, split_at
+from cicd_db.migrations.statements import lead_end, split_at
 
 FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
 MAX_RETRY_DELAY = 10.0
@@ -352,11 +352,10 @@ class Applier:
             except psycopg.Error as error:  # the lookup, cut (a statement_timeout of the file's)
                 if self.conn.closed or self.conn.broken:
                     raise
-                build = steps[target.step]
-                found = build if isinstance(build, Batch) else build.statement
-                text = migration.data[found.start : found.end].decode("utf-8", "replace")
+                build = target.batch
+                text = migration.data[build.start : build.end].decode("utf-8", "replace")
                 raise diagnose.file_failure(
-                    self.session, migration, found.line, error, text
+                    self.session, migration, build.line, error, text
                 ) from None
             if target.step:  # the build is sent as psql sends it after the statement before
                 after = steps[target.step - 1].end

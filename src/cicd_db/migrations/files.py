@@ -22,7 +22,7 @@ from cicd_db.errors import ConfigError
 # Planning (statements, and the scanner under it) is loaded when a file is planned: a
 # run with nothing pending plans nothing, and loading it costs every start.
 if TYPE_CHECKING:
-    from cicd_db.migrations.statements import Step
+    from cicd_db.migrations.statements import Batch, Step
 
 BOM = b"\xef\xbb\xbf"
 MAX_VERSION = 2**63 - 1  # the history's version column is a bigint
@@ -374,6 +374,7 @@ class IndexTarget(NamedTuple):
     schema: str | None  # the table's schema, where the file names it
     table: str
     step: int  # where the statement stands among the file's steps
+    batch: Batch  # that step: the statement's text and line
 
 
 def index_target(migration: Migration, steps: tuple[Step, ...] | None = None) -> IndexTarget | None:
@@ -395,8 +396,8 @@ def index_target(migration: Migration, steps: tuple[Step, ...] | None = None) ->
             return None  # not a statement PostgreSQL would take: it says so when it runs
         name, first = _folded(match["name"]), _folded(on["first"])
         if on["second"] is None:
-            return IndexTarget(name, None, first, position)
-        return IndexTarget(name, first, _folded(on["second"]), position)
+            return IndexTarget(name, None, first, position, step)
+        return IndexTarget(name, first, _folded(on["second"]), position, step)
     return None
 
 
