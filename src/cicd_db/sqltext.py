@@ -537,6 +537,25 @@ def _end_of_block(data: bytes, position: int) -> int:
     return -1
 
 
+_LINE_END = re.compile(rb"[\r\n]")
+
+
+def leading_comments(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The lines a file opens with, numbered from 1, up to its first line that is
+    neither blank nor a `--` comment. A line ends at LF, CR LF or a CR alone, as a
+    `--` comment ends for PostgreSQL. Line by line: a 50 MB file is not split whole."""
+    start, number = 0, 0
+    while start < len(data):
+        found = _LINE_END.search(data, start)
+        end = found.start() if found else len(data)
+        line, number = data[start:end], number + 1
+        start = end + (2 if data[end : end + 2] == b"\r\n" else 1)
+        stripped = line.strip()
+        if stripped and not stripped.startswith(b"--"):
+            return
+        yield number, line
+
+
 def without_comments(text: bytes, *, standard_strings: bool = True) -> bytes:
     """`text` with each comment replaced by a space, as the server reads it: quoted
     strings, identifiers and dollar quotes are kept whole, `--` inside them too."""

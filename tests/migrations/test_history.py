@@ -11,6 +11,7 @@ exit code agrees with what `up` refuses.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import uuid
@@ -143,6 +144,42 @@ def test_an_applied_file_with_its_line_endings_converted_is_the_same_file(
     result = migrate(database, folder)
     assert result.code == 2
     assert "was edited after it was applied" in result.err
+
+
+def test_an_applied_file_that_names_its_earlier_checksum_is_the_same_file(
+    database: Database, tmp_path: Path
+) -> None:
+    """An edit that changes nothing the file makes (here a comment; in the repository's
+    0029 a lock): the databases that applied the earlier text have applied the file when
+    its opening comments name that text's checksum, and the files after it apply. The
+    line below the first statement, or naming another text, leaves it an edit."""
+    earlier = "CREATE TABLE pets (id int);\n"
+    folder = write_migrations(tmp_path, {"0001_pets.sql": earlier})
+    assert migrate(database, folder).code == 0
+    checksum = hashlib.sha256(earlier.encode()).hexdigest()
+    line = f"-- cicd-db: earlier-checksum {checksum}\n"
+    path = folder / "0001_pets.sql"
+    for edited in (
+        f"-- Mended.\n{earlier}{line}",
+        f"-- Mended.\n{line.replace(checksum[:8], 'deadbeef')}{earlier}",
+    ):
+        path.write_text(edited)
+        result = migrate(database, folder)
+        assert (result.code, result.err) == (
+            2,
+            "error: migration 0001_pets.sql was edited after it was applied; restore the "
+            "applied version from version control and put the change in a new migration\n",
+        )
+    path.write_text(f"-- Mended: it says why.\n{line}{earlier}")
+    result = migrate(database, folder, "status", "--exit-code")
+    assert (result.code, result.err) == (0, ""), result
+    assert "edited" not in result.out
+    (folder / "0002_toys.sql").write_text("CREATE TABLE toys (id int);\n")
+    assert migrate(database, folder).code == 0
+    # The history keeps what was applied: the earlier text's checksum.
+    assert database.query(
+        "SELECT version, checksum FROM cicd_db.cicd_db_schema_history ORDER BY version"
+    ) == [(1, checksum), (2, hashlib.sha256(b"CREATE TABLE toys (id int);\n").hexdigest())]
 
 
 def test_status_names_each_state_and_when_it_was_applied(

@@ -829,3 +829,80 @@ def test_a_no_transaction_statement_that_begins_with_a_parenthesis_is_taken() ->
     assert [data[s.start : s.end] for s in steps if isinstance(s, migrations.Batch)] == [
         b"(SELECT 1);"
     ]
+
+
+# -- the checksums of a file's earlier texts ------------------------------------------
+
+EARLIER = "9f" * 32
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (f"-- Mended.\n-- cicd-db: earlier-checksum {EARLIER}\nSELECT 1;\n", {EARLIER}),
+        (f"-- cicd-db: earlier-checksum {EARLIER}  \r\nSELECT 1;\r\n", {EARLIER}),
+        (f"-- cicd-db: earlier-checksum {EARLIER}\rSELECT 1;\r", {EARLIER}),
+        (
+            f"-- cicd-db: no-transaction\n\n-- cicd-db: earlier-checksum {EARLIER}\n"
+            f"-- cicd-db: earlier-checksum {'a' * 64}\nCREATE INDEX CONCURRENTLY i ON t (c);\n",
+            {EARLIER, "a" * 64},
+        ),
+        # Below the first statement a line is a comment: the runner reads the head only.
+        (f"SELECT 1;\n-- cicd-db: earlier-checksum {EARLIER}\n", set()),
+        (f"SELECT 1; -- cicd-db: earlier-checksum {EARLIER}\n", set()),
+        ("-- Never mended.\nSELECT 1;\n", set()),
+    ],
+    ids=[
+        "lf",
+        "crlf-and-spaces",
+        "cr",
+        "two-after-the-marker",
+        "below",
+        "after-a-statement",
+        "none",
+    ],
+)
+def test_the_checksums_of_earlier_texts_are_read_from_the_opening_comments(
+    tmp_path: Path, data: str, named: set[str]
+) -> None:
+    path = tmp_path / "0001_mended.sql"
+    path.write_bytes(data.encode())
+    assert migrations.read(path, 1, "mended").earlier == named
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"-- cicd-db: earlier-checksum {EARLIER.upper()}",
+        f"-- cicd-db: earlier-checksum {EARLIER[:-1]}",
+        f"-- cicd-db: earlier-checksum {EARLIER}0",
+        f"-- cicd-db: earlier-checksum sha256:{EARLIER}",
+        f"-- cicd-db:earlier-checksum {EARLIER}",
+        f"--cicd-db: earlier-checksum {EARLIER}",
+        f"-- cicd-db: earlier_checksum {EARLIER}",
+        f"-- CICD-DB: Earlier-Checksum {EARLIER}",
+        f"-- cicd-db: earlier-checksums {EARLIER} {'a' * 64}",
+        "-- cicd-db: earlier-checksum",
+        f"   -- cicd-db: earlier-checksum {EARLIER}",
+    ],
+)
+def test_an_earlier_checksum_not_written_exactly_so_is_refused_before_anything_runs(
+    tmp_path: Path, line: str
+) -> None:
+    """Read as a comment, it would leave every database that applied the earlier text
+    refused as edited; it is refused up front instead, in a pending file as in one
+    applied (its checksum does not match: `earlier` is read then)."""
+    path = tmp_path / "0001_mended.sql"
+    path.write_bytes(f"-- Mended.\n{line}\nSELECT 1;\n".encode())
+    expected = (
+        "migration file 0001_mended.sql, line 2: an earlier checksum is written "
+        "`-- cicd-db: earlier-checksum <sha256>`, the 64 lower-case hex digits the history "
+        "holds for the earlier text; write it so, or remove the line"
+    )
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value) == expected
+    unplanned = migrations.read(path, 1, "mended", planned=False)
+    with pytest.raises(ConfigError) as refused:
+        unplanned.matches(EARLIER)
+    assert str(refused.value) == expected

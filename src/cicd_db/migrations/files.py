@@ -91,11 +91,20 @@ class Migration:
         rid of or takes, as psql, starting one for each file, would (lock.renew)."""
         return not self.named.isdisjoint(("defaults", "custom", "event trigger", "load", "setseed"))
 
+    @cached_property
+    def earlier(self) -> frozenset[str]:
+        """The checksums of earlier texts of the file that its opening comments name
+        (statements.EARLIER_CHECKSUM): read only when the file's own does not match."""
+        from cicd_db.migrations.statements import earlier_checksums
+
+        return earlier_checksums(self.path.name, self.data)
+
     def matches(self, checksum: str) -> bool:
         """The file is the one a history row recorded with `checksum`: the same bytes, or
         the same with its line endings converted (Git on Windows checks files out with
-        CRLF, and back in with LF), which changes no statement of an applied file."""
-        if checksum == self.checksum:
+        CRLF, and back in with LF), which changes no statement of an applied file, or an
+        earlier text its opening comments name."""
+        if checksum == self.checksum or checksum in self.earlier:
             return True
         unix = self.data.replace(b"\r\n", b"\n")
         converted = (unix, unix.replace(b"\n", b"\r\n"))
@@ -270,7 +279,11 @@ def read(path: Path, version: int, name: str, *, planned: bool = True) -> Migrat
             f"migration file {path.name} is not UTF-8 (line {line}); save it as UTF-8"
         )
     migration = Migration(
-        version=version, name=name, path=path, data=data, checksum=hashlib.sha256(raw).hexdigest()
+        version=version,
+        name=name,
+        path=path,
+        data=data,
+        checksum=hashlib.sha256(raw).hexdigest(),
     )
     if planned:
         migration.steps  # noqa: B018 - planned now: a bad statement is refused here

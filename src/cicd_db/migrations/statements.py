@@ -22,6 +22,7 @@ from cicd_db.sqltext import (
     Scanner,
     Statement,
     found_lowered,
+    leading_comments,
     may_change_lexing,
     names_a_receipt_setting,
     standard_strings_after,
@@ -204,8 +205,10 @@ def plan(
     server says otherwise) and checked both ways: what either reading refuses is
     refused before anything runs. `names`: names_in(data), when already known.
     """
-    if transactional and start == 0:
-        _check_near_marker(filename, data)
+    if start == 0:
+        earlier_checksums(filename, data)  # a line meant as one and not written so: refused
+        if transactional:
+            _check_near_marker(filename, data)
     steps: list[Step] = []
     found = names_in(data) if names is None else names
     named = "lexing" in found
@@ -505,22 +508,41 @@ _NEAR_MARKER = re.compile(
 )
 
 
-_LINE_END = re.compile(rb"[\r\n]")
+# A line among a file's opening comments that names the checksum of an earlier text of
+# the file: a database whose history holds that checksum has applied this file. For an
+# edit that changes nothing the file makes (docs/migrations.md, "Mending an applied file").
+EARLIER_CHECKSUM = "-- cicd-db: earlier-checksum"
+_EARLIER = re.compile(rb"-- cicd-db: earlier-checksum ([0-9a-f]{64})[ \t]*")
+# What an author may have meant as one, spelled otherwise: refused, never a comment.
+_NEAR_EARLIER = re.compile(
+    rb"[ \t]*--[ \t]*cicd[-_ ]?db[ \t]*:?[ \t]*earlier[-_ ]?checksums?\b.*", re.I
+)
+
+
+def earlier_checksums(filename: str, data: bytes) -> frozenset[str]:
+    """The checksums the file's opening comments name as its earlier texts'; ConfigError
+    for such a line not written exactly so (it would be read as a comment, and the
+    databases that applied the earlier text refused as edited, or worse, it was meant
+    for another file)."""
+    found: set[str] = set()
+    for number, line in leading_comments(data):
+        if not _NEAR_EARLIER.fullmatch(line):
+            continue
+        match = _EARLIER.fullmatch(line)
+        if match is None:
+            raise ConfigError(
+                f"migration file {filename}, line {number}: an earlier checksum is "
+                f"written `{EARLIER_CHECKSUM} <sha256>`, the 64 lower-case hex digits the "
+                "history holds for the earlier text; write it so, or remove the line"
+            )
+        found.add(match[1].decode())
+    return frozenset(found)
 
 
 def _check_near_marker(filename: str, data: bytes) -> None:
     """Refuse a transactional file whose leading comments hold what looks like the
     no-transaction marker: the file would run in a transaction, against its intent."""
-    start, number = 0, 0
-    while start < len(data):  # line by line: a 50 MB file is not split whole
-        # A line ends at LF, CRLF or a CR alone, as a `--` comment ends for PostgreSQL.
-        found = _LINE_END.search(data, start)
-        end = found.start() if found else len(data)
-        line, number = data[start:end], number + 1
-        start = end + (2 if data[end : end + 2] == b"\r\n" else 1)
-        stripped = line.strip()
-        if stripped and not stripped.startswith(b"--"):
-            return  # the first statement: the marker is no longer leading
+    for number, line in leading_comments(data):
         if _NEAR_MARKER.fullmatch(line):
             where = "is not the first line" if number > 1 else "is not written exactly so"
             raise ConfigError(
