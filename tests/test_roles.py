@@ -9,8 +9,12 @@ system and the report CLI do.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import secrets
+import shutil
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -28,6 +32,7 @@ from cicd_db.store import RUNNING, SUCCESS, Store
 from .fix_cli import run_cli
 from .fix_db import SERVER_ROLES, Database, Databases
 from .test_report import GOLDEN, SUFFIX, VIEWS, record
+from .test_schema import pg_dump
 from .utils import MIGRATIONS, write_migrations
 
 pytestmark = [pytest.mark.db, SERVER_ROLES]
@@ -447,3 +452,96 @@ def test_a_temporary_table_of_the_writers_cannot_stand_in_for_the_counters(roles
         conn.execute("INSERT INTO pipeline_run_counters VALUES ('build', 41)")
         assert executions.start_run("build", "b").run_number == 2
     assert roles.database.query("SELECT * FROM pipeline_run_counters") == [("build", 2)]
+
+
+def test_a_run_inserted_as_0029_commits_is_numbered_not_refused(
+    server: ConnectionSettings, owned: tuple[ConnectionSettings, Database]
+) -> None:
+    """0029 makes the numbering function SECURITY DEFINER and takes the counters from
+    ci_app, which an operator switching the CI system to it during the upgrade granted
+    every table. An insert that looked the function up before the commit (as its
+    invoker) and reaches the counters after it (no longer granted) was refused with
+    permission denied. The insert here is held between the two by a lock on the
+    counters; 0029 must wait for it rather than commit under it."""
+    settings, database = owned
+    with _connect(settings) as conn:
+        migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply(target=28)
+        conn.execute(
+            sql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
+            ).format(sql.Identifier(APP_USER))
+        )
+    app = _login(server, APP_USER, database.settings.database)
+    insert = "INSERT INTO pipeline_executions (pipeline_name, commit_hash) VALUES ('build', %s)"
+    outcome: dict[str, object] = {}
+    with _connect(app) as writer, _connect(settings) as holder:
+        writer.execute(insert, ["a"])  # the function looked up once, as a live writer has
+        pid = writer.info.backend_pid
+        with holder.transaction():
+            holder.execute("LOCK TABLE pipeline_run_counters IN SHARE MODE")
+
+            def write() -> None:
+                try:
+                    writer.execute(insert, ["b"])
+                except psycopg.Error as error:
+                    outcome["writer"] = error
+
+            def migrate() -> None:
+                with _connect(settings) as conn:
+                    runner = migrations.Runner(conn, migrations.discover(MIGRATIONS))
+                    outcome["migrate"] = runner.apply(target=29)
+
+            threads = [threading.Thread(target=write), threading.Thread(target=migrate)]
+            threads[0].start()
+            database.wait_for(
+                f"SELECT 1 FROM pg_locks WHERE pid = {pid} AND NOT granted",
+                "the insert never waited for the counters",
+            )
+            threads[1].start()
+            # Before the fix 0029 commits now; with it, it waits for the insert.
+            deadline = time.monotonic() + 30
+            while threads[1].is_alive() and not database.query(
+                "SELECT 1 FROM pg_locks WHERE relation = 'pipeline_executions'::regclass "
+                "AND mode = 'ShareLock' AND NOT granted"
+            ):
+                assert time.monotonic() < deadline, "0029 neither finished nor waited"
+                time.sleep(0.02)
+        for thread in threads:
+            thread.join(timeout=60)
+    assert "writer" not in outcome, outcome["writer"]
+    assert database.history()[-1] == 29
+    assert database.query("SELECT run_number FROM pipeline_executions ORDER BY run_number") == [
+        (1,),
+        (2,),
+    ]
+
+
+EARLIER_TEXTS = Path(__file__).parent / "fixtures" / "earlier"
+
+
+def test_a_database_that_applied_the_earlier_0029_ends_as_one_migrated_by_the_files(
+    owned: tuple[ConnectionSettings, Database], roles: Roles, tmp_path: Path
+) -> None:
+    """0029 was mended after it had been applied (the lock above): a database that
+    applied its earlier text knows the mended file as applied, applies the files after
+    it, and ends with the schema, grants and default privileges of one migrated by the
+    files alone (pg_dump the oracle): the mending changed nothing the file makes."""
+    settings, database = owned
+    name = "0029_least_privilege_roles.sql"
+    earlier = (EARLIER_TEXTS / name).read_bytes()
+    mended = migrations.read(MIGRATIONS / name, 29, "least_privilege_roles")
+    assert mended.checksum != hashlib.sha256(earlier).hexdigest()
+    assert mended.earlier == {
+        hashlib.sha256(earlier).hexdigest(),
+        hashlib.sha256(earlier.replace(b"\n", b"\r\n")).hexdigest(),
+    }
+    folder = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, folder)
+    (folder / name).write_bytes(earlier)
+    with _connect(settings) as conn:
+        migrations.Runner(conn, migrations.discover(folder)).apply(target=29)
+        runner = migrations.Runner(conn, migrations.discover(MIGRATIONS))
+        assert {row.version: row.state for row in runner.status()}[29] == "applied"
+        runner.apply()
+    assert database.history() == roles.database.history()
+    assert pg_dump(database) == pg_dump(roles.database)

@@ -15,7 +15,15 @@
 -- stand in for the counter table.
 --
 -- Live: GRANT, ALTER DEFAULT PRIVILEGES and ALTER FUNCTION change catalogs only;
--- no statement here waits for a writer for longer than lock_timeout.
+-- no statement here waits for a writer for longer than lock_timeout. One lock is
+-- taken on purpose, SHARE on pipeline_executions (below, for the file's last few
+-- milliseconds): inserts and updates of runs wait, reads do not.
+--
+-- The earlier text of this file applied the same changes without that lock; a
+-- database that applied it has applied this file (docs/migrations.md, "Mending an
+-- applied file"). Its checksums, as Git stores it and as Git on Windows checks it out:
+-- cicd-db: earlier-checksum bac44d027496844ae3c69f6670a939e04bd118314ab98a6a0e8ccba305d7c265
+-- cicd-db: earlier-checksum e3bc0ca841235d6146abda6fa2b260cd1e3d0f6fa85c918cb213b7c5182d3642
 SET lock_timeout = '1s';
 SET statement_timeout = '60s';
 
@@ -94,6 +102,13 @@ GRANT SELECT ON pipeline_executions, stage_executions, job_executions TO ci_read
 -- (sqlfluff reads the keyword PUBLIC as an identifier, hence the noqa.)
 -- Also from the two roles, should an operator have granted them every table (as
 -- one switching the CI system to ci_app during the upgrade from the plan must).
+--
+-- A writer's insert may have looked the trigger's function up before this commits
+-- (not yet SECURITY DEFINER) and reach the counters after it (no longer granted), and
+-- fail with permission denied. SHARE waits for every transaction that writes runs to
+-- end, and new ones wait for this commit, so each insert sees the function and the
+-- grants both as they were or both as they are.
+LOCK TABLE pipeline_executions IN SHARE MODE;
 REVOKE ALL ON pipeline_run_counters FROM PUBLIC, ci_app, ci_reader; -- noqa: CP02
 REVOKE EXECUTE ON FUNCTION next_pipeline_run_number() FROM PUBLIC; -- noqa: CP02
 
