@@ -884,6 +884,15 @@ def test_the_checksums_of_earlier_texts_are_read_from_the_opening_comments(
         f"-- cicd-db: earlier-checksums {EARLIER} {'a' * 64}",
         "-- cicd-db: earlier-checksum",
         f"   -- cicd-db: earlier-checksum {EARLIER}",
+        # helper-83: look-alikes that were read as comments.
+        f"--\u00a0cicd-db: earlier-checksum {EARLIER}",
+        f"-- cicd\u2010db: earlier\u2010checksum {EARLIER}",
+        f"-- cicd-db\uff1a earlier-checksum {EARLIER}",
+        f"---- cicd-db: earlier-checksum {EARLIER}",
+        f"-- -- cicd-db: earlier-checksum {EARLIER}",
+        f"\f-- cicd-db: earlier-checksum {EARLIER}",
+        f"-- cicd-db: earlier check-sum {EARLIER}",
+        f"-- cicd-db: earlier-checksum\t{EARLIER}",
     ],
 )
 def test_an_earlier_checksum_not_written_exactly_so_is_refused_before_anything_runs(

@@ -513,10 +513,9 @@ _NEAR_MARKER = re.compile(
 # edit that changes nothing the file makes (docs/migrations.md, "Mending an applied file").
 EARLIER_CHECKSUM = "-- cicd-db: earlier-checksum"
 _EARLIER = re.compile(rb"-- cicd-db: earlier-checksum ([0-9a-f]{64})[ \t]*")
-# What an author may have meant as one, spelled otherwise: refused, never a comment.
-_NEAR_EARLIER = re.compile(
-    rb"[ \t]*--[ \t]*cicd[-_ ]?db[ \t]*:?[ \t]*earlier[-_ ]?checksums?\b.*", re.I
-)
+# What an author may have meant as one, spelled otherwise (another hyphen or colon, a
+# space that is not one, dashes before, words between): refused, never a comment.
+_NEAR_EARLIER = re.compile(rb"--.*cicd.{0,4}db.*earlier.{0,4}check.{0,4}sum", re.I)
 
 
 def earlier_checksums(filename: str, data: bytes) -> frozenset[str]:
@@ -526,7 +525,7 @@ def earlier_checksums(filename: str, data: bytes) -> frozenset[str]:
     for another file)."""
     found: set[str] = set()
     for number, line in leading_comments(data):
-        if not _NEAR_EARLIER.fullmatch(line):
+        if not _NEAR_EARLIER.search(line):
             continue
         match = _EARLIER.fullmatch(line)
         if match is None:
