@@ -6,6 +6,7 @@ rolled back) and with the oracle of test_insights."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,13 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cicd_db import insights, retention
+from cicd_db import insights, migrations, retention
 from cicd_db.errors import IllegalTransition
 from cicd_db.store import CANCELED, FAILED, PENDING, RUNNING, SUCCESS, Store
 
 from .fix_db import Database
 from .test_insights import NOW, Job, Planned, check, history, oracle_summary, same
-from .utils import MANY_JOBS, examples, scans
+from .utils import MANY_JOBS, MIGRATIONS, examples, scans
 
 FINISHED = (SUCCESS, FAILED, CANCELED)
 
@@ -324,3 +325,100 @@ def test_rolling_a_run_up_reads_its_own_jobs_not_every_job(conn: psycopg.Connect
         "job_executions",
     ) in scans(plan[0]["Plan"])
     assert ("Seq Scan", "job_executions") not in scans(plan[0]["Plan"])
+
+
+# -- rolled up while others write the same run -----------------------------------------------
+
+
+def _waiting(database: Database, pid: int) -> None:
+    database.wait_for(
+        f"SELECT 1 FROM pg_locks WHERE pid = {pid} AND NOT granted",
+        f"session {pid} never waited for a lock",
+    )
+
+
+def test_two_edits_of_one_finished_run_committing_together_both_reach_its_row(
+    migrated: Database,
+) -> None:
+    """Each edit's trigger rolls the run up at its commit, from what it sees then: two
+    transactions committing at once each saw only its own edit, and the second row
+    written took the first one's edit back (a lost update of the rollup, for good). Held
+    here between computing and writing by a lock on the rollup row; the roll-up must take
+    the run first, so the second computes after the first committed."""
+    with migrated.connect() as conn:
+        pipeline = history(conn, Planned(NOW - timedelta(hours=3)))
+    edit = "UPDATE job_executions SET status = 'FAILED' WHERE job_name = %s"
+    errors: list[psycopg.Error] = []
+
+    def commit(name: str, session: psycopg.Connection[Any]) -> None:
+        try:
+            with session.transaction():
+                session.execute(edit, [name])
+        except psycopg.Error as error:
+            errors.append(error)
+
+    with migrated.connect() as holder, migrated.connect() as first, migrated.connect() as second:
+        threads = []
+        with holder.transaction():
+            holder.execute("SELECT FROM run_rollups FOR UPDATE")
+            for name, session in (("compile", first), ("unit", second)):
+                threads.append(threading.Thread(target=commit, args=(name, session)))
+                threads[-1].start()
+                _waiting(migrated, session.info.backend_pid)
+        for thread in threads:
+            thread.join(timeout=60)
+    assert errors == []
+    with migrated.connect() as conn:
+        [statuses] = conn.execute("SELECT job_statuses FROM run_rollups").fetchone() or [None]
+        assert statuses == [FAILED, SUCCESS, FAILED]  # compile; lint, unit (by name)
+        agree(conn, pipeline)
+
+
+# -- the upgrade: rows written before the guards ---------------------------------------------
+
+
+def test_a_finished_job_changed_before_its_guard_existed_is_rolled_up_by_the_upgrade(
+    database: Database,
+) -> None:
+    """helper-83: a run finished after 0032 had its row; a job of it changed by hand
+    before 0034 made the job guard (an upgrade stopped or retried between them) left the
+    row with the old values, which the backfill (0035) never touches. 0038 rolls such
+    rows up again; rows written after 0034 are read and left as they are."""
+    with database.connect() as conn:
+        migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply(target=33)
+        pipeline = history(conn, Planned(NOW - timedelta(hours=3)))
+        conn.execute("UPDATE job_executions SET status = 'FAILED' WHERE job_name = 'unit'")
+        migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply(target=34)
+        history(conn, Planned(NOW - timedelta(hours=2)), pipeline=pipeline)
+        later = conn.execute(
+            "SELECT u.xmin::text FROM run_rollups u JOIN pipeline_executions r "
+            "ON r.id = u.run_id ORDER BY r.start_time DESC LIMIT 1"
+        ).fetchone()
+        migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply()
+        [statuses] = conn.execute(
+            "SELECT u.job_statuses FROM run_rollups u JOIN pipeline_executions r "
+            "ON r.id = u.run_id ORDER BY r.start_time LIMIT 1"
+        ).fetchone() or [None]
+        assert statuses == [SUCCESS, SUCCESS, FAILED]  # compile; lint, unit (by name)
+        assert (
+            conn.execute(
+                "SELECT u.xmin::text FROM run_rollups u JOIN pipeline_executions r "
+                "ON r.id = u.run_id ORDER BY r.start_time DESC LIMIT 1"
+            ).fetchone()
+            == later
+        )
+        agree(conn, pipeline)
+
+
+def test_a_row_that_is_right_is_not_written_again(conn: psycopg.Connection[Any]) -> None:
+    """Rolling a run up again writes no new version of a row that is right (0037): the
+    upgrade's second look (0038) costs reads, not a table's worth of dead rows."""
+    history(conn, Planned(NOW - timedelta(hours=3)), Planned(NOW - timedelta(hours=2)))
+    before = conn.execute("SELECT run_id, xmin::text FROM run_rollups ORDER BY 1").fetchall()
+    conn.execute("SELECT cicd_db_roll_up(ARRAY(SELECT run_id FROM run_rollups))")
+    assert conn.execute("SELECT run_id, xmin::text FROM run_rollups ORDER BY 1").fetchall() == (
+        before
+    )
+    conn.execute("UPDATE run_rollups SET job_seconds = '{}'")
+    conn.execute("SELECT cicd_db_roll_up(ARRAY(SELECT run_id FROM run_rollups))")
+    agree(conn, "build")
