@@ -382,31 +382,33 @@ def test_a_finished_job_changed_before_its_guard_existed_is_rolled_up_by_the_upg
 ) -> None:
     """helper-83: a run finished after 0032 had its row; a job of it changed by hand
     before 0034 made the job guard (an upgrade stopped or retried between them) left the
-    row with the old values, which the backfill (0035) never touches. 0038 rolls such
-    rows up again; rows written after 0034 are read and left as they are."""
+    row with the old values, which the backfill (0035) never touches. 0038 rolls every
+    row up again: that one; one stale though written after 0034 (as after a dump and
+    restore, which renumbers transactions: helper-84); and a right one is not rewritten."""
     with database.connect() as conn:
-        migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply(target=33)
+        runner = migrations.Runner(conn, migrations.discover(MIGRATIONS))
+        runner.apply(target=33)
         pipeline = history(conn, Planned(NOW - timedelta(hours=3)))
         conn.execute("UPDATE job_executions SET status = 'FAILED' WHERE job_name = 'unit'")
-        migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply(target=34)
-        history(conn, Planned(NOW - timedelta(hours=2)), pipeline=pipeline)
-        later = conn.execute(
-            "SELECT u.xmin::text FROM run_rollups u JOIN pipeline_executions r "
-            "ON r.id = u.run_id ORDER BY r.start_time DESC LIMIT 1"
-        ).fetchone()
-        migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply()
-        [statuses] = conn.execute(
-            "SELECT u.job_statuses FROM run_rollups u JOIN pipeline_executions r "
-            "ON r.id = u.run_id ORDER BY r.start_time LIMIT 1"
-        ).fetchone() or [None]
-        assert statuses == [SUCCESS, SUCCESS, FAILED]  # compile; lint, unit (by name)
-        assert (
-            conn.execute(
-                "SELECT u.xmin::text FROM run_rollups u JOIN pipeline_executions r "
-                "ON r.id = u.run_id ORDER BY r.start_time DESC LIMIT 1"
-            ).fetchone()
-            == later
+        runner.apply(target=36)
+        history(
+            conn,
+            Planned(NOW - timedelta(hours=2)),
+            Planned(NOW - timedelta(hours=1)),
+            pipeline=pipeline,
         )
+        order = "SELECT u.{} FROM run_rollups u JOIN pipeline_executions r ON r.id = u.run_id ORDER BY r.start_time"
+        second, third = (row[0] for row in conn.execute(order.format("run_id")).fetchall()[1:])
+        conn.execute("UPDATE run_rollups SET job_seconds = '{1,2,3}' WHERE run_id = %s", [second])
+        [right] = conn.execute(
+            "SELECT xmin::text FROM run_rollups WHERE run_id = %s", [third]
+        ).fetchone() or [None]
+        migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply()
+        statuses = [row[0] for row in conn.execute(order.format("job_statuses")).fetchall()]
+        assert statuses[0] == [SUCCESS, SUCCESS, FAILED]  # compile; lint, unit (by name)
+        assert conn.execute(
+            "SELECT xmin::text FROM run_rollups WHERE run_id = %s", [third]
+        ).fetchone() == (right,)
         agree(conn, pipeline)
 
 
@@ -422,3 +424,35 @@ def test_a_row_that_is_right_is_not_written_again(conn: psycopg.Connection[Any])
     conn.execute("UPDATE run_rollups SET job_seconds = '{}'")
     conn.execute("SELECT cicd_db_roll_up(ARRAY(SELECT run_id FROM run_rollups))")
     agree(conn, "build")
+
+
+def test_a_hand_edit_under_a_run_the_store_cancels_deadlocks_with_neither(
+    migrated: Database,
+) -> None:
+    """helper-84: the store cancelling a run locks it, then its stages and jobs; a hand
+    edit of one of its finished jobs rolls the run up at its commit. The roll-up takes
+    only finished runs, so the edit commits and the cancel, which waited for the job,
+    goes on (a roll-up that took every run deadlocked the two)."""
+    with migrated.connect() as conn:
+        pipeline = history(conn, Planned(NOW - timedelta(hours=1), end="running"))
+    errors: list[psycopg.Error] = []
+    with migrated.connect() as editor, migrated.connect() as storing:
+        store = Store.on(storing)
+        run = store.run(pipeline, 1)
+
+        def cancel() -> None:
+            try:
+                store.cancel_run(run)
+            except psycopg.Error as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=cancel)
+        with editor.transaction():
+            editor.execute("UPDATE job_executions SET status = 'FAILED' WHERE job_name = 'compile'")
+            thread.start()
+            _waiting(migrated, storing.info.backend_pid)
+        thread.join(timeout=60)
+    assert errors == []
+    with migrated.connect() as conn:
+        assert Store.on(conn).run(pipeline, 1).status == CANCELED
+        agree(conn, pipeline)

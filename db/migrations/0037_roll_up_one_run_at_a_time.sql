@@ -2,10 +2,11 @@
 -- way. Two transactions that changed one finished run (two of its jobs by hand, or
 -- one while the backfill rolled it up) each rolled it up at the commit from what it
 -- saw then, without the other's change, and the second row written took the first
--- one's change back, for good. The roll-up now takes its runs' rows first (FOR NO
--- KEY UPDATE, in id order: a foreign key's check, which takes KEY SHARE, never waits
--- for it), so the second waits for the first to commit and reads its change. A
--- transaction that finishes a run holds that row already: the store pays nothing.
+-- one's change back, for good. The roll-up now takes its finished runs' rows first
+-- (FOR NO KEY UPDATE, in id order: a foreign key's check, which takes KEY SHARE,
+-- never waits for it), so the second waits for the first to commit and reads its
+-- change. A transaction that finishes a run holds that row already, and the store
+-- never holds a finished one: the store waits for nothing new.
 -- A row that is already right is no longer written again (0038 rolls runs up again).
 --
 -- Live: CREATE OR REPLACE and ALTER FUNCTION change a catalog only, in one
@@ -17,10 +18,14 @@ CREATE OR REPLACE FUNCTION cicd_db_roll_up(runs UUID[]) RETURNS VOID
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    -- The runs first, in one order: a roll-up of the same run waits here for this
-    -- transaction, then reads what it committed (a statement of its own reads anew).
+    -- The finished runs first, in one order: a roll-up of the same run waits here
+    -- for this transaction, then reads what it committed (a statement of its own reads
+    -- anew). A run not finished is left unlocked: its roll-up writes no row, and the
+    -- store, cancelling it, locks it before its stages and jobs, so a hand edit of one
+    -- of its finished jobs that then waited for it would deadlock with the store.
     PERFORM FROM pipeline_executions AS r
-    WHERE r.id = ANY(runs) ORDER BY r.id FOR NO KEY UPDATE;
+    WHERE r.id = ANY(runs) AND r.status IN ('SUCCESS', 'FAILED', 'CANCELED')
+    ORDER BY r.id FOR NO KEY UPDATE;
     DELETE FROM run_rollups AS u
     WHERE u.run_id = ANY(runs) AND NOT EXISTS (
         SELECT FROM pipeline_executions AS r
