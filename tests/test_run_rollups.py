@@ -384,7 +384,8 @@ def test_a_finished_job_changed_before_its_guard_existed_is_rolled_up_by_the_upg
     before 0034 made the job guard (an upgrade stopped or retried between them) left the
     row with the old values, which the backfill (0035) never touches. 0038 rolls every
     row up again: that one; one stale though written after 0034 (as after a dump and
-    restore, which renumbers transactions: helper-84); and a right one is not rewritten."""
+    restore, which renumbers transactions: helper-84); a right one, and its run, it
+    only reads."""
     with database.connect() as conn:
         runner = migrations.Runner(conn, migrations.discover(MIGRATIONS))
         runner.apply(target=33)
@@ -400,15 +401,14 @@ def test_a_finished_job_changed_before_its_guard_existed_is_rolled_up_by_the_upg
         order = "SELECT u.{} FROM run_rollups u JOIN pipeline_executions r ON r.id = u.run_id ORDER BY r.start_time"
         second, third = (row[0] for row in conn.execute(order.format("run_id")).fetchall()[1:])
         conn.execute("UPDATE run_rollups SET job_seconds = '{1,2,3}' WHERE run_id = %s", [second])
-        [right] = conn.execute(
-            "SELECT xmin::text FROM run_rollups WHERE run_id = %s", [third]
-        ).fetchone() or [None]
+        # A right row and its run as they are: 0038 reads them, locks and writes neither.
+        right = "SELECT u.xmin::text, u.xmax::text, r.xmax::text FROM run_rollups u JOIN "
+        right += "pipeline_executions r ON r.id = u.run_id WHERE u.run_id = %s"
+        untouched = conn.execute(right, [third]).fetchall()
         migrations.Runner(conn, migrations.discover(MIGRATIONS)).apply()
         statuses = [row[0] for row in conn.execute(order.format("job_statuses")).fetchall()]
         assert statuses[0] == [SUCCESS, SUCCESS, FAILED]  # compile; lint, unit (by name)
-        assert conn.execute(
-            "SELECT xmin::text FROM run_rollups WHERE run_id = %s", [third]
-        ).fetchone() == (right,)
+        assert conn.execute(right, [third]).fetchall() == untouched
         agree(conn, pipeline)
 
 

@@ -17,9 +17,10 @@
 -- Live: GRANT, ALTER DEFAULT PRIVILEGES and ALTER FUNCTION change catalogs only;
 -- no statement here waits for a writer for longer than lock_timeout. One lock is
 -- taken on purpose, SHARE on pipeline_executions (below): it waits for the
--- transactions that write runs, and for a VACUUM, ANALYZE or index build of the
--- table, at most lock_timeout (then the runner runs the file again); while it
--- waits and until the commit, inserts and updates of runs wait, reads do not.
+-- transactions that write runs, and for a VACUUM, ANALYZE or CREATE INDEX
+-- CONCURRENTLY of the table, at most lock_timeout (then the runner runs the file
+-- again); while it waits and until the commit, inserts, updates and deletes of runs
+-- wait, reads do not.
 --
 -- The earlier text of this file applied the same changes without that lock; a
 -- database that applied it has applied this file (docs/migrations.md, "Mending an

@@ -7,12 +7,80 @@
 -- never waits for it), so the second waits for the first to commit and reads its
 -- change. A transaction that finishes a run holds that row already, and the store
 -- never holds a finished one: the store waits for nothing new.
--- A row that is already right is no longer written again (0038 rolls runs up again).
 --
--- Live: CREATE OR REPLACE and ALTER FUNCTION change a catalog only, in one
+-- What a run's row should hold is now a function of its own that only reads,
+-- cicd_db_run_rollups_of(runs), so that a row can be checked without locking or
+-- writing anything: the backfill, given every_row, rolls up again only the runs
+-- whose row differs from it (0038). A row that is already right is not written.
+--
+-- Live: CREATE OR REPLACE, DROP and ALTER change catalogs only, in one
 -- transaction: no roll-up runs the new body without its SECURITY DEFINER (0029).
 SET lock_timeout = '1s';
 SET statement_timeout = '60s';
+
+-- The rows `runs` should have: one per finished run, computed as insights computes
+-- from the rows (the same expressions). Reads only; the caller's rights.
+-- (A table's row type is no SQL type name to sqlfluff, hence the noqa.)
+CREATE OR REPLACE FUNCTION cicd_db_run_rollups_of(runs UUID[])
+RETURNS SETOF run_rollups -- noqa: CP05
+LANGUAGE sql STABLE
+AS $$
+SELECT
+    r.id,
+    stages.names,
+    stages.statuses,
+    stages.seconds,
+    jobs.stages,
+    jobs.names,
+    jobs.statuses,
+    jobs.allows_failure,
+    jobs.seconds
+FROM pipeline_executions AS r
+CROSS JOIN LATERAL (
+    SELECT
+        coalesce(array_agg(s.stage_name ORDER BY s.execution_order), '{}') AS names,
+        coalesce(array_agg(s.status ORDER BY s.execution_order), '{}') AS statuses,
+        coalesce(array_agg(
+            CASE WHEN s.status IN ('SUCCESS', 'FAILED')
+                THEN extract(EPOCH FROM s.completion_time - s.start_time)::FLOAT8
+            END ORDER BY s.execution_order
+        ), '{}') AS seconds
+    FROM stage_executions AS s WHERE s.pipeline_execution_id = r.id
+) AS stages
+CROSS JOIN LATERAL (
+    SELECT
+        coalesce(array_agg(s.stage_name ORDER BY s.execution_order, j.job_name), '{}')
+        AS stages,
+        coalesce(array_agg(j.job_name ORDER BY s.execution_order, j.job_name), '{}')
+        AS names,
+        coalesce(array_agg(j.status ORDER BY s.execution_order, j.job_name), '{}')
+        AS statuses,
+        coalesce(array_agg(j.allows_failure ORDER BY s.execution_order, j.job_name), '{}')
+        AS allows_failure,
+        coalesce(array_agg(
+            CASE WHEN j.status IN ('SUCCESS', 'FAILED')
+                THEN extract(EPOCH FROM j.completion_time - j.start_time)::FLOAT8
+            END ORDER BY s.execution_order, j.job_name
+        ), '{}') AS seconds
+    FROM stage_executions AS s
+    -- Stage by stage through the jobs' index, whatever the statistics say: OFFSET 0
+    -- keeps the planner from turning this into a join, which on a young table's
+    -- statistics it planned as a scan of every job, once a finished run.
+    CROSS JOIN LATERAL (
+        SELECT
+            k.job_name,
+            k.status,
+            k.allows_failure,
+            k.start_time,
+            k.completion_time
+        FROM job_executions AS k
+        WHERE k.stage_execution_id = s.id
+        OFFSET 0
+    ) AS j
+    WHERE s.pipeline_execution_id = r.id
+) AS jobs
+WHERE r.id = ANY(runs) AND r.status IN ('SUCCESS', 'FAILED', 'CANCELED')
+$$;
 
 CREATE OR REPLACE FUNCTION cicd_db_roll_up(runs UUID[]) RETURNS VOID
 LANGUAGE plpgsql
@@ -31,65 +99,8 @@ BEGIN
         SELECT FROM pipeline_executions AS r
         WHERE r.id = u.run_id AND r.status IN ('SUCCESS', 'FAILED', 'CANCELED')
     );
-    INSERT INTO run_rollups AS u (
-        run_id, stage_names, stage_statuses, stage_seconds,
-        job_stages, job_names, job_statuses, job_allows_failure, job_seconds
-    )
-    SELECT
-        r.id,
-        stages.names,
-        stages.statuses,
-        stages.seconds,
-        jobs.stages,
-        jobs.names,
-        jobs.statuses,
-        jobs.allows_failure,
-        jobs.seconds
-    FROM pipeline_executions AS r
-    CROSS JOIN LATERAL (
-        SELECT
-            coalesce(array_agg(s.stage_name ORDER BY s.execution_order), '{}') AS names,
-            coalesce(array_agg(s.status ORDER BY s.execution_order), '{}') AS statuses,
-            coalesce(array_agg(
-                CASE WHEN s.status IN ('SUCCESS', 'FAILED')
-                    THEN extract(EPOCH FROM s.completion_time - s.start_time)::FLOAT8
-                END ORDER BY s.execution_order
-            ), '{}') AS seconds
-        FROM stage_executions AS s WHERE s.pipeline_execution_id = r.id
-    ) AS stages
-    CROSS JOIN LATERAL (
-        SELECT
-            coalesce(array_agg(s.stage_name ORDER BY s.execution_order, j.job_name), '{}')
-            AS stages,
-            coalesce(array_agg(j.job_name ORDER BY s.execution_order, j.job_name), '{}')
-            AS names,
-            coalesce(array_agg(j.status ORDER BY s.execution_order, j.job_name), '{}')
-            AS statuses,
-            coalesce(array_agg(j.allows_failure ORDER BY s.execution_order, j.job_name), '{}')
-            AS allows_failure,
-            coalesce(array_agg(
-                CASE WHEN j.status IN ('SUCCESS', 'FAILED')
-                    THEN extract(EPOCH FROM j.completion_time - j.start_time)::FLOAT8
-                END ORDER BY s.execution_order, j.job_name
-            ), '{}') AS seconds
-        FROM stage_executions AS s
-        -- Stage by stage through the jobs' index, whatever the statistics say: OFFSET 0
-        -- keeps the planner from turning this into a join, which on a young table's
-        -- statistics it planned as a scan of every job, once a finished run.
-        CROSS JOIN LATERAL (
-            SELECT
-                k.job_name,
-                k.status,
-                k.allows_failure,
-                k.start_time,
-                k.completion_time
-            FROM job_executions AS k
-            WHERE k.stage_execution_id = s.id
-            OFFSET 0
-        ) AS j
-        WHERE s.pipeline_execution_id = r.id
-    ) AS jobs
-    WHERE r.id = ANY(runs) AND r.status IN ('SUCCESS', 'FAILED', 'CANCELED')
+    INSERT INTO run_rollups AS u
+    SELECT * FROM cicd_db_run_rollups_of(runs)
     ON CONFLICT (run_id) DO UPDATE SET
         stage_names = excluded.stage_names,
         stage_statuses = excluded.stage_statuses,
@@ -100,19 +111,68 @@ BEGIN
         job_allows_failure = excluded.job_allows_failure,
         job_seconds = excluded.job_seconds
     -- A row already right is left as it is (no new version of it to vacuum).
-    WHERE (
-        u.stage_names, u.stage_statuses, u.stage_seconds, u.job_stages, u.job_names,
-        u.job_statuses, u.job_allows_failure, u.job_seconds
-    ) IS DISTINCT FROM (
-        excluded.stage_names, excluded.stage_statuses, excluded.stage_seconds,
-        excluded.job_stages, excluded.job_names, excluded.job_statuses,
-        excluded.job_allows_failure, excluded.job_seconds
-    );
+    WHERE (u.*) IS DISTINCT FROM (excluded.*);
 END
 $$;
 
--- As its owner, with a fixed search path, as 0032 left it (CREATE OR REPLACE resets
--- both; its grants stay).
+-- The backfill (0032), which filled runs without a row; given every_row, also the
+-- runs whose row differs from what it should hold (found by reading alone: only those
+-- are locked and written). Batches of `batch_runs` runs by id, each its own
+-- transaction; a batch that meets a busy row waits and tries again. Idempotent and
+-- resumable. A new argument is a new procedure: the old one goes, so that a call
+-- without arguments names one procedure. Every call of the old one (none, one
+-- argument) calls the new one the same way.
+-- squawk-ignore ban-drop-function
+DROP PROCEDURE cicd_db_backfill_run_rollups(INTEGER);
+CREATE PROCEDURE cicd_db_backfill_run_rollups(
+    batch_runs INTEGER DEFAULT 2000, every_row BOOLEAN DEFAULT FALSE
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    last_id UUID := '00000000-0000-0000-0000-000000000000';
+    batch UUID[];
+    attempt INTEGER;
+BEGIN
+    LOOP
+        batch := ARRAY(
+            SELECT r.id FROM pipeline_executions AS r
+            WHERE r.id > last_id ORDER BY r.id LIMIT batch_runs
+        );
+        EXIT WHEN cardinality(batch) = 0;
+        last_id := batch[cardinality(batch)];
+        attempt := 0;
+        LOOP
+            BEGIN
+                PERFORM cicd_db_roll_up(ARRAY(
+                    SELECT r.id FROM pipeline_executions AS r
+                    WHERE r.id = ANY(batch) AND r.status IN ('SUCCESS', 'FAILED', 'CANCELED')
+                    AND NOT EXISTS (SELECT FROM run_rollups AS u WHERE u.run_id = r.id)
+                ));
+                IF every_row THEN
+                    PERFORM cicd_db_roll_up(ARRAY(
+                        SELECT u.run_id FROM run_rollups AS u
+                        LEFT JOIN cicd_db_run_rollups_of(batch) AS f ON u.run_id = f.run_id
+                        WHERE u.run_id = ANY(batch)
+                        AND (f.run_id IS NULL OR (u.*) IS DISTINCT FROM (f.*))
+                    ));
+                END IF;
+                EXIT;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                attempt := attempt + 1;
+                IF attempt >= 20 THEN
+                    RAISE;
+                END IF;
+                PERFORM pg_catalog.pg_sleep(0.05 * attempt);
+            END;
+        END LOOP;
+        COMMIT;
+    END LOOP;
+END
+$$;
+
+-- As 0032 left them: the roll-up as its owner with a fixed search path (CREATE OR
+-- REPLACE resets both; its grants stay); nobody else calls these by hand.
 DO $$
 DECLARE
     home TEXT := (
@@ -128,3 +188,6 @@ BEGIN
     );
 END
 $$;
+REVOKE EXECUTE ON FUNCTION cicd_db_run_rollups_of(UUID[]) FROM PUBLIC; -- noqa: CP02
+REVOKE EXECUTE ON PROCEDURE cicd_db_backfill_run_rollups(INTEGER, BOOLEAN)
+FROM PUBLIC; -- noqa: CP02

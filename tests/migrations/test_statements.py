@@ -867,7 +867,7 @@ def test_the_checksums_of_earlier_texts_are_read_from_the_opening_comments(
 ) -> None:
     path = tmp_path / "0001_mended.sql"
     path.write_bytes(data.encode())
-    assert migrations.read(path, 1, "mended").earlier == named
+    assert migrations.read(path, 1, "mended").earlier_checksums == named
 
 
 @pytest.mark.parametrize(
@@ -915,3 +915,30 @@ def test_an_earlier_checksum_not_written_exactly_so_is_refused_before_anything_r
     with pytest.raises(ConfigError) as refused:
         unplanned.matches(EARLIER)
     assert str(refused.value) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"-- cicd-db: earlier-sha256 {EARLIER}",
+        "-- cicd-db: notransaction-please",
+        "-- cicd_db: anything",
+        "--- CICD-DB: earlier text",
+        "-- cicd-db\uff1a no-transaction",
+    ],
+)
+def test_a_cicd_db_line_the_runner_does_not_know_is_refused(tmp_path: Path, line: str) -> None:
+    """A typo of a directive the look-alike check did not cover (`earlier-sha256`) was
+    read as a comment. Any opening `-- cicd-db:` line is one the runner knows, or
+    refused; prose that names cicd-db without the colon stays prose."""
+    path = tmp_path / "0001_typo.sql"
+    path.write_bytes(f"-- Mended.\n{line}\nSELECT 1;\n".encode())
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value) == (
+        "migration file 0001_typo.sql, line 2: a `-- cicd-db:` line the runner does not know; "
+        "it knows `-- cicd-db: no-transaction` (the first line) and "
+        "`-- cicd-db: earlier-checksum <sha256>`; write one of them, or remove the line"
+    )
+    path.write_bytes(b"-- cicd-db applies this file; psql does too.\nSELECT 1;\n")
+    assert migrations.read(path, 1, "typo").earlier_checksums == frozenset()

@@ -92,7 +92,7 @@ class Migration:
         return not self.named.isdisjoint(("defaults", "custom", "event trigger", "load", "setseed"))
 
     @cached_property
-    def earlier(self) -> frozenset[str]:
+    def earlier_checksums(self) -> frozenset[str]:
         """The checksums of earlier texts of the file that its opening comments name
         (statements.EARLIER_CHECKSUM): read only when the file's own does not match."""
         from cicd_db.migrations.statements import earlier_checksums
@@ -104,7 +104,7 @@ class Migration:
         the same with its line endings converted (Git on Windows checks files out with
         CRLF, and back in with LF), which changes no statement of an applied file, or an
         earlier text its opening comments name."""
-        if checksum == self.checksum or checksum in self.earlier:
+        if checksum == self.checksum or checksum in self.earlier_checksums:
             return True
         unix = self.data.replace(b"\r\n", b"\n")
         converted = (unix, unix.replace(b"\n", b"\r\n"))

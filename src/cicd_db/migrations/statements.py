@@ -512,29 +512,43 @@ _NEAR_MARKER = re.compile(
 # the file: a database whose history holds that checksum has applied this file. For an
 # edit that changes nothing the file makes (docs/migrations.md, "Mending an applied file").
 EARLIER_CHECKSUM = "-- cicd-db: earlier-checksum"
-_EARLIER = re.compile(rb"-- cicd-db: earlier-checksum ([0-9a-f]{64})[ \t]*")
+_EARLIER = re.compile(re.escape(EARLIER_CHECKSUM.encode()) + rb" ([0-9a-f]{64})[ \t]*")
 # What an author may have meant as one, spelled otherwise (another hyphen or colon, a
 # space that is not one, dashes before, words between): refused, never a comment.
 _NEAR_EARLIER = re.compile(rb"--.*cicd.{0,4}db.*earlier.{0,4}check.{0,4}sum", re.I)
+# Any opening comment that reads as a directive (`-- cicd-db:`, an ASCII or full-width
+# colon): one the runner does not know is a typo of one it does, never a comment.
+_DIRECTIVE = re.compile(rb"\s*-+\s*cicd[\W_]{0,3}db\s*(?::|\xef\xbc\x9a)", re.I)
 
 
 def earlier_checksums(filename: str, data: bytes) -> frozenset[str]:
-    """The checksums the file's opening comments name as its earlier texts'; ConfigError
-    for such a line not written exactly so (it would be read as a comment, and the
-    databases that applied the earlier text refused as edited, or worse, it was meant
-    for another file)."""
+    """The checksums the file's opening comments name as its earlier texts'. ConfigError
+    for such a line not written exactly so, and for a `-- cicd-db:` line that is no
+    directive the runner knows: read as a comment, it would leave every database that
+    applied the earlier text refused as edited, or a file meant to run outside a
+    transaction run in one. (plan() calls it for the refusal alone; the runner reads
+    the checksums only of an applied file whose own checksum differs.)"""
     found: set[str] = set()
     for number, line in leading_comments(data):
-        if not _NEAR_EARLIER.search(line):
-            continue
-        match = _EARLIER.fullmatch(line)
-        if match is None:
+        if _NEAR_EARLIER.search(line):
+            match = _EARLIER.fullmatch(line)
+            if match is None:
+                raise ConfigError(
+                    f"migration file {filename}, line {number}: an earlier checksum is "
+                    f"written `{EARLIER_CHECKSUM} <sha256>`, the 64 lower-case hex digits the "
+                    "history holds for the earlier text; write it so, or remove the line"
+                )
+            found.add(match[1].decode())
+        elif (
+            _DIRECTIVE.match(line)
+            and line.rstrip() != NO_TRANSACTION_MARKER
+            and not _NEAR_MARKER.fullmatch(line)  # told by _check_near_marker
+        ):
             raise ConfigError(
-                f"migration file {filename}, line {number}: an earlier checksum is "
-                f"written `{EARLIER_CHECKSUM} <sha256>`, the 64 lower-case hex digits the "
-                "history holds for the earlier text; write it so, or remove the line"
+                f"migration file {filename}, line {number}: a `-- cicd-db:` line the runner "
+                f"does not know; it knows `{NO_TRANSACTION_MARKER.decode()}` (the first line) "
+                f"and `{EARLIER_CHECKSUM} <sha256>`; write one of them, or remove the line"
             )
-        found.add(match[1].decode())
     return frozenset(found)
 
 
