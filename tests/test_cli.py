@@ -135,7 +135,7 @@ def test_a_signal_while_starting_is_one_line_and_the_end(
     assert (done.returncode, done.stdout) == (code, ""), done
     assert done.stderr == "error: interrupted while starting; nothing ran\n"
     # With stderr closed, Python leaves None there: writing the line raised, and in a
-    # callback that error was dropped and the run went on (helper-72).
+    # callback that error was dropped and the run went on.
     done = _signal_in_a_callback(install, signal_number, stderr_closed=True)
     assert (done.returncode, done.stdout) == (code, ""), done
 

@@ -61,7 +61,7 @@ def test_what_new_writes_passes_the_gate_as_it_is(tmp_path: Path) -> None:
     """A file just made passes `migrate check` (sqlfluff and squawk with the repository's
     settings) before anything is added to it; one without a transaction is refused only
     for lacking its one statement."""
-    # A long name too: in the header, it made a line over 100 characters (helper-68).
+    # A long name too: in the header, it made a line over 100 characters.
     name = "add_index_on_pipeline_executions_started_at_for_the_insights_page"
     assert run_cli("migrate", "new", name, "--migrations-dir", str(tmp_path)).code == 0
     checked = run_cli("migrate", "check", "--migrations-dir", str(tmp_path))
@@ -565,7 +565,7 @@ def printable_lines(text: str) -> list[str]:
 def test_names_the_database_holds_are_printed_as_one_printable_line_each(
     migrated: Database, tmp_path: Path, quiet: bool
 ) -> None:
-    """The class behind three commands that printed names raw (helper-52): a history row's
+    """The class behind three commands that printed names raw: a history row's
     name (`migrate check`), a table's (`schema diff`) and a locked table's and the server's
     error quoting it (`up --rehearse`, its report and, with --quiet, its error line). Every
     line a command prints goes through console.print_lines, which escapes what is not
@@ -625,7 +625,7 @@ def test_names_the_database_holds_are_printed_as_one_printable_line_each(
 def test_an_interrupt_outside_a_file_says_how_far_the_run_got(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, message: str
 ) -> None:
-    """Ctrl-C between files, or before the first, said only "interrupted" (helper-65); a
+    """Ctrl-C between files, or before the first, said only "interrupted"; a
     file interrupted itself is the runner's own message (tests/migrations/test_apply.py)."""
     folder = write_migrations(
         tmp_path, {"0001_first.sql": "CREATE TABLE a (id int);\n", "0002_second.sql": "SELECT 1;\n"}
@@ -1203,7 +1203,7 @@ def test_a_file_system_without_extended_attributes_still_gets_files_whole(
 def test_a_file_renamed_over_is_on_disk_before_it_takes_the_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """helper-80: renamed over without a sync, a power cut soon after could leave an
+    """Renamed over without a sync, a power cut soon after could leave an
     empty file in the old one's place on some file systems (XFS, btrfs, ext4 without
     auto_da_alloc). The new file's bytes are synced before the rename.
     (Simulated: the sync and the rename are watched, not a power cut.)"""

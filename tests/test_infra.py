@@ -514,7 +514,7 @@ def test_keep_volume_is_retain_on_delete_and_the_container_goes_before_its_repla
             {"imageTag": "latest"},
             r"cicd-db:imageTag is 'latest', which does not start with its PostgreSQL major",
         ),
-        # Found by helper-64: Docker would refuse these only when pulling, after the plan.
+        # Found in review: Docker would refuse these only when pulling, after the plan.
         *(
             ({"imageTag": tag}, r"cicd-db:imageTag '.*' is no Docker tag")
             for tag in ("17.6 bookworm", "17-../../evil", "17:6", "-17")
@@ -825,7 +825,7 @@ def test_destroy_then_up_gives_the_writer_and_the_reader_the_new_passwords() -> 
             {**ROLE_URLS, "readerDatabaseUrl": ROLE_URLS["readerDatabaseUrl"] + "?sslmode=disable"},
             "the cicd-db:readerDatabaseUrl would connect with the URL's sslmode, disable",
         ),
-        # Found by helper-64: the reader logged in as the writer, so reports could write.
+        # Found in review: the reader logged in as the writer, so reports could write.
         (
             {**ROLE_URLS, "readerDatabaseUrl": ROLE_URLS["appDatabaseUrl"]},
             "cicd-db:appDatabaseUrl and cicd-db:readerDatabaseUrl log in as one role; the "

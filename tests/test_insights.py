@@ -864,7 +864,7 @@ def test_a_names_joiners_and_direction_marks_reach_the_browser_not_the_terminal(
     migrated: Database, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     """👩‍💻 is three characters, the joiner between them a format character: the page
-    wrote it as `\\u200d` (helper-64). In the tables and the title it is now a character
+    wrote it as `\\u200d`. In the tables and the title it is now a character
     reference, which a browser draws as the joiner and a terminal shows as text; each
     cell is isolated (<bdi>), so a name's override reorders nothing beside it."""
     coder = "\U0001f469\u200d\U0001f4bb deploy"

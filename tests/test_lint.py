@@ -80,7 +80,7 @@ def test_settings_beside_the_files_cannot_switch_the_style_check_off(
     tmp_path: Path, name: str, text: str
 ) -> None:
     """They may add settings, not take the gate's rules or files away: each of these made
-    a failing file pass, counted as checked (helper-66, helper-68)."""
+    a failing file pass, counted as checked."""
     (tmp_path / "0001_t.sql").write_text(STYLE_FAULT)
     (tmp_path / name).write_text(text)
     code, output = _check(tmp_path)
@@ -104,7 +104,7 @@ def test_a_file_too_large_to_style_check_is_named_not_passed_in_silence(tmp_path
 @pytest.mark.slow
 def test_a_folder_whose_path_reads_as_a_glob_is_linted_itself(tmp_path: Path) -> None:
     """squawk takes a path for a glob pattern: `m[1]/...` matched `m1/...`, and the gate
-    passed the safe sibling's files for the unsafe ones (helper-66)."""
+    passed the safe sibling's files for the unsafe ones."""
     unsafe, safe = tmp_path / "m[1]", tmp_path / "m1"
     for folder, text in ((unsafe, "CREATE TABLE t (id INT PRIMARY KEY);\n"), (safe, CLEAN)):
         folder.mkdir()

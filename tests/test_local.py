@@ -449,7 +449,7 @@ def test_the_urls_printed_keep_where_the_server_is_not_the_admins_identity(
 ) -> None:
     """The admin URL's own parameters (its client key's passphrase, its options, its
     application name) were copied into the new roles' URLs, and --show-password printed
-    the admin's sslpassword (helper-63); how the server is reached and trusted stays."""
+    the admin's sslpassword; how the server is reached and trusted stays."""
     admin = replace(server, sslmode="disable").url() + (
         "&sslpassword=AdminKeySecret99&application_name=adminapp"
         "&options=-c%20work_mem%3D7MB&connect_timeout=9"

@@ -807,7 +807,7 @@ def refused_by_both(
     return refused, str(refusal.value)
 
 
-# Found by generated files against psql (helper-77). psql reads a file a line at a time
+# Found by generated files against psql. psql reads a file a line at a time
 # and ends a string at a line's end, so the continuation of an E'' string on the next
 # line (`E'a'` newline `'...'`, which the server reads with backslash escapes) is read
 # by psql as a standard string: psql ends its statement at the `;` after `'\'`, and the
@@ -838,7 +838,7 @@ def test_an_escape_string_continued_on_the_next_line_is_refused_as_psql_refuses_
 def test_an_escape_string_continued_after_a_carriage_return_alone_applies_as_psql_applies_it(
     database: Database, spare: Database, tmp_path: Path
 ) -> None:
-    """helper-81: psql reads a line to its line feed, so parts split by a carriage return
+    """psql reads a line to its line feed, so parts split by a carriage return
     alone are one line to it, and it goes on with the string as the server does: the
     file applies under psql, and under the runner, with the same value."""
     data = b"CREATE TABLE t AS SELECT E'a'\r'\\';' AS b;\n"
@@ -852,7 +852,7 @@ def test_an_escape_string_continued_after_a_carriage_return_alone_applies_as_psq
 def test_a_change_no_statement_names_is_seen_though_a_set_after_it_names_one(
     database: Database, spare: Database, tmp_path: Path
 ) -> None:
-    """helper-82: a function turns standard_conforming_strings off, unnamed, and a later
+    """A function turns standard_conforming_strings off, unnamed, and a later
     SET names the setting. psql reads the statements between with it off (here a string
     that then runs on into a syntax error) and refuses the file; sent in one query with
     the SET, whose change hid the first from the runner's check after the query, they
@@ -912,7 +912,7 @@ def test_a_string_continued_over_lines_applies_as_psql_applies_it_or_is_refused_
         max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow]
     )
     @given(st.lists(continued_string(), min_size=1, max_size=3))
-    @example(["E'a'\n'\\';'"])  # helper-77's: the server reads one string, psql two statements
+    @example(["E'a'\n'\\';'"])  # the first found: the server reads one string, psql two statements
     @example(["E'a'\r'\\';'"])  # a carriage return alone: psql reads one line, as the server
     def check(strings: list[str]) -> None:
         tables = [f"t{n}" for n in range(len(strings))]
@@ -947,7 +947,7 @@ def test_a_string_continued_over_lines_applies_as_psql_applies_it_or_is_refused_
 
 # psql 18 runs pg_dump's `\restrict KEY` and `\unrestrict KEY` lines as meta-commands
 # and refuses the ones that cannot be run (ON_ERROR_STOP: the file is rolled back);
-# the runner skipped every such line, and applied what psql refuses (helper-77).
+# the runner skipped every such line, and applied what psql refuses.
 MALFORMED_RESTRICT = {
     "restrict_without_key": b"\\restrict\nCREATE TABLE t (a int);\n",
     "unrestrict_without_key": b"\\restrict k1\nCREATE TABLE t (a int);\n\\unrestrict\n",

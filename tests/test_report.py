@@ -632,7 +632,7 @@ def test_a_database_of_another_encoding_is_read_as_utf8_and_what_it_cannot_hold_
     """Text comes back as str whatever the database's encoding (on SQL_ASCII psycopg
     handed over bytes, and `report` died on them); a name the encoding cannot hold, or
     stored bytes that are no UTF-8, are one line that says so, not "unexpected ... report
-    it" nor "run again" (helper-52)."""
+    it" nor "run again"."""
     settings = targets.resolve(database_url=encoded.url).settings
     with targets.connect(settings) as conn:
         recorder = Store.on(conn)

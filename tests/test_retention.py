@@ -260,7 +260,7 @@ def test_a_run_with_a_child_a_writer_holds_is_left_for_the_next_call_and_the_res
 ) -> None:
     """A job a writer locked, or a stage a writer is adding a job to (the new row's
     foreign key holds it), in the oldest run: that run is left for the next call after
-    one lock timeout, and every other run goes (helper-53: one held job stopped the whole
+    one lock timeout, and every other run goes (one held job stopped the whole
     call, batch after batch, and exit 1)."""
     oldest = record(executions, "build", days_ago=42)
     for days in (40, 41):
@@ -293,7 +293,7 @@ def test_a_run_with_a_child_a_writer_holds_is_left_for_the_next_call_and_the_res
 def test_a_batch_whose_every_run_is_held_deletes_and_counts_nothing(
     migrated: Database, executions: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """helper-54: a batch of held runs alone was counted as a batch, and an interrupt
+    """A batch of held runs alone was counted as a batch, and an interrupt
     after it said "the last batch had committed" beside "nothing was deleted"."""
     oldest = record(executions, "build", days_ago=42)
     with migrated.connect() as writer, migrated.connect() as conn:
@@ -365,7 +365,7 @@ def test_a_lock_timeout_that_clears_is_waited_out(
 def test_an_interrupt_after_a_batch_committed_counts_it(
     migrated: Database, executions: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ctrl-C landing after a batch's COMMIT, before the call counted it (helper-53: the
+    """Ctrl-C landing after a batch's COMMIT, before the call counted it (the
     message was a batch short and said it was rolled back): the server is asked."""
     for days in (40, 41):
         record(executions, "build", days_ago=days)
@@ -418,7 +418,7 @@ def test_a_statement_timeout_is_named_not_told_as_a_lost_connection(
     migrated: Database, executions: Store
 ) -> None:
     """A statement_timeout a role or database sets cuts a batch: the connection is fine
-    and running again meets it again, so the setting is named, with its fixes (helper-53:
+    and running again meets it again, so the setting is named, with its fixes (it was:
     "retention lost its connection ... run again")."""
     record(executions, "build", days_ago=40)
     when_its_jobs_go(migrated, 0, "PERFORM pg_sleep(1);")
@@ -440,7 +440,7 @@ def test_a_role_that_may_not_read_the_executions_is_told_which_role_may(
     migrated: Database, executions: Store
 ) -> None:
     """A role with no right on the tables is refused as the reader is, before the count
-    too (helper-53: "permission denied ...; run again", exit 1)."""
+    too ("permission denied ...; run again", exit 1)."""
     record(executions, "build", days_ago=40)
     role = f"nobody_{uuid.uuid4().hex[:8]}"
     with migrated.connect() as conn:

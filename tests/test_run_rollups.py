@@ -380,11 +380,11 @@ def test_two_edits_of_one_finished_run_committing_together_both_reach_its_row(
 def test_a_finished_job_changed_before_its_guard_existed_is_rolled_up_by_the_upgrade(
     database: Database,
 ) -> None:
-    """helper-83: a run finished after 0032 had its row; a job of it changed by hand
+    """A run finished after 0032 had its row; a job of it changed by hand
     before 0034 made the job guard (an upgrade stopped or retried between them) left the
     row with the old values, which the backfill (0035) never touches. 0038 rolls every
     row up again: that one; one stale though written after 0034 (as after a dump and
-    restore, which renumbers transactions: helper-84); a right one, and its run, it
+    restore, which renumbers transactions); a right one, and its run, it
     only reads."""
     with database.connect() as conn:
         runner = migrations.Runner(conn, migrations.discover(MIGRATIONS))
@@ -429,7 +429,7 @@ def test_a_row_that_is_right_is_not_written_again(conn: psycopg.Connection[Any])
 def test_a_hand_edit_under_a_run_the_store_cancels_deadlocks_with_neither(
     migrated: Database,
 ) -> None:
-    """helper-84: the store cancelling a run locks it, then its stages and jobs; a hand
+    """The store cancelling a run locks it, then its stages and jobs; a hand
     edit of one of its finished jobs rolls the run up at its commit. The roll-up takes
     only finished runs, so the edit commits and the cancel, which waited for the job,
     goes on (a roll-up that took every run deadlocked the two)."""

@@ -107,7 +107,7 @@ class Change:
 
 
 CHANGES = [
-    # helper-55: the schema's name was taken out of literals too, so this was no drift.
+    # The schema's name was taken out of literals too, so this was no drift.
     Change("a literal naming the schema", "ALTER TABLE quoted ALTER name SET DEFAULT 'public.x'",
            ("changed column quoted.name: default 'public.x'::text (expected 'x'::text)",)),
     Change("aggregate redefined",

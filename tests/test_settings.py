@@ -480,7 +480,7 @@ _JSON_OF_ANOTHER_TYPE = st.recursive(
     name=st.sampled_from(contract.OUTPUT_NAMES),
     value=_JSON_OF_ANOTHER_TYPE.filter(lambda v: v not in (None, "")),
 )
-# Found by helper-64: 0, false, [] and {} read as "not given", and libpq then took
+# Found in review: 0, false, [] and {} read as "not given", and libpq then took
 # PGHOST, PGPORT or PGPASSWORD: a stack connected to neither endpoint it named.
 @example(name="host", value=0)
 @example(name="port", value=0)
@@ -519,7 +519,7 @@ def test_an_output_of_another_json_type_is_refused_not_read_as_missing(
 @pytest.mark.parametrize("field", ["user", "database", "host"])
 def test_a_field_holding_the_password_is_masked_in_the_mismatch(field: str) -> None:
     """Two outputs swapped (the password exported as the user): the message that names
-    the two values hides the password, found by helper-64."""
+    the two values hides the password, found in review."""
     secret = "Sekr3t-PW.x"
     outputs = {
         **OUTPUTS,
@@ -1711,7 +1711,7 @@ def test_a_services_sslrootcert_system_makes_its_sslmode_verify_full(
 ) -> None:
     """libpq connects with sslmode=verify-full where the service names sslrootcert=system;
     origin must not call it libpq's default prefer. (With PGSERVICE set, the service's own sslrootcert was taken for the
-    environment's, and sslmode called libpq's default: helper-70's mutation run.)"""
+    environment's, and sslmode called libpq's default: a mutation run.)"""
     use_service_file(monkeypatch, tmp_path, KINDS_OF_SERVICE)
     if pgservice:
         monkeypatch.setenv("PGSERVICE", "plain")

@@ -317,7 +317,7 @@ def test_which_names_a_text_mentions_whatever_its_slices(data: bytes, slice_byte
 def test_an_escape_string_before_a_long_dashed_comment_does_not_stop_the_reading() -> None:
     """After an E'' string, the runner looks for a continuation on the next line; a
     banner comment of dashes after the string (`E'\\t' -- -----...`) followed by
-    anything but a quote must not be tried as every split into `--` comments (helper-79:
+    anything but a quote must not be tried as every split into `--` comments (found in review:
     seconds at 36 dashes, years at 80). Read in a process of its own, so that a reading
     that never ends fails the test instead of stopping the suite: a minute for 2,000
     dashes, which a linear reading does in a millisecond."""

@@ -234,8 +234,8 @@ def test_no_piece_of_a_password_pulumi_or_its_backend_holds_is_printed(
 
 
 def test_pulumis_access_token_and_passphrase_are_never_printed(stub) -> None:
-    """Pulumi's own secrets in the environment, quoted by an error of the CLI or a plugin
-    (helper-64): masked as the backend's password is."""
+    """Pulumi's own secrets in the environment, quoted by an error of the CLI or a plugin:
+    masked as the backend's password is."""
     env = {
         **stub,
         "PULUMI_ACCESS_TOKEN": "pul-3f9a8b7c6d5e4f",
@@ -260,7 +260,7 @@ def _wild_pulumi(tmp_path: Path, body: str) -> dict[str, str]:
 
 
 def test_json_nested_beyond_pythons_depth_is_told_as_not_json(tmp_path: Path) -> None:
-    """Gave "unexpected RecursionError", exit 1 (helper-64)."""
+    """Gave "unexpected RecursionError", exit 1."""
     env = _wild_pulumi(tmp_path, "sys.stdout.write('[' * 200000 + ']' * 200000)")
     result = run_cli("migrate", "status", "--stack", "dev", env=env)
     assert (result.code, result.out) == (2, ""), result
@@ -269,7 +269,7 @@ def test_json_nested_beyond_pythons_depth_is_told_as_not_json(tmp_path: Path) ->
 
 
 def test_output_beyond_the_limit_is_refused_and_its_process_stopped(tmp_path: Path) -> None:
-    """All of Pulumi's output was held in memory, however much (3 GB seen, helper-64): a
+    """All of Pulumi's output was held in memory, however much (3 GB seen): a
     read stops at READ_LIMIT, with one line, and the process goes."""
     pid_file = tmp_path / "pulumi.pid"
     env = _wild_pulumi(
@@ -305,7 +305,7 @@ def test_a_pulumi_that_answers_and_exits_is_not_held_up_by_what_it_left(tmp_path
 
 def test_a_pulumi_that_hangs_goes_with_everything_it_started(tmp_path: Path) -> None:
     """After the read's timeout only the `pulumi` process itself was killed; a process it
-    had started (a plugin, a credential helper) lived on (helper-64)."""
+    had started (a plugin, a credential helper) lived on."""
     pid_file = tmp_path / "child.pid"
     env = _wild_pulumi(
         tmp_path,
@@ -439,7 +439,7 @@ def test_migrations_refuse_a_transaction_pooler(database: Database) -> None:
 
 
 def test_without_pulumi_cli_and_cicd_db_local_set_the_hint_is_not_to_set_it(tmp_path: Path) -> None:
-    """`--stack dev` with CICD_DB_LOCAL=embedded already set was told to set it (helper-64)."""
+    """`--stack dev` with CICD_DB_LOCAL=embedded already set was told to set it."""
     env = {"PATH": str(tmp_path), "CICD_DB_LOCAL": "embedded"}
     result = run_cli("migrate", "status", "--stack", "dev", env=env)
     assert result.code == 2

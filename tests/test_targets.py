@@ -758,7 +758,7 @@ def test_a_service_file_libpq_cannot_read_is_a_configuration_error(tmp_path: Pat
             'invalid sslmode value: "bogus"',
             "fix PGSSLMODE (libpq reads sslmode from it",
         ),
-        # Found by helper-63: libpq quotes this keyword, and the pattern took no quotes.
+        # Found in review: libpq quotes this keyword, and the pattern took no quotes.
         (
             {"PGSSLMINPROTOCOLVERSION": "TLSv9"},
             'invalid "ssl_min_protocol_version" value: "TLSv9"',
@@ -808,7 +808,7 @@ def test_a_requirement_the_server_fails_is_blamed_on_its_variable(
     database: Database, env: dict[str, str], said: str, fix: str
 ) -> None:
     """Refusals libpq makes once it has the server's answer name the variable that asked
-    for them (they said "fix that parameter ... or of libpq's environment"; helper-63)."""
+    for them (they said "fix that parameter ... or of libpq's environment")."""
     settings = replace(database.settings, sslmode=None)
     result = status(settings.url(), env)
     assert (result.code, result.out) == (2, ""), result.err
@@ -818,7 +818,7 @@ def test_a_requirement_the_server_fails_is_blamed_on_its_variable(
 
 def test_pgrequiressl_is_named_as_the_sslmode_libpq_took(database: Database) -> None:
     """libpq still reads PGREQUIRESSL=1 as sslmode=require where PGSSLMODE is unset; the
-    message blamed libpq's default, prefer, which was not in effect (helper-63)."""
+    message blamed libpq's default, prefer, which was not in effect."""
     settings = replace(database.settings, sslmode=None)
     result = status(settings.url(), {"PGREQUIRESSL": "1"})
     assert (result.code, result.out) == (2, ""), result.err
@@ -1029,7 +1029,7 @@ def test_a_setting_a_services_options_name_wrongly_is_told_as_the_services(
     database: Database, tmp_path: Path
 ) -> None:
     """`options` from the service file, not the URL or PGOPTIONS: fix the service (it said
-    "fix the options parameter of the target ... or PGOPTIONS"; helper-63)."""
+    "fix the options parameter of the target ... or PGOPTIONS")."""
     services = tmp_path / "pg_service.conf"
     services.write_text("[zoned]\noptions=-c TimeZone=Bogus/Zone\n")
     settings = database.settings

@@ -222,7 +222,7 @@ def test_a_missing_authority_file_from_pgsslrootcert_names_the_variable(
     tls_database: Database, tmp_path: Path
 ) -> None:
     """The file named by PGSSLROOTCERT, not the URL: fix the variable (it said "fix that
-    parameter of the target ... or of libpq's environment"; helper-63)."""
+    parameter of the target ... or of libpq's environment")."""
     url = replace(tls_database.settings, host="localhost", sslmode="verify-ca").url()
     result = run_cli(
         "migrate", "status", "--database-url", url,

@@ -288,7 +288,7 @@ def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
     ("statement", "said"),
     [
         ("ALTER TABLE busy ADD COLUMN note text;\n", "ALTER TABLE busy ADD COLUMN note text;"),
-        # helper-77: a COPY's failure was told apart from every other statement's: not
+        # A COPY's failure was told apart from every other statement's: not
         # retried, and without its SQLSTATE on the error.
         ("COPY busy (id) FROM stdin;\n1\n\\.\n", "COPY busy (id) FROM stdin;"),
     ],
@@ -357,7 +357,7 @@ def test_a_concurrent_build_that_met_its_lock_timeout_is_retried_within_its_boun
 ) -> None:
     """A CONCURRENTLY build that meets an old snapshot fails on its lock_timeout (the
     file's, or the database's) and leaves its index invalid; the retry drops that index
-    first, and that drop waits for the same transaction. helper-78: under the file's
+    first, and that drop waits for the same transaction. Once, under the file's
     lock_timeout the drop ran under none and waited past the retries and the budget;
     under the database's it timed out and the run stopped, exit 2, blaming an
     interrupted run. The drop is bounded by the same lock_timeout and retried like the
@@ -904,7 +904,7 @@ def test_an_invalid_index_of_the_name_on_another_table_is_never_dropped(
     """The leftover is the index of that name on the table the file indexes: an invalid
     one of the same name on another schema's table of the same name (someone else's,
     a tenant's, failed build) stays, whether the file names its table's schema or its
-    search_path finds the table (helper-78: then one in any schema was dropped); a dry
+    search_path finds the table (then one in any schema was dropped); a dry
     run says nothing of it either."""
     database.execute(
         "CREATE SCHEMA s1; CREATE SCHEMA s2; CREATE TABLE s1.t (x int); "
@@ -1084,7 +1084,7 @@ def test_a_statement_sent_alone_after_the_runners_own_is_sent_as_psql_sends_it(
     sends a file's leading statements first (a no-transaction build's SETs, which the
     lookup of an invalid index follows; a SET TRANSACTION, after which it reads its
     transaction's id), the next statement went from the file's start: the opening
-    comment and those statements again with it (helper-79). A build in one query with
+    comment and those statements again with it. A build in one query with
     another statement is refused (it cannot run in a transaction block); a SET
     TRANSACTION ran twice, and current_query() saw it."""
     database.execute("CREATE TABLE t (x int); CREATE TABLE audit (q text DEFAULT current_query())")
@@ -1149,7 +1149,7 @@ def test_a_dry_run_leaves_the_connection_as_it_found_it(database: Database, tmp_
 def test_a_dry_run_of_a_file_whose_set_role_names_a_role_an_earlier_file_makes(
     database: Database, tmp_path: Path
 ) -> None:
-    """helper-81: a plan of two pending files, the first making the role the second's
+    """A plan of two pending files, the first making the role the second's
     build runs as. The dry run ran the second's SET ROLE before the first file had run
     and listed it as "a run now: ... failed"; the run applies both. Only the first
     pending file's leading statements can fail as a run would: a later one's are said
@@ -1181,7 +1181,7 @@ def test_a_dry_run_of_a_file_whose_set_role_names_a_role_an_earlier_file_makes(
 
 def test_a_copy_data_error_carries_its_sqlstate(database: Database, tmp_path: Path) -> None:
     """A COPY's bad data fails as any statement does: its line and SQLSTATE in the
-    message, and the SQLSTATE on the library's error (helper-77: it was None there)."""
+    message, and the SQLSTATE on the library's error (it was None there)."""
     folder = write_migrations(
         tmp_path, {"0001_copy.sql": "CREATE TABLE t (a int);\nCOPY t (a) FROM stdin;\nx\n\\.\n"}
     )

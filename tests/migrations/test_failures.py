@@ -333,7 +333,7 @@ class _Cuttable:
 def test_a_connection_lost_without_a_word_names_the_file_and_what_is_known(
     database: Database, tmp_path: Path, transactional: bool
 ) -> None:
-    """Found by helper-65 (`pg_ctl restart -m immediate`): a connection that drops with no
+    """Found in review (`pg_ctl restart -m immediate`): a connection that drops with no
     message from the server gave "database error: consuming input failed: ...", naming
     no file and not what became of it."""
     head = "" if transactional else "-- cicd-db: no-transaction\n"

@@ -101,7 +101,7 @@ def test_discover_refuses_a_folder_without_migrations(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("tail", [" ", "\n", "\t", "  \n"])
 def test_white_space_after_sql_is_refused_not_skipped(tmp_path: Path, tail: str) -> None:
-    """`0002_b.sql ` was neither applied, listed nor warned about (helper-66, helper-68)."""
+    """`0002_b.sql ` was neither applied, listed nor warned about."""
     folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
     (folder / f"0002_b.sql{tail}").write_text("SELECT 2;\n")
     with pytest.raises(ConfigError) as refused:

@@ -269,7 +269,7 @@ def test_a_new_session_whose_first_statement_fails_is_closed(
 ) -> None:
     """The session the runner opens after a file that changed a database's settings: a
     first statement cut there (by a 1 ms statement_timeout the file left, say) left the
-    connection open until Python collected it (helper-81: the test of that setting met
+    connection open until Python collected it (the test of that setting met
     it about once in eight runs). Here the first statement fails every time."""
     from cicd_db.migrations import lock
     from cicd_db.migrations.session import Session

@@ -486,7 +486,7 @@ def test_a_setting_a_file_leaves_that_stops_the_next_file_in_the_same_run_is_nam
     """A file that leaves a 1 ms statement_timeout on its database or role, in the same
     run as the next file: the runner starts a new session after it, as psql would, and
     the timeout cuts whichever statement comes first there, the runner's own or the
-    file's (helper-77 saw the runner's own). Either way the run stops with one line that
+    file's (a generated file saw the runner's own). Either way the run stops with one line that
     names the setting and where to reset it, exit 1; the first file stays applied, and
     once the setting is reset the next run goes on."""
     folder = write_migrations(

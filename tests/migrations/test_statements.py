@@ -117,7 +117,7 @@ def _refused_with_nothing_run(untouched: Database, tmp_path: Path, name: str, te
 def test_what_postgresql_never_runs_in_a_transaction_is_refused_before_anything_runs(
     untouched: Database, tmp_path: Path, statement: str, shown: str
 ) -> None:
-    """Found by helper-68: it passed `check --no-lint`, and `up` applied the files before
+    """Found in review: it passed `check --no-lint`, and `up` applied the files before
     it, then failed at it (25001). Known from the text: refused before anything runs."""
     err = _refused_with_nothing_run(
         untouched, tmp_path, "0002_outside.sql", f"SET lock_timeout = '1s';\n{statement}\n"
@@ -884,7 +884,7 @@ def test_the_checksums_of_earlier_texts_are_read_from_the_opening_comments(
         f"-- cicd-db: earlier-checksums {EARLIER} {'a' * 64}",
         "-- cicd-db: earlier-checksum",
         f"   -- cicd-db: earlier-checksum {EARLIER}",
-        # helper-83: look-alikes that were read as comments.
+        # Look-alikes that were read as comments.
         f"--\u00a0cicd-db: earlier-checksum {EARLIER}",
         f"-- cicd\u2010db: earlier\u2010checksum {EARLIER}",
         f"-- cicd-db\uff1a earlier-checksum {EARLIER}",
