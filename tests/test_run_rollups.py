@@ -7,6 +7,7 @@ rolled back) and with the oracle of test_insights."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -455,4 +456,58 @@ def test_a_hand_edit_under_a_run_the_store_cancels_deadlocks_with_neither(
     assert errors == []
     with migrated.connect() as conn:
         assert Store.on(conn).run(pipeline, 1).status == CANCELED
+        agree(conn, pipeline)
+
+
+def test_a_hand_edit_committing_while_its_run_is_being_finished_reaches_its_row(
+    migrated: Database,
+) -> None:
+    """A finished job changed by hand while another transaction finishes its run: the
+    run's roll-up, at that transaction's commit, read the job as it was; the edit's
+    roll-up, at its own commit, found the run not yet finished and wrote nothing; the
+    row kept the old values for good (a review saw 227 of 400 runs so with the store's
+    own calls, edits landing within 4 ms of finish_run). The finishing roll-up waits for
+    the run's stages and jobs first. Held here: the finishing transaction rolls up
+    (SET CONSTRAINTS ALL IMMEDIATE) while the edit is open, and commits after it."""
+    with migrated.connect() as conn:
+        pipeline = history(conn, Planned(NOW - timedelta(hours=1), end="running"))
+    errors: list[psycopg.Error] = []
+    rolled, go = threading.Event(), threading.Event()
+    with migrated.connect() as editor, migrated.connect() as finisher:
+
+        def finish() -> None:
+            try:
+                with finisher.transaction():
+                    finisher.execute(
+                        "UPDATE pipeline_executions SET status = 'FAILED', completion_time = %s",
+                        [NOW],
+                    )
+                    finisher.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                    rolled.set()
+                    go.wait(timeout=60)
+            except psycopg.Error as error:
+                errors.append(error)
+            rolled.set()
+
+        thread = threading.Thread(target=finish)
+        with editor.transaction():
+            editor.execute(
+                "UPDATE job_executions SET completion_time = completion_time + interval '30 s' "
+                "WHERE job_name = 'compile'"
+            )
+            thread.start()
+            deadline = time.monotonic() + 30
+            while not rolled.is_set() and not migrated.query(
+                f"SELECT 1 FROM pg_locks WHERE pid = {finisher.info.backend_pid} AND NOT granted"
+            ):
+                assert time.monotonic() < deadline, (
+                    "the finishing transaction neither rolled up nor waited"
+                )
+                time.sleep(0.02)
+        go.set()
+        thread.join(timeout=60)
+    assert errors == []
+    with migrated.connect() as conn:
+        [seconds] = conn.execute("SELECT job_seconds FROM run_rollups").fetchone() or [None]
+        assert seconds is not None and seconds[0] == 90.0  # compile: 60 s, and 30 more
         agree(conn, pipeline)

@@ -115,6 +115,29 @@ BEGIN
 END
 $$;
 
+-- The run's trigger (0032): in the transaction that finishes the run, the run's
+-- stages and jobs first (FOR SHARE, stages before jobs as the store locks them). A
+-- hand edit of one of them not yet committed is waited for and read: its own
+-- roll-up, at its commit, found the run not yet finished and wrote nothing, so the
+-- row kept what the edit changed. The edit never waits for the run (0037 above), so
+-- the two cannot deadlock; the store's moves of a run's children lock the run
+-- first, so they are never waited for here while they wait for it.
+CREATE OR REPLACE FUNCTION cicd_db_roll_up_run() RETURNS TRIGGER
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM FROM stage_executions AS s
+    WHERE s.pipeline_execution_id = NEW.id ORDER BY s.id FOR SHARE;
+    PERFORM FROM job_executions AS j
+    WHERE j.stage_execution_id IN (
+        SELECT s.id FROM stage_executions AS s WHERE s.pipeline_execution_id = NEW.id
+    )
+    ORDER BY j.id FOR SHARE;
+    PERFORM cicd_db_roll_up(ARRAY[NEW.id]);
+    RETURN NULL;
+END
+$$;
+
 -- The backfill (0032), which filled runs without a row; given every_row, also the
 -- runs whose row differs from what it should hold (found by reading alone: only those
 -- are locked and written). Batches of `batch_runs` runs by id, each its own
@@ -171,8 +194,9 @@ BEGIN
 END
 $$;
 
--- As 0032 left them: the roll-up as its owner with a fixed search path (CREATE OR
--- REPLACE resets both; its grants stay); nobody else calls these by hand.
+-- As 0032 left them: the roll-up and the run's trigger function run as their owner,
+-- with a fixed search path (CREATE OR REPLACE resets both; their grants stay);
+-- nobody else calls these by hand.
 DO $$
 DECLARE
     home TEXT := (
@@ -180,12 +204,16 @@ DECLARE
         INNER JOIN pg_catalog.pg_namespace AS n ON c.relnamespace = n.oid
         WHERE c.oid = 'pipeline_executions'::REGCLASS
     );
+    routine TEXT;
 BEGIN
-    EXECUTE format(
-        'ALTER FUNCTION %I.cicd_db_roll_up(UUID[]) SECURITY DEFINER '
-        'SET search_path = pg_catalog, %I, pg_temp',
-        home, home
-    );
+    FOREACH routine IN ARRAY ARRAY[
+        'cicd_db_roll_up(UUID[])', 'cicd_db_roll_up_run()'
+    ] LOOP
+        EXECUTE format(
+            'ALTER FUNCTION %I.%s SECURITY DEFINER SET search_path = pg_catalog, %I, pg_temp',
+            home, routine, home
+        );
+    END LOOP;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION cicd_db_run_rollups_of(UUID[]) FROM PUBLIC; -- noqa: CP02
