@@ -467,8 +467,9 @@ def test_a_hand_edit_committing_while_its_run_is_being_finished_reaches_its_row(
     roll-up, at its own commit, found the run not yet finished and wrote nothing; the
     row kept the old values for good (a review saw 227 of 400 runs so with the store's
     own calls, edits landing within 4 ms of finish_run). The finishing roll-up waits for
-    the run's stages and jobs first. Held here: the finishing transaction rolls up
-    (SET CONSTRAINTS ALL IMMEDIATE) while the edit is open, and commits after it."""
+    the run's stages and jobs first, for up to 2 s. Held here: the finishing transaction
+    rolls up (SET CONSTRAINTS ALL IMMEDIATE) while the edit is open, the edit commits
+    once the finisher is seen waiting, and the finisher commits after it."""
     with migrated.connect() as conn:
         pipeline = history(conn, Planned(NOW - timedelta(hours=1), end="running"))
     errors: list[psycopg.Error] = []
@@ -496,9 +497,11 @@ def test_a_hand_edit_committing_while_its_run_is_being_finished_reaches_its_row(
                 "WHERE job_name = 'compile'"
             )
             thread.start()
+            # It waits in steps (NOWAIT, then a 20 ms sleep, up to 2 s): seen asleep.
             deadline = time.monotonic() + 30
             while not rolled.is_set() and not migrated.query(
-                f"SELECT 1 FROM pg_locks WHERE pid = {finisher.info.backend_pid} AND NOT granted"
+                "SELECT 1 FROM pg_stat_activity WHERE pid = "
+                f"{finisher.info.backend_pid} AND wait_event = 'PgSleep'"
             ):
                 assert time.monotonic() < deadline, (
                     "the finishing transaction neither rolled up nor waited"
@@ -507,6 +510,42 @@ def test_a_hand_edit_committing_while_its_run_is_being_finished_reaches_its_row(
         go.set()
         thread.join(timeout=60)
     assert errors == []
+    with migrated.connect() as conn:
+        [seconds] = conn.execute("SELECT job_seconds FROM run_rollups").fetchone() or [None]
+        assert seconds is not None and seconds[0] == 90.0  # compile: 60 s, and 30 more
+        agree(conn, pipeline)
+
+
+def test_a_hand_edit_left_open_does_not_hold_the_runs_finish(migrated: Database) -> None:
+    """The finish waits for an open edit of the run's stages and jobs only a moment: a
+    forgotten psql session must not hold the CI system's finish (a review saw it wait as
+    long as the edit stayed open). The edit, committed after the finish, rolls the
+    finished run up itself, so the row is right either way."""
+    with migrated.connect() as conn:
+        pipeline = history(conn, Planned(NOW - timedelta(hours=1), end="running"))
+    errors: list[psycopg.Error] = []
+    with migrated.connect() as editor, migrated.connect() as finisher:
+
+        def finish() -> None:
+            try:
+                with finisher.transaction():
+                    finisher.execute(
+                        "UPDATE pipeline_executions SET status = 'FAILED', completion_time = %s",
+                        [NOW],
+                    )
+            except psycopg.Error as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=finish)
+        with editor.transaction():
+            editor.execute(
+                "UPDATE job_executions SET completion_time = completion_time + interval '30 s' "
+                "WHERE job_name = 'compile'"
+            )
+            thread.start()
+            thread.join(timeout=30)
+            assert not thread.is_alive(), "the finish waited for the open edit"
+        assert errors == []
     with migrated.connect() as conn:
         [seconds] = conn.execute("SELECT job_seconds FROM run_rollups").fetchone() or [None]
         assert seconds is not None and seconds[0] == 90.0  # compile: 60 s, and 30 more

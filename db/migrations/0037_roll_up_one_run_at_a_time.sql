@@ -120,19 +120,31 @@ $$;
 -- hand edit of one of them not yet committed is waited for and read: its own
 -- roll-up, at its commit, found the run not yet finished and wrote nothing, so the
 -- row kept what the edit changed. The edit never waits for the run (0037 above), so
--- the two cannot deadlock; the store's moves of a run's children lock the run
--- first, so they are never waited for here while they wait for it.
+-- the two cannot deadlock. The wait is bounded (2 s, in 20 ms steps): an edit left
+-- open longer (a forgotten psql session) must not hold the CI system's finish; it
+-- commits after the run is finished, and its own roll-up then reads both.
 CREATE OR REPLACE FUNCTION cicd_db_roll_up_run() RETURNS TRIGGER
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    attempt INTEGER := 0;
 BEGIN
-    PERFORM FROM stage_executions AS s
-    WHERE s.pipeline_execution_id = NEW.id ORDER BY s.id FOR SHARE;
-    PERFORM FROM job_executions AS j
-    WHERE j.stage_execution_id IN (
-        SELECT s.id FROM stage_executions AS s WHERE s.pipeline_execution_id = NEW.id
-    )
-    ORDER BY j.id FOR SHARE;
+    LOOP
+        BEGIN
+            PERFORM FROM stage_executions AS s
+            WHERE s.pipeline_execution_id = NEW.id ORDER BY s.id FOR SHARE NOWAIT;
+            PERFORM FROM job_executions AS j
+            WHERE j.stage_execution_id IN (
+                SELECT s.id FROM stage_executions AS s WHERE s.pipeline_execution_id = NEW.id
+            )
+            ORDER BY j.id FOR SHARE NOWAIT;
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            attempt := attempt + 1;
+            EXIT WHEN attempt >= 100;
+            PERFORM pg_catalog.pg_sleep(0.02);
+        END;
+    END LOOP;
     PERFORM cicd_db_roll_up(ARRAY[NEW.id]);
     RETURN NULL;
 END
