@@ -550,3 +550,46 @@ def test_a_hand_edit_left_open_does_not_hold_the_runs_finish(migrated: Database)
         [seconds] = conn.execute("SELECT job_seconds FROM run_rollups").fetchone() or [None]
         assert seconds is not None and seconds[0] == 90.0  # compile: 60 s, and 30 more
         agree(conn, pipeline)
+
+
+def test_a_status_edit_and_a_job_edit_of_one_finished_run_both_commit(
+    migrated: Database,
+) -> None:
+    """By hand, one transaction sets a finished run's status again while another changes
+    one of its jobs: the job edit's roll-up waits for the run; the status edit's tries
+    for the job, gives up after its bounded wait and commits; then the job edit rolls
+    the run up with both. Neither is rolled back as a deadlock."""
+    with migrated.connect() as conn:
+        pipeline = history(conn, Planned(NOW - timedelta(hours=3)))
+    errors: list[psycopg.Error] = []
+    with migrated.connect() as job_editor, migrated.connect() as status_editor:
+
+        def set_status() -> None:
+            try:
+                with status_editor.transaction():
+                    status_editor.execute("UPDATE pipeline_executions SET status = 'FAILED'")
+            except psycopg.Error as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=set_status)
+        try:
+            with job_editor.transaction():
+                job_editor.execute(
+                    "UPDATE job_executions SET completion_time = completion_time "
+                    "+ interval '30 s' WHERE job_name = 'compile'"
+                )
+                thread.start()
+                migrated.wait_for(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = "
+                    f"{status_editor.info.backend_pid} "
+                    "AND (wait_event = 'PgSleep' OR wait_event_type = 'Lock')",
+                    "the status edit never tried for the job",
+                )
+        except psycopg.Error as error:
+            errors.append(error)
+        thread.join(timeout=60)
+    assert errors == []
+    with migrated.connect() as conn:
+        [seconds] = conn.execute("SELECT job_seconds FROM run_rollups").fetchone() or [None]
+        assert seconds is not None and seconds[0] == 90.0  # compile: 60 s, and 30 more
+        agree(conn, pipeline)

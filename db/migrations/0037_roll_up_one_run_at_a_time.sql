@@ -6,7 +6,8 @@
 -- (FOR NO KEY UPDATE, in id order: a foreign key's check, which takes KEY SHARE,
 -- never waits for it), so the second waits for the first to commit and reads its
 -- change. A transaction that finishes a run holds that row already, and the store
--- never holds a finished one: the store waits for nothing new.
+-- never holds a finished one: the store waits for nothing new, but for an open hand
+-- edit of the children of a run it finishes (below, about 2 s at most).
 --
 -- What a run's row should hold is now a function of its own that only reads,
 -- cicd_db_run_rollups_of(runs), so that a row can be checked without locking or
@@ -119,10 +120,13 @@ $$;
 -- stages and jobs first (FOR SHARE, stages before jobs as the store locks them). A
 -- hand edit of one of them not yet committed is waited for and read: its own
 -- roll-up, at its commit, found the run not yet finished and wrote nothing, so the
--- row kept what the edit changed. The edit never waits for the run (0037 above), so
--- the two cannot deadlock. The wait is bounded (2 s, in 20 ms steps): an edit left
--- open longer (a forgotten psql session) must not hold the CI system's finish; it
--- commits after the run is finished, and its own roll-up then reads both.
+-- row lacked what the edit changed. The edit never waits for a run not finished
+-- (0037 above), and this waits by trying again (NOWAIT), not in the lock queue, so
+-- the two cannot deadlock. The wait is bounded, about 2 s (100 tries, 20 ms apart):
+-- an edit left open longer (a forgotten psql session) must not hold the CI system's
+-- finish; it commits after the run is finished, and its own roll-up then reads both.
+-- Under REPEATABLE READ an edit committed meanwhile is a serialization failure, as
+-- that level makes it.
 CREATE OR REPLACE FUNCTION cicd_db_roll_up_run() RETURNS TRIGGER
 LANGUAGE plpgsql
 AS $$
