@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import tracemalloc
 from pathlib import Path
 from unittest.mock import patch
@@ -942,3 +943,112 @@ def test_a_cicd_db_line_the_runner_does_not_know_is_refused(tmp_path: Path, line
     )
     path.write_bytes(b"-- cicd-db applies this file; psql does too.\nSELECT 1;\n")
     assert migrations.read(path, 1, "typo").earlier_checksums == frozenset()
+
+
+_SEPARATORS = st.sampled_from(["-", "_", " ", "", "\u2010", "\u2011", "\u00a0", "\t"])
+_HEX = st.text("0123456789abcdefABCDEF", min_size=62, max_size=66)
+
+
+@example(
+    dashes="--",
+    lead="",
+    gap=" ",
+    between="-",
+    colon=":",
+    after=" ",
+    earlier="earlier",
+    joint="-",
+    checksum="checksum",
+    space=" ",
+    digits="9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f",
+    tail="",
+)
+@example(
+    dashes="--",
+    lead="",
+    gap=" ",
+    between="-",
+    colon=":",
+    after=" ",
+    earlier="earlier",
+    joint="-",
+    checksum="checksum",
+    space=" ",
+    digits="9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f",
+    tail="\t",
+)
+@example(
+    dashes="--",
+    lead="",
+    gap=" ",
+    between="-",
+    colon=":",
+    after=" ",
+    earlier="earlier",
+    joint="-",
+    checksum="checksum",
+    space=" ",
+    digits="9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f",
+    tail=" -- note",
+)
+@example(
+    dashes="--",
+    lead="",
+    gap=" ",
+    between="-",
+    colon=":",
+    after=" ",
+    earlier="earlier",
+    joint="-",
+    checksum="checksum",
+    space=" ",
+    digits="9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F9F",
+    tail="",
+)
+@settings(max_examples=300, deadline=None)
+@given(
+    dashes=st.sampled_from(["--", "---", "-- --", "--\u00a0"]),
+    lead=st.sampled_from(["", " ", "\t", "\f"]),
+    gap=st.sampled_from([" ", "", "  ", "\t", "\u00a0"]),
+    between=_SEPARATORS,
+    colon=st.sampled_from([":", "\uff1a", "", " :"]),
+    after=st.sampled_from([" ", "", "  ", "\t"]),
+    earlier=st.sampled_from(["earlier", "Earlier", "EARLIER"]),
+    joint=_SEPARATORS,
+    checksum=st.sampled_from(["checksum", "check-sum", "check_sum", "Checksum", "checksums"]),
+    space=st.sampled_from([" ", "  ", "\t", ": ", " sha256:"]),
+    digits=_HEX,
+    tail=st.sampled_from(["", " ", "\t", " -- note"]),
+)
+def test_a_line_meant_as_an_earlier_checksum_is_taken_exactly_or_refused(
+    dashes: str,
+    lead: str,
+    gap: str,
+    between: str,
+    colon: str,
+    after: str,
+    earlier: str,
+    joint: str,
+    checksum: str,
+    space: str,
+    digits: str,
+    tail: str,
+) -> None:
+    """Every spelling of the directive an author may type: taken only when it is the
+    exact form (trailing blanks allowed), else refused before anything runs, never
+    read as a comment (which would leave the databases that applied the earlier text
+    refused as edited)."""
+    line = (
+        f"{lead}{dashes}{gap}cicd{between}db{colon}{after}{earlier}{joint}{checksum}"
+        f"{space}{digits}{tail}"
+    )
+    data = f"-- Mended.\n{line}\nSELECT 1;\n".encode()
+    exact = re.fullmatch(r"-- cicd-db: earlier-checksum [0-9a-f]{64}[ \t]*", line) is not None
+    try:
+        found = statements.earlier_checksums("0001_mended.sql", data)
+    except ConfigError as refused:
+        assert not exact, line
+        assert str(refused).startswith("migration file 0001_mended.sql, line 2: ")
+    else:
+        assert exact, f"taken as a comment or a checksum: {line!r}"
+        assert found == {digits}
