@@ -97,7 +97,7 @@ class Migration:
         (statements.EARLIER_CHECKSUM): read only when the file's own does not match."""
         from cicd_db.migrations.statements import earlier_checksums
 
-        return earlier_checksums(self.path.name, self.data)
+        return earlier_checksums(self.path.name, self.data, transactional=self.transactional)
 
     def matches(self, checksum: str) -> bool:
         """The file is the one a history row recorded with `checksum`: the same bytes, or
@@ -279,11 +279,7 @@ def read(path: Path, version: int, name: str, *, planned: bool = True) -> Migrat
             f"migration file {path.name} is not UTF-8 (line {line}); save it as UTF-8"
         )
     migration = Migration(
-        version=version,
-        name=name,
-        path=path,
-        data=data,
-        checksum=hashlib.sha256(raw).hexdigest(),
+        version=version, name=name, path=path, data=data, checksum=hashlib.sha256(raw).hexdigest()
     )
     if planned:
         migration.steps  # noqa: B018 - planned now: a bad statement is refused here

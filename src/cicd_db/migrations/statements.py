@@ -205,10 +205,8 @@ def plan(
     server says otherwise) and checked both ways: what either reading refuses is
     refused before anything runs. `names`: names_in(data), when already known.
     """
-    if start == 0:
-        earlier_checksums(filename, data)  # a line meant as one and not written so: refused
-        if transactional:
-            _check_near_marker(filename, data)
+    if start == 0:  # the opening comments' directives, checked (their checksums unused)
+        earlier_checksums(filename, data, transactional=transactional)
     steps: list[Step] = []
     found = names_in(data) if names is None else names
     named = "lexing" in found
@@ -521,15 +519,24 @@ _NEAR_EARLIER = re.compile(rb"--.*cicd.{0,4}db.*earlier.{0,4}check.{0,4}sum", re
 _DIRECTIVE = re.compile(rb"\s*-+\s*cicd[\W_]{0,3}db\s*(?::|\xef\xbc\x9a)", re.I)
 
 
-def earlier_checksums(filename: str, data: bytes) -> frozenset[str]:
-    """The checksums the file's opening comments name as its earlier texts'. ConfigError
-    for such a line not written exactly so, and for a `-- cicd-db:` line that is no
-    directive the runner knows: read as a comment, it would leave every database that
-    applied the earlier text refused as edited, or a file meant to run outside a
-    transaction run in one. (plan() calls it for the refusal alone; the runner reads
+def earlier_checksums(filename: str, data: bytes, *, transactional: bool = True) -> frozenset[str]:
+    """The checksums the file's opening comments name as its earlier texts', read in one
+    walk of those comments that also checks every directive among them. ConfigError for
+    a no-transaction marker in a `transactional` file (not the exact first line: the
+    file would run in a transaction, against its intent), for an earlier checksum not
+    written exactly so, and for a `-- cicd-db:` line that is no directive the runner
+    knows: read as a comment, it would leave every database that applied the earlier
+    text refused as edited. (plan() calls it for the refusals alone; the runner reads
     the checksums only of an applied file whose own checksum differs.)"""
     found: set[str] = set()
     for number, line in leading_comments(data):
+        if transactional and _NEAR_MARKER.fullmatch(line):
+            where = "is not the first line" if number > 1 else "is not written exactly so"
+            raise ConfigError(
+                f"migration file {filename}, line {number}: a no-transaction marker that "
+                f"{where}, so the file would run in a transaction; make the file's first line "
+                f"`{NO_TRANSACTION_MARKER.decode()}`, or remove the comment"
+            )
         if _NEAR_EARLIER.search(line):
             match = _EARLIER.fullmatch(line)
             if match is None:
@@ -542,7 +549,7 @@ def earlier_checksums(filename: str, data: bytes) -> frozenset[str]:
         elif (
             _DIRECTIVE.match(line)
             and line.rstrip() != NO_TRANSACTION_MARKER
-            and not _NEAR_MARKER.fullmatch(line)  # told by _check_near_marker
+            and not _NEAR_MARKER.fullmatch(line)  # in a no-transaction file: a comment
         ):
             raise ConfigError(
                 f"migration file {filename}, line {number}: a `-- cicd-db:` line the runner "
@@ -550,19 +557,6 @@ def earlier_checksums(filename: str, data: bytes) -> frozenset[str]:
                 f"and `{EARLIER_CHECKSUM} <sha256>`; write one of them, or remove the line"
             )
     return frozenset(found)
-
-
-def _check_near_marker(filename: str, data: bytes) -> None:
-    """Refuse a transactional file whose leading comments hold what looks like the
-    no-transaction marker: the file would run in a transaction, against its intent."""
-    for number, line in leading_comments(data):
-        if _NEAR_MARKER.fullmatch(line):
-            where = "is not the first line" if number > 1 else "is not written exactly so"
-            raise ConfigError(
-                f"migration file {filename}, line {number}: a no-transaction marker that "
-                f"{where}, so the file would run in a transaction; make the file's first line "
-                f"`{NO_TRANSACTION_MARKER.decode()}`, or remove the comment"
-            )
 
 
 # Statements PostgreSQL refuses inside a transaction block (25001), by their first words:
