@@ -3,6 +3,7 @@ malformed URLs (a hypothesis strategy), and the check that no run of one is prin
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from urllib.parse import quote
 
@@ -13,6 +14,15 @@ PASSWORD_CHARACTERS = [chr(c) for c in range(0x20, 0x7F)] + ["é", "ß", "中", 
 # What a careless user puts in or around a password: URL delimiters and spaces.
 DELIMITERS = list("/?#@:[]% ")
 RUN = 4  # no run of this many characters of a secret may be printed
+# What a role or database name may hold: letters, marks, digits, spaces and punctuation,
+# none of the characters that end a URL's user part (in any width).
+NAME_CHARACTERS = (
+    st.characters(categories=("L", "M", "N", "Zs"))
+    | st.sampled_from("_-.+~@$' ")
+    | st.characters(categories=("P", "S"), min_codepoint=0x80).filter(
+        lambda c: unicodedata.normalize("NFKC", c) not in set(":/?#[];,!=&|\\@")
+    )
+)
 
 
 def runs(secret: str) -> set[str]:

@@ -26,6 +26,7 @@ import pytest
 from psycopg import sql
 
 from cicd_db import settings as contract
+from cicd_db import stacks
 from cicd_db.settings import ConnectionSettings
 
 from .fix_db import SERVER_ROLES, Database
@@ -221,7 +222,7 @@ def test_what_a_stack_exports_reads_back_as_one_endpoint(
 ) -> None:
     """The fields and database_url the program exports agree, so the runner reads them."""
     values, _ = outputs_of(run_program(stack, config, secret))
-    read = contract.from_outputs(values, stack=stack)
+    read = stacks.from_outputs(values, stack=stack)
     assert (read.host, read.port, read.user, read.password) == (
         values["host"],
         port,

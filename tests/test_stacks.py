@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 import time
@@ -20,10 +21,12 @@ import pytest
 from hypothesis import strategies as st
 
 from cicd_db import migrations, stacks
+from cicd_db.errors import ConfigError
+from cicd_db.settings import OUTPUT_NAMES, SSLMODES, ConnectionSettings, from_url
 
 from .fix_cli import MIGRATE_PY, run_cli
 from .fix_db import Database
-from .passwords import assert_nothing_of, hostile_urls
+from .passwords import NAME_CHARACTERS, assert_nothing_of, hostile_urls
 from .utils import MIGRATIONS, ROOT, examples
 
 # What the real CLI (3.226.1 and later) prints and its exit codes, for each failure.
@@ -638,3 +641,298 @@ def test_what_a_process_pulumi_left_writes_within_the_grace_is_read(tmp_path: Pa
     # how a loaded machine schedules a sleeping child.
     with mock.patch.dict(os.environ, env), mock.patch.object(stacks, "EXITED_GRACE_SECONDS", 30):
         assert stacks.outputs("dev", root=ROOT) == {"late": 1}
+
+
+OUTPUTS = {
+    "host": "db.example.com",
+    "port": 6543,
+    "database": "app",
+    "user": "ci",
+    "password": "pw",
+    "sslmode": "require",
+    "database_url": "postgresql://ci:pw@db.example.com:6543/app?sslmode=require&options=-c%20x%3D1",
+}
+
+
+def test_from_outputs_takes_the_parameters_from_the_url() -> None:
+    settings = stacks.from_outputs(OUTPUTS, stack="prod")
+    assert settings == ConnectionSettings(
+        "db.example.com", 6543, "app", "ci", "pw", "require", parameters=(("options", "-c x=1"),)
+    )
+
+
+def test_from_outputs_names_every_missing_output() -> None:
+    outputs = {**OUTPUTS, "password": "", "host": None}
+    with pytest.raises(ConfigError) as raised:
+        stacks.from_outputs(outputs, stack="prod")
+    assert str(raised.value) == (
+        "stack 'prod' has no output host, password; "
+        "run `pulumi up -s prod` so it exports the connection contract"
+    )
+
+
+def test_from_outputs_names_the_stack_in_a_bad_url() -> None:
+    with pytest.raises(ConfigError, match=r"^the stack 'qa' output database_url must start"):
+        stacks.from_outputs({**OUTPUTS, "database_url": "mysql://h/db"}, stack="qa")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("host", "db2.example.com", "('db2.example.com' and 'db.example.com')"),
+        ("port", 5432, "(5432 and 6543)"),
+        ("database", "other", "('other' and 'app')"),
+        ("user", "admin", "('admin' and 'ci')"),
+        ("sslmode", "disable", "('disable' and 'require')"),
+    ],
+)
+def test_from_outputs_refuses_fields_that_disagree_with_the_url(
+    name: str, value: object, shown: str
+) -> None:
+    """A command must not reach one database by the URL and name another by the fields."""
+    with pytest.raises(ConfigError) as raised:
+        stacks.from_outputs({**OUTPUTS, name: value}, stack="prod")
+    assert str(raised.value) == (
+        f"stack 'prod' outputs {name} and database_url name different {name}s {shown}; "
+        "export both from the same values and run `pulumi up -s prod`"
+    )
+
+
+def test_from_outputs_takes_a_host_in_another_case_and_libpqs_defaults_as_agreeing() -> None:
+    url = "postgresql://ci:pw@db.example.com/app"
+    outputs = {**OUTPUTS, "host": "DB.Example.com", "port": 5432, "sslmode": "prefer"}
+    read = stacks.from_outputs({**outputs, "database_url": url}, stack="prod")
+    assert (read.host, read.port, read.sslmode) == ("DB.Example.com", 5432, "prefer")
+    with pytest.raises(ConfigError, match=r"^stack 'prod' outputs port and database_url"):
+        stacks.from_outputs({**outputs, "port": 6543, "database_url": url}, stack="prod")
+
+
+_JSON_OF_ANOTHER_TYPE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@hypothesis.settings(max_examples=examples(200))
+@hypothesis.given(
+    name=st.sampled_from(OUTPUT_NAMES),
+    value=_JSON_OF_ANOTHER_TYPE.filter(lambda v: v not in (None, "")),
+)
+# Found in review: 0, false, [] and {} read as "not given", and libpq then took
+# PGHOST, PGPORT or PGPASSWORD: a stack connected to neither endpoint it named.
+@hypothesis.example(name="host", value=0)
+@hypothesis.example(name="port", value=0)
+@hypothesis.example(name="password", value=False)
+@hypothesis.example(name="database", value=[])
+def test_an_output_of_another_json_type_is_refused_not_read_as_missing(
+    name: str, value: object
+) -> None:
+    """Every field of the contract is text but the port, a number from 1 to 65535. A value
+    of another type is refused, naming the output and its type, never the value."""
+    valid = (
+        isinstance(value, str)
+        if name != "port"
+        else (
+            type(value) is int and 0 < value < 65536  # type: ignore[operator]
+        )
+        or (
+            isinstance(value, str)
+            and value.isascii()
+            and value.isdigit()
+            and len(value) <= 5
+            and 0 < int(value) < 65536
+        )
+    )
+    hypothesis.assume(not valid)
+    with pytest.raises(ConfigError) as raised:
+        stacks.from_outputs({**OUTPUTS, name: value}, stack="prod")
+    kinds = "null|true or false|a number|a fraction|text|a list|an object|out of range"
+    wanted = "a port number from 1 to 65535" if name == "port" else "text"
+    assert re.fullmatch(
+        rf"stack 'prod' output {name} is ({kinds}), not {wanted}; export .* `pulumi up -s prod`",
+        str(raised.value),
+    ), raised.value
+
+
+@pytest.mark.parametrize("field", ["user", "database", "host"])
+def test_a_field_holding_the_password_is_masked_in_the_mismatch(field: str) -> None:
+    """Two outputs swapped (the password exported as the user): the message that names
+    the two values hides the password, found in review."""
+    secret = "Sekr3t-PW.x"
+    outputs = {
+        **OUTPUTS,
+        "password": secret,
+        "database_url": f"postgresql://ci:{secret}@db.example.com:6543/app?sslmode=require",
+        field: secret,
+    }
+    with pytest.raises(ConfigError) as raised:
+        stacks.from_outputs(outputs, stack="dev")
+    message = str(raised.value)
+    assert f"outputs {field} and database_url name different" in message
+    assert_nothing_of((secret, "----"), message)
+
+
+def test_from_outputs_refuses_a_password_that_disagrees_and_shows_neither() -> None:
+    with pytest.raises(ConfigError) as raised:
+        stacks.from_outputs({**OUTPUTS, "password": "other-secret"}, stack="prod")
+    message = str(raised.value)
+    assert message.startswith("stack 'prod' outputs password and database_url name different")
+    assert "other-secret" not in message and ":pw@" not in message and "'pw'" not in message
+
+
+# What may be in a role's name without ending it where a password could follow: letters
+# and digits of any script, spaces, signs that are no separator, and punctuation and
+# symbols beyond ASCII that stand for none (a typographic apostrophe, a middle dot).
+
+
+_HOSTS = st.from_regex(r"\A[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,3}\Z") | st.sampled_from(
+    ["::1", "127.0.0.1", "/run/postgresql", "h1,h2"]
+)
+
+
+@hypothesis.settings(max_examples=examples(100), deadline=None)
+@hypothesis.given(
+    host=_HOSTS,
+    port=st.none() | st.integers(1, 65535),
+    database=st.text(NAME_CHARACTERS, min_size=1, max_size=12),
+    user=st.text(NAME_CHARACTERS, min_size=1, max_size=12),
+    password=st.text(min_size=1, max_size=12).filter(lambda p: "\x00" not in p),
+    sslmode=st.none() | st.sampled_from(SSLMODES),
+    changed=st.sampled_from(["host", "port", "database", "user", "password", "sslmode"]),
+)
+def test_outputs_read_back_whole_and_one_changed_field_is_refused(
+    host: str,
+    port: int | None,
+    database: str,
+    user: str,
+    password: str,
+    sslmode: str | None,
+    changed: str,
+) -> None:
+    """What a stack exports (ConnectionSettings.outputs, as infra/ writes it) reads back as
+    the same endpoint; any one field changed after is refused, naming the field and never
+    the password, also a port or sslmode the URL leaves to libpq's default."""
+    given = ConnectionSettings(host, port, database, user, password, sslmode)
+    outputs = given.outputs()
+    read = stacks.from_outputs(outputs, stack="s")
+    assert (read.host, read.database, read.user, read.password) == (
+        host,
+        database,
+        user,
+        password,
+    )
+    assert read.port == (port or 5432)  # the contract's port is one number, libpq's default if none
+    assert read.sslmode == (sslmode or "prefer")
+    other = {
+        "host": host + "x" if "," not in host else "h3",
+        "port": (port or 5432) % 65535 + 1,
+        "database": database + "x",
+        "user": user + "x",
+        "password": password + "x",
+        "sslmode": "verify-full" if sslmode != "verify-full" else "disable",
+    }[changed]
+    with pytest.raises(ConfigError) as raised:
+        stacks.from_outputs({**outputs, changed: other}, stack="s")
+    message = str(raised.value)
+    assert message.startswith(f"stack 's' outputs {changed} and database_url name different")
+    if changed == "password":
+        assert message == (
+            "stack 's' outputs password and database_url name different passwords; "
+            "export both from the same values and run `pulumi up -s s`"
+        )
+
+
+def test_from_outputs_names_the_stack_in_a_bad_output() -> None:
+    with pytest.raises(ConfigError) as raised:
+        stacks.from_outputs({**OUTPUTS, "port": "x"}, stack="prod")
+    assert str(raised.value).startswith(
+        "stack 'prod' output port is text, not a port number from 1 to 65535"
+    )
+    # Its digits as text are a port (a value read from Pulumi config is text).
+    assert stacks.from_outputs({**OUTPUTS, "port": "6543"}, stack="prod").port == 6543
+
+
+def test_outputs_of_several_hosts_name_the_first_port() -> None:
+    settings = from_url("postgresql://u:pw@h1:5433,h2:5434/db?sslmode=require")
+    outputs = settings.outputs()
+    assert (outputs["host"], outputs["port"]) == ("h1,h2", 5433)
+    assert from_url(outputs["database_url"]) == settings
+    assert stacks.from_outputs(outputs, stack="prod").conninfo() == settings.conninfo()
+
+
+def test_each_role_resolves_its_own_url_and_one_url_is_one_role() -> None:
+    """docs/security.md: a stack's app and reader URLs for the store and reports; one URL
+    (DATABASE_URL) gives every part the same role; their passwords are redacted too."""
+    from cicd_db.settings import APP, OWNER, READER
+    from cicd_db.stacks import from_outputs
+
+    owner = ConnectionSettings("db.example.com", 5432, "ci", "ci_user", "owner-Pass", "require")
+    outputs = {
+        **owner.outputs(),
+        "app_database_url": "postgresql://ci_app:app-Pass@db.example.com/ci?sslmode=require",
+        "reader_database_url": "postgresql://ci_reader:reader-Pass@db.example.com/ci",
+    }
+    resolved = from_outputs(outputs, stack="prod")
+    assert [resolved.for_role(role).user for role in (OWNER, APP, READER)] == [
+        "ci_user",
+        "ci_app",
+        "ci_reader",
+    ]
+    assert {"app-Pass", "reader-Pass"} <= set(resolved.secrets())
+    one = from_url("postgresql://u:one-Pass@h/db")
+    assert one.for_role(OWNER) == one.for_role(APP) == one.for_role(READER) == one
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "kind"),
+    [
+        ("port", 0, "out of range"),
+        ("port", 65536, "out of range"),
+        ("port", True, "true or false"),
+        ("port", 6543.0, "a fraction"),
+        ("port", [6543], "a list"),
+        ("port", {"n": 6543}, "an object"),
+        ("host", 0, "a number"),
+        ("host", 1.5, "a fraction"),
+        ("password", False, "true or false"),
+        ("database", [], "a list"),
+        ("sslmode", {}, "an object"),
+    ],
+    ids=[
+        "port0", "port65536", "porttrue", "portfloat", "portlist", "portobject",
+        "hostint", "hostfloat", "passwordfalse", "databaselist", "sslmodeobject",
+    ],
+)  # fmt: skip
+def test_an_output_of_another_type_is_named_by_its_kind(
+    name: str, value: object, kind: str
+) -> None:
+    """Which kind the refusal names, value by value (the property test accepts any kind).
+    null never reaches it: an output that is null is missing."""
+    wanted = "a port number from 1 to 65535" if name == "port" else "text"
+    with pytest.raises(ConfigError) as raised:
+        stacks.from_outputs({**OUTPUTS, name: value}, stack="prod")
+    message = str(raised.value)
+    assert message.startswith(f"stack 'prod' output {name} is {kind}, not {wanted}; "), message
+
+
+def test_a_bad_field_or_optional_url_is_named_with_the_stack() -> None:
+    with pytest.raises(ConfigError) as raised:
+        stacks.from_outputs({**OUTPUTS, "host": "pw@db.example.com"}, stack="prod")
+    assert str(raised.value).startswith("the stack 'prod' outputs has a host with '@'"), (
+        raised.value
+    )
+    with pytest.raises(ConfigError) as raised:
+        stacks.from_outputs({**OUTPUTS, "app_database_url": "mysql://x"}, stack="prod")
+    assert "stack 'prod' output app_database_url" in str(raised.value), raised.value
+
+
+def test_a_password_that_disagrees_is_named_without_values() -> None:
+    with pytest.raises(ConfigError) as raised:
+        stacks.from_outputs({**OUTPUTS, "password": "other-secret"}, stack="prod")
+    assert str(raised.value) == (
+        "stack 'prod' outputs password and database_url name different passwords; export both "
+        "from the same values and run `pulumi up -s prod`"
+    )

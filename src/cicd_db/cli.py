@@ -53,8 +53,9 @@ from cicd_db.errors import (
     setting_behind,
     where_set,
 )
+from cicd_db.libpq import not_utf8
+from cicd_db.redaction import redact
 from cicd_db.retention import MAX_BATCH_SIZE, MAX_KEEP_DAYS
-from cicd_db.settings import not_utf8, redact
 from cicd_db.targets import MIGRATIONS_FOLDER
 
 

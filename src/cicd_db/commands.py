@@ -39,15 +39,9 @@ from cicd_db.errors import (
     interrupt_exit_code,
     plural,
 )
+from cicd_db.redaction import password_candidates
 from cicd_db.retention import DEFAULT_BATCH_SIZE
-from cicd_db.settings import (
-    APP_USER,
-    LOCAL_DATABASE,
-    LOCAL_USER,
-    ConnectionSettings,
-    from_url,
-    password_candidates,
-)
+from cicd_db.settings import APP_USER, LOCAL_DATABASE, LOCAL_USER, ConnectionSettings, from_url
 
 WAIT_TIMEOUT = 30.0  # seconds `migrate wait` waits by default
 

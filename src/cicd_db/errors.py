@@ -29,7 +29,7 @@ Ctrl-C, and the runner rolls back and releases its lock the same way.
 
 Messages are written for the person at the terminal: what is wrong, then what to
 do about it. They must never contain a password; URLs pass through
-`settings.redact` before they reach a message.
+`redaction.redact` before they reach a message.
 
 The library names its caller's arguments as data, not as one front end's flags: a
 message says `{job} needs {stage}` and lists `arguments=("job", "stage")`. `str()`

@@ -32,12 +32,9 @@ from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
 from cicd_db.errors import ConfigError, OperationalError
-from cicd_db.settings import (
-    SECRET_KEYWORDS,
-    ConnectionSettings,
-    params_in_use,
-    redact,
-)
+from cicd_db.libpq import SECRET_KEYWORDS, params_in_use
+from cicd_db.redaction import redact
+from cicd_db.settings import ConnectionSettings
 
 # (kind, table, name) -> property -> value. `table` is the object a part belongs
 # to (a column's table, a domain's constraint's domain) or the object itself.

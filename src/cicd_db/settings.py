@@ -1,29 +1,38 @@
-"""The connection contract: what every target yields, and how it is printed safely.
+"""The connection contract: what every target yields, parsed and checked.
 
 Every Pulumi stack exports exactly the outputs named here, the embedded server
 yields the same fields, and a `postgresql://` URL is parsed into them. `infra/`
-imports these names to export them; nothing here imports Pulumi.
+imports these names to export them; nothing here imports Pulumi. What libpq reads
+besides (its keywords, a service file, its variables) is `libpq`'s; finding the
+secrets in a URL or message before it is printed is `redaction`'s; a stack's outputs
+are read into settings by `stacks`.
 
-Reads nothing and writes nothing: pure functions over strings.
+Writes nothing; reads only what libpq would read (its environment, a service file).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from functools import cache
-from itertools import groupby
-from operator import itemgetter
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 import psycopg.conninfo
-from psycopg import pq
 
+from cicd_db import libpq
 from cicd_db.errors import ConfigError as ConfigError  # re-exported: the contract raises it
+from cicd_db.libpq import (
+    SECRET_KEYWORDS,
+    is_port,
+    libpq_keywords,
+    misspelt_keyword,
+    service_options,
+    service_values,
+    url_host,
+)
+from cicd_db.redaction import mask_credentials, password_candidates, redact, user_name_secrets
 
 # Output names of every stack (docs/design.md, "The connection contract").
 HOST = "host"
@@ -57,10 +66,6 @@ ENCRYPTING_SSLMODES = ("require", "verify-ca", "verify-full")
 # libpq keywords the settings hold in their own fields; every other keyword a URL
 # names (sslrootcert, options, application_name, ...) travels in `parameters`.
 OWN_KEYWORDS = frozenset({"host", "port", "dbname", "user", "password", "sslmode"})
-# libpq keywords whose values are secrets, like the password.
-SECRET_KEYWORDS = frozenset(
-    {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
-)
 
 # Seconds libpq waits for a TCP connection, so an unreachable host fails fast; only
 # when neither the URL nor PGCONNECT_TIMEOUT says otherwise.
@@ -183,93 +188,17 @@ class ConnectionSettings:
     @property
     def where(self) -> str:
         """Where these settings point, for messages before a connection: what was given,
-        else what libpq takes from its environment (PGHOST, PGPORT, PGSERVICE); no
-        default is invented. Several hosts are paired with their ports, as libpq
-        pairs them (one port serves every host). After connecting, `in_use` says
-        where libpq went."""
-        # A keyword given empty (`?host=`, `?port=`) is libpq's default, not its
-        # variable's; a service's value comes before its variable's.
-        service = self.service()
-        found = self.from_service()
-
-        def unnamed(keyword: str, variable: str) -> str:
-            return found.get(keyword, os.environ.get(variable, ""))
-
-        given_host = self.host or self.parameter("host")
-        hosts = (given_host if given_host is not None else unnamed("host", "PGHOST")).split(",")
-        if hosts == [""] and service:
-            return f"service {service}"
-        hosts = [_url_host(host) for host in hosts]
-        # libpq connects to a host's address where one is given (hostaddr, else
-        # PGHOSTADDR, which an empty hostaddr= overrides too), and psql names the host
-        # beside it: `h (10.0.0.2)`; an IPv6 address in brackets, before a port.
-        given = self.parameter("hostaddr")
-        addresses = [
-            f"[{address}]" if ":" in address else address
-            for address in (unnamed("hostaddr", "PGHOSTADDR") if given is None else given).split(
-                ","
-            )
-        ]
-        if addresses != [""]:
-            if hosts == [""]:
-                hosts = addresses
-            elif len(addresses) == len(hosts):
-                hosts = [
-                    host if address in ("", host) else f"{host} ({address})"
-                    for host, address in zip(hosts, addresses, strict=True)
-                ]
-        given_port = self.port or self.parameter("port")
-        ports = str(given_port if given_port is not None else unnamed("port", "PGPORT")).split(",")
-        if len(ports) == 1:
-            ports *= len(hosts)
-        hosts = [host or "the default socket" for host in hosts]
-        return ", ".join(
-            f"{host}:{port}" if port else host
-            for host, port in zip(hosts, ports + [""] * len(hosts), strict=False)
-        )
+        else what libpq takes from its environment (libpq.where). After connecting,
+        `in_use` says where libpq went."""
+        return libpq.where(self)
 
     def origin(self, keyword: str) -> str:
-        """`keyword=value` and where libpq takes it from, for a message that asks to fix
-        it: the URL (or stack), its environment variable, or libpq's default."""
-        given = self.sslmode if keyword == SSLMODE else self.parameter(keyword)
-        if given:
-            return f"{keyword}={given} (from the URL)"
-        from_service = self.from_service().get(keyword)
-        if from_service is not None:
-            return f"{keyword}={from_service} (from service {self.service()})"
-        variable = self.variable(keyword)
-        if variable:
-            return f"{keyword}={os.environ[variable]} (from {variable})"
-        if keyword == SSLMODE and os.environ.get("PGREQUIRESSL", "").startswith("1"):
-            # libpq still reads the old variable where PGSSLMODE is unset, as "1..." only.
-            return "sslmode=require (from PGREQUIRESSL)"
-        if (
-            keyword == SSLMODE
-            and (self.parameter("sslrootcert") or os.environ.get("PGSSLROOTCERT")) == "system"
-        ):
-            # libpq verifies the host name when asked to trust the system's authorities.
-            return "sslmode=verify-full (libpq's default with sslrootcert=system)"
-        definition = _definition(keyword)
-        default = definition.compiled.decode() if definition and definition.compiled else ""
-        return f"{keyword}={default} (libpq's default)" if default else f"no {keyword}"
+        """`keyword=value` and where libpq takes it from (libpq.origin)."""
+        return libpq.origin(self, keyword)
 
     def variable(self, keyword: str) -> str | None:
-        """The environment variable libpq takes `keyword` from (PGSSLMODE, PGCONNECT_TIMEOUT,
-        ...), when these settings name no value and the variable is set."""
-        named = {
-            "host": self.host,
-            "port": self.port,
-            "dbname": self.database,
-            "user": self.user,
-            SSLMODE: self.sslmode,
-        }
-        if named.get(keyword) or self.parameter(keyword):
-            return None
-        if keyword in self.from_service():  # libpq takes the service's
-            return None
-        definition = _definition(keyword)
-        variable = definition.envvar.decode() if definition and definition.envvar else ""
-        return variable if variable and os.environ.get(variable) else None
+        """The environment variable libpq takes `keyword` from (libpq.variable)."""
+        return libpq.variable(self, keyword)
 
     def in_use(self, info: Any) -> ConnectionSettings:
         """These settings as libpq used them on a connection (`conn.info`): the one host,
@@ -313,7 +242,7 @@ class ConnectionSettings:
         else:
             ports += [""] * (len(hosts) - len(ports))
             netloc = ",".join(
-                _url_host(host) + (f":{port}" if port else "")
+                url_host(host) + (f":{port}" if port else "")
                 for host, port in zip(hosts, ports, strict=False)
             )
         query = urlencode([*query_items, *parameters], quote_via=quote)
@@ -381,148 +310,7 @@ class ConnectionSettings:
         return values
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 URL_FORM = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
-
-
-def params_in_use(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    """`conn`'s parameters as libpq used them (the URL's, a service's, the environment's
-    and libpq's defaults, resolved), to open another connection like it: the host and
-    port the ones it reached, so that a second connection of a multi-host target lands
-    on the same server. Parameters left empty are left out."""
-    params = {
-        option.keyword.decode(): option.val.decode()
-        for option in conn.pgconn.info
-        if option.val is not None
-    }
-    info = conn.info
-    params.update(host=info.host, port=str(info.port), hostaddr=info.hostaddr or "")
-    return {keyword: value for keyword, value in params.items() if value != ""}
-
-
-# Two values libpq's checks refuse once every parameter is read (the service's, the
-# environment's), so that a probe stops before any name lookup or packet. A value the
-# probe names hides the service's for that keyword: each probe reads the keyword the
-# other names.
-_STOPS = ({"target_session_attrs": "cicd-db-probe"}, {"load_balance_hosts": "cicd-db-probe"})
-
-
-def _libpq_reads(service: str | None) -> dict[str, str]:
-    """Every parameter libpq would connect with for `service` (None: none named) and
-    nothing else named: the service file's, the environment's and its own defaults.
-    Asked of libpq itself: a connection started with a value it refuses reads them all,
-    then stops (libpq has no call that reads a service file alone; setting PGSERVICE to
-    ask its defaults would change the environment other threads connect with). A
-    service it cannot read gives nothing."""
-    named = {"service": service} if service else {}
-    found: dict[str, str] = {}
-    for stop, other in (_STOPS, _STOPS[::-1]):
-        conn = pq.PGconn.connect_start(psycopg.conninfo.make_conninfo(**named, **stop).encode())
-        try:
-            read = {
-                option.keyword.decode(): option.val.decode(errors="replace")
-                for option in conn.info
-                if option.val is not None
-            }
-        except psycopg.Error:
-            return {}
-        finally:
-            conn.finish()
-        found |= {k: v for k, v in read.items() if k not in stop and (k in other or k not in found)}
-    return found
-
-
-# Parameters whose default libpq computes when it connects (the login's name, a file in
-# its home, the database named after the login, what its TLS library allows): no
-# variable or compiled default tells them from a service's.
-_COMPUTED_DEFAULTS = ("user", "passfile", "dbname", "sslcertmode")
-
-
-def service_values(service: str) -> dict[str, str]:
-    """The parameters the service file names for `service`, where they differ from what
-    libpq would take without it: its host, port, connect_timeout, sslmode, ... psycopg
-    reads some parameters itself before libpq does (the host it resolves, the connect
-    timeout it keeps, load balancing) and knows no service file, so these are passed as
-    given.
-
-    Without PGSERVICE, what libpq takes without the service is asked of libpq too, its
-    derived defaults included (PGREQUIRESSL's sslmode). With PGSERVICE set, libpq would
-    read that service instead, so it is worked out: the variable, else the compiled
-    default, sslmode as PGREQUIRESSL or sslrootcert=system make it, and the computed
-    defaults left out (a service's dbname is then not told from libpq's)."""
-    found = _libpq_reads(service)
-    if not os.environ.get("PGSERVICE"):
-        without = _libpq_reads(None)
-        return {k: v for k, v in found.items() if k != "service" and without.get(k) != v}
-    values = {}
-    for default in pq.Conninfo.get_defaults():
-        keyword = default.keyword.decode()
-        if keyword not in found or keyword in ("service", *_COMPUTED_DEFAULTS):
-            continue
-        variable = default.envvar.decode() if default.envvar else ""
-        if variable and variable in os.environ:
-            otherwise: str | None = os.environ[variable]
-        else:
-            otherwise = default.compiled.decode() if default.compiled is not None else None
-        if keyword == SSLMODE and "PGSSLMODE" not in os.environ:  # libpq: set, even empty
-            if os.environ.get("PGREQUIRESSL", "").startswith("1"):
-                otherwise = "require"
-            elif os.environ.get("PGSSLROOTCERT") == "system":
-                otherwise = "verify-full"
-        if found[keyword] != otherwise:
-            values[keyword] = found[keyword]
-    return values
-
-
-def service_options(service: str) -> str | None:
-    """The `options` libpq reads for `service` (from the service file, else PGOPTIONS),
-    or None for none; a service libpq cannot read gives none here, and connecting then
-    says why."""
-    return _libpq_reads(service).get("options") or None
-
-
-def options_with(
-    ours: str, given: str | None, *, ours_win: bool, environ: Mapping[str, str] = os.environ
-) -> str:
-    """Session options of cicd-db's own joined with the user's: the URL's `options`, or
-    else PGOPTIONS. libpq reads PGOPTIONS only when a connection names no `options`, and
-    cicd-db names its own, so the user's still arrive this way (a statement_timeout,
-    Neon's `endpoint=...`). The later of two settings of one name wins: the user's,
-    after ours; or ours, after the user's, when `ours_win`."""
-    user = (given if given is not None else environ.get("PGOPTIONS", "")).strip()
-    return " ".join(filter(None, [user, ours] if ours_win else [ours, user]))
-
-
-def not_utf8(text: str) -> str | None:
-    """Where `text` (from the command line or the environment, which Python decodes
-    with surrogateescape) holds a byte that is not UTF-8, said without the text
-    itself (it may be a password); None when it is UTF-8 text."""
-    for index, character in enumerate(text):
-        if "\udc80" <= character <= "\udcff":
-            return f"byte 0x{ord(character) - 0xDC00:02x} at character {index + 1}"
-    return None
-
-
-# The environment variables cicd-db itself reads as text (paths such as PGSSLROOTCERT,
-# PGPASSFILE or CICD_DB_HOME may hold any bytes, and libpq reads the rest itself).
-_TEXT_VARIABLES = frozenset(
-    {
-        *("DATABASE_URL", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD"),
-        *("PGOPTIONS", "PGSSLMODE", "PGSERVICE", "PGCONNECT_TIMEOUT", "PGAPPNAME"),
-        *("CICD_DB_LOCAL", "CICD_DB_EMBEDDED_PORT", "PULUMI_BACKEND_URL"),
-    }
-)
-
-
-def check_environment(environ: Mapping[str, str] = os.environ) -> None:
-    """Refuse, naming it, a variable of those cicd-db reads that is not UTF-8 text (Python
-    would fail to pass it on, deep in a connection or a message). Reads only."""
-    for name in sorted(environ):
-        if name in _TEXT_VARIABLES and (where := not_utf8(environ[name])):
-            raise ConfigError(f"{name} is not UTF-8 text ({where}); set it as UTF-8")
 
 
 def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
@@ -609,7 +397,7 @@ def _password_spills(url: str) -> bool:
 def _unknown_name(name: str) -> str:
     """An unknown parameter's name for a message: shown with the keyword it misspells,
     when it is that close to one; else not shown (it may hold a password)."""
-    keyword = _misspelt_keyword(name)
+    keyword = misspelt_keyword(name)
     if keyword:
         return f"{name!r}: did you mean {keyword}?"
     return "its name is not shown: it may hold a password"
@@ -631,7 +419,7 @@ def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> C
         )
     raw_port = str(params.get("port") or "")
     ports = raw_port.split(",") if raw_port else []
-    if not all(_is_port(p) for p in ports if p) or (
+    if not all(is_port(p) for p in ports if p) or (
         len(ports) > 1 and len(ports) != len(host.split(","))
     ):
         raise ConfigError(
@@ -666,259 +454,10 @@ def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> C
     )
 
 
-@cache
-def _definition(keyword: str) -> pq.ConninfoOption | None:
-    """libpq's definition of a keyword: its environment variable and compiled default."""
-    return next((d for d in pq.Conninfo.get_defaults() if d.keyword.decode() == keyword), None)
-
-
-@cache
-def libpq_keywords() -> frozenset[str]:
-    """Every connection keyword the installed libpq knows: libpq decides, not a list of ours."""
-    return frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
-
-
 def _query_names(url: str) -> list[str]:
     """The query's keys, percent-decoded as libpq decodes them (`%70assword` is `password`)."""
     query = url.partition("?")[2].partition("#")[0]
     return [unquote(part.partition("=")[0]) for part in query.split("&") if part]
-
-
-_QUERY_KEY = re.compile(r"[?&](?P<key>[^=&?#]*)=")
-
-
-def _secret_values(text: str) -> list[int]:
-    """Where a secret starts in `text`'s query (keys decoded): the value of each secret
-    keyword, and what follows a separator in a `user=` value (`?user=u:pw`)."""
-    starts = []
-    for match in _QUERY_KEY.finditer(text):
-        key = unquote(match["key"]).lower()
-        if key in SECRET_KEYWORDS:
-            starts.append(match.end())
-        elif key == "user":
-            value = re.match(r"[^&#]*", text[match.end() :])
-            shown, secret = _split_userinfo(value.group() if value else "")
-            if secret:
-                starts.append(match.end() + len(shown))
-    return sorted(starts)
-
-
-# A secret's value is hidden to the end of the text: one holding a raw `&` or `#`
-# would otherwise show its rest as another parameter or a fragment.
-
-# A query's parameter, wherever `?` or `&` starts one (a password may hold either:
-# then more is hidden, never less).
-_QUERY_PART = re.compile(r"[?&](?P<key>[^=&?#]*)(?P<value>=[^&#]*)?")
-
-
-def _query_secrets(text: str) -> list[tuple[int, int]]:
-    """The spans of `text` that are hidden in its query parameters: a secret keyword's
-    value (and a `user=` value's part after a separator) to the end of the text; an
-    unknown parameter whole (`?pwd=...`, `?password:...` may be a password), or its
-    value alone when its name misspells a keyword. libpq's own, non-secret ones show."""
-    spans = [(start, len(text)) for start in _secret_values(text)]
-    for match in _QUERY_PART.finditer(text):
-        key = unquote(match["key"], errors="replace")
-        if key in libpq_keywords() or key.lower() in SECRET_KEYWORDS | {"user"}:
-            continue  # shown, or hidden from where _secret_values says
-        if not _misspelt_keyword(key):
-            spans.append((match.start() + 1, match.end()))  # name and value
-        elif match["value"]:
-            spans.append((match.start("value") + 1, match.end()))  # the value alone
-    return spans
-
-
-def _misspelt_keyword(name: str) -> str | None:
-    """The libpq keyword `name` misspells, when it is that close to one."""
-    from difflib import get_close_matches  # only for messages about a bad URL
-
-    lowered = name.lower()
-    if not re.fullmatch(r"[a-z_]{1,40}", lowered) or lowered.startswith(tuple(SECRET_KEYWORDS)):
-        return None  # `passwordSekr3t`: a password written after the keyword
-    close = get_close_matches(lowered, sorted(libpq_keywords()), n=1, cutoff=0.8)
-    # At most one character longer than the keyword: a slip, not something appended.
-    return close[0] if close and len(name) <= len(close[0]) + 1 else None
-
-
-# A scheme: `anything://`, or postgres(ql) with one slash too (a slash forgotten); not
-# `user:/...`, where the slash may be a password's.
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://+|postgres(?:ql)?:/+", re.I)
-
-
-def _only_ports(rest: str) -> bool:
-    """Whether what follows the first ':' of a URL without an '@' may be shown: ports
-    (1 to 65535, one per host, comma-separated) up to the end of the host part. Anything
-    else there may be a password that lost its '@' (`postgresql://ci:Sekr3t127.0.0.1/db`,
-    `ci:00000,000000...`), and is hidden; so are the hosts after the first of a
-    multi-host URL with ports and no user (`h1:5432,h2:5433`)."""
-    # libpq ends the host part at a '/' or '?' only: a '#' is no fragment to it.
-    authority = re.match(r"[^/?]*", rest)
-    pieces = authority.group().split(",") if authority else []
-    # `ci:/...`: no port at all after the ':' is what a password starting with '/' makes.
-    return any(pieces) and all(piece == "" or _is_port(piece) for piece in pieces)
-
-
-def _is_port(text: str) -> bool:
-    """A port as the URL check takes one: 1 to 65535, at most five digits. What the check
-    refuses, the masking hides (`ci:00000000001#...`, a password missing its '@')."""
-    return text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536
-
-
-def mask_credentials(text: str) -> str | None:
-    """`text` with whatever stands where a URL's password would be masked.
-
-    Works on text that is not a well-formed URL too (one slash, a raw `@` or space
-    in the password): everything between the user name and the last `@` is hidden;
-    without any `@`, whatever follows a `:` in the part after the scheme, unless it
-    is a port (digits); and the query's secret and unknown parameters
-    (`_query_secrets`). Where a password's `?` or `&` makes two readings possible,
-    what either hides is hidden. Text without a scheme may be a password by itself,
-    or one holding an `@`: then None, and the caller must not show it.
-    """
-    spans = _credential_spans(text)
-    if spans is None:
-        return None
-    hidden = [False] * len(text)
-    for begin, end in spans:
-        _mark(hidden, begin, end)
-    return _shown_with(text, hidden)
-
-
-def _credential_spans(text: str) -> list[tuple[int, int]] | None:
-    """The spans `mask_credentials` hides in `text`; None where it shows nothing."""
-    scheme = _SCHEME.match(text)
-    if scheme is None:
-        return None  # no scheme: it may be a password alone, or one with an @ in it
-    spans = _query_secrets(text)
-    at = text.rfind("@")
-    if at < 0:
-        if "://" not in text:
-            return None
-        colon = text.find(":", scheme.end())
-        # Ports (digits, one per host) that end the authority: anything else after a
-        # colon may be a password missing its @, as password_candidates reads it.
-        if colon >= 0 and not _only_ports(text[colon + 1 :]):
-            spans.append((colon + 1, len(text)))
-    else:
-        start = scheme.end() if scheme.end() <= at else 0
-        user, secret = _split_userinfo(text[start:at])
-        if secret:
-            spans.append((start + len(user), at))
-    return spans
-
-
-def _shown_with(text: str, hidden: list[bool]) -> str:
-    """`text` with each run of its hidden characters as one "***"."""
-    return "".join(
-        "***" if hide else "".join(character for character, _ in run)
-        for hide, run in groupby(zip(text, hidden, strict=True), key=itemgetter(1))
-    )
-
-
-# What ends a user name where a password may follow: the ':' of the URL's form, and
-# what a slip of the finger puts there instead (`u?pw@h`, `u/pw@h`, `u;pw@h`, ...).
-# Not '@': user names such as `me@server` (Azure's) are shown, up to their ':'.
-_USER_SEPARATORS = frozenset(":/?#[];,!=&|\\")
-
-
-def _ends_user(character: str) -> bool:
-    """A character after which the rest of a user name may be a password: a separator,
-    or a character that stands for one in another width (a full-width colon or at sign,
-    as a keyboard in full-width mode types them). Nothing else: a role may be named
-    `ci user`, `José` (decomposed or not), `O\u2019Brien` (a typographic apostrophe),
-    `Col·lectiu` or `ジョン・スミス`,
-    and its pieces would be hidden from every message that names it."""
-    if character.isascii():
-        return character in _USER_SEPARATORS
-    return unicodedata.normalize("NFKC", character) in _USER_SEPARATORS | {"@"}
-
-
-def _split_userinfo(userinfo: str) -> tuple[str, str]:
-    """A URL's text before its last '@' as (what may be shown, what may be a password).
-
-    The user name shows up to the first character that may separate it from a
-    password, that character included; the rest may be one: with a '?' typed for
-    the ':' (`prof?Sekr3t@h`) libpq reads no password, but the user meant one. A
-    percent-escape of such a character counts too (`u%3Apw`: libpq decodes it into
-    the user name, and prints that). Escapes of bytes that are not ASCII are read
-    together, as the UTF-8 character they make (`J%C3%BCrgen` is a name, `u%EF%BC%9Apw`
-    a full-width colon); bytes that make no character may be a password.
-    """
-    for escapes in _ESCAPED_OR_CHARACTER.finditer(userinfo):
-        if escapes.group("character") is not None:
-            if _ends_user(escapes.group("character")):
-                return userinfo[: escapes.end()], userinfo[escapes.end() :]
-            continue
-        raw = bytes.fromhex(escapes.group().replace("%", ""))
-        try:
-            decoded = raw.decode()
-        except UnicodeDecodeError:
-            return userinfo[: escapes.end()], userinfo[escapes.end() :]
-        # Where the first character that ends the user name ends, among the escapes.
-        length = 0
-        for character in decoded:
-            length += len(character.encode())
-            if _ends_user(character):
-                end = escapes.start() + 3 * length
-                return userinfo[:end], userinfo[end:]
-    return userinfo, ""
-
-
-# A run of percent-escapes, or one character that is not one.
-_ESCAPED_OR_CHARACTER = re.compile(r"(?:%[0-9A-Fa-f]{2})+|(?P<character>.)", re.S)
-
-
-def _user_name_secret(user: str) -> str:
-    """What follows a separator in a user name as libpq decoded it (`u:pw` from
-    `u%3Apw`): a password typed into the user name, which libpq prints in its messages."""
-    for index, character in enumerate(user):
-        if _ends_user(character):
-            return user[index + 1 :]
-    return ""
-
-
-def user_name_secrets(user: str) -> list[str]:
-    """What of a user name may be a password typed into it (`u:pw`), for `redact`."""
-    return _pieces(_user_name_secret(user))
-
-
-def _pieces(secret: str) -> list[str]:
-    """A secret, decoded as libpq would print it, and its pieces between the characters
-    that end a URL's parts (a password with a raw `/` or `?` is read as host or port)."""
-    if not secret:
-        return []
-    decoded = unquote(secret, errors="replace")
-    pieces = [secret, decoded]
-    for text in dict.fromkeys([secret, decoded]):
-        pieces += re.split(r"[@/?#:&=,\[\]\s]+", text)
-    return [piece for piece in dict.fromkeys(pieces) if piece]
-
-
-def password_candidates(text: str | None) -> list[str]:
-    """What in `text` may be a password, for `redact`, even when `text` is no valid URL:
-    the whole, and its pieces between the characters that end a URL's parts (a
-    password with a raw `/` or `?` is read by libpq as host, port or database)."""
-    if not text:
-        return []
-    text = text.strip()
-    # What the query hides (a secret keyword's value, an unknown parameter), as found in
-    # the text as given: a URL cut at a space, or at an '@' of its query, is no longer
-    # read as having that query where the text is printed.
-    secrets = [text[begin:end] for begin, end in _query_secrets(text) if begin < end]
-    at = text.rfind("@")
-    scheme = _SCHEME.match(text)
-    if at < 0:
-        if not (scheme and "://" in text):
-            return [text, *secrets]
-        # As mask_credentials: after a ':', a port (digits) is no password.
-        secret = text[scheme.end() :].partition(":")[2]
-        if _only_ports(secret):
-            secret = ""
-    else:
-        start = scheme.end() if scheme and scheme.end() <= at else 0
-        secret = _split_userinfo(text[start:at])[1]
-    secrets += _pieces(secret)
-    return [value for value in secrets if value]
 
 
 def is_transaction_pooler(
@@ -980,154 +519,3 @@ def check_cloud_url(
         url, hash_, fragment = url.partition("#")
         url += ("&" if "?" in url else "?") + f"sslmode={effective or 'require'}" + hash_ + fragment
     return url
-
-
-def _host_key(host: str) -> str:
-    """A host as compared: DNS names in any case are one (a socket folder's path is not)."""
-    return host if host.startswith("/") else host.lower()
-
-
-def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSettings:
-    """Settings from a stack's outputs; ConfigError names the outputs that are missing."""
-    missing = [name for name in OUTPUT_NAMES if outputs.get(name) in (None, "")]
-    if missing:
-        raise ConfigError(
-            f"stack {stack!r} has no output {', '.join(missing)}; "
-            f"run `pulumi up -s {stack}` so it exports the connection contract"
-        )
-    # Each field of its JSON type, before any is read: a 0, false, [] or {} would read as
-    # "not given", and libpq would take PGHOST, PGPORT or PGPASSWORD in its place.
-    for name in OUTPUT_NAMES:
-        value = outputs[name]
-        if name == PORT:  # a number, or its digits (a value read from Pulumi config is text)
-            if not (type(value) is int and 0 < value < 65536) and not (
-                isinstance(value, str) and _is_port(value)
-            ):
-                kind = "out of range" if type(value) is int else _json_kind(value)
-                raise ConfigError(
-                    f"stack {stack!r} output {PORT} is {kind}, not a port number "
-                    f"from 1 to 65535; export the port as a number and run `pulumi up -s {stack}`"
-                )
-        elif not isinstance(value, str):
-            raise ConfigError(
-                f"stack {stack!r} output {name} is {_json_kind(value)}, not text; export it as "
-                f"a string and run `pulumi up -s {stack}`"
-            )
-    settings = from_mapping(outputs, what=f"stack {stack!r} outputs")
-    # The URL output carries the parameters the fields cannot (sslrootcert, options, ...).
-    url = from_url(outputs[DATABASE_URL], what=f"stack {stack!r} output {DATABASE_URL}")
-    for name in OPTIONAL_OUTPUT_NAMES:
-        if outputs.get(name):
-            if not isinstance(outputs[name], str):
-                raise ConfigError(
-                    f"stack {stack!r} output {name} is a {type(outputs[name]).__name__}, not a "
-                    f"URL; export it as the role's postgresql:// URL and run `pulumi up -s {stack}`"
-                )
-            from_url(outputs[name], what=f"stack {stack!r} output {name}")  # fails now
-    # The fields and the URL spell one endpoint twice. Where both name a part and differ,
-    # which database a command reaches would depend on which spelling it read: refused.
-    # A port or sslmode the URL leaves out is libpq's default, as the outputs write it
-    # (ConnectionSettings.outputs); a host name is a DNS name, whatever its case.
-    for name, given, in_url, shown in (
-        (HOST, _host_key(settings.host), _host_key(url.host), (settings.host, url.host)),
-        (PORT, settings.port, url.first_port() or DEFAULT_PORT, None),
-        (DATABASE, settings.database, url.database, None),
-        (USER, settings.user, url.user, None),
-        (PASSWORD, settings.password, url.password, ()),
-        (SSLMODE, settings.sslmode, url.sslmode or DEFAULT_SSLMODE, None),
-    ):
-        if given and in_url and given != in_url:
-            pair = (given, in_url) if shown is None else shown
-            # A field may hold the password (two outputs swapped): masked, as everywhere.
-            values = redact(
-                " ({!r} and {!r})".format(*pair) if pair else "",
-                [*settings.secrets(), *url.secrets()],
-            )
-            raise ConfigError(
-                f"stack {stack!r} outputs {name} and {DATABASE_URL} name different "
-                f"{name}s{values}; export both from the same values and run "
-                f"`pulumi up -s {stack}`"
-            )
-    return replace(settings, parameters=url.parameters)
-
-
-def _json_kind(value: object) -> str:
-    """What a JSON value is, in words, and never the value: it may be a password."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int | float):
-        return "a number" if isinstance(value, int) else "a fraction"
-    if isinstance(value, str):
-        return "text"
-    return "a list" if isinstance(value, list) else "an object"
-
-
-# A URL in a message, to the next white space: masked as mask_credentials masks it (the
-# password up to the token's last '@', so one with a raw '@' is hidden whole; a
-# separator of another width; a password that lost its '@'; the query's secrets).
-# Compiled when first used (re keeps them): a command that prints no URL and no error
-# does not pay for them at start-up.
-_URL_TOKEN = rf"(?ia)(?:{_SCHEME.pattern})\S*"  # ASCII space ends it
-_KEYWORD_PASSWORD = (
-    r"(?i)(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)"  # noqa: S105
-    # A quoted value after the word, as a tool's message or JSON quotes it: `password
-    # "x"`, `"password": "x"`, `password: 'x'` (the word alone, as in "password
-    # authentication failed", is left).
-    r"|(?P<head2>\bpassword\b\"?\s*[:=]?\s*)(?P<quote>[\"'])(?:(?!(?P=quote))[^\\]|\\.)*(?P=quote)"
-)
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Hide every password in `text`: in URLs, in `password=` keywords, and any of `secrets`.
-
-    The one function every URL or message passes through before it is printed. Each
-    way of finding a password marks what it finds in the text as given, and all that
-    any of them marks is hidden: one never cuts what another would have found. The
-    URLs and keywords are read twice, in the text as given and with the known secrets
-    taken out (a secret's space or `@` can break a URL's shape either way).
-    """
-    hidden = [False] * len(text)
-    # Each known secret, also as a message may quote it (repr escapes backslashes and
-    # controls), wherever it occurs, overlapping ones included.
-    for secret in {s for s in secrets if s and len(s) >= 3}:
-        for shown in dict.fromkeys([secret, repr(secret)[1:-1], secret.replace("\\", "\\\\")]):
-            start = text.find(shown)
-            while start >= 0:
-                _mark(hidden, start, start + len(shown))
-                start = text.find(shown, start + 1)
-    # The text with the secrets taken out, and where each of its characters came from.
-    reading, origin = [], []
-    for hide, run in groupby(enumerate(hidden), key=itemgetter(1)):
-        places = [index for index, _ in run]
-        if hide:
-            reading.append("***")
-            origin += [(places[0], places[-1] + 1)] * 3
-        else:
-            reading.append(text[places[0] : places[-1] + 1])
-            origin += [(index, index + 1) for index in places]
-    for begin, end in _password_spans(text):
-        _mark(hidden, begin, end)
-    for begin, end in _password_spans("".join(reading)):
-        for first, last in origin[begin:end]:
-            _mark(hidden, first, last)
-    return _shown_with(text, hidden)
-
-
-def _mark(hidden: list[bool], begin: int, end: int) -> None:
-    """Mark `begin` to `end` of a text hidden (`hidden` has a flag for each character)."""
-    hidden[begin:end] = [True] * (end - begin)
-
-
-def _password_spans(text: str) -> Iterator[tuple[int, int]]:
-    """What `redact` hides in `text` of its own reading: URLs' passwords and `password=`."""
-    for url in re.finditer(_URL_TOKEN, text):
-        spans = _credential_spans(url.group())
-        for begin, end in [(0, len(url.group()))] if spans is None else spans:
-            yield url.start() + begin, url.start() + end
-    for found in re.finditer(_KEYWORD_PASSWORD, text):
-        if found["head"] is not None:
-            yield found.span("secret")
-        else:
-            yield found.end("quote"), found.end() - 1  # inside the quotes

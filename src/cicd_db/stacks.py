@@ -1,11 +1,12 @@
-"""Reading a Pulumi stack's outputs through the `pulumi` CLI.
+"""Reading a Pulumi stack's outputs through the `pulumi` CLI, and into settings.
 
 One process per read: `pulumi stack output --json --show-secrets --stack NAME`,
 run from the repository root (where `Pulumi.yaml` is). The Automation API would
 start four CLI processes for the same answer, and importing Pulumi here would
 put gRPC on the start-up path of every command.
 
-Reads only; never changes a stack.
+`from_outputs` checks every output of the contract before any is used. Reads only;
+never changes a stack.
 """
 
 from __future__ import annotations
@@ -19,13 +20,31 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cicd_db.errors import ConfigError, StackError
-from cicd_db.settings import ConnectionSettings, from_outputs, password_candidates, redact
+from cicd_db.libpq import is_port
+from cicd_db.redaction import password_candidates, redact
+from cicd_db.settings import (
+    DATABASE,
+    DATABASE_URL,
+    DEFAULT_PORT,
+    DEFAULT_SSLMODE,
+    HOST,
+    OPTIONAL_OUTPUT_NAMES,
+    OUTPUT_NAMES,
+    PASSWORD,
+    PORT,
+    SSLMODE,
+    USER,
+    ConnectionSettings,
+    from_mapping,
+    from_url,
+)
 
 # The Pulumi CLI's exit codes (stable from v3.226.1; older versions exit 255 and are
 # told apart by their message).
@@ -248,3 +267,85 @@ def _explain(stack: str, code: int, stderr: str, root: Path) -> str:
         )
     first = text.splitlines()[-1] if text else "no message"
     return f"`pulumi stack output --stack {stack}` failed (exit {code}): {first}"
+
+
+def _host_key(host: str) -> str:
+    """A host as compared: DNS names in any case are one (a socket folder's path is not)."""
+    return host if host.startswith("/") else host.lower()
+
+
+def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSettings:
+    """Settings from a stack's outputs; ConfigError names the outputs that are missing."""
+    missing = [name for name in OUTPUT_NAMES if outputs.get(name) in (None, "")]
+    if missing:
+        raise ConfigError(
+            f"stack {stack!r} has no output {', '.join(missing)}; "
+            f"run `pulumi up -s {stack}` so it exports the connection contract"
+        )
+    # Each field of its JSON type, before any is read: a 0, false, [] or {} would read as
+    # "not given", and libpq would take PGHOST, PGPORT or PGPASSWORD in its place.
+    for name in OUTPUT_NAMES:
+        value = outputs[name]
+        if name == PORT:  # a number, or its digits (a value read from Pulumi config is text)
+            if not (type(value) is int and 0 < value < 65536) and not (
+                isinstance(value, str) and is_port(value)
+            ):
+                kind = "out of range" if type(value) is int else _json_kind(value)
+                raise ConfigError(
+                    f"stack {stack!r} output {PORT} is {kind}, not a port number "
+                    f"from 1 to 65535; export the port as a number and run `pulumi up -s {stack}`"
+                )
+        elif not isinstance(value, str):
+            raise ConfigError(
+                f"stack {stack!r} output {name} is {_json_kind(value)}, not text; export it as "
+                f"a string and run `pulumi up -s {stack}`"
+            )
+    settings = from_mapping(outputs, what=f"stack {stack!r} outputs")
+    # The URL output carries the parameters the fields cannot (sslrootcert, options, ...).
+    url = from_url(outputs[DATABASE_URL], what=f"stack {stack!r} output {DATABASE_URL}")
+    for name in OPTIONAL_OUTPUT_NAMES:
+        if outputs.get(name):
+            if not isinstance(outputs[name], str):
+                raise ConfigError(
+                    f"stack {stack!r} output {name} is a {type(outputs[name]).__name__}, not a "
+                    f"URL; export it as the role's postgresql:// URL and run `pulumi up -s {stack}`"
+                )
+            from_url(outputs[name], what=f"stack {stack!r} output {name}")  # fails now
+    # The fields and the URL spell one endpoint twice. Where both name a part and differ,
+    # which database a command reaches would depend on which spelling it read: refused.
+    # A port or sslmode the URL leaves out is libpq's default, as the outputs write it
+    # (ConnectionSettings.outputs); a host name is a DNS name, whatever its case.
+    for name, given, in_url, shown in (
+        (HOST, _host_key(settings.host), _host_key(url.host), (settings.host, url.host)),
+        (PORT, settings.port, url.first_port() or DEFAULT_PORT, None),
+        (DATABASE, settings.database, url.database, None),
+        (USER, settings.user, url.user, None),
+        (PASSWORD, settings.password, url.password, ()),
+        (SSLMODE, settings.sslmode, url.sslmode or DEFAULT_SSLMODE, None),
+    ):
+        if given and in_url and given != in_url:
+            pair = (given, in_url) if shown is None else shown
+            # A field may hold the password (two outputs swapped): masked, as everywhere.
+            values = redact(
+                " ({!r} and {!r})".format(*pair) if pair else "",
+                [*settings.secrets(), *url.secrets()],
+            )
+            raise ConfigError(
+                f"stack {stack!r} outputs {name} and {DATABASE_URL} name different "
+                f"{name}s{values}; export both from the same values and run "
+                f"`pulumi up -s {stack}`"
+            )
+    return replace(settings, parameters=url.parameters)
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in words, and never the value: it may be a password."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number" if isinstance(value, int) else "a fraction"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object"

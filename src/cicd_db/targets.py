@@ -37,18 +37,13 @@ from cicd_db.errors import (
     ConnectionFailed,
     UsageError,
 )
+from cicd_db.libpq import check_environment, options_with
+from cicd_db.redaction import redact, user_name_secrets
 from cicd_db.settings import APP as APP  # the roles, re-exported for role_settings' callers
 from cicd_db.settings import OWNER as OWNER
 from cicd_db.settings import READER as READER
 from cicd_db.settings import ROLES as ROLES
-from cicd_db.settings import (
-    ConnectionSettings,
-    check_environment,
-    from_url,
-    options_with,
-    redact,
-    user_name_secrets,
-)
+from cicd_db.settings import ConnectionSettings, from_url
 
 if TYPE_CHECKING:
     from cicd_db.embedded import EmbeddedServer

@@ -20,9 +20,9 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from cicd_db.errors import LockTimeout, OperationalError
+from cicd_db.libpq import params_in_use
 from cicd_db.migrations.failures import first_line
 from cicd_db.migrations.session import LOCK_KEY, WORK_KEY, Session
-from cicd_db.settings import params_in_use
 
 DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a runner waits for another to finish
 POLL_SECONDS = 0.05
@@ -142,7 +142,7 @@ def _try_lock(holder: psycopg.Connection[Any], key: int) -> bool:
 
 def conninfo_in_use(conn: psycopg.Connection[Any], *, lock: bool = False) -> str:
     """`conn`'s parameters as libpq used them, to open another connection like it
-    (settings.params_in_use); with `lock`, the lock session's own options added."""
+    (libpq.params_in_use); with `lock`, the lock session's own options added."""
     params = params_in_use(conn)
     if lock:
         params["options"] = " ".join(filter(None, [params.get("options"), LOCK_SESSION_OPTIONS]))

@@ -20,8 +20,8 @@ from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
 from cicd_db.errors import MigrationFailed, OperationalError
+from cicd_db.libpq import options_with
 from cicd_db.migrations.files import Migration
-from cicd_db.settings import options_with
 
 # Planning is loaded when a file is sent (files.py says why).
 if TYPE_CHECKING:

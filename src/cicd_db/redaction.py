@@ -1,0 +1,305 @@
+"""Finding passwords in text before it is printed: in URLs (well formed or not), in
+`password=` keywords, in a user name a password was typed into, and any secret known.
+
+`redact` is the one function every URL or message passes through before it is shown;
+`mask_credentials` shows a URL with its secrets masked, or says it cannot be shown.
+Pure functions over strings.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from itertools import groupby
+from operator import itemgetter
+from urllib.parse import unquote
+
+from cicd_db.libpq import SECRET_KEYWORDS, is_port, libpq_keywords, misspelt_keyword
+
+_QUERY_KEY = re.compile(r"[?&](?P<key>[^=&?#]*)=")
+
+
+def _secret_values(text: str) -> list[int]:
+    """Where a secret starts in `text`'s query (keys decoded): the value of each secret
+    keyword, and what follows a separator in a `user=` value (`?user=u:pw`)."""
+    starts = []
+    for match in _QUERY_KEY.finditer(text):
+        key = unquote(match["key"]).lower()
+        if key in SECRET_KEYWORDS:
+            starts.append(match.end())
+        elif key == "user":
+            value = re.match(r"[^&#]*", text[match.end() :])
+            shown, secret = _split_userinfo(value.group() if value else "")
+            if secret:
+                starts.append(match.end() + len(shown))
+    return sorted(starts)
+
+
+# A secret's value is hidden to the end of the text: one holding a raw `&` or `#`
+# would otherwise show its rest as another parameter or a fragment.
+
+# A query's parameter, wherever `?` or `&` starts one (a password may hold either:
+# then more is hidden, never less).
+_QUERY_PART = re.compile(r"[?&](?P<key>[^=&?#]*)(?P<value>=[^&#]*)?")
+
+
+def _query_secrets(text: str) -> list[tuple[int, int]]:
+    """The spans of `text` that are hidden in its query parameters: a secret keyword's
+    value (and a `user=` value's part after a separator) to the end of the text; an
+    unknown parameter whole (`?pwd=...`, `?password:...` may be a password), or its
+    value alone when its name misspells a keyword. libpq's own, non-secret ones show."""
+    spans = [(start, len(text)) for start in _secret_values(text)]
+    for match in _QUERY_PART.finditer(text):
+        key = unquote(match["key"], errors="replace")
+        if key in libpq_keywords() or key.lower() in SECRET_KEYWORDS | {"user"}:
+            continue  # shown, or hidden from where _secret_values says
+        if not misspelt_keyword(key):
+            spans.append((match.start() + 1, match.end()))  # name and value
+        elif match["value"]:
+            spans.append((match.start("value") + 1, match.end()))  # the value alone
+    return spans
+
+
+# A scheme: `anything://`, or postgres(ql) with one slash too (a slash forgotten); not
+# `user:/...`, where the slash may be a password's.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://+|postgres(?:ql)?:/+", re.I)
+
+
+def _only_ports(rest: str) -> bool:
+    """Whether what follows the first ':' of a URL without an '@' may be shown: ports
+    (1 to 65535, one per host, comma-separated) up to the end of the host part. Anything
+    else there may be a password that lost its '@' (`postgresql://ci:Sekr3t127.0.0.1/db`,
+    `ci:00000,000000...`), and is hidden; so are the hosts after the first of a
+    multi-host URL with ports and no user (`h1:5432,h2:5433`)."""
+    # libpq ends the host part at a '/' or '?' only: a '#' is no fragment to it.
+    authority = re.match(r"[^/?]*", rest)
+    pieces = authority.group().split(",") if authority else []
+    # `ci:/...`: no port at all after the ':' is what a password starting with '/' makes.
+    return any(pieces) and all(piece == "" or is_port(piece) for piece in pieces)
+
+
+def mask_credentials(text: str) -> str | None:
+    """`text` with whatever stands where a URL's password would be masked.
+
+    Works on text that is not a well-formed URL too (one slash, a raw `@` or space
+    in the password): everything between the user name and the last `@` is hidden;
+    without any `@`, whatever follows a `:` in the part after the scheme, unless it
+    is a port (digits); and the query's secret and unknown parameters
+    (`_query_secrets`). Where a password's `?` or `&` makes two readings possible,
+    what either hides is hidden. Text without a scheme may be a password by itself,
+    or one holding an `@`: then None, and the caller must not show it.
+    """
+    spans = _credential_spans(text)
+    if spans is None:
+        return None
+    hidden = [False] * len(text)
+    for begin, end in spans:
+        _mark(hidden, begin, end)
+    return _shown_with(text, hidden)
+
+
+def _credential_spans(text: str) -> list[tuple[int, int]] | None:
+    """The spans `mask_credentials` hides in `text`; None where it shows nothing."""
+    scheme = _SCHEME.match(text)
+    if scheme is None:
+        return None  # no scheme: it may be a password alone, or one with an @ in it
+    spans = _query_secrets(text)
+    at = text.rfind("@")
+    if at < 0:
+        if "://" not in text:
+            return None
+        colon = text.find(":", scheme.end())
+        # Ports (digits, one per host) that end the authority: anything else after a
+        # colon may be a password missing its @, as password_candidates reads it.
+        if colon >= 0 and not _only_ports(text[colon + 1 :]):
+            spans.append((colon + 1, len(text)))
+    else:
+        start = scheme.end() if scheme.end() <= at else 0
+        user, secret = _split_userinfo(text[start:at])
+        if secret:
+            spans.append((start + len(user), at))
+    return spans
+
+
+def _shown_with(text: str, hidden: list[bool]) -> str:
+    """`text` with each run of its hidden characters as one "***"."""
+    return "".join(
+        "***" if hide else "".join(character for character, _ in run)
+        for hide, run in groupby(zip(text, hidden, strict=True), key=itemgetter(1))
+    )
+
+
+# What ends a user name where a password may follow: the ':' of the URL's form, and
+# what a slip of the finger puts there instead (`u?pw@h`, `u/pw@h`, `u;pw@h`, ...).
+# Not '@': user names such as `me@server` (Azure's) are shown, up to their ':'.
+_USER_SEPARATORS = frozenset(":/?#[];,!=&|\\")
+
+
+def _ends_user(character: str) -> bool:
+    """A character after which the rest of a user name may be a password: a separator,
+    or a character that stands for one in another width (a full-width colon or at sign,
+    as a keyboard in full-width mode types them). Nothing else: a role may be named
+    `ci user`, `José` (decomposed or not), `O\u2019Brien` (a typographic apostrophe),
+    `Col·lectiu` or `ジョン・スミス`,
+    and its pieces would be hidden from every message that names it."""
+    if character.isascii():
+        return character in _USER_SEPARATORS
+    return unicodedata.normalize("NFKC", character) in _USER_SEPARATORS | {"@"}
+
+
+def _split_userinfo(userinfo: str) -> tuple[str, str]:
+    """A URL's text before its last '@' as (what may be shown, what may be a password).
+
+    The user name shows up to the first character that may separate it from a
+    password, that character included; the rest may be one: with a '?' typed for
+    the ':' (`prof?Sekr3t@h`) libpq reads no password, but the user meant one. A
+    percent-escape of such a character counts too (`u%3Apw`: libpq decodes it into
+    the user name, and prints that). Escapes of bytes that are not ASCII are read
+    together, as the UTF-8 character they make (`J%C3%BCrgen` is a name, `u%EF%BC%9Apw`
+    a full-width colon); bytes that make no character may be a password.
+    """
+    for escapes in _ESCAPED_OR_CHARACTER.finditer(userinfo):
+        if escapes.group("character") is not None:
+            if _ends_user(escapes.group("character")):
+                return userinfo[: escapes.end()], userinfo[escapes.end() :]
+            continue
+        raw = bytes.fromhex(escapes.group().replace("%", ""))
+        try:
+            decoded = raw.decode()
+        except UnicodeDecodeError:
+            return userinfo[: escapes.end()], userinfo[escapes.end() :]
+        # Where the first character that ends the user name ends, among the escapes.
+        length = 0
+        for character in decoded:
+            length += len(character.encode())
+            if _ends_user(character):
+                end = escapes.start() + 3 * length
+                return userinfo[:end], userinfo[end:]
+    return userinfo, ""
+
+
+# A run of percent-escapes, or one character that is not one.
+_ESCAPED_OR_CHARACTER = re.compile(r"(?:%[0-9A-Fa-f]{2})+|(?P<character>.)", re.S)
+
+
+def _user_name_secret(user: str) -> str:
+    """What follows a separator in a user name as libpq decoded it (`u:pw` from
+    `u%3Apw`): a password typed into the user name, which libpq prints in its messages."""
+    for index, character in enumerate(user):
+        if _ends_user(character):
+            return user[index + 1 :]
+    return ""
+
+
+def user_name_secrets(user: str) -> list[str]:
+    """What of a user name may be a password typed into it (`u:pw`), for `redact`."""
+    return _pieces(_user_name_secret(user))
+
+
+def _pieces(secret: str) -> list[str]:
+    """A secret, decoded as libpq would print it, and its pieces between the characters
+    that end a URL's parts (a password with a raw `/` or `?` is read as host or port)."""
+    if not secret:
+        return []
+    decoded = unquote(secret, errors="replace")
+    pieces = [secret, decoded]
+    for text in dict.fromkeys([secret, decoded]):
+        pieces += re.split(r"[@/?#:&=,\[\]\s]+", text)
+    return [piece for piece in dict.fromkeys(pieces) if piece]
+
+
+def password_candidates(text: str | None) -> list[str]:
+    """What in `text` may be a password, for `redact`, even when `text` is no valid URL:
+    the whole, and its pieces between the characters that end a URL's parts (a
+    password with a raw `/` or `?` is read by libpq as host, port or database)."""
+    if not text:
+        return []
+    text = text.strip()
+    # What the query hides (a secret keyword's value, an unknown parameter), as found in
+    # the text as given: a URL cut at a space, or at an '@' of its query, is no longer
+    # read as having that query where the text is printed.
+    secrets = [text[begin:end] for begin, end in _query_secrets(text) if begin < end]
+    at = text.rfind("@")
+    scheme = _SCHEME.match(text)
+    if at < 0:
+        if not (scheme and "://" in text):
+            return [text, *secrets]
+        # As mask_credentials: after a ':', a port (digits) is no password.
+        secret = text[scheme.end() :].partition(":")[2]
+        if _only_ports(secret):
+            secret = ""
+    else:
+        start = scheme.end() if scheme and scheme.end() <= at else 0
+        secret = _split_userinfo(text[start:at])[1]
+    secrets += _pieces(secret)
+    return [value for value in secrets if value]
+
+
+# A URL in a message, to the next white space: masked as mask_credentials masks it (the
+# password up to the token's last '@', so one with a raw '@' is hidden whole; a
+# separator of another width; a password that lost its '@'; the query's secrets).
+# Compiled when first used (re keeps them): a command that prints no URL and no error
+# does not pay for them at start-up.
+_URL_TOKEN = rf"(?ia)(?:{_SCHEME.pattern})\S*"  # ASCII space ends it
+_KEYWORD_PASSWORD = (
+    r"(?i)(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)"  # noqa: S105
+    # A quoted value after the word, as a tool's message or JSON quotes it: `password
+    # "x"`, `"password": "x"`, `password: 'x'` (the word alone, as in "password
+    # authentication failed", is left).
+    r"|(?P<head2>\bpassword\b\"?\s*[:=]?\s*)(?P<quote>[\"'])(?:(?!(?P=quote))[^\\]|\\.)*(?P=quote)"
+)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Hide every password in `text`: in URLs, in `password=` keywords, and any of `secrets`.
+
+    The one function every URL or message passes through before it is printed. Each
+    way of finding a password marks what it finds in the text as given, and all that
+    any of them marks is hidden: one never cuts what another would have found. The
+    URLs and keywords are read twice, in the text as given and with the known secrets
+    taken out (a secret's space or `@` can break a URL's shape either way).
+    """
+    hidden = [False] * len(text)
+    # Each known secret, also as a message may quote it (repr escapes backslashes and
+    # controls), wherever it occurs, overlapping ones included.
+    for secret in {s for s in secrets if s and len(s) >= 3}:
+        for shown in dict.fromkeys([secret, repr(secret)[1:-1], secret.replace("\\", "\\\\")]):
+            start = text.find(shown)
+            while start >= 0:
+                _mark(hidden, start, start + len(shown))
+                start = text.find(shown, start + 1)
+    # The text with the secrets taken out, and where each of its characters came from.
+    reading, origin = [], []
+    for hide, run in groupby(enumerate(hidden), key=itemgetter(1)):
+        places = [index for index, _ in run]
+        if hide:
+            reading.append("***")
+            origin += [(places[0], places[-1] + 1)] * 3
+        else:
+            reading.append(text[places[0] : places[-1] + 1])
+            origin += [(index, index + 1) for index in places]
+    for begin, end in _password_spans(text):
+        _mark(hidden, begin, end)
+    for begin, end in _password_spans("".join(reading)):
+        for first, last in origin[begin:end]:
+            _mark(hidden, first, last)
+    return _shown_with(text, hidden)
+
+
+def _mark(hidden: list[bool], begin: int, end: int) -> None:
+    """Mark `begin` to `end` of a text hidden (`hidden` has a flag for each character)."""
+    hidden[begin:end] = [True] * (end - begin)
+
+
+def _password_spans(text: str) -> Iterator[tuple[int, int]]:
+    """What `redact` hides in `text` of its own reading: URLs' passwords and `password=`."""
+    for url in re.finditer(_URL_TOKEN, text):
+        spans = _credential_spans(url.group())
+        for begin, end in [(0, len(url.group()))] if spans is None else spans:
+            yield url.start() + begin, url.start() + end
+    for found in re.finditer(_KEYWORD_PASSWORD, text):
+        if found["head"] is not None:
+            yield found.span("secret")
+        else:
+            yield found.end("quote"), found.end() - 1  # inside the quotes
