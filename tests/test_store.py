@@ -19,7 +19,17 @@ from psycopg_pool import ConnectionPool
 
 from cicd_db import errors, insights, report, retention, store
 from cicd_db.errors import MAX_NAME_BYTES, AlreadyExists, IllegalTransition, NotFound, UsageError
-from cicd_db.store import CANCELED, FAILED, INT8_MAX, INT8_MIN, PENDING, RUNNING, SUCCESS, Store
+from cicd_db.store import (
+    CANCELED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCESS,
+    PipelineRun,
+    Store,
+    statements,
+)
+from cicd_db.store.rows import INT8_MAX, INT8_MIN
 
 from .fix_db import Database, Databases
 from .utils import MANY_JOBS, examples, scans
@@ -639,10 +649,10 @@ def test_a_finish_at_a_time_before_the_start_names_the_status_asked(executions: 
 
 # Every statement that reaches a run's jobs, by name.
 RUN_JOB_STATEMENTS = {
-    "FINISH": store.FINISH[store.PipelineRun].decode(),
-    "STAMP": store.STAMP[store.PipelineRun],
-    "LOCK_CHILDREN": store.LOCK_CHILDREN[store.PipelineRun][1],
-    "CANCEL_CHILDREN": store.CANCEL_CHILDREN[store.PipelineRun][1][1],
+    "FINISH": statements.FINISH[PipelineRun].decode(),
+    "STAMP": statements.STAMP[PipelineRun],
+    "LOCK_CHILDREN": statements.LOCK_CHILDREN[PipelineRun][1],
+    "CANCEL_CHILDREN": statements.CANCEL_CHILDREN[PipelineRun][1][1],
 }
 
 

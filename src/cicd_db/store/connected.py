@@ -1,0 +1,115 @@
+"""How the store talks to its database: one connection (its statements' cursors kept) or
+a pool (a connection borrowed for each call), rows read into their dataclasses. The
+base of `Store`; the moves and the reads build on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Self
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row, tuple_row
+
+from cicd_db.errors import NotFound
+from cicd_db.store.rows import TABLES, Row
+
+
+class Connected:
+    """The store's connection: one in autocommit mode, or a pool's."""
+
+    def __init__(
+        self,
+        connection: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
+        conn: psycopg.Connection[Any] | None = None,
+    ):
+        self._connection = connection
+        # Over one connection, each statement sent again and again (a move above all: a
+        # CI system's agents move jobs all day) has a cursor of its own, kept, not one
+        # made per call. Of its own: a psycopg cursor sent a statement other than the
+        # one it sent last starts over with a new Transformer, which looks up its
+        # dumpers and loaders again (a job's two moves, on one cursor, each did).
+        self._conn = conn
+        self._cursors: dict[bytes, psycopg.Cursor[Any]] = {}
+        self._session: tuple[bytes | None, bytes | None] = (None, None)
+
+    @classmethod
+    def on(cls, conn: psycopg.Connection[Any]) -> Self:
+        """A store over one connection (not thread-safe: one caller at a time)."""
+        if not conn.autocommit:
+            raise ValueError("the store needs an autocommit connection")
+        return cls(lambda: nullcontext(conn), conn)
+
+    @classmethod
+    def pooled(cls, pool: Any) -> Self:
+        """A store over a `psycopg_pool.ConnectionPool` opened with kwargs={"autocommit": True};
+        safe to share between threads."""
+        return cls(pool.connection)
+
+    def _tuple(
+        self, query: bytes, params: Sequence[Any] | Mapping[str, Any]
+    ) -> tuple[Any, ...] | None:
+        """The first row `query` returns, as a tuple; over one connection through the cursor
+        kept for it (writes are the hot path: a CI system's agents report all day). In
+        binary: times and ids come back without being parsed from text."""
+        if self._conn is not None:
+            return self._kept(self._conn, query).execute(query, params).fetchone()
+        with self._connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchone()
+
+    def _rows(
+        self, query: bytes, params: Sequence[Any] | Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """Every row `query` returns, as tuples, as _tuple reads them: in binary, where
+        arrays of names and ids cost the least to send and to read back."""
+        if self._conn is not None:
+            return self._kept(self._conn, query).execute(query, params).fetchall()
+        with self._connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchall()
+
+    def _kept(self, conn: psycopg.Connection[Any], query: bytes) -> psycopg.Cursor[Any]:
+        """The cursor kept for `query` over the store's one connection: binary, tuples.
+        Only the store's own statements (constants, a few dozen) come here. A cursor
+        keeps the encoding and time zone the session had when it was made (its dumpers
+        and loaders): when either has changed since (a `SET` by the connection's other
+        users), the kept cursors are dropped, and made again."""
+        session = (
+            conn.pgconn.parameter_status(b"client_encoding"),
+            conn.pgconn.parameter_status(b"TimeZone"),
+        )
+        if session != self._session:
+            self._cursors.clear()
+            self._session = session
+        cursor = self._cursors.get(query)
+        if cursor is None:
+            cursor = self._cursors[query] = conn.cursor(row_factory=tuple_row, binary=True)
+        return cursor
+
+    def _get(self, kind: type[Row], row_id: UUID) -> Row:
+        table, columns, what = TABLES[kind]
+        query = sql.SQL("SELECT {} FROM {} WHERE id = %s").format(columns, table)
+        found = self._maybe(kind, query, [row_id])
+        if found is None:
+            raise NotFound(f"no {what} with id {row_id}")
+        return found
+
+    def _maybe(self, kind: type[Row], query: bytes | sql.Composed, params: Any) -> Row | None:
+        with self._connection() as conn:
+            return fetch_one(conn, kind, query, params)
+
+    def _all(self, kind: type[Row], query: bytes | sql.Composed, params: Any) -> list[Row]:
+        with self._connection() as conn, conn.cursor(row_factory=class_row(kind)) as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchall()
+
+
+def fetch_one(
+    conn: psycopg.Connection[Any], kind: type[Row], query: bytes | sql.Composed, params: Any
+) -> Row | None:
+    with conn.cursor(row_factory=class_row(kind)) as cursor:
+        cursor.execute(query, params)
+        return cursor.fetchone()

@@ -1,0 +1,152 @@
+"""The rows the store reads and writes: a run, a stage, a job, their statuses and the
+moves between them; and the checks of what a caller passes (a whole number, a name in
+a message). Pure: nothing here talks to a database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+from psycopg import sql
+
+from cicd_db.errors import NotFound
+
+PENDING, RUNNING, SUCCESS, FAILED, CANCELED = "PENDING", "RUNNING", "SUCCESS", "FAILED", "CANCELED"
+STATUSES = (PENDING, RUNNING, SUCCESS, FAILED, CANCELED)
+FINISHED = frozenset({SUCCESS, FAILED, CANCELED})
+# Which statuses may move to each status.
+ALLOWED_FROM: dict[str, tuple[str, ...]] = {
+    RUNNING: (PENDING,),
+    SUCCESS: (RUNNING,),
+    FAILED: (RUNNING,),
+    CANCELED: (PENDING, RUNNING),
+}
+
+
+@dataclass(frozen=True)
+class _Timed:
+    status: str
+    start_time: datetime | None
+    completion_time: datetime | None
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.start_time is None or self.completion_time is None:
+            return None
+        return self.completion_time - self.start_time
+
+
+@dataclass(frozen=True)
+class PipelineRun(_Timed):
+    id: UUID
+    pipeline_name: str
+    run_number: int
+    commit_hash: str
+
+
+@dataclass(frozen=True)
+class StageRun(_Timed):
+    id: UUID
+    pipeline_execution_id: UUID
+    stage_name: str
+    execution_order: int
+
+
+@dataclass(frozen=True)
+class JobRun(_Timed):
+    id: UUID
+    stage_execution_id: UUID
+    job_name: str
+    allows_failure: bool
+
+
+Row = TypeVar("Row", PipelineRun, StageRun, JobRun)
+
+
+def columns_of(kind: type) -> sql.Composed:
+    """The SELECT list of a row type: its dataclass fields, so the two never disagree."""
+    return sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(kind))
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def moved(row: Row, status: str, start_time: Any, completion_time: Any) -> Row:
+    """`row` with a new status and times. Only those can differ (nothing else of a row
+    ever changes), so its other fields are copied as they are: a copy of its __dict__
+    takes a third of the time of the frozen dataclass's __init__, which sets each field
+    through object.__setattr__ (on the hot path: a CI system moves jobs all day)."""
+    moved = _new(type(row))
+    values = row.__dict__.copy()
+    values["status"] = status
+    values["start_time"] = start_time
+    values["completion_time"] = completion_time
+    _set(moved, "__dict__", values)
+    return moved
+
+
+def pending_job(job_id: UUID, stage_id: UUID, job_name: str, allows_failure: bool) -> JobRun:
+    """JobRun(PENDING, None, None, ...), made as _moved makes rows: add_jobs makes many."""
+    job = _new(JobRun)
+    _set(
+        job,
+        "__dict__",
+        {
+            "status": PENDING,
+            "start_time": None,
+            "completion_time": None,
+            "id": job_id,
+            "stage_execution_id": stage_id,
+            "job_name": job_name,
+            "allows_failure": allows_failure,
+        },
+    )
+    return job
+
+
+RUN_COLUMNS, STAGE_COLUMNS, JOB_COLUMNS = (columns_of(k) for k in (PipelineRun, StageRun, JobRun))
+TABLES: dict[type, tuple[sql.Identifier, sql.Composed, str]] = {
+    # row type: (table, columns, what the user calls it)
+    PipelineRun: (sql.Identifier("pipeline_executions"), RUN_COLUMNS, "run"),
+    StageRun: (sql.Identifier("stage_executions"), STAGE_COLUMNS, "stage"),
+    JobRun: (sql.Identifier("job_executions"), JOB_COLUMNS, "job"),
+}
+
+# The ranges of PostgreSQL's integer and bigint, checked before a value is sent.
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
+
+
+def whole(value: object) -> bool:
+    """An int that is not a bool (True is an int to Python, never a count or a number here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def id_of(row: PipelineRun | StageRun | JobRun | UUID) -> UUID:
+    return row if isinstance(row, UUID) else row.id
+
+
+def no_runs(pipeline_name: str) -> NotFound:
+    """The error for a pipeline without runs: most often a misspelt name."""
+    return NotFound(
+        f"pipeline {pipeline_name!r} has no runs; check the name (names are case-sensitive)"
+    )
+
+
+def illegal(current: PipelineRun | StageRun | JobRun, status: str) -> str:
+    return (
+        f"{TABLES[type(current)][2]} {name_of(current)} is {current.status} and cannot move to "
+        f"{status}; allowed: PENDING -> RUNNING -> SUCCESS | FAILED | CANCELED, "
+        "PENDING -> CANCELED"
+    )
+
+
+def name_of(row: PipelineRun | StageRun | JobRun) -> str:
+    if isinstance(row, PipelineRun):
+        return f"{row.run_number} of {row.pipeline_name!r}"
+    if isinstance(row, StageRun):
+        return repr(row.stage_name)
+    return repr(row.job_name)
