@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from cicd_db.embedded import wheel_bin_dir
+from cicd_db.pgprocess import wheel_bin_dir
 
 from .common import HOME, PYTHON
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cicd_db import embedded, targets
+from cicd_db import embedded, pgprocess, targets
 from cicd_db.embedded import EmbeddedServer
-from cicd_db.errors import AuthenticationFailed, ConfigError
+from cicd_db.errors import AuthenticationFailed, ConfigError, EmbeddedServerError
 from cicd_db.store import Store
 
 from .fix_cli import run_cli, start_cli
@@ -617,8 +617,8 @@ def test_a_move_whose_state_cannot_be_written_changes_nothing(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with monkeypatch.context() as patched:
-        patched.setattr(embedded.os, "fsync", full)
-        with pytest.raises(embedded.EmbeddedServerError) as refused:
+        patched.setattr(os, "fsync", full)
+        with pytest.raises(EmbeddedServerError) as refused:
             EmbeddedServer(home, port=free_port()).ensure_running()
     assert str(refused.value) == (
         f"cannot write {server.state_file}: No space left on device; free space there or "
@@ -696,7 +696,7 @@ def test_a_signal_held_around_a_fork_arrives_after_it_and_not_held_in_the_child(
     where a Ctrl-C was lost behind an "Exception ignored" traceback (seen once in CI, in
     the throwaway dump's Ctrl-C test). Held around the fork, it arrives when released,
     as a KeyboardInterrupt the caller handles; the child starts with nothing held."""
-    before, preexec = embedded.hold_for_fork(lambda: None)
+    before, preexec = pgprocess.hold_for_fork(lambda: None)
     try:
         # To this thread: a process's signal goes to any thread not holding it, and
         # pytest-xdist's workers have others (the CLI has one thread: a Ctrl-C waits).
@@ -709,9 +709,9 @@ def test_a_signal_held_around_a_fork_arrives_after_it_and_not_held_in_the_child(
             check=True,
         )
     except KeyboardInterrupt:  # pragma: no cover - the failure this test is for
-        embedded.release_signals(before)
+        pgprocess.release_signals(before)
         raise AssertionError("the Ctrl-C arrived while held") from None
     with pytest.raises(KeyboardInterrupt):
-        embedded.release_signals(before)
+        pgprocess.release_signals(before)
     mask = int(child.stdout.split()[1], 16)
-    assert all(not mask & (1 << (held - 1)) for held in embedded.HELD_SIGNALS), child.stdout
+    assert all(not mask & (1 << (held - 1)) for held in pgprocess.HELD_SIGNALS), child.stdout

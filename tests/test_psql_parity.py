@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from cicd_db import migrations
-from cicd_db.embedded import wheel_bin_dir
 from cicd_db.errors import ConfigError, MigrationFailed
 from cicd_db.migrations import statements
+from cicd_db.pgprocess import wheel_bin_dir
 
 from .fix_db import Database
 from .utils import examples, write_migrations

@@ -31,8 +31,8 @@ import pytest
 from psycopg import sql
 
 from cicd_db import errors, schema
-from cicd_db.embedded import wheel_bin_dir
 from cicd_db.libpq import service_values
+from cicd_db.pgprocess import wheel_bin_dir
 from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import Run, migrate, run_cli

@@ -28,8 +28,8 @@ from psycopg import sql
 
 from cicd_db import errors, targets
 from cicd_db import settings as contract
-from cicd_db.embedded import wheel_bin_dir
 from cicd_db.errors import ConfigError
+from cicd_db.pgprocess import wheel_bin_dir
 from cicd_db.settings import ConnectionSettings, from_url
 
 from .fix_cli import Run, run_cli

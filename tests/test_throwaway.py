@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cicd_db import embedded, throwaway
+from cicd_db import pgprocess, throwaway
 
 from .fix_cli import ROOT, run_cli
 from .utils import write_migrations
@@ -75,7 +75,7 @@ def dump_process(folder: Path, temporary: Path) -> subprocess.Popen[str]:
 def wait_ready(temporary: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        for pid_file in temporary.glob(f"{throwaway.PREFIX}*/data/{embedded.PID_FILE}"):
+        for pid_file in temporary.glob(f"{throwaway.PREFIX}*/data/{pgprocess.PID_FILE}"):
             try:  # a server that stops (initdb's, a restart) removes it between the two
                 if "ready" in pid_file.read_text(errors="replace"):
                     return
@@ -160,8 +160,8 @@ def tablespace_location(temporary: Path) -> tuple[Path, Path]:
     location.mkdir()
     tmpdir.mkdir(mode=0o711)
     if os.geteuid() == 0:
-        embedded.server_account()  # made at the first server start otherwise
-        shutil.chown(location, embedded.SYSTEM_ACCOUNT)
+        pgprocess.server_account()  # made at the first server start otherwise
+        shutil.chown(location, pgprocess.SYSTEM_ACCOUNT)
     return location, tmpdir
 
 
@@ -251,11 +251,11 @@ def test_a_port_taken_meanwhile_is_given_up_for_another(
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     with socket.socket() as holder:
-        holder.bind((embedded.HOST, 0))
+        holder.bind((pgprocess.HOST, 0))
         holder.listen()
         ports = [holder.getsockname()[1]]
-        free_port = embedded.free_port
-        monkeypatch.setattr(embedded, "free_port", lambda: ports.pop() if ports else free_port())
+        free_port = pgprocess.free_port
+        monkeypatch.setattr(pgprocess, "free_port", lambda: ports.pop() if ports else free_port())
         with throwaway.server() as server, psycopg.connect(server.dumper.conninfo()) as conn:
             assert conn.execute("SELECT current_user").fetchone() == (throwaway.DUMP_USER,)
     assert list(temporary.iterdir()) == []

@@ -59,7 +59,7 @@ from typing import IO, Any
 
 from psycopg import sql
 
-from cicd_db import embedded, targets
+from cicd_db import pgprocess, targets
 from cicd_db.errors import EmbeddedServerError
 from cicd_db.settings import ConnectionSettings
 
@@ -79,7 +79,7 @@ PORT_ATTEMPTS = 3
 _PR_SET_PDEATHSIG = 1
 # What the server is started with: loopback only, no Unix socket, no durability.
 _SETTINGS = {
-    "listen_addresses": embedded.HOST,
+    "listen_addresses": pgprocess.HOST,
     "unix_socket_directories": "",
     "fsync": "off",
     "synchronous_commit": "off",
@@ -99,10 +99,10 @@ class Throwaway:
 @contextlib.contextmanager
 def server() -> Iterator[Throwaway]:
     """A cluster of its own, running, for the `with` block; stopped and removed after."""
-    account = embedded.server_account()
-    bin_dir = embedded.wheel_bin_dir()
-    embedded.check_shell_safe(
-        bin_dir, "the PostgreSQL programs' folder", embedded.INSTALL_ELSEWHERE
+    account = pgprocess.server_account()
+    bin_dir = pgprocess.wheel_bin_dir()
+    pgprocess.check_shell_safe(
+        bin_dir, "the PostgreSQL programs' folder", pgprocess.INSTALL_ELSEWHERE
     )
     with _held():  # Python probes the temporary folder with a file it then removes
         base = _base(account)
@@ -120,14 +120,14 @@ def server() -> Iterator[Throwaway]:
             making.rename(folder)  # seen by a sweep only now, locked
         if account is not None:
             if not _reachable(base):  # neither TMPDIR nor /tmp: as the embedded server does
-                embedded.grant_traverse(folder)
-            embedded.grant_traverse(bin_dir)  # the embedded server's own need, kept
+                pgprocess.grant_traverse(folder)
+            pgprocess.grant_traverse(bin_dir)  # the embedded server's own need, kept
             shutil.chown(folder, account, account)
         password = _initdb(bin_dir, folder, account)
         port = _start(bin_dir, folder, started)
         admin, dumper = (
             ConnectionSettings(
-                host=embedded.HOST,
+                host=pgprocess.HOST,
                 port=port,
                 database="postgres",
                 user=user,
@@ -135,7 +135,7 @@ def server() -> Iterator[Throwaway]:
                 sslmode="disable",  # the wheel is built without TLS; loopback only
             )
             for user, secret in (
-                (embedded.SUPERUSER, password),
+                (pgprocess.SUPERUSER, password),
                 (DUMP_USER, secrets.token_urlsafe(24)),
             )
         )
@@ -163,13 +163,13 @@ def _initdb(bin_dir: Path, folder: Path, account: str | None) -> str:
     the folder this server makes in a tablespace's LOCATION, for whoever removes it."""
     password = secrets.token_urlsafe(24)
     password_file = folder / "initdb.pw"
-    embedded.write_password_file(password_file, password, account)
+    pgprocess.write_password_file(password_file, password, account)
     data = folder / "data"
     try:
-        embedded.run_tool(
+        pgprocess.run_tool(
             bin_dir,
             "initdb",
-            *("-D", str(data), "-U", embedded.SUPERUSER),
+            *("-D", str(data), "-U", pgprocess.SUPERUSER),
             f"--pwfile={password_file}",
             "--auth=scram-sha-256",
             "--encoding=UTF8",
@@ -179,7 +179,7 @@ def _initdb(bin_dir: Path, folder: Path, account: str | None) -> str:
             cwd=folder,
             preexec_fn=_quit_with_parent(os.getpid()),
         )
-        control = embedded.run_tool(bin_dir, "pg_controldata", str(data), cwd=folder)
+        control = pgprocess.run_tool(bin_dir, "pg_controldata", str(data), cwd=folder)
     except EmbeddedServerError as error:
         raise EmbeddedServerError(
             f"{error} (making a throwaway server in {folder}); point TMPDIR at a folder with "
@@ -201,10 +201,10 @@ def _start(bin_dir: Path, folder: Path, started: list[subprocess.Popen[bytes]]) 
     port. Another port is tried when the one picked was taken meanwhile."""
     log = folder / "server.log"
     for _ in range(PORT_ATTEMPTS):
-        port = embedded.free_port()
+        port = pgprocess.free_port()
         settings = {**_SETTINGS, "port": str(port)}
         with open(log, "wb") as output:
-            held, preexec = embedded.hold_for_fork(_quit_with_parent(os.getpid()))
+            held, preexec = pgprocess.hold_for_fork(_quit_with_parent(os.getpid()))
             try:
                 started.append(
                     subprocess.Popen(
@@ -214,28 +214,28 @@ def _start(bin_dir: Path, folder: Path, started: list[subprocess.Popen[bytes]]) 
                             *(a for k, v in settings.items() for a in ("-c", f"{k}={v}")),
                         ],
                         cwd=folder,
-                        env=embedded.tool_environment(),
+                        env=pgprocess.tool_environment(),
                         stdin=subprocess.DEVNULL,
                         stdout=output,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
                         preexec_fn=preexec,
-                        **embedded.account_options(),
+                        **pgprocess.account_options(),
                     )
                 )
             except OSError as error:
                 raise EmbeddedServerError(f"postgres failed to run: {error}") from None
             finally:
-                embedded.release_signals(held)  # a Ctrl-C meanwhile: `started` stops it
-        if _ready(started[-1], folder / "data" / embedded.PID_FILE, log):
+                pgprocess.release_signals(held)  # a Ctrl-C meanwhile: `started` stops it
+        if _ready(started[-1], folder / "data" / pgprocess.PID_FILE, log):
             return port
         tail = log.read_text(errors="replace")
         if "Address already in use" not in tail:
             raise EmbeddedServerError(
-                f"the throwaway server in {folder} did not start: {embedded.tool_error(tail)}"
+                f"the throwaway server in {folder} did not start: {pgprocess.tool_error(tail)}"
             )
     raise EmbeddedServerError(
-        f"the throwaway server found no free port on {embedded.HOST} in {PORT_ATTEMPTS} "
+        f"the throwaway server found no free port on {pgprocess.HOST} in {PORT_ATTEMPTS} "
         "tries: other programs take ports as fast as they are picked; run again"
     )
 
@@ -243,18 +243,18 @@ def _start(bin_dir: Path, folder: Path, started: list[subprocess.Popen[bytes]]) 
 def _ready(process: subprocess.Popen[bytes], pid_file: Path, log: Path) -> bool:
     """Wait until the server accepts connections (its pid file says "ready"); False
     when it exited instead."""
-    deadline = time.monotonic() + embedded.START_TIMEOUT_SECONDS
+    deadline = time.monotonic() + pgprocess.START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return False
         with contextlib.suppress(OSError):
-            if embedded.ready_in(pid_file.read_text().splitlines()):
+            if pgprocess.ready_in(pid_file.read_text().splitlines()):
                 return True
         time.sleep(0.01)
     raise EmbeddedServerError(
         f"the throwaway server did not accept connections within "
-        f"{embedded.START_TIMEOUT_SECONDS} s: "
-        f"{embedded.tool_error(log.read_text(errors='replace'))}"
+        f"{pgprocess.START_TIMEOUT_SECONDS} s: "
+        f"{pgprocess.tool_error(log.read_text(errors='replace'))}"
     )
 
 
@@ -278,7 +278,7 @@ def _quit_with_parent(parent: int) -> Callable[[], None] | None:
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """An immediate stop (nothing here must be kept), then whatever is left killed."""
     if process.poll() is None:
-        embedded.stop_group(process, grace=30)
+        pgprocess.stop_group(process, grace=30)
 
 
 def _kill_what_is_left(folder: Path) -> None:
@@ -286,7 +286,7 @@ def _kill_what_is_left(folder: Path) -> None:
     in the background (`COPY ... TO PROGRAM 'cmd &'`) runs in a backend's session of
     its own, which stopping the server does not reach (on Linux; elsewhere it is not
     found)."""
-    for pid in embedded.processes_in(folder):
+    for pid in pgprocess.processes_in(folder):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
 
@@ -322,7 +322,7 @@ def _sweep(base: Path) -> None:
     account's, whose owner's lock is free. A server still running there (no
     parent-death signal outside Linux) is stopped first."""
     owners = {os.geteuid()}
-    account = embedded.server_account()
+    account = pgprocess.server_account()
     if account is not None:
         owners.add(pwd.getpwnam(account).pw_uid)
     # A folder still being made is left a minute: its lock is taken just after it is.
@@ -343,11 +343,11 @@ def _sweep(base: Path) -> None:
             data = folder / "data"
             if not data.is_symlink():
                 with contextlib.suppress(OSError, ValueError, OverflowError):
-                    pid = int((data / embedded.PID_FILE).read_text().splitlines()[0])
-                    if embedded.is_postmaster_of(pid, data):
+                    pid = int((data / pgprocess.PID_FILE).read_text().splitlines()[0])
+                    if pgprocess.is_postmaster_of(pid, data):
                         os.kill(pid, signal.SIGQUIT)
                         deadline = time.monotonic() + 10
-                        while embedded.is_postmaster_of(pid, data) and time.monotonic() < deadline:
+                        while pgprocess.is_postmaster_of(pid, data) and time.monotonic() < deadline:
                             time.sleep(0.05)
                 _kill_what_is_left(folder)
             _remove(folder)

@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cicd_db import embedded, migrations, schema
+from cicd_db import migrations, pgprocess, schema
 from cicd_db.errors import MigrationFailed, MigrationRefused
 
 from ..fix_db import Database
@@ -130,8 +130,8 @@ def test_scratch_dump_is_the_schema_the_files_make(
     )
     ports: list[int] = []
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
-    free_port = embedded.free_port
-    monkeypatch.setattr(embedded, "free_port", lambda: ports.append(free_port()) or ports[-1])
+    free_port = pgprocess.free_port
+    monkeypatch.setattr(pgprocess, "free_port", lambda: ports.append(free_port()) or ports[-1])
     dumped = migrations.scratch_dump(migrations.discover(folder))
     assert "CREATE TABLE public.people (" in dumped
     assert "CREATE INDEX people_id ON public.people USING btree (id);" in dumped
@@ -139,7 +139,7 @@ def test_scratch_dump_is_the_schema_the_files_make(
     assert "cicd_db_schema_history" not in dumped
     assert list(temporary.iterdir()) == [] and len(ports) == 1
     with pytest.raises(psycopg.OperationalError, match="refused"):
-        psycopg.connect(host=embedded.HOST, port=ports[0], connect_timeout=5)
+        psycopg.connect(host=pgprocess.HOST, port=ports[0], connect_timeout=5)
 
 
 def test_drift_names_files_it_cannot_replay_in_one_transaction(

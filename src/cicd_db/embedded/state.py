@@ -1,0 +1,130 @@
+"""server.json: the embedded server's port and passwords (mode 0600, never printed),
+read whole and checked, written whole or not at all, under the lock file that
+serialises start and stop between processes; and the logins it makes."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from cicd_db.embedded.folders import Folders
+from cicd_db.errors import ConfigError, EmbeddedServerError
+from cicd_db.pgprocess import HOST, SUPERUSER
+from cicd_db.settings import APP_USER, LOCAL_USER, READER_USER, ConnectionSettings
+
+# What server.json must hold: each key's type, and that type in words.
+STATE_KEYS: dict[str, tuple[type, str]] = {
+    "port": (int, "a number"),
+    "superuser_password": (str, "a string"),
+    "password": (str, "a string"),
+    "bootstrapped": (bool, "true or false"),
+}
+# The writer's and the reader's passwords: made at the first start that lacks them
+# (a server created before the roles existed, or a password removed to rotate it).
+ROLE_PASSWORD_KEYS = {APP_USER: "app_password", READER_USER: "reader_password"}
+# Which password of server.json each login role has.
+PASSWORD_KEYS = {SUPERUSER: "superuser_password", LOCAL_USER: "password", **ROLE_PASSWORD_KEYS}
+
+
+class StateFile(Folders):
+    """The lock and server.json of one embedded server."""
+
+    @contextlib.contextmanager
+    def _locked(self, *, create: bool = False) -> Iterator[None]:
+        """Hold the lock file; with `create`, make the state folder first."""
+        try:
+            if create:
+                self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.lock_file, "a")  # noqa: SIM115 - closed below, after the unlock
+        except OSError as error:
+            raise ConfigError(
+                f"cannot use {self.root} for the embedded server: "
+                f"{error.strerror or error.__class__.__name__}; set CICD_DB_HOME to a folder "
+                "you can write to (unset, it is .cicd-db in the repository)"
+            ) from None
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            text = self.state_file.read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as error:
+            raise self._bad_state(error.strerror or error.__class__.__name__) from None
+        try:
+            state = json.loads(text)
+        except ValueError:
+            raise self._bad_state("not JSON") from None
+        if not isinstance(state, dict):
+            raise self._bad_state("not a JSON object")
+        for key in ROLE_PASSWORD_KEYS.values():
+            if key in state and not (isinstance(state[key], str) and state[key]):
+                raise self._bad_state(f"{key!r} is not a password; remove it to make a new one")
+        for key, (kind, words) in STATE_KEYS.items():
+            # bool is an int to isinstance; a port of `true` is still wrong.
+            if not isinstance(state.get(key), kind) or (kind is int and type(state[key]) is bool):
+                raise self._bad_state(f"{key!r} is missing or not {words}")
+        if not 1 <= state["port"] <= 65535:
+            raise self._bad_state("'port' is not a port from 1 to 65535")
+        return dict(state)
+
+    def _bad_state(self, why: str) -> ConfigError:
+        return ConfigError(
+            f"cannot read {self.state_file} ({why}); it holds the server's port and "
+            f"passwords: restore it, or run `cicd-db embedded stop` and move {self.root} "
+            "away (its data goes with it) to start afresh"
+        )
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        """server.json replaced whole, or left as it was (a full disk, a folder made
+        read-only) with EmbeddedServerError naming it."""
+        temporary = self.state_file.with_suffix(".tmp")
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(state, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.state_file)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise EmbeddedServerError(
+                f"cannot write {self.state_file}: {error.strerror or error}; free space "
+                "there or make it writable, and run again"
+            ) from None
+
+
+def login(state: dict[str, Any], user: str, database: str) -> ConnectionSettings:
+    return ConnectionSettings(
+        host=HOST,
+        port=state["port"],
+        database=database,
+        user=user,
+        password=state[PASSWORD_KEYS[user]],
+        # The wheel is built without OpenSSL; the server only listens on loopback.
+        sslmode="disable",
+    )
+
+
+def env_port() -> int | None:
+    """CICD_DB_EMBEDDED_PORT: the port of a server created from now on, and the port a
+    stopped server moves to."""
+    raw = os.environ.get("CICD_DB_EMBEDDED_PORT")
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
+        raise ConfigError(
+            f"CICD_DB_EMBEDDED_PORT is {raw!r}; set it to a port number from 1 to 65535, "
+            "or unset it to pick a free port"
+        )
+    return int(raw)
