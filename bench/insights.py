@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from cicd_db import insights
+from cicd_db.insights import query as insights_query
 
 from .common import Databases, Table, one, percentile
 from .report import PIPELINES, scale_database
@@ -87,8 +88,8 @@ def explain(conn: psycopg.Connection[Any], pipeline: str, now: datetime) -> list
         (VIEWS[1], pipeline, None, 1000),
         (VIEWS[2], None, 30, None),
     ):
-        params = insights._parameters(chosen, days, runs, now)
-        query = insights._query(chosen, runs).as_bytes(conn)
+        params = insights_query._parameters(chosen, days, runs, now)
+        query = insights_query._query(chosen, runs).as_bytes(conn)
         plan = [row[0] for row in conn.execute(b"EXPLAIN (ANALYZE, BUFFERS) " + query, params)]
         out += [f"-- insights, {name}", *plan, ""]
     return out

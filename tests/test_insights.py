@@ -42,6 +42,7 @@ from cicd_db.insights import (
     Summary,
     Window,
 )
+from cicd_db.insights.text import SPARKS
 from cicd_db.store import CANCELED, FAILED, RUNNING, SUCCESS, Store
 
 from .fix_cli import run_cli
@@ -631,7 +632,7 @@ def test_the_command_in_every_text_format(
     assert table.code == 0, table.err
     assert max(display_width(line) for line in table.out.splitlines()) <= 80
     assert "success rate     50.0% of 12 finished" in table.out
-    assert any(ch in table.out for ch in insights.SPARKS)
+    assert any(ch in table.out for ch in SPARKS)
     assert not re.search(r"(?<![0-9.])0\.0s", table.out)
     as_json = run_cli(
         "insights", *target, "--pipeline", pipeline, "--days", "7", "--format", "json"

@@ -16,15 +16,8 @@ from html import escape
 from typing import Any
 
 from cicd_db.errors import ConfigError, one_line
-from cicd_db.insights import (
-    Insights,
-    PipelineInsights,
-    Summary,
-    _percent,
-    _title,
-    data,
-    job_cells,
-)
+from cicd_db.insights.figures import Insights, PipelineInsights, Summary
+from cicd_db.insights.text import data, job_cells, percent, window_title
 from cicd_db.report import seconds_text as _secs
 
 COLORS = {"success": "#2e9e44", "failed": "#d1342f", "cancelled": "#9a9a9a", "running": "#3b7dd8"}
@@ -104,7 +97,7 @@ def page(result: Insights) -> str:
         # The title cannot be isolated (<bdi> is no text there): its format characters
         # are written as text, a direction override among them.
         f"<title>{escape(one_line(title))}</title><style>{STYLE}</style></head>\n<body>\n"
-        f'<h1><bdi>{_html_text(title)}</bdi></h1><p class="window">{escape(_title(result))}</p>\n'
+        f'<h1><bdi>{_html_text(title)}</bdi></h1><p class="window">{escape(window_title(result))}</p>\n'
         f"{body}\n</body></html>\n"
     )
 
@@ -113,7 +106,7 @@ def _pipeline_body(r: PipelineInsights) -> str:
     d = data(r)
     shown = [  # label, key, text
         ("runs", "runs", str(r.runs)),
-        ("success rate", "success_rate", _percent(r.success_rate)),
+        ("success rate", "success_rate", percent(r.success_rate)),
         ("p50 duration", "duration_p50_seconds", _secs(r.duration_p50_seconds)),
         ("p95 duration", "duration_p95_seconds", _secs(r.duration_p95_seconds)),
         ("time to green (mean)", "mttr_seconds", _secs(r.mttr_seconds)),
@@ -222,7 +215,7 @@ def _summary_body(summary: Summary) -> str:
             [
                 p.pipeline,
                 str(p.runs),
-                _percent(p.success_rate),
+                percent(p.success_rate),
                 _secs(p.duration_p50_seconds),
                 _secs(p.duration_p95_seconds),
             ]
