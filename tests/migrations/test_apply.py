@@ -16,6 +16,7 @@ import pytest
 from cicd_db import migrations
 from cicd_db.errors import Interrupted, MigrationFailed, Terminated
 from cicd_db.migrations import apply as _apply  # noqa: F401 - loaded here: migrations.apply is lazy
+from cicd_db.migrations import retry as _retry  # noqa: F401 - loaded here: migrations.retry is lazy
 
 from ..fix_cli import migrate, start_cli
 from ..fix_db import Database
@@ -655,7 +656,7 @@ def test_retry_delays_double_and_stop_at_the_first_bound(
 ) -> None:
     """A jitter fixed at 1.125 (of 0.75 to 1.25) makes the delays exact: 0.2 s, doubled."""
     monkeypatch.setattr(
-        migrations.apply.random, "uniform", lambda low, high: low + (high - low) * 0.75
+        migrations.retry.random, "uniform", lambda low, high: low + (high - low) * 0.75
     )
     database.execute(CONFLICT_AT_COMMIT)
     folder = write_migrations(tmp_path, {"0001_insert.sql": "INSERT INTO t VALUES (1);\n"})
@@ -997,40 +998,6 @@ def test_an_index_a_run_built_before_it_was_interrupted_is_told_how_to_pass(
     )
     assert migrate(database, folder).code == 0
     assert database.history() == [1]
-
-
-# -- the retry policy, without a server ------------------------------------------------------
-
-
-def test_retry_delays_double_from_a_fifth_of_a_second_up_to_ten_spread_by_a_quarter() -> None:
-    policy = migrations.RetryPolicy()
-    for attempt in range(1, 13):
-        base = min(0.2 * 2 ** (attempt - 1), 10.0)
-        delays = [policy.delay(attempt) for _ in range(200)]
-        assert base * 0.75 <= min(delays) <= max(delays) <= base * 1.25
-        # Spread, not fixed: runners that met each other do not meet again.
-        assert max(delays) - min(delays) > base * 0.25
-
-
-@pytest.mark.parametrize(
-    ("attempt", "waited", "delay", "reason"),
-    [
-        (3, 0.0, 1.0, None),
-        (4, 0.0, 1.0, "gave up after 3 retries"),
-        (2, 0.0, 1.0, None),
-        (2, 9.0, 1.0, None),  # the budget used up exactly still allows that retry
-        (2, 9.0, 1.5, "the retry budget of 10 s is spent"),
-    ],
-)
-def test_retry_policy_gives_up_at_the_first_bound_it_meets(
-    attempt: int, waited: float, delay: float, reason: str | None
-) -> None:
-    policy = migrations.RetryPolicy(retries=3, budget=10.0, waited=waited)
-    assert policy.give_up(attempt, delay) == reason
-
-
-def test_one_retry_allowed_is_said_in_the_singular() -> None:
-    assert migrations.RetryPolicy(retries=1).give_up(2, 0.1) == "gave up after 1 retry"
 
 
 def test_a_dry_run_looks_for_the_leftover_after_the_files_leading_statements(

@@ -53,13 +53,13 @@ def test_the_cli_loads_no_rehearsal_verification_or_schema_until_used() -> None:
 
 
 def test_the_names_loaded_on_use_are_still_the_packages() -> None:
-    from cicd_db.migrations import apply, rehearse, statements
+    from cicd_db.migrations import apply, rehearse, retry, statements
 
     assert migrations.plan is statements.plan
     assert migrations.Batch is statements.Batch
     assert migrations.Result is apply.Result
-    assert migrations.Retry is apply.Retry
-    assert migrations.RetryPolicy is apply.RetryPolicy
+    assert migrations.Retry is retry.Retry
+    assert migrations.RetryPolicy is retry.RetryPolicy
     assert migrations.Rehearsal is rehearse.Rehearsal
     assert migrations.LockHeld is rehearse.LockHeld
     assert migrations.outside_the_transaction is rehearse.outside_the_transaction

@@ -32,7 +32,10 @@ The rules (docs/design.md, "Migrations"):
 The package, one job per module; imports flow down this list, never up:
 
     runner      Runner (the facade), open_runner on a target, scratch_dump on a throwaway server
-    apply       the apply loop, one file with its history row, the retry policy
+    apply       the apply loop, one file with its history row
+    verdicts    what a failed file left, told: the closing checks, the history, interruptions
+    indexes     an invalid index a failed concurrent build left, found and dropped
+    retry       the retry policy (a failure caused by other sessions runs again)
     rehearse    pending files in a transaction that is rolled back: locks, time, errors
     verify      baseline and drift: the live schema against what the files make
     lock        the advisory lock, on a second connection
@@ -71,8 +74,9 @@ from cicd_db.migrations.session import (
 )
 
 if TYPE_CHECKING:
-    from cicd_db.migrations.apply import Result, Retry, RetryPolicy
+    from cicd_db.migrations.apply import Result
     from cicd_db.migrations.rehearse import LockHeld, Rehearsal, outside_the_transaction
+    from cicd_db.migrations.retry import Retry, RetryPolicy
     from cicd_db.migrations.statements import BATCH_BYTES, Batch, Copy, Step, plan
 
 
@@ -83,10 +87,14 @@ def __getattr__(name: str) -> Any:
         from cicd_db.migrations import statements
 
         return getattr(statements, name)
-    if name in ("Result", "Retry", "RetryPolicy"):
+    if name == "Result":
         from cicd_db.migrations import apply
 
-        return getattr(apply, name)
+        return apply.Result
+    if name in ("Retry", "RetryPolicy"):
+        from cicd_db.migrations import retry
+
+        return getattr(retry, name)
     if name in ("LockHeld", "Rehearsal", "outside_the_transaction"):
         from cicd_db.migrations import rehearse
 

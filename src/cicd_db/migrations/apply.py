@@ -1,4 +1,4 @@
-"""Applying files: the loop, one file and its history row at a time, and the retry policy.
+"""Applying files: the loop, one file and its history row at a time.
 
 A file and its history row commit in one transaction. The history row goes to the
 history table by its schema-qualified name, whatever `search_path` the file set,
@@ -10,45 +10,36 @@ fails because of other sessions is rolled back and retried with backoff.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq import TransactionStatus
 from psycopg.pq.abc import PGresult
 
 from cicd_db.errors import (
     Interrupted,
     MigrationFailed,
-    MigrationRefused,
     interrupt_exit_code,
 )
 from cicd_db.migrations import diagnose, history, integrity, lock, reconcile
 from cicd_db.migrations.failures import (
-    DEFAULT_RETRIES,
-    DEFAULT_RETRY_BUDGET,
-    RETRIED_SQLSTATES,
     Transient,
-    first_line,
 )
-from cicd_db.migrations.files import IndexTarget, Migration, index_target
+from cicd_db.migrations.files import Migration, index_target
+from cicd_db.migrations.indexes import drop_invalid_index
+from cicd_db.migrations.retry import Retry, RetryPolicy
 from cicd_db.migrations.session import (
     AFTER_COMMIT,
-    CHECK_LOCK,
     CHECK_MARK,
     RESET_BEFORE_COMMIT,
     RESET_SESSION,
     Session,
 )
 from cicd_db.migrations.statements import lead_end, split_at
+from cicd_db.migrations.verdicts import Verdicts
 
-FIRST_RETRY_DELAY = 0.2  # seconds; doubles with each retry of a file, up to MAX_RETRY_DELAY
-MAX_RETRY_DELAY = 10.0
-CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefined_table
 # Read as a file's transaction starts, before the file's first statement (or after
 # its leading SET TRANSACTION statements, which must come first): the transaction's
 # id, which no statement of a file can change (the history row is written only while
@@ -77,47 +68,6 @@ class Result:
     notes: tuple[str, ...] = ()
     # What the run sends before the file (a dry run's: would send), as SQL.
     before: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Retry:
-    """A file that failed because of other sessions and is about to run again."""
-
-    migration: Migration
-    reason: str  # "lock not available at line 12 (ALTER TABLE job_executions ...)"
-    attempt: int  # 1 for the first retry
-    retries: int
-    delay: float  # seconds before it runs again
-
-    def __str__(self) -> str:
-        return (
-            f"{self.migration.filename}: {self.reason}, "
-            f"retry {self.attempt}/{self.retries} in {self.delay:.1f} s"
-        )
-
-
-@dataclass
-class RetryPolicy:
-    """How often, and after how long, a file that met other sessions runs again: at most
-    `retries` times per file, waiting at most `budget` seconds over the whole run."""
-
-    retries: int = DEFAULT_RETRIES
-    budget: float = DEFAULT_RETRY_BUDGET
-    waited: float = 0.0  # seconds spent waiting so far in the run
-
-    def delay(self, attempt: int) -> float:
-        """Seconds before retry `attempt` (1 for the first): doubling, spread by +-25% so
-        that runners that met each other do not meet again."""
-        base: float = min(FIRST_RETRY_DELAY * 2.0 ** (attempt - 1), MAX_RETRY_DELAY)
-        return base * random.uniform(0.75, 1.25)  # noqa: S311 (spreads runners apart)
-
-    def give_up(self, attempt: int, delay: float) -> str | None:
-        """Why retry `attempt` after `delay` seconds may not happen, or None if it may."""
-        if attempt > self.retries:
-            return f"gave up after {attempt - 1} retr{'y' if attempt == 2 else 'ies'}"
-        if self.waited + delay > self.budget:
-            return f"the retry budget of {self.budget:g} s is spent"
-        return None
 
 
 def run(
@@ -168,19 +118,15 @@ def run(
         return results
 
 
-class Applier:
-    """Applies one file at a time on `session`, knowing the history's rows so far."""
+class Applier(Verdicts):
+    """Applies one file at a time on `session`, knowing the history's rows so far; what
+    a failure left is told by the methods of `Verdicts` (verdicts.py)."""
 
     def __init__(self, session: Session, recorded: integrity.Recorded):
         self.session = session
         # The history's rows as the runner wrote them: a file may not change them
         # (TRUNCATE, DELETE, UPDATE, a table in their place).
         self.recorded = recorded
-
-    @property
-    def conn(self) -> psycopg.Connection[Any]:
-        """The session's connection (a new one after lock.renew)."""
-        return self.session.conn
 
     def apply_with_retries(
         self, migration: Migration, policy: RetryPolicy, on_retry: Callable[[Retry], None] | None
@@ -220,23 +166,6 @@ class Applier:
                 raise
             raise MigrationFailed(self._lost(migration, error)) from None
 
-    def _lost(self, migration: Migration, error: psycopg.Error) -> str:
-        """What a connection lost during `migration` left, as far as can be known."""
-        cause = first_line(error).removeprefix("consuming input failed: ")
-        if not migration.transactional:
-            return (
-                f"the connection was lost during {migration.filename}, a no-transaction file "
-                f"({cause}): what PostgreSQL finished of it stays, and it is not recorded (the "
-                "next run drops an index it left invalid and runs it again; one it finished is "
-                "skipped only under IF NOT EXISTS); nothing after it ran; run again once the "
-                "server is back"
-            )
-        return (
-            f"the connection was lost during {migration.filename} ({cause}): whether it "
-            "committed is not known (`migrate status` lists it as applied if it did); nothing "
-            "after it ran; run again once the server is back"
-        )
-
     def apply(self, migration: Migration) -> Result:
         """Apply `migration` once, with its history row. Raises `Transient` for a
         failure caused by other sessions."""
@@ -252,24 +181,6 @@ class Applier:
             raise
         elapsed = (time.perf_counter() - started) * 1000
         return Result(migration, elapsed, dry_run=False, notes=notes)
-
-    def _interrupted(self, migration: Migration) -> str:
-        """What an interruption during `migration` left, checked after rolling back."""
-        if not self.session.end_transaction():
-            return (
-                f"interrupted during {migration.filename}, and the connection with it: whether "
-                "it committed is not known; nothing after it ran; see `migrate status`"
-            )
-        if migration.version in {row.version for row in history.read(self.conn)}:
-            return f"interrupted after {migration.filename} was applied; nothing after it ran"
-        if not migration.transactional:
-            return (
-                f"interrupted during {migration.filename}, a no-transaction file: what "
-                "PostgreSQL finished of it stays, and it is not recorded (the next run drops an "
-                "index it left invalid and runs it again; one it finished is skipped only "
-                "under IF NOT EXISTS); nothing after it ran"
-            )
-        return f"interrupted during {migration.filename}; it was rolled back; nothing after it ran"
 
     def _in_transaction(self, migration: Migration) -> None:
         """The file and its history row in one transaction, which must stay the runner's own.
@@ -386,258 +297,3 @@ class Applier:
             insert_at=history.PINNED_STATEMENTS + 1,
         )
         return notes
-
-    def _finish(
-        self, migration: Migration, results: list[PGresult], *, committed: str, insert_at: int
-    ) -> None:
-        """Raise, naming the file, when the runner's closing statements failed
-        (`insert_at`: where the history row's INSERT is among them)."""
-        failed = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
-        if failed is None:
-            return
-        error = self.session.error(failed)
-        state = error.diag.sqlstate or ""
-        if state in (CHECK_MARK, CHECK_LOCK, integrity.CHECK_SECOND):
-            raise MigrationFailed(self._why(migration, state, committed=committed))
-        if state in (integrity.CHECK_RECORDED, integrity.CHECK_HISTORY):
-            # No row, or not the history expected: a rule or an identity added to the
-            # history since it was made does that too, and is named, not the file.
-            changed = self._alterations()
-            if changed:
-                raise MigrationFailed(self._changed(migration, changed, committed, None))
-            raise MigrationFailed(
-                self._rows_put_back(migration, self._why(migration, state, committed=committed))
-            )
-        if state == "42P01" and history.TABLE in (error.diag.message_primary or ""):
-            raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
-        done = self._done(migration, committed)
-        refused = history.row_security_refused(self.conn, error)
-        if refused:
-            cause, fix = refused
-            raise MigrationFailed(
-                f"migration {migration.filename} cannot be recorded: {cause}; {done}, and it "
-                f"is not recorded; {fix}"
-            )
-        # The row refused for what was changed on the history since it was made (a
-        # constraint, a column, a trigger, by an earlier migration or a person): named
-        # with what undoes it, not blamed on this file. (A change this file made is
-        # rolled back with it, and so not found: then the file is to blame.)
-        # Where the failure stands from the INSERT: 0 the INSERT, 1 the history's deferred
-        # triggers, 2 the check that reads the row back.
-        past_insert = next(i for i, result in enumerate(results) if result is failed) - insert_at
-        at_the_row = past_insert in (0, 1)
-        changed = self._alterations() if at_the_row and state not in RETRIED_SQLSTATES else []
-        if changed:
-            raise MigrationFailed(
-                self._changed(
-                    migration, changed, committed, f"{error.diag.message_primary} [{state}]"
-                )
-            )
-        message = diagnose.failure(
-            self.session, migration, None, error, at_the_row=past_insert in (0, 1, 2)
-        )
-        if state in RETRIED_SQLSTATES:
-            raise Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
-        raise MigrationFailed(self._rows_put_back(migration, message))
-
-    def _rows_put_back(self, migration: Migration, message: str) -> str:
-        """`message`, and for a no-transaction file, whose work is committed though its
-        row is not, what became of history rows it removed: written again (under the
-        runner's lock, which holds), or, where that fails, that they must be; without
-        them the next run would apply their files a second time."""
-        if migration.transactional or not self.session.end_transaction():
-            return message
-        try:
-            lost = history.missing_versions(self.conn, self.recorded.rows)
-        except psycopg.Error as error:
-            self.session.end_transaction()
-            return (
-                f"{message}; whether it removed history rows cannot be read "
-                f"({first_line(error)}): if it did, have the history's owner write them "
-                "again before the next run, which would apply those files twice"
-            )
-        if not lost:
-            return message
-        versions = ", ".join(map(str, lost))
-        try:
-            history.put_back(self.conn, [row for row in self.recorded.rows if row[0] in lost])
-        except psycopg.Error as error:
-            self.session.end_transaction()
-            return (
-                f"{message}; the history rows of version {versions} it removed could not be "
-                f"written again ({first_line(error)}): have the history's owner write them "
-                "again (their version, name and checksum are the files') before the next run, "
-                "which would apply those files twice"
-            )
-        return (
-            f"{message}; the history rows it removed (version {versions}) are written again, "
-            "so the next run does not apply those files twice"
-        )
-
-    def _alterations(self) -> list[tuple[str, str]]:
-        """What was changed on the history since cicd-db made it, read after the failed
-        transaction is rolled back; none when the session is gone."""
-        return integrity.alterations(self.conn) if self.session.end_transaction() else []
-
-    def _changed(
-        self,
-        migration: Migration,
-        changed: list[tuple[str, str]],
-        committed: str,
-        refusal: str | None,
-    ) -> str:
-        """A file's row refused (`refusal`: the server's words), or not written, by what
-        was changed on the history since cicd-db made it: named with what undoes it."""
-        name = history.shown(self.conn, history.SCHEMA, history.TABLE)
-        how = f"refused its row ({refusal})" if refusal else "did not keep its row as written"
-        return (
-            f"migration {migration.filename} cannot be recorded: the migration history "
-            f"{name} {how}, and it was changed since cicd-db made it: "
-            f"{', '.join(what for what, _ in changed)}; {self._done(migration, committed)}, "
-            f"and it is not recorded; undo that ({'; '.join(undo for _, undo in changed)}) "
-            "and run again"
-        )
-
-    def _why(self, migration: Migration, check: str, *, committed: str) -> str:
-        what = {
-            CHECK_MARK: "ended the runner's transaction itself (COMMIT, ROLLBACK or the like, "
-            "which the runner could not see in it)",
-            CHECK_LOCK: "ran while the runner's lock was lost (the session that holds it ended: "
-            "pg_terminate_backend, or a lost connection), so another runner could have run at "
-            "the same time",
-            integrity.CHECK_RECORDED: "left no history row (a trigger on the history table?)",
-            integrity.CHECK_HISTORY: "changed the migration history (TRUNCATE, DELETE, UPDATE, "
-            "an ALTER TABLE that rewrites it or makes it UNLOGGED, or another table in its "
-            "place)",
-            integrity.CHECK_SECOND: "made a second table like the migration history (of "
-            f"its name and columns, outside schema {history.SCHEMA}), which every later run "
-            "would refuse as a second history",
-            CHECK_HISTORY_GONE: "dropped or moved the migration history "
-            f"({history.shown(self.conn, history.SCHEMA, history.TABLE)})",
-        }[check]
-        done = self._done(migration, committed, ended=check == CHECK_MARK)
-        if check == CHECK_LOCK:
-            fix = "check what ended that session (a statement in the file, or the server), and run again"
-        elif check == CHECK_HISTORY_GONE and not migration.transactional:
-            # Committed: a run that finds no history makes an empty one and applies every
-            # file again. (A transactional file's DROP or RENAME is rolled back with it.)
-            fix = (
-                "remove that from the file, and put the history back before any other run, "
-                "which would find none and apply every file again: move it back if it was "
-                "moved (the next run names where it is), or, if it was dropped, record what "
-                f"is applied with `cicd-db migrate baseline --version {migration.version}`"
-            )
-        elif check == integrity.CHECK_SECOND and not migration.transactional:
-            fix = "remove that from the file, drop or rename that table, and run again"
-        else:
-            fix = "remove that from the file, check the database, and run again"
-        return f"migration {migration.filename} {what}; {done}, and it is not recorded; {fix}"
-
-    @staticmethod
-    def _done(migration: Migration, committed: str, *, ended: bool = False) -> str:
-        """What became of a file whose closing statements failed (`ended`: it ended the
-        runner's transaction itself)."""
-        if migration.transactional and not ended:
-            return "it was rolled back"
-        return f"what it did {committed} committed"
-
-
-def drop_invalid_index(
-    conn: psycopg.Connection[Any], migration: Migration, target: IndexTarget
-) -> tuple[str, ...]:
-    """Drop the invalid index an interrupted CREATE INDEX CONCURRENTLY left behind.
-
-    PostgreSQL's own advice for that case; without it, the file could never be
-    run again (the name is taken) or, with IF NOT EXISTS, would keep a broken index.
-    Run in the session the file's leading statements left. Raises `Transient` where
-    other sessions keep the drop waiting past a lock_timeout (an old snapshot, which
-    the build itself would wait for): a busy table, retried as the build would be.
-    """
-    index = invalid_index(conn, migration, target)
-    if index is None:
-        return ()
-    try:
-        conn.execute(drop_statement(index).encode())
-    except psycopg.Error as refused:
-        if conn.closed or conn.broken:
-            raise
-        state = refused.diag.sqlstate or ""
-        cause = refused.diag.message_primary or first_line(refused)
-        if state in RETRIED_SQLSTATES:
-            raise Transient(
-                f"migration {migration.filename} builds index {target.name}, and the invalid "
-                f"one a run left, {index}, could not be dropped: {cause} [{state}]; nothing "
-                "of the file ran but its SET and RESET statements",
-                f"{RETRIED_SQLSTATES[state]} dropping the invalid index {index}",
-            ) from None
-        # An event trigger on sql_drop, a missing right: the file could not run (the name
-        # is taken), and nothing of it has.
-        raise MigrationRefused(
-            f"migration {migration.filename} builds index {target.name}, and the invalid one "
-            f"an interrupted run left, {index}, could not be dropped: {cause}; drop it (DROP "
-            f"INDEX CONCURRENTLY {index}) and run again"
-        ) from None
-    return (f"dropped invalid index {index} left by an interrupted run",)
-
-
-def drop_statement(index: str) -> str:
-    """What drops `index` (as format('%I.%I') wrote it) before its file runs again."""
-    return f"DROP INDEX CONCURRENTLY IF EXISTS {index}"
-
-
-def invalid_index(
-    conn: psycopg.Connection[Any], migration: Migration, target: IndexTarget
-) -> str | None:
-    """The invalid index of the name `migration` builds CONCURRENTLY (schema-qualified),
-    which an interrupted run left and the next drops before it runs the file; None for
-    none. Only the one on the table the file's statement names, found as the statement
-    will find it: in the session as it is now (its search_path), which must be the one
-    the file's leading statements left. MigrationRefused where another session is
-    building it now. Reads only."""
-    # The table as the file's statement finds it. No operator and no function but
-    # pg_catalog's, named so: the session's search_path, the file's, may hold others.
-    relation = sql.Identifier(*(part for part in (target.schema, target.table) if part))
-    try:
-        row = conn.execute(
-            sql.SQL("SELECT pg_catalog.to_regclass({})::pg_catalog.oid").format(
-                sql.Literal(relation.as_string(conn))
-            )
-        ).fetchone()
-    except psycopg.errors.InsufficientPrivilege:
-        return None  # a schema the file's role may not use: its statement fails on that too
-    if row is None or row[0] is None:
-        return None  # no such table: the file's statement fails on that, as under psql
-    # The index of that name on that table, left invalid; one another session is
-    # building right now is invalid too, until it is done. (An index's schema is its
-    # table's: at most one has the name.)
-    invalid = history.pinned_rows(
-        conn,
-        sql.SQL(
-            "SELECT format('%I.%I', n.nspname, c.relname), EXISTS (SELECT FROM "
-            "pg_catalog.pg_stat_progress_create_index p WHERE p.index_relid = c.oid) "
-            "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE i.indrelid = {table} AND c.relname = {name} AND NOT i.indisvalid"
-        ).format(table=sql.Literal(row[0]), name=sql.Literal(target.name)),
-    )
-    if invalid and invalid[0][1]:
-        raise MigrationRefused(
-            f"migration {migration.filename} builds index {target.name}, and another session "
-            f"is building {invalid[0][0]} right now; wait until it is done "
-            "(pg_stat_progress_create_index shows it), then run again"
-        )
-    return str(invalid[0][0]) if invalid else None
-
-
-def invalid_index_ahead(session: Session, migration: Migration) -> str | None:
-    """invalid_index() for a dry run: the file's leading statements run, as they would
-    before the lookup, in a transaction rolled back after it."""
-    steps = session.steps_for(migration)
-    target = index_target(migration, steps)
-    if target is None:
-        return None
-    if not target.step:
-        return invalid_index(session.conn, migration, target)
-    with session.conn.transaction(force_rollback=True):
-        session.run_steps(replace(migration, planned=steps[: target.step]))
-        return invalid_index(session.conn, migration, target)

@@ -16,7 +16,7 @@ RETRIED_SQLSTATES = {
     "40P01": "deadlock",
     "40001": "serialization failure",
 }
-DEFAULT_RETRIES = 10  # retries of one file (apply.RetryPolicy)
+DEFAULT_RETRIES = 10  # retries of one file (retry.RetryPolicy)
 DEFAULT_RETRY_BUDGET = 120.0  # seconds, over all the retries of one run
 
 

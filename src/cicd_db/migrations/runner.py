@@ -37,8 +37,9 @@ from cicd_db.settings import is_transaction_pooler
 # run with nothing pending applies nothing (docs/benchmarks.md, "Where the time goes").
 if TYPE_CHECKING:
     from cicd_db import schema
-    from cicd_db.migrations.apply import Result, Retry
+    from cicd_db.migrations.apply import Result
     from cicd_db.migrations.rehearse import Rehearsal
+    from cicd_db.migrations.retry import Retry
 
 
 class Runner:
@@ -106,6 +107,8 @@ class Runner:
         if not pending:
             return []  # nothing to do: no lock needed to find that out
         from cicd_db.migrations import apply as applying  # on use: see the imports
+        from cicd_db.migrations import indexes
+        from cicd_db.migrations.retry import RetryPolicy
 
         if dry_run:
             results = []
@@ -113,7 +116,7 @@ class Runner:
                 notes: tuple[str, ...] = ()
                 before: tuple[str, ...] = ()
                 try:
-                    index = applying.invalid_index_ahead(self.session, m)
+                    index = indexes.invalid_index_ahead(self.session, m)
                 except MigrationFailed as failed:  # its leading statements: a plan lists it
                     # Before the files above it have run, they may fail for want of them
                     # (a role an earlier file makes): said as a failure only of the first.
@@ -127,7 +130,7 @@ class Runner:
                 else:
                     if index is not None:
                         notes = (f"would drop invalid index {index} left by an interrupted run",)
-                        before = (applying.drop_statement(index),)
+                        before = (indexes.drop_statement(index),)
                 results.append(applying.Result(m, 0.0, dry_run=True, notes=notes, before=before))
             for result in results:
                 if on_applied:
@@ -138,7 +141,7 @@ class Runner:
             self.migrations,
             target,
             lock_timeout=self.lock_timeout,
-            policy=applying.RetryPolicy(self.retries, self.retry_budget),
+            policy=RetryPolicy(self.retries, self.retry_budget),
             on_applied=on_applied,
             on_retry=on_retry,
             on_start=on_start,

@@ -1,0 +1,221 @@
+"""What a file that failed left, told in one line: the runner's closing statements'
+failures (its checks, the history refused or changed since cicd-db made it, row
+security), history rows a no-transaction file removed written again, and what an
+interruption or a lost connection left. The base of the Applier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.pq import ExecStatus
+from psycopg.pq.abc import PGresult
+
+from cicd_db.errors import MigrationFailed
+from cicd_db.migrations import diagnose, history, integrity
+from cicd_db.migrations.failures import RETRIED_SQLSTATES, Transient, first_line
+from cicd_db.migrations.files import Migration
+from cicd_db.migrations.session import CHECK_LOCK, CHECK_MARK, Session
+
+CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefined_table
+
+
+class Verdicts:
+    """Failures of one file on `session`, told; `recorded` the history's rows so far."""
+
+    session: Session
+    recorded: integrity.Recorded
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The session's connection (a new one after lock.renew)."""
+        return self.session.conn
+
+    def _lost(self, migration: Migration, error: psycopg.Error) -> str:
+        """What a connection lost during `migration` left, as far as can be known."""
+        cause = first_line(error).removeprefix("consuming input failed: ")
+        if not migration.transactional:
+            return (
+                f"the connection was lost during {migration.filename}, a no-transaction file "
+                f"({cause}): what PostgreSQL finished of it stays, and it is not recorded (the "
+                "next run drops an index it left invalid and runs it again; one it finished is "
+                "skipped only under IF NOT EXISTS); nothing after it ran; run again once the "
+                "server is back"
+            )
+        return (
+            f"the connection was lost during {migration.filename} ({cause}): whether it "
+            "committed is not known (`migrate status` lists it as applied if it did); nothing "
+            "after it ran; run again once the server is back"
+        )
+
+    def _interrupted(self, migration: Migration) -> str:
+        """What an interruption during `migration` left, checked after rolling back."""
+        if not self.session.end_transaction():
+            return (
+                f"interrupted during {migration.filename}, and the connection with it: whether "
+                "it committed is not known; nothing after it ran; see `migrate status`"
+            )
+        if migration.version in {row.version for row in history.read(self.conn)}:
+            return f"interrupted after {migration.filename} was applied; nothing after it ran"
+        if not migration.transactional:
+            return (
+                f"interrupted during {migration.filename}, a no-transaction file: what "
+                "PostgreSQL finished of it stays, and it is not recorded (the next run drops an "
+                "index it left invalid and runs it again; one it finished is skipped only "
+                "under IF NOT EXISTS); nothing after it ran"
+            )
+        return f"interrupted during {migration.filename}; it was rolled back; nothing after it ran"
+
+    def _finish(
+        self, migration: Migration, results: list[PGresult], *, committed: str, insert_at: int
+    ) -> None:
+        """Raise, naming the file, when the runner's closing statements failed
+        (`insert_at`: where the history row's INSERT is among them)."""
+        failed = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
+        if failed is None:
+            return
+        error = self.session.error(failed)
+        state = error.diag.sqlstate or ""
+        if state in (CHECK_MARK, CHECK_LOCK, integrity.CHECK_SECOND):
+            raise MigrationFailed(self._why(migration, state, committed=committed))
+        if state in (integrity.CHECK_RECORDED, integrity.CHECK_HISTORY):
+            # No row, or not the history expected: a rule or an identity added to the
+            # history since it was made does that too, and is named, not the file.
+            changed = self._alterations()
+            if changed:
+                raise MigrationFailed(self._changed(migration, changed, committed, None))
+            raise MigrationFailed(
+                self._rows_put_back(migration, self._why(migration, state, committed=committed))
+            )
+        if state == "42P01" and history.TABLE in (error.diag.message_primary or ""):
+            raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
+        done = self._done(migration, committed)
+        refused = history.row_security_refused(self.conn, error)
+        if refused:
+            cause, fix = refused
+            raise MigrationFailed(
+                f"migration {migration.filename} cannot be recorded: {cause}; {done}, and it "
+                f"is not recorded; {fix}"
+            )
+        # The row refused for what was changed on the history since it was made (a
+        # constraint, a column, a trigger, by an earlier migration or a person): named
+        # with what undoes it, not blamed on this file. (A change this file made is
+        # rolled back with it, and so not found: then the file is to blame.)
+        # Where the failure stands from the INSERT: 0 the INSERT, 1 the history's deferred
+        # triggers, 2 the check that reads the row back.
+        past_insert = next(i for i, result in enumerate(results) if result is failed) - insert_at
+        at_the_row = past_insert in (0, 1)
+        changed = self._alterations() if at_the_row and state not in RETRIED_SQLSTATES else []
+        if changed:
+            raise MigrationFailed(
+                self._changed(
+                    migration, changed, committed, f"{error.diag.message_primary} [{state}]"
+                )
+            )
+        message = diagnose.failure(
+            self.session, migration, None, error, at_the_row=past_insert in (0, 1, 2)
+        )
+        if state in RETRIED_SQLSTATES:
+            raise Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
+        raise MigrationFailed(self._rows_put_back(migration, message))
+
+    def _rows_put_back(self, migration: Migration, message: str) -> str:
+        """`message`, and for a no-transaction file, whose work is committed though its
+        row is not, what became of history rows it removed: written again (under the
+        runner's lock, which holds), or, where that fails, that they must be; without
+        them the next run would apply their files a second time."""
+        if migration.transactional or not self.session.end_transaction():
+            return message
+        try:
+            lost = history.missing_versions(self.conn, self.recorded.rows)
+        except psycopg.Error as error:
+            self.session.end_transaction()
+            return (
+                f"{message}; whether it removed history rows cannot be read "
+                f"({first_line(error)}): if it did, have the history's owner write them "
+                "again before the next run, which would apply those files twice"
+            )
+        if not lost:
+            return message
+        versions = ", ".join(map(str, lost))
+        try:
+            history.put_back(self.conn, [row for row in self.recorded.rows if row[0] in lost])
+        except psycopg.Error as error:
+            self.session.end_transaction()
+            return (
+                f"{message}; the history rows of version {versions} it removed could not be "
+                f"written again ({first_line(error)}): have the history's owner write them "
+                "again (their version, name and checksum are the files') before the next run, "
+                "which would apply those files twice"
+            )
+        return (
+            f"{message}; the history rows it removed (version {versions}) are written again, "
+            "so the next run does not apply those files twice"
+        )
+
+    def _alterations(self) -> list[tuple[str, str]]:
+        """What was changed on the history since cicd-db made it, read after the failed
+        transaction is rolled back; none when the session is gone."""
+        return integrity.alterations(self.conn) if self.session.end_transaction() else []
+
+    def _changed(
+        self,
+        migration: Migration,
+        changed: list[tuple[str, str]],
+        committed: str,
+        refusal: str | None,
+    ) -> str:
+        """A file's row refused (`refusal`: the server's words), or not written, by what
+        was changed on the history since cicd-db made it: named with what undoes it."""
+        name = history.shown(self.conn, history.SCHEMA, history.TABLE)
+        how = f"refused its row ({refusal})" if refusal else "did not keep its row as written"
+        return (
+            f"migration {migration.filename} cannot be recorded: the migration history "
+            f"{name} {how}, and it was changed since cicd-db made it: "
+            f"{', '.join(what for what, _ in changed)}; {self._done(migration, committed)}, "
+            f"and it is not recorded; undo that ({'; '.join(undo for _, undo in changed)}) "
+            "and run again"
+        )
+
+    def _why(self, migration: Migration, check: str, *, committed: str) -> str:
+        what = {
+            CHECK_MARK: "ended the runner's transaction itself (COMMIT, ROLLBACK or the like, "
+            "which the runner could not see in it)",
+            CHECK_LOCK: "ran while the runner's lock was lost (the session that holds it ended: "
+            "pg_terminate_backend, or a lost connection), so another runner could have run at "
+            "the same time",
+            integrity.CHECK_RECORDED: "left no history row (a trigger on the history table?)",
+            integrity.CHECK_HISTORY: "changed the migration history (TRUNCATE, DELETE, UPDATE, "
+            "an ALTER TABLE that rewrites it or makes it UNLOGGED, or another table in its "
+            "place)",
+            integrity.CHECK_SECOND: "made a second table like the migration history (of "
+            f"its name and columns, outside schema {history.SCHEMA}), which every later run "
+            "would refuse as a second history",
+            CHECK_HISTORY_GONE: "dropped or moved the migration history "
+            f"({history.shown(self.conn, history.SCHEMA, history.TABLE)})",
+        }[check]
+        done = self._done(migration, committed, ended=check == CHECK_MARK)
+        if check == CHECK_LOCK:
+            fix = "check what ended that session (a statement in the file, or the server), and run again"
+        elif check == CHECK_HISTORY_GONE and not migration.transactional:
+            # Committed: a run that finds no history makes an empty one and applies every
+            # file again. (A transactional file's DROP or RENAME is rolled back with it.)
+            fix = (
+                "remove that from the file, and put the history back before any other run, "
+                "which would find none and apply every file again: move it back if it was "
+                "moved (the next run names where it is), or, if it was dropped, record what "
+                f"is applied with `cicd-db migrate baseline --version {migration.version}`"
+            )
+        elif check == integrity.CHECK_SECOND and not migration.transactional:
+            fix = "remove that from the file, drop or rename that table, and run again"
+        else:
+            fix = "remove that from the file, check the database, and run again"
+        return f"migration {migration.filename} {what}; {done}, and it is not recorded; {fix}"
+
+    @staticmethod
+    def _done(migration: Migration, committed: str, *, ended: bool = False) -> str:
+        """What became of a file whose closing statements failed (`ended`: it ended the
+        runner's transaction itself)."""
+        if migration.transactional and not ended:
+            return "it was rolled back"
+        return f"what it did {committed} committed"
