@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from cicd_db import migrations
 from cicd_db.errors import ConfigError, MigrationFailed
-from cicd_db.migrations import statements
+from cicd_db.migrations.steps import one_by_one
 from cicd_db.pgprocess import wheel_bin_dir
 
 from .fix_db import Database
@@ -166,11 +166,11 @@ def join(draw: st.DrawFn, statements: list[str]) -> str:
 
 
 def planned(data: bytes, *, transactional: bool = True) -> list[bytes]:
-    steps = migrations.plan("0001_x.sql", data, transactional=transactional)
+    planned_steps = migrations.plan("0001_x.sql", data, transactional=transactional)
     return [
         data[one.start : one.end]
-        for step in steps
-        for one in statements.one_by_one(data, step)
+        for step in planned_steps
+        for one in one_by_one(data, step)
         if isinstance(one, migrations.Batch)
     ]
 

@@ -53,10 +53,10 @@ def test_the_cli_loads_no_rehearsal_verification_or_schema_until_used() -> None:
 
 
 def test_the_names_loaded_on_use_are_still_the_packages() -> None:
-    from cicd_db.migrations import apply, rehearse, retry, statements
+    from cicd_db.migrations import apply, rehearse, retry, statements, steps
 
     assert migrations.plan is statements.plan
-    assert migrations.Batch is statements.Batch
+    assert migrations.Batch is steps.Batch
     assert migrations.Result is apply.Result
     assert migrations.Retry is retry.Retry
     assert migrations.RetryPolicy is retry.RetryPolicy

@@ -44,6 +44,8 @@ The package, one job per module; imports flow down this list, never up:
     failures    a failure told in one line; which failures are retried
     files       Migration; discovering, reading and writing files
     statements  planning a file's text into queries; refusing what may not run
+    steps       the pieces a file is planned into; one statement at a time; the leading ones
+    directives  the `-- cicd-db:` lines a file opens with (no-transaction, earlier checksums)
 
 `discover()` reads files only. `Runner.applied()`, `pending()` and `status()`
 only read the database. `Runner.apply()` and `baseline()` write.
@@ -77,16 +79,21 @@ if TYPE_CHECKING:
     from cicd_db.migrations.apply import Result
     from cicd_db.migrations.rehearse import LockHeld, Rehearsal, outside_the_transaction
     from cicd_db.migrations.retry import Retry, RetryPolicy
-    from cicd_db.migrations.statements import BATCH_BYTES, Batch, Copy, Step, plan
+    from cicd_db.migrations.statements import BATCH_BYTES, plan
+    from cicd_db.migrations.steps import Batch, Copy, Step
 
 
 def __getattr__(name: str) -> Any:
     """The names of planning, the apply loop and the rehearsal, loaded on first use (a
     run with nothing pending needs none of them: runner.py and files.py say why)."""
-    if name in ("BATCH_BYTES", "Batch", "Copy", "Step", "plan"):
+    if name in ("BATCH_BYTES", "plan"):
         from cicd_db.migrations import statements
 
         return getattr(statements, name)
+    if name in ("Batch", "Copy", "Step"):
+        from cicd_db.migrations import steps
+
+        return getattr(steps, name)
     if name == "Result":
         from cicd_db.migrations import apply
 

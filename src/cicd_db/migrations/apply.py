@@ -37,7 +37,7 @@ from cicd_db.migrations.session import (
     RESET_SESSION,
     Session,
 )
-from cicd_db.migrations.statements import lead_end, split_at
+from cicd_db.migrations.steps import lead_end, split_at
 from cicd_db.migrations.verdicts import Verdicts
 
 # Read as a file's transaction starts, before the file's first statement (or after

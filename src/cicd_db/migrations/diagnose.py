@@ -24,12 +24,12 @@ from cicd_db.migrations.failures import (
 )
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.history import SCHEMA, TABLE, shown
-from cicd_db.migrations.statements import nth_statement
+from cicd_db.migrations.steps import nth_statement
 from cicd_db.sqltext import without_comments
 
 if TYPE_CHECKING:
     from cicd_db.migrations.session import Session
-    from cicd_db.migrations.statements import Batch
+    from cicd_db.migrations.steps import Batch
 
 # How a file sets each setting setting_behind names, for itself (SET, SET LOCAL, SET
 # TRANSACTION): a file that says it is told to fix itself, whatever a role or the

@@ -22,7 +22,7 @@ from cicd_db.errors import ConfigError
 # Planning (statements, and the scanner under it) is loaded when a file is planned: a
 # run with nothing pending plans nothing, and loading it costs every start.
 if TYPE_CHECKING:
-    from cicd_db.migrations.statements import Batch, Step
+    from cicd_db.migrations.steps import Batch, Step
 
 BOM = b"\xef\xbb\xbf"
 MAX_VERSION = 2**63 - 1  # the history's version column is a bigint
@@ -63,7 +63,7 @@ class Migration:
     def transactional(self) -> bool:
         """False for a file whose first line is the no-transaction marker (read once:
         the runner asks for each file several times)."""
-        from cicd_db.migrations.statements import NO_TRANSACTION_MARKER
+        from cicd_db.migrations.directives import NO_TRANSACTION_MARKER
 
         # From the file's head only: partition() of a 50 MB file would copy the rest. The
         # line ends at a CR too, as PostgreSQL and psql end a `--` comment there.
@@ -94,8 +94,8 @@ class Migration:
     @cached_property
     def earlier_checksums(self) -> frozenset[str]:
         """The checksums of earlier texts of the file that its opening comments name
-        (statements.EARLIER_CHECKSUM): read only when the file's own does not match."""
-        from cicd_db.migrations.statements import earlier_checksums
+        (directives.EARLIER_CHECKSUM): read only when the file's own does not match."""
+        from cicd_db.migrations.directives import earlier_checksums
 
         return earlier_checksums(self.path.name, self.data, transactional=self.transactional)
 
@@ -302,7 +302,7 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
     uses (four digits for a new folder). Two branches that both take the next
     number collide when merged: `migrate check` refuses two files of one version.
     """
-    from cicd_db.migrations.statements import NO_TRANSACTION_MARKER
+    from cicd_db.migrations.directives import NO_TRANSACTION_MARKER
 
     # `migrate new add_index.sql` means add_index: the extension is the runner's to add.
     while name.lower().endswith(".sql"):
@@ -389,7 +389,8 @@ class IndexTarget(NamedTuple):
 def index_target(migration: Migration, steps: tuple[Step, ...] | None = None) -> IndexTarget | None:
     """The index a no-transaction file builds concurrently, and the table it indexes, as
     PostgreSQL names them, among `steps` (the file's plan by default)."""
-    from cicd_db.migrations.statements import CONCURRENT_INDEX, INDEXED_TABLE, Copy
+    from cicd_db.migrations.statements import CONCURRENT_INDEX, INDEXED_TABLE
+    from cicd_db.migrations.steps import Copy
     from cicd_db.sqltext import without_comments
 
     for position, step in enumerate(migration.steps if steps is None else steps):

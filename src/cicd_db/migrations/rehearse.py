@@ -26,13 +26,8 @@ from cicd_db.migrations import diagnose, history
 from cicd_db.migrations.failures import READ_ONLY_BY_THE_FILE, Transient, first_line
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.session import CHECK_LOCK, RESET_SESSION, Session
-from cicd_db.migrations.statements import (
-    Batch,
-    Copy,
-    lead_end,
-    one_by_one,
-    sets_the_transaction,
-)
+from cicd_db.migrations.statements import sets_the_transaction
+from cicd_db.migrations.steps import Batch, Copy, lead_end, one_by_one
 from cicd_db.sqltext import without_comments
 
 # rollback cannot undo: (what the rehearsal says, how the file calls it). Read in

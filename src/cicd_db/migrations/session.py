@@ -25,7 +25,7 @@ from cicd_db.migrations.files import Migration
 
 # Planning is loaded when a file is sent (files.py says why).
 if TYPE_CHECKING:
-    from cicd_db.migrations.statements import Batch, Copy, Step
+    from cicd_db.migrations.steps import Batch, Copy, Step
 
 # One key for "the migrations of this database"; advisory locks are per database.
 LOCK_KEY = 0x6369_6364_2D64_62  # "cicd-db" in ASCII
@@ -242,7 +242,7 @@ class Session:
         psql sends it, never with the text of the steps before).
         """
         from cicd_db.migrations import diagnose
-        from cicd_db.migrations.statements import Batch, Copy, each_statement
+        from cicd_db.migrations.steps import Batch, Copy, each_statement
 
         steps = list(self.steps_for(migration))
         own: list[PGresult] = []
@@ -330,7 +330,7 @@ class Session:
         the server now reads it, as psql would; among others, the ones after it were
         read the old way already, where psql would have read them the new way, and which
         one changed it cannot be told: refused (the caller rolls the file back)."""
-        from cicd_db.migrations.statements import nth_statement
+        from cicd_db.migrations.steps import nth_statement
 
         if nth_statement(migration.data, step, 1) is None:
             return
@@ -347,7 +347,7 @@ class Session:
     def steps_for(self, migration: Migration) -> tuple[Step, ...]:
         """The file's steps as the server reads strings now: as planned (with
         standard_conforming_strings on), or planned again for a server with it off."""
-        from cicd_db.migrations.statements import Batch
+        from cicd_db.migrations.steps import Batch
 
         steps = migration.steps
         standard = self.standard_strings()

@@ -10,11 +10,13 @@ slices of about BATCH_BYTES); a no-transaction file goes one statement at a time
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from cicd_db.errors import ConfigError
+from cicd_db.migrations.directives import NO_TRANSACTION_MARKER, earlier_checksums
+from cicd_db.migrations.steps import Batch, Copy, Step
 from cicd_db.sqltext import (
     CopyData,
     CopyFromStdin,
@@ -22,14 +24,12 @@ from cicd_db.sqltext import (
     Scanner,
     Statement,
     found_lowered,
-    leading_comments,
     may_change_lexing,
     names_a_receipt_setting,
     standard_strings_after,
     without_comments,
 )
 
-NO_TRANSACTION_MARKER = b"-- cicd-db: no-transaction"
 # A large file goes to the server in slices of whole statements of about this
 # size, so that neither side holds the parse trees of 50 MB of SQL at once.
 BATCH_BYTES = 1 << 20
@@ -66,81 +66,6 @@ INDEXED_TABLE = re.compile(
     + rb"))?",
     re.IGNORECASE,
 )
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Statements sent to the server as one query: `data[start:end]`."""
-
-    start: int
-    end: int
-    line: int
-    standard_strings: bool  # how '...' strings were read in it
-    # Its last statement may change how the rest is read; the server's answer
-    # decides (the expectation is `standard_strings_after`, None if unknown).
-    changes_lexing: bool = False
-    standard_strings_after: bool | None = None
-    # A file's first batch, planned from the file's start, only: where the file's leading
-    # statements that take no snapshot end (in this batch or a later one), and whether one
-    # of them sets the transaction's own characteristics (lead_end); None on every other.
-    quiet_end: int | None = None
-    sets_transaction: bool = False
-
-
-@dataclass(frozen=True)
-class Copy:
-    """A `COPY ... FROM STDIN` statement and the data lines that follow it in the file."""
-
-    statement: Statement
-    data: CopyData
-
-    @property
-    def end(self) -> int:
-        """Where it ends in its file: after its data (the `\\.` line left out)."""
-        return self.data.end
-
-
-Step = Batch | Copy
-
-
-def one_by_one(data: bytes, step: Step, after: int | None = None) -> Iterator[Step]:
-    """The statements of a step one at a time, as psql sends them: a batch each, with the
-    block comments before it (psql keeps those in the statement it sends, which is what
-    current_query() shows; line comments and spaces before it, it drops). `after`: where
-    the step before it ended (0 for a file's first), to find the first statement's."""
-    if isinstance(step, Copy):
-        yield step
-    else:
-        yield from each_statement(data, step, after)
-
-
-def each_statement(data: bytes, batch: Batch, after: int | None = None) -> Iterator[Batch]:
-    """one_by_one() of a batch."""
-    scanner = Scanner(
-        data[: batch.end],
-        standard_strings=batch.standard_strings,
-        start=batch.start,
-        line=batch.line,
-    )
-    for piece in scanner:
-        if isinstance(piece, Statement):
-            start = piece.start if after is None else _sent_from(data, after, piece.start)
-            line = piece.line - data.count(b"\n", start, piece.start)
-            yield Batch(start, piece.end, line, batch.standard_strings)
-            after = piece.end
-        else:
-            after = None  # a meta-command line: what comes before it is not sent
-
-
-_SKIPPED = re.compile(rb"(?:\s+|--[^\n\r]*)+")
-
-
-def _sent_from(data: bytes, after: int, start: int) -> int:
-    """Where psql's text of the statement at `start` begins, the previous one ending at
-    `after`: at the first block comment between them, else at the statement itself."""
-    skipped = _SKIPPED.match(data, after, start)
-    at = skipped.end() if skipped else after
-    return at if data.startswith(b"/*", at) and at < start else start
 
 
 # What the runner must know a file names anywhere, found in one pass over its text
@@ -499,66 +424,6 @@ def _reads_as(
     return pattern.match(text) is not None
 
 
-# A comment line that means the no-transaction marker but is not it, as written or
-# where it stands: `--cicd-db: no-transaction`, `-- CICD-DB: no_transaction`, ...
-_NEAR_MARKER = re.compile(
-    rb"[ \t]*--[ \t]*cicd[-_ ]?db[ \t]*:?[ \t]*no[-_ ]?transaction[ \t]*\r?", re.I
-)
-
-
-# A line among a file's opening comments that names the checksum of an earlier text of
-# the file: a database whose history holds that checksum has applied this file. For an
-# edit that changes nothing the file makes (docs/migrations.md, "Mending an applied file").
-EARLIER_CHECKSUM = "-- cicd-db: earlier-checksum"
-_EARLIER = re.compile(re.escape(EARLIER_CHECKSUM.encode()) + rb" ([0-9a-f]{64})[ \t]*")
-# What an author may have meant as one, spelled otherwise (another hyphen or colon, a
-# space that is not one, dashes before, words between): refused, never a comment.
-_NEAR_EARLIER = re.compile(rb"--.*cicd.{0,4}db.*earlier.{0,4}check.{0,4}sum", re.I)
-# Any opening comment that reads as a directive (`-- cicd-db:`, an ASCII or full-width
-# colon): one the runner does not know is a typo of one it does, never a comment.
-_DIRECTIVE = re.compile(rb"\s*-+\s*cicd[\W_]{0,3}db\s*(?::|\xef\xbc\x9a)", re.I)
-
-
-def earlier_checksums(filename: str, data: bytes, *, transactional: bool = True) -> frozenset[str]:
-    """The checksums the file's opening comments name as its earlier texts', read in one
-    walk of those comments that also checks every directive among them. ConfigError for
-    a no-transaction marker in a `transactional` file (not the exact first line: the
-    file would run in a transaction, against its intent), for an earlier checksum not
-    written exactly so, and for a `-- cicd-db:` line that is no directive the runner
-    knows: read as a comment, it would leave every database that applied the earlier
-    text refused as edited. (plan() calls it for the refusals alone; the runner reads
-    the checksums only of an applied file whose own checksum differs.)"""
-    found: set[str] = set()
-    for number, line in leading_comments(data):
-        if transactional and _NEAR_MARKER.fullmatch(line):
-            where = "is not the first line" if number > 1 else "is not written exactly so"
-            raise ConfigError(
-                f"migration file {filename}, line {number}: a no-transaction marker that "
-                f"{where}, so the file would run in a transaction; make the file's first line "
-                f"`{NO_TRANSACTION_MARKER.decode()}`, or remove the comment"
-            )
-        if _NEAR_EARLIER.search(line):
-            match = _EARLIER.fullmatch(line)
-            if match is None:
-                raise ConfigError(
-                    f"migration file {filename}, line {number}: an earlier checksum is "
-                    f"written `{EARLIER_CHECKSUM} <sha256>`, the 64 lower-case hex digits the "
-                    "history holds for the earlier text; write it so, or remove the line"
-                )
-            found.add(match[1].decode())
-        elif (
-            _DIRECTIVE.match(line)
-            and line.rstrip() != NO_TRANSACTION_MARKER
-            and not _NEAR_MARKER.fullmatch(line)  # in a no-transaction file: a comment
-        ):
-            raise ConfigError(
-                f"migration file {filename}, line {number}: a `-- cicd-db:` line the runner "
-                f"does not know; it knows `{NO_TRANSACTION_MARKER.decode()}` (the first line) "
-                f"and `{EARLIER_CHECKSUM} <sha256>`; write one of them, or remove the line"
-            )
-    return frozenset(found)
-
-
 # Statements PostgreSQL refuses inside a transaction block (25001), by their first words:
 # known before anything runs, so a transactional file that holds one is refused up front,
 # not after the files before it were applied.
@@ -614,57 +479,3 @@ def _check_concurrent_index(
             "without a name; name the index (CREATE INDEX CONCURRENTLY IF NOT EXISTS name ON ...) "
             "so that a build left invalid by an interruption can be found and dropped"
         )
-
-
-def nth_statement(data: bytes, batch: Batch, index: int) -> Statement | None:
-    """The batch's statement number `index` (0-based), as the server counted them."""
-    scanner = Scanner(
-        data[: batch.end],
-        standard_strings=batch.standard_strings,
-        start=batch.start,
-        line=batch.line,
-    )
-    for count, piece in enumerate(scanner):
-        if count == index and isinstance(piece, Statement):
-            return piece
-    return None
-
-
-def split_at(data: bytes, steps: tuple[Step, ...], offset: int) -> tuple[tuple[Step, ...], ...]:
-    """The steps before `offset` and those from it; a batch that spans it is cut in two.
-    `offset` is a statement's end (lead_end)."""
-    head: list[Step] = []
-    tail: list[Step] = []
-    for step in steps:
-        if isinstance(step, Batch) and step.end <= offset:
-            head.append(replace(step, quiet_end=None, sets_transaction=False))
-        elif isinstance(step, Batch) and step.start < offset:
-            head.append(
-                replace(
-                    step, end=offset, changes_lexing=False, standard_strings_after=None,
-                    quiet_end=None, sets_transaction=False,
-                )
-            )  # fmt: skip
-            line = step.line + data.count(b"\n", step.start, offset)
-            tail.append(
-                replace(step, start=offset, line=line, quiet_end=None, sets_transaction=False)
-            )
-        else:
-            tail.append(step)
-    return tuple(head), tuple(tail)
-
-
-def lead_end(
-    steps: tuple[Step, ...], standard_strings: bool, *, isolated: bool = False
-) -> int | None:
-    """Where the runner's first query of its own goes in a file's transaction (which takes
-    a snapshot): after the file's leading statements that take none, when one of them
-    sets the transaction's characteristics (which must come before any query), or when
-    the transaction is `isolated` (repeatable read or serializable by default: its
-    snapshot must be taken where psql's is, after a leading LOCK's wait); else None,
-    before the file. Only for a first batch planned as the server reads strings
-    (`standard_strings`, the server's setting). Found by plan(): a lookup."""
-    first = steps[0] if steps else None
-    if not isinstance(first, Batch) or first.standard_strings != standard_strings:
-        return None
-    return first.quiet_end if first.sets_transaction or isolated else None

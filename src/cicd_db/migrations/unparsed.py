@@ -17,7 +17,7 @@ from cicd_db.sqltext import Scanner, Statement
 if TYPE_CHECKING:
     from cicd_db.migrations.files import Migration
     from cicd_db.migrations.session import Session
-    from cicd_db.migrations.statements import Batch
+    from cicd_db.migrations.steps import Batch
 
 
 def first_unparsed(session: Session, migration: Migration, batch: Batch) -> Statement | None:
