@@ -28,7 +28,7 @@ from psycopg import pq, sql
 
 from cicd_db import migrations
 from cicd_db.errors import ConfigError
-from cicd_db.migrations import history
+from cicd_db.migrations import finding, history, history_table
 from cicd_db.settings import ConnectionSettings
 
 from ..fix_cli import migrate, run_cli
@@ -431,7 +431,7 @@ def test_a_history_in_place_is_read_in_one_query(database: Database, tmp_path: P
         rows: list[list[migrations.Applied]] = []
         sent = client_queries(conn, lambda: rows.append(history.read(conn)))
         assert len(sent) == 1, sent
-        ours, older = history.find(conn)
+        ours, older = finding.find(conn)
         assert (ours, older) == (True, [])
         assert rows[0] == history.read(conn, placed=True)
         assert [row.version for row in rows[0]] == [1, 2, 3]
@@ -608,10 +608,10 @@ def test_the_history_itself_is_no_history_under_another_name(
     has its columns")."""
     assert migrate(database, write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})).code == 0
     with database.connect() as conn:
-        history._refuse_a_history_under_another_name(conn)  # nothing to refuse
+        finding.refuse_a_history_under_another_name(conn)  # nothing to refuse
         conn.execute("ALTER TABLE cicd_db.cicd_db_schema_history RENAME TO moved")
         with pytest.raises(ConfigError, match=r"but cicd_db\.moved has its columns \(1 row\)"):
-            history._refuse_a_history_under_another_name(conn)
+            finding.refuse_a_history_under_another_name(conn)
 
 
 @settings(
@@ -703,7 +703,7 @@ def test_a_login_role_named_like_the_runners_schema_is_refused(
         as_role = replace(database.settings, user="cicd_db", password=password)
         # The role's name is quoted as the server's keywords say: read afresh here, not
         # left by an earlier test.
-        monkeypatch.setattr(history, "_RESERVED", None)
+        monkeypatch.setattr(history_table, "_RESERVED", None)
         code, out, err = migrate(as_role, folder)
         assert code == 2, (out, err)
         assert "(the login role is named after it)" in err

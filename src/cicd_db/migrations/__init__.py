@@ -40,7 +40,9 @@ The package, one job per module; imports flow down this list, never up:
     verify      baseline and drift: the live schema against what the files make
     lock        the advisory lock, on a second connection
     session     the work session: sending text as psql does, resetting it, its checks
-    history     the history table: finding, reading, creating, writing, reconciling
+    history     the history table: reading, creating, writing, reconciling
+    finding     the history found by catalog, never through search_path
+    history_table  its place and shape; the runner's own statements pinned; names shown
     failures    a failure told in one line; which failures are retried
     files       Migration; discovering, reading and writing files
     statements  planning a file's text into queries; refusing what may not run

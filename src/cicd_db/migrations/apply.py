@@ -23,7 +23,7 @@ from cicd_db.errors import (
     MigrationFailed,
     interrupt_exit_code,
 )
-from cicd_db.migrations import diagnose, history, integrity, lock, reconcile
+from cicd_db.migrations import diagnose, history, history_table, integrity, lock, reconcile
 from cicd_db.migrations.failures import (
     Transient,
 )
@@ -55,7 +55,7 @@ BEGIN_MARKED = b"BEGIN;" + MARK
 # history, and a refusal is told as the row's, with what was added to the table.
 FIRE_DEFERRED = b"SET CONSTRAINTS ALL IMMEDIATE"
 # Statements before the checks in a file's closing batch: the reset, then PINNED's.
-_RESET_IN_TRANSACTION = 1 + RESET_BEFORE_COMMIT.count(b"; ") + 1 + history.PINNED_STATEMENTS
+_RESET_IN_TRANSACTION = 1 + RESET_BEFORE_COMMIT.count(b"; ") + 1 + history_table.PINNED_STATEMENTS
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ class Applier(Verdicts):
 
         Two round trips: the transaction's start (its id, the history's state) travels with the
         file's first statements; the file's deferred triggers, the session reset, the
-        runner's own settings (history.PINNED), the checks, the history row and COMMIT
+        runner's own settings (history_table.PINNED), the checks, the history row and COMMIT
         travel together. A check that fails stops everything after it, COMMIT included:
         the file ended the runner's transaction (its id is another), or the runner's lock
         was lost, or the history is not as the runner left it plus the file's row. The
@@ -202,7 +202,7 @@ class Applier(Verdicts):
             [
                 FIRE_DEFERRED,
                 RESET_BEFORE_COMMIT,
-                history.PINNED,
+                history_table.PINNED,
                 self.session.still_ours(begun),
                 self.session.still_locked(),
                 history.insert_row(self.conn, migration, duration_ms=None),
@@ -280,7 +280,7 @@ class Applier(Verdicts):
         self.session.simple(RESET_BEFORE_COMMIT)
         finish = b"; ".join(
             [
-                history.PINNED,
+                history_table.PINNED,
                 self.session.still_locked(),
                 history.insert_row(self.conn, migration, duration_ms=duration_ms),
                 FIRE_DEFERRED,
@@ -294,6 +294,6 @@ class Applier(Verdicts):
             migration,
             self.session.simple(finish),
             committed="is",
-            insert_at=history.PINNED_STATEMENTS + 1,
+            insert_at=history_table.PINNED_STATEMENTS + 1,
         )
         return notes

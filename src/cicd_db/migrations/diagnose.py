@@ -23,7 +23,7 @@ from cicd_db.migrations.failures import (
     setting_advice,
 )
 from cicd_db.migrations.files import Migration
-from cicd_db.migrations.history import SCHEMA, TABLE, shown
+from cicd_db.migrations.history_table import SCHEMA, TABLE, shown
 from cicd_db.migrations.steps import nth_statement
 from cicd_db.sqltext import without_comments
 

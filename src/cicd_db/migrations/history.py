@@ -9,7 +9,6 @@ into place by the next run that writes. Two histories are refused.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,58 +19,20 @@ from psycopg import errors, sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import args_row
 
-from cicd_db.errors import ConfigError, MigrationRefused, OperationalError, plural
+from cicd_db.errors import ConfigError, MigrationRefused, OperationalError
 from cicd_db.migrations.files import Migration
-
-SCHEMA = "cicd_db"
-TABLE = "cicd_db_schema_history"
-COLUMNS = ("version", "name", "checksum", "applied_at", "applied_by", "duration_ms")
-# Their types as create() makes them.
-OWN_COLUMNS = {
-    "version": "bigint",
-    "name": "text",
-    "checksum": "text",
-    "applied_at": "timestamp with time zone",
-    "applied_by": "text",
-    "duration_ms": "integer",
-}
-# The history table by its schema-qualified name: always the same, whatever
-# search_path a session, role, database or file sets.
-QUALIFIED = sql.Identifier(SCHEMA, TABLE)
-
-
-# Sent, in a transaction, before the runner's own statements on the history: whatever
-# search_path the role, database or file set, no function or operator of another schema
-# stands in for PostgreSQL's own (a public.now() before pg_catalog); and with
-# row_security off, a row-level security policy on the history is an error, never a
-# filter that hides applied files (PostgreSQL raises it only where a policy would apply);
-# and as the login role itself, where a role setting (ALTER ROLE ... SET role) makes
-# every session, and RESET ROLE, another.
-PINNED = (
-    b"SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL row_security = off; "
-    b"SET LOCAL ROLE NONE"
+from cicd_db.migrations.finding import find
+from cicd_db.migrations.history_table import (
+    COLUMNS,
+    PINNED,
+    PINNED_STATEMENTS,
+    QUALIFIED,
+    SCHEMA,
+    TABLE,
+    pinned_rows,
+    row_security_refused,
+    shown,
 )
-PINNED_STATEMENTS = PINNED.count(b";") + 1  # results it gives, to step over
-
-
-def pinned_rows(
-    conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, row_factory: Any = None
-) -> list[Any]:
-    """The rows of the runner's own `query` (values as literals), run after PINNED.
-
-    On an idle autocommit session, in one round trip and one implicit transaction
-    (simple protocol), which PINNED's settings end with; in the caller's transaction,
-    they hold until it ends.
-    """
-    with conn.cursor(row_factory=row_factory) if row_factory else conn.cursor() as cursor:
-        if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
-            cursor.execute(PINNED + b"; " + query.as_bytes(conn))
-            for _ in range(PINNED_STATEMENTS):
-                cursor.nextset()
-        else:
-            cursor.execute(PINNED)
-            cursor.execute(query)
-        return cursor.fetchall()
 
 
 @dataclass(frozen=True)
@@ -109,220 +70,6 @@ def _applied(
             f"{SCHEMA}.{TABLE} SET applied_at = now() WHERE version = {version})"
         ) from None
     return Applied(version, name, checksum, at, by, duration_ms)
-
-
-def shown(conn: psycopg.Connection[Any], *names: str) -> str:
-    """A (qualified) name as SQL would take it, quoted only where it must be: where it is
-    not lower-case letters, digits and underscores, or is a keyword PostgreSQL reserves
-    in any way (`user`, `all`, `current_user`, `select`), so that a statement a message
-    prints runs as written and names what it says."""
-    reserved = _reserved(conn)
-    return ".".join(
-        name
-        if re.fullmatch(r"[a-z_][a-z0-9_$]*", name)
-        and reserved is not None
-        and name not in reserved
-        else sql.Identifier(name).as_string(conn)
-        for name in names
-    )
-
-
-_RESERVED: frozenset[str] | None = None
-
-
-def _reserved(conn: psycopg.Connection[Any]) -> frozenset[str] | None:
-    """The keywords the server does not take as a bare name (pg_get_keywords, asked once
-    a process), or None when it cannot be asked now: then every name is quoted."""
-    global _RESERVED
-    if _RESERVED is None:
-        idle = conn.info.transaction_status == TransactionStatus.IDLE
-        if conn.closed or conn.broken or not (conn.autocommit and idle):
-            return None  # asking would fail, or open a transaction of the caller's
-        try:
-            rows = conn.execute(
-                "SELECT word FROM pg_catalog.pg_get_keywords() WHERE catcode <> 'U'"
-            ).fetchall()
-        except psycopg.Error:
-            return None
-        _RESERVED = frozenset(str(row[0]) for row in rows)
-    return _RESERVED
-
-
-def row_security_refused(
-    conn: psycopg.Connection[Any], error: psycopg.Error
-) -> tuple[str, str] | None:
-    """What to say (the cause, the fix) when `error` is row-level security on the history
-    (under PINNED's row_security off), or None for any other error."""
-    message = error.diag.message_primary or ""
-    if error.diag.sqlstate != "42501" or "row-level security" not in message:
-        return None
-    if TABLE not in message:
-        return None
-    name, user = shown(conn, SCHEMA, TABLE), shown(conn, conn.info.user)
-    return (
-        f"the migration history {name} has row-level security that applies to role {user} "
-        "(ENABLE or FORCE ROW LEVEL SECURITY, perhaps by a migration): a policy could hide "
-        "applied files, which would then run again",
-        f"as its owner, ALTER TABLE {name} DISABLE ROW LEVEL SECURITY, NO FORCE ROW LEVEL "
-        "SECURITY, and run again",
-    )
-
-
-# Whether the table `c` has every column of the history.
-_HAS_EVERY_COLUMN = sql.SQL(
-    "(SELECT count(*) FROM pg_catalog.pg_attribute a "
-    "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-    "AND a.attname = ANY(ARRAY[{columns}]::name[])) = {count}"
-).format(columns=sql.SQL(", ").join(map(sql.Literal, COLUMNS)), count=sql.Literal(len(COLUMNS)))
-_FIND = sql.SQL(
-    "SELECT n.nspname, c.relkind, c.relpersistence, {complete} FROM pg_catalog.pg_class c "
-    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE c.relname = {table} AND (c.relkind IN ('r', 'p') OR n.nspname = {schema}) "
-    "ORDER BY n.nspname"
-).format(
-    complete=_HAS_EVERY_COLUMN,
-    table=sql.Literal(TABLE),
-    schema=sql.Literal(SCHEMA),
-)
-
-
-def renamed_columns(columns: dict[str, str]) -> dict[str, str]:
-    """Columns (name -> type) of the history that are one of cicd-db's under another
-    name: an unknown column, the one of its type, where one of that type is missing
-    (name -> own name). Told as a rename, whose undo keeps the rows' values."""
-    missing = [own for own in OWN_COLUMNS if own not in columns]
-    unknown = [column for column in columns if column not in OWN_COLUMNS]
-    pairs = {}
-    for own in missing:
-        kind = OWN_COLUMNS[own]
-        candidates = [column for column in unknown if columns[column] == kind]
-        if len(candidates) == 1 and sum(OWN_COLUMNS[m] == kind for m in missing) == 1:
-            pairs[candidates[0]] = own
-    return pairs
-
-
-_COLUMNS_OF = sql.SQL(
-    "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) "
-    "FROM pg_catalog.pg_attribute a WHERE a.attrelid = {t}::pg_catalog.regclass "
-    "AND a.attnum > 0 AND NOT a.attisdropped"
-).format(t=sql.Literal(f"{SCHEMA}.{TABLE}"))
-
-
-def _not_as_made(conn: psycopg.Connection[Any]) -> str:
-    """What is wrong with the columns of a table in the history's place, and the fix: for
-    cicd-db's history with columns changed, never to drop it (its files would all run
-    again) but to rename them back; for a table of another shape, to move it away."""
-    name = shown(conn, SCHEMA, TABLE)
-    columns = dict(pinned_rows(conn, _COLUMNS_OF))
-    if not any(column in columns for column in OWN_COLUMNS):  # another tool's, it seems
-        return (
-            f"{name} exists but is not cicd-db's migration history: it must be a table with "
-            f"the columns {', '.join(COLUMNS)}; rename or drop it if it is not needed"
-        )
-    renamed = renamed_columns(columns)
-    missing = [c for c in OWN_COLUMNS if c not in columns and c not in renamed.values()]
-    told = [f"column {shown(conn, own)} renamed {shown(conn, now)}" for now, own in renamed.items()]
-    told += [f"column {shown(conn, column)} missing" for column in missing]
-    fixes = [
-        f"ALTER TABLE {name} RENAME COLUMN {shown(conn, now)} TO {shown(conn, own)}"
-        for now, own in renamed.items()
-    ]
-    fix = (
-        f"undo that ({'; '.join(fixes)})"
-        if fixes and not missing
-        else f"restore its columns ({', '.join(COLUMNS)})"
-    )
-    return (
-        f"{name} is cicd-db's migration history with its columns changed ({', '.join(told)}); "
-        f"{fix} and run again (never drop a history that has rows: every file it lists "
-        "would run again)"
-    )
-
-
-def find(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
-    """Where a history is: whether ours exists, and the schemas of older ones.
-
-    Found by catalog, never through search_path. Two histories are refused: which
-    one is true cannot be known, and applying by either could run files a second
-    time.
-    """
-    rows = pinned_rows(conn, _FIND)
-    ours = False
-    older = []
-    for schema, kind, persistence, complete in rows:
-        if schema == SCHEMA:
-            if kind in ("r", "p") and not complete:
-                raise ConfigError(_not_as_made(conn))
-            if persistence == "u":
-                name = shown(conn, SCHEMA, TABLE)
-                raise ConfigError(
-                    f"the migration history {name} is UNLOGGED: a crash of the server would "
-                    "empty it, and every migration would then run again; make it logged "
-                    f"(ALTER TABLE {name} SET LOGGED) and run again"
-                )
-            if kind not in ("r", "p"):
-                raise ConfigError(
-                    f"{shown(conn, SCHEMA, TABLE)} exists but is not cicd-db's migration "
-                    "history: it must be a table (it is a view or the like) with the columns "
-                    f"{', '.join(COLUMNS)}; rename or drop it if it is not needed"
-                )
-            ours = True
-        elif complete and not schema.startswith("pg_temp"):
-            older.append(str(schema))
-    found = ([SCHEMA] if ours else []) + older
-    if len(found) > 1:
-        counted = []
-        for schema in found:
-            table = sql.Identifier(schema, TABLE)
-            row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(table)).fetchone()
-            rows_in = int(row[0]) if row else 0
-            counted.append(f"{shown(conn, schema, TABLE)} ({plural(rows_in, 'row')})")
-        raise ConfigError(
-            f"this database has {len(found)} migration histories, {', '.join(counted)}; "
-            "one database holds one history: keep the one that matches the schema "
-            "(compare them with `SELECT * FROM` each; an empty one is most likely left by "
-            "an older release of cicd-db), drop the others, and run again"
-        )
-    if not found:
-        _refuse_a_history_under_another_name(conn)
-    return ours, older
-
-
-# Tables of another name in the history's schema with every column of the history: a
-# history a migration renamed (ALTER TABLE ... RENAME), looked for only where there is
-# none. (Moved to another schema under its name, it is found by name; an application's
-# table elsewhere may have such columns, and is none of the runner's.)
-_LOOK_ALIKES = sql.SQL(
-    "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
-    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE c.relkind IN ('r', 'p') AND n.nspname = {schema} AND c.relname <> {table} "
-    "AND {complete} ORDER BY 1, 2"
-).format(
-    schema=sql.Literal(SCHEMA),
-    table=sql.Literal(TABLE),  # the history itself, made meanwhile by another runner
-    complete=_HAS_EVERY_COLUMN,
-)
-
-
-def _refuse_a_history_under_another_name(conn: psycopg.Connection[Any]) -> None:
-    """ConfigError when the history is missing and a table with all its columns is
-    elsewhere: made anew, the history would be empty, and every file would run again."""
-    found = pinned_rows(conn, _LOOK_ALIKES)
-    if not found:
-        return
-    schema, table = (str(part) for part in found[0])
-    where = shown(conn, schema, table)
-    row = conn.execute(
-        sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema, table))
-    )
-    rows_in = int((row.fetchone() or (0,))[0])
-    back = [f"ALTER TABLE {where} RENAME TO {shown(conn, TABLE)}"]
-    raise ConfigError(
-        f"there is no migration history {shown(conn, SCHEMA, TABLE)}, but {where} has its "
-        f"columns ({plural(rows_in, 'row')}): a history a migration renamed or moved? A new "
-        "one would be empty, and every file would run again; if it is the history, move it "
-        f"back ({'; '.join(back)}); if it is a copy, drop it or rename a column; and run again"
-    )
 
 
 def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied]:

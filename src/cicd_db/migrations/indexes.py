@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 
 from cicd_db.errors import MigrationRefused
-from cicd_db.migrations import history
+from cicd_db.migrations import history_table
 from cicd_db.migrations.failures import RETRIED_SQLSTATES, Transient, first_line
 from cicd_db.migrations.files import IndexTarget, Migration, index_target
 from cicd_db.migrations.session import Session
@@ -85,7 +85,7 @@ def invalid_index(
     # The index of that name on that table, left invalid; one another session is
     # building right now is invalid too, until it is done. (An index's schema is its
     # table's: at most one has the name.)
-    invalid = history.pinned_rows(
+    invalid = history_table.pinned_rows(
         conn,
         sql.SQL(
             "SELECT format('%I.%I', n.nspname, c.relname), EXISTS (SELECT FROM "

@@ -18,16 +18,15 @@ import psycopg
 from psycopg import sql
 
 from cicd_db.migrations.files import Migration
-from cicd_db.migrations.history import (
+from cicd_db.migrations.finding import renamed_columns
+from cicd_db.migrations.history import row_values, since_begin
+from cicd_db.migrations.history_table import (
     OWN_COLUMNS,
     QUALIFIED,
     SCHEMA,
     TABLE,
     pinned_rows,
-    renamed_columns,
-    row_values,
     shown,
-    since_begin,
 )
 from cicd_db.sqltext import found_lowered
 
@@ -237,7 +236,7 @@ def recorded_check(
     return (check + _FINGERPRINT_CHECK) % values
 
 
-# The history as cicd-db makes it (create()): its columns (history.OWN_COLUMNS), all
+# The history as cicd-db makes it (create()): its columns (history_table.OWN_COLUMNS), all
 # NOT NULL, and its primary key; nothing else on it.
 OWN_CONSTRAINT = f"{TABLE}_pkey"
 # The defaults it makes, as pg_get_expr writes them under PINNED; no other column has one.

@@ -22,7 +22,7 @@ from cicd_db.errors import (
     MigrationFailed,
     interrupt_exit_code,
 )
-from cicd_db.migrations import diagnose, history
+from cicd_db.migrations import diagnose, history, history_table
 from cicd_db.migrations.failures import READ_ONLY_BY_THE_FILE, Transient, first_line
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.session import CHECK_LOCK, RESET_SESSION, Session
@@ -359,7 +359,7 @@ def _table_locks(conn: psycopg.Connection[Any], indexes: list[int]) -> list[tupl
         "AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')) "
         "AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'pg_toast'::regnamespace) "
         "AND c.relname <> %s",
-        [indexes, history.TABLE],
+        [indexes, history_table.TABLE],
     ).fetchall()
     return [(str(mode), str(table)) for mode, table in rows]
 

@@ -24,7 +24,7 @@ from cicd_db.errors import (
     OperationalError,
     UsageError,
 )
-from cicd_db.migrations import history, lock, reconcile
+from cicd_db.migrations import history, history_table, lock, reconcile
 from cicd_db.migrations.failures import DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET
 from cicd_db.migrations.files import Migration, discover
 from cicd_db.migrations.history import Applied
@@ -70,7 +70,7 @@ class Runner:
     @property
     def history_table(self) -> sql.Identifier:
         """The history table by its schema-qualified name."""
-        return history.QUALIFIED
+        return history_table.QUALIFIED
 
     def applied(self) -> list[Applied]:
         """The history, oldest first. Reads only."""

@@ -12,7 +12,7 @@ from psycopg.pq import ExecStatus
 from psycopg.pq.abc import PGresult
 
 from cicd_db.errors import MigrationFailed
-from cicd_db.migrations import diagnose, history, integrity
+from cicd_db.migrations import diagnose, history, history_table, integrity
 from cicd_db.migrations.failures import RETRIED_SQLSTATES, Transient, first_line
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.session import CHECK_LOCK, CHECK_MARK, Session
@@ -87,10 +87,10 @@ class Verdicts:
             raise MigrationFailed(
                 self._rows_put_back(migration, self._why(migration, state, committed=committed))
             )
-        if state == "42P01" and history.TABLE in (error.diag.message_primary or ""):
+        if state == "42P01" and history_table.TABLE in (error.diag.message_primary or ""):
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
         done = self._done(migration, committed)
-        refused = history.row_security_refused(self.conn, error)
+        refused = history_table.row_security_refused(self.conn, error)
         if refused:
             cause, fix = refused
             raise MigrationFailed(
@@ -167,7 +167,7 @@ class Verdicts:
     ) -> str:
         """A file's row refused (`refusal`: the server's words), or not written, by what
         was changed on the history since cicd-db made it: named with what undoes it."""
-        name = history.shown(self.conn, history.SCHEMA, history.TABLE)
+        name = history_table.shown(self.conn, history_table.SCHEMA, history_table.TABLE)
         how = f"refused its row ({refusal})" if refusal else "did not keep its row as written"
         return (
             f"migration {migration.filename} cannot be recorded: the migration history "
@@ -189,10 +189,10 @@ class Verdicts:
             "an ALTER TABLE that rewrites it or makes it UNLOGGED, or another table in its "
             "place)",
             integrity.CHECK_SECOND: "made a second table like the migration history (of "
-            f"its name and columns, outside schema {history.SCHEMA}), which every later run "
+            f"its name and columns, outside schema {history_table.SCHEMA}), which every later run "
             "would refuse as a second history",
             CHECK_HISTORY_GONE: "dropped or moved the migration history "
-            f"({history.shown(self.conn, history.SCHEMA, history.TABLE)})",
+            f"({history_table.shown(self.conn, history_table.SCHEMA, history_table.TABLE)})",
         }[check]
         done = self._done(migration, committed, ended=check == CHECK_MARK)
         if check == CHECK_LOCK:
