@@ -34,7 +34,7 @@ def fixed_texts() -> str:
     message templates) and the libpq and psycopg messages these URLs draw. A run of a
     password that occurs here anyway (" as ", "port") proves nothing, and is skipped."""
     sources = Path(__file__).resolve().parents[1] / "src" / "cicd_db"
-    texts = [path.read_text() for path in sorted(sources.glob("*.py"))]
+    texts = [path.read_text() for path in sorted(sources.rglob("*.py"))]
     texts += [
         "Connection refused",
         "Is the server running on that host and accepting TCP/IP connections?",

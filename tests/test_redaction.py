@@ -357,7 +357,7 @@ def test_only_ports_are_shown_after_the_colon_of_a_url_without_an_at(url: str, m
     assert bool(password_candidates(url)) == hidden
 
 
-# -- _misspelt_keyword: an unknown parameter's name shows only when it misspells one -----
+# -- libpq.misspelt_keyword: an unknown parameter's name shows only when it misspells one -----
 
 
 @pytest.mark.parametrize(

@@ -258,7 +258,7 @@ def origin(settings: ConnectionSettings, keyword: str) -> str:
     if variable:
         return f"{keyword}={os.environ[variable]} (from {variable})"
     if keyword == "sslmode" and os.environ.get("PGREQUIRESSL", "").startswith("1"):
-        # libpq still reads the old variable where PG"sslmode" is unset, as "1..." only.
+        # libpq still reads the old variable where PGSSLMODE is unset, as "1..." only.
         return "sslmode=require (from PGREQUIRESSL)"
     if (
         keyword == "sslmode"
@@ -272,7 +272,7 @@ def origin(settings: ConnectionSettings, keyword: str) -> str:
 
 
 def variable(settings: ConnectionSettings, keyword: str) -> str | None:
-    """The environment variable libpq takes `keyword` from (PG"sslmode", PGCONNECT_TIMEOUT,
+    """The environment variable libpq takes `keyword` from (PGSSLMODE, PGCONNECT_TIMEOUT,
     ...), when these settings name no value and the variable is set."""
     named = {
         "host": settings.host,

@@ -184,7 +184,7 @@ def table(view: View) -> str:
     """The view for a terminal: at most 80 columns, names escaped, times in UTC."""
     if isinstance(view, RunsView):
         count = f": {len(view.runs)} run{'s' if len(view.runs) != 1 else ''}, newest first"
-        lines = [f"pipeline {_fit(view.pipeline, WIDTH - len('pipeline ') - len(count))}{count}"]
+        lines = [f"pipeline {fit(view.pipeline, WIDTH - len('pipeline ') - len(count))}{count}"]
         lines += grid(
             ["RUN", "STATUS", "COMMIT", "STARTED (UTC)", "FINISHED (UTC)", "DURATION"],
             [
@@ -270,7 +270,7 @@ def _time_fields(what: str, row: PipelineRun | StageRun | JobRun) -> list[tuple[
 def _fields(pairs: list[tuple[str, str]]) -> list[str]:
     """Key/value lines, values escaped and shortened to fit."""
     return [
-        f"{label:<{LABEL_WIDTH}}{_fit(value, WIDTH - LABEL_WIDTH)}".rstrip()
+        f"{label:<{LABEL_WIDTH}}{fit(value, WIDTH - LABEL_WIDTH)}".rstrip()
         for label, value in pairs
     ]
 
@@ -321,7 +321,7 @@ def grid(headers: list[str], rows: list[list[str]], *, width: int = WIDTH) -> li
                 break
             widths[max(shrinkable, key=lambda i: widths[i])] -= 1
     return [
-        "  ".join(_pad(_fit(cell, w), w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        "  ".join(_pad(fit(cell, w), w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in table
     ]
 
@@ -345,7 +345,7 @@ def _pad(text: str, width: int) -> str:
     return text + " " * (width - _width(text))
 
 
-def _fit(text: str, width: int) -> str:
+def fit(text: str, width: int) -> str:
     """`text` escaped and, when wider than `width`, its start and end around an ellipsis."""
     text = one_line(text)
     if _width(text) <= width:

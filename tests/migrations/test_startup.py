@@ -33,6 +33,7 @@ ON_USE = (
     "cicd_db.store",
     "cicd_db.throwaway",
     "cicd_db.embedded",
+    "cicd_db.pgprocess",
 )
 
 

@@ -16,7 +16,7 @@ from cicd_db.insights.figures import (
     Summary,
     Window,
 )
-from cicd_db.report import WIDTH, _fit, grid, structured
+from cicd_db.report import WIDTH, fit, grid, structured
 from cicd_db.report import seconds_text as _secs
 
 
@@ -209,7 +209,7 @@ def table(result: Insights) -> str:
     if isinstance(result, Summary):
         return _summary_table(result)
     r = result
-    head = f"pipeline {_fit(r.pipeline, WIDTH - 9 - 2 - len(window_title(r)))}: {window_title(r)}"
+    head = f"pipeline {fit(r.pipeline, WIDTH - 9 - 2 - len(window_title(r)))}: {window_title(r)}"
     finished = r.success + r.failed
     lines = [head, ""]
     lines.append(
@@ -300,7 +300,7 @@ def _summary_table(summary: Summary) -> str:
     )
     rows = [
         [
-            _fit(line.pipeline, room),
+            fit(line.pipeline, room),
             str(line.runs),
             percent(line.success_rate),
             _secs(line.duration_p50_seconds),

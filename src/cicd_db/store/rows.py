@@ -89,7 +89,7 @@ def moved(row: Row, status: str, start_time: Any, completion_time: Any) -> Row:
 
 
 def pending_job(job_id: UUID, stage_id: UUID, job_name: str, allows_failure: bool) -> JobRun:
-    """JobRun(PENDING, None, None, ...), made as _moved makes rows: add_jobs makes many."""
+    """JobRun(PENDING, None, None, ...), made as moved makes rows: add_jobs makes many."""
     job = _new(JobRun)
     _set(
         job,
