@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from cicd_db import commands, console, errors, migrations, outputs, targets
+from cicd_db.commands.context import write_answer
 from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import run_cli, start_cli
@@ -701,7 +702,7 @@ def test_what_is_no_regular_file_is_written_where_it_stands(tmp_path: Path) -> N
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        commands._write(fifo, "through the pipe\n")
+        write_answer(fifo, "through the pipe\n")
         assert os.read(reader, 100) == b"through the pipe\n"
     finally:
         os.close(reader)
@@ -739,7 +740,7 @@ def test_a_file_with_other_names_is_written_in_place_and_a_long_name_is_written(
     first, second = tmp_path / "page.html", tmp_path / "same.html"
     first.write_text("old\n")
     os.link(first, second)
-    commands._write(first, "new\n")
+    write_answer(first, "new\n")
     assert second.read_text() == "new\n" and first.stat().st_ino == second.stat().st_ino
     # Extended attributes (an ACL is one) stay with a file written in place; a rename
     # would drop them. (Linux: ext4 and tmpfs take user attributes, as CI's disks do.)
@@ -748,7 +749,7 @@ def test_a_file_with_other_names_is_written_in_place_and_a_long_name_is_written(
         tagged.write_text("old\n")
         os.setxattr(tagged, "user.cicd", b"kept")
         inode = tagged.stat().st_ino
-        commands._write(tagged, "new\n")
+        write_answer(tagged, "new\n")
         assert (tagged.read_text(), tagged.stat().st_ino) == ("new\n", inode)
         assert os.getxattr(tagged, "user.cicd") == b"kept"
         tagged.unlink()
@@ -757,11 +758,11 @@ def test_a_file_with_other_names_is_written_in_place_and_a_long_name_is_written(
     shared = tmp_path / "shared.html"
     shared.write_text("old\n")
     os.chown(shared, -1, group)
-    commands._write(shared, "new\n")
+    write_answer(shared, "new\n")
     assert (shared.read_text(), shared.stat().st_gid) == ("new\n", group)
     shared.unlink()
     long = tmp_path / ("a" * 245 + ".html")
-    commands._write(long, "text\n")
+    write_answer(long, "text\n")
     assert long.read_text() == "text\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["page.html", "same.html", long.name]
@@ -797,7 +798,7 @@ def test_o_dev_stdout_into_a_closed_pipe_is_told_as_for_dash(migrated: Database)
 _AS_ANOTHER_USER = """
 import os, pwd, resource, sys
 from pathlib import Path
-from cicd_db import commands
+from cicd_db.commands.context import write_answer
 if os.geteuid() == 0:  # root writes anywhere: the write runs as nobody, as a user's would
     nobody = pwd.getpwnam("nobody")
     os.setgroups([])  # root's own groups (0 among them) are none of nobody's
@@ -806,14 +807,14 @@ if os.geteuid() == 0:  # root writes anywhere: the write runs as nobody, as a us
 if len(sys.argv) > 3:  # a full disk, as a real limit on file size gives it
     resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
 try:
-    commands._write(Path(sys.argv[1]), sys.argv[2])
+    write_answer(Path(sys.argv[1]), sys.argv[2])
 except Exception as error:
     print(error)
 """
 
 
 def _as_another_user(path: Path, text: str, *limited: str) -> subprocess.CompletedProcess[str]:
-    """`commands._write(path, text)` in a process of its own, as nobody when run as root
+    """`write_answer(path, text)` in a process of its own, as nobody when run as root
     (with a 512-byte limit on file size when `limited` is given)."""
     return subprocess.run(
         [sys.executable, "-c", _AS_ANOTHER_USER, str(path), text, *limited],
@@ -907,7 +908,7 @@ def test_a_read_only_file_in_a_folder_it_can_write_is_refused_and_kept() -> None
         said = done.stdout
     else:
         with pytest.raises(errors.ConfigError) as refused:
-            commands._write(kept, "new\n")
+            write_answer(kept, "new\n")
         said = f"{refused.value}\n"
     try:
         assert said == f"cannot write {kept}: Permission denied; pick another path\n"
@@ -927,7 +928,7 @@ def test_a_file_of_another_owner_is_written_in_place_and_keeps_its_owner(tmp_pat
     page.write_text("old\n")
     os.chown(page, nobody.pw_uid, nobody.pw_gid)
     inode = page.stat().st_ino
-    commands._write(page, "new\n")
+    write_answer(page, "new\n")
     assert (page.read_text(), page.stat().st_uid, page.stat().st_ino) == (
         "new\n", nobody.pw_uid, inode,
     )  # fmt: skip
@@ -938,7 +939,7 @@ def test_a_new_file_gets_the_mode_the_umask_leaves_and_the_umask_stays(tmp_path:
     was read to know it is the process's again."""
     umask = os.umask(0o027)
     try:
-        commands._write(tmp_path / "new.sql", "text\n")
+        write_answer(tmp_path / "new.sql", "text\n")
     finally:
         after = os.umask(umask)
     assert after == 0o027
@@ -963,7 +964,7 @@ def test_a_file_being_filled_is_private_until_it_is_whole(
     monkeypatch.setattr(outputs.os, "fchmod", fchmod)
     umask = os.umask(0o022)
     try:
-        commands._write(target, "new\n")
+        write_answer(target, "new\n")
     finally:
         os.umask(umask)
     assert seen == [0o600]
@@ -982,7 +983,7 @@ def test_a_name_taken_beside_the_file_is_never_written_through(
     monkeypatch.setattr(outputs.os, "urandom", lambda n: bytes(n))
     (tmp_path / f".cicd-db-{bytes(6).hex()}.tmp").symlink_to(victim)
     with pytest.raises(errors.ConfigError) as refused:
-        commands._write(target, "new\n")
+        write_answer(target, "new\n")
     assert str(refused.value) == f"cannot write {target}: File exists; pick another path"
     assert (victim.read_text(), target.read_text()) == ("victim's\n", "old\n")
 
@@ -1009,7 +1010,7 @@ def test_no_room_for_the_file_beside_leaves_the_old_file_as_it_was(
     target.write_text("old\n")
     _refusing(monkeypatch, step, errno.ENOSPC)
     with pytest.raises(errors.ConfigError) as refused:
-        commands._write(target, "new\n")
+        write_answer(target, "new\n")
     assert str(refused.value) == (
         f"cannot write {target}: No space left on device; pick another path"
     )
@@ -1026,7 +1027,7 @@ def test_a_file_that_is_a_mount_of_its_own_is_written_in_place(
     target.write_text("old\n")
     inode = target.stat().st_ino
     _refusing(monkeypatch, "replace", errno.EBUSY)
-    commands._write(target, "new\n")
+    write_answer(target, "new\n")
     assert (target.read_text(), target.stat().st_ino) == ("new\n", inode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["schema.sql"]
 
@@ -1037,7 +1038,7 @@ def test_a_link_that_loops_is_refused_and_left(tmp_path: Path) -> None:
     loop = tmp_path / "loop.sql"
     loop.symlink_to(loop.name)
     with pytest.raises(errors.ConfigError) as refused:
-        commands._write(loop, "new\n")
+        write_answer(loop, "new\n")
     assert str(refused.value) == (
         f"cannot write {loop}: Too many levels of symbolic links; pick another path"
     )
@@ -1049,8 +1050,8 @@ def test_o_dev_stderr_is_the_commands_standard_error_appended_to(tmp_path: Path)
     log = tmp_path / "log"
     log.write_text("-- before\n")
     script = (
-        "from pathlib import Path; from cicd_db import commands; "
-        "commands._write(Path('/dev/stderr'), 'the text\\n')"
+        "from pathlib import Path; from cicd_db.commands.context import write_answer; "
+        "write_answer(Path('/dev/stderr'), 'the text\\n')"
     )
     with log.open("a") as appended:
         done = subprocess.run([sys.executable, "-c", script], stderr=appended, timeout=60, cwd=ROOT)
@@ -1068,7 +1069,7 @@ def test_a_closed_standard_output_does_not_keep_a_file_from_being_written(
     monkeypatch.setattr("sys.stdout", closed)
     target = tmp_path / "schema.sql"
     target.write_text("old\n")
-    commands._write(target, "new\n")
+    write_answer(target, "new\n")
     assert target.read_text() == "new\n"
 
 
@@ -1086,7 +1087,7 @@ def test_a_link_to_another_file_system_has_its_target_replaced_whole(tmp_path: P
         inode = target.stat().st_ino
         link = tmp_path / "schema.sql"
         link.symlink_to(target)
-        commands._write(link, "new\n")
+        write_answer(link, "new\n")
         assert (target.read_text(), link.is_symlink()) == ("new\n", True)
         assert target.stat().st_ino != inode  # renamed over: whole or not at all
     finally:
@@ -1195,7 +1196,7 @@ def test_a_file_system_without_extended_attributes_still_gets_files_whole(
         raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
 
     monkeypatch.setattr(outputs.os, "listxattr", unsupported, raising=False)
-    commands._write(target, "new\n")
+    write_answer(target, "new\n")
     assert target.read_text() == "new\n" and target.stat().st_ino != inode
 
 
@@ -1222,7 +1223,7 @@ def test_a_file_renamed_over_is_on_disk_before_it_takes_the_name(
 
     monkeypatch.setattr(outputs.os, "fsync", watched_sync)
     monkeypatch.setattr(outputs.os, "replace", watched_rename)
-    commands._write(target, "new\n")
+    write_answer(target, "new\n")
     assert target.read_text() == "new\n"
     assert [kind for kind, _ in events] == ["fsync", "replace"], events
     assert events[0][1] == events[1][1] and Path(events[0][1]).name.startswith(".cicd-db-")

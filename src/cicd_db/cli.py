@@ -1,4 +1,4 @@
-"""`cicd-db`: parses the arguments, runs one command (commands.py), prints its errors.
+"""`cicd-db`: parses the arguments, runs one command (the commands package), prints its errors.
 
     cicd-db migrate [up|status|wait|baseline|new|check]   migrations (also scripts/migrate.py)
     cicd-db schema [dump|diff]                            the schema as SQL; drift

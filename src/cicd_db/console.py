@@ -1,7 +1,7 @@
 """What the commands show: each library result as lines of text and as JSON.
 
 Pure functions of the results (no argparse, no I/O), so each shape is tested on its
-own; commands.py decides which one a command prints and where. The terminal clock for
+own; the commands package decides which one a command prints and where. The terminal clock for
 long files lives here too.
 """
 

@@ -1,0 +1,227 @@
+"""`migrate up`, `status`, `wait`, `baseline`, `new` and `check`: the runner's commands."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+from cicd_db import console, migrations, targets
+from cicd_db.commands.context import Context, write_answer
+from cicd_db.errors import (
+    EXIT_DISAGREES,
+    EXIT_LINT,
+    EXIT_PENDING,
+    CicdDbError,
+    Interrupted,
+    UsageError,
+    interrupt_exit_code,
+    plural,
+)
+
+WAIT_TIMEOUT = 30.0  # seconds `migrate wait` waits by default
+
+
+def up(
+    ctx: Context,
+    *,
+    dry_run: bool = False,
+    sql: bool = False,
+    target: int | None = None,
+    yes: bool = False,
+    retries: int = migrations.DEFAULT_RETRIES,
+    retry_budget: float = migrations.DEFAULT_RETRY_BUDGET,
+    rehearse: bool = False,
+    dump_schema: Path | None = None,
+) -> int:
+    """`migrate up`, and `migrate` alone: apply the pending files up to `target`, or
+    list them (`dry_run`, with their text: `sql`), or rehearse them; `yes` confirms
+    writing to a remote stack; `dump_schema` writes the schema afterwards."""
+    where = ctx.target()
+    if dump_schema is not None and str(dump_schema) == "-":
+        # Elsewhere `-o -` is standard output; here it would have made a file named `-`.
+        raise UsageError(
+            "{dump_schema} - would mix the schema with the run's lines on standard output; "
+            "give a path, or run `cicd-db schema dump` after the run",
+            arguments=["dump_schema"],
+        )
+    if dump_schema and (dry_run or rehearse):
+        raise UsageError(
+            "{dump_schema} writes the schema once files are applied, and {given} applies "
+            "none; leave one of them out",
+            arguments=["dump_schema", "rehearse" if rehearse else "dry_run"],
+            values={"given": "--rehearse" if rehearse else "--dry-run"},
+        )
+    if sql and (rehearse or not dry_run):
+        raise UsageError(
+            "{sql} prints what {dry_run} would apply; add {dry_run}"
+            + (", without {rehearse}" if rehearse else ""),
+            arguments=["sql", "dry_run", "rehearse"],
+        )
+    action = "apply migrations to it"
+    if rehearse:
+        action = "rehearse on it (a rehearsal takes the locks the files take)"
+    with ctx.runner(
+        where,
+        # A rehearsal takes the files' locks on the real tables: a write, even dry.
+        writes=rehearse or not dry_run,
+        yes=yes,
+        action=action,
+        retries=retries,
+        retry_budget=retry_budget,
+    ) as runner:
+        # What a run up to `target` leaves pending above it: said, never "up to date".
+        # Read before it runs: after, an interrupt there would hide what was applied.
+        beyond = 0
+        if target is not None:
+            beyond = sum(row.state == "pending" and row.version > target for row in runner.status())
+        if rehearse:
+            rehearsals = runner.rehearse(target=target)
+            ctx.show(
+                console.rehearsal_json(where.description, rehearsals, beyond=beyond),
+                lambda: console.rehearsal_lines(
+                    where.description, rehearsals, target=target, beyond=beyond
+                ),
+            )
+            failed = [r for r in rehearsals if r.failed]
+            if failed and ctx.quiet and not ctx.json:  # the FAILED lines above were silenced
+                console.print_lines(console.rehearsal_failure(failed), file=sys.stderr)
+            return 1 if failed else 0
+
+        def server_said(diag: psycopg.errors.Diagnostic) -> None:
+            line = console.server_line(
+                diag.severity_nonlocalized, diag.message_primary, ctx.verbose
+            )
+            if line is not None:
+                console.print_lines(line, file=sys.stderr)
+
+        runner.conn.add_notice_handler(server_said)
+        ticker = console.Ticker(enabled=sys.stderr.isatty() and not ctx.quiet and not ctx.json)
+        started = time.perf_counter()
+
+        so_far: list[migrations.Result] = []
+
+        def applied(result: migrations.Result) -> None:
+            so_far.append(result)
+            ticker.stop()
+            ctx.say(*([] if ctx.json else console.applied_lines(result, sql=sql)))
+
+        notes: list[str] = []
+
+        def noted(note: str) -> None:
+            notes.append(note)
+            ctx.say(*([] if ctx.json else [f"  {note}"]))
+
+        try:
+            results = runner.apply(
+                target=target,
+                dry_run=dry_run,
+                on_start=ticker.start,
+                on_applied=applied,
+                on_retry=ticker.retrying,
+                on_note=noted,
+            )
+        except KeyboardInterrupt as interrupt:
+            # Not during a file (that is the runner's own Interrupted): before the first,
+            # or between two, where the last file named may not be the last applied (its
+            # commit comes before its line): `migrate status` is what says.
+            if dry_run:
+                said = "interrupted; a dry run applies nothing"
+            elif so_far:
+                said = (
+                    f"interrupted between files, after {so_far[-1].migration.filename}; "
+                    "`migrate status` shows what was applied"
+                )
+            else:
+                said = "interrupted before any file ran"
+            raise Interrupted(
+                said,
+                exit_code=interrupt_exit_code(interrupt),
+            ) from None
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if dump_schema and not dry_run:
+            from cicd_db import schema
+
+            # A failure or an interrupt now leaves the files applied: say so first.
+            done = f"applied {plural(len(results), 'migration')}, but the schema was not written"
+            to_path = f" to {dump_schema}"  # _write's own error names it
+            try:
+                text = schema.dump(where.settings.for_migrations())
+                to_path = ""
+                write_answer(dump_schema, text)
+            except CicdDbError as error:  # a file changed the login's password, say
+                raise error.after(done + to_path) from None
+            except KeyboardInterrupt as interrupt:
+                raise Interrupted(
+                    f"{done}: interrupted", exit_code=interrupt_exit_code(interrupt)
+                ) from None
+    summary = [
+        console.up_summary(
+            where.description, dry_run, len(results), elapsed_ms, target=target, beyond=beyond
+        )
+    ]
+    if dump_schema and not dry_run:  # not with --json: stdout stays one JSON document
+        summary.append(f"schema written to {dump_schema}")
+    ctx.show(console.applied_json(where.description, dry_run, results, notes), lambda: summary)
+    return 0
+
+
+def status(ctx: Context, *, exit_code: bool = False) -> int:
+    """`migrate status`: every file and its state. With `exit_code`, a verdict:
+    EXIT_DISAGREES when a file and the history disagree, else EXIT_PENDING when a
+    file is pending, else 0."""
+    target = ctx.target()
+    with ctx.runner(target, writes=False) as runner:
+        rows = runner.status()
+        # What libpq used: the host it reached, its port, whatever PGHOST or a service gave.
+        url = target.settings.for_migrations().in_use(runner.conn.info).redacted_url()
+    ctx.show(
+        console.status_json(target.description, url, rows),
+        lambda: console.status_lines(target.description, rows),
+    )
+    if not exit_code:
+        return 0
+    if any(row.disagrees for row in rows):
+        return EXIT_DISAGREES
+    return EXIT_PENDING if any(row.state == "pending" for row in rows) else 0
+
+
+def wait(ctx: Context, *, timeout: float = WAIT_TIMEOUT) -> int:
+    """`migrate wait`: until the target accepts connections, at most `timeout` seconds."""
+    target = ctx.remember(ctx.target())
+    used = targets.wait(target.settings, timeout)
+    ctx.say(f"ready: {used.redacted_url()}")
+    return 0
+
+
+def baseline(ctx: Context, *, version: int, yes: bool = False) -> int:
+    """`migrate baseline`: record files up to `version` as applied, once the schema matches."""
+    target = ctx.target()
+    with ctx.runner(target, writes=True, yes=yes, action="baseline it") as runner:
+        recorded = runner.baseline(version)
+    ctx.say(console.baseline_line(target.description, version, len(recorded)))
+    return 0
+
+
+def new(ctx: Context, name: str, *, transactional: bool = True) -> int:
+    """`migrate new`: write the next file and print its path."""
+    path = migrations.new_migration(ctx.folder(), name, transactional=transactional)
+    ctx.show({"path": str(path)}, lambda: [str(path)], answer=True)
+    return 0
+
+
+def check(ctx: Context, *, lint: bool = True) -> int:
+    """`migrate check`: the files, their lint (unless not `lint`), and a named target's history."""
+    from cicd_db import lint as linter
+
+    files = migrations.discover(ctx.folder())
+    reports = linter.lint(files, targets.repository_root()) if lint else []
+    target, rows = ctx.named_target(), []
+    if target is not None:
+        with ctx.runner(target, writes=False) as runner:
+            rows = [row for row in runner.status() if row.disagrees]
+    shown = (len(files), reports, target.description if target else None, rows)
+    ctx.show(console.check_json(*shown), lambda: console.check_lines(*shown))
+    return EXIT_DISAGREES if rows else EXIT_LINT if any(not r.passed for r in reports) else 0
