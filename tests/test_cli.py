@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cicd_db import cli, commands, migrations
+from cicd_db.errors import UsageError
 
 from .fix_cli import MIGRATE_PY, run_cli
 from .utils import ROOT, examples, write_migrations
@@ -275,10 +276,10 @@ def test_a_flag_given_twice_with_two_values_is_refused(name: str, option: cli.Op
             words += [other.flags[-1], _two_values(other)[0]]
         elif not other.flags[0].startswith("-"):
             words.append("x")
-    with pytest.raises(cli.UsageError) as raised:
+    with pytest.raises(UsageError) as raised:
         cli.parse([*words, flag, first, flag, second])
     assert str(raised.value) == (
-        f"{cli._flag(option.dest)} is given twice, with different values; give it once"
+        f"{cli.flag(option.dest)} is given twice, with different values; give it once"
     )
     assert cli.parse([*words, flag, first, flag, first]).command.name == name
 
@@ -287,7 +288,7 @@ def test_a_flag_given_twice_with_two_values_is_refused(name: str, option: cli.Op
 def test_a_command_after_dump_schema_is_not_taken_for_its_path(name: str) -> None:
     """--dump-schema's PATH may be left out, so `migrate --dump-schema status` read
     `status` as the path, ran `up` and wrote the schema to ./status."""
-    with pytest.raises(cli.UsageError) as refused:
+    with pytest.raises(UsageError) as refused:
         cli.parse(["migrate", "--dump-schema", name])
     assert str(refused.value) == (
         f"argument --dump-schema: {name!r} is a command, not a path: name the command "
@@ -304,7 +305,7 @@ def test_a_command_after_dump_schema_is_not_taken_for_its_path(name: str) -> Non
 
 def test_a_target_given_before_and_after_up_is_refused_and_says_no_url() -> None:
     """`migrate`'s options before `up` are the same flags as after it."""
-    with pytest.raises(cli.UsageError, match=r"^--stack is given twice"):
+    with pytest.raises(UsageError, match=r"^--stack is given twice"):
         cli.parse(["migrate", "--stack", "dev", "status", "--stack", "prod"])
     secret = "postgresql://u:s3cret@h/db"
     result = run_cli(

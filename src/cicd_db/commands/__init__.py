@@ -6,7 +6,7 @@ library, prints what it did and returns the exit code.
 
 A Context holds what every command shares (the database it names, the migrations
 folder, how it prints, the secrets to keep out of what it prints); each function's
-own keyword arguments are its options, with their defaults. cli.py parses the
+own keyword arguments are its options, with their defaults. The cli package parses the
 command line into one Context and those arguments, and declares the flags and the
 help; console.py shapes what these print.
 
