@@ -33,6 +33,7 @@ from psycopg import sql
 from cicd_db import errors, schema
 from cicd_db.libpq import service_values
 from cicd_db.pgprocess import wheel_bin_dir
+from cicd_db.schema import dumping
 from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import Run, migrate, run_cli
@@ -464,13 +465,13 @@ def test_a_secret_no_service_file_can_hold_is_refused_not_shown(tmp_path: Path, 
     with pytest.raises(
         errors.ConfigError, match=r"^the connection's sslpassword ends in white space"
     ):
-        schema._secrets_file(tmp_path, {"sslpassword": value})
+        dumping._secrets_file(tmp_path, {"sslpassword": value})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_secrets_file_is_the_users_alone_and_libpq_reads_it_back(tmp_path: Path) -> None:
     secrets = {"sslpassword": " leading = and # kept", "oauth_client_secret": "s3cr3t"}
-    path = Path(schema._secrets_file(tmp_path, secrets))
+    path = Path(dumping._secrets_file(tmp_path, secrets))
     assert path.stat().st_mode & 0o777 == 0o600
     with mock.patch.dict(os.environ, {"PGSERVICEFILE": str(path)}):
         read = service_values("cicd-db-dump")
@@ -505,7 +506,7 @@ def test_the_dump_is_pg_dumps_lines_without_the_unstable_ones(database: Database
     text, calls = _watched_dump(settings)
     argv, kwargs = calls[0]
     raw = subprocess.run(argv, capture_output=True, text=True, check=True, env=kwargs["env"])
-    expected = [line for line in raw.stdout.splitlines() if not schema._UNSTABLE.match(line)]
+    expected = [line for line in raw.stdout.splitlines() if not dumping._UNSTABLE.match(line)]
     assert text == "\n".join(expected).strip() + "\n"
     assert text.splitlines() == "\n".join(expected).strip().splitlines()
     assert text.endswith(";\n") or text.endswith("--\n")
@@ -520,7 +521,7 @@ def _refused_by_pg_dump(
     fake.write_text(f"#!/bin/sh\nprintf '%s' '{stderr}' >&2\nexit 1\n")
     fake.chmod(0o755)
     with (
-        mock.patch.object(schema, "_pg_dump_for", lambda *a: str(fake)),
+        mock.patch.object(dumping, "_pg_dump_for", lambda *a: str(fake)),
         pytest.raises(kind) as failed,
     ):
         schema.dump(settings)
@@ -598,7 +599,7 @@ def test_a_pg_dump_too_old_for_a_parameter_names_it(database: Database, tmp_path
     )
 
 
-# -- schema._pg_dump_for ---------------------------------------------------------------
+# -- dumping._pg_dump_for ---------------------------------------------------------------
 
 _TLS_CONN = SimpleNamespace(
     pgconn=SimpleNamespace(ssl_in_use=True), info=SimpleNamespace(server_version=180001)
@@ -611,7 +612,7 @@ def test_tls_with_no_pg_dump_on_the_path_says_so(tmp_path: Path) -> None:
         mock.patch.dict(os.environ, {"PATH": str(tmp_path)}),
         pytest.raises(errors.ConfigError) as failed,
     ):
-        schema._pg_dump_for(_SETTINGS, _TLS_CONN, "require")  # type: ignore[arg-type]
+        dumping._pg_dump_for(_SETTINGS, _TLS_CONN, "require")  # type: ignore[arg-type]
     assert "embedded pg_dump is built without, and none is on the PATH: install" in str(
         failed.value
     )
@@ -625,20 +626,20 @@ def test_tls_with_an_older_pg_dump_on_the_path_names_its_version(tmp_path: Path)
         mock.patch.dict(os.environ, {"PATH": str(tmp_path)}),
         pytest.raises(errors.ConfigError) as failed,
     ):
-        schema._pg_dump_for(_SETTINGS, _TLS_CONN, "verify-full")  # type: ignore[arg-type]
+        dumping._pg_dump_for(_SETTINGS, _TLS_CONN, "verify-full")  # type: ignore[arg-type]
     assert (
         "and the PATH's is pg_dump (PostgreSQL) 15.18 (Debian 15.18-1): install PostgreSQL's "
         "client tools, pg_dump 18 or later (postgresql-client-18 on Debian)" in str(failed.value)
     )
 
 
-# -- schema._secrets_file ----------------------------------------------------------------
+# -- dumping._secrets_file ----------------------------------------------------------------
 
 
 def test_a_secret_ending_in_what_only_python_calls_space_is_written(tmp_path: Path) -> None:
     """libpq strips only C's white space; \\x1c (Python's str.isspace) it keeps, so such
     a secret is written, not refused."""
-    path = Path(schema._secrets_file(tmp_path, {"sslpassword": "pw\x1c"}))
+    path = Path(dumping._secrets_file(tmp_path, {"sslpassword": "pw\x1c"}))
     assert path.read_text(encoding="utf-8") == "[cicd-db-dump]\nsslpassword=pw\x1c\n"
 
 
