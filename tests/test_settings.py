@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg.conninfo
 import pytest
 
-from cicd_db import cli, targets
+from cicd_db import cli, refusals, targets
 from cicd_db import settings as contract
 from cicd_db.errors import AuthenticationFailed, ConfigError, ConnectionFailed, UsageError
 from cicd_db.settings import ConnectionSettings, from_url
@@ -444,7 +444,7 @@ HOST = ConnectionSettings("db.example.com", 5433, "app", "ci", SECRET)
 )
 def test_connection_errors_say_what_to_fix(message: str, error: type, expected: str) -> None:
     """As the CLI prints them: the target's URL named as its flag."""
-    result = targets._connection_error(HOST, psycopg.OperationalError(message))
+    result = refusals.connection_error(HOST, psycopg.OperationalError(message))
     assert type(result) is error
     assert cli.phrased(result).startswith(expected), cli.phrased(result)
 
@@ -452,7 +452,7 @@ def test_connection_errors_say_what_to_fix(message: str, error: type, expected: 
 def test_a_brace_in_the_server_text_is_not_a_field() -> None:
     """The server's text goes into the message as a value: `{x}` in it stays `{x}`."""
     message = 'FATAL:  password authentication failed for user "a{b}{}"'
-    result = targets._connection_error(HOST, psycopg.OperationalError(message))
+    result = refusals.connection_error(HOST, psycopg.OperationalError(message))
     assert 'for user "a{b}{}"; check' in str(result)
     assert 'for user "a{b}{}"; check' in cli.phrased(result)
 

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import strategies as st
 from psycopg import sql
 
-from cicd_db import errors, targets
+from cicd_db import errors, refusals, targets
 from cicd_db import settings as contract
 from cicd_db.errors import ConfigError
 from cicd_db.pgprocess import wheel_bin_dir
@@ -1057,12 +1057,11 @@ def test_a_value_a_service_names_wrongly_is_the_services_to_fix(tmp_path: Path) 
 
 
 def test_a_parameter_a_variable_set_is_told_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cicd_db import targets
 
     monkeypatch.setenv("PGSSLMODE", "bogus")
     for variable in ("PGSERVICE", "PGSERVICEFILE"):
         monkeypatch.delenv(variable, raising=False)
-    refused = targets._parameter_refused(
+    refused = refusals.parameter_refused(
         from_url("postgresql://u@h/d"), 'h: invalid sslmode value: "bogus"'
     )
     assert str(refused) == (
@@ -1074,16 +1073,15 @@ def test_a_parameter_a_variable_set_is_told_whole(monkeypatch: pytest.MonkeyPatc
 def test_a_parameter_the_url_names_is_the_urls_to_fix_not_its_services(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from cicd_db import targets
 
     use_service_file(monkeypatch, tmp_path, "[s]\nconnect_timeout=9\n")
     settings = from_url("postgresql://u@h/d?service=s&connect_timeout=abc")
     detail = 'h: invalid integer value "abc" for connection option "connect_timeout"'
-    refused = str(targets._parameter_refused(settings, detail))
+    refused = str(refusals.parameter_refused(settings, detail))
     assert refused.startswith(f"{detail}; fix that parameter of the target"), refused
     # The service's own value is the service's to fix.
     settings = from_url("postgresql://u@h/d?service=s")
-    refused = str(targets._parameter_refused(settings, detail))
+    refused = str(refusals.parameter_refused(settings, detail))
     assert refused == (
         f"{detail}; fix connect_timeout in service s (libpq reads it from the service file "
         "where the target names none)"
@@ -1101,18 +1099,17 @@ def test_a_variable_set_to_default_in_any_case_is_not_blamed(
     settings = from_url("postgresql://u@h/d")
     detail = 'invalid value for parameter "TimeZone": "Not/AZone"'
     monkeypatch.setenv("PGTZ", "Default")
-    assert targets._setting_variable(settings, detail) is None
+    assert refusals._setting_variable(settings, detail) is None
     monkeypatch.setenv("PGTZ", "Not/AZone")
-    assert targets._setting_variable(settings, detail) == "PGTZ"
+    assert refusals._setting_variable(settings, detail) == "PGTZ"
 
 
 def test_a_parameter_of_the_target_is_told_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cicd_db import targets
 
     for variable in ("PGSERVICE", "PGSSLMODE"):
         monkeypatch.delenv(variable, raising=False)
     detail = 'h: invalid sslnegotiation value: "bogus"'
-    refused = targets._parameter_refused(
+    refused = refusals.parameter_refused(
         from_url("postgresql://u@h/d?sslnegotiation=bogus"), detail
     )
     assert str(refused) == (
