@@ -1092,7 +1092,6 @@ def test_a_variable_set_to_default_in_any_case_is_not_blamed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """libpq sends PGTZ unless it says "default" (any case): such a PGTZ sent nothing."""
-    from cicd_db import targets
 
     for variable in ("PGOPTIONS", "PGSERVICE"):
         monkeypatch.delenv(variable, raising=False)
