@@ -13,9 +13,7 @@ from typing import Any, NoReturn
 
 from cicd_db import commands
 from cicd_db.commands import Context
-from cicd_db.errors import (
-    UsageError,
-)
+from cicd_db.errors import UsageError
 from cicd_db.libpq import not_utf8
 from cicd_db.targets import MIGRATIONS_FOLDER
 

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cicd_db import console, migrations, outputs, targets
-from cicd_db.errors import (
-    ConfigError,
-)
+from cicd_db.errors import ConfigError
 from cicd_db.redaction import password_candidates
 from cicd_db.settings import ConnectionSettings
 

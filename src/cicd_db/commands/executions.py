@@ -7,9 +7,7 @@ from pathlib import Path
 
 from cicd_db import console, targets
 from cicd_db.commands.context import Context, print_answer, write_answer
-from cicd_db.errors import (
-    UsageError,
-)
+from cicd_db.errors import UsageError
 from cicd_db.retention import DEFAULT_BATCH_SIZE
 
 

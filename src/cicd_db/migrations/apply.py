@@ -24,9 +24,7 @@ from cicd_db.errors import (
     interrupt_exit_code,
 )
 from cicd_db.migrations import diagnose, history, history_table, integrity, lock, reconcile
-from cicd_db.migrations.failures import (
-    Transient,
-)
+from cicd_db.migrations.failures import Transient
 from cicd_db.migrations.files import Migration, index_target
 from cicd_db.migrations.indexes import drop_invalid_index
 from cicd_db.migrations.retry import Retry, RetryPolicy
