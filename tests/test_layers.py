@@ -63,17 +63,21 @@ def _runtime_imports(path: Path) -> list[tuple[int, str]]:
     """The cicd_db modules `path` imports when it runs, with their lines: `import` and
     `from ... import` anywhere (a function's own included), not under TYPE_CHECKING."""
     tree = ast.parse(path.read_text())
+    # The body of `if TYPE_CHECKING:` itself; not its else, nor any other test.
     typing_only = {
         id(node)
         for branch in ast.walk(tree)
-        if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
-        for node in ast.walk(branch)
+        if isinstance(branch, ast.If) and ast.unparse(branch.test) == "TYPE_CHECKING"
+        for statement in branch.body
+        for node in ast.walk(statement)
     }
     found = []
     for node in ast.walk(tree):
         if id(node) in typing_only:
             continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            found.append((node.lineno, "relative"))  # refused: the layers read absolute names
+        elif isinstance(node, ast.ImportFrom) and node.module:
             if node.module == "cicd_db" or node.module.startswith("cicd_db."):
                 # `from cicd_db.migrations import history`: the module history, else a name
                 # of the module (or package) imported from.
@@ -115,9 +119,11 @@ def test_imports_point_down_the_layers(path: Path) -> None:
     unit = _module_of(path)[0]
     if unit == "__init__":
         return  # the package's own docstring: it imports nothing
+    imports = _runtime_imports(path)
+    assert [line for line, name in imports if name == "relative"] == [], "a relative import"
     upward = [
         f"line {line}: {name}"
-        for line, name in _runtime_imports(path)
+        for line, name in imports
         if (target := name.split(".")[1]) != unit and _layer(target) <= _layer(unit)
     ]
     assert upward == [], f"{path.name} imports from its own layer or above it"
@@ -130,9 +136,11 @@ def test_the_runners_modules_import_only_those_below_them(path: Path) -> None:
     if path.stem == "__init__":
         return  # the package's names, gathered from every module
     position = RUNNER.index(path.stem)
+    # The package itself (`from cicd_db import migrations`) loads runner, the top.
     upward = [
         f"line {line}: {name}"
         for line, name in _runtime_imports(path)
-        if name.startswith("cicd_db.migrations.") and RUNNER.index(name.split(".")[2]) <= position
+        if name == "cicd_db.migrations"
+        or (name.startswith("cicd_db.migrations.") and RUNNER.index(name.split(".")[2]) <= position)
     ]
     assert upward == [], f"migrations/{path.name} imports a module at or above its own"

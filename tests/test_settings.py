@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg.conninfo
 import pytest
 
-from cicd_db import cli, refusals, targets
+from cicd_db import cli, targets
 from cicd_db import settings as contract
-from cicd_db.errors import AuthenticationFailed, ConfigError, ConnectionFailed, UsageError
+from cicd_db.errors import ConfigError, ConnectionFailed, UsageError
 from cicd_db.settings import ConnectionSettings, from_url
 from cicd_db.targets import resolve
 
@@ -310,151 +310,6 @@ def test_known_stacks(tmp_path: Path) -> None:
     for name in ("Pulumi.yaml", "Pulumi.qa.yaml", "Pulumi.a.b.yaml", "Pulumi.dev.yml"):
         (tmp_path / name).write_text("")
     assert targets.known_stacks(tmp_path) == ["a.b", "embedded", "qa"]
-
-
-HOST = ConnectionSettings("db.example.com", 5433, "app", "ci", SECRET)
-
-
-@pytest.mark.parametrize(
-    ("message", "error", "expected"),
-    [
-        (
-            'connection failed: connection to server at "10.0.0.1", port 5433 failed: FATAL:  '
-            'password authentication failed for user "ci"\nmore',
-            AuthenticationFailed,
-            "db.example.com:5433 refused user 'ci': password authentication failed for user "
-            '"ci"; check the user and password of the target (--database-url, DATABASE_URL or '
-            "the stack's outputs)",
-        ),
-        (
-            "fe_sendauth: no password supplied",
-            AuthenticationFailed,
-            "db.example.com:5433 refused user 'ci': fe_sendauth: no password supplied; check",
-        ),
-        (
-            'FATAL:  role "ci" does not exist',
-            AuthenticationFailed,
-            "db.example.com:5433 refused user 'ci': role \"ci\" does not exist; check",
-        ),
-        (
-            'connection to server at "10.0.0.1", port 5433 failed: FATAL:  database "app" does '
-            "not exist",
-            ConfigError,
-            'db.example.com:5433: database "app" does not exist; create it, or fix the database '
-            "name in the URL",
-        ),
-        (
-            'FATAL:  role "ci" is not permitted to log in',
-            AuthenticationFailed,
-            "db.example.com:5433 refused user 'ci': role \"ci\" is not permitted to log in; give "
-            "it LOGIN (ALTER ROLE ... LOGIN), or connect as another user",
-        ),
-        # What the test server cannot be made to say: its pg_hba.conf, its start-up and
-        # shut-down, its max_connections (tests/test_targets.py produces the rest).
-        (
-            'FATAL:  no pg_hba.conf entry for host "10.0.0.9", user "ci", database "app", '
-            "no encryption",
-            AuthenticationFailed,
-            "db.example.com:5433 refused user 'ci': no pg_hba.conf entry for host \"10.0.0.9\", "
-            'user "ci", database "app", no encryption; the server\'s pg_hba.conf lets no such '
-            "connection in: add a line for it there",
-        ),
-        (
-            'FATAL:  pg_hba.conf rejects connection for host "10.0.0.9", user "ci", database '
-            '"app", no encryption',
-            AuthenticationFailed,
-            "db.example.com:5433 refused user 'ci': pg_hba.conf rejects connection",
-        ),
-        (
-            "FATAL:  the database system is starting up",
-            ConnectionFailed,
-            "cannot connect to db.example.com:5433: the database system is starting up; check "
-            "that the server is up (`cicd-db migrate wait` waits until it accepts connections)",
-        ),
-        (
-            "FATAL:  sorry, too many clients already",
-            ConnectionFailed,
-            "db.example.com:5433 refused the connection: sorry, too many clients already; it is "
-            "at a connection limit: wait for connections to close, or raise the limit",
-        ),
-        (
-            "FATAL:  a refusal of a kind not known here",
-            ConnectionFailed,
-            "db.example.com:5433 refused the connection: a refusal of a kind not known here",
-        ),
-        (
-            'invalid sslmode value: "bogus"',
-            ConfigError,
-            'db.example.com:5433: invalid sslmode value: "bogus"; fix that parameter of the '
-            "target (--database-url, DATABASE_URL or the stack's outputs)",
-        ),
-        (
-            'connection to server at "10.0.0.1", port 5433 failed: root certificate file '
-            '"/nope/ca.pem" does not exist',
-            ConfigError,
-            'db.example.com:5433: root certificate file "/nope/ca.pem" does not exist; fix',
-        ),
-        (
-            'could not load SSL engine "x"',
-            ConfigError,
-            'db.example.com:5433: could not load SSL engine "x"; fix',
-        ),
-        (
-            'could not open certificate file "/c.pem": No such file or directory',
-            ConfigError,
-            'db.example.com:5433: could not open certificate file "/c.pem"',
-        ),
-        (
-            'connection to server at "10.0.0.1", port 5433 failed: Connection refused\n'
-            "\tIs the server running on that host and accepting TCP/IP connections?",
-            ConnectionFailed,
-            "cannot connect to db.example.com:5433: Connection refused; check that the server "
-            "is up (`cicd-db migrate wait`) and that host and port are right",
-        ),
-        (
-            "  ",
-            ConnectionFailed,
-            "cannot connect to db.example.com:5433: no answer; check that the server is up",
-        ),
-        (
-            f"server said {SECRET} twice: {SECRET}",
-            ConnectionFailed,
-            "cannot connect to db.example.com:5433: server said *** twice: ***; check",
-        ),
-    ],
-    ids=[
-        "password",
-        "no-password",
-        "no-role",
-        "no-database",
-        "role-not-permitted",
-        "pg-hba-no-entry",
-        "pg-hba-rejects",
-        "starting-up",
-        "too-many-clients",
-        "another-refusal",
-        "libpq-parameter",
-        "root-certificate",
-        "ssl",
-        "certificate",
-        "refused",
-        "empty",
-        "secret",
-    ],
-)
-def test_connection_errors_say_what_to_fix(message: str, error: type, expected: str) -> None:
-    """As the CLI prints them: the target's URL named as its flag."""
-    result = refusals.connection_error(HOST, psycopg.OperationalError(message))
-    assert type(result) is error
-    assert cli.phrased(result).startswith(expected), cli.phrased(result)
-
-
-def test_a_brace_in_the_server_text_is_not_a_field() -> None:
-    """The server's text goes into the message as a value: `{x}` in it stays `{x}`."""
-    message = 'FATAL:  password authentication failed for user "a{b}{}"'
-    result = refusals.connection_error(HOST, psycopg.OperationalError(message))
-    assert 'for user "a{b}{}"; check' in str(result)
-    assert 'for user "a{b}{}"; check' in cli.phrased(result)
 
 
 def closed_port() -> int:

@@ -26,16 +26,16 @@ import pytest
 from hypothesis import strategies as st
 from psycopg import sql
 
-from cicd_db import errors, refusals, targets
+from cicd_db import errors, targets
 from cicd_db import settings as contract
 from cicd_db.errors import ConfigError
 from cicd_db.pgprocess import wheel_bin_dir
-from cicd_db.settings import ConnectionSettings, from_url
+from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import Run, run_cli
 from .fix_db import Database
 from .passwords import assert_nothing_of, hostile_urls
-from .utils import examples, use_service_file, write_migrations
+from .utils import examples, write_migrations
 
 pytestmark = pytest.mark.db
 
@@ -1051,67 +1051,3 @@ def test_a_value_a_service_names_wrongly_is_the_services_to_fix(tmp_path: Path) 
     )
     assert (result.code, result.out) == (2, ""), result.err
     assert 'invalid sslmode value: "bogus"; fix sslmode in service bad' in result.err, result.err
-
-
-# -- refusals told whole, and blamed on what set them (mutation survivors) ----------
-
-
-def test_a_parameter_a_variable_set_is_told_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-
-    monkeypatch.setenv("PGSSLMODE", "bogus")
-    for variable in ("PGSERVICE", "PGSERVICEFILE"):
-        monkeypatch.delenv(variable, raising=False)
-    refused = refusals.parameter_refused(
-        from_url("postgresql://u@h/d"), 'h: invalid sslmode value: "bogus"'
-    )
-    assert str(refused) == (
-        'h: invalid sslmode value: "bogus"; fix PGSSLMODE (libpq reads sslmode from it where '
-        "the target (`database_url`, DATABASE_URL or the stack's outputs) names none)"
-    )
-
-
-def test_a_parameter_the_url_names_is_the_urls_to_fix_not_its_services(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-
-    use_service_file(monkeypatch, tmp_path, "[s]\nconnect_timeout=9\n")
-    settings = from_url("postgresql://u@h/d?service=s&connect_timeout=abc")
-    detail = 'h: invalid integer value "abc" for connection option "connect_timeout"'
-    refused = str(refusals.parameter_refused(settings, detail))
-    assert refused.startswith(f"{detail}; fix that parameter of the target"), refused
-    # The service's own value is the service's to fix.
-    settings = from_url("postgresql://u@h/d?service=s")
-    refused = str(refusals.parameter_refused(settings, detail))
-    assert refused == (
-        f"{detail}; fix connect_timeout in service s (libpq reads it from the service file "
-        "where the target names none)"
-    )
-
-
-def test_a_variable_set_to_default_in_any_case_is_not_blamed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """libpq sends PGTZ unless it says "default" (any case): such a PGTZ sent nothing."""
-
-    for variable in ("PGOPTIONS", "PGSERVICE"):
-        monkeypatch.delenv(variable, raising=False)
-    settings = from_url("postgresql://u@h/d")
-    detail = 'invalid value for parameter "TimeZone": "Not/AZone"'
-    monkeypatch.setenv("PGTZ", "Default")
-    assert refusals._setting_variable(settings, detail) is None
-    monkeypatch.setenv("PGTZ", "Not/AZone")
-    assert refusals._setting_variable(settings, detail) == "PGTZ"
-
-
-def test_a_parameter_of_the_target_is_told_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-
-    for variable in ("PGSERVICE", "PGSSLMODE"):
-        monkeypatch.delenv(variable, raising=False)
-    detail = 'h: invalid sslnegotiation value: "bogus"'
-    refused = refusals.parameter_refused(
-        from_url("postgresql://u@h/d?sslnegotiation=bogus"), detail
-    )
-    assert str(refused) == (
-        f"{detail}; fix that parameter of the target (`database_url`, DATABASE_URL or the "
-        "stack's outputs) or of libpq's environment (PGHOST, PGPORT, PGSSLMODE, PGSERVICE, ...)"
-    )

@@ -37,7 +37,6 @@ from cicd_db.errors import (
 )
 from cicd_db.libpq import check_environment, options_with
 from cicd_db.redaction import redact
-from cicd_db.refusals import connection_error, parameter_refused
 from cicd_db.settings import APP as APP  # the roles, re-exported for role_settings' callers
 from cicd_db.settings import OWNER as OWNER
 from cicd_db.settings import READER as READER
@@ -225,8 +224,12 @@ def connect(
     except psycopg.ProgrammingError as error:
         # psycopg checks some values before libpq tries: connect_timeout=abc, ...
         detail = redact(str(error).strip().splitlines()[0], settings.secrets())
+        from cicd_db.refusals import parameter_refused  # only when a connection fails
+
         raise parameter_refused(settings, detail) from None
     except psycopg.OperationalError as error:
+        from cicd_db.refusals import connection_error  # only when a connection fails
+
         raise connection_error(settings, error) from None
 
 

@@ -25,7 +25,13 @@ from ..utils import write_migrations
 # never needs).
 ON_USE = (
     "cicd_db.migrations.apply",
+    "cicd_db.migrations.verdicts",
+    "cicd_db.migrations.indexes",
+    "cicd_db.migrations.retry",
     "cicd_db.migrations.statements",
+    "cicd_db.migrations.steps",
+    "cicd_db.migrations.directives",
+    "cicd_db.sqltext",
     "cicd_db.migrations.diagnose",
     "cicd_db.migrations.rehearse",
     "cicd_db.migrations.verify",
@@ -34,6 +40,7 @@ ON_USE = (
     "cicd_db.throwaway",
     "cicd_db.embedded",
     "cicd_db.pgprocess",
+    "cicd_db.refusals",
 )
 
 

@@ -47,7 +47,7 @@ class Migration:
     def steps(self) -> tuple[Step, ...]:
         """The file planned into queries, on first use; ConfigError for a statement it
         may not hold. `discover` plans every file unless told not to; the runner plans
-        only the files it is about to run (`history.pending`): an applied file is
+        only the files it is about to run (`reconcile.pending`): an applied file is
         known by its checksum, and a run with nothing pending plans nothing."""
         if self.planned is None:
             from cicd_db.migrations.statements import plan

@@ -191,7 +191,7 @@ def open_runner(
     hold; the runner uses the stack's direct endpoint when it has one.
     `options` go to Runner (lock_timeout, retries, retry_budget).
     """
-    # Planned when about to run (history.pending): an applied file is known by its checksum.
+    # Planned when about to run (reconcile.pending): an applied file is known by its checksum.
     files = discover(folder or target.root / targets.MIGRATIONS_FOLDER, planned=False)
     if writes and target.remote and not yes:
         raise UsageError(

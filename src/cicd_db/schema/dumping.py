@@ -22,6 +22,7 @@ from cicd_db.redaction import redact
 from cicd_db.schema.catalog import HISTORY_TABLE
 from cicd_db.settings import ConnectionSettings
 
+# Lines of pg_dump's output that change from run to run or server to server.
 _UNSTABLE = re.compile(r"^(\\(un)?restrict |-- Dumped (from|by) )")
 
 
