@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,7 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cicd_db import embedded, pgprocess, targets
+from cicd_db import embedded, targets
 from cicd_db.embedded import EmbeddedServer
 from cicd_db.errors import AuthenticationFailed, ConfigError, EmbeddedServerError
 from cicd_db.store import Store
@@ -689,29 +688,3 @@ def test_the_writer_and_the_reader_log_in_and_a_removed_password_is_made_anew(ho
     assert shown.out.startswith("pipeline build: 2 runs, newest first\n")
     assert (pruned.code, pruned.err) == (0, "")
     assert pruned.out.startswith("stack embedded: deleted 0 runs, 0 stages, 0 jobs that ")
-
-
-def test_a_signal_held_around_a_fork_arrives_after_it_and_not_held_in_the_child() -> None:
-    """A child forked with a preexec_fn makes Python run its at-fork hooks in this process,
-    where a Ctrl-C was lost behind an "Exception ignored" traceback (seen once in CI, in
-    the throwaway dump's Ctrl-C test). Held around the fork, it arrives when released,
-    as a KeyboardInterrupt the caller handles; the child starts with nothing held."""
-    before, preexec = pgprocess.hold_for_fork(lambda: None)
-    try:
-        # To this thread: a process's signal goes to any thread not holding it, and
-        # pytest-xdist's workers have others (the CLI has one thread: a Ctrl-C waits).
-        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # pending, not delivered
-        child = subprocess.run(
-            ["grep", "SigBlk", "/proc/self/status"],
-            preexec_fn=preexec,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except KeyboardInterrupt:  # pragma: no cover - the failure this test is for
-        pgprocess.release_signals(before)
-        raise AssertionError("the Ctrl-C arrived while held") from None
-    with pytest.raises(KeyboardInterrupt):
-        pgprocess.release_signals(before)
-    mask = int(child.stdout.split()[1], 16)
-    assert all(not mask & (1 << (held - 1)) for held in pgprocess.HELD_SIGNALS), child.stdout
