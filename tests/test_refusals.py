@@ -225,3 +225,116 @@ def test_a_parameter_of_the_target_is_told_whole(monkeypatch: pytest.MonkeyPatch
         f"{detail}; fix that parameter of the target (`database_url`, DATABASE_URL or the "
         "stack's outputs) or of libpq's environment (PGHOST, PGPORT, PGSSLMODE, PGSERVICE, ...)"
     )
+
+
+# -- gaps the mutation run of refusals.py found (2026-12-07) --------------------------
+
+
+def test_a_login_refused_with_no_user_named_is_the_logins() -> None:
+    """No user in the target (libpq would take PGUSER or the account's): the refusal names
+    "the login", not a user '' (a mutant printed user '' or user None)."""
+    nobody = ConnectionSettings("db.example.com", 5433, "app", "", "")
+    message = (
+        'connection to server at "10.0.0.1", port 5433 failed: fe_sendauth: no password supplied'
+    )
+    result = refusals.connection_error(nobody, psycopg.OperationalError(message))
+    assert type(result) is AuthenticationFailed
+    assert str(result).startswith(
+        "db.example.com:5433 refused the login: fe_sendauth: no password supplied; check"
+    ), str(result)
+
+
+def test_a_certificate_without_a_host_name_is_the_targets_to_fix() -> None:
+    """libpq found no host name in the server's certificate to check: a configuration
+    error with the host name's fix (exit 2), not a server that is down (exit 1)."""
+    message = (
+        'connection to server at "10.0.0.1", port 5433 failed: '
+        "could not get server's host name from server certificate"
+    )
+    verifying = from_url("postgresql://ci@db.example.com:5433/app?sslmode=verify-full")
+    result = refusals.connection_error(verifying, psycopg.OperationalError(message))
+    assert type(result) is ConfigError
+    assert str(result).endswith(
+        "; connect by a host name the certificate names, or change sslmode=verify-full "
+        "(from the URL) (verify-full checks the host name)"
+    ), str(result)
+
+
+def test_a_certificate_not_verified_names_where_sslrootcert_came_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
+    message = 'connection to server at "10.0.0.1", port 5433 failed: certificate verify failed'
+    verifying = from_url(
+        "postgresql://ci@db.example.com:5433/app?sslmode=verify-ca&sslrootcert=/etc/ca.pem"
+    )
+    result = refusals.connection_error(verifying, psycopg.OperationalError(message))
+    assert type(result) is ConfigError
+    assert "; point sslrootcert=/etc/ca.pem (from the URL) at the authority that signed" in str(
+        result
+    ), str(result)
+
+
+def test_a_bad_setting_the_url_names_is_the_urls_even_where_its_service_has_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The service file sets `options` too, but the URL's own `?options=` is what libpq
+    sent: the fix is the URL's options parameter, not the service's (mutants blamed the
+    service)."""
+    use_service_file(monkeypatch, tmp_path, "[zoned]\noptions=-c TimeZone=UTC\n")
+    settings = from_url(
+        "postgresql://ci@db.example.com:5433/app?service=zoned&options=-c%20TimeZone%3DBogus"
+    )
+    message = (
+        'connection to server at "10.0.0.1", port 5433 failed: FATAL:  invalid value for '
+        'parameter "TimeZone": "Bogus"'
+    )
+    result = refusals.connection_error(settings, psycopg.OperationalError(message))
+    assert type(result) is ConfigError
+    assert str(result).endswith(
+        "; fix the options parameter of the target (?options=-c ...) or PGOPTIONS"
+    ), str(result)
+
+
+@pytest.mark.parametrize(
+    ("detail", "fix"),
+    [
+        (
+            'no pg_hba.conf entry for host "10.0.0.9", user "ci", database "app", no encryption',
+            "the server's pg_hba.conf lets no such connection in: add a line for it there "
+            "(and reload the server), or connect as a user, to a database or with an "
+            "sslmode a line names",
+        ),
+        (
+            'permission denied for database "app"',
+            "grant it (GRANT CONNECT ON DATABASE ... TO ...), or connect as a user who has it",
+        ),
+        (
+            'database "app" is not currently accepting connections',
+            "allow them (ALTER DATABASE ... ALLOW_CONNECTIONS true), or connect to another "
+            "database",
+        ),
+    ],
+    ids=["pg_hba", "connect-right", "not-accepting"],
+)
+def test_a_server_refusal_is_told_with_its_whole_fix(detail: str, fix: str) -> None:
+    """The fix to its last word (tests read only its start, and mutants cut the end)."""
+    message = f'connection to server at "10.0.0.1", port 5433 failed: FATAL:  {detail}'
+    result = refusals.connection_error(HOST, psycopg.OperationalError(message))
+    assert str(result).endswith(f"{detail}; {fix}"), str(result)
+
+
+def test_a_setting_a_variable_sent_is_told_with_the_whole_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in ("PGOPTIONS", "PGSERVICE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("PGTZ", "Bogus/Zone")
+    message = (
+        'connection to server at "10.0.0.1", port 5433 failed: FATAL:  invalid value for '
+        'parameter "TimeZone": "Bogus/Zone"'
+    )
+    result = refusals.connection_error(HOST, psycopg.OperationalError(message))
+    assert str(result).endswith(
+        "; fix or unset PGTZ, which libpq sends as that setting when it connects"
+    ), str(result)
