@@ -144,3 +144,21 @@ def test_the_runners_modules_import_only_those_below_them(path: Path) -> None:
         or (name.startswith("cicd_db.migrations.") and RUNNER.index(name.split(".")[2]) <= position)
     ]
     assert upward == [], f"migrations/{path.name} imports a module at or above its own"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda path: "/".join(_module_of(path)))
+def test_nothing_in_the_library_imports_pulumi(path: Path) -> None:
+    """The library reads a stack through the `pulumi` CLI (stacks.py); importing the SDK
+    would put gRPC on every command's start-up. Only infra/ imports Pulumi."""
+    tree = ast.parse(path.read_text())
+    named = [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    ] + [
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+    ]
+    assert [name for name in named if name.split(".")[0].startswith("pulumi")] == []
