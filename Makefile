@@ -91,7 +91,7 @@ test-db: $(STAMP)
 # mutmut runs pytest inside mutants/, so the tests get the test server of this
 # checkout (.cicd-db/tests-embedded, started once and left running) as a URL.
 # MUTANTS narrows the run: make mutation MUTANTS='cicd_db.settings*'
-MUTANTS ?= cicd_db.settings* cicd_db.redaction* cicd_db.libpq* cicd_db.targets* cicd_db.refusals* cicd_db.migrations* cicd_db.store* cicd_db.retention*
+MUTANTS ?= cicd_db.settings* cicd_db.cloud* cicd_db.redaction* cicd_db.libpq* cicd_db.targets* cicd_db.refusals* cicd_db.migrations* cicd_db.store* cicd_db.retention*
 mutation: $(STAMP)
 	@set -f; TEST_DATABASE_URL="$$($(BIN)/python -c 'from pathlib import Path; from cicd_db.embedded import EmbeddedServer; print(EmbeddedServer(Path(".cicd-db/tests-embedded")).admin_settings().url())')" \
 	  && export TEST_DATABASE_URL && $(BIN)/mutmut run --max-children 2 $(MUTANTS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pulumi
 
+from cicd_db import cloud
 from cicd_db import settings as contract
 
 
@@ -15,7 +16,7 @@ class CloudPostgres(pulumi.ComponentResource):
     `app_url` and `reader_url` are the writer's and the reader's (docs/security.md):
     both are needed, unless `single_role` says on purpose that every part uses the
     owner's URL; never a silent fallback to the owner. All are checked here
-    (`contract.check_cloud_url`) before anything is exported.
+    (`cloud.check_cloud_url`) before anything is exported.
     """
 
     def __init__(
@@ -32,11 +33,11 @@ class CloudPostgres(pulumi.ComponentResource):
     ) -> None:
         super().__init__("cicd-db:cloud:CloudPostgres", name, None, opts)
         try:
-            url = contract.check_cloud_url(
+            url = cloud.check_cloud_url(
                 database_url, what="cicd-db:databaseUrl", allow_insecure=allow_insecure
             )
             direct = (
-                contract.check_cloud_url(
+                cloud.check_cloud_url(
                     direct_url, what="cicd-db:directUrl", allow_insecure=allow_insecure
                 )
                 if direct_url
@@ -45,12 +46,12 @@ class CloudPostgres(pulumi.ComponentResource):
         except contract.ConfigError as error:
             raise pulumi.RunError(str(error)) from None
         values = contract.from_url(url, what="cicd-db:databaseUrl")
-        if direct is not None and contract.is_transaction_pooler(contract.from_url(direct)):
+        if direct is not None and cloud.is_transaction_pooler(contract.from_url(direct)):
             raise pulumi.RunError(
                 "cicd-db:directUrl is a transaction pooler too; set it to the direct endpoint "
                 "(Supabase: port 5432; Neon: the host without -pooler)"
             )
-        if direct is None and contract.is_transaction_pooler(values):
+        if direct is None and cloud.is_transaction_pooler(values):
             raise pulumi.RunError(
                 f"cicd-db:databaseUrl points at the transaction pooler {values.where}, "
                 "which migrations cannot use; also set the direct endpoint: "
@@ -115,7 +116,7 @@ def _role_urls(
         keys.items(), (contract.APP_DATABASE_URL, contract.READER_DATABASE_URL), strict=True
     ):
         try:
-            good = contract.check_cloud_url(str(url), what=key, allow_insecure=allow_insecure)
+            good = cloud.check_cloud_url(str(url), what=key, allow_insecure=allow_insecure)
         except contract.ConfigError as error:
             raise pulumi.RunError(str(error)) from None
         user = contract.from_url(good, what=key).user

@@ -26,7 +26,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "migrations report retention",
         "schema throwaway store sqltext",
         "targets outputs",
-        "embedded stacks refusals",
+        "embedded stacks refusals cloud",
         "pgprocess settings",
         "redaction",
         "libpq",

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import strategies as st
 from psycopg import sql
 
-from cicd_db import errors, targets
+from cicd_db import cloud, errors, targets
 from cicd_db import settings as contract
 from cicd_db.errors import ConfigError
 from cicd_db.pgprocess import wheel_bin_dir
@@ -333,7 +333,7 @@ def test_no_part_of_a_password_is_ever_printed(
         if malformed:
             assert result.code == 2, result.err
     try:
-        contract.check_cloud_url(url, what="cicd-db:databaseUrl", environ={})
+        cloud.check_cloud_url(url, what="cicd-db:databaseUrl", environ={})
     except ConfigError as error:
         assert_nothing_of((password, sslpassword), str(error))
         assert len(str(error).splitlines()) == 1
@@ -440,7 +440,7 @@ def _printed(url: str) -> str:
         assert len(result.err.splitlines()) == 1, result.err
         shown.append(result.out + result.err)
     try:
-        contract.check_cloud_url(url, what="cicd-db:databaseUrl")
+        cloud.check_cloud_url(url, what="cicd-db:databaseUrl")
     except contract.ConfigError as refused:
         shown.append(str(refused))
     return "\n".join(shown)

@@ -88,9 +88,6 @@ LOCAL_ROLE_SETTINGS = (
     ("timezone", "UTC"),
 )
 
-# Transaction poolers: session state (advisory locks, SET) does not survive them.
-SUPABASE_POOLER_PORT = 6543
-
 
 # Parameters psycopg reads itself, from the URL or their variables but never from a
 # service file: the host it resolves to an address, the timeout it waits for, the
@@ -458,64 +455,3 @@ def _query_names(url: str) -> list[str]:
     """The query's keys, percent-decoded as libpq decodes them (`%70assword` is `password`)."""
     query = url.partition("?")[2].partition("#")[0]
     return [unquote(part.partition("=")[0]) for part in query.split("&") if part]
-
-
-def is_transaction_pooler(
-    settings: ConnectionSettings, environ: Mapping[str, str] = os.environ
-) -> bool:
-    """True for endpoints known to pool by transaction: Supabase's port 6543, Neon's -pooler
-    hosts; any of several hosts, and the port libpq would take from PGPORT."""
-    hosts = (settings.host or environ.get("PGHOST", "")).split(",")
-    ports = str(
-        settings.port or settings.parameter("port") or environ.get("PGPORT") or DEFAULT_PORT
-    ).split(",")
-    return str(SUPABASE_POOLER_PORT) in ports or any(
-        host.split(".", 1)[0].endswith("-pooler") for host in hosts
-    )
-
-
-def check_cloud_url(
-    url: str, *, what: str, allow_insecure: bool = False, environ: Mapping[str, str] = os.environ
-) -> str:
-    """Validate a cloud database URL for the prod stack; returns it with `sslmode`.
-
-    It must be postgres:// or postgresql:// with host, database, user and password:
-    whoever reads the stack has no PGHOST, PGPASSWORD or service file of the
-    operator's. The sslmode judged is the one libpq would use here: the URL's,
-    else PGSSLMODE, else libpq's default. An explicit one (URL or PGSSLMODE) that
-    does not encrypt is refused unless `allow_insecure`. The exported URL names
-    the sslmode, so that whoever reads the stack connects as judged here, whatever
-    their own PGSSLMODE: the URL's, else PGSSLMODE's, else require (libpq's
-    default, prefer, would fall back to no encryption). Other query parameters
-    (Neon's `options`, ...) are kept. Reads nothing; raises ConfigError with the fix.
-    """
-    url = url.strip()
-    settings = from_url(url, what=what)
-    shown = mask_credentials(url) or ""
-    if not settings.user or not settings.password:
-        raise ConfigError(
-            f"the {what} {shown!r} needs a user and a password, as in "
-            "postgresql://USER:PASSWORD@HOST/DATABASE"
-        )
-    if not settings.host or not settings.database:
-        raise ConfigError(
-            f"the {what} {shown!r} needs a host and a database: whoever reads the stack "
-            "has no PGHOST or service file of yours; as in postgresql://USER:PASSWORD@HOST/DATABASE"
-        )
-    from_environment = environ.get("PGSSLMODE", "")
-    if not settings.sslmode and from_environment not in ("", *SSLMODES):
-        raise ConfigError(
-            f"PGSSLMODE={from_environment!r} is not an sslmode; use one of {', '.join(SSLMODES)}"
-        )
-    effective = settings.sslmode or from_environment
-    if effective and effective not in ENCRYPTING_SSLMODES and not allow_insecure:
-        source = "the URL's sslmode" if settings.sslmode else "PGSSLMODE"
-        raise ConfigError(
-            f"the {what} would connect with {source}, {effective}, which does not encrypt; use "
-            f"sslmode=require (or verify-ca, verify-full), or set cicd-db:allowInsecure true"
-        )
-    if not settings.sslmode:
-        # Before a #fragment, which libpq would otherwise read into the database name.
-        url, hash_, fragment = url.partition("#")
-        url += ("&" if "?" in url else "?") + f"sslmode={effective or 'require'}" + hash_ + fragment
-    return url

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from cicd_db import targets
+from cicd_db.cloud import is_transaction_pooler
 from cicd_db.errors import (
     ConfigError,
     MigrationFailed,
@@ -30,7 +31,6 @@ from cicd_db.migrations.files import Migration, discover
 from cicd_db.migrations.history import Applied
 from cicd_db.migrations.reconcile import StatusRow
 from cicd_db.migrations.session import CLIENT_ENCODING, Session, session_options
-from cicd_db.settings import is_transaction_pooler
 
 # Imported where they are used: `migrate up` never rehearses, baselines, checks drift or
 # dumps a schema, and each of its runs would pay about 3 ms to load these modules; a
