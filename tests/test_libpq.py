@@ -12,6 +12,7 @@ import pytest
 from cicd_db import libpq
 from cicd_db.settings import from_url
 
+from .fix_db import Database
 from .utils import use_service_file
 
 
@@ -254,3 +255,38 @@ def test_origin_of_a_keyword_nothing_names_and_libpq_has_no_default(
     use_service_file(monkeypatch, tmp_path, KINDS_OF_SERVICE)
     monkeypatch.delenv("PGSSLROOTCERT", raising=False)
     assert from_url("postgresql://u@h/d").origin("sslrootcert") == "no sslrootcert"
+
+
+# -- gaps the mutation run of libpq.py found (2026-12-07) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keyword", "variable", "value", "url"),
+    [
+        ("host", "PGHOST", "other.example", "postgresql://u@db.example/app"),
+        ("port", "PGPORT", "7000", "postgresql://u@db.example:6543/app"),
+        ("dbname", "PGDATABASE", "other", "postgresql://u@db.example/app"),
+        ("user", "PGUSER", "other", "postgresql://u@db.example/app"),
+        ("sslmode", "PGSSLMODE", "disable", "postgresql://u@db.example/app?sslmode=require"),
+    ],
+)
+def test_a_parameter_the_url_names_is_not_blamed_on_its_variable(
+    monkeypatch: pytest.MonkeyPatch, keyword: str, variable: str, value: str, url: str
+) -> None:
+    """libpq takes the URL's value over its variable's, so a refusal of it is the URL's to
+    fix: `variable` says no variable (a mutant that misspelt the key blamed PGPORT for a
+    port the URL names). Without the URL's, the variable is named."""
+    for name in ("PGSERVICE", "PGSERVICEFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value)
+    assert libpq.variable(from_url(url), keyword) is None
+    assert libpq.variable(from_url("postgresql://"), keyword) == variable
+
+
+def test_the_parameters_in_use_name_the_host_the_connection_reached(database: Database) -> None:
+    """A second connection made from them reaches the same server by its host (the name a
+    verify-full checks, the socket folder of a local server), not only by its address."""
+    with database.connect() as conn:
+        used = libpq.params_in_use(conn)
+        assert used["host"] == conn.info.host
+        assert used["port"] == str(conn.info.port)
