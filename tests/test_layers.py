@@ -6,6 +6,7 @@ the type checker only and run nothing, so they are left out."""
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -59,10 +60,16 @@ RUNNER = [
 ]
 
 
+@cache
+def _tree(path: Path) -> ast.Module:
+    """`path` parsed, once for all the tests that read it."""
+    return ast.parse(path.read_text())
+
+
 def _runtime_imports(path: Path) -> list[tuple[int, str]]:
     """The cicd_db modules `path` imports when it runs, with their lines: `import` and
     `from ... import` anywhere (a function's own included), not under TYPE_CHECKING."""
-    tree = ast.parse(path.read_text())
+    tree = _tree(path)
     # The body of `if TYPE_CHECKING:` itself; not its else, nor any other test.
     typing_only = {
         id(node)
@@ -107,6 +114,12 @@ def _layer(unit: str) -> int:
 
 
 SOURCES = sorted(SOURCE.rglob("*.py"))
+# Every module but the top package's own __init__, which names no layer.
+LIBRARY = [path for path in SOURCES if path != SOURCE / "__init__.py"]
+# The runner's modules; its __init__ gathers the names of them all.
+RUNNER_MODULES = sorted(
+    set((SOURCE / "migrations").glob("*.py")) - {SOURCE / "migrations" / "__init__.py"}
+)
 
 
 def test_every_module_and_package_has_a_layer() -> None:
@@ -114,11 +127,9 @@ def test_every_module_and_package_has_a_layer() -> None:
     assert units == set().union(*LAYERS)
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda path: "/".join(_module_of(path)))
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda path: "/".join(_module_of(path)))
 def test_imports_point_down_the_layers(path: Path) -> None:
     unit = _module_of(path)[0]
-    if unit == "__init__":
-        return  # the package's own docstring: it imports nothing
     imports = _runtime_imports(path)
     assert [line for line, name in imports if name == "relative"] == [], "a relative import"
     upward = [
@@ -129,12 +140,8 @@ def test_imports_point_down_the_layers(path: Path) -> None:
     assert upward == [], f"{path.name} imports from its own layer or above it"
 
 
-@pytest.mark.parametrize(
-    "path", sorted((SOURCE / "migrations").glob("*.py")), ids=lambda path: path.stem
-)
+@pytest.mark.parametrize("path", RUNNER_MODULES, ids=lambda path: path.stem)
 def test_the_runners_modules_import_only_those_below_them(path: Path) -> None:
-    if path.stem == "__init__":
-        return  # the package's names, gathered from every module
     position = RUNNER.index(path.stem)
     # The package itself (`from cicd_db import migrations`) loads runner, the top.
     upward = [
@@ -150,7 +157,7 @@ def test_the_runners_modules_import_only_those_below_them(path: Path) -> None:
 def test_nothing_in_the_library_imports_pulumi(path: Path) -> None:
     """The library reads a stack through the `pulumi` CLI (stacks.py); importing the SDK
     would put gRPC on every command's start-up. Only infra/ imports Pulumi."""
-    tree = ast.parse(path.read_text())
+    tree = _tree(path)
     named = [
         alias.name
         for node in ast.walk(tree)

@@ -10,7 +10,7 @@ import psycopg.conninfo
 import pytest
 
 from cicd_db import cli, refusals
-from cicd_db.errors import AuthenticationFailed, ConfigError, ConnectionFailed
+from cicd_db.errors import AuthenticationFailed, CicdDbError, ConfigError, ConnectionFailed
 from cicd_db.settings import ConnectionSettings, from_url
 
 from .utils import use_service_file
@@ -230,14 +230,17 @@ def test_a_parameter_of_the_target_is_told_whole(monkeypatch: pytest.MonkeyPatch
 # -- gaps the mutation run of refusals.py found (2026-12-07) --------------------------
 
 
+def refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
+    """What a connection to `settings` is told when libpq says `detail`, as it words it."""
+    message = f'connection to server at "10.0.0.1", port 5433 failed: {detail}'
+    return refusals.connection_error(settings, psycopg.OperationalError(message))
+
+
 def test_a_login_refused_with_no_user_named_is_the_logins() -> None:
     """No user in the target (libpq would take PGUSER or the account's): the refusal names
     "the login", not a user '' (a mutant printed user '' or user None)."""
     nobody = ConnectionSettings("db.example.com", 5433, "app", "", "")
-    message = (
-        'connection to server at "10.0.0.1", port 5433 failed: fe_sendauth: no password supplied'
-    )
-    result = refusals.connection_error(nobody, psycopg.OperationalError(message))
+    result = refused(nobody, "fe_sendauth: no password supplied")
     assert type(result) is AuthenticationFailed
     assert str(result).startswith(
         "db.example.com:5433 refused the login: fe_sendauth: no password supplied; check"
@@ -247,12 +250,8 @@ def test_a_login_refused_with_no_user_named_is_the_logins() -> None:
 def test_a_certificate_without_a_host_name_is_the_targets_to_fix() -> None:
     """libpq found no host name in the server's certificate to check: a configuration
     error with the host name's fix (exit 2), not a server that is down (exit 1)."""
-    message = (
-        'connection to server at "10.0.0.1", port 5433 failed: '
-        "could not get server's host name from server certificate"
-    )
     verifying = from_url("postgresql://ci@db.example.com:5433/app?sslmode=verify-full")
-    result = refusals.connection_error(verifying, psycopg.OperationalError(message))
+    result = refused(verifying, "could not get server's host name from server certificate")
     assert type(result) is ConfigError
     assert str(result).endswith(
         "; connect by a host name the certificate names, or change sslmode=verify-full "
@@ -264,11 +263,10 @@ def test_a_certificate_not_verified_names_where_sslrootcert_came_from(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("PGSSLROOTCERT", raising=False)
-    message = 'connection to server at "10.0.0.1", port 5433 failed: certificate verify failed'
     verifying = from_url(
         "postgresql://ci@db.example.com:5433/app?sslmode=verify-ca&sslrootcert=/etc/ca.pem"
     )
-    result = refusals.connection_error(verifying, psycopg.OperationalError(message))
+    result = refused(verifying, "certificate verify failed")
     assert type(result) is ConfigError
     assert "; point sslrootcert=/etc/ca.pem (from the URL) at the authority that signed" in str(
         result
@@ -285,11 +283,7 @@ def test_a_bad_setting_the_url_names_is_the_urls_even_where_its_service_has_opti
     settings = from_url(
         "postgresql://ci@db.example.com:5433/app?service=zoned&options=-c%20TimeZone%3DBogus"
     )
-    message = (
-        'connection to server at "10.0.0.1", port 5433 failed: FATAL:  invalid value for '
-        'parameter "TimeZone": "Bogus"'
-    )
-    result = refusals.connection_error(settings, psycopg.OperationalError(message))
+    result = refused(settings, 'FATAL:  invalid value for parameter "TimeZone": "Bogus"')
     assert type(result) is ConfigError
     assert str(result).endswith(
         "; fix the options parameter of the target (?options=-c ...) or PGOPTIONS"
@@ -319,8 +313,7 @@ def test_a_bad_setting_the_url_names_is_the_urls_even_where_its_service_has_opti
 )
 def test_a_server_refusal_is_told_with_its_whole_fix(detail: str, fix: str) -> None:
     """The fix to its last word (tests read only its start, and mutants cut the end)."""
-    message = f'connection to server at "10.0.0.1", port 5433 failed: FATAL:  {detail}'
-    result = refusals.connection_error(HOST, psycopg.OperationalError(message))
+    result = refused(HOST, f"FATAL:  {detail}")
     assert str(result).endswith(f"{detail}; {fix}"), str(result)
 
 
@@ -330,11 +323,7 @@ def test_a_setting_a_variable_sent_is_told_with_the_whole_fix(
     for variable in ("PGOPTIONS", "PGSERVICE"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("PGTZ", "Bogus/Zone")
-    message = (
-        'connection to server at "10.0.0.1", port 5433 failed: FATAL:  invalid value for '
-        'parameter "TimeZone": "Bogus/Zone"'
-    )
-    result = refusals.connection_error(HOST, psycopg.OperationalError(message))
+    result = refused(HOST, 'FATAL:  invalid value for parameter "TimeZone": "Bogus/Zone"')
     assert str(result).endswith(
         "; fix or unset PGTZ, which libpq sends as that setting when it connects"
     ), str(result)

@@ -346,6 +346,15 @@ LONGER_COMPILE = (
 )
 
 
+def _rolled_up_with_the_longer_compile(migrated: Database, pipeline: str) -> None:
+    """The run's row has the job LONGER_COMPILE changed as it is now, and reads as the
+    tables do."""
+    with migrated.connect() as conn:
+        [seconds] = conn.execute("SELECT job_seconds FROM run_rollups").fetchone() or [None]
+        assert seconds is not None and seconds[0] == 90.0  # compile: 60 s, and 30 more
+        agree(conn, pipeline)
+
+
 def _in_thread(work: Callable[[], object], errors: list[psycopg.Error]) -> threading.Thread:
     """A thread (not started) that runs `work`, a database error it raises kept in `errors`."""
 
@@ -517,10 +526,7 @@ def test_a_hand_edit_committing_while_its_run_is_being_finished_reaches_its_row(
         go.set()
         thread.join(timeout=60)
     assert errors == []
-    with migrated.connect() as conn:
-        [seconds] = conn.execute("SELECT job_seconds FROM run_rollups").fetchone() or [None]
-        assert seconds is not None and seconds[0] == 90.0  # compile: 60 s, and 30 more
-        agree(conn, pipeline)
+    _rolled_up_with_the_longer_compile(migrated, pipeline)
 
 
 def test_a_hand_edit_left_open_does_not_hold_the_runs_finish(migrated: Database) -> None:
@@ -547,10 +553,7 @@ def test_a_hand_edit_left_open_does_not_hold_the_runs_finish(migrated: Database)
             thread.join(timeout=30)
             assert not thread.is_alive(), "the finish waited for the open edit"
         assert errors == []
-    with migrated.connect() as conn:
-        [seconds] = conn.execute("SELECT job_seconds FROM run_rollups").fetchone() or [None]
-        assert seconds is not None and seconds[0] == 90.0  # compile: 60 s, and 30 more
-        agree(conn, pipeline)
+    _rolled_up_with_the_longer_compile(migrated, pipeline)
 
 
 def test_a_status_edit_and_a_job_edit_of_one_finished_run_both_commit(
@@ -584,7 +587,4 @@ def test_a_status_edit_and_a_job_edit_of_one_finished_run_both_commit(
             errors.append(error)
         thread.join(timeout=60)
     assert errors == []
-    with migrated.connect() as conn:
-        [seconds] = conn.execute("SELECT job_seconds FROM run_rollups").fetchone() or [None]
-        assert seconds is not None and seconds[0] == 90.0  # compile: 60 s, and 30 more
-        agree(conn, pipeline)
+    _rolled_up_with_the_longer_compile(migrated, pipeline)
