@@ -30,7 +30,6 @@ from cicd_db.migrations.indexes import drop_invalid_index
 from cicd_db.migrations.retry import Retry, RetryPolicy
 from cicd_db.migrations.session import (
     AFTER_COMMIT,
-    CHECK_MARK,
     RESET_BEFORE_COMMIT,
     RESET_SESSION,
     Session,
@@ -195,14 +194,14 @@ class Applier(Verdicts):
         """
         begun = self._begin(migration)
         if self.conn.info.transaction_status != TransactionStatus.INTRANS:
-            raise MigrationFailed(self._why(migration, CHECK_MARK, committed="may be"))
+            raise MigrationFailed(self._why(migration, integrity.CHECK_MARK, committed="may be"))
         finish = b"; ".join(
             [
                 FIRE_DEFERRED,
                 RESET_BEFORE_COMMIT,
                 history_table.PINNED,
-                self.session.still_ours(begun),
-                self.session.still_locked(),
+                integrity.transaction_check(begun),
+                integrity.lock_check(self.session.lock_key),
                 history.insert_row(self.conn, migration, duration_ms=None),
                 FIRE_DEFERRED,
                 integrity.recorded_check(
@@ -279,7 +278,7 @@ class Applier(Verdicts):
         finish = b"; ".join(
             [
                 history_table.PINNED,
-                self.session.still_locked(),
+                integrity.lock_check(self.session.lock_key),
                 history.insert_row(self.conn, migration, duration_ms=duration_ms),
                 FIRE_DEFERRED,
                 integrity.recorded_check(

@@ -1,12 +1,14 @@
-"""Whether the history is as the runner left it: the check each file's history row
-is written under, and, when a row is refused, what was changed on the table since
-cicd-db made it.
+"""The runner's own checks in a file's transaction: that the transaction is still the
+one it began, that its lock is still held, and that the history is as the runner left
+it; and, when a row is refused, what was changed on the table since cicd-db made it.
 
 A file may do anything, to the history too. Its row is written only if the history is
 the rows the runner wrote plus this one (recorded_check, with the table's state as the
 file's transaction found it: STATE); a row the table itself refuses (a constraint, a
 column, a trigger added later) is explained by alterations(), each change with the
-statement that undoes it.
+statement that undoes it. A file may also end the runner's transaction (COMMIT) or the
+session that holds its lock (pg_terminate_backend): transaction_check and lock_check
+travel with the row and stop its COMMIT.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.pq.abc import PGresult
 
+from cicd_db.errors import OperationalError
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.finding import renamed_columns
 from cicd_db.migrations.history import row_values, since_begin
@@ -30,8 +34,43 @@ from cicd_db.migrations.history_table import (
 )
 from cicd_db.sqltext import found_lowered
 
-# The SQLSTATEs of the checks below (class CD, not PostgreSQL's).
+# The SQLSTATEs of the checks below (class CD, not PostgreSQL's): the runner's
+# transaction, its lock, then the history's.
+CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"
 CHECK_RECORDED, CHECK_HISTORY, CHECK_SECOND = "CDB03", "CDB04", "CDB05"
+
+
+def transaction_check(begun: PGresult) -> bytes:
+    """A check that the transaction is still the one the runner began: `begun` holds
+    its id, read before the file ran."""
+    xid = begun.get_value(0, 0) or b""
+    if not xid.isdigit():
+        raise OperationalError(f"the server gave no transaction id (got {xid!r})")
+    return (
+        b"DO $cicd_db$BEGIN IF pg_catalog.pg_current_xact_id() IS DISTINCT FROM '"
+        + xid
+        + b"'::pg_catalog.xid8 THEN RAISE EXCEPTION 'the runner''s transaction ended "
+        b"inside the file' USING ERRCODE = '" + CHECK_MARK.encode() + b"'; END IF; END$cicd_db$"
+    )
+
+
+def lock_check(key: int | None) -> bytes:
+    """A check that the runner's lock is still held by its session: a file could have
+    ended that session (pg_terminate_backend), and another runner be at work.
+
+    The lock session holds a key of this run's own (`key`, drawn at random: the
+    Session's `lock_key`) beside the runner's lock, so the question is one lookup,
+    whatever else is locked: may this session take that key? Only if the lock session
+    is gone. (Asking pg_locks instead copies every lock of the server, a file's own
+    included: a quarter of a millisecond a file.) If it may, the key is held only until
+    the check's error ends the statement or the transaction.
+    """
+    return (
+        b"DO $cicd_db$BEGIN IF pg_catalog.pg_try_advisory_xact_lock_shared(%d) THEN "
+        b"RAISE EXCEPTION 'the runner''s lock was lost' USING ERRCODE = '%s'; END IF; "
+        b"END$cicd_db$" % (key or 0, CHECK_LOCK.encode())
+    )
+
 
 # The history table as a file's transaction finds it, read with the transaction's id
 # before the file runs: its oid and storage (TRUNCATE, an ALTER TABLE that rewrites

@@ -65,7 +65,7 @@ def held(session: Session, timeout: float) -> Iterator[None]:
                     )
                 time.sleep(POLL_SECONDS)
         # A key no other session takes: while the lock session holds it, the lock
-        # session is alive, and so holds the runner's lock (Session.still_locked).
+        # session is alive, and so holds the runner's lock (integrity.lock_check).
         run_key = RUN_KEYS.randrange(1, 2**63)
         holder.execute(
             "SELECT pg_catalog.pg_advisory_unlock(%s), pg_catalog.pg_advisory_lock(%s)",

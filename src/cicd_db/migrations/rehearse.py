@@ -22,10 +22,10 @@ from cicd_db.errors import (
     MigrationFailed,
     interrupt_exit_code,
 )
-from cicd_db.migrations import diagnose, history, history_table
+from cicd_db.migrations import diagnose, history, history_table, integrity
 from cicd_db.migrations.failures import READ_ONLY_BY_THE_FILE, Transient, first_line
 from cicd_db.migrations.files import Migration
-from cicd_db.migrations.session import CHECK_LOCK, RESET_SESSION, Session
+from cicd_db.migrations.session import RESET_SESSION, Session
 from cicd_db.migrations.statements import sets_the_transaction
 from cicd_db.migrations.steps import Batch, Copy, lead_end, one_by_one
 from cicd_db.sqltext import without_comments
@@ -235,10 +235,10 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
         ) from None
     # The next file starts with the session as the first did, as in a real run; and
     # the rehearsal goes on only while the runner's lock is still held.
-    reset = session.simple(RESET_SESSION + b"; " + session.still_locked())
+    reset = session.simple(RESET_SESSION + b"; " + integrity.lock_check(session.lock_key))
     failed = next((r for r in reset if r.status == ExecStatus.FATAL_ERROR), None)
     cause = None if failed is None else session.error(failed).diag
-    if cause is not None and cause.sqlstate != CHECK_LOCK and not session.lost:
+    if cause is not None and cause.sqlstate != integrity.CHECK_LOCK and not session.lost:
         # Not the lock: what the file left that a real run's COMMIT would have ended
         # first (a temporary table with deferred checks still pending), which the
         # rehearsal, never committing, cannot end.

@@ -19,7 +19,7 @@ from psycopg import errors, generators
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
-from cicd_db.errors import MigrationFailed, OperationalError
+from cicd_db.errors import MigrationFailed
 from cicd_db.libpq import options_with
 from cicd_db.migrations.files import Migration
 
@@ -94,8 +94,6 @@ RESET_BEFORE_COMMIT = b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
 # cursor's query, which the commit runs), which under psql would end with the file's
 # session too.
 AFTER_COMMIT = RESET_SESSION
-# The SQLSTATEs the runner's own checks raise (class CD, not PostgreSQL's).
-CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"
 
 
 def session_options(given: str | None = None, environ: Mapping[str, str] = os.environ) -> str:
@@ -201,35 +199,6 @@ class Session:
         """End any transaction, then reset the session: the next file starts as the first did."""
         if self.end_transaction():
             self.simple(RESET_SESSION)  # results unread: nothing in it can fail here
-
-    def still_ours(self, begun: PGresult) -> bytes:
-        """A check that the transaction is still the one the runner began (by its id)."""
-        xid = begun.get_value(0, 0) or b""
-        if not xid.isdigit():
-            raise OperationalError(f"the server gave no transaction id (got {xid!r})")
-        return (
-            b"DO $cicd_db$BEGIN IF pg_catalog.pg_current_xact_id() IS DISTINCT FROM '"
-            + xid
-            + b"'::pg_catalog.xid8 THEN RAISE EXCEPTION 'the runner''s transaction ended "
-            b"inside the file' USING ERRCODE = '" + CHECK_MARK.encode() + b"'; END IF; END$cicd_db$"
-        )
-
-    def still_locked(self) -> bytes:
-        """A check that the runner's lock is still held by its session: a file could have
-        ended that session (pg_terminate_backend), and another runner be at work.
-
-        The lock session holds a key of this run's own (`lock_key`, drawn at random)
-        beside the runner's lock, so the question is one lookup, whatever else is
-        locked: may this session take that key? Only if the lock session is gone.
-        (Asking pg_locks instead copies every lock of the server, a file's own
-        included: a quarter of a millisecond a file.) If it may, the key is held
-        only until the check's error ends the statement or the transaction.
-        """
-        return (
-            b"DO $cicd_db$BEGIN IF pg_catalog.pg_try_advisory_xact_lock_shared(%d) THEN "
-            b"RAISE EXCEPTION 'the runner''s lock was lost' USING ERRCODE = '%s'; END IF; "
-            b"END$cicd_db$" % (self.lock_key or 0, CHECK_LOCK.encode())
-        )
 
     def run_steps(
         self, migration: Migration, *, prefix: bytes = b"", after: int = 0

@@ -15,7 +15,8 @@ from cicd_db.errors import MigrationFailed
 from cicd_db.migrations import diagnose, history, history_table, integrity
 from cicd_db.migrations.failures import RETRIED_SQLSTATES, Transient, first_line
 from cicd_db.migrations.files import Migration
-from cicd_db.migrations.session import CHECK_LOCK, CHECK_MARK, Session
+from cicd_db.migrations.integrity import CHECK_LOCK, CHECK_MARK
+from cicd_db.migrations.session import Session
 
 CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefined_table
 
