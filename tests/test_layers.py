@@ -55,6 +55,7 @@ RUNNER = [
     "failures",
     "files",
     "statements",
+    "kinds",
     "steps",
     "directives",
 ]

@@ -29,6 +29,7 @@ ON_USE = (
     "cicd_db.migrations.indexes",
     "cicd_db.migrations.retry",
     "cicd_db.migrations.statements",
+    "cicd_db.migrations.kinds",
     "cicd_db.migrations.steps",
     "cicd_db.migrations.directives",
     "cicd_db.sqltext",

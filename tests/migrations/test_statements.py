@@ -7,16 +7,15 @@ import tracemalloc
 from pathlib import Path
 from unittest.mock import patch
 
-import psycopg
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cicd_db import migrations
 from cicd_db.errors import ConfigError
 from cicd_db.migrations import statements
 from cicd_db.migrations.steps import lead_end, split_at
-from cicd_db.sqltext import Scanner, Statement
+from cicd_db.sqltext import Scanner
 
 from ..fix_cli import migrate
 from ..fix_db import Database
@@ -514,14 +513,13 @@ def _quiet_lead_by_scanning(
 ) -> tuple[int | None, bool]:
     """The specification of Batch.quiet_end and sets_transaction: the file's statements
     one at a time, as planned, up to the first that takes a snapshot (or a COPY)."""
-    from cicd_db.migrations.statements import (
+    from cicd_db.migrations.kinds import (
         SESSION_SETTINGS,
         TAKE_NO_SNAPSHOT,
         sets_a_role,
         sets_the_transaction,
     )
     from cicd_db.migrations.steps import one_by_one
-    from cicd_db.sqltext import Scanner
 
     end, sets = None, False
     for step in steps:
@@ -612,49 +610,6 @@ def test_the_leading_transaction_settings_are_found_as_a_scan_finds_them(
         return
     assert (first.quiet_end, first.sets_transaction) == _quiet_lead_by_scanning(data, steps)
     assert all(step.quiet_end is None for step in steps[1:] if isinstance(step, migrations.Batch))
-
-
-@settings(
-    max_examples=examples(60),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-@given(
-    scope=st.sampled_from(["", "LOCAL ", "SESSION ", "local ", "/* c */ "]),
-    name=st.sampled_from(
-        [
-            "transaction_isolation",
-            '"transaction_isolation"',
-            '"Transaction_Isolation"',
-            'U&"transaction_isolation"',
-            "TRANSACTION_ISOLATION",
-            "default_transaction_isolation",
-            '"default_transaction_isolation"',
-            "search_path",
-        ]
-    ),
-    separator=st.sampled_from([" = ", " TO ", "=", " /* x */ = "]),
-)
-def test_what_must_come_before_any_query_is_what_postgresql_refuses_after_one(
-    database: Database, scope: str, name: str, separator: str
-) -> None:
-    """PostgreSQL is the oracle: a SET refused after the transaction's first query
-    ("must be called before any query") is one sets_the_transaction() finds, and no
-    other, however the name is quoted, cased or commented."""
-    value = "'public'" if "search_path" in name else "'serializable'"
-    text = f"SET {scope}{name}{separator}{value};".encode()
-    piece = next(iter(Scanner(text)))
-    assert isinstance(piece, Statement)
-    with database.connect() as conn:
-        conn.execute("BEGIN")
-        conn.execute("SELECT 1")
-        try:
-            conn.execute(text)
-            refused = False
-        except psycopg.errors.ActiveSqlTransaction:
-            refused = True
-        conn.rollback()
-    assert statements.sets_the_transaction(text, piece, True) is refused, text
 
 
 @settings(max_examples=examples(300), deadline=None)

@@ -389,7 +389,7 @@ class IndexTarget(NamedTuple):
 def index_target(migration: Migration, steps: tuple[Step, ...] | None = None) -> IndexTarget | None:
     """The index a no-transaction file builds concurrently, and the table it indexes, as
     PostgreSQL names them, among `steps` (the file's plan by default)."""
-    from cicd_db.migrations.statements import CONCURRENT_INDEX, INDEXED_TABLE
+    from cicd_db.migrations.kinds import CONCURRENT_INDEX, INDEXED_TABLE
     from cicd_db.migrations.steps import Copy
     from cicd_db.sqltext import without_comments
 

@@ -25,8 +25,8 @@ from cicd_db.errors import (
 from cicd_db.migrations import diagnose, history, history_table, integrity
 from cicd_db.migrations.failures import READ_ONLY_BY_THE_FILE, Transient, first_line
 from cicd_db.migrations.files import Migration
+from cicd_db.migrations.kinds import sets_the_transaction
 from cicd_db.migrations.session import RESET_SESSION, Session
-from cicd_db.migrations.statements import sets_the_transaction
 from cicd_db.migrations.steps import Batch, Copy, lead_end, one_by_one
 from cicd_db.sqltext import without_comments
 
