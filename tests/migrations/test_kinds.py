@@ -1,11 +1,14 @@
 """What kind of statement a statement is (src/cicd_db/migrations/kinds.py), with
-PostgreSQL as the oracle."""
+PostgreSQL as the oracle: what it refuses inside a transaction block, and what it
+accepts only before a transaction's first query."""
 
 from __future__ import annotations
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 from cicd_db.migrations import kinds
 from cicd_db.sqltext import Scanner, Statement
@@ -55,3 +58,133 @@ def test_what_must_come_before_any_query_is_what_postgresql_refuses_after_one(
             refused = True
         conn.rollback()
     assert kinds.sets_the_transaction(text, piece, True) is refused, text
+
+
+# Statements PostgreSQL runs only outside a transaction block (each of its own calls to
+# PreventInTransactionBlock that the text of a statement decides, 15 to 18), beside
+# look-alikes it runs inside one: tokens, respelled by the test. `{db}` is the test
+# database. Not here, since only the server knows: REINDEX of a partitioned table or
+# index, and the subscription commands whose slot or copy decides it (the server refuses
+# them when the file runs, and the file is rolled back).
+OUTSIDE_ONLY = [
+    "VACUUM",
+    "VACUUM t",
+    "VACUUM ( ANALYZE ) t",
+    "VACUUM FULL t",
+    "CLUSTER",
+    "CLUSTER VERBOSE",
+    "CLUSTER ( VERBOSE )",
+    "CREATE DATABASE cicd_kinds_never",
+    "DROP DATABASE IF EXISTS cicd_kinds_never",
+    "ALTER DATABASE {db} SET TABLESPACE pg_default",
+    "CREATE TABLESPACE cicd_kinds_never LOCATION '/nonexistent'",
+    "DROP TABLESPACE IF EXISTS cicd_kinds_never",
+    "ALTER SYSTEM SET work_mem = '4MB'",
+    "ALTER SYSTEM RESET ALL",
+    "REINDEX DATABASE {db}",
+    "REINDEX SYSTEM {db}",
+    "REINDEX SCHEMA public",
+    "REINDEX ( VERBOSE ) SCHEMA public",
+    "REINDEX ( VERBOSE ) DATABASE {db}",
+    "REINDEX TABLE CONCURRENTLY t",
+    "REINDEX INDEX CONCURRENTLY t_pkey",
+    "REINDEX ( CONCURRENTLY ) TABLE t",
+    "REINDEX ( CONCURRENTLY true ) TABLE t",
+    "REINDEX ( VERBOSE , CONCURRENTLY ) INDEX t_pkey",
+    "REINDEX ( VERBOSE , TABLESPACE pg_default ) TABLE CONCURRENTLY t",
+    "CREATE INDEX CONCURRENTLY i ON t ( a )",
+    "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS i ON t ( a )",
+    "DROP INDEX CONCURRENTLY IF EXISTS i",
+    "DISCARD ALL",
+    "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY",
+    "ALTER TABLE IF EXISTS p DETACH PARTITION p1 CONCURRENTLY",
+]
+INSIDE_TOO = [
+    "ANALYZE t",
+    "CLUSTER t USING t_pkey",
+    "CLUSTER ( VERBOSE ) t USING t_pkey",
+    "REINDEX TABLE t",
+    "REINDEX INDEX t_pkey",
+    "REINDEX ( VERBOSE ) TABLE t",
+    "REINDEX ( CONCURRENTLY false ) TABLE t",
+    "REINDEX ( CONCURRENTLY off ) INDEX t_pkey",
+    "REINDEX ( TABLESPACE pg_default ) TABLE t",
+    "CREATE INDEX i ON t ( a )",
+    "CREATE INDEX concurrently_named ON t ( a )",
+    "DROP INDEX IF EXISTS i",
+    "DISCARD TEMP",
+    "DISCARD PLANS",
+    "DISCARD SEQUENCES",
+    "ALTER DATABASE {db} SET work_mem = '4MB'",
+    "ALTER DATABASE {db} SET tablespace_note = 'x'",
+    "ALTER TABLE p DETACH PARTITION p1",
+    "ALTER TABLE t ADD COLUMN concurrently int",
+    "ALTER TYPE e ADD VALUE 'z'",
+    "ALTER TABLESPACE pg_default SET ( seq_page_cost = 1 )",
+    "SELECT 'VACUUM'",
+]
+SEPARATORS = [" ", "\n", "  ", "\t", " /* VACUUM */ ", " -- CONCURRENTLY\n"]
+
+
+@st.composite
+def respelled(draw: st.DrawFn, statement: str) -> str:
+    """`statement` with its words in any case (names quoted or not aside) and any space or
+    comment between its tokens."""
+    tokens = statement.split(" ")
+    out = [tokens[0] if tokens[0].startswith("'") else _cased(draw, tokens[0])]
+    for token in tokens[1:]:
+        out.append(draw(st.sampled_from(SEPARATORS)))
+        literal = token.startswith("'") or token.islower() or "{" in token
+        out.append(token if literal else _cased(draw, token))
+    return "".join(out)
+
+
+def _cased(draw: st.DrawFn, word: str) -> str:
+    return draw(st.sampled_from([word.upper(), word.lower(), word.capitalize()]))
+
+
+@pytest.fixture
+def oracle(database: Database) -> Database:
+    database.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, a int); CREATE TYPE e AS ENUM ('y'); "
+        "CREATE TABLE p (id int) PARTITION BY RANGE (id); "
+        "CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10)"
+    )
+    return database
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    data=st.data(),
+    statement=st.sampled_from(OUTSIDE_ONLY + INSIDE_TOO),
+)
+def test_what_postgresql_runs_only_outside_a_transaction_is_what_the_runner_names(
+    oracle: Database, data: st.DataObject, statement: str
+) -> None:
+    """PostgreSQL is the oracle: a statement it refuses inside a transaction block
+    (25001) is one the runner names so, before anything runs, and no other, however its
+    words are cased, spaced or commented."""
+    text = data.draw(respelled(statement)).replace(
+        "{db}", sql.Identifier(oracle.name).as_string(None)
+    )
+    with oracle.connect() as conn:
+        conn.execute("BEGIN")
+        try:
+            conn.execute(text.encode())
+            refused = False
+        except psycopg.errors.ActiveSqlTransaction:
+            refused = True
+        except psycopg.Error:  # any other failure: PostgreSQL got past that check
+            refused = False
+        conn.rollback()
+    assert refused is (statement in OUTSIDE_ONLY), f"PostgreSQL's own verdict changed: {text}"
+    data_ = f"{text};\n".encode()
+    piece = next(iter(Scanner(data_)))
+    assert isinstance(piece, Statement)
+    named = kinds.outside_transactions_only(data_, piece, True)
+    assert (named is not None) is refused, (text, named)

@@ -112,6 +112,9 @@ def _refused_with_nothing_run(untouched: Database, tmp_path: Path, name: str, te
         ("VACUUM first;", "VACUUM"),
         ("CREATE DATABASE other;", "CREATE DATABASE"),
         ("ALTER SYSTEM SET work_mem = '5MB';", "ALTER SYSTEM"),
+        ("REINDEX (VERBOSE) SCHEMA public;", "REINDEX SCHEMA"),
+        ("DISCARD ALL;", "DISCARD ALL"),
+        ("CLUSTER;", "CLUSTER without a table"),
     ],
 )
 def test_what_postgresql_never_runs_in_a_transaction_is_refused_before_anything_runs(

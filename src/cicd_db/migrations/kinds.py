@@ -85,7 +85,8 @@ def _reads_as(
 
 # Statements PostgreSQL refuses inside a transaction block (25001), by their first words:
 # known before anything runs, so a transactional file that holds one is refused up front,
-# not after the files before it were applied.
+# not after the files before it were applied. REINDEX, CLUSTER, ALTER DATABASE and ALTER
+# TABLE ... DETACH PARTITION are read further (_read_further): their options decide.
 _OUTSIDE_ONLY = {
     ("VACUUM",): "VACUUM",
     ("CREATE", "DATABASE"): "CREATE DATABASE",
@@ -96,21 +97,81 @@ _OUTSIDE_ONLY = {
     ("CREATE", "INDEX", "CONCURRENTLY"): "CREATE INDEX CONCURRENTLY",
     ("CREATE", "UNIQUE", "INDEX", "CONCURRENTLY"): "CREATE INDEX CONCURRENTLY",
     ("DROP", "INDEX", "CONCURRENTLY"): "DROP INDEX CONCURRENTLY",
-    ("REINDEX", "DATABASE"): "REINDEX DATABASE",
-    ("REINDEX", "SYSTEM"): "REINDEX SYSTEM",
+    ("DISCARD", "ALL"): "DISCARD ALL",
 }
+# A statement's tokens once its comments are out: a word (upper-cased), a quoted name or
+# string as written, or one other character.
+_TOKEN = re.compile(
+    rb"""\s*(?:([A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)|("(?:[^"]|"")*"|'(?:[^']|'')*'|\S))"""
+)
+_DETACH = re.compile(rb"\bDETACH\b", re.IGNORECASE)
+# The values of a boolean option that say no (PostgreSQL's defGetBoolean).
+_NO = frozenset({"FALSE", "OFF", "0", "'FALSE'", "'OFF'", "'0'"})
 
 
-def outside_transactions_only(words: tuple[str, ...]) -> str | None:
-    """What the statement starting with `words` is, if PostgreSQL runs it only outside a
-    transaction block (`REINDEX ... CONCURRENTLY` too); else None."""
+def outside_transactions_only(
+    data: bytes, statement: Statement, standard_strings: bool
+) -> str | None:
+    """What `statement` is, if PostgreSQL runs it only outside a transaction block; else
+    None. Only what its text decides: REINDEX of a partitioned table, or a subscription
+    whose slot decides, the server refuses when the file runs."""
+    words = statement.words
     for length in (1, 2, 3, 4):
         found = _OUTSIDE_ONLY.get(words[:length])
         if found:
             return found
-    if words[:1] == ("REINDEX",) and "CONCURRENTLY" in words[1:3]:
-        return "REINDEX ... CONCURRENTLY"
+    if words[:1] in (("REINDEX",), ("CLUSTER",)) or words[:2] == ("ALTER", "DATABASE"):
+        return _read_further(data, statement, standard_strings)
+    if words[:2] == ("ALTER", "TABLE") and _DETACH.search(data, statement.start, statement.end):
+        return _read_further(data, statement, standard_strings)
     return None
+
+
+def _read_further(data: bytes, statement: Statement, standard_strings: bool) -> str | None:
+    """outside_transactions_only for the statements whose options decide."""
+    text = without_comments(
+        data[statement.start : statement.end], standard_strings=standard_strings
+    )
+    tokens = [
+        word.decode("utf-8", "replace").upper() if word else other.decode("utf-8", "replace")
+        for word, other in _TOKEN.findall(text)
+    ]
+    while tokens and tokens[-1] == ";":
+        tokens.pop()
+    head, rest = tokens[:1], tokens[1:]
+    options: list[str] = []
+    if head in (["REINDEX"], ["CLUSTER"]) and rest[:1] == ["("] and ")" in rest:
+        options, rest = rest[1 : rest.index(")")], rest[rest.index(")") + 1 :]
+    if head == ["REINDEX"]:
+        if rest[:1] in (["SCHEMA"], ["SYSTEM"], ["DATABASE"]):
+            return f"REINDEX {rest[0]}"
+        if rest[1:2] == ["CONCURRENTLY"] or _turned_on(options, "CONCURRENTLY"):
+            return "REINDEX ... CONCURRENTLY"
+    elif head == ["CLUSTER"]:
+        if not rest or rest == ["VERBOSE"]:
+            return "CLUSTER without a table"
+    elif tokens[:2] == ["ALTER", "DATABASE"]:
+        if tokens[3:5] == ["SET", "TABLESPACE"]:
+            return "ALTER DATABASE ... SET TABLESPACE"
+    elif tokens[-1:] == ["CONCURRENTLY"] and any(
+        tokens[at : at + 2] == ["DETACH", "PARTITION"] for at in range(len(tokens))
+    ):
+        return "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY"
+    return None
+
+
+def _turned_on(options: list[str], name: str) -> bool:
+    """Whether parenthesized options (their tokens, commas between) turn `name` on: named
+    alone, or with a value that is not one of _NO."""
+    option: list[str] = []
+    for piece in [*options, ","]:
+        if piece != ",":
+            option.append(piece)
+        elif option[:1] == [name]:
+            return len(option) == 1 or option[1].upper() not in _NO
+        else:
+            option = []
+    return False
 
 
 def controls_transaction(words: tuple[str, ...]) -> bool:

@@ -327,7 +327,11 @@ class _Pass:
                 f"remove it, or make the first line `{NO_TRANSACTION_MARKER.decode()}` "
                 "to run the file outside a transaction",
             )
-        outside = outside_transactions_only(piece.words) if transactional else None
+        outside = (
+            outside_transactions_only(data, piece, self.scanner.standard_strings)
+            if transactional
+            else None
+        )
         if outside:
             raise self._refuse(
                 piece.line,
