@@ -15,7 +15,9 @@ Cases, one module each:
   bigfile  one 50 MB file of INSERTs (pg_dump --inserts style): time and peak memory
            beside psql -1 -f
   upgrade  upgrade_under_load: the plan's schema at 1,000,000 runs upgraded to the
-           newest while 8 writer processes write, on each PostgreSQL major here
+           newest while 8 writer processes write, on each PostgreSQL major here;
+           its writers in upgrade_writers (shared with the retention case), `migrate
+           up` and the lock sampling in upgrade_locks
 
 Beside them: common (server, databases, timing, tables), tools (finding the rivals),
 workload (the plan's rows and writers, shared with tests/test_upgrade_under_load.py)

@@ -27,7 +27,8 @@ from cicd_db.settings import ConnectionSettings
 
 from . import report
 from .common import Databases, Table, drop_database, one, percentile, say
-from .upgrade_under_load import PHASES, copy_database, gather, writer
+from .upgrade_under_load import copy_database
+from .upgrade_writers import PHASES, gather, writer
 from .workload import TABLES
 
 COPY = "bench_retention"

@@ -30,6 +30,10 @@ Lock retries: the runner retries a file that fails with lock_not_available,
 deadlock_detected or serialization_failure by itself; its retry lines on stderr
 are counted per file.
 
+The writers are bench/upgrade_writers.py, the runner's process and the lock sampling
+bench/upgrade_locks.py; this module prepares the database, runs the three phases, and
+prints the report and its checks.
+
 Writers and prepared statements: a type change (TIMESTAMP -> TIMESTAMPTZ) makes
 every server-side prepared statement that returns the column fail with "cached
 plan must not change result type" until it is prepared again. The writers here run
@@ -42,19 +46,16 @@ what happens otherwise; --on-stale-plan deallocate then shows the other remedy
 from __future__ import annotations
 
 import argparse
-import itertools
 import multiprocessing as mp
 import os
-import queue
 import re
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field, replace
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, LiteralString
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -72,17 +73,15 @@ from .common import (
     database_exists,
     drop_database,
     one,
-    percentile,
     say,
     server_version,
     start_server,
 )
+from .upgrade_locks import FileRun, LockSampler, lock_spans, run_upgrade
+from .upgrade_writers import PHASES, WriterReport, gather, summary, writer
 from .workload import JOBS, STAGES, TABLES
 
 PLAN_SCHEMA = MIGRATIONS / "0001_plan_schema.sql"
-RUNNER_APP = "upgrade-bench-migrate"
-WRITER_APP = "upgrade-bench-writer"
-PHASES = ("before", "during", "after")
 
 
 # -- the bench's case ----------------------------------------------------------------
@@ -159,226 +158,10 @@ def copy_database(admin: ConnectionSettings, template: str, name: str, owner: st
     )
 
 
-# -- writers -------------------------------------------------------------------------
-
-
-@dataclass
-class WriterReport:
-    waits: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
-    errors: dict[str, Counter[str]] = field(default_factory=lambda: {p: Counter() for p in PHASES})
-    recovered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
-    written: dict[str, list[Any]] = field(default_factory=lambda: {t: [] for t in TABLES})
-    slowest: list[tuple[float, float, str]] = field(default_factory=list)  # (ms, at, statement)
-
-
-STALE_PLAN = "cached plan must not change result type"
-
-
-def writer(
-    number: int,
-    conninfo: str,
-    rate: float,
-    phase: Any,
-    stop: Any,
-    results: Any,
-    pipelines: int,
-    prepare_threshold: int | None,
-    on_stale_plan: str,
-) -> None:
-    """One writer process: the plan's run lives at `rate` statements a second, each
-    statement timed and its errors counted in the phase it ran in."""
-    report = WriterReport()
-    interval = 1.0 / rate
-    next_at = time.monotonic()
-    conn = psycopg.connect(conninfo, autocommit=True, application_name=WRITER_APP)
-    conn.prepare_threshold = prepare_threshold
-
-    def execute(statement: LiteralString, params: list[Any]) -> tuple[Any, ...] | None:
-        nonlocal next_at, conn
-        next_at += interval
-        pause = next_at - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        current = PHASES[phase.value]
-        started = time.monotonic()
-        try:
-            try:
-                cursor = conn.execute(statement, params)
-            except psycopg.errors.FeatureNotSupported as error:
-                if on_stale_plan != "deallocate" or STALE_PLAN not in str(error):
-                    raise
-                # The application's remedy: forget the prepared statements, run it again.
-                conn.execute("DEALLOCATE ALL")
-                report.recovered[current] += 1
-                cursor = conn.execute(statement, params)
-            return cursor.fetchone() if cursor.description else None
-        except psycopg.Error as error:
-            report.errors[current][f"{error.sqlstate}: {str(error).splitlines()[0][:120]}"] += 1
-            if conn.broken:
-                conn = psycopg.connect(conninfo, autocommit=True, application_name=WRITER_APP)
-                conn.prepare_threshold = prepare_threshold
-            raise
-        finally:
-            elapsed = (time.monotonic() - started) * 1000
-            report.waits[current].append(elapsed)
-            if elapsed > 50:
-                report.slowest.append((elapsed, started, statement.split("(")[0][:60]))
-
-    life = 0
-    while not stop.value:
-        life += 1
-        pipeline = f"pipeline-{(number * 7919 + life) % pipelines:03d}"
-        try:
-            workload.run_life(execute, pipeline, report.written)
-        except psycopg.Error:
-            continue  # counted; the next run starts afresh, as a CI system would
-    conn.close()
-    report.slowest = sorted(report.slowest, reverse=True)[:10]
-    results.put((number, report))
-
-
-def gather(results: Any, processes: list[Any]) -> dict[int, WriterReport]:
-    """The writers' reports, by number, once each process has sent its own (a minute at
-    most each), and the processes joined."""
-    reports: dict[int, WriterReport] = {}
-    while len(reports) < len(processes):
-        try:
-            number, report = results.get(timeout=60)
-        except queue.Empty:
-            break
-        reports[number] = report
-    for process in processes:
-        process.join(timeout=10)
-    return reports
-
-
-# -- lock sampling and the runner ---------------------------------------------------------
-
-
-class LockSampler(threading.Thread):
-    """Samples the runner's locks on the tables every `period` seconds."""
-
-    def __init__(self, conninfo: str, period: float):
-        super().__init__(daemon=True)
-        self.conninfo = conninfo
-        self.period = period
-        self.samples: list[tuple[float, list[tuple[str, str, bool]]]] = []
-        self.writers_waiting: list[tuple[float, int]] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        with psycopg.connect(self.conninfo, autocommit=True) as conn:
-            while not self.done.is_set():
-                at = time.monotonic()
-                rows = conn.execute(
-                    """
-                    SELECT a.application_name, c.relname, l.mode, l.granted
-                    FROM pg_locks l
-                    JOIN pg_class c ON c.oid = l.relation
-                    JOIN pg_stat_activity a ON a.pid = l.pid
-                    WHERE l.locktype = 'relation' AND l.database = (
-                        SELECT oid FROM pg_database WHERE datname = current_database())
-                      AND a.application_name IN (%s, %s)
-                      AND c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
-                    """,
-                    [RUNNER_APP, WRITER_APP],
-                ).fetchall()
-                mine = [(r[1], r[2], r[3]) for r in rows if r[0] == RUNNER_APP]
-                self.samples.append((at, mine))
-                self.writers_waiting.append(
-                    (at, sum(1 for r in rows if r[0] == WRITER_APP and not r[3]))
-                )
-                time.sleep(max(0.0, self.period - (time.monotonic() - at)))
-
-
-@dataclass
-class FileRun:
-    name: str
-    started: float = 0.0
-    ended: float = 0.0
-    runner_ms: float = 0.0
-    retries: int = 0
-    failures: list[str] = field(default_factory=list)
-
-
-def run_upgrade(url: str, files: list[str]) -> tuple[list[FileRun], int, str]:
-    """One `migrate up`; returns each file's timeline, the runner's retries and its stderr."""
-    timeline = {name: FileRun(name) for name in files}
-    order = list(files)
-    env = {**os.environ, "PGAPPNAME": RUNNER_APP}
-    if order:
-        timeline[order[0]].started = time.monotonic()
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "cicd_db", "migrate", "up"),
-            *("--database-url", url, "--migrations-dir", str(MIGRATIONS)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        found = re.match(r"applied (\S+) \((\d+) ms\)", line.strip())
-        if found and found[1] in timeline:
-            now = time.monotonic()
-            entry = timeline[found[1]]
-            entry.ended = now
-            entry.runner_ms = float(found[2])
-            position = order.index(found[1]) + 1
-            if position < len(order):
-                timeline[order[position]].started = now
-    err = process.stderr.read() if process.stderr else ""
-    process.wait()
-    retries = 0
-    for line in err.splitlines():
-        retried = re.match(r"(\S+\.sql): (.*), retry \d+/\d+ in ", line)
-        if retried and retried[1] in timeline:
-            timeline[retried[1]].retries += 1
-            timeline[retried[1]].failures.append(retried[2])
-            retries += 1
-    return list(timeline.values()), retries, err
-
-
-def lock_spans(
-    samples: list[tuple[float, list[tuple[str, str, bool]]]],
-    start: float,
-    end: float,
-    period: float,
-) -> list[str]:
-    """For one file: each (table, mode, held or waited) and how long it was seen."""
-    seen: dict[tuple[str, str, bool], list[float]] = defaultdict(list)
-    for at, locks in samples:
-        if start <= at <= end:
-            for lock in set(locks):
-                seen[lock].append(at)
-    out = []
-    for (table, mode, granted), times in sorted(seen.items()):
-        longest = current = period
-        for before, after in itertools.pairwise(times):
-            current = current + (after - before) if after - before < 3 * period else period
-            longest = max(longest, current)
-        short_mode = mode.replace("Lock", "")
-        verb = "held" if granted else "WAITED"
-        out.append(f"{short_mode} {table} {verb} ~{longest * 1000:.0f} ms")
-    return out
-
-
-def summary(values: list[float]) -> str:
-    if not values:
-        return "no statements"
-    p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
-    return (
-        f"{len(values):>7} stmts  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms  max {max(values):8.1f} ms"
-    )
-
-
 # -- main ----------------------------------------------------------------------------------
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=1_000_000, help="runs to load (default 1M)")
     parser.add_argument("--pipelines", type=int, default=100)
@@ -403,8 +186,25 @@ def main() -> int:
     )
     parser.add_argument("--rebuild", action="store_true", help="load the template again")
     parser.add_argument("--keep", action="store_true", help="keep the upgraded copy")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+@dataclass
+class Prepared:
+    """The database to upgrade, made ready: how to reach it (as the owner, the
+    superuser, the writer role), the server's version, and the loaded rows' fingerprint."""
+
+    admin: ConnectionSettings
+    target: ConnectionSettings
+    super_target: ConnectionSettings
+    writer_target: ConnectionSettings
+    version: str
+    before: Any
+
+
+def prepare(args: argparse.Namespace) -> Prepared | None:
+    """The server started, the template loaded (once per --runs), a copy of it baselined
+    at version 1 and opened to the writer role; None if the baseline failed."""
     major = "18"
     if args.bin_dir:
         found = re.search(r"postgresql/(\d+)/", str(args.bin_dir))
@@ -438,27 +238,9 @@ def main() -> int:
     )
     say(f"bench: {baseline.stdout.strip() or baseline.stderr.strip()}")
     if baseline.returncode != 0:
-        return 1
-    # After baseline, which compares grants too. The writers are the CI system: they connect as the writer role (docs/security.md).
-    # Before migration 0029 grants it, the operator grants it what the plan's single
-    # role wrote (tables and the SERIAL's sequence), and the tables the upgrade makes (0016's run counters) by default;
-    # 0029 takes the counters back (its trigger runs as their owner).
+        return None
     writer_target = replace(user.for_role(APP), database="upgrade_under_load")
-    with psycopg.connect(super_target.conninfo(), autocommit=True) as conn:
-        role = sql.Identifier(writer_target.user)
-        conn.execute(
-            sql.SQL(
-                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
-            ).format(role)
-        )
-        # The plan's run_number is a SERIAL: its sequence, until 0024 drops it.
-        conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
-        conn.execute(
-            sql.SQL(
-                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
-                "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}"
-            ).format(sql.Identifier(user.user), role)
-        )
+    _grant_writers(super_target, user.user, writer_target.user)
 
     with psycopg.connect(super_target.conninfo(), autocommit=True) as conn:
         before = workload.fingerprint(conn)
@@ -473,7 +255,52 @@ def main() -> int:
         f"bench: loaded rows {before and {t: v[0] for t, v in before.items()}}, "
         f"without status {nulls_before}"
     )
+    return Prepared(admin, target, super_target, writer_target, version, before)
 
+
+def _grant_writers(super_target: ConnectionSettings, owner: str, writer_role: str) -> None:
+    """After baseline, which compares grants too. The writers are the CI system: they
+    connect as the writer role (docs/security.md). Before migration 0029 grants it, the
+    operator grants it what the plan's single role wrote (tables and the SERIAL's
+    sequence), and the tables the upgrade makes (0016's run counters) by default; 0029
+    takes the counters back (its trigger runs as their owner)."""
+    with psycopg.connect(super_target.conninfo(), autocommit=True) as conn:
+        role = sql.Identifier(writer_role)
+        conn.execute(
+            sql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
+            ).format(role)
+        )
+        # The plan's run_number is a SERIAL: its sequence, until 0024 drops it.
+        conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
+        conn.execute(
+            sql.SQL(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}"
+            ).format(sql.Identifier(owner), role)
+        )
+
+
+@dataclass
+class Upgraded:
+    """What the three phases gave: each file's timeline, the runner's retries and
+    stderr, when the upgrade ran, the writers' reports and the lock samples."""
+
+    timeline: list[FileRun]
+    retries: int
+    err: str
+    started: float
+    ended: float
+    reports: dict[int, WriterReport]
+    sampler: LockSampler
+
+    @property
+    def finished(self) -> bool:
+        return all(entry.ended for entry in self.timeline)
+
+
+def upgrade_while_writing(args: argparse.Namespace, prepared: Prepared) -> Upgraded:
+    """The writers write --before seconds, `migrate up` runs, they write --after more."""
     files = [m.filename for m in migrations.discover(MIGRATIONS) if m.version > 1]
     context = mp.get_context("fork")
     phase = context.Value("i", 0)
@@ -484,7 +311,7 @@ def main() -> int:
             target=writer,
             args=(
                 n,
-                writer_target.conninfo(),
+                prepared.writer_target.conninfo(),
                 args.rate / args.writers,
                 phase,
                 stop,
@@ -498,7 +325,7 @@ def main() -> int:
     ]
     for process in writers:
         process.start()
-    sampler = LockSampler(super_target.conninfo(), args.sample_ms / 1000)
+    sampler = LockSampler(prepared.super_target.conninfo(), args.sample_ms / 1000)
     sampler.start()
     say(
         f"bench: {args.writers} writers at ~{args.rate:.0f} statements/s; upgrade in "
@@ -506,39 +333,45 @@ def main() -> int:
     )
     time.sleep(args.before)
     phase.value = 1
-    upgrade_started = time.monotonic()
-    timeline, retries, err = run_upgrade(target.url(), files)
-    upgrade_ended = time.monotonic()
+    started = time.monotonic()
+    timeline, retries, err = run_upgrade(prepared.target.url(), files)
+    ended = time.monotonic()
     phase.value = 2
     time.sleep(args.after)
     stop.value = 1
     reports = gather(results, writers)
     sampler.done.set()
     sampler.join()
-    upgrade_ok = all(entry.ended for entry in timeline)
+    return Upgraded(timeline, retries, err, started, ended, reports, sampler)
 
-    # -- report --
+
+def report(args: argparse.Namespace, version: str, run: Upgraded) -> int:
+    """Prints each file's time and locks and the writers' waits and errors by phase;
+    returns the writers' errors in all."""
     say("")
     say(
         f"Upgrade under load: PostgreSQL {version}, {args.runs:,} runs x {STAGES} stages x "
         f"{JOBS} jobs, {args.writers} writers at ~{args.rate:.0f} statements/s"
     )
     say(
-        f"migrate up: {'finished' if upgrade_ok else 'DID NOT FINISH'} in "
-        f"{upgrade_ended - upgrade_started:.1f} s, the runner's retries after lock errors: "
-        f"{retries}"
+        f"migrate up: {'finished' if run.finished else 'DID NOT FINISH'} in "
+        f"{run.ended - run.started:.1f} s, the runner's retries after lock errors: "
+        f"{run.retries}"
     )
-    if not upgrade_ok:
-        say(f"  last error: {err.strip()[-600:]}")
+    if not run.finished:
+        say(f"  last error: {run.err.strip()[-600:]}")
     say("")
     say(
         "file                                        wall ms  runner ms  retries  runner locks on "
         f"tables (sampled every {args.sample_ms:.0f} ms)"
     )
-    for entry in timeline:
+    for entry in run.timeline:
         spans = (
             lock_spans(
-                sampler.samples, entry.started, entry.ended or upgrade_ended, args.sample_ms / 1000
+                run.sampler.samples,
+                entry.started,
+                entry.ended or run.ended,
+                args.sample_ms / 1000,
             )
             if entry.started
             else []
@@ -548,46 +381,60 @@ def main() -> int:
         say(f"{entry.name:<44} {wall:7.0f}  {entry.runner_ms:9.0f}  {entry.retries:>7}  {shown}")
     say("")
     say("writers: single-statement wait")
-    merged_errors: dict[str, Counter[str]] = {p: Counter() for p in PHASES}
+    writer_errors = 0
     for name in PHASES:
-        waits = [w for r in reports.values() for w in r.waits[name]]
-        errors = sum((r.errors[name] for r in reports.values()), Counter())
-        merged_errors[name] = errors
-        recovered = sum(r.recovered[name] for r in reports.values())
+        waits = [w for r in run.reports.values() for w in r.waits[name]]
+        errors = sum((r.errors[name] for r in run.reports.values()), Counter())
+        writer_errors += sum(errors.values())
+        recovered = sum(r.recovered[name] for r in run.reports.values())
         say(
             f"  {name:<7} {summary(waits)}  errors {sum(errors.values())}"
             + (f"  recovered stale plans {recovered}" if recovered else "")
         )
         for message, count in errors.most_common(5):
             say(f"          {count} x {message}")
-    slowest = sorted((s for r in reports.values() for s in r.slowest), reverse=True)[:5]
+    slowest = sorted((s for r in run.reports.values() for s in r.slowest), reverse=True)[:5]
     for ms, at, statement in slowest:
         running = next(
-            (e.name for e in timeline if e.started and e.started <= at <= (e.ended or at)),
+            (e.name for e in run.timeline if e.started and e.started <= at <= (e.ended or at)),
             "before/after the upgrade",
         )
         say(f"  slow: {ms:7.1f} ms  {statement.strip()}  during {running}")
-    waiting_peak = max((n for _, n in sampler.writers_waiting), default=0)
+    waiting_peak = max((n for _, n in run.sampler.writers_waiting), default=0)
     say(f"  most writer lock waits seen in one sample: {waiting_peak}")
+    return writer_errors
 
-    # -- checks --
+
+def check(prepared: Prepared, run: Upgraded, writer_errors: int) -> bool:
+    """Prints the checks (every row kept, every written row there, the history at the
+    newest version, no writer error, no wait over 500 ms); whether all hold."""
     say("")
-    written = {t: [i for r in reports.values() for i in r.written[t]] for t in TABLES}
-    with psycopg.connect(super_target.conninfo(), autocommit=True) as conn:
-        checks = workload.checks(conn, before, written)
+    written = {t: [i for r in run.reports.values() for i in r.written[t]] for t in TABLES}
+    with psycopg.connect(prepared.super_target.conninfo(), autocommit=True) as conn:
+        checks = workload.checks(conn, prepared.before, written)
         history = one(conn, "SELECT max(version) FROM cicd_db.cicd_db_schema_history")
         newest = max(m.version for m in migrations.discover(MIGRATIONS))
         checks.append((f"history at version {history} of {newest}", history == newest))
-    writer_errors = sum(sum(e.values()) for e in merged_errors.values())
-    longest = max((w for r in reports.values() for p in PHASES for w in r.waits[p]), default=0)
+    longest = max((w for r in run.reports.values() for p in PHASES for w in r.waits[p]), default=0)
     checks.append((f"zero writer errors ({writer_errors})", writer_errors == 0))
     checks.append((f"longest single writer wait <= 500 ms ({longest:.0f} ms)", longest <= 500))
-    checks.append(("upgrade finished without a manual step", upgrade_ok))
+    checks.append(("upgrade finished without a manual step", run.finished))
     for what, ok in checks:
         say(f"  [{'ok' if ok else 'FAIL'}] {what}")
+    return all(ok for _, ok in checks)
+
+
+def main() -> int:
+    args = _arguments()
+    prepared = prepare(args)
+    if prepared is None:
+        return 1
+    run = upgrade_while_writing(args, prepared)
+    writer_errors = report(args, prepared.version, run)
+    ok = check(prepared, run, writer_errors)
     if not args.keep:
-        drop_database(admin, "upgrade_under_load")
-    return 0 if all(ok for _, ok in checks) else 1
+        drop_database(prepared.admin, "upgrade_under_load")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
