@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
@@ -179,12 +179,84 @@ def test_what_postgresql_runs_only_outside_a_transaction_is_what_the_runner_name
             refused = False
         except psycopg.errors.ActiveSqlTransaction:
             refused = True
+        except psycopg.errors.SyntaxError:  # not this major's syntax (CLUSTER (...) before 17)
+            refused = None
         except psycopg.Error:  # any other failure: PostgreSQL got past that check
             refused = False
         conn.rollback()
+    assume(refused is not None)
     assert refused is (statement in OUTSIDE_ONLY), f"PostgreSQL's own verdict changed: {text}"
     data_ = f"{text};\n".encode()
     piece = next(iter(Scanner(data_)))
     assert isinstance(piece, Statement)
     named = kinds.outside_transactions_only(data_, piece, True)
     assert (named is not None) is refused, (text, named)
+
+
+# Statements by their first word, beside what must run before each (a savepoint to release
+# or roll back to, a table to lock): PostgreSQL lists those that take no snapshot (its
+# PlannedStmtRequiresSnapshot); everything else takes one.
+SNAPSHOT_CASES = [
+    ("", "SET work_mem = '8MB'"),
+    ("", "SET LOCAL lock_timeout = '1s'"),
+    ("", "SET CONSTRAINTS ALL DEFERRED"),
+    ("", "RESET work_mem"),
+    ("", "RESET ALL"),
+    ("", "SHOW work_mem"),
+    ("", "LOCK TABLE t IN SHARE MODE"),
+    ("", "LOCK t"),
+    ("", "LISTEN jobs"),
+    ("", "UNLISTEN *"),
+    ("", "NOTIFY jobs, 'x'"),
+    ("", "CHECKPOINT"),
+    ("", "SAVEPOINT s"),
+    ("SAVEPOINT s", "RELEASE s"),
+    ("SAVEPOINT s", "RELEASE SAVEPOINT s"),
+    ("SAVEPOINT s", "ROLLBACK TO s"),
+    ("SAVEPOINT s", "ROLLBACK TO SAVEPOINT s"),
+    ("", "SELECT 1"),
+    ("", "VALUES (1)"),
+    ("", "TABLE t"),
+    ("", "WITH x AS (SELECT 1) SELECT * FROM x"),
+    ("", "INSERT INTO t VALUES (1, 1)"),
+    ("", "UPDATE t SET a = 1"),
+    ("", "DELETE FROM t"),
+    ("", "CREATE TABLE u (id int)"),
+    ("", "ALTER TABLE t ADD COLUMN b int"),
+    ("", "COMMENT ON TABLE t IS 'x'"),
+    ("", "CREATE INDEX ON t (a)"),
+    ("", "ANALYZE t"),
+    ("", "DO $$BEGIN END$$"),
+    ("", "GRANT SELECT ON t TO PUBLIC"),
+    ("", "EXPLAIN SELECT 1"),
+    ("", "PREPARE p AS SELECT 1"),
+    ("", "DISCARD TEMP"),
+    ("", "TRUNCATE t"),
+]
+
+
+@pytest.mark.parametrize(
+    ("before", "statement"), SNAPSHOT_CASES, ids=[s for _, s in SNAPSHOT_CASES]
+)
+def test_what_takes_no_snapshot_is_what_postgresql_lets_set_the_isolation_after(
+    oracle: Database, before: str, statement: str
+) -> None:
+    """PostgreSQL is the oracle: a statement takes a snapshot exactly when the
+    transaction's isolation level can no longer be set after it because it "must be
+    called before any query", and the runner's TAKE_NO_SNAPSHOT names, by first word, those that do
+    not, which a file may put before its first query's snapshot (a LOCK's wait first)."""
+    with oracle.connect() as conn:
+        conn.execute("BEGIN")
+        if before:
+            conn.execute(before)
+        conn.execute(statement.encode())
+        try:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            took_none = True
+        except psycopg.errors.ActiveSqlTransaction as error:
+            # The same SQLSTATE says "not in a subtransaction" after a SAVEPOINT.
+            took_none = "before any query" not in str(error)
+        conn.rollback()
+    piece = next(iter(Scanner(f"{statement};\n".encode())))
+    assert isinstance(piece, Statement)
+    assert (piece.keyword in kinds.TAKE_NO_SNAPSHOT) is took_none
