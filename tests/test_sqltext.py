@@ -24,6 +24,7 @@ from cicd_db.sqltext import (
     standard_strings_after,
     without_comments,
 )
+from cicd_db.sqltext.tokens import number, tokens
 
 
 def split(text: str, *, standard_strings: bool = True) -> list[tuple[int, str]]:
@@ -334,3 +335,56 @@ def test_an_escape_string_before_a_long_dashed_comment_does_not_stop_the_reading
         pytest.fail("reading the text had not ended after a minute")
     assert (done.returncode, done.stdout) == (0, b"1\n"), done.stderr
     assert split(text) == [(1, text.strip())]
+
+
+# -- a statement's tokens (sqltext/tokens.py) ---------------------------------------------
+
+_TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"))
+
+
+@given(text=_TEXT, standard=st.booleans())
+def test_every_form_of_a_string_and_a_name_reads_back_as_its_text(
+    text: str, standard: bool
+) -> None:
+    """A string written any way PostgreSQL takes it, and a quoted name, is one token of
+    its text, followed by what comes after it, whatever it holds (quotes, backslashes,
+    dollars, parentheses, commas)."""
+    doubled = "'" + text.replace("'", "''") + "'"
+    backslashed = text.replace("\\", "\\\\").replace("'", "\\'")
+    tag = "q" * (max((len(run) for run in re.findall("q+", text)), default=0) + 1)
+    forms = [
+        (f"E'{backslashed}'", "string"),
+        (f"${tag}${text}${tag}$", "string"),
+        ('"' + text.replace('"', '""') + '"', "name"),
+        ('U&"' + text.replace('"', '""') + '"', "name"),
+    ]
+    # With standard_conforming_strings off, '...' takes backslash escapes, as E'...' does;
+    # B'...', X'...' and U&'...' never do.
+    forms.append((doubled if standard else f"'{backslashed}'", "string"))
+    if "\\" not in text:
+        forms.append(("U&" + doubled, "string"))
+    for written, kind in forms:
+        read = tokens(f"{written}, x".encode(), standard_strings=standard)
+        assert read == [(kind, text), ("other", ","), ("word", "X")], written
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [("0", 0), ("-0", 0), ("01", 1), ("1.5", 1.5), ("0x1F", 31), ("0o17", 15), ("0b101", 5),
+     ("1_000", 1000), (".5", 0.5), ("1e3", 1000)],
+)  # fmt: skip
+def test_a_number_is_read_as_postgresql_reads_it(written: str, value: float) -> None:
+    read = tokens(written.encode())
+    assert number(read[-1][1]) == value
+    assert [kind for kind, _ in read] == ["other", "number"] if written[0] == "-" else ["number"]
+
+
+@given(data=st.binary(), standard=st.booleans())
+def test_any_bytes_are_read_into_tokens_without_failing(data: bytes, standard: bool) -> None:
+    """Whatever a file holds after its comments are out (broken escapes, a string or a
+    dollar quote never closed, bytes that are no UTF-8), reading its tokens never fails,
+    and gives some unless it is all spaces."""
+    read = tokens(data, standard_strings=standard)
+    assert all(kind in ("word", "name", "string", "number", "other") for kind, _ in read)
+    if data.strip():
+        assert read

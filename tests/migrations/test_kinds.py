@@ -4,9 +4,11 @@ accepts only before a transaction's first query."""
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
@@ -98,6 +100,23 @@ OUTSIDE_ONLY = [
     "DISCARD ALL",
     "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY",
     "ALTER TABLE IF EXISTS p DETACH PARTITION p1 CONCURRENTLY",
+    # Found by an adversarial run (helper-93) and a review (helper-94):
+    "ALTER DATABASE {db} WITH TABLESPACE pg_default",
+    "ALTER DATABASE {db} TABLESPACE = pg_default",
+    'ALTER DATABASE {db} WITH "tablespace" pg_default',
+    "ALTER DATABASE U&{db} SET TABLESPACE pg_default",
+    'REINDEX ( "concurrently" ) TABLE t',
+    'REINDEX ( U&"concurrently" ) TABLE t',
+    "REINDEX ( CONCURRENTLY 01 ) TABLE t",
+    "REINDEX ( CONCURRENTLY 'on' ) TABLE t",
+    "REINDEX ( CONCURRENTLY false , CONCURRENTLY ) TABLE t",
+    "REINDEX ( TABLESPACE $$)$$ , CONCURRENTLY ) TABLE t",
+    "REINDEX ( TABLESPACE E'\\'' , CONCURRENTLY ) TABLE t",
+    "REINDEX(CONCURRENTLY)TABLE t",
+    "CREATE SCHEMA s2 CREATE INDEX CONCURRENTLY i2 ON t ( a )",
+    "CREATE SUBSCRIPTION sub CONNECTION 'dbname=nope' PUBLICATION pub",
+    "COMMIT PREPARED 'never'",
+    "ROLLBACK PREPARED 'never'",
 ]
 INSIDE_TOO = [
     "ANALYZE t",
@@ -118,24 +137,38 @@ INSIDE_TOO = [
     "ALTER DATABASE {db} SET work_mem = '4MB'",
     "ALTER DATABASE {db} SET tablespace_note = 'x'",
     "ALTER TABLE p DETACH PARTITION p1",
-    "ALTER TABLE t ADD COLUMN concurrently int",
+    'ALTER TABLE t ADD COLUMN "concurrently" int',
+    "ALTER TABLE p DETACH PARTITION p1 FINALIZE",
     "ALTER TYPE e ADD VALUE 'z'",
     "ALTER TABLESPACE pg_default SET ( seq_page_cost = 1 )",
     "SELECT 'VACUUM'",
+    "ALTER DATABASE {db} SET tablespace.x = '1'",
+    "ALTER DATABASE {db} WITH CONNECTION LIMIT 5",
+    'REINDEX ( CONCURRENTLY "off" ) TABLE t',
+    'REINDEX ( CONCURRENTLY "false" ) TABLE t',
+    "REINDEX ( CONCURRENTLY E'off' ) TABLE t",
+    "REINDEX ( CONCURRENTLY $$off$$ ) TABLE t",
+    "REINDEX ( CONCURRENTLY -0 ) TABLE t",
+    "REINDEX ( CONCURRENTLY +0 ) TABLE t",
+    "REINDEX ( CONCURRENTLY , CONCURRENTLY false ) TABLE t",
+    "CREATE SCHEMA s3 CREATE INDEX i3 ON t ( a )",
+    "CREATE SUBSCRIPTION sub CONNECTION 'dbname=nope' PUBLICATION pub WITH ( connect = false )",
+    "PREPARE transaction AS SELECT 1",
+    "CLUSTER verbose_t",
 ]
 SEPARATORS = [" ", "\n", "  ", "\t", " /* VACUUM */ ", " -- CONCURRENTLY\n"]
 
 
 @st.composite
 def respelled(draw: st.DrawFn, statement: str) -> str:
-    """`statement` with its words in any case (names quoted or not aside) and any space or
-    comment between its tokens."""
-    tokens = statement.split(" ")
-    out = [tokens[0] if tokens[0].startswith("'") else _cased(draw, tokens[0])]
-    for token in tokens[1:]:
-        out.append(draw(st.sampled_from(SEPARATORS)))
-        literal = token.startswith("'") or token.islower() or "{" in token
-        out.append(token if literal else _cased(draw, token))
+    """`statement` with its keywords in any case (names, strings and numbers as written)
+    and any space or comment between its tokens."""
+    out: list[str] = []
+    for token in statement.split(" "):
+        if out:
+            out.append(draw(st.sampled_from(SEPARATORS)))
+        keyword = re.fullmatch(r"[A-Z_]+", token) is not None
+        out.append(_cased(draw, token) if keyword else token)
     return "".join(out)
 
 
@@ -153,16 +186,13 @@ def oracle(database: Database) -> Database:
     return database
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("statement", OUTSIDE_ONLY + INSIDE_TOO)
 @settings(
-    max_examples=examples(150),
+    max_examples=examples(4),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(
-    data=st.data(),
-    statement=st.sampled_from(OUTSIDE_ONLY + INSIDE_TOO),
-)
+@given(data=st.data())
 def test_what_postgresql_runs_only_outside_a_transaction_is_what_the_runner_names(
     oracle: Database, data: st.DataObject, statement: str
 ) -> None:
@@ -184,13 +214,15 @@ def test_what_postgresql_runs_only_outside_a_transaction_is_what_the_runner_name
         except psycopg.Error:  # any other failure: PostgreSQL got past that check
             refused = False
         conn.rollback()
-    assume(refused is not None)
+    if refused is None:
+        return  # this major cannot parse it: nothing to compare
     assert refused is (statement in OUTSIDE_ONLY), f"PostgreSQL's own verdict changed: {text}"
     data_ = f"{text};\n".encode()
     piece = next(iter(Scanner(data_)))
     assert isinstance(piece, Statement)
     named = kinds.outside_transactions_only(data_, piece, True)
-    assert (named is not None) is refused, (text, named)
+    ends = kinds.controls_transaction(piece.words)  # COMMIT PREPARED, ROLLBACK PREPARED
+    assert (named is not None or ends) is refused, (text, named, ends)
 
 
 # Statements by their first word, beside what must run before each (a savepoint to release

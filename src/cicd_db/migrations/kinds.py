@@ -7,10 +7,12 @@ name. Pure, as planning is: reads bytes, knows no server.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cicd_db.errors import ConfigError
 from cicd_db.sqltext import Statement, without_comments
+from cicd_db.sqltext.tokens import Token, number, tokens
 
 if TYPE_CHECKING:
     from cicd_db.migrations.steps import Batch
@@ -85,8 +87,9 @@ def _reads_as(
 
 # Statements PostgreSQL refuses inside a transaction block (25001), by their first words:
 # known before anything runs, so a transactional file that holds one is refused up front,
-# not after the files before it were applied. REINDEX, CLUSTER, ALTER DATABASE and ALTER
-# TABLE ... DETACH PARTITION are read further (_read_further): their options decide.
+# not after the files before it were applied. Where what follows decides (REINDEX,
+# CLUSTER, ALTER DATABASE, ALTER TABLE ... DETACH, CREATE SCHEMA's elements, CREATE
+# SUBSCRIPTION), the statement is read further, token by token (_FURTHER).
 _OUTSIDE_ONLY = {
     ("VACUUM",): "VACUUM",
     ("CREATE", "DATABASE"): "CREATE DATABASE",
@@ -99,79 +102,153 @@ _OUTSIDE_ONLY = {
     ("DROP", "INDEX", "CONCURRENTLY"): "DROP INDEX CONCURRENTLY",
     ("DISCARD", "ALL"): "DISCARD ALL",
 }
-# A statement's tokens once its comments are out: a word (upper-cased), a quoted name or
-# string as written, or one other character.
-_TOKEN = re.compile(
-    rb"""\s*(?:([A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)|("(?:[^"]|"")*"|'(?:[^']|'')*'|\S))"""
-)
-_DETACH = re.compile(rb"\bDETACH\b", re.IGNORECASE)
-# The values of a boolean option that say no (PostgreSQL's defGetBoolean).
-_NO = frozenset({"FALSE", "OFF", "0", "'FALSE'", "'OFF'", "'0'"})
 
 
 def outside_transactions_only(
     data: bytes, statement: Statement, standard_strings: bool
 ) -> str | None:
     """What `statement` is, if PostgreSQL runs it only outside a transaction block; else
-    None. Only what its text decides: REINDEX of a partitioned table, or a subscription
-    whose slot decides, the server refuses when the file runs."""
+    None. Only what its text decides: where the catalog decides (REINDEX or CLUSTER of a
+    partitioned table, ALTER or DROP SUBSCRIPTION), the server refuses it when the file
+    runs, and the file is rolled back."""
     words = statement.words
     for length in (1, 2, 3, 4):
         found = _OUTSIDE_ONLY.get(words[:length])
         if found:
             return found
-    if words[:1] in (("REINDEX",), ("CLUSTER",)) or words[:2] == ("ALTER", "DATABASE"):
-        return _read_further(data, statement, standard_strings)
-    if words[:2] == ("ALTER", "TABLE") and _DETACH.search(data, statement.start, statement.end):
-        return _read_further(data, statement, standard_strings)
-    return None
-
-
-def _read_further(data: bytes, statement: Statement, standard_strings: bool) -> str | None:
-    """outside_transactions_only for the statements whose options decide."""
+    further = _FURTHER.get(words[:1]) or _FURTHER.get(words[:2])
+    if further is None or (
+        words[:2] == ("ALTER", "TABLE") and not _DETACH.search(data, statement.start, statement.end)
+    ):
+        return None
     text = without_comments(
         data[statement.start : statement.end], standard_strings=standard_strings
     )
-    tokens = [
-        word.decode("utf-8", "replace").upper() if word else other.decode("utf-8", "replace")
-        for word, other in _TOKEN.findall(text)
-    ]
-    while tokens and tokens[-1] == ";":
-        tokens.pop()
-    head, rest = tokens[:1], tokens[1:]
-    options: list[str] = []
-    if head in (["REINDEX"], ["CLUSTER"]) and rest[:1] == ["("] and ")" in rest:
-        options, rest = rest[1 : rest.index(")")], rest[rest.index(")") + 1 :]
-    if head == ["REINDEX"]:
-        if rest[:1] in (["SCHEMA"], ["SYSTEM"], ["DATABASE"]):
-            return f"REINDEX {rest[0]}"
-        if rest[1:2] == ["CONCURRENTLY"] or _turned_on(options, "CONCURRENTLY"):
-            return "REINDEX ... CONCURRENTLY"
-    elif head == ["CLUSTER"]:
-        if not rest or rest == ["VERBOSE"]:
-            return "CLUSTER without a table"
-    elif tokens[:2] == ["ALTER", "DATABASE"]:
-        if tokens[3:5] == ["SET", "TABLESPACE"]:
-            return "ALTER DATABASE ... SET TABLESPACE"
-    elif tokens[-1:] == ["CONCURRENTLY"] and any(
-        tokens[at : at + 2] == ["DETACH", "PARTITION"] for at in range(len(tokens))
-    ):
+    read = tokens(text, standard_strings=standard_strings)
+    while read and read[-1] == (OTHER, ";"):
+        read.pop()
+    return further(read)
+
+
+OTHER, WORD = "other", "word"
+_DETACH = re.compile(rb"\bDETACH\b", re.IGNORECASE)
+
+
+def _options(read: list[Token]) -> tuple[dict[str, list[Token]], list[Token]]:
+    """The parenthesized options that open `read`, each by its name as PostgreSQL reads
+    it (a word lower-cased, a quoted name as written; the last of a name wins) with its
+    value's tokens; and the tokens after them. No parenthesis there: no options."""
+    if read[:1] != [(OTHER, "(")]:
+        return {}, read
+    options: dict[str, list[Token]] = {}
+    option: list[Token] = []
+    for at, token in enumerate(read[1:], 1):
+        if token not in ((OTHER, ","), (OTHER, ")")):
+            option.append(token)
+            continue
+        if option:
+            kind, name = option[0]
+            options[name.lower() if kind == WORD else name] = option[1:]
+        option = []
+        if token == (OTHER, ")"):
+            return options, read[at + 1 :]
+    return options, []  # never closed, which PostgreSQL refuses
+
+
+def _on(options: dict[str, list[Token]], name: str, default: bool) -> bool:
+    """A boolean option as PostgreSQL reads it (defGetBoolean): `default` when not given,
+    true when named alone; a number true unless 0 (-0 too); a word, name or string true
+    unless false or off."""
+    if name not in options:
+        return default
+    value = options[name]
+    if not value:
+        return True
+    kind, text = value[-1]
+    if kind == "number":
+        return number(text) != 0
+    return text.lower() not in ("false", "off")
+
+
+def _reindex(read: list[Token]) -> str | None:
+    """`REINDEX [(options)] {INDEX | TABLE | SCHEMA | DATABASE | SYSTEM} [CONCURRENTLY] ...`"""
+    options, rest = _options(read[1:])
+    kind = rest[0] if rest else (OTHER, "")
+    if kind in ((WORD, "SCHEMA"), (WORD, "SYSTEM"), (WORD, "DATABASE")):
+        return f"REINDEX {kind[1]}"
+    if rest[1:2] == [(WORD, "CONCURRENTLY")] or _on(options, "concurrently", False):
+        return "REINDEX ... CONCURRENTLY"
+    return None
+
+
+def _cluster(read: list[Token]) -> str | None:
+    """`CLUSTER [(options)] [VERBOSE] [table [USING index]]`: without a table, every table
+    clustered before, each in a transaction of its own."""
+    _, rest = _options(read[1:])
+    if rest[:1] == [(WORD, "VERBOSE")]:
+        rest = rest[1:]
+    return None if rest else "CLUSTER without a table"
+
+
+def _alter_database(read: list[Token]) -> str | None:
+    """`ALTER DATABASE name SET TABLESPACE new`, or `ALTER DATABASE name [WITH] TABLESPACE
+    [=] new` among its options (`"tablespace"` too); not a setting named tablespace.x."""
+    at = 3
+    if read[at : at + 1] == [(WORD, "UESCAPE")]:  # U&"name" UESCAPE '!'
+        at += 2
+    rest = read[at:]
+    if rest[:1] == [(WORD, "SET")]:
+        moves = rest[1:2] == [(WORD, "TABLESPACE")] and rest[2:3] != [(OTHER, ".")]
+        return "ALTER DATABASE ... SET TABLESPACE" if moves else None
+    if rest[:1] in ([(WORD, "RESET")], [(WORD, "RENAME")], [(WORD, "OWNER")], [(WORD, "REFRESH")]):
+        return None
+    if (WORD, "TABLESPACE") in rest or ("name", "tablespace") in rest:
+        return "ALTER DATABASE ... TABLESPACE"
+    return None
+
+
+def _detach(read: list[Token]) -> str | None:
+    """`ALTER TABLE [IF EXISTS] [ONLY] name DETACH PARTITION partition CONCURRENTLY` (the
+    table may be named detach; CONCURRENTLY is no table's name unless quoted)."""
+    if read[-1:] != [(WORD, "CONCURRENTLY")]:
+        return None
+    detach = [(WORD, "DETACH"), (WORD, "PARTITION")]
+    if any(read[at : at + 2] == detach for at in range(2, len(read) - 1)):
         return "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY"
     return None
 
 
-def _turned_on(options: list[str], name: str) -> bool:
-    """Whether parenthesized options (their tokens, commas between) turn `name` on: named
-    alone, or with a value that is not one of _NO."""
-    option: list[str] = []
-    for piece in [*options, ","]:
-        if piece != ",":
-            option.append(piece)
-        elif option[:1] == [name]:
-            return len(option) == 1 or option[1].upper() not in _NO
-        else:
-            option = []
-    return False
+def _create_schema(read: list[Token]) -> str | None:
+    """`CREATE SCHEMA ... CREATE [UNIQUE] INDEX CONCURRENTLY ...` among its elements."""
+    for at in range(2, len(read) - 2):
+        if read[at] == (WORD, "CREATE"):
+            index = (
+                read[at + 2 : at + 4] if read[at + 1] == (WORD, "UNIQUE") else read[at + 1 : at + 3]
+            )
+            if index == [(WORD, "INDEX"), (WORD, "CONCURRENTLY")]:
+                return "CREATE INDEX CONCURRENTLY"
+    return None
+
+
+def _create_subscription(read: list[Token]) -> str | None:
+    """`CREATE SUBSCRIPTION ... [WITH (options)]`: it makes its replication slot (it
+    connects, and create_slot is not false), which PostgreSQL does outside a transaction."""
+    at = next((at for at, token in enumerate(read) if token == (WORD, "WITH")), len(read))
+    options, _ = _options(read[at + 1 :])
+    connect = _on(options, "connect", True)
+    if _on(options, "create_slot", connect):
+        return "CREATE SUBSCRIPTION ... WITH (create_slot = true)"
+    return None
+
+
+_FURTHER: dict[tuple[str, ...], Callable[[list[Token]], str | None]] = {
+    ("REINDEX",): _reindex,
+    ("CLUSTER",): _cluster,
+    ("ALTER", "DATABASE"): _alter_database,
+    ("ALTER", "TABLE"): _detach,
+    ("CREATE", "SCHEMA"): _create_schema,
+    ("CREATE", "SUBSCRIPTION"): _create_subscription,
+}
 
 
 def controls_transaction(words: tuple[str, ...]) -> bool:
@@ -182,7 +259,9 @@ def controls_transaction(words: tuple[str, ...]) -> bool:
     if words[0] == "ROLLBACK":  # ROLLBACK [WORK | TRANSACTION] TO ... stays inside it
         rest = words[2:3] if words[1:2] in (("WORK",), ("TRANSACTION",)) else words[1:2]
         return rest != ("TO",)
-    if words[0] in ("START", "PREPARE"):
+    if words[0] == "PREPARE":  # PREPARE TRANSACTION 'id', not a statement named transaction
+        return words[1:] == ("TRANSACTION",)
+    if words[0] == "START":
         return words[1:2] == ("TRANSACTION",)
     return True
 

@@ -23,7 +23,8 @@ It reads bytes, so a 50 MB file costs one pass and no copy, and keeps line
 numbers as it goes. Reads its input only; never talks to a server.
 
 The package: lexer.py (the patterns), scanner.py (Scanner and the pieces it yields;
-comments), session.py (what a statement changes of how the next is read).
+comments), session.py (what a statement changes of how the next is read), tokens.py (a
+statement's tokens, for the few whose words alone do not tell what they are).
 """
 
 from cicd_db.sqltext.lexer import PSQL_VARIABLES, WORDS_KEPT
