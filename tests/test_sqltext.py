@@ -379,12 +379,23 @@ def test_a_number_is_read_as_postgresql_reads_it(written: str, value: float) -> 
     assert [kind for kind, _ in read] == ["other", "number"] if written[0] == "-" else ["number"]
 
 
-@given(data=st.binary(), standard=st.booleans())
+_SQLISH = st.lists(
+    st.sampled_from(
+        [b"0", b"0x", b"0o9", b"0b2", b"_", b"1", b"e", b"E", b"'", b'"', b"\\", b"$", b"U&",
+         b"UESCAPE", b" ", b"\n", b".", b"+", b"-", b"x"]
+    )
+).map(b"".join)  # fmt: skip
+
+
+@given(data=st.binary() | _SQLISH, standard=st.booleans())
 def test_any_bytes_are_read_into_tokens_without_failing(data: bytes, standard: bool) -> None:
     """Whatever a file holds after its comments are out (broken escapes, a string or a
     dollar quote never closed, bytes that are no UTF-8), reading its tokens never fails,
     and gives some unless it is all spaces."""
     read = tokens(data, standard_strings=standard)
     assert all(kind in ("word", "name", "string", "number", "other") for kind, _ in read)
+    for kind, text in read:
+        if kind == "number":
+            number(text)  # 0o9, 0b2, 0x_: a number PostgreSQL reads, or none (found in review)
     if data.strip():
         assert read

@@ -137,13 +137,16 @@ _DETACH = re.compile(rb"\bDETACH\b", re.IGNORECASE)
 def _options(read: list[Token]) -> tuple[dict[str, list[Token]], list[Token]]:
     """The parenthesized options that open `read`, each by its name as PostgreSQL reads
     it (a word lower-cased, a quoted name as written; the last of a name wins) with its
-    value's tokens; and the tokens after them. No parenthesis there: no options."""
+    value's tokens (parentheses in a value kept whole); and the tokens after them. No
+    parenthesis there: no options."""
     if read[:1] != [(OTHER, "(")]:
         return {}, read
     options: dict[str, list[Token]] = {}
     option: list[Token] = []
+    depth = 0
     for at, token in enumerate(read[1:], 1):
-        if token not in ((OTHER, ","), (OTHER, ")")):
+        if depth or token not in ((OTHER, ","), (OTHER, ")")):
+            depth += {(OTHER, "("): 1, (OTHER, ")"): -1}.get(token, 0)
             option.append(token)
             continue
         if option:
@@ -158,16 +161,22 @@ def _options(read: list[Token]) -> tuple[dict[str, list[Token]], list[Token]]:
 def _on(options: dict[str, list[Token]], name: str, default: bool) -> bool:
     """A boolean option as PostgreSQL reads it (defGetBoolean): `default` when not given,
     true when named alone; a number true unless 0 (-0 too); a word, name or string true
-    unless false or off."""
+    unless false or off (a name with a type's modifiers after it, `"off"(1)`, is the
+    name)."""
     if name not in options:
         return default
-    value = options[name]
+    value = [token for token in options[name] if token not in _BEFORE_A_VALUE]
     if not value:
         return True
-    kind, text = value[-1]
+    kind, text = value[0]
     if kind == "number":
         return number(text) != 0
     return text.lower() not in ("false", "off")
+
+
+# What may stand between an option's name and its value: `=` (CREATE SUBSCRIPTION's
+# options), a sign.
+_BEFORE_A_VALUE = frozenset({(OTHER, "="), (OTHER, "-"), (OTHER, "+")})
 
 
 def _reindex(read: list[Token]) -> str | None:
@@ -208,12 +217,18 @@ def _alter_database(read: list[Token]) -> str | None:
 
 
 def _detach(read: list[Token]) -> str | None:
-    """`ALTER TABLE [IF EXISTS] [ONLY] name DETACH PARTITION partition CONCURRENTLY` (the
-    table may be named detach; CONCURRENTLY is no table's name unless quoted)."""
-    if read[-1:] != [(WORD, "CONCURRENTLY")]:
-        return None
-    detach = [(WORD, "DETACH"), (WORD, "PARTITION")]
-    if any(read[at : at + 2] == detach for at in range(2, len(read) - 1)):
+    """`ALTER TABLE [IF EXISTS] [ONLY] name [*] DETACH PARTITION partition CONCURRENTLY`
+    (the table may be named detach; CONCURRENTLY is no name unless quoted)."""
+    at = 4 if read[2:4] == [(WORD, "IF"), (WORD, "EXISTS")] else 2
+    if read[at : at + 1] == [(WORD, "ONLY")]:
+        at += 1
+    at += 1  # the table's name
+    while read[at : at + 1] == [(OTHER, ".")]:  # schema.table
+        at += 2
+    if read[at : at + 1] == [(OTHER, "*")]:
+        at += 1
+    detach = read[at : at + 2] == [(WORD, "DETACH"), (WORD, "PARTITION")]
+    if detach and read[-1:] == [(WORD, "CONCURRENTLY")]:
         return "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY"
     return None
 
@@ -251,16 +266,23 @@ _FURTHER: dict[tuple[str, ...], Callable[[list[Token]], str | None]] = {
 }
 
 
-def controls_transaction(words: tuple[str, ...]) -> bool:
-    """The statement starting with `words` ends or starts a transaction (ROLLBACK TO,
-    SAVEPOINT and RELEASE stay inside one)."""
+def controls_transaction(data: bytes, statement: Statement, standard_strings: bool) -> bool:
+    """`statement` ends or starts a transaction (ROLLBACK TO, SAVEPOINT and RELEASE stay
+    inside one; PREPARE TRANSACTION 'id' ends it, a statement named transaction does not)."""
+    words = statement.words
     if not words or words[0] not in TRANSACTION_CONTROL:
         return False
     if words[0] == "ROLLBACK":  # ROLLBACK [WORK | TRANSACTION] TO ... stays inside it
         rest = words[2:3] if words[1:2] in (("WORK",), ("TRANSACTION",)) else words[1:2]
         return rest != ("TO",)
-    if words[0] == "PREPARE":  # PREPARE TRANSACTION 'id', not a statement named transaction
-        return words[1:] == ("TRANSACTION",)
+    if words[0] == "PREPARE":
+        if words[1:2] != ("TRANSACTION",):
+            return False
+        text = without_comments(
+            data[statement.start : statement.end], standard_strings=standard_strings
+        )
+        after = tokens(text, standard_strings=standard_strings)[2:3]
+        return not after or after[0][0] == "string"  # the transaction's id, in any form
     if words[0] == "START":
         return words[1:2] == ("TRANSACTION",)
     return True

@@ -319,7 +319,7 @@ class _Pass:
                 "in different places",
                 "write the string as one E'...' on one line, or join the parts with ||",
             )
-        if transactional and controls_transaction(piece.words):
+        if transactional and controls_transaction(data, piece, self.scanner.standard_strings):
             raise self._refuse(
                 piece.line,
                 f"{' '.join(piece.words[:2])} ends or starts a transaction, and the runner "

@@ -1,33 +1,44 @@
 """A statement's tokens, read as PostgreSQL's lexer reads them, closely enough to tell
 a keyword from a quoted name and to read an option's value: what the runner needs to
 know of the few statements whose words alone do not say whether PostgreSQL runs them
-in a transaction (migrations/kinds.py). Comments are taken out first
-(`without_comments`); a string's backslashes escape only in E'...', or in '...' with
-standard_conforming_strings off; B'...', X'...' and U&'...' are standard strings
-whatever the setting.
+in a transaction (migrations/kinds.py).
+
+Comments are taken out first (`without_comments`). Strings in every form PostgreSQL
+takes: '...' (backslash escapes only with standard_conforming_strings off), E'...'
+(always), U&'...' (Unicode escapes, UESCAPE too), B'...' and X'...', $tag$...$tag$, and
+a '...' continued by another after a line's end ('a'<newline>'b' is 'ab'). Quoted names
+"..." and U&"...". Numbers: decimal, and (PostgreSQL 16) 0x, 0o, 0b, with underscores.
+Keywords fold to upper case in ASCII only, as PostgreSQL folds them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 # A token: its kind and its text. "word": upper-cased; "name": a quoted name's text;
 # "string": a string's text, in any of its forms; "number": as written; "other": one
 # character.
 Token = tuple[str, str]
 
+# A string's body, by the kind of string, up to its closing quote (never closed: to the end).
+_ESCAPED = rb"(?:[^'\\]|\\.|'')*"
+_STANDARD = rb"(?:[^']|'')*"
+_DOUBLED = rb'(?:[^"]|"")*'
+
 
 def _pattern(standard_strings: bool) -> re.Pattern[bytes]:
-    plain = rb"'(?:[^']|'')*'" if standard_strings else rb"'(?:[^'\\]|\\.|'')*'"
+    plain = _STANDARD if standard_strings else _ESCAPED
     return re.compile(
         rb"\s*(?:(?P<dollar>\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)?\$)"
-        rb"|[Ee](?P<escaped>'(?:[^'\\]|\\.|'')*')"
-        rb"|(?:[BbXx]|[Uu]&)(?P<standard>'(?:[^']|'')*')"
-        rb"|[Nn]?(?P<string>" + plain + rb")"
-        rb'|(?:[Uu]&)?(?P<name>"(?:[^"]|"")*")'
-        # Decimal, and (PostgreSQL 16) hexadecimal, octal and binary, with underscores.
-        rb"|(?P<number>0[XxOoBb][0-9A-Fa-f_]+|(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)"
-        rb"(?:[Ee][-+]?\d+)?)"
+        rb"|[Ee]'(?P<escaped>" + _ESCAPED + rb")'?"
+        rb"|[Uu]&'(?P<unicode>" + _STANDARD + rb")'?"
+        rb"|[BbXx]'(?P<bits>" + _STANDARD + rb")'?"
+        rb"|[Nn]?'(?P<string>" + plain + rb")'?"
+        rb'|[Uu]&"(?P<unicode_name>' + _DOUBLED + rb')"?'
+        rb'|"(?P<name>' + _DOUBLED + rb')"?'
+        rb"|(?P<number>0[Xx](?:_?[0-9A-Fa-f])+|0[Oo](?:_?[0-7])+|0[Bb](?:_?[01])+"
+        rb"|(?:\d(?:_?\d)*(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[Ee][-+]?\d+)?)"
         rb"|(?P<word>[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)"
         rb"|(?P<other>\S))",
         re.DOTALL,
@@ -35,14 +46,27 @@ def _pattern(standard_strings: bool) -> re.Pattern[bytes]:
 
 
 _PATTERNS = {standard: _pattern(standard) for standard in (True, False)}
-_QUOTES = {"escaped": "string", "standard": "string", "string": "string", "name": "name"}
+# What makes PostgreSQL go on with a '...' string after its closing quote: spaces holding
+# a line's end, then a quote; the rest is read as the string's own kind.
+_CONTINUED = re.compile(rb"[ \t\f]*[\n\r]\s*'")
+_BODIES = {
+    (kind, standard): re.compile(b"(" + body + b")'?", re.DOTALL)
+    for standard in (True, False)
+    for kind, body in (
+        ("escaped", _ESCAPED),
+        ("unicode", _STANDARD),
+        ("bits", _STANDARD),
+        ("string", _STANDARD if standard else _ESCAPED),
+    )
+}
+_UESCAPE = re.compile(rb"\s*UESCAPE\s*'([^'])'", re.IGNORECASE)
 
 
 def tokens(text: bytes, *, standard_strings: bool = True) -> list[Token]:
     """The tokens of `text`, a statement without its comments; a string or a quoted name
     never closed runs to the end."""
     pattern = _PATTERNS[standard_strings]
-    found: list[Token] = []
+    read: list[Token] = []
     position = 0
     while match := pattern.match(text, position):
         kind = match.lastgroup or "other"
@@ -51,18 +75,53 @@ def tokens(text: bytes, *, standard_strings: bool = True) -> list[Token]:
         if kind == "dollar":  # the string runs to the same tag
             close = text.find(value, position)
             end = len(text) if close < 0 else close
-            found.append(("string", _text(text[position:end])))
+            read.append(("string", _text(text[position:end])))
             position = end + len(value)
-        elif kind == "escaped" or (kind == "string" and not standard_strings):
-            found.append(("string", _unescaped(value[1:-1])))
-        elif kind in _QUOTES:
-            quote = value[:1]
-            found.append((_QUOTES[kind], _text(value[1:-1].replace(quote * 2, quote))))
+            continue
+        if kind in _READ:
+            parts = [value]
+            while continued := _CONTINUED.match(text, position):
+                body = _BODIES[kind, standard_strings].match(text, continued.end())
+                if body is None:  # never: a body may be empty
+                    break
+                parts.append(body[1])
+                position = body.end()
+            value = b"".join(_READ[kind](part, standard_strings) for part in parts)
+        if kind in ("unicode", "unicode_name"):
+            escape = b"\\"
+            if uescape := _UESCAPE.match(text, position):
+                escape, position = uescape[1], uescape.end()
+            quote = b"'" if kind == "unicode" else b'"'
+            value = _unicode(value.replace(quote * 2, quote), escape)
+        elif kind == "name":
+            value = value.replace(b'""', b'"')
         elif kind == "word":
-            found.append((kind, _text(value).upper()))
-        else:
-            found.append((kind, _text(value)))
-    return found
+            value = value.upper()  # bytes: ASCII letters only, as PostgreSQL folds them
+        read.append((_KINDS.get(kind, kind), _text(value)))
+    return read
+
+
+_KINDS = {"escaped": "string", "unicode": "string", "bits": "string", "unicode_name": "name"}
+
+
+def _doubled(body: bytes, _: bool) -> bytes:
+    return body.replace(b"''", b"'")
+
+
+def _plain(body: bytes, standard_strings: bool) -> bytes:
+    return _doubled(body, True) if standard_strings else _unescaped(body)
+
+
+def _kept(body: bytes, _: bool) -> bytes:
+    return body  # U&'...': its doubled quotes and escapes are read once it is whole
+
+
+_READ: dict[str, Callable[[bytes, bool], bytes]] = {
+    "escaped": lambda body, _: _unescaped(body),
+    "unicode": _kept,
+    "bits": _doubled,
+    "string": _plain,
+}
 
 
 def number(text: str) -> float:
@@ -75,13 +134,17 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
+def _character(code: int) -> bytes:
+    return chr(min(code, 0x10FFFF)).encode("utf-8", "surrogatepass")
+
+
 _ESCAPE = re.compile(
     rb"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)|''", re.DOTALL
 )
 _ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t"}
 
 
-def _unescaped(value: bytes) -> str:
+def _unescaped(value: bytes) -> bytes:
     """An E'...' string's text: its backslash escapes and doubled quotes read."""
 
     def one(match: re.Match[bytes]) -> bytes:
@@ -89,11 +152,24 @@ def _unescaped(value: bytes) -> str:
         if escape is None:
             return b"'"
         if len(escape) > 1 and escape[:1] in (b"u", b"U"):
-            return chr(min(int(escape[1:], 16), 0x10FFFF)).encode("utf-8", "surrogatepass")
+            return _character(int(escape[1:], 16))
         if len(escape) > 1 and escape[:1] == b"x":
             return bytes([int(escape[1:], 16)])
         if escape[:1] in b"01234567":
             return bytes([int(escape, 8) & 0xFF])
         return _ESCAPES.get(escape, escape)
 
-    return _text(_ESCAPE.sub(one, value))
+    return _ESCAPE.sub(one, value)
+
+
+def _unicode(value: bytes, escape: bytes) -> bytes:
+    """A U&'...' string's or U&"..." name's text: `escape` then 4 hexadecimal digits, or
+    `escape` + then 6, is a character; `escape` twice is itself."""
+    mark = re.escape(escape)
+    found = re.compile(mark + rb"(?:\+([0-9A-Fa-f]{6})|([0-9A-Fa-f]{4})|" + mark + rb")")
+
+    def one(match: re.Match[bytes]) -> bytes:
+        code = match[1] or match[2]
+        return escape if code is None else _character(int(code, 16))
+
+    return found.sub(one, value)
