@@ -9,17 +9,21 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cicd_db import cli, commands, migrations
 from cicd_db.errors import UsageError
+from cicd_db.store import RUNNING, Store
 
 from .fix_cli import MIGRATE_PY, run_cli
+from .fix_db import Database
+from .passwords import assert_nothing_of
 from .utils import ROOT, examples, write_migrations
 
 
@@ -465,3 +469,193 @@ def test_an_entry_point_runs_its_command_and_then_ignores_what_arrives(
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
     assert [p.name for p in tmp_path.iterdir()] == ["0001_add_jobs.sql"]
+
+
+# -- any command line: one line, a documented code, no secret -------------------------------
+
+PASSWORD = "Sekr3tPW"
+REFUSED_URL = f"postgresql://u:{PASSWORD}@127.0.0.1:1/db"
+# Commands left out: `embedded start` makes a server (seconds a run); `migrate wait` waits
+# its --timeout. Both have tests of their own.
+FUZZED = sorted(set(cli.parsing.COMMANDS) - {"embedded start", "migrate wait"})
+_NUMBERS = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from(["", "-0", "1e400", "nan", "inf", "0x10", "\u0663", "1_000", " 5", "5 "]),
+    st.text(max_size=8),
+)
+_TYPED = {"count": _NUMBERS, "positive": _NUMBERS, "parse": _NUMBERS, "seconds": _NUMBERS}
+
+
+def _paths(folder: Path) -> st.SearchStrategy[str]:
+    """Paths under `folder` only (commands write there: a new file, a schema, a page)."""
+    return st.sampled_from(
+        ["missing", "file.sql", "folder", "folder/new", "nul\x01l", "-", " ", "é/ü"]
+    ).map(lambda name: str(folder / name))
+
+
+def _urls() -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.just(REFUSED_URL),
+        st.sampled_from(
+            [
+                f"postgresql://u:{PASSWORD}@127.0.0.1:1/db?sslmode=bogus",
+                f"postgres://u:{PASSWORD}@[::1:1/db",
+                f"mysql://u:{PASSWORD}@127.0.0.1:1/db",
+                f"postgresql://u:{PASSWORD}@127.0.0.1:99999/db",
+                f"postgresql://u:{PASSWORD}@127.0.0.1:1/db?options=-c%20x",
+                f"u:{PASSWORD}@127.0.0.1/db",
+                "",
+            ]
+        ),
+        st.text(max_size=20),
+    )
+
+
+@st.composite
+def command_lines(draw: st.DrawFn, folder: Path) -> list[str]:
+    """A command and any of its options, each with any value of its kind or none."""
+    name = draw(st.sampled_from(FUZZED))
+    argv = name.split()
+    for option in cli.parsing.COMMANDS[name].every_option:
+        if not draw(st.booleans()) and not option.spec.get("required"):
+            continue
+        flag = option.flags[0]
+        if option.spec.get("action") in ("store_true", "store_false") or flag == "--local":
+            if flag != "--local":  # --local starts the dev stack's pulumi: a test of its own
+                argv.append(flag)
+            continue
+        kind = getattr(option.spec.get("type"), "__name__", "")
+        if (
+            kind == "Path"
+            or kind == "schema_path"
+            or option.spec.get("metavar") in ("DIR", "PATH", "FILE")
+        ):
+            value = draw(_paths(folder))
+        elif kind in _TYPED:
+            value = draw(_TYPED[kind])
+        elif "URL" in str(option.spec.get("metavar", "")):
+            value = draw(_urls())
+        elif "choices" in option.spec:
+            value = draw(st.one_of(st.sampled_from(option.spec["choices"]), st.text(max_size=5)))
+        else:
+            value = draw(st.one_of(st.text(max_size=12), st.sampled_from(["dev", "prod", "-x"])))
+        if flag.startswith("-"):
+            argv += [flag, value] if draw(st.booleans()) else [f"{flag}={value}"]
+        else:
+            argv.append(value)  # a positional argument (`migrate new NAME`)
+    if "--migrations-dir" not in argv and any(
+        "--migrations-dir" in o.flags for o in cli.parsing.COMMANDS[name].every_option
+    ):
+        argv += ["--migrations-dir", str(folder / "folder")]
+    return argv
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=examples(300),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_any_command_line_is_answered_in_one_line_with_a_documented_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: st.DataObject
+) -> None:
+    """Whatever command, options and values are given (numbers out of range or not
+    numbers, paths that are files, folders or missing, malformed URLs with a password),
+    `cicd-db` answers with a documented exit code; a refusal is one `error:` line; no
+    error is one the CLI did not expect ("unexpected ... report it"); and no run of the
+    password in a URL is printed. No database is reached: every URL is refused or
+    malformed, there is no DATABASE_URL, and no pulumi on the PATH."""
+    for variable in ("DATABASE_URL", "CICD_DB_LOCAL", "PGHOST", "PGPORT", "PGSERVICE"):
+        monkeypatch.delenv(variable, raising=False)
+    here = Path(tempfile.mkdtemp(dir=tmp_path))  # each example's own: `new` writes files
+    (here / "folder").mkdir()
+    (here / "file.sql").write_text("CREATE TABLE t (id int);\n")
+    argv = data.draw(command_lines(here))
+    result = run_cli(
+        *argv, env={"CICD_DB_HOME": str(here / "home"), "PATH": "/nonexistent", "CI": "true"}
+    )
+    shown = result.out + result.err
+    assert result.code in (0, 1, 2, 3, 4, 5), (argv, result)
+    assert "report it" not in result.err, (argv, result.err)  # the last resort: a bug
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) <= 1, (argv, result.err)
+    if result.code == 2:
+        assert result.err.count("\n") == 1 and errors, (argv, result.err)
+    assert_nothing_of((PASSWORD,), shown)
+
+
+# Whole numbers, most of them past what a column or a date can hold.
+_WHOLE = st.one_of(
+    st.integers(0, 2**80).map(str),
+    st.sampled_from(
+        ["1", "2147483647", "2147483648", "9223372036854775807", "9223372036854775808"]
+    ),
+)
+# Commands that read (or, retention, delete) what a database holds, with any value of
+# their options, against a real one: numbers out of any column's range, names of any text.
+ON_A_DATABASE = ["report", "insights", "migrate status", "retention", "migrate up"]
+
+
+@pytest.fixture
+def holding_runs(migrated: Database) -> Database:
+    with migrated.connect() as conn:
+        executions = Store.on(conn)
+        for pipeline in ("build", "d\u00e9ploy \U0001f680"):
+            run = executions.start_run(pipeline, "c0ffee")
+            stage = executions.add_stage(run, "test", 1)
+            (job,) = executions.add_jobs(stage, [("unit", False)])
+            executions.set_status(job, RUNNING)
+    return migrated
+
+
+@st.composite
+def reading_lines(draw: st.DrawFn, url: str, folder: Path) -> list[str]:
+    name = draw(st.sampled_from(ON_A_DATABASE))
+    argv = [*name.split(), "--database-url", url]
+    if name.startswith("migrate"):
+        argv += ["--migrations-dir", str(ROOT / "db" / "migrations")]
+    for option in cli.parsing.COMMANDS[name].every_option:
+        flag, kind = option.flags[0], getattr(option.spec.get("type"), "__name__", "")
+        if flag in ("--database-url", "--migrations-dir", "--stack", "--local"):
+            continue
+        if not draw(st.booleans()) and not option.spec.get("required"):
+            continue
+        if option.spec.get("action") in ("store_true", "store_false"):
+            argv.append(flag)
+        elif kind in _TYPED:
+            argv += [flag, draw(_WHOLE)]
+        elif kind == "Path" or option.spec.get("metavar") in ("PATH", "FILE"):
+            argv += [flag, draw(_paths(folder))]
+        elif "choices" in option.spec:
+            argv += [flag, draw(st.sampled_from(option.spec["choices"]))]
+        else:
+            argv += [
+                flag,
+                draw(st.one_of(st.text(max_size=12), st.sampled_from(["build", "test", "unit"]))),
+            ]
+    return argv
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=examples(120),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_any_values_on_a_real_database_are_answered_in_one_line_with_a_documented_code(
+    holding_runs: Database, tmp_path: Path, data: st.DataObject
+) -> None:
+    """The same, where the command reaches the database: a number past any column's
+    range or a name of any text is refused in one line, or answered."""
+    here = Path(tempfile.mkdtemp(dir=tmp_path))
+    argv = data.draw(reading_lines(holding_runs.url, here))
+    result = run_cli(*argv, env={"CICD_DB_HOME": str(here / "home"), "CI": "true"})
+    assert result.code in (0, 1, 2, 3, 4, 5), (argv, result)
+    assert "report it" not in result.err, (argv, result.err)  # the last resort: a bug
+    assert "database error" not in result.err, (argv, result.err)
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) <= 1, (argv, result.err)
+    if result.code == 2:
+        assert result.err.count("\n") == 1 and errors, (argv, result.err)
