@@ -552,7 +552,7 @@ def command_lines(draw: st.DrawFn, folder: Path) -> list[str]:
 
 @pytest.mark.slow
 @settings(
-    max_examples=examples(300),
+    max_examples=examples(150),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

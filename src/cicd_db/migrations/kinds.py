@@ -112,6 +112,8 @@ def outside_transactions_only(
     partitioned table, ALTER or DROP SUBSCRIPTION), the server refuses it when the file
     runs, and the file is rolled back."""
     words = statement.words
+    if not words or words[0] not in _FIRST_WORDS:  # most statements: one lookup
+        return None
     for length in (1, 2, 3, 4):
         found = _OUTSIDE_ONLY.get(words[:length])
         if found:
@@ -264,6 +266,7 @@ _FURTHER: dict[tuple[str, ...], Callable[[list[Token]], str | None]] = {
     ("CREATE", "SCHEMA"): _create_schema,
     ("CREATE", "SUBSCRIPTION"): _create_subscription,
 }
+_FIRST_WORDS = frozenset(words[0] for words in (*_OUTSIDE_ONLY, *_FURTHER))
 
 
 def controls_transaction(data: bytes, statement: Statement, standard_strings: bool) -> bool:
