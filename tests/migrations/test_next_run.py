@@ -11,6 +11,7 @@ work.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -301,6 +302,32 @@ def test_what_was_changed_on_the_history_is_named_not_the_later_file(
     assert database.history() == [1, 2, 3]
 
 
+@pytest.mark.parametrize(
+    "setting", ["quote_all_identifiers = on", "extra_float_digits = -15", "DateStyle = 'SQL, DMY'"]
+)
+def test_what_was_changed_on_the_history_is_read_alike_whatever_the_database_sets(
+    database: Database, tmp_path: Path, setting: str
+) -> None:
+    """A setting of the database (a migration's ALTER DATABASE ... SET, say) that changes
+    how PostgreSQL writes types and defaults: the changes named are the real ones alone.
+    Under quote_all_identifiers the text columns read as "text" and the default as
+    "now"(), and three changes that were none were listed with their undo (found by an
+    adversarial run, helper-97)."""
+    added, undo = ALTERATIONS["check"]
+    folder = write_migrations(
+        tmp_path, {"0001_first.sql": "SELECT 1;\n", "0002_second.sql": "SELECT 2;\n"}
+    )
+    assert migrate(database, folder).code == 0
+    database.execute(added)
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET " + setting).format(sql.Identifier(database.name))
+    )
+    write_migrations(folder, {"0003_third.sql": "SELECT 3;\n"})
+    line = refusal(migrate(database, folder))
+    statements = re.search(r"undo that \((.*)\) and run again$", line)
+    assert statements and statements[1] == undo, line
+
+
 def test_a_login_roles_default_role_runs_the_files_and_the_runner_keeps_its_own(
     login: Login, roles: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
@@ -538,6 +565,83 @@ def test_a_deferred_trigger_that_takes_the_row_away_cannot_make_a_file_run_twice
         if transactional:  # rolled back with its row: it never counts as run
             assert migrate(database, folder).code == 1
             assert database.query("SELECT times FROM public.ran") == []
+
+
+@pytest.mark.parametrize(
+    ("cursor_runs", "changed"),
+    [
+        # Every row gone: each file would run again.
+        ("DELETE FROM {history}", "the rows of version 1"),
+        # A row for the next file, which would then never run.
+        (
+            "INSERT INTO {history} VALUES (2, 'later', '{later}', now(), current_user, 1)",
+            "rows it had not written for version 2",
+        ),
+    ],
+    ids=["deletes the history", "writes the next file's row"],
+)
+def test_what_a_with_hold_cursors_query_does_to_the_history_at_commit_is_put_back(
+    database: Database, tmp_path: Path, cursor_runs: str, changed: str
+) -> None:
+    """PostgreSQL runs a WITH HOLD cursor's query at COMMIT, to keep its rows past the
+    transaction: after every check the runner makes of the history. A function the
+    query calls emptied the history (every file then ran again) or wrote the next file's
+    row (which then never ran), and the run said "applied" (found by an adversarial
+    run, helper-97). psql runs the query too, so the file applies as under psql; the
+    runner then reads the history again, puts it back as it wrote it, says so and
+    stops; the next run goes on from the next file."""
+    later = "CREATE TABLE later (a int);\n"
+    change = cursor_runs.format(history=HISTORY, later=hashlib.sha256(later.encode()).hexdigest())
+    cursor = (
+        "CREATE FUNCTION public.at_commit() RETURNS int LANGUAGE plpgsql AS $$BEGIN "
+        f"{change}; RETURN 1; END$$;\n"
+        "DECLARE c CURSOR WITH HOLD FOR SELECT public.at_commit();\n"
+    )
+    folder = write_migrations(
+        tmp_path, {"0001_counted.sql": COUNTED + cursor, "0002_later.sql": later}
+    )
+    assert refusal(migrate(database, folder)) == (
+        "error: migration 0001_counted.sql is applied, but the query of a WITH HOLD cursor it "
+        "left open, which PostgreSQL runs at the commit, after the runner's checks, changed "
+        f"the migration history ({changed} changed, removed or added); the runner put the "
+        "history back as it wrote it, and ran nothing after that file; drop or change what "
+        "that query calls before the next run, which goes on from the next file"
+    )
+    assert database.history() == [1]
+    assert "later" not in database.tables()
+    database.execute("DROP FUNCTION public.at_commit()")
+    database.execute("CREATE FUNCTION public.at_commit() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    assert migrate(database, folder).code == 0
+    assert database.history() == [1, 2]
+    assert database.query("SELECT times FROM public.ran") == [(1,)]
+    assert "later" in database.tables()
+
+
+def test_a_database_without_plpgsql_is_told_with_the_fix_not_blamed_on_the_next_file(
+    database: Database, tmp_path: Path
+) -> None:
+    """The runner's checks are DO blocks in PL/pgSQL. A no-transaction file that drops the
+    language commits, and every file after it failed "at its commit", told to fix
+    itself (found by an adversarial run, helper-97): the language is named, with the
+    statement that brings it back."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_drop.sql": NO_TRANSACTION + "DROP EXTENSION plpgsql;\n",
+            "0002_after.sql": "CREATE TABLE after_it (a int);\n",
+        },
+    )
+    line = refusal(migrate(database, folder))
+    assert line == (
+        "error: migration 0001_drop.sql cannot be recorded: the runner's checks of the history "
+        "are written in PL/pgSQL, and the database has none (DROP EXTENSION plpgsql, by this "
+        "file or an earlier one?); what it did is committed, and it is not recorded; run "
+        "CREATE EXTENSION plpgsql, and run again"
+    ), line
+    database.execute("CREATE EXTENSION plpgsql")
+    folder.joinpath("0001_drop.sql").write_text(NO_TRANSACTION + "SELECT 1;\n")
+    assert migrate(database, folder).code == 0
+    assert database.history() == [1, 2]
 
 
 def test_rows_of_a_table_that_inherits_the_history_are_not_the_history(

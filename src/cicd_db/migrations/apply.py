@@ -115,6 +115,13 @@ def run(
         return results
 
 
+# Whether the file left a WITH HOLD cursor open, asked just before COMMIT: PostgreSQL runs
+# its query at the commit, after the runner's checks (Verdicts._after_a_held_cursor). Its
+# result stands before COMMIT's and AFTER_COMMIT's.
+HELD_CURSORS = b"SELECT EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable)"
+_HELD_FROM_THE_END = AFTER_COMMIT.count(b";") + 3
+
+
 class Applier(Verdicts):
     """Applies one file at a time on `session`, knowing the history's rows so far; what
     a failure left is told by the methods of `Verdicts` (verdicts.py)."""
@@ -210,16 +217,15 @@ class Applier(Verdicts):
                     migration,
                     tuple(begun.get_value(0, column) for column in range(1, begun.nfields)),
                 ),
+                HELD_CURSORS,
                 b"COMMIT",
                 AFTER_COMMIT,
             ]
         )
-        self._finish(
-            migration,
-            self.session.simple(finish),
-            committed="may be",
-            insert_at=_RESET_IN_TRANSACTION + 2,
-        )
+        results = self.session.simple(finish)
+        self._finish(migration, results, committed="may be", insert_at=_RESET_IN_TRANSACTION + 2)
+        if results[-_HELD_FROM_THE_END].get_value(0, 0) == b"t":
+            self._after_a_held_cursor(migration)
 
     def _begin(self, migration: Migration) -> PGresult:
         """BEGIN, the file's statements, and the transaction's id read among them.

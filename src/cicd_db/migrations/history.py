@@ -253,6 +253,31 @@ def put_back(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) ->
             )
 
 
+def rows_now(conn: psycopg.Connection[Any]) -> list[tuple[int, str, str]]:
+    """Every row of the history as (version, name, checksum), read whole. Reads only."""
+    query = sql.SQL("SELECT version, name, checksum FROM ONLY {}").format(QUALIFIED)
+    return [
+        (int(version), str(name), str(checksum))
+        for version, name, checksum in pinned_rows(conn, query)
+    ]
+
+
+def restore(
+    conn: psycopg.Connection[Any],
+    missing: list[tuple[int, str, str]],
+    extra: list[tuple[int, str, str]],
+) -> None:
+    """Put the history back as the runner wrote it, in one transaction: the rows of the
+    versions in `extra` deleted, `missing` written again (as put_back writes them)."""
+    with conn.transaction():
+        if extra:
+            conn.execute(
+                sql.SQL("DELETE FROM ONLY {} WHERE version = ANY(%s)").format(QUALIFIED),
+                [[version for version, _, _ in extra]],
+            )
+        put_back(conn, missing)
+
+
 def missing_versions(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) -> list[int]:
     """The versions of `rows` the history no longer has. Reads only."""
     present = {

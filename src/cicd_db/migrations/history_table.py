@@ -34,10 +34,12 @@ QUALIFIED = sql.Identifier(SCHEMA, TABLE)
 # row_security off, a row-level security policy on the history is an error, never a
 # filter that hides applied files (PostgreSQL raises it only where a policy would apply);
 # and as the login role itself, where a role setting (ALTER ROLE ... SET role) makes
-# every session, and RESET ROLE, another.
+# every session, and RESET ROLE, another; and with names quoted only where they must
+# be, as the history's own are compared (quote_all_identifiers on, set on the database,
+# made its text columns read as "text", three changes that were none).
 PINNED = (
     b"SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL row_security = off; "
-    b"SET LOCAL ROLE NONE"
+    b"SET LOCAL ROLE NONE; SET LOCAL quote_all_identifiers = off"
 )
 PINNED_STATEMENTS = PINNED.count(b";") + 1  # results it gives, to step over
 

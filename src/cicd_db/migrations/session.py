@@ -86,8 +86,8 @@ RESET_SESSION = RESET_FILE_STATE + b"; " + _ADVISORY_LOCKS
 # statements there (the row, the checks) must not run under, the file's role and its
 # settings (a statement_timeout, say); PINNED follows. Its cursors and temporary tables
 # stay until the commit, which runs the query of each WITH HOLD cursor to keep its rows
-# (and fails the file if that fails, as under psql), and drops the tables made ON
-# COMMIT DROP.
+# (and fails the file if that fails, as under psql; the history is read again after it:
+# Verdicts._after_a_held_cursor), and drops the tables made ON COMMIT DROP.
 RESET_BEFORE_COMMIT = b"RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
 # After the commit, the whole reset: the file's session state, and what ran after its
 # statements (code the history's row fires, a trigger or a default on it; a WITH HOLD

@@ -91,6 +91,14 @@ class Verdicts:
         if state == "42P01" and history_table.TABLE in (error.diag.message_primary or ""):
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
         done = self._done(migration, committed)
+        if state == "42704" and '"plpgsql"' in (error.diag.message_primary or ""):
+            # Its checks are DO blocks: without the language, no file could be recorded.
+            raise MigrationFailed(
+                f"migration {migration.filename} cannot be recorded: the runner's checks of "
+                "the history are written in PL/pgSQL, and the database has none (DROP "
+                f"EXTENSION plpgsql, by this file or an earlier one?); {done}, and it is not "
+                "recorded; run CREATE EXTENSION plpgsql, and run again"
+            )
         refused = history_table.row_security_refused(self.conn, error)
         if refused:
             cause, fix = refused
@@ -152,6 +160,44 @@ class Verdicts:
         return (
             f"{message}; the history rows it removed (version {versions}) are written again, "
             "so the next run does not apply those files twice"
+        )
+
+    def _after_a_held_cursor(self, migration: Migration) -> None:
+        """`migration` left a WITH HOLD cursor open: PostgreSQL ran its query at the
+        commit, after the runner's checks, where a function it calls could have emptied
+        the history or written a later file's row. The history is read again, whole,
+        against what the runner wrote (this file's row with it); a difference is put
+        back and told, and the run stops."""
+        written = (migration.version, migration.name, migration.checksum)
+        expected = sorted({*self.recorded.rows, written})
+        found = history.rows_now(self.conn)
+        missing = [row for row in expected if row not in found]
+        extra = [row for row in found if row not in expected]
+        if not (missing or extra):
+            return
+        what = ", ".join(
+            f"{label} version {', '.join(str(row[0]) for row in rows)}"
+            for label, rows in (("the rows of", missing), ("rows it had not written for", extra))
+            if rows
+        )
+        said = (
+            f"migration {migration.filename} is applied, but the query of a WITH HOLD cursor "
+            "it left open, which PostgreSQL runs at the commit, after the runner's checks, "
+            f"changed the migration history ({what} changed, removed or added)"
+        )
+        try:
+            history.restore(self.conn, missing, extra)
+        except psycopg.Error as error:
+            self.session.end_transaction()
+            raise MigrationFailed(
+                f"{said}, and it could not be put back ({first_line(error)}); have the "
+                "history's owner make it the files' rows again before the next run, which "
+                "would apply files twice or skip them"
+            ) from None
+        raise MigrationFailed(
+            f"{said}; the runner put the history back as it wrote it, and ran nothing after "
+            "that file; drop or change what that query calls before the next run, which goes "
+            "on from the next file"
         )
 
     def _alterations(self) -> list[tuple[str, str]]:
