@@ -225,6 +225,13 @@ ALTERATIONS = {
         "FOREIGN KEY (version) REFERENCES public.allowed NOT VALID;\n",
         f"ALTER TABLE {HISTORY} DROP CONSTRAINT allowed_fk",
     ),
+    # The parent's bounds refuse the row, which no constraint of the history shows
+    # (found by an adversarial run, helper-97).
+    "partition": (
+        f"CREATE TABLE public.hparent (LIKE {HISTORY}) PARTITION BY RANGE (version);\n"
+        f"ALTER TABLE public.hparent ATTACH PARTITION {HISTORY} FOR VALUES FROM (0) TO (3);\n",
+        f"ALTER TABLE public.hparent DETACH PARTITION {HISTORY}",
+    ),
     "not-null column": (
         f"ALTER TABLE {HISTORY} ADD COLUMN extra int NOT NULL DEFAULT 1;\n"
         f"ALTER TABLE {HISTORY} ALTER COLUMN extra DROP DEFAULT;\n",

@@ -290,6 +290,7 @@ _ON_THE_HISTORY = sql.SQL(
     UNION ALL
     SELECT 'constraint', c.conname::text, '', true FROM pg_catalog.pg_constraint c
      WHERE c.conrelid = {t}::pg_catalog.regclass AND c.contype NOT IN ('n', 't')
+       AND c.conislocal  -- a partitioned parent's goes with DETACH
     UNION ALL
     SELECT 'index', i.relname::text, '', true FROM pg_catalog.pg_index x
       JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
@@ -310,7 +311,10 @@ _ON_THE_HISTORY = sql.SQL(
       FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a
         ON a.attrelid = d.adrelid AND a.attnum = d.adnum
      WHERE d.adrelid = {t}::pg_catalog.regclass AND a.attidentity = ''
-
+    UNION ALL
+    SELECT 'partition of', h.inhparent::pg_catalog.regclass::text, '', true
+      FROM pg_catalog.pg_inherits h JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid
+     WHERE h.inhrelid = {t}::pg_catalog.regclass AND c.relispartition
     """
 ).format(t=sql.Literal(f"{SCHEMA}.{TABLE}"))
 
@@ -318,7 +322,8 @@ _ON_THE_HISTORY = sql.SQL(
 def alterations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
     """What was changed on the history since cicd-db made it, each with the statement
     that undoes it, of what can refuse a row: a column added, retyped or made nullable,
-    a constraint, unique index or trigger added. Empty when it is as made, or gone. Reads, with
+    a constraint, unique index or trigger added, the table made a partition (whose
+    bounds refuse rows). Empty when it is as made, or gone. Reads, with
     PINNED, on an idle session (a failed file's transaction rolled back)."""
     try:
         rows = pinned_rows(conn, _ON_THE_HISTORY)
@@ -366,6 +371,13 @@ def alterations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
             found.append((f"index {which} added", f"DROP INDEX {shown(conn, SCHEMA, item)}"))
         elif kind in ("trigger", "rule"):
             found.append((f"{kind} {which} added", f"DROP {kind.upper()} {which} ON {name}"))
+        elif kind == "partition of":  # the parent's bounds refuse rows: no constraint here
+            found.append(
+                (
+                    f"made a partition of {item}",
+                    f"ALTER TABLE {item} DETACH PARTITION {name}",
+                )
+            )
         elif kind == "identity":
             found.append(
                 (
