@@ -21,7 +21,7 @@ from cicd_db import cli, commands, migrations
 from cicd_db.errors import UsageError
 from cicd_db.store import RUNNING, Store
 
-from .fix_cli import MIGRATE_PY, run_cli
+from .fix_cli import MIGRATE_PY, Run, run_cli
 from .fix_db import Database
 from .passwords import assert_nothing_of
 from .utils import ROOT, examples, write_migrations
@@ -511,6 +511,17 @@ def _urls() -> st.SearchStrategy[str]:
     )
 
 
+def assert_answered_in_one_line(argv: list[str], result: Run) -> None:
+    """A documented exit code; never the last-resort error (a bug: "... report it"); at
+    most one `error:` line, and a refusal (exit 2) that line alone."""
+    assert result.code in (0, 1, 2, 3, 4, 5), (argv, result)
+    assert "report it" not in result.err, (argv, result.err)
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) <= 1, (argv, result.err)
+    if result.code == 2:
+        assert result.err.count("\n") == 1 and errors, (argv, result.err)
+
+
 @st.composite
 def command_lines(draw: st.DrawFn, folder: Path) -> list[str]:
     """A command and any of its options, each with any value of its kind or none."""
@@ -575,14 +586,8 @@ def test_any_command_line_is_answered_in_one_line_with_a_documented_code(
     result = run_cli(
         *argv, env={"CICD_DB_HOME": str(here / "home"), "PATH": "/nonexistent", "CI": "true"}
     )
-    shown = result.out + result.err
-    assert result.code in (0, 1, 2, 3, 4, 5), (argv, result)
-    assert "report it" not in result.err, (argv, result.err)  # the last resort: a bug
-    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
-    assert len(errors) <= 1, (argv, result.err)
-    if result.code == 2:
-        assert result.err.count("\n") == 1 and errors, (argv, result.err)
-    assert_nothing_of((PASSWORD,), shown)
+    assert_answered_in_one_line(argv, result)
+    assert_nothing_of((PASSWORD,), result.out + result.err)
 
 
 # Whole numbers, most of them past what a column or a date can hold.
@@ -652,10 +657,5 @@ def test_any_values_on_a_real_database_are_answered_in_one_line_with_a_documente
     here = Path(tempfile.mkdtemp(dir=tmp_path))
     argv = data.draw(reading_lines(holding_runs.url, here))
     result = run_cli(*argv, env={"CICD_DB_HOME": str(here / "home"), "CI": "true"})
-    assert result.code in (0, 1, 2, 3, 4, 5), (argv, result)
-    assert "report it" not in result.err, (argv, result.err)  # the last resort: a bug
+    assert_answered_in_one_line(argv, result)
     assert "database error" not in result.err, (argv, result.err)
-    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
-    assert len(errors) <= 1, (argv, result.err)
-    if result.code == 2:
-        assert result.err.count("\n") == 1 and errors, (argv, result.err)
