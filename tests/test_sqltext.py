@@ -356,7 +356,7 @@ def test_every_form_of_a_string_and_a_name_reads_back_as_its_text(
         (f"E'{backslashed}'", "string"),
         (f"${tag}${text}${tag}$", "string"),
         ('"' + text.replace('"', '""') + '"', "name"),
-        ('U&"' + text.replace('"', '""') + '"', "name"),
+        ('U&"' + text.replace("\\", "\\\\").replace('"', '""') + '"', "name"),
     ]
     # With standard_conforming_strings off, '...' takes backslash escapes, as E'...' does;
     # B'...', X'...' and U&'...' never do.
@@ -371,7 +371,7 @@ def test_every_form_of_a_string_and_a_name_reads_back_as_its_text(
 @pytest.mark.parametrize(
     ("written", "value"),
     [("0", 0), ("-0", 0), ("01", 1), ("1.5", 1.5), ("0x1F", 31), ("0o17", 15), ("0b101", 5),
-     ("1_000", 1000), (".5", 0.5), ("1e3", 1000)],
+     ("1_000", 1000), (".5", 0.5), ("1e3", 1000), ("1E3", 1000)],
 )  # fmt: skip
 def test_a_number_is_read_as_postgresql_reads_it(written: str, value: float) -> None:
     read = tokens(written.encode())
@@ -399,3 +399,35 @@ def test_any_bytes_are_read_into_tokens_without_failing(data: bytes, standard: b
             number(text)  # 0o9, 0b2, 0x_: a number PostgreSQL reads, or none (found in review)
     if data.strip():
         assert read
+
+
+def test_an_escape_string_reads_every_backslash_escape_as_postgresql_does() -> None:
+    r"""E'...': hexadecimal (one or two digits), octal, \u and \U, the one-letter escapes,
+    a doubled quote; a backslash before anything else is that character (\x with no digit
+    after it too), as PostgreSQL reads it (found by mutation testing, helper-96)."""
+    written = rb"E'\x41\x4g\101\u20AC\U0001F600\b\f\n\r\t\q\X\xg''z\
+'"
+    assert tokens(written) == [("string", "A\x04gA\u20ac\U0001f600\b\f\n\r\tqXxg'z\n")]
+
+
+def test_an_escape_past_unicode_or_a_lone_surrogate_is_read_without_failing() -> None:
+    """PostgreSQL refuses these; reading them must not fail (the statement's own error
+    comes from the server)."""
+    for written in (rb"E'\uD800'", rb"E'\U00110000'", rb"U&'\D800'", rb"U&'\+110000'", rb"E'\ug'"):
+        assert [kind for kind, _ in tokens(written)] == ["string"], written
+
+
+def test_a_backslash_in_a_plain_string_is_an_escape_only_with_standard_strings_off() -> None:
+    assert tokens(b"'\\', x") == [("string", "\\"), ("other", ","), ("word", "X")]
+    assert tokens(b"'a\\'b', x", standard_strings=False) == [
+        ("string", "a'b"),
+        ("other", ","),
+        ("word", "X"),
+    ]
+
+
+def test_bit_and_hexadecimal_strings_in_either_case() -> None:
+    assert tokens(b"B'101' b'1' X'1F' x'1f', y") == [
+        ("string", "101"), ("string", "1"), ("string", "1F"), ("string", "1f"),
+        ("other", ","), ("word", "Y"),
+    ]  # fmt: skip

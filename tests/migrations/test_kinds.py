@@ -124,6 +124,10 @@ OUTSIDE_ONLY = [
     'ALTER DATABASE {db} WITH U&"tablespac\\0065" pg_default',
     "ALTER DATABASE {db} U&\"t!0061blespace\" UESCAPE '!' pg_default",
     "CREATE SUBSCRIPTION sub CONNECTION 'dbname=nope' PUBLICATION pub WITH ( connect = \"on\"(0) )",
+    # Mutation testing (helper-96): the table named with ONLY, a schema, or `*`.
+    "ALTER TABLE ONLY p DETACH PARTITION p1 CONCURRENTLY",
+    "ALTER TABLE public . p DETACH PARTITION p1 CONCURRENTLY",
+    "ALTER TABLE p * DETACH PARTITION p1 CONCURRENTLY",
 ]
 INSIDE_TOO = [
     "ANALYZE t",
@@ -172,6 +176,11 @@ INSIDE_TOO = [
     "CREATE SUBSCRIPTION sub CONNECTION 'dbname=nope' PUBLICATION pub WITH ( connect = U&'of\\0066' )",
     "CLUSTER verbo\u017fe",
     "ALTER TABLE t ADD COLUMN detach partition , ALTER COLUMN a TYPE concurrently",
+    # Mutation testing (helper-96): VERBOSE before a table; a subscription that connects
+    # but makes no slot.
+    "CLUSTER VERBOSE t",
+    "CLUSTER VERBOSE t USING t_pkey",
+    "CREATE SUBSCRIPTION sub CONNECTION 'dbname=nope' PUBLICATION pub WITH ( create_slot = false )",
 ]
 SEPARATORS = [" ", "\n", "  ", "\t", " /* VACUUM */ ", " -- CONCURRENTLY\n"]
 
@@ -339,3 +348,31 @@ def test_a_prepared_transaction_is_told_from_a_statement_named_transaction(
     piece = next(iter(Scanner(data)))
     assert isinstance(piece, Statement)
     assert kinds.controls_transaction(data, piece, True) is ends
+
+
+@pytest.mark.parametrize(
+    ("statement", "named"),
+    [
+        ("CREATE SUBSCRIPTION s CONNECTION 'x' PUBLICATION p",
+         "CREATE SUBSCRIPTION ... WITH (create_slot = true)"),
+        ("ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY",
+         "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY"),
+        ("REINDEX SCHEMA public", "REINDEX SCHEMA"),
+        ("REINDEX TABLE CONCURRENTLY t", "REINDEX ... CONCURRENTLY"),
+        ("CLUSTER VERBOSE", "CLUSTER without a table"),
+        ("ALTER DATABASE d SET TABLESPACE x", "ALTER DATABASE ... SET TABLESPACE"),
+        ("ALTER DATABASE d TABLESPACE x", "ALTER DATABASE ... TABLESPACE"),
+        ("CREATE SCHEMA s CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)",
+         "CREATE INDEX CONCURRENTLY"),
+    ],
+    ids=["subscription", "detach", "reindex_schema", "reindex_concurrently", "cluster",
+         "set_tablespace", "tablespace", "schema_element"],
+)  # fmt: skip
+def test_a_statement_outside_transactions_is_named_as_the_refusal_names_it(
+    statement: str, named: str
+) -> None:
+    """The name outside_transactions_only() gives is the one the refusal shows."""
+    data = f"{statement};\n".encode()
+    piece = next(iter(Scanner(data)))
+    assert isinstance(piece, Statement)
+    assert kinds.outside_transactions_only(data, piece, True) == named

@@ -203,11 +203,9 @@ def _cluster(read: list[Token]) -> str | None:
 
 def _alter_database(read: list[Token]) -> str | None:
     """`ALTER DATABASE name SET TABLESPACE new`, or `ALTER DATABASE name [WITH] TABLESPACE
-    [=] new` among its options (`"tablespace"` too); not a setting named tablespace.x."""
-    at = 3
-    if read[at : at + 1] == [(WORD, "UESCAPE")]:  # U&"name" UESCAPE '!'
-        at += 2
-    rest = read[at:]
+    [=] new` among its options (`"tablespace"` too); not a setting named tablespace.x. The
+    first SET after the name (which may itself be `set`)."""
+    rest = read[3:]  # after the name (U&"name" UESCAPE '!' is one token)
     if rest[:1] == [(WORD, "SET")]:
         moves = rest[1:2] == [(WORD, "TABLESPACE")] and rest[2:3] != [(OTHER, ".")]
         return "ALTER DATABASE ... SET TABLESPACE" if moves else None
