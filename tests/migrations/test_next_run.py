@@ -232,6 +232,24 @@ ALTERATIONS = {
         f"ALTER TABLE public.hparent ATTACH PARTITION {HISTORY} FOR VALUES FROM (0) TO (3);\n",
         f"ALTER TABLE public.hparent DETACH PARTITION {HISTORY}",
     ),
+    # The parent's own constraints stay on the history, as its own, once it is detached:
+    # DETACH is told first, then their DROP (found in review, helper-98).
+    "partition with its parent's check": (
+        f"ALTER TABLE {HISTORY} ADD CONSTRAINT small CHECK (version < 3);\n"
+        f"CREATE TABLE public.hparent (LIKE {HISTORY}) PARTITION BY RANGE (version);\n"
+        "ALTER TABLE public.hparent ADD CONSTRAINT small CHECK (version < 3);\n"
+        f"ALTER TABLE public.hparent ATTACH PARTITION {HISTORY} FOR VALUES FROM (0) TO (100);\n",
+        f"ALTER TABLE public.hparent DETACH PARTITION {HISTORY}",
+    ),
+    "partition with its parent's foreign key": (
+        "CREATE TABLE public.allowed (v bigint PRIMARY KEY);\n"
+        "INSERT INTO public.allowed VALUES (1), (2);\n"
+        f"CREATE TABLE public.hparent (LIKE {HISTORY}) PARTITION BY RANGE (version);\n"
+        f"ALTER TABLE public.hparent ATTACH PARTITION {HISTORY} FOR VALUES FROM (0) TO (100);\n"
+        "ALTER TABLE public.hparent ADD CONSTRAINT pfk FOREIGN KEY (version) "
+        "REFERENCES public.allowed;\n",
+        f"ALTER TABLE public.hparent DETACH PARTITION {HISTORY}",
+    ),
     "not-null column": (
         f"ALTER TABLE {HISTORY} ADD COLUMN extra int NOT NULL DEFAULT 1;\n"
         f"ALTER TABLE {HISTORY} ALTER COLUMN extra DROP DEFAULT;\n",
@@ -582,10 +600,39 @@ def test_a_deferred_trigger_that_takes_the_row_away_cannot_make_a_file_run_twice
         # A row for the next file, which would then never run.
         (
             "INSERT INTO {history} VALUES (2, 'later', '{later}', now(), current_user, 1)",
-            "rows it had not written for version 2",
+            "rows it had not written, of version 2",
+        ),
+        # Found in review (helper-98): a second row of version 1 (the key dropped), which
+        # a DELETE by version took with the runner's own; a row without a version.
+        (
+            "ALTER TABLE {history} DROP CONSTRAINT cicd_db_schema_history_pkey; "
+            "INSERT INTO {history} VALUES (1, 'counted', 'bogus', now(), current_user, 1)",
+            "rows it had not written, of version 1",
+        ),
+        (
+            "ALTER TABLE {history} DROP CONSTRAINT cicd_db_schema_history_pkey; "
+            "ALTER TABLE {history} ALTER COLUMN version DROP NOT NULL; "
+            "INSERT INTO {history} VALUES (NULL, 'x', 'y', now(), current_user, 1)",
+            "rows it had not written, of version NULL",
+        ),
+        # A trigger that opens such a cursor again whenever a row is written: the rows the
+        # runner puts back would have fired it, and emptied the history once more.
+        (
+            "DELETE FROM {history}; EXECUTE 'CREATE FUNCTION public.again() RETURNS trigger "
+            "LANGUAGE plpgsql AS $a$BEGIN EXECUTE format(''DECLARE %I CURSOR WITH HOLD FOR "
+            "SELECT public.at_commit()'', ''c'' || pg_catalog.md5(pg_catalog.random()::text)); "
+            "RETURN NULL; END$a$'; EXECUTE 'CREATE TRIGGER again AFTER INSERT ON {history} "
+            "FOR EACH ROW EXECUTE FUNCTION public.again()'",
+            "the rows of version 1",
         ),
     ],
-    ids=["deletes the history", "writes the next file's row"],
+    ids=[
+        "deletes the history",
+        "writes the next file's row",
+        "a second row of a version",
+        "a row without a version",
+        "a trigger that does it again",
+    ],
 )
 def test_what_a_with_hold_cursors_query_does_to_the_history_at_commit_is_put_back(
     database: Database, tmp_path: Path, cursor_runs: str, changed: str
@@ -610,7 +657,7 @@ def test_what_a_with_hold_cursors_query_does_to_the_history_at_commit_is_put_bac
     assert refusal(migrate(database, folder)) == (
         "error: migration 0001_counted.sql is applied, but the query of a WITH HOLD cursor it "
         "left open, which PostgreSQL runs at the commit, after the runner's checks, changed "
-        f"the migration history ({changed} changed, removed or added); the runner put the "
+        f"the migration history ({changed}: changed, removed or added); the runner put the "
         "history back as it wrote it, and ran nothing after that file; drop or change what "
         "that query calls before the next run, which goes on from the next file"
     )
@@ -622,6 +669,30 @@ def test_what_a_with_hold_cursors_query_does_to_the_history_at_commit_is_put_bac
     assert database.history() == [1, 2]
     assert database.query("SELECT times FROM public.ran") == [(1,)]
     assert "later" in database.tables()
+
+
+def test_a_history_a_with_hold_cursor_renamed_at_commit_is_told_not_put_back(
+    database: Database, tmp_path: Path
+) -> None:
+    """The history renamed by the cursor's query at the commit cannot be read again: the
+    file is said applied, and the history to be put right before the next run (found in
+    review, helper-98: it was a bare database error)."""
+    cursor = (
+        "CREATE FUNCTION public.at_commit() RETURNS int LANGUAGE plpgsql AS $$BEGIN "
+        f"ALTER TABLE {HISTORY} RENAME TO gone; RETURN 1; END$$;\n"
+        "DECLARE c CURSOR WITH HOLD FOR SELECT public.at_commit();\n"
+    )
+    folder = write_migrations(tmp_path, {"0001_counted.sql": COUNTED + cursor})
+    line = refusal(migrate(database, folder))
+    assert line.startswith(
+        "error: migration 0001_counted.sql is applied, but the query of a WITH HOLD cursor it "
+        "left open, which PostgreSQL runs at the commit, after the runner's checks, changed "
+        "the migration history, and it could not be read or put back ("
+    ), line
+    assert line.endswith(
+        "have the history's owner make it the files' rows again before the next run, which "
+        "would apply files twice or skip them"
+    ), line
 
 
 def test_a_database_without_plpgsql_is_told_with_the_fix_not_blamed_on_the_next_file(

@@ -253,29 +253,35 @@ def put_back(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) ->
             )
 
 
-def rows_now(conn: psycopg.Connection[Any]) -> list[tuple[int, str, str]]:
-    """Every row of the history as (version, name, checksum), read whole. Reads only."""
-    query = sql.SQL("SELECT version, name, checksum FROM ONLY {}").format(QUALIFIED)
-    return [
-        (int(version), str(name), str(checksum))
-        for version, name, checksum in pinned_rows(conn, query)
-    ]
+def rows_now(
+    conn: psycopg.Connection[Any],
+) -> list[tuple[str, int | None, str | None, str | None]]:
+    """Every row of the history as (ctid, version, name, checksum), read whole, NULLs and
+    duplicates as they are. Reads only."""
+    query = sql.SQL("SELECT ctid::text, version, name, checksum FROM ONLY {}").format(QUALIFIED)
+    return [tuple(row) for row in pinned_rows(conn, query)]
 
 
 def restore(
-    conn: psycopg.Connection[Any],
-    missing: list[tuple[int, str, str]],
-    extra: list[tuple[int, str, str]],
+    conn: psycopg.Connection[Any], missing: list[tuple[int, str, str]], extra: list[str]
 ) -> None:
-    """Put the history back as the runner wrote it, in one transaction: the rows of the
-    versions in `extra` deleted, `missing` written again (as put_back writes them)."""
+    """Put the history back as the runner wrote it, in one transaction: the rows at
+    `extra` (their ctids: a duplicate of a row goes, never the row) deleted, `missing`
+    written again (as put_back writes them). What the writes fire ends before the commit
+    (deferred triggers fired, cursors a trigger opened closed): nothing runs after it."""
     with conn.transaction():
+        for statement in PINNED.split(b"; "):
+            conn.execute(statement)
         if extra:
             conn.execute(
-                sql.SQL("DELETE FROM ONLY {} WHERE version = ANY(%s)").format(QUALIFIED),
-                [[version for version, _, _ in extra]],
+                sql.SQL("DELETE FROM ONLY {} WHERE ctid = ANY(%s::pg_catalog.tid[])").format(
+                    QUALIFIED
+                ),
+                [extra],
             )
         put_back(conn, missing)
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        conn.execute("CLOSE ALL")
 
 
 def missing_versions(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) -> list[int]:

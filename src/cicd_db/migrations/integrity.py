@@ -281,16 +281,21 @@ OWN_CONSTRAINT = f"{TABLE}_pkey"
 # The defaults it makes, as pg_get_expr writes them under PINNED; no other column has one.
 OWN_DEFAULTS = {"applied_at": "now()", "applied_by": "CURRENT_USER"}
 # What is on the history table that can refuse a row, by kind: columns (type, NOT
-# NULL), and every constraint, unique index (beside a constraint's own) and trigger.
+# NULL), and every constraint, unique index (beside a constraint's own) and trigger;
+# first, the table made a partition: its DETACH comes before the DROP of a constraint the
+# parent gave it, which PostgreSQL refuses while it is attached.
 _ON_THE_HISTORY = sql.SQL(
     """
+    SELECT 'partition of', h.inhparent::pg_catalog.regclass::text, '', true
+      FROM pg_catalog.pg_inherits h JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid
+     WHERE h.inhrelid = {t}::pg_catalog.regclass AND c.relispartition
+    UNION ALL
     SELECT 'column', a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
       FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = {t}::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
     UNION ALL
     SELECT 'constraint', c.conname::text, '', true FROM pg_catalog.pg_constraint c
      WHERE c.conrelid = {t}::pg_catalog.regclass AND c.contype NOT IN ('n', 't')
-       AND c.conislocal  -- a partitioned parent's goes with DETACH
     UNION ALL
     SELECT 'index', i.relname::text, '', true FROM pg_catalog.pg_index x
       JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
@@ -311,10 +316,7 @@ _ON_THE_HISTORY = sql.SQL(
       FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a
         ON a.attrelid = d.adrelid AND a.attnum = d.adnum
      WHERE d.adrelid = {t}::pg_catalog.regclass AND a.attidentity = ''
-    UNION ALL
-    SELECT 'partition of', h.inhparent::pg_catalog.regclass::text, '', true
-      FROM pg_catalog.pg_inherits h JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid
-     WHERE h.inhrelid = {t}::pg_catalog.regclass AND c.relispartition
+
     """
 ).format(t=sql.Literal(f"{SCHEMA}.{TABLE}"))
 

@@ -167,33 +167,42 @@ class Verdicts:
         commit, after the runner's checks, where a function it calls could have emptied
         the history or written a later file's row. The history is read again, whole,
         against what the runner wrote (this file's row with it); a difference is put
-        back and told, and the run stops."""
-        written = (migration.version, migration.name, migration.checksum)
-        expected = sorted({*self.recorded.rows, written})
-        found = history.rows_now(self.conn)
-        missing = [row for row in expected if row not in found]
-        extra = [row for row in found if row not in expected]
-        if not (missing or extra):
-            return
-        what = ", ".join(
-            f"{label} version {', '.join(str(row[0]) for row in rows)}"
-            for label, rows in (("the rows of", missing), ("rows it had not written for", extra))
-            if rows
+        back, read again, and told, and the run stops."""
+        expected = sorted(
+            {*self.recorded.rows, (migration.version, migration.name, migration.checksum)}
         )
         said = (
             f"migration {migration.filename} is applied, but the query of a WITH HOLD cursor "
             "it left open, which PostgreSQL runs at the commit, after the runner's checks, "
-            f"changed the migration history ({what} changed, removed or added)"
+            "changed the migration history"
+        )
+        fix = (
+            "have the history's owner make it the files' rows again before the next run, "
+            "which would apply files twice or skip them"
         )
         try:
-            history.restore(self.conn, missing, extra)
+            found = history.rows_now(self.conn)
+            missing, extra = _differences(expected, found)
+            if not (missing or extra):
+                return
+            what = ", ".join(
+                f"{label} {', '.join('NULL' if v is None else str(v) for v in versions)}"
+                for label, versions in (
+                    ("the rows of version", [row[0] for row in missing]),
+                    ("rows it had not written, of version", [row[1] for row in extra]),
+                )
+                if versions
+            )
+            said += f" ({what}: changed, removed or added)"
+            history.restore(self.conn, missing, [row[0] for row in extra])
+            again = history.rows_now(self.conn)
         except psycopg.Error as error:
             self.session.end_transaction()
             raise MigrationFailed(
-                f"{said}, and it could not be put back ({first_line(error)}); have the "
-                "history's owner make it the files' rows again before the next run, which "
-                "would apply files twice or skip them"
+                f"{said}, and it could not be read or put back ({first_line(error)}); {fix}"
             ) from None
+        if _differences(expected, again) != ([], []):
+            raise MigrationFailed(f"{said}, and it changed again as it was put back; {fix}")
         raise MigrationFailed(
             f"{said}; the runner put the history back as it wrote it, and ran nothing after "
             "that file; drop or change what that query calls before the next run, which goes "
@@ -266,3 +275,20 @@ class Verdicts:
         if migration.transactional and not ended:
             return "it was rolled back"
         return f"what it did {committed} committed"
+
+
+def _differences(
+    expected: list[tuple[int, str, str]],
+    found: list[tuple[str, int | None, str | None, str | None]],
+) -> tuple[list[tuple[int, str, str]], list[tuple[str, int | None, str | None, str | None]]]:
+    """The rows of `expected` the history lacks, and the rows it holds besides (with their
+    ctids), each found row matching one expected row at most (a duplicate is besides)."""
+    unmatched = list(expected)
+    extra = []
+    for row in found:
+        values = row[1:]
+        if values in unmatched:
+            unmatched.remove(values)
+        else:
+            extra.append(row)
+    return unmatched, extra
