@@ -475,9 +475,9 @@ def test_an_entry_point_runs_its_command_and_then_ignores_what_arrives(
 
 PASSWORD = "Sekr3tPW"
 REFUSED_URL = f"postgresql://u:{PASSWORD}@127.0.0.1:1/db"
-# Commands left out: `embedded start` makes a server (seconds a run); `migrate wait` waits
-# its --timeout. Both have tests of their own.
-FUZZED = sorted(set(cli.parsing.COMMANDS) - {"embedded start", "migrate wait"})
+# Commands left out: `embedded start` and `embedded url` make a server (seconds a run, and
+# one left running each); `migrate wait` waits its --timeout. Each has tests of its own.
+FUZZED = sorted(set(cli.parsing.COMMANDS) - {"embedded start", "embedded url", "migrate wait"})
 _NUMBERS = st.one_of(
     st.integers(-(2**70), 2**70).map(str),
     st.sampled_from(["", "-0", "1e400", "nan", "inf", "0x10", "\u0663", "1_000", " 5", "5 "]),
@@ -588,6 +588,7 @@ def test_any_command_line_is_answered_in_one_line_with_a_documented_code(
     )
     assert_answered_in_one_line(argv, result)
     assert_nothing_of((PASSWORD,), result.out + result.err)
+    assert not (here / "home" / "embedded").exists(), argv  # no server was made
 
 
 # Whole numbers, most of them past what a column or a date can hold.
