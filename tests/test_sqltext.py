@@ -376,7 +376,7 @@ def test_every_form_of_a_string_and_a_name_reads_back_as_its_text(
 def test_a_number_is_read_as_postgresql_reads_it(written: str, value: float) -> None:
     read = tokens(written.encode())
     assert number(read[-1][1]) == value
-    assert [kind for kind, _ in read] == ["other", "number"] if written[0] == "-" else ["number"]
+    assert [kind for kind, _ in read] == (["other", "number"] if written[0] == "-" else ["number"])
 
 
 _SQLISH = st.lists(

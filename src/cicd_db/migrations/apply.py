@@ -117,9 +117,9 @@ def run(
 
 # Whether the file left a WITH HOLD cursor open, asked just before COMMIT: PostgreSQL runs
 # its query at the commit, after the runner's checks (Verdicts._after_a_held_cursor). Its
-# result stands before COMMIT's and AFTER_COMMIT's.
-HELD_CURSORS = b"SELECT EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable)"
-_HELD_FROM_THE_END = AFTER_COMMIT.count(b";") + 3
+# result is found by its column's name.
+HELD = b"cicd_db_held_cursors"
+HELD_CURSORS = b"SELECT EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) AS " + HELD
 
 
 class Applier(Verdicts):
@@ -224,7 +224,8 @@ class Applier(Verdicts):
         )
         results = self.session.simple(finish)
         self._finish(migration, results, committed="may be", insert_at=_RESET_IN_TRANSACTION + 2)
-        if results[-_HELD_FROM_THE_END].get_value(0, 0) == b"t":
+        held = next(r for r in results if r.nfields == 1 and r.fname(0) == HELD)
+        if held.get_value(0, 0) == b"t":
             self._after_a_held_cursor(migration)
 
     def _begin(self, migration: Migration) -> PGresult:

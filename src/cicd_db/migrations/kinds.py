@@ -28,10 +28,10 @@ TAKE_NO_SNAPSHOT = frozenset(
     {"SET", "RESET", "SHOW", "LOCK", "LISTEN", "UNLISTEN", "NOTIFY", "CHECKPOINT"}
     | {"SAVEPOINT", "RELEASE", "ROLLBACK"}
 )
-# `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON`: an interrupted
-# build leaves `name` behind, invalid.
 # An identifier as written in SQL: quoted (with "" inside), or plain.
 IDENTIFIER = rb'"(?:[^"]|"")+"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*'
+# `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON`: an interrupted
+# build leaves `name` behind, invalid.
 CONCURRENT_INDEX = re.compile(
     rb"\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
     rb"(?P<name>" + IDENTIFIER + rb")",
@@ -112,7 +112,7 @@ def outside_transactions_only(
     partitioned table, ALTER or DROP SUBSCRIPTION), the server refuses it when the file
     runs, and the file is rolled back."""
     words = statement.words
-    if not words or words[0] not in _FIRST_WORDS:  # most statements: one lookup
+    if not words or words[0] not in _FIRST_WORDS:  # INSERT, UPDATE, SET, ...: one look-up
         return None
     for length in (1, 2, 3, 4):
         found = _OUTSIDE_ONLY.get(words[:length])

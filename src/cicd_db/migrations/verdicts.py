@@ -5,6 +5,7 @@ interruption or a lost connection left. The base of the Applier."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import psycopg
@@ -281,14 +282,15 @@ def _differences(
     expected: list[tuple[int, str, str]],
     found: list[tuple[str, int | None, str | None, str | None]],
 ) -> tuple[list[tuple[int, str, str]], list[tuple[str, int | None, str | None, str | None]]]:
-    """The rows of `expected` the history lacks, and the rows it holds besides (with their
-    ctids), each found row matching one expected row at most (a duplicate is besides)."""
-    unmatched = list(expected)
+    """The rows of `expected` (each once) the history lacks, and the rows it holds besides
+    (with their ctids): a found row matches one expected row at most, so a duplicate is
+    besides. Counted, not searched: a history of thousands of rows is one pass."""
+    unmatched = Counter[tuple[int | None, str | None, str | None]](expected)
     extra = []
     for row in found:
         values = row[1:]
-        if values in unmatched:
-            unmatched.remove(values)
+        if unmatched[values]:
+            unmatched[values] -= 1
         else:
             extra.append(row)
-    return unmatched, extra
+    return [row for row in expected if unmatched[row]], extra
