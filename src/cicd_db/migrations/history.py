@@ -9,6 +9,7 @@ into place by the next run that writes. Two histories are refused.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -262,6 +263,24 @@ def rows_now(
     return [tuple(row) for row in pinned_rows(conn, query)]
 
 
+def differences(
+    expected: list[tuple[int, str, str]],
+    found: list[tuple[str, int | None, str | None, str | None]],
+) -> tuple[list[tuple[int, str, str]], list[tuple[str, int | None, str | None, str | None]]]:
+    """The rows of `expected` (each once) the history lacks, and the rows it holds besides
+    (with their ctids): a found row matches one expected row at most, so a duplicate is
+    besides. Counted, not searched: a history of thousands of rows is one pass."""
+    unmatched = Counter[tuple[int | None, str | None, str | None]](expected)
+    extra = []
+    for row in found:
+        values = row[1:]
+        if unmatched[values]:
+            unmatched[values] -= 1
+        else:
+            extra.append(row)
+    return [row for row in expected if unmatched[row]], extra
+
+
 def restore(
     conn: psycopg.Connection[Any], missing: list[tuple[int, str, str]], extra: list[str]
 ) -> None:
@@ -270,8 +289,7 @@ def restore(
     written again (as put_back writes them). What the writes fire ends before the commit
     (deferred triggers fired, cursors a trigger opened closed): nothing runs after it."""
     with conn.transaction():
-        for statement in PINNED.split(b"; "):
-            conn.execute(statement)
+        conn.execute(PINNED)  # as pinned_rows does in a transaction
         if extra:
             conn.execute(
                 sql.SQL("DELETE FROM ONLY {} WHERE ctid = ANY(%s::pg_catalog.tid[])").format(

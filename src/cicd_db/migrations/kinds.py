@@ -79,10 +79,13 @@ def _reads_as(
     pattern: re.Pattern[bytes], data: bytes, statement: Statement | Batch, standard_strings: bool
 ) -> bool:
     """`statement` begins as `pattern` says, read without its comments."""
-    text = without_comments(
+    return pattern.match(_uncommented(data, statement, standard_strings)) is not None
+
+
+def _uncommented(data: bytes, statement: Statement | Batch, standard_strings: bool) -> bytes:
+    return without_comments(
         data[statement.start : statement.end], standard_strings=standard_strings
     )
-    return pattern.match(text) is not None
 
 
 # Statements PostgreSQL refuses inside a transaction block (25001), by their first words:
@@ -123,13 +126,17 @@ def outside_transactions_only(
         words[:2] == ("ALTER", "TABLE") and not _DETACH.search(data, statement.start, statement.end)
     ):
         return None
-    text = without_comments(
-        data[statement.start : statement.end], standard_strings=standard_strings
-    )
-    read = tokens(text, standard_strings=standard_strings)
+    read = _tokens(data, statement, standard_strings)
     while read and read[-1] == (OTHER, ";"):
         read.pop()
     return further(read)
+
+
+def _tokens(data: bytes, statement: Statement, standard_strings: bool) -> list[Token]:
+    """`statement`'s tokens, read without its comments."""
+    return tokens(
+        _uncommented(data, statement, standard_strings), standard_strings=standard_strings
+    )
 
 
 OTHER, WORD = "other", "word"
@@ -279,10 +286,7 @@ def controls_transaction(data: bytes, statement: Statement, standard_strings: bo
     if words[0] == "PREPARE":
         if words[1:2] != ("TRANSACTION",):
             return False
-        text = without_comments(
-            data[statement.start : statement.end], standard_strings=standard_strings
-        )
-        after = tokens(text, standard_strings=standard_strings)[2:3]
+        after = _tokens(data, statement, standard_strings)[2:3]
         return not after or after[0][0] == "string"  # the transaction's id, in any form
     if words[0] == "START":
         return words[1:2] == ("TRANSACTION",)

@@ -5,7 +5,6 @@ interruption or a lost connection left. The base of the Applier."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import psycopg
@@ -183,7 +182,7 @@ class Verdicts:
         )
         try:
             found = history.rows_now(self.conn)
-            missing, extra = _differences(expected, found)
+            missing, extra = history.differences(expected, found)
             if not (missing or extra):
                 return
             what = ", ".join(
@@ -202,7 +201,7 @@ class Verdicts:
             raise MigrationFailed(
                 f"{said}, and it could not be read or put back ({first_line(error)}); {fix}"
             ) from None
-        if _differences(expected, again) != ([], []):
+        if history.differences(expected, again) != ([], []):
             raise MigrationFailed(f"{said}, and it changed again as it was put back; {fix}")
         raise MigrationFailed(
             f"{said}; the runner put the history back as it wrote it, and ran nothing after "
@@ -276,21 +275,3 @@ class Verdicts:
         if migration.transactional and not ended:
             return "it was rolled back"
         return f"what it did {committed} committed"
-
-
-def _differences(
-    expected: list[tuple[int, str, str]],
-    found: list[tuple[str, int | None, str | None, str | None]],
-) -> tuple[list[tuple[int, str, str]], list[tuple[str, int | None, str | None, str | None]]]:
-    """The rows of `expected` (each once) the history lacks, and the rows it holds besides
-    (with their ctids): a found row matches one expected row at most, so a duplicate is
-    besides. Counted, not searched: a history of thousands of rows is one pass."""
-    unmatched = Counter[tuple[int | None, str | None, str | None]](expected)
-    extra = []
-    for row in found:
-        values = row[1:]
-        if unmatched[values]:
-            unmatched[values] -= 1
-        else:
-            extra.append(row)
-    return [row for row in expected if unmatched[row]], extra

@@ -16,7 +16,8 @@ _NOT_AFTER_IDENT = rb"(?<![" + _IDENT_CONT + rb"])"
 # the tokens are counted rather than matched one by one.
 _ESCAPED = rb"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'"  # backslash escapes: E'...', or '...' with them on
 _STANDARD = rb"'[^']*(?:''[^']*)*'"
-_DOLLAR = rb"\$(?:[" + _IDENT_START + rb"][" + _IDENT_START + rb"0-9]*)?\$"
+# A dollar quote's tag, `$$` or `$name$` (tokens.py reads it too).
+DOLLAR = rb"\$(?:[" + _IDENT_START + rb"][" + _IDENT_START + rb"0-9]*)?\$"
 # psql reads bit, hex and Unicode-escape strings as standard strings whatever
 # standard_conforming_strings says (the server refuses U&'...' when it is off).
 _ALWAYS_STANDARD = _NOT_AFTER_IDENT + rb"(?:[bBxX]|[uU]&)" + _STANDARD
@@ -92,7 +93,7 @@ def _tokens(standard_strings: bool, words: bool) -> re.Pattern[bytes]:
         + string
         + rb'|"[^"]*(?:""[^"]*)*")'
         rb"|(?P<unterminated>['\"])"
-        rb"|(?P<dollar>" + _NOT_AFTER_IDENT + _DOLLAR + rb")"
+        rb"|(?P<dollar>" + _NOT_AFTER_IDENT + DOLLAR + rb")"
         rb"|(?P<semicolon>;)"
         rb"|(?P<backslash>\\)"
         rb"|" + _VARIABLE

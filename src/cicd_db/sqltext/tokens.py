@@ -14,7 +14,8 @@ Keywords fold to upper case in ASCII only, as PostgreSQL folds them.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+
+from cicd_db.sqltext.lexer import CONTINUATION, DOLLAR
 
 # A token: its kind and its text. "word": upper-cased; "name": a quoted name's text;
 # "string": a string's text, in any of its forms; "number": as written; "other": one
@@ -30,7 +31,7 @@ _DOUBLED = rb'(?:[^"]|"")*'
 def _pattern(standard_strings: bool) -> re.Pattern[bytes]:
     plain = _STANDARD if standard_strings else _ESCAPED
     return re.compile(
-        rb"\s*(?:(?P<dollar>\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)?\$)"
+        rb"\s*(?:(?P<dollar>" + DOLLAR + rb")"
         rb"|[Ee]'(?P<escaped>" + _ESCAPED + rb")'?"
         rb"|[Uu]&'(?P<unicode>" + _STANDARD + rb")'?"
         rb"|[BbXx]'(?P<bits>" + _STANDARD + rb")'?"
@@ -46,11 +47,10 @@ def _pattern(standard_strings: bool) -> re.Pattern[bytes]:
 
 
 _PATTERNS = {standard: _pattern(standard) for standard in (True, False)}
-# What makes PostgreSQL go on with a '...' string after its closing quote: spaces holding
-# a line's end, then a quote; the rest is read as the string's own kind.
-_CONTINUED = re.compile(rb"[ \t\f]*[\n\r]\s*'")
-_BODIES = {
-    (kind, standard): re.compile(b"(" + body + b")'?", re.DOTALL)
+# A '...' string going on after its closing quote (the lexer's CONTINUATION), its next
+# part read as the string's own kind: by (kind, standard_conforming_strings).
+_CONTINUED = {
+    (kind, standard): re.compile(CONTINUATION.pattern + b"(" + body + b")'?", re.DOTALL)
     for standard in (True, False)
     for kind, body in (
         ("escaped", _ESCAPED),
@@ -60,6 +60,7 @@ _BODIES = {
     )
 }
 _UESCAPE = re.compile(rb"\s*UESCAPE\s*'([^'])'", re.IGNORECASE)
+_KINDS = {"escaped": "string", "unicode": "string", "bits": "string", "unicode_name": "name"}
 
 
 def tokens(text: bytes, *, standard_strings: bool = True) -> list[Token]:
@@ -78,15 +79,12 @@ def tokens(text: bytes, *, standard_strings: bool = True) -> list[Token]:
             read.append(("string", _text(text[position:end])))
             position = end + len(value)
             continue
-        if kind in _READ:
-            parts = [value]
-            while continued := _CONTINUED.match(text, position):
-                body = _BODIES[kind, standard_strings].match(text, continued.end())
-                if body is None:  # never: a body may be empty
-                    break
-                parts.append(body[1])
-                position = body.end()
-            value = b"".join(_READ[kind](part, standard_strings) for part in parts)
+        if (kind, standard_strings) in _CONTINUED:
+            parts = [_part(kind, value, standard_strings)]
+            while continued := _CONTINUED[kind, standard_strings].match(text, position):
+                parts.append(_part(kind, continued[1], standard_strings))
+                position = continued.end()
+            value = b"".join(parts)
         if kind in ("unicode", "unicode_name"):
             escape = b"\\"
             if uescape := _UESCAPE.match(text, position):
@@ -101,27 +99,12 @@ def tokens(text: bytes, *, standard_strings: bool = True) -> list[Token]:
     return read
 
 
-_KINDS = {"escaped": "string", "unicode": "string", "bits": "string", "unicode_name": "name"}
-
-
-def _doubled(body: bytes, _: bool) -> bytes:
-    return body.replace(b"''", b"'")
-
-
-def _plain(body: bytes, standard_strings: bool) -> bytes:
-    return _doubled(body, True) if standard_strings else _unescaped(body)
-
-
-def _kept(body: bytes, _: bool) -> bytes:
-    return body  # U&'...': its doubled quotes and escapes are read once it is whole
-
-
-_READ: dict[str, Callable[[bytes, bool], bytes]] = {
-    "escaped": lambda body, _: _unescaped(body),
-    "unicode": _kept,
-    "bits": _doubled,
-    "string": _plain,
-}
+def _part(kind: str, body: bytes, standard_strings: bool) -> bytes:
+    """One part of a string, its escapes read: E'...' always, '...' with standard
+    strings off; U&'...' is read once whole (its escapes, UESCAPE's)."""
+    if kind == "escaped" or (kind == "string" and not standard_strings):
+        return _unescaped(body)
+    return body if kind == "unicode" else body.replace(b"''", b"'")
 
 
 def number(text: str) -> float:
