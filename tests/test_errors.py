@@ -199,3 +199,20 @@ def test_a_naive_time_or_no_time_is_refused_with_the_reason() -> None:
     with pytest.raises(UsageError) as refused:
         check_time("at", "2026-12-06")
     assert str(refused.value) == "`at` must be a datetime, not str"
+
+
+def test_an_error_hiding_its_secrets_keeps_its_fields_and_hides_the_rest() -> None:
+    """`hiding` passes the template's own text and every value through the redaction, and
+    leaves the fields of its arguments for the front end to name its way."""
+    hide = lambda text: text.replace("Sekr3t", "***")  # noqa: E731
+    error = ConfigError(
+        "{where} refused u:Sekr3t; fix {database_url}",
+        arguments=["database_url"],
+        values={"where": "h:Sekr3t@db"},
+    ).hiding(hide)
+    assert str(error) == "h:***@db refused u:***; fix `database_url`"
+    assert (
+        error.phrased(lambda name: "--database-url") == "h:***@db refused u:***; fix --database-url"
+    )
+    plain = ConfigError("cannot connect to [u:Sekr3t@db]: {braces} stay").hiding(hide)
+    assert str(plain) == "cannot connect to [u:***@db]: {braces} stay"

@@ -3,12 +3,7 @@ that exist already."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import select
-import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -25,7 +20,7 @@ from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings, from_url
 
 from .fix_cli import run_cli, start_cli
 from .fix_db import SERVER_ROLES
-from .utils import use_service_file
+from .utils import socket_folder, use_service_file
 
 
 @dataclass(frozen=True)
@@ -487,45 +482,6 @@ def test_what_the_admins_service_says_of_the_server_reaches_the_urls_printed(
     for key in ("url", "app_url", "reader_url"):
         url = from_url(printed[key], what=key)
         assert dict(url.parameters) == {"connect_timeout": "9"}, (key, url.parameters)
-
-
-@contextlib.contextmanager
-def socket_folder(server: ConnectionSettings) -> Iterator[Path]:
-    """A folder with a Unix socket `.s.PGSQL.5432` that carries each connection to the
-    test server's TCP port: a socket as a packaged server has, which libpq reaches by
-    the folder (the embedded server listens on TCP only)."""
-    with tempfile.TemporaryDirectory(dir="/tmp") as folder:  # short: socket paths are
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(os.path.join(folder, ".s.PGSQL.5432"))
-        listener.listen()
-
-        def carry(client: socket.socket) -> None:
-            """Both ways until either end closes; then both are closed."""
-            with client, socket.create_connection((server.host, server.port or 5432)) as tcp:
-                other = {client: tcp, tcp: client}
-                with contextlib.suppress(OSError):
-                    while True:
-                        ready, _, _ = select.select(list(other), [], [])
-                        for end in ready:
-                            data = end.recv(65536)
-                            if not data:
-                                return
-                            other[end].sendall(data)
-
-        def serve() -> None:
-            with contextlib.suppress(OSError):
-                while True:
-                    client, _ = listener.accept()
-                    threading.Thread(target=carry, args=(client,), daemon=True).start()
-
-        serving = threading.Thread(target=serve, daemon=True)
-        serving.start()
-        try:
-            yield Path(folder)
-        finally:
-            listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-            serving.join(timeout=10)
 
 
 @pytest.mark.db

@@ -176,10 +176,12 @@ def test_mask_credentials(text: str, masked: str | None) -> None:
         ("postgresql://u:p:w@h/db", ["p:w", "p", "w"]),
         # libpq reads a password with a raw / or ? as host, port or database: its pieces too
         # (and what its '?' starts is an unknown parameter, as the query reads it).
-        ("postgresql://u:Sek/r3t?PW@h:1/db", ["PW@h:1/db", "Sek/r3t?PW", "Sek", "r3t", "PW"]),
+        # The query's `PW@h:1/db` (an unknown parameter) to its '@', as a host is read.
+        ("postgresql://u:Sek/r3t?PW@h:1/db", ["PW@h:1/db", "PW", "Sek/r3t?PW", "Sek", "r3t", "PW"]),
         # A secret's value is taken to the end: a raw & or # in it is no separator (and
         # `x=1`, an unknown parameter, is hidden as the query's masking hides it).
-        ("postgresql://u@h/db?sslpassword=keypass&x=1", ["keypass&x=1", "x=1"]),
+        # Hidden to the end (a raw '&' in it), and as libpq reads it, to the next '&'.
+        ("postgresql://u@h/db?sslpassword=keypass&x=1", ["keypass&x=1", "x=1", "keypass"]),
         ("postgresql://u:a@b@h/db", ["a@b", "a", "b"]),
         ("postgresql://u@h/db", []),
         ("postgresql://@h/db", []),
@@ -474,3 +476,23 @@ def test_any_password_a_message_quotes_after_the_word_is_hidden(
     password = data.draw(st.text(st.sampled_from(characters), min_size=4, max_size=20))
     said = around.format(form.format(q=quote_mark, p=password))
     assert_nothing_of((password,), redact(said))
+
+
+@pytest.mark.parametrize(
+    ("hosts", "secrets"),
+    [
+        ("ci:Sekr3t@db.example.com", ["Sekr3t"]),
+        # A ',' in the password makes two hosts of it; each is named by libpq.
+        ("ci:Sek,r3t@db", ["Sek,r3t", "Sek", "r3t"]),
+        ("127.0.0.1,ci:Sekr3t@db", ["Sekr3t"]),
+        # No password: a host, a user name without one, a socket folder with an '@'.
+        ("db.example.com", []),
+        ("ci@db", []),
+        ("/run/a@b", []),
+    ],
+)
+def test_host_secrets_are_what_a_host_holds_before_its_at_after_a_user_name(
+    hosts: str, secrets: list[str]
+) -> None:
+    assert set(redaction.host_secrets(hosts)) >= set(secrets)
+    assert bool(redaction.host_secrets(hosts)) == bool(secrets)

@@ -13,6 +13,7 @@ import json
 import os
 import string
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -34,8 +35,8 @@ from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import Run, run_cli
 from .fix_db import Database
-from .passwords import assert_nothing_of, hostile_urls
-from .utils import examples, write_migrations
+from .passwords import PASSWORD_CHARACTERS, RUN, assert_nothing_of, hostile_urls
+from .utils import examples, socket_folder, write_migrations
 
 pytestmark = pytest.mark.db
 
@@ -480,6 +481,110 @@ def test_a_password_in_the_user_name_pguser_gives_is_masked(database: Database) 
     assert result.code == 2, result.err
     assert "authentication failed" in result.err and f"{settings.user}:***" in result.err
     assert_nothing_of(("Leak3dSecret", "----"), result.out + result.err)
+
+
+# Where a password typed into a user name or host reaches libpq, and how it is written
+# there: the URL's query (`?user=u:pw&...`), libpq's variables, or a service file.
+TYPED_IN = ("?user", "?host", "PGUSER", "PGHOST", "PGHOSTADDR", "service user", "service host")
+
+
+@pytest.mark.slow
+@hypothesis.settings(max_examples=examples(150), deadline=None)
+@hypothesis.given(
+    source=st.sampled_from(TYPED_IN),
+    password=st.text(
+        st.sampled_from([c for c in PASSWORD_CHARACTERS if c not in "\n#"]),
+        min_size=RUN,
+        max_size=12,
+    )
+    .map(str.strip)
+    .filter(lambda p: len(p) >= RUN),
+    separator=st.sampled_from([":", ":", "/", "?", ";", "\uff1a"]),
+    reachable=st.booleans(),
+    after=st.sampled_from(["", "&sslmode=disable", "&connect_timeout=2", "&application_name=x"]),
+)
+# What found the class: a user name with a password, another parameter after it, and a
+# server that asks for a password; a host with one, from PGHOST or a service file.
+@hypothesis.example(
+    source="?user", password="s3cretQU", separator=":", reachable=True, after="&sslmode=disable"
+)
+@hypothesis.example(source="PGHOST", password="s3cretPG", separator=":", reachable=False, after="")
+@hypothesis.example(
+    source="service host", password="s3cretSV", separator=":", reachable=False, after=""
+)
+@hypothesis.example(
+    source="service user", password="s3cretSU", separator=":", reachable=True, after=""
+)
+def test_a_password_typed_into_any_parameter_libpq_reads_is_never_printed(
+    server: ConnectionSettings,
+    source: str,
+    password: str,
+    separator: str,
+    reachable: bool,
+    after: str,
+) -> None:
+    """A password typed into a user name (`u:pw`) or a host (`u:pw@host`), wherever libpq
+    reads it (the URL, PGUSER, PGHOST, PGHOSTADDR, a service file), is never printed,
+    whether the server refuses the login (its message quotes the user name) or the host
+    cannot be found (libpq's quotes the host): one line, exit 1 or 2."""
+    user = f"{server.user}{separator}{password}"
+    host, port = (server.host, str(server.port)) if reachable else ("127.0.0.1", "1")
+    typed_host = f"{user}@{host}"
+    env = {"PGPASSWORD": "", "PGSERVICE": "", "PGSERVICEFILE": ""}
+    url = f"postgresql://{quote(host)}:{port}/{server.database}?sslmode=disable"
+    if source == "?user":
+        url = f"postgresql://{quote(host)}:{port}/{server.database}?user={quote(user)}{after}"
+    elif source == "?host":
+        url = f"postgresql:///{server.database}?host={quote(typed_host)}&port={port}{after}"
+    elif source in ("PGUSER", "PGHOST", "PGHOSTADDR"):
+        value = user if source == "PGUSER" else typed_host
+        env[source] = value
+        if source != "PGUSER":
+            url = f"postgresql://u@/{server.database}?port={port}{after}"
+    else:
+        with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as services:
+            key, value = ("user", user) if source == "service user" else ("host", typed_host)
+            services.write(f"[typed]\nhost={host}\nport={port}\n{key}={value}\n")
+        env["PGSERVICEFILE"] = services.name
+        url = f"postgresql:///{server.database}?service=typed{after}"
+    try:
+        result = status(url, env)
+    finally:
+        if env.get("PGSERVICEFILE"):
+            os.unlink(env["PGSERVICEFILE"])
+    assert result.code in (1, 2), result
+    assert len(result.err.splitlines()) == 1, result.err
+    assert_nothing_of((password,), result.out + result.err)
+
+
+@pytest.mark.parametrize("name", ["with space", "with@at", "a b@c"])
+@pytest.mark.parametrize("written", ["query", "authority"])
+def test_a_socket_folder_with_a_space_or_an_at_sign_is_reached_as_psql_reaches_it(
+    database: Database, name: str, written: str
+) -> None:
+    """A host that starts with '/' is a socket folder to libpq, spaces and '@' in its name
+    included: psql connects there, and so does cicd-db (the check that takes a space or
+    '@' in a host for a password that lost its percent-encoding is for host names), and
+    nothing of the folder's name is hidden as if it were a password."""
+    with socket_folder(database.settings, name) as folder:
+        where = quote(str(folder), safe="")
+        url = (
+            f"postgresql:///{database.name}?host={where}&port=5432"
+            if written == "query"
+            else f"postgresql://{where}:5432/{database.name}"
+        )
+        result = status(url, credentials(database))
+        psql = subprocess.run(  # the oracle: psql reaches the folder by this URL
+            [str(psql_bin()), url, "-XAtc", "SELECT 1"],
+            env={**os.environ, **credentials(database)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert (psql.returncode, psql.stdout) == (0, "1\n"), psql.stderr
+    assert result.code == 0, result.err
+    shown = json.loads(result.out)["url"]  # the URL libpq used, the folder named whole
+    assert f"host={where}&" in shown and "***" not in shown, shown
 
 
 @pytest.mark.parametrize(

@@ -5,14 +5,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import select
 import shutil
+import socket
 import subprocess
+import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 from cicd_db import migrations
+from cicd_db.settings import ConnectionSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS = ROOT / "db" / "migrations"
@@ -134,3 +139,45 @@ def use_service_file(monkeypatch: Any, tmp_path: Path, text: str) -> Path:
     for variable in SERVICE_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     return services
+
+
+@contextlib.contextmanager
+def socket_folder(server: ConnectionSettings, name: str = "") -> Iterator[Path]:
+    """A folder with a Unix socket `.s.PGSQL.5432` that carries each connection to the
+    test server's TCP port: a socket as a packaged server has, which libpq reaches by
+    the folder (the embedded server listens on TCP only); named `name` inside a
+    temporary folder, where given (a space or an '@' in a folder's name)."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as temporary:  # short: socket paths are
+        folder = os.path.join(temporary, name) if name else temporary
+        os.makedirs(folder, exist_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(os.path.join(folder, ".s.PGSQL.5432"))
+        listener.listen()
+
+        def carry(client: socket.socket) -> None:
+            """Both ways until either end closes; then both are closed."""
+            with client, socket.create_connection((server.host, server.port or 5432)) as tcp:
+                other = {client: tcp, tcp: client}
+                with contextlib.suppress(OSError):
+                    while True:
+                        ready, _, _ = select.select(list(other), [], [])
+                        for end in ready:
+                            data = end.recv(65536)
+                            if not data:
+                                return
+                            other[end].sendall(data)
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    client, _ = listener.accept()
+                    threading.Thread(target=carry, args=(client,), daemon=True).start()
+
+        serving = threading.Thread(target=serve, daemon=True)
+        serving.start()
+        try:
+            yield Path(folder)
+        finally:
+            listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+            serving.join(timeout=10)

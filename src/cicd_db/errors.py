@@ -39,6 +39,7 @@ its own way (the CLI: `--job needs --stage`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -78,6 +79,20 @@ class CicdDbError(Exception):
         self.template = (done.replace("{", "{{").replace("}", "}}") if self.arguments else done) + (
             ": " + self.template
         )
+        self.args = (self.phrased(lambda name: f"`{name}`"),)
+        return self
+
+    def hiding(self, hide: Callable[[str], str]) -> CicdDbError:
+        """This error with `hide` (a redaction) applied to its text, all of it but the
+        fields of its arguments: for an error that quotes what it was given (a
+        connection's settings, libpq's message), so that its text, printed by the CLI or
+        by a program that calls the library, never shows a password."""
+        if self.arguments:
+            parts = re.split(r"(\{\{|\}\}|\{\w+\})", self.template)
+            self.template = "".join(hide(p) if i % 2 == 0 else p for i, p in enumerate(parts))
+        else:
+            self.template = hide(self.template)
+        self.values = {name: hide(str(value)) for name, value in self.values.items()}
         self.args = (self.phrased(lambda name: f"`{name}`"),)
         return self
 

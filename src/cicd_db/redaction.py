@@ -22,18 +22,28 @@ _QUERY_KEY = re.compile(r"[?&](?P<key>[^=&?#]*)=")
 
 def _secret_values(text: str) -> list[int]:
     """Where a secret starts in `text`'s query (keys decoded): the value of each secret
-    keyword, and what follows a separator in a `user=` value (`?user=u:pw`)."""
+    keyword, what follows a separator in a `user=` value (`?user=u:pw`), and in a host's
+    before its '@' (`?host=u:pw@db`, `?hostaddr=...`: a user name and password typed in)."""
     starts = []
     for match in _QUERY_KEY.finditer(text):
         key = unquote(match["key"]).lower()
         if key in SECRET_KEYWORDS:
             starts.append(match.end())
-        elif key == "user":
+        elif key in ("user", "host", "hostaddr"):
             value = re.match(r"[^&#]*", text[match.end() :])
-            shown, secret = _split_userinfo(value.group() if value else "")
+            userinfo = value.group() if value else ""
+            if key != "user":  # a socket directory is a path: its '@' is the path's
+                socket = unquote(userinfo, errors="replace").startswith("/")
+                userinfo = "" if socket else userinfo[: _last_at(userinfo)]
+            shown, secret = _split_userinfo(userinfo)
             if secret:
                 starts.append(match.end() + len(shown))
     return sorted(starts)
+
+
+def _last_at(text: str) -> int:
+    """Where the last '@' of `text` is, raw or percent-encoded; 0 for none."""
+    return max(text.rfind("@"), text.lower().rfind("%40"), 0)
 
 
 # A secret's value is hidden to the end of the text: one holding a raw `&` or `#`
@@ -197,6 +207,22 @@ def user_name_secrets(user: str) -> list[str]:
     return _pieces(_user_name_secret(user))
 
 
+def host_secrets(hosts: str) -> list[str]:
+    """What of a host list may be a password typed into it with a user name
+    (`u:pw@db.example.com`, as PGHOST, PGHOSTADDR or a service file's `host` may hold,
+    where libpq reads it as a host name and prints it): each host's text before its
+    last '@', after its user name, for `redact`. A socket directory is a path: its
+    '@' is the path's."""
+    found: list[str] = []
+    # Each host, and the list whole (a ',' in the password splits it into two hosts).
+    for host in [hosts, *hosts.split(",")]:
+        at = host.rfind("@")
+        if at > 0 and not host.startswith("/"):
+            secret = _split_userinfo(host[:at])[1]
+            found += _pieces(secret) + secret.split(",")  # each a host libpq names
+    return [secret for secret in dict.fromkeys(found) if secret]
+
+
 def _pieces(secret: str) -> list[str]:
     """A secret, decoded as libpq would print it, and its pieces between the characters
     that end a URL's parts (a password with a raw `/` or `?` is read as host or port)."""
@@ -220,6 +246,14 @@ def password_candidates(text: str | None) -> list[str]:
     # the text as given: a URL cut at a space, or at an '@' of its query, is no longer
     # read as having that query where the text is printed.
     secrets = [text[begin:end] for begin, end in _query_secrets(text) if begin < end]
+    # ... and each as libpq reads it, to the next parameter (`?user=u:pw&sslmode=...`
+    # is the user name `u:pw`, which the server's refusal quotes), decoded.
+    # A host's, to its '@' (`?host=u:pw@db`: libpq quotes the host).
+    for secret in list(secrets):
+        value = re.match(r"[^&#]*", secret)
+        for part in (value.group() if value else "", secret[: _last_at(secret)]):
+            if part and part != secret:
+                secrets += dict.fromkeys([part, unquote(part, errors="replace")])
     at = text.rfind("@")
     scheme = _SCHEME.match(text)
     if at < 0:

@@ -84,8 +84,19 @@ NAMED_KEYWORD: tuple[tuple[str, str | None], ...] = (
 
 
 def connection_error(settings: ConnectionSettings, error: psycopg.Error) -> CicdDbError:
+    """A failed connection told in one line: what refused it, and what to fix where.
+    Nothing of it shows a secret of `settings` (ConnectionSettings.secrets: the URL's,
+    and a password typed into PGHOST, PGUSER or a service file's host or user)."""
+    secrets = settings.secrets()
+    told = _connection_error(settings, error, secrets)
+    return told.hiding(lambda text: redact(text, secrets))
+
+
+def _connection_error(
+    settings: ConnectionSettings, error: psycopg.Error, secrets: list[str]
+) -> CicdDbError:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    detail = redact(first_line, settings.secrets())
+    detail = redact(first_line, secrets)
     detail = re.sub(
         r"^(connection (failed|is bad): )?(connection to server (at|on) .*?(, port \d+)? failed: )?",
         "",
@@ -96,7 +107,7 @@ def connection_error(settings: ConnectionSettings, error: psycopg.Error) -> Cicd
         login = getattr(error.pgconn, "user", None)  # the user libpq logged in as
         user = settings.user or (login.decode(errors="replace") if login else "")
         # libpq's login may come from PGUSER or a service file: `u:pw` is masked there too.
-        user = redact(user, [*settings.secrets(), *user_name_secrets(user)])
+        user = redact(user, [*secrets, *user_name_secrets(user)])
         return _server_refused(settings, detail[answered.end() :].strip(), user)
     return _libpq_refused(settings, detail.strip())
 
@@ -238,7 +249,7 @@ def _libpq_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
             f"or {instead}"
         )
     if re.match(LIBPQ_PARAMETER, detail):
-        return parameter_refused(settings, f"{where}: {detail}")
+        return _parameter_refused(settings, f"{where}: {detail}")
     if re.match(NOT_THE_SESSION_ASKED, detail):
         # The server is up, in a role the target does not ask for: a failover may change
         # that, so it is exit 1 and `wait` keeps trying.
@@ -270,9 +281,15 @@ def _libpq_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
     )
 
 
-def parameter_refused(settings: ConnectionSettings, detail: str) -> ConfigError:
+def parameter_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
     """A connection parameter libpq or psycopg refused: fixed where it came from, an
-    environment variable (PGCONNECT_TIMEOUT, PGSSLMODE, ...) or the target."""
+    environment variable (PGCONNECT_TIMEOUT, PGSSLMODE, ...) or the target; nothing of it
+    shows a secret of `settings`, as connection_error."""
+    secrets = settings.secrets()
+    return _parameter_refused(settings, detail).hiding(lambda text: redact(text, secrets))
+
+
+def _parameter_refused(settings: ConnectionSettings, detail: str) -> ConfigError:
     keywords = [
         given or found.group(1)
         for pattern, given in NAMED_KEYWORD

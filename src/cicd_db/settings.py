@@ -32,7 +32,13 @@ from cicd_db.libpq import (
     service_values,
     url_host,
 )
-from cicd_db.redaction import mask_credentials, password_candidates, redact, user_name_secrets
+from cicd_db.redaction import (
+    host_secrets,
+    mask_credentials,
+    password_candidates,
+    redact,
+    user_name_secrets,
+)
 
 # Output names of every stack (docs/design.md, "The connection contract").
 HOST = "host"
@@ -251,13 +257,21 @@ class ConnectionSettings:
         return redact(self.url(), secrets=self.secrets())
 
     def secrets(self) -> list[str]:
-        """Every secret value these settings hold, the other roles' URLs' too, for `redact`."""
+        """Every secret value these settings hold, the other roles' URLs' too, for `redact`;
+        and what libpq may read besides them with a password typed in: a user name (`u:pw`)
+        or a host (`u:pw@host`) from these settings, PGUSER, PGHOST, PGHOSTADDR or the
+        service file, whose messages print them, and the service file's own secrets."""
         others = [self.migration_url, self.app_url, self.reader_url]
+        service = self.from_service()  # nothing to read without a service
+        environ = os.environ
+        users = (self.user, environ.get("PGUSER"), service.get("user"))
+        hosts = [self.host, self.parameter("hostaddr"), environ.get("PGHOST")]
+        hosts += [environ.get("PGHOSTADDR"), service.get("host"), service.get("hostaddr")]
         return (
             [self.password]
-            + [v for k, v in self.parameters if k in SECRET_KEYWORDS]
-            # The user name libpq takes: the given one, else PGUSER (`u:pw` there too).
-            + user_name_secrets(self.user or os.environ.get("PGUSER", ""))
+            + [v for k, v in [*self.parameters, *service.items()] if k in SECRET_KEYWORDS]
+            + [secret for user in users if user for secret in user_name_secrets(user)]
+            + [secret for host in hosts if host for secret in host_secrets(host)]
             + [secret for url in others for secret in password_candidates(url)]
         )
 
@@ -409,7 +423,11 @@ def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> C
     host = str(params.get("host") or "")
     database = str(params.get("dbname") or params.get(DATABASE) or "")
     where = f" {source!r}" if source else ""
-    if "@" in host or " " in host.strip():
+    # A socket directory is a path, where '@' and spaces are the path's (psql takes them).
+    if any(
+        ("@" in part or " " in part.strip()) and not part.startswith("/")
+        for part in host.split(",")
+    ):
         raise ConfigError(
             f"the {what}{where} has a host with '@' or a space in it: most likely a password "
             "holding such a character; percent-encode it (@ as %40, space as %20)"
