@@ -40,6 +40,46 @@ def up(
     list them (`dry_run`, with their text: `sql`), or rehearse them; `yes` confirms
     writing to a remote stack; `dump_schema` writes the schema afterwards."""
     where = ctx.target()
+    _check_up_options(dry_run=dry_run, sql=sql, rehearse=rehearse, dump_schema=dump_schema)
+    action = "apply migrations to it"
+    if rehearse:
+        action = "rehearse on it (a rehearsal takes the locks the files take)"
+    with ctx.runner(
+        where,
+        # A rehearsal takes the files' locks on the real tables: a write, even dry.
+        writes=rehearse or not dry_run,
+        yes=yes,
+        action=action,
+        retries=retries,
+        retry_budget=retry_budget,
+    ) as runner:
+        # What a run up to `target` leaves pending above it: said, never "up to date".
+        # Read before it runs: after, an interrupt there would hide what was applied.
+        beyond = 0
+        if target is not None:
+            beyond = sum(row.state == "pending" and row.version > target for row in runner.status())
+        if rehearse:
+            return _rehearse(ctx, runner, where, target=target, beyond=beyond)
+        started = time.perf_counter()
+        results, notes = _apply(ctx, runner, target=target, dry_run=dry_run, sql=sql)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if dump_schema and not dry_run:
+            _dump_schema_after(where, dump_schema, applied=len(results))
+    summary = [
+        console.up_summary(
+            where.description, dry_run, len(results), elapsed_ms, target=target, beyond=beyond
+        )
+    ]
+    if dump_schema and not dry_run:  # not with --json: stdout stays one JSON document
+        summary.append(f"schema written to {dump_schema}")
+    ctx.show(console.applied_json(where.description, dry_run, results, notes), lambda: summary)
+    return 0
+
+
+def _check_up_options(
+    *, dry_run: bool, sql: bool, rehearse: bool, dump_schema: Path | None
+) -> None:
+    """Refuse the options of `migrate up` that do not go together, before connecting."""
     if dump_schema is not None and str(dump_schema) == "-":
         # Elsewhere `-o -` is standard output; here it would have made a file named `-`.
         raise UsageError(
@@ -60,112 +100,100 @@ def up(
             + (", without {rehearse}" if rehearse else ""),
             arguments=["sql", "dry_run", "rehearse"],
         )
-    action = "apply migrations to it"
-    if rehearse:
-        action = "rehearse on it (a rehearsal takes the locks the files take)"
-    with ctx.runner(
-        where,
-        # A rehearsal takes the files' locks on the real tables: a write, even dry.
-        writes=rehearse or not dry_run,
-        yes=yes,
-        action=action,
-        retries=retries,
-        retry_budget=retry_budget,
-    ) as runner:
-        # What a run up to `target` leaves pending above it: said, never "up to date".
-        # Read before it runs: after, an interrupt there would hide what was applied.
-        beyond = 0
-        if target is not None:
-            beyond = sum(row.state == "pending" and row.version > target for row in runner.status())
-        if rehearse:
-            rehearsals = runner.rehearse(target=target)
-            ctx.show(
-                console.rehearsal_json(where.description, rehearsals, beyond=beyond),
-                lambda: console.rehearsal_lines(
-                    where.description, rehearsals, target=target, beyond=beyond
-                ),
-            )
-            failed = [r for r in rehearsals if r.failed]
-            if failed and ctx.quiet and not ctx.json:  # the FAILED lines above were silenced
-                console.print_lines(console.rehearsal_failure(failed), file=sys.stderr)
-            return 1 if failed else 0
 
-        def server_said(diag: psycopg.errors.Diagnostic) -> None:
-            line = console.server_line(
-                diag.severity_nonlocalized, diag.message_primary, ctx.verbose
-            )
-            if line is not None:
-                console.print_lines(line, file=sys.stderr)
 
-        runner.conn.add_notice_handler(server_said)
-        ticker = console.Ticker(enabled=sys.stderr.isatty() and not ctx.quiet and not ctx.json)
-        started = time.perf_counter()
+def _rehearse(
+    ctx: Context,
+    runner: migrations.Runner,
+    where: targets.Target,
+    *,
+    target: int | None,
+    beyond: int,
+) -> int:
+    """`migrate up --rehearse`: each pending file run and rolled back; 1 if one failed."""
+    rehearsals = runner.rehearse(target=target)
+    ctx.show(
+        console.rehearsal_json(where.description, rehearsals, beyond=beyond),
+        lambda: console.rehearsal_lines(
+            where.description, rehearsals, target=target, beyond=beyond
+        ),
+    )
+    failed = [r for r in rehearsals if r.failed]
+    if failed and ctx.quiet and not ctx.json:  # the FAILED lines above were silenced
+        console.print_lines(console.rehearsal_failure(failed), file=sys.stderr)
+    return 1 if failed else 0
 
-        so_far: list[migrations.Result] = []
 
-        def applied(result: migrations.Result) -> None:
-            so_far.append(result)
-            ticker.stop()
-            ctx.say(*([] if ctx.json else console.applied_lines(result, sql=sql)))
+def _apply(
+    ctx: Context, runner: migrations.Runner, *, target: int | None, dry_run: bool, sql: bool
+) -> tuple[list[migrations.Result], list[str]]:
+    """Apply (or list) the pending files, a line for each as it is applied, the server's
+    notices on standard error and a ticker on a terminal; returns the results and the
+    runner's notes. An interrupt between files is said with what was applied."""
 
-        notes: list[str] = []
+    def server_said(diag: psycopg.errors.Diagnostic) -> None:
+        line = console.server_line(diag.severity_nonlocalized, diag.message_primary, ctx.verbose)
+        if line is not None:
+            console.print_lines(line, file=sys.stderr)
 
-        def noted(note: str) -> None:
-            notes.append(note)
-            ctx.say(*([] if ctx.json else [f"  {note}"]))
+    runner.conn.add_notice_handler(server_said)
+    ticker = console.Ticker(enabled=sys.stderr.isatty() and not ctx.quiet and not ctx.json)
+    so_far: list[migrations.Result] = []
 
-        try:
-            results = runner.apply(
-                target=target,
-                dry_run=dry_run,
-                on_start=ticker.start,
-                on_applied=applied,
-                on_retry=ticker.retrying,
-                on_note=noted,
-            )
-        except KeyboardInterrupt as interrupt:
-            # Not during a file (that is the runner's own Interrupted): before the first,
-            # or between two, where the last file named may not be the last applied (its
-            # commit comes before its line): `migrate status` is what says.
-            if dry_run:
-                said = "interrupted; a dry run applies nothing"
-            elif so_far:
-                said = (
-                    f"interrupted between files, after {so_far[-1].migration.filename}; "
-                    "`migrate status` shows what was applied"
-                )
-            else:
-                said = "interrupted before any file ran"
-            raise Interrupted(
-                said,
-                exit_code=interrupt_exit_code(interrupt),
-            ) from None
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        if dump_schema and not dry_run:
-            from cicd_db import schema
+    def applied(result: migrations.Result) -> None:
+        so_far.append(result)
+        ticker.stop()
+        ctx.say(*([] if ctx.json else console.applied_lines(result, sql=sql)))
 
-            # A failure or an interrupt now leaves the files applied: say so first.
-            done = f"applied {plural(len(results), 'migration')}, but the schema was not written"
-            to_path = f" to {dump_schema}"  # _write's own error names it
-            try:
-                text = schema.dump(where.settings.for_migrations())
-                to_path = ""
-                write_answer(dump_schema, text)
-            except CicdDbError as error:  # a file changed the login's password, say
-                raise error.after(done + to_path) from None
-            except KeyboardInterrupt as interrupt:
-                raise Interrupted(
-                    f"{done}: interrupted", exit_code=interrupt_exit_code(interrupt)
-                ) from None
-    summary = [
-        console.up_summary(
-            where.description, dry_run, len(results), elapsed_ms, target=target, beyond=beyond
+    notes: list[str] = []
+
+    def noted(note: str) -> None:
+        notes.append(note)
+        ctx.say(*([] if ctx.json else [f"  {note}"]))
+
+    try:
+        results = runner.apply(
+            target=target,
+            dry_run=dry_run,
+            on_start=ticker.start,
+            on_applied=applied,
+            on_retry=ticker.retrying,
+            on_note=noted,
         )
-    ]
-    if dump_schema and not dry_run:  # not with --json: stdout stays one JSON document
-        summary.append(f"schema written to {dump_schema}")
-    ctx.show(console.applied_json(where.description, dry_run, results, notes), lambda: summary)
-    return 0
+    except KeyboardInterrupt as interrupt:
+        # Not during a file (that is the runner's own Interrupted): before the first,
+        # or between two, where the last file named may not be the last applied (its
+        # commit comes before its line): `migrate status` is what says.
+        if dry_run:
+            said = "interrupted; a dry run applies nothing"
+        elif so_far:
+            said = (
+                f"interrupted between files, after {so_far[-1].migration.filename}; "
+                "`migrate status` shows what was applied"
+            )
+        else:
+            said = "interrupted before any file ran"
+        raise Interrupted(said, exit_code=interrupt_exit_code(interrupt)) from None
+    return results, notes
+
+
+def _dump_schema_after(where: targets.Target, path: Path, *, applied: int) -> None:
+    """`--dump-schema PATH`: the schema written once the files are applied. A failure or
+    an interrupt now leaves the files applied, which its message says first."""
+    from cicd_db import schema
+
+    done = f"applied {plural(applied, 'migration')}, but the schema was not written"
+    to_path = f" to {path}"  # write_answer's own error names it
+    try:
+        text = schema.dump(where.settings.for_migrations())
+        to_path = ""
+        write_answer(path, text)
+    except CicdDbError as error:  # a file changed the login's password, say
+        raise error.after(done + to_path) from None
+    except KeyboardInterrupt as interrupt:
+        raise Interrupted(
+            f"{done}: interrupted", exit_code=interrupt_exit_code(interrupt)
+        ) from None
 
 
 def status(ctx: Context, *, exit_code: bool = False) -> int:
