@@ -858,6 +858,12 @@ def test_a_service_file_libpq_cannot_read_is_a_configuration_error(tmp_path: Pat
             "bad value for connect_timeout: 'abc'",
             "fix PGCONNECT_TIMEOUT (libpq reads connect_timeout from it",
         ),
+        # Set but empty: a value libpq and psql refuse, not cicd-db's default (helper-101).
+        (
+            {"PGCONNECT_TIMEOUT": ""},
+            "bad value for connect_timeout: ''",
+            "fix PGCONNECT_TIMEOUT (libpq reads connect_timeout from it",
+        ),
         (
             {"PGSSLMODE": "bogus"},
             'invalid sslmode value: "bogus"',
@@ -881,7 +887,14 @@ def test_a_service_file_libpq_cannot_read_is_a_configuration_error(tmp_path: Pat
             "fix PGREQUIREAUTH (libpq reads require_auth from it",
         ),
     ],
-    ids=["pgconnect-timeout", "pgsslmode", "quoted-keyword", "sslnegotiation", "require-auth"],
+    ids=[
+        "pgconnect-timeout",
+        "pgconnect-timeout-empty",
+        "pgsslmode",
+        "quoted-keyword",
+        "sslnegotiation",
+        "require-auth",
+    ],
 )
 def test_a_value_libpq_refuses_is_blamed_on_its_variable(
     env: dict[str, str], said: str, fix: str

@@ -273,7 +273,8 @@ def origin(settings: ConnectionSettings, keyword: str) -> str:
 
 def variable(settings: ConnectionSettings, keyword: str) -> str | None:
     """The environment variable libpq takes `keyword` from (PGSSLMODE, PGCONNECT_TIMEOUT,
-    ...), when these settings name no value and the variable is set."""
+    ...), when these settings name no value and the variable is set (empty too: libpq
+    takes an empty value as given, and refuses it where it must be a number)."""
     named = {
         "host": settings.host,
         "port": settings.port,
@@ -287,4 +288,4 @@ def variable(settings: ConnectionSettings, keyword: str) -> str | None:
         return None
     definition = _definition(keyword)
     variable = definition.envvar.decode() if definition and definition.envvar else ""
-    return variable if variable and os.environ.get(variable) else None
+    return variable if variable and variable in os.environ else None  # set, even empty

@@ -154,7 +154,8 @@ class ConnectionSettings:
         for keyword in _READ_BY_PSYCOPG:
             if params.get(keyword) is None and keyword in found:
                 params[keyword] = found[keyword]
-        if params.get("connect_timeout") is None and not os.environ.get("PGCONNECT_TIMEOUT"):
+        # Set but empty is a value to libpq (psql refuses it), not "not set".
+        if params.get("connect_timeout") is None and "PGCONNECT_TIMEOUT" not in os.environ:
             params["connect_timeout"] = CONNECT_TIMEOUT
         params.update(overrides)
         return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
