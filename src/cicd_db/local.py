@@ -137,25 +137,7 @@ def init(
     """
     _check_names(user, database)
     with _one_at_a_time(admin):
-        row = admin.execute(
-            "SELECT rolsuper, rolcreaterole, rolcreatedb, current_user FROM pg_roles "
-            "WHERE rolname = current_user"
-        ).fetchone()
-        if row is None or not (row[0] or (row[1] and row[2])):
-            who = row[3] if row else "the admin role"
-            raise ConfigError(
-                f"role {who} of the admin URL may not create roles and databases; use a superuser "
-                "(the installer's postgres) or a role with CREATEROLE and CREATEDB"
-            )
-        superuser, who = bool(row[0]), str(row[3])
-        if user == who:
-            raise UsageError(
-                "{user} {name} is the admin URL's own role; init-local would set its password "
-                "and settings: pass another {user}, or leave it out (ci_user)",
-                arguments=["user"],
-                values={"name": repr(user)},
-            )
-        role = sql.Identifier(user)
+        superuser, who = _admin_rights(admin, user)
         existing = admin.execute(
             "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil <= now(), "
             "shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s FROM pg_roles "
@@ -172,67 +154,17 @@ def init(
         created_role = existing is None
         # Ours, from a run that stopped before it finished: its password was never shown.
         unfinished = existing is not None and bool(existing[4])
-        made = False  # this run's CREATE ROLE committed: only then is the role ours to drop
-        try:
-            with _privileges(who, user):
-                if created_role:
-                    password = password or secrets.token_urlsafe(24)
-                    with admin.transaction():  # never a role without the comment
-                        admin.execute(
-                            sql.SQL(
-                                "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
-                            ).format(role, sql.Literal(password))
-                        )
-                        admin.execute(
-                            sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                                role, sql.Literal(UNFINISHED)
-                            )
-                        )
-                    made = True
-                elif unfinished or password:
-                    password = password or secrets.token_urlsafe(24)
-                    _log_in(admin, role, password)
-                _settle(admin, role)
-                if owner is None:
-                    _as_member(
-                        admin,
-                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                            sql.Identifier(database), role
-                        ),
-                        role,
-                        superuser,
-                    )
-                if (
-                    unfinished
-                    and admin.execute(
-                        "SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
-                        "JOIN pg_roles a ON a.oid = m.member WHERE r.rolname = %s "
-                        "AND a.rolname = current_user AND m.grantor = m.member",
-                        [user],
-                    ).fetchone()
-                ):
-                    # The membership _as_member grants for one statement, left by the run
-                    # cut off in it: the admin is not meant to keep ci_user's rights.
-                    admin.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(role))
-                if created_role or unfinished:
-                    admin.execute(sql.SQL("COMMENT ON ROLE {} IS NULL").format(role))
-        except BaseException as error:
-            if made:
-                # Its password was never shown: a rerun must not find a role nobody can use.
-                with contextlib.suppress(psycopg.Error):
-                    admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
-            if isinstance(
-                error,
-                psycopg.errors.DuplicateObject
-                | psycopg.errors.DuplicateDatabase
-                | psycopg.errors.UniqueViolation,
-            ):
-                # Someone made the role or database between our look and our CREATE.
-                raise ConfigError(
-                    f"another init-local created role {user!r} or database {database!r} at the "
-                    "same time; run again once it has finished"
-                ) from None
-            raise
+        password = _make_owner(
+            admin,
+            user,
+            database,
+            password,
+            who=who,
+            superuser=superuser,
+            create_role=created_role,
+            unfinished=unfinished,
+            create_database=owner is None,
+        )
         settings = replace(
             server,
             database=database,
@@ -258,6 +190,105 @@ def init(
                 if made
             ),
         )
+
+
+def _admin_rights(admin: psycopg.Connection[Any], user: str) -> tuple[bool, str]:
+    """Whether the admin role is a superuser, and its name; refused when it may not
+    create roles and databases, or when it is `user` itself."""
+    row = admin.execute(
+        "SELECT rolsuper, rolcreaterole, rolcreatedb, current_user FROM pg_roles "
+        "WHERE rolname = current_user"
+    ).fetchone()
+    if row is None or not (row[0] or (row[1] and row[2])):
+        who = row[3] if row else "the admin role"
+        raise ConfigError(
+            f"role {who} of the admin URL may not create roles and databases; use a superuser "
+            "(the installer's postgres) or a role with CREATEROLE and CREATEDB"
+        )
+    if user == row[3]:
+        raise UsageError(
+            "{user} {name} is the admin URL's own role; init-local would set its password "
+            "and settings: pass another {user}, or leave it out (ci_user)",
+            arguments=["user"],
+            values={"name": repr(user)},
+        )
+    return bool(row[0]), str(row[3])
+
+
+def _make_owner(
+    admin: psycopg.Connection[Any],
+    user: str,
+    database: str,
+    password: str | None,
+    *,
+    who: str,
+    superuser: bool,
+    create_role: bool,
+    unfinished: bool,
+    create_database: bool,
+) -> str | None:
+    """The owner role `user` (made, or given a password where asked or left unfinished)
+    and its `database` (made where missing), as `init` says; the password it logs in
+    with, None when an existing role keeps its own."""
+    role = sql.Identifier(user)
+    made = False  # this run's CREATE ROLE committed: only then is the role ours to drop
+    try:
+        with _privileges(who, user):
+            if create_role:
+                password = password or secrets.token_urlsafe(24)
+                with admin.transaction():  # never a role without the comment
+                    admin.execute(
+                        sql.SQL(
+                            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
+                        ).format(role, sql.Literal(password))
+                    )
+                    admin.execute(
+                        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(UNFINISHED))
+                    )
+                made = True
+            elif unfinished or password:
+                password = password or secrets.token_urlsafe(24)
+                _log_in(admin, role, password)
+            _settle(admin, role)
+            if create_database:
+                _as_member(
+                    admin,
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), role),
+                    role,
+                    superuser,
+                )
+            if (
+                unfinished
+                and admin.execute(
+                    "SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                    "JOIN pg_roles a ON a.oid = m.member WHERE r.rolname = %s "
+                    "AND a.rolname = current_user AND m.grantor = m.member",
+                    [user],
+                ).fetchone()
+            ):
+                # The membership _as_member grants for one statement, left by the run
+                # cut off in it: the admin is not meant to keep ci_user's rights.
+                admin.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(role))
+            if create_role or unfinished:
+                admin.execute(sql.SQL("COMMENT ON ROLE {} IS NULL").format(role))
+    except BaseException as error:
+        if made:
+            # Its password was never shown: a rerun must not find a role nobody can use.
+            with contextlib.suppress(psycopg.Error):
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+        if isinstance(
+            error,
+            psycopg.errors.DuplicateObject
+            | psycopg.errors.DuplicateDatabase
+            | psycopg.errors.UniqueViolation,
+        ):
+            # Someone made the role or database between our look and our CREATE.
+            raise ConfigError(
+                f"another init-local created role {user!r} or database {database!r} at the "
+                "same time; run again once it has finished"
+            ) from None
+        raise
+    return password
 
 
 @contextlib.contextmanager
