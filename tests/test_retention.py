@@ -847,3 +847,183 @@ def test_retention_on_a_database_without_the_schema_says_so(
         "error: no cicd-db schema here (no execution tables): apply the migrations "
         "(`cicd-db migrate up` with the same target), then record runs\n"
     )
+
+
+# -- a schema older than retention, and what the schema holds beside it ----------------------
+
+
+def migrated_to(database: Database, version: int) -> Database:
+    """`database` with the repository's migrations applied up to `version`."""
+    result = run_cli(
+        "migrate", "--database-url", database.url, "up", "--target", str(version), "-q"
+    )
+    assert result.code == 0, result.err
+    return database
+
+
+OLDER = (
+    "the cicd-db schema here is older than this cicd-db ({}): apply the pending migrations "
+    "(`cicd-db migrate up` with the same target)"
+)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Kiritimati", "America/Los_Angeles"])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["delete", "dry-run"])
+def test_a_schema_whose_times_have_no_time_zone_is_refused_in_every_zone(
+    database: Database, zone: str, dry_run: bool
+) -> None:
+    """Before migration 0005, `completion_time` is a timestamp without time zone: compared
+    with it, the cutoff would be read in the session's time zone, so which runs go would
+    depend on the CI machine's PGTZ (helper-100). Refused, before anything is deleted."""
+    migrated_to(database, 1)
+    database.execute(
+        "INSERT INTO pipeline_executions (pipeline_name, commit_hash, status, start_time, "
+        "completion_time) VALUES ('build', 'c', 'SUCCESS', now() - interval '40 days', "
+        "now() - interval '40 days')"
+    )
+    with database.connect() as conn, pytest.raises(ConfigError) as older:
+        conn.execute("SELECT set_config('TimeZone', %s, false)", [zone])
+        retention.prune(conn, keep_days=30, dry_run=dry_run)
+    assert str(older.value) == OLDER.format("completion_time is not a timestamp with time zone")
+    assert database.query("SELECT count(*) FROM pipeline_executions") == [(1,)]
+
+
+def test_one_pipeline_on_a_schema_before_its_run_counters_is_told_to_migrate(
+    database: Database,
+) -> None:
+    """Before migration 0016 there are no run counters to find a pipeline by: the tables
+    the search_path reaches are no hidden schema (as the message was), but an older one."""
+    migrated_to(database, 15)
+    result = run_cli(
+        "retention", "--keep-days", "30", "--pipeline", "build", "--dry-run",
+        "--database-url", database.url,
+    )  # fmt: skip
+    assert (result.code, result.out) == (2, "")
+    assert result.err == "error: " + OLDER.format("")[:-1].replace(" ()", "") + ")\n"
+
+
+def test_the_writer_on_grants_older_than_retention_is_told_to_migrate_not_to_be_the_writer(
+    database: Database,
+) -> None:
+    """Before migration 0036 the writer may not read the run counters: it was told to run
+    retention as the writer, which it was. A role that may delete runs and is refused
+    another right has older grants."""
+    migrated_to(database, 35)
+    with database.connect() as conn:
+        conn.execute("SET ROLE ci_app")
+        with pytest.raises(ConfigError) as older:
+            retention.prune(conn, keep_days=30, pipeline="build", dry_run=True)
+    said = str(older.value)
+    assert said.startswith(
+        OLDER.split(" ({})")[0] + " (role ci_app: permission denied for table "
+    ), said
+    assert said.endswith("`cicd-db migrate up` with the same target); nothing was deleted"), said
+
+
+def test_a_table_that_refers_to_old_runs_is_named_with_the_fix_not_run_again(
+    migrated: Database, executions: Store
+) -> None:
+    """A table added beside the schema whose foreign key has no ON DELETE CASCADE keeps
+    its runs: every call would fail on it again, so the message names the constraint and
+    the fix, and what was deleted before it (helper-100)."""
+    for days in (40, 41):
+        record(executions, "build", days_ago=days)
+    migrated.execute(
+        "CREATE TABLE artifacts (run_id uuid REFERENCES pipeline_executions (id)); "
+        "INSERT INTO artifacts SELECT id FROM pipeline_executions "
+        "ORDER BY completion_time DESC LIMIT 1"
+    )
+    with migrated.connect() as conn, pytest.raises(ConfigError) as kept:
+        retention.prune(conn, keep_days=30, batch_size=1)
+    assert str(kept.value) == (
+        "retention cannot delete a run that rows of another table refer to (update or delete "
+        'on table "pipeline_executions" violates foreign key constraint '
+        '"artifacts_run_id_fkey" on table "artifacts"); 1 run (2 stages, 6 jobs) had been '
+        "deleted; the batch in progress was rolled back, and no run was left half-deleted; "
+        "delete those rows first, or give that foreign key ON DELETE CASCADE (or SET NULL), "
+        "then run again"
+    )
+    assert counts(migrated) == (1, 2, 6)
+    whole(migrated)
+
+
+@pytest.mark.parametrize(
+    ("lock_timeout", "message"),
+    [
+        (-1, r"^`lock_timeout` -1 is out of range; give a finite number of seconds above 0, "),
+        (0, r"^`lock_timeout` 0 is out of range; "),  # 0 is no timeout to PostgreSQL
+        (float("nan"), r"^`lock_timeout` nan is out of range; "),
+        (float("inf"), r"^`lock_timeout` inf is out of range; "),
+        (1e12, r"^`lock_timeout` 1000000000000.0 is out of range; .*at most 2\.14748e\+06$"),
+        (True, r"^`lock_timeout` takes a number of seconds, not a bool$"),
+        ("1", r"^`lock_timeout` takes a number of seconds, not a str$"),
+    ],
+)
+def test_a_lock_timeout_that_is_no_wait_is_refused_before_anything_is_read(
+    database: Database, lock_timeout: object, message: str
+) -> None:
+    with database.connect() as conn, pytest.raises(UsageError, match=message):
+        retention.prune(conn, keep_days=30, lock_timeout=lock_timeout)  # type: ignore[arg-type]
+
+
+def test_a_lock_timeout_below_a_millisecond_still_waits_no_longer(
+    migrated: Database, executions: Store
+) -> None:
+    """0.4 ms was written "0ms", which PostgreSQL reads as no timeout: retention waited on
+    a writer's lock for as long as the writer held it. Rounded up, it waits 1 ms."""
+    record(executions, "build", days_ago=40)
+    with migrated.connect() as writer, migrated.connect() as conn:
+        writer.execute("BEGIN")
+        writer.execute("SELECT FROM stage_executions FOR UPDATE")
+        release = threading.Timer(30, lambda: writer.execute("ROLLBACK"))
+        release.start()
+        try:
+            pruned = retention.prune(conn, keep_days=30, lock_timeout=0.0004)
+        finally:
+            release.cancel()
+    assert (pruned.runs, pruned.held) == (0, 1), pruned
+
+
+def test_an_interrupt_before_the_first_batch_says_nothing_was_deleted(
+    migrated: Database, executions: Store
+) -> None:
+    """Ctrl-C while counting (here: waiting for a table a migration locks) is told as any
+    other interrupt: what was deleted (nothing), and that running again goes on."""
+    record(executions, "build", days_ago=40)
+    with migrated.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE pipeline_executions IN ACCESS EXCLUSIVE MODE")
+        process = start_cli("retention", "--keep-days", "30", "--database-url", migrated.url)
+        try:
+            migrated.wait_for(
+                "SELECT FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()",
+                "retention never waited for the table",
+            )
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            holder.execute("ROLLBACK")
+    assert (process.returncode, out) == (130, "")
+    assert err == "error: interrupted; nothing was deleted; run again\n"
+    assert counts(migrated) == (1, 2, 6)
+
+
+def test_a_lock_timeout_of_the_session_while_counting_is_named(migrated: Database) -> None:
+    """A lock_timeout from PGOPTIONS (or the role, the database) that cuts the count is
+    named with where to look, as a statement_timeout is, not told as 'database error'."""
+    with migrated.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE pipeline_executions IN ACCESS EXCLUSIVE MODE")
+        try:
+            result = run_cli(
+                "retention", "--keep-days", "30", "--database-url", migrated.url,
+                env={"PGOPTIONS": "-c lock_timeout=50"},
+            )  # fmt: skip
+        finally:
+            holder.execute("ROLLBACK")
+    assert (result.code, result.out) == (1, ""), result.err
+    assert result.err.startswith(
+        "error: retention's statement was cancelled (canceling statement due to lock timeout); "
+        "nothing was deleted; lock_timeout stopped it, set for this session by the role, "
+    ), result.err

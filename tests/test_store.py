@@ -744,6 +744,26 @@ def test_one_connection_is_enough(schema: Database) -> None:
             single.finish_run(late, at=T0)
 
 
+def test_a_move_without_a_time_is_said_to_be_now_when_refused(executions: Store) -> None:
+    """A move at the server's clock (no `at`) that would end before its row started (one
+    started in the future) is refused saying "now", not "at None" (helper-100), each way
+    a job or a batch of jobs. (A finish or a cancel without a time takes the latest of its
+    row's and its children's times: never before either.)"""
+    later = datetime.now(UTC) + timedelta(days=3)
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING, at=later)
+    stage = executions.set_status(executions.add_stage(run, "test", 1), RUNNING, at=later)
+    job = executions.set_status(executions.add_job(stage, "unit"), RUNNING, at=later)
+    refusals = [
+        (lambda: executions.set_status(job, SUCCESS), "job cannot become SUCCESS now: "),
+        (lambda: executions.set_statuses([job], SUCCESS), "jobs cannot become SUCCESS now: "),
+    ]
+    for move, said in refusals:
+        with pytest.raises(IllegalTransition) as refused:
+            move()
+        assert said in str(refused.value) and " now" in str(refused.value), str(refused.value)
+        assert "None" not in str(refused.value), str(refused.value)
+
+
 def test_refusals_say_exactly_what_is_wrong(executions: Store) -> None:
     run = executions.set_status(executions.start_run("build", "abc"), RUNNING)
     stage = executions.set_status(executions.add_stage(run, "test", 1), RUNNING)

@@ -39,9 +39,11 @@ its own way (the CLI: `--job needs --stage`).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 EXIT_PENDING = EXIT_DRIFT = 3
 EXIT_DISAGREES = 4
@@ -224,6 +226,27 @@ def check_range(argument: str, value: int, most: int) -> None:
         )
 
 
+def check_seconds(argument: str, value: object, most: float, *, zero: bool = False) -> float:
+    """`value`, or UsageError unless it is a number of seconds (an int or a float, not a
+    bool), finite, above 0 (or 0 too, with `zero`) and at most `most`: a NaN or an
+    infinity would otherwise wait forever, and a negative or huge one reach the server
+    as its own error."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(
+            f"{{{argument}}} takes a number of seconds, not a {type(value).__name__}",
+            arguments=[argument],
+        )
+    if not (math.isfinite(value) and (value >= 0 if zero else value > 0) and value <= most):
+        bounds = ("from 0" if zero else "above 0") + (
+            f", at most {most:g}" if most < math.inf else ""
+        )
+        raise UsageError(
+            f"{{{argument}}} {value!r} is out of range; give a finite number of seconds {bounds}",
+            arguments=[argument],
+        )
+    return float(value)
+
+
 # The times cicd-db takes, in UTC: a week inside the years 1 to 9999 that Python's
 # datetime holds, so that the time reads back in a session of any TimeZone
 # (9999-12-31T20:00Z is already the year 10000 in Tokyo; a POSIX zone such as
@@ -320,13 +343,25 @@ def check_name(argument: str, name: object, *, optional: bool = False) -> None:
         )
 
 
-def no_schema(placed: tuple[str, str] | None = None) -> ConfigError:
+class Placement(NamedTuple):
+    """Where the execution tables are (store.tables_placement): their schema, the
+    session's search_path, and whether that path reaches them."""
+
+    schema: str
+    search_path: str
+    visible: bool
+
+
+def no_schema(placed: Placement | None = None) -> ConfigError:
     """What report, insights and retention raise on a database without the execution
     tables (the server's undefined_table), instead of the server's own words; with
-    `placed` (store.tables_placement: the schema the tables are in, and the session's
-    search_path), the setting that hides them, not migrations to apply."""
+    `placed` (store.tables_placement), the setting that hides them, not migrations to
+    apply; and with the tables in reach, a schema older than this cicd-db, which has
+    not yet the table that was asked for."""
+    if placed is not None and placed.visible:
+        return older_schema()
     if placed is not None:
-        schema, path = placed
+        schema, path, _ = placed
         return ConfigError(
             f"the execution tables are in schema {schema}, which this session's search_path "
             f"({path}) does not reach: one a migration or a person left on the database or "
@@ -337,6 +372,16 @@ def no_schema(placed: tuple[str, str] | None = None) -> ConfigError:
     return ConfigError(
         "no cicd-db schema here (no execution tables): apply the migrations "
         "(`cicd-db migrate up` with the same target), then record runs"
+    )
+
+
+def older_schema(what: str = "") -> ConfigError:
+    """The schema here is older than this cicd-db's code (a table, a column's type or a
+    grant a later migration makes): `what` it lacks, where it is known."""
+    lacks = f" ({what})" if what else ""
+    return ConfigError(
+        f"the cicd-db schema here is older than this cicd-db{lacks}: apply the pending "
+        "migrations (`cicd-db migrate up` with the same target)"
     )
 
 

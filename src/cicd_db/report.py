@@ -17,11 +17,11 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from cicd_db.errors import (
-    ConfigError,
     UsageError,
     check_name,
     clock_text,
     no_schema,
+    older_schema,
     one_line,
 )
 
@@ -417,10 +417,7 @@ def fetch(
     except errors.UndefinedTable:
         raise no_schema(executions.tables_placement()) from None
     except errors.UndefinedColumn:
-        raise ConfigError(
-            "the cicd-db schema here is older than this cicd-db: apply the pending "
-            "migrations (`cicd-db migrate up` with the same target)"
-        ) from None
+        raise older_schema() from None
 
 
 def _fetch(

@@ -33,6 +33,7 @@ and ci_app have them).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -50,9 +51,11 @@ from cicd_db.errors import (
     OperationalError,
     check_name,
     check_range,
+    check_seconds,
     clock_text,
     interrupt_exit_code,
     no_schema,
+    older_schema,
     plural,
     setting_behind,
     where_set,
@@ -69,6 +72,8 @@ DEFAULT_BATCH_SIZE = 500
 MAX_KEEP_DAYS = 36_600
 MAX_BATCH_SIZE = 100_000
 DEFAULT_LOCK_TIMEOUT = 0.5  # seconds a batch waits for a row or table lock
+# PostgreSQL's most (lock_timeout is a 32-bit number of milliseconds); 0 would be none.
+MAX_LOCK_TIMEOUT = 2_147_483.0
 # A batch that met a lock timeout or a deadlock is tried again this many times,
 # after a pause that doubles from RETRY_DELAY.
 RETRIES = 5
@@ -128,6 +133,12 @@ def _candidates(pipeline: str | None) -> sql.Composed:
     return query + sql.SQL("")
 
 
+# The cutoff, and whether `completion_time` is migration 0005's timestamptz.
+CUTOFF = (
+    "SELECT now() - make_interval(hours => %s), (SELECT a.atttypid = 'timestamptz'::regtype "
+    "FROM pg_catalog.pg_attribute a WHERE a.attrelid = 'pipeline_executions'::regclass "
+    "AND a.attname = 'completion_time')"
+)
 COUNT_RUNS = sql.SQL("SELECT count(*), 0, 0 FROM ({candidates}) runs")
 COUNT = sql.SQL(
     "WITH runs AS ({candidates}), stages AS (SELECT s.id FROM stage_executions s "
@@ -193,6 +204,7 @@ def prune(
     check_range("keep_days", keep_days, MAX_KEEP_DAYS)
     check_range("batch_size", batch_size, MAX_BATCH_SIZE)
     check_name("pipeline", pipeline, optional=True)  # "" is never "every pipeline"
+    lock_timeout = check_seconds("lock_timeout", lock_timeout, MAX_LOCK_TIMEOUT)
     started = time.monotonic()
     try:
         if pipeline is not None and not _ever_ran(conn, pipeline):
@@ -207,9 +219,13 @@ def prune(
                 values={"name": repr(pipeline)},
             )
         # Days of 24 hours: a calendar day is the session time zone's, which would move
-        # the cutoff by an hour across a daylight-saving change, by who asks.
-        row = conn.execute("SELECT now() - make_interval(hours => %s)", [keep_days * 24]).fetchone()
+        # the cutoff by an hour across a daylight-saving change, by who asks. Compared
+        # with a `completion_time` of another type than migration 0005's timestamptz
+        # (an older schema), the cutoff would be read in the session's time zone.
+        row = conn.execute(CUTOFF, [keep_days * 24]).fetchone()
         assert row is not None  # noqa: S101 - a SELECT of one value returns one row
+        if not row[1]:
+            raise older_schema("completion_time is not a timestamp with time zone")
         params: dict[str, Any] = {"cutoff": row[0], "pipeline": pipeline}
         candidates = _candidates(pipeline)
         # A dry run counts everything; a real one only the runs, for the progress bar.
@@ -222,6 +238,12 @@ def prune(
         raise no_schema(tables_placement(conn)) from None
     except errors.InsufficientPrivilege as denied:
         raise _denied(conn, denied, None) from None
+    except KeyboardInterrupt as interrupt:  # counting, or waiting for a table's lock
+        raise Interrupted(
+            f"interrupted; {_so_far(None)}; run again", exit_code=interrupt_exit_code(interrupt)
+        ) from None
+    except (errors.QueryCanceled, errors.LockNotAvailable) as cut:  # the session's settings
+        raise _cancelled(cut, _so_far(None)) from None
     found = int(counts[0])
     if dry_run:
         runs, stages, jobs = (int(n) for n in counts)
@@ -253,21 +275,17 @@ def prune(
     except errors.InsufficientPrivilege as denied:
         raise _denied(conn, denied, done) from None
     except errors.QueryCanceled as cut:
-        # A statement_timeout (a role's or database's setting) or pg_cancel_backend: the
-        # connection is fine, and running again meets the same timeout.
         done, batch_was = _settled(conn, done, flight, started)
-        said = str(cut.diag.message_primary or cut).strip().splitlines()[0]
-        setting = setting_behind(cut.sqlstate, said)
-        fix = (
-            where_set(setting).replace("{", "{{").replace("}", "}}")
-            + ": raise it there, or give a smaller {batch_size}, and run again"
-            if setting
-            else "run again to go on"
-        )
-        raise OperationalError(
-            f"retention's statement was cancelled ({{said}}); {_stopped(done, batch_was)}; {fix}",
-            arguments=["batch_size"],
-            values={"said": said},
+        raise _cancelled(cut, _stopped(done, batch_was)) from None
+    except errors.ForeignKeyViolation as kept:
+        # A table added beside the schema refers to a run without ON DELETE CASCADE:
+        # every call would meet it again, so running again is no fix.
+        done, batch_was = _settled(conn, done, flight, started)
+        said = str(kept.diag.message_primary or kept).strip().splitlines()[0]
+        raise ConfigError(
+            f"retention cannot delete a run that rows of another table refer to ({said}); "
+            f"{_stopped(done, batch_was)}; delete those rows first, or give that foreign "
+            "key ON DELETE CASCADE (or SET NULL), then run again"
         ) from None
     except psycopg.OperationalError as lost:
         done, batch_was = _settled(conn, done, flight, started)
@@ -278,15 +296,52 @@ def prune(
     return replace(done, seconds=time.monotonic() - started)
 
 
+def _cancelled(cut: psycopg.Error, stopped: str) -> OperationalError:
+    """A statement cut by a statement_timeout or lock_timeout (a role's, database's or
+    PGOPTIONS's setting) or pg_cancel_backend: the connection is fine, and running again
+    meets the same setting, which is named where it is known."""
+    said = str(cut.diag.message_primary or cut).strip().splitlines()[0]
+    setting = setting_behind(cut.sqlstate, said)
+    if isinstance(cut, errors.LockNotAvailable):  # counting: no lock_timeout of ours yet
+        setting = "lock_timeout"
+    fix = (
+        where_set(setting).replace("{", "{{").replace("}", "}}")
+        + ": raise it there, or give a smaller {batch_size}, and run again"
+        if setting
+        else "run again to go on"
+    )
+    return OperationalError(
+        f"retention's statement was cancelled ({{said}}); {stopped}; {fix}",
+        arguments=["batch_size"],
+        values={"said": said},
+    )
+
+
 def _denied(
     conn: psycopg.Connection[Any], denied: psycopg.Error, done: Pruned | None
 ) -> ConfigError:
-    """A role without a right retention needs (the reader, or one granted less)."""
+    """A role without a right retention needs (the reader, or one granted less); a role
+    that may delete runs and was refused another right has grants older than this
+    cicd-db (migration 0036 lets the writer read the run counters)."""
+    if _may_delete_runs(conn):
+        error = older_schema(f"role {_current_role(conn)}: {denied.diag.message_primary}")
+        return ConfigError(f"{error}; {_so_far(done)}")
     return ConfigError(
         f"role {_current_role(conn)} lacks a right retention needs (SELECT, UPDATE and DELETE "
         f"on the execution tables): {denied.diag.message_primary}; {_so_far(done)}; run "
         "retention as the writer (ci_app, which `--local` and `--stack` use) or the tables' owner"
     )
+
+
+def _may_delete_runs(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the session's role may delete runs (False when it cannot be asked)."""
+    try:
+        row = conn.execute(
+            "SELECT pg_catalog.has_table_privilege('pipeline_executions', 'DELETE')"
+        ).fetchone()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])
 
 
 def _current_role(conn: psycopg.Connection[Any]) -> str:
@@ -382,7 +437,9 @@ def _batch(
         try:
             with conn.transaction():
                 conn.execute(
-                    "SELECT set_config('lock_timeout', %s, true)", [f"{lock_timeout * 1000:.0f}ms"]
+                    # Rounded up: a wait below 1 ms written "0ms" would be no timeout.
+                    "SELECT set_config('lock_timeout', %s, true)",
+                    [f"{math.ceil(lock_timeout * 1000)}ms"],
                 )
                 ids = [row[0] for row in conn.execute(lock, params).fetchall()]
                 if not ids:

@@ -16,6 +16,7 @@ import pytest
 from psycopg import sql
 
 from cicd_db import migrations
+from cicd_db.errors import UsageError
 
 from ..fix_cli import MIGRATE_PY, migrate, start_cli
 from ..fix_db import Database
@@ -289,3 +290,23 @@ def test_a_new_session_whose_first_statement_fails_is_closed(
             lock.renew(session)
         assert session.conn is conn  # the runner's session is the one it had
     assert len(made) == 1 and made[0].closed
+
+
+@pytest.mark.parametrize("keyword", ["lock_timeout", "retry_budget"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), "nan is out of range; give a finite number of seconds from 0$"),
+        (float("inf"), "inf is out of range; give a finite number of seconds from 0$"),
+        (-1, "-1 is out of range; give a finite number of seconds from 0$"),
+        ("30", "takes a number of seconds, not a str$"),
+    ],
+)
+def test_a_wait_that_is_no_number_of_seconds_is_refused_by_the_library(
+    database: Database, keyword: str, value: object, message: str
+) -> None:
+    """The CLI reads --lock-timeout and --retry-budget as seconds; a program calling the
+    library gets the same refusal, where a NaN polled the lock forever (helper-100 found
+    the same in retention)."""
+    with database.connect() as conn, pytest.raises(UsageError, match=message):
+        migrations.Runner(conn, [], **{keyword: value})  # type: ignore[arg-type]

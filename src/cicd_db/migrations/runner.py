@@ -8,6 +8,7 @@ target with the guards every entry point needs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from cicd_db.errors import (
     MigrationRefused,
     OperationalError,
     UsageError,
+    check_seconds,
 )
 from cicd_db.migrations import history, history_table, lock, reconcile
 from cicd_db.migrations.failures import DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET
@@ -60,6 +62,9 @@ class Runner:
         retries: int = DEFAULT_RETRIES,
         retry_budget: float = DEFAULT_RETRY_BUDGET,
     ):
+        # Waited for on this machine's clock: a NaN or an infinity would wait forever.
+        lock_timeout = check_seconds("lock_timeout", lock_timeout, math.inf, zero=True)
+        retry_budget = check_seconds("retry_budget", retry_budget, math.inf, zero=True)
         self.session = Session(conn)
         self.conn = conn
         self.migrations = migrations

@@ -83,6 +83,7 @@ from cicd_db.store.rows import (
     PipelineRun,
     Row,
     StageRun,
+    at_time,
     id_of,
     illegal,
     moved,
@@ -264,7 +265,7 @@ class Store(Moves, Reads):
                 )
         except errors.CheckViolation:
             raise IllegalTransition(
-                f"jobs cannot become {status} at {at}: that is before one of them started"
+                f"jobs cannot become {status} {at_time(at)}: that is before one of them started"
             ) from None
         if len(times) != len(ids):
             # Why, read in one statement (a refused batch of 50,000 read job by job

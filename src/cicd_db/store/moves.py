@@ -23,6 +23,7 @@ from cicd_db.store.rows import (
     PipelineRun,
     Row,
     StageRun,
+    at_time,
     illegal,
     moved,
     name_of,
@@ -106,7 +107,7 @@ class Moves(Connected):
                 latest = found[0] if found else None
                 if latest is not None and at < latest:
                     raise IllegalTransition(
-                        f"{what} {name_of(row)} cannot become {move} at {at}: a {kind} of it "
+                        f"{what} {name_of(row)} cannot become {move} {at_time(at)}: a {kind} of it "
                         f"started or finished later, at {latest}"
                     )
             try:
@@ -114,7 +115,7 @@ class Moves(Connected):
                     finished = cursor.execute(FINISH[type(row)], params).fetchone()
             except errors.CheckViolation:
                 raise IllegalTransition(
-                    f"{what} cannot become {move} at {at}: that is before it started"
+                    f"{what} cannot become {move} {at_time(at)}: that is before it started"
                 ) from None
             if finished is None:  # only the row's own status can have stopped it
                 raise IllegalTransition(illegal(current, move))
@@ -145,7 +146,7 @@ class Moves(Connected):
                     conn.execute(statement, {"at": stamp, "parent": row.id})
                 except errors.CheckViolation:
                     raise IllegalTransition(
-                        f"{what} {name_of(current)} cannot be cancelled at {at}: "
+                        f"{what} {name_of(current)} cannot be cancelled {at_time(at)}: "
                         f"a {child} of it started later"
                     ) from None
             return self._move(current, CANCELED, stamp, conn=conn)
@@ -177,7 +178,7 @@ class Moves(Connected):
                 times = self._tuple(query, params)
         except errors.CheckViolation:
             raise IllegalTransition(
-                f"{TABLES[kind][2]} cannot become {status} at {at}: that is before it started"
+                f"{TABLES[kind][2]} cannot become {status} {at_time(at)}: that is before it started"
             ) from None
         if times is None:
             raise IllegalTransition(illegal(self._get(kind, row.id), status))

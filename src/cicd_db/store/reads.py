@@ -10,7 +10,7 @@ from uuid import UUID
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from cicd_db.errors import NotFound, UsageError, check_name
+from cicd_db.errors import NotFound, Placement, UsageError, check_name
 from cicd_db.store.connected import Connected
 from cicd_db.store.rows import (
     INT8_MAX,
@@ -28,7 +28,7 @@ from cicd_db.store.statements import q
 class Reads(Connected):
     """The store's reads; each its own statement."""
 
-    def tables_placement(self) -> tuple[str, str] | None:
+    def tables_placement(self) -> Placement | None:
         """Where the execution tables are when this store cannot see them (see
         tables_placement()). Reads."""
         with self._connection() as conn:
@@ -156,19 +156,22 @@ class Reads(Connected):
         )
 
 
-def tables_placement(conn: psycopg.Connection[Any]) -> tuple[str, str] | None:
-    """Where the execution tables are when the session cannot see them: (their schema,
-    the session's search_path), or None when there are none to find (or the session
-    cannot be asked: in a failed transaction). Read by catalog, past the search_path."""
+def tables_placement(conn: psycopg.Connection[Any]) -> Placement | None:
+    """Where the execution tables are, for a statement that did not find a table: their
+    schema, the session's search_path and whether it reaches them (then the table asked
+    for is one a later migration makes); None when there are none to find (or the
+    session cannot be asked: in a failed transaction). Read by catalog, past the
+    search_path."""
     if conn.info.transaction_status != TransactionStatus.IDLE:
         return None
     try:
         row = conn.execute(
-            "SELECT n.nspname, pg_catalog.current_setting('search_path') "
+            "SELECT n.nspname, pg_catalog.current_setting('search_path'), "
+            "pg_catalog.pg_table_is_visible(c.oid) "
             "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
             "ON n.oid = c.relnamespace WHERE c.relname = 'pipeline_executions' "
-            "AND c.relkind IN ('r', 'p') ORDER BY 1 LIMIT 1"
+            "AND c.relkind IN ('r', 'p') ORDER BY 3 DESC, 1 LIMIT 1"
         ).fetchone()
     except psycopg.Error:
         return None
-    return (str(row[0]), str(row[1])) if row else None
+    return Placement(str(row[0]), str(row[1]), bool(row[2])) if row else None

@@ -144,6 +144,12 @@ def illegal(current: PipelineRun | StageRun | JobRun, status: str) -> str:
     )
 
 
+def at_time(at: datetime | None) -> str:
+    """When a move was asked for, for messages: `at`, or "now" (the server's clock)
+    where none was given."""
+    return "now" if at is None else f"at {at}"
+
+
 def name_of(row: PipelineRun | StageRun | JobRun) -> str:
     if isinstance(row, PipelineRun):
         return f"{row.run_number} of {row.pipeline_name!r}"
