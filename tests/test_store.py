@@ -9,11 +9,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from threading import Barrier
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import assume as hypothesis_assume
 from hypothesis import strategies as st
 from psycopg_pool import ConnectionPool
 
@@ -25,7 +26,9 @@ from cicd_db.store import (
     PENDING,
     RUNNING,
     SUCCESS,
+    JobRun,
     PipelineRun,
+    StageRun,
     Store,
     statements,
 )
@@ -1343,3 +1346,70 @@ def test_a_finish_at_a_time_before_what_ran_below_it_is_refused(
     with pytest.raises(IllegalTransition, match=r"cannot become SUCCESS at .*: a stage of it"):
         executions.finish_run(run, at=at + timedelta(minutes=2))
     assert executions.finish_run(run, at=at + timedelta(minutes=30)).status == SUCCESS
+
+
+# Each call of the store that takes a row, the argument that names it, and what it takes.
+ROW_ARGUMENTS: dict[str, tuple[str, tuple[type, ...], Callable[[Store, Any, Any], object]]] = {
+    "add_stage": ("run", (PipelineRun, UUID), lambda s, v, r: s.add_stage(v, "s", 9)),
+    "add_jobs": ("stage", (StageRun, UUID), lambda s, v, r: s.add_jobs(v, [("j", False)])),
+    "add_jobs pairs": ("jobs", (list,), lambda s, v, r: s.add_jobs(r["stage"], v)),
+    "set_statuses": ("jobs", (JobRun,), lambda s, v, r: s.set_statuses([v], RUNNING)),
+    "set_status": (
+        "row",
+        (PipelineRun, StageRun, JobRun),
+        lambda s, v, r: s.set_status(v, RUNNING),
+    ),
+    "finish_stage": ("stage", (StageRun,), lambda s, v, r: s.finish_stage(v)),
+    "finish_run": ("run", (PipelineRun,), lambda s, v, r: s.finish_run(v)),
+    "cancel_run": ("run", (PipelineRun,), lambda s, v, r: s.cancel_run(v)),
+    "stages": ("run", (PipelineRun, UUID), lambda s, v, r: s.stages(v)),
+    "stage": ("run", (PipelineRun,), lambda s, v, r: s.stage(v, "s")),
+    "jobs": ("stage", (StageRun, UUID), lambda s, v, r: s.jobs(v)),
+    "job run": ("run", (PipelineRun,), lambda s, v, r: s.job(v, r["stage"], "j")),
+    "job stage": ("stage", (StageRun,), lambda s, v, r: s.job(r["run"], v, "j")),
+}
+
+
+@pytest.mark.property
+@settings(
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    call=st.sampled_from(sorted(ROW_ARGUMENTS)),
+    value=st.one_of(
+        st.none(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=3),
+        st.binary(max_size=2),
+        st.sampled_from(["run", "stage", "job", "pair", "pairs of three"]),
+    ),
+)
+def test_a_row_of_another_kind_or_no_row_is_refused_naming_its_argument(
+    schema: Database, executions: Store, call: str, value: object
+) -> None:
+    """Every call that takes a run, stage or job, given anything else (None, a number, a
+    name, a row of another kind: a stage where a run is asked for would be finished as
+    the stage it is): UsageError naming the argument and what it takes, nothing written."""
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING)
+    stage = executions.set_status(executions.add_stage(run, "s", 1), RUNNING)
+    job = executions.add_job(stage, "j")
+    rows: dict[str, object] = {"run": run, "stage": stage, "job": job}
+    given_value = (
+        {**rows, "pair": [("k", False)], "pairs of three": [("k", False, 1)]}.get(
+            value,
+            value,  # type: ignore[call-overload]
+        )
+        if isinstance(value, str)
+        else value
+    )
+    argument, takes, method = ROW_ARGUMENTS[call]
+    hypothesis_assume(not isinstance(given_value, takes))
+    hypothesis_assume(given_value not in ("", b""))  # no pairs at all: nothing to add
+    before = snapshot(schema)
+    with pytest.raises(UsageError) as refused:
+        method(executions, given_value, rows)
+    assert str(refused.value).startswith(f"`{argument}` must be "), str(refused.value)
+    assert snapshot(schema) == before

@@ -51,7 +51,7 @@ is refused.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from uuid import UUID
@@ -84,6 +84,7 @@ from cicd_db.store.rows import (
     Row,
     StageRun,
     at_time,
+    check_row,
     id_of,
     illegal,
     moved,
@@ -138,6 +139,7 @@ class Store(Moves, Reads):
 
         AlreadyExists when the run has a stage of that name or execution order.
         """
+        check_row("run", run, PipelineRun, by_id=True)
         check_name("stage_name", stage_name)
         if not whole(execution_order):
             raise UsageError(
@@ -177,7 +179,8 @@ class Store(Moves, Reads):
 
     def add_jobs(self, stage: StageRun | UUID, jobs: Sequence[tuple[str, bool]]) -> list[JobRun]:
         """Add PENDING jobs, (name, allows_failure) each, to an unfinished stage. Writes."""
-        jobs = list(jobs)  # read once: a generator given would be empty when checked
+        check_row("stage", stage, StageRun, by_id=True)
+        jobs = _pairs(jobs)  # read once: a generator given would be empty when checked
         stage_id = id_of(stage)
         names = [name for name, _ in jobs]
         allows = [allows_failure for _, allows_failure in jobs]
@@ -249,6 +252,8 @@ class Store(Moves, Reads):
             )
         if at is not None:
             check_time("at", at)
+        for job in jobs:
+            check_row("jobs", job, JobRun)
         ids = [job.id for job in jobs]
         if len(set(ids)) != len(ids):
             twice = next(job for n, job in enumerate(jobs) if job.id in ids[:n])
@@ -298,6 +303,7 @@ class Store(Moves, Reads):
         when its children have (IllegalTransition otherwise); CANCELED cancels the
         children that have not finished, as `cancel_run` does.
         """
+        check_row("row", row, PipelineRun, StageRun, JobRun)
         if isinstance(row, JobRun) or status not in FINISHED:
             return self._move(row, status, at)
         if status == CANCELED:
@@ -306,15 +312,33 @@ class Store(Moves, Reads):
 
     def finish_stage(self, stage: StageRun, *, at: datetime | None = None) -> StageRun:
         """Finish a RUNNING stage with the status its jobs give it. Writes."""
+        check_row("stage", stage, StageRun)
         return self._finish(stage, at)
 
     def finish_run(self, run: PipelineRun, *, at: datetime | None = None) -> PipelineRun:
         """Finish a RUNNING run with the status its stages give it. Writes."""
+        check_row("run", run, PipelineRun)
         return self._finish(run, at)
 
     def cancel_run(self, run: PipelineRun, *, at: datetime | None = None) -> PipelineRun:
         """Cancel a run and every stage and job of it that has not finished. Writes."""
+        check_row("run", run, PipelineRun)
         return self._cancel(run, at)
+
+
+def _pairs(jobs: Iterable[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """`jobs` read once, as (name, allows_failure) pairs; UsageError for anything else (a
+    string, None, a name without its flag)."""
+    try:
+        pairs = list(jobs)
+    except TypeError:
+        pairs = [jobs]  # type: ignore[list-item]  # no pairs at all: refused below
+    if not all(isinstance(pair, tuple | list) and len(pair) == 2 for pair in pairs):
+        raise UsageError(
+            "{jobs} must be (name, allows_failure) pairs, as [('unit', False)]",
+            arguments=["jobs"],
+        )
+    return pairs
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from cicd_db.store.rows import (
     JobRun,
     PipelineRun,
     StageRun,
+    check_row,
     id_of,
     no_runs,
     whole,
@@ -90,6 +91,7 @@ class Reads(Connected):
 
     def stages(self, run: PipelineRun | UUID) -> list[StageRun]:
         """A run's stages in execution order. Reads."""
+        check_row("run", run, PipelineRun, by_id=True)
         return self._all(
             StageRun,
             q(
@@ -101,6 +103,7 @@ class Reads(Connected):
 
     def stage(self, run: PipelineRun, stage_name: str) -> StageRun:
         """One stage of a run, by name. Reads."""
+        check_row("run", run, PipelineRun)
         check_name("stage_name", stage_name)
         found = self._maybe(
             StageRun,
@@ -120,6 +123,7 @@ class Reads(Connected):
 
     def jobs(self, stage: StageRun | UUID) -> list[JobRun]:
         """A stage's jobs, by name. Reads."""
+        check_row("stage", stage, StageRun, by_id=True)
         return self._all(
             JobRun,
             q("SELECT {job} FROM job_executions WHERE stage_execution_id = %s ORDER BY job_name"),
@@ -128,6 +132,8 @@ class Reads(Connected):
 
     def job(self, run: PipelineRun, stage: StageRun, job_name: str) -> JobRun:
         """One job of a stage, by name. Reads."""
+        check_row("run", run, PipelineRun)
+        check_row("stage", stage, StageRun)
         check_name("job_name", job_name)
         found = self._maybe(
             JobRun,

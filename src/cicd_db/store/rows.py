@@ -11,7 +11,7 @@ from uuid import UUID
 
 from psycopg import sql
 
-from cicd_db.errors import NotFound
+from cicd_db.errors import NotFound, UsageError
 
 PENDING, RUNNING, SUCCESS, FAILED, CANCELED = "PENDING", "RUNNING", "SUCCESS", "FAILED", "CANCELED"
 STATUSES = (PENDING, RUNNING, SUCCESS, FAILED, CANCELED)
@@ -127,6 +127,18 @@ def whole(value: object) -> bool:
 
 def id_of(row: PipelineRun | StageRun | JobRun | UUID) -> UUID:
     return row if isinstance(row, UUID) else row.id
+
+
+def check_row(argument: str, row: object, *kinds: type, by_id: bool = False) -> None:
+    """UsageError unless `row` is one of `kinds` (or, `by_id`, its UUID): a stage given
+    where a run is asked for would otherwise be finished or cancelled as what it is, and
+    None or a name would fail deep inside as a KeyError."""
+    if isinstance(row, kinds) or (by_id and isinstance(row, UUID)):
+        return
+    wanted = " or ".join(kind.__name__ for kind in (*kinds, *([UUID] if by_id else [])))
+    raise UsageError(
+        f"{{{argument}}} must be a {wanted}, not a {type(row).__name__}", arguments=[argument]
+    )
 
 
 def no_runs(pipeline_name: str) -> NotFound:
