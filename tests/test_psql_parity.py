@@ -975,3 +975,31 @@ def test_a_restrict_pair_as_pg_dump_writes_it_applies_as_psql_applies_it(
     psql_apply(spare, path)
     runner_apply(database, tmp_path / "migrations", data)
     assert dump(database) == dump(spare)
+
+
+@pytest.mark.parametrize(
+    "ending",
+    ["\\.", "\\.\n", "\\.\r\n", "\\.\r", "\\.\nSELECT 1;\n", "\\. \n", "2\n\\.", ""],
+    ids=["marker-at-eof", "marker", "marker-crlf", "marker-cr-at-eof", "marker-then-sql",
+         "marker-and-space", "row-then-marker-at-eof", "no-marker"],
+)  # fmt: skip
+def test_a_copy_end_marker_at_the_files_end_applies_or_is_refused_as_psql(
+    ending: str, database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """psql reads `\\.` as the end of COPY data only on a whole line: one that ends the
+    file without a line end is sent as data, which PostgreSQL 18 refuses ("end-of-copy
+    marker is not alone on its line"); the runner took it for the end and applied the
+    file (helper-103). Whatever psql does with the file, the runner does: both apply it,
+    to the same dump, or both refuse it."""
+    data = ("CREATE TABLE x (t text);\nCOPY x FROM STDIN;\n1\n" + ending).encode()
+    path = tmp_path / "psql.sql"
+    path.write_bytes(data)
+    refused_by_psql = psql_refuses(spare, path)
+    try:
+        runner_apply(database, tmp_path / "migrations", data)
+    except (MigrationFailed, ConfigError) as error:
+        assert refused_by_psql is not None, f"psql applied it; the runner said: {error}"
+        assert database.history() == []
+        return
+    assert refused_by_psql is None, f"the runner applied it; psql said: {refused_by_psql}"
+    assert dump(database) == dump(spare)

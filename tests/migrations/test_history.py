@@ -720,3 +720,56 @@ def test_a_login_role_named_like_the_runners_schema_is_refused(
             conn.execute("DROP OWNED BY cicd_db")
         admin.execute("DROP ROLE cicd_db")
         admin.close()
+
+
+# Files whose line ends a checkout may convert, and a query of what the server stored.
+CONVERTED = {
+    "only-between-tokens": ("CREATE TABLE t (\n  s text\n);\nINSERT INTO t VALUES ('a');\n", "t"),
+    "escape-not-a-line-end": ("CREATE TABLE t (s text);\nINSERT INTO t VALUES (E'a\\nb');\n", "t"),
+    "comment-over-lines": ("/* a\n b */\nCREATE TABLE t (s text);\n", "t"),
+    "string-over-lines": ("CREATE TABLE t (s text);\nINSERT INTO t VALUES ('a\nb');\n", "t"),
+    "function-body": (
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$\nSELECT 1\n$$;\n"
+        "CREATE TABLE t AS SELECT prosrc AS s FROM pg_proc WHERE proname = 'f';\n",
+        "t",
+    ),
+    "quoted-name": ("CREATE TABLE t (\"a\nb\" text);\nINSERT INTO t VALUES ('x');\n", "t"),
+    "copy-data": (
+        'CREATE TABLE t (s text);\nCOPY t FROM STDIN (FORMAT csv);\n"a\nb"\n\\.\n',
+        "t",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERTED))
+def test_a_converted_file_is_the_same_file_exactly_when_it_makes_the_same_database(
+    database: Database, spare: Database, tmp_path: Path, name: str
+) -> None:
+    """The server is the oracle: the file applied with LF, and the same file with CRLF
+    applied to a fresh database; where the two databases differ (a line end inside a
+    string, a quoted name, a function's body or COPY data keeps its bytes), the history
+    no longer takes the converted file for the applied one and says why; where they are
+    the same, it does (helper-103: it took every converted file for the same)."""
+    text, table = CONVERTED[name]
+    folder, fresh = tmp_path / "applied", tmp_path / "converted"
+    for where, data in ((folder, text), (fresh, text.replace("\n", "\r\n"))):
+        where.mkdir()
+        (where / "0001_f.sql").write_bytes(data.encode())
+    assert migrate(database, folder).code == 0
+    assert migrate(spare, fresh).code == 0
+    stored = f"SELECT row_to_json(t)::text FROM {table} t ORDER BY 1"
+    columns = "SELECT attname FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0"
+    same = (database.query(stored), database.query(columns)) == (
+        spare.query(stored),
+        spare.query(columns),
+    )
+    (folder / "0001_f.sql").write_bytes(text.replace("\n", "\r\n").encode())
+    result = migrate(database, folder)
+    if same:
+        assert (result.code, result.err) == (0, ""), result
+    else:
+        assert result.code == 2, result
+        assert "was applied with other line ends (LF or CRLF)" in result.err, result.err
+    assert (
+        name in ("only-between-tokens", "escape-not-a-line-end", "comment-over-lines") or not same
+    )

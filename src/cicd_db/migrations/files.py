@@ -101,11 +101,16 @@ class Migration:
 
     def matches(self, checksum: str) -> bool:
         """The file is the one a history row recorded with `checksum`: the same bytes, or
-        the same with its line endings converted (Git on Windows checks files out with
-        CRLF, and back in with LF), which changes no statement of an applied file, or an
-        earlier text its opening comments name."""
+        an earlier text its opening comments name, or the same with its line endings
+        converted (Git on Windows checks files out with CRLF, and back in with LF) where
+        that changes no statement: not where a line end is inside a string, a quoted name,
+        a dollar-quoted body (a function's text) or COPY data, which keep their bytes."""
         if checksum == self.checksum or checksum in self.earlier_checksums:
             return True
+        return self.converted_from(checksum) and _line_ends_change_nothing(self)
+
+    def converted_from(self, checksum: str) -> bool:
+        """The file is the one recorded with `checksum` but for its line ends (CRLF or LF)."""
         unix = self.data.replace(b"\r\n", b"\n")
         converted = (unix, unix.replace(b"\n", b"\r\n"))
         # The checksum is of the bytes on disk: with the byte order mark `data` lacks, if any.
@@ -120,6 +125,28 @@ class Migration:
     @property
     def text(self) -> str:
         return self.data.decode("utf-8")
+
+
+def _line_ends_change_nothing(migration: Migration) -> bool:
+    """Whether `migration`'s statements read the same with LF and with CRLF line ends: the
+    same tokens either way (whitespace and comments aside), read with standard strings on
+    and off, and no COPY data. A file that cannot be planned is not taken as unchanged."""
+    from cicd_db.migrations.steps import Copy
+    from cicd_db.sqltext.scanner import without_comments
+    from cicd_db.sqltext.tokens import tokens
+
+    try:
+        if any(isinstance(step, Copy) for step in migration.steps):
+            return False
+    except ConfigError:
+        return False
+    unix = migration.data.replace(b"\r\n", b"\n")
+    windows = unix.replace(b"\n", b"\r\n")
+    return all(
+        tokens(without_comments(unix, standard_strings=standard), standard_strings=standard)
+        == tokens(without_comments(windows, standard_strings=standard), standard_strings=standard)
+        for standard in (True, False)
+    )
 
 
 def discover(folder: Path, *, planned: bool = True) -> list[Migration]:

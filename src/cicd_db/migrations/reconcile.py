@@ -71,6 +71,14 @@ def pending(files: list[Migration], applied: list[Applied], target: int | None) 
                 "replaced since; restore the applied files, or rebuild the history "
                 "(db/README.md, 'When the files were rewritten')"
             )
+        if not migration.matches(row.checksum) and migration.converted_from(row.checksum):
+            raise MigrationRefused(
+                f"migration {migration.filename} was applied with other line ends (LF or "
+                "CRLF), and converting them changes what a statement says (a string, a "
+                "function's body or COPY data over several lines): a new database would not "
+                "get what this one has; check it out with the line ends it was applied with "
+                "(`*.sql text eol=lf` in .gitattributes)"
+            )
         if not migration.matches(row.checksum):
             raise MigrationRefused(
                 f"migration {migration.filename} was edited after it was applied; "

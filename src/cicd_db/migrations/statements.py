@@ -55,36 +55,46 @@ IGNORED_META_COMMANDS = frozenset({"restrict", "unrestrict"})
 # backslash_quote); current_query(); a change of a database's or a role's settings,
 # which only sessions opened after it take. Each begins with a literal, which is fast.
 RECEIPT_NAMES = ("client_encoding", "backslash_quote", "names")
+# What stands between two words: white space and comments, a `--` one ended at a line
+# feed or a carriage return, as the server ends it (a nested /* */ is read by names_in).
+_GAP = rb"(?:\s|/\*.*?\*/|--[^\n\r]*[\n\r])+"
+# The patterns of NAMED whose words comments may stand between.
+GAPPED = ("defaults", "custom", "event trigger", "load")
 NAMED: dict[str, bytes | re.Pattern[bytes]] = {
     "lexing": b"standard_conforming_strings",
     **{name: name.encode() for name in RECEIPT_NAMES},
     "query": b"current_query",
     # Comments may stand between the two words; a statement computed from pieces
     # (format('ALTER %s ...', 'DATABASE')) is not seen.
-    "defaults": re.compile(
-        rb"alter(?:\s|/\*.*?\*/|--[^\n]*\n)+(?:database|role|user)\b", re.DOTALL
-    ),
+    "defaults": re.compile(rb"alter" + _GAP + rb"(?:database|role|user)\b", re.DOTALL),
     # A setting of a name of the user's (`app.tenant`): set once, by SET or set_config(),
     # it stays defined in the session (RESET ALL empties it, nothing removes it), where
     # psql's next file, in a session of its own, would not find it. set_config() of a
     # name with no dot (pg_dump's `set_config('search_path', '', false)`) is not one.
     "custom": re.compile(
-        rb"set_config\s*\(\s*(?:e?'[^']*(?:\.|'\s*\|\|)|[^'\s])|\bset(?:\s|/\*.*?\*/|--[^\n]*\n)+"
-        rb"(?:(?:session|local)\s+)?\"?[a-z_][a-z0-9_$]*\"?\s*\.",
+        rb"set_config\s*\(\s*(?:e?'[^']*(?:\.|'\s*\|\|)|[^'\s])|\bset"
+        + _GAP
+        + rb"(?:(?:session|local)\s+)?\"?[a-z_][a-z0-9_$]*\"?\s*\.",
         re.DOTALL,
     ),
     # An event trigger made or changed: a login one sets up each new session (PostgreSQL
     # 17), which the files after it must start in.
-    "event trigger": re.compile(rb"\bevent(?:\s|/\*.*?\*/|--[^\n]*\n)+trigger\b", re.DOTALL),
+    "event trigger": re.compile(rb"\bevent" + _GAP + rb"trigger\b", re.DOTALL),
     # A library loaded (its hooks, its settings) and the random seed stay with a session.
-    "load": re.compile(rb"\bload(?:\s|/\*.*?\*/|--[^\n]*\n)+e?'", re.DOTALL),
+    "load": re.compile(rb"\bload" + _GAP + rb"e?'", re.DOTALL),
     "setseed": b"setseed",
 }
 
 
 def names_in(data: bytes) -> set[str]:
-    """Which of NAMED `data` names, in any case."""
-    return found_lowered(data, NAMED)
+    """Which of NAMED `data` names, in any case. Where comments the patterns do not read
+    (a nested /* /* */ */) may stand between two words, `data` is read again with its
+    comments taken out, as the server reads them."""
+    found = found_lowered(data, NAMED)
+    missed = {name: NAMED[name] for name in GAPPED if name not in found}
+    if missed and b"/*" in data:
+        found |= found_lowered(without_comments(data), missed)
+    return found
 
 
 def plan(

@@ -351,8 +351,10 @@ def _bracket_depth(data: bytes, start: int, end: int, depth: int, standard_strin
 
 
 def _end_of_copy(data: bytes, start: int) -> tuple[int, int]:
-    """Where COPY data from `start` ends (at a line that is `\\.`), and where the text
-    goes on after that line; both the end of `data` when no such line comes."""
+    """Where COPY data from `start` ends (at a line that is `\\.`, its line end included:
+    psql reads `\\.` as the end only on a whole line, and sends one that ends the file
+    without a line end as data, for the server to judge), and where the text goes on
+    after that line; both the end of `data` when no such line comes."""
 
     def next_candidate(after: int) -> int:
         found = data.find(b"\n\\.", after)
@@ -362,8 +364,8 @@ def _end_of_copy(data: bytes, start: int) -> tuple[int, int]:
     while candidate >= 0:
         newline = data.find(b"\n", candidate)
         line_end = len(data) if newline < 0 else newline
-        if data[candidate:line_end] in (b"\\.", b"\\.\r"):
-            return candidate, len(data) if newline < 0 else newline + 1
+        if newline >= 0 and data[candidate:line_end] in (b"\\.", b"\\.\r"):
+            return candidate, newline + 1
         candidate = next_candidate(candidate)
     return len(data), len(data)
 

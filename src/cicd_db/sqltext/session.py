@@ -17,14 +17,16 @@ _RECEIPT_SETTING = re.compile(rb"client_encoding|backslash_quote|\bNAMES\b", re.
 def found_lowered(
     data: bytes,
     wanted: Mapping[str, bytes | re.Pattern[bytes]],
-    overlap: int = 64,
+    overlap: int = 4096,
     slice_bytes: int = 1 << 20,
 ) -> set[str]:
     """Which of `wanted` (by name: a lower-case text, or a pattern for lower-case text)
     occur somewhere in `data` lower-cased, read a slice at a time (no copy of a large
     file, and a case-sensitive search: many times faster than IGNORECASE), the slices
-    overlapping by `overlap` bytes, more than a match spans. A pattern should begin with
-    a literal, which the search then looks for first."""
+    overlapping by `overlap` bytes, more than a match spans: two words of a statement
+    with more than 4 kB of spaces or comments between them, across a megabyte's
+    boundary, are not found. A pattern should begin with a literal, which the search
+    then looks for first."""
     found: set[str] = set()
     for start in range(0, len(data), slice_bytes):
         text = data[max(start - overlap, 0) : start + slice_bytes].lower()
