@@ -596,8 +596,20 @@ def test_the_command_deletes_and_says_what(migrated: Database, executions: Store
             "error: argument --keep-days: '99999999999999999999'... is 5000 characters long; "
             "no option takes one that long;",
         ),
+        (
+            # argparse takes a value that begins with '-' for a flag: the way to give one.
+            ("--pipeline", "-x"),
+            "error: argument --pipeline: expected one argument (give one; one that begins "
+            "with '-' is written --pipeline=VALUE); see `cicd-db retention --help`\n",
+        ),
     ],
-    ids=["remote_without_yes", "keep_no_days", "batch_not_a_number", "keep_days_too_long"],
+    ids=[
+        "remote_without_yes",
+        "keep_no_days",
+        "batch_not_a_number",
+        "keep_days_too_long",
+        "value_like_a_flag",
+    ],
 )
 def test_the_command_refuses_in_one_line(args: tuple[str, ...], message: str) -> None:
     given = ("--keep-days", "30", *args) if "--keep-days" not in args else args

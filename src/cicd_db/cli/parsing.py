@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -27,6 +28,9 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        flag = re.fullmatch(r"argument (-[^\s:/]+)(?:/\S+)?: expected one argument", message)
+        if flag:  # `--pipeline -x`: argparse takes -x for a flag, not for the value
+            message += f" (give one; one that begins with '-' is written {flag[1]}=VALUE)"
         raise UsageError(f"{message}; see `{self.prog} --help`")
 
     def parse_known_args(  # type: ignore[override]
