@@ -343,20 +343,39 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.parametrize("name", ["migration_database_url", "app_database_url"])
-@pytest.mark.parametrize("value", [123, {"a": "b"}, ["postgresql://u@h/d"]])
-def test_a_role_url_output_that_is_not_text_is_named(
-    stub, database: Database, name: str, value: object
+@pytest.mark.parametrize(
+    "name", ["migration_database_url", "app_database_url", "reader_database_url"]
+)
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (123, "a number"),
+        ({"a": "b"}, "an object"),
+        (["postgresql://u@h/d"], "a list"),
+        # Read as "left out", these gave the role the owner's URL without a word
+        # (helper-104): the reader and the writer could then change the schema.
+        (False, "true or false"),
+        (0, "a number"),
+        ([], "a list"),
+        ("", "empty"),
+        ("  ", "empty"),
+    ],
+)
+def test_a_role_url_output_that_is_not_a_url_is_named(
+    stub, database: Database, name: str, value: object, kind: str
 ) -> None:
-    """An output of the contract that is no string gave an internal error ("'int' object
-    has no attribute 'strip'"): one line naming the output, exit 2."""
+    """An optional output of the contract is the role's URL, or left out (then the owner's
+    serves that role): anything else is one line naming the output, exit 2, before any
+    command connects as whoever it would have fallen back to."""
     deploy(stub, "dev", {**database.settings.outputs(), name: value})
-    result = run_cli("migrate", "status", "--stack", "dev", env=stub)
-    assert (result.code, result.out) == (2, ""), result
-    assert result.err == (
-        f"error: stack 'dev' output {name} is a {type(value).__name__}, not a URL; export it "
-        "as the role's postgresql:// URL and run `pulumi up -s dev`\n"
-    )
+    for command in (("migrate", "status"), ("report", "--pipeline", "build")):
+        result = run_cli(*command, "--stack", "dev", env=stub)
+        assert (result.code, result.out) == (2, ""), result
+        assert result.err == (
+            f"error: stack 'dev' output {name} is {kind}, not a URL; export it as the role's "
+            "postgresql:// URL (or leave it out, and the owner's serves that role) and run "
+            "`pulumi up -s dev`\n"
+        )
 
 
 @pytest.mark.parametrize("said", ["stdout", "stderr"])

@@ -304,13 +304,19 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
     # The URL output carries the parameters the fields cannot (sslrootcert, options, ...).
     url = from_url(outputs[DATABASE_URL], what=f"stack {stack!r} output {DATABASE_URL}")
     for name in OPTIONAL_OUTPUT_NAMES:
-        if outputs.get(name):
-            if not isinstance(outputs[name], str):
-                raise ConfigError(
-                    f"stack {stack!r} output {name} is a {type(outputs[name]).__name__}, not a "
-                    f"URL; export it as the role's postgresql:// URL and run `pulumi up -s {stack}`"
-                )
-            from_url(outputs[name], what=f"stack {stack!r} output {name}")  # fails now
+        # Left out (or null), the owner's URL serves that role. Anything else must be the
+        # role's URL: a false, 0, [] or "" read as "left out" gave the reader the owner's
+        # rights without a word.
+        if outputs.get(name, None) is None:
+            continue
+        if not isinstance(outputs[name], str) or not outputs[name].strip():
+            kind = "empty" if isinstance(outputs[name], str) else _json_kind(outputs[name])
+            raise ConfigError(
+                f"stack {stack!r} output {name} is {kind}, not a URL; export it as the "
+                f"role's postgresql:// URL (or leave it out, and the owner's serves that "
+                f"role) and run `pulumi up -s {stack}`"
+            )
+        from_url(outputs[name], what=f"stack {stack!r} output {name}")  # fails now
     # The fields and the URL spell one endpoint twice. Where both name a part and differ,
     # which database a command reaches would depend on which spelling it read: refused.
     # A port or sslmode the URL leaves out is libpq's default, as the outputs write it
