@@ -688,3 +688,39 @@ def test_the_writer_and_the_reader_log_in_and_a_removed_password_is_made_anew(ho
     assert shown.out.startswith("pipeline build: 2 runs, newest first\n")
     assert (pruned.code, pruned.err) == (0, "")
     assert pruned.out.startswith("stack embedded: deleted 0 runs, 0 stages, 0 jobs that ")
+
+
+@pytest.mark.slow
+@pytest.mark.db
+@pytest.mark.parametrize("then", ["running", "stopped"])
+def test_a_start_cut_off_before_the_roles_get_new_passwords_gives_them_on_the_next(
+    home: Path, then: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password rotated by removing it from server.json is stored before the role gets
+    it; a start cut off between the two (Ctrl-C, a failed login) left server.json with a
+    password the role never had, and every later start took it for set (helper-104). The
+    next start, whether the server still runs or not, gives the roles their passwords."""
+    server = EmbeddedServer(home)
+    try:
+        server.ensure_running()
+        state_file = home / "embedded" / "server.json"
+        state = json.loads(state_file.read_text())
+        del state["app_password"]
+        state_file.write_text(json.dumps(state))
+
+        def cut_off(self: EmbeddedServer, state: dict[str, object]) -> None:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patched:
+            patched.setattr(EmbeddedServer, "_set_role_passwords", cut_off)
+            with pytest.raises(KeyboardInterrupt):
+                server.ensure_running()
+        if then == "stopped":
+            server.stop()
+        server.ensure_running()
+        app = server.settings().for_role("app")
+        assert app.password == json.loads(state_file.read_text())["app_password"]
+        with psycopg.connect(app.conninfo()) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("ci_app",)
+    finally:
+        server.stop()

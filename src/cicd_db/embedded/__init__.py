@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from cicd_db.embedded.create import Creating
-from cicd_db.embedded.state import ROLE_PASSWORD_KEYS, env_port, login
+from cicd_db.embedded.state import ROLE_PASSWORD_KEYS, ROLES_SET, env_port, login
 from cicd_db.errors import ConfigError, EmbeddedServerError
 from cicd_db.pgprocess import (
     INSTALL_ELSEWHERE,
@@ -125,6 +125,7 @@ class EmbeddedServer(Creating):
             state
             and state.get("bootstrapped")
             and all(key in state for key in ROLE_PASSWORD_KEYS.values())
+            and state.get(ROLES_SET) is not False
             and self._running_pid() is not None
         ):
             return state
@@ -161,10 +162,16 @@ class EmbeddedServer(Creating):
                 self._write_state(state)
             missing = [key for key in ROLE_PASSWORD_KEYS.values() if key not in state]
             if missing:
-                # Stored before the roles get them: a password is never lost to a crash.
+                # Stored before the roles get them, and marked as not yet theirs until they
+                # have them: a start cut off between the two (Ctrl-C, a failed login) sets
+                # them on the next, so server.json and the roles never part for good.
                 state.update({key: secrets.token_urlsafe(24) for key in missing})
+                state[ROLES_SET] = False
                 self._write_state(state)
+            if state.get(ROLES_SET) is False:
                 self._set_role_passwords(state)
+                state[ROLES_SET] = True
+                self._write_state(state)
             return state
 
     def stop(self) -> bool:

@@ -26,6 +26,9 @@ STATE_KEYS: dict[str, tuple[type, str]] = {
 # The writer's and the reader's passwords: made at the first start that lacks them
 # (a server created before the roles existed, or a password removed to rotate it).
 ROLE_PASSWORD_KEYS = {APP_USER: "app_password", READER_USER: "reader_password"}
+# False from when new passwords of the two are stored until the roles have them (a state
+# without it, from before it was kept, has them).
+ROLES_SET = "role_passwords_set"
 # Which password of server.json each login role has.
 PASSWORD_KEYS = {SUPERUSER: "superuser_password", LOCAL_USER: "password", **ROLE_PASSWORD_KEYS}
 
