@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cicd_db.commands import local as commands_local
 from cicd_db.errors import ConfigError
 from cicd_db.settings import APP_USER, READER_USER, ConnectionSettings, from_url
 
@@ -678,7 +679,7 @@ def test_init_local_refuses_a_writer_or_reader_that_may_do_more(
                 )
             )
         with pytest.raises(ConfigError) as refused:
-            local._login_role(admin, user, None)
+            local.roles.login_role(admin, user, None)
         admin.rollback()
     assert str(refused.value) == (
         f"role {user!r} exists with {said.format(owner=names.user)}, so it could do more "
@@ -701,3 +702,67 @@ def test_a_services_host_hostaddr_and_port_are_not_passed_as_parameters(
     )
     server = from_url("postgresql://postgres@db.example.com:5432/postgres?service=s")
     assert local._server_parameters(server) == (("sslrootcert", "/x/root.crt"),)
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("cut", ["output not written", "interrupted before printing"])
+def test_a_run_that_never_showed_its_passwords_leaves_none_unseen_for_the_next(
+    server: ConnectionSettings, names: Names, cut: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The roles were taken for finished before anything was printed: a run whose output
+    could not be written (a full disk, here /dev/full) or that was killed before it
+    printed left ci_user, ci_app and ci_reader with passwords nobody saw, and the next run
+    kept them, printing URLs that could not log in (helper-104). They stay marked until
+    the output is written; the next run resets them and its URLs log in."""
+    superuser(server, "ALTER ROLE {} NOLOGIN PASSWORD NULL", APP_USER)
+    superuser(server, "ALTER ROLE {} NOLOGIN PASSWORD NULL", READER_USER)
+    args = ("init-local", "--admin-url", server.url(), "--user", names.user)
+    args += ("--database", names.database, "--show-password", "--json")
+    if cut == "output not written":
+        with open("/dev/full", "w") as full:
+            process = start_cli(*args, stdout=full)
+            _, err = process.communicate(timeout=60)
+        assert process.returncode == 1 and "No space left on device" in err, err
+    else:  # Ctrl-C (or a kill) after the roles got their passwords, before any output
+
+        def interrupted(*args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patched:
+            patched.setattr(commands_local, "_show", interrupted)
+            result = run_cli(*args)
+        assert (result.code, result.out) == (130, ""), result
+    again = run_cli(*args)
+    assert again.code == 0, again.err
+    urls = json.loads(again.out)
+    assert logs_in_as(server, urls["url"], names.user, names.database)
+    assert logs_in_as(server, urls["app_url"], APP_USER, names.database)
+    assert logs_in_as(server, urls["reader_url"], READER_USER, names.database)
+
+
+@pytest.mark.db
+@pytest.mark.parametrize(
+    ("setting", "said", "fix"),
+    [
+        ("VALID UNTIL '2000-01-01'", "has a VALID UNTIL in the past", "VALID UNTIL 'infinity'"),
+        ("CONNECTION LIMIT 0", "has CONNECTION LIMIT 0", "CONNECTION LIMIT -1"),
+    ],
+    ids=["expired", "no-connections"],
+)
+@pytest.mark.parametrize("role", [APP_USER, READER_USER])
+def test_a_writer_or_reader_that_could_not_log_in_is_refused_with_the_fix(
+    server: ConnectionSettings, names: Names, role: str, setting: str, said: str, fix: str
+) -> None:
+    """As ci_user is: an existing ci_app or ci_reader whose login would fail (an expired
+    VALID UNTIL, CONNECTION LIMIT 0) was kept, and init-local printed a URL that could not
+    log in, exit 0 (helper-104). Refused, before anything changes, with the ALTER ROLE."""
+    superuser(server, f"ALTER ROLE {{}} {setting}", role)
+    try:
+        result = init_local(server, server, names, "--app-password", "a-Pass-1234")
+        assert (result.code, result.out) == (2, ""), result
+        assert result.err == (
+            f"error: role {role!r} exists but {said}, so the URL printed could not log in as "
+            f'it; run `ALTER ROLE "{role}" {fix}` as a superuser\n'
+        )
+    finally:
+        superuser(server, "ALTER ROLE {} VALID UNTIL 'infinity' CONNECTION LIMIT -1", role)

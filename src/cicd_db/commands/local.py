@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from cicd_db import console, targets
 from cicd_db.commands.context import Context
 from cicd_db.redaction import password_candidates
 from cicd_db.settings import APP_USER, LOCAL_DATABASE, LOCAL_USER, from_url
+
+if TYPE_CHECKING:
+    from cicd_db.local import Prepared
 
 
 def init_local(
@@ -38,7 +42,7 @@ def init_local(
         # The URL printed names the host (a socket's folder too) and port libpq used,
         # also when they came from PGHOST, PGPORT or a service file.
         server = admin.in_use(conn.info)
-        prepared = local.init(
+        local.init(
             conn,
             server,
             password,
@@ -46,7 +50,19 @@ def init_local(
             database=database,
             app_password=app_password,
             reader_password=reader_password,
+            # Shown before init() takes the roles for finished: a run killed or cut off
+            # first (a full disk, a closed pipe) leaves them marked, and the next run
+            # resets the passwords nobody saw.
+            show=lambda prepared: _show(
+                ctx, prepared, password=password, show_password=show_password
+            ),
         )
+    return 0
+
+
+def _show(ctx: Context, prepared: Prepared, *, password: str | None, show_password: bool) -> None:
+    """What init-local made: a line (or JSON), the owner's URL, and a note for each
+    generated password not shown; written out before it returns."""
     ctx.secrets += [role.password for role in (prepared.app, prepared.reader) if role]
     url = prepared.settings.url() if show_password else prepared.settings.redacted_url()
     shown = console.local_json(prepared, url, show_password=show_password)
@@ -66,4 +82,4 @@ def init_local(
             "one you know",
             file=sys.stderr,
         )
-    return 0
+    sys.stdout.flush()

@@ -6,18 +6,19 @@ superuser, with its role settings (`client_encoding`, `default_transaction_isola
 `timezone`: settings.LOCAL_ROLE_SETTINGS), and a database it owns, as the embedded
 server and the dev stack's container have them. Writes to the server it is given.
 
-A role init() creates carries a comment (UNFINISHED) until its database is ready:
-a run that could not finish and could not drop the role either (killed, its
-connection lost) leaves a role whose password nobody saw, and the comment lets the
-next run know it made that role, and reset the password so that the URL it prints
-logs in, instead of keeping one that no one knows.
+A role that init() gives a password it made (ci_user created, ci_app and ci_reader
+created or made to log in) carries a comment (UNFINISHED) until the command has shown
+what it made (`shown()`): a run that could not finish (killed, its connection lost, its
+output not written) leaves a role whose password nobody saw, and the comment lets the
+next run know it, and reset the password so that the URL it prints logs in, instead of
+keeping one that no one knows.
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,28 +26,16 @@ import psycopg
 from psycopg import sql
 
 from cicd_db.errors import ConfigError, UsageError
+from cicd_db.local import roles
 from cicd_db.settings import (
     APP_USER,
     LOCAL_DATABASE,
-    LOCAL_ROLE_SETTINGS,
     LOCAL_USER,
     READER_USER,
     ConnectionSettings,
 )
 
-# PostgreSQL's own databases: every server has them, and other programs and roles rely
-# on them as they are. init-local never makes one of them ci_user's, even on request.
-SYSTEM_DATABASES = ("postgres", "template0", "template1")
-# Role names PostgreSQL reserves (CREATE ROLE refuses public, none and pg_*), and the
-# ones SQL reads as something else when written unquoted (GRANT ... TO current_user
-# means whoever runs it): a role by such a name would be misread wherever it is written.
-RESERVED_ROLES = ("public", "none", "current_user", "session_user", "current_role")
-# A longer name is cut to this many bytes by PostgreSQL (NAMEDATALEN - 1), with only a
-# NOTICE: the role or database made would not be the one asked for, nor found again.
-NAME_BYTES = 63
-# The comment on a role init() made and has not finished (see the module docstring).
 INIT_LOCK_KEY = 0x6369_6364_2D69_6E  # "cicd-in": one init-local at a time
-UNFINISHED = "cicd-db init-local: not finished; its password was never shown"
 
 
 @dataclass(frozen=True)
@@ -106,6 +95,7 @@ def init(
     database: str = LOCAL_DATABASE,
     app_password: str | None = None,
     reader_password: str | None = None,
+    show: Callable[[Prepared], object] | None = None,
 ) -> Prepared:
     """Create or complete `user` and `database` (ci_user, ci_local) through `admin`, a
     connection with the rights, on the server `server` describes.
@@ -135,22 +125,22 @@ def init(
     two at once would each take the role the other is still making for one a stopped
     run left, and set its password again under it.
     """
-    _check_names(user, database)
+    roles.check_names(user, database)
     with _one_at_a_time(admin):
         superuser, who = _admin_rights(admin, user)
         existing = admin.execute(
             "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil <= now(), "
             "shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s FROM pg_roles "
             "WHERE rolname = %s",
-            [UNFINISHED, user],
+            [roles.UNFINISHED, user],
         ).fetchone()
         if existing is not None:
-            _refuse_unusable(user, *existing[:4])
+            roles.refuse_unusable(user, *existing[:4])
         owner = admin.execute(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database]
         ).fetchone()
         if owner is not None and owner[0] != user:
-            _refuse_foreign(database, str(owner[0]), user, role_exists=existing is not None)
+            roles.refuse_foreign(database, str(owner[0]), user, role_exists=existing is not None)
         created_role = existing is None
         # Ours, from a run that stopped before it finished: its password was never shown.
         unfinished = existing is not None and bool(existing[4])
@@ -173,10 +163,10 @@ def init(
             migration_url=None,
             parameters=_server_parameters(server),
         )
-        with _privileges(who, APP_USER), admin.transaction():
-            app, app_generated = _login_role(admin, APP_USER, app_password)
-            reader, reader_generated = _login_role(admin, READER_USER, reader_password)
-        return Prepared(
+        with roles.privileges(who, APP_USER), admin.transaction():
+            app, app_generated = roles.login_role(admin, APP_USER, app_password)
+            reader, reader_generated = roles.login_role(admin, READER_USER, reader_password)
+        prepared = Prepared(
             settings,
             created_role,
             owner is None,
@@ -190,6 +180,10 @@ def init(
                 if made
             ),
         )
+        if show is not None:
+            show(prepared)  # under the lock: no other run resets what it shows meanwhile
+        roles.shown(admin, (prepared.settings.user, APP_USER, READER_USER))
+        return prepared
 
 
 def _admin_rights(admin: psycopg.Connection[Any], user: str) -> tuple[bool, str]:
@@ -232,8 +226,9 @@ def _make_owner(
     with, None when an existing role keeps its own."""
     role = sql.Identifier(user)
     made = False  # this run's CREATE ROLE committed: only then is the role ours to drop
+    given = password is not None  # one the caller knows: no mark needed until shown
     try:
-        with _privileges(who, user):
+        with roles.privileges(who, user):
             if create_role:
                 password = password or secrets.token_urlsafe(24)
                 with admin.transaction():  # never a role without the comment
@@ -243,15 +238,17 @@ def _make_owner(
                         ).format(role, sql.Literal(password))
                     )
                     admin.execute(
-                        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(UNFINISHED))
+                        sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                            role, sql.Literal(roles.UNFINISHED)
+                        )
                     )
                 made = True
             elif unfinished or password:
                 password = password or secrets.token_urlsafe(24)
-                _log_in(admin, role, password)
-            _settle(admin, role)
+                roles.log_in(admin, role, password)
+            roles.settle(admin, role)
             if create_database:
-                _as_member(
+                roles.as_member(
                     admin,
                     sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), role),
                     role,
@@ -266,10 +263,10 @@ def _make_owner(
                     [user],
                 ).fetchone()
             ):
-                # The membership _as_member grants for one statement, left by the run
+                # The membership roles.as_member grants for one statement, left by the run
                 # cut off in it: the admin is not meant to keep ci_user's rights.
                 admin.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(role))
-            if create_role or unfinished:
+            if (create_role or unfinished) and given:
                 admin.execute(sql.SQL("COMMENT ON ROLE {} IS NULL").format(role))
     except BaseException as error:
         if made:
@@ -301,200 +298,3 @@ def _one_at_a_time(admin: psycopg.Connection[Any]) -> Iterator[None]:
     finally:
         with contextlib.suppress(psycopg.Error):
             admin.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [INIT_LOCK_KEY])
-
-
-def _login_role(
-    admin: psycopg.Connection[Any], user: str, password: str | None
-) -> tuple[str, bool]:
-    """Make `user` a login role that is not a superuser; (its password, or "" when an
-    existing one kept its own; whether the password was generated)."""
-    existing = admin.execute(
-        "SELECT r.rolcanlogin, "
-        "array_remove(ARRAY[CASE WHEN r.rolsuper THEN 'SUPERUSER' END, "
-        "CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, "
-        "CASE WHEN r.rolcreatedb THEN 'CREATEDB' END, "
-        "CASE WHEN r.rolreplication THEN 'REPLICATION' END, "
-        "CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END], NULL), "
-        "ARRAY(SELECT g.rolname FROM pg_catalog.pg_auth_members m "
-        "JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1) "
-        "FROM pg_catalog.pg_roles r WHERE r.rolname = %s",
-        [user],
-    ).fetchone()
-    role = sql.Identifier(user)
-    if existing is not None and (existing[1] or existing[2]):
-        _refuse_more(role, user, attributes=existing[1], groups=existing[2])
-    generated = not password and (existing is None or not existing[0])
-    if existing is not None and not generated and not password:
-        return "", False  # a login role of someone's: left exactly as it is
-    if generated:
-        password = secrets.token_urlsafe(24)
-    if existing is None:
-        admin.execute(
-            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}").format(
-                role, sql.Literal(password)
-            )
-        )
-    elif password:
-        _log_in(admin, role, password)
-    _settle(admin, role)
-    return password or "", generated
-
-
-def _refuse_more(
-    role: sql.Identifier, user: str, *, attributes: list[str], groups: list[str]
-) -> None:
-    """ConfigError for an existing writer or reader that may do more than its grants say:
-    an attribute beyond LOGIN, or a role it is a member of (the owner's, or one of
-    PostgreSQL's own such as pg_write_all_data), with the statements that take it away."""
-    name = role.as_string(None)
-    what = " and ".join(
-        part
-        for part in (", ".join(attributes), groups and "membership in " + ", ".join(groups))
-        if part
-    )
-    fixes = [f"ALTER ROLE {name} NO{' NO'.join(attributes)}"] if attributes else []
-    if groups:
-        members = ", ".join(sql.Identifier(g).as_string(None) for g in groups)
-        fixes.append(f"REVOKE {members} FROM {name}")
-    raise ConfigError(
-        f"role {user!r} exists with {what}, so it could do more than its grants allow; run "
-        f"`{'; '.join(fixes)}` as a superuser and run again"
-    )
-
-
-def _log_in(admin: psycopg.Connection[Any], role: sql.Identifier, password: str) -> None:
-    admin.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password)))
-
-
-def _settle(admin: psycopg.Connection[Any], role: sql.Identifier) -> None:
-    """The local role's settings (LOCAL_ROLE_SETTINGS) on `role`."""
-    for name, value in LOCAL_ROLE_SETTINGS:
-        admin.execute(
-            sql.SQL("ALTER ROLE {} SET {} TO {}").format(
-                role, sql.Identifier(name), sql.Literal(value)
-            )
-        )
-
-
-def _check_names(user: str, database: str) -> None:
-    """UsageError for a `user` or `database` init-local must not take (see init())."""
-    for argument, name in (("user", user), ("database", database)):
-        if not name or len(name.encode()) > NAME_BYTES:
-            raise UsageError(
-                f"{{{argument}}} {{name}} is not a name PostgreSQL keeps as it is; give 1 to "
-                f"{NAME_BYTES} bytes",
-                arguments=[argument],
-                values={"name": repr(name)},
-            )
-    if user in (APP_USER, READER_USER):
-        raise UsageError(
-            "{user} {name} is one of the writer and reader roles init-local prepares besides "
-            "(docs/security.md); pass a role of its own, or leave {user} out (ci_user)",
-            arguments=["user"],
-            values={"name": repr(user)},
-        )
-    if user.lower() in RESERVED_ROLES or user.startswith("pg_"):
-        raise UsageError(
-            "{user} {name} is a role name PostgreSQL reserves or SQL reads as something else "
-            "({reserved}, pg_*); pass another {user}",
-            arguments=["user"],
-            values={"name": repr(user), "reserved": ", ".join(RESERVED_ROLES)},
-        )
-    if database in SYSTEM_DATABASES:
-        raise UsageError(
-            "{database} {name} is one of PostgreSQL's own databases (postgres, template0, "
-            "template1), which init-local never takes; pass another {database}, or leave it "
-            "out (ci_local)",
-            arguments=["database"],
-            values={"name": repr(database)},
-        )
-
-
-def _refuse_foreign(database: str, owner: str, user: str, *, role_exists: bool) -> None:
-    """ConfigError for an existing `database` that `owner`, not `user`, owns: it stays
-    theirs (init-local makes a database, it does not take one)."""
-    # A role that does not exist yet could not be handed the database.
-    handing = (
-        ", or have its owner (or a superuser) run `ALTER DATABASE {db} OWNER TO {role}` to "
-        "hand it over"
-        if role_exists
-        else ""
-    )
-    raise ConfigError(
-        "database {name} exists and is owned by role {owner}, not {user_name}; init-local "
-        "changes no one else's database: pass another {database} (init-local creates it)" + handing,
-        arguments=["database"],
-        values={
-            "name": repr(database),
-            "owner": repr(owner),
-            "user_name": repr(user),
-            "db": sql.Identifier(database).as_string(None),
-            "role": sql.Identifier(user).as_string(None),
-        },
-    )
-
-
-def _refuse_unusable(
-    user: str, superuser: bool, can_login: bool, limit: int, expired: bool | None
-) -> None:
-    """ConfigError naming each reason an existing role cannot be the URL's login role."""
-    role = sql.Identifier(user).as_string(None)
-    wrong = []
-    if superuser:
-        wrong.append(("is a superuser", "NOSUPERUSER"))
-    if not can_login:
-        wrong.append(("may not log in (NOLOGIN)", "LOGIN"))
-    if limit == 0:
-        wrong.append(("has CONNECTION LIMIT 0", "CONNECTION LIMIT -1"))
-    if expired:
-        wrong.append(("has a VALID UNTIL in the past", "VALID UNTIL 'infinity'"))
-    if wrong:
-        raise ConfigError(
-            "role {name} exists but {reasons}, so the URL printed could not log in as it; "
-            "run `ALTER ROLE {role} {fixes}` as a superuser, or pass another {user}",
-            arguments=["user"],
-            values={
-                "name": repr(user),
-                "reasons": " and ".join(what for what, _ in wrong),
-                "role": role,
-                "fixes": " ".join(fix for _, fix in wrong),
-            },
-        )
-
-
-def _as_member(
-    admin: psycopg.Connection[Any], statement: sql.Composed, role: sql.Identifier, superuser: bool
-) -> None:
-    """Run `statement`, which makes `role` a database's owner, as a member of `role`.
-
-    PostgreSQL wants the admin to be one unless it is a superuser: 15 says "must be
-    member of role", 16 and later "must be able to SET ROLE". A CREATEROLE admin may
-    grant itself that (on 16 and later through the ADMIN OPTION it got by creating
-    the role), and revokes it again after, so it does not keep ci_user's rights. An
-    admin that already is such a member is left as it was.
-    """
-    try:
-        admin.execute(statement)
-        return
-    except psycopg.errors.InsufficientPrivilege:
-        if superuser:
-            raise
-    admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
-    try:
-        admin.execute(statement)
-    finally:
-        with contextlib.suppress(psycopg.Error):
-            admin.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(role))
-
-
-@contextlib.contextmanager
-def _privileges(who: str, user: str) -> Iterator[None]:
-    """The server refusing the admin something becomes one line with the fix."""
-    try:
-        yield
-    except psycopg.errors.InsufficientPrivilege as error:
-        detail = (error.diag.message_primary or str(error)).strip()
-        raise ConfigError(
-            f"role {who} of the admin URL may not prepare role {user!r}: {detail}; use a "
-            f"superuser admin URL, or one whose role has ADMIN OPTION on {user!r}"
-        ) from None
