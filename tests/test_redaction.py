@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from cicd_db import redaction
 from cicd_db.errors import ConfigError
-from cicd_db.redaction import mask_credentials, password_candidates, redact
+from cicd_db.redaction import mask_credentials, password_candidates, redact, user_name_secrets
 from cicd_db.settings import ConnectionSettings, from_url
 
 from .passwords import NAME_CHARACTERS, PASSWORD_CHARACTERS, assert_nothing_of
@@ -496,3 +496,79 @@ def test_host_secrets_are_what_a_host_holds_before_its_at_after_a_user_name(
 ) -> None:
     assert set(redaction.host_secrets(hosts)) >= set(secrets)
     assert bool(redaction.host_secrets(hosts)) == bool(secrets)
+
+
+# -- what mutation testing found untested (helper-102, 2026-12-07: redaction.py's 43
+# survivors of 372; docs/testing.md) ------------------------------------------------------
+
+
+def test_a_url_that_cannot_be_read_is_hidden_whole() -> None:
+    """A URL with one slash and no '@' cannot be split into user and password: the
+    whole of it is hidden, and the message around it shows (x__password_spans 7)."""
+    assert redact("see postgresql:/ci:Sekr3t/db here") == "see *** here"
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(
+    secret=st.text("abcXYZ019!", min_size=3, max_size=8),
+    gaps=st.lists(st.text(" .,;", max_size=3), min_size=2, max_size=5),
+)
+def test_every_occurrence_of_a_known_secret_is_hidden(secret: str, gaps: list[str]) -> None:
+    """A known secret is hidden wherever it occurs, however often, side by side or
+    overlapping (x_redact 20, 35, 37: the first, the middle or an overlapping one shown)."""
+    text = secret.join(gaps)
+    shown = redact(text, [secret])
+    assert secret not in shown
+
+
+def test_overlapping_occurrences_of_a_secret_are_hidden_whole() -> None:
+    """Occurrences one character apart are hidden together (x_redact 37)."""
+    assert redact("x aaaa x", ["aaa"]) == "x *** x"
+    assert redact("1 Sekr3t 2 Sekr3t 3 Sekr3t 4", ["Sekr3t"]) == "1 *** 2 *** 3 *** 4"
+
+
+def test_a_secret_quoted_by_repr_is_hidden_whole_without_the_word_password() -> None:
+    """A message that quotes a secret with repr, and does not say "password" before it
+    (where the keyword reading would hide it anyway), shows no character of it
+    (x_redact 9, 10)."""
+    secret = "Sek\tr3t"
+    assert redact(f"got {secret!r} back", [secret]) == "got '***' back"
+
+
+def test_a_secret_with_its_backslashes_doubled_is_hidden_whole() -> None:
+    """A message that doubles a secret's backslashes (as JSON or a C string does) but
+    leaves its other characters raw, unlike repr, shows no character of it
+    (x_redact 16, 17)."""
+    secret = "Sek\\r\n3t"
+    doubled = secret.replace("\\", "\\\\")
+    assert doubled != repr(secret)[1:-1]
+    assert redact(f"got {doubled} back", [secret]) == "got *** back"
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(name=st.text("abcxyzABC019_- .\u00e9", min_size=1, max_size=16))
+def test_a_user_name_without_a_separator_holds_no_secret(name: str) -> None:
+    """A user name with no separator in it is no password: nothing of it, and nothing
+    else, is a secret to hide (x__user_name_secret 5)."""
+    assert user_name_secrets(name) == []
+
+
+def test_a_password_typed_into_a_user_parameter_is_hidden() -> None:
+    """`?user=ci:pw` in a URL that has a user before its '@' too: what follows the
+    separator in the parameter's value is hidden, the name before it shows
+    (x__secret_values 11)."""
+    assert redact("postgresql://u@h/db?user=ci:Sekr3t") == "postgresql://u@h/db?user=ci:***"
+
+
+def test_a_query_key_that_is_no_utf8_is_hidden_and_read_without_an_error() -> None:
+    """A percent-escape in a key that decodes to no UTF-8 (`?%80=x`): an unknown parameter,
+    hidden whole, read with its bytes replaced (x__query_secrets 11, 12: an error handler
+    that does not exist raised instead)."""
+    assert redact("postgresql://h/db?%80=x") == "postgresql://h/db?***"
+
+
+def test_a_keyword_in_upper_case_is_shown_as_the_keyword_is() -> None:
+    """`?USER=ci` names a user as `?user=` does, for what is hidden: the name shows, what
+    follows a separator in it does not (x__query_secrets 15-19 hid the name too)."""
+    assert redact("postgresql://h/db?USER=ci") == "postgresql://h/db?USER=ci"
+    assert redact("postgresql://h/db?USER=ci:Sekr3t") == "postgresql://h/db?USER=ci:***"
