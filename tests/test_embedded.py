@@ -324,6 +324,32 @@ def test_stop_waits_for_the_lock_start_holds(home: Path) -> None:
     assert not server.status().running
 
 
+@pytest.mark.db
+def test_a_lock_held_past_the_wait_is_named_not_waited_on_without_a_word(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process stuck holding the lock made `embedded start` and `stop` wait forever, and
+    say nothing (helper-104): past the wait (two minutes; here a fraction of a second),
+    one line names the lock file and how to find its holder, and nothing is changed."""
+    monkeypatch.setattr(embedded.state, "LOCK_WAIT", 0.3)
+    server = EmbeddedServer(home)
+    server.admin_settings()
+    said = (
+        f"another process has held {server.lock_file} for 0.3 s (a cicd-db starting or "
+        f"stopping the embedded server takes seconds): find it (`fuser {server.lock_file}`), "
+        "let it finish or stop it, then run again"
+    )
+    # A stop while it runs; a start once it is stopped (a running one needs no lock).
+    for act, running in ((server.stop, True), (server.ensure_running, False)):
+        with open(server.lock_file, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a stuck holder
+            with pytest.raises(EmbeddedServerError) as held:
+                act()
+            assert str(held.value) == said
+            assert server.status().running is running
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def stopped_server() -> Iterator[tuple[Path, list[str]]]:
     """A server made and stopped, and the lines of postmaster.pid while it ran."""

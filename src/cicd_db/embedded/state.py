@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,9 @@ from cicd_db.errors import ConfigError, EmbeddedServerError
 from cicd_db.pgprocess import HOST, SUPERUSER
 from cicd_db.settings import APP_USER, LOCAL_USER, READER_USER, ConnectionSettings
 
+# Seconds to wait for the lock another process holds: a first start (initdb) takes a
+# few; past this, the holder is stuck.
+LOCK_WAIT = 120.0
 # What server.json must hold: each key's type, and that type in words.
 STATE_KEYS: dict[str, tuple[type, str]] = {
     "port": (int, "a number"),
@@ -50,11 +54,30 @@ class StateFile(Folders):
                 "you can write to (unset, it is .cicd-db in the repository)"
             ) from None
         with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._take(handle)
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _take(self, handle: Any) -> None:
+        """The lock, waited for at most LOCK_WAIT seconds: another cicd-db starting the
+        server (initdb, a first start) holds it for seconds; one that holds it longer is
+        stuck, and is named instead of waited on without a word."""
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise EmbeddedServerError(
+                        f"another process has held {self.lock_file} for {LOCK_WAIT:g} s "
+                        "(a cicd-db starting or stopping the embedded server takes seconds): "
+                        f"find it (`fuser {self.lock_file}`), let it finish or stop it, "
+                        "then run again"
+                    ) from None
+                time.sleep(0.05)
 
     def _read_state(self) -> dict[str, Any] | None:
         try:
