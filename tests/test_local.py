@@ -766,3 +766,24 @@ def test_a_writer_or_reader_that_could_not_log_in_is_refused_with_the_fix(
         )
     finally:
         superuser(server, "ALTER ROLE {} VALID UNTIL 'infinity' CONNECTION LIMIT -1", role)
+
+
+@pytest.mark.db
+def test_a_bad_admin_url_is_blamed_on_the_admin_url(
+    server: ConnectionSettings, names: Names
+) -> None:
+    """A wrong password in --admin-url, or a parameter libpq refuses there, was told as the
+    target's (--database-url, DATABASE_URL or the stack's outputs), which init-local does
+    not take (helper-104): the fix names --admin-url."""
+    wrong = replace(server, password="Wrong-Pass-9")
+    refused = init_local(server, wrong, names)
+    assert (refused.code, refused.out) == (2, ""), refused
+    assert refused.err.endswith(
+        "; check the user and password of the target (--admin-url), or PGUSER, PGPASSWORD "
+        "and .pgpass\n"
+    ), refused.err
+    assert "--database-url" not in refused.err and "Wrong-Pass-9" not in refused.err
+    timeout = replace(server, parameters=(("connect_timeout", "abc"),))
+    refused = init_local(server, timeout, names)
+    assert (refused.code, refused.out) == (2, ""), refused
+    assert "fix that parameter of the target (--admin-url) or of libpq's" in refused.err

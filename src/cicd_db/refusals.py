@@ -83,13 +83,26 @@ NAMED_KEYWORD: tuple[tuple[str, str | None], ...] = (
 )
 
 
-def connection_error(settings: ConnectionSettings, error: psycopg.Error) -> CicdDbError:
-    """A failed connection told in one line: what refused it, and what to fix where.
-    Nothing of it shows a secret of `settings` (ConnectionSettings.secrets: the URL's,
-    and a password typed into PGHOST, PGUSER or a service file's host or user)."""
+def connection_error(
+    settings: ConnectionSettings, error: psycopg.Error, named_by: str = "database_url"
+) -> CicdDbError:
+    """A failed connection told in one line: what refused it, and what to fix where (the
+    target, or the argument `named_by` that gave `settings`: `admin_url`). Nothing of it
+    shows a secret of `settings` (ConnectionSettings.secrets: the URL's, and a password
+    typed into PGHOST, PGUSER or a service file's host or user)."""
     secrets = settings.secrets()
-    told = _connection_error(settings, error, secrets)
+    told = _named_by(_connection_error(settings, error, secrets), named_by)
     return told.hiding(lambda text: redact(text, secrets))
+
+
+def _named_by(error: CicdDbError, argument: str) -> CicdDbError:
+    """`error`, its fix naming `argument` where it names the target's URL."""
+    if argument == "database_url" or "database_url" not in error.arguments:
+        return error
+    error.template = error.template.replace(TARGET_PARAMETERS, f"({{{argument}}})")
+    error.template = error.template.replace("{database_url} or DATABASE_URL", f"{{{argument}}}")
+    error.arguments = tuple(argument if a == "database_url" else a for a in error.arguments)
+    return error
 
 
 def _connection_error(
@@ -281,12 +294,15 @@ def _libpq_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
     )
 
 
-def parameter_refused(settings: ConnectionSettings, detail: str) -> CicdDbError:
+def parameter_refused(
+    settings: ConnectionSettings, detail: str, named_by: str = "database_url"
+) -> CicdDbError:
     """A connection parameter libpq or psycopg refused: fixed where it came from, an
-    environment variable (PGCONNECT_TIMEOUT, PGSSLMODE, ...) or the target; nothing of it
-    shows a secret of `settings`, as connection_error."""
+    environment variable (PGCONNECT_TIMEOUT, PGSSLMODE, ...) or the target (or
+    `named_by`); nothing of it shows a secret of `settings`, as connection_error."""
     secrets = settings.secrets()
-    return _parameter_refused(settings, detail).hiding(lambda text: redact(text, secrets))
+    told = _named_by(_parameter_refused(settings, detail), named_by)
+    return told.hiding(lambda text: redact(text, secrets))
 
 
 def _parameter_refused(settings: ConnectionSettings, detail: str) -> ConfigError:

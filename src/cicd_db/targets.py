@@ -192,9 +192,14 @@ READING_OPTIONS = "-c DateStyle=ISO -c IntervalStyle=postgres"
 
 
 def connect(
-    settings: ConnectionSettings, *, autocommit: bool = True, **overrides: Any
+    settings: ConnectionSettings,
+    *,
+    autocommit: bool = True,
+    named_by: str = "database_url",
+    **overrides: Any,
 ) -> psycopg.Connection[Any]:
-    """Open a connection; failures become our errors, with the password redacted.
+    """Open a connection; failures become our errors, with the password redacted, whose
+    fix names the target, or `named_by` where another argument gave `settings`.
 
     `overrides` are libpq keywords that replace the settings' own (`options`, ...);
     without `options`, the session has READING_OPTIONS after the user's.
@@ -226,11 +231,11 @@ def connect(
         detail = redact(str(error).strip().splitlines()[0], settings.secrets())
         from cicd_db.refusals import parameter_refused  # only when a connection fails
 
-        raise parameter_refused(settings, detail) from None
+        raise parameter_refused(settings, detail, named_by) from None
     except psycopg.OperationalError as error:
         from cicd_db.refusals import connection_error  # only when a connection fails
 
-        raise connection_error(settings, error) from None
+        raise connection_error(settings, error, named_by) from None
 
 
 def wait(settings: ConnectionSettings, timeout: float, poll: float = 0.2) -> ConnectionSettings:

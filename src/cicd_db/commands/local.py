@@ -38,7 +38,7 @@ def init_local(
     ]
     admin = from_url(admin_url, what="--admin-url")
     ctx.secrets += admin.secrets()
-    with targets.connect(admin) as conn:
+    with targets.connect(admin, named_by="admin_url") as conn:
         # The URL printed names the host (a socket's folder too) and port libpq used,
         # also when they came from PGHOST, PGPORT or a service file.
         server = admin.in_use(conn.info)
