@@ -581,6 +581,30 @@ def test_a_first_start_killed_during_initdb_is_recovered(home: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_port_the_server_may_not_listen_on_is_named_and_another_port_works(
+    home: Path,
+) -> None:
+    """A port below 1024, which the server's own user may not listen on: pg_ctl's "Examine
+    the log output" and five log lines joined, no fix, and the port kept for every later
+    start (helper-104). One line naming the port and CICD_DB_EMBEDDED_PORT, which moves
+    the server."""
+    env = {"CICD_DB_HOME": str(home), "CICD_DB_EMBEDDED_PORT": "1"}
+    refused = run_cli("embedded", "start", env=env, process=True)
+    assert (refused.code, refused.out) == (2, ""), refused
+    assert refused.err == (
+        "error: the embedded server may not listen on port 1 of 127.0.0.1 (Permission "
+        "denied: ports below 1024 are the system's); set CICD_DB_EMBEDDED_PORT to a port "
+        "from 1024 to 65535 to move it there, and run again\n"
+    )
+    other = free_port()
+    moved = {"CICD_DB_HOME": str(home), "CICD_DB_EMBEDDED_PORT": str(other)}
+    started = run_cli("embedded", "start", env=moved, process=True)
+    assert (started.code, started.err) == (0, ""), started
+    assert started.out.startswith(f"running on 127.0.0.1:{other}: ")
+    assert run_cli("embedded", "stop", env={"CICD_DB_HOME": str(home)}).code == 0
+
+
+@pytest.mark.slow
 @pytest.mark.db
 def test_a_taken_port_is_named_and_another_port_works(home: Path) -> None:
     """CICD_DB_EMBEDDED_PORT naming a port in use: one line that says so and how to

@@ -14,7 +14,7 @@ from psycopg import sql
 
 from cicd_db.embedded.pidfile import PidFiles
 from cicd_db.embedded.state import ROLE_PASSWORD_KEYS, StateFile, env_port, login
-from cicd_db.errors import EmbeddedServerError
+from cicd_db.errors import ConfigError, EmbeddedServerError
 from cicd_db.pgprocess import (
     HOST,
     START_TIMEOUT_SECONDS,
@@ -160,6 +160,15 @@ class Creating(StateFile, PidFiles):
             tail = self._log_tail()
             if "Address already in use" in tail:  # taken since the check above
                 raise port_taken(port, creating=False) from None
+            if "could not bind" in tail and "Permission denied" in tail:
+                # The check above binds as this process; the server runs as its own user,
+                # which may not listen below 1024.
+                raise ConfigError(
+                    f"the embedded server may not listen on port {port} of {HOST} "
+                    "(Permission denied: ports below 1024 are the system's); set "
+                    "CICD_DB_EMBEDDED_PORT to a port from 1024 to 65535 to move it there, "
+                    "and run again"
+                ) from None
             raise EmbeddedServerError(f"{error}; {tail}") from None
 
     def _bootstrap(self, state: dict[str, Any]) -> None:
