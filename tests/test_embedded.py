@@ -774,3 +774,52 @@ def test_a_start_cut_off_before_the_roles_get_new_passwords_gives_them_on_the_ne
             assert conn.execute("SELECT current_user").fetchone() == ("ci_app",)
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.db
+@pytest.mark.parametrize("damage", ["server.json removed", "PG_VERSION removed"])
+def test_damaged_state_is_named_with_a_fix_that_keeps_the_data_until_asked(
+    home: Path, damage: str
+) -> None:
+    """A state folder whose server.json (port, passwords) is gone while the server runs,
+    or whose data lost its PG_VERSION: "remove the folder" was said with no stop first and
+    no word that the data goes with it, and `status` said port None (helper-104). Now:
+    what is missing, stop first, keep the data if it matters; the status line says the
+    port is unknown."""
+    server = EmbeddedServer(home)
+    server.admin_settings()
+    environ = {"CICD_DB_HOME": str(home)}
+    try:
+        if damage == "server.json removed":
+            server.state_file.unlink()
+            status = run_cli("embedded", "status", env=environ)
+            assert status.code == 0 and "its port unknown (no server.json)" in status.out
+            lacks = "no server.json (its port and passwords)"
+        else:
+            server.stop()
+            (server.data_dir / "PG_VERSION").unlink()
+            lacks = "no PG_VERSION (it is damaged)"
+        refused = run_cli("embedded", "url", env=environ)
+        assert (refused.code, refused.out) == (1, ""), refused
+        assert refused.err == (
+            f"error: {server.data_dir} holds a server's files but {lacks}, so nothing can log "
+            "in to it; stop it (`cicd-db embedded stop`), then move "
+            f"{home / 'embedded'} away (keep it if its data matters) and run again to create "
+            "a fresh embedded server\n"
+        )
+        assert (server.data_dir / "base").is_dir()  # nothing of the data removed
+    finally:
+        server.stop()
+
+
+def test_a_state_folder_with_a_line_break_in_its_path_is_refused_before_initdb(
+    tmp_path: Path,
+) -> None:
+    """initdb fails on a line break in the data folder's path ("initdb failed: line/..."):
+    refused up front, with the fix."""
+    home = tmp_path / "a\nb"
+    refused = run_cli("embedded", "start", env={"CICD_DB_HOME": str(home)})
+    assert (refused.code, refused.out) == (2, ""), refused
+    assert refused.err.count("\n") == 1 and "has a line break in its path" in refused.err
+    assert not home.exists()

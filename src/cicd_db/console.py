@@ -325,6 +325,8 @@ def embedded_json(state: Status) -> JSON:
 
 def embedded_line(state: Status) -> str:
     if state.running:
+        if state.port is None:  # server.json gone from under a running server
+            return f"running (pid {state.pid}), its port unknown (no server.json), data {state.data_dir}"
         return f"running (pid {state.pid}) on 127.0.0.1:{state.port}, data {state.data_dir}"
     if state.stray is not None:
         return (

@@ -106,6 +106,11 @@ INSTALL_ELSEWHERE = "install cicd-db (its virtual environment) in a folder whose
 def check_shell_safe(path: Path, what: str, fix: str) -> None:
     """ConfigError if `path` holds a character the shell acts on between double quotes;
     `fix` is told with the characters to avoid."""
+    if "\n" in str(path) or "\r" in str(path):
+        raise ConfigError(
+            f"{what} {str(path)!r} has a line break in its path, which PostgreSQL's programs "
+            f"cannot take (initdb fails on it); {fix}"
+        )
     found = next((c for c in str(path) if c in SHELL_ACTIVE), None)
     if found is not None:
         raise ConfigError(

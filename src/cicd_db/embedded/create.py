@@ -72,9 +72,18 @@ class Creating(StateFile, PidFiles):
 
     def _initdb(self) -> dict[str, Any]:
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            # Made by a server whose state is lost (server.json removed: its port and
+            # passwords) or whose data is damaged (no PG_VERSION): nothing here can use it.
+            lacks = (
+                f"no {self.state_file.name} (its port and passwords)"
+                if not self.state_file.exists()
+                else "no PG_VERSION (it is damaged)"
+            )
             raise EmbeddedServerError(
-                f"{self.data_dir} holds files but no server state; "
-                f"remove {self.root} to create a fresh embedded server"
+                f"{self.data_dir} holds a server's files but {lacks}, so nothing can log in "
+                "to it; stop it (`cicd-db embedded stop`), then move "
+                f"{self.root} away (keep it if its data matters) and run again to create a "
+                "fresh embedded server"
             )
         requested = self._requested_port or env_port()
         if requested is not None:
