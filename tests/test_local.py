@@ -764,6 +764,15 @@ def test_a_writer_or_reader_that_could_not_log_in_is_refused_with_the_fix(
             f"error: role {role!r} exists but {said}, so the URL printed could not log in as "
             f'it; run `ALTER ROLE "{role}" {fix}` as a superuser\n'
         )
+        # Before anything changed: ci_user and its database were not made (review).
+        assert not role_exists(server, names.user)
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            assert (
+                conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", [names.database]
+                ).fetchone()
+                is None
+            )
     finally:
         superuser(server, "ALTER ROLE {} VALID UNTIL 'infinity' CONNECTION LIMIT -1", role)
 

@@ -1039,3 +1039,24 @@ def test_a_lock_timeout_of_the_session_while_counting_is_named(migrated: Databas
         "error: retention's statement was cancelled (canceling statement due to lock timeout); "
         "nothing was deleted; lock_timeout stopped it, set for this session by the role, "
     ), result.err
+
+
+def test_a_writer_refused_another_right_on_a_current_schema_is_told_the_right(
+    migrated: Database, executions: Store
+) -> None:
+    """Only grants from before migration 0036 (the run counters unreadable to a role that
+    may delete runs) say the schema is older; a right revoked by hand on a current schema
+    is named as the right it is, with the role to use (review)."""
+    record(executions, "build", days_ago=40)
+    migrated.execute("REVOKE UPDATE ON pipeline_executions FROM ci_app")
+    try:
+        with migrated.connect() as conn:
+            conn.execute("SET ROLE ci_app")
+            with pytest.raises(ConfigError) as denied:
+                retention.prune(conn, keep_days=30)
+    finally:
+        migrated.execute("GRANT UPDATE ON pipeline_executions TO ci_app")
+    assert str(denied.value).startswith(
+        "role ci_app lacks a right retention needs (SELECT, UPDATE and DELETE on the "
+        "execution tables): permission denied for table pipeline_executions"
+    ), str(denied.value)

@@ -1413,3 +1413,17 @@ def test_a_row_of_another_kind_or_no_row_is_refused_naming_its_argument(
         method(executions, given_value, rows)
     assert str(refused.value).startswith(f"`{argument}` must be "), str(refused.value)
     assert snapshot(schema) == before
+
+
+def test_jobs_given_as_a_generator_or_pairs_that_are_no_pairs(executions: Store) -> None:
+    """A generator of jobs is read once, for its check and its move (the check used it up,
+    and nothing moved: review); pairs of another length are refused naming `jobs`."""
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING)
+    stage = executions.set_status(executions.add_stage(run, "s", 1), RUNNING)
+    jobs = executions.add_jobs(stage, (pair for pair in [("a", False), ("b", False)]))
+    moved = executions.set_statuses((job for job in jobs), RUNNING)
+    assert [job.status for job in moved] == [RUNNING, RUNNING]
+    assert [job.status for job in executions.jobs(stage)] == [RUNNING, RUNNING]
+    for pairs in ([("k", False, 1)], [("k",)], "ab", None, [["k", False], "x"]):
+        with pytest.raises(UsageError, match=r"^`jobs` must be \(name, allows_failure\) pairs"):
+            executions.add_jobs(stage, pairs)  # type: ignore[arg-type]

@@ -1169,3 +1169,24 @@ def test_a_value_a_service_names_wrongly_is_the_services_to_fix(tmp_path: Path) 
     )
     assert (result.code, result.out) == (2, ""), result.err
     assert 'invalid sslmode value: "bogus"; fix sslmode in service bad' in result.err, result.err
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("timeout", float("nan"), "^`timeout` nan is out of range; "),
+        ("timeout", float("inf"), "^`timeout` inf is out of range; "),
+        ("timeout", -1, "^`timeout` -1 is out of range; "),
+        ("poll", 0, "^`poll` 0 is out of range; "),
+        ("poll", "1", "^`poll` takes a number of seconds, not a str$"),
+    ],
+)
+def test_a_wait_that_is_no_number_of_seconds_is_refused_before_connecting(
+    keyword: str, value: object, message: str
+) -> None:
+    """`targets.wait` polled forever with a NaN timeout (review): the CLI's --timeout is
+    read as seconds, and the library checks the same, before the first try."""
+    given = contract.from_url("postgresql://u@127.0.0.1:1/db", what="test")
+    arguments: dict[str, object] = {"timeout": 1.0, keyword: value}
+    with pytest.raises(errors.UsageError, match=message):
+        targets.wait(given, **arguments)  # type: ignore[arg-type]

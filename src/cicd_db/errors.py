@@ -88,7 +88,9 @@ class CicdDbError(Exception):
         """This error with `hide` (a redaction) applied to its text, all of it but the
         fields of its arguments: for an error that quotes what it was given (a
         connection's settings, libpq's message), so that its text, printed by the CLI or
-        by a program that calls the library, never shows a password."""
+        by a program that calls the library, never shows a password. Text from elsewhere
+        goes in `values`: in the template's own text a secret is read between its fields
+        (and `{{`, `}}`), so one holding a brace would be read in pieces."""
         if self.arguments:
             parts = re.split(r"(\{\{|\}\}|\{\w+\})", self.template)
             self.template = "".join(hide(p) if i % 2 == 0 else p for i, p in enumerate(parts))

@@ -321,9 +321,9 @@ def _denied(
     conn: psycopg.Connection[Any], denied: psycopg.Error, done: Pruned | None
 ) -> ConfigError:
     """A role without a right retention needs (the reader, or one granted less); a role
-    that may delete runs and was refused another right has grants older than this
-    cicd-db (migration 0036 lets the writer read the run counters)."""
-    if _may_delete_runs(conn):
+    that may delete runs but not read the run counters has grants older than this
+    cicd-db (migration 0036 lets the writer read them)."""
+    if _grants_before_0036(conn):
         error = older_schema(f"role {_current_role(conn)}: {denied.diag.message_primary}")
         return ConfigError(f"{error}; {_so_far(done)}")
     return ConfigError(
@@ -333,11 +333,14 @@ def _denied(
     )
 
 
-def _may_delete_runs(conn: psycopg.Connection[Any]) -> bool:
-    """Whether the session's role may delete runs (False when it cannot be asked)."""
+def _grants_before_0036(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the session's role may delete runs but not read the run counters' names,
+    which migration 0036 grants the writer (False when it cannot be asked)."""
     try:
         row = conn.execute(
-            "SELECT pg_catalog.has_table_privilege('pipeline_executions', 'DELETE')"
+            "SELECT pg_catalog.has_table_privilege('pipeline_executions', 'DELETE') "
+            "AND NOT pg_catalog.has_column_privilege('pipeline_run_counters', "
+            "'pipeline_name', 'SELECT')"
         ).fetchone()
     except psycopg.Error:
         return False

@@ -19,6 +19,7 @@ writes to a database.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -34,6 +35,7 @@ from cicd_db.errors import (
     ConfigError,
     ConnectionFailed,
     UsageError,
+    check_seconds,
 )
 from cicd_db.libpq import check_environment, options_with
 from cicd_db.redaction import redact
@@ -240,7 +242,10 @@ def connect(
 
 def wait(settings: ConnectionSettings, timeout: float, poll: float = 0.2) -> ConnectionSettings:
     """Once the database accepts connections, the settings as libpq used them (the host
-    and port it reached: `ConnectionSettings.in_use`); ConnectionFailed after `timeout` s."""
+    and port it reached: `ConnectionSettings.in_use`); ConnectionFailed after `timeout` s.
+    A NaN or an infinity would wait forever: UsageError, as for every wait."""
+    timeout = check_seconds("timeout", timeout, math.inf, zero=True)
+    poll = check_seconds("poll", poll, math.inf)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -14,12 +14,13 @@ from typing import Any
 
 from cicd_db.embedded.folders import Folders
 from cicd_db.errors import ConfigError, EmbeddedServerError
-from cicd_db.pgprocess import HOST, SUPERUSER
+from cicd_db.pgprocess import HOST, START_TIMEOUT_SECONDS, SUPERUSER
 from cicd_db.settings import APP_USER, LOCAL_USER, READER_USER, ConnectionSettings
 
-# Seconds to wait for the lock another process holds: a first start (initdb) takes a
-# few; past this, the holder is stuck.
-LOCK_WAIT = 120.0
+# Seconds to wait for the lock another process holds: the longest a holder works under
+# it (initdb, a start that pg_ctl waits START_TIMEOUT_SECONDS for, the bootstrap; a stop
+# it waits as long for), twice over for a loaded machine; past this, the holder is stuck.
+LOCK_WAIT = 4.0 * START_TIMEOUT_SECONDS + 60.0
 # What server.json must hold: each key's type, and that type in words.
 STATE_KEYS: dict[str, tuple[type, str]] = {
     "port": (int, "a number"),

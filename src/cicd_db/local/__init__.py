@@ -121,13 +121,19 @@ def init(
     generated; an existing login role is left as it is unless a password is given. Their
     privileges are the migrations' grants, made by `cicd-db migrate`.
 
-    One init-local at a time per server (an advisory lock on the admin connection):
-    two at once would each take the role the other is still making for one a stopped
-    run left, and set its password again under it.
+    One init-local at a time (an advisory lock on the admin connection): two at once
+    would each take the role the other is still making for one a stopped run left, and
+    set its password again under it. An advisory lock is its database's: two runs whose
+    admin URLs name different databases of one server are not kept apart (name the same
+    one, `postgres`, as the README does).
     """
     roles.check_names(user, database)
     with _one_at_a_time(admin):
         superuser, who = _admin_rights(admin, user)
+        # The writer and the reader checked before anything changes (made below).
+        for login in (APP_USER, READER_USER):
+            with roles.privileges(who, login):
+                roles.check_login_role(admin, login)
         existing = admin.execute(
             "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil <= now(), "
             "shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s FROM pg_roles "

@@ -30,9 +30,11 @@ NAME_BYTES = 63
 UNFINISHED = "cicd-db init-local: not finished; its password was never shown"
 
 
-def login_role(admin: psycopg.Connection[Any], user: str, password: str | None) -> tuple[str, bool]:
-    """Make `user` a login role that is not a superuser; (its password, or "" when an
-    existing one kept its own; whether the password was generated)."""
+def check_login_role(admin: psycopg.Connection[Any], user: str) -> tuple[bool, bool] | None:
+    """The existing writer or reader `user` checked before anything changes: refused if it
+    may do more than its grants or could not log in for another reason than NOLOGIN (which
+    init-local gives it); (whether it may log in, whether it is marked UNFINISHED), or
+    None when there is no such role."""
     existing = admin.execute(
         "SELECT r.rolcanlogin, "
         "array_remove(ARRAY[CASE WHEN r.rolsuper THEN 'SUPERUSER' END, "
@@ -46,13 +48,23 @@ def login_role(admin: psycopg.Connection[Any], user: str, password: str | None) 
         "FROM pg_catalog.pg_roles r WHERE r.rolname = %s",
         [user],
     ).fetchone()
+    if existing is None:
+        return None
     role = sql.Identifier(user)
-    if existing is not None and (existing[1] or existing[2]):
+    if existing[1] or existing[2]:
         refuse_more(role, user, attributes=existing[1], groups=existing[2])
-    if existing is not None:  # NOLOGIN is made LOGIN here; what else would stop a login is not
-        refuse_unusable(user, False, True, existing[3], existing[4], named_by=None)
+    # NOLOGIN is made LOGIN here; what else would stop a login is not.
+    refuse_unusable(user, False, True, existing[3], existing[4], named_by=None)
+    return bool(existing[0]), marked(admin, user)
+
+
+def login_role(admin: psycopg.Connection[Any], user: str, password: str | None) -> tuple[str, bool]:
+    """Make `user` a login role that is not a superuser; (its password, or "" when an
+    existing one kept its own; whether the password was generated)."""
+    existing = check_login_role(admin, user)
+    role = sql.Identifier(user)
     # One an earlier run gave a password it never showed (UNFINISHED): made again.
-    unfinished = existing is not None and marked(admin, user)
+    unfinished = existing is not None and existing[1]
     generated = not password and (existing is None or not existing[0] or unfinished)
     if existing is not None and not generated and not password:
         return "", False  # a login role of someone's: left exactly as it is

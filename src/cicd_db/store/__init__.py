@@ -252,6 +252,7 @@ class Store(Moves, Reads):
             )
         if at is not None:
             check_time("at", at)
+        jobs = list(jobs)  # read once: a generator given would be empty when moved
         for job in jobs:
             check_row("jobs", job, JobRun)
         ids = [job.id for job in jobs]
