@@ -170,6 +170,12 @@ def owner_of(server: ConnectionSettings, database: str) -> str:
     return str(row[0])
 
 
+def database_exists(server: ConnectionSettings, database: str) -> bool:
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
+        return found.fetchone() == (1,)
+
+
 def role_exists(server: ConnectionSettings, role: str) -> bool:
     with psycopg.connect(server.conninfo(), autocommit=True) as conn:
         return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone() == (1,)
@@ -269,13 +275,7 @@ def test_a_role_init_local_does_not_manage_as_user_is_refused(
             f"error: --user {user!r} is one of the writer and reader roles init-local prepares "
             "besides (docs/security.md); pass a role of its own, or leave --user out (ci_user)\n"
         )
-    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-        assert (
-            conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", [names.database]
-            ).fetchone()
-            is None
-        )
+    assert not database_exists(server, names.database)
     # The admin's password was not changed: it still logs in with its own.
     with psycopg.connect(admin.conninfo()) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (names.admin,)
@@ -766,13 +766,7 @@ def test_a_writer_or_reader_that_could_not_log_in_is_refused_with_the_fix(
         )
         # Before anything changed: ci_user and its database were not made (review).
         assert not role_exists(server, names.user)
-        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-            assert (
-                conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", [names.database]
-                ).fetchone()
-                is None
-            )
+        assert not database_exists(server, names.database)
     finally:
         superuser(server, "ALTER ROLE {} VALID UNTIL 'infinity' CONNECTION LIMIT -1", role)
 
