@@ -823,3 +823,35 @@ def test_a_state_folder_with_a_line_break_in_its_path_is_refused_before_initdb(
     assert (refused.code, refused.out) == (2, ""), refused
     assert refused.err.count("\n") == 1 and "has a line break in its path" in refused.err
     assert not home.exists()
+
+
+def test_a_disk_without_room_is_named_where_initdb_stopped_mid_sentence(tmp_path: Path) -> None:
+    """A full disk or a size limit (here `ulimit -f`, for initdb alone) killed initdb
+    mid-sentence: "initdb failed: creating configuration files ...", no fix (helper-104).
+    The failure says where room is needed, and how to move the state folder."""
+    import resource
+    import shutil as shell_util
+
+    from cicd_db.pgprocess import grant_traverse, run_tool, server_account, wheel_bin_dir
+
+    work = tmp_path / "data"
+    work.mkdir()
+    if (account := server_account()) is not None:
+        grant_traverse(work)
+        grant_traverse(wheel_bin_dir())
+        shell_util.chown(work, account, account)
+
+    def small() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+    with pytest.raises(EmbeddedServerError) as failed:
+        run_tool(
+            wheel_bin_dir(), "initdb", "-D", str(work), "--no-locale", cwd=tmp_path,
+            preexec_fn=small,
+        )  # fmt: skip
+    said = str(failed.value)
+    assert said.startswith("initdb failed: "), said
+    assert said.endswith(
+        f"; the disk of {tmp_path} is full or past a size limit: make room there, or set "
+        "CICD_DB_HOME to a folder on a disk with room, and run again"
+    ), said

@@ -160,8 +160,22 @@ def run_tool(
         stop_group(process)
         raise
     if process.returncode != 0:
-        raise EmbeddedServerError(f"{program} failed: {tool_error(err or out)}")
+        said = f"{program} failed: {tool_error(err or out)}"
+        # A full disk, a quota, or a size limit (ulimit -f: SIGXFSZ, which kills initdb
+        # mid-sentence): said, with where the room is needed.
+        if process.returncode == -signal.SIGXFSZ or any(
+            full in (err or "") + (out or "") for full in DISK_FULL
+        ):
+            said += (
+                f"; the disk of {cwd} is full or past a size limit: make room there, or set "
+                "CICD_DB_HOME to a folder on a disk with room, and run again"
+            )
+        raise EmbeddedServerError(said)
     return str(out)
+
+
+# What a program prints when it could not write for want of room.
+DISK_FULL = ("No space left on device", "File too large", "Disk quota exceeded")
 
 
 # The signals a command stops on (entry.py), held while a child is forked with a
