@@ -790,3 +790,9 @@ def test_a_bad_admin_url_is_blamed_on_the_admin_url(
     refused = init_local(server, timeout, names)
     assert (refused.code, refused.out) == (2, ""), refused
     assert "fix that parameter of the target (--admin-url) or of libpq's" in refused.err
+    # A setting the server refuses at start-up is the URL's to fix, whichever URL it is.
+    options = replace(server, parameters=(("options", "-c no_such_setting=1"),))
+    refused = init_local(server, options, names)
+    assert (refused.code, refused.out) == (2, ""), refused
+    assert "fix the options parameter of the URL (?options=-c ...)" in refused.err
+    assert "--database-url" not in refused.err

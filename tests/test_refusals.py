@@ -286,7 +286,7 @@ def test_a_bad_setting_the_url_names_is_the_urls_even_where_its_service_has_opti
     result = refused(settings, 'FATAL:  invalid value for parameter "TimeZone": "Bogus"')
     assert type(result) is ConfigError
     assert str(result).endswith(
-        "; fix the options parameter of the target (?options=-c ...) or PGOPTIONS"
+        "; fix the options parameter of the URL (?options=-c ...) or PGOPTIONS"
     ), str(result)
 
 

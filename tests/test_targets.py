@@ -650,7 +650,7 @@ def test_a_setting_the_server_refuses_at_start_up_is_a_configuration_error(
         assert result.code == 2, result
         assert 'invalid value for parameter "statement_timeout"' in result.err
         assert result.err.rstrip().endswith(
-            "fix the options parameter of the target (?options=-c ...) or PGOPTIONS"
+            "fix the options parameter of the URL (?options=-c ...) or PGOPTIONS"
         )
 
 
@@ -661,7 +661,7 @@ def test_a_setting_the_server_refuses_at_start_up_is_a_configuration_error(
 # 2, the fix named; `migrate wait` gives up at once) or a server at its connection limit
 # (exit 1; `wait` keeps trying). None is told "check that the server is up".
 
-OPTIONS_FIX = "fix the options parameter of the target (?options=-c ...) or PGOPTIONS"
+OPTIONS_FIX = "fix the options parameter of the URL (?options=-c ...) or PGOPTIONS"
 LIBPQ_FIX = "fix that parameter of the target (--database-url, DATABASE_URL or the stack's outputs)"
 
 
@@ -1147,7 +1147,7 @@ def test_a_setting_a_services_options_name_wrongly_is_told_as_the_services(
     database: Database, tmp_path: Path
 ) -> None:
     """`options` from the service file, not the URL or PGOPTIONS: fix the service (it said
-    "fix the options parameter of the target ... or PGOPTIONS")."""
+    "fix the options parameter of the URL ... or PGOPTIONS")."""
     services = tmp_path / "pg_service.conf"
     services.write_text("[zoned]\noptions=-c TimeZone=Bogus/Zone\n")
     settings = database.settings

@@ -194,7 +194,7 @@ def _server_refused(settings: ConnectionSettings, detail: str, user: str) -> Cic
                 f"{where}: {detail}; fix the options of service {settings.service()}"
             )
         return ConfigError(
-            f"{where}: {detail}; fix the options parameter of the target (?options=-c ...) "
+            f"{where}: {detail}; fix the options parameter of the URL (?options=-c ...) "
             "or PGOPTIONS"
         )
     if re.match(SERVER_BUSY, detail):
