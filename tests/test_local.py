@@ -679,7 +679,7 @@ def test_init_local_refuses_a_writer_or_reader_that_may_do_more(
                 )
             )
         with pytest.raises(ConfigError) as refused:
-            local.roles.login_role(admin, user, None)
+            local.roles.check_login_role(admin, user)
         admin.rollback()
     assert str(refused.value) == (
         f"role {user!r} exists with {said.format(owner=names.user)}, so it could do more "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -61,6 +62,22 @@ def record(
     if status == CANCELED:
         return store.cancel_run(run, at=start + timedelta(minutes=1))
     return store.set_status(run, status, at=start + timedelta(minutes=1))
+
+
+@contextlib.contextmanager
+def holding(database: Database, statement: str) -> Iterator[None]:
+    """`statement` run in a transaction of another session, held while the block runs, or
+    30 s at the latest: a wait that was not bounded as it should be would otherwise hang
+    the test instead of failing it."""
+    with database.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute(statement)
+        release = threading.Timer(30, lambda: holder.execute("ROLLBACK"))
+        release.start()
+        try:
+            yield
+        finally:
+            release.cancel()
 
 
 def counts(database: Database) -> tuple[int, int, int]:
@@ -329,17 +346,12 @@ def test_a_table_held_past_the_lock_timeout_is_tried_again_then_given_up(
     lock timeout, and tries again after a pause, a bounded number of times."""
     monkeypatch.setattr(retention, "RETRY_DELAY", 0.01)
     record(executions, "build", days_ago=40)
-    with migrated.connect() as holder, migrated.connect() as conn:
-        holder.execute("BEGIN")
-        holder.execute("LOCK TABLE job_executions IN EXCLUSIVE MODE")
-        # Let go after 30 s at the latest: a lock timeout not applied would wait until then.
-        release = threading.Timer(30, lambda: holder.execute("ROLLBACK"))
-        release.start()
-        try:
-            with pytest.raises(OperationalError) as busy:
-                retention.prune(conn, keep_days=30, lock_timeout=0.05)
-        finally:
-            release.cancel()
+    with (
+        holding(migrated, "LOCK TABLE job_executions IN EXCLUSIVE MODE"),
+        migrated.connect() as conn,
+        pytest.raises(OperationalError) as busy,
+    ):
+        retention.prune(conn, keep_days=30, lock_timeout=0.05)
     assert str(busy.value) == (
         "retention met busy tables 6 times in a row (canceling statement due to lock timeout); "
         "run again when they are less busy"
@@ -984,15 +996,11 @@ def test_a_lock_timeout_below_a_millisecond_still_waits_no_longer(
     """0.4 ms was written "0ms", which PostgreSQL reads as no timeout: retention waited on
     a writer's lock for as long as the writer held it. Rounded up, it waits 1 ms."""
     record(executions, "build", days_ago=40)
-    with migrated.connect() as writer, migrated.connect() as conn:
-        writer.execute("BEGIN")
-        writer.execute("SELECT FROM stage_executions FOR UPDATE")
-        release = threading.Timer(30, lambda: writer.execute("ROLLBACK"))
-        release.start()
-        try:
-            pruned = retention.prune(conn, keep_days=30, lock_timeout=0.0004)
-        finally:
-            release.cancel()
+    with (
+        holding(migrated, "SELECT FROM stage_executions FOR UPDATE"),
+        migrated.connect() as conn,
+    ):
+        pruned = retention.prune(conn, keep_days=30, lock_timeout=0.0004)
     assert (pruned.runs, pruned.held) == (0, 1), pruned
 
 

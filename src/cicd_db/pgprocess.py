@@ -163,9 +163,7 @@ def run_tool(
         said = f"{program} failed: {tool_error(err or out)}"
         # A full disk, a quota, or a size limit (ulimit -f: SIGXFSZ, which kills initdb
         # mid-sentence): said, with where the room is needed.
-        if process.returncode == -signal.SIGXFSZ or any(
-            full in (err or "") + (out or "") for full in DISK_FULL
-        ):
+        if process.returncode == -signal.SIGXFSZ or any(full in err + out for full in DISK_FULL):
             said += (
                 f"; the disk of {cwd} is full or past a size limit: make room there, or set "
                 "CICD_DB_HOME to a folder on a disk with room, and run again"

@@ -30,8 +30,7 @@ def _secret_values(text: str) -> list[int]:
         if key in SECRET_KEYWORDS:
             starts.append(match.end())
         elif key in ("user", "host", "hostaddr"):
-            value = re.match(r"[^&#]*", text[match.end() :])
-            userinfo = value.group() if value else ""
+            userinfo = _value(text[match.end() :])
             if key != "user":  # a socket directory is a path: its '@' is the path's
                 socket = unquote(userinfo, errors="replace").startswith("/")
                 userinfo = "" if socket else userinfo[: _last_at(userinfo)]
@@ -39,6 +38,11 @@ def _secret_values(text: str) -> list[int]:
             if secret:
                 starts.append(match.end() + len(shown))
     return sorted(starts)
+
+
+def _value(text: str) -> str:
+    """A query parameter's value as libpq reads it: up to the next `&` or `#`."""
+    return re.split(r"[&#]", text, maxsplit=1)[0]
 
 
 def _last_at(text: str) -> int:
@@ -250,8 +254,7 @@ def password_candidates(text: str | None) -> list[str]:
     # is the user name `u:pw`, which the server's refusal quotes), decoded.
     # A host's, to its '@' (`?host=u:pw@db`: libpq quotes the host).
     for secret in list(secrets):
-        value = re.match(r"[^&#]*", secret)
-        for part in (value.group() if value else "", secret[: _last_at(secret)]):
+        for part in (_value(secret), secret[: _last_at(secret)]):
             if part and part != secret:
                 secrets += dict.fromkeys([part, unquote(part, errors="replace")])
     at = text.rfind("@")

@@ -302,7 +302,11 @@ def _cancelled(cut: psycopg.Error, stopped: str) -> OperationalError:
     meets the same setting, which is named where it is known."""
     said = str(cut.diag.message_primary or cut).strip().splitlines()[0]
     setting = setting_behind(cut.sqlstate, said)
-    if isinstance(cut, errors.LockNotAvailable):  # counting: no lock_timeout of ours yet
+    # Counting runs before retention sets a lock_timeout of its own, so one there is the
+    # session's. Not in errors.SETTING_BEHIND: the runner, which reads that table too,
+    # retries what a lock timeout cuts (migrations/failures.py), most often one its files
+    # set themselves (`migrate new` writes `SET lock_timeout`), which is not the session's.
+    if isinstance(cut, errors.LockNotAvailable):
         setting = "lock_timeout"
     fix = (
         where_set(setting).replace("{", "{{").replace("}", "}}")

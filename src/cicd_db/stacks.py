@@ -307,7 +307,7 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
         # Left out (or null), the owner's URL serves that role. Anything else must be the
         # role's URL: a false, 0, [] or "" read as "left out" gave the reader the owner's
         # rights without a word.
-        if outputs.get(name, None) is None:
+        if outputs.get(name) is None:
             continue
         if not isinstance(outputs[name], str) or not outputs[name].strip():
             kind = "empty" if isinstance(outputs[name], str) else _json_kind(outputs[name])

@@ -131,9 +131,10 @@ def init(
     with _one_at_a_time(admin):
         superuser, who = _admin_rights(admin, user)
         # The writer and the reader checked before anything changes (made below).
+        found = {}
         for login in (APP_USER, READER_USER):
             with roles.privileges(who, login):
-                roles.check_login_role(admin, login)
+                found[login] = roles.check_login_role(admin, login)
         existing = admin.execute(
             "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil <= now(), "
             "shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s FROM pg_roles "
@@ -170,8 +171,10 @@ def init(
             parameters=_server_parameters(server),
         )
         with roles.privileges(who, APP_USER), admin.transaction():
-            app, app_generated = roles.login_role(admin, APP_USER, app_password)
-            reader, reader_generated = roles.login_role(admin, READER_USER, reader_password)
+            app, app_generated = roles.login_role(admin, APP_USER, app_password, found[APP_USER])
+            reader, reader_generated = roles.login_role(
+                admin, READER_USER, reader_password, found[READER_USER]
+            )
         prepared = Prepared(
             settings,
             created_role,

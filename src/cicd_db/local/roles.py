@@ -44,9 +44,10 @@ def check_login_role(admin: psycopg.Connection[Any], user: str) -> tuple[bool, b
         "CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END], NULL), "
         "ARRAY(SELECT g.rolname FROM pg_catalog.pg_auth_members m "
         "JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1) "
-        ", r.rolconnlimit, r.rolvaliduntil <= now() "
+        ", r.rolconnlimit, r.rolvaliduntil <= now(), "
+        "shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM %s "
         "FROM pg_catalog.pg_roles r WHERE r.rolname = %s",
-        [user],
+        [UNFINISHED, user],
     ).fetchone()
     if existing is None:
         return None
@@ -55,13 +56,18 @@ def check_login_role(admin: psycopg.Connection[Any], user: str) -> tuple[bool, b
         refuse_more(role, user, attributes=existing[1], groups=existing[2])
     # NOLOGIN is made LOGIN here; what else would stop a login is not.
     refuse_unusable(user, False, True, existing[3], existing[4], named_by=None)
-    return bool(existing[0]), marked(admin, user)
+    return bool(existing[0]), bool(existing[5])
 
 
-def login_role(admin: psycopg.Connection[Any], user: str, password: str | None) -> tuple[str, bool]:
-    """Make `user` a login role that is not a superuser; (its password, or "" when an
-    existing one kept its own; whether the password was generated)."""
-    existing = check_login_role(admin, user)
+def login_role(
+    admin: psycopg.Connection[Any],
+    user: str,
+    password: str | None,
+    existing: tuple[bool, bool] | None,
+) -> tuple[str, bool]:
+    """Make `user` a login role that is not a superuser, given what `check_login_role`
+    found of it; (its password, or "" when an existing one kept its own; whether the
+    password was generated)."""
     role = sql.Identifier(user)
     # One an earlier run gave a password it never showed (UNFINISHED): made again.
     unfinished = existing is not None and existing[1]
@@ -85,24 +91,18 @@ def login_role(admin: psycopg.Connection[Any], user: str, password: str | None) 
     return password or "", generated
 
 
-def marked(admin: psycopg.Connection[Any], user: str) -> bool:
-    """Whether role `user` carries the UNFINISHED comment."""
-    row = admin.execute(
-        "SELECT shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s FROM pg_roles "
-        "WHERE rolname = %s",
-        [UNFINISHED, user],
-    ).fetchone()
-    return bool(row and row[0])
-
-
 def shown(admin: psycopg.Connection[Any], users: Sequence[str]) -> None:
     """What init() made has been shown (`show` returned, or the caller has it): the
-    UNFINISHED marks go, and a later run keeps those passwords. Until then a rerun
-    resets them."""
-    for user in users:
-        if marked(admin, user):
-            with privileges(admin.info.user, user):
-                admin.execute(sql.SQL("COMMENT ON ROLE {} IS NULL").format(sql.Identifier(user)))
+    UNFINISHED marks of `users` go, and a later run keeps those passwords. Until then a
+    rerun resets them."""
+    marked = admin.execute(
+        "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) "
+        "AND shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s",
+        [list(users), UNFINISHED],
+    ).fetchall()
+    for (user,) in marked:
+        with privileges(admin.info.user, user):
+            admin.execute(sql.SQL("COMMENT ON ROLE {} IS NULL").format(sql.Identifier(user)))
 
 
 def refuse_more(

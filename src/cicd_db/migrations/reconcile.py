@@ -71,7 +71,9 @@ def pending(files: list[Migration], applied: list[Applied], target: int | None) 
                 "replaced since; restore the applied files, or rebuild the history "
                 "(db/README.md, 'When the files were rewritten')"
             )
-        if not migration.matches(row.checksum) and migration.converted_from(row.checksum):
+        if migration.matches(row.checksum):
+            continue
+        if migration.converted_from(row.checksum):
             raise MigrationRefused(
                 f"migration {migration.filename} was applied with other line ends (LF or "
                 "CRLF), and converting them changes what a statement says (a string, a "
@@ -79,12 +81,11 @@ def pending(files: list[Migration], applied: list[Applied], target: int | None) 
                 "get what this one has; check it out with the line ends it was applied with "
                 "(`*.sql text eol=lf` in .gitattributes)"
             )
-        if not migration.matches(row.checksum):
-            raise MigrationRefused(
-                f"migration {migration.filename} was edited after it was applied; "
-                "restore the applied version from version control and put the change "
-                "in a new migration"
-            )
+        raise MigrationRefused(
+            f"migration {migration.filename} was edited after it was applied; "
+            "restore the applied version from version control and put the change "
+            "in a new migration"
+        )
     done = {row.version for row in applied}
     newest = max(done, default=0)
     left = [m for m in files if m.version not in done]
