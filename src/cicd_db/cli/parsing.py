@@ -6,6 +6,7 @@ from the declarations (declared.py); and a parsed command line, a Call."""
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -308,6 +309,12 @@ def build(prog: str = "cicd-db", *, only_migrate: bool = False) -> argparse.Argu
     return root
 
 
+# One tree a process for each name: a parser keeps nothing of what it parsed, and building
+# it costs ~1 ms (argparse looks up its translations for every parser it makes), paid by
+# every call after the first of a process that runs several (the tests, a Python caller).
+_built = functools.cache(build)
+
+
 class Call:
     """A parsed command line: the command, and what its function is called with."""
 
@@ -323,7 +330,7 @@ class Call:
 def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = False) -> Call:
     """`argv` parsed into the command and its arguments; what it leaves out, the
     command's defaults fill in."""
-    given = vars(build(prog, only_migrate=only_migrate).parse_args(list(argv)))
+    given = vars(_built(prog, only_migrate=only_migrate).parse_args(list(argv)))
     chosen: Command = given.pop("command")
     debug = bool(given.pop("debug", False))
     # An option of `migrate` (`up`'s) before another command's name: not that command's.
