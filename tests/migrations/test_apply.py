@@ -261,6 +261,53 @@ def test_a_hangup_under_nohup_is_ignored_as_nohup_asks(database: Database, tmp_p
     )
 
 
+def test_an_interrupt_between_sending_a_file_and_waiting_for_it_is_a_rollback(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that lands after the file's query is sent and before psycopg waits for it,
+    where psycopg's own cancel never runs: the query is cancelled, the file rolled back
+    and told so, not "the connection with it" (it failed so once under load)."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\n",
+            "0002_slow.sql": "CREATE TABLE slow (id int);\nSELECT pg_sleep(60);\n",
+            "0003_after.sql": "CREATE TABLE after (id int);\n",
+        },
+    )
+    simple, wait = migrations.session.Session.simple, psycopg.Connection.wait
+    sent: dict[str, object] = {}
+
+    def sending(session: migrations.session.Session, query: bytes) -> list[object]:
+        sent["conn"] = session.conn if b"pg_sleep" in query else None
+        return simple(session, query)  # type: ignore[return-value]
+
+    def waiting(conn: psycopg.Connection[object], *args: object, **kwargs: object) -> object:
+        if conn is sent.get("conn") and not sent.get("interrupted"):
+            sent["interrupted"] = True
+            database.wait_for(RUNNER_SLEEPING, "the slow migration never started")
+            raise KeyboardInterrupt  # before psycopg's wait, as a signal there would be
+        return wait(conn, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(migrations.session.Session, "simple", sending)
+    monkeypatch.setattr(psycopg.Connection, "wait", waiting)
+    result = migrate(database, folder)
+    assert sent.get("interrupted")
+    assert (result.code, result.err) == (
+        130,
+        "error: interrupted during 0002_slow.sql; it was rolled back; nothing after it ran\n",
+    )
+    monkeypatch.undo()
+    assert database.history() == [1]
+    assert database.tables() == {"first"}
+    assert database.query(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " UNION ALL SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+        " AND datname = current_database()"
+    ) == [(0,), (0,)]
+
+
 def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

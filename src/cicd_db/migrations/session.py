@@ -182,10 +182,13 @@ class Session:
     def end_transaction(self) -> bool:
         """Roll back whatever transaction is open; False if the connection is unusable.
 
-        A connection that is gone, or stuck in a query, is closed: the server
-        then ends its transaction and frees its locks by itself.
+        A query still running is cancelled first (_stop_query). A connection that is
+        gone, or whose query will not stop, is closed: the server then ends its
+        transaction and frees its locks by itself.
         """
         if self.lost:
+            return False
+        if self.conn.info.transaction_status == TransactionStatus.ACTIVE and not self._stop_query():
             return False
         state = self.conn.info.transaction_status
         if state in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
@@ -194,6 +197,25 @@ class Session:
             self.conn.close()
             return False
         return True
+
+    def _stop_query(self) -> bool:
+        """Cancel the query in flight and read its results, as psycopg does for a Ctrl-C
+        that comes while it waits for one. One that comes after a query is sent and before
+        the wait begins (`simple`: between send_query and conn.wait) is raised where
+        psycopg never sees it, and the query runs on; without this, the connection was
+        closed and a file the server rolled back was told as "whether it committed is not
+        known". The connection is closed if the query does not stop in five seconds, or
+        another interrupt comes meanwhile. False if it was closed."""
+        conn = self.conn
+        try:
+            conn.cancel_safe(timeout=5.0)
+            conn.wait(generators.execute(conn.pgconn), timeout=5.0)
+        except psycopg.Error:  # the cancel refused or late, the connection gone
+            conn.close()
+        except BaseException:
+            conn.close()
+            raise
+        return not self.lost
 
     def reset(self) -> None:
         """End any transaction, then reset the session: the next file starts as the first did."""
