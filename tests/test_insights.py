@@ -481,6 +481,38 @@ def test_a_window_of_runs(conn: psycopg.Connection[Any]) -> None:
     check(conn, pipeline, runs=500)
 
 
+@pytest.mark.parametrize("written", ["-infinity", "infinity", "0100-01-01 BC", "0001-01-01 00:00Z"])
+def test_a_time_written_by_hand_that_no_day_holds_counts_on_no_day(
+    migrated: Database, conn: psycopg.Connection[Any], written: str
+) -> None:
+    """A run's time set by hand to what PostgreSQL takes and no listed day can hold: a
+    window of runs counts it (a time to come: leaves it out), lists the other runs' days,
+    and ends (a series of days to
+    '-infinity' ran until the disk was full; a day before the year 1 failed to read)."""
+    plans = [Planned(at(day), test=(Job("unit", 60),)) for day in (3, 2, 1)]
+    pipeline = history(conn, *plans)
+    # Should it regress, it fails in seconds instead of filling the disk.
+    migrated.execute(
+        f"ALTER DATABASE {migrated.name} SET statement_timeout = '20s'; "
+        f"ALTER DATABASE {migrated.name} SET temp_file_limit = '50MB'"
+    )
+    conn.execute(
+        "UPDATE pipeline_executions SET start_time = %s, completion_time = NULL, "
+        "status = 'RUNNING' WHERE pipeline_name = %s AND run_number = 1",
+        [written, pipeline],
+    )
+    target = ("--database-url", migrated.url, "--format", "json")
+    for command in (("--pipeline", pipeline), ()):
+        shown = run_cli("insights", *target, "--runs", "5", *command)
+        assert shown.code == 0, shown.err
+        found = json.loads(shown.out)
+        line = found if command else found["pipelines"][0]
+        assert line["runs"] == (2 if written == "infinity" else 3)  # a future: out
+        assert [day["date"] for day in line["days"]] == [
+            at(day).date().isoformat() for day in (2, 1)
+        ], line["days"]
+
+
 def test_the_summary_is_each_pipeline_busiest_first(conn: psycopg.Connection[Any]) -> None:
     history(conn, Planned(at(1)), pipeline="small")
     history(conn, Planned(at(2)), Planned(at(1), end="cancel"), pipeline="big")

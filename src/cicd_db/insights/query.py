@@ -50,7 +50,8 @@ _BOUNDS: LiteralString = (
 _RUN: LiteralString = (
     "r.id, r.pipeline_name, r.run_number, r.status, r.commit_hash, r.completion_time AS done, "
     "coalesce(r.start_time, r.completion_time) AS t, "
-    "CASE WHEN r.status IN ('SUCCESS', 'FAILED') "
+    "CASE WHEN r.status IN ('SUCCESS', 'FAILED') AND isfinite(r.start_time) "
+    "AND isfinite(r.completion_time) "
     "THEN extract(epoch FROM r.completion_time - r.start_time)::float8 END AS seconds"
 )
 # The window's runs, by days or by a number of runs; {pipeline} narrows to one.
@@ -95,13 +96,19 @@ _DAY_FIGURES: LiteralString = (
 # first run's day to the last one's, at most MAX_DAYS of them (`span` days before the
 # last): a run further back (an agent's clock at 1970) counts in the figures, and is
 # not worth 20,000 empty days in the list (or 3.6 million, for a time in the year 1).
+# Only times that fall on a day Python can hold bound the series (`isfinite(t) AND t >= '0001-01-02
+# 00:00+00'`): one written by hand as '-infinity' made a series that never ends, which
+# filled the disk with temporary files, and one before the year 1 a day Python cannot
+# read. Such a run counts in the figures, on no day.
 _DAY_SPAN: LiteralString = (
     "SELECT d::date AS day FROM bounds, generate_series("
-    "coalesce(bounds.since AT TIME ZONE 'UTC', greatest((SELECT min(t) FROM w) AT TIME ZONE "
-    "'UTC', (SELECT max(t) FROM w) AT TIME ZONE 'UTC' - %(span)s * interval '1 day'))"
+    "coalesce(bounds.since AT TIME ZONE 'UTC', greatest((SELECT min(t) FROM w WHERE "
+    "isfinite(t) AND t >= '0001-01-02 00:00+00') AT TIME ZONE 'UTC', (SELECT max(t) FROM w WHERE "
+    "isfinite(t) AND t >= '0001-01-02 00:00+00') AT TIME ZONE 'UTC' - %(span)s * interval '1 day'))"
     "::date::timestamp, "
     "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE 'UTC')::date "
-    "ELSE ((SELECT max(t) FROM w) AT TIME ZONE 'UTC')::date END::timestamp, "
+    "ELSE ((SELECT max(t) FROM w WHERE "
+    "isfinite(t) AND t >= '0001-01-02 00:00+00') AT TIME ZONE 'UTC')::date END::timestamp, "
     "interval '1 day') AS d"
 )
 
@@ -195,8 +202,8 @@ _ONE: LiteralString = (
 
 _EACH: LiteralString = (
     "WITH {bounds}, w AS MATERIALIZED ({window}), "
-    "spans AS (SELECT pipeline_name, min(t) AS first, max(t) AS last FROM w "
-    "GROUP BY pipeline_name), "
+    "spans AS (SELECT pipeline_name, min(t) AS first, max(t) AS last FROM w WHERE "
+    "isfinite(t) AND t >= '0001-01-02 00:00+00' GROUP BY pipeline_name), "
     "span AS (SELECT spans.pipeline_name, d::date AS day FROM bounds, spans, generate_series("
     "coalesce(bounds.since AT TIME ZONE 'UTC', greatest(spans.first AT TIME ZONE 'UTC', "
     "spans.last AT TIME ZONE 'UTC' - %(span)s * interval '1 day'))::date::timestamp, "
