@@ -13,7 +13,7 @@ from cicd_db import libpq
 from cicd_db.settings import from_url
 
 from .fix_db import Database
-from .utils import use_service_file
+from .utils import socket_folder, use_service_file
 
 
 @pytest.mark.parametrize(
@@ -71,6 +71,17 @@ def test_a_services_host_and_port_come_before_pghost_and_pgport(
         ("postgresql:///db?hostaddr=::1&port=5433", {}, "[::1]:5433"),
         ("postgresql://h:5433/db?hostaddr=::1", {}, "h ([::1]):5433"),
         ("postgresql:///db?hostaddr=10.0.0.1,", {}, "10.0.0.1, the default socket"),
+        # An empty address in the list: libpq connects to that host by its name.
+        pytest.param(
+            "postgresql://h1,h2/db?hostaddr=,10.0.0.2", {}, "h1, h2 (10.0.0.2)", id="emptyaddress"
+        ),
+        # Fewer ports than hosts (libpq refuses it): the host without one is named bare.
+        pytest.param(
+            "postgresql:///db",
+            {"PGHOST": "h1,h2,h3", "PGPORT": "5433,5434"},
+            "h1:5433, h2:5434, h3",
+            id="fewerports",
+        ),
     ],
 )
 def test_where_says_what_was_given_and_invents_nothing(
@@ -268,6 +279,13 @@ def test_origin_of_a_keyword_nothing_names_and_libpq_has_no_default(
         ("dbname", "PGDATABASE", "other", "postgresql://u@db.example/app"),
         ("user", "PGUSER", "other", "postgresql://u@db.example/app"),
         ("sslmode", "PGSSLMODE", "disable", "postgresql://u@db.example/app?sslmode=require"),
+        # A keyword of no field of the settings, named as a URL parameter.
+        (
+            "connect_timeout",
+            "PGCONNECT_TIMEOUT",
+            "7",
+            "postgresql://u@db.example/app?connect_timeout=5",
+        ),
     ],
 )
 def test_a_parameter_the_url_names_is_not_blamed_on_its_variable(
@@ -290,3 +308,54 @@ def test_the_parameters_in_use_name_the_host_the_connection_reached(database: Da
         used = libpq.params_in_use(conn)
         assert used["host"] == conn.info.host
         assert used["port"] == str(conn.info.port)
+
+
+# -- what a second connection reaches: a service's address, the parameters in use -----------
+
+
+@pytest.mark.parametrize("pghostaddr", ["", "10.9.9.9"], ids=["unset", "set"])
+def test_where_names_a_services_hostaddr_beside_its_host(
+    pghostaddr: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """libpq connects to the address the service names (over PGHOSTADDR, as a service's
+    host ranks over PGHOST), so `where` names it beside the host, as psql does."""
+    use_service_file(monkeypatch, tmp_path, "[addr]\nhost=h\nhostaddr=10.0.0.2\nport=6001\n")
+    monkeypatch.delenv("PGHOSTADDR", raising=False)
+    if pghostaddr:
+        monkeypatch.setenv("PGHOSTADDR", pghostaddr)
+    assert libpq.service_values("addr")["hostaddr"] == "10.0.0.2"  # libpq's own reading
+    assert from_url("postgresql://u@/d?service=addr").where == "h (10.0.0.2):6001"
+
+
+def test_the_parameters_in_use_pin_the_address_reached_and_leave_out_empty_ones(
+    database: Database,
+) -> None:
+    """The address the connection reached is passed on (a second connection lands on the
+    same server, not on another address of its host name), and no keyword is passed
+    empty (an older libpq, pg_dump's, refuses a keyword it does not know, even empty)."""
+    with database.connect() as conn:
+        used = libpq.params_in_use(conn)
+        assert used["hostaddr"] == conn.info.hostaddr
+        assert "" not in used.values() and None not in used.values()
+
+
+WHICH_SERVER = "SELECT current_database(), inet_server_port()"
+
+
+def test_the_parameters_in_use_of_a_socket_connection_reach_the_same_server(
+    database: Database,
+) -> None:
+    """A connection through a socket folder has no address: none is passed on, and a
+    second connection made from the parameters reaches the same server."""
+    with socket_folder(database.settings) as folder:
+        settings = database.settings
+        conninfo = psycopg.conninfo.make_conninfo(
+            host=str(folder), port=5432, dbname=settings.database, user=settings.user,
+            password=settings.password, sslmode="disable",
+        )  # fmt: skip
+        with psycopg.connect(conninfo) as conn:
+            used = libpq.params_in_use(conn)
+            first = conn.execute(WHICH_SERVER).fetchone()
+        assert "hostaddr" not in used and used["host"] == str(folder)
+        with psycopg.connect(psycopg.conninfo.make_conninfo(**used)) as again:
+            assert again.execute(WHICH_SERVER).fetchone() == first
