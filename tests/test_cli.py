@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import io
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cicd_db import cli, commands, migrations
-from cicd_db.errors import UsageError
+from cicd_db.errors import NotFound, UsageError
 from cicd_db.store import RUNNING, Store
 
 from .fix_cli import MIGRATE_PY, Run, run_cli
@@ -660,3 +661,39 @@ def test_any_values_on_a_real_database_are_answered_in_one_line_with_a_documente
     result = run_cli(*argv, env={"CICD_DB_HOME": str(here / "home"), "CI": "true"})
     assert_answered_in_one_line(argv, result)
     assert "database error" not in result.err, (argv, result.err)
+
+
+# -- a command in a message --------------------------------------------------------------
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(
+    name=st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"), min_size=1),
+    encoding=st.sampled_from(["utf-8", "ascii", "latin-1"]),
+)
+def test_the_report_a_not_found_hint_names_is_that_name_when_pasted(
+    name: str, encoding: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a run's name (an escape, a line break, an emoji, a leading '-'), the
+    `cicd-db report ...` a "not found" line offers, as a terminal of any encoding shows
+    it (Python writes what it cannot encode as `\\U...`), pasted into bash, is read by
+    cicd-db as that name: bash and cicd-db's own parser are the oracle."""
+    shown = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="backslashreplace")
+    monkeypatch.setattr(sys, "stderr", shown)
+    cli._print_error(cli.phrased(NotFound("no run 2", within={"pipeline": name, "run": 1})), None)
+    shown.flush()
+    line = shown.buffer.getvalue().decode(encoding)  # type: ignore[attr-defined]
+    assert line.count("\n") == 1 and line[:-1].isprintable(), line
+    pasted = line.split("see `cicd-db ", 1)[1].rstrip("`\n")
+    argv = (
+        subprocess.run(
+            ["bash", "-c", 'printf "%s\\0" ' + pasted],
+            capture_output=True,
+            check=True,
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+        )
+        .stdout.decode("utf-8", "surrogateescape")
+        .split("\0")[:-1]
+    )
+    call = cli.parse(argv)
+    assert (call.arguments["pipeline"], call.arguments["run"]) == (name, 1), (pasted, argv)

@@ -68,27 +68,42 @@ def phrased(error: CicdDbError) -> str:
     `cicd-db report` that lists what is there."""
     message = error.phrased(flag)
     if isinstance(error, NotFound) and error.within:
-        listing = " ".join(f"{flag(k)} {_word(str(v))}" for k, v in error.within.items())
+        listing = " ".join(_option(flag(k), str(v)) for k, v in error.within.items())
         message += f"; see `cicd-db report {listing}`"
     return message
+
+
+def _option(name: str, value: str) -> str:
+    """`--name VALUE` for a command in a message; `--name=VALUE` for a value that begins
+    with '-', which argparse would take for a flag of its own."""
+    return f"{name}={_word(value)}" if value.startswith("-") else f"{name} {_word(value)}"
 
 
 def _word(text: str) -> str:
     """A stored name as one shell word on one line, for a command in a message.
 
     Names come from whoever records a run: one with a character that is not printable
-    (an escape sequence, BEL, a line break, a bidi override) is written in bash's
-    $'...' with each such character escaped, so it can neither act on the terminal
-    nor break the message's one line, and the command still works when pasted.
-    Elsewhere in messages names are repr()s, which escape the same characters.
+    (an escape sequence, BEL, a line break, a bidi override) or that standard error
+    cannot write (an emoji on an ASCII terminal, which Python writes as `\\U0001f680`)
+    is written in bash's $'...' with each such character escaped, so it can neither act
+    on the terminal nor break the message's one line, and the command still works when
+    pasted. Elsewhere in messages names are repr()s, which escape the same characters.
     """
-    if text.isprintable():
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+
+    def plain(ch: str) -> bool:
+        try:
+            return ch.isprintable() and bool(ch.encode(encoding))
+        except (UnicodeEncodeError, LookupError):
+            return False
+
+    if all(map(plain, text)):
         return shlex.quote(text)
     escaped = []
     for ch in text:
         if ch in "'\\":
             escaped.append("\\" + ch)
-        elif ch.isprintable():
+        elif plain(ch):
             escaped.append(ch)
         elif ord(ch) < 0x80:
             escaped.append(f"\\x{ord(ch):02x}")
