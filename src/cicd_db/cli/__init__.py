@@ -136,8 +136,8 @@ def main(
     """Entry point of `cicd-db`; returns the exit code. Signals: see entry.py."""
     context: Context | None = None
     debug = False
-    standard_output()
     try:
+        standard_output()
         call = parse(sys.argv[1:] if argv is None else argv, prog=prog, only_migrate=only_migrate)
         context = call.context
         if not (debug := call.debug):
