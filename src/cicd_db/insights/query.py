@@ -50,8 +50,7 @@ _BOUNDS: LiteralString = (
 _RUN: LiteralString = (
     "r.id, r.pipeline_name, r.run_number, r.status, r.commit_hash, r.completion_time AS done, "
     "coalesce(r.start_time, r.completion_time) AS t, "
-    "CASE WHEN r.status IN ('SUCCESS', 'FAILED') AND isfinite(r.start_time) "
-    "AND isfinite(r.completion_time) "
+    "CASE WHEN r.status IN ('SUCCESS', 'FAILED') "
     "THEN extract(epoch FROM r.completion_time - r.start_time)::float8 END AS seconds"
 )
 # The window's runs, by days or by a number of runs; {pipeline} narrows to one.
