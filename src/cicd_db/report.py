@@ -9,6 +9,7 @@ keys are only ever added, never renamed or removed.
 from __future__ import annotations
 
 import json
+import sys
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -312,7 +313,7 @@ def grid(headers: list[str], rows: list[list[str]], *, width: int = WIDTH) -> li
     escaped (see WIDTH), and no line wider than `width`: while it would be, the widest
     column loses a character, names first since they are the widest, down to its
     header's width (further only if that is not enough)."""
-    table = [[one_line(cell) for cell in line] for line in [headers, *rows]]
+    table = [[as_written(one_line(cell)) for cell in line] for line in [headers, *rows]]
     widths = [max(map(_width, column)) for column in zip(*table, strict=True)]
     for floor in ([_width(cell) for cell in table[0]], [1] * len(widths)):
         while sum(widths) + 2 * (len(widths) - 1) > width:
@@ -345,12 +346,25 @@ def _pad(text: str, width: int) -> str:
     return text + " " * (width - _width(text))
 
 
+def as_written(text: str) -> str:
+    """`text` as standard output writes it: a character its encoding lacks (an emoji in
+    an ASCII or Latin-1 locale) as Python's `\\U0001f680` (cli.standard_output), so that a
+    table measures what the terminal shows."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know: written as it is
+        return text
+
+
 def fit(text: str, width: int) -> str:
-    """`text` escaped and, when wider than `width`, its start and end around an ellipsis."""
-    text = one_line(text)
+    """`text` escaped, as written, and, when wider than `width`, its start and end around
+    an ellipsis (three dots where the terminal has no `…`)."""
+    text = as_written(one_line(text))
     if _width(text) <= width:
         return text
-    room = max(width - 1, 0)  # the ellipsis takes one
+    ellipsis = "…" if as_written("…") == "…" else "..."
+    room = max(width - len(ellipsis), 0)
     head, used = 0, 0
     while head < len(text) and used + _char_width(text[head]) <= (room + 1) // 2:
         used += _char_width(text[head])
@@ -361,7 +375,7 @@ def fit(text: str, width: int) -> str:
         tail -= 1
     while tail < len(text) and (_char_width(text[tail]) == 0 or text[tail] == "\ufe0f"):
         tail += 1  # a combining mark or selector has nothing to modify after the ellipsis
-    return text[:head] + "…" + text[tail:]
+    return text[:head] + ellipsis + text[tail:]
 
 
 # -- fetching a view -------------------------------------------------------------------

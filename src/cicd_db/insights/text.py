@@ -16,7 +16,7 @@ from cicd_db.insights.figures import (
     Summary,
     Window,
 )
-from cicd_db.report import WIDTH, fit, grid, structured
+from cicd_db.report import WIDTH, as_written, fit, grid, structured
 from cicd_db.report import seconds_text as _secs
 
 
@@ -140,6 +140,8 @@ def render(result: Insights, output_format: str) -> str:
 # -- table ---------------------------------------------------------------------------------
 
 SPARKS = "▁▂▃▄▅▆▇█"
+# The same eight heights where the terminal's encoding has no block characters.
+ASCII_SPARKS = "_.,:-=+#"
 LABEL = 17  # the key column of the key/value lines
 MAX_JOBS = 12  # job lines a table shows; JSON has them all
 
@@ -159,9 +161,10 @@ def sparkline(values: Sequence[float | None], width: int) -> str:
     if not present:
         return " " * len(values)
     low, high = min(present), max(present)
-    top = len(SPARKS) - 1
+    sparks = SPARKS if as_written(SPARKS) == SPARKS else ASCII_SPARKS
+    top = len(sparks) - 1
     return "".join(
-        " " if v is None else SPARKS[top if high == low else round((v - low) / (high - low) * top)]
+        " " if v is None else sparks[top if high == low else round((v - low) / (high - low) * top)]
         for v in values
     )
 
