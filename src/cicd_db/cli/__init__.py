@@ -155,8 +155,9 @@ def main(
         if isinstance(error, psycopg.DataError) and error.sqlstate is None:
             # Read from the server, but no Python value holds it: running again cannot help.
             _print_error(
-                f"a value stored in the database cannot be read: {first}; a time past the year "
-                "9999 or 'infinity', written by hand? correct that row, and run again",
+                f"a value stored in the database cannot be read: {first}; a time outside the "
+                "years 1 to 9999 in the session's time zone, or 'infinity', written by hand? "
+                "correct that row, and run again",
                 context,
                 debug,
             )
