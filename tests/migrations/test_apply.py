@@ -198,6 +198,27 @@ def test_repository_migrations_apply_to_an_empty_database(database: Database) ->
     assert {"pipeline_executions", "stage_executions", "job_executions"} <= database.tables()
 
 
+# A file that sleeps, between two that do not: what the interrupt tests stop.
+SLOW_SECOND = {
+    "0001_first.sql": "CREATE TABLE first (id int);\n",
+    "0002_slow.sql": "CREATE TABLE slow (id int);\nSELECT pg_sleep(60);\n",
+    "0003_after.sql": "CREATE TABLE after (id int);\n",
+}
+
+
+def assert_the_slow_file_rolled_back(database: Database) -> None:
+    """SLOW_SECOND stopped in its second file: the first applied, the second rolled
+    back, and nothing of the runner left (its query cancelled, its lock released)."""
+    assert database.history() == [1]
+    assert database.tables() == {"first"}
+    assert database.query(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " UNION ALL SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+        " AND datname = current_database()"
+    ) == [(0,), (0,)]
+
+
 @pytest.mark.parametrize(
     ("signal_number", "code", "inherited"),
     [
@@ -215,11 +236,7 @@ def test_interrupt_rolls_back_releases_the_lock_and_says_so(
 ) -> None:
     folder = write_migrations(
         tmp_path,
-        {
-            "0001_first.sql": "CREATE TABLE first (id int);\n",
-            "0002_slow.sql": "CREATE TABLE slow (id int);\nSELECT pg_sleep(60);\n",
-            "0003_after.sql": "CREATE TABLE after (id int);\n",
-        },
+        SLOW_SECOND,
     )
     runner = start_cli(
         "migrate", "--database-url", database.url, "--migrations-dir", str(folder),
@@ -236,15 +253,7 @@ def test_interrupt_rolls_back_releases_the_lock_and_says_so(
     assert err == (
         "error: interrupted during 0002_slow.sql; it was rolled back; nothing after it ran\n"
     )
-    assert database.history() == [1]
-    assert database.tables() == {"first"}
-    # The query was cancelled and the lock released: nothing of the runner is left.
-    assert database.query(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " UNION ALL SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
-        " AND datname = current_database()"
-    ) == [(0,), (0,)]
+    assert_the_slow_file_rolled_back(database)
 
 
 def test_a_hangup_under_nohup_is_ignored_as_nohup_asks(database: Database, tmp_path: Path) -> None:
@@ -276,11 +285,7 @@ def test_an_interrupt_between_sending_a_file_and_waiting_for_it_is_a_rollback(
     and told so, not "the connection with it" (it failed so once under load)."""
     folder = write_migrations(
         tmp_path,
-        {
-            "0001_first.sql": "CREATE TABLE first (id int);\n",
-            "0002_slow.sql": "CREATE TABLE slow (id int);\nSELECT pg_sleep(60);\n",
-            "0003_after.sql": "CREATE TABLE after (id int);\n",
-        },
+        SLOW_SECOND,
     )
     simple, wait = migrations.session.Session.simple, psycopg.Connection.wait
     sent: dict[str, object] = {}
@@ -305,14 +310,7 @@ def test_an_interrupt_between_sending_a_file_and_waiting_for_it_is_a_rollback(
         "error: interrupted during 0002_slow.sql; it was rolled back; nothing after it ran\n",
     )
     monkeypatch.undo()
-    assert database.history() == [1]
-    assert database.tables() == {"first"}
-    assert database.query(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " UNION ALL SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
-        " AND datname = current_database()"
-    ) == [(0,), (0,)]
+    assert_the_slow_file_rolled_back(database)
 
 
 # Three files, one of them outside a transaction, and what each leaves when applied.
