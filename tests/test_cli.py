@@ -697,3 +697,12 @@ def test_the_report_a_not_found_hint_names_is_that_name_when_pasted(
     )
     call = cli.parse(argv)
     assert (call.arguments["pipeline"], call.arguments["run"]) == (name, 1), (pasted, argv)
+
+
+@pytest.mark.parametrize("command", [["schema", "dump"], ["insights"]])
+def test_an_empty_output_file_is_named_not_taken_for_the_folder_here(command: list[str]) -> None:
+    """`-o "$UNSET"`: told as no file name, before anything runs (it was Path('.'), and
+    the command failed at the end with "cannot write .: Is a directory")."""
+    result = run_cli(*command, "-o", "")
+    assert (result.code, result.out) == (2, "")
+    assert result.err.startswith("error: argument --output/-o: '' is no file name"), result.err

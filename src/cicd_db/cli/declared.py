@@ -15,6 +15,7 @@ from cicd_db.cli.parsing import (
     count,
     group,
     option,
+    output_file,
     positive,
     schema_path,
     seconds,
@@ -93,7 +94,7 @@ command(
     "schema dump", commands.schema_dump, "write the schema as SQL",
     "The schema as pg_dump --schema-only writes it, in a stable form. Without a target, the schema the migrations make (on a server of its own, removed after).",
     MIGRATE,
-    option("--output", "-o", metavar="PATH", type=Path, help="write here (default: print)"),
+    option("--output", "-o", metavar="PATH", type=output_file, help="write here (default: print)"),
 )  # fmt: skip
 
 command(
@@ -136,7 +137,7 @@ command(
     option("--days", type=positive, metavar="N", help="the last N UTC days, today included (30)"),
     option("--runs", type=positive, metavar="N", help="the last N runs instead of --days"),
     option("--format", choices=("table", "json", "yaml", "html"), help="table, json, yaml or html (a self-contained page)"),
-    option("--output", "-o", metavar="FILE", type=Path, help="write here (default: print)"),
+    option("--output", "-o", metavar="FILE", type=output_file, help="write here (default: print)"),
 )  # fmt: skip
 
 command(

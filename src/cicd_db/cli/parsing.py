@@ -99,6 +99,13 @@ def schema_path(text: str) -> Path:
     return Path(text)
 
 
+def output_file(text: str) -> Path:
+    """-o's FILE: an empty one (`-o "$UNSET"`) would be Path('.'), told as a folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("'' is no file name: name one, or leave -o out to print")
+    return Path(text)
+
+
 # Python's int() refuses longer strings of digits (sys.get_int_max_str_digits).
 _DIGITS = 4300
 
