@@ -676,8 +676,9 @@ def test_the_report_a_not_found_hint_names_is_that_name_when_pasted(
 ) -> None:
     """Whatever a run's name (an escape, a line break, an emoji, a leading '-'), the
     `cicd-db report ...` a "not found" line offers, as a terminal of any encoding shows
-    it (Python writes what it cannot encode as `\\U...`), pasted into bash, is read by
-    cicd-db as that name: bash and cicd-db's own parser are the oracle."""
+    it (Python writes what it cannot encode as `\\U...`), pasted into bash in a UTF-8
+    locale, is read by cicd-db as that name: bash and cicd-db's own parser are the
+    oracle. (A shell whose locale lacks a character keeps `\\U...` as text.)"""
     shown = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="backslashreplace")
     monkeypatch.setattr(sys, "stderr", shown)
     cli._print_error(cli.phrased(NotFound("no run 2", within={"pipeline": name, "run": 1})), None)

@@ -9,6 +9,7 @@ with cicd_db.insights but the dataclasses it fills.
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import os
@@ -913,3 +914,32 @@ def test_a_names_joiners_and_direction_marks_reach_the_browser_not_the_terminal(
     assert "<bdi>\U0001f469&#x200d;\U0001f4bb deploy</bdi>" in text
     assert "<bdi>unit&#x202e;</bdi>" in text
     assert all(ch.isprintable() or ch in "\n\t" for ch in text)  # as before: nothing raw
+
+
+def test_a_table_written_to_a_file_keeps_what_the_terminal_cannot_write(
+    migrated: Database,
+    conn: psycopg.Connection[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`-o FILE` writes UTF-8: a name and the sparkline stay as they are there even where
+    standard output is ASCII (on the terminal they are escaped, and measured so)."""
+    pipeline = history(
+        conn,
+        *[Planned(at(day), test=(Job("unit", 60 * day),)) for day in (3, 2, 1)],
+        pipeline="p🚀",
+    )
+    target = ("--database-url", migrated.url, "--pipeline", pipeline, "--runs", "5")
+    written = tmp_path / "insights.txt"
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="backslashreplace")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert cli.main(["insights", *target, "-o", str(written)]) == 0
+    text = written.read_text(encoding="utf-8")
+    assert "p🚀" in text and "\\U0001f680" not in text, text
+    assert any(ch in text for ch in SPARKS), text
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="backslashreplace")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert cli.main(["insights", *target]) == 0
+    stdout.flush()
+    shown = stdout.buffer.getvalue().decode("ascii")  # type: ignore[attr-defined]
+    assert "p\\U0001f680" in shown and max(map(len, shown.splitlines())) <= 80, shown

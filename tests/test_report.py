@@ -670,3 +670,16 @@ def test_a_database_of_another_encoding_is_read_as_utf8_and_what_it_cannot_hold_
 
 def encoding(database: Database) -> str:
     return str(database.query("SHOW server_encoding")[0][0])
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+@pytest.mark.parametrize("width", [0, 1, 2, 3, 4, 7])
+def test_a_cell_shortened_never_takes_more_than_its_width(
+    width: int, encoding: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the terminal has no `…`, three dots stand for it, and a column narrower than
+    three gets as many dots as it holds (review: a column of 1 got three)."""
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="backslashreplace")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    for text in ("abcdefgh", "日本語のステージ名", "p🚀" * 5):
+        assert display_width(report.fit(text, width)) <= width, (text, report.fit(text, width))

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import sys
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -346,11 +349,26 @@ def _pad(text: str, width: int) -> str:
     return text + " " * (width - _width(text))
 
 
+# The encoding a table is written in: standard output's, unless the command writes it
+# to a file (`written_in`), which cicd-db writes as UTF-8.
+_WRITTEN_IN: ContextVar[str | None] = ContextVar("cicd_db_written_in", default=None)
+
+
+@contextmanager
+def written_in(encoding: str) -> Iterator[None]:
+    """Tables rendered inside go out in `encoding`, not standard output's."""
+    token = _WRITTEN_IN.set(encoding)
+    try:
+        yield
+    finally:
+        _WRITTEN_IN.reset(token)
+
+
 def as_written(text: str) -> str:
-    """`text` as standard output writes it: a character its encoding lacks (an emoji in
-    an ASCII or Latin-1 locale) as Python's `\\U0001f680` (cli.standard_output), so that a
-    table measures what the terminal shows."""
-    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    """`text` as it will be written: a character the encoding lacks (an emoji in an ASCII
+    or Latin-1 locale) as Python's `\\U0001f680` (cli.standard_output), so that a table
+    measures what the terminal shows."""
+    encoding = _WRITTEN_IN.get() or getattr(sys.stdout, "encoding", None) or "utf-8"
     try:
         return text.encode(encoding, "backslashreplace").decode(encoding)
     except LookupError:  # an encoding Python does not know: written as it is
@@ -364,7 +382,9 @@ def fit(text: str, width: int) -> str:
     if _width(text) <= width:
         return text
     ellipsis = "…" if as_written("…") == "…" else "..."
-    room = max(width - len(ellipsis), 0)
+    if width < len(ellipsis):  # no room for three dots: as many as fit
+        return "." * width
+    room = width - len(ellipsis)
     head, used = 0, 0
     while head < len(text) and used + _char_width(text[head]) <= (room + 1) // 2:
         used += _char_width(text[head])

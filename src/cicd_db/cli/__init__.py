@@ -87,7 +87,9 @@ def _word(text: str) -> str:
     cannot write (an emoji on an ASCII terminal, which Python writes as `\\U0001f680`)
     is written in bash's $'...' with each such character escaped, so it can neither act
     on the terminal nor break the message's one line, and the command still works when
-    pasted. Elsewhere in messages names are repr()s, which escape the same characters.
+    pasted into a shell whose locale holds the characters (bash leaves `\\U...` as it
+    is where it does not). Elsewhere in messages names are repr()s, which escape the
+    same characters.
     """
     encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
 

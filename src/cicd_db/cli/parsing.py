@@ -317,7 +317,7 @@ def build(prog: str = "cicd-db", *, only_migrate: bool = False) -> argparse.Argu
 
 
 # One tree a process for each name: a parser keeps nothing of what it parsed, and building
-# it costs ~1 ms (argparse looks up its translations for every parser it makes), paid by
+# it costs ~4 ms (argparse looks up its translations for every parser it makes), paid by
 # every call after the first of a process that runs several (the tests, a Python caller).
 _built = functools.cache(build)
 

@@ -52,17 +52,18 @@ def show_insights(
     output: Path | None = None,
 ) -> int:
     """`insights`: one pipeline's health over a window, or one line per pipeline."""
-    from cicd_db import insights
+    from cicd_db import insights, report
 
     target = ctx.remember(ctx.target())
     # Reads only: as the reader where the target has one (docs/security.md).
     with targets.connect(target.role_settings(targets.READER)) as conn:
         found = insights.insights(conn, pipeline, days=days, runs=runs)
     shown = "json" if ctx.json else format
-    text = insights.render(found, shown)
     if output is None or str(output) == "-":  # `-o -`: the standard output
-        print_answer(text, shown)
+        print_answer(insights.render(found, shown), shown)
         return 0
+    with report.written_in("utf-8"):  # a file is UTF-8, whatever the terminal writes
+        text = insights.render(found, shown)
     write_answer(output, text)
     ctx.say(f"insights written to {output}")
     return 0

@@ -204,12 +204,12 @@ class Session:
         the wait begins (`simple`: between send_query and conn.wait) is raised where
         psycopg never sees it, and the query runs on; without this, the connection was
         closed and a file the server rolled back was told as "whether it committed is not
-        known". The connection is closed if the query does not stop in five seconds, or
-        another interrupt comes meanwhile. False if it was closed."""
+        known". The connection is closed if the cancel or a wait for the query's end takes
+        over five seconds, or another interrupt comes meanwhile. False if it was closed."""
         conn = self.conn
         try:
             conn.cancel_safe(timeout=5.0)
-            conn.wait(generators.execute(conn.pgconn), timeout=5.0)
+            self._results(timeout=5.0)
         except psycopg.Error:  # the cancel refused or late, the connection gone
             conn.close()
         except BaseException:
@@ -356,16 +356,22 @@ class Session:
         pgconn = conn.pgconn
         with conn.lock:
             pgconn.send_query(query)
-            results: list[PGresult] = conn.wait(generators.execute(pgconn))
-            while results and results[-1].status == ExecStatus.COPY_IN:
-                # A COPY the scanner did not see: end it with an error, never hang.
-                pgconn.put_copy_end(b"COPY FROM STDIN data must follow its statement in the file")
-                results = results[:-1] + conn.wait(generators.execute(pgconn))
-            while results and results[-1].status == ExecStatus.COPY_OUT:
-                results.pop()  # a COPY TO STDOUT the scanner did not see: read and drop its rows
-                while isinstance(conn.wait(generators.copy_from(pgconn)), memoryview):
-                    pass
-                results += conn.wait(generators.fetch_many(pgconn))
+            return self._results()
+
+    def _results(self, timeout: float | None = None) -> list[PGresult]:
+        """The results of the query sent, each statement's, a COPY the scanner did not
+        see ended: COPY FROM STDIN with an error (never a hang), COPY TO STDOUT read and
+        dropped. `timeout`: seconds for each wait, else psycopg's _WaitTimeout."""
+        conn, pgconn = self.conn, self.conn.pgconn
+        results: list[PGresult] = conn.wait(generators.execute(pgconn), timeout=timeout)
+        while results and results[-1].status == ExecStatus.COPY_IN:
+            pgconn.put_copy_end(b"COPY FROM STDIN data must follow its statement in the file")
+            results = results[:-1] + conn.wait(generators.execute(pgconn), timeout=timeout)
+        while results and results[-1].status == ExecStatus.COPY_OUT:
+            results.pop()
+            while isinstance(conn.wait(generators.copy_from(pgconn), timeout=timeout), memoryview):
+                pass
+            results += conn.wait(generators.fetch_many(pgconn), timeout=timeout)
         return results
 
     def error(self, result: PGresult) -> psycopg.Error:
