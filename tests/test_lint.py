@@ -65,26 +65,57 @@ def _check(folder: Path, *flags: str) -> tuple[int, str]:
     return completed.code, completed.out + completed.err
 
 
+# Both findings of STYLE_FAULT made warnings: sqlfluff then passes it.
+WARNINGS_ONLY = "[sqlfluff]\nwarnings = CP01,CP05\n"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "text"),
     [
-        (".sqlfluff", "[sqlfluff]\nrules = RF01\n"),
-        (".sqlfluff", "[sqlfluff]\nexclude_rules = CP01,LT01\n"),
-        (".sqlfluff", "[sqlfluff]\nlarge_file_skip_byte_limit = 1\n"),
-        (".sqlfluffignore", "*.sql\n"),
+        ("m/.sqlfluff", "[sqlfluff]\nrules = RF01\n"),
+        ("m/.sqlfluff", "[sqlfluff]\nexclude_rules = CP01,LT01\n"),
+        ("m/.sqlfluff", "[sqlfluff]\nlarge_file_skip_byte_limit = 1\n"),
+        ("m/.sqlfluffignore", "*.sql\n"),
+        ("m/.sqlfluff", WARNINGS_ONLY),
+        (
+            "m/.sqlfluff",
+            "[sqlfluff:rules:capitalisation.keywords]\nignore_words_regex = .*\n[sqlfluff:rules:capitalisation.types]\nignore_words_regex = .*\n",
+        ),
+        ("m/pyproject.toml", '[tool.sqlfluff.core]\nwarnings = "CP01,CP05"\n'),
+        (".sqlfluff", WARNINGS_ONLY),
+        ("home/.sqlfluff", WARNINGS_ONLY),
     ],
-    ids=["rules", "exclude-rules", "skip-limit", "ignore-file"],
+    ids=[
+        "rules",
+        "exclude-rules",
+        "skip-limit",
+        "ignore-file",
+        "warnings",
+        "ignore-words",
+        "pyproject",
+        "folder-above",
+        "home-folder",
+    ],
 )
 def test_settings_beside_the_files_cannot_switch_the_style_check_off(
     tmp_path: Path, name: str, text: str
 ) -> None:
-    """They may add settings, not take the gate's rules or files away: each of these made
-    a failing file pass, counted as checked."""
-    (tmp_path / "0001_t.sql").write_text(STYLE_FAULT)
+    """No settings but the gate's own are read, beside the files, above them or in the
+    home folder: each of these made a failing file pass, counted as checked (some by
+    taking rules away, some by making their findings warnings or their words ignored)."""
+    folder, home = tmp_path / "m", tmp_path / "home"
+    folder.mkdir()
+    home.mkdir()
+    (folder / "0001_t.sql").write_text(STYLE_FAULT)
     (tmp_path / name).write_text(text)
-    code, output = _check(tmp_path)
-    assert code == 5 and "CP01" in output, output
+    # From the folder above the files, where sqlfluff looks for settings on its way to them.
+    completed = run_cli(
+        "migrate", "check", "--migrations-dir", "m",
+        env={"HOME": str(home)}, process=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    output = completed.out + completed.err
+    assert completed.code == 5 and "CP01" in output, output
 
 
 @pytest.mark.slow

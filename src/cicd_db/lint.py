@@ -6,8 +6,9 @@ outside the repository, a cwd anywhere, cicd-db installed from a wheel):
 passed to the tools explicitly, with the PostgreSQL dialect named on the command
 line too. The repository's `.sqlfluff` and `.squawk.toml` (what editors and
 plain `sqlfluff` calls read) hold the same text, which
-tests/test_lint.py checks. A `.sqlfluff` next to the files may add
-settings; it cannot change these.
+tests/test_lint.py checks. No other sqlfluff settings are read (a `.sqlfluff` beside
+the files or above them, pyproject.toml, the home folder's): any of them could let
+through what the gate refuses.
 
 squawk reads a file marked `-- cicd-db: no-transaction` as running outside a
 transaction (where CONCURRENTLY belongs) and every other file as running inside
@@ -37,8 +38,7 @@ dialect = postgres
 templater = raw
 # Same width as the Python code; 0001's lines reach 94 characters.
 max_line_length = 100
-# Every rule, whatever a .sqlfluff beside the files says (one there may add settings,
-# not switch rules off).
+# Every rule (the gate reads no other settings file: cicd_db.lint).
 rules = all
 exclude_rules = None
 # sqlfluff skips a larger file with a warning and exits 0, so the gate chooses what to
@@ -112,9 +112,12 @@ def lint(migrations: list[Migration], root: Path) -> list[Report]:
         sqlfluff_config.write_text(SQLFLUFF_CONFIG)
         squawk_config = Path(folder) / ".squawk.toml"
         squawk_config.write_text(SQUAWK_CONFIG)
-        # A .sqlfluffignore beside the files does not take them out of the gate.
+        # A .sqlfluffignore beside the files does not take them out of the gate, and no
+        # settings but the gate's are read: a .sqlfluff beside the files, in a folder
+        # above, pyproject.toml or the home folder could set `warnings` or `ignore`, or a
+        # rule's `ignore_words`, and pass what the gate refuses.
         arguments = ["lint", "--dialect", "postgres", "--config", str(sqlfluff_config)]
-        arguments.append("--disregard-sqlfluffignores")
+        arguments += ["--disregard-sqlfluffignores", "--ignore-local-config"]
         styled = [m for m in migrations if len(m.data) <= STYLE_LIMIT]
         skipped = tuple(m.filename for m in migrations if len(m.data) > STYLE_LIMIT)
         if styled:
