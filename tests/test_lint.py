@@ -226,3 +226,42 @@ def test_the_tools_are_found_on_path_when_not_beside_python(
         f"the lint gate needs sqlfluff, not found beside {elsewhere / 'python'} or on PATH; "
         "install it with `pip install 'cicd-db[lint]'` (make install does), or pass --no-lint"
     )
+
+
+@pytest.mark.slow
+def test_a_folder_of_more_files_than_a_command_line_holds_is_linted_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tools get the files in runs that fit a command line (a folder of thousands
+    failed with "Argument list too long", told as "cannot write the output"): here runs
+    of about two names, and the fault in the last file is still found."""
+    monkeypatch.setattr(lint, "BATCH_BYTES", 2 * len(str(tmp_path / "0001_t1.sql")) + 4)
+    for number in range(1, 6):
+        (tmp_path / f"000{number}_t{number}.sql").write_text(CLEAN.replace(" u ", f" u{number} "))
+    code, output = _check(tmp_path)
+    assert code == 0 and "sqlfluff: passed (5 files)" in output, output
+    assert "squawk (in a transaction): passed (5 files)" in output, output
+    (tmp_path / "0006_t6.sql").write_text(STYLE_FAULT)
+    code, output = _check(tmp_path)
+    assert code == 5 and "0006_t6.sql" in output and "CP01" in output, output
+
+
+@pytest.mark.parametrize("broken", ["not executable", "a folder"])
+def test_a_lint_tool_that_cannot_start_is_named_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    """A `sqlfluff` beside Python that is no program was told "cannot write the output:
+    Permission denied", exit 1: it is the tool, exit 2, with its fix."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "0001_t.sql").write_text(CLEAN)
+    tool = tmp_path / "bin" / "sqlfluff"
+    if broken == "a folder":
+        tool.mkdir(parents=True)
+    else:
+        tool.parent.mkdir()
+        tool.write_text("not a program\n")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    code, output = _check(tmp_path / "m")
+    assert code == 2 and output.count("\n") == 1, output
+    assert output.startswith(f"error: the lint gate could not start {tool}: "), output
+    assert "pip install 'cicd-db[lint]'" in output

@@ -20,6 +20,7 @@ Reads files only (and writes the two settings files to a temporary folder).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -121,7 +122,7 @@ def lint(migrations: list[Migration], root: Path) -> list[Report]:
         styled = [m for m in migrations if len(m.data) <= STYLE_LIMIT]
         skipped = tuple(m.filename for m in migrations if len(m.data) > STYLE_LIMIT)
         if styled:
-            report = _run("sqlfluff", [*arguments, *_paths(styled)], root, styled)
+            report = _run("sqlfluff", arguments, _paths(styled), root, styled)
         else:
             report = Report("sqlfluff", (), True, "")
         reports = [replace(report, skipped=skipped)]
@@ -140,7 +141,7 @@ def lint(migrations: list[Migration], root: Path) -> list[Report]:
                 arguments = ["--config", str(squawk_config), "--reporter", "gcc", *flags]
                 home = chosen[0].path.parent
                 names = [m.path.name for m in chosen]
-                report = _run("squawk", [*arguments, *names], home, chosen)
+                report = _run("squawk", arguments, names, home, chosen)
                 reports.append(
                     Report(f"squawk ({kind})", report.files, report.passed, report.output)
                 )
@@ -151,7 +152,10 @@ def _paths(migrations: list[Migration]) -> list[str]:
     return [str(m.path.absolute()) for m in migrations]
 
 
-def _run(tool: str, arguments: list[str], root: Path, migrations: list[Migration]) -> Report:
+def _run(
+    tool: str, arguments: list[str], paths: list[str], root: Path, migrations: list[Migration]
+) -> Report:
+    """`tool ARGUMENTS PATHS` in `root`, in as many runs as the paths need (_batches)."""
     beside = Path(sys.executable).parent / tool
     executable = str(beside) if beside.exists() else shutil.which(tool)
     if executable is None:
@@ -159,8 +163,39 @@ def _run(tool: str, arguments: list[str], root: Path, migrations: list[Migration
             f"the lint gate needs {tool}, not found beside {sys.executable} or on PATH; "
             "install it with `pip install 'cicd-db[lint]'` (make install does), or pass --no-lint"
         )
-    completed = subprocess.run(
-        [executable, *arguments], cwd=root, capture_output=True, text=True, check=False
-    )
-    output = (completed.stdout + completed.stderr).strip()
-    return Report(tool, tuple(m.filename for m in migrations), completed.returncode == 0, output)
+    outputs, passed = [], True
+    for files in _batches(paths):
+        try:
+            completed = subprocess.run(
+                [executable, *arguments, *files], cwd=root, capture_output=True, text=True,
+                check=False,
+            )  # fmt: skip
+        except OSError as error:  # not a program, not executable, a folder
+            raise ConfigError(
+                f"the lint gate could not start {executable}: {error.strerror or error}; "
+                "reinstall it with `pip install 'cicd-db[lint]'`, or pass --no-lint"
+            ) from None
+        outputs.append((completed.stdout + completed.stderr).strip())
+        passed = passed and completed.returncode == 0
+    output = "\n".join(text for text in outputs if text)
+    return Report(tool, tuple(m.filename for m in migrations), passed, output)
+
+
+# The file names given to one run of a tool, in bytes: a system's limit on a command
+# line can be 64 kB (a stack limit of 256 kB), and a folder of thousands of files
+# passed at once failed with "Argument list too long".
+BATCH_BYTES = 32 * 1024
+
+
+def _batches(paths: list[str]) -> list[list[str]]:
+    """`paths` in runs of at most BATCH_BYTES (one longer path alone), in order."""
+    batches: list[list[str]] = [[]]
+    size = 0
+    for path in paths:
+        length = len(os.fsencode(path)) + 1
+        if batches[-1] and size + length > BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(path)
+        size += length
+    return batches
