@@ -149,6 +149,21 @@ def test_new_migration_says_why_it_cannot_write(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
+def test_new_migrations_made_at_once_each_get_their_own_number(tmp_path: Path) -> None:
+    """Eight `migrate new` at once, as processes: each file its own version (two at
+    once took the same number in more than half of the tries, and both said they made it)."""
+    command = [sys.executable, "-m", "cicd_db", "migrate", "new", "--migrations-dir", str(tmp_path)]
+    for round_number in range(6):
+        started = [
+            subprocess.Popen([*command, f"r{round_number}_{n}"], stdout=subprocess.DEVNULL)
+            for n in range(8)
+        ]
+        assert all(process.wait(timeout=60) == 0 for process in started)
+    versions = [path.name.split("_")[0] for path in tmp_path.glob("*.sql")]
+    assert sorted(versions) == [f"{n:04d}" for n in range(1, 49)], versions
+
+
 def test_new_migration_cut_short_leaves_no_file(tmp_path: Path) -> None:
     """A new file whose header cannot be written whole (a full disk; here a real limit on
     file size) was left empty or cut short, and the next `up` applied it."""

@@ -9,9 +9,12 @@ writes) files only.
 from __future__ import annotations
 
 import codecs
+import fcntl
 import hashlib
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -345,38 +348,57 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
             arguments=["migrations_dir"],
             values={"folder": folder},
         )
-    versions = [
-        (int(match["version"]), len(match["version"]))
-        for path in folder.iterdir()
-        if (match := FILE_NAME.fullmatch(path.name))
-    ]
-    newest, width = max(versions, default=(0, 4))
-    if newest >= MAX_VERSION:
-        raise ConfigError(
-            f"cannot number a new migration in {folder}: its newest version, {newest}, leaves "
-            f"none above it that the history can hold (at most {MAX_VERSION}, a bigint); "
-            "renumber that file lower if it is not applied yet"
-        )
-    path = folder / f"{newest + 1:0{width}d}_{name}.sql"
-    header = NEW_FILE_HEADER
-    if not transactional:
-        header = NO_TRANSACTION_MARKER.decode() + "\n" + header
-    try:
-        out = path.open("x", encoding="utf-8")
-    except FileExistsError:
-        raise ConfigError(f"{path} exists already; pick another name") from None
-    except OSError as error:
-        raise ConfigError(f"cannot write {path}: {error.strerror}; check the folder") from None
-    try:
-        with out:
-            out.write(header)
-    except BaseException as error:
-        # Not left empty or cut short (a full disk, Ctrl-C): the next `up` would apply it.
-        path.unlink(missing_ok=True)
-        if isinstance(error, OSError):
+    # Numbered and made under a lock of the folder: two `new` at once (two terminals, a
+    # script) took the same number, and each said it had made its file.
+    with _locked(folder):
+        versions = [
+            (int(match["version"]), len(match["version"]))
+            for path in folder.iterdir()
+            if (match := FILE_NAME.fullmatch(path.name))
+        ]
+        newest, width = max(versions, default=(0, 4))
+        if newest >= MAX_VERSION:
+            raise ConfigError(
+                f"cannot number a new migration in {folder}: its newest version, {newest}, leaves "
+                f"none above it that the history can hold (at most {MAX_VERSION}, a bigint); "
+                "renumber that file lower if it is not applied yet"
+            )
+        path = folder / f"{newest + 1:0{width}d}_{name}.sql"
+        header = NEW_FILE_HEADER
+        if not transactional:
+            header = NO_TRANSACTION_MARKER.decode() + "\n" + header
+        try:
+            out = path.open("x", encoding="utf-8")
+        except FileExistsError:
+            raise ConfigError(f"{path} exists already; pick another name") from None
+        except OSError as error:
             raise ConfigError(f"cannot write {path}: {error.strerror}; check the folder") from None
-        raise
+        try:
+            with out:
+                out.write(header)
+        except BaseException as error:
+            # Not left empty or cut short (a full disk, Ctrl-C): the next `up` would apply it.
+            path.unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise ConfigError(
+                    f"cannot write {path}: {error.strerror}; check the folder"
+                ) from None
+            raise
     return path
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock of `folder` itself (flock on its descriptor: no file is made in it)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as error:
+        raise ConfigError(f"cannot open {folder}: {error.strerror}; check the folder") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # and the lock with it
 
 
 def _not_utf8_at(data: bytes, slice_bytes: int = 1 << 20) -> int | None:
