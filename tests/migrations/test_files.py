@@ -132,6 +132,12 @@ def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> N
     assert str(missing.value) == (
         f"migrations folder {tmp_path / 'nope'} does not exist; create it, or pass `migrations_dir`"
     )
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError) as a_file:
+        migrations.new_migration(tmp_path / "a_file", "x")
+    assert str(a_file.value) == (
+        f"migrations folder {tmp_path / 'a_file'} is not a folder, or pass `migrations_dir`"
+    )
     with pytest.raises(ConfigError) as not_there:
         migrations.discover(tmp_path / "nope")
     assert str(not_there.value) == (

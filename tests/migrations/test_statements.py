@@ -186,7 +186,8 @@ def test_what_postgresql_never_runs_in_a_transaction_is_refused_before_anything_
         (
             {"0002_add index.sql": "SELECT 1;\n"},
             "migration file '0002_add index.sql': a name may hold only ASCII letters, digits, '_', "
-            "'.' and '-' after the version's '_'; rename it, for example to 0002_add_index.sql",
+            "'.' and '-' after the version's '_', and must start with a letter or digit; rename "
+            "it, for example to 0002_add_index.sql",
         ),
         (
             {"99999999999999999999_huge.sql": "SELECT 1;\n"},
@@ -211,8 +212,14 @@ def test_what_postgresql_never_runs_in_a_transaction_is_refused_before_anything_
         (
             {"0002_X-ray index_of runs!.sql": "SELECT 1;\n"},
             "migration file '0002_X-ray index_of runs!.sql': a name may hold only ASCII letters, digits, "
-            "'_', '.' and '-' after the version's '_'; rename it, for example to "
-            "0002_X-ray_index_of_runs.sql",
+            "'_', '.' and '-' after the version's '_', and must start with a letter or digit; "
+            "rename it, for example to 0002_X-ray_index_of_runs.sql",
+        ),
+        (
+            {"0002_-x.sql": "SELECT 1;\n"},
+            "migration file '0002_-x.sql': a name may hold only ASCII letters, digits, '_', '.' "
+            "and '-' after the version's '_', and must start with a letter or digit; rename it, "
+            "for example to 0002_x.sql",
         ),
         (
             {"7.sql": "SELECT 1;\n"},
@@ -242,6 +249,7 @@ def test_what_postgresql_never_runs_in_a_transaction_is_refused_before_anything_
         "nul-byte",
         "empty-name",
         "spaces-and-capitals",
+        "name-starts-with-a-dash",
         "no-name-short-version",
         "no-version",
         "no-name",

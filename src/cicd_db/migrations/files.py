@@ -266,7 +266,8 @@ def _parse_name(filename: str) -> tuple[int, str]:
         )
     raise ConfigError(
         f"migration file {filename!r}: a name may hold only ASCII letters, digits, '_', '.' "
-        f"and '-' after the version's '_'; rename it, for example to {renamed}"
+        f"and '-' after the version's '_', and must start with a letter or digit; rename "
+        f"it, for example to {renamed}"
     )
 
 
@@ -344,7 +345,9 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
         )
     if not folder.is_dir():
         raise ConfigError(
-            "migrations folder {folder} does not exist; create it, or pass {migrations_dir}",
+            "migrations folder {folder} "
+            + ("is not a folder" if folder.exists() else "does not exist; create it")
+            + ", or pass {migrations_dir}",
             arguments=["migrations_dir"],
             values={"folder": folder},
         )
