@@ -95,20 +95,18 @@ _DAY_FIGURES: LiteralString = (
 # first run's day to the last one's, at most MAX_DAYS of them (`span` days before the
 # last): a run further back (an agent's clock at 1970) counts in the figures, and is
 # not worth 20,000 empty days in the list (or 3.6 million, for a time in the year 1).
-# Only times that fall on a day Python can hold bound the series (`isfinite(t) AND t >= '0001-01-02
-# 00:00+00'`): one written by hand as '-infinity' made a series that never ends, which
-# filled the disk with temporary files, and one before the year 1 a day Python cannot
-# read. Such a run counts in the figures, on no day.
+# Only times from the year 1's second day bound the series (a window of runs already
+# leaves out times after its clock, 'infinity' among them): one written by hand as
+# '-infinity' made a series that never ends, which filled the disk with temporary files,
+# and one before the year 1 a day Python cannot read. Such a run counts in the figures,
+# on no day. `spans` as in _EACH, for one pipeline.
 _DAY_SPAN: LiteralString = (
-    "SELECT d::date AS day FROM bounds, generate_series("
-    "coalesce(bounds.since AT TIME ZONE 'UTC', greatest((SELECT min(t) FROM w WHERE "
-    "isfinite(t) AND t >= '0001-01-02 00:00+00') AT TIME ZONE 'UTC', (SELECT max(t) FROM w WHERE "
-    "isfinite(t) AND t >= '0001-01-02 00:00+00') AT TIME ZONE 'UTC' - %(span)s * interval '1 day'))"
-    "::date::timestamp, "
+    "SELECT d::date AS day FROM bounds, (SELECT min(t) AS first, max(t) AS last FROM w "
+    "WHERE t >= '0001-01-02 00:00+00') AS spans, generate_series("
+    "coalesce(bounds.since AT TIME ZONE 'UTC', greatest(spans.first AT TIME ZONE 'UTC', "
+    "spans.last AT TIME ZONE 'UTC' - %(span)s * interval '1 day'))::date::timestamp, "
     "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE 'UTC')::date "
-    "ELSE ((SELECT max(t) FROM w WHERE "
-    "isfinite(t) AND t >= '0001-01-02 00:00+00') AT TIME ZONE 'UTC')::date END::timestamp, "
-    "interval '1 day') AS d"
+    "ELSE (spans.last AT TIME ZONE 'UTC')::date END::timestamp, interval '1 day') AS d"
 )
 
 _ONE: LiteralString = (
@@ -201,8 +199,8 @@ _ONE: LiteralString = (
 
 _EACH: LiteralString = (
     "WITH {bounds}, w AS MATERIALIZED ({window}), "
-    "spans AS (SELECT pipeline_name, min(t) AS first, max(t) AS last FROM w WHERE "
-    "isfinite(t) AND t >= '0001-01-02 00:00+00' GROUP BY pipeline_name), "
+    "spans AS (SELECT pipeline_name, min(t) AS first, max(t) AS last FROM w "
+    "WHERE t >= '0001-01-02 00:00+00' GROUP BY pipeline_name), "
     "span AS (SELECT spans.pipeline_name, d::date AS day FROM bounds, spans, generate_series("
     "coalesce(bounds.since AT TIME ZONE 'UTC', greatest(spans.first AT TIME ZONE 'UTC', "
     "spans.last AT TIME ZONE 'UTC' - %(span)s * interval '1 day'))::date::timestamp, "
