@@ -10,6 +10,7 @@ fix, run as it is written, makes the run after it work.
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -477,6 +478,57 @@ def test_a_setting_left_on_the_database_that_stops_a_reading_command_is_named(
                     sql.Identifier(database.name)
                 )
             )
+
+
+@pytest.mark.parametrize("timeout", ["1min", None])
+def test_a_cancel_under_a_statement_timeout_left_on_the_database_names_it_as_suspected(
+    database: Database, tmp_path: Path, timeout: str | None
+) -> None:
+    """A statement timeout that fires as a statement ends is told by PostgreSQL as a
+    cancel "due to user request" of the next statement (seen on 15 under a 1 ms timeout,
+    when the race cannot be arranged): with a timeout set on the database, such a cancel
+    names it, as only suspected, with its fix; with none, the cancel is told as one.
+    The cancel here is a real pg_cancel_backend, the same message the race gives."""
+    folder = write_migrations(tmp_path / "m", {"0001_sleep.sql": "SELECT pg_sleep(30);\n"})
+    name = sql.Identifier(database.name)
+    if timeout:
+        with database.connect() as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET statement_timeout = {}").format(
+                    name, sql.Literal(timeout)
+                )
+            )
+
+    def cancel() -> None:
+        pid = database.wait_for(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
+            "AND pid <> pg_backend_pid() AND datname = current_database()",
+            "the file never started",
+        )[0][0]
+        database.query("SELECT pg_cancel_backend(%s)", pid)
+
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    try:
+        line = refusal(migrate(database, folder))
+    finally:
+        canceller.join()
+        with database.connect() as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} RESET statement_timeout").format(name))
+    assert line.startswith(
+        "error: migration 0001_sleep.sql failed at line 1: canceling statement due to user request "
+        "[57014]; it was rolled back; "
+    ), line
+    if timeout:
+        assert "if no one cancelled it, the statement timeout did" in line, line
+        assert f"statement_timeout is {timeout} for database" in line, line
+        assert line.endswith("RESET statement_timeout, then run again"), line
+    else:
+        assert line.endswith(
+            "; another session or a client cancelled it (pg_cancel_backend, a cancel "
+            "request): run again"
+        ), line
+    assert database.history() == []
 
 
 @pytest.mark.parametrize("scope", SCOPES)

@@ -13,7 +13,7 @@ import psycopg
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
-from cicd_db.errors import MigrationFailed, setting_behind
+from cicd_db.errors import SUSPECTED, MigrationFailed, setting_behind, setting_suspected
 from cicd_db.migrations.failures import (
     RETRIED_SQLSTATES,
     Transient,
@@ -62,7 +62,6 @@ def failure(
     search_path) names where the setting comes from, when not from the file:
     asking ends the file's transaction, which the caller rolls back anyway.
     """
-    name = setting_behind(error.diag.sqlstate, error.diag.message_primary or "")
     regrant = None
     if at_the_row and not migration.transactional and _refused_on_the_history(error):
         user = shown(session.conn, session.conn.info.user)
@@ -77,7 +76,7 @@ def failure(
         str(error),
         session.conn.info.user,
         lost=session.lost,
-        setting=setting_source(session, name, migration) if name else None,
+        setting=_behind(session, error, migration),
         uncommitted_before=session.uncommitted_before,
         # Committed already, a REVOKE in a no-transaction file holds after it too.
         right_taken=regrant is not None
@@ -122,16 +121,27 @@ def own_failure(session: Session, error: psycopg.Error) -> str | None:
     setting cut (a statement_timeout a migration left on the database, say), or None
     when no setting explains `error`."""
     message = error.diag.message_primary or first_line(error)
-    name = setting_behind(error.diag.sqlstate, message)
-    if name is None:
-        return None
-    source = setting_source(session, name)
+    source = _behind(session, error)
     if source is None:
         return None  # not a setting left for the session (a read replica, say)
     return (
         f"a statement of cicd-db's own failed: {message} [{error.diag.sqlstate}]; "
         f"{source}, then run again"
     )
+
+
+def _behind(
+    session: Session, error: psycopg.Error, migration: Migration | None = None
+) -> str | None:
+    """Where the session setting that caused `error` comes from, when not from
+    `migration` (setting_source), or None; a setting only suspected is said to be."""
+    message = error.diag.message_primary or ""
+    if name := setting_behind(error.diag.sqlstate, message):
+        return setting_source(session, name, migration)
+    if name := setting_suspected(error.diag.sqlstate, message):
+        source = setting_source(session, name, migration)
+        return f"{SUSPECTED}: {source}" if source else None
+    return None
 
 
 def setting_source(session: Session, name: str, migration: Migration | None = None) -> str | None:

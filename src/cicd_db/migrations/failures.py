@@ -117,6 +117,8 @@ def describe_failure(
             "as each file is in a real run, and here they share one transaction: "
             f"{uncommitted_before}"
         )
+    elif diag.sqlstate == "57014" and "user request" in message:
+        advice = "another session or a client cancelled it (pg_cancel_backend, a cancel request): run again"
     elif diag.sqlstate in RETRIED_SQLSTATES:
         advice = "run again when the tables are less busy (the file itself is fine)"
     elif diag.sqlstate == "42P07" and not migration.transactional:
