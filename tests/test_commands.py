@@ -229,20 +229,44 @@ def test_up_refuses_dump_schema_to_standard_output(tmp_path: Path) -> None:
     assert not (ROOT / "-").exists()
 
 
-@pytest.mark.parametrize("failure", ["a path it cannot write", "a file changed the password"])
+@pytest.mark.parametrize("where", ["missing folder", "folder", "under a file"])
+def test_up_refuses_a_schema_path_it_cannot_write_before_any_file_runs(
+    database: Database, tmp_path: Path, where: str
+) -> None:
+    """Found only after the files ran, the run said "applied ..., but the schema was not
+    written", and the dump had to be made again by hand: the path is tried first (by the
+    same opens the write makes) and a run that could not write it applies nothing."""
+    folder = write_migrations(tmp_path / "m", {"0001_a.sql": "CREATE TABLE a (id int);\n"})
+    (tmp_path / "a_file").write_text("kept\n")
+    output = {
+        "missing folder": tmp_path / "no" / "such" / "schema.sql",
+        "folder": tmp_path / "m",
+        "under a file": tmp_path / "a_file" / "schema.sql",
+    }[where]
+    said = {
+        "missing folder": "No such file or directory",
+        "folder": "Is a directory",
+        "under a file": "Not a directory",
+    }[where]
+    done = run_cli("migrate", "up", "--database-url", database.url, "--migrations-dir", str(folder), "--dump-schema", str(output))  # fmt: skip
+    assert (done.code, done.out) == (2, ""), done
+    assert done.err == (
+        f"error: cannot write {output}: {said}; pick another path (nothing was applied)\n"
+    )
+    assert database.history() == [] and "a" not in database.tables()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "m"]  # no file left
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["0001_a.sql"]
+
+
 def test_up_that_cannot_write_the_schema_says_the_files_were_applied(
-    databases: Databases, empty_template: str, server: ConnectionSettings, tmp_path: Path,
-    failure: str,
+    databases: Databases, empty_template: str, server: ConnectionSettings, tmp_path: Path
 ) -> None:  # fmt: skip
     """The files committed before the dump failed: the error leads with that, so that no
     one runs them again or takes the run for failed; the exit code is the failure's."""
     role, password = f"dump_then_{uuid.uuid4().hex[:10]}", "before"
     files = {"0001_a.sql": "CREATE TABLE a (id int);\n"}
     output = tmp_path / "schema.sql"
-    if failure == "a path it cannot write":
-        output = tmp_path / "no" / "such" / "folder" / "schema.sql"
-    else:
-        files["0002_password.sql"] = "ALTER ROLE CURRENT_USER PASSWORD 'Sesame-7f3';\n"
+    files["0002_password.sql"] = "ALTER ROLE CURRENT_USER PASSWORD 'Sesame-7f3';\n"
     folder = write_migrations(tmp_path / "m", files)
     with psycopg.connect(server.conninfo(), autocommit=True) as admin:
         admin.execute(
@@ -255,11 +279,7 @@ def test_up_that_cannot_write_the_schema_says_the_files_were_applied(
         url = replace(made.settings, user=role, password=password).url()
         code, _, err = run_cli("migrate", "up", "--database-url", url, "--migrations-dir", str(folder), "--dump-schema", str(output))  # fmt: skip
         assert code == 2, err
-        where = (  # the path once: "cannot write PATH" names it already
-            f": cannot write {output}: "
-            if failure == "a path it cannot write"
-            else f" to {output}: 127.0.0.1:"
-        )
+        where = f" to {output}: 127.0.0.1:"
         assert err.startswith(
             f"error: applied {len(files)} migration{'s' * (len(files) > 1)}, but the schema "
             f"was not written{where}"
@@ -806,6 +826,13 @@ if os.geteuid() == 0:  # root writes anywhere: the write runs as nobody, as a us
     os.setuid(nobody.pw_uid)
 if len(sys.argv) > 3:  # a full disk, as a real limit on file size gives it
     resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+if os.environ.get("CHECK_FIRST"):  # what the check before a run says, then the write
+    from cicd_db.outputs import check_writable
+    try:
+        check_writable(Path(sys.argv[1]))
+        print("check: ok")
+    except OSError as error:
+        print("check:", error.strerror)
 try:
     write_answer(Path(sys.argv[1]), sys.argv[2])
 except Exception as error:
@@ -813,13 +840,50 @@ except Exception as error:
 """
 
 
-def _as_another_user(path: Path, text: str, *limited: str) -> subprocess.CompletedProcess[str]:
+def _as_another_user(
+    path: Path, text: str, *limited: str, check_first: bool = False
+) -> subprocess.CompletedProcess[str]:
     """`write_answer(path, text)` in a process of its own, as nobody when run as root
-    (with a 512-byte limit on file size when `limited` is given)."""
+    (with a 512-byte limit on file size when `limited` is given); `check_first`: what
+    outputs.check_writable says first, printed as `check: ...`."""
     return subprocess.run(
         [sys.executable, "-c", _AS_ANOTHER_USER, str(path), text, *limited],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={**os.environ, "CHECK_FIRST": "1"} if check_first else None,
     )  # fmt: skip
+
+
+def test_the_check_before_a_run_refuses_exactly_what_the_write_refuses() -> None:
+    """`migrate up --dump-schema PATH` tries PATH before any file runs: as another user,
+    in a folder it may write and one it may not, a file of its own and a read-only one,
+    the check says no where, and only where, the write then fails."""
+    top = Path(tempfile.mkdtemp(prefix="cicd-db-test-"))
+    top.chmod(0o755)
+    try:
+        for folder_mode in (0o777, 0o555):
+            folder = top / f"folder-{folder_mode:o}"
+            folder.mkdir()
+            own, read_only = folder / "own.sql", folder / "read-only.sql"
+            for file, mode in ((own, 0o644), (read_only, 0o444)):
+                file.write_text("old\n")
+                file.chmod(mode)
+                if os.geteuid() == 0:
+                    import pwd
+
+                    nobody = pwd.getpwnam("nobody")
+                    os.chown(file, nobody.pw_uid, nobody.pw_gid)
+            folder.chmod(folder_mode)
+            for path in (own, read_only, folder / "new.sql", folder):
+                done = _as_another_user(path, "new\n", check_first=True)
+                assert done.returncode == 0 and done.stderr == "", done
+                check, _, wrote = done.stdout.partition("\n")
+                assert (check == "check: ok") == (wrote == ""), (path, done.stdout)
+                assert check != "check: ok" or path.read_text() == "new\n", path
+            folder.chmod(0o755)
+    finally:
+        for folder in top.iterdir():
+            folder.chmod(0o755)
+        shutil.rmtree(top)
 
 
 def test_a_writable_file_in_a_folder_it_cannot_write_is_written_in_place() -> None:
@@ -1227,3 +1291,15 @@ def test_a_file_renamed_over_is_on_disk_before_it_takes_the_name(
     assert target.read_text() == "new\n"
     assert [kind for kind, _ in events] == ["fsync", "replace"], events
     assert events[0][1] == events[1][1] and Path(events[0][1]).name.startswith(".cicd-db-")
+
+
+def test_a_schema_path_that_can_be_written_is_left_as_it_was_by_the_check(tmp_path: Path) -> None:
+    """The check before a run opens what the write will open and changes nothing: an
+    existing file keeps its text and its folder no leftover; a device is opened in place."""
+    kept = tmp_path / "schema.sql"
+    kept.write_text("old\n")
+    outputs.check_writable(kept)
+    outputs.check_writable(tmp_path / "new.sql")
+    outputs.check_writable(Path("/dev/null"))
+    assert kept.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["schema.sql"]

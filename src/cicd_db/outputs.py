@@ -96,6 +96,33 @@ def write_file(path: Path, text: str) -> None:
         raise
 
 
+def check_writable(path: Path) -> None:
+    """Raise the OSError write_file would meet at `path`, without writing it: for a
+    command that writes the file only after work nothing can undo (`migrate up
+    --dump-schema`). The system decides, by the same opens (a file made beside it and
+    removed, or the file opened as it stands): a folder, a missing folder, no right."""
+    try:
+        found: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        found = None
+    if found is not None and stat.S_ISDIR(found.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if found is not None and any(_is_stream(found, s) for s in (sys.stdout, sys.stderr)):
+        return
+    if found is not None and not _replaceable(path, found):
+        os.close(os.open(path, os.O_WRONLY))  # written in place: opened, not emptied
+        return
+    beside = Path(os.path.realpath(path)).with_name(f".cicd-db-{os.urandom(6).hex()}.tmp")
+    try:
+        os.close(os.open(beside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as error:
+        if found is None or error.errno not in _NOT_BESIDE:
+            raise
+        os.close(os.open(path, os.O_WRONLY))  # in place, as write_file would; not emptied
+    else:
+        beside.unlink()
+
+
 def _same_group(descriptor: int, found: os.stat_result) -> bool:
     """Whether the new file has the old one's group, given it if need be (a member may)."""
     if os.fstat(descriptor).st_gid == found.st_gid:

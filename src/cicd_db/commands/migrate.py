@@ -8,13 +8,14 @@ from pathlib import Path
 
 import psycopg
 
-from cicd_db import console, migrations, targets
+from cicd_db import console, migrations, outputs, targets
 from cicd_db.commands.context import Context, write_answer
 from cicd_db.errors import (
     EXIT_DISAGREES,
     EXIT_LINT,
     EXIT_PENDING,
     CicdDbError,
+    ConfigError,
     Interrupted,
     UsageError,
     interrupt_exit_code,
@@ -94,6 +95,16 @@ def _check_up_options(
             arguments=["dump_schema", "rehearse" if rehearse else "dry_run"],
             values={"given": "--rehearse" if rehearse else "--dry-run"},
         )
+    if dump_schema is not None and not dry_run and not rehearse:
+        # Checked before any file runs: refused after them, the schema was lost and the
+        # files applied, to be dumped again by hand.
+        try:
+            outputs.check_writable(dump_schema)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot write {dump_schema}: {error.strerror}; pick another path "
+                "(nothing was applied)"
+            ) from None
     if sql and (rehearse or not dry_run):
         raise UsageError(
             "{sql} prints what {dry_run} would apply; add {dry_run}"
