@@ -275,6 +275,18 @@ def test_paging_through_1000_runs_with_before(migrated: Database) -> None:
             "error: argument --run: '0' is not a whole number above 0; see `cicd-db report --help`",
         ),
         (
+            ["--pipeline", "build", "--run", "9223372036854775808"],
+            2,
+            "error: --run 9223372036854775808 is no run number; give a whole number within "
+            "bigint's range",
+        ),
+        (
+            ["--pipeline", "build", "--before", "9223372036854775808"],
+            2,
+            "error: --before 9223372036854775808 is no run number; give a whole number within "
+            "bigint's range, or leave it out",
+        ),
+        (
             ["--pipeline", "build", "--format", "xml"],
             2,
             "error: argument --format: invalid choice: 'xml' (choose from 'table', 'json', 'yaml'); "
@@ -295,6 +307,8 @@ def test_paging_through_1000_runs_with_before(migrated: Database) -> None:
         "stage-without-run",
         "paging-with-run",
         "run-zero",
+        "run-past-bigint",
+        "before-past-bigint",
         "bad-format",
         "no-pipeline-flag",
     ],

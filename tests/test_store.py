@@ -1186,6 +1186,8 @@ def test_the_times_at_the_edges_the_store_takes_read_back_in_any_time_zone(
         (lambda s, t: s.run("build", True), "`run_number` True is no run number"),
         (lambda s, t: s.run("build", "1"), "`run_number` '1' is no run number"),
         (lambda s, t: s.run("build", 1.0), "`run_number` 1.0 is no run number"),
+        (lambda s, t: s.run("build", 2**63), "`run_number` 9223372036854775808 is no run"),
+        (lambda s, t: s.run("build", -(2**63) - 1), "`run_number` -9223372036854775809 is no"),
         (lambda s, t: s.runs("build", before=False), "`before` False is no run number"),
         (lambda s, t: s.runs("build", before=2**63), "`before` 9223372036854775808 is no run"),
         (
@@ -1210,6 +1212,8 @@ def test_the_times_at_the_edges_the_store_takes_read_back_in_any_time_zone(
         "run-bool",
         "run-text",
         "run-float",
+        "run-past-bigint",
+        "run-below-bigint",
         "before-bool",
         "before-past-bigint",
         "twice",

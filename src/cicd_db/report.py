@@ -438,6 +438,13 @@ def fetch(
             "{limit} and {before} page through runs; leave them out with {run}",
             arguments=["limit", "before", "run"],
         )
+    from cicd_db.store.rows import INT8_MAX  # on use, as the store itself
+
+    if run is not None and run > INT8_MAX:  # the store would say so of its `run_number`
+        raise UsageError(
+            f"{{run}} {run} is no run number; give a whole number within bigint's range",
+            arguments=["run"],
+        )
     limit = limit or DEFAULT_LIMIT
     if limit > MAX_LIMIT:
         raise UsageError(

@@ -74,9 +74,10 @@ class Reads(Connected):
     def run(self, pipeline_name: str, run_number: int) -> PipelineRun:
         """One run; NotFound names the pipeline and number. Reads."""
         check_name("pipeline_name", pipeline_name)
-        if not whole(run_number):  # True and "2" reached the server, 2.0 was taken as 2
+        # True and "2" reached the server, 2.0 was taken as 2; past bigint, no run has it.
+        if not whole(run_number) or not INT8_MIN <= run_number <= INT8_MAX:
             raise UsageError(
-                "{run_number} {given} is no run number; give a whole number",
+                "{run_number} {given} is no run number; give a whole number within bigint's range",
                 arguments=["run_number"],
                 values={"given": repr(run_number)},
             )
