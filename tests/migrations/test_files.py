@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,7 +137,7 @@ def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as a_file:
         migrations.new_migration(tmp_path / "a_file", "x")
     assert str(a_file.value) == (
-        f"migrations folder {tmp_path / 'a_file'} is not a folder, or pass `migrations_dir`"
+        f"migrations folder {tmp_path / 'a_file'} is a file, not a folder; pass `migrations_dir`"
     )
     with pytest.raises(ConfigError) as not_there:
         migrations.discover(tmp_path / "nope")
@@ -144,6 +145,34 @@ def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> N
         f"migrations folder {tmp_path / 'nope'} does not exist; "
         "pass `migrations_dir` DIR or run from the repository root"
     )
+
+
+@pytest.mark.parametrize(
+    ("made", "said"),
+    [
+        (lambda p: p.symlink_to(p.parent / "gone"), "is a symbolic link to {gone}, which does not exist"),
+        (lambda p: (p.symlink_to(p.parent / "b"), (p.parent / "b").symlink_to(p)), "is a loop of symbolic links"),
+        (lambda p: p.parent.joinpath("f").write_text(""), "has a file, not a folder, on its path"),
+        (lambda p: p.write_text(""), "is a file, not a folder"),
+        (lambda p: None, "does not exist"),
+    ],
+    ids=["link-to-nothing", "loop-of-links", "file-on-path", "file", "missing"],
+)  # fmt: skip
+def test_a_folder_that_is_not_one_is_told_why_by_every_command(
+    tmp_path: Path, made: Callable[[Path], object], said: str
+) -> None:
+    """A link that leads nowhere and a loop of links were told "does not exist", which
+    sends one looking for a folder that is there; each case names what the path is."""
+    folder = tmp_path / "m"
+    made(folder)
+    if "on its path" in said:
+        folder = tmp_path / "f" / "m"
+    said = said.format(gone=tmp_path / "gone")
+    for call in (migrations.discover, lambda f: migrations.new_migration(f, "x")):
+        with pytest.raises(ConfigError) as refused:
+            call(folder)  # type: ignore[operator]
+        assert str(refused.value).startswith(f"migrations folder {folder} {said}; "), refused.value
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in {"m", "b", "f"}) == []
 
 
 def test_new_migration_says_why_it_cannot_write(tmp_path: Path) -> None:

@@ -9,10 +9,12 @@ writes) files only.
 from __future__ import annotations
 
 import codecs
+import errno
 import fcntl
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -152,6 +154,24 @@ def _line_ends_change_nothing(migration: Migration) -> bool:
     )
 
 
+def not_a_folder(folder: Path) -> str | None:
+    """Why `folder` is no folder that can be listed, in words for a message; None when it
+    is one. A link that leads nowhere and a loop of links were told "does not exist"."""
+    try:
+        found = os.stat(folder)
+    except OSError as error:
+        if error.errno == errno.ENOENT and os.path.islink(folder):
+            return f"is a symbolic link to {os.readlink(folder)}, which does not exist"
+        if error.errno == errno.ENOENT:
+            return "does not exist"
+        if error.errno == errno.ELOOP:
+            return "is a loop of symbolic links"
+        if error.errno == errno.ENOTDIR:
+            return "has a file, not a folder, on its path"
+        return f"cannot be reached: {error.strerror or error}"
+    return None if stat.S_ISDIR(found.st_mode) else "is a file, not a folder"
+
+
 def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
     """Read and check the migration files of `folder`, sorted by version. Reads files only.
 
@@ -160,10 +180,10 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
     not `planned`: then on first use of `Migration.steps`) the statements a file
     may not hold.
     """
-    if not folder.is_dir():
+    if why := not_a_folder(folder):
         raise ConfigError(
             "migrations folder {folder} "
-            + ("is a file, not a folder" if folder.exists() else "does not exist")
+            + why
             + "; pass {migrations_dir} DIR or run from the repository root",
             arguments=["migrations_dir"],
             values={"folder": folder},
@@ -343,11 +363,12 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
             f"migration name {name!r} may hold only ASCII letters, digits, '_', '.' and '-', and "
             "must start with a letter or digit; for example add_run_index"
         )
-    if not folder.is_dir():
+    if why := not_a_folder(folder):
         raise ConfigError(
             "migrations folder {folder} "
-            + ("is not a folder" if folder.exists() else "does not exist; create it")
-            + ", or pass {migrations_dir}",
+            + why
+            + ("; create it, or pass {migrations_dir}" if why == "does not exist" else "")
+            + ("" if why == "does not exist" else "; pass {migrations_dir}"),
             arguments=["migrations_dir"],
             values={"folder": folder},
         )
