@@ -165,17 +165,33 @@ def test_a_home_that_cannot_be_created_is_a_configuration_error(
         (f'["{SECRET}"]', "not a JSON object"),
         (
             json.dumps({"port": "5432", "superuser_password": SECRET, "password": SECRET}),
-            "'port' is missing or not a number",
+            "key port is missing or not a number",
         ),
         (
             json.dumps({"port": 5432, "password": SECRET, "bootstrapped": True}),
-            "'superuser_password' is missing or not a string",
+            "key superuser_password is missing or not a string",
+        ),
+        (
+            json.dumps({"port": 5432, "superuser_password": SECRET, "bootstrapped": True}),
+            "key password is missing or not a string",
+        ),
+        (
+            json.dumps(
+                {
+                    "port": 5432,
+                    "superuser_password": SECRET,
+                    "password": SECRET,
+                    "bootstrapped": True,
+                    "app_password": "",
+                }
+            ),
+            "key app_password is not a password; remove it to make a new one",
         ),
         (
             json.dumps(
                 {"port": True, "superuser_password": SECRET, "password": "", "bootstrapped": True}
             ),
-            "'port' is missing or not a number",
+            "key port is missing or not a number",
         ),
         *(
             (
@@ -187,7 +203,7 @@ def test_a_home_that_cannot_be_created_is_a_configuration_error(
                         "bootstrapped": True,
                     }
                 ),
-                "'port' is not a port from 1 to 65535",
+                "key port is not a port from 1 to 65535",
             )
             for port in (70000, -5, 0)
         ),
@@ -198,6 +214,8 @@ def test_a_home_that_cannot_be_created_is_a_configuration_error(
         "list",
         "port-text",
         "no-superuser-password",
+        "no-password",
+        "app-password-empty",
         "port-true",
         "port-70000",
         "port-negative",

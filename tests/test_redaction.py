@@ -3,10 +3,11 @@ keywords, user names a password was typed into; examples and hypothesis properti
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from cicd_db import redaction
@@ -447,10 +448,21 @@ def test_redact_hides_what_any_reading_finds_in_the_text_as_given(
         ('password "S3cr3tPass" was refused', 'password "***" was refused'),
         ('{"user": "u", "password": "hunter2"}', '{"user": "u", "password": "***"}'),
         ("password: 'se cret'", "password: '***'"),
+        ("{'user': 'u', 'password': 'hunter2'}", "{'user': 'u', 'password': '***'}"),
         (
             'password authentication failed for user "bob"',
             'password authentication failed for user "bob"',
         ),
+        # Prose that owns or quotes the word is no password quoted after it.
+        (
+            "encode the password's or name's characters as UTF-8",
+            "encode the password's or name's characters as UTF-8",
+        ),
+        (
+            "server.json ('password' is missing); it holds the server's port",
+            "server.json ('password' is missing); it holds the server's port",
+        ),
+        ('"password" is missing; the server\'s', '"password" is missing; the server\'s'),
     ],
 )
 def test_redact_hides_a_password_a_message_quotes_after_the_word(said: str, shown: str) -> None:
@@ -463,7 +475,14 @@ def test_redact_hides_a_password_a_message_quotes_after_the_word(said: str, show
 @given(
     data=st.data(),
     quote_mark=st.sampled_from(['"', "'"]),
-    form=st.sampled_from(["password {q}{p}{q}", '"password": {q}{p}{q}', "Password: {q}{p}{q}"]),
+    form=st.sampled_from(
+        [
+            "password {q}{p}{q}",
+            '"password": {q}{p}{q}',
+            "'password': {q}{p}{q}",
+            "Password: {q}{p}{q}",
+        ]
+    ),
     around=st.sampled_from(["error: {} was refused", "{}", '{{"user": "u", {}}}']),
 )
 def test_any_password_a_message_quotes_after_the_word_is_hidden(
@@ -476,6 +495,26 @@ def test_any_password_a_message_quotes_after_the_word_is_hidden(
     password = data.draw(st.text(st.sampled_from(characters), min_size=4, max_size=20))
     said = around.format(form.format(q=quote_mark, p=password))
     assert_nothing_of((password,), redact(said))
+
+
+@settings(max_examples=examples(200))
+@given(
+    before=st.text(st.sampled_from("abc ;(),.'\""), max_size=12),
+    word=st.sampled_from(["password's", "'password'", "Password's", "password'"]),
+    after=st.text(st.sampled_from("abcs ;(),.'\":"), max_size=30),
+)
+def test_prose_that_owns_or_quotes_the_word_is_printed_whole(
+    before: str, word: str, after: str
+) -> None:
+    """The class beside the prose examples above: the word owned (`password's`) or
+    quoted as a name (`'password'`), then anything that does not start with a space,
+    ':' or '=' and a quote mark, is no password quoted after the word: nothing is
+    hidden (the embedded server's "key 'password' is missing ... the server's port" was
+    cut to `'password'***'s port`)."""
+    assume(not re.match(r"""\s*[:=]?\s*["']""", after))
+    assume(not re.search(r"password\s*=", before + word + after, re.I))
+    text = f"{before} {word} {after}"
+    assert redact(text) == text
 
 
 @pytest.mark.parametrize(

@@ -281,10 +281,13 @@ def password_candidates(text: str | None) -> list[str]:
 _URL_TOKEN = rf"(?ia)(?:{_SCHEME.pattern})\S*"  # ASCII space ends it
 _KEYWORD_PASSWORD = (
     r"(?i)(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)"  # noqa: S105
-    # A quoted value after the word, as a tool's message or JSON quotes it: `password
-    # "x"`, `"password": "x"`, `password: 'x'` (the word alone, as in "password
-    # authentication failed", is left).
-    r"|(?P<head2>\bpassword\b\"?\s*[:=]?\s*)(?P<quote>[\"'])(?:(?!(?P=quote))[^\\]|\\.)*(?P=quote)"
+    # A quoted value after the word, as a tool's message, JSON or a Python dict quotes it:
+    # `password "x"`, `"password": "x"`, `{'password': 'x'}`, `password: 'x'`; a space,
+    # ':' or '=' between them. The
+    # word alone, as in "password authentication failed", is left, and so is prose that
+    # quotes or owns it (`the password's characters`, `'password' is missing ... the
+    # server's`): read as a quoted value, such a line was cut to the next apostrophe.
+    r"|(?P<head2>\bpassword\b[\"']?(?:\s*[:=]\s*|\s+))(?P<quote>[\"'])(?:(?!(?P=quote))[^\\]|\\.)*(?P=quote)"
 )
 
 

@@ -95,16 +95,18 @@ class StateFile(Folders):
             raise self._bad_state("not a JSON object")
         for key in ROLE_PASSWORD_KEYS.values():
             if key in state and not (isinstance(state[key], str) and state[key]):
-                raise self._bad_state(f"{key!r} is not a password; remove it to make a new one")
+                raise self._bad_state(f"key {key} is not a password; remove it to make a new one")
         for key, (kind, words) in STATE_KEYS.items():
             # bool is an int to isinstance; a port of `true` is still wrong.
             if not isinstance(state.get(key), kind) or (kind is int and type(state[key]) is bool):
-                raise self._bad_state(f"{key!r} is missing or not {words}")
+                raise self._bad_state(f"key {key} is missing or not {words}")
         if not 1 <= state["port"] <= 65535:
-            raise self._bad_state("'port' is not a port from 1 to 65535")
+            raise self._bad_state("key port is not a port from 1 to 65535")
         return dict(state)
 
     def _bad_state(self, why: str) -> ConfigError:
+        # Key names bare: a quoted one ('password' is missing ...) read, to the masking of
+        # messages, as a password quoted after its name, and the line came out cut.
         return ConfigError(
             f"cannot read {self.state_file} ({why}); it holds the server's port and "
             f"passwords: restore it, or run `cicd-db embedded stop` and move {self.root} "
