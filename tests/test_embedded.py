@@ -873,3 +873,52 @@ def test_a_disk_without_room_is_named_where_initdb_stopped_mid_sentence(tmp_path
         f"; the disk of {tmp_path} is full or past a size limit: make room there, or set "
         "CICD_DB_HOME to a folder on a disk with room, and run again"
     ), said
+
+
+@pytest.mark.slow
+@pytest.mark.db
+def test_what_is_done_to_its_database_and_roles_is_named_and_embedded_start_makes_them_again(
+    home: Path,
+) -> None:
+    """The embedded server's database and roles are cicd-db's: a migration or a person
+    that drops ci_local or changes a role's password left every command failing with
+    "create it, or fix the database name in the URL" or "check the user and password of
+    the target", and no URL was ever given. Each such damage is named with the command
+    that mends it, and after `cicd-db embedded start` the command works again."""
+    environ = {"CICD_DB_HOME": str(home)}
+    assert run_cli("migrate", "--stack", "embedded", env=environ).code == 0
+    admin = EmbeddedServer(home).admin_settings("postgres")
+    damages = [
+        ("DROP DATABASE ci_local", ["migrate", "status"], "database ci_local"),
+        ("ALTER ROLE ci_user PASSWORD 'changed'", ["migrate", "status"], None),
+        ("ALTER ROLE ci_user NOLOGIN", ["migrate", "status"], None),
+        ("ALTER ROLE ci_reader PASSWORD 'changed'", ["report", "--pipeline", "p"], None),
+        ("ALTER ROLE ci_app NOLOGIN", ["retention", "--keep-days", "1"], None),
+    ]
+    for damage, command, made in damages:
+        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+            conn.execute(damage)
+        failed = run_cli(*command, "--stack", "embedded", env=environ)
+        assert failed.code == 2 and failed.out == "", (damage, failed)
+        assert_one_line_error(failed.err, failed.err.removeprefix("error: ").rstrip("\n"))
+        assert "run `cicd-db embedded start`, which " in failed.err, (damage, failed.err)
+        assert "URL" not in failed.err and "PGPASSWORD" not in failed.err, failed.err
+        started = run_cli("embedded", "start", env=environ)
+        assert started.code == 0, (damage, started)
+        lines = started.out.splitlines()
+        assert lines[:-1] == ([f"made again: {made} (it was gone)"] if made else []), lines
+        if made:
+            assert run_cli("migrate", "--stack", "embedded", env=environ).code == 0
+        again = run_cli(*command, "--stack", "embedded", env=environ)
+        assert again.code in (0, 1) and "embedded start" not in again.err, (damage, again)
+
+    # A superuser password that is not the server's (server.json edited) is named as such.
+    state_file = home / "embedded" / "server.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "superuser_password": "not-the-servers"}))
+    refused = run_cli("embedded", "start", env=environ)
+    assert refused.code != 0 and refused.out == "", refused
+    assert refused.err.startswith("error: the embedded server refused its own superuser ("), refused
+    assert "superuser_password is not the server's" in refused.err, refused.err
+    assert "not-the-servers" not in refused.err and state["superuser_password"] not in refused.err
+    state_file.write_text(json.dumps(state))

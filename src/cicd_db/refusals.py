@@ -149,6 +149,14 @@ def _server_refused(settings: ConnectionSettings, detail: str, user: str) -> Cic
     if re.search(r"authentication failed for user", detail) or (
         role and (not user or role.group(1) == user)
     ):  # 28P01, 28000: the login itself
+        if settings.remade_by:  # cicd-db made the role, with the password it logs in with
+            return _authentication_failed(
+                settings,
+                user,
+                detail,
+                f"the role was dropped or its password changed (by a migration?); run "
+                f"`{settings.remade_by}`, which gives the roles it made their passwords again",
+            )
         return _authentication_failed(settings, user, detail, CHECK_LOGIN)
     if re.match(r"(no pg_hba\.conf entry|pg_hba\.conf rejects)", detail):  # 28000
         return _authentication_failed(
@@ -164,9 +172,16 @@ def _server_refused(settings: ConnectionSettings, detail: str, user: str) -> Cic
             settings,
             user,
             detail,
-            "give it LOGIN (ALTER ROLE ... LOGIN), or connect as another user",
+            f"run `{settings.remade_by}`, which gives the roles it made LOGIN again"
+            if settings.remade_by
+            else "give it LOGIN (ALTER ROLE ... LOGIN), or connect as another user",
         )
     if re.match(r'database ".*" does not exist', detail):  # 3D000
+        if settings.remade_by:
+            return ConfigError(
+                f"{where}: {detail} (dropped?); run `{settings.remade_by}`, which makes it "
+                "again, empty"
+            )
         return ConfigError(f"{where}: {detail}; create it, or fix the database name in the URL")
     if re.match(r"permission denied for database", detail):  # 42501
         return ConfigError(

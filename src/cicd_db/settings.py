@@ -129,6 +129,10 @@ class ConnectionSettings:
     reader_url: str | None = field(default=None, repr=False)
     # Every other libpq keyword the URL named, in its order: sslrootcert, options, ...
     parameters: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # The command that makes this target's database and roles again, where cicd-db made
+    # them (`cicd-db embedded start`): the fix a missing database or a refused login
+    # names, instead of the URL, which no one gave. Not part of the URL.
+    remade_by: str | None = field(default=None, repr=False, compare=False)
 
     def conninfo(self, **overrides: Any) -> str:
         """A libpq connection string of what was given; `overrides` replace or add keywords.
@@ -292,13 +296,17 @@ class ConnectionSettings:
             if role == APP
             else (self.reader_url, READER_DATABASE_URL)
         )
-        return self if url is None else from_url(url, what=output)
+        return (
+            self if url is None else replace(from_url(url, what=output), remade_by=self.remade_by)
+        )
 
     def for_migrations(self) -> ConnectionSettings:
         """The settings the migration runner uses: the direct endpoint when there is one."""
         if self.migration_url is None:
             return self
-        return from_url(self.migration_url, what="migration_database_url")
+        return replace(
+            from_url(self.migration_url, what="migration_database_url"), remade_by=self.remade_by
+        )
 
     def outputs(self) -> dict[str, Any]:
         """The contract's outputs, keyed by their names."""

@@ -5,9 +5,20 @@ from __future__ import annotations
 from cicd_db import console, targets
 from cicd_db.commands.context import Context, embedded_settings
 
+# A writer or reader made again lacks what the migrations granted it, which no run gives
+# again once they are applied.
+NO_GRANTS = (
+    "; the grants the migrations gave it are not made again: give them by hand, or move the "
+    "state folder away to start afresh"
+)
+
 
 def embedded_start(ctx: Context) -> int:
-    """`embedded start`: the embedded server, created on first use, running."""
+    """`embedded start`: the embedded server, created on first use, running, with its
+    database and roles made again where they are gone (Creating.remake)."""
+    for made in targets.resolve(stack=targets.EMBEDDED).embedded_server().remake():
+        grants = "" if made in ("database ci_local", "role ci_user") else NO_GRANTS
+        ctx.say(f"made again: {made} (it was gone{grants})")
     settings = embedded_settings(ctx)
     ctx.say(f"running on 127.0.0.1:{settings.port}: {settings.redacted_url()}")
     return 0

@@ -174,6 +174,19 @@ class EmbeddedServer(Creating):
                 self._write_state(state)
             return state
 
+    def remake(self) -> list[str]:
+        """Start the server if need be, then make ci_user, ci_local, the writer and the
+        reader again where they are gone, and give the roles LOGIN and server.json's
+        passwords (a migration or a person may have dropped or changed them): what
+        `cicd-db embedded start` does. Returns what was made again ("database ci_local").
+        A writer or reader made again has none of the grants the migrations gave it."""
+        self.ensure_running()
+        with self._locked():
+            state = self._read_state()
+            if state is None:  # moved away meanwhile: the next start makes it all
+                return []
+            return self._bootstrap(state) + self._set_role_passwords(state)
+
     def stop(self) -> bool:
         """Stop the server; returns False when it was not running.
 

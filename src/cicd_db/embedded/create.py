@@ -180,18 +180,33 @@ class Creating(StateFile, PidFiles):
                 ) from None
             raise EmbeddedServerError(f"{error}; {tail}") from None
 
-    def _bootstrap(self, state: dict[str, Any]) -> None:
-        """Create ci_user and ci_local, with ci_user's role settings; safe to repeat."""
+    def _as_superuser(self, state: dict[str, Any]) -> psycopg.Connection[Any]:
+        """The superuser's connection to `postgres`. Refused, server.json's
+        superuser_password is not the server's (edited, or restored from another)."""
         admin = login(state, SUPERUSER, "postgres")
-        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        try:
+            return psycopg.connect(admin.conninfo(), autocommit=True)
+        except psycopg.OperationalError as error:
+            said = str(error).strip().splitlines()[-1] if str(error).strip() else "no answer"
+            raise EmbeddedServerError(
+                f"the embedded server refused its own superuser ({said.strip()}): "
+                f"{self.state_file}'s superuser_password is not the server's (edited, or "
+                "copied from another server?); restore it, or run `cicd-db embedded stop` and "
+                f"move {self.root} away (its data goes with it) to start afresh"
+            ) from None
+
+    def _bootstrap(self, state: dict[str, Any]) -> list[str]:
+        """Create ci_user and ci_local, with ci_user's role settings, LOGIN and
+        server.json's password; safe to repeat. Returns what it made."""
+        made = []
+        with self._as_superuser(state) as conn:
             role = sql.Identifier(LOCAL_USER)
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [LOCAL_USER])
+            verb = "ALTER ROLE {} LOGIN PASSWORD {}"
             if exists.fetchone() is None:
-                conn.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD {}").format(
-                        role, sql.Literal(state["password"])
-                    )
-                )
+                verb = "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD {}"
+                made.append(f"role {LOCAL_USER}")
+            conn.execute(sql.SQL(verb).format(role, sql.Literal(state["password"])))
             for name, value in LOCAL_ROLE_SETTINGS:
                 conn.execute(
                     sql.SQL("ALTER ROLE {} SET {} TO {}").format(
@@ -205,22 +220,26 @@ class Creating(StateFile, PidFiles):
                         sql.Identifier(LOCAL_DATABASE), role
                     )
                 )
+                made.append(f"database {LOCAL_DATABASE}")
             conn.execute(
                 sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(
                     sql.Identifier(LOCAL_DATABASE), role
                 )
             )
+        return made
 
-    def _set_role_passwords(self, state: dict[str, Any]) -> None:
+    def _set_role_passwords(self, state: dict[str, Any]) -> list[str]:
         """Create the writer and the reader, or give them LOGIN and server.json's passwords
         (migration 0029 may have made them NOLOGIN); safe to repeat. Their privileges
-        are the migration's grants, nothing here."""
-        admin = login(state, SUPERUSER, "postgres")
-        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        are the migration's grants, nothing here. Returns what it made."""
+        made = []
+        with self._as_superuser(state) as conn:
             for user, key in ROLE_PASSWORD_KEYS.items():
                 role, password = sql.Identifier(user), sql.Literal(state[key])
                 exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [user])
                 verb = "ALTER" if exists.fetchone() else "CREATE"
+                if verb == "CREATE":
+                    made.append(f"role {user}")
                 conn.execute(
                     sql.SQL(
                         verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
@@ -232,3 +251,4 @@ class Creating(StateFile, PidFiles):
                             role, sql.Identifier(name), sql.Literal(value)
                         )
                     )
+        return made

@@ -133,6 +133,10 @@ class StateFile(Folders):
             ) from None
 
 
+# What makes ci_local and the roles again, with server.json's passwords (Creating.remake).
+REMADE_BY = "cicd-db embedded start"
+
+
 def login(state: dict[str, Any], user: str, database: str) -> ConnectionSettings:
     return ConnectionSettings(
         host=HOST,
@@ -142,6 +146,7 @@ def login(state: dict[str, Any], user: str, database: str) -> ConnectionSettings
         password=state[PASSWORD_KEYS[user]],
         # The wheel is built without OpenSSL; the server only listens on loopback.
         sslmode="disable",
+        remade_by=REMADE_BY,
     )
 
 
