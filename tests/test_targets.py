@@ -1190,3 +1190,39 @@ def test_a_wait_that_is_no_number_of_seconds_is_refused_before_connecting(
     arguments: dict[str, object] = {"timeout": 1.0, keyword: value}
     with pytest.raises(errors.UsageError, match=message):
         targets.wait(given, **arguments)  # type: ignore[arg-type]
+
+
+# Parts of a host name: letters, digits, '-', what IDNA maps or refuses (a full-width
+# dot, a zero-width space, a space), and lengths past the 63 a part may have.
+HOST_PARTS = st.text(st.sampled_from("ab0-_\u00fc\u3002\u200b "), max_size=70)
+
+
+@hypothesis.settings(max_examples=examples(150), deadline=None)
+@hypothesis.given(
+    parts=st.lists(HOST_PARTS, min_size=1, max_size=4),
+    where=st.sampled_from(["url", "query", "PGHOST"]),
+)
+@hypothesis.example(
+    parts=["a", "", "b"], where="url"
+)  # the helper's `a..b`: "unexpected UnicodeError"
+@hypothesis.example(parts=["", "example"], where="PGHOST")
+@hypothesis.example(parts=["a" * 64], where="query")
+def test_any_host_name_is_answered_in_one_line_with_a_documented_code(
+    parts: list[str], where: str
+) -> None:
+    """psycopg looks host names up itself, and Python's IDNA encoding refused an empty or
+    over-long part (`a..b`, `.example`, 64 letters) with a UnicodeError the CLI did not
+    expect (exit 1, "run with --debug and report it"). Any host, in the URL, its query or
+    PGHOST: one line, exit 1 (not found) or 2 (no host name), nothing unexpected."""
+    host = ".".join(parts)
+    hypothesis.assume(host.strip())
+    environ = {}
+    if where == "url":
+        url = f"postgresql://u@{quote(host, safe='.')}:1/db?connect_timeout=2"
+    elif where == "query":
+        url = f"postgresql://u@/db?{urlencode({'host': host, 'port': '1', 'connect_timeout': '2'})}"
+    else:
+        url, environ = "postgresql://u@/db?port=1&connect_timeout=2", {"PGHOST": host}
+    result = run_cli("migrate", "status", "--database-url", url, env=environ)
+    assert result.code in (1, 2) and result.out == "", result
+    assert len(result.err.splitlines()) == 1 and "unexpected" not in result.err, result

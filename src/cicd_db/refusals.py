@@ -95,6 +95,32 @@ def connection_error(
     return told.hiding(lambda text: redact(text, secrets))
 
 
+def host_name_refused(settings: ConnectionSettings, named_by: str = "database_url") -> CicdDbError:
+    """A host that is no host name to look up: psycopg resolves names itself, and
+    Python's IDNA encoding refuses an empty part between dots or one over 63 characters
+    (`a..b`, `.example`) with a UnicodeError, where psql says it cannot translate it."""
+    conninfo = psycopg.conninfo.conninfo_to_dict(settings.conninfo())
+    hosts = str(conninfo.get("host") or os.environ.get("PGHOST") or "").split(",")
+    bad = next((host for host in hosts if not _idna(host)), None)
+    which = f"host {bad!r}" if bad is not None else "a host"
+    told = ConfigError(
+        "cannot connect: " + which.replace("{", "{{").replace("}", "}}") + " is no host name: "
+        "a part between its dots is empty or over 63 characters; fix the host of the "
+        "target " + TARGET_PARAMETERS + ", or PGHOST",
+        arguments=["database_url"],
+    )
+    secrets = settings.secrets()
+    return _named_by(told, named_by).hiding(lambda text: redact(text, secrets))
+
+
+def _idna(host: str) -> bool:
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def _named_by(error: CicdDbError, argument: str) -> CicdDbError:
     """`error`, its fix naming `argument` where it names the target's URL."""
     if argument == "database_url" or "database_url" not in error.arguments:

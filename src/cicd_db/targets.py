@@ -238,6 +238,10 @@ def connect(
         from cicd_db.refusals import connection_error  # only when a connection fails
 
         raise connection_error(settings, error, named_by) from None
+    except UnicodeError:  # psycopg's own look-up of a host such as `a..b`
+        from cicd_db.refusals import host_name_refused
+
+        raise host_name_refused(settings, named_by) from None
 
 
 def wait(settings: ConnectionSettings, timeout: float, poll: float = 0.2) -> ConnectionSettings:
