@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -262,8 +263,46 @@ def test_output_that_cannot_be_written_is_one_line(database: Database, tmp_path:
         )
     assert done.returncode == 1
     assert done.stderr == (
-        "error: cannot write the output: No space left on device; check where it goes\n"
+        "error: cannot write the output: No space left on device; the command went on to its "
+        "end (what it did is done) without it; check where it goes\n"
     )
+
+
+@pytest.mark.parametrize("reader", ["closed pipe", "full disk", "closed output"])
+def test_a_run_whose_lines_cannot_be_written_applies_every_file(
+    database: Database, tmp_path: Path, reader: str
+) -> None:
+    """`migrate up | head -2` stopped the run at the third file, exit 1, without a word
+    (the files after it pending); a full disk or a closed output stopped it after the
+    first. How the lines are read never cuts a run: every file is applied, and only
+    what is not a reader that left is told, in one line, exit 1."""
+    folder = write_migrations(
+        tmp_path, {f"{n:04d}_t{n}.sql": f"CREATE TABLE t{n} (i int);\n" for n in range(1, 41)}
+    )
+    args = cli_command("migrate", "--database-url", database.url, "--migrations-dir", str(folder), "up")  # fmt: skip
+    if reader == "closed pipe":
+        with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:  # fmt: skip
+            assert process.stdout is not None and process.stderr is not None
+            process.stdout.close()  # whatever it writes meets a closed pipe
+            code, err = process.wait(timeout=120), process.stderr.read()
+    else:
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                args, stdout=full if reader == "full disk" else None, stderr=subprocess.PIPE,
+                text=True, timeout=120,
+                preexec_fn=(lambda: os.close(1)) if reader == "closed output" else None,
+            )  # fmt: skip
+        code, err = done.returncode, done.stderr
+    assert database.history() == list(range(1, 41)), err
+    if reader == "closed pipe":
+        assert (code, err) == (0, "")
+    else:
+        said = "No space left on device" if reader == "full disk" else "standard output is closed"
+        assert (code, err) == (
+            1,
+            f"error: cannot write the output: {said}; the command went on to its end (what "
+            "it did is done) without it; check where it goes\n",
+        )
 
 
 def test_a_reader_that_stops_reading_ends_the_run_quietly(

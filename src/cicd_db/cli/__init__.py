@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import psycopg
 
+from cicd_db import console
 from cicd_db.cli import declared  # noqa: F401 - registers the commands parsing builds
 from cicd_db.cli.parsing import COMMANDS, Call, Option, build, flag, parse
 from cicd_db.commands import Context
@@ -148,7 +149,17 @@ def main(
                 logger = logging.getLogger(name)
                 logger.handlers = logger.handlers or [logging.NullHandler()]
                 logger.propagate = False
-        return call()
+        console.take_lost_output()  # a command before this one in the process (tests)
+        code = call()
+        if (lost := console.take_lost_output()) and not isinstance(lost, BrokenPipeError):
+            # A reader that left (`| head`) had what it wanted; anything else is told.
+            _print_error(
+                f"cannot write the output: {lost.strerror or lost}; the command went on to its "
+                "end (what it did is done) without it; check where it goes",
+                context,
+            )
+            return code or 1
+        return code
     except CicdDbError as error:
         _print_error(phrased(error), context)
         return error.exit_code

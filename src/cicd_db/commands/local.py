@@ -83,3 +83,5 @@ def _show(ctx: Context, prepared: Prepared, *, password: str | None, show_passwo
             file=sys.stderr,
         )
     sys.stdout.flush()
+    if console.lost_output is not None:  # not shown: the next run resets what nobody saw
+        raise console.lost_output
