@@ -17,6 +17,8 @@ the same, which test_an_unchanged_copy_has_no_differences checks).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -658,3 +660,64 @@ def test_a_not_null_constraint_named_otherwise_is_drift(database: Database, tmp_
     assert "unexpected constraint t.nn_named: NOT NULL name" in result.err, result.err
     database.execute("ALTER TABLE t RENAME CONSTRAINT nn_named TO t_name_not_null")
     assert migrate(database, folder, "baseline", "--version", "1").code == 0
+
+
+def _other_major_bin_dir(server_version: int) -> Path | None:
+    """Server programs of another major than the session's: the wheel's when the session
+    runs Debian's (TEST_PG_BIN_DIR), else Debian's newest of another major."""
+    candidates = [wheel_bin_dir(), *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]
+    for bin_dir in candidates:
+        version = subprocess.run(
+            [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        found = re.search(r"(\d+)\.\d+", version)
+        if found and int(found[1]) != server_version // 10000:
+            return bin_dir
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.db
+def test_two_majors_holding_one_schema_show_no_drift_and_a_change_still_shows(
+    migrated: Database,
+) -> None:
+    """`schema diff --against` from PostgreSQL 15 to 18 (a dev server newer than prod):
+    both migrated by the same files, it found 8 differences (found by helper-111): 18's
+    NOT NULL constraints, which 15 holds as the columns' `not null`, and 17's MAINTAIN
+    privilege, which an owner holds by default. Read as the older server holds them,
+    the two agree, both ways round; a real change still shows."""
+    from cicd_db.embedded import EmbeddedServer
+
+    from .utils import MIGRATIONS, ROOT, on_ram_disk
+
+    with migrated.connect() as conn:
+        version = conn.info.server_version
+    bin_dir = _other_major_bin_dir(version)
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL of another major here; .ci/run installs Debian's")
+    home = on_ram_disk(ROOT / ".cicd-db" / f"tests-other-major-{bin_dir.parent.name}")
+    other = EmbeddedServer(home, bin_dir=bin_dir)
+    was_running = other.status().running
+    admin = other.admin_settings()
+    name = f"other_major_{os.getpid()}"
+    with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        their_settings = dataclasses.replace(admin, database=name)
+        assert migrate(their_settings, MIGRATIONS).code == 0
+        theirs = their_settings.url()
+        for one, two in ((migrated.url, theirs), (theirs, migrated.url)):
+            done = run_cli("schema", "diff", "--database-url", one, "--against", two, "--json")
+            assert (done.code, json.loads(done.out)["differences"]) == (0, []), done
+        migrated.execute("ALTER TABLE job_executions ADD COLUMN hotfix text")
+        done = run_cli("schema", "diff", "--database-url", migrated.url, "--against", theirs)
+        assert done.code == errors.EXIT_DRIFT, done
+        assert done.out.splitlines()[:-1] == ["unexpected column job_executions.hotfix: text"]
+    finally:
+        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        if not was_running:
+            other.stop()

@@ -65,8 +65,12 @@ def schema_diff(ctx: Context, *, against: str | None = None) -> int:
         other = ctx.remember(other)
         with targets.connect(target.settings) as one, targets.connect(other.settings) as two:
             ours = schema.current_schema(one)
-            expected = schema.signature(two, schema.current_schema(two), as_schema=ours)
-            actual = schema.signature(one, ours)
+            # Across majors, as the older server holds it (PostgreSQL 15 against 18, say).
+            major = min(one.info.server_version, two.info.server_version) // 10000
+            expected = schema.signature(
+                two, schema.current_schema(two), as_schema=ours, as_major=major
+            )
+            actual = schema.signature(one, ours, as_major=major)
             found = schema.compare(expected, actual)
         against = other.description
     else:

@@ -337,11 +337,17 @@ VERBATIM = frozenset({"body", "comment"})
 
 
 def signature(
-    conn: psycopg.Connection[Any], schema: str, as_schema: str | None = None
+    conn: psycopg.Connection[Any],
+    schema: str,
+    as_schema: str | None = None,
+    *,
+    as_major: int | None = None,
 ) -> Signature:
     """Every object of `schema` with its properties: two copies of one schema (live and
     scratch, or two databases) are told apart by content, not by what they are called
-    (`_neutral`); `as_schema` is the name of the copy this one is compared with. Reads only."""
+    (`_neutral`); `as_schema` is the name of the copy this one is compared with;
+    `as_major`, the major version of the other copy's server, where older than this
+    one's: what only a newer server holds is left out (`_as_major`). Reads only."""
     result: Signature = {}
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
@@ -362,7 +368,32 @@ def signature(
                     else _neutral(value, quoted, as_quoted if prop == "settings" else None)
                     for prop, value in zip(names, values, strict=True)
                 }
+    if as_major is not None and conn.info.server_version // 10000 > as_major:
+        return _as_major(result, as_major)
     return result
+
+
+_MAINTAIN = re.compile(r" MAINTAIN(?: WITH GRANT OPTION)?$")
+
+
+def _as_major(found: Signature, major: int) -> Signature:
+    """`found` as a server of `major` could hold it: from 18, a NOT NULL is a constraint
+    of its own (a column's `not null` says it on every major); from 17, tables have the
+    MAINTAIN privilege, which the owner holds by default. Compared with an older
+    server's copy, each read as a difference that no migration made."""
+    kept: Signature = {}
+    for key, props in found.items():
+        if (
+            major < 18
+            and key[0] == "constraint"
+            and str(props.get("definition")).startswith("NOT NULL ")
+        ):
+            continue
+        if major < 17 and isinstance(props.get("privileges"), str):
+            grants = [g for g in props["privileges"].split(", ") if not _MAINTAIN.search(g)]
+            props = {**props, "privileges": ", ".join(grants) or None}
+        kept[key] = props
+    return kept
 
 
 # What a definition holds that is no qualifier to take out: a string literal or a quoted
