@@ -154,15 +154,28 @@ def main() -> None:
                             recorded += 1
                             record(executions, rng, pipeline, commit, retry, day, rerun=True)
         print(f"recorded {recorded} runs of {len(PIPELINES)} pipelines over {DAYS} days\n")
+        # The commands shown name the target as it was given (a URL by a placeholder: it
+        # holds a password), so each one pasted shows what the demo shows.
+        where = (
+            f" --stack {args.stack}"
+            if args.stack
+            else " --local"
+            if args.local
+            else ' --database-url "$URL"'
+            if args.database_url
+            else ""
+        )
         for pipeline in (None, "demo-api", "demo-web"):
             flags = f" --pipeline {pipeline}" if pipeline else ""
-            print(f"$ cicd-db insights --days {DAYS}{flags}", flush=True)
+            print(f"$ cicd-db insights{where} --days {DAYS}{flags}", flush=True)
             print(insights.render(insights.insights(conn, pipeline, days=DAYS), "table"))
-        print("$ cicd-db report --pipeline demo-api --limit 5", flush=True)
+        print(f"$ cicd-db report{where} --pipeline demo-api --limit 5", flush=True)
         print(report.render(report.fetch(executions, "demo-api", limit=5), "table"))
         PAGE.parent.mkdir(parents=True, exist_ok=True)
         PAGE.write_text(insights.render(insights.insights(conn, "demo-api", days=DAYS), "html"))
-        print(f"$ cicd-db insights --pipeline demo-api --days {DAYS} --format html -o {PAGE}")
+        print(
+            f"$ cicd-db insights{where} --pipeline demo-api --days {DAYS} --format html -o {PAGE}"
+        )
         print(f"wrote {PAGE}: open it in a browser (it needs no network)")
 
 

@@ -859,6 +859,25 @@ def test_the_demo_tells_its_story_and_never_shows_zero_seconds(
     [e2e] = [job for job in web.jobs if job.job == "e2e"]
     assert e2e.flaky_commits >= 5 and 0.04 < (e2e.failure_rate or 0) < 0.15
     assert api.cancelled > 0
+    # Each command it shows, pasted as a reader would (the URL in $URL), shows the same:
+    # printed without the target, they read stack prod (found by helper-111).
+    echoed = [line[2:] for line in done.stdout.splitlines() if line.startswith("$ cicd-db ")]
+    assert len(echoed) == 5, done.stdout
+    for command in echoed:
+        pasted = subprocess.run(
+            ["bash", "-c", command.replace("cicd-db", f"{sys.executable} -m cicd_db", 1)],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+            env={**os.environ, "URL": migrated.url},
+        )  # fmt: skip
+        assert (pasted.returncode, pasted.stderr) == (0, ""), (command, pasted)
+    blocks = done.stdout.split("$ cicd-db ")[1:]
+    assert blocks[-1].startswith("insights") and "wrote" in blocks[-1]
+    shown_report = blocks[-2].split("\n", 1)[1].rstrip("\n")
+    pasted_report = subprocess.run(
+        ["bash", "-c", f'{sys.executable} -m cicd_db report --database-url "$URL" --pipeline demo-api --limit 5'],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env={**os.environ, "URL": migrated.url},
+    ).stdout.rstrip("\n")  # fmt: skip
+    assert pasted_report == shown_report
 
 
 # What a terminal acts on, or forges a line with: escape, bell, carriage return, newline,
