@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from .fix_db import Database
 from .utils import MIGRATIONS, ROOT
 
 PAGES = sorted([*ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md"), *(ROOT / "db").rglob("*.md")])
@@ -66,3 +67,23 @@ def test_the_samples_count_the_repositorys_migrations() -> None:
     assert f"sqlfluff: passed ({new} files)" in guide
     assert f"squawk (in a transaction): passed ({transactional + 1} files)" in guide
     assert f"squawk (no transaction): passed ({len(files) - transactional} files)" in guide
+
+
+@pytest.mark.db
+def test_the_readmes_recording_example_runs_as_written(migrated: Database) -> None:
+    """Pasted, the example raised IllegalTransition at finish_stage (its jobs were left
+    to a `...`) and left a RUNNING run behind (found by helper-111): it runs whole,
+    on a migrated database named in place of the local target, and records what it says."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Recording executions.*?```python\n(.*?)```", readme, re.DOTALL)
+    assert block is not None
+    code = block[1].replace(
+        "targets.resolve(local=True)", f"targets.resolve(database_url={migrated.url!r})"
+    )
+    assert code != block[1]
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the repository's own example
+    assert migrated.query(
+        "SELECT p.status, s.status, string_agg(j.job_name || ' ' || j.status, ', ' ORDER BY j.job_name) "
+        "FROM pipeline_executions p JOIN stage_executions s ON s.pipeline_execution_id = p.id "
+        "JOIN job_executions j ON j.stage_execution_id = s.id GROUP BY p.status, s.status"
+    ) == [("SUCCESS", "SUCCESS", "lint FAILED, unit SUCCESS")]
