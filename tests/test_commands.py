@@ -57,6 +57,26 @@ def test_new_writes_the_next_file(tmp_path: Path) -> None:
     assert path.read_text().startswith("-- cicd-db: no-transaction\n")
 
 
+def test_new_names_its_file_as_a_person_would_from_where_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --migrations-dir the folder is the repository's, absolute: the path was
+    printed absolute where the guide shows `db/migrations/0039_...` (helper-111). From
+    above the folder it is relative; from elsewhere, as given; in JSON, as made."""
+    folder = write_migrations(tmp_path / "db" / "migrations", {"0001_a.sql": "SELECT 1;\n"})
+    monkeypatch.chdir(tmp_path)
+    done = run_cli("migrate", "new", "b", "--migrations-dir", str(folder))
+    assert (done.code, done.out) == (0, "db/migrations/0002_b.sql\n"), done
+    monkeypatch.chdir(tmp_path.parent)
+    done = run_cli("migrate", "new", "c", "--migrations-dir", str(folder))
+    assert done.out == f"{tmp_path.name}/db/migrations/0003_c.sql\n", done
+    monkeypatch.chdir(folder.parent)
+    done = run_cli("migrate", "new", "d", "--migrations-dir", "migrations")
+    assert done.out == "migrations/0004_d.sql\n", done
+    done = run_cli("migrate", "new", "e", "--json", "--migrations-dir", str(folder))
+    assert json.loads(done.out)["path"] == str(folder / "0005_e.sql")
+
+
 @pytest.mark.slow
 def test_what_new_writes_passes_the_gate_as_it_is(tmp_path: Path) -> None:
     """A file just made passes `migrate check` (sqlfluff and squawk with the repository's

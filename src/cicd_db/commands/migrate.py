@@ -247,7 +247,11 @@ def baseline(ctx: Context, *, version: int, yes: bool = False) -> int:
 def new(ctx: Context, name: str, *, transactional: bool = True) -> int:
     """`migrate new`: write the next file and print its path."""
     path = migrations.new_migration(ctx.folder(), name, transactional=transactional)
-    ctx.show({"path": str(path)}, lambda: [str(path)], answer=True)
+    # As a person would name it from here (`db/migrations/0039_x.sql` from the checkout);
+    # the folder left out is the repository's, which is absolute.
+    here = Path.cwd()
+    shown = path.relative_to(here) if path.is_absolute() and path.is_relative_to(here) else path
+    ctx.show({"path": str(path)}, lambda: [str(shown)], answer=True)
     return 0
 
 
