@@ -240,7 +240,7 @@ def test_paging_through_1000_runs_with_before(migrated: Database) -> None:
         (
             ["--pipeline", "build", "--run", "9"],
             1,
-            "error: pipeline 'build' has no run 9; its runs go up to 3",
+            "error: pipeline 'build' has no run 9; its runs go from 1 to 3",
         ),
         (
             ["--pipeline", "build", "--run", "1", "--stage", "deploy"],

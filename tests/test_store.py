@@ -336,7 +336,7 @@ def test_reads_name_what_is_missing(executions: Store) -> None:
     with pytest.raises(NotFound, match="pipeline 'build' has no runs"):
         executions.run("build", 1)
     run = executions.start_run("build", "abc")
-    with pytest.raises(NotFound, match="pipeline 'build' has no run 5; its runs go up to 1"):
+    with pytest.raises(NotFound, match="pipeline 'build' has no run 5; its one run is 1"):
         executions.run("build", 5)
     with pytest.raises(NotFound, match="run 1 of pipeline 'build' has no stage 'test'") as raised:
         executions.stage(run, "test")
@@ -347,6 +347,14 @@ def test_reads_name_what_is_missing(executions: Store) -> None:
     with pytest.raises(NotFound, match="stage 'test' of run 1 of pipeline 'build' has no job 'x'") as raised:  # fmt: skip
         executions.job(run, stage, "x")
     assert raised.value.within == {"pipeline": "build", "run": 1, "stage": "test"}
+    # Retention deletes the oldest: "up to 3" sent one looking below the first kept.
+    executions.cancel_run(run)
+    for _ in range(2):
+        executions.start_run("build", "abc")
+    with executions._connection() as conn:
+        conn.execute("DELETE FROM pipeline_executions WHERE run_number = 1")
+    with pytest.raises(NotFound, match=r"pipeline 'build' has no run 1; its runs go from 2 to 3$"):
+        executions.run("build", 1)
 
 
 def test_paging_returns_each_run_exactly_once(schema: Database, executions: Store) -> None:

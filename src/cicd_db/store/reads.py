@@ -154,13 +154,23 @@ class Reads(Connected):
         return found
 
     def _no_run(self, pipeline_name: str, run_number: int) -> NotFound:
+        """What a pipeline's runs are numbered, its oldest and its newest: retention
+        deletes the oldest, so "up to N" alone sent one looking below the first kept."""
         newest = self.runs(pipeline_name, limit=1)
         if not newest:
             return no_runs(pipeline_name)
-        return NotFound(
-            f"pipeline {pipeline_name!r} has no run {run_number}; its runs go up to "
-            f"{newest[0].run_number}"
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT min(run_number) FROM pipeline_executions WHERE pipeline_name = %s",
+                [pipeline_name],
+            ).fetchone()
+        oldest = row[0] if row and row[0] is not None else newest[0].run_number
+        numbered = (
+            f"its one run is {oldest}"
+            if oldest == newest[0].run_number
+            else f"its runs go from {oldest} to {newest[0].run_number}"
         )
+        return NotFound(f"pipeline {pipeline_name!r} has no run {run_number}; {numbered}")
 
 
 def tables_placement(conn: psycopg.Connection[Any]) -> Placement | None:
