@@ -82,12 +82,20 @@ def up_summary(
     *,
     target: int | None = None,
     beyond: int = 0,
+    applied_above: int | None = None,
 ) -> str:
-    """`beyond`: files still pending above `target`, which a run up to it leaves."""
+    """`beyond`: files still pending above `target`, which a run up to it leaves;
+    `applied_above`: the newest version applied, where it is above `target`."""
     left = f"; {plural(beyond, 'migration')} pending above version {target}" if beyond else ""
     if not count:
         if beyond:
             return f"nothing to apply up to version {target} on {description}{left}"
+        if applied_above is not None:
+            # "up to date" read as if the target were where the database is.
+            return (
+                f"nothing to apply up to version {target} on {description}: version "
+                f"{applied_above} is applied already, and migrations only go forward"
+            )
         return f"nothing to apply: {description} is up to date"
     if dry_run:
         return (

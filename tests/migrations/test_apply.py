@@ -113,6 +113,13 @@ def test_a_run_up_to_a_target_says_what_it_leaves_pending_above_it(
     assert database.history() == [1, 2]
     code, out, _ = migrate(database, folder, "up", "--target", "3")
     assert (code, out.splitlines()[-1].endswith(" ms")) == (0, True), out
+    # Below what is applied: "up to date" read as if the database were at the target.
+    code, out, _ = migrate(database, folder, "up", "--target", "1")
+    assert (code, out) == (
+        0,
+        "nothing to apply up to version 1 on --database-url: version 3 is applied already, "
+        "and migrations only go forward\n",
+    )
 
 
 def test_second_run_applies_nothing(database: Database, tmp_path: Path) -> None:

@@ -56,9 +56,14 @@ def up(
     ) as runner:
         # What a run up to `target` leaves pending above it: said, never "up to date".
         # Read before it runs: after, an interrupt there would hide what was applied.
-        beyond = 0
+        beyond, applied_above = 0, None
         if target is not None:
-            beyond = sum(row.state == "pending" and row.version > target for row in runner.status())
+            rows = runner.status()
+            beyond = sum(row.state == "pending" and row.version > target for row in rows)
+            applied_above = max(
+                (row.version for row in rows if row.applied_at and row.version > target),
+                default=None,
+            )
         if rehearse:
             return _rehearse(ctx, runner, where, target=target, beyond=beyond)
         started = time.perf_counter()
@@ -68,7 +73,13 @@ def up(
             _dump_schema_after(where, dump_schema, applied=len(results))
     summary = [
         console.up_summary(
-            where.description, dry_run, len(results), elapsed_ms, target=target, beyond=beyond
+            where.description,
+            dry_run,
+            len(results),
+            elapsed_ms,
+            target=target,
+            beyond=beyond,
+            applied_above=applied_above,
         )
     ]
     if dump_schema and not dry_run:  # not with --json: stdout stays one JSON document
