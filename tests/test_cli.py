@@ -7,6 +7,7 @@ import argparse
 import inspect
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -707,3 +708,27 @@ def test_an_empty_output_file_is_named_not_taken_for_the_folder_here(command: li
     result = run_cli(*command, "-o", "")
     assert (result.code, result.out) == (2, "")
     assert result.err.startswith("error: argument --output/-o: '' is no file name"), result.err
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_a_slip_in_a_flag_is_told_with_the_commands_help_and_the_flag_meant(name: str) -> None:
+    """`migrate up --locl` said "see `cicd-db --help`", the program's help, where the flag
+    is the command's (found by helper-111): each long flag of each command, a letter
+    dropped, is refused with that command's help and, where one is near, the flag meant."""
+    command = cli.COMMANDS[name]
+    flags = sorted({f for o in command.every_option for f in o.flags if f.startswith("--")})
+    # What each command needs besides (a slip in it is told as missing, which it is).
+    needed = {
+        "init-local": ["--admin-url", "postgresql://u@127.0.0.1:1/d"],
+        "migrate baseline": ["--version", "1"],
+        "migrate new": ["x"],
+        "report": ["--pipeline", "p"],
+        "retention": ["--keep-days", "9"],
+    }.get(name, [])
+    for meant in (f for f in flags if len(f) > 6 and f not in needed):
+        slip = meant[:4] + meant[5:]
+        result = run_cli(*name.split(), *needed, slip, "x")
+        assert result.code == 2 and result.out == "", result
+        assert result.err.endswith(f"; see `cicd-db {name} --help`\n"), result.err
+        suggested = re.search(r"\(did you mean (--[\w-]+)\?\)", result.err)
+        assert suggested is not None and suggested[1] in flags, (slip, result.err)

@@ -6,6 +6,7 @@ from the declarations (declared.py); and a parsed command line, a Call."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import math
 import re
@@ -337,8 +338,11 @@ class Call:
 def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = False) -> Call:
     """`argv` parsed into the command and its arguments; what it leaves out, the
     command's defaults fill in."""
-    given = vars(_built(prog, only_migrate=only_migrate).parse_args(list(argv)))
+    parsed, unknown = _built(prog, only_migrate=only_migrate).parse_known_args(list(argv))
+    given = vars(parsed)
     chosen: Command = given.pop("command")
+    if unknown:
+        raise _unrecognized(unknown, chosen, prog, only_migrate)
     debug = bool(given.pop("debug", False))
     # An option of `migrate` (`up`'s) before another command's name: not that command's.
     taken = {each.dest for each in chosen.every_option}
@@ -356,6 +360,19 @@ def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = Fa
 
 
 # -- errors, in this command line's words --------------------------------------------------
+
+
+def _unrecognized(unknown: list[str], chosen: Command, prog: str, only_migrate: bool) -> UsageError:
+    """What the command does not take, with the help of that command (argparse named the
+    program's) and the flag of its own nearest to a slip (`--locl`: `--local`)."""
+    name = chosen.name.removeprefix("migrate ") if only_migrate else chosen.name
+    flags = [f for o in chosen.every_option for f in o.flags if f.startswith("--")]
+    slip = next((u.split("=", 1)[0] for u in unknown if u.startswith("--")), None)
+    near = difflib.get_close_matches(slip, flags, n=1, cutoff=0.75) if slip else []
+    meant = f" (did you mean {near[0]}?)" if near else ""
+    return UsageError(
+        f"unrecognized arguments: {' '.join(unknown)}{meant}; see `{prog} {name} --help`"
+    )
 
 
 def flag(argument: str) -> str:
