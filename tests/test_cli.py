@@ -363,7 +363,8 @@ def test_a_closed_standard_output_is_told_in_one_line(tmp_path: Path, temporary:
     )
     assert (done.returncode, done.stderr) == (
         1,
-        "error: cannot write the output: standard output is closed; check where it goes\n",
+        "error: cannot write the output: standard output is closed; the command ran to its "
+        "end, and what it printed from there on is lost; check where it goes\n",
     )
     assert list(temporary.iterdir()) == []
 

@@ -263,8 +263,8 @@ def test_output_that_cannot_be_written_is_one_line(database: Database, tmp_path:
         )
     assert done.returncode == 1
     assert done.stderr == (
-        "error: cannot write the output: No space left on device; the command went on to its "
-        "end (what it did is done) without it; check where it goes\n"
+        "error: cannot write the output: No space left on device; the command ran to its end, "
+        "and what it printed from there on is lost; check where it goes\n"
     )
 
 
@@ -300,8 +300,8 @@ def test_a_run_whose_lines_cannot_be_written_applies_every_file(
         said = "No space left on device" if reader == "full disk" else "standard output is closed"
         assert (code, err) == (
             1,
-            f"error: cannot write the output: {said}; the command went on to its end (what "
-            "it did is done) without it; check where it goes\n",
+            f"error: cannot write the output: {said}; the command ran to its end, and what it "
+            "printed from there on is lost; check where it goes\n",
         )
 
 
@@ -321,3 +321,34 @@ def test_a_reader_that_stops_reading_ends_the_run_quietly(
         process.stdout.close()  # before the first line: whatever it writes meets a closed pipe
         assert process.wait(timeout=60) in (0, 1)
         assert process.stderr.read() == ""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["migrate", "status"],
+        ["migrate", "status", "--json"],
+        ["report", "--pipeline", "p"],
+        ["report", "--pipeline", "p", "--format", "json"],
+        ["insights", "--days", "7"],
+        ["insights", "--days", "7", "-o", "-"],
+        ["schema", "dump"],
+    ],
+    ids=" ".join,
+)
+def test_a_reader_that_left_is_no_error_for_any_command(
+    migrated: Database, command: list[str]
+) -> None:
+    """`| head`, `| true`: a table or JSON through one path exited 0 and a document or a
+    URL through another exited 1 (helper-112). A reader that left is not an error for any
+    command: exit 0, nothing on stderr."""
+    from cicd_db.store import Store
+
+    with migrated.connect() as conn:
+        Store.on(conn).start_run("p", "abc")
+    args = cli_command(*command, "--database-url", migrated.url)
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:  # fmt: skip
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        code, err = process.wait(timeout=120), process.stderr.read()
+    assert (code, err) == (0, ""), command

@@ -7,15 +7,13 @@ long files lives here too.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from cicd_db import migrations
+from cicd_db import migrations, outputs
 from cicd_db.errors import clock_text, one_line, plural
 
 if TYPE_CHECKING:  # annotations only: the commands import these on use
@@ -172,41 +170,6 @@ def rehearsal_lines(
     ]
 
 
-# What stopped standard output (its reader gone, `| head`; a full disk; closed), once it
-# did: from then on what a command writes there is discarded, and its work goes on to
-# its end, so no run stops between two files for how its lines are read. cli.main
-# resets it for each command and tells it after (nothing for a reader that left).
-lost_output: OSError | None = None
-
-
-def take_lost_output() -> OSError | None:
-    """What stopped standard output during the command, if anything; forgotten after."""
-    global lost_output
-    lost, lost_output = lost_output, None
-    return lost
-
-
-def write_out(text: str, file: TextIO | None = None) -> None:
-    """`text` to standard output (or `file`), flushed; see lost_output."""
-    global lost_output
-    out = file or sys.stdout
-    if out is not sys.stdout:
-        out.write(text)
-        out.flush()
-        return
-    if lost_output is not None:
-        return
-    try:
-        out.write(text)
-        out.flush()
-    except OSError as error:
-        lost_output = error
-        # What is still buffered, and what Python flushes at exit, go nowhere; without a
-        # descriptor (closed at the start, a test's), there is nothing to flush.
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-
-
 def print_lines(*lines: str, file: TextIO | None = None) -> None:
     """Print `lines` (to standard output, or `file`), each as one line whatever it holds.
 
@@ -217,7 +180,12 @@ def print_lines(*lines: str, file: TextIO | None = None) -> None:
     as repr writes it, `\\x1b`. Escaping twice changes nothing (errors.one_line).
     """
     shown = [line if isinstance(line, Verbatim) else one_line(line) for line in lines]
-    write_out("".join(f"{line}\n" for line in shown), file)
+    text = "".join(f"{line}\n" for line in shown)
+    if file is None or file is sys.stdout:
+        outputs.write_out(text)
+    else:
+        file.write(text)
+        file.flush()
 
 
 def rehearsal_failure(failed: Sequence[migrations.Rehearsal]) -> str:

@@ -19,10 +19,12 @@ opened it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,11 +33,52 @@ from typing import BinaryIO
 _NOT_BESIDE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EBUSY, errno.EXDEV}
 
 
+# What stopped standard output (its reader gone, `| head`; a full disk; closed), once it
+# did: from then on what a command writes there is discarded, and its work goes on to
+# its end, so no run stops between two files for how its lines are read. cli.main
+# forgets it before each command and tells it after (nothing for a reader that left).
+lost_output: OSError | None = None
+
+
+def take_lost_output() -> OSError | None:
+    """What stopped standard output during the command, if anything; forgotten after."""
+    global lost_output
+    lost, lost_output = lost_output, None
+    return lost
+
+
+def write_out(text: str) -> None:
+    """`text` on standard output (in the terminal's encoding), flushed; see lost_output."""
+    _guarded(lambda: (sys.stdout.write(text), sys.stdout.flush()))
+
+
 def print_document(text: str) -> None:
     """`text` on standard output as UTF-8 bytes whatever the locale (written in a Latin-1
     or ASCII locale's encoding, a name outside it failed the command, and one inside it
-    made a file that is not UTF-8)."""
-    _document_to(sys.stdout, text.encode("utf-8"))
+    made a file that is not UTF-8); see lost_output."""
+    _guarded(lambda: _document_to(sys.stdout, text.encode("utf-8")))
+
+
+def _guarded(write: Callable[[], object]) -> None:
+    global lost_output
+    if lost_output is not None:
+        return
+    try:
+        write()
+    except OSError as error:
+        lost_output = error
+        discard_standard_output()
+
+
+def discard_standard_output() -> None:
+    """Standard output to /dev/null: what is still buffered, and what Python flushes at
+    exit, go nowhere. Without a descriptor (closed at the start, a test's), nothing to do."""
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
 
 
 def _document_to(stream: object, data: bytes) -> None:

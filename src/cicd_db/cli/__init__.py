@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import io
 import logging
-import os
 import shlex
 import sys
 import traceback
@@ -37,7 +36,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from cicd_db import console
+from cicd_db import outputs
 from cicd_db.cli import declared  # noqa: F401 - registers the commands parsing builds
 from cicd_db.cli.parsing import COMMANDS, Call, Option, build, flag, parse
 from cicd_db.commands import Context
@@ -149,13 +148,13 @@ def main(
                 logger = logging.getLogger(name)
                 logger.handlers = logger.handlers or [logging.NullHandler()]
                 logger.propagate = False
-        console.take_lost_output()  # a command before this one in the process (tests)
+        outputs.take_lost_output()  # a command before this one in the process (tests)
         code = call()
-        if (lost := console.take_lost_output()) and not isinstance(lost, BrokenPipeError):
+        if (lost := outputs.take_lost_output()) and not isinstance(lost, BrokenPipeError):
             # A reader that left (`| head`) had what it wanted; anything else is told.
             _print_error(
-                f"cannot write the output: {lost.strerror or lost}; the command went on to its "
-                "end (what it did is done) without it; check where it goes",
+                f"cannot write the output: {lost.strerror or lost}; the command ran to its "
+                "end, and what it printed from there on is lost; check where it goes",
                 context,
             )
             return code or 1
@@ -192,9 +191,9 @@ def main(
     except KeyboardInterrupt as interrupt:
         _print_error("interrupted", context)
         return interrupt_exit_code(interrupt)
-    except BrokenPipeError:  # `cicd-db report ... | head`: the reader has what it wanted
+    except BrokenPipeError:  # `init-local ... | head`: output a command may not lose
         # Python would report the failed flush of what is left at exit: nowhere to go.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        outputs.discard_standard_output()
         return 1
     except OSError as error:  # writing the output failed: a full disk, a closed terminal
         _print_error(

@@ -118,7 +118,7 @@ class Context:
         """Print `value` as JSON with `json`, else the lines: `quiet` silences them
         unless they are the `answer` the command was asked for (a path, a URL)."""
         if self.json:
-            console.write_out(json.dumps(value, indent=2, default=str) + "\n")
+            outputs.write_out(json.dumps(value, indent=2, default=str) + "\n")
         elif answer or not self.quiet:
             console.print_lines(*lines())
 
@@ -148,7 +148,7 @@ def print_answer(text: str, shown: str) -> None:
     """A table for the terminal, in its encoding (cli.standard_output escapes what it
     lacks); any other format is a document, as UTF-8 (outputs.print_document)."""
     if shown == "table":
-        console.write_out(text)
+        outputs.write_out(text)
     else:
         outputs.print_document(text)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cicd_db import console, targets
+from cicd_db import console, outputs, targets
 from cicd_db.commands.context import Context, embedded_settings
 
 # A writer or reader made again lacks what the migrations granted it, which no run gives
@@ -35,7 +35,7 @@ def embedded_url(ctx: Context, *, show_password: bool = False) -> int:
     """`embedded url`: the URL of ci_local (started if need be), its password hidden
     unless `show_password`."""
     settings = embedded_settings(ctx)
-    print(settings.url() if show_password else settings.redacted_url())
+    outputs.write_out((settings.url() if show_password else settings.redacted_url()) + "\n")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from cicd_db import console, targets
+from cicd_db import console, outputs, targets
 from cicd_db.commands.context import Context
 from cicd_db.redaction import password_candidates
 from cicd_db.settings import APP_USER, LOCAL_DATABASE, LOCAL_USER, from_url
@@ -83,5 +83,5 @@ def _show(ctx: Context, prepared: Prepared, *, password: str | None, show_passwo
             file=sys.stderr,
         )
     sys.stdout.flush()
-    if console.lost_output is not None:  # not shown: the next run resets what nobody saw
-        raise console.lost_output
+    if outputs.lost_output is not None:  # not shown: the next run resets what nobody saw
+        raise outputs.lost_output
