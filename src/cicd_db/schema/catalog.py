@@ -377,23 +377,32 @@ _MAINTAIN = re.compile(r" MAINTAIN(?: WITH GRANT OPTION)?$")
 
 
 def _as_major(found: Signature, major: int) -> Signature:
-    """`found` as a server of `major` could hold it: from 18, a NOT NULL is a constraint
-    of its own (a column's `not null` says it on every major); from 17, tables have the
-    MAINTAIN privilege, which the owner holds by default. Compared with an older
-    server's copy, each read as a difference that no migration made."""
+    """`found` as a server of `major` could hold it: from 18, a table's NOT NULL is a
+    constraint of its own, and from 17 a domain's (the column's or the domain's `not
+    null` says it on every major); from 17, tables have the MAINTAIN privilege, which
+    the owner holds by default. Compared with an older server's copy, each read as a
+    difference no migration made. A NOT NULL an older server cannot hold at all (NOT
+    VALID, NO INHERIT) stays: the two copies do differ."""
     kept: Signature = {}
     for key, props in found.items():
-        if (
-            major < 18
-            and key[0] == "constraint"
-            and str(props.get("definition")).startswith("NOT NULL ")
-        ):
+        if key[0] == "constraint" and _plain_not_null(str(props.get("definition")), major):
             continue
         if major < 17 and isinstance(props.get("privileges"), str):
             grants = [g for g in props["privileges"].split(", ") if not _MAINTAIN.search(g)]
             props = {**props, "privileges": ", ".join(grants) or None}
         kept[key] = props
     return kept
+
+
+def _plain_not_null(definition: str, major: int) -> bool:
+    """A NOT NULL constraint that a server of `major` holds as a column's or a domain's
+    `not null` instead: a table's (`NOT NULL col`) before 18, a domain's (`NOT NULL`)
+    before 17; never one NOT VALID or NO INHERIT, which no older server holds so."""
+    if definition.endswith((" NOT VALID", " NO INHERIT")):
+        return False
+    if definition == "NOT NULL":
+        return major < 17
+    return major < 18 and definition.startswith("NOT NULL ")
 
 
 # What a definition holds that is no qualifier to take out: a string literal or a quoted
