@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import replace
@@ -1322,4 +1323,21 @@ def test_a_schema_path_that_can_be_written_is_left_as_it_was_by_the_check(tmp_pa
     outputs.check_writable(tmp_path / "new.sql")
     outputs.check_writable(Path("/dev/null"))
     assert kept.read_text() == "old\n"
+    # A FIFO is not opened to try it: its reader took that close for the end, and the
+    # write after the files then blocked for good (helper-112).
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    outputs.check_writable(fifo)
+    time.sleep(0.3)  # a reader told the end has ended by now
+    writer = threading.Thread(target=outputs.write_file, args=(fifo, "schema\n"), daemon=True)
+    writer.start()
+    reader.join(timeout=10)
+    writer.join(timeout=10)
+    if writer.is_alive():  # blocked with no reader left: given one, so it ends
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    assert got == [b"schema\n"]
+    fifo.unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["schema.sql"]

@@ -143,7 +143,8 @@ def check_writable(path: Path) -> None:
     """Raise the OSError write_file would meet at `path`, without writing it: for a
     command that writes the file only after work nothing can undo (`migrate up
     --dump-schema`). The system decides, by the same opens (a file made beside it and
-    removed, or the file opened as it stands): a folder, a missing folder, no right."""
+    removed, or the file opened as it stands): a folder, a missing folder, no right. A
+    pipe or a device is not tried."""
     try:
         found: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
@@ -151,6 +152,10 @@ def check_writable(path: Path) -> None:
     if found is not None and stat.S_ISDIR(found.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     if found is not None and any(_is_stream(found, s) for s in (sys.stdout, sys.stderr)):
+        return
+    if found is not None and not stat.S_ISREG(found.st_mode):
+        # A pipe, a device: opening one to try it can end what reads it (a FIFO's reader
+        # takes the close for the end) or block; it is written in place, as it comes.
         return
     if found is not None and not _replaceable(path, found):
         os.close(os.open(path, os.O_WRONLY))  # written in place: opened, not emptied
