@@ -151,12 +151,13 @@ def test_new_migration_and_discover_refuse_a_missing_folder(tmp_path: Path) -> N
     ("made", "said"),
     [
         (lambda p: p.symlink_to(p.parent / "gone"), "is a symbolic link to {gone}, which does not exist"),
+        (lambda p: p.symlink_to("/nope/{x}}{"), "is a symbolic link to /nope/{{x}}}}{{, which does not exist"),
         (lambda p: (p.symlink_to(p.parent / "b"), (p.parent / "b").symlink_to(p)), "is a loop of symbolic links"),
         (lambda p: p.parent.joinpath("f").write_text(""), "has a file, not a folder, on its path"),
         (lambda p: p.write_text(""), "is a file, not a folder"),
         (lambda p: None, "does not exist"),
     ],
-    ids=["link-to-nothing", "loop-of-links", "file-on-path", "file", "missing"],
+    ids=["link-to-nothing", "link-with-braces", "loop-of-links", "file-on-path", "file", "missing"],
 )  # fmt: skip
 def test_a_folder_that_is_not_one_is_told_why_by_every_command(
     tmp_path: Path, made: Callable[[Path], object], said: str

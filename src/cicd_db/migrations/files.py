@@ -182,11 +182,10 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
     """
     if why := not_a_folder(folder):
         raise ConfigError(
-            "migrations folder {folder} "
-            + why
-            + "; pass {migrations_dir} DIR or run from the repository root",
+            "migrations folder {folder} {why}; pass {migrations_dir} DIR or run from the "
+            "repository root",
             arguments=["migrations_dir"],
-            values={"folder": folder},
+            values={"folder": folder, "why": why},
         )
     try:
         paths = sorted(folder.iterdir())
@@ -364,13 +363,15 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
             "must start with a letter or digit; for example add_run_index"
         )
     if why := not_a_folder(folder):
+        fix = (
+            "create it, or pass {migrations_dir}"
+            if why == "does not exist"
+            else "pass {migrations_dir}"
+        )
         raise ConfigError(
-            "migrations folder {folder} "
-            + why
-            + ("; create it, or pass {migrations_dir}" if why == "does not exist" else "")
-            + ("" if why == "does not exist" else "; pass {migrations_dir}"),
+            "migrations folder {folder} {why}; " + fix,
             arguments=["migrations_dir"],
-            values={"folder": folder},
+            values={"folder": folder, "why": why},
         )
     # Numbered and made under a lock of the folder: two `new` at once (two terminals, a
     # script) took the same number, and each said it had made its file.
