@@ -449,6 +449,10 @@ def test_redact_hides_what_any_reading_finds_in_the_text_as_given(
         ('{"user": "u", "password": "hunter2"}', '{"user": "u", "password": "***"}'),
         ("password: 'se cret'", "password: '***'"),
         ("{'user': 'u', 'password': 'hunter2'}", "{'user': 'u', 'password': '***'}"),
+        # Right after the word, and a keyword's value in double quotes (helper-112).
+        ('password"hunter2"', 'password"***"'),
+        ("password'hunter2'", "password'***'"),
+        ('password = "my secret"', "password = ***"),
         (
             'password authentication failed for user "bob"',
             'password authentication failed for user "bob"',
@@ -463,6 +467,7 @@ def test_redact_hides_what_any_reading_finds_in_the_text_as_given(
             "server.json ('password' is missing); it holds the server's port",
         ),
         ('"password" is missing; the server\'s', '"password" is missing; the server\'s'),
+        ("set the 'password'. Then the server's", "set the 'password'. Then the server's"),
     ],
 )
 def test_redact_hides_a_password_a_message_quotes_after_the_word(said: str, shown: str) -> None:
@@ -490,9 +495,14 @@ def test_any_password_a_message_quotes_after_the_word_is_hidden(
 ) -> None:
     """The class beside the examples above: a password of any character but its own
     quote mark and a backslash, quoted after the word as a tool's message or JSON
-    writes it, in any text around it: no run of 4 characters of it is left."""
+    writes it, in any text around it: no run of 4 characters of it is left. Right after
+    the word, with no space, ':' or '=' between, a quoted value reads as prose when it
+    begins as prose goes on (`password's `, `password'.`), so such a password is not
+    drawn there: no tool writes one so."""
     characters = [c for c in PASSWORD_CHARACTERS if c not in (quote_mark, "\\")]
     password = data.draw(st.text(st.sampled_from(characters), min_size=4, max_size=20))
+    if form == "password{q}{p}{q}":
+        assume(not re.match(r"s\b|[\s:=,.;)]", password))
     said = around.format(form.format(q=quote_mark, p=password))
     assert_nothing_of((password,), redact(said))
 

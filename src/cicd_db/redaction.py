@@ -280,14 +280,16 @@ def password_candidates(text: str | None) -> list[str]:
 # does not pay for them at start-up.
 _URL_TOKEN = rf"(?ia)(?:{_SCHEME.pattern})\S*"  # ASCII space ends it
 _KEYWORD_PASSWORD = (
-    r"(?i)(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&]+)"  # noqa: S105
+    r"(?i)(?P<head>\bpassword\s*=\s*)"  # noqa: S105
+    r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&]+)"
     # A quoted value after the word, as a tool's message, JSON or a Python dict quotes it:
-    # `password "x"`, `"password": "x"`, `{'password': 'x'}`, `password: 'x'`; a space,
-    # ':' or '=' between them. The
-    # word alone, as in "password authentication failed", is left, and so is prose that
-    # quotes or owns it (`the password's characters`, `'password' is missing ... the
-    # server's`): read as a quoted value, such a line was cut to the next apostrophe.
-    r"|(?P<head2>\bpassword\b[\"']?(?:\s*[:=]\s*|\s+))(?P<quote>[\"'])(?:(?!(?P=quote))[^\\]|\\.)*(?P=quote)"
+    # `password "x"`, `"password": "x"`, `{'password': 'x'}`, `password: 'x'`, or right
+    # after it (`password"x"`). The word alone, as in "password authentication failed",
+    # is left, and so is prose that owns or quotes it (`the password's characters`,
+    # `'password' is missing ... the server's`, `the 'password'.`): read as a quoted
+    # value, such a line was cut to its next apostrophe.
+    r"|(?P<head2>\bpassword\b(?:[\"']?(?:\s*[:=]\s*|\s+)|(?!'s\b)(?=[\"'][^\s:=,.;)]))"
+    r")(?P<quote>[\"'])(?:(?!(?P=quote))[^\\]|\\.)*(?P=quote)"
 )
 
 
