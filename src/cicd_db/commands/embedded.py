@@ -4,21 +4,29 @@ from __future__ import annotations
 
 from cicd_db import console, outputs, targets
 from cicd_db.commands.context import Context, embedded_settings
-
-# A writer or reader made again lacks what the migrations granted it, which no run gives
-# again once they are applied.
-NO_GRANTS = (
-    "; the grants the migrations gave it are not made again: give them by hand, or move the "
-    "state folder away to start afresh"
-)
+from cicd_db.settings import LOCAL_DATABASE
 
 
 def embedded_start(ctx: Context) -> int:
     """`embedded start`: the embedded server, created on first use, running, with its
     database and roles made again where they are gone (Creating.remake)."""
-    for made in targets.resolve(stack=targets.EMBEDDED).embedded_server().remake():
-        grants = "" if made in ("database ci_local", "role ci_user") else NO_GRANTS
-        ctx.say(f"made again: {made} (it was gone{grants})")
+    remade = targets.resolve(stack=targets.EMBEDDED).embedded_server().remake()
+    for role in remade.roles:
+        lost = role in remade.without_grants
+        ctx.say(
+            f"made again: role {role} (it was gone"
+            + (
+                "; the grants the migrations gave it are not made again: give them by hand, "
+                "or move the state folder away to start afresh)"
+                if lost
+                else ")"
+            )
+        )
+    if remade.database:
+        ctx.say(
+            f"made again: database {LOCAL_DATABASE} (it was gone; empty: apply the "
+            "migrations, `cicd-db migrate --stack embedded`)"
+        )
     settings = embedded_settings(ctx)
     ctx.say(f"running on 127.0.0.1:{settings.port}: {settings.redacted_url()}")
     return 0

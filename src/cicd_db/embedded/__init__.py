@@ -73,6 +73,21 @@ class Status:
     stray: int | None = None
 
 
+@dataclass(frozen=True)
+class Remade:
+    """What `remake` made again: ci_local (empty: the migrations make its schema and its
+    grants again), and the roles."""
+
+    database: bool
+    roles: tuple[str, ...]
+
+    @property
+    def without_grants(self) -> tuple[str, ...]:
+        """The writer or reader made again in a database that kept its schema: the
+        migrations' grants to them went with them, and no run gives them again."""
+        return () if self.database else tuple(r for r in self.roles if r != LOCAL_USER)
+
+
 class EmbeddedServer(Creating):
     """One embedded PostgreSQL server, identified by its state folder.
 
@@ -174,18 +189,22 @@ class EmbeddedServer(Creating):
                 self._write_state(state)
             return state
 
-    def remake(self) -> list[str]:
+    def remake(self) -> Remade:
         """Start the server if need be, then make ci_user, ci_local, the writer and the
         reader again where they are gone, and give the roles LOGIN and server.json's
         passwords (a migration or a person may have dropped or changed them): what
-        `cicd-db embedded start` does. Returns what was made again ("database ci_local").
-        A writer or reader made again has none of the grants the migrations gave it."""
+        `cicd-db embedded start` does."""
         self.ensure_running()
         with self._locked():
             state = self._read_state()
             if state is None:  # moved away meanwhile: the next start makes it all
-                return []
-            return self._bootstrap(state) + self._set_role_passwords(state)
+                return Remade(database=False, roles=())
+            made = self._bootstrap(state)
+            roles = [name for name in made if name != LOCAL_DATABASE]
+            return Remade(
+                database=LOCAL_DATABASE in made,
+                roles=tuple(roles + self._set_role_passwords(state)),
+            )
 
     def stop(self) -> bool:
         """Stop the server; returns False when it was not running.

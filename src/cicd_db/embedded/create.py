@@ -197,7 +197,7 @@ class Creating(StateFile, PidFiles):
 
     def _bootstrap(self, state: dict[str, Any]) -> list[str]:
         """Create ci_user and ci_local, with ci_user's role settings, LOGIN and
-        server.json's password; safe to repeat. Returns what it made."""
+        server.json's password; safe to repeat. Returns the names of what it made."""
         made = []
         with self._as_superuser(state) as conn:
             role = sql.Identifier(LOCAL_USER)
@@ -205,7 +205,7 @@ class Creating(StateFile, PidFiles):
             verb = "ALTER ROLE {} LOGIN PASSWORD {}"
             if exists.fetchone() is None:
                 verb = "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD {}"
-                made.append(f"role {LOCAL_USER}")
+                made.append(LOCAL_USER)
             conn.execute(sql.SQL(verb).format(role, sql.Literal(state["password"])))
             for name, value in LOCAL_ROLE_SETTINGS:
                 conn.execute(
@@ -220,7 +220,7 @@ class Creating(StateFile, PidFiles):
                         sql.Identifier(LOCAL_DATABASE), role
                     )
                 )
-                made.append(f"database {LOCAL_DATABASE}")
+                made.append(LOCAL_DATABASE)
             conn.execute(
                 sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(
                     sql.Identifier(LOCAL_DATABASE), role
@@ -231,7 +231,7 @@ class Creating(StateFile, PidFiles):
     def _set_role_passwords(self, state: dict[str, Any]) -> list[str]:
         """Create the writer and the reader, or give them LOGIN and server.json's passwords
         (migration 0029 may have made them NOLOGIN); safe to repeat. Their privileges
-        are the migration's grants, nothing here. Returns what it made."""
+        are the migration's grants, nothing here. Returns the roles it made."""
         made = []
         with self._as_superuser(state) as conn:
             for user, key in ROLE_PASSWORD_KEYS.items():
@@ -239,7 +239,7 @@ class Creating(StateFile, PidFiles):
                 exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [user])
                 verb = "ALTER" if exists.fetchone() else "CREATE"
                 if verb == "CREATE":
-                    made.append(f"role {user}")
+                    made.append(user)
                 conn.execute(
                     sql.SQL(
                         verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
