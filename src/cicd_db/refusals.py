@@ -95,19 +95,24 @@ def connection_error(
     return told.hiding(lambda text: redact(text, secrets))
 
 
-def host_name_refused(settings: ConnectionSettings, named_by: str = "database_url") -> CicdDbError:
+def host_name_refused(
+    settings: ConnectionSettings, named_by: str = "database_url"
+) -> CicdDbError | None:
     """A host that is no host name to look up: psycopg resolves names itself, and
-    Python's IDNA encoding refuses an empty part between dots or one over 63 characters
-    (`a..b`, `.example`) with a UnicodeError, where psql says it cannot translate it."""
+    Python's IDNA encoding refuses an empty part between dots, one over 63 characters
+    or a character names may not hold (`a..b`, `.example`) with a UnicodeError, where
+    psql says it cannot translate it. None when no host is such (another UnicodeError)."""
     conninfo = psycopg.conninfo.conninfo_to_dict(settings.conninfo())
     hosts = str(conninfo.get("host") or os.environ.get("PGHOST") or "").split(",")
     bad = next((host for host in hosts if not _idna(host)), None)
-    which = f"host {bad!r}" if bad is not None else "a host"
+    if bad is None:
+        return None
     told = ConfigError(
-        "cannot connect: " + which.replace("{", "{{").replace("}", "}}") + " is no host name: "
-        "a part between its dots is empty or over 63 characters; fix the host of the "
+        "cannot connect: host {bad} is no host name (a part between its dots is empty or "
+        "over 63 characters, or holds a character names may not); fix the host of the "
         "target " + TARGET_PARAMETERS + ", or PGHOST",
         arguments=["database_url"],
+        values={"bad": repr(bad)},
     )
     secrets = settings.secrets()
     return _named_by(told, named_by).hiding(lambda text: redact(text, secrets))

@@ -438,13 +438,6 @@ def fetch(
             "{limit} and {before} page through runs; leave them out with {run}",
             arguments=["limit", "before", "run"],
         )
-    from cicd_db.store.rows import INT8_MAX  # on use, as the store itself
-
-    if run is not None and run > INT8_MAX:  # the store would say so of its `run_number`
-        raise UsageError(
-            f"{{run}} {run} is no run number; give a whole number within bigint's range",
-            arguments=["run"],
-        )
     limit = limit or DEFAULT_LIMIT
     if limit > MAX_LIMIT:
         raise UsageError(
@@ -455,6 +448,11 @@ def fetch(
 
     try:
         return _fetch(executions, pipeline, run, stage, job, limit, before)
+    except UsageError as refused:  # the store names the run `run_number`; here it is `run`
+        if "run_number" in refused.arguments:
+            refused.template = refused.template.replace("{run_number}", "{run}")
+            refused.arguments = tuple("run" if a == "run_number" else a for a in refused.arguments)
+        raise
     except errors.UndefinedTable:
         raise no_schema(executions.tables_placement()) from None
     except errors.UndefinedColumn:

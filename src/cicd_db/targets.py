@@ -241,7 +241,9 @@ def connect(
     except UnicodeError:  # psycopg's own look-up of a host such as `a..b`
         from cicd_db.refusals import host_name_refused
 
-        raise host_name_refused(settings, named_by) from None
+        if (refused := host_name_refused(settings, named_by)) is None:
+            raise
+        raise refused from None
 
 
 def wait(settings: ConnectionSettings, timeout: float, poll: float = 0.2) -> ConnectionSettings:
