@@ -333,6 +333,9 @@ def test_a_reader_that_stops_reading_ends_the_run_quietly(
         ["insights", "--days", "7"],
         ["insights", "--days", "7", "-o", "-"],
         ["schema", "dump"],
+        ["schema", "dump", "-o", "/dev/stdout"],
+        ["insights", "--days", "7", "--format", "json", "-o", "/dev/stdout"],
+        ["migrate", "up", "--dump-schema", "/dev/stdout"],
     ],
     ids=" ".join,
 )

@@ -99,10 +99,12 @@ def write_file(path: Path, text: str) -> None:
     except FileNotFoundError:
         found = None
     if found is not None:
-        for stream in (sys.stdout, sys.stderr):
-            if _is_stream(found, stream):
-                _document_to(stream, data)
-                return
+        if _is_stream(found, sys.stdout):  # `-o /dev/stdout`: as `-o -`, see lost_output
+            _guarded(lambda: _document_to(sys.stdout, data))
+            return
+        if _is_stream(found, sys.stderr):
+            _document_to(sys.stderr, data)
+            return
         if not _replaceable(path, found):
             _in_place(path, data)
             return

@@ -157,7 +157,7 @@ def write_answer(path: Path, text: str) -> None:
     """`text` into the file `path`, whole or not at all (outputs.write_file)."""
     try:
         outputs.write_file(path, text)
-    except BrokenPipeError:  # `-o /dev/stdout | head`: told as `-o -` is (cli.main)
+    except BrokenPipeError:  # `-o /dev/stderr` into a closed pipe: no fault of the path
         raise
     except OSError as error:
         raise ConfigError(f"cannot write {path}: {error.strerror}; pick another path") from None
