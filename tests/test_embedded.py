@@ -953,3 +953,13 @@ def test_what_is_done_to_its_database_and_roles_is_named_and_embedded_start_make
     assert "superuser_password is not the server's" in refused.err, refused.err
     assert "not-the-servers" not in refused.err and state["superuser_password"] not in refused.err
     state_file.write_text(json.dumps(state))
+
+
+def test_only_a_refused_password_is_told_as_server_jsons_superuser_password(home: Path) -> None:
+    """A superuser login that fails for any other reason (no server on the port, too many
+    clients, a shutdown) was told as "superuser_password is not the server's"
+    (helper-113): only a refused password is; the rest stays what it was."""
+    state = {"port": free_port(), "superuser_password": "whatever"}
+    with pytest.raises(psycopg.OperationalError) as failed:
+        EmbeddedServer(home)._as_superuser(state)
+    assert "superuser_password" not in str(failed.value)

@@ -188,6 +188,8 @@ class Creating(StateFile, PidFiles):
             return psycopg.connect(admin.conninfo(), autocommit=True)
         except psycopg.OperationalError as error:
             said = str(error).strip().splitlines()[-1] if str(error).strip() else "no answer"
+            if "password authentication failed" not in said:  # down, full, starting: as is
+                raise
             raise EmbeddedServerError(
                 f"the embedded server refused its own superuser ({said.strip()}): "
                 f"{self.state_file}'s superuser_password is not the server's (edited, or "
