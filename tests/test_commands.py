@@ -1341,3 +1341,17 @@ def test_a_schema_path_that_can_be_written_is_left_as_it_was_by_the_check(tmp_pa
     assert got == [b"schema\n"]
     fifo.unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["schema.sql"]
+
+
+@pytest.mark.parametrize("wrong", ["password", "host"])
+def test_a_bad_against_is_told_as_against(migrated: Database, wrong: str) -> None:
+    """`schema diff --against URL` with a wrong password or a host that is no host name
+    said to fix "the target (--database-url, DATABASE_URL or the stack's outputs)",
+    which was fine (helper-113): the fix names --against."""
+    against = replace(
+        migrated.settings, **({"password": "not-it"} if wrong == "password" else {"host": "a..b"})
+    ).url()
+    done = run_cli("schema", "diff", "--database-url", migrated.url, "--against", against)
+    assert (done.code, done.out) == (2, ""), done
+    assert "(--against)" in done.err and "--database-url" not in done.err, done.err
+    assert "not-it" not in done.err

@@ -63,7 +63,10 @@ def schema_diff(ctx: Context, *, against: str | None = None) -> int:
         else:
             other = targets.resolve(stack=against)
         other = ctx.remember(other)
-        with targets.connect(target.settings) as one, targets.connect(other.settings) as two:
+        with (
+            targets.connect(target.settings) as one,
+            targets.connect(other.settings, named_by="against") as two,
+        ):
             ours = schema.current_schema(one)
             # Across majors, as the older server holds it (PostgreSQL 15 against 18, say).
             major = min(one.info.server_version, two.info.server_version) // 10000
