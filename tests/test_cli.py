@@ -733,3 +733,13 @@ def test_a_slip_in_a_flag_is_told_with_the_commands_help_and_the_flag_meant(name
         assert result.err.endswith(f"; see `cicd-db {name} --help`\n"), result.err
         suggested = re.search(r"\(did you mean (--[\w-]+)\?\)", result.err)
         assert suggested is not None and suggested[1] in flags, (slip, result.err)
+    # A slip in a flag the command needs: argparse says it is missing, and the slip is
+    # named beside that (helper-113).
+    for meant in (f for f in needed if f.startswith("--")):
+        slip = meant[:4] + meant[5:]
+        result = run_cli(*name.split(), slip, "x")
+        assert result.code == 2 and result.out == "", result
+        assert result.err == (
+            f"error: the following arguments are required: {meant} ({slip}: did you mean "
+            f"{meant}?); see `cicd-db {name} --help`\n"
+        ), result.err

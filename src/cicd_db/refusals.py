@@ -110,7 +110,7 @@ def host_name_refused(
     told = ConfigError(
         "cannot connect: host {bad} is no host name (a part between its dots is empty or "
         "over 63 characters, or holds a character names may not); fix the host of the "
-        "target " + TARGET_PARAMETERS + ", or PGHOST",
+        "target " + TARGET_PARAMETERS + ", PGHOST or the service file",
         arguments=["database_url"],
         values={"bad": repr(bad)},
     )

@@ -338,7 +338,17 @@ class Call:
 def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = False) -> Call:
     """`argv` parsed into the command and its arguments; what it leaves out, the
     command's defaults fill in."""
-    parsed, unknown = _built(prog, only_migrate=only_migrate).parse_known_args(list(argv))
+    try:
+        parsed, unknown = _built(prog, only_migrate=only_migrate).parse_known_args(list(argv))
+    except UsageError as refused:
+        # argparse asks for what is missing before it looks at what it does not know: a
+        # slip in a required flag (`--pipline`) is named beside it.
+        if str(refused).startswith("the following arguments are required") and (
+            meant := _slip(argv)
+        ):
+            said, see, rest = str(refused).partition("; see `")
+            raise UsageError(f"{said} ({meant}){see}{rest}") from None
+        raise
     given = vars(parsed)
     chosen: Command = given.pop("command")
     if unknown:
@@ -360,6 +370,18 @@ def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = Fa
 
 
 # -- errors, in this command line's words --------------------------------------------------
+
+
+def _slip(argv: Sequence[str]) -> str | None:
+    """`--pipline: did you mean --pipeline?` for the first flag of `argv` that no command
+    takes and one it does is near; None if there is none."""
+    known = {f for c in COMMANDS.values() for o in c.every_option for f in o.flags}
+    for word in argv:
+        flag = word.split("=", 1)[0]
+        if flag.startswith("--") and flag not in known:
+            near = difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.75)
+            return f"{flag}: did you mean {near[0]}?" if near else None
+    return None
 
 
 def _unrecognized(unknown: list[str], chosen: Command, prog: str, only_migrate: bool) -> UsageError:
