@@ -616,6 +616,20 @@ def test_init_local_twice_makes_the_writer_and_the_reader(
         names.database,
     )
     assert logs_in_as(server, urls["reader_url"], READER_USER, names.database)
+    # Said, in words too: only ci_user's line was printed, "its password unchanged",
+    # and nothing of ci_app's (helper-111).
+    said = init_local(server, server, names, "--reader-password", "reader-Pass-9")
+    assert said.code == 0 and "reader-Pass-9" not in said.out + said.err, said
+    assert said.out.splitlines()[:2] == [
+        f"role {names.user} kept; its password unchanged; database {names.database} kept",
+        "role ci_reader: password set as given",
+    ], said.out
+    assert logs_in_as(
+        server,
+        urls["reader_url"].replace(from_url(urls["reader_url"]).password, "reader-Pass-9"),
+        READER_USER,
+        names.database,
+    )
 
 
 @pytest.mark.db

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from cicd_db import console, outputs, targets
 from cicd_db.commands.context import Context
 from cicd_db.redaction import password_candidates
-from cicd_db.settings import APP_USER, LOCAL_DATABASE, LOCAL_USER, from_url
+from cicd_db.settings import APP_USER, LOCAL_DATABASE, LOCAL_USER, READER_USER, from_url
 
 if TYPE_CHECKING:
     from cicd_db.local import Prepared
@@ -54,19 +54,41 @@ def init_local(
             # first (a full disk, a closed pipe) leaves them marked, and the next run
             # resets the passwords nobody saw.
             show=lambda prepared: _show(
-                ctx, prepared, password=password, show_password=show_password
+                ctx,
+                prepared,
+                password=password,
+                show_password=show_password,
+                given=tuple(
+                    role
+                    for role, value in ((APP_USER, app_password), (READER_USER, reader_password))
+                    if value
+                ),
             ),
         )
     return 0
 
 
-def _show(ctx: Context, prepared: Prepared, *, password: str | None, show_password: bool) -> None:
-    """What init-local made: a line (or JSON), the owner's URL, and a note for each
-    generated password not shown; written out before it returns."""
+def _show(
+    ctx: Context,
+    prepared: Prepared,
+    *,
+    password: str | None,
+    show_password: bool,
+    given: tuple[str, ...] = (),
+) -> None:
+    """What init-local made: a line (or JSON), a line for each of the writer and the
+    reader whose password was `given`, the owner's URL, and a note for each generated
+    password not shown; written out before it returns."""
     ctx.secrets += [role.password for role in (prepared.app, prepared.reader) if role]
     url = prepared.settings.url() if show_password else prepared.settings.redacted_url()
     shown = console.local_json(prepared, url, show_password=show_password)
-    ctx.show(shown, lambda: [console.local_line(prepared)])
+    ctx.show(
+        shown,
+        lambda: [
+            console.local_line(prepared),
+            *(f"role {r}: password set as given" for r in given),
+        ],
+    )
     if not ctx.json:
         print(url)
     if (prepared.created_role or prepared.password_reset) and not password and not show_password:
