@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, LiteralString
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -218,12 +220,21 @@ def percentile(values: list[float], fraction: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1]
 
 
-class Recording(psycopg.Cursor[Any]):
-    """A cursor that keeps what it was asked to run (`cursor_factory=Recording`): the
-    store's own statements, to count them or to show their plans."""
+@contextmanager
+def recording() -> Iterator[list[tuple[Any, Any]]]:
+    """What every cursor is asked to run meanwhile (query, params): the store's own
+    statements, to count them or to show their plans. The library's cursors are
+    psycopg's own class whatever a connection's cursor_factory (cicd_db.cursors), so it
+    is that class's execute that is watched."""
+    sent: list[tuple[Any, Any]] = []
+    original = psycopg.Cursor.execute
 
-    sent: ClassVar[list[tuple[Any, Any]]] = []
+    def execute(self: psycopg.Cursor[Any], query: Any, params: Any = None, **options: Any) -> Any:
+        sent.append((query, params))
+        return original(self, query, params, **options)
 
-    def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
-        Recording.sent.append((query, params))
-        return super().execute(query, params, **options)
+    psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        psycopg.Cursor.execute = original  # type: ignore[method-assign]

@@ -16,7 +16,7 @@ import psycopg
 
 from cicd_db import migrations, store
 
-from .common import MIGRATIONS, Databases, Recording, Table, paired
+from .common import MIGRATIONS, Databases, Table, paired, recording
 
 STAGES, JOBS = 5, 20
 WRITERS = 8
@@ -48,10 +48,9 @@ def record_with_store_batched(executions: store.Store, pipeline: str) -> None:
 
 
 def statements_per_run(conninfo: str) -> int:
-    with psycopg.connect(conninfo, autocommit=True, cursor_factory=Recording) as conn:
-        Recording.sent = []
+    with psycopg.connect(conninfo, autocommit=True) as conn, recording() as sent:
         record_with_store(store.Store.on(conn), "counted")
-        return len(Recording.sent)
+        return len(sent)
 
 
 def _writer(conninfo: str, number: int, start: float, until: float) -> tuple[int, int]:

@@ -19,12 +19,12 @@ from cicd_db.settings import ConnectionSettings
 from .common import (
     MIGRATIONS,
     Databases,
-    Recording,
     Table,
     create_database,
     database_exists,
     one,
     percentile,
+    recording,
     say,
 )
 
@@ -223,15 +223,10 @@ def explain(
 ) -> list[str]:
     """Server-side: every statement the store sends for each view, under EXPLAIN (ANALYZE, BUFFERS)."""
     out = []
-    factory = conn.cursor_factory
     for name, view in views.items():
-        Recording.sent = []
-        conn.cursor_factory = Recording
-        try:
+        with recording() as sent:
             view(pick)
-        finally:
-            conn.cursor_factory = factory
-        for query, params in Recording.sent:
+        for query, params in sent:
             text = query.as_bytes(conn) if isinstance(query, sql.Composable) else query
             text = text.encode() if isinstance(text, str) else bytes(text)
             plan = [row[0] for row in conn.execute(b"EXPLAIN (ANALYZE, BUFFERS) " + text, params)]

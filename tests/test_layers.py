@@ -30,7 +30,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "embedded stacks refusals cloud",
         "pgprocess settings",
         "redaction",
-        "libpq",
+        "libpq cursors",
         "errors",
     )
 )

@@ -947,18 +947,21 @@ def test_a_batch_moves_all_or_none_and_names_the_job_that_may_not(
     assert snapshot(schema) == before
 
 
-def test_a_refused_batch_reads_why_in_one_statement(schema: Database) -> None:
+def test_a_refused_batch_reads_why_in_one_statement(
+    schema: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """However long the batch, the job that may not move is found with one read, not one
     a job; and a job that does not exist is named as such."""
     sent: list[object] = []
+    original = psycopg.Cursor.execute
 
-    class Counting(psycopg.Cursor[Any]):
-        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(query)
-            return super().execute(query, *args, **kwargs)
+    def counting(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query)
+        return original(self, query, *args, **kwargs)
 
+    # The store's cursors are psycopg's own class, whatever the connection's factory.
+    monkeypatch.setattr(psycopg.Cursor, "execute", counting)
     with schema.connect() as conn:
-        conn.cursor_factory = Counting
         executions = Store.on(conn)
         jobs = _stage_of(executions, 300)
         executions.set_status(jobs[-1], RUNNING)
@@ -1439,3 +1442,47 @@ def test_jobs_given_as_a_generator_or_pairs_that_are_no_pairs(executions: Store)
     for pairs in ([("k", False, 1)], [("k",)], "ab", None, [["k", False], "x"]):
         with pytest.raises(UsageError, match=r"^`jobs` must be \(name, allows_failure\) pairs"):
             executions.add_jobs(stage, pairs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "made",
+    [
+        {"row_factory": psycopg.rows.dict_row},
+        {"row_factory": psycopg.rows.namedtuple_row},
+        {"cursor_factory": psycopg.ClientCursor},
+        {"cursor_factory": psycopg.RawCursor},
+    ],
+    ids=["dict_row", "namedtuple_row", "ClientCursor", "RawCursor"],
+)
+def test_a_connection_that_makes_other_rows_or_cursors_serves_every_call(
+    schema: Database, made: dict[str, Any]
+) -> None:
+    """A caller's connection with its own row_factory (dict_row) or cursor_factory
+    (ClientCursor, as pgbouncer users choose; RawCursor) broke set_statuses (after it
+    had written), cancel_run, a finish's slow path, insights and prune: they read rows
+    by position through the connection's own cursors (helper-114). Every call works
+    through such a connection, the connection keeps its factories, and the rows are
+    what the same calls make through a plain one."""
+    with psycopg.connect(schema.settings.conninfo(), autocommit=True, **made) as conn:
+        executions = Store.on(conn)
+        run = executions.set_status(executions.start_run("factories", "abc"), RUNNING)
+        stage = executions.set_status(executions.add_stage(run, "test", 1), RUNNING)
+        unit, lint = executions.set_statuses(
+            executions.add_jobs(stage, [("unit", False), ("lint", True)]), RUNNING
+        )
+        executions.set_status(unit, SUCCESS)
+        executions.set_status(lint, FAILED)
+        with schema.connect() as other:  # another writer touches the stage: the slow path
+            other.execute(
+                "UPDATE stage_executions SET stage_name = stage_name WHERE id = %s", [stage.id]
+            )
+        assert executions.finish_stage(stage).status == SUCCESS
+        assert executions.finish_run(run).status == SUCCESS
+        second = executions.start_run("factories", "def")
+        assert executions.cancel_run(second).status == "CANCELED"
+        assert [r.run_number for r in executions.runs("factories")] == [2, 1]
+        assert [j.job_name for j in executions.jobs(executions.stages(run)[0])] == ["lint", "unit"]
+        assert insights.insights(conn, "factories", days=7).runs == 2
+        assert retention.prune(conn, keep_days=1, dry_run=True).runs == 0
+        assert conn.row_factory is made.get("row_factory", psycopg.rows.tuple_row)
+        assert conn.cursor_factory is made.get("cursor_factory", psycopg.Cursor)

@@ -44,6 +44,7 @@ import psycopg
 from psycopg import errors, sql
 from psycopg.pq import TransactionStatus
 
+from cicd_db import cursors
 from cicd_db.errors import (
     ConfigError,
     Interrupted,
@@ -222,7 +223,7 @@ def prune(
         # the cutoff by an hour across a daylight-saving change, by who asks. Compared
         # with a `completion_time` of another type than migration 0005's timestamptz
         # (an older schema), the cutoff would be read in the session's time zone.
-        row = conn.execute(CUTOFF, [keep_days * 24]).fetchone()
+        row = cursors.execute(conn, CUTOFF, [keep_days * 24]).fetchone()
         assert row is not None  # noqa: S101 - a SELECT of one value returns one row
         if not row[1]:
             raise older_schema("completion_time is not a timestamp with time zone")
@@ -230,7 +231,7 @@ def prune(
         candidates = _candidates(pipeline)
         # A dry run counts everything; a real one only the runs, for the progress bar.
         counting = COUNT if dry_run else COUNT_RUNS
-        counts = conn.execute(counting.format(candidates=candidates), params).fetchone()
+        counts = cursors.execute(conn, counting.format(candidates=candidates), params).fetchone()
         assert counts is not None  # noqa: S101
     except errors.UndefinedTable:
         from cicd_db.store import tables_placement  # on use: the CLI imports this module
@@ -341,10 +342,11 @@ def _grants_before_0036(conn: psycopg.Connection[Any]) -> bool:
     """Whether the session's role may delete runs but not read the run counters' names,
     which migration 0036 grants the writer (False when it cannot be asked)."""
     try:
-        row = conn.execute(
+        row = cursors.execute(
+            conn,
             "SELECT pg_catalog.has_table_privilege('pipeline_executions', 'DELETE') "
             "AND NOT pg_catalog.has_column_privilege('pipeline_run_counters', "
-            "'pipeline_name', 'SELECT')"
+            "'pipeline_name', 'SELECT')",
         ).fetchone()
     except psycopg.Error:
         return False
@@ -354,7 +356,7 @@ def _grants_before_0036(conn: psycopg.Connection[Any]) -> bool:
 def _current_role(conn: psycopg.Connection[Any]) -> str:
     """The role the session acts as (SET ROLE's, not only the login's), for messages."""
     try:
-        row = conn.execute("SELECT current_user").fetchone()
+        row = cursors.execute(conn, "SELECT current_user").fetchone()
     except psycopg.Error:
         return conn.info.user
     return str(row[0]) if row else conn.info.user
@@ -393,8 +395,8 @@ def _committed(conn: psycopg.Connection[Any], ids: list[int]) -> bool | None:
     if status != TransactionStatus.IDLE:
         return None
     try:
-        row = conn.execute(
-            "SELECT count(*) FROM pipeline_executions WHERE id = ANY(%s)", [ids]
+        row = cursors.execute(
+            conn, "SELECT count(*) FROM pipeline_executions WHERE id = ANY(%s)", [ids]
         ).fetchone()
     except (psycopg.Error, KeyboardInterrupt):
         return None
@@ -407,8 +409,10 @@ def _committed(conn: psycopg.Connection[Any], ids: list[int]) -> bool | None:
 def _ever_ran(conn: psycopg.Connection[Any], pipeline: str) -> bool:
     """Whether `pipeline` ever recorded a run: migration 0016's counter of its run
     numbers is made with its first run and outlives every run retention deletes."""
-    row = conn.execute(
-        "SELECT EXISTS (SELECT FROM pipeline_run_counters WHERE pipeline_name = %s)", [pipeline]
+    row = cursors.execute(
+        conn,
+        "SELECT EXISTS (SELECT FROM pipeline_run_counters WHERE pipeline_name = %s)",
+        [pipeline],
     ).fetchone()
     return bool(row and row[0])
 
@@ -443,21 +447,25 @@ def _batch(
         ids: list[int] = []
         try:
             with conn.transaction():
-                conn.execute(
+                cursors.execute(
+                    conn,
                     # Rounded up: a wait below 1 ms written "0ms" would be no timeout.
                     "SELECT set_config('lock_timeout', %s, true)",
                     [f"{math.ceil(lock_timeout * 1000)}ms"],
                 )
-                ids = [row[0] for row in conn.execute(lock, params).fetchall()]
+                ids = [row[0] for row in cursors.execute(conn, lock, params).fetchall()]
                 if not ids:
                     return None
                 held: set[int] = set()
                 if careful:
-                    held = {row[0] for row in conn.execute(HELD_CHILDREN, {"ids": ids}).fetchall()}
+                    held = {
+                        row[0]
+                        for row in cursors.execute(conn, HELD_CHILDREN, {"ids": ids}).fetchall()
+                    }
                 going = [run for run in ids if run not in held]
                 if not going:
                     return (0, 0, 0), sorted(held)  # every run held: nothing to commit
-                row = conn.execute(DELETE_BATCH, {"ids": going}).fetchone()
+                row = cursors.execute(conn, DELETE_BATCH, {"ids": going}).fetchone()
                 assert row is not None  # noqa: S101
                 counts = (int(row[0]), int(row[1]), int(row[2]))
                 flight[:] = [(done, going, counts)]

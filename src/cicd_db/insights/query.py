@@ -11,6 +11,7 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import errors, sql
 
+from cicd_db import cursors
 from cicd_db.errors import (
     EARLIEST,
     NotFound,
@@ -293,8 +294,8 @@ def insights(
         # writes them by default, whatever extra_float_digits a role, the database or a
         # migration left. It only reads, so it is rolled back: the setting never outlives it.
         with conn.transaction(force_rollback=True):
-            conn.execute("SET LOCAL extra_float_digits = 1")
-            row = conn.execute(_query(pipeline, runs), params).fetchone()
+            cursors.execute(conn, "SET LOCAL extra_float_digits = 1")
+            row = cursors.execute(conn, _query(pipeline, runs), params).fetchone()
     except errors.UndefinedTable:
         from cicd_db.store import tables_placement  # on use: the CLI imports this module
 

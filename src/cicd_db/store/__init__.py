@@ -58,6 +58,7 @@ from uuid import UUID
 
 from psycopg import errors
 
+from cicd_db import cursors
 from cicd_db.errors import (
     AlreadyExists,
     IllegalTransition,
@@ -265,8 +266,8 @@ class Store(Moves, Reads):
             with self._connection() as conn:
                 times = dict(
                     (row[0], row[1:])
-                    for row in conn.execute(
-                        BATCH_MOVES[status], {"ids": ids, "count": len(ids), "at": at}
+                    for row in cursors.execute(
+                        conn, BATCH_MOVES[status], {"ids": ids, "count": len(ids), "at": at}
                     ).fetchall()
                 )
         except errors.CheckViolation:

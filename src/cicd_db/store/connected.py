@@ -11,8 +11,9 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import class_row, tuple_row
+from psycopg.rows import class_row
 
+from cicd_db import cursors
 from cicd_db.errors import NotFound
 from cicd_db.store.rows import TABLES, Row
 
@@ -56,7 +57,7 @@ class Connected:
         binary: times and ids come back without being parsed from text."""
         if self._conn is not None:
             return self._kept(self._conn, query).execute(query, params).fetchone()
-        with self._connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as cursor:
+        with self._connection() as conn, cursors.cursor(conn, binary=True) as cursor:
             cursor.execute(query, params)
             return cursor.fetchone()
 
@@ -67,7 +68,7 @@ class Connected:
         arrays of names and ids cost the least to send and to read back."""
         if self._conn is not None:
             return self._kept(self._conn, query).execute(query, params).fetchall()
-        with self._connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as cursor:
+        with self._connection() as conn, cursors.cursor(conn, binary=True) as cursor:
             cursor.execute(query, params)
             return cursor.fetchall()
 
@@ -86,7 +87,7 @@ class Connected:
             self._session = session
         cursor = self._cursors.get(query)
         if cursor is None:
-            cursor = self._cursors[query] = conn.cursor(row_factory=tuple_row, binary=True)
+            cursor = self._cursors[query] = cursors.cursor(conn, binary=True)
         return cursor
 
     def _get(self, kind: type[Row], row_id: UUID) -> Row:
@@ -102,7 +103,10 @@ class Connected:
             return fetch_one(conn, kind, query, params)
 
     def _all(self, kind: type[Row], query: bytes | sql.Composed, params: Any) -> list[Row]:
-        with self._connection() as conn, conn.cursor(row_factory=class_row(kind)) as cursor:
+        with (
+            self._connection() as conn,
+            cursors.cursor(conn, row_factory=class_row(kind)) as cursor,
+        ):
             cursor.execute(query, params)
             return cursor.fetchall()
 
@@ -110,6 +114,6 @@ class Connected:
 def fetch_one(
     conn: psycopg.Connection[Any], kind: type[Row], query: bytes | sql.Composed, params: Any
 ) -> Row | None:
-    with conn.cursor(row_factory=class_row(kind)) as cursor:
+    with cursors.cursor(conn, row_factory=class_row(kind)) as cursor:
         cursor.execute(query, params)
         return cursor.fetchone()

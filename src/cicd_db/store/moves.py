@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
+from cicd_db import cursors
 from cicd_db.errors import IllegalTransition, NotFound, check_time
 from cicd_db.store.connected import Connected, fetch_one
 from cicd_db.store.rows import (
@@ -83,7 +84,7 @@ class Moves(Connected):
             current = self._locked(conn, row)
             if status is not None and current.status not in ALLOWED_FROM[status]:
                 raise IllegalTransition(illegal(current, status))
-            children = conn.execute(children_query, [row.id]).fetchall()
+            children = cursors.execute(conn, children_query, [row.id]).fetchall()
             unfinished = [name for status, _, name in children if status not in FINISHED]
             if unfinished:
                 raise IllegalTransition(
@@ -103,7 +104,9 @@ class Moves(Connected):
             )
             # Before the row's own start: the CHECK's refusal below says that.
             if at is not None and (current.start_time is None or at >= current.start_time):
-                found = conn.execute(LATEST_BELOW[type(row)], {"parent": row.id}).fetchone()
+                found = cursors.execute(
+                    conn, LATEST_BELOW[type(row)], {"parent": row.id}
+                ).fetchone()
                 latest = found[0] if found else None
                 if latest is not None and at < latest:
                     raise IllegalTransition(
@@ -111,7 +114,7 @@ class Moves(Connected):
                         f"started or finished later, at {latest}"
                     )
             try:
-                with conn.cursor(binary=True) as cursor:
+                with cursors.cursor(conn, binary=True) as cursor:
                     finished = cursor.execute(FINISH[type(row)], params).fetchone()
             except errors.CheckViolation:
                 raise IllegalTransition(
@@ -139,11 +142,11 @@ class Moves(Connected):
             # stages waits for it, and the jobs it added are then locked and cancelled
             # too. Once they are locked, nothing below the row can start.
             for statement in LOCK_CHILDREN[type(row)]:
-                conn.execute(statement, {"parent": row.id})
+                cursors.execute(conn, statement, {"parent": row.id})
             stamp = at or stamp_of(conn, row)
             for child, statement in CANCEL_CHILDREN[type(row)]:
                 try:
-                    conn.execute(statement, {"at": stamp, "parent": row.id})
+                    cursors.execute(conn, statement, {"at": stamp, "parent": row.id})
                 except errors.CheckViolation:
                     raise IllegalTransition(
                         f"{what} {name_of(current)} cannot be cancelled {at_time(at)}: "
@@ -173,7 +176,7 @@ class Moves(Connected):
         try:
             # One statement: its own transaction, no BEGIN/COMMIT round trips.
             if conn is not None:
-                times = conn.execute(query, params).fetchone()
+                times = cursors.execute(conn, query, params).fetchone()
             else:
                 times = self._tuple(query, params)
         except errors.CheckViolation:
@@ -187,7 +190,7 @@ class Moves(Connected):
 
 def stamp_of(conn: psycopg.Connection[Any], row: PipelineRun | StageRun | JobRun) -> datetime:
     """The time to finish or cancel `row` at, once it and the rows below it are locked."""
-    found = conn.execute(STAMP[type(row)], {"parent": row.id}).fetchone()
+    found = cursors.execute(conn, STAMP[type(row)], {"parent": row.id}).fetchone()
     if found is None or not isinstance(found[0], datetime):
         raise RuntimeError("the database returned no time")
     return found[0]

@@ -10,6 +10,7 @@ from uuid import UUID
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from cicd_db import cursors
 from cicd_db.errors import NotFound, Placement, UsageError, check_name
 from cicd_db.store.connected import Connected
 from cicd_db.store.rows import (
@@ -160,7 +161,8 @@ class Reads(Connected):
         if not newest:
             return no_runs(pipeline_name)
         with self._connection() as conn:
-            row = conn.execute(
+            row = cursors.execute(
+                conn,
                 "SELECT min(run_number) FROM pipeline_executions WHERE pipeline_name = %s",
                 [pipeline_name],
             ).fetchone()
@@ -182,12 +184,13 @@ def tables_placement(conn: psycopg.Connection[Any]) -> Placement | None:
     if conn.info.transaction_status != TransactionStatus.IDLE:
         return None
     try:
-        row = conn.execute(
+        row = cursors.execute(
+            conn,
             "SELECT n.nspname, pg_catalog.current_setting('search_path'), "
             "pg_catalog.pg_table_is_visible(c.oid) "
             "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
             "ON n.oid = c.relnamespace WHERE c.relname = 'pipeline_executions' "
-            "AND c.relkind IN ('r', 'p') ORDER BY 3 DESC, 1 LIMIT 1"
+            "AND c.relkind IN ('r', 'p') ORDER BY 3 DESC, 1 LIMIT 1",
         ).fetchone()
     except psycopg.Error:
         return None
