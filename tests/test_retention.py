@@ -569,6 +569,21 @@ def test_a_transaction_connection_is_refused(migrated: Database) -> None:
         retention.prune(conn, keep_days=30)
 
 
+def test_retention_inside_a_callers_transaction_is_refused_before_it_deletes(
+    migrated: Database, executions: Store
+) -> None:
+    """Inside the caller's `conn.transaction()`, prune said "deleted 5 runs" and the
+    caller's rollback then kept all five (helper-114): it commits batch by batch, as it
+    reports, so it is refused there, before anything is deleted."""
+    old = datetime.now(UTC) - timedelta(days=60)
+    run = executions.set_status(executions.start_run("build", "abc"), RUNNING, at=old)
+    executions.cancel_run(run, at=old + timedelta(minutes=1))
+    with migrated.connect() as conn:
+        with pytest.raises(UsageError, match=r"^retention needs a connection outside any transaction \(it is intrans\)"), conn.transaction():  # fmt: skip
+            retention.prune(conn, keep_days=30)
+        assert retention.prune(conn, keep_days=30).runs == 1
+
+
 # -- the command ----------------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """Cursors of psycopg's own class, with rows as tuples, whatever the connection a caller
-hands the library would make.
+hands the library would make; and whether that connection is in a state the library's
+calls can work in (`ready`).
 
 A caller's connection may carry a `row_factory` of its own (`dict_row`) or a
 `cursor_factory` (`ClientCursor`, as pgbouncer users choose, or `RawCursor`, which
@@ -13,8 +14,39 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from psycopg import pq, sql
+from psycopg import IsolationLevel, pq, sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import RowFactory, tuple_row
+
+from cicd_db.errors import UsageError
+
+
+def ready(
+    conn: psycopg.Connection[Any], who: str, *, alone: bool = True
+) -> psycopg.Connection[Any]:
+    """`conn`, once it is in a state where `who`'s calls work as promised: autocommit
+    (else psycopg opens a transaction nothing commits, and the writes are lost when the
+    connection closes); with `alone`, outside any transaction too (retention says what
+    it committed, batch by batch: a caller's BEGIN would roll it back after it was told);
+    and at READ COMMITTED (the store's moves lock a row, then read it again, which
+    REPEATABLE READ and SERIALIZABLE refuse). Asked at every call: a caller may change
+    the connection after handing it over. UsageError (a ValueError) otherwise."""
+    if not conn.autocommit:
+        raise UsageError(f"{who} needs an autocommit connection")
+    state = conn.info.transaction_status
+    if alone and state != TransactionStatus.IDLE:
+        raise UsageError(
+            f"{who} needs a connection outside any transaction (it is {state.name.lower()}): "
+            "each of its calls commits on its own; call it after COMMIT or ROLLBACK, or give "
+            "it a connection of its own"
+        )
+    if conn.isolation_level not in (None, IsolationLevel.READ_COMMITTED):
+        raise UsageError(
+            f"{who} needs a connection at isolation level READ COMMITTED (it is "
+            f"{conn.isolation_level.name.replace('_', ' ')}): its moves lock a row and read "
+            "it again; set conn.isolation_level = None"
+        )
+    return conn
 
 
 def cursor(

@@ -200,8 +200,7 @@ def prune(
     `pipeline` that has never recorded a run; ConfigError on a database without the
     execution tables.
     """
-    if not conn.autocommit:
-        raise ValueError("retention needs an autocommit connection")
+    cursors.ready(conn, "retention")
     check_range("keep_days", keep_days, MAX_KEEP_DAYS)
     check_range("batch_size", batch_size, MAX_BATCH_SIZE)
     check_name("pipeline", pipeline, optional=True)  # "" is never "every pipeline"

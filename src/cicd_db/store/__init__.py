@@ -115,8 +115,11 @@ __all__ = [
 class Store(Moves, Reads):
     """Reads and writes executions through one connection or a connection pool.
 
-    Connections must be in autocommit mode: every write opens its own transaction.
-    The writes are here; the moves they make (`moves`), the reads (`reads`) and the
+    Connections must be in autocommit mode, at READ COMMITTED: every write opens its own
+    transaction (inside one of the caller's, `conn.transaction()`, it commits or rolls
+    back with it). Each call asks again (cursors.ready): a connection changed after it
+    was handed over is refused before anything is written. Rows come back as tuples
+    whatever the connection's row_factory or cursor_factory. The writes are here; the moves they make (`moves`), the reads (`reads`) and the
     connection (`connected`) are the classes it builds on.
     """
 

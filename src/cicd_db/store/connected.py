@@ -4,8 +4,8 @@ base of `Store`; the moves and the reads build on it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Self
 from uuid import UUID
 
@@ -39,15 +39,14 @@ class Connected:
     @classmethod
     def on(cls, conn: psycopg.Connection[Any]) -> Self:
         """A store over one connection (not thread-safe: one caller at a time)."""
-        if not conn.autocommit:
-            raise ValueError("the store needs an autocommit connection")
-        return cls(lambda: nullcontext(conn), conn)
+        cursors.ready(conn, "the store", alone=False)
+        return cls(lambda: nullcontext(cursors.ready(conn, "the store", alone=False)), conn)
 
     @classmethod
     def pooled(cls, pool: Any) -> Self:
         """A store over a `psycopg_pool.ConnectionPool` opened with kwargs={"autocommit": True};
         safe to share between threads."""
-        return cls(pool.connection)
+        return cls(lambda: _ready_from(pool))
 
     def _tuple(
         self, query: bytes, params: Sequence[Any] | Mapping[str, Any]
@@ -77,7 +76,9 @@ class Connected:
         Only the store's own statements (constants, a few dozen) come here. A cursor
         keeps the encoding and time zone the session had when it was made (its dumpers
         and loaders): when either has changed since (a `SET` by the connection's other
-        users), the kept cursors are dropped, and made again."""
+        users), the kept cursors are dropped, and made again. The connection is asked
+        first whether it is still fit (cursors.ready): its caller may have changed it."""
+        cursors.ready(conn, "the store", alone=False)
         session = (
             conn.pgconn.parameter_status(b"client_encoding"),
             conn.pgconn.parameter_status(b"TimeZone"),
@@ -117,3 +118,10 @@ def fetch_one(
     with cursors.cursor(conn, row_factory=class_row(kind)) as cursor:
         cursor.execute(query, params)
         return cursor.fetchone()
+
+
+@contextmanager
+def _ready_from(pool: Any) -> Iterator[psycopg.Connection[Any]]:
+    """A connection borrowed from `pool` for one call, in a state the call can work in."""
+    with pool.connection() as conn:
+        yield cursors.ready(conn, "the store", alone=False)
