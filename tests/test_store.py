@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -1533,3 +1534,43 @@ def test_a_connection_that_makes_other_rows_or_cursors_serves_every_call(
         assert retention.prune(conn, keep_days=1, dry_run=True).runs == 0
         assert conn.row_factory is made.get("row_factory", psycopg.rows.tuple_row)
         assert conn.cursor_factory is made.get("cursor_factory", psycopg.Cursor)
+
+
+def test_a_status_a_list_a_connection_or_a_row_that_is_not_one_is_refused_naming_it(
+    schema: Database, executions: Store
+) -> None:
+    """What a Python caller passes by mistake failed deep inside (helper-114): a list as a
+    status ("unhashable"), None or one job where jobs are asked for ("not iterable"),
+    None or a pool as a connection (AttributeError), a subclass of JobRun (KeyError:
+    the statements are chosen by a row's exact class). Each is a UsageError naming the
+    argument, before anything is written; PENDING, a status no move goes to, stays
+    IllegalTransition."""
+    run = executions.set_status(executions.start_run("typed", "abc"), RUNNING)
+    stage = executions.set_status(executions.add_stage(run, "s", 1), RUNNING)
+    job = executions.add_job(stage, "j")
+
+    class MyJob(JobRun):
+        pass
+
+    mine = MyJob(**{f.name: getattr(job, f.name) for f in dataclasses.fields(job)})
+    pool = ConnectionPool(schema.settings.conninfo(), open=False)
+    with schema.connect() as conn:
+        calls: list[tuple[Callable[[], object], str]] = [
+            *((lambda s=s: executions.set_status(job, s), "`status` ") for s in (None, "running", ["RUNNING"], 1)),  # type: ignore[misc]
+            (lambda: executions.set_statuses([job], None), "`status` None is no status"),  # type: ignore[arg-type]
+            (lambda: executions.set_statuses(None, RUNNING), "`jobs` must be a list of JobRun, not a NoneType"),  # type: ignore[arg-type]
+            (lambda: executions.set_statuses(job, RUNNING), "`jobs` must be a list of JobRun, not a JobRun"),  # type: ignore[arg-type]
+            (lambda: executions.set_status(mine, RUNNING), "`row` must be a PipelineRun or StageRun or JobRun, not a MyJob"),
+            (lambda: Store.on(None), "`conn` must be a psycopg.Connection, not a NoneType"),  # type: ignore[arg-type]
+            (lambda: Store.on(pool), "`conn` must be a psycopg.Connection, not a ConnectionPool; for a pool, Store.pooled(pool)"),  # type: ignore[arg-type]
+            (lambda: Store.pooled(None), "`pool` must be a psycopg_pool.ConnectionPool, not a NoneType"),
+            (lambda: Store.pooled(conn), "`pool` must be a psycopg_pool.ConnectionPool, not a Connection; for one connection, Store.on(conn)"),
+        ]  # fmt: skip
+        before = snapshot(schema)
+        for call, said in calls:
+            with pytest.raises(UsageError) as refused:
+                call()
+            assert str(refused.value).startswith(said), (said, str(refused.value))
+        assert snapshot(schema) == before
+    with pytest.raises(IllegalTransition, match="'PENDING' is not a status to move to"):
+        executions.set_statuses([job], "PENDING")

@@ -86,6 +86,7 @@ from cicd_db.store.rows import (
     StageRun,
     at_time,
     check_row,
+    check_status,
     id_of,
     illegal,
     moved,
@@ -250,12 +251,20 @@ class Store(Moves, Reads):
         IllegalTransition names the first that may not. Runs and stages are finished
         from their children (`finish_stage`, `finish_run`), not here.
         """
+        check_status(status)
         if status not in ALLOWED_FROM:
             raise IllegalTransition(
                 f"{status!r} is not a status to move to; use one of {', '.join(ALLOWED_FROM)}"
             )
         if at is not None:
             check_time("at", at)
+        given: object = jobs  # as a caller may give it, whatever the annotation says
+        if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
+            # None, or one job where a list of them is asked for: "not iterable" before.
+            raise UsageError(
+                f"{{jobs}} must be a list of JobRun, not a {type(jobs).__name__}",
+                arguments=["jobs"],
+            )
         jobs = list(jobs)  # read once: a generator given would be empty when moved
         for job in jobs:
             check_row("jobs", job, JobRun)
@@ -309,6 +318,7 @@ class Store(Moves, Reads):
         children that have not finished, as `cancel_run` does.
         """
         check_row("row", row, PipelineRun, StageRun, JobRun)
+        check_status(status)
         if isinstance(row, JobRun) or status not in FINISHED:
             return self._move(row, status, at)
         if status == CANCELED:

@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from cicd_db import cursors
-from cicd_db.errors import NotFound
+from cicd_db.errors import NotFound, UsageError
 from cicd_db.store.rows import TABLES, Row
 
 
@@ -39,6 +39,12 @@ class Connected:
     @classmethod
     def on(cls, conn: psycopg.Connection[Any]) -> Self:
         """A store over one connection (not thread-safe: one caller at a time)."""
+        if not isinstance(conn, psycopg.Connection):  # None, a pool, an AsyncConnection
+            raise UsageError(
+                f"{{conn}} must be a psycopg.Connection, not a {type(conn).__name__}"
+                + ("; for a pool, Store.pooled(pool)" if hasattr(conn, "getconn") else ""),
+                arguments=["conn"],
+            )
         cursors.ready(conn, "the store", alone=False)
         return cls(lambda: nullcontext(cursors.ready(conn, "the store", alone=False)), conn)
 
@@ -46,6 +52,16 @@ class Connected:
     def pooled(cls, pool: Any) -> Self:
         """A store over a `psycopg_pool.ConnectionPool` opened with kwargs={"autocommit": True};
         safe to share between threads."""
+        if isinstance(pool, psycopg.Connection) or not callable(getattr(pool, "connection", None)):
+            raise UsageError(
+                f"{{pool}} must be a psycopg_pool.ConnectionPool, not a {type(pool).__name__}"
+                + (
+                    "; for one connection, Store.on(conn)"
+                    if isinstance(pool, psycopg.Connection)
+                    else ""
+                ),
+                arguments=["pool"],
+            )
         return cls(lambda: _ready_from(pool))
 
     def _tuple(

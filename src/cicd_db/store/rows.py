@@ -133,12 +133,25 @@ def check_row(argument: str, row: object, *kinds: type, by_id: bool = False) -> 
     """UsageError unless `row` is one of `kinds` (or, `by_id`, its UUID): a stage given
     where a run is asked for would otherwise be finished or cancelled as what it is, and
     None or a name would fail deep inside as a KeyError."""
-    if isinstance(row, kinds) or (by_id and isinstance(row, UUID)):
+    # The class itself, not a subclass: the store's statements are chosen by a row's
+    # exact class (a subclass of JobRun failed as a KeyError deep inside).
+    if type(row) in kinds or (by_id and isinstance(row, UUID)):
         return
     wanted = " or ".join(kind.__name__ for kind in (*kinds, *([UUID] if by_id else [])))
     raise UsageError(
         f"{{{argument}}} must be a {wanted}, not a {type(row).__name__}", arguments=[argument]
     )
+
+
+def check_status(status: object) -> None:
+    """UsageError unless `status` is one of STATUSES, as text: None, "running" or a list
+    is no status (a list failed as "unhashable"); one the state machine forbids is
+    IllegalTransition, later."""
+    if type(status) is not str or status not in STATUSES:
+        raise UsageError(
+            f"{{status}} {status!r} is no status; use one of {', '.join(STATUSES)}",
+            arguments=["status"],
+        )
 
 
 def no_runs(pipeline_name: str) -> NotFound:
