@@ -1543,8 +1543,8 @@ def test_a_status_a_list_a_connection_or_a_row_that_is_not_one_is_refused_naming
     status ("unhashable"), None or one job where jobs are asked for ("not iterable"),
     None or a pool as a connection (AttributeError), a subclass of JobRun (KeyError:
     the statements are chosen by a row's exact class). Each is a UsageError naming the
-    argument, before anything is written; PENDING, a status no move goes to, stays
-    IllegalTransition."""
+    argument, before anything is written; text that names no status to move to
+    (PENDING, "running") stays IllegalTransition."""
     run = executions.set_status(executions.start_run("typed", "abc"), RUNNING)
     stage = executions.set_status(executions.add_stage(run, "s", 1), RUNNING)
     job = executions.add_job(stage, "j")
@@ -1556,7 +1556,7 @@ def test_a_status_a_list_a_connection_or_a_row_that_is_not_one_is_refused_naming
     pool = ConnectionPool(schema.settings.conninfo(), open=False)
     with schema.connect() as conn:
         calls: list[tuple[Callable[[], object], str]] = [
-            *((lambda s=s: executions.set_status(job, s), "`status` ") for s in (None, "running", ["RUNNING"], 1)),  # type: ignore[misc]
+            *((lambda s=s: executions.set_status(job, s), "`status` ") for s in (None, ["RUNNING"], 1)),  # type: ignore[misc]
             (lambda: executions.set_statuses([job], None), "`status` None is no status"),  # type: ignore[arg-type]
             (lambda: executions.set_statuses(None, RUNNING), "`jobs` must be a list of JobRun, not a NoneType"),  # type: ignore[arg-type]
             (lambda: executions.set_statuses(job, RUNNING), "`jobs` must be a list of JobRun, not a JobRun"),  # type: ignore[arg-type]
