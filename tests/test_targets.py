@@ -1024,18 +1024,16 @@ def test_an_argument_that_is_not_utf8_is_refused_naming_its_flag(raw: bytes, fla
 @hypothesis.settings(max_examples=examples(150), deadline=None)
 @hypothesis.given(
     raw=NOT_UTF8,
+    # Every variable libpq lists for its parameters (asked of libpq itself), the ones it
+    # reads besides, and ours: a PGPASSFILE, PGSSLROOTCERT or CICD_DB_HOME not in UTF-8
+    # failed as "unexpected UnicodeDecodeError" (helper-115).
     variable=st.sampled_from(
-        [
-            "DATABASE_URL",
-            "PGHOST",
-            "PGOPTIONS",
-            "PGPASSWORD",
-            "PGSSLMODE",
-            "PGSERVICE",
-            "PGDATABASE",
-            "CICD_DB_LOCAL",
-            "PULUMI_BACKEND_URL",
-        ]
+        sorted(
+            {o.envvar.decode() for o in psycopg.pq.Conninfo.get_defaults() if o.envvar}
+            | {"PGSERVICEFILE", "PGSYSCONFDIR", "PGTZ", "PGDATESTYLE", "PGREQUIRESSL"}
+            | {"DATABASE_URL", "CICD_DB_LOCAL", "CICD_DB_HOME", "CICD_DB_EMBEDDED_PORT"}
+            | {"PULUMI_BACKEND_URL"}
+        )
     ),
 )
 def test_an_environment_variable_that_is_not_utf8_is_refused_naming_it(

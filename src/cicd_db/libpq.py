@@ -182,20 +182,32 @@ def not_utf8(text: str) -> str | None:
 
 # The environment variables cicd-db itself reads as text (paths such as PGSSLROOTCERT,
 # PGPASSFILE or CICD_DB_HOME may hold any bytes, and libpq reads the rest itself).
+# cicd-db's own, and those libpq reads that are no connection parameter of their own.
 _TEXT_VARIABLES = frozenset(
     {
-        *("DATABASE_URL", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD"),
-        *("PGOPTIONS", "PGSSLMODE", "PGSERVICE", "PGCONNECT_TIMEOUT", "PGAPPNAME"),
-        *("CICD_DB_LOCAL", "CICD_DB_EMBEDDED_PORT", "PULUMI_BACKEND_URL"),
+        *("DATABASE_URL", "CICD_DB_LOCAL", "CICD_DB_EMBEDDED_PORT", "CICD_DB_HOME"),
+        *("PULUMI_BACKEND_URL", "PGSERVICEFILE", "PGSYSCONFDIR", "PGREQUIRESSL"),
+        *("PGDATESTYLE", "PGTZ", "PGGEQO", "PGLOCALEDIR"),
     }
 )
 
 
+@cache
+def _text_variables() -> frozenset[str]:
+    """Every variable cicd-db reads, or libpq does for it (each connection parameter's,
+    as libpq itself lists them: PGPASSFILE, PGSSLROOTCERT, ... too)."""
+    return _TEXT_VARIABLES | {
+        option.envvar.decode() for option in pq.Conninfo.get_defaults() if option.envvar
+    }
+
+
 def check_environment(environ: Mapping[str, str] = os.environ) -> None:
     """Refuse, naming it, a variable of those cicd-db reads that is not UTF-8 text (Python
-    would fail to pass it on, deep in a connection or a message). Reads only."""
+    would fail to pass it on, deep in a connection or a message: a PGPASSFILE path that
+    psql takes as bytes failed after the connection, as psycopg read back what libpq
+    used). Reads only."""
     for name in sorted(environ):
-        if name in _TEXT_VARIABLES and (where := not_utf8(environ[name])):
+        if name in _text_variables() and (where := not_utf8(environ[name])):
             raise ConfigError(f"{name} is not UTF-8 text ({where}); set it as UTF-8")
 
 
