@@ -955,3 +955,35 @@ def test_a_password_that_disagrees_is_named_without_values() -> None:
         "stack 'prod' outputs password and database_url name different passwords; export both "
         "from the same values and run `pulumi up -s prod`"
     )
+
+
+@hypothesis.settings(max_examples=examples(100), deadline=None)
+@hypothesis.given(
+    content=st.one_of(
+        st.sampled_from(
+            [
+                b"backend: 5\n",
+                b'backend: "file://."\n',
+                b"backend: [1, 2]\n",
+                b"backend:\n  url: 7\n",
+                b"- a list\n",
+                b"\xff\xfe name: x\n",
+                b"name: [unclosed\n",
+                b"",
+            ]
+        ),
+        st.binary(max_size=60),
+    )
+)
+def test_any_pulumi_yaml_names_a_backend_or_none_and_never_fails(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes
+) -> None:
+    """`backend: 5`, a backend that is a string, a file not in UTF-8: every --stack
+    command failed with "unexpected AttributeError" or "UnicodeDecodeError" before
+    Pulumi was even asked (helper-115). Whatever Pulumi.yaml holds, cicd-db's reading of
+    its backend (for messages and for secrets to hide) says one or none; Pulumi itself
+    says what is wrong with the file."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "Pulumi.yaml").write_bytes(content)
+    said = stacks.backend(root, environ={})
+    assert said.startswith("the backend "), said

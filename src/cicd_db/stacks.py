@@ -201,10 +201,13 @@ def backend(root: Path, environ: Mapping[str, str] = os.environ) -> str:
 def _project_backend(root: Path) -> str | None:
     """The backend URL Pulumi.yaml names, if it names one."""
     try:
-        project = yaml.safe_load((root / "Pulumi.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        project = yaml.safe_load((root / "Pulumi.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
         return None
-    url = (project.get("backend") or {}).get("url") if isinstance(project, dict) else None
+    # Pulumi reads the file and says what is wrong with it; here a file of another
+    # shape (`backend: 5`, a list) names no backend.
+    section = project.get("backend") if isinstance(project, dict) else None
+    url = section.get("url") if isinstance(section, dict) else None
     return str(url) if url else None
 
 
