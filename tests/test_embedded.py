@@ -963,3 +963,31 @@ def test_only_a_refused_password_is_told_as_server_jsons_superuser_password(home
     with pytest.raises(psycopg.OperationalError) as failed:
         EmbeddedServer(home)._as_superuser(state)
     assert "superuser_password" not in str(failed.value)
+
+
+@pytest.mark.parametrize("kind", ["not UTF-8", "/dev/zero", "FIFO", "huge"])
+def test_a_state_file_that_is_no_small_json_file_is_named_not_read_forever(
+    kind: str, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """server.json not in UTF-8 failed as "unexpected UnicodeDecodeError"; a link to
+    /dev/zero read until memory ran out; a FIFO hung every command (helper-115). Each is
+    one line, exit 2, with the same advice as any damaged state file."""
+    state_file = home / "embedded" / "server.json"
+    state_file.parent.mkdir(parents=True)
+    if kind == "not UTF-8":
+        state_file.write_bytes(b'\xff{"port": 5}')
+        why = "not JSON"
+    elif kind == "/dev/zero":
+        state_file.symlink_to("/dev/zero")
+        why = "not a regular file"
+    elif kind == "FIFO":
+        os.mkfifo(state_file)
+        why = "not a regular file"
+    else:
+        state_file.write_text(json.dumps({"port": 5, "padding": "x" * 100_000}))
+        why = f"{state_file.stat().st_size:,} bytes, not a server's state"
+    monkeypatch.setenv("CICD_DB_HOME", str(home))
+    for command in ("start", "status", "url"):
+        code, out, err = run_cli("embedded", command)
+        assert (code, out) == (2, ""), (command, err)
+        assert_one_line_error(err, f"cannot read {state_file} ({why}); it holds the server's ")

@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +37,10 @@ ROLE_PASSWORD_KEYS = {APP_USER: "app_password", READER_USER: "reader_password"}
 ROLES_SET = "role_passwords_set"
 # Which password of server.json each login role has.
 PASSWORD_KEYS = {SUPERUSER: "superuser_password", LOCAL_USER: "password", **ROLE_PASSWORD_KEYS}
+
+
+# A server.json is a few hundred bytes: one far larger is none of ours.
+MAX_STATE_BYTES = 65536
 
 
 class StateFile(Folders):
@@ -82,14 +87,26 @@ class StateFile(Folders):
 
     def _read_state(self) -> dict[str, Any] | None:
         try:
-            text = self.state_file.read_text()
+            # Opened without waiting (a FIFO put there hung every command) and read only
+            # as a small regular file (a link to /dev/zero read until memory ran out).
+            descriptor = os.open(self.state_file, os.O_RDONLY | os.O_NONBLOCK)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as error:
             raise self._bad_state(error.strerror or error.__class__.__name__) from None
         try:
-            state = json.loads(text)
-        except ValueError:
+            with os.fdopen(descriptor, "rb") as handle:
+                found = os.fstat(handle.fileno())
+                if not stat.S_ISREG(found.st_mode):
+                    raise self._bad_state("not a regular file")
+                if found.st_size > MAX_STATE_BYTES:
+                    raise self._bad_state(f"{found.st_size:,} bytes, not a server's state")
+                data = handle.read(MAX_STATE_BYTES + 1)
+        except OSError as error:
+            raise self._bad_state(error.strerror or error.__class__.__name__) from None
+        try:
+            state = json.loads(data.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError too: a server.json of ours is UTF-8 JSON
             raise self._bad_state("not JSON") from None
         if not isinstance(state, dict):
             raise self._bad_state("not a JSON object")
