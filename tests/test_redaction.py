@@ -453,6 +453,9 @@ def test_redact_hides_what_any_reading_finds_in_the_text_as_given(
         ('password"hunter2"', 'password"***"'),
         ("password'hunter2'", "password'***'"),
         ('password = "my secret"', "password = ***"),
+        ("sslpassword=KeyPass77 passwd=pw1234 pwd=zz9999", "sslpassword=*** passwd=*** pwd=***"),
+        # A URL's password quoted again beside it is hidden there too (helper-115).
+        ("postgresql://a:Twice888@h/d (Twice888)", "postgresql://a:***@h/d (***)"),
         (
             'password authentication failed for user "bob"',
             'password authentication failed for user "bob"',

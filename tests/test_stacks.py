@@ -987,3 +987,30 @@ def test_any_pulumi_yaml_names_a_backend_or_none_and_never_fails(
     (root / "Pulumi.yaml").write_bytes(content)
     said = stacks.backend(root, environ={})
     assert said.startswith("the backend "), said
+
+
+@hypothesis.settings(max_examples=examples(150), deadline=None)
+@hypothesis.given(
+    secret=st.text(NAME_CHARACTERS, min_size=6, max_size=14).filter(
+        lambda s: s.strip() == s and not set(s) & set(" ,;)'\\\"")
+    ),
+    form=st.sampled_from(
+        [
+            "sslpassword={s}",
+            "password: {s}",
+            "passwd={s}",
+            "pwd: {s}",
+            "token={s}",
+            "passphrase: {s}",
+            "postgresql://a:{s}@h/d ({s})",
+            "password '{s}'",
+        ]
+    ),
+)
+def test_no_secret_pulumis_error_quotes_is_printed_whatever_its_key(secret: str, form: str) -> None:
+    """Pulumi's stderr quoted by the stack's error: `sslpassword=x`, `password: x`, a URL's
+    password quoted again beside it were printed (helper-115). Whatever key names it,
+    quoted or not, no run of 4 characters of the secret is printed."""
+    said = "error: program failed: " + form.format(s=secret)
+    printed = stacks._explain("dev", 1, said, ROOT)
+    assert_nothing_of((secret,), printed)

@@ -280,7 +280,7 @@ def password_candidates(text: str | None) -> list[str]:
 # does not pay for them at start-up.
 _URL_TOKEN = rf"(?ia)(?:{_SCHEME.pattern})\S*"  # ASCII space ends it
 _KEYWORD_PASSWORD = (
-    r"(?i)(?P<head>\bpassword\s*=\s*)"  # noqa: S105
+    r"(?i)(?P<head>\b(?:(?:ssl)?pass(?:word|wd)|pwd)\s*=\s*)"  # noqa: S105
     r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&]+)"
     # A quoted value after the word, as a tool's message, JSON or a Python dict quotes it:
     # `password "x"`, `"password": "x"`, `{'password': 'x'}`, `password: 'x'`, or right
@@ -321,12 +321,37 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         else:
             reading.append(text[places[0] : places[-1] + 1])
             origin += [(index, index + 1) for index in places]
+    found = []
     for begin, end in _password_spans(text):
         _mark(hidden, begin, end)
+        found.append(text[begin:end])
     for begin, end in _password_spans("".join(reading)):
         for first, last in origin[begin:end]:
             _mark(hidden, first, last)
+    # What a reading found is a password wherever else the text quotes it (a tool's
+    # message that names a URL and then its password alone: `... (Twice888)`).
+    for secret in {part for part in found if len(part) >= 4}:
+        start = text.find(secret)
+        while start >= 0:
+            _mark(hidden, start, start + len(secret))
+            start = text.find(secret, start + 1)
     return _shown_with(text, hidden)
+
+
+# A value after a key that names a secret, quoted or not: `password: x`, `token=x`. Too
+# eager for cicd-db's own messages (`the password: @ as %40`), it is for what another
+# program wrote, which may say anything (Pulumi's stderr).
+_KEYED_SECRET = re.compile(
+    r"(?i)\b(?:(?:ssl)?pass(?:word|wd|phrase)|pwd|secret|token)\b[\"']?\s*[:=]\s*"
+    r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;)]+)"
+)
+
+
+def redact_output(text: str, secrets: Iterable[str] = ()) -> str:
+    """`redact`, and every value after a key that names a secret (`password: x`,
+    `token=x`): for another program's output, quoted in a message."""
+    shown = redact(text, secrets)
+    return _KEYED_SECRET.sub(lambda m: m.group()[: m.start("value") - m.start()] + "***", shown)
 
 
 def _mark(hidden: list[bool], begin: int, end: int) -> None:

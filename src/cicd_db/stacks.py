@@ -28,7 +28,7 @@ import yaml
 
 from cicd_db.errors import ConfigError, StackError
 from cicd_db.libpq import is_port
-from cicd_db.redaction import password_candidates, redact
+from cicd_db.redaction import password_candidates, redact, redact_output
 from cicd_db.settings import (
     DATABASE,
     DATABASE_URL,
@@ -228,7 +228,7 @@ def _backend_secrets(root: Path, environ: Mapping[str, str] = os.environ) -> lis
 def _explain(stack: str, code: int, stderr: str, root: Path) -> str:
     """Turn the CLI's failure into one line that names the fix."""
     # The backend's URL is what Pulumi's errors quote: its password known as such.
-    text = redact(stderr.strip(), _backend_secrets(root))
+    text = redact_output(stderr.strip(), _backend_secrets(root))
     lowered = text.lower()
     where = backend(root)
     if code == EXIT_STACK_NOT_FOUND or "no stack named" in lowered:
