@@ -33,8 +33,7 @@ def ready(
     the connection after handing it over. UsageError (a ValueError) otherwise."""
     if not conn.autocommit:
         raise UsageError(f"{who} needs an autocommit connection")
-    state = conn.info.transaction_status
-    if alone and state != TransactionStatus.IDLE:
+    if alone and (state := conn.info.transaction_status) != TransactionStatus.IDLE:
         raise UsageError(
             f"{who} needs a connection outside any transaction (it is {state.name.lower()}): "
             "each of its calls commits on its own; call it after COMMIT or ROLLBACK, or give "
