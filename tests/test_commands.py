@@ -586,6 +586,23 @@ def test_a_command_is_a_python_function(database: Database, tmp_path: Path, caps
     # A mistake is told in the caller's own words: its arguments, not the CLI's flags.
     with pytest.raises(errors.UsageError, match=r"^`sql` prints what `dry_run` would apply"):
         commands.up(context, sql=True)
+    # A folder as a str failed as "'str' object has no attribute 'iterdir'" (helper-114).
+    as_text = commands.Context(database_url=database.url, migrations_dir=str(tmp_path))  # type: ignore[arg-type]
+    assert commands.status(as_text) == 0
+
+
+def test_a_format_no_command_prints_is_refused_from_python(migrated: Database) -> None:
+    """From Python, `format="xml"` printed a table, exit 0 (helper-114): the CLI's
+    choices never let it through, the library now says so in the caller's words."""
+    from cicd_db.store import Store
+
+    with migrated.connect() as conn:
+        Store.on(conn).start_run("p", "abc")
+    for command, formats in ((commands.show_report, "table, json or yaml"), (commands.show_insights, "table, json, yaml or html")):  # fmt: skip
+        with pytest.raises(
+            errors.UsageError, match=rf"^`format` 'xml' is no format; use {formats}$"
+        ):
+            command(commands.Context(database_url=migrated.url), pipeline="p", format="xml")  # type: ignore[operator]
 
 
 # -- what a database holds reaches the terminal as one printable line ----------------------

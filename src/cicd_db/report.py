@@ -77,9 +77,15 @@ View = RunsView | RunView | StageView | JobView
 
 
 def render(view: View, output_format: str) -> str:
-    """The view as text in `output_format` (table, json or yaml), ending in a newline."""
+    """The view as text in `output_format` (table, json or yaml), ending in a newline.
+    Another format is a UsageError (a Python caller's "xml" was printed as a table)."""
     if output_format in ("json", "yaml"):
         return structured(data(view), output_format)
+    if output_format != "table":
+        raise UsageError(
+            f"{{format}} {output_format!r} is no format; use table, json or yaml",
+            arguments=["format"],
+        )
     return table(view)
 
 

@@ -41,7 +41,8 @@ class Context:
         self.database_url = database_url
         self.stack = stack
         self.local = local
-        self.migrations_dir = migrations_dir
+        # A Python caller's str is a path too (it failed as "no attribute 'iterdir'").
+        self.migrations_dir = Path(migrations_dir) if migrations_dir is not None else None
         self.lock_timeout = lock_timeout
         self.json = json
         self.quiet = quiet

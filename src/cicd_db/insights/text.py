@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from cicd_db.errors import UsageError
 from cicd_db.insights.figures import (
     Day,
     Insights,
@@ -134,6 +135,11 @@ def render(result: Insights, output_format: str) -> str:
         from cicd_db.insights import page  # only the html format pays for it
 
         return page.page(result)
+    if output_format != "table":  # a Python caller's "xml" was printed as a table
+        raise UsageError(
+            f"{{format}} {output_format!r} is no format; use table, json, yaml or html",
+            arguments=["format"],
+        )
     return table(result)
 
 
