@@ -456,6 +456,14 @@ def test_redact_hides_what_any_reading_finds_in_the_text_as_given(
         ("sslpassword=KeyPass77 passwd=pw1234 pwd=zz9999", "sslpassword=*** passwd=*** pwd=***"),
         # A URL's password quoted again beside it is hidden there too (helper-115).
         ("postgresql://a:Twice888@h/d (Twice888)", "postgresql://a:***@h/d (***)"),
+        # One reading never takes what another needs; a password that is a word elsewhere
+        # is hidden as a word, not inside one (helper-116).
+        ("passwd=x:password= Sekr3t", "passwd=*** ***"),
+        ("pwd=password= Sekr3t", "pwd=*** ***"),
+        (
+            "postgresql://postgres:postgres@localhost/postgres",
+            "postgresql://***:***@localhost/***",
+        ),
         (
             'password authentication failed for user "bob"',
             'password authentication failed for user "bob"',
@@ -644,3 +652,17 @@ def test_url_tokens_are_what_the_expression_finds(text: str) -> None:
     from cicd_db.redaction import _URL_TOKEN, url_tokens
 
     assert list(url_tokens(text)) == [(m.start(), m.group()) for m in re.finditer(_URL_TOKEN, text)]
+
+
+def test_another_programs_output_hides_what_follows_any_key_that_names_a_secret() -> None:
+    """Pulumi's stderr (redact_output): a key that names a secret, alone or in a longer
+    name (`PULUMI_ACCESS_TOKEN`, `client_secret`, `AWS_SECRET_ACCESS_KEY`: helper-116),
+    hides its value, quoted or not, on its own line only."""
+    said = (
+        "PULUMI_ACCESS_TOKEN=pul-abc123 client_secret=s3cr3t db_password: 'x y' "
+        "AWS_SECRET_ACCESS_KEY=k3y x-token=t0k password:\nnext line; tokens are fine"
+    )
+    assert redaction.redact_output(said) == (
+        "PULUMI_ACCESS_TOKEN=*** client_secret=*** db_password: *** "
+        "AWS_SECRET_ACCESS_KEY=*** x-token=*** password:\nnext line; tokens are fine"
+    )

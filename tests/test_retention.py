@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from unittest import mock
 
 import psycopg
 import pytest
@@ -578,9 +580,20 @@ def test_retention_inside_a_callers_transaction_is_refused_before_it_deletes(
     old = datetime.now(UTC) - timedelta(days=60)
     run = executions.set_status(executions.start_run("build", "abc"), RUNNING, at=old)
     executions.cancel_run(run, at=old + timedelta(minutes=1))
-    with migrated.connect() as conn:
-        with pytest.raises(UsageError, match=r"^retention needs a connection outside any transaction \(it is intrans\)"), conn.transaction():  # fmt: skip
-            retention.prune(conn, keep_days=30)
+    sent: list[object] = []
+    original = psycopg.Cursor.execute
+
+    def watched(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query)
+        return original(self, query, *args, **kwargs)
+
+    with migrated.connect() as conn, mock.patch.object(psycopg.Cursor, "execute", watched):
+        with conn.transaction():
+            with pytest.raises(UsageError, match=r"^retention needs a connection outside any transaction \(it is intrans\)"):  # fmt: skip
+                retention.prune(conn, keep_days=30)
+            assert sent == []  # refused before it sent anything, let alone a DELETE
+            # A dry run commits nothing: counted there as anywhere.
+            assert retention.prune(conn, keep_days=30, dry_run=True).runs == 1
         assert retention.prune(conn, keep_days=30).runs == 1
 
 

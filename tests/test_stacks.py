@@ -992,7 +992,8 @@ def test_any_pulumi_yaml_names_a_backend_or_none_and_never_fails(
 @hypothesis.settings(max_examples=examples(150), deadline=None)
 @hypothesis.given(
     secret=st.text(NAME_CHARACTERS, min_size=6, max_size=14).filter(
-        lambda s: s.strip() == s and not set(s) & set(" ,;)'\\\"")
+        # An unquoted value ends at white space, of any kind, or one of these.
+        lambda s: not any(c.isspace() for c in s) and not set(s) & set(",;)'\\\"")
     ),
     form=st.sampled_from(
         [

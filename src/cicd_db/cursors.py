@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from psycopg import IsolationLevel, pq, sql
+from psycopg import pq, sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import RowFactory, tuple_row
 
@@ -27,10 +27,11 @@ def ready(
     """`conn`, once it is in a state where `who`'s calls work as promised: autocommit
     (else psycopg opens a transaction nothing commits, and the writes are lost when the
     connection closes); with `alone`, outside any transaction too (retention says what
-    it committed, batch by batch: a caller's BEGIN would roll it back after it was told);
-    and at READ COMMITTED (the store's moves lock a row, then read it again, which
-    REPEATABLE READ and SERIALIZABLE refuse). Asked at every call: a caller may change
-    the connection after handing it over. UsageError (a ValueError) otherwise."""
+    it committed, batch by batch: a caller's BEGIN would roll it back after it was told).
+    Asked at every call: a caller may change the connection after handing it over.
+    UsageError (a ValueError) otherwise. (The isolation level is not asked here: reads
+    work at any, and the one that matters to a move is the transaction's, which the
+    server's defaults set as much as the connection.)"""
     if not conn.autocommit:
         raise UsageError(f"{who} needs an autocommit connection")
     if alone and (state := conn.info.transaction_status) != TransactionStatus.IDLE:
@@ -38,12 +39,6 @@ def ready(
             f"{who} needs a connection outside any transaction (it is {state.name.lower()}): "
             "each of its calls commits on its own; call it after COMMIT or ROLLBACK, or give "
             "it a connection of its own"
-        )
-    if conn.isolation_level not in (None, IsolationLevel.READ_COMMITTED):
-        raise UsageError(
-            f"{who} needs a connection at isolation level READ COMMITTED (it is "
-            f"{conn.isolation_level.name.replace('_', ' ')}): its moves lock a row and read "
-            "it again; set conn.isolation_level = None"
         )
     return conn
 

@@ -280,7 +280,7 @@ def password_candidates(text: str | None) -> list[str]:
 # does not pay for them at start-up.
 _URL_TOKEN = rf"(?ia)(?:{_SCHEME.pattern})\S*"  # ASCII space ends it
 _KEYWORD_PASSWORD = (
-    r"(?i)(?P<head>\b(?:(?:ssl)?pass(?:word|wd)|pwd)\s*=\s*)"  # noqa: S105
+    r"(?i)(?P<head>\bpassword\s*=\s*)"  # noqa: S105
     r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&]+)"
     # A quoted value after the word, as a tool's message, JSON or a Python dict quotes it:
     # `password "x"`, `"password": "x"`, `{'password': 'x'}`, `password: 'x'`, or right
@@ -290,6 +290,12 @@ _KEYWORD_PASSWORD = (
     # value, such a line was cut to its next apostrophe.
     r"|(?P<head2>\bpassword\b(?:[\"']?(?:\s*[:=]\s*|\s+)|(?!'s\b)(?=[\"'][^\s:=,.;)]))"
     r")(?P<quote>[\"'])(?:(?!(?P=quote))[^\\]|\\.)*(?P=quote)"
+)
+
+
+_OTHER_KEYWORDS = (
+    r"(?i)\b(?:sslpassword|passwd|pwd)\s*=\s*"
+    r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&]+)"
 )
 
 
@@ -328,13 +334,14 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for begin, end in _password_spans("".join(reading)):
         for first, last in origin[begin:end]:
             _mark(hidden, first, last)
-    # What a reading found is a password wherever else the text quotes it (a tool's
-    # message that names a URL and then its password alone: `... (Twice888)`).
-    for secret in {part for part in found if len(part) >= 4}:
-        start = text.find(secret)
-        while start >= 0:
-            _mark(hidden, start, start + len(secret))
-            start = text.find(secret, start + 1)
+    # What a reading found is a password wherever else the text quotes it as a word (a
+    # tool's message that names a URL and then its password alone: `... (Twice888)`);
+    # not inside another word (`postgres` in `postgresql://`), and for a few only: a
+    # text of thousands would be searched as many times.
+    again = {part for part in found if len(part) >= 4}
+    for secret in again if len(again) <= 16 else ():
+        for match in re.finditer(rf"(?<!\w){re.escape(secret)}(?!\w)", text):
+            _mark(hidden, match.start(), match.end())
     return _shown_with(text, hidden)
 
 
@@ -342,8 +349,8 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 # eager for cicd-db's own messages (`the password: @ as %40`), it is for what another
 # program wrote, which may say anything (Pulumi's stderr).
 _KEYED_SECRET = re.compile(
-    r"(?i)\b(?:(?:ssl)?pass(?:word|wd|phrase)|pwd|secret|token)\b[\"']?\s*[:=]\s*"
-    r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;)]+)"
+    r"(?i)(?<![a-z0-9])(?:[\w-]*[_-])?(?:(?:ssl)?pass(?:word|wd|phrase)|pwd|secret|token)"
+    r"(?:[_-][\w-]*?)?(?![a-z0-9])[\"']?[ \t]*[:=][ \t]*(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;)]+)"
 )
 
 
@@ -397,6 +404,10 @@ def _password_spans(text: str) -> Iterator[tuple[int, int]]:
         spans = _credential_spans(token)
         for begin, end in [(0, len(token))] if spans is None else spans:
             yield start + begin, start + end
+    # libpq's other secret keywords and the usual misspellings, read apart: one reading
+    # may not take the text another needs (`pwd=password= x`).
+    for found in re.finditer(_OTHER_KEYWORDS, text):
+        yield found.span("secret")
     for found in re.finditer(_KEYWORD_PASSWORD, text):
         if found["head"] is not None:
             yield found.span("secret")

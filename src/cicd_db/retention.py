@@ -200,7 +200,7 @@ def prune(
     `pipeline` that has never recorded a run; ConfigError on a database without the
     execution tables.
     """
-    cursors.ready(conn, "retention")
+    cursors.ready(conn, "retention", alone=not dry_run)  # a dry run commits nothing
     check_range("keep_days", keep_days, MAX_KEEP_DAYS)
     check_range("batch_size", batch_size, MAX_BATCH_SIZE)
     check_name("pipeline", pipeline, optional=True)  # "" is never "every pipeline"

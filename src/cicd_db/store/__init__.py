@@ -116,7 +116,7 @@ __all__ = [
 class Store(Moves, Reads):
     """Reads and writes executions through one connection or a connection pool.
 
-    Connections must be in autocommit mode, at READ COMMITTED: every write opens its own
+    Connections must be in autocommit mode: every write opens its own
     transaction (inside one of the caller's, `conn.transaction()`, it commits or rolls
     back with it). Each call asks again (cursors.ready): a connection changed after it
     was handed over is refused before anything is written. Rows come back as tuples
