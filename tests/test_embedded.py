@@ -776,7 +776,7 @@ def test_a_start_cut_off_before_the_roles_get_new_passwords_gives_them_on_the_ne
         del state["app_password"]
         state_file.write_text(json.dumps(state))
 
-        def cut_off(self: EmbeddedServer, state: dict[str, object]) -> None:
+        def cut_off(self: EmbeddedServer, conn: object, state: dict[str, object]) -> None:
             raise KeyboardInterrupt
 
         with monkeypatch.context() as patched:

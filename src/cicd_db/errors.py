@@ -84,6 +84,16 @@ class CicdDbError(Exception):
         self.args = (self.phrased(lambda name: f"`{name}`"),)
         return self
 
+    def renamed(self, argument: str, to: str) -> CicdDbError:
+        """This error naming its `argument` as `to`: for a caller that took the value by
+        another name (report.fetch's `run` is the store's `run_number`; a URL given as
+        `--admin-url` is the target's `database_url`)."""
+        if argument in self.arguments:
+            self.template = self.template.replace(f"{{{argument}}}", f"{{{to}}}")
+            self.arguments = tuple(to if a == argument else a for a in self.arguments)
+            self.args = (self.phrased(lambda name: f"`{name}`"),)
+        return self
+
     def hiding(self, hide: Callable[[str], str]) -> CicdDbError:
         """This error with `hide` (a redaction) applied to its text, all of it but the
         fields of its arguments: for an error that quotes what it was given (a

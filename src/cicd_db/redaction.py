@@ -279,24 +279,23 @@ def password_candidates(text: str | None) -> list[str]:
 # Compiled when first used (re keeps them): a command that prints no URL and no error
 # does not pay for them at start-up.
 _URL_TOKEN = rf"(?ia)(?:{_SCHEME.pattern})\S*"  # ASCII space ends it
+# A keyword's value: quoted (in either quote mark), or up to white space or an &.
+_KEYWORD_VALUE = r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&]+)"
 _KEYWORD_PASSWORD = (
-    r"(?i)(?P<head>\bpassword\s*=\s*)"  # noqa: S105
-    r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&]+)"
+    r"(?i)(?P<head>\bpassword\s*=\s*)"
+    + _KEYWORD_VALUE
     # A quoted value after the word, as a tool's message, JSON or a Python dict quotes it:
     # `password "x"`, `"password": "x"`, `{'password': 'x'}`, `password: 'x'`, or right
     # after it (`password"x"`). The word alone, as in "password authentication failed",
     # is left, and so is prose that owns or quotes it (`the password's characters`,
     # `'password' is missing ... the server's`, `the 'password'.`): read as a quoted
     # value, such a line was cut to its next apostrophe.
-    r"|(?P<head2>\bpassword\b(?:[\"']?(?:\s*[:=]\s*|\s+)|(?!'s\b)(?=[\"'][^\s:=,.;)]))"
+    + r"|(?P<head2>\bpassword\b(?:[\"']?(?:\s*[:=]\s*|\s+)|(?!'s\b)(?=[\"'][^\s:=,.;)]))"
     r")(?P<quote>[\"'])(?:(?!(?P=quote))[^\\]|\\.)*(?P=quote)"
 )
 
 
-_OTHER_KEYWORDS = (
-    r"(?i)\b(?:sslpassword|passwd|pwd)\s*=\s*"
-    r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&]+)"
-)
+_OTHER_KEYWORDS = r"(?i)\b(?:sslpassword|passwd|pwd)\s*=\s*" + _KEYWORD_VALUE
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

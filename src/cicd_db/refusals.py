@@ -132,8 +132,7 @@ def _named_by(error: CicdDbError, argument: str) -> CicdDbError:
         return error
     error.template = error.template.replace(TARGET_PARAMETERS, f"({{{argument}}})")
     error.template = error.template.replace("{database_url} or DATABASE_URL", f"{{{argument}}}")
-    error.arguments = tuple(argument if a == "database_url" else a for a in error.arguments)
-    return error
+    return error.renamed("database_url", argument)
 
 
 def _connection_error(

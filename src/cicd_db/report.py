@@ -455,10 +455,7 @@ def fetch(
     try:
         return _fetch(executions, pipeline, run, stage, job, limit, before)
     except UsageError as refused:  # the store names the run `run_number`; here it is `run`
-        if "run_number" in refused.arguments:
-            refused.template = refused.template.replace("{run_number}", "{run}")
-            refused.arguments = tuple("run" if a == "run_number" else a for a in refused.arguments)
-        raise
+        raise refused.renamed("run_number", "run") from None
     except errors.UndefinedTable:
         raise no_schema(executions.tables_placement()) from None
     except errors.UndefinedColumn:

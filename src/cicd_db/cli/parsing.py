@@ -6,7 +6,6 @@ from the declarations (declared.py); and a parsed command line, a Call."""
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import math
 import re
@@ -358,7 +357,7 @@ def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = Fa
     taken = {each.dest for each in chosen.every_option}
     if stray := sorted(set(given) - taken):
         flags = ", ".join(flag(name) for name in stray)
-        name = chosen.name.removeprefix("migrate ") if only_migrate else chosen.name
+        name = _named(chosen, only_migrate)
         raise UsageError(f"`{name}` takes no {flags}; see `{prog} {name} --help`")
     for name, value in given.items():
         for text in value if isinstance(value, list) else [value]:
@@ -372,6 +371,19 @@ def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = Fa
 # -- errors, in this command line's words --------------------------------------------------
 
 
+def _nearest(slip: str, flags: Sequence[str]) -> str | None:
+    """The flag of `flags` a slip (`--locl`) most likely meant, if one is near."""
+    import difflib  # on a slip only: half a millisecond every start would pay
+
+    near = difflib.get_close_matches(slip, sorted(flags), n=1, cutoff=0.75)
+    return near[0] if near else None
+
+
+def _named(chosen: Command, only_migrate: bool) -> str:
+    """The command as its help names it (`up`, not `migrate up`, for scripts/migrate.py)."""
+    return chosen.name.removeprefix("migrate ") if only_migrate else chosen.name
+
+
 def _slip(argv: Sequence[str]) -> str | None:
     """`--pipline: did you mean --pipeline?` for the first flag of `argv` that no command
     takes and one it does is near; None if there is none."""
@@ -379,21 +391,21 @@ def _slip(argv: Sequence[str]) -> str | None:
     for word in argv:
         flag = word.split("=", 1)[0]
         if flag.startswith("--") and flag not in known:
-            near = difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.75)
-            return f"{flag}: did you mean {near[0]}?" if near else None
+            meant = _nearest(flag, list(known))
+            return f"{flag}: did you mean {meant}?" if meant else None
     return None
 
 
 def _unrecognized(unknown: list[str], chosen: Command, prog: str, only_migrate: bool) -> UsageError:
     """What the command does not take, with the help of that command (argparse named the
     program's) and the flag of its own nearest to a slip (`--locl`: `--local`)."""
-    name = chosen.name.removeprefix("migrate ") if only_migrate else chosen.name
     flags = [f for o in chosen.every_option for f in o.flags if f.startswith("--")]
     slip = next((u.split("=", 1)[0] for u in unknown if u.startswith("--")), None)
-    near = difflib.get_close_matches(slip, flags, n=1, cutoff=0.75) if slip else []
-    meant = f" (did you mean {near[0]}?)" if near else ""
+    meant = _nearest(slip, flags) if slip else None
+    said = f" (did you mean {meant}?)" if meant else ""
     return UsageError(
-        f"unrecognized arguments: {' '.join(unknown)}{meant}; see `{prog} {name} --help`"
+        f"unrecognized arguments: {' '.join(unknown)}{said}; "
+        f"see `{prog} {_named(chosen, only_migrate)} --help`"
     )
 
 

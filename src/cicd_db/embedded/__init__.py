@@ -172,7 +172,8 @@ class EmbeddedServer(Creating):
                 state = self._move_to_requested_port(state)
                 self._start(state["port"])
             if not state.get("bootstrapped"):
-                self._bootstrap(state)
+                with self._as_superuser(state) as conn:
+                    self._bootstrap(conn, state)
                 state["bootstrapped"] = True
                 self._write_state(state)
             missing = [key for key in ROLE_PASSWORD_KEYS.values() if key not in state]
@@ -184,7 +185,8 @@ class EmbeddedServer(Creating):
                 state[ROLES_SET] = False
                 self._write_state(state)
             if state.get(ROLES_SET) is False:
-                self._set_role_passwords(state)
+                with self._as_superuser(state) as conn:
+                    self._set_role_passwords(conn, state)
                 state[ROLES_SET] = True
                 self._write_state(state)
             return state
@@ -199,12 +201,9 @@ class EmbeddedServer(Creating):
             state = self._read_state()
             if state is None:  # moved away meanwhile: the next start makes it all
                 return Remade(database=False, roles=())
-            made = self._bootstrap(state)
-            roles = [name for name in made if name != LOCAL_DATABASE]
-            return Remade(
-                database=LOCAL_DATABASE in made,
-                roles=tuple(roles + self._set_role_passwords(state)),
-            )
+            with self._as_superuser(state) as conn:  # one connection for both
+                roles, database = self._bootstrap(conn, state)
+                return Remade(database, (*roles, *self._set_role_passwords(conn, state)))
 
     def stop(self) -> bool:
         """Stop the server; returns False when it was not running.

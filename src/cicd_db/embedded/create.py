@@ -197,60 +197,62 @@ class Creating(StateFile, PidFiles):
                 f"move {self.root} away (its data goes with it) to start afresh"
             ) from None
 
-    def _bootstrap(self, state: dict[str, Any]) -> list[str]:
+    def _bootstrap(
+        self, conn: psycopg.Connection[Any], state: dict[str, Any]
+    ) -> tuple[list[str], bool]:
         """Create ci_user and ci_local, with ci_user's role settings, LOGIN and
-        server.json's password; safe to repeat. Returns the names of what it made."""
+        server.json's password, over the superuser's `conn`; safe to repeat. Returns the
+        roles it made, and whether it made the database."""
         made = []
-        with self._as_superuser(state) as conn:
-            role = sql.Identifier(LOCAL_USER)
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [LOCAL_USER])
-            verb = "ALTER ROLE {} LOGIN PASSWORD {}"
-            if exists.fetchone() is None:
-                verb = "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD {}"
-                made.append(LOCAL_USER)
-            conn.execute(sql.SQL(verb).format(role, sql.Literal(state["password"])))
+        role = sql.Identifier(LOCAL_USER)
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [LOCAL_USER])
+        verb = "ALTER ROLE {} LOGIN PASSWORD {}"
+        if exists.fetchone() is None:
+            verb = "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD {}"
+            made.append(LOCAL_USER)
+        conn.execute(sql.SQL(verb).format(role, sql.Literal(state["password"])))
+        for name, value in LOCAL_ROLE_SETTINGS:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} SET {} TO {}").format(
+                    role, sql.Identifier(name), sql.Literal(value)
+                )
+            )
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [LOCAL_DATABASE])
+        made_database = exists.fetchone() is None
+        if made_database:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(LOCAL_DATABASE), role)
+            )
+        conn.execute(
+            sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(
+                sql.Identifier(LOCAL_DATABASE), role
+            )
+        )
+        return made, made_database
+
+    def _set_role_passwords(
+        self, conn: psycopg.Connection[Any], state: dict[str, Any]
+    ) -> list[str]:
+        """Create the writer and the reader, or give them LOGIN and server.json's passwords
+        (migration 0029 may have made them NOLOGIN), over the superuser's `conn`; safe to
+        repeat. Their privileges are the migration's grants, nothing here. Returns the
+        roles it made."""
+        made = []
+        for user, key in ROLE_PASSWORD_KEYS.items():
+            role, password = sql.Identifier(user), sql.Literal(state[key])
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [user])
+            verb = "ALTER" if exists.fetchone() else "CREATE"
+            if verb == "CREATE":
+                made.append(user)
+            conn.execute(
+                sql.SQL(
+                    verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
+                ).format(role, password)
+            )
             for name, value in LOCAL_ROLE_SETTINGS:
                 conn.execute(
                     sql.SQL("ALTER ROLE {} SET {} TO {}").format(
                         role, sql.Identifier(name), sql.Literal(value)
                     )
                 )
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [LOCAL_DATABASE])
-            if exists.fetchone() is None:
-                conn.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                        sql.Identifier(LOCAL_DATABASE), role
-                    )
-                )
-                made.append(LOCAL_DATABASE)
-            conn.execute(
-                sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(
-                    sql.Identifier(LOCAL_DATABASE), role
-                )
-            )
-        return made
-
-    def _set_role_passwords(self, state: dict[str, Any]) -> list[str]:
-        """Create the writer and the reader, or give them LOGIN and server.json's passwords
-        (migration 0029 may have made them NOLOGIN); safe to repeat. Their privileges
-        are the migration's grants, nothing here. Returns the roles it made."""
-        made = []
-        with self._as_superuser(state) as conn:
-            for user, key in ROLE_PASSWORD_KEYS.items():
-                role, password = sql.Identifier(user), sql.Literal(state[key])
-                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [user])
-                verb = "ALTER" if exists.fetchone() else "CREATE"
-                if verb == "CREATE":
-                    made.append(user)
-                conn.execute(
-                    sql.SQL(
-                        verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
-                    ).format(role, password)
-                )
-                for name, value in LOCAL_ROLE_SETTINGS:
-                    conn.execute(
-                        sql.SQL("ALTER ROLE {} SET {} TO {}").format(
-                            role, sql.Identifier(name), sql.Literal(value)
-                        )
-                    )
         return made

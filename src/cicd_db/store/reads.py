@@ -156,21 +156,22 @@ class Reads(Connected):
 
     def _no_run(self, pipeline_name: str, run_number: int) -> NotFound:
         """What a pipeline's runs are numbered, its oldest and its newest: retention
-        deletes the oldest, so "up to N" alone sent one looking below the first kept."""
-        newest = self.runs(pipeline_name, limit=1)
-        if not newest:
-            return no_runs(pipeline_name)
+        deletes the oldest, so "up to N" alone sent one looking below the first kept.
+        One read: both ends come off the (pipeline_name, run_number) index."""
         with self._connection() as conn:
             row = cursors.execute(
                 conn,
-                "SELECT min(run_number) FROM pipeline_executions WHERE pipeline_name = %s",
+                "SELECT min(run_number), max(run_number) FROM pipeline_executions "
+                "WHERE pipeline_name = %s",
                 [pipeline_name],
             ).fetchone()
-        oldest = row[0] if row and row[0] is not None else newest[0].run_number
+        if row is None or row[1] is None:
+            return no_runs(pipeline_name)
+        oldest, newest = row
         numbered = (
             f"its one run is {oldest}"
-            if oldest == newest[0].run_number
-            else f"its runs go from {oldest} to {newest[0].run_number}"
+            if oldest == newest
+            else f"its runs go from {oldest} to {newest}"
         )
         return NotFound(f"pipeline {pipeline_name!r} has no run {run_number}; {numbered}")
 
