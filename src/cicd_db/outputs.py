@@ -94,10 +94,7 @@ def _document_to(stream: object, data: bytes) -> None:
 def write_file(path: Path, text: str) -> None:
     """`text` into the file `path` as UTF-8 (see the module docstring). Raises OSError."""
     data = text.encode("utf-8")
-    try:
-        found: os.stat_result | None = os.stat(path)
-    except FileNotFoundError:
-        found = None
+    found = _found(path)
     if found is not None:
         if _is_stream(found, sys.stdout):  # `-o /dev/stdout`: as `-o -`, see lost_output
             _guarded(lambda: _document_to(sys.stdout, data))
@@ -108,9 +105,7 @@ def write_file(path: Path, text: str) -> None:
         if not _replaceable(path, found):
             _in_place(path, data)
             return
-    target = Path(os.path.realpath(path))  # a link's target, the link kept
-    # A short name: the file's own, 255 bytes long, leaves no room for more.
-    beside = target.with_name(f".cicd-db-{os.urandom(6).hex()}.tmp")  # no import
+    target, beside = _beside(path)
     try:
         # Private while it fills: the file's own mode is given once it is whole.
         descriptor = os.open(beside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -147,10 +142,7 @@ def check_writable(path: Path) -> None:
     --dump-schema`). The system decides, by the same opens (a file made beside it and
     removed, or the file opened as it stands): a folder, a missing folder, no right. A
     pipe or a device is not tried."""
-    try:
-        found: os.stat_result | None = os.stat(path)
-    except FileNotFoundError:
-        found = None
+    found = _found(path)
     if found is not None and stat.S_ISDIR(found.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     if found is not None and any(_is_stream(found, s) for s in (sys.stdout, sys.stderr)):
@@ -162,7 +154,7 @@ def check_writable(path: Path) -> None:
     if found is not None and not _replaceable(path, found):
         os.close(os.open(path, os.O_WRONLY))  # written in place: opened, not emptied
         return
-    beside = Path(os.path.realpath(path)).with_name(f".cicd-db-{os.urandom(6).hex()}.tmp")
+    _, beside = _beside(path)
     try:
         os.close(os.open(beside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as error:
@@ -171,6 +163,21 @@ def check_writable(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY))  # in place, as write_file would; not emptied
     else:
         beside.unlink()
+
+
+def _found(path: Path) -> os.stat_result | None:
+    """What is at `path` (a link followed), or None when nothing is."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _beside(path: Path) -> tuple[Path, Path]:
+    """The file `path` names (a link's target: the link is kept) and a new name beside
+    it to write first; a short one, as the file's own may leave no room for more."""
+    target = Path(os.path.realpath(path))
+    return target, target.with_name(f".cicd-db-{os.urandom(6).hex()}.tmp")
 
 
 def _same_group(descriptor: int, found: os.stat_result) -> bool:
