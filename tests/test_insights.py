@@ -432,10 +432,60 @@ def test_a_run_crossing_midnight_counts_on_the_day_it_started(
     long_test = (Job("unit", 3600),)
     pipeline = history(conn, Planned(at(2, 23.5), test=long_test))  # 23:30 to 00:31
     # The session's zone is the client's business: days are UTC days all the same.
-    for zone in ("UTC", "America/Los_Angeles", "Pacific/Kiritimati"):
+    for zone in ("UTC", "America/Los_Angeles", "Pacific/Kiritimati", "UTC+5", "UTC-5"):
         conn.execute(f"SET TimeZone = '{zone}'".encode())
         found = check(conn, pipeline, days=4)
         assert [(d.date, d.runs) for d in found.days if d.runs] == [(at(2).date(), 1)]
+
+
+# Zones a session may be in: names of the tz database, and POSIX forms, whose own
+# abbreviation PostgreSQL 18 reads before its table: under 'UTC+5' (five hours behind),
+# 'UTC' itself meant five hours behind in a query that named it.
+_ZONE_NAMES = (
+    "UTC",
+    "Etc/UTC",
+    "America/St_Johns",
+    "Asia/Kathmandu",
+    "Pacific/Chatham",
+    "Pacific/Kiritimati",
+    "Etc/GMT+12",
+    "America/Los_Angeles",
+    "EST5EDT",
+)
+SESSION_ZONES = st.one_of(
+    st.sampled_from(_ZONE_NAMES),
+    st.builds(
+        lambda name, hours, minutes: f"{name}{hours:+d}" + (f":{minutes:02d}" if minutes else ""),
+        st.sampled_from(("UTC", "GMT", "Z", "XYZ", "<+03>")),
+        st.integers(-14, 14),
+        st.sampled_from((0, 30, 45)),
+    ),
+)
+
+
+@given(zone=SESSION_ZONES)
+@settings(max_examples=examples(15))
+def test_days_and_the_window_are_utcs_in_any_session_time_zone(
+    conn: psycopg.Connection[Any], zone: str
+) -> None:
+    # A plan prepared under another zone would keep that zone's reading of a constant.
+    conn.prepare_threshold = None
+    conn.execute(b"SET TimeZone = 'UTC'")
+    pipeline = f"zones-{uuid.uuid4().hex[:8]}"
+    history(
+        conn,
+        Planned(at(0, 3)),  # 03:00 on the last day: in a one-day window
+        Planned(at(1, 23.5)),  # 23:30 the day before: out of it, in a two-day one
+        Planned(at(2, 0.5)),
+        pipeline=pipeline,
+    )
+    in_utc = [insights.insights(conn, pipeline, now=NOW, days=days) for days in (1, 2, 3)]
+    conn.execute(psycopg.sql.SQL("SET TimeZone = {}").format(psycopg.sql.Literal(zone)))
+    for days, expected in zip((1, 2, 3), in_utc, strict=True):
+        found = check(conn, pipeline, days=days)
+        assert found == expected, zone
+    assert [found.runs for found in in_utc] == [1, 2, 3]
+    assert in_utc[0].window.since == datetime.combine(NOW.date(), datetime.min.time(), UTC)
 
 
 def test_the_window_ends_at_now_and_starts_at_a_utc_midnight(

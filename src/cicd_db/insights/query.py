@@ -39,11 +39,15 @@ from cicd_db.insights.figures import (
 
 # -- the queries -------------------------------------------------------------------------
 
+# Days are UTC days, written `AT TIME ZONE interval '0'`: a zone's name is read first as
+# an abbreviation, and PostgreSQL 18 reads the session zone's own abbreviations before
+# its table, so under the POSIX zone 'UTC+5' (five hours behind) 'UTC' meant UTC-5.
+
 # The clock and the first midnight of the window (NULL for a window of runs).
 _BOUNDS: LiteralString = (
     "bounds AS (SELECT clock.until, CASE WHEN %(days)s::integer IS NOT NULL THEN "
-    "(date_trunc('day', clock.until AT TIME ZONE 'UTC') "
-    "- (%(days)s::integer - 1) * interval '1 day') AT TIME ZONE 'UTC' END AS since "
+    "(date_trunc('day', clock.until AT TIME ZONE interval '0') "
+    "- (%(days)s::integer - 1) * interval '1 day') AT TIME ZONE interval '0' END AS since "
     "FROM (SELECT coalesce(%(now)s::timestamptz, now()) AS until) AS clock)"
 )
 # Columns of a run as the figures need them: its time (start, or cancellation of a run
@@ -104,17 +108,17 @@ _DAY_FIGURES: LiteralString = (
 _DAY_SPAN: LiteralString = (
     "SELECT d::date AS day FROM bounds, (SELECT min(t) AS first, max(t) AS last FROM w "
     "WHERE t >= '0001-01-02 00:00+00') AS spans, generate_series("
-    "coalesce(bounds.since AT TIME ZONE 'UTC', greatest(spans.first AT TIME ZONE 'UTC', "
-    "spans.last AT TIME ZONE 'UTC' - %(span)s * interval '1 day'))::date::timestamp, "
-    "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE 'UTC')::date "
-    "ELSE (spans.last AT TIME ZONE 'UTC')::date END::timestamp, interval '1 day') AS d"
+    "coalesce(bounds.since AT TIME ZONE interval '0', greatest(spans.first AT TIME ZONE interval '0', "
+    "spans.last AT TIME ZONE interval '0' - %(span)s * interval '1 day'))::date::timestamp, "
+    "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE interval '0')::date "
+    "ELSE (spans.last AT TIME ZONE interval '0')::date END::timestamp, interval '1 day') AS d"
 )
 
 _ONE: LiteralString = (
     "WITH {bounds}, w AS MATERIALIZED ({window}), "
     "span AS ({day_span}), "
     "days AS (SELECT span.day, {day_figures} FROM span LEFT JOIN w "
-    "ON (w.t AT TIME ZONE 'UTC')::date = span.day GROUP BY span.day), "
+    "ON (w.t AT TIME ZONE interval '0')::date = span.day GROUP BY span.day), "
     # Failure streaks: finished runs (SUCCESS, FAILED) in run-number order, split
     # into islands of one status (gaps and islands); a FAILED island followed by
     # another island (necessarily SUCCESS) is a streak that ended.
@@ -203,12 +207,12 @@ _EACH: LiteralString = (
     "spans AS (SELECT pipeline_name, min(t) AS first, max(t) AS last FROM w "
     "WHERE t >= '0001-01-02 00:00+00' GROUP BY pipeline_name), "
     "span AS (SELECT spans.pipeline_name, d::date AS day FROM bounds, spans, generate_series("
-    "coalesce(bounds.since AT TIME ZONE 'UTC', greatest(spans.first AT TIME ZONE 'UTC', "
-    "spans.last AT TIME ZONE 'UTC' - %(span)s * interval '1 day'))::date::timestamp, "
-    "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE 'UTC')::date "
-    "ELSE (spans.last AT TIME ZONE 'UTC')::date END::timestamp, interval '1 day') AS d), "
+    "coalesce(bounds.since AT TIME ZONE interval '0', greatest(spans.first AT TIME ZONE interval '0', "
+    "spans.last AT TIME ZONE interval '0' - %(span)s * interval '1 day'))::date::timestamp, "
+    "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE interval '0')::date "
+    "ELSE (spans.last AT TIME ZONE interval '0')::date END::timestamp, interval '1 day') AS d), "
     "days AS (SELECT span.pipeline_name, span.day, {day_figures} FROM span LEFT JOIN w "
-    "ON w.pipeline_name = span.pipeline_name AND (w.t AT TIME ZONE 'UTC')::date = span.day "
+    "ON w.pipeline_name = span.pipeline_name AND (w.t AT TIME ZONE interval '0')::date = span.day "
     "GROUP BY span.pipeline_name, span.day), "
     # Each pipeline's days gathered once, by a GROUP BY: a subquery per pipeline would
     # read the whole window again for each (a second at 100 pipelines and 1M runs).
