@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from cicd_db import errors, retention
@@ -881,6 +882,7 @@ def test_any_history_loses_exactly_its_old_finished_runs_whole(
     )
     assert migrated.query("SELECT count(*) FROM stage_executions") == [(kept_stages,)]
     assert migrated.query("SELECT count(*) FROM job_executions") == [(kept_stages * 2,)]
+    foreign_keys_hold(migrated)
 
 
 @pytest.mark.db
@@ -997,6 +999,72 @@ def test_a_table_that_refers_to_old_runs_is_named_with_the_fix_not_run_again(
     )
     assert counts(migrated) == (1, 2, 6)
     whole(migrated)
+
+
+def foreign_keys_hold(database: Database) -> None:
+    """Every foreign key of the database, made again as pg_restore makes it (in a
+    transaction rolled back): PostgreSQL checks each row against what it refers to."""
+    keys = database.query(
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+        "FROM pg_constraint WHERE contype = 'f'"
+    )
+    assert keys
+    with database.connect() as conn:
+        for table, name, definition in keys:
+            with conn.transaction(force_rollback=True):
+                made = sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}, ADD CONSTRAINT {} {}").format(
+                    sql.SQL(str(table)),
+                    sql.Identifier(str(name)),
+                    sql.Identifier(str(name)),
+                    sql.SQL(str(definition)),
+                )
+                conn.execute(made)
+
+
+@pytest.mark.parametrize("where", ["options", "role"])
+def test_no_run_is_deleted_by_a_session_that_fires_no_cascade(
+    migrated: Database, executions: Store, where: str
+) -> None:
+    """Under session_replication_role = replica (a logical replication subscriber's
+    setting) PostgreSQL fires no trigger and no foreign key's ON DELETE CASCADE: the
+    runs' rollup rows would stay behind, referring to nothing (helper-118). A dry run
+    only counts, so it goes on."""
+    for days in (40, 41, 1):
+        record(executions, "build", days_ago=days)
+    options = "-c session_replication_role=replica"
+    if where == "role":
+        migrated.execute(
+            sql.SQL("ALTER ROLE {} IN DATABASE {} SET session_replication_role = replica").format(
+                sql.Identifier(migrated.settings.user), sql.Identifier(migrated.name)
+            )
+        )
+        options = ""
+    try:
+        with psycopg.connect(
+            migrated.settings.conninfo(), autocommit=True, options=options
+        ) as conn:
+            assert retention.prune(conn, keep_days=30, dry_run=True).runs == 2
+            with pytest.raises(ConfigError) as refused:
+                retention.prune(conn, keep_days=30)
+    finally:
+        migrated.execute(
+            sql.SQL("ALTER ROLE {} IN DATABASE {} RESET session_replication_role").format(
+                sql.Identifier(migrated.settings.user), sql.Identifier(migrated.name)
+            )
+        )
+    said = str(refused.value)
+    assert said.startswith(
+        "retention deletes no run under session_replication_role = replica: PostgreSQL "
+        "then fires no trigger and no ON DELETE CASCADE, so rows that refer to the runs "
+        "deleted would stay behind; nothing was deleted; session_replication_role is replica "
+    ), said
+    assert ("connection's options" in said) == (where == "options"), said
+    assert ("ALTER ROLE" in said) == (where == "role"), said
+    assert counts(migrated) == (3, 6, 18)
+    with migrated.connect() as conn:
+        retention.prune(conn, keep_days=30)
+    assert counts(migrated) == (1, 2, 6)
+    foreign_keys_hold(migrated)
 
 
 @pytest.mark.parametrize(

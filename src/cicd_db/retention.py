@@ -58,6 +58,7 @@ from cicd_db.errors import (
     no_schema,
     older_schema,
     plural,
+    setting_advice,
     setting_behind,
     where_set,
 )
@@ -138,7 +139,9 @@ def _candidates(pipeline: str | None) -> sql.Composed:
 CUTOFF = (
     "SELECT now() - make_interval(hours => %s), (SELECT a.atttypid = 'timestamptz'::regtype "
     "FROM pg_catalog.pg_attribute a WHERE a.attrelid = 'pipeline_executions'::regclass "
-    "AND a.attname = 'completion_time')"
+    "AND a.attname = 'completion_time'), "
+    "(SELECT source FROM pg_catalog.pg_settings WHERE name = 'session_replication_role' "
+    "AND setting = 'replica')"
 )
 COUNT_RUNS = sql.SQL("SELECT count(*), 0, 0 FROM ({candidates}) runs")
 COUNT = sql.SQL(
@@ -226,6 +229,8 @@ def prune(
         assert row is not None  # noqa: S101 - a SELECT of one value returns one row
         if not row[1]:
             raise older_schema("completion_time is not a timestamp with time zone")
+        if row[2] is not None and not dry_run:
+            raise _fires_no_cascade(conn, str(row[2]))
         params: dict[str, Any] = {"cutoff": row[0], "pipeline": pipeline}
         candidates = _candidates(pipeline)
         # A dry run counts everything; a real one only the runs, for the progress bar.
@@ -294,6 +299,27 @@ def prune(
             f"{_stopped(done, batch_was)}; run again to go on"
         ) from None
     return replace(done, seconds=time.monotonic() - started)
+
+
+def _fires_no_cascade(conn: psycopg.Connection[Any], source: str) -> ConfigError:
+    """Under session_replication_role = replica (a logical replication subscriber's, or a
+    restore's) PostgreSQL fires no trigger, and so no foreign key's ON DELETE CASCADE:
+    the deleted runs' rollups, and any row of a table added beside the schema that
+    refers to them, would stay behind referring to nothing."""
+    info = conn.info
+    where = setting_advice(
+        "session_replication_role",
+        "replica",
+        source,
+        database=sql.Identifier(info.dbname).as_string(conn),
+        role=sql.Identifier(info.user).as_string(conn),
+    )
+    return ConfigError(
+        "retention deletes no run under session_replication_role = replica: PostgreSQL "
+        "then fires no trigger and no ON DELETE CASCADE, so rows that refer to the runs "
+        "deleted would stay behind; nothing was deleted; "
+        f"{where or 'set it to origin for this session'}"
+    )
 
 
 def _cancelled(cut: psycopg.Error, stopped: str) -> OperationalError:

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cicd_db.migrations import failures
+from cicd_db import errors
 from cicd_db.settings import ConnectionSettings
 
 from ..fix_cli import migrate
@@ -390,7 +390,7 @@ def test_a_setting_is_told_by_where_pg_settings_says_it_was_set(
 ) -> None:
     """Each source pg_settings reports: where it was set and what undoes it, with the
     names as SQL writes them; a default is nobody's to undo."""
-    advice = failures.setting_advice(
+    advice = errors.setting_advice(
         "statement_timeout", "300ms", source, database='"my db"', role='"Mé"'
     )
     if undo is None:

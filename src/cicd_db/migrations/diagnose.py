@@ -13,14 +13,19 @@ import psycopg
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
-from cicd_db.errors import SUSPECTED, MigrationFailed, setting_behind, setting_suspected
+from cicd_db.errors import (
+    SUSPECTED,
+    MigrationFailed,
+    setting_advice,
+    setting_behind,
+    setting_suspected,
+)
 from cicd_db.migrations.failures import (
     RETRIED_SQLSTATES,
     Transient,
     abridge,
     describe_failure,
     first_line,
-    setting_advice,
 )
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.history_table import SCHEMA, TABLE, shown

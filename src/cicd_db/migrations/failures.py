@@ -144,33 +144,3 @@ def describe_failure(
         f"{'at its commit' if line is None else f'at line {line}'}: {message}{code}; "
         f"{rolled_back}; {advice}"
     )
-
-
-def setting_advice(name: str, value: str, source: str, *, database: str, role: str) -> str | None:
-    """Where setting `name` (now `value`) was set, by pg_settings' `source`, and what
-    undoes it; `database` and `role` as SQL names. None for a source no one can undo
-    here (the default)."""
-    now = f"{name} is {value or repr('')}"
-    return {
-        "database": f"{now} for database {database}, set by ALTER DATABASE (perhaps by a "
-        f"migration): undo it with ALTER DATABASE {database} RESET {name}",
-        "user": f"{now} for role {role}, set by ALTER ROLE (perhaps by a migration): "
-        f"undo it with ALTER ROLE {role} RESET {name}",
-        "database user": f"{now} for role {role} in database {database}, set by ALTER ROLE "
-        f"(perhaps by a migration): undo it with ALTER ROLE {role} IN DATABASE {database} "
-        f"RESET {name}",
-        "global": f"{now} for every role, set by ALTER ROLE ALL (perhaps by a migration): "
-        f"undo it with ALTER ROLE ALL RESET {name}",
-        "configuration file": f"{now} in the server's configuration (postgresql.conf or "
-        "ALTER SYSTEM): change it there",
-        "command line": f"{now} on the server's command line: change it there",
-        "client": f"{now} in the connection's options (the URL's, the service's or "
-        "PGOPTIONS): change it there",
-        # Not the file's (setting_source looked): set as the session began, after its
-        # options and the role's and database's settings, which only a login event
-        # trigger does (PostgreSQL 17+).
-        "session": f"{now} for this session, set as it began, not by the file: by a login event "
-        "trigger (perhaps made by a migration; pg_event_trigger lists those with evtevent "
-        "'login'): disable it with ALTER EVENT TRIGGER ... DISABLE, or make it leave "
-        f"{name} alone",
-    }.get(source)
