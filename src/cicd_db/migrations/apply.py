@@ -208,7 +208,7 @@ class Applier(Verdicts):
                 RESET_BEFORE_COMMIT,
                 history_table.PINNED,
                 integrity.transaction_check(begun),
-                integrity.lock_check(self.session.lock_key),
+                integrity.lock_check(self.session.lock_key, self.session.server_pid),
                 history.insert_row(self.conn, migration, duration_ms=None),
                 FIRE_DEFERRED,
                 integrity.recorded_check(
@@ -285,7 +285,7 @@ class Applier(Verdicts):
         finish = b"; ".join(
             [
                 history_table.PINNED,
-                integrity.lock_check(self.session.lock_key),
+                integrity.lock_check(self.session.lock_key, self.session.server_pid),
                 history.insert_row(self.conn, migration, duration_ms=duration_ms),
                 FIRE_DEFERRED,
                 integrity.recorded_check(

@@ -19,6 +19,18 @@ RETRIED_SQLSTATES = {
 DEFAULT_RETRIES = 10  # retries of one file (retry.RetryPolicy)
 DEFAULT_RETRY_BUDGET = 120.0  # seconds, over all the retries of one run
 
+# A pooler that lends server sessions a transaction or a statement at a time (lock.own_sessions).
+SHARED_SESSIONS = (
+    "the database is reached through a connection pooler that hands a connection's "
+    "statements to several server sessions (transaction or statement pooling: PgBouncer's "
+    "pool_mode = transaction, a cloud provider's pooled port), where the migration lock "
+    "and the runner's session would not hold"
+)
+THROUGH_A_SESSION = (
+    "migrate through the server's own address, or the pooler's session mode "
+    "(PgBouncer's pool_mode = session, Supabase's port 5432)"
+)
+
 
 class Transient(Exception):
     """A file failed because of other sessions; the runner retries it."""

@@ -38,6 +38,7 @@ from cicd_db.sqltext import found_lowered
 # transaction, its lock, then the history's.
 CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"
 CHECK_RECORDED, CHECK_HISTORY, CHECK_SECOND = "CDB03", "CDB04", "CDB05"
+CHECK_MOVED = "CDB06"  # the file ran in another server session than the work session's
 
 
 def transaction_check(begun: PGresult) -> bytes:
@@ -54,9 +55,12 @@ def transaction_check(begun: PGresult) -> bytes:
     )
 
 
-def lock_check(key: int | None) -> bytes:
-    """A check that the runner's lock is still held by its session: a file could have
-    ended that session (pg_terminate_backend), and another runner be at work.
+def lock_check(key: int | None, pid: int | None = None) -> bytes:
+    """A check that the file ran in the work session's own server session (`pid`: a
+    pooler that lends server sessions a transaction at a time could have run it in
+    another, outside the lock: lock.own_sessions), and that the runner's lock is still
+    held by its session: a file could have ended that session (pg_terminate_backend),
+    and another runner be at work.
 
     The lock session holds a key of this run's own (`key`, drawn at random: the
     Session's `lock_key`) beside the runner's lock, so the question is one lookup,
@@ -65,9 +69,15 @@ def lock_check(key: int | None) -> bytes:
     included: a quarter of a millisecond a file.) If it may, the key is held only until
     the check's error ends the statement or the transaction.
     """
+    moved = (
+        b"IF pg_catalog.pg_backend_pid() <> %d THEN RAISE EXCEPTION 'the file ran in another "
+        b"server session' USING ERRCODE = '%s'; END IF; " % (pid, CHECK_MOVED.encode())
+        if pid is not None
+        else b""
+    )
     return (
-        b"DO $cicd_db$BEGIN IF pg_catalog.pg_try_advisory_xact_lock_shared(%d) THEN "
-        b"RAISE EXCEPTION 'the runner''s lock was lost' USING ERRCODE = '%s'; END IF; "
+        b"DO $cicd_db$BEGIN " + moved + b"IF pg_catalog.pg_try_advisory_xact_lock_shared(%d) "
+        b"THEN RAISE EXCEPTION 'the runner''s lock was lost' USING ERRCODE = '%s'; END IF; "
         b"END$cicd_db$" % (key or 0, CHECK_LOCK.encode())
     )
 

@@ -19,9 +19,9 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from cicd_db.errors import LockTimeout, OperationalError
+from cicd_db.errors import ConfigError, LockTimeout, OperationalError
 from cicd_db.libpq import params_in_use
-from cicd_db.migrations.failures import first_line
+from cicd_db.migrations.failures import SHARED_SESSIONS, THROUGH_A_SESSION, first_line
 from cicd_db.migrations.session import LOCK_KEY, WORK_KEY, Session
 
 DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a runner waits for another to finish
@@ -29,9 +29,18 @@ POLL_SECONDS = 0.05
 # The lock's own session sits idle while files run: a database's or role's
 # idle_session_timeout must not end it (and the lock with it).
 LOCK_SESSION_OPTIONS = "-c idle_session_timeout=0"
-# The work mark, taken and given back by a work session (WORK_KEY).
-_MARK = "SELECT pg_catalog.pg_advisory_lock_shared(%s)"
+# The work mark, taken and given back by a work session (WORK_KEY); taking it says
+# which server session took it.
+_MARK = "SELECT pg_catalog.pg_advisory_lock_shared(%s), pg_catalog.pg_backend_pid()"
 _UNMARK = "SELECT pg_catalog.pg_advisory_unlock_shared(%s)"
+# The server session a statement ran in.
+_WHO = "SELECT pg_catalog.pg_backend_pid()"
+# A statement of the lock session that takes or gives back a lock, run only in the server
+# session that began it (a pooler could hand it to another client's session, which would
+# keep the lock after the runner is gone): NULL anywhere else.
+_IN_ITS_SESSION = "SELECT CASE WHEN pg_catalog.pg_backend_pid() = %s THEN {} END"
+
+
 # Draws each run's own key (below): random, so no other session takes it by chance.
 RUN_KEYS = random.SystemRandom()
 
@@ -54,24 +63,30 @@ def held(session: Session, timeout: float) -> Iterator[None]:
             "server's max_connections may be too low)"
         ) from None
     try:
+        own = own_sessions(session.conn, holder)
         deadline = time.monotonic() + timeout
         for key in (LOCK_KEY, WORK_KEY):
-            while not _try_lock(holder, key):
+            while not _try_lock(holder, own, key):
                 if time.monotonic() >= deadline:
                     raise LockTimeout(
-                        f"another migration runner held the lock for {timeout:g} "
-                        "s; wait for it to finish, or raise {lock_timeout}",
+                        f"another migration runner held the lock for {timeout:g} s"
+                        f"{_holders(holder)}; wait for it to finish, or raise {{lock_timeout}}",
                         arguments=["lock_timeout"],
                     )
                 time.sleep(POLL_SECONDS)
         # A key no other session takes: while the lock session holds it, the lock
         # session is alive, and so holds the runner's lock (integrity.lock_check).
         run_key = RUN_KEYS.randrange(1, 2**63)
-        holder.execute(
-            "SELECT pg_catalog.pg_advisory_unlock(%s), pg_catalog.pg_advisory_lock(%s)",
+        swapped = _in_its_session(
+            holder,
+            own,
+            "ARRAY[pg_catalog.pg_advisory_unlock(%s)::text, "
+            "pg_catalog.pg_advisory_lock(%s)::text] IS NOT NULL",
             [WORK_KEY, run_key],
         )
-        session.conn.execute(_MARK, [WORK_KEY])
+        if swapped is None:
+            raise ConfigError(f"{SHARED_SESSIONS}; nothing was run; {THROUGH_A_SESSION}")
+        mark(session)
         session.lock_key = run_key
         try:
             yield
@@ -82,9 +97,97 @@ def held(session: Session, timeout: float) -> Iterator[None]:
                     session.conn.execute(_UNMARK, [WORK_KEY])
             if not holder.broken:
                 with contextlib.suppress(psycopg.OperationalError):
-                    holder.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [LOCK_KEY])
+                    _in_its_session(holder, own, "pg_catalog.pg_advisory_unlock(%s)", [LOCK_KEY])
     finally:
         holder.close()  # ends its session, and the lock with it
+
+
+def own_sessions(work: psycopg.Connection[Any], holder: psycopg.Connection[Any]) -> int:
+    """The lock session's server session (its pid), once each of the runner's two
+    connections is known to be a server session of its own for as long as it lasts;
+    ConfigError, before any lock is taken, for a pooler that lends server sessions a
+    transaction or a statement at a time.
+
+    A connection straight to PostgreSQL is told the id of its server session as it opens
+    (BackendKeyData): the same as pg_backend_pid(). A pooler or proxy between gives an id
+    of its own. Then each connection is asked again, in turn: a pooler that lends a
+    server session per transaction gives the next to ask the one just given back
+    (PgBouncer lends its idle sessions last in, first out), so one connection is seen
+    in two sessions, or two connections in one. A pooler's session mode keeps each
+    connection in its own. Other clients of the pooler can hide the lending in these
+    few turns: the check in each file's transaction (integrity.lock_check) then stops the
+    first file that runs in another session than the work session's.
+    """
+    first = (_pid(work), _pid(holder))
+    if first == (work.info.backend_pid, holder.info.backend_pid):
+        return first[1]
+    seen = [first, (_pid(work), _pid(holder)), (_pid(work), _pid(holder))]
+    works, holders = {w for w, _ in seen}, {h for _, h in seen}
+    if len(works) > 1 or len(holders) > 1 or works & holders:
+        raise ConfigError(f"{SHARED_SESSIONS}; nothing was run; {THROUGH_A_SESSION}")
+    return first[1]
+
+
+def mark(session: Session) -> None:
+    """Take the work mark on the work session, and note the server session it runs in,
+    which each file's transaction must run in (integrity.lock_check)."""
+    row = session.conn.execute(_MARK, [WORK_KEY]).fetchone()
+    session.server_pid = int(row[1]) if row else None
+
+
+def _pid(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(_WHO).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _in_its_session(
+    holder: psycopg.Connection[Any], own: int, statement: str, params: list[int]
+) -> bool | None:
+    """`statement` (a boolean expression) in the lock session's own server session:
+    its value, or None where the connection was handed to another one."""
+    query = _IN_ITS_SESSION.format(statement)
+    row = holder.execute(query.encode(), [own, *params]).fetchone()
+    return None if row is None or row[0] is None else bool(row[0])
+
+
+def _holders(holder: psycopg.Connection[Any]) -> str:
+    """Who holds the runner's lock or work mark, for a lock timeout's message: the
+    sessions, with what the server says of them (an idle session of a pooler kept the
+    lock of a runner gone through it, and holds it until it is ended)."""
+    with contextlib.suppress(psycopg.Error):
+        rows = holder.execute(
+            HOLDERS, [LOCK_KEY >> 32, [LOCK_KEY & 0xFFFF_FFFF, WORK_KEY & 0xFFFF_FFFF]]
+        ).fetchall()
+        if rows:
+            sessions = "; ".join(
+                f"pid {pid}" + "".join(f", {part}" for part in parts if part)
+                for pid, *parts in rows
+            )
+            pids = ", ".join(str(row[0]) for row in rows)
+            end = (
+                f"SELECT pg_terminate_backend({pids})"
+                if len(rows) == 1
+                else f"pg_terminate_backend on each of {pids}"
+            )
+            return f" (held by {sessions}; if no runner is at work, end it with {end})"
+    return ""
+
+
+# The sessions that hold the runner's lock or work mark: an advisory lock of one bigint
+# key is in pg_locks as its high and low halves (classid, objid) and objsubid 1. What
+# pg_stat_activity shows of another role's session (its state, its client) may be NULL.
+HOLDERS = (
+    "SELECT DISTINCT l.pid, 'user ' || a.usename, "
+    "CASE WHEN a.application_name <> '' THEN 'application ' || a.application_name END, "
+    "CASE WHEN a.client_addr IS NOT NULL THEN 'from ' || host(a.client_addr) END, "
+    "CASE WHEN a.state IS NOT NULL THEN a.state || ' since ' "
+    "|| to_char(a.state_change AT TIME ZONE interval '0', 'YYYY-MM-DD HH24:MI:SS') || ' UTC' END "
+    "FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_catalog.pg_database "
+    "WHERE datname = pg_catalog.current_database()) AND l.classid = %s::bigint::oid "
+    "AND l.objid = ANY(%s::bigint[]::oid[]) AND l.objsubid = 1 AND l.granted "
+    "AND l.pid <> pg_catalog.pg_backend_pid() ORDER BY 1"
+)
 
 
 def renew(session: Session) -> None:
@@ -104,18 +207,19 @@ def renew(session: Session) -> None:
         ) from None
     new.prepare_threshold = None
     try:
-        new.execute(_MARK, [WORK_KEY])
+        row = new.execute(_MARK, [WORK_KEY]).fetchone()
     except BaseException:  # a setting the file left may cut it (a 1 ms statement_timeout)
         new.close()
         raise
     old = session.conn
     if session.given is None:
-        session.given = old
+        session.given, session.given_pid = old, session.server_pid
         with contextlib.suppress(psycopg.OperationalError):
             old.execute(_UNMARK, [WORK_KEY])
     else:
         old.close()  # the runner's own, from an earlier renewal
     session.conn = new
+    session.server_pid = int(row[1]) if row else None
 
 
 def restore(session: Session) -> None:
@@ -125,19 +229,22 @@ def restore(session: Session) -> None:
         return
     session.conn.close()
     session.given, session.conn = None, given
+    session.server_pid = session.given_pid
     with contextlib.suppress(psycopg.OperationalError):
         given.execute(_MARK, [WORK_KEY])
 
 
-def _try_lock(holder: psycopg.Connection[Any], key: int) -> bool:
+def _try_lock(holder: psycopg.Connection[Any], own: int, key: int) -> bool:
     try:
-        row = holder.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", [key]).fetchone()
+        taken = _in_its_session(holder, own, "pg_catalog.pg_try_advisory_lock(%s)", [key])
     except psycopg.OperationalError as error:
         raise OperationalError(
             f"lost the connection that takes the migration lock: {first_line(error)}; "
             "check that the server is up, and run again"
         ) from None
-    return bool(row and row[0])
+    if taken is None:
+        raise ConfigError(f"{SHARED_SESSIONS}; nothing was run; {THROUGH_A_SESSION}")
+    return taken
 
 
 def conninfo_in_use(conn: psycopg.Connection[Any], *, lock: bool = False) -> str:

@@ -235,7 +235,9 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
         ) from None
     # The next file starts with the session as the first did, as in a real run; and
     # the rehearsal goes on only while the runner's lock is still held.
-    reset = session.simple(RESET_SESSION + b"; " + integrity.lock_check(session.lock_key))
+    reset = session.simple(
+        RESET_SESSION + b"; " + integrity.lock_check(session.lock_key, session.server_pid)
+    )
     failed = next((r for r in reset if r.status == ExecStatus.FATAL_ERROR), None)
     cause = None if failed is None else session.error(failed).diag
     if cause is not None and cause.sqlstate != integrity.CHECK_LOCK and not session.lost:

@@ -13,7 +13,12 @@ from psycopg.pq.abc import PGresult
 
 from cicd_db.errors import MigrationFailed
 from cicd_db.migrations import diagnose, history, history_table, integrity
-from cicd_db.migrations.failures import RETRIED_SQLSTATES, Transient, first_line
+from cicd_db.migrations.failures import (
+    RETRIED_SQLSTATES,
+    THROUGH_A_SESSION,
+    Transient,
+    first_line,
+)
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.integrity import CHECK_LOCK, CHECK_MARK
 from cicd_db.migrations.session import Session
@@ -77,7 +82,7 @@ class Verdicts:
             return
         error = self.session.error(failed)
         state = error.diag.sqlstate or ""
-        if state in (CHECK_MARK, CHECK_LOCK, integrity.CHECK_SECOND):
+        if state in (CHECK_MARK, CHECK_LOCK, integrity.CHECK_MOVED, integrity.CHECK_SECOND):
             raise MigrationFailed(self._why(migration, state, committed=committed))
         if state in (integrity.CHECK_RECORDED, integrity.CHECK_HISTORY):
             # No row, or not the history expected: a rule or an identity added to the
@@ -240,6 +245,9 @@ class Verdicts:
             CHECK_LOCK: "ran while the runner's lock was lost (the session that holds it ended: "
             "pg_terminate_backend, or a lost connection), so another runner could have run at "
             "the same time",
+            integrity.CHECK_MOVED: "ran in another server session than the runner's, outside "
+            "its lock: a connection pooler between lends server sessions a transaction at a "
+            "time (transaction pooling)",
             integrity.CHECK_RECORDED: "left no history row (a trigger on the history table?)",
             integrity.CHECK_HISTORY: "changed the migration history (TRUNCATE, DELETE, UPDATE, "
             "an ALTER TABLE that rewrites it or makes it UNLOGGED, or another table in its "
@@ -253,6 +261,8 @@ class Verdicts:
         done = self._done(migration, committed, ended=check == CHECK_MARK)
         if check == CHECK_LOCK:
             fix = "check what ended that session (a statement in the file, or the server), and run again"
+        elif check == integrity.CHECK_MOVED:
+            fix = THROUGH_A_SESSION
         elif check == CHECK_HISTORY_GONE and not migration.transactional:
             # Committed: a run that finds no history makes an empty one and applies every
             # file again. (A transactional file's DROP or RENAME is rolled back with it.)

@@ -1,0 +1,93 @@
+"""The runner behind a real PgBouncer: a pooler that lends server sessions a transaction
+or a statement at a time is refused before anything runs, whatever its address; one that
+keeps a session per connection is migrated through as PostgreSQL itself is (helper-117)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cicd_db.migrations import failures, lock
+
+from ..fix_cli import migrate
+from ..fix_db import Database
+from ..fix_pooler import pgbouncer
+from ..utils import write_migrations
+from .shared import THREE
+
+NO_TRANSACTION = {
+    **THREE,
+    "0004_index.sql": "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY people_name ON people (name);\n",
+}
+ADVISORY_LOCKS = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+
+
+def no_advisory_locks(database: Database) -> None:
+    """No session of the server holds an advisory lock in `database` (a pooled server
+    session that kept the runner's would hold up every later run)."""
+    assert database.query(ADVISORY_LOCKS + " AND database = (SELECT oid FROM pg_database "
+                          "WHERE datname = current_database())") == [(0,)]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@pytest.mark.parametrize("command", [(), ("--rehearse",)], ids=["up", "rehearse"])
+def test_a_pooler_that_lends_sessions_is_refused_before_anything_runs(
+    database: Database, tmp_path: Path, mode: str, command: tuple[str, ...]
+) -> None:
+    folder = write_migrations(tmp_path, NO_TRANSACTION)
+    with pgbouncer(database, mode) as pooled:
+        for _ in range(3):  # as often as it is tried: no lock is left behind to wait for
+            code, out, err = migrate(pooled, folder, "up", *command, "--lock-timeout", "2")
+            assert (code, out) == (2, ""), err
+            assert (
+                err
+                == f"error: {failures.SHARED_SESSIONS}; nothing was run; {failures.THROUGH_A_SESSION}\n"
+            )
+    assert database.query("SELECT to_regnamespace('cicd_db')") == [(None,)]
+    assert database.tables() == set()
+    no_advisory_locks(database)
+    # Straight to the server, the same files apply.
+    code, _, err = migrate(database, folder, "up")
+    assert (code, err) == (0, "")
+    assert database.history() == [1, 2, 3, 4]
+
+
+def test_through_a_pooler_that_keeps_a_session_each_files_apply_as_straight_to_the_server(
+    database: Database, tmp_path: Path
+) -> None:
+    folder = write_migrations(tmp_path, NO_TRANSACTION)
+    with pgbouncer(database, "session") as pooled:
+        code, out, err = migrate(pooled, folder, "up")
+        assert (code, err) == (0, ""), err
+        assert "applied 4 migrations" in out
+        code, out, err = migrate(pooled, folder, "up")
+        assert (code, err) == (0, "")
+    assert database.history() == [1, 2, 3, 4]
+    assert database.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'people_name'::regclass") == [(True,)]  # fmt: skip
+    no_advisory_locks(database)
+
+
+def test_a_file_that_runs_in_another_server_session_is_rolled_back_and_named(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other clients of a pooler can hide its lending from the check before the lock is
+    taken; each file's own check then stops the first file that runs elsewhere. Here
+    the work session is made to note another server session than its own."""
+    folder = write_migrations(tmp_path, THREE)
+    monkeypatch.setattr(
+        lock,
+        "_MARK",
+        "SELECT pg_catalog.pg_advisory_lock_shared(%s), pg_catalog.pg_backend_pid() + 1",
+    )
+    code, out, err = migrate(database, folder, "up")
+    assert (code, out) == (1, "")
+    assert err == (
+        "error: migration 0001_people.sql ran in another server session than the runner's, "
+        "outside its lock: a connection pooler between lends server sessions a transaction "
+        "at a time (transaction pooling); it was rolled back, and it is not recorded; "
+        f"{failures.THROUGH_A_SESSION}\n"
+    )
+    assert database.history() == []
+    assert "people" not in database.tables()
+    no_advisory_locks(database)
