@@ -440,6 +440,15 @@ def setting_advice(name: str, value: str, source: str, *, database: str, role: s
     }.get(source)
 
 
+# What PgBouncer says of a transaction in its statement mode, and what that means here.
+STATEMENT_POOLING = "transaction blocks not allowed in statement pooling mode"
+STATEMENT_POOLING_FIX = (
+    "the target is a connection pooler in statement mode (PgBouncer's pool_mode = "
+    "statement), which runs no transaction of more than one statement, and cicd-db needs "
+    "them; connect to PostgreSQL itself, or to the pooler's session or transaction mode"
+)
+
+
 def where_set(setting: str) -> str:
     """Where to look for a session setting that stopped a statement, for messages."""
     return (

@@ -242,6 +242,13 @@ def _server_refused(settings: ConnectionSettings, detail: str, user: str) -> Cic
             f"{where}: {detail}; fix the options parameter of the URL (?options=-c ...) "
             "or PGOPTIONS"
         )
+    if re.match(r"unsupported startup parameter", detail):  # PgBouncer's
+        return ConfigError(
+            f"{where}: {detail}; a connection pooler (PgBouncer) passes on only the start-up "
+            "parameters it is told to, and cicd-db sends its session's settings in options: "
+            "connect to PostgreSQL itself, or add options to the pooler's "
+            "ignore_startup_parameters (cicd-db then sets again what its reports need)"
+        )
     if re.match(SERVER_BUSY, detail):
         return ConnectionFailed(
             f"{where} refused the connection: {detail}; it is at a connection limit: wait for "

@@ -46,6 +46,8 @@ from psycopg.pq import TransactionStatus
 
 from cicd_db import cursors
 from cicd_db.errors import (
+    STATEMENT_POOLING,
+    STATEMENT_POOLING_FIX,
     ConfigError,
     Interrupted,
     NotFound,
@@ -294,6 +296,10 @@ def prune(
         ) from None
     except psycopg.OperationalError as lost:
         done, batch_was = _settled(conn, done, flight, started)
+        if STATEMENT_POOLING in str(lost):
+            raise ConfigError(
+                f"{STATEMENT_POOLING}: {STATEMENT_POOLING_FIX}; {_stopped(done, batch_was)}"
+            ) from None
         raise OperationalError(
             f"retention lost its connection ({str(lost).strip().splitlines()[0]}); "
             f"{_stopped(done, batch_was)}; run again to go on"

@@ -41,6 +41,8 @@ from cicd_db.cli import declared  # noqa: F401 - registers the commands parsing 
 from cicd_db.cli.parsing import COMMANDS, Call, Option, build, flag, parse
 from cicd_db.commands import Context
 from cicd_db.errors import (
+    STATEMENT_POOLING,
+    STATEMENT_POOLING_FIX,
     CicdDbError,
     NotFound,
     interrupt_exit_code,
@@ -181,6 +183,9 @@ def main(
                 context,
                 debug,
             )
+        elif STATEMENT_POOLING in first:
+            _print_error(f"database error: {first}; {STATEMENT_POOLING_FIX}", context, debug)
+            return 2
         elif error.sqlstate in ENCODING_FIXES:
             # Text the database's encoding cannot hold, or bytes stored that are no text in
             # it: running again fails the same way.
