@@ -16,7 +16,7 @@ import pytest
 
 from .utils import examples
 
-pytest_plugins = ["tests.fix_db", "tests.fix_cli"]
+pytest_plugins = ["tests.fix_db", "tests.fix_cli", "tests.fix_standby"]
 
 # Property-based tests: no deadline (two shared cores make timings noisy), and in CI
 # a fixed seed, so a run is repeatable; locally each run draws new examples.

@@ -440,6 +440,14 @@ def setting_advice(name: str, value: str, source: str, *, database: str, role: s
     }.get(source)
 
 
+# A server in recovery (a hot standby) takes no writes: its read-only transactions are
+# none of a setting's doing, nor a file's.
+STANDBY = (
+    "the server is a standby (in recovery), where nothing can be written; nothing was run; "
+    "connect to its primary (with several hosts in the URL, add "
+    "target_session_attrs=read-write)"
+)
+
 # What PgBouncer says of a transaction in its statement mode, and what that means here.
 STATEMENT_POOLING = "transaction blocks not allowed in statement pooling mode"
 STATEMENT_POOLING_FIX = (

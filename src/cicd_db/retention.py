@@ -46,6 +46,7 @@ from psycopg.pq import TransactionStatus
 
 from cicd_db import cursors
 from cicd_db.errors import (
+    STANDBY,
     STATEMENT_POOLING,
     STATEMENT_POOLING_FIX,
     ConfigError,
@@ -143,7 +144,7 @@ CUTOFF = (
     "FROM pg_catalog.pg_attribute a WHERE a.attrelid = 'pipeline_executions'::regclass "
     "AND a.attname = 'completion_time'), "
     "(SELECT source FROM pg_catalog.pg_settings WHERE name = 'session_replication_role' "
-    "AND setting = 'replica')"
+    "AND setting = 'replica'), pg_catalog.pg_is_in_recovery()"
 )
 COUNT_RUNS = sql.SQL("SELECT count(*), 0, 0 FROM ({candidates}) runs")
 COUNT = sql.SQL(
@@ -231,6 +232,8 @@ def prune(
         assert row is not None  # noqa: S101 - a SELECT of one value returns one row
         if not row[1]:
             raise older_schema("completion_time is not a timestamp with time zone")
+        if row[3] and not dry_run:
+            raise ConfigError(STANDBY.replace("nothing was run", "nothing was deleted"))
         if row[2] is not None and not dry_run:
             raise _fires_no_cascade(conn, str(row[2]))
         params: dict[str, Any] = {"cutoff": row[0], "pipeline": pipeline}

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from cicd_db.errors import ConfigError, LockTimeout, OperationalError
+from cicd_db.errors import STANDBY, ConfigError, LockTimeout, OperationalError
 from cicd_db.libpq import params_in_use
 from cicd_db.migrations.failures import SHARED_SESSIONS, THROUGH_A_SESSION, first_line
 from cicd_db.migrations.session import LOCK_KEY, WORK_KEY, Session
@@ -35,6 +35,8 @@ _MARK = "SELECT pg_catalog.pg_advisory_lock_shared(%s), pg_catalog.pg_backend_pi
 _UNMARK = "SELECT pg_catalog.pg_advisory_unlock_shared(%s)"
 # The server session a statement ran in.
 _WHO = "SELECT pg_catalog.pg_backend_pid()"
+# ... and, first, whether that server takes writes at all.
+_FIRST = "SELECT pg_catalog.pg_backend_pid(), pg_catalog.pg_is_in_recovery()"
 # A statement of the lock session that takes or gives back a lock, run only in the server
 # session that began it (a pooler could hand it to another client's session, which would
 # keep the lock after the runner is gone): NULL anywhere else.
@@ -118,7 +120,10 @@ def own_sessions(work: psycopg.Connection[Any], holder: psycopg.Connection[Any])
     few turns: the check in each file's transaction (integrity.lock_check) then stops the
     first file that runs in another session than the work session's.
     """
-    first = (_pid(work), _pid(holder))
+    row = work.execute(_FIRST).fetchone()
+    if row is not None and row[1]:
+        raise ConfigError(STANDBY)
+    first = (int(row[0]) if row else 0, _pid(holder))
     if first == (work.info.backend_pid, holder.info.backend_pid):
         return first[1]
     seen = [first, (_pid(work), _pid(holder)), (_pid(work), _pid(holder))]
