@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import assume as hypothesis_assume
 from hypothesis import strategies as st
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from cicd_db import errors, insights, report, retention, store
@@ -61,7 +62,23 @@ def snapshot(database: Database) -> list[tuple[object, ...]]:
     )
 
 
-def test_concurrent_writers_get_every_number_once(schema: Database) -> None:
+# A database's default isolation (ALTER DATABASE ... SET default_transaction_isolation),
+# which the store's writes run under: stricter ones make the server refuse a write that
+# met another (40001), which the store runs again, so every outcome is READ COMMITTED's.
+ISOLATIONS = ["read committed", "repeatable read", "serializable"]
+
+
+def isolated(database: Database, isolation: str) -> None:
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET default_transaction_isolation = {}").format(
+            sql.Identifier(database.name), sql.Literal(isolation)
+        )
+    )
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_concurrent_writers_get_every_number_once(schema: Database, isolation: str) -> None:
+    isolated(schema, isolation)
     with ConnectionPool(
         schema.settings.conninfo(), min_size=8, max_size=32, open=True, kwargs={"autocommit": True}
     ) as pool:
@@ -521,8 +538,10 @@ def race(database: Database, spec: Race) -> list[tuple[Trial, object, object]]:
     return results
 
 
+@pytest.mark.parametrize("isolation", ISOLATIONS)
 @pytest.mark.parametrize("name", list(RACES))
-def test_racing_writers_leave_no_orphans(schema: Database, name: str) -> None:
+def test_racing_writers_leave_no_orphans(schema: Database, name: str, isolation: str) -> None:
+    isolated(schema, isolation)
     spec = RACES[name]
     broken = []
     for trial, first, second in race(schema, spec):
@@ -536,6 +555,26 @@ def test_racing_writers_leave_no_orphans(schema: Database, name: str) -> None:
         if left := orphans(schema, trial.run):
             broken.append(left)
     assert not broken, f"{len(broken)} of {TRIALS} trials left orphans, e.g. {broken[0]}"
+
+
+@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
+def test_a_write_refused_for_serialization_inside_the_callers_transaction_is_the_callers(
+    schema: Database, isolation: str
+) -> None:
+    """Another writer moved the job after the caller's transaction took its snapshot:
+    the server refuses the move (40001) and the transaction is over, so the store passes
+    the error on rather than run the move again; alone, the same move is refused as
+    READ COMMITTED refuses it (the races above run the store's own retries)."""
+    isolated(schema, isolation)
+    with schema.connect() as mine, schema.connect() as theirs:
+        job = Store.on(mine).add_job(_running(Store.on(mine), "nothing").stage, "unit")
+        with pytest.raises(psycopg.errors.SerializationFailure), mine.transaction():
+            mine.execute("SELECT count(*) FROM job_executions")  # the snapshot
+            Store.on(theirs).set_status(job, RUNNING)
+            Store.on(mine).set_status(job, RUNNING)
+        assert mine.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with pytest.raises(IllegalTransition, match="is RUNNING and cannot move to RUNNING"):
+            Store.on(mine).set_status(job, RUNNING)
 
 
 def _waiting_on_a_lock(database: Database, pid: int) -> bool:

@@ -67,6 +67,7 @@ from cicd_db.errors import (
     check_name,
     check_time,
 )
+from cicd_db.store.connected import retried
 from cicd_db.store.moves import Moves
 from cicd_db.store.reads import Reads, tables_placement
 from cicd_db.store.rows import (
@@ -124,6 +125,7 @@ class Store(Moves, Reads):
     connection (`connected`) are the classes it builds on.
     """
 
+    @retried
     def start_run(self, pipeline_name: str, commit_hash: str) -> PipelineRun:
         """Record a new run, PENDING, with the pipeline's next run number. Writes."""
         check_name("pipeline_name", pipeline_name)
@@ -139,6 +141,7 @@ class Store(Moves, Reads):
             raise RuntimeError("the database returned no row for an INSERT ... RETURNING")
         return PipelineRun(PENDING, None, None, added[0], pipeline_name, added[1], commit_hash)
 
+    @retried
     def add_stage(self, run: PipelineRun | UUID, stage_name: str, execution_order: int) -> StageRun:
         """Add a PENDING stage to an unfinished run. Writes.
 
@@ -182,6 +185,7 @@ class Store(Moves, Reads):
             )
         return StageRun(PENDING, None, None, added[0], run_id, stage_name, execution_order)
 
+    @retried
     def add_jobs(self, stage: StageRun | UUID, jobs: Sequence[tuple[str, bool]]) -> list[JobRun]:
         """Add PENDING jobs, (name, allows_failure) each, to an unfinished stage. Writes."""
         check_row("stage", stage, StageRun, by_id=True)
@@ -240,6 +244,7 @@ class Store(Moves, Reads):
         """Add one PENDING job to an unfinished stage. Writes."""
         return self.add_jobs(stage, [(job_name, allows_failure)])[0]
 
+    @retried
     def set_statuses(
         self, jobs: Sequence[JobRun], status: str, *, at: datetime | None = None
     ) -> list[JobRun]:
@@ -309,6 +314,7 @@ class Store(Moves, Reads):
             )
         return [moved(job, status, *times[job.id]) for job in jobs]
 
+    @retried
     def set_status(self, row: Row, status: str, *, at: datetime | None = None) -> Row:
         """Move a run, stage or job to `status`; `at` defaults to the database's now(). Writes.
 
@@ -325,16 +331,19 @@ class Store(Moves, Reads):
             return self._cancel(row, at)
         return self._finish(row, at, status)
 
+    @retried
     def finish_stage(self, stage: StageRun, *, at: datetime | None = None) -> StageRun:
         """Finish a RUNNING stage with the status its jobs give it. Writes."""
         check_row("stage", stage, StageRun)
         return self._finish(stage, at)
 
+    @retried
     def finish_run(self, run: PipelineRun, *, at: datetime | None = None) -> PipelineRun:
         """Finish a RUNNING run with the status its stages give it. Writes."""
         check_row("run", run, PipelineRun)
         return self._finish(run, at)
 
+    @retried
     def cancel_run(self, run: PipelineRun, *, at: datetime | None = None) -> PipelineRun:
         """Cancel a run and every stage and job of it that has not finished. Writes."""
         check_row("run", run, PipelineRun)

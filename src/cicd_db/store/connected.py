@@ -4,18 +4,56 @@ base of `Store`; the moves and the reads build on it."""
 
 from __future__ import annotations
 
+import functools
+import itertools
+import random
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from uuid import UUID
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 
 from cicd_db import cursors
 from cicd_db.errors import NotFound, UsageError
 from cicd_db.store.rows import TABLES, Row
+
+# A database or role may make every transaction REPEATABLE READ or SERIALIZABLE
+# (default_transaction_isolation); the server then refuses a write that met another
+# writer's (40001, serialization_failure) where READ COMMITTED would have waited and read
+# the row again. A store call is a transaction of its own, nothing of which was kept:
+# it is run again from the start, as the server asks, with a growing random pause, and
+# its outcome is READ COMMITTED's (a move another writer made first is then refused as
+# such). Not inside the caller's own transaction, which the failure has ended: that one
+# is the caller's to run again, and the error is passed on.
+SERIALIZATION_RETRIES = 30
+_PAUSES = random.Random()  # noqa: S311 - pauses, not secrets
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def retried(method: Method) -> Method:
+    """`method` of a store, run again when the server refused it for serialization."""
+
+    @functools.wraps(method)
+    def call(self: Connected, *args: Any, **kwargs: Any) -> Any:
+        for attempt in itertools.count(1):
+            try:
+                return method(self, *args, **kwargs)
+            except psycopg.errors.SerializationFailure:
+                conn = self._conn
+                if attempt > SERIALIZATION_RETRIES or (
+                    conn is not None and conn.info.transaction_status != TransactionStatus.IDLE
+                ):
+                    raise
+                time.sleep(_PAUSES.uniform(0, 0.0005 * 2 ** min(attempt, 8)))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return call  # type: ignore[return-value]
 
 
 class Connected:
