@@ -30,6 +30,8 @@ from unittest import mock
 
 import psycopg
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from cicd_db import errors, schema
@@ -40,7 +42,7 @@ from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import Run, migrate, run_cli
 from .fix_db import Database, Databases
-from .utils import PgDumpCall, pg_dump_calls, write_migrations
+from .utils import PgDumpCall, examples, pg_dump_calls, write_migrations
 
 READER = "cicd_db_test_schema_reader"
 
@@ -747,3 +749,44 @@ def test_two_majors_holding_one_schema_show_no_drift_and_a_change_still_shows(
             )
         if not was_running:
             other.stop()
+
+
+# Entries of a search_path a role or a database may carry: the system's schemas first
+# (a hardening guide's `pg_catalog, public`), the role's own, one that does not exist.
+PATH_ENTRIES = ["pg_catalog", "pg_temp", "public", '"$user"', "nowhere"]
+
+
+@pytest.mark.slow
+@given(path=st.lists(st.sampled_from(PATH_ENTRIES), unique=True, min_size=1, max_size=4))
+@example(path=["pg_catalog", "public"])
+@example(path=["pg_temp", "public"])
+@example(path=["pg_catalog"])
+@settings(max_examples=examples(4))
+def test_drift_is_read_where_the_files_make_their_objects_whatever_the_search_path(
+    databases: Databases, migrated_template: str, path: list[str]
+) -> None:
+    """The live schema is the first the search_path names that a file's objects could be
+    made in: never pg_catalog or a temporary schema, which a hardened search_path may put
+    first (`pg_catalog, public` reported 6,715 objects of pg_catalog as drift). With
+    public in the path, no drift, against the files or another database; with none, one
+    line (helper-118)."""
+    live, other = databases.create(migrated_template), databases.create(migrated_template)
+    try:
+        live.execute(
+            sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}").format(
+                sql.Identifier(live.settings.user),
+                sql.Identifier(live.name),
+                sql.SQL(", ").join(map(sql.SQL, path)),
+            )
+        )
+        for args in ((), ("--against", other.url)):
+            code, out, err = run_cli("schema", "diff", "--database-url", live.url, *args)
+            if "public" in path:
+                assert (code, err) == (0, ""), (path, args, out, err)
+                assert out.endswith(": no drift\n"), out
+            else:
+                assert (code, out) == (2, ""), (path, args, err)
+                assert err == "error: no schema is on the search_path; set search_path and retry\n"
+    finally:
+        databases.drop(live)
+        databases.drop(other)

@@ -96,7 +96,9 @@ def scratch_path(setting: str, live: str, scratch: str) -> sql.Composable:
     file pins (`SET search_path FROM CURRENT`) reads the same in the scratch copy."""
     entries = re.findall(r'"(?:[^"]|"")*"|[^,\s]+', setting)
     named = [e[1:-1].replace('""', '"') if e.startswith('"') else e.lower() for e in entries]
-    if live not in named:  # reached through "$user" only: the scratch schema goes first
+    if live not in named or named[0] == "pg_catalog" or named[0].startswith("pg_temp"):
+        # Reached through "$user" only, or after pg_catalog or pg_temp, where a file's
+        # objects would go if the scratch schema took the live one's place: first.
         return sql.SQL(", ").join([sql.Identifier(scratch), *map(sql.SQL, entries)])
     return sql.SQL(", ").join(
         sql.Identifier(scratch) if name == live else sql.SQL(entry)
@@ -104,8 +106,19 @@ def scratch_path(setting: str, live: str, scratch: str) -> sql.Composable:
     )
 
 
+# The first schema of the session's search_path that a file's objects could be made in:
+# not pg_catalog (where nothing may be created) nor a temporary schema, which a search_path
+# may name first (`pg_catalog, public`, a hardened role's; `pg_temp, ...`).
+_LIVE = (
+    "SELECT p.name FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) "
+    "WITH ORDINALITY AS p (name, n) WHERE p.name OPERATOR(pg_catalog.<>) 'pg_catalog' "
+    "AND p.name OPERATOR(pg_catalog.!~) '^pg_temp_[0-9]+$' ORDER BY p.n LIMIT 1"
+)
+
+
 def current_schema(conn: psycopg.Connection[Any]) -> str:
-    row = conn.execute("SELECT current_schema()").fetchone()
+    """The schema migrations make their objects in, by the session's search_path."""
+    row = conn.execute(_LIVE).fetchone()
     if row is None or row[0] is None:
         raise ConfigError("no schema is on the search_path; set search_path and retry")
     return str(row[0])
