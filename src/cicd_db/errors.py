@@ -362,6 +362,9 @@ class Placement(NamedTuple):
     schema: str
     search_path: str
     visible: bool
+    # Where the search_path was set and what undoes it, when pg_settings says (None: the
+    # server's default, or not known).
+    set_where: str | None = None
 
 
 def no_schema(placed: Placement | None = None) -> ConfigError:
@@ -373,13 +376,17 @@ def no_schema(placed: Placement | None = None) -> ConfigError:
     if placed is not None and placed.visible:
         return older_schema()
     if placed is not None:
-        schema, path, _ = placed
+        schema, path, _, where = placed
+        if where is None:
+            where = (
+                "one a migration or a person left on the database or the role? (pg_settings' "
+                "source for search_path tells where it is set); reset it there (ALTER "
+                "DATABASE ... RESET search_path)"
+            )
         return ConfigError(
             f"the execution tables are in schema {schema}, which this session's search_path "
-            f"({path}) does not reach: one a migration or a person left on the database or "
-            "the role? (pg_settings' source for search_path tells where it is set); reset it "
-            f"there (ALTER DATABASE ... RESET search_path), or add {schema} to the target's "
-            "options (`?options=-c search_path=...`)"
+            f"({path}) does not reach: {where}; or add {schema} to the target's options "
+            "(`?options=-c search_path=...`)"
         )
     return ConfigError(
         "no cicd-db schema here (no execution tables): apply the migrations "

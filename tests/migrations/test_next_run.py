@@ -863,6 +863,27 @@ def test_reading_commands_name_a_search_path_that_hides_the_tables(
         assert result.code == 2, result
         assert line.startswith("error: the execution tables are in schema public, which "), line
         assert "apply the migrations" not in line, line
+        assert "for database" in line and "ALTER DATABASE" in line, line
+
+
+def test_reading_commands_name_a_search_path_the_connection_gave(migrated: Database) -> None:
+    """Given by the URL's options (or PGOPTIONS), the search_path is named as theirs, not
+    as one a migration left on the database or the role (helper-118)."""
+    base = migrated.settings.url()
+    url = base + ("&" if "?" in base else "?") + "options=-c%20search_path%3Dpg_temp"
+    for command in (
+        ["report", "--pipeline", "p"],
+        ["insights", "--pipeline", "p"],
+        ["retention", "--keep-days", "1", "--dry-run"],
+    ):
+        result = run_cli(*command, "--database-url", url)
+        assert (result.code, result.out) == (2, ""), result
+        assert result.err == (
+            "error: the execution tables are in schema public, which this session's "
+            "search_path (pg_temp) does not reach: search_path is pg_temp in the "
+            "connection's options (the URL's, the service's or PGOPTIONS): change it there; "
+            "or add public to the target's options (`?options=-c search_path=...`)\n"
+        )
 
 
 @pytest.mark.parametrize(

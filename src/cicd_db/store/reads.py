@@ -8,10 +8,11 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from cicd_db import cursors
-from cicd_db.errors import NotFound, Placement, UsageError, check_name
+from cicd_db.errors import NotFound, Placement, UsageError, check_name, setting_advice
 from cicd_db.store.connected import Connected
 from cicd_db.store.rows import (
     INT8_MAX,
@@ -188,11 +189,23 @@ def tables_placement(conn: psycopg.Connection[Any]) -> Placement | None:
         row = cursors.execute(
             conn,
             "SELECT n.nspname, pg_catalog.current_setting('search_path'), "
-            "pg_catalog.pg_table_is_visible(c.oid) "
+            "pg_catalog.pg_table_is_visible(c.oid), (SELECT source FROM pg_catalog.pg_settings "
+            "WHERE name = 'search_path'), pg_catalog.current_database(), current_user "
             "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
             "ON n.oid = c.relnamespace WHERE c.relname = 'pipeline_executions' "
             "AND c.relkind IN ('r', 'p') ORDER BY 3 DESC, 1 LIMIT 1",
         ).fetchone()
     except psycopg.Error:
         return None
-    return Placement(str(row[0]), str(row[1]), bool(row[2])) if row else None
+    if row is None:
+        return None
+    schema, path, visible, source, database, role = row
+    # Where the search_path was set, and what undoes it (errors.setting_advice).
+    where = setting_advice(
+        "search_path",
+        str(path),
+        str(source),
+        database=sql.Identifier(str(database)).as_string(conn),
+        role=sql.Identifier(str(role)).as_string(conn),
+    )
+    return Placement(str(schema), str(path), bool(visible), where)
