@@ -697,3 +697,38 @@ def test_a_cell_shortened_never_takes_more_than_its_width(
     monkeypatch.setattr(sys, "stdout", stdout)
     for text in ("abcdefgh", "日本語のステージ名", "p🚀" * 5):
         assert display_width(report.fit(text, width)) <= width, (text, report.fit(text, width))
+
+
+@pytest.mark.parametrize("copied", ["pipeline_executions", "job_executions"])
+def test_a_table_that_hides_one_of_cicd_dbs_is_named_not_read(
+    migrated: Database, copied: str
+) -> None:
+    """An empty table of an execution table's name in the role's own schema, which the
+    default search_path ("$user", public) reads first: report, insights and retention
+    read it ("pipeline 'build' has no runs" of a pipeline with one), and retention
+    deleted from it (helper-118). Named, exit 2, nothing read or deleted."""
+    with migrated.connect() as conn:
+        Store.on(conn).cancel_run(Store.on(conn).start_run("build", "c1"))
+    user = migrated.settings.user
+    migrated.execute(f'CREATE SCHEMA "{user}"; CREATE TABLE "{user}".{copied} (LIKE public.{copied})')  # fmt: skip
+    read = (
+        f"pipeline_executions from schema {user}; stage_executions, job_executions from "
+        "schema public"
+        if copied == "pipeline_executions"
+        else f"pipeline_executions, stage_executions from schema public; job_executions "
+        f"from schema {user}"
+    )
+    for command in (
+        ("report", "--pipeline", "build"),
+        ("insights", "--pipeline", "build"),
+        ("retention", "--keep-days", "1"),
+    ):
+        code, out, err = run_cli(*command, "--database-url", migrated.url)
+        assert (code, out) == (2, ""), (command, err)
+        assert err == (
+            f"error: this session's search_path (\"$user\", public) reads cicd-db's tables "
+            f"from more than one schema ({read}): a table of one of their names hides "
+            "cicd-db's; drop or rename it, or set a search_path that reaches cicd-db's "
+            "schema first\n"
+        ), (command, err)
+    assert migrated.query("SELECT count(*) FROM public.pipeline_executions") == [(1,)]

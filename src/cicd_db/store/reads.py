@@ -12,7 +12,14 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from cicd_db import cursors
-from cicd_db.errors import NotFound, Placement, UsageError, check_name, setting_advice
+from cicd_db.errors import (
+    ConfigError,
+    NotFound,
+    Placement,
+    UsageError,
+    check_name,
+    setting_advice,
+)
 from cicd_db.store.connected import Connected
 from cicd_db.store.rows import (
     INT8_MAX,
@@ -209,3 +216,37 @@ def tables_placement(conn: psycopg.Connection[Any]) -> Placement | None:
         role=sql.Identifier(str(role)).as_string(conn),
     )
     return Placement(str(schema), str(path), bool(visible), where)
+
+
+# The schema this session reads each execution table from (to_regclass goes by the
+# search_path), in the order of their names.
+_READ_FROM = (
+    "SELECT t.name, n.nspname FROM (VALUES (1, 'pipeline_executions'), (2, "
+    "'stage_executions'), (3, 'job_executions')) AS t (n, name) "
+    "LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(t.name) "
+    "LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ORDER BY t.n"
+)
+
+
+def check_read_from_one_schema(conn: psycopg.Connection[Any]) -> None:
+    """ConfigError when the session's search_path reads the execution tables from more
+    than one schema: a table of one of their names in a schema the search_path reaches
+    first (a role's own, named like it: the default search_path's "$user") hides
+    cicd-db's, and reading it gave wrong answers (an empty copy made "no runs" of a
+    pipeline with 45). A whole copy of the three, in one schema, is read as the schema."""
+    rows = cursors.execute(conn, _READ_FROM).fetchall()
+    by_schema: dict[str, list[str]] = {}
+    for name, schema in rows:
+        if schema is not None:
+            by_schema.setdefault(str(schema), []).append(str(name))
+    if len(by_schema) < 2:
+        return
+    read = "; ".join(
+        f"{', '.join(names)} from schema {schema}" for schema, names in by_schema.items()
+    )
+    path = cursors.execute(conn, "SELECT pg_catalog.current_setting('search_path')").fetchone()
+    raise ConfigError(
+        f"this session's search_path ({path[0] if path else ''}) reads cicd-db's tables from "
+        f"more than one schema ({read}): a table of one of their names hides cicd-db's; "
+        "drop or rename it, or set a search_path that reaches cicd-db's schema first"
+    )
