@@ -1164,3 +1164,27 @@ def test_a_writer_refused_another_right_on_a_current_schema_is_told_the_right(
         "role ci_app lacks a right retention needs (SELECT, UPDATE and DELETE on the "
         "execution tables): permission denied for table pipeline_executions"
     ), str(denied.value)
+
+
+def test_a_dry_run_cut_by_the_sessions_timeout_says_nothing_of_deleting_or_batches(
+    migrated: Database,
+) -> None:
+    """A dry run counts in one statement: a lock_timeout that cuts it is named with where
+    to look, without "nothing was deleted" or a smaller batch size (helper-118)."""
+    with migrated.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE pipeline_executions IN ACCESS EXCLUSIVE MODE")
+        try:
+            result = run_cli(
+                "retention", "--keep-days", "30", "--dry-run", "--database-url", migrated.url,
+                env={"PGOPTIONS": "-c lock_timeout=50"},
+            )  # fmt: skip
+        finally:
+            holder.execute("ROLLBACK")
+    assert (result.code, result.out) == (1, ""), result.err
+    assert result.err == (
+        "error: retention's statement was cancelled (canceling statement due to lock timeout); "
+        "nothing was counted; lock_timeout stopped it, set for this session by the role, the "
+        "database, the server or the connection's options (pg_settings' source for "
+        "lock_timeout tells which; perhaps a migration left it): raise it there, and run again\n"
+    )

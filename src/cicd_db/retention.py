@@ -253,7 +253,9 @@ def prune(
             f"interrupted; {_so_far(None)}; run again", exit_code=interrupt_exit_code(interrupt)
         ) from None
     except (errors.QueryCanceled, errors.LockNotAvailable) as cut:  # the session's settings
-        raise _cancelled(cut, _so_far(None)) from None
+        raise _cancelled(
+            cut, "nothing was counted" if dry_run else _so_far(None), dry_run
+        ) from None
     found = int(counts[0])
     if dry_run:
         runs, stages, jobs = (int(n) for n in counts)
@@ -331,7 +333,7 @@ def _fires_no_cascade(conn: psycopg.Connection[Any], source: str) -> ConfigError
     )
 
 
-def _cancelled(cut: psycopg.Error, stopped: str) -> OperationalError:
+def _cancelled(cut: psycopg.Error, stopped: str, dry_run: bool = False) -> OperationalError:
     """A statement cut by a statement_timeout or lock_timeout (a role's, database's or
     PGOPTIONS's setting) or pg_cancel_backend: the connection is fine, and running again
     meets the same setting, which is named where it is known."""
@@ -343,10 +345,14 @@ def _cancelled(cut: psycopg.Error, stopped: str) -> OperationalError:
     # set themselves (`migrate new` writes `SET lock_timeout`), which is not the session's.
     if isinstance(cut, errors.LockNotAvailable):
         setting = "lock_timeout"
+    # A dry run counts in one statement, whatever the batch size.
+    smaller = "" if dry_run else ", or give a smaller {batch_size}"
     fix = (
         where_set(setting).replace("{", "{{").replace("}", "}}")
-        + ": raise it there, or give a smaller {batch_size}, and run again"
+        + f": raise it there{smaller}, and run again"
         if setting
+        else "run again"
+        if dry_run
         else "run again to go on"
     )
     return OperationalError(
