@@ -37,10 +37,13 @@ def needs_pgbouncer() -> str:
 
 
 @contextmanager
-def pgbouncer(database: Database, mode: str, *, ignore_options: bool = True) -> Iterator[Database]:
+def pgbouncer(
+    database: Database, mode: str, *, ignore_options: bool = True, pool_size: int = 10
+) -> Iterator[Database]:
     """`database` through a PgBouncer in pool_mode `mode` (session, transaction or
-    statement), as its own user and password; with `ignore_options` False, PgBouncer's
-    default, which refuses a connection that sends startup `options`."""
+    statement), as its own user and password, `pool_size` server sessions at most; with
+    `ignore_options` False, PgBouncer's default, which refuses a connection that sends
+    startup `options`."""
     program = needs_pgbouncer()
     settings = database.settings
     account = pgprocess.server_account()  # PgBouncer will not run as root either
@@ -53,7 +56,7 @@ def pgbouncer(database: Database, mode: str, *, ignore_options: bool = True) -> 
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = scram-sha-256\nauth_file = {folder / 'users.txt'}\n"
-        f"pool_mode = {mode}\nmax_client_conn = 100\ndefault_pool_size = 10\n"
+        f"pool_mode = {mode}\nmax_client_conn = 100\ndefault_pool_size = {pool_size}\n"
         f"ignore_startup_parameters = {ignored}\n"
         f"logfile = {folder / 'pgbouncer.log'}\n"
     )

@@ -32,7 +32,10 @@ LOCK_SESSION_OPTIONS = "-c idle_session_timeout=0"
 # The work mark, taken and given back by a work session (WORK_KEY); taking it says
 # which server session took it.
 _MARK = "SELECT pg_catalog.pg_advisory_lock_shared(%s), pg_catalog.pg_backend_pid()"
-_UNMARK = "SELECT pg_catalog.pg_advisory_unlock_shared(%s)"
+_UNMARK = (
+    "SELECT CASE WHEN pg_catalog.pg_backend_pid() = %s "
+    "THEN pg_catalog.pg_advisory_unlock_shared(%s) END"
+)
 # The server session a statement ran in.
 _WHO = "SELECT pg_catalog.pg_backend_pid()"
 # ... and, first, whether that server takes writes at all.
@@ -66,42 +69,63 @@ def held(session: Session, timeout: float) -> Iterator[None]:
         ) from None
     try:
         own = own_sessions(session.conn, holder)
+        holder.execute(_HOLD)
         deadline = time.monotonic() + timeout
-        for key in (LOCK_KEY, WORK_KEY):
-            while not _try_lock(holder, own, key):
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(
-                        f"another migration runner held the lock for {timeout:g} s"
-                        f"{_holders(holder)}; wait for it to finish, or raise {{lock_timeout}}",
-                        arguments=["lock_timeout"],
-                    )
-                time.sleep(POLL_SECONDS)
+        while not _try_lock(holder, own, LOCK_KEY) or not _work_done(holder, own):
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"another migration runner held the lock for {timeout:g} s"
+                    f"{_holders(holder)}; wait for it to finish, or raise {{lock_timeout}}",
+                    arguments=["lock_timeout"],
+                )
+            time.sleep(POLL_SECONDS)
         # A key no other session takes: while the lock session holds it, the lock
         # session is alive, and so holds the runner's lock (integrity.lock_check).
         run_key = RUN_KEYS.randrange(1, 2**63)
-        swapped = _in_its_session(
-            holder,
-            own,
-            "ARRAY[pg_catalog.pg_advisory_unlock(%s)::text, "
-            "pg_catalog.pg_advisory_lock(%s)::text] IS NOT NULL",
-            [WORK_KEY, run_key],
-        )
-        if swapped is None:
-            raise ConfigError(f"{SHARED_SESSIONS}; nothing was run; {THROUGH_A_SESSION}")
+        if not _try_lock(holder, own, run_key):
+            raise OperationalError(f"another session holds the run's own key {run_key}; run again")
         mark(session)
         session.lock_key = run_key
         try:
             yield
         finally:
             session.lock_key = None
-            if session.end_transaction():
+            pid = session.server_pid
+            if session.end_transaction() and pid is not None:
                 with contextlib.suppress(psycopg.OperationalError):
-                    session.conn.execute(_UNMARK, [WORK_KEY])
+                    session.conn.execute(_UNMARK, [pid, WORK_KEY])
             if not holder.broken:
                 with contextlib.suppress(psycopg.OperationalError):
-                    _in_its_session(holder, own, "pg_catalog.pg_advisory_unlock(%s)", [LOCK_KEY])
+                    holder.execute("ROLLBACK")  # the locks go with its transaction
     finally:
-        holder.close()  # ends its session, and the lock with it
+        holder.close()  # ends its session, and its transaction with the locks
+
+
+# The lock session holds the runner's locks in a transaction of its own, open for the
+# whole run: a pooler keeps one client's transaction in one server session, and a
+# session whose client is gone ends its transaction, so the locks outlive neither the run
+# nor the session (a session lock taken through a pooler that lends server sessions
+# stayed on a pooled one, and held up every later run). READ COMMITTED whatever the
+# default: a snapshot held for the run would make the runner's own CREATE INDEX
+# CONCURRENTLY wait for it. No timeout of a role's or the database's may end it while it
+# waits, idle, for the files (transaction_timeout: PostgreSQL 17+).
+_HOLD = (
+    "BEGIN ISOLATION LEVEL READ COMMITTED; "
+    "SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', '0', true); "
+    "SELECT pg_catalog.set_config('transaction_timeout', '0', true) "
+    "WHERE pg_catalog.current_setting('transaction_timeout', true) IS NOT NULL"
+)
+
+
+def _work_done(holder: psycopg.Connection[Any], own: int) -> bool:
+    """Whether no work session holds the work mark (a killed runner's statement may still
+    be running): the mark taken alone, in a savepoint rolled back at once, which gives
+    back what was taken after it."""
+    holder.execute("SAVEPOINT cicd_db_work")
+    try:
+        return bool(_try_lock(holder, own, WORK_KEY))
+    finally:
+        holder.execute("ROLLBACK TO SAVEPOINT cicd_db_work")
 
 
 def own_sessions(work: psycopg.Connection[Any], holder: psycopg.Connection[Any]) -> int:
@@ -150,9 +174,17 @@ def _in_its_session(
 ) -> bool | None:
     """`statement` (a boolean expression) in the lock session's own server session:
     its value, or None where the connection was handed to another one."""
-    query = _IN_ITS_SESSION.format(statement)
-    row = holder.execute(query.encode(), [own, *params]).fetchone()
+    row = _asked(holder, _IN_ITS_SESSION.format(statement), [own, *params])
     return None if row is None or row[0] is None else bool(row[0])
+
+
+def _asked(holder: psycopg.Connection[Any], query: str, params: list[Any]) -> Any:
+    """The first row of `query`, sent by the simple protocol (the values bound here): a
+    statement sent by the extended protocol leaves its portal open until the next, and
+    with it a snapshot, in the lock session's long transaction, for which every CREATE
+    INDEX CONCURRENTLY of the run would wait (the runner's own too)."""
+    with psycopg.ClientCursor(holder) as cursor:
+        return cursor.execute(query, params).fetchone()
 
 
 def _holders(holder: psycopg.Connection[Any]) -> str:
@@ -160,9 +192,9 @@ def _holders(holder: psycopg.Connection[Any]) -> str:
     sessions, with what the server says of them (an idle session of a pooler kept the
     lock of a runner gone through it, and holds it until it is ended)."""
     with contextlib.suppress(psycopg.Error):
-        rows = holder.execute(
-            HOLDERS, [LOCK_KEY >> 32, [LOCK_KEY & 0xFFFF_FFFF, WORK_KEY & 0xFFFF_FFFF]]
-        ).fetchall()
+        with psycopg.ClientCursor(holder) as cursor:
+            keys = [LOCK_KEY >> 32, [LOCK_KEY & 0xFFFF_FFFF, WORK_KEY & 0xFFFF_FFFF]]
+            rows = cursor.execute(HOLDERS, keys).fetchall()
         if rows:
             sessions = "; ".join(
                 f"pid {pid}" + "".join(f", {part}" for part in parts if part)
@@ -220,7 +252,7 @@ def renew(session: Session) -> None:
     if session.given is None:
         session.given, session.given_pid = old, session.server_pid
         with contextlib.suppress(psycopg.OperationalError):
-            old.execute(_UNMARK, [WORK_KEY])
+            old.execute(_UNMARK, [session.server_pid, WORK_KEY])
     else:
         old.close()  # the runner's own, from an earlier renewal
     session.conn = new
@@ -241,7 +273,7 @@ def restore(session: Session) -> None:
 
 def _try_lock(holder: psycopg.Connection[Any], own: int, key: int) -> bool:
     try:
-        taken = _in_its_session(holder, own, "pg_catalog.pg_try_advisory_lock(%s)", [key])
+        taken = _in_its_session(holder, own, "pg_catalog.pg_try_advisory_xact_lock(%s)", [key])
     except psycopg.OperationalError as error:
         raise OperationalError(
             f"lost the connection that takes the migration lock: {first_line(error)}; "
