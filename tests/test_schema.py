@@ -761,6 +761,7 @@ PATH_ENTRIES = ["pg_catalog", "pg_temp", "public", '"$user"', "nowhere"]
 @example(path=["pg_catalog", "public"])
 @example(path=["pg_temp", "public"])
 @example(path=["pg_catalog"])
+@example(path=['"$user"', "pg_catalog", "public"])
 @settings(max_examples=examples(4))
 def test_drift_is_read_where_the_files_make_their_objects_whatever_the_search_path(
     databases: Databases, migrated_template: str, path: list[str]

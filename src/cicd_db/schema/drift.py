@@ -96,7 +96,8 @@ def scratch_path(setting: str, live: str, scratch: str) -> sql.Composable:
     file pins (`SET search_path FROM CURRENT`) reads the same in the scratch copy."""
     entries = re.findall(r'"(?:[^"]|"")*"|[^,\s]+', setting)
     named = [e[1:-1].replace('""', '"') if e.startswith('"') else e.lower() for e in entries]
-    if live not in named or named[0] == "pg_catalog" or named[0].startswith("pg_temp"):
+    before = named[: named.index(live)] if live in named else named
+    if live not in named or any(n == "pg_catalog" or n.startswith("pg_temp") for n in before):
         # Reached through "$user" only, or after pg_catalog or pg_temp, where a file's
         # objects would go if the scratch schema took the live one's place: first.
         return sql.SQL(", ").join([sql.Identifier(scratch), *map(sql.SQL, entries)])
