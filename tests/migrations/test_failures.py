@@ -440,3 +440,29 @@ def test_a_file_that_makes_its_transaction_read_only_is_told_why_it_cannot_be_re
         "records a file in the file's own transaction: remove that from the file\n"
     )
     assert (database.tables(), database.history()) == (set(), [])
+
+
+def test_a_file_whose_objects_would_go_to_pg_catalog_is_told_the_search_path_not_a_grant(
+    database: Database, tmp_path: Path
+) -> None:
+    """Under a hardened `search_path = pg_catalog, public`, a file's unplaced CREATE TABLE
+    goes to pg_catalog and is refused: the advice was to grant CREATE on pg_catalog
+    (helper-119); it names the search_path and the file's fix."""
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET search_path = pg_catalog, public").format(
+            sql.Identifier(database.name)
+        )
+    )
+    folder = write_migrations(tmp_path, {"0001_t.sql": "CREATE TABLE t (x int);\n"})
+    code, out, err = migrate(database, folder)
+    assert (code, out) == (1, "")
+    assert err.startswith("error: migration 0001_t.sql failed at line 1: permission denied "), err
+    assert err.endswith(
+        "; objects a file does not name a schema for are made in the first schema the "
+        "search_path names, here pg_catalog, where no role may make them: name their "
+        "schema in the file (public.t), or set a search_path that names it first\n"
+    ), err
+    placed = write_migrations(
+        tmp_path / "placed", {"0001_t.sql": "CREATE TABLE public.t (x int);\n"}
+    )
+    assert migrate(database, placed).code == 0

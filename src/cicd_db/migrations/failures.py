@@ -118,6 +118,14 @@ def describe_failure(
             "the server's operating system refused that file (the server runs as its own OS "
             "user, on its own machine): fix the path or its permissions"
         )
+    elif diag.sqlstate == "42501" and re.search(r'(schema |")pg_catalog\b', message):
+        # An object the file does not place is made in the search_path's first schema:
+        # pg_catalog, when a search_path names it first (a hardened `pg_catalog, public`).
+        advice = (
+            "objects a file does not name a schema for are made in the first schema the "
+            "search_path names, here pg_catalog, where no role may make them: name their "
+            "schema in the file (public.t), or set a search_path that names it first"
+        )
     elif diag.sqlstate == "42501":
         advice = (
             f"role {user} lacks that privilege: grant it, or migrate as a role that has it "
