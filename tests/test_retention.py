@@ -1021,7 +1021,7 @@ def foreign_keys_hold(database: Database) -> None:
                 conn.execute(made)
 
 
-@pytest.mark.parametrize("where", ["options", "role"])
+@pytest.mark.parametrize("where", ["options", "role", "set"])
 def test_no_run_is_deleted_by_a_session_that_fires_no_cascade(
     migrated: Database, executions: Store, where: str
 ) -> None:
@@ -1031,7 +1031,7 @@ def test_no_run_is_deleted_by_a_session_that_fires_no_cascade(
     only counts, so it goes on."""
     for days in (40, 41, 1):
         record(executions, "build", days_ago=days)
-    options = "-c session_replication_role=replica"
+    options = "-c session_replication_role=replica" if where == "options" else ""
     if where == "role":
         migrated.execute(
             sql.SQL("ALTER ROLE {} IN DATABASE {} SET session_replication_role = replica").format(
@@ -1043,6 +1043,8 @@ def test_no_run_is_deleted_by_a_session_that_fires_no_cascade(
         with psycopg.connect(
             migrated.settings.conninfo(), autocommit=True, options=options
         ) as conn:
+            if where == "set":  # by the caller, on the connection it hands over
+                conn.execute("SET session_replication_role = replica")
             assert retention.prune(conn, keep_days=30, dry_run=True).runs == 2
             with pytest.raises(ConfigError) as refused:
                 retention.prune(conn, keep_days=30)
@@ -1060,6 +1062,7 @@ def test_no_run_is_deleted_by_a_session_that_fires_no_cascade(
     ), said
     assert ("connection's options" in said) == (where == "options"), said
     assert ("ALTER ROLE" in said) == (where == "role"), said
+    assert ("set on the connection (a SET" in said) == (where == "set"), said
     assert counts(migrated) == (3, 6, 18)
     with migrated.connect() as conn:
         retention.prune(conn, keep_days=30)
@@ -1188,3 +1191,15 @@ def test_a_dry_run_cut_by_the_sessions_timeout_says_nothing_of_deleting_or_batch
         "database, the server or the connection's options (pg_settings' source for "
         "lock_timeout tells which; perhaps a migration left it): raise it there, and run again\n"
     )
+
+
+def test_a_callers_connection_in_any_date_style_is_pruned(
+    migrated: Database, executions: Store
+) -> None:
+    """The cutoff came back as text, which psycopg parses in ISO styles only: a caller's
+    connection in 'SQL, DMY' failed with NotImplementedError (helper-119)."""
+    record(executions, "build", days_ago=40)
+    with migrated.connect() as conn:
+        conn.execute("SET DateStyle = 'SQL, DMY'")
+        assert retention.prune(conn, keep_days=30).runs == 1
+    assert counts(migrated) == (0, 0, 0)

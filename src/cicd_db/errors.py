@@ -417,7 +417,9 @@ SETTING_BEHIND = {
 }
 
 
-def setting_advice(name: str, value: str, source: str, *, database: str, role: str) -> str | None:
+def setting_advice(
+    name: str, value: str, source: str, *, database: str, role: str, set_here: bool = False
+) -> str | None:
     """Where setting `name` (now `value`) was set, by pg_settings' `source`, and what
     undoes it; `database` and `role` as SQL names. None for a source no one can undo
     here (the default)."""
@@ -440,7 +442,13 @@ def setting_advice(name: str, value: str, source: str, *, database: str, role: s
         # Not the file's (setting_source looked): set as the session began, after its
         # options and the role's and database's settings, which only a login event
         # trigger does (PostgreSQL 17+).
-        "session": f"{now} for this session, set as it began, not by the file: by a login event "
+        # Outside a run (`set_here`), a SET on the caller's connection: theirs, or, through a
+        # pooler that lends sessions, another client's left on the session.
+        "session": f"{now} for this session, set on the connection (a SET; through a pooler, "
+        f"perhaps another client's), or as it began by a login event trigger: SET {name} back "
+        "(RESET, or SET ... = its default) before calling, or connect anew"
+        if set_here
+        else f"{now} for this session, set as it began, not by the file: by a login event "
         "trigger (perhaps made by a migration; pg_event_trigger lists those with evtevent "
         "'login'): disable it with ALTER EVENT TRIGGER ... DISABLE, or make it leave "
         f"{name} alone",

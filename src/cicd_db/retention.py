@@ -228,7 +228,9 @@ def prune(
         # the cutoff by an hour across a daylight-saving change, by who asks. Compared
         # with a `completion_time` of another type than migration 0005's timestamptz
         # (an older schema), the cutoff would be read in the session's time zone.
-        row = cursors.execute(conn, CUTOFF, [keep_days * 24]).fetchone()
+        # In binary: a time in text is read by the session's DateStyle, which psycopg
+        # parses only in its ISO forms (a caller's connection may have 'SQL, DMY').
+        row = cursors.execute(conn, CUTOFF, [keep_days * 24], binary=True).fetchone()
         assert row is not None  # noqa: S101 - a SELECT of one value returns one row
         if not row[1]:
             raise older_schema("completion_time is not a timestamp with time zone")
@@ -324,6 +326,7 @@ def _fires_no_cascade(conn: psycopg.Connection[Any], source: str) -> ConfigError
         source,
         database=sql.Identifier(info.dbname).as_string(conn),
         role=sql.Identifier(info.user).as_string(conn),
+        set_here=True,
     )
     return ConfigError(
         "retention deletes no run under session_replication_role = replica: PostgreSQL "

@@ -214,6 +214,7 @@ def tables_placement(conn: psycopg.Connection[Any]) -> Placement | None:
         str(source),
         database=sql.Identifier(str(database)).as_string(conn),
         role=sql.Identifier(str(role)).as_string(conn),
+        set_here=True,
     )
     return Placement(str(schema), str(path), bool(visible), where)
 
