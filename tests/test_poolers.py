@@ -70,8 +70,9 @@ def test_through_a_pooler_that_drops_the_options_reads_are_the_servers(
     migrated: Database, mode: str
 ) -> None:
     """The options set the styles cicd-db reads dates and intervals in; a pooler that
-    drops them leaves the database's own (here the most unlike ISO), which are set
-    again. A pooler in statement mode runs no transaction: what needs one is refused
+    drops them leaves the database's own (here the most unlike ISO): DateStyle is set
+    again (PgBouncer keeps it per client), IntervalStyle need not be (a SET of it would
+    stay on a pooled session for other clients: PgBouncer before 1.20 does not keep it). A pooler in statement mode runs no transaction: what needs one is refused
     in one line, with the fix."""
     recorded(migrated)
     migrated.execute(
