@@ -327,9 +327,12 @@ def test_what_psql_refuses_at_a_files_end_the_runner_refuses(
                 psql_applied = False
             if psql_applied and "psql meta-command" in str(refusal):
                 # Likewise a `\connect` the generator put inside a string, now outside:
-                # psql tried it (and, its argument an unterminated quote, went on as if
-                # nothing happened, exit 0); the runner refuses every meta-command psql
-                # would act on (docs/migrations.md, "Not psql").
+                # psql tried it, and, its argument an unterminated quote, went on as if
+                # nothing happened (exit 0); the runner refuses every meta-command psql
+                # acts on (docs/migrations.md, "Not psql"). Only so: a string the runner
+                # misread as a meta-command must still fail here.
+                said = psql(database, path).stderr.decode()
+                assert "error: unterminated quoted string" in said, said
                 psql_applied = False
         except MigrationFailed:
             runner_applied = False
