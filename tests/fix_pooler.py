@@ -38,7 +38,12 @@ def needs_pgbouncer() -> str:
 
 @contextmanager
 def pgbouncer(
-    database: Database, mode: str, *, ignore_options: bool = True, pool_size: int = 10
+    database: Database,
+    mode: str,
+    *,
+    ignore_options: bool = True,
+    pool_size: int = 10,
+    settings_more: str = "",
 ) -> Iterator[Database]:
     """`database` through a PgBouncer in pool_mode `mode` (session, transaction or
     statement), as its own user and password, `pool_size` server sessions at most; with
@@ -58,7 +63,7 @@ def pgbouncer(
         f"auth_type = scram-sha-256\nauth_file = {folder / 'users.txt'}\n"
         f"pool_mode = {mode}\nmax_client_conn = 100\ndefault_pool_size = {pool_size}\n"
         f"ignore_startup_parameters = {ignored}\n"
-        f"logfile = {folder / 'pgbouncer.log'}\n"
+        f"logfile = {folder / 'pgbouncer.log'}\n{settings_more}"
     )
     if account is not None:
         shutil.chown(folder, account)

@@ -18,6 +18,7 @@ from psycopg import sql
 
 from cicd_db import migrations
 from cicd_db.errors import UsageError
+from cicd_db.migrations import lock
 
 from ..fix_cli import MIGRATE_PY, migrate, start_cli
 from ..fix_db import Database
@@ -155,9 +156,12 @@ def test_a_file_that_ends_the_lock_session_is_not_recorded(
     assert code == 1
     assert err == (
         "error: migration 0001_kill.sql ran while the runner's lock was lost (the session that "
-        "holds it ended: pg_terminate_backend, or a lost connection), so another runner could "
-        "have run at the same time; it was rolled back, and it is not recorded; check what "
-        "ended that session (a statement in the file, or the server), and run again\n"
+        "holds it ended: pg_terminate_backend, a lost connection, or a connection pooler's "
+        "timeout for idle transactions, such as PgBouncer's idle_transaction_timeout, as the "
+        "lock session waits in one for the whole run), so another runner could have run at "
+        "the same time; it was rolled back, and it is not recorded; check what ended that "
+        "session (a statement in the file, the server, or a pooler's idle transaction "
+        "timeout, which must outlast the run), and run again\n"
     )
     assert database.history() == []
     assert "a" not in database.tables()
@@ -318,3 +322,43 @@ def test_a_wait_that_is_no_number_of_seconds_is_refused_by_the_library(
     the same in retention)."""
     with database.connect() as conn, pytest.raises(UsageError, match=message):
         migrations.Runner(conn, [], **{keyword: value})  # type: ignore[arg-type]
+
+
+def test_waiting_for_a_work_mark_nests_no_savepoint(database: Database) -> None:
+    """Each look at the work mark is a savepoint rolled back to: kept, one a poll, they
+    nested some 9 kB of the server's memory each, 20 a second, for as long as a killed
+    runner's statement ran (helper-120)."""
+    with database.connect() as holder, database.connect() as other:
+        other.execute("SELECT pg_advisory_lock_shared(%s)", [migrations.WORK_KEY])
+        holder.execute("BEGIN")
+        [(own,)] = holder.execute("SELECT pg_backend_pid()").fetchall()
+        assert not any(lock._work_done(holder, own) for _ in range(20))
+        with pytest.raises(psycopg.errors.InvalidSavepointSpecification):
+            holder.execute("RELEASE SAVEPOINT cicd_db_work")
+
+
+def test_an_interrupt_as_the_work_mark_is_taken_leaves_no_mark_on_the_callers_connection(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library caller that catches the KeyboardInterrupt keeps its connection: the mark
+    taken on it just before the interrupt stayed, and every runner after waited for it
+    until the connection closed (helper-120)."""
+    folder = write_migrations(tmp_path, THREE)
+    taken = lock.mark
+
+    def interrupted(session: migrations.Session) -> None:
+        taken(session)
+        raise KeyboardInterrupt
+
+    with database.connect() as conn:
+        monkeypatch.setattr(lock, "mark", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            migrations.Runner(conn, migrations.discover(folder)).apply()
+        monkeypatch.setattr(lock, "mark", taken)
+        left = database.query(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s",
+            conn.info.backend_pid,
+        )
+        assert left == [(0,)]
+        migrations.Runner(conn, migrations.discover(folder), lock_timeout=2).apply()
+    assert database.history() == [1, 2, 3]

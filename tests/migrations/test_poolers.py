@@ -137,3 +137,26 @@ def test_a_file_that_runs_in_another_server_session_is_rolled_back_and_named(
     assert database.history() == []
     assert "people" not in database.tables()
     no_advisory_locks(database)
+
+
+def test_a_poolers_idle_transaction_timeout_shorter_than_a_file_is_named(
+    database: Database, tmp_path: Path
+) -> None:
+    """The lock session waits in a transaction for the whole run, which a pooler's timeout
+    for idle transactions (PgBouncer's idle_transaction_timeout, off by default) ends:
+    the file that outlasted it is rolled back and the pooler's timeout named (helper-120)."""
+    folder = write_migrations(
+        tmp_path,
+        {"0001_a.sql": "CREATE TABLE a (id int);\n", "0002_slow.sql": "SELECT pg_sleep(2);\n"},
+    )
+    with pgbouncer(database, "session", settings_more="idle_transaction_timeout = 1\n") as pooled:
+        code, out, err = migrate(pooled, folder, "up")
+    assert code == 1, err
+    assert out.startswith("applied 0001_a.sql"), out
+    assert err.startswith(
+        "error: migration 0002_slow.sql ran while the runner's lock was lost (the session that "
+        "holds it ended: pg_terminate_backend, a lost connection, or a connection pooler's "
+        "timeout for idle transactions, such as PgBouncer's idle_transaction_timeout"
+    ), err
+    assert database.history() == [1]
+    no_advisory_locks(database)

@@ -416,8 +416,9 @@ def test_a_rehearsal_that_loses_the_lock_stops(database: Database, tmp_path: Pat
     assert (code, out) == (1, "")
     assert err == (
         "error: the rehearsal lost the runner's lock during 0001_kill.sql (the session that "
-        "holds it ended: pg_terminate_backend, or a lost connection); the rehearsal was rolled "
-        "back, and nothing after that file was rehearsed\n"
+        "holds it ended: pg_terminate_backend, a lost connection, or a connection pooler's "
+        "timeout for idle transactions); the rehearsal was rolled back, and nothing after "
+        "that file was rehearsed\n"
     )
 
 

@@ -29,13 +29,25 @@ POLL_SECONDS = 0.05
 # The lock's own session sits idle while files run: a database's or role's
 # idle_session_timeout must not end it (and the lock with it).
 LOCK_SESSION_OPTIONS = "-c idle_session_timeout=0"
+# Whether this session holds the work mark (an advisory lock of one bigint key is in
+# pg_locks as its high and low halves, classid and objid, and objsubid 1).
+_MARK_HELD = (
+    "SELECT FROM pg_catalog.pg_locks WHERE pid = pg_catalog.pg_backend_pid() "
+    f"AND locktype = 'advisory' AND classid = {WORK_KEY >> 32}::oid "
+    f"AND objid = {WORK_KEY & 0xFFFF_FFFF}::oid AND objsubid = 1 AND mode = 'ShareLock' "
+    "AND granted"
+)
 # The work mark, taken and given back by a work session (WORK_KEY); taking it says
 # which server session took it.
-_MARK = "SELECT pg_catalog.pg_advisory_lock_shared(%s), pg_catalog.pg_backend_pid()"
-_UNMARK = (
-    "SELECT CASE WHEN pg_catalog.pg_backend_pid() = %s "
-    "THEN pg_catalog.pg_advisory_unlock_shared(%s) END"
+_MARK = (
+    "SELECT CASE WHEN NOT EXISTS (" + _MARK_HELD + ") "
+    "THEN pg_catalog.pg_advisory_lock_shared(%s)::text END, pg_catalog.pg_backend_pid()"
 )
+# Given back where this session holds it, and only there (not taken yet, or through a
+# pooler in another server session, an unlock would be a WARNING of the server's); taken
+# only where it is not held, so that once given back it is gone.
+_UNMARK = "SELECT pg_catalog.pg_advisory_unlock_shared(%s) FROM (" + _MARK_HELD + ") AS held"  # noqa: S608 - constants
+_MARK_KEY = [WORK_KEY]
 # The server session a statement ran in.
 _WHO = "SELECT pg_catalog.pg_backend_pid()"
 # ... and, first, whether that server takes writes at all.
@@ -84,16 +96,15 @@ def held(session: Session, timeout: float) -> Iterator[None]:
         run_key = RUN_KEYS.randrange(1, 2**63)
         if not _try_lock(holder, own, run_key):
             raise OperationalError(f"another session holds the run's own key {run_key}; run again")
-        mark(session)
-        session.lock_key = run_key
-        try:
+        try:  # the mark taken inside: an interrupt as it is taken still gives it back
+            mark(session)
+            session.lock_key = run_key
             yield
         finally:
             session.lock_key = None
-            pid = session.server_pid
-            if session.end_transaction() and pid is not None:
+            if session.end_transaction():
                 with contextlib.suppress(psycopg.OperationalError):
-                    session.conn.execute(_UNMARK, [pid, WORK_KEY])
+                    session.conn.execute(_UNMARK, _MARK_KEY)
             if not holder.broken:
                 with contextlib.suppress(psycopg.OperationalError):
                     holder.execute("ROLLBACK")  # the locks go with its transaction
@@ -124,8 +135,8 @@ def _work_done(holder: psycopg.Connection[Any], own: int) -> bool:
     holder.execute("SAVEPOINT cicd_db_work")
     try:
         return bool(_try_lock(holder, own, WORK_KEY))
-    finally:
-        holder.execute("ROLLBACK TO SAVEPOINT cicd_db_work")
+    finally:  # rolled back to, then released: one savepoint a poll would nest ~9 kB each
+        holder.execute("ROLLBACK TO SAVEPOINT cicd_db_work; RELEASE SAVEPOINT cicd_db_work")
 
 
 def own_sessions(work: psycopg.Connection[Any], holder: psycopg.Connection[Any]) -> int:
@@ -243,20 +254,20 @@ def renew(session: Session) -> None:
             "what was applied is recorded; run again"
         ) from None
     new.prepare_threshold = None
+    old, old_pid = session.conn, session.server_pid
     try:
         row = new.execute(_MARK, [WORK_KEY]).fetchone()
+        session.conn, session.server_pid = new, int(row[1]) if row else None
     except BaseException:  # a setting the file left may cut it (a 1 ms statement_timeout)
-        new.close()
+        session.conn, session.server_pid = old, old_pid
+        new.close()  # and the mark with it, if it was taken
         raise
-    old = session.conn
     if session.given is None:
-        session.given, session.given_pid = old, session.server_pid
+        session.given, session.given_pid = old, old_pid
         with contextlib.suppress(psycopg.OperationalError):
-            old.execute(_UNMARK, [session.server_pid, WORK_KEY])
+            old.execute(_UNMARK, _MARK_KEY)
     else:
         old.close()  # the runner's own, from an earlier renewal
-    session.conn = new
-    session.server_pid = int(row[1]) if row else None
 
 
 def restore(session: Session) -> None:

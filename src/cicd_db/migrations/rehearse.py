@@ -253,8 +253,9 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     if failed is not None:
         raise MigrationFailed(
             f"the rehearsal lost the runner's lock during {migration.filename} (the session "
-            "that holds it ended: pg_terminate_backend, or a lost connection); the rehearsal "
-            "was rolled back, and nothing after that file was rehearsed"
+            "that holds it ended: pg_terminate_backend, a lost connection, or a connection "
+            "pooler's timeout for idle transactions); the rehearsal was rolled back, and "
+            "nothing after that file was rehearsed"
         )
     # A sequence the file made goes with the rollback: only one that was there before
     # and moved is kept moved.

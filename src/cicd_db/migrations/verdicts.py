@@ -243,7 +243,9 @@ class Verdicts:
             CHECK_MARK: "ended the runner's transaction itself (COMMIT, ROLLBACK or the like, "
             "which the runner could not see in it)",
             CHECK_LOCK: "ran while the runner's lock was lost (the session that holds it ended: "
-            "pg_terminate_backend, or a lost connection), so another runner could have run at "
+            "pg_terminate_backend, a lost connection, or a connection pooler's timeout for "
+            "idle transactions, such as PgBouncer's idle_transaction_timeout, as the lock "
+            "session waits in one for the whole run), so another runner could have run at "
             "the same time",
             integrity.CHECK_MOVED: "ran in another server session than the runner's, outside "
             "its lock: a connection pooler between lends server sessions a transaction at a "
@@ -260,7 +262,10 @@ class Verdicts:
         }[check]
         done = self._done(migration, committed, ended=check == CHECK_MARK)
         if check == CHECK_LOCK:
-            fix = "check what ended that session (a statement in the file, or the server), and run again"
+            fix = (
+                "check what ended that session (a statement in the file, the server, or a "
+                "pooler's idle transaction timeout, which must outlast the run), and run again"
+            )
         elif check == integrity.CHECK_MOVED:
             fix = THROUGH_A_SESSION
         elif check == CHECK_HISTORY_GONE and not migration.transactional:
