@@ -81,7 +81,8 @@ def test_runner_killed_mid_migration_leaves_nothing_and_next_run_completes(
 
 def test_lock_held_elsewhere_times_out(database: Database, tmp_path: Path) -> None:
     folder = write_migrations(tmp_path, THREE)
-    with psycopg.connect(database.settings.conninfo(application_name="ci agent")) as holder:
+    # An application's name with braces: the message is a template (helper-121).
+    with psycopg.connect(database.settings.conninfo(application_name="ci {agent}")) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", [migrations.LOCK_KEY])
         holder.commit()
         pid = holder.info.backend_pid
@@ -92,7 +93,7 @@ def test_lock_held_elsewhere_times_out(database: Database, tmp_path: Path) -> No
     # Who holds it, so that a session a pooler kept can be found and ended.
     assert re.fullmatch(
         "error: another migration runner held the lock for 0.5 s "
-        f"\\(held by pid {pid}, user {database.settings.user}, application ci agent, "
+        f"\\(held by pid {pid}, user {database.settings.user}, application ci \\{{agent\\}}, "
         f"from 127.0.0.1, idle since [0-9-]+ [0-9:]+ UTC; if no runner is at work, end it "
         f"with SELECT pg_terminate_backend\\({pid}\\)\\); wait for it to finish, or raise "
         "--lock-timeout\n",

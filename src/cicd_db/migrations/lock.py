@@ -29,13 +29,22 @@ POLL_SECONDS = 0.05
 # The lock's own session sits idle while files run: a database's or role's
 # idle_session_timeout must not end it (and the lock with it).
 LOCK_SESSION_OPTIONS = "-c idle_session_timeout=0"
-# Whether this session holds the work mark (an advisory lock of one bigint key is in
-# pg_locks as its high and low halves, classid and objid, and objsubid 1).
+
+
+def _in_pg_locks(key: int) -> str:
+    """The pg_locks row of advisory lock `key` (one bigint key is there as its high and
+    low halves, classid and objid, and objsubid 1), as a condition."""
+    return (
+        f"l.locktype = 'advisory' AND l.classid = {key >> 32}::oid "
+        f"AND l.objid = {key & 0xFFFF_FFFF}::oid AND l.objsubid = 1"
+    )
+
+
+# Whether this session holds the work mark.
 _MARK_HELD = (
-    "SELECT FROM pg_catalog.pg_locks WHERE pid = pg_catalog.pg_backend_pid() "
-    f"AND locktype = 'advisory' AND classid = {WORK_KEY >> 32}::oid "
-    f"AND objid = {WORK_KEY & 0xFFFF_FFFF}::oid AND objsubid = 1 AND mode = 'ShareLock' "
-    "AND granted"
+    "SELECT FROM pg_catalog.pg_locks l WHERE l.pid = pg_catalog.pg_backend_pid() AND "
+    + _in_pg_locks(WORK_KEY)
+    + " AND l.mode = 'ShareLock' AND l.granted"
 )
 # The work mark, taken and given back by a work session (WORK_KEY); taking it says
 # which server session took it.
@@ -86,9 +95,11 @@ def held(session: Session, timeout: float) -> Iterator[None]:
         while not _try_lock(holder, own, LOCK_KEY) or not _work_done(holder, own):
             if time.monotonic() >= deadline:
                 raise LockTimeout(
-                    f"another migration runner held the lock for {timeout:g} s"
-                    f"{_holders(holder)}; wait for it to finish, or raise {{lock_timeout}}",
+                    f"another migration runner held the lock for {timeout:g} s{{holders}}; "
+                    "wait for it to finish, or raise {lock_timeout}",
                     arguments=["lock_timeout"],
+                    # As a value: an application's name may hold braces.
+                    values={"holders": _holders(holder)},
                 )
             time.sleep(POLL_SECONDS)
         # A key no other session takes: while the lock session holds it, the lock
@@ -105,10 +116,10 @@ def held(session: Session, timeout: float) -> Iterator[None]:
             if session.end_transaction():
                 with contextlib.suppress(psycopg.OperationalError):
                     session.conn.execute(_UNMARK, _MARK_KEY)
-            if not holder.broken:
-                with contextlib.suppress(psycopg.OperationalError):
-                    holder.execute("ROLLBACK")  # the locks go with its transaction
     finally:
+        if not holder.broken and not holder.closed:
+            with contextlib.suppress(psycopg.OperationalError):
+                holder.execute("ROLLBACK")  # the locks go with its transaction, now
         holder.close()  # ends its session, and its transaction with the locks
 
 
@@ -136,7 +147,8 @@ def _work_done(holder: psycopg.Connection[Any], own: int) -> bool:
     try:
         return bool(_try_lock(holder, own, WORK_KEY))
     finally:  # rolled back to, then released: one savepoint a poll would nest ~9 kB each
-        holder.execute("ROLLBACK TO SAVEPOINT cicd_db_work; RELEASE SAVEPOINT cicd_db_work")
+        if not holder.broken:  # else the lost connection is told as such (_try_lock)
+            holder.execute("ROLLBACK TO SAVEPOINT cicd_db_work; RELEASE SAVEPOINT cicd_db_work")
 
 
 def own_sessions(work: psycopg.Connection[Any], holder: psycopg.Connection[Any]) -> int:
@@ -204,8 +216,7 @@ def _holders(holder: psycopg.Connection[Any]) -> str:
     lock of a runner gone through it, and holds it until it is ended)."""
     with contextlib.suppress(psycopg.Error):
         with psycopg.ClientCursor(holder) as cursor:
-            keys = [LOCK_KEY >> 32, [LOCK_KEY & 0xFFFF_FFFF, WORK_KEY & 0xFFFF_FFFF]]
-            rows = cursor.execute(HOLDERS, keys).fetchall()
+            rows = cursor.execute(HOLDERS).fetchall()
         if rows:
             sessions = "; ".join(
                 f"pid {pid}" + "".join(f", {part}" for part in parts if part)
@@ -225,15 +236,15 @@ def _holders(holder: psycopg.Connection[Any]) -> str:
 # key is in pg_locks as its high and low halves (classid, objid) and objsubid 1. What
 # pg_stat_activity shows of another role's session (its state, its client) may be NULL.
 HOLDERS = (
-    "SELECT DISTINCT l.pid, 'user ' || a.usename, "
+    "SELECT DISTINCT l.pid, 'user ' || a.usename, "  # noqa: S608 - constants
     "CASE WHEN a.application_name <> '' THEN 'application ' || a.application_name END, "
     "CASE WHEN a.client_addr IS NOT NULL THEN 'from ' || host(a.client_addr) END, "
     "CASE WHEN a.state IS NOT NULL THEN a.state || ' since ' "
     "|| to_char(a.state_change AT TIME ZONE interval '0', 'YYYY-MM-DD HH24:MI:SS') || ' UTC' END "
     "FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
-    "WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_catalog.pg_database "
-    "WHERE datname = pg_catalog.current_database()) AND l.classid = %s::bigint::oid "
-    "AND l.objid = ANY(%s::bigint[]::oid[]) AND l.objsubid = 1 AND l.granted "
+    "WHERE l.database = (SELECT oid FROM pg_catalog.pg_database "
+    "WHERE datname = pg_catalog.current_database()) AND "
+    f"(({_in_pg_locks(LOCK_KEY)}) OR ({_in_pg_locks(WORK_KEY)})) AND l.granted "
     "AND l.pid <> pg_catalog.pg_backend_pid() ORDER BY 1"
 )
 
