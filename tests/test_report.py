@@ -23,8 +23,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cicd_db import report, targets
-from cicd_db.errors import UsageError
+from cicd_db import insights, report, retention, targets
+from cicd_db.errors import ConfigError, UsageError
 from cicd_db.settings import ConnectionSettings
 from cicd_db.store import (
     CANCELED,
@@ -731,4 +731,13 @@ def test_a_table_that_hides_one_of_cicd_dbs_is_named_not_read(
             "cicd-db's; drop or rename it, or set a search_path that reaches cicd-db's "
             "schema first\n"
         ), (command, err)
+    # The library calls refuse it alike (retention's `prune` is documented for callers).
+    with migrated.connect() as conn:
+        for call in (
+            lambda: report.fetch(Store.on(conn), "build"),
+            lambda: insights.insights(conn, "build"),
+            lambda: retention.prune(conn, keep_days=1),
+        ):
+            with pytest.raises(ConfigError, match="reads cicd-db's tables from more than one"):
+                call()
     assert migrated.query("SELECT count(*) FROM public.pipeline_executions") == [(1,)]

@@ -213,6 +213,9 @@ def prune(
     lock_timeout = check_seconds("lock_timeout", lock_timeout, MAX_LOCK_TIMEOUT)
     started = time.monotonic()
     try:
+        from cicd_db.store import check_read_from_one_schema  # on use, as below
+
+        check_read_from_one_schema(conn)
         if pipeline is not None and not _ever_ran(conn, pipeline):
             # As report and insights name a pipeline without runs: a misspelt name in a
             # nightly job would otherwise delete nothing, successfully, forever. The dry

@@ -28,7 +28,6 @@ def show_report(
     target = ctx.remember(ctx.target())
     # Reads only: as the reader where the target has one (docs/security.md).
     with targets.connect(target.role_settings(targets.READER)) as conn:
-        store.check_read_from_one_schema(conn)
         view = report.fetch(
             store.Store.on(conn),
             pipeline,
@@ -53,12 +52,11 @@ def show_insights(
     output: Path | None = None,
 ) -> int:
     """`insights`: one pipeline's health over a window, or one line per pipeline."""
-    from cicd_db import insights, report, store
+    from cicd_db import insights, report
 
     target = ctx.remember(ctx.target())
     # Reads only: as the reader where the target has one (docs/security.md).
     with targets.connect(target.role_settings(targets.READER)) as conn:
-        store.check_read_from_one_schema(conn)
         found = insights.insights(conn, pipeline, days=days, runs=runs)
     shown = "json" if ctx.json else format
     if output is None or str(output) == "-":  # `-o -`: the standard output
@@ -82,7 +80,6 @@ def retention(
 ) -> int:
     """`retention`: finished runs older than `keep_days` deleted, a batch at a time."""
     from cicd_db.retention import prune
-    from cicd_db.store import check_read_from_one_schema
 
     target = ctx.target()
     if target.remote and not dry_run and not yes:
@@ -96,7 +93,6 @@ def retention(
     progress = console.Progress(enabled=sys.stderr.isatty() and not ctx.quiet and not ctx.json)
     # As the writer where the target has one: it may delete executions, nothing more.
     with targets.connect(target.role_settings(targets.APP)) as conn:
-        check_read_from_one_schema(conn)
         try:
             pruned = prune(
                 conn,

@@ -293,6 +293,9 @@ def insights(
                 arguments=["now"],
             )
     params = _parameters(pipeline, days, runs, now)
+    from cicd_db.store import check_read_from_one_schema  # on use: the CLI imports this module
+
+    check_read_from_one_schema(conn)
     try:
         # Figures come back in JSON, which the server writes floats into as text: as it
         # writes them by default, whatever extra_float_digits a role, the database or a

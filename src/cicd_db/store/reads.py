@@ -38,6 +38,12 @@ from cicd_db.store.statements import q
 class Reads(Connected):
     """The store's reads; each its own statement."""
 
+    def check_read_from_one_schema(self) -> None:
+        """ConfigError when this store's search_path reads the execution tables from
+        more than one schema (see check_read_from_one_schema()). Reads."""
+        with self._connection() as conn:
+            check_read_from_one_schema(conn)
+
     def tables_placement(self) -> Placement | None:
         """Where the execution tables are when this store cannot see them (see
         tables_placement()). Reads."""
