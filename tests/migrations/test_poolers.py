@@ -114,8 +114,9 @@ def test_through_a_pooler_that_keeps_a_session_each_files_apply_as_straight_to_t
     no_advisory_locks(database)
 
 
+@pytest.mark.parametrize("rehearsed", [False, True], ids=["up", "rehearse"])
 def test_a_file_that_runs_in_another_server_session_is_rolled_back_and_named(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rehearsed: bool
 ) -> None:
     """Other clients of a pooler can hide its lending from the check before the lock is
     taken; each file's own check then stops the first file that runs elsewhere. Here
@@ -126,6 +127,17 @@ def test_a_file_that_runs_in_another_server_session_is_rolled_back_and_named(
         "_MARK",
         "SELECT pg_catalog.pg_advisory_lock_shared(%s), pg_catalog.pg_backend_pid() + 1",
     )
+    if rehearsed:  # told as the rehearsal's (it was: "cannot reset the session", helper-121)
+        code, out, err = migrate(database, folder, "up", "--rehearse")
+        assert (code, out) == (1, "")
+        assert err == (
+            "error: the rehearsal ran 0001_people.sql in another server session than the "
+            "runner's, outside its lock: a connection pooler between lends server sessions a "
+            "transaction at a time (transaction pooling); the rehearsal was rolled back, and "
+            f"nothing after that file was rehearsed; {failures.THROUGH_A_SESSION}\n"
+        )
+        assert database.tables() == set()
+        return
     code, out, err = migrate(database, folder, "up")
     assert (code, out) == (1, "")
     assert err == (

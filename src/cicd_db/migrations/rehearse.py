@@ -23,7 +23,12 @@ from cicd_db.errors import (
     interrupt_exit_code,
 )
 from cicd_db.migrations import diagnose, history, history_table, integrity
-from cicd_db.migrations.failures import READ_ONLY_BY_THE_FILE, Transient, first_line
+from cicd_db.migrations.failures import (
+    READ_ONLY_BY_THE_FILE,
+    THROUGH_A_SESSION,
+    Transient,
+    first_line,
+)
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.kinds import sets_the_transaction
 from cicd_db.migrations.session import RESET_SESSION, Session
@@ -240,6 +245,13 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     )
     failed = next((r for r in reset if r.status == ExecStatus.FATAL_ERROR), None)
     cause = None if failed is None else session.error(failed).diag
+    if cause is not None and cause.sqlstate == integrity.CHECK_MOVED:
+        raise MigrationFailed(
+            f"the rehearsal ran {migration.filename} in another server session than the "
+            "runner's, outside its lock: a connection pooler between lends server sessions "
+            "a transaction at a time (transaction pooling); the rehearsal was rolled back, "
+            f"and nothing after that file was rehearsed; {THROUGH_A_SESSION}"
+        )
     if cause is not None and cause.sqlstate != integrity.CHECK_LOCK and not session.lost:
         # Not the lock: what the file left that a real run's COMMIT would have ended
         # first (a temporary table with deferred checks still pending), which the
