@@ -457,19 +457,27 @@ def setting_advice(
 
 # A server in recovery (a hot standby) takes no writes: its read-only transactions are
 # none of a setting's doing, nor a file's.
-STANDBY = (
-    "the server is a standby (in recovery), where nothing can be written; nothing was run; "
-    "connect to its primary (with several hosts in the URL, add "
-    "target_session_attrs=read-write)"
-)
+def standby(done: str = "nothing was run") -> ConfigError:
+    """A write refused because the server is in recovery; `done`: what became of it."""
+    return ConfigError(
+        f"the server is a standby (in recovery), where nothing can be written; {done}; "
+        "connect to its primary (with several hosts in the URL, add "
+        "target_session_attrs=read-write)"
+    )
+
 
 # What PgBouncer says of a transaction in its statement mode, and what that means here.
 STATEMENT_POOLING = "transaction blocks not allowed in statement pooling mode"
-STATEMENT_POOLING_FIX = (
-    "the target is a connection pooler in statement mode (PgBouncer's pool_mode = "
-    "statement), which runs no transaction of more than one statement, and cicd-db needs "
-    "them; connect to PostgreSQL itself, or to the pooler's session or transaction mode"
-)
+
+
+def statement_pooling(done: str = "") -> ConfigError:
+    """A transaction refused by a pooler in statement mode; `done`: what became of the work."""
+    return ConfigError(
+        f"{STATEMENT_POOLING}: the target is a connection pooler in statement mode "
+        "(PgBouncer's pool_mode = statement), which runs no transaction of more than one "
+        f"statement, and cicd-db needs them{'; ' + done if done else ''}; connect to "
+        "PostgreSQL itself, or to the pooler's session or transaction mode"
+    )
 
 
 def where_set(setting: str) -> str:

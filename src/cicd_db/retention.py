@@ -46,9 +46,7 @@ from psycopg.pq import TransactionStatus
 
 from cicd_db import cursors
 from cicd_db.errors import (
-    STANDBY,
     STATEMENT_POOLING,
-    STATEMENT_POOLING_FIX,
     ConfigError,
     Interrupted,
     NotFound,
@@ -63,6 +61,8 @@ from cicd_db.errors import (
     plural,
     setting_advice,
     setting_behind,
+    standby,
+    statement_pooling,
     where_set,
 )
 
@@ -238,7 +238,7 @@ def prune(
         if not row[1]:
             raise older_schema("completion_time is not a timestamp with time zone")
         if row[3] and not dry_run:
-            raise ConfigError(STANDBY.replace("nothing was run", "nothing was deleted"))
+            raise standby("nothing was deleted")
         if row[2] is not None and not dry_run:
             raise _fires_no_cascade(conn, str(row[2]))
         params: dict[str, Any] = {"cutoff": row[0], "pipeline": pipeline}
@@ -307,9 +307,7 @@ def prune(
     except psycopg.OperationalError as lost:
         done, batch_was = _settled(conn, done, flight, started)
         if STATEMENT_POOLING in str(lost):
-            raise ConfigError(
-                f"{STATEMENT_POOLING}: {STATEMENT_POOLING_FIX}; {_stopped(done, batch_was)}"
-            ) from None
+            raise statement_pooling(_stopped(done, batch_was)) from None
         raise OperationalError(
             f"retention lost its connection ({str(lost).strip().splitlines()[0]}); "
             f"{_stopped(done, batch_was)}; run again to go on"

@@ -363,3 +363,24 @@ def test_an_interrupt_as_the_work_mark_is_taken_leaves_no_mark_on_the_callers_co
         assert left == [(0,)]
         migrations.Runner(conn, migrations.discover(folder), lock_timeout=2).apply()
     assert database.history() == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "setting", ["idle_in_transaction_session_timeout = '300ms'", "transaction_timeout = '700ms'"]
+)
+def test_the_lock_sessions_transaction_outlasts_the_databases_timeouts(
+    database: Database, tmp_path: Path, setting: str
+) -> None:
+    """The lock session waits in one transaction for the whole run (four files of 300 ms
+    here): a database's timeout for idle or long transactions must not end it (helper-121)."""
+    with database.connect() as conn:
+        if "transaction_timeout =" in setting and conn.info.server_version < 170000:
+            pytest.skip("transaction_timeout is PostgreSQL 17's")
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET ").format(sql.Identifier(database.name)) + sql.SQL(setting)
+    )
+    slow = "SELECT pg_sleep(0.3);\n"
+    folder = write_migrations(tmp_path, {f"000{n}_slow.sql": slow for n in range(1, 5)})
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (0, "")
+    assert database.history() == [1, 2, 3, 4]

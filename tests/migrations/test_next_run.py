@@ -1181,3 +1181,21 @@ def test_an_event_trigger_that_refuses_the_runners_drop_is_told_with_the_file(
         ), line
     finally:
         database.execute("DROP EVENT TRIGGER IF EXISTS no_drops")
+
+
+def test_reading_commands_name_a_default_search_path_as_the_servers(migrated: Database) -> None:
+    """Tables moved out of the default search_path's reach: no one set the path, so none
+    is blamed; the fix names the schema (helper-121)."""
+    migrated.execute(
+        "CREATE SCHEMA elsewhere; ALTER TABLE pipeline_executions SET SCHEMA elsewhere; "
+        "ALTER TABLE stage_executions SET SCHEMA elsewhere; "
+        "ALTER TABLE job_executions SET SCHEMA elsewhere"
+    )
+    result = run_cli("report", "--pipeline", "p", "--database-url", migrated.url)
+    assert (result.code, result.out) == (2, ""), result
+    assert result.err == (
+        "error: the execution tables are in schema elsewhere, which this session's "
+        'search_path ("$user", public) does not reach: it is the server\'s default; set one '
+        "that names elsewhere for the role (ALTER ROLE ... SET search_path = elsewhere, "
+        "public); or add elsewhere to the target's options (`?options=-c search_path=...`)\n"
+    )

@@ -4,6 +4,7 @@ keeps a session per connection is migrated through as PostgreSQL itself is (help
 
 from __future__ import annotations
 
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -85,6 +86,12 @@ def test_on_a_busy_pool_no_lock_is_left_behind_whatever_the_runner_finds(
                     # transaction holding one of the two server sessions, so that the
                     # work session always has the other) applied as through one session.
                     assert code in (0, 1, 2), err
+                    refused = (
+                        f"error: {failures.SHARED_SESSIONS}; nothing was run; "
+                        f"{failures.THROUGH_A_SESSION}\n"
+                    )
+                    moved = "in another server session than the runner's"
+                    assert (code, err) == (0, "") or err == refused or moved in err, err
                     no_advisory_locks(database)
             finally:
                 stop.set()
@@ -159,16 +166,19 @@ def test_a_poolers_idle_transaction_timeout_shorter_than_a_file_is_named(
     the file that outlasted it is rolled back and the pooler's timeout named (helper-120)."""
     folder = write_migrations(
         tmp_path,
-        {"0001_a.sql": "CREATE TABLE a (id int);\n", "0002_slow.sql": "SELECT pg_sleep(2);\n"},
+        {"0001_a.sql": "CREATE TABLE a (id int);\n", "0002_slow.sql": "SELECT pg_sleep(4);\n"},
     )
+    # PgBouncer looks at its timeouts on a timer: 1 s against a 4 s file, whatever the load
+    # (which could end the lock session before the first file: either file is named).
     with pgbouncer(database, "session", settings_more="idle_transaction_timeout = 1\n") as pooled:
-        code, out, err = migrate(pooled, folder, "up")
+        code, _, err = migrate(pooled, folder, "up")
     assert code == 1, err
-    assert out.startswith("applied 0001_a.sql"), out
-    assert err.startswith(
-        "error: migration 0002_slow.sql ran while the runner's lock was lost (the session that "
-        "holds it ended: pg_terminate_backend, a lost connection, or a connection pooler's "
-        "timeout for idle transactions, such as PgBouncer's idle_transaction_timeout"
+    assert re.match(
+        r"error: migration 000[12]_(a|slow)\.sql ran while the runner's lock was lost \(the "
+        r"session that holds it ended: pg_terminate_backend, a lost connection, or a "
+        r"connection pooler's timeout for idle transactions, such as PgBouncer's "
+        r"idle_transaction_timeout",
+        err,
     ), err
-    assert database.history() == [1]
+    assert database.history() in ([], [1])
     no_advisory_locks(database)

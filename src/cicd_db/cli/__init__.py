@@ -42,12 +42,12 @@ from cicd_db.cli.parsing import COMMANDS, Call, Option, build, flag, parse
 from cicd_db.commands import Context
 from cicd_db.errors import (
     STATEMENT_POOLING,
-    STATEMENT_POOLING_FIX,
     CicdDbError,
     NotFound,
     interrupt_exit_code,
     one_line,
     setting_behind,
+    statement_pooling,
     where_set,
 )
 from cicd_db.redaction import redact
@@ -184,8 +184,9 @@ def main(
                 debug,
             )
         elif STATEMENT_POOLING in first:
-            _print_error(f"database error: {first}; {STATEMENT_POOLING_FIX}", context, debug)
-            return 2
+            refused = statement_pooling()
+            _print_error(phrased(refused), context)
+            return refused.exit_code
         elif error.sqlstate in ENCODING_FIXES:
             # Text the database's encoding cannot hold, or bytes stored that are no text in
             # it: running again fails the same way.

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from cicd_db.errors import STANDBY, ConfigError, LockTimeout, OperationalError
+from cicd_db.errors import ConfigError, LockTimeout, OperationalError, standby
 from cicd_db.libpq import params_in_use
 from cicd_db.migrations.failures import SHARED_SESSIONS, THROUGH_A_SESSION, first_line
 from cicd_db.migrations.session import LOCK_KEY, WORK_KEY, Session
@@ -169,7 +169,7 @@ def own_sessions(work: psycopg.Connection[Any], holder: psycopg.Connection[Any])
     """
     row = work.execute(_FIRST).fetchone()
     if row is not None and row[1]:
-        raise ConfigError(STANDBY)
+        raise standby()
     first = (int(row[0]) if row else 0, _pid(holder))
     if first == (work.info.backend_pid, holder.info.backend_pid):
         return first[1]

@@ -203,7 +203,7 @@ def tables_placement(conn: psycopg.Connection[Any]) -> Placement | None:
             conn,
             "SELECT n.nspname, pg_catalog.current_setting('search_path'), "
             "pg_catalog.pg_table_is_visible(c.oid), (SELECT source FROM pg_catalog.pg_settings "
-            "WHERE name = 'search_path'), pg_catalog.current_database(), current_user "
+            "WHERE name = 'search_path') "
             "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
             "ON n.oid = c.relnamespace WHERE c.relname = 'pipeline_executions' "
             "AND c.relkind IN ('r', 'p') ORDER BY 3 DESC, 1 LIMIT 1",
@@ -212,16 +212,23 @@ def tables_placement(conn: psycopg.Connection[Any]) -> Placement | None:
         return None
     if row is None:
         return None
-    schema, path, visible, source, database, role = row
-    # Where the search_path was set, and what undoes it (errors.setting_advice).
+    schema, path, visible, source = row
+    # Where the search_path was set, and what undoes it (errors.setting_advice): the
+    # login role's, by the names the client gave (not read back through the database's
+    # encoding, nor the role a `SET ROLE` made current).
     where = setting_advice(
         "search_path",
         str(path),
         str(source),
-        database=sql.Identifier(str(database)).as_string(conn),
-        role=sql.Identifier(str(role)).as_string(conn),
+        database=sql.Identifier(conn.info.dbname).as_string(conn),
+        role=sql.Identifier(conn.info.user).as_string(conn),
         set_here=True,
     )
+    if str(source) == "default":  # no one set it: the schema is what is out of the way
+        where = (
+            f"it is the server's default; set one that names {schema} for the role "
+            f"(ALTER ROLE ... SET search_path = {schema}, public)"
+        )
     return Placement(str(schema), str(path), bool(visible), where)
 
 
