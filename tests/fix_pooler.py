@@ -78,7 +78,8 @@ def pgbouncer(
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert process.poll() is None, (folder / "pgbouncer.log").read_text()
+                log = folder / "pgbouncer.log"
+                assert process.poll() is None, log.read_text() if log.exists() else "no log"
                 assert time.monotonic() < deadline, "pgbouncer did not start listening"
                 time.sleep(0.05)
         yield Database(replace(settings, host="127.0.0.1", port=port))
