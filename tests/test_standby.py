@@ -7,7 +7,10 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
 
+from cicd_db.errors import ConfigError
 from cicd_db.store import Store
 
 from .fix_cli import migrate, run_cli
@@ -71,3 +74,22 @@ def test_a_standby_is_named_as_one_and_reads_work_as_on_its_primary(
     ):
         code, out, err = run_cli(*args, "--database-url", url)
         assert (code, err) == (0, ""), (args, err)
+
+
+def test_the_store_names_a_standby_it_cannot_write_to(standby: Pair) -> None:
+    """A CI system's agent given a replica's address: the store's writes raised psycopg's
+    ReadOnlySqlTransaction ("cannot execute INSERT in a read-only transaction"); they name
+    the standby, and its reads work."""
+    told = STANDBY.format(done="nothing was written").removeprefix("error: ").rstrip("\n")
+    with psycopg.connect(standby.standby.conninfo(), autocommit=True) as conn:
+        executions = Store.on(conn)
+        with pytest.raises(ConfigError) as refused:
+            executions.start_run("build", "c2")
+        assert str(refused.value) == told
+        assert executions.runs("build")[-1].run_number == 1
+    with ConnectionPool(
+        standby.standby.conninfo(), min_size=1, max_size=2, kwargs={"autocommit": True}
+    ) as pool:
+        with pytest.raises(ConfigError) as refused:
+            Store.pooled(pool).start_run("build", "c2")
+        assert str(refused.value) == told

@@ -19,7 +19,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 
 from cicd_db import cursors
-from cicd_db.errors import NotFound, UsageError
+from cicd_db.errors import NotFound, UsageError, standby
 from cicd_db.store.rows import TABLES, Row
 
 # A database or role may make every transaction REPEATABLE READ or SERIALIZABLE
@@ -37,13 +37,18 @@ Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 def retried(method: Method) -> Method:
-    """`method` of a store, run again when the server refused it for serialization."""
+    """`method` of a store, run again when the server refused it for serialization; a
+    write a hot standby refused is told as the standby's (errors.standby)."""
 
     @functools.wraps(method)
     def call(self: Connected, *args: Any, **kwargs: Any) -> Any:
         for attempt in itertools.count(1):
             try:
                 return method(self, *args, **kwargs)
+            except psycopg.errors.ReadOnlySqlTransaction:
+                if self._in_recovery():
+                    raise standby("nothing was written") from None
+                raise
             except psycopg.errors.SerializationFailure:
                 conn = self._conn
                 if attempt > SERIALIZATION_RETRIES or (
@@ -101,6 +106,18 @@ class Connected:
                 arguments=["pool"],
             )
         return cls(lambda: _ready_from(pool))
+
+    def _in_recovery(self) -> bool:
+        """Whether the server is a hot standby; False when that cannot be asked (the
+        caller's transaction failed: its error is theirs)."""
+        try:
+            with self._connection() as conn:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    return False
+                row = cursors.execute(conn, "SELECT pg_catalog.pg_is_in_recovery()").fetchone()
+        except psycopg.Error:
+            return False
+        return bool(row and row[0])
 
     def _tuple(
         self, query: bytes, params: Sequence[Any] | Mapping[str, Any]
