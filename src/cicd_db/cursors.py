@@ -18,7 +18,7 @@ from psycopg import pq, sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import RowFactory, tuple_row
 
-from cicd_db.errors import UsageError
+from cicd_db.errors import UsageError, setting_advice
 
 
 def ready(
@@ -66,3 +66,19 @@ def execute(
 ) -> psycopg.Cursor[tuple[Any, ...]]:
     """`conn.execute(query, params)`, its rows tuples whatever `conn` makes."""
     return cursor(conn, binary=binary).execute(query, params)
+
+
+def setting_where(conn: psycopg.Connection[Any], name: str, value: str, source: str) -> str | None:
+    """Where a caller's session got setting `name` (pg_settings' `source`) and what undoes
+    it (errors.setting_advice), naming the login role and the database as the client
+    gave them: not the role a `SET ROLE` made current, nor names read back through the
+    database's encoding."""
+    info = conn.info
+    return setting_advice(
+        name,
+        value,
+        source,
+        database=sql.Identifier(info.dbname).as_string(conn),
+        role=sql.Identifier(info.user).as_string(conn),
+        set_here=True,
+    )

@@ -59,7 +59,6 @@ from cicd_db.errors import (
     no_schema,
     older_schema,
     plural,
-    setting_advice,
     setting_behind,
     standby,
     statement_pooling,
@@ -320,15 +319,7 @@ def _fires_no_cascade(conn: psycopg.Connection[Any], source: str) -> ConfigError
     restore's) PostgreSQL fires no trigger, and so no foreign key's ON DELETE CASCADE:
     the deleted runs' rollups, and any row of a table added beside the schema that
     refers to them, would stay behind referring to nothing."""
-    info = conn.info
-    where = setting_advice(
-        "session_replication_role",
-        "replica",
-        source,
-        database=sql.Identifier(info.dbname).as_string(conn),
-        role=sql.Identifier(info.user).as_string(conn),
-        set_here=True,
-    )
+    where = cursors.setting_where(conn, "session_replication_role", "replica", source)
     return ConfigError(
         "retention deletes no run under session_replication_role = replica: PostgreSQL "
         "then fires no trigger and no ON DELETE CASCADE, so rows that refer to the runs "

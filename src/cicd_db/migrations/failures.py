@@ -30,6 +30,12 @@ THROUGH_A_SESSION = (
     "migrate through the server's own address, or the pooler's session mode "
     "(PgBouncer's pool_mode = session, Supabase's port 5432)"
 )
+POOLER_REFUSED = f"{SHARED_SESSIONS}; nothing was run; {THROUGH_A_SESSION}"
+# What a file that ran in another server session than the work session's did.
+RAN_ELSEWHERE = (
+    "in another server session than the runner's, outside its lock: a connection pooler "
+    "between lends server sessions a transaction at a time (transaction pooling)"
+)
 
 
 class Transient(Exception):

@@ -21,7 +21,7 @@ from psycopg.conninfo import make_conninfo
 
 from cicd_db.errors import ConfigError, LockTimeout, OperationalError, standby
 from cicd_db.libpq import params_in_use
-from cicd_db.migrations.failures import SHARED_SESSIONS, THROUGH_A_SESSION, first_line
+from cicd_db.migrations.failures import POOLER_REFUSED, first_line
 from cicd_db.migrations.session import LOCK_KEY, WORK_KEY, Session
 
 DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a runner waits for another to finish
@@ -56,7 +56,6 @@ _MARK = (
 # pooler in another server session, an unlock would be a WARNING of the server's); taken
 # only where it is not held, so that once given back it is gone.
 _UNMARK = "SELECT pg_catalog.pg_advisory_unlock_shared(%s) FROM (" + _MARK_HELD + ") AS held"  # noqa: S608 - constants
-_MARK_KEY = [WORK_KEY]
 # The server session a statement ran in.
 _WHO = "SELECT pg_catalog.pg_backend_pid()"
 # ... and, first, whether that server takes writes at all.
@@ -115,7 +114,7 @@ def held(session: Session, timeout: float) -> Iterator[None]:
             session.lock_key = None
             if session.end_transaction():
                 with contextlib.suppress(psycopg.OperationalError):
-                    session.conn.execute(_UNMARK, _MARK_KEY)
+                    session.conn.execute(_UNMARK, [WORK_KEY])
     finally:
         if not holder.broken and not holder.closed:
             with contextlib.suppress(psycopg.OperationalError):
@@ -176,7 +175,7 @@ def own_sessions(work: psycopg.Connection[Any], holder: psycopg.Connection[Any])
     seen = [first, (_pid(work), _pid(holder)), (_pid(work), _pid(holder))]
     works, holders = {w for w, _ in seen}, {h for _, h in seen}
     if len(works) > 1 or len(holders) > 1 or works & holders:
-        raise ConfigError(f"{SHARED_SESSIONS}; nothing was run; {THROUGH_A_SESSION}")
+        raise ConfigError(POOLER_REFUSED)
     return first[1]
 
 
@@ -267,16 +266,16 @@ def renew(session: Session) -> None:
     new.prepare_threshold = None
     old, old_pid = session.conn, session.server_pid
     try:
-        row = new.execute(_MARK, [WORK_KEY]).fetchone()
-        session.conn, session.server_pid = new, int(row[1]) if row else None
+        session.conn = new
+        mark(session)
     except BaseException:  # a setting the file left may cut it (a 1 ms statement_timeout)
         session.conn, session.server_pid = old, old_pid
         new.close()  # and the mark with it, if it was taken
         raise
     if session.given is None:
-        session.given, session.given_pid = old, old_pid
+        session.given = old
         with contextlib.suppress(psycopg.OperationalError):
-            old.execute(_UNMARK, _MARK_KEY)
+            old.execute(_UNMARK, [WORK_KEY])
     else:
         old.close()  # the runner's own, from an earlier renewal
 
@@ -287,10 +286,9 @@ def restore(session: Session) -> None:
     if given is None:
         return
     session.conn.close()
-    session.given, session.conn = None, given
-    session.server_pid = session.given_pid
+    session.given, session.conn, session.server_pid = None, given, None
     with contextlib.suppress(psycopg.OperationalError):
-        given.execute(_MARK, [WORK_KEY])
+        mark(session)
 
 
 def _try_lock(holder: psycopg.Connection[Any], own: int, key: int) -> bool:
@@ -302,7 +300,7 @@ def _try_lock(holder: psycopg.Connection[Any], own: int, key: int) -> bool:
             "check that the server is up, and run again"
         ) from None
     if taken is None:
-        raise ConfigError(f"{SHARED_SESSIONS}; nothing was run; {THROUGH_A_SESSION}")
+        raise ConfigError(POOLER_REFUSED)
     return taken
 
 

@@ -24,6 +24,7 @@ from cicd_db.errors import (
 )
 from cicd_db.migrations import diagnose, history, history_table, integrity
 from cicd_db.migrations.failures import (
+    RAN_ELSEWHERE,
     READ_ONLY_BY_THE_FILE,
     THROUGH_A_SESSION,
     Transient,
@@ -247,10 +248,8 @@ def _rehearse_one(session: Session, migration: Migration, skipped: list[str]) ->
     cause = None if failed is None else session.error(failed).diag
     if cause is not None and cause.sqlstate == integrity.CHECK_MOVED:
         raise MigrationFailed(
-            f"the rehearsal ran {migration.filename} in another server session than the "
-            "runner's, outside its lock: a connection pooler between lends server sessions "
-            "a transaction at a time (transaction pooling); the rehearsal was rolled back, "
-            f"and nothing after that file was rehearsed; {THROUGH_A_SESSION}"
+            f"the rehearsal ran {migration.filename} {RAN_ELSEWHERE}; the rehearsal was "
+            f"rolled back, and nothing after that file was rehearsed; {THROUGH_A_SESSION}"
         )
     if cause is not None and cause.sqlstate != integrity.CHECK_LOCK and not session.lost:
         # Not the lock: what the file left that a real run's COMMIT would have ended

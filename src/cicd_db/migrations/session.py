@@ -148,7 +148,6 @@ class Session:
         # The server session the work connection runs in while the lock is held
         # (lock.mark): each file's transaction must run there (integrity.lock_check).
         self.server_pid: int | None = None
-        self.given_pid: int | None = None
         # The savepoint a file runs after inside a transaction that must go on (a
         # rehearsal, a schema comparison): a failure is looked into after rolling back
         # to it, never by ending the transaction.

@@ -14,6 +14,7 @@ from psycopg.pq.abc import PGresult
 from cicd_db.errors import MigrationFailed
 from cicd_db.migrations import diagnose, history, history_table, integrity
 from cicd_db.migrations.failures import (
+    RAN_ELSEWHERE,
     RETRIED_SQLSTATES,
     THROUGH_A_SESSION,
     Transient,
@@ -247,9 +248,7 @@ class Verdicts:
             "idle transactions, such as PgBouncer's idle_transaction_timeout, as the lock "
             "session waits in one for the whole run), so another runner could have run at "
             "the same time",
-            integrity.CHECK_MOVED: "ran in another server session than the runner's, outside "
-            "its lock: a connection pooler between lends server sessions a transaction at a "
-            "time (transaction pooling)",
+            integrity.CHECK_MOVED: f"ran {RAN_ELSEWHERE}",
             integrity.CHECK_RECORDED: "left no history row (a trigger on the history table?)",
             integrity.CHECK_HISTORY: "changed the migration history (TRUNCATE, DELETE, UPDATE, "
             "an ALTER TABLE that rewrites it or makes it UNLOGGED, or another table in its "

@@ -8,7 +8,6 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from cicd_db import cursors
@@ -18,7 +17,6 @@ from cicd_db.errors import (
     Placement,
     UsageError,
     check_name,
-    setting_advice,
 )
 from cicd_db.store.connected import Connected
 from cicd_db.store.rows import (
@@ -213,22 +211,13 @@ def tables_placement(conn: psycopg.Connection[Any]) -> Placement | None:
     if row is None:
         return None
     schema, path, visible, source = row
-    # Where the search_path was set, and what undoes it (errors.setting_advice): the
-    # login role's, by the names the client gave (not read back through the database's
-    # encoding, nor the role a `SET ROLE` made current).
-    where = setting_advice(
-        "search_path",
-        str(path),
-        str(source),
-        database=sql.Identifier(conn.info.dbname).as_string(conn),
-        role=sql.Identifier(conn.info.user).as_string(conn),
-        set_here=True,
-    )
     if str(source) == "default":  # no one set it: the schema is what is out of the way
-        where = (
+        where: str | None = (
             f"it is the server's default; set one that names {schema} for the role "
             f"(ALTER ROLE ... SET search_path = {schema}, public)"
         )
+    else:  # where it was set, and what undoes it
+        where = cursors.setting_where(conn, "search_path", str(path), str(source))
     return Placement(str(schema), str(path), bool(visible), where)
 
 
