@@ -7,6 +7,7 @@ Regenerate the golden files after an intended change with
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -23,7 +24,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cicd_db import insights, report, retention, targets
+from cicd_db import insights, report, retention, store, targets
 from cicd_db.errors import ConfigError, UsageError
 from cicd_db.settings import ConnectionSettings
 from cicd_db.store import (
@@ -741,3 +742,34 @@ def test_a_table_that_hides_one_of_cicd_dbs_is_named_not_read(
             with pytest.raises(ConfigError, match="reads cicd-db's tables from more than one"):
                 call()
     assert migrated.query("SELECT count(*) FROM public.pipeline_executions") == [(1,)]
+
+
+EXECUTION_TABLES = ("pipeline_executions", "stage_executions", "job_executions")
+
+
+@pytest.mark.parametrize(
+    "copied",
+    [subset for n in (1, 2, 3) for subset in itertools.combinations(EXECUTION_TABLES, n)],
+    ids="+".join,
+)
+def test_any_execution_tables_a_schema_first_on_the_path_holds_are_refused_unless_all(
+    migrated: Database, copied: tuple[str, ...]
+) -> None:
+    """Every way of shadowing the execution tables: any one or two of them in a schema the
+    search_path reads first is refused, naming where each is read from; all three there
+    are a whole schema of their own, read as such."""
+    user = migrated.settings.user
+    migrated.execute(
+        f'CREATE SCHEMA "{user}"; '
+        + "; ".join(f'CREATE TABLE "{user}".{t} (LIKE public.{t})' for t in copied)
+    )
+    with migrated.connect() as conn:
+        if len(copied) == len(EXECUTION_TABLES):
+            store.check_read_from_one_schema(conn)  # no refusal
+            return
+        with pytest.raises(ConfigError) as refused:
+            store.check_read_from_one_schema(conn)
+    said = str(refused.value)
+    for table in EXECUTION_TABLES:
+        schema = user if table in copied else "public"
+        assert re.search(rf"\b{table}\b[^;)]* from schema {schema}\b", said), (table, said)
