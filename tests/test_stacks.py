@@ -11,9 +11,11 @@ import json
 import os
 import re
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import hypothesis
@@ -33,6 +35,7 @@ from .utils import MIGRATIONS, ROOT, examples
 STUB = f"""#!{sys.executable}
 import json, os, sys
 from pathlib import Path
+from typing import Any
 
 args = sys.argv[1:]
 expected = ["stack", "output", "--json", "--show-secrets", "--non-interactive", "--stack"]
@@ -564,6 +567,29 @@ def test_a_large_answer_is_read_whole_after_pulumi_exits(tmp_path: Path) -> None
     )
     with mock.patch.dict(os.environ, env):
         assert stacks.outputs("dev", root=ROOT) == {"big": "x" * 4_000_000}
+
+
+def test_an_answer_waiting_in_the_pipe_is_read_however_late_the_reader_comes(
+    tmp_path: Path,
+) -> None:
+    """The grace after the CLI's exit was counted to the read's end: a reader that got the
+    CPU back only after the grace (a loaded machine; seen in a full test run, 4 MB cut to
+    its first megabytes) stopped with the answer still in the pipe, and called it not
+    JSON. Here the reader comes back only once the CLI has exited, and the grace is 0."""
+    document = json.dumps({"answer": "x" * 30_000})  # within a pipe's 64 kB: no reader needed
+    env = _wild_pulumi(tmp_path, f"sys.stdout.write({document!r})")
+
+    class LateReader(subprocess.Popen[bytes]):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.wait()
+
+    with (
+        mock.patch.dict(os.environ, env),
+        mock.patch.object(stacks, "EXITED_GRACE_SECONDS", 0),
+        mock.patch.object(stacks.subprocess, "Popen", LateReader),
+    ):
+        assert stacks.outputs("dev", root=ROOT) == {"answer": "x" * 30_000}
 
 
 def test_a_pulumi_that_closes_its_output_and_hangs_is_a_timeout(tmp_path: Path) -> None:

@@ -149,11 +149,16 @@ def _run(command: list[str], *, cwd: Path) -> tuple[int, bytes, bytes]:
                     # is not its answer; a moment for the pipes to drain, no more.
                     deadline = min(deadline, time.monotonic() + EXITED_GRACE_SECONDS)
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    if process.poll() is not None:
+                ready = selector.select(max(0.0, min(left, EXITED_GRACE_SECONDS)))
+                if time.monotonic() >= deadline:
+                    if process.poll() is None:
+                        raise subprocess.TimeoutExpired(command, READ_TIMEOUT_SECONDS)
+                    # The grace is for a process it left that holds the pipes and writes
+                    # nothing: what is already in them is read, however late this
+                    # process got the CPU back (a loaded machine), until none is waiting.
+                    if not ready:
                         break
-                    raise subprocess.TimeoutExpired(command, READ_TIMEOUT_SECONDS)
-                for key, _ in selector.select(min(left, EXITED_GRACE_SECONDS)):
+                for key, _ in ready:
                     chunk = os.read(key.fd, 65536)
                     if not chunk:
                         selector.unregister(key.fileobj)
