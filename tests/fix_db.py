@@ -12,9 +12,10 @@ databases, so they run without durability (fsync, synchronous_commit and
 full_page_writes off): a crash of the test server loses nothing anyone needs.
 
 A test's database is a copy of a template made once per session (`CREATE DATABASE ...
-TEMPLATE`, the default WAL_LOG strategy: on PostgreSQL 15 and 18 here FILE_COPY was as
-fast without durability and twice as slow with it, for its two checkpoints), made and
-dropped through one admin connection kept for the session. The empty template is ours,
+TEMPLATE ... STRATEGY FILE_COPY`: copied file by file, which on this server without
+durability costs about a tenth less server CPU over a test file than the default
+WAL_LOG, which writes each page to the WAL), made and dropped through one admin
+connection kept for the session. The empty template is ours,
 not template1, so that a test that locks template1 (tests/test_local.py does, to make
 CREATE DATABASE wait) holds up no other test.
 """
