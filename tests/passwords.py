@@ -52,28 +52,40 @@ def fixed_texts() -> str:
 FIXED_TEXTS = fixed_texts()
 
 
+# hostile_urls' strategies that depend on no draw, made once: one made in every draw is
+# checked and analysed anew by Hypothesis each time.
+# Characters that end a URL's parts drawn as often as all others together.
+_PASSWORDS = st.text(
+    st.sampled_from(PASSWORD_CHARACTERS) | st.sampled_from([*DELIMITERS, "&", "=", ","]),
+    min_size=RUN,
+    max_size=14,
+)
+_DELIMITERS = st.sampled_from(DELIMITERS)
+_HOSTS = st.sampled_from(["127.0.0.1", "", "[::1]", "127.0.0.1:1,127.0.0.1", "h"])
+_PORTS = st.sampled_from(["1", "", "x", "99999", "0", "-1", "1a", "\uff11"])
+_SSLPASSWORDS = st.text(st.sampled_from(PASSWORD_CHARACTERS), min_size=RUN, max_size=10).filter(
+    lambda s: not set(s) & set("&#")  # either would end the value in any URL
+)
+# The ':' before the password, or what a slip of the finger types there instead.
+_SEPARATORS = st.sampled_from([":", ":", ":", *"?/#;,!=&\uff1a\uff20"]) | st.sampled_from(
+    ["%3A", "%3a", "%2F", "%3F", "%23", "%3B", "%2C", "%21", "%26", "%EF%BC%9A"]
+)
+
+
 @st.composite
 def hostile_urls(draw: st.DrawFn) -> tuple[str, str, str]:
     """(url, password, sslpassword): a password of every printable character, written
     raw or percent-encoded, with URL delimiters and spaces inserted in and around it,
     after a ':' or what a typo puts in its place; bad ports, unknown parameters, and
     an sslpassword."""
-    # Characters that end a URL's parts drawn as often as all others together.
-    characters = st.sampled_from(PASSWORD_CHARACTERS) | st.sampled_from(
-        [*DELIMITERS, "&", "=", ","]
-    )
-    password = draw(st.text(characters, min_size=RUN, max_size=14))
+    password = draw(_PASSWORDS)
     written = draw(st.sampled_from([password, quote(password, safe="")]))
     for _ in range(draw(st.integers(0, 3))):
         at = draw(st.integers(0, len(written)))
-        written = written[:at] + draw(st.sampled_from(DELIMITERS)) + written[at:]
-    host = draw(st.sampled_from(["127.0.0.1", "", "[::1]", "127.0.0.1:1,127.0.0.1", "h"]))
-    port = draw(st.sampled_from(["1", "", "x", "99999", "0", "-1", "1a", "\uff11"]))
-    sslpassword = draw(
-        st.text(st.sampled_from(PASSWORD_CHARACTERS), min_size=RUN, max_size=10).filter(
-            lambda s: not set(s) & set("&#")  # either would end the value in any URL
-        )
-    )
+        written = written[:at] + draw(_DELIMITERS) + written[at:]
+    host = draw(_HOSTS)
+    port = draw(_PORTS)
+    sslpassword = draw(_SSLPASSWORDS)
     ssl_written = draw(st.sampled_from([sslpassword, quote(sslpassword, safe="")]))
     query = draw(
         st.lists(
@@ -100,13 +112,7 @@ def hostile_urls(draw: st.DrawFn) -> tuple[str, str, str]:
             max_size=3,
         )
     )
-    # The ':' before the password, or what a slip of the finger types there instead.
-    separator = draw(
-        st.sampled_from([":", ":", ":", *"?/#;,!=&\uff1a\uff20"])
-        | st.sampled_from(
-            ["%3A", "%3a", "%2F", "%3F", "%23", "%3B", "%2C", "%21", "%26", "%EF%BC%9A"]
-        )
-    )
+    separator = draw(_SEPARATORS)
     url = f"postgresql://u{separator}{written}@{host}" + (f":{port}" if port else "") + "/db"
     if query:
         url += "?" + "&".join(query)

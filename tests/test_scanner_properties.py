@@ -17,6 +17,7 @@ inside strings, comments and identifiers, psql's colon forms that are SQL (casts
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -91,44 +92,62 @@ COLON_FORMS = [
 JSON_FORMS = ["json_object('k' : 'v')", "(SELECT json_object('k':v) FROM (SELECT 1 AS v) AS s)"]
 
 
+# The strategies a draw uses, made once: a strategy made anew in every draw is checked
+# and analysed anew by Hypothesis each time, which was most of these tests' CPU.
+KINDS = st.sampled_from(["plain", "escape", "dollar", "colon", "number"])
+TAGS = st.sampled_from(["", "a", "x_1"])
+COLONS = {True: st.sampled_from(COLON_FORMS + JSON_FORMS), False: st.sampled_from(COLON_FORMS)}
+SEPARATORS = st.sampled_from([", ", ",\n", ", /**/ "]) | text.map(block_comment).map(
+    lambda c: f", {c} "
+)
+TAILS = st.sampled_from(["", " ", "\n"]) | text.map(line_comment)
+STATEMENT_KINDS = st.sampled_from(["select", "select", "select", "set", "set_config", "mention"])
+SCOPES = st.sampled_from(["", "SESSION ", "LOCAL "])
+MENTIONS = st.sampled_from(["string", "dollar", "comment"])
+BETWEEN = st.sampled_from(["", "\n"]) | text.map(line_comment)
+
+
 @st.composite
 def expression(draw: st.DrawFn, standard: bool, json: bool) -> str:
-    kind = draw(st.sampled_from(["plain", "escape", "dollar", "colon", "number"]))
+    kind = draw(KINDS)
     if kind == "plain":
         return plain_string(draw(text), standard)
     if kind == "escape":
         return escape_string(draw(text))
     if kind == "dollar":
-        return dollar(draw(text), draw(st.sampled_from(["", "a", "x_1"])))
+        return dollar(draw(text), draw(TAGS))
     if kind == "colon":
-        return draw(st.sampled_from(COLON_FORMS + (JSON_FORMS if json else [])))
+        return draw(COLONS[json])
     return str(draw(st.integers(0, 99)))
 
 
+EXPRESSIONS = {
+    (standard, json): st.lists(expression(standard, json), min_size=1, max_size=4)
+    for standard in (True, False)
+    for json in (True, False)
+}
+
+
+@functools.cache  # one strategy for each set of arguments, as above
 @st.composite
 def select(draw: st.DrawFn, standard: bool, json: bool = True) -> str:
-    parts = draw(st.lists(expression(standard, json), min_size=1, max_size=4))
-    separators = [
-        draw(
-            st.sampled_from([", ", ",\n", ", /**/ "])
-            | text.map(block_comment).map(lambda c: f", {c} ")
-        )
-        for _ in parts[1:]
-    ]
+    parts = draw(EXPRESSIONS[standard, json])
+    separators = [draw(SEPARATORS) for _ in parts[1:]]
     body = parts[0] + "".join(s + p for s, p in zip(separators, parts[1:], strict=True))
-    tail = draw(st.sampled_from(["", " ", "\n"]) | text.map(line_comment))
+    tail = draw(TAILS)
     return f"SELECT {body}{tail};"
 
 
+@functools.cache
 @st.composite
 def valid_file(draw: st.DrawFn, json: bool = True) -> File:
     """Statements that apply on any server: SELECTs, and real changes of the reading."""
     built = File()
     for _ in range(draw(st.integers(1, 8))):
-        kind = draw(st.sampled_from(["select", "select", "select", "set", "set_config", "mention"]))
+        kind = draw(STATEMENT_KINDS)
         if kind == "set":
             value = draw(st.booleans())
-            scope = draw(st.sampled_from(["", "SESSION ", "LOCAL "]))
+            scope = draw(SCOPES)
             built.statements.append(
                 f"SET {scope}standard_conforming_strings = {'on' if value else 'off'};"
             )
@@ -142,7 +161,7 @@ def valid_file(draw: st.DrawFn, json: bool = True) -> File:
             built.standard = value
             built.selects += 1
         elif kind == "mention":  # names the setting where it changes nothing
-            where = draw(st.sampled_from(["string", "dollar", "comment"]))
+            where = draw(MENTIONS)
             mention = {
                 "string": plain_string("standard_conforming_strings = off", built.standard),
                 "dollar": "$$SET standard_conforming_strings = off$$",
@@ -160,7 +179,7 @@ def join(draw: st.DrawFn, statements: list[str]) -> str:
     """Statements one a line, with comments between some of them."""
     out = []
     for statement in statements:
-        out.append(draw(st.sampled_from(["", "\n"]) | text.map(line_comment)))
+        out.append(draw(BETWEEN))
         out.append(statement + "\n")
     return "".join(out)
 
