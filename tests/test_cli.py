@@ -108,7 +108,8 @@ try:
         pass
     print("went on")
 except KeyboardInterrupt as interrupt:
-    print("stopped", entry.interrupt_exit_code(interrupt))
+    from cicd_db.errors import interrupt_exit_code
+    print("stopped", interrupt_exit_code(interrupt))
 """
 
 
@@ -190,6 +191,57 @@ def test_a_signal_pending_as_the_handlers_change_is_one_line(
             signal.signal(signum, handler)
     assert done.value.code == code
     assert capsys.readouterr().err == "error: interrupted while starting; nothing ran\n"
+
+
+# The signal sent as Python looks for `module`, as a Ctrl-C on a loaded machine lands
+# while that module loads; then the CLI started as `cicd-db` starts it.
+_WHILE_LOADING = """
+import signal, sys
+class Finder:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            signal.raise_signal({signum})
+            for _ in range(100_000):  # the handler runs among these steps
+                pass
+        return None
+sys.meta_path.insert(0, Finder())
+from cicd_db.entry import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143), (1, 129)])
+@pytest.mark.parametrize("module", ["cicd_db.errors", "typing", "cicd_db.cli"])
+def test_a_signal_while_the_entry_point_itself_loads_is_one_line_and_its_code(
+    module: str, signal_number: int, code: int
+) -> None:
+    """The entry point imported cicd_db.errors (typing, re, datetime) before its
+    handlers: a Ctrl-C then was a traceback and exit -2, SIGTERM and SIGHUP a silent
+    end by the signal (seen in a full test run on a loaded machine)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _WHILE_LOADING.format(module=module, signum=signal_number)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # as a terminal
+    )
+    assert (done.returncode, done.stderr) == (
+        code,
+        "error: interrupted while starting; nothing ran\n",
+    )
+
+
+def test_the_entry_points_exit_codes_are_the_errors_ones() -> None:
+    """entry writes them itself, since it may import nothing of cicd_db first."""
+    from cicd_db import entry, errors
+
+    assert entry.EXIT_INTERRUPTED == errors.EXIT_INTERRUPTED
+    assert entry.STOPPING == {
+        signal.SIGTERM: errors.EXIT_TERMINATED,
+        signal.SIGHUP: errors.EXIT_HANGUP,
+    }
 
 
 def test_a_finished_commands_exit_code_is_kept_whatever_arrives_after() -> None:

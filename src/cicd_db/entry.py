@@ -24,16 +24,14 @@ import signal
 import sys
 from types import FrameType
 
-from cicd_db.errors import (
-    EXIT_HANGUP,
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
-    Terminated,
-    interrupt_exit_code,
-)
-
+# Nothing of cicd_db is imported before the handlers are in place, cicd_db.errors
+# included: it loads typing, re and datetime, and a signal while they loaded (a
+# loaded machine makes that moment long) was Python's own: a traceback, or a silent
+# exit by SIGTERM or SIGHUP. So the exit codes are written here as errors.py writes
+# them, 128 + the signal (tests/test_cli.py checks that they agree).
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 # The signals a run stops cleanly on besides Ctrl-C, and their exit codes.
-STOPPING = {signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
+STOPPING = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGHUP: 128 + signal.SIGHUP}
 
 
 def _while_starting(signum: int, frame: FrameType | None) -> None:
@@ -53,6 +51,8 @@ def _say_interrupted_while_starting() -> None:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    from cicd_db.errors import Terminated  # loaded with the CLI, before this is installed
+
     raise Terminated(STOPPING[signal.Signals(signum)])
 
 
@@ -116,6 +116,8 @@ def _load() -> object:
     except KeyboardInterrupt as interrupt:
         # A signal that came while the CLI loaded is handled as its handler is changed, by
         # the new one (signal.signal runs what is pending): nothing ran yet all the same.
+        from cicd_db.errors import interrupt_exit_code  # loaded with the CLI
+
         _say_interrupted_while_starting()
         raise SystemExit(interrupt_exit_code(interrupt)) from None
     return cli
