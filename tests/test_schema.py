@@ -22,6 +22,7 @@ import json
 import os
 import re
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,10 @@ from .fix_cli import Run, migrate, run_cli
 from .fix_db import Database, Databases
 from .utils import PgDumpCall, examples, pg_dump_calls, write_migrations
 
-READER = "cicd_db_test_schema_reader"
+# A role of the server, so a name of this session's own: a run cut short (Ctrl-C, a
+# killed worker) left databases with grants to the shared name, whose DROP ROLE then
+# failed every later run's fixture ("some objects depend on it").
+READER = f"cicd_db_test_schema_reader_{uuid.uuid4().hex[:8]}"
 
 BASE = f"""
 CREATE TYPE mood AS ENUM ('sad', 'happy');
