@@ -51,14 +51,18 @@ UNDURABLE = ("fsync", "synchronous_commit", "full_page_writes")
 SERVER_ROLES = pytest.mark.usefixtures("server_roles")
 
 
+def _name() -> str:
+    bin_dir = os.environ.get("TEST_PG_BIN_DIR")
+    return "tests-" + (Path(bin_dir).parent.name if bin_dir else "embedded")
+
+
 def _embedded() -> EmbeddedServer:
     bin_dir = os.environ.get("TEST_PG_BIN_DIR")
-    name = "tests-" + (Path(bin_dir).parent.name if bin_dir else "embedded")
-    home = on_ram_disk(ROOT / ".cicd-db" / name)
+    home = on_ram_disk(ROOT / ".cicd-db" / _name())
     return EmbeddedServer(home, bin_dir=Path(bin_dir) if bin_dir else None)
 
 
-_WAS_RUNNING = pytest.StashKey[bool]()
+_SESSIONS = pytest.StashKey[int]()
 _VERSIONS = pytest.StashKey[set[str]]()
 
 
@@ -67,16 +71,36 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Note whether the test server was running, so the end of the session leaves it as
-    it was. Only the main process does: xdist's workers share its server."""
+    """The session shares the test server with any other session of this checkout (a
+    `make test` and a pytest in another terminal): each holds a shared lock on a file
+    beside it for its whole run, and the last to end stops the server if a test session
+    started it. (The first to end stopped it once, under the other's feet: 1,500
+    errors.) Only the main process does this: xdist's workers share its server."""
     if os.environ.get("TEST_DATABASE_URL") or hasattr(session.config, "workerinput"):
         return
-    session.config.stash[_WAS_RUNNING] = _embedded().status().running
+    folder = ROOT / ".cicd-db"
+    folder.mkdir(exist_ok=True)
+    sessions = os.open(folder / f"{_name()}.sessions", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(sessions, fcntl.LOCK_SH)
+    session.config.stash[_SESSIONS] = sessions
+    if not _embedded().status().running:
+        (folder / f"{_name()}.started-by-tests").touch()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if session.config.stash.get(_WAS_RUNNING, True) is False:
-        _embedded().stop()
+    sessions = session.config.stash.get(_SESSIONS, None)
+    if sessions is None:
+        return
+    try:
+        fcntl.flock(sessions, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        started = ROOT / ".cicd-db" / f"{_name()}.started-by-tests"
+        if started.exists():  # not a server someone started by hand
+            _embedded().stop()
+            started.unlink()
+    except BlockingIOError:
+        pass  # another session still runs on it: the last one decides
+    finally:
+        os.close(sessions)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
