@@ -153,6 +153,23 @@ def test_a_stopped_dump_leaves_no_server_and_no_folder(
     assert sorted(p.name for p in temporary.iterdir()) == []
 
 
+def test_a_server_ready_when_the_wait_looks_last_is_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait looked only while time was left: a process that got the CPU back after
+    the deadline (a loaded machine) called a ready server one that never started. Here
+    the deadline is past at once, and the server is ready."""
+    pid_file = tmp_path / pgprocess.PID_FILE
+    pid_file.write_text("1\n/data\n0\n5432\n\n127.0.0.1\n0 0\nready   \n")
+
+    class Running:
+        def poll(self) -> None:
+            return None
+
+    monkeypatch.setattr(pgprocess, "START_TIMEOUT_SECONDS", 0)
+    assert throwaway._ready(Running(), pid_file, tmp_path / "server.log") is True  # type: ignore[arg-type]
+
+
 def test_a_ctrl_c_at_any_moment_leaves_nothing(tmp_path: Path, temporary: Path) -> None:
     """Ctrl-C at moments spread over a whole dump (initdb, the start, the file, pg_dump,
     the stop: a quick dump takes ~0.6-1 s here): the command ends promptly, in one line
