@@ -7,9 +7,10 @@ The session's server is, in this order:
 The last two live under .cicd-db/tests-*/ (a link to a folder in /dev/shm where there is
 one: tests/utils.py's on_ram_disk says why), are started once (the first test that needs
 one starts it; EmbeddedServer's lock file makes that safe from several processes) and
-stopped when the session that found them stopped ends. They hold nothing but test
-databases, so they run without durability (fsync, synchronous_commit and
-full_page_writes off): a crash of the test server loses nothing anyone needs.
+stopped by the last session running on them, if a test session started them. They
+hold nothing but test databases, so they run without durability (fsync,
+synchronous_commit and full_page_writes off): a crash of the test server loses
+nothing anyone needs.
 
 A test's database is a copy of a template made once per session (`CREATE DATABASE ...
 TEMPLATE ... STRATEGY FILE_COPY`: copied file by file, which on this server without
@@ -233,7 +234,8 @@ class Database:
 
     def history(self) -> list[int]:
         with self.connect() as conn:  # one session for both (a connection costs ~4 ms)
-            if not conn.execute("SELECT to_regclass('cicd_db.cicd_db_schema_history')").fetchone()[0]:  # type: ignore[index]  # fmt: skip
+            found = conn.execute("SELECT to_regclass('cicd_db.cicd_db_schema_history')")
+            if found.fetchone() == (None,):
                 return []
             rows = conn.execute(
                 "SELECT version FROM ONLY cicd_db.cicd_db_schema_history ORDER BY version"

@@ -45,7 +45,7 @@ from .fix_cli import Run, migrate, run_cli
 from .fix_db import Database, Databases
 from .utils import PgDumpCall, examples, pg_dump_calls, write_migrations
 
-# A role of the server, so a name of this session's own: a run cut short (Ctrl-C, a
+# A role of the server, so a name of this process's own: a run cut short (Ctrl-C, a
 # killed worker) left databases with grants to the shared name, whose DROP ROLE then
 # failed every later run's fixture ("some objects depend on it").
 READER = f"cicd_db_test_schema_reader_{uuid.uuid4().hex[:8]}"

@@ -35,7 +35,6 @@ from .utils import MIGRATIONS, ROOT, examples
 STUB = f"""#!{sys.executable}
 import json, os, sys
 from pathlib import Path
-from typing import Any
 
 args = sys.argv[1:]
 expected = ["stack", "output", "--json", "--show-secrets", "--non-interactive", "--stack"]

@@ -172,8 +172,9 @@ def test_a_server_ready_when_the_wait_looks_last_is_ready(
 
 def test_a_ctrl_c_at_any_moment_leaves_nothing(tmp_path: Path, temporary: Path) -> None:
     """Ctrl-C at moments spread over a whole dump (initdb, the start, the file, pg_dump,
-    the stop: a quick dump takes ~0.6-1 s here): the command ends promptly, in one line
-    or none, and nothing is left."""
+    the stop: a quick dump takes ~0.6-1 s here), counted from the moment the CLI's
+    handlers are in place (wait_handled): the command ends promptly, in one line or
+    none, and nothing is left."""
     folder = write_migrations(tmp_path / "migrations", {"0001_t.sql": "SELECT 1;\n"})
     for delay in (0.3, 0.45, 0.6, 0.75, 0.9, 1.1, 1.3, 1.6):
         started = dump_process(folder, temporary)

@@ -69,7 +69,8 @@ def _local_hint() -> str:
 READ_TIMEOUT_SECONDS = 60
 # Far more than any stack's outputs (a few kB), little enough to hold in memory.
 READ_LIMIT = 16 * 2**20
-# How long output is read after the CLI exited, from a process it left holding the pipes.
+# How long more output is waited for after the CLI exited, from a process it left holding
+# the pipes (what is already waiting in them is read whatever the time).
 EXITED_GRACE_SECONDS = 1.0
 
 
@@ -123,7 +124,7 @@ def _run(command: list[str], *, cwd: Path) -> tuple[int, bytes, bytes]:
     """Run `command`; its exit code, standard output and error (bytes: the JSON is
     decoded by json, an error as text). In a process group of its own, all of which is
     killed once the read ends: when the CLI exited (a process it left holding the pipes
-    gets EXITED_GRACE_SECONDS), outlasted READ_TIMEOUT_SECONDS or printed more than
+    gets EXITED_GRACE_SECONDS to write more; what waits in them is read), outlasted READ_TIMEOUT_SECONDS or printed more than
     READ_LIMIT, or when this process is stopped (Ctrl-C). Nothing it started outlives
     the read."""
     process = subprocess.Popen(

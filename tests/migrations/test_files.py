@@ -213,17 +213,22 @@ def test_new_migrations_made_at_once_each_get_their_own_number(tmp_path: Path) -
         )
         for n in range(8)
     ]
-    for maker in makers:
-        assert maker.stdout is not None and maker.stdout.readline() == "ready\n"
-    for maker in makers:  # all at once
-        assert maker.stdin is not None
-        maker.stdin.write("go\n")
-        maker.stdin.flush()
     said = []
-    for maker in makers:
-        out, _ = maker.communicate(timeout=60)
-        assert maker.returncode == 0, out
-        said += [Path(line).name for line in out.splitlines()]
+    try:
+        for maker in makers:
+            assert maker.stdout is not None and maker.stdout.readline() == "ready\n"
+        for maker in makers:  # all at once
+            assert maker.stdin is not None
+            maker.stdin.write("go\n")
+            maker.stdin.flush()
+        for maker in makers:
+            out, _ = maker.communicate(timeout=60)
+            assert maker.returncode == 0, out
+            said += [Path(line).name for line in out.splitlines()]
+    finally:  # none left waiting for its start
+        for maker in makers:
+            maker.kill()
+            maker.communicate()
     made = sorted(path.name for path in tmp_path.glob("*.sql"))
     assert [name.split("_")[0] for name in made] == [f"{n:04d}" for n in range(1, 201)], made
     assert sorted(said) == made
