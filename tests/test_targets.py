@@ -458,6 +458,9 @@ def _printed(url: str) -> str:
 @hypothesis.example(password="00000,000000", form="postgresql://ci:{pw}127.0.0.1:1/db")
 @hypothesis.example(password="00000000000/", form="postgresql://ci:{pw}127.0.0.1:1/db")
 @hypothesis.example(password="/00000000000", form="postgresql://ci:{pw}127.0.0.1:1/db")
+# Or as a port and a '/': libpq read the rest, the host with it, as the database name.
+@hypothesis.example(password="00001/000000", form="postgresql://ci:{pw}127.0.0.1:1/db")
+@hypothesis.example(password="00001/00000 ", form="postgresql://ci:{pw}127.0.0.1:1/db")
 # And a value of --against that names no stack was quoted as a stack's name.
 @hypothesis.example(password="000000000000", form="{pw}")
 def test_a_password_printed_is_a_password_changed(password: str, form: str) -> None:

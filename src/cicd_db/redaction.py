@@ -89,8 +89,16 @@ def _only_ports(rest: str) -> bool:
     # libpq ends the host part at a '/' or '?' only: a '#' is no fragment to it.
     authority = re.match(r"[^/?]*", rest)
     pieces = authority.group().split(",") if authority else []
+    # A database name after those ports that holds a ':' or a '/' is what a password
+    # that starts as a port does makes of the host after it (`ci:5432/Sekr3t127.0.0.1:1/db`
+    # reads as port 5432 and database `Sekr3t127.0.0.1:1/db`); a real name seldom does.
+    database = rest[authority.end() if authority else 0 :].partition("?")[0]
     # `ci:/...`: no port at all after the ':' is what a password starting with '/' makes.
-    return any(pieces) and all(piece == "" or is_port(piece) for piece in pieces)
+    return (
+        any(pieces)
+        and all(piece == "" or is_port(piece) for piece in pieces)
+        and not any(mark in database[1:] for mark in ":/")
+    )
 
 
 def mask_credentials(text: str) -> str | None:
