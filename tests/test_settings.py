@@ -278,6 +278,50 @@ def test_wait(database: Database) -> None:
     assert 0.3 <= time.monotonic() - started < 1.1
 
 
+def test_wait_ends_near_its_timeout_when_a_server_takes_the_connection_and_says_nothing() -> None:
+    """A server that accepts and never answers (one hung, a proxy in front of a server
+    still starting): each attempt waited its whole connect_timeout, 5 s by default or
+    what the URL says, so `migrate wait --timeout 1` took 30 s here. An attempt now waits
+    no longer than the time left (libpq's least is 2 s)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        settings = from_url(f"postgresql://ci:{SECRET}@127.0.0.1:{port}/db?connect_timeout=30")
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed):
+            targets.wait(settings, timeout=1, poll=0.1)
+        assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize(
+    ("query", "environment", "left", "expected"),
+    [
+        ("?connect_timeout=30", {}, 1.0, {"connect_timeout": "1"}),
+        # A shorter timeout of the URL's own is kept: a multi-host URL moves on after it.
+        ("?connect_timeout=2", {}, 60.0, {"connect_timeout": "2"}),
+        ("", {}, 60.0, {"connect_timeout": "5"}),  # ours
+        ("", {"PGCONNECT_TIMEOUT": "7"}, 3.2, {"connect_timeout": "4"}),
+        ("", {"PGCONNECT_TIMEOUT": "7"}, 60.0, {"connect_timeout": "7"}),
+        ("?connect_timeout=0", {}, 4.2, {"connect_timeout": "5"}),  # 0: no limit of its own
+        ("?connect_timeout=abc", {}, 4.2, {}),  # libpq's to refuse
+        ("?connect_timeout=30", {}, -0.5, {"connect_timeout": "1"}),  # past: one more try
+    ],
+)
+def test_a_waits_attempt_takes_no_longer_than_the_time_left(
+    monkeypatch: pytest.MonkeyPatch,
+    query: str,
+    environment: dict[str, str],
+    left: float,
+    expected: dict[str, str],
+) -> None:
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = from_url(f"postgresql://ci:pw@h/db{query}")
+    assert targets._connect_timeout_within(settings, left) == expected
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

@@ -258,11 +258,28 @@ def wait(settings: ConnectionSettings, timeout: float, poll: float = 0.2) -> Con
     poll = check_seconds("poll", poll, math.inf)
     deadline = time.monotonic() + timeout
     while True:
+        bounded = _connect_timeout_within(settings, deadline - time.monotonic())
         try:
-            with connect(settings) as conn:
+            with connect(settings, **bounded) as conn:
                 conn.execute("SELECT 1")
                 return settings.in_use(conn.info)
         except ConnectionFailed:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(poll)
+
+
+def _connect_timeout_within(settings: ConnectionSettings, left: float) -> dict[str, Any]:
+    """For one attempt of a wait: the connect_timeout the settings give (the URL's, the
+    service file's, PGCONNECT_TIMEOUT, or ours), but no longer than the time left, in
+    whole seconds (libpq takes 2 for 1). A server that takes the connection and says
+    nothing held each attempt its whole timeout: `wait --timeout 1` took 30 s. A value
+    libpq would refuse is left for it to refuse."""
+    given = psycopg.conninfo.conninfo_to_dict(settings.conninfo()).get("connect_timeout")
+    given = given if given is not None else os.environ.get("PGCONNECT_TIMEOUT")
+    try:
+        own = int(str(given)) if given is not None else 0
+    except ValueError:
+        return {}
+    most = max(1, math.ceil(left))
+    return {"connect_timeout": str(most if own <= 0 else min(own, most))}
