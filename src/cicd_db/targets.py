@@ -275,11 +275,9 @@ def _connect_timeout_within(settings: ConnectionSettings, left: float) -> dict[s
     whole seconds (libpq takes 2 for 1). A server that takes the connection and says
     nothing held each attempt its whole timeout: `wait --timeout 1` took 30 s. A value
     libpq would refuse is left for it to refuse."""
-    given = psycopg.conninfo.conninfo_to_dict(settings.conninfo()).get("connect_timeout")
-    given = given if given is not None else os.environ.get("PGCONNECT_TIMEOUT")
-    try:
-        own = int(str(given)) if given is not None else 0
-    except ValueError:
+    params = psycopg.conninfo.conninfo_to_dict(settings.conninfo())
+    try:  # psycopg's reading, as it connects: PGCONNECT_TIMEOUT too, 2 s at least
+        own = psycopg.conninfo.timeout_from_conninfo(params)
+    except psycopg.ProgrammingError:
         return {}
-    most = max(1, math.ceil(left))
-    return {"connect_timeout": str(most if own <= 0 else min(own, most))}
+    return {"connect_timeout": str(min(own, max(1, math.ceil(left))))}

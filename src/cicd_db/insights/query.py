@@ -96,6 +96,17 @@ _DAY_FIGURES: LiteralString = (
     "percentile_cont(0.5) WITHIN GROUP (ORDER BY w.seconds) AS duration_p50_seconds, "
     "percentile_cont(0.95) WITHIN GROUP (ORDER BY w.seconds) AS duration_p95_seconds"
 )
+
+# The days of a span (`spans`: its first and last time), as a series `d`; for _DAY_SPAN
+# and _EACH alike.
+_SERIES: LiteralString = (
+    "generate_series("
+    "coalesce(bounds.since AT TIME ZONE interval '0', greatest(spans.first AT TIME ZONE interval '0', "
+    "spans.last AT TIME ZONE interval '0' - %(span)s * interval '1 day'))::date::timestamp, "
+    "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE interval '0')::date "
+    "ELSE (spans.last AT TIME ZONE interval '0')::date END::timestamp, interval '1 day') AS d"
+)
+
 # The days of the window: by days, the `days` days up to the clock's; by runs, from the
 # first run's day to the last one's, at most MAX_DAYS of them (`span` days before the
 # last): a run further back (an agent's clock at 1970) counts in the figures, and is
@@ -106,12 +117,8 @@ _DAY_FIGURES: LiteralString = (
 # and one before the year 1 a day Python cannot read. Such a run counts in the figures,
 # on no day. `spans` as in _EACH, for one pipeline.
 _DAY_SPAN: LiteralString = (
-    "SELECT d::date AS day FROM bounds, (SELECT min(t) AS first, max(t) AS last FROM w "
-    "WHERE t >= '0001-01-02 00:00+00') AS spans, generate_series("
-    "coalesce(bounds.since AT TIME ZONE interval '0', greatest(spans.first AT TIME ZONE interval '0', "
-    "spans.last AT TIME ZONE interval '0' - %(span)s * interval '1 day'))::date::timestamp, "
-    "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE interval '0')::date "
-    "ELSE (spans.last AT TIME ZONE interval '0')::date END::timestamp, interval '1 day') AS d"
+    "SELECT d::date AS day FROM bounds, (SELECT min(t) AS first, max(t) AS last FROM w "  # noqa: S608 - constants
+    "WHERE t >= '0001-01-02 00:00+00') AS spans, " + _SERIES
 )
 
 _ONE: LiteralString = (
@@ -203,14 +210,10 @@ _ONE: LiteralString = (
 )
 
 _EACH: LiteralString = (
-    "WITH {bounds}, w AS MATERIALIZED ({window}), "
+    "WITH {bounds}, w AS MATERIALIZED ({window}), "  # noqa: S608 - constants
     "spans AS (SELECT pipeline_name, min(t) AS first, max(t) AS last FROM w "
     "WHERE t >= '0001-01-02 00:00+00' GROUP BY pipeline_name), "
-    "span AS (SELECT spans.pipeline_name, d::date AS day FROM bounds, spans, generate_series("
-    "coalesce(bounds.since AT TIME ZONE interval '0', greatest(spans.first AT TIME ZONE interval '0', "
-    "spans.last AT TIME ZONE interval '0' - %(span)s * interval '1 day'))::date::timestamp, "
-    "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE interval '0')::date "
-    "ELSE (spans.last AT TIME ZONE interval '0')::date END::timestamp, interval '1 day') AS d), "
+    "span AS (SELECT spans.pipeline_name, d::date AS day FROM bounds, spans, " + _SERIES + "), "
     "days AS (SELECT span.pipeline_name, span.day, {day_figures} FROM span LEFT JOIN w "
     "ON w.pipeline_name = span.pipeline_name AND (w.t AT TIME ZONE interval '0')::date = span.day "
     "GROUP BY span.pipeline_name, span.day), "
