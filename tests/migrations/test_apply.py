@@ -1024,27 +1024,77 @@ def test_a_history_row_the_files_constraint_refuses_is_that_failure_not_a_lost_h
     assert database.history() == []
 
 
-def test_a_no_transaction_file_that_drops_the_history_says_what_it_did_is_committed(
-    database: Database, tmp_path: Path
+_GONE = {
+    "dropped": "DROP TABLE cicd_db.cicd_db_schema_history;",
+    "schema-dropped": "DROP SCHEMA cicd_db CASCADE;",
+    "moved": "ALTER TABLE cicd_db.cicd_db_schema_history SET SCHEMA public;",
+}
+
+
+@pytest.mark.parametrize("gone", _GONE)
+def test_a_no_transaction_file_that_drops_or_moves_the_history_has_it_put_back(
+    database: Database, tmp_path: Path, gone: str
 ) -> None:
+    """What the file did is committed, and a run that then found no history would make
+    an empty one and apply every file again: the runner puts it back as it wrote it
+    (made again, or moved back), before it stops. The next run, the file fixed, applies
+    no earlier file twice (0001's CREATE would fail) and goes on from the file."""
     folder = write_migrations(
         tmp_path,
         {
             "0001_a.sql": "CREATE TABLE a (i int);\n",
-            "0002_drop.sql": "-- cicd-db: no-transaction\n"
-            "DROP TABLE cicd_db.cicd_db_schema_history;\n",
+            "0002_b.sql": "CREATE TABLE b (i int);\n",
+            "0003_drop.sql": f"-- cicd-db: no-transaction\n{_GONE[gone]}\n",
+            "0004_c.sql": "CREATE TABLE c (i int);\n",
+        },
+    )
+    code, _, err = migrate(database, folder)
+    how = "moved it back" if gone == "moved" else "made it again with the 2 rows it had written"
+    assert (code, err) == (
+        1,
+        "error: migration 0003_drop.sql dropped or moved the migration history "
+        "(cicd_db.cicd_db_schema_history); what it did is committed, and it is not recorded; "
+        f"the runner {how}, so the next run applies no file twice; remove that from the "
+        "file and run again\n",
+    )
+    assert database.history() == [1, 2]
+    assert database.query(
+        "SELECT count(*) FROM pg_catalog.pg_class WHERE relname = 'cicd_db_schema_history'"
+    ) == [(1,)]
+    write_migrations(folder, {"0003_drop.sql": "-- cicd-db: no-transaction\nSELECT 1;\n"})
+    again = migrate(database, folder)
+    assert (again.code, again.err) == (0, ""), again
+    assert database.history() == [1, 2, 3, 4]
+    assert database.tables() == {"a", "b", "c"}
+
+
+def test_a_no_transaction_file_that_renames_the_history_is_told_to_move_it_back(
+    database: Database, tmp_path: Path
+) -> None:
+    """Renamed in its own schema, the history is not put back (the runner cannot know
+    the table is not a copy made on purpose): the next run refuses, naming it and the
+    RENAME that moves it back, so no file runs twice."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_a.sql": "CREATE TABLE a (i int);\n",
+            "0002_rename.sql": "-- cicd-db: no-transaction\n"
+            "ALTER TABLE cicd_db.cicd_db_schema_history RENAME TO kept;\n",
         },
     )
     code, _, err = migrate(database, folder)
     assert code == 1
     assert err == (
-        "error: migration 0002_drop.sql dropped or moved the migration history "
+        "error: migration 0002_rename.sql dropped or moved the migration history "
         "(cicd_db.cicd_db_schema_history); what it did is committed, and it is not recorded; "
         "remove that from the file, and put the history back before any other run, which "
         "would find none and apply every file again: move it back if it was moved (the next "
         "run names where it is), or, if it was dropped, record what is applied with "
         "`cicd-db migrate baseline --version 2`\n"
     )
+    again = migrate(database, folder)
+    assert again.code == 2
+    assert "ALTER TABLE cicd_db.kept RENAME TO cicd_db_schema_history" in again.err, again
 
 
 def test_invalid_concurrent_index_is_found_whatever_the_search_path(

@@ -121,37 +121,73 @@ def test_a_file_may_not_change_the_history(
     assert migrate(database, folder, "status", "--exit-code")[0] == 3  # 0002 still pending
 
 
-@pytest.mark.parametrize("statement", ["delete", "truncate", "update", "forged-row"])
+_LATER = "CREATE TABLE c (i int);\n"
+# A later file's row, as the runner would write it: that file would be skipped.
+_LATER_ROW = (
+    f"INSERT INTO {HISTORY} (version, name, checksum, duration_ms) "
+    f"VALUES (3, 'c', '{hashlib.sha256(_LATER.encode()).hexdigest()}', 0);"
+)
+
+
+@pytest.mark.parametrize(
+    ("statement", "told"),
+    [
+        (
+            "delete",
+            "the history rows it removed (version 1) are put back as the runner wrote "
+            "them, so the next run does not apply those files twice",
+        ),
+        (
+            "truncate",
+            "the history rows it removed (version 1) are put back as the runner wrote "
+            "them, so the next run does not apply those files twice",
+        ),
+        (
+            "update",
+            "the history rows it changed (version 1) are put back as the runner wrote "
+            "them, so the next run applies no file twice and skips none",
+        ),
+        (
+            "forged-row",
+            "the history rows it added (version 99) are put back as the runner "
+            "wrote them, so the next run skips no file it has not applied",
+        ),
+        (
+            "later-row",
+            "the history rows it added (version 3) are put back as the runner wrote "
+            "them, so the next run skips no file it has not applied",
+        ),
+    ],
+    ids=["delete", "truncate", "update", "forged-row", "later-row"],
+)
 def test_a_no_transaction_file_may_not_change_the_history(
-    database: Database, tmp_path: Path, statement: str
+    database: Database, tmp_path: Path, statement: str, told: str
 ) -> None:
     """Outside a transaction its statements commit one by one, so no count of a
     transaction's can tell: the history's fingerprint is compared after it. What it did
-    is committed: rows it removed are written again, or the next run, the file fixed,
-    would apply their files a second time."""
+    is committed: the history is made what the runner wrote again (rows it removed
+    written, rows it added deleted, rows it changed put back), or the next run, the file
+    fixed, would apply files a second time or skip files that never ran."""
     folder = write_migrations(
         tmp_path,
         {
             "0001_a.sql": "CREATE TABLE a (i int);\n",
-            "0002_tamper.sql": f"-- cicd-db: no-transaction\n{TAMPERING[statement]}\n",
+            "0002_tamper.sql": "-- cicd-db: no-transaction\n"
+            + (_LATER_ROW if statement == "later-row" else TAMPERING[statement])
+            + "\n",
+            "0003_c.sql": _LATER,
         },
     )
     code, _, err = migrate(database, folder)
     assert code == 1
     assert err.startswith("error: migration 0002_tamper.sql changed the migration history ("), err
-    removed = statement in ("delete", "truncate")
-    assert err.endswith(
-        "; the history rows it removed (version 1) are written again, so the next run does "
-        "not apply those files twice\n"
-        if removed
-        else "check the database, and run again\n"
-    ), err
-    assert 1 in database.history() and 2 not in database.history()
+    assert err.endswith(f"; {told}\n"), err
+    assert database.history() == [1]
     write_migrations(tmp_path, {"0002_tamper.sql": "-- cicd-db: no-transaction\nSELECT 1;\n"})
     again = migrate(database, folder)
-    if removed:  # (a forged row is refused as a file missing, an updated one as changed)
-        assert again.code == 0, again  # 0001 is not applied twice: its CREATE would fail
-        assert database.history() == [1, 2]
+    assert (again.code, again.err) == (0, ""), again  # 0001's CREATE would fail if run twice
+    assert database.history() == [1, 2, 3]
+    assert database.tables() == {"a", "c"}
 
 
 def test_a_file_that_reads_and_writes_other_tables_leaves_the_history_checked_as_fine(

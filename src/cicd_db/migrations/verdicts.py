@@ -11,7 +11,7 @@ import psycopg
 from psycopg.pq import ExecStatus
 from psycopg.pq.abc import PGresult
 
-from cicd_db.errors import MigrationFailed
+from cicd_db.errors import CicdDbError, ConfigError, MigrationFailed, plural
 from cicd_db.migrations import diagnose, history, history_table, integrity
 from cicd_db.migrations.failures import (
     RAN_ELSEWHERE,
@@ -95,6 +95,8 @@ class Verdicts:
                 self._rows_put_back(migration, self._why(migration, state, committed=committed))
             )
         if state == "42P01" and history_table.TABLE in (error.diag.message_primary or ""):
+            if not migration.transactional:
+                raise MigrationFailed(self._history_put_back(migration, committed))
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
         done = self._done(migration, committed)
         if state == "42704" and '"plpgsql"' in (error.diag.message_primary or ""):
@@ -136,36 +138,75 @@ class Verdicts:
 
     def _rows_put_back(self, migration: Migration, message: str) -> str:
         """`message`, and for a no-transaction file, whose work is committed though its
-        row is not, what became of history rows it removed: written again (under the
-        runner's lock, which holds), or, where that fails, that they must be; without
-        them the next run would apply their files a second time."""
+        row is not, what became of history rows it removed, added or changed: the history
+        made again what the runner wrote (under the runner's lock, which holds), or, where
+        that fails, that it must be; otherwise the next run would apply files a second
+        time, or skip files whose rows the file wrote."""
         if migration.transactional or not self.session.end_transaction():
             return message
         try:
-            lost = history.missing_versions(self.conn, self.recorded.rows)
+            missing, extra = history.differences(self.recorded.rows, history.rows_now(self.conn))
         except psycopg.Error as error:
             self.session.end_transaction()
             return (
-                f"{message}; whether it removed history rows cannot be read "
-                f"({first_line(error)}): if it did, have the history's owner write them "
-                "again before the next run, which would apply those files twice"
+                f"{message}; whether it changed history rows cannot be read "
+                f"({first_line(error)}): if it did, have the history's owner make them what the "
+                "runner wrote before the next run, which would apply files twice or skip them"
             )
-        if not lost:
+        if not (missing or extra):
             return message
-        versions = ", ".join(map(str, lost))
+        told = _told(missing, extra)
         try:
-            history.put_back(self.conn, [row for row in self.recorded.rows if row[0] in lost])
+            history.restore(self.conn, missing, [row[0] for row in extra])
         except psycopg.Error as error:
             self.session.end_transaction()
             return (
-                f"{message}; the history rows of version {versions} it removed could not be "
-                f"written again ({first_line(error)}): have the history's owner write them "
-                "again (their version, name and checksum are the files') before the next run, "
-                "which would apply those files twice"
+                f"{message}; {told} could not be put back ({first_line(error)}): have the "
+                "history's owner make them what the runner wrote (their version, name and "
+                "checksum are the files') before the next run, which would apply files twice "
+                "or skip them"
             )
+        return f"{message}; {told} are put back as the runner wrote them, so the next run {_so(missing, extra)}"
+
+    def _history_put_back(self, migration: Migration, committed: str) -> str:
+        """A no-transaction file dropped the history, or moved it to another schema: what
+        it did is committed, and the next run would find no history, make an empty one
+        and apply every file again. So it is made again with the rows the runner wrote
+        (or moved back into place, and its rows made those), under the runner's lock; one
+        renamed in its own schema is left for the next run, which refuses naming it."""
+        name = history_table.shown(self.conn, history_table.SCHEMA, history_table.TABLE)
+        said = (
+            f"migration {migration.filename} dropped or moved the migration history ({name}); "
+            f"{self._done(migration, committed)}, and it is not recorded"
+        )
+        if not self.session.end_transaction():
+            return self._why(migration, CHECK_HISTORY_GONE, committed=committed)
+        try:
+            moved = history.create(self.conn)
+            missing, extra = history.differences(self.recorded.rows, history.rows_now(self.conn))
+            history.restore(self.conn, missing, [row[0] for row in extra])
+        except ConfigError:
+            # Renamed in its schema (or a second history made): the next run refuses,
+            # naming it and the statement that moves it back.
+            self.session.end_transaction()
+            return self._why(migration, CHECK_HISTORY_GONE, committed=committed)
+        except (psycopg.Error, CicdDbError) as error:
+            self.session.end_transaction()
+            cause = first_line(error) if isinstance(error, psycopg.Error) else str(error)
+            return (
+                f"{said}, and the runner could not put it back ({cause}); put it back before "
+                "any other run, which would find none and apply every file again: record what "
+                f"is applied with `cicd-db migrate baseline --version {migration.version}`, "
+                "and remove that from the file"
+            )
+        how = (
+            "moved it back"
+            if moved
+            else f"made it again with the {plural(len(self.recorded.rows), 'row')} it had written"
+        )
         return (
-            f"{message}; the history rows it removed (version {versions}) are written again, "
-            "so the next run does not apply those files twice"
+            f"{said}; the runner {how}, so the next run applies no file twice; remove that "
+            "from the file and run again"
         )
 
     def _after_a_held_cursor(self, migration: Migration) -> None:
@@ -289,3 +330,36 @@ class Verdicts:
         if migration.transactional and not ended:
             return "it was rolled back"
         return f"what it did {committed} committed"
+
+
+def _told(
+    missing: list[tuple[int, str, str]],
+    extra: list[tuple[str, int | None, str | None, str | None]],
+) -> str:
+    """What a no-transaction file did to the history's rows, by version: removed,
+    added, or changed (a version both missing as written and there otherwise)."""
+    gone = {row[0] for row in missing}
+    there = {row[1] for row in extra}
+    parts = [
+        f"the history rows it {verb} (version {', '.join('NULL' if v is None else str(v) for v in versions)})"
+        for verb, versions in (
+            ("removed", sorted(gone - there)),
+            ("changed", sorted(gone & there)),
+            ("added", sorted(there - gone, key=lambda v: (v is None, v or 0))),
+        )
+        if versions
+    ]
+    return " and ".join(parts)
+
+
+def _so(
+    missing: list[tuple[int, str, str]],
+    extra: list[tuple[str, int | None, str | None, str | None]],
+) -> str:
+    gone = {row[0] for row in missing}
+    there = {row[1] for row in extra}
+    if there - gone and not gone:
+        return "skips no file it has not applied"
+    if gone - there and not there:
+        return "does not apply those files twice"
+    return "applies no file twice and skips none"
