@@ -137,6 +137,75 @@ def test_functions_and_operators_before_pg_catalog_do_not_stand_in_for_the_runne
     recorded_right()
 
 
+# A domain that refuses every value for each of PostgreSQL's own type names that a query
+# may write unqualified (what is not a keyword the grammar reads as pg_catalog's); or
+# tables named like two of them (a table's row type is a type of its name): a cast the
+# runner writes as `::text` or `::oid`, or a column it types so, that found these would fail.
+LOOK_ALIKE_TYPES = """
+CREATE SCHEMA types;
+DO $$DECLARE t record; BEGIN
+FOR t IN SELECT y.typname FROM pg_catalog.pg_type y
+    WHERE y.typnamespace = 'pg_catalog'::pg_catalog.regnamespace AND y.typtype = 'b'
+    AND y.typname !~ '^_' AND y.typname NOT IN (
+        SELECT k.word FROM pg_catalog.pg_get_keywords() k WHERE k.catcode <> 'U')
+LOOP
+    EXECUTE pg_catalog.format('CREATE DOMAIN types.%I AS pg_catalog.%I CHECK (false)',
+        t.typname, t.typname);
+END LOOP; END$$;
+GRANT USAGE ON SCHEMA types TO PUBLIC;
+"""
+TABLES_NAMED_AS_TYPES = "CREATE TABLE public.text (a int); CREATE TABLE public.oid (a int);"
+
+
+@pytest.mark.parametrize("login", ["owner"], indirect=True)
+@pytest.mark.parametrize("first", ["types", "public"])
+def test_type_names_before_pg_catalog_do_not_stand_in_for_the_runners(
+    login: Login, tmp_path: Path, first: str
+) -> None:
+    """A search_path that names a schema of look-alike types (or public, with tables
+    named text and oid) before pg_catalog, set on the database: every command that reads
+    or writes the history (the lock's sessions, a rehearsal, `status`) and the schema's
+    comparison run as they would without it."""
+    made, path = (
+        (LOOK_ALIKE_TYPES, "public, types")
+        if first == "types"
+        else (TABLES_NAMED_AS_TYPES, "public")
+    )
+    login.admin.execute(
+        made
+        + sql.SQL("ALTER DATABASE {} SET search_path = {}, pg_catalog")
+        .format(sql.Identifier(login.admin.name), sql.SQL(path))
+        .as_string()
+    )
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "0001_a.sql": "CREATE TABLE a (id int);\n",
+            "0002_index.sql": NO_TRANSACTION + "CREATE INDEX CONCURRENTLY a_id ON a (id);\n",
+            "0003_b.sql": "CREATE TABLE b (id int);\n",
+        },
+    )
+    first_run = migrate(login.database, folder, "up", "--target", "1")
+    assert (first_run.code, first_run.err) == (0, ""), first_run
+    rehearsed = migrate(login.database, folder, "up", "--rehearse")
+    assert rehearsed.code == 0, rehearsed
+    done = migrate(login.database, folder)
+    assert (done.code, done.err) == (0, ""), done
+    assert login.database.history() == [1, 2, 3]
+    status = migrate(login.database, folder, "status")
+    assert status.code == 0 and "pending" not in status.out, status
+    again = migrate(login.database, folder)
+    assert (again.code, again.err) == (0, ""), again
+    diff = run_cli(
+        "schema", "diff", "--database-url", login.database.url, "--migrations-dir", str(folder)
+    )
+    # The tables named text and oid are none of the files': the comparison names them.
+    drift = {"unexpected table oid", "unexpected table text"} if first == "public" else set()
+    assert (diff.code, diff.err) == (3 if drift else 0, ""), diff
+    assert {line for line in diff.out.splitlines() if "table" in line} == drift, diff
+    assert login.database.history() == [1, 2, 3]
+
+
 # -- the history: row-level security and constraints a migration adds ------------------
 
 HIDE_THE_HISTORY = (

@@ -48,7 +48,7 @@ _BOUNDS: LiteralString = (
     "bounds AS (SELECT clock.until, CASE WHEN %(days)s::integer IS NOT NULL THEN "
     "(date_trunc('day', clock.until AT TIME ZONE interval '0') "
     "- (%(days)s::integer - 1) * interval '1 day') AT TIME ZONE interval '0' END AS since "
-    "FROM (SELECT coalesce(%(now)s::timestamptz, now()) AS until) AS clock)"
+    "FROM (SELECT coalesce(%(now)s::pg_catalog.timestamptz, now()) AS until) AS clock)"
 )
 # Columns of a run as the figures need them: its time (start, or cancellation of a run
 # that never started), and its duration when it finished SUCCESS or FAILED.
@@ -56,7 +56,7 @@ _RUN: LiteralString = (
     "r.id, r.pipeline_name, r.run_number, r.status, r.commit_hash, r.completion_time AS done, "
     "coalesce(r.start_time, r.completion_time) AS t, "
     "CASE WHEN r.status IN ('SUCCESS', 'FAILED') "
-    "THEN extract(epoch FROM r.completion_time - r.start_time)::float8 END AS seconds"
+    "THEN extract(epoch FROM r.completion_time - r.start_time)::pg_catalog.float8 END AS seconds"
 )
 # The window's runs, by days or by a number of runs; {pipeline} narrows to one.
 _BY_DAYS: LiteralString = (
@@ -69,7 +69,7 @@ _BY_DAYS: LiteralString = (
 # first `runs` of them instead of fetching all of the pipeline's runs to sort them.
 _BY_RUNS_ONE: LiteralString = (
     "SELECT {run} FROM pipeline_executions AS r WHERE {pipeline} "
-    "coalesce(r.start_time, r.completion_time) <= coalesce(%(now)s::timestamptz, now()) "
+    "coalesce(r.start_time, r.completion_time) <= coalesce(%(now)s::pg_catalog.timestamptz, now()) "
     "ORDER BY r.run_number DESC LIMIT %(runs)s"
 )
 _BY_RUNS_EACH: LiteralString = (
@@ -102,9 +102,9 @@ _DAY_FIGURES: LiteralString = (
 _SERIES: LiteralString = (
     "generate_series("
     "coalesce(bounds.since AT TIME ZONE interval '0', greatest(spans.first AT TIME ZONE interval '0', "
-    "spans.last AT TIME ZONE interval '0' - %(span)s * interval '1 day'))::date::timestamp, "
-    "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE interval '0')::date "
-    "ELSE (spans.last AT TIME ZONE interval '0')::date END::timestamp, interval '1 day') AS d"
+    "spans.last AT TIME ZONE interval '0' - %(span)s * interval '1 day'))::pg_catalog.date::timestamp, "
+    "CASE WHEN bounds.since IS NOT NULL THEN (bounds.until AT TIME ZONE interval '0')::pg_catalog.date "
+    "ELSE (spans.last AT TIME ZONE interval '0')::pg_catalog.date END::timestamp, interval '1 day') AS d"
 )
 
 # The days of the window: by days, the `days` days up to the clock's; by runs, from the
@@ -117,7 +117,7 @@ _SERIES: LiteralString = (
 # and one before the year 1 a day Python cannot read. Such a run counts in the figures,
 # on no day. `spans` as in _EACH, for one pipeline.
 _DAY_SPAN: LiteralString = (
-    "SELECT d::date AS day FROM bounds, (SELECT min(t) AS first, max(t) AS last FROM w "  # noqa: S608 - constants
+    "SELECT d::pg_catalog.date AS day FROM bounds, (SELECT min(t) AS first, max(t) AS last FROM w "  # noqa: S608 - constants
     "WHERE t >= '0001-01-02 00:00+00') AS spans, " + _SERIES
 )
 
@@ -125,7 +125,7 @@ _ONE: LiteralString = (
     "WITH {bounds}, w AS MATERIALIZED ({window}), "
     "span AS ({day_span}), "
     "days AS (SELECT span.day, {day_figures} FROM span LEFT JOIN w "
-    "ON (w.t AT TIME ZONE interval '0')::date = span.day GROUP BY span.day), "
+    "ON (w.t AT TIME ZONE interval '0')::pg_catalog.date = span.day GROUP BY span.day), "
     # Failure streaks: finished runs (SUCCESS, FAILED) in run-number order, split
     # into islands of one status (gaps and islands); a FAILED island followed by
     # another island (necessarily SUCCESS) is a streak that ended.
@@ -147,7 +147,7 @@ _ONE: LiteralString = (
     "WHERE w.status IN ('SUCCESS', 'FAILED', 'CANCELED')), "
     "raw_stages AS MATERIALIZED (SELECT s.id, s.stage_name, s.status, w.commit_hash, "
     "CASE WHEN s.status IN ('SUCCESS', 'FAILED') "
-    "THEN extract(epoch FROM s.completion_time - s.start_time)::float8 END AS seconds "
+    "THEN extract(epoch FROM s.completion_time - s.start_time)::pg_catalog.float8 END AS seconds "
     "FROM w JOIN stage_executions AS s ON s.pipeline_execution_id = w.id "
     "WHERE NOT EXISTS (SELECT FROM rolled WHERE rolled.id = w.id)), "
     "stage_rows AS (SELECT stage_name, status, seconds FROM raw_stages UNION ALL "
@@ -163,7 +163,7 @@ _ONE: LiteralString = (
     "FROM stage_rows GROUP BY 1), "
     "job_rows AS MATERIALIZED (SELECT s.stage_name, j.job_name, j.status, j.allows_failure, "
     "s.commit_hash, CASE WHEN j.status IN ('SUCCESS', 'FAILED') "
-    "THEN extract(epoch FROM j.completion_time - j.start_time)::float8 END AS seconds "
+    "THEN extract(epoch FROM j.completion_time - j.start_time)::pg_catalog.float8 END AS seconds "
     "FROM raw_stages AS s JOIN job_executions AS j ON j.stage_execution_id = s.id "
     "UNION ALL SELECT u.stage_name, u.job_name, u.status, u.allows_failure, "
     "rolled.commit_hash, u.seconds FROM rolled, unnest(rolled.job_stages, rolled.job_names, "
@@ -195,15 +195,15 @@ _ONE: LiteralString = (
     "(SELECT since FROM bounds), (SELECT until FROM bounds), "
     "(SELECT row_to_json(totals) FROM (SELECT {figures} FROM w) AS totals), "
     # The mean in numeric (exact microseconds), then float8.
-    "(SELECT avg(recovery)::float8 FROM streaks WHERE recovery IS NOT NULL), "
+    "(SELECT avg(recovery)::pg_catalog.float8 FROM streaks WHERE recovery IS NOT NULL), "
     "(SELECT count(recovery) FROM streaks), (SELECT coalesce(max(length), 0) FROM streaks), "
     "(SELECT json_agg(days ORDER BY day) FROM days), "
     # Worst first: the highest failure rate, then the slowest (p95); a stage or job
     # that never finished SUCCESS or FAILED last; names break ties, byte by byte (the
     # same order on every server, whatever its collation).
-    "(SELECT json_agg(stages ORDER BY failed::float8 / nullif(success + failed, 0) "
+    "(SELECT json_agg(stages ORDER BY failed::pg_catalog.float8 / nullif(success + failed, 0) "
     'DESC NULLS LAST, duration_p95_seconds DESC NULLS LAST, stage COLLATE "C") FROM stages), '
-    "(SELECT json_agg(jobs ORDER BY failed::float8 / nullif(success + failed, 0) "
+    "(SELECT json_agg(jobs ORDER BY failed::pg_catalog.float8 / nullif(success + failed, 0) "
     "DESC NULLS LAST, flaky_commits DESC, duration_p95_seconds DESC NULLS LAST, "
     'stage COLLATE "C", job COLLATE "C") '
     "FROM jobs)"
@@ -213,9 +213,11 @@ _EACH: LiteralString = (
     "WITH {bounds}, w AS MATERIALIZED ({window}), "  # noqa: S608 - constants
     "spans AS (SELECT pipeline_name, min(t) AS first, max(t) AS last FROM w "
     "WHERE t >= '0001-01-02 00:00+00' GROUP BY pipeline_name), "
-    "span AS (SELECT spans.pipeline_name, d::date AS day FROM bounds, spans, " + _SERIES + "), "
+    "span AS (SELECT spans.pipeline_name, d::pg_catalog.date AS day FROM bounds, spans, "
+    + _SERIES
+    + "), "
     "days AS (SELECT span.pipeline_name, span.day, {day_figures} FROM span LEFT JOIN w "
-    "ON w.pipeline_name = span.pipeline_name AND (w.t AT TIME ZONE interval '0')::date = span.day "
+    "ON w.pipeline_name = span.pipeline_name AND (w.t AT TIME ZONE interval '0')::pg_catalog.date = span.day "
     "GROUP BY span.pipeline_name, span.day), "
     # Each pipeline's days gathered once, by a GROUP BY: a subquery per pipeline would
     # read the whole window again for each (a second at 100 pipelines and 1M runs).

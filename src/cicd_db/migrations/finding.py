@@ -24,7 +24,7 @@ from cicd_db.migrations.history_table import (
 _HAS_EVERY_COLUMN = sql.SQL(
     "(SELECT count(*) FROM pg_catalog.pg_attribute a "
     "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-    "AND a.attname = ANY(ARRAY[{columns}]::name[])) = {count}"
+    "AND a.attname = ANY(ARRAY[{columns}]::pg_catalog.name[])) = {count}"
 ).format(columns=sql.SQL(", ").join(map(sql.Literal, COLUMNS)), count=sql.Literal(len(COLUMNS)))
 _FIND = sql.SQL(
     "SELECT n.nspname, c.relkind, c.relpersistence, {complete} FROM pg_catalog.pg_class c "
@@ -54,7 +54,7 @@ def renamed_columns(columns: dict[str, str]) -> dict[str, str]:
 
 
 _COLUMNS_OF = sql.SQL(
-    "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) "
+    "SELECT a.attname::pg_catalog.text, pg_catalog.format_type(a.atttypid, a.atttypmod) "
     "FROM pg_catalog.pg_attribute a WHERE a.attrelid = {t}::pg_catalog.regclass "
     "AND a.attnum > 0 AND NOT a.attisdropped"
 ).format(t=sql.Literal(f"{SCHEMA}.{TABLE}"))

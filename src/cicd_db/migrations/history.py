@@ -183,16 +183,18 @@ def create(conn: psycopg.Connection[Any]) -> str | None:
                     )
                 )
             else:
+                # Types by their pg_catalog names: a type or table named text (or a
+                # domain) in a schema the search_path names first is none of these.
                 conn.execute(
                     sql.SQL(
                         """
                         CREATE TABLE IF NOT EXISTS {} (
-                            version     bigint PRIMARY KEY,
-                            name        text NOT NULL,
-                            checksum    text NOT NULL,
-                            applied_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
-                            applied_by  text NOT NULL DEFAULT current_user,
-                            duration_ms integer NOT NULL
+                            version     pg_catalog.int8 PRIMARY KEY,
+                            name        pg_catalog.text NOT NULL,
+                            checksum    pg_catalog.text NOT NULL,
+                            applied_at  pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+                            applied_by  pg_catalog.text NOT NULL DEFAULT current_user,
+                            duration_ms pg_catalog.int4 NOT NULL
                         )
                         """
                     ).format(QUALIFIED)
@@ -259,7 +261,9 @@ def rows_now(
 ) -> list[tuple[str, int | None, str | None, str | None]]:
     """Every row of the history as (ctid, version, name, checksum), read whole, NULLs and
     duplicates as they are. Reads only."""
-    query = sql.SQL("SELECT ctid::text, version, name, checksum FROM ONLY {}").format(QUALIFIED)
+    query = sql.SQL("SELECT ctid::pg_catalog.text, version, name, checksum FROM ONLY {}").format(
+        QUALIFIED
+    )
     return [tuple(row) for row in pinned_rows(conn, query)]
 
 

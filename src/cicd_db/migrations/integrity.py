@@ -167,7 +167,7 @@ _ROW_CHECK = (
     sql.SQL(
         "DO $cicd_db$DECLARE same boolean; BEGIN "
         "SELECT (name, checksum, applied_at, applied_by) IS NOT DISTINCT FROM "
-        "(%(name)s::text, %(checksum)s::text, pg_catalog.now(), %(user)s::text) "
+        "(%(name)s::pg_catalog.text, %(checksum)s::pg_catalog.text, pg_catalog.now(), %(user)s::pg_catalog.text) "
         "AND %(duration)s INTO same FROM ONLY {table} WHERE version = %(version)d; "
         "IF same IS NULL THEN RAISE EXCEPTION 'the history row was not written' "
         "USING ERRCODE = {gone}; ELSIF NOT same THEN "
@@ -191,7 +191,7 @@ _SECOND_CHECK = (
         "AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't' "
         "AND c.relnamespace <> pg_catalog.to_regnamespace({schema})::pg_catalog.oid "
         "AND (SELECT count(*) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid "
-        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY(ARRAY[{columns}]::name[])) "
+        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY(ARRAY[{columns}]::pg_catalog.name[])) "
         "= {count}) THEN RAISE EXCEPTION 'a second history' USING ERRCODE = {second}; "
     )
     .format(
@@ -205,12 +205,12 @@ _SECOND_CHECK = (
 )
 _COUNTED_CHECK = (
     sql.SQL(
-        "ELSIF pg_catalog.current_setting('track_counts')::bool THEN IF ("
+        "ELSIF pg_catalog.current_setting('track_counts')::pg_catalog.bool THEN IF ("
         "pg_catalog.pg_relation_filenode({name}::pg_catalog.regclass), "
-        "pg_catalog.pg_stat_get_xact_tuples_inserted(%(oid)d::oid), "
-        "pg_catalog.pg_stat_get_xact_tuples_updated(%(oid)d::oid), "
-        "pg_catalog.pg_stat_get_xact_tuples_deleted(%(oid)d::oid)) "
-        "IS DISTINCT FROM (%(filenode)d::oid, %(inserted)d::bigint, %(updated)d::bigint, "
+        "pg_catalog.pg_stat_get_xact_tuples_inserted(%(oid)d::pg_catalog.oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_updated(%(oid)d::pg_catalog.oid), "
+        "pg_catalog.pg_stat_get_xact_tuples_deleted(%(oid)d::pg_catalog.oid)) "
+        "IS DISTINCT FROM (%(filenode)d::pg_catalog.oid, %(inserted)d::bigint, %(updated)d::bigint, "
         "%(deleted)d::bigint) THEN "
     )
     .format(name=sql.Literal(f"{SCHEMA}.{TABLE}"))
@@ -296,33 +296,33 @@ OWN_DEFAULTS = {"applied_at": "now()", "applied_by": "CURRENT_USER"}
 # parent gave it, which PostgreSQL refuses while it is attached.
 _ON_THE_HISTORY = sql.SQL(
     """
-    SELECT 'partition of', h.inhparent::pg_catalog.regclass::text, '', true
+    SELECT 'partition of', h.inhparent::pg_catalog.regclass::pg_catalog.text, '', true
       FROM pg_catalog.pg_inherits h JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid
      WHERE h.inhrelid = {t}::pg_catalog.regclass AND c.relispartition
     UNION ALL
-    SELECT 'column', a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+    SELECT 'column', a.attname::pg_catalog.text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
       FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = {t}::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
     UNION ALL
-    SELECT 'constraint', c.conname::text, '', true FROM pg_catalog.pg_constraint c
+    SELECT 'constraint', c.conname::pg_catalog.text, '', true FROM pg_catalog.pg_constraint c
      WHERE c.conrelid = {t}::pg_catalog.regclass AND c.contype NOT IN ('n', 't')
     UNION ALL
-    SELECT 'index', i.relname::text, '', true FROM pg_catalog.pg_index x
+    SELECT 'index', i.relname::pg_catalog.text, '', true FROM pg_catalog.pg_index x
       JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
      WHERE x.indrelid = {t}::pg_catalog.regclass AND x.indisunique AND NOT EXISTS (
            SELECT FROM pg_catalog.pg_constraint c WHERE c.conindid = x.indexrelid
               AND c.conrelid = x.indrelid)
     UNION ALL
-    SELECT 'trigger', g.tgname::text, '', true FROM pg_catalog.pg_trigger g
+    SELECT 'trigger', g.tgname::pg_catalog.text, '', true FROM pg_catalog.pg_trigger g
      WHERE g.tgrelid = {t}::pg_catalog.regclass AND NOT g.tgisinternal
     UNION ALL
-    SELECT 'rule', r.rulename::text, '', true FROM pg_catalog.pg_rewrite r
+    SELECT 'rule', r.rulename::pg_catalog.text, '', true FROM pg_catalog.pg_rewrite r
      WHERE r.ev_class = {t}::pg_catalog.regclass
     UNION ALL
-    SELECT 'identity', a.attname::text, '', true FROM pg_catalog.pg_attribute a
+    SELECT 'identity', a.attname::pg_catalog.text, '', true FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = {t}::pg_catalog.regclass AND a.attidentity <> '' AND NOT a.attisdropped
     UNION ALL
-    SELECT 'default', a.attname::text, pg_catalog.pg_get_expr(d.adbin, d.adrelid), true
+    SELECT 'default', a.attname::pg_catalog.text, pg_catalog.pg_get_expr(d.adbin, d.adrelid), true
       FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a
         ON a.attrelid = d.adrelid AND a.attnum = d.adnum
      WHERE d.adrelid = {t}::pg_catalog.regclass AND a.attidentity = ''

@@ -35,8 +35,8 @@ def _in_pg_locks(key: int) -> str:
     """The pg_locks row of advisory lock `key` (one bigint key is there as its high and
     low halves, classid and objid, and objsubid 1), as a condition."""
     return (
-        f"l.locktype = 'advisory' AND l.classid = {key >> 32}::oid "
-        f"AND l.objid = {key & 0xFFFF_FFFF}::oid AND l.objsubid = 1"
+        f"l.locktype = 'advisory' AND l.classid = {key >> 32}::pg_catalog.oid "
+        f"AND l.objid = {key & 0xFFFF_FFFF}::pg_catalog.oid AND l.objsubid = 1"
     )
 
 
@@ -50,7 +50,7 @@ _MARK_HELD = (
 # which server session took it.
 _MARK = (
     "SELECT CASE WHEN NOT EXISTS (" + _MARK_HELD + ") "
-    "THEN pg_catalog.pg_advisory_lock_shared(%s)::text END, pg_catalog.pg_backend_pid()"
+    "THEN pg_catalog.pg_advisory_lock_shared(%s)::pg_catalog.text END, pg_catalog.pg_backend_pid()"
 )
 # Given back where this session holds it, and only there (not taken yet, or through a
 # pooler in another server session, an unlock would be a WARNING of the server's); taken

@@ -127,14 +127,14 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
 # its columns, defaults, constraints and its own triggers; not the internal triggers a
 # foreign key to it makes and drops), as the transactions that wrote them.
 _VERSION = (
-    "c.xmin::text || ':' || pg_catalog.concat_ws(':', "
-    "(SELECT pg_catalog.string_agg(a.xmin::text, ',' ORDER BY a.attnum) "
+    "c.xmin::pg_catalog.text || ':' || pg_catalog.concat_ws(':', "
+    "(SELECT pg_catalog.string_agg(a.xmin::pg_catalog.text, ',' ORDER BY a.attnum) "
     "FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid), "
-    "(SELECT pg_catalog.string_agg(d.xmin::text, ',' ORDER BY d.oid) "
+    "(SELECT pg_catalog.string_agg(d.xmin::pg_catalog.text, ',' ORDER BY d.oid) "
     "FROM pg_catalog.pg_attrdef d WHERE d.adrelid OPERATOR(pg_catalog.=) c.oid), "
-    "(SELECT pg_catalog.string_agg(k.xmin::text, ',' ORDER BY k.oid) "
+    "(SELECT pg_catalog.string_agg(k.xmin::pg_catalog.text, ',' ORDER BY k.oid) "
     "FROM pg_catalog.pg_constraint k WHERE k.conrelid OPERATOR(pg_catalog.=) c.oid), "
-    "(SELECT pg_catalog.string_agg(g.xmin::text, ',' ORDER BY g.oid) "
+    "(SELECT pg_catalog.string_agg(g.xmin::pg_catalog.text, ',' ORDER BY g.oid) "
     "FROM pg_catalog.pg_trigger g WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid "
     "AND NOT g.tgisinternal))"
 )
@@ -217,10 +217,10 @@ def _already_there(conn: psycopg.Connection[Any], failed: MigrationFailed, scrat
     row = conn.execute(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_class c "
         "LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid "
-        "AND a.attname OPERATOR(pg_catalog.=) %s::text AND NOT a.attisdropped "
+        "AND a.attname OPERATOR(pg_catalog.=) %s::pg_catalog.text AND NOT a.attisdropped "
         "WHERE c.oid OPERATOR(pg_catalog.=) "
-        "pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text)) "
-        "AND (%s::text IS NULL OR a.attname IS NOT NULL))",
+        "pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::pg_catalog.text, %s::pg_catalog.text)) "
+        "AND (%s::pg_catalog.text IS NULL OR a.attname IS NOT NULL))",
         [column, scratch, named[named.lastindex or 1], column],
     ).fetchone()
     return not (row and row[0])

@@ -39,7 +39,7 @@ HISTORY_TABLE = "cicd_db_schema_history"
 def _not_in_extension(catalog: str, oid: str) -> sql.Composable:
     """An extension's own objects are compared as the extension, not one by one."""
     return sql.SQL(
-        "NOT EXISTS (SELECT FROM pg_depend x WHERE x.classid = {}::regclass "
+        "NOT EXISTS (SELECT FROM pg_depend x WHERE x.classid = {}::pg_catalog.regclass "
         "AND x.objid = {} AND x.deptype = 'e')"
     ).format(sql.Literal(catalog), sql.SQL(oid))
 
@@ -49,7 +49,7 @@ def _privileges(acl: str, kind: str | None, owner: str) -> sql.Composable:
     """Grants as `grantee PRIVILEGE`, sorted; the owner named `owner` (owners are not
     compared) and a default ACL spelled out, so an explicit default reads the same."""
     full = (
-        sql.SQL('coalesce({}, acldefault(({})::"char", {}))').format(
+        sql.SQL('coalesce({}, acldefault(({})::pg_catalog."char", {}))').format(
             sql.SQL(acl), sql.SQL(kind), sql.SQL(owner)
         )
         if kind
@@ -90,7 +90,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
                 WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign table' ELSE 'table' END,
            c.relname, c.relname,
            pg_get_partkeydef(c.oid) AS "partitioned by",
-           (SELECT string_agg(i.inhparent::regclass::text, ', ' ORDER BY i.inhseqno)
+           (SELECT string_agg(i.inhparent::pg_catalog.regclass::pg_catalog.text, ', ' ORDER BY i.inhseqno)
             FROM pg_inherits i WHERE i.inhrelid = c.oid)
              AS inherits,
            pg_get_expr(c.relpartbound, c.oid) AS "partition bound",
@@ -100,7 +100,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
                 WHEN c.relrowsecurity THEN 'enabled' ELSE 'disabled' END
              AS "row level security",
            CASE c.relreplident WHEN 'n' THEN 'nothing' WHEN 'f' THEN 'full'
-                WHEN 'i' THEN 'index ' || (SELECT i.indexrelid::regclass::text FROM pg_index i
+                WHEN 'i' THEN 'index ' || (SELECT i.indexrelid::pg_catalog.regclass::pg_catalog.text FROM pg_index i
                                            WHERE i.indrelid = c.oid AND i.indisreplident)
                 ELSE 'default' END AS "replica identity",
            array_to_string(ARRAY(SELECT o FROM unnest(c.reloptions) o ORDER BY o), ', ')
@@ -113,17 +113,17 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            format_type(s.seqtypid, NULL) AS "type",
            s.seqstart AS start, s.seqincrement AS increment, s.seqmin AS minimum,
            s.seqmax AS maximum, s.seqcache AS cache, s.seqcycle AS cycle,
-           (SELECT d.refobjid::regclass::text || '.' || quote_ident(a.attname)
+           (SELECT d.refobjid::pg_catalog.regclass::pg_catalog.text || '.' || quote_ident(a.attname)
             FROM pg_depend d
             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-            WHERE c.relkind = 'S' AND d.classid = 'pg_class'::regclass AND d.objid = c.oid
-              AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
+            WHERE c.relkind = 'S' AND d.classid = 'pg_class'::pg_catalog.regclass AND d.objid = c.oid
+              AND d.refclassid = 'pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i'))
              AS "owned by",
            obj_description(c.oid, 'pg_class') AS comment,
            {relation_privileges} AS privileges
     FROM pg_class c
     LEFT JOIN pg_sequence s ON s.seqrelid = c.oid
-    WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+    WHERE c.relnamespace = %(schema)s::pg_catalog.regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
       AND {relation_c}
     """,
         """
@@ -138,11 +138,11 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
                 || CASE a.attgenerated WHEN 's' THEN ' STORED' ELSE ' VIRTUAL' END END
              AS generated,
            CASE a.attidentity WHEN 'a' THEN 'ALWAYS' WHEN 'd' THEN 'BY DEFAULT' END AS identity,
-           CASE WHEN a.attcollation <> t.typcollation THEN a.attcollation::regcollation::text END
+           CASE WHEN a.attcollation <> t.typcollation THEN a.attcollation::pg_catalog.regcollation::pg_catalog.text END
              AS collation,
            CASE a.attstorage WHEN 'p' THEN 'plain' WHEN 'e' THEN 'external' WHEN 'm' THEN 'main'
                 ELSE 'extended' END AS storage,
-           nullif(a.attcompression::text, '') AS compression,
+           nullif(a.attcompression::pg_catalog.text, '') AS compression,
            nullif(a.attstattarget, -1) AS statistics,
            array_to_string(ARRAY(SELECT o FROM unnest(a.attoptions) o ORDER BY o), ', ')
              AS options,
@@ -152,7 +152,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
     JOIN pg_class c ON c.oid = a.attrelid
     JOIN pg_type t ON t.oid = a.atttypid
     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-    WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+    WHERE c.relnamespace = %(schema)s::pg_catalog.regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
       AND a.attnum > 0 AND NOT a.attisdropped AND {relation_c}
       AND (c.relkind <> 'c' OR {composite_c})
     """,
@@ -165,7 +165,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
     FROM pg_constraint k
     LEFT JOIN pg_class c ON c.oid = k.conrelid
     LEFT JOIN pg_type t ON t.oid = k.contypid
-    WHERE k.connamespace = %(schema)s::regnamespace
+    WHERE k.connamespace = %(schema)s::pg_catalog.regnamespace
       AND (c.oid IS NULL OR {relation_c})
       AND (t.oid IS NULL OR {type_t})
       -- PostgreSQL 18 records NOT NULL as a constraint: the column's `not null` says
@@ -185,7 +185,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
     FROM pg_index i
     JOIN pg_class c ON c.oid = i.indexrelid
     JOIN pg_class t ON t.oid = i.indrelid
-    WHERE c.relnamespace = %(schema)s::regnamespace AND {relation_t}
+    WHERE c.relnamespace = %(schema)s::pg_catalog.regnamespace AND {relation_t}
     """,
         """
     SELECT 'trigger', c.relname, g.tgname,
@@ -195,7 +195,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            obj_description(g.oid, 'pg_trigger') AS comment
     FROM pg_trigger g
     JOIN pg_class c ON c.oid = g.tgrelid
-    WHERE c.relnamespace = %(schema)s::regnamespace AND NOT g.tgisinternal
+    WHERE c.relnamespace = %(schema)s::pg_catalog.regnamespace AND NOT g.tgisinternal
       AND {relation_c}
     """,
         """
@@ -206,7 +206,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            obj_description(r.oid, 'pg_rewrite') AS comment
     FROM pg_rewrite r
     JOIN pg_class c ON c.oid = r.ev_class
-    WHERE c.relnamespace = %(schema)s::regnamespace AND r.rulename <> '_RETURN'
+    WHERE c.relnamespace = %(schema)s::pg_catalog.regnamespace AND r.rulename <> '_RETURN'
       AND {relation_c}
     """,
         """
@@ -222,7 +222,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            obj_description(p.oid, 'pg_policy') AS comment
     FROM pg_policy p
     JOIN pg_class c ON c.oid = p.polrelid
-    WHERE c.relnamespace = %(schema)s::regnamespace
+    WHERE c.relnamespace = %(schema)s::pg_catalog.regnamespace
     """,
         """
     SELECT CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate'
@@ -233,14 +233,14 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            pg_get_function_result(p.oid) AS returns,
            l.lanname AS language,
            coalesce(pg_get_function_sqlbody(p.oid), p.prosrc) AS body,
-           (SELECT concat_ws(', ', 'sfunc ' || g.aggtransfn::regproc::text,
+           (SELECT concat_ws(', ', 'sfunc ' || g.aggtransfn::pg_catalog.regproc::pg_catalog.text,
                    'stype ' || format_type(g.aggtranstype, NULL),
-                   'finalfunc ' || nullif(g.aggfinalfn, 0)::regproc::text,
-                   'combinefunc ' || nullif(g.aggcombinefn, 0)::regproc::text,
+                   'finalfunc ' || nullif(g.aggfinalfn, 0)::pg_catalog.regproc::pg_catalog.text,
+                   'combinefunc ' || nullif(g.aggcombinefn, 0)::pg_catalog.regproc::pg_catalog.text,
                    'initcond ' || quote_literal(g.agginitval),
-                   'sortop ' || nullif(g.aggsortop, 0)::regoperator::text,
-                   'kind ' || g.aggkind::text,
-                   'msfunc ' || nullif(g.aggmtransfn, 0)::regproc::text,
+                   'sortop ' || nullif(g.aggsortop, 0)::pg_catalog.regoperator::pg_catalog.text,
+                   'kind ' || g.aggkind::pg_catalog.text,
+                   'msfunc ' || nullif(g.aggmtransfn, 0)::pg_catalog.regproc::pg_catalog.text,
                    'minitcond ' || quote_literal(g.aggminitval))
             FROM pg_aggregate g WHERE g.aggfnoid = p.oid) AS aggregate,
            CASE p.provolatile WHEN 'i' THEN 'IMMUTABLE' WHEN 's' THEN 'STABLE'
@@ -258,7 +258,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            {function_privileges} AS privileges
     FROM pg_proc p
     JOIN pg_language l ON l.oid = p.prolang
-    WHERE p.pronamespace = %(schema)s::regnamespace AND {function_p}
+    WHERE p.pronamespace = %(schema)s::pg_catalog.regnamespace AND {function_p}
     """,
         """
     SELECT CASE t.typtype WHEN 'e' THEN 'enum' WHEN 'd' THEN 'domain' WHEN 'r' THEN 'range'
@@ -270,18 +270,18 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            t.typnotnull AS "not null",
            pg_get_expr(t.typdefaultbin, 0) AS default,
            CASE WHEN t.typtype = 'd' AND t.typcollation <> b.typcollation
-                THEN t.typcollation::regcollation::text END AS collation,
+                THEN t.typcollation::pg_catalog.regcollation::pg_catalog.text END AS collation,
            (SELECT format_type(r.rngsubtype, NULL)
                    || ' ' || (SELECT o.opcname FROM pg_opclass o WHERE o.oid = r.rngsubopc)
-                   || coalesce(' COLLATE ' || nullif(r.rngcollation, 0)::regcollation::text, '')
-                   || coalesce(' CANONICAL ' || nullif(r.rngcanonical, 0)::regproc::text, '')
-                   || coalesce(' SUBTYPE_DIFF ' || nullif(r.rngsubdiff, 0)::regproc::text, '')
+                   || coalesce(' COLLATE ' || nullif(r.rngcollation, 0)::pg_catalog.regcollation::pg_catalog.text, '')
+                   || coalesce(' CANONICAL ' || nullif(r.rngcanonical, 0)::pg_catalog.regproc::pg_catalog.text, '')
+                   || coalesce(' SUBTYPE_DIFF ' || nullif(r.rngsubdiff, 0)::pg_catalog.regproc::pg_catalog.text, '')
             FROM pg_range r WHERE r.rngtypid = t.oid) AS subtype,
            obj_description(t.oid, 'pg_type') AS comment,
            {type_privileges} AS privileges
     FROM pg_type t
     LEFT JOIN pg_type b ON b.oid = t.typbasetype
-    WHERE t.typnamespace = %(schema)s::regnamespace AND t.typtype <> 'm'
+    WHERE t.typnamespace = %(schema)s::pg_catalog.regnamespace AND t.typtype <> 'm'
       AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
       AND NOT EXISTS (SELECT FROM pg_type e WHERE e.typarray = t.oid)
       AND {type_t}
@@ -289,7 +289,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
         """
     SELECT 'extension', x.extname, x.extname, x.extversion AS version
     FROM pg_extension x
-    WHERE x.extnamespace = %(schema)s::regnamespace
+    WHERE x.extnamespace = %(schema)s::pg_catalog.regnamespace
     """,
         """
     SELECT 'statistics', c.relname, s.stxname,
@@ -298,7 +298,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            obj_description(s.oid, 'pg_statistic_ext') AS comment
     FROM pg_statistic_ext s
     JOIN pg_class c ON c.oid = s.stxrelid
-    WHERE s.stxnamespace = %(schema)s::regnamespace
+    WHERE s.stxnamespace = %(schema)s::pg_catalog.regnamespace
     """,
         # The rarer kinds, by name only.
         """
@@ -306,23 +306,23 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
     FROM (
       SELECT pg_describe_object(o.catalog, o.oid, 0) AS described, o.catalog, o.oid
       FROM (
-        SELECT 'pg_operator'::regclass, oid FROM pg_operator WHERE oprnamespace = %(schema)s::regnamespace
-        UNION ALL SELECT 'pg_opclass'::regclass, oid FROM pg_opclass
-          WHERE opcnamespace = %(schema)s::regnamespace
-        UNION ALL SELECT 'pg_opfamily'::regclass, oid FROM pg_opfamily
-          WHERE opfnamespace = %(schema)s::regnamespace
-        UNION ALL SELECT 'pg_collation'::regclass, oid FROM pg_collation
-          WHERE collnamespace = %(schema)s::regnamespace
-        UNION ALL SELECT 'pg_conversion'::regclass, oid FROM pg_conversion
-          WHERE connamespace = %(schema)s::regnamespace
-        UNION ALL SELECT 'pg_ts_config'::regclass, oid FROM pg_ts_config
-          WHERE cfgnamespace = %(schema)s::regnamespace
-        UNION ALL SELECT 'pg_ts_dict'::regclass, oid FROM pg_ts_dict
-          WHERE dictnamespace = %(schema)s::regnamespace
-        UNION ALL SELECT 'pg_ts_parser'::regclass, oid FROM pg_ts_parser
-          WHERE prsnamespace = %(schema)s::regnamespace
-        UNION ALL SELECT 'pg_ts_template'::regclass, oid FROM pg_ts_template
-          WHERE tmplnamespace = %(schema)s::regnamespace
+        SELECT 'pg_operator'::pg_catalog.regclass, oid FROM pg_operator WHERE oprnamespace = %(schema)s::pg_catalog.regnamespace
+        UNION ALL SELECT 'pg_opclass'::pg_catalog.regclass, oid FROM pg_opclass
+          WHERE opcnamespace = %(schema)s::pg_catalog.regnamespace
+        UNION ALL SELECT 'pg_opfamily'::pg_catalog.regclass, oid FROM pg_opfamily
+          WHERE opfnamespace = %(schema)s::pg_catalog.regnamespace
+        UNION ALL SELECT 'pg_collation'::pg_catalog.regclass, oid FROM pg_collation
+          WHERE collnamespace = %(schema)s::pg_catalog.regnamespace
+        UNION ALL SELECT 'pg_conversion'::pg_catalog.regclass, oid FROM pg_conversion
+          WHERE connamespace = %(schema)s::pg_catalog.regnamespace
+        UNION ALL SELECT 'pg_ts_config'::pg_catalog.regclass, oid FROM pg_ts_config
+          WHERE cfgnamespace = %(schema)s::pg_catalog.regnamespace
+        UNION ALL SELECT 'pg_ts_dict'::pg_catalog.regclass, oid FROM pg_ts_dict
+          WHERE dictnamespace = %(schema)s::pg_catalog.regnamespace
+        UNION ALL SELECT 'pg_ts_parser'::pg_catalog.regclass, oid FROM pg_ts_parser
+          WHERE prsnamespace = %(schema)s::pg_catalog.regnamespace
+        UNION ALL SELECT 'pg_ts_template'::pg_catalog.regclass, oid FROM pg_ts_template
+          WHERE tmplnamespace = %(schema)s::pg_catalog.regnamespace
       ) o (catalog, oid)
       WHERE NOT EXISTS (SELECT FROM pg_depend x WHERE x.classid = o.catalog
                         AND x.objid = o.oid AND x.deptype = 'e')

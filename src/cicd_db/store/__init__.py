@@ -222,7 +222,7 @@ class Store(Moves, Reads):
                     b"INSERT INTO job_executions (stage_execution_id, job_name, allows_failure, "
                     b"status, start_time) SELECT parent.id, job.name, job.allows_failure, "
                     b"'PENDING', NULL "
-                    b"FROM parent, unnest(%s::text[], %s::boolean[]) AS job (name, allows_failure) "
+                    b"FROM parent, unnest(%s::pg_catalog.text[], %s::boolean[]) AS job (name, allows_failure) "
                     b"RETURNING job_name, id",
                     (stage_id, names, allows),
                 )

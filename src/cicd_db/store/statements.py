@@ -168,7 +168,7 @@ _BELOW: dict[type, LiteralString] = {
         "LEFT JOIN LATERAL (SELECT max(greatest(j.start_time, j.completion_time)) AS latest "
         "FROM job_executions j WHERE j.stage_execution_id = stage_executions.id) AS below ON true"
     ),
-    StageRun: "CROSS JOIN (SELECT NULL::timestamptz AS latest) AS below",
+    StageRun: "CROSS JOIN (SELECT NULL::pg_catalog.timestamptz AS latest) AS below",
 }
 VERDICTS: dict[type, sql.Composed] = {
     kind: sql.SQL(_VERDICT).format(
@@ -192,8 +192,8 @@ FINISH: dict[type, bytes] = {
         "greatest(clock_timestamp(), {table}.start_time, verdict.latest)) "
         "FROM ({verdict}) AS verdict "
         "WHERE id = %(parent)s AND status = 'RUNNING' AND verdict.unfinished = 0 "
-        "AND (%(at)s::timestamptz IS NULL OR verdict.latest IS NULL "
-        "OR %(at)s::timestamptz >= verdict.latest OR %(at)s::timestamptz < {table}.start_time) "
+        "AND (%(at)s::pg_catalog.timestamptz IS NULL OR verdict.latest IS NULL "
+        "OR %(at)s::pg_catalog.timestamptz >= verdict.latest OR %(at)s::pg_catalog.timestamptz < {table}.start_time) "
         "AND xmin = (SELECT xmin FROM {table} WHERE id = %(parent)s) "
         "RETURNING status, start_time, completion_time"
     )
