@@ -16,7 +16,9 @@ import sys
 import unicodedata
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -139,6 +141,66 @@ def test_durations_are_rounded_as_postgresql_rounds_them(
     assert oracle is not None
     assert [report.rounded_seconds(d, 3) for d in durations] == [float(v) for v in oracle[0]]
     assert [report.rounded_seconds(d, 1) for d in durations] == [float(v) for v in oracle[1]]
+
+
+# Zones with summer time and zones whose offset changed in history: psycopg gives a
+# session's timestamptz in its zone, one tzinfo for both times of a row.
+_ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata", "UTC"]
+_INSTANTS = st.datetimes(
+    min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(start=_INSTANTS, end=_INSTANTS, zone=st.sampled_from(_ZONES))
+def test_a_rows_duration_is_between_instants_whatever_the_sessions_zone(
+    start: datetime, end: datetime, zone: str
+) -> None:
+    """A duration is completion_time - start_time as instants, as the server computes
+    it: never by the clocks of a zone with summer time (Python's subtraction of two
+    datetimes of one tzinfo)."""
+    where = ZoneInfo(zone)
+    row = PipelineRun(
+        SUCCESS, start.astimezone(where), end.astimezone(where), uuid.uuid4(), "p", 1, "c"
+    )
+    assert row.duration == end - start
+
+
+def test_durations_across_a_change_of_summer_time_are_the_servers(migrated: Database) -> None:
+    """Recorded in UTC around the night Berlin's clocks went back, read in a session
+    whose time zone is Berlin's: 30 minutes, in the table, in JSON and through the
+    library, as the server's own subtraction says (it said -30 min, and 2 h across the
+    spring change)."""
+    utc = [datetime(2026, 10, 25, 0, 45, tzinfo=UTC), datetime(2026, 10, 25, 1, 15, tzinfo=UTC)]
+    with migrated.connect() as conn:
+        executions = Store.on(conn)
+        run = executions.set_status(executions.start_run("clocks", COMMIT), RUNNING, at=utc[0])
+        stage = executions.set_status(executions.add_stage(run, "s", 1), RUNNING, at=utc[0])
+        job = executions.set_status(executions.add_job(stage, "j"), RUNNING, at=utc[0])
+        executions.set_status(job, SUCCESS, at=utc[1])
+        executions.finish_stage(stage, at=utc[1])
+        executions.finish_run(run, at=utc[1])
+    berlin = replace(migrated.settings, parameters=(("options", "-c timezone=Europe/Berlin"),))
+    with psycopg.connect(berlin.conninfo(), autocommit=True) as conn:
+        served = conn.execute(
+            "SELECT completion_time - start_time, start_time::text FROM pipeline_executions "
+            "WHERE pipeline_name = 'clocks'"
+        ).fetchone()
+        assert served is not None and served[1].endswith("+02"), served  # read in Berlin
+        read = Store.on(conn)
+        [found] = read.runs("clocks")
+        [stage_read] = read.stages(found.id)
+        [job_read] = read.jobs(stage_read.id)
+        assert [found.duration, stage_read.duration, job_read.duration] == [served[0]] * 3
+    assert served[0] == timedelta(minutes=30)
+    url = berlin.url()
+    shown = run_cli(
+        "report", "--database-url", url, "--pipeline", "clocks", "--run", "1", "--format", "json"
+    )
+    assert shown.code == 0, shown
+    view = json.loads(shown.out)
+    durations = [view["run"], *view["stages"]]
+    assert [part["duration_seconds"] for part in durations] == [1800.0] * 2, shown.out
 
 
 VIEWS = {

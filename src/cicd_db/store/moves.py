@@ -4,7 +4,7 @@ children: the statements of `statements`, run in the order the module docstring 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -103,12 +103,16 @@ class Moves(Connected):
                 FAILED if FAILED in counted else CANCELED if CANCELED in counted else SUCCESS
             )
             # Before the row's own start: the CHECK's refusal below says that.
-            if at is not None and (current.start_time is None or at >= current.start_time):
+            # Compared as instants (in UTC): datetimes of one tzinfo compare by their clocks.
+            if at is not None and (
+                current.start_time is None
+                or at.astimezone(UTC) >= current.start_time.astimezone(UTC)
+            ):
                 found = cursors.execute(
                     conn, LATEST_BELOW[type(row)], {"parent": row.id}
                 ).fetchone()
                 latest = found[0] if found else None
-                if latest is not None and at < latest:
+                if latest is not None and at.astimezone(UTC) < latest.astimezone(UTC):
                     raise IllegalTransition(
                         f"{what} {name_of(row)} cannot become {move} {at_time(at)}: a {kind} of it "
                         f"started or finished later, at {latest}"

@@ -5,7 +5,7 @@ a message). Pure: nothing here talks to a database."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -33,9 +33,13 @@ class _Timed:
 
     @property
     def duration(self) -> timedelta | None:
+        """completion_time - start_time, as the server subtracts them: between instants.
+        The times come in the session's time zone, one tzinfo for both, and Python
+        subtracts two datetimes of one tzinfo by their clocks (across a change to or
+        from summer time, by an hour too many or too few); in UTC they are instants."""
         if self.start_time is None or self.completion_time is None:
             return None
-        return self.completion_time - self.start_time
+        return self.completion_time.astimezone(UTC) - self.start_time.astimezone(UTC)
 
 
 @dataclass(frozen=True)
