@@ -478,6 +478,21 @@ def test_server_messages_keep_their_severity(database: Database, tmp_path: Path,
     assert (code, out, err) == (0, "", shown)
 
 
+def test_server_messages_of_files_after_a_new_session_are_printed(database: Database, tmp_path: Path) -> None:  # fmt: skip
+    """0001 names ALTER DATABASE, so 0002 runs in a new session (as under psql): what
+    the server says there reaches the terminal as well (it was said to no one)."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_settings.sql": "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET work_mem = "
+            "''8MB''', current_database()); END$$;\n",
+            "0002_say.sql": "DO $$ BEGIN RAISE WARNING 'from the new session'; END $$;\n",
+        },
+    )
+    code, out, err = run_cli("migrate", "up", "--quiet", "--database-url", database.url, "--migrations-dir", str(folder))  # fmt: skip
+    assert (code, out, err) == (0, "", "  WARNING: from the new session\n")
+
+
 @pytest.mark.slow
 def test_a_slow_file_ticks_on_a_terminal_only(database: Database, spare: Database, tmp_path: Path) -> None:  # fmt: skip
     # Just past the first tick (console.TICK_AFTER_SECONDS): long enough that a piped

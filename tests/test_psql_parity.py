@@ -30,6 +30,7 @@ from cicd_db.errors import ConfigError, MigrationFailed
 from cicd_db.migrations import statements
 from cicd_db.pgprocess import wheel_bin_dir
 
+from .fix_cli import migrate
 from .fix_db import Database
 from .utils import examples, write_migrations
 
@@ -788,6 +789,89 @@ def test_a_login_event_triggers_settings_reach_every_file_as_under_psql(
     query = "SELECT v, what FROM found ORDER BY v"
     assert database.query(query) == spare.query(query)
     assert [what.split(" | ")[0] for _, what in database.query(query)] == ["app, public"] * 3
+
+
+# -- what only the end of a session gives back: a new session follows ------------------
+
+# Each as (what the first file does, what the next reads into `found`), `{name}` a name of
+# the test's own (slots and origins are the server's, not a database's), `{conninfo}` the
+# database's own; the extension is there before the run, and the file that opens the
+# connection may call a function an earlier file made, naming nothing.
+ONLY_AN_END_GIVES_BACK = {
+    "dblink connection": (
+        "SELECT public.dblink_connect('{name}', '{conninfo}');\n",
+        "INSERT INTO public.found SELECT 2, coalesce(pg_catalog.array_to_string("
+        "public.dblink_get_connections(), ','), 'none');\n",
+    ),
+    "dblink connection opened by a function": (
+        "SELECT public.open_it();\n",
+        "INSERT INTO public.found SELECT 2, coalesce(pg_catalog.array_to_string("
+        "public.dblink_get_connections(), ','), 'none');\n",
+    ),
+    "dblink transaction holding a lock": (
+        "SELECT public.dblink_connect('{name}', '{conninfo}');\n"
+        "SELECT public.dblink_exec('{name}', 'BEGIN');\n"
+        "SELECT public.dblink_exec('{name}', 'LOCK TABLE public.found IN ACCESS SHARE MODE');\n",
+        "SET lock_timeout = '5s';\nALTER TABLE public.found ADD COLUMN extra int;\n"
+        "INSERT INTO public.found SELECT 2, 'none';\n",
+    ),
+    "temporary replication slot": (
+        "SELECT pg_catalog.pg_create_physical_replication_slot('{name}', true, true);\n",
+        "SELECT pg_catalog.pg_create_physical_replication_slot('{name}', true, true);\n"
+        "INSERT INTO public.found SELECT 2, 'made again';\n",
+    ),
+    "replication origin": (
+        "SELECT pg_catalog.pg_replication_origin_session_setup('{name}');\n",
+        "INSERT INTO public.found SELECT 2, "
+        "pg_catalog.pg_replication_origin_session_is_setup()::pg_catalog.text;\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONLY_AN_END_GIVES_BACK))
+def test_what_only_the_end_of_a_session_gives_back_the_next_file_does_not_find(
+    database: Database, spare: Database, tmp_path: Path, case: str
+) -> None:
+    """A dblink connection (and the transaction and locks it may hold on its server), a
+    temporary replication slot, a replication origin set up for the session: no reset
+    undoes them, only the session's end, which psql gives every file. The runner starts a
+    new session after a file that names them, and after every file where the database
+    has dblink (a function may open one while its caller names nothing), and the old
+    session ends with its file: a lock a dblink connection's transaction took does not
+    stop the next file. (The library keeps a connection it is given open for its
+    owner; the CLI's, its own, is closed.)"""
+    name = f"cicd_{uuid.uuid4().hex[:12]}"
+    folder = finding(database, spare, tmp_path)
+    leave, read = ONLY_AN_END_GIVES_BACK[case]
+    for target in (database, spare):
+        target.execute(
+            "CREATE EXTENSION IF NOT EXISTS dblink SCHEMA public;"
+            "CREATE FUNCTION public.open_it() RETURNS text LANGUAGE sql AS "
+            + sql.Literal(
+                f"SELECT public.dblink_connect('{name}', '{target.settings.conninfo()}')"
+            ).as_string()
+        )
+    if case == "replication origin":
+        database.query("SELECT pg_catalog.pg_replication_origin_create(%s)", name)
+    try:
+        for target, apply in ((spare, "psql"), (database, "runner")):
+            files = {
+                "0001_leave.sql": leave.format(name=name, conninfo=target.settings.conninfo()),
+                "0002_read.sql": read.format(name=name),
+            }
+            write_migrations(folder, files)
+            if apply == "psql":
+                for file in files:
+                    psql_apply(target, folder / file)
+            else:  # the CLI, whose connection is its own: a new session ends the old
+                ran = migrate(target, folder, "up", "--retries", "0")
+                assert (ran.code, ran.err) == (0, ""), ran
+        query = "SELECT v, what FROM found ORDER BY v"
+        assert database.query(query) == spare.query(query)
+        assert database.query(query)[0][1] in ("none", "made again", "false"), case
+    finally:
+        if case == "replication origin":
+            database.query("SELECT pg_catalog.pg_replication_origin_drop(%s)", name)
 
 
 def refused_by_both(

@@ -670,6 +670,20 @@ AFTER_IT = {
     ),
     "a library loaded": ("LOAD 'plpgsql';\n", True),
     "the random seed": ("SELECT setseed(0.5);\n", True),
+    # What only a session's end gives back (not run: the words are enough).
+    **{
+        f"a call of {name}": (
+            f"DO $$BEGIN IF false THEN PERFORM {name}('x'); END IF; END$$;\n",
+            True,
+        )
+        for name in (
+            "dblink_connect",
+            "pg_create_physical_replication_slot",
+            "pg_replication_origin_session_setup",
+            "pg_backup_start",
+            "pg_start_backup",
+        )
+    },
     "an event trigger changed": (
         "CREATE FUNCTION noop() RETURNS event_trigger LANGUAGE plpgsql AS "
         "$f$BEGIN END$f$;\nCREATE EVENT TRIGGER noop ON ddl_command_end EXECUTE FUNCTION noop();\n"

@@ -158,7 +158,7 @@ def _apply(
         if line is not None:
             console.print_lines(line, file=sys.stderr)
 
-    runner.conn.add_notice_handler(server_said)
+    runner.add_notice_handler(server_said)
     ticker = console.Ticker(enabled=sys.stderr.isatty() and not ctx.quiet and not ctx.json)
     so_far: list[migrations.Result] = []
 

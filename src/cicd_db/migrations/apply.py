@@ -105,7 +105,7 @@ def run(
                 if on_applied:
                     on_applied(result)
                 if number < len(pending) and (
-                    migration.needs_new_session or session.login_triggers
+                    migration.needs_new_session or session.login_triggers or session.dblink
                 ):
                     lock.renew(session)
                     session.notice()

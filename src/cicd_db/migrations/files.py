@@ -91,10 +91,13 @@ class Migration:
     @property
     def needs_new_session(self) -> bool:
         """The text names ALTER DATABASE, ALTER ROLE or ALTER USER, a setting of a
-        user's name (`SET app.tenant`, set_config), an event trigger, LOAD or setseed,
-        anywhere (a string run by EXECUTE too): it may leave what only a new session is
-        rid of or takes, as psql, starting one for each file, would (lock.renew)."""
-        return not self.named.isdisjoint(("defaults", "custom", "event trigger", "load", "setseed"))
+        user's name (`SET app.tenant`, set_config), an event trigger, LOAD, setseed,
+        dblink, a replication slot or origin or a backup's start, anywhere (a string run
+        by EXECUTE too): it may leave what only a new session is rid of or takes, as
+        psql, starting one for each file, would (lock.renew)."""
+        from cicd_db.migrations.statements import NEW_SESSION_AFTER
+
+        return not self.named.isdisjoint(NEW_SESSION_AFTER)
 
     @cached_property
     def earlier_checksums(self) -> frozenset[str]:

@@ -254,7 +254,9 @@ def renew(session: Session) -> None:
     a session takes only as it begins (RESET ALL brings back what it began with), and
     the files after it must start as they would in any later run. Under the lock (the
     caller holds it): the work mark moves to the new session. The connection the runner
-    was given stays open, for its owner to close; `restore` goes back to it."""
+    was given stays open, for its owner to close, and `restore` goes back to it; one the
+    runner opened itself (`Session.owned`) is closed, as psql's session ends with its
+    file (what a file left that only a session's end gives back goes with it)."""
     try:
         new = psycopg.connect(conninfo_in_use(session.conn), autocommit=True)
     except psycopg.OperationalError as error:
@@ -264,6 +266,8 @@ def renew(session: Session) -> None:
             "what was applied is recorded; run again"
         ) from None
     new.prepare_threshold = None
+    for handler in session.notice_handlers:
+        new.add_notice_handler(handler)
     old, old_pid = session.conn, session.server_pid
     try:
         session.conn = new
@@ -272,12 +276,12 @@ def renew(session: Session) -> None:
         session.conn, session.server_pid = old, old_pid
         new.close()  # and the mark with it, if it was taken
         raise
-    if session.given is None:
+    if session.given is None and not session.owned:
         session.given = old
         with contextlib.suppress(psycopg.OperationalError):
             old.execute(_UNMARK, [WORK_KEY])
     else:
-        old.close()  # the runner's own, from an earlier renewal
+        old.close()  # the runner's own: opened by it, or by an earlier renewal
 
 
 def restore(session: Session) -> None:

@@ -66,11 +66,22 @@ class Runner:
         lock_timeout = check_seconds("lock_timeout", lock_timeout, math.inf, zero=True)
         retry_budget = check_seconds("retry_budget", retry_budget, math.inf, zero=True)
         self.session = Session(conn)
-        self.conn = conn
         self.migrations = migrations
         self.lock_timeout = lock_timeout
         self.retries = retries
         self.retry_budget = retry_budget
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The session's connection: the one given, or a new one after a file that
+        needed one (lock.renew)."""
+        return self.session.conn
+
+    def add_notice_handler(self, handler: Callable[[psycopg.errors.Diagnostic], None]) -> None:
+        """Call `handler` with every notice the server sends, in the sessions a renewal
+        opens too."""
+        self.session.notice_handlers.append(handler)
+        self.session.conn.add_notice_handler(handler)
 
     @property
     def history_table(self) -> sql.Identifier:
@@ -217,17 +228,21 @@ def open_runner(
         options=session_options(settings.user_options()),
         client_encoding=CLIENT_ENCODING,
     ) as conn:
+        runner = Runner(conn, files, **options)
+        runner.session.owned = True  # a renewal closes it, and `with` closes the last
         try:
-            yield Runner(conn, files, **options)
+            yield runner
         except psycopg.Error as error:
             # A role's or database's setting (left by a migration?) can cut the runner's
             # own statements too: say which, and where it is set.
             from cicd_db.migrations.diagnose import own_failure  # on failure only
 
-            told = own_failure(Session(conn), error)
+            told = own_failure(Session(runner.session.conn), error)
             if told is None:
                 raise
             raise OperationalError(told) from None
+        finally:
+            runner.session.conn.close()
 
 
 def scratch_dump(files: list[Migration]) -> str:
@@ -242,5 +257,10 @@ def scratch_dump(files: list[Migration]) -> str:
             options=session_options(server.admin.user_options()),
             client_encoding=CLIENT_ENCODING,
         ) as conn:
-            Runner(conn, files).apply()
+            runner = Runner(conn, files)
+            runner.session.owned = True
+            try:
+                runner.apply()
+            finally:
+                runner.session.conn.close()
         return schema.dump(server.dumper)

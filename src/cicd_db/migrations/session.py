@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -167,9 +167,20 @@ class Session:
         # session, the reset between files undoes, so each file gets a new session, in
         # which it runs, as under psql.
         self.login_triggers = False
+        # The database has dblink: a function of any file may open a connection of its
+        # that outlives the file (and a transaction, locks, on its server), which no
+        # reset closes; so each file gets a new session, as under psql.
+        self.dblink = False
         # The connection the runner was given, while it works on one of its own (a file
         # changed settings only a new session takes: lock.renew); None otherwise.
         self.given: psycopg.Connection[Any] | None = None
+        # The runner opened the connection itself (the CLI's): a renewal closes the old
+        # session, as psql's ends with its file, and with it what only an end gives back
+        # (a dblink connection and what it holds, a temporary replication slot, a
+        # replication origin). A caller's connection is kept for its owner.
+        self.owned = False
+        # Given every notice the server sends (Runner.add_notice_handler), in each session.
+        self.notice_handlers: list[Callable[[psycopg.errors.Diagnostic], None]] = []
         # The runner resets the session after each file, prepared statements
         # included (DEALLOCATE ALL), so psycopg must not keep any of its own.
         conn.prepare_threshold = None
@@ -279,19 +290,22 @@ class Session:
         trigger that checks or logs the statement that fired it: then every file goes a
         statement a query, `sends_alone`; a file that makes such a function names
         current_query itself, and from there on `ran` keeps it so), and whether a
-        transaction is repeatable read or serializable by default (`isolated`)."""
+        transaction is repeatable read or serializable by default (`isolated`); and what
+        makes each file start in a new session (a login event trigger, dblink)."""
         row = self.conn.execute(
-            READS_QUERY_TEXT + ", pg_catalog.current_setting('default_transaction_isolation'), "
+            READS_QUERY_TEXT + ", pg_catalog.current_setting('default_transaction_isolation'), "  # noqa: S608 - constants
             "EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtevent = 'login' "
-            "AND evtenabled IN ('O', 'A'))"
+            "AND evtenabled IN ('O', 'A')), "
+            "EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'dblink')"
         ).fetchone()
         self.query_text_read = self.query_text_read or bool(row and row[0])
         self.isolated = bool(row and row[1] in ("repeatable read", "serializable"))
         self.login_triggers = bool(row and row[2])
+        self.dblink = bool(row and row[3])
 
     def run_over(self) -> None:
         """Forget what `notice`, `ran` and a rehearsal or comparison learned for one run."""
-        self.query_text_read = self.isolated = self.login_triggers = False
+        self.query_text_read = self.isolated = self.login_triggers = self.dblink = False
         self.uncommitted_before = None
 
     def ran(self, migration: Migration) -> None:

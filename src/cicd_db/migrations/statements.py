@@ -58,6 +58,14 @@ RECEIPT_NAMES = ("client_encoding", "backslash_quote", "names")
 # What stands between two words: white space and comments, a `--` one ended at a line
 # feed or a carriage return, as the server ends it (a nested /* */ is read by names_in).
 _GAP = rb"(?:\s|/\*.*?\*/|--[^\n\r]*[\n\r])+"
+# Functions whose work only the end of a session undoes (NAMED).
+SESSION_BOUND = (
+    "dblink",
+    "replication_slot",
+    "replication_origin_session",
+    "backup_start",
+    "start_backup",
+)
 # The patterns of NAMED whose words comments may stand between.
 GAPPED = ("defaults", "custom", "event trigger", "load")
 NAMED: dict[str, bytes | re.Pattern[bytes]] = {
@@ -83,7 +91,15 @@ NAMED: dict[str, bytes | re.Pattern[bytes]] = {
     # A library loaded (its hooks, its settings) and the random seed stay with a session.
     "load": re.compile(rb"\bload" + _GAP + rb"e?'", re.DOTALL),
     "setseed": b"setseed",
+    # What a session holds that no reset gives back, only the session's end: a dblink
+    # connection (and what it holds on its server: a transaction, locks), a temporary
+    # replication slot, a replication origin set up for it, a backup begun in it.
+    **{name: name.encode() for name in SESSION_BOUND},
 }
+# What NAMED finds that a new session must follow (files.Migration.needs_new_session).
+NEW_SESSION_AFTER = frozenset(
+    ("defaults", "custom", "event trigger", "load", "setseed", *SESSION_BOUND)
+)
 
 
 def names_in(data: bytes) -> set[str]:
