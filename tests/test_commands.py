@@ -23,6 +23,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import psycopg
 import pytest
@@ -167,6 +168,30 @@ def test_dump_is_stable_and_reviewable(migrated: Database, tmp_path: Path) -> No
     assert "\\restrict" not in text and "Dumped from" not in text
     assert migrated.settings.password not in text
     assert run_cli("schema", "dump", "--database-url", migrated.url)[1] == text
+
+
+def test_dump_of_the_migrations_alone_reads_none_of_libpqs_variables(home: Path) -> None:  # fmt: skip
+    """The server of its own is not the user's: PG* variables meant for the user's
+    servers (a search_path in PGOPTIONS, read-only sessions wanted, a service, an
+    authentication method required) reach none of its connections, and are there again
+    after it."""
+    env = {"CICD_DB_HOME": str(home)}
+    plain = run_cli("schema", "dump", env=env)
+    hostile = {
+        **env,
+        "PGOPTIONS": "-c search_path=nowhere -c default_transaction_read_only=on",
+        "PGTARGETSESSIONATTRS": "read-only",
+        "PGSERVICE": "no-such-service",
+        "PGREQUIREAUTH": "md5",
+        "PGDATABASE": "nowhere",
+    }
+    before = dict(os.environ)
+    with mock.patch.dict(os.environ, hostile):
+        dumped = run_cli("schema", "dump")
+        assert {name: os.environ.get(name) for name in hostile} == hostile
+    assert dict(os.environ) == before
+    assert plain.code == 0, plain
+    assert dumped == plain
 
 
 def test_dump_of_the_migrations_alone_matches_a_migrated_database(home: Path) -> None:  # fmt: skip

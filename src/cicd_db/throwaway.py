@@ -98,7 +98,23 @@ class Throwaway:
 
 @contextlib.contextmanager
 def server() -> Iterator[Throwaway]:
-    """A cluster of its own, running, for the `with` block; stopped and removed after."""
+    """A cluster of its own, running, for the `with` block; stopped and removed after.
+
+    For as long, the process has none of the libpq variables (PG*) of its environment:
+    libpq fills every parameter a connection does not name from them (PGOPTIONS'
+    search_path, PGTARGETSESSIONATTRS, PGSERVICE, PGREQUIREAUTH, ...), and they are for
+    the user's servers, not this one. Nothing else connects meanwhile (`schema dump`
+    without a target talks to this server only); they are put back after."""
+    saved = {name: os.environ.pop(name) for name in [n for n in os.environ if n.startswith("PG")]}
+    try:
+        with _server() as made:
+            yield made
+    finally:
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _server() -> Iterator[Throwaway]:
     account = pgprocess.server_account()
     bin_dir = pgprocess.wheel_bin_dir()
     pgprocess.check_shell_safe(
