@@ -442,6 +442,32 @@ def test_a_file_that_makes_its_transaction_read_only_is_told_why_it_cannot_be_re
     assert (database.tables(), database.history()) == (set(), [])
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SELECT 1;\n",
+        "SELECT pg_catalog.current_setting('transaction_read_only');\n",
+        "SHOW default_transaction_read_only;\n",
+    ],
+    ids=["names-nothing", "reads-it", "shows-it"],
+)
+def test_a_read_only_default_outside_the_file_is_named_whatever_the_file_reads(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """Read-only from the connection's options, not the file: named so, also when the
+    file reads the setting's value (it was blamed on the file, which only named it)."""
+    folder = write_migrations(tmp_path, {"0001_first.sql": "CREATE TABLE t (a int);\n"})
+    assert migrate(database, folder).code == 0  # the history is there: the file's commit fails
+    write_migrations(folder, {"0002_ro.sql": text})
+    monkeypatch.setenv("PGOPTIONS", "-c default_transaction_read_only=on")
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert "the file made its transaction read-only" not in err, err
+    assert "default_transaction_read_only is on in the connection's options" in err, err
+    monkeypatch.delenv("PGOPTIONS")
+    assert migrate(database, folder).code == 0
+
+
 def test_a_file_whose_objects_would_go_to_pg_catalog_is_told_the_search_path_not_a_grant(
     database: Database, tmp_path: Path
 ) -> None:

@@ -38,9 +38,13 @@ if TYPE_CHECKING:
 
 # How a file sets each setting setting_behind names, for itself (SET, SET LOCAL, SET
 # TRANSACTION): a file that says it is told to fix itself, whatever a role or the
-# database also sets.
+# database also sets. Read-only by its statements only: a file that reads the setting
+# (current_setting('transaction_read_only'), SHOW) is not blamed for the database's.
 _SET_BY_A_FILE = {
-    "default_transaction_read_only": (b"read only", b"read_only"),
+    "default_transaction_read_only": re.compile(
+        rb"\bread\s+only\b|\bset\s+(?:session\s+|local\s+)?(?:default_)?transaction_read_only\b"
+        rb"|set_config\s*\(\s*'(?:default_)?transaction_read_only'"
+    ),
 }
 # Values that cannot have caused the failure: then it was the file's own doing.
 _CANNOT_CAUSE = {
@@ -179,7 +183,9 @@ def setting_source(session: Session, name: str, migration: Migration | None = No
     if migration is not None:
         # What the server reads of the file: a comment that names the setting sets nothing.
         code = without_comments(migration.data, standard_strings=session.standard_strings())
-        if any(word in code.lower() for word in _SET_BY_A_FILE.get(name, (name.encode(),))):
+        set_by_it = _SET_BY_A_FILE.get(name)
+        lowered = code.lower()
+        if set_by_it.search(lowered) if set_by_it else name.encode() in lowered:
             return None
     if not _out_of_the_failure(session):
         return (
