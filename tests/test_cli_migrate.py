@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -225,6 +226,15 @@ def test_wait_gives_up_after_its_timeout() -> None:
     )
     assert 0.5 <= time.monotonic() - started < 10
     assert_one_line_error(result, 1, "cannot connect to 127.0.0.1:1: Connection refused")
+
+
+def test_wait_says_ready_in_json_with_json(database: Database) -> None:
+    """Every command with output has --json: `wait` printed its text line under it."""
+    ready = run_cli("migrate", "wait", "--json", "--database-url", database.url)
+    assert ready.code == 0, ready
+    said = json.loads(ready.out)
+    assert (said["target"], said["ready"]) == ("--database-url", True), said
+    assert said["url"].startswith("postgresql://") and database.settings.password not in ready.out
 
 
 def test_options_work_before_and_after_the_command(database: Database, tmp_path: Path) -> None:

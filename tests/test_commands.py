@@ -168,6 +168,9 @@ def test_dump_is_stable_and_reviewable(migrated: Database, tmp_path: Path) -> No
     assert "\\restrict" not in text and "Dumped from" not in text
     assert migrated.settings.password not in text
     assert run_cli("schema", "dump", "--database-url", migrated.url)[1] == text
+    written = run_cli("schema", "dump", "--database-url", migrated.url, "-o", str(output), "--json")  # fmt: skip
+    assert (written.code, json.loads(written.out)) == (0, {"output": str(output)})
+    assert output.read_text() == text
 
 
 def test_dump_of_the_migrations_alone_reads_none_of_libpqs_variables(home: Path) -> None:  # fmt: skip
@@ -418,7 +421,9 @@ def test_an_empty_against_is_refused_not_read_as_no_against() -> None:
 def test_rehearsal_reports_locks_and_changes_nothing(database: Database) -> None:  # fmt: skip
     database.execute(PLAN_SCHEMA.read_text())
     target = ["--database-url", database.url]
-    assert run_cli("migrate", "baseline", "--version", "1", *target)[0] == 0
+    baseline = run_cli("migrate", "baseline", "--version", "1", "--json", *target)
+    assert baseline.code == 0, baseline
+    assert json.loads(baseline.out) == {"target": "--database-url", "version": 1, "recorded": 1}
     before = database.query("SELECT count(*) FROM information_schema.columns")
     code, out, _ = run_cli("migrate", "up", "--rehearse", "--json", *target)
     rehearsed = {r["name"]: r for r in json.loads(out)["rehearsed"]}

@@ -290,11 +290,20 @@ def test_lifecycle_through_the_cli(home: Path) -> None:
     assert (stopped.code, stopped.out) == (0, "stopped\n")
     assert json.loads(run_cli("embedded", "status", "--json", env=env).out)["running"] is False
     assert run_cli("embedded", "stop", env=env).out == "not running\n"
+    assert json.loads(run_cli("embedded", "stop", "--json", env=env).out) == {"stopped": False}
 
     # Started again on demand, with the same data and credentials.
     restarted = run_cli("migrate", "status", "--local", env={**env, "CICD_DB_LOCAL": "embedded"})
     assert restarted.code == 0, restarted.err
     assert restarted.out.splitlines()[1].split()[:3] == ["1", "plan_schema", "applied"]
+    started = run_cli("embedded", "start", "--json", env=env)
+    assert started.code == 0, started
+    said = json.loads(started.out)
+    assert (said["running"], said["made_again"]) == (
+        True,
+        {"roles": [], "roles_without_grants": [], "database": False},
+    ), said
+    assert f":{said['port']}/ci_local?" in said["url"], said
 
 
 def free_port() -> int:

@@ -11,24 +11,36 @@ def embedded_start(ctx: Context) -> int:
     """`embedded start`: the embedded server, created on first use, running, with its
     database and roles made again where they are gone (Creating.remake)."""
     remade = targets.resolve(stack=targets.EMBEDDED).embedded_server().remake()
-    for role in remade.roles:
-        lost = role in remade.without_grants
-        ctx.say(
-            f"made again: role {role} (it was gone"
-            + (
-                "; the grants the migrations gave it are not made again: give them by hand, "
-                "or move the state folder away to start afresh)"
-                if lost
-                else ")"
-            )
+    lines = [
+        f"made again: role {role} (it was gone"
+        + (
+            "; the grants the migrations gave it are not made again: give them by hand, "
+            "or move the state folder away to start afresh)"
+            if role in remade.without_grants
+            else ")"
         )
+        for role in remade.roles
+    ]
     if remade.database:
-        ctx.say(
+        lines.append(
             f"made again: database {LOCAL_DATABASE} (it was gone; empty: apply the "
             "migrations, `cicd-db migrate --stack embedded`)"
         )
     settings = embedded_settings(ctx)
-    ctx.say(f"running on 127.0.0.1:{settings.port}: {settings.redacted_url()}")
+    lines.append(f"running on 127.0.0.1:{settings.port}: {settings.redacted_url()}")
+    ctx.show(
+        {
+            "running": True,
+            "port": settings.port,
+            "url": settings.redacted_url(),
+            "made_again": {
+                "roles": list(remade.roles),
+                "roles_without_grants": list(remade.without_grants),
+                "database": bool(remade.database),
+            },
+        },
+        lambda: lines,
+    )
     return 0
 
 
@@ -50,5 +62,6 @@ def embedded_url(ctx: Context, *, show_password: bool = False) -> int:
 def embedded_stop(ctx: Context) -> int:
     """`embedded stop`: the server stopped; its data stays."""
     server = targets.resolve(stack=targets.EMBEDDED).embedded_server()
-    ctx.say("stopped" if server.stop() else "not running")
+    stopped = server.stop()
+    ctx.show({"stopped": stopped}, lambda: ["stopped" if stopped else "not running"])
     return 0

@@ -65,7 +65,7 @@ def show_insights(
     with report.written_in("utf-8"):  # a file is UTF-8, whatever the terminal writes
         text = insights.render(found, shown)
     write_answer(output, text)
-    ctx.say(f"insights written to {output}")
+    ctx.show({"output": str(output)}, lambda: [f"insights written to {output}"])
     return 0
 
 

@@ -242,7 +242,8 @@ def wait(ctx: Context, *, timeout: float = WAIT_TIMEOUT) -> int:
     """`migrate wait`: until the target accepts connections, at most `timeout` seconds."""
     target = ctx.remember(ctx.target())
     used = targets.wait(target.settings, timeout)
-    ctx.say(f"ready: {used.redacted_url()}")
+    url = used.redacted_url()
+    ctx.show({"target": target.description, "ready": True, "url": url}, lambda: [f"ready: {url}"])
     return 0
 
 
@@ -251,7 +252,10 @@ def baseline(ctx: Context, *, version: int, yes: bool = False) -> int:
     target = ctx.target()
     with ctx.runner(target, writes=True, yes=yes, action="baseline it") as runner:
         recorded = runner.baseline(version)
-    ctx.say(console.baseline_line(target.description, version, len(recorded)))
+    ctx.show(
+        {"target": target.description, "version": version, "recorded": len(recorded)},
+        lambda: [console.baseline_line(target.description, version, len(recorded))],
+    )
     return 0
 
 

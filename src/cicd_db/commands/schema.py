@@ -28,7 +28,7 @@ def schema_dump(ctx: Context, *, output: Path | None = None) -> int:
         outputs.print_document(text)
         return 0
     write_answer(output, text)
-    ctx.say(f"schema written to {output}")
+    ctx.show({"output": str(output)}, lambda: [f"schema written to {output}"])
     return 0
 
 
