@@ -171,6 +171,8 @@ def test_dump_is_stable_and_reviewable(migrated: Database, tmp_path: Path) -> No
     written = run_cli("schema", "dump", "--database-url", migrated.url, "-o", str(output), "--json")  # fmt: skip
     assert (written.code, json.loads(written.out)) == (0, {"output": str(output)})
     assert output.read_text() == text
+    shown = run_cli("schema", "dump", "--database-url", migrated.url, "--json")
+    assert (shown.code, json.loads(shown.out)) == (0, {"schema": text})
 
 
 def test_dump_of_the_migrations_alone_reads_none_of_libpqs_variables(home: Path) -> None:  # fmt: skip

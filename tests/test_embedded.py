@@ -269,6 +269,7 @@ def test_lifecycle_through_the_cli(home: Path) -> None:
     url = run_cli("embedded", "url", env=env).out.strip()
     assert url == f"postgresql://ci_user:***@127.0.0.1:{status['port']}/ci_local?sslmode=disable"
     real_url = run_cli("embedded", "url", "--show-password", env=env).out.strip()
+    assert json.loads(run_cli("embedded", "url", "--json", env=env).out) == {"url": url}
     state = json.loads((home / "embedded" / "server.json").read_text())
     assert state["password"] in real_url
     assert oct((home / "embedded" / "server.json").stat().st_mode & 0o777) == "0o600"

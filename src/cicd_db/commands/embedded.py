@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cicd_db import console, outputs, targets
+from cicd_db import console, targets
 from cicd_db.commands.context import Context, embedded_settings
 from cicd_db.settings import LOCAL_DATABASE
 
@@ -55,7 +55,8 @@ def embedded_url(ctx: Context, *, show_password: bool = False) -> int:
     """`embedded url`: the URL of ci_local (started if need be), its password hidden
     unless `show_password`."""
     settings = embedded_settings(ctx)
-    outputs.write_out((settings.url() if show_password else settings.redacted_url()) + "\n")
+    url = settings.url() if show_password else settings.redacted_url()
+    ctx.show({"url": url}, lambda: [url], answer=True)
     return 0
 
 

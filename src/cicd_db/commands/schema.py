@@ -25,7 +25,10 @@ def schema_dump(ctx: Context, *, output: Path | None = None) -> int:
     else:
         text = schema.dump(ctx.remember(target).settings.for_migrations())
     if not output or str(output) == "-":  # `-o -`: the standard output, as most tools take it
-        outputs.print_document(text)
+        if ctx.json:
+            ctx.show({"schema": text}, list)
+        else:
+            outputs.print_document(text)
         return 0
     write_answer(output, text)
     ctx.show({"output": str(output)}, lambda: [f"schema written to {output}"])
