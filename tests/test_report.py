@@ -749,6 +749,20 @@ def encoding(database: Database) -> str:
     return str(database.query("SHOW server_encoding")[0][0])
 
 
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_a_commit_of_any_characters_leaves_the_runs_times_whole(name: str) -> None:
+    """The runs table shows a commit's first characters in 8 columns, as 8 hex digits
+    take: wide characters (16 columns) or escapes took the room of the times, and the
+    date lost its day (`2026-12-0…16:23:20`)."""
+    finished = T0 + timedelta(hours=1)
+    text = report.render(
+        hostile_views(HOSTILE[name], finished=finished, number=12)["runs"], "table"
+    )
+    assert_fits_a_terminal(text)
+    for moment in (T0, finished):
+        assert moment.strftime("%Y-%m-%d %H:%M:%S") in text, text
+
+
 @pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
 @pytest.mark.parametrize("width", [0, 1, 2, 3, 4, 7])
 def test_a_cell_shortened_never_takes_more_than_its_width(

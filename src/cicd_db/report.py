@@ -201,6 +201,7 @@ def table(view: View) -> str:
                 [str(run.run_number), run.status, run.commit_hash[:8], *_time_cells(run)]
                 for run in view.runs
             ],
+            most={2: 8},  # the commit: 8 columns, as 8 hex digits take
         )
         if view.next_before is not None:
             lines.append(f"more: --before {view.next_before}")
@@ -317,13 +318,23 @@ def seconds_text(seconds: float | None) -> str:
     return f"{hours}h {minute:02d}m"
 
 
-def grid(headers: list[str], rows: list[list[str]], *, width: int = WIDTH) -> list[str]:
+def grid(
+    headers: list[str],
+    rows: list[list[str]],
+    *,
+    width: int = WIDTH,
+    most: dict[int, int] | None = None,
+) -> list[str]:
     """Columns padded to their widest cell, two spaces apart, no trailing blanks, cells
     escaped (see WIDTH), and no line wider than `width`: while it would be, the widest
     column loses a character, names first since they are the widest, down to its
-    header's width (further only if that is not enough)."""
+    header's width (further only if that is not enough). `most`: the columns (by index)
+    no wider than so many terminal columns, whatever their text (a commit's first
+    characters, which wide ones would make twice as wide)."""
     table = [[as_written(one_line(cell)) for cell in line] for line in [headers, *rows]]
     widths = [max(map(_width, column)) for column in zip(*table, strict=True)]
+    for index, cap in (most or {}).items():
+        widths[index] = min(widths[index], max(cap, _width(table[0][index])))
     for floor in ([_width(cell) for cell in table[0]], [1] * len(widths)):
         while sum(widths) + 2 * (len(widths) - 1) > width:
             shrinkable = [i for i, w in enumerate(widths) if w > floor[i]]
