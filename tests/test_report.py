@@ -25,6 +25,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 from cicd_db import insights, report, retention, store, targets
 from cicd_db.errors import ConfigError, UsageError
@@ -42,7 +43,7 @@ from cicd_db.store import (
 
 from .fix_cli import run_cli
 from .fix_db import Database, Databases
-from .utils import ROOT, examples
+from .utils import LOOK_ALIKE_TYPES, ROOT, examples
 
 GOLDEN = ROOT / "tests" / "golden"
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -201,6 +202,33 @@ def test_durations_across_a_change_of_summer_time_are_the_servers(migrated: Data
     view = json.loads(shown.out)
     durations = [view["run"], *view["stages"]]
     assert [part["duration_seconds"] for part in durations] == [1800.0] * 2, shown.out
+
+
+def test_type_names_before_pg_catalog_change_nothing_the_readers_and_writers_do(
+    migrated: Database,
+) -> None:
+    """The database's search_path names a schema of look-alike types (a domain refusing
+    every value for each of pg_catalog's type names) before pg_catalog: recording,
+    `report`, `insights` and `retention` work as without it."""
+    migrated.execute(
+        LOOK_ALIKE_TYPES
+        + sql.SQL("ALTER DATABASE {} SET search_path = public, types, pg_catalog")
+        .format(sql.Identifier(migrated.name))
+        .as_string()
+    )
+    with migrated.connect() as conn:
+        record(Store.on(conn))
+        assert conn.execute("SHOW search_path").fetchone() == ("public, types, pg_catalog",)
+    target = ["--database-url", migrated.url]
+    for command in (
+        ["report", "--pipeline", "build", "--format", "json"],
+        ["report", "--pipeline", "build", "--run", "1", "--stage", "test"],
+        ["insights", "--pipeline", "build", "--format", "json"],
+        ["retention", "--keep-days", "1", "--dry-run"],
+        ["retention", "--keep-days", "1", "--yes"],
+    ):
+        done = run_cli(*command, *target)
+        assert (done.code, done.err) == (0, ""), (command, done)
 
 
 VIEWS = {

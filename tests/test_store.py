@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from threading import Barrier
 from typing import Any
 from uuid import UUID, uuid4
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -1602,3 +1603,30 @@ def test_a_status_a_list_a_connection_or_a_row_that_is_not_one_is_refused_naming
         assert snapshot(schema) == before
     with pytest.raises(IllegalTransition, match="'PENDING' is not a status to move to"):
         executions.set_statuses([job], "PENDING")
+
+
+def test_a_finish_before_a_childs_time_is_refused_across_a_change_of_summer_time(
+    migrated: Database,
+) -> None:
+    """The session in Berlin's time zone, the time given in the same zone on the night its
+    clocks go back: 02:15 after the change (01:15 UTC) is before the job's finish at 02:20
+    (01:20 UTC), though its clock reads earlier than the stage's start at 02:45 before the
+    change (00:45 UTC). Python compares datetimes of one tzinfo by their clocks, so the
+    stage's finish was taken for one before its own start, the check of its jobs' times
+    skipped, and the finish written before its job's."""
+    berlin = ZoneInfo("Europe/Berlin")
+    utc = lambda h, m: datetime(2026, 10, 25, h, m, tzinfo=UTC)  # noqa: E731
+    settings = replace(migrated.settings, parameters=(("options", "-c timezone=Europe/Berlin"),))
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        executions = Store.on(conn)
+        run = executions.set_status(executions.start_run("clocks", "c"), RUNNING, at=utc(0, 30))
+        stage = executions.set_status(executions.add_stage(run, "s", 1), RUNNING, at=utc(0, 45))
+        job = executions.set_status(executions.add_job(stage, "j"), RUNNING, at=utc(0, 50))
+        executions.set_status(job, SUCCESS, at=utc(1, 20))
+        assert stage.start_time is not None and stage.start_time.tzinfo is berlin
+        at = datetime(2026, 10, 25, 2, 15, fold=1, tzinfo=berlin)
+        assert at.astimezone(UTC) == utc(1, 15)
+        assert at.replace(tzinfo=None) < stage.start_time.replace(tzinfo=None)
+        with pytest.raises(IllegalTransition, match="started or finished later"):
+            executions.finish_stage(stage, at=at)
+        assert executions.finish_stage(stage, at=utc(1, 25)).status == SUCCESS

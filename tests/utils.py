@@ -181,3 +181,22 @@ def socket_folder(server: ConnectionSettings, name: str = "") -> Iterator[Path]:
             listener.shutdown(socket.SHUT_RDWR)
             listener.close()
             serving.join(timeout=10)
+
+
+# A domain that refuses every value for each of PostgreSQL's own type names that a query
+# may write unqualified (what is not a keyword the grammar reads as pg_catalog's); or
+# tables named like two of them (a table's row type is a type of its name): a cast the
+# runner writes as `::text` or `::oid`, or a column it types so, that found these would fail.
+LOOK_ALIKE_TYPES = """
+CREATE SCHEMA types;
+DO $$DECLARE t record; BEGIN
+FOR t IN SELECT y.typname FROM pg_catalog.pg_type y
+    WHERE y.typnamespace = 'pg_catalog'::pg_catalog.regnamespace AND y.typtype = 'b'
+    AND y.typname !~ '^_' AND y.typname NOT IN (
+        SELECT k.word FROM pg_catalog.pg_get_keywords() k WHERE k.catcode <> 'U')
+LOOP
+    EXECUTE pg_catalog.format('CREATE DOMAIN types.%I AS pg_catalog.%I CHECK (false)',
+        t.typname, t.typname);
+END LOOP; END$$;
+GRANT USAGE ON SCHEMA types TO PUBLIC;
+"""

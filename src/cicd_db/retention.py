@@ -139,7 +139,7 @@ def _candidates(pipeline: str | None) -> sql.Composed:
 
 # The cutoff, and whether `completion_time` is migration 0005's timestamptz.
 CUTOFF = (
-    "SELECT now() - make_interval(hours => %s), (SELECT a.atttypid = 'timestamptz'::pg_catalog.regtype "
+    "SELECT now() - make_interval(hours => %s), (SELECT a.atttypid = 'pg_catalog.timestamptz'::pg_catalog.regtype "
     "FROM pg_catalog.pg_attribute a WHERE a.attrelid = 'pipeline_executions'::pg_catalog.regclass "
     "AND a.attname = 'completion_time'), "
     "(SELECT source FROM pg_catalog.pg_settings WHERE name = 'session_replication_role' "

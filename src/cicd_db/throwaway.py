@@ -103,8 +103,11 @@ def server() -> Iterator[Throwaway]:
     For as long, the process has none of the libpq variables (PG*) of its environment:
     libpq fills every parameter a connection does not name from them (PGOPTIONS'
     search_path, PGTARGETSESSIONATTRS, PGSERVICE, PGREQUIREAUTH, ...), and they are for
-    the user's servers, not this one. Nothing else connects meanwhile (`schema dump`
-    without a target talks to this server only); they are put back after."""
+    the user's servers, not this one, and a service named in PGSERVICE cannot be
+    unnamed by a connection string. They are put back after. The CLI connects to nothing
+    else meanwhile (`schema dump` without a target talks to this server only); a program
+    that calls `migrations.scratch_dump` while other threads connect elsewhere should know
+    that those threads see no PG* variable for as long."""
     saved = {name: os.environ.pop(name) for name in [n for n in os.environ if n.startswith("PG")]}
     try:
         with _server() as made:

@@ -134,13 +134,13 @@ _LATER_ROW = (
     [
         (
             "delete",
-            "the history rows it removed (version 1) are put back as the runner wrote "
-            "them, so the next run does not apply those files twice",
+            "the history rows it removed (version 1) are written again, so the next run "
+            "does not apply those files twice",
         ),
         (
             "truncate",
-            "the history rows it removed (version 1) are put back as the runner wrote "
-            "them, so the next run does not apply those files twice",
+            "the history rows it removed (version 1) are written again, so the next run "
+            "does not apply those files twice",
         ),
         (
             "update",
@@ -149,13 +149,13 @@ _LATER_ROW = (
         ),
         (
             "forged-row",
-            "the history rows it added (version 99) are put back as the runner "
-            "wrote them, so the next run skips no file it has not applied",
+            "the history rows it added (version 99) are deleted, so the next run skips no "
+            "file it has not applied",
         ),
         (
             "later-row",
-            "the history rows it added (version 3) are put back as the runner wrote "
-            "them, so the next run skips no file it has not applied",
+            "the history rows it added (version 3) are deleted, so the next run skips no "
+            "file it has not applied",
         ),
     ],
     ids=["delete", "truncate", "update", "forged-row", "later-row"],

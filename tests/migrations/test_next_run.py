@@ -30,7 +30,7 @@ from cicd_db.store import Store
 
 from ..fix_cli import migrate, run_cli
 from ..fix_db import Database
-from ..utils import MIGRATIONS, examples, write_migrations
+from ..utils import LOOK_ALIKE_TYPES, MIGRATIONS, examples, write_migrations
 from .next_run import (
     COUNTED,
     NO_TRANSACTION,
@@ -137,23 +137,6 @@ def test_functions_and_operators_before_pg_catalog_do_not_stand_in_for_the_runne
     recorded_right()
 
 
-# A domain that refuses every value for each of PostgreSQL's own type names that a query
-# may write unqualified (what is not a keyword the grammar reads as pg_catalog's); or
-# tables named like two of them (a table's row type is a type of its name): a cast the
-# runner writes as `::text` or `::oid`, or a column it types so, that found these would fail.
-LOOK_ALIKE_TYPES = """
-CREATE SCHEMA types;
-DO $$DECLARE t record; BEGIN
-FOR t IN SELECT y.typname FROM pg_catalog.pg_type y
-    WHERE y.typnamespace = 'pg_catalog'::pg_catalog.regnamespace AND y.typtype = 'b'
-    AND y.typname !~ '^_' AND y.typname NOT IN (
-        SELECT k.word FROM pg_catalog.pg_get_keywords() k WHERE k.catcode <> 'U')
-LOOP
-    EXECUTE pg_catalog.format('CREATE DOMAIN types.%I AS pg_catalog.%I CHECK (false)',
-        t.typname, t.typname);
-END LOOP; END$$;
-GRANT USAGE ON SCHEMA types TO PUBLIC;
-"""
 TABLES_NAMED_AS_TYPES = "CREATE TABLE public.text (a int); CREATE TABLE public.oid (a int);"
 
 
@@ -1215,6 +1198,37 @@ def test_a_database_connection_limit_a_migration_set_is_named_for_the_second_con
                 sql.Identifier(login.admin.name)
             )
         )
+
+
+@pytest.mark.parametrize("login", ["owner"], indirect=True)  # a superuser is not held to it
+def test_a_connection_limit_that_leaves_no_room_for_a_new_session_stops_the_run_named(
+    login: Login, tmp_path: Path
+) -> None:
+    """On a database with dblink every file gets a new session, a third connection while
+    the run lasts: a CONNECTION LIMIT of two refuses it after the first file, which stays
+    recorded, and the line says why a new session was wanted and what the limit needs."""
+    login.admin.execute("CREATE EXTENSION dblink")
+    database = sql.Identifier(login.admin.name)
+    login.admin.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 2").format(database))
+    folder = write_migrations(
+        tmp_path / "m",
+        {"0001_a.sql": "CREATE TABLE a (i int);\n", "0002_b.sql": "CREATE TABLE b (i int);\n"},
+    )
+    try:
+        line = one_line(migrate(login.database, folder))
+    finally:
+        login.admin.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT -1").format(database))
+    assert line.startswith(
+        "error: cannot open a new session for the next file (each file gets one on a "
+        "database with dblink): "
+    ), line
+    assert line.endswith(
+        "what was applied is recorded; run again (a new session is a connection more while "
+        "the run lasts: a CONNECTION LIMIT must allow three)"
+    ), line
+    assert login.admin.history() == [1]
+    assert migrate(login.database, folder).code == 0  # the limit lifted: the rest applies
+    assert login.admin.history() == [1, 2]
 
 
 def test_an_event_trigger_that_refuses_the_runners_drop_is_told_with_the_file(

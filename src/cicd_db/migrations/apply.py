@@ -107,7 +107,7 @@ def run(
                 if number < len(pending) and (
                     migration.needs_new_session or session.login_triggers or session.dblink
                 ):
-                    lock.renew(session)
+                    lock.renew(session, _why_renewed(session, migration))
                     session.notice()
         finally:
             session.run_over()
@@ -301,3 +301,15 @@ class Applier(Verdicts):
             insert_at=history_table.PINNED_STATEMENTS + 1,
         )
         return notes
+
+
+def _why_renewed(session: Session, migration: Migration) -> str:
+    """Why a new session follows `migration`, for the error when it cannot be opened."""
+    if session.login_triggers:
+        return "for the next file (each file gets one on a database with a login event trigger)"
+    if session.dblink:
+        return "for the next file (each file gets one on a database with dblink)"
+    return (
+        f"for the files after {migration.filename}, which names what only a new session is "
+        "rid of or takes (a database's or a role's settings, LOAD, setseed, dblink, ...)"
+    )

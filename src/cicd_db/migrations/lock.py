@@ -248,7 +248,10 @@ HOLDERS = (
 )
 
 
-def renew(session: Session) -> None:
+def renew(
+    session: Session,
+    why: str = "after a file that changed a database's or a role's settings (which only new sessions take)",
+) -> None:
     """A new work session in place of `session`'s, as psql starts one for each file: a
     file changed a database's or a role's settings (ALTER DATABASE/ROLE ... SET), which
     a session takes only as it begins (RESET ALL brings back what it began with), and
@@ -261,9 +264,9 @@ def renew(session: Session) -> None:
         new = psycopg.connect(conninfo_in_use(session.conn), autocommit=True)
     except psycopg.OperationalError as error:
         raise OperationalError(
-            "cannot open a new session for the files after one that changed a database's "
-            f"or a role's settings (which only new sessions take): {first_line(error)}; "
-            "what was applied is recorded; run again"
+            f"cannot open a new session {why}: {first_line(error)}; what was applied is "
+            "recorded; run again (a new session is a connection more while the run lasts: "
+            "a CONNECTION LIMIT must allow three)"
         ) from None
     new.prepare_threshold = None
     for handler in session.notice_handlers:

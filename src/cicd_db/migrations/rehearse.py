@@ -366,9 +366,9 @@ def _table_locks(conn: psycopg.Connection[Any], indexes: list[int]) -> list[tupl
     SEQUENCE) and the `indexes` that were there before the file (a new one no one else
     sees yet)."""
     rows = conn.execute(
-        "SELECT l.mode, c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_locks l "
-        "JOIN pg_class c ON c.oid = l.relation "
-        "WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted "
+        "SELECT l.mode, c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_locks l "
+        "JOIN pg_catalog.pg_class c ON c.oid = l.relation "
+        "WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation' AND l.granted "
         "AND (c.relkind IN ('r', 'p', 'm', 'v', 'f') OR (c.relkind = 'S' OR c.oid = ANY(%s::pg_catalog.oid[])) "
         "AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')) "
         "AND c.relnamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'pg_toast'::pg_catalog.regnamespace) "
@@ -380,7 +380,7 @@ def _table_locks(conn: psycopg.Connection[Any], indexes: list[int]) -> list[tupl
 
 def _indexes(conn: psycopg.Connection[Any]) -> list[int]:
     rows = conn.execute(
-        "SELECT oid::pg_catalog.int8 FROM pg_class WHERE relkind IN ('i', 'I') "
+        "SELECT oid::pg_catalog.int8 FROM pg_catalog.pg_class WHERE relkind IN ('i', 'I') "
         "AND relnamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'pg_toast'::pg_catalog.regnamespace)"
     ).fetchall()
     return [int(oid) for (oid,) in rows]
@@ -388,6 +388,6 @@ def _indexes(conn: psycopg.Connection[Any]) -> list[int]:
 
 def _sequences(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     rows = conn.execute(
-        "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences"
+        "SELECT pg_catalog.format('%I.%I', schemaname, sequencename), last_value FROM pg_catalog.pg_sequences"
     ).fetchall()
     return dict(rows)

@@ -82,6 +82,8 @@ class Runner:
         opens too."""
         self.session.notice_handlers.append(handler)
         self.session.conn.add_notice_handler(handler)
+        if self.session.given is not None:  # the caller's, which `restore` goes back to
+            self.session.given.add_notice_handler(handler)
 
     @property
     def history_table(self) -> sql.Identifier:

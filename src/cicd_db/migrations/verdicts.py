@@ -161,12 +161,12 @@ class Verdicts:
         except psycopg.Error as error:
             self.session.end_transaction()
             return (
-                f"{message}; {told} could not be put back ({first_line(error)}): have the "
-                "history's owner make them what the runner wrote (their version, name and "
-                "checksum are the files') before the next run, which would apply files twice "
-                "or skip them"
+                f"{message}; the history rows it {_changes(missing, extra)} could not be put "
+                f"back ({first_line(error)}): have the history's owner make them what the "
+                "runner wrote (their version, name and checksum are the files') before the "
+                "next run, which would apply files twice or skip them"
             )
-        return f"{message}; {told} are put back as the runner wrote them, so the next run {_so(missing, extra)}"
+        return f"{message}; {told}, so the next run {_so(missing, extra)}"
 
     def _history_put_back(self, migration: Migration, committed: str) -> str:
         """A no-transaction file dropped the history, or moved it to another schema: what
@@ -183,8 +183,6 @@ class Verdicts:
             return self._why(migration, CHECK_HISTORY_GONE, committed=committed)
         try:
             moved = history.create(self.conn)
-            missing, extra = history.differences(self.recorded.rows, history.rows_now(self.conn))
-            history.restore(self.conn, missing, [row[0] for row in extra])
         except ConfigError:
             # Renamed in its schema (or a second history made): the next run refuses,
             # naming it and the statement that moves it back.
@@ -192,17 +190,30 @@ class Verdicts:
             return self._why(migration, CHECK_HISTORY_GONE, committed=committed)
         except (psycopg.Error, CicdDbError) as error:
             self.session.end_transaction()
-            cause = first_line(error) if isinstance(error, psycopg.Error) else str(error)
             return (
-                f"{said}, and the runner could not put it back ({cause}); put it back before "
-                "any other run, which would find none and apply every file again: record what "
-                f"is applied with `cicd-db migrate baseline --version {migration.version}`, "
+                f"{said}, and the runner could not make it again ({_cause(error)}); the next "
+                "run would find none and apply every file again: move it back if it was "
+                "moved, or record what is applied with `cicd-db migrate baseline --version "
+                f"{migration.version}`, and remove that from the file"
+            )
+        try:
+            missing, extra = history.differences(self.recorded.rows, history.rows_now(self.conn))
+            history.restore(self.conn, missing, [row[0] for row in extra])
+        except psycopg.Error as error:
+            self.session.end_transaction()
+            where = "moved it back" if moved else "made it again, empty"
+            return (
+                f"{said}; the runner {where}, but could not write its rows ({_cause(error)}): "
+                "record what is applied with `cicd-db migrate baseline --version "
+                f"{migration.version}` before the next run, which would apply files twice, "
                 "and remove that from the file"
             )
         how = (
             "moved it back"
             if moved
-            else f"made it again with the {plural(len(self.recorded.rows), 'row')} it had written"
+            else f"made it again with the {plural(len(self.recorded.rows), 'row')} it had "
+            "written (each applied_at now and duration 0, as `baseline` writes them; grants "
+            "on the old table are not made again)"
         )
         return (
             f"{said}; the runner {how}, so the next run applies no file twice; remove that "
@@ -332,24 +343,51 @@ class Verdicts:
         return f"what it did {committed} committed"
 
 
+def _versions(versions: list[int | None]) -> str:
+    return ", ".join("NULL" if v is None else str(v) for v in versions)
+
+
+def _sorted_versions(versions: set[int | None]) -> list[int | None]:
+    return sorted(versions, key=lambda v: (v is None, v or 0))
+
+
+def _changes(
+    missing: list[tuple[int, str, str]],
+    extra: list[tuple[str, int | None, str | None, str | None]],
+) -> str:
+    """Which history rows a no-transaction file removed, changed (a version missing as
+    written and there otherwise) or added, by version, for a message."""
+    gone: set[int | None] = {row[0] for row in missing}
+    there = {row[1] for row in extra}
+    return " and ".join(
+        f"{verb} (version {_versions(_sorted_versions(versions))})"
+        for verb, versions in (
+            ("removed", gone - there),
+            ("changed", gone & there),
+            ("added", there - gone),
+        )
+        if versions
+    )
+
+
 def _told(
     missing: list[tuple[int, str, str]],
     extra: list[tuple[str, int | None, str | None, str | None]],
 ) -> str:
-    """What a no-transaction file did to the history's rows, by version: removed,
-    added, or changed (a version both missing as written and there otherwise)."""
-    gone = {row[0] for row in missing}
+    """What became of the history rows a no-transaction file removed (written again),
+    changed (put back) or added (deleted)."""
+    gone: set[int | None] = {row[0] for row in missing}
     there = {row[1] for row in extra}
     parts = [
-        f"the history rows it {verb} (version {', '.join('NULL' if v is None else str(v) for v in versions)})"
-        for verb, versions in (
-            ("removed", sorted(gone - there)),
-            ("changed", sorted(gone & there)),
-            ("added", sorted(there - gone, key=lambda v: (v is None, v or 0))),
+        f"the history rows it {verb} (version {_versions(_sorted_versions(versions))}) {done}"
+        for verb, versions, done in (
+            ("removed", gone - there, "are written again"),
+            ("changed", gone & there, "are put back as the runner wrote them"),
+            ("added", there - gone, "are deleted"),
         )
         if versions
     ]
-    return " and ".join(parts)
+    return "; ".join(parts)
 
 
 def _so(
@@ -363,3 +401,7 @@ def _so(
     if gone - there and not there:
         return "does not apply those files twice"
     return "applies no file twice and skips none"
+
+
+def _cause(error: BaseException) -> str:
+    return first_line(error) if isinstance(error, psycopg.Error) else str(error)

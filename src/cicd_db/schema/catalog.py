@@ -116,8 +116,8 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            (SELECT d.refobjid::pg_catalog.regclass::pg_catalog.text || '.' || quote_ident(a.attname)
             FROM pg_depend d
             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-            WHERE c.relkind = 'S' AND d.classid = 'pg_class'::pg_catalog.regclass AND d.objid = c.oid
-              AND d.refclassid = 'pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i'))
+            WHERE c.relkind = 'S' AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
+              AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i'))
              AS "owned by",
            obj_description(c.oid, 'pg_class') AS comment,
            {relation_privileges} AS privileges
@@ -306,22 +306,22 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
     FROM (
       SELECT pg_describe_object(o.catalog, o.oid, 0) AS described, o.catalog, o.oid
       FROM (
-        SELECT 'pg_operator'::pg_catalog.regclass, oid FROM pg_operator WHERE oprnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_opclass'::pg_catalog.regclass, oid FROM pg_opclass
+        SELECT 'pg_catalog.pg_operator'::pg_catalog.regclass, oid FROM pg_operator WHERE oprnamespace = %(schema)s::pg_catalog.regnamespace
+        UNION ALL SELECT 'pg_catalog.pg_opclass'::pg_catalog.regclass, oid FROM pg_opclass
           WHERE opcnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_opfamily'::pg_catalog.regclass, oid FROM pg_opfamily
+        UNION ALL SELECT 'pg_catalog.pg_opfamily'::pg_catalog.regclass, oid FROM pg_opfamily
           WHERE opfnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_collation'::pg_catalog.regclass, oid FROM pg_collation
+        UNION ALL SELECT 'pg_catalog.pg_collation'::pg_catalog.regclass, oid FROM pg_collation
           WHERE collnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_conversion'::pg_catalog.regclass, oid FROM pg_conversion
+        UNION ALL SELECT 'pg_catalog.pg_conversion'::pg_catalog.regclass, oid FROM pg_conversion
           WHERE connamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_ts_config'::pg_catalog.regclass, oid FROM pg_ts_config
+        UNION ALL SELECT 'pg_catalog.pg_ts_config'::pg_catalog.regclass, oid FROM pg_ts_config
           WHERE cfgnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_ts_dict'::pg_catalog.regclass, oid FROM pg_ts_dict
+        UNION ALL SELECT 'pg_catalog.pg_ts_dict'::pg_catalog.regclass, oid FROM pg_ts_dict
           WHERE dictnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_ts_parser'::pg_catalog.regclass, oid FROM pg_ts_parser
+        UNION ALL SELECT 'pg_catalog.pg_ts_parser'::pg_catalog.regclass, oid FROM pg_ts_parser
           WHERE prsnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_ts_template'::pg_catalog.regclass, oid FROM pg_ts_template
+        UNION ALL SELECT 'pg_catalog.pg_ts_template'::pg_catalog.regclass, oid FROM pg_ts_template
           WHERE tmplnamespace = %(schema)s::pg_catalog.regnamespace
       ) o (catalog, oid)
       WHERE NOT EXISTS (SELECT FROM pg_depend x WHERE x.classid = o.catalog
