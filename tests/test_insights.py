@@ -18,6 +18,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -963,6 +964,38 @@ def test_the_page_and_the_path_it_is_written_to_carry_no_control_characters(
         {repr(ch) for ch in text if not (ch.isprintable() or ch in "\n\t")}
     )
     assert "\\x1b[31m" in text  # the name is there, escaped
+
+
+def test_a_fifo_whose_reader_leaves_is_one_line_not_a_silent_failure(
+    migrated: Database, tmp_path: Path
+) -> None:
+    """`-o FIFO` whose reader reads 10 bytes and leaves: the page is cut short, which
+    is said in one line, exit 1 (it exited 1 without a word)."""
+    migrated.execute(  # a page larger than a pipe holds (64 kB)
+        "INSERT INTO pipeline_executions (pipeline_name, commit_hash, status, start_time, "
+        "completion_time) SELECT 'pipeline-' || g, 'c', 'CANCELED', now() - interval '1 hour', "
+        "now() FROM generate_series(1, 400) g"
+    )
+    fifo = tmp_path / "page"
+    os.mkfifo(fifo)
+
+    def read_a_little() -> None:
+        with open(fifo, "rb") as reader:
+            reader.read(10)
+
+    reader = threading.Thread(target=read_a_little)
+    reader.start()
+    try:
+        done = run_cli(
+            "insights", "--database-url", migrated.url, "--format", "html", "-o", str(fifo)
+        )
+    finally:
+        reader.join(timeout=30)
+    assert (done.code, done.out) == (1, ""), done
+    assert done.err == (
+        f"error: cannot write {fifo}: its reader left before the end (broken pipe), so what it "
+        "read is cut short; run again with a reader that reads it all\n"
+    )
 
 
 def test_a_names_joiners_and_direction_marks_reach_the_browser_not_the_terminal(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cicd_db import console, migrations, outputs, targets
-from cicd_db.errors import ConfigError
+from cicd_db.errors import ConfigError, OperationalError
 from cicd_db.redaction import password_candidates
 from cicd_db.settings import ConnectionSettings
 
@@ -154,11 +154,33 @@ def print_answer(text: str, shown: str) -> None:
         outputs.print_document(text)
 
 
+def _is_a_standard_stream(path: Path) -> bool:
+    """`path` is this process's standard output or error (`/dev/stdout`, `/dev/fd/2`)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return False
+    for fd in (1, 2):
+        try:
+            stream = os.fstat(fd)
+        except OSError:
+            continue
+        if (stream.st_dev, stream.st_ino) == (found.st_dev, found.st_ino):
+            return True
+    return False
+
+
 def write_answer(path: Path, text: str) -> None:
     """`text` into the file `path`, whole or not at all (outputs.write_file)."""
     try:
         outputs.write_file(path, text)
-    except BrokenPipeError:  # `-o /dev/stderr` into a closed pipe: no fault of the path
-        raise
+    except BrokenPipeError:
+        if _is_a_standard_stream(path):  # `-o /dev/stderr` into a closed pipe: as `| head`
+            raise
+        # A FIFO (or a process substitution) whose reader left before the end.
+        raise OperationalError(
+            f"cannot write {path}: its reader left before the end (broken pipe), so what it "
+            "read is cut short; run again with a reader that reads it all"
+        ) from None
     except OSError as error:
         raise ConfigError(f"cannot write {path}: {error.strerror}; pick another path") from None
