@@ -735,7 +735,7 @@ def test_the_writer_and_the_reader_log_in_and_a_removed_password_is_made_anew(ho
         Store.on(conn).start_run("build", "abc")
     with targets.connect(reader) as conn:
         assert [run.run_number for run in Store.on(conn).runs("build")] == [1]
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with pytest.raises(ConfigError, match="record executions as the writer"):
             Store.on(conn).start_run("build", "def")
 
     state_file = home / "embedded" / "server.json"

@@ -294,8 +294,13 @@ def test_the_reader_reads_insights_through_the_rollup(roles: Roles) -> None:
 
 
 def test_the_reader_cannot_record_through_the_store(roles: Roles) -> None:
-    with _connect(roles.reader) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with _connect(roles.reader) as conn, pytest.raises(ConfigError) as refused:
         Store.on(conn).start_run("build", "abc")
+    assert str(refused.value).startswith(
+        "the session's role may not do that: permission denied for table pipeline_executions; "
+        "record executions as the writer (ci_app"
+    ), refused.value
+    assert isinstance(refused.value.__cause__, psycopg.errors.InsufficientPrivilege)
     assert roles.database.query("SELECT count(*) FROM pipeline_executions") == [(0,)]
 
 

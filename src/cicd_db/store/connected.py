@@ -19,7 +19,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 
 from cicd_db import cursors
-from cicd_db.errors import NotFound, UsageError, standby
+from cicd_db.errors import ConfigError, NotFound, UsageError, standby
 from cicd_db.store.rows import TABLES, Row
 
 # A database or role may make every transaction REPEATABLE READ or SERIALIZABLE
@@ -49,6 +49,15 @@ def retried(method: Method) -> Method:
                 if self._in_recovery():
                     raise standby("nothing was written") from None
                 raise
+            except psycopg.errors.InsufficientPrivilege as denied:
+                # The reader's role (ci_reader) recording, or a role given no grants: named
+                # with the roles that may, the server's refusal kept as the cause.
+                raise ConfigError(
+                    f"the session's role may not do that: {denied.diag.message_primary}; "
+                    "record executions as the writer (ci_app, which `--local` and `--stack` "
+                    "use, or app_database_url) and read them as the reader (ci_reader) or the "
+                    "writer"
+                ) from denied
             except psycopg.errors.SerializationFailure:
                 conn = self._conn
                 if attempt > SERIALIZATION_RETRIES or (
