@@ -34,6 +34,14 @@ def ready(
     server's defaults set as much as the connection.)"""
     if not conn.autocommit:
         raise UsageError(f"{who} needs an autocommit connection")
+    if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+        # Every statement until the next sync is one implicit transaction: a call's write
+        # said done would be undone by a later call's refusal.
+        raise UsageError(
+            f"{who} needs a connection outside pipeline mode (each of its calls commits on "
+            "its own, which a pipeline's shared transaction would undo); call it outside "
+            "`with conn.pipeline()`"
+        )
     if alone and (state := conn.info.transaction_status) != TransactionStatus.IDLE:
         raise UsageError(
             f"{who} needs a connection outside any transaction (it is {state.name.lower()}): "

@@ -11,10 +11,13 @@ from unittest.mock import ANY
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
 
 from cicd_db import migrations
-from cicd_db.errors import MigrationFailed
+from cicd_db.errors import MigrationFailed, UsageError
 from cicd_db.migrations.session import Session
+from cicd_db.store import Store
 
 from ..fix_cli import Run, migrate, run_cli
 from ..fix_db import Database
@@ -57,6 +60,95 @@ def test_the_runner_needs_an_autocommit_connection(database: Database) -> None:
     ):
         migrations.Runner(conn, [])
     assert str(refused.value) == "the runner needs an autocommit connection"
+
+
+# -- a connection the caller gives the runner -------------------------------------------
+
+
+def test_a_callers_open_transaction_is_refused_before_anything_is_touched(
+    database: Database, tmp_path: Path
+) -> None:
+    """The runner opens and commits its own transactions: inside a caller's it would end
+    it (the caller's uncommitted rows were rolled back without a word, and the error
+    blamed the first file). Refused as the store and retention refuse one, the caller's
+    transaction left as it was; a read of the history may still run inside it."""
+    folder = write_migrations(tmp_path, THREE)
+    database.execute("CREATE TABLE mine (x int)")
+    with database.connect() as conn:
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO mine VALUES (1)")
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        for call in (runner.apply, runner.rehearse, lambda: runner.baseline(1), runner.drift):
+            with pytest.raises(UsageError, match="needs a connection outside any transaction"):
+                call()
+        assert [m.version for m in runner.pending()] == [1, 2, 3]
+        assert conn.info.transaction_status == TransactionStatus.INTRANS
+        assert conn.execute("SHOW search_path").fetchone() == ('"$user", public',)
+        assert conn.execute("SELECT count(*) FROM mine").fetchone() == (1,)
+        conn.execute("COMMIT")
+    assert database.query("SELECT x FROM mine") == [(1,)] and database.history() == []
+
+
+def test_pipeline_mode_is_refused_by_the_runner_and_the_store(
+    database: Database, tmp_path: Path
+) -> None:
+    """In pipeline mode the calls' statements share one implicit transaction until the
+    next sync: a write returned as done was undone by a later refusal."""
+    folder = write_migrations(tmp_path, THREE)
+    with database.connect() as conn, conn.pipeline():
+        with pytest.raises(UsageError, match="outside pipeline mode"):
+            migrations.Runner(conn, migrations.discover(folder)).apply()
+        with pytest.raises(UsageError, match="outside pipeline mode"):
+            Store.on(conn)
+    assert database.history() == []
+
+
+def test_the_callers_connection_is_given_back_as_it_was_handed_over(
+    database: Database, tmp_path: Path
+) -> None:
+    """Its row factory (dict_row: the runner read rows by position, KeyError), its
+    prepare_threshold (left None for good) and psycopg's record of its prepared
+    statements (the runner's reset deallocates them on the server: the caller's next
+    prepared query failed, `prepared statement "_pg3_0" does not exist`)."""
+    folder = write_migrations(tmp_path, THREE)
+    with psycopg.connect(
+        database.settings.conninfo(), autocommit=True, prepare_threshold=0, row_factory=dict_row
+    ) as conn:
+        assert conn.execute("SELECT %s::int AS n", [1]).fetchone() == {"n": 1}  # prepared
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        assert [result.migration.version for result in runner.apply()] == [1, 2, 3]
+        assert runner.rehearse() == [] and runner.drift()[1] == []
+        assert (conn.prepare_threshold, conn.row_factory) == (0, dict_row)
+        assert conn.execute("SELECT %s::int AS n", [2]).fetchone() == {"n": 2}
+    assert database.history() == [1, 2, 3]
+
+
+def test_each_file_starts_as_psql_starts_it_whatever_the_caller_set(
+    database: Database, tmp_path: Path
+) -> None:
+    """A `SET` the caller made on its connection reached the first file alone (one run
+    put its tables in two schemas): every file starts in the session the connection
+    began with, as psql's file does, settings from the connection's options included."""
+    database.execute("CREATE SCHEMA other")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_t1.sql": "CREATE TABLE t1 AS SELECT current_setting('statement_timeout') AS x;\n",
+            "0002_t2.sql": "CREATE TABLE t2 (x int);\n",
+            "0003_t3.sql": "CREATE TABLE t3 (x int);\n",
+        },
+    )
+    settings = replace(database.settings, parameters=(("options", "-c statement_timeout=4321"),))
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        conn.execute("SET search_path = other, public")
+        conn.execute("SET statement_timeout = '1h'")
+        migrations.Runner(conn, migrations.discover(folder)).apply()
+    placed = database.query(
+        "SELECT relname, relnamespace::regnamespace::text FROM pg_class "
+        "WHERE relname IN ('t1', 't2', 't3') ORDER BY 1"
+    )
+    assert placed == [("t1", "public"), ("t2", "public"), ("t3", "public")]
+    assert database.query("SELECT x FROM t1") == [("4321ms",)]
 
 
 def test_savepoints_stay_inside_the_transaction(database: Database, tmp_path: Path) -> None:

@@ -87,7 +87,6 @@ def run(
         # Read again under the lock: another runner may have applied some meanwhile.
         # create() has just found or made it in place: no second catalog search.
         applied = history.read(session.conn, placed=True)
-        history.refuse_as_the_files_schema(session.conn)
         applier = Applier(
             session, integrity.Recorded([(row.version, row.name, row.checksum) for row in applied])
         )
@@ -95,6 +94,14 @@ def run(
         pending = reconcile.pending(files, applied, target)
         if pending:
             session.notice()
+            if not session.login_triggers:
+                # The first file starts as every later one does, and as psql's would: in
+                # the session the connection began with (its options, the role's and the
+                # database's settings), whatever a caller SET on it before handing it over.
+                # (Where a login event trigger sets a session up, the first file keeps
+                # what it set; each later one gets a new session.)
+                session.reset()
+        history.refuse_as_the_files_schema(session.conn)
         try:
             for number, migration in enumerate(pending, 1):
                 if on_start:

@@ -50,18 +50,29 @@ def pinned_rows(
     """The rows of the runner's own `query` (values as literals), run after PINNED.
 
     On an idle autocommit session, in one round trip and one implicit transaction
-    (simple protocol), which PINNED's settings end with; in the caller's transaction,
-    they hold until it ends.
+    (simple protocol), which PINNED's settings end with; in a transaction (the runner's,
+    or a caller's where a read of the history runs in one), inside a savepoint rolled
+    back after the read, which takes them back: a caller's transaction goes on with its
+    own search_path and role.
     """
     with conn.cursor(row_factory=row_factory) if row_factory else conn.cursor() as cursor:
         if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
             cursor.execute(PINNED + b"; " + query.as_bytes(conn))
             for _ in range(PINNED_STATEMENTS):
                 cursor.nextset()
-        else:
-            cursor.execute(PINNED)
+            return cursor.fetchall()
+        cursor.execute(b"SAVEPOINT cicd_db_pinned; " + PINNED)
+        try:
             cursor.execute(query)
-        return cursor.fetchall()
+            return cursor.fetchall()
+        finally:
+            if conn.info.transaction_status in (
+                TransactionStatus.INTRANS,
+                TransactionStatus.INERROR,
+            ):
+                cursor.execute(
+                    b"ROLLBACK TO SAVEPOINT cicd_db_pinned; RELEASE SAVEPOINT cicd_db_pinned"
+                )
 
 
 def shown(conn: psycopg.Connection[Any], *names: str) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from cicd_db import targets
+from cicd_db import cursors, targets
 from cicd_db.cloud import is_transaction_pooler
 from cicd_db.errors import (
     ConfigError,
@@ -51,6 +51,17 @@ class Runner:
     a no-transaction file must run outside any. `applied()`, `pending()`,
     `status()` and `drift()` only read the database; `apply()` and `baseline()`
     write; `rehearse()` writes nothing a rollback keeps.
+
+    What it does to the connection you give it: `apply()`, `rehearse()`, `baseline()`
+    and `drift()` refuse it inside a transaction or a pipeline (UsageError, nothing
+    touched); `apply()` starts each file, the first too, in the session as it began
+    (its options, the role's and the database's settings), as psql starts each file:
+    settings you SET on it, its temporary tables, prepared statements, LISTEN and
+    advisory locks are reset, so put session settings in the connection's options
+    (the URL's `options=-c ...`, PGOPTIONS). The reads run inside your transaction
+    too and leave it as it was. Your `row_factory`, `cursor_factory` and
+    `prepare_threshold` are yours again after each call. Server notices of every
+    file reach `add_notice_handler`'s handlers, in the sessions a run opens too.
     """
 
     def __init__(
@@ -91,8 +102,10 @@ class Runner:
         return history_table.QUALIFIED
 
     def applied(self) -> list[Applied]:
-        """The history, oldest first. Reads only."""
-        return history.read(self.conn)
+        """The history, oldest first. Reads only (in a caller's transaction too, which it
+        leaves as it was)."""
+        with self.session.borrowed(resets=False):
+            return history.read(self.conn)
 
     def status(self) -> list[StatusRow]:
         """Every version known to the files or the history, with its state. Reads only."""
@@ -121,6 +134,33 @@ class Runner:
         the run did besides applying files (an older history moved into place),
         as it happens.
         """
+        with self.session.borrowed(resets=not dry_run):
+            if not dry_run:
+                self._alone()
+            return self._apply(
+                target=target,
+                dry_run=dry_run,
+                on_applied=on_applied,
+                on_retry=on_retry,
+                on_start=on_start,
+                on_note=on_note,
+            )
+
+    def _alone(self) -> None:
+        """UsageError unless the connection is outside any transaction (and pipeline):
+        the runner opens and commits its own, which would end a caller's."""
+        cursors.ready(self.conn, "the runner", alone=True)
+
+    def _apply(
+        self,
+        *,
+        target: int | None,
+        dry_run: bool,
+        on_applied: Callable[[Result], None] | None,
+        on_retry: Callable[[Retry], None] | None,
+        on_start: Callable[[Migration], None] | None,
+        on_note: Callable[[str], None] | None,
+    ) -> list[Result]:
         pending = self.pending(target=target)
         if not pending:
             return []  # nothing to do: no lock needed to find that out
@@ -169,26 +209,32 @@ class Runner:
     def rehearse(self, *, target: int | None = None) -> list[Rehearsal]:
         """Run the pending files in one transaction that is always rolled back
         (`rehearse.rehearse`), under the runner's lock."""
-        pending = self.pending(target=target)
-        if not pending:
-            return []
-        from cicd_db.migrations import rehearse  # on use: see the imports
+        with self.session.borrowed(resets=True):
+            self._alone()
+            pending = self.pending(target=target)
+            if not pending:
+                return []
+            from cicd_db.migrations import rehearse  # on use: see the imports
 
-        with lock.held(self.session, self.lock_timeout):
-            return rehearse.rehearse(self.session, pending)
+            with lock.held(self.session, self.lock_timeout):
+                return rehearse.rehearse(self.session, pending)
 
     def baseline(self, version: int) -> list[Migration]:
         """Record migrations up to `version` as applied, without running them, once the
         live schema is found to match them (`verify.baseline`). Writes."""
         from cicd_db.migrations import verify  # on use: see the imports
 
-        return verify.baseline(self.session, self.migrations, version, self.lock_timeout)
+        with self.session.borrowed(resets=True):
+            self._alone()
+            return verify.baseline(self.session, self.migrations, version, self.lock_timeout)
 
     def drift(self) -> tuple[int, list[schema.Difference]]:
         """The live schema against what the applied files make (`verify.drift`). Reads only."""
         from cicd_db.migrations import verify  # on use: see the imports
 
-        return verify.drift(self.session, self.migrations)
+        with self.session.borrowed(resets=True):
+            self._alone()
+            return verify.drift(self.session, self.migrations)
 
 
 @contextmanager

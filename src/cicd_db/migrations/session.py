@@ -9,15 +9,17 @@ RESET_SESSION before the next file; the runner's lock is another session's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors, generators
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
+from psycopg.rows import tuple_row
 
 from cicd_db.errors import MigrationFailed
 from cicd_db.libpq import options_with
@@ -181,9 +183,42 @@ class Session:
         self.owned = False
         # Given every notice the server sends (Runner.add_notice_handler), in each session.
         self.notice_handlers: list[Callable[[psycopg.errors.Diagnostic], None]] = []
-        # The runner resets the session after each file, prepared statements
-        # included (DEALLOCATE ALL), so psycopg must not keep any of its own.
-        conn.prepare_threshold = None
+        # A call of the runner's borrows the connection (`borrowed`).
+        self._borrowing = False
+
+    @contextlib.contextmanager
+    def borrowed(self, *, resets: bool) -> Iterator[None]:
+        """The connection as the runner works with it, for one call: no statement of
+        psycopg's kept prepared (the runner resets the session after each file,
+        DEALLOCATE ALL included), rows as tuples from psycopg's own cursor (it reads them
+        by position), whatever the caller set; given back after as the caller had it,
+        and, where the call reset the session (`resets`) and the caller had psycopg
+        prepare statements, with psycopg told that the server has none left (its next
+        prepared query would fail: "prepared statement _pg3_0 does not exist")."""
+        if self._borrowing:  # a call inside another (apply reads what is pending)
+            yield
+            return
+        conn = self.conn
+        kept = (conn.prepare_threshold, conn.row_factory, conn.cursor_factory)
+        conn.prepare_threshold, conn.row_factory, conn.cursor_factory = (
+            None,
+            tuple_row,
+            psycopg.Cursor,
+        )
+        self._borrowing = True
+        try:
+            yield
+        finally:
+            self._borrowing = False
+            conn.prepare_threshold, conn.row_factory, conn.cursor_factory = kept
+            if (
+                resets
+                and kept[0] is not None
+                and not (conn.closed or conn.broken)
+                and conn.info.transaction_status == TransactionStatus.IDLE
+            ):
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("DEALLOCATE ALL")  # through psycopg, which forgets its own
 
     @property
     def lost(self) -> bool:
