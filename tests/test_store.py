@@ -1528,8 +1528,11 @@ def test_jobs_given_as_a_generator_or_pairs_that_are_no_pairs(executions: Store)
         {"row_factory": psycopg.rows.namedtuple_row},
         {"cursor_factory": psycopg.ClientCursor},
         {"cursor_factory": psycopg.RawCursor},
+        # Dates written otherwise, which psycopg cannot read as text (helper-130).
+        {"options": "-c DateStyle=SQL,DMY"},
+        {"options": "-c DateStyle=German"},
     ],
-    ids=["dict_row", "namedtuple_row", "ClientCursor", "RawCursor"],
+    ids=["dict_row", "namedtuple_row", "ClientCursor", "RawCursor", "SQL-DMY", "German"],
 )
 def test_a_connection_that_makes_other_rows_or_cursors_serves_every_call(
     schema: Database, made: dict[str, Any]
@@ -1561,6 +1564,7 @@ def test_a_connection_that_makes_other_rows_or_cursors_serves_every_call(
         assert [j.job_name for j in executions.jobs(executions.stages(run)[0])] == ["lint", "unit"]
         assert insights.insights(conn, "factories", days=7).runs == 2
         assert retention.prune(conn, keep_days=1, dry_run=True).runs == 0
+        assert report.fetch(executions, "factories").runs[0].run_number == 2
         assert conn.row_factory is made.get("row_factory", psycopg.rows.tuple_row)
         assert conn.cursor_factory is made.get("cursor_factory", psycopg.Cursor)
 

@@ -307,7 +307,7 @@ def insights(
         # migration left. It only reads, so it is rolled back: the setting never outlives it.
         with conn.transaction(force_rollback=True):
             cursors.execute(conn, "SET LOCAL extra_float_digits = 1")
-            row = cursors.execute(conn, _query(pipeline, runs), params).fetchone()
+            row = cursors.execute(conn, _query(pipeline, runs), params, binary=True).fetchone()
     except errors.UndefinedTable:
         from cicd_db.store import tables_placement  # on use: the CLI imports this module
 

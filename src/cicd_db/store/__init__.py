@@ -285,7 +285,10 @@ class Store(Moves, Reads):
                 times = dict(
                     (row[0], row[1:])
                     for row in cursors.execute(
-                        conn, BATCH_MOVES[status], {"ids": ids, "count": len(ids), "at": at}
+                        conn,
+                        BATCH_MOVES[status],
+                        {"ids": ids, "count": len(ids), "at": at},
+                        binary=True,  # times read whatever the session's DateStyle
                     ).fetchall()
                 )
         except errors.CheckViolation:

@@ -186,7 +186,7 @@ class Connected:
     def _all(self, kind: type[Row], query: bytes | sql.Composed, params: Any) -> list[Row]:
         with (
             self._connection() as conn,
-            cursors.cursor(conn, row_factory=class_row(kind)) as cursor,
+            cursors.cursor(conn, binary=True, row_factory=class_row(kind)) as cursor,
         ):
             cursor.execute(query, params)
             return cursor.fetchall()
@@ -195,7 +195,7 @@ class Connected:
 def fetch_one(
     conn: psycopg.Connection[Any], kind: type[Row], query: bytes | sql.Composed, params: Any
 ) -> Row | None:
-    with cursors.cursor(conn, row_factory=class_row(kind)) as cursor:
+    with cursors.cursor(conn, binary=True, row_factory=class_row(kind)) as cursor:
         cursor.execute(query, params)
         return cursor.fetchone()
 

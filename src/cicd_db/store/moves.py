@@ -84,7 +84,7 @@ class Moves(Connected):
             current = self._locked(conn, row)
             if status is not None and current.status not in ALLOWED_FROM[status]:
                 raise IllegalTransition(illegal(current, status))
-            children = cursors.execute(conn, children_query, [row.id]).fetchall()
+            children = cursors.execute(conn, children_query, [row.id], binary=True).fetchall()
             unfinished = [name for status, _, name in children if status not in FINISHED]
             if unfinished:
                 raise IllegalTransition(
@@ -109,7 +109,7 @@ class Moves(Connected):
                 or at.astimezone(UTC) >= current.start_time.astimezone(UTC)
             ):
                 found = cursors.execute(
-                    conn, LATEST_BELOW[type(row)], {"parent": row.id}
+                    conn, LATEST_BELOW[type(row)], {"parent": row.id}, binary=True
                 ).fetchone()
                 latest = found[0] if found else None
                 if latest is not None and at.astimezone(UTC) < latest.astimezone(UTC):
@@ -180,7 +180,7 @@ class Moves(Connected):
         try:
             # One statement: its own transaction, no BEGIN/COMMIT round trips.
             if conn is not None:
-                times = cursors.execute(conn, query, params).fetchone()
+                times = cursors.execute(conn, query, params, binary=True).fetchone()
             else:
                 times = self._tuple(query, params)
         except errors.CheckViolation:
@@ -194,7 +194,7 @@ class Moves(Connected):
 
 def stamp_of(conn: psycopg.Connection[Any], row: PipelineRun | StageRun | JobRun) -> datetime:
     """The time to finish or cancel `row` at, once it and the rows below it are locked."""
-    found = cursors.execute(conn, STAMP[type(row)], {"parent": row.id}).fetchone()
+    found = cursors.execute(conn, STAMP[type(row)], {"parent": row.id}, binary=True).fetchone()
     if found is None or not isinstance(found[0], datetime):
         raise RuntimeError("the database returned no time")
     return found[0]
