@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from psycopg import sql
 
 from cicd_db import migrations
 from cicd_db.migrations import integrity
@@ -188,6 +189,43 @@ def test_a_no_transaction_file_may_not_change_the_history(
     assert (again.code, again.err) == (0, ""), again  # 0001's CREATE would fail if run twice
     assert database.history() == [1, 2, 3]
     assert database.tables() == {"a", "c"}
+
+
+def test_a_history_row_written_through_another_session_is_named_not_blamed_on_the_file(
+    database: Database, tmp_path: Path
+) -> None:
+    """0002 writes 0003's history row through dblink, another session the file's
+    transaction checks cannot see: 0003's own row is refused as a duplicate, which said
+    "fix the file". The line says the version was written meanwhile by something other
+    than the runner, and what to do."""
+    later = "CREATE TABLE t3 (i int);\n"
+    forged = (
+        f"INSERT INTO {HISTORY} (version, name, checksum, duration_ms) VALUES "
+        f"(3, 'c', '{hashlib.sha256(later.encode()).hexdigest()}', 0)"
+    )
+    database.execute("CREATE EXTENSION dblink")
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_a.sql": "CREATE TABLE t1 (i int);\n",
+            "0002_forge.sql": "SELECT dblink_exec("
+            + sql.Literal(database.settings.conninfo()).as_string()
+            + ", "
+            + sql.Literal(forged).as_string()
+            + ");\n",
+            "0003_c.sql": later,
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert code == 1
+    assert err == (
+        "error: migration 0003_c.sql cannot be recorded: version 3 is in the migration "
+        "history already, written while this run ran by something other than the runner "
+        "(this file or one before it through another session, such as dblink, or a "
+        "person); it was rolled back, and it is not recorded; find who wrote that row, "
+        "delete it if the file never ran, remove what wrote it, and run again\n"
+    )
+    assert database.history() == [1, 2, 3] and "t3" not in database.tables()
 
 
 def test_a_file_that_reads_and_writes_other_tables_leaves_the_history_checked_as_fine(

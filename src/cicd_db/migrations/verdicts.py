@@ -25,6 +25,8 @@ from cicd_db.migrations.integrity import CHECK_LOCK, CHECK_MARK
 from cicd_db.migrations.session import Session
 
 CHECK_HISTORY_GONE = "history gone"  # not raised: read from the INSERT's undefined_table
+# The history's primary key, as CREATE TABLE names it (history.create).
+_HISTORY_KEY = f"{history_table.TABLE}_pkey"
 
 
 class Verdicts:
@@ -121,6 +123,18 @@ class Verdicts:
         # Where the failure stands from the INSERT: 0 the INSERT, 1 the history's deferred
         # triggers, 2 the check that reads the row back.
         past_insert = next(i for i, result in enumerate(results) if result is failed) - insert_at
+        if past_insert == 0 and state == "23505" and error.diag.constraint_name == _HISTORY_KEY:
+            # The file's version is in the history, though it was not when the run began:
+            # written meanwhile, outside the runner's transaction (the runner's lock keeps
+            # other runners out), so no check of the file's transaction could see it.
+            raise MigrationFailed(
+                f"migration {migration.filename} cannot be recorded: version "
+                f"{migration.version} is in the migration history already, written while this "
+                "run ran by something other than the runner (this file or one before it "
+                "through another session, such as dblink, or a person); "
+                f"{self._done(migration, committed)}, and it is not recorded; find who wrote "
+                "that row, delete it if the file never ran, remove what wrote it, and run again"
+            )
         at_the_row = past_insert in (0, 1)
         changed = self._alterations() if at_the_row and state not in RETRIED_SQLSTATES else []
         if changed:
