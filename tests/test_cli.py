@@ -754,6 +754,21 @@ def test_the_report_a_not_found_hint_names_is_that_name_when_pasted(
     assert (call.arguments["pipeline"], call.arguments["run"]) == (name, 1), (pasted, argv)
 
 
+@pytest.mark.parametrize(
+    "command", [["migrate", "new", "x"], ["migrate", "check"], ["schema", "dump"]]
+)
+def test_an_empty_migrations_folder_is_named_not_taken_for_the_folder_here(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--migrations-dir "$UNSET"` was Path('.'): `migrate new` wrote its file in the
+    current folder, `check` checked it (helper-131). Refused before anything runs."""
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(*command, "--migrations-dir", "", process=True, cwd=tmp_path)
+    assert (result.code, result.out) == (2, "")
+    assert result.err.startswith("error: argument --migrations-dir: '' is no folder"), result.err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", [["schema", "dump"], ["insights"]])
 def test_an_empty_output_file_is_named_not_taken_for_the_folder_here(command: list[str]) -> None:
     """`-o "$UNSET"`: told as no file name, before anything runs (it was Path('.'), and

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cicd_db import errors
 from cicd_db.errors import (
     MAX_NAME_BYTES,
     ConfigError,
@@ -216,3 +217,15 @@ def test_an_error_hiding_its_secrets_keeps_its_fields_and_hides_the_rest() -> No
     )
     plain = ConfigError("cannot connect to [u:Sekr3t@db]: {braces} stay").hiding(hide)
     assert str(plain) == "cannot connect to [u:***@db]: {braces} stay"
+
+
+@given(value=st.text(), done=st.text())
+def test_values_fill_their_fields_with_or_without_arguments(value: str, done: str) -> None:
+    """A message of values and no argument showed its fields as written (`cannot list
+    migrations folder {folder}`, helper-131); with arguments too, the values fill theirs.
+    A value's braces, and those of what came before (`after`), are never read as fields."""
+    alone = errors.ConfigError("cannot list {folder}: denied", values={"folder": value})
+    assert str(alone) == f"cannot list {value}: denied"
+    both = errors.ConfigError("{folder} and {flag}", arguments=["flag"], values={"folder": value})
+    assert str(both) == f"{value} and `flag`"
+    assert str(alone.after(done)) == f"{done}: cannot list {value}: denied"

@@ -78,9 +78,9 @@ class CicdDbError(Exception):
         """This error, led by `done`: what had already happened when it was raised ("2
         migrations applied, but the schema was not written"), so that no one takes the
         whole command for failed. Same kind, same exit code."""
-        self.template = (done.replace("{", "{{").replace("}", "}}") if self.arguments else done) + (
-            ": " + self.template
-        )
+        self.template = (
+            done.replace("{", "{{").replace("}", "}}") if self.arguments or self.values else done
+        ) + (": " + self.template)
         self.args = (self.phrased(lambda name: f"`{name}`"),)
         return self
 
@@ -101,7 +101,7 @@ class CicdDbError(Exception):
         by a program that calls the library, never shows a password. Text from elsewhere
         goes in `values`: in the template's own text a secret is read between its fields
         (and `{{`, `}}`), so one holding a brace would be read in pieces."""
-        if self.arguments:
+        if self.arguments or self.values:
             parts = re.split(r"(\{\{|\}\}|\{\w+\})", self.template)
             self.template = "".join(hide(p) if i % 2 == 0 else p for i, p in enumerate(parts))
         else:
@@ -111,8 +111,10 @@ class CicdDbError(Exception):
         return self
 
     def phrased(self, name: Callable[[str], str]) -> str:
-        """The message with each argument written as `name(argument)` puts it."""
-        if not self.arguments:
+        """The message with each argument written as `name(argument)` puts it, and each
+        of `values` in its field (a message with values and no argument had its fields
+        shown as written: `cannot list migrations folder {folder}`)."""
+        if not self.arguments and not self.values:
             return self.template
         return self.template.format_map(
             {**self.values, **{argument: name(argument) for argument in self.arguments}}

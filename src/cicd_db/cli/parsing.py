@@ -106,6 +106,17 @@ def output_file(text: str) -> Path:
     return Path(text)
 
 
+def folder(text: str) -> Path:
+    """--migrations-dir's DIR: an empty one (`--migrations-dir "$UNSET"`) would be
+    Path('.'), the current folder, where `migrate new` then wrote its file."""
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "'' is no folder: name one (`.` for the current one), or leave it out for "
+            f"{MIGRATIONS_FOLDER}"
+        )
+    return Path(text)
+
+
 # Python's int() refuses longer strings of digits (sys.get_int_max_str_digits).
 _DIGITS = 4300
 
@@ -228,7 +239,7 @@ OUTPUT = (
     option("--debug", action="store_true", help="print a traceback on unexpected errors"),
 )
 FILES = (
-    option("--migrations-dir", metavar="DIR", type=Path, help=f"default: {MIGRATIONS_FOLDER}"),
+    option("--migrations-dir", metavar="DIR", type=folder, help=f"default: {MIGRATIONS_FOLDER}"),
     option("--lock-timeout", metavar="SECONDS", type=seconds, help="wait for another runner ({default})"),
 )  # fmt: skip
 MIGRATE = (*TARGET, *OUTPUT, *FILES)
