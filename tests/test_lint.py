@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cicd_db import lint
-from cicd_db.errors import ConfigError
+from cicd_db.errors import ConfigError, OperationalError
 from cicd_db.migrations.files import discover
 
 from .fix_cli import run_cli
@@ -265,3 +267,87 @@ def test_a_lint_tool_that_cannot_start_is_named_in_one_line(
     assert code == 2 and output.count("\n") == 1, output
     assert output.startswith(f"error: the lint gate could not start {tool}: "), output
     assert "pip install 'cicd-db[lint]'" in output
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "-- sqlfluff:rules:LT12",
+        "--sqlfluff:rules:capitalisation.keywords:capitalisation_policy:lower",
+        "-- sqlfluff:exclude_rules:CP01",
+    ],
+)
+def test_a_files_own_sqlfluff_settings_are_refused_not_obeyed(tmp_path: Path, setting: str) -> None:
+    """sqlfluff reads a `-- sqlfluff:` line as settings of that file alone: one comment
+    took every rule but one away, or turned the keyword policy round, and a file of
+    lower-case keywords passed (helper-131). The line is a finding of the gate's, named."""
+    (tmp_path / "0001_t.sql").write_text(f"{setting}\n{STYLE_FAULT}")
+    code, output = _check(tmp_path)
+    assert code == 5, output
+    assert (
+        f"{tmp_path / '0001_t.sql'}:1: a `-- sqlfluff:` line sets sqlfluff's rules for this "
+        "file alone; the gate's settings are the project's: remove it"
+    ) in output, output
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "-- sqlfluff",
+                "--sqlfluff",
+                " -- sqlfluff",
+                "-- sqlfluff:rules:LT12",
+                "--",
+                "x",
+                "\n",
+                "\r",
+                "\r\n",
+                "\x0b",
+                "\x0c",
+                "\x1c",
+                "\x85",
+                "\u2028",
+                " ",
+                "-",
+            ]
+        ),
+        max_size=12,
+    )
+)
+def test_the_lines_taken_for_a_files_own_settings_are_those_sqlfluff_takes(
+    pieces: list[str],
+) -> None:
+    """sqlfluff itself is the oracle: the lines it would read as settings of the file's
+    own (process_raw_file_for_config) are the gate's, whatever ends the lines."""
+    from sqlfluff.core import FluffConfig
+
+    text = "".join(pieces)
+    taken: list[str] = []
+    config = FluffConfig(overrides={"dialect": "postgres"})
+    config.process_inline_config = lambda line, fname: taken.append(line)  # type: ignore[method-assign]
+    config.process_raw_file_for_config(text, "f.sql")
+    lines = text.splitlines()
+    assert [lines[n - 1] for n in lint.inline_settings(text)] == taken
+
+
+def test_a_lint_tool_that_fails_itself_is_not_taken_for_findings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tool that crashes (a traceback, sqlfluff's exit 2, a panic's 101) was told as
+    the files' findings, exit 5: it is the gate's failure, exit 1, which no change to
+    the files would fix."""
+    (tmp_path / "0001_t.sql").write_text(CLEAN)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name, body in {"crashes": "echo boom >&2; exit 2", "traces": "echo 'Traceback (most recent call last):' >&2; echo Oops >&2; exit 1"}.items():  # fmt: skip
+        (tools / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tools / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    for name, last in (("crashes", "boom"), ("traces", "Oops")):
+        with pytest.raises(OperationalError) as failed:
+            lint._run(name, [], ["0001_t.sql"], tmp_path, [])
+        assert str(failed.value) == (
+            f"the lint gate's {name} failed (exit {2 if name == 'crashes' else 1}): {last}; "
+            "reinstall it with `pip install 'cicd-db[lint]'`, or pass --no-lint"
+        )

@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cicd_db.errors import ConfigError
+from cicd_db.errors import ConfigError, OperationalError
 from cicd_db.migrations import Migration
 
 SQLFLUFF_CONFIG = """\
@@ -125,6 +125,10 @@ def lint(migrations: list[Migration], root: Path) -> list[Report]:
             report = _run("sqlfluff", arguments, _paths(styled), root, styled)
         else:
             report = Report("sqlfluff", (), True, "")
+        if own := _own_settings(styled):
+            report = replace(
+                report, passed=False, output="\n".join(filter(None, [report.output, *own]))
+            )
         reports = [replace(report, skipped=skipped)]
         for kind, flags, chosen in (
             ("in a transaction", [], [m for m in migrations if m.transactional]),
@@ -146,6 +150,32 @@ def lint(migrations: list[Migration], root: Path) -> list[Report]:
                     Report(f"squawk ({kind})", report.files, report.passed, report.output)
                 )
     return reports
+
+
+def inline_settings(text: str) -> list[int]:
+    """The lines (1-based) of `text` that sqlfluff reads as settings of the file's own
+    (`-- sqlfluff:rules:LT12`, `--sqlfluff:...`): found as sqlfluff finds them, a line
+    (str.splitlines) that starts so."""
+    return [
+        number
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.startswith(("-- sqlfluff", "--sqlfluff"))
+    ]
+
+
+def _own_settings(migrations: list[Migration]) -> list[str]:
+    """A finding for each line that would set sqlfluff's rules for its file alone: the
+    gate's settings are the project's, and one comment could switch a rule off or
+    change its policy for the file."""
+    found = []
+    for migration in migrations:
+        text = migration.data.decode("utf-8", "replace")
+        found += [
+            f"{migration.path}:{number}: a `-- sqlfluff:` line sets sqlfluff's rules for "
+            "this file alone; the gate's settings are the project's: remove it"
+            for number in inline_settings(text)
+        ]
+    return found
 
 
 def _paths(migrations: list[Migration]) -> list[str]:
@@ -175,7 +205,16 @@ def _run(
                 f"the lint gate could not start {executable}: {error.strerror or error}; "
                 "reinstall it with `pip install 'cicd-db[lint]'`, or pass --no-lint"
             ) from None
-        outputs.append((completed.stdout + completed.stderr).strip())
+        said = (completed.stdout + completed.stderr).strip()
+        if completed.returncode not in (0, 1) or "Traceback (most recent call last)" in said:
+            # Not a verdict on the files: the tool itself failed (sqlfluff's 2, a panic's
+            # 101, a crash), which no change to the files would fix.
+            last = said.splitlines()[-1] if said else "no output"
+            raise OperationalError(
+                f"the lint gate's {tool} failed (exit {completed.returncode}): {last}; "
+                "reinstall it with `pip install 'cicd-db[lint]'`, or pass --no-lint"
+            )
+        outputs.append(said)
         passed = passed and completed.returncode == 0
     output = "\n".join(text for text in outputs if text)
     return Report(tool, tuple(m.filename for m in migrations), passed, output)
