@@ -40,8 +40,19 @@ def test_the_marker_line_may_end_in_spaces_crlf_or_cr(tmp_path: Path, data: byte
         ("-- cicd-db:no-transaction\n", 1, "is not written exactly so"),
         ("-- CICD-DB: no_transaction\n", 1, "is not written exactly so"),
         ("-- adds an index\n-- cicd-db: no-transaction\n", 2, "is not the first line"),
+        ("-- \u0441icd-db: no-transaction\n", 1, "is not written exactly so"),
+        ("-- cicd-db: no\u200b-transaction\n", 1, "is not written exactly so"),
+        ("-- adds an index\n-- cicd-db\uff1a no-transaction\n", 2, "is not the first line"),
     ],
-    ids=["no-space", "no-space-after-colon", "case-and-underscore", "second-line"],
+    ids=[
+        "no-space",
+        "no-space-after-colon",
+        "case-and-underscore",
+        "second-line",
+        "cyrillic-es",
+        "zero-width-space",
+        "full-width-colon",
+    ],
 )
 def test_a_near_miss_of_the_no_transaction_marker_is_refused(
     tmp_path: Path, text: str, line: int, where: str
@@ -159,6 +170,13 @@ def test_the_checksums_of_earlier_texts_are_read_from_the_opening_comments(
         f"\f-- cicd-db: earlier-checksum {EARLIER}",
         f"-- cicd-db: earlier check-sum {EARLIER}",
         f"-- cicd-db: earlier-checksum\t{EARLIER}",
+        # Letters of other scripts drawn as ASCII ones, and characters drawn as nothing
+        # (helper-131): read as comments, so the mended file was refused as edited.
+        f"-- cicd-d\u03b2: earlier-checksum {EARLIER}",
+        f"-- \u0441icd-db: earlier-checksum {EARLIER}",
+        f"-- ci\u200bcd-db: earlier-checksum {EARLIER}",
+        f"-- cicd-db: \u0435arlier-checksum {EARLIER}",
+        f"-- \U0001d41c\U0001d422\U0001d41c\U0001d41d-db: earlier-checksum {EARLIER}",
     ],
 )
 def test_an_earlier_checksum_not_written_exactly_so_is_refused_before_anything_runs(
@@ -190,7 +208,8 @@ def test_an_earlier_checksum_not_written_exactly_so_is_refused_before_anything_r
         "-- cicd-db: notransaction-please",
         "-- cicd_db: anything",
         "--- CICD-DB: earlier text",
-        "-- cicd-db\uff1a no-transaction",
+        "-- \u0441icd-db: earlier text",
+        "-- cicd\u00ad-db: anything",
     ],
 )
 def test_a_cicd_db_line_the_runner_does_not_know_is_refused(tmp_path: Path, line: str) -> None:

@@ -5,6 +5,7 @@ that reads as one, refused with the line named. Pure."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from cicd_db.errors import ConfigError
 from cicd_db.sqltext import leading_comments
@@ -32,6 +33,29 @@ _NEAR_EARLIER = re.compile(rb"--.*cicd.{0,4}db.*earlier.{0,4}check.{0,4}sum", re
 _DIRECTIVE = re.compile(rb"\s*-+\s*cicd[\W_]{0,3}db\s*(?::|\xef\xbc\x9a)", re.I)
 
 
+# Letters of other scripts drawn as the ASCII ones of `cicd-db`, `no-transaction` and
+# `earlier-checksum` (Cyrillic, Greek, Latin variants), read as those when a comment is
+# looked at for a directive; NFKC has taken full-width and mathematical letters to
+# ASCII already, and characters drawn as nothing (a zero-width space, a soft hyphen)
+# are taken out.
+_DRAWN_AS = str.maketrans(
+    "асеорхуіјѕԁһкмтвнАСЕОРХУІЈЅВНКМТαβεικνορτυχΑΒΕΙΚΝΟΡΤΥΧɑɡɩɪʟɴʀꜱ",
+    "aceopxyijsdhkmtbhACEOPXYIJSBHKMTabeiknoptuxABEIKNOPTYXagiilnrs",
+)
+
+
+def _as_drawn(line: bytes) -> bytes:
+    """`line` as it reads on a screen, for finding what was meant as a directive: its
+    look-alike letters as the ASCII ones (a Cyrillic es, U+0441, for the c of `cicd-db`,
+    a Greek beta for its b), characters drawn as nothing taken out (a zero-width space
+    between its letters)."""
+    if line.isascii():
+        return line
+    text = unicodedata.normalize("NFKC", line.decode("utf-8", "replace"))
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return text.translate(_DRAWN_AS).encode("utf-8", "replace")
+
+
 def earlier_checksums(filename: str, data: bytes, *, transactional: bool = True) -> frozenset[str]:
     """The checksums the file's opening comments name as its earlier texts', read in one
     walk of those comments that also checks every directive among them. ConfigError for
@@ -42,7 +66,10 @@ def earlier_checksums(filename: str, data: bytes, *, transactional: bool = True)
     text refused as edited. (plan() calls it for the refusals alone; the runner reads
     the checksums only of an applied file whose own checksum differs.)"""
     found: set[str] = set()
-    for number, line in leading_comments(data):
+    for number, written in leading_comments(data):
+        # Read as it is drawn: a line that looks like a directive is taken for one, and,
+        # not written so in ASCII, refused (never a comment the author thought was read).
+        line = _as_drawn(written)
         if transactional and _NEAR_MARKER.fullmatch(line):
             where = "is not the first line" if number > 1 else "is not written exactly so"
             raise ConfigError(
@@ -51,7 +78,7 @@ def earlier_checksums(filename: str, data: bytes, *, transactional: bool = True)
                 f"`{NO_TRANSACTION_MARKER.decode()}`, or remove the comment"
             )
         if _NEAR_EARLIER.search(line):
-            match = _EARLIER.fullmatch(line)
+            match = _EARLIER.fullmatch(written)
             if match is None:
                 raise ConfigError(
                     f"migration file {filename}, line {number}: an earlier checksum is "
@@ -61,8 +88,8 @@ def earlier_checksums(filename: str, data: bytes, *, transactional: bool = True)
             found.add(match[1].decode())
         elif (
             _DIRECTIVE.match(line)
-            and line.rstrip() != NO_TRANSACTION_MARKER
-            and not _NEAR_MARKER.fullmatch(line)  # in a no-transaction file: a comment
+            and written.rstrip() != NO_TRANSACTION_MARKER
+            and not (written.isascii() and _NEAR_MARKER.fullmatch(line))  # a no-tx file's comment
         ):
             raise ConfigError(
                 f"migration file {filename}, line {number}: a `-- cicd-db:` line the runner "
