@@ -100,16 +100,17 @@ def test_discover_refuses_a_folder_without_migrations(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("tail", [" ", "\n", "\t", "  \n"])
+@pytest.mark.parametrize("tail", [" ", "\n", "\t", "  \n", ".", " .", "\u200b", "\ufeff"])
 def test_white_space_after_sql_is_refused_not_skipped(tmp_path: Path, tail: str) -> None:
-    """`0002_b.sql ` was neither applied, listed nor warned about."""
+    """`0002_b.sql ` was neither applied, listed nor warned about; nor were `0002_b.sql.`
+    and a zero-width space after it (helper-131)."""
     folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
     (folder / f"0002_b.sql{tail}").write_text("SELECT 2;\n")
     with pytest.raises(ConfigError) as refused:
         migrations.discover(folder)
     assert str(refused.value) == (
-        f"migration file {'0002_b.sql' + tail!r} ends in white space after .sql; rename it "
-        "to 0002_b.sql"
+        f"migration file {'0002_b.sql' + tail!r} ends in white space, dots or characters drawn "
+        "as nothing after .sql; rename it to 0002_b.sql"
     )
 
 

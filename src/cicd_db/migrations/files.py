@@ -204,14 +204,15 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
         if path.name.startswith("."):
             continue
         if path.suffix.lower() != ".sql":
-            # `0002_x.sql ` or with a newline: white space after .sql reads as another
-            # extension, and the file was never applied, listed or warned about.
-            stripped = path.name.rstrip()
-            if stripped.lower().endswith(".sql"):
+            # `0002_x.sql `, with a newline, a dot or a zero-width space after it: what
+            # follows .sql reads as another extension, and the file was never applied,
+            # listed or warned about.
+            stripped = _AFTER_SQL.sub("", path.name)
+            if stripped != path.name and stripped.lower().endswith(".sql"):
                 _parse_name(stripped)  # a name wrong otherwise too is told all at once
                 raise ConfigError(
-                    f"migration file {path.name!r} ends in white space after .sql; rename it "
-                    f"to {stripped}"
+                    f"migration file {path.name!r} ends in white space, dots or characters "
+                    f"drawn as nothing after .sql; rename it to {stripped}"
                 )
             continue
         if not path.is_file():  # never skipped: a file not there is a file not applied
@@ -231,6 +232,11 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
             values={"folder": folder},
         )
     return [migrations[version] for version in sorted(migrations)]
+
+
+# What may follow `.sql` unseen, or nearly: white space, dots, format characters (a
+# zero-width space, a soft hyphen, a byte order mark).
+_AFTER_SQL = re.compile(r"[\s.\u00ad\u200b-\u200f\u2060-\u2064\ufeff]+\Z")
 
 
 def _shown(filename: str) -> str:
