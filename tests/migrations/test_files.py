@@ -484,3 +484,16 @@ def test_a_restrict_key_that_is_not_a_plain_word_is_refused(tmp_path: Path, key:
         "and its key is not a plain word, as pg_dump writes it; write the \\restrict KEY and "
         "\\unrestrict KEY lines as pg_dump writes them, or remove them"
     )
+
+
+def test_a_migration_file_that_is_a_loop_of_links_is_named_so(tmp_path: Path) -> None:
+    """A link to itself was told "a link to '0002_b.sql', which does not exist (a file
+    that was not checked out?)" (helper-131), where the folder's own loop was named."""
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    (folder / "0002_b.sql").symlink_to("0002_b.sql")
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(folder)
+    assert str(refused.value) == (
+        "migration file 0002_b.sql is a loop of symbolic links; point it at the file, or "
+        "remove the link"
+    )

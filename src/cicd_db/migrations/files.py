@@ -246,6 +246,14 @@ def _shown(filename: str) -> str:
 
 def _not_a_file(path: Path) -> str:
     shown = _shown(path.name)
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # (exists() is False for a loop too)
+            return (
+                f"migration file {shown} is a loop of symbolic links; point it at the file, "
+                "or remove the link"
+            )
     if path.is_symlink() and not path.exists():
         return (
             f"migration file {shown} is a link to {os.readlink(path)!r}, which does not "
