@@ -275,6 +275,7 @@ def test_a_lint_tool_that_cannot_start_is_named_in_one_line(
         "-- sqlfluff:rules:LT12",
         "--sqlfluff:rules:capitalisation.keywords:capitalisation_policy:lower",
         "-- sqlfluff:exclude_rules:CP01",
+        "-- sqlfluff:dialect:nosuchdialect",  # which made sqlfluff itself fail
     ],
 )
 def test_a_files_own_sqlfluff_settings_are_refused_not_obeyed(tmp_path: Path, setting: str) -> None:
@@ -327,8 +328,11 @@ def test_the_lines_taken_for_a_files_own_settings_are_those_sqlfluff_takes(
     config = FluffConfig(overrides={"dialect": "postgres"})
     config.process_inline_config = lambda line, fname: taken.append(line)  # type: ignore[method-assign]
     config.process_raw_file_for_config(text, "f.sql")
+    # Of the lines it reads, those process_inline_config applies (it passes over the
+    # others with a warning): after the dashes, `sqlfluff:`.
+    applied = [line for line in taken if line[2:].strip().startswith("sqlfluff:")]
     lines = text.splitlines()
-    assert [lines[n - 1] for n in lint.inline_settings(text)] == taken
+    assert [lines[n - 1] for n in lint.inline_settings(text)] == applied
 
 
 def test_a_lint_tool_that_fails_itself_is_not_taken_for_findings(
@@ -351,3 +355,11 @@ def test_a_lint_tool_that_fails_itself_is_not_taken_for_findings(
             f"the lint gate's {name} failed (exit {2 if name == 'crashes' else 1}): {last}; "
             "reinstall it with `pip install 'cicd-db[lint]'`, or pass --no-lint"
         )
+
+
+def test_prose_that_begins_with_sqlfluff_is_no_setting(tmp_path: Path) -> None:
+    """`-- sqlfluff complains about this line`: sqlfluff passes it over, so the gate
+    does too."""
+    (tmp_path / "0001_t.sql").write_text(f"-- sqlfluff complains about long lines here\n{CLEAN}")
+    code, output = _check(tmp_path)
+    assert code == 0 and "sets sqlfluff's rules" not in output, output

@@ -297,7 +297,7 @@ def test_the_reader_cannot_record_through_the_store(roles: Roles) -> None:
     with _connect(roles.reader) as conn, pytest.raises(ConfigError) as refused:
         Store.on(conn).start_run("build", "abc")
     assert str(refused.value).startswith(
-        "the session's role may not do that: permission denied for table pipeline_executions; "
+        "role 'ci_reader' may not do that: permission denied for table pipeline_executions; "
         "record executions as the writer (ci_app"
     ), refused.value
     assert isinstance(refused.value.__cause__, psycopg.errors.InsufficientPrivilege)

@@ -121,13 +121,20 @@ def lint(migrations: list[Migration], root: Path) -> list[Report]:
         arguments += ["--disregard-sqlfluffignores", "--ignore-local-config"]
         styled = [m for m in migrations if len(m.data) <= STYLE_LIMIT]
         skipped = tuple(m.filename for m in migrations if len(m.data) > STYLE_LIMIT)
-        if styled:
-            report = _run("sqlfluff", arguments, _paths(styled), root, styled)
+        # A file with settings of its own is a finding, and is not given to sqlfluff,
+        # which would obey them (or fail on them: `-- sqlfluff:dialect:nosuch`).
+        own = {m.filename: _own_settings(m) for m in styled}
+        plain = [m for m in styled if not own[m.filename]]
+        if plain:
+            report = _run("sqlfluff", arguments, _paths(plain), root, plain)
         else:
             report = Report("sqlfluff", (), True, "")
-        if own := _own_settings(styled):
-            report = replace(
-                report, passed=False, output="\n".join(filter(None, [report.output, *own]))
+        if found := [line for lines in own.values() for line in lines]:
+            report = Report(
+                "sqlfluff",
+                tuple(m.filename for m in styled),
+                False,
+                "\n".join(filter(None, [report.output, *found])),
             )
         reports = [replace(report, skipped=skipped)]
         for kind, flags, chosen in (
@@ -153,29 +160,28 @@ def lint(migrations: list[Migration], root: Path) -> list[Report]:
 
 
 def inline_settings(text: str) -> list[int]:
-    """The lines (1-based) of `text` that sqlfluff reads as settings of the file's own
-    (`-- sqlfluff:rules:LT12`, `--sqlfluff:...`): found as sqlfluff finds them, a line
-    (str.splitlines) that starts so."""
+    """The lines (1-based) of `text` that sqlfluff takes for settings of the file's own
+    (`-- sqlfluff:rules:LT12`): found as sqlfluff finds them, a line (str.splitlines)
+    that starts `-- sqlfluff` or `--sqlfluff` and, after its dashes, `sqlfluff:` (others
+    it passes over with a warning: `-- sqlfluff complains here` is prose)."""
     return [
         number
         for number, line in enumerate(text.splitlines(), 1)
         if line.startswith(("-- sqlfluff", "--sqlfluff"))
+        and line[2:].strip().startswith("sqlfluff:")
     ]
 
 
-def _own_settings(migrations: list[Migration]) -> list[str]:
-    """A finding for each line that would set sqlfluff's rules for its file alone: the
-    gate's settings are the project's, and one comment could switch a rule off or
-    change its policy for the file."""
-    found = []
-    for migration in migrations:
-        text = migration.data.decode("utf-8", "replace")
-        found += [
-            f"{migration.path}:{number}: a `-- sqlfluff:` line sets sqlfluff's rules for "
-            "this file alone; the gate's settings are the project's: remove it"
-            for number in inline_settings(text)
-        ]
-    return found
+def _own_settings(migration: Migration) -> list[str]:
+    """A finding for each line of `migration` that would set sqlfluff's rules for it
+    alone: the gate's settings are the project's, and one comment could switch a rule
+    off or change its policy for the file."""
+    text = migration.data.decode("utf-8", "replace")
+    return [
+        f"{migration.path}:{number}: a `-- sqlfluff:` line sets sqlfluff's rules for this "
+        "file alone; the gate's settings are the project's: remove it"
+        for number in inline_settings(text)
+    ]
 
 
 def _paths(migrations: list[Migration]) -> list[str]:

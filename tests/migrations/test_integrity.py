@@ -220,12 +220,35 @@ def test_a_history_row_written_through_another_session_is_named_not_blamed_on_th
     assert code == 1
     assert err == (
         "error: migration 0003_c.sql cannot be recorded: version 3 is in the migration "
-        "history already, written while this run ran by something other than the runner "
-        "(this file or one before it through another session, such as dblink, or a "
-        "person); it was rolled back, and it is not recorded; find who wrote that row, "
-        "delete it if the file never ran, remove what wrote it, and run again\n"
+        "history already, written while this run ran by something other than the runner (a "
+        "no-transaction file's INSERT, another session such as dblink, a person); it was "
+        "rolled back, and it is not recorded; find who wrote that row, delete it if the file "
+        "never ran, remove what wrote it, and run again\n"
     )
     assert database.history() == [1, 2, 3] and "t3" not in database.tables()
+
+
+def test_a_file_that_writes_its_own_history_row_is_told_to_leave_it_to_the_runner(
+    database: Database, tmp_path: Path
+) -> None:
+    """Its row refused as a duplicate of the one the file wrote, rolled back with it:
+    nothing to find or delete, and the file is the one to change."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_a.sql": "CREATE TABLE t1 (i int);\n",
+            "0002_own.sql": f"INSERT INTO {HISTORY} (version, name, checksum, duration_ms) "
+            "VALUES (2, 'own', 'x', 0);\n",
+        },
+    )
+    code, _, err = migrate(database, folder)
+    assert (code, err) == (
+        1,
+        "error: migration 0002_own.sql cannot be recorded: it writes the history row of its "
+        "own version (2) itself, which is the runner's to write; it was rolled back, and it "
+        "is not recorded; remove that from the file\n",
+    )
+    assert database.history() == [1]
 
 
 def test_a_file_that_reads_and_writes_other_tables_leaves_the_history_checked_as_fine(

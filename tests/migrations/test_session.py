@@ -96,8 +96,10 @@ def test_pipeline_mode_is_refused_by_the_runner_and_the_store(
     next sync: a write returned as done was undone by a later refusal."""
     folder = write_migrations(tmp_path, THREE)
     with database.connect() as conn, conn.pipeline():
-        with pytest.raises(UsageError, match="outside pipeline mode"):
-            migrations.Runner(conn, migrations.discover(folder)).apply()
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        for call in (runner.apply, runner.status, lambda: runner.apply(dry_run=True)):
+            with pytest.raises(UsageError, match="outside pipeline mode"):
+                call()
         with pytest.raises(UsageError, match="outside pipeline mode"):
             Store.on(conn)
     assert database.history() == []
@@ -133,7 +135,9 @@ def test_each_file_starts_as_psql_starts_it_whatever_the_caller_set(
     folder = write_migrations(
         tmp_path,
         {
-            "0001_t1.sql": "CREATE TABLE t1 AS SELECT current_setting('statement_timeout') AS x;\n",
+            "0001_t1.sql": "DO $$BEGIN IF current_schema() <> 'public' THEN RAISE EXCEPTION "
+            "'in %', current_schema(); END IF; END$$;\n"
+            "CREATE TABLE t1 AS SELECT current_setting('statement_timeout') AS x;\n",
             "0002_t2.sql": "CREATE TABLE t2 (x int);\n",
             "0003_t3.sql": "CREATE TABLE t3 (x int);\n",
         },
@@ -142,7 +146,10 @@ def test_each_file_starts_as_psql_starts_it_whatever_the_caller_set(
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
         conn.execute("SET search_path = other, public")
         conn.execute("SET statement_timeout = '1h'")
-        migrations.Runner(conn, migrations.discover(folder)).apply()
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        assert [r.error for r in runner.rehearse()] == [None, None, None]  # as apply runs them
+        conn.execute("SET search_path = other, public")
+        runner.apply()
     placed = database.query(
         "SELECT relname, relnamespace::regnamespace::text FROM pg_class "
         "WHERE relname IN ('t1', 't2', 't3') ORDER BY 1"

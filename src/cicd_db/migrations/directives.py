@@ -39,8 +39,8 @@ _DIRECTIVE = re.compile(rb"\s*-+\s*cicd[\W_]{0,3}db\s*(?::|\xef\xbc\x9a)", re.I)
 # ASCII already, and characters drawn as nothing (a zero-width space, a soft hyphen)
 # are taken out.
 _DRAWN_AS = str.maketrans(
-    "асеорхуіјѕԁһкмтвнАСЕОРХУІЈЅВНКМТαβεικνορτυχΑΒΕΙΚΝΟΡΤΥΧɑɡɩɪʟɴʀꜱ",
-    "aceopxyijsdhkmtbhACEOPXYIJSBHKMTabeiknoptuxABEIKNOPTYXagiilnrs",
+    "асеорхуіјѕԁһкмтвнАСЕОРХУІЈЅВНКМТαβεικνηορτυχΑΒΕΙΚΝΗΟΡΤΥΧɑɡɩɪʟɴʀꜱ",
+    "aceopxyijsdhkmtbhACEOPXYIJSBHKMTabeikvnoptuxABEIKNHOPTYXagiilnrs",
 )
 
 

@@ -194,10 +194,8 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
         paths = sorted(folder.iterdir())
     except OSError as error:
         raise ConfigError(
-            "cannot list migrations folder {folder}: "
-            + str(error.strerror or error)
-            + "; let the user running cicd-db read it",
-            values={"folder": folder},
+            "cannot list migrations folder {folder}: {why}; let the user running cicd-db read it",
+            values={"folder": folder, "why": error.strerror or error},
         ) from None
     migrations: dict[int, Migration] = {}
     for path in paths:

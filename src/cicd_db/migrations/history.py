@@ -293,7 +293,7 @@ def restore(
     written again (as put_back writes them). What the writes fire ends before the commit
     (deferred triggers fired, cursors a trigger opened closed): nothing runs after it."""
     with conn.transaction():
-        conn.execute(PINNED)  # as pinned_rows does in a transaction
+        conn.execute(PINNED)  # for the writes below, until this transaction ends
         if extra:
             conn.execute(
                 sql.SQL("DELETE FROM ONLY {} WHERE ctid = ANY(%s::pg_catalog.tid[])").format(

@@ -104,7 +104,7 @@ class Runner:
     def applied(self) -> list[Applied]:
         """The history, oldest first. Reads only (in a caller's transaction too, which it
         leaves as it was)."""
-        with self.session.borrowed(resets=False):
+        with self.session.borrowed():
             return history.read(self.conn)
 
     def status(self) -> list[StatusRow]:
@@ -134,7 +134,7 @@ class Runner:
         the run did besides applying files (an older history moved into place),
         as it happens.
         """
-        with self.session.borrowed(resets=not dry_run):
+        with self.session.borrowed():
             if not dry_run:
                 self._alone()
             return self._apply(
@@ -209,7 +209,7 @@ class Runner:
     def rehearse(self, *, target: int | None = None) -> list[Rehearsal]:
         """Run the pending files in one transaction that is always rolled back
         (`rehearse.rehearse`), under the runner's lock."""
-        with self.session.borrowed(resets=True):
+        with self.session.borrowed():
             self._alone()
             pending = self.pending(target=target)
             if not pending:
@@ -217,14 +217,17 @@ class Runner:
             from cicd_db.migrations import rehearse  # on use: see the imports
 
             with lock.held(self.session, self.lock_timeout):
-                return rehearse.rehearse(self.session, pending)
+                try:
+                    return rehearse.rehearse(self.session, pending)
+                finally:
+                    self.session.run_over()
 
     def baseline(self, version: int) -> list[Migration]:
         """Record migrations up to `version` as applied, without running them, once the
         live schema is found to match them (`verify.baseline`). Writes."""
         from cicd_db.migrations import verify  # on use: see the imports
 
-        with self.session.borrowed(resets=True):
+        with self.session.borrowed():
             self._alone()
             return verify.baseline(self.session, self.migrations, version, self.lock_timeout)
 
@@ -232,7 +235,7 @@ class Runner:
         """The live schema against what the applied files make (`verify.drift`). Reads only."""
         from cicd_db.migrations import verify  # on use: see the imports
 
-        with self.session.borrowed(resets=True):
+        with self.session.borrowed():
             self._alone()
             return verify.drift(self.session, self.migrations)
 

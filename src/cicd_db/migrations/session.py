@@ -21,6 +21,7 @@ from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 from psycopg.rows import tuple_row
 
+from cicd_db import cursors
 from cicd_db.errors import MigrationFailed
 from cicd_db.libpq import options_with
 from cicd_db.migrations.files import Migration
@@ -183,36 +184,41 @@ class Session:
         self.owned = False
         # Given every notice the server sends (Runner.add_notice_handler), in each session.
         self.notice_handlers: list[Callable[[psycopg.errors.Diagnostic], None]] = []
-        # A call of the runner's borrows the connection (`borrowed`).
+        # A call of the runner's borrows the connection (`borrowed`); whether it sent
+        # anything past psycopg's cursors (a file, a reset: DEALLOCATE ALL among them).
         self._borrowing = False
+        self.sent_unseen = False
 
     @contextlib.contextmanager
-    def borrowed(self, *, resets: bool) -> Iterator[None]:
+    def borrowed(self) -> Iterator[None]:
         """The connection as the runner works with it, for one call: no statement of
         psycopg's kept prepared (the runner resets the session after each file,
         DEALLOCATE ALL included), rows as tuples from psycopg's own cursor (it reads them
         by position), whatever the caller set; given back after as the caller had it,
-        and, where the call reset the session (`resets`) and the caller had psycopg
-        prepare statements, with psycopg told that the server has none left (its next
-        prepared query would fail: "prepared statement _pg3_0 does not exist")."""
+        and, where the call sent something past psycopg's cursors (a file, a reset) and
+        the caller had psycopg prepare statements, with psycopg told that the server may
+        have none left (its next prepared query failed: "prepared statement _pg3_0 does
+        not exist"). Refused in pipeline mode, where the calls' statements would share a
+        transaction until the next sync."""
         if self._borrowing:  # a call inside another (apply reads what is pending)
             yield
             return
         conn = self.conn
+        cursors.ready(conn, "the runner", alone=False)
         kept = (conn.prepare_threshold, conn.row_factory, conn.cursor_factory)
         conn.prepare_threshold, conn.row_factory, conn.cursor_factory = (
             None,
             tuple_row,
             psycopg.Cursor,
         )
-        self._borrowing = True
+        self._borrowing, self.sent_unseen = True, False
         try:
             yield
         finally:
             self._borrowing = False
             conn.prepare_threshold, conn.row_factory, conn.cursor_factory = kept
             if (
-                resets
+                self.sent_unseen
                 and kept[0] is not None
                 and not (conn.closed or conn.broken)
                 and conn.info.transaction_status == TransactionStatus.IDLE
@@ -406,6 +412,7 @@ class Session:
         """
         conn = self.conn
         pgconn = conn.pgconn
+        self.sent_unseen = True  # by psycopg's cursors: `borrowed` tells it after
         with conn.lock:
             pgconn.send_query(query)
             return self._results()

@@ -124,17 +124,7 @@ class Verdicts:
         # triggers, 2 the check that reads the row back.
         past_insert = next(i for i, result in enumerate(results) if result is failed) - insert_at
         if past_insert == 0 and state == "23505" and error.diag.constraint_name == _HISTORY_KEY:
-            # The file's version is in the history, though it was not when the run began:
-            # written meanwhile, outside the runner's transaction (the runner's lock keeps
-            # other runners out), so no check of the file's transaction could see it.
-            raise MigrationFailed(
-                f"migration {migration.filename} cannot be recorded: version "
-                f"{migration.version} is in the migration history already, written while this "
-                "run ran by something other than the runner (this file or one before it "
-                "through another session, such as dblink, or a person); "
-                f"{self._done(migration, committed)}, and it is not recorded; find who wrote "
-                "that row, delete it if the file never ran, remove what wrote it, and run again"
-            )
+            raise MigrationFailed(self._version_taken(migration, committed))
         at_the_row = past_insert in (0, 1)
         changed = self._alterations() if at_the_row and state not in RETRIED_SQLSTATES else []
         if changed:
@@ -149,6 +139,34 @@ class Verdicts:
         if state in RETRIED_SQLSTATES:
             raise Transient(message, f"{RETRIED_SQLSTATES[state]} at its commit")
         raise MigrationFailed(self._rows_put_back(migration, message))
+
+    def _version_taken(self, migration: Migration, committed: str) -> str:
+        """The file's history row refused as a duplicate: its version is in the history,
+        though it was not when the run began. Written by the file itself (rolled back
+        with it, so gone now), or meanwhile outside the runner's transaction (a
+        no-transaction file's INSERT, which commits at once; another session, such as
+        dblink; a person: the runner's lock keeps other runners out), which no check of
+        the file's transaction could see."""
+        done = self._done(migration, committed)
+        try:
+            there = self.session.end_transaction() and migration.version in {
+                row.version for row in history.read(self.conn)
+            }
+        except (psycopg.Error, CicdDbError):
+            there = True  # cannot be read: told as the row that is there
+        if not there:
+            return (
+                f"migration {migration.filename} cannot be recorded: it writes the history "
+                f"row of its own version ({migration.version}) itself, which is the runner's "
+                f"to write; {done}, and it is not recorded; remove that from the file"
+            )
+        return (
+            f"migration {migration.filename} cannot be recorded: version {migration.version} "
+            "is in the migration history already, written while this run ran by something "
+            "other than the runner (a no-transaction file's INSERT, another session such as "
+            f"dblink, a person); {done}, and it is not recorded; find who wrote that row, "
+            "delete it if the file never ran, remove what wrote it, and run again"
+        )
 
     def _rows_put_back(self, migration: Migration, message: str) -> str:
         """`message`, and for a no-transaction file, whose work is committed though its

@@ -53,10 +53,10 @@ def retried(method: Method) -> Method:
                 # The reader's role (ci_reader) recording, or a role given no grants: named
                 # with the roles that may, the server's refusal kept as the cause.
                 raise ConfigError(
-                    f"the session's role may not do that: {denied.diag.message_primary}; "
+                    f"role {self._role()} may not do that: {denied.diag.message_primary}; "
                     "record executions as the writer (ci_app, which `--local` and `--stack` "
                     "use, or app_database_url) and read them as the reader (ci_reader) or the "
-                    "writer"
+                    "writer; a table no grant of the migrations covers needs a GRANT to them"
                 ) from denied
             except psycopg.errors.SerializationFailure:
                 conn = self._conn
@@ -115,6 +115,18 @@ class Connected:
                 arguments=["pool"],
             )
         return cls(lambda: _ready_from(pool))
+
+    def _role(self) -> str:
+        """The role the store's session acts as, for a message; `this role` when that
+        cannot be asked (a failed transaction of the caller's)."""
+        try:
+            with self._connection() as conn:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    return "this role"
+                row = cursors.execute(conn, "SELECT current_user").fetchone()
+        except psycopg.Error:
+            return "this role"
+        return repr(str(row[0])) if row else "this role"
 
     def _in_recovery(self) -> bool:
         """Whether the server is a hot standby; False when that cannot be asked (the
