@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from pathlib import Path
 from threading import Barrier
 from typing import Any
 from uuid import UUID, uuid4
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from cicd_db import errors, insights, report, retention, store
+from cicd_db import errors, insights, migrations, report, retention, store
 from cicd_db.errors import MAX_NAME_BYTES, AlreadyExists, IllegalTransition, NotFound, UsageError
 from cicd_db.store import (
     CANCELED,
@@ -895,6 +896,32 @@ def test_a_connection_changed_after_it_was_handed_over_is_refused_before_anythin
         conn.autocommit = True
         assert executions.cancel_run(run).status == "CANCELED"
     assert schema.query("SELECT run_number, status FROM pipeline_executions") == [(1, "CANCELED")]
+
+
+def test_a_closed_connection_or_a_failed_transaction_is_refused_naming_it(
+    schema: Database, tmp_path: Path
+) -> None:
+    """A closed connection was taken by Store.on and failed at the first call with
+    psycopg's "the connection is closed"; a caller's failed transaction gave raw
+    InFailedSqlTransaction from the store, report, insights, prune and the runner
+    (helper-130). Each is a UsageError that says what to do."""
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;\n")
+    with psycopg.connect(schema.settings.conninfo(), autocommit=True) as conn:
+        conn.execute("BEGIN")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1 / 0")
+        for call in (
+            lambda: Store.on(conn).runs("p"),
+            lambda: insights.insights(conn, "p", days=7),
+            lambda: retention.prune(conn, keep_days=1, dry_run=True),
+            lambda: migrations.Runner(conn, migrations.discover(tmp_path)).status(),
+        ):
+            with pytest.raises(UsageError, match="cannot work in a failed transaction"):
+                call()
+        conn.execute("ROLLBACK")
+        assert Store.on(conn).runs("p") == []
+    with pytest.raises(UsageError, match="needs an open connection; this one is closed"):
+        Store.on(conn)
 
 
 def test_the_store_in_a_callers_transaction_commits_with_it(schema: Database) -> None:

@@ -21,6 +21,27 @@ from psycopg.rows import RowFactory, tuple_row
 from cicd_db.errors import UsageError, setting_advice
 
 
+def usable(conn: psycopg.Connection[Any], who: str) -> psycopg.Connection[Any]:
+    """`conn`, once `who` can send it anything: open, outside pipeline mode (every
+    statement until the next sync is one implicit transaction: a call's write said done
+    would be undone by a later call's refusal), and not in a failed transaction.
+    UsageError (a ValueError) otherwise, which says what to do."""
+    if conn.closed:
+        raise UsageError(f"{who} needs an open connection; this one is closed")
+    if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+        raise UsageError(
+            f"{who} needs a connection outside pipeline mode (each of its calls commits on "
+            "its own, which a pipeline's shared transaction would undo); call it outside "
+            "`with conn.pipeline()`"
+        )
+    if conn.info.transaction_status == TransactionStatus.INERROR:
+        raise UsageError(
+            f"{who} cannot work in a failed transaction (an earlier statement of it failed); "
+            "roll it back first"
+        )
+    return conn
+
+
 def ready(
     conn: psycopg.Connection[Any], who: str, *, alone: bool = True
 ) -> psycopg.Connection[Any]:
@@ -32,16 +53,9 @@ def ready(
     UsageError (a ValueError) otherwise. (The isolation level is not asked here: reads
     work at any, and the one that matters to a move is the transaction's, which the
     server's defaults set as much as the connection.)"""
+    usable(conn, who)
     if not conn.autocommit:
         raise UsageError(f"{who} needs an autocommit connection")
-    if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-        # Every statement until the next sync is one implicit transaction: a call's write
-        # said done would be undone by a later call's refusal.
-        raise UsageError(
-            f"{who} needs a connection outside pipeline mode (each of its calls commits on "
-            "its own, which a pipeline's shared transaction would undo); call it outside "
-            "`with conn.pipeline()`"
-        )
     if alone and (state := conn.info.transaction_status) != TransactionStatus.IDLE:
         raise UsageError(
             f"{who} needs a connection outside any transaction (it is {state.name.lower()}): "

@@ -300,6 +300,7 @@ def insights(
     params = _parameters(pipeline, days, runs, now)
     from cicd_db.store import check_read_from_one_schema  # on use: the CLI imports this module
 
+    cursors.usable(conn, "insights")
     check_read_from_one_schema(conn)
     try:
         # Figures come back in JSON, which the server writes floats into as text: as it
