@@ -300,7 +300,7 @@ def test_a_new_session_whose_first_statement_fails_is_closed(
         monkeypatch.setattr(lock.psycopg, "connect", watched)
         monkeypatch.setattr(lock, "_MARK", "SELECT 1 / (%s::bigint * 0)")
         with pytest.raises(psycopg.errors.DivisionByZero):
-            lock.renew(session)
+            lock.renew(session, "for the next file")
         assert session.conn is conn  # the runner's session is the one it had
     assert len(made) == 1 and made[0].closed
 

@@ -93,14 +93,7 @@ def run(
         results = []
         pending = reconcile.pending(files, applied, target)
         if pending:
-            session.notice()
-            if not session.login_triggers:
-                # The first file starts as every later one does, and as psql's would: in
-                # the session the connection began with (its options, the role's and the
-                # database's settings), whatever a caller SET on it before handing it over.
-                # (Where a login event trigger sets a session up, the first file keeps
-                # what it set; each later one gets a new session.)
-                session.reset()
+            session.begin_files()
         history.refuse_as_the_files_schema(session.conn)
         try:
             for number, migration in enumerate(pending, 1):

@@ -243,8 +243,8 @@ _INSERT = (
 
 
 def put_back(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) -> None:
-    """Write `rows` (version, name, checksum: what the runner recorded, missing_versions
-    says which) to the history again, in one transaction. For a no-transaction file that
+    """Write `rows` (version, name, checksum: what the runner recorded, `unlike` says
+    which) to the history again, in one transaction. For a no-transaction file that
     deleted or truncated history rows, which is committed: without them, the next run
     would apply those files again. (Their applied_at is now, their duration_ms 0, as
     `baseline` writes them.)"""
@@ -285,6 +285,14 @@ def differences(
     return [row for row in expected if unmatched[row]], extra
 
 
+def unlike(
+    conn: psycopg.Connection[Any], expected: list[tuple[int, str, str]]
+) -> tuple[list[tuple[int, str, str]], list[tuple[str, int | None, str | None, str | None]]]:
+    """How the history differs now from `expected`, the rows the runner wrote: read
+    whole (rows_now), then `differences`. Reads only."""
+    return differences(expected, rows_now(conn))
+
+
 def restore(
     conn: psycopg.Connection[Any], missing: list[tuple[int, str, str]], extra: list[str]
 ) -> None:
@@ -304,17 +312,6 @@ def restore(
         put_back(conn, missing)
         conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
         conn.execute("CLOSE ALL")
-
-
-def missing_versions(conn: psycopg.Connection[Any], rows: list[tuple[int, str, str]]) -> list[int]:
-    """The versions of `rows` the history no longer has. Reads only."""
-    present = {
-        version
-        for (version,) in pinned_rows(
-            conn, sql.SQL("SELECT version FROM ONLY {}").format(QUALIFIED)
-        )
-    }
-    return [row[0] for row in rows if row[0] not in present]
 
 
 _PUT_BACK = sql.SQL(

@@ -248,11 +248,9 @@ HOLDERS = (
 )
 
 
-def renew(
-    session: Session,
-    why: str = "after a file that changed a database's or a role's settings (which only new sessions take)",
-) -> None:
-    """A new work session in place of `session`'s, as psql starts one for each file: a
+def renew(session: Session, why: str) -> None:
+    """A new work session in place of `session`'s, as psql starts one for each file
+    (`why`: for the error when it cannot be opened): a
     file changed a database's or a role's settings (ALTER DATABASE/ROLE ... SET), which
     a session takes only as it begins (RESET ALL brings back what it began with), and
     the files after it must start as they would in any later run. Under the lock (the

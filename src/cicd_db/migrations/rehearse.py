@@ -123,9 +123,7 @@ def rehearse(session: Session, pending: list[Migration]) -> list[Rehearsal]:
     between files, as in a real run. A no-transaction file cannot run inside the
     rehearsal's transaction: it is listed with the reason.
     """
-    session.notice()
-    if not session.login_triggers:  # as a run starts its first file (apply.run)
-        session.reset()
+    session.begin_files()  # as a run starts its first file
     history.refuse_as_the_files_schema(session.conn)
     results: list[Rehearsal] = []
     session.conn.execute("BEGIN")

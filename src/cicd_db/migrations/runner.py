@@ -137,74 +137,64 @@ class Runner:
         with self.session.borrowed():
             if not dry_run:
                 self._alone()
-            return self._apply(
-                target=target,
-                dry_run=dry_run,
+            pending = self.pending(target=target)
+            if not pending:
+                return []  # nothing to do: no lock needed to find that out
+            if dry_run:
+                return self._dry_run(pending, on_applied)
+            from cicd_db.migrations import apply as applying  # on use: see the imports
+            from cicd_db.migrations.retry import RetryPolicy
+
+            return applying.run(
+                self.session,
+                self.migrations,
+                target,
+                lock_timeout=self.lock_timeout,
+                policy=RetryPolicy(self.retries, self.retry_budget),
                 on_applied=on_applied,
                 on_retry=on_retry,
                 on_start=on_start,
                 on_note=on_note,
             )
 
+    def _dry_run(
+        self, pending: list[Migration], on_applied: Callable[[Result], None] | None
+    ) -> list[Result]:
+        """What apply() would do with `pending`, each file as a Result of a dry run, with
+        what the run would send before it (an invalid index a build left, dropped)."""
+        from cicd_db.migrations import apply as applying  # on use: see the imports
+        from cicd_db.migrations import indexes
+
+        results = []
+        for number, m in enumerate(pending):  # as the run would: an invalid index first
+            notes: tuple[str, ...] = ()
+            before: tuple[str, ...] = ()
+            try:
+                index = indexes.invalid_index_ahead(self.session, m)
+            except MigrationFailed as failed:  # its leading statements: a plan lists it
+                # Before the files above it have run, they may fail for want of them
+                # (a role an earlier file makes): said as a failure only of the first.
+                notes = (
+                    (f"a run now: {failed}",)
+                    if number == 0
+                    else ("an invalid index its build may have left is looked for as it runs",)
+                )
+            except MigrationRefused as refused:
+                notes = (f"a run now: {refused}",)
+            else:
+                if index is not None:
+                    notes = (f"would drop invalid index {index} left by an interrupted run",)
+                    before = (indexes.drop_statement(index),)
+            results.append(applying.Result(m, 0.0, dry_run=True, notes=notes, before=before))
+        for result in results:
+            if on_applied:
+                on_applied(result)
+        return results
+
     def _alone(self) -> None:
         """UsageError unless the connection is outside any transaction (and pipeline):
         the runner opens and commits its own, which would end a caller's."""
         cursors.ready(self.conn, "the runner", alone=True)
-
-    def _apply(
-        self,
-        *,
-        target: int | None,
-        dry_run: bool,
-        on_applied: Callable[[Result], None] | None,
-        on_retry: Callable[[Retry], None] | None,
-        on_start: Callable[[Migration], None] | None,
-        on_note: Callable[[str], None] | None,
-    ) -> list[Result]:
-        pending = self.pending(target=target)
-        if not pending:
-            return []  # nothing to do: no lock needed to find that out
-        from cicd_db.migrations import apply as applying  # on use: see the imports
-        from cicd_db.migrations import indexes
-        from cicd_db.migrations.retry import RetryPolicy
-
-        if dry_run:
-            results = []
-            for number, m in enumerate(pending):  # as the run would: an invalid index first
-                notes: tuple[str, ...] = ()
-                before: tuple[str, ...] = ()
-                try:
-                    index = indexes.invalid_index_ahead(self.session, m)
-                except MigrationFailed as failed:  # its leading statements: a plan lists it
-                    # Before the files above it have run, they may fail for want of them
-                    # (a role an earlier file makes): said as a failure only of the first.
-                    notes = (
-                        (f"a run now: {failed}",)
-                        if number == 0
-                        else ("an invalid index its build may have left is looked for as it runs",)
-                    )
-                except MigrationRefused as refused:
-                    notes = (f"a run now: {refused}",)
-                else:
-                    if index is not None:
-                        notes = (f"would drop invalid index {index} left by an interrupted run",)
-                        before = (indexes.drop_statement(index),)
-                results.append(applying.Result(m, 0.0, dry_run=True, notes=notes, before=before))
-            for result in results:
-                if on_applied:
-                    on_applied(result)
-            return results
-        return applying.run(
-            self.session,
-            self.migrations,
-            target,
-            lock_timeout=self.lock_timeout,
-            policy=RetryPolicy(self.retries, self.retry_budget),
-            on_applied=on_applied,
-            on_retry=on_retry,
-            on_start=on_start,
-            on_note=on_note,
-        )
 
     def rehearse(self, *, target: int | None = None) -> list[Rehearsal]:
         """Run the pending files in one transaction that is always rolled back
@@ -274,13 +264,14 @@ def open_runner(
             "does not hold; migrate through the direct endpoint (Supabase: port 5432, Neon: the "
             "host without -pooler), or export migration_database_url from the stack"
         )
-    with targets.connect(
-        settings,
-        options=session_options(settings.user_options()),
-        client_encoding=CLIENT_ENCODING,
-    ) as conn:
-        runner = Runner(conn, files, **options)
-        runner.session.owned = True  # a renewal closes it, and `with` closes the last
+    with (
+        targets.connect(
+            settings,
+            options=session_options(settings.user_options()),
+            client_encoding=CLIENT_ENCODING,
+        ) as conn,
+        _owning(Runner(conn, files, **options)) as runner,
+    ):
         try:
             yield runner
         except psycopg.Error as error:
@@ -292,8 +283,18 @@ def open_runner(
             if told is None:
                 raise
             raise OperationalError(told) from None
-        finally:
-            runner.session.conn.close()
+
+
+@contextmanager
+def _owning(runner: Runner) -> Iterator[Runner]:
+    """`runner` on a connection cicd-db opened itself: a renewal closes the old session
+    (Session.owned), as psql's ends with its file, and the last is closed at the end (the
+    connection's `with` closes only the first)."""
+    runner.session.owned = True
+    try:
+        yield runner
+    finally:
+        runner.session.conn.close()
 
 
 def scratch_dump(files: list[Migration]) -> str:
@@ -303,15 +304,13 @@ def scratch_dump(files: list[Migration]) -> str:
     from cicd_db import schema, throwaway  # on use: see the imports
 
     with throwaway.server() as server:
-        with targets.connect(
-            server.admin,
-            options=session_options(server.admin.user_options()),
-            client_encoding=CLIENT_ENCODING,
-        ) as conn:
-            runner = Runner(conn, files)
-            runner.session.owned = True
-            try:
-                runner.apply()
-            finally:
-                runner.session.conn.close()
+        with (
+            targets.connect(
+                server.admin,
+                options=session_options(server.admin.user_options()),
+                client_encoding=CLIENT_ENCODING,
+            ) as conn,
+            _owning(Runner(conn, files)) as runner,
+        ):
+            runner.apply()
         return schema.dump(server.dumper)

@@ -344,6 +344,17 @@ class Session:
         self.login_triggers = bool(row and row[2])
         self.dblink = bool(row and row[3])
 
+    def begin_files(self) -> None:
+        """Before the first file of a run or a rehearsal: `notice`, then the reset every
+        later file gets, so that the first file too starts in the session as it began
+        (its options, the role's and the database's settings), as psql's would, whatever
+        a caller SET on the connection before handing it over. Where a login event
+        trigger set the session up, the first file keeps what it set (each later one
+        gets a new session)."""
+        self.notice()
+        if not self.login_triggers:
+            self.reset()
+
     def run_over(self) -> None:
         """Forget what `notice`, `ran` and a rehearsal or comparison learned for one run."""
         self.query_text_read = self.isolated = self.login_triggers = self.dblink = False

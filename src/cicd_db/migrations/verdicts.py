@@ -5,6 +5,7 @@ interruption or a lost connection left. The base of the Applier."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -177,7 +178,7 @@ class Verdicts:
         if migration.transactional or not self.session.end_transaction():
             return message
         try:
-            missing, extra = history.differences(self.recorded.rows, history.rows_now(self.conn))
+            missing, extra = history.unlike(self.conn, self.recorded.rows)
         except psycopg.Error as error:
             self.session.end_transaction()
             return (
@@ -229,7 +230,7 @@ class Verdicts:
                 f"{migration.version}`, and remove that from the file"
             )
         try:
-            missing, extra = history.differences(self.recorded.rows, history.rows_now(self.conn))
+            missing, extra = history.unlike(self.conn, self.recorded.rows)
             history.restore(self.conn, missing, [row[0] for row in extra])
         except psycopg.Error as error:
             self.session.end_transaction()
@@ -271,12 +272,11 @@ class Verdicts:
             "which would apply files twice or skip them"
         )
         try:
-            found = history.rows_now(self.conn)
-            missing, extra = history.differences(expected, found)
+            missing, extra = history.unlike(self.conn, expected)
             if not (missing or extra):
                 return
             what = ", ".join(
-                f"{label} {', '.join('NULL' if v is None else str(v) for v in versions)}"
+                f"{label} {_versions(versions)}"
                 for label, versions in (
                     ("the rows of version", [row[0] for row in missing]),
                     ("rows it had not written, of version", [row[1] for row in extra]),
@@ -285,13 +285,13 @@ class Verdicts:
             )
             said += f" ({what}: changed, removed or added)"
             history.restore(self.conn, missing, [row[0] for row in extra])
-            again = history.rows_now(self.conn)
+            again = history.unlike(self.conn, expected)
         except psycopg.Error as error:
             self.session.end_transaction()
             raise MigrationFailed(
                 f"{said}, and it could not be read or put back ({first_line(error)}); {fix}"
             ) from None
-        if history.differences(expected, again) != ([], []):
+        if again != ([], []):
             raise MigrationFailed(f"{said}, and it changed again as it was put back; {fix}")
         raise MigrationFailed(
             f"{said}; the runner put the history back as it wrote it, and ran nothing after "
@@ -375,43 +375,21 @@ class Verdicts:
         return f"what it did {committed} committed"
 
 
-def _versions(versions: list[int | None]) -> str:
+def _versions(versions: Sequence[int | None]) -> str:
     return ", ".join("NULL" if v is None else str(v) for v in versions)
 
 
-def _sorted_versions(versions: set[int | None]) -> list[int | None]:
-    return sorted(versions, key=lambda v: (v is None, v or 0))
-
-
-def _changes(
+def _fates(
     missing: list[tuple[int, str, str]],
     extra: list[tuple[str, int | None, str | None, str | None]],
-) -> str:
-    """Which history rows a no-transaction file removed, changed (a version missing as
-    written and there otherwise) or added, by version, for a message."""
+) -> list[tuple[str, list[int | None], str]]:
+    """What a no-transaction file did to history rows, by version, and what putting the
+    history back does to them: removed (written again), changed (a version missing as
+    written and there otherwise: put back), added (deleted). Only the kinds it did."""
     gone: set[int | None] = {row[0] for row in missing}
     there = {row[1] for row in extra}
-    return " and ".join(
-        f"{verb} (version {_versions(_sorted_versions(versions))})"
-        for verb, versions in (
-            ("removed", gone - there),
-            ("changed", gone & there),
-            ("added", there - gone),
-        )
-        if versions
-    )
-
-
-def _told(
-    missing: list[tuple[int, str, str]],
-    extra: list[tuple[str, int | None, str | None, str | None]],
-) -> str:
-    """What became of the history rows a no-transaction file removed (written again),
-    changed (put back) or added (deleted)."""
-    gone: set[int | None] = {row[0] for row in missing}
-    there = {row[1] for row in extra}
-    parts = [
-        f"the history rows it {verb} (version {_versions(_sorted_versions(versions))}) {done}"
+    return [
+        (verb, sorted(versions, key=lambda v: (v is None, v or 0)), done)
         for verb, versions, done in (
             ("removed", gone - there, "are written again"),
             ("changed", gone & there, "are put back as the runner wrote them"),
@@ -419,18 +397,38 @@ def _told(
         )
         if versions
     ]
-    return "; ".join(parts)
+
+
+def _changes(
+    missing: list[tuple[int, str, str]],
+    extra: list[tuple[str, int | None, str | None, str | None]],
+) -> str:
+    """Which history rows a no-transaction file removed, changed or added, for a message."""
+    return " and ".join(
+        f"{verb} (version {_versions(versions)})" for verb, versions, _ in _fates(missing, extra)
+    )
+
+
+def _told(
+    missing: list[tuple[int, str, str]],
+    extra: list[tuple[str, int | None, str | None, str | None]],
+) -> str:
+    """What became of the history rows a no-transaction file removed, changed or added."""
+    return "; ".join(
+        f"the history rows it {verb} (version {_versions(versions)}) {done}"
+        for verb, versions, done in _fates(missing, extra)
+    )
 
 
 def _so(
     missing: list[tuple[int, str, str]],
     extra: list[tuple[str, int | None, str | None, str | None]],
 ) -> str:
-    gone = {row[0] for row in missing}
-    there = {row[1] for row in extra}
-    if there - gone and not gone:
+    """What putting them back spares the next run."""
+    verbs = {verb for verb, _, _ in _fates(missing, extra)}
+    if verbs == {"added"}:
         return "skips no file it has not applied"
-    if gone - there and not there:
+    if verbs == {"removed"}:
         return "does not apply those files twice"
     return "applies no file twice and skips none"
 

@@ -65,6 +65,32 @@ def _privileges(acl: str, kind: str | None, owner: str) -> sql.Composable:
     ).format(owner=sql.SQL(owner), full=full)
 
 
+# The rarer kinds of object, read by name only: each catalog and its namespace column.
+_RARER = (
+    ("pg_operator", "oprnamespace"),
+    ("pg_opclass", "opcnamespace"),
+    ("pg_opfamily", "opfnamespace"),
+    ("pg_collation", "collnamespace"),
+    ("pg_conversion", "connamespace"),
+    ("pg_ts_config", "cfgnamespace"),
+    ("pg_ts_dict", "dictnamespace"),
+    ("pg_ts_parser", "prsnamespace"),
+    ("pg_ts_template", "tmplnamespace"),
+)
+_RARER_OBJECTS = "\n        UNION ALL ".join(
+    f"SELECT 'pg_catalog.{catalog}'::pg_catalog.regclass, oid FROM pg_catalog.{catalog} "  # noqa: S608 - constants
+    f"WHERE {column} = %(schema)s::pg_catalog.regnamespace"
+    for catalog, column in _RARER
+)
+_RARER_QUERY = (
+    "SELECT split_part(o.described, ' ', 1), o.described, o.described FROM ("  # noqa: S608 - constants
+    " SELECT pg_describe_object(o.catalog, o.oid, 0) AS described, o.catalog, o.oid FROM ("
+    + _RARER_OBJECTS
+    + ") o (catalog, oid) WHERE NOT EXISTS (SELECT FROM pg_depend x"
+    " WHERE x.classid = o.catalog AND x.objid = o.oid AND x.deptype = 'e')"
+    ") o"
+)
+
 _PARTS = {
     "relation_c": _not_in_extension("pg_class", "c.oid"),
     "relation_t": _not_in_extension("pg_class", "t.oid"),
@@ -301,33 +327,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
     WHERE s.stxnamespace = %(schema)s::pg_catalog.regnamespace
     """,
         # The rarer kinds, by name only.
-        """
-    SELECT split_part(o.described, ' ', 1), o.described, o.described
-    FROM (
-      SELECT pg_describe_object(o.catalog, o.oid, 0) AS described, o.catalog, o.oid
-      FROM (
-        SELECT 'pg_catalog.pg_operator'::pg_catalog.regclass, oid FROM pg_operator WHERE oprnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_catalog.pg_opclass'::pg_catalog.regclass, oid FROM pg_opclass
-          WHERE opcnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_catalog.pg_opfamily'::pg_catalog.regclass, oid FROM pg_opfamily
-          WHERE opfnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_catalog.pg_collation'::pg_catalog.regclass, oid FROM pg_collation
-          WHERE collnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_catalog.pg_conversion'::pg_catalog.regclass, oid FROM pg_conversion
-          WHERE connamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_catalog.pg_ts_config'::pg_catalog.regclass, oid FROM pg_ts_config
-          WHERE cfgnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_catalog.pg_ts_dict'::pg_catalog.regclass, oid FROM pg_ts_dict
-          WHERE dictnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_catalog.pg_ts_parser'::pg_catalog.regclass, oid FROM pg_ts_parser
-          WHERE prsnamespace = %(schema)s::pg_catalog.regnamespace
-        UNION ALL SELECT 'pg_catalog.pg_ts_template'::pg_catalog.regclass, oid FROM pg_ts_template
-          WHERE tmplnamespace = %(schema)s::pg_catalog.regnamespace
-      ) o (catalog, oid)
-      WHERE NOT EXISTS (SELECT FROM pg_depend x WHERE x.classid = o.catalog
-                        AND x.objid = o.oid AND x.deptype = 'e')
-    ) o
-    """,
+        _RARER_QUERY,
     )
 )
 

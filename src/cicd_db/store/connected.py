@@ -116,29 +116,28 @@ class Connected:
             )
         return cls(lambda: _ready_from(pool))
 
+    def _asked(self, query: str) -> Any:
+        """The one value `query` returns, for telling a failure; None when it cannot be
+        asked (the caller's transaction failed, or the connection did: the error the
+        caller gets is the one that failed)."""
+        try:
+            with self._connection() as conn:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    return None
+                row = cursors.execute(conn, query).fetchone()
+        except (psycopg.Error, UsageError):
+            return None
+        return row[0] if row else None
+
     def _role(self) -> str:
         """The role the store's session acts as, for a message; `this role` when that
-        cannot be asked (a failed transaction of the caller's)."""
-        try:
-            with self._connection() as conn:
-                if conn.info.transaction_status != TransactionStatus.IDLE:
-                    return "this role"
-                row = cursors.execute(conn, "SELECT current_user").fetchone()
-        except psycopg.Error:
-            return "this role"
-        return repr(str(row[0])) if row else "this role"
+        cannot be asked."""
+        role = self._asked("SELECT current_user")
+        return "this role" if role is None else repr(str(role))
 
     def _in_recovery(self) -> bool:
-        """Whether the server is a hot standby; False when that cannot be asked (the
-        caller's transaction failed: its error is theirs)."""
-        try:
-            with self._connection() as conn:
-                if conn.info.transaction_status != TransactionStatus.IDLE:
-                    return False
-                row = cursors.execute(conn, "SELECT pg_catalog.pg_is_in_recovery()").fetchone()
-        except psycopg.Error:
-            return False
-        return bool(row and row[0])
+        """Whether the server is a hot standby; False when that cannot be asked."""
+        return bool(self._asked("SELECT pg_catalog.pg_is_in_recovery()"))
 
     def _tuple(
         self, query: bytes, params: Sequence[Any] | Mapping[str, Any]
