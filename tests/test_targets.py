@@ -630,6 +630,29 @@ def test_status_and_wait_print_where_libpq_connected(database: Database, tmp_pat
     assert s.password not in status.out + waited.out
 
 
+def test_the_ready_url_reaches_the_address_pghostaddr_gave(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PGHOST names a host no resolver knows and PGHOSTADDR the server's address: libpq
+    goes to the address. The printed URL is for a process without this environment (a
+    later CI step), so it carries the address too, and reaches the same server."""
+    s = database.settings
+    env = {"PGHOST": "db.invalid", "PGHOSTADDR": s.host, "PGPORT": str(s.port)}
+    env["PGPASSWORD"] = s.password
+    waited = run_cli(
+        "migrate", "--database-url", f"postgresql://{s.user}@/{s.database}", "wait", "--json",
+        env=env,
+    )  # fmt: skip
+    assert waited.code == 0, waited.err
+    printed = json.loads(waited.out)["url"]
+    assert "db.invalid" in printed and f"hostaddr={s.host}" in printed
+    for name in [name for name in os.environ if name.startswith("PG")]:
+        monkeypatch.delenv(name)
+    secret = printed.replace("@", f":{quote(s.password, safe='')}@", 1)
+    with psycopg.connect(secret, connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (s.database,)
+
+
 @pytest.mark.parametrize(
     "query", ["sslmode=disable&%70assword=Plainpw123", "passwor%64=Plainpw123&bogus=1"]
 )

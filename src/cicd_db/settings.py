@@ -215,7 +215,11 @@ class ConnectionSettings:
         used = info.get_parameters()
         given = dict(self.parameters)
         parameters = [(k, v) for k, v in self.parameters if k not in ("port", "hostaddr")]
-        if "hostaddr" in given:  # of the host reached, not every host's
+        # The address of the host reached, not every host's; one from PGHOSTADDR too: the
+        # URL is printed for a process without this one's environment, and the host's
+        # name alone may lead it to another server.
+        variable = self.variable("hostaddr")
+        if "hostaddr" in given or (variable and os.environ[variable] and info.hostaddr):
             parameters.append(("hostaddr", str(info.hostaddr)))
         return replace(
             self,
