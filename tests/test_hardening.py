@@ -6,6 +6,7 @@ an empty database gets from `migrate up` (compared in the catalogs).
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from cicd_db import schema
+from cicd_db import migrations, schema
 
 from .fix_cli import MIGRATE_PY, migrate, run_cli, start_cli
 from .fix_db import Database
@@ -371,3 +372,53 @@ def test_lint_gate_passes_the_repository_and_fails_unsafe_migrations() -> None:
     assert "0002_plain_index.sql:4:0: warning: require-concurrent-index-creation" in bad.stdout
     assert "0003_required_column.sql:4:17: warning: adding-required-field" in bad.stdout
     assert "0001_create_runs.sql" not in bad.stdout.split("\n", 2)[-1]
+
+
+def _statements_only(text: bytes) -> list[str]:
+    """The lines of `text` but blank ones and whole-line `--` comments: two texts equal so
+    differ in comments alone. (A changed block comment or end-of-line comment counts as
+    a change of SQL here, which asks for less, never for more.)"""
+    lines = text.decode("utf-8-sig").splitlines()
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("--")]
+
+
+def test_every_earlier_text_of_a_migration_that_differs_in_comments_only_is_known_as_applied() -> (
+    None
+):
+    """A database that applied any text a file of db/migrations has had in this
+    repository's history (the Git log: every commit, so every text a `make run` could
+    have applied) whose statements are today's, the comments aside, knows today's file
+    as applied: an edit of a comment alone must name the earlier text's checksum, or
+    every such database is refused with "edited after it was applied" (0029 and 0037 had
+    comment edits that did not, found by a helper running older commits). A text whose
+    statements differ was a step of work and is refused, as an edit is."""
+    log = subprocess.run(
+        ["git", "log", "--format=%H", "--", "db/migrations"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert log, "no Git history of db/migrations: run the tests in a clone"
+    unknown = []
+    for migration in migrations.discover(MIGRATIONS):
+        path = migration.path.relative_to(ROOT).as_posix()
+        for commit in subprocess.run(
+            ["git", "log", "--format=%H", "--", path],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout.split():  # fmt: skip
+            earlier = subprocess.run(
+                ["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True, check=True
+            ).stdout
+            if _statements_only(earlier) != _statements_only(migration.data):
+                continue
+            texts = [earlier]
+            if migration.matches(_sha256(migration.data.replace(b"\n", b"\r\n"))):
+                # Where line ends change nothing the file makes, its text as a Windows
+                # checkout has it too (where they do, that text made something else).
+                texts.append(earlier.replace(b"\n", b"\r\n"))
+            for text in texts:
+                if not migration.matches(_sha256(text)):
+                    unknown.append(f"{migration.filename} at {commit[:7]}")
+    assert not unknown, f"comment-only edits not named by an earlier-checksum line: {unknown}"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -536,7 +536,7 @@ def test_a_database_that_applied_the_earlier_0029_ends_as_one_migrated_by_the_fi
     earlier = (EARLIER_TEXTS / name).read_bytes()
     mended = migrations.read(MIGRATIONS / name, 29, "least_privilege_roles")
     assert mended.checksum != hashlib.sha256(earlier).hexdigest()
-    assert mended.earlier_checksums == {
+    assert mended.earlier_checksums >= {
         hashlib.sha256(earlier).hexdigest(),
         hashlib.sha256(earlier.replace(b"\n", b"\r\n")).hexdigest(),
     }

@@ -8,6 +8,13 @@
 -- Timeouts: every table here is new, created in this same transaction, so no other
 -- session can hold a lock these statements would wait for:
 -- squawk-ignore-file require-lock-timeout, require-statement-timeout
+-- Texts of this file that differ from this one in comments only (commits de193db and
+-- dc17037), each as Git stores it and as Git on Windows checks it out: a database that
+-- applied one has applied this file (docs/migrations.md, "Mending an applied file").
+-- cicd-db: earlier-checksum f8afe8fe4b71efed9cc39ac282e88256ee94c69d53c98f7687debfd4d30eeb8e
+-- cicd-db: earlier-checksum edb4c84b35badcd114c9cd183b0b1a2b983bd5d721c2ef776be49e1763e1d2c8
+-- cicd-db: earlier-checksum abe4f531ecd483f84b5295a6e35cba63a658ef456ab3c90735f1b91ee79f433e
+-- cicd-db: earlier-checksum dbc2433018c21f5c121a5085122e8a8fdc19f1b67e19a5afbf6c62be5950f773
 -- noqa: disable=LT01
 
 -- Table for storing pipeline executions

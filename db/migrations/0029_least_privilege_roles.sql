@@ -27,6 +27,14 @@
 -- applied file"). Its checksums, as Git stores it and as Git on Windows checks it out:
 -- cicd-db: earlier-checksum bac44d027496844ae3c69f6670a939e04bd118314ab98a6a0e8ccba305d7c265
 -- cicd-db: earlier-checksum e3bc0ca841235d6146abda6fa2b260cd1e3d0f6fa85c918cb213b7c5182d3642
+-- The texts of this file since the lock, which differ from this one in comments only
+-- (commits 78c8f18, ac97517 and ff983fd), each as Git stores it and on Windows:
+-- cicd-db: earlier-checksum 12eaa6f48d819ea12523e5f76a0d9c43b7730e8fdab6120f8b7d9b1ceebabb7e
+-- cicd-db: earlier-checksum cb062cad16dde882174548b531fc9f12e92b3f0008244c1dcc1af4837ac5037b
+-- cicd-db: earlier-checksum 614d7f701bcae03f0ef0b4816d133c61c11494f12f49ff8f4382995dc707cc23
+-- cicd-db: earlier-checksum c6a2b7cfe63ef62f63dca840c0dcd879f2060121a5c55b90c3bbcaf7d76826f3
+-- cicd-db: earlier-checksum 68d027ad9f82ab5bf25e8ad869f08f9936b5580a2730719a6d4750fc62de1866
+-- cicd-db: earlier-checksum 4dd2873f28e6d5ecba7a45b728dde1aa1ea8cf925803a8a6a34ca8d5d542e92d
 SET lock_timeout = '1s';
 SET statement_timeout = '60s';
 

@@ -16,6 +16,14 @@
 --
 -- Live: CREATE OR REPLACE, DROP and ALTER change catalogs only, in one
 -- transaction: no roll-up runs the new body without its SECURITY DEFINER (0029).
+--
+-- Texts of this file that differ from this one in comments only (commits 456a62b and
+-- a563f38), each as Git stores it and as Git on Windows checks it out: a database that
+-- applied one has applied this file (docs/migrations.md, "Mending an applied file").
+-- cicd-db: earlier-checksum 070b9786a9b6aa37390478df7b293bc3728ad0af1d1a196464d6a093869a6f6f
+-- cicd-db: earlier-checksum f70f79cd09f0b50afd4825ae97769099dcefb6390c5f846adde24526efd441a8
+-- cicd-db: earlier-checksum 3d44a94a0faa4817bb5818349820578d34f4af9d45f7da5333e0e4cd18e5b2a2
+-- cicd-db: earlier-checksum bdc0f74d7d86d9a936eeea8785f1f248f5ac1e39104119ccb34eb6899e12b331
 SET lock_timeout = '1s';
 SET statement_timeout = '60s';
 
