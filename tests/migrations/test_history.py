@@ -547,7 +547,7 @@ def test_a_role_that_may_not_use_the_history_is_told_the_grant(
         result = run_cli(
             "migrate", "--database-url", limited.url(), "--migrations-dir", str(folder), "status"
         )
-        assert result.code == 1
+        assert result.code == 2
         assert result.err == (
             f"error: role {role} may not read the migration history "
             "cicd_db.cicd_db_schema_history: permission denied for schema cicd_db; migrate as "

@@ -11,9 +11,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 
 from cicd_db import migrations
 
@@ -709,3 +712,53 @@ def test_dump_schema_with_nothing_applied_is_refused(
         "none; leave one of them out\n"
     )
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("history", ["made", "moved"])
+def test_a_rehearsal_is_refused_where_the_run_may_not_make_or_move_the_history(
+    database: Database, tmp_path: Path, history: str
+) -> None:
+    """The run makes the history (or moves an older release's from public into place)
+    before its first file; a role that may not do that was refused by `up` after a
+    rehearsal that passed. The rehearsal does it too, in its transaction: the same line
+    and exit code as `up`, and nothing left behind."""
+    folder = write_migrations(
+        tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n", "0002_b.sql": "SELECT 1;\n"}
+    )
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    name = database.settings.database
+    database.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)
+        )
+    )
+    limited = replace(database.settings, user=role, password=password)
+    try:
+        if history == "moved":  # an older release's, in public, not the role's to move
+            assert migrate(database, folder, "up", "--target", "1").code == 0
+            database.execute(
+                sql.SQL(
+                    "ALTER TABLE cicd_db.cicd_db_schema_history SET SCHEMA public; "
+                    "DROP SCHEMA cicd_db; GRANT CREATE ON DATABASE {} TO {}; "
+                    "GRANT SELECT, INSERT ON public.cicd_db_schema_history TO {}"
+                ).format(sql.Identifier(name), sql.Identifier(role), sql.Identifier(role))
+            )
+        else:
+            database.execute(
+                sql.SQL("REVOKE CREATE ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+            )
+        rehearsed = migrate(limited, folder, "up", "--rehearse")
+        before = database.query("SELECT to_regclass('public.cicd_db_schema_history')::text")
+        assert database.query("SELECT to_regnamespace('cicd_db')::text") == [(None,)]
+        applied = migrate(limited, folder, "up")
+        assert applied.code == 2 and "the migration history" in applied.err, applied
+        if history == "moved":  # the fix is the table's owner's, not the database's
+            assert applied.err.endswith(
+                f"or let its owner or a superuser run ALTER TABLE public.cicd_db_schema_history "
+                f"OWNER TO {role}\n"
+            ), applied.err
+        assert (rehearsed.code, rehearsed.err) == (applied.code, applied.err)
+        assert before == [("cicd_db_schema_history" if history == "moved" else None,)]
+    finally:
+        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))

@@ -20,7 +20,7 @@ from psycopg import errors, sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import args_row
 
-from cicd_db.errors import ConfigError, MigrationRefused, OperationalError
+from cicd_db.errors import ConfigError, MigrationRefused
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.finding import find
 from cicd_db.migrations.history_table import (
@@ -99,10 +99,13 @@ def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied
             raise ConfigError("; ".join(refused)) from None
         # As the login role (PINNED), whatever role a `role` setting makes the session.
         role = shown(conn, conn.info.user)
-        raise OperationalError(
+        # A right the role lacks is the setup's to give (exit 2, as the store's): running
+        # again changes nothing. The schema is the history's own: an older release's
+        # history is still in public until a run moves it.
+        raise ConfigError(
             f"role {role} may not read the migration history "
             f"{shown(conn, schema, TABLE)}: {error.diag.message_primary}; migrate as the "
-            f"history's owner, or GRANT USAGE ON SCHEMA {shown(conn, SCHEMA)} and SELECT, "
+            f"history's owner, or GRANT USAGE ON SCHEMA {shown(conn, schema)} and SELECT, "
             f"INSERT ON the table TO {role}"
         ) from None
     except errors.DatatypeMismatch:
@@ -209,23 +212,42 @@ def create(conn: psycopg.Connection[Any]) -> str | None:
         )
         row = conn.execute("SELECT pg_catalog.to_regnamespace(%s) IS NOT NULL", [SCHEMA]).fetchone()
         name = shown(conn, SCHEMA)
-        fix = (
-            f"let its owner run GRANT USAGE, CREATE ON SCHEMA {name} TO {user}, or ALTER "
-            f"SCHEMA {name} OWNER TO {user}"
-            if row and row[0]
-            else f"migrate as the database's owner, or let an owner run CREATE SCHEMA "
-            f"{name} AUTHORIZATION {user}"
-        )
-        raise OperationalError(
-            f"cannot {what}: {error.diag.message_primary}; {fix}"
-            + (" and give the old table to that role" if older else "")
-        ) from None
+        if older and not _owns(conn, older[0]):  # ALTER TABLE ... SET SCHEMA needs it
+            old = shown(conn, older[0], TABLE)
+            fix = (
+                f"migrate as the owner of {old}, or let its owner or a superuser run ALTER "
+                f"TABLE {old} OWNER TO {user}"
+            )
+        elif row and row[0]:
+            fix = (
+                f"let its owner run GRANT USAGE, CREATE ON SCHEMA {name} TO {user}, or ALTER "
+                f"SCHEMA {name} OWNER TO {user}"
+            )
+        else:
+            fix = (
+                f"migrate as the database's owner, or let an owner run CREATE SCHEMA "
+                f"{name} AUTHORIZATION {user}"
+            )
+        # Exit 2: a right the setup must give; running again would only meet it again.
+        raise ConfigError(f"cannot {what}: {error.diag.message_primary}; {fix}") from None
     if older:
         return (
             f"moved the migration history from {shown(conn, older[0], TABLE)} to "
             f"{shown(conn, SCHEMA, TABLE)}, where no search_path can hide it"
         )
     return None
+
+
+def _owns(conn: psycopg.Connection[Any], schema: str) -> bool:
+    """Whether the session's user owns the history table in `schema` (or is a member of
+    the role that does), as moving it to another schema needs."""
+    row = conn.execute(
+        "SELECT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') "
+        "FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        [schema, TABLE],
+    ).fetchone()
+    return bool(row and row[0])
 
 
 # insert_row's statement, built once (it is sent a file); %-placeholders take the

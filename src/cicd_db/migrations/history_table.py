@@ -99,13 +99,21 @@ def _reserved(conn: psycopg.Connection[Any]) -> frozenset[str] | None:
     a process), or None when it cannot be asked now: then every name is quoted."""
     global _RESERVED
     if _RESERVED is None:
-        idle = conn.info.transaction_status == TransactionStatus.IDLE
-        if conn.closed or conn.broken or not (conn.autocommit and idle):
+        status = conn.info.transaction_status
+        idle = status == TransactionStatus.IDLE
+        if (
+            conn.closed
+            or conn.broken
+            or not ((conn.autocommit and idle) or status == TransactionStatus.INTRANS)
+        ):
             return None  # asking would fail, or open a transaction of the caller's
+        query = "SELECT word FROM pg_catalog.pg_get_keywords() WHERE catcode <> 'U'"
         try:
-            rows = conn.execute(
-                "SELECT word FROM pg_catalog.pg_get_keywords() WHERE catcode <> 'U'"
-            ).fetchall()
+            if idle:
+                rows = conn.execute(query).fetchall()
+            else:  # in a savepoint: a failure leaves the transaction (a rehearsal's) as it was
+                with conn.transaction():
+                    rows = conn.execute(query).fetchall()
         except psycopg.Error:
             return None
         _RESERVED = frozenset(str(row[0]) for row in rows)

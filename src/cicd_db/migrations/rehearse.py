@@ -127,9 +127,14 @@ def rehearse(session: Session, pending: list[Migration]) -> list[Rehearsal]:
     history.refuse_as_the_files_schema(session.conn)
     results: list[Rehearsal] = []
     session.conn.execute("BEGIN")
-    session.savepoint = b"cicd_db_rehearsal"
     migration = pending[0]
     try:
+        # The run makes the history, or moves an older release's into place, before its
+        # first file: so does the rehearsal, in its transaction, so that a role that may
+        # not is refused here as `up` would refuse it, and the files see the history
+        # where the run's will.
+        history.create(session.conn)
+        session.savepoint = b"cicd_db_rehearsal"
         skipped: list[str] = []
         for migration in pending:
             if not migration.transactional:
