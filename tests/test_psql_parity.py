@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -26,12 +27,12 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from cicd_db import migrations
-from cicd_db.errors import ConfigError, MigrationFailed
+from cicd_db.errors import ConfigError, MigrationFailed, UsageError
 from cicd_db.migrations import statements
 from cicd_db.pgprocess import wheel_bin_dir
 
 from .fix_cli import migrate
-from .fix_db import Database
+from .fix_db import Database, Databases
 from .utils import examples, write_migrations
 
 FIXTURES = Path(__file__).parent / "fixtures" / "psql_parity"
@@ -68,7 +69,9 @@ def psql_refuses(database: Database, path: Path) -> str | None:
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "PGPASSWORD": database.settings.password},
+        # The files are UTF-8, as the runner reads them; psql would take them for the
+        # database's encoding where that is another.
+        env={**os.environ, "PGPASSWORD": database.settings.password, "PGCLIENTENCODING": "UTF8"},
         timeout=60,
     )
     return completed.stderr if completed.returncode else None
@@ -85,7 +88,7 @@ def dump(database: Database) -> str:
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "PGPASSWORD": database.settings.password},
+        env={**os.environ, "PGPASSWORD": database.settings.password, "PGCLIENTENCODING": "UTF8"},
         timeout=60,
         check=True,
     )
@@ -1087,3 +1090,108 @@ def test_a_copy_end_marker_at_the_files_end_applies_or_is_refused_as_psql(
         return
     assert refused_by_psql is None, f"the runner applied it; psql said: {refused_by_psql}"
     assert dump(database) == dump(spare)
+
+
+# Text in five characters: one every encoding holds, one LATIN1 holds and two it does not
+# (a BMP one and one beyond it), and a space.
+_WORDS = st.text(alphabet="aé—😀 ", min_size=1, max_size=6)
+
+
+@st.composite
+def _pieces_around_statements(draw: st.DrawFn) -> bytes:
+    """A file of statements with line and block comments around and inside them, and in
+    their strings, written in characters a LATIN1 database lacks and holds."""
+    lines = []
+    for number in range(draw(st.integers(1, 4))):
+        for _ in range(draw(st.integers(0, 2))):
+            lines.append(
+                draw(
+                    st.sampled_from(["-- {}", "/* {} */", "", "/* {} */ -- {}", "-- {} /* x */"])
+                ).format(draw(_WORDS), draw(_WORDS))
+            )
+        inside = draw(st.sampled_from(["", "\n  -- {} \n", " /* {} */ "])).format(draw(_WORDS))
+        value = draw(st.sampled_from(["'a'", "'{}'"])).format(draw(_WORDS))
+        lines.append(
+            f"CREATE TABLE t{number} ({inside}c text DEFAULT {value});"
+            + draw(st.sampled_from(["", " -- {}"])).format(draw(_WORDS))
+        )
+    # No block comment after the last statement: psql sends one there as a query of its
+    # own and fails on it; the runner sends nothing after the last statement (README).
+    lines += [draw(st.sampled_from(["", "-- {}"])).format(draw(_WORDS))]
+    return "\n".join(lines).encode() + b"\n"
+
+
+@pytest.mark.slow
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_pieces_around_statements())
+@example(
+    data="CREATE TABLE n (id int);\n-- second — see → done\nCREATE TABLE m (id int);\n".encode()
+)
+def test_a_file_applies_on_a_latin1_database_exactly_when_psql_applies_it(
+    databases: Databases, data: bytes
+) -> None:
+    """The server converts each query's whole text to its encoding; psql does not send the
+    spaces and line comments before a statement (up to a block comment), so a character
+    LATIN1 lacks there is no error under psql. The runner sends several statements a
+    query: it applies such a file exactly when psql does, to the same schema and data."""
+    by_psql, by_runner = (databases.create(encoding="LATIN1") for _ in range(2))
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "0001_fixture.sql"
+            path.write_bytes(data)
+            completed = subprocess.run(
+                [
+                    *(tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1"),
+                    *("-f", str(path), "-d", by_psql.settings.conninfo()),
+                ],
+                capture_output=True, text=True, timeout=60,
+                env={**os.environ, "PGPASSWORD": by_psql.settings.password,
+                     "PGCLIENTENCODING": "UTF8"},
+            )  # fmt: skip
+            refused = None
+            try:
+                conninfo = by_runner.settings.conninfo() + " client_encoding=UTF8"
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    migrations.Runner(conn, migrations.discover(Path(folder))).apply()
+            except MigrationFailed as failed:
+                refused = failed
+        assert (completed.returncode != 0) == (refused is not None), (completed.stderr, refused)
+        if refused is None:
+            assert dump(by_runner) == dump(by_psql)
+    finally:
+        databases.drop(by_psql)
+        databases.drop(by_runner)
+
+
+def test_a_callers_connection_that_reads_text_in_another_encoding_is_refused(
+    databases: Databases, tmp_path: Path
+) -> None:
+    """A caller's connection to a LATIN1 database is LATIN1 unless asked otherwise; the
+    runner sends a file's UTF-8 bytes as they are, which the server then read as LATIN1:
+    `'é'` was stored as two other letters, without an error. Refused before anything is
+    sent; with client_encoding=UTF8 the file's text is stored as written (psql agrees)."""
+    latin1 = databases.create(encoding="LATIN1")
+    folder = write_migrations(
+        tmp_path, {"0001_a.sql": "CREATE TABLE a (s text);\nINSERT INTO a VALUES ('é');\n"}
+    )
+    try:
+        with psycopg.connect(latin1.settings.conninfo(), autocommit=True) as conn:
+            runner = migrations.Runner(conn, migrations.discover(folder))
+            with pytest.raises(UsageError, match="client_encoding is LATIN1: connect with"):
+                runner.apply()
+            with pytest.raises(UsageError, match="client_encoding is LATIN1"):
+                runner.rehearse()
+        assert latin1.query("SELECT to_regclass('a')") == [(None,)]
+        conninfo = latin1.settings.conninfo() + " client_encoding=UTF8"
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            migrations.Runner(conn, migrations.discover(folder)).apply()
+        by_psql = databases.create(encoding="LATIN1")
+        try:
+            psql_apply(by_psql, folder / "0001_a.sql")
+            assert dump(latin1) == dump(by_psql)
+            [(stored,)] = latin1.query("SELECT convert_to(s, 'LATIN1') FROM a")
+            assert bytes(stored) == "é".encode("latin-1")
+        finally:
+            databases.drop(by_psql)
+    finally:
+        databases.drop(latin1)

@@ -193,8 +193,18 @@ class Runner:
 
     def _alone(self) -> None:
         """UsageError unless the connection is outside any transaction (and pipeline):
-        the runner opens and commits its own, which would end a caller's."""
+        the runner opens and commits its own, which would end a caller's; and unless it
+        reads text as UTF-8, as the files are sent (the runner's own connections ask for
+        it: a caller's to a LATIN1 database is LATIN1, and the server read each file's
+        bytes as LATIN1 and stored other text than the file's, without an error)."""
         cursors.ready(self.conn, "the runner", alone=True)
+        encoding = self.conn.info.parameter_status("client_encoding")
+        if encoding != CLIENT_ENCODING:
+            raise UsageError(
+                f"the runner sends the files as they are, in UTF-8, and this connection's "
+                f"client_encoding is {encoding}: connect with client_encoding=UTF8 (the "
+                "server converts to the database's encoding itself)"
+            )
 
     def rehearse(self, *, target: int | None = None) -> list[Rehearsal]:
         """Run the pending files in one transaction that is always rolled back

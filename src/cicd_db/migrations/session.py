@@ -288,7 +288,7 @@ class Session:
         psql sends it, never with the text of the steps before).
         """
         from cicd_db.migrations import diagnose
-        from cicd_db.migrations.steps import Batch, Copy, each_statement
+        from cicd_db.migrations.steps import Batch, Copy, as_psql_sends, each_statement
 
         steps = list(self.steps_for(migration))
         own: list[PGresult] = []
@@ -305,7 +305,10 @@ class Session:
                 continue
             rest: list[Step] | None = None
             for one in each_statement(migration.data, step, after) if alone else (step,):
-                results = self.simple(prefix + migration.data[one.start : one.end])
+                text = migration.data[one.start : one.end]
+                if not alone and self.converts_text():
+                    text = as_psql_sends(migration.data, one)
+                results = self.simple(prefix + text)
                 if prefix:
                     own = results[: prefix.count(b";")]
                 diagnose.raise_on_error(self, migration, one, results, prefix=prefix)
@@ -414,6 +417,13 @@ class Session:
         if steps and isinstance(steps[0], Batch) and steps[0].standard_strings != standard:
             return _replan(migration, 0, 1, standard)
         return steps
+
+    def converts_text(self) -> bool:
+        """Whether the server converts the text it is sent to an encoding of its own, one
+        that may lack a character UTF-8 has (LATIN1, EUC_JP, ...; not SQL_ASCII, which
+        takes bytes as they come)."""
+        encoding = self.conn.info.parameter_status("server_encoding")
+        return encoding not in ("UTF8", "SQL_ASCII", None)
 
     def simple(self, query: bytes) -> list[PGresult]:
         """Send `query` with the simple protocol, as psql does: the server splits statements.

@@ -86,6 +86,36 @@ def _sent_from(data: bytes, after: int, start: int) -> int:
     return at if data.startswith(b"/*", at) and at < start else start
 
 
+def as_psql_sends(data: bytes, batch: Batch) -> bytes:
+    """The batch's text with each character that is not ASCII in what psql would not send
+    (the spaces and line comments before each statement, up to a block comment: see
+    _sent_from) made a space. The server converts the whole text of a query to its
+    encoding: an em dash in a comment between two statements stopped a file on a LATIN1
+    database that psql applies, since psql never sends that comment. A character for a
+    character, so the server's positions and the lines stay as they were."""
+    text = data[batch.start : batch.end]
+    if text.isascii():
+        return text
+    scanner = Scanner(
+        data[: batch.end],
+        standard_strings=batch.standard_strings,
+        start=batch.start,
+        line=batch.line,
+    )
+    sent = bytearray()
+    at = batch.start
+    for piece in scanner:
+        if isinstance(piece, Statement):
+            skipped = _SKIPPED.match(data, at, piece.start)
+            unsent = skipped.end() if skipped else at
+            spaced = "".join(
+                c if c.isascii() else " " for c in data[at:unsent].decode("utf-8", "replace")
+            )
+            sent += spaced.encode() + data[unsent : piece.end]
+            at = piece.end
+    return bytes(sent + data[at : batch.end])
+
+
 def nth_statement(data: bytes, batch: Batch, index: int) -> Statement | None:
     """The batch's statement number `index` (0-based), as the server counted them."""
     scanner = Scanner(
