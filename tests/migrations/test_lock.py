@@ -384,3 +384,41 @@ def test_the_lock_sessions_transaction_outlasts_the_databases_timeouts(
     code, _, err = migrate(database, folder)
     assert (code, err) == (0, "")
     assert database.history() == [1, 2, 3, 4]
+
+
+# A file whose commit ends the lock session once the file's checks have passed: a WITH
+# HOLD cursor's query runs at COMMIT, after them (the lock session waits, idle, in a
+# transaction of its own for the whole run).
+ENDS_THE_LOCK_AT_ITS_COMMIT = (
+    "CREATE TABLE w (id int);\n"
+    "DECLARE c CURSOR WITH HOLD FOR SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+    "AND state = 'idle in transaction';\n"
+)
+
+
+def test_a_no_transaction_file_does_not_start_once_the_lock_is_lost(
+    database: Database, tmp_path: Path
+) -> None:
+    """The lock session ended after the file before had passed its checks: a transactional
+    file would be rolled back by its own check, but a no-transaction file commits as it
+    goes, and ran outside the lock, unrecorded, so that every later run failed on the
+    table it had made. It is not started: nothing of it runs, and the next run applies it."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_w.sql": ENDS_THE_LOCK_AT_ITS_COMMIT,
+            "0002_x.sql": "-- cicd-db: no-transaction\nCREATE TABLE x (id int);\n",
+        },
+    )
+    code, out, err = migrate(database, folder)
+    assert code == 1, (out, err)
+    assert out.startswith("applied 0001_w.sql")
+    assert err.startswith(
+        "error: stopped before migration 0002_x.sql: the runner's lock was lost"
+    ), err
+    assert "nothing of it ran" in err
+    assert database.query("SELECT to_regclass('x')") == [(None,)]
+    assert database.history() == [1]
+    assert migrate(database, folder)[0] == 0
+    assert database.history() == [1, 2]

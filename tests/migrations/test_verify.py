@@ -277,3 +277,21 @@ def test_baseline_tells_two_files_that_make_one_table_as_the_server_does(
     assert str(failed.value).startswith(
         'migration 0002_a.sql failed at line 1: relation "a" already exists [42P07]'
     ), failed.value
+
+
+def test_baseline_records_nothing_once_the_lock_is_lost(database: Database, tmp_path: Path) -> None:
+    """Baseline replays the files before it writes the rows; a file (or the server) that
+    ends the lock's session meanwhile let the rows commit outside the lock, and baseline
+    said it recorded them. Nothing is recorded, and it says why."""
+    database.execute("CREATE TABLE w (id int)")
+    ends_the_lock = (
+        "CREATE TABLE w (id int);\n"
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+        "current_database() AND pid <> pg_backend_pid() AND state = 'idle in transaction';\n"
+    )
+    folder = write_migrations(tmp_path, {"0001_w.sql": ends_the_lock})
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, migrations.discover(folder))
+        with pytest.raises(MigrationFailed, match="^baseline stopped before recording anything"):
+            runner.baseline(1)
+    assert database.query("SELECT to_regclass('cicd_db.cicd_db_schema_history')") == [(None,)]

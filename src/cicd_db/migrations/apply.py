@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
 from cicd_db.errors import (
@@ -24,7 +24,7 @@ from cicd_db.errors import (
     interrupt_exit_code,
 )
 from cicd_db.migrations import diagnose, history, history_table, integrity, lock, reconcile
-from cicd_db.migrations.failures import Transient
+from cicd_db.migrations.failures import RAN_ELSEWHERE, Transient
 from cicd_db.migrations.files import Migration, index_target
 from cicd_db.migrations.indexes import drop_invalid_index
 from cicd_db.migrations.retry import Retry, RetryPolicy
@@ -251,6 +251,27 @@ class Applier(Verdicts):
         return session.run_steps(planned, prefix=MARK, after=head[-1].end)[0]
 
     def _outside_transaction(self, migration: Migration) -> tuple[str, ...]:
+        # The file commits as it goes and its row comes after it: were the lock lost
+        # before it starts (its session ended during the file before, or while the history
+        # was made), it would commit outside the lock, beside another runner perhaps, and
+        # never be recorded; every later run would fail on what it made. So the lock is
+        # asked first, and the file not started without it.
+        checked = self.session.simple(
+            integrity.lock_check(self.session.lock_key, self.session.server_pid)
+        )
+        if checked and checked[-1].status == ExecStatus.FATAL_ERROR:
+            state = self.session.error(checked[-1]).diag.sqlstate
+            what = (
+                "the runner's lock was lost (the session that holds it ended: "
+                "pg_terminate_backend, a lost connection or a pooler's timeout)"
+                if state == integrity.CHECK_LOCK
+                else f"the file would run {RAN_ELSEWHERE}"
+            )
+            raise MigrationFailed(
+                f"stopped before migration {migration.filename}: {what}; nothing of it ran, "
+                "and another runner could be at work; check what ended that session, and "
+                "run again"
+            )
         started = time.perf_counter()
         notes: tuple[str, ...] = ()
         after = 0

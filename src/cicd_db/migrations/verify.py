@@ -16,7 +16,7 @@ from psycopg import sql
 
 from cicd_db import schema
 from cicd_db.errors import MigrationFailed, MigrationRefused
-from cicd_db.migrations import history, lock, reconcile
+from cicd_db.migrations import history, integrity, lock, reconcile
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.session import RESET_FILE_STATE, Session
 from cicd_db.migrations.statements import plan
@@ -61,10 +61,23 @@ def baseline(
                 f"the live schema does not match migrations up to version {version}: "
                 f"{shown}{more}; fix the schema by hand, or baseline at the version it matches"
             )
-        with conn.transaction():
-            history.create(conn)
-            for migration in chosen:
-                conn.execute(history.insert_row(conn, migration, duration_ms=0))
+        try:
+            with conn.transaction():
+                history.create(conn)
+                for migration in chosen:
+                    conn.execute(history.insert_row(conn, migration, duration_ms=0))
+                # The rows commit only under the lock: the replay above runs the files,
+                # and one of them (or the server) may have ended the lock's session.
+                conn.execute(integrity.lock_check(session.lock_key, session.server_pid))
+        except psycopg.Error as error:
+            if error.diag.sqlstate not in (integrity.CHECK_LOCK, integrity.CHECK_MOVED):
+                raise
+            raise MigrationFailed(
+                "baseline stopped before recording anything: the runner's lock was lost "
+                "(the session that holds it ended: pg_terminate_backend, a lost connection "
+                "or a pooler's timeout), so another runner could be at work; check what "
+                "ended that session, and run again"
+            ) from None
     return chosen
 
 
