@@ -292,6 +292,6 @@ def test_baseline_records_nothing_once_the_lock_is_lost(database: Database, tmp_
     folder = write_migrations(tmp_path, {"0001_w.sql": ends_the_lock})
     with database.connect() as conn:
         runner = migrations.Runner(conn, migrations.discover(folder))
-        with pytest.raises(MigrationFailed, match="^baseline stopped before recording anything"):
+        with pytest.raises(MigrationFailed, match=r"^baseline stopped before recording anything"):
             runner.baseline(1)
     assert database.query("SELECT to_regclass('cicd_db.cicd_db_schema_history')") == [(None,)]
