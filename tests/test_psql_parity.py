@@ -1103,12 +1103,13 @@ def _pieces_around_statements(draw: st.DrawFn) -> bytes:
     their strings, written in characters a LATIN1 database lacks and holds."""
     lines = []
     for number in range(draw(st.integers(1, 4))):
+        # Before the file's first statement, line comments alone: psql sends a block
+        # comment there with what follows it, the runner nothing before a first statement.
+        forms = ["-- {}", "", "-- {} /* x */"]
+        if number:
+            forms += ["/* {} */", "/* {} */ -- {}"]
         for _ in range(draw(st.integers(0, 2))):
-            lines.append(
-                draw(
-                    st.sampled_from(["-- {}", "/* {} */", "", "/* {} */ -- {}", "-- {} /* x */"])
-                ).format(draw(_WORDS), draw(_WORDS))
-            )
+            lines.append(draw(st.sampled_from(forms)).format(draw(_WORDS), draw(_WORDS)))
         inside = draw(st.sampled_from(["", "\n  -- {} \n", " /* {} */ "])).format(draw(_WORDS))
         value = draw(st.sampled_from(["'a'", "'{}'"])).format(draw(_WORDS))
         lines.append(
@@ -1195,3 +1196,46 @@ def test_a_callers_connection_that_reads_text_in_another_encoding_is_refused(
             databases.drop(by_psql)
     finally:
         databases.drop(latin1)
+
+
+def test_a_failure_on_a_database_in_another_encoding_is_named_at_psqls_line(
+    databases: Databases, tmp_path: Path
+) -> None:
+    """Where the server names no position, the runner finds the failing statement by
+    asking the server to parse spans of the file: those spans had the comments between
+    statements as written, which failed for the database's encoding, and the search
+    stopped at the comment's statement (line 3) instead of psql's line 5."""
+    latin1 = databases.create(encoding="LATIN1")
+    text = (
+        "CREATE TABLE a (id int);\n-- note \u2014 here\nCREATE TABLE b (id int);\n"
+        "CREATE TABLE c (id int);\nSELECT length('x\u2014y');\n"
+    )
+    folder = write_migrations(tmp_path, {"0001_fixture.sql": text})
+    try:
+        said = psql_refuses(latin1, folder / "0001_fixture.sql")
+        assert said is not None and "0001_fixture.sql:5: ERROR" in said, said
+        conninfo = latin1.settings.conninfo() + " client_encoding=UTF8"
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            runner = migrations.Runner(conn, migrations.discover(folder))
+            with pytest.raises(MigrationFailed, match="failed at line 5: character with"):
+                runner.apply()
+            [rehearsed] = runner.rehearse()
+            assert "line 5: character with" in str(rehearsed.error), rehearsed.error
+    finally:
+        databases.drop(latin1)
+
+
+def test_a_file_that_sets_its_client_encoding_applies_as_psql_applies_it(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """After a file's `SET client_encoding`, the server converts what follows from that
+    encoding: a comment between statements psql does not send, the runner did, and
+    the file failed (invalid byte sequence for EUC_JP)."""
+    text = (
+        "SET client_encoding = 'EUC_JP';\nCREATE TABLE a (id int);\n-- \u2014 x\n"
+        "CREATE TABLE b (id int);\n"
+    )
+    folder = write_migrations(tmp_path / "psql", {"0001_fixture.sql": text})
+    psql_apply(spare, folder / "0001_fixture.sql")
+    runner_apply(database, tmp_path / "migrations", text.encode())
+    assert dump(database) == dump(spare)

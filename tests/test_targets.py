@@ -630,14 +630,20 @@ def test_status_and_wait_print_where_libpq_connected(database: Database, tmp_pat
     assert s.password not in status.out + waited.out
 
 
+@pytest.mark.parametrize("given_by", ["PGHOSTADDR", "service"])
 def test_the_ready_url_reaches_the_address_pghostaddr_gave(
-    database: Database, monkeypatch: pytest.MonkeyPatch
+    database: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, given_by: str
 ) -> None:
-    """PGHOST names a host no resolver knows and PGHOSTADDR the server's address: libpq
-    goes to the address. The printed URL is for a process without this environment (a
-    later CI step), so it carries the address too, and reaches the same server."""
+    """PGHOST (or a service) names a host no resolver knows and PGHOSTADDR (or the
+    service's hostaddr) the server's address: libpq goes to the address. The printed URL
+    is for a process without this environment (a later CI step), so it carries the
+    address too, and reaches the same server."""
     s = database.settings
     env = {"PGHOST": "db.invalid", "PGHOSTADDR": s.host, "PGPORT": str(s.port)}
+    if given_by == "service":
+        services = tmp_path / "services"
+        services.write_text(f"[ci]\nhost=db.invalid\nhostaddr={s.host}\nport={s.port}\n")
+        env = {"PGSERVICEFILE": str(services), "PGSERVICE": "ci"}
     env["PGPASSWORD"] = s.password
     waited = run_cli(
         "migrate", "--database-url", f"postgresql://{s.user}@/{s.database}", "wait", "--json",

@@ -132,6 +132,12 @@ class ConfigError(CicdDbError):
     exit_code = 2
 
 
+class RightMissing(ConfigError):
+    """The role lacks a right cicd-db needs for its own tables (the history): the setup's
+    to give, so exit 2 as any configuration problem; its own class, so that a caller
+    can tell it from a refusal of what it found (a second history, say)."""
+
+
 class StackError(ConfigError):
     pass
 

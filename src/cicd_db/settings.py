@@ -215,11 +215,14 @@ class ConnectionSettings:
         used = info.get_parameters()
         given = dict(self.parameters)
         parameters = [(k, v) for k, v in self.parameters if k not in ("port", "hostaddr")]
-        # The address of the host reached, not every host's; one from PGHOSTADDR too: the
+        # The address of the host reached, not every host's; one from PGHOSTADDR or a service too: the
         # URL is printed for a process without this one's environment, and the host's
         # name alone may lead it to another server.
         variable = self.variable("hostaddr")
-        if "hostaddr" in given or (variable and os.environ[variable] and info.hostaddr):
+        elsewhere = bool(variable and os.environ[variable]) or bool(
+            self.from_service().get("hostaddr")
+        )
+        if "hostaddr" in given or (elsewhere and info.hostaddr):
             parameters.append(("hostaddr", str(info.hostaddr)))
         return replace(
             self,

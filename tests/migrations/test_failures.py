@@ -492,3 +492,44 @@ def test_a_file_whose_objects_would_go_to_pg_catalog_is_told_the_search_path_not
         tmp_path / "placed", {"0001_t.sql": "CREATE TABLE public.t (x int);\n"}
     )
     assert migrate(database, placed).code == 0
+
+
+def test_a_history_dropped_where_the_role_may_not_make_it_again_says_so_and_the_right(
+    database: Database, tmp_path: Path
+) -> None:
+    """A no-transaction file dropped the history, and the role may no longer create its
+    schema: the runner cannot put it back. It says so with the cause and the right to
+    give (the refusal, exit 2 of its own since this session, had fallen into the branch
+    for a history renamed in place, and its cause was lost)."""
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    name = sql.Identifier(database.settings.database)
+    database.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}; GRANT CREATE ON DATABASE {} TO {}").format(
+            sql.Identifier(role), sql.Literal(password), name, sql.Identifier(role)
+        )
+    )
+    limited = replace(database.settings, user=role, password=password)
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_a.sql": "SELECT 1;\n",
+            "0002_drop.sql": "-- cicd-db: no-transaction\nDROP SCHEMA cicd_db CASCADE;\n",
+        },
+    )
+    try:
+        assert migrate(limited, folder, "up", "--target", "1").code == 0
+        database.execute(
+            sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}, PUBLIC").format(
+                name, sql.Identifier(role)
+            )
+        )
+        code, _, err = migrate(limited, folder)
+        assert code == 1, err
+        assert (
+            "and the runner could not make it again (cannot create the migration history "
+            "cicd_db.cicd_db_schema_history: permission denied for database"
+        ) in err, err
+        assert "once the right is given" in err
+    finally:
+        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))

@@ -20,7 +20,7 @@ from psycopg import errors, sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import args_row
 
-from cicd_db.errors import ConfigError, MigrationRefused
+from cicd_db.errors import ConfigError, MigrationRefused, RightMissing
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.finding import find
 from cicd_db.migrations.history_table import (
@@ -102,7 +102,7 @@ def read(conn: psycopg.Connection[Any], *, placed: bool = False) -> list[Applied
         # A right the role lacks is the setup's to give (exit 2, as the store's): running
         # again changes nothing. The schema is the history's own: an older release's
         # history is still in public until a run moves it.
-        raise ConfigError(
+        raise RightMissing(
             f"role {role} may not read the migration history "
             f"{shown(conn, schema, TABLE)}: {error.diag.message_primary}; migrate as the "
             f"history's owner, or GRANT USAGE ON SCHEMA {shown(conn, schema)} and SELECT, "
@@ -229,7 +229,7 @@ def create(conn: psycopg.Connection[Any]) -> str | None:
                 f"{name} AUTHORIZATION {user}"
             )
         # Exit 2: a right the setup must give; running again would only meet it again.
-        raise ConfigError(f"cannot {what}: {error.diag.message_primary}; {fix}") from None
+        raise RightMissing(f"cannot {what}: {error.diag.message_primary}; {fix}") from None
     if older:
         return (
             f"moved the migration history from {shown(conn, older[0], TABLE)} to "

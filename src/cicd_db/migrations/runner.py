@@ -198,8 +198,11 @@ class Runner:
         it: a caller's to a LATIN1 database is LATIN1, and the server read each file's
         bytes as LATIN1 and stored other text than the file's, without an error)."""
         cursors.ready(self.conn, "the runner", alone=True)
-        encoding = self.conn.info.parameter_status("client_encoding")
-        if encoding != CLIENT_ENCODING:
+        info = self.conn.info
+        encoding = info.parameter_status("client_encoding")
+        # SQL_ASCII on SQL_ASCII: the bytes are stored as they come, the file's too.
+        as_they_come = encoding == "SQL_ASCII" == info.parameter_status("server_encoding")
+        if encoding != CLIENT_ENCODING and not as_they_come:
             raise UsageError(
                 f"the runner sends the files as they are, in UTF-8, and this connection's "
                 f"client_encoding is {encoding}: connect with client_encoding=UTF8 (the "

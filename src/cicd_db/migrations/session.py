@@ -419,11 +419,14 @@ class Session:
         return steps
 
     def converts_text(self) -> bool:
-        """Whether the server converts the text it is sent to an encoding of its own, one
-        that may lack a character UTF-8 has (LATIN1, EUC_JP, ...; not SQL_ASCII, which
-        takes bytes as they come)."""
-        encoding = self.conn.info.parameter_status("server_encoding")
-        return encoding not in ("UTF8", "SQL_ASCII", None)
+        """Whether the server converts the text it is sent from the client's encoding to
+        its own, which may lack a character the text has: a database in LATIN1, EUC_JP,
+        ...; or a file's `SET client_encoding` (SQL_ASCII takes bytes as they come)."""
+        info = self.conn.info
+        server = info.parameter_status("server_encoding")
+        return (
+            server not in ("SQL_ASCII", None) and info.parameter_status("client_encoding") != server
+        )
 
     def simple(self, query: bytes) -> list[PGresult]:
         """Send `query` with the simple protocol, as psql does: the server splits statements.

@@ -106,14 +106,21 @@ def as_psql_sends(data: bytes, batch: Batch) -> bytes:
     at = batch.start
     for piece in scanner:
         if isinstance(piece, Statement):
-            skipped = _SKIPPED.match(data, at, piece.start)
-            unsent = skipped.end() if skipped else at
-            spaced = "".join(
-                c if c.isascii() else " " for c in data[at:unsent].decode("utf-8", "replace")
-            )
-            sent += spaced.encode() + data[unsent : piece.end]
+            sent += spaced_gap(data, at, piece.start) + data[piece.start : piece.end]
             at = piece.end
     return bytes(sent + data[at : batch.end])
+
+
+def spaced_gap(data: bytes, at: int, start: int) -> bytes:
+    """`data[at:start]`, what lies before a statement (at `start`) since the one before
+    it ended (at `at`), with each character that is not ASCII made a space in the part
+    psql does not send (_sent_from): as_psql_sends."""
+    skipped = _SKIPPED.match(data, at, start)
+    unsent = skipped.end() if skipped else at
+    if data[at:unsent].isascii():
+        return data[at:start]
+    spaced = "".join(c if c.isascii() else " " for c in data[at:unsent].decode("utf-8", "replace"))
+    return spaced.encode() + data[unsent:start]
 
 
 def nth_statement(data: bytes, batch: Batch, index: int) -> Statement | None:

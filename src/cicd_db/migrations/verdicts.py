@@ -12,7 +12,7 @@ import psycopg
 from psycopg.pq import ExecStatus
 from psycopg.pq.abc import PGresult
 
-from cicd_db.errors import CicdDbError, ConfigError, MigrationFailed, plural
+from cicd_db.errors import CicdDbError, ConfigError, MigrationFailed, RightMissing, plural
 from cicd_db.migrations import diagnose, history, history_table, integrity
 from cicd_db.migrations.failures import (
     RAN_ELSEWHERE,
@@ -216,6 +216,14 @@ class Verdicts:
             return self._why(migration, CHECK_HISTORY_GONE, committed=committed)
         try:
             moved = history.create(self.conn)
+        except RightMissing as error:  # told below, with its fix
+            self.session.end_transaction()
+            return (
+                f"{said}, and the runner could not make it again ({_cause(error)}); the next "
+                "run would find none and apply every file again: move it back if it was "
+                "moved, or record what is applied with `cicd-db migrate baseline --version "
+                f"{migration.version}` once the right is given, and remove that from the file"
+            )
         except ConfigError:
             # Renamed in its schema (or a second history made): the next run refuses,
             # naming it and the statement that moves it back.
