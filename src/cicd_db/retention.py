@@ -60,6 +60,7 @@ from cicd_db.errors import (
     older_schema,
     plural,
     setting_behind,
+    setting_suspected,
     standby,
     statement_pooling,
     where_set,
@@ -334,6 +335,9 @@ def _cancelled(cut: psycopg.Error, stopped: str, dry_run: bool = False) -> Opera
     meets the same setting, which is named where it is known."""
     said = str(cut.diag.message_primary or cut).strip().splitlines()[0]
     setting = setting_behind(cut.sqlstate, said)
+    suspected = False
+    if setting is None and (setting := setting_suspected(cut.sqlstate, said)):
+        suspected = True  # a cancel told in another language, or one the timeout made
     # Counting runs before retention sets a lock_timeout of its own, so one there is the
     # session's. Not in errors.SETTING_BEHIND: the runner, which reads that table too,
     # retries what a lock timeout cuts (migrations/failures.py), most often one its files
@@ -343,7 +347,7 @@ def _cancelled(cut: psycopg.Error, stopped: str, dry_run: bool = False) -> Opera
     # A dry run counts in one statement, whatever the batch size.
     smaller = "" if dry_run else ", or give a smaller {batch_size}"
     fix = (
-        where_set(setting).replace("{", "{{").replace("}", "}}")
+        where_set(setting, suspected=suspected).replace("{", "{{").replace("}", "}}")
         + f": raise it there{smaller}, and run again"
         if setting
         else "run again"

@@ -533,3 +533,62 @@ def test_a_history_dropped_where_the_role_may_not_make_it_again_says_so_and_the_
         assert "once the right is given" in err
     finally:
         database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+# Failures whose cause the runner tells by PostgreSQL's words as well as by its SQLSTATE:
+# (what the database is left with, the files, what the advice must say).
+TOLD_IN_ANY_LANGUAGE = {
+    "statement-timeout": (
+        "ALTER DATABASE {db} SET statement_timeout = '300ms'",
+        {"0001_slow.sql": "CREATE TABLE t (id int);\nSELECT pg_sleep(0.6);\n"},
+        "statement_timeout is 300ms for database ",
+    ),
+    "search-path-empty": (
+        "ALTER DATABASE {db} SET search_path = ''",
+        {"0001_t.sql": "CREATE TABLE t (id int);\n"},
+        'search_path is "" for database ',
+    ),
+    "search-path-missing": (
+        "ALTER DATABASE {db} SET search_path = no_such_schema",
+        {"0001_t.sql": "CREATE TABLE t (id int);\n"},
+        "search_path is no_such_schema for database ",
+    ),
+    "pg-catalog-first": (
+        "ALTER DATABASE {db} SET search_path = pg_catalog, public",
+        {"0001_t.sql": "CREATE TABLE t (id int);\n"},
+        "here pg_catalog, where no role may make them",
+    ),
+    "plpgsql-dropped": (
+        "SELECT 1",
+        {"0001_drop.sql": "-- cicd-db: no-transaction\nDROP EXTENSION plpgsql;\n"},
+        "the runner's checks of the history are written in PL/pgSQL",
+    ),
+    "copy-data-line": (
+        "SELECT 1",
+        {"0001_copy.sql": "CREATE TABLE t (id int);\nCOPY t FROM STDIN;\n1\nx\n\\.\n"},
+        "0001_copy.sql failed at line 4: ",
+    ),
+}
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+@pytest.mark.parametrize("case", list(TOLD_IN_ANY_LANGUAGE))
+def test_a_cause_told_by_the_servers_words_is_told_in_any_language(
+    database: Database, tmp_path: Path, case: str, language: str
+) -> None:
+    """Under a translated lc_messages (a server made in a German locale), these causes
+    were told as "fix the file" (a database's setting), or a COPY's data line as its
+    first line: the runner read PostgreSQL's English words. The same advice now, in
+    English and in German (on a server with translations: Debian's, in CI)."""
+    setup, files, advice = TOLD_IN_ANY_LANGUAGE[case]
+    if language == "de":
+        database.in_german()
+    database.execute(
+        sql.SQL(setup.replace("{db}", "{}")).format(sql.Identifier(database.name))
+        if "{db}" in setup
+        else setup
+    )
+    code, _, err = migrate(database, write_migrations(tmp_path, files))
+    assert code == 1, err
+    assert advice in err, err
+    assert "division" not in err and "Traceback" not in err

@@ -47,6 +47,7 @@ from cicd_db.errors import (
     interrupt_exit_code,
     one_line,
     setting_behind,
+    setting_suspected,
     statement_pooling,
     where_set,
 )
@@ -175,11 +176,16 @@ def main(
                 context,
                 debug,
             )
-        elif setting := setting_behind(error.sqlstate, str(error.diag.message_primary or first)):
+        elif setting := setting_behind(
+            error.sqlstate, said := str(error.diag.message_primary or first)
+        ) or setting_suspected(error.sqlstate, said):
             # A timeout or read-only default a migration or a person left: running again
-            # fails the same way, so say where to look.
+            # fails the same way, so say where to look (a cancel in another language may
+            # be the timeout's: PostgreSQL's words for it cannot be read, only its code).
+            suspected = not setting_behind(error.sqlstate, said)
             _print_error(
-                f"database error: {first}; {where_set(setting)}: reset it there, and run again",
+                f"database error: {first}; {where_set(setting, suspected=suspected)}: reset "
+                "it there, and run again",
                 context,
                 debug,
             )

@@ -19,6 +19,7 @@ from cicd_db.errors import (
     setting_advice,
     setting_behind,
     setting_suspected,
+    translated,
 )
 from cicd_db.migrations.failures import (
     RETRIED_SQLSTATES,
@@ -98,9 +99,25 @@ def failure(
 _ON_THE_HISTORY = re.compile(rf"permission denied for (table {TABLE}|schema {SCHEMA})$")
 
 
+# The same, in whatever language lc_messages names: the names as words of the message.
+_NAMES_THE_HISTORY = re.compile(rf"\b({TABLE}|{SCHEMA})\b")
+
+
 def _refused_on_the_history(error: psycopg.Error) -> bool:
     message = error.diag.message_primary or ""
-    return error.diag.sqlstate == "42501" and bool(_ON_THE_HISTORY.search(message))
+    if error.diag.sqlstate != "42501":
+        return False
+    if translated_words(message):
+        return bool(_NAMES_THE_HISTORY.search(message))
+    return bool(_ON_THE_HISTORY.search(message))
+
+
+def translated_words(message: str) -> bool:
+    """Whether a 42501 message is in another language than PostgreSQL's English, all of
+    whose messages of that code begin "permission denied", "must be", "new row
+    violates", "query would be affected" or "could not"."""
+    english = ("permission denied", "must be ", "new row violates", "query would be", "could not")
+    return not message.startswith(english)
 
 
 def _right_taken_by_the_file(session: Session, error: psycopg.Error) -> bool:
@@ -147,6 +164,12 @@ def _behind(
     message = error.diag.message_primary or ""
     if name := setting_behind(error.diag.sqlstate, message):
         return setting_source(session, name, migration)
+    if translated(error.diag.sqlstate, message) and error.diag.sqlstate == "3F000":
+        # "No schema to create in" or "no such schema", in another language: the first
+        # when the search path the session begins with names no schema there is.
+        if _no_schema_to_create_in(session):
+            return setting_source(session, "search_path", migration)
+        return None
     if name := setting_suspected(error.diag.sqlstate, message):
         source = setting_source(session, name, migration)
         return f"{SUSPECTED}: {source}" if source and _could_have_fired(session) else None
@@ -162,6 +185,20 @@ _AS_OLD_AS_ITS_TIMEOUT = (
     "OPERATOR(pg_catalog.*) 1000 FROM pg_catalog.pg_settings s, pg_catalog.pg_stat_activity a "
     "WHERE s.name = 'statement_timeout' AND a.pid = pg_catalog.pg_backend_pid()"
 )
+
+
+def _no_schema_to_create_in(session: Session) -> bool:
+    """Whether the session's search path, as the session begins (the file's rolled back),
+    names no schema that exists."""
+    if not _out_of_the_failure(session):
+        return False
+    try:
+        row = session.conn.execute(
+            "SELECT pg_catalog.cardinality(pg_catalog.current_schemas(false)) = 0"
+        ).fetchone()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])
 
 
 def _could_have_fired(session: Session) -> bool:

@@ -124,7 +124,7 @@ def describe_failure(
             "the server's operating system refused that file (the server runs as its own OS "
             "user, on its own machine): fix the path or its permissions"
         )
-    elif diag.sqlstate == "42501" and re.search(r'(schema |")pg_catalog\b', message):
+    elif diag.sqlstate == "42501" and re.search(r"\bpg_catalog\b", message):
         # An object the file does not place is made in the search_path's first schema:
         # pg_catalog, when a search_path names it first (a hardened `pg_catalog, public`).
         advice = (

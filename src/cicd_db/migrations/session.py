@@ -471,7 +471,9 @@ class Session:
                 copy.write(memoryview(migration.data)[data.start : data.end])
         except psycopg.Error as error:
             line = statement.line
-            where = re.search(r"\bline (\d+)", error.diag.context or "")
+            # "COPY t, line 5" in English, "COPY t, Zeile 5" in German: the number after
+            # the first comma, whatever the language (lc_messages) calls a line.
+            where = re.search(r"^COPY [^,\n]*, [^\d\n]*(\d+)", error.diag.context or "", re.M)
             if where and data.end > data.start:
                 line = data.line + int(where[1]) - 1  # the data line the server named
             from cicd_db.migrations.diagnose import file_failure

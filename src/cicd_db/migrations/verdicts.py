@@ -5,6 +5,7 @@ interruption or a lost connection left. The base of the Applier."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,7 +103,8 @@ class Verdicts:
                 raise MigrationFailed(self._history_put_back(migration, committed))
             raise MigrationFailed(self._why(migration, CHECK_HISTORY_GONE, committed=committed))
         done = self._done(migration, committed)
-        if state == "42704" and '"plpgsql"' in (error.diag.message_primary or ""):
+        # The language's name, in any language's quotes ("plpgsql", »plpgsql«).
+        if state == "42704" and re.search(r"\bplpgsql\b", error.diag.message_primary or ""):
             # Its checks are DO blocks: without the language, no file could be recorded.
             raise MigrationFailed(
                 f"migration {migration.filename} cannot be recorded: the runner's checks of "
