@@ -1661,3 +1661,50 @@ def test_a_finish_before_a_childs_time_is_refused_across_a_change_of_summer_time
         with pytest.raises(IllegalTransition, match="started or finished later"):
             executions.finish_stage(stage, at=at)
         assert executions.finish_stage(stage, at=utc(1, 25)).status == SUCCESS
+
+
+@pytest.mark.parametrize("over", ["connection", "pool"])
+def test_a_migration_that_changes_a_returned_columns_type_does_not_stop_the_writers(
+    schema: Database, over: str
+) -> None:
+    """psycopg prepares a statement sent often enough; a migration that then changes the
+    type of a column it returns (run_number to bigint, say) made the server refuse that
+    plan at every use, and psycopg kept it: every later call on the connection failed,
+    for good, until the CI system reconnected (helper-137: 24,691 errors in 7 s). The
+    plans are forgotten and the call run again."""
+    with ExitStack() as stack:
+        if over == "pool":
+            pool = stack.enter_context(
+                ConnectionPool(
+                    schema.settings.conninfo(), min_size=1, max_size=1, open=True,
+                    kwargs={"autocommit": True},
+                )
+            )  # fmt: skip
+            store = Store.pooled(pool)
+        else:
+            store = Store.on(stack.enter_context(schema.connect()))
+        for _ in range(8):  # past psycopg's prepare_threshold (5)
+            store.start_run("build", "abc")
+        schema.execute("ALTER TABLE pipeline_executions ALTER COLUMN run_number TYPE bigint")
+        after = [store.start_run("build", "abc").run_number for _ in range(3)]
+    assert after == [9, 10, 11]
+
+
+def test_a_call_a_deadlock_ended_is_run_again(schema: Database) -> None:
+    """A deadlock ends the call's transaction as a serialization failure does, with
+    nothing of it kept (a live migration's ALTER TABLE and a writer lock the tables in
+    turn: helper-137 met one). The call is run again: here the server's deadlock, raised
+    on the first try by a trigger, gives one run, numbered once."""
+    # The tries counted on a sequence, which the failed try's rollback does not undo.
+    schema.execute(
+        "CREATE SEQUENCE tried; CREATE FUNCTION deadlock_once() RETURNS trigger "
+        "LANGUAGE plpgsql AS $$ BEGIN IF nextval('tried') = 1 THEN RAISE EXCEPTION "
+        "'deadlock detected' USING ERRCODE = '40P01'; END IF; RETURN NEW; END $$; "
+        "CREATE TRIGGER deadlock_once BEFORE INSERT ON pipeline_executions "
+        "FOR EACH ROW EXECUTE FUNCTION deadlock_once()"
+    )
+    with schema.connect() as conn:
+        run = Store.on(conn).start_run("build", "abc")
+    assert run.run_number == 1
+    assert schema.query("SELECT count(*), max(run_number) FROM pipeline_executions") == [(1, 1)]
+    assert schema.query("SELECT last_value FROM tried") == [(2,)]

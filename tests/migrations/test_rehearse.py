@@ -20,7 +20,7 @@ from psycopg import sql
 
 from cicd_db import migrations
 
-from ..fix_cli import migrate, run_cli
+from ..fix_cli import migrate, run_cli, start_cli
 from ..fix_db import Database
 from ..utils import unscanned, write_migrations
 from .shared import MENTIONS, old_strings_by_default, rehearse
@@ -762,3 +762,45 @@ def test_a_rehearsal_is_refused_where_the_run_may_not_make_or_move_the_history(
         assert before == [("cicd_db_schema_history" if history == "moved" else None,)]
     finally:
         database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize("folder_of_the_other", ["same", "another"])
+def test_a_rehearsal_that_waited_for_a_run_rehearses_what_a_run_would_then_run(
+    database: Database, tmp_path: Path, folder_of_the_other: str
+) -> None:
+    """A rehearsal reads what is pending again once it holds the lock, as a run does:
+    it read it before, and rehearsed files another runner applied meanwhile (blamed as
+    "already exists", exit 1) or, from another branch's folder, passed a 0002 that `up`
+    then refuses as applied under another name (exit 2)."""
+    common = {"0001_a.sql": "CREATE TABLE a (i int);\n"}
+    mine = write_migrations(
+        tmp_path / "mine", {**common, "0002_b.sql": "CREATE TABLE b (i int);\n"}
+    )
+    theirs = write_migrations(
+        tmp_path / "theirs",
+        {**common, "0002_c.sql": "CREATE TABLE c (i int);\nSELECT pg_sleep(1);\n"},
+    )
+    if folder_of_the_other == "same":
+        theirs = write_migrations(
+            tmp_path / "same",
+            {**common, "0002_b.sql": "CREATE TABLE b (i int);\nSELECT pg_sleep(1);\n"},
+        )
+        mine = theirs
+    assert migrate(database, mine, "up", "--target", "1").code == 0
+    other = start_cli(
+        "migrate", "--database-url", database.url, "--migrations-dir", str(theirs), "up"
+    )
+    database.wait_for(
+        "SELECT FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()",
+        "the other run never started its file",
+    )
+    rehearsed = migrate(database, mine, "up", "--rehearse")
+    _, said = other.communicate(timeout=30)
+    assert other.returncode == 0, said
+    applied = migrate(database, mine, "up")
+    if folder_of_the_other == "same":
+        assert (rehearsed.code, applied.code) == (0, 0), (rehearsed, applied)
+        assert "FAILED" not in rehearsed.out, rehearsed
+    else:
+        assert applied.code == 2, applied
+        assert (rehearsed.code, rehearsed.err) == (applied.code, applied.err)

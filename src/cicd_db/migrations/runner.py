@@ -220,6 +220,11 @@ class Runner:
             from cicd_db.migrations import rehearse  # on use: see the imports
 
             with lock.held(self.session, self.lock_timeout):
+                # Again under the lock, as a run reads it: another runner may have applied
+                # files (these, or its own of the same versions) while this one waited.
+                pending = self.pending(target=target)
+                if not pending:
+                    return []
                 try:
                     return rehearse.rehearse(self.session, pending)
                 finally:

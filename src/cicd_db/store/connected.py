@@ -9,7 +9,7 @@ import itertools
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, Self, TypeVar
 from uuid import UUID
 
@@ -31,6 +31,16 @@ from cicd_db.store.rows import TABLES, Row
 # such). Not inside the caller's own transaction, which the failure has ended: that one
 # is the caller's to run again, and the error is passed on.
 SERIALIZATION_RETRIES = 30
+# A deadlock (40P01) ends the call's transaction as a serialization failure does, with
+# nothing kept: a migration's ALTER TABLE and a writer's call lock the tables in turn
+# (a writer met one during a live `migrate up`). Run again the same way.
+# A plan another session's change made stale (0A000): psycopg prepares a statement sent
+# `prepare_threshold` times, and once a migration changes the type of a column that
+# statement returns (ALTER COLUMN ... TYPE), the server refuses that plan each time it
+# is used ("cached plan must not change result type") and psycopg goes on using it: every
+# later call on the connection failed until it was closed. The plans are forgotten
+# (`_forgetting_stale_plans`) and the call run again, a few times at most.
+STALE_PLAN_RETRIES = 3
 _PAUSES = random.Random()  # noqa: S311 - pauses, not secrets
 
 Method = TypeVar("Method", bound=Callable[..., Any])
@@ -58,7 +68,15 @@ def retried(method: Method) -> Method:
                     "use, or app_database_url) and read them as the reader (ci_reader) or the "
                     "writer; a table no grant of the migrations covers needs a GRANT to them"
                 ) from denied
-            except psycopg.errors.SerializationFailure:
+            except psycopg.errors.FeatureNotSupported:
+                conn = self._conn
+                if attempt > STALE_PLAN_RETRIES or (
+                    conn is not None and conn.info.transaction_status != TransactionStatus.IDLE
+                ):
+                    raise
+                if conn is not None:  # a pool's connection forgot them on its way back
+                    _forget_plans(conn)
+            except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
                 conn = self._conn
                 if attempt > SERIALIZATION_RETRIES or (
                     conn is not None and conn.info.transaction_status != TransactionStatus.IDLE
@@ -78,7 +96,7 @@ class Connected:
         connection: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
         conn: psycopg.Connection[Any] | None = None,
     ):
-        self._connection = connection
+        self._connection = _forgetting_stale_plans(connection)
         # Over one connection, each statement sent again and again (a move above all: a
         # CI system's agents move jobs all day) has a cursor of its own, kept, not one
         # made per call. Of its own: a psycopg cursor sent a statement other than the
@@ -209,6 +227,35 @@ def fetch_one(
     with cursors.cursor(conn, binary=True, row_factory=class_row(kind)) as cursor:
         cursor.execute(query, params)
         return cursor.fetchone()
+
+
+def _forgetting_stale_plans(
+    connection: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
+) -> Callable[[], AbstractContextManager[psycopg.Connection[Any]]]:
+    """`connection`, whose connection forgets the statements prepared on it when a call
+    fails with 0A000 (see STALE_PLAN_RETRIES): `DEALLOCATE ALL`, sent through psycopg,
+    empties its cache of them too; a pool's connection goes back without them. (A
+    statement the caller prepared with SQL of its own goes as well; psycopg's it prepares
+    again.) Not inside the caller's transaction, which the failure ended."""
+
+    @contextmanager
+    def forgetting() -> Iterator[psycopg.Connection[Any]]:
+        with connection() as conn:
+            try:
+                yield conn
+            except psycopg.errors.FeatureNotSupported:
+                _forget_plans(conn)
+                raise
+
+    return forgetting
+
+
+def _forget_plans(conn: psycopg.Connection[Any]) -> None:
+    """`DEALLOCATE ALL` on `conn` outside a transaction, through psycopg, whose cache of
+    what it prepared empties with it (_forgetting_stale_plans)."""
+    if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+        with suppress(psycopg.Error):  # the call's own error is the one to tell
+            conn.execute("DEALLOCATE ALL")
 
 
 @contextmanager
