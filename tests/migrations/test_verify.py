@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from cicd_db import migrations, pgprocess, schema
-from cicd_db.errors import MigrationFailed, MigrationRefused
+from cicd_db.errors import MigrationFailed, MigrationRefused, OperationalError
+from cicd_db.migrations import verify
 
 from ..fix_db import Database
 from ..utils import write_migrations
@@ -295,3 +297,43 @@ def test_baseline_records_nothing_once_the_lock_is_lost(database: Database, tmp_
         with pytest.raises(MigrationFailed, match=r"^baseline stopped before recording anything"):
             runner.baseline(1)
     assert database.query("SELECT to_regclass('cicd_db.cicd_db_schema_history')") == [(None,)]
+
+
+@pytest.mark.parametrize("runs_meanwhile", [1, 3])
+def test_drift_compared_while_a_run_applies_a_file_is_not_drift(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runs_meanwhile: int
+) -> None:
+    """`schema diff` takes no lock (a reader compares, through any pooler, while a deploy
+    runs): a run that committed 0002 while it compared made 0002's table look like drift
+    from 0001, exit 3 (helper-137). It compares again up to the history the run made; a
+    history that changes under every comparison is said, not taken for drift."""
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_a.sql": "CREATE TABLE a (i int);\n",
+            "0002_b.sql": "CREATE TABLE b (i int);\n",
+            "0003_c.sql": "CREATE TABLE c (i int);\n",
+            "0004_d.sql": "CREATE TABLE d (i int);\n",
+        },
+    )
+    files = migrations.discover(folder)
+    with database.connect() as conn:
+        migrations.Runner(conn, files).apply(target=1)
+    compare = verify.compare
+    left = iter(range(2, 2 + runs_meanwhile))
+
+    def while_a_run_applies(session: Any, chosen: list[migrations.Migration]) -> Any:
+        found = compare(session, chosen)
+        if (version := next(left, None)) is not None:
+            with database.connect() as other:
+                migrations.Runner(other, files).apply(target=version)
+        return found
+
+    monkeypatch.setattr(verify, "compare", while_a_run_applies)
+    with database.connect() as conn:
+        runner = migrations.Runner(conn, files)
+        if runs_meanwhile < verify.DRIFT_TRIES:
+            assert runner.drift() == (2, [])
+        else:
+            with pytest.raises(OperationalError, match="changed during each of 3 comparisons"):
+                runner.drift()

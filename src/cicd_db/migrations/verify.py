@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from cicd_db import schema
-from cicd_db.errors import MigrationFailed, MigrationRefused
+from cicd_db.errors import MigrationFailed, MigrationRefused, OperationalError
 from cicd_db.migrations import history, integrity, lock, reconcile
 from cicd_db.migrations.files import Migration
 from cicd_db.migrations.session import RESET_FILE_STATE, Session
@@ -85,10 +85,24 @@ def drift(session: Session, files: list[Migration]) -> tuple[int, list[schema.Di
     """The live schema against what the applied files make: the newest applied
     version, and each difference. Reads only (the files run in a scratch schema,
     in a transaction that is rolled back)."""
-    applied = history.read(session.conn)
-    reconcile.pending(files, applied, None)  # an edited or missing file makes the comparison moot
-    newest = max((row.version for row in applied), default=0)
-    return newest, compare(session, [m for m in files if m.version <= newest])
+    for _ in range(DRIFT_TRIES):
+        applied = history.read(session.conn)
+        reconcile.pending(files, applied, None)  # an edited or missing file makes it moot
+        newest = max((row.version for row in applied), default=0)
+        found = compare(session, [m for m in files if m.version <= newest])
+        # Without the runner's lock (a reader may compare, through any pooler, while a
+        # deploy runs): a run that committed a file meanwhile made its objects look like
+        # drift from the files before it. Compared again, up to the history it made.
+        if history.read(session.conn) == applied:
+            return newest, found
+    raise OperationalError(
+        f"the migration history changed during each of {DRIFT_TRIES} comparisons: runs "
+        "are applying files; compare again once they are done"
+    )
+
+
+# How many times drift compares while runs keep changing the history under it.
+DRIFT_TRIES = 3
 
 
 def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference]:
