@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cicd_db import migrations
+from cicd_db import errors, migrations
 from cicd_db.errors import UsageError
 from cicd_db.migrations import lock
 
@@ -422,3 +422,41 @@ def test_a_no_transaction_file_does_not_start_once_the_lock_is_lost(
     assert database.history() == [1]
     assert migrate(database, folder)[0] == 0
     assert database.history() == [1, 2]
+
+
+def test_a_second_connection_the_server_refuses_is_told_with_the_refusals_fix(
+    database: Database, tmp_path: Path
+) -> None:
+    """The role's CONNECT was revoked after the runner's first connection was made (a
+    login trigger, an operator): the lock's connection was refused, and that was told
+    as a connection limit, exit 1. Told now as a first connection's refusal is, with
+    the GRANT that fixes it, exit 2, after what the runner was doing."""
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    name = sql.Identifier(database.name)
+    database.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}; GRANT CREATE ON DATABASE {} TO {}").format(
+            sql.Identifier(role), sql.Literal(password), name, sql.Identifier(role)
+        )
+    )
+    limited = replace(database.settings, user=role, password=password)
+    folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n"})
+    try:
+        with psycopg.connect(limited.conninfo(), autocommit=True) as conn:
+            runner = migrations.Runner(conn, migrations.discover(folder))
+            database.execute(
+                sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC, {}").format(
+                    name, sql.Identifier(role)
+                )
+            )
+            with pytest.raises(errors.ConfigError) as refused:
+                runner.apply()
+        said = str(refused.value)
+        assert said.startswith(
+            "cannot open the runner's second connection, which holds the migration lock: "
+        ), said
+        assert "GRANT CONNECT ON DATABASE" in said and "CONNECTION LIMIT" not in said, said
+        assert password not in said
+        assert database.query("SELECT to_regclass('a')") == [(None,)]
+    finally:
+        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from cicd_db.errors import ConfigError, LockTimeout, OperationalError, standby
+from cicd_db.errors import CicdDbError, ConfigError, LockTimeout, OperationalError, standby
 from cicd_db.libpq import params_in_use
 from cicd_db.migrations.failures import POOLER_REFUSED, first_line
 from cicd_db.migrations.session import LOCK_KEY, WORK_KEY, Session
@@ -81,6 +81,10 @@ def held(session: Session, timeout: float) -> Iterator[None]:
     try:
         holder = psycopg.connect(conninfo_in_use(session.conn, lock=True), autocommit=True)
     except psycopg.OperationalError as error:
+        if (refused := _refused(session, error)) is not None:
+            raise refused.after(
+                "cannot open the runner's second connection, which holds the migration lock"
+            ) from None
         raise OperationalError(
             "cannot open the runner's second connection, which holds the migration lock: "
             f"{first_line(error)}; the runner needs two connections to the database (the "
@@ -307,6 +311,23 @@ def _try_lock(holder: psycopg.Connection[Any], own: int, key: int) -> bool:
     if taken is None:
         raise ConfigError(POOLER_REFUSED)
     return taken
+
+
+def _refused(session: Session, error: psycopg.OperationalError) -> CicdDbError | None:
+    """The server's refusal of the lock's connection told as a first connection's is
+    (refusals.connection_error: the right, the pg_hba.conf line or the login, and its
+    fix, exit 2), where it is one the setup must fix: a CONNECT revoked since the first
+    connection was made was told as a connection limit, exit 1. None for the rest (a
+    limit, the server gone), which the caller tells."""
+    from cicd_db.refusals import connection_error  # on use: only when one fails
+    from cicd_db.settings import from_mapping
+
+    try:
+        settings = from_mapping(params_in_use(session.conn), what="the runner's connection")
+    except CicdDbError:
+        return None
+    told = connection_error(settings, error)
+    return told if told.exit_code == ConfigError.exit_code else None
 
 
 def conninfo_in_use(conn: psycopg.Connection[Any], *, lock: bool = False) -> str:
