@@ -1708,3 +1708,24 @@ def test_a_call_a_deadlock_ended_is_run_again(schema: Database) -> None:
     assert run.run_number == 1
     assert schema.query("SELECT count(*), max(run_number) FROM pipeline_executions") == [(1, 1)]
     assert schema.query("SELECT last_value FROM tried") == [(2,)]
+
+
+def test_a_stages_jobs_come_in_the_order_of_their_names_bytes_whatever_the_collation(
+    schema: Database,
+) -> None:
+    """`jobs()` (and the report, which lists them) read them ORDER BY job_name, in the
+    database's collation: an ICU or a language's put `Job2` between `job10` and `job9`,
+    so one run's report differed from server to server (helper-134). In the order of
+    the names' bytes now, as Python sorts them and insights lists them."""
+    try:  # the system's German locale (.ci/run makes it), as libc orders it
+        schema.execute("CREATE COLLATION german (provider = libc, locale = 'de_DE.UTF-8')")
+    except psycopg.errors.InvalidParameterValue:
+        pytest.skip("no de_DE.UTF-8 locale here: localedef -i de_DE -f UTF-8 de_DE.UTF-8")
+    schema.execute("ALTER TABLE job_executions ALTER COLUMN job_name TYPE text COLLATE german")
+    names = ["job10", "job9", "Job2", "ab", "\u00e4b", "zeta"]
+    with schema.connect() as conn:
+        executions = Store.on(conn)
+        stage = executions.add_stage(executions.start_run("build", "abc"), "test", 1)
+        for name in names:
+            executions.add_job(stage, name)
+        assert [job.job_name for job in executions.jobs(stage)] == sorted(names, key=str.encode)

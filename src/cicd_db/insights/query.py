@@ -154,7 +154,7 @@ _ONE: LiteralString = (
     "SELECT u.stage_name, u.status, u.seconds FROM rolled, "
     "unnest(rolled.stage_names, rolled.stage_statuses, rolled.stage_seconds) "
     "AS u (stage_name, status, seconds)), "
-    'stages AS (SELECT stage_name COLLATE "C" AS stage, count(*) AS runs, '
+    'stages AS (SELECT stage_name COLLATE pg_catalog."C" AS stage, count(*) AS runs, '
     "count(*) FILTER (WHERE status = 'SUCCESS') AS success, "
     "count(*) FILTER (WHERE status = 'FAILED') AS failed, "
     "count(*) FILTER (WHERE status = 'CANCELED') AS cancelled, "
@@ -175,10 +175,10 @@ _ONE: LiteralString = (
     "WHERE status = 'FAILED' AND NOT allows_failure INTERSECT "
     "SELECT stage_name, job_name, commit_hash FROM job_rows WHERE status = 'SUCCESS'"
     ") AS both_ways GROUP BY stage_name, job_name), "
-    # Grouped byte by byte (COLLATE "C": the same groups as any deterministic
+    # Grouped byte by byte (COLLATE pg_catalog."C": the same groups as any deterministic
     # collation, without its costly comparisons over every job row), and the flaky
     # commits joined to the groups, not to every row.
-    'job_groups AS (SELECT stage_name COLLATE "C" AS stage, job_name COLLATE "C" AS job, '
+    'job_groups AS (SELECT stage_name COLLATE pg_catalog."C" AS stage, job_name COLLATE pg_catalog."C" AS job, '
     "count(*) AS runs, "
     "count(*) FILTER (WHERE status = 'SUCCESS') AS success, "
     "count(*) FILTER (WHERE status = 'FAILED' AND NOT allows_failure) AS failed, "
@@ -202,10 +202,10 @@ _ONE: LiteralString = (
     # that never finished SUCCESS or FAILED last; names break ties, byte by byte (the
     # same order on every server, whatever its collation).
     "(SELECT json_agg(stages ORDER BY failed::pg_catalog.float8 / nullif(success + failed, 0) "
-    'DESC NULLS LAST, duration_p95_seconds DESC NULLS LAST, stage COLLATE "C") FROM stages), '
+    'DESC NULLS LAST, duration_p95_seconds DESC NULLS LAST, stage COLLATE pg_catalog."C") FROM stages), '
     "(SELECT json_agg(jobs ORDER BY failed::pg_catalog.float8 / nullif(success + failed, 0) "
     "DESC NULLS LAST, flaky_commits DESC, duration_p95_seconds DESC NULLS LAST, "
-    'stage COLLATE "C", job COLLATE "C") '
+    'stage COLLATE pg_catalog."C", job COLLATE pg_catalog."C") '
     "FROM jobs)"
 )
 
@@ -226,7 +226,7 @@ _EACH: LiteralString = (
     "lines AS (SELECT pipeline_name AS pipeline, {figures} FROM w GROUP BY pipeline_name) "
     "SELECT (SELECT since FROM bounds), (SELECT until FROM bounds), "
     "(SELECT json_agg(json_build_object('line', lines, 'days', daily.days) "
-    'ORDER BY lines.runs DESC, lines.pipeline COLLATE "C") FROM lines '
+    'ORDER BY lines.runs DESC, lines.pipeline COLLATE pg_catalog."C") FROM lines '
     "LEFT JOIN daily ON daily.pipeline_name = lines.pipeline)"
 )
 

@@ -140,7 +140,12 @@ class Reads(Connected):
         check_row("stage", stage, StageRun, by_id=True)
         return self._all(
             JobRun,
-            q("SELECT {job} FROM job_executions WHERE stage_execution_id = %s ORDER BY job_name"),
+            # In the order of the names' bytes, as Python sorts them and insights lists
+            # them: the database's collation (ICU, a language's) ordered them otherwise.
+            q(
+                "SELECT {job} FROM job_executions WHERE stage_execution_id = %s "
+                'ORDER BY job_name COLLATE pg_catalog."C"'
+            ),
             [id_of(stage)],
         )
 
