@@ -458,6 +458,34 @@ def test_a_statement_timeout_is_named_not_told_as_a_lost_connection(
     assert counts(migrated) == (1, 2, 6)
 
 
+def test_a_persons_cancel_is_not_told_as_a_statement_timeout(
+    migrated: Database, executions: Store
+) -> None:
+    """pg_cancel_backend from another session, no timeout set: PostgreSQL's English says
+    "due to user request", which retention tells as it is, not as a timeout suspected
+    (the review: only a cancel told in another language is suspected to be one)."""
+    record(executions, "build", days_ago=40)
+    when_its_jobs_go(migrated, 0, "PERFORM pg_sleep(5);")
+    with migrated.connect() as conn:
+        pid = conn.info.backend_pid
+
+        def cancel() -> None:
+            migrated.wait_for(
+                f"SELECT FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'PgSleep'",
+                "retention never reached the trigger's sleep",
+            )
+            migrated.query("SELECT pg_cancel_backend(%s)", pid)
+
+        canceller = threading.Thread(target=cancel)
+        canceller.start()
+        with pytest.raises(OperationalError) as cut:
+            retention.prune(conn, keep_days=30)
+        canceller.join()
+    assert "user request" in str(cut.value)
+    assert "statement_timeout" not in str(cut.value), cut.value
+    assert counts(migrated) == (1, 2, 6)
+
+
 def test_a_role_that_may_not_read_the_executions_is_told_which_role_may(
     migrated: Database, executions: Store
 ) -> None:

@@ -63,6 +63,7 @@ from cicd_db.errors import (
     setting_suspected,
     standby,
     statement_pooling,
+    translated,
     where_set,
 )
 
@@ -336,8 +337,9 @@ def _cancelled(cut: psycopg.Error, stopped: str, dry_run: bool = False) -> Opera
     said = str(cut.diag.message_primary or cut).strip().splitlines()[0]
     setting = setting_behind(cut.sqlstate, said)
     suspected = False
-    if setting is None and (setting := setting_suspected(cut.sqlstate, said)):
-        suspected = True  # a cancel told in another language, or one the timeout made
+    if setting is None and translated(cut.sqlstate, said):
+        # A cancel told in another language, whose words for a timeout cannot be read.
+        suspected = bool(setting := setting_suspected(cut.sqlstate, said))
     # Counting runs before retention sets a lock_timeout of its own, so one there is the
     # session's. Not in errors.SETTING_BEHIND: the runner, which reads that table too,
     # retries what a lock timeout cuts (migrations/failures.py), most often one its files

@@ -592,3 +592,34 @@ def test_a_cause_told_by_the_servers_words_is_told_in_any_language(
     assert code == 1, err
     assert advice in err, err
     assert "division" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+def test_a_schema_a_file_names_that_does_not_exist_is_the_files_whatever_the_search_path(
+    database: Database, tmp_path: Path, language: str
+) -> None:
+    """Under `search_path = ''` (a hardened database), a file that names a schema there is
+    not (`app.t`) gets the same SQLSTATE as one with no schema to create in; the first is
+    the file's to fix, and was blamed on the search path in German (the review)."""
+    if language == "de":
+        database.in_german()
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET search_path = ''").format(sql.Identifier(database.name))
+    )
+    folder = write_migrations(tmp_path, {"0001_t.sql": "CREATE TABLE app.t (id int);\n"})
+    code, _, err = migrate(database, folder)
+    assert code == 1, err
+    assert err.endswith("it was rolled back; fix the file and run again\n"), err
+
+
+@pytest.mark.parametrize("name", ['"a,b"', '"a, 7b"', "plain"])
+def test_a_copys_bad_data_line_is_named_whatever_the_tables_name(
+    database: Database, tmp_path: Path, name: str
+) -> None:
+    """PostgreSQL names the table unquoted in a COPY's context (`COPY a, 7b, line 4`): a
+    name holding a comma and a number was read for the line (line 9 of a 5-line file)."""
+    text = f"CREATE TABLE {name} (id int);\nCOPY {name} FROM STDIN;\n1\nx\n\\.\n"
+    folder = write_migrations(tmp_path, {"0001_copy.sql": text})
+    code, _, err = migrate(database, folder)
+    assert code == 1, err
+    assert "0001_copy.sql failed at line 4: " in err, err

@@ -49,6 +49,7 @@ from cicd_db.errors import (
     setting_behind,
     setting_suspected,
     statement_pooling,
+    translated,
     where_set,
 )
 from cicd_db.redaction import redact
@@ -178,7 +179,7 @@ def main(
             )
         elif setting := setting_behind(
             error.sqlstate, said := str(error.diag.message_primary or first)
-        ) or setting_suspected(error.sqlstate, said):
+        ) or (translated(error.sqlstate, said) and setting_suspected(error.sqlstate, said)):
             # A timeout or read-only default a migration or a person left: running again
             # fails the same way, so say where to look (a cancel in another language may
             # be the timeout's: PostgreSQL's words for it cannot be read, only its code).

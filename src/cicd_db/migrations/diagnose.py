@@ -165,9 +165,11 @@ def _behind(
     if name := setting_behind(error.diag.sqlstate, message):
         return setting_source(session, name, migration)
     if translated(error.diag.sqlstate, message) and error.diag.sqlstate == "3F000":
-        # "No schema to create in" or "no such schema", in another language: the first
-        # when the search path the session begins with names no schema there is.
-        if _no_schema_to_create_in(session):
+        # "No schema to create in" or "no such schema", in another language: the second
+        # quotes the schema's name, in the language's quotation marks; the first, when
+        # the search path the session begins with names no schema there is, is the
+        # setting's.
+        if not _QUOTES.search(message) and _no_schema_to_create_in(session):
             return setting_source(session, "search_path", migration)
         return None
     if name := setting_suspected(error.diag.sqlstate, message):
@@ -184,6 +186,12 @@ _AS_OLD_AS_ITS_TIMEOUT = (
     "pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) a.backend_start) "
     "OPERATOR(pg_catalog.*) 1000 FROM pg_catalog.pg_settings s, pg_catalog.pg_stat_activity a "
     "WHERE s.name = 'statement_timeout' AND a.pid = pg_catalog.pg_backend_pid()"
+)
+
+
+# The quotation marks PostgreSQL's translations put around a name.
+_QUOTES = re.compile(
+    "[\"'\u00ab\u00bb\u201e\u201c\u201d\u201a\u2018\u2019\u300c\u300d\u300e\u300f]"
 )
 
 

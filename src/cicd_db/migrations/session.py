@@ -471,9 +471,12 @@ class Session:
                 copy.write(memoryview(migration.data)[data.start : data.end])
         except psycopg.Error as error:
             line = statement.line
-            # "COPY t, line 5" in English, "COPY t, Zeile 5" in German: the number after
-            # the first comma, whatever the language (lc_messages) calls a line.
-            where = re.search(r"^COPY [^,\n]*, [^\d\n]*(\d+)", error.diag.context or "", re.M)
+            # "COPY t, line 5" in English; in another language (lc_messages: "COPY t,
+            # Zeile 5") the number after the first comma, a table's name holding none.
+            context = error.diag.context or ""
+            where = re.search(r", line (\d+)", context) or re.search(
+                r"^COPY [^,\n]*, [^\d\n]*(\d+)", context, re.M
+            )
             if where and data.end > data.start:
                 line = data.line + int(where[1]) - 1  # the data line the server named
             from cicd_db.migrations.diagnose import file_failure
