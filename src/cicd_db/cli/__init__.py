@@ -214,12 +214,31 @@ def main(
         )
         return 1
     except Exception as error:  # last resort: one line, not a traceback
+        if (within := _interrupt_within(error)) is not None:
+            # Python turns a Ctrl-C that lands while it builds a class (a module loaded
+            # on use: `__set_name__` of a cached_property, an Enum's members) into a
+            # RuntimeError caused by it; it is still the Ctrl-C.
+            _print_error("interrupted", context)
+            return interrupt_exit_code(within)
         _print_error(
             f"unexpected {type(error).__name__}: {error}; run with --debug and report it",
             context,
             debug,
         )
         return 1
+
+
+def _interrupt_within(error: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (or SIGTERM's, SIGHUP's: errors.Terminated) that caused
+    `error`, following its causes and contexts, or None."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def standard_output() -> None:
