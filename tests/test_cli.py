@@ -184,6 +184,25 @@ def test_a_signal_while_python_builds_a_class_is_the_signal(
     assert (done.code, done.out, done.err) == (code, "", "error: interrupted\n"), done
 
 
+def test_a_fault_while_a_ctrl_c_is_handled_is_told_as_a_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error raised while a Ctrl-C is being handled has the interrupt only as its
+    context: it is a fault of the handler, told as unexpected (with its traceback under
+    --debug), not hidden behind "interrupted" (the review)."""
+
+    def handling(*args: object, **kwargs: object) -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            {}["settled"]
+
+    monkeypatch.setattr(migrations, "discover", handling)
+    done = run_cli("migrate", "check")
+    assert done.code == 1, done
+    assert done.err.startswith("error: unexpected KeyError: 'settled'"), done
+
+
 @pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143), (1, 129)])
 def test_a_signal_pending_as_the_handlers_change_is_one_line(
     signal_number: int,

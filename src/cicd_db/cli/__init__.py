@@ -229,15 +229,12 @@ def main(
 
 
 def _interrupt_within(error: BaseException) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt (or SIGTERM's, SIGHUP's: errors.Terminated) that caused
-    `error`, following its causes and contexts, or None."""
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
-            return cause
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
+    """The KeyboardInterrupt (or SIGTERM's, SIGHUP's: errors.Terminated) Python wrapped
+    in `error`, a RuntimeError it raised *from* it; None otherwise. Only that cause: an
+    error raised while a Ctrl-C was handled (in an `except KeyboardInterrupt` or a
+    `finally`) merely has it as its context, and is a fault to tell as one."""
+    if isinstance(error, RuntimeError) and isinstance(error.__cause__, KeyboardInterrupt):
+        return error.__cause__
     return None
 
 
