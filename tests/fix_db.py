@@ -23,6 +23,7 @@ CREATE DATABASE wait) holds up no other test.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -231,6 +232,23 @@ class Database:
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
         )
         return {str(row[0]) for row in rows}
+
+    @contextlib.contextmanager
+    def new_role(self) -> Iterator[ConnectionSettings]:
+        """A LOGIN role of its own (a name and a password drawn at random), given as these
+        settings with its name and password; dropped at the end, with what it owns and
+        the rights it was given (DROP OWNED BY)."""
+        role = f"limited_{uuid.uuid4().hex[:8]}"
+        password = uuid.uuid4().hex
+        self.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+        try:
+            yield replace(self.settings, user=role, password=password)
+        finally:
+            self.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
 
     def in_german(self) -> None:
         """The server's messages in German for this database's new sessions (lc_messages:

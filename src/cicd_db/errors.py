@@ -501,13 +501,17 @@ def where_set(setting: str, *, suspected: bool = False) -> str:
 
 # How PostgreSQL's English messages of these SQLSTATEs begin: one that begins otherwise is
 # in the language lc_messages names (a server made in a German locale speaks German),
-# whose words the checks above cannot read.
-_ENGLISH_STEMS = {"57014": ("canceling ",), "3F000": ("schema ", "no schema ")}
+# whose words the checks that read them cannot read.
+_ENGLISH_STEMS = {
+    "57014": ("canceling ",),
+    "3F000": ("schema ", "no schema "),
+    "42501": ("permission denied", "must be ", "new row violates", "query would be", "could not"),
+}
 
 
 def translated(sqlstate: str | None, message: str) -> bool:
     """Whether `message`, of `sqlstate`, is in another language than English (for the
-    SQLSTATEs SETTING_BEHIND reads the words of)."""
+    SQLSTATEs whose words are read: SETTING_BEHIND's, and a right refused)."""
     stems = _ENGLISH_STEMS.get(sqlstate or "")
     return stems is not None and not message.startswith(stems)
 
@@ -523,6 +527,17 @@ def setting_behind(sqlstate: str | None, message: str) -> str | None:
 # statement, whose end clears the mark that says why (seen with a 1 ms timeout a
 # migration left). Such a cancel may be a person's too, so a timeout set is only suspected.
 SUSPECTED = "if no one cancelled it, the statement timeout did (PostgreSQL tells one that fires as a statement ends as a cancel by a user)"
+
+
+def setting_named(sqlstate: str | None, message: str) -> tuple[str, bool] | None:
+    """The session setting behind a failure, for a caller that cannot ask the session
+    (where_set): named by its words, or, for a cancel told in another language, whose
+    words cannot be read, suspected (True). None when none is."""
+    if name := setting_behind(sqlstate, message):
+        return name, False
+    if translated(sqlstate, message) and (name := setting_suspected(sqlstate, message)):
+        return name, True
+    return None
 
 
 def setting_suspected(sqlstate: str | None, message: str) -> str | None:

@@ -59,11 +59,9 @@ from cicd_db.errors import (
     no_schema,
     older_schema,
     plural,
-    setting_behind,
-    setting_suspected,
+    setting_named,
     standby,
     statement_pooling,
-    translated,
     where_set,
 )
 
@@ -335,11 +333,7 @@ def _cancelled(cut: psycopg.Error, stopped: str, dry_run: bool = False) -> Opera
     PGOPTIONS's setting) or pg_cancel_backend: the connection is fine, and running again
     meets the same setting, which is named where it is known."""
     said = str(cut.diag.message_primary or cut).strip().splitlines()[0]
-    setting = setting_behind(cut.sqlstate, said)
-    suspected = False
-    if setting is None and translated(cut.sqlstate, said):
-        # A cancel told in another language, whose words for a timeout cannot be read.
-        suspected = bool(setting := setting_suspected(cut.sqlstate, said))
+    setting, suspected = setting_named(cut.sqlstate, said) or (None, False)
     # Counting runs before retention sets a lock_timeout of its own, so one there is the
     # session's. Not in errors.SETTING_BEHIND: the runner, which reads that table too,
     # retries what a lock timeout cuts (migrations/failures.py), most often one its files

@@ -63,23 +63,9 @@ def test_runtime_error_names_the_statement_line(database: Database, tmp_path: Pa
 
 
 def test_permission_denied_names_the_privilege(database: Database, tmp_path: Path) -> None:
-    role = f"limited_{uuid.uuid4().hex[:8]}"
-    password = uuid.uuid4().hex
-    database.execute(
-        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(password)
-        )
-    )
-    limited = ConnectionSettings(
-        host=database.settings.host,
-        port=database.settings.port,
-        database=database.settings.database,
-        user=role,
-        password=password,
-        sslmode=database.settings.sslmode,
-    )
     folder = write_migrations(tmp_path, {"0001_a.sql": "INSERT INTO locked VALUES (1);\n"})
-    try:
+    with database.new_role() as limited:
+        role = limited.user
         database.execute(
             sql.SQL("REVOKE CREATE ON DATABASE {} FROM PUBLIC").format(
                 sql.Identifier(database.settings.database)
@@ -104,8 +90,6 @@ def test_permission_denied_names_the_privilege(database: Database, tmp_path: Pat
             f"[42501]; it was rolled back; role {role} lacks that privilege: grant it, or migrate "
             "as a role that has it (the table's or schema's owner)\n"
         )
-    finally:
-        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
 
 
 @pytest.mark.parametrize(
@@ -501,15 +485,7 @@ def test_a_history_dropped_where_the_role_may_not_make_it_again_says_so_and_the_
     schema: the runner cannot put it back. It says so with the cause and the right to
     give (the refusal, exit 2 of its own since this session, had fallen into the branch
     for a history renamed in place, and its cause was lost)."""
-    role = f"limited_{uuid.uuid4().hex[:8]}"
-    password = uuid.uuid4().hex
     name = sql.Identifier(database.settings.database)
-    database.execute(
-        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}; GRANT CREATE ON DATABASE {} TO {}").format(
-            sql.Identifier(role), sql.Literal(password), name, sql.Identifier(role)
-        )
-    )
-    limited = replace(database.settings, user=role, password=password)
     folder = write_migrations(
         tmp_path,
         {
@@ -517,7 +493,11 @@ def test_a_history_dropped_where_the_role_may_not_make_it_again_says_so_and_the_
             "0002_drop.sql": "-- cicd-db: no-transaction\nDROP SCHEMA cicd_db CASCADE;\n",
         },
     )
-    try:
+    with database.new_role() as limited:
+        role = limited.user
+        database.execute(
+            sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(name, sql.Identifier(role))
+        )
         assert migrate(limited, folder, "up", "--target", "1").code == 0
         database.execute(
             sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}, PUBLIC").format(
@@ -531,8 +511,6 @@ def test_a_history_dropped_where_the_role_may_not_make_it_again_says_so_and_the_
             "cicd_db.cicd_db_schema_history: permission denied for database"
         ) in err, err
         assert "once the right is given" in err
-    finally:
-        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
 
 
 # Failures whose cause the runner tells by PostgreSQL's words as well as by its SQLSTATE:

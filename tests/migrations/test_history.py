@@ -536,14 +536,10 @@ def test_the_move_is_said_even_when_the_first_file_fails(
 def test_a_role_that_may_not_use_the_history_is_told_the_grant(
     database: Database, tmp_path: Path
 ) -> None:
-    role = f"limited_{uuid.uuid4().hex[:8]}"
     folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
     assert migrate(database, folder)[0] == 0
-    database.execute(
-        sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'limited-pass'").format(sql.Identifier(role))
-    )
-    limited = replace(database.settings, user=role, password="limited-pass")
-    try:
+    with database.new_role() as limited:
+        role = limited.user
         result = run_cli(
             "migrate", "--database-url", limited.url(), "--migrations-dir", str(folder), "status"
         )
@@ -554,8 +550,6 @@ def test_a_role_that_may_not_use_the_history_is_told_the_grant(
             "the history's owner, or GRANT USAGE ON SCHEMA cicd_db and SELECT, INSERT ON the "
             f"table TO {role}\n"
         )
-    finally:
-        database.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 @pytest.mark.parametrize(

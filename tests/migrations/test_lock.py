@@ -431,17 +431,13 @@ def test_a_second_connection_the_server_refuses_is_told_with_the_refusals_fix(
     login trigger, an operator): the lock's connection was refused, and that was told
     as a connection limit, exit 1. Told now as a first connection's refusal is, with
     the GRANT that fixes it, exit 2, after what the runner was doing."""
-    role = f"limited_{uuid.uuid4().hex[:8]}"
-    password = uuid.uuid4().hex
     name = sql.Identifier(database.name)
-    database.execute(
-        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}; GRANT CREATE ON DATABASE {} TO {}").format(
-            sql.Identifier(role), sql.Literal(password), name, sql.Identifier(role)
-        )
-    )
-    limited = replace(database.settings, user=role, password=password)
     folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n"})
-    try:
+    with database.new_role() as limited:
+        role = limited.user
+        database.execute(
+            sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(name, sql.Identifier(role))
+        )
         with psycopg.connect(limited.conninfo(), autocommit=True) as conn:
             runner = migrations.Runner(conn, migrations.discover(folder))
             database.execute(
@@ -456,7 +452,5 @@ def test_a_second_connection_the_server_refuses_is_told_with_the_refusals_fix(
             "cannot open the runner's second connection, which holds the migration lock: "
         ), said
         assert "GRANT CONNECT ON DATABASE" in said and "CONNECTION LIMIT" not in said, said
-        assert password not in said
+        assert limited.password not in said
         assert database.query("SELECT to_regclass('a')") == [(None,)]
-    finally:
-        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))

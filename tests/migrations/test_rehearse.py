@@ -11,8 +11,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -725,16 +723,9 @@ def test_a_rehearsal_is_refused_where_the_run_may_not_make_or_move_the_history(
     folder = write_migrations(
         tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n", "0002_b.sql": "SELECT 1;\n"}
     )
-    role = f"limited_{uuid.uuid4().hex[:8]}"
-    password = uuid.uuid4().hex
     name = database.settings.database
-    database.execute(
-        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(password)
-        )
-    )
-    limited = replace(database.settings, user=role, password=password)
-    try:
+    with database.new_role() as limited:
+        role = limited.user
         if history == "moved":  # an older release's, in public, not the role's to move
             assert migrate(database, folder, "up", "--target", "1").code == 0
             database.execute(
@@ -760,8 +751,6 @@ def test_a_rehearsal_is_refused_where_the_run_may_not_make_or_move_the_history(
             ), applied.err
         assert (rehearsed.code, rehearsed.err) == (applied.code, applied.err)
         assert before == [("cicd_db_schema_history" if history == "moved" else None,)]
-    finally:
-        database.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
 
 
 @pytest.mark.parametrize("folder_of_the_other", ["same", "another"])

@@ -46,10 +46,8 @@ from cicd_db.errors import (
     NotFound,
     interrupt_exit_code,
     one_line,
-    setting_behind,
-    setting_suspected,
+    setting_named,
     statement_pooling,
-    translated,
     where_set,
 )
 from cicd_db.redaction import redact
@@ -177,13 +175,10 @@ def main(
                 context,
                 debug,
             )
-        elif setting := setting_behind(
-            error.sqlstate, said := str(error.diag.message_primary or first)
-        ) or (translated(error.sqlstate, said) and setting_suspected(error.sqlstate, said)):
+        elif named := setting_named(error.sqlstate, str(error.diag.message_primary or first)):
             # A timeout or read-only default a migration or a person left: running again
-            # fails the same way, so say where to look (a cancel in another language may
-            # be the timeout's: PostgreSQL's words for it cannot be read, only its code).
-            suspected = not setting_behind(error.sqlstate, said)
+            # fails the same way, so say where to look.
+            setting, suspected = named
             _print_error(
                 f"database error: {first}; {where_set(setting, suspected=suspected)}: reset "
                 "it there, and run again",

@@ -262,8 +262,7 @@ class Applier(Verdicts):
         if checked and checked[-1].status == ExecStatus.FATAL_ERROR:
             state = self.session.error(checked[-1]).diag.sqlstate
             what = (
-                "the runner's lock was lost (the session that holds it ended: "
-                "pg_terminate_backend, a lost connection or a pooler's timeout)"
+                integrity.LOCK_LOST
                 if state == integrity.CHECK_LOCK
                 else f"the file would run {RAN_ELSEWHERE}"
             )

@@ -107,17 +107,9 @@ def _refused_on_the_history(error: psycopg.Error) -> bool:
     message = error.diag.message_primary or ""
     if error.diag.sqlstate != "42501":
         return False
-    if translated_words(message):
+    if translated("42501", message):
         return bool(_NAMES_THE_HISTORY.search(message))
     return bool(_ON_THE_HISTORY.search(message))
-
-
-def translated_words(message: str) -> bool:
-    """Whether a 42501 message is in another language than PostgreSQL's English, all of
-    whose messages of that code begin "permission denied", "must be", "new row
-    violates", "query would be affected" or "could not"."""
-    english = ("permission denied", "must be ", "new row violates", "query would be", "could not")
-    return not message.startswith(english)
 
 
 def _right_taken_by_the_file(session: Session, error: psycopg.Error) -> bool:

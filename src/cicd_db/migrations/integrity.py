@@ -39,6 +39,11 @@ from cicd_db.sqltext import found_lowered
 CHECK_MARK, CHECK_LOCK = "CDB01", "CDB02"
 CHECK_RECORDED, CHECK_HISTORY, CHECK_SECOND = "CDB03", "CDB04", "CDB05"
 CHECK_MOVED = "CDB06"  # the file ran in another server session than the work session's
+# What a failed lock_check means, for a message that stops before writing anything.
+LOCK_LOST = (
+    "the runner's lock was lost (the session that holds it ended: pg_terminate_backend, "
+    "a lost connection or a pooler's timeout)"
+)
 
 
 def transaction_check(begun: PGresult) -> bytes:

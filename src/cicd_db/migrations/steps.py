@@ -102,19 +102,26 @@ def as_psql_sends(data: bytes, batch: Batch) -> bytes:
         start=batch.start,
         line=batch.line,
     )
+    statements = [piece for piece in scanner if isinstance(piece, Statement)]
+    return spaced_between(data, statements, batch.start, batch.end)
+
+
+def spaced_between(data: bytes, statements: list[Statement], start: int, end: int) -> bytes:
+    """`data[start:end]`, which holds `statements`, with what lies before each of them
+    spaced as psql does not send it (_spaced_gap): as_psql_sends, and the spans the
+    search for an unparsed statement sends (unparsed.first_unparsed)."""
     sent = bytearray()
-    at = batch.start
-    for piece in scanner:
-        if isinstance(piece, Statement):
-            sent += spaced_gap(data, at, piece.start) + data[piece.start : piece.end]
-            at = piece.end
-    return bytes(sent + data[at : batch.end])
+    at = start
+    for statement in statements:
+        sent += _spaced_gap(data, at, statement.start) + data[statement.start : statement.end]
+        at = statement.end
+    return bytes(sent + data[at:end])
 
 
-def spaced_gap(data: bytes, at: int, start: int) -> bytes:
+def _spaced_gap(data: bytes, at: int, start: int) -> bytes:
     """`data[at:start]`, what lies before a statement (at `start`) since the one before
     it ended (at `at`), with each character that is not ASCII made a space in the part
-    psql does not send (_sent_from): as_psql_sends."""
+    psql does not send (_sent_from)."""
     skipped = _SKIPPED.match(data, at, start)
     unsent = skipped.end() if skipped else at
     if data[at:unsent].isascii():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from psycopg.pq import ExecStatus, TransactionStatus
 
-from cicd_db.migrations.steps import spaced_gap
+from cicd_db.migrations.steps import spaced_between
 from cicd_db.sqltext import Scanner, Statement
 
 if TYPE_CHECKING:
@@ -61,14 +61,12 @@ def first_unparsed(session: Session, migration: Migration, batch: Batch) -> Stat
     converts = session.converts_text()
 
     def parses(first: int, last: int) -> bool:
+        start, end = pieces[first].start, pieces[last - 1].end
         if not converts:
-            return _parses(session, data[pieces[first].start : pieces[last - 1].end])
+            return _parses(session, data[start:end])
         # What lies between the statements as the run sent it (steps.as_psql_sends): a
         # character the database's encoding lacks there would fail every span.
-        text = bytearray(data[pieces[first].start : pieces[first].end])
-        for before, piece in zip(pieces[first : last - 1], pieces[first + 1 : last], strict=True):
-            text += spaced_gap(data, before.end, piece.start) + data[piece.start : piece.end]
-        return _parses(session, bytes(text))
+        return _parses(session, spaced_between(data, pieces[first:last], start, end))
 
     if parses(0, len(pieces)):
         return None

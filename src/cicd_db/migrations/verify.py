@@ -73,10 +73,8 @@ def baseline(
             if error.diag.sqlstate not in (integrity.CHECK_LOCK, integrity.CHECK_MOVED):
                 raise
             raise MigrationFailed(
-                "baseline stopped before recording anything: the runner's lock was lost "
-                "(the session that holds it ended: pg_terminate_backend, a lost connection "
-                "or a pooler's timeout), so another runner could be at work; check what "
-                "ended that session, and run again"
+                f"baseline stopped before recording anything: {integrity.LOCK_LOST}, so "
+                "another runner could be at work; check what ended that session, and run again"
             ) from None
     return chosen
 
@@ -85,16 +83,18 @@ def drift(session: Session, files: list[Migration]) -> tuple[int, list[schema.Di
     """The live schema against what the applied files make: the newest applied
     version, and each difference. Reads only (the files run in a scratch schema,
     in a transaction that is rolled back)."""
+    applied = history.read(session.conn)
     for _ in range(DRIFT_TRIES):
-        applied = history.read(session.conn)
         reconcile.pending(files, applied, None)  # an edited or missing file makes it moot
         newest = max((row.version for row in applied), default=0)
         found = compare(session, [m for m in files if m.version <= newest])
         # Without the runner's lock (a reader may compare, through any pooler, while a
         # deploy runs): a run that committed a file meanwhile made its objects look like
         # drift from the files before it. Compared again, up to the history it made.
-        if history.read(session.conn) == applied:
+        now = history.read(session.conn)
+        if now == applied:
             return newest, found
+        applied = now
     raise OperationalError(
         f"the migration history changed during each of {DRIFT_TRIES} comparisons: runs "
         "are applying files; compare again once they are done"

@@ -39,7 +39,8 @@ SERIALIZATION_RETRIES = 30
 # statement returns (ALTER COLUMN ... TYPE), the server refuses that plan each time it
 # is used ("cached plan must not change result type") and psycopg goes on using it: every
 # later call on the connection failed until it was closed. The plans are forgotten
-# (`_forgetting_stale_plans`) and the call run again, a few times at most.
+# (`_forget_plans`: by `retried` on the store's one connection, by `_ready_from` on a
+# pool's before it goes back) and the call run again, a few times at most.
 STALE_PLAN_RETRIES = 3
 _PAUSES = random.Random()  # noqa: S311 - pauses, not secrets
 
@@ -96,7 +97,7 @@ class Connected:
         connection: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
         conn: psycopg.Connection[Any] | None = None,
     ):
-        self._connection = _forgetting_stale_plans(connection)
+        self._connection = connection
         # Over one connection, each statement sent again and again (a move above all: a
         # CI system's agents move jobs all day) has a cursor of its own, kept, not one
         # made per call. Of its own: a psycopg cursor sent a statement other than the
@@ -229,30 +230,11 @@ def fetch_one(
         return cursor.fetchone()
 
 
-def _forgetting_stale_plans(
-    connection: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
-) -> Callable[[], AbstractContextManager[psycopg.Connection[Any]]]:
-    """`connection`, whose connection forgets the statements prepared on it when a call
-    fails with 0A000 (see STALE_PLAN_RETRIES): `DEALLOCATE ALL`, sent through psycopg,
-    empties its cache of them too; a pool's connection goes back without them. (A
-    statement the caller prepared with SQL of its own goes as well; psycopg's it prepares
-    again.) Not inside the caller's transaction, which the failure ended."""
-
-    @contextmanager
-    def forgetting() -> Iterator[psycopg.Connection[Any]]:
-        with connection() as conn:
-            try:
-                yield conn
-            except psycopg.errors.FeatureNotSupported:
-                _forget_plans(conn)
-                raise
-
-    return forgetting
-
-
 def _forget_plans(conn: psycopg.Connection[Any]) -> None:
     """`DEALLOCATE ALL` on `conn` outside a transaction, through psycopg, whose cache of
-    what it prepared empties with it (_forgetting_stale_plans)."""
+    what it prepared empties with it (see STALE_PLAN_RETRIES). A statement the caller
+    prepared with SQL of its own goes as well; psycopg's it prepares again. Not inside
+    the caller's transaction, which the failure ended."""
     if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
         with suppress(psycopg.Error):  # the call's own error is the one to tell
             conn.execute("DEALLOCATE ALL")
@@ -262,4 +244,8 @@ def _forget_plans(conn: psycopg.Connection[Any]) -> None:
 def _ready_from(pool: Any) -> Iterator[psycopg.Connection[Any]]:
     """A connection borrowed from `pool` for one call, in a state the call can work in."""
     with pool.connection() as conn:
-        yield cursors.ready(conn, "the store", alone=False)
+        try:
+            yield cursors.ready(conn, "the store", alone=False)
+        except psycopg.errors.FeatureNotSupported:
+            _forget_plans(conn)  # back to the pool without the stale plans
+            raise
