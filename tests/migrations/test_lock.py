@@ -388,10 +388,11 @@ def test_the_lock_sessions_transaction_outlasts_the_databases_timeouts(
 
 # A file whose commit ends the lock session once the file's checks have passed: a WITH
 # HOLD cursor's query runs at COMMIT, after them (the lock session waits, idle, in a
-# transaction of its own for the whole run).
+# transaction of its own for the whole run); it waits for that session to be gone (ending a
+# backend is asynchronous: see test_a_file_that_ends_the_lock_session_is_not_recorded).
 ENDS_THE_LOCK_AT_ITS_COMMIT = (
     "CREATE TABLE w (id int);\n"
-    "DECLARE c CURSOR WITH HOLD FOR SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+    "DECLARE c CURSOR WITH HOLD FOR SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
     "WHERE datname = current_database() AND pid <> pg_backend_pid() "
     "AND state = 'idle in transaction';\n"
 )

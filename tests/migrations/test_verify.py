@@ -288,7 +288,7 @@ def test_baseline_records_nothing_once_the_lock_is_lost(database: Database, tmp_
     database.execute("CREATE TABLE w (id int)")
     ends_the_lock = (
         "CREATE TABLE w (id int);\n"
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = "
         "current_database() AND pid <> pg_backend_pid() AND state = 'idle in transaction';\n"
     )
     folder = write_migrations(tmp_path, {"0001_w.sql": ends_the_lock})
