@@ -4,6 +4,7 @@ parse where they stand, and what is refused is told on one line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import io
 import os
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cicd_db import cli, commands, migrations
+from cicd_db.cli import parsing
 from cicd_db.errors import NotFound, UsageError
 from cicd_db.store import RUNNING, Store
 
@@ -320,6 +322,58 @@ def test_options_stand_before_or_after_the_command(only_migrate: bool) -> None:
         [*group, "baseline", "--yes", "--version", "3"],
     ):
         assert cli.parse(argv, only_migrate=only_migrate).arguments == {"yes": True, "version": 3}
+
+
+def _parsed_as(argv: list[str], only_migrate: bool, whole: bool) -> tuple[object, ...]:
+    """What a command line comes to: the command and every value it is called with, the
+    refusal's words, or what help or the version printed."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            if whole:
+                call = parsing._parsed(argv, "cicd-db", only_migrate, None)
+            else:
+                call = cli.parse(argv, only_migrate=only_migrate)
+    except UsageError as refused:
+        return ("refused", str(refused))
+    except SystemExit as ended:
+        return ("printed", ended.code, printed.getvalue())
+    context = {name: getattr(call.context, name) for name in commands.FIELDS}
+    return (call.command.name, context, call.arguments, call.debug)
+
+
+# Words a command line is drawn from: every command's and group's, every flag of every
+# command (also as --flag=value), values that are command names, and ones that are not.
+_WORDS = sorted(
+    {word for name in [*cli.COMMANDS, *parsing.GROUPS] for word in name.split()}
+    | {flag for c in cli.COMMANDS.values() for o in c.every_option for flag in o.flags}
+    | {f"{flag}=up" for c in cli.COMMANDS.values() for o in c.every_option for flag in o.flags}
+    | {"1", "2", "dev", "x", "./up", "-1", "", "--", "-qv", "-vq", "upp", "migrat"}
+)
+
+
+@given(
+    argv=st.lists(st.sampled_from(_WORDS), max_size=8),
+    only_migrate=st.booleans(),
+)
+@settings(max_examples=examples(300), deadline=None)
+def test_a_command_line_is_parsed_as_the_whole_tree_parses_it(
+    argv: list[str], only_migrate: bool
+) -> None:
+    """A start builds only the part of the command tree the words of its command line
+    name (the whole costs most of a no-op's own time): whatever the words, in any order,
+    the command, its values, and every refusal's words are the whole tree's."""
+    assert _parsed_as(argv, only_migrate, whole=False) == _parsed_as(argv, only_migrate, whole=True)
+
+
+def test_a_start_builds_only_the_commands_its_command_line_names() -> None:
+    """Help and the version print the tree (and argparse takes `--he` for `--help`)."""
+    assert parsing._named_in(["migrate", "--stack", "dev", "up"], False) == {"migrate", "migrate up"}
+    assert parsing._named_in(["--stack", "dev"], True) == {"migrate"}
+    assert parsing._named_in(["report", "--pipeline", "status"], False) == {"report"}
+    for asks in (["-h"], ["migrate", "-qh"], ["--he"], ["--vers"], ["up", "--help=x"]):
+        assert parsing._named_in(asks, False) is None, asks
+    assert parsing._named_in(["-v", "--verbose"], False) == frozenset()
 
 
 @pytest.mark.parametrize("only_migrate", [False, True], ids=["cicd-db", "migrate.py"])

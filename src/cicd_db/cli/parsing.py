@@ -279,8 +279,14 @@ class _Tree:
         parser.set_defaults(command=chosen)
 
 
-def build(prog: str = "cicd-db", *, only_migrate: bool = False) -> argparse.ArgumentParser:
-    """The whole command tree; `only_migrate` for scripts/migrate.py (`cicd-db migrate`)."""
+def build(
+    prog: str = "cicd-db",
+    *,
+    only_migrate: bool = False,
+    only: frozenset[str] | None = None,
+) -> argparse.ArgumentParser:
+    """The whole command tree; `only_migrate` for scripts/migrate.py (`cicd-db migrate`).
+    `only` keeps the commands and groups of those names (see `_named_in`)."""
     epilog = "Options may stand before or after the command."
     tree, up = _Tree(), COMMANDS["migrate up"]
     top = None
@@ -297,6 +303,8 @@ def build(prog: str = "cicd-db", *, only_migrate: bool = False) -> argparse.Argu
         top = root.add_subparsers(metavar="COMMAND", parser_class=_Parser, required=True)
         parsers = {}
         for name, (text, about) in GROUPS.items():
+            if only is not None and name not in only and name != "migrate":
+                continue
             parsers[name] = (
                 top.add_parser(
                     name, help=text, description=about, epilog=epilog, parents=tree.parents_of(up)
@@ -313,6 +321,8 @@ def build(prog: str = "cicd-db", *, only_migrate: bool = False) -> argparse.Argu
         for name, parser in parsers.items()
     }
     for name, declared in COMMANDS.items():
+        if only is not None and name not in only:
+            continue
         group_name, _, own = name.rpartition(" ")
         where = subs.get(group_name) if group_name else top
         if where is None:  # scripts/migrate.py has only the migrate commands
@@ -345,11 +355,49 @@ class Call:
         return self.command.func(self.context, **self.arguments)
 
 
+def _named_in(argv: Sequence[str], only_migrate: bool) -> frozenset[str] | None:
+    """The commands and groups whose every word stands in `argv`: the part of the tree
+    a command line can reach, for a start that builds only that (building the whole
+    tree is most of a no-op's own time after connecting: argparse looks up its
+    translations for each of its ~25 parsers). None, for the whole tree, when argv
+    asks for help or the version: those print the tree (and `--he` means `--help`)."""
+    words = set(argv)
+    for word in words:
+        if word.startswith("--"):
+            given = word.partition("=")[0]
+            if "--help".startswith(given) or "--version".startswith(given):
+                return None
+        elif word.startswith("-") and "h" in word:  # -h, or one of a cluster (-qh)
+            return None
+    if only_migrate:
+        words = {f"migrate {word}" for word in words} | {"migrate"}
+    named = {name for name in COMMANDS if set(name.split()) <= words}
+    return frozenset(named | {name for name in GROUPS if name in words})
+
+
 def parse(argv: Sequence[str], *, prog: str = "cicd-db", only_migrate: bool = False) -> Call:
     """`argv` parsed into the command and its arguments; what it leaves out, the
-    command's defaults fill in."""
+    command's defaults fill in.
+
+    Parsed first by the part of the tree `argv` names (`_named_in`): where that parses
+    it, the whole tree parses it alike, since the parsers on the way are the same and
+    each word taken for a command is one of both; where it does not, the whole tree
+    parses it again, so that every refusal and its list of commands are the whole's."""
+    only = _named_in(argv, only_migrate)
+    if only is not None:
+        try:
+            return _parsed(argv, prog, only_migrate, only)
+        except UsageError:
+            pass
+    return _parsed(argv, prog, only_migrate, None)
+
+
+def _parsed(
+    argv: Sequence[str], prog: str, only_migrate: bool, only: frozenset[str] | None
+) -> Call:
     try:
-        parsed, unknown = _built(prog, only_migrate=only_migrate).parse_known_args(list(argv))
+        parser = _built(prog, only_migrate=only_migrate, only=only)
+        parsed, unknown = parser.parse_known_args(list(argv))
     except UsageError as refused:
         # argparse asks for what is missing before it looks at what it does not know: a
         # slip in a required flag (`--pipline`) is named beside it.
