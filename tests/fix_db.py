@@ -31,7 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psycopg
@@ -192,11 +192,41 @@ def _without_durability(settings: ConnectionSettings) -> None:
             conn.execute("SELECT pg_reload_conf()")
 
 
+# The sessions Database.query opened during the test that runs now, closed at its end.
+_READERS: list[psycopg.Connection[tuple[object, ...]]] = []
+
+
+def end_reads() -> None:
+    """Close the sessions of Database reads (see Database): for a test that counts a
+    database's sessions (a CONNECTION LIMIT), where an idle one would take a place."""
+    while _READERS:
+        _READERS.pop().close()
+
+
+@pytest.fixture(autouse=True)
+def _readers_closed() -> Iterator[None]:
+    yield
+    end_reads()
+
+
 @dataclass(frozen=True)
 class Database:
-    """A database of the test server, and how to talk to it."""
+    """A database of the test server, and how to talk to it.
+
+    Its reads (`query`, `history`, `tables`, `wait_for`) go through one session a test,
+    as a person at psql would ask them: a connection costs the server about 3 ms and
+    the client 1, and the suite reads some ten thousand times. Such a session holds no
+    lock and no transaction between reads (autocommit; one left in a transaction is
+    closed), prepares nothing, and is made anew after `execute`, so that a read after
+    an `ALTER DATABASE ... SET` or `ALTER ROLE ... SET` sees what a new session sees,
+    and when a test ended it (pg_terminate_backend), before it got the read. Reads that
+    must come from a session of their own (what a new session sees after a file
+    changed a setting) use `connect()`."""
 
     settings: ConnectionSettings
+    _reader: list[psycopg.Connection[tuple[object, ...]]] = field(
+        default_factory=list, init=False, compare=False, repr=False
+    )
 
     @property
     def name(self) -> str:
@@ -210,11 +240,37 @@ class Database:
         return psycopg.connect(self.settings.conninfo(), autocommit=True)
 
     def query(self, query: str, *params: object) -> list[tuple[object, ...]]:
-        with self.connect() as conn:
-            return conn.execute(query.encode(), params or None).fetchall()
+        for again in (False, True):
+            conn = self._reading()
+            try:
+                rows = conn.execute(query.encode(), params or None).fetchall()
+            except psycopg.OperationalError:
+                if again or not conn.broken:
+                    raise
+                self._forget_reader()  # ended before this read reached it: read anew
+                continue
+            finally:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    self._forget_reader()
+            return rows
+        raise AssertionError("unreachable")
+
+    def _reading(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._reader and not self._reader[0].closed:
+            return self._reader[0]
+        conn = psycopg.connect(self.settings.conninfo(), autocommit=True, prepare_threshold=None)
+        self._reader[:] = [conn]
+        _READERS.append(conn)
+        return conn
+
+    def _forget_reader(self) -> None:
+        if self._reader:
+            self._reader.pop().close()
 
     def execute(self, query: str | sql.Composable) -> None:
-        """Run statements that return no rows (several at once, in one simple query)."""
+        """Run statements that return no rows (several at once, in one simple query), in
+        a session of their own; the reads after them, in a new one (see the class)."""
+        self._forget_reader()
         with self.connect() as conn:
             text = query if isinstance(query, str) else query.as_string(conn)
             conn.execute(text.encode())
@@ -275,13 +331,11 @@ class Database:
                     )
 
     def history(self) -> list[int]:
-        with self.connect() as conn:  # one session for both (a connection costs ~4 ms)
-            found = conn.execute("SELECT to_regclass('cicd_db.cicd_db_schema_history')")
-            if found.fetchone() == (None,):
-                return []
-            rows = conn.execute(
-                "SELECT version FROM ONLY cicd_db.cicd_db_schema_history ORDER BY version"
-            ).fetchall()
+        if self.query("SELECT to_regclass('cicd_db.cicd_db_schema_history')") == [(None,)]:
+            return []
+        rows = self.query(
+            "SELECT version FROM ONLY cicd_db.cicd_db_schema_history ORDER BY version"
+        )
         return [int(str(row[0])) for row in rows]
 
 
@@ -358,6 +412,8 @@ class Databases:
         return made
 
     def drop(self, database: Database | str) -> None:
+        if isinstance(database, Database):
+            database._forget_reader()
         name = database.name if isinstance(database, Database) else database
         self._run(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 

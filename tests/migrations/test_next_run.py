@@ -29,7 +29,7 @@ from cicd_db import migrations
 from cicd_db.store import Store
 
 from ..fix_cli import migrate, run_cli
-from ..fix_db import Database
+from ..fix_db import Database, end_reads
 from ..utils import LOOK_ALIKE_TYPES, MIGRATIONS, examples, write_migrations
 from .next_run import (
     COUNTED,
@@ -1194,6 +1194,7 @@ def test_a_database_connection_limit_a_migration_set_is_named_for_the_second_con
     try:
         assert migrate(login.database, folder).code == 0
         write_migrations(folder, {"0002_c.sql": "SELECT 1;\n"})
+        end_reads()  # the limit counts every session
         line = one_line(migrate(login.database, folder))
         assert "cannot open the runner's second connection" in line, line
         assert "the database's CONNECTION LIMIT, which a migration may have set" in line, line
@@ -1219,6 +1220,7 @@ def test_a_connection_limit_that_leaves_no_room_for_a_new_session_stops_the_run_
         tmp_path / "m",
         {"0001_a.sql": "CREATE TABLE a (i int);\n", "0002_b.sql": "CREATE TABLE b (i int);\n"},
     )
+    end_reads()  # the limit counts every session
     try:
         line = one_line(migrate(login.database, folder))
     finally:
