@@ -122,6 +122,91 @@ def test_a_file_that_cannot_be_read_is_named_as_the_input(tmp_path: Path) -> Non
         migrations.discover(folder)
 
 
+def test_what_took_a_files_place_after_discovery_is_refused_not_waited_for(
+    tmp_path: Path,
+) -> None:
+    """Discovery looks at an entry, then reads it: a FIFO put in its place meanwhile (an
+    editor's save, a checkout) blocked the run forever before it connected, and a file
+    removed meanwhile was told as one the user may not read. Neither is read."""
+    import os
+
+    folder = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n"})
+    path = folder / "0001_a.sql"
+    path.unlink()
+    with pytest.raises(ConfigError) as refused:
+        migrations.read(path, 1, "a")
+    assert str(refused.value) == (
+        "migration file 0001_a.sql was removed or replaced while it was read (a checkout or "
+        "an editor's save at the same time?); run again"
+    )
+    os.mkfifo(path)  # no writer: an open that waits for one never returns
+    with pytest.raises(ConfigError) as refused:
+        migrations.read(path, 1, "a")
+    assert str(refused.value) == (
+        "0001_a.sql in the migrations folder is not a regular file; rename it to end "
+        "otherwise than .sql, or remove it"
+    )
+
+
+_DISCOVER_AS_NOBODY = """
+import os, pwd, sys
+from pathlib import Path
+from cicd_db import migrations
+from cicd_db.errors import ConfigError
+if os.geteuid() == 0:  # root reads anything: discovery runs as nobody, as a user's would
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+try:
+    migrations.discover(Path(sys.argv[1]))
+    print("read")
+except ConfigError as refused:
+    print(f"ConfigError: {refused}")
+"""
+
+
+@pytest.mark.parametrize("where", ["folder it may list, not enter", "link into a closed folder"])
+def test_a_file_the_user_may_not_reach_is_named_as_the_input(where: str) -> None:
+    """A folder its user may list but not enter (mode 744), or a link to a file in a
+    folder it may not enter: looking at the entry fails (EACCES), which reached the CLI
+    as "cannot write the output" (exit 1), not as the input it is (exit 2)."""
+    import os
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="cicd-db-test-"))  # a folder another user can reach
+    top.chmod(0o755)
+    folder, closed = top / "migrations", top / "closed"
+    folder.mkdir()
+    closed.mkdir()
+    try:
+        if where.startswith("link"):
+            (folder / "0001_a.sql").write_text("SELECT 1;\n")
+            (closed / "0002_b.sql").write_text("SELECT 2;\n")
+            (folder / "0002_b.sql").symlink_to(closed / "0002_b.sql")
+            closed.chmod(0o700 if os.geteuid() == 0 else 0o000)
+            unreachable = "0002_b.sql"
+        else:
+            (folder / "0001_a.sql").write_text("SELECT 1;\n")
+            folder.chmod(0o744 if os.geteuid() == 0 else 0o444)
+            unreachable = "0001_a.sql"
+        done = subprocess.run(
+            [sys.executable, "-c", _DISCOVER_AS_NOBODY, str(folder)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert (done.returncode, done.stderr) == (0, ""), done
+        assert done.stdout == (
+            f"ConfigError: cannot read migration file {unreachable}: Permission denied; let "
+            "the user running cicd-db read it (and enter the folders on its way), or remove "
+            "it from the folder\n"
+        )
+    finally:
+        folder.chmod(0o755)
+        closed.chmod(0o755)
+        shutil.rmtree(top)
+
+
 def test_a_folder_that_is_a_file_is_said_to_be_one(tmp_path: Path) -> None:
     (tmp_path / "0001_a.sql").write_text("SELECT 1;\n")
     with pytest.raises(ConfigError, match=r"0001_a\.sql is a file, not a folder; "):
@@ -304,8 +389,17 @@ def test_text_that_is_not_utf8_is_found_wherever_it_is(
         (b"\nSELECT 1;\x00\nSELECT 2;\x00\n", "holds a NUL byte (line 2)"),
         (b"\n\xe9\n", "is not UTF-8 (line 2)"),
         (b"-- cicd-db: no-transaction", "is marked no-transaction but holds 0 statements"),
+        ("SELECT 1;\n".encode("utf-16"), "is UTF-16 (as Windows PowerShell 5 writes"),
+        ("SELECT 1;\n".encode("utf-16-be").join([b"\xfe\xff", b""]), "is UTF-16 ("),
     ],
-    ids=["nul-first", "first-of-two-nuls", "not-utf8-after-a-newline", "only-the-marker"],
+    ids=[
+        "nul-first",
+        "first-of-two-nuls",
+        "not-utf8-after-a-newline",
+        "only-the-marker",
+        "utf16-little-endian",
+        "utf16-big-endian",
+    ],
 )
 def test_read_refuses_what_postgresql_cannot_take(
     tmp_path: Path, data: bytes, message: str

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from cicd_db.migrations.steps import Batch, Step
 
 BOM = b"\xef\xbb\xbf"
+# UTF-16's byte order marks, little- and big-endian.
+UTF16 = (b"\xff\xfe", b"\xfe\xff")
 MAX_VERSION = 2**63 - 1  # the history's version column is a bigint
 # Versions are ASCII digits: Python's \d and int() also take full-width and
 # Arabic-Indic digits, which PostgreSQL, sort order and people read differently.
@@ -213,7 +215,11 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
                     f"drawn as nothing after .sql; rename it to {stripped}"
                 )
             continue
-        if not path.is_file():  # never skipped: a file not there is a file not applied
+        try:
+            regular = path.is_file()
+        except OSError as error:  # a folder on its link's way it may not enter; EIO
+            raise ConfigError(_unreadable(path, error)) from None
+        if not regular:  # never skipped: a file not there is a file not applied
             raise ConfigError(_not_a_file(path))
         version, name = _parse_name(path.name)
         if version in migrations:
@@ -242,6 +248,15 @@ def _shown(filename: str) -> str:
     return filename if re.fullmatch(r"[A-Za-z0-9_.-]+", filename) else repr(filename)
 
 
+def _unreadable(path: Path, error: OSError) -> str:
+    """The input's failure, never told as the output's (cli.main's OSError)."""
+    return (
+        f"cannot read migration file {_shown(path.name)}: {error.strerror or error}; let the "
+        "user running cicd-db read it (and enter the folders on its way), or remove it from "
+        "the folder"
+    )
+
+
 def _not_a_file(path: Path) -> str:
     shown = _shown(path.name)
     try:
@@ -252,14 +267,47 @@ def _not_a_file(path: Path) -> str:
                 f"migration file {shown} is a loop of symbolic links; point it at the file, "
                 "or remove the link"
             )
-    if path.is_symlink() and not path.exists():
-        return (
-            f"migration file {shown} is a link to {os.readlink(path)!r}, which does not "
-            "exist (a file that was not checked out?); restore what it points to, or "
-            "remove the link"
-        )
-    what = "a folder" if path.is_dir() else "not a regular file"
+        if error.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return _unreadable(path, error)
+    try:
+        if path.is_symlink() and not path.exists():
+            return (
+                f"migration file {shown} is a link to {os.readlink(path)!r}, which does not "
+                "exist (a file that was not checked out?); restore what it points to, or "
+                "remove the link"
+            )
+        if not os.path.lexists(path):
+            return _vanished(path)
+        what = "a folder" if path.is_dir() else "not a regular file"
+    except OSError as error:
+        return _unreadable(path, error)
     return f"{shown} in the migrations folder is {what}; rename it to end otherwise than .sql, or remove it"
+
+
+def _vanished(path: Path) -> str:
+    return (
+        f"migration file {_shown(path.name)} was removed or replaced while it was read (a "
+        "checkout or an editor's save at the same time?); run again"
+    )
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of `path`, a regular file when discover looked at it: opened without
+    waiting (a FIFO put in its place since would block the run forever) and read only
+    if what was opened is still a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno == errno.ENOENT:
+            raise ConfigError(_vanished(path)) from None
+        raise ConfigError(_unreadable(path, error)) from None
+    with open(fd, "rb") as file:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(_not_a_file(path))
+            return file.read()
+        except OSError as error:
+            raise ConfigError(_unreadable(path, error)) from None
 
 
 def _parse_name(filename: str) -> tuple[int, str]:
@@ -322,13 +370,12 @@ def _renamed(filename: str) -> str:
 
 def read(path: Path, version: int, name: str, *, planned: bool = True) -> Migration:
     """One migration file, checked and (unless not `planned`) planned. Reads the file only."""
-    try:
-        raw = path.read_bytes()
-    except OSError as error:  # never told as the output's failure: the file is the input
+    raw = _read_regular(path)
+    if raw.startswith(UTF16):
         raise ConfigError(
-            f"cannot read migration file {_shown(path.name)}: {error.strerror or error}; let "
-            "the user running cicd-db read it, or remove it from the folder"
-        ) from None
+            f"migration file {path.name} is UTF-16 (as Windows PowerShell 5 writes with `>`); "
+            "save it as UTF-8"
+        )
     data = raw[len(BOM) :] if raw.startswith(BOM) else raw
     nul = data.find(b"\0")
     if nul >= 0:
