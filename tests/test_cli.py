@@ -368,7 +368,10 @@ def test_a_command_line_is_parsed_as_the_whole_tree_parses_it(
 
 def test_a_start_builds_only_the_commands_its_command_line_names() -> None:
     """Help and the version print the tree (and argparse takes `--he` for `--help`)."""
-    assert parsing._named_in(["migrate", "--stack", "dev", "up"], False) == {"migrate", "migrate up"}
+    assert parsing._named_in(["migrate", "--stack", "dev", "up"], False) == {
+        "migrate",
+        "migrate up",
+    }
     assert parsing._named_in(["--stack", "dev"], True) == {"migrate"}
     assert parsing._named_in(["report", "--pipeline", "status"], False) == {"report"}
     for asks in (["-h"], ["migrate", "-qh"], ["--he"], ["--vers"], ["up", "--help=x"]):

@@ -117,16 +117,24 @@ class Migration:
         a dollar-quoted body (a function's text) or COPY data, which keep their bytes."""
         if checksum == self.checksum or checksum in self.earlier_checksums:
             return True
-        return self.converted_from(checksum) and _line_ends_change_nothing(self)
+        if checksum == _checksum(self.data, bom=self.checksum == _checksum(self.data)):
+            return True  # a byte order mark added or removed: the server gets the same text
+        recorded = self._recorded_as(checksum)
+        return recorded is not None and _line_ends_change_nothing(self, recorded)
 
     def converted_from(self, checksum: str) -> bool:
         """The file is the one recorded with `checksum` but for its line ends (CRLF or LF)."""
+        return self._recorded_as(checksum) is not None
+
+    def _recorded_as(self, checksum: str) -> bytes | None:
+        """The text recorded with `checksum`, if it is this file's with all its line ends
+        LF or all CRLF (the conversions Git makes), its byte order mark aside."""
         unix = self.data.replace(b"\r\n", b"\n")
-        converted = (unix, unix.replace(b"\n", b"\r\n"))
-        # The checksum is of the bytes on disk: with the byte order mark `data` lacks, if any.
-        return checksum in {
-            hashlib.sha256(mark + text).hexdigest() for text in converted for mark in (b"", BOM)
-        }
+        for text in (unix, unix.replace(b"\n", b"\r\n")):
+            # The checksum is of the bytes on disk: with the byte order mark `data` lacks.
+            if checksum in (_checksum(text), _checksum(text, bom=True)):
+                return text
+        return None
 
     @property
     def filename(self) -> str:
@@ -137,24 +145,42 @@ class Migration:
         return self.data.decode("utf-8")
 
 
-def _line_ends_change_nothing(migration: Migration) -> bool:
-    """Whether `migration`'s statements read the same with LF and with CRLF line ends: the
-    same tokens either way (whitespace and comments aside), read with standard strings on
-    and off, and no COPY data. A file that cannot be planned is not taken as unchanged."""
+def _checksum(text: bytes, *, bom: bool = False) -> str:
+    return hashlib.sha256(BOM + text if bom else text).hexdigest()
+
+
+def _line_ends_change_nothing(migration: Migration, recorded: bytes) -> bool:
+    """Whether `migration`'s statements read the same as `recorded`'s, the same text with
+    other line ends: the same tokens (whitespace and comments aside), read with standard
+    strings on and off, and the same COPY data, byte for byte. Only the line ends that
+    differ count: a line end changed outside a string, beside one inside it that is not,
+    changes nothing. A file that cannot be planned is not taken as unchanged."""
+    from cicd_db.migrations.statements import plan
     from cicd_db.migrations.steps import Copy
     from cicd_db.sqltext.scanner import without_comments
     from cicd_db.sqltext.tokens import tokens
 
+    def copied(data: bytes, steps: tuple[Step, ...]) -> list[bytes]:
+        return [data[s.data.start : s.data.end] for s in steps if isinstance(s, Copy)]
+
     try:
-        if any(isinstance(step, Copy) for step in migration.steps):
-            return False
+        ours = copied(migration.data, migration.steps)
+        if ours:
+            planned = plan(
+                migration.path.name,
+                recorded,
+                transactional=migration.transactional,
+                names=migration.named,
+            )
+            if copied(recorded, planned) != ours:
+                return False
     except ConfigError:
         return False
-    unix = migration.data.replace(b"\r\n", b"\n")
-    windows = unix.replace(b"\n", b"\r\n")
     return all(
-        tokens(without_comments(unix, standard_strings=standard), standard_strings=standard)
-        == tokens(without_comments(windows, standard_strings=standard), standard_strings=standard)
+        tokens(
+            without_comments(migration.data, standard_strings=standard), standard_strings=standard
+        )
+        == tokens(without_comments(recorded, standard_strings=standard), standard_strings=standard)
         for standard in (True, False)
     )
 
