@@ -11,6 +11,8 @@ writes only what the statement does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -18,7 +20,14 @@ from psycopg import pq, sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import RowFactory, tuple_row
 
-from cicd_db.errors import UsageError, setting_advice
+from cicd_db.errors import (
+    OperationalError,
+    UsageError,
+    setting_advice,
+    setting_named,
+    setting_suspected,
+    told_with_setting,
+)
 
 
 def usable(conn: psycopg.Connection[Any], who: str) -> psycopg.Connection[Any]:
@@ -104,3 +113,51 @@ def setting_where(conn: psycopg.Connection[Any], name: str, value: str, source: 
         role=sql.Identifier(info.user).as_string(conn),
         set_here=True,
     )
+
+
+# Whether the session's statement_timeout is set and the session as old as it: only a
+# statement that ran that long can have timed out (a 1h timeout cannot have cut anything
+# 3 s into a session, and such a cancel is a person's).
+_AS_OLD_AS_ITS_TIMEOUT = (
+    "SELECT s.setting::pg_catalog.int8 > 0 AND s.setting::pg_catalog.int8 <= "
+    "pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) "
+    "a.backend_start) OPERATOR(pg_catalog.*) 1000 FROM pg_catalog.pg_settings s, "
+    "pg_catalog.pg_stat_activity a WHERE s.name = 'statement_timeout' "
+    "AND a.pid = pg_catalog.pg_backend_pid()"
+)
+
+
+def could_have_timed_out(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a statement of `conn`'s session can have been cut by the session's
+    statement_timeout: PostgreSQL tells one that fires as a statement ends as a cancel
+    "due to user request" of the next statement. A timeout so short that it cuts this
+    question did; a session that cannot be asked is not said to have one."""
+    try:
+        row = execute(conn, _AS_OLD_AS_ITS_TIMEOUT).fetchone()
+    except psycopg.errors.QueryCanceled:
+        return True
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])
+
+
+@contextmanager
+def cancels_named(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Around a caller's reads on `conn`: a cancel "due to user request" where the
+    session's statement_timeout could have fired (could_have_timed_out) is told as that
+    timeout, suspected, with where to look: running again meets it again. A cancel whose
+    words name the timeout, or one in another language, the CLI tells as it is."""
+    try:
+        yield
+    except psycopg.errors.QueryCanceled as cut:
+        message = str(cut.diag.message_primary or "")
+        if (
+            setting_named(cut.sqlstate, message) is None
+            and setting_suspected(cut.sqlstate, message)
+            and could_have_timed_out(conn)
+        ):
+            first = str(cut).strip().splitlines()[0]
+            raise OperationalError(
+                told_with_setting(first, "statement_timeout", suspected=True)
+            ) from cut
+        raise

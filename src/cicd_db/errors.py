@@ -499,6 +499,12 @@ def where_set(setting: str, *, suspected: bool = False) -> str:
     )
 
 
+def told_with_setting(first: str, setting: str, *, suspected: bool = False) -> str:
+    """A server's error `first` that a session `setting` caused (or may have:
+    `suspected`), and where to undo it: running again meets it again."""
+    return f"database error: {first}; {where_set(setting, suspected=suspected)}: reset it there, and run again"
+
+
 # How PostgreSQL's English messages of these SQLSTATEs begin: one that begins otherwise is
 # in the language lc_messages names (a server made in a German locale speaks German),
 # whose words the checks that read them cannot read.

@@ -48,7 +48,7 @@ from cicd_db.errors import (
     one_line,
     setting_named,
     statement_pooling,
-    where_set,
+    told_with_setting,
 )
 from cicd_db.redaction import redact
 
@@ -179,12 +179,7 @@ def main(
             # A timeout or read-only default a migration or a person left: running again
             # fails the same way, so say where to look.
             setting, suspected = named
-            _print_error(
-                f"database error: {first}; {where_set(setting, suspected=suspected)}: reset "
-                "it there, and run again",
-                context,
-                debug,
-            )
+            _print_error(told_with_setting(first, setting, suspected=suspected), context, debug)
         elif STATEMENT_POOLING in first:
             refused = statement_pooling()
             _print_error(phrased(refused), context)

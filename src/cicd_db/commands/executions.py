@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cicd_db import console, targets
 from cicd_db.commands.context import Context, print_answer, write_answer
+from cicd_db.cursors import cancels_named
 from cicd_db.errors import UsageError
 from cicd_db.retention import DEFAULT_BATCH_SIZE
 
@@ -27,7 +28,7 @@ def show_report(
 
     target = ctx.remember(ctx.target())
     # Reads only: as the reader where the target has one (docs/security.md).
-    with targets.connect(target.role_settings(targets.READER)) as conn:
+    with targets.connect(target.role_settings(targets.READER)) as conn, cancels_named(conn):
         view = report.fetch(
             store.Store.on(conn),
             pipeline,
@@ -56,7 +57,7 @@ def show_insights(
 
     target = ctx.remember(ctx.target())
     # Reads only: as the reader where the target has one (docs/security.md).
-    with targets.connect(target.role_settings(targets.READER)) as conn:
+    with targets.connect(target.role_settings(targets.READER)) as conn, cancels_named(conn):
         found = insights.insights(conn, pipeline, days=days, runs=runs)
     shown = "json" if ctx.json else format
     if output is None or str(output) == "-":  # `-o -`: the standard output

@@ -13,6 +13,7 @@ import psycopg
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
+from cicd_db.cursors import could_have_timed_out
 from cicd_db.errors import (
     SUSPECTED,
     MigrationFailed,
@@ -166,19 +167,8 @@ def _behind(
         return None
     if name := setting_suspected(error.diag.sqlstate, message):
         source = setting_source(session, name, migration)
-        return f"{SUSPECTED}: {source}" if source and _could_have_fired(session) else None
+        return f"{SUSPECTED}: {source}" if source and could_have_timed_out(session.conn) else None
     return None
-
-
-# Whether the session is as old as its statement_timeout: only a statement that ran that
-# long can have timed out (a 1h timeout cannot have cut anything 3 s into a session, and
-# such a cancel is a person's). A timeout so short that it cuts this question did.
-_AS_OLD_AS_ITS_TIMEOUT = (
-    "SELECT s.setting::pg_catalog.int8 <= pg_catalog.date_part('epoch', "
-    "pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) a.backend_start) "
-    "OPERATOR(pg_catalog.*) 1000 FROM pg_catalog.pg_settings s, pg_catalog.pg_stat_activity a "
-    "WHERE s.name = 'statement_timeout' AND a.pid = pg_catalog.pg_backend_pid()"
-)
 
 
 # The quotation marks PostgreSQL's translations put around a name.
@@ -197,16 +187,6 @@ def _no_schema_to_create_in(session: Session) -> bool:
             "SELECT pg_catalog.cardinality(pg_catalog.current_schemas(false)) = 0"
         ).fetchone()
     except psycopg.Error:
-        return False
-    return bool(row and row[0])
-
-
-def _could_have_fired(session: Session) -> bool:
-    try:
-        row = session.conn.execute(_AS_OLD_AS_ITS_TIMEOUT).fetchone()
-    except psycopg.errors.QueryCanceled:
-        return True
-    except psycopg.Error:  # the session cannot be asked: say what is known
         return False
     return bool(row and row[0])
 
