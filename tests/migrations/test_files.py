@@ -64,6 +64,21 @@ def test_new_migration_numbers_in_the_folders_width(tmp_path: Path) -> None:
     assert second.read_text().startswith("-- cicd-db: no-transaction\n-- What this changes")
 
 
+def test_new_migration_numbers_above_files_discover_refuses_for_their_names(
+    tmp_path: Path,
+) -> None:
+    """`0002_x.SQL` or a version in Arabic-Indic digits is refused by discover, with a new
+    name to take; `migrate new` numbered beside them as if they were not there, so the
+    file renamed as told then shared a version with the new one."""
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;\n")
+    (tmp_path / "0002_x.SQL").write_text("SELECT 1;\n")
+    assert migrations.new_migration(tmp_path, "b").name == "0003_b.sql"
+    (tmp_path / "\u0660\u0660\u0660\u0665_y.sql").write_text("SELECT 1;\n")
+    assert migrations.new_migration(tmp_path, "c").name == "0006_c.sql"
+    (tmp_path / "0007_z.sql.orig").write_text("SELECT 1;\n")  # an editor's: not a migration
+    assert migrations.new_migration(tmp_path, "d").name == "0007_d.sql"
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [
@@ -388,7 +403,11 @@ def test_text_that_is_not_utf8_is_found_wherever_it_is(
         (b"\x00SELECT 1;\n", "holds a NUL byte (line 1)"),
         (b"\nSELECT 1;\x00\nSELECT 2;\x00\n", "holds a NUL byte (line 2)"),
         (b"\n\xe9\n", "is not UTF-8 (line 2)"),
-        (b"-- cicd-db: no-transaction", "is marked no-transaction but holds 0 statements"),
+        (
+            b"-- cicd-db: no-transaction",
+            "is marked no-transaction but holds 0 statements besides SET and RESET; it must "
+            "hold exactly one: add the statement it is for, or remove the marker",
+        ),
         ("SELECT 1;\n".encode("utf-16"), "is UTF-16 (as Windows PowerShell 5 writes"),
         ("SELECT 1;\n".encode("utf-16-be").join([b"\xfe\xff", b""]), "is UTF-16 ("),
     ],
@@ -448,8 +467,10 @@ def test_versions_are_ascii_digits(tmp_path: Path, filename: str, suggestion: st
     with pytest.raises(ConfigError) as refused:
         migrations.discover(tmp_path)
     assert str(refused.value).endswith(f"0-9; rename it, for example to {suggestion}")
-    # Nor does `migrate new` count it as a version.
-    assert migrations.new_migration(tmp_path, "next").name == "0001_next.sql"
+    # `migrate new` numbers above it, as it numbers above the file renamed as suggested.
+    number = suggestion.split("_")[0]
+    after = f"{int(number) + 1:0{len(number)}d}_next.sql"
+    assert migrations.new_migration(tmp_path, "next").name == after
 
 
 # -- file names and new names: properties over what a person may type ------------------

@@ -464,10 +464,15 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
     # Numbered and made under a lock of the folder: two `new` at once (two terminals, a
     # script) took the same number, and each said it had made its file.
     with _locked(folder):
+        # Every file discover takes for a migration counts, also one it refuses for its
+        # name (`0002_x.SQL`, a version in other digits): renamed as told, it would take
+        # the number given next.
         versions = [
-            (int(match["version"]), len(match["version"]))
+            (int(digits[0]), len(digits[0]))
             for path in folder.iterdir()
-            if (match := FILE_NAME.fullmatch(path.name))
+            if not path.name.startswith(".")
+            and path.suffix.lower() == ".sql"
+            and (digits := re.match(r"\d{1,30}(?!\d)", path.name))
         ]
         newest, width = max(versions, default=(0, 4))
         if newest >= MAX_VERSION:

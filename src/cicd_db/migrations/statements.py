@@ -249,10 +249,15 @@ class _Pass:
                 steps[0], quiet_end=self.quiet_end, sets_transaction=self.sets_transaction
             )
         if not self.transactional and count and self.changes != 1:
+            fix = (
+                "add the statement it is for, or remove the marker"
+                if self.changes == 0
+                else "split it into one file per statement"
+            )
             raise ConfigError(
                 f"migration file {self.filename}{self.note} is marked no-transaction but holds "
                 f"{self.changes} statements besides SET and RESET; it must hold exactly one: "
-                "split it into one file per statement"
+                f"{fix}"
             )
 
     def _flush(self, **lexing: Any) -> None:
