@@ -115,6 +115,29 @@ def test_discover_refuses_a_folder_without_migrations(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["0002_b.s\u200bql", "0002_b.sq\u00adl", "0002_b.\u200esql", "0002_b.sql\x1b[0m"],
+    ids=["zero-width-space", "soft-hyphen", "direction-mark", "colour-code-after"],
+)
+def test_characters_drawn_as_nothing_in_sql_are_refused_not_skipped(
+    tmp_path: Path, name: str
+) -> None:
+    """`ls` shows `0002_b.sql`; Python's suffix is another: the file was skipped, never
+    applied, and `up` said "up to date" (helper-143). An editor's leftover that shows
+    as another extension (`.sql.orig`, `.sql~`) is still skipped."""
+    write_migrations(tmp_path, {"0001_a.sql": "SELECT 1;\n", name: "SELECT 2;\n"})
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value) == (
+        f"migration file {name!r} holds characters drawn as nothing (control or format "
+        "characters) in its extension; rename it to 0002_b.sql"
+    )
+    (tmp_path / name).rename(tmp_path / "0002_b.sql.orig")
+    (tmp_path / "0003_c.sql~").write_text("SELECT 3;\n")
+    assert [m.filename for m in migrations.discover(tmp_path)] == ["0001_a.sql"]
+
+
 @pytest.mark.parametrize("tail", [" ", "\n", "\t", "  \n", ".", " .", "\u200b", "\ufeff"])
 def test_white_space_after_sql_is_refused_not_skipped(tmp_path: Path, tail: str) -> None:
     """`0002_b.sql ` was neither applied, listed nor warned about; nor were `0002_b.sql.`
@@ -482,8 +505,13 @@ NAME_CHARACTERS = st.sampled_from(
 )
 # White space after .sql read as another extension, and the file was skipped unseen.
 EXTENSIONS = st.sampled_from(
-    [".sql", ".SQL", ".Sql", "", ".sql.bak", ".txt", ".sql ", ".sql\n", ".sql\t", ".SQL "]
+    [
+        *(".sql", ".SQL", ".Sql", "", ".sql.bak", ".txt", ".sql ", ".sql\n", ".sql\t", ".SQL "),
+        *(".s\u200bql", ".sql\x1b[0m", ".\u202esql", ".sq\u00adl.orig"),
+    ]
 )
+# What is drawn as nothing in a name: colour codes, controls, format characters.
+_INVISIBLE = re.compile(r"\x1b\[[0-9;]*m|[\x00-\x1f\u00ad\u200b-\u200f\u202a-\u202e\ufeff]")
 
 
 def _suggested(message: str) -> str | None:
@@ -509,9 +537,11 @@ def test_any_file_name_is_taken_or_refused_in_one_line_with_a_name_that_works(
     except ConfigError as refused:
         message = str(refused)
         assert "\n" not in message
-        if not filename.rstrip().lower().endswith(".sql") or filename.startswith("."):
+        shown = _INVISIBLE.sub("", filename).rstrip()
+        if not shown.lower().endswith(".sql") or filename.startswith("."):
             assert "holds no <version>_<name>.sql file" in message
             return
+        assert "holds no <version>_<name>.sql file" not in message  # shown as .sql: not skipped
         well_formed = migrations.files.FILE_NAME.fullmatch(filename)
         assert not well_formed or int(well_formed["version"]) > migrations.MAX_VERSION, message
         suggestion = _suggested(message)

@@ -232,13 +232,21 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
         if path.suffix.lower() != ".sql":
             # `0002_x.sql `, with a newline, a dot or a zero-width space after it: what
             # follows .sql reads as another extension, and the file was never applied,
-            # listed or warned about.
+            # listed or warned about. So too with such characters inside `.sql` (`.s`, a
+            # zero-width space, `ql`) or a terminal's colour codes after it.
             stripped = _AFTER_SQL.sub("", path.name)
             if stripped != path.name and stripped.lower().endswith(".sql"):
                 _parse_name(stripped)  # a name wrong otherwise too is told all at once
                 raise ConfigError(
                     f"migration file {path.name!r} ends in white space, dots or characters "
                     f"drawn as nothing after .sql; rename it to {stripped}"
+                )
+            seen = _AFTER_SQL.sub("", _DRAWN_AS_NOTHING.sub("", path.name))
+            if seen != path.name and seen.lower().endswith(".sql"):
+                _parse_name(seen)
+                raise ConfigError(
+                    f"migration file {path.name!r} holds characters drawn as nothing (control "
+                    f"or format characters) in its extension; rename it to {seen}"
                 )
             continue
         try:
@@ -267,6 +275,13 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
 # What may follow `.sql` unseen, or nearly: white space, dots, format characters (a
 # zero-width space, a soft hyphen, a byte order mark).
 _AFTER_SQL = re.compile(r"[\s.\u00ad\u200b-\u200f\u2060-\u2064\ufeff]+\Z")
+# What a terminal or a file manager draws as nothing anywhere in a name: a terminal's
+# escape sequences (colours), control characters, and format characters (zero-width
+# ones, a soft hyphen, direction marks, a byte order mark).
+_DRAWN_AS_NOTHING = re.compile(
+    r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f\u00ad\u061c\u200b-\u200f"
+    r"\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]"
+)
 
 
 def _shown(filename: str) -> str:
