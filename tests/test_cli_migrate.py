@@ -365,3 +365,62 @@ def test_a_reader_that_left_is_no_error_for_any_command(
         process.stdout.close()
         code, err = process.wait(timeout=120), process.stderr.read()
     assert (code, err) == (0, ""), command
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_a_closed_standard_error_stops_nothing_and_keeps_errors_out_of_stdout(
+    database: Database, tmp_path: Path, json_output: bool
+) -> None:
+    """`migrate up 2>&-`: Python leaves sys.stderr None, and the run stopped before any
+    file on `None.isatty()` ("unexpected AttributeError", exit 1), the error line on
+    stdout, where print() falls back to (helper-144). Every file is applied; errors go
+    where stderr went, nowhere; stdout holds only what it holds with stderr open."""
+    folder = write_migrations(tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n"})
+    args = cli_command(
+        "migrate", "--database-url", database.url, "--migrations-dir", str(folder),
+        *(["--json"] if json_output else []), "up",
+    )  # fmt: skip
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            args, capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.close(2)
+        )
+
+    done = run()
+    assert done.returncode == 0, done
+    assert database.history() == [1]
+    if json_output:
+        assert json.loads(done.stdout)["applied"][0]["version"] == 1, done.stdout
+    else:
+        assert done.stdout.startswith("applied 0001_a.sql"), done.stdout
+    write_migrations(folder, {"0002_b.sql": "SELECT 1/0;\n"})
+    failed = run()
+    assert failed.returncode == 1, failed
+    assert "error" not in failed.stdout, failed.stdout
+    assert database.history() == [1]
+
+
+def test_a_standard_output_left_non_blocking_gets_everything(
+    database: Database, tmp_path: Path
+) -> None:
+    """Some CI runners hand over a pipe whose descriptor is non-blocking: what the pipe
+    could not take at once (64 kB) was lost, with exit 0 and no word (helper-144)."""
+    import fcntl
+
+    big = "SELECT 1;\n" + "-- " + "x" * 300_000 + "\n"
+    folder = write_migrations(tmp_path, {"0001_big.sql": big})
+    reading, writing = os.pipe()
+    flags = fcntl.fcntl(writing, fcntl.F_GETFL)
+    fcntl.fcntl(writing, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    args = cli_command(
+        "migrate", "--database-url", database.url, "--migrations-dir", str(folder),
+        "up", "--dry-run", "--sql",
+    )  # fmt: skip
+    with subprocess.Popen(args, stdout=writing, stderr=subprocess.PIPE) as process:
+        os.close(writing)
+        time.sleep(1)  # the pipe fills while no one reads
+        with os.fdopen(reading, "rb") as out:
+            printed = out.read()
+        _, err = process.communicate(timeout=120)
+    assert (process.returncode, err) == (0, b"")
+    assert big.encode() in printed, len(printed)

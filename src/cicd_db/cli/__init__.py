@@ -26,9 +26,11 @@ a library error's arguments named as this command line's flags.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
+import os
 import shlex
 import sys
 import traceback
@@ -234,11 +236,22 @@ def standard_output() -> None:
     descriptor does. A character the terminal's encoding lacks (a pipeline named with
     an emoji, in an ASCII or Latin-1 locale) is written as `\U0001f680`, as Python
     writes it to stderr, instead of failing the command half-way through a table.
-    (Documents go out as UTF-8 bytes: outputs.print_document.)"""
+    (Documents go out as UTF-8 bytes: outputs.print_document.)
+
+    Standard error closed at the start (`2>&-`) is a place where lines go unseen: the
+    command runs (it stopped on `None.isatty()`, with its error line on stdout, which
+    print() falls back to, in the middle of a --json document). A descriptor left
+    non-blocking by whoever made it (some CI runners' pipes) is made blocking: a write
+    the pipe could not take at once was lost, with exit 0 (a report cut at 64 kB)."""
     if sys.stdout is None:
         sys.stdout = _ClosedOutput()
     elif isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
+    if sys.stderr is None:
+        sys.stderr = io.StringIO()  # nowhere: what is written there is dropped with it
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):  # closed, or no file of ours to change
+            os.set_blocking(fd, True)
 
 
 class _ClosedOutput(io.TextIOBase):
