@@ -758,6 +758,13 @@ def test_the_command_in_every_text_format(
         (["--days", "0"], 2, "is not a whole number above 0"),
         (["--pipeline", "nope"], 1, "error: pipeline 'nope' has no runs"),
         (["--pipeline", ""], 2, "error: --pipeline is empty"),
+        # JSON was written into the page asked for (helper-144).
+        (
+            ["--json", "--format", "html", "-o", "/nonexistent/page.html"],
+            2,
+            "error: --json and --format html ask for two formats; give one of them",
+        ),
+        (["--format", "yaml", "--json"], 2, "error: --json and --format yaml ask for two formats"),
     ],
 )
 def test_command_errors_are_one_line(

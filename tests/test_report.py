@@ -329,6 +329,11 @@ def test_paging_through_1000_runs_with_before(migrated: Database) -> None:
             "error: pipeline 'deploy' has no runs; check the name (names are case-sensitive)",
         ),
         (
+            ["--pipeline", "build", "--format", "yaml", "--json"],
+            2,
+            "error: --json and --format yaml ask for two formats; give one of them",
+        ),
+        (
             ["--pipeline", "build", "--run", "9"],
             1,
             "error: pipeline 'build' has no run 9; its runs go from 1 to 3",
@@ -391,6 +396,7 @@ def test_paging_through_1000_runs_with_before(migrated: Database) -> None:
     ],
     ids=[
         "no-pipeline",
+        "json-and-another-format",
         "no-run",
         "no-stage",
         "no-job",

@@ -21,7 +21,7 @@ def show_report(
     job: str | None = None,
     limit: int | None = None,
     before: int | None = None,
-    format: str = "table",
+    format: str | None = None,
 ) -> int:
     """`report`: recorded runs, stages and jobs, as a table, JSON or YAML."""
     from cicd_db import report, store  # on use: `migrate` starts faster without the store
@@ -38,9 +38,21 @@ def show_report(
             limit=limit,
             before=before,
         )
-    shown = "json" if ctx.json else format
+    shown = _format(ctx, format)
     print_answer(report.render(view, shown), shown)
     return 0
+
+
+def _format(ctx: Context, format: str | None) -> str:
+    """What a read is written as: `format`, or JSON under --json, or a table. --json with
+    another format asks for two things (`insights --json --format html -o page.html`
+    wrote JSON into the page): refused."""
+    if ctx.json and format not in (None, "json"):
+        raise UsageError(
+            "{json} and {format} " + format + " ask for two formats; give one of them",
+            arguments=["json", "format"],
+        )
+    return "json" if ctx.json else format or "table"
 
 
 def show_insights(
@@ -49,7 +61,7 @@ def show_insights(
     pipeline: str | None = None,
     days: int | None = None,
     runs: int | None = None,
-    format: str = "table",
+    format: str | None = None,
     output: Path | None = None,
 ) -> int:
     """`insights`: one pipeline's health over a window, or one line per pipeline."""
@@ -59,7 +71,7 @@ def show_insights(
     # Reads only: as the reader where the target has one (docs/security.md).
     with targets.connect(target.role_settings(targets.READER)) as conn, cancels_named(conn):
         found = insights.insights(conn, pipeline, days=days, runs=runs)
-    shown = "json" if ctx.json else format
+    shown = _format(ctx, format)
     if output is None or str(output) == "-":  # `-o -`: the standard output
         print_answer(insights.render(found, shown), shown)
         return 0
