@@ -424,3 +424,47 @@ def test_a_standard_output_left_non_blocking_gets_everything(
         _, err = process.communicate(timeout=120)
     assert (process.returncode, err) == (0, b"")
     assert big.encode() in printed, len(printed)
+
+
+@pytest.mark.parametrize("stop", ["a failing file", "SIGTERM during a file"])
+def test_a_run_that_stops_tells_what_it_applied_in_its_json(
+    database: Database, tmp_path: Path, stop: str
+) -> None:
+    """`migrate up --json` printed nothing when a file failed or the run was stopped, so a
+    deploy job that reads it learned nothing of the files already applied (the lines
+    without --json say them): the document comes with `completed: false`, the error on
+    stderr, the exit code the error's (helper-144)."""
+    import signal
+
+    second = "SELECT 1/0;\n" if stop == "a failing file" else "SELECT pg_sleep(30);\n"
+    folder = write_migrations(
+        tmp_path, {"0001_a.sql": "CREATE TABLE a (i int);\n", "0002_b.sql": second}
+    )
+    args = ["migrate", "--database-url", database.url, "--migrations-dir", str(folder), "--json"]
+    if stop == "a failing file":
+        done = run_cli(*args, "up")
+        code, out, err = done.code, done.out, done.err
+    else:
+        with subprocess.Popen(
+            cli_command(*args, "up"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as process:
+            database.wait_for(
+                "SELECT FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
+                "AND pid <> pg_backend_pid()",
+                "the second file never started",
+            )
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=60)
+            code = process.returncode
+    assert code == (1 if stop == "a failing file" else 143), (out, err)
+    assert len(err.splitlines()) == 1, err
+    document = json.loads(out)
+    assert document["completed"] is False
+    assert [each["version"] for each in document["applied"]] == [1]
+    assert database.history() == [1]
+    write_migrations(folder, {"0002_b.sql": "SELECT 2;\n"})
+    done = run_cli(*args, "up")
+    assert done.code == 0, done
+    finished = json.loads(done.out)
+    assert finished["completed"] is True
+    assert [each["version"] for each in finished["applied"]] == [2]

@@ -95,8 +95,8 @@ def test_what_new_writes_passes_the_gate_as_it_is(tmp_path: Path) -> None:
     assert (checked.code, checked.err) == (
         2,
         "error: migration file 0002_index.sql is marked no-transaction but holds 0 statements "
-        "besides SET and RESET; it must hold exactly one: split it into one file per "
-        "statement\n",
+        "besides SET and RESET; it must hold exactly one: add the statement it is for, or "
+        "remove the marker\n",
     )
 
 

@@ -44,6 +44,7 @@ def test_applied_lines_and_summary() -> None:
     assert shape == {
         "target": "stack dev",
         "dry_run": False,
+        "completed": True,
         "notes": [],
         "applied": [{"version": 3, "name": "runs", "duration_ms": 12.4}],
     }

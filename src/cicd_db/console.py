@@ -39,10 +39,15 @@ def applied_json(
     dry_run: bool,
     results: Sequence[migrations.Result],
     notes: Sequence[str] = (),
+    *,
+    completed: bool = True,
 ) -> JSON:
+    """`migrate up --json`'s document; not `completed`: the run stopped (its error on
+    stderr, its exit code) after applying `results`."""
     return {
         "target": description,
         "dry_run": dry_run,
+        "completed": completed,
         "notes": list(notes),
         "applied": [
             {

@@ -67,7 +67,21 @@ def up(
         if rehearse:
             return _rehearse(ctx, runner, where, target=target, beyond=beyond)
         started = time.perf_counter()
-        results, notes = _apply(ctx, runner, target=target, dry_run=dry_run, sql=sql)
+        results: list[migrations.Result] = []
+        notes: list[str] = []
+        try:
+            _apply(ctx, runner, results, notes, target=target, dry_run=dry_run, sql=sql)
+        except (CicdDbError, psycopg.Error, KeyboardInterrupt):
+            # A deploy job that reads --json learns what reached the database before
+            # the error (on stderr), as the lines say it without --json.
+            if ctx.json and not dry_run:
+                ctx.show(
+                    console.applied_json(
+                        where.description, dry_run, results, notes, completed=False
+                    ),
+                    list,
+                )
+            raise
         elapsed_ms = (time.perf_counter() - started) * 1000
         if dump_schema and not dry_run:
             _dump_schema_after(where, dump_schema, applied=len(results))
@@ -147,11 +161,19 @@ def _rehearse(
 
 
 def _apply(
-    ctx: Context, runner: migrations.Runner, *, target: int | None, dry_run: bool, sql: bool
-) -> tuple[list[migrations.Result], list[str]]:
+    ctx: Context,
+    runner: migrations.Runner,
+    so_far: list[migrations.Result],
+    notes: list[str],
+    *,
+    target: int | None,
+    dry_run: bool,
+    sql: bool,
+) -> None:
     """Apply (or list) the pending files, a line for each as it is applied, the server's
-    notices on standard error and a ticker on a terminal; returns the results and the
-    runner's notes. An interrupt between files is said with what was applied."""
+    notices on standard error and a ticker on a terminal; each result and each of the
+    runner's notes is added to `so_far` and `notes` as it comes. An interrupt between
+    files is said with what was applied."""
 
     def server_said(diag: psycopg.errors.Diagnostic) -> None:
         line = console.server_line(diag.severity_nonlocalized, diag.message_primary, ctx.verbose)
@@ -160,21 +182,18 @@ def _apply(
 
     runner.add_notice_handler(server_said)
     ticker = console.Ticker(enabled=sys.stderr.isatty() and not ctx.quiet and not ctx.json)
-    so_far: list[migrations.Result] = []
 
     def applied(result: migrations.Result) -> None:
         so_far.append(result)
         ticker.stop()
         ctx.say(*([] if ctx.json else console.applied_lines(result, sql=sql)))
 
-    notes: list[str] = []
-
     def noted(note: str) -> None:
         notes.append(note)
         ctx.say(*([] if ctx.json else [f"  {note}"]))
 
     try:
-        results = runner.apply(
+        runner.apply(
             target=target,
             dry_run=dry_run,
             on_start=ticker.start,
@@ -196,7 +215,6 @@ def _apply(
         else:
             said = "interrupted before any file ran"
         raise Interrupted(said, exit_code=interrupt_exit_code(interrupt)) from None
-    return results, notes
 
 
 def _dump_schema_after(where: targets.Target, path: Path, *, applied: int) -> None:
