@@ -875,10 +875,10 @@ def test_any_execution_tables_a_schema_first_on_the_path_holds_are_refused_unles
     )
     with migrated.connect() as conn:
         if len(copied) == len(EXECUTION_TABLES):
-            store.check_read_from_one_schema(conn)  # no refusal
+            store.check_search_path(conn)  # no refusal
             return
         with pytest.raises(ConfigError) as refused:
-            store.check_read_from_one_schema(conn)
+            store.check_search_path(conn)
     said = str(refused.value)
     for table in EXECUTION_TABLES:
         schema = user if table in copied else "public"

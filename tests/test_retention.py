@@ -656,6 +656,47 @@ def test_the_command_deletes_and_says_what(migrated: Database, executions: Store
     assert counts(migrated) == (1, 2, 6)
 
 
+# A schema searched before pg_catalog, with a now() of its own in 2100 (helper-142).
+_CLOCK_OF_ITS_OWN = (
+    "CREATE SCHEMA shadow; CREATE FUNCTION shadow.now() RETURNS pg_catalog.timestamptz "
+    "LANGUAGE sql AS $$SELECT pg_catalog.timestamptz '2100-01-01 00:00+00'$$; "
+    "ALTER DATABASE {} SET search_path = shadow, public, pg_catalog"
+)
+
+
+def test_a_search_path_that_searches_a_schema_before_pg_catalog_is_refused_by_every_reader(
+    migrated: Database, executions: Store
+) -> None:
+    """A role's, the database's or PGOPTIONS's search_path that names a schema before
+    pg_catalog: a now() there was the clock of retention's cutoff (every finished run
+    deleted as older than 90 days), of insights' window and of the store's stamps.
+    Retention, insights and report refuse it, naming where it is set, and nothing is
+    deleted; the store, which checks nothing before each write, calls PostgreSQL's own."""
+    record(executions, "build", days_ago=40)
+    record(executions, "build", days_ago=1)
+    migrated.execute(_CLOCK_OF_ITS_OWN.format(migrated.name))
+    target = ("--database-url", migrated.url)
+    for args in (
+        ("retention", "--keep-days", "90", "--yes"),
+        ("insights",),
+        ("report", "--pipeline", "build"),
+    ):
+        done = run_cli(*args, *target)
+        assert (done.code, done.out) == (2, ""), (args, done)
+        assert done.err.startswith(
+            "error: this session's search_path (shadow, public, pg_catalog) searches shadow "
+            "before pg_catalog, with functions or operators named as PostgreSQL's (a now(), a "
+            "count()): those would be the ones cicd-db's statements call; "
+        ), done.err
+        assert f'ALTER DATABASE "{migrated.name}" RESET search_path' in done.err, done.err
+    assert counts(migrated) == (2, 4, 12)
+    with migrated.connect() as conn:
+        store = Store.on(conn)
+        run = store.set_status(store.start_run("build", "c1"), RUNNING)
+    assert run.start_time is not None
+    assert abs(run.start_time - datetime.now(UTC)) < timedelta(minutes=5), run.start_time
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -463,7 +463,7 @@ def fetch(
         )
     from psycopg import errors  # here: `cicd-db migrate` imports this module without a store
 
-    executions.check_read_from_one_schema()
+    executions.check_search_path()
     try:
         return _fetch(executions, pipeline, run, stage, job, limit, before)
     except UsageError as refused:  # the store names the run `run_number`; here it is `run`

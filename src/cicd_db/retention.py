@@ -139,7 +139,7 @@ def _candidates(pipeline: str | None) -> sql.Composed:
 
 # The cutoff, and whether `completion_time` is migration 0005's timestamptz.
 CUTOFF = (
-    "SELECT now() - make_interval(hours => %s), (SELECT a.atttypid = 'pg_catalog.timestamptz'::pg_catalog.regtype "
+    "SELECT pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(hours => %s), (SELECT a.atttypid = 'pg_catalog.timestamptz'::pg_catalog.regtype "
     "FROM pg_catalog.pg_attribute a WHERE a.attrelid = 'pipeline_executions'::pg_catalog.regclass "
     "AND a.attname = 'completion_time'), "
     "(SELECT source FROM pg_catalog.pg_settings WHERE name = 'session_replication_role' "
@@ -212,9 +212,9 @@ def prune(
     lock_timeout = check_seconds("lock_timeout", lock_timeout, MAX_LOCK_TIMEOUT)
     started = time.monotonic()
     try:
-        from cicd_db.store import check_read_from_one_schema  # on use, as below
+        from cicd_db.store import check_search_path  # on use, as below
 
-        check_read_from_one_schema(conn)
+        check_search_path(conn)
         if pipeline is not None and not _ever_ran(conn, pipeline):
             # As report and insights name a pipeline without runs: a misspelt name in a
             # nightly job would otherwise delete nothing, successfully, forever. The dry

@@ -48,7 +48,7 @@ _BOUNDS: LiteralString = (
     "bounds AS (SELECT clock.until, CASE WHEN %(days)s::integer IS NOT NULL THEN "
     "(date_trunc('day', clock.until AT TIME ZONE interval '0') "
     "- (%(days)s::integer - 1) * interval '1 day') AT TIME ZONE interval '0' END AS since "
-    "FROM (SELECT coalesce(%(now)s::pg_catalog.timestamptz, now()) AS until) AS clock)"
+    "FROM (SELECT coalesce(%(now)s::pg_catalog.timestamptz, pg_catalog.now()) AS until) AS clock)"
 )
 # Columns of a run as the figures need them: its time (start, or cancellation of a run
 # that never started), and its duration when it finished SUCCESS or FAILED.
@@ -69,7 +69,7 @@ _BY_DAYS: LiteralString = (
 # first `runs` of them instead of fetching all of the pipeline's runs to sort them.
 _BY_RUNS_ONE: LiteralString = (
     "SELECT {run} FROM pipeline_executions AS r WHERE {pipeline} "
-    "coalesce(r.start_time, r.completion_time) <= coalesce(%(now)s::pg_catalog.timestamptz, now()) "
+    "coalesce(r.start_time, r.completion_time) <= coalesce(%(now)s::pg_catalog.timestamptz, pg_catalog.now()) "
     "ORDER BY r.run_number DESC LIMIT %(runs)s"
 )
 _BY_RUNS_EACH: LiteralString = (
@@ -298,10 +298,10 @@ def insights(
                 arguments=["now"],
             )
     params = _parameters(pipeline, days, runs, now)
-    from cicd_db.store import check_read_from_one_schema  # on use: the CLI imports this module
+    from cicd_db.store import check_search_path  # on use: the CLI imports this module
 
     cursors.usable(conn, "insights")
-    check_read_from_one_schema(conn)
+    check_search_path(conn)
     try:
         # Figures come back in JSON, which the server writes floats into as text: as it
         # writes them by default, whatever extra_float_digits a role, the database or a

@@ -69,7 +69,7 @@ from cicd_db.errors import (
 )
 from cicd_db.store.connected import retried
 from cicd_db.store.moves import Moves
-from cicd_db.store.reads import Reads, check_read_from_one_schema, tables_placement
+from cicd_db.store.reads import Reads, check_search_path, tables_placement
 from cicd_db.store.rows import (
     ALLOWED_FROM,
     CANCELED,
@@ -109,7 +109,7 @@ __all__ = [
     "PipelineRun",
     "StageRun",
     "Store",
-    "check_read_from_one_schema",
+    "check_search_path",
     "no_runs",
     "tables_placement",
 ]

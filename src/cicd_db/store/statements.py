@@ -52,7 +52,7 @@ def _moves() -> dict[tuple[type, str, bool], bytes]:
                         stamp=sql.Identifier(
                             "start_time" if status == RUNNING else "completion_time"
                         ),
-                        at=sql.SQL("%s" if timed else "now()"),
+                        at=sql.SQL("%s" if timed else "pg_catalog.now()"),
                         allowed=sql.SQL(", ").join(map(sql.Literal, allowed)),
                     )
                     .as_bytes(None)
@@ -84,13 +84,13 @@ CANCEL_CHILDREN: dict[type, tuple[tuple[str, LiteralString], ...]] = {
         (
             "stage",
             "UPDATE stage_executions SET status = 'CANCELED', "
-            "completion_time = coalesce(%(at)s, now()) "
+            "completion_time = coalesce(%(at)s, pg_catalog.now()) "
             "WHERE pipeline_execution_id = %(parent)s AND status IN ('PENDING', 'RUNNING')",
         ),
         (
             "job",
             "UPDATE job_executions SET status = 'CANCELED', "
-            "completion_time = coalesce(%(at)s, now()) "
+            "completion_time = coalesce(%(at)s, pg_catalog.now()) "
             "WHERE stage_execution_id = "
             "ANY(ARRAY(SELECT id FROM stage_executions WHERE pipeline_execution_id = %(parent)s)) "
             "AND status IN ('PENDING', 'RUNNING')",
@@ -100,7 +100,7 @@ CANCEL_CHILDREN: dict[type, tuple[tuple[str, LiteralString], ...]] = {
         (
             "job",
             "UPDATE job_executions SET status = 'CANCELED', "
-            "completion_time = coalesce(%(at)s, now()) "
+            "completion_time = coalesce(%(at)s, pg_catalog.now()) "
             "WHERE stage_execution_id = %(parent)s AND status IN ('PENDING', 'RUNNING')",
         ),
     ),
@@ -215,7 +215,7 @@ BATCH_MOVES: dict[str, bytes] = {
     status: sql.SQL(
         "WITH movable AS (SELECT id FROM job_executions WHERE id = ANY(%(ids)s) "
         "AND status IN ({allowed}) FOR NO KEY UPDATE) "
-        "UPDATE job_executions SET status = {status}, {stamp} = coalesce(%(at)s, now()) "
+        "UPDATE job_executions SET status = {status}, {stamp} = coalesce(%(at)s, pg_catalog.now()) "
         "WHERE id IN (SELECT id FROM movable) "
         "AND (SELECT count(*) FROM movable) = %(count)s "
         "RETURNING id, start_time, completion_time"
