@@ -1729,3 +1729,38 @@ def test_a_stages_jobs_come_in_the_order_of_their_names_bytes_whatever_the_colla
         for name in names:
             executions.add_job(stage, name)
         assert [job.job_name for job in executions.jobs(stage)] == sorted(names, key=str.encode)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "said"),
+    [
+        (
+            "default_transaction_read_only",
+            "on",
+            "the store may not write: default_transaction_read_only is on in the "
+            "connection's options (the URL's, the service's or PGOPTIONS): change it there",
+        ),
+        (
+            "session_replication_role",
+            "replica",
+            "the store's triggers (run numbers, roll-ups) do not fire under "
+            "session_replication_role = replica; nothing was written; session_replication_role "
+            "is replica in the connection's options",
+        ),
+    ],
+    ids=["read-only", "replica"],
+)
+def test_a_setting_that_stops_the_stores_writes_is_named_with_where_it_is_set(
+    schema: Database, setting: str, value: str, said: str
+) -> None:
+    """Set for the session by a role, the database or PGOPTIONS: a write came back as the
+    server's bare error (a null run_number under replica, where no trigger numbers the
+    run), where a standby's refusal and a missing grant are named (helper-142)."""
+    conninfo = schema.settings.conninfo(options=f"-c {setting}={value}")
+    with (
+        psycopg.connect(conninfo, autocommit=True) as conn,
+        pytest.raises(errors.ConfigError) as refused,
+    ):
+        Store.on(conn).start_run("build", "c1")
+    assert str(refused.value).startswith(said), refused.value
+    assert snapshot(schema) == []

@@ -59,6 +59,17 @@ def retried(method: Method) -> Method:
             except psycopg.errors.ReadOnlySqlTransaction:
                 if self._in_recovery():
                     raise standby("nothing was written") from None
+                if where := self._set_for_session("default_transaction_read_only", "on"):
+                    raise ConfigError(f"the store may not write: {where}") from None
+                raise
+            except psycopg.errors.NotNullViolation:
+                # Under session_replication_role = replica (a logical replication
+                # subscriber's) no ordinary trigger fires: a run gets no number.
+                if where := self._set_for_session("session_replication_role", "replica"):
+                    raise ConfigError(
+                        "the store's triggers (run numbers, roll-ups) do not fire under "
+                        f"session_replication_role = replica; nothing was written; {where}"
+                    ) from None
                 raise
             except psycopg.errors.InsufficientPrivilege as denied:
                 # The reader's role (ci_reader) recording, or a role given no grants: named
@@ -153,6 +164,24 @@ class Connected:
         cannot be asked."""
         role = self._asked("SELECT current_user")
         return "this role" if role is None else repr(str(role))
+
+    def _set_for_session(self, name: str, value: str) -> str | None:
+        """Where this session's setting `name` was made `value` and what undoes it
+        (cursors.setting_where), or None when it is not that or cannot be asked."""
+        try:
+            with self._connection() as conn:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    return None
+                row = cursors.execute(
+                    conn,
+                    "SELECT setting, source FROM pg_catalog.pg_settings WHERE name = %s",
+                    [name],
+                ).fetchone()
+                if row is None or row[0] != value:
+                    return None
+                return cursors.setting_where(conn, name, value, str(row[1]))
+        except (psycopg.Error, UsageError):
+            return None
 
     def _in_recovery(self) -> bool:
         """Whether the server is a hot standby; False when that cannot be asked."""
