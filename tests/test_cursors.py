@@ -13,26 +13,34 @@ from cicd_db.errors import OperationalError
 
 from .fix_db import Database
 
+# Where the tests set the timeout, as the message then names it.
+IN_THE_OPTIONS = (
+    "in the connection's options (the URL's, the service's or PGOPTIONS): change it there, "
+    "and run again"
+)
 
-def _cancelled_while_sleeping(database: Database, timeout: str, age: float) -> BaseException:
-    """What `cancels_named` makes of a real pg_cancel_backend of a session `age` seconds old
-    whose statement_timeout is `timeout`, in a statement younger than that timeout: the
+
+def _cut(database: Database, timeout: str, *, age: float, cancel: bool) -> BaseException:
+    """What `cancels_named` makes of `SELECT pg_sleep(5)` on a session `age` seconds old
+    whose statement_timeout is `timeout` (set in the connection's options): cut by that
+    timeout, or by a real pg_cancel_backend (`cancel`) before the timeout can cut it, the
     words PostgreSQL gives a timeout that fires as a statement ends (that race cannot be
     arranged)."""
-    with database.connect() as conn:
-        conn.execute(f"SET statement_timeout = '{timeout}'")
+    conninfo = database.settings.conninfo(options=f"-c statement_timeout={timeout}")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
         time.sleep(age)  # the session grows old; no statement runs that long
         pid = conn.info.backend_pid
 
-        def cancel() -> None:
+        def cancel_it() -> None:
             database.wait_for(
                 f"SELECT FROM pg_stat_activity WHERE pid = {pid} AND query LIKE '%pg_sleep(5)%'",
                 "the statement never started",
             )
             database.query("SELECT pg_cancel_backend(%s)", pid)
 
-        canceller = threading.Thread(target=cancel)
-        canceller.start()
+        canceller = threading.Thread(target=cancel_it)
+        if cancel:
+            canceller.start()
         try:
             with (
                 pytest.raises((OperationalError, psycopg.errors.QueryCanceled)) as cut,
@@ -40,7 +48,8 @@ def _cancelled_while_sleeping(database: Database, timeout: str, age: float) -> B
             ):
                 conn.execute("SELECT pg_sleep(5)")
         finally:
-            canceller.join()
+            if cancel:
+                canceller.join()
         return cut.value
 
 
@@ -55,15 +64,28 @@ def test_a_cancel_by_user_request_is_told_as_the_timeout_only_where_one_could_ha
     """A statement timeout that fires as a statement ends is told by PostgreSQL as the next
     statement's cancel "due to user request": report and insights said "run again", which
     meets it again (a 1 ms timeout left on the database, seen in the suite). Where the
-    session's timeout could have fired, it is named as suspected, with where to look; a
+    session's timeout could have fired, it is named as suspected, with where it is set; a
     person's cancel with no timeout, or one the session is too young to have met, is told
     as it is."""
-    cut = _cancelled_while_sleeping(database, timeout, age=2.2)
+    cut = _cut(database, timeout, age=2.2, cancel=True)
     if suspected:
         assert isinstance(cut, OperationalError)
-        assert str(cut).startswith(
-            "database error: canceling statement due to user request; if no one cancelled "
-            "it, statement_timeout stopped it, set for this session by the role, the database"
+        assert str(cut) == (
+            "database error: canceling statement due to user request; if no one cancelled it, "
+            f"the statement timeout did: statement_timeout is {timeout} {IN_THE_OPTIONS}"
         ), cut
     else:
         assert isinstance(cut, psycopg.errors.QueryCanceled), cut
+
+
+def test_a_statement_the_timeout_cut_is_told_with_where_the_timeout_is_set(
+    database: Database,
+) -> None:
+    """The CLI named the setting and listed every place it could be set; the session,
+    still open, says which (helper-142)."""
+    cut = _cut(database, "300ms", age=0, cancel=False)
+    assert isinstance(cut, OperationalError), cut
+    assert str(cut) == (
+        "database error: canceling statement due to statement timeout; statement_timeout is "
+        f"300ms {IN_THE_OPTIONS}"
+    ), cut

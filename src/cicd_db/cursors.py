@@ -143,21 +143,47 @@ def could_have_timed_out(conn: psycopg.Connection[Any]) -> bool:
 
 @contextmanager
 def cancels_named(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """Around a caller's reads on `conn`: a cancel "due to user request" where the
-    session's statement_timeout could have fired (could_have_timed_out) is told as that
-    timeout, suspected, with where to look: running again meets it again. A cancel whose
-    words name the timeout, or one in another language, the CLI tells as it is."""
+    """Around a caller's reads on `conn`: a statement the session's statement_timeout
+    cut is told with where that timeout is set and what undoes it (running again meets
+    it again), as the session, still open, says; so is a cancel "due to user request"
+    where that timeout could have fired (could_have_timed_out), as suspected: PostgreSQL
+    tells a timeout that fires as a statement ends so. Where the session cannot say, the
+    CLI tells the timeout by its words."""
     try:
         yield
     except psycopg.errors.QueryCanceled as cut:
         message = str(cut.diag.message_primary or "")
+        named = setting_named(cut.sqlstate, message)
         if (
-            setting_named(cut.sqlstate, message) is None
+            named is None
             and setting_suspected(cut.sqlstate, message)
             and could_have_timed_out(conn)
         ):
-            first = str(cut).strip().splitlines()[0]
+            named = ("statement_timeout", True)
+        if named is None:
+            raise
+        setting, suspected = named
+        first = str(cut).strip().splitlines()[0]
+        if where := _where_set(conn, setting):
+            cause = "if no one cancelled it, the statement timeout did: " if suspected else ""
             raise OperationalError(
-                told_with_setting(first, "statement_timeout", suspected=True)
+                f"database error: {first}; {cause}{where}, and run again"
             ) from cut
+        if suspected:
+            raise OperationalError(told_with_setting(first, setting, suspected=True)) from cut
         raise
+
+
+def _where_set(conn: psycopg.Connection[Any], name: str) -> str | None:
+    """Where the session's setting `name` comes from and what undoes it (setting_where),
+    or None when the session cannot say (a timeout so short that it cuts the question)."""
+    try:
+        row = execute(
+            conn,
+            "SELECT pg_catalog.current_setting(name), source FROM pg_catalog.pg_settings "
+            "WHERE name = %s",
+            [name],
+        ).fetchone()
+    except psycopg.Error:
+        return None
+    return None if row is None else setting_where(conn, name, str(row[0]), str(row[1]))
