@@ -732,6 +732,11 @@ CONVERTED = {
         'CREATE TABLE t (s text);\nCOPY t FROM STDIN (FORMAT csv);\n"a\nb"\n\\.\n',
         "t",
     ),
+    # COPY data is no SQL: its apostrophe opens no string (helper-145).
+    "copy-row-then-string-over-lines": (
+        "CREATE TABLE t (s text);\nCOPY t FROM STDIN;\nit's\n\\.\nINSERT INTO t VALUES ('a\nb');\n",
+        "t",
+    ),
 }
 
 
@@ -740,7 +745,14 @@ CONVERSIONS = {
     "every-line": lambda text: text.replace("\n", "\r\n"),
     "first-line-only": lambda text: text.replace("\n", "\r\n", 1),
     "byte-order-mark-added": lambda text: "\ufeff" + text,
+    "next-to-last-line-only": lambda text: "\r\n".join(text[:-1].rsplit("\n", 1)) + text[-1],
 }
+
+
+def _copy_rows(text: str) -> str:
+    """The data lines of a file's COPY FROM STDIN (the tests' files have one at most)."""
+    _, copy, rest = text.partition("FROM STDIN")
+    return rest.split("\n", 1)[1].split("\\.", 1)[0] if copy else ""
 
 
 @pytest.mark.parametrize("how", sorted(CONVERSIONS))
@@ -771,7 +783,11 @@ def test_a_converted_file_is_the_same_file_exactly_when_it_makes_the_same_databa
     )
     (folder / "0001_f.sql").write_bytes(converted.encode())
     result = migrate(database, folder)
-    if same:
+    if same and _copy_rows(converted) != _copy_rows(text):
+        # COPY data whose line ends changed is refused even where the server takes the
+        # rows alike: whether it does depends on the format and on every other row.
+        assert result.code == 2, result
+    elif same:
         assert (result.code, result.err) == (0, ""), result
     else:
         assert result.code == 2, result
