@@ -468,3 +468,24 @@ def test_a_run_that_stops_tells_what_it_applied_in_its_json(
     finished = json.loads(done.out)
     assert finished["completed"] is True
     assert [each["version"] for each in finished["applied"]] == [2]
+
+
+def test_a_closed_standard_error_is_no_place_for_a_connection(
+    database: Database, tmp_path: Path
+) -> None:
+    """`2>&-` left descriptor 2 free, and the runner's first connection took it: a warning
+    libpq prints on stderr (a password file others may read, as a second connection
+    opens) would go into that connection's protocol (helper-145). Descriptor 2 is held
+    by /dev/null while the run works."""
+    folder = write_migrations(tmp_path / "m", {"0001_a.sql": "SELECT pg_sleep(1);\n"})
+    args = cli_command("migrate", "--database-url", database.url, "--migrations-dir", str(folder), "up")  # fmt: skip
+    with subprocess.Popen(args, stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2)) as process:
+        database.wait_for(
+            "SELECT FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' "
+            "AND pid <> pg_backend_pid()",
+            "the file never started",
+        )
+        held = os.readlink(f"/proc/{process.pid}/fd/2")
+        process.communicate(timeout=60)
+    assert held == os.devnull, held
+    assert (process.returncode, database.history()) == (0, [1])

@@ -249,6 +249,17 @@ def standard_output() -> None:
         sys.stdout.reconfigure(errors="backslashreplace")
     if sys.stderr is None:
         sys.stderr = io.StringIO()  # nowhere: what is written there is dropped with it
+    # A descriptor 0, 1 or 2 closed at the start would be the next file opened, a
+    # connection's socket perhaps, which libpq's warnings on stderr (a password file
+    # others may read) then wrote into, in the middle of the protocol: /dev/null holds it.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, os.O_RDWR)
+            if held != fd:
+                os.dup2(held, fd)
+                os.close(held)
     for fd in (1, 2):
         with contextlib.suppress(OSError):  # closed, or no file of ours to change
             os.set_blocking(fd, True)
