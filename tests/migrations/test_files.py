@@ -77,6 +77,9 @@ def test_new_migration_numbers_above_files_discover_refuses_for_their_names(
     assert migrations.new_migration(tmp_path, "c").name == "0006_c.sql"
     (tmp_path / "0007_z.sql.orig").write_text("SELECT 1;\n")  # an editor's: not a migration
     assert migrations.new_migration(tmp_path, "d").name == "0007_d.sql"
+    (tmp_path / "0009_w.sql ").write_text("SELECT 1;\n")  # refused: renamed, it is 0009
+    (tmp_path / "0010_v.s\u200bql").write_text("SELECT 1;\n")
+    assert migrations.new_migration(tmp_path, "e").name == "0011_e.sql"
 
 
 @pytest.mark.parametrize(

@@ -71,9 +71,13 @@ def up(
         notes: list[str] = []
         try:
             _apply(ctx, runner, results, notes, target=target, dry_run=dry_run, sql=sql)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if dump_schema and not dry_run:
+                _dump_schema_after(where, dump_schema, applied=len(results))
         except (CicdDbError, psycopg.Error, KeyboardInterrupt):
             # A deploy job that reads --json learns what reached the database before
-            # the error (on stderr), as the lines say it without --json.
+            # the error (on stderr), as the lines say it without --json; also when the
+            # schema could not be written after the files.
             if ctx.json and not dry_run:
                 ctx.show(
                     console.applied_json(
@@ -82,9 +86,6 @@ def up(
                     list,
                 )
             raise
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        if dump_schema and not dry_run:
-            _dump_schema_after(where, dump_schema, applied=len(results))
     summary = [
         console.up_summary(
             where.description,

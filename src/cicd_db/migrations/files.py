@@ -296,6 +296,13 @@ _DRAWN_AS_NOTHING = re.compile(
 )
 
 
+def _shown_as_sql(filename: str) -> bool:
+    """Whether discover takes `filename` for a migration, to run or to refuse: a `.sql`
+    name, also with what is drawn as nothing inside or after its extension."""
+    seen = _AFTER_SQL.sub("", _DRAWN_AS_NOTHING.sub("", filename))
+    return seen.lower().endswith(".sql")
+
+
 def _shown(filename: str) -> str:
     """A file name for a message: as it is when plain, else quoted (escapes shown)."""
     return filename if re.fullmatch(r"[A-Za-z0-9_.-]+", filename) else repr(filename)
@@ -426,7 +433,7 @@ def read(path: Path, version: int, name: str, *, planned: bool = True) -> Migrat
     raw = _read_regular(path)
     if raw.startswith(UTF16):
         raise ConfigError(
-            f"migration file {path.name} is UTF-16 (as Windows PowerShell 5 writes with `>`); "
+            f"migration file {_shown(path.name)} is UTF-16 (as Windows PowerShell 5 writes with `>`); "
             "save it as UTF-8"
         )
     data = raw[len(BOM) :] if raw.startswith(BOM) else raw
@@ -498,7 +505,7 @@ def new_migration(folder: Path, name: str, *, transactional: bool = True) -> Pat
             (int(digits[0]), len(digits[0]))
             for path in folder.iterdir()
             if not path.name.startswith(".")
-            and path.suffix.lower() == ".sql"
+            and _shown_as_sql(path.name)
             and (digits := re.match(r"\d{1,30}(?!\d)", path.name))
         ]
         newest, width = max(versions, default=(0, 4))
