@@ -685,8 +685,8 @@ def test_a_search_path_that_searches_a_schema_before_pg_catalog_is_refused_by_ev
         assert (done.code, done.out) == (2, ""), (args, done)
         assert done.err.startswith(
             "error: this session's search_path (shadow, public, pg_catalog) searches shadow "
-            "before pg_catalog, with functions or operators named as PostgreSQL's (a now(), a "
-            "count()): those would be the ones cicd-db's statements call; "
+            "before pg_catalog, with functions or operators named as PostgreSQL's "
+            "(shadow.now()): those would be the ones cicd-db's statements call; "
         ), done.err
         assert f'ALTER DATABASE "{migrated.name}" RESET search_path' in done.err, done.err
     assert counts(migrated) == (2, 4, 12)

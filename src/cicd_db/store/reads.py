@@ -254,6 +254,27 @@ _READ_FROM = (
 )
 
 
+# Three of the functions and operators of the schemas `%s` named as pg_catalog's, for a
+# message: the one a user recognises (`lower(citext)`) is what to look at.
+_NAMED_AS_POSTGRESQLS = (
+    "SELECT f.shown FROM (SELECT n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) "
+    "p.oid::pg_catalog.regprocedure::pg_catalog.text AS shown, p.proname AS name, "
+    "p.pronamespace AS schema FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
+    "ON n.oid OPERATOR(pg_catalog.=) p.pronamespace UNION ALL SELECT n.nspname "
+    "OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) "
+    "o.oid::pg_catalog.regoperator::pg_catalog.text, o.oprname, o.oprnamespace "
+    "FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n "
+    "ON n.oid OPERATOR(pg_catalog.=) o.oprnamespace) AS f "
+    "JOIN pg_catalog.pg_namespace s ON s.oid OPERATOR(pg_catalog.=) f.schema "
+    "WHERE s.nspname OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.name[]) AND (EXISTS ("
+    "SELECT FROM pg_catalog.pg_proc c WHERE c.proname OPERATOR(pg_catalog.=) f.name AND "
+    "c.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace) OR EXISTS ("
+    "SELECT FROM pg_catalog.pg_operator c WHERE c.oprname OPERATOR(pg_catalog.=) f.name AND "
+    "c.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace)) "
+    "ORDER BY pg_catalog.array_position(%s::pg_catalog.name[], s.nspname), 1 LIMIT 3"
+)
+
+
 def check_search_path(conn: psycopg.Connection[Any]) -> None:
     """ConfigError when the session's search_path would have cicd-db's statements read
     what is not cicd-db's or PostgreSQL's (one round trip):
@@ -275,10 +296,12 @@ def check_search_path(conn: psycopg.Connection[Any]) -> None:
     # looked up there.
     if before := [s for s in rows[0][4] or () if not s.startswith("pg_temp")]:
         where = cursors.setting_where(conn, "search_path", path, source)
+        found = cursors.execute(conn, _NAMED_AS_POSTGRESQLS, [before, before]).fetchall()
+        named = ", ".join(str(row[0]) for row in found)
         raise ConfigError(
             f"this session's search_path ({path}) searches {', '.join(before)} before "
-            "pg_catalog, with functions or operators named as PostgreSQL's (a now(), a "
-            "count()): those would be the ones cicd-db's statements call; "
+            f"pg_catalog, with functions or operators named as PostgreSQL's ({named}): "
+            "those would be the ones cicd-db's statements call; "
             + (where or "set a search_path that leaves pg_catalog out, or names it first")
         )
     by_schema: dict[str, list[str]] = {}
