@@ -1764,3 +1764,35 @@ def test_a_setting_that_stops_the_stores_writes_is_named_with_where_it_is_set(
         Store.on(conn).start_run("build", "c1")
     assert str(refused.value).startswith(said), refused.value
     assert snapshot(schema) == []
+
+
+def test_no_write_goes_in_under_replica_where_the_stores_triggers_do_not_fire(
+    schema: Database, executions: Store
+) -> None:
+    """A run started elsewhere, moved and finished by a store whose session is a
+    subscriber's (session_replication_role = replica): every call succeeded, and the
+    finished run had no roll-up, silently (helper-145). Each write is refused, pooled
+    too, before anything is written; reads go on."""
+    run = executions.start_run("build", "c1")
+    stage = executions.add_stage(run, "test", 1)
+    [job] = executions.add_jobs(stage, [("unit", False)])
+    before = snapshot(schema)
+    conninfo = schema.settings.conninfo(options="-c session_replication_role=replica")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        replica = Store.on(conn)
+        for write in (
+            lambda: replica.set_status(job, RUNNING),
+            lambda: replica.add_stage(run, "deploy", 2),
+            lambda: replica.cancel_run(run),
+        ):
+            with pytest.raises(
+                errors.ConfigError, match="do not fire under session_replication_role"
+            ):
+                write()
+        assert replica.run("build", run.run_number).id == run.id
+    with (
+        ConnectionPool(conninfo, kwargs={"autocommit": True}, min_size=1, open=True) as pool,
+        pytest.raises(errors.ConfigError, match="do not fire under session_replication_role"),
+    ):
+        Store.pooled(pool).cancel_run(run)
+    assert snapshot(schema) == before

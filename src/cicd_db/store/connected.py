@@ -53,6 +53,8 @@ def retried(method: Method) -> Method:
 
     @functools.wraps(method)
     def call(self: Connected, *args: Any, **kwargs: Any) -> Any:
+        if not self._triggers_checked:
+            self._check_triggers_fire()
         for attempt in itertools.count(1):
             try:
                 return method(self, *args, **kwargs)
@@ -61,15 +63,6 @@ def retried(method: Method) -> Method:
                     raise standby("nothing was written") from None
                 if where := self._set_for_session("default_transaction_read_only", "on"):
                     raise ConfigError(f"the store may not write: {where}") from None
-                raise
-            except psycopg.errors.NotNullViolation:
-                # Under session_replication_role = replica (a logical replication
-                # subscriber's) no ordinary trigger fires: a run gets no number.
-                if where := self._set_for_session("session_replication_role", "replica"):
-                    raise ConfigError(
-                        "the store's triggers (run numbers, roll-ups) do not fire under "
-                        f"session_replication_role = replica; nothing was written; {where}"
-                    ) from None
                 raise
             except psycopg.errors.InsufficientPrivilege as denied:
                 # The reader's role (ci_reader) recording, or a role given no grants: named
@@ -117,6 +110,7 @@ class Connected:
         self._conn = conn
         self._cursors: dict[bytes, psycopg.Cursor[Any]] = {}
         self._session: tuple[bytes | None, bytes | None] = (None, None)
+        self._triggers_checked = False
 
     @classmethod
     def on(cls, conn: psycopg.Connection[Any]) -> Self:
@@ -164,6 +158,19 @@ class Connected:
         cannot be asked."""
         role = self._asked("SELECT current_user")
         return "this role" if role is None else repr(str(role))
+
+    def _check_triggers_fire(self) -> None:
+        """Before this store's first write: under session_replication_role = replica (a
+        logical replication subscriber's, set for the role, the database or PGOPTIONS) no
+        ordinary trigger fires, and the store's number runs and keep the roll-ups: a run
+        got no number, and a finished one no roll-up, silently. Asked once a store (a
+        pool's connections share their settings): ConfigError, nothing written."""
+        if where := self._set_for_session("session_replication_role", "replica"):
+            raise ConfigError(
+                "the store's triggers (run numbers, roll-ups) do not fire under "
+                f"session_replication_role = replica; nothing was written; {where}"
+            )
+        self._triggers_checked = True
 
     def _set_for_session(self, name: str, value: str) -> str | None:
         """Where this session's setting `name` was made `value` and what undoes it
