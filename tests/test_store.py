@@ -1796,3 +1796,30 @@ def test_no_write_goes_in_under_replica_where_the_stores_triggers_do_not_fire(
     ):
         Store.pooled(pool).cancel_run(run)
     assert snapshot(schema) == before
+
+
+def test_no_write_goes_in_where_the_search_path_puts_an_operator_before_pg_catalogs(
+    schema: Database, executions: Store
+) -> None:
+    """An `=` for uuid in a schema the caller's search_path puts before pg_catalog calls
+    every two ids equal: add_jobs inserted three times the rows, and one job's move moved
+    every job of the database, another pipeline's too (helper-146). The store asks the
+    search_path before its first write, as report, insights and retention do."""
+    run = executions.start_run("other", "c0")
+    stage = executions.add_stage(run, "build", 1)
+    executions.add_jobs(stage, [("j", False)])
+    before = snapshot(schema)
+    schema.execute(
+        "CREATE SCHEMA evil; CREATE FUNCTION evil.ueq(uuid, uuid) RETURNS bool LANGUAGE sql "
+        "AS 'SELECT true'; CREATE OPERATOR evil.= (leftarg = uuid, rightarg = uuid, "
+        "function = evil.ueq)"
+    )
+    with schema.connect() as conn:
+        conn.execute("SET search_path = evil, public, pg_catalog")
+        with pytest.raises(errors.ConfigError) as refused:
+            Store.on(conn).add_jobs(stage, [("j1", False), ("j2", False)])
+    assert str(refused.value).startswith(
+        "this session's search_path (evil, public, pg_catalog) searches evil before "
+        "pg_catalog, with functions or operators named as PostgreSQL's (evil.=(uuid,uuid)"
+    ), refused.value
+    assert snapshot(schema) == before

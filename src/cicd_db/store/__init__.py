@@ -69,7 +69,7 @@ from cicd_db.errors import (
 )
 from cicd_db.store.connected import retried
 from cicd_db.store.moves import Moves
-from cicd_db.store.reads import Reads, check_search_path, tables_placement
+from cicd_db.store.reads import Reads, tables_placement
 from cicd_db.store.rows import (
     ALLOWED_FROM,
     CANCELED,
@@ -95,6 +95,7 @@ from cicd_db.store.rows import (
     pending_job,
     whole,
 )
+from cicd_db.store.search_path import check_search_path
 from cicd_db.store.statements import BATCH_MOVES, q
 
 __all__ = [

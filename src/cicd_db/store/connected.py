@@ -21,6 +21,7 @@ from psycopg.rows import class_row
 from cicd_db import cursors
 from cicd_db.errors import ConfigError, NotFound, UsageError, standby
 from cicd_db.store.rows import TABLES, Row
+from cicd_db.store.search_path import check_search_path
 
 # A database or role may make every transaction REPEATABLE READ or SERIALIZABLE
 # (default_transaction_isolation); the server then refuses a write that met another
@@ -160,16 +161,25 @@ class Connected:
         return "this role" if role is None else repr(str(role))
 
     def _check_triggers_fire(self) -> None:
-        """Before this store's first write: under session_replication_role = replica (a
-        logical replication subscriber's, set for the role, the database or PGOPTIONS) no
-        ordinary trigger fires, and the store's number runs and keep the roll-ups: a run
-        got no number, and a finished one no roll-up, silently. Asked once a store (a
-        pool's connections share their settings): ConfigError, nothing written."""
+        """Before this store's first write, asked once a store (a pool's connections share
+        their settings), ConfigError and nothing written:
+
+        - under session_replication_role = replica (a logical replication subscriber's,
+          set for the role, the database or PGOPTIONS) no ordinary trigger fires, and the
+          store's number runs and keep the roll-ups: a run got no number, and a finished
+          one no roll-up, silently;
+        - a search_path that would have the store's statements use what is not
+          PostgreSQL's or cicd-db's (reads.check_search_path): an `=` of another schema
+          searched before pg_catalog made add_jobs insert three times the rows, and a
+          move move every job of the database."""
         if where := self._set_for_session("session_replication_role", "replica"):
             raise ConfigError(
                 "the store's triggers (run numbers, roll-ups) do not fire under "
                 f"session_replication_role = replica; nothing was written; {where}"
             )
+        with self._connection() as conn:
+            if conn.info.transaction_status == TransactionStatus.IDLE:
+                check_search_path(conn)
         self._triggers_checked = True
 
     def _set_for_session(self, name: str, value: str) -> str | None:
