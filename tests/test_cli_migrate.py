@@ -489,3 +489,34 @@ def test_a_closed_standard_error_is_no_place_for_a_connection(
         process.communicate(timeout=60)
     assert held == os.devnull, held
     assert (process.returncode, database.history()) == (0, [1])
+
+
+def test_a_schema_that_cannot_be_written_after_the_files_still_gets_the_json_document(
+    database: Database, tmp_path: Path
+) -> None:
+    """`up --json --dump-schema PATH`, the path's folder replaced by a file while the files
+    run: the error said the files were applied, stdout held nothing (helper-146)."""
+    import shutil
+
+    folder = write_migrations(tmp_path / "m", {"0001_a.sql": "SELECT pg_sleep(1);\n"})
+    out = tmp_path / "out"
+    out.mkdir()
+    args = cli_command(
+        "migrate", "--database-url", database.url, "--migrations-dir", str(folder), "--json",
+        "up", "--dump-schema", str(out / "schema.sql"),
+    )  # fmt: skip
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        database.wait_for(
+            "SELECT FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' "
+            "AND pid <> pg_backend_pid()",
+            "the file never started",
+        )
+        shutil.rmtree(out)
+        out.write_text("a file where the folder was\n")
+        stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0 and "the schema was not written" in stderr, stderr
+    document = json.loads(stdout)
+    assert (document["completed"], [a["version"] for a in document["applied"]]) == (False, [1])
+    assert database.history() == [1]

@@ -74,7 +74,7 @@ def up(
             elapsed_ms = (time.perf_counter() - started) * 1000
             if dump_schema and not dry_run:
                 _dump_schema_after(where, dump_schema, applied=len(results))
-        except (CicdDbError, psycopg.Error, KeyboardInterrupt):
+        except BaseException:  # whatever stops it: a failure, a signal, the output
             # A deploy job that reads --json learns what reached the database before
             # the error (on stderr), as the lines say it without --json; also when the
             # schema could not be written after the files.
