@@ -120,8 +120,26 @@ def test_discover_refuses_a_folder_without_migrations(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["0002_b.s\u200bql", "0002_b.sq\u00adl", "0002_b.\u200esql", "0002_b.sql\x1b[0m"],
-    ids=["zero-width-space", "soft-hyphen", "direction-mark", "colour-code-after"],
+    [
+        "0002_b.s\u200bql",
+        "0002_b.sq\u00adl",
+        "0002_b.\u200esql",
+        "0002_b.sql\x1b[0m",
+        "0002_b.sql\u180e",
+        "0002_b.sql\U000e0001",
+        "0002_b.sql\u034f",
+        "0002_b.sql\u3164",
+    ],
+    ids=[
+        "zero-width-space",
+        "soft-hyphen",
+        "direction-mark",
+        "colour-code-after",
+        "mongolian-vowel-separator",
+        "language-tag",
+        "combining-grapheme-joiner",
+        "hangul-filler",
+    ],
 )
 def test_characters_drawn_as_nothing_in_sql_are_refused_not_skipped(
     tmp_path: Path, name: str

@@ -253,7 +253,7 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
                     f"migration file {path.name!r} ends in white space, dots or characters "
                     f"drawn as nothing after .sql; rename it to {stripped}"
                 )
-            seen = _AFTER_SQL.sub("", _DRAWN_AS_NOTHING.sub("", path.name))
+            seen = _AFTER_SQL.sub("", _drawn_as_nothing(path.name))
             if seen != path.name and seen.lower().endswith(".sql"):
                 _parse_name(seen)
                 raise ConfigError(
@@ -287,20 +287,37 @@ def discover(folder: Path, *, planned: bool = True) -> list[Migration]:
 # What may follow `.sql` unseen, or nearly: white space, dots, format characters (a
 # zero-width space, a soft hyphen, a byte order mark).
 _AFTER_SQL = re.compile(r"[\s.\u00ad\u200b-\u200f\u2060-\u2064\ufeff]+\Z")
-# What a terminal or a file manager draws as nothing anywhere in a name: a terminal's
-# escape sequences (colours), control characters, and format characters (zero-width
-# ones, a soft hyphen, direction marks, a byte order mark).
-_DRAWN_AS_NOTHING = re.compile(
-    r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f\u00ad\u061c\u200b-\u200f"
-    r"\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]"
+# A terminal's escape sequences (colours), drawn as nothing.
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+# Unicode's default-ignorable characters that are neither control nor format characters
+# (a combining grapheme joiner, Hangul fillers, Mongolian and other variation
+# selectors): drawn as nothing too.
+_IGNORABLE = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
 )
+
+
+def _drawn_as_nothing(filename: str) -> str:
+    """`filename` without what a terminal or a file manager draws as nothing: escape
+    sequences, control and format characters (zero-width ones, a soft hyphen, direction
+    marks, a byte order mark, tags), and the rest of Unicode's default-ignorables."""
+    import unicodedata  # on a name that is no plain .sql only
+
+    return "".join(
+        ch
+        for ch in _ESCAPES.sub("", filename)
+        if unicodedata.category(ch) not in ("Cc", "Cf") and ch not in _IGNORABLE
+    )
 
 
 def _shown_as_sql(filename: str) -> bool:
     """Whether discover takes `filename` for a migration, to run or to refuse: a `.sql`
     name, also with what is drawn as nothing inside or after its extension."""
-    seen = _AFTER_SQL.sub("", _DRAWN_AS_NOTHING.sub("", filename))
-    return seen.lower().endswith(".sql")
+    if filename.lower().endswith(".sql"):
+        return True
+    return _AFTER_SQL.sub("", _drawn_as_nothing(filename)).lower().endswith(".sql")
 
 
 def _shown(filename: str) -> str:
