@@ -366,6 +366,25 @@ def test_a_command_line_is_parsed_as_the_whole_tree_parses_it(
     assert _parsed_as(argv, only_migrate, whole=False) == _parsed_as(argv, only_migrate, whole=True)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "--pipeline", "p", "--limit=--"],
+        ["migrate", "status", "--migrations-dir=--"],
+        ["schema", "dump", "--database-url=--"],
+    ],
+    ids=["limit", "migrations-dir", "database-url"],
+)
+def test_a_flag_given_two_dashes_as_its_value_is_refused(argv: list[str]) -> None:
+    """argparse drops the `--` of `--limit=--` and sets an empty list without calling the
+    option's type: `--limit` was ignored, exit 0, and `--migrations-dir` an unexpected
+    TypeError, exit 1 (helper-146)."""
+    flag = argv[-1].removesuffix("=--")
+    with pytest.raises(UsageError) as refused:
+        cli.parse(argv)
+    assert str(refused.value) == f"{flag}=-- gives {flag} no value; give it one"
+
+
 def test_a_start_builds_only_the_commands_its_command_line_names() -> None:
     """Help and the version print the tree (and argparse takes `--he` for `--help`)."""
     assert parsing._named_in(["migrate", "--stack", "dev", "up"], False) == {

@@ -419,7 +419,9 @@ def _parsed(
         name = _named(chosen, only_migrate)
         raise UsageError(f"`{name}` takes no {flags}; see `{prog} {name} --help`")
     for name, value in given.items():
-        for text in value if isinstance(value, list) else [value]:
+        if isinstance(value, list):  # `--limit=--`: argparse drops the `--`, leaving []
+            raise UsageError(f"{flag(name)}=-- gives {flag(name)} no value; give it one")
+        for text in [value]:
             if isinstance(text, str) and (where := not_utf8(text)):
                 raise UsageError(f"{flag(name)} is not UTF-8 text ({where}); pass it as UTF-8")
     context = Context(**{name: value for name, value in given.items() if name in commands.FIELDS})
