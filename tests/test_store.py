@@ -1804,7 +1804,7 @@ def test_no_write_goes_in_where_the_search_path_puts_an_operator_before_pg_catal
     """An `=` for uuid in a schema the caller's search_path puts before pg_catalog calls
     every two ids equal: add_jobs inserted three times the rows, and one job's move moved
     every job of the database, another pipeline's too (helper-146). The store asks the
-    search_path before its first write, as report, insights and retention do."""
+    search_path before its first read or write, as report, insights and retention do."""
     run = executions.start_run("other", "c0")
     stage = executions.add_stage(run, "build", 1)
     executions.add_jobs(stage, [("j", False)])
@@ -1816,6 +1816,8 @@ def test_no_write_goes_in_where_the_search_path_puts_an_operator_before_pg_catal
     )
     with schema.connect() as conn:
         conn.execute("SET search_path = evil, public, pg_catalog")
+        with pytest.raises(errors.ConfigError, match=r"^this session's search_path"):
+            Store.on(conn).jobs(stage)  # a Python caller's read: every job of the database
         with pytest.raises(errors.ConfigError) as refused:
             Store.on(conn).add_jobs(stage, [("j1", False), ("j2", False)])
     assert str(refused.value).startswith(

@@ -112,6 +112,7 @@ class Connected:
         self._cursors: dict[bytes, psycopg.Cursor[Any]] = {}
         self._session: tuple[bytes | None, bytes | None] = (None, None)
         self._triggers_checked = False
+        self._path_checked = False
 
     @classmethod
     def on(cls, conn: psycopg.Connection[Any]) -> Self:
@@ -177,10 +178,19 @@ class Connected:
                 "the store's triggers (run numbers, roll-ups) do not fire under "
                 f"session_replication_role = replica; nothing was written; {where}"
             )
+        self._path_asked()
+        self._triggers_checked = True
+
+    def _path_asked(self) -> None:
+        """Before this store's first read or write, once a store: ConfigError when its
+        search_path would have its statements use what is not PostgreSQL's or cicd-db's
+        (search_path.check_search_path); a Python caller's reads gave wrong answers."""
+        if self._path_checked:
+            return
         with self._connection() as conn:
             if conn.info.transaction_status == TransactionStatus.IDLE:
                 check_search_path(conn)
-        self._triggers_checked = True
+        self._path_checked = True
 
     def _set_for_session(self, name: str, value: str) -> str | None:
         """Where this session's setting `name` was made `value` and what undoes it
@@ -256,10 +266,12 @@ class Connected:
         return found
 
     def _maybe(self, kind: type[Row], query: bytes | sql.Composed, params: Any) -> Row | None:
+        self._path_asked()
         with self._connection() as conn:
             return fetch_one(conn, kind, query, params)
 
     def _all(self, kind: type[Row], query: bytes | sql.Composed, params: Any) -> list[Row]:
+        self._path_asked()
         with (
             self._connection() as conn,
             cursors.cursor(conn, binary=True, row_factory=class_row(kind)) as cursor,

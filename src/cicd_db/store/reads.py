@@ -41,6 +41,7 @@ class Reads(Connected):
         is not cicd-db's or PostgreSQL's (see check_search_path()). Reads."""
         with self._connection() as conn:
             check_search_path(conn)
+        self._path_checked = True
 
     def tables_placement(self) -> Placement | None:
         """Where the execution tables are when this store cannot see them (see
