@@ -9,6 +9,7 @@ import pty
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -483,6 +484,38 @@ def test_a_persons_cancel_is_not_told_as_a_statement_timeout(
         canceller.join()
     assert "user request" in str(cut.value)
     assert "statement_timeout" not in str(cut.value), cut.value
+    assert counts(migrated) == (1, 2, 6)
+
+
+def test_a_cancel_where_the_sessions_timeout_could_have_fired_is_told_as_suspected(
+    migrated: Database, executions: Store
+) -> None:
+    """As the twin above, on a session 2 s old whose statement_timeout is 2 s: PostgreSQL
+    tells a timeout that fires as a statement ends as a cancel "due to user request", and
+    running again meets it again; it is named as suspected, with where it is set (it was
+    "run again to go on")."""
+    record(executions, "build", days_ago=40)
+    when_its_jobs_go(migrated, 0, "PERFORM pg_sleep(5);")
+    conninfo = migrated.settings.conninfo(options="-c statement_timeout=2s")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        time.sleep(2.2)  # the session grows as old as its timeout; no statement runs that long
+        pid = conn.info.backend_pid
+
+        def cancel() -> None:
+            migrated.wait_for(
+                f"SELECT FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'PgSleep'",
+                "retention never reached the trigger's sleep",
+            )
+            migrated.query("SELECT pg_cancel_backend(%s)", pid)
+
+        canceller = threading.Thread(target=cancel)
+        canceller.start()
+        with pytest.raises(OperationalError) as cut:
+            retention.prune(conn, keep_days=30)
+        canceller.join()
+    said = str(cut.value)
+    assert "user request" in said
+    assert "if no one cancelled it, statement_timeout stopped it" in said, said
     assert counts(migrated) == (1, 2, 6)
 
 

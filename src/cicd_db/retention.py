@@ -60,6 +60,7 @@ from cicd_db.errors import (
     older_schema,
     plural,
     setting_named,
+    setting_suspected,
     standby,
     statement_pooling,
     where_set,
@@ -258,7 +259,10 @@ def prune(
         ) from None
     except (errors.QueryCanceled, errors.LockNotAvailable) as cut:  # the session's settings
         raise _cancelled(
-            cut, "nothing was counted" if dry_run else _so_far(None), dry_run
+            cut,
+            "nothing was counted" if dry_run else _so_far(None),
+            dry_run,
+            timed_out=cursors.could_have_timed_out(conn),
         ) from None
     found = int(counts[0])
     if dry_run:
@@ -292,7 +296,9 @@ def prune(
         raise _denied(conn, denied, done) from None
     except errors.QueryCanceled as cut:
         done, batch_was = _settled(conn, done, flight, started)
-        raise _cancelled(cut, _stopped(done, batch_was)) from None
+        raise _cancelled(
+            cut, _stopped(done, batch_was), timed_out=cursors.could_have_timed_out(conn)
+        ) from None
     except errors.ForeignKeyViolation as kept:
         # A table added beside the schema refers to a run without ON DELETE CASCADE:
         # every call would meet it again, so running again is no fix.
@@ -328,12 +334,18 @@ def _fires_no_cascade(conn: psycopg.Connection[Any], source: str) -> ConfigError
     )
 
 
-def _cancelled(cut: psycopg.Error, stopped: str, dry_run: bool = False) -> OperationalError:
+def _cancelled(
+    cut: psycopg.Error, stopped: str, dry_run: bool = False, *, timed_out: bool = False
+) -> OperationalError:
     """A statement cut by a statement_timeout or lock_timeout (a role's, database's or
     PGOPTIONS's setting) or pg_cancel_backend: the connection is fine, and running again
-    meets the same setting, which is named where it is known."""
+    meets the same setting, which is named where it is known; a cancel "due to user
+    request" where the session's statement_timeout could have fired (`timed_out`:
+    cursors.could_have_timed_out) is that timeout, suspected."""
     said = str(cut.diag.message_primary or cut).strip().splitlines()[0]
     setting, suspected = setting_named(cut.sqlstate, said) or (None, False)
+    if setting is None and timed_out and setting_suspected(cut.sqlstate, said):
+        setting, suspected = "statement_timeout", True
     # Counting runs before retention sets a lock_timeout of its own, so one there is the
     # session's. Not in errors.SETTING_BEHIND: the runner, which reads that table too,
     # retries what a lock timeout cuts (migrations/failures.py), most often one its files
