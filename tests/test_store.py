@@ -1825,3 +1825,16 @@ def test_no_write_goes_in_where_the_search_path_puts_an_operator_before_pg_catal
         "pg_catalog, with functions or operators named as PostgreSQL's (evil.=(uuid,uuid)"
     ), refused.value
     assert snapshot(schema) == before
+
+
+def test_a_schema_in_the_way_is_named_as_sql_writes_it(schema: Database) -> None:
+    """Its name unquoted (`searches Odd, "Name" before`) read as two schemas (helper-146)."""
+    schema.execute(
+        'CREATE SCHEMA "Odd, ""Name"""; CREATE FUNCTION "Odd, ""Name""".now() RETURNS '
+        "timestamptz LANGUAGE sql AS 'SELECT pg_catalog.now()'"
+    )
+    with schema.connect() as conn:
+        conn.execute('SET search_path = "Odd, ""Name""", public, pg_catalog')
+        with pytest.raises(errors.ConfigError) as refused:
+            store.check_search_path(conn)
+    assert 'searches "Odd, ""Name""" before pg_catalog' in str(refused.value), refused.value

@@ -4,6 +4,7 @@ the store's first write and for report, insights and retention before they read.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -60,6 +61,13 @@ _NAMED_AS_POSTGRESQLS = (
 )
 
 
+def _quoted(schema: str) -> str:
+    """A schema's name as SQL writes it: as it is when plain, else in double quotes."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", schema):
+        return schema
+    return '"' + schema.replace('"', '""') + '"'
+
+
 def check_search_path(conn: psycopg.Connection[Any]) -> None:
     """ConfigError when the session's search_path would have cicd-db's statements read
     what is not cicd-db's or PostgreSQL's (one round trip):
@@ -84,7 +92,7 @@ def check_search_path(conn: psycopg.Connection[Any]) -> None:
         found = cursors.execute(conn, _NAMED_AS_POSTGRESQLS, [before, before]).fetchall()
         named = ", ".join(str(row[0]) for row in found)
         raise ConfigError(
-            f"this session's search_path ({path}) searches {', '.join(before)} before "
+            f"this session's search_path ({path}) searches {', '.join(map(_quoted, before))} before "
             f"pg_catalog, with functions or operators named as PostgreSQL's ({named}): "
             "those would be the ones cicd-db's statements call; "
             + (where or "set a search_path that leaves pg_catalog out, or names it first")
