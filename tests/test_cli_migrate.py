@@ -449,8 +449,9 @@ def test_a_run_that_stops_tells_what_it_applied_in_its_json(
             cli_command(*args, "up"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         ) as process:
             database.wait_for(
+                # The run's statement, not a session of a test before this one still ending.
                 "SELECT FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
-                "AND pid <> pg_backend_pid()",
+                "AND state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()",
                 "the second file never started",
             )
             process.send_signal(signal.SIGTERM)
@@ -481,8 +482,9 @@ def test_a_closed_standard_error_is_no_place_for_a_connection(
     args = cli_command("migrate", "--database-url", database.url, "--migrations-dir", str(folder), "up")  # fmt: skip
     with subprocess.Popen(args, stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2)) as process:
         database.wait_for(
+            # The run's statement, not a session of a test before this one still ending.
             "SELECT FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' "
-            "AND pid <> pg_backend_pid()",
+            "AND state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()",
             "the file never started",
         )
         held = os.readlink(f"/proc/{process.pid}/fd/2")
@@ -509,8 +511,9 @@ def test_a_schema_that_cannot_be_written_after_the_files_still_gets_the_json_doc
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
         database.wait_for(
+            # The run's statement, not a session of a test before this one still ending.
             "SELECT FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' "
-            "AND pid <> pg_backend_pid()",
+            "AND state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()",
             "the file never started",
         )
         shutil.rmtree(out)
