@@ -448,12 +448,7 @@ def test_a_run_that_stops_tells_what_it_applied_in_its_json(
         with subprocess.Popen(
             cli_command(*args, "up"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         ) as process:
-            database.wait_for(
-                # The run's statement, not a session of a test before this one still ending.
-                "SELECT FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
-                "AND state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()",
-                "the second file never started",
-            )
+            _wait_for_the_runs_sleep(database, "30", "the second file never started")
             process.send_signal(signal.SIGTERM)
             out, err = process.communicate(timeout=60)
             code = process.returncode
@@ -481,12 +476,7 @@ def test_a_closed_standard_error_is_no_place_for_a_connection(
     folder = write_migrations(tmp_path / "m", {"0001_a.sql": "SELECT pg_sleep(1);\n"})
     args = cli_command("migrate", "--database-url", database.url, "--migrations-dir", str(folder), "up")  # fmt: skip
     with subprocess.Popen(args, stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2)) as process:
-        database.wait_for(
-            # The run's statement, not a session of a test before this one still ending.
-            "SELECT FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' "
-            "AND state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()",
-            "the file never started",
-        )
+        _wait_for_the_runs_sleep(database, "1", "the file never started")
         held = os.readlink(f"/proc/{process.pid}/fd/2")
         process.communicate(timeout=60)
     assert held == os.devnull, held
@@ -510,12 +500,7 @@ def test_a_schema_that_cannot_be_written_after_the_files_still_gets_the_json_doc
     with subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
-        database.wait_for(
-            # The run's statement, not a session of a test before this one still ending.
-            "SELECT FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' "
-            "AND state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()",
-            "the file never started",
-        )
+        _wait_for_the_runs_sleep(database, "1", "the file never started")
         shutil.rmtree(out)
         out.write_text("a file where the folder was\n")
         stdout, stderr = process.communicate(timeout=60)
@@ -523,3 +508,13 @@ def test_a_schema_that_cannot_be_written_after_the_files_still_gets_the_json_doc
     document = json.loads(stdout)
     assert (document["completed"], [a["version"] for a in document["applied"]]) == (False, [1])
     assert database.history() == [1]
+
+
+def _wait_for_the_runs_sleep(database: Database, seconds: str, what: str) -> None:
+    """Until a `pg_sleep(seconds)` of the run is active in `database`: not a session of a
+    test before this one still ending, whose last query named the same sleep."""
+    database.wait_for(
+        f"SELECT FROM pg_stat_activity WHERE query LIKE '%pg_sleep({seconds})%' "
+        "AND state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()",
+        what,
+    )

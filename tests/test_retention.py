@@ -459,6 +459,28 @@ def test_a_statement_timeout_is_named_not_told_as_a_lost_connection(
     assert counts(migrated) == (1, 2, 6)
 
 
+def _pruned_while_a_person_cancels(
+    migrated: Database, conn: psycopg.Connection[Any]
+) -> pytest.ExceptionInfo[OperationalError]:
+    """What retention.prune on `conn` raises when pg_cancel_backend from another session
+    cuts it in the trigger's sleep (when_its_jobs_go)."""
+    pid = conn.info.backend_pid
+
+    def cancel() -> None:
+        migrated.wait_for(
+            f"SELECT FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'PgSleep'",
+            "retention never reached the trigger's sleep",
+        )
+        migrated.query("SELECT pg_cancel_backend(%s)", pid)
+
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    with pytest.raises(OperationalError) as cut:
+        retention.prune(conn, keep_days=30)
+    canceller.join()
+    return cut
+
+
 def test_a_persons_cancel_is_not_told_as_a_statement_timeout(
     migrated: Database, executions: Store
 ) -> None:
@@ -468,20 +490,7 @@ def test_a_persons_cancel_is_not_told_as_a_statement_timeout(
     record(executions, "build", days_ago=40)
     when_its_jobs_go(migrated, 0, "PERFORM pg_sleep(5);")
     with migrated.connect() as conn:
-        pid = conn.info.backend_pid
-
-        def cancel() -> None:
-            migrated.wait_for(
-                f"SELECT FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'PgSleep'",
-                "retention never reached the trigger's sleep",
-            )
-            migrated.query("SELECT pg_cancel_backend(%s)", pid)
-
-        canceller = threading.Thread(target=cancel)
-        canceller.start()
-        with pytest.raises(OperationalError) as cut:
-            retention.prune(conn, keep_days=30)
-        canceller.join()
+        cut = _pruned_while_a_person_cancels(migrated, conn)
     assert "user request" in str(cut.value)
     assert "statement_timeout" not in str(cut.value), cut.value
     assert counts(migrated) == (1, 2, 6)
@@ -499,20 +508,7 @@ def test_a_cancel_where_the_sessions_timeout_could_have_fired_is_told_as_suspect
     conninfo = migrated.settings.conninfo(options="-c statement_timeout=2s")
     with psycopg.connect(conninfo, autocommit=True) as conn:
         time.sleep(2.2)  # the session grows as old as its timeout; no statement runs that long
-        pid = conn.info.backend_pid
-
-        def cancel() -> None:
-            migrated.wait_for(
-                f"SELECT FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'PgSleep'",
-                "retention never reached the trigger's sleep",
-            )
-            migrated.query("SELECT pg_cancel_backend(%s)", pid)
-
-        canceller = threading.Thread(target=cancel)
-        canceller.start()
-        with pytest.raises(OperationalError) as cut:
-            retention.prune(conn, keep_days=30)
-        canceller.join()
+        cut = _pruned_while_a_person_cancels(migrated, conn)
     said = str(cut.value)
     assert "user request" in said
     assert "if no one cancelled it, statement_timeout stopped it" in said, said

@@ -164,7 +164,7 @@ def cancels_named(conn: psycopg.Connection[Any]) -> Iterator[None]:
             raise
         setting, suspected = named
         first = str(cut).strip().splitlines()[0]
-        if where := _where_set(conn, setting):
+        if where := where_set(conn, setting):
             cause = "if no one cancelled it, the statement timeout did: " if suspected else ""
             raise OperationalError(
                 f"database error: {first}; {cause}{where}, and run again"
@@ -174,9 +174,10 @@ def cancels_named(conn: psycopg.Connection[Any]) -> Iterator[None]:
         raise
 
 
-def _where_set(conn: psycopg.Connection[Any], name: str) -> str | None:
-    """Where the session's setting `name` comes from and what undoes it (setting_where),
-    or None when the session cannot say (a timeout so short that it cuts the question)."""
+def where_set(conn: psycopg.Connection[Any], name: str, only: str | None = None) -> str | None:
+    """Where the session's setting `name` comes from and what undoes it (setting_where);
+    None when the session cannot say (a timeout so short that it cuts the question), or
+    when the setting is not `only`."""
     try:
         row = execute(
             conn,
@@ -186,4 +187,6 @@ def _where_set(conn: psycopg.Connection[Any], name: str) -> str | None:
         ).fetchone()
     except psycopg.Error:
         return None
-    return None if row is None else setting_where(conn, name, str(row[0]), str(row[1]))
+    if row is None or (only is not None and row[0] != only):
+        return None
+    return setting_where(conn, name, str(row[0]), str(row[1]))

@@ -421,9 +421,8 @@ def _parsed(
     for name, value in given.items():
         if isinstance(value, list):  # `--limit=--`: argparse drops the `--`, leaving []
             raise UsageError(f"{flag(name)}=-- gives {flag(name)} no value; give it one")
-        for text in [value]:
-            if isinstance(text, str) and (where := not_utf8(text)):
-                raise UsageError(f"{flag(name)} is not UTF-8 text ({where}); pass it as UTF-8")
+        if isinstance(value, str) and (where := not_utf8(value)):
+            raise UsageError(f"{flag(name)} is not UTF-8 text ({where}); pass it as UTF-8")
     context = Context(**{name: value for name, value in given.items() if name in commands.FIELDS})
     arguments = {name: value for name, value in given.items() if name not in commands.FIELDS}
     return Call(chosen, context, arguments, debug)

@@ -194,20 +194,13 @@ class Connected:
 
     def _set_for_session(self, name: str, value: str) -> str | None:
         """Where this session's setting `name` was made `value` and what undoes it
-        (cursors.setting_where), or None when it is not that or cannot be asked."""
+        (cursors.where_set), or None when it is not that or cannot be asked."""
         try:
             with self._connection() as conn:
                 if conn.info.transaction_status != TransactionStatus.IDLE:
                     return None
-                row = cursors.execute(
-                    conn,
-                    "SELECT setting, source FROM pg_catalog.pg_settings WHERE name = %s",
-                    [name],
-                ).fetchone()
-                if row is None or row[0] != value:
-                    return None
-                return cursors.setting_where(conn, name, value, str(row[1]))
-        except (psycopg.Error, UsageError):
+                return cursors.where_set(conn, name, only=value)
+        except (psycopg.Error, UsageError):  # the borrowing itself
             return None
 
     def _in_recovery(self) -> bool:
