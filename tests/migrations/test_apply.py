@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg.pq import TransactionStatus
 
 from cicd_db import migrations
 from cicd_db.errors import Interrupted, MigrationFailed, Terminated
@@ -477,14 +478,19 @@ def test_a_ctrl_c_at_any_line_of_a_run_leaves_a_history_that_tells_the_truth(
 def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A Ctrl-C that lands once file 2's transaction committed, before the runner moves on."""
+    """A Ctrl-C that lands once file 2's transaction committed, before the runner moves
+    on: file 3's transaction, begun with file 2's commit, is rolled back, and the
+    connection given back idle."""
     in_transaction = migrations.apply.Applier._in_transaction
 
     def then_interrupted(
-        applier: migrations.apply.Applier, migration: migrations.Migration
+        applier: migrations.apply.Applier,
+        migration: migrations.Migration,
+        then: migrations.Migration | None = None,
     ) -> None:
-        in_transaction(applier, migration)
+        in_transaction(applier, migration, then)
         if migration.version == 2:
+            assert applier.begun is not None and applier.begun[0].version == 3
             raise KeyboardInterrupt
 
     monkeypatch.setattr(migrations.apply.Applier, "_in_transaction", then_interrupted)
@@ -492,6 +498,7 @@ def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
         runner = migrations.Runner(conn, migrations.discover(write_migrations(tmp_path, THREE)))
         with pytest.raises(Interrupted) as interrupted:
             runner.apply()
+        assert conn.info.transaction_status == TransactionStatus.IDLE
     assert str(interrupted.value) == (
         "interrupted after 0002_pets.sql was applied; nothing after it ran"
     )

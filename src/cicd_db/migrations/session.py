@@ -382,12 +382,12 @@ class Session:
         if not step.changes_lexing:
             if actual == step.standard_strings:
                 return None
-            self._changed_unseen(migration, step)
+            self.changed_unseen(migration, step)
         elif actual == step.standard_strings_after:
             return None
         return self._replan_after(migration, step)
 
-    def _changed_unseen(self, migration: Migration, step: Batch) -> None:
+    def changed_unseen(self, migration: Migration, step: Batch) -> None:
         """`step` changed how strings read, and no statement in it names the setting (a
         function that sets it, a name computed): alone in its query, the rest is read as
         the server now reads it, as psql would; among others, the ones after it were

@@ -266,7 +266,8 @@ class _Pass:
             self.steps.append(
                 Batch(
                     batch[0].start, batch[-1].end, batch[0].line, self.scanner.standard_strings,
-                    **lexing,
+                    **lexing, statements=len(batch),
+                    closed=batch[-1].closed and all(s.continued is None for s in batch),
                 )
             )  # fmt: skip
         batch.clear()
