@@ -100,21 +100,44 @@ def dump(database: Database) -> str:
     )
 
 
-def runner_apply(database: Database, folder: Path, data: bytes) -> list[migrations.Result]:
+# A file applied before the one under test, in the same run: it leaves in its session
+# what must not reach the next file (a search_path, strings read the old way, a
+# temporary table, a prepared statement, a LISTEN, an advisory lock), and nothing in the
+# database. After it, the file under test goes in one query with the runner's closing
+# statements where it can (apply._with_the_file); run first, in queries of its own.
+BEFORE = (
+    b"CREATE TEMPORARY TABLE leaked (a int);\nPREPARE leaked AS SELECT 1;\nLISTEN leaked;\n"
+    b"SELECT pg_advisory_lock(7);\nSET search_path = pg_temp;\n"
+    b"SET standard_conforming_strings = off;\n"
+)
+
+
+def runner_apply(
+    database: Database, folder: Path, data: bytes, *, after_a_file: bool = False
+) -> list[migrations.Result]:
+    """Apply `data` as version 1, or `after_a_file` (BEFORE) as version 2; the results of
+    the file under test."""
     folder.mkdir()
-    (folder / "0001_fixture.sql").write_bytes(data)
+    if after_a_file:
+        (folder / "0001_before.sql").write_bytes(BEFORE)
+    (folder / f"000{1 + after_a_file}_fixture.sql").write_bytes(data)
     with database.connect() as conn:
-        return migrations.Runner(conn, migrations.discover(folder)).apply()
+        return migrations.Runner(conn, migrations.discover(folder)).apply()[after_a_file:]
 
 
 ORACLE: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize("name", FILES)
-@pytest.mark.parametrize("batch_bytes", [migrations.BATCH_BYTES, 1], ids=["batched", "one-by-one"])
+@pytest.mark.parametrize(
+    ("batch_bytes", "after_a_file"),
+    [(migrations.BATCH_BYTES, False), (migrations.BATCH_BYTES, True), (1, False)],
+    ids=["batched", "batched-after-a-file", "one-by-one"],
+)
 def test_runner_applies_like_psql(
     name: str,
     batch_bytes: int,
+    after_a_file: bool,
     database: Database,
     spare: Database,
     tmp_path: Path,
@@ -122,9 +145,11 @@ def test_runner_applies_like_psql(
 ) -> None:
     monkeypatch.setattr(statements, "BATCH_BYTES", batch_bytes)
     expected = oracle_of(name, "plain", spare, tmp_path)
-    runner_apply(database, tmp_path / "migrations", variant(name, "plain"))
+    runner_apply(
+        database, tmp_path / "migrations", variant(name, "plain"), after_a_file=after_a_file
+    )
     assert dump(database) == expected
-    assert database.history() == [1]
+    assert database.history() == ([1, 2] if after_a_file else [1])
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -244,23 +269,27 @@ AT_COMMIT = {
 }
 
 
+@pytest.mark.parametrize("after_a_file", [False, True], ids=["first", "after-a-file"])
 @pytest.mark.parametrize("name", sorted(AT_COMMIT))
 def test_what_a_files_commit_runs_sees_the_session_the_file_left(
-    name: str, database: Database, spare: Database, tmp_path: Path
+    name: str, after_a_file: bool, database: Database, spare: Database, tmp_path: Path
 ) -> None:
     """psql as the oracle: applied to the same dump, or refused by both."""
     path = tmp_path / "psql.sql"
     path.write_text(AT_COMMIT[name])
     refused = psql_refuses(spare, path)
+    before = [1] if after_a_file else []
     if refused:
         with pytest.raises(MigrationFailed) as failed:
-            runner_apply(database, tmp_path / "migrations", path.read_bytes())
+            runner_apply(
+                database, tmp_path / "migrations", path.read_bytes(), after_a_file=after_a_file
+            )
         assert "failed at its commit" in str(failed.value)
-        assert (database.history(), database.tables()) == ([], set())
+        assert (database.history(), database.tables()) == (before, set())
         return
-    runner_apply(database, tmp_path / "migrations", path.read_bytes())
+    runner_apply(database, tmp_path / "migrations", path.read_bytes(), after_a_file=after_a_file)
     assert dump(database) == dump(spare)
-    assert database.history() == [1]
+    assert database.history() == [*before, 1 + after_a_file]
 
 
 # Statements before a SET TRANSACTION: PostgreSQL refuses it after one that took a
@@ -327,7 +356,7 @@ FLIPS = (
     ],
     ids=["same-statements", "other-statements"],
 )
-@pytest.mark.parametrize("sent", ["batched", "one-by-one", "alone"])
+@pytest.mark.parametrize("sent", ["batched", "batched-after-a-file", "one-by-one", "alone"])
 def test_a_change_of_how_strings_read_no_statement_names_is_followed_or_refused(
     after: str,
     sent: str,
@@ -337,24 +366,29 @@ def test_a_change_of_how_strings_read_no_statement_names_is_followed_or_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One query a statement (planned so, or sent so where current_query() is named): the
-    runner reads the rest as psql does; in a batch, it refuses, naming the lines."""
+    runner reads the rest as psql does; in a batch, it refuses, naming the lines; after
+    another file, its batch in one query with the runner's closing statements, whose
+    COMMIT must not run."""
+    after_a_file = sent == "batched-after-a-file"
     if sent == "one-by-one":
         monkeypatch.setattr(statements, "BATCH_BYTES", 1)
     path = tmp_path / "psql.sql"
     head = "-- current_query() is named: a statement a query\n" if sent == "alone" else ""
     path.write_text(head + FLIPS + "SELECT flip();\n" + after)
     assert psql_refuses(spare, path) is None
-    if sent != "batched":  # each statement alone: the rest is read as the server now reads it
+    if not sent.startswith("batched"):  # each statement alone: read as the server now reads
         runner_apply(database, tmp_path / "migrations", path.read_bytes())
         assert dump(database) == dump(spare)
         return
     with pytest.raises(MigrationFailed) as refused:
-        runner_apply(database, tmp_path / "migrations", path.read_bytes())
+        runner_apply(
+            database, tmp_path / "migrations", path.read_bytes(), after_a_file=after_a_file
+        )
     if "SELECT ''';" not in after:  # (else the server cannot parse it: refused as such)
         assert "changed standard_conforming_strings to off in lines 1-4 without naming it" in (
             str(refused.value)
         )
-    assert (database.history(), database.tables()) == ([], set())
+    assert (database.history(), database.tables()) == ([1] if after_a_file else [], set())
 
 
 def test_a_leading_set_role_leaves_the_runners_first_query_readable(

@@ -475,6 +475,46 @@ def test_a_ctrl_c_at_any_line_of_a_run_leaves_a_history_that_tells_the_truth(
         databases.drop(interrupted)
 
 
+def test_a_file_after_the_first_goes_in_one_query_with_its_history_row(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One round trip a file: a file the server reads as the plan does goes in one query
+    with its history row and COMMIT, its transaction begun and marked with the commit of
+    the file before; the first file, one after a no-transaction file and one that sets
+    its transaction's characteristics first go as before, in queries of their own."""
+    sent: list[bytes] = []
+    simple = migrations.session.Session.simple
+
+    def recorded(session: migrations.session.Session, query: bytes) -> list[object]:
+        sent.append(query)
+        return simple(session, query)
+
+    monkeypatch.setattr(migrations.session.Session, "simple", recorded)
+    files = {
+        f"000{n}_t{n}.sql": f"CREATE TABLE t{n} (id int);\nINSERT INTO t{n} VALUES ({n});\n"
+        for n in range(1, 5)
+    } | {
+        "0005_alone.sql": "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY i ON t1 (id);\n",
+        "0006_t6.sql": "CREATE TABLE t6 (id int);\n",
+        "0007_t7.sql": "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\nCREATE TABLE t7 (id int);\n",
+        "0008_t8.sql": "CREATE TABLE t8 (id int);\n",
+    }
+    with database.connect() as conn:
+        migrations.Runner(conn, migrations.discover(write_migrations(tmp_path, files))).apply()
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+
+    def sent_with(table: str) -> list[bool]:
+        """For each query that made `table`: whether its history row and COMMIT went with it."""
+        made = f"CREATE TABLE {table} ".encode()
+        return [b"INSERT INTO " in query and b"COMMIT" in query for query in sent if made in query]
+
+    assert [sent_with(f"t{n}") for n in (1, 2, 3, 4, 6, 7, 8)] == [
+        [False], [True], [True], [True], [False], [False], [True],
+    ]  # fmt: skip
+    assert database.history() == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert database.query("SELECT count(*) FROM t4") == [(1,)]
+
+
 def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -195,15 +195,24 @@ def test_permission_denied_names_the_privilege(database: Database, tmp_path: Pat
         "no-transaction",
     ],
 )
+@pytest.mark.parametrize("first", [True, False], ids=["first", "after-a-file"])
 def test_failure_names_the_line_and_the_fix(
-    database: Database, tmp_path: Path, files: dict[str, str], message: str
+    database: Database, tmp_path: Path, files: dict[str, str], message: str, first: bool
 ) -> None:
+    """Run first, a file goes in queries of its own; after another, in one query with the
+    runner's closing statements (apply._with_the_file): told the same either way."""
+    if not first:
+        files = {"0001_before.sql": "CREATE TABLE before_it (id int);\n"} | {
+            name.replace("0001_", "0002_"): text for name, text in files.items()
+        }
+        message = message.replace("0001_", "0002_")
     code, out, err = migrate(database, write_migrations(tmp_path, files))
-    assert (code, out) == (1, "")
+    assert code == 1
+    assert ("0001_before.sql" in out) != first, out
     assert without_escape_warnings(err) == (
         f"error: migration {message.format(user=database.settings.user)}\n"
     )
-    assert database.history() == []
+    assert database.history() == ([] if first else [1])
 
 
 @pytest.mark.parametrize(

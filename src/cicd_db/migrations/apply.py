@@ -336,7 +336,7 @@ class Applier(Verdicts):
         results = session.simple(text + b" " + check + closing)
         diagnose.raise_on_error(session, migration, batch, results[:count])
         if check and len(results) > count and results[count].status == ExecStatus.FATAL_ERROR:
-            session.changed_unseen(migration, batch)
+            session.changed_unseen(migration, batch, now=not batch.standard_strings)
         return results[count + bool(check) :]
 
     def _begins_plainly(self, migration: Migration) -> bool:
