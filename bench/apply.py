@@ -9,13 +9,17 @@ from __future__ import annotations
 import random
 import shutil
 import statistics
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import psycopg
 
 from cicd_db.settings import ConnectionSettings
 
 from .common import PYTHON, ROOT, Databases, Table, paired, timed
+from .link import delayed
 
 Tools = dict[str, Path | None]
 
@@ -157,8 +161,55 @@ def measure_many(
     )
 
 
-def _rounds(dbs: Databases, contenders: list[Rival], rounds: int) -> dict[str, list[float]]:
-    """Each contender's times, one fresh database a run, in a shuffled order each round."""
+# The slower link's round trip added (bench.link), about a cloud database's from a runner
+# in the same region.
+LINK_RTT_MS = 1.0
+
+
+def measure_over_a_link(
+    dbs: Databases, layouts: dict[str, Path], tools: Tools, rounds: int
+) -> tuple[Table, dict[str, float]]:
+    """Apply 100 where round trips are dear: every tool through the same proxy, which
+    holds each way's bytes half of LINK_RTT_MS. Not a bound: what a round trip a file
+    more or less is worth, beside a tool that makes several a file."""
+    contenders = [c for c in rivals(layouts, tools) if c.name in ("cicd-db", "dbmate")]
+    contenders.append(
+        Rival(
+            PYTHON_FLOOR,
+            lambda db: [PYTHON, "-c", _PYTHON_FLOOR, db.conninfo(), str(layouts["cicd-db"])],
+        )
+    )
+    with delayed(dbs.admin.port or 5432, LINK_RTT_MS) as port:
+        trip = _round_trip_ms(replace(dbs.admin, port=port))
+        times = _rounds(dbs, contenders, rounds, port=port)
+    table, figures = versus(
+        f"Apply 100 migrations over a slower link, ~{trip:.1f} ms a round trip (whole process, ms)",
+        times,
+        "cicd-db",
+        rounds,
+    )
+    table.notes.append(
+        f"Every tool through one proxy (bench/link.py) that adds {LINK_RTT_MS:g} ms to each round "
+        f"trip; a `SELECT 1` through it took {trip:.2f} ms (median of 50)."
+    )
+    return table, figures
+
+
+def _round_trip_ms(settings: ConnectionSettings) -> float:
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        trips = []
+        for _ in range(50):
+            started = time.perf_counter()
+            conn.execute("SELECT 1")
+            trips.append((time.perf_counter() - started) * 1000)
+    return statistics.median(trips)
+
+
+def _rounds(
+    dbs: Databases, contenders: list[Rival], rounds: int, *, port: int | None = None
+) -> dict[str, list[float]]:
+    """Each contender's times, one fresh database a run, in a shuffled order each round;
+    `port`: where each connects instead of the server's own (a proxy's)."""
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
     for round_number in range(rounds):
         order = contenders[:]
@@ -166,7 +217,8 @@ def _rounds(dbs: Databases, contenders: list[Rival], rounds: int) -> dict[str, l
         for contender in order:
             db = dbs.fresh("apply")
             assert contender.apply is not None
-            times[contender.name].append(timed(contender.apply(db)))
+            via = db if port is None else replace(db, port=port)
+            times[contender.name].append(timed(contender.apply(via)))
             dbs.drop(db)
     return times
 

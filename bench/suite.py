@@ -250,6 +250,12 @@ def main() -> int:
             )
             tables.append(table)
             say(table.text())
+            say("bench: apply over a slower link")
+            table, medians["apply link"] = apply.measure_over_a_link(
+                dbs, layouts, tools, max(1, rounds // 2)
+            )
+            tables.append(table)
+            say(table.text())
         if "noop" in cases:
             say("bench: no-op")
             table, medians["noop"] = noop.measure(dbs, layouts, tools, rounds)
