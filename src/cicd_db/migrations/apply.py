@@ -54,7 +54,7 @@ FIRE_DEFERRED = b"SET CONSTRAINTS ALL IMMEDIATE"
 # Statements before the checks in a file's closing batch: the reset, then PINNED's.
 _RESET_IN_TRANSACTION = 1 + RESET_BEFORE_COMMIT.count(b"; ") + 1 + history_table.PINNED_STATEMENTS
 # The next file's transaction, begun in the same query as the commit of the file before it
-# (one round trip a file instead of two: `Applier.then`). The reset after the commit runs in
+# (one round trip a file instead of two: `Applier.begun`). The reset after the commit runs in
 # a transaction block of its own, committed before the next file's BEGIN: a BEGIN after
 # statements of a query's implicit block would take them into its transaction (an UNLISTEN
 # or a DISCARD TEMP would then take effect only when the next file commits), and a COMMIT
