@@ -555,13 +555,19 @@ def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
     ],
     ids=["alter", "copy"],
 )
+@pytest.mark.parametrize("first", [True, False], ids=["first", "after-a-file"])
 def test_lock_timeouts_are_retried_until_the_file_applies(
-    database: Database, tmp_path: Path, statement: str, said: str
+    database: Database, tmp_path: Path, statement: str, said: str, first: bool
 ) -> None:
+    """Run first, or after another file: then its first attempt goes in one query with its
+    closing statements, in a transaction begun with the commit of the file before, and
+    each retry begins as a first file does."""
     database.execute("CREATE TABLE busy (id int)")
-    folder = write_migrations(
-        tmp_path, {"0001_alter.sql": f"SET lock_timeout = '100ms';\n\n{statement}"}
-    )
+    version = 1 if first else 2
+    files = {f"000{version}_alter.sql": f"SET lock_timeout = '100ms';\n\n{statement}"}
+    if not first:
+        files["0001_before.sql"] = "CREATE TABLE before_it (id int);\n"
+    folder = write_migrations(tmp_path, files)
     with database.connect() as holder:
         holder.execute("BEGIN")
         holder.execute("LOCK TABLE busy IN SHARE MODE")
@@ -578,11 +584,11 @@ def test_lock_timeouts_are_retried_until_the_file_applies(
     lines = first_two + err.splitlines()
     for attempt, line in enumerate(lines, start=1):
         assert re.fullmatch(
-            rf"0001_alter\.sql: lock not available at line 3 \({re.escape(said)}\), "
+            rf"000{version}_alter\.sql: lock not available at line 3 \({re.escape(said)}\), "
             rf"retry {attempt}/20 in \d+\.\d s",
             line,
         ), line
-    assert database.history() == [1]
+    assert database.history() == list(range(1, version + 1))
     assert database.query(
         "SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'"
     ) == [(1 if "note" in statement else 0,)]
