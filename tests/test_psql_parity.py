@@ -103,8 +103,7 @@ def dump(database: Database) -> str:
 # A file applied before the one under test, in the same run: it leaves in its session
 # what must not reach the next file (a search_path, strings read the old way, a
 # temporary table, a prepared statement, a LISTEN, an advisory lock), and nothing in the
-# database. After it, the file under test goes in one query with the runner's closing
-# statements where it can (apply._with_the_file); run first, in queries of its own.
+# database: the file under test must apply as psql applies it alone, in a session of its own.
 BEFORE = (
     b"CREATE TEMPORARY TABLE leaked (a int);\nPREPARE leaked AS SELECT 1;\nLISTEN leaked;\n"
     b"SELECT pg_advisory_lock(7);\nSET search_path = pg_temp;\n"
@@ -366,9 +365,8 @@ def test_a_change_of_how_strings_read_no_statement_names_is_followed_or_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One query a statement (planned so, or sent so where current_query() is named): the
-    runner reads the rest as psql does; in a batch, it refuses, naming the lines; after
-    another file, its batch in one query with the runner's closing statements, whose
-    COMMIT must not run."""
+    runner reads the rest as psql does; in a batch, it refuses, naming the lines, first
+    or after another file."""
     after_a_file = sent == "batched-after-a-file"
     if sent == "one-by-one":
         monkeypatch.setattr(statements, "BATCH_BYTES", 1)

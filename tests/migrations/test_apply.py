@@ -475,62 +475,18 @@ def test_a_ctrl_c_at_any_line_of_a_run_leaves_a_history_that_tells_the_truth(
         databases.drop(interrupted)
 
 
-def test_a_file_after_the_first_goes_in_one_query_with_its_history_row(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One round trip a file: a file the server reads as the plan does goes in one query
-    with its history row and COMMIT, its transaction begun and marked with the commit of
-    the file before; the first file, one after a no-transaction file and one that sets
-    its transaction's characteristics first go as before, in queries of their own."""
-    sent: list[bytes] = []
-    simple = migrations.session.Session.simple
-
-    def recorded(session: migrations.session.Session, query: bytes) -> list[object]:
-        sent.append(query)
-        return simple(session, query)
-
-    monkeypatch.setattr(migrations.session.Session, "simple", recorded)
-    files = {
-        f"000{n}_t{n}.sql": f"CREATE TABLE t{n} (id int);\nINSERT INTO t{n} VALUES ({n});\n"
-        for n in range(1, 5)
-    } | {
-        "0005_alone.sql": "-- cicd-db: no-transaction\nCREATE INDEX CONCURRENTLY i ON t1 (id);\n",
-        "0006_t6.sql": "CREATE TABLE t6 (id int);\n",
-        "0007_t7.sql": "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\nCREATE TABLE t7 (id int);\n",
-        "0008_t8.sql": "CREATE TABLE t8 (id int);\n",
-    }
-    with database.connect() as conn:
-        migrations.Runner(conn, migrations.discover(write_migrations(tmp_path, files))).apply()
-        assert conn.info.transaction_status == TransactionStatus.IDLE
-
-    def sent_with(table: str) -> list[bool]:
-        """For each query that made `table`: whether its history row and COMMIT went with it."""
-        made = f"CREATE TABLE {table} ".encode()
-        return [b"INSERT INTO " in query and b"COMMIT" in query for query in sent if made in query]
-
-    assert [sent_with(f"t{n}") for n in (1, 2, 3, 4, 6, 7, 8)] == [
-        [False], [True], [True], [True], [False], [False], [True],
-    ]  # fmt: skip
-    assert database.history() == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert database.query("SELECT count(*) FROM t4") == [(1,)]
-
-
 def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Ctrl-C that lands once file 2's transaction committed, before the runner moves
-    on: file 3's transaction, begun with file 2's commit, is rolled back, and the
-    connection given back idle."""
+    on; the connection is given back idle."""
     in_transaction = migrations.apply.Applier._in_transaction
 
     def then_interrupted(
-        applier: migrations.apply.Applier,
-        migration: migrations.Migration,
-        then: migrations.Migration | None = None,
+        applier: migrations.apply.Applier, migration: migrations.Migration
     ) -> None:
-        in_transaction(applier, migration, then)
+        in_transaction(applier, migration)
         if migration.version == 2:
-            assert applier.begun is not None and applier.begun[0].version == 3
             raise KeyboardInterrupt
 
     monkeypatch.setattr(migrations.apply.Applier, "_in_transaction", then_interrupted)
@@ -559,9 +515,7 @@ def test_an_interrupt_after_the_commit_is_not_called_a_rollback(
 def test_lock_timeouts_are_retried_until_the_file_applies(
     database: Database, tmp_path: Path, statement: str, said: str, first: bool
 ) -> None:
-    """Run first, or after another file: then its first attempt goes in one query with its
-    closing statements, in a transaction begun with the commit of the file before, and
-    each retry begins as a first file does."""
+    """Run first, or after another file, each attempt in a transaction of its own."""
     database.execute("CREATE TABLE busy (id int)")
     version = 1 if first else 2
     files = {f"000{version}_alter.sql": f"SET lock_timeout = '100ms';\n\n{statement}"}

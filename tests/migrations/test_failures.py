@@ -199,8 +199,7 @@ def test_permission_denied_names_the_privilege(database: Database, tmp_path: Pat
 def test_failure_names_the_line_and_the_fix(
     database: Database, tmp_path: Path, files: dict[str, str], message: str, first: bool
 ) -> None:
-    """Run first, a file goes in queries of its own; after another, in one query with the
-    runner's closing statements (apply._with_the_file): told the same either way."""
+    """Told the same run first or after another file (whose session is reset between)."""
     if not first:
         files = {"0001_before.sql": "CREATE TABLE before_it (id int);\n"} | {
             name.replace("0001_", "0002_"): text for name, text in files.items()

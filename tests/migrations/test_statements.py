@@ -385,46 +385,26 @@ def test_a_no_transaction_file_with_cr_line_endings_applies_as_psql_applies_it(
     [
         (
             b"SELECT 1;\nSELECT 2;\n",
-            [migrations.Batch(0, 19, 1, True, statements=2, closed=True)],
+            [migrations.Batch(0, 19, 1, standard_strings=True)],
         ),
         (
             b"SET standard_conforming_strings = off;\nSELECT 'a\\'';\nSELECT 1;\n",
             [
                 migrations.Batch(
-                    0,
-                    38,
-                    1,
-                    True,
-                    changes_lexing=True,
-                    standard_strings_after=False,
-                    quiet_end=38,
-                    statements=1,
-                    closed=True,
+                    0, 38, 1, True, changes_lexing=True, standard_strings_after=False, quiet_end=38
                 ),
-                migrations.Batch(39, 62, 2, False, statements=2, closed=True),
+                migrations.Batch(39, 62, 2, standard_strings=False),
             ],
         ),
         (
             b"SELECT '" + b"x" * (MEBIBYTE - 10) + b"';\nSELECT 2;\n",
             [
-                migrations.Batch(0, MEBIBYTE, 1, True, statements=1, closed=True),
-                migrations.Batch(MEBIBYTE + 1, MEBIBYTE + 10, 2, True, statements=1, closed=True),
+                migrations.Batch(0, MEBIBYTE, 1, standard_strings=True),
+                migrations.Batch(MEBIBYTE + 1, MEBIBYTE + 10, 2, standard_strings=True),
             ],
         ),
-        # Text sent after these would be read as part of their last statement: the runner
-        # sends its own statements in a query of their own.
-        (b"SELECT 1;\nSELECT 2 -- no semicolon", [migrations.Batch(0, 34, 1, True, statements=2)]),
-        (b"SELECT 1;\nSELECT 'never closed;", [migrations.Batch(0, 31, 1, True, statements=2)]),
-        (b"SELECT 1;\nSELECT (1;\n", [migrations.Batch(0, 21, 1, True, statements=2)]),
     ],
-    ids=[
-        "one-batch",
-        "strings-change-after-the-first",
-        "a-mebibyte-exactly",
-        "no-semicolon",
-        "a-string-never-closed",
-        "a-parenthesis-never-closed",
-    ],
+    ids=["one-batch", "strings-change-after-the-first", "a-mebibyte-exactly"],
 )
 def test_plan_stops_a_batch_only_where_it_must(data: bytes, steps: list[migrations.Batch]) -> None:
     assert list(migrations.plan("0001_x.sql", data, transactional=True)) == steps

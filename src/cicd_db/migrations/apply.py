@@ -34,7 +34,7 @@ from cicd_db.migrations.session import (
     RESET_SESSION,
     Session,
 )
-from cicd_db.migrations.steps import Batch, as_psql_sends, lead_end, split_at
+from cicd_db.migrations.steps import lead_end, split_at
 from cicd_db.migrations.verdicts import Verdicts
 
 # Read as a file's transaction starts, before the file's first statement (or after
@@ -53,24 +53,6 @@ BEGIN_MARKED = b"BEGIN;" + MARK
 FIRE_DEFERRED = b"SET CONSTRAINTS ALL IMMEDIATE"
 # Statements before the checks in a file's closing batch: the reset, then PINNED's.
 _RESET_IN_TRANSACTION = 1 + RESET_BEFORE_COMMIT.count(b"; ") + 1 + history_table.PINNED_STATEMENTS
-# The next file's transaction, begun in the same query as the commit of the file before it
-# (one round trip a file instead of two: `Applier.begun`). The reset after the commit runs in
-# a transaction block of its own, committed before the next file's BEGIN: a BEGIN after
-# statements of a query's implicit block would take them into its transaction (an UNLISTEN
-# or a DISCARD TEMP would then take effect only when the next file commits), and a COMMIT
-# of an implicit block is warned of.
-_BEGIN_NEXT = b"BEGIN; " + AFTER_COMMIT + b"; COMMIT; " + BEGIN_MARKED.rstrip(b";")
-# The closing batch's results up to the next file's BEGIN: its checks (six), its COMMIT,
-# then the BEGIN, the reset and the COMMIT of _BEGIN_NEXT.
-_CLOSED_BEFORE_NEXT = _RESET_IN_TRANSACTION + 6 + 1 + 1 + (AFTER_COMMIT.count(b"; ") + 1) + 1
-# Sent after a file's statements in the query of its closing ones, when they are more than
-# one: an error (division by zero) unless the server reads strings as the file's plan did
-# (standard_conforming_strings on: True). Under the file's search_path: named in full.
-_STRINGS_READ = {
-    standard: b"SELECT pg_catalog.int4div(1, pg_catalog.int4(pg_catalog.current_setting("
-    b"'standard_conforming_strings') OPERATOR(pg_catalog.=) '%s')); " % value
-    for standard, value in ((True, b"on"), (False, b"off"))
-}
 
 
 @dataclass(frozen=True)
@@ -117,22 +99,17 @@ def run(
             for number, migration in enumerate(pending, 1):
                 if on_start:
                     on_start(migration)
-                following = pending[number] if number < len(pending) else None
-                renewed = following is not None and (
-                    migration.needs_new_session or session.login_triggers or session.dblink
-                )
-                result = applier.apply_with_retries(
-                    migration, policy, on_retry, then=None if renewed else following
-                )
+                result = applier.apply_with_retries(migration, policy, on_retry)
                 session.ran(migration)
                 results.append(result)
                 if on_applied:
                     on_applied(result)
-                if renewed:
+                if number < len(pending) and (
+                    migration.needs_new_session or session.login_triggers or session.dblink
+                ):
                     lock.renew(session, _why_renewed(session, migration))
                     session.notice()
         finally:
-            applier.unbegin()
             session.run_over()
             lock.restore(session)
         return results
@@ -154,34 +131,15 @@ class Applier(Verdicts):
         # The history's rows as the runner wrote them: a file may not change them
         # (TRUNCATE, DELETE, UPDATE, a table in their place).
         self.recorded = recorded
-        # The next file's transaction, begun with the commit of the file before it, and its
-        # mark (MARK's result): taken by that file's first attempt (`_begin`), rolled back
-        # if anything else comes first (`unbegin`).
-        self.begun: tuple[Migration, PGresult] | None = None
-
-    def unbegin(self) -> None:
-        """Roll back the next file's transaction begun ahead, if one is open: the run
-        stopped before that file, or goes another way (_begin)."""
-        if self.begun is not None:
-            self.begun = None
-            self.session.end_transaction()
 
     def apply_with_retries(
-        self,
-        migration: Migration,
-        policy: RetryPolicy,
-        on_retry: Callable[[Retry], None] | None,
-        *,
-        then: Migration | None = None,
+        self, migration: Migration, policy: RetryPolicy, on_retry: Callable[[Retry], None] | None
     ) -> Result:
-        """Apply `migration`, again after a failure other sessions caused, as `policy`
-        allows. `then`: the file that comes next in the same session, whose transaction
-        begins with this one's commit (`_in_transaction`)."""
         attempt = 0
         try:
             while True:
                 try:
-                    result = self.apply(migration, then=then)
+                    result = self.apply(migration)
                     self.recorded.add(migration)
                     return result
                 except Transient as failure:
@@ -212,50 +170,38 @@ class Applier(Verdicts):
                 raise
             raise MigrationFailed(self._lost(migration, error)) from None
 
-    def apply(self, migration: Migration, *, then: Migration | None = None) -> Result:
+    def apply(self, migration: Migration) -> Result:
         """Apply `migration` once, with its history row. Raises `Transient` for a
         failure caused by other sessions."""
         started = time.perf_counter()
         try:
             if migration.transactional:
                 notes: tuple[str, ...] = ()
-                self._in_transaction(migration, then)
+                self._in_transaction(migration)
             else:
-                self.unbegin()
                 notes = self._outside_transaction(migration)
         except BaseException:
-            self.begun = None  # the reset ends whatever transaction is open
             self.session.reset()
             raise
         elapsed = (time.perf_counter() - started) * 1000
         return Result(migration, elapsed, dry_run=False, notes=notes)
 
-    def _in_transaction(self, migration: Migration, then: Migration | None = None) -> None:
+    def _in_transaction(self, migration: Migration) -> None:
         """The file and its history row in one transaction, which must stay the runner's own.
 
-        Two queries: the transaction's start (its id, the history's state) travels with the
+        Two round trips: the transaction's start (its id, the history's state) travels with the
         file's first statements; the file's deferred triggers, the session reset, the
         runner's own settings (history_table.PINNED), the checks, the history row and COMMIT
-        travel together. The start travels instead with the file before's COMMIT, when the
-        next file (`then`) begins as plainly as BEGIN and its mark (no leading SET
-        TRANSACTION, no isolation that makes the mark take the file's snapshot): one round
-        trip a file. A check that fails stops everything after it, COMMIT included:
+        travel together. A check that fails stops everything after it, COMMIT included:
         the file ended the runner's transaction (its id is another), or the runner's lock
         was lost, or the history is not as the runner left it plus the file's row. The
         file's deferred triggers run first, in the session it left, as its COMMIT would
         run them under psql; then the reset, so that the checks run as the login role,
         with PINNED's settings.
         """
-        sent_with = self._sent_with_its_closing(migration)
-        if sent_with is None:
-            begun = self._begin(migration)
-            if self.conn.info.transaction_status != TransactionStatus.INTRANS:
-                raise MigrationFailed(
-                    self._why(migration, integrity.CHECK_MARK, committed="may be")
-                )
-        else:
-            begun = sent_with[0]
-        chained = then is not None and self._begins_plainly(then)
+        begun = self._begin(migration)
+        if self.conn.info.transaction_status != TransactionStatus.INTRANS:
+            raise MigrationFailed(self._why(migration, integrity.CHECK_MARK, committed="may be"))
         finish = b"; ".join(
             [
                 FIRE_DEFERRED,
@@ -273,86 +219,14 @@ class Applier(Verdicts):
                 ),
                 HELD_CURSORS,
                 b"COMMIT",
-                _BEGIN_NEXT if chained else AFTER_COMMIT,
+                AFTER_COMMIT,
             ]
         )
-        if sent_with is None:
-            results = self.session.simple(finish)
-        else:
-            results = self._with_the_file(migration, sent_with[1], finish)
-        # The next file's BEGIN and mark ran only if everything before them did.
-        ahead = results[_CLOSED_BEFORE_NEXT:] if chained else []
-        del results[len(results) - len(ahead) :]
+        results = self.session.simple(finish)
         self._finish(migration, results, committed="may be", insert_at=_RESET_IN_TRANSACTION + 2)
         held = next(r for r in results if r.nfields == 1 and r.fname(0) == HELD)
-        if ahead and then is not None:
-            self.begun = (then, ahead[-1])
-            if len(ahead) != 2 or ahead[-1].status != ExecStatus.TUPLES_OK:
-                self.unbegin()  # its mark failed: the next file begins as the first did
         if held.get_value(0, 0) == b"t":
-            self.unbegin()  # the history is read again first, outside any file's transaction
             self._after_a_held_cursor(migration)
-
-    def _sent_with_its_closing(self, migration: Migration) -> tuple[PGresult, Batch] | None:
-        """The mark of `migration`'s transaction, begun with the file before's COMMIT, and
-        its one batch, when the file can go in one query with its closing statements: a
-        batch the server reads as the plan does (not sent a statement a query, no
-        statement in it that changes how strings read, its last ended by its semicolon,
-        and no leading SET TRANSACTION). None otherwise: the file goes as the first did."""
-        begun, session = self.begun, self.session
-        if (
-            begun is None
-            or begun[0] is not migration
-            or self.conn.info.transaction_status != TransactionStatus.INTRANS
-            or session.sends_alone(migration)
-        ):
-            return None
-        steps = session.steps_for(migration)
-        batch = steps[0] if len(steps) == 1 else None
-        if (
-            not isinstance(batch, Batch)
-            or batch.changes_lexing
-            or not batch.closed
-            or not batch.statements
-            or lead_end(steps, session.standard_strings(), isolated=session.isolated) is not None
-        ):
-            return None
-        self.begun = None
-        return begun[1], batch
-
-    def _with_the_file(self, migration: Migration, batch: Batch, closing: bytes) -> list[PGresult]:
-        """Send `migration`'s one batch and the runner's `closing` statements in one query;
-        raise for a failure of the file's statements as when it goes alone; return the
-        closing's results. Between them, where the batch holds more than one statement,
-        a check that it left strings read as planned (else which of its statements psql
-        would have read otherwise cannot be told: Session.rest_after)."""
-        session = self.session
-        data = migration.data
-        text = (
-            as_psql_sends(data, batch) if session.converts_text() else data[batch.start : batch.end]
-        )
-        count = batch.statements
-        check = _STRINGS_READ[batch.standard_strings] if count > 1 else b""
-        results = session.simple(text + b" " + check + closing)
-        diagnose.raise_on_error(session, migration, batch, results[:count])
-        if check and len(results) > count and results[count].status == ExecStatus.FATAL_ERROR:
-            session.changed_unseen(migration, batch, now=not batch.standard_strings)
-        return results[count + bool(check) :]
-
-    def _begins_plainly(self, migration: Migration) -> bool:
-        """Whether `migration`'s transaction may begin, and be marked, ahead of it, with the
-        file before's COMMIT: a file in a transaction, with no leading SET TRANSACTION, on
-        a session whose transactions are not repeatable read or serializable by default
-        (whose snapshot, which the mark would take, must be taken where psql's is: at the
-        file's first query)."""
-        # As planned (reconcile.pending planned it): planned again for a server that reads
-        # strings otherwise, the file may still lead with one, which _begin finds.
-        session = self.session
-        return (
-            migration.transactional
-            and not session.isolated
-            and lead_end(migration.steps, session.standard_strings()) is None
-        )
 
     def _begin(self, migration: Migration) -> PGresult:
         """BEGIN, the file's statements, and the transaction's id read among them.
@@ -368,16 +242,6 @@ class Applier(Verdicts):
         # planned again, where the leading SET TRANSACTION statements are found too.
         steps = session.steps_for(migration)
         lead = lead_end(steps, session.standard_strings(), isolated=session.isolated)
-        begun, self.begun = self.begun, None
-        if begun is not None:
-            if (
-                begun[0] is migration
-                and lead is None
-                and self.conn.info.transaction_status == TransactionStatus.INTRANS
-            ):
-                session.run_steps(migration)  # begun, and marked, with the file before's COMMIT
-                return begun[1]
-            session.end_transaction()  # begun for another plan: as the first file begins
         if lead is None:
             return session.run_steps(migration, prefix=BEGIN_MARKED)[1]
         # The leading settings (in one batch or several) first, then the id with the rest.

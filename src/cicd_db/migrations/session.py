@@ -382,30 +382,29 @@ class Session:
         if not step.changes_lexing:
             if actual == step.standard_strings:
                 return None
-            self.changed_unseen(migration, step)
+            self._changed_unseen(migration, step)
         elif actual == step.standard_strings_after:
             return None
         return self._replan_after(migration, step)
 
-    def changed_unseen(self, migration: Migration, step: Batch, now: bool | None = None) -> None:
+    def _changed_unseen(self, migration: Migration, step: Batch) -> None:
         """`step` changed how strings read, and no statement in it names the setting (a
         function that sets it, a name computed): alone in its query, the rest is read as
         the server now reads it, as psql would; among others, the ones after it were
         read the old way already, where psql would have read them the new way, and which
-        one changed it cannot be told: refused (the caller rolls the file back). `now`: how
-        strings read after it, where the server no longer tells (its transaction failed)."""
+        one changed it cannot be told: refused (the caller rolls the file back)."""
         from cicd_db.migrations.steps import nth_statement
 
         if nth_statement(migration.data, step, 1) is None:
             return
         last = step.line + migration.data.count(b"\n", step.start, step.end)
-        reading = "on" if (self.standard_strings() if now is None else now) else "off"
+        now = "on" if self.standard_strings() else "off"
         raise MigrationFailed(
-            f"migration {migration.filename} changed standard_conforming_strings to {reading} "
+            f"migration {migration.filename} changed standard_conforming_strings to {now} "
             f"in lines {step.line}-{last} without naming it (a function that sets it?), so "
             "the runner cannot tell which statements after it psql would read the new way; "
             "it was rolled back; name the setting where it changes (`SET "
-            f"standard_conforming_strings = {reading};` right after that statement) and run again"
+            f"standard_conforming_strings = {now};` right after that statement) and run again"
         )
 
     def steps_for(self, migration: Migration) -> tuple[Step, ...]:

@@ -266,8 +266,7 @@ class _Pass:
             self.steps.append(
                 Batch(
                     batch[0].start, batch[-1].end, batch[0].line, self.scanner.standard_strings,
-                    **lexing, statements=len(batch),
-                    closed=batch[-1].closed and all(s.continued is None for s in batch),
+                    **lexing,
                 )
             )  # fmt: skip
         batch.clear()

@@ -28,12 +28,6 @@ class Batch:
     # of them sets the transaction's own characteristics (lead_end); None on every other.
     quiet_end: int | None = None
     sets_transaction: bool = False
-    # Planned by plan() only (0 and False elsewhere): how many statements it holds, as the
-    # server counts them, and whether text sent after it is read apart from it (its last
-    # statement ends with its semicolon, and no string in it is read otherwise by the
-    # server than by psql): what lets the runner send its own statements in the same query.
-    statements: int = 0
-    closed: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,16 +156,13 @@ def split_at(data: bytes, steps: tuple[Step, ...], offset: int) -> tuple[tuple[S
             head.append(
                 replace(
                     step, end=offset, changes_lexing=False, standard_strings_after=None,
-                    quiet_end=None, sets_transaction=False, statements=0, closed=False,
+                    quiet_end=None, sets_transaction=False,
                 )
             )  # fmt: skip
             line = step.line + data.count(b"\n", step.start, offset)
             tail.append(
-                replace(
-                    step, start=offset, line=line, quiet_end=None, sets_transaction=False,
-                    statements=0, closed=False,
-                )
-            )  # fmt: skip
+                replace(step, start=offset, line=line, quiet_end=None, sets_transaction=False)
+            )
         else:
             tail.append(step)
     return tuple(head), tuple(tail)

@@ -41,9 +41,6 @@ class Statement:
     # Where an E'...' string goes on, past a line's end, in a '...' that psql ends
     # elsewhere than the server (offset of its quote): see _continued_apart.
     continued: int | None = None
-    # Ended by its semicolon; False for one the file's end ends (a string, a comment or a
-    # parenthesis never closed: text sent after it would be read as part of it).
-    closed: bool = True
 
     @property
     def keyword(self) -> str:
@@ -260,9 +257,7 @@ class Scanner:
             if not fast or kind == "variable":
                 brackets_to = position
         if content and begin is not None:
-            yield Statement(
-                begin, size, line_at(begin), tuple(words), variable, continued, closed=False
-            )
+            yield Statement(begin, size, line_at(begin), tuple(words), variable, continued)
 
     def _copy_data(
         self, position: int, line_at: Callable[[int], int]
