@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from cicd_db import migrations
@@ -473,6 +474,45 @@ def test_a_ctrl_c_at_any_line_of_a_run_leaves_a_history_that_tells_the_truth(
         ) == [(True,)]
     finally:
         databases.drop(interrupted)
+
+
+def test_a_failure_after_the_commit_is_told_as_applied_and_never_retried(
+    database: Database, tmp_path: Path
+) -> None:
+    """The closing query's statements after COMMIT (the session reset, the work mark taken
+    again) can still fail: here a lock_timeout the database sets, while another session
+    holds the work key. The file and its row are committed: told as applied, never as
+    rolled back, and never retried (a lock timeout is, for a file's own statements)."""
+    database.execute(
+        sql.SQL("ALTER DATABASE {} SET lock_timeout = '300ms'").format(
+            sql.Identifier(database.settings.database)
+        )
+    )
+    folder = write_migrations(
+        tmp_path,
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\nSELECT pg_sleep(1);\n",
+            "0002_second.sql": "CREATE TABLE second (id int);\n",
+        },
+    )
+    with database.connect() as holder:
+        runner = start_cli(
+            "migrate", "--database-url", database.url, "--migrations-dir", str(folder)
+        )
+        database.wait_for(RUNNER_SLEEPING, "the first file never started")
+        # Queued behind the runner's shared work mark; granted when its reset lets go.
+        holder.execute("SET lock_timeout = 0")
+        holder.execute("SELECT pg_advisory_lock(%s)", [migrations.WORK_KEY], prepare=False)
+        out, err = runner.communicate(timeout=30)
+    assert runner.returncode == 1, err
+    assert out == ""
+    assert err.startswith(
+        "error: migration 0001_first.sql is applied (it committed with its history row), but "
+        "the runner's statements after its commit failed: canceling statement due to lock "
+        "timeout [55P03]; nothing after it ran"
+    ), err
+    assert "retry" not in err
+    assert database.history() == [1]
 
 
 def test_an_interrupt_after_the_commit_is_not_called_a_rollback(

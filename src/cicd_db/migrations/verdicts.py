@@ -82,11 +82,21 @@ class Verdicts:
     ) -> None:
         """Raise, naming the file, when the runner's closing statements failed
         (`insert_at`: where the history row's INSERT is among them)."""
-        failed = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
-        if failed is None:
+        at = next((i for i, r in enumerate(results) if r.status == ExecStatus.FATAL_ERROR), None)
+        if at is None:
             return
+        failed = results[at]
         error = self.session.error(failed)
         state = error.diag.sqlstate or ""
+        if any(_committed(result) for result in results[:at]):
+            # The file and its row are committed (the reset after it failed, or the session
+            # ended there): applied, whatever the error says; never retried.
+            raise MigrationFailed(
+                f"migration {migration.filename} is applied (it committed with its history "
+                "row), but the runner's statements after its commit failed: "
+                f"{error.diag.message_primary or first_line(error)} [{state}]; nothing after "
+                "it ran; run again to apply the rest"
+            )
         if state in (CHECK_MARK, CHECK_LOCK, integrity.CHECK_MOVED, integrity.CHECK_SECOND):
             raise MigrationFailed(self._why(migration, state, committed=committed))
         if state in (integrity.CHECK_RECORDED, integrity.CHECK_HISTORY):
@@ -383,6 +393,12 @@ class Verdicts:
         if migration.transactional and not ended:
             return "it was rolled back"
         return f"what it did {committed} committed"
+
+
+def _committed(result: PGresult) -> bool:
+    """`result` is a COMMIT's that committed (not one that rolled back a failed transaction,
+    which PostgreSQL also answers with COMMIT's tag; then it says ROLLBACK)."""
+    return result.status == ExecStatus.COMMAND_OK and result.command_status == b"COMMIT"
 
 
 def _versions(versions: Sequence[int | None]) -> str:
