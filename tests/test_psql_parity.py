@@ -389,6 +389,98 @@ def test_a_change_of_how_strings_read_no_statement_names_is_followed_or_refused(
     assert (database.history(), database.tables()) == ([1] if after_a_file else [], set())
 
 
+@pytest.mark.parametrize(
+    "after",
+    [
+        "",  # the change is the file's last statement
+        "INSERT INTO n VALUES ('plain');\n",
+        # Refused while standard_conforming_strings is off: psql, reading it after the
+        # change, refuses it; so must the runner, whose batch read it before.
+        "INSERT INTO n VALUES (U&'d!0061t!+000061' UESCAPE '!');\n",
+    ],
+    ids=["last", "nothing-read-otherwise", "unicode-escapes"],
+)
+def test_a_change_of_how_strings_read_in_a_batch_is_refused_only_where_it_reads_otherwise(
+    after: str, database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """psql as the oracle: a change no statement names, among others in a batch, is
+    refused only when a statement after the batch's first holds text the setting reads
+    otherwise (a backslash, a U&'...' string); else the file applies as psql applies it."""
+    path = tmp_path / "psql.sql"
+    path.write_text(FLIPS + "SELECT flip();\n" + after)
+    refused = psql_refuses(spare, path)
+    if "U&" in after:
+        assert refused is not None
+        with pytest.raises(MigrationFailed, match="without naming it"):
+            runner_apply(database, tmp_path / "migrations", path.read_bytes())
+        assert (database.history(), database.tables()) == ([], set())
+        return
+    assert refused is None
+    runner_apply(database, tmp_path / "migrations", path.read_bytes())
+    assert dump(database) == dump(spare)
+    assert database.history() == [1]
+
+
+_LITERAL_CHARS = st.sampled_from(["a", "\\", "'", "n", "0", " ", "é", "!"])
+
+
+@st.composite
+def string_literal(draw: st.DrawFn) -> str:
+    """A string constant of any of PostgreSQL's forms, its text drawn from characters
+    that the reading of standard_conforming_strings may change (a backslash, a quote)."""
+    body = "".join(draw(st.lists(_LITERAL_CHARS, max_size=5)))
+    form = draw(st.sampled_from(["plain", "escape", "unicode", "dollar"]))
+    if form == "plain":  # as written for strings read the standard way
+        return "'" + body.replace("'", "''") + "'"
+    if form == "escape":
+        return "E'" + body.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if form == "unicode":
+        return "U&'" + body.replace("'", "''").replace("\\", "\\\\") + "'"
+    return "$q$" + body + "$q$"
+
+
+def test_a_change_of_how_strings_read_in_a_batch_applies_as_psql_or_is_refused(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """psql as the oracle (hypothesis): after a change of how strings read that no
+    statement names, in the same batch as statements holding any string constants, the
+    runner applies the file exactly as psql does (the same rows), or refuses it naming
+    the change, only where the text after the change holds what the setting reads
+    otherwise; it never applies what psql refuses."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    path = folder / "0001_fixture.sql"
+
+    @settings(
+        max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(st.lists(string_literal(), min_size=1, max_size=3))
+    @example(["'plain'"])
+    @example(["'a\\'"])  # the quote escaped once strings read the old way: psql's syntax error
+    def check(strings: list[str]) -> None:
+        after = "".join(f"INSERT INTO n VALUES ({string});\n" for string in strings)
+        text = FLIPS + "SELECT flip();\n" + after
+        path.write_bytes(text.encode())
+        psql_applied = psql_refuses(spare, path) is None
+        try:
+            with database.connect() as conn:
+                migrations.Runner(conn, migrations.discover(folder)).apply()
+        except MigrationFailed as refusal:
+            assert database.history() == [], text
+            if psql_applied:  # refused where psql applies: only for what reads otherwise
+                assert "without naming it" in str(refusal), (str(refusal), text)
+                assert "\\" in after or "U&'" in after, text
+        else:
+            assert psql_applied, text
+            read = "SELECT a FROM n ORDER BY a"
+            assert database.query(read) == spare.query(read), text
+        for db in (database, spare):
+            db.execute("DROP TABLE IF EXISTS n; DROP FUNCTION IF EXISTS flip()")
+        database.execute("DROP SCHEMA IF EXISTS cicd_db CASCADE")
+
+    check()
+
+
 def test_a_leading_set_role_leaves_the_runners_first_query_readable(
     database: Database, spare: Database, tmp_path: Path
 ) -> None:

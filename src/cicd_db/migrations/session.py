@@ -392,10 +392,15 @@ class Session:
         function that sets it, a name computed): alone in its query, the rest is read as
         the server now reads it, as psql would; among others, the ones after it were
         read the old way already, where psql would have read them the new way, and which
-        one changed it cannot be told: refused (the caller rolls the file back)."""
+        one changed it cannot be told: refused (the caller rolls the file back), unless
+        nothing after its first statement reads otherwise either way (no backslash, no
+        U&'...' string: the only text the setting changes the reading of)."""
         from cicd_db.migrations.steps import nth_statement
 
-        if nth_statement(migration.data, step, 1) is None:
+        second = nth_statement(migration.data, step, 1)
+        if second is None or not _READ_BY_THE_SETTING.search(
+            migration.data, second.start, step.end
+        ):
             return
         last = step.line + migration.data.count(b"\n", step.start, step.end)
         now = "on" if self.standard_strings() else "off"
@@ -484,6 +489,12 @@ class Session:
             raise file_failure(
                 self, migration, line, error, statement.text(migration.data)
             ) from None
+
+
+# What standard_conforming_strings changes the reading of: a backslash in a '...' string
+# (an escape, or itself), and a U&'...' string (refused while it is off). Text without
+# either reads the same both ways.
+_READ_BY_THE_SETTING = re.compile(rb"\\|[uU]&'")
 
 
 def _replan(migration: Migration, start: int, line: int, standard: bool) -> tuple[Step, ...]:
