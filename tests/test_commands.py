@@ -7,6 +7,7 @@ server behind every database test.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -526,30 +527,43 @@ def test_server_messages_of_files_after_a_new_session_are_printed(database: Data
 
 
 @pytest.mark.slow
-def test_a_slow_file_ticks_on_a_terminal_only(database: Database, spare: Database, tmp_path: Path) -> None:  # fmt: skip
+def test_a_slow_file_ticks_on_a_terminal_only(
+    database: Database, spare: Database, databases: Databases, empty_template: str, tmp_path: Path
+) -> None:
     # Just past the first tick (console.TICK_AFTER_SECONDS): long enough that a piped
     # run would have ticked too, if it did.
     folder = write_migrations(
         tmp_path, {"0001_slow.sql": f"SELECT pg_sleep({console.TICK_AFTER_SECONDS + 0.6});\n"}
     )
     command = ["migrate", "--migrations-dir", str(folder), "--database-url"]
-    # The piped run on a database of its own, at the same time: one wait, not two.
+    # The piped run and a dumb terminal's (TERM=dumb, which would show the codes) on
+    # databases of their own, at the same time: one wait, not three.
     piped = start_cli(*command, spare.url)
-    main, terminal = pty.openpty()
-    process = start_cli(*command, database.url, stdout=subprocess.DEVNULL, stderr=terminal)
-    os.close(terminal)
-    seen = b""
+    dumb = databases.create(empty_template)
+
+    def on_a_terminal(url: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+        main, terminal = pty.openpty()
+        process = start_cli(*command, url, stdout=subprocess.DEVNULL, stderr=terminal, env=env)
+        os.close(terminal)
+        return process, main
+
+    runs = [
+        on_a_terminal(database.url, {"TERM": "xterm"}),
+        on_a_terminal(dumb.url, {"TERM": "dumb"}),
+    ]
+    seen = [b"", b""]
     deadline = time.monotonic() + 30
-    while process.poll() is None and time.monotonic() < deadline:
-        if select.select([main], [], [], 0.2)[0]:
-            try:
-                seen += os.read(main, 1024)
-            except OSError:
-                break
-    process.wait(timeout=30)
-    os.close(main)
-    assert process.returncode == 0
-    assert b"\r0001_slow.sql: 3 s" in seen or b"\r0001_slow.sql: 2 s" in seen, seen
+    while any(process.poll() is None for process, _ in runs) and time.monotonic() < deadline:
+        for ready in select.select([main for _, main in runs], [], [], 0.2)[0]:
+            which = [main for _, main in runs].index(ready)
+            with contextlib.suppress(OSError):
+                seen[which] += os.read(ready, 1024)
+    for process, main in runs:
+        process.wait(timeout=30)
+        os.close(main)
+        assert process.returncode == 0
+    assert b"\r0001_slow.sql: 3 s" in seen[0] or b"\r0001_slow.sql: 2 s" in seen[0], seen[0]
+    assert b"\r" not in seen[1] and b"\x1b" not in seen[1], seen[1]
     out, err = piped.communicate(timeout=30)
     assert (piped.returncode, err) == (0, ""), out
 

@@ -7,6 +7,7 @@ long files lives here too.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -396,6 +397,12 @@ def pruned_json(description: str, pruned: Pruned) -> JSON:
         "held": pruned.held,
         "seconds": round(pruned.seconds, 3),
     }
+
+
+def redraws() -> bool:
+    """Whether standard error is a terminal that can redraw a line in place: not one that
+    says it is dumb (TERM=dumb: Emacs's shell, some CI consoles), which shows the codes."""
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
 
 
 class Progress:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from cicd_db import console, targets
@@ -103,7 +102,7 @@ def retention(
             values={"target": target.description},
         )
     ctx.remember(target)
-    progress = console.Progress(enabled=sys.stderr.isatty() and not ctx.quiet and not ctx.json)
+    progress = console.Progress(enabled=console.redraws() and not ctx.quiet and not ctx.json)
     # As the writer where the target has one: it may delete executions, nothing more.
     with targets.connect(target.role_settings(targets.APP)) as conn:
         try:

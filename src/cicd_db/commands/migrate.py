@@ -182,7 +182,7 @@ def _apply(
             console.print_lines(line, file=sys.stderr)
 
     runner.add_notice_handler(server_said)
-    ticker = console.Ticker(enabled=sys.stderr.isatty() and not ctx.quiet and not ctx.json)
+    ticker = console.Ticker(enabled=console.redraws() and not ctx.quiet and not ctx.json)
 
     def applied(result: migrations.Result) -> None:
         so_far.append(result)
