@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import errors
+from psycopg import errors, sql
 
 from cicd_db import migrations, schema
 
@@ -157,6 +157,48 @@ def test_times_written_in_another_zone_are_refused_until_the_zone_is_named(
         before[1] != after[1]
         for before, after in zip(files_before, filenodes(database), strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    ("writers", "migrator", "refused"),
+    [
+        # PostgreSQL 18 read `AT TIME ZONE 'UTC'` as the session zone's own abbreviation:
+        # under the POSIX zone 'UTC+5' (five hours west) that is UTC-5, so these writers
+        # passed as UTC and every stored time moved by five hours.
+        ("UTC+5", None, True),
+        ("<+14>-14", None, True),
+        # And the other way round: writers in UTC refused where the migrator's own
+        # session is in a zone that names itself UTC.
+        ("Etc/UTC", "UTC+5", False),
+        ("UTC", "UTC+5", False),
+    ],
+    ids=["posix-west", "posix-named", "migrator-posix", "migrator-posix-utc"],
+)
+def test_a_writers_zone_is_judged_as_its_sessions_read_it(
+    database: Database, writers: str, migrator: str | None, refused: bool
+) -> None:
+    """The guard of 0002 reads each writer's zone as its sessions read it, whatever zone
+    the migrating session is in and whatever the zone's abbreviations are called."""
+    create_by_hand(database)
+    with database.connect() as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET timezone = {}").format(
+                sql.Identifier(database.settings.database), sql.Literal(writers)
+            )
+        )
+    assert migrate(database, MIGRATIONS, "baseline", "--version", "1").code == 0
+    done = run_cli(
+        "migrate", "--database-url", database.url, "up",
+        env={"PGOPTIONS": f"-c TimeZone={migrator}"} if migrator else {},
+    )  # fmt: skip
+    if refused:
+        assert done.code == 1
+        assert f"their time zone: {database.settings.user}: {writers})" in done.err, done.err
+        assert database.history() == [1, 2]
+        assert runs(database)[0][2] == STARTED  # still TIMESTAMP, untouched
+    else:
+        assert done.code == 0, done.err
+        assert {row[2] for row in runs(database)} == {STARTED.replace(tzinfo=UTC)}
 
 
 def assert_constraints_hold(database: Database) -> None:

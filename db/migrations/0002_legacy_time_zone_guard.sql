@@ -11,6 +11,17 @@
 -- or for the database: ALTER DATABASE ... SET cicd_db.legacy_time_zone = '...'.
 -- A zone other than UTC costs a table rewrite under ACCESS EXCLUSIVE (db/README.md).
 -- Dropped by 0005. Creating a function takes no lock on any table.
+--
+-- Mended: the earlier text judged a zone by `AT TIME ZONE zone` against
+-- `AT TIME ZONE 'UTC'`, which PostgreSQL 18 reads first as an abbreviation of the
+-- session's own zone: under the POSIX zone 'UTC+5' (five hours west), 'UTC' is that
+-- zone, so writers in it passed as UTC and 0003 to 0005 shifted every stored time by
+-- five hours. Each zone is now read as its writers' sessions read it. The function is
+-- the only thing this file makes, and 0005 drops it: a database past 0005 has nothing
+-- of it; one that applied the earlier text and not yet 0005 re-creates it with this
+-- text before going on (db/README.md, "Old times in another zone").
+-- cicd-db: earlier-checksum 927669512a139a75edf53c8e5b9c11ce6db214c565547294fa1c485b9357fe2a
+-- cicd-db: earlier-checksum 6bbbf1a37180c5b9e4da0ab428f19e22ed4e640242890bea4a33281e66da4b8c
 SET lock_timeout = '1s';
 SET statement_timeout = '60s';
 
@@ -19,8 +30,10 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     named TEXT := nullif(current_setting('cicd_db.legacy_time_zone', TRUE), '');
+    caller_zone TEXT := current_setting('TimeZone');
     server_zone TEXT;
     suspects TEXT;
+    writer RECORD;
 BEGIN
     IF named IS NOT NULL THEN
         -- An unknown zone fails here, before any table is touched.
@@ -47,21 +60,21 @@ BEGIN
             AND s.source IN ('default', 'configuration file', 'command line');
     END IF;
 
-    WITH settings AS (
-        SELECT
-            d.setrole,
-            d.setdatabase,
-            substr(c.entry, strpos(c.entry, '=') + 1) AS zone
-        FROM pg_catalog.pg_db_role_setting AS d
-        CROSS JOIN LATERAL unnest(d.setconfig) AS c (entry)
-        WHERE lower(split_part(c.entry, '=', 1)) = 'timezone'
-            AND d.setdatabase IN (0, (
-                SELECT db.oid FROM pg_catalog.pg_database AS db
-                WHERE db.datname = pg_catalog.current_database()
-            ))
-    ),
+    FOR writer IN
+        WITH settings AS (
+            SELECT
+                d.setrole,
+                d.setdatabase,
+                substr(c.entry, strpos(c.entry, '=') + 1) AS zone
+            FROM pg_catalog.pg_db_role_setting AS d
+            CROSS JOIN LATERAL unnest(d.setconfig) AS c (entry)
+            WHERE lower(split_part(c.entry, '=', 1)) = 'timezone'
+                AND d.setdatabase IN (0, (
+                    SELECT db.oid FROM pg_catalog.pg_database AS db
+                    WHERE db.datname = pg_catalog.current_database()
+                ))
+        )
 
-    writers AS (
         SELECT
             r.rolname,
             coalesce(
@@ -82,20 +95,29 @@ BEGIN
             AND (NOT r.rolsuper OR t.relowner = r.oid)
             AND pg_catalog.has_table_privilege(r.oid, t.oid, 'INSERT, UPDATE')
         )
-    )
-
-    SELECT string_agg(
-        format('%s: %s', w.rolname, coalesce(w.zone, 'the server default, which we cannot read')),
-        ', ' ORDER BY w.rolname
-    ) INTO suspects
-    FROM writers AS w
-    WHERE w.zone IS NULL OR EXISTS (
-        -- Not UTC: some instant from 1970 to 2050 has another offset there.
-        SELECT FROM generate_series(
-            TIMESTAMP '1970-01-01', TIMESTAMP '2050-01-01', INTERVAL '1 month'
-        ) AS m (instant)
-        WHERE (m.instant AT TIME ZONE w.zone) <> (m.instant AT TIME ZONE 'UTC')
-    );
+        ORDER BY r.rolname
+    LOOP
+        -- Not UTC: some instant from 1970 to 2050 has another offset there, read as
+        -- the writer's sessions read it, with TimeZone set to its zone (for this
+        -- transaction; put back below). A zone PostgreSQL no longer knows is a suspect.
+        BEGIN
+            PERFORM set_config('TimeZone', writer.zone, TRUE);
+            IF writer.zone IS NULL OR EXISTS (
+                SELECT FROM generate_series(
+                    TIMESTAMP '1970-01-01', TIMESTAMP '2050-01-01', INTERVAL '1 month'
+                ) AS m (instant)
+                WHERE extract(TIMEZONE FROM m.instant::TIMESTAMPTZ) <> 0
+            ) THEN
+                suspects := concat_ws(', ', suspects, format(
+                    '%s: %s', writer.rolname,
+                    coalesce(writer.zone, 'the server default, which we cannot read')
+                ));
+            END IF;
+        EXCEPTION WHEN invalid_parameter_value THEN
+            suspects := concat_ws(', ', suspects, format('%s: %s', writer.rolname, writer.zone));
+        END;
+    END LOOP;
+    PERFORM set_config('TimeZone', caller_zone, TRUE);
 
     IF suspects IS NOT NULL THEN
         RAISE EXCEPTION USING
