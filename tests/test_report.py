@@ -29,6 +29,7 @@ from psycopg import sql
 
 from cicd_db import insights, report, retention, store, targets
 from cicd_db.errors import ConfigError, UsageError
+from cicd_db.insights import text as insights_text
 from cicd_db.settings import ConnectionSettings
 from cicd_db.store import (
     CANCELED,
@@ -130,18 +131,22 @@ def test_durations_are_rounded_as_postgresql_rounds_them(
 ) -> None:
     """duration_seconds (3 decimals) and the table's seconds (1) are the exact duration
     rounded as PostgreSQL's round() rounds it: half away from zero, never the float's
-    binary value (1.0005 s is 1.001, as 2.0005 s is 2.001)."""
+    binary value (1.0005 s is 1.001, as 2.0005 s is 2.001); and insights, which reads a
+    run's seconds as the float its query makes, rounds them the same (a run of 1.0025 s
+    was 1.003 s in report and 1.002 s in insights)."""
     durations = [timedelta(microseconds=m) for m in micros]
     with psycopg.connect(server.conninfo()) as conn:
         oracle = conn.execute(
             "SELECT array_agg(round(extract(epoch FROM d), 3) ORDER BY n), "
-            "array_agg(round(extract(epoch FROM d), 1) ORDER BY n) "
+            "array_agg(round(extract(epoch FROM d), 1) ORDER BY n), "
+            "array_agg(extract(epoch FROM d)::float8 ORDER BY n) "
             "FROM unnest(%s::interval[]) WITH ORDINALITY AS t (d, n)",
             [durations],
         ).fetchone()
     assert oracle is not None
     assert [report.rounded_seconds(d, 3) for d in durations] == [float(v) for v in oracle[0]]
     assert [report.rounded_seconds(d, 1) for d in durations] == [float(v) for v in oracle[1]]
+    assert [insights_text._seconds(v) for v in oracle[2]] == [float(v) for v in oracle[0]]
 
 
 # Zones with summer time and zones whose offset changed in history: psycopg gives a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -935,6 +936,25 @@ def test_the_store_in_a_callers_transaction_commits_with_it(schema: Database) ->
         with conn.transaction():
             executions.start_run("held", "def")
     assert schema.query("SELECT commit_hash FROM pipeline_executions") == [("def",)]
+
+
+def test_a_move_inside_a_callers_transaction_is_stamped_when_it_happens(schema: Database) -> None:
+    """A move with no `at` is stamped with the server's clock at the move: inside the
+    caller's own transaction, now() is when that began, and a job started and finished
+    in it took no time though it ran 0.3 s (one moved alone and one of a batch alike)."""
+    with psycopg.connect(schema.settings.conninfo(), autocommit=True) as conn, conn.transaction():
+        executions = Store.on(conn)
+        run = executions.set_status(executions.start_run("held", "abc"), RUNNING)
+        stage = executions.set_status(executions.add_stage(run, "build", 1), RUNNING)
+        alone, batched = executions.add_jobs(stage, [("alone", False), ("batched", False)])
+        alone = executions.set_status(alone, RUNNING)
+        (batched,) = executions.set_statuses([batched], RUNNING)
+        time.sleep(0.3)
+        alone = executions.set_status(alone, SUCCESS)
+        (batched,) = executions.set_statuses([batched], SUCCESS)
+    for job in (alone, batched):
+        assert job.start_time is not None and job.completion_time is not None
+        assert job.completion_time - job.start_time >= timedelta(seconds=0.3), job
 
 
 # -- cancel against starters -------------------------------------------------------------

@@ -181,6 +181,14 @@ def rounded_seconds(duration: timedelta, places: int) -> float:
     return float(exact.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP))
 
 
+def rounded(value: float, places: int) -> float:
+    """`value` to `places` decimals, half away from zero, as it is written (its shortest
+    decimal, repr's): the same run's duration reads the same here and in insights, where
+    a float's binary value (1.0025 is 1.00249999...) would round it down."""
+    exact = Decimal(repr(value))
+    return float(exact.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP))
+
+
 def _instant(moment: datetime | None) -> str | None:
     if moment is None:
         return None

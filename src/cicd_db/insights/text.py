@@ -17,16 +17,16 @@ from cicd_db.insights.figures import (
     Summary,
     Window,
 )
-from cicd_db.report import WIDTH, as_written, fit, grid, structured
+from cicd_db.report import WIDTH, as_written, fit, grid, rounded, structured
 from cicd_db.report import seconds_text as _secs
 
 
 def _seconds(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+    return None if value is None else rounded(value, 3)
 
 
 def _ratio(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
+    return None if value is None else rounded(value, 4)
 
 
 def _instant(moment: datetime | None) -> str | None:

@@ -321,7 +321,8 @@ class Store(Moves, Reads):
 
     @retried
     def set_status(self, row: Row, status: str, *, at: datetime | None = None) -> Row:
-        """Move a run, stage or job to `status`; `at` defaults to the database's now(). Writes.
+        """Move a run, stage or job to `status` at `at`, by default the database's clock at the
+        move (inside a transaction of the caller's too, not when that began). Writes.
 
         Raises IllegalTransition, and changes nothing, for a move the state machine
         forbids or when the row moved since it was read. A run or stage finishes only

@@ -31,10 +31,18 @@ def q(template: LiteralString) -> bytes:
     )
 
 
+# The time a move stamps when none is given: the clock at the move (clock_timestamp(),
+# not now(), which inside a caller's transaction is when that began: a job moved to
+# RUNNING and finished in one took no time). A finish that would then come before the
+# row's start (one started at a time ahead of the server's clock) is refused, saying
+# "now" (moves.py), not moved to the start as a run's or stage's finish is (STAMP).
+_CLOCK = sql.SQL("pg_catalog.clock_timestamp()")
+
+
 def _moves() -> dict[tuple[type, str, bool], bytes]:
     """The compare-and-set UPDATE of each row type to each status, stamped at a time
-    given (True: parameters `at`, `id`) or at now() (False: `id` alone), built once.
-    Two statements rather than coalesce(at, now()): the common move sends one
+    given (True: parameters `at`, `id`) or at the clock (False: `id` alone: _CLOCK),
+    built once. Two statements rather than coalesce(at, ...): the common move sends one
     parameter fewer, and it is the statement a CI system sends most."""
     moves = {}
     for kind, (table, _, _) in TABLES.items():
@@ -52,7 +60,7 @@ def _moves() -> dict[tuple[type, str, bool], bytes]:
                         stamp=sql.Identifier(
                             "start_time" if status == RUNNING else "completion_time"
                         ),
-                        at=sql.SQL("%s" if timed else "pg_catalog.now()"),
+                        at=sql.SQL("%s") if timed else _CLOCK,
                         allowed=sql.SQL(", ").join(map(sql.Literal, allowed)),
                     )
                     .as_bytes(None)
@@ -215,7 +223,7 @@ BATCH_MOVES: dict[str, bytes] = {
     status: sql.SQL(
         "WITH movable AS (SELECT id FROM job_executions WHERE id = ANY(%(ids)s) "
         "AND status IN ({allowed}) FOR NO KEY UPDATE) "
-        "UPDATE job_executions SET status = {status}, {stamp} = coalesce(%(at)s, pg_catalog.now()) "
+        "UPDATE job_executions SET status = {status}, {stamp} = coalesce(%(at)s, {clock}) "
         "WHERE id IN (SELECT id FROM movable) "
         "AND (SELECT count(*) FROM movable) = %(count)s "
         "RETURNING id, start_time, completion_time"
@@ -224,6 +232,7 @@ BATCH_MOVES: dict[str, bytes] = {
         allowed=sql.SQL(", ").join(map(sql.Literal, allowed)),
         status=sql.Literal(status),
         stamp=sql.Identifier("start_time" if status == RUNNING else "completion_time"),
+        clock=_CLOCK,
     )
     .as_bytes(None)
     for status, allowed in ALLOWED_FROM.items()
