@@ -104,6 +104,17 @@ CREATE TABLE inh_parent (a integer CONSTRAINT inh_parent_a_check CHECK (a > 0));
 CREATE TABLE inh_child () INHERITS (inh_parent);
 CREATE TABLE "it's" (x text);
 CREATE INDEX "it's_x" ON "it's" (x) WHERE x <> 'public.y';
+CREATE FUNCTION eq3(integer, integer) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT $1 = $2';
+CREATE FUNCTION ne3(integer, integer) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT $1 <> $2';
+CREATE OPERATOR === (LEFTARG = integer, RIGHTARG = integer, FUNCTION = eq3);
+CREATE OPERATOR !== (LEFTARG = integer, RIGHTARG = integer, FUNCTION = ne3);
+CREATE AGGREGATE moving(integer) (
+    SFUNC = int4pl, STYPE = integer, MSFUNC = int4pl, MINVFUNC = int4mi, MSTYPE = integer
+);
+CREATE TABLE parted (a integer, b integer) PARTITION BY RANGE (a);
+CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10);
+CREATE INDEX parted_b ON ONLY parted (b);
+CREATE INDEX parted_1_b ON parted_1 (b);
 """
 
 
@@ -250,6 +261,27 @@ CHANGES = [
            ("changed function touch(): comment keeps rows (expected none)",)),
     Change("extension", "CREATE EXTENSION hstore",
            ("unexpected extension hstore",)),
+    # helper-149: what pg_dump showed and the diff did not.
+    Change("operator function",
+           "DROP OPERATOR === (integer, integer); "
+           "CREATE OPERATOR === (LEFTARG = integer, RIGHTARG = integer, FUNCTION = ne3)",
+           ("changed operator ===(integer,integer): function ne3 (expected eq3)",)),
+    Change("operator estimator", "ALTER OPERATOR !== (integer, integer) SET (RESTRICT = neqsel)",
+           ("changed operator !==(integer,integer): restrict neqsel (expected none)",)),
+    Change("operator comment", "COMMENT ON OPERATOR !== (integer, integer) IS 'differ'",
+           ("changed operator !==(integer,integer): comment differ (expected none)",)),
+    Change("aggregate inverse",
+           "DROP AGGREGATE moving(integer); CREATE AGGREGATE moving(integer) (SFUNC = int4pl, "
+           "STYPE = integer, MSFUNC = int4pl, MINVFUNC = int4pl, MSTYPE = integer)",
+           ("changed aggregate moving(integer): aggregate sfunc int4pl, stype integer, kind n, "
+            "msfunc int4pl, minvfunc int4pl, mstype integer",)),
+    Change("partition index attached", "ALTER INDEX parted_b ATTACH PARTITION parted_1_b",
+           ("changed index parted_1.parted_1_b: attached to parted_b (expected none)",
+            "changed index parted.parted_b: valid yes (expected no)")),
+    Change("a column named like the history", "ALTER TABLE docs ADD COLUMN cicd_db_schema_history integer",
+           ("unexpected column docs.cicd_db_schema_history: integer",)),
+    Change("function support", "ALTER FUNCTION thrice(integer) SUPPORT generate_series_int4_support",
+           ("changed function thrice(x integer): support generate_series_int4_support (expected none)",)),
 ]  # fmt: skip
 
 
@@ -666,6 +698,77 @@ def test_a_not_null_constraint_named_otherwise_is_drift(database: Database, tmp_
     assert "unexpected constraint t.nn_named: NOT NULL name" in result.err, result.err
     database.execute("ALTER TABLE t RENAME CONSTRAINT nn_named TO t_name_not_null")
     assert migrate(database, folder, "baseline", "--version", "1").code == 0
+
+
+def test_a_comment_on_a_default_named_not_null_is_drift(database: Database, tmp_path: Path) -> None:
+    """A NOT NULL constraint of the default name says only what the column does, and is
+    left out; one with a comment of its own is not (pg_dump writes the comment)."""
+    if int(str(database.query("SHOW server_version_num")[0][0])) < 180000:
+        pytest.skip("NOT NULL constraints have names from PostgreSQL 18")
+    folder = write_migrations(tmp_path, {"0001_t.sql": "CREATE TABLE t (a int NOT NULL);\n"})
+    database.execute("CREATE TABLE t (a int NOT NULL)")
+    database.execute("COMMENT ON CONSTRAINT t_a_not_null ON t IS 'never empty'")
+    result = migrate(database, folder, "baseline", "--version", "1")
+    assert result.code == 2, result
+    assert "unexpected constraint t.t_a_not_null: NOT NULL a" in result.err, result.err
+
+
+def test_default_privileges_of_the_live_schema_are_no_drift(
+    database: Database, tmp_path: Path
+) -> None:
+    """A table made where the live schema grants by default (ALTER DEFAULT PRIVILEGES IN
+    SCHEMA, as docs/security.md advises) has the grant in the scratch copy too: no
+    drift, and baseline takes it; a grant beyond the default still shows."""
+    with database.new_role() as reader:
+        name = sql.Identifier(reader.user)
+        database.execute(
+            sql.SQL(
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}"
+            ).format(name)
+        )
+        folder = write_migrations(tmp_path, {"0001_t.sql": "CREATE TABLE t (a int);\n"})
+        assert migrate(database, folder, "up").code == 0
+        clean = diff(database, folder)
+        assert clean.code == 0, clean.out
+        database.execute(sql.SQL("GRANT INSERT ON t TO {}").format(name))
+        drifted = diff(database, folder)
+        assert drifted.code == errors.EXIT_DRIFT, drifted
+        said = drifted.out
+        assert f"changed table t: privileges also grant {reader.user} INSERT" in said, said
+        assert f"{reader.user} SELECT" not in said, said
+        database.execute(
+            sql.SQL(
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE SELECT ON TABLES FROM {}"
+            ).format(name)
+        )
+
+
+def test_a_foreign_tables_server_and_options_are_compared(
+    database: Database, spare: Database, tmp_path: Path
+) -> None:
+    """The server and options of a foreign table and its columns, as pg_dump shows them."""
+    folder = write_migrations(
+        tmp_path, {"0001_ft.sql": "CREATE FOREIGN TABLE ft (a int) SERVER s1 OPTIONS (x 'y');\n"}
+    )
+    for db in (database, spare):
+        db.execute(
+            "CREATE FOREIGN DATA WRAPPER w; CREATE SERVER s1 FOREIGN DATA WRAPPER w; "
+            "CREATE SERVER s2 FOREIGN DATA WRAPPER w"
+        )
+        assert migrate(db, folder, "up").code == 0
+    database.execute(
+        "ALTER FOREIGN TABLE ft OPTIONS (SET x 'z'); "
+        "ALTER FOREIGN TABLE ft ALTER a OPTIONS (column_name 'b')"
+    )
+    result = diff(database, folder, "--against", spare.url)
+    assert result.code == errors.EXIT_DRIFT, result
+    assert "changed foreign table ft: foreign options x=z (expected x=y)" in result.out, result.out
+    assert "changed column ft.a: foreign options column_name=b (expected none)" in result.out
+    database.execute(
+        "DROP FOREIGN TABLE ft; CREATE FOREIGN TABLE ft (a int) SERVER s2 OPTIONS (x 'y')"
+    )
+    result = diff(database, folder, "--against", spare.url)
+    assert "changed foreign table ft: server s2 (expected s1)" in result.out, result.out
 
 
 def _other_major_bin_dir(server_version: int) -> Path | None:

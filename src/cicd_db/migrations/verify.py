@@ -118,6 +118,7 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
     path = schema.scratch_path(str(setting[0]) if setting else "", live, scratch)
     with conn.transaction(force_rollback=True):
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
+        _default_privileges_as_live(conn, live, scratch)
         before = _versions(conn, scratch)
         session.savepoint = b"cicd_db_compare"
         session.notice()
@@ -148,6 +149,45 @@ def compare(session: Session, chosen: list[Migration]) -> list[schema.Difference
         expected = schema.signature(conn, scratch, as_schema=live)
         actual = schema.signature(conn, live)
     return schema.compare(expected, actual)
+
+
+# The objects ALTER DEFAULT PRIVILEGES ... IN SCHEMA names, by pg_default_acl's letter.
+_DEFAULT_FOR = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS", "T": "TYPES"}
+_PRIVILEGE = re.compile(r"[A-Z]+")
+
+
+def _default_privileges_as_live(conn: psycopg.Connection[Any], live: str, scratch: str) -> None:
+    """The live schema's default privileges (ALTER DEFAULT PRIVILEGES ... IN SCHEMA), given
+    to the scratch one, where the files make their objects again: without them, every
+    table made under a grant the live schema gives by default (docs/security.md) was
+    told as drift. Those of a role this one may not act for are left: an object such a
+    role makes in the files is made as this one in the scratch schema anyway."""
+    rows = conn.execute(
+        "SELECT pg_catalog.pg_get_userbyid(d.defaclrole), d.defaclobjtype::pg_catalog.text, "
+        "a.privilege_type, CASE WHEN a.grantee = 0 THEN NULL "
+        "ELSE pg_catalog.pg_get_userbyid(a.grantee) END, a.is_grantable "
+        "FROM pg_catalog.pg_default_acl d, pg_catalog.aclexplode(d.defaclacl) a "
+        "WHERE d.defaclnamespace = pg_catalog.to_regnamespace(%s)::pg_catalog.oid",
+        [sql.Identifier(live).as_string(conn)],
+    ).fetchall()
+    for role, kind, privilege, grantee, grantable in rows:
+        if kind not in _DEFAULT_FOR or not _PRIVILEGE.fullmatch(privilege):
+            continue
+        grant = sql.SQL(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {} TO {}{}"
+        ).format(
+            sql.Identifier(role),
+            sql.Identifier(scratch),
+            sql.SQL(privilege),
+            sql.SQL(_DEFAULT_FOR[kind]),
+            sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee),
+            sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+        )
+        try:
+            with conn.transaction():
+                conn.execute(grant)
+        except psycopg.errors.InsufficientPrivilege:
+            continue
 
 
 # A relation's version: those of its catalog rows that DDL writes (the relation's own,

@@ -65,28 +65,33 @@ def _privileges(acl: str, kind: str | None, owner: str) -> sql.Composable:
     ).format(owner=sql.SQL(owner), full=full)
 
 
-# The rarer kinds of object, read by name only: each catalog and its namespace column.
+# The rarer kinds of object, read by name and comment only: each catalog and its
+# namespace column. (Operators are read whole, below.)
+# Each with the words pg_describe_object starts its description with.
 _RARER = (
-    ("pg_operator", "oprnamespace"),
-    ("pg_opclass", "opcnamespace"),
-    ("pg_opfamily", "opfnamespace"),
-    ("pg_collation", "collnamespace"),
-    ("pg_conversion", "connamespace"),
-    ("pg_ts_config", "cfgnamespace"),
-    ("pg_ts_dict", "dictnamespace"),
-    ("pg_ts_parser", "prsnamespace"),
-    ("pg_ts_template", "tmplnamespace"),
+    ("pg_opclass", "opcnamespace", "operator class"),
+    ("pg_opfamily", "opfnamespace", "operator family"),
+    ("pg_collation", "collnamespace", "collation"),
+    ("pg_conversion", "connamespace", "conversion"),
+    ("pg_ts_config", "cfgnamespace", "text search configuration"),
+    ("pg_ts_dict", "dictnamespace", "text search dictionary"),
+    ("pg_ts_parser", "prsnamespace", "text search parser"),
+    ("pg_ts_template", "tmplnamespace", "text search template"),
 )
 _RARER_OBJECTS = "\n        UNION ALL ".join(
-    f"SELECT 'pg_catalog.{catalog}'::pg_catalog.regclass, oid FROM pg_catalog.{catalog} "  # noqa: S608 - constants
+    f"SELECT 'pg_catalog.{catalog}'::pg_catalog.regclass, oid, '{kind}' FROM pg_catalog.{catalog} "  # noqa: S608 - constants
     f"WHERE {column} = %(schema)s::pg_catalog.regnamespace"
-    for catalog, column in _RARER
+    for catalog, column, kind in _RARER
 )
+# Kind, then the description without the kind's words as the object's name.
 _RARER_QUERY = (
-    "SELECT split_part(o.described, ' ', 1), o.described, o.described FROM ("  # noqa: S608 - constants
-    " SELECT pg_describe_object(o.catalog, o.oid, 0) AS described, o.catalog, o.oid FROM ("
+    "SELECT o.kind, substr(o.described, length(o.kind) + 2), substr(o.described, length(o.kind) + 2),"  # noqa: S608 - constants
+    " o.comment FROM ("
+    " SELECT pg_describe_object(o.catalog, o.oid, 0) AS described, o.catalog, o.oid, o.kind,"
+    " (SELECT d.description FROM pg_catalog.pg_description d WHERE d.classoid = o.catalog"
+    " AND d.objoid = o.oid AND d.objsubid = 0) AS comment FROM ("
     + _RARER_OBJECTS
-    + ") o (catalog, oid) WHERE NOT EXISTS (SELECT FROM pg_depend x"
+    + ") o (catalog, oid, kind) WHERE NOT EXISTS (SELECT FROM pg_depend x"
     " WHERE x.classid = o.catalog AND x.objid = o.oid AND x.deptype = 'e')"
     ") o"
 )
@@ -97,6 +102,7 @@ _PARTS = {
     "composite_c": _not_in_extension("pg_type", "c.reltype"),
     "type_t": _not_in_extension("pg_type", "t.oid"),
     "function_p": _not_in_extension("pg_proc", "p.oid"),
+    "operator_o": _not_in_extension("pg_operator", "o.oid"),
     "relation_privileges": _privileges(
         "c.relacl", "CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END", "c.relowner"
     ),
@@ -134,6 +140,10 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            (SELECT array_to_string(ARRAY(SELECT o FROM unnest(t.reloptions) o ORDER BY o), ', ')
             FROM pg_class t WHERE t.oid = nullif(c.reltoastrelid, 0)) AS "toast options",
            (SELECT a.amname FROM pg_am a WHERE a.oid = c.relam) AS "access method",
+           (SELECT v.srvname FROM pg_foreign_table f JOIN pg_foreign_server v ON v.oid = f.ftserver
+            WHERE f.ftrelid = c.oid) AS server,
+           (SELECT array_to_string(ARRAY(SELECT o FROM unnest(f.ftoptions) o ORDER BY o), ', ')
+            FROM pg_foreign_table f WHERE f.ftrelid = c.oid) AS "foreign options",
            (SELECT t.spcname FROM pg_tablespace t WHERE t.oid = c.reltablespace) AS tablespace,
            CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END AS definition,
            format_type(s.seqtypid, NULL) AS "type",
@@ -172,6 +182,8 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            nullif(a.attstattarget, -1) AS statistics,
            array_to_string(ARRAY(SELECT o FROM unnest(a.attoptions) o ORDER BY o), ', ')
              AS options,
+           array_to_string(ARRAY(SELECT o FROM unnest(a.attfdwoptions) o ORDER BY o), ', ')
+             AS "foreign options",
            col_description(c.oid, a.attnum) AS comment,
            {column_privileges} AS privileges
     FROM pg_attribute a
@@ -200,13 +212,16 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
       AND NOT coalesce(k.contype = 'n' AND k.convalidated AND NOT k.connoinherit AND k.conname IN (
                left(c.relname || '_' || (SELECT a.attname FROM pg_attribute a
                     WHERE a.attrelid = k.conrelid AND a.attnum = k.conkey[1]) || '_not_null', 63),
-               left(t.typname || '_not_null', 63)), false)
+               left(t.typname || '_not_null', 63))
+               AND obj_description(k.oid, 'pg_constraint') IS NULL, false)
     """,
         """
     SELECT 'index', t.relname, c.relname,
            pg_get_indexdef(i.indexrelid) AS definition,
            i.indisvalid AS valid,
            i.indisclustered AS clustered,
+           (SELECT h.inhparent::pg_catalog.regclass::pg_catalog.text FROM pg_inherits h
+            WHERE h.inhrelid = i.indexrelid) AS "attached to",
            obj_description(c.oid, 'pg_class') AS comment
     FROM pg_index i
     JOIN pg_class c ON c.oid = i.indexrelid
@@ -267,7 +282,18 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
                    'sortop ' || nullif(g.aggsortop, 0)::pg_catalog.regoperator::pg_catalog.text,
                    'kind ' || g.aggkind::pg_catalog.text,
                    'msfunc ' || nullif(g.aggmtransfn, 0)::pg_catalog.regproc::pg_catalog.text,
-                   'minitcond ' || quote_literal(g.aggminitval))
+                   'minvfunc ' || nullif(g.aggminvtransfn, 0)::pg_catalog.regproc::pg_catalog.text,
+                   'mstype ' || format_type(nullif(g.aggmtranstype, 0), NULL),
+                   'mfinalfunc ' || nullif(g.aggmfinalfn, 0)::pg_catalog.regproc::pg_catalog.text,
+                   'minitcond ' || quote_literal(g.aggminitval),
+                   CASE WHEN g.aggfinalextra THEN 'finalfunc_extra' END,
+                   CASE WHEN g.aggmfinalextra THEN 'mfinalfunc_extra' END,
+                   'finalfunc_modify ' || g.aggfinalmodify::pg_catalog.text,
+                   'mfinalfunc_modify ' || g.aggmfinalmodify::pg_catalog.text,
+                   'serialfunc ' || nullif(g.aggserialfn, 0)::pg_catalog.regproc::pg_catalog.text,
+                   'deserialfunc ' || nullif(g.aggdeserialfn, 0)::pg_catalog.regproc::pg_catalog.text,
+                   'sspace ' || nullif(g.aggtransspace, 0)::pg_catalog.text,
+                   'msspace ' || nullif(g.aggmtransspace, 0)::pg_catalog.text)
             FROM pg_aggregate g WHERE g.aggfnoid = p.oid) AS aggregate,
            CASE p.provolatile WHEN 'i' THEN 'IMMUTABLE' WHEN 's' THEN 'STABLE'
                 ELSE 'VOLATILE' END AS volatility,
@@ -280,6 +306,8 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
            p.prorows AS rows,
            array_to_string(ARRAY(SELECT o FROM unnest(p.proconfig) o ORDER BY o), ', ')
              AS settings,
+           nullif(p.prosupport, 0)::pg_catalog.regproc::pg_catalog.text AS support,
+           p.probin AS "object file",
            obj_description(p.oid, 'pg_proc') AS comment,
            {function_privileges} AS privileges
     FROM pg_proc p
@@ -313,7 +341,8 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
       AND {type_t}
     """,
         """
-    SELECT 'extension', x.extname, x.extname, x.extversion AS version
+    SELECT 'extension', x.extname, x.extname, x.extversion AS version,
+           obj_description(x.oid, 'pg_extension') AS comment
     FROM pg_extension x
     WHERE x.extnamespace = %(schema)s::pg_catalog.regnamespace
     """,
@@ -326,7 +355,21 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
     JOIN pg_class c ON c.oid = s.stxrelid
     WHERE s.stxnamespace = %(schema)s::pg_catalog.regnamespace
     """,
-        # The rarer kinds, by name only.
+        """
+    SELECT 'operator', o.oid::pg_catalog.regoperator::pg_catalog.text,
+           o.oid::pg_catalog.regoperator::pg_catalog.text,
+           o.oprcode::pg_catalog.regproc::pg_catalog.text AS function,
+           nullif(o.oprcom, 0)::pg_catalog.regoperator::pg_catalog.text AS commutator,
+           nullif(o.oprnegate, 0)::pg_catalog.regoperator::pg_catalog.text AS negator,
+           nullif(o.oprrest, 0)::pg_catalog.regproc::pg_catalog.text AS restrict,
+           nullif(o.oprjoin, 0)::pg_catalog.regproc::pg_catalog.text AS "join",
+           o.oprcanhash AS hashes,
+           o.oprcanmerge AS merges,
+           obj_description(o.oid, 'pg_operator') AS comment
+    FROM pg_operator o
+    WHERE o.oprnamespace = %(schema)s::pg_catalog.regnamespace AND {operator_o}
+    """,
+        # The rarer kinds, by name and comment.
         _RARER_QUERY,
     )
 )
@@ -360,7 +403,7 @@ def signature(
             cursor = conn.execute(query, {"schema": schema})
             names = [column.name for column in cursor.description or ()][3:]
             for kind, table, name, *values in cursor.fetchall():
-                if HISTORY_TABLE in (table, name):
+                if table == HISTORY_TABLE:  # the table, and its parts by their table
                     continue
                 result[(kind, _neutral(table, quoted), _neutral(name, quoted))] = {
                     prop: value
