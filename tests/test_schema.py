@@ -115,6 +115,7 @@ CREATE TABLE parted (a integer, b integer) PARTITION BY RANGE (a);
 CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10);
 CREATE INDEX parted_b ON ONLY parted (b);
 CREATE INDEX parted_1_b ON parted_1 (b);
+CREATE COLLATION bytewise (locale = 'C');
 """
 
 
@@ -282,6 +283,8 @@ CHANGES = [
            ("unexpected column docs.cicd_db_schema_history: integer",)),
     Change("function support", "ALTER FUNCTION thrice(integer) SUPPORT generate_series_int4_support",
            ("changed function thrice(x integer): support generate_series_int4_support (expected none)",)),
+    Change("collation comment", "COMMENT ON COLLATION bytewise IS 'bytes'",
+           ("changed collation bytewise: comment bytes (expected none)",)),
 ]  # fmt: skip
 
 
