@@ -1678,8 +1678,14 @@ def test_a_finish_before_a_childs_time_is_refused_across_a_change_of_summer_time
         at = datetime(2026, 10, 25, 2, 15, fold=1, tzinfo=berlin)
         assert at.astimezone(UTC) == utc(1, 15)
         assert at.replace(tzinfo=None) < stage.start_time.replace(tzinfo=None)
-        with pytest.raises(IllegalTransition, match="started or finished later"):
+        with pytest.raises(IllegalTransition, match="started or finished later") as refused:
             executions.finish_stage(stage, at=at)
+        # Both times in one zone, UTC: the one asked for was in Berlin's, the job's in the
+        # session's (helper-150: "at 12:00:25+00:00 ... later, at 02:00:30+14:00").
+        assert str(refused.value).endswith(
+            "cannot become SUCCESS at 2026-10-25 01:15:00+00:00: a job of it started or "
+            "finished later, at 2026-10-25 01:20:00+00:00"
+        ), str(refused.value)
         assert executions.finish_stage(stage, at=utc(1, 25)).status == SUCCESS
 
 

@@ -115,7 +115,7 @@ class Moves(Connected):
                 if latest is not None and at.astimezone(UTC) < latest.astimezone(UTC):
                     raise IllegalTransition(
                         f"{what} {name_of(row)} cannot become {move} {at_time(at)}: a {kind} of it "
-                        f"started or finished later, at {latest}"
+                        f"started or finished later, at {latest.astimezone(UTC)}"
                     )
             try:
                 with cursors.cursor(conn, binary=True) as cursor:

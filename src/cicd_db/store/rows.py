@@ -174,9 +174,9 @@ def illegal(current: PipelineRun | StageRun | JobRun, status: str) -> str:
 
 
 def at_time(at: datetime | None) -> str:
-    """When a move was asked for, for messages: `at`, or "now" (the server's clock)
-    where none was given."""
-    return "now" if at is None else f"at {at}"
+    """When a move was asked for, for messages: `at` in UTC (the zone a message's other
+    times are given in), or "now" (the server's clock) where none was given."""
+    return "now" if at is None else f"at {at.astimezone(UTC)}"
 
 
 def name_of(row: PipelineRun | StageRun | JobRun) -> str:
