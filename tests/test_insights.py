@@ -1080,3 +1080,26 @@ def test_a_statement_timeout_left_on_the_database_is_named_in_any_language(
     # timer fired as a statement ended (PostgreSQL then says "due to user request").
     suspected = language == "de" or "due to user request" in line
     assert ("if no one cancelled it" in line) == suspected, line
+
+
+def test_the_pages_day_labels_name_the_year_where_the_days_span_years() -> None:
+    """A window of the last N runs may reach back years: its days are labelled with their
+    year, or two Decembers' 12-29 read as one day (helper-150); one year's, without."""
+    from cicd_db.insights import figures, page
+
+    def insights(days: list[date]) -> figures.PipelineInsights:
+        return figures.PipelineInsights(
+            pipeline="build",
+            window=figures.Window(
+                days=None, runs=3, since=None, until=datetime(2026, 12, 31, tzinfo=UTC)
+            ),
+            runs=3, success=3, failed=0, cancelled=0, running=0,
+            duration_p50_seconds=1.0, duration_p95_seconds=1.0, mttr_seconds=None,
+            recoveries=0, longest_red_streak=0, stages=[], jobs=[],
+            days=[figures.Day(day, 1, 1, 0, 0, 0, 1.0, 1.0) for day in days],
+        )  # fmt: skip
+
+    spanning = page.page(insights([date(2024, 12, 29), date(2025, 12, 29), date(2026, 12, 29)]))
+    assert all(f"{year}-12-29" in spanning for year in (2024, 2025, 2026))
+    one_year = page.page(insights([date(2026, 12, 28), date(2026, 12, 29)]))
+    assert "12-28" in one_year and "2026-12-28" not in one_year

@@ -200,7 +200,7 @@ CHANGES = [
     Change("column storage", "ALTER TABLE pets ALTER COLUMN notes SET STORAGE EXTERNAL",
            ("changed column pets.notes: storage external (expected extended)",)),
     Change("column compression", "ALTER TABLE pets ALTER COLUMN color SET COMPRESSION pglz",
-           ("changed column pets.color: compression p (expected none)",)),
+           ("changed column pets.color: compression pglz (expected none)",)),
     Change("column statistics target", "ALTER TABLE pets ALTER COLUMN size SET STATISTICS 500",
            ("changed column pets.size: statistics 500 (expected none)",)),
     Change("column default", "ALTER TABLE pets ALTER COLUMN legs SET DEFAULT 3",

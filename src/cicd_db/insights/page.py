@@ -116,7 +116,10 @@ def _pipeline_body(r: PipelineInsights) -> str:
     ]
     figures = "".join(_figure(label, key, d[key], text) for label, key, text in shown)
     sections = [f'<dl class="figures">{figures}</dl>']
-    labels = [day.date.strftime("%m-%d") for day in r.days]
+    # Month and day, and the year too where the days span more than one (a window of the
+    # last N runs may reach back years: 12-29 of three Decembers read as one).
+    years = {day.date.year for day in r.days}
+    labels = [day.date.strftime("%m-%d" if len(years) < 2 else "%Y-%m-%d") for day in r.days]
     every = max(1, len(labels) // 15)
     status = _chart(
         "StackedBar",

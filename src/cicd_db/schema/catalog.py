@@ -178,7 +178,7 @@ QUERIES: tuple[sql.Composed, ...] = tuple(
              AS collation,
            CASE a.attstorage WHEN 'p' THEN 'plain' WHEN 'e' THEN 'external' WHEN 'm' THEN 'main'
                 ELSE 'extended' END AS storage,
-           nullif(a.attcompression::pg_catalog.text, '') AS compression,
+           CASE a.attcompression WHEN 'p' THEN 'pglz' WHEN 'l' THEN 'lz4' END AS compression,
            nullif(a.attstattarget, -1) AS statistics,
            array_to_string(ARRAY(SELECT o FROM unnest(a.attoptions) o ORDER BY o), ', ')
              AS options,
