@@ -385,6 +385,20 @@ def test_a_flag_given_two_dashes_as_its_value_is_refused(argv: list[str]) -> Non
     assert str(refused.value) == f"{flag}=-- gives {flag} no value; give it one"
 
 
+def test_scripts_migrate_py_parses_its_command_line_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The part of the tree its command line names parses it: not the whole tree again."""
+    parsed = parsing._parsed
+    calls: list[frozenset[str] | None] = []
+
+    def counted(argv: Any, prog: str, only_migrate: bool, only: frozenset[str] | None) -> Any:
+        calls.append(only)
+        return parsed(argv, prog, only_migrate, only)
+
+    monkeypatch.setattr(parsing, "_parsed", counted)
+    cli.parse(["--database-url", "postgresql://h/db", "up"], prog="migrate.py", only_migrate=True)
+    assert calls == [{"migrate", "migrate up"}]
+
+
 def test_a_start_builds_only_the_commands_its_command_line_names() -> None:
     """Help and the version print the tree (and argparse takes `--he` for `--help`)."""
     assert parsing._named_in(["migrate", "--stack", "dev", "up"], False) == {
@@ -392,6 +406,9 @@ def test_a_start_builds_only_the_commands_its_command_line_names() -> None:
         "migrate up",
     }
     assert parsing._named_in(["--stack", "dev"], True) == {"migrate"}
+    # scripts/migrate.py: `migrate`'s command line without the word (helper-147: it named
+    # no command there, and every start parsed twice, the part and then the whole tree).
+    assert parsing._named_in(["--stack", "dev", "up"], True) == {"migrate", "migrate up"}
     assert parsing._named_in(["report", "--pipeline", "status"], False) == {"report"}
     for asks in (["-h"], ["migrate", "-qh"], ["--he"], ["--vers"], ["up", "--help=x"]):
         assert parsing._named_in(asks, False) is None, asks
@@ -930,3 +947,58 @@ def test_a_slip_in_a_flag_is_told_with_the_commands_help_and_the_flag_meant(name
             f"error: the following arguments are required: {meant} ({slip}: did you mean "
             f"{meant}?); see `cicd-db {name} --help`\n"
         ), result.err
+
+
+def test_a_command_line_of_only_a_commands_words_builds_that_command() -> None:
+    assert parsing._named_in(["migrate", "up"], False) == {"migrate", "migrate up"}
+
+
+_SET_UP_AFTER_CLOSING = """
+import os, sys
+from cicd_db import cli
+fd, report = int(sys.argv[1]), sys.argv[2]
+os.close(fd)
+cli.standard_output()
+null, now = os.stat(os.devnull), os.fstat(fd)
+with open(report, "w") as out:
+    out.write(str((now.st_dev, now.st_ino) == (null.st_dev, null.st_ino)))
+"""
+
+
+@pytest.mark.parametrize("fd", [0, 1, 2], ids=["stdin", "stdout", "stderr"])
+def test_a_standard_descriptor_closed_at_the_start_is_held_by_dev_null(
+    tmp_path: Path, fd: int
+) -> None:
+    """Each of descriptors 0, 1 and 2 closed at the start is /dev/null once the CLI has
+    set up its output, before any file or connection could take its number."""
+    report = tmp_path / "report"
+    done = subprocess.run(
+        [sys.executable, "-c", _SET_UP_AFTER_CLOSING, str(fd), str(report)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done
+    assert report.read_text() == "True"
+
+
+_SET_UP_AFTER_NON_BLOCKING = """
+import os, sys
+from cicd_db import cli
+fd, report = int(sys.argv[1]), sys.argv[2]
+os.set_blocking(fd, False)
+cli.standard_output()
+with open(report, "w") as out:
+    out.write(str(os.get_blocking(fd)))
+"""
+
+
+@pytest.mark.parametrize("fd", [1, 2], ids=["stdout", "stderr"])
+def test_a_standard_output_left_non_blocking_is_made_blocking(tmp_path: Path, fd: int) -> None:
+    """Standard error as well as standard output: a line the pipe could not take at once
+    was lost."""
+    report = tmp_path / "report"
+    done = subprocess.run(
+        [sys.executable, "-c", _SET_UP_AFTER_NON_BLOCKING, str(fd), str(report)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done
+    assert report.read_text() == "True"

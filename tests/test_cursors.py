@@ -89,3 +89,28 @@ def test_a_statement_the_timeout_cut_is_told_with_where_the_timeout_is_set(
         "database error: canceling statement due to statement timeout; statement_timeout is "
         f"300ms {IN_THE_OPTIONS}"
     ), cut
+
+
+def test_a_timeout_so_short_it_cuts_the_question_is_taken_to_have_fired(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement_timeout that cuts even could_have_timed_out's own question could have cut
+    the statement before it (a 1 ms timeout left on the database)."""
+
+    def cut(*args: object, **kwargs: object) -> None:
+        raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        monkeypatch.setattr(cursors, "execute", cut)
+        assert cursors.could_have_timed_out(conn)
+
+
+def test_a_session_that_cannot_be_asked_is_not_said_to_have_timed_out(
+    database: Database,
+) -> None:
+    """In a failed transaction the question itself fails: no timeout is named."""
+    conninfo = database.settings.conninfo(options="-c statement_timeout=1ms")
+    with psycopg.connect(conninfo) as conn:
+        with pytest.raises(psycopg.Error):
+            conn.execute("SELECT 1/0")
+        assert not cursors.could_have_timed_out(conn)

@@ -229,3 +229,29 @@ def test_values_fill_their_fields_with_or_without_arguments(value: str, done: st
     both = errors.ConfigError("{folder} and {flag}", arguments=["flag"], values={"folder": value})
     assert str(both) == f"{value} and `flag`"
     assert str(alone.after(done)) == f"{done}: cannot list {value}: denied"
+
+
+@pytest.mark.parametrize("suspected", [True, False], ids=["suspected", "named"])
+def test_a_setting_that_stopped_a_statement_is_told_with_where_to_reset_it(
+    suspected: bool,
+) -> None:
+    """cli.main's and cursors.cancels_named's words where the session cannot say where the
+    setting comes from: the setting named, "if no one cancelled it" only where suspected."""
+    said = errors.told_with_setting(
+        "canceling statement due to user request", "statement_timeout", suspected=suspected
+    )
+    assert said == (
+        "database error: canceling statement due to user request; "
+        + ("if no one cancelled it, " if suspected else "")
+        + "statement_timeout stopped it, set for this session by the role, the database, the "
+        "server or the connection's options (pg_settings' source for statement_timeout tells "
+        "which; perhaps a migration left it): reset it there, and run again"
+    )
+
+
+def test_a_setting_is_told_as_named_unless_said_to_be_suspected() -> None:
+    said = errors.told_with_setting("canceling statement due to lock timeout", "lock_timeout")
+    assert said == errors.told_with_setting(
+        "canceling statement due to lock timeout", "lock_timeout", suspected=False
+    )
+    assert "if no one cancelled it" not in said

@@ -1306,3 +1306,19 @@ def test_a_callers_connection_in_any_date_style_is_pruned(
         conn.execute("SET DateStyle = 'SQL, DMY'")
         assert retention.prune(conn, keep_days=30).runs == 1
     assert counts(migrated) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("dry_run", "fix"),
+    [(True, "run again"), (False, "run again to go on")],
+    ids=["dry-run", "delete"],
+)
+def test_a_cancel_no_setting_explains_is_told_to_run_again(dry_run: bool, fix: str) -> None:
+    """A cancel no session setting explains (a person's, the session's timeout not known
+    to have fired) names no setting, and says what running again does."""
+    cut = psycopg.errors.QueryCanceled("canceling statement due to user request")
+    told = retention._cancelled(cut, "nothing was deleted", dry_run)
+    assert str(told) == (
+        "retention's statement was cancelled (canceling statement due to user request); "
+        f"nothing was deleted; {fix}"
+    )

@@ -1864,3 +1864,52 @@ def test_a_schema_in_the_way_is_named_as_sql_writes_it(schema: Database) -> None
         with pytest.raises(errors.ConfigError) as refused:
             store.check_search_path(conn)
     assert 'searches "Odd, ""Name""" before pg_catalog' in str(refused.value), refused.value
+
+
+def test_a_replication_role_set_to_its_default_keeps_the_store_writing(schema: Database) -> None:
+    """Only `replica` stops the store's triggers: `origin` named in the options (as a
+    subscriber's role set back) is where the store writes as ever."""
+    conninfo = schema.settings.conninfo(options="-c session_replication_role=origin")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        run = Store.on(conn).start_run("build", "c1")
+    assert run.run_number == 1
+    assert len(snapshot(schema)) == 1
+
+
+def test_a_function_of_the_sessions_temporary_schema_is_no_reason_to_refuse(
+    schema: Database,
+) -> None:
+    """current_schemas lists the session's temporary schema first once it has one, but
+    PostgreSQL never looks a function or an operator up there: a `pg_temp.now()` changes
+    no statement of cicd-db's."""
+    with schema.connect() as conn:
+        conn.execute(
+            "CREATE FUNCTION pg_temp.now() RETURNS timestamptz LANGUAGE sql "
+            "AS 'SELECT pg_catalog.now()'"
+        )
+        store.check_search_path(conn)
+
+
+def test_a_search_path_refused_is_named_with_its_value_and_where_it_is_set(
+    schema: Database,
+) -> None:
+    """Every schema searched before pg_catalog with something named as PostgreSQL's, what
+    it holds, the search_path's value and where it is set: one refusal says all."""
+    schema.execute(
+        "CREATE SCHEMA clock; CREATE FUNCTION clock.now() RETURNS timestamptz LANGUAGE sql "
+        "AS 'SELECT pg_catalog.now()'; CREATE SCHEMA text_ops; CREATE FUNCTION "
+        "text_ops.upper(text) RETURNS text LANGUAGE sql AS 'SELECT $1'"
+    )
+    conninfo = schema.settings.conninfo(options="-c search_path=clock,text_ops,public,pg_catalog")
+    with (
+        psycopg.connect(conninfo, autocommit=True) as conn,
+        pytest.raises(errors.ConfigError) as refused,
+    ):
+        store.check_search_path(conn)
+    assert str(refused.value) == (
+        "this session's search_path (clock,text_ops,public,pg_catalog) searches clock, "
+        "text_ops before pg_catalog, with functions or operators named as PostgreSQL's "
+        "(clock.now(), text_ops.upper(text)): those would be the ones cicd-db's statements "
+        "call; search_path is clock,text_ops,public,pg_catalog in the connection's options "
+        "(the URL's, the service's or PGOPTIONS): change it there"
+    )

@@ -129,6 +129,8 @@ def test_discover_refuses_a_folder_without_migrations(tmp_path: Path) -> None:
         "0002_b.sql\U000e0001",
         "0002_b.sql\u034f",
         "0002_b.sql\u3164",
+        "0002_b.s\x7fql",
+        "0002_b.s\u200bql ",
     ],
     ids=[
         "zero-width-space",
@@ -139,6 +141,8 @@ def test_discover_refuses_a_folder_without_migrations(tmp_path: Path) -> None:
         "language-tag",
         "combining-grapheme-joiner",
         "hangul-filler",
+        "control-character",
+        "inside-and-after",
     ],
 )
 def test_characters_drawn_as_nothing_in_sql_are_refused_not_skipped(
@@ -225,7 +229,11 @@ except ConfigError as refused:
 """
 
 
-@pytest.mark.parametrize("where", ["folder it may list, not enter", "link into a closed folder"])
+@pytest.mark.parametrize(
+    "where",
+    ["folder it may list, not enter", "link into a closed folder", "file it may not read"],
+    ids=["folder-not-entered", "link-into-closed-folder", "file-not-readable"],
+)
 def test_a_file_the_user_may_not_reach_is_named_as_the_input(where: str) -> None:
     """A folder its user may list but not enter (mode 744), or a link to a file in a
     folder it may not enter: looking at the entry fails (EACCES), which reached the CLI
@@ -246,6 +254,10 @@ def test_a_file_the_user_may_not_reach_is_named_as_the_input(where: str) -> None
             (folder / "0002_b.sql").symlink_to(closed / "0002_b.sql")
             closed.chmod(0o700 if os.geteuid() == 0 else 0o000)
             unreachable = "0002_b.sql"
+        elif where.startswith("file"):
+            (folder / "0001_a.sql").write_text("SELECT 1;\n")
+            (folder / "0001_a.sql").chmod(0o000)
+            unreachable = "0001_a.sql"
         else:
             (folder / "0001_a.sql").write_text("SELECT 1;\n")
             folder.chmod(0o744 if os.geteuid() == 0 else 0o444)
@@ -452,7 +464,10 @@ def test_text_that_is_not_utf8_is_found_wherever_it_is(
             "is marked no-transaction but holds 0 statements besides SET and RESET; it must "
             "hold exactly one: add the statement it is for, or remove the marker",
         ),
-        ("SELECT 1;\n".encode("utf-16"), "is UTF-16 (as Windows PowerShell 5 writes"),
+        (
+            "SELECT 1;\n".encode("utf-16"),
+            "is UTF-16 (as Windows PowerShell 5 writes with `>`); save it as UTF-8",
+        ),
         ("SELECT 1;\n".encode("utf-16-be").join([b"\xfe\xff", b""]), "is UTF-16 ("),
     ],
     ids=[
@@ -663,3 +678,85 @@ def test_a_migration_file_that_is_a_loop_of_links_is_named_so(tmp_path: Path) ->
         "migration file 0002_b.sql is a loop of symbolic links; point it at the file, or "
         "remove the link"
     )
+
+
+def test_a_link_to_a_folder_named_as_a_migration_is_told_as_a_folder(tmp_path: Path) -> None:
+    """A link to a folder that is there is no link to nothing: it is named as the folder
+    it leads to, not as a file that was not checked out."""
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "0002_b.sql").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError) as refused:
+        migrations.discover(tmp_path)
+    assert str(refused.value) == (
+        "0002_b.sql in the migrations folder is a folder; rename it to end otherwise than "
+        ".sql, or remove it"
+    )
+
+
+def test_an_entry_that_cannot_be_looked_at_again_is_named_as_the_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why an entry is no regular file is asked after discovery looked at it: an entry gone
+    by then (a checkout at the same time) is said to be gone, and one that cannot be looked
+    at (a name too long, a folder on its way closed meanwhile) is named as the input, never
+    as the output's failure."""
+    from cicd_db.migrations import files
+
+    assert files._not_a_file(tmp_path / "0001_a.sql") == (
+        "migration file 0001_a.sql was removed or replaced while it was read (a checkout or "
+        "an editor's save at the same time?); run again"
+    )
+    long = tmp_path / ("0001_" + "a" * 300 + ".sql")  # stat: ENAMETOOLONG
+    assert files._not_a_file(long).startswith(
+        f"cannot read migration file {long.name}: File name too long; "
+    )
+
+    def closed(path: object) -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(files.os.path, "lexists", closed)
+    assert files._not_a_file(tmp_path / "0002_b.sql") == (
+        "cannot read migration file 0002_b.sql: Permission denied; let the user running "
+        "cicd-db read it (and enter the folders on its way), or remove it from the folder"
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["0009_w.sql ", "0009_w\x1b[.sql"],
+    ids=["space-after", "escape-eating-the-dot"],
+)
+def test_new_migration_numbers_above_one_refused_file(tmp_path: Path, name: str) -> None:
+    """Each name discover takes for a migration (to refuse it) counts alone, not only
+    beside another with a higher number: white space after `.sql`, or `.sql` a
+    terminal's escape sequence would swallow (discover's suffix is still `.sql`)."""
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;\n")
+    (tmp_path / name).write_text("SELECT 1;\n")
+    with pytest.raises(ConfigError):
+        migrations.discover(tmp_path)
+    assert migrations.new_migration(tmp_path, "next").name == "0010_next.sql"
+
+
+def test_an_editors_leftover_sorted_before_a_migration_hides_none_after_it(
+    tmp_path: Path,
+) -> None:
+    """A file that is no migration (`0001_a.sql.orig`) sorts between two that are: it is
+    skipped, and the listing goes on past it."""
+    write_migrations(
+        tmp_path, {"0001_a.sql": "SELECT 1;\n", "0001_a.sql.orig": "", "0002_b.sql": "SELECT 2;\n"}
+    )
+    assert [m.version for m in migrations.discover(tmp_path)] == [1, 2]
+
+
+def test_a_byte_order_mark_added_or_removed_matches_with_mixed_line_ends(tmp_path: Path) -> None:
+    """A mark added or removed since the file was applied changes no statement, also in a
+    file whose line ends are mixed (no conversion Git makes, so no other way matches)."""
+    import hashlib
+
+    raw = b"SELECT 1;\r\nSELECT 2;\n"
+    path = tmp_path / "0001_a.sql"
+    path.write_bytes(raw)
+    assert migrations.read(path, 1, "a").matches(hashlib.sha256(b"\xef\xbb\xbf" + raw).hexdigest())
+    path.write_bytes(b"\xef\xbb\xbf" + raw)
+    assert migrations.read(path, 1, "a").matches(hashlib.sha256(raw).hexdigest())

@@ -369,8 +369,8 @@ def _named_in(argv: Sequence[str], only_migrate: bool) -> frozenset[str] | None:
                 return None
         elif word.startswith("-") and "h" in word:  # -h, or one of a cluster (-qh)
             return None
-    if only_migrate:
-        words = {f"migrate {word}" for word in words} | {"migrate"}
+    if only_migrate:  # scripts/migrate.py: its command line is `migrate`'s, without the word
+        words.add("migrate")
     named = {name for name in COMMANDS if set(name.split()) <= words}
     return frozenset(named | {name for name in GROUPS if name in words})
 
