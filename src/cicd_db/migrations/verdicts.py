@@ -396,8 +396,8 @@ class Verdicts:
 
 
 def _committed(result: PGresult) -> bool:
-    """`result` is a COMMIT's that committed (not one that rolled back a failed transaction,
-    which PostgreSQL also answers with COMMIT's tag; then it says ROLLBACK)."""
+    """`result` is a COMMIT's that committed: a COMMIT of a failed transaction rolls it
+    back, and PostgreSQL tags that result ROLLBACK."""
     return result.status == ExecStatus.COMMAND_OK and result.command_status == b"COMMIT"
 
 
