@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import shutil
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +17,7 @@ import psycopg
 
 from cicd_db.settings import ConnectionSettings
 
-from .common import PYTHON, ROOT, Databases, Table, paired, timed
+from .common import PYTHON, ROOT, Databases, Table, paired, round_trip_us, timed
 from .link import delayed
 
 Tools = dict[str, Path | None]
@@ -197,12 +196,7 @@ def measure_over_a_link(
 
 def _round_trip_ms(settings: ConnectionSettings) -> float:
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
-        trips = []
-        for _ in range(50):
-            started = time.perf_counter()
-            conn.execute("SELECT 1")
-            trips.append((time.perf_counter() - started) * 1000)
-    return statistics.median(trips)
+        return round_trip_us(conn, 50) / 1000
 
 
 def _rounds(

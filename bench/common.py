@@ -191,7 +191,7 @@ def machine_speed(settings: ConnectionSettings) -> dict[str, float]:
     machine's speed moves by 2x from one hour to the next (another tenant's load), and
     every figure with it. A pure-Python loop (ms), a count the server computes (ms), and
     one round trip of `SELECT 1` (us)."""
-    loops, counts, trips = [], [], []
+    loops, counts = [], []
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
         for _ in range(5):
             started = time.perf_counter()
@@ -202,15 +202,22 @@ def machine_speed(settings: ConnectionSettings) -> dict[str, float]:
             started = time.perf_counter()
             conn.execute("SELECT count(*) FROM generate_series(1, 3000000)").fetchone()
             counts.append((time.perf_counter() - started) * 1000)
-        for _ in range(500):
-            started = time.perf_counter()
-            conn.execute("SELECT 1").fetchone()
-            trips.append((time.perf_counter() - started) * 1_000_000)
+        trip = round_trip_us(conn, 500)
     return {
         "python": statistics.median(loops),
         "server": statistics.median(counts),
-        "round trip": statistics.median(trips),
+        "round trip": trip,
     }
+
+
+def round_trip_us(conn: psycopg.Connection[Any], times: int) -> float:
+    """The median of `times` round trips of `SELECT 1` on `conn`, in microseconds."""
+    trips = []
+    for _ in range(times):
+        started = time.perf_counter()
+        conn.execute("SELECT 1").fetchone()
+        trips.append((time.perf_counter() - started) * 1_000_000)
+    return statistics.median(trips)
 
 
 def percentile(values: list[float], fraction: float) -> float:

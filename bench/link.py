@@ -15,6 +15,8 @@ import sys
 import time
 from collections.abc import Iterator
 
+from cicd_db.pgprocess import free_port
+
 from .common import PYTHON, ROOT
 
 
@@ -57,17 +59,10 @@ async def _serve(listen: int, target: int, hold: float) -> None:
         await server.serve_forever()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def delayed(target: int, rtt_ms: float) -> Iterator[int]:
     """A proxy to 127.0.0.1:`target` adding about `rtt_ms` a round trip; yields its port."""
-    port = _free_port()
+    port = free_port()
     proxy = subprocess.Popen(
         [PYTHON, "-m", "bench.link", str(port), str(target), str(rtt_ms)], cwd=ROOT
     )

@@ -28,6 +28,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -274,6 +275,17 @@ class Database:
         with self.connect() as conn:
             text = query if isinstance(query, str) else query.as_string(conn)
             conn.execute(text.encode())
+
+    def canceller(self, pid: int, reached: str, what: str) -> threading.Thread:
+        """A thread (not started) that cancels backend `pid`'s statement (pg_cancel_backend,
+        as a person would) once pg_stat_activity shows it where `reached` (a condition on
+        that row) says; `what`: the failure's words if it never gets there."""
+
+        def cancel() -> None:
+            self.wait_for(f"SELECT FROM pg_stat_activity WHERE pid = {pid} AND {reached}", what)
+            self.query("SELECT pg_cancel_backend(%s)", pid)
+
+        return threading.Thread(target=cancel)
 
     def wait_for(self, query: str, what: str, timeout: float = 30) -> list[tuple[object, ...]]:
         """Poll `query` until it returns rows; fail with `what` after `timeout` seconds."""

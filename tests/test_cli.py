@@ -405,6 +405,7 @@ def test_a_start_builds_only_the_commands_its_command_line_names() -> None:
         "migrate",
         "migrate up",
     }
+    assert parsing._named_in(["migrate", "up"], False) == {"migrate", "migrate up"}
     assert parsing._named_in(["--stack", "dev"], True) == {"migrate"}
     # scripts/migrate.py: `migrate`'s command line without the word (helper-147: it named
     # no command there, and every start parsed twice, the part and then the whole tree).
@@ -949,10 +950,6 @@ def test_a_slip_in_a_flag_is_told_with_the_commands_help_and_the_flag_meant(name
         ), result.err
 
 
-def test_a_command_line_of_only_a_commands_words_builds_that_command() -> None:
-    assert parsing._named_in(["migrate", "up"], False) == {"migrate", "migrate up"}
-
-
 _SET_UP_AFTER_CLOSING = """
 import os, sys
 from cicd_db import cli
@@ -971,13 +968,7 @@ def test_a_standard_descriptor_closed_at_the_start_is_held_by_dev_null(
 ) -> None:
     """Each of descriptors 0, 1 and 2 closed at the start is /dev/null once the CLI has
     set up its output, before any file or connection could take its number."""
-    report = tmp_path / "report"
-    done = subprocess.run(
-        [sys.executable, "-c", _SET_UP_AFTER_CLOSING, str(fd), str(report)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done
-    assert report.read_text() == "True"
+    assert _reported_by_a_child(_SET_UP_AFTER_CLOSING, fd, tmp_path) == "True"
 
 
 _SET_UP_AFTER_NON_BLOCKING = """
@@ -995,10 +986,16 @@ with open(report, "w") as out:
 def test_a_standard_output_left_non_blocking_is_made_blocking(tmp_path: Path, fd: int) -> None:
     """Standard error as well as standard output: a line the pipe could not take at once
     was lost."""
+    assert _reported_by_a_child(_SET_UP_AFTER_NON_BLOCKING, fd, tmp_path) == "True"
+
+
+def _reported_by_a_child(script: str, fd: int, tmp_path: Path) -> str:
+    """What `script`, run in a process of its own with `fd` and a report file as its
+    arguments, wrote to that file (its standard descriptors are its own to change)."""
     report = tmp_path / "report"
     done = subprocess.run(
-        [sys.executable, "-c", _SET_UP_AFTER_NON_BLOCKING, str(fd), str(report)],
+        [sys.executable, "-c", script, str(fd), str(report)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done
-    assert report.read_text() == "True"
+    return report.read_text()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import psycopg
@@ -31,14 +30,9 @@ def _cut(database: Database, timeout: str, *, age: float, cancel: bool) -> BaseE
         time.sleep(age)  # the session grows old; no statement runs that long
         pid = conn.info.backend_pid
 
-        def cancel_it() -> None:
-            database.wait_for(
-                f"SELECT FROM pg_stat_activity WHERE pid = {pid} AND query LIKE '%pg_sleep(5)%'",
-                "the statement never started",
-            )
-            database.query("SELECT pg_cancel_backend(%s)", pid)
-
-        canceller = threading.Thread(target=cancel_it)
+        canceller = database.canceller(
+            pid, "query LIKE '%pg_sleep(5)%'", "the statement never started"
+        )
         if cancel:
             canceller.start()
         try:

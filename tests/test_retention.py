@@ -466,14 +466,9 @@ def _pruned_while_a_person_cancels(
     cuts it in the trigger's sleep (when_its_jobs_go)."""
     pid = conn.info.backend_pid
 
-    def cancel() -> None:
-        migrated.wait_for(
-            f"SELECT FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'PgSleep'",
-            "retention never reached the trigger's sleep",
-        )
-        migrated.query("SELECT pg_cancel_backend(%s)", pid)
-
-    canceller = threading.Thread(target=cancel)
+    canceller = migrated.canceller(
+        pid, "wait_event = 'PgSleep'", "retention never reached the trigger's sleep"
+    )
     canceller.start()
     with pytest.raises(OperationalError) as cut:
         retention.prune(conn, keep_days=30)

@@ -177,15 +177,17 @@ def rounded_seconds(duration: timedelta, places: int) -> float:
     """`duration` in seconds to `places` decimals, rounded from its exact microseconds
     half away from zero, as PostgreSQL's round() does: a float's binary value would
     round 1.0005 s down and 2.0005 s up."""
-    exact = Decimal(duration // timedelta(microseconds=1)).scaleb(-6)
-    return float(exact.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP))
+    return _half_up(Decimal(duration // timedelta(microseconds=1)).scaleb(-6), places)
 
 
 def rounded(value: float, places: int) -> float:
     """`value` to `places` decimals, half away from zero, as it is written (its shortest
     decimal, repr's): the same run's duration reads the same here and in insights, where
     a float's binary value (1.0025 is 1.00249999...) would round it down."""
-    exact = Decimal(repr(value))
+    return _half_up(Decimal(repr(value)), places)
+
+
+def _half_up(exact: Decimal, places: int) -> float:
     return float(exact.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP))
 
 

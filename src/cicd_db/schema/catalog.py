@@ -85,9 +85,8 @@ _RARER_OBJECTS = "\n        UNION ALL ".join(
 )
 # Kind, then the description without the kind's words as the object's name.
 _RARER_QUERY = (
-    "SELECT o.kind, substr(o.described, length(o.kind) + 2), substr(o.described, length(o.kind) + 2),"  # noqa: S608 - constants
-    " o.comment FROM ("
-    " SELECT pg_describe_object(o.catalog, o.oid, 0) AS described, o.catalog, o.oid, o.kind,"
+    "SELECT o.kind, o.name, o.name, o.comment FROM ("  # noqa: S608 - constants
+    " SELECT substr(pg_describe_object(o.catalog, o.oid, 0), length(o.kind) + 2) AS name, o.kind,"
     " (SELECT d.description FROM pg_catalog.pg_description d WHERE d.classoid = o.catalog"
     " AND d.objoid = o.oid AND d.objsubid = 0) AS comment FROM ("
     + _RARER_OBJECTS
