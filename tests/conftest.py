@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from collections.abc import Iterator
 
 import hypothesis
 import pytest
 
-from .utils import examples
+from .utils import examples, ram_disk_temporary
 
 pytest_plugins = ["tests.fix_db", "tests.fix_cli", "tests.fix_standby"]
 
@@ -34,6 +35,16 @@ hypothesis.settings.register_profile(
 hypothesis.settings.load_profile(
     "ci" if os.environ.get("CI", "").lower() in ("true", "1") else "default"
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's temporary folder (TMPDIR, tmp_path, throwaway servers) on the RAM
+    disk where there is one (tests/utils.py's ram_disk_temporary says why). Set before
+    pytest makes its base folder and before xdist starts its workers, which inherit it;
+    a TMPDIR given from outside is left as it is."""
+    if "TMPDIR" not in os.environ and (folder := ram_disk_temporary()) is not None:
+        os.environ["TMPDIR"] = str(folder)
+        tempfile.tempdir = None  # read TMPDIR again
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

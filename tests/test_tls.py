@@ -31,7 +31,7 @@ from cicd_db.settings import ConnectionSettings
 
 from .fix_cli import Run, run_cli
 from .fix_db import Database
-from .utils import ROOT, pg_dump_calls
+from .utils import ROOT, on_ram_disk, pg_dump_calls
 
 pytestmark = pytest.mark.db
 
@@ -114,7 +114,8 @@ def tls_server(
             "no PostgreSQL built with SSL on this machine (the embedded wheel's is built "
             "without); install Debian's postgresql package, as .ci/run does"
         )
-    server = EmbeddedServer(ROOT / ".cicd-db" / f"tests-tls-{bin_dir.parent.name}", bin_dir=bin_dir)
+    home = on_ram_disk(ROOT / ".cicd-db" / f"tests-tls-{bin_dir.parent.name}")
+    server = EmbeddedServer(home, bin_dir=bin_dir)
     was_running = server.status().running
     admin = server.admin_settings()
     ca_key, ca = authority("cicd-db test CA")

@@ -64,6 +64,27 @@ def on_ram_disk(path: Path) -> Path:
     return path
 
 
+def ram_disk_temporary() -> Path | None:
+    """A temporary folder for the test session (its TMPDIR) on the RAM disk, or None where
+    there is none with room. Throwaway servers run initdb in TMPDIR, and tests write
+    migrations by the thousand to tmp_path: on this machine's disk each file made costs
+    the kernel a look through recently deleted inodes (on_ram_disk), and initdb makes a
+    thousand. Open to all with the sticky bit, as /tmp is, so that everything a test
+    meets in it (root's server account passing through, a folder of another account's)
+    is what it meets in /tmp."""
+    if not RAM_DISK.is_dir() or not os.access(RAM_DISK, os.W_OK):
+        return None
+    if shutil.disk_usage(RAM_DISK).free < RAM_DISK_ROOM:
+        return None
+    checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
+    folder = RAM_DISK / f"cicd-db-{checkout}-tmp"
+    folder.mkdir(exist_ok=True)
+    if folder.is_symlink() or folder.stat().st_uid != os.getuid():
+        return None  # not ours: a shared RAM disk lets anyone plant a look-alike
+    folder.chmod(0o1777)
+    return folder
+
+
 def write_migrations(folder: Path, files: dict[str, str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
