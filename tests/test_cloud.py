@@ -150,7 +150,12 @@ def test_check_cloud_url_refuses_pgsslmode_that_does_not_encrypt(
     assert str(raised.value).startswith(message), str(raised.value)
 
 
-def test_check_cloud_url_writes_sslmode_before_a_fragment() -> None:
+def test_check_cloud_url_keeps_a_hash_where_libpq_reads_it() -> None:
+    """libpq has no fragments: `db#note` is the database's name, and stays it (the sslmode
+    written before the `#` made the database `db`, and the sslmode `require#note`)."""
     url = cloud.check_cloud_url("postgresql://u:pw@h/db#note", what="x", environ={})
-    assert url == "postgresql://u:pw@h/db?sslmode=require#note"
-    assert psycopg.conninfo.conninfo_to_dict(url)["dbname"] == "db"
+    assert psycopg.conninfo.conninfo_to_dict(url) == {
+        **psycopg.conninfo.conninfo_to_dict("postgresql://u:pw@h/db#note"),
+        "sslmode": "require",
+    }
+    assert psycopg.conninfo.conninfo_to_dict(url)["dbname"] == "db#note"

@@ -19,10 +19,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import hypothesis
 import psycopg
+import psycopg.conninfo
 import pulumi
 import pytest
+from hypothesis import strategies as st
 from psycopg import sql
 
 from cicd_db import settings as contract
@@ -30,7 +34,7 @@ from cicd_db import stacks
 from cicd_db.settings import ConnectionSettings
 
 from .fix_db import SERVER_ROLES, Database
-from .utils import ROOT
+from .utils import ROOT, examples
 
 INFRA = ROOT / "infra"
 CONTAINER = "docker:index/container:Container"
@@ -863,3 +867,51 @@ def test_prod_single_role_is_an_explicit_opt_out() -> None:
         owner,
     )
     assert secrets["app_database_url"] and secrets["reader_database_url"]
+
+
+# Every printable ASCII character a cloud console's password generator may use, raw
+# (libpq reads a raw `?`, `#`, `&` or `=` in the password as the password's) or encoded;
+# and what may follow the database's name.
+CLOUD_PASSWORDS = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12
+)
+AFTER_THE_NAME = st.sampled_from(["", "?", "#f", "?application_name=x", "?sslmode=verify-full"])
+
+
+@hypothesis.settings(max_examples=examples(150))
+@hypothesis.given(password=CLOUD_PASSWORDS, encode=st.booleans(), tail=AFTER_THE_NAME)
+def test_what_the_prod_program_exports_reads_as_the_url_given_with_its_sslmode(
+    password: str, encode: bool, tail: str
+) -> None:
+    """A databaseUrl `pulumi up -s prod` accepts is exported so that the reader connects
+    where libpq reads the URL given, with the sslmode the program judged (libpq is the
+    oracle); one it cannot export so is refused in one line (RunError), never exported
+    broken, never a traceback. The sslmode was added by editing the text: a raw `?` or `#`
+    in the password moved it into the password or the database's name."""
+    written = quote(password, safe="") if encode else password
+    url = f"postgresql://app:{written}@db.example.com/cicd{tail}"
+    try:
+        means = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        means = None
+    config = {"databaseUrl": url, "singleRole": "true"}
+    try:
+        values, _ = outputs_of(run_program("prod", config, ["databaseUrl"]))
+    except pulumi.RunError as refused:
+        assert len(str(refused).splitlines()) == 1, refused
+        return
+    assert means is not None, f"accepted what libpq refuses: {url!r}"
+    read = stacks.from_outputs(values, stack="prod")  # the reader takes what was exported
+    got = psycopg.conninfo.conninfo_to_dict(read.conninfo())
+    got.pop("connect_timeout")
+    assert got == {"port": "5432", "sslmode": "require", **means}
+    exported = psycopg.conninfo.conninfo_to_dict(values["database_url"])
+    assert exported.get("sslmode") in ("require", "verify-full")
+
+
+def test_a_raw_question_mark_in_the_prod_password_is_exported_with_its_sslmode() -> None:
+    config = {"databaseUrl": "postgresql://app:pa?ss@db.example.com/cicd", "singleRole": "true"}
+    values, _ = outputs_of(run_program("prod", config, ["databaseUrl"]))
+    assert values["sslmode"] == "require"
+    exported = psycopg.conninfo.conninfo_to_dict(values["database_url"])
+    assert (exported["password"], exported["sslmode"]) == ("pa?ss", "require")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
+
+import psycopg.conninfo
 
 from cicd_db.errors import ConfigError
 from cicd_db.redaction import mask_credentials
@@ -76,8 +79,32 @@ def check_cloud_url(
             f"the {what} would connect with {source}, {effective}, which does not encrypt; use "
             f"sslmode=require (or verify-ca, verify-full), or set cicd-db:allowInsecure true"
         )
-    if not settings.sslmode:
-        # Before a #fragment, which libpq would otherwise read into the database name.
-        url, hash_, fragment = url.partition("#")
-        url += ("&" if "?" in url else "?") + f"sslmode={effective or 'require'}" + hash_ + fragment
-    return url
+    if settings.sslmode:
+        return url
+    # sslrootcert=system asks for verify-full: libpq refuses it with a weaker mode.
+    system = settings.parameter("sslrootcert") == "system"
+    mode = effective or ("verify-full" if system else "require")
+    # What the exported URL must mean: the URL given, as libpq reads it, with the sslmode.
+    meant = {**psycopg.conninfo.conninfo_to_dict(url), "sslmode": mode}
+    # The URL as given with the sslmode added (libpq has no #fragment: a `#` is text).
+    # Where that reads otherwise (a raw `?` in the password, which libpq takes there, or
+    # a bare `?` at the end), the URL is written again from what libpq read of it, every
+    # part percent-encoded; and where that too reads otherwise, refused.
+    edited = url + ("&" if "?" in url else "?") + f"sslmode={mode}"
+    for candidate in (edited, replace(settings, sslmode=mode).url()):
+        if _reads_as(candidate, meant):
+            from_url(candidate, what=what)  # and cicd-db's reader takes it
+            return candidate
+    raise ConfigError(
+        f"the {what} {shown!r} cannot be exported with sslmode={mode} so that it reads as "
+        "given; percent-encode the password's special characters (? as %3F, # as %23, "
+        "& as %26) and add ?sslmode=require yourself"
+    )
+
+
+def _reads_as(url: str, meant: Mapping[str, str]) -> bool:
+    """True when libpq reads `url` as the keywords `meant`."""
+    try:
+        return psycopg.conninfo.conninfo_to_dict(url) == meant
+    except psycopg.Error:
+        return False
