@@ -42,6 +42,8 @@ def fixed_texts() -> str:
         "[Errno -2] Name or service not known",
         "[Errno -9] Address family for hostname not supported",
         "bad value for connect_timeout",
+        'invalid integer value "',
+        'for connection option "connect_timeout"',
         'invalid target_session_attrs value: "',
         "127.0.0.1",
         "u:***@",

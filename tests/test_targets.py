@@ -887,13 +887,13 @@ def test_a_service_file_libpq_cannot_read_is_a_configuration_error(tmp_path: Pat
     [
         (
             {"PGCONNECT_TIMEOUT": "abc"},
-            "bad value for connect_timeout: 'abc'",
+            'invalid integer value "abc" for connection option "connect_timeout"',
             "fix PGCONNECT_TIMEOUT (libpq reads connect_timeout from it",
         ),
         # Set but empty: a value libpq and psql refuse, not cicd-db's default (helper-101).
         (
             {"PGCONNECT_TIMEOUT": ""},
-            "bad value for connect_timeout: ''",
+            'invalid integer value "" for connection option "connect_timeout"',
             "fix PGCONNECT_TIMEOUT (libpq reads connect_timeout from it",
         ),
         (
@@ -1256,3 +1256,35 @@ def test_any_host_name_is_answered_in_one_line_with_a_documented_code(
     result = run_cli("migrate", "status", "--database-url", url, env=environ)
     assert result.code in (1, 2) and result.out == "", result
     assert len(result.err.splitlines()) == 1 and "unexpected" not in result.err, result
+
+
+# What may stand where libpq reads an integer: digits of any script, signs, white space,
+# a point, an exponent, values past a C int.
+_TIMEOUT_TEXT = st.text(
+    st.sampled_from(list("0123456789+-. \t\ne\u0665")), max_size=6
+) | st.sampled_from(
+    ["1.5", "1e3", "\u0665", "99999999999", "2147483647", "2147483648", "-2147483648", " 7 ", ""]
+)
+
+
+@hypothesis.settings(max_examples=examples(40))
+@hypothesis.given(value=_TIMEOUT_TEXT, by_url=st.booleans())
+def test_a_connect_timeout_is_refused_exactly_where_psql_refuses_it(
+    value: str, by_url: bool
+) -> None:
+    """psql the oracle: a connect_timeout, in the URL or PGCONNECT_TIMEOUT, that libpq does
+    not read as an integer (1.5, 1e3, an Arabic-Indic 5, 99999999999) is refused as psql
+    refuses it, in one line, exit 2, naming where it came from; one psql takes is not.
+    psycopg reads the timeout itself, as a float, and took all of them."""
+    url = "postgresql://u:pw-secret@127.0.0.1:1/db"
+    env = {} if by_url else {"PGCONNECT_TIMEOUT": value}
+    if by_url:
+        url += "?connect_timeout=" + quote(value, safe="")
+    said = psql(url, env).stderr
+    psql_refuses = "invalid integer value" in said
+    told = status(url, env)
+    refused = "invalid integer value" in told.err
+    assert refused == psql_refuses, (value, said, told)
+    if refused:
+        assert told.code == 2 and len(told.err.splitlines()) == 1, told
+        assert ("PGCONNECT_TIMEOUT" in told.err) != by_url, told

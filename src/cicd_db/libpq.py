@@ -58,6 +58,22 @@ def is_port(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536
 
 
+# An integer as libpq reads one (parse_int_param): white space around it, a sign, decimal
+# digits, a C int. psql refuses anything else ("invalid integer value"); psycopg reads a
+# connect_timeout itself, as a float (1.5, 1e3, an Arabic-Indic 5, 99999999999).
+_LIBPQ_INTEGER = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*", re.ASCII)
+
+
+def libpq_integer_refused(keyword: str, value: str) -> str | None:
+    """libpq's own refusal of `value` as the integer `keyword` takes, or None if it
+    takes it."""
+    found = _LIBPQ_INTEGER.fullmatch(value)
+    if found is not None and -(2**31) <= int(found.group(1)) < 2**31:
+        return None
+    shown = value.lstrip(" \t\n\v\f\r")
+    return f'invalid integer value "{shown}" for connection option "{keyword}"'
+
+
 def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 

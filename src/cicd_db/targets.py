@@ -37,7 +37,7 @@ from cicd_db.errors import (
     UsageError,
     check_seconds,
 )
-from cicd_db.libpq import check_environment, options_with
+from cicd_db.libpq import check_environment, libpq_integer_refused, options_with
 from cicd_db.redaction import redact
 from cicd_db.settings import APP as APP  # the roles, re-exported for role_settings' callers
 from cicd_db.settings import OWNER as OWNER
@@ -216,6 +216,14 @@ def connect(
     try:
         # Named in pg_stat_activity, unless the URL names the application itself.
         conninfo = settings.conninfo(fallback_application_name="cicd-db", **overrides)
+        # psycopg reads the connect timeout itself, and takes what libpq (and psql) refuse.
+        timeout = psycopg.conninfo.conninfo_to_dict(conninfo).get(
+            "connect_timeout", os.environ.get("PGCONNECT_TIMEOUT")
+        )
+        if timeout is not None and (refused := libpq_integer_refused("connect_timeout", timeout)):
+            from cicd_db.refusals import parameter_refused  # only when a connection fails
+
+            raise parameter_refused(settings, refused, named_by)
         conn = psycopg.connect(conninfo, autocommit=autocommit)
         if reading and not (conn.info.parameter_status("DateStyle") or "").startswith("ISO"):
             # PGDATESTYLE reaches the server as a setting of its own, after the options,
