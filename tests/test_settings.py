@@ -7,8 +7,10 @@ import socket
 import time
 from pathlib import Path
 
+import hypothesis
 import psycopg.conninfo
 import pytest
+from hypothesis import strategies as st
 
 from cicd_db import cli, targets
 from cicd_db import settings as contract
@@ -17,6 +19,7 @@ from cicd_db.settings import ConnectionSettings, from_url
 from cicd_db.targets import resolve
 
 from .fix_db import Database
+from .utils import examples
 
 
 @pytest.mark.parametrize(
@@ -560,3 +563,36 @@ def test_a_user_name_with_a_raw_at_is_refused() -> None:
 def test_an_empty_sslmode_is_refused_as_psql_refuses_it() -> None:
     with pytest.raises(ConfigError, match="has an sslmode libpq does not know"):
         from_url("postgresql://h/db?sslmode=")
+
+
+# Text libpq can take (from_url and from_mapping refuse a NUL or a lone surrogate).
+TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+HOSTS = st.sampled_from(["h1", "db.example.com", "::1", "fe80::1%eth0", "/tmp", "10.0.0.1"])
+
+
+@hypothesis.settings(max_examples=examples(150))
+@hypothesis.given(
+    hosts=st.lists(HOSTS, min_size=1, max_size=3),
+    port=st.none() | st.integers(1, 65535),
+    database=st.text(TEXT, max_size=5),
+    user=st.text(TEXT, max_size=5),
+)
+def test_the_url_printed_means_what_the_settings_connect_to(
+    hosts: list[str], port: int | None, database: str, user: str
+) -> None:
+    """`url()` (printed by `migrate wait`/`status`, exported by the dev stack) reads back,
+    by libpq, as the endpoint `conninfo()` names: one port for several hosts serves
+    every host, as libpq reads it; an IPv6 zone is percent-encoded."""
+    if any(h.startswith("/") for h in hosts):
+        hosts = [h for h in hosts if h.startswith("/")]
+    settings = ConnectionSettings(",".join(hosts), port, database, user, "pw-secret")
+    want = psycopg.conninfo.conninfo_to_dict(settings.conninfo())
+    got = psycopg.conninfo.conninfo_to_dict(settings.url())
+    for params in (want, got):
+        params.pop("connect_timeout", None)
+        ports = params.pop("port", "").split(",")
+        # libpq: one port serves every host; an empty one is the default
+        ports = ports * len(hosts) if len(ports) == 1 else ports
+        params["ports"] = [p or "5432" for p in ports]
+    assert {k: v for k, v in got.items() if v} == {k: v for k, v in want.items() if v}
+    from_url(settings.url())  # our own reader takes what we print

@@ -19,6 +19,7 @@ from typing import Any
 from unittest import mock
 
 import hypothesis
+import psycopg.conninfo
 import pytest
 from hypothesis import strategies as st
 
@@ -1040,3 +1041,121 @@ def test_no_secret_pulumis_error_quotes_is_printed_whatever_its_key(secret: str,
     said = "error: program failed: " + form.format(s=secret)
     printed = stacks._explain("dev", 1, said, ROOT)
     assert_nothing_of((secret,), printed)
+
+
+# A keyword the URL gives empty is a value to libpq (`?host=` is the default socket,
+# `?user=` the login's name, `?dbname=` the user's database), not "not given".
+@pytest.mark.parametrize("keyword", ["host", "user", "dbname", "port", "hostaddr"])
+def test_a_keyword_the_url_output_gives_empty_is_compared_with_its_field(keyword: str) -> None:
+    outputs = {
+        "host": "db.example.com",
+        "port": 5432,
+        "database": "ci",
+        "user": "ci_user",
+        "password": "pw-secret",
+        "sslmode": "require",
+        "database_url": "postgresql://ci_user:pw-secret@db.example.com:5432/ci"
+        f"?sslmode=require&{keyword}=",
+    }
+    try:
+        read = stacks.from_outputs(outputs, stack="prod")
+    except ConfigError:
+        return  # refused: the fields and the URL disagree
+    # Accepted: then it connects where the fields say.
+    params = psycopg.conninfo.conninfo_to_dict(read.conninfo())
+    # (a port given empty is libpq's default, 5432, as the field says)
+    port = params["port"] or "5432"
+    assert (params["host"], port, params["dbname"], params["user"]) == (
+        "db.example.com",
+        "5432",
+        "ci",
+        "ci_user",
+    )
+
+
+# Text libpq cannot take whole: a NUL ends a C string (libpq reads the connection string
+# up to it, and every keyword after it is lost: sslmode, sslrootcert, connect_timeout);
+# a lone surrogate (valid JSON, `"\ud800"`) cannot be encoded at all.
+VERIFIED_OUTPUTS = {
+    "host": "db.example.com",
+    "port": 5432,
+    "database": "ci",
+    "user": "ci_user",
+    "password": "pw-secret",
+    "sslmode": "verify-full",
+    "database_url": "postgresql://db.example.com:5432/ci?sslmode=verify-full&sslrootcert=%2Fca.pem",
+}
+
+
+@hypothesis.settings(max_examples=examples(100))
+@hypothesis.given(
+    name=st.sampled_from(["host", "database", "user", "password"]),
+    bad=st.sampled_from(["\x00", "\ud800", "\udc80"]),
+    where=st.integers(0, 8),
+)
+def test_a_text_output_libpq_cannot_take_whole_is_refused_not_cut(
+    name: str, bad: str, where: int
+) -> None:
+    """Refused in one line (ConfigError), or passed to libpq whole: never a connection
+    string that libpq reads without the sslmode the stack exports."""
+    outputs = dict(VERIFIED_OUTPUTS)
+    value = outputs[name]
+    outputs[name] = value[:where] + bad + value[where:]
+    try:
+        read = stacks.from_outputs(outputs, stack="prod")
+    except ConfigError:
+        return
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(read.conninfo())
+    except UnicodeError:
+        pytest.fail(
+            "a text output that cannot be encoded reached the connection (exit 1, 'unexpected')"
+        )
+    assert params.get("sslmode") == "verify-full"
+    assert params.get("sslrootcert") == "/ca.pem"
+
+
+@pytest.mark.parametrize("output", ["database_url", "app_database_url", "reader_database_url"])
+def test_a_url_output_with_a_nul_is_refused_not_read_up_to_it(output: str) -> None:
+    outputs = {
+        **VERIFIED_OUTPUTS,
+        "database_url": "postgresql://db.example.com:5432/ci?sslmode=verify-full",
+        output: "postgresql://ci_user:pw-secret@db.example.com:5432/ci\x00?sslmode=verify-full",
+    }
+    # Refused as the outputs are read, not when a command first connects as the role.
+    with pytest.raises(ConfigError, match=f"output {output} holds a NUL character") as raised:
+        stacks.from_outputs(outputs, stack="prod")
+    assert "pw-secret" not in str(raised.value)
+
+
+def _pulumi_that_prints(tmp_path: Path, stdout: bytes, stderr: bytes, code: int) -> dict[str, str]:
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    (folder / "out").write_bytes(stdout)
+    (folder / "err").write_bytes(stderr)
+    fake = folder / "pulumi"
+    fake.write_text(f"#!/bin/sh\ncat '{folder}/err' >&2\ncat '{folder}/out'\nexit {code}\n")
+    fake.chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}", "CICD_DB_LOCAL": ""}
+
+
+@hypothesis.settings(max_examples=examples(20))
+@hypothesis.given(
+    key=st.sampled_from(["dbPassword", "adminPassword", "token", "PGPASSWORD", "value"]),
+    code=st.sampled_from([1, 2, 255]),
+    indent=st.sampled_from([None, 2]),
+)
+def test_what_pulumi_prints_on_standard_output_is_never_quoted_when_it_fails(
+    tmp_path_factory: pytest.TempPathFactory, key: str, code: int, indent: int | None
+) -> None:
+    """Under --show-secrets, standard output is the secrets: a failing pulumi's error is
+    told from its standard error, never from its output (which `_explain` quoted when
+    standard error was empty)."""
+    secret = "Sekr3t-9f8e7d6c"
+    printed = json.dumps(
+        {key: secret, "host": "h"} if indent is None else {"a": 1, key: secret}, indent=indent
+    )
+    env = _pulumi_that_prints(tmp_path_factory.mktemp("p"), printed.encode(), b"", code)
+    result = run_cli("migrate", "status", "--stack", "prod", env=env)
+    assert result.code == 2 and len(result.err.splitlines()) == 1, result
+    assert "Sekr3t" not in result.err + result.out, result.err

@@ -56,6 +56,7 @@ READER_DATABASE_URL = "reader_database_url"
 
 OUTPUT_NAMES = (HOST, PORT, DATABASE, USER, PASSWORD, SSLMODE, DATABASE_URL)
 OPTIONAL_OUTPUT_NAMES = (MIGRATION_DATABASE_URL, APP_DATABASE_URL, READER_DATABASE_URL)
+CONTRACT_NAMES = frozenset((*OUTPUT_NAMES, *OPTIONAL_OUTPUT_NAMES))
 SECRET_OUTPUT_NAMES = frozenset(
     {PASSWORD, DATABASE_URL, MIGRATION_DATABASE_URL, APP_DATABASE_URL, READER_DATABASE_URL}
 )
@@ -255,9 +256,13 @@ class ConnectionSettings:
                 query_items += [("port", ",".join(ports))]
             netloc = ""
         else:
+            # One port serves every host, as libpq reads `host=a,b port=5433`; in a URL
+            # each host names its own (`a:5433,b` is b on the default port).
+            ports = ports * len(hosts) if len(ports) == 1 else ports
             ports += [""] * (len(hosts) - len(ports))
+            # Percent-encoded: an IPv6 zone's `%`, a `?`, `#` or `/` in a name.
             netloc = ",".join(
-                url_host(host) + (f":{port}" if port else "")
+                url_host(quote(host, safe=":")) + (f":{port}" if port else "")
                 for host, port in zip(hosts, ports, strict=False)
             )
         query = urlencode([*query_items, *parameters], quote_via=quote)
@@ -349,6 +354,7 @@ def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
     `?` or `#`, libpq reads part of the password as the host, port or database.
     """
     url = url.strip()
+    check_whole(url, f"the {what}")
     shown = mask_credentials(url)
     scheme, sep, _ = url.partition("://")
     if not sep or scheme not in URL_SCHEMES:
@@ -405,6 +411,26 @@ def from_url(url: str, *, what: str = "database URL") -> ConnectionSettings:
     return replace(settings, parameters=(*settings.parameters, *given_empty))
 
 
+def check_whole(text: str, what: str) -> None:
+    """Refuse text (`what` names it: "the database URL") libpq cannot take whole. It reads a connection string as C text, up to
+    its first NUL: every keyword after one (sslmode, sslrootcert, connect_timeout) would be
+    dropped without a word, and a connection meant to be encrypted made in the clear. A
+    lone surrogate (a JSON `\\ud800`, bytes of no encoding in a command line) has no
+    UTF-8 at all. Neither the text nor where in it is shown: it may be a password."""
+    if "\x00" in text:
+        raise ConfigError(
+            f"{what} holds a NUL character, where libpq would stop reading it and drop "
+            "what follows (sslmode among it); remove it"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"{what} holds a character that is not text (a lone surrogate, as from a "
+            "JSON \\ud800 escape or bytes of no encoding); write it in UTF-8"
+        ) from None
+
+
 def _password_spills(url: str) -> bool:
     """True when libpq would read part of what precedes the URL's last '@' as its host,
     port or database: an '@' stands after libpq's user part, before the query.
@@ -436,6 +462,9 @@ def from_mapping(params: Mapping[str, Any], *, what: str, source: str = "") -> C
     What is missing stays missing: libpq then takes it from its environment
     (PGHOST, PGPORT, PGSSLMODE, a service file) or its defaults, as psql does.
     """
+    for key, value in params.items():  # what is read of them, not other outputs
+        if isinstance(value, str) and (key in CONTRACT_NAMES or key in libpq_keywords()):
+            check_whole(value, f"the {key} of the {what}")
     host = str(params.get("host") or "")
     database = str(params.get("dbname") or params.get(DATABASE) or "")
     where = f" {source!r}" if source else ""

@@ -42,6 +42,7 @@ from cicd_db.settings import (
     SSLMODE,
     USER,
     ConnectionSettings,
+    check_whole,
     from_mapping,
     from_url,
 )
@@ -102,8 +103,9 @@ def outputs(stack: str, *, root: Path) -> dict[str, Any]:
     except OSError as error:
         raise StackError(f"could not run pulumi ({error.strerror}); " + INSTALL_HINT) from None
     if code != 0:
-        said = (stderr or stdout).decode("utf-8", "replace")
-        raise StackError(_explain(stack, code, said, root))
+        # Only standard error is told: under --show-secrets standard output is the
+        # secrets, whatever a failing wrapper or printer left of them there.
+        raise StackError(_explain(stack, code, stderr.decode("utf-8", "replace"), root))
     try:
         values = json.loads(stdout or b"{}")
     except (ValueError, RecursionError):  # UnicodeDecodeError too: JSON is UTF-8; nested deep
@@ -274,7 +276,7 @@ def _explain(stack: str, code: int, stderr: str, root: Path) -> str:
         return (
             f"Pulumi cannot reach {where}: {text.splitlines()[-1]}; check the network and the URL"
         )
-    first = text.splitlines()[-1] if text else "no message"
+    first = text.splitlines()[-1] if text else "nothing on standard error"
     return f"`pulumi stack output --stack {stack}` failed (exit {code}): {first}"
 
 
@@ -309,6 +311,9 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
                 f"stack {stack!r} output {name} is {_json_kind(value)}, not text; export it as "
                 f"a string and run `pulumi up -s {stack}`"
             )
+    for name in (*OUTPUT_NAMES, *OPTIONAL_OUTPUT_NAMES):
+        if isinstance(value := outputs.get(name), str):
+            check_whole(value, f"stack {stack!r} output {name}")
     settings = from_mapping(outputs, what=f"stack {stack!r} outputs")
     # The URL output carries the parameters the fields cannot (sslrootcert, options, ...).
     url = from_url(outputs[DATABASE_URL], what=f"stack {stack!r} output {DATABASE_URL}")
@@ -330,6 +335,15 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
     # which database a command reaches would depend on which spelling it read: refused.
     # A port or sslmode the URL leaves out is libpq's default, as the outputs write it
     # (ConnectionSettings.outputs); a host name is a DNS name, whatever its case.
+    # A part the URL gives empty (`?host=`, `?user=`) is a value to libpq (its default
+    # socket, the login's own name), and would win over the field: told as a difference.
+    for keyword, name in (("host", HOST), ("port", PORT), ("dbname", DATABASE), ("user", USER)):
+        if (keyword, "") in url.parameters:
+            raise ConfigError(
+                f"stack {stack!r} outputs {name} and {DATABASE_URL} name different {name}s "
+                f"({DATABASE_URL} gives ?{keyword}= empty, which libpq reads as its default); "
+                f"export both from the same values and run `pulumi up -s {stack}`"
+            )
     for name, given, in_url, shown in (
         (HOST, _host_key(settings.host), _host_key(url.host), (settings.host, url.host)),
         (PORT, settings.port, url.first_port() or DEFAULT_PORT, None),
