@@ -102,7 +102,7 @@ def check_cloud_url(
     )
 
 
-def _reads_as(url: str, meant: Mapping[str, str]) -> bool:
+def _reads_as(url: str, meant: Mapping[str, object]) -> bool:
     """True when libpq reads `url` as the keywords `meant`."""
     try:
         return psycopg.conninfo.conninfo_to_dict(url) == meant

@@ -220,10 +220,12 @@ def connect(
         timeout = psycopg.conninfo.conninfo_to_dict(conninfo).get(
             "connect_timeout", os.environ.get("PGCONNECT_TIMEOUT")
         )
-        if timeout is not None and (refused := libpq_integer_refused("connect_timeout", timeout)):
+        if timeout is not None and (
+            bad_timeout := libpq_integer_refused("connect_timeout", str(timeout))
+        ):
             from cicd_db.refusals import parameter_refused  # only when a connection fails
 
-            raise parameter_refused(settings, refused, named_by)
+            raise parameter_refused(settings, bad_timeout, named_by)
         conn = psycopg.connect(conninfo, autocommit=autocommit)
         if reading and not (conn.info.parameter_status("DateStyle") or "").startswith("ISO"):
             # PGDATESTYLE reaches the server as a setting of its own, after the options,
