@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cicd_db import cli, commands, migrations
+from cicd_db import cli, commands, errors, migrations
 from cicd_db.cli import parsing
 from cicd_db.errors import NotFound, UsageError
 from cicd_db.store import RUNNING, Store
@@ -203,6 +203,56 @@ def test_a_fault_while_a_ctrl_c_is_handled_is_told_as_a_fault(
     done = run_cli("migrate", "check")
     assert done.code == 1, done
     assert done.err.startswith("error: unexpected KeyError: 'settled'"), done
+
+
+ACCOUNT = "interrupted during 0001_t.sql; it was rolled back; nothing after it ran"
+
+
+@pytest.mark.parametrize(
+    ("second", "code"), [(KeyboardInterrupt(), 130), (errors.Terminated(143), 130)]
+)
+def test_a_second_interrupt_on_the_way_out_leaves_the_first_ones_account(
+    monkeypatch: pytest.MonkeyPatch, second: KeyboardInterrupt, code: int
+) -> None:
+    """A second Ctrl-C (or a SIGTERM) that lands in a clean-up while the first one's
+    account (what it stopped, what was rolled back) is on its way out takes its place in
+    Python: the line said a bare "interrupted" (seen under load with `schema dump`, two
+    Ctrl-Cs 0.25 s apart). The first account is still the truth, and is the line."""
+
+    def interrupted_then_again(*args: object, **kwargs: object) -> None:
+        try:
+            raise errors.Interrupted(ACCOUNT)
+        finally:
+            raise second  # in a clean-up on the way out (a `finally`, an `__exit__`)
+
+    monkeypatch.setattr(migrations, "discover", interrupted_then_again)
+    done = run_cli("migrate", "check")
+    assert (done.code, done.out, done.err) == (code, "", f"error: {ACCOUNT}\n"), done
+
+
+def test_a_ctrl_c_while_the_last_line_is_said_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the command is over, only its line is left to say: a Ctrl-C then cut the line
+    short and ended the process with a traceback (exit -2, seen under load). Dropped."""
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise errors.ConfigError("the folder is not there; pass --migrations-dir")
+
+    said = []
+    real_phrased = cli.phrased
+
+    def phrased_under_a_ctrl_c(error: errors.CicdDbError) -> str:
+        signal.raise_signal(signal.SIGINT)  # as the line is being made
+        said.append(error)
+        return real_phrased(error)
+
+    monkeypatch.setattr(migrations, "discover", failing)
+    monkeypatch.setattr(cli, "phrased", phrased_under_a_ctrl_c)
+    try:
+        done = run_cli("migrate", "check")
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped the command: a traceback, and an exit by the signal")
+    assert len(said) == 1, said
+    assert (done.code, done.err) == (2, "error: the folder is not there; pass --migrations-dir\n")
 
 
 @pytest.mark.parametrize(("signal_number", "code"), [(2, 130), (15, 143), (1, 129)])

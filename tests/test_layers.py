@@ -31,7 +31,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "pgprocess settings",
         "redaction",
         "libpq cursors",
-        "errors",
+        "errors signals",
     )
 )
 # The runner's modules from the top down (docs/design.md, "The runner").

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cicd_db.errors import ConfigError, EmbeddedServerError
+from cicd_db.signals import HELD_SIGNALS
 
 SUPERUSER = "postgres"
 HOST = "127.0.0.1"
@@ -176,13 +177,12 @@ def run_tool(
 DISK_FULL = ("No space left on device", "File too large", "Disk quota exceeded")
 
 
-# The signals a command stops on (entry.py), held while a child is forked with a
-# preexec_fn: Python then runs its at-fork hooks in this process (logging's lock, which
-# psycopg's import brings), and a Ctrl-C that lands in one is not raised but printed as
-# "Exception ignored ... KeyboardInterrupt", a traceback, and lost. Held, it is raised
+# The signals a command stops on (signals.HELD_SIGNALS), held while a child is forked
+# with a preexec_fn: Python then runs its at-fork hooks in this process (logging's lock,
+# which psycopg's import brings), and a Ctrl-C that lands in one is not raised but printed
+# as "Exception ignored ... KeyboardInterrupt", a traceback, and lost. Held, it is raised
 # once the child is known, where the caller stops it. (Held by this thread: the CLI has
 # no other, which a signal to the process could go to instead.)
-HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 def hold_for_fork(

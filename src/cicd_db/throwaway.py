@@ -50,18 +50,18 @@ import signal
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from psycopg import sql
 
 from cicd_db import pgprocess, targets
 from cicd_db.errors import EmbeddedServerError
 from cicd_db.settings import ConnectionSettings
+from cicd_db.signals import held_signals
 
 PREFIX = "cicd-db-scratch-"
 MAKING = "cicd-db-making-"  # the folder's name until its owner's lock is taken
@@ -85,7 +85,6 @@ _SETTINGS = {
     "synchronous_commit": "off",
     "full_page_writes": "off",
 }
-_HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def _server() -> Iterator[Throwaway]:
     pgprocess.check_shell_safe(
         bin_dir, "the PostgreSQL programs' folder", pgprocess.INSTALL_ELSEWHERE
     )
-    with _held():  # Python probes the temporary folder with a file it then removes
+    with held_signals():  # Python probes the temporary folder with a file it then removes
         base = _base(account)
     _sweep(base)
     folder: Path | None = None
@@ -131,7 +130,7 @@ def _server() -> Iterator[Throwaway]:
     started: list[subprocess.Popen[bytes]] = []  # filled before anything can raise
     stopping = True
     try:
-        with _held():  # made and locked as one step: an interrupt cannot fall between
+        with held_signals():  # made and locked as one step: an interrupt cannot fall between
             making = Path(tempfile.mkdtemp(prefix=f"{MAKING}{os.getpid()}-", dir=base))
             owner = open(making / OWNER_LOCK, "w")  # noqa: SIM115 - closed in the finally
             fcntl.flock(owner, fcntl.LOCK_EX)
@@ -167,7 +166,7 @@ def _server() -> Iterator[Throwaway]:
         yield Throwaway(admin, dumper)
         stopping = False
     finally:
-        with _held(deliver=not stopping):
+        with held_signals(deliver=not stopping):
             for process in started:
                 _stop(process)
             if folder is not None:
@@ -397,30 +396,3 @@ def _reachable(folder: Path) -> bool:
         return all(path.stat().st_mode & 0o001 for path in (resolved, *resolved.parents))
     except OSError:
         return False
-
-
-@contextlib.contextmanager
-def _held(*, deliver: bool = True) -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP held back for the block, then delivered to the handlers
-    they had (or, without `deliver`, dropped: the command is already stopping). Held in
-    Python, not by the thread's signal mask: another thread (a library's, a test
-    runner's) would take a signal the main thread masks, and Python would still raise it
-    here. Only the main thread sets handlers; elsewhere, nothing is held."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous: dict[int, Any] = {}
-    try:
-        for signum in _HELD:
-            handler = signal.getsignal(signum)
-            if handler not in (None, signal.SIG_IGN):  # ignored stays ignored
-                previous[signum] = handler  # first: a pending signal may raise below
-                # (signal.signal runs the old handler of a signal already pending)
-                signal.signal(signum, lambda number, frame: caught.append(number))
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        if caught and deliver:
-            signal.raise_signal(caught[0])  # to its own handler, now put back

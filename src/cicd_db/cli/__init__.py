@@ -45,6 +45,7 @@ from cicd_db.commands import Context
 from cicd_db.errors import (
     STATEMENT_POOLING,
     CicdDbError,
+    Interrupted,
     NotFound,
     interrupt_exit_code,
     one_line,
@@ -53,6 +54,7 @@ from cicd_db.errors import (
     told_with_setting,
 )
 from cicd_db.redaction import redact
+from cicd_db.signals import held_signals
 
 __all__ = [
     "COMMANDS",
@@ -163,10 +165,24 @@ def main(
             )
             return code or 1
         return code
-    except CicdDbError as error:
+    except (Exception, KeyboardInterrupt) as error:
+        # The command is over; only its line is left to say. A Ctrl-C from here on would
+        # cut that line short, or put a traceback in its place: dropped.
+        with held_signals(deliver=False):
+            return _told(error, context, debug)
+
+
+def _told(error: BaseException, context: Context | None, debug: bool) -> int:
+    """Say in one line how the command ended with `error`; its exit code."""
+    if isinstance(error, KeyboardInterrupt) and (told := _interrupted_in_flight(error)) is not None:
+        # A second Ctrl-C landed while the first one's account (what it stopped, what
+        # was rolled back) was on its way out, and took its place: that account is still
+        # the truth, and the line.
+        error = told
+    if isinstance(error, CicdDbError):
         _print_error(phrased(error), context)
         return error.exit_code
-    except psycopg.Error as error:  # the server went away or refused something mid-command
+    if isinstance(error, psycopg.Error):  # the server went away or refused something
         first = _first_line(error)
         if isinstance(error, psycopg.DataError) and error.sqlstate is None:
             # Read from the server, but no Python value holds it: running again cannot help.
@@ -193,31 +209,44 @@ def main(
         else:
             _print_error(f"database error: {first}; run again, with --debug for details", context, debug)  # fmt: skip
         return 1
-    except KeyboardInterrupt as interrupt:
+    if isinstance(error, KeyboardInterrupt):
         _print_error("interrupted", context)
-        return interrupt_exit_code(interrupt)
-    except BrokenPipeError:  # `init-local ... | head`: output a command may not lose
+        return interrupt_exit_code(error)
+    if isinstance(error, BrokenPipeError):  # `init-local ... | head`: output it may not lose
         # Python would report the failed flush of what is left at exit: nowhere to go.
         outputs.discard_standard_output()
         return 1
-    except OSError as error:  # writing the output failed: a full disk, a closed terminal
+    if isinstance(error, OSError):  # writing the output failed: a full disk, a closed terminal
         _print_error(
             f"cannot write the output: {error.strerror or error}; check where it goes", context
         )
         return 1
-    except Exception as error:  # last resort: one line, not a traceback
-        if (within := _interrupt_within(error)) is not None:
-            # Python turns a Ctrl-C that lands while it builds a class (a module loaded
-            # on use: `__set_name__` of a cached_property, an Enum's members) into a
-            # RuntimeError caused by it; it is still the Ctrl-C.
-            _print_error("interrupted", context)
-            return interrupt_exit_code(within)
-        _print_error(
-            f"unexpected {type(error).__name__}: {error}; run with --debug and report it",
-            context,
-            debug,
-        )
-        return 1
+    if (within := _interrupt_within(error)) is not None:
+        # Python turns a Ctrl-C that lands while it builds a class (a module loaded on
+        # use: `__set_name__` of a cached_property, an Enum's members) into a RuntimeError
+        # caused by it; it is still the Ctrl-C.
+        _print_error("interrupted", context)
+        return interrupt_exit_code(within)
+    # Last resort: one line, not a traceback.
+    _print_error(
+        f"unexpected {type(error).__name__}: {error}; run with --debug and report it",
+        context,
+        debug,
+    )
+    return 1
+
+
+def _interrupted_in_flight(interrupt: KeyboardInterrupt) -> Interrupted | None:
+    """The account of a first interrupt (Interrupted) that `interrupt` replaced on its way
+    out: Python keeps the exception a new one interrupted as its context."""
+    seen: set[int] = set()
+    error = interrupt.__context__
+    while error is not None and id(error) not in seen:
+        if isinstance(error, Interrupted):
+            return error
+        seen.add(id(error))
+        error = error.__context__
+    return None
 
 
 def _interrupt_within(error: BaseException) -> KeyboardInterrupt | None:
