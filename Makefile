@@ -71,9 +71,17 @@ lint-sql: $(STAMP)
 # tests wait (a server, a timeout, pg_dump), and four fill those waits (docs/testing.md);
 # PYTEST_WORKERS=0 runs the tests in this process, as plain pytest does.
 PYTEST_WORKERS ?= 4
-PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+# pytest rewrites the asserts of each test module as it imports it: about 5 s of CPU for
+# the suite, in each worker. It keeps what it made in tests/__pycache__ unless
+# PYTHONDONTWRITEBYTECODE is set (some machines set it; this one does), so the tests run
+# without it. On a fresh clone one collection fills that cache on the second core while
+# lint runs on the first, and the workers find it made (docs/testing.md).
+PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+REWRITE := PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q --co -p no:xdist -p no:cacheprovider
 
-test: lint
+test: $(STAMP)
+	@$(REWRITE) >/dev/null 2>&1 & rewriting=$$!; \
+	  $(MAKE) --no-print-directory lint; linted=$$?; wait $$rewriting; test $$linted -eq 0
 	$(PYTEST)
 
 # The property tests alone, each drawing 20 times its examples (31 minutes here, most of
