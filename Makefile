@@ -79,8 +79,11 @@ PYTEST_WORKERS ?= 4
 PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 REWRITE := PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q --co -p no:xdist -p no:cacheprovider
 
+# (Not under `make -n`: a line that names $(MAKE) runs even then.)
+DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
+
 test: $(STAMP)
-	@$(REWRITE) >/dev/null 2>&1 & rewriting=$$!; \
+	@$(if $(DRY_RUN),,$(REWRITE) >/dev/null 2>&1 &) rewriting=$$!; \
 	  $(MAKE) --no-print-directory lint; linted=$$?; wait $$rewriting; test $$linted -eq 0
 	$(PYTEST)
 

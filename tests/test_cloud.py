@@ -159,3 +159,24 @@ def test_check_cloud_url_keeps_a_hash_where_libpq_reads_it() -> None:
         "sslmode": "require",
     }
     assert psycopg.conninfo.conninfo_to_dict(url)["dbname"] == "db#note"
+
+
+@pytest.mark.parametrize(
+    ("url", "environ"),
+    [
+        ("postgresql://u:pw@h/db?sslrootcert=system", {"PGSSLMODE": "require"}),
+        ("postgresql://u:pw@h/db?sslrootcert=system", {"PGSSLMODE": "verify-ca"}),
+        ("postgresql://u:pw@h/db?sslrootcert=system&sslmode=require", {}),
+    ],
+)
+def test_check_cloud_url_refuses_sslrootcert_system_beside_a_weaker_sslmode(
+    url: str, environ: dict[str, str]
+) -> None:
+    """libpq refuses sslrootcert=system with any sslmode but verify-full: exported so, every
+    reader of the stack would fail to connect, after `pulumi up` succeeded (helper-153)."""
+    with pytest.raises(ConfigError, match="use sslmode=verify-full"):
+        cloud.check_cloud_url(url, what="databaseUrl", environ=environ)
+    exported = cloud.check_cloud_url(
+        "postgresql://u:pw@h/db?sslrootcert=system", what="databaseUrl", environ={}
+    )
+    assert psycopg.conninfo.conninfo_to_dict(exported)["sslmode"] == "verify-full"

@@ -1268,21 +1268,28 @@ _TIMEOUT_TEXT = st.text(
 
 
 @hypothesis.settings(max_examples=examples(40))
-@hypothesis.given(value=_TIMEOUT_TEXT, by_url=st.booleans())
+@hypothesis.given(value=_TIMEOUT_TEXT, by_url=st.booleans(), waiting=st.booleans())
 def test_a_connect_timeout_is_refused_exactly_where_psql_refuses_it(
-    value: str, by_url: bool
+    value: str, by_url: bool, waiting: bool
 ) -> None:
     """psql the oracle: a connect_timeout, in the URL or PGCONNECT_TIMEOUT, that libpq does
     not read as an integer (1.5, 1e3, an Arabic-Indic 5, 99999999999) is refused as psql
-    refuses it, in one line, exit 2, naming where it came from; one psql takes is not.
-    psycopg reads the timeout itself, as a float, and took all of them."""
+    refuses it, in one line, exit 2, naming where it came from; one psql takes is not,
+    by `migrate wait` too. psycopg reads the timeout itself, as a float, and took all of
+    them."""
     url = "postgresql://u:pw-secret@127.0.0.1:1/db"
     env = {} if by_url else {"PGCONNECT_TIMEOUT": value}
     if by_url:
         url += "?connect_timeout=" + quote(value, safe="")
     said = psql(url, env).stderr
     psql_refuses = "invalid integer value" in said
-    told = status(url, env)
+    # `migrate wait` bounds each attempt's timeout by the time left: the value given is
+    # judged first, as every other command judges it.
+    told = (
+        run_cli("migrate", "--database-url", url, "wait", "--timeout", "0", env=env)
+        if waiting
+        else status(url, env)
+    )
     refused = "invalid integer value" in told.err
     assert refused == psql_refuses, (value, said, told)
     if refused:

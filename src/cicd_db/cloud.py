@@ -51,7 +51,8 @@ def check_cloud_url(
     does not encrypt is refused unless `allow_insecure`. The exported URL names
     the sslmode, so that whoever reads the stack connects as judged here, whatever
     their own PGSSLMODE: the URL's, else PGSSLMODE's, else require (libpq's
-    default, prefer, would fall back to no encryption). Other query parameters
+    default, prefer, would fall back to no encryption), or verify-full beside
+    sslrootcert=system, which libpq refuses with any other. Other query parameters
     (Neon's `options`, ...) are kept. Reads nothing; raises ConfigError with the fix.
     """
     url = url.strip()
@@ -79,11 +80,17 @@ def check_cloud_url(
             f"the {what} would connect with {source}, {effective}, which does not encrypt; use "
             f"sslmode=require (or verify-ca, verify-full), or set cicd-db:allowInsecure true"
         )
-    if settings.sslmode:
-        return url
-    # sslrootcert=system asks for verify-full: libpq refuses it with a weaker mode.
+    # sslrootcert=system asks for verify-full: libpq refuses it beside any other sslmode.
     system = settings.parameter("sslrootcert") == "system"
     mode = effective or ("verify-full" if system else "require")
+    if system and mode != "verify-full":
+        source = "the URL's sslmode" if settings.sslmode else "PGSSLMODE"
+        raise ConfigError(
+            f"the {what} gives sslrootcert=system with {source}, {mode}, which libpq refuses "
+            "beside it; use sslmode=verify-full"
+        )
+    if settings.sslmode:
+        return url
     # What the exported URL must mean: the URL given, as libpq reads it, with the sslmode.
     meant = {**psycopg.conninfo.conninfo_to_dict(url), "sslmode": mode}
     # The URL as given with the sslmode added (libpq has no #fragment: a `#` is text).
@@ -97,8 +104,8 @@ def check_cloud_url(
             return candidate
     raise ConfigError(
         f"the {what} {shown!r} cannot be exported with sslmode={mode} so that it reads as "
-        "given; percent-encode the password's special characters (? as %3F, # as %23, "
-        "& as %26) and add ?sslmode=require yourself"
+        f"given; percent-encode the password's special characters (? as %3F, # as %23, "
+        f"& as %26) and add ?sslmode={mode} yourself"
     )
 
 

@@ -70,8 +70,7 @@ def libpq_integer_refused(keyword: str, value: str) -> str | None:
     found = _LIBPQ_INTEGER.fullmatch(value)
     if found is not None and -(2**31) <= int(found.group(1)) < 2**31:
         return None
-    shown = value.lstrip(" \t\n\v\f\r")
-    return f'invalid integer value "{shown}" for connection option "{keyword}"'
+    return f'invalid integer value "{value}" for connection option "{keyword}"'
 
 
 def url_host(host: str) -> str:

@@ -30,6 +30,7 @@ from cicd_db.errors import ConfigError, StackError
 from cicd_db.libpq import is_port
 from cicd_db.redaction import password_candidates, redact, redact_output
 from cicd_db.settings import (
+    CONTRACT_NAMES,
     DATABASE,
     DATABASE_URL,
     DEFAULT_PORT,
@@ -311,7 +312,7 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
                 f"stack {stack!r} output {name} is {_json_kind(value)}, not text; export it as "
                 f"a string and run `pulumi up -s {stack}`"
             )
-    for name in (*OUTPUT_NAMES, *OPTIONAL_OUTPUT_NAMES):
+    for name in sorted(CONTRACT_NAMES):
         if isinstance(value := outputs.get(name), str):
             check_whole(value, f"stack {stack!r} output {name}")
     settings = from_mapping(outputs, what=f"stack {stack!r} outputs")
@@ -337,7 +338,10 @@ def from_outputs(outputs: Mapping[str, Any], *, stack: str) -> ConnectionSetting
     # (ConnectionSettings.outputs); a host name is a DNS name, whatever its case.
     # A part the URL gives empty (`?host=`, `?user=`) is a value to libpq (its default
     # socket, the login's own name), and would win over the field: told as a difference.
+    # (An empty port is libpq's default, 5432, not PGPORT: told only where the field differs.)
     for keyword, name in (("host", HOST), ("port", PORT), ("dbname", DATABASE), ("user", USER)):
+        if keyword == "port" and (settings.port or DEFAULT_PORT) == DEFAULT_PORT:
+            continue
         if (keyword, "") in url.parameters:
             raise ConfigError(
                 f"stack {stack!r} outputs {name} and {DATABASE_URL} name different {name}s "

@@ -284,8 +284,12 @@ def _connect_timeout_within(settings: ConnectionSettings, left: float) -> dict[s
     service file's, PGCONNECT_TIMEOUT, or ours), but no longer than the time left, in
     whole seconds (libpq takes 2 for 1). A server that takes the connection and says
     nothing held each attempt its whole timeout: `wait --timeout 1` took 30 s. A value
-    libpq would refuse is left for it to refuse."""
+    libpq would refuse is left as it is, for connect() to refuse (psycopg's reading
+    below takes 1.5 and 1e3, which psql refuses)."""
     params = psycopg.conninfo.conninfo_to_dict(settings.conninfo())
+    given = params.get("connect_timeout", os.environ.get("PGCONNECT_TIMEOUT"))
+    if given is not None and libpq_integer_refused("connect_timeout", str(given)):
+        return {}
     try:  # psycopg's reading, as it connects: PGCONNECT_TIMEOUT too, 2 s at least
         own = psycopg.conninfo.timeout_from_conninfo(params)
     except psycopg.ProgrammingError:

@@ -166,10 +166,16 @@ def main(
             return code or 1
         return code
     except (Exception, KeyboardInterrupt) as error:
-        # The command is over; only its line is left to say. A Ctrl-C from here on would
-        # cut that line short, or put a traceback in its place: dropped.
-        with held_signals(deliver=False):
-            return _told(error, context, debug)
+        # The command is over; only its line is left to say. A Ctrl-C, SIGTERM or SIGHUP
+        # from here on would cut that line short, or put a traceback in its place: held
+        # and dropped (the process ends with the line). One that lands before the hold
+        # takes is told the same way: the line, once.
+        while True:
+            try:
+                with held_signals(deliver=False):
+                    return _told(error, context, debug)
+            except KeyboardInterrupt:
+                continue
 
 
 def _told(error: BaseException, context: Context | None, debug: bool) -> int:
