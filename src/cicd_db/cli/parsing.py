@@ -418,9 +418,15 @@ def _parsed(
         flags = ", ".join(flag(name) for name in stray)
         name = _named(chosen, only_migrate)
         raise UsageError(f"`{name}` takes no {flags}; see `{prog} {name} --help`")
-    for name, value in given.items():
+    declared = {each.dest: each for each in chosen.every_option}
+    for name, value in list(given.items()):
         if isinstance(value, list):  # `--limit=--`: argparse drops the `--`, leaving []
-            raise UsageError(f"{flag(name)}=-- gives {flag(name)} no value; give it one")
+            spec = declared[name].spec if name in declared else {"type": None}
+            if "type" in spec or "action" in spec or "nargs" in spec:
+                raise UsageError(f"{flag(name)}=-- gives {flag(name)} no value; give it one")
+            # A name is any text, `--` too (the store takes it, and the hint of a report
+            # that names it writes `--pipeline=--`): given with `=`, it is the value.
+            given[name] = value = "--"
         if isinstance(value, str) and (where := not_utf8(value)):
             raise UsageError(f"{flag(name)} is not UTF-8 text ({where}); pass it as UTF-8")
     context = Context(**{name: value for name, value in given.items() if name in commands.FIELDS})
@@ -461,11 +467,14 @@ def _unrecognized(unknown: list[str], chosen: Command, prog: str, only_migrate: 
     program's) and the flag of its own nearest to a slip (`--locl`: `--local`)."""
     flags = [f for o in chosen.every_option for f in o.flags if f.startswith("--")]
     slip = next((u.split("=", 1)[0] for u in unknown if u.startswith("--")), None)
-    meant = _nearest(slip, flags) if slip else None
-    said = f" (did you mean {meant}?)" if meant else ""
+    name = _named(chosen, only_migrate)
+    if slip in flags:  # the command's own, given before its name (`embedded --json status`)
+        said = f" ({slip} is `{name}`'s: give it after `{name}`)"
+    else:
+        meant = _nearest(slip, flags) if slip else None
+        said = f" (did you mean {meant}?)" if meant else ""
     return UsageError(
-        f"unrecognized arguments: {' '.join(unknown)}{said}; "
-        f"see `{prog} {_named(chosen, only_migrate)} --help`"
+        f"unrecognized arguments: {' '.join(unknown)}{said}; see `{prog} {name} --help`"
     )
 
 
