@@ -326,6 +326,24 @@ def _out_of_range(argument: str, value: datetime) -> UsageError:
 MAX_NAME_BYTES = 1000
 
 
+NUL = "NUL"
+SURROGATE = "lone surrogate"
+
+
+def not_whole_text(text: str) -> tuple[str, int] | None:
+    """What in `text` neither PostgreSQL nor libpq can take whole, and where: a NUL (C
+    text ends there: libpq would read a connection string only up to it, PostgreSQL
+    refuses it in text) or a lone surrogate (no UTF-8 at all); None if nothing."""
+    # str's own methods, not the text's: a subclass of str may override them.
+    if str.__contains__(text, "\0"):
+        return NUL, str.index(text, "\0")
+    try:
+        str.encode(text)
+    except UnicodeEncodeError as error:
+        return SURROGATE, error.start
+    return None
+
+
 def check_name(argument: str, name: object, *, optional: bool = False) -> None:
     """UsageError unless `name` is a name PostgreSQL can store and index: text, not
     empty (`--stage ""`, an unset shell variable: not a name left out, and never read
@@ -342,20 +360,14 @@ def check_name(argument: str, name: object, *, optional: bool = False) -> None:
     if str.__len__(name) == 0:
         leave = f", or leave {{{argument}}} out" if optional else ""
         raise UsageError(f"{{{argument}}} is empty; give a name{leave}", arguments=[argument])
-    if str.__contains__(name, "\0"):
-        raise UsageError(
-            f"{{{argument}}} holds a NUL byte (at character {str.index(name, chr(0)) + 1}), which "
-            "PostgreSQL text cannot hold; remove it",
-            arguments=[argument],
-        )
-    try:
-        size = len(str.encode(name))
-    except UnicodeEncodeError as error:
-        raise UsageError(
-            f"{{{argument}}} is not valid Unicode (a lone surrogate at character "
-            f"{error.start + 1}); give it as text",
-            arguments=[argument],
-        ) from None
+    if (found := not_whole_text(name)) is not None:
+        what, at = found
+        if what == NUL:
+            said = f"holds a NUL byte (at character {at + 1}), which PostgreSQL text cannot hold; remove it"  # fmt: skip
+        else:
+            said = f"is not valid Unicode (a lone surrogate at character {at + 1}); give it as text"  # fmt: skip
+        raise UsageError(f"{{{argument}}} {said}", arguments=[argument])
+    size = len(str.encode(name))
     if size > MAX_NAME_BYTES:
         raise UsageError(
             f"{{{argument}}} is {size:,} bytes as UTF-8; at most {MAX_NAME_BYTES:,} are taken",

@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote, urlencode
 import psycopg.conninfo
 
 from cicd_db import libpq
+from cicd_db.errors import NUL, not_whole_text
 from cicd_db.errors import ConfigError as ConfigError  # re-exported: the contract raises it
 from cicd_db.libpq import (
     SECRET_KEYWORDS,
@@ -417,18 +418,17 @@ def check_whole(text: str, what: str) -> None:
     dropped without a word, and a connection meant to be encrypted made in the clear. A
     lone surrogate (a JSON `\\ud800`, bytes of no encoding in a command line) has no
     UTF-8 at all. Neither the text nor where in it is shown: it may be a password."""
-    if "\x00" in text:
+    found = not_whole_text(text)
+    if found is not None and found[0] == NUL:
         raise ConfigError(
             f"{what} holds a NUL character, where libpq would stop reading it and drop "
             "what follows (sslmode among it); remove it"
         )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if found is not None:
         raise ConfigError(
             f"{what} holds a character that is not text (a lone surrogate, as from a "
             "JSON \\ud800 escape or bytes of no encoding); write it in UTF-8"
-        ) from None
+        )
 
 
 def _password_spills(url: str) -> bool:
