@@ -259,13 +259,15 @@ class ConnectionSettings:
         else:
             # One port serves every host, as libpq reads `host=a,b port=5433`; in a URL
             # each host names its own (`a:5433,b` is b on the default port).
-            ports = ports * len(hosts) if len(ports) == 1 else ports
+            ports = ports * max(1, len(hosts)) if len(ports) == 1 else ports
             ports += [""] * (len(hosts) - len(ports))
             # Percent-encoded: an IPv6 zone's `%`, a `?`, `#` or `/` in a name.
             netloc = ",".join(
                 url_host(quote(host, safe=":")) + (f":{port}" if port else "")
                 for host, port in zip(hosts, ports, strict=False)
             )
+            if not hosts and any(ports):  # a port without a host: `postgresql://u@:5433/db`
+                netloc = f":{','.join(ports)}"
         query = urlencode([*query_items, *parameters], quote_via=quote)
         return f"postgresql://{at}{netloc}/{quote(self.database, safe='')}" + (
             f"?{query}" if query else ""
