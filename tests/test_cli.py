@@ -433,13 +433,15 @@ def test_a_command_line_is_parsed_as_the_whole_tree_parses_it(
         ["report", "--pipeline", "p", "--limit=--"],
         ["migrate", "up", "--lock-timeout=--"],
         ["migrate", "status", "--migrations-dir=--"],
+        ["insights", "--format=--"],
     ],
-    ids=["limit", "lock-timeout", "migrations-dir"],
+    ids=["limit", "lock-timeout", "migrations-dir", "format"],
 )
 def test_a_typed_flag_given_two_dashes_as_its_value_is_refused(argv: list[str]) -> None:
     """argparse drops the `--` of `--limit=--` and sets an empty list without calling the
-    option's type: `--limit` was ignored, exit 0, and `--migrations-dir` an unexpected
-    TypeError, exit 1 (helper-146)."""
+    option's type or checking its choices: `--limit` was ignored, exit 0, and
+    `--migrations-dir` an unexpected TypeError, exit 1 (helper-146); `--format=--` must
+    not pass as the text `--` either."""
     flag = argv[-1].removesuffix("=--")
     with pytest.raises(UsageError) as refused:
         cli.parse(argv)

@@ -422,7 +422,7 @@ def _parsed(
     for name, value in list(given.items()):
         if isinstance(value, list):  # `--limit=--`: argparse drops the `--`, leaving []
             spec = declared[name].spec if name in declared else {"type": None}
-            if "type" in spec or "action" in spec or "nargs" in spec:
+            if spec.keys() & {"type", "action", "nargs", "choices"}:  # argparse checks none
                 raise UsageError(f"{flag(name)}=-- gives {flag(name)} no value; give it one")
             # A name is any text, `--` too (the store takes it, and the hint of a report
             # that names it writes `--pipeline=--`): given with `=`, it is the value.
