@@ -9,6 +9,7 @@ keys are only ever added, never renamed or removed.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import unicodedata
 from collections.abc import Iterator
@@ -98,6 +99,18 @@ def structured(value: Any, output_format: str) -> str:
     return str(yaml.dump(value, Dumper=_yaml_dumper(), sort_keys=False, allow_unicode=True))
 
 
+# What YAML 1.2's core schema reads as a number, a boolean or null (yq, Go's yaml.v3,
+# js-yaml and ruamel read YAML 1.2). PyYAML writes YAML 1.1 and quotes only what 1.1 reads
+# so: `1e3`, `0o17` or a short commit id such as `5e12345` went out plain, and came back to
+# a YAML 1.2 reader as 1000.0, 15 or inf.
+_YAML_1_2_NOT_TEXT = re.compile(
+    r"~|null|Null|NULL|true|True|TRUE|false|False|FALSE"
+    r"|[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"
+    r"|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+)
+
+
 @cache
 def _yaml_dumper() -> type[Any]:
     """yaml.SafeDumper, but a string with a character that is not printable is written
@@ -118,6 +131,8 @@ def _yaml_dumper() -> type[Any]:
 
     def string(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
         style = None if text.isprintable() else '"'
+        if style is None and _YAML_1_2_NOT_TEXT.fullmatch(text):
+            style = "'"  # text in YAML 1.1, which PyYAML writes, but not in YAML 1.2
         return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
 
     Dumper.add_representer(str, string)
