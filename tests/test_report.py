@@ -913,3 +913,27 @@ def test_the_yaml_reads_back_as_the_same_text_in_yaml_1_2(name: str) -> None:
         written = report.render(view, "yaml")
         assert YAML(typ="safe", pure=True).load(written) == report.data(view), written
         assert yaml.safe_load(written) == report.data(view), written
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report", "--pipeline", ""],
+        ["report", "--pipeline", "p" * 1001],
+        ["report", "--pipeline", "p", "--stage", ""],
+        ["report", "--pipeline", "p", "--job", "j"],
+        ["report", "--pipeline", "p", "--limit", "5000"],
+        ["report", "--pipeline", "p", "--json", "--format", "yaml"],
+        ["insights", "--pipeline", ""],
+        ["insights", "--days", "3", "--runs", "3"],
+        ["insights", "--json", "--format", "html"],
+    ],
+    ids=lambda args: " ".join(a[:12] for a in args),
+)
+def test_a_mistake_in_the_arguments_is_told_before_connecting(args: list[str]) -> None:
+    """Told as the mistake it is (exit 2), with the server down: the checks ran after the
+    connection, so an empty name or a --job without --stage was "cannot connect", exit 1,
+    whose fix is the wrong one (helper-154)."""
+    done = run_cli(*args, "--database-url", "postgresql://nobody@127.0.0.1:1/none")
+    assert done.code == 2 and len(done.err.splitlines()) == 1, done
+    assert "connect" not in done.err, done

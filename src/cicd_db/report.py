@@ -462,6 +462,32 @@ def fetch(
     stages, one stage with its jobs, or one job. Raises UsageError for arguments
     that do not fit together and NotFound for what does not exist.
     """
+    limit = check_arguments(pipeline, run=run, stage=stage, job=job, limit=limit, before=before)
+    from psycopg import errors  # here: `cicd-db migrate` imports this module without a store
+
+    executions.check_search_path()
+    try:
+        return _fetch(executions, pipeline, run, stage, job, limit, before)
+    except UsageError as refused:  # the store names the run `run_number`; here it is `run`
+        raise refused.renamed("run_number", "run") from None
+    except errors.UndefinedTable:
+        raise no_schema(executions.tables_placement()) from None
+    except errors.UndefinedColumn:
+        raise older_schema() from None
+
+
+def check_arguments(
+    pipeline: str,
+    *,
+    run: int | None = None,
+    stage: str | None = None,
+    job: str | None = None,
+    limit: int | None = None,
+    before: int | None = None,
+) -> int:
+    """UsageError unless the arguments name one view of names the tables can hold
+    (checked before anything connects, too: a mistake told as an outage when the server
+    is down was the wrong fix); the page's limit, DEFAULT_LIMIT when none is given."""
     # An empty name given on purpose (`--stage ""`, an unset shell variable) is not a
     # name left out: refused, rather than read as the wider view; so is one no table holds.
     for argument, name in (("pipeline", pipeline), ("stage", stage), ("job", job)):
@@ -486,17 +512,7 @@ def fetch(
             f"{{limit}} {limit} is above {MAX_LIMIT}; page with {{before}} instead",
             arguments=["limit", "before"],
         )
-    from psycopg import errors  # here: `cicd-db migrate` imports this module without a store
-
-    executions.check_search_path()
-    try:
-        return _fetch(executions, pipeline, run, stage, job, limit, before)
-    except UsageError as refused:  # the store names the run `run_number`; here it is `run`
-        raise refused.renamed("run_number", "run") from None
-    except errors.UndefinedTable:
-        raise no_schema(executions.tables_placement()) from None
-    except errors.UndefinedColumn:
-        raise older_schema() from None
+    return limit
 
 
 def _fetch(

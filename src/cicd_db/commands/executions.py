@@ -25,6 +25,9 @@ def show_report(
     """`report`: recorded runs, stages and jobs, as a table, JSON or YAML."""
     from cicd_db import report, store  # on use: `migrate` starts faster without the store
 
+    # The arguments first: a mistake is told as one, even when the server is down.
+    report.check_arguments(pipeline, run=run, stage=stage, job=job, limit=limit, before=before)
+    shown = _format(ctx, format)
     target = ctx.remember(ctx.target())
     # Reads only: as the reader where the target has one (docs/security.md).
     with targets.connect(target.role_settings(targets.READER)) as conn, cancels_named(conn):
@@ -37,7 +40,6 @@ def show_report(
             limit=limit,
             before=before,
         )
-    shown = _format(ctx, format)
     print_answer(report.render(view, shown), shown)
     return 0
 
@@ -66,11 +68,13 @@ def show_insights(
     """`insights`: one pipeline's health over a window, or one line per pipeline."""
     from cicd_db import insights, report
 
+    # The arguments first: a mistake is told as one, even when the server is down.
+    insights.check_window(pipeline, days, runs)
+    shown = _format(ctx, format)
     target = ctx.remember(ctx.target())
     # Reads only: as the reader where the target has one (docs/security.md).
     with targets.connect(target.role_settings(targets.READER)) as conn, cancels_named(conn):
         found = insights.insights(conn, pipeline, days=days, runs=runs)
-    shown = _format(ctx, format)
     if output is None or str(output) == "-":  # `-o -`: the standard output
         print_answer(insights.render(found, shown), shown)
         return 0

@@ -46,7 +46,7 @@ from cicd_db.insights.figures import (
     Summary,
     Window,
 )
-from cicd_db.insights.query import insights
+from cicd_db.insights.query import check_window, insights
 from cicd_db.insights.text import data, render, table
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "StageFigures",
     "Summary",
     "Window",
+    "check_window",
     "data",
     "insights",
     "render",

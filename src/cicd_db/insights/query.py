@@ -259,6 +259,26 @@ def _query(pipeline: str | None, runs: int | None) -> sql.Composed:
 # -- reading -------------------------------------------------------------------------------
 
 
+def check_window(pipeline: str | None, days: int | None, runs: int | None) -> int | None:
+    """UsageError unless the arguments choose one window of a pipeline the tables can
+    hold (checked before anything connects, too: a mistake told as an outage when the
+    server is down was the wrong fix); the window's days, DEFAULT_DAYS when neither is
+    given."""
+    if days is not None and runs is not None:
+        raise UsageError(
+            "{days} and {runs} both choose the window; give one of them",
+            arguments=["days", "runs"],
+        )
+    if days is None and runs is None:
+        days = DEFAULT_DAYS
+    if days is not None:
+        check_range("days", days, MAX_DAYS)
+    if runs is not None:
+        check_range("runs", runs, MAX_RUNS)
+    check_name("pipeline", pipeline, optional=True)
+    return days
+
+
 def insights(
     conn: psycopg.Connection[Any],
     pipeline: str | None = None,
@@ -273,18 +293,7 @@ def insights(
     the last `runs` runs; `now` defaults to the server's clock. UsageError for
     arguments that do not fit, NotFound for a pipeline that has never run.
     """
-    if days is not None and runs is not None:
-        raise UsageError(
-            "{days} and {runs} both choose the window; give one of them",
-            arguments=["days", "runs"],
-        )
-    if days is None and runs is None:
-        days = DEFAULT_DAYS
-    if days is not None:
-        check_range("days", days, MAX_DAYS)
-    if runs is not None:
-        check_range("runs", runs, MAX_RUNS)
-    check_name("pipeline", pipeline, optional=True)
+    days = check_window(pipeline, days, runs)
     utc = None if now is None else check_time("now", now)
     # The window's first midnight (as _BOUNDS finds it) must be a time cicd-db takes too.
     if utc is not None and days is not None:
