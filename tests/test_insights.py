@@ -1103,3 +1103,17 @@ def test_the_pages_day_labels_name_the_year_where_the_days_span_years() -> None:
     assert all(f"{year}-12-29" in spanning for year in (2024, 2025, 2026))
     one_year = page.page(insights([date(2026, 12, 28), date(2026, 12, 29)]))
     assert "12-28" in one_year and "2026-12-28" not in one_year
+
+
+def test_drawing_the_page_leaves_pythons_imports_as_they_were() -> None:
+    """pygal puts an import finder of its own in sys.meta_path, without find_spec: every
+    later import of a missing module warned before it failed, and where warnings are
+    errors (here, as in a caller's program) `try: import x / except ImportError` raised
+    ImportWarning instead, so a test's outcome depended on whether the page had been drawn
+    in its process before (helper-154)."""
+    from cicd_db.insights import page
+
+    page._pygal()
+    assert not [f for f in sys.meta_path if type(f).__name__ == "PluginImportFixer"]
+    with pytest.raises(ModuleNotFoundError):
+        import cicd_db_no_such_module  # noqa: F401
