@@ -41,6 +41,17 @@ RAM_DISK = Path("/dev/shm")
 RAM_DISK_ROOM = 2 << 30
 
 
+def _on_the_ram_disk(name: str) -> Path | None:
+    """This checkout's folder `name` on the RAM disk (not made yet), or None where there
+    is no RAM disk we may write with RAM_DISK_ROOM free."""
+    if not RAM_DISK.is_dir() or not os.access(RAM_DISK, os.W_OK):
+        return None
+    if shutil.disk_usage(RAM_DISK).free < RAM_DISK_ROOM:
+        return None
+    checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
+    return RAM_DISK / f"cicd-db-{checkout}-{name}"
+
+
 def on_ram_disk(path: Path) -> Path:
     """`path`, a link to a folder of the RAM disk when there is one with room, made the
     first time (an existing folder stays where it is). The test servers make and drop a
@@ -51,12 +62,8 @@ def on_ram_disk(path: Path) -> Path:
     if path.is_symlink():
         Path(os.readlink(path)).mkdir(mode=0o755, exist_ok=True)  # the RAM disk was emptied
         return path
-    if path.exists() or not RAM_DISK.is_dir() or not os.access(RAM_DISK, os.W_OK):
+    if path.exists() or (target := _on_the_ram_disk(path.name)) is None:
         return path
-    if shutil.disk_usage(RAM_DISK).free < RAM_DISK_ROOM:
-        return path
-    checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
-    target = RAM_DISK / f"cicd-db-{checkout}-{path.name}"
     target.mkdir(mode=0o755, exist_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):  # another xdist worker made it first
@@ -72,12 +79,8 @@ def ram_disk_temporary() -> Path | None:
     thousand. Open to all with the sticky bit, as /tmp is, so that everything a test
     meets in it (root's server account passing through, a folder of another account's)
     is what it meets in /tmp."""
-    if not RAM_DISK.is_dir() or not os.access(RAM_DISK, os.W_OK):
+    if (folder := _on_the_ram_disk("tmp")) is None:
         return None
-    if shutil.disk_usage(RAM_DISK).free < RAM_DISK_ROOM:
-        return None
-    checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
-    folder = RAM_DISK / f"cicd-db-{checkout}-tmp"
     folder.mkdir(exist_ok=True)
     if folder.is_symlink() or folder.stat().st_uid != os.getuid():
         return None  # not ours: a shared RAM disk lets anyone plant a look-alike

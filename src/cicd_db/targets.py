@@ -217,12 +217,8 @@ def connect(
         # Named in pg_stat_activity, unless the URL names the application itself.
         conninfo = settings.conninfo(fallback_application_name="cicd-db", **overrides)
         # psycopg reads the connect timeout itself, and takes what libpq (and psql) refuse.
-        timeout = psycopg.conninfo.conninfo_to_dict(conninfo).get(
-            "connect_timeout", os.environ.get("PGCONNECT_TIMEOUT")
-        )
-        if timeout is not None and (
-            bad_timeout := libpq_integer_refused("connect_timeout", str(timeout))
-        ):
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+        if bad_timeout := _connect_timeout_refused(params):
             from cicd_db.refusals import parameter_refused  # only when a connection fails
 
             raise parameter_refused(settings, bad_timeout, named_by)
@@ -279,6 +275,13 @@ def wait(settings: ConnectionSettings, timeout: float, poll: float = 0.2) -> Con
             time.sleep(poll)
 
 
+def _connect_timeout_refused(params: dict[str, Any]) -> str | None:
+    """libpq's refusal of the connect_timeout `params` (or PGCONNECT_TIMEOUT) give, if it
+    refuses it; None if it takes it or none is given."""
+    given = params.get("connect_timeout", os.environ.get("PGCONNECT_TIMEOUT"))
+    return None if given is None else libpq_integer_refused("connect_timeout", str(given))
+
+
 def _connect_timeout_within(settings: ConnectionSettings, left: float) -> dict[str, Any]:
     """For one attempt of a wait: the connect_timeout the settings give (the URL's, the
     service file's, PGCONNECT_TIMEOUT, or ours), but no longer than the time left, in
@@ -287,8 +290,7 @@ def _connect_timeout_within(settings: ConnectionSettings, left: float) -> dict[s
     libpq would refuse is left as it is, for connect() to refuse (psycopg's reading
     below takes 1.5 and 1e3, which psql refuses)."""
     params = psycopg.conninfo.conninfo_to_dict(settings.conninfo())
-    given = params.get("connect_timeout", os.environ.get("PGCONNECT_TIMEOUT"))
-    if given is not None and libpq_integer_refused("connect_timeout", str(given)):
+    if _connect_timeout_refused(params):
         return {}
     try:  # psycopg's reading, as it connects: PGCONNECT_TIMEOUT too, 2 s at least
         own = psycopg.conninfo.timeout_from_conninfo(params)

@@ -413,12 +413,11 @@ def _parsed(
         raise _unrecognized(unknown, chosen, prog, only_migrate)
     debug = bool(given.pop("debug", False))
     # An option of `migrate` (`up`'s) before another command's name: not that command's.
-    taken = {each.dest for each in chosen.every_option}
-    if stray := sorted(set(given) - taken):
+    declared = {each.dest: each for each in chosen.every_option}
+    if stray := sorted(set(given) - declared.keys()):
         flags = ", ".join(flag(name) for name in stray)
         name = _named(chosen, only_migrate)
         raise UsageError(f"`{name}` takes no {flags}; see `{prog} {name} --help`")
-    declared = {each.dest: each for each in chosen.every_option}
     for name, value in list(given.items()):
         if isinstance(value, list):  # `--limit=--`: argparse drops the `--`, leaving []
             spec = declared[name].spec if name in declared else {"type": None}
